@@ -1,0 +1,38 @@
+# Two entry points for a fresh clone:
+#   make demo   sample corpus -> prep tokenize -> train.py (short GPT-2 run) -> tokens/s
+#   make test   the whole test suite
+# Both create .venv idempotently. TORCH_SPEC picks the torch build installed first: the
+# default resolves to PyPI's build for your platform (CUDA on Linux x86-64) or to a local CPU
+# wheel where pip's configuration provides one. Override it, e.g.
+#   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+# A venv that already imports torch keeps the torch it has.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+DEMO_STEPS ?= 20
+DEMO_MODEL ?= gpt2
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/prep sample --out input.txt
+	$(BIN)/prep tokenize input.txt --overwrite
+	$(BIN)/python train.py --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) --data data/input --out out/demo --sample-every $(DEMO_STEPS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) data out input.txt .pytest_cache .hypothesis
