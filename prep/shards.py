@@ -1,0 +1,179 @@
+"""The shard format, defined once: every reader and writer of `.bin` shards goes through here.
+
+A shard is llm.c / modded-nanogpt compatible, so their shard directories load as they are:
+
+- header: 256 little-endian int32 (1024 bytes); [0] magic 20240520, [1] version 1,
+  [2] token count n with 0 < n < 2**31; every other slot is 0;
+- body: n little-endian uint16 tokens; the file size is exactly 1024 + 2 * n.
+
+Names are `<name>_<split>_<index:06d>.bin` with split in {train, val}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4  # 1024
+TOKEN_DTYPE = np.dtype("<u2")  # little-endian uint16, whatever the host's byte order
+MAX_TOKENS = 2**31 - 1  # the count lives in an int32 slot
+SPLITS = ("train", "val")
+
+_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)_(?P<index>\d{6})\.bin$")
+
+
+class ShardError(ValueError):
+    """A shard (or a shard directory) that is not what the format says; the message names the file."""
+
+
+def shard_name(name: str, split: str, index: int) -> str:
+    """`<name>_<split>_<index:06d>.bin`, the one naming rule for shards."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return f"{name}_{split}_{index:06d}.bin"
+
+
+def parse_shard_name(filename: str) -> tuple[str, str, int] | None:
+    """(name, split, index) for a shard file name, or None when it does not follow the rule."""
+    m = _NAME_RE.match(os.path.basename(filename))
+    if m is None:
+        return None
+    return m["name"], m["split"], int(m["index"])
+
+
+def make_header(num_tokens: int) -> np.ndarray:
+    """The 1024-byte header for a shard of `num_tokens` tokens."""
+    if not 0 < num_tokens <= MAX_TOKENS:
+        raise ValueError(f"a shard holds 1..{MAX_TOKENS} tokens, got {num_tokens}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = MAGIC, VERSION, num_tokens
+    return header
+
+
+def read_header(path: str | os.PathLike) -> int:
+    """Validate a shard's header and size; return its token count n.
+
+    Raises ShardError naming the file for a short file, bad magic or version, n <= 0, or a
+    file size other than 1024 + 2n (a truncated or padded shard).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no such shard") from None
+    except IsADirectoryError:
+        raise ShardError(f"{path}: is a directory, not a shard") from None
+    except PermissionError:
+        raise ShardError(f"{path}: permission denied") from None
+    if len(raw) < HEADER_BYTES:
+        raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != MAGIC:
+        raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC})")
+    if header[1] != VERSION:
+        raise ShardError(f"{path}: unsupported version {int(header[1])} (expected {VERSION})")
+    n = int(header[2])
+    if n <= 0:
+        raise ShardError(f"{path}: header says {n} tokens; a shard holds at least one")
+    expected = HEADER_BYTES + TOKEN_DTYPE.itemsize * n
+    if size != expected:
+        raise ShardError(
+            f"{path}: size {size} bytes, but the header's {n} tokens need exactly {expected}"
+        )
+    return n
+
+
+def open_shard(path: str | os.PathLike) -> np.memmap:
+    """Memory-map a shard's tokens read-only (header validated and skipped, nothing read)."""
+    n = read_header(path)
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+class ShardWriter:
+    """Stream uint16 tokens into one shard file without knowing the count in advance.
+
+    The header is written with a zero count first and patched on `close()`, so a shard whose
+    writer never closed (a killed process) fails `read_header`'s checks instead of looking valid.
+    `close()` returns the sha256 of the whole file, header included: the header is known only
+    at the end, so that costs one sequential re-read, right after the write, from page cache.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.num_tokens = 0
+        self._f = open(self.path, "wb")
+        self._f.write(b"\0" * HEADER_BYTES)
+
+    def write(self, tokens: np.ndarray) -> None:
+        """Append tokens (any integer array whose values fit uint16)."""
+        body = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
+        if self.num_tokens + body.size > MAX_TOKENS:
+            raise ValueError(f"{self.path}: a shard holds at most {MAX_TOKENS} tokens")
+        self._f.write(body.tobytes())
+        self.num_tokens += body.size
+
+    def close(self) -> str:
+        """Patch the header, flush to disk; return the file's sha256 (hex)."""
+        header = make_header(self.num_tokens).tobytes()
+        self._f.seek(0)
+        self._f.write(header)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return file_sha256(self.path)
+
+    def abort(self) -> None:
+        """Close without a header: what is on disk stays invalid (count 0) on purpose."""
+        self._f.close()
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:
+    """Write a whole shard at once; return its sha256."""
+    writer = ShardWriter(path)
+    try:
+        writer.write(tokens)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (flat memory whatever the size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as found on disk: where, which split, its position, and its token count."""
+
+    path: Path
+    split: str
+    index: int
+    num_tokens: int
+
+
+def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
+    """The shards of one split in a directory, in index order (names per `shard_name`)."""
+    directory = Path(directory)
+    found = []
+    for p in directory.iterdir():
+        parsed = parse_shard_name(p.name)
+        if parsed is not None and parsed[1] == split and p.is_file():
+            found.append((parsed[2], parsed[0], p))
+    found.sort()
+    return [p for _, _, p in found]
