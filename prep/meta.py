@@ -1,0 +1,56 @@
+"""`meta.json`, the dataset's manifest beside its shards: written by `prep tokenize`, read by
+`prep info`/`prep verify` and the loader. Defined once here.
+
+Layout (format version 1)::
+
+    {
+      "format_version": 1,
+      "tool": "shardgpt", "tool_version": "0.1.0",
+      "tokenizer": "gpt2", "vocab_size": 50257, "eot": 50256,
+      "dtype": "uint16", "header_bytes": 1024,
+      "name": "input",
+      "splits": {
+        "train": {"tokens": 304224, "documents": 1,
+                  "shards": [{"file": "input_train_000000.bin", "tokens": 304224, "sha256": "..."}]},
+        "val":   {...}                       # always present; may have no shards
+      },
+      "sources": [{"path": "/abs/input.txt", "bytes": 1115394}, ...],
+      "totals": {"documents": 1, "tokens": 338026, "bytes": 1115394},
+      "settings": {"shard_size": 100000000, "val_fraction": 0.1, "...": "..."}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+META_NAME = "meta.json"
+META_FORMAT_VERSION = 1
+
+
+def read_meta(directory: str | os.PathLike) -> dict | None:
+    """The parsed meta.json of a dataset directory, or None when there is none.
+
+    Raises ValueError (naming the file) when it exists but is not valid JSON of our format.
+    """
+    path = Path(directory) / META_NAME
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
+        raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")
+    return meta
+
+
+def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
+    """Write meta.json (complete file first, then rename, so a reader never sees half of it)."""
+    path = Path(directory) / META_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
