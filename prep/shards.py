@@ -102,8 +102,8 @@ def open_shard(path: str | os.PathLike) -> np.memmap:
 class ShardWriter:
     """Stream uint16 tokens into one shard file without knowing the count in advance.
 
-    The header is written with a zero count first and patched on `close()`, so a shard whose
-    writer never closed (a killed process) fails `read_header`'s checks instead of looking valid.
+    The header is written as zeros first and patched on `close()`, so a shard whose writer never
+    closed (a killed process) fails `read_header`'s magic check instead of looking valid.
     `close()` returns the sha256 of the whole file, header included: the header is known only
     at the end, so that costs one sequential re-read, right after the write, from page cache.
     """

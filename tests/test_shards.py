@@ -1,0 +1,118 @@
+"""The shard format: header, sizes, names, and every way a shard can be broken."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prep import shards
+from prep.shards import HEADER_BYTES, MAGIC, ShardError, ShardWriter, read_header, write_shard
+
+
+def _llmc_read(path):
+    # An independent llm.c-style reader: int32 header, then uint16 body.
+    with open(path, "rb") as f:
+        header = np.frombuffer(f.read(1024), dtype="<i4")
+        body = np.frombuffer(f.read(), dtype="<u2")
+    return header, body
+
+
+def test_write_and_read_back_llmc_style(tmp_path):
+    tokens = np.array([50256, 0, 1, 65535, 15496, 995], dtype=np.int64)
+    path = tmp_path / "x_train_000000.bin"
+    sha = write_shard(path, tokens)
+    header, body = _llmc_read(path)
+    assert header[0] == 20240520 and header[1] == 1 and header[2] == len(tokens)
+    assert not header[3:].any()
+    assert body.tolist() == tokens.tolist()
+    assert path.stat().st_size == 1024 + 2 * len(tokens)
+    assert sha == shards.file_sha256(path)
+    assert read_header(path) == len(tokens)
+    mm = shards.open_shard(path)
+    assert mm.dtype == np.dtype("<u2") and mm.tolist() == tokens.tolist()
+    with pytest.raises(ValueError):
+        mm[0] = 1  # read-only
+
+
+def test_streaming_writer_equals_one_shot(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [rng.integers(0, 50257, size=n) for n in (1, 1000, 7, 0, 4096)]
+    w = ShardWriter(tmp_path / "a.bin")
+    for p in parts:
+        w.write(p)
+    sha_a = w.close()
+    sha_b = write_shard(tmp_path / "b.bin", np.concatenate(parts))
+    assert sha_a == sha_b
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+
+
+def test_unclosed_writer_leaves_an_invalid_shard(tmp_path):
+    w = ShardWriter(tmp_path / "a.bin")
+    w.write(np.arange(10))
+    w.abort()
+    with pytest.raises(ShardError, match="bad magic 0"):
+        read_header(tmp_path / "a.bin")
+
+
+def _raw(path, header_vals, n_body):
+    header = np.zeros(256, dtype="<i4")
+    header[: len(header_vals)] = header_vals
+    path.write_bytes(header.tobytes() + np.zeros(n_body, dtype="<u2").tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    "header, n_body, message",
+    [
+        ((1234, 1, 5), 5, "bad magic"),
+        ((MAGIC, 7, 5), 5, "unsupported version"),
+        ((MAGIC, 1, 0), 0, "at least one"),
+        ((MAGIC, 1, -3), 0, "at least one"),
+        ((MAGIC, 1, 5), 4, "size"),
+        ((MAGIC, 1, 5), 6, "size"),
+    ],
+)
+def test_bad_shards_name_the_file(tmp_path, header, n_body, message):
+    path = _raw(tmp_path / "bad_train_000000.bin", header, n_body)
+    with pytest.raises(ShardError, match=message) as info:
+        read_header(path)
+    assert str(path) in str(info.value)
+
+
+def test_short_missing_and_directory(tmp_path):
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"\0" * 100)
+    with pytest.raises(ShardError, match="shorter than"):
+        read_header(short)
+    with pytest.raises(ShardError, match="no such shard"):
+        read_header(tmp_path / "missing.bin")
+    with pytest.raises(ShardError, match="directory"):
+        read_header(tmp_path)
+
+
+def test_names_and_find(tmp_path):
+    assert shards.shard_name("input", "val", 3) == "input_val_000003.bin"
+    assert shards.parse_shard_name("/a/b/fineweb_train_000012.bin") == ("fineweb", "train", 12)
+    assert shards.parse_shard_name("input_test_000000.bin") is None
+    assert shards.parse_shard_name("input_train_12.bin") is None
+    with pytest.raises(ValueError):
+        shards.shard_name("x", "test", 0)
+    for i in (2, 0, 10):
+        write_shard(tmp_path / shards.shard_name("d", "train", i), np.arange(3))
+    write_shard(tmp_path / shards.shard_name("d", "val", 0), np.arange(3))
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in shards.find_shards(tmp_path, "train")] == [
+        "d_train_000000.bin",
+        "d_train_000002.bin",
+        "d_train_000010.bin",
+    ]
+    assert [p.name for p in shards.find_shards(tmp_path, "val")] == ["d_val_000000.bin"]
+
+
+def test_header_limits():
+    with pytest.raises(ValueError):
+        shards.make_header(0)
+    with pytest.raises(ValueError):
+        shards.make_header(2**31)
+    assert shards.make_header(2**31 - 1)[2] == 2**31 - 1
+    assert HEADER_BYTES == 1024
