@@ -1,0 +1,49 @@
+"""Model FLOPs utilisation: achieved training FLOP/s as a fraction of the GPU's peak.
+
+MFU is the figure that tells how fast "as fast as the hardware allows" is: tokens/s alone
+cannot be compared across model sizes or GPUs. The FLOPs per token come from
+`GPTConfig.flops_per_token` (one definition); this module only knows peak throughputs.
+"""
+
+from __future__ import annotations
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from NVIDIA's datasheets, matched by
+# substring of torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3"), case-insensitive.
+# Order matters: the first match wins, so specific variants come before their family name.
+PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756e12),  # lower clocks and power than the SXM part
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),  # the H100 chip with more and faster memory: same peak
+    ("A100", 312e12),  # SXM and PCIe alike
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the GPU called `device_name`, or None if it is not in the table.
+
+    None rather than a guess: an MFU computed against the wrong peak is worse than none.
+    """
+    name = device_name.upper()
+    for pattern, flops in PEAK_FLOPS:
+        if pattern.upper() in name:
+            return flops
+    return None
+
+
+def mfu(
+    tokens_per_s: float, flops_per_token: float, device_name: str, num_devices: int = 1
+) -> float | None:
+    """Model FLOPs utilisation in [0, 1], or None when the device's peak is unknown.
+
+    tokens_per_s is the throughput of all `num_devices` GPUs together (for DDP: the global
+    batch tokens per second, with num_devices = world size); flops_per_token is the training
+    cost per token, `model.flops_per_token(T)`, which counts forward and backward, so this is
+    for training steps, not for forward-only evaluation.
+    """
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+    peak = peak_flops(device_name)
+    if peak is None:
+        return None
+    return tokens_per_s * flops_per_token / (peak * num_devices)
