@@ -1,0 +1,17 @@
+"""The token loader: a split's shards, memory-mapped as one stream, served as pinned uint16
+windows by a prefetch thread and widened to int64 (x, y) on the device.
+
+    from loader import TokenLoader
+    with TokenLoader("data/input", split="train", B=4, T=32) as loader:
+        x, y = loader.next_batch("cuda")   # int64 (B, T) each
+
+`python -m loader.bench` measures it against nanoGPT's and build-nanogpt's loaders.
+"""
+
+from loader.cursor import Cursor, epoch_permutation
+from loader.errors import LoaderError
+from loader.loader import TokenLoader
+from loader.stream import TokenStream, resolve_shards
+
+__all__ = ["Cursor", "LoaderError", "TokenLoader", "TokenStream", "epoch_permutation",
+           "resolve_shards"]

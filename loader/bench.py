@@ -1,0 +1,287 @@
+"""`python -m loader.bench [DIR]`: the loader against its floor and two baselines, one run.
+
+On the same shards and the same (B, T), steady state (warm page cache, after a warm-up),
+median over repeats of the time per window of B*T+1 tokens:
+
+- raw copy: np.copyto of B*T+1 uint16 from a memmap into a preallocated buffer (the floor);
+- TokenLoader.next_window and .next_batch("cpu"), with and without the prefetch thread;
+- nanoGPT's get_batch: B random offsets, per-row astype(int64), torch.stack, as nanoGPT's
+  train.py writes it (a fresh np.memmap per call, its fix for issue #287), and with the map
+  opened once; pin_memory() per batch where CUDA exists;
+- build-nanogpt's DataLoaderLite: the whole shard loaded up front as int64, then views.
+
+Without DIR it writes a synthetic set of random tokens (--tokens, --shards) in a temp dir.
+A bad DIR is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from loader.errors import LoaderError
+from loader.loader import TokenLoader
+from prep.shards import HEADER_BYTES, ShardError, open_shard, shard_name, write_shard
+
+
+def _time_per_call(step: Callable[[], object], windows: int, repeats: int, warmup: int) -> float:
+    """Median over `repeats` of the seconds per call of `step`, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(windows):
+            step()
+        runs.append((time.perf_counter() - start) / windows)
+    return statistics.median(runs)
+
+
+def raw_copy(shard: np.ndarray, window: int, stride: int) -> Callable[[], None]:
+    """The floor: copy the next window from the memmap into one preallocated buffer."""
+    out = np.empty(window, dtype=np.uint16)
+    state = {"pos": 0}
+
+    def step():
+        pos = state["pos"]
+        if pos + window > shard.shape[0]:
+            pos = 0
+        np.copyto(out, shard[pos : pos + window])
+        state["pos"] = pos + stride
+
+    return step
+
+
+def nanogpt_get_batch(path: str, B: int, T: int, remap: bool) -> Callable[[], object]:
+    """nanoGPT's get_batch on one shard (header skipped, as its train.bin has none)."""
+    cuda = torch.cuda.is_available()
+    opened = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES)
+
+    def get_batch():
+        # nanoGPT: "recreate np.memmap every batch to avoid a memory leak, as per #287"
+        data = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES) if remap else opened
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([torch.from_numpy((data[i : i + T]).astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + T]).astype(np.int64)) for i in ix])
+        if cuda:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    return get_batch
+
+
+class DataLoaderLite:
+    """build-nanogpt's loader, reduced to one rank: each shard loaded whole as int64 tensor."""
+
+    def __init__(self, paths: list[str], B: int, T: int):
+        self.paths, self.B, self.T = paths, B, T
+        self.shard = 0
+        self.tokens = self.load(paths[0])
+        self.pos = 0
+
+    @staticmethod
+    def load(path: str) -> torch.Tensor:
+        npt = open_shard(path).astype(np.int32)  # build-nanogpt: np.load, astype(int32)
+        return torch.tensor(npt, dtype=torch.long)
+
+    def next_batch(self):
+        B, T = self.B, self.T
+        buf = self.tokens[self.pos : self.pos + B * T + 1]
+        x = buf[:-1].view(B, T)  # (B, T)
+        y = buf[1:].view(B, T)  # (B, T)
+        self.pos += B * T
+        if self.pos + B * T + 1 > len(self.tokens):
+            self.pos = 0  # steady state: stay on this shard (the load is timed separately)
+        return x, y
+
+
+def synthesize(directory: str, tokens: int, shards: int, seed: int = 0) -> None:
+    """`tokens` random GPT-2 token ids across `shards` shards named bench_train_<i>.bin."""
+    rng = np.random.default_rng(seed)
+    bounds = np.linspace(0, tokens, shards + 1).astype(np.int64)
+    for i in range(shards):
+        body = rng.integers(0, 50257, int(bounds[i + 1] - bounds[i]), dtype=np.uint16)
+        write_shard(os.path.join(directory, shard_name("bench", "train", i)), body)
+
+
+def time_inside(step: Callable[[], object], windows: int, repeats: int, work_s: float):
+    """Median over `repeats` of the seconds per call spent inside `step` when the caller does
+    `work_s` of other work between calls (a sleep: it releases the GIL, as a GPU step's host
+    side waiting on the device does). What a training loop actually waits for its data."""
+    for _ in range(max(10, windows // 10)):
+        step()
+    runs = []
+    for _ in range(repeats):
+        inside = 0.0
+        for _ in range(windows):
+            time.sleep(work_s)
+            start = time.perf_counter()
+            step()
+            inside += time.perf_counter() - start
+        runs.append(inside / windows)
+    return statistics.median(runs)
+
+
+def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_us: float):
+    """All measurements on the shards at `path`; returns the figures as a dict."""
+    warmup = max(10, windows // 10)
+    with TokenLoader(path, split, B=B, T=T, prefetch=0, pin_memory=False) as probe:
+        shards, num_tokens = [str(p) for p in probe.shards], probe.num_tokens
+    for shard in shards:  # warm the page cache: steady state, not the disk, is measured
+        open_shard(shard).view(np.ndarray).max()
+    first = open_shard(shards[0]).view(np.ndarray)
+    floor = raw_copy(first, B * T + 1, B * T)
+    seconds = {"raw np.copyto (floor)": _time_per_call(floor, windows, repeats, warmup)}
+    for prefetch in (0, 2):
+        for method in ("next_window", "next_batch"):
+            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch) as loader:
+                step = getattr(loader, method)
+                seconds[f"loader.{method} prefetch={prefetch}"] = _time_per_call(
+                    step, windows, repeats, warmup
+                )
+    for remap, label in ((True, "memmap per call, as written"), (False, "memmap once")):
+        get_batch = nanogpt_get_batch(shards[0], B, T, remap)
+        seconds[f"nanoGPT get_batch ({label})"] = _time_per_call(
+            get_batch, windows, repeats, warmup
+        )
+    start = time.perf_counter()
+    lite = DataLoaderLite(shards, B, T)
+    load_s = time.perf_counter() - start
+    seconds["build-nanogpt DataLoaderLite (views)"] = _time_per_call(
+        lite.next_batch, windows, repeats, warmup
+    )
+    inside = {}  # microseconds per call, with work_us of other work between calls
+    for prefetch in (0, 2):
+        for method in ("next_window", "next_batch"):
+            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch) as loader:
+                step = getattr(loader, method)
+                inside[f"loader.{method} prefetch={prefetch}"] = (
+                    time_inside(step, windows, repeats, work_us * 1e-6) * 1e6
+                )
+    get_batch_us = seconds["nanoGPT get_batch (memmap per call, as written)"] * 1e6
+    ratio = lambda slow, fast: seconds[slow] / seconds[fast]  # noqa: E731
+    lite_tokens = len(lite.tokens)
+    return {
+        "path": path,
+        "split": split,
+        "shards": len(shards),
+        "num_tokens": num_tokens,
+        "B": B,
+        "T": T,
+        "windows": windows,
+        "repeats": repeats,
+        "methods": {
+            name: {"us_per_window": s * 1e6, "tokens_per_s": B * T / s}
+            for name, s in seconds.items()
+        },
+        "ratios": {
+            "tokens/s, next_batch prefetch=0 / nanoGPT get_batch (as written)": ratio(
+                "nanoGPT get_batch (memmap per call, as written)", "loader.next_batch prefetch=0"
+            ),
+            "tokens/s, next_batch prefetch=2 / nanoGPT get_batch (as written)": ratio(
+                "nanoGPT get_batch (memmap per call, as written)", "loader.next_batch prefetch=2"
+            ),
+            "tokens/s, next_batch prefetch=0 / nanoGPT get_batch (memmap once)": ratio(
+                "nanoGPT get_batch (memmap once)", "loader.next_batch prefetch=0"
+            ),
+            "time/window, next_window prefetch=0 / raw copy": ratio(
+                "loader.next_window prefetch=0", "raw np.copyto (floor)"
+            ),
+            "time/window, next_window prefetch=2 / raw copy": ratio(
+                "loader.next_window prefetch=2", "raw np.copyto (floor)"
+            ),
+            "in a loop with work between calls, tokens/s, next_batch prefetch=2 / nanoGPT "
+            "get_batch (as written)": get_batch_us / inside["loader.next_batch prefetch=2"],
+        },
+        "work_us_between_calls": work_us,
+        "inside_us": inside,
+        "dataloaderlite_load": {
+            "seconds": load_s,
+            "tokens": lite_tokens,
+            "resident_bytes": lite_tokens * 8,
+            "us_per_window_amortized": load_s / (lite_tokens // (B * T)) * 1e6,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "cuda": torch.cuda.is_available(),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def report(r: dict) -> str:
+    """The figures as a table, then the ratios, for a human."""
+    lines = [
+        f"{r['path']}: {r['shards']} shards, N={r['num_tokens']:,} tokens, B={r['B']} "
+        f"T={r['T']}, {r['windows']} windows x {r['repeats']} repeats (median), warm page cache",
+        f"{'method':<50} {'us/window':>10} {'Mtok/s':>9}",
+    ]
+    for name, m in r["methods"].items():
+        lines.append(f"{name:<50} {m['us_per_window']:>10.1f} {m['tokens_per_s'] / 1e6:>9.1f}")
+    lite = r["dataloaderlite_load"]
+    lines.append(
+        f"DataLoaderLite shard load: {lite['seconds']:.2f} s for {lite['tokens']:,} tokens "
+        f"({lite['resident_bytes'] / 2**20:.0f} MiB int64 resident; "
+        f"{lite['us_per_window_amortized']:.1f} us/window amortized)"
+    )
+    lines.append(f"time inside each call with {r['work_us_between_calls']:.0f} us of other work "
+                 "between calls (a training loop's view):")
+    for name, us in r["inside_us"].items():
+        lines.append(f"  {name:<48} {us:>10.1f}")
+    for name, value in r["ratios"].items():
+        lines.append(f"ratio {name}: {value:.2f}x")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loader.bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("path", nargs="?", help="dataset dir or shard glob (default: synthetic)")
+    parser.add_argument("--split", default="train", help="split to read from a directory")
+    parser.add_argument("--B", type=int, default=16, help="sequences per batch")
+    parser.add_argument("--T", type=int, default=1024, help="tokens per sequence")
+    parser.add_argument("--windows", type=int, default=1000, help="windows timed per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median kept)")
+    parser.add_argument("--tokens", type=int, default=64_000_000, help="synthetic tokens")
+    parser.add_argument("--shards", type=int, default=2, help="synthetic shards")
+    parser.add_argument("--work-us", type=float, default=1000.0,
+                        help="simulated train step between calls for the time-inside figures")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if min(args.B, args.T, args.windows, args.repeats, args.tokens, args.shards) < 1:
+        parser.error("--B, --T, --windows, --repeats, --tokens and --shards must be >= 1")
+    sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
+    try:
+        if args.path is None:
+            with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+                synthesize(tmp, args.tokens, args.shards)
+                result = run(tmp, "train", *sizes)
+                result["path"] = f"synthetic ({args.tokens:,} random tokens, {args.shards} shards)"
+        else:
+            result = run(args.path, args.split, *sizes)
+    except (LoaderError, ShardError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

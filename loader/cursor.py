@@ -1,0 +1,88 @@
+"""The cursor: which window of the stream step k on rank r reads. Pure arithmetic, no I/O.
+
+DESIGN.md, "Loader cursor": N tokens, batch B, sequence T, rank r of W ranks.
+
+- steps per epoch E = (N - 1) // (B*T*W)   (prep.epoch.steps_per_epoch, the one definition)
+- step k reads [s, s + B*T + 1) with s = (slot(k) * W + r) * B*T
+- slot(k) = k mod E sequentially, or perm_e[k mod E] with shuffle, where e = k // E is the epoch
+  and perm_e is a permutation of the E slots drawn from (seed, e) alone, so every rank draws
+  the same one and ranks never overlap.
+
+Within an epoch slot j covers tokens [j*W*B*T, (j+1)*W*B*T + 1) across the W ranks, and the
+last slot ends at E*W*B*T + 1 <= N: no window runs off the stream and no usable slot is
+skipped (build-nanogpt issue #105), and ranks read disjoint targets (llm.c issue #792).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from loader.errors import LoaderError, check_int
+from prep.epoch import steps_per_epoch
+
+
+@lru_cache(maxsize=8)
+def epoch_permutation(seed: int, epoch: int, steps: int) -> np.ndarray:
+    """The order of the `steps` window slots in `epoch` when shuffling (read-only array).
+
+    Drawn from PCG64 seeded by SeedSequence([seed, epoch]): a function of (seed, epoch) only,
+    hence identical on every rank and in every process, and a fresh order each epoch.
+    Cached (thread-safe) because the prefetch thread and the consumer both ask for it.
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
+    perm = rng.permutation(steps)
+    perm.setflags(write=False)
+    return perm
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Window placement for one split and one (B, T, W, shuffle, seed); rank is an argument,
+    so every rank shares the same cursor (and the same resume state)."""
+
+    num_tokens: int
+    B: int
+    T: int
+    world: int = 1
+    shuffle: bool = False
+    seed: int = 0
+    steps_per_epoch: int = field(init=False)
+
+    def __post_init__(self):
+        check_int("B", self.B, 1)
+        check_int("T", self.T, 1)
+        check_int("world", self.world, 1)
+        check_int("seed", self.seed, 0)  # SeedSequence takes non-negative integers
+        check_int("num_tokens", self.num_tokens, 0)
+        steps = steps_per_epoch(self.num_tokens, self.B, self.T, self.world)
+        if steps == 0:
+            raise LoaderError(
+                f"N={self.num_tokens} tokens is too few for one step of "
+                f"B={self.B} x T={self.T} x W={self.world} ranks: a step needs "
+                f"B*T*W + 1 = {self.B * self.T * self.world + 1} tokens; "
+                "lower B or T, or use more data"
+            )
+        object.__setattr__(self, "steps_per_epoch", steps)
+
+    @property
+    def window_tokens(self) -> int:
+        """B*T + 1: the inputs plus the one extra target at the end."""
+        return self.B * self.T + 1
+
+    def epoch(self, step: int) -> int:
+        """The epoch that global step `step` falls in (steps count from 0 across epochs)."""
+        return step // self.steps_per_epoch
+
+    def slot(self, step: int) -> int:
+        """Which of the epoch's E window slots step `step` reads."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if self.shuffle:
+            return int(epoch_permutation(self.seed, epoch, self.steps_per_epoch)[k])
+        return k
+
+    def window_start(self, step: int, rank: int) -> int:
+        """s = (slot * W + rank) * B*T: the first token of step `step`'s window on `rank`."""
+        return (self.slot(step) * self.world + rank) * self.B * self.T

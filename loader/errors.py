@@ -1,0 +1,20 @@
+"""The loader's one exception type, in its own module so every loader file can raise it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class LoaderError(ValueError):
+    """A loader that cannot be built or resumed as asked: a bad path, no shards for a split,
+    a split too small for one step, arguments out of range, or a state for another dataset.
+
+    A ValueError, like prep.shards.ShardError, so train.py turns both into exit status 2
+    with a one-line message; the message names the file or the numbers involved.
+    """
+
+
+def check_int(label: str, value: object, minimum: int) -> None:
+    """A clear LoaderError unless `value` is an integer (not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise LoaderError(f"{label} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,134 @@
+"""The prefetch thread: fills ring buffers with the next windows ahead of the consumer.
+
+Kept apart from TokenLoader on purpose: nothing here holds a reference to the loader, so a
+loader nobody uses any more is garbage-collected, and its weakref.finalize stops this thread.
+
+Protocol (two queues of buffer indices, so a buffer has exactly one owner at a time):
+
+- `free`: buffers the thread may fill. The consumer puts a buffer back only when it has
+  finished with it (next_window's at the next call, next_batch's once it has been widened or
+  queued for copying), so a window handed out is never overwritten while the caller holds
+  it. Before refilling, the thread waits on the buffer's CUDA copy event, so a host->device
+  copy still in flight is never overwritten either.
+- `ready`: (index, step) of filled buffers in step order, or a _Failure carrying the
+  exception that stopped the thread; the consumer re-raises it instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from loader.errors import LoaderError
+
+_STOP = -1  # put into `free` to make the thread exit after its current window
+
+
+@dataclass
+class _Failure:
+    """What the thread sends instead of a window when filling raised."""
+
+    error: BaseException
+
+
+def wait_for_copy(events: list, index: int) -> None:
+    """Block until the last host->device copy out of buffer `index` has completed.
+
+    `events[index]` is the torch.cuda.Event recorded right after that copy was queued (None
+    when the buffer was never copied to a CUDA device). Only runs with CUDA.
+    """
+    event = events[index]
+    if event is not None:
+        event.synchronize()
+
+
+def _run(fill: Callable[[int, int], None], step: int, free, ready, events, stopping) -> None:
+    """Thread body: take a free buffer, wait for its copy, fill it with `step`, hand it over."""
+    try:
+        while True:
+            index = free.get()
+            if index == _STOP or stopping.is_set():
+                return
+            wait_for_copy(events, index)
+            fill(index, step)
+            ready.put((index, step))
+            step += 1
+    except BaseException as e:  # noqa: BLE001 - everything must reach the consumer
+        ready.put(_Failure(e))
+
+
+class Prefetcher:
+    """One background thread filling `indices` buffers from step `first_step` on.
+
+    `fill(index, step)` copies step `step`'s window into buffer `index`. The ring is the
+    buffers in `indices`; with n of them, at most n - 1 windows are ready ahead while the
+    consumer holds one.
+    """
+
+    def __init__(self, fill, first_step: int, indices: list[int], events: list):
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        self._failure: _Failure | None = None
+        self._stopping = threading.Event()
+        for index in indices:
+            self._free.put(index)
+        self._thread = threading.Thread(
+            target=_run,
+            args=(fill, first_step, self._free, self._ready, events, self._stopping),
+            name="TokenLoader-prefetch",
+            daemon=True,  # never keeps the interpreter alive
+        )
+        self._thread.start()
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The worker thread (tests check that close() joined it)."""
+        return self._thread
+
+    def ready_count(self) -> int:
+        """Windows filled and waiting (approximate while the thread runs)."""
+        return self._ready.qsize()
+
+    def get(self, step: int) -> int:
+        """The buffer holding step `step`'s window; re-raises the thread's exception."""
+        if self._failure is not None:
+            raise self._failure.error
+        while True:
+            try:
+                item = self._ready.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():
+                    raise LoaderError("the prefetch thread exited without a window") from None
+        if isinstance(item, _Failure):
+            self._failure = item
+            raise item.error
+        index, filled_step = item
+        if filled_step != step:  # a bug, not a user mistake
+            raise RuntimeError(f"prefetch out of order: got step {filled_step}, want {step}")
+        return index
+
+    def release(self, index: int) -> None:
+        """The consumer is done with buffer `index`: the thread may refill it."""
+        self._free.put(index)
+
+    def stop(self) -> None:
+        """Ask the thread to exit and join it. Idempotent; windows it prefetched are dropped."""
+        if self._thread.is_alive():
+            self._stopping.set()
+            self._free.put(_STOP)
+            self._thread.join()
+        self._ready = queue.SimpleQueue()
+
+
+def record_copy(events: list, index: int, device: torch.device) -> None:
+    """Mark the host->device copy just queued out of buffer `index` on `device`'s current
+    stream. One event per buffer, created on first use and re-recorded afterwards: the
+    consumer records it only while it owns the buffer, the thread waits on it only after."""
+    if events[index] is None:
+        events[index] = torch.cuda.Event()
+    events[index].record(torch.cuda.current_stream(device))

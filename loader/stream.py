@@ -1,0 +1,141 @@
+"""The token stream: every shard of one split, memory-mapped read-only, seen as ONE array.
+
+Which files make a split (`resolve_shards`):
+
+- a dataset directory with meta.json (what `prep tokenize` writes): the shards meta.json lists
+  for the split, in its order, each header's count cross-checked against meta.json;
+- a directory without meta.json (llm.c, modded-nanogpt): `prep.shards.find_shards(dir, split)`;
+- a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
+  picks the files, so `split` is not consulted); a single shard file is a glob of one.
+
+Headers are parsed only by prep.shards (read_header / open_shard); this module never reads a
+token except to copy the window it was asked for.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from loader.errors import LoaderError
+from prep.meta import read_meta
+from prep.shards import SPLITS, find_shards, open_shard, read_header
+
+_GLOB_CHARS = "*?["
+
+
+def resolve_shards(path: str | os.PathLike, split: str) -> list[Path]:
+    """The ordered shard files of `split` under `path` (a directory, a glob or a file).
+
+    Raises LoaderError naming the path when nothing matches, and LoaderError / ShardError
+    naming the file when meta.json and a shard's header disagree or a header is bad.
+    """
+    if split not in SPLITS:
+        raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    text = os.fspath(path)
+    p = Path(text)
+    if p.is_dir():
+        return _directory_shards(p, split)
+    if p.is_file():
+        return [p]
+    if any(c in text for c in _GLOB_CHARS):
+        matches = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
+        if not matches:
+            raise LoaderError(f"{text}: no shard files match this pattern")
+        return matches
+    raise LoaderError(f"{text}: no such file or directory")
+
+
+def _directory_shards(directory: Path, split: str) -> list[Path]:
+    """A directory's shards: meta.json's list when there is one, else find_shards."""
+    try:
+        meta = read_meta(directory)
+    except ValueError as e:
+        raise LoaderError(str(e)) from None
+    if meta is None:
+        paths = find_shards(directory, split)
+        if not paths:
+            raise LoaderError(
+                f"{directory}: no {split} shards (files named <name>_{split}_<index:06d>.bin); "
+                f"for other names pass a glob such as '{directory}/*{split}*.bin'"
+            )
+        return paths
+    entry = (meta.get("splits") or {}).get(split) or {}
+    listed = entry.get("shards") or []
+    if not listed:
+        raise LoaderError(f"{directory}/meta.json: lists no {split} shards")
+    paths, total = [], 0
+    for item in listed:
+        try:
+            shard, tokens = directory / item["file"], int(item["tokens"])
+        except (KeyError, TypeError, ValueError):
+            raise LoaderError(
+                f"{directory}/meta.json: malformed {split} shard entry {item!r}"
+            ) from None
+        n = read_header(shard)  # ShardError naming the file when missing or bad
+        if n != tokens:
+            raise LoaderError(f"{shard}: header says {n} tokens, meta.json says {tokens}")
+        paths.append(shard)
+        total += n
+    if "tokens" in entry and int(entry["tokens"]) != total:
+        raise LoaderError(
+            f"{directory}/meta.json: {split} total is {entry['tokens']} tokens, "
+            f"but its shards hold {total}"
+        )
+    return paths
+
+
+class TokenStream:
+    """N tokens across shards, addressable as one array without reading any of it up front.
+
+    Each shard is memory-mapped once, read-only, header skipped (prep.shards.open_shard), and
+    kept for the stream's life: no whole-file reads and no re-mapping per window. A window that
+    crosses shard boundaries is copied piecewise, straight into the caller's buffer.
+    """
+
+    def __init__(self, paths: list[Path]):
+        if not paths:
+            raise LoaderError("a token stream needs at least one shard")
+        self.paths = list(paths)
+        # Plain ndarray views of the memmaps: slicing np.memmap itself costs a subclass
+        # __array_finalize__ per slice. The view's .base keeps the mapping alive.
+        self._maps = [open_shard(p).view(np.ndarray) for p in self.paths]
+        self.counts = [int(m.shape[0]) for m in self._maps]
+        # offsets[i] = first global token index of shard i; offsets[-1] = N
+        self._offsets = np.cumsum([0, *self.counts], dtype=np.int64)
+        self._starts = [int(o) for o in self._offsets]  # the same, as Python ints
+        self._last = 0  # shard of the previous window: the next one usually starts there too
+        self.num_tokens = self._starts[-1]
+
+    @property
+    def identity(self) -> list[list]:
+        """[[shard file name, token count], ...]: what a resume state checks it was made on.
+        File names, not paths, so a dataset directory can move between save and resume."""
+        return [[p.name, n] for p, n in zip(self.paths, self.counts)]
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Copy tokens [start, start + len(out)) of the stream into `out` (1-D, uint16)."""
+        length = out.shape[0]
+        if start < 0 or start + length > self.num_tokens:
+            raise IndexError(
+                f"window [{start}, {start + length}) is outside the stream's "
+                f"{self.num_tokens} tokens"
+            )
+        shard, starts = self._last, self._starts
+        if not starts[shard] <= start < starts[shard + 1]:  # not in the previous window's shard
+            shard = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        done = 0
+        while done < length:  # one piece per shard touched: usually 1, at a boundary 2
+            local = start + done - starts[shard]
+            take = min(length - done, self.counts[shard] - local)
+            np.copyto(out[done : done + take], self._maps[shard][local : local + take])
+            done += take
+            shard += 1
+        self._last = shard - 1
+
+    def close(self) -> None:
+        """Drop the mappings (they unmap once no view is left)."""
+        self._maps = []

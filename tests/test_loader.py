@@ -1,0 +1,255 @@
+"""TokenLoader: window contents against a reference built from the tokens the test wrote,
+epoch arithmetic, next_batch, properties, argument checks, and resume (state_dict)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from loader import LoaderError, TokenLoader
+from prep.meta import write_meta
+from prep.shards import shard_name, write_shard
+
+
+def write_dataset(directory, sizes, split="train", name="d", seed=0) -> np.ndarray:
+    """Shards of random tokens with the given sizes plus a meta.json, as prep tokenize lays
+    them out; returns the concatenated stream (the reference)."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 50257, n, dtype=np.uint16) for n in sizes]
+    entries = []
+    for i, tokens in enumerate(arrays):
+        file = shard_name(name, split, i)
+        sha256 = write_shard(directory / file, tokens)
+        entries.append({"file": file, "tokens": int(tokens.size), "sha256": sha256})
+    splits = {"train": {"tokens": 0, "shards": []}, "val": {"tokens": 0, "shards": []}}
+    splits[split] = {"tokens": int(sum(sizes)), "shards": entries}
+    write_meta(directory, {"format_version": 1, "name": name, "splits": splits})
+    return np.concatenate(arrays)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Three train shards (1000, 517, 2000 tokens): N = 3517."""
+    return tmp_path, write_dataset(tmp_path, [1000, 517, 2000])
+
+
+def start(k: int, E: int, B: int, T: int, W: int = 1, r: int = 0) -> int:
+    """DESIGN.md's formula, written out again here (not imported): s = ((k mod E)*W + r)*B*T."""
+    return ((k % E) * W + r) * B * T
+
+
+def windows(loader: TokenLoader, count: int) -> list[np.ndarray]:
+    return [loader.next_window().numpy().copy() for _ in range(count)]
+
+
+def test_windows_match_the_stream_across_shard_boundaries_and_the_epoch_end(data):
+    path, ref = data
+    B, T = 2, 50  # 100 tokens a step: step 9 reads [900, 1001), across shards 0 and 1
+    with TokenLoader(path, B=B, T=T, prefetch=0) as loader:
+        E = loader.steps_per_epoch
+        assert E == (3517 - 1) // 100 == 35
+        got = windows(loader, E + 2)
+    spanning = [k for k in range(E) if start(k, E, B, T) < 1000 < start(k, E, B, T) + B * T + 1]
+    spanning += [k for k in range(E) if start(k, E, B, T) < 1517 < start(k, E, B, T) + B * T + 1]
+    assert len(spanning) == 2
+    for k in range(E + 2):
+        s = start(k, E, B, T)
+        np.testing.assert_array_equal(got[k], ref[s : s + B * T + 1])
+    last_end = start(E - 1, E, B, T) + B * T + 1
+    assert last_end <= len(ref) < last_end + B * T  # the last slot is used; no room for another
+    np.testing.assert_array_equal(got[E], got[0])  # wrapped around
+    np.testing.assert_array_equal(got[E + 1], got[1])
+
+
+def test_tiny_shakespeare_sized_split_has_2640_steps_and_a_last_window_that_fits(tmp_path):
+    ref = write_dataset(tmp_path, [338_026])  # N of tiny Shakespeare with --val-fraction 0
+    with TokenLoader(tmp_path, B=4, T=32, prefetch=0) as loader:
+        assert loader.steps_per_epoch == 2_640
+        state = loader.state_dict()
+        loader.load_state_dict({**state, "step": 2_639})
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[337_792:337_921])
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[:129])  # epoch 1
+
+
+def test_a_window_may_span_three_shards(tmp_path):
+    ref = write_dataset(tmp_path, [300, 5, 7, 300])
+    with TokenLoader(tmp_path, B=2, T=100, prefetch=0) as loader:  # windows of 201 tokens
+        got = windows(loader, 6)
+    for k, window in enumerate(got):
+        s = start(k, 3, 2, 100)
+        np.testing.assert_array_equal(window, ref[s : s + 201])
+
+
+def test_epoch_and_step_counters_advance_at_the_wrap(data):
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, prefetch=0) as loader:
+        E = loader.steps_per_epoch
+        windows(loader, E - 1)
+        assert (loader.step, loader.epoch) == (E - 1, 0)
+        loader.next_window()
+        assert (loader.step, loader.epoch) == (E, 1)
+        windows(loader, E)
+        assert loader.epoch == 2
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_next_batch_on_cpu_is_int64_b_by_t_with_y_shifted_by_one(data, prefetch):
+    path, ref = data
+    B, T = 3, 16
+    with TokenLoader(path, B=B, T=T, prefetch=prefetch) as loader:
+        batches = [loader.next_batch("cpu") for _ in range(3)]
+    for k, (x, y) in enumerate(batches):  # still valid after later calls: fresh tensors
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (B, T)
+        s = start(k, loader.steps_per_epoch, B, T)
+        expected = torch.from_numpy(ref[s : s + B * T + 1].astype(np.int64))
+        assert torch.equal(x.flatten(), expected[:-1]) and torch.equal(y.flatten(), expected[1:])
+        assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_next_window_is_a_uint16_cpu_tensor_of_b_t_plus_one(data):
+    path, _ = data
+    with TokenLoader(path, B=4, T=8) as loader:
+        window = loader.next_window()
+        assert window.dtype == torch.uint16 and window.shape == (33,)
+        assert window.device.type == "cpu"
+        assert window.is_pinned() == torch.cuda.is_available() == loader.pin_memory
+
+
+def test_properties(data):
+    path, ref = data
+    with TokenLoader(path, B=4, T=8, rank=1, world=3, shuffle=True, seed=7, prefetch=3) as loader:
+        assert loader.num_tokens == len(ref) == 3517
+        assert loader.steps_per_epoch == (3517 - 1) // (4 * 8 * 3)
+        assert (loader.B, loader.T, loader.rank, loader.world) == (4, 8, 1, 3)
+        assert (loader.shuffle, loader.seed, loader.prefetch) == (True, 7, 3)
+        assert (loader.step, loader.epoch) == (0, 0)
+        assert [p.name for p in loader.shards] == [shard_name("d", "train", i) for i in range(3)]
+        assert "N=3517" in repr(loader)
+
+
+def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
+    write_dataset(tmp_path, [100])
+    with pytest.raises(LoaderError, match=r"N=100 .*B=4 .*T=32 .*W=1"):
+        TokenLoader(tmp_path, B=4, T=32)
+    with TokenLoader(tmp_path, B=3, T=11, world=3) as loader:  # 3*11*3 + 1 = 100: just fits
+        assert loader.steps_per_epoch == 1
+    with pytest.raises(LoaderError, match=r"N=100 .*B=3 .*T=11 .*W=4"):
+        TokenLoader(tmp_path, B=3, T=11, world=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"B": 0}, "B must be an integer >= 1, got 0"),
+        ({"T": -3}, "T must be an integer >= 1, got -3"),
+        ({"B": 2.5}, "B must be an integer"),
+        ({"T": True}, "T must be an integer"),
+        ({"world": 0}, "world must be an integer >= 1"),
+        ({"rank": -1}, "rank must be an integer >= 0"),
+        ({"rank": 2, "world": 2}, r"0 <= rank < world=2, got rank=2"),
+        ({"prefetch": -1}, "prefetch must be an integer >= 0"),
+        ({"seed": -5}, "seed must be an integer >= 0"),
+        ({"shuffle": "yes"}, "shuffle must be True or False"),
+        ({"split": "test"}, "split must be one of train, val"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(data, kwargs, message):
+    path, _ = data
+    with pytest.raises(LoaderError, match=message):
+        TokenLoader(path, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_pin_memory_without_cuda_is_an_error(data):
+    with pytest.raises(LoaderError, match="pin_memory=True needs CUDA"):
+        TokenLoader(data[0], pin_memory=True)
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("prefetch_before, prefetch_after", [(0, 0), (2, 2), (0, 3), (2, 0)])
+def test_resume_gives_the_windows_of_an_uninterrupted_run(
+    data, shuffle, prefetch_before, prefetch_after
+):
+    path, _ = data
+    kw = dict(B=2, T=50, shuffle=shuffle, seed=11)
+    with TokenLoader(path, prefetch=0, **kw) as loader:
+        E = loader.steps_per_epoch
+        uninterrupted = windows(loader, 3 * E)
+    for k in (0, 1, E - 1, E, E + 1, 2 * E - 1):  # around the epoch boundaries
+        with TokenLoader(path, prefetch=prefetch_before, **kw) as first:
+            windows(first, k)
+            state = json.loads(json.dumps(first.state_dict()))  # JSON-safe, like a checkpoint
+        assert (state["step"], state["epoch"]) == (k, k // E)
+        with TokenLoader(path, prefetch=prefetch_after, **kw) as resumed:
+            resumed.load_state_dict(state)
+            assert (resumed.step, resumed.epoch) == (k, k // E)
+            for expected in uninterrupted[k : k + E + 2]:
+                np.testing.assert_array_equal(resumed.next_window().numpy(), expected)
+
+
+def test_load_state_dict_adopts_the_saved_shuffle_and_seed(data):
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as saved:
+        windows(saved, 4)
+        state = saved.state_dict()
+        expected = windows(saved, 5)
+    with TokenLoader(path, B=2, T=50, shuffle=False, seed=0, prefetch=0) as resumed:
+        resumed.load_state_dict(state)
+        assert (resumed.shuffle, resumed.seed) == (True, 3)
+        for window in expected:
+            np.testing.assert_array_equal(resumed.next_window().numpy(), window)
+
+
+def test_reset_goes_back_to_step_zero(data):
+    path, _ = data
+    with TokenLoader(path, B=2, T=50) as loader:
+        first = windows(loader, 3)
+        loader.reset()
+        assert loader.step == 0
+        for window in first:
+            np.testing.assert_array_equal(loader.next_window().numpy(), window)
+
+
+def test_a_state_for_other_data_or_other_b_t_w_is_refused(tmp_path, data):
+    path, _ = data
+    other = tmp_path / "other"
+    other.mkdir()
+    write_dataset(other, [1000, 517, 2001])
+    with TokenLoader(path, B=2, T=50) as loader:
+        state = loader.state_dict()
+    with TokenLoader(other, B=2, T=50) as loader, pytest.raises(LoaderError, match="another data"):
+        loader.load_state_dict(state)
+    for kw, ours in [({"B": 5}, "B=5, T=50, W=1"), ({"T": 20}, "B=2, T=20, W=1"),
+                     ({"world": 2}, "B=2, T=50, W=2")]:
+        with TokenLoader(path, **{"B": 2, "T": 50, **kw}) as loader:
+            message = f"saved with B=2, T=50, W=1; this loader has {ours}"
+            with pytest.raises(LoaderError, match=message):
+                loader.load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("step"), "missing \\['step'\\]"),
+        (lambda s: s.update(format=99), "format 99"),
+        (lambda s: s.update(epoch=5), "step 3 is in epoch 0, not 5"),
+        (lambda s: s.update(step=-1), "state step must be an integer >= 0"),
+        (lambda s: s.update(shards=[1, 2]), "malformed shard list"),
+    ],
+)
+def test_a_malformed_state_is_refused(data, change, message):
+    path, _ = data
+    with TokenLoader(path, B=2, T=50) as loader:
+        windows(loader, 3)
+        state = loader.state_dict()
+        change(state)
+        with pytest.raises(LoaderError, match=message):
+            loader.load_state_dict(state)
+        with pytest.raises(LoaderError, match="a loader state is a dict"):
+            loader.load_state_dict([1, 2])  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+"""`python -m loader.bench`: runs end to end on a tiny synthetic set (no timing asserted) and
+turns a bad path into one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loader import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+# 300k tokens in 2 shards, 20 windows of 4 x 64, one repeat: a second or two
+TINY = "--tokens 300000 --windows 20 --repeats 1 --B 4 --T 64 --work-us 10".split()
+
+
+def test_bench_reports_every_method_and_ratio_as_json(capsys):
+    assert bench.main([*TINY, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_tokens"] == 300_000 and result["shards"] == 2
+    assert set(result["methods"]) == {
+        "raw np.copyto (floor)",
+        "loader.next_window prefetch=0",
+        "loader.next_batch prefetch=0",
+        "loader.next_window prefetch=2",
+        "loader.next_batch prefetch=2",
+        "nanoGPT get_batch (memmap per call, as written)",
+        "nanoGPT get_batch (memmap once)",
+        "build-nanogpt DataLoaderLite (views)",
+    }
+    for figures in result["methods"].values():
+        assert figures["us_per_window"] > 0
+        assert np.isclose(figures["tokens_per_s"] * figures["us_per_window"] * 1e-6, 4 * 64)
+    assert len(result["ratios"]) == 6 and all(v > 0 for v in result["ratios"].values())
+    assert len(result["inside_us"]) == 4 and all(v > 0 for v in result["inside_us"].values())
+    assert result["machine"]["torch"] == torch.__version__
+
+
+def test_bench_table_on_a_given_directory(tmp_path, capsys):
+    bench.synthesize(str(tmp_path), 100_000, 3)
+    assert bench.main([str(tmp_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "3 shards, N=100,000 tokens" in out
+    assert "ratio tokens/s, next_batch prefetch=2 / nanoGPT get_batch (as written)" in out
+
+
+def test_bench_bad_path_is_one_line_and_exit_2(tmp_path):
+    missing = tmp_path / "nowhere"
+    command = [sys.executable, "-m", "loader.bench", str(missing)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"Error: {missing}: no such file or directory"
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not missing.exists()

@@ -1,0 +1,100 @@
+"""The cursor's arithmetic (no files): steps per epoch, rank coverage, the shuffle order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from loader import Cursor, LoaderError, epoch_permutation
+from prep.epoch import steps_per_epoch
+
+
+@pytest.mark.parametrize(
+    "N, B, T, W, E",
+    [
+        (338_026, 4, 32, 1, 2_640),  # tiny Shakespeare, --val-fraction 0 (DESIGN.md)
+        (338_026, 4, 32, 2, 1_320),
+        (338_026, 16, 1024, 1, 20),
+        (129, 4, 32, 1, 1),  # exactly B*T + 1 tokens: one step
+        (1_001, 1, 1, 1, 1_000),
+        (1_000, 1, 1, 3, 333),
+        (4 * 32 * 8 * 5 + 1, 4, 32, 8, 5),
+        (4 * 32 * 8 * 5, 4, 32, 8, 4),  # one token short of the fifth step
+        (10_000_000_000, 64, 1024, 8, (10_000_000_000 - 1) // (64 * 1024 * 8)),
+    ],
+)
+def test_steps_per_epoch(N, B, T, W, E):
+    assert steps_per_epoch(N, B, T, W) == E
+    assert Cursor(N, B, T, W).steps_per_epoch == E
+
+
+@pytest.mark.parametrize(
+    "N, B, T, W", [(128, 4, 32, 1), (0, 1, 1, 1), (1, 1, 1, 1), (256, 4, 32, 2)]
+)
+def test_no_full_step_is_an_error_naming_n_b_t_w(N, B, T, W):
+    assert steps_per_epoch(N, B, T, W) == 0
+    with pytest.raises(LoaderError, match=rf"N={N} tokens .* B={B} x T={T} x W={W} ranks"):
+        Cursor(N, B, T, W)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("N, B, T, W", [(1_000, 2, 7, 3), (338_026, 4, 32, 4), (97, 1, 4, 5)])
+def test_ranks_read_disjoint_windows_whose_union_is_contiguous(N, B, T, W, shuffle):
+    cursor = Cursor(N, B, T, W, shuffle=shuffle, seed=5)
+    E = cursor.steps_per_epoch
+    for epoch in range(2):
+        starts = sorted(
+            cursor.window_start(epoch * E + k, rank) for k in range(E) for rank in range(W)
+        )
+        # each window's inputs are [s, s + B*T): disjoint and gapless from 0 to E*W*B*T
+        assert starts == list(range(0, E * W * B * T, B * T))
+        assert starts[-1] + B * T + 1 <= N  # the last target exists
+
+
+def test_sequential_order_without_shuffle():
+    cursor = Cursor(1_000, 2, 5, 2)
+    E = cursor.steps_per_epoch
+    assert [cursor.window_start(k, 1) for k in range(E + 2)] == [
+        ((k % E) * 2 + 1) * 10 for k in range(E + 2)
+    ]
+
+
+def test_shuffle_is_a_permutation_per_epoch_the_same_on_every_rank_new_each_epoch():
+    N, B, T, W = 20_000, 2, 8, 4
+    cursors = [Cursor(N, B, T, W, shuffle=True, seed=123) for _ in range(W)]
+    E = cursors[0].steps_per_epoch
+    orders = []
+    for epoch in range(3):
+        slots = [[c.slot(epoch * E + k) for k in range(E)] for c in cursors]
+        assert all(s == slots[0] for s in slots)  # every rank draws the same order
+        assert sorted(slots[0]) == list(range(E))  # each slot exactly once
+        for rank, c in enumerate(cursors):  # and reads its own part of each slot
+            assert c.window_start(epoch * E, rank) == (slots[0][0] * W + rank) * B * T
+        orders.append(slots[0])
+    assert orders[0] != orders[1] != orders[2] != orders[0]
+    assert orders[0] != list(range(E))
+
+
+def test_the_permutation_depends_on_seed_and_epoch_only():
+    a = epoch_permutation(1, 0, 500)
+    np.testing.assert_array_equal(a, epoch_permutation(1, 0, 500))
+    expected = np.random.Generator(np.random.PCG64(np.random.SeedSequence([1, 0]))).permutation(500)
+    np.testing.assert_array_equal(a, expected)
+    assert not np.array_equal(a, epoch_permutation(2, 0, 500))
+    assert not a.flags.writeable  # shared by the cache: nobody may modify it
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"B": 0}, "B must be an integer >= 1"),
+        ({"T": 0}, "T must be an integer >= 1"),
+        ({"world": 0}, "world must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"B": False}, "B must be an integer"),
+    ],
+)
+def test_cursor_validates_its_fields(kwargs, message):
+    args = {"num_tokens": 1_000, "B": 2, "T": 4, **kwargs}
+    with pytest.raises(LoaderError, match=message):
+        Cursor(**args)

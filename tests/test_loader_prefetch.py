@@ -1,0 +1,178 @@
+"""The prefetch ring and thread: same tokens at any depth, the buffer contract, errors that
+surface, clean shutdown (close, with, garbage collection), resume with a running thread.
+CUDA cases (pinned buffers, non_blocking copies, copy events) skip without CUDA."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from loader import TokenLoader
+from prep.shards import shard_name, write_shard
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Two train shards (700 + 613 tokens); returns (dir, concatenated reference)."""
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 50257, n, dtype=np.uint16) for n in (700, 613)]
+    for i, tokens in enumerate(arrays):
+        write_shard(tmp_path / shard_name("p", "train", i), tokens)
+    return tmp_path, np.concatenate(arrays)
+
+
+def take(loader: TokenLoader, count: int) -> list[np.ndarray]:
+    return [loader.next_window().numpy().copy() for _ in range(count)]
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_prefetch_depth_never_changes_the_tokens(data, shuffle):
+    path, _ = data
+    runs = []
+    for depth in (0, 1, 2, 5):
+        with TokenLoader(path, B=2, T=16, shuffle=shuffle, seed=4, prefetch=depth) as loader:
+            runs.append(take(loader, 3 * loader.steps_per_epoch + 1))
+    for run in runs[1:]:
+        assert len(run) == len(runs[0])
+        assert all(np.array_equal(a, b) for a, b in zip(run, runs[0]))
+
+
+def test_a_held_window_is_not_overwritten_until_the_next_call(data):
+    path, ref = data
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        held = loader.next_window()
+        # let the thread fill every other buffer of the ring (3 = depth + 1)
+        assert wait_until(lambda: loader._prefetcher.ready_count() == 2)
+        time.sleep(0.05)  # and give it the chance to (wrongly) fill one more
+        np.testing.assert_array_equal(held.numpy(), ref[:33])
+        assert loader._prefetcher.ready_count() == 2
+
+
+@pytest.mark.parametrize("depth, ring", [(0, 2), (1, 2), (2, 3), (4, 5)])
+def test_the_ring_is_allocated_once_and_reused(data, depth, ring):
+    path, _ = data
+    with TokenLoader(path, B=2, T=16, prefetch=depth) as loader:
+        pointers = [loader.next_window().data_ptr() for _ in range(4 * ring)]
+    assert len(set(pointers)) == ring
+    assert pointers[:ring] * 4 == pointers  # buffers come round in turn
+
+
+def test_state_dict_counts_what_the_consumer_took_not_what_was_prefetched(data):
+    path, ref = data
+    with TokenLoader(path, B=2, T=16, prefetch=3) as loader:
+        take(loader, 3)
+        assert wait_until(lambda: loader._prefetcher.ready_count() == 3)
+        assert loader.state_dict()["step"] == 3 and loader.step == 3
+        state = loader.state_dict()
+        take(loader, 2)  # steps 3, 4; steps 5..7 are prefetched by now
+        old_thread = loader._prefetcher.thread
+        loader.load_state_dict(state)  # back to step 3: the prefetched windows are dropped
+        assert not old_thread.is_alive()
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[3 * 32 : 4 * 32 + 1])
+        assert loader._prefetcher.thread is not old_thread
+
+
+def failing_read(stream, fail_at: int):
+    """Make the stream's read_into raise on its `fail_at`-th call (0-based)."""
+    calls = {"n": 0}
+    original = stream.read_into
+
+    def read_into(start, out):
+        calls["n"] += 1
+        if calls["n"] == fail_at + 1:
+            raise RuntimeError("disk on fire")
+        return original(start, out)
+
+    stream.read_into = read_into
+
+
+def test_an_exception_in_the_thread_surfaces_in_the_caller(data):
+    path, ref = data
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        failing_read(loader._stream, fail_at=2)
+        take(loader, 2)  # windows 0 and 1 were filled before the failure
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            loader.next_window()
+        assert wait_until(lambda: not loader._prefetcher.thread.is_alive())
+        with pytest.raises(RuntimeError, match="disk on fire"):  # again, not a hang
+            loader.next_window()
+        loader.load_state_dict(loader.state_dict())  # a restart recovers
+        assert loader.step == 2
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[2 * 32 : 3 * 32 + 1])
+
+
+def test_close_joins_the_thread_and_is_final(data):
+    path, _ = data
+    loader = TokenLoader(path, B=2, T=16, prefetch=2)
+    loader.next_window()
+    thread = loader._prefetcher.thread
+    assert thread.is_alive() and thread.daemon
+    loader.close()
+    assert not thread.is_alive()
+    loader.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        loader.next_window()
+
+
+def test_leaving_the_with_block_joins_the_thread(data):
+    with TokenLoader(data[0], B=2, T=16) as loader:
+        loader.next_batch("cpu")
+        thread = loader._prefetcher.thread
+    assert not thread.is_alive()
+
+
+def test_garbage_collection_stops_the_thread(data):
+    loader = TokenLoader(data[0], B=2, T=16, prefetch=2)
+    loader.next_window()
+    thread, ref = loader._prefetcher.thread, weakref.ref(loader)
+    del loader
+    gc.collect()
+    assert ref() is None  # the thread holds no reference to its loader
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_no_thread_without_prefetch(data):
+    with TokenLoader(data[0], B=2, T=16, prefetch=0) as loader:
+        take(loader, 5)
+        assert loader._prefetcher is None
+
+
+# -- CUDA only ---------------------------------------------------------------------------------
+
+
+@needs_cuda
+def test_windows_are_pinned_with_cuda(data):
+    with TokenLoader(data[0], B=2, T=16) as loader:
+        assert loader.pin_memory and loader.next_window().is_pinned()
+
+
+@needs_cuda
+@pytest.mark.parametrize("depth", [0, 2])
+def test_non_blocking_batches_on_cuda_equal_the_cpu_ones(data, depth):
+    path, _ = data
+    with TokenLoader(path, B=4, T=16, prefetch=depth, shuffle=True) as gpu, TokenLoader(
+        path, B=4, T=16, prefetch=0, shuffle=True
+    ) as cpu:
+        steps = 3 * gpu.steps_per_epoch
+        batches = [gpu.next_batch("cuda") for _ in range(steps)]  # buffers reused many times
+        for x, y in batches:
+            assert x.is_cuda and x.dtype == torch.int64 and x.shape == (4, 16)
+            cx, cy = cpu.next_batch("cpu")
+            assert torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)

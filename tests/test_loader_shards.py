@@ -1,0 +1,182 @@
+"""Which files the loader reads and what it refuses: llm.c / modded-nanogpt shards written by
+this test's own header writer, globs, meta.json order and cross-checks, every bad shard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from loader import LoaderError, TokenLoader
+from prep.shards import ShardError, shard_name, write_shard
+
+
+def llmc_shard(path, tokens, magic=20240520, version=1, count=None, extra=b""):
+    """A shard as llm.c's write_datafile writes it, independently of prep.shards:
+    256 int32 header (magic, version, count), then the uint16 tokens."""
+    header = np.zeros(256, dtype="<i4")
+    header[0], header[1] = magic, version
+    header[2] = len(tokens) if count is None else count
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+        f.write(extra)
+
+
+def tokens(n, seed):
+    return np.random.default_rng(seed).integers(0, 50257, n, dtype=np.uint16)
+
+
+def read_all(loader: TokenLoader) -> np.ndarray:
+    """The first epoch's inputs plus the last target: the stream's first E*B*T + 1 tokens."""
+    ws = [loader.next_window().numpy().copy() for _ in range(loader.steps_per_epoch)]
+    return np.concatenate([w[:-1] for w in ws] + [ws[-1][-1:]])
+
+
+@pytest.fixture
+def fineweb(tmp_path):
+    """modded-nanogpt style: fineweb_val_000000.bin, fineweb_train_000001.bin, ..., no meta."""
+    parts = {i: tokens(300 + 17 * i, i) for i in range(1, 4)}
+    for i, body in parts.items():
+        llmc_shard(tmp_path / f"fineweb_train_{i:06d}.bin", body)
+    llmc_shard(tmp_path / "fineweb_val_000000.bin", tokens(200, 99))
+    return tmp_path, np.concatenate([parts[i] for i in (1, 2, 3)])
+
+
+def test_a_directory_of_llmc_shards_without_meta(fineweb):
+    path, ref = fineweb
+    with TokenLoader(path, B=1, T=8, prefetch=0) as loader:
+        assert loader.num_tokens == len(ref) == 317 + 334 + 351
+        assert [p.name for p in loader.shards] == [f"fineweb_train_{i:06d}.bin" for i in (1, 2, 3)]
+        np.testing.assert_array_equal(read_all(loader), ref[: loader.steps_per_epoch * 8 + 1])
+    with TokenLoader(path, split="val", B=1, T=8) as loader:
+        assert loader.num_tokens == 200
+
+
+def test_a_glob_reads_the_matching_files_sorted(fineweb):
+    path, ref = fineweb
+    with TokenLoader(str(path / "fineweb_train_*.bin"), B=2, T=5, prefetch=0) as loader:
+        assert [p.name for p in loader.shards] == [f"fineweb_train_{i:06d}.bin" for i in (1, 2, 3)]
+        np.testing.assert_array_equal(read_all(loader), ref[: loader.steps_per_epoch * 10 + 1])
+
+
+def test_a_single_file_and_llmc_tiny_shakespeare_names(tmp_path):
+    body = tokens(500, 1)
+    llmc_shard(tmp_path / "tiny_shakespeare_train.bin", body)
+    with TokenLoader(tmp_path / "tiny_shakespeare_train.bin", B=2, T=8) as loader:
+        assert loader.num_tokens == 500
+    with TokenLoader(str(tmp_path / "*_train.bin"), B=2, T=8, prefetch=0) as loader:
+        np.testing.assert_array_equal(loader.next_window().numpy(), body[:17])
+    with pytest.raises(LoaderError, match=r"no train shards .* pass a glob"):
+        TokenLoader(tmp_path)  # its names do not follow <name>_<split>_<index>.bin
+
+
+def test_the_shards_are_read_only_memory_maps(fineweb):
+    with TokenLoader(fineweb[0], B=1, T=8) as loader:
+        maps = loader._stream._maps
+        assert all(isinstance(m.base, np.memmap) and not m.flags.writeable for m in maps)
+
+
+def write_with_meta(directory, sizes, order=None):
+    arrays = [tokens(n, i) for i, n in enumerate(sizes)]
+    entries = []
+    for i, body in enumerate(arrays):
+        sha256 = write_shard(directory / shard_name("m", "train", i), body)
+        entries.append({"file": shard_name("m", "train", i), "tokens": len(body), "sha256": sha256})
+    order = order or list(range(len(sizes)))
+    splits = {
+        "train": {"tokens": sum(sizes), "shards": [entries[i] for i in order]},
+        "val": {"tokens": 0, "shards": []},
+    }
+    meta = {"format_version": 1, "splits": splits}
+    (directory / "meta.json").write_text(json.dumps(meta))
+    return arrays, meta
+
+
+def test_meta_json_order_is_the_stream_order(tmp_path):
+    arrays, _ = write_with_meta(tmp_path, [300, 400], order=[1, 0])
+    with TokenLoader(tmp_path, B=1, T=10, prefetch=0) as loader:
+        assert [p.name for p in loader.shards] == [shard_name("m", "train", i) for i in (1, 0)]
+        ref = np.concatenate([arrays[1], arrays[0]])
+        np.testing.assert_array_equal(read_all(loader), ref[: loader.steps_per_epoch * 10 + 1])
+
+
+def shard_entry(i):
+    return lambda meta: meta["splits"]["train"]["shards"][i]
+
+
+@pytest.mark.parametrize(
+    "edit, error, message",
+    [
+        (
+            lambda m: shard_entry(1)(m).update(tokens=401),
+            LoaderError,
+            r"m_train_000001.bin: header says 400 tokens, meta.json says 401",
+        ),
+        (
+            lambda m: m["splits"]["train"].update(tokens=1),
+            LoaderError,
+            r"meta.json: train total is 1 tokens, but its shards hold 700",
+        ),
+        (lambda m: shard_entry(0)(m).update(file="gone.bin"), ShardError, r"gone.bin: no such"),
+        (
+            lambda m: shard_entry(0)(m).pop("tokens"),
+            LoaderError,
+            r"meta.json: malformed train shard entry",
+        ),
+        (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
+    ],
+)
+def test_meta_json_is_cross_checked(tmp_path, edit, error, message):
+    _, meta = write_with_meta(tmp_path, [300, 400])
+    edit(meta)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(error, match=message):
+        TokenLoader(tmp_path, B=1, T=10)
+
+
+def test_a_meta_json_that_is_not_json(tmp_path):
+    write_with_meta(tmp_path, [300])
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(LoaderError, match=r"meta.json: not valid JSON"):
+        TokenLoader(tmp_path, B=1, T=10)
+
+
+def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
+    with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
+        TokenLoader(tmp_path / "nowhere")
+    with pytest.raises(LoaderError, match=r"nothing_\*.bin: no shard files match"):
+        TokenLoader(str(tmp_path / "nothing_*.bin"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LoaderError, match=r"empty: no val shards"):
+        TokenLoader(empty, split="val")
+    write_with_meta(empty, [300])
+    with pytest.raises(LoaderError, match=r"meta.json: lists no val shards"):
+        TokenLoader(empty, split="val", B=1, T=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"magic": 20240521}, r"bad magic 20240521"),
+        ({"version": 2}, r"unsupported version 2"),
+        ({"count": 0}, r"header says 0 tokens"),
+        ({"count": -4}, r"header says -4 tokens"),
+        ({"count": 301}, r"size 1624 bytes, but the header's 301 tokens need exactly 1626"),
+        ({"extra": b"\0\0"}, r"size 1626 bytes, but the header's 300 tokens need exactly 1624"),
+    ],
+)
+def test_every_bad_shard_is_an_error_naming_the_file(tmp_path, kwargs, message):
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0))
+    llmc_shard(tmp_path / "x_train_000001.bin", tokens(300, 1), **kwargs)
+    with pytest.raises(ShardError, match=r"x_train_000001.bin: " + message):
+        TokenLoader(tmp_path, B=1, T=8)
+    assert issubclass(ShardError, ValueError) and issubclass(LoaderError, ValueError)
+
+
+def test_a_file_shorter_than_the_header(tmp_path):
+    (tmp_path / "x_train_000000.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(ShardError, match=r"x_train_000000.bin: 100 bytes, shorter than the"):
+        TokenLoader(tmp_path, B=1, T=8)
