@@ -1,0 +1,54 @@
+"""Small datasets for train.py's tests, written directly with prep.shards (no `prep tokenize`).
+
+Synthetic token streams keep the tests fast and make some properties checkable: in a
+positional dataset every token's value is its own position in the stream, so a batch's first
+token says exactly which window of the stream it came from.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from prep.shards import shard_name, write_shard
+
+TINY_SHAKESPEARE = Path(os.environ.get("TINY_SHAKESPEARE", "/work/shared/data/tinyshakespeare.txt"))
+# The tiny preset's real vocabulary: any token id below it is valid model input.
+VOCAB = 50257
+
+
+def write_dataset(directory: Path, train: np.ndarray, val: np.ndarray | None = None, name: str = "t") -> Path:
+    """A dataset directory without meta.json (llm.c style): one train shard, one val shard."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_shard(directory / shard_name(name, "train", 0), train)
+    if val is not None:
+        write_shard(directory / shard_name(name, "val", 0), val)
+    return directory
+
+
+def random_tokens(n: int, seed: int = 0) -> np.ndarray:
+    """n uniformly random GPT-2 token ids."""
+    return np.random.default_rng(seed).integers(0, VOCAB, size=n, dtype=np.uint16)
+
+
+def positional_tokens(n: int) -> np.ndarray:
+    """Token i has value i: a window's first token is its start offset (n <= VOCAB)."""
+    assert n <= VOCAB, "positions must stay valid token ids"
+    return np.arange(n, dtype=np.uint16)
+
+
+@functools.lru_cache(maxsize=1)
+def shakespeare_tokens() -> np.ndarray | None:
+    """tiny Shakespeare as prep writes it (EOT, then encode_ordinary of the whole file), or
+    None when the file is absent."""
+    if not TINY_SHAKESPEARE.is_file():
+        return None
+    from prep.tokenizer import EOT, get_encoding
+
+    text = TINY_SHAKESPEARE.read_text(encoding="utf-8")
+    tokens = np.array([EOT, *get_encoding().encode_ordinary(text)], dtype=np.uint16)
+    tokens.setflags(write=False)
+    return tokens

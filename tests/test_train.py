@@ -1,0 +1,388 @@
+"""train.py on CPU with the tiny preset: start-up facts, metrics, schedule, validation and
+samples, exact resume (accumulation + shuffle), SIGKILL-and-resume, --bench, compile, every
+bad input, and the README's demo command on tiny Shakespeare."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from _data import TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, write_dataset
+from model import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(model="tiny", B=2, T=16, warmup_steps=2, eval_every=0, quiet=True)
+
+
+def cfg(tmp_path: Path, data: Path, **overrides) -> train.TrainConfig:
+    return train.TrainConfig(**{**TINY, "data": str(data), "out": str(tmp_path / "out"), **overrides})
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """300 train tokens (9 windows of 2x16 + 1: epochs are short) and 200 val tokens."""
+    return write_dataset(tmp_path_factory.mktemp("ds") / "small", random_tokens(300, 1), random_tokens(200, 2))
+
+
+# ----------------------------------------------------------------------------- plain runs
+
+
+def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
+    tokens = shakespeare_tokens()
+    if tokens is None:
+        pytest.skip("tinyshakespeare.txt not available")
+    data = write_dataset(tmp_path / "data" / "input", tokens)  # --val-fraction 0: no val split
+    train.train(train.TrainConfig(model="tiny", B=4, T=32, steps=1, data=str(data), out=str(tmp_path / "o"),
+                                  quiet=True))
+    out = capsys.readouterr().out
+    assert "338,026 tokens in the train split" in out
+    assert "1 epoch = 2640 batches (B=4 x T=32, world size 1)" in out
+    assert f"model: tiny, {GPT(GPTConfig.preset('tiny')).num_params():,} parameters" in out
+    assert "device: cpu, dtype: fp32, compile: off" in out
+    assert "128 tokens per step = 4 x 32 x 1 rank(s) x 1 gradient accumulation step(s)" in out
+    assert "note: no val split" in out
+
+
+def test_metrics_lines_and_schedule(tmp_path, dataset):
+    c = cfg(tmp_path, dataset, steps=5, total_batch_size=64)
+    summary = train.train(c)
+    rows = metrics(tmp_path / "out")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    fields = {"step", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu", "data_wait_ms"}
+    assert all(set(r) == fields for r in rows)
+    assert [r["lr"] for r in rows] == [train.lr_at(k, c) for k in range(5)]
+    assert all(r["mfu"] is None and r["val_loss"] is None for r in rows)  # CPU: no known peak
+    assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["data_wait_ms"] >= 0 for r in rows)
+    assert all(r["tokens_per_s"] == pytest.approx(64 / (r["dt_ms"] / 1000)) for r in rows)
+    assert summary["steps"] == 5 and summary["loss"] == rows[-1]["loss"]
+    assert summary["tokens_per_s"] > 0 and summary["mfu"] is None
+
+
+def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
+    train.train(cfg(tmp_path, dataset, steps=7, out=str(tmp_path / "each")))
+    train.train(cfg(tmp_path, dataset, steps=7, log_every=3, out=str(tmp_path / "batched")))
+    each, batched = metrics(tmp_path / "each"), metrics(tmp_path / "batched")
+    assert [r["step"] for r in batched] == list(range(1, 8))
+    assert [r["loss"] for r in batched] == [r["loss"] for r in each]
+    assert [r["grad_norm"] for r in batched] == [r["grad_norm"] for r in each]
+    # one timing per logging interval (steps 1-3, 4-6, 7), shared by its steps
+    assert batched[0]["dt_ms"] == batched[1]["dt_ms"] == batched[2]["dt_ms"] != batched[3]["dt_ms"]
+
+
+def test_lr_schedule_warms_up_then_decays_to_min_lr(tmp_path):
+    c = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, steps=20)
+    assert [train.lr_at(k, c) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [train.lr_at(k, c) for k in range(4, 21)]
+    assert decay == sorted(decay, reverse=True) and decay[0] == 1.0
+    assert decay[-1] == pytest.approx(0.1) and train.lr_at(100, c) == 0.1
+    assert train.TrainConfig(lr=6e-4).final_lr == pytest.approx(6e-5)  # min-lr default lr/10
+
+
+def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
+    runs = []
+    for name in ("a", "b"):
+        train.train(cfg(tmp_path, dataset, steps=4, eval_every=2, eval_steps=3, sample_every=4,
+                        sample_tokens=8, out=str(tmp_path / name)))
+        runs.append(capsys.readouterr().out)
+    rows = metrics(tmp_path / "a")
+    assert [r["val_loss"] is not None for r in rows] == [False, True, False, True]
+    assert "validation: 3 batches of the val split (200 tokens)" in runs[0]
+    assert f"step 4: val loss {rows[3]['val_loss']:.4f}" in runs[0]
+    samples = [[line for line in out.splitlines() if line.startswith("step 4 sample: ")] for out in runs]
+    assert len(samples[0]) == 1 and samples[0] == samples[1]  # the sampling generator is seeded
+    assert len(samples[0][0]) > len("step 4 sample: ''")
+
+
+def test_validation_skipped_with_a_note_when_val_is_too_small(tmp_path, capsys):
+    data = write_dataset(tmp_path / "d", random_tokens(300), random_tokens(20))
+    train.train(cfg(tmp_path, data, steps=2, eval_every=1))
+    assert "note: val split has 20 tokens, less than one batch" in capsys.readouterr().out
+    assert all(r["val_loss"] is None for r in metrics(tmp_path / "out"))
+
+
+def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
+    runner = CliRunner()
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "o"),
+            "--bench", "--bench-warmup", "1", "--bench-steps", "3", "--total-batch-size", "64"]
+    result = runner.invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("BENCH ")
+    bench = json.loads(last[len("BENCH "):])
+    for key in ("tokens_per_s", "ms_per_step", "synthetic_tokens_per_s", "synthetic_ms_per_step"):
+        assert bench[key] > 0
+    assert bench["tokens_per_s"] == pytest.approx(64 * 1000 / bench["ms_per_step"])
+    ratio = bench["tokens_per_s"] / bench["synthetic_tokens_per_s"]
+    assert bench["data_wait_fraction"] == pytest.approx(1 - ratio)
+    assert 0 <= bench["blocked_fraction"] < 1
+    assert bench["mfu"] is None and bench["accum_steps"] == 2 and bench["steps"] == 3
+    assert "real loader:" in result.stdout and "fixed batch:" in result.stdout
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_compile_smoke_and_checkpoint_has_plain_keys(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=2, compile=True, ckpt_every=2))
+    assert "compile: on (default)" in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "out" / "ckpt_000002.pt", weights_only=True)
+    assert set(ckpt["model"]) == set(GPT(GPTConfig.preset("tiny")).state_dict())  # no _orig_mod.
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset, capsys):
+    # 6 steps x 2 micro-steps = 12 windows over an epoch of 9: the shuffled order wraps.
+    common = dict(steps=6, total_batch_size=64, shuffle=True, eval_every=3, eval_steps=2,
+                  sample_every=3, sample_tokens=6, keep_ckpts=0)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    straight_out = capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "split"), ckpt_every=3, **common))
+    split = tmp_path / "split"
+    (split / "ckpt_000006.pt").unlink()  # as if the run had stopped after its step-3 checkpoint
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, resume="auto", **common))
+    resumed_out = capsys.readouterr().out
+    assert "resumed from" in resumed_out and "at step 3" in resumed_out
+    a, b = metrics(tmp_path / "straight"), metrics(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss", "grad_norm", "lr", "val_loss"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    assert len({r["loss"] for r in a}) == 6
+    sample = [line for line in straight_out.splitlines() if line.startswith("step 6 sample")]
+    assert sample and sample == [line for line in resumed_out.splitlines() if line.startswith("step 6 sample")]
+    ckpt = torch.load(split / "ckpt_000006.pt", weights_only=True)
+    assert ckpt["step"] == 6 and ckpt["loader"]["step"] == 12
+    assert ckpt["train_config"]["total_batch_size"] == 64 and ckpt["model_config"]["n_layer"] == 2
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python", "sample"}
+    assert set(ckpt["model"]) == set(GPT(GPTConfig.preset("tiny")).state_dict())
+
+
+def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, resume="auto"))
+    assert summary["steps"] == 0 and "nothing to train" in capsys.readouterr().out
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
+
+
+def test_keep_ckpts_keeps_the_newest(tmp_path, dataset):
+    train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
+    assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
+
+
+def _cli_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--model", "tiny", "--B", "2", "--T", "16",
+            "--steps", str(steps), "--warmup-steps", "2", "--eval-every", "0", "--data", str(data),
+            "--out", str(out), "--quiet", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 5))
+    steps = 40
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_args(data, out, steps, "--ckpt-every", "1", "--keep-ckpts", "2"),
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(step >= 4 for step, _ in train.list_checkpoints(out)):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    complete = train.list_checkpoints(out)
+    assert complete and complete[-1][0] < steps
+    for _, path in complete:  # whatever moment the kill came, every ckpt_*.pt is whole
+        assert torch.load(path, weights_only=True)["step"] == int(path.stem.split("_")[1])
+    (out / ".ckpt_999999.pt.tmp").write_bytes(b"half a checkpoint")  # a partial file is never picked
+    resumed = subprocess.run(_cli_args(data, out, steps, "--ckpt-every", "10", "--resume", "auto"),
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {complete[-1][0]}" in resumed.stdout
+    assert not (out / ".ckpt_999999.pt.tmp").exists()
+    straight = subprocess.run(_cli_args(data, tmp_path / "straight", steps), env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    assert straight.returncode == 0, straight.stderr
+    killed, reference = metrics(out), metrics(tmp_path / "straight")
+    assert [r["step"] for r in killed] == list(range(1, steps + 1))  # no step counted twice
+    assert [r["loss"] for r in killed] == [r["loss"] for r in reference]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with its size and modification time."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, dataset) -> Path:
+    """A working directory with ./data/small and out/ holding a tiny run's checkpoint."""
+    root = tmp_path_factory.mktemp("work")
+    write_dataset(root / "data" / "small", random_tokens(300, 1), random_tokens(200, 2))
+    write_dataset(root / "other", random_tokens(400, 3))
+    write_dataset(root / "short", random_tokens(20, 4))
+    train.train(train.TrainConfig(**{**TINY, "data": str(root / "data" / "small"), "out": str(root / "run"),
+                                     "steps": 2, "ckpt_every": 2}))
+    good = (root / "run" / "ckpt_000002.pt").read_bytes()
+    (root / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
+    (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (root / "newer").mkdir()
+    (root / "newer" / "ckpt_000009.pt").write_bytes(good)
+    (root / "afile").write_text("x")
+    (root / "empty").mkdir()
+    return root
+
+
+BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, expected message)
+    "no --data and no ./data": (["--data", None], "empty", "no --data given and data/ does not exist"),
+    "missing --data": (["--data", "nope"], ".", "nope: no such file or directory"),
+    "T above the block size": (["--T", "65"], ".", "--T 65 is larger than the block size of --model tiny (64)"),
+    "split too small (E == 0)": (["--data", "short"], ".",
+                                 "N=20 tokens is too few for one step of B=2 x T=16 x W=1"),
+    "total batch size does not divide": (["--total-batch-size", "100"], ".",
+                                         "must be a multiple of B*T*W = 2*16*1 = 32"),
+    "unknown model": (["--model", "gpt3"], ".", "unknown model preset 'gpt3'; valid presets: gpt2, gpt2-medium"),
+    "resume with another B": (["--resume", "run/ckpt_000002.pt", "--B", "4"], ".",
+                              "incompatible with this run (B 2 there, 4 now"),
+    "resume another model": (["--resume", "run/ckpt_000002.pt", "--model", "gpt2"], ".",
+                             "incompatible with this run (block_size 64 there, 1024 now; n_layer 2 there, 12 now"),
+    "resume on other data": (["--resume", "run/ckpt_000002.pt", "--data", "other"], ".",
+                             "incompatible with this run (data_tokens 300 there, 400 now"),
+    "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
+    "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
+    "resume a missing file": (["--resume", "gone.pt"], ".", "--resume gone.pt: no such checkpoint"),
+    "resume below newer checkpoints": (["--resume", "run/ckpt_000002.pt", "--out", "newer"], ".",
+                                       "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
+                                       "run/ckpt_000002.pt"),
+    "resume auto without checkpoints": (["--resume", "auto", "--out", "fresh"], ".",
+                                        "--resume auto: no checkpoint (ckpt_<step>.pt) in fresh/"),
+    "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
+    "out holds another run": (["--out", "run"], ".",
+                              "--out run holds checkpoints of an earlier run (latest ckpt_000002.pt)"),
+    "negative lr": (["--lr", "-1"], ".", "--lr must be > 0, got -1.0"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeypatch):
+    args, cwd, message = BAD_INPUTS[case]
+    base = {"--model": "tiny", "--B": "2", "--T": "16", "--steps": "2", "--data": "data/small", "--out": "out"}
+    pairs = dict(zip(args[::2], args[1::2]))
+    argv = [x for k, v in {**base, **pairs}.items() if v is not None for x in (k, v)]
+    monkeypatch.chdir(workdir / cwd)
+    before = snapshot(workdir)
+    result = CliRunner().invoke(train.main, argv)
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: "), result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert snapshot(workdir) == before
+
+
+def test_resume_with_another_world_size_is_refused(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    before = snapshot(workdir)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", "data/small", "--resume", "run/ckpt_000002.pt"]
+    result = CliRunner().invoke(train.main, args, env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert result.exit_code == 2
+    assert result.output == ("Error: --resume run/ckpt_000002.pt: incompatible with this run "
+                             "(world 1 there, 2 now; total_batch_size 32 there, 64 now)\n")
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_is_refused(tmp_path, dataset):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(locked / "out")]
+        result = CliRunner().invoke(train.main, args)
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 2 and result.output == f"Error: --out {locked / 'out'}: {locked} is not writable\n"
+
+
+def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        write_dataset(tmp_path / "data" / name, random_tokens(300))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16"])
+    assert result.exit_code == 2
+    assert result.output == "Error: 2 datasets under data/ (data/a, data/b): choose one with --data\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys):
+    write_dataset(tmp_path / "data" / "only", positional_tokens(300))
+    monkeypatch.chdir(tmp_path)
+    train.train(train.TrainConfig(**{**TINY, "steps": 1}))
+    assert "data: data/only: 300 tokens" in capsys.readouterr().out
+    assert (tmp_path / "out" / "metrics.jsonl").is_file()
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "missing")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == f"Error: {tmp_path / 'missing'}: no such file or directory\n"
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_help_lists_every_option_with_its_default():
+    result = CliRunner().invoke(train.main, ["--help"], terminal_width=400, max_content_width=400)
+    assert result.exit_code == 0
+    for option in ("--B", "--T", "--data", "--model", "--steps", "--total-batch-size", "--lr", "--min-lr",
+                   "--warmup-steps", "--weight-decay", "--grad-clip", "--seed", "--device", "--dtype",
+                   "--compile / --no-compile", "--compile-mode", "--eval-every", "--eval-steps",
+                   "--sample-every", "--sample-tokens", "--out", "--ckpt-every", "--resume", "--shuffle",
+                   "--bench", "--bench-warmup", "--bench-steps", "--quiet", "--log-every", "--keep-ckpts"):
+        assert option in result.output, option
+    assert "[default: (lr/10)]" in result.output and "[default: (on for CUDA)]" in result.output
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_demo_pipeline_on_tiny_shakespeare(tmp_path):
+    """`make demo`'s commands: prep tokenize, then its train command (tiny model, to be quick)."""
+    if not TINY_SHAKESPEARE.is_file():
+        pytest.skip("tinyshakespeare.txt not available")
+    shutil.copyfile(TINY_SHAKESPEARE, tmp_path / "input.txt")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    prep = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "input.txt", "--overwrite", "--quiet"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    args = [sys.executable, str(REPO / "train.py"), "--B", "4", "--T", "32", "--model", "tiny", "--steps", "20",
+            "--data", "data/input", "--out", "out/demo", "--sample-every", "20"]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "data: data/input: 304,22" in result.stdout  # 90% of 338,026 tokens (val-fraction 0.1)
+    assert "step 20 sample: " in result.stdout and "step 20: val loss" in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("done: steps 1-20")
+    rows = metrics(tmp_path / "out" / "demo")
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 20 steps
+    assert np.isfinite([r["val_loss"] for r in rows if r["val_loss"] is not None]).all()

@@ -1,0 +1,72 @@
+"""train.py under torchrun: two gloo ranks on CPU read disjoint windows, only rank 0 logs and
+checkpoints, and the run matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _data import positional_tokens, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+B, T, STEPS = 2, 16, 4
+ACCUM = 2
+GLOBAL_BATCH = B * T * 2 * ACCUM  # tokens per optimizer step over both ranks
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def common(data: Path, out: str, batch: int) -> list[str]:
+    return ["--model", "tiny", "--B", str(batch), "--T", str(T), "--steps", str(STEPS), "--warmup-steps", "2",
+            "--total-batch-size", str(GLOBAL_BATCH), "--eval-every", "0", "--device", "cpu", "--no-compile",
+            "--quiet", "--data", str(data), "--out", out]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))  # token value == position
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    extra = ["--log-windows", "--ckpt-every", str(STEPS)]
+    ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), *extra], tmp_path)
+    single = run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B)], tmp_path)
+
+    assert ddp.stdout.count("1 epoch = ") == 1, ddp.stdout  # only rank 0 prints
+    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in ddp.stdout
+    assert f"{GLOBAL_BATCH} tokens per step = 2 x 16 x 2 rank(s) x 2 gradient accumulation step(s)" in ddp.stdout
+
+    covered = {}
+    for rank in (0, 1):
+        log = tmp_path / "ddp" / f"windows_rank{rank}.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(records) == STEPS * ACCUM and {r["rank"] for r in records} == {rank}
+        # each row holds T consecutive positions starting at its first token
+        covered[rank] = [p for r in records for start in r["first_tokens"] for p in range(start, start + T)]
+        assert len(set(covered[rank])) == len(covered[rank])
+    assert not set(covered[0]) & set(covered[1])  # disjoint across ranks
+    # together they read the first STEPS * GLOBAL_BATCH positions, the single process's windows
+    assert sorted(covered[0] + covered[1]) == list(range(STEPS * GLOBAL_BATCH))
+
+    ddp_rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    one_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ddp_rows] == list(range(1, STEPS + 1))  # written once, by rank 0
+    # the all-reduced mean loss of 2 ranks x B rows == one process's loss over 2B rows
+    for a, b in zip(ddp_rows, one_rows):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+
+    ckpts = sorted(p.name for p in (tmp_path / "ddp").glob("ckpt_*"))
+    assert ckpts == [f"ckpt_{STEPS:06d}.pt"]
+    ckpt = torch.load(tmp_path / "ddp" / ckpts[0], weights_only=True)
+    assert ckpt["run"]["world"] == 2 and ckpt["loader"]["step"] == STEPS * ACCUM
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])

@@ -1,0 +1,959 @@
+"""Train GPT-2 on token shards, fast, and say how fast: `python train.py --B 4 --T 32`.
+
+shards -> loader (memmap, pinned uint16 windows, prefetch thread) -> GPU -> compiled GPT-2.
+One `train_step` function does the work; `--bench` times that very function, once fed by the
+real loader and once by a batch already on the device, so the data path's cost is measured,
+not guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP).
+
+Sections: configuration; set-up (dataset, device, runtime); the step; evaluation and
+samples; checkpoints; metrics; the training loop; the benchmark; the command line.
+
+Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same
+directory and renamed into place, so a killed run never leaves a half file under that name;
+`--resume auto` takes the highest step. They hold the raw model's state (no compile or DDP
+prefixes), the optimizer, the loader state, the step, both configs and every RNG state, as
+tensors and plain Python values only (`torch.load(weights_only=True)` reads them). On resume,
+metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a killed run
+logged after it are not counted twice.
+
+metrics.jsonl has one line per step: step, loss (mean over ranks), val_loss (null unless
+evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
+where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from loader import TokenLoader
+from model import GPT, GPTConfig, mfu
+from prep.epoch import steps_per_epoch
+from prep.errors import UserError
+from prep.meta import META_NAME, read_meta
+from prep.shards import find_shards, read_header
+
+DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
+DEVICES = ("auto", "cuda", "mps", "cpu")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
+SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
+WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
+METRICS_NAME = "metrics.jsonl"
+CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
+CKPT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run was asked to do; the CLI builds it, tests build it directly.
+
+    Validated at construction (ValueError), so a bad combination fails before any data is
+    opened or any model is built. None means "decide from the device" (compile) or "derive"
+    (data, total_batch_size, min_lr).
+    """
+
+    data: str | None = None  # dataset dir (meta.json or *_train_*.bin), a glob, or a shard
+    B: int = 4  # sequences per micro-step and rank
+    T: int = 32  # tokens per sequence
+    model: str = "gpt2"
+    steps: int = 50  # optimizer steps in the whole run (a resumed run continues to this)
+    total_batch_size: int | None = None  # tokens per optimizer step; None: B*T*world
+    lr: float = 6e-4
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 turns clipping off (the norm is still logged)
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool | None = None  # None: on for CUDA, off elsewhere
+    compile_mode: str = "default"
+    eval_every: int = 250  # 0: never; otherwise also at the last step
+    eval_steps: int = 20
+    sample_every: int = 0  # 0: never; otherwise also at the last step
+    sample_tokens: int = 32
+    out: str = "out"
+    ckpt_every: int = 0  # 0: no checkpoints; otherwise also at the last step
+    keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
+    resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
+    shuffle: bool = False
+    log_every: int = 1  # steps between host syncs for logging
+    bench: bool = False
+    bench_warmup: int = 5
+    bench_steps: int = 20
+    quiet: bool = False
+    log_windows: bool = False  # debug: each rank logs the batches it consumed
+
+    def __post_init__(self) -> None:
+        minimum = {
+            1: ("B", "T", "steps", "eval_steps", "sample_tokens", "log_every", "bench_steps"),
+            0: ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "keep_ckpts",
+                "bench_warmup", "seed", "weight_decay", "grad_clip"),
+        }
+        for least, names in minimum.items():
+            for name in names:
+                if getattr(self, name) < least:
+                    raise ValueError(f"--{_flag(name)} must be >= {least}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"--min-lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.total_batch_size is not None and self.total_batch_size < 1:
+            raise ValueError(f"--total-batch-size must be >= 1, got {self.total_batch_size}")
+        for name, value, choices in (
+            ("device", self.device, DEVICES),
+            ("dtype", self.dtype, DTYPES),
+            ("compile_mode", self.compile_mode, COMPILE_MODES),
+        ):
+            if value not in choices:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine decay ends at."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+
+def _flag(field: str) -> str:
+    return field if field in ("B", "T") else field.replace("_", "-")
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `it` (0-based): linear warm-up over warmup_steps,
+    then a cosine from lr down to min_lr, reached at cfg.steps."""
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / cfg.warmup_steps
+    if it >= cfg.steps:
+        return cfg.final_lr
+    progress = (it - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _is_dataset(directory: Path) -> bool:
+    return (directory / META_NAME).is_file() or bool(find_shards(directory, "train"))
+
+
+def find_dataset(data: str | None, root: Path = Path("data")) -> str:
+    """--data as given, or the one dataset under ./data (itself or a sub-directory).
+
+    Several or none is a user error listing what was found, never a guess.
+    """
+    if data is not None:
+        return data
+    hint = "run `prep tokenize input.txt` first, or pass --data"
+    if not root.is_dir():
+        raise UserError(f"no --data given and {root}/ does not exist: {hint}")
+    found = [d for d in (root, *sorted(root.iterdir())) if d.is_dir() and _is_dataset(d)]
+    if not found:
+        raise UserError(f"no dataset (meta.json or *_train_*.bin) under {root}/: {hint}")
+    if len(found) > 1:
+        listed = ", ".join(map(str, found))
+        raise UserError(f"{len(found)} datasets under {root}/ ({listed}): choose one with --data")
+    return str(found[0])
+
+
+def val_split_tokens(data: str) -> int | None:
+    """Tokens in the val split of a dataset directory, or None when it has none (a glob or a
+    single file names train shards only). Headers are read by prep.shards."""
+    directory = Path(data)
+    if not directory.is_dir():
+        return None
+    try:
+        meta = read_meta(directory)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if meta is not None:
+        try:
+            paths = [directory / item["file"] for item in meta["splits"]["val"].get("shards") or []]
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(f"{directory / META_NAME}: malformed val split entry") from None
+    else:
+        paths = find_shards(directory, "val")
+    if not paths:
+        return None
+    try:
+        return sum(read_header(p) for p in paths)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail now, before any work, if `out` cannot become a writable directory; create nothing."""
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"--out {out}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable")
+
+
+@dataclass
+class Runtime:
+    """Device, precision and process group, decided in one place."""
+
+    device: torch.device
+    dtype: str  # "fp32" or "bf16"
+    compile: bool
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        """Rank 0 logs, samples and checkpoints."""
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast (matmuls in bf16, reductions and the loss in fp32), or nothing."""
+        if self.dtype == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work: only around timing windows, never per step."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def device_name(self) -> str | None:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+
+
+def make_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick device/dtype/compile from the flags and the hardware; world size from torchrun's env."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    kind = cfg.device
+    if kind == "auto":
+        mps = torch.backends.mps.is_available()
+        kind = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    elif kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available")
+    device = torch.device(f"cuda:{local_rank}") if kind == "cuda" else torch.device(kind)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        bf16_ok = kind == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = "bf16" if bf16_ok else "fp32"
+    compile_ = (kind == "cuda") if cfg.compile is None else cfg.compile
+    if kind == "cuda":  # before anything pins memory: else every rank opens a context on GPU 0
+        torch.cuda.set_device(device)
+    return Runtime(device, dtype, compile_, rank, local_rank, world)
+
+
+def start_runtime(rt: Runtime) -> None:
+    """Process group and CUDA settings; after every check has passed."""
+    if rt.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever stays in fp32
+    if rt.ddp and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@dataclass
+class StepParts:
+    """What one optimizer step needs; `model` is the module forward runs through
+    (compiled and/or DDP-wrapped)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    rt: Runtime
+    accum_steps: int
+    grad_clip: float
+
+
+Feed = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over accum_steps micro-batches from `feed`; no host<->device sync.
+
+    Returns (mean loss, gradient norm before clipping) as device tensors: the caller .item()s
+    them at its one logging point. `feed` returns (x, y) on the device: the loader's
+    next_batch in training, a fixed batch in --bench's synthetic half.
+    """
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=parts.rt.device)
+    for micro in range(parts.accum_steps):
+        x, y = feed()  # (B, T) int64 each, already on the device
+        # DDP all-reduces gradients in backward; only the last micro-step needs to.
+        last = micro == parts.accum_steps - 1
+        no_sync = parts.model.no_sync() if parts.rt.ddp and not last else contextlib.nullcontext()
+        with no_sync:
+            with parts.rt.autocast():
+                _, loss = parts.model(x, y)
+            loss = loss / parts.accum_steps  # gradients add up over micro-steps: mean, not sum
+            loss.backward()
+        loss_sum += loss.detach()
+    max_norm = parts.grad_clip if parts.grad_clip > 0 else math.inf
+    grad_norm = nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+class TimedFeed:
+    """A feed that adds up the host time spent blocked in it (waiting for the loader)."""
+
+    def __init__(self, feed: Feed):
+        self.feed = feed
+        self.wait_s = 0.0
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        batch = self.feed()
+        self.wait_s += time.perf_counter() - start
+        return batch
+
+    def take(self) -> float:
+        """Seconds waited since the last take()."""
+        wait, self.wait_s = self.wait_s, 0.0
+        return wait
+
+
+def window_logger(feed: Feed, log, rank: int) -> Feed:
+    """--log-windows: wrap a feed so each batch's first token per row goes to `log` (JSONL).
+
+    A debugging aid (it syncs per batch): on a dataset whose token values are their own
+    positions, it shows exactly which windows each rank consumed.
+    """
+    count = 0
+
+    def logged() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal count
+        x, y = feed()
+        record = {"batch": count, "rank": rank, "first_tokens": x[:, 0].tolist(),
+                  "last_target": int(y[-1, -1])}
+        log.write(json.dumps(record) + "\n")  # sync: debug only
+        count += 1
+        return x, y
+
+    return logged
+
+
+# ----------------------------------------------------------------------------- eval and samples
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtime) -> float:
+    """Mean validation loss over the same first `batches` val batches every time (the cursor
+    is reset), averaged over ranks: evaluations at different steps stay comparable."""
+    val_loader.reset()
+    model.eval()
+    total = torch.zeros((), device=rt.device)
+    for _ in range(batches):
+        x, y = val_loader.next_batch(rt.device)
+        with rt.autocast():
+            _, loss = model(x, y)
+        total += loss.detach().float()
+    model.train()
+    if rt.ddp:
+        dist.all_reduce(total)
+    return total.item() / (batches * rt.world)  # sync: validation (eval steps only)
+
+
+def sample_text(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int) -> str:
+    """A sample from the document start (EOT), decoded with the GPT-2 tokenizer."""
+    from prep.tokenizer import EOT, get_encoding
+
+    idx = torch.full((1, 1), EOT, dtype=torch.long, device=rt.device)
+    with rt.autocast():
+        out = raw.generate(idx, tokens, temperature=1.0, top_k=SAMPLE_TOP_K, generator=generator)
+    return get_encoding().decode(out[0, 1:].tolist())  # sync: sampling (sample steps only)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def ckpt_path(out: Path, step: int) -> Path:
+    return out / f"ckpt_{step:06d}.pt"
+
+
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in `out`, oldest first (temporary files never match)."""
+    if not out.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_file()]
+    return sorted(found)
+
+
+def rng_state(rt: Runtime, generator: torch.Generator) -> dict:
+    """Every RNG's state as tensors and plain lists (loadable with weights_only=True).
+
+    CUDA: this rank's device only (get_rng_state_all would open a context on every GPU).
+    """
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None,
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "sample": generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> None:
+    """Undo rng_state(): the resumed run draws exactly what the uninterrupted one would."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and rt.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], rt.device)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    generator.set_state(state["sample"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`:
+    readers (and --resume auto) see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
+    missing, truncated, garbage, or not one of ours."""
+    if not path.is_file():
+        raise UserError(f"--resume {path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
+        raise UserError(
+            f"--resume {path}: not a readable checkpoint (truncated, corrupt, or not written by "
+            f"train.py; torch.load raised {type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
+        raise UserError(f"--resume {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
+    return ckpt
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        found = list_checkpoints(Path(cfg.out))
+        if not found:
+            raise UserError(
+                f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; run without --resume to start"
+            )
+        return found[-1][1]
+    return Path(cfg.resume)
+
+
+def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig) -> None:
+    """The checkpoint must come from the same model, batch geometry, world size and data."""
+    saved = {**ckpt["model_config"], **ckpt["run"]}
+    now = {**dataclasses.asdict(model_config), **run}
+    diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
+    if diffs:
+        raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)})")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def open_metrics(out: Path, keep_through: int | None):
+    """metrics.jsonl for appending: emptied for a fresh run; on resume, only the lines with
+    step <= the checkpoint's step are kept (a torn last line from a killed run is dropped)."""
+    path = out / METRICS_NAME
+    kept = []
+    if keep_through is not None and path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= keep_through:
+                kept.append(line + "\n")
+    tmp = path.with_name(f".{METRICS_NAME}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return open(path, "a", encoding="utf-8", buffering=1)
+
+
+# ----------------------------------------------------------------------------- set-up of a run
+
+
+@dataclass
+class Session:
+    """A run ready to go: validated, data open, model built (and restored when resuming)."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    data: str
+    model_config: GPTConfig
+    raw: GPT  # the plain module: saved, sampled from
+    eval_model: nn.Module  # compiled when compiling, never DDP-wrapped
+    parts: StepParts
+    train_loader: TokenLoader
+    run: dict  # what a checkpoint must match to be resumed here
+    generator: torch.Generator  # sampling only: never disturbs the training RNG
+    val_loader: TokenLoader | None = None
+    val_batches: int = 0
+    start_step: int = 0
+    resumed_from: Path | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.B * self.cfg.T * self.rt.world * self.parts.accum_steps
+
+
+def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool) -> TokenLoader:
+    try:
+        return TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
+                           shuffle=shuffle, seed=cfg.seed)
+    except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
+        raise UserError(str(e)) from None
+
+
+def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPTConfig,
+                       train_loader: TokenLoader) -> dict:
+    """Load and check the checkpoint to resume, and put the train loader at its step."""
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, path, run, model_config)
+    newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
+    if newer:  # they would outlive this run's own checkpoints and win a later --resume auto
+        raise UserError(
+            f"--out {cfg.out} holds {', '.join(newer)}, newer than step {ckpt['step']} of "
+            f"--resume {path}: move them away or choose another --out"
+        )
+    try:
+        train_loader.load_state_dict(ckpt["loader"])
+    except ValueError as e:
+        raise UserError(f"--resume {path}: {e}") from None
+    return ckpt
+
+
+def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str]) -> TokenLoader | None:
+    """The val split's loader, or None with a note saying why validation is skipped."""
+    val_tokens = val_split_tokens(data)
+    if val_tokens is None:
+        notes.append(f"no val split in {data}: validation skipped")
+        return None
+    if steps_per_epoch(val_tokens, cfg.B, cfg.T, rt.world) == 0:
+        notes.append(f"val split has {val_tokens:,} tokens, less than one batch of "
+                     f"{cfg.B * cfg.T * rt.world:,} + 1: validation skipped")
+        return None
+    return _open_loader(data, "val", cfg, rt, shuffle=False)
+
+
+def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
+    """Check everything that can be checked, then build the run. Until the model is built
+    nothing is written, so a user mistake leaves no trace on disk."""
+    try:
+        model_config = GPTConfig.preset(cfg.model)
+    except ValueError as e:
+        raise UserError(f"--model: {e}") from None
+    if cfg.T > model_config.block_size:
+        raise UserError(
+            f"--T {cfg.T} is larger than the block size of --model {cfg.model} ({model_config.block_size})"
+        )
+    data = find_dataset(cfg.data)
+    rt = make_runtime(cfg)
+    micro_tokens = cfg.B * cfg.T * rt.world
+    total = micro_tokens if cfg.total_batch_size is None else cfg.total_batch_size
+    if total % micro_tokens:
+        raise UserError(
+            f"--total-batch-size {total} must be a multiple of B*T*W = {cfg.B}*{cfg.T}*{rt.world} = "
+            f"{micro_tokens} (tokens per micro-step over all ranks)"
+        )
+    resume_path = None
+    if not cfg.bench:
+        out = Path(cfg.out)
+        check_out_dir(out)
+        resume_path = resolve_resume(cfg)
+        if resume_path is None and (found := list_checkpoints(out)):
+            raise UserError(
+                f"--out {out} holds checkpoints of an earlier run (latest {found[-1][1].name}): "
+                f"continue it with --resume auto, or choose another --out"
+            )
+    train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle)
+    stack.callback(train_loader.close)
+    run = {
+        "data_tokens": train_loader.num_tokens, "B": cfg.B, "T": cfg.T, "world": rt.world,
+        "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
+    }
+    ckpt = None
+    if resume_path is not None:
+        ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
+    notes: list[str] = []
+    val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
+    if val_loader is not None:
+        stack.callback(val_loader.close)
+
+    # Every check passed: from here on, work starts.
+    start_runtime(rt)
+    if rt.ddp:
+        stack.callback(dist.destroy_process_group)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    raw = GPT(model_config).to(rt.device)
+    optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
+    generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+    start_step = 0
+    if ckpt is not None:
+        raw.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
+        start_step = int(ckpt["step"])
+        del ckpt
+    model: nn.Module = raw
+    if rt.compile:
+        model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+    eval_model = model
+    if rt.ddp:
+        ids = [rt.local_rank] if rt.device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    parts = StepParts(model, optimizer, rt, total // micro_tokens, cfg.grad_clip)
+    return Session(
+        cfg, rt, data, model_config, raw, eval_model, parts, train_loader, run, generator,
+        val_loader, min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0,
+        start_step, resume_path, notes,
+    )
+
+
+def print_facts(s: Session) -> None:
+    """What this run is, before it starts: data, epoch length, model, device, batch."""
+    cfg, rt, mc = s.cfg, s.rt, s.model_config
+    say = click.echo if rt.master else (lambda *_: None)
+    E = s.train_loader.steps_per_epoch
+    say(f"data: {s.data}: {s.train_loader.num_tokens:,} tokens in the train split")
+    say(f"1 epoch = {E} batches (B={cfg.B} x T={cfg.T}, world size {rt.world})")
+    say(f"model: {cfg.model}, {s.raw.num_params():,} parameters "
+        f"({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} dims, block size {mc.block_size})")
+    name = f" ({rt.device_name()})" if rt.device_name() else ""
+    compiled = f"on ({cfg.compile_mode})" if rt.compile else "off"
+    say(f"device: {rt.device}{name}, dtype: {rt.dtype}, compile: {compiled}")
+    accum = s.parts.accum_steps
+    say(f"batch: {s.tokens_per_step:,} tokens per step = {cfg.B} x {cfg.T} x {rt.world} rank(s) "
+        f"x {accum} gradient accumulation step(s)")
+    if not cfg.bench:
+        epochs = cfg.steps * accum / E
+        say(f"steps: {cfg.steps} ({epochs:.3g} epochs), lr {cfg.lr:g} -> {cfg.final_lr:g} "
+            f"after {cfg.warmup_steps} warm-up steps")
+    if s.resumed_from is not None:
+        say(f"resumed from {s.resumed_from} at step {s.start_step}")
+    if s.val_loader is not None:
+        say(f"validation: {s.val_batches} batches of the val split ({s.val_loader.num_tokens:,} tokens) "
+            f"every {cfg.eval_every} steps and at the end")
+    for note in s.notes:
+        say(f"note: {note}")
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
+    with contextlib.ExitStack() as stack:
+        s = prepare(cfg, stack)
+        print_facts(s)
+        return bench_loop(s) if cfg.bench else train_loop(s)
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+def _checkpoint(s: Session, step: int) -> Path:
+    out = Path(s.cfg.out)
+    path = ckpt_path(out, step)
+    save_checkpoint(path, {
+        "format": CKPT_FORMAT,
+        "step": step,
+        "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
+        "optimizer": s.parts.optimizer.state_dict(),
+        "loader": s.train_loader.state_dict(),
+        "model_config": dataclasses.asdict(s.model_config),
+        "train_config": dataclasses.asdict(s.cfg),
+        "run": s.run,
+        "rng": rng_state(s.rt, s.generator),
+    })
+    if s.cfg.keep_ckpts:
+        for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def train_loop(s: Session) -> dict:
+    """Steps start_step+1 .. cfg.steps; logs, evaluates, samples and checkpoints on the way."""
+    cfg, rt = s.cfg, s.rt
+    out = Path(cfg.out)
+    say = tqdm.write if rt.master else (lambda *_: None)
+    with contextlib.ExitStack() as files:
+        metrics = None
+        if rt.master or cfg.log_windows:
+            out.mkdir(parents=True, exist_ok=True)
+        if rt.master:
+            for stale in out.glob(".ckpt_*.pt.tmp"):  # left by a run killed while saving
+                stale.unlink(missing_ok=True)
+            metrics = files.enter_context(open_metrics(out, s.start_step if s.resumed_from else None))
+        loader = s.train_loader
+        feed_fn: Feed = lambda: loader.next_batch(rt.device)  # noqa: E731
+        if cfg.log_windows:
+            log = files.enter_context(open(out / f"windows_rank{rt.rank}.jsonl", "w", buffering=1))
+            feed_fn = window_logger(feed_fn, log, rt.rank)
+        feed = TimedFeed(feed_fn)
+        flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
+        bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
+                                       disable=not rt.master or cfg.quiet))
+        history: list[float] = []  # tokens/s of each step of this run
+        record: dict = {}
+        pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
+        started = t_last = time.perf_counter()
+        for step in range(s.start_step + 1, cfg.steps + 1):
+            lr = lr_at(step - 1, cfg)
+            loss, grad_norm = train_step(s.parts, feed, lr)
+            pending.append((step, lr, loss, grad_norm, feed.take()))
+            final = step == cfg.steps
+            due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
+            do_eval = s.val_loader is not None and due(cfg.eval_every)
+            do_sample, do_ckpt = due(cfg.sample_every), due(cfg.ckpt_every)
+            if not (final or do_eval or do_sample or do_ckpt or step % cfg.log_every == 0):
+                continue
+            # sync: the logging point, the one sync of the steady state: losses and norms to the host
+            losses = torch.stack([p[2] for p in pending])
+            if rt.ddp:
+                dist.all_reduce(losses)  # the mean over ranks: the loss of the global batch
+                losses /= rt.world
+            losses_h, norms_h = losses.tolist(), torch.stack([p[3] for p in pending]).tolist()
+            dt = (time.perf_counter() - t_last) / len(pending)
+            tokens_per_s = s.tokens_per_step / dt
+            step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt) if do_eval else None
+            for (k, k_lr, _, _, wait), k_loss, k_norm in zip(pending, losses_h, norms_h):
+                record = {
+                    "step": k, "loss": k_loss, "val_loss": val_loss if k == step else None, "lr": k_lr,
+                    "grad_norm": k_norm, "dt_ms": 1000 * dt, "tokens_per_s": tokens_per_s, "mfu": step_mfu,
+                    "data_wait_ms": 1000 * wait,
+                }
+                history.append(tokens_per_s)
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{losses_h[-1]:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                            refresh=False)
+            bar.update(len(pending))
+            if val_loss is not None:
+                say(f"step {step}: val loss {val_loss:.4f}")
+            if do_sample and rt.master:
+                say(f"step {step} sample: {sample_text(s.raw, rt, s.generator, cfg.sample_tokens)!r}")
+            if do_ckpt and rt.master:
+                _checkpoint(s, step)
+            pending.clear()
+            t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
+    return summarize(s, history, record, time.perf_counter() - started)
+
+
+def summarize(s: Session, history: list[float], last: dict, total_s: float) -> dict:
+    """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out)."""
+    cfg, rt = s.cfg, s.rt
+    steady = history[WARMUP_SKIP:] if len(history) > WARMUP_SKIP else history
+    tokens_per_s = statistics.median(steady) if steady else None
+    device_name = rt.device_name()
+    run_mfu = None
+    if tokens_per_s and device_name:
+        run_mfu = mfu(tokens_per_s, s.raw.flops_per_token(cfg.T), device_name, rt.world)
+    summary = {
+        "steps": len(history), "first_step": s.start_step + 1, "last_step": cfg.steps,
+        "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
+        "mfu": run_mfu, "total_s": total_s,
+    }
+    if rt.master:
+        if not history:
+            click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train")
+            return summary
+        mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
+        val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
+        click.echo(
+            f"done: steps {summary['first_step']}-{cfg.steps} in {total_s:.1f} s, "
+            f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
+            f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over "
+            f"{len(steady)} steady steps, MFU {mfu_text}; "
+            f"metrics in {Path(cfg.out) / METRICS_NAME}"
+        )
+    return summary
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def bench_loop(s: Session) -> dict:
+    """Time train_step fed by the real loader and by one batch already on the device.
+
+    The timed steps run in the order real, fixed, fixed, real (half of --bench-steps each
+    time), so a slow drift of the machine's speed weighs on both feeds alike.
+    data_wait_fraction = 1 - real tokens/s / fixed-batch tokens/s: the throughput the data
+    path costs (noise can make it slightly negative). blocked_fraction = host time blocked in
+    next_batch / real step time. Writes nothing; the last line is `BENCH {json}`.
+    """
+    cfg, rt, parts = s.cfg, s.rt, s.parts
+    real = TimedFeed(lambda: s.train_loader.next_batch(rt.device))
+    for _ in range(cfg.bench_warmup):  # compilation and allocator warm-up, not timed
+        train_step(parts, real, cfg.lr)
+    x, y = s.train_loader.next_batch(rt.device)
+    fixed = TimedFeed(lambda: (x, y))
+    elapsed = {id(real): 0.0, id(fixed): 0.0}
+    loss = torch.zeros(())
+
+    def timed(feed: TimedFeed, steps: int) -> None:
+        nonlocal loss
+        rt.synchronize()  # timing window only: never inside the steps
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss, _ = train_step(parts, feed, cfg.lr)
+        rt.synchronize()
+        elapsed[id(feed)] += time.perf_counter() - start
+
+    first, second = cfg.bench_steps // 2, cfg.bench_steps - cfg.bench_steps // 2
+    real.take()
+    for feed, steps in ((real, first), (fixed, first), (fixed, second), (real, second)):
+        timed(feed, steps)
+    real_dt, fixed_dt = elapsed[id(real)] / cfg.bench_steps, elapsed[id(fixed)] / cfg.bench_steps
+    real_wait = real.take() / cfg.bench_steps
+    flops, name = s.raw.flops_per_token(cfg.T), rt.device_name()
+    real_tps, fixed_tps = s.tokens_per_step / real_dt, s.tokens_per_step / fixed_dt
+    result = {
+        "model": cfg.model, "params": s.raw.num_params(), "B": cfg.B, "T": cfg.T, "world": rt.world,
+        "accum_steps": parts.accum_steps, "device": str(rt.device), "device_name": name, "dtype": rt.dtype,
+        "compile": rt.compile, "compile_mode": cfg.compile_mode if rt.compile else None,
+        "warmup_steps": cfg.bench_warmup, "steps": cfg.bench_steps,
+        "tokens_per_s": real_tps, "ms_per_step": 1000 * real_dt,
+        "mfu": mfu(real_tps, flops, name, rt.world) if name else None,
+        "synthetic_tokens_per_s": fixed_tps, "synthetic_ms_per_step": 1000 * fixed_dt,
+        "synthetic_mfu": mfu(fixed_tps, flops, name, rt.world) if name else None,
+        "data_wait_fraction": 1 - real_tps / fixed_tps, "blocked_fraction": real_wait / real_dt,
+        "loss": loss.item(),  # sync: after timing
+    }
+    if rt.master:
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        click.echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps, "
+                   f"{s.tokens_per_step:,} tokens/step")
+        click.echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
+                   f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
+                   f"of step time")
+        click.echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
+                   f"MFU {pct(result['synthetic_mfu'])}")
+        click.echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
+                   f"(1 - real/fixed tokens/s)")
+        click.echo("BENCH " + json.dumps(result))
+    return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
+@click.option("--T", "T", type=int, default=TrainConfig.T,
+              help="Tokens per sequence (at most the model's block size).")
+@click.option("--data", default=None, show_default="the one dataset under ./data",
+              help="Dataset directory (meta.json or *_train_*.bin shards), a shard glob, or one shard.")
+@click.option("--model", default=TrainConfig.model,
+              help=f"Model preset: {', '.join(GPTConfig.presets())}.")
+@click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")
+@click.option("--total-batch-size", type=int, default=None, show_default="B*T*world (no accumulation)",
+              help="Tokens per optimizer step; a multiple of B*T*world, the rest is gradient accumulation.")
+@click.option("--lr", type=float, default=TrainConfig.lr, help="Peak learning rate.")
+@click.option("--min-lr", type=float, default=None, show_default="lr/10",
+              help="Learning rate at --steps (cosine decay).")
+@click.option("--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="Linear warm-up steps.")
+@click.option("--weight-decay", type=float, default=TrainConfig.weight_decay,
+              help="AdamW weight decay (matrices only).")
+@click.option("--grad-clip", type=float, default=TrainConfig.grad_clip,
+              help="Gradient-norm clip; 0 turns it off.")
+@click.option("--seed", type=int, default=TrainConfig.seed, help="Seed for weights, shuffling and samples.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: cuda, then mps, then cpu.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto",
+              help="auto: bf16 autocast where CUDA supports it, else fp32.")
+@click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
+              help="torch.compile the model.")
+@click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
+              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches.")
+@click.option("--eval-every", type=int, default=TrainConfig.eval_every,
+              help="Validation loss every N steps and at the end; 0: never.")
+@click.option("--eval-steps", type=int, default=TrainConfig.eval_steps, help="Val batches per evaluation.")
+@click.option("--sample-every", type=int, default=TrainConfig.sample_every,
+              help="Print a sample every N steps and at the end; 0: never.")
+@click.option("--sample-tokens", type=int, default=TrainConfig.sample_tokens, help="Tokens per sample.")
+@click.option("--out", default=TrainConfig.out, help="Directory for checkpoints and metrics.jsonl.")
+@click.option("--ckpt-every", type=int, default=TrainConfig.ckpt_every,
+              help="Checkpoint every N steps and at the end; 0: never.")
+@click.option("--keep-ckpts", type=int, default=TrainConfig.keep_ckpts,
+              help="Newest checkpoints to keep; 0: all.")
+@click.option("--resume", default=None, show_default="none: start fresh",
+              help="Checkpoint to continue from, or 'auto' for the newest in --out.")
+@click.option("--shuffle/--no-shuffle", default=False,
+              help="Visit each epoch's windows in a seeded random order.")
+@click.option("--log-every", type=int, default=TrainConfig.log_every,
+              help="Steps between logging syncs (metrics keep every step).")
+@click.option("--bench", is_flag=True,
+              help="Benchmark train_step (real loader vs fixed batch) instead of training; writes nothing.")
+@click.option("--bench-warmup", type=int, default=TrainConfig.bench_warmup,
+              help="Untimed --bench steps first.")
+@click.option("--bench-steps", type=int, default=TrainConfig.bench_steps,
+              help="Timed --bench steps per feed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--log-windows", is_flag=True,
+              help="Debug: each rank logs its batches' first tokens to --out/windows_rank<r>.jsonl.")
+def main(compile_: bool | None, **options) -> None:
+    """Train GPT-2 on the token shards `prep tokenize` wrote; --bench measures the step instead."""
+    try:
+        cfg = TrainConfig(compile=compile_, **options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
