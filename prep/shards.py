@@ -119,7 +119,7 @@ class ShardWriter:
         body = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
         if self.num_tokens + body.size > MAX_TOKENS:
             raise ValueError(f"{self.path}: a shard holds at most {MAX_TOKENS} tokens")
-        self._f.write(body.tobytes())
+        self._f.write(memoryview(body).cast("B"))  # no copy: the array's own bytes
         self.num_tokens += body.size
 
     def close(self) -> str:
