@@ -1,0 +1,185 @@
+"""Reading the corpus: input arguments -> sources -> a stream of document pieces.
+
+One text file is one document, one JSONL line is one document (its `--field`), and stdin is
+one document. Directories are searched recursively for `*.txt`, in sorted order, so the
+same tree always gives the same token stream. Text is the file's bytes decoded as UTF-8,
+exactly: no newline translation, a BOM is kept as U+FEFF. Files are read in binary blocks
+and decoded incrementally, so a huge document never sits in memory whole and a multibyte
+character split across two blocks decodes as one. Every problem a user can fix raises
+CorpusError with the file, and the line or byte offset, in its message.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to be cheap
+STDIN = "-"
+ERRORS = ("strict", "replace")
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
+               float: "a number", bool: "a boolean", type(None): "null"}
+
+
+class CorpusError(ValueError):
+    """Input the user must fix (missing path, bad UTF-8, malformed JSONL); says where."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input argument, resolved: what it is, the files it stands for, their size."""
+
+    arg: str  # as the user gave it
+    kind: str  # "text", "jsonl", "directory" or "stdin"
+    files: tuple[Path, ...]  # the files read, in order (empty for stdin)
+    bytes: int | None  # None when unknown up front (stdin, pipes)
+
+    def to_meta(self, bytes_read: int | None = None) -> dict:
+        """The entry for meta.json's "sources" list."""
+        path = self.arg if self.kind == "stdin" else str(Path(self.arg).absolute())
+        entry = {"path": path, "kind": self.kind, "bytes": self.bytes if bytes_read is None else bytes_read}
+        if self.kind == "directory":
+            entry["files"] = len(self.files)
+        return entry
+
+    @property
+    def stem(self) -> str:
+        """The default dataset name: a file's stem, a directory's name, "stdin"."""
+        if self.kind == "stdin":
+            return "stdin"
+        path = Path(self.arg).absolute()
+        return path.name if self.kind == "directory" else path.stem
+
+
+def _file_size(path: Path) -> int | None:
+    st = path.stat()
+    return st.st_size if path.is_file() else None  # pipes and devices: unknown
+
+
+def _text_files(directory: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        found += [Path(root) / f for f in files if f.endswith(".txt") and (Path(root) / f).is_file()]
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def resolve_sources(inputs: Sequence[str]) -> list[Source]:
+    """Check every input exists and expand directories; raises CorpusError before any work."""
+    if not inputs:
+        raise CorpusError("no input given (files, directories, .jsonl files or - for stdin)")
+    if list(inputs).count(STDIN) > 1:
+        raise CorpusError("'-' (stdin) can be given only once")
+    sources = []
+    for arg in inputs:
+        if arg == STDIN:
+            sources.append(Source(arg, "stdin", (), None))
+            continue
+        path = Path(arg)
+        if not path.exists():
+            raise CorpusError(f"{arg}: no such file or directory")
+        try:
+            if path.is_dir():
+                files = _text_files(path)
+                if not files:
+                    raise CorpusError(f"{arg}: directory has no .txt files")
+                sizes = [_file_size(f) for f in files]
+                total = None if None in sizes else sum(sizes)
+                sources.append(Source(arg, "directory", tuple(files), total))
+            else:
+                kind = "jsonl" if path.suffix.lower() == ".jsonl" else "text"
+                sources.append(Source(arg, kind, (path,), _file_size(path)))
+        except PermissionError as e:
+            raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
+    return sources
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of decoded text; `new_document` marks the first piece of each document.
+
+    `nbytes` is the input consumed for it (for the progress bar and the byte totals).
+    """
+
+    text: str
+    new_document: bool
+    nbytes: int
+
+
+def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> Iterator[Piece]:
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
+    offset, first = 0, True
+    while True:
+        block = read(block_bytes)
+        held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:  # e.start counts from the held bytes
+            raise CorpusError(f"{label}: invalid UTF-8 at byte {offset - held + e.start} "
+                              f"(pass --errors replace to substitute U+FFFD)") from None
+        yield Piece(text, first, len(block))
+        first = False
+        offset += len(block)
+        if not block:
+            return
+
+
+def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
+    with open(path, "rb") as f:
+        offset = 0
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8", errors)
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
+                                  f"(pass --errors replace to substitute U+FFFD)") from None
+            offset += len(raw)
+            if not line.strip():  # blank line: no document, but its bytes count as read
+                yield Piece("", False, len(raw))
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}")
+            if field not in record:
+                keys = ", ".join(map(repr, list(record)[:5])) or "none"
+                raise CorpusError(f"{where}: no {field!r} field (keys: {keys}; choose one with --field)")
+            text = record[field]
+            if not isinstance(text, str):
+                kind = _JSON_TYPES.get(type(text), type(text).__name__)
+                raise CorpusError(f"{where}: field {field!r} is {kind}, not a string")
+            yield Piece(text, True, len(raw))
+
+
+def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str = "strict",
+                block_bytes: int = BLOCK_BYTES, stdin: BinaryIO | None = None) -> Iterator[Piece]:
+    """Every document of every source, in order, as a stream of pieces (flat memory).
+
+    `errors` is "strict" (invalid UTF-8 raises CorpusError naming file and byte offset) or
+    "replace" (U+FFFD). `stdin` is the binary stream read for "-" (default sys.stdin).
+    """
+    if errors not in ERRORS:
+        raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+    for source in sources:
+        if source.kind == "stdin":
+            yield from _read_text(stdin or sys.stdin.buffer, "<stdin>", errors, block_bytes)
+            continue
+        for path in source.files:
+            try:
+                if source.kind == "jsonl":
+                    yield from _read_jsonl(path, field, errors)
+                else:
+                    with open(path, "rb") as f:
+                        yield from _read_text(f, str(path), errors, block_bytes)
+            except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+                raise CorpusError(f"{path}: cannot read ({e.strerror})") from None

@@ -1,0 +1,252 @@
+"""`prep tokenize`: corpus -> GPT-2 uint16 token shards + meta.json; parallel, streaming, atomic.
+
+Pipeline. The main process reads documents in blocks (prep.corpus), cuts each one at safe
+boundaries into chunks of about `chunk_chars` (prep.chunking: the cut never changes a
+token), packs small documents together into batches, and hands batches to `workers`
+processes, each with its own encoder (prep.workers). At most 2 batches per worker are in
+flight and results come back in order, as uint16 bytes, and stream into shards of at most
+`shard_size` tokens. Each document is EOT followed by exactly `encode_ordinary(document)`;
+empty documents are skipped. Memory stays flat: a few batches plus the validation tail.
+
+Validation split (deterministic, exact, streaming). With T tokens in all, the val split
+holds v = min(val_max_tokens, floor(val_fraction * T)) tokens from the end of the stream;
+tiny Shakespeare: T = 338,026 -> train 304,224 + val 33,802. T is known only at the end, so
+the last `val_max_tokens` tokens are held back in a ring file on disk (2 bytes a token, 20 MB
+by default; memory stays flat) and everything older goes to train shards at once. The cut
+then moves forward to the first document start (EOT) after it if val keeps at least half of
+v that way: with many documents val is the last whole documents, with one (or a few long)
+ones it is the exact tail of the tokens. The rule is stored in meta.json's settings; v == 0
+(`val_fraction=0`, or a corpus too small) means no val shard at all.
+
+Atomic output. Shards and meta.json (last) are built in `.<dir>.tmp-<pid>` beside the target,
+which is renamed into place only when complete; on failure it is removed, and after a
+SIGKILL it stays under that name, which nothing reads as a dataset (a later run removes it).
+An existing target needs `overwrite`: the old one is renamed aside, the new one renamed in,
+then the old one deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+from tqdm import tqdm
+
+from prep.chunking import batches, document_chunks
+from prep.corpus import ERRORS, CorpusError, read_pieces, resolve_sources
+from prep.errors import UserError
+from prep.meta import write_meta
+from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
+from prep.shards import MAX_TOKENS
+from prep.workers import EncoderPool, encode_stream
+
+DEFAULT_SHARD_SIZE = 100_000_000  # llm.c's fineweb shards hold 100M tokens
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_VAL_MAX_TOKENS = 10_000_000  # llm.c-sized val; held back in a 20 MB file until the end
+DEFAULT_CHUNK_CHARS = 1 << 20  # ~50 ms of encoding: cheap to send, fine-grained enough to balance
+MIN_AUTO_CHUNK_CHARS = 1 << 16  # chunks shrink to this for small inputs, not below
+SPILL_NAME = "val-tail.spill"  # in the temporary dir only: removed before the rename
+OUTPUT_SETTINGS = ("shard_size", "val_fraction", "val_max_tokens", "field", "errors")  # -> meta.json
+VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens, cut moved forward "
+            "to the first document start inside them when that keeps at least half")
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (the affinity mask, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Everything that decides the output (and how fast it is made), validated up front."""
+
+    shard_size: int = DEFAULT_SHARD_SIZE
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS
+    workers: int = field(default_factory=default_workers)
+    field: str = "text"  # the JSONL key holding the document
+    errors: str = "strict"  # invalid UTF-8: "strict" fails, "replace" substitutes U+FFFD
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
+    start_method: str | None = None  # multiprocessing start method; None: the platform's
+
+    def __post_init__(self):
+        if not 1 <= self.shard_size <= MAX_TOKENS:
+            raise ValueError(f"shard_size must be in 1..{MAX_TOKENS}, got {self.shard_size}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.val_max_tokens < 0:
+            raise ValueError(f"val_max_tokens must be >= 0, got {self.val_max_tokens}")
+        if self.workers < 1 or self.chunk_chars < 1:
+            raise ValueError(f"workers and chunk_chars must be >= 1, got {self.workers}, {self.chunk_chars}")
+        if not self.field:
+            raise ValueError("field must be a non-empty JSON key")
+        if self.errors not in ERRORS:
+            raise ValueError(f"errors must be one of {ERRORS}, got {self.errors!r}")
+
+
+@dataclass
+class TokenizeResult:
+    """What a run produced and how fast: the summary line, --json, and the benchmark use it."""
+
+    out_dir: Path
+    name: str
+    documents: int
+    tokens: dict[str, int]  # per split
+    shards: dict[str, list[str]]  # per split, file names in order
+    bytes: int
+    chars: int
+    seconds: float
+    workers: int
+
+    @property
+    def chars_per_token(self) -> float:
+        return self.chars / max(1, sum(self.tokens.values()) - self.documents)  # EOTs are no text
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / max(self.seconds, 1e-9)
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"out_dir": str(self.out_dir), "mb_per_s": round(self.mb_per_s, 3),
+                               "chars_per_token": round(self.chars_per_token, 4)}
+
+    def summary(self) -> str:
+        t, s = self.tokens, self.shards
+        return (f"tokenized {self.documents:,} document(s), {self.bytes / 1e6:,.1f} MB in "
+                f"{self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s, {self.workers} worker(s)): "
+                f"train {t['train']:,} + val {t['val']:,} tokens in {len(s['train'])} + {len(s['val'])} "
+                f"shard(s), {self.chars_per_token:.2f} chars/token -> {self.out_dir}")
+
+
+def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = None, *,
+                    name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                    val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS, workers: int | None = None,
+                    field: str = "text", errors: str = "strict", overwrite: bool = False,
+                    progress: bool = True, chunk_chars: int = DEFAULT_CHUNK_CHARS,
+                    start_method: str | None = None, stdin: BinaryIO | None = None) -> TokenizeResult:
+    """Tokenize `inputs` into a dataset directory (default data/<stem of the first input>).
+
+    The plain function behind `prep tokenize` (and the benchmark). Raises CorpusError for bad
+    input and OutputError for an output it cannot or must not write; either way nothing is
+    left at the target (nor a temporary directory). `progress` shows a tqdm bar on a tty.
+    """
+    config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
+                            default_workers() if workers is None else workers,
+                            field, errors, chunk_chars, start_method)
+    sources = resolve_sources(inputs)
+    sizes = [s.bytes for s in sources]
+    total_bytes = None if None in sizes else sum(sizes)
+    if total_bytes == 0:
+        raise CorpusError(f"{', '.join(inputs)}: empty input, nothing to tokenize")
+    target = Path(out_dir) if out_dir is not None else Path("data") / (sources[0].stem or "dataset")
+    name = name if name is not None else target.absolute().name
+    if not name or "/" in name or os.sep in name:
+        raise OutputError(f"{name!r}: not a usable shard name (non-empty, no path separator)")
+    check_target(target, overwrite)
+    workers, chunk_chars = config.workers, config.chunk_chars
+    if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers
+        chunk_chars = min(chunk_chars, max(MIN_AUTO_CHUNK_CHARS, math.ceil(total_bytes / (4 * workers))))
+        workers = min(workers, max(1, math.ceil(total_bytes / chunk_chars)))
+    start, chars, nbytes = time.perf_counter(), 0, 0
+    with AtomicDirectory(target) as tmp:
+        train = SplitWriter(tmp, name, "train", config.shard_size)
+        val = SplitWriter(tmp, name, "val", config.shard_size)
+        held_back = config.val_max_tokens if config.val_fraction > 0 else 0
+        splitter = TailSplitter(train, held_back, tmp / SPILL_NAME)
+        try:
+            pieces = read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin)
+            work = batches(document_chunks(pieces, chunk_chars), chunk_chars)
+            # The pool forks before tqdm starts its monitor thread.
+            with (EncoderPool(workers, config.start_method) if workers > 1 else nullcontext()) as pool, \
+                    tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize",
+                         disable=None if progress else True, file=sys.stderr) as bar:
+                for tokens, batch_chars, batch_bytes in encode_stream(work, pool):
+                    splitter.push(tokens)
+                    chars, nbytes = chars + batch_chars, nbytes + batch_bytes
+                    bar.update(batch_bytes)
+            if splitter.total == 0:
+                raise CorpusError(f"{', '.join(inputs)}: no text to tokenize (every document is empty)")
+            splitter.finish(config.val_fraction, val)
+            train.close(), val.close()
+            settings = {key: getattr(config, key) for key in OUTPUT_SETTINGS} | {"val_rule": VAL_RULE}
+            write_meta(tmp, build_meta(name, sources, (train, val), settings, nbytes, chars))
+        except BaseException as e:
+            train.abort(), val.abort(), splitter.close()
+            if isinstance(e, OSError):  # disk full, I/O error: the user's to fix, not a bug
+                raise OutputError(f"{e.filename or target}: {e.strerror or e}") from None
+            raise
+    splits = {"train": train, "val": val}
+    return TokenizeResult(target, name, train.documents + val.documents,
+                          {split: w.tokens for split, w in splits.items()},
+                          {split: [e["file"] for e in w.entries] for split, w in splits.items()},
+                          nbytes, chars, time.perf_counter() - start, workers)
+
+
+@contextmanager
+def _sigterm_raises_exit() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the temporary dir is removed."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@click.command("tokenize", context_settings={"show_default": True})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory.  [default: data/<stem of the first input>, data/stdin for -]")
+@click.option("--name", default=None, help="Shard name prefix.  [default: the output directory's name]")
+@click.option("--shard-size", type=click.IntRange(1, MAX_TOKENS), default=DEFAULT_SHARD_SIZE,
+              help="Most tokens per shard file.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=DEFAULT_VAL_FRACTION,
+              help="Fraction of tokens for the val split, taken from the end (0: train only).")
+@click.option("--val-max-tokens", type=click.IntRange(min=0), default=DEFAULT_VAL_MAX_TOKENS,
+              help="Cap on the val split's tokens.")
+@click.option("--workers", type=click.IntRange(min=1), default=default_workers,
+              help="Encoder processes.  [default: the CPUs available]", show_default=False)
+@click.option("--field", default="text", help="JSONL key holding each document's text.")
+@click.option("--errors", type=click.Choice(ERRORS), default="strict",
+              help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing dataset (only once the new one is complete).")
+@click.option("--quiet", is_flag=True, help="No progress bar (the summary line is still printed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_CHARS,
+              help="Most characters per unit of work sent to a worker (never changes a token).")
+def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None, shard_size: int,
+                     val_fraction: float, val_max_tokens: int, workers: int, field: str, errors: str,
+                     overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
+    """Tokenize text files, directories (*.txt, recursive), .jsonl files or - (stdin) into
+    GPT-2 uint16 shards plus meta.json. One file or JSONL line is one document, each one
+    preceded by EOT; the output appears only once it is complete.
+    """
+    if not field:
+        raise UserError("--field must name a JSON key, got ''")
+    try:
+        with _sigterm_raises_exit():
+            result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
+                                     val_fraction=val_fraction, val_max_tokens=val_max_tokens,
+                                     workers=workers, field=field, errors=errors, overwrite=overwrite,
+                                     progress=not quiet, chunk_chars=chunk_size)
+    except (CorpusError, OutputError) as e:
+        raise UserError(str(e)) from None
+    click.echo(json.dumps(result.to_json()) if as_json else result.summary())

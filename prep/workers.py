@@ -1,0 +1,193 @@
+"""The encoder processes behind `prep tokenize`: batches of text out, uint16 tokens back, in order.
+
+Each worker builds its own GPT-2 encoder (`prep.tokenizer.get_encoding`) and has its own task
+pipe and result pipe; batch k goes to worker k mod N and results are read back in k order.
+Only top-level functions and bytes cross a process boundary, so any start method works
+(fork, spawn, forkserver).
+
+Why not multiprocessing.Pool: `terminate()` can hang while large tasks are still queued (its
+task thread blocks writing into a pipe nobody reads any more), and workers of a SIGKILLed
+parent wait forever. Here `abort()` SIGKILLs the workers and every worker exits by itself as
+soon as its parent is gone.
+
+No deadlock: one sender thread writes the tasks, so the main thread never blocks on a write
+while a worker blocks writing its result. Let k0 be the oldest result not yet read; all tasks
+before k0 were sent and their results read. If task k0 is unsent it is the sender's next write,
+and its worker has nothing older left, so it reads it; once sent, that worker encodes it and
+writes the very result the main thread waits for.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import queue
+import signal
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from prep.shards import TOKEN_DTYPE
+from prep.tokenizer import EOT, get_encoding
+
+IN_FLIGHT_PER_WORKER = 2  # one being encoded, one waiting: workers never idle, memory bounded
+
+
+def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:
+    """Tokens of a batch as uint16 bytes: EOT before each piece that starts a document.
+
+    `encode_to_numpy(text, disallowed_special=())` is the same core call as `encode_ordinary`
+    (tiktoken documents encode_ordinary == encode(disallowed_special=())) but fills a buffer
+    instead of a Python list; lone surrogates get encode_ordinary's own fallback.
+    """
+    enc = get_encoding()
+    parts = []
+    for text, starts_document in pieces:
+        if starts_document:
+            parts.append(np.array([EOT], dtype=TOKEN_DTYPE))
+        try:
+            parts.append(enc.encode_to_numpy(text, disallowed_special=()).astype(TOKEN_DTYPE))
+        except UnicodeEncodeError:
+            parts.append(np.array(enc.encode_ordinary(text), dtype=TOKEN_DTYPE))
+    return np.concatenate(parts).tobytes() if parts else b""
+
+
+def _exit_with_parent() -> None:
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.sentinel is not None:
+        multiprocessing.connection.wait([parent.sentinel])  # returns once the parent is gone
+        os._exit(1)
+
+
+def _worker_main(tasks: multiprocessing.connection.Connection,
+                 results: multiprocessing.connection.Connection) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    get_encoding()
+    while True:
+        try:
+            payload = tasks.recv_bytes()
+        except EOFError:
+            return
+        if not payload:  # the stop signal
+            return
+        results.send_bytes(encode_batch(pickle.loads(payload)))
+
+
+class EncoderPool:
+    """`workers` encoder processes; submit() batches, next_result() takes them back in order.
+
+    A context manager: leaving it normally stops the workers cleanly, leaving it with an
+    exception (or a signal turned into one) kills them at once.
+    """
+
+    def __init__(self, workers: int, start_method: str | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        context = multiprocessing.get_context(start_method)
+        self._workers: list[tuple] = []  # (process, task writer, result reader)
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self.submitted = self.received = 0
+        try:
+            for _ in range(workers):  # all forks happen here, before any thread of ours starts
+                task_reader, task_writer = context.Pipe(duplex=False)
+                result_reader, result_writer = context.Pipe(duplex=False)
+                process = context.Process(target=_worker_main, args=(task_reader, result_writer),
+                                          name="prep-encoder", daemon=True)
+                process.start()
+                task_reader.close(), result_writer.close()
+                self._workers.append((process, task_writer, result_reader))
+            self._sender = threading.Thread(target=self._send_loop, name="prep-sender", daemon=True)
+            self._sender.start()
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            index, payload = item
+            try:
+                self._workers[index][1].send_bytes(payload)
+            except OSError:  # that worker is gone; next_result() reports it
+                return
+
+    def submit(self, pieces: list[tuple[str, bool]]) -> None:
+        index = self.submitted % len(self._workers)
+        self._outbox.put((index, pickle.dumps(pieces, protocol=pickle.HIGHEST_PROTOCOL)))
+        self.submitted += 1
+
+    def next_result(self) -> bytes:
+        """The tokens of the oldest batch not yet returned (blocks until it is ready)."""
+        process, _, results = self._workers[self.received % len(self._workers)]
+        ready = multiprocessing.connection.wait([results, process.sentinel])
+        try:
+            if results not in ready:
+                raise EOFError
+            data = results.recv_bytes()
+        except EOFError:
+            process.join(timeout=5)
+            raise RuntimeError(f"encoder process {process.pid} died (exit code {process.exitcode})") from None
+        self.received += 1
+        return data
+
+    def close(self) -> None:
+        """Stop the workers after their current work; kill any that do not stop in time."""
+        for index in range(len(self._workers)):
+            self._outbox.put((index, b""))
+        self._outbox.put(None)
+        if self._sender is not None:
+            self._sender.join(timeout=30)
+        for process, _, _ in self._workers:
+            process.join(timeout=30)
+        self.abort()
+
+    def abort(self) -> None:
+        """Kill the workers now (SIGKILL: nothing they do can delay it) and release the pipes."""
+        for process, _, _ in self._workers:
+            if process.exitcode is None:
+                process.kill()
+        for process, _, _ in self._workers:
+            process.join()
+        if self._sender is not None:  # its writes now fail (no reader left), so it stops
+            self._outbox.put(None)
+            self._sender.join(timeout=5)
+        if self._sender is None or not self._sender.is_alive():  # never close under its feet
+            for _, task_writer, result_reader in self._workers:
+                task_writer.close(), result_reader.close()
+
+    def __enter__(self) -> EncoderPool:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def encode_stream(batches: Iterable[tuple[list, int, int]],
+                  pool: EncoderPool | None) -> Iterator[tuple[np.ndarray, int, int]]:
+    """(tokens, chars, bytes) per (pieces, chars, bytes) batch, in order; in-process without a pool."""
+    if pool is None:
+        for pieces, chars, nbytes in batches:
+            yield np.frombuffer(encode_batch(pieces), dtype=TOKEN_DTYPE), chars, nbytes
+        return
+    limit = IN_FLIGHT_PER_WORKER * pool.workers
+    sizes: deque[tuple[int, int]] = deque()
+    for pieces, chars, nbytes in batches:
+        pool.submit(pieces)
+        sizes.append((chars, nbytes))
+        if len(sizes) >= limit:
+            yield np.frombuffer(pool.next_result(), dtype=TOKEN_DTYPE), *sizes.popleft()
+    while sizes:
+        yield np.frombuffer(pool.next_result(), dtype=TOKEN_DTYPE), *sizes.popleft()

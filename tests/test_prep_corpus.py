@@ -1,0 +1,125 @@
+"""Reading the corpus (prep/corpus.py): sources, incremental UTF-8, JSONL, and every error
+naming the file and the line or byte offset."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prep.corpus import CorpusError, Piece, read_pieces, resolve_sources
+
+
+def documents(pieces: list[Piece]) -> list[str]:
+    """Join pieces back into documents (what the tokenizer sees)."""
+    docs: list[str] = []
+    for piece in pieces:
+        if piece.new_document:
+            docs.append("")
+        if docs:
+            docs[-1] += piece.text
+    return docs
+
+
+def read_all(sources, **kwargs) -> tuple[list[str], int]:
+    pieces = list(read_pieces(sources, **kwargs))
+    return documents(pieces), sum(p.nbytes for p in pieces)
+
+
+def test_resolve_files_directories_and_stdin(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "b.txt").write_text("B")
+    (tmp_path / "d" / "a.txt").write_text("AA")
+    (tmp_path / "d" / "sub" / "c.txt").write_text("C")
+    (tmp_path / "d" / "skip.md").write_text("not text")
+    (tmp_path / "x.jsonl").write_text('{"text": "J"}\n')
+    sources = resolve_sources([str(tmp_path / "d"), str(tmp_path / "x.jsonl"), "-"])
+    assert [s.kind for s in sources] == ["directory", "jsonl", "stdin"]
+    assert [f.name for f in sources[0].files] == ["a.txt", "b.txt", "c.txt"]  # sorted, recursive
+    assert sources[0].bytes == 4 and sources[2].bytes is None
+    assert [s.stem for s in sources] == ["d", "x", "stdin"]
+    docs, nbytes = read_all(sources, stdin=io.BytesIO("stdin text é".encode()))
+    assert docs == ["AA", "B", "C", "J", "stdin text é"]
+    assert nbytes == 4 + len('{"text": "J"}\n') + len("stdin text é".encode())
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: [str(p / "missing.txt")], "missing.txt: no such file or directory"),
+    (lambda p: [str(p)], "directory has no .txt files"),
+    (lambda p: ["-", "-"], "only once"),
+    (lambda p: [], "no input"),
+])
+def test_resolve_errors(tmp_path, make, message):
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(CorpusError, match=message):
+        resolve_sources(make(tmp_path))
+
+
+def test_bytes_are_decoded_exactly(tmp_path):
+    """No newline translation, BOM kept: the document is exactly the file's UTF-8 text."""
+    raw = "\ufeffline one\r\nline two\rthree\n\n".encode()
+    (tmp_path / "f.txt").write_bytes(raw)
+    docs, _ = read_all(resolve_sources([str(tmp_path / "f.txt")]))
+    assert docs == [raw.decode("utf-8")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=50), st.integers(min_value=1, max_value=7))
+def test_multibyte_characters_across_blocks(text, block_bytes):
+    stream = io.BytesIO(text.encode("utf-8", "surrogatepass"))
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return  # not valid UTF-8 to begin with
+    docs, nbytes = read_all(resolve_sources(["-"]), stdin=stream, block_bytes=block_bytes)
+    assert docs == [text] and nbytes == len(text.encode())
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 3, 5, 1 << 20])
+@pytest.mark.parametrize("raw, offset", [
+    (b"abc\xffdef", 3),
+    (b"\xe6\x97\xa5\xe6\x97 x", 3),  # a character cut short by a space
+    (b"ok\xe6\x97", 2),  # truncated at the end of the file
+    (b"\x80", 0),
+])
+def test_invalid_utf8_names_file_and_byte(tmp_path, raw, offset, block_bytes):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(raw)
+    with pytest.raises(CorpusError, match=rf"bad\.txt: invalid UTF-8 at byte {offset} "):
+        read_all(resolve_sources([str(path)]), block_bytes=block_bytes)
+    docs, _ = read_all(resolve_sources([str(path)]), errors="replace", block_bytes=block_bytes)
+    assert docs == [raw.decode("utf-8", "replace")]
+
+
+def test_jsonl_documents_field_and_blank_lines(tmp_path):
+    path = tmp_path / "c.jsonl"
+    lines = [json.dumps({"body": "first\n doc", "id": 1}), "", "  ", json.dumps({"body": "é"})]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    docs, nbytes = read_all(resolve_sources([str(path)]), field="body")
+    assert docs == ["first\n doc", "é"]
+    assert nbytes == path.stat().st_size
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "a"', r"c\.jsonl:2: not valid JSON"),
+    ('["a"]', r"c\.jsonl:2: expected a JSON object, got an array"),
+    ('{"body": "a"}', r"c\.jsonl:2: no 'text' field \(keys: 'body'"),
+    ('{"text": 3}', r"c\.jsonl:2: field 'text' is a number, not a string"),
+    ('{"text": null}', r"c\.jsonl:2: field 'text' is null, not a string"),
+])
+def test_malformed_jsonl_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "ok"}\n' + line + "\n")
+    with pytest.raises(CorpusError, match=message):
+        read_all(resolve_sources([str(path)]))
+
+
+def test_jsonl_invalid_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: invalid UTF-8 at byte 25 "):
+        read_all(resolve_sources([str(path)]))
+    docs, _ = read_all(resolve_sources([str(path)]), errors="replace")
+    assert docs == ["ok", "\ufffd"]

@@ -1,0 +1,110 @@
+"""Writing a dataset directory (prep/output.py): the val tail held back on disk against a
+plain reference of the rule, shard rollover, and the atomic install."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, check_target
+from prep.shards import open_shard
+from prep.tokenizer import EOT
+
+
+class Collect:
+    """A sink with SplitWriter's write(), keeping what it got."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+
+    def write(self, tokens: np.ndarray) -> None:
+        self.parts.append(np.array(tokens))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.uint16)
+
+
+def reference_split(stream: np.ndarray, val_fraction: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rule of prep/tokenize.py's docstring, on the whole stream at once."""
+    val_tokens = min(cap, int(val_fraction * stream.size))
+    cut = stream.size - val_tokens
+    if val_tokens:
+        starts = np.flatnonzero(stream[cut:] == EOT)
+        if starts.size and starts[0] <= val_tokens // 2:
+            cut += int(starts[0])
+    return stream[:cut], stream[cut:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([EOT, 1, 2, 3, 4]), max_size=40), max_size=30),
+       st.integers(min_value=0, max_value=60), st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.9]),
+       st.sampled_from([1, 3, 1 << 20]))
+def test_tail_splitter_matches_the_reference(pushes, cap, val_fraction, block):
+    stream = np.array([t for p in pushes for t in p], dtype=np.uint16)
+    train, val = Collect(), Collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        spill = Path(tmp) / "tail.spill"
+        splitter = TailSplitter(train, cap, spill)
+        splitter.BLOCK = block  # small blocks exercise the block loops and ring wrap-around
+        for p in pushes:
+            splitter.push(np.array(p, dtype=np.uint16))
+            assert splitter.total - sum(x.size for x in train.parts) <= cap  # never more held back
+        splitter.finish(val_fraction, val)
+        assert not spill.exists()
+    want_train, want_val = reference_split(stream, val_fraction, cap)
+    assert np.array_equal(train.tokens, want_train)
+    assert np.array_equal(val.tokens, want_val)
+
+
+def test_split_writer_rolls_over_shards(tmp_path):
+    writer = SplitWriter(tmp_path, "ds", "train", shard_size=10)
+    tokens = np.arange(37, dtype=np.uint16)
+    tokens[[0, 12, 30]] = EOT
+    for part in np.array_split(tokens, 5):
+        writer.write(part)
+    entries = writer.close()
+    assert [e["file"] for e in entries] == [f"ds_train_{i:06d}.bin" for i in range(4)]
+    assert [e["tokens"] for e in entries] == [10, 10, 10, 7]
+    assert np.array_equal(np.concatenate([open_shard(tmp_path / e["file"]) for e in entries]), tokens)
+    assert writer.documents == 3 and writer.tokens == 37
+
+
+def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
+    target = tmp_path / "a" / "b" / "ds"
+    stale = tmp_path / "a" / "b" / ".ds.tmp-999999999"  # no such process
+    with pytest.raises(RuntimeError):
+        with AtomicDirectory(target) as tmp:
+            (tmp / "x.bin").write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()  # the parents it made are gone too
+    stale.mkdir(parents=True)
+    with AtomicDirectory(target) as tmp:
+        assert tmp.name == f".ds.tmp-{os.getpid()}"
+        (tmp / "meta.json").write_text("{}")
+    assert (target / "meta.json").read_text() == "{}" and not stale.exists()
+    check_target(target, overwrite=True)
+    with AtomicDirectory(target) as tmp:
+        (tmp / "meta.json").write_text('{"new": 1}')
+    assert (target / "meta.json").read_text() == '{"new": 1}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
+
+
+def test_check_target(tmp_path):
+    check_target(tmp_path / "absent", overwrite=False)
+    (tmp_path / "empty").mkdir()
+    check_target(tmp_path / "empty", overwrite=False)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "ds_train_000000.bin").write_bytes(b"")
+    with pytest.raises(OutputError, match="already exists"):
+        check_target(tmp_path / "ds", overwrite=False)
+    check_target(tmp_path / "ds", overwrite=True)
+    (tmp_path / "ds" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not a dataset directory"):
+        check_target(tmp_path / "ds", overwrite=True)

@@ -1,0 +1,399 @@
+"""`prep tokenize` (prep/tokenize.py, prep/output.py): exact tokens, splits, shards, meta.json,
+atomic output, and every user mistake (exit 2, one line, no traceback, nothing on disk).
+
+Shards are read back with an llm.c-style reader written here, independent of prep.shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prep.meta import read_meta
+from prep.shards import file_sha256
+from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
+from prep.tokenizer import EOT, get_encoding
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Path("/work/shared/data/tinyshakespeare.txt")
+ENC = get_encoding()
+needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare not present")
+
+
+def read_llmc_shard(path: Path) -> np.ndarray:
+    """llm.c's reader: 256 int32 header (magic 20240520, version 1, count), then uint16 tokens."""
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[0] == 20240520 and header[1] == 1, header[:3]
+    with open(path, "rb") as f:
+        f.seek(256 * 4)
+        body = np.frombuffer(f.read(), dtype="<u2")
+    assert body.size == header[2] > 0
+    return body
+
+
+def split_tokens(out: Path, split: str) -> np.ndarray:
+    meta = read_meta(out)
+    files = [entry["file"] for entry in meta["splits"][split]["shards"]]
+    assert files == sorted(files)
+    parts = [read_llmc_shard(out / f) for f in files]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype="<u2")
+
+
+def stream(out: Path) -> np.ndarray:
+    """The dataset's whole token stream: train then val (the tail)."""
+    return np.concatenate([split_tokens(out, "train"), split_tokens(out, "val")])
+
+
+def expected(documents: list[str]) -> np.ndarray:
+    return np.array([t for d in documents if d for t in [EOT, *ENC.encode_ordinary(d)]], dtype="<u2")
+
+
+def invoke(*args, input=None):
+    return CliRunner().invoke(tokenize_command, [str(a) for a in args], input=input)
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")] if parent.exists() else []
+
+
+# --- exact tokens ---------------------------------------------------------------------------
+
+@needs_tiny
+def test_tiny_shakespeare_exact_with_many_chunks_and_two_workers(tmp_path):
+    out = tmp_path / "tiny"
+    result = invoke(TINY, "--out", out, "--val-fraction", "0", "--workers", 2, "--chunk-size", 20_000,
+                    "--shard-size", 100_000, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "338,026" in result.output and "tokenized 1 document" in result.output
+    tokens = split_tokens(out, "train")
+    assert tokens.size == 338_026
+    assert tokens[0] == EOT and tokens.tolist()[1:] == ENC.encode_ordinary(TINY.read_text(encoding="utf-8"))
+    meta = read_meta(out)
+    assert [s["tokens"] for s in meta["splits"]["train"]["shards"]] == [100_000] * 3 + [38_026]
+    assert meta["splits"]["val"] == {"tokens": 0, "documents": 0, "shards": []}
+    assert not list(out.glob("*_val_*.bin"))
+
+
+@needs_tiny
+def test_tiny_shakespeare_default_split_is_the_exact_tail(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = tokenize_corpus([str(TINY)], progress=False)
+    out = tmp_path / "data" / "tinyshakespeare"  # the default: data/<stem>
+    assert result.out_dir == Path("data/tinyshakespeare") and result.name == "tinyshakespeare"
+    assert result.tokens == {"train": 304_224, "val": 33_802}  # val = floor(0.1 * 338,026)
+    full = expected([TINY.read_text(encoding="utf-8")])
+    assert np.array_equal(stream(out), full)
+    assert np.array_equal(split_tokens(out, "val"), full[-33_802:])
+    meta = read_meta(out)
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot"]) == ("gpt2", 50257, EOT)
+    assert meta["name"] == "tinyshakespeare" and meta["format_version"] == 1
+    assert meta["totals"] == {"documents": 1, "tokens": 338_026, "bytes": 1_115_394, "chars": 1_115_394}
+    assert meta["sources"] == [{"path": str(TINY), "kind": "text", "bytes": 1_115_394}]
+    assert meta["settings"]["val_fraction"] == 0.1 and "val_rule" in meta["settings"]
+    for split in ("train", "val"):
+        for entry in meta["splits"][split]["shards"]:
+            assert entry["sha256"] == file_sha256(out / entry["file"])
+
+
+def make_corpus(directory: Path, count: int, seed: int = 0) -> list[str]:
+    """`count` small documents with adversarial bits, as files 000.txt... (one is empty)."""
+    rng = np.random.default_rng(seed)
+    words = ["the", " cat's", "\n\n", "  ", "42", "é", "日本", "!?", "\r\n", "\t", "don't", "x" * 30]
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for i in range(count):
+        doc = "" if i == 3 else "".join(rng.choice(words, size=int(rng.integers(5, 80))))
+        (directory / f"{i:03d}.txt").write_bytes(doc.encode())
+        docs.append(doc)
+    return docs
+
+
+def test_many_documents_val_is_whole_documents(tmp_path):
+    docs = make_corpus(tmp_path / "corpus", 60)
+    result = tokenize_corpus([str(tmp_path / "corpus")], tmp_path / "out", workers=2, chunk_chars=300,
+                             shard_size=500, progress=False)
+    full = expected(docs)
+    out = tmp_path / "out"
+    assert np.array_equal(stream(out), full)
+    val = split_tokens(out, "val")
+    assert val[0] == EOT  # starts with a document
+    target = int(0.1 * full.size)
+    assert (target + 1) // 2 <= val.size <= target
+    meta = read_meta(out)
+    assert meta["splits"]["val"]["documents"] == np.count_nonzero(val == EOT) > 1
+    assert meta["totals"]["documents"] == result.documents == 59  # the empty one is skipped
+    assert all(s["tokens"] <= 500 for split in ("train", "val") for s in meta["splits"][split]["shards"])
+    assert meta["sources"][0]["kind"] == "directory" and meta["sources"][0]["files"] == 60
+
+
+def test_val_cap_and_tail_of_one_document(tmp_path):
+    text = "word and more words, " * 3000
+    (tmp_path / "one.txt").write_text(text)
+    tokenize_corpus([str(tmp_path / "one.txt")], tmp_path / "out", val_max_tokens=1234, progress=False)
+    val = split_tokens(tmp_path / "out", "val")
+    assert val.size == 1234 and EOT not in val  # the exact tail, not a document boundary
+    assert np.array_equal(stream(tmp_path / "out"), expected([text]))
+
+
+def test_outputs_do_not_depend_on_workers_chunks_or_start_method(tmp_path):
+    """Byte-identical shards and meta.json in-process, with fork and with spawn workers."""
+    docs = make_corpus(tmp_path / "corpus", 25, seed=1)
+    big = "One long document, cut into many chunks.\n" * 2000
+    (tmp_path / "corpus" / "big.txt").write_text(big)
+    runs = [(1, 1 << 20, None), (2, 500, "fork"), (2, 777, "spawn")]
+    outs = []
+    for workers, chunk_chars, method in runs:
+        out = tmp_path / f"out-{workers}-{method}"
+        result = tokenize_corpus([str(tmp_path / "corpus")], out, name="same", workers=workers,
+                                 chunk_chars=chunk_chars, start_method=method, shard_size=4096,
+                                 progress=False)
+        assert result.workers == workers
+        outs.append(out)
+    files = sorted(p.name for p in outs[0].iterdir())
+    for out in outs[1:]:
+        assert sorted(p.name for p in out.iterdir()) == files
+        for name in files:
+            assert (out / name).read_bytes() == (outs[0] / name).read_bytes(), name
+    assert np.array_equal(stream(outs[0]), expected(docs + [big]))  # 000.txt ... 024.txt, big.txt
+
+
+def test_jsonl_and_stdin_inputs(tmp_path):
+    records = [{"body": "first doc\n\nhas  runs"}, {"body": ""}, {"body": "second 's 123"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
+    result = invoke(tmp_path / "c.jsonl", "-", "--field", "body", "--out", tmp_path / "out", "--json",
+                    input="from stdin\r\n".encode())
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["documents"] == 3 and summary["tokens"]["train"] + summary["tokens"]["val"] == stream(
+        tmp_path / "out").size
+    documents = [r["body"] for r in records] + ["from stdin\r\n"]
+    assert np.array_equal(stream(tmp_path / "out"), expected(documents))
+    sources = read_meta(tmp_path / "out")["sources"]
+    assert [s["kind"] for s in sources] == ["jsonl", "stdin"] and sources[1]["bytes"] == 12
+
+
+def test_stdin_default_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("-", "--quiet", input=b"hello world")
+    assert result.exit_code == 0, result.output
+    assert read_meta(tmp_path / "data" / "stdin")["name"] == "stdin"
+    assert np.array_equal(stream(tmp_path / "data" / "stdin"), expected(["hello world"]))
+
+
+# --- existing output ------------------------------------------------------------------------
+
+def test_existing_dataset_needs_overwrite(tmp_path):
+    (tmp_path / "a.txt").write_text("first version")
+    (tmp_path / "b.txt").write_text("second version")
+    out = tmp_path / "out"
+    assert invoke(tmp_path / "a.txt", "--out", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = invoke(tmp_path / "b.txt", "--out", out)
+    assert_user_error(result, str(out), "already exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert invoke(tmp_path / "b.txt", "--out", out, "--overwrite").exit_code == 0
+    assert np.array_equal(stream(out), expected(["second version"]))
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "precious.doc").write_text("keep me")
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "home", "--overwrite")
+    assert_user_error(result, "not a dataset directory", "precious.doc")
+    assert (tmp_path / "home" / "precious.doc").read_text() == "keep me"
+
+
+# --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
+
+def assert_user_error(result, *words):
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
+    "missing path": ({}, ["nope.txt"], ["nope.txt", "no such file"]),
+    "directory without .txt": ({"d/notes.md": b"x"}, ["d"], ["d: directory has no .txt files"]),
+    "empty file": ({"e.txt": b""}, ["e.txt"], ["e.txt", "empty input"]),
+    "only empty documents": ({"e.jsonl": b'{"text": ""}\n\n{"text": ""}\n'}, ["e.jsonl"], ["no text"]),
+    "empty jsonl": ({"e.jsonl": b"\n\n"}, ["e.jsonl"], ["no text"]),
+    "invalid UTF-8": ({"ok.txt": b"fine", "bad.txt": b"abc" * 1000 + b"\xff"}, ["ok.txt", "bad.txt"],
+                      ["bad.txt: invalid UTF-8 at byte 3000", "--errors replace"]),
+    "malformed JSONL": ({"m.jsonl": b'{"text": "a"}\n{"text": \n'}, ["m.jsonl"],
+                        ["m.jsonl:2: not valid JSON"]),
+    "missing field": ({"m.jsonl": b'{"text": "a"}\n{"body": "b"}\n'}, ["m.jsonl"],
+                      ["m.jsonl:2: no 'text' field"]),
+    "non-string field": ({"m.jsonl": b'{"text": ["a"]}\n'}, ["m.jsonl"],
+                         ["m.jsonl:1: field 'text' is an array"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
+    files, args, words = BAD_INPUTS[case]
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    out = tmp_path / "data" / "out"  # its parent does not exist yet: must not be left behind
+    result = invoke(*[tmp_path / a for a in args], "--out", out, "--workers", 2, "--chunk-size", 100)
+    assert_user_error(result, *words)
+    assert not (tmp_path / "data").exists()
+
+
+def test_stdin_empty(tmp_path):
+    assert_user_error(invoke("-", "--out", tmp_path / "out", input=b""), "no text")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
+
+
+def test_invalid_utf8_replace_is_accepted(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 ok")
+    assert invoke(tmp_path / "bad.txt", "--out", tmp_path / "out", "--errors", "replace").exit_code == 0
+    assert np.array_equal(stream(tmp_path / "out"), expected(["caf\ufffd ok"]))
+
+
+def test_output_under_a_regular_file(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "file").write_text("x")
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "file" / "sub" / "out")
+    assert_user_error(result, "cannot create the output directory")
+    assert (tmp_path / "file").read_text() == "x"
+    assert_user_error(invoke(tmp_path / "a.txt", "--out", tmp_path / "file"), "exists and is not a directory")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
+def test_output_under_a_read_only_directory(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    try:
+        assert_user_error(invoke(tmp_path / "a.txt", "--out", tmp_path / "ro" / "out"), "cannot create")
+        assert list((tmp_path / "ro").iterdir()) == []
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux sysfs")
+def test_output_where_even_root_cannot_write(tmp_path):
+    (tmp_path / "a.txt").write_text("text")
+    result = invoke(tmp_path / "a.txt", "--out", "/sys/shardgpt-test-out")
+    assert_user_error(result, "/sys/shardgpt-test-out", "cannot create the output directory")
+    assert not Path("/sys/shardgpt-test-out").exists()
+
+
+def test_disk_full_mid_run_is_a_user_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import prep.output
+
+    def full(self, tokens):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(prep.output.ShardWriter, "write", full)
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out", "--workers", 1)
+    assert_user_error(result, "No space left on device", "out_train_000000.bin")
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_options_and_config():
+    assert invoke("x.txt", "--val-fraction", "1").exit_code == 2
+    assert invoke("x.txt", "--shard-size", "0").exit_code == 2
+    assert_user_error(invoke("x.txt", "--field", ""), "--field")
+    with pytest.raises(ValueError, match="val_fraction"):
+        TokenizeConfig(val_fraction=-0.1)
+    with pytest.raises(ValueError, match="shard_size"):
+        TokenizeConfig(shard_size=2**31)
+
+
+def test_help_shows_every_option_with_a_default():
+    help_text = invoke("--help").output
+    for option in ("--out", "--name", "--shard-size", "--val-fraction", "--val-max-tokens", "--workers",
+                   "--field", "--errors", "--overwrite", "--quiet", "--json", "--chunk-size"):
+        assert option in help_text
+    assert help_text.count("[default:") >= 9
+
+
+# --- a killed run never leaves a dataset ----------------------------------------------------
+
+def cli(*args) -> list[str]:
+    return [sys.executable, "-m", "prep.cli", "tokenize", *map(str, args)]
+
+
+def test_sigkill_mid_run_leaves_no_dataset_and_rerun_succeeds(tmp_path):
+    """The run reads stdin, so it is provably mid-run when killed: shards are on disk in the
+    temporary dir, and stdin is still open. The old dataset at the target stays intact."""
+    out = tmp_path / "out"
+    assert subprocess.run(cli("-", "--out", out), input=b"old dataset", cwd=ROOT).returncode == 0
+    old_meta = read_meta(out)
+    data = ("All the world's a stage, and all the men and women merely players;\n" * 60_000).encode()
+    args = ("-", "--out", out, "--overwrite", "--shard-size", 5000, "--val-max-tokens", 100,
+            "--workers", 2, "--chunk-size", 20_000, "--quiet")
+    proc = subprocess.Popen(cli(*args), stdin=subprocess.PIPE, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_dir = tmp_path / f".out.tmp-{proc.pid}"
+    try:
+        proc.stdin.write(data[: len(data) // 2])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while len(list(tmp_dir.glob("*_train_*.bin"))) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "no shards appeared"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert read_meta(out) == old_meta  # the target is the old dataset, untouched
+        assert tmp_dir.is_dir() and read_meta(tmp_dir) is None  # no meta.json: not a dataset
+        deadline = time.monotonic() + 20  # the workers notice their parent is gone and exit
+        while _group_alive(proc.pid):
+            assert time.monotonic() < deadline, "worker processes outlived the killed run"
+            time.sleep(0.05)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdin.close()
+    rerun = subprocess.run(cli(*args), input=data, cwd=ROOT, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not tmp_dir.exists() and leftovers(tmp_path, "out") == []  # stale temp dir removed
+    assert read_meta(out)["totals"]["tokens"] == stream(out).size == expected([data.decode()]).size
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_removes_the_temporary_dir(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(cli("-", "--out", out, "--val-fraction", "0", "--shard-size", 1000,
+                                "--chunk-size", 1000, "--workers", 2, "--quiet"),
+                            stdin=subprocess.PIPE, cwd=ROOT, stderr=subprocess.PIPE, start_new_session=True)
+    tmp_dir = tmp_path / f".out.tmp-{proc.pid}"
+    try:
+        proc.stdin.write(b"some words here\n" * 5000)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not list(tmp_dir.glob("*.bin")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no shards appeared"
+            time.sleep(0.01)
+        proc.terminate()
+        stderr = proc.communicate(timeout=30)[1].decode()
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert not out.exists() and leftovers(tmp_path, "out") == []

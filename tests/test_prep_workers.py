@@ -1,0 +1,62 @@
+"""The encoder processes (prep/workers.py): in-order results under fork and spawn, a dead
+worker reported instead of a hang, and abort() never hanging on queued work."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from prep.tokenizer import EOT, get_encoding
+from prep.workers import EncoderPool, encode_batch, encode_stream
+
+ENC = get_encoding()
+
+
+def batch(i: int) -> list[tuple[str, bool]]:
+    return [(f"batch {i} says hello\n\n", True), (f" and {i * 7} more 's words", False)]
+
+
+def expected(pieces: list[tuple[str, bool]]) -> list[int]:
+    return [t for text, first in pieces for t in ([EOT] if first else []) + ENC.encode_ordinary(text)]
+
+
+def test_encode_batch_matches_encode_ordinary_incl_lone_surrogates():
+    pieces = [("plain text", True), ("\ud800 lone surrogate", False), ("", True), ("<|endoftext|>", False)]
+    tokens = np.frombuffer(encode_batch(pieces), dtype="<u2").tolist()
+    assert tokens == expected(pieces)
+    assert encode_batch([]) == b""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_results_come_back_in_order(start_method):
+    work = [(batch(i), 10 * i, i) for i in range(23)]
+    with EncoderPool(2, start_method) as pool:
+        out = list(encode_stream(work, pool))
+    assert [(c, b) for _, c, b in out] == [(10 * i, i) for i in range(23)]
+    assert [t.tolist() for t, _, _ in out] == [expected(batch(i)) for i in range(23)]
+
+
+def test_a_dead_worker_is_an_error_not_a_hang():
+    with pytest.raises(RuntimeError, match="died"):
+        with EncoderPool(2, "fork") as pool:
+            victim = pool._workers[0][0]
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join()
+            pool.submit(batch(0))
+            pool.next_result()
+    assert all(p.exitcode is not None for p, _, _ in pool._workers)
+
+
+@pytest.mark.timeout(60)  # a hang guard, not a speed check
+def test_abort_with_large_queued_tasks_does_not_hang():
+    """multiprocessing.Pool.terminate() can hang here; abort() kills and moves on."""
+    big = [("word " * 400_000, True)]  # 2 MB per task: far more than a pipe buffers
+    pool = EncoderPool(2, "fork")
+    for _ in range(8):
+        pool.submit(big)
+    pool.abort()
+    assert all(p.exitcode is not None for p, _, _ in pool._workers)
+    assert not pool._sender.is_alive()
