@@ -18,7 +18,9 @@ logged after it are not counted twice.
 
 metrics.jsonl has one line per step: step, loss (mean over ranks), val_loss (null unless
 evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
-where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch).
+where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
+CUDA, once the host runs ahead of the GPU (--log-every > 1), that includes waiting for the GPU
+to finish copying out of a ring buffer before it is refilled: back-pressure, not data cost).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from prep.shards import find_shards, read_header
 
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
 DEVICES = ("auto", "cuda", "mps", "cpu")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # on CUDA these replay CUDA graphs
 BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
@@ -265,13 +268,13 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS is not available")
     device = torch.device(f"cuda:{local_rank}") if kind == "cuda" else torch.device(kind)
+    if kind == "cuda":  # before any CUDA call (is_bf16_supported, pinning): else every rank
+        torch.cuda.set_device(device)  # opens a context on GPU 0
     dtype = cfg.dtype
     if dtype == "auto":
         bf16_ok = kind == "cuda" and torch.cuda.is_bf16_supported()
         dtype = "bf16" if bf16_ok else "fp32"
     compile_ = (kind == "cuda") if cfg.compile is None else cfg.compile
-    if kind == "cuda":  # before anything pins memory: else every rank opens a context on GPU 0
-        torch.cuda.set_device(device)
     return Runtime(device, dtype, compile_, rank, local_rank, world)
 
 
@@ -554,8 +557,10 @@ class Session:
 
 def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool) -> TokenLoader:
     try:
+        # Pinned only when batches go to CUDA: pinning opens a CUDA context, which a
+        # --device cpu run on a GPU machine has no use for.
         return TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
-                           shuffle=shuffle, seed=cfg.seed)
+                           shuffle=shuffle, seed=cfg.seed, pin_memory=rt.device.type == "cuda")
     except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
         raise UserError(str(e)) from None
 
@@ -611,6 +616,17 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             f"--total-batch-size {total} must be a multiple of B*T*W = {cfg.B}*{cfg.T}*{rt.world} = "
             f"{micro_tokens} (tokens per micro-step over all ranks)"
         )
+    accum = total // micro_tokens
+    if accum > 1 and rt.compile and rt.device.type == "cuda" and cfg.compile_mode in CUDAGRAPH_MODES:
+        # CUDA graph trees hand the backward graph's output buffers to .grad; the next
+        # micro-step's replay overwrites them, so accumulated gradients come out wrong or the
+        # step raises "accessing tensor output of CUDAGraphs that has been overwritten"
+        # (pytorch/pytorch#169545, #96693). Refuse rather than train on wrong gradients.
+        raise UserError(
+            f"--compile-mode {cfg.compile_mode} uses CUDA graphs, which break gradient accumulation "
+            f"({accum} micro-steps for --total-batch-size {total}): use --compile-mode default or "
+            f"max-autotune-no-cudagraphs, or --total-batch-size {micro_tokens}"
+        )
     resume_path = None
     if not cfg.bench:
         out = Path(cfg.out)
@@ -659,7 +675,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     if rt.ddp:
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    parts = StepParts(model, optimizer, rt, total // micro_tokens, cfg.grad_clip)
+    parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
     return Session(
         cfg, rt, data, model_config, raw, eval_model, parts, train_loader, run, generator,
         val_loader, min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0,
@@ -763,11 +779,12 @@ def train_loop(s: Session) -> dict:
             if not (final or do_eval or do_sample or do_ckpt or step % cfg.log_every == 0):
                 continue
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
-            losses = torch.stack([p[2] for p in pending])
+            losses = torch.stack([p[2] for p in pending]).float()
             if rt.ddp:
                 dist.all_reduce(losses)  # the mean over ranks: the loss of the global batch
                 losses /= rt.world
-            losses_h, norms_h = losses.tolist(), torch.stack([p[3] for p in pending]).tolist()
+            norms = torch.stack([p[3] for p in pending]).float()  # equal on every rank
+            losses_h, norms_h = torch.stack([losses, norms]).tolist()  # ONE device->host copy
             dt = (time.perf_counter() - t_last) / len(pending)
             tokens_per_s = s.tokens_per_step / dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
@@ -835,7 +852,10 @@ def bench_loop(s: Session) -> dict:
     time), so a slow drift of the machine's speed weighs on both feeds alike.
     data_wait_fraction = 1 - real tokens/s / fixed-batch tokens/s: the throughput the data
     path costs (noise can make it slightly negative). blocked_fraction = host time blocked in
-    next_batch / real step time. Writes nothing; the last line is `BENCH {json}`.
+    next_batch / real step time; on CUDA the timed steps do not sync, so the host runs ahead
+    until the loader's ring is used up and then waits there for the GPU: there it measures
+    back-pressure too, and data_wait_fraction is the figure for the data path's cost.
+    Writes nothing; the last line is `BENCH {json}`.
     """
     cfg, rt, parts = s.cfg, s.rt, s.parts
     real = TimedFeed(lambda: s.train_loader.next_batch(rt.device))
@@ -919,7 +939,8 @@ def bench_loop(s: Session) -> dict:
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
               help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
-              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches.")
+              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; "
+                   "CUDA graph modes need --total-batch-size = B*T*world (no accumulation).")
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
               help="Validation loss every N steps and at the end; 0: never.")
 @click.option("--eval-steps", type=int, default=TrainConfig.eval_steps, help="Val batches per evaluation.")

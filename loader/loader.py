@@ -23,6 +23,15 @@ def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, arrays, index: 
     stream.read_into(cursor.window_start(step, rank), arrays[index])
 
 
+def widen_int16(bits: torch.Tensor) -> torch.Tensor:
+    """int64 token ids from uint16 tokens carried as int16 bits, on whatever device they are.
+
+    int16 -> int64 sign-extends ids >= 32768 (GPT-2's go up to 50256) to negatives; masking
+    with 0xFFFF restores them exactly. In place on the fresh int64 tensor: no extra memory.
+    """
+    return bits.to(torch.int64).bitwise_and_(0xFFFF)
+
+
 class TokenLoader:
     """Batches of GPT-2 tokens for one rank, read from a split's shards (DESIGN.md, "Loader").
 
@@ -39,7 +48,9 @@ class TokenLoader:
 
     Buffer contract: the tensor `next_window()` returns is valid until the NEXT call to
     next_window, next_batch, load_state_dict, reset or close; after that its buffer goes back
-    to the ring and will be overwritten. `.clone()` it to keep it. `next_batch` returns fresh
+    to the ring and will be overwritten. `.clone()` it to keep it; copying it to a GPU with
+    non_blocking=True yourself is only safe if that copy has finished (e.g. a synchronize)
+    before that next call: the loader tracks its own copies only. `next_batch` returns fresh
     tensors that stay valid; on CUDA its buffer is not refilled before its asynchronous copy
     has finished (a CUDA event per buffer, waited on before reuse).
 
@@ -122,9 +133,11 @@ class TokenLoader:
         index = self._take()
         window = self._windows[index]
         if device.type == "cuda":
-            on_device = window.to(device, non_blocking=True)
+            # Ship the 2-byte tokens as int16 (same bits, a view): uint16 is one of torch's
+            # "limited support" dtypes, and int16's copy and cast kernels exist everywhere.
+            on_device = window.view(torch.int16).to(device, non_blocking=True)
             record_copy(self._events, index, device)  # buffer not refilled before this is done
-            tokens = on_device.to(torch.int64)
+            tokens = widen_int16(on_device)
         else:
             # Widen on the host with numpy: one single-threaded pass at memory speed. torch's
             # .to(int64) goes multi-threaded above 32k elements, which on a small or busy

@@ -40,10 +40,16 @@ def wait_for_copy(events: list, index: int) -> None:
 
     `events[index]` is the torch.cuda.Event recorded right after that copy was queued (None
     when the buffer was never copied to a CUDA device). Only runs with CUDA.
+
+    The event's device is made current first: CUDA's current device is per thread and the
+    prefetch thread starts on device 0, where a CUDA runtime call would open a context (some
+    hundreds of MB of GPU 0) in every rank of a multi-GPU run. torch.cuda.device restores the
+    previous device on exit only where it already has a context.
     """
     event = events[index]
     if event is not None:
-        event.synchronize()
+        with torch.cuda.device(event.device):
+            event.synchronize()  # releases the GIL while it waits
 
 
 def _run(fill: Callable[[int, int], None], step: int, free, ready, events, stopping) -> None:
@@ -128,7 +134,11 @@ class Prefetcher:
 def record_copy(events: list, index: int, device: torch.device) -> None:
     """Mark the host->device copy just queued out of buffer `index` on `device`'s current
     stream. One event per buffer, created on first use and re-recorded afterwards: the
-    consumer records it only while it owns the buffer, the thread waits on it only after."""
+    consumer records it only while it owns the buffer, the thread waits on it only after.
+
+    blocking=True (cudaEventBlockingSync): the thread sleeps in synchronize() instead of
+    spinning a CPU core for as long as the GPU is behind (it can be a whole step when the
+    host runs ahead); a wake-up some microseconds late costs nothing in a prefetch thread."""
     if events[index] is None:
-        events[index] = torch.cuda.Event()
+        events[index] = torch.cuda.Event(blocking=True)
     events[index].record(torch.cuda.current_stream(device))

@@ -1,0 +1,81 @@
+"""train.py's device-facing choices, checked on CPU: one device->host transfer per logging point,
+pinned loader buffers only for CUDA runs, and CUDA graph compile modes refused with gradient
+accumulation (they corrupt accumulated gradients: pytorch/pytorch#169545)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from _data import random_tokens, write_dataset
+
+TRAIN_FILE = str(Path(train.__file__).resolve())
+HOST_TRANSFERS = ("tolist", "item", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("ds") / "small", random_tokens(300, 1))
+
+
+def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
+    """Steady state: train.py itself reads device tensors on the host only at logging points,
+    once each (losses and grad norms together), whatever torch does internally on CPU."""
+    calls: list[str] = []
+    for name in HOST_TRANSFERS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            if str(Path(sys._getframe(1).f_code.co_filename).resolve()) == TRAIN_FILE:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    c = train.TrainConfig(model="tiny", B=2, T=16, steps=6, log_every=3, total_batch_size=64,
+                          eval_every=0, data=str(dataset), out=str(tmp_path / "out"), quiet=True)
+    summary = train.train(c)
+    assert summary["steps"] == 6
+    assert calls == ["tolist", "tolist"]  # steps 3 and 6, nothing in between
+
+
+def test_loader_buffers_are_pinned_only_for_cuda_runs(monkeypatch, dataset):
+    seen = []
+    monkeypatch.setattr(train, "TokenLoader", lambda *args, **kwargs: seen.append(kwargs["pin_memory"]))
+    c = train.TrainConfig(model="tiny", B=2, T=16)
+    for device in ("cpu", "cuda"):
+        rt = train.Runtime(torch.device(device), "fp32", False)
+        train._open_loader(str(dataset), "train", c, rt, shuffle=False)
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize("mode", train.CUDAGRAPH_MODES)
+def test_cuda_graph_modes_with_accumulation_are_refused(mode, dataset, tmp_path, monkeypatch):
+    fake_cuda = train.Runtime(torch.device("cuda"), "bf16", True)  # refused before any CUDA call
+    monkeypatch.setattr(train, "make_runtime", lambda cfg: fake_cuda)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out",
+            str(tmp_path / "out"), "--compile-mode", mode, "--total-batch-size", "96"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: --compile-mode {mode} uses CUDA graphs, which break gradient accumulation "
+        "(3 micro-steps for --total-batch-size 96): use --compile-mode default or "
+        "max-autotune-no-cudagraphs, or --total-batch-size 32\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", [*train.CUDAGRAPH_MODES, "max-autotune-no-cudagraphs"])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would start training")
+def test_cuda_graph_modes_pass_without_accumulation(mode, dataset, tmp_path, monkeypatch):
+    """Without accumulation the check lets the run go on: this CPU machine then stops at the
+    first real CUDA need (pinned loader buffers), proving the CUDA graph check passed."""
+    monkeypatch.setattr(train, "make_runtime", lambda cfg: train.Runtime(torch.device("cuda"), "bf16", True))
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out",
+            str(tmp_path / "out"), "--compile-mode", mode]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "pin_memory=True needs CUDA" in result.output, result.output
