@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/prep sample --out input.txt
 	$(BIN)/prep tokenize input.txt --overwrite
-	$(BIN)/python train.py --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) --data data/input --out out/demo --sample-every $(DEMO_STEPS)
+	$(BIN)/python train.py --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -97,7 +97,7 @@ class TrainConfig:
     sample_every: int = 0  # 0: never; otherwise also at the last step
     sample_tokens: int = 32
     out: str = "out"
-    ckpt_every: int = 0  # 0: no checkpoints; otherwise also at the last step
+    ckpt_every: int = 1000  # 0: no checkpoints; otherwise also at the last step
     keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
     shuffle: bool = False

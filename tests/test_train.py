@@ -376,7 +376,7 @@ def test_demo_pipeline_on_tiny_shakespeare(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stderr
     args = [sys.executable, str(REPO / "train.py"), "--B", "4", "--T", "32", "--model", "tiny", "--steps", "20",
-            "--data", "data/input", "--out", "out/demo", "--sample-every", "20"]
+            "--data", "data/input", "--out", "out/demo", "--ckpt-every", "0", "--sample-every", "20"]
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "data: data/input: 304,22" in result.stdout  # 90% of 338,026 tokens (val-fraction 0.1)
