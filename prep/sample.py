@@ -1,0 +1,192 @@
+"""`prep sample`: the demo corpus, written even on an air-gapped machine.
+
+Tiny Shakespeare (char-rnn's `input.txt`) is downloaded and checked against its sha256 when
+the network allows. Otherwise the command says so on stderr and writes a text that every
+Python install ships: the language reference topics in `pydoc_data.topics`. `--from PATH`
+copies a local file instead (and says whether it is tiny Shakespeare).
+
+An existing output is never replaced behind the user's back: identical content is left as
+it is; our own offline fallback is upgraded to tiny Shakespeare; anything else needs
+`--overwrite`. Writes go to a temporary file that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from prep.errors import UserError
+from prep.shards import file_sha256
+
+TINY_SHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINY_SHAKESPEARE_BYTES = 1_115_394
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+URL_ENV = "SHARDGPT_SAMPLE_URL"  # tests point it at an unreachable or local address
+DOWNLOAD_TIMEOUT_S = 10.0
+MAX_DOWNLOAD_BYTES = 16 * TINY_SHAKESPEARE_BYTES  # a wrong URL must not fill the disk
+FALLBACK_SOURCE = "pydoc_data.topics, the Python language reference (offline fallback)"
+
+
+def fallback_text() -> str:
+    """The offline corpus: every `pydoc_data.topics` entry, in sorted key order, joined by
+    newlines (about 0.47 MB of English with code; identical for one Python version)."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[key] for key in sorted(topics))
+
+
+def sample_url() -> str:
+    """The download URL: tiny Shakespeare, unless SHARDGPT_SAMPLE_URL overrides it."""
+    return os.environ.get(URL_ENV) or TINY_SHAKESPEARE_URL
+
+
+def download_tiny_shakespeare(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> bytes:
+    """Fetch `url` and return its bytes if they are tiny Shakespeare.
+
+    Raises OSError (URLError, timeouts, refused connections are all OSError) on any network
+    failure, and ValueError when what arrived is not the expected file.
+    """
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != TINY_SHAKESPEARE_SHA256:
+        raise ValueError(f"got {len(data):,} bytes with sha256 {digest[:12]}..., not tiny Shakespeare")
+    return data
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What `write_sample` did: where, how many bytes, from where, and whether it wrote."""
+
+    path: Path
+    num_bytes: int
+    source: str
+    written: bool
+    note: str = ""
+
+
+def _atomic_write(out: Path, fill) -> None:
+    """Create a temp file beside `out`, let `fill(file)` write it, then rename it into place."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _existing_is_replaceable(out: Path, overwrite: bool) -> None:
+    """Raise UserError unless `out` may be replaced: absent, --overwrite, or our fallback."""
+    if not out.exists() or overwrite:
+        return
+    if out.is_file() and out.read_bytes() == fallback_text().encode("utf-8"):
+        return  # our own offline fallback: upgrading it loses nothing
+    raise UserError(f"{out} already exists with other content; pass --overwrite to replace it")
+
+
+def write_sample(
+    out: str | os.PathLike,
+    *,
+    offline: bool = False,
+    source: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    warn=lambda message: click.echo(message, err=True),
+) -> SampleResult:
+    """Write the demo corpus to `out` (see the module docstring for the rules).
+
+    `warn` receives the one-line notice when a download fails and the fallback is written.
+    Raises UserError for a bad `source`/`out` or an existing file that may not be replaced.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file path")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: directory {out.parent} does not exist")
+
+    if source is not None:
+        src = Path(source)
+        if not src.is_file():
+            raise UserError(f"--from {src}: no such file")
+        digest = file_sha256(src)
+        is_shakespeare = digest == TINY_SHAKESPEARE_SHA256
+        label = (f"tiny Shakespeare from {src} (sha256 verified)" if is_shakespeare
+                 else f"{src} (copied as is; not tiny Shakespeare)")
+        size = src.stat().st_size
+        if out.is_file() and out.stat().st_size == size and file_sha256(out) == digest:
+            return SampleResult(out, size, label, written=False)
+        _existing_is_replaceable(out, overwrite)
+
+        def copy(f) -> None:
+            with open(src, "rb") as src_file:
+                shutil.copyfileobj(src_file, f, 1 << 20)
+
+        _atomic_write(out, copy)
+        return SampleResult(out, size, label, written=True)
+
+    # Already tiny Shakespeare: nothing to fetch.
+    if out.is_file() and out.stat().st_size == TINY_SHAKESPEARE_BYTES:
+        if file_sha256(out) == TINY_SHAKESPEARE_SHA256:
+            return SampleResult(out, TINY_SHAKESPEARE_BYTES, "tiny Shakespeare (sha256 verified)", False)
+
+    data, label, note = None, "", ""
+    if not offline:
+        url = sample_url()
+        try:
+            data = download_tiny_shakespeare(url)
+            label = f"tiny Shakespeare from {url} (sha256 verified)"
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            note = f"download of tiny Shakespeare from {url} failed ({reason}); writing {FALLBACK_SOURCE} instead"
+            warn(f"warning: {note}")
+    if data is None:
+        data = fallback_text().encode("utf-8")
+        label = FALLBACK_SOURCE
+
+    if out.is_file() and out.read_bytes() == data:
+        return SampleResult(out, len(data), label, written=False, note=note)
+    _existing_is_replaceable(out, overwrite)
+    _atomic_write(out, lambda f: f.write(data))
+    return SampleResult(out, len(data), label, written=True, note=note)
+
+
+@click.command("sample")
+@click.option("--out", "out", type=click.Path(dir_okay=True, path_type=Path), default=Path("input.txt"),
+              show_default=True, help="File to write the corpus to.")
+@click.option("--offline", is_flag=True, default=False, show_default=True,
+              help="Do not try the network; write the offline fallback, pydoc_data.topics.")
+@click.option("--from", "source", type=click.Path(path_type=Path), default=None,
+              help="Copy this local file instead of downloading (sha256-checked against tiny Shakespeare).")
+@click.option("--overwrite", is_flag=True, default=False, show_default=True,
+              help="Replace an existing --out file with different content.")
+def sample_command(out: Path, offline: bool, source: Path | None, overwrite: bool) -> None:
+    """Write the demo corpus: tiny Shakespeare, downloaded and verified, or an offline fallback.
+
+    The download URL can be overridden with the SHARDGPT_SAMPLE_URL environment variable.
+    """
+    result = write_sample(out, offline=offline, source=source, overwrite=overwrite)
+    if result.written:
+        click.echo(f"wrote {result.path}: {result.num_bytes:,} bytes, {result.source}")
+    else:
+        click.echo(f"{result.path} already holds {result.num_bytes:,} bytes, {result.source}; nothing to do")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sample_command()

@@ -1,0 +1,184 @@
+"""`prep sample`: verified download (from a local HTTP server), the announced offline
+fallback, `--from`, and never clobbering a user's file. Tests never touch the real network."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import prep.sample
+
+from prep.sample import (
+    TINY_SHAKESPEARE_BYTES,
+    TINY_SHAKESPEARE_SHA256,
+    URL_ENV,
+    fallback_text,
+    sample_command,
+)
+
+TINY = Path("/work/shared/data/tinyshakespeare.txt")
+UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused, at once
+needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare test data is absent")
+
+
+@pytest.fixture(autouse=True)
+def no_real_network(monkeypatch):
+    monkeypatch.setenv(URL_ENV, UNREACHABLE)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve a directory over HTTP on localhost; yields a function file name -> URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep stderr for the command under test
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, lambda name: f"http://127.0.0.1:{server.server_port}/{name}"
+    server.shutdown()
+    server.server_close()
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(sample_command, [str(a) for a in args], env=env)
+
+
+def test_fallback_text_is_the_sorted_pydoc_topics():
+    from pydoc_data.topics import topics
+
+    text = fallback_text()
+    assert text.startswith(topics[min(topics)]) and text.endswith(topics[max(topics)])
+    assert len(text.encode("utf-8")) > 100_000  # enough for a demo epoch
+
+
+def test_unreachable_url_announces_and_writes_the_fallback(tmp_path):
+    out = tmp_path / "input.txt"
+    result = run("--out", out)
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.strip().splitlines()
+    assert len(warning) == 1 and "download" in warning[0] and "failed" in warning[0]
+    assert UNREACHABLE in warning[0] and "pydoc_data.topics" in warning[0]
+    expected = fallback_text().encode("utf-8")
+    assert out.read_bytes() == expected
+    assert f"wrote {out}: {len(expected):,} bytes" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]  # no temp file left
+
+
+def test_offline_writes_the_fallback_without_trying(tmp_path):
+    out = tmp_path / "input.txt"
+    result = run("--out", out, "--offline")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert out.read_bytes() == fallback_text().encode("utf-8")
+    again = run("--out", out, "--offline")
+    assert again.exit_code == 0 and "nothing to do" in again.stdout
+
+
+@needs_tiny
+def test_from_tiny_shakespeare_is_byte_identical_and_idempotent(tmp_path):
+    out = tmp_path / "input.txt"
+    result = run("--from", TINY, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == TINY.read_bytes()
+    assert "sha256 verified" in result.stdout and f"{TINY_SHAKESPEARE_BYTES:,} bytes" in result.stdout
+    mtime = out.stat().st_mtime_ns
+    for args in (["--from", TINY], []):  # already there: nothing fetched, nothing written
+        again = run("--out", out, *args)
+        assert again.exit_code == 0 and "nothing to do" in again.stdout and again.stderr == ""
+        assert out.stat().st_mtime_ns == mtime
+
+
+def test_from_other_file_is_copied_as_is(tmp_path):
+    src = tmp_path / "mine.txt"
+    src.write_text("my own corpus\n")
+    out = tmp_path / "input.txt"
+    result = run("--from", src, "--out", out)
+    assert result.exit_code == 0 and out.read_text() == "my own corpus\n"
+    assert "not tiny Shakespeare" in result.stdout
+
+
+@needs_tiny
+def test_verified_download(tmp_path, serve):
+    root, url = serve
+    (root / "input.txt").write_bytes(TINY.read_bytes())
+    out = tmp_path / "input.txt"
+    result = run("--out", out, env={URL_ENV: url("input.txt")})
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == TINY_SHAKESPEARE_SHA256
+    assert "sha256 verified" in result.stdout and url("input.txt") in result.stdout
+
+
+def test_download_of_the_wrong_file_falls_back(tmp_path, serve):
+    root, url = serve
+    (root / "input.txt").write_text("not Shakespeare at all")
+    out = tmp_path / "input.txt"
+    result = run("--out", out, env={URL_ENV: url("input.txt")})
+    assert result.exit_code == 0
+    assert "not tiny Shakespeare" in result.stderr and "failed" in result.stderr
+    assert out.read_bytes() == fallback_text().encode("utf-8")
+
+
+@needs_tiny
+def test_fallback_is_upgraded_once_the_download_works(tmp_path, serve):
+    root, url = serve
+    (root / "input.txt").write_bytes(TINY.read_bytes())
+    out = tmp_path / "input.txt"
+    assert run("--out", out, "--offline").exit_code == 0
+    result = run("--out", out, env={URL_ENV: url("input.txt")})  # no --overwrite needed
+    assert result.exit_code == 0 and out.read_bytes() == TINY.read_bytes()
+
+
+def test_other_existing_content_needs_overwrite(tmp_path):
+    out = tmp_path / "input.txt"
+    out.write_text("precious user data")
+    result = run("--out", out, "--offline")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "--overwrite" in lines[0]
+    assert out.read_text() == "precious user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]
+    result = run("--out", out, "--offline", "--overwrite")
+    assert result.exit_code == 0 and out.read_bytes() == fallback_text().encode("utf-8")
+
+
+def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(prep.sample.tempfile, "mkstemp", refuse)  # as root, chmod would not stop us
+    result = run("--offline", "--out", tmp_path / "o.txt")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "o.txt: cannot write there (Permission denied)" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["missing_from", "out_dir_missing", "out_is_dir"])
+def test_user_mistakes(tmp_path, case):
+    args, words = {
+        "missing_from": (["--from", tmp_path / "nope.txt", "--out", tmp_path / "o.txt"], ["nope.txt", "--from"]),
+        "out_dir_missing": (["--offline", "--out", tmp_path / "no" / "o.txt"], ["--out", "does not exist"]),
+        "out_is_dir": (["--offline", "--out", tmp_path], ["--out", "is a directory"]),
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+    result = run(*args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert all(word in lines[0] for word in words), lines[0]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_registered_in_the_prep_cli(tmp_path):
+    cli = pytest.importorskip("prep.cli", exc_type=ImportError)
+    result = CliRunner().invoke(cli.main, ["sample", "--offline", "--out", str(tmp_path / "in.txt")])
+    assert result.exit_code == 0 and (tmp_path / "in.txt").is_file()
