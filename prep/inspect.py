@@ -1,0 +1,294 @@
+"""`prep info` and `prep verify`: what a shard directory holds, and whether it is intact.
+
+Both work on our datasets (meta.json beside the shards) and on llm.c / modded-nanogpt shard
+directories, which have no meta.json: there the shard headers are the only source of truth.
+Headers are parsed only by `prep.shards`; steps per epoch come from `prep.epoch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from prep.epoch import steps_per_epoch
+from prep.errors import UserError
+from prep.meta import META_NAME, read_meta
+from prep.shards import HEADER_BYTES, SPLITS, ShardError, find_shards, open_shard, read_header
+from prep.tokenizer import VOCAB_SIZE
+
+SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
+
+
+@dataclass
+class SplitInfo:
+    """One split as `prep info` reports it."""
+
+    shards: int = 0
+    tokens: int = 0
+    documents: int | None = None  # known only from meta.json
+    steps_per_epoch: int | None = None  # only when B and T are given
+
+
+@dataclass
+class DatasetInfo:
+    """A dataset directory's contents, read from meta.json when present, else shard headers."""
+
+    directory: str
+    source: str  # "meta.json" or "shard headers"
+    splits: dict[str, SplitInfo] = field(default_factory=dict)
+    name: str | None = None
+    vocab_size: int = VOCAB_SIZE
+    missing: list[str] = field(default_factory=list)  # listed in meta.json, absent on disk
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.splits.values())
+
+    @property
+    def shards(self) -> int:
+        return sum(s.shards for s in self.splits.values())
+
+
+def _check_directory(directory: str | os.PathLike) -> Path:
+    directory = Path(directory)
+    if not directory.exists():
+        raise UserError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise UserError(f"{directory}: not a directory")
+    return directory
+
+
+def _meta_split(meta: dict, split: str) -> dict:
+    """meta.json's record for one split (empty if absent), checked for the fields we rely on."""
+    splits = meta.get("splits", {})
+    record = splits.get(split, {}) if isinstance(splits, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
+        raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")
+    for entry in record.get("shards", []):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("tokens"), int) and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
+        if os.path.basename(entry["file"]) != entry["file"] or entry["file"] in ("", ".", ".."):
+            raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
+    return {"shards": []} | record
+
+
+def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | None = None,
+                 world: int = 1) -> DatasetInfo:
+    """Splits, shards and tokens of a dataset directory; steps per epoch when B and T are given.
+
+    Raises UserError for a missing directory, an unreadable meta.json, a directory without
+    shards, or (without meta.json) a shard whose header is invalid.
+    """
+    directory = _check_directory(directory)
+    try:
+        meta = read_meta(directory)
+        if meta is not None:
+            info = DatasetInfo(str(directory), META_NAME, name=meta.get("name"),
+                               vocab_size=int(meta.get("vocab_size", VOCAB_SIZE)))
+            for split in SPLITS:
+                record = _meta_split(meta, split)
+                entries = record["shards"]
+                info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
+                                               record.get("documents"))
+                info.missing += [e["file"] for e in entries if not (directory / e["file"]).is_file()]
+    except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
+        raise UserError(f"{directory / META_NAME}: {e}") from None
+    if meta is None:
+        info = DatasetInfo(str(directory), "shard headers")
+        for split in SPLITS:
+            paths = find_shards(directory, split)
+            try:
+                tokens = sum(read_header(p) for p in paths)
+            except ShardError as e:
+                raise UserError(f"{e} (run `prep verify {directory}`)") from None
+            info.splits[split] = SplitInfo(len(paths), tokens)
+    if info.shards == 0:
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>_<index>.bin)")
+    if B is not None and T is not None:
+        for split_info in info.splits.values():
+            split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
+    return info
+
+
+@click.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--B", "B", type=click.IntRange(min=1), default=None, help="Batch size, for steps per epoch.")
+@click.option("--T", "T", type=click.IntRange(min=1), default=None, help="Sequence length, for steps per epoch.")
+@click.option("--world", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of data-parallel ranks, for steps per epoch.")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object instead.")
+def info_command(directory: Path, B: int | None, T: int | None, world: int, as_json: bool) -> None:
+    """Show a shard directory's splits, shards and tokens (and steps per epoch with --B/--T).
+
+    Reads meta.json when present, otherwise the shard headers (llm.c / modded-nanogpt dirs).
+    Steps per epoch follow the loader: (tokens - 1) // (B * T * world).
+    """
+    if (B is None) != (T is None):
+        raise UserError("--B and --T go together: give both to get steps per epoch")
+    info = dataset_info(directory, B, T, world)
+    if info.missing:
+        click.echo(f"warning: {len(info.missing)} shard(s) listed in meta.json are missing, e.g. "
+                   f"{directory / info.missing[0]}; run `prep verify {directory}`", err=True)
+    if as_json:
+        record = asdict(info) | {"tokens": info.tokens, "shards": info.shards}
+        if B is not None:
+            record |= {"B": B, "T": T, "world": world}
+        click.echo(json.dumps(record))
+        return
+    step = None if B is None else B * T * world
+    for split, s in info.splits.items():
+        if s.shards == 0:
+            click.echo(f"  {split:5s}  no shards")
+            continue
+        line = f"  {split:5s}  {s.shards:,} shard(s), {s.tokens:,} tokens"
+        if s.documents is not None:
+            line += f", {s.documents:,} document(s)"
+        if step is not None and s.steps_per_epoch:
+            line += f", {s.steps_per_epoch:,} steps per epoch"
+        elif step is not None:
+            line += (f", 0 steps per epoch: one step needs B*T*world + 1 = {step + 1:,} tokens "
+                     f"(B={B}, T={T}, world={world})")
+        click.echo(line)
+    at = "" if step is None else f"; steps per epoch at B={B}, T={T}, world={world} ({step:,} tokens per step)"
+    label = f" '{info.name}'" if info.name else ""
+    click.echo(f"{directory}:{label} {info.shards:,} shard(s), {info.tokens:,} tokens, "
+               f"from {info.source}{at}")
+
+
+@dataclass
+class VerifyReport:
+    """What `verify_dataset` checked and every problem it found (one line per bad file)."""
+
+    directory: str
+    meta_found: bool
+    shards_checked: int = 0
+    tokens_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: tqdm) -> tuple[int, str | None, str | None]:
+    """Read one shard once: (token count, sha256 or None, first out-of-range token or None).
+
+    The header is validated by `read_header` (magic, version, size == 1024 + 2n); the body is
+    memory-mapped and scanned in chunks with a vectorised max, hashing the same pages.
+    """
+    num_tokens = read_header(path)
+    digest = hashlib.sha256() if with_hash else None
+    if digest is not None:
+        with open(path, "rb") as f:
+            digest.update(f.read(HEADER_BYTES))
+    tokens, bad = open_shard(path), None
+    for start in range(0, num_tokens, SCAN_TOKENS):
+        chunk = tokens[start:start + SCAN_TOKENS]
+        if digest is not None:
+            digest.update(chunk)
+        if bad is None and int(chunk.max()) >= vocab_size:
+            offset = start + int((chunk >= vocab_size).argmax())
+            bad = f"token {int(tokens[offset])} at position {offset:,} is >= the vocab size {vocab_size}"
+        bar.update(chunk.nbytes)
+    del tokens  # close the map before the caller moves on
+    return num_tokens, digest.hexdigest() if digest is not None else None, bad
+
+
+def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
+    """Check every shard: header and size, token range, and sha256 / token count vs meta.json.
+
+    Also reports shards listed in meta.json but missing and shards present but not listed.
+    Raises UserError for a missing directory, or one with neither shards nor meta.json.
+    """
+    directory = _check_directory(directory)
+    on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
+    report = VerifyReport(str(directory), meta_found=False)
+    expected: dict[str, dict] = {}  # file name -> its meta.json entry
+    vocab_size = VOCAB_SIZE
+    try:
+        meta = read_meta(directory)
+        if meta is not None:
+            vocab_size = int(meta.get("vocab_size", VOCAB_SIZE))
+            for split in SPLITS:
+                record = _meta_split(meta, split)
+                entries = record["shards"]
+                expected |= {e["file"]: e for e in entries}
+                listed = record.get("tokens")
+                if listed is not None and listed != sum(e["tokens"] for e in entries):
+                    report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
+                                           f"!= the sum over its shards")
+            report.meta_found = True
+    except (ValueError, TypeError) as e:  # unreadable: fall back to the header and range checks
+        report.problems.append(f"{directory / META_NAME}: {e}")
+        expected.clear()
+    if not on_disk and not expected and not report.problems:
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>_<index>.bin) "
+                        f"and no {META_NAME}")
+    todo = dict(on_disk)
+    for name in expected:
+        if name in todo:
+            continue
+        if (directory / name).is_file():  # listed under a name find_shards does not match
+            todo[name] = directory / name
+        else:
+            report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
+    todo = list(todo.values())
+    total = sum(p.stat().st_size for p in todo)
+    show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=show) as bar:
+        for path in todo:
+            entry, reasons = expected.get(path.name), []
+            if report.meta_found and entry is None:
+                reasons.append(f"present but not listed in {META_NAME}")
+            try:
+                num_tokens, digest, bad = _scan_shard(path, vocab_size, entry is not None, bar)
+            except ShardError as e:
+                report.problems.append(str(e) + "".join(f"; {r}" for r in reasons))
+                continue
+            report.shards_checked += 1
+            report.tokens_checked += num_tokens
+            if bad:
+                reasons.append(bad)
+            if entry is not None and entry["tokens"] != num_tokens:
+                reasons.append(f"{num_tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
+            if entry is not None and digest != entry["sha256"]:
+                reasons.append(f"sha256 {digest[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
+            if reasons:
+                report.problems.append(f"{path}: " + "; ".join(reasons))
+    return report
+
+
+@click.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (default: only on a terminal).")
+def verify_command(directory: Path, progress: bool | None) -> None:
+    """Check every shard in DIRECTORY: header, size, token range, and sha256 vs meta.json.
+
+    Exit status: 0 all good; 1 verification found problems (each bad file on its own line,
+    then a summary); 2 a usage mistake (no such directory, no shards and no meta.json).
+    """
+    report = verify_dataset(directory, progress)
+    for line in report.problems:
+        click.echo(f"BAD {line}")
+    checks = "header, size, token range"
+    if report.meta_found:
+        checks += f", sha256 and token counts vs {META_NAME}"
+    elif (directory / META_NAME).exists():
+        checks += f" ({META_NAME} unreadable, so hashes were not checked)"
+    else:
+        checks += f" (no {META_NAME} found, so hashes were not checked)"
+    if report.ok:
+        click.echo(f"verified {report.shards_checked:,} shard(s), {report.tokens_checked:,} tokens in "
+                   f"{directory}: {checks}: all OK")
+        return
+    click.echo(f"verify FAILED: {len(report.problems):,} problem(s) in {directory} "
+               f"({report.shards_checked:,} shard(s) readable; checked {checks})")
+    click.get_current_context().exit(1)

@@ -1,0 +1,331 @@
+"""`prep info` / `prep verify` and `steps_per_epoch`: on hand-written datasets (with and
+without meta.json), on every way a shard directory can be broken, and end to end after
+`prep tokenize` when that module is present."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+import prep.inspect
+from prep.epoch import steps_per_epoch
+from prep.inspect import dataset_info, info_command, verify_command, verify_dataset
+from prep.meta import META_NAME, write_meta
+from prep.shards import shard_name, write_shard
+
+TINY = Path("/work/shared/data/tinyshakespeare.txt")
+
+
+def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str = "ds",
+                 meta: bool = True) -> Path:
+    """Shards via write_shard, plus a meta.json laid out as prep/meta.py documents."""
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = {}
+    for split in ("train", "val"):
+        entries = []
+        for index, tokens in enumerate(splits.get(split, [])):
+            file = shard_name(name, split, index)
+            sha = write_shard(directory / file, tokens)
+            entries.append({"file": file, "tokens": int(len(tokens)), "sha256": sha})
+        layout[split] = {"tokens": sum(e["tokens"] for e in entries), "documents": len(entries),
+                         "shards": entries}
+    if meta:
+        total = sum(s["tokens"] for s in layout.values())
+        write_meta(directory, {
+            "format_version": 1, "tool": "shardgpt", "tool_version": "0.1.0", "tokenizer": "gpt2",
+            "vocab_size": 50257, "eot": 50256, "dtype": "uint16", "header_bytes": 1024,
+            "name": name, "splits": layout, "sources": [],
+            "totals": {"documents": 0, "tokens": total, "bytes": 0}, "settings": {}})
+    return directory
+
+
+def tokens(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50257, size=n, dtype=np.int64)
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "ds", {"train": [tokens(5000, 1), tokens(3000, 2)],
+                                          "val": [tokens(700, 3)]})
+
+
+def run(command, *args):
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+def assert_user_error(result, *words):
+    """Exit 2, one 'Error:' line naming what and where, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+# --- steps_per_epoch --------------------------------------------------------------------
+
+def test_steps_per_epoch_tiny_shakespeare_figure():
+    assert steps_per_epoch(338_026, 4, 32) == 2_640  # DESIGN.md's worked example
+    assert steps_per_epoch(338_026, 4, 32, world=2) == 1_320
+
+
+def test_steps_per_epoch_edges():
+    assert steps_per_epoch(129, 4, 32) == 1  # B*T + 1: exactly one window
+    assert steps_per_epoch(128, 4, 32) == 0  # one token short of the last target
+    assert steps_per_epoch(0, 4, 32) == 0 and steps_per_epoch(1, 1, 1) == 0
+    for bad in ({"B": 0}, {"T": -1}, {"world": 0}):
+        with pytest.raises(ValueError):
+            steps_per_epoch(1000, **({"B": 4, "T": 32} | bad))
+
+
+@given(st.integers(0, 10**9), st.integers(1, 64), st.integers(1, 2048), st.integers(1, 16))
+def test_steps_per_epoch_every_window_fits(n, B, T, world):
+    E = steps_per_epoch(n, B, T, world)
+    step = B * T * world
+    assert E * step + 1 <= n or E == 0  # the last window's +1 target exists
+    assert (E + 1) * step + 1 > n  # and not one more step would fit
+
+
+# --- info -------------------------------------------------------------------------------
+
+def test_info_from_meta(dataset):
+    info = dataset_info(dataset)
+    assert info.source == META_NAME and info.name == "ds"
+    assert (info.splits["train"].shards, info.splits["train"].tokens) == (2, 8000)
+    assert (info.splits["val"].shards, info.splits["val"].tokens) == (1, 700)
+    result = run(info_command, dataset)
+    assert result.exit_code == 0, result.output
+    assert "8,000 tokens" in result.output and "3 shard(s), 8,700 tokens" in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"{dataset}:")
+
+
+def test_info_without_meta_reads_headers(tmp_path):
+    ds = make_dataset(tmp_path / "llmc", {"train": [tokens(100), tokens(50)], "val": [tokens(9)]},
+                      name="fineweb", meta=False)
+    result = run(info_command, ds, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["source"] == "shard headers" and record["tokens"] == 159 and record["shards"] == 3
+    assert record["splits"]["train"]["tokens"] == 150 and record["splits"]["val"]["shards"] == 1
+
+
+def test_info_steps_per_epoch(tmp_path):
+    ds = make_dataset(tmp_path / "d", {"train": [tokens(200_000), tokens(138_026)], "val": [tokens(100)]})
+    record = json.loads(run(info_command, ds, "--B", 4, "--T", 32, "--json").output)
+    assert record["splits"]["train"]["steps_per_epoch"] == 2_640
+    assert record["splits"]["val"]["steps_per_epoch"] == 0
+    assert (record["B"], record["T"], record["world"]) == (4, 32, 1)
+    text = run(info_command, ds, "--B", 4, "--T", 32).output
+    assert "2,640 steps per epoch" in text
+    assert "0 steps per epoch: one step needs B*T*world + 1 = 129 tokens" in text
+    record = json.loads(run(info_command, ds, "--B", 4, "--T", 32, "--world", 8, "--json").output)
+    assert record["splits"]["train"]["steps_per_epoch"] == 330
+
+
+def test_info_warns_about_missing_listed_shard(dataset):
+    (dataset / "ds_val_000000.bin").unlink()
+    result = run(info_command, dataset)
+    assert result.exit_code == 0 and "missing" in result.stderr and "prep verify" in result.stderr
+
+
+def _with_meta_text(tmp_path, text):
+    target = make_dataset(tmp_path / "m", {"train": [tokens(10)]})
+    (target / META_NAME).write_text(text(json.loads((target / META_NAME).read_text())))
+    return target
+
+
+def _zero_magic(tmp_path):
+    target = make_dataset(tmp_path / "h", {"train": [tokens(10)]}, meta=False)
+    _set_header_slot(target / "ds_train_000000.bin", 0, 0)
+    return target
+
+
+INFO_MISTAKES = {  # case: (make the target, extra args, words the one error line must hold)
+    "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such directory"]),
+    "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt", "not a directory"]),
+    "empty": (lambda t: (t / "empty").mkdir() or t / "empty", [], ["empty", "no shards found"]),
+    "bad_meta": (lambda t: _with_meta_text(t, lambda m: "{not json"), [], [META_NAME, "not valid JSON"]),
+    "bad_layout": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"splits": {"train": []}})), [],
+                   [META_NAME, "splits.train"]),
+    "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
+    "bad_header": (_zero_magic, [], ["ds_train_000000.bin", "bad magic", "prep verify"]),
+    "B_only": (lambda t: make_dataset(t / "b", {"train": [tokens(10)]}), ["--B", "4"], ["--B and --T"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INFO_MISTAKES))
+def test_info_user_mistakes(tmp_path, case):
+    make, args, words = INFO_MISTAKES[case]
+    target = make(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert_user_error(run(info_command, target, *args), *words)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+# --- verify -----------------------------------------------------------------------------
+
+def test_verify_good_dataset(dataset):
+    result = run(verify_command, dataset)
+    assert result.exit_code == 0, result.output
+    assert "verified 3 shard(s), 8,700 tokens" in result.output and "sha256" in result.output
+    assert "BAD" not in result.output
+
+
+def test_verify_without_meta_checks_headers_and_range(tmp_path):
+    ds = make_dataset(tmp_path / "llmc", {"train": [tokens(100)], "val": [tokens(10)]}, meta=False)
+    result = run(verify_command, ds)
+    assert result.exit_code == 0, result.output
+    assert "no meta.json found, so hashes were not checked" in result.output
+    (ds / "ds_val_000000.bin").write_bytes((ds / "ds_val_000000.bin").read_bytes()[:-2] + b"\xff\xff")
+    result = run(verify_command, ds)
+    assert result.exit_code == 1 and "token 65535 at position 9" in result.output
+
+
+def _flip_body_byte(p: Path):
+    data = bytearray(p.read_bytes())
+    body = np.frombuffer(bytes(data[1024:]), dtype="<u2")
+    i = int(np.argmax(body < 50000))  # a token that stays in range with its low bit flipped
+    data[1024 + 2 * i] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _set_header_slot(p: Path, slot: int, value: int):
+    with open(p, "r+b") as f:
+        f.seek(4 * slot)
+        f.write(np.array([value], dtype="<i4").tobytes())
+
+
+BREAKERS = {
+    "flipped_byte": (lambda p: _flip_body_byte(p), "does not match meta.json"),
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-3]), "need exactly"),
+    "bad_magic": (lambda p: _set_header_slot(p, 0, 1234), "bad magic 1234"),
+    "bad_version": (lambda p: _set_header_slot(p, 1, 7), "unsupported version 7"),
+    "missing": (lambda p: p.unlink(), "listed in meta.json but missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BREAKERS))
+def test_verify_names_each_broken_shard(dataset, case):
+    breaker, message = BREAKERS[case]
+    victim = dataset / "ds_train_000001.bin"
+    breaker(victim)
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 1 and str(victim) in bad[0] and message in bad[0], result.output
+    assert result.output.strip().splitlines()[-1].startswith("verify FAILED: 1 problem(s)")
+    assert "Traceback" not in result.output
+
+
+def test_verify_token_out_of_range_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep.inspect, "SCAN_TOKENS", 64)  # many chunks; sha must still match
+    body = tokens(1000)
+    body[777] = 50257  # one past the vocabulary; meta's sha is of this very file
+    ds = make_dataset(tmp_path / "d", {"train": [body]})
+    report = verify_dataset(ds)
+    assert report.meta_found and report.shards_checked == 1 and report.tokens_checked == 1000
+    assert len(report.problems) == 1
+    assert "token 50257 at position 777 is >= the vocab size 50257" in report.problems[0]
+    assert "sha256" not in report.problems[0]  # the hash, chunked, agrees with write_shard's
+
+
+def test_verify_unlisted_shard_and_count_mismatch(dataset):
+    write_shard(dataset / "ds_train_000002.bin", tokens(10))
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"]["val"]["shards"][0]["tokens"] = 701
+    meta["splits"]["val"]["tokens"] = 701
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 2, result.output
+    assert any("ds_train_000002.bin: present but not listed in meta.json" in line for line in bad)
+    assert any("ds_val_000000.bin: 700 tokens, but meta.json says 701" in line for line in bad)
+
+
+def test_verify_several_bad_shards_each_on_its_own_line(dataset):
+    for name in ("ds_train_000000.bin", "ds_val_000000.bin"):
+        _set_header_slot(dataset / name, 0, 0)
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 2 and "ds_train_000000.bin" in bad[0] and "ds_val_000000.bin" in bad[1]
+    assert "verify FAILED: 2 problem(s)" in result.output
+
+
+@pytest.mark.parametrize("bad_meta", ["{not json", '{"format_version": 1, "splits": []}',
+                                      '{"format_version": 1, "splits": {"train": {"shards": [{"file": 3}]}}}',
+                                      '{"format_version": 1, "splits": {"train": {"shards": '
+                                      '[{"file": "../x.bin", "tokens": 1, "sha256": "0"}]}}}'])
+def test_verify_unreadable_meta_still_checks_shards(dataset, bad_meta):
+    (dataset / META_NAME).write_text(bad_meta)
+    _set_header_slot(dataset / "ds_val_000000.bin", 1, 2)
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 2 and META_NAME in bad[0] and "unsupported version 2" in bad[1]
+    assert "meta.json unreadable, so hashes were not checked" in result.output
+    assert "2 shard(s) readable" in result.output
+
+
+@pytest.mark.parametrize("case", ["no_dir", "no_shards"])
+def test_verify_user_mistakes(tmp_path, case):
+    target = tmp_path / "nowhere"
+    words = ["nowhere", "no such directory"]
+    if case == "no_shards":
+        target = tmp_path / "empty"
+        target.mkdir()
+        (target / "notes.txt").write_text("not a shard")
+        words = ["empty", "no shards found"]
+    before = sorted(tmp_path.rglob("*"))
+    assert_user_error(run(verify_command, target), *words)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# --- end to end, after `prep tokenize` --------------------------------------------------
+
+@pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare test data is absent")
+def test_sample_tokenize_info_verify(tmp_path):
+    pytest.importorskip("prep.tokenize")
+    from prep.cli import main
+
+    runner = CliRunner()
+    text, out = tmp_path / "input.txt", tmp_path / "data" / "input"
+    assert runner.invoke(main, ["sample", "--from", str(TINY), "--out", str(text)]).exit_code == 0
+    result = runner.invoke(main, ["tokenize", str(text), "--out", str(out), "--val-fraction", "0"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(runner.invoke(main, ["info", str(out), "--B", "4", "--T", "32", "--json"]).output)
+    assert record["splits"]["train"]["tokens"] == 338_026  # 338,025 tokens + the leading EOT
+    assert record["splits"]["train"]["steps_per_epoch"] == 2_640  # DESIGN.md's figure
+    assert record["splits"]["val"]["shards"] == 0 and record["source"] == META_NAME
+    result = runner.invoke(main, ["verify", str(out)])
+    assert result.exit_code == 0 and "all OK" in result.output and "sha256" in result.output, result.output
+    shard = next(out.glob("*_train_000000.bin"))
+    _flip_body_byte(shard)
+    result = runner.invoke(main, ["verify", str(out)])
+    assert result.exit_code == 1 and f"BAD {shard}" in result.output and "sha256" in result.output
+
+
+def test_tokenized_jsonl_with_val_split_and_small_shards(tmp_path):
+    tokenize = pytest.importorskip("prep.tokenize")
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Document {i} says hello to the world. " * (i % 7 + 1)}) + "\n"
+                              for i in range(300)))
+    out = tmp_path / "ds"
+    result = tokenize.tokenize_corpus([str(corpus)], out, shard_size=1000, val_fraction=0.1, workers=2,
+                                      progress=False)
+    info = dataset_info(out, B=2, T=8)
+    assert info.splits["train"].tokens == result.tokens["train"] and info.splits["val"].tokens == result.tokens["val"]
+    assert info.splits["train"].shards == len(result.shards["train"]) > 1
+    assert info.splits["train"].documents + info.splits["val"].documents == 300
+    assert info.splits["val"].steps_per_epoch == steps_per_epoch(result.tokens["val"], 2, 8)
+    report = verify_dataset(out)
+    assert report.ok and report.meta_found and report.shards_checked == info.shards
+    assert report.tokens_checked == sum(result.tokens.values())
