@@ -1,0 +1,270 @@
+"""`python -m prep.bench`: how fast `prep tokenize` is, against plain tiktoken, in one run.
+
+On a corpus generated deterministically (paragraphs of tiny Shakespeare or of the offline
+pydoc text, shuffled with a fixed seed), it measures:
+
+- baseline: single-thread `encode_ordinary` over the whole text (in ~1 MB chunks), MB/s;
+- the real pipeline, `prep.tokenize.tokenize_corpus`, with 1 and with N workers, on a
+  SINGLE-document variant (one .txt) and a MANY-document one (JSONL, a few KB per document):
+  MB/s, speedup over the baseline, and whether 1 and N workers wrote identical shards;
+- the machine's parallel capacity, in the same run: N processes encoding at once vs one (the
+  ceiling for any N-worker speedup), and the CPU others used meanwhile (a shared machine);
+- peak RSS of `python -m prep.cli tokenize` at two corpus sizes, one 4x the other
+  (prep.measure: per-process VmHWM of the command and its workers). We report the parent's
+  peak, the largest worker's, and the sum of all (an upper bound on what was resident at
+  once; pages shared after fork count in every process, and cancel in the difference).
+  Growth = (sum_4x - sum_1x) / (extra text bytes): streaming keeps it near 0.
+
+MB means 10**6 bytes of UTF-8 text. Targets (printed, never asserted): N-worker speedup
+>= 1.7x the baseline with 2 workers; memory growth < 10% of the extra text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+from prep.meta import read_meta
+from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
+from prep.sample import fallback_text
+from prep.tokenize import default_workers, tokenize_corpus
+from prep.tokenizer import get_encoding
+
+SPEEDUP_TARGET = 1.7  # with 2 workers, vs the single-thread baseline
+GROWTH_TARGET = 0.10  # peak-RSS growth per extra byte of text
+DOC_BYTES = (256, 8192)  # many-document variant: uniform document size range, like web text
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run; `mb` is the large corpus, the RSS comparison also uses `mb / 4`."""
+
+    mb: float = 50.0
+    workers: int = field(default_factory=default_workers)  # the CPUs this process may use
+    seed: int = 0
+    source: Path | None = None  # text to draw paragraphs from; default: ./input.txt or pydoc
+    chunk_chars: int | None = None  # passed to tokenize (its unit of work); None: its default
+    val_fraction: float | None = None  # passed to tokenize; None: its default
+    repeat: int = 1  # timings: best of this many
+
+    def __post_init__(self):
+        if not self.mb > 0:
+            raise ValueError(f"mb must be > 0, got {self.mb}")
+        if min(self.workers, self.repeat, 1 if self.chunk_chars is None else self.chunk_chars) < 1:
+            raise ValueError(f"workers, repeat, chunk_chars must be >= 1: {self.workers}, {self.repeat}, "
+                             f"{self.chunk_chars}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.source is not None and not Path(self.source).is_file():
+            raise ValueError(f"source {self.source}: no such file")
+
+    def options(self) -> dict:
+        """The tokenize settings this run overrides, as keyword arguments."""
+        return {k: v for k, v in (("chunk_chars", self.chunk_chars), ("val_fraction", self.val_fraction))
+                if v is not None}
+
+
+def source_paragraphs(source: Path | None) -> tuple[list[str], str]:
+    """Paragraphs (blank-line separated blocks, newlines kept) and a label for the report."""
+    if source is None and Path("input.txt").is_file():
+        source = Path("input.txt")
+    if source is not None:
+        text, label = Path(source).read_text(encoding="utf-8"), str(source)
+    else:
+        text, label = fallback_text(), "pydoc_data.topics"
+    paragraphs = [p.strip("\n") + "\n\n" for p in text.split("\n\n") if p.strip()]
+    return paragraphs, label
+
+
+def make_documents(paragraphs: list[str], num_bytes: int, seed: int) -> list[str]:
+    """Shuffled paragraphs grouped into documents of DOC_BYTES sizes, >= num_bytes in all.
+
+    The single-document variant is their concatenation, so both variants hold the same text.
+    """
+    rng = random.Random(seed)
+    docs, doc, doc_bytes, target, total = [], [], 0, rng.randint(*DOC_BYTES), 0
+    while total < num_bytes:
+        order = paragraphs[:]
+        rng.shuffle(order)
+        for paragraph in order:
+            size = len(paragraph.encode("utf-8"))
+            doc.append(paragraph)
+            doc_bytes += size
+            total += size
+            if doc_bytes >= target or total >= num_bytes:
+                docs.append("".join(doc))
+                doc, doc_bytes, target = [], 0, rng.randint(*DOC_BYTES)
+            if total >= num_bytes:
+                break
+    return docs
+
+
+def write_variants(docs: list[str], directory: Path, tag: str) -> tuple[Path, Path]:
+    """(single.txt, many.jsonl) holding the same text: one document, or one per line."""
+    single, many = directory / f"single_{tag}.txt", directory / f"many_{tag}.jsonl"
+    with open(single, "w", encoding="utf-8") as f:
+        f.writelines(docs)
+    with open(many, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    return single, many
+
+
+def baseline_run(text: str, chunk_chars: int = 1 << 20) -> dict:
+    """Single-thread encode_ordinary over `text` in newline-aligned chunks: seconds, tokens."""
+    enc = get_encoding()  # loaded before the clock starts
+    start, num_tokens, t0 = 0, 0, time.perf_counter()
+    while start < len(text):
+        end = text.find("\n", start + chunk_chars)
+        end = len(text) if end < 0 else end + 1
+        num_tokens += len(enc.encode_ordinary(text[start:end]))
+        start = end
+    return {"seconds": time.perf_counter() - t0, "tokens": num_tokens}
+
+
+def pipeline_run(path: Path, out: Path, workers: int, options: dict) -> dict:
+    """Time `tokenize_corpus` (what `prep tokenize` calls), its default settings otherwise."""
+    t0 = time.perf_counter()
+    result = tokenize_corpus([str(path)], out, name="bench", workers=workers, progress=False,
+                             overwrite=True, **options)
+    seconds = time.perf_counter() - t0
+    meta = read_meta(out)
+    shas = [s["sha256"] for split in ("train", "val") for s in meta["splits"][split]["shards"]]
+    return {"seconds": seconds, "tokens": sum(result.tokens.values()), "workers_used": result.workers,
+            "documents": result.documents, "shas": shas}
+
+
+def _prep_env() -> dict:
+    """The environment for `python -m prep.cli`: this very `prep` importable, installed or not."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return os.environ | {"PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def tokenize_argv(path: Path, out: Path, workers: int, options: dict) -> list[str]:
+    """The `prep tokenize` command line the RSS measurement runs in a fresh process."""
+    flags = {"chunk_chars": "--chunk-size", "val_fraction": "--val-fraction"}
+    return [sys.executable, "-m", "prep.cli", "tokenize", str(path), "--out", str(out), "--workers",
+            str(workers), "--overwrite", "--quiet", *(x for k, v in options.items() for x in (flags[k], str(v)))]
+
+
+def run_bench(cfg: BenchConfig, log=lambda message: click.echo(message, err=True)) -> dict:
+    """The whole benchmark in a temporary directory (removed at the end); returns the figures."""
+    paragraphs, label = source_paragraphs(cfg.source)
+    large, options = int(cfg.mb * 1e6), cfg.options()
+    result = {"config": asdict(cfg) | {"source": label}, "machine": machine(), "pipeline": [], "rss": []}
+    with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp, others_cpu() as whole_run:
+        tmp = Path(tmp)
+        corpora = {}  # size -> (single path, many path, text bytes, documents)
+        for size_name, size in (("small", large // 4), ("large", large)):
+            docs = make_documents(paragraphs, size, cfg.seed)
+            corpora[size_name] = (*write_variants(docs, tmp, size_name),
+                                  sum(len(d.encode("utf-8")) for d in docs), len(docs))
+        single, many, text_bytes, num_docs = corpora["large"]
+        result["text_bytes"], result["documents"] = text_bytes, num_docs
+        log(f"corpus: {text_bytes / 1e6:.1f} MB of {label} paragraphs; many-doc variant: {num_docs:,} docs")
+
+        text = single.read_text(encoding="utf-8")
+        with others_cpu() as load:
+            capacity = parallel_capacity(text[: 1 << 20], cfg.workers)
+        result["capacity"] = {"speedup": capacity, "other_cores": load["other_cores"]}
+        log(f"parallel capacity, {cfg.workers} processes: {capacity:.2f}x one")
+        base = result["baseline"] = best_of(cfg.repeat, baseline_run, text)
+        del text
+        base_mb_s = base["mb_per_s"] = text_bytes / 1e6 / base["seconds"]
+        log(f"baseline encode_ordinary: {base['seconds']:.2f} s, {base_mb_s:.2f} MB/s")
+
+        for variant, path in (("single", single), ("many", many)):
+            shas = {}
+            for workers in sorted({1, cfg.workers}):
+                out = tmp / f"out_{variant}_{workers}"
+                run = best_of(cfg.repeat, pipeline_run, path, out, workers, options)
+                shutil.rmtree(out)
+                shas[workers] = run.pop("shas")
+                mb_s = text_bytes / 1e6 / run["seconds"]
+                result["pipeline"].append(run | {"variant": variant, "workers": workers, "mb_per_s": mb_s,
+                                                 "vs_baseline": mb_s / base_mb_s,
+                                                 "identical_to_1_worker": shas[workers] == shas[1]})
+                log(f"pipeline {variant}, {workers} worker(s): {run['seconds']:.2f} s, {mb_s:.2f} MB/s")
+
+        for variant, column in (("single", 0), ("many", 1)):
+            peaks = {}
+            for size_name in ("small", "large"):
+                out = tmp / f"rss_{variant}_{size_name}"
+                peaks[size_name] = peak_rss(tokenize_argv(corpora[size_name][column], out, cfg.workers, options),
+                                            env=_prep_env())
+                shutil.rmtree(out, ignore_errors=True)
+                log(f"peak RSS {variant}, {size_name}: {peaks[size_name]['sum_mib']:.1f} MiB (sum)")
+            extra = corpora["large"][2] - corpora["small"][2]
+            small, big = peaks["small"], peaks["large"]
+            result["rss"].append({
+                "variant": variant, "workers": cfg.workers, "small_text_bytes": corpora["small"][2],
+                "large_text_bytes": corpora["large"][2], "small": small, "large": big,
+                "growth_sum": (big["sum_mib"] - small["sum_mib"]) * 2**20 / extra,
+                "growth_parent": (big["parent_mib"] - small["parent_mib"]) * 2**20 / extra})
+    result["other_load"] = whole_run
+    return result
+
+
+def format_report(result: dict) -> str:
+    """The human table: throughput vs the baseline, then memory growth, each with its target."""
+    cfg, base, capacity = result["config"], result["baseline"], result["capacity"]
+    lines = [f"prep tokenize benchmark: {result['text_bytes'] / 1e6:.1f} MB of text ({cfg['source']} "
+             f"paragraphs shuffled, seed {cfg['seed']}); many-doc variant {result['documents']:,} docs; "
+             f"{result['machine']['cpus']} CPUs; best of {cfg['repeat']}",
+             f"parallel capacity: {cfg['workers']} processes encode {capacity['speedup']:.2f}x as fast as one "
+             f"(others used {capacity['other_cores']:.2f} cores meanwhile); others used "
+             f"{result['other_load']['other_cores']:.2f} cores over the whole run",
+             f"{'run':38s} {'seconds':>8s} {'MB/s':>7s} {'vs base':>8s} {'others':>7s}  tokens",
+             f"{'baseline encode_ordinary, 1 thread':38s} {base['seconds']:8.2f} {base['mb_per_s']:7.2f} "
+             f"{1:7.2f}x {base['other_cores']:7.2f}  {base['tokens']:,}"]
+    for run in result["pipeline"]:
+        name = f"prep tokenize {run['variant']}-doc, {run['workers_used']} worker(s)"
+        note = "" if run["identical_to_1_worker"] else "  SHARDS DIFFER FROM 1 WORKER"
+        if run["workers_used"] == 2:
+            note += f"  (target >= {SPEEDUP_TARGET}x)"
+        lines.append(f"{name:38s} {run['seconds']:8.2f} {run['mb_per_s']:7.2f} {run['vs_baseline']:7.2f}x"
+                     f" {run['other_cores']:7.2f}  {run['tokens']:,}{note}")
+    lines.append(f"{'peak RSS, MiB (parent / max worker / sum)':44s} {'1x text':>16s} {'4x text':>16s}  growth")
+    for rss in result["rss"]:
+        cells = [f"{p['parent_mib']:.0f} / {p['max_worker_mib']:.0f} / {p['sum_mib']:.0f}"
+                 for p in (rss["small"], rss["large"])]
+        name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
+                f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
+        lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
+                     f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--mb", type=click.FloatRange(min=0, min_open=True), default=50.0,
+              help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
+@click.option("--workers", type=click.IntRange(min=1), default=default_workers(),
+              help="Worker processes for the N-worker runs (1 worker is always measured too).")
+@click.option("--seed", type=int, default=0, help="Seed for the corpus shuffle.")
+@click.option("--source", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Text to draw paragraphs from [default: ./input.txt if present, else pydoc topics].")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, help="Report the best of this many timings.")
+@click.option("--chunk-size", "chunk_chars", type=click.IntRange(min=1), default=None,
+              help="Passed to prep tokenize's --chunk-size [default: its own].")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Passed to prep tokenize's --val-fraction [default: its own].")
+@click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON line instead of the table.")
+def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, chunk_chars: int | None,
+         val_fraction: float | None, as_json: bool) -> None:
+    """Benchmark `prep tokenize` against single-thread tiktoken, and its memory growth."""
+    config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
+    result = run_bench(config)
+    click.echo(json.dumps(result, default=str) if as_json else format_report(result))
+
+
+if __name__ == "__main__":
+    main()

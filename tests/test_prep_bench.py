@@ -1,0 +1,132 @@
+"""The tokenize benchmark's parts, and a smoke run at a tiny size: every figure is present and
+sane. No timing thresholds: the targets are reported by `python -m prep.bench`, not asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+
+import pytest
+from click.testing import CliRunner
+
+from prep import bench, measure
+
+
+def test_corpus_is_deterministic_and_sized():
+    from prep.sample import fallback_text
+
+    paragraphs = [p + "\n\n" for p in fallback_text().split("\n\n") if p.strip()]
+    docs = bench.make_documents(paragraphs, 300_000, seed=3)
+    assert docs == bench.make_documents(paragraphs, 300_000, seed=3)
+    assert docs != bench.make_documents(paragraphs, 300_000, seed=4)
+    total = sum(len(d.encode("utf-8")) for d in docs)
+    assert 300_000 <= total < 300_000 + max(len(p.encode()) for p in paragraphs)
+    assert all(len(d.encode()) < bench.DOC_BYTES[1] + max(len(p.encode()) for p in paragraphs) for d in docs)
+    assert len(docs) > 300_000 // bench.DOC_BYTES[1]
+    small = bench.make_documents(paragraphs, 75_000, seed=3)
+    assert small[:-1] == docs[: len(small) - 1]  # the 1x corpus is the start of the 4x one
+
+
+def test_variants_hold_the_same_text(tmp_path):
+    docs = ["first doc\n\n", "second \"quoted\" doc\u00e9\n\n", "third\n\n"]
+    single, many = bench.write_variants(docs, tmp_path, "t")
+    assert single.read_text(encoding="utf-8") == "".join(docs)
+    lines = many.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["text"] for line in lines] == docs
+
+
+def test_source_defaults_to_input_txt_then_pydoc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, label = bench.source_paragraphs(None)
+    assert label == "pydoc_data.topics"
+    (tmp_path / "input.txt").write_text("A para.\n\nB para.\n")
+    paragraphs, label = bench.source_paragraphs(None)
+    assert label == "input.txt" and paragraphs == ["A para.\n\n", "B para.\n\n"]
+
+
+def test_baseline_counts_tokens():
+    run = bench.baseline_run("hello world\n" * 1000, chunk_chars=100)
+    assert run["seconds"] > 0 and run["tokens"] == 3 * 1000  # "hello", " world", "\n" per line, chunks on newlines
+
+
+def test_peak_rss_sees_parent_and_workers():
+    code = ("import multiprocessing as mp, time\n"
+            "def grab(n):\n    b = bytearray(n); time.sleep(0.3); return len(b)\n"
+            "if __name__ == '__main__':\n"
+            "    with mp.get_context('fork').Pool(2) as pool: pool.map(grab, [64 << 20, 128 << 20], 1)\n")
+    peaks = measure.peak_rss([sys.executable, "-c", code])
+    assert peaks["processes"] >= 3
+    assert peaks["max_worker_mib"] >= 128
+    assert peaks["sum_mib"] >= peaks["parent_mib"] + 64 + 128
+    with pytest.raises(RuntimeError, match="boom"):
+        measure.peak_rss([sys.executable, "-c", "import sys; sys.exit('boom')"])
+
+
+def test_cpu_accounting_moves_forward():
+    busy, own = measure.busy_cpu_seconds(), measure.own_cpu_seconds()
+    with measure.others_cpu() as load:
+        sum(i * i for i in range(300_000))
+    assert measure.own_cpu_seconds() > own and measure.busy_cpu_seconds() >= busy
+    assert load["wall_s"] > 0 and load["other_cores"] >= 0
+    assert bench.BenchConfig(chunk_chars=5, val_fraction=0.0).options() == {"chunk_chars": 5, "val_fraction": 0.0}
+    assert bench.BenchConfig().options() == {}
+    argv = bench.tokenize_argv(bench.Path("in.txt"), bench.Path("out"), 2, {"val_fraction": 0.0})
+    assert argv[-2:] == ["--val-fraction", "0.0"] and "--quiet" in argv
+
+
+def test_best_of_keeps_the_fastest_and_notes_the_load():
+    times = iter([0.3, 0.1, 0.2])
+    best = measure.best_of(3, lambda tag: {"seconds": next(times), "tag": tag}, "x")
+    assert best["seconds"] == 0.1 and best["tag"] == "x" and best["other_cores"] >= 0
+
+
+def test_parallel_capacity_runs_all_processes_at_once():
+    text = "The quick brown fox jumps over the lazy dog.\n" * 500
+    assert measure.parallel_capacity(text, 1) == 1.0
+    capacity = measure.parallel_capacity(text, 2, reps=3)
+    assert 0 < capacity < 4 and math.isfinite(capacity)
+
+
+def test_config_is_validated():
+    for bad in ({"mb": 0}, {"workers": 0}, {"repeat": 0}, {"chunk_chars": 0}, {"val_fraction": 1.0},
+                {"source": "/nonexistent/file.txt"}):
+        with pytest.raises(ValueError):
+            bench.BenchConfig(**bad)
+
+
+def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no input.txt here: the pydoc text, always available
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench's temp dir goes
+    # small chunks, so that even 0.2 MB gives both workers work (the default would use one)
+    args = ["--mb", "0.2", "--workers", "2", "--chunk-size", "20000", "--json"]
+    result = CliRunner().invoke(bench.main, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["text_bytes"] >= 200_000 and record["documents"] > 1
+    assert record["baseline"]["tokens"] > 0 and record["baseline"]["mb_per_s"] > 0
+    assert record["capacity"]["speedup"] > 0 and record["other_load"]["wall_s"] > 0
+    assert record["other_load"]["other_cores"] >= 0 and record["baseline"]["other_cores"] >= 0
+    runs = {(r["variant"], r["workers"]): r for r in record["pipeline"]}
+    assert [runs[("single", w)]["workers_used"] for w in (1, 2)] == [1, 2]
+    assert set(runs) == {("single", 1), ("single", 2), ("many", 1), ("many", 2)}
+    for run in runs.values():
+        assert run["seconds"] > 0 and math.isfinite(run["vs_baseline"]) and run["vs_baseline"] > 0
+        assert run["identical_to_1_worker"], run  # workers never change a token
+    # below 1 MB the baseline encodes in one chunk: the single doc is exactly it plus one EOT
+    assert runs[("single", 1)]["tokens"] == record["baseline"]["tokens"] + 1
+    assert runs[("single", 1)]["documents"] == 1
+    assert runs[("many", 1)]["documents"] == record["documents"]  # one JSONL line, one document
+    assert {r["variant"] for r in record["rss"]} == {"single", "many"}
+    for rss in record["rss"]:
+        assert rss["large_text_bytes"] >= 4 * rss["small_text_bytes"] - 10_000
+        for size in ("small", "large"):
+            peak = rss[size]
+            assert 10 < peak["parent_mib"] <= peak["sum_mib"] and peak["processes"] >= 1
+        assert math.isfinite(rss["growth_sum"])
+    assert list(scratch.iterdir()) == []  # corpora, shards and outputs all removed
+    table = bench.format_report(record)
+    assert "baseline encode_ordinary" in table and "growth" in table and "target" in table
