@@ -12,6 +12,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_STEPS ?= 20
 DEMO_MODEL ?= gpt2
+DEMO_DIR ?= .
+SAMPLE_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -26,10 +28,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)
 
+# Runs in DEMO_DIR (input.txt, data/input/, out/demo/ land there). SAMPLE_ARGS go to
+# `prep sample`, e.g. SAMPLE_ARGS="--from path/to/input.txt" or SAMPLE_ARGS=--offline.
 demo: $(STAMP)
-	$(BIN)/prep sample --out input.txt
-	$(BIN)/prep tokenize input.txt --overwrite
-	$(BIN)/python train.py --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
+	cd $(DEMO_DIR) && $(abspath $(BIN))/prep sample --out input.txt $(SAMPLE_ARGS)
+	cd $(DEMO_DIR) && $(abspath $(BIN))/prep tokenize input.txt --overwrite
+	cd $(DEMO_DIR) && $(abspath $(BIN))/python $(CURDIR)/train.py --B 4 --T 32 --model $(DEMO_MODEL) \
+		--steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

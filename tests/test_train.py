@@ -366,22 +366,25 @@ def test_help_lists_every_option_with_its_default():
 
 
 @pytest.mark.slow
-def test_demo_pipeline_on_tiny_shakespeare(tmp_path):
-    """`make demo`'s commands: prep tokenize, then its train command (tiny model, to be quick)."""
-    if not TINY_SHAKESPEARE.is_file():
-        pytest.skip("tinyshakespeare.txt not available")
-    shutil.copyfile(TINY_SHAKESPEARE, tmp_path / "input.txt")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    prep = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "input.txt", "--overwrite", "--quiet"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert prep.returncode == 0, prep.stderr
-    args = [sys.executable, str(REPO / "train.py"), "--B", "4", "--T", "32", "--model", "tiny", "--steps", "20",
-            "--data", "data/input", "--out", "out/demo", "--ckpt-every", "0", "--sample-every", "20"]
-    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "data: data/input: 304,22" in result.stdout  # 90% of 338,026 tokens (val-fraction 0.1)
+def test_make_demo_end_to_end(tmp_path):
+    """The README's main-job command itself: `make demo` (sample corpus -> prep tokenize ->
+    train.py at B=4, T=32), with the tiny model to be quick, run in a scratch directory."""
+    venv = Path(sys.prefix)
+    if not (venv / ".installed").is_file():
+        pytest.skip("needs the Makefile's virtual env (run the suite through `make test`)")
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    sample = f"--from {TINY_SHAKESPEARE}" if TINY_SHAKESPEARE.is_file() else "--offline"
+    args = ["make", "-C", str(REPO), "demo", f"VENV={venv}", f"DEMO_DIR={tmp_path}",
+            "DEMO_MODEL=tiny", "DEMO_STEPS=20", f"SAMPLE_ARGS={sample}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "input.txt").is_file() and (tmp_path / "data" / "input" / "meta.json").is_file()
+    if TINY_SHAKESPEARE.is_file():
+        assert "data: data/input: 304,224 tokens" in result.stdout  # 90% of 338,026 (val-fraction 0.1)
     assert "step 20 sample: " in result.stdout and "step 20: val loss" in result.stdout
-    assert result.stdout.strip().splitlines()[-1].startswith("done: steps 1-20")
+    done = [line for line in result.stdout.splitlines() if line.startswith("done: steps 1-20")]
+    assert len(done) == 1 and "tokens/s" in done[0]
     rows = metrics(tmp_path / "out" / "demo")
     assert [r["step"] for r in rows] == list(range(1, 21))
     assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 20 steps

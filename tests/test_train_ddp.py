@@ -39,7 +39,7 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     extra = ["--log-windows", "--ckpt-every", str(STEPS)]
     ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), *extra], tmp_path)
-    single = run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B)], tmp_path)
+    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B)], tmp_path)
 
     assert ddp.stdout.count("1 epoch = ") == 1, ddp.stdout  # only rank 0 prints
     assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in ddp.stdout
