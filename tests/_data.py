@@ -1,4 +1,5 @@
-"""Small datasets for train.py's tests, written directly with prep.shards (no `prep tokenize`).
+"""Test data shared by the test modules: the tiny Shakespeare corpus's location, and small
+datasets for train.py's tests, written directly with prep.shards (no `prep tokenize`).
 
 Synthetic token streams keep the tests fast and make some properties checkable: in a
 positional dataset every token's value is its own position in the stream, so a batch's first
@@ -15,7 +16,17 @@ import numpy as np
 
 from prep.shards import shard_name, write_shard
 
-TINY_SHAKESPEARE = Path(os.environ.get("TINY_SHAKESPEARE", "/work/shared/data/tinyshakespeare.txt"))
+
+
+def _find_tiny_shakespeare() -> Path:
+    """The test corpus: $TINY_SHAKESPEARE, else shared/data/ beside the checkout (where CI and
+    the development machines put it). Tests that need it skip when it is absent."""
+    if "TINY_SHAKESPEARE" in os.environ:
+        return Path(os.environ["TINY_SHAKESPEARE"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+TINY_SHAKESPEARE = _find_tiny_shakespeare()
 # The tiny preset's real vocabulary: any token id below it is valid model input.
 VOCAB = 50257
 

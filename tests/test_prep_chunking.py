@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from prep.chunking import SPLIT_WHITESPACE, Chunker, is_safe_boundary, next_safe_boundary, split_text
 from prep.tokenizer import get_encoding
 
+from _data import TINY_SHAKESPEARE
+
 ENC = get_encoding()
 
 # Pieces chosen to hit every alternative of the GPT-2 pattern and its edges.
@@ -123,9 +125,8 @@ def test_tiny_shakespeare_in_many_chunks(shakespeare_text):
 
 @pytest.fixture
 def shakespeare_text():
-    from pathlib import Path
 
-    path = Path("/work/shared/data/tinyshakespeare.txt")
+    path = TINY_SHAKESPEARE
     if not path.is_file():
         pytest.skip("tiny Shakespeare not present")
     return path.read_bytes().decode("utf-8")

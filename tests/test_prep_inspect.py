@@ -19,7 +19,7 @@ from prep.inspect import dataset_info, info_command, verify_command, verify_data
 from prep.meta import META_NAME, write_meta
 from prep.shards import shard_name, write_shard
 
-TINY = Path("/work/shared/data/tinyshakespeare.txt")
+from _data import TINY_SHAKESPEARE as TINY
 
 
 def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str = "ds",

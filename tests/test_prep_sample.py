@@ -7,7 +7,6 @@ import functools
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -22,7 +21,7 @@ from prep.sample import (
     sample_command,
 )
 
-TINY = Path("/work/shared/data/tinyshakespeare.txt")
+from _data import TINY_SHAKESPEARE as TINY
 UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused, at once
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare test data is absent")
 

@@ -24,7 +24,7 @@ from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = Path("/work/shared/data/tinyshakespeare.txt")
+from _data import TINY_SHAKESPEARE as TINY
 ENC = get_encoding()
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare not present")
 

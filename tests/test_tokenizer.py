@@ -10,7 +10,7 @@ import pytest
 from prep import tokenizer
 from prep.tokenizer import EOT, VOCAB_SIZE, TokenizerError, get_encoding
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+from _data import TINY_SHAKESPEARE as SHAKESPEARE
 
 
 def test_known_ids_and_sizes():
