@@ -19,6 +19,7 @@ from prep.inspect import dataset_info, info_command, verify_command, verify_data
 from prep.meta import META_NAME, write_meta
 from prep.shards import shard_name, write_shard
 
+from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY
 
 
@@ -57,16 +58,6 @@ def dataset(tmp_path) -> Path:
 
 def run(command, *args):
     return CliRunner().invoke(command, [str(a) for a in args])
-
-
-def assert_user_error(result, *words):
-    """Exit 2, one 'Error:' line naming what and where, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 # --- steps_per_epoch --------------------------------------------------------------------

@@ -24,6 +24,7 @@ from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
+from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY
 ENC = get_encoding()
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare not present")
@@ -215,15 +216,6 @@ def test_overwrite_refuses_a_directory_that_is_not_a_dataset(tmp_path):
 
 
 # --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
-
-def assert_user_error(result, *words):
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
 
 BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
     "missing path": ({}, ["nope.txt"], ["nope.txt", "no such file"]),

@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 import train
+from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, write_dataset
 from model import GPT, GPTConfig
 
@@ -293,10 +294,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     monkeypatch.chdir(workdir / cwd)
     before = snapshot(workdir)
     result = CliRunner().invoke(train.main, argv)
-    assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1 and result.output.startswith("Error: "), result.output
-    assert message in result.output
-    assert "Traceback" not in result.output
+    assert_user_error(result, message)
+    assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
 
 
