@@ -8,34 +8,37 @@ whitespace character (tab, \\n, \\v, \\f, \\r or space) and text[i-1] is not whi
 (`str.isspace()` is false): we cut right before the first character of a whitespace run.
 
 Why it is exact. tiktoken's GPT-2 `encode_ordinary` first splits the text into pre-tokens
-with the regex (r50k_pat_str), alternatives tried in this order::
+with the regex (tiktoken's r50k_pat_str; `++` is possessive), alternatives in this order::
 
-    A1 's|'t|'re|'ve|'m|'ll|'d    A2 ` ?\\p{L}+`   A3 ` ?\\p{N}+`   A4 ` ?[^\\s\\p{L}\\p{N}]+`
-    A5 `\\s+(?!\\S)`               A6 `\\s+`
+    A1 `'(?:[sdmt]|ll|ve|re)`   A2 ` ?\\p{L}++`   A3 ` ?\\p{N}++`   A4 ` ?[^\\s\\p{L}\\p{N}]++`
+    A5 `\\s++$`                  A6 `\\s+(?!\\S)`  A7 `\\s`
 
 Matches are searched left to right, each search starting where the previous match ended;
-every character starts a match of A2-A6, so pre-tokens tile the text. Then BPE runs on each
+every character starts a match of A2-A7, so pre-tokens tile the text. Then BPE runs on each
 pre-token on its own: no merge crosses a pre-token. So it suffices that the pre-tokens of
 text are those of text[:i] followed by those of text[i:]. Two facts are used: (a) every
 character the regex engine calls `\\s` (Unicode White_Space) is `str.isspace()`, so a
 character that is not `isspace()` is not `\\s` (tests check this for every code point), and
-the six ASCII characters above are `\\s` in every engine; (b) the pattern has no lookbehind,
-anchor or `\\b`: an attempt at position p reads only text[p:] (A5 looks ahead, not back).
+the six ASCII characters above are `\\s` in every engine; (b) the pattern has no lookbehind
+or `\\b`, and its one anchor `$` is the end of the string: an attempt at position p reads only
+text[p:] and where the string ends (A6 looks ahead, not back).
 
 1. No whole-text pre-token spans i. Such a match m (start p < i < end) holds text[i-1] and
    text[i]. A1 holds no whitespace. In A2-A4 the only possible whitespace is the optional
-   leading space, m's first character, at p <= i-1, not at i. A5 and A6 hold only
+   leading space, m's first character, at p <= i-1, not at i. A5-A7 hold only
    whitespace, but text[i-1] is not whitespace. So a pre-token starts exactly at i.
-2. Suffix. By (b) the attempts at p >= i read only text[p:] = text[i:][p-i:], so from the
-   pre-token that starts at i (step 1) on, the whole text and text[i:] tokenize alike.
+2. Suffix. By (b) the attempts at p >= i read only text[p:] = text[i:][p-i:] (and both
+   strings end at the same place), so from the pre-token that starts at i (step 1) on,
+   the whole text and text[i:] tokenize alike.
 3. Prefix. For p < i each alternative gives the same result on text and on text[:i]:
    A1 is a literal without whitespace, so where it would read text[i] it fails on both
    strings (whitespace, resp. end of string). A2-A4 end with a greedy class run that stops
    at the first character outside the class; text[i] is whitespace, outside every class, so
-   the run stops at or before i on both strings. A5/A6: a whitespace run starting at p < i
-   ends before i-1 (text[i-1] is not whitespace), and A5's lookahead then reads a position
-   <= i-1, on both strings alike. So the left-to-right search visits the same positions and
-   picks the same matches before i.
+   the run stops at or before i on both strings. A5-A7: a whitespace run starting at p < i
+   ends before i-1 (text[i-1] is not whitespace), so A5's `$` fails on both strings (neither
+   ends there), A6's lookahead reads a position <= i-1, and A7 reads text[p] only, on both
+   strings alike. So the left-to-right search visits the same positions and picks the same
+   matches before i.
 
 Examples of unsafe cuts (tested): inside a whitespace run ("a\\n\\n\\nb" cut at 2 turns the
 token "\\n\\n" into two "\\n"), before a word after spaces ("x   y" cut at 4), and inside a

@@ -3,7 +3,8 @@
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is
 one document. Directories are searched recursively for `*.txt`, in sorted order, so the
 same tree always gives the same token stream. Text is the file's bytes decoded as UTF-8,
-exactly: no newline translation, a BOM is kept as U+FEFF. Files are read in binary blocks
+exactly: no newline translation, a BOM is kept as U+FEFF (a JSONL file's leading BOM is
+dropped: it belongs to no record). Files are read in binary blocks
 and decoded incrementally, so a huge document never sits in memory whole and a multibyte
 character split across two blocks decodes as one. Every problem a user can fix raises
 CorpusError with the file, and the line or byte offset, in its message.
@@ -62,9 +63,15 @@ def _file_size(path: Path) -> int | None:
     return st.st_size if path.is_file() else None  # pipes and devices: unknown
 
 
+def _unreadable(error: OSError) -> None:
+    # os.walk skips a directory it cannot list unless told otherwise: its files would be
+    # missing from the dataset without a word.
+    raise CorpusError(f"{error.filename}: cannot read ({error.strerror})")
+
+
 def _text_files(directory: Path) -> list[Path]:
     found = []
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files in os.walk(directory, onerror=_unreadable):
         dirs.sort()
         found += [Path(root) / f for f in files if f.endswith(".txt") and (Path(root) / f).is_file()]
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
@@ -142,6 +149,9 @@ def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
                 raise CorpusError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
                                   f"(pass --errors replace to substitute U+FFFD)") from None
             offset += len(raw)
+            if line_no == 1 and line.startswith("\ufeff"):  # a BOM marks the file, not the record
+                line = line[1:]
+            line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
             if not line.strip():  # blank line: no document, but its bytes count as read
                 yield Piece("", False, len(raw))
                 continue

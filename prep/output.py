@@ -199,7 +199,10 @@ class AtomicDirectory:
     """A directory built under a temporary name and renamed into place only when complete."""
 
     def __init__(self, target: Path):
-        self.target = target.absolute()
+        target = target.absolute()
+        # A symlink to a dataset (data/x -> /big/disk/x): replace what it points to and keep
+        # the link; renaming the link itself aside would leave it behind as ".x.old-<pid>".
+        self.target = target.resolve() if target.is_symlink() and target.is_dir() else target
         self.tmp = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}"
         self._created: list[Path] = []  # parent directories we made, to remove on failure
 
@@ -230,7 +233,7 @@ class AtomicDirectory:
                 except OSError:
                     os.rename(old, self.target)  # put the old dataset back
                     raise
-                shutil.rmtree(old)
+                shutil.rmtree(old, ignore_errors=True)  # installed: a leftover is only stale
             else:
                 os.rename(self.tmp, self.target)
         except OSError as e:

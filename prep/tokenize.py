@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, read_pieces, resolve_sources
-from prep.errors import UserError
+from prep.errors import UserCommand, UserError
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.shards import MAX_TOKENS
@@ -210,7 +210,7 @@ def _sigterm_raises_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@click.command("tokenize", context_settings={"show_default": True})
+@click.command("tokenize", cls=UserCommand, context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory.  [default: data/<stem of the first input>, data/stdin for -]")
@@ -241,6 +241,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     """
     if not field:
         raise UserError("--field must name a JSON key, got ''")
+    if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
+        raise UserError("--val-fraction must be a number in [0, 1), got nan")
     try:
         with _sigterm_raises_exit():
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,

@@ -130,3 +130,9 @@ def shakespeare_text():
     if not path.is_file():
         pytest.skip("tiny Shakespeare not present")
     return path.read_bytes().decode("utf-8")
+
+
+def test_the_proof_is_about_the_pattern_the_encoder_uses():
+    # prep/chunking.py's exactness argument walks these alternatives one by one: if tiktoken
+    # ever changes GPT-2's pre-token pattern, the argument must be checked again.
+    assert ENC._pat_str == r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""

@@ -4,6 +4,7 @@ naming the file and the line or byte offset."""
 from __future__ import annotations
 
 import io
+import os
 import json
 
 import pytest
@@ -122,3 +123,31 @@ def test_jsonl_invalid_utf8_names_line_and_byte(tmp_path):
         read_all(resolve_sources([str(path)]))
     docs, _ = read_all(resolve_sources([str(path)]), errors="replace")
     assert docs == ["ok", "\ufffd"]
+
+
+def test_jsonl_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "first"}\r\n{"text": "\xef\xbb\xbfsecond"}\n')
+    docs, nbytes = read_all(resolve_sources([str(path)]))
+    assert docs == ["first", "\ufeffsecond"]  # only the file's BOM goes; text keeps its own
+    assert nbytes == path.stat().st_size
+
+
+def test_malformed_jsonl_column_ignores_the_line_end(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "a"\r\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: not valid JSON \(.*column 13\)"):
+        read_all(resolve_sources([str(path)]))
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unreadable_subdirectory_is_an_error_not_skipped(tmp_path):
+    (tmp_path / "d" / "locked").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("a")
+    (tmp_path / "d" / "locked" / "b.txt").write_text("b")
+    (tmp_path / "d" / "locked").chmod(0o000)
+    try:
+        with pytest.raises(CorpusError, match=r"locked: cannot read"):
+            resolve_sources([str(tmp_path / "d")])
+    finally:
+        (tmp_path / "d" / "locked").chmod(0o755)

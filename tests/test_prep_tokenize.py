@@ -389,3 +389,30 @@ def test_sigterm_removes_the_temporary_dir(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and "Traceback" not in stderr
     assert not out.exists() and leftovers(tmp_path, "out") == []
+
+
+# --- review additions -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value", [
+    ("--workers", "0"), ("--workers", "-1"), ("--shard-size", "0"), ("--val-fraction", "1"),
+    ("--val-fraction", "1.5"), ("--val-fraction", "-0.1"), ("--val-fraction", "nan"),
+    ("--val-max-tokens", "-1"),
+])
+def test_bad_option_values_are_one_line_and_leave_nothing(tmp_path, option, value):
+    (tmp_path / "a.txt").write_text("text")
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "out", option, value)
+    assert_user_error(result, option, value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.txt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs symlinks")
+def test_overwrite_through_a_symlink_replaces_the_dataset_it_points_to(tmp_path):
+    (tmp_path / "a.txt").write_text("first version")
+    (tmp_path / "b.txt").write_text("second version")
+    assert invoke(tmp_path / "a.txt", "--out", tmp_path / "real").exit_code == 0
+    (tmp_path / "link").symlink_to("real")
+    result = invoke(tmp_path / "b.txt", "--out", tmp_path / "link", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link").is_symlink()
+    assert np.array_equal(stream(tmp_path / "real"), expected(["second version"]))
+    assert leftovers(tmp_path, "link") == [] and leftovers(tmp_path, "real") == []
