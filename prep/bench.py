@@ -33,6 +33,7 @@ from pathlib import Path
 
 import click
 
+from prep.errors import UserCommand
 from prep.meta import read_meta
 from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
 from prep.sample import fallback_text
@@ -244,7 +245,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(cls=UserCommand, context_settings={"show_default": True})
 @click.option("--mb", type=click.FloatRange(min=0, min_open=True), default=50.0,
               help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from prep.errors import UserGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+
+@click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="shardgpt")
 def main() -> None:
     """Turn text into GPT-2 token shards that the loader memory-maps."""

@@ -17,7 +17,7 @@ import click
 from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
-from prep.errors import UserError
+from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.shards import HEADER_BYTES, SPLITS, ShardError, find_shards, open_shard, read_header
 from prep.tokenizer import VOCAB_SIZE
@@ -117,7 +117,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     return info
 
 
-@click.command("info")
+@click.command("info", cls=UserCommand)
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--B", "B", type=click.IntRange(min=1), default=None, help="Batch size, for steps per epoch.")
 @click.option("--T", "T", type=click.IntRange(min=1), default=None, help="Sequence length, for steps per epoch.")
@@ -265,7 +265,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     return report
 
 
-@click.command("verify")
+@click.command("verify", cls=UserCommand)
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: only on a terminal).")

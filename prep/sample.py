@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from prep.errors import UserError
+from prep.errors import UserCommand, UserError
 from prep.shards import file_sha256
 
 TINY_SHAKESPEARE_URL = (
@@ -167,7 +167,7 @@ def write_sample(
     return SampleResult(out, len(data), label, written=True, note=note)
 
 
-@click.command("sample")
+@click.command("sample", cls=UserCommand)
 @click.option("--out", "out", type=click.Path(dir_okay=True, path_type=Path), default=Path("input.txt"),
               show_default=True, help="File to write the corpus to.")
 @click.option("--offline", is_flag=True, default=False, show_default=True,

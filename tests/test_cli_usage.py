@@ -1,0 +1,55 @@
+"""Click's own usage mistakes (bad option value, missing argument, unknown option or command)
+follow the project's rule for user mistakes: one line naming what and where, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from _cli import assert_user_error
+from prep.cli import main as prep_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["tokenize"], ["prep tokenize", "Missing argument"]),
+        (["tokenize", "x.txt", "--workers", "0"], ["prep tokenize", "--workers", "0"]),
+        (["info"], ["prep info", "Missing argument"]),
+        (["info", ".", "--B", "four"], ["prep info", "--B", "four"]),
+        (["verify", ".", "--bogus"], ["prep verify", "--bogus"]),
+        (["sample", "--bogus"], ["prep sample", "--bogus"]),
+        (["frobnicate"], ["prep", "frobnicate"]),
+    ],
+)
+def test_prep_usage_errors_are_one_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(CliRunner().invoke(prep_main, args), *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_is_still_help():
+    result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
+    assert result.exit_code == 0 and "--shard-size" in result.output
+
+
+def test_train_usage_error_through_the_real_entry_point(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--B", "four"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and "--B" in result.stderr and "four" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_usage_error_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "prep.bench", "--mb", "lots"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--mb" in result.stderr
