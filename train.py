@@ -34,6 +34,7 @@ import random
 import re
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from loader import TokenLoader
 from model import GPT, GPTConfig, mfu
 from prep.epoch import steps_per_epoch
-from prep.errors import UserError
+from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.shards import find_shards, read_header
 
@@ -62,6 +63,7 @@ WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, alloc
 METRICS_NAME = "metrics.jsonl"
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 CKPT_FORMAT = 1
+SEED_MAX = 2**32 - 1
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -118,8 +120,16 @@ class TrainConfig:
             for name in names:
                 if getattr(self, name) < least:
                     raise ValueError(f"--{_flag(name)} must be >= {least}, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not self.weight_decay < math.inf:
+            raise ValueError(f"--weight-decay must be finite, got {self.weight_decay}")
+        if math.isnan(self.grad_clip):
+            raise ValueError("--grad-clip must be a number >= 0 (inf: no clipping), got nan")
+        if self.seed > SEED_MAX:  # numpy's legacy seeding takes 32 bits
+            raise ValueError(f"--seed must be <= {SEED_MAX}, got {self.seed}")
+        if self.bench and self.resume is not None:
+            raise ValueError("--resume has no effect with --bench (it measures fresh weights): drop one")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"--min-lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.total_batch_size is not None and self.total_batch_size < 1:
@@ -471,7 +481,9 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"--resume {path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         raise UserError(
             f"--resume {path}: not a readable checkpoint (truncated, corrupt, or not written by "
@@ -479,6 +491,11 @@ def load_checkpoint(path: Path) -> dict:
         ) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
         raise UserError(f"--resume {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
+    shapes = {"step": int, "model": dict, "optimizer": dict, "loader": dict, "model_config": dict,
+              "train_config": dict, "run": dict, "rng": dict}
+    bad = [k for k, kind in shapes.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
+    if bad:
+        raise UserError(f"--resume {path}: damaged train.py checkpoint (malformed {', '.join(bad)})")
     return ckpt
 
 
@@ -647,6 +664,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     if resume_path is not None:
         ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
     notes: list[str] = []
+    if cfg.warmup_steps >= cfg.steps and not cfg.bench:
+        notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
+                     f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
     val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
     if val_loader is not None:
         stack.callback(val_loader.close)
@@ -663,10 +683,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
     start_step = 0
     if ckpt is not None:
-        raw.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
-        start_step = int(ckpt["step"])
+        try:  # still nothing written: a damaged checkpoint stays a user error
+            raw.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
+            raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
+        start_step = ckpt["step"]
         del ckpt
     model: nn.Module = raw
     if rt.compile:
@@ -913,7 +937,7 @@ def bench_loop(s: Session) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
-@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
               help="Tokens per sequence (at most the model's block size).")

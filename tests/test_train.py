@@ -59,6 +59,7 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
     assert "device: cpu, dtype: fp32, compile: off" in out
     assert "128 tokens per step = 4 x 32 x 1 rank(s) x 1 gradient accumulation step(s)" in out
     assert "note: no val split" in out
+    assert "note: --warmup-steps 10 >= --steps 1: the learning rate only warms up (to 6e-05)" in out
 
 
 def test_metrics_lines_and_schedule(tmp_path, dataset):
@@ -248,6 +249,10 @@ def workdir(tmp_path_factory, dataset) -> Path:
     good = (root / "run" / "ckpt_000002.pt").read_bytes()
     (root / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
     (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    damaged = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
+    del damaged["model"]["lm_head.weight"]  # loads, matches the run, but not the model
+    torch.save(damaged, root / "damaged.pt")
+    torch.save({**damaged, "step": "2"}, root / "badstep.pt")
     (root / "newer").mkdir()
     (root / "newer" / "ckpt_000009.pt").write_bytes(good)
     (root / "afile").write_text("x")
@@ -281,20 +286,30 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds checkpoints of an earlier run (latest ckpt_000002.pt)"),
-    "negative lr": (["--lr", "-1"], ".", "--lr must be > 0, got -1.0"),
+    "negative lr": (["--lr", "-1"], ".", "--lr must be a finite number > 0, got -1.0"),
+    "infinite lr": (["--lr", "inf"], ".", "--lr must be a finite number > 0, got inf"),
+    "nan weight decay": (["--weight-decay", "nan"], ".", "--weight-decay must be finite, got nan"),
+    "nan grad clip": (["--grad-clip", "nan"], ".", "--grad-clip must be a number >= 0"),
+    "seed above 32 bits": (["--seed", str(2**32)], ".", f"--seed must be <= {2**32 - 1}, got {2**32}"),
+    "resume with bench": (["--bench", "", "--resume", "auto"], ".", "--resume has no effect with --bench"),
+    "bad option value": (["--steps", "abc"], ".", "Invalid value for '--steps': 'abc' is not a valid integer"),
+    "resume a damaged checkpoint": (["--resume", "damaged.pt"], ".",
+                                    "--resume damaged.pt: damaged train.py checkpoint", "lm_head.weight"),
+    "resume a malformed checkpoint": (["--resume", "badstep.pt"], ".",
+                                      "--resume badstep.pt: damaged train.py checkpoint (malformed step)"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeypatch):
-    args, cwd, message = BAD_INPUTS[case]
+    args, cwd, *messages = BAD_INPUTS[case]
     base = {"--model": "tiny", "--B": "2", "--T": "16", "--steps": "2", "--data": "data/small", "--out": "out"}
-    pairs = dict(zip(args[::2], args[1::2]))
-    argv = [x for k, v in {**base, **pairs}.items() if v is not None for x in (k, v)]
+    pairs = dict(zip(args[::2], args[1::2]))  # a value of None drops the option, "" makes it a flag
+    argv = [x for k, v in {**base, **pairs}.items() if v is not None for x in (k, v) if x != ""]
     monkeypatch.chdir(workdir / cwd)
     before = snapshot(workdir)
     result = CliRunner().invoke(train.main, argv)
-    assert_user_error(result, message)
+    assert_user_error(result, *messages)
     assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
 
