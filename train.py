@@ -32,7 +32,10 @@ import math
 import os
 import random
 import re
+import signal
 import statistics
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -766,12 +769,47 @@ def _checkpoint(s: Session, step: int) -> Path:
     return path
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM in a single-process run: finish the step under way, checkpoint
+    it, and stop, instead of losing every step since the last --ckpt-every. The first signal
+    only sets the flag and puts the previous handler back, so a second one acts at once.
+
+    Not under torchrun: the ranks would have to agree on the step to stop at (an extra
+    collective per step); there a signal ends the run and --resume auto continues from the
+    last periodic checkpoint."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
 def train_loop(s: Session) -> dict:
     """Steps start_step+1 .. cfg.steps; logs, evaluates, samples and checkpoints on the way."""
     cfg, rt = s.cfg, s.rt
     out = Path(cfg.out)
     say = tqdm.write if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
+        stop = files.enter_context(StopRequest()) if not rt.ddp else None
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
@@ -796,7 +834,8 @@ def train_loop(s: Session) -> dict:
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
             pending.append((step, lr, loss, grad_norm, feed.take()))
-            final = step == cfg.steps
+            stopping = stop is not None and stop.requested
+            final = step == cfg.steps or stopping
             due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
             do_eval = s.val_loader is not None and due(cfg.eval_every)
             do_sample, do_ckpt = due(cfg.sample_every), due(cfg.ckpt_every)
@@ -833,7 +872,15 @@ def train_loop(s: Session) -> dict:
                 _checkpoint(s, step)
             pending.clear()
             t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
-    return summarize(s, history, record, time.perf_counter() - started)
+            if stopping:
+                name = signal.Signals(stop.signal).name
+                saved = (f"checkpoint {ckpt_path(out, step)} written; continue with --resume auto"
+                         if do_ckpt else "no checkpoint (--ckpt-every 0)")
+                say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
+                break
+    summary = summarize(s, history, record, time.perf_counter() - started)
+    summary["interrupted"] = stop is not None and stop.requested
+    return summary
 
 
 def summarize(s: Session, history: list[float], last: dict, total_s: float) -> dict:
@@ -846,7 +893,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float) -> d
     if tokens_per_s and device_name:
         run_mfu = mfu(tokens_per_s, s.raw.flops_per_token(cfg.T), device_name, rt.world)
     summary = {
-        "steps": len(history), "first_step": s.start_step + 1, "last_step": cfg.steps,
+        "steps": len(history), "first_step": s.start_step + 1, "last_step": s.start_step + len(history),
         "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
         "mfu": run_mfu, "total_s": total_s,
     }
@@ -857,7 +904,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float) -> d
         mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
         click.echo(
-            f"done: steps {summary['first_step']}-{cfg.steps} in {total_s:.1f} s, "
+            f"done: steps {summary['first_step']}-{summary['last_step']} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over "
             f"{len(steady)} steady steps, MFU {mfu_text}; "
@@ -997,7 +1044,9 @@ def main(compile_: bool | None, **options) -> None:
         cfg = TrainConfig(compile=compile_, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
-    train(cfg)
+    summary = train(cfg)
+    if summary.get("interrupted"):
+        sys.exit(130)  # the shell's status for a run stopped by Ctrl-C
 
 
 if __name__ == "__main__":

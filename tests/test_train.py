@@ -229,6 +229,42 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in killed] == [r["loss"] for r in reference]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, signum):
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
+    steps = 400  # far more than it reaches before the signal
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "stopped"
+    flat = ("--min-lr", "6e-4")  # lr constant after warm-up: the schedule does not depend on --steps
+    # --ckpt-every 1000: no periodic checkpoint before the signal, so the one found is its own
+    proc = subprocess.Popen(_cli_args(data, out, steps, "--ckpt-every", "1000", *flat), env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    (stopped_at, path), = train.list_checkpoints(out)
+    assert 3 <= stopped_at < steps
+    assert f"{signal.Signals(signum).name}: stopped after step {stopped_at} of {steps}" in stdout
+    assert f"done: steps 1-{stopped_at} " in stdout
+    assert [r["step"] for r in metrics(out)] == list(range(1, stopped_at + 1))
+
+    total = stopped_at + 3
+    resumed = subprocess.run(_cli_args(data, out, total, "--resume", "auto", *flat),
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run(_cli_args(data, tmp_path / "straight", total, *flat), env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    assert straight.returncode == 0, straight.stderr
+    assert [r["step"] for r in metrics(out)] == list(range(1, total + 1))
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(tmp_path / "straight")]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
