@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 
@@ -19,39 +21,33 @@ class UserError(click.ClickException):
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
-def _one_line(ctx: click.Context, error: click.UsageError) -> UserError:
-    return UserError(f"{ctx.command_path}: {error.format_message()}")
+@contextlib.contextmanager
+def usage_as_user_error(ctx: click.Context):
+    """Re-raise click's usage errors inside the block as one-line UserErrors naming the command."""
+    try:
+        yield
+    except _HELP:
+        raise
+    except click.UsageError as e:
+        raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
-class UserCommand(click.Command):
-    """A click command whose usage mistakes (bad option value, missing argument, unknown
-    option) are one line and exit 2 like every other user mistake, instead of click's
-    three-line usage block."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except _HELP:
-            raise
-        except click.UsageError as e:
-            raise _one_line(ctx, e) from None
-
-
-class UserGroup(click.Group):
-    """A click group with UserCommand's one-line usage errors (an unknown subcommand too)."""
+class _OneLineUsage:
+    """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
+    and exit 2 like every other user mistake, instead of click's three-line usage block."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
+        with usage_as_user_error(ctx):
             return super().parse_args(ctx, args)
-        except _HELP:
-            raise
-        except click.UsageError as e:
-            raise _one_line(ctx, e) from None
+
+
+class UserCommand(_OneLineUsage, click.Command):
+    """A click command with one-line usage errors (see _OneLineUsage)."""
+
+
+class UserGroup(_OneLineUsage, click.Group):
+    """A click group with one-line usage errors, an unknown subcommand included."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
-        try:
+        with usage_as_user_error(ctx):
             return super().resolve_command(ctx, args)
-        except _HELP:
-            raise
-        except click.UsageError as e:
-            raise _one_line(ctx, e) from None
