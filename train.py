@@ -49,11 +49,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from loader import TokenLoader
+from loader import TokenLoader, resolve_shards
 from model import GPT, GPTConfig, mfu
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, read_meta
+from prep.meta import META_NAME
 from prep.shards import find_shards, read_header
 
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -194,26 +194,13 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
 
 def val_split_tokens(data: str) -> int | None:
     """Tokens in the val split of a dataset directory, or None when it has none (a glob or a
-    single file names train shards only). Headers are read by prep.shards."""
-    directory = Path(data)
-    if not directory.is_dir():
+    single file names train shards only). The loader decides which files make the split."""
+    if not Path(data).is_dir():
         return None
     try:
-        meta = read_meta(directory)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if meta is not None:
-        try:
-            paths = [directory / item["file"] for item in meta["splits"]["val"].get("shards") or []]
-        except (KeyError, TypeError, AttributeError):
-            raise UserError(f"{directory / META_NAME}: malformed val split entry") from None
-    else:
-        paths = find_shards(directory, "val")
-    if not paths:
-        return None
-    try:
-        return sum(read_header(p) for p in paths)
-    except ValueError as e:
+        paths = resolve_shards(data, "val", allow_empty=True)
+        return sum(read_header(p) for p in paths) if paths else None
+    except ValueError as e:  # LoaderError, ShardError: naming the file
         raise UserError(str(e)) from None
 
 

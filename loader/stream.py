@@ -27,18 +27,20 @@ from prep.shards import SPLITS, find_shards, open_shard, read_header
 _GLOB_CHARS = "*?["
 
 
-def resolve_shards(path: str | os.PathLike, split: str) -> list[Path]:
+def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = False) -> list[Path]:
     """The ordered shard files of `split` under `path` (a directory, a glob or a file).
 
-    Raises LoaderError naming the path when nothing matches, and LoaderError / ShardError
-    naming the file when meta.json and a shard's header disagree or a header is bad.
+    Raises LoaderError naming the path when nothing matches (with `allow_empty`, a directory
+    whose split has no shards gives [] instead: train.py's "is there a val split?"), and
+    LoaderError / ShardError naming the file when meta.json and a shard's header disagree or
+    a header is bad.
     """
     if split not in SPLITS:
         raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     text = os.fspath(path)
     p = Path(text)
     if p.is_dir():
-        return _directory_shards(p, split)
+        return _directory_shards(p, split, allow_empty)
     if p.is_file():
         return [p]
     if any(c in text for c in _GLOB_CHARS):
@@ -49,7 +51,7 @@ def resolve_shards(path: str | os.PathLike, split: str) -> list[Path]:
     raise LoaderError(f"{text}: no such file or directory")
 
 
-def _directory_shards(directory: Path, split: str) -> list[Path]:
+def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:
     """A directory's shards: meta.json's list when there is one, else find_shards."""
     try:
         meta = read_meta(directory)
@@ -57,7 +59,7 @@ def _directory_shards(directory: Path, split: str) -> list[Path]:
         raise LoaderError(str(e)) from None
     if meta is None:
         paths = find_shards(directory, split)
-        if not paths:
+        if not paths and not allow_empty:
             raise LoaderError(
                 f"{directory}: no {split} shards (files named <name>_{split}_<index:06d>.bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
@@ -65,7 +67,7 @@ def _directory_shards(directory: Path, split: str) -> list[Path]:
         return paths
     entry = (meta.get("splits") or {}).get(split) or {}
     listed = entry.get("shards") or []
-    if not listed:
+    if not listed and not allow_empty:
         raise LoaderError(f"{directory}/meta.json: lists no {split} shards")
     paths, total = [], 0
     for item in listed:

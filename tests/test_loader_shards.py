@@ -180,3 +180,21 @@ def test_a_file_shorter_than_the_header(tmp_path):
     (tmp_path / "x_train_000000.bin").write_bytes(b"\0" * 100)
     with pytest.raises(ShardError, match=r"x_train_000000.bin: 100 bytes, shorter than the"):
         TokenLoader(tmp_path, B=1, T=8)
+
+
+def test_a_split_without_shards_is_empty_only_when_allowed(tmp_path, fineweb):
+    from loader import resolve_shards
+
+    (tmp_path / "meta").mkdir()
+    write_with_meta(tmp_path / "meta", [300])  # meta.json lists train shards only
+    no_val = tmp_path / "plain"
+    no_val.mkdir()
+    llmc_shard(no_val / shard_name("x", "train", 0), tokens(50, 9))
+    for directory in (tmp_path / "meta", no_val):
+        assert resolve_shards(directory, "val", allow_empty=True) == []
+        with pytest.raises(LoaderError, match="no val shards"):
+            resolve_shards(directory, "val")
+    # allow_empty changes nothing where the split exists, nor for globs that match nothing
+    assert resolve_shards(fineweb, "val", allow_empty=True) == resolve_shards(fineweb, "val")
+    with pytest.raises(LoaderError, match="no shard files match"):
+        resolve_shards(str(tmp_path / "*.nothing"), "val", allow_empty=True)
