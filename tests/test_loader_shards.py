@@ -195,6 +195,7 @@ def test_a_split_without_shards_is_empty_only_when_allowed(tmp_path, fineweb):
         with pytest.raises(LoaderError, match="no val shards"):
             resolve_shards(directory, "val")
     # allow_empty changes nothing where the split exists, nor for globs that match nothing
-    assert resolve_shards(fineweb, "val", allow_empty=True) == resolve_shards(fineweb, "val")
+    fineweb_dir, _ = fineweb
+    assert resolve_shards(fineweb_dir, "val", allow_empty=True) == resolve_shards(fineweb_dir, "val")
     with pytest.raises(LoaderError, match="no shard files match"):
         resolve_shards(str(tmp_path / "*.nothing"), "val", allow_empty=True)
