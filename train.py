@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from loader import TokenLoader, resolve_shards
 from model import GPT, GPTConfig, mfu
+from prep.atomic import atomic_write
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME
@@ -448,18 +449,7 @@ def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> None:
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`:
     readers (and --resume auto) see the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -528,9 +518,7 @@ def open_metrics(out: Path, keep_through: int | None):
             step = record.get("step") if isinstance(record, dict) else None
             if isinstance(step, int) and step <= keep_through:
                 kept.append(line + "\n")
-    tmp = path.with_name(f".{METRICS_NAME}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
     return open(path, "a", encoding="utf-8", buffering=1)
 
 

@@ -26,6 +26,8 @@ import json
 import os
 from pathlib import Path
 
+from prep.atomic import atomic_write
+
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
 
@@ -50,7 +52,6 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     """Write meta.json (complete file first, then rename, so a reader never sees half of it)."""
     path = Path(directory) / META_NAME
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path

@@ -16,7 +16,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from prep.atomic import atomic_write
 from prep.errors import UserCommand, UserError
 from prep.shards import file_sha256
 
@@ -77,20 +77,11 @@ class SampleResult:
 
 
 def _atomic_write(out: Path, fill) -> None:
-    """Create a temp file beside `out`, let `fill(file)` write it, then rename it into place."""
+    """atomic_write, with a failure to write (permissions, a full disk) as a user error."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        atomic_write(out, fill)
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _existing_is_replaceable(out: Path, overwrite: bool) -> None:

@@ -11,6 +11,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 
+import prep.atomic
 import prep.sample
 
 from prep.sample import (
@@ -153,7 +154,7 @@ def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(prep.sample.tempfile, "mkstemp", refuse)  # as root, chmod would not stop us
+    monkeypatch.setattr(prep.atomic.os, "fsync", refuse)  # as root, chmod would not stop us
     result = run("--offline", "--out", tmp_path / "o.txt")
     assert_user_error(result, "o.txt: cannot write there (Permission denied)")
     assert list(tmp_path.iterdir()) == []

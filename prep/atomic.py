@@ -1,0 +1,46 @@
+"""Whole files or nothing: the one way this project replaces a file that others may read.
+
+meta.json, the sample corpus, checkpoints and metrics.jsonl are all written through here, so
+a crash at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where `atomic_write` builds `path`: `.<name>.tmp` beside it (same filesystem, so the
+    rename is atomic; hidden, so no reader mistakes it for the real file)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) -> None:
+    """Let `fill(file)` write a temporary file beside `path`, fsync it, rename it over `path`,
+    then fsync the directory so the rename itself survives a power cut where the OS allows.
+
+    On any failure (an exception in `fill`, a full disk, Ctrl-C) the temporary file is removed
+    and `path` is untouched; a SIGKILL can leave only the temporary file behind.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # not every OS lets a directory be opened and synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
