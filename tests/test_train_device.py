@@ -37,7 +37,8 @@ def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     c = train.TrainConfig(model="tiny", B=2, T=16, steps=6, log_every=3, total_batch_size=64,
-                          eval_every=0, data=str(dataset), out=str(tmp_path / "out"), quiet=True)
+                          eval_every=0, data=str(dataset), out=str(tmp_path / "out"), quiet=True,
+                          device="cpu")
     summary = train.train(c)
     assert summary["steps"] == 6
     assert calls == ["tolist", "tolist"]  # steps 3 and 6, nothing in between

@@ -1,0 +1,113 @@
+"""train.py on a CUDA device (skipped elsewhere): the steady state never syncs (CUDA's own
+sync-debug mode turns any sync into an error), the compile modes train alike, resume picks up
+where the run stopped, and --bench reports a GPU's figures. Tiny preset, a few seconds each
+after compilation; the CPU suite covers everything that does not need a GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from _data import random_tokens, write_dataset
+from model.flops import peak_flops
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+TINY = dict(model="tiny", B=4, T=32, warmup_steps=2, eval_every=0, quiet=True, device="cuda")
+MODES = [(False, "default"), (True, "default"), (True, "reduce-overhead")]
+
+
+def cfg(tmp_path: Path, data: Path, **overrides) -> train.TrainConfig:
+    return train.TrainConfig(**{**TINY, "data": str(data), "out": str(tmp_path / "out"), **overrides})
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """4,000 train tokens (31 windows of 4x32) and 1,000 val tokens."""
+    return write_dataset(tmp_path_factory.mktemp("ds") / "cuda", random_tokens(4000, 5), random_tokens(1000, 6))
+
+
+@pytest.mark.parametrize("compile_, mode", MODES)
+def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
+    """After warm-up (compilation, CUDA graph recording), train_step fed by the real loader
+    runs with torch's sync-debug mode set to "error": any .item(), pageable copy or stream
+    sync in the step, the loader's transfer or the optimizer raises."""
+    c = cfg(tmp_path, dataset, compile=compile_, compile_mode=mode, bench=True)
+    with contextlib.ExitStack() as stack:
+        s = train.prepare(c, stack)
+        feed = lambda: s.train_loader.next_batch(s.rt.device)  # noqa: E731
+        for _ in range(4):
+            train.train_step(s.parts, feed, c.lr)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            results = [train.train_step(s.parts, feed, c.lr) for _ in range(6)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        values = torch.stack([torch.stack(r).float() for r in results]).tolist()
+    assert all(math.isfinite(loss) and math.isfinite(norm) and norm > 0 for loss, norm in values)
+
+
+def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, dataset, capsys):
+    """The same seed and data under eager, compiled and CUDA-graph runs: bf16 losses agree to
+    rounding, and validation and sampling work beside a CUDA-graph-compiled model."""
+    runs = {}
+    for compile_, mode in MODES:
+        out = tmp_path / f"{compile_}-{mode}"
+        summary = train.train(cfg(tmp_path, dataset, out=str(out), steps=8, eval_every=4, eval_steps=3,
+                                  sample_every=8, compile=compile_, compile_mode=mode, dtype="bf16"))
+        text = capsys.readouterr().out
+        assert f"compile: {'on (' + mode + ')' if compile_ else 'off'}" in text
+        assert "step 8 sample: " in text and "step 8: val loss" in text
+        assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])
+        known_peak = peak_flops(torch.cuda.get_device_name()) is not None
+        assert (summary["mfu"] is not None) == known_peak
+        runs[(compile_, mode)] = losses(out)
+    eager = runs[(False, "default")]
+    assert eager[-1] < eager[0]  # it learns (random tokens: towards their unigram entropy)
+    for key, run in runs.items():
+        assert len(run) == 8 and all(math.isfinite(v) for v in run), key
+        assert run == pytest.approx(eager, rel=2e-2), key
+
+
+def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys):
+    """fp32, no compile: 3 steps + checkpoint + resume + 3 steps against 6 straight steps.
+    CUDA's atomic-add reductions are not bit-reproducible, so the bound is rounding (1e-4),
+    far under what a lost optimizer, RNG or loader state would change."""
+    common = dict(steps=6, dtype="fp32", compile=False, shuffle=True, keep_ckpts=0)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, **common))
+    (split / "ckpt_000006.pt").unlink()
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, resume="auto", **common))
+    assert "at step 3" in capsys.readouterr().out
+    straight, resumed = losses(tmp_path / "straight"), losses(split)
+    assert len(resumed) == 6 and resumed == pytest.approx(straight, rel=1e-4, abs=0)
+    ckpt = train.load_checkpoint(split / "ckpt_000006.pt")  # map_location="cpu": loads anywhere
+    assert ckpt["step"] == 6 and all(t.device.type == "cpu" for t in ckpt["model"].values())
+
+
+def test_bench_on_cuda_reports_the_gpu(tmp_path, dataset):
+    args = ["--model", "tiny", "--B", "4", "--T", "32", "--data", str(dataset), "--bench",
+            "--bench-warmup", "4", "--bench-steps", "10", "--compile-mode", "reduce-overhead"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
+    assert bench["device"].startswith("cuda") and bench["device_name"] == torch.cuda.get_device_name()
+    assert bench["dtype"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert bench["compile"] is True and bench["compile_mode"] == "reduce-overhead"
+    assert (bench["mfu"] is not None) == (peak_flops(bench["device_name"]) is not None)
+    assert bench["tokens_per_s"] > 0 and bench["synthetic_tokens_per_s"] > 0
+    assert math.isfinite(bench["loss"])
