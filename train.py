@@ -675,6 +675,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     eval_model = model
     if rt.ddp:
+        # DDP around the compiled module: its first compile runs inside DDP's forward, where
+        # dynamo's DDPOptimizer cuts the graph at DDP's bucket boundaries, so each bucket's
+        # all-reduce starts while the rest of backward still runs.
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
