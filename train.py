@@ -534,7 +534,9 @@ class Session:
     data: str
     model_config: GPTConfig
     raw: GPT  # the plain module: saved, sampled from
-    eval_model: nn.Module  # compiled when compiling, never DDP-wrapped
+    # Validation runs through the compiled module (never the DDP wrapper): eager autocast would
+    # materialise fp32 (B, T, V) log-probs, 13 GB at B=64, T=1024, that compile fuses away.
+    eval_model: nn.Module
     parts: StepParts
     train_loader: TokenLoader
     run: dict  # what a checkpoint must match to be resumed here
