@@ -34,7 +34,8 @@ PY=(env PYTHONUNBUFFERED=1 "PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO" "$BENCH
 
 # stage NAME SECONDS LOG COMMAND...: run COMMAND in DEMO_DIR under a time limit (cut to what
 # is left of TOTAL_TIMEOUT), append its output to LOG, show its last lines, and record
-# "NAME: exit N" in status.txt (124: out of time), or "NAME: skipped" when no time is left.
+# "NAME: exit N" in status.txt (124 or 130 from train.py, or 137: out of time), or
+# "NAME: skipped" when no time is left.
 stage() {
     local name=$1 limit=$2 log=$3 left=$((TOTAL_TIMEOUT - SECONDS))
     shift 3
@@ -43,7 +44,9 @@ stage() {
         return
     fi
     ((limit > left)) && limit=$left
-    (cd "$DEMO_DIR" && timeout "$limit" "$@") > "$CHECK_DIR/run.log" 2>&1
+    # -k: train.py answers the first SIGTERM by checkpointing and stopping (exit 130), and
+    # pytest then goes on with the next test; the KILL 10 s later ends it all
+    (cd "$DEMO_DIR" && timeout -k 10 "$limit" "$@") > "$CHECK_DIR/run.log" 2>&1
     local rc=$?
     cat "$CHECK_DIR/run.log" >> "$log"
     tail -n 8 "$CHECK_DIR/run.log" | cut -c 1-300
@@ -69,7 +72,7 @@ bench() {
 
 case $WHAT in
     bench)
-        rm -f "$CHECK_DIR/status.txt"
+        rm -f "$CHECK_DIR"/{status.txt,bench.log,bench.jsonl}
         bench
         ;;
     all)
