@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,44 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     ckpt = torch.load(tmp_path / "ddp" / ckpts[0], weights_only=True)
     assert ckpt["run"]["world"] == 2 and ckpt["loader"]["step"] == STEPS * ACCUM
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
+    """Multi-node with torchrun's usual flags (--nnodes, --node_rank, --master_addr/port), two
+    "nodes" of one process each on this machine and one shared --out: both ranks have LOCAL_RANK
+    0, so anything keyed on the local rank instead of the global one (logging, checkpoints, the
+    loader's stride) would show up as duplicated or overlapping work here."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                          f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          str(REPO / "train.py"), *common(data, "shared", B), "--log-windows",
+                          "--ckpt-every", str(STEPS)],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=180) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stdout + stderr
+    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in outputs[0][0]
+    assert "1 epoch = " not in outputs[1][0]  # only global rank 0 speaks
+    covered = []
+    for rank in (0, 1):
+        log = tmp_path / "shared" / f"windows_rank{rank}.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(records) == STEPS * ACCUM and {r["rank"] for r in records} == {rank}
+        covered.append({p for r in records for start in r["first_tokens"] for p in range(start, start + T)})
+    assert not covered[0] & covered[1]
+    assert sorted(covered[0] | covered[1]) == list(range(STEPS * GLOBAL_BATCH))
+    rows = [json.loads(line) for line in (tmp_path / "shared" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one writer
+    assert sorted(p.name for p in (tmp_path / "shared").glob("ckpt_*")) == [f"ckpt_{STEPS:06d}.pt"]
