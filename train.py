@@ -280,11 +280,36 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
 
 
 def start_runtime(rt: Runtime) -> None:
-    """Process group and CUDA settings; after every check has passed."""
+    """Process group and CUDA settings, once this rank's checks are done."""
     if rt.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever stays in fp32
     if rt.ddp and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
+
+
+def agree_to_start(rt: Runtime, failure: UserError | None, start_step: int) -> None:
+    """Under torchrun: go on only if every rank passed its checks and all start from one step.
+
+    Ranks on different machines can see different files (a dataset or checkpoint missing on
+    one node, an --out that is not shared). A rank that stopped alone would leave the others
+    waiting in their first collective, and ranks resuming from different steps would train
+    from different optimizer and loader states. Every rank raises, each with its own reason.
+    """
+    # MAX over ranks of (failed, step, -step): any failure, the highest and the lowest step
+    flags = torch.tensor([failure is not None, start_step, -start_step], dtype=torch.int64, device=rt.device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    failed, highest, lowest = flags.tolist()  # sync: start-up, once
+    if failure is not None:
+        raise failure
+    if failed:
+        raise UserError(f"rank {rt.rank} of {rt.world}: stopped because another rank failed its start-up "
+                        f"checks (that rank's error says why)")
+    if highest != -lowest:
+        raise UserError(
+            f"--resume: the ranks would start from different steps ({-lowest} to {highest}; rank {rt.rank}: "
+            f"{start_step}): every node must see the same checkpoint, so put --out on a filesystem all "
+            f"nodes share or copy the checkpoint to the same path on each"
+        )
 
 
 # ----------------------------------------------------------------------------- the step
@@ -604,57 +629,66 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         raise UserError(
             f"--T {cfg.T} is larger than the block size of --model {cfg.model} ({model_config.block_size})"
         )
-    data = find_dataset(cfg.data)
     rt = make_runtime(cfg)
-    micro_tokens = cfg.B * cfg.T * rt.world
-    total = micro_tokens if cfg.total_batch_size is None else cfg.total_batch_size
-    if total % micro_tokens:
-        raise UserError(
-            f"--total-batch-size {total} must be a multiple of B*T*W = {cfg.B}*{cfg.T}*{rt.world} = "
-            f"{micro_tokens} (tokens per micro-step over all ranks)"
-        )
-    accum = total // micro_tokens
-    if accum > 1 and rt.compile and rt.device.type == "cuda" and cfg.compile_mode in CUDAGRAPH_MODES:
-        # CUDA graph trees hand the backward graph's output buffers to .grad; the next
-        # micro-step's replay overwrites them, so accumulated gradients come out wrong or the
-        # step raises "accessing tensor output of CUDAGraphs that has been overwritten"
-        # (pytorch/pytorch#169545, #96693). Refuse rather than train on wrong gradients.
-        raise UserError(
-            f"--compile-mode {cfg.compile_mode} uses CUDA graphs, which break gradient accumulation "
-            f"({accum} micro-steps for --total-batch-size {total}): use --compile-mode default or "
-            f"max-autotune-no-cudagraphs, or --total-batch-size {micro_tokens}"
-        )
-    resume_path = None
-    if not cfg.bench:
-        out = Path(cfg.out)
-        check_out_dir(out)
-        resume_path = resolve_resume(cfg)
-        if resume_path is None and (found := list_checkpoints(out)):
-            raise UserError(
-                f"--out {out} holds checkpoints of an earlier run (latest {found[-1][1].name}): "
-                f"continue it with --resume auto, or choose another --out"
-            )
-    train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle)
-    stack.callback(train_loader.close)
-    run = {
-        "data_tokens": train_loader.num_tokens, "B": cfg.B, "T": cfg.T, "world": rt.world,
-        "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
-    }
+    # Under torchrun a rank can fail a check the others pass (a file missing on one node):
+    # the failure waits for agree_to_start, so that no rank is left waiting for it.
+    failure: UserError | None = None
     ckpt = None
-    if resume_path is not None:
-        ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
-    notes: list[str] = []
-    if cfg.warmup_steps >= cfg.steps and not cfg.bench:
-        notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
-                     f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
-    val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
-    if val_loader is not None:
-        stack.callback(val_loader.close)
+    try:
+        data = find_dataset(cfg.data)
+        micro_tokens = cfg.B * cfg.T * rt.world
+        total = micro_tokens if cfg.total_batch_size is None else cfg.total_batch_size
+        if total % micro_tokens:
+            raise UserError(
+                f"--total-batch-size {total} must be a multiple of B*T*W = {cfg.B}*{cfg.T}*{rt.world} = "
+                f"{micro_tokens} (tokens per micro-step over all ranks)"
+            )
+        accum = total // micro_tokens
+        if accum > 1 and rt.compile and rt.device.type == "cuda" and cfg.compile_mode in CUDAGRAPH_MODES:
+            # CUDA graph trees hand the backward graph's output buffers to .grad; the next
+            # micro-step's replay overwrites them, so accumulated gradients come out wrong or the
+            # step raises "accessing tensor output of CUDAGraphs that has been overwritten"
+            # (pytorch/pytorch#169545, #96693). Refuse rather than train on wrong gradients.
+            raise UserError(
+                f"--compile-mode {cfg.compile_mode} uses CUDA graphs, which break gradient accumulation "
+                f"({accum} micro-steps for --total-batch-size {total}): use --compile-mode default or "
+                f"max-autotune-no-cudagraphs, or --total-batch-size {micro_tokens}"
+            )
+        resume_path = None
+        if not cfg.bench:
+            out = Path(cfg.out)
+            check_out_dir(out)
+            resume_path = resolve_resume(cfg)
+            if resume_path is None and (found := list_checkpoints(out)):
+                raise UserError(
+                    f"--out {out} holds checkpoints of an earlier run (latest {found[-1][1].name}): "
+                    f"continue it with --resume auto, or choose another --out"
+                )
+        train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle)
+        stack.callback(train_loader.close)
+        run = {
+            "data_tokens": train_loader.num_tokens, "B": cfg.B, "T": cfg.T, "world": rt.world,
+            "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
+        }
+        if resume_path is not None:
+            ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
+        notes: list[str] = []
+        if cfg.warmup_steps >= cfg.steps and not cfg.bench:
+            notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
+                         f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
+        val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
+        if val_loader is not None:
+            stack.callback(val_loader.close)
+    except UserError as e:
+        if not rt.ddp:
+            raise
+        failure = e
 
-    # Every check passed: from here on, work starts.
+    # Every check passed (on every rank): from here on, work starts.
     start_runtime(rt)
     if rt.ddp:
         stack.callback(dist.destroy_process_group)
+        agree_to_start(rt, failure, ckpt["step"] if ckpt is not None else 0)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

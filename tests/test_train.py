@@ -352,17 +352,6 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert snapshot(workdir) == before
 
 
-def test_resume_with_another_world_size_is_refused(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    before = snapshot(workdir)
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", "data/small", "--resume", "run/ckpt_000002.pt"]
-    result = CliRunner().invoke(train.main, args, env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
-    assert result.exit_code == 2
-    assert result.output == ("Error: --resume run/ckpt_000002.pt: incompatible with this run "
-                             "(world 1 there, 2 now; total_batch_size 32 there, 64 now)\n")
-    assert snapshot(workdir) == before
-
-
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
 def test_unwritable_out_is_refused(tmp_path, dataset):
     locked = tmp_path / "locked"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -79,28 +80,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
-    """Multi-node with torchrun's usual flags (--nnodes, --node_rank, --master_addr/port), two
-    "nodes" of one process each on this machine and one shared --out: both ranks have LOCAL_RANK
-    0, so anything keyed on the local rank instead of the global one (logging, checkpoints, the
-    loader's stride) would show up as duplicated or overlapping work here."""
-    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+def two_nodes(cwd: Path, data: Path, outs: tuple[str, str], *extra: str) -> list[tuple[int, str, str]]:
+    """One train.py rank on each of two "nodes" started by torchrun's static rendezvous flags
+    (--nnodes, --node_rank, --master_addr/port), node i writing to outs[i]:
+    (exit status, stdout, stderr) of each torchrun."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                           f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          str(REPO / "train.py"), *common(data, "shared", B), "--log-windows",
-                          "--ckpt-every", str(STEPS)],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          str(REPO / "train.py"), *common(data, outs[node], B), *extra],
+                         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for node in (0, 1)
     ]
     outputs = [node.communicate(timeout=180) for node in nodes]
-    for node, (stdout, stderr) in zip(nodes, outputs):
-        assert node.returncode == 0, stdout + stderr
-    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in outputs[0][0]
-    assert "1 epoch = " not in outputs[1][0]  # only global rank 0 speaks
+    return [(node.returncode, *output) for node, output in zip(nodes, outputs)]
+
+
+@pytest.mark.slow
+def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
+    """Two "nodes" of one process each on this machine. Sharing one --out: both ranks have
+    LOCAL_RANK 0, so anything keyed on the local rank instead of the global one (logging,
+    checkpoints, the loader's stride) would show up as duplicated or overlapping work. Not
+    sharing it: the ranks would resume from different checkpoints, and every rank refuses."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    results = two_nodes(tmp_path, data, ("shared", "shared"), "--log-windows", "--ckpt-every", "2",
+                        "--keep-ckpts", "0")
+    for returncode, stdout, stderr in results:
+        assert returncode == 0, stdout + stderr
+    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in results[0][1]
+    assert "1 epoch = " not in results[1][1]  # only global rank 0 speaks
     covered = []
     for rank in (0, 1):
         log = tmp_path / "shared" / f"windows_rank{rank}.jsonl"
@@ -109,6 +118,44 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         covered.append({p for r in records for start in r["first_tokens"] for p in range(start, start + T)})
     assert not covered[0] & covered[1]
     assert sorted(covered[0] | covered[1]) == list(range(STEPS * GLOBAL_BATCH))
-    rows = [json.loads(line) for line in (tmp_path / "shared" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one writer
-    assert sorted(p.name for p in (tmp_path / "shared").glob("ckpt_*")) == [f"ckpt_{STEPS:06d}.pt"]
+    metrics = tmp_path / "shared" / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, STEPS + 1))
+    assert sorted(p.name for p in (tmp_path / "shared").glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000004.pt"]
+    before = metrics.read_text()
+
+    # node 1 has its own --out: no checkpoint there, or an older one than node 0 resumes from
+    resume = ("--steps", str(STEPS + 2), "--resume", "auto")
+    (tmp_path / "older").mkdir()
+    shutil.copy(tmp_path / "shared" / "ckpt_000002.pt", tmp_path / "older")
+    for other, node0_says, node1_says in (
+        ("empty", "rank 0 of 2: stopped because another rank failed its start-up checks",
+         "--resume auto: no checkpoint (ckpt_<step>.pt) in empty/"),
+        ("older", "--resume: the ranks would start from different steps (2 to 4; rank 0: 4)",
+         "--resume: the ranks would start from different steps (2 to 4; rank 1: 2)"),
+    ):
+        (tmp_path / other).mkdir(exist_ok=True)
+        results = two_nodes(tmp_path, data, ("shared", other), *resume)
+        for (returncode, _, stderr), says in zip(results, (node0_says, node1_says)):
+            assert returncode != 0 and f"Error: {says}" in stderr, stderr
+            assert "Traceback" not in stderr.split("Error: ")[0]  # train.py's own part: one line
+    assert metrics.read_text() == before and list((tmp_path / "empty").iterdir()) == []
+
+    results = two_nodes(tmp_path, data, ("shared", "shared"), *resume)
+    assert all(returncode == 0 for returncode, _, _ in results), results
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, STEPS + 3))
+
+
+@pytest.mark.slow
+def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B), "--ckpt-every", str(STEPS)],
+        tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    result = subprocess.run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), "--resume",
+                             f"single/ckpt_{STEPS:06d}.pt"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    message = (f"Error: --resume single/ckpt_{STEPS:06d}.pt: incompatible with this run "
+               f"(B {2 * B} there, {B} now; world 1 there, 2 now)")
+    assert result.stderr.count(message) == 2, result.stderr  # each rank, none left waiting
+    assert not (tmp_path / "ddp").exists()
