@@ -618,6 +618,16 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str])
     return _open_loader(data, "val", cfg, rt, shuffle=False)
 
 
+def _check_tokenizer(cfg: TrainConfig) -> None:
+    """Samples are decoded with the GPT-2 tokenizer: find out now, not at the first sample."""
+    from prep.tokenizer import TokenizerError, get_encoding
+
+    try:
+        get_encoding()
+    except TokenizerError as e:
+        raise UserError(f"--sample-every {cfg.sample_every}: {e}") from None
+
+
 def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     """Check everything that can be checked, then build the run. Until the model is built
     nothing is written, so a user mistake leaves no trace on disk."""
@@ -679,6 +689,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
         if val_loader is not None:
             stack.callback(val_loader.close)
+        if cfg.sample_every and not cfg.bench:
+            _check_tokenizer(cfg)
     except UserError as e:
         if not rt.ddp:
             raise

@@ -48,6 +48,7 @@ from prep.errors import UserCommand, UserError
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.shards import MAX_TOKENS
+from prep.tokenizer import TokenizerError, get_encoding
 from prep.workers import EncoderPool, encode_stream
 
 DEFAULT_SHARD_SIZE = 100_000_000  # llm.c's fineweb shards hold 100M tokens
@@ -139,8 +140,9 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     """Tokenize `inputs` into a dataset directory (default data/<stem of the first input>).
 
     The plain function behind `prep tokenize` (and the benchmark). Raises CorpusError for bad
-    input and OutputError for an output it cannot or must not write; either way nothing is
-    left at the target (nor a temporary directory). `progress` shows a tqdm bar on a tty.
+    input, OutputError for an output it cannot or must not write, and TokenizerError when the
+    GPT-2 files cannot be had; in every case nothing is left at the target (nor a temporary
+    directory). `progress` shows a tqdm bar on a tty.
     """
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
@@ -155,6 +157,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     if not name or "/" in name or os.sep in name:
         raise OutputError(f"{name!r}: not a usable shard name (non-empty, no path separator)")
     check_target(target, overwrite)
+    get_encoding()  # TokenizerError now, not in a worker; forked workers inherit it loaded
     workers, chunk_chars = config.workers, config.chunk_chars
     if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers
         chunk_chars = min(chunk_chars, max(MIN_AUTO_CHUNK_CHARS, math.ceil(total_bytes / (4 * workers))))
@@ -249,6 +252,6 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
                                      workers=workers, field=field, errors=errors, overwrite=overwrite,
                                      progress=not quiet, chunk_chars=chunk_size)
-    except (CorpusError, OutputError) as e:
+    except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
     click.echo(json.dumps(result.to_json()) if as_json else result.summary())

