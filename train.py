@@ -796,23 +796,28 @@ def _checkpoint(s: Session, step: int) -> Path:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM in a single-process run: finish the step under way, checkpoint
-    it, and stop, instead of losing every step since the last --ckpt-every. The first signal
-    only sets the flag and puts the previous handler back, so a second one acts at once.
+    """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, checkpoint it, and stop, instead
+    of losing every step since the last --ckpt-every.
 
-    Not under torchrun: the ranks would have to agree on the step to stop at (an extra
-    collective per step); there a signal ends the run and --resume auto continues from the
-    last periodic checkpoint."""
+    One process: the first signal only sets the flag and puts the previous handler back, so a
+    second one acts at once. Under torchrun (`persistent`): every signal only sets the flag,
+    because torchrun passes the signal it gets on to every rank (a Ctrl-C reaches each rank
+    twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13). The ranks
+    agree on the step to stop at through a flag that rides on the logging point's all-reduce,
+    so they stop at the next multiple of --log-every.
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, persistent: bool = False) -> None:
         self.signal: int | None = None
+        self.persistent = persistent
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
-        signal.signal(signum, self._previous[signum])
+        if not self.persistent:
+            signal.signal(signum, self._previous[signum])
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -835,7 +840,7 @@ def train_loop(s: Session) -> dict:
     out = Path(cfg.out)
     say = tqdm.write if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
-        stop = files.enter_context(StopRequest()) if not rt.ddp else None
+        stop = files.enter_context(StopRequest(persistent=rt.ddp))
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
@@ -855,12 +860,15 @@ def train_loop(s: Session) -> dict:
         history: list[float] = []  # tokens/s of each step of this run
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
+        stopped = False
         started = t_last = time.perf_counter()
         for step in range(s.start_step + 1, cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
             pending.append((step, lr, loss, grad_norm, feed.take()))
-            stopping = stop is not None and stop.requested
+            # One process stops at the step where it sees the signal; under torchrun the ranks
+            # learn of each other's signals at the next regular logging point, below.
+            stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
             due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
             do_eval = s.val_loader is not None and due(cfg.eval_every)
@@ -869,11 +877,19 @@ def train_loop(s: Session) -> dict:
                 continue
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
             losses = torch.stack([p[2] for p in pending]).float()
-            if rt.ddp:
-                dist.all_reduce(losses)  # the mean over ranks: the loss of the global batch
-                losses /= rt.world
             norms = torch.stack([p[3] for p in pending]).float()  # equal on every rank
-            losses_h, norms_h = torch.stack([losses, norms]).tolist()  # ONE device->host copy
+            signalled = torch.full((1 if rt.ddp else 0,), float(stop.requested), device=rt.device)
+            if rt.ddp:  # one all-reduce: the losses' sum and how many ranks were signalled
+                summed = torch.cat([losses, signalled])
+                dist.all_reduce(summed)
+                losses, signalled = summed[:-1] / rt.world, summed[-1:]  # the global batch's mean loss
+            n = len(pending)
+            values = torch.cat([losses, norms, signalled]).tolist()  # ONE device->host copy
+            losses_h, norms_h = values[:n], values[n:2 * n]
+            if rt.ddp and values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
+                stopping = final = True
+                do_eval = s.val_loader is not None and due(cfg.eval_every)
+                do_sample, do_ckpt = due(cfg.sample_every), due(cfg.ckpt_every)
             dt = (time.perf_counter() - t_last) / len(pending)
             tokens_per_s = s.tokens_per_step / dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
@@ -899,13 +915,16 @@ def train_loop(s: Session) -> dict:
             pending.clear()
             t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
             if stopping:
-                name = signal.Signals(stop.signal).name
+                if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
+                    dist.barrier()
+                name = signal.Signals(stop.signal).name if stop.requested else "another rank's signal"
                 saved = (f"checkpoint {ckpt_path(out, step)} written; continue with --resume auto"
                          if do_ckpt else "no checkpoint (--ckpt-every 0)")
                 say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
+                stopped = True
                 break
     summary = summarize(s, history, record, time.perf_counter() - started)
-    summary["interrupted"] = stop is not None and stop.requested
+    summary["interrupted"] = stopped or stop.requested
     return summary
 
 

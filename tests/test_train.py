@@ -231,6 +231,26 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in killed] == [r["loss"] for r in reference]
 
 
+def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
+    """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
+    only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
+    with train.StopRequest(persistent=True) as stop:
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        assert stop.requested and stop.signal == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        with train.StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            assert stop.requested and stop.signal == signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGINT)  # the first SIGINT: only asks
+            time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, signum):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,51 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
                f"(B {2 * B} there, {B} now; world 1 there, 2 now)")
     assert result.stderr.count(message) == 2, result.stderr  # each rank, none left waiting
     assert not (tmp_path / "ddp").exists()
+
+
+RESUME_STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def straight_ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A dataset and the metrics of an uninterrupted 2-rank run of RESUME_STEPS steps on it."""
+    root = tmp_path_factory.mktemp("straight")
+    data = write_dataset(root / "d", positional_tokens(4000))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    run([*torchrun, str(REPO / "train.py"), *common(data, "straight", B), "--steps", str(RESUME_STEPS)], root)
+    return data, [json.loads(line) for line in (root / "straight" / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the process group"])
+def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly(tmp_path, straight_ddp, how):
+    """torchrun passes a SIGTERM on to every rank (preemption), and a Ctrl-C reaches every rank
+    twice (from the terminal and from torchrun): the ranks agree on one step, rank 0 checkpoints
+    it before any rank leaves, and --resume auto continues as if nothing had happened."""
+    data, straight = straight_ddp
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*torchrun, str(REPO / "train.py"), *common(data, "stopped", B), "--steps", str(RESUME_STEPS)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.01)
+    if how == "SIGTERM to torchrun":
+        proc.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C: torchrun and every rank get it
+        os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0  # torchrun reports the stop
+    (stopped_at, path), = [(int(p.stem.split("_")[1]), p) for p in (tmp_path / "stopped").glob("ckpt_*.pt")]
+    assert 3 <= stopped_at < RESUME_STEPS
+    assert f"stopped after step {stopped_at} of {RESUME_STEPS}; checkpoint" in stdout, stdout + stderr
+    assert torch.load(path, weights_only=True)["loader"]["step"] == stopped_at * ACCUM
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, stopped_at + 1))
+
+    run([*args, "--resume", "auto"], tmp_path)
+    resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, RESUME_STEPS + 1))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
