@@ -287,28 +287,35 @@ def start_runtime(rt: Runtime) -> None:
         dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
 
 
-def agree_to_start(rt: Runtime, failure: UserError | None, start_step: int) -> None:
-    """Under torchrun: go on only if every rank passed its checks and all start from one step.
+def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]) -> None:
+    """Under torchrun: go on only if every rank passed its checks and all see the same run.
 
-    Ranks on different machines can see different files (a dataset or checkpoint missing on
-    one node, an --out that is not shared). A rank that stopped alone would leave the others
-    waiting in their first collective, and ranks resuming from different steps would train
-    from different optimizer and loader states. Every rank raises, each with its own reason.
+    Ranks on different machines can see different files: a dataset or checkpoint missing or
+    damaged on one node, another dataset, an --out that is not shared. A rank that stopped
+    alone would leave the others waiting in their first collective; ranks resuming from
+    different steps, or reading different data, would train on a mix nobody asked for.
+    `facts` (the step this rank resumes from, its train and val split sizes) must be equal on
+    every rank. Every rank raises, each with its own reason.
     """
-    # MAX over ranks of (failed, step, -step): any failure, the highest and the lowest step
-    flags = torch.tensor([failure is not None, start_step, -start_step], dtype=torch.int64, device=rt.device)
+    values = list(facts.values())
+    # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
+    flags = torch.tensor([failure is not None, *values, *(-v for v in values)], dtype=torch.int64,
+                         device=rt.device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    failed, highest, lowest = flags.tolist()  # sync: start-up, once
+    failed, *extremes = flags.tolist()  # sync: start-up, once
     if failure is not None:
         raise failure
     if failed:
         raise UserError(f"rank {rt.rank} of {rt.world}: stopped because another rank failed its start-up "
                         f"checks (that rank's error says why)")
-    if highest != -lowest:
+    n = len(values)
+    differ = [f"{name}: {-low} to {high}, {mine} on rank {rt.rank}"
+              for (name, mine), high, low in zip(facts.items(), extremes[:n], extremes[n:]) if high != -low]
+    if differ:
         raise UserError(
-            f"--resume: the ranks would start from different steps ({-lowest} to {highest}; rank {rt.rank}: "
-            f"{start_step}): every node must see the same checkpoint, so put --out on a filesystem all "
-            f"nodes share or copy the checkpoint to the same path on each"
+            f"the ranks see different runs ({'; '.join(differ)}): every node needs the same dataset and, "
+            f"to resume, the same checkpoint (put --out on a filesystem all nodes share, or copy the "
+            f"checkpoint to the same path on each)"
         )
 
 
@@ -641,9 +648,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         )
     rt = make_runtime(cfg)
     # Under torchrun a rank can fail a check the others pass (a file missing on one node):
-    # the failure waits for agree_to_start, so that no rank is left waiting for it.
-    failure: UserError | None = None
-    ckpt = None
+    # the failure waits for agree_to_start, so that no rank is left waiting for it. Until
+    # then nothing is written, so a user mistake leaves no trace on disk.
+    failure: Exception | None = None
+    ckpt, start_step = None, 0
     try:
         data = find_dataset(cfg.data)
         micro_tokens = cfg.B * cfg.T * rt.world
@@ -689,35 +697,38 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
         if val_loader is not None:
             stack.callback(val_loader.close)
-        if cfg.sample_every and not cfg.bench:
+        if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
             _check_tokenizer(cfg)
-    except UserError as e:
+
+        # The model, and the checkpoint's state in it: a damaged one is still a check that fails.
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        raw = GPT(model_config).to(rt.device)
+        optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
+        generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
+        if ckpt is not None:
+            try:
+                raw.load_state_dict(ckpt["model"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
+                raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
+            start_step = ckpt["step"]
+            del ckpt
+    except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)
         if not rt.ddp:
             raise
         failure = e
 
-    # Every check passed (on every rank): from here on, work starts.
+    # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
     start_runtime(rt)
     if rt.ddp:
         stack.callback(dist.destroy_process_group)
-        agree_to_start(rt, failure, ckpt["step"] if ckpt is not None else 0)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    raw = GPT(model_config).to(rt.device)
-    optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
-    generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
-    start_step = 0
-    if ckpt is not None:
-        try:  # still nothing written: a damaged checkpoint stays a user error
-            raw.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
-            raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
-        start_step = ckpt["step"]
-        del ckpt
+        agree_to_start(rt, failure, {"resume step": start_step,
+                                     "train tokens": train_loader.num_tokens if failure is None else 0,
+                                     "val tokens": val_loader.num_tokens if failure is None and val_loader else 0})
     model: nn.Module = raw
     if rt.compile:
         model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
@@ -924,7 +935,7 @@ def train_loop(s: Session) -> dict:
                 stopped = True
                 break
     summary = summarize(s, history, record, time.perf_counter() - started)
-    summary["interrupted"] = stopped or stop.requested
+    summary["interrupted"] = stopped or (stop.requested and not rt.ddp)  # ranks exit alike
     return summary
 
 

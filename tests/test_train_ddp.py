@@ -82,16 +82,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_nodes(cwd: Path, data: Path, outs: tuple[str, str], *extra: str) -> list[tuple[int, str, str]]:
+def two_nodes(cwd: Path, data: Path, outs: tuple[str, str], *extra: str,
+              node1: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
     """One train.py rank on each of two "nodes" started by torchrun's static rendezvous flags
-    (--nnodes, --node_rank, --master_addr/port), node i writing to outs[i]:
-    (exit status, stdout, stderr) of each torchrun."""
+    (--nnodes, --node_rank, --master_addr/port), node i writing to outs[i], node 1 with the
+    arguments `node1` last (they win): (exit status, stdout, stderr) of each torchrun."""
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                           f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
-                          str(REPO / "train.py"), *common(data, outs[node], B), *extra],
+                          str(REPO / "train.py"), *common(data, outs[node], B), *extra,
+                          *(node1 if node else ())],
                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for node in (0, 1)
     ]
@@ -104,7 +106,7 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     """Two "nodes" of one process each on this machine. Sharing one --out: both ranks have
     LOCAL_RANK 0, so anything keyed on the local rank instead of the global one (logging,
     checkpoints, the loader's stride) would show up as duplicated or overlapping work. Not
-    sharing it: the ranks would resume from different checkpoints, and every rank refuses."""
+    sharing it, or with other data on one node: every rank refuses, each saying why."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     results = two_nodes(tmp_path, data, ("shared", "shared"), "--log-windows", "--ckpt-every", "2",
                         "--keep-ckpts", "0")
@@ -125,22 +127,34 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     assert sorted(p.name for p in (tmp_path / "shared").glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000004.pt"]
     before = metrics.read_text()
 
-    # node 1 has its own --out: no checkpoint there, or an older one than node 0 resumes from
+    # node 1 has its own --out (no checkpoint there, an older one, a damaged one), or other data
     resume = ("--steps", str(STEPS + 2), "--resume", "auto")
-    (tmp_path / "older").mkdir()
-    shutil.copy(tmp_path / "shared" / "ckpt_000002.pt", tmp_path / "older")
-    for other, node0_says, node1_says in (
-        ("empty", "rank 0 of 2: stopped because another rank failed its start-up checks",
-         "--resume auto: no checkpoint (ckpt_<step>.pt) in empty/"),
-        ("older", "--resume: the ranks would start from different steps (2 to 4; rank 0: 4)",
-         "--resume: the ranks would start from different steps (2 to 4; rank 1: 2)"),
+    for name, step in (("older", 2), ("damaged", 4)):
+        (tmp_path / name).mkdir()
+        shutil.copy(tmp_path / "shared" / f"ckpt_{step:06d}.pt", tmp_path / name)
+    damaged = torch.load(tmp_path / "damaged" / "ckpt_000004.pt", weights_only=True)
+    damaged["model"]["transformer.wte.weight"] = damaged["model"]["transformer.wte.weight"][:-1]
+    torch.save(damaged, tmp_path / "damaged" / "ckpt_000004.pt")
+    other_data = write_dataset(tmp_path / "d2", positional_tokens(3000))
+    another = "rank 0 of 2: stopped because another rank failed its start-up checks"
+    differ = "the ranks see different runs ({}): every node needs the same dataset"
+    for outs, extra, node1, node0_says, node1_says in (
+        (("shared", "empty"), resume, (), another, "--resume auto: no checkpoint (ckpt_<step>.pt) in empty/"),
+        (("shared", "older"), resume, (), differ.format("resume step: 2 to 4, 4 on rank 0"),
+         differ.format("resume step: 2 to 4, 2 on rank 1")),
+        (("shared", "damaged"), resume, (), another,
+         "--resume damaged/ckpt_000004.pt: damaged train.py checkpoint (RuntimeError: Error(s) in loading"),
+        (("fresh0", "fresh1"), (), ("--data", str(other_data)),
+         differ.format("train tokens: 3000 to 4000, 4000 on rank 0"),
+         differ.format("train tokens: 3000 to 4000, 3000 on rank 1")),
     ):
-        (tmp_path / other).mkdir(exist_ok=True)
-        results = two_nodes(tmp_path, data, ("shared", other), *resume)
+        (tmp_path / outs[1]).mkdir(exist_ok=True)
+        results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
         for (returncode, _, stderr), says in zip(results, (node0_says, node1_says)):
             assert returncode != 0 and f"Error: {says}" in stderr, stderr
             assert "Traceback" not in stderr.split("Error: ")[0]  # train.py's own part: one line
-    assert metrics.read_text() == before and list((tmp_path / "empty").iterdir()) == []
+    assert metrics.read_text() == before
+    assert [p.name for p in tmp_path.glob("*/metrics.jsonl")] == ["metrics.jsonl"]  # nothing else written
 
     results = two_nodes(tmp_path, data, ("shared", "shared"), *resume)
     assert all(returncode == 0 for returncode, _, _ in results), results
@@ -163,7 +177,7 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
     assert not (tmp_path / "ddp").exists()
 
 
-RESUME_STEPS = 40
+RESUME_STEPS = 80  # long enough that a signal after step 3 always lands mid-run
 
 
 @pytest.fixture(scope="module")
