@@ -48,7 +48,7 @@ from prep.errors import UserCommand, UserError
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.shards import MAX_TOKENS
-from prep.tokenizer import TokenizerError, get_encoding
+from prep.tokenizer import TokenizerError, ensure_available
 from prep.workers import EncoderPool, encode_stream
 
 DEFAULT_SHARD_SIZE = 100_000_000  # llm.c's fineweb shards hold 100M tokens
@@ -157,7 +157,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     if not name or "/" in name or os.sep in name:
         raise OutputError(f"{name!r}: not a usable shard name (non-empty, no path separator)")
     check_target(target, overwrite)
-    get_encoding()  # TokenizerError now, not in a worker; forked workers inherit it loaded
+    ensure_available()  # a missing tokenizer is a TokenizerError here, not in a worker
     workers, chunk_chars = config.workers, config.chunk_chars
     if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers
         chunk_chars = min(chunk_chars, max(MIN_AUTO_CHUNK_CHARS, math.ceil(total_bytes / (4 * workers))))

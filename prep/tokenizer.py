@@ -50,6 +50,20 @@ def _verified(path: Path, expected: str) -> None:
         raise TokenizerError(f"{path}: sha256 {digest} is not the GPT-2 file tiktoken pins ({expected})")
 
 
+def ensure_available() -> None:
+    """Raise TokenizerError now if get_encoding() would fail, for the price of hashing the two
+    files rather than building the encoding (`prep tokenize`'s workers each build their own,
+    in parallel). Without the package this is get_encoding() itself: it fails, or fills
+    tiktoken's cache for the workers."""
+    files = bpe_files()
+    if files is None:
+        get_encoding()
+        return
+    vocab, encoder = files
+    _verified(vocab, VOCAB_BPE_SHA256)
+    _verified(encoder, ENCODER_JSON_SHA256)
+
+
 @functools.lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """The GPT-2 encoding, without network when the BPE data package is installed.

