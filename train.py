@@ -25,6 +25,7 @@ to finish copying out of a ring buffer before it is refilled: back-pressure, not
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -228,10 +229,27 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world: int = 1
+    # The last tensors handed to a collective, kept alive until the process group is gone: a
+    # gloo worker thread that frees a tensor Python has already dropped needs the GIL, and the
+    # group's destructor joins those threads while holding it (pytorch/pytorch#56297): a hang
+    # at exit, seen once here after a rank's final all-reduce.
+    _collective_inputs: collections.deque = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=8), repr=False)
 
     @property
     def ddp(self) -> bool:
         return self.world > 1
+
+    def all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        """dist.all_reduce in place (blocking), the tensor kept alive until close()."""
+        self._collective_inputs.append(tensor)
+        dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def close(self) -> None:
+        """Leave the process group, then let go of the tensors its threads may have held."""
+        dist.destroy_process_group()
+        self._collective_inputs.clear()
 
     @property
     def master(self) -> bool:
@@ -301,7 +319,7 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
     # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
     flags = torch.tensor([failure is not None, *values, *(-v for v in values)], dtype=torch.int64,
                          device=rt.device)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    rt.all_reduce(flags, op=dist.ReduceOp.MAX)
     failed, *extremes = flags.tolist()  # sync: start-up, once
     if failure is not None:
         raise failure
@@ -421,7 +439,7 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
         total += loss.detach().float()
     model.train()
     if rt.ddp:
-        dist.all_reduce(total)
+        rt.all_reduce(total)
     return total.item() / (batches * rt.world)  # sync: validation (eval steps only)
 
 
@@ -725,7 +743,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
     start_runtime(rt)
     if rt.ddp:
-        stack.callback(dist.destroy_process_group)
+        stack.callback(rt.close)
         agree_to_start(rt, failure, {"resume step": start_step,
                                      "train tokens": train_loader.num_tokens if failure is None else 0,
                                      "val tokens": val_loader.num_tokens if failure is None and val_loader else 0})
@@ -740,6 +758,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
+    if rt.ddp:  # at exit, DDP (its reducer holds the process group too) goes before the group
+        stack.callback(setattr, parts, "model", None)
     return Session(
         cfg, rt, data, model_config, raw, eval_model, parts, train_loader, run, generator,
         val_loader, min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0,
@@ -892,7 +912,7 @@ def train_loop(s: Session) -> dict:
             signalled = torch.full((1 if rt.ddp else 0,), float(stop.requested), device=rt.device)
             if rt.ddp:  # one all-reduce: the losses' sum and how many ranks were signalled
                 summed = torch.cat([losses, signalled])
-                dist.all_reduce(summed)
+                rt.all_reduce(summed)
                 losses, signalled = summed[:-1] / rt.world, summed[-1:]  # the global batch's mean loss
             n = len(pending)
             values = torch.cat([losses, norms, signalled]).tolist()  # ONE device->host copy
