@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -67,7 +68,11 @@ def test_peak_rss_sees_parent_and_workers():
 def test_cpu_accounting_moves_forward():
     busy, own = measure.busy_cpu_seconds(), measure.own_cpu_seconds()
     with measure.others_cpu() as load:
-        sum(i * i for i in range(300_000))
+        # work until the clock-tick counters (10 ms) move: a fixed amount of work can fall
+        # between two ticks on a loaded machine
+        deadline = time.monotonic() + 30
+        while measure.own_cpu_seconds() <= own and time.monotonic() < deadline:
+            sum(i * i for i in range(100_000))
     assert measure.own_cpu_seconds() > own and measure.busy_cpu_seconds() >= busy
     assert load["wall_s"] > 0 and load["other_cores"] >= 0
     assert bench.BenchConfig(chunk_chars=5, val_fraction=0.0).options() == {"chunk_chars": 5, "val_fraction": 0.0}
