@@ -833,9 +833,9 @@ class StopRequest:
     One process: the first signal only sets the flag and puts the previous handler back, so a
     second one acts at once. Under torchrun (`persistent`): every signal only sets the flag,
     because torchrun passes the signal it gets on to every rank (a Ctrl-C reaches each rank
-    twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13). The ranks
-    agree on the step to stop at through a flag that rides on the logging point's all-reduce,
-    so they stop at the next multiple of --log-every.
+    twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13).
+    The ranks agree on the step to stop at through a flag that rides on the logging point's
+    all-reduce, so they stop at the next multiple of --log-every.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -863,6 +863,13 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+
+def _due(cfg: TrainConfig, step: int, final: bool, has_val: bool) -> tuple[bool, bool, bool]:
+    """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
+    them (where on) at the run's final step."""
+    due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
+    return has_val and due(cfg.eval_every), due(cfg.sample_every), due(cfg.ckpt_every)
 
 
 def train_loop(s: Session) -> dict:
@@ -901,9 +908,7 @@ def train_loop(s: Session) -> dict:
             # learn of each other's signals at the next regular logging point, below.
             stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
-            due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
-            do_eval = s.val_loader is not None and due(cfg.eval_every)
-            do_sample, do_ckpt = due(cfg.sample_every), due(cfg.ckpt_every)
+            do_eval, do_sample, do_ckpt = _due(cfg, step, final, s.val_loader is not None)
             if not (final or do_eval or do_sample or do_ckpt or step % cfg.log_every == 0):
                 continue
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
@@ -919,8 +924,7 @@ def train_loop(s: Session) -> dict:
             losses_h, norms_h = values[:n], values[n:2 * n]
             if rt.ddp and values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
                 stopping = final = True
-                do_eval = s.val_loader is not None and due(cfg.eval_every)
-                do_sample, do_ckpt = due(cfg.sample_every), due(cfg.ckpt_every)
+                do_eval, do_sample, do_ckpt = _due(cfg, step, final, s.val_loader is not None)
             dt = (time.perf_counter() - t_last) / len(pending)
             tokens_per_s = s.tokens_per_step / dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
