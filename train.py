@@ -178,14 +178,17 @@ def _is_dataset(directory: Path) -> bool:
 def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     """--data as given, or the one dataset under ./data (itself or a sub-directory).
 
-    Several or none is a user error listing what was found, never a guess.
+    Several or none is a user error listing what was found, never a guess. Hidden folders are
+    not datasets: `prep tokenize` builds its output in `.<name>.tmp-<pid>` and moves the old one
+    to `.<name>.old-<pid>`, and a killed run can leave either behind, half written.
     """
     if data is not None:
         return data
     hint = "run `prep tokenize input.txt` first, or pass --data"
     if not root.is_dir():
         raise UserError(f"no --data given and {root}/ does not exist: {hint}")
-    found = [d for d in (root, *sorted(root.iterdir())) if d.is_dir() and _is_dataset(d)]
+    subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
+    found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
     if not found:
         raise UserError(f"no dataset (meta.json or *_train_*.bin) under {root}/: {hint}")
     if len(found) > 1:

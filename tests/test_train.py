@@ -407,6 +407,18 @@ def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_path):
+    # a kill between two shards leaves valid shards in prep's hidden temporary folder, and one
+    # between the install's two renames leaves the old dataset hidden beside the new one
+    write_dataset(tmp_path / "data" / "input", random_tokens(300))
+    write_dataset(tmp_path / "data" / ".input.tmp-4242", random_tokens(200))
+    write_dataset(tmp_path / "data" / ".input.old-4242", random_tokens(300))
+    assert train.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
+    (tmp_path / "data" / "input").rename(tmp_path / "gone")
+    with pytest.raises(train.UserError, match="no dataset"):
+        train.find_dataset(None, tmp_path / "data")
+
+
 def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys):
     write_dataset(tmp_path / "data" / "only", positional_tokens(300))
     monkeypatch.chdir(tmp_path)
