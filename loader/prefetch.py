@@ -123,11 +123,16 @@ class Prefetcher:
         self._free.put(index)
 
     def stop(self) -> None:
-        """Ask the thread to exit and join it. Idempotent; windows it prefetched are dropped."""
+        """Ask the thread to exit and join it. Idempotent; windows it prefetched are dropped.
+
+        The loader's finalizer calls this, and the garbage collector may run it on the prefetch
+        thread itself (a loader in a reference cycle, collected during an allocation there):
+        then the thread is only told to stop, since it cannot join itself."""
         if self._thread.is_alive():
             self._stopping.set()
             self._free.put(_STOP)
-            self._thread.join()
+            if self._thread is not threading.current_thread():
+                self._thread.join()
         self._ready = queue.SimpleQueue()
 
 

@@ -5,6 +5,7 @@ CUDA cases (pinned buffers, non_blocking copies, copy events) skip without CUDA.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import weakref
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from loader import TokenLoader
+from loader.prefetch import Prefetcher
 from prep.shards import shard_name, write_shard
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -146,6 +148,27 @@ def test_garbage_collection_stops_the_thread(data):
     assert ref() is None  # the thread holds no reference to its loader
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_stop_called_on_the_prefetch_thread_itself_does_not_raise(data):
+    # the loader's finalizer runs stop(), and a garbage collection that happens on the prefetch
+    # thread (a loader in a reference cycle) runs it there: it cannot join itself
+    errors, started, stopped = [], threading.Event(), threading.Event()
+
+    def fill(index, step):
+        if step == 1:
+            started.wait(10)  # until `prefetcher` below is assigned
+            try:
+                prefetcher.stop()
+            except BaseException as e:  # noqa: BLE001 - the test reports it
+                errors.append(e)
+            stopped.set()
+
+    prefetcher = Prefetcher(fill, 0, [0, 1, 2], [None] * 3)
+    started.set()
+    assert stopped.wait(10)
+    prefetcher.thread.join(timeout=10)
+    assert errors == [] and not prefetcher.thread.is_alive()
 
 
 def test_no_thread_without_prefetch(data):
