@@ -24,16 +24,20 @@ from loader.errors import LoaderError, check_int
 from prep.epoch import steps_per_epoch
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)  # the epoch being read and, at a boundary, the next (prefetch runs ahead)
 def epoch_permutation(seed: int, epoch: int, steps: int) -> np.ndarray:
     """The order of the `steps` window slots in `epoch` when shuffling (read-only array).
 
     Drawn from PCG64 seeded by SeedSequence([seed, epoch]): a function of (seed, epoch) only,
     hence identical on every rank and in every process, and a fresh order each epoch.
     Cached (thread-safe) because the prefetch thread and the consumer both ask for it.
+
+    int32 where it fits, which is the same order as `rng.permutation(steps)` (shuffling
+    draws the same swaps whatever the dtype) in half the memory: 10B tokens at B=4, T=32 are
+    78M slots, 312 MB as int32.
     """
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
-    perm = rng.permutation(steps)
+    perm = rng.permutation(np.arange(steps, dtype=np.int32 if steps < 2**31 else np.int64))
     perm.setflags(write=False)
     return perm
 

@@ -84,6 +84,16 @@ def test_the_permutation_depends_on_seed_and_epoch_only():
     assert not a.flags.writeable  # shared by the cache: nobody may modify it
 
 
+def test_the_permutation_is_int32_in_the_order_checkpoints_were_written_with():
+    # int32 halves the memory at scale; the order must stay rng.permutation(steps)'s (int64),
+    # or a shuffled run resumed from an older checkpoint would read other windows
+    for seed, epoch, steps in [(0, 0, 1), (3, 7, 2), (5, 1, 100_003)]:
+        perm = epoch_permutation(seed, epoch, steps)
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
+        assert perm.dtype == np.int32
+        np.testing.assert_array_equal(perm, rng.permutation(steps))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
