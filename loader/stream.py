@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import LoaderError
-from prep.meta import read_meta
-from prep.shards import SPLITS, find_shards, open_shard, read_header
+from prep.meta import is_plain_file_name, read_meta
+from prep.shards import SPLITS, find_shards, open_shard, parse_shard_name, read_header
 
 _GLOB_CHARS = "*?["
 
@@ -64,6 +64,12 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
                 f"{directory}: no {split} shards (files named <name>_{split}_<index:06d>.bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
+        names = sorted({parse_shard_name(p.name)[0] for p in paths})
+        if len(names) > 1:  # in index order their shards would interleave: a_0, b_0, a_1, ...
+            raise LoaderError(
+                f"{directory}: {split} shards of {len(names)} datasets ({', '.join(names)}); "
+                f"pass one with a glob such as '{directory}/{names[0]}_{split}_*.bin'"
+            )
         return paths
     entry = (meta.get("splits") or {}).get(split) or {}
     listed = entry.get("shards") or []
@@ -73,6 +79,8 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
     for item in listed:
         try:
             shard, tokens = directory / item["file"], int(item["tokens"])
+            if not is_plain_file_name(item["file"]):
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise LoaderError(
                 f"{directory}/meta.json: malformed {split} shard entry {item!r}"

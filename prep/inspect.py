@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, read_meta
+from prep.meta import META_NAME, is_plain_file_name, read_meta
 from prep.shards import HEADER_BYTES, SPLITS, ShardError, find_shards, open_shard, read_header
 from prep.tokenizer import VOCAB_SIZE
 
@@ -74,7 +74,7 @@ def _meta_split(meta: dict, split: str) -> dict:
         if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
                 and isinstance(entry.get("tokens"), int) and isinstance(entry.get("sha256"), str)):
             raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
-        if os.path.basename(entry["file"]) != entry["file"] or entry["file"] in ("", ".", ".."):
+        if not is_plain_file_name(entry["file"]):
             raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
     return {"shards": []} | record
 

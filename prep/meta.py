@@ -32,6 +32,12 @@ META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
 
 
+def is_plain_file_name(name: str) -> bool:
+    """Whether a meta.json shard entry names a file in the dataset directory itself (no
+    folder, no '..'): a dataset reads nothing outside its directory."""
+    return os.path.basename(name) == name and name not in ("", ".", "..")
+
+
 def read_meta(directory: str | os.PathLike) -> dict | None:
     """The parsed meta.json of a dataset directory, or None when there is none.
 

@@ -54,6 +54,19 @@ def test_a_directory_of_llmc_shards_without_meta(fineweb):
         assert loader.num_tokens == 200
 
 
+def test_a_directory_holding_two_datasets_without_meta_is_refused(fineweb):
+    # in index order their shards would interleave (fineweb_1, other_1, fineweb_2, ...)
+    path, _ = fineweb
+    llmc_shard(path / "other_train_000001.bin", tokens(300, 7))
+    with pytest.raises(LoaderError, match=r"train shards of 2 datasets \(fineweb, other\); "
+                                          r"pass one with a glob such as '.*/fineweb_train_\*.bin'"):
+        TokenLoader(path, B=1, T=8)
+    with TokenLoader(str(path / "fineweb_train_*.bin"), B=1, T=8) as loader:  # as it says
+        assert loader.num_tokens == 317 + 334 + 351
+    with TokenLoader(path, split="val", B=1, T=8) as loader:  # one dataset has val shards
+        assert loader.num_tokens == 200
+
+
 def test_a_glob_reads_the_matching_files_sorted(fineweb):
     path, ref = fineweb
     with TokenLoader(str(path / "fineweb_train_*.bin"), B=2, T=5, prefetch=0) as loader:
@@ -126,6 +139,11 @@ def shard_entry(i):
             r"meta.json: malformed train shard entry",
         ),
         (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
+        (  # a dataset reads nothing outside its directory
+            lambda m: shard_entry(0)(m).update(file="../m_train_000000.bin"),
+            LoaderError,
+            r"meta.json: malformed train shard entry",
+        ),
     ],
 )
 def test_meta_json_is_cross_checked(tmp_path, edit, error, message):
