@@ -776,19 +776,20 @@ def print_facts(s: Session) -> None:
     say = click.echo if rt.master else (lambda *_: None)
     E = s.train_loader.steps_per_epoch
     say(f"data: {s.data}: {s.train_loader.num_tokens:,} tokens in the train split")
-    say(f"1 epoch = {E} batches (B={cfg.B} x T={cfg.T}, world size {rt.world})")
+    accum = s.parts.accum_steps
+    per_optimizer_step = f" = {E / accum:.6g} optimizer steps of {accum} micro-batches" if accum > 1 else ""
+    say(f"steps per epoch: {E:,} (B={cfg.B} x T={cfg.T}, world size {rt.world}){per_optimizer_step}")
     say(f"model: {cfg.model}, {s.raw.num_params():,} parameters "
         f"({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} dims, block size {mc.block_size})")
     name = f" ({rt.device_name()})" if rt.device_name() else ""
     compiled = f"on ({cfg.compile_mode})" if rt.compile else "off"
     say(f"device: {rt.device}{name}, dtype: {rt.dtype}, compile: {compiled}")
-    accum = s.parts.accum_steps
     say(f"batch: {s.tokens_per_step:,} tokens per step = {cfg.B} x {cfg.T} x {rt.world} rank(s) "
         f"x {accum} gradient accumulation step(s)")
     if not cfg.bench:
         epochs = cfg.steps * accum / E
-        say(f"steps: {cfg.steps} ({epochs:.3g} epochs), lr {cfg.lr:g} -> {cfg.final_lr:g} "
-            f"after {cfg.warmup_steps} warm-up steps")
+        say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "
+            f"{cfg.warmup_steps} steps, then cosine decay to {cfg.final_lr:g} at step {cfg.steps}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     if s.val_loader is not None:

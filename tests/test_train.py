@@ -57,12 +57,19 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
                                   quiet=True, device="cpu"))
     out = capsys.readouterr().out
     assert "338,026 tokens in the train split" in out
-    assert "1 epoch = 2640 batches (B=4 x T=32, world size 1)" in out
+    assert "steps per epoch: 2,640 (B=4 x T=32, world size 1)\n" in out
     assert f"model: tiny, {GPT(GPTConfig.preset('tiny')).num_params():,} parameters" in out
     assert "device: cpu, dtype: fp32, compile: off" in out
     assert "128 tokens per step = 4 x 32 x 1 rank(s) x 1 gradient accumulation step(s)" in out
     assert "note: no val split" in out
     assert "note: --warmup-steps 10 >= --steps 1: the learning rate only warms up (to 6e-05)" in out
+    # with accumulation an optimizer step takes several of the loader's steps
+    train.train(train.TrainConfig(model="tiny", B=4, T=32, steps=2, warmup_steps=1, total_batch_size=512,
+                                  data=str(data), out=str(tmp_path / "o2"), quiet=True, device="cpu"))
+    out = capsys.readouterr().out
+    assert "steps per epoch: 2,640 (B=4 x T=32, world size 1) = 660 optimizer steps of 4 micro-batches\n" in out
+    assert ("steps: 2 (0.00303 epochs); lr: linear warm-up to 0.0006 over 1 steps, "
+            "then cosine decay to 6e-05 at step 2\n") in out
 
 
 def test_metrics_lines_and_schedule(tmp_path, dataset):

@@ -45,8 +45,8 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), *extra], tmp_path)
     run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B)], tmp_path)
 
-    assert ddp.stdout.count("1 epoch = ") == 1, ddp.stdout  # only rank 0 prints
-    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in ddp.stdout
+    assert ddp.stdout.count("steps per epoch: ") == 1, ddp.stdout  # only rank 0 prints
+    assert "steps per epoch: 62 (B=2 x T=16, world size 2)" in ddp.stdout
     assert f"{GLOBAL_BATCH} tokens per step = 2 x 16 x 2 rank(s) x 2 gradient accumulation step(s)" in ddp.stdout
 
     covered = {}
@@ -112,8 +112,8 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
                         "--keep-ckpts", "0")
     for returncode, stdout, stderr in results:
         assert returncode == 0, stdout + stderr
-    assert "1 epoch = 62 batches (B=2 x T=16, world size 2)" in results[0][1]
-    assert "1 epoch = " not in results[1][1]  # only global rank 0 speaks
+    assert "steps per epoch: 62 (B=2 x T=16, world size 2)" in results[0][1]
+    assert "steps per epoch: " not in results[1][1]  # only global rank 0 speaks
     covered = []
     for rank in (0, 1):
         log = tmp_path / "shared" / f"windows_rank{rank}.jsonl"
