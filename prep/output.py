@@ -7,9 +7,12 @@ lands on disk and in which order; the split rule itself is documented in prep/to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -179,7 +182,12 @@ def _remove_stale(target: Path) -> None:
 
 
 def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse an existing dataset without `overwrite`, and anything that is not a dataset."""
+    """Refuse an existing dataset without `overwrite`, and anything that is not a dataset.
+
+    Runs before the work and again just before the install (AtomicDirectory), so a directory
+    that appeared meanwhile (another run into the same place) is not replaced either."""
+    if target.is_symlink() and not target.exists():  # else found out only at the install
+        raise OutputError(f"{target}: is a symbolic link to {os.readlink(target)}, which does not exist")
     if not target.exists():
         return
     if not target.is_dir():
@@ -195,10 +203,39 @@ def check_target(target: Path, overwrite: bool) -> None:
                           f"refusing to replace it")
 
 
-class AtomicDirectory:
-    """A directory built under a temporary name and renamed into place only when complete."""
+@contextlib.contextmanager
+def _signals_deferred():
+    """Defer SIGINT and SIGTERM to the end of the block: a Ctrl-C between the install's two
+    renames would leave no dataset under the target's name.
 
-    def __init__(self, target: Path):
+    Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
+    signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
+    handler then interrupts the main thread all the same. Handlers only install from the main
+    thread; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
+            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])  # now, to the handler that was there
+
+
+class AtomicDirectory:
+    """A directory built under a temporary name and renamed into place only when complete.
+
+    `overwrite` is check_target's: the target is checked again just before the install."""
+
+    def __init__(self, target: Path, overwrite: bool):
+        self.overwrite = overwrite
         target = target.absolute()
         # A symlink to a dataset (data/x -> /big/disk/x): replace what it points to and keep
         # the link; renaming the link itself aside would leave it behind as ".x.old-<pid>".
@@ -225,20 +262,29 @@ class AtomicDirectory:
             self._cleanup()
             return
         try:
-            if self.target.exists():  # check_target() allowed it: a dataset, or empty
-                old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-                os.rename(self.target, old)
-                try:
-                    os.rename(self.tmp, self.target)
-                except OSError:
-                    os.rename(old, self.target)  # put the old dataset back
-                    raise
-                shutil.rmtree(old, ignore_errors=True)  # installed: a leftover is only stale
-            else:
-                os.rename(self.tmp, self.target)
+            check_target(self.target, self.overwrite)
+        except OutputError as e:
+            self._cleanup()
+            raise OutputError(f"{e}; it changed while this run was writing") from None
+        try:
+            with _signals_deferred():
+                self._install()
         except OSError as e:
             self._cleanup()
             raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
+
+    def _install(self) -> None:
+        if self.target.exists():  # check_target() allowed it: a dataset, or empty
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.rename(self.target, old)
+            try:
+                os.rename(self.tmp, self.target)
+            except OSError:
+                os.rename(old, self.target)  # put the old dataset back
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # installed: a leftover is only stale
+        else:
+            os.rename(self.tmp, self.target)
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -163,7 +163,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
         chunk_chars = min(chunk_chars, max(MIN_AUTO_CHUNK_CHARS, math.ceil(total_bytes / (4 * workers))))
         workers = min(workers, max(1, math.ceil(total_bytes / chunk_chars)))
     start, chars, nbytes = time.perf_counter(), 0, 0
-    with AtomicDirectory(target) as tmp:
+    with AtomicDirectory(target, overwrite) as tmp:
         train = SplitWriter(tmp, name, "train", config.shard_size)
         val = SplitWriter(tmp, name, "val", config.shard_size)
         held_back = config.val_max_tokens if config.val_fraction > 0 else 0

@@ -4,7 +4,9 @@ plain reference of the rule, shard rollover, and the atomic install."""
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,20 +82,59 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
     target = tmp_path / "a" / "b" / "ds"
     stale = tmp_path / "a" / "b" / ".ds.tmp-999999999"  # no such process
     with pytest.raises(RuntimeError):
-        with AtomicDirectory(target) as tmp:
+        with AtomicDirectory(target, overwrite=False) as tmp:
             (tmp / "x.bin").write_bytes(b"partial")
             raise RuntimeError("boom")
     assert not (tmp_path / "a").exists()  # the parents it made are gone too
     stale.mkdir(parents=True)
-    with AtomicDirectory(target) as tmp:
+    with AtomicDirectory(target, overwrite=False) as tmp:
         assert tmp.name == f".ds.tmp-{os.getpid()}"
         (tmp / "meta.json").write_text("{}")
     assert (target / "meta.json").read_text() == "{}" and not stale.exists()
     check_target(target, overwrite=True)
-    with AtomicDirectory(target) as tmp:
+    with AtomicDirectory(target, overwrite=True) as tmp:
         (tmp / "meta.json").write_text('{"new": 1}')
     assert (target / "meta.json").read_text() == '{"new": 1}'
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
+
+
+def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch):
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        (tmp / "meta.json").write_text("old")
+    real_rename, renames = os.rename, []
+
+    def rename_and_interrupt(src, dst):  # Ctrl-C right after the old dataset is moved aside
+        real_rename(src, dst)
+        renames.append(dst)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # time enough for the interrupt to arrive, were it not held
+
+    monkeypatch.setattr(os, "rename", rename_and_interrupt)
+    with pytest.raises(KeyboardInterrupt):  # delivered, but after the install
+        with AtomicDirectory(target, overwrite=True) as tmp:
+            (tmp / "meta.json").write_text("new")
+    assert len(renames) == 2 and (target / "meta.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_a_target_that_appears_during_the_run_is_not_replaced(tmp_path):
+    target = tmp_path / "ds"
+    with pytest.raises(OutputError, match=r"ds: already exists \(pass --overwrite to replace it\); "
+                                          r"it changed while this run was writing"):
+        with AtomicDirectory(target, overwrite=False) as tmp:
+            (tmp / "meta.json").write_text("ours")
+            target.mkdir()  # another run, into the same place
+            (target / "meta.json").write_text("theirs")
+    assert (target / "meta.json").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # our temporary is gone
+
+
+def test_a_dangling_symlink_is_refused_before_any_work(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match=r"out: is a symbolic link to .*nowhere, which does not exist"):
+        check_target(tmp_path / "out", overwrite=False)
 
 
 def test_check_target(tmp_path):
