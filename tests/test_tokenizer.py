@@ -34,6 +34,23 @@ def test_same_pattern_and_ranks_as_tiktoken_gpt2_definition():
     assert enc._special_tokens == {"<|endoftext|>": 50256}
 
 
+def test_ranks_equal_what_tiktoken_reads_from_the_same_two_files(monkeypatch):
+    # tiktoken's reader builds the ranks from vocab.bpe's merges and asserts them equal to
+    # encoder.json; it needs blobfile for local paths before 0.12
+    import tiktoken.load
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # "": read the files, copy them nowhere
+
+    vocab, encoder = tokenizer.bpe_files()
+    try:
+        expected = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(vocab), str(encoder))
+    except ImportError as e:
+        pytest.skip(f"this tiktoken cannot read local files: {e}")
+    ranks = tokenizer.mergeable_ranks(encoder.read_bytes())
+    assert ranks == expected and len(ranks) == 50256
+    assert ranks[b" "] == 220 and ranks[b"\n"] == 198 and ranks[bytes([0])] == 188
+
+
 def test_files_are_found_without_importing_the_package():
     import subprocess
     import sys
