@@ -247,8 +247,16 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a user mistake as one line, like every other command here (argparse,
+    not click: loader/ depends on numpy and torch only)."""
+
+    def error(self, message: str):
+        self.exit(2, f"Error: {self.prog}: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m loader.bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from loader import bench
@@ -56,3 +57,15 @@ def test_bench_bad_path_is_one_line_and_exit_2(tmp_path):
     assert proc.stderr.strip() == f"Error: {missing}: no such file or directory"
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--B", "0"], "--B, --T, --windows, --repeats, --tokens and --shards must be >= 1"),
+    (["--B", "x"], "argument --B: invalid int value: 'x'"),
+    (["--nope"], "unrecognized arguments: --nope"),
+])
+def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(args)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"Error: python -m loader.bench: {message}\n"
