@@ -869,11 +869,15 @@ class StopRequest:
         return self.signal is not None
 
 
-def _due(cfg: TrainConfig, step: int, final: bool, has_val: bool) -> tuple[bool, bool, bool]:
+def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool) -> tuple[bool, bool, bool]:
     """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
-    them (where on) at the run's final step."""
-    due = lambda every: every > 0 and (step % every == 0 or final)  # noqa: E731
-    return has_val and due(cfg.eval_every), due(cfg.sample_every), due(cfg.ckpt_every)
+    them (where on) at the last step of --steps. A stop (a signal) only adds the checkpoint:
+    an extra evaluation or sample there would not be in the uninterrupted run, and a sample
+    would move the sampling RNG the checkpoint saves, so the resumed run's samples would
+    differ from it."""
+    last = step == cfg.steps
+    due = lambda every, extra=False: every > 0 and (step % every == 0 or last or extra)  # noqa: E731
+    return has_val and due(cfg.eval_every), due(cfg.sample_every), due(cfg.ckpt_every, stopping)
 
 
 def train_loop(s: Session) -> dict:
@@ -912,7 +916,7 @@ def train_loop(s: Session) -> dict:
             # learn of each other's signals at the next regular logging point, below.
             stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
-            do_eval, do_sample, do_ckpt = _due(cfg, step, final, s.val_loader is not None)
+            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None)
             if not (final or do_eval or do_sample or do_ckpt or step % cfg.log_every == 0):
                 continue
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
@@ -928,7 +932,7 @@ def train_loop(s: Session) -> dict:
             losses_h, norms_h = values[:n], values[n:2 * n]
             if rt.ddp and values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
                 stopping = final = True
-                do_eval, do_sample, do_ckpt = _due(cfg, step, final, s.val_loader is not None)
+                do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None)
             dt = (time.perf_counter() - t_last) / len(pending)
             tokens_per_s = s.tokens_per_step / dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None

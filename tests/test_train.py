@@ -267,6 +267,9 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "stopped"
     flat = ("--min-lr", "6e-4")  # lr constant after warm-up: the schedule does not depend on --steps
+    # samples only at the last step: the stop must not draw one (it would move the sampling RNG
+    # its checkpoint saves, and the resumed run's sample would differ from the straight run's)
+    flat += ("--sample-every", "1000", "--sample-tokens", "8")
     # --ckpt-every 1000: no periodic checkpoint before the signal, so the one found is its own
     proc = subprocess.Popen(_cli_args(data, out, steps, "--ckpt-every", "1000", *flat), env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -283,6 +286,7 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     assert f"{signal.Signals(signum).name}: stopped after step {stopped_at} of {steps}" in stdout
     assert f"done: steps 1-{stopped_at} " in stdout
     assert [r["step"] for r in metrics(out)] == list(range(1, stopped_at + 1))
+    assert " sample: " not in stdout
 
     total = stopped_at + 3
     resumed = subprocess.run(_cli_args(data, out, total, "--resume", "auto", *flat),
@@ -293,6 +297,8 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     assert straight.returncode == 0, straight.stderr
     assert [r["step"] for r in metrics(out)] == list(range(1, total + 1))
     assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(tmp_path / "straight")]
+    samples = [[line for line in run.stdout.splitlines() if " sample: " in line] for run in (resumed, straight)]
+    assert len(samples[1]) == 1 and samples[0] == samples[1]
 
 
 # ----------------------------------------------------------------------------- bad input
