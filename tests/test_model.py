@@ -321,6 +321,9 @@ def test_training_forward_has_no_graph_breaks(dropout):
 @pytest.mark.skipif(
     not any(shutil.which(cxx) for cxx in ("g++", "clang++", "c++")), reason="Inductor on CPU needs a C++ compiler"
 )
+@pytest.mark.skipif(  # a property of inductor, not of our code: seen failing on 2.4.1
+    torch.__version__ < "2.11", reason="checked on torch 2.11 and 2.13; 2.4's inductor saves fp32 logits"
+)
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own import
 def test_compiled_loss_keeps_no_fp32_logits():
     # What backward holds on to in a compiled bf16 training step: the logits in bf16 and
