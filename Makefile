@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	cd $(DEMO_DIR) && $(abspath $(BIN))/prep sample --out input.txt $(SAMPLE_ARGS)
 	cd $(DEMO_DIR) && $(abspath $(BIN))/prep tokenize input.txt --overwrite
-	cd $(DEMO_DIR) && $(abspath $(BIN))/python $(CURDIR)/train.py --B 4 --T 32 --model $(DEMO_MODEL) \
+	cd $(DEMO_DIR) && rm -rf out/demo && $(abspath $(BIN))/python $(CURDIR)/train.py --B 4 --T 32 --model $(DEMO_MODEL) \
 		--steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
 
 test: $(STAMP)

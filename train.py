@@ -43,6 +43,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import fcntl  # POSIX: --out is locked by the run writing there
+except ImportError:  # Windows
+    fcntl = None
+
 import click
 import numpy as np
 import torch
@@ -135,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"--seed must be <= {SEED_MAX}, got {self.seed}")
         if self.bench and self.resume is not None:
             raise ValueError("--resume has no effect with --bench (it measures fresh weights): drop one")
+        if self.bench and self.log_windows:
+            raise ValueError("--log-windows logs a training run's windows; --bench writes nothing: drop one")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"--min-lr must be in [0, lr={self.lr}], got {self.min_lr}")
         if self.total_batch_size is not None and self.total_batch_size < 1:
@@ -220,6 +227,63 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {probe} is not writable")
+
+
+@contextlib.contextmanager
+def hold_out_dir(out: Path):
+    """Hold `out` for this run (rank 0's): a second train.py writing there at the same time
+    would empty the first one's metrics and interleave checkpoints. An flock on the directory
+    itself: no lock file, and the kernel releases it however the run ends, SIGKILL included.
+
+    Creates `out` when missing, and removes it again if the run wrote nothing there (a user
+    mistake found after this leaves no trace). Where flock is not available (Windows) or does
+    not work on a directory (some network filesystems) there is no lock.
+    """
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"--out {out} is in use by another train.py run: wait for it to end, "
+                                f"or choose another --out") from None
+            except OSError:
+                pass  # no flock on this filesystem: run without the lock
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        for directory in missing:  # removed only if the run wrote nothing there
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
+def check_out_contents(out: Path, resume_path: Path | None) -> None:
+    """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
+    checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
+    runs), and a resume from a checkpoint elsewhere refuses another run's files (--keep-ckpts
+    would delete its checkpoints, and the metrics would interleave)."""
+    metrics = out / METRICS_NAME
+    if metrics.exists() and not metrics.is_file():
+        raise UserError(f"--out {out}: {metrics} is not a file")
+    theirs = [p.name for _, p in list_checkpoints(out)[-1:]]
+    theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
+    if not theirs:
+        return
+    if resume_path is None:
+        raise UserError(
+            f"--out {out} holds an earlier run's {' and '.join(theirs)}: continue it with --resume auto, "
+            f"or choose another --out"
+        )
+    if resume_path.resolve().parent != out.resolve():
+        raise UserError(
+            f"--out {out} holds another run's {' and '.join(theirs)}; resuming --resume {resume_path} "
+            f"there would mix the two: choose an empty --out, or resume from a checkpoint in {out}"
+        )
 
 
 @dataclass
@@ -501,8 +565,16 @@ def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> None:
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`:
-    readers (and --resume auto) see the old file or the new one, never half of one."""
-    atomic_write(path, lambda f: torch.save(payload, f))
+    readers (and --resume auto) see the old file or the new one, never half of one.
+
+    A write that fails (a full disk: torch's zip writer raises RuntimeError, or OSError) is a
+    one-line error; the checkpoints already there are untouched."""
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as e:
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UserError(f"{path}: cannot write the checkpoint ({why}); is the disk full? "
+                        f"The earlier checkpoints are kept") from None
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -511,6 +583,9 @@ CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
     missing, truncated, garbage, or not one of ours."""
+    if path.is_dir():
+        raise UserError(f"--resume {path}: is a directory; pass a checkpoint file in it, or --resume auto "
+                        f"with --out {path}")
     if not path.is_file():
         raise UserError(f"--resume {path}: no such checkpoint")
     try:
@@ -527,9 +602,21 @@ def load_checkpoint(path: Path) -> dict:
     shapes = {"step": int, "model": dict, "optimizer": dict, "loader": dict, "model_config": dict,
               "train_config": dict, "run": dict, "rng": dict}
     bad = [k for k, kind in shapes.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
+    bad += ["step"] if "step" not in bad and ckpt["step"] < 0 else []
     if bad:
         raise UserError(f"--resume {path}: damaged train.py checkpoint (malformed {', '.join(bad)})")
     return ckpt
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError unless every loaded AdamW moment has its parameter's shape: torch's
+    load_state_dict checks the groups' sizes only, and a wrong shape failed at the first step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != param.shape):
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"optimizer {name} is {shape} for a parameter of {tuple(param.shape)}")
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -697,12 +784,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if not cfg.bench:
             out = Path(cfg.out)
             check_out_dir(out)
+            if rt.master:  # the one rank that writes there
+                stack.enter_context(hold_out_dir(out))
             resume_path = resolve_resume(cfg)
-            if resume_path is None and (found := list_checkpoints(out)):
-                raise UserError(
-                    f"--out {out} holds checkpoints of an earlier run (latest {found[-1][1].name}): "
-                    f"continue it with --resume auto, or choose another --out"
-                )
+            if rt.master:
+                check_out_contents(out, resume_path)
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle)
         stack.callback(train_loader.close)
         run = {
@@ -732,6 +818,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             try:
                 raw.load_state_dict(ckpt["model"])
                 optimizer.load_state_dict(ckpt["optimizer"])
+                check_optimizer_state(optimizer)
                 set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
@@ -1081,7 +1168,7 @@ def bench_loop(s: Session) -> dict:
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
 @click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")
-@click.option("--total-batch-size", type=int, default=None, show_default="B*T*world (no accumulation)",
+@click.option("--total-batch-size", type=int, default=None, show_default="B*T*world: no accumulation",
               help="Tokens per optimizer step; a multiple of B*T*world, the rest is gradient accumulation.")
 @click.option("--lr", type=float, default=TrainConfig.lr, help="Peak learning rate.")
 @click.option("--min-lr", type=float, default=None, show_default="lr/10",

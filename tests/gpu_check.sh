@@ -89,6 +89,7 @@ case $WHAT in
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus
+        rm -rf "$DEMO_DIR/out/demo"  # train.py refuses to start over an earlier run's metrics
         stage demo "$BENCH_TIMEOUT" "$CHECK_DIR/demo.log" "${PY[@]}" "$REPO/train.py" --B 4 --T 32 \
             --model "$DEMO_MODEL" --steps "$DEMO_STEPS" --data data/input --out out/demo --ckpt-every 0 \
             --sample-every "$DEMO_STEPS"

@@ -301,6 +301,53 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     assert len(samples[1]) == 1 and samples[0] == samples[1]
 
 
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_out_is_refused_and_the_first_one_is_untouched(tmp_path):
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 8))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "busy"
+    first = subprocess.Popen(_cli_args(data, out, 400, "--ckpt-every", "1000"), env=env, cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 2):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run ended too soon"
+            time.sleep(0.01)
+        # a fresh run would have emptied the first one's metrics; one with --resume auto would
+        # have found no checkpoint yet: both are refused for the one reason that holds
+        for extra in ([], ["--resume", "auto"]):
+            second = subprocess.run(_cli_args(data, out, 5, "--seed", "1", *extra), env=env, cwd=REPO,
+                                    capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2
+            assert second.stderr == (f"Error: --out {out} is in use by another train.py run: wait for it "
+                                     f"to end, or choose another --out\n")
+        assert first.poll() is None
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2  # one run's lines, all of them
+    (stopped_at, _), = train.list_checkpoints(out)
+    assert stopped_at == steps[-1]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt_000004.pt"
+    train.save_checkpoint(path, {"step": 4})
+
+    def full_disk(obj, f):
+        f.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
+
+    monkeypatch.setattr(train.torch, "save", full_disk)
+    with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(RuntimeError: "
+                                              r"\[enforce fail.*\); is the disk full\?"):
+        train.save_checkpoint(path, {"step": 8})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000004.pt"]
+    assert torch.load(path, weights_only=True) == {"step": 4}
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -325,8 +372,16 @@ def workdir(tmp_path_factory, dataset) -> Path:
     del damaged["model"]["lm_head.weight"]  # loads, matches the run, but not the model
     torch.save(damaged, root / "damaged.pt")
     torch.save({**damaged, "step": "2"}, root / "badstep.pt")
+    torch.save({**damaged, "step": -5}, root / "negstep.pt")
+    adam = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
+    adam["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    torch.save(adam, root / "badadam.pt")
     (root / "newer").mkdir()
+    (root / "newer" / "ckpt_000002.pt").write_bytes(good)
     (root / "newer" / "ckpt_000009.pt").write_bytes(good)
+    (root / "metricsonly").mkdir()
+    (root / "metricsonly" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (root / "metricsdir" / "metrics.jsonl").mkdir(parents=True)
     (root / "afile").write_text("x")
     (root / "empty").mkdir()
     return root
@@ -350,14 +405,31 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
     "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
     "resume a missing file": (["--resume", "gone.pt"], ".", "--resume gone.pt: no such checkpoint"),
-    "resume below newer checkpoints": (["--resume", "run/ckpt_000002.pt", "--out", "newer"], ".",
+    "resume below newer checkpoints": (["--resume", "newer/ckpt_000002.pt", "--out", "newer"], ".",
                                        "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
-                                       "run/ckpt_000002.pt"),
+                                       "newer/ckpt_000002.pt"),
+    "resume into another run's out": (["--resume", "run/ckpt_000002.pt", "--out", "newer"], ".",
+                                      "--out newer holds another run's ckpt_000009.pt; resuming --resume "
+                                      "run/ckpt_000002.pt there would mix the two: choose an empty --out"),
+    "resume a directory": (["--resume", "run"], ".", "--resume run: is a directory; pass a checkpoint file in it, "
+                                                     "or --resume auto with --out run"),
+    "resume a negative step": (["--resume", "negstep.pt"], ".",
+                               "--resume negstep.pt: damaged train.py checkpoint (malformed step)"),
+    "resume a wrong optimizer state": (["--resume", "badadam.pt"], ".",
+                                       "--resume badadam.pt: damaged train.py checkpoint (ValueError: optimizer "
+                                       "exp_avg is (3,) for a parameter of"),
     "resume auto without checkpoints": (["--resume", "auto", "--out", "fresh"], ".",
                                         "--resume auto: no checkpoint (ckpt_<step>.pt) in fresh/"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
-                              "--out run holds checkpoints of an earlier run (latest ckpt_000002.pt)"),
+                              "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
+                              "with --resume auto, or choose another --out"),
+    "out holds another run's metrics": (["--out", "metricsonly"], ".",
+                                        "--out metricsonly holds an earlier run's metrics.jsonl: continue it"),
+    "metrics.jsonl is a directory": (["--out", "metricsdir"], ".",
+                                     "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
+    "bench with log-windows": (["--bench", "", "--log-windows", ""], ".",
+                               "--log-windows logs a training run's windows; --bench writes nothing"),
     "negative lr": (["--lr", "-1"], ".", "--lr must be a finite number > 0, got -1.0"),
     "infinite lr": (["--lr", "inf"], ".", "--lr must be a finite number > 0, got inf"),
     "nan weight decay": (["--weight-decay", "nan"], ".", "--weight-decay must be finite, got nan"),
