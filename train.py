@@ -469,13 +469,14 @@ class TimedFeed:
         return wait
 
 
-def window_logger(feed: Feed, log, rank: int) -> Feed:
+def window_logger(feed: Feed, log, rank: int, first_batch: int = 0) -> Feed:
     """--log-windows: wrap a feed so each batch's first token per row goes to `log` (JSONL).
 
     A debugging aid (it syncs per batch): on a dataset whose token values are their own
-    positions, it shows exactly which windows each rank consumed.
+    positions, it shows exactly which windows each rank consumed. Batches are numbered by the
+    loader's step, so a resumed run's lines follow on from the checkpoint's.
     """
-    count = 0
+    count = first_batch
 
     def logged() -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal count
@@ -644,10 +645,10 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig)
 # ----------------------------------------------------------------------------- metrics
 
 
-def open_metrics(out: Path, keep_through: int | None):
-    """metrics.jsonl for appending: emptied for a fresh run; on resume, only the lines with
-    step <= the checkpoint's step are kept (a torn last line from a killed run is dropped)."""
-    path = out / METRICS_NAME
+def open_log(path: Path, key: str, keep_through: int | None):
+    """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
+    for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
+    covers, are kept (a torn last line from a killed run is dropped)."""
     kept = []
     if keep_through is not None and path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -655,8 +656,8 @@ def open_metrics(out: Path, keep_through: int | None):
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            step = record.get("step") if isinstance(record, dict) else None
-            if isinstance(step, int) and step <= keep_through:
+            value = record.get(key) if isinstance(record, dict) else None
+            if isinstance(value, int) and value <= keep_through:
                 kept.append(line + "\n")
     atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
     return open(path, "a", encoding="utf-8", buffering=1)
@@ -980,12 +981,15 @@ def train_loop(s: Session) -> dict:
         if rt.master:
             for stale in out.glob(".ckpt_*.pt.tmp"):  # left by a run killed while saving
                 stale.unlink(missing_ok=True)
-            metrics = files.enter_context(open_metrics(out, s.start_step if s.resumed_from else None))
+            metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
+                                                   s.start_step if s.resumed_from else None))
         loader = s.train_loader
         feed_fn: Feed = lambda: loader.next_batch(rt.device)  # noqa: E731
         if cfg.log_windows:
-            log = files.enter_context(open(out / f"windows_rank{rt.rank}.jsonl", "w", buffering=1))
-            feed_fn = window_logger(feed_fn, log, rt.rank)
+            first_batch = s.start_step * s.parts.accum_steps  # the loader's step
+            log = files.enter_context(open_log(out / f"windows_rank{rt.rank}.jsonl", "batch",
+                                               first_batch - 1 if s.resumed_from else None))
+            feed_fn = window_logger(feed_fn, log, rt.rank, first_batch)
         feed = TimedFeed(feed_fn)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,

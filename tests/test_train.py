@@ -163,7 +163,7 @@ def test_compile_smoke_and_checkpoint_has_plain_keys(tmp_path, dataset, capsys):
 def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset, capsys):
     # 6 steps x 2 micro-steps = 12 windows over an epoch of 9: the shuffled order wraps.
     common = dict(steps=6, total_batch_size=64, shuffle=True, eval_every=3, eval_steps=2,
-                  sample_every=3, sample_tokens=6, keep_ckpts=0)
+                  sample_every=3, sample_tokens=6, keep_ckpts=0, log_windows=True)
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
     straight_out = capsys.readouterr().out
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "split"), ckpt_every=3, **common))
@@ -178,6 +178,9 @@ def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset
     for key in ("loss", "grad_norm", "lr", "val_loss"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     assert len({r["loss"] for r in a}) == 6
+    # the windows log keeps what the checkpoint covers (steps 1-3: batches 0-5), then goes on
+    windows = [(out / "windows_rank0.jsonl").read_text() for out in (tmp_path / "straight", split)]
+    assert windows[0] == windows[1] and windows[0].count("\n") == 12
     sample = [line for line in straight_out.splitlines() if line.startswith("step 6 sample")]
     assert sample and sample == [line for line in resumed_out.splitlines() if line.startswith("step 6 sample")]
     ckpt = torch.load(split / "ckpt_000006.pt", weights_only=True)
