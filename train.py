@@ -431,6 +431,8 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
     """
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
+    # loss_sum is an eager tensor: under CUDA graphs the loss itself is an output of the graph,
+    # overwritten by the next replay, so it must not be what the caller keeps until logging
     loss_sum = torch.zeros((), device=parts.rt.device)
     for micro in range(parts.accum_steps):
         x, y = feed()  # (B, T) int64 each, already on the device
@@ -1008,7 +1010,10 @@ def train_loop(s: Session) -> dict:
             stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
             do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None)
-            if not (final or do_eval or do_sample or do_ckpt or step % cfg.log_every == 0):
+            # The first WARMUP_SKIP steps (compilation) are logging points of their own: a step's
+            # time is its logging window's mean, and the summary leaves those steps out.
+            warming_up = step <= s.start_step + WARMUP_SKIP
+            if not (final or do_eval or do_sample or do_ckpt or warming_up or step % cfg.log_every == 0):
                 continue
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
             losses = torch.stack([p[2] for p in pending]).float()

@@ -14,7 +14,8 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),  # lower clocks and power than the SXM part
     ("H100 NVL", 835e12),
     ("H100", 989e12),  # SXM
-    ("H200", 989e12),  # the H100 chip with more and faster memory: same peak
+    ("H200 NVL", 835e12),  # PCIe card, lower power: 1,671 TFLOPS with sparsity in the datasheet
+    ("H200", 989e12),  # SXM (and GH200): the H100 chip with more and faster memory, same peak
     ("A100", 312e12),  # SXM and PCIe alike
 )
 
