@@ -64,10 +64,13 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
                 f"{directory}: no {split} shards (files named <name>_{split}_<index:06d>.bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
-        names = sorted({parse_shard_name(p.name)[0] for p in paths})
-        if len(names) > 1:  # in index order their shards would interleave: a_0, b_0, a_1, ...
+        # one dataset's shards, in both splits: in index order two would interleave (a_0, b_0,
+        # a_1, ...), and a_train with b_val would validate on another corpus
+        every = [*paths, *(p for other in SPLITS if other != split for p in find_shards(directory, other))]
+        names = sorted({parse_shard_name(p.name)[0] for p in every})
+        if len(names) > 1:
             raise LoaderError(
-                f"{directory}: {split} shards of {len(names)} datasets ({', '.join(names)}); "
+                f"{directory}: shards of {len(names)} datasets ({', '.join(names)}); "
                 f"pass one with a glob such as '{directory}/{names[0]}_{split}_*.bin'"
             )
         return paths
