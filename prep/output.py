@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -206,27 +207,29 @@ def check_target(target: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def _signals_deferred():
     """Defer SIGINT and SIGTERM to the end of the block: a Ctrl-C between the install's two
-    renames would leave no dataset under the target's name.
+    renames would leave no dataset under the target's name. Yields the list of signals that
+    arrived; the first is delivered (to the handler that was there) once the block has
+    completed, and dropped if it raised: its error is the one to report.
 
     Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
     signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
     handler then interrupts the main thread all the same. Handlers only install from the main
     thread; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
             previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if received:
-            signal.raise_signal(received[0])  # now, to the handler that was there
+    if received:
+        signal.raise_signal(received[0])
 
 
 class AtomicDirectory:
@@ -266,23 +269,31 @@ class AtomicDirectory:
         except OutputError as e:
             self._cleanup()
             raise OutputError(f"{e}; it changed while this run was writing") from None
+        old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
         try:
-            with _signals_deferred():
-                self._install()
+            with _signals_deferred() as received:
+                self._install(old)
+                if received:  # delivered next: tidy up, and say first that the work is not lost
+                    shutil.rmtree(old, ignore_errors=True)
+                    print(f"{self.target}: the new dataset is complete and in place; stopping "
+                          f"({signal.Signals(received[0]).name})", file=sys.stderr)
         except OSError as e:
             self._cleanup()
             raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
+        # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
+        # dataset is removed; a leftover is only stale (the next run into the target removes it).
+        shutil.rmtree(old, ignore_errors=True)
 
-    def _install(self) -> None:
+    def _install(self, old: Path) -> None:
+        """The target becomes the new dataset: the old one (if any) is renamed to `old` first,
+        and put back if the second rename fails."""
         if self.target.exists():  # check_target() allowed it: a dataset, or empty
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
             os.rename(self.target, old)
             try:
                 os.rename(self.tmp, self.target)
             except OSError:
                 os.rename(old, self.target)  # put the old dataset back
                 raise
-            shutil.rmtree(old, ignore_errors=True)  # installed: a leftover is only stale
         else:
             os.rename(self.tmp, self.target)
 

@@ -3,6 +3,7 @@ plain reference of the rule, shard rollover, and the atomic install."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import tempfile
@@ -98,7 +99,7 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
 
 
-def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch):
+def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch, capsys):
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
@@ -116,6 +117,30 @@ def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp
         with AtomicDirectory(target, overwrite=True) as tmp:
             (tmp / "meta.json").write_text("new")
     assert len(renames) == 2 and (target / "meta.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert capsys.readouterr().err == f"{target}: the new dataset is complete and in place; stopping (SIGINT)\n"
+
+
+def test_an_install_that_fails_after_a_ctrl_c_reports_its_error_and_keeps_the_old_dataset(tmp_path, monkeypatch):
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        (tmp / "meta.json").write_text("old")
+    real_rename, renames = os.rename, []
+
+    def interrupt_then_fail(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:  # the new dataset into place
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(src, dst)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+
+    monkeypatch.setattr(os, "rename", interrupt_then_fail)
+    with pytest.raises(OutputError, match="cannot move the new dataset into place"):  # not KeyboardInterrupt
+        with AtomicDirectory(target, overwrite=True) as tmp:
+            (tmp / "meta.json").write_text("new")
+    assert (target / "meta.json").read_text() == "old"  # put back
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
