@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -220,6 +221,9 @@ def check_out_dir(out: Path) -> None:
     """Fail now, before any work, if `out` cannot become a writable directory; create nothing."""
     probe = out
     while not probe.exists():
+        if probe.is_symlink():  # dangling: it exists as a link only
+            raise UserError(f"--out {out}: {probe} is a symbolic link to {os.readlink(probe)}, "
+                            f"which does not exist")
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -229,37 +233,66 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not writable")
 
 
-@contextlib.contextmanager
-def hold_out_dir(out: Path):
-    """Hold `out` for this run (rank 0's): a second train.py writing there at the same time
-    would empty the first one's metrics and interleave checkpoints. An flock on the directory
-    itself: no lock file, and the kernel releases it however the run ends, SIGKILL included.
+LOCK_NAME = ".train.lock"  # in --out, only where a directory cannot be flocked (NFS)
 
-    Creates `out` when missing, and removes it again if the run wrote nothing there (a user
-    mistake found after this leaves no trace). Where flock is not available (Windows) or does
-    not work on a directory (some network filesystems) there is no lock.
+
+def _flock(fd: int, out: Path) -> None:
+    """Take the exclusive lock on `fd` without waiting: a UserError when another run holds it,
+    OSError when the filesystem cannot lock this kind of file."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"--out {out} is in use by another train.py run: wait for it to end, "
+                        f"or choose another --out") from None
+
+
+@contextlib.contextmanager
+def hold_out_dir(out: Path, notes: list[str]):
+    """Hold `out` for this run (rank 0's): a second train.py writing there at the same time
+    would empty the first one's metrics and interleave checkpoints. An flock, which the kernel
+    releases however the run ends, SIGKILL included: on the directory itself, so no file
+    appears; where that fails (Linux NFS emulates flock with fcntl locks, whose exclusive
+    kind needs a file open for writing) on LOCK_NAME, removed at the end. Where no lock works,
+    or without fcntl (Windows), the run goes on without one (`notes` says so for the former).
+
+    Creates `out` when missing, and removes it at the end if the run wrote nothing there (a
+    user mistake found after this leaves no trace), but only once it holds the lock: a run
+    refused here leaves the directory to the run that holds it.
     """
     missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_RDONLY)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    fds: list[int] = []
+    lock_file = None
     try:
         if fcntl is not None:
+            fds.append(os.open(out, os.O_RDONLY))
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"--out {out} is in use by another train.py run: wait for it to end, "
-                                f"or choose another --out") from None
+                _flock(fds[0], out)
             except OSError:
-                pass  # no flock on this filesystem: run without the lock
+                lock_file = out / LOCK_NAME
+                fds.append(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644))
+                try:
+                    _flock(fds[1], out)
+                except OSError as e:
+                    notes.append(f"--out {out} cannot be locked here ({e.strerror or e}): start no second "
+                                 f"run into it while this one runs")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if lock_file is not None:  # removed while held, so no other run holds this one
+            lock_file.unlink(missing_ok=True)
         for directory in missing:  # removed only if the run wrote nothing there
             with contextlib.suppress(OSError):
                 directory.rmdir()
+        for fd in fds:
+            os.close(fd)  # releases the lock
 
 
 def check_out_contents(out: Path, resume_path: Path | None) -> None:
@@ -272,14 +305,15 @@ def check_out_contents(out: Path, resume_path: Path | None) -> None:
         raise UserError(f"--out {out}: {metrics} is not a file")
     theirs = [p.name for _, p in list_checkpoints(out)[-1:]]
     theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
-    if not theirs:
-        return
+    if not theirs or (resume_path is not None and not resume_path.is_file()):
+        return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
+        remedy = "continue it with --resume auto" if list_checkpoints(out) else f"move {metrics} away"
         raise UserError(
-            f"--out {out} holds an earlier run's {' and '.join(theirs)}: continue it with --resume auto, "
-            f"or choose another --out"
+            f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
         )
-    if resume_path.resolve().parent != out.resolve():
+    # the directory the checkpoint is in (a checkpoint there may be a link to elsewhere)
+    if resume_path.absolute().parent.resolve() != out.resolve():
         raise UserError(
             f"--out {out} holds another run's {' and '.join(theirs)}; resuming --resume {resume_path} "
             f"there would mix the two: choose an empty --out, or resume from a checkpoint in {out}"
@@ -576,8 +610,9 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
         why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        raise UserError(f"{path}: cannot write the checkpoint ({why}); is the disk full? "
-                        f"The earlier checkpoints are kept") from None
+        full = getattr(e, "errno", None) == errno.ENOSPC or "unexpected pos" in str(e)  # torch's zip writer
+        raise UserError(f"{path}: cannot write the checkpoint ({why}){'; the disk is full' if full else ''}; "
+                        f"the earlier checkpoints are kept") from None
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -784,11 +819,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 f"max-autotune-no-cudagraphs, or --total-batch-size {micro_tokens}"
             )
         resume_path = None
+        notes: list[str] = []
         if not cfg.bench:
             out = Path(cfg.out)
             check_out_dir(out)
             if rt.master:  # the one rank that writes there
-                stack.enter_context(hold_out_dir(out))
+                stack.enter_context(hold_out_dir(out, notes))
             resume_path = resolve_resume(cfg)
             if rt.master:
                 check_out_contents(out, resume_path)
@@ -800,7 +836,6 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         }
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
-        notes: list[str] = []
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
@@ -879,7 +914,7 @@ def print_facts(s: Session) -> None:
     if not cfg.bench:
         epochs = cfg.steps * accum / E
         say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "
-            f"{cfg.warmup_steps} steps, then cosine decay to {cfg.final_lr:g} at step {cfg.steps}")
+            f"{cfg.warmup_steps} steps, then cosine decay toward {cfg.final_lr:g} at step {cfg.steps}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     if s.val_loader is not None:

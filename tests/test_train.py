@@ -4,11 +4,13 @@ bad input, and the README's demo command on tiny Shakespeare."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -69,7 +71,7 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "steps per epoch: 2,640 (B=4 x T=32, world size 1) = 660 optimizer steps of 4 micro-batches\n" in out
     assert ("steps: 2 (0.00303 epochs); lr: linear warm-up to 0.0006 over 1 steps, "
-            "then cosine decay to 6e-05 at step 2\n") in out
+            "then cosine decay toward 6e-05 at step 2\n") in out
 
 
 def test_metrics_lines_and_schedule(tmp_path, dataset):
@@ -339,6 +341,48 @@ def test_a_second_run_into_a_busy_out_is_refused_and_the_first_one_is_untouched(
     assert stopped_at == steps[-1]
 
 
+def test_a_run_refused_by_the_lock_leaves_the_holders_new_out_in_place(tmp_path):
+    # both runs found --out missing; the one refused must not remove what the holder made
+    out = tmp_path / "new" / "out"
+    with train.hold_out_dir(out, []):
+        assert out.is_dir()
+        with pytest.raises(train.UserError, match="is in use by another train.py run"):
+            with train.hold_out_dir(out, []):
+                pass
+        assert out.is_dir()
+    assert not (tmp_path / "new").exists()  # the holder wrote nothing: it removes what it made
+
+
+def test_where_a_directory_cannot_be_locked_a_lock_file_is(tmp_path, monkeypatch):
+    # Linux NFS: flock on a read-only descriptor fails with EBADF; a file opened for writing works
+    real = train.fcntl.flock
+
+    def flock(fd, op):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd, op)
+
+    monkeypatch.setattr(train.fcntl, "flock", flock)
+    out = tmp_path / "out"
+    notes: list[str] = []
+    with train.hold_out_dir(out, notes):
+        assert (out / train.LOCK_NAME).is_file() and notes == []
+        with pytest.raises(train.UserError, match="is in use by another train.py run"):
+            with train.hold_out_dir(out, []):
+                pass
+        (out / "metrics.jsonl").write_text("")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # the lock file went with the run
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks")
+
+    monkeypatch.setattr(train.fcntl, "flock", no_locks)
+    with train.hold_out_dir(out, notes):
+        pass
+    assert notes == [f"--out {out} cannot be locked here (No locks): start no second run into it while this one runs"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt_000004.pt"
     train.save_checkpoint(path, {"step": 4})
@@ -349,7 +393,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
 
     monkeypatch.setattr(train.torch, "save", full_disk)
     with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(RuntimeError: "
-                                              r"\[enforce fail.*\); is the disk full\?"):
+                                              r"\[enforce fail.*\); the disk is full; the earlier checkpoints "
+                                              r"are kept$"):
         train.save_checkpoint(path, {"step": 8})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000004.pt"]
     assert torch.load(path, weights_only=True) == {"step": 4}
@@ -359,8 +404,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
 
 
 def snapshot(root: Path) -> dict:
-    """Every path under root with its size and modification time."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+    """Every path under root with its size and modification time (of a link, not its target)."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +434,7 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "metricsonly").mkdir()
     (root / "metricsonly" / "metrics.jsonl").write_text('{"step": 1}\n')
     (root / "metricsdir" / "metrics.jsonl").mkdir(parents=True)
+    (root / "dangling").symlink_to("nowhere")
     (root / "afile").write_text("x")
     (root / "empty").mkdir()
     return root
@@ -432,7 +478,12 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
                               "with --resume auto, or choose another --out"),
     "out holds another run's metrics": (["--out", "metricsonly"], ".",
-                                        "--out metricsonly holds an earlier run's metrics.jsonl: continue it"),
+                                        "--out metricsonly holds an earlier run's metrics.jsonl: move "
+                                        "metricsonly/metrics.jsonl away, or choose another --out"),
+    "resume a missing file into a busy out": (["--resume", "run/gone.pt", "--out", "run"], ".",
+                                              "--resume run/gone.pt: no such checkpoint"),
+    "out is a dangling symlink": (["--out", "dangling"], ".",
+                                  "--out dangling: dangling is a symbolic link to nowhere, which does not exist"),
     "metrics.jsonl is a directory": (["--out", "metricsdir"], ".",
                                      "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
     "bench with log-windows": (["--bench", "", "--log-windows", ""], ".",
