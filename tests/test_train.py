@@ -151,8 +151,29 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert bench["data_wait_fraction"] == pytest.approx(1 - ratio)
     assert 0 <= bench["blocked_fraction"] < 1
     assert bench["mfu"] is None and bench["accum_steps"] == 2 and bench["steps"] == 3
-    assert "real loader:" in result.stdout and "fixed batch:" in result.stdout
+    assert bench["graph_breaks"] == bench["cudagraph_skips"] == 0
+    assert "real loader:" in result.stdout and "fixed batch:" in result.stdout and "note:" not in result.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypatch):
+    # as inductor counts a CUDA graph it did not record (a CPU tensor, a mutated input, ...):
+    # once per step here, over 1 warm-up step and 3 timed steps per feed
+    counters, real_step = torch._dynamo.utils.counters, train.train_step
+    counters["inductor"]["cudagraph_skips"] += 5  # an earlier compilation's, not this run's
+
+    def skipping_step(*args):
+        counters["inductor"]["cudagraph_skips"] += 1
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", skipping_step)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
+            "--bench-steps", "3", "--device", "cpu"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    assert bench["cudagraph_skips"] == 1 + 2 * 3 and bench["graph_breaks"] == 0
+    assert "note: 0 graph break(s) and 7 CUDA graph skip(s) while benchmarking" in result.stdout
 
 
 @pytest.mark.slow
