@@ -36,12 +36,14 @@ def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
-    c = train.TrainConfig(model="tiny", B=2, T=16, steps=6, log_every=3, total_batch_size=64,
+    c = train.TrainConfig(model="tiny", B=2, T=16, steps=12, log_every=4, total_batch_size=64,
                           eval_every=0, data=str(dataset), out=str(tmp_path / "out"), quiet=True,
                           device="cpu")
     summary = train.train(c)
-    assert summary["steps"] == 6
-    assert calls == ["tolist", "tolist"]  # steps 3 and 6, nothing in between
+    assert summary["steps"] == 12
+    # steps 1, 2 and 3 (the warm-up the summary leaves out: timed on their own), then 4, 8 and
+    # 12, nothing in between
+    assert calls == ["tolist"] * 6
 
 
 def test_loader_buffers_are_pinned_only_for_cuda_runs(monkeypatch, dataset):
