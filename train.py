@@ -56,7 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from loader import TokenLoader, resolve_shards
+from loader import TokenLoader, TokenRangeError, resolve_shards
 from model import GPT, GPTConfig, mfu
 from prep.atomic import atomic_write
 from prep.epoch import steps_per_epoch
@@ -730,12 +730,16 @@ class Session:
         return self.cfg.B * self.cfg.T * self.rt.world * self.parts.accum_steps
 
 
-def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool) -> TokenLoader:
+def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool,
+                 vocab_size: int) -> TokenLoader:
     try:
         # Pinned only when batches go to CUDA: pinning opens a CUDA context, which a
-        # --device cpu run on a GPU machine has no use for.
+        # --device cpu run on a GPU machine has no use for. vocab_size: every window is
+        # checked as it is read, so a damaged shard is an error naming it, not an index error
+        # (a device-side assert on CUDA) in the embedding.
         return TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
-                           shuffle=shuffle, seed=cfg.seed, pin_memory=rt.device.type == "cuda")
+                           shuffle=shuffle, seed=cfg.seed, pin_memory=rt.device.type == "cuda",
+                           vocab_size=vocab_size)
     except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
         raise UserError(str(e)) from None
 
@@ -758,7 +762,8 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     return ckpt
 
 
-def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str]) -> TokenLoader | None:
+def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
+                     vocab_size: int) -> TokenLoader | None:
     """The val split's loader, or None with a note saying why validation is skipped."""
     val_tokens = val_split_tokens(data)
     if val_tokens is None:
@@ -768,7 +773,7 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str])
         notes.append(f"val split has {val_tokens:,} tokens, less than one batch of "
                      f"{cfg.B * cfg.T * rt.world:,} + 1: validation skipped")
         return None
-    return _open_loader(data, "val", cfg, rt, shuffle=False)
+    return _open_loader(data, "val", cfg, rt, False, vocab_size)
 
 
 def _check_tokenizer(cfg: TrainConfig) -> None:
@@ -828,7 +833,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             resume_path = resolve_resume(cfg)
             if rt.master:
                 check_out_contents(out, resume_path)
-        train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle)
+        train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         run = {
             "data_tokens": train_loader.num_tokens, "B": cfg.B, "T": cfg.T, "world": rt.world,
@@ -839,7 +844,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
-        val_loader = _open_val_loader(cfg, data, rt, notes) if cfg.eval_every and not cfg.bench else None
+        val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size)
+                      if cfg.eval_every and not cfg.bench else None)
         if val_loader is not None:
             stack.callback(val_loader.close)
         if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
@@ -929,7 +935,10 @@ def train(cfg: TrainConfig) -> dict:
     with contextlib.ExitStack() as stack:
         s = prepare(cfg, stack)
         print_facts(s)
-        return bench_loop(s) if cfg.bench else train_loop(s)
+        try:
+            return bench_loop(s) if cfg.bench else train_loop(s)
+        except TokenRangeError as e:  # bad data, found as it was read
+            raise UserError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- the training loop

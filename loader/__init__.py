@@ -9,9 +9,9 @@ windows by a prefetch thread and widened to int64 (x, y) on the device.
 """
 
 from loader.cursor import Cursor, epoch_permutation
-from loader.errors import LoaderError
+from loader.errors import LoaderError, TokenRangeError
 from loader.loader import TokenLoader
 from loader.stream import TokenStream, resolve_shards
 
-__all__ = ["Cursor", "LoaderError", "TokenLoader", "TokenStream", "epoch_permutation",
+__all__ = ["Cursor", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream", "epoch_permutation",
            "resolve_shards"]

@@ -33,6 +33,10 @@ from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.shards import HEADER_BYTES, ShardError, open_shard, shard_name, write_shard
 
+# GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
+# window against (so the loader is timed as train.py runs it)
+VOCAB = 50257
+
 
 def _time_per_call(step: Callable[[], object], windows: int, repeats: int, warmup: int) -> float:
     """Median over `repeats` of the seconds per call of `step`, after `warmup` calls."""
@@ -110,7 +114,7 @@ def synthesize(directory: str, tokens: int, shards: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     bounds = np.linspace(0, tokens, shards + 1).astype(np.int64)
     for i in range(shards):
-        body = rng.integers(0, 50257, int(bounds[i + 1] - bounds[i]), dtype=np.uint16)
+        body = rng.integers(0, VOCAB, int(bounds[i + 1] - bounds[i]), dtype=np.uint16)
         write_shard(os.path.join(directory, shard_name("bench", "train", i)), body)
 
 
@@ -144,7 +148,7 @@ def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_
     seconds = {"raw np.copyto (floor)": _time_per_call(floor, windows, repeats, warmup)}
     for prefetch in (0, 2):
         for method in ("next_window", "next_batch"):
-            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch) as loader:
+            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch, vocab_size=VOCAB) as loader:
                 step = getattr(loader, method)
                 seconds[f"loader.{method} prefetch={prefetch}"] = _time_per_call(
                     step, windows, repeats, warmup
@@ -163,7 +167,7 @@ def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_
     inside = {}  # microseconds per call, with work_us of other work between calls
     for prefetch in (0, 2):
         for method in ("next_window", "next_batch"):
-            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch) as loader:
+            with TokenLoader(path, split, B=B, T=T, prefetch=prefetch, vocab_size=VOCAB) as loader:
                 step = getattr(loader, method)
                 inside[f"loader.{method} prefetch={prefetch}"] = (
                     time_inside(step, windows, repeats, work_us * 1e-6) * 1e6

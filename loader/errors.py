@@ -14,6 +14,12 @@ class LoaderError(ValueError):
     """
 
 
+class TokenRangeError(LoaderError):
+    """A window holds a token id the model has no embedding for (a damaged or foreign shard):
+    found while reading, so train.py reports it as a user error then, not as an index error
+    (a device-side assert on CUDA) inside the embedding."""
+
+
 def check_int(label: str, value: object, minimum: int) -> None:
     """A clear LoaderError unless `value` is an integer (not a bool) >= `minimum`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -11,16 +11,24 @@ import numpy as np
 import torch
 
 from loader.cursor import Cursor
-from loader.errors import LoaderError, check_int
+from loader.errors import LoaderError, TokenRangeError, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
 from loader.stream import TokenStream, resolve_shards
 
 STATE_FORMAT = 1
 
 
-def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, arrays, index: int, step: int):
-    """Copy step `step`'s window for `rank` into ring buffer `index` (thread or consumer)."""
-    stream.read_into(cursor.window_start(step, rank), arrays[index])
+def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int | None, arrays,
+                 index: int, step: int):
+    """Copy step `step`'s window for `rank` into ring buffer `index` (thread or consumer), and
+    check its tokens are below `vocab_size` (one pass over a buffer still in cache)."""
+    start, window = cursor.window_start(step, rank), arrays[index]
+    stream.read_into(start, window)
+    if vocab_size is not None and int(window.max()) >= vocab_size:
+        bad = int(np.argmax(window >= vocab_size))
+        path, at = stream.locate(start + bad)
+        raise TokenRangeError(f"{path}: token {int(window[bad])} at index {at} is not below the vocabulary "
+                              f"size {vocab_size}: a damaged or foreign shard (`prep verify` checks them all)")
 
 
 def widen_int16(bits: torch.Tensor) -> torch.Tensor:
@@ -78,6 +86,7 @@ class TokenLoader:
         seed: int = 0,
         prefetch: int = 2,
         pin_memory: bool | None = None,
+        vocab_size: int | None = None,
     ):
         limits = {"B": (B, 1), "T": (T, 1), "world": (world, 1), "rank": (rank, 0),
                   "seed": (seed, 0), "prefetch": (prefetch, 0)}  # name: (value, minimum)
@@ -87,6 +96,9 @@ class TokenLoader:
             raise LoaderError(f"rank must satisfy 0 <= rank < world={world}, got rank={rank}")
         if not isinstance(shuffle, bool):
             raise LoaderError(f"shuffle must be True or False, got {shuffle!r}")
+        if vocab_size is not None:
+            check_int("vocab_size", vocab_size, 1)
+        self._vocab_size = vocab_size
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         elif pin_memory and not torch.cuda.is_available():
@@ -165,7 +177,8 @@ class TokenLoader:
             index = self._next_sync
             self._next_sync = (index + 1) % len(self._windows)
             wait_for_copy(self._events, index)
-            _fill_window(self._stream, self._cursor, self._rank, self._arrays, index, self._step)
+            _fill_window(self._stream, self._cursor, self._rank, self._vocab_size, self._arrays, index,
+                         self._step)
         else:
             if self._prefetcher is None:
                 self._start_prefetcher()
@@ -183,7 +196,7 @@ class TokenLoader:
 
     def _start_prefetcher(self) -> None:
         """Start the thread at the consumer's step (lazily: on first use, after a seek)."""
-        fill = partial(_fill_window, self._stream, self._cursor, self._rank, self._arrays)
+        fill = partial(_fill_window, self._stream, self._cursor, self._rank, self._vocab_size, self._arrays)
         indices = list(range(len(self._windows)))
         self._prefetcher = Prefetcher(fill, self._step, indices, self._events)
         self._stop_prefetcher = weakref.finalize(self, self._prefetcher.stop)

@@ -149,6 +149,11 @@ class TokenStream:
             shard += 1
         self._last = shard - 1
 
+    def locate(self, position: int) -> tuple[Path, int]:
+        """(shard path, index in that shard) of the stream's token `position`."""
+        shard = int(np.searchsorted(self._offsets, position, side="right")) - 1
+        return self.paths[shard], position - self._starts[shard]
+
     def close(self) -> None:
         """Drop the mappings (they unmap once no view is left)."""
         self._maps = []

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from loader import LoaderError, TokenLoader
+from loader import LoaderError, TokenLoader, TokenRangeError
 from prep.shards import ShardError, shard_name, write_shard
 
 
@@ -217,3 +217,20 @@ def test_a_split_without_shards_is_empty_only_when_allowed(tmp_path, fineweb):
     assert resolve_shards(fineweb_dir, "val", allow_empty=True) == resolve_shards(fineweb_dir, "val")
     with pytest.raises(LoaderError, match="no shard files match"):
         resolve_shards(str(tmp_path / "*.nothing"), "val", allow_empty=True)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_path, prefetch):
+    # 300 + 400 tokens; the bad one is index 5 of the second shard (stream position 305)
+    first, second = tokens(300, 1) % 50257, tokens(400, 2) % 50257
+    second[5] = 65535
+    llmc_shard(tmp_path / "x_train_000000.bin", first)
+    llmc_shard(tmp_path / "x_train_000001.bin", second)
+    with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch, vocab_size=50257) as loader:
+        for _ in range(3):  # up to [200, 301): fine
+            loader.next_window()
+        with pytest.raises(TokenRangeError, match=r"x_train_000001.bin: token 65535 at index 5 is not below "
+                                                  r"the vocabulary size 50257"):
+            loader.next_window()  # [300, 401): crosses into the second shard
+    with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch) as loader:  # no vocab_size: no check
+        assert [int(loader.next_window().numpy().max()) for _ in range(4)][3] == 65535

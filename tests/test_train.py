@@ -537,6 +537,20 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert snapshot(workdir) == before
 
 
+def test_a_token_outside_the_vocabulary_is_one_line_and_exit_2(tmp_path):
+    tokens = random_tokens(600, 9)
+    tokens[400] = 60000  # a damaged shard: in the window of step 7 (B*T = 64)
+    data = write_dataset(tmp_path / "data" / "bad", tokens)
+    args = ["--model", "tiny", "--B", "2", "--T", "32", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--quiet", "--eval-every", "0"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    # found mid-run, after the start-up facts: the error is the last line, and the only one on stderr
+    assert result.stderr.splitlines() == [result.output.strip().splitlines()[-1]]
+    assert "t_train_000000.bin: token 60000 at index 400 is not below the vocabulary size 50257" in result.stderr
+    assert len(metrics(tmp_path / "out")) == 6  # the steps before it are logged
+
+
 def test_sampling_without_the_tokenizer_is_refused_before_training(tmp_path, dataset, monkeypatch):
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--sample-every", "5"]

@@ -52,7 +52,7 @@ def test_loader_buffers_are_pinned_only_for_cuda_runs(monkeypatch, dataset):
     c = train.TrainConfig(model="tiny", B=2, T=16)
     for device in ("cpu", "cuda"):
         rt = train.Runtime(torch.device(device), "fp32", False)
-        train._open_loader(str(dataset), "train", c, rt, shuffle=False)
+        train._open_loader(str(dataset), "train", c, rt, False, 50257)
     assert seen == [False, True]
 
 
