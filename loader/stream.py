@@ -42,13 +42,21 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     if p.is_dir():
         return _directory_shards(p, split, allow_empty)
     if p.is_file():
-        return [p]
-    if any(c in text for c in _GLOB_CHARS):
+        matches = [p]
+    elif any(c in text for c in _GLOB_CHARS):
         matches = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
         if not matches:
             raise LoaderError(f"{text}: no shard files match this pattern")
-        return matches
-    raise LoaderError(f"{text}: no such file or directory")
+    else:
+        raise LoaderError(f"{text}: no such file or directory")
+    # files are taken as they are, but not a shard whose name says it is the other split:
+    # a glob like data/x/*.bin would otherwise train on the val shards too
+    other = [m.name for m in matches if (parsed := parse_shard_name(m.name)) and parsed[1] != split]
+    if other:
+        raise LoaderError(f"{text}: names {len(other)} shard(s) of another split than {split} "
+                          f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
+                          f"or pass the dataset directory")
+    return matches
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:

@@ -27,7 +27,9 @@ TOKEN_DTYPE = np.dtype("<u2")  # little-endian uint16, whatever the host's byte 
 MAX_TOKENS = 2**31 - 1  # the count lives in an int32 slot
 SPLITS = ("train", "val")
 
-_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)_(?P<index>\d{6})\.bin$")
+# <name>_<split>_<index:06d>.bin; reading also takes llm.c's single-shard <name>_<split>.bin
+# (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0
+_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.bin$")
 
 
 class ShardError(ValueError):
@@ -42,11 +44,12 @@ def shard_name(name: str, split: str, index: int) -> str:
 
 
 def parse_shard_name(filename: str) -> tuple[str, str, int] | None:
-    """(name, split, index) for a shard file name, or None when it does not follow the rule."""
+    """(name, split, index) for a shard file name, or None when it does not follow the rule
+    (an unindexed llm.c name is index 0)."""
     m = _NAME_RE.match(os.path.basename(filename))
     if m is None:
         return None
-    return m["name"], m["split"], int(m["index"])
+    return m["name"], m["split"], int(m["index"] or 0)
 
 
 def make_header(num_tokens: int) -> np.ndarray:

@@ -75,14 +75,30 @@ def test_a_glob_reads_the_matching_files_sorted(fineweb):
 
 
 def test_a_single_file_and_llmc_tiny_shakespeare_names(tmp_path):
+    # llm.c's dev/data/tinyshakespeare.py writes one unindexed shard per split
     body = tokens(500, 1)
     llmc_shard(tmp_path / "tiny_shakespeare_train.bin", body)
+    llmc_shard(tmp_path / "tiny_shakespeare_val.bin", tokens(200, 2))
     with TokenLoader(tmp_path / "tiny_shakespeare_train.bin", B=2, T=8) as loader:
         assert loader.num_tokens == 500
     with TokenLoader(str(tmp_path / "*_train.bin"), B=2, T=8, prefetch=0) as loader:
         np.testing.assert_array_equal(loader.next_window().numpy(), body[:17])
-    with pytest.raises(LoaderError, match=r"no train shards .* pass a glob"):
-        TokenLoader(tmp_path)  # its names do not follow <name>_<split>_<index>.bin
+    with TokenLoader(tmp_path, B=2, T=8, prefetch=0) as loader:  # the directory, as it is
+        assert [p.name for p in loader.shards] == ["tiny_shakespeare_train.bin"]
+        np.testing.assert_array_equal(loader.next_window().numpy(), body[:17])
+    with TokenLoader(tmp_path, split="val", B=2, T=8) as loader:
+        assert loader.num_tokens == 200
+
+
+def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
+    path, _ = fineweb
+    with pytest.raises(LoaderError, match=r"\*.bin: names 1 shard\(s\) of another split than train "
+                                          r"\(fineweb_val_000000.bin\): narrow it to the train shards"):
+        TokenLoader(str(path / "*.bin"), B=1, T=8)  # would train on the val shard too
+    with pytest.raises(LoaderError, match=r"of another split than train \(fineweb_val_000000.bin\)"):
+        TokenLoader(path / "fineweb_val_000000.bin", B=1, T=8)
+    with TokenLoader(path / "fineweb_val_000000.bin", split="val", B=1, T=8) as loader:
+        assert loader.num_tokens == 200
 
 
 def test_the_shards_are_read_only_memory_maps(fineweb):
