@@ -657,6 +657,26 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                     raise ValueError(f"optimizer {name} is {shape} for a parameter of {tuple(param.shape)}")
 
 
+SCHEDULE_FIELDS = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
+
+
+def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
+    """Notes on what a resume changes in the schedule (extending --steps is the usual case,
+    and it re-shapes the cosine), or a UserError when --steps is below the checkpoint's step."""
+    if cfg.steps < ckpt["step"]:
+        raise UserError(f"--steps {cfg.steps} is below step {ckpt['step']} of --resume {path}: "
+                        f"pass --steps {ckpt['step']} or more")
+    then = ckpt["train_config"]
+    changed = [f"--{_flag(k)} {getattr(cfg, k)} (was {then[k]})" for k in SCHEDULE_FIELDS
+               if k in then and then[k] != getattr(cfg, k)]
+    if not changed:
+        return []
+    before = dataclasses.replace(cfg, **{k: then[k] for k in SCHEDULE_FIELDS if k in then})
+    step = ckpt["step"]
+    return [f"resumed with {', '.join(changed)}: from step {step + 1} on the run follows them "
+            f"(lr {lr_at(step - 1, before):g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
+
+
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume is None:
         return None
@@ -841,6 +861,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         }
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
+            notes += schedule_changes(ckpt, cfg, resume_path)
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")

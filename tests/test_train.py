@@ -225,6 +225,22 @@ def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
 
 
+def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its_own(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=4, quiet=False))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=6, resume="auto"))  # extend the run: allowed
+    out = capsys.readouterr().out
+    c4, c6 = (train.TrainConfig(steps=n, warmup_steps=2) for n in (4, 6))
+    assert (f"note: resumed with --steps 6 (was 4): from step 5 on the run follows them "
+            f"(lr {train.lr_at(3, c4):g} at step 4, {train.lr_at(4, c6):g} at step 5)\n") in out
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset),
+                                             "--out", str(tmp_path / "out"), "--resume", "auto", "--steps", "5",
+                                             "--device", "cpu"])
+    assert_user_error(result, f"--steps 5 is below step 6 of --resume {tmp_path / 'out' / 'ckpt_000006.pt'}: "
+                              f"pass --steps 6 or more")
+
+
 def test_keep_ckpts_keeps_the_newest(tmp_path, dataset):
     train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
