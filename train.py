@@ -999,15 +999,21 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, persistent: bool = False) -> None:
+    def __init__(self, persistent: bool = False, announce: bool = False) -> None:
         self.signal: int | None = None
         self.persistent = persistent
+        self.announce = announce  # say at once that the signal was heard (rank 0 only)
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
+        first = self.signal is None
         self.signal = signum
         if not self.persistent:
             signal.signal(signum, self._previous[signum])
+        if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
+            when = "at the next logging point" if self.persistent else "after the step under way"
+            again = "" if self.persistent else ", a second one stops at once"
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -1041,7 +1047,7 @@ def train_loop(s: Session) -> dict:
     out = Path(cfg.out)
     say = tqdm.write if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
-        stop = files.enter_context(StopRequest(persistent=rt.ddp))
+        stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master))
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
@@ -1303,7 +1309,11 @@ def main(compile_: bool | None, **options) -> None:
         cfg = TrainConfig(compile=compile_, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except KeyboardInterrupt:  # a second Ctrl-C: click would say "Aborted!" and exit 1
+        click.echo("interrupted: stopped at once, without checkpointing the step under way", err=True)
+        sys.exit(130)
     if summary.get("interrupted"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C
 

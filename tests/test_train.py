@@ -285,6 +285,16 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in killed] == [r["loss"] for r in reference]
 
 
+def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupted)
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 130 and "Aborted" not in result.output
+    assert result.stderr == "interrupted: stopped at once, without checkpointing the step under way\n"
+
+
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
     only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
@@ -327,6 +337,8 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
+    name = signal.Signals(signum).name
+    assert f"\n{name}: stopping after the step under way, a second one stops at once\n" in stderr  # at once
     (stopped_at, path), = train.list_checkpoints(out)
     assert 3 <= stopped_at < steps
     assert f"{signal.Signals(signum).name}: stopped after step {stopped_at} of {steps}" in stdout
