@@ -1066,7 +1066,9 @@ def train_loop(s: Session) -> dict:
         feed = TimedFeed(feed_fn)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
-                                       disable=not rt.master or cfg.quiet))
+                                       # None: drawn on a terminal only, as prep's bars; a log
+                                       # file gets the lines below and the summary, no \r noise
+                                       disable=True if not rt.master or cfg.quiet else None))
         history: list[float] = []  # tokens/s of each step of this run
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host

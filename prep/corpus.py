@@ -77,6 +77,23 @@ def _text_files(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+              b"PK\x03\x04": "zip"}  # leading bytes: a format's magic number
+
+
+def _refuse_compressed(path: Path) -> None:
+    """A CorpusError for a compressed file: read as text it fails as invalid UTF-8, and with
+    --errors replace it would tokenize the compressed bytes as if they were text."""
+    if not path.is_file():  # a pipe or device: nothing to peek at
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            raise CorpusError(f"{path}: {kind}-compressed; decompress it first (prep reads plain text "
+                              f"and .jsonl files)")
+
+
 def resolve_sources(inputs: Sequence[str]) -> list[Source]:
     """Check every input exists and expand directories; raises CorpusError before any work."""
     if not inputs:
@@ -100,6 +117,7 @@ def resolve_sources(inputs: Sequence[str]) -> list[Source]:
                 total = None if None in sizes else sum(sizes)
                 sources.append(Source(arg, "directory", tuple(files), total))
             else:
+                _refuse_compressed(path)
                 kind = "jsonl" if path.suffix.lower() == ".jsonl" else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path)))
         except PermissionError as e:

@@ -6,6 +6,7 @@ Shards are read back with an llm.c-style reader written here, independent of pre
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -231,7 +232,19 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
                       ["m.jsonl:2: no 'text' field"]),
     "non-string field": ({"m.jsonl": b'{"text": ["a"]}\n'}, ["m.jsonl"],
                          ["m.jsonl:1: field 'text' is an array"]),
+    # read as text it was invalid UTF-8, and with --errors replace, gzip's bytes as tokens
+    "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
+                              ["c.jsonl.gz: gzip-compressed; decompress it first"]),
+    "zstd-compressed text": ({"c.txt": b"\x28\xb5\x2f\xfd" + b"x" * 40}, ["c.txt"], ["c.txt: zstd-compressed"]),
 }
+
+
+def test_field_without_a_jsonl_input_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("some text")
+    for inputs in ([tmp_path / "a.txt"], ["-"]):  # text files and stdin have no fields
+        result = invoke(*inputs, "--field", "body", "--out", tmp_path / "out", input=b"x")
+        assert_user_error(result, "--field body: only .jsonl inputs have fields, and none is given")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
