@@ -696,7 +696,11 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig)
     now = {**dataclasses.asdict(model_config), **run}
     diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
     if diffs:
-        raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)})")
+        hint = ""
+        if saved.get("world") != run["world"] and isinstance(saved.get("world"), int):
+            hint = (f"; resume it with as many ranks: torchrun --nproc_per_node={saved['world']} train.py ..."
+                    if saved["world"] > 1 else "; resume it in one process: python train.py ...")
+        raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -862,6 +866,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
             notes += schedule_changes(ckpt, cfg, resume_path)
+        if cfg.compile_mode != "default" and not rt.compile:
+            notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
@@ -1264,7 +1270,7 @@ def bench_loop(s: Session) -> dict:
               help="Tokens per optimizer step; a multiple of B*T*world, the rest is gradient accumulation.")
 @click.option("--lr", type=float, default=TrainConfig.lr, help="Peak learning rate.")
 @click.option("--min-lr", type=float, default=None, show_default="lr/10",
-              help="Learning rate at --steps (cosine decay).")
+              help="Where the cosine decay ends: the learning rate after the last of --steps.")
 @click.option("--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="Linear warm-up steps.")
 @click.option("--weight-decay", type=float, default=TrainConfig.weight_decay,
               help="AdamW weight decay (matrices only).")

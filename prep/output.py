@@ -196,12 +196,12 @@ def check_target(target: Path, overwrite: bool) -> None:
     entries = [p.name for p in target.iterdir()]
     if not entries:
         return
+    foreign = [e for e in entries if e != META_NAME and parse_shard_name(e) is None]
+    if foreign:  # said first: --overwrite would not help
+        raise OutputError(f"{target}: not a dataset directory (it holds {foreign[0]!r}); "
+                          f"refusing to replace it, with or without --overwrite")
     if not overwrite:
         raise OutputError(f"{target}: already exists (pass --overwrite to replace it)")
-    foreign = [e for e in entries if e != META_NAME and parse_shard_name(e) is None]
-    if foreign:
-        raise OutputError(f"{target}: not a dataset directory (it holds {foreign[0]!r}); "
-                          f"refusing to replace it")
 
 
 @contextlib.contextmanager

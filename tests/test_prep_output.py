@@ -172,5 +172,6 @@ def test_check_target(tmp_path):
         check_target(tmp_path / "ds", overwrite=False)
     check_target(tmp_path / "ds", overwrite=True)
     (tmp_path / "ds" / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not a dataset directory"):
-        check_target(tmp_path / "ds", overwrite=True)
+    for overwrite in (True, False):  # said first: --overwrite would not help
+        with pytest.raises(OutputError, match="not a dataset directory .*, with or without --overwrite"):
+            check_target(tmp_path / "ds", overwrite=overwrite)

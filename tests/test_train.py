@@ -74,6 +74,12 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
             "then cosine decay toward 6e-05 at step 2\n") in out
 
 
+def test_a_compile_mode_without_compile_is_a_note(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=1, compile_mode="reduce-overhead", quiet=False))
+    assert "note: --compile-mode reduce-overhead has no effect: compile is off (--compile turns it on)\n" in \
+        capsys.readouterr().out
+
+
 def test_metrics_lines_and_schedule(tmp_path, dataset):
     c = cfg(tmp_path, dataset, steps=5, total_batch_size=64)
     summary = train.train(c)

@@ -172,7 +172,7 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     message = (f"Error: --resume single/ckpt_{STEPS:06d}.pt: incompatible with this run "
-               f"(B {2 * B} there, {B} now; world 1 there, 2 now)")
+               f"(B {2 * B} there, {B} now; world 1 there, 2 now); resume it in one process: python train.py ...")
     assert result.stderr.count(message) == 2, result.stderr  # each rank, none left waiting
     assert not (tmp_path / "ddp").exists()
 
