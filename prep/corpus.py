@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,8 +78,11 @@ def _text_files(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 
-COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
-              b"PK\x03\x04": "zip"}  # leading bytes: a format's magic number
+# A format's leading bytes. Each holds a byte that valid UTF-8 text cannot start with (0x8b,
+# 0xfd, 0xb5, control characters), except bzip2's "BZh", which is matched with its block-size
+# digit and block magic ("1AY&SY") so that text starting "BZh" is not taken for it.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+_BZIP2 = re.compile(rb"^BZh[1-9]1AY&SY")
 
 
 def _refuse_compressed(path: Path) -> None:
@@ -87,11 +91,12 @@ def _refuse_compressed(path: Path) -> None:
     if not path.is_file():  # a pipe or device: nothing to peek at
         return
     with open(path, "rb") as f:
-        head = f.read(8)
-    for magic, kind in COMPRESSED.items():
-        if head.startswith(magic):
-            raise CorpusError(f"{path}: {kind}-compressed; decompress it first (prep reads plain text "
-                              f"and .jsonl files)")
+        head = f.read(10)
+    found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
+    found += ["bzip2"] if _BZIP2.match(head) else []
+    if found:
+        raise CorpusError(f"{path}: {found[0]}-compressed; decompress it first (prep reads plain text "
+                          f"and .jsonl files)")
 
 
 def resolve_sources(inputs: Sequence[str]) -> list[Source]:

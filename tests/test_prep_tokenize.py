@@ -6,6 +6,7 @@ Shards are read back with an llm.c-style reader written here, independent of pre
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
@@ -236,7 +237,14 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
     "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
                               ["c.jsonl.gz: gzip-compressed; decompress it first"]),
     "zstd-compressed text": ({"c.txt": b"\x28\xb5\x2f\xfd" + b"x" * 40}, ["c.txt"], ["c.txt: zstd-compressed"]),
+    "bzip2-compressed text": ({"c.txt": bz2.compress(b"text " * 100)}, ["c.txt"], ["c.txt: bzip2-compressed"]),
 }
+
+
+def test_text_that_starts_like_a_compressed_format_is_text(tmp_path):
+    (tmp_path / "b.txt").write_text("BZh, as in the bzip2 magic, but text")
+    assert invoke(tmp_path / "b.txt", "--out", tmp_path / "out").exit_code == 0
+    assert np.array_equal(stream(tmp_path / "out"), expected(["BZh, as in the bzip2 magic, but text"]))
 
 
 def test_field_without_a_jsonl_input_is_refused(tmp_path):
