@@ -39,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -667,14 +668,20 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
         raise UserError(f"--steps {cfg.steps} is below step {ckpt['step']} of --resume {path}: "
                         f"pass --steps {ckpt['step']} or more")
     then = ckpt["train_config"]
-    changed = [f"--{_flag(k)} {getattr(cfg, k)} (was {then[k]})" for k in SCHEDULE_FIELDS
+    shown = lambda k, v: "lr/10" if k == "min_lr" and v is None else v  # noqa: E731
+    changed = [f"--{_flag(k)} {shown(k, getattr(cfg, k))} (was {shown(k, then[k])})" for k in SCHEDULE_FIELDS
                if k in then and then[k] != getattr(cfg, k)]
     if not changed:
         return []
-    before = dataclasses.replace(cfg, **{k: then[k] for k in SCHEDULE_FIELDS if k in then})
     step = ckpt["step"]
-    return [f"resumed with {', '.join(changed)}: from step {step + 1} on the run follows them "
-            f"(lr {lr_at(step - 1, before):g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
+    note = f"resumed with {', '.join(changed)}: from step {step + 1} on the run follows them"
+    try:  # the checkpoint's own values, as they were (no validation: an older version wrote them)
+        old = {k: then.get(k, getattr(cfg, k)) for k in ("lr", "min_lr", "warmup_steps", "steps")}
+        old["final_lr"] = old["lr"] / 10 if old["min_lr"] is None else old["min_lr"]
+        lr_then = lr_at(step - 1, types.SimpleNamespace(**old))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return [note]
+    return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -890,6 +897,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 raw.load_state_dict(ckpt["model"])
                 optimizer.load_state_dict(ckpt["optimizer"])
                 check_optimizer_state(optimizer)
+                # load_state_dict restores the groups' settings too: this run's --weight-decay
+                # holds (lr is set at every step), as the resume note says. Group 0 is the
+                # decayed one (GPT.configure_optimizers); group 1 stays at 0.
+                optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
                 set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is

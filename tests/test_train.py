@@ -240,11 +240,16 @@ def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its
     assert (f"note: resumed with --steps 6 (was 4): from step 5 on the run follows them "
             f"(lr {train.lr_at(3, c4):g} at step 4, {train.lr_at(4, c6):g} at step 5)\n") in out
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
+    train.train(cfg(tmp_path, dataset, steps=7, resume="auto", weight_decay=0.5, min_lr=1e-5))
+    out = capsys.readouterr().out
+    assert "note: resumed with --steps 7 (was 6), --min-lr 1e-05 (was lr/10), --weight-decay 0.5 (was 0.1)" in out
+    saved = torch.load(tmp_path / "out" / "ckpt_000007.pt", weights_only=True)
+    assert [g["weight_decay"] for g in saved["optimizer"]["param_groups"]] == [0.5, 0.0]  # applied
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset),
                                              "--out", str(tmp_path / "out"), "--resume", "auto", "--steps", "5",
                                              "--device", "cpu"])
-    assert_user_error(result, f"--steps 5 is below step 6 of --resume {tmp_path / 'out' / 'ckpt_000006.pt'}: "
-                              f"pass --steps 6 or more")
+    assert_user_error(result, f"--steps 5 is below step 7 of --resume {tmp_path / 'out' / 'ckpt_000007.pt'}: "
+                              f"pass --steps 7 or more")
 
 
 def test_keep_ckpts_keeps_the_newest(tmp_path, dataset):
