@@ -882,6 +882,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                       if cfg.eval_every and not cfg.bench else None)
         if val_loader is not None:
             stack.callback(val_loader.close)
+            # every evaluation reads the same first windows: read them once now, so a damaged
+            # val shard stops the run here (on every rank) and not at the first evaluation
+            try:
+                for _ in range(min(cfg.eval_steps, val_loader.steps_per_epoch)):
+                    val_loader.next_window()
+            except TokenRangeError as e:
+                raise UserError(str(e)) from None
+            val_loader.reset()
         if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
             _check_tokenizer(cfg)
 

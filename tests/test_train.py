@@ -590,6 +590,17 @@ def test_a_token_outside_the_vocabulary_is_one_line_and_exit_2(tmp_path):
     assert len(metrics(tmp_path / "out")) == 6  # the steps before it are logged
 
 
+def test_a_damaged_val_shard_is_refused_at_start_up(tmp_path):
+    val = random_tokens(300, 10)
+    val[100] = 50257  # read by every evaluation (the first --eval-steps windows)
+    data = write_dataset(tmp_path / "data" / "badval", random_tokens(600, 9), val)
+    args = ["--model", "tiny", "--B", "2", "--T", "32", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--quiet", "--eval-every", "100"]
+    result = CliRunner().invoke(train.main, args)
+    assert_user_error(result, "t_val_000000.bin: token 50257 at index 100 is not below the vocabulary size 50257")
+    assert not (tmp_path / "out").exists()
+
+
 def test_sampling_without_the_tokenizer_is_refused_before_training(tmp_path, dataset, monkeypatch):
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--sample-every", "5"]
