@@ -976,6 +976,14 @@ def print_facts(s: Session) -> None:
         say(f"note: {note}")
 
 
+def _peer_gone(error: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process went away (gloo says the
+    connection closed; NCCL's errors are DistBackendError), not because of this rank."""
+    dist_error = getattr(dist, "DistError", ())
+    return isinstance(error, dist_error) or any(
+        words in str(error) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
     with contextlib.ExitStack() as stack:
@@ -985,6 +993,11 @@ def train(cfg: TrainConfig) -> dict:
             return bench_loop(s) if cfg.bench else train_loop(s)
         except TokenRangeError as e:  # bad data, found as it was read
             raise UserError(str(e)) from None
+        except RuntimeError as e:
+            if s.rt.ddp and _peer_gone(e):  # the rank that failed says why, in its own line
+                raise UserError(f"rank {s.rt.rank}: stopped because another rank ended mid-run (its error "
+                                f"says why)") from None
+            raise
 
 
 # ----------------------------------------------------------------------------- the training loop

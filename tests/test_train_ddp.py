@@ -177,6 +177,22 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
     assert not (tmp_path / "ddp").exists()
 
 
+@pytest.mark.slow
+def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
+    tokens = positional_tokens(4000)
+    tokens[240] = 60000  # in rank 1's window of loader step 3 only: [(3*2+1)*32, +33)
+    data = write_dataset(tmp_path / "d", tokens)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = ["--model", "tiny", "--B", str(B), "--T", str(T), "--steps", "20", "--eval-every", "0", "--device",
+            "cpu", "--quiet", "--data", str(data), "--out", "out"]
+    result = subprocess.run([*torchrun, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "t_train_000000.bin: token 60000 at index 240 is not below the vocabulary size 50257" in result.stderr
+    assert "Error: rank 0: stopped because another rank ended mid-run (its error says why)" in result.stderr
+    assert "Connection closed by peer" not in result.stderr, result.stderr
+
+
 RESUME_STEPS = 80  # long enough that a signal after step 3 always lands mid-run
 
 
