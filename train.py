@@ -90,7 +90,7 @@ class TrainConfig:
     (data, total_batch_size, min_lr).
     """
 
-    data: str | None = None  # dataset dir (meta.json or *_train_*.bin), a glob, or a shard
+    data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin), a glob, or a shard
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
     model: str = "gpt2"
@@ -199,7 +199,7 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
     found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
     if not found:
-        raise UserError(f"no dataset (meta.json or *_train_*.bin) under {root}/: {hint}")
+        raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin shards) under {root}/: {hint}")
     if len(found) > 1:
         listed = ", ".join(map(str, found))
         raise UserError(f"{len(found)} datasets under {root}/ ({listed}): choose one with --data")
@@ -705,7 +705,8 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig)
     if diffs:
         hint = ""
         if saved.get("world") != run["world"] and isinstance(saved.get("world"), int):
-            hint = (f"; resume it with as many ranks: torchrun --nproc_per_node={saved['world']} train.py ..."
+            hint = (f"; resume it with {saved['world']} ranks in all (on one machine: torchrun "
+                    f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
 
@@ -1051,7 +1052,8 @@ class StopRequest:
         if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
             when = "at the next logging point" if self.persistent else "after the step under way"
             again = "" if self.persistent else ", a second one stops at once"
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
+            with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
+                os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
@@ -1294,7 +1296,7 @@ def bench_loop(s: Session) -> dict:
 @click.option("--T", "T", type=int, default=TrainConfig.T,
               help="Tokens per sequence (at most the model's block size).")
 @click.option("--data", default=None, show_default="the one dataset under ./data",
-              help="Dataset directory (meta.json or *_train_*.bin shards), a shard glob, or one shard.")
+              help="Dataset directory (meta.json or <name>_train[_<index>].bin shards), a shard glob, or one shard.")
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
 @click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")
@@ -1352,7 +1354,8 @@ def main(compile_: bool | None, **options) -> None:
     try:
         summary = train(cfg)
     except KeyboardInterrupt:  # a second Ctrl-C: click would say "Aborted!" and exit 1
-        click.echo("interrupted: stopped at once, without checkpointing the step under way", err=True)
+        click.echo("interrupted: stopped at once; --resume auto continues from the last checkpoint written",
+                   err=True)
         sys.exit(130)
     if summary.get("interrupted"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C

@@ -69,7 +69,7 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
         paths = find_shards(directory, split)
         if not paths and not allow_empty:
             raise LoaderError(
-                f"{directory}: no {split} shards (files named <name>_{split}_<index:06d>.bin); "
+                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
         # one dataset's shards, in both splits: in index order two would interleave (a_0, b_0,
@@ -81,6 +81,11 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
                 f"{directory}: shards of {len(names)} datasets ({', '.join(names)}); "
                 f"pass one with a glob such as '{directory}/{names[0]}_{split}_*.bin'"
             )
+        indices = [parse_shard_name(p.name)[2] for p in paths]
+        if len(set(indices)) < len(indices):  # x_train.bin is index 0, as x_train_000000.bin is
+            twice = [p.name for p in paths if indices.count(parse_shard_name(p.name)[2]) > 1]
+            raise LoaderError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; "
+                              f"keep one of them")
         return paths
     entry = (meta.get("splits") or {}).get(split) or {}
     listed = entry.get("shards") or []

@@ -245,7 +245,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     if not field:
         raise UserError("--field must name a JSON key, got ''")
     field_given = click.get_current_context().get_parameter_source("field") != click.core.ParameterSource.DEFAULT
-    if field_given and not any(i.lower().endswith(".jsonl") for i in inputs):
+    if field_given and not any(".jsonl" in i.lower() for i in inputs):  # x.jsonl.gz: its own error
         raise UserError(f"--field {field}: only .jsonl inputs have fields, and none is given (stdin and "
                         f"other files are read as plain text)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)

@@ -90,6 +90,13 @@ def test_a_single_file_and_llmc_tiny_shakespeare_names(tmp_path):
         assert loader.num_tokens == 200
 
 
+def test_an_unindexed_and_an_indexed_shard_of_one_index_are_refused(tmp_path):
+    llmc_shard(tmp_path / "x_train.bin", tokens(300, 1))
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 2))
+    with pytest.raises(LoaderError, match=r"x_train.bin and x_train_000000.bin are the same shard index"):
+        TokenLoader(tmp_path, B=1, T=8)
+
+
 def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
     path, _ = fineweb
     with pytest.raises(LoaderError, match=r"\*.bin: names 1 shard\(s\) of another split than train "

@@ -303,7 +303,7 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(train, "train", interrupted)
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o")])
     assert result.exit_code == 130 and "Aborted" not in result.output
-    assert result.stderr == "interrupted: stopped at once, without checkpointing the step under way\n"
+    assert result.stderr == "interrupted: stopped at once; --resume auto continues from the last checkpoint written\n"
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
