@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ import click
 from tqdm import tqdm
 
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, CorpusError, read_pieces, resolve_sources
+from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -110,6 +110,7 @@ class TokenizeResult:
     chars: int
     seconds: float
     workers: int
+    empty_skipped: int = 0  # documents with no text: no EOT, no tokens
 
     @property
     def chars_per_token(self) -> float:
@@ -125,7 +126,8 @@ class TokenizeResult:
 
     def summary(self) -> str:
         t, s = self.tokens, self.shards
-        return (f"tokenized {self.documents:,} document(s), {self.bytes / 1e6:,.1f} MB in "
+        skipped = f" ({self.empty_skipped:,} empty one(s) skipped)" if self.empty_skipped else ""
+        return (f"tokenized {self.documents:,} document(s){skipped}, {self.bytes / 1e6:,.1f} MB in "
                 f"{self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s, {self.workers} worker(s)): "
                 f"train {t['train']:,} + val {t['val']:,} tokens in {len(s['train'])} + {len(s['val'])} "
                 f"shard(s), {self.chars_per_token:.2f} chars/token -> {self.out_dir}")
@@ -163,13 +165,21 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
         chunk_chars = min(chunk_chars, max(MIN_AUTO_CHUNK_CHARS, math.ceil(total_bytes / (4 * workers))))
         workers = min(workers, max(1, math.ceil(total_bytes / chunk_chars)))
     start, chars, nbytes = time.perf_counter(), 0, 0
+    documents_read = 0
+
+    def counted(pieces: Iterable[Piece]) -> Iterator[Piece]:  # every document, empty ones too
+        nonlocal documents_read
+        for piece in pieces:
+            documents_read += piece.new_document
+            yield piece
+
     with AtomicDirectory(target, overwrite) as tmp:
         train = SplitWriter(tmp, name, "train", config.shard_size)
         val = SplitWriter(tmp, name, "val", config.shard_size)
         held_back = config.val_max_tokens if config.val_fraction > 0 else 0
         splitter = TailSplitter(train, held_back, tmp / SPILL_NAME)
         try:
-            pieces = read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin)
+            pieces = counted(read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin))
             work = batches(document_chunks(pieces, chunk_chars), chunk_chars)
             # The pool forks before tqdm starts its monitor thread.
             with (EncoderPool(workers, config.start_method) if workers > 1 else nullcontext()) as pool, \
@@ -194,7 +204,8 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     return TokenizeResult(target, name, train.documents + val.documents,
                           {split: w.tokens for split, w in splits.items()},
                           {split: [e["file"] for e in w.entries] for split, w in splits.items()},
-                          nbytes, chars, time.perf_counter() - start, workers)
+                          nbytes, chars, time.perf_counter() - start, workers,
+                          documents_read - train.documents - val.documents)
 
 
 @contextmanager

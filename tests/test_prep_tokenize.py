@@ -247,6 +247,18 @@ def test_text_that_starts_like_a_compressed_format_is_text(tmp_path):
     assert np.array_equal(stream(tmp_path / "out"), expected(["BZh, as in the bzip2 magic, but text"]))
 
 
+def test_the_summary_counts_the_empty_documents_it_skipped(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("")
+    (tmp_path / "d" / "b.txt").write_text("hello")
+    (tmp_path / "c.jsonl").write_text('{"text": ""}\n{"text": "x"}\n')
+    result = invoke(tmp_path / "d", tmp_path / "c.jsonl", "--out", tmp_path / "out", "--val-fraction", 0)
+    assert result.exit_code == 0 and "tokenized 2 document(s) (2 empty one(s) skipped)" in result.output
+    assert np.array_equal(stream(tmp_path / "out"), expected(["", "hello", "", "x"]))
+    result = invoke(tmp_path / "d", "--out", tmp_path / "out2", "--val-fraction", 0, "--json")
+    assert json.loads(result.output)["empty_skipped"] == 1
+
+
 def test_field_without_a_jsonl_input_is_refused(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     for inputs in ([tmp_path / "a.txt"], ["-"]):  # text files and stdin have no fields
