@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import LoaderError
-from prep.meta import is_plain_file_name, read_meta
-from prep.shards import SPLITS, find_shards, open_shard, parse_shard_name, read_header
+from prep.meta import check_listed_names, is_plain_file_name, read_meta
+from prep.shards import SPLITS, ShardError, check_one_dataset, find_shards, open_shard, parse_shard_name, read_header
 
 _GLOB_CHARS = "*?["
 
@@ -72,22 +72,19 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
                 f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
-        # one dataset's shards, in both splits: in index order two would interleave (a_0, b_0,
-        # a_1, ...), and a_train with b_val would validate on another corpus
-        every = [*paths, *(p for other in SPLITS if other != split for p in find_shards(directory, other))]
-        names = sorted({parse_shard_name(p.name)[0] for p in every})
-        if len(names) > 1:
-            raise LoaderError(
-                f"{directory}: shards of {len(names)} datasets ({', '.join(names)}); "
-                f"pass one with a glob such as '{directory}/{names[0]}_{split}_*.bin'"
-            )
-        indices = [parse_shard_name(p.name)[2] for p in paths]
-        if len(set(indices)) < len(indices):  # x_train.bin is index 0, as x_train_000000.bin is
-            twice = [p.name for p in paths if indices.count(parse_shard_name(p.name)[2]) > 1]
-            raise LoaderError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; "
-                              f"keep one of them")
+        try:
+            check_one_dataset(directory)
+        except ShardError as e:
+            raise LoaderError(str(e)) from None
         return paths
-    entry = (meta.get("splits") or {}).get(split) or {}
+    splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
+    files = {s: [item["file"] for item in (splits.get(s) or {}).get("shards") or []
+                 if isinstance(item, dict) and isinstance(item.get("file"), str)] for s in SPLITS}
+    try:
+        check_listed_names(files)  # no file twice, no val shard listed as train
+    except ValueError as e:
+        raise LoaderError(f"{directory}/meta.json: {e}") from None
+    entry = splits.get(split) or {}
     listed = entry.get("shards") or []
     if not listed and not allow_empty:
         raise LoaderError(f"{directory}/meta.json: lists no {split} shards")

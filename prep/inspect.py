@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, is_plain_file_name, read_meta
-from prep.shards import HEADER_BYTES, SPLITS, ShardError, find_shards, open_shard, read_header
-from prep.tokenizer import VOCAB_SIZE
+from prep.meta import META_NAME, check_listed_names, is_plain_file_name, read_meta
+from prep.shards import HEADER_BYTES, SPLITS, ShardError, check_one_dataset, find_shards, open_shard, read_header
+from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
 
@@ -72,11 +72,30 @@ def _meta_split(meta: dict, split: str) -> dict:
         raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")
     for entry in record.get("shards", []):
         if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                and isinstance(entry.get("tokens"), int) and isinstance(entry.get("sha256"), str)):
+                and _is_count(entry.get("tokens")) and isinstance(entry.get("sha256"), str)):
             raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
         if not is_plain_file_name(entry["file"]):
             raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
+    for key in ("tokens", "documents"):
+        if key in record and not _is_count(record[key]):
+            raise ValueError(f"'splits.{split}.{key}' is {record[key]!r}, not a count")
     return {"shards": []} | record
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _meta_records(meta: dict) -> dict[str, dict]:
+    """Both splits' records (_meta_split), the file listing checked as a whole, and the
+    tokenizer the shards were written with: GPT-2's, the only one train.py's model reads."""
+    records = {split: _meta_split(meta, split) for split in SPLITS}
+    check_listed_names({split: [e["file"] for e in r["shards"]] for split, r in records.items()})
+    vocab = meta.get("vocab_size", VOCAB_SIZE)
+    if isinstance(vocab, bool) or vocab != VOCAB_SIZE or meta.get("tokenizer", ENCODING_NAME) != ENCODING_NAME:
+        raise ValueError(f"tokenizer {meta.get('tokenizer')!r} with vocab_size {vocab!r}: not GPT-2's "
+                         f"({ENCODING_NAME!r}, {VOCAB_SIZE})")
+    return records
 
 
 def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | None = None,
@@ -90,10 +109,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     try:
         meta = read_meta(directory)
         if meta is not None:
-            info = DatasetInfo(str(directory), META_NAME, name=meta.get("name"),
-                               vocab_size=int(meta.get("vocab_size", VOCAB_SIZE)))
-            for split in SPLITS:
-                record = _meta_split(meta, split)
+            info = DatasetInfo(str(directory), META_NAME, name=meta.get("name"))
+            for split, record in _meta_records(meta).items():
                 entries = record["shards"]
                 info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
                                                record.get("documents"))
@@ -102,6 +119,10 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:
         info = DatasetInfo(str(directory), "shard headers")
+        try:
+            check_one_dataset(directory)
+        except ShardError as e:
+            raise UserError(str(e)) from None
         for split in SPLITS:
             paths = find_shards(directory, split)
             try:
@@ -211,13 +232,12 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
     report = VerifyReport(str(directory), meta_found=False)
     expected: dict[str, dict] = {}  # file name -> its meta.json entry
-    vocab_size = VOCAB_SIZE
     try:
         meta = read_meta(directory)
-        if meta is not None:
-            vocab_size = int(meta.get("vocab_size", VOCAB_SIZE))
-            for split in SPLITS:
-                record = _meta_split(meta, split)
+        if meta is None:
+            check_one_dataset(directory)
+        else:
+            for split, record in _meta_records(meta).items():
                 entries = record["shards"]
                 expected |= {e["file"]: e for e in entries}
                 listed = record.get("tokens")
@@ -225,6 +245,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards")
             report.meta_found = True
+    except ShardError as e:  # no meta.json, and the shards are not one dataset's
+        report.problems.append(str(e))
     except (ValueError, TypeError) as e:  # unreadable: fall back to the header and range checks
         report.problems.append(f"{directory / META_NAME}: {e}")
         expected.clear()
@@ -248,7 +270,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
             if report.meta_found and entry is None:
                 reasons.append(f"present but not listed in {META_NAME}")
             try:
-                num_tokens, digest, bad = _scan_shard(path, vocab_size, entry is not None, bar)
+                num_tokens, digest, bad = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
             except ShardError as e:
                 report.problems.append(str(e) + "".join(f"; {r}" for r in reasons))
                 continue

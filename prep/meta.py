@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from prep.atomic import atomic_write
+from prep.shards import parse_shard_name
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
@@ -36,6 +37,20 @@ def is_plain_file_name(name: str) -> bool:
     """Whether a meta.json shard entry names a file in the dataset directory itself (no
     folder, no '..'): a dataset reads nothing outside its directory."""
     return os.path.basename(name) == name and name not in ("", ".", "..")
+
+
+def check_listed_names(files_by_split: dict[str, list[str]]) -> None:
+    """ValueError if meta.json lists a file twice, or lists under one split a file whose shard
+    name says it is the other's: the loader would read it twice, or train on val data."""
+    seen: set[str] = set()
+    for split, files in files_by_split.items():
+        for name in files:
+            if name in seen:
+                raise ValueError(f"{name} is listed twice")
+            seen.add(name)
+            parsed = parse_shard_name(name)
+            if parsed is not None and parsed[1] != split:
+                raise ValueError(f"{split} lists {name}, a {parsed[1]} shard by its name")
 
 
 def read_meta(directory: str | os.PathLike) -> dict | None:

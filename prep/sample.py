@@ -84,11 +84,17 @@ def _atomic_write(out: Path, fill) -> None:
         raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
 
 
+def _holds(out: Path, data: bytes) -> bool:
+    """Whether `out` is a file holding exactly `data`; the size is compared first, so a big
+    file of other content (a user's own corpus) is never read into memory."""
+    return out.is_file() and out.stat().st_size == len(data) and out.read_bytes() == data
+
+
 def _existing_is_replaceable(out: Path, overwrite: bool) -> None:
     """Raise UserError unless `out` may be replaced: absent, --overwrite, or our fallback."""
     if not out.exists() or overwrite:
         return
-    if out.is_file() and out.read_bytes() == fallback_text().encode("utf-8"):
+    if _holds(out, fallback_text().encode("utf-8")):
         return  # our own offline fallback: upgrading it loses nothing
     raise UserError(f"{out} already exists with other content; pass --overwrite to replace it")
 
@@ -151,7 +157,7 @@ def write_sample(
         data = fallback_text().encode("utf-8")
         label = FALLBACK_SOURCE
 
-    if out.is_file() and out.read_bytes() == data:
+    if _holds(out, data):
         return SampleResult(out, len(data), label, written=False, note=note)
     _existing_is_replaceable(out, overwrite)
     _atomic_write(out, lambda f: f.write(data))

@@ -180,3 +180,24 @@ def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
             found.append((parsed[2], parsed[0], p))
     found.sort()
     return [p for _, _, p in found]
+
+
+def check_one_dataset(directory: str | os.PathLike) -> None:
+    """ShardError unless a directory without meta.json holds one dataset's shards, each index
+    once per split: two names would interleave in index order (a_0, b_0, a_1, ...) and pair
+    one corpus's train split with another's val split, and llm.c's unindexed x_train.bin is
+    the same index 0 as x_train_000000.bin. The loader, `prep info` and `prep verify` agree
+    on this one rule."""
+    directory = Path(directory)
+    every = {split: find_shards(directory, split) for split in SPLITS}
+    names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
+    if len(names) > 1:
+        raise ShardError(f"{directory}: shards of {len(names)} datasets ({', '.join(names)}): keep one "
+                         f"per directory, or give train.py a glob such as "
+                         f"'{directory}/{names[0]}_train_*.bin'")
+    for paths in every.values():
+        indices = [parse_shard_name(p.name)[2] for p in paths]
+        twice = [p.name for p, i in zip(paths, indices) if indices.count(i) > 1]
+        if twice:
+            raise ShardError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; keep one "
+                             f"of them")

@@ -58,8 +58,8 @@ def test_a_directory_holding_two_datasets_without_meta_is_refused(fineweb):
     # in index order their shards would interleave (fineweb_1, other_1, fineweb_2, ...)
     path, _ = fineweb
     llmc_shard(path / "other_train_000001.bin", tokens(300, 7))
-    with pytest.raises(LoaderError, match=r"shards of 2 datasets \(fineweb, other\); "
-                                          r"pass one with a glob such as '.*/fineweb_train_\*.bin'"):
+    with pytest.raises(LoaderError, match=r"shards of 2 datasets \(fineweb, other\): keep one per directory, "
+                                          r"or give train.py a glob such as '.*/fineweb_train_\*.bin'"):
         TokenLoader(path, B=1, T=8)
     with TokenLoader(str(path / "fineweb_train_*.bin"), B=1, T=8) as loader:  # as it says
         assert loader.num_tokens == 317 + 334 + 351
@@ -162,6 +162,11 @@ def shard_entry(i):
             r"meta.json: malformed train shard entry",
         ),
         (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
+        (  # it would be read twice
+            lambda m: m["splits"]["train"]["shards"].append(dict(shard_entry(0)(m))),
+            LoaderError,
+            r"meta.json: m_train_000000.bin is listed twice",
+        ),
         (  # a dataset reads nothing outside its directory
             lambda m: shard_entry(0)(m).update(file="../m_train_000000.bin"),
             LoaderError,

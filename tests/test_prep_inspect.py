@@ -146,6 +146,25 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "bad_layout": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"splits": {"train": []}})), [],
                    [META_NAME, "splits.train"]),
     "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
+    "other_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": 65536})), [],
+                    [META_NAME, "vocab_size 65536: not GPT-2's ('gpt2', 50257)"]),
+    "huge_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"vocab_size": 50257',
+                                                                              '"vocab_size": 1e400')), [],
+                   [META_NAME, "not GPT-2's"]),
+    "documents_not_a_count": (lambda t: _with_meta_text(t, lambda m: json.dumps(
+        m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"documents": "many"}}})), [],
+        [META_NAME, "'splits.train.documents' is 'many', not a count"]),
+    "tokens_a_bool": (lambda t: _with_meta_text(t, lambda m: json.dumps(
+        m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"shards": [
+            m["splits"]["train"]["shards"][0] | {"tokens": True}]}}})), [], [META_NAME, "lacks file/tokens/sha256"]),
+    "val_listed_as_train": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace(
+        "ds_train_000000.bin", "ds_val_000000.bin")), [], [META_NAME, "train lists ds_val_000000.bin, a val shard"]),
+    "listed_twice": (lambda t: _with_meta_text(t, lambda m: json.dumps(
+        m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"shards": 2 * m["splits"]["train"]["shards"]}}})),
+        [], [META_NAME, "ds_train_000000.bin is listed twice"]),
+    "two_datasets": (lambda t: make_dataset(t / "two", {"val": [tokens(10)]}, name="other", meta=False) and
+                     make_dataset(t / "two", {"train": [tokens(10)]}, meta=False), [],
+                     ["shards of 2 datasets (ds, other)"]),
     "bad_header": (_zero_magic, [], ["ds_train_000000.bin", "bad magic", "prep verify"]),
     "B_only": (lambda t: make_dataset(t / "b", {"train": [tokens(10)]}), ["--B", "4"], ["--B and --T"]),
 }
@@ -167,6 +186,21 @@ def test_verify_good_dataset(dataset):
     assert result.exit_code == 0, result.output
     assert "verified 3 shard(s), 8,700 tokens" in result.output and "sha256" in result.output
     assert "BAD" not in result.output
+
+
+def test_verify_reports_what_the_loader_refuses(tmp_path):
+    ds = make_dataset(tmp_path / "dup", {"train": [tokens(100)]}, meta=False)
+    write_shard(ds / "ds_train.bin", tokens(50))  # llm.c's unindexed name: index 0 again
+    result = run(verify_command, ds)
+    assert result.exit_code == 1
+    assert "BAD " + str(ds) + ": ds_train.bin and ds_train_000000.bin are the same shard index" in result.output
+
+
+def test_verify_checks_the_range_against_gpt2_whatever_meta_json_says(dataset):
+    meta = json.loads((dataset / META_NAME).read_text())
+    (dataset / META_NAME).write_text(json.dumps(meta | {"vocab_size": 65536}))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1 and "not GPT-2's ('gpt2', 50257)" in result.output
 
 
 def test_verify_without_meta_checks_headers_and_range(tmp_path):
