@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from loader import TokenLoader, TokenRangeError, resolve_shards
 from model import GPT, GPTConfig, mfu
-from prep.atomic import atomic_write
+from prep.atomic import atomic_write, signals_deferred
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME
@@ -608,7 +608,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     A write that fails (a full disk: torch's zip writer raises RuntimeError, or OSError) is a
     one-line error; the checkpoints already there are untouched."""
     try:
-        atomic_write(path, lambda f: torch.save(payload, f))
+        with signals_deferred():  # a second Ctrl-C waits for the file: torch would garble it
+            atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
         why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         full = getattr(e, "errno", None) == errno.ENOSPC or "unexpected pos" in str(e)  # torch's zip writer

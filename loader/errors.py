@@ -1,4 +1,4 @@
-"""The loader's one exception type, in its own module so every loader file can raise it."""
+"""The loader's exception types, in their own module so every loader file can raise them."""
 
 from __future__ import annotations
 

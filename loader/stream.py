@@ -4,9 +4,11 @@ Which files make a split (`resolve_shards`):
 
 - a dataset directory with meta.json (what `prep tokenize` writes): the shards meta.json lists
   for the split, in its order, each header's count cross-checked against meta.json;
-- a directory without meta.json (llm.c, modded-nanogpt): `prep.shards.find_shards(dir, split)`;
+- a directory without meta.json (llm.c, modded-nanogpt): `prep.shards.find_shards(dir, split)`,
+  refused unless it holds one dataset, each shard index once (`prep.shards.check_one_dataset`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
-  picks the files, so `split` is not consulted); a single shard file is a glob of one.
+  picks the files), but not a file whose shard name says it is the other split; a single
+  shard file is a glob of one.
 
 Headers are parsed only by prep.shards (read_header / open_shard); this module never reads a
 token except to copy the window it was asked for.

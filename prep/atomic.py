@@ -1,13 +1,16 @@
 """Whole files or nothing: the one way this project replaces a file that others may read.
 
 meta.json, the sample corpus, checkpoints and metrics.jsonl are all written through here, so
-a crash at any moment leaves either the old file or the new one, never half of one.
+a crash at any moment leaves either the old file or the new one, never half of one; and
+`signals_deferred` keeps a Ctrl-C from cutting such a write (or prep's install) in two.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -44,3 +47,33 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:
+    prep's install (between its two renames there is no dataset under the target's name) and
+    train.py's checkpoint write (torch's zip writer turns an interrupt into a RuntimeError
+    about the file position). Yields the list of signals that
+    arrived; the first is delivered (to the handler that was there) once the block has
+    completed, and dropped if it raised: its error is the one to report.
+
+    Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
+    signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
+    handler then interrupts the main thread all the same. Handlers only install from the main
+    thread; elsewhere the block runs as it is."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
+            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        signal.raise_signal(received[0])

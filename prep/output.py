@@ -7,18 +7,17 @@ lands on disk and in which order; the split rule itself is documented in prep/to
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from prep import __version__
+from prep.atomic import signals_deferred
 from prep.corpus import Source
 from prep.meta import META_FORMAT_VERSION, META_NAME
 from prep.shards import HEADER_BYTES, TOKEN_DTYPE, ShardWriter, parse_shard_name, shard_name
@@ -204,34 +203,6 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target}: already exists (pass --overwrite to replace it)")
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    """Defer SIGINT and SIGTERM to the end of the block: a Ctrl-C between the install's two
-    renames would leave no dataset under the target's name. Yields the list of signals that
-    arrived; the first is delivered (to the handler that was there) once the block has
-    completed, and dropped if it raised: its error is the one to report.
-
-    Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
-    signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
-    handler then interrupts the main thread all the same. Handlers only install from the main
-    thread; elsewhere the block runs as it is."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
-            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:
-        signal.raise_signal(received[0])
-
-
 class AtomicDirectory:
     """A directory built under a temporary name and renamed into place only when complete.
 
@@ -271,7 +242,7 @@ class AtomicDirectory:
             raise OutputError(f"{e}; it changed while this run was writing") from None
         old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
         try:
-            with _signals_deferred() as received:
+            with signals_deferred() as received:
                 self._install(old)
                 if received:  # delivered next: tidy up, and say first that the work is not lost
                     shutil.rmtree(old, ignore_errors=True)

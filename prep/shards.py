@@ -3,10 +3,11 @@
 A shard is llm.c / modded-nanogpt compatible, so their shard directories load as they are:
 
 - header: 256 little-endian int32 (1024 bytes); [0] magic 20240520, [1] version 1,
-  [2] token count n with 0 < n < 2**31; every other slot is 0;
+  [2] token count n with 0 < n < 2**31; every other slot is written 0 and ignored on reading;
 - body: n little-endian uint16 tokens; the file size is exactly 1024 + 2 * n.
 
-Names are `<name>_<split>_<index:06d>.bin` with split in {train, val}.
+Names are `<name>_<split>_<index:06d>.bin` with split in {train, val}; reading also takes
+llm.c's single-shard `<name>_<split>.bin` as index 0.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ class ShardInfo:
 
 
 def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
-    """The shards of one split in a directory, in index order (names per `shard_name`)."""
+    """The shards of one split in a directory, in index order (names per `parse_shard_name`)."""
     directory = Path(directory)
     found = []
     for p in directory.iterdir():

