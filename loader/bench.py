@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("path", nargs="?", help="dataset dir or shard glob (default: synthetic)")
+    parser.add_argument("path", nargs="?", default=argparse.SUPPRESS,  # no "(default: None)" in -h
+                        help="dataset dir or shard glob (default: a synthetic set)")
     parser.add_argument("--split", default="train", help="split to read from a directory")
     parser.add_argument("--B", type=int, default=16, help="sequences per batch")
     parser.add_argument("--T", type=int, default=1024, help="tokens per sequence")
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--B, --T, --windows, --repeats, --tokens and --shards must be >= 1")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
-        if args.path is None:
+        if getattr(args, "path", None) is None:
             with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
                 synthesize(tmp, args.tokens, args.shards)
                 result = run(tmp, "train", *sizes)

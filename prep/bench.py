@@ -245,7 +245,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(cls=UserCommand, context_settings={"show_default": True})
+@click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--mb", type=click.FloatRange(min=0, min_open=True), default=50.0,
               help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(),

@@ -178,6 +178,8 @@ def sample_command(out: Path, offline: bool, source: Path | None, overwrite: boo
 
     The download URL can be overridden with the SHARDGPT_SAMPLE_URL environment variable.
     """
+    if offline and source is not None:
+        raise UserError("--offline and --from: choose one (--from copies a file, --offline writes the fallback)")
     result = write_sample(out, offline=offline, source=source, overwrite=overwrite)
     if result.written:
         click.echo(f"wrote {result.path}: {result.num_bytes:,} bytes, {result.source}")

@@ -76,6 +76,13 @@ def test_unreachable_url_announces_and_writes_the_fallback(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]  # no temp file left
 
 
+def test_offline_and_from_together_are_refused(tmp_path):
+    (tmp_path / "mine.txt").write_text("my corpus")
+    result = run("--out", tmp_path / "input.txt", "--offline", "--from", tmp_path / "mine.txt")
+    assert_user_error(result, "--offline and --from: choose one")
+    assert not (tmp_path / "input.txt").exists()
+
+
 def test_offline_writes_the_fallback_without_trying(tmp_path):
     out = tmp_path / "input.txt"
     result = run("--out", out, "--offline")
