@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import LoaderError
-from prep.meta import check_listed_names, is_plain_file_name, read_meta
+from prep.meta import meta_splits, read_meta
 from prep.shards import SPLITS, ShardError, check_one_dataset, find_shards, open_shard, parse_shard_name, read_header
 
 _GLOB_CHARS = "*?["
@@ -79,33 +79,22 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
         except ShardError as e:
             raise LoaderError(str(e)) from None
         return paths
-    splits = meta.get("splits") if isinstance(meta.get("splits"), dict) else {}
-    files = {s: [item["file"] for item in (splits.get(s) or {}).get("shards") or []
-                 if isinstance(item, dict) and isinstance(item.get("file"), str)] for s in SPLITS}
     try:
-        check_listed_names(files)  # no file twice, no val shard listed as train
+        records = meta_splits(meta)  # fields, integer counts, no file twice or in the wrong split
     except ValueError as e:
         raise LoaderError(f"{directory}/meta.json: {e}") from None
-    entry = splits.get(split) or {}
-    listed = entry.get("shards") or []
-    if not listed and not allow_empty:
+    entry = records[split]
+    if not entry["shards"] and not allow_empty:
         raise LoaderError(f"{directory}/meta.json: lists no {split} shards")
     paths, total = [], 0
-    for item in listed:
-        try:
-            shard, tokens = directory / item["file"], int(item["tokens"])
-            if not is_plain_file_name(item["file"]):
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise LoaderError(
-                f"{directory}/meta.json: malformed {split} shard entry {item!r}"
-            ) from None
+    for item in entry["shards"]:
+        shard, tokens = directory / item["file"], item["tokens"]
         n = read_header(shard)  # ShardError naming the file when missing or bad
         if n != tokens:
             raise LoaderError(f"{shard}: header says {n} tokens, meta.json says {tokens}")
         paths.append(shard)
         total += n
-    if "tokens" in entry and int(entry["tokens"]) != total:
+    if "tokens" in entry and entry["tokens"] != total:
         raise LoaderError(
             f"{directory}/meta.json: {split} total is {entry['tokens']} tokens, "
             f"but its shards hold {total}"

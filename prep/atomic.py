@@ -55,7 +55,7 @@ def signals_deferred():
     prep's install (between its two renames there is no dataset under the target's name) and
     train.py's checkpoint write (torch's zip writer turns an interrupt into a RuntimeError
     about the file position). Yields the list of signals that
-    arrived; the first is delivered (to the handler that was there) once the block has
+    arrived; they are delivered (to the handlers that were there) once the block has
     completed, and dropped if it raised: its error is the one to report.
 
     Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
@@ -75,5 +75,5 @@ def signals_deferred():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if received:
-        signal.raise_signal(received[0])
+    for signum in received:  # in order: a second Ctrl-C stays a second one (train.py: stop at once)
+        signal.raise_signal(signum)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, check_listed_names, is_plain_file_name, read_meta
+from prep.meta import META_NAME, meta_splits, read_meta
 from prep.shards import HEADER_BYTES, SPLITS, ShardError, check_one_dataset, find_shards, open_shard, read_header
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
@@ -64,33 +64,10 @@ def _check_directory(directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _meta_split(meta: dict, split: str) -> dict:
-    """meta.json's record for one split (empty if absent), checked for the fields we rely on."""
-    splits = meta.get("splits", {})
-    record = splits.get(split, {}) if isinstance(splits, dict) else None
-    if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
-        raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")
-    for entry in record.get("shards", []):
-        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                and _is_count(entry.get("tokens")) and isinstance(entry.get("sha256"), str)):
-            raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
-        if not is_plain_file_name(entry["file"]):
-            raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
-    for key in ("tokens", "documents"):
-        if key in record and not _is_count(record[key]):
-            raise ValueError(f"'splits.{split}.{key}' is {record[key]!r}, not a count")
-    return {"shards": []} | record
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _meta_records(meta: dict) -> dict[str, dict]:
-    """Both splits' records (_meta_split), the file listing checked as a whole, and the
-    tokenizer the shards were written with: GPT-2's, the only one train.py's model reads."""
-    records = {split: _meta_split(meta, split) for split in SPLITS}
-    check_listed_names({split: [e["file"] for e in r["shards"]] for split, r in records.items()})
+    """meta_splits(meta), and the tokenizer the shards were written with: GPT-2's, the only
+    one train.py's model reads."""
+    records = meta_splits(meta)
     vocab = meta.get("vocab_size", VOCAB_SIZE)
     if isinstance(vocab, bool) or vocab != VOCAB_SIZE or meta.get("tokenizer", ENCODING_NAME) != ENCODING_NAME:
         raise ValueError(f"tokenizer {meta.get('tokenizer')!r} with vocab_size {vocab!r}: not GPT-2's "

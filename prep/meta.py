@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 
 from prep.atomic import atomic_write
-from prep.shards import parse_shard_name
+from prep.shards import SPLITS, parse_shard_name
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
@@ -51,6 +51,38 @@ def check_listed_names(files_by_split: dict[str, list[str]]) -> None:
             parsed = parse_shard_name(name)
             if parsed is not None and parsed[1] != split:
                 raise ValueError(f"{split} lists {name}, a {parsed[1]} shard by its name")
+
+
+def _meta_split(meta: dict, split: str) -> dict:
+    """meta.json's record for one split (empty if absent), checked for the fields we rely on."""
+    splits = meta.get("splits", {})
+    record = splits.get(split, {}) if isinstance(splits, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
+        raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")
+    for entry in record.get("shards", []):
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and _is_count(entry.get("tokens")) and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
+        if not is_plain_file_name(entry["file"]):
+            raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
+    for key in ("tokens", "documents"):
+        if key in record and not _is_count(record[key]):
+            raise ValueError(f"'splits.{split}.{key}' is {record[key]!r}, not a count")
+    return {"shards": []} | record
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def meta_splits(meta: dict) -> dict[str, dict]:
+    """Both splits' records of a parsed meta.json, checked for what readers rely on: each a
+    'shards' list of {file, tokens, sha256} entries with plain file names and integer counts,
+    no file listed twice or under the other split (check_listed_names). ValueError says what
+    is wrong. `prep info`, `prep verify` and the loader read meta.json through this."""
+    records = {split: _meta_split(meta, split) for split in SPLITS}
+    check_listed_names({split: [e["file"] for e in r["shards"]] for split, r in records.items()})
+    return records
 
 
 def read_meta(directory: str | os.PathLike) -> dict | None:

@@ -159,7 +159,12 @@ def shard_entry(i):
         (
             lambda m: shard_entry(0)(m).pop("tokens"),
             LoaderError,
-            r"meta.json: malformed train shard entry",
+            r"meta.json: train shard entry .* lacks file/tokens/sha256",
+        ),
+        (  # a count too big for any int: OverflowError in int(), a traceback, before
+            lambda m: shard_entry(0)(m).update(tokens=1e400),
+            LoaderError,
+            r"meta.json: train shard entry .* lacks file/tokens/sha256",
         ),
         (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
         (  # it would be read twice
@@ -170,7 +175,7 @@ def shard_entry(i):
         (  # a dataset reads nothing outside its directory
             lambda m: shard_entry(0)(m).update(file="../m_train_000000.bin"),
             LoaderError,
-            r"meta.json: malformed train shard entry",
+            r"meta.json: train shard file '../m_train_000000.bin' is not a plain file name",
         ),
     ],
 )

@@ -461,6 +461,23 @@ def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeyp
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
+def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def twice_interrupted_save(obj, f):
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.torch, "save", twice_interrupted_save)
+    path = tmp_path / "ckpt_000002.pt"
+    with pytest.raises(KeyboardInterrupt):  # the second one, as it would outside the write
+        with train.StopRequest() as stop:
+            train.save_checkpoint(path, {"step": 2})
+    assert stop.requested and torch.load(path, weights_only=True) == {"step": 2}
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt_000004.pt"
     train.save_checkpoint(path, {"step": 4})
