@@ -4,8 +4,8 @@ Which files make a split (`resolve_shards`):
 
 - a dataset directory with meta.json (what `prep tokenize` writes): the shards meta.json lists
   for the split, in its order, each header's count cross-checked against meta.json;
-- a directory without meta.json (llm.c, modded-nanogpt): `prep.shards.find_shards(dir, split)`,
-  refused unless it holds one dataset, each shard index once (`prep.shards.check_one_dataset`);
+- a directory without meta.json (llm.c, modded-nanogpt): its `<name>_<split>[_<index>].bin` files,
+  refused unless it holds one dataset, each shard index once (`prep.shards.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
   picks the files), but not a file whose shard name says it is the other split; a single
   shard file is a glob of one.
@@ -24,7 +24,7 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.meta import meta_splits, read_meta
-from prep.shards import SPLITS, ShardError, check_one_dataset, find_shards, open_shard, parse_shard_name, read_header
+from prep.shards import SPLITS, ShardError, dataset_shards, open_shard, parse_shard_name, read_header
 
 _GLOB_CHARS = "*?["
 
@@ -62,22 +62,21 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:
-    """A directory's shards: meta.json's list when there is one, else find_shards."""
+    """A directory's shards: meta.json's list when there is one, else prep.shards.dataset_shards."""
     try:
         meta = read_meta(directory)
     except ValueError as e:
         raise LoaderError(str(e)) from None
     if meta is None:
-        paths = find_shards(directory, split)
+        try:
+            paths = dataset_shards(directory)[split]
+        except ShardError as e:
+            raise LoaderError(str(e)) from None
         if not paths and not allow_empty:
             raise LoaderError(
                 f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
-        try:
-            check_one_dataset(directory)
-        except ShardError as e:
-            raise LoaderError(str(e)) from None
         return paths
     try:
         records = meta_splits(meta)  # fields, integer counts, no file twice or in the wrong split

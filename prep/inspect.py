@@ -19,7 +19,7 @@ from tqdm import tqdm
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import HEADER_BYTES, SPLITS, ShardError, check_one_dataset, find_shards, open_shard, read_header
+from prep.shards import HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, read_header
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -97,11 +97,10 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     if meta is None:
         info = DatasetInfo(str(directory), "shard headers")
         try:
-            check_one_dataset(directory)
+            every = dataset_shards(directory)
         except ShardError as e:
             raise UserError(str(e)) from None
-        for split in SPLITS:
-            paths = find_shards(directory, split)
+        for split, paths in every.items():
             try:
                 tokens = sum(read_header(p) for p in paths)
             except ShardError as e:
@@ -212,7 +211,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     try:
         meta = read_meta(directory)
         if meta is None:
-            check_one_dataset(directory)
+            dataset_shards(directory)  # the loader's rule for such a directory (ShardError below)
         else:
             for split, record in _meta_records(meta).items():
                 entries = record["shards"]

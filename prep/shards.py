@@ -183,12 +183,12 @@ def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
     return [p for _, _, p in found]
 
 
-def check_one_dataset(directory: str | os.PathLike) -> None:
-    """ShardError unless a directory without meta.json holds one dataset's shards, each index
-    once per split: two names would interleave in index order (a_0, b_0, a_1, ...) and pair
-    one corpus's train split with another's val split, and llm.c's unindexed x_train.bin is
-    the same index 0 as x_train_000000.bin. The loader, `prep info` and `prep verify` agree
-    on this one rule."""
+def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
+    """find_shards for every split of a directory without meta.json, or ShardError unless it
+    holds one dataset's shards, each index once per split: two names would interleave in index
+    order (a_0, b_0, a_1, ...) and pair one corpus's train split with another's val split, and
+    llm.c's unindexed x_train.bin is the same index 0 as x_train_000000.bin. The loader,
+    `prep info` and `prep verify` agree on this one rule."""
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
@@ -202,3 +202,4 @@ def check_one_dataset(directory: str | os.PathLike) -> None:
         if twice:
             raise ShardError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; keep one "
                              f"of them")
+    return every
