@@ -159,7 +159,12 @@ class TrainConfig:
     @property
     def final_lr(self) -> float:
         """The learning rate the cosine decay ends at."""
-        return self.lr / 10 if self.min_lr is None else self.min_lr
+        return final_lr(self.lr, self.min_lr)
+
+
+def final_lr(lr: float, min_lr: float | None) -> float:
+    """--min-lr, or lr/10 when it is not given (nanoGPT's default)."""
+    return lr / 10 if min_lr is None else min_lr
 
 
 def _flag(field: str) -> str:
@@ -304,12 +309,13 @@ def check_out_contents(out: Path, resume_path: Path | None) -> None:
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
-    theirs = [p.name for _, p in list_checkpoints(out)[-1:]]
+    checkpoints = list_checkpoints(out)
+    theirs = [p.name for _, p in checkpoints[-1:]]
     theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
-        remedy = "continue it with --resume auto" if list_checkpoints(out) else f"move {metrics} away"
+        remedy = "continue it with --resume auto" if checkpoints else f"move {metrics} away"
         raise UserError(
             f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
         )
@@ -678,7 +684,7 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     note = f"resumed with {', '.join(changed)}: from step {step + 1} on the run follows them"
     try:  # the checkpoint's own values, as they were (no validation: an older version wrote them)
         old = {k: then.get(k, getattr(cfg, k)) for k in ("lr", "min_lr", "warmup_steps", "steps")}
-        old["final_lr"] = old["lr"] / 10 if old["min_lr"] is None else old["min_lr"]
+        old["final_lr"] = final_lr(old["lr"], old["min_lr"])
         lr_then = lr_at(step - 1, types.SimpleNamespace(**old))
     except (TypeError, ValueError, ZeroDivisionError):
         return [note]
@@ -882,12 +888,13 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
         val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size)
                       if cfg.eval_every and not cfg.bench else None)
+        val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if val_loader is not None:
             stack.callback(val_loader.close)
             # every evaluation reads the same first windows: read them once now, so a damaged
             # val shard stops the run here (on every rank) and not at the first evaluation
             try:
-                for _ in range(min(cfg.eval_steps, val_loader.steps_per_epoch)):
+                for _ in range(val_batches):
                     val_loader.next_window()
             except TokenRangeError as e:
                 raise UserError(str(e)) from None
@@ -944,7 +951,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         stack.callback(setattr, parts, "model", None)
     return Session(
         cfg, rt, data, model_config, raw, eval_model, parts, train_loader, run, generator,
-        val_loader, min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0,
+        val_loader, val_batches,
         start_step, resume_path, notes,
     )
 
