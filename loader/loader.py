@@ -40,6 +40,22 @@ def widen_int16(bits: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int64).bitwise_and_(0xFFFF)
 
 
+def _saved_shards(shards: object) -> list[list]:
+    """A state's shard list as [name, count, sha256 or None] entries; states written before
+    the digests were recorded hold [name, count] pairs."""
+    try:
+        parsed = []
+        for entry in shards:
+            name, n, *rest = entry
+            if len(rest) > 1 or isinstance(n, bool) or (rest and rest[0] is not None
+                                                         and not isinstance(rest[0], str)):
+                raise ValueError
+            parsed.append([str(name), int(n), rest[0] if rest else None])
+        return parsed
+    except (TypeError, ValueError):
+        raise LoaderError(f"malformed shard list in a loader state: {shards!r}") from None
+
+
 class TokenLoader:
     """Batches of GPT-2 tokens for one rank, read from a split's shards (DESIGN.md, "Loader").
 
@@ -241,17 +257,20 @@ class TokenLoader:
                 f"(missing {missing or 'nothing'}, format {state.get('format')!r})"
             )
         c, identity = self._cursor, self._stream.identity
-        try:
-            shards = [[str(name), int(n)] for name, n in state["shards"]]
-        except (TypeError, ValueError):
-            bad = state["shards"]
-            raise LoaderError(f"malformed shard list in a loader state: {bad!r}") from None
-        if state["num_tokens"] != c.num_tokens or shards != identity:
+        shards = _saved_shards(state["shards"])
+        if state["num_tokens"] != c.num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
             raise LoaderError(
                 f"the state is for another dataset: {len(state['shards'])} shards, "
                 f"N={state['num_tokens']} tokens; this loader reads {len(identity)} shards, "
                 f"N={c.num_tokens} tokens"
             )
+        for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
+            if saved_digest and digest and saved_digest != digest:  # compared where both are known
+                raise LoaderError(
+                    f"the state is for another dataset: {name} has the same name and token count, "
+                    f"but meta.json's sha256 is {digest[:12]}... now and was {saved_digest[:12]}... "
+                    f"(tokenized again since)"
+                )
         saved, ours = (state["B"], state["T"], state["world"]), (c.B, c.T, c.world)
         if saved != ours:
             raise LoaderError(

@@ -101,6 +101,26 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
     return paths
 
 
+def listed_digests(paths: list[Path]) -> list[str | None]:
+    """Each shard's sha256 as its directory's meta.json lists it, None where no valid
+    meta.json lists the file (llm.c shards, a hand-made file). Read from meta.json, not
+    recomputed: it is what tells a re-tokenized dataset from the one a checkpoint was made
+    on when file names and token counts are the same (full shards of a reordered corpus)."""
+    listed: dict[Path, dict[str, str]] = {}
+    digests = []
+    for path in paths:
+        directory = path.parent
+        if directory not in listed:
+            try:
+                meta = read_meta(directory)
+                records = meta_splits(meta) if meta is not None else {}
+            except ValueError:  # a glob's files are taken as they are; the loader needs no meta
+                records = {}
+            listed[directory] = {e["file"]: e["sha256"] for r in records.values() for e in r["shards"]}
+        digests.append(listed[directory].get(path.name))
+    return digests
+
+
 class TokenStream:
     """N tokens across shards, addressable as one array without reading any of it up front.
 
@@ -122,12 +142,14 @@ class TokenStream:
         self._starts = [int(o) for o in self._offsets]  # the same, as Python ints
         self._last = 0  # shard of the previous window: the next one usually starts there too
         self.num_tokens = self._starts[-1]
+        self._digests = listed_digests(self.paths)
 
     @property
     def identity(self) -> list[list]:
-        """[[shard file name, token count], ...]: what a resume state checks it was made on.
-        File names, not paths, so a dataset directory can move between save and resume."""
-        return [[p.name, n] for p, n in zip(self.paths, self.counts)]
+        """[[shard file name, token count, sha256 or None], ...]: what a resume state checks it
+        was made on (listed_digests). File names, not paths, so a dataset directory can move
+        between save and resume."""
+        return [[p.name, n, d] for p, n, d in zip(self.paths, self.counts, self._digests)]
 
     def read_into(self, start: int, out: np.ndarray) -> None:
         """Copy tokens [start, start + len(out)) of the stream into `out` (1-D, uint16)."""

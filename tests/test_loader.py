@@ -233,6 +233,40 @@ def test_a_state_for_other_data_or_other_b_t_w_is_refused(tmp_path, data):
                 loader.load_state_dict(state)
 
 
+def test_a_state_for_a_retokenized_dataset_with_the_same_names_and_counts_is_refused(tmp_path, data):
+    path, _ = data
+    other = tmp_path / "other"
+    other.mkdir()
+    write_dataset(other, [1000, 517, 2000], seed=1)  # same files and counts, other tokens
+    with TokenLoader(path, B=2, T=50) as loader:
+        windows(loader, 3)
+        state = loader.state_dict()
+    assert [entry[2] for entry in state["shards"]] == [
+        e["sha256"] for e in json.loads((path / "meta.json").read_text())["splits"]["train"]["shards"]]
+    with TokenLoader(other, B=2, T=50) as loader:
+        with pytest.raises(LoaderError, match=r"d_train_000000.bin has the same name and token count, "
+                                              r"but meta.json's sha256 is \w{12}\.\.\. now"):
+            loader.load_state_dict(state)
+
+
+def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):
+    """States from before digests were recorded ([name, count] pairs), and shards without a
+    meta.json listing them, are checked by names and counts alone."""
+    path, ref = data
+    with TokenLoader(path, B=2, T=50) as loader:
+        windows(loader, 3)
+        state = loader.state_dict()
+    old = {**state, "shards": [entry[:2] for entry in state["shards"]]}
+    with TokenLoader(path, B=2, T=50) as loader:
+        loader.load_state_dict(old)
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[300:401])
+    (path / "meta.json").unlink()  # the same files, now found by their names
+    with TokenLoader(path, B=2, T=50) as loader:
+        assert all(entry[2] is None for entry in loader.state_dict()["shards"])
+        loader.load_state_dict(state)
+        np.testing.assert_array_equal(loader.next_window().numpy(), ref[300:401])
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -241,6 +275,8 @@ def test_a_state_for_other_data_or_other_b_t_w_is_refused(tmp_path, data):
         (lambda s: s.update(epoch=5), "step 3 is in epoch 0, not 5"),
         (lambda s: s.update(step=-1), "state step must be an integer >= 0"),
         (lambda s: s.update(shards=[1, 2]), "malformed shard list"),
+        (lambda s: s.update(shards=[["d_train_000000.bin", 1000, "a", "b"]]), "malformed shard list"),
+        (lambda s: s.update(shards=[["d_train_000000.bin", 1000, 7]]), "malformed shard list"),
     ],
 )
 def test_a_malformed_state_is_refused(data, change, message):
