@@ -16,7 +16,8 @@ tensors and plain Python values only (`torch.load(weights_only=True)` reads them
 metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a killed run
 logged after it are not counted twice.
 
-metrics.jsonl has one line per step: step, loss (mean over ranks), val_loss (null unless
+metrics.jsonl has one line per step: step, tokens (trained on through that step, all ranks),
+epoch (passes over the train split so far), loss (mean over ranks), val_loss (null unless
 evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
 CUDA, once the host runs ahead of the GPU (--log-every > 1), that includes waiting for the GPU
@@ -1117,6 +1118,7 @@ def train_loop(s: Session) -> dict:
                                        # None: drawn on a terminal only, as prep's bars; a log
                                        # file gets the lines below and the summary, no \r noise
                                        disable=True if not rt.master or cfg.quiet else None))
+        micro_per_epoch = s.parts.accum_steps / loader.steps_per_epoch
         history: list[float] = []  # tokens/s of each step of this run
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
@@ -1156,7 +1158,9 @@ def train_loop(s: Session) -> dict:
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt) if do_eval else None
             for (k, k_lr, _, _, wait), k_loss, k_norm in zip(pending, losses_h, norms_h):
                 record = {
-                    "step": k, "loss": k_loss, "val_loss": val_loss if k == step else None, "lr": k_lr,
+                    # tokens: trained on through step k, all ranks; epoch: passes over the train
+                    # split so far (the loader's steps / steps per epoch)
+                    "step": k, "tokens": k * s.tokens_per_step, "epoch": k * micro_per_epoch, "loss": k_loss, "val_loss": val_loss if k == step else None, "lr": k_lr,
                     "grad_norm": k_norm, "dt_ms": 1000 * dt, "tokens_per_s": tokens_per_s, "mfu": step_mfu,
                     "data_wait_ms": 1000 * wait,
                 }

@@ -85,8 +85,12 @@ def test_metrics_lines_and_schedule(tmp_path, dataset):
     summary = train.train(c)
     rows = metrics(tmp_path / "out")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
-    fields = {"step", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu", "data_wait_ms"}
+    fields = {"step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
+              "data_wait_ms"}
     assert all(set(r) == fields for r in rows)
+    # 2 micro-batches of 2x16 a step; 9 windows an epoch: step 5 has read 10 of them
+    assert [r["tokens"] for r in rows] == [64, 128, 192, 256, 320]
+    assert [r["epoch"] for r in rows] == pytest.approx([2 / 9, 4 / 9, 6 / 9, 8 / 9, 10 / 9])
     assert [r["lr"] for r in rows] == [train.lr_at(k, c) for k in range(5)]
     assert all(r["mfu"] is None and r["val_loss"] is None for r in rows)  # CPU: no known peak
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["data_wait_ms"] >= 0 for r in rows)
