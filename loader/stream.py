@@ -4,8 +4,9 @@ Which files make a split (`resolve_shards`):
 
 - a dataset directory with meta.json (what `prep tokenize` writes): the shards meta.json lists
   for the split, in its order, each header's count cross-checked against meta.json;
-- a directory without meta.json (llm.c, modded-nanogpt): its `<name>_<split>[_<index>].bin` files,
-  refused unless it holds one dataset, each shard index once (`prep.shards.dataset_shards`);
+- a directory without meta.json (llm.c, modded-nanogpt; build-nanogpt's .npy): its
+  `<name>_<split>[_<index>].bin` or `.npy` files, refused unless it holds one dataset, each
+  shard index once (`prep.shards.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
   picks the files), but not a file whose shard name says it is the other split; a single
   shard file is a glob of one.
@@ -74,7 +75,7 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
             raise LoaderError(str(e)) from None
         if not paths and not allow_empty:
             raise LoaderError(
-                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin); "
+                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy); "
                 f"for other names pass a glob such as '{directory}/*{split}*.bin'"
             )
         return paths

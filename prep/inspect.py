@@ -107,7 +107,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                 raise UserError(f"{e} (run `prep verify {directory}`)") from None
             info.splits[split] = SplitInfo(len(paths), tokens)
     if info.shards == 0:
-        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin)")
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy)")
     if B is not None and T is not None:
         for split_info in info.splits.values():
             split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
@@ -227,7 +227,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         report.problems.append(f"{directory / META_NAME}: {e}")
         expected.clear()
     if not on_disk and not expected and not report.problems:
-        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin) "
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy) "
                         f"and no {META_NAME}")
     todo = dict(on_disk)
     for name in expected:

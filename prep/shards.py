@@ -8,6 +8,10 @@ A shard is llm.c / modded-nanogpt compatible, so their shard directories load as
 
 Names are `<name>_<split>_<index:06d>.bin` with split in {train, val}; reading also takes
 llm.c's single-shard `<name>_<split>.bin` as index 0.
+
+Reading also takes build-nanogpt's shards, `<name>_<split>_<index:06d>.npy`: `np.save` of a 1-D
+uint16 array (its fineweb.py). They are read the same way (memory-mapped, nothing copied up
+front); what is written is always `.bin`.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ MAX_TOKENS = 2**31 - 1  # the count lives in an int32 slot
 SPLITS = ("train", "val")
 
 # <name>_<split>_<index:06d>.bin; reading also takes llm.c's single-shard <name>_<split>.bin
-# (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0
-_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.bin$")
+# (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0, and build-nanogpt's .npy shards
+_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.(?:bin|npy)$")
+NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 
 
 class ShardError(ValueError):
@@ -66,13 +71,27 @@ def read_header(path: str | os.PathLike) -> int:
     """Validate a shard's header and size; return its token count n.
 
     Raises ShardError naming the file for a short file, bad magic or version, n <= 0, or a
-    file size other than 1024 + 2n (a truncated or padded shard).
+    file size other than 1024 + 2n (a truncated or padded shard); for a .npy shard, anything
+    but one non-empty 1-D uint16 array filling the file.
     """
-    path = Path(path)
+    return _layout(Path(path))[0]
+
+
+def open_shard(path: str | os.PathLike) -> np.memmap:
+    """Memory-map a shard's tokens read-only (header validated and skipped, nothing read)."""
+    n, dtype, offset = _layout(Path(path))
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+
+
+def _layout(path: Path) -> tuple[int, np.dtype, int]:
+    """(token count, token dtype, byte offset of the first token) of a validated shard."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
+            if raw.startswith(NPY_MAGIC):
+                f.seek(0)
+                return _npy_layout(f, path, size)
     except FileNotFoundError:
         raise ShardError(f"{path}: no such shard") from None
     except IsADirectoryError:
@@ -94,13 +113,28 @@ def read_header(path: str | os.PathLike) -> int:
         raise ShardError(
             f"{path}: size {size} bytes, but the header's {n} tokens need exactly {expected}"
         )
-    return n
+    return n, TOKEN_DTYPE, HEADER_BYTES
 
 
-def open_shard(path: str | os.PathLike) -> np.memmap:
-    """Memory-map a shard's tokens read-only (header validated and skipped, nothing read)."""
-    n = read_header(path)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n,))
+def _npy_layout(f, path: Path, size: int) -> tuple[int, np.dtype, int]:
+    """_layout of a .npy shard open as `f`: one non-empty 1-D uint16 array (either byte order;
+    the copy that reads a big-endian one converts it) filling the file."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"format version {version[0]}.{version[1]}")
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    except ValueError as e:
+        raise ShardError(f"{path}: not a readable .npy file ({e})") from None
+    if dtype.kind != "u" or dtype.itemsize != 2 or len(shape) != 1 or shape[0] == 0:
+        raise ShardError(f"{path}: a .npy shard holds a non-empty 1-D uint16 array; this one holds "
+                         f"{dtype} of shape {shape}")
+    offset = f.tell()
+    if size != offset + 2 * shape[0]:
+        raise ShardError(f"{path}: size {size} bytes, but its .npy header's {shape[0]} tokens need "
+                         f"exactly {offset + 2 * shape[0]}")
+    return shape[0], dtype, offset
 
 
 class ShardWriter:

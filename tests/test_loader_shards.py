@@ -1,9 +1,11 @@
 """Which files the loader reads and what it refuses: llm.c / modded-nanogpt shards written by
-this test's own header writer, globs, meta.json order and cross-checks, every bad shard."""
+this test's own header writer, build-nanogpt's .npy shards (np.save), globs, meta.json order
+and cross-checks, every bad shard."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -52,6 +54,50 @@ def test_a_directory_of_llmc_shards_without_meta(fineweb):
         np.testing.assert_array_equal(read_all(loader), ref[: loader.steps_per_epoch * 8 + 1])
     with TokenLoader(path, split="val", B=1, T=8) as loader:
         assert loader.num_tokens == 200
+
+
+def test_build_nanogpt_npy_shards(tmp_path):
+    """fineweb.py's layout: np.save of uint16 arrays, val shard 0, train shards from 1."""
+    parts = {i: tokens(300 + 17 * i, i) for i in range(1, 4)}
+    for i, body in parts.items():
+        np.save(tmp_path / f"edufineweb_train_{i:06d}", body)
+    np.save(tmp_path / "edufineweb_val_000000", tokens(200, 99))
+    ref = np.concatenate([parts[i] for i in (1, 2, 3)])
+    with TokenLoader(tmp_path, B=1, T=8, prefetch=0) as loader:
+        assert [p.name for p in loader.shards] == [f"edufineweb_train_{i:06d}.npy" for i in (1, 2, 3)]
+        assert loader.num_tokens == len(ref)
+        np.testing.assert_array_equal(read_all(loader), ref[: loader.steps_per_epoch * 8 + 1])
+    with TokenLoader(tmp_path, split="val", B=1, T=8) as loader:
+        np.testing.assert_array_equal(loader.next_window().numpy(), tokens(200, 99)[:9])
+    # a glob and a single file, as with .bin; a big-endian array reads as its values
+    np.save(tmp_path / "big.npy", parts[1].astype(">u2"))
+    with TokenLoader(tmp_path / "big.npy", B=1, T=8) as loader:
+        np.testing.assert_array_equal(read_all(loader), parts[1][: loader.steps_per_epoch * 8 + 1])
+    with TokenLoader(str(tmp_path / "edufineweb_train_00000[12].npy"), B=1, T=8) as loader:
+        assert loader.num_tokens == len(parts[1]) + len(parts[2])
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.arange(10, dtype=np.int32), "non-empty 1-D uint16 array; this one holds int32 of shape (10,)"),
+    (np.zeros((2, 5), dtype=np.uint16), "this one holds uint16 of shape (2, 5)"),
+    (np.zeros(0, dtype=np.uint16), "this one holds uint16 of shape (0,)"),
+])
+def test_a_npy_that_is_not_a_token_array_is_an_error_naming_it(tmp_path, array, message):
+    np.save(tmp_path / "x_train_000000.npy", array)
+    with pytest.raises(ShardError, match=r"x_train_000000.npy: a .npy shard holds a .*" + re.escape(message)):
+        TokenLoader(tmp_path, B=1, T=2)
+
+
+def test_a_truncated_npy_and_a_bin_and_npy_of_one_index(tmp_path):
+    path = tmp_path / "x_train_000000.npy"
+    np.save(path, tokens(100, 1))
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(ShardError, match=r"x_train_000000.npy: size \d+ bytes, but its .npy header's 100 tokens"):
+        TokenLoader(tmp_path, B=1, T=2)
+    np.save(path, tokens(100, 1))
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 2))
+    with pytest.raises(LoaderError, match="x_train_000000.bin and x_train_000000.npy are the same shard index"):
+        TokenLoader(tmp_path, B=1, T=2)
 
 
 def test_a_directory_holding_two_datasets_without_meta_is_refused(fineweb):
