@@ -4,11 +4,13 @@
     model = GPT(GPTConfig.preset("gpt2"))   # gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny
     logits, loss = model(idx, targets)
     mfu(tokens_per_s, model.flops_per_token(T), torch.cuda.get_device_name())
+    to_hf_state_dict(model.state_dict(), model.config)   # and back: from_hf_state_dict
 """
 
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, PRESETS, GPTConfig
 from .flops import PEAK_FLOPS, mfu, peak_flops
 from .gpt import GPT, raw_module
+from .hf import from_hf_state_dict, to_hf_state_dict
 
 __all__ = [
     "GPT",
@@ -19,5 +21,7 @@ __all__ = [
     "PRESETS",
     "mfu",
     "peak_flops",
+    "from_hf_state_dict",
     "raw_module",
+    "to_hf_state_dict",
 ]

@@ -1,7 +1,9 @@
 """GPT-2 in one file: attention, MLP, block, the model, its optimizer and sampling.
 
 Module names follow OpenAI's / Hugging Face's GPT-2 (transformer.h.0.attn.c_attn, ...) so a
-reader can map every tensor to the paper's model, and released weights map one to one.
+reader can map every tensor to the paper's model. Released weights load through
+model.hf.from_hf_state_dict: HF stores the four projection weights transposed (Conv1D) and the
+token embedding without our padded rows.
 """
 
 from __future__ import annotations

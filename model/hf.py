@@ -1,0 +1,110 @@
+"""GPT-2 weights to and from Hugging Face's layout (`transformers`' GPT2LMHeadModel).
+
+The tensor names are the same; two things differ, and these functions undo them:
+
+- HF's attention and MLP projections are `Conv1D` layers, whose weight is stored (in, out);
+  ours are `nn.Linear`, stored (out, in). The four kinds (attn.c_attn, attn.c_proj,
+  mlp.c_fc, mlp.c_proj) are transposed on the way.
+- Our token embedding (tied to lm_head) has padded_vocab_size rows (50,304), HF's has
+  vocab_size (50,257): the padded rows are cut off going out and added back as zeros coming
+  in (zero is what GPT.__init__ gives them: they are never looked up, their logits are sliced
+  off).
+
+No `transformers` needed: state dicts in, state dicts out. To load OpenAI's released weights,
+save `GPT2LMHeadModel.from_pretrained("gpt2").state_dict()` once where there is network, then
+`GPT(config).load_state_dict(from_hf_state_dict(torch.load(path), config))`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import GPTConfig
+
+# the weights HF keeps as Conv1D, (in, out)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# buffers some HF versions save with the weights (the causal mask): h.<i>.attn.bias and
+# h.<i>.attn.masked_bias, not parameters (attn.c_attn.bias is one)
+_HF_BUFFERS = (["attn", "bias"], ["attn", "masked_bias"])
+_PREFIX = "transformer."
+
+
+def _is_conv1d(key: str) -> bool:
+    return key.startswith(_PREFIX + "h.") and key.endswith(CONV1D_WEIGHTS)
+
+
+def to_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our GPT's state_dict as GPT2LMHeadModel's: Conv1D weights transposed, the padded
+    vocabulary rows dropped, lm_head.weight the same tensor as transformer.wte.weight (tied,
+    as HF ties them). New tensors: `state` is not changed."""
+    out = {}
+    for key, tensor in state.items():
+        if key == "lm_head.weight":
+            continue  # tied: added below as the same tensor as wte
+        if key == _PREFIX + "wte.weight":
+            tensor = tensor[: config.vocab_size]
+        elif _is_conv1d(key):
+            tensor = tensor.t()
+        out[key] = tensor.contiguous().clone()
+    out["lm_head.weight"] = out[_PREFIX + "wte.weight"]
+    return out
+
+
+def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """A GPT2LMHeadModel (or GPT2Model: no "transformer." prefix) state_dict as ours, for
+    `GPT(config).load_state_dict(...)`: Conv1D weights transposed, the token embedding padded
+    to config.padded_vocab_size rows with zeros, the causal-mask buffers some versions save
+    dropped. lm_head.weight, when present, must equal the token embedding (GPT-2 ties them).
+
+    Raises ValueError naming the tensor when a shape does not fit `config` (the wrong preset,
+    say) or a tensor is missing or unknown; n_head cannot be read off the shapes, so it comes
+    from `config`.
+    """
+    state = {}
+    for key, tensor in hf_state.items():
+        if key == "lm_head.weight" or key.split(".")[-2:] in _HF_BUFFERS:
+            continue
+        name = key if key.startswith(_PREFIX) else _PREFIX + key
+        state[name] = tensor.t() if _is_conv1d(name) else tensor
+    wte_key = _PREFIX + "wte.weight"
+    wte = state.get(wte_key)
+    if wte is None or wte.dim() != 2 or wte.shape[0] != config.vocab_size:
+        shape = None if wte is None else tuple(wte.shape)
+        raise ValueError(f"{wte_key}: expected {config.vocab_size} rows, got shape {shape}")
+    lm_head = hf_state.get("lm_head.weight")
+    if lm_head is not None and not torch.equal(lm_head, wte):
+        raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
+    pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.shape[1])
+    state[wte_key] = torch.cat([wte, pad])
+    expected = _shapes(config)
+    unknown = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state) - {"lm_head.weight"})
+    if unknown or missing:
+        names = [f"unknown {key}" for key in unknown] + [f"missing {key}" for key in missing]
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        raise ValueError(f"not a GPT-2 state dict for {config.n_layer} layers: {names[0]}{more}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != expected[key]:  # said in HF's layout, as the caller passed it
+            hf_layout = (lambda shape: shape[::-1]) if _is_conv1d(key) else (lambda shape: shape)
+            given, needed = hf_layout(tuple(tensor.shape)), hf_layout(expected[key])
+            if key == wte_key:
+                given, needed = (config.vocab_size, given[1]), (config.vocab_size, needed[1])
+            raise ValueError(f"{key}: shape {given}, where this config (n_embd {config.n_embd}, "
+                             f"block_size {config.block_size}) has {needed}")
+    state = {key: tensor.contiguous().clone() for key, tensor in state.items()}
+    state["lm_head.weight"] = state[wte_key]  # tied, as GPT's own state_dict has it
+    return state
+
+
+def _shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of our state_dict with its shape, for `config` (without building a model)."""
+    C, V = config.n_embd, config.padded_vocab_size
+    shapes = {f"{_PREFIX}wte.weight": (V, C), f"{_PREFIX}wpe.weight": (config.block_size, C),
+              f"{_PREFIX}ln_f.weight": (C,), f"{_PREFIX}ln_f.bias": (C,), "lm_head.weight": (V, C)}
+    per_layer = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C),
+                 "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+                 "ln_2.weight": (C,), "ln_2.bias": (C,), "mlp.c_fc.weight": (4 * C, C), "mlp.c_fc.bias": (4 * C,),
+                 "mlp.c_proj.weight": (C, 4 * C), "mlp.c_proj.bias": (C,)}
+    for layer in range(config.n_layer):
+        shapes.update({f"{_PREFIX}h.{layer}.{name}": shape for name, shape in per_layer.items()})
+    return shapes

@@ -1,0 +1,108 @@
+"""model.hf: our GPT's weights in Hugging Face's GPT-2 layout and back. The HF side is checked
+against GPT-2's forward pass written out here in HF's convention (Conv1D: x @ W + b, W stored
+(in, out)), so a transpose missed or misplaced would show in the logits, not only in shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, from_hf_state_dict, to_hf_state_dict
+
+
+def hf_logits(sd: dict[str, torch.Tensor], config: GPTConfig, idx: torch.Tensor) -> torch.Tensor:
+    """GPT-2's logits (B, T, vocab_size) from an HF-layout state dict, computed directly."""
+    C, nh = config.n_embd, config.n_head
+    B, T = idx.shape
+    x = sd["transformer.wte.weight"][idx] + sd["transformer.wpe.weight"][:T]
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    for layer in range(config.n_layer):
+        p = f"transformer.h.{layer}."
+        h = F.layer_norm(x, (C,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps=1e-5)
+        qkv = h @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]
+        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in qkv.split(C, dim=-1))
+        att = (q @ k.transpose(-2, -1) / math.sqrt(C // nh)).masked_fill(~mask, float("-inf")).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        x = x + y @ sd[p + "attn.c_proj.weight"] + sd[p + "attn.c_proj.bias"]
+        h = F.layer_norm(x, (C,), sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps=1e-5)
+        h = F.gelu(h @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"], approximate="tanh")
+        x = x + h @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
+    x = F.layer_norm(x, (C,), sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"], eps=1e-5)
+    return x @ sd["lm_head.weight"].t()
+
+
+@pytest.fixture
+def model() -> GPT:
+    torch.manual_seed(0)
+    m = GPT(GPTConfig.preset("tiny")).eval()
+    with torch.no_grad():  # biases and LayerNorms off their init values, so each one counts
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def test_hf_layout_has_hf_shapes_and_gives_the_same_logits(model):
+    config = model.config
+    sd = to_hf_state_dict(model.state_dict(), config)
+    C = config.n_embd
+    assert sd["transformer.wte.weight"].shape == (config.vocab_size, C)  # padded rows cut off
+    assert sd["transformer.h.0.attn.c_attn.weight"].shape == (C, 3 * C)  # Conv1D: (in, out)
+    assert sd["transformer.h.0.mlp.c_fc.weight"].shape == (C, 4 * C)
+    assert sd["transformer.h.0.mlp.c_proj.weight"].shape == (4 * C, C)
+    assert sd["lm_head.weight"] is sd["transformer.wte.weight"]  # tied
+    idx = torch.randint(0, config.vocab_size, (2, 12))
+    with torch.no_grad():
+        ours, _ = model(idx, torch.zeros_like(idx))  # with targets: logits at every position
+        torch.testing.assert_close(hf_logits(sd, config, idx), ours[..., : config.vocab_size],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_a_round_trip_restores_every_tensor(model):
+    config = model.config
+    back = from_hf_state_dict(to_hf_state_dict(model.state_dict(), config), config)
+    fresh = GPT(config)
+    fresh.load_state_dict(back)
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    assert torch.count_nonzero(back["transformer.wte.weight"][config.vocab_size:]) == 0
+
+
+def test_gpt2model_keys_and_mask_buffers_are_accepted(model):
+    """GPT2Model's state dict has no "transformer." prefix and no lm_head; older versions also
+    save the causal mask (attn.bias, attn.masked_bias)."""
+    config = model.config
+    sd = {k.removeprefix("transformer."): v for k, v in to_hf_state_dict(model.state_dict(), config).items()
+          if k != "lm_head.weight"}
+    sd["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    sd["h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    fresh = GPT(config)
+    fresh.load_state_dict(from_hf_state_dict(sd, config))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
+    config = model.config
+    sd = to_hf_state_dict(model.state_dict(), config)
+    with pytest.raises(ValueError, match=r"transformer.wte.weight: expected 50257 rows"):
+        from_hf_state_dict({**sd, "transformer.wte.weight": sd["transformer.wte.weight"][:100]}, config)
+    wider = GPTConfig(**{**vars(config), "n_embd": 64})
+    with pytest.raises(ValueError, match=r"transformer.wte.weight: shape \(50257, 32\), where this config "
+                                         r"\(n_embd 64, block_size 64\) has \(50257, 64\)"):
+        from_hf_state_dict(sd, wider)
+    longer = GPTConfig(**{**vars(config), "block_size": 128})
+    with pytest.raises(ValueError, match=r"transformer.wpe.weight: shape \(64, 32\), .* has \(128, 32\)"):
+        from_hf_state_dict(sd, longer)
+    sd_bad = {**sd, "transformer.h.1.mlp.c_fc.weight": sd["transformer.h.1.mlp.c_fc.weight"][:, :100]}
+    with pytest.raises(ValueError, match=r"transformer.h.1.mlp.c_fc.weight: shape \(32, 100\), .* has \(32, 128\)"):
+        from_hf_state_dict(sd_bad, config)
+    deeper = GPTConfig(**{**vars(config), "n_layer": 3})
+    with pytest.raises(ValueError, match=r"for 3 layers: missing transformer.h.2.attn.c_attn.bias \(and 11 more\)"):
+        from_hf_state_dict(sd, deeper)
+    untied = {**sd, "lm_head.weight": sd["lm_head.weight"] + 1}
+    with pytest.raises(ValueError, match="lm_head.weight differs"):
+        from_hf_state_dict(untied, config)
