@@ -1,0 +1,94 @@
+"""Generate text from a train.py checkpoint: `python sample.py out/run --prompt "ROMEO:"`.
+
+CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest checkpoint is
+taken. The prompt is encoded with the GPT-2 tokenizer after an EOT, as every training document
+begins, and each sample is printed as the prompt plus what the model wrote, decoded. Sampling:
+temperature (0: always the likeliest token), top-k, a seed (the same seed, checkpoint and
+device give the same samples). bf16 autocast on CUDA where supported, as in training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+import train
+from model import GPT, GPTConfig
+from prep.errors import UserCommand, UserError
+
+
+def checkpoint_file(path: Path) -> Path:
+    """`path` itself, or the newest checkpoint in it when it is a directory."""
+    if not path.is_dir():
+        return path
+    found = train.list_checkpoints(path)
+    if not found:
+        raise UserError(f"{path}: no checkpoint (ckpt_<step>.pt) in this directory")
+    return found[-1][1]
+
+
+def load_model(path: Path, rt: train.Runtime) -> tuple[GPT, int]:
+    """The checkpoint's model on rt.device, in eval mode, and the step it was saved at."""
+    ckpt = train.load_checkpoint(path, flag="checkpoint")
+    try:
+        model = GPT(GPTConfig(**ckpt["model_config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:  # a config or tensor that does not fit
+        reason = str(e).splitlines()[0]
+        raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
+    return model.to(rt.device).eval(), ckpt["step"]
+
+
+def prompt_tokens(prompt: str, block_size: int) -> list[int]:
+    """EOT + the prompt's GPT-2 tokens (special-token text is plain text here)."""
+    from prep.tokenizer import EOT, TokenizerError, get_encoding
+
+    try:
+        tokens = [EOT, *get_encoding().encode_ordinary(prompt)]
+    except TokenizerError as e:
+        raise UserError(str(e)) from None
+    if len(tokens) > block_size:
+        click.echo(f"note: the prompt is {len(tokens) - 1:,} tokens; the model sees the last "
+                   f"{block_size:,} (its block size)", err=True)
+    return tokens
+
+
+@click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("--prompt", default="", help="Text the samples continue (default: a document's start).")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Samples to draw.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
+@click.option("--temperature", type=click.FloatRange(min=0, max=1e6), default=1.0,
+              help="Logit temperature; 0: always the likeliest token.")
+@click.option("--top-k", type=click.IntRange(min=0), default=train.SAMPLE_TOP_K,
+              help="Sample among the k likeliest tokens; 0: among all.")
+@click.option("--seed", type=int, default=1337, help="Sampling seed.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto",
+              help="auto: cuda, then mps, then cpu.")
+def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
+         seed: int, device: str) -> None:
+    """Print samples from CKPT, a train.py checkpoint file or an --out directory (its newest)."""
+    rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
+    path = checkpoint_file(ckpt)
+    model, step = load_model(path, rt)
+    context = prompt_tokens(prompt, model.config.block_size)
+    from prep.tokenizer import get_encoding
+
+    encoding = get_encoding()
+    generator = torch.Generator(device=rt.device).manual_seed(seed)
+    idx = torch.tensor([context] * num_samples, dtype=torch.long, device=rt.device)
+    click.echo(f"{path} (step {step}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
+               f"{max_new_tokens} tokens, temperature {temperature:g}, top-k {top_k or 'off'}", err=True)
+    with rt.autocast():
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                             generator=generator)
+    for i, row in enumerate(out.tolist()):
+        if i:
+            click.echo("-" * 40)
+        click.echo(encoding.decode(row[1:]))  # without the leading EOT
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""sample.py: text from a checkpoint, reproducible by seed, greedy at temperature 0, and one-line
+errors for a path that is not a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import sample
+import train
+from _cli import assert_user_error
+from _data import random_tokens, write_dataset
+from model import GPT, GPTConfig
+from prep.tokenizer import EOT, get_encoding
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """An --out directory with checkpoints at steps 2 and 4 of the tiny model."""
+    root = tmp_path_factory.mktemp("sample")
+    data = write_dataset(root / "d", random_tokens(400, 3))
+    train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=4, ckpt_every=2, eval_every=0, quiet=True,
+                                  device="cpu", data=str(data), out=str(root / "out")))
+    return root / "out"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(sample.main, [*args, "--device", "cpu"])
+
+
+def samples(result) -> list[str]:
+    assert result.exit_code == 0, result.output
+    return result.stdout[:-1].split("\n" + "-" * 40 + "\n")
+
+
+def test_samples_continue_the_prompt_and_a_seed_reproduces_them(run):
+    first = invoke(str(run), "--prompt", "ROMEO:", "--num-samples", "3", "--max-new-tokens", "8", "--seed", "1")
+    texts = samples(first)
+    assert len(texts) == 3 and all(text.startswith("ROMEO:") for text in texts)
+    assert all(len(get_encoding().encode_ordinary(text)) >= 8 for text in texts)
+    assert "ckpt_000004.pt (step 4)" in first.stderr  # a directory: its newest checkpoint
+    assert samples(invoke(str(run), "--prompt", "ROMEO:", "--num-samples", "3", "--max-new-tokens", "8",
+                          "--seed", "1")) == texts
+    other = samples(invoke(str(run), "--prompt", "ROMEO:", "--num-samples", "3", "--max-new-tokens", "8",
+                           "--seed", "2"))
+    assert other != texts
+
+
+def test_temperature_zero_is_the_likeliest_token_each_time(run):
+    path = run / "ckpt_000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    model = GPT(GPTConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    idx = [EOT, *get_encoding().encode_ordinary("to be")]
+    with torch.no_grad():
+        for _ in range(6):
+            logits, _ = model(torch.tensor([idx]))
+            idx.append(int(logits[0, -1, :50257].argmax()))
+    got = samples(invoke(str(path), "--prompt", "to be", "--temperature", "0", "--max-new-tokens", "6"))
+    assert got == [get_encoding().decode(idx[1:])]
+
+
+def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
+    assert_user_error(invoke(str(tmp_path / "missing.pt")), "missing.pt", "no such checkpoint")
+    assert_user_error(invoke(str(tmp_path)), str(tmp_path), "no checkpoint")
+    garbage = tmp_path / "ckpt_000001.pt"
+    garbage.write_bytes(b"not a zip")
+    assert_user_error(invoke(str(garbage)), "ckpt_000001.pt", "not a readable checkpoint")
+    assert_user_error(invoke(str(run), "--top-k", "-1"), "--top-k")
+    assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
