@@ -205,7 +205,7 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
     found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
     if not found:
-        raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin shards) under {root}/: {hint}")
+        raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/: {hint}")
     if len(found) > 1:
         listed = ", ".join(map(str, found))
         raise UserError(f"{len(found)} datasets under {root}/ ({listed}): choose one with --data")
@@ -460,6 +460,14 @@ class StepParts:
     accum_steps: int
     grad_clip: float
 
+    def __post_init__(self) -> None:
+        # listed once: clip_grad_norm_(model.parameters()) walked the module tree every step,
+        # most of its host time (a launch-bound small batch waits on the host)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # fused AdamW divides each gradient by optimizer.grad_scale as it reads it (the hook
+        # GradScaler uses): clipping then costs no extra pass over the gradients
+        self.clip_in_optimizer = self.grad_clip > 0 and bool(self.optimizer.defaults.get("fused"))
+
 
 Feed = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
@@ -473,9 +481,7 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
     """
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
-    # loss_sum is an eager tensor: under CUDA graphs the loss itself is an output of the graph,
-    # overwritten by the next replay, so it must not be what the caller keeps until logging
-    loss_sum = torch.zeros((), device=parts.rt.device)
+    loss_sum = None
     for micro in range(parts.accum_steps):
         x, y = feed()  # (B, T) int64 each, already on the device
         # DDP all-reduces gradients in backward; only the last micro-step needs to.
@@ -484,14 +490,50 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
         with no_sync:
             with parts.rt.autocast():
                 _, loss = parts.model(x, y)
-            loss = loss / parts.accum_steps  # gradients add up over micro-steps: mean, not sum
+            if parts.accum_steps > 1:  # gradients add up over micro-steps: mean, not sum
+                loss = loss / parts.accum_steps
             loss.backward()
-        loss_sum += loss.detach()
-    max_norm = parts.grad_clip if parts.grad_clip > 0 else math.inf
-    grad_norm = nn.utils.clip_grad_norm_(parts.model.parameters(), max_norm)
-    parts.optimizer.step()
+        # a copy, not the loss itself: under CUDA graphs the loss is an output of the graph,
+        # overwritten by the next replay, and the caller keeps this until its logging point
+        loss_sum = loss.detach().clone() if loss_sum is None else loss_sum + loss.detach()
+    grad_norm = clip_and_step(parts)
     parts.optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
+
+
+def clip_and_step(parts: StepParts) -> torch.Tensor:
+    """Clip the gradients to a total L2 norm of parts.grad_clip (0: no clipping) and take the
+    optimizer step; returns the norm before clipping, a device tensor (no sync).
+
+    The scale is clip_grad_norm_'s, min(1, grad_clip / (norm + 1e-6)). With fused AdamW it is
+    applied inside the optimizer's kernel, as the reciprocal grad_scale, instead of by a pass
+    of its own over every gradient.
+    """
+    optimizer = parts.optimizer
+    if parts.grad_clip > 0 and not parts.clip_in_optimizer:
+        norm = nn.utils.clip_grad_norm_(parts.params, parts.grad_clip)
+        optimizer.step()
+        return norm
+    norm = total_norm([p.grad for p in parts.params if p.grad is not None])  # also logged unclipped
+    if not parts.clip_in_optimizer:
+        optimizer.step()
+        return norm
+    optimizer.grad_scale = ((norm + 1e-6) / parts.grad_clip).clamp(min=1.0)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
+    return norm
+
+
+def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `grads` together, as clip_grad_norm_ computes it (per-tensor norms
+    by one multi-tensor kernel, then the norm of those); fp32, on the gradients' device."""
+    if not grads:
+        return torch.zeros(())
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 class TimedFeed:
@@ -627,31 +669,31 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
     """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
-    missing, truncated, garbage, or not one of ours."""
+    missing, truncated, garbage, or not one of ours (the message starts with `flag` and the path)."""
     if path.is_dir():
-        raise UserError(f"--resume {path}: is a directory; pass a checkpoint file in it, or --resume auto "
+        raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it, or --resume auto "
                         f"with --out {path}")
     if not path.is_file():
-        raise UserError(f"--resume {path}: no such checkpoint")
+        raise UserError(f"{flag} {path}: no such checkpoint")
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         raise UserError(
-            f"--resume {path}: not a readable checkpoint (truncated, corrupt, or not written by "
+            f"{flag} {path}: not a readable checkpoint (truncated, corrupt, or not written by "
             f"train.py; torch.load raised {type(e).__name__})"
         ) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
-        raise UserError(f"--resume {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
+        raise UserError(f"{flag} {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
     shapes = {"step": int, "model": dict, "optimizer": dict, "loader": dict, "model_config": dict,
               "train_config": dict, "run": dict, "rng": dict}
     bad = [k for k, kind in shapes.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
     bad += ["step"] if "step" not in bad and ckpt["step"] < 0 else []
     if bad:
-        raise UserError(f"--resume {path}: damaged train.py checkpoint (malformed {', '.join(bad)})")
+        raise UserError(f"{flag} {path}: damaged train.py checkpoint (malformed {', '.join(bad)})")
     return ckpt
 
 
@@ -777,8 +819,12 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
         # --device cpu run on a GPU machine has no use for. vocab_size: every window is
         # checked as it is read, so a damaged shard is an error naming it, not an index error
         # (a device-side assert on CUDA) in the embedding.
+        # CUDA: a ring of 9. A buffer is refilled only once its copy has run on the GPU, so the
+        # ring bounds how far the host can run ahead; the default's 3 is ~7 ms at 4x32, and a
+        # host pause longer than that would idle the GPU under the loader but not a fixed batch.
+        cuda = rt.device.type == "cuda"
         return TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
-                           shuffle=shuffle, seed=cfg.seed, pin_memory=rt.device.type == "cuda",
+                           shuffle=shuffle, seed=cfg.seed, pin_memory=cuda, prefetch=8 if cuda else 2,
                            vocab_size=vocab_size)
     except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
         raise UserError(str(e)) from None
@@ -1228,7 +1274,8 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float) -> d
 def bench_loop(s: Session) -> dict:
     """Time train_step fed by the real loader and by one batch already on the device.
 
-    The timed steps run in the order real, fixed, fixed, real (half of --bench-steps each
+    After --bench-warmup steps (compilation), half of --bench-steps run untimed on each feed;
+    then the timed steps run in the order real, fixed, fixed, real (half of --bench-steps each
     time), so a slow drift of the machine's speed weighs on both feeds alike.
     data_wait_fraction = 1 - real tokens/s / fixed-batch tokens/s: the throughput the data
     path costs (noise can make it slightly negative). blocked_fraction = host time blocked in
@@ -1246,21 +1293,31 @@ def bench_loop(s: Session) -> dict:
     x, y = s.train_loader.next_batch(rt.device)
     fixed = TimedFeed(lambda: (x, y))
     elapsed = {id(real): 0.0, id(fixed): 0.0}
+    windows: dict[int, list[float]] = {id(real): [], id(fixed): []}  # ms/step of each timing window
     loss = torch.zeros(())
 
-    def timed(feed: TimedFeed, steps: int) -> None:
+    def timed(feed: TimedFeed, steps: int, record: bool = True) -> None:
         nonlocal loss
         rt.synchronize()  # timing window only: never inside the steps
         start = time.perf_counter()
         for _ in range(steps):
             loss, _ = train_step(parts, feed, cfg.lr)
         rt.synchronize()
-        elapsed[id(feed)] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if record:
+            elapsed[id(feed)] += seconds
+            windows[id(feed)].append(1000 * seconds / steps)
 
     first, second = cfg.bench_steps // 2, cfg.bench_steps - cfg.bench_steps // 2
+    # Both feeds once more untimed, at full speed: the warm-up's few steps follow a long
+    # compilation, and clocks or lazily loaded kernels settling in the first timed window
+    # would count against the real loader (timed first) alone.
+    for feed in (fixed, real):
+        timed(feed, max(first, 1), record=False)
     real.take()
     for feed, steps in ((real, first), (fixed, first), (fixed, second), (real, second)):
-        timed(feed, steps)
+        if steps:
+            timed(feed, steps)
     real_dt, fixed_dt = elapsed[id(real)] / cfg.bench_steps, elapsed[id(fixed)] / cfg.bench_steps
     real_wait = real.take() / cfg.bench_steps
     flops, name = s.raw.flops_per_token(cfg.T), rt.device_name()
@@ -1275,6 +1332,9 @@ def bench_loop(s: Session) -> dict:
         "synthetic_tokens_per_s": fixed_tps, "synthetic_ms_per_step": 1000 * fixed_dt,
         "synthetic_mfu": mfu(fixed_tps, flops, name, rt.world) if name else None,
         "data_wait_fraction": 1 - real_tps / fixed_tps, "blocked_fraction": real_wait / real_dt,
+        # each timing window's ms/step, in the order run (real, fixed, fixed, real): their spread
+        # says how far to trust a data-wait fraction of a percent or so
+        "window_ms_per_step": {"real": windows[id(real)], "fixed": windows[id(fixed)]},
         # a compile mode that silently fell back (CUDA graphs skipped, a graph broken in two)
         # would otherwise pass for that mode's speed
         "graph_breaks": sum(counters["graph_break"].values()) - breaks,
@@ -1283,8 +1343,8 @@ def bench_loop(s: Session) -> dict:
     }
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        click.echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps, "
-                   f"{s.tokens_per_step:,} tokens/step")
+        click.echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps "
+                   f"and {max(first, 1)} untimed per feed, {s.tokens_per_step:,} tokens/step")
         click.echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
                    f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
                    f"of step time")
@@ -1308,7 +1368,7 @@ def bench_loop(s: Session) -> dict:
 @click.option("--T", "T", type=int, default=TrainConfig.T,
               help="Tokens per sequence (at most the model's block size).")
 @click.option("--data", default=None, show_default="the one dataset under ./data",
-              help="Dataset directory (meta.json or <name>_train[_<index>].bin shards), a shard glob, or one shard.")
+              help="Dataset directory (meta.json or <name>_train[_<index>].bin or .npy shards), a shard glob, or one shard.")
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
 @click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")
@@ -1351,7 +1411,7 @@ def bench_loop(s: Session) -> dict:
 @click.option("--bench", is_flag=True,
               help="Benchmark train_step (real loader vs fixed batch) instead of training; writes nothing.")
 @click.option("--bench-warmup", type=int, default=TrainConfig.bench_warmup,
-              help="Untimed --bench steps first.")
+              help="Untimed --bench steps first (compilation); then half of --bench-steps more, untimed, on each feed.")
 @click.option("--bench-steps", type=int, default=TrainConfig.bench_steps,
               help="Timed --bench steps per feed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

@@ -145,6 +145,47 @@ def test_validation_skipped_with_a_note_when_val_is_too_small(tmp_path, capsys):
     assert all(r["val_loss"] is None for r in metrics(tmp_path / "out"))
 
 
+def _steps_with(fused: bool, grad_clip: float, accum: int = 1, steps: int = 3):
+    """(loss, norm) per step and AdamW's first moments (exp_avg: a sum of the gradients the
+    optimizer took, clipped) after `steps` train_steps of the tiny model on fixed random
+    batches, with plain or fused AdamW (the same groups and settings)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+              for g in model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").param_groups]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=fused)
+    parts = train.StepParts(model, optimizer, train.Runtime(torch.device("cpu"), "fp32", False), accum, grad_clip)
+    assert parts.clip_in_optimizer == (fused and grad_clip > 0)
+    batches = iter([(torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16)))
+                    for _ in range(steps * accum)])
+    results = [train.train_step(parts, lambda: next(batches), 1e-3) for _ in range(steps)]
+    assert not hasattr(optimizer, "grad_scale")  # set for the step only
+    return ([(loss.item(), norm.item()) for loss, norm in results],
+            [optimizer.state[p]["exp_avg"].clone() for p in parts.params])
+
+
+@pytest.mark.parametrize("grad_clip, accum", [(0.05, 1), (0.05, 2), (0.0, 1), (1e6, 1)])
+def test_clipping_inside_fused_adamw_is_clip_grad_norm(grad_clip, accum):
+    """Fused AdamW (CUDA's) clips by dividing each gradient by grad_scale in its kernel; the
+    gradients it takes are clip_grad_norm_'s (norms of ~2-6 clipped to 0.05 here: it bites)."""
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+    except RuntimeError:
+        pytest.skip("this torch has no fused AdamW on CPU")
+    plain_log, plain_moments = _steps_with(False, grad_clip, accum)
+    fused_log, fused_moments = _steps_with(True, grad_clip, accum)
+    assert all(norm > 1 for _, norm in plain_log)
+    for (plain_loss, plain_norm), (fused_loss, fused_norm) in zip(plain_log, fused_log):
+        assert fused_loss == pytest.approx(plain_loss, rel=1e-5)
+        assert fused_norm == pytest.approx(plain_norm, rel=1e-5)
+    for a, b in zip(plain_moments, fused_moments):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-8)
+    if grad_clip == 0.05:  # clipped: the moments are those of much smaller gradients
+        _, unclipped = _steps_with(False, 0.0, accum)
+        total = lambda moments: torch.linalg.vector_norm(torch.stack([m.norm() for m in moments]))  # noqa: E731
+        assert total(plain_moments) < total(unclipped) / 10
+
+
 def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     runner = CliRunner()
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "o"),
@@ -162,13 +203,18 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert 0 <= bench["blocked_fraction"] < 1
     assert bench["mfu"] is None and bench["accum_steps"] == 2 and bench["steps"] == 3
     assert bench["graph_breaks"] == bench["cudagraph_skips"] == 0
+    # 3 timed steps a feed: windows of 1 and 2 steps, whose step-weighted mean is ms_per_step
+    real, fixed = bench["window_ms_per_step"]["real"], bench["window_ms_per_step"]["fixed"]
+    assert len(real) == len(fixed) == 2
+    assert (real[0] + 2 * real[1]) / 3 == pytest.approx(bench["ms_per_step"])
+    assert (fixed[0] + 2 * fixed[1]) / 3 == pytest.approx(bench["synthetic_ms_per_step"])
     assert "real loader:" in result.stdout and "fixed batch:" in result.stdout and "note:" not in result.stdout
     assert not (tmp_path / "o").exists()
 
 
 def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypatch):
     # as inductor counts a CUDA graph it did not record (a CPU tensor, a mutated input, ...):
-    # once per step here, over 1 warm-up step and 3 timed steps per feed
+    # once per step here, over 1 warm-up step, 1 untimed and 3 timed steps per feed
     counters, real_step = torch._dynamo.utils.counters, train.train_step
     counters["inductor"]["cudagraph_skips"] += 5  # an earlier compilation's, not this run's
 
@@ -182,8 +228,8 @@ def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypa
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 0, result.output
     bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
-    assert bench["cudagraph_skips"] == 1 + 2 * 3 and bench["graph_breaks"] == 0
-    assert "note: 0 graph break(s) and 7 CUDA graph skip(s) while benchmarking" in result.stdout
+    assert bench["cudagraph_skips"] == 1 + 2 * 1 + 2 * 3 and bench["graph_breaks"] == 0
+    assert "note: 0 graph break(s) and 9 CUDA graph skip(s) while benchmarking" in result.stdout
 
 
 @pytest.mark.slow
