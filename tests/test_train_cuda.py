@@ -57,6 +57,7 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
     skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     with contextlib.ExitStack() as stack:
         s = train.prepare(c, stack)
+        assert s.parts.clip_in_optimizer  # fused AdamW on CUDA: clipping inside its kernel
         feed = lambda: s.train_loader.next_batch(s.rt.device)  # noqa: E731
         for _ in range(4):
             train.train_step(s.parts, feed, c.lr)
