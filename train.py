@@ -92,6 +92,7 @@ class TrainConfig:
     """
 
     data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin), a glob, or a shard
+    val_data: str | None = None  # val shards elsewhere (a glob or file, or a directory's val split)
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
     model: str = "gpt2"
@@ -212,16 +213,17 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     return str(found[0])
 
 
-def val_split_tokens(data: str) -> int | None:
+def val_split_tokens(data: str, given: bool = False) -> int | None:
     """Tokens in the val split of a dataset directory, or None when it has none (a glob or a
-    single file names train shards only). The loader decides which files make the split."""
-    if not Path(data).is_dir():
+    single file names train shards only). `given`: `data` is --val-data, whose files (a glob,
+    a file, or a directory's val split) must exist. The loader decides which files make the split."""
+    if not given and not Path(data).is_dir():
         return None
     try:
-        paths = resolve_shards(data, "val", allow_empty=True)
+        paths = resolve_shards(data, "val", allow_empty=not given)
         return sum(read_header(p) for p in paths) if paths else None
     except ValueError as e:  # LoaderError, ShardError: naming the file
-        raise UserError(str(e)) from None
+        raise UserError(f"--val-data {e}" if given else str(e)) from None
 
 
 def check_out_dir(out: Path) -> None:
@@ -848,18 +850,25 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     return ckpt
 
 
-def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
-                     vocab_size: int) -> TokenLoader | None:
-    """The val split's loader, or None with a note saying why validation is skipped."""
-    val_tokens = val_split_tokens(data)
+def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str], vocab_size: int,
+                     train_shards: list[Path]) -> TokenLoader | None:
+    """The val split's loader (of --val-data when given), or None with a note saying why
+    validation is skipped."""
+    source = cfg.val_data or data
+    val_tokens = val_split_tokens(source, given=cfg.val_data is not None)
     if val_tokens is None:
-        notes.append(f"no val split in {data}: validation skipped")
+        notes.append(f"no val split in {data}: validation skipped (--val-data names one)")
         return None
     if steps_per_epoch(val_tokens, cfg.B, cfg.T, rt.world) == 0:
         notes.append(f"val split has {val_tokens:,} tokens, less than one batch of "
                      f"{cfg.B * cfg.T * rt.world:,} + 1: validation skipped")
         return None
-    return _open_loader(data, "val", cfg, rt, False, vocab_size)
+    loader = _open_loader(source, "val", cfg, rt, False, vocab_size)
+    both = sorted({p.resolve() for p in loader.shards} & {p.resolve() for p in train_shards})
+    if both:  # a val loss on the training data would say nothing
+        loader.close()
+        raise UserError(f"--val-data {cfg.val_data}: {both[0]} is a train shard of this run too")
+    return loader
 
 
 def _check_tokenizer(cfg: TrainConfig) -> None:
@@ -933,8 +942,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
-        val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size)
+        val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size, train_loader.shards)
                       if cfg.eval_every and not cfg.bench else None)
+        if cfg.val_data is not None and not (cfg.eval_every and not cfg.bench):
+            notes.append(f"--val-data has no effect: {'--bench' if cfg.bench else '--eval-every 0'} runs no validation")
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if val_loader is not None:
             stack.callback(val_loader.close)
@@ -1026,7 +1037,8 @@ def print_facts(s: Session) -> None:
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     if s.val_loader is not None:
-        say(f"validation: {s.val_batches} batches of the val split ({s.val_loader.num_tokens:,} tokens) "
+        of = f"{cfg.val_data} " if cfg.val_data else "the val split "
+        say(f"validation: {s.val_batches} batches of {of}({s.val_loader.num_tokens:,} tokens) "
             f"every {cfg.eval_every} steps and at the end")
     for note in s.notes:
         say(f"note: {note}")
@@ -1369,6 +1381,8 @@ def bench_loop(s: Session) -> dict:
               help="Tokens per sequence (at most the model's block size).")
 @click.option("--data", default=None, show_default="the one dataset under ./data",
               help="Dataset directory (meta.json or <name>_train[_<index>].bin or .npy shards), a shard glob, or one shard.")
+@click.option("--val-data", default=None, show_default="--data's val split, if it is a directory",
+              help="Validation shards from elsewhere: a glob, one shard, or a directory's val split.")
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
 @click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")

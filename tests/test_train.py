@@ -26,6 +26,7 @@ from _cli import assert_user_error
 from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
                    write_dataset)
 from model import GPT, GPTConfig
+from prep.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 # device="cpu": these runs compare losses bit for bit, which CUDA does not promise (its
@@ -136,6 +137,23 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     samples = [[line for line in out.splitlines() if line.startswith("step 4 sample: ")] for out in runs]
     assert len(samples[0]) == 1 and samples[0] == samples[1]  # the sampling generator is seeded
     assert len(samples[0][0]) > len("step 4 sample: ''")
+
+
+def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsys):
+    """--data naming the train shard alone plus --val-data naming the val shard evaluate
+    exactly as the directory does (the same windows, the same losses)."""
+    common = dict(steps=2, eval_every=2, eval_steps=3)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "dir"), **common))
+    capsys.readouterr()
+    val = str(dataset / "t_val_*.bin")
+    train.train(cfg(tmp_path, dataset / "t_train_000000.bin", val_data=val, out=str(tmp_path / "split"), **common))
+    assert f"validation: 3 batches of {val} (200 tokens)" in capsys.readouterr().out
+    untimed = lambda out: [{k: v for k, v in r.items() if k not in ("dt_ms", "tokens_per_s", "data_wait_ms")}  # noqa: E731
+                           for r in metrics(out)]
+    assert untimed(tmp_path / "split") == untimed(tmp_path / "dir")
+    assert metrics(tmp_path / "split")[-1]["val_loss"] is not None
+    train.train(cfg(tmp_path, dataset, val_data=val, eval_every=0, steps=1, out=str(tmp_path / "off")))
+    assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
 def test_validation_skipped_with_a_note_when_val_is_too_small(tmp_path, capsys):
@@ -581,6 +599,7 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "metricsdir" / "metrics.jsonl").mkdir(parents=True)
     (root / "dangling").symlink_to("nowhere")
     (root / "afile").write_text("x")
+    write_shard(root / "afile.bin", random_tokens(300, 5))  # a shard whose name says no split
     (root / "empty").mkdir()
     return root
 
@@ -644,6 +663,13 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                     "--resume damaged.pt: damaged train.py checkpoint", "lm_head.weight"),
     "resume a malformed checkpoint": (["--resume", "badstep.pt"], ".",
                                       "--resume badstep.pt: damaged train.py checkpoint (malformed step)"),
+    "val data missing": (["--val-data", "nope/*.bin"], ".", "--val-data nope/*.bin: no shard files match"),
+    "val data names train shards": (["--val-data", "data/small/t_train_000000.bin"], ".",
+                                    "--val-data data/small/t_train_000000.bin: names 1 shard(s) of another "
+                                    "split than val"),
+    "val data is the train data": (["--data", "afile.bin", "--val-data", "afile.bin"], ".",
+                                   "--val-data afile.bin:", "afile.bin is a train shard of this run too"),
+    "val data directory without val": (["--val-data", "other"], ".", "--val-data other: no val shards"),
 }
 
 
