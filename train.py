@@ -96,6 +96,13 @@ class TrainConfig:
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
     model: str = "gpt2"
+    # the preset's shape, changed (None: the preset's): nanoGPT's Shakespeare model is
+    # --model gpt2 --n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --dropout 0.2
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    dropout: float | None = None
     steps: int = 50  # optimizer steps in the whole run (a resumed run continues to this)
     total_batch_size: int | None = None  # tokens per optimizer step; None: B*T*world
     lr: float = 6e-4
@@ -157,6 +164,11 @@ class TrainConfig:
         ):
             if value not in choices:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
+
+    def model_overrides(self) -> dict:
+        """The GPTConfig fields given on the command line (--n-layer, ...), to apply to --model."""
+        names = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
     def final_lr(self) -> float:
@@ -884,14 +896,15 @@ def _check_tokenizer(cfg: TrainConfig) -> None:
 def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     """Check everything that can be checked, then build the run. Until the model is built
     nothing is written, so a user mistake leaves no trace on disk."""
+    overrides = cfg.model_overrides()
     try:
-        model_config = GPTConfig.preset(cfg.model)
-    except ValueError as e:
-        raise UserError(f"--model: {e}") from None
+        model_config = GPTConfig.preset(cfg.model, **overrides)
+    except ValueError as e:  # "GPTConfig.n_embd (768) must be divisible by n_head (5)": say the flags
+        message = re.sub(r"GPTConfig\.(\w+)", lambda m: f"--{_flag(m[1])}", str(e))
+        raise UserError(f"--model {cfg.model}: {message}") from None
     if cfg.T > model_config.block_size:
-        raise UserError(
-            f"--T {cfg.T} is larger than the block size of --model {cfg.model} ({model_config.block_size})"
-        )
+        where = "--block-size" if "block_size" in overrides else f"the block size of --model {cfg.model}"
+        raise UserError(f"--T {cfg.T} is larger than {where} ({model_config.block_size})")
     rt = make_runtime(cfg)
     # Under torchrun a rank can fail a check the others pass (a file missing on one node):
     # the failure waits for agree_to_start, so that no rank is left waiting for it. Until
@@ -1023,7 +1036,8 @@ def print_facts(s: Session) -> None:
     accum = s.parts.accum_steps
     per_optimizer_step = f" = {E / accum:.6g} optimizer steps of {accum} micro-batches" if accum > 1 else ""
     say(f"steps per epoch: {E:,} (B={cfg.B} x T={cfg.T}, world size {rt.world}){per_optimizer_step}")
-    say(f"model: {cfg.model}, {s.raw.num_params():,} parameters "
+    changed = "".join(f" --{_flag(k)} {v:g}" for k, v in cfg.model_overrides().items())
+    say(f"model: {cfg.model}{changed}, {s.raw.num_params():,} parameters "
         f"({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} dims, block size {mc.block_size})")
     name = f" ({rt.device_name()})" if rt.device_name() else ""
     compiled = f"on ({cfg.compile_mode})" if rt.compile else "off"
@@ -1335,7 +1349,7 @@ def bench_loop(s: Session) -> dict:
     flops, name = s.raw.flops_per_token(cfg.T), rt.device_name()
     real_tps, fixed_tps = s.tokens_per_step / real_dt, s.tokens_per_step / fixed_dt
     result = {
-        "model": cfg.model, "params": s.raw.num_params(), "B": cfg.B, "T": cfg.T, "world": rt.world,
+        "model": cfg.model, "model_overrides": cfg.model_overrides(), "params": s.raw.num_params(), "B": cfg.B, "T": cfg.T, "world": rt.world,
         "accum_steps": parts.accum_steps, "device": str(rt.device), "device_name": name, "dtype": rt.dtype,
         "compile": rt.compile, "compile_mode": cfg.compile_mode if rt.compile else None,
         "warmup_steps": cfg.bench_warmup, "steps": cfg.bench_steps,
@@ -1385,6 +1399,14 @@ def bench_loop(s: Session) -> dict:
               help="Validation shards from elsewhere: a glob, one shard, or a directory's val split.")
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
+@click.option("--n-layer", type=int, default=None, show_default="the preset's", help="Transformer blocks.")
+@click.option("--n-head", type=int, default=None, show_default="the preset's", help="Attention heads.")
+@click.option("--n-embd", type=int, default=None, show_default="the preset's",
+              help="Model width (a multiple of --n-head).")
+@click.option("--block-size", type=int, default=None, show_default="the preset's",
+              help="Longest context (position embeddings).")
+@click.option("--dropout", type=float, default=None, show_default="the preset's: 0",
+              help="Dropout probability in [0, 1) while training.")
 @click.option("--steps", type=int, default=TrainConfig.steps, help="Optimizer steps of the whole run.")
 @click.option("--total-batch-size", type=int, default=None, show_default="B*T*world: no accumulation",
               help="Tokens per optimizer step; a multiple of B*T*world, the rest is gradient accumulation.")

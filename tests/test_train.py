@@ -291,6 +291,28 @@ def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset
     assert set(ckpt["model"]) == set(GPT(GPTConfig.preset("tiny")).state_dict())
 
 
+def test_a_changed_model_shape_with_dropout_trains_and_resumes_bit_identically(tmp_path, dataset, capsys):
+    shape = dict(n_layer=3, n_head=4, n_embd=48, block_size=32, dropout=0.1)
+    common = dict(steps=4, keep_ckpts=0, quiet=False, **shape)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    expected = GPT(GPTConfig.preset("tiny", **shape)).num_params()
+    assert (f"model: tiny --n-layer 3 --n-head 4 --n-embd 48 --block-size 32 --dropout 0.1, {expected:,} "
+            f"parameters (3 layers, 4 heads, 48 dims, block size 32)") in capsys.readouterr().out
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, **common))
+    (split / "ckpt_000004.pt").unlink()
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, resume="auto", **common))
+    straight, resumed = metrics(tmp_path / "straight"), metrics(split)
+    assert [r["loss"] for r in straight] == [r["loss"] for r in resumed]
+    no_dropout = tmp_path / "no-dropout"
+    train.train(cfg(tmp_path, dataset, out=str(no_dropout), **{**common, "dropout": 0.0}))
+    assert [r["loss"] for r in metrics(no_dropout)][1:] != [r["loss"] for r in straight][1:]  # dropout acts
+    ckpt = torch.load(split / "ckpt_000004.pt", weights_only=True)
+    assert {k: ckpt["model_config"][k] for k in shape} == shape
+    with pytest.raises(train.UserError, match="incompatible with this run .*block_size 32 there, 64 now"):
+        train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, resume="auto", steps=6))
+
+
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
@@ -663,6 +685,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                     "--resume damaged.pt: damaged train.py checkpoint", "lm_head.weight"),
     "resume a malformed checkpoint": (["--resume", "badstep.pt"], ".",
                                       "--resume badstep.pt: damaged train.py checkpoint (malformed step)"),
+    "heads do not divide the width": (["--n-head", "5"], ".",
+                                      "--model tiny: --n-embd (32) must be divisible by n_head (5)"),
+    "T above a changed block size": (["--block-size", "8"], ".", "--T 16 is larger than --block-size (8)"),
+    "dropout of 1": (["--dropout", "1"], ".", "--model tiny: --dropout must be a probability in [0, 1), got 1.0"),
+    "no layers": (["--n-layer", "0"], ".", "--model tiny: --n-layer must be a positive integer, got 0"),
     "val data missing": (["--val-data", "nope/*.bin"], ".", "--val-data nope/*.bin: no shard files match"),
     "val data names train shards": (["--val-data", "data/small/t_train_000000.bin"], ".",
                                     "--val-data data/small/t_train_000000.bin: names 1 shard(s) of another "
