@@ -51,6 +51,11 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
+# The process that started this one, taken before the seconds of importing torch: under
+# torchrun, the launcher that watch_launcher() watches (torchrun may be gone by the time
+# train() runs, and this process then has another parent).
+_LAUNCHER_PID = os.getppid()
+
 import click
 import numpy as np
 import torch
@@ -754,9 +759,11 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "auto":
         found = list_checkpoints(Path(cfg.out))
         if not found:
-            raise UserError(
-                f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; run without --resume to start"
-            )
+            metrics = Path(cfg.out) / METRICS_NAME
+            start = (f"its {METRICS_NAME} is from a run stopped before its first checkpoint: move {metrics} "
+                     f"away and run without --resume to start again" if metrics.exists()
+                     else "run without --resume to start")
+            raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; {start}")
         return found[-1][1]
     return Path(cfg.resume)
 
@@ -1066,8 +1073,35 @@ def _peer_gone(error: RuntimeError) -> bool:
         words in str(error) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
+ORPHAN_GRACE_S = 300  # a rank whose torchrun is gone: seconds to stop cleanly before SIGKILL
+
+
+def watch_launcher() -> None:
+    """Under torchrun: a rank whose torchrun is gone (SIGKILLed, OOM-killed) stops as if
+    torchrun had passed it a SIGTERM (the ranks agree on a step and checkpoint it; a rank
+    still starting up just ends), and is killed if it has not ended ORPHAN_GRACE_S later.
+    Otherwise orphaned ranks would train on unsupervised, or wait forever for a rendezvous
+    store that died with torchrun, holding the --out lock. Plain `python train.py` is left
+    alone: its parent (a shell closed under nohup, say) has no say over the run."""
+    parent = _LAUNCHER_PID
+    if "TORCHELASTIC_RUN_ID" not in os.environ or parent == 1:  # torchrun as a container's init
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:  # another parent: torchrun is gone (at once if it went already)
+            time.sleep(1.0)
+        print(f"rank {os.environ.get('RANK', '?')}: torchrun (pid {parent}) is gone: stopping as on SIGTERM",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="torchrun-watch", daemon=True).start()
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
+    watch_launcher()
     with contextlib.ExitStack() as stack:
         s = prepare(cfg, stack)
         print_facts(s)

@@ -657,6 +657,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a wrong optimizer state": (["--resume", "badadam.pt"], ".",
                                        "--resume badadam.pt: damaged train.py checkpoint (ValueError: optimizer "
                                        "exp_avg is (3,) for a parameter of"),
+    "resume auto before the first checkpoint": (["--resume", "auto", "--out", "metricsonly"], ".",
+                                                "--resume auto: no checkpoint (ckpt_<step>.pt) in metricsonly/; its "
+                                                "metrics.jsonl is from a run stopped before its first checkpoint: "
+                                                "move metricsonly/metrics.jsonl away and run without --resume"),
     "resume auto without checkpoints": (["--resume", "auto", "--out", "fresh"], ".",
                                         "--resume auto: no checkpoint (ckpt_<step>.pt) in fresh/"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),

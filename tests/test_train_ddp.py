@@ -193,6 +193,33 @@ def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
     assert "Connection closed by peer" not in result.stderr, result.stderr
 
 
+@pytest.mark.slow
+def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_dir(tmp_path):
+    """torchrun SIGKILLed as soon as its ranks exist: they would wait for its rendezvous store
+    forever, holding --out's lock; they end instead, and a new run there starts."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*torchrun, str(REPO / "train.py"), *common(data, "out", B)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    ranks: list[int] = []
+    while len(ranks) < 2:  # the two rank processes, children of torchrun
+        assert time.monotonic() < deadline, "torchrun started no ranks"
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        ranks = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in ranks):
+        assert time.monotonic() < deadline, "a rank outlived its torchrun by a minute"
+        time.sleep(0.2)
+    run([*torchrun, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
+
+
 RESUME_STEPS = 80  # long enough that a signal after step 3 always lands mid-run
 
 
@@ -207,11 +234,12 @@ def straight_ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the process group"])
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the process group", "SIGKILL to torchrun"])
 def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly(tmp_path, straight_ddp, how):
     """torchrun passes a SIGTERM on to every rank (preemption), and a Ctrl-C reaches every rank
-    twice (from the terminal and from torchrun): the ranks agree on one step, rank 0 checkpoints
-    it before any rank leaves, and --resume auto continues as if nothing had happened."""
+    twice (from the terminal and from torchrun), and a rank whose torchrun was killed acts as
+    on a SIGTERM: the ranks agree on one step, rank 0 checkpoints it before any rank leaves,
+    and --resume auto continues as if nothing had happened."""
     data, straight = straight_ddp
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*torchrun, str(REPO / "train.py"), *common(data, "stopped", B), "--steps", str(RESUME_STEPS)]
@@ -225,6 +253,8 @@ def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly
         time.sleep(0.01)
     if how == "SIGTERM to torchrun":
         proc.send_signal(signal.SIGTERM)
+    elif how == "SIGKILL to torchrun":  # its ranks live on, inheriting its stdout and stderr
+        proc.send_signal(signal.SIGKILL)
     else:  # a terminal's Ctrl-C: torchrun and every rank get it
         os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -233,6 +263,8 @@ def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly
     assert 3 <= stopped_at < RESUME_STEPS
     assert f"stopped after step {stopped_at} of {RESUME_STEPS}; checkpoint" in stdout, stdout + stderr
     assert torch.load(path, weights_only=True)["loader"]["step"] == stopped_at * ACCUM
+    if how == "SIGKILL to torchrun":
+        assert "rank 0: torchrun (pid " in stderr and "rank 1: torchrun (pid " in stderr
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, stopped_at + 1))
 
     run([*args, "--resume", "auto"], tmp_path)
