@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -244,16 +242,17 @@ class AtomicDirectory:
         try:
             with signals_deferred() as received:
                 self._install(old)
-                if received:  # delivered next: tidy up, and say first that the work is not lost
+                if received:  # delivered next: tidy up first
                     shutil.rmtree(old, ignore_errors=True)
-                    print(f"{self.target}: the new dataset is complete and in place; stopping "
-                          f"({signal.Signals(received[0]).name})", file=sys.stderr)
-        except OSError as e:
+            # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
+            # dataset is removed; a leftover is only stale (the next run into the target removes it).
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:  # from the install: nothing was replaced
             self._cleanup()
             raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
-        # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
-        # dataset is removed; a leftover is only stale (the next run into the target removes it).
-        shutil.rmtree(old, ignore_errors=True)
+        except (KeyboardInterrupt, SystemExit) as e:  # a signal held through the install, or later
+            e.installed = self.target  # for whoever reports it: the new dataset is complete and in place
+            raise
 
     def _install(self, old: Path) -> None:
         """The target becomes the new dataset: the old one (if any) is renamed to `old` first,

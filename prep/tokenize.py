@@ -269,4 +269,12 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                                      progress=not quiet, chunk_chars=chunk_size)
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through _sigterm_raises_exit
+        status = 130 if isinstance(e, KeyboardInterrupt) else e.code
+        name = signal.Signals(status - 128).name if isinstance(status, int) and status > 128 else "interrupted"
+        installed = getattr(e, "installed", None)
+        where = (f"{installed} holds the new dataset, complete" if installed is not None else
+                 "nothing was written (the output directory is as it was)")
+        click.echo(f"{name}: stopped; {where}", err=True)
+        sys.exit(status)
     click.echo(json.dumps(result.to_json()) if as_json else result.summary())

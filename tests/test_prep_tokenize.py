@@ -414,7 +414,8 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_sigterm_removes_the_temporary_dir(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_removes_the_temporary_dir_and_says_so(tmp_path, signum):
     out = tmp_path / "out"
     proc = subprocess.Popen(cli("-", "--out", out, "--val-fraction", "0", "--shard-size", 1000,
                                 "--chunk-size", 1000, "--workers", 2, "--quiet"),
@@ -427,13 +428,35 @@ def test_sigterm_removes_the_temporary_dir(tmp_path):
         while not list(tmp_dir.glob("*.bin")):
             assert time.monotonic() < deadline and proc.poll() is None, "no shards appeared"
             time.sleep(0.01)
-        proc.terminate()
+        proc.send_signal(signum)
         stderr = proc.communicate(timeout=30)[1].decode()
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0 and "Traceback" not in stderr
+    assert proc.returncode == 128 + signum and "Traceback" not in stderr
+    assert stderr.endswith(f"{signum.name}: stopped; nothing was written (the output directory is as it was)\n")
     assert not out.exists() and leftovers(tmp_path, "out") == []
+
+
+def test_a_ctrl_c_held_through_the_install_says_the_new_dataset_is_in_place(tmp_path, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("old words\n")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--quiet"]).exit_code == 0
+    src.write_text("new words, more of them\n")
+    real_rename = os.rename
+
+    def rename_and_interrupt(source, target):  # Ctrl-C once the old dataset is moved aside
+        real_rename(source, target)
+        if ".old-" in str(target):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+
+    monkeypatch.setattr(os, "rename", rename_and_interrupt)
+    result = CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--overwrite", "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr == f"SIGINT: stopped; {out} holds the new dataset, complete\n"
+    assert read_meta(out)["sources"][0]["bytes"] == len("new words, more of them\n")
 
 
 # --- review additions -----------------------------------------------------------------------
