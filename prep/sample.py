@@ -115,11 +115,17 @@ def write_sample(
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file path")
+    if out.exists() and not out.is_file():  # a device (/dev/null), a fifo: never replaced by a file
+        raise UserError(f"--out {out} is not a regular file; give a file path")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: directory {out.parent} does not exist")
 
     if source is not None:
         src = Path(source)
+        if src.is_dir():
+            raise UserError(f"--from {src}: is a directory; give a text file")
+        if src.exists() and not src.is_file():
+            raise UserError(f"--from {src}: not a regular file; give a text file")
         if not src.is_file():
             raise UserError(f"--from {src}: no such file")
         digest = file_sha256(src)

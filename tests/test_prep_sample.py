@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import threading
 
 import pytest
@@ -167,12 +168,18 @@ def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["missing_from", "out_dir_missing", "out_is_dir"])
+@pytest.mark.parametrize("case", ["missing_from", "out_dir_missing", "out_is_dir", "out_is_a_fifo",
+                                  "from_is_dir", "from_is_a_fifo"])
 def test_user_mistakes(tmp_path, case):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # as a device (/dev/null) would be: --overwrite must not turn it into a file
     args, words = {
         "missing_from": (["--from", tmp_path / "nope.txt", "--out", tmp_path / "o.txt"], ["nope.txt", "--from"]),
         "out_dir_missing": (["--offline", "--out", tmp_path / "no" / "o.txt"], ["--out", "does not exist"]),
         "out_is_dir": (["--offline", "--out", tmp_path], ["--out", "is a directory"]),
+        "out_is_a_fifo": (["--offline", "--out", fifo, "--overwrite"], [f"--out {fifo} is not a regular file"]),
+        "from_is_dir": (["--from", tmp_path, "--out", tmp_path / "o.txt"], [f"--from {tmp_path}: is a directory"]),
+        "from_is_a_fifo": (["--from", fifo, "--out", tmp_path / "o.txt"], [f"--from {fifo}: not a regular file"]),
     }[case]
     before = sorted(tmp_path.rglob("*"))
     result = run(*args)
