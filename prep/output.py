@@ -190,10 +190,12 @@ def check_target(target: Path, overwrite: bool) -> None:
         return
     if not target.is_dir():
         raise OutputError(f"{target}: exists and is not a directory")
-    entries = [p.name for p in target.iterdir()]
+    entries = list(target.iterdir())
     if not entries:
         return
-    foreign = [e for e in entries if e != META_NAME and parse_shard_name(e) is None]
+    # a dataset holds files only: a folder named like a shard is someone's, and would go with it
+    foreign = [e.name for e in entries
+               if not e.is_file() or (e.name != META_NAME and parse_shard_name(e.name) is None)]
     if foreign:  # said first: --overwrite would not help
         raise OutputError(f"{target}: not a dataset directory (it holds {foreign[0]!r}); "
                           f"refusing to replace it, with or without --overwrite")

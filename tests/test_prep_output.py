@@ -175,3 +175,14 @@ def test_check_target(tmp_path):
     for overwrite in (True, False):  # said first: --overwrite would not help
         with pytest.raises(OutputError, match="not a dataset directory .*, with or without --overwrite"):
             check_target(tmp_path / "ds", overwrite=overwrite)
+
+
+def test_a_folder_named_like_a_shard_is_not_part_of_a_dataset(tmp_path):
+    """--overwrite replaces a dataset, files only: a folder inside it, whatever its name, is
+    someone's, and would have been deleted with the old dataset."""
+    target = tmp_path / "ds"
+    (target / "ds_train_000005.bin").mkdir(parents=True)
+    (target / "ds_train_000005.bin" / "notes.txt").write_text("mine")
+    (target / "ds_train_000000.bin").write_bytes(b"")
+    with pytest.raises(OutputError, match=r"not a dataset directory \(it holds 'ds_train_000005.bin'\)"):
+        check_target(target, overwrite=True)
