@@ -64,11 +64,11 @@ from torch import nn
 from tqdm import tqdm
 
 from loader import TokenLoader, TokenRangeError, resolve_shards
-from model import GPT, GPTConfig, mfu
+from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from prep.atomic import atomic_write, signals_deferred
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME
+from prep.meta import META_NAME, check_tokenizer, read_meta
 from prep.shards import find_shards, read_header
 
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -833,6 +833,22 @@ class Session:
         return self.cfg.B * self.cfg.T * self.rt.world * self.parts.accum_steps
 
 
+def check_gpt2_tokens(shards: list[Path]) -> None:
+    """The shards' meta.json (where one beside them is readable) must say GPT-2's tokenizer:
+    the model's vocabulary, and what samples are decoded with. Shards without one (llm.c's)
+    are taken to be GPT-2's, and every window is range-checked as it is read."""
+    for directory in sorted({p.parent for p in shards}):
+        try:
+            meta = read_meta(directory)
+        except ValueError:  # files taken by a glob: their directory's meta.json is not needed
+            continue
+        try:
+            if meta is not None:
+                check_tokenizer(meta, "gpt2", GPT2_VOCAB_SIZE)
+        except ValueError as e:
+            raise UserError(f"{directory / META_NAME}: {e}: train.py trains GPT-2 on GPT-2 tokens") from None
+
+
 def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool,
                  vocab_size: int) -> TokenLoader:
     try:
@@ -844,11 +860,17 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
         # ring bounds how far the host can run ahead; the default's 3 is ~7 ms at 4x32, and a
         # host pause longer than that would idle the GPU under the loader but not a fixed batch.
         cuda = rt.device.type == "cuda"
-        return TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
-                           shuffle=shuffle, seed=cfg.seed, pin_memory=cuda, prefetch=8 if cuda else 2,
-                           vocab_size=vocab_size)
+        loader = TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
+                             shuffle=shuffle, seed=cfg.seed, pin_memory=cuda, prefetch=8 if cuda else 2,
+                             vocab_size=vocab_size)
     except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
         raise UserError(str(e)) from None
+    try:
+        check_gpt2_tokens(loader.shards)
+    except UserError:
+        loader.close()
+        raise
+    return loader
 
 
 def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPTConfig,

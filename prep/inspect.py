@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, meta_splits, read_meta
+from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.shards import HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, read_header
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
@@ -68,10 +68,7 @@ def _meta_records(meta: dict) -> dict[str, dict]:
     """meta_splits(meta), and the tokenizer the shards were written with: GPT-2's, the only
     one train.py's model reads."""
     records = meta_splits(meta)
-    vocab = meta.get("vocab_size", VOCAB_SIZE)
-    if isinstance(vocab, bool) or vocab != VOCAB_SIZE or meta.get("tokenizer", ENCODING_NAME) != ENCODING_NAME:
-        raise ValueError(f"tokenizer {meta.get('tokenizer')!r} with vocab_size {vocab!r}: not GPT-2's "
-                         f"({ENCODING_NAME!r}, {VOCAB_SIZE})")
+    check_tokenizer(meta, ENCODING_NAME, VOCAB_SIZE)
     return records
 
 

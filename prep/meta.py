@@ -85,6 +85,15 @@ def meta_splits(meta: dict) -> dict[str, dict]:
     return records
 
 
+def check_tokenizer(meta: dict, name: str, vocab_size: int) -> None:
+    """ValueError unless meta.json's tokenizer is `name` with `vocab_size` tokens (fields
+    absent: taken to be so): shards of another tokenizer are other numbers for other words."""
+    vocab = meta.get("vocab_size", vocab_size)
+    if isinstance(vocab, bool) or vocab != vocab_size or meta.get("tokenizer", name) != name:
+        raise ValueError(f"tokenizer {meta.get('tokenizer')!r} with vocab_size {vocab!r}: not "
+                         f"{name!r} with {vocab_size}")
+
+
 def read_meta(directory: str | os.PathLike) -> dict | None:
     """The parsed meta.json of a dataset directory, or None when there is none.
 

@@ -147,10 +147,10 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
                    [META_NAME, "splits.train"]),
     "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
     "other_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": 65536})), [],
-                    [META_NAME, "vocab_size 65536: not GPT-2's ('gpt2', 50257)"]),
+                    [META_NAME, "vocab_size 65536: not 'gpt2' with 50257"]),
     "huge_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"vocab_size": 50257',
                                                                               '"vocab_size": 1e400')), [],
-                   [META_NAME, "not GPT-2's"]),
+                   [META_NAME, "not 'gpt2' with 50257"]),
     "documents_not_a_count": (lambda t: _with_meta_text(t, lambda m: json.dumps(
         m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"documents": "many"}}})), [],
         [META_NAME, "'splits.train.documents' is 'many', not a count"]),
@@ -200,7 +200,7 @@ def test_verify_checks_the_range_against_gpt2_whatever_meta_json_says(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     (dataset / META_NAME).write_text(json.dumps(meta | {"vocab_size": 65536}))
     result = run(verify_command, dataset)
-    assert result.exit_code == 1 and "not GPT-2's ('gpt2', 50257)" in result.output
+    assert result.exit_code == 1 and "not 'gpt2' with 50257" in result.output
 
 
 def test_verify_without_meta_checks_headers_and_range(tmp_path):

@@ -26,7 +26,8 @@ from _cli import assert_user_error
 from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
                    write_dataset)
 from model import GPT, GPTConfig
-from prep.shards import write_shard
+from prep.meta import write_meta
+from prep.shards import file_sha256, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 # device="cpu": these runs compare losses bit for bit, which CUDA does not promise (its
@@ -622,6 +623,10 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "dangling").symlink_to("nowhere")
     (root / "afile").write_text("x")
     write_shard(root / "afile.bin", random_tokens(300, 5))  # a shard whose name says no split
+    othertok = write_dataset(root / "othertok", random_tokens(300, 6))  # shards of another tokenizer
+    shard = othertok / "t_train_000000.bin"
+    write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
+        "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     (root / "empty").mkdir()
     return root
 
@@ -694,6 +699,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "T above a changed block size": (["--block-size", "8"], ".", "--T 16 is larger than --block-size (8)"),
     "dropout of 1": (["--dropout", "1"], ".", "--model tiny: --dropout must be a probability in [0, 1), got 1.0"),
     "no layers": (["--n-layer", "0"], ".", "--model tiny: --n-layer must be a positive integer, got 0"),
+    "another tokenizer's shards": (["--data", "othertok"], ".", "othertok/meta.json: tokenizer 'cl100k_base' with "
+                                   "vocab_size 100277: not 'gpt2' with 50257: train.py trains GPT-2 on GPT-2 tokens"),
     "val data missing": (["--val-data", "nope/*.bin"], ".", "--val-data nope/*.bin: no shard files match"),
     "val data names train shards": (["--val-data", "data/small/t_train_000000.bin"], ".",
                                     "--val-data data/small/t_train_000000.bin: names 1 shard(s) of another "
