@@ -74,7 +74,11 @@ def _text_files(directory: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(directory, onerror=_unreadable):
         dirs.sort()
-        found += [Path(root) / f for f in files if f.endswith(".txt") and (Path(root) / f).is_file()]
+        for path in (Path(root) / f for f in files if f.endswith(".txt")):
+            if path.is_symlink() and not path.exists():  # else its text would be missing without a word
+                raise CorpusError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
+            if path.is_file():
+                found.append(path)
     return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
 
 

@@ -235,7 +235,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         else:
             report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
     todo = list(todo.values())
-    total = sum(p.stat().st_size for p in todo)
+    total = sum(p.stat().st_size for p in todo if p.is_file())  # a broken link: a problem, below
     show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
     with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=show) as bar:
         for path in todo:

@@ -93,6 +93,8 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
                 f.seek(0)
                 return _npy_layout(f, path, size)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ShardError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
         raise ShardError(f"{path}: no such shard") from None
     except IsADirectoryError:
         raise ShardError(f"{path}: is a directory, not a shard") from None
@@ -206,12 +208,15 @@ class ShardInfo:
 
 
 def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
-    """The shards of one split in a directory, in index order (names per `parse_shard_name`)."""
+    """The shards of one split in a directory, in index order (names per `parse_shard_name`).
+
+    Whatever has a shard's name is listed, a broken link or a folder too: reading it is then
+    an error naming it, where skipping it would leave its tokens out without a word."""
     directory = Path(directory)
     found = []
     for p in directory.iterdir():
         parsed = parse_shard_name(p.name)
-        if parsed is not None and parsed[1] == split and p.is_file():
+        if parsed is not None and parsed[1] == split:
             found.append((parsed[2], parsed[0], p))
     found.sort()
     return [p for _, _, p in found]

@@ -313,3 +313,14 @@ def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_p
             loader.next_window()  # [300, 401): crosses into the second shard
     with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch) as loader:  # no vocab_size: no check
         assert [int(loader.next_window().numpy().max()) for _ in range(4)][3] == 65535
+
+
+def test_a_broken_link_or_a_folder_with_a_shards_name_is_an_error_not_skipped(tmp_path):
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 1))
+    (tmp_path / "x_train_000001.bin").symlink_to("gone.bin")
+    with pytest.raises(ShardError, match=r"x_train_000001.bin: a broken symbolic link \(to gone.bin\)"):
+        TokenLoader(tmp_path, B=1, T=2)
+    (tmp_path / "x_train_000001.bin").unlink()
+    (tmp_path / "x_train_000001.bin").mkdir()
+    with pytest.raises(ShardError, match=r"x_train_000001.bin: is a directory, not a shard"):
+        TokenLoader(tmp_path, B=1, T=2)

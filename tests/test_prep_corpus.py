@@ -151,3 +151,11 @@ def test_unreadable_subdirectory_is_an_error_not_skipped(tmp_path):
             resolve_sources([str(tmp_path / "d")])
     finally:
         (tmp_path / "d" / "locked").chmod(0o755)
+
+
+def test_a_broken_link_in_a_directory_is_an_error_not_skipped(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    (tmp_path / "d" / "b.txt").symlink_to("moved.txt")
+    with pytest.raises(CorpusError, match=r"b\.txt: a broken symbolic link \(to moved\.txt\)"):
+        resolve_sources([str(tmp_path / "d")])
