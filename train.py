@@ -71,6 +71,7 @@ from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME, check_tokenizer, read_meta
 from prep.shards import find_shards, read_header
 
+FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
 DEVICES = ("auto", "cuda", "mps", "cpu")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -146,8 +147,10 @@ class TrainConfig:
             for name in names:
                 if getattr(self, name) < least:
                     raise ValueError(f"--{_flag(name)} must be >= {least}, got {getattr(self, name)}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 < self.lr <= FLOAT32_MAX:  # the optimizer holds it as a float32
+            raise ValueError(f"--lr must be a number > 0 and <= 3.4e38 (a float32), got {self.lr}")
+        if not self.out:
+            raise ValueError("--out must name a directory, got ''")
         if not self.weight_decay < math.inf:
             raise ValueError(f"--weight-decay must be finite, got {self.weight_decay}")
         if math.isnan(self.grad_clip):
@@ -218,6 +221,8 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     if data is not None:
         return data
     hint = "run `prep tokenize input.txt` first, or pass --data"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"no --data given and {root} is not a directory: {hint}")
     if not root.is_dir():
         raise UserError(f"no --data given and {root}/ does not exist: {hint}")
     subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))

@@ -112,6 +112,8 @@ def resolve_sources(inputs: Sequence[str]) -> list[Source]:
     sources = []
     for arg in inputs:
         if arg == STDIN:
+            if sys.stdin is None:  # started with stdin closed (`<&-`)
+                raise CorpusError("'-': stdin is closed; give files, or pipe the text in")
             sources.append(Source(arg, "stdin", (), None))
             continue
         path = Path(arg)

@@ -82,6 +82,9 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     directory = _check_directory(directory)
     try:
         meta = read_meta(directory)
+    except ValueError as e:  # names the file already
+        raise UserError(str(e)) from None
+    try:
         if meta is not None:
             info = DatasetInfo(str(directory), META_NAME, name=meta.get("name"))
             for split, record in _meta_records(meta).items():
@@ -221,7 +224,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     except ShardError as e:  # no meta.json, and the shards are not one dataset's
         report.problems.append(str(e))
     except (ValueError, TypeError) as e:  # unreadable: fall back to the header and range checks
-        report.problems.append(f"{directory / META_NAME}: {e}")
+        where = f"{directory / META_NAME}: "
+        report.problems.append(str(e) if str(e).startswith(where) else where + str(e))
         expected.clear()
     if not on_disk and not expected and not report.problems:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy) "

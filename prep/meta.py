@@ -104,7 +104,9 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         return None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4,300 digits
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
         raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")

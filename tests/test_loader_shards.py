@@ -233,10 +233,15 @@ def test_meta_json_is_cross_checked(tmp_path, edit, error, message):
         TokenLoader(tmp_path, B=1, T=10)
 
 
-def test_a_meta_json_that_is_not_json(tmp_path):
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "Expecting property name"),
+    ('{"format_version": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ('{"format_version": 1, "x": ' + "9" * 5000 + "}", "digits"),  # beyond Python's int-parsing limit
+])
+def test_a_meta_json_that_is_not_json(tmp_path, text, why):
     write_with_meta(tmp_path, [300])
-    (tmp_path / "meta.json").write_text("{not json")
-    with pytest.raises(LoaderError, match=r"meta.json: not valid JSON"):
+    (tmp_path / "meta.json").write_text(text)
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: not valid JSON \(.*{why}"):
         TokenLoader(tmp_path, B=1, T=10)
 
 

@@ -354,3 +354,13 @@ def test_tokenized_jsonl_with_val_split_and_small_shards(tmp_path):
     report = verify_dataset(out)
     assert report.ok and report.meta_found and report.shards_checked == info.shards
     assert report.tokens_checked == sum(result.tokens.values())
+
+
+def test_an_unparsable_meta_json_is_named_once(tmp_path):
+    make_dataset(tmp_path / "ds", {"train": [np.arange(10)]})
+    (tmp_path / "ds" / META_NAME).write_text("{oops")
+    line = assert_user_error(CliRunner().invoke(info_command, [str(tmp_path / "ds")]), "not valid JSON")
+    assert line.count(META_NAME) == 1
+    result = CliRunner().invoke(verify_command, [str(tmp_path / "ds")])
+    assert result.exit_code == 1 and result.output.count(f"{META_NAME}: not valid JSON") == 1
+    assert f"{META_NAME}: {tmp_path}" not in result.output

@@ -484,3 +484,10 @@ def test_overwrite_through_a_symlink_replaces_the_dataset_it_points_to(tmp_path)
     assert (tmp_path / "link").is_symlink()
     assert np.array_equal(stream(tmp_path / "real"), expected(["second version"]))
     assert leftovers(tmp_path, "link") == [] and leftovers(tmp_path, "real") == []
+
+
+def test_stdin_closed_is_one_line(tmp_path):
+    result = subprocess.run(cli("-", "--out", tmp_path / "o"), cwd=ROOT, capture_output=True, text=True,
+                            preexec_fn=lambda: os.close(0))  # started as `prep tokenize - <&-`
+    assert result.returncode == 2 and result.stderr == "Error: '-': stdin is closed; give files, or pipe the text in\n"
+    assert not (tmp_path / "o").exists()

@@ -628,6 +628,8 @@ def workdir(tmp_path_factory, dataset) -> Path:
     write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
         "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     (root / "empty").mkdir()
+    (root / "datafile").mkdir()
+    (root / "datafile" / "data").write_text("not a directory")
     return root
 
 
@@ -683,8 +685,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                      "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
     "bench with log-windows": (["--bench", "", "--log-windows", ""], ".",
                                "--log-windows logs a training run's windows; --bench writes nothing"),
-    "negative lr": (["--lr", "-1"], ".", "--lr must be a finite number > 0, got -1.0"),
-    "infinite lr": (["--lr", "inf"], ".", "--lr must be a finite number > 0, got inf"),
+    "negative lr": (["--lr", "-1"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got -1.0"),
+    "infinite lr": (["--lr", "inf"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got inf"),
+    "lr beyond float32": (["--lr", "1e39"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got 1e+39"),
+    "./data is a file": (["--data", None], "datafile", "no --data given and data is not a directory"),
     "nan weight decay": (["--weight-decay", "nan"], ".", "--weight-decay must be finite, got nan"),
     "nan grad clip": (["--grad-clip", "nan"], ".", "--grad-clip must be a number >= 0"),
     "seed above 32 bits": (["--seed", str(2**32)], ".", f"--seed must be <= {2**32 - 1}, got {2**32}"),
@@ -723,6 +727,13 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert_user_error(result, *messages)
     assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
+
+
+def test_an_empty_out_is_refused_not_taken_for_the_current_directory(tmp_path, dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--data", str(dataset), "--out", ""])
+    assert_user_error(result, "--out must name a directory, got ''")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_token_outside_the_vocabulary_is_one_line_and_exit_2(tmp_path):
