@@ -47,7 +47,7 @@ from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
-from prep.shards import MAX_TOKENS
+from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.tokenizer import TokenizerError, ensure_available
 from prep.workers import EncoderPool, encode_stream
 
@@ -155,9 +155,13 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     if total_bytes == 0:
         raise CorpusError(f"{', '.join(inputs)}: empty input, nothing to tokenize")
     target = Path(out_dir) if out_dir is not None else Path("data") / (sources[0].stem or "dataset")
-    name = name if name is not None else target.absolute().name
-    if not name or "/" in name or os.sep in name:
-        raise OutputError(f"{name!r}: not a usable shard name (non-empty, no path separator)")
+    given = name is not None
+    name = name if given else target.absolute().name
+    # the shard names must read back as this dataset's (a newline, say, would not)
+    if not name or "/" in name or os.sep in name or parse_shard_name(shard_name(name, "train", 0)) is None:
+        where = "--name" if given else f"--out {str(target)!r} gives the shard name"
+        raise OutputError(f"{where} {name!r}: not a usable shard name (non-empty, no path separator or "
+                          f"line break)" + ("" if given else "; pass --name"))
     check_target(target, overwrite)
     ensure_available()  # a missing tokenizer is a TokenizerError here, not in a worker
     workers, chunk_chars = config.workers, config.chunk_chars

@@ -491,3 +491,18 @@ def test_stdin_closed_is_one_line(tmp_path):
                             preexec_fn=lambda: os.close(0))  # started as `prep tokenize - <&-`
     assert result.returncode == 2 and result.stderr == "Error: '-': stdin is closed; give files, or pipe the text in\n"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name", "x\ny"], "--name 'x\\ny': not a usable shard name"),
+    (["--name", "a/b"], "--name 'a/b': not a usable shard name"),
+    (["--out", "nl\nds"], "--out 'nl\\nds' gives the shard name 'nl\\nds': not a usable shard name"),
+    (["--out", "/"], "--out '/' gives the shard name '': not a usable shard name"),
+])
+def test_a_shard_name_that_would_not_read_back_is_refused(tmp_path, monkeypatch, args, message):
+    """A newline in the name made shards that prep info, verify and a rerun could not find."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.txt").write_text("some text")
+    result = CliRunner().invoke(tokenize_command, ["in.txt", *args, "--quiet"])
+    assert_user_error(result, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
