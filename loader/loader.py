@@ -259,10 +259,13 @@ class TokenLoader:
         c, identity = self._cursor, self._stream.identity
         shards = _saved_shards(state["shards"])
         if state["num_tokens"] != c.num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
+            differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
+            first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "
+                     f"{differ[1][1]} tokens here)" if differ else "")
             raise LoaderError(
                 f"the state is for another dataset: {len(state['shards'])} shards, "
                 f"N={state['num_tokens']} tokens; this loader reads {len(identity)} shards, "
-                f"N={c.num_tokens} tokens"
+                f"N={c.num_tokens} tokens{first}"
             )
         for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
             if saved_digest and digest and saved_digest != digest:  # compared where both are known
@@ -274,7 +277,7 @@ class TokenLoader:
         saved, ours = (state["B"], state["T"], state["world"]), (c.B, c.T, c.world)
         if saved != ours:
             raise LoaderError(
-                "the state was saved with B=%s, T=%s, W=%s; this loader has B=%s, T=%s, W=%s"
+                "the state was saved with B=%r, T=%r, W=%r; this loader has B=%r, T=%r, W=%r"
                 % (*saved, *ours)
             )
         step = state["step"]

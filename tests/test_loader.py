@@ -225,6 +225,16 @@ def test_a_state_for_other_data_or_other_b_t_w_is_refused(tmp_path, data):
         state = loader.state_dict()
     with TokenLoader(other, B=2, T=50) as loader, pytest.raises(LoaderError, match="another data"):
         loader.load_state_dict(state)
+    renamed = tmp_path / "renamed"  # the same tokens under another dataset name
+    renamed.mkdir()
+    write_dataset(renamed, [1000, 517, 2000], name="e")
+    with TokenLoader(renamed, B=2, T=50) as loader, pytest.raises(
+            LoaderError, match=r"first difference: d_train_000000.bin of 1000 tokens there, "
+                               r"e_train_000000.bin of 1000 tokens here"):
+        loader.load_state_dict(state)
+    with TokenLoader(path, B=2, T=50) as loader, pytest.raises(
+            LoaderError, match=r"saved with B='2', T=50, W=1; this loader has B=2, T=50, W=1"):
+        loader.load_state_dict({**state, "B": "2"})  # a hand-edited state: the difference shows
     for kw, ours in [({"B": 5}, "B=5, T=50, W=1"), ({"T": 20}, "B=2, T=20, W=1"),
                      ({"world": 2}, "B=2, T=50, W=2")]:
         with TokenLoader(path, **{"B": 2, "T": 50, **kw}) as loader:
