@@ -334,13 +334,20 @@ def check_out_contents(out: Path, resume_path: Path | None) -> None:
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
+    if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
+        odd = sorted(p.name for p in out.iterdir() if CKPT_RE.match(p.name) and not p.is_file())
+        if odd:
+            raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
+    # --log-windows logs of an earlier run: a fresh run's would empty them
+    theirs += sorted(p.name for p in out.glob("windows_rank*.jsonl") if p.is_file() and p.stat().st_size)
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
-        remedy = "continue it with --resume auto" if checkpoints else f"move {metrics} away"
+        remedy = ("continue it with --resume auto" if checkpoints else
+                  f"move {' and '.join(str(out / name) for name in theirs)} away")
         raise UserError(
             f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
         )

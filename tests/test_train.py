@@ -628,6 +628,9 @@ def workdir(tmp_path_factory, dataset) -> Path:
     write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
         "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     (root / "empty").mkdir()
+    (root / "ckptdir" / "ckpt_000004.pt").mkdir(parents=True)
+    (root / "windowsonly").mkdir()
+    (root / "windowsonly" / "windows_rank0.jsonl").write_text('{"batch": 0}\n')
     (root / "datafile").mkdir()
     (root / "datafile" / "data").write_text("not a directory")
     return root
@@ -689,6 +692,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "infinite lr": (["--lr", "inf"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got inf"),
     "lr beyond float32": (["--lr", "1e39"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got 1e+39"),
     "./data is a file": (["--data", None], "datafile", "no --data given and data is not a directory"),
+    "a folder named like a checkpoint": (["--out", "ckptdir"], ".", "--out ckptdir: ckptdir/ckpt_000004.pt is not "
+                                                                      "a file; checkpoints are written under that name"),
+    "an earlier run's window logs": (["--out", "windowsonly"], ".",
+                                     "--out windowsonly holds an earlier run's windows_rank0.jsonl: move "
+                                     "windowsonly/windows_rank0.jsonl away, or choose another --out"),
     "nan weight decay": (["--weight-decay", "nan"], ".", "--weight-decay must be finite, got nan"),
     "nan grad clip": (["--grad-clip", "nan"], ".", "--grad-clip must be a number >= 0"),
     "seed above 32 bits": (["--seed", str(2**32)], ".", f"--seed must be <= {2**32 - 1}, got {2**32}"),
