@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated train step between calls for the time-inside figures")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if min(args.B, args.T, args.windows, args.repeats, args.tokens, args.shards) < 1:
-        parser.error("--B, --T, --windows, --repeats, --tokens and --shards must be >= 1")
+    for name in ("B", "T", "windows", "repeats", "tokens", "shards"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.work_us <= 1e9:  # nan fails this too
+        parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
         if getattr(args, "path", None) is None:

@@ -22,6 +22,7 @@ MB means 10**6 bytes of UTF-8 text. Targets (printed, never asserted): N-worker 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import click
 
-from prep.errors import UserCommand
+from prep.errors import UserCommand, UserError
 from prep.meta import read_meta
 from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
 from prep.sample import fallback_text
@@ -79,10 +80,15 @@ def source_paragraphs(source: Path | None) -> tuple[list[str], str]:
     if source is None and Path("input.txt").is_file():
         source = Path("input.txt")
     if source is not None:
-        text, label = Path(source).read_text(encoding="utf-8"), str(source)
+        try:
+            text, label = Path(source).read_text(encoding="utf-8"), str(source)
+        except UnicodeDecodeError as e:
+            raise UserError(f"--source {source}: not UTF-8 text (byte {e.start})") from None
     else:
         text, label = fallback_text(), "pydoc_data.topics"
     paragraphs = [p.strip("\n") + "\n\n" for p in text.split("\n\n") if p.strip()]
+    if not paragraphs:  # the corpus is drawn from them: it would never grow
+        raise UserError(f"--source {source}: no text to draw paragraphs from")
     return paragraphs, label
 
 
@@ -246,7 +252,7 @@ def format_report(result: dict) -> str:
 
 
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--mb", type=click.FloatRange(min=0, min_open=True), default=50.0,
+@click.option("--mb", type=click.FloatRange(min=0.01, max=1e6), default=50.0,
               help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(),
               help="Worker processes for the N-worker runs (1 worker is always measured too).")
@@ -262,6 +268,9 @@ def format_report(result: dict) -> str:
 def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, chunk_chars: int | None,
          val_fraction: float | None, as_json: bool) -> None:
     """Benchmark `prep tokenize` against single-thread tiktoken, and its memory growth."""
+    for flag, value in (("--mb", mb), ("--val-fraction", val_fraction)):
+        if value is not None and math.isnan(value):  # click's FloatRange lets nan through
+            raise UserError(f"{flag} must be a number, got nan")
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
     result = run_bench(config)
     click.echo(json.dumps(result, default=str) if as_json else format_report(result))

@@ -60,7 +60,10 @@ def test_bench_bad_path_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--B", "0"], "--B, --T, --windows, --repeats, --tokens and --shards must be >= 1"),
+    (["--B", "0"], "--B must be >= 1, got 0"),
+    (["--shards", "-2"], "--shards must be >= 1, got -2"),
+    (["--work-us", "nan"], "--work-us must be a number of microseconds >= 0, got nan"),
+    (["--work-us", "-1"], "--work-us must be a number of microseconds >= 0, got -1.0"),
     (["--B", "x"], "argument --B: invalid int value: 'x'"),
     (["--nope"], "unrecognized arguments: --nope"),
 ])

@@ -8,6 +8,7 @@ import math
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -135,3 +136,21 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     assert list(scratch.iterdir()) == []  # corpora, shards and outputs all removed
     table = bench.format_report(record)
     assert "baseline encode_ordinary" in table and "growth" in table and "target" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mb", "nan"], "--mb must be a number, got nan"),
+    (["--mb", "1e-9"], "Invalid value for '--mb': 1e-09 is not in the range 0.01<=x<=1000000.0"),
+    (["--val-fraction", "nan"], "--val-fraction must be a number, got nan"),
+    (["--source", "{blank}"], "no text to draw paragraphs from"),  # the corpus would never grow: a hang
+    (["--source", "{binary}"], "not UTF-8 text (byte 3)"),
+])
+def test_usage_mistakes_are_one_line(tmp_path, args, message):
+    (tmp_path / "blank.txt").write_text("\n\n  \n")
+    (tmp_path / "binary.txt").write_bytes(b"abc\xff\n")
+    args = [a.format(blank=tmp_path / "blank.txt", binary=tmp_path / "binary.txt") for a in args]
+    before = set(Path(tempfile.gettempdir()).glob("prep-bench-*"))
+    result = CliRunner().invoke(bench.main, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: ") and message in result.output
+    assert set(Path(tempfile.gettempdir()).glob("prep-bench-*")) == before
