@@ -127,8 +127,8 @@ def _npy_layout(f, path: Path, size: int) -> tuple[int, np.dtype, int]:
         if version not in ((1, 0), (2, 0)):
             raise ValueError(f"format version {version[0]}.{version[1]}")
         shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-    except ValueError as e:
-        raise ShardError(f"{path}: not a readable .npy file ({e})") from None
+    except Exception as e:  # ValueError mostly; numpy's header parser also raises tokenize.TokenError & co
+        raise ShardError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from None
     if dtype.kind != "u" or dtype.itemsize != 2 or len(shape) != 1 or shape[0] == 0:
         raise ShardError(f"{path}: a .npy shard holds a non-empty 1-D uint16 array; this one holds "
                          f"{dtype} of shape {shape}")

@@ -88,6 +88,15 @@ def test_a_npy_that_is_not_a_token_array_is_an_error_naming_it(tmp_path, array, 
         TokenLoader(tmp_path, B=1, T=2)
 
 
+@pytest.mark.parametrize("header", [b"{'descr': '<u2', 'fortran_order': False, 'shape': (3,), ", b"[" * 5000])
+def test_a_npy_with_a_malformed_header_is_an_error_naming_it(tmp_path, header):
+    header = header.ljust(118) + b"\n"
+    (tmp_path / "x_train_000000.npy").write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+                                                + b"\0" * 6)
+    with pytest.raises(ShardError, match=r"x_train_000000.npy: not a readable .npy file"):
+        TokenLoader(tmp_path, B=1, T=2)
+
+
 def test_a_truncated_npy_and_a_bin_and_npy_of_one_index(tmp_path):
     path = tmp_path / "x_train_000000.npy"
     np.save(path, tokens(100, 1))
