@@ -9,6 +9,7 @@ device give the same samples). bf16 autocast on CUDA where supported, as in trai
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -64,12 +65,14 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
               help="Logit temperature; 0: always the likeliest token.")
 @click.option("--top-k", type=click.IntRange(min=0), default=train.SAMPLE_TOP_K,
               help="Sample among the k likeliest tokens; 0: among all.")
-@click.option("--seed", type=int, default=1337, help="Sampling seed.")
+@click.option("--seed", type=click.IntRange(0, train.SEED_MAX), default=1337, help="Sampling seed.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto",
               help="auto: cuda, then mps, then cpu.")
 def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
          seed: int, device: str) -> None:
     """Print samples from CKPT, a train.py checkpoint file or an --out directory (its newest)."""
+    if math.isnan(temperature):  # click's FloatRange lets nan through
+        raise UserError("--temperature must be a number >= 0, got nan")
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path = checkpoint_file(ckpt)
     model, step = load_model(path, rt)

@@ -216,7 +216,7 @@ class GPT(nn.Module):
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
+        if not temperature >= 0:  # nan too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
@@ -229,8 +229,8 @@ class GPT(nn.Module):
                 logits = self.lm_head(hidden)[:, : self.config.vocab_size].float()  # (B, V)
                 if temperature == 0:
                     next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-                else:
-                    logits = logits / temperature
+                else:  # the max subtracted first: a tiny temperature gives -inf, never inf - inf = nan
+                    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
                     if top_k is not None and top_k < logits.size(-1):
                         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
                         logits = logits.masked_fill(logits < kth, float("-inf"))

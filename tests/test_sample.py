@@ -72,3 +72,11 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(garbage)), "ckpt_000001.pt", "not a readable checkpoint")
     assert_user_error(invoke(str(run), "--top-k", "-1"), "--top-k")
     assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
+    assert_user_error(invoke(str(run), "--temperature", "nan"), "--temperature must be a number >= 0, got nan")
+    assert_user_error(invoke(str(run), "--seed", str(2**70)), "--seed")
+
+
+def test_a_tiny_temperature_samples_the_likeliest_token(run):
+    """logits / 1e-40 overflowed to inf, and softmax of inf - inf is nan: a traceback."""
+    greedy = samples(invoke(str(run), "--temperature", "0", "--max-new-tokens", "5"))
+    assert samples(invoke(str(run), "--temperature", "1e-40", "--max-new-tokens", "5")) == greedy
