@@ -772,8 +772,8 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
         found = list_checkpoints(Path(cfg.out))
         if not found:
             metrics = Path(cfg.out) / METRICS_NAME
-            start = (f"its {METRICS_NAME} is from a run stopped before its first checkpoint: move {metrics} "
-                     f"away and run without --resume to start again" if metrics.exists()
+            start = (f"its {METRICS_NAME} is from a run that wrote none (--ckpt-every 0, or stopped before its "
+                     f"first): move {metrics} away and run without --resume to start again" if metrics.exists()
                      else "run without --resume to start")
             raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; {start}")
         return found[-1][1]
@@ -1110,6 +1110,15 @@ def _peer_gone(error: RuntimeError) -> bool:
 ORPHAN_GRACE_S = 300  # a rank whose torchrun is gone: seconds to stop cleanly before SIGKILL
 
 
+def _is_torchrun(pid: int) -> bool:
+    """Whether process `pid` runs torchrun (Linux /proc; elsewhere: assumed so)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return any(part.endswith(b"torchrun") or part == b"torch.distributed.run" for part in command)
+
+
 def watch_launcher() -> None:
     """Under torchrun: a rank whose torchrun is gone (SIGKILLed, OOM-killed) stops as if
     torchrun had passed it a SIGTERM (the ranks agree on a step and checkpoint it; a rank
@@ -1117,8 +1126,10 @@ def watch_launcher() -> None:
     Otherwise orphaned ranks would train on unsupervised, or wait forever for a rendezvous
     store that died with torchrun, holding the --out lock. Plain `python train.py` is left
     alone: its parent (a shell closed under nohup, say) has no say over the run."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
     parent = _LAUNCHER_PID
-    if "TORCHELASTIC_RUN_ID" not in os.environ or parent == 1:  # torchrun as a container's init
+    if parent == 1 and _is_torchrun(1):  # torchrun as a container's init: it is the container
         return
 
     def watch() -> None:

@@ -669,8 +669,9 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                        "exp_avg is (3,) for a parameter of"),
     "resume auto before the first checkpoint": (["--resume", "auto", "--out", "metricsonly"], ".",
                                                 "--resume auto: no checkpoint (ckpt_<step>.pt) in metricsonly/; its "
-                                                "metrics.jsonl is from a run stopped before its first checkpoint: "
-                                                "move metricsonly/metrics.jsonl away and run without --resume"),
+                                                "metrics.jsonl is from a run that wrote none (--ckpt-every 0, or "
+                                                "stopped before its first): move metricsonly/metrics.jsonl away and "
+                                                "run without --resume"),
     "resume auto without checkpoints": (["--resume", "auto", "--out", "fresh"], ".",
                                         "--resume auto: no checkpoint (ckpt_<step>.pt) in fresh/"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
@@ -821,6 +822,21 @@ def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys
     train.train(train.TrainConfig(**{**TINY, "steps": 1}))
     assert "data: data/only: 300 tokens" in capsys.readouterr().out
     assert (tmp_path / "out" / "metrics.jsonl").is_file()
+
+
+def test_torchrun_is_told_from_another_init_by_its_command_line():
+    """A rank whose parent is PID 1 watches it unless PID 1 is torchrun itself (a container's
+    entry point): otherwise torchrun died before the rank started and the rank stops."""
+    assert not train._is_torchrun(os.getpid())
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "torchrun"])
+    try:
+        deadline = time.monotonic() + 10
+        while not train._is_torchrun(proc.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
