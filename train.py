@@ -1019,6 +1019,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         raw = GPT(model_config).to(rt.device)
+        if rt.rank:  # from here on each rank draws its own dropout masks (rank 0 goes on as it was)
+            torch.manual_seed(cfg.seed + rt.rank)
         optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
         generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
         if ckpt is not None:
@@ -1030,7 +1032,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # holds (lr is set at every step), as the resume note says. Group 0 is the
                 # decayed one (GPT.configure_optimizers); group 1 stays at 0.
                 optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
-                set_rng_state(ckpt["rng"], rt, generator)  # last: building the model drew from the RNG
+                # this rank's RNG states (a DDP checkpoint holds every rank's): last, as building
+                # the model drew from the RNG
+                set_rng_state(ckpt["rng_ranks"][rt.rank] if "rng_ranks" in ckpt else ckpt["rng"], rt, generator)
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
                 raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
@@ -1164,7 +1168,17 @@ def train(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------- the training loop
 
 
-def _checkpoint(s: Session, step: int) -> Path:
+def _rng_states(s: Session) -> list[dict] | None:
+    """Every rank's RNG states, gathered (a collective: every rank calls it at each checkpoint):
+    under DDP each rank draws its own dropout masks, and a resume restores each rank's own."""
+    if not s.rt.ddp:
+        return None
+    states: list = [None] * s.rt.world
+    dist.all_gather_object(states, rng_state(s.rt, s.generator))
+    return states
+
+
+def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
     out = Path(s.cfg.out)
     path = ckpt_path(out, step)
     save_checkpoint(path, {
@@ -1177,6 +1191,7 @@ def _checkpoint(s: Session, step: int) -> Path:
         "train_config": dataclasses.asdict(s.cfg),
         "run": s.run,
         "rng": rng_state(s.rt, s.generator),
+        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
     })
     if s.cfg.keep_ckpts:
         for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
@@ -1325,8 +1340,10 @@ def train_loop(s: Session) -> dict:
                 say(f"step {step}: val loss {val_loss:.4f}")
             if do_sample and rt.master:
                 say(f"step {step} sample: {sample_text(s.raw, rt, s.generator, cfg.sample_tokens)!r}")
-            if do_ckpt and rt.master:
-                _checkpoint(s, step)
+            if do_ckpt:
+                rng_ranks = _rng_states(s)  # every rank: a collective
+                if rt.master:
+                    _checkpoint(s, step, rng_ranks)
             pending.clear()
             t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
             if stopping:

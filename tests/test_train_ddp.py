@@ -220,6 +220,48 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
     run([*torchrun, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
+SPY = """
+import hashlib, os, runpy, sys
+import torch.nn.functional as F
+real, first = F.dropout, []
+
+def spy(x, p=0.5, training=True, inplace=False):  # the first dropout mask each rank draws
+    out = real(x, p, training, inplace)
+    if training and p > 0 and not first:
+        first.append(hashlib.sha1((out == 0).numpy().tobytes()).hexdigest())
+        with open(os.path.join(os.environ["SPY_DIR"], "mask" + os.environ["RANK"]), "w") as f:
+            f.write(first[0])
+    return out
+
+F.dropout = spy
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_dropout_masks_differ_between_ranks_and_resume_exactly(tmp_path):
+    """Each rank draws its own masks (the same masks on every rank would be less dropout than
+    asked for), and a checkpoint holds every rank's RNG, so a resume is bit-identical."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "spy.py").write_text(SPY)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*common(data, "straight", B), "--dropout", "0.5", "--steps", "6"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPY_DIR": str(tmp_path)}
+    subprocess.run([*torchrun, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=180)
+    masks = [(tmp_path / f"mask{rank}").read_text() for rank in (0, 1)]
+    assert masks[0] != masks[1]
+    split = [a if a != "straight" else "split" for a in args]
+    run([*torchrun, str(REPO / "train.py"), *split, "--ckpt-every", "3"], tmp_path)
+    (tmp_path / "split" / "ckpt_000006.pt").unlink()
+    assert len(torch.load(tmp_path / "split" / "ckpt_000003.pt", weights_only=True)["rng_ranks"]) == 2
+    run([*torchrun, str(REPO / "train.py"), *split, "--ckpt-every", "3", "--resume", "auto"], tmp_path)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+              for out in ("straight", "split")]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
 RESUME_STEPS = 80  # long enough that a signal after step 3 always lands mid-run
 
 
