@@ -5,6 +5,7 @@ accumulation (they corrupt accumulated gradients: pytorch/pytorch#169545)."""
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,19 @@ def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
     assert calls == ["tolist"] * 6
 
 
-def test_loader_buffers_are_pinned_only_for_cuda_runs(monkeypatch, dataset):
+def test_loader_buffers_are_pinned_and_the_ring_deeper_only_for_cuda_runs(monkeypatch, dataset):
     seen = []
-    monkeypatch.setattr(train, "TokenLoader", lambda *args, **kwargs: seen.append(kwargs["pin_memory"]))
+
+    def loader(*args, **kwargs):
+        seen.append((kwargs["pin_memory"], kwargs["prefetch"]))
+        return types.SimpleNamespace(shards=[])
+
+    monkeypatch.setattr(train, "TokenLoader", loader)
     c = train.TrainConfig(model="tiny", B=2, T=16)
     for device in ("cpu", "cuda"):
         rt = train.Runtime(torch.device(device), "fp32", False)
         train._open_loader(str(dataset), "train", c, rt, False, 50257)
-    assert seen == [False, True]
+    assert seen == [(False, 2), (True, 8)]
 
 
 @pytest.mark.parametrize("mode", train.CUDAGRAPH_MODES)
