@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import sys
 
 import click
 
@@ -32,13 +35,44 @@ def usage_as_user_error(ctx: click.Context):
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
+def _writing_stdout(error: OSError) -> bool:
+    """Whether `error` came from writing standard output: from flushing it (the `stdout` mark
+    below), or from click.echo (whose innermost frame holds it as `file`)."""
+    if getattr(error, "stdout", False):
+        return True
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_locals.get("file") is sys.stdout
+
+
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
-    and exit 2 like every other user mistake, instead of click's three-line usage block."""
+    and exit 2 like every other user mistake, instead of click's three-line usage block; so is
+    a standard output that cannot be written (`> /dev/full`), instead of a traceback."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with usage_as_user_error(ctx):
             return super().parse_args(ctx, args)
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as e:
+            if e.errno == errno.EPIPE or not _writing_stdout(e):  # a closed pipe: click's own rule
+                raise
+            sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
+            click.echo(f"Error: cannot write to standard output ({e.strerror})", err=True)
+            sys.exit(UserError.exit_code)
+
+    def invoke(self, ctx: click.Context):
+        result = super().invoke(ctx)
+        try:
+            sys.stdout.flush()  # inside main(): a failing output is reported there
+        except OSError as e:
+            e.stdout = True
+            raise
+        return result
 
 
 class UserCommand(_OneLineUsage, click.Command):

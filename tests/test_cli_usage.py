@@ -53,3 +53,15 @@ def test_bench_usage_error_is_one_line(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "--mb" in result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["-m", "prep.cli", "--help"], ["-m", "prep.cli", "sample", "--offline"],
+                                     [str(REPO / "train.py"), "--help"]])
+def test_a_standard_output_that_cannot_be_written_is_one_line(tmp_path, command):
+    """`> /dev/full` (or a full disk): one line on stderr and status 2, not a traceback."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, *command], cwd=tmp_path, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "Error: cannot write to standard output (No space left on device)\n"
