@@ -55,6 +55,9 @@ except ImportError:  # Windows
 # torchrun, the launcher that watch_launcher() watches (torchrun may be gone by the time
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
+# Ctrl-C during the seconds that importing torch takes: exit 130 at once, not a traceback of
+# the import (run as a script only; restored below)
+_SIGINT_BEFORE = signal.signal(signal.SIGINT, lambda *_: os._exit(130)) if __name__ == "__main__" else None
 
 import click
 import numpy as np
@@ -70,6 +73,9 @@ from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.meta import META_NAME, check_tokenizer, read_meta
 from prep.shards import find_shards, read_header
+
+if _SIGINT_BEFORE is not None:
+    signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step

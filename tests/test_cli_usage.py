@@ -3,8 +3,10 @@ follow the project's rule for user mistakes: one line naming what and where, exi
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,13 @@ def test_a_standard_output_that_cannot_be_written_is_one_line(tmp_path, command)
                                 text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "Error: cannot write to standard output (No space left on device)\n"
+
+
+def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
+    """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # interpreter started, torch being imported
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stdout, stderr) == (130, "", "")
