@@ -10,7 +10,12 @@ device give the same samples). bf16 autocast on CUDA where supported, as in trai
 from __future__ import annotations
 
 import math
+import os
+import signal
 from pathlib import Path
+
+# Ctrl-C while torch imports: exit 130 at once, not a traceback (as train.py; restored below)
+_SIGINT_BEFORE = signal.signal(signal.SIGINT, lambda *_: os._exit(130)) if __name__ == "__main__" else None
 
 import click
 import torch
@@ -18,6 +23,9 @@ import torch
 import train
 from model import GPT, GPTConfig
 from prep.errors import UserCommand, UserError
+
+if _SIGINT_BEFORE is not None:
+    signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 
 def checkpoint_file(path: Path) -> Path:
