@@ -1121,12 +1121,22 @@ ORPHAN_GRACE_S = 300  # a rank whose torchrun is gone: seconds to stop cleanly b
 
 
 def _is_torchrun(pid: int) -> bool:
-    """Whether process `pid` runs torchrun (Linux /proc; elsewhere: assumed so)."""
+    """Whether process `pid` is torchrun: `torchrun ...`, `python .../torchrun ...` or
+    `python -m torch.distributed.run ...` (Linux /proc; elsewhere: assumed so). Not `tini --
+    torchrun`: that is an init whose child is torchrun."""
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True
-    return any(part.endswith(b"torchrun") or part == b"torch.distributed.run" for part in command)
+    names = [os.path.basename(arg) for arg in argv[:2]]
+    return b"torchrun" in names or argv[1:3] == [b"-m", b"torch.distributed.run"]
+
+
+def _launcher_gone(parent: int) -> bool:
+    """Whether the torchrun that started this rank is gone: this rank has another parent now,
+    or had PID 1 from the start (watch_launcher has checked that PID 1 is not torchrun: it was
+    gone before this rank got as far as recording it)."""
+    return parent == 1 or os.getppid() != parent
 
 
 def watch_launcher() -> None:
@@ -1143,7 +1153,7 @@ def watch_launcher() -> None:
         return
 
     def watch() -> None:
-        while os.getppid() == parent:  # another parent: torchrun is gone (at once if it went already)
+        while not _launcher_gone(parent):
             time.sleep(1.0)
         print(f"rank {os.environ.get('RANK', '?')}: torchrun (pid {parent}) is gone: stopping as on SIGTERM",
               file=sys.stderr, flush=True)

@@ -37,13 +37,14 @@ def usage_as_user_error(ctx: click.Context):
 
 def _writing_stdout(error: OSError) -> bool:
     """Whether `error` came from writing standard output: from flushing it (the `stdout` mark
-    below), or from click.echo (whose innermost frame holds it as `file`)."""
+    below), or from a writer whose innermost frame holds it (click.echo's `file`, tqdm.write's
+    `fp`)."""
     if getattr(error, "stdout", False):
         return True
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_locals.get("file") is sys.stdout
+    return tb is not None and any(value is sys.stdout for value in tb.tb_frame.f_locals.values())
 
 
 class _OneLineUsage:

@@ -3,6 +3,7 @@ follow the project's rule for user mistakes: one line naming what and where, exi
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -67,6 +68,21 @@ def test_a_standard_output_that_cannot_be_written_is_one_line(tmp_path, command)
                                 text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "Error: cannot write to standard output (No space left on device)\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_failing_standard_output_through_tqdm_write_is_one_line_too(tmp_path):
+    """train.py's loop writes through tqdm.write (the stream is its `fp`), not click.echo."""
+    script = tmp_path / "writes.py"
+    script.write_text("import click, tqdm\nfrom prep.errors import UserCommand\n"
+                      "@click.command(cls=UserCommand)\ndef main():\n"
+                      "    for _ in range(2000):\n        tqdm.tqdm.write('x' * 80)\n"
+                      "main()\n")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(script)], cwd=REPO, stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (result.returncode, result.stderr) == (2, "Error: cannot write to standard output (No space left on "
+                                                     "device)\n")
 
 
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):

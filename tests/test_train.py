@@ -826,17 +826,23 @@ def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys
 
 def test_torchrun_is_told_from_another_init_by_its_command_line():
     """A rank whose parent is PID 1 watches it unless PID 1 is torchrun itself (a container's
-    entry point): otherwise torchrun died before the rank started and the rank stops."""
+    entry point): otherwise torchrun died before the rank started and the rank stops at once."""
     assert not train._is_torchrun(os.getpid())
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "torchrun"])
+    procs = {True: subprocess.Popen(["bash", "-c", "exec -a torchrun sleep 30"]),  # argv[0] torchrun
+             False: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "torchrun"])}
     try:
         deadline = time.monotonic() + 10
-        while not train._is_torchrun(proc.pid):
+        while not train._is_torchrun(procs[True].pid):  # once bash has exec'd
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert not train._is_torchrun(procs[False].pid)  # "torchrun" as an argument is not torchrun
     finally:
-        proc.kill()
-        proc.wait()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    assert not train._launcher_gone(os.getppid())
+    assert train._launcher_gone(1)  # recorded as 1, and PID 1 is not torchrun: gone before
+    assert train._launcher_gone(2**22 + 1)  # no longer this process's parent
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
