@@ -281,4 +281,10 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                  "nothing was written (the output directory is as it was)")
         click.echo(f"{name}: stopped; {where}", err=True)
         sys.exit(status)
-    click.echo(json.dumps(result.to_json()) if as_json else result.summary())
+    try:
+        click.echo(json.dumps(result.to_json()) if as_json else result.summary())
+        sys.stdout.flush()
+    except OSError as e:  # > /dev/full, a full disk: the one thing not done is the summary
+        sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
+        raise UserError(f"{result.out_dir} is complete, but its summary cannot be written to standard output "
+                        f"({e.strerror})") from None

@@ -71,6 +71,17 @@ def test_a_standard_output_that_cannot_be_written_is_one_line(tmp_path, command)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_prep_tokenize_into_a_full_standard_output_says_the_dataset_is_complete(tmp_path):
+    (tmp_path / "in.txt").write_text("words " * 100)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "in.txt", "--quiet"], cwd=tmp_path,
+                                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (2, "Error: data/in is complete, but its summary cannot be "
+                                                     "written to standard output (No space left on device)\n")
+    assert (tmp_path / "data" / "in" / "meta.json").is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_failing_standard_output_through_tqdm_write_is_one_line_too(tmp_path):
     """train.py's loop writes through tqdm.write (the stream is its `fp`), not click.echo."""
     script = tmp_path / "writes.py"
