@@ -10,22 +10,17 @@ device give the same samples). bf16 autocast on CUDA where supported, as in trai
 from __future__ import annotations
 
 import math
-import os
-import signal
 from pathlib import Path
 
-# Ctrl-C while torch imports: exit 130 at once, not a traceback (as train.py; restored below)
-_SIGINT_BEFORE = signal.signal(signal.SIGINT, lambda *_: os._exit(130)) if __name__ == "__main__" else None
+from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
 
-import click
-import torch
+# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
+with interrupt_exits_quietly(__name__ == "__main__"):
+    import click
+    import torch
 
-import train
-from model import GPT, GPTConfig
-from prep.errors import UserCommand, UserError
-
-if _SIGINT_BEFORE is not None:
-    signal.signal(signal.SIGINT, _SIGINT_BEFORE)
+    import train
+    from model import GPT, GPTConfig
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -51,15 +46,16 @@ def load_model(path: Path, rt: train.Runtime) -> tuple[GPT, int]:
 
 
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
-    """EOT + the prompt's GPT-2 tokens (special-token text is plain text here)."""
-    from prep.tokenizer import EOT, TokenizerError, get_encoding
+    """The prompt's GPT-2 tokens (special-token text is plain text here); the EOT before them
+    is sample_texts'."""
+    from prep.tokenizer import TokenizerError, get_encoding
 
     try:
-        tokens = [EOT, *get_encoding().encode_ordinary(prompt)]
+        tokens = get_encoding().encode_ordinary(prompt)
     except TokenizerError as e:
         raise UserError(str(e)) from None
-    if len(tokens) > block_size:
-        click.echo(f"note: the prompt is {len(tokens) - 1:,} tokens; the model sees the last "
+    if len(tokens) + 1 > block_size:
+        click.echo(f"note: the prompt is {len(tokens):,} tokens; the model sees the last "
                    f"{block_size:,} (its block size)", err=True)
     return tokens
 
@@ -74,7 +70,7 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
 @click.option("--top-k", type=click.IntRange(min=0), default=train.SAMPLE_TOP_K,
               help="Sample among the k likeliest tokens; 0: among all.")
 @click.option("--seed", type=click.IntRange(0, train.SEED_MAX), default=1337, help="Sampling seed.")
-@click.option("--device", type=click.Choice(["auto", "cuda", "mps", "cpu"]), default="auto",
+@click.option("--device", type=click.Choice(train.DEVICES), default="auto",
               help="auto: cuda, then mps, then cpu.")
 def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
          seed: int, device: str) -> None:
@@ -85,20 +81,12 @@ def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, tempera
     path = checkpoint_file(ckpt)
     model, step = load_model(path, rt)
     context = prompt_tokens(prompt, model.config.block_size)
-    from prep.tokenizer import get_encoding
-
-    encoding = get_encoding()
     generator = torch.Generator(device=rt.device).manual_seed(seed)
-    idx = torch.tensor([context] * num_samples, dtype=torch.long, device=rt.device)
     click.echo(f"{path} (step {step}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
                f"{max_new_tokens} tokens, temperature {temperature:g}, top-k {top_k or 'off'}", err=True)
-    with rt.autocast():
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
-                             generator=generator)
-    for i, row in enumerate(out.tolist()):
-        if i:
-            click.echo("-" * 40)
-        click.echo(encoding.decode(row[1:]))  # without the leading EOT
+    texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
+                               temperature=temperature, top_k=top_k or None)
+    click.echo(("\n" + "-" * 40 + "\n").join(texts))
 
 
 if __name__ == "__main__":

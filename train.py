@@ -42,7 +42,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,27 +55,24 @@ except ImportError:  # Windows
 # torchrun, the launcher that watch_launcher() watches (torchrun may be gone by the time
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
-# Ctrl-C during the seconds that importing torch takes: exit 130 at once, not a traceback of
-# the import (run as a script only; restored below)
-_SIGINT_BEFORE = signal.signal(signal.SIGINT, lambda *_: os._exit(130)) if __name__ == "__main__" else None
 
-import click
-import numpy as np
-import torch
-import torch.distributed as dist
-from torch import nn
-from tqdm import tqdm
+from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
 
-from loader import TokenLoader, TokenRangeError, resolve_shards
-from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
-from prep.atomic import atomic_write, signals_deferred
-from prep.epoch import steps_per_epoch
-from prep.errors import UserCommand, UserError
-from prep.meta import META_NAME, check_tokenizer, read_meta
-from prep.shards import find_shards, read_header
+# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
+with interrupt_exits_quietly(__name__ == "__main__"):
+    import click
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from tqdm import tqdm
 
-if _SIGINT_BEFORE is not None:
-    signal.signal(signal.SIGINT, _SIGINT_BEFORE)
+    from loader import TokenLoader, TokenRangeError, resolve_shards
+    from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
+    from prep.atomic import atomic_write, signals_deferred
+    from prep.epoch import steps_per_epoch
+    from prep.meta import META_NAME, check_tokenizer, read_meta
+    from prep.shards import find_shards, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -549,17 +546,14 @@ def clip_and_step(parts: StepParts) -> torch.Tensor:
     optimizer = parts.optimizer
     if parts.grad_clip > 0 and not parts.clip_in_optimizer:
         norm = nn.utils.clip_grad_norm_(parts.params, parts.grad_clip)
-        optimizer.step()
-        return norm
-    norm = total_norm([p.grad for p in parts.params if p.grad is not None])  # also logged unclipped
-    if not parts.clip_in_optimizer:
-        optimizer.step()
-        return norm
-    optimizer.grad_scale = ((norm + 1e-6) / parts.grad_clip).clamp(min=1.0)
+    else:
+        norm = total_norm([p.grad for p in parts.params if p.grad is not None])  # also logged unclipped
+        if parts.clip_in_optimizer:
+            optimizer.grad_scale = ((norm + 1e-6) / parts.grad_clip).clamp(min=1.0)
     try:
         optimizer.step()
     finally:
-        del optimizer.grad_scale
+        optimizer.__dict__.pop("grad_scale", None)  # for this step only
     return norm
 
 
@@ -636,12 +630,20 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
 
 def sample_text(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int) -> str:
     """A sample from the document start (EOT), decoded with the GPT-2 tokenizer."""
+    return sample_texts(raw, rt, generator, tokens)[0]
+
+
+def sample_texts(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int, prompt: Sequence[int] = (),
+                 num: int = 1, temperature: float = 1.0, top_k: int | None = SAMPLE_TOP_K) -> list[str]:
+    """`num` samples of `tokens` tokens after EOT + `prompt` (GPT-2 ids: a document's start),
+    each decoded with the GPT-2 tokenizer, the prompt included and the EOT not."""
     from prep.tokenizer import EOT, get_encoding
 
-    idx = torch.full((1, 1), EOT, dtype=torch.long, device=rt.device)
+    idx = torch.tensor([[EOT, *prompt]] * num, dtype=torch.long, device=rt.device)
     with rt.autocast():
-        out = raw.generate(idx, tokens, temperature=1.0, top_k=SAMPLE_TOP_K, generator=generator)
-    return get_encoding().decode(out[0, 1:].tolist())  # sync: sampling (sample steps only)
+        out = raw.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
+    encoding = get_encoding()
+    return [encoding.decode(row[1:]) for row in out.tolist()]  # sync: sampling (sample steps only)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -1342,8 +1344,8 @@ def train_loop(s: Session) -> dict:
                 record = {
                     # tokens: trained on through step k, all ranks; epoch: passes over the train
                     # split so far (the loader's steps / steps per epoch)
-                    "step": k, "tokens": k * s.tokens_per_step, "epoch": k * micro_per_epoch, "loss": k_loss, "val_loss": val_loss if k == step else None, "lr": k_lr,
-                    "grad_norm": k_norm, "dt_ms": 1000 * dt, "tokens_per_s": tokens_per_s, "mfu": step_mfu,
+                    "step": k, "tokens": k * s.tokens_per_step, "epoch": k * micro_per_epoch, "loss": k_loss,
+                    "val_loss": val_loss if k == step else None, "lr": k_lr, "grad_norm": k_norm, "dt_ms": 1000 * dt, "tokens_per_s": tokens_per_s, "mfu": step_mfu,
                     "data_wait_ms": 1000 * wait,
                 }
                 history.append(tokens_per_s)
@@ -1461,7 +1463,8 @@ def bench_loop(s: Session) -> dict:
     flops, name = s.raw.flops_per_token(cfg.T), rt.device_name()
     real_tps, fixed_tps = s.tokens_per_step / real_dt, s.tokens_per_step / fixed_dt
     result = {
-        "model": cfg.model, "model_overrides": cfg.model_overrides(), "params": s.raw.num_params(), "B": cfg.B, "T": cfg.T, "world": rt.world,
+        "model": cfg.model, "model_overrides": cfg.model_overrides(), "params": s.raw.num_params(),
+        "B": cfg.B, "T": cfg.T, "world": rt.world,
         "accum_steps": parts.accum_steps, "device": str(rt.device), "device_name": name, "dtype": rt.dtype,
         "compile": rt.compile, "compile_mode": cfg.compile_mode if rt.compile else None,
         "warmup_steps": cfg.bench_warmup, "steps": cfg.bench_steps,

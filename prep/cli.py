@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-
 import click
 
-from prep.errors import UserGroup
+from prep.errors import UserGroup, interrupt_exits_quietly
 
 
 @click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -27,20 +23,8 @@ def _register() -> None:
         main.add_command(command)
 
 
-def _register_quietly() -> None:
-    """_register(), during which a Ctrl-C (numpy and tiktoken take a moment to import) exits
-    130 at once instead of printing a traceback of the import."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        _register()  # signals belong to the main thread; None: a handler Python cannot restore
-        return
-    before = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    try:
-        _register()
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
-_register_quietly()
+with interrupt_exits_quietly():  # numpy and tiktoken take a moment to import
+    _register()
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -33,6 +35,23 @@ def usage_as_user_error(ctx: click.Context):
         raise
     except click.UsageError as e:
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
+
+
+@contextlib.contextmanager
+def interrupt_exits_quietly(active: bool = True):
+    """Within the block, Ctrl-C exits 130 at once instead of raising KeyboardInterrupt: for the
+    seconds that importing numpy, tiktoken or torch takes, where it printed the import's
+    traceback. Only in the main thread (signals belong to it) and only where the handler it
+    replaces can be put back (None: one set outside Python); `active` False: nothing."""
+    if (not active or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):
+        yield
+        return
+    before = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _writing_stdout(error: OSError) -> bool:
