@@ -83,6 +83,10 @@ BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
+# a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has None for
+# the rest)
+METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
+                  "data_wait_ms")
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 CKPT_FORMAT = 1
 SEED_MAX = 2**32 - 1
@@ -1106,7 +1110,7 @@ def print_facts(s: Session) -> None:
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
         say(f"validation: {s.val_batches} batches of {of}({s.val_loader.num_tokens:,} tokens) "
-            f"every {cfg.eval_every} steps and at the end")
+            f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
     for note in s.notes:
         say(f"note: {note}")
 
@@ -1307,6 +1311,15 @@ def train_loop(s: Session) -> dict:
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
+        if s.start_step == 0 and s.val_loader is not None:
+            # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
+            # build-nanogpt log it: the curve's first point, and a check of the data and model
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
+            say(f"step 0: val loss {val_loss:.4f}")
+            if metrics is not None:
+                record = dict.fromkeys(METRICS_FIELDS)
+                record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
+                metrics.write(json.dumps(record) + "\n")
         started = t_last = time.perf_counter()
         for step in range(s.start_step + 1, cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
@@ -1341,13 +1354,11 @@ def train_loop(s: Session) -> dict:
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt) if do_eval else None
             for (k, k_lr, _, _, wait), k_loss, k_norm in zip(pending, losses_h, norms_h):
-                record = {
-                    # tokens: trained on through step k, all ranks; epoch: passes over the train
-                    # split so far (the loader's steps / steps per epoch)
-                    "step": k, "tokens": k * s.tokens_per_step, "epoch": k * micro_per_epoch, "loss": k_loss,
-                    "val_loss": val_loss if k == step else None, "lr": k_lr, "grad_norm": k_norm, "dt_ms": 1000 * dt, "tokens_per_s": tokens_per_s, "mfu": step_mfu,
-                    "data_wait_ms": 1000 * wait,
-                }
+                # tokens: trained on through step k, all ranks; epoch: passes over the train
+                # split so far (the loader's steps / steps per epoch)
+                row = (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss, val_loss if k == step else None,
+                          k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu, 1000 * wait)
+                record = dict(zip(METRICS_FIELDS, row, strict=True))
                 history.append(tokens_per_s)
                 if metrics is not None:
                     metrics.write(json.dumps(record) + "\n")
@@ -1543,7 +1554,8 @@ def bench_loop(s: Session) -> dict:
               help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; "
                    "CUDA graph modes need --total-batch-size = B*T*world (no accumulation).")
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
-              help="Validation loss every N steps and at the end; 0: never.")
+              help="Validation loss every N steps and at the end (and at step 0, before training, "
+                   "unless resuming); 0: never.")
 @click.option("--eval-steps", type=int, default=TrainConfig.eval_steps, help="Val batches per evaluation.")
 @click.option("--sample-every", type=int, default=TrainConfig.sample_every,
               help="Print a sample every N steps and at the end; 0: never.")

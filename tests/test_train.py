@@ -132,9 +132,17 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
                         sample_tokens=8, out=str(tmp_path / name)))
         runs.append(capsys.readouterr().out)
     rows = metrics(tmp_path / "a")
-    assert [r["val_loss"] is not None for r in rows] == [False, True, False, True]
-    assert "validation: 3 batches of the val split (200 tokens)" in runs[0]
-    assert f"step 4: val loss {rows[3]['val_loss']:.4f}" in runs[0]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [r["val_loss"] is not None for r in rows] == [True, False, True, False, True]
+    assert "validation: 3 batches of the val split (200 tokens) at step 0, every 2 steps and at the end" in runs[0]
+    assert f"step 4: val loss {rows[4]['val_loss']:.4f}" in runs[0]
+    # step 0: the untrained model's val loss, before the first step (a uniform guess over
+    # GPT-2's vocabulary scores ln(50257) = 10.8), in a line with every key, the rest None
+    assert f"step 0: val loss {rows[0]['val_loss']:.4f}" in runs[0]
+    assert list(rows[0]) == list(rows[1]) == list(train.METRICS_FIELDS)
+    assert {k: v for k, v in rows[0].items() if v is not None} == {"step": 0, "tokens": 0, "epoch": 0.0,
+                                                                  "val_loss": rows[0]["val_loss"]}
+    assert abs(rows[0]["val_loss"] - math.log(50257)) < 0.5
     samples = [[line for line in out.splitlines() if line.startswith("step 4 sample: ")] for out in runs]
     assert len(samples[0]) == 1 and samples[0] == samples[1]  # the sampling generator is seeded
     assert len(samples[0][0]) > len("step 4 sample: ''")
@@ -275,11 +283,12 @@ def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset
     train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, resume="auto", **common))
     resumed_out = capsys.readouterr().out
     assert "resumed from" in resumed_out and "at step 3" in resumed_out
+    assert "(200 tokens) every 3 steps" in resumed_out and "step 0: val loss" not in resumed_out
     a, b = metrics(tmp_path / "straight"), metrics(split)
-    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4, 5, 6]  # the resumed run kept step 0's line
     for key in ("loss", "grad_norm", "lr", "val_loss"):
         assert [r[key] for r in a] == [r[key] for r in b], key
-    assert len({r["loss"] for r in a}) == 6
+    assert len({r["loss"] for r in a[1:]}) == 6
     # the windows log keeps what the checkpoint covers (steps 1-3: batches 0-5), then goes on
     windows = [(out / "windows_rank0.jsonl").read_text() for out in (tmp_path / "straight", split)]
     assert windows[0] == windows[1] and windows[0].count("\n") == 12
@@ -889,6 +898,7 @@ def test_make_demo_end_to_end(tmp_path):
     done = [line for line in result.stdout.splitlines() if line.startswith("done: steps 1-20")]
     assert len(done) == 1 and "tokens/s" in done[0]
     rows = metrics(tmp_path / "out" / "demo")
-    assert [r["step"] for r in rows] == list(range(1, 21))
-    assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 20 steps
+    assert [r["step"] for r in rows] == list(range(21))  # step 0: the untrained model's val loss
+    assert rows[-1]["loss"] < rows[1]["loss"]  # it learns something in 20 steps
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] and "step 0: val loss" in result.stdout
     assert np.isfinite([r["val_loss"] for r in rows if r["val_loss"] is not None]).all()

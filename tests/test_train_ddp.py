@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _data import positional_tokens, write_dataset
+from _data import positional_tokens, random_tokens, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 B, T, STEPS = 2, 16, 4
@@ -31,19 +31,20 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return result
 
 
-def common(data: Path, out: str, batch: int) -> list[str]:
+def common(data: Path, out: str, batch: int, eval_every: int = 0) -> list[str]:
     return ["--model", "tiny", "--B", str(batch), "--T", str(T), "--steps", str(STEPS), "--warmup-steps", "2",
-            "--total-batch-size", str(GLOBAL_BATCH), "--eval-every", "0", "--device", "cpu", "--no-compile",
-            "--quiet", "--data", str(data), "--out", out]
+            "--total-batch-size", str(GLOBAL_BATCH), "--eval-every", str(eval_every), "--eval-steps", "2",
+            "--device", "cpu", "--no-compile", "--quiet", "--data", str(data), "--out", out]
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
-    data = write_dataset(tmp_path / "d", positional_tokens(4000))  # token value == position
+    # token value == position; the val split's windows are the same for both runs, as below
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     extra = ["--log-windows", "--ckpt-every", str(STEPS)]
-    ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), *extra], tmp_path)
-    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B)], tmp_path)
+    ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B, STEPS), *extra], tmp_path)
+    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B, STEPS)], tmp_path)
 
     assert ddp.stdout.count("steps per epoch: ") == 1, ddp.stdout  # only rank 0 prints
     assert "steps per epoch: 62 (B=2 x T=16, world size 2)" in ddp.stdout
@@ -63,11 +64,17 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
 
     ddp_rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     one_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in ddp_rows] == list(range(1, STEPS + 1))  # written once, by rank 0
+    assert [r["step"] for r in ddp_rows] == list(range(STEPS + 1))  # written once, by rank 0
     # the all-reduced mean loss of 2 ranks x B rows == one process's loss over 2B rows
-    for a, b in zip(ddp_rows, one_rows):
+    for a, b in zip(ddp_rows[1:], one_rows[1:], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    # validation, before the first step and after the last: 2 val batches per rank (rank r
+    # reads the val windows 2k + r) average over the windows one process reads in 2 batches
+    # of 2B rows; a rank-0-only or unaveraged val loss would differ
+    val = [[r["val_loss"] for r in rows if r["val_loss"] is not None] for rows in (ddp_rows, one_rows)]
+    assert len(val[0]) == 2 and val[0] == pytest.approx(val[1], rel=1e-5)
+    assert ddp.stdout.count("step 0: val loss") == 1
 
     ckpts = sorted(p.name for p in (tmp_path / "ddp").glob("ckpt_*"))
     assert ckpts == [f"ckpt_{STEPS:06d}.pt"]
