@@ -6,7 +6,8 @@ real loader and once by a batch already on the device, so the data path's cost i
 not guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP).
 
 Sections: configuration; set-up (dataset, device, runtime); the step; evaluation and
-samples; checkpoints; metrics; the training loop; the benchmark; the command line.
+samples; checkpoints; metrics; set-up of a run; the training loop; the benchmark; the command
+line.
 
 Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same
 directory and renamed into place, so a killed run never leaves a half file under that name;
@@ -16,7 +17,8 @@ tensors and plain Python values only (`torch.load(weights_only=True)` reads them
 metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a killed run
 logged after it are not counted twice.
 
-metrics.jsonl has one line per step: step, tokens (trained on through that step, all ranks),
+metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
+val_loss when validation is on, the other values null): step, tokens (trained on through that step, all ranks),
 epoch (passes over the train split so far), loss (mean over ranks), val_loss (null unless
 evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
@@ -1104,7 +1106,7 @@ def print_facts(s: Session) -> None:
     if not cfg.bench:
         epochs = cfg.steps * accum / E
         say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "
-            f"{cfg.warmup_steps} steps, then cosine decay toward {cfg.final_lr:g} at step {cfg.steps}")
+            f"{cfg.warmup_steps} steps, then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     if s.val_loader is not None:

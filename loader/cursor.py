@@ -1,6 +1,6 @@
 """The cursor: which window of the stream step k on rank r reads. Pure arithmetic, no I/O.
 
-DESIGN.md, "Loader cursor": N tokens, batch B, sequence T, rank r of W ranks.
+The seed's DataLoaderLite made exact for shards and ranks: N tokens, batch B, sequence T, rank r of W ranks.
 
 - steps per epoch E = (N - 1) // (B*T*W)   (prep.epoch.steps_per_epoch, the one definition)
 - step k reads [s, s + B*T + 1) with s = (slot(k) * W + r) * B*T

@@ -57,7 +57,7 @@ def _saved_shards(shards: object) -> list[list]:
 
 
 class TokenLoader:
-    """Batches of GPT-2 tokens for one rank, read from a split's shards (DESIGN.md, "Loader").
+    """Batches of GPT-2 tokens for one rank, read from a split's shards (loader/cursor.py: which window).
 
     Every shard is memory-mapped once, read-only, and the split is one stream of N tokens.
     Step k reads the window [s, s + B*T + 1), s = (slot(k) * W + rank) * B*T (loader.cursor),

@@ -2,7 +2,7 @@
 
 For one split of N tokens seen as a single stream, batch B, sequence T and W ranks, each
 step consumes B*T tokens per rank (B*T*W globally) and reads one extra token, the last
-target. So an epoch holds E = (N - 1) // (B*T*W) steps (DESIGN.md, "Loader cursor").
+target. So an epoch holds E = (N - 1) // (B*T*W) steps (loader/cursor.py has the whole cursor).
 Tiny Shakespeare with `--val-fraction 0` has N = 338,026; B=4, T=32, W=1 gives E = 2,640.
 """
 

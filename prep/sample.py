@@ -149,7 +149,7 @@ def write_sample(
         if file_sha256(out) == TINY_SHAKESPEARE_SHA256:
             return SampleResult(out, TINY_SHAKESPEARE_BYTES, "tiny Shakespeare (sha256 verified)", False)
 
-    data, label, note = None, "", ""
+    data, label, failed = None, "", ""
     if not offline:
         url = sample_url()
         try:
@@ -157,17 +157,22 @@ def write_sample(
             label = f"tiny Shakespeare from {url} (sha256 verified)"
         except (OSError, ValueError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", None) or e
-            note = f"download of tiny Shakespeare from {url} failed ({reason}); writing {FALLBACK_SOURCE} instead"
-            warn(f"warning: {note}")
+            failed = f"download of tiny Shakespeare from {url} failed ({reason})"
     if data is None:
         data = fallback_text().encode("utf-8")
         label = FALLBACK_SOURCE
 
-    if _holds(out, data):
-        return SampleResult(out, len(data), label, written=False, note=note)
-    _existing_is_replaceable(out, overwrite)
-    _atomic_write(out, lambda f: f.write(data))
-    return SampleResult(out, len(data), label, written=True, note=note)
+    # the warning says what happens, so it comes once that is known (an `out` that may not be
+    # replaced is an error alone)
+    written = not _holds(out, data)
+    if written:
+        _existing_is_replaceable(out, overwrite)
+    note = failed and f"{failed}; {'writing' if written else f'{out} already holds'} {FALLBACK_SOURCE}"
+    if note:
+        warn(f"warning: {note}{' instead' if written else ''}")
+    if written:
+        _atomic_write(out, lambda f: f.write(data))
+    return SampleResult(out, len(data), label, written=written, note=note)
 
 
 @click.command("sample", cls=UserCommand)

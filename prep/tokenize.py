@@ -240,7 +240,7 @@ def _sigterm_raises_exit() -> Iterator[None]:
 @click.option("--val-max-tokens", type=click.IntRange(min=0), default=DEFAULT_VAL_MAX_TOKENS,
               help="Cap on the val split's tokens.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers,
-              help="Encoder processes.  [default: the CPUs available]", show_default=False)
+              help="Most encoder processes (a small input uses fewer).  [default: the CPUs available]", show_default=False)
 @click.option("--field", default="text", help="JSONL key holding each document's text.")
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
               help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")

@@ -42,6 +42,16 @@ def test_help_is_still_help():
     assert result.exit_code == 0 and "--shard-size" in result.output
 
 
+def test_python_dash_m_prep_is_the_prep_command(tmp_path):
+    """`python -m prep` (no console script on PATH) runs the same group, usage errors included."""
+    ok = subprocess.run([sys.executable, "-m", "prep", "info", "--help"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("Usage: prep info"), ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "prep", "info", str(tmp_path / "none")], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "none" in bad.stderr, bad.stderr
+
+
 def test_train_usage_error_through_the_real_entry_point(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "train.py"), "--B", "four"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)

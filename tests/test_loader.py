@@ -37,7 +37,7 @@ def data(tmp_path):
 
 
 def start(k: int, E: int, B: int, T: int, W: int = 1, r: int = 0) -> int:
-    """DESIGN.md's formula, written out again here (not imported): s = ((k mod E)*W + r)*B*T."""
+    """loader/cursor.py's formula, written out again here (not imported): s = ((k mod E)*W + r)*B*T."""
     return ((k % E) * W + r) * B * T
 
 

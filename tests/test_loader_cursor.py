@@ -12,7 +12,7 @@ from prep.epoch import steps_per_epoch
 @pytest.mark.parametrize(
     "N, B, T, W, E",
     [
-        (338_026, 4, 32, 1, 2_640),  # tiny Shakespeare, --val-fraction 0 (DESIGN.md)
+        (338_026, 4, 32, 1, 2_640),  # tiny Shakespeare, --val-fraction 0 (README)
         (338_026, 4, 32, 2, 1_320),
         (338_026, 16, 1024, 1, 20),
         (129, 4, 32, 1, 1),  # exactly B*T + 1 tokens: one step

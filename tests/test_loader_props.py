@@ -1,5 +1,5 @@
 """Property-based: for any (N, B, T, W, rank, k, shard sizes), step k's window is the slice of
-the concatenated tokens that DESIGN.md's formula names."""
+the concatenated tokens that loader/cursor.py's formula names."""
 
 from __future__ import annotations
 

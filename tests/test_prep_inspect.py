@@ -63,7 +63,7 @@ def run(command, *args):
 # --- steps_per_epoch --------------------------------------------------------------------
 
 def test_steps_per_epoch_tiny_shakespeare_figure():
-    assert steps_per_epoch(338_026, 4, 32) == 2_640  # DESIGN.md's worked example
+    assert steps_per_epoch(338_026, 4, 32) == 2_640  # the README's worked example
     assert steps_per_epoch(338_026, 4, 32, world=2) == 1_320
 
 
@@ -328,7 +328,7 @@ def test_sample_tokenize_info_verify(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(runner.invoke(main, ["info", str(out), "--B", "4", "--T", "32", "--json"]).output)
     assert record["splits"]["train"]["tokens"] == 338_026  # 338,025 tokens + the leading EOT
-    assert record["splits"]["train"]["steps_per_epoch"] == 2_640  # DESIGN.md's figure
+    assert record["splits"]["train"]["steps_per_epoch"] == 2_640  # the README's figure
     assert record["splits"]["val"]["shards"] == 0 and record["source"] == META_NAME
     result = runner.invoke(main, ["verify", str(out)])
     assert result.exit_code == 0 and "all OK" in result.output and "sha256" in result.output, result.output

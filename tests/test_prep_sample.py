@@ -16,6 +16,7 @@ import prep.atomic
 import prep.sample
 
 from prep.sample import (
+    FALLBACK_SOURCE,
     TINY_SHAKESPEARE_BYTES,
     TINY_SHAKESPEARE_SHA256,
     URL_ENV,
@@ -75,6 +76,20 @@ def test_unreachable_url_announces_and_writes_the_fallback(tmp_path):
     assert out.read_bytes() == expected
     assert f"wrote {out}: {len(expected):,} bytes" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]  # no temp file left
+
+
+def test_unreachable_url_over_an_existing_file_warns_only_of_what_happens(tmp_path):
+    out = tmp_path / "input.txt"
+    out.write_bytes(fallback_text().encode("utf-8"))  # an earlier offline run's
+    result = run("--out", out)
+    assert result.exit_code == 0 and "nothing to do" in result.stdout
+    warning = result.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith(f"warning: download of tiny Shakespeare from {UNREACHABLE}")
+    assert warning[0].endswith(f"; {out} already holds {FALLBACK_SOURCE}")  # not "writing"
+    out.write_text("my own corpus")
+    result = run("--out", out)
+    assert_user_error(result, f"{out} already exists with other content; pass --overwrite to replace it")
+    assert "warning" not in result.stderr and out.read_text() == "my own corpus"
 
 
 def test_offline_and_from_together_are_refused(tmp_path):

@@ -73,7 +73,7 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "steps per epoch: 2,640 (B=4 x T=32, world size 1) = 660 optimizer steps of 4 micro-batches\n" in out
     assert ("steps: 2 (0.00303 epochs); lr: linear warm-up to 0.0006 over 1 steps, "
-            "then cosine decay toward 6e-05 at step 2\n") in out
+            "then cosine decay to 6e-05, reached after step 2\n") in out
 
 
 def test_a_compile_mode_without_compile_is_a_note(tmp_path, dataset, capsys):
