@@ -144,7 +144,7 @@ class TrainConfig:
     bench_warmup: int = 5
     bench_steps: int = 20
     quiet: bool = False
-    log_windows: bool = False  # debug: each rank logs the batches it consumed
+    log_windows: bool = False  # each rank logs the windows it consumed (for loader.audit)
 
     def __post_init__(self) -> None:
         minimum = {
@@ -592,22 +592,24 @@ class TimedFeed:
         return wait
 
 
-def window_logger(feed: Feed, log, rank: int, first_batch: int = 0) -> Feed:
-    """--log-windows: wrap a feed so each batch's first token per row goes to `log` (JSONL).
+def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
+    """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL): the
+    loader's step ("batch"), rank, epoch, the window's offset in the split ("start"), T, and
+    what the model was given: each row's first token and the last target.
 
-    A debugging aid (it syncs per batch): on a dataset whose token values are their own
-    positions, it shows exactly which windows each rank consumed. Batches are numbered by the
-    loader's step, so a resumed run's lines follow on from the checkpoint's.
+    `python -m loader.audit OUT` reads these logs back and checks that no target token was
+    read twice in an epoch, that complete epochs read every slot, and (with --data) that the
+    tokens match the shards. Batches are numbered by the loader's step, so a resumed run's
+    lines follow on from the checkpoint's. It syncs per batch: an audit aid, not for speed.
     """
-    count = first_batch
 
     def logged() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal count
+        batch = loader.step
         x, y = feed()
-        record = {"batch": count, "rank": rank, "first_tokens": x[:, 0].tolist(),
+        record = {"batch": batch, "rank": loader.rank, "epoch": batch // loader.steps_per_epoch,
+                  "start": loader.window_start(batch), "T": loader.T, "first_tokens": x[:, 0].tolist(),
                   "last_target": int(y[-1, -1])}
-        log.write(json.dumps(record) + "\n")  # sync: debug only
-        count += 1
+        log.write(json.dumps(record) + "\n")  # sync: audit only
         return x, y
 
     return logged
@@ -1301,7 +1303,7 @@ def train_loop(s: Session) -> dict:
             first_batch = s.start_step * s.parts.accum_steps  # the loader's step
             log = files.enter_context(open_log(out / f"windows_rank{rt.rank}.jsonl", "batch",
                                                first_batch - 1 if s.resumed_from else None))
-            feed_fn = window_logger(feed_fn, log, rt.rank, first_batch)
+            feed_fn = window_logger(feed_fn, log, loader)
         feed = TimedFeed(feed_fn)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
@@ -1581,7 +1583,8 @@ def bench_loop(s: Session) -> dict:
               help="Timed --bench steps per feed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--log-windows", is_flag=True,
-              help="Debug: each rank logs its batches' first tokens to --out/windows_rank<r>.jsonl.")
+              help="Each rank logs the windows it trained on to --out/windows_rank<r>.jsonl (a sync per "
+                   "batch), which `python -m loader.audit` checks.")
 def main(compile_: bool | None, **options) -> None:
     """Train GPT-2 on the token shards `prep tokenize` wrote; --bench measures the step instead."""
     try:

@@ -331,6 +331,11 @@ class TokenLoader:
     pin_memory = property(lambda self: self._pinned, doc="Whether the buffers are pinned.")
     shards = property(lambda self: list(self._stream.paths), doc="The shard files, in order.")
 
+    def window_start(self, step: int) -> int:
+        """Where in the split's stream (token offset) step `step`'s window starts on this rank."""
+        check_int("step", step, 0)
+        return self._cursor.window_start(step, self._rank)
+
     def __repr__(self) -> str:
         return (
             f"TokenLoader({len(self.shards)} shards, N={self.num_tokens}, B={self.B}, "

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from _data import positional_tokens, random_tokens, write_dataset
+from loader.audit import audit
 
 REPO = Path(__file__).resolve().parents[1]
 B, T, STEPS = 2, 16, 4
@@ -59,6 +60,8 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
         covered[rank] = [p for r in records for start in r["first_tokens"] for p in range(start, start + T)]
         assert len(set(covered[rank])) == len(covered[rank])
     assert not set(covered[0]) & set(covered[1])  # disjoint across ranks
+    report = audit(tmp_path / "ddp", str(data))
+    assert len(report.problems) == 0 and report.lines[2].endswith("logged window(s) match the shards' tokens")
     # together they read the first STEPS * GLOBAL_BATCH positions, the single process's windows
     assert sorted(covered[0] + covered[1]) == list(range(STEPS * GLOBAL_BATCH))
 
@@ -129,6 +132,8 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         covered.append({p for r in records for start in r["first_tokens"] for p in range(start, start + T)})
     assert not covered[0] & covered[1]
     assert sorted(covered[0] | covered[1]) == list(range(STEPS * GLOBAL_BATCH))
+    report = audit(tmp_path / "shared", str(data))  # the audit agrees, from the logged offsets
+    assert len(report.problems) == 0 and "no target read twice" in report.lines[1], report.lines
     metrics = tmp_path / "shared" / "metrics.jsonl"
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, STEPS + 1))
     assert sorted(p.name for p in (tmp_path / "shared").glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000004.pt"]

@@ -1,0 +1,163 @@
+"""python -m loader.audit: --log-windows logs checked from the outside (no target twice per
+epoch, complete epochs whole, tokens equal to the shards'), and it catches what it claims to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import train
+from _cli import assert_user_error
+from _data import positional_tokens, random_tokens, write_dataset
+from loader import TokenLoader
+from loader.audit import audit, main
+from loader.cursor import Cursor
+
+B, T = 2, 16
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """1,000 train tokens: 31 windows of 2x16 for one rank (7 tokens never read), 15 for two."""
+    return write_dataset(tmp_path_factory.mktemp("audit") / "d", positional_tokens(1000), random_tokens(300, 3))
+
+
+def log_ranks(out: Path, data: Path, world: int, batches: int, shuffle: bool = True) -> Path:
+    """What `train.py --log-windows` writes for `world` ranks taking `batches` batches each:
+    train.window_logger around each rank's own loader, without the model."""
+    out.mkdir(parents=True, exist_ok=True)
+    for rank in range(world):
+        with TokenLoader(data, "train", B, T, rank, world, shuffle=shuffle, seed=5) as loader, \
+                open(out / f"windows_rank{rank}.jsonl", "w") as log:
+            feed = train.window_logger(lambda: loader.next_batch("cpu"), log, loader)  # noqa: B023
+            for _ in range(batches):
+                feed()
+    return out
+
+
+def run(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def rewrite(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_path, data):
+    """41 steps (1.3 epochs) with shuffle, killed after a checkpoint at step 20 and resumed:
+    the log covers epoch 0 exactly once and matches the shards."""
+    common = dict(model="tiny", B=B, T=T, steps=41, warmup_steps=2, eval_every=0, quiet=True, device="cpu",
+                  data=str(data), out=str(tmp_path / "run"), shuffle=True, log_windows=True, ckpt_every=20)
+    train.train(train.TrainConfig(**common))
+    for later in (40, 41):
+        (tmp_path / "run" / f"ckpt_{later:06d}.pt").unlink()
+    train.train(train.TrainConfig(**common, resume="auto"))  # steps 21-41 again
+    result = run(tmp_path / "run", "--data", data)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{tmp_path / 'run'}: 1 rank(s), 41 window(s) of B=2 x T=16 logged",
+        "epoch 0: complete, 31 steps x 1 rank(s): targets 1-992 each read exactly once",
+        "epoch 1: 10 window(s) so far (rank 0: 10); no target read twice",
+        f"--data {data}: 1,000 tokens; the 41 logged window(s) match the shards' tokens",
+        "never read in any epoch: the last 7 token(s), positions 993-999 (less than one step of 2x16 x 1 rank(s))",
+        "audit passed",
+    ]
+    starts = [r["start"] for r in lines(tmp_path / "run" / "windows_rank0.jsonl")]
+    assert starts[:31] != sorted(starts[:31])  # shuffled: the audit does not rely on the order
+
+
+def test_two_ranks_over_two_epochs_pass(tmp_path, data):
+    out = log_ranks(tmp_path / "out", data, world=2, batches=35)
+    report = audit(out, str(data))
+    assert len(report.problems) == 0, report.problems.lines()
+    assert "epoch 0: complete, 31 steps x 2 rank(s): targets 1-1,984 each read exactly once" not in report.lines
+    # 1,000 tokens make E = 999 // 64 = 15 steps for two ranks: epochs 0 and 1 complete
+    assert "epoch 0: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines
+    assert "epoch 1: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines
+    assert "epoch 2: 10 window(s) so far (rank 0: 5, rank 1: 5); no target read twice" in report.lines
+    assert report.lines[-1].startswith("never read in any epoch: the last 39 token(s), positions 961-999")
+
+
+def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, monkeypatch):
+    """Ranks not spread by W (rank r reading slot*W*B*T + r*B*T... without the W): the audit
+    sees the overlap, because it only compares the logged offsets."""
+    monkeypatch.setattr(Cursor, "window_start", lambda self, step, rank: (self.slot(step) + rank) * self.B * self.T)
+    out = log_ranks(tmp_path / "out", data, world=2, batches=15, shuffle=False)
+    result = run(out)
+    assert result.exit_code == 1
+    assert "problem: epoch 0: targets 33-64 read twice: by rank 0 batch 1 and rank 1 batch 0" in result.output
+    assert result.output.rstrip().endswith("problem(s)") and "audit failed" in result.output
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("drop", ["problem: rank 0: batch 5 where 4 was due (batch 4 missing)",
+              "problem: epoch 0: the ranks took different numbers of steps (rank 0: 14, rank 1: 15)",
+              "problem: epoch 0: targets", "never read"]),
+    ("repeat", ["problem: rank 1: batch 3 where 4 was due (repeated or out of order)", "read twice"]),
+    ("token", ["problem: rank 0 batch 2: the tokens logged differ from the shards' at"]),
+    ("rank", ["problem: no log of rank(s) 0: their windows cannot be checked"]),
+])
+def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, words):
+    out = log_ranks(tmp_path / "out", data, world=2, batches=20)
+    logs = [out / f"windows_rank{r}.jsonl" for r in (0, 1)]
+    records = [lines(p) for p in logs]
+    if damage == "drop":
+        del records[0][4]  # a window of a complete epoch never trained on
+    elif damage == "repeat":
+        records[1].insert(4, dict(records[1][3]))  # the same window twice
+    elif damage == "token":
+        records[0][2]["first_tokens"][1] += 1
+    for path, recs in zip(logs, records):
+        rewrite(path, recs)
+    if damage == "rank":
+        logs[0].unlink()
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    for word in words:
+        assert word in result.output, result.output
+    assert "audit failed" in result.output
+
+
+def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, data):
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5)
+    log = out / "windows_rank0.jsonl"
+    log.write_text(log.read_text() + '{"batch": 5, "ra')  # killed while writing
+    result = run(out)
+    assert result.exit_code == 0 and "note: windows_rank0.jsonl: the last line is incomplete" in result.output
+    other = write_dataset(tmp_path / "other", random_tokens(1000, 9))
+    result = run(out, "--data", other)
+    assert result.exit_code == 1 and f"--data {other}: 1,000 tokens; 5 of the 5 logged window(s) differ" in result.output
+
+
+@pytest.mark.parametrize("setup, args, words", [
+    ("none", [], ["no such directory"]),
+    ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
+    ("old", [], ["windows_rank0.jsonl:1: no epoch, start, T", "not a --log-windows log of this version"]),
+    ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
+    ("shape", [], ["B x T (2x16, 2x32)"]),
+    ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
+])
+def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
+    out = tmp_path / "out"
+    if setup != "none":
+        out.mkdir()
+    if setup in ("old", "json", "shape", "data"):
+        log_ranks(out, data, world=2, batches=2)
+        log = out / "windows_rank0.jsonl"
+        if setup == "old":  # what --log-windows wrote before the audit existed
+            rewrite(log, [{"batch": 0, "rank": 0, "first_tokens": [0, 16], "last_target": 32}])
+        elif setup == "json":
+            log.write_text(log.read_text().splitlines()[0] + "\nnot json\n")
+        elif setup == "shape":
+            rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
+    assert_user_error(run(out, *args), *words)
+    if setup != "none":
+        shutil.rmtree(out)
