@@ -329,6 +329,21 @@ def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_p
         assert [int(loader.next_window().numpy().max()) for _ in range(4)][3] == 65535
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_the_first_id_past_the_vocabulary_is_refused_even_as_an_epochs_last_target(tmp_path, prefetch):
+    """50257 (one past GPT-2's last id, a row the padded embedding has) is refused as 65535 is;
+    and the +1 target at the end of the last window of an epoch, never an input, is checked too."""
+    body = tokens(1000, 3) % 50257
+    body[768] = 50257  # 1000 tokens at B=1 x T=128 x W=2: E = 3, the last window (rank 1's) ends at 768
+    llmc_shard(tmp_path / "x_train_000000.bin", body)
+    with TokenLoader(tmp_path, B=1, T=128, world=2, rank=1, prefetch=prefetch, vocab_size=50257) as loader:
+        assert loader.steps_per_epoch == 3 and loader.window_start(2) == 640
+        loader.next_window()
+        loader.next_window()
+        with pytest.raises(TokenRangeError, match=r"token 50257 at index 768 is not below the vocabulary size 50257"):
+            loader.next_window()  # [640, 769): 768 is its last target, never an input
+
+
 def test_a_broken_link_or_a_folder_with_a_shards_name_is_an_error_not_skipped(tmp_path):
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 1))
     (tmp_path / "x_train_000001.bin").symlink_to("gone.bin")

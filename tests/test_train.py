@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import train
 from _cli import assert_user_error
 from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
                    write_dataset)
+from loader import TokenLoader
 from model import GPT, GPTConfig
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
@@ -106,6 +108,9 @@ def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
     train.train(cfg(tmp_path, dataset, steps=10, log_every=4, out=str(tmp_path / "batched")))
     each, batched = metrics(tmp_path / "each"), metrics(tmp_path / "batched")
     assert [r["step"] for r in batched] == list(range(1, 11))
+    # a val loss belongs to the step it was taken at, not to the logging window it closes
+    train.train(cfg(tmp_path, dataset, steps=10, log_every=4, eval_every=6, out=str(tmp_path / "eval")))
+    assert [r["step"] for r in metrics(tmp_path / "eval") if r["val_loss"] is not None] == [0, 6, 10]
     assert [r["loss"] for r in batched] == [r["loss"] for r in each]
     assert [r["grad_norm"] for r in batched] == [r["grad_norm"] for r in each]
     # one timing per logging interval, shared by its steps: 1, 2, 3 each on its own (the
@@ -116,12 +121,45 @@ def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
     assert dt[4] == dt[5] == dt[6] == dt[7] and dt[8] == dt[9]
 
 
+def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):
+    """2 micro-batches of 2x16 read the rows one batch of 4x16 reads: the same mean loss and the
+    same gradient (not their sum, nor the last micro-batch's alone), so the same training."""
+    accum = metrics_of(cfg(tmp_path, dataset, steps=3, total_batch_size=64, out=str(tmp_path / "accum")))
+    big = metrics_of(cfg(tmp_path, dataset, steps=3, B=4, out=str(tmp_path / "big")))
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in accum] == pytest.approx([r[key] for r in big], rel=1e-5), key
+    assert len({r["loss"] for r in big}) == 3
+
+
+def metrics_of(c: train.TrainConfig) -> list[dict]:
+    train.train(c)
+    return metrics(Path(c.out))
+
+
+def test_the_summary_is_the_median_of_the_steady_steps_and_names_them():
+    """summarize(): the first WARMUP_SKIP steps (compilation) left out, the median (not the
+    mean) of the rest; the steps named from where the run started."""
+    session = types.SimpleNamespace(
+        cfg=train.TrainConfig(T=16), start_step=10, tokens_per_step=64,
+        rt=types.SimpleNamespace(master=False, world=1, device_name=lambda: None),
+        raw=types.SimpleNamespace(flops_per_token=lambda T: 1.0))
+    history = [1.0, 1.0, 1.0, 10.0, 20.0, 30.0, 1000.0]
+    assert train.WARMUP_SKIP == 3
+    summary = train.summarize(session, history, {"loss": 2.5}, 9.0)
+    assert summary["tokens_per_s"] == 25.0  # median of 10, 20, 30, 1000
+    assert (summary["steps"], summary["first_step"], summary["last_step"]) == (7, 11, 17)
+    assert summary["loss"] == 2.5 and summary["mfu"] is None
+
+
 def test_lr_schedule_warms_up_then_decays_to_min_lr(tmp_path):
     c = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, steps=20)
     assert [train.lr_at(k, c) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
     decay = [train.lr_at(k, c) for k in range(4, 21)]
     assert decay == sorted(decay, reverse=True) and decay[0] == 1.0
     assert decay[-1] == pytest.approx(0.1) and train.lr_at(100, c) == 0.1
+    # the cosine's middle, exactly; min_lr is reached after the last step (it=20), not at it
+    assert train.lr_at(12, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 8 / 16)))
+    assert train.lr_at(19, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 15 / 16))) and decay[-2] > 0.1
     assert train.TrainConfig(lr=6e-4).final_lr == pytest.approx(6e-5)  # min-lr default lr/10
 
 
@@ -135,6 +173,9 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     assert [r["val_loss"] is not None for r in rows] == [True, False, True, False, True]
     assert "validation: 3 batches of the val split (200 tokens) at step 0, every 2 steps and at the end" in runs[0]
+    # more --eval-steps than the val split has windows: its 6 windows, none read twice
+    train.train(cfg(tmp_path, dataset, steps=1, eval_every=1, eval_steps=50, out=str(tmp_path / "all")))
+    assert "validation: 6 batches of the val split (200 tokens)" in capsys.readouterr().out
     assert f"step 4: val loss {rows[4]['val_loss']:.4f}" in runs[0]
     # step 0: the untrained model's val loss, before the first step (a uniform guess over
     # GPT-2's vocabulary scores ln(50257) = 10.8), in a line with every key, the rest None
@@ -237,6 +278,26 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert (fixed[0] + 2 * fixed[1]) / 3 == pytest.approx(bench["synthetic_ms_per_step"])
     assert "real loader:" in result.stdout and "fixed batch:" in result.stdout and "note:" not in result.stdout
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_blocked_fraction_is_the_timed_steps_wait_over_their_time(tmp_path, dataset, monkeypatch):
+    """A loader that takes 50 ms a batch: blocked_fraction counts the waits of the timed real
+    steps only (not warm-up's, not the untimed pass's), over the real step time, so it lies
+    between the sleeps' share and 1, and the data path's cost shows against the fixed batch."""
+    real_next = TokenLoader.next_batch
+
+    def slow(self, device="cpu"):
+        time.sleep(0.05)
+        return real_next(self, device)
+
+    monkeypatch.setattr(TokenLoader, "next_batch", slow)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
+            "--bench-steps", "2", "--total-batch-size", "64", "--device", "cpu"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    assert 2 * 50 / bench["ms_per_step"] <= bench["blocked_fraction"] <= 1  # 2 batches a step
+    assert bench["data_wait_fraction"] > 0 and bench["ms_per_step"] >= 100
 
 
 def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypatch):

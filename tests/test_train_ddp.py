@@ -234,6 +234,7 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
 
 SPY = """
 import hashlib, os, runpy, sys
+import torch
 import torch.nn.functional as F
 real, first = F.dropout, []
 
@@ -242,7 +243,7 @@ def spy(x, p=0.5, training=True, inplace=False):  # the first dropout mask each 
     if training and p > 0 and not first:
         first.append(hashlib.sha1((out == 0).numpy().tobytes()).hexdigest())
         with open(os.path.join(os.environ["SPY_DIR"], "mask" + os.environ["RANK"]), "w") as f:
-            f.write(first[0])
+            f.write(first[0] + " " + str(torch.initial_seed()))  # and the seed the masks come from
     return out
 
 F.dropout = spy
@@ -256,14 +257,18 @@ def test_dropout_masks_differ_between_ranks_and_resume_exactly(tmp_path):
     """Each rank draws its own masks (the same masks on every rank would be less dropout than
     asked for), and a checkpoint holds every rank's RNG, so a resume is bit-identical."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    train_seed = 1337  # train.py's default --seed
     (tmp_path / "spy.py").write_text(SPY)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "straight", B), "--dropout", "0.5", "--steps", "6"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPY_DIR": str(tmp_path)}
     subprocess.run([*torchrun, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                    check=True, capture_output=True, timeout=180)
-    masks = [(tmp_path / f"mask{rank}").read_text() for rank in (0, 1)]
-    assert masks[0] != masks[1]
+    masks = [(tmp_path / f"mask{rank}").read_text().split() for rank in (0, 1)]
+    assert masks[0][0] != masks[1][0]
+    # rank r draws from seed + r: distinct for any number of ranks (with 2, a rank 1 seeded
+    # like rank 0 would still differ, since building the model moved rank 0's generator)
+    assert [int(m[1]) for m in masks] == [train_seed, train_seed + 1]
     split = [a if a != "straight" else "split" for a in args]
     run([*torchrun, str(REPO / "train.py"), *split, "--ckpt-every", "3"], tmp_path)
     (tmp_path / "split" / "ckpt_000006.pt").unlink()
