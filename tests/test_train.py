@@ -151,6 +151,22 @@ def test_the_summary_is_the_median_of_the_steady_steps_and_names_them():
     assert summary["loss"] == 2.5 and summary["mfu"] is None
 
 
+def test_every_rng_state_survives_a_checkpoints_round_trip(tmp_path):
+    """rng_state -> torch.save -> torch.load(weights_only=True) -> set_rng_state: torch's,
+    numpy's, Python's and the sampling generator's next draws are those they would have made."""
+    import random
+
+    rt = types.SimpleNamespace(device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(3)
+    draw = lambda: (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(),  # noqa: E731
+                    torch.rand(3, generator=generator).tolist())
+    torch.save(train.rng_state(rt, generator), tmp_path / "rng.pt")
+    expected = draw()
+    assert draw() != expected  # they moved on
+    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), rt, generator)
+    assert draw() == expected
+
+
 def test_lr_schedule_warms_up_then_decays_to_min_lr(tmp_path):
     c = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, steps=20)
     assert [train.lr_at(k, c) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
