@@ -156,14 +156,14 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> None:
     """Ranks 0..W-1 all present; each rank's batches 0, 1, 2, ... in order, epochs never
     going back."""
     ranks = [log.rank for log in logs]
-    missing = sorted(set(range(max(ranks) + 1)) - set(ranks))
-    if missing:
-        problems.add("ranks", f"no log of rank(s) {', '.join(map(str, missing))}: their windows cannot be checked")
+    absent = sorted(set(range(max(ranks) + 1)) - set(ranks))
+    if absent:
+        problems.add("ranks", f"no log of rank(s) {', '.join(map(str, absent))}: their windows cannot be checked")
     for log in logs:
         for expected, w in enumerate(log.windows):
             if w.batch != expected:
-                missing = f"batch {expected}" if w.batch == expected + 1 else f"batches {expected}-{w.batch - 1}"
-                what = "repeated or out of order" if w.batch < expected else f"{missing} missing"
+                gap = f"batch {expected}" if w.batch == expected + 1 else f"batches {expected}-{w.batch - 1}"
+                what = "repeated or out of order" if w.batch < expected else f"{gap} missing"
                 problems.add("numbering", f"rank {log.rank}: batch {w.batch} where {expected} was due ({what})")
                 break
         for a, b in zip(log.windows, log.windows[1:]):
@@ -178,9 +178,11 @@ def check_epochs(logs: list[RankLog], report: Report) -> dict[int, int]:
     B, T, world = logs[0].B, logs[0].T, max(log.rank for log in logs) + 1
     step = B * T
     by_epoch: dict[int, list[Window]] = defaultdict(list)
+    steps: dict[int, dict[int, int]] = defaultdict(lambda: dict.fromkeys((log.rank for log in logs), 0))
     for log in logs:
         for w in log.windows:
             by_epoch[w.epoch].append(w)
+            steps[w.epoch][w.rank] += 1
     last = max(by_epoch)
     complete = {}
     for epoch in sorted(by_epoch):
@@ -192,7 +194,7 @@ def check_epochs(logs: list[RankLog], report: Report) -> dict[int, int]:
                 twice += 1
                 report.problems.add("twice", f"epoch {epoch}: targets {b.start + 1:,}-{a.start + step:,} read twice: "
                                     f"by rank {a.rank} batch {a.batch} and rank {b.rank} batch {b.batch}")
-        per_rank = {log.rank: sum(w.epoch == epoch for w in log.windows) for log in logs}
+        per_rank = steps[epoch]  # windows of this epoch on each rank
         if epoch == last:
             ranks = ", ".join(f"rank {r}: {n:,}" for r, n in per_rank.items())
             report.lines.append(f"epoch {epoch}: {len(windows):,} window(s) so far ({ranks})"
