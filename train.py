@@ -70,7 +70,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
-    from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
+    from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from prep.atomic import atomic_write, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
@@ -138,6 +138,7 @@ class TrainConfig:
     ckpt_every: int = 1000  # 0: no checkpoints; otherwise also at the last step
     keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
+    init_from: str | None = None  # weights to start from (fine-tuning): a checkpoint or HF GPT-2 state dict
     shuffle: bool = False
     log_every: int = 1  # steps between host syncs for logging
     bench: bool = False
@@ -168,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"--seed must be <= {SEED_MAX}, got {self.seed}")
         if self.bench and self.resume is not None:
             raise ValueError("--resume has no effect with --bench (it measures fresh weights): drop one")
+        if self.bench and self.init_from is not None:
+            raise ValueError("--init-from has no effect with --bench (it measures fresh weights): drop one")
         if self.bench and self.log_windows:
             raise ValueError("--log-windows logs a training run's windows; --bench writes nothing: drop one")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
@@ -716,23 +719,33 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
 
 
-def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
-    """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
-    missing, truncated, garbage, or not one of ours (the message starts with `flag` and the path)."""
+def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
+    """torch.load(path, weights_only=True) on the CPU; a user error (starting with `flag` and
+    the path) when it is a directory, missing, truncated or garbage."""
     if path.is_dir():
-        raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it, or --resume auto "
-                        f"with --out {path}")
+        also = f", or --resume auto with --out {path}" if flag == "--resume" else ""
+        raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it{also}")
     if not path.is_file():
-        raise UserError(f"{flag} {path}: no such checkpoint")
+        raise UserError(f"{flag} {path}: no such {what}")
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         raise UserError(
-            f"{flag} {path}: not a readable checkpoint (truncated, corrupt, or not written by "
-            f"train.py; torch.load raised {type(e).__name__})"
+            f"{flag} {path}: not a readable {what} (truncated, corrupt, or not written by "
+            f"{'train.py' if what == 'checkpoint' else 'torch.save'}; torch.load raised {type(e).__name__})"
         ) from None
+
+
+def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
+    """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
+    missing, truncated, garbage, or not one of ours (the message starts with `flag` and the path)."""
+    return check_checkpoint(_read_torch_file(path, flag), path, flag)
+
+
+def check_checkpoint(ckpt: object, path: Path, flag: str) -> dict:
+    """`ckpt` (as read from `path`) if it is a whole train.py checkpoint; a user error if not."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
         raise UserError(f"{flag} {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
     shapes = {"step": int, "model": dict, "optimizer": dict, "loader": dict, "model_config": dict,
@@ -742,6 +755,79 @@ def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
     if bad:
         raise UserError(f"{flag} {path}: damaged train.py checkpoint (malformed {', '.join(bad)})")
     return ckpt
+
+
+def _shape_flags(config: dict) -> str:
+    """The --model (and shape flags) that build `config` (a GPTConfig as a dict), dropout aside."""
+    shape = {k: v for k, v in config.items() if k != "dropout"}
+    for name in GPTConfig.presets():
+        preset = dataclasses.asdict(GPTConfig.preset(name))
+        if all(preset.get(k) == v for k, v in shape.items()):
+            return f"--model {name}"
+    base = dataclasses.asdict(GPTConfig.preset("gpt2"))
+    flags = [f"--{_flag(k)} {v}" for k in ("n_layer", "n_head", "n_embd", "block_size")
+             if k in shape and shape[k] != base[k] for v in (shape[k],)]
+    return " ".join(["--model gpt2", *flags])
+
+
+def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
+    """A checkpoint's model_config must be `config`'s, but for dropout and block size."""
+    here = dataclasses.asdict(config)
+    differ = [f"{k} {theirs.get(k)!r} there, {v!r} here" for k, v in here.items()
+              if k not in ("dropout", "block_size") and theirs.get(k) != v]
+    if differ or not isinstance(theirs.get("block_size"), int):
+        raise UserError(f"{where}: another model shape ({'; '.join(differ) or 'no block_size'}): "
+                        f"train with {_shape_flags(theirs)}")
+
+
+def _check_state_shape(state: dict, wte_key: str, config: GPTConfig, where: str) -> None:
+    """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
+    the preset that has these says it); what else does not fit, loading says."""
+    wte = state.get(wte_key)
+    layers = {int(m[1]) for k in state if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
+    there = {"n_layer": max(layers) + 1 if layers else None,
+             "n_embd": wte.shape[1] if isinstance(wte, torch.Tensor) and wte.dim() == 2 else None}
+    differ = [f"{k} {v} there, {getattr(config, k)} here" for k, v in there.items()
+              if v is not None and v != getattr(config, k)]
+    if differ:
+        match = [n for n in GPTConfig.presets() if all(getattr(GPTConfig.preset(n), k) == v for k, v in there.items())]
+        hint = f"train with --model {match[0]}" if match else "set --model and the shape flags to its shape"
+        raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
+
+
+def load_init_weights(model: GPT, path: Path) -> None:
+    """--init-from: load into `model` the weights of a train.py checkpoint or of a Hugging Face
+    GPT-2 state dict (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one, saved
+    with torch.save). Only the weights: the optimizer, step, schedule and data
+    start afresh (fine-tuning). The shape is the run's (--model and the shape flags), and the
+    file must have it, but a smaller block size keeps the first rows of the position table
+    (nanoGPT's crop_block_size); dropout is the run's. A user error says what does not fit."""
+    flag, config = "--init-from", model.config
+    found = _read_torch_file(path, flag, "weights file")
+    if isinstance(found, dict) and "model" in found and "model_config" in found:  # train.py's
+        _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, f"{flag} {path}")
+        state, wpe, ours = dict(found["model"]), "transformer.wpe.weight", True
+    elif isinstance(found, dict) and found and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                   for k, v in found.items()):
+        state = dict(found)
+        wpe = "transformer.wpe.weight" if "transformer.wpe.weight" in state else "wpe.weight"
+        lm_head = state.get("lm_head.weight")  # GPT's own state_dict saved alone has the padded rows
+        ours = isinstance(lm_head, torch.Tensor) and lm_head.dim() == 2 and lm_head.shape[0] == config.padded_vocab_size
+        _check_state_shape(state, wpe.replace("wpe", "wte"), config, f"{flag} {path}")
+    else:
+        raise UserError(f"{flag} {path}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")
+    rows = state[wpe].shape[0] if isinstance(state.get(wpe), torch.Tensor) and state[wpe].dim() == 2 else None
+    if rows is not None and rows < config.block_size:
+        raise UserError(f"{flag} {path}: {rows} positions, fewer than the block size {config.block_size} "
+                        f"here: pass --block-size {rows} (or less)")
+    if rows is not None and rows > config.block_size:  # nanoGPT's crop_block_size
+        state[wpe] = state[wpe][:config.block_size]
+    try:
+        model.load_state_dict(state if ours else from_hf_state_dict(state, config))
+    except (ValueError, RuntimeError) as e:
+        why = " ".join(str(e).split())[:300]  # one line, however long torch's is
+        raise UserError(f"{flag} {path}: does not fit this run's model ({why}); --model and the shape flags set "
+                        "its shape (OpenAI's gpt2: --model gpt2)") from None
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -1007,6 +1093,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
             notes += schedule_changes(ckpt, cfg, resume_path)
+            if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
+                notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
+                             f"those of --resume {resume_path}")
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
@@ -1035,6 +1124,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         raw = GPT(model_config).to(rt.device)
+        if cfg.init_from is not None and ckpt is None:  # resuming: the checkpoint's weights win
+            load_init_weights(raw, Path(cfg.init_from))
         if rt.rank:  # from here on each rank draws its own dropout masks (rank 0 goes on as it was)
             torch.manual_seed(cfg.seed + rt.rank)
         optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
@@ -1111,6 +1202,8 @@ def print_facts(s: Session) -> None:
             f"{cfg.warmup_steps} steps, then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
+    elif cfg.init_from is not None and not cfg.bench:
+        say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
         say(f"validation: {s.val_batches} batches of {of}({s.val_loader.num_tokens:,} tokens) "
@@ -1571,6 +1664,10 @@ def bench_loop(s: Session) -> dict:
               help="Newest checkpoints to keep; 0: all.")
 @click.option("--resume", default=None, show_default="none: start fresh",
               help="Checkpoint to continue from, or 'auto' for the newest in --out.")
+@click.option("--init-from", default=None, show_default="none: random initialisation",
+              help="Start from these weights (fine-tuning; optimizer, step and data start afresh): a train.py "
+                   "checkpoint, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's gpt2: --model "
+                   "gpt2). A smaller --block-size crops the position table.")
 @click.option("--shuffle/--no-shuffle", default=False,
               help="Visit each epoch's windows in a seeded random order.")
 @click.option("--log-every", type=int, default=TrainConfig.log_every,

@@ -4,6 +4,7 @@ bad input, and the README's demo command on tiny Shakespeare."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import math
@@ -27,7 +28,7 @@ from _cli import assert_user_error
 from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
                    write_dataset)
 from loader import TokenLoader
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, to_hf_state_dict
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
 
@@ -400,6 +401,52 @@ def test_a_changed_model_shape_with_dropout_trains_and_resumes_bit_identically(t
         train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, resume="auto", steps=6))
 
 
+def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_path, dataset, capsys):
+    """--init-from takes only the weights, from a train.py checkpoint and from HF's layouts
+    alike (the step-0 val loss is the source's last one exactly: the same val batches on the
+    same weights); the optimizer, schedule and data start afresh."""
+    common = dict(eval_every=3, eval_steps=2, ckpt_every=3)
+    source = cfg(tmp_path, dataset, steps=3, out=str(tmp_path / "source"), **common)
+    train.train(source)
+    val_then = metrics(tmp_path / "source")[-1]["val_loss"]
+    ckpt = tmp_path / "source" / "ckpt_000003.pt"
+    hf = to_hf_state_dict(torch.load(ckpt, weights_only=True)["model"], GPTConfig.preset("tiny"))
+    torch.save(hf, tmp_path / "lmhead.bin")  # GPT2LMHeadModel's keys
+    torch.save({k.removeprefix("transformer."): v for k, v in hf.items() if k != "lm_head.weight"},
+               tmp_path / "model.bin")  # GPT2Model's: no prefix, no lm_head
+    capsys.readouterr()
+    for name, path in (("ckpt", ckpt), ("lmhead", tmp_path / "lmhead.bin"), ("model", tmp_path / "model.bin")):
+        c = cfg(tmp_path, dataset, steps=2, init_from=str(path), out=str(tmp_path / name), **common)
+        train.train(c)
+        rows = metrics(tmp_path / name)
+        assert rows[0]["step"] == 0 and rows[0]["val_loss"] == val_then, name
+        assert rows[1]["lr"] == train.lr_at(0, c)  # the schedule starts again
+        assert f"weights: from {path} (fine-tuning" in capsys.readouterr().out
+        saved = torch.load(tmp_path / name / "ckpt_000002.pt", weights_only=True)
+        assert saved["loader"]["step"] == 2 and saved["train_config"]["init_from"] == str(path)
+    # a smaller block size keeps the first rows of the position table (nanoGPT's crop)
+    model = GPT(GPTConfig.preset("tiny", block_size=8))
+    train.load_init_weights(model, tmp_path / "lmhead.bin")
+    assert torch.equal(model.transformer.wpe.weight, hf["transformer.wpe.weight"][:8])
+    assert torch.equal(model.transformer.h[1].attn.c_attn.weight, hf["transformer.h.1.attn.c_attn.weight"].t())
+    torch.save(model.state_dict(), tmp_path / "ours.pt")  # GPT's own state_dict, saved alone
+    again = GPT(GPTConfig.preset("tiny", block_size=8))
+    train.load_init_weights(again, tmp_path / "ours.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    # the flags a checkpoint of another shape asks for: its preset, or the preset's changes
+    shakespeare = dataclasses.asdict(GPTConfig.preset("gpt2", n_layer=6, n_head=6, n_embd=384, block_size=256,
+                                                      dropout=0.2))
+    assert train._shape_flags(shakespeare) == "--model gpt2 --n-layer 6 --n-head 6 --n-embd 384 --block-size 256"
+    assert train._shape_flags(dataclasses.asdict(GPTConfig.preset("gpt2-medium"))) == "--model gpt2-medium"
+    # resuming: the checkpoint's weights; another --init-from is said to do nothing
+    c = cfg(tmp_path, dataset, steps=3, init_from=str(ckpt), resume="auto", out=str(tmp_path / "ckpt"), **common)
+    train.train(c)
+    assert "--init-from" not in capsys.readouterr().out  # the same one: nothing to say
+    train.train(dataclasses.replace(c, steps=4, init_from=str(tmp_path / "model.bin")))
+    assert (f"note: --init-from {tmp_path / 'model.bin'} has no effect on a resumed run: its weights are those of "
+            "--resume") in capsys.readouterr().out
+
+
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
@@ -697,6 +744,11 @@ def workdir(tmp_path_factory, dataset) -> Path:
     torch.save(damaged, root / "damaged.pt")
     torch.save({**damaged, "step": "2"}, root / "badstep.pt")
     torch.save({**damaged, "step": -5}, root / "negstep.pt")
+    hf = to_hf_state_dict(torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)["model"],
+                          GPTConfig.preset("tiny"))
+    torch.save(hf, root / "hf.bin")
+    torch.save({k: v for k, v in hf.items() if k != "transformer.h.1.mlp.c_proj.bias"}, root / "hf_short.bin")
+    torch.save([1, 2, 3], root / "alist.pt")
     adam = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
     adam["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
     torch.save(adam, root / "badadam.pt")
@@ -746,6 +798,26 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume into another run's out": (["--resume", "run/ckpt_000002.pt", "--out", "newer"], ".",
                                       "--out newer holds another run's ckpt_000009.pt; resuming --resume "
                                       "run/ckpt_000002.pt there would mix the two: choose an empty --out"),
+    "init from another shape": (["--init-from", "run/ckpt_000002.pt", "--model", "gpt2"], ".",
+                                "--init-from run/ckpt_000002.pt: another model shape (n_layer 2 there, 12 here; "
+                                "n_head 2 there, 12 here; n_embd 32 there, 768 here): train with --model tiny"),
+    "init from HF weights of another shape": (["--init-from", "hf.bin", "--model", "gpt2"], ".",
+                                              "--init-from hf.bin: another model shape (n_layer 2 there, 12 here; "
+                                              "n_embd 32 there, 768 here): train with --model tiny"),
+    "init from fewer positions": (["--init-from", "hf.bin", "--block-size", "128"], ".",
+                                  "--init-from hf.bin: 64 positions, fewer than the block size 128 here: "
+                                  "pass --block-size 64 (or less)"),
+    "init from a damaged checkpoint": (["--init-from", "damaged.pt"], ".",
+                                       "--init-from damaged.pt: does not fit this run's model (Error(s) in loading"),
+    "init from HF weights with a tensor missing": (["--init-from", "hf_short.bin"], ".",
+                                                   "--init-from hf_short.bin: does not fit this run's model (not a GPT-2 "
+                                                   "state dict for 2 layers: missing transformer.h.1.mlp.c_proj.bias)"),
+    "init from something else": (["--init-from", "alist.pt"], ".", "--init-from alist.pt: neither a train.py "
+                                                                     "checkpoint nor a GPT-2 state dict"),
+    "init from garbage": (["--init-from", "garbage.pt"], ".", "--init-from garbage.pt: not a readable weights file"),
+    "init from a missing file": (["--init-from", "gone.pt"], ".", "--init-from gone.pt: no such weights file"),
+    "init from a directory": (["--init-from", "run"], ".", "--init-from run: is a directory; pass a checkpoint file in it"),
+    "init from with bench": (["--init-from", "hf.bin", "--bench", ""], ".", "--init-from has no effect with --bench"),
     "resume a directory": (["--resume", "run"], ".", "--resume run: is a directory; pass a checkpoint file in it, "
                                                      "or --resume auto with --out run"),
     "resume a negative step": (["--resume", "negstep.pt"], ".",
