@@ -1,7 +1,8 @@
 """Generate text from a train.py checkpoint: `python sample.py out/run --prompt "ROMEO:"`.
 
 CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest checkpoint is
-taken. The prompt is encoded with the GPT-2 tokenizer after an EOT, as every training document
+taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights:
+`python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after an EOT, as every training document
 begins, and each sample is printed as the prompt plus what the model wrote, decoded. Sampling:
 temperature (0: always the likeliest token), top-k, a seed (the same seed, checkpoint and
 device give the same samples). bf16 autocast on CUDA where supported, as in training.
@@ -33,16 +34,28 @@ def checkpoint_file(path: Path) -> Path:
     return found[-1][1]
 
 
-def load_model(path: Path, rt: train.Runtime) -> tuple[GPT, int]:
-    """The checkpoint's model on rt.device, in eval mode, and the step it was saved at."""
-    ckpt = train.load_checkpoint(path, flag="checkpoint")
+def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tuple[GPT, str]:
+    """The checkpoint's model on rt.device, in eval mode, and where it comes from ("step N").
+    A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
+    `preset` (default gpt2: n_head is not in the weights)."""
+    found = train._read_torch_file(path, "checkpoint")
+    if not (isinstance(found, dict) and "model" in found and "model_config" in found):
+        try:
+            model = GPT(GPTConfig.preset(preset or "gpt2"))
+        except ValueError as e:
+            raise UserError(f"--model: {e}") from None
+        train.load_init_weights(model, path, "checkpoint", found)
+        return model.to(rt.device).eval(), f"--model {preset or 'gpt2'} weights"
+    ckpt = train.check_checkpoint(found, path, "checkpoint")
+    if preset is not None:
+        click.echo(f"note: --model {preset} has no effect: the checkpoint holds its model's shape", err=True)
     try:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:  # a config or tensor that does not fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
-    return model.to(rt.device).eval(), ckpt["step"]
+    return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
@@ -72,17 +85,20 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
 @click.option("--seed", type=click.IntRange(0, train.SEED_MAX), default=1337, help="Sampling seed.")
 @click.option("--device", type=click.Choice(train.DEVICES), default="auto",
               help="auto: cuda, then mps, then cpu.")
+@click.option("--model", "preset", default=None, show_default="the checkpoint's; gpt2 for HF weights",
+              help="The preset of a Hugging Face GPT-2 state dict given as CKPT (its n_head is not in the weights).")
 def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
-         seed: int, device: str) -> None:
-    """Print samples from CKPT, a train.py checkpoint file or an --out directory (its newest)."""
+         seed: int, device: str, preset: str | None) -> None:
+    """Print samples from CKPT: a train.py checkpoint file, an --out directory (its newest), or
+    a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights)."""
     if math.isnan(temperature):  # click's FloatRange lets nan through
         raise UserError("--temperature must be a number >= 0, got nan")
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path = checkpoint_file(ckpt)
-    model, step = load_model(path, rt)
+    model, source = load_model(path, rt, preset)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
-    click.echo(f"{path} (step {step}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
+    click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
                f"{max_new_tokens} tokens, temperature {temperature:g}, top-k {top_k or 'off'}", err=True)
     texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
                                temperature=temperature, top_k=top_k or None)

@@ -777,7 +777,7 @@ def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
               if k not in ("dropout", "block_size") and theirs.get(k) != v]
     if differ or not isinstance(theirs.get("block_size"), int):
         raise UserError(f"{where}: another model shape ({'; '.join(differ) or 'no block_size'}): "
-                        f"train with {_shape_flags(theirs)}")
+                        f"use {_shape_flags(theirs)}")
 
 
 def _check_state_shape(state: dict, wte_key: str, config: GPTConfig, where: str) -> None:
@@ -791,19 +791,20 @@ def _check_state_shape(state: dict, wte_key: str, config: GPTConfig, where: str)
               if v is not None and v != getattr(config, k)]
     if differ:
         match = [n for n in GPTConfig.presets() if all(getattr(GPTConfig.preset(n), k) == v for k, v in there.items())]
-        hint = f"train with --model {match[0]}" if match else "set --model and the shape flags to its shape"
+        hint = f"use --model {match[0]}" if match else "set --model and the shape flags to its shape"
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
-def load_init_weights(model: GPT, path: Path) -> None:
+def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None) -> None:
     """--init-from: load into `model` the weights of a train.py checkpoint or of a Hugging Face
     GPT-2 state dict (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one, saved
     with torch.save). Only the weights: the optimizer, step, schedule and data
     start afresh (fine-tuning). The shape is the run's (--model and the shape flags), and the
     file must have it, but a smaller block size keeps the first rows of the position table
     (nanoGPT's crop_block_size); dropout is the run's. A user error says what does not fit."""
-    flag, config = "--init-from", model.config
-    found = _read_torch_file(path, flag, "weights file")
+    config = model.config
+    if found is None:  # else: what torch.load read from `path` already
+        found = _read_torch_file(path, flag, "weights file")
     if isinstance(found, dict) and "model" in found and "model_config" in found:  # train.py's
         _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, f"{flag} {path}")
         state, wpe, ours = dict(found["model"]), "transformer.wpe.weight", True

@@ -13,7 +13,7 @@ import sample
 import train
 from _cli import assert_user_error
 from _data import random_tokens, write_dataset
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, to_hf_state_dict
 from prep.tokenizer import EOT, get_encoding
 
 
@@ -74,6 +74,22 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
     assert_user_error(invoke(str(run), "--temperature", "nan"), "--temperature must be a number >= 0, got nan")
     assert_user_error(invoke(str(run), "--seed", str(2**70)), "--seed")
+
+
+def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
+    """The same weights in HF's layout (what OpenAI's gpt2 comes as) give the same greedy text,
+    built as --model's preset; a checkpoint ignores --model with a note."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    torch.save(to_hf_state_dict(ckpt["model"], GPTConfig.preset("tiny")), tmp_path / "hf.bin")
+    greedy = ["--prompt", "to be", "--temperature", "0", "--max-new-tokens", "6"]
+    expected = samples(invoke(str(run), *greedy))
+    result = invoke(str(tmp_path / "hf.bin"), "--model", "tiny", *greedy)
+    assert samples(result) == expected and "hf.bin (--model tiny weights)" in result.stderr
+    assert_user_error(invoke(str(tmp_path / "hf.bin"), *greedy), "checkpoint", "hf.bin: another model shape",
+                      "use --model tiny")  # the default, gpt2, does not fit
+    assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")
+    noted = invoke(str(run), "--model", "gpt2", *greedy)
+    assert samples(noted) == expected and "note: --model gpt2 has no effect" in noted.stderr
 
 
 def test_a_tiny_temperature_samples_the_likeliest_token(run):

@@ -800,10 +800,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                       "run/ckpt_000002.pt there would mix the two: choose an empty --out"),
     "init from another shape": (["--init-from", "run/ckpt_000002.pt", "--model", "gpt2"], ".",
                                 "--init-from run/ckpt_000002.pt: another model shape (n_layer 2 there, 12 here; "
-                                "n_head 2 there, 12 here; n_embd 32 there, 768 here): train with --model tiny"),
+                                "n_head 2 there, 12 here; n_embd 32 there, 768 here): use --model tiny"),
     "init from HF weights of another shape": (["--init-from", "hf.bin", "--model", "gpt2"], ".",
                                               "--init-from hf.bin: another model shape (n_layer 2 there, 12 here; "
-                                              "n_embd 32 there, 768 here): train with --model tiny"),
+                                              "n_embd 32 there, 768 here): use --model tiny"),
     "init from fewer positions": (["--init-from", "hf.bin", "--block-size", "128"], ".",
                                   "--init-from hf.bin: 64 positions, fewer than the block size 128 here: "
                                   "pass --block-size 64 (or less)"),
