@@ -597,8 +597,8 @@ class TimedFeed:
 
 def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL): the
-    loader's step ("batch"), rank, epoch, the window's offset in the split ("start"), T, and
-    what the model was given: each row's first token and the last target.
+    loader's step ("batch"), rank, world size, epoch, the window's offset in the split
+    ("start"), T, and what the model was given: each row's first token and the last target.
 
     `python -m loader.audit OUT` reads these logs back and checks that no target token was
     read twice in an epoch, that complete epochs read every slot, and (with --data) that the
@@ -609,7 +609,7 @@ def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     def logged() -> tuple[torch.Tensor, torch.Tensor]:
         batch = loader.step
         x, y = feed()
-        record = {"batch": batch, "rank": loader.rank, "epoch": batch // loader.steps_per_epoch,
+        record = {"batch": batch, "rank": loader.rank, "world": loader.world, "epoch": batch // loader.steps_per_epoch,
                   "start": loader.window_start(batch), "T": loader.T, "first_tokens": x[:, 0].tolist(),
                   "last_target": int(y[-1, -1])}
         log.write(json.dumps(record) + "\n")  # sync: audit only

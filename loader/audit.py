@@ -1,21 +1,23 @@
-"""`python -m loader.audit OUT [--data PATH]`: a run's own logs checked for exactness.
+"""`python -m loader.audit OUT [--data DIR]`: a run's own logs checked for exactness.
 
 `train.py --log-windows` makes every rank log each window it trained on to
-`OUT/windows_rank<r>.jsonl`: the loader's step ("batch"), the epoch, the window's offset in
-the split ("start"), T, and, as the model received them, each row's first token and the last
-target. This reads the logs back and checks the cursor's promises from the outside, without
-using its arithmetic:
+`OUT/windows_rank<r>.jsonl`: the loader's step ("batch"), the epoch, the rank and the world
+size, the window's offset in the split ("start"), T, and, as the model received them, each
+row's first token and the last target. This reads the logs back and checks:
 
-- each rank's batches are numbered 0, 1, 2, ... with none missing or repeated (a resumed
-  run's log is cut back to its checkpoint, so this holds across any number of resumes), and
-  every rank's log is there;
+- every rank's log is there, and each rank's batches are numbered 0, 1, 2, ... with none
+  missing or repeated (a resumed run's log is cut back to its checkpoint, so this holds
+  across any number of resumes);
 - within an epoch no target (positions start+1 .. start+B*T of a window) is read twice, by
-  the same rank or another;
-- an epoch that is over (a later one is in the logs) read every slot: its targets are
-  positions 1 .. E*B*T*W, each exactly once, in E steps on every rank;
+  the same rank or another, and every window starts on a multiple of B*T;
+- an epoch that is over read every slot: its targets are positions 1 .. E*B*T*W, each exactly
+  once, in E steps on every rank. E is the split's (N-1) // (B*T*W) with --data; without it,
+  what the epochs before the last one took. An epoch is over when a later one is in the logs,
+  or when it has its E steps on every rank; no window of any epoch reads past E*B*T*W;
 - with --data (the train split's shards, as given to train.py): every logged token is the
-  shards' token at that position, complete epochs have the E = (N-1) // (B*T*W) steps the
-  split allows, and the tokens never read (the split's last (N-1) mod (B*T*W)) are named.
+  shards' token at the logged offset, so the offsets are where the model's tokens came from
+  (without --data the offsets are taken as logged), and the never-read tail, the split's
+  last (N-1) mod (B*T*W) tokens, is named.
 
 Exit status: 0 when every check passes, 1 when one fails (a line per problem), 2 for a usage
 error (no logs in OUT, a log this version cannot read, a bad --data).
@@ -23,6 +25,7 @@ error (no logs in OUT, a log this version cannot read, a bad --data).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -37,9 +40,9 @@ from loader.stream import TokenStream, resolve_shards
 from prep.errors import UserCommand, UserError
 from prep.shards import ShardError
 
-LOG_PATTERN = re.compile(r"windows_rank(\d+)\.jsonl")
-FIELDS = ("batch", "rank", "epoch", "start", "T", "first_tokens", "last_target")
-SHOWN = 5  # problems of one kind listed before "... and N more"
+LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
+FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
+SHOWN = 5  # problems of one kind listed before "... and N more like it"
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,15 @@ class Window:
 
 @dataclass
 class RankLog:
-    """One rank's log: its windows in file order, B and T, and notes on what was left out."""
+    """One rank's log: its windows in file order, its run's B, T and world size, and notes on
+    what was left out."""
 
     rank: int
     path: Path
     windows: list[Window]
     B: int
     T: int
+    world: int
     notes: list[str]
 
 
@@ -70,55 +75,71 @@ def _int(value: object, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _record(line: str, where: str) -> dict:
+    """One log line as a dict with every field, each of the type train.py writes."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise UserError(f"{where}: not a JSON line") from None
+    missing = [name for name in FIELDS if not isinstance(record, dict) or name not in record]
+    if missing:
+        raise UserError(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
+                        "(run train.py with --log-windows again)")
+    tokens = record["first_tokens"]
+    if not (all(_int(record[name], 0) for name in ("batch", "rank", "epoch", "start", "last_target"))
+            and _int(record["T"], 1) and _int(record["world"], 1) and record["rank"] < record["world"]
+            and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)):
+        raise UserError(f"{where}: a value is not what train.py writes: {line[:120]}")
+    return record
+
+
 def read_log(path: Path, rank: int) -> RankLog:
     """Rank `rank`'s windows from `path`. A last line without its newline (the run was killed
     while writing it) is left out with a note; any other bad line is a UserError."""
-    lines = path.read_text().split("\n")
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as a --log-windows log ({type(e).__name__})") from None
     notes = []
     if lines[-1]:
         notes.append(f"{path.name}: the last line is incomplete (the run was killed while writing it); left out")
     lines.pop()
     windows: list[Window] = []
-    shape: tuple[int, int] | None = None
+    run: tuple[int, int, int] | None = None  # B, T, world
     for number, line in enumerate(lines, 1):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise UserError(f"{where}: not a JSON line") from None
-        missing = [name for name in FIELDS if not isinstance(record, dict) or name not in record]
-        if missing:
-            raise UserError(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
-                            "(run train.py with --log-windows again)")
-        tokens = record["first_tokens"]
-        if not (all(_int(record[name], 0) for name in ("batch", "epoch", "start", "last_target"))
-                and _int(record["T"], 1) and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)):
-            raise UserError(f"{where}: a value is not what train.py writes: {line[:120]}")
+        record = _record(line, where)
         if record["rank"] != rank:
-            raise UserError(f"{where}: rank {record['rank']!r} in the log of rank {rank}")
-        if shape is None:
-            shape = (len(tokens), record["T"])
-        elif (len(tokens), record["T"]) != shape:
-            raise UserError(f"{where}: B={len(tokens)} x T={record['T']} after B={shape[0]} x T={shape[1]} "
-                            "in the same log")
-        windows.append(Window(rank, record["batch"], record["epoch"], record["start"], tuple(tokens),
-                              record["last_target"]))
-    if shape is None:
+            raise UserError(f"{where}: rank {record['rank']} in the log of rank {rank}")
+        this = (len(record["first_tokens"]), record["T"], record["world"])
+        if run is None:
+            run = this
+        elif this != run:
+            raise UserError(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} x T={run[1]}, "
+                            f"{run[2]} rank(s) in the same log")
+        windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
+                              tuple(record["first_tokens"]), record["last_target"]))
+    if run is None:
         raise UserError(f"{path}: no windows logged")
-    return RankLog(rank, path, windows, *shape, notes)
+    return RankLog(rank, path, windows, *run, notes)
 
 
 def find_logs(out: Path) -> list[RankLog]:
-    """Every rank's log in `out`, by rank; a UserError when there are none, or B or T differ."""
+    """Every rank's log in `out`, by rank; a UserError when there are none or the ranks' runs
+    differ (B, T, world size)."""
     if not out.is_dir():
         raise UserError(f"{out}: no such directory (give train.py's --out)")
     found = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := LOG_PATTERN.fullmatch(p.name)))
     if not found:
         raise UserError(f"{out}: no windows_rank<r>.jsonl: train with --log-windows to write them")
+    for _, path in found:
+        if not path.is_file():
+            raise UserError(f"{path}: not a file")
     logs = [read_log(path, rank) for rank, path in found]
-    shapes = {(log.B, log.T) for log in logs}
-    if len(shapes) > 1:
-        raise UserError(f"{out}: the ranks' logs disagree on B x T ({', '.join(f'{b}x{t}' for b, t in sorted(shapes))})")
+    runs = {(log.B, log.T, log.world) for log in logs}
+    if len(runs) > 1:
+        shown = ", ".join(f"{b}x{t} on {w} rank(s)" for b, t, w in sorted(runs))
+        raise UserError(f"{out}: the ranks' logs are of different runs ({shown})")
     return logs
 
 
@@ -152,13 +173,19 @@ class Report:
     problems: Problems = field(default_factory=Problems)
 
 
-def check_numbering(logs: list[RankLog], problems: Problems) -> None:
-    """Ranks 0..W-1 all present; each rank's batches 0, 1, 2, ... in order, epochs never
-    going back."""
-    ranks = [log.rank for log in logs]
-    absent = sorted(set(range(max(ranks) + 1)) - set(ranks))
+def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
+    """Each rank's batches 0, 1, 2, ... in order, epochs never going back; returns whether
+    every rank's log is there (a problem if not)."""
+    world = logs[0].world
+    present = {log.rank for log in logs}
+    for log in logs:
+        if log.rank >= world:
+            problems.add("ranks", f"a log of rank {log.rank} in a run of {world} rank(s)")
+    absent = world - len({r for r in present if r < world})
     if absent:
-        problems.add("ranks", f"no log of rank(s) {', '.join(map(str, absent))}: their windows cannot be checked")
+        first = list(itertools.islice((r for r in range(world) if r not in present), SHOWN))
+        problems.add("ranks", f"no log of rank(s) {', '.join(map(str, first))}{', ...' if absent > len(first) else ''} "
+                     f"({absent:,} of {world:,} missing): their windows cannot be checked")
     for log in logs:
         for expected, w in enumerate(log.windows):
             if w.batch != expected:
@@ -170,12 +197,15 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> None:
             if b.epoch < a.epoch:
                 problems.add("numbering", f"rank {log.rank}: batch {b.batch} in epoch {b.epoch} after epoch {a.epoch}")
                 break
+    return not absent
 
 
-def check_epochs(logs: list[RankLog], report: Report) -> dict[int, int]:
-    """No target twice within an epoch; a complete epoch reads exactly positions 1..E*B*T*W
-    in E steps per rank. Returns {complete epoch: E}."""
-    B, T, world = logs[0].B, logs[0].T, max(log.rank for log in logs) + 1
+def check_epochs(logs: list[RankLog], report: Report, steps_per_epoch: int | None, all_ranks: bool = True) -> None:
+    """No target twice within an epoch, windows on step boundaries and within the epoch's
+    slots; an epoch that is over reads exactly positions 1..E*B*T*W in E steps per rank
+    (unless some rank's log is missing: then what it read is unknown, `all_ranks` False).
+    `steps_per_epoch`: E from the data, or None (then the earlier epochs' steps say it)."""
+    B, T, world = logs[0].B, logs[0].T, logs[0].world
     step = B * T
     by_epoch: dict[int, list[Window]] = defaultdict(list)
     steps: dict[int, dict[int, int]] = defaultdict(lambda: dict.fromkeys((log.rank for log in logs), 0))
@@ -184,39 +214,51 @@ def check_epochs(logs: list[RankLog], report: Report) -> dict[int, int]:
             by_epoch[w.epoch].append(w)
             steps[w.epoch][w.rank] += 1
     last = max(by_epoch)
-    complete = {}
+    E = steps_per_epoch
+    if E is None and last > min(by_epoch):  # an earlier epoch is over: it says E
+        E = max(steps[min(by_epoch)].values())
     for epoch in sorted(by_epoch):
+        per_rank = steps[epoch]  # windows of this epoch on each rank
+        over = epoch < last or (E is not None and min(per_rank.values()) == E)
         # equal-length ranges sorted by start: any overlap shows between neighbours
         windows = sorted(by_epoch[epoch], key=lambda w: (w.start, w.rank, w.batch))
-        twice = 0
+        clean = True
         for a, b in zip(windows, windows[1:]):
             if b.start < a.start + step:  # a's targets a.start+1 .. a.start+step reach into b's
-                twice += 1
+                clean = False
                 report.problems.add("twice", f"epoch {epoch}: targets {b.start + 1:,}-{a.start + step:,} read twice: "
                                     f"by rank {a.rank} batch {a.batch} and rank {b.rank} batch {b.batch}")
-        per_rank = steps[epoch]  # windows of this epoch on each rank
-        if epoch == last:
+        for w in windows:
+            if w.start % step:
+                clean = False
+                report.problems.add("boundary", f"epoch {epoch}: rank {w.rank} batch {w.batch} starts at {w.start:,}, "
+                                    f"not a multiple of B*T = {step:,}")
+            if E is not None and w.start + step > E * world * step:
+                clean = False
+                report.problems.add("past", f"epoch {epoch}: rank {w.rank} batch {w.batch} reads targets up to "
+                                    f"{w.start + step:,}, past the {E * world * step:,} an epoch's {E:,} steps "
+                                    f"x {world} rank(s) cover")
+        if not over or not all_ranks:
             ranks = ", ".join(f"rank {r}: {n:,}" for r, n in per_rank.items())
-            report.lines.append(f"epoch {epoch}: {len(windows):,} window(s) so far ({ranks})"
-                                + ("" if twice else "; no target read twice"))
+            of = f" of {E:,} per rank" if E is not None else ""
+            report.lines.append(f"epoch {epoch}: {len(windows):,} window(s) so far ({ranks}{of})"
+                                + ("; no target read twice" if clean else ""))
             continue
-        E = max(per_rank.values())
-        if min(per_rank.values()) != E:
+        taken = max(per_rank.values())
+        if min(per_rank.values()) != taken:
+            clean = False
             report.problems.add("uneven", f"epoch {epoch}: the ranks took different numbers of steps ("
                                 f"{', '.join(f'rank {r}: {n:,}' for r, n in per_rank.items())})")
-        ends = E * world * step
-        covered = _covered(windows, step)
-        gaps = [(lo, hi) for lo, hi in _gaps(covered, 1, ends)]
-        for lo, hi in gaps:
+        if E is not None and taken != E:
+            clean = False
+            report.problems.add("steps", f"epoch {epoch}: {taken:,} steps where an epoch has {E:,} "
+                                f"({'the data' if steps_per_epoch is not None else 'epoch ' + str(min(by_epoch))} says)")
+        for lo, hi in _gaps(_covered(windows, step), 1, taken * world * step):
+            clean = False
             report.problems.add("gap", f"epoch {epoch}: targets {lo:,}-{hi:,} never read")
-        if covered and covered[-1][1] > ends:
-            report.problems.add("gap", f"epoch {epoch}: targets up to {covered[-1][1]:,} read, past the "
-                                f"{ends:,} that {E:,} steps x {world} rank(s) x {step:,} cover")
-        if not gaps and not twice and min(per_rank.values()) == E:
-            report.lines.append(f"epoch {epoch}: complete, {E:,} steps x {world} rank(s): targets 1-{ends:,} "
-                                "each read exactly once")
-        complete[epoch] = E
-    return complete
+        if clean:
+            report.lines.append(f"epoch {epoch}: complete, {taken:,} steps x {world} rank(s): targets "
+                                f"1-{taken * world * step:,} each read exactly once")
 
 
 def _covered(windows: list[Window], step: int) -> list[tuple[int, int]]:
@@ -242,60 +284,60 @@ def _gaps(runs: list[tuple[int, int]], first: int, last: int):
         yield at, last
 
 
-def check_data(logs: list[RankLog], data: str, complete: dict[int, int], report: Report) -> None:
-    """Every logged token against the shards; complete epochs against E = (N-1) // (B*T*W)."""
-    B, T, world = logs[0].B, logs[0].T, max(log.rank for log in logs) + 1
+def open_data(data: str) -> TokenStream:
+    """The train split of --data as train.py reads it; a UserError naming it if it cannot be."""
     try:
-        stream = TokenStream(resolve_shards(data, "train"))
+        return TokenStream(resolve_shards(data, "train"))
     except (LoaderError, ShardError) as e:
         raise UserError(f"--data {data}: {e}") from None
-    try:
-        N = stream.num_tokens
-        window = np.empty(B * T + 1, dtype=np.uint16)
-        differ = 0
-        for log in logs:
-            for w in log.windows:
-                if w.start + B * T + 1 > N:
-                    differ += 1
-                    report.problems.add("data", f"rank {log.rank} batch {w.batch}: window at {w.start:,} runs past "
-                                        f"the split's {N:,} tokens: is --data the run's data?")
-                    continue
-                stream.read_into(w.start, window)
-                if list(window[:-1:T]) != list(w.first_tokens) or int(window[-1]) != w.last_target:
-                    differ += 1
-                    path, at = stream.locate(w.start)
-                    report.problems.add("data", f"rank {log.rank} batch {w.batch}: the tokens logged differ from "
-                                        f"the shards' at {w.start:,} ({path}, token {at:,}): is --data the run's data?")
-        E = (N - 1) // (B * T * world)
-        for epoch, steps in complete.items():
-            if steps != E:
-                report.problems.add("steps", f"epoch {epoch}: {steps:,} steps, but the split's {N:,} tokens make "
-                                    f"{E:,} steps of {B}x{T} x {world} rank(s)")
-        total = sum(len(log.windows) for log in logs)
-        report.lines.append(f"--data {data}: {N:,} tokens; " + (
-            f"{differ:,} of the {total:,} logged window(s) differ from the shards" if differ
-            else f"the {total:,} logged window(s) match the shards' tokens"))
-        read = E * B * T * world  # positions 0 .. read are read in every complete epoch
-        unread = "nothing" if read == N - 1 else f"the last {N - 1 - read:,} token(s), positions {read + 1:,}-{N - 1:,}"
-        report.lines.append(f"never read in any epoch: {unread} (less than one step of {B}x{T} x {world} rank(s))")
-    finally:
-        stream.close()
+
+
+def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Report) -> None:
+    """Every logged token against the shards at the logged offset; the never-read tail named."""
+    B, T, world, N = logs[0].B, logs[0].T, logs[0].world, stream.num_tokens
+    differ = 0
+    window = np.empty(B * T + 1, dtype=np.uint16) if B * T + 1 <= N else None
+    for log in logs:
+        for w in log.windows:
+            if window is None or w.start + B * T + 1 > N:
+                differ += 1
+                report.problems.add("data", f"rank {log.rank} batch {w.batch}: a window of {B * T + 1:,} tokens at "
+                                    f"{w.start:,} runs past the split's {N:,} tokens: is --data the run's data?")
+                continue
+            stream.read_into(w.start, window)
+            if list(window[:-1:T]) != list(w.first_tokens) or int(window[-1]) != w.last_target:
+                differ += 1
+                path, at = stream.locate(w.start)
+                report.problems.add("data", f"rank {log.rank} batch {w.batch}: the tokens logged differ from "
+                                    f"the shards' at {w.start:,} ({path}, token {at:,}): is --data the run's data?")
+    total = sum(len(log.windows) for log in logs)
+    report.lines.append(f"--data {data}: {N:,} tokens; " + (
+        f"{differ:,} of the {total:,} logged window(s) differ from the shards" if differ
+        else f"the {total:,} logged window(s) match the shards' tokens"))
+    read = (N - 1) // (B * T * world) * B * T * world  # positions 0 .. read, in every epoch
+    unread = "nothing" if read == N - 1 else f"the last {N - 1 - read:,} token(s), positions {read + 1:,}-{N - 1:,}"
+    report.lines.append(f"never read in any epoch: {unread} (less than one step of {B}x{T} x {world} rank(s))")
 
 
 def audit(out: Path, data: str | None = None) -> Report:
     """Check `out`'s --log-windows logs (and, with `data`, against the train split)."""
     logs = find_logs(out)
     report = Report()
-    B, T = logs[0].B, logs[0].T
-    world = max(log.rank for log in logs) + 1
+    B, T, world = logs[0].B, logs[0].T, logs[0].world
     total = sum(len(log.windows) for log in logs)
     report.lines.append(f"{out}: {world} rank(s), {total:,} window(s) of B={B} x T={T} logged")
     for log in logs:
         report.notes += log.notes
-    check_numbering(logs, report.problems)
-    complete = check_epochs(logs, report)
-    if data is not None:
-        check_data(logs, data, complete, report)
+    stream = open_data(data) if data is not None else None
+    try:
+        all_ranks = check_numbering(logs, report.problems)
+        E = None if stream is None else (stream.num_tokens - 1) // (B * T * world)
+        check_epochs(logs, report, E, all_ranks)
+        if stream is not None:
+            check_tokens(logs, data, stream, report)
+    finally:
+        if stream is not None:
+            stream.close()
     return report
 
 

@@ -65,7 +65,7 @@ def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_p
     assert result.output.splitlines() == [
         f"{tmp_path / 'run'}: 1 rank(s), 41 window(s) of B=2 x T=16 logged",
         "epoch 0: complete, 31 steps x 1 rank(s): targets 1-992 each read exactly once",
-        "epoch 1: 10 window(s) so far (rank 0: 10); no target read twice",
+        "epoch 1: 10 window(s) so far (rank 0: 10 of 31 per rank); no target read twice",
         f"--data {data}: 1,000 tokens; the 41 logged window(s) match the shards' tokens",
         "never read in any epoch: the last 7 token(s), positions 993-999 (less than one step of 2x16 x 1 rank(s))",
         "audit passed",
@@ -82,7 +82,7 @@ def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     # 1,000 tokens make E = 999 // 64 = 15 steps for two ranks: epochs 0 and 1 complete
     assert "epoch 0: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines
     assert "epoch 1: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines
-    assert "epoch 2: 10 window(s) so far (rank 0: 5, rank 1: 5); no target read twice" in report.lines
+    assert "epoch 2: 10 window(s) so far (rank 0: 5, rank 1: 5 of 15 per rank); no target read twice" in report.lines
     assert report.lines[-1].startswith("never read in any epoch: the last 39 token(s), positions 961-999")
 
 
@@ -103,7 +103,8 @@ def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, mo
               "problem: epoch 0: targets", "never read"]),
     ("repeat", ["problem: rank 1: batch 3 where 4 was due (repeated or out of order)", "read twice"]),
     ("token", ["problem: rank 0 batch 2: the tokens logged differ from the shards' at"]),
-    ("rank", ["problem: no log of rank(s) 0: their windows cannot be checked"]),
+    ("rank", ["problem: no log of rank(s) 0 (1 of 2 missing): their windows cannot be checked"]),
+    ("last rank", ["problem: no log of rank(s) 1 (1 of 2 missing): their windows cannot be checked"]),
 ])
 def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, words):
     out = log_ranks(tmp_path / "out", data, world=2, batches=20)
@@ -119,11 +120,38 @@ def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, wor
         rewrite(path, recs)
     if damage == "rank":
         logs[0].unlink()
+    if damage == "last rank":  # the world size is in every line: a missing last rank shows too
+        logs[1].unlink()
     result = run(out, "--data", data)
     assert result.exit_code == 1, result.output
     for word in words:
         assert word in result.output, result.output
     assert "audit failed" in result.output
+    if "rank" in damage:  # what the missing rank read is unknown: no gaps claimed
+        assert "never read" not in result.output.split("audit failed")[0].split("never read in any epoch")[-1]
+
+
+def test_an_epoch_with_all_its_steps_is_complete_and_a_window_past_its_slots_fails(tmp_path, data):
+    """Exactly one epoch (15 steps x 2 ranks, E known from --data): complete though no later
+    epoch follows; one window moved into the never-read tail is past the slots, and the slot
+    it left is a gap."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=15)
+    assert run(out, "--data", data).output.splitlines()[1] == (
+        "epoch 0: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once")
+    log = out / "windows_rank0.jsonl"
+    records = lines(log)
+    moved = records[5]["start"]
+    records[5]["start"] = 960  # targets 961-992: the tail; first_tokens and last_target as the shards have them
+    records[5]["first_tokens"], records[5]["last_target"] = [960, 976], 992
+    rewrite(log, records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1
+    assert "problem: epoch 0: rank 0 batch 5 reads targets up to 992, past the 960 an epoch's 15 steps x 2 rank(s) " \
+           "cover" in result.output
+    assert f"problem: epoch 0: targets {moved + 1:,}-{moved + 32:,} never read" in result.output
+    records[5]["start"] += 3  # off the step grid, too
+    rewrite(log, records)
+    assert "starts at 963, not a multiple of B*T = 32" in run(out).output
 
 
 def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, data):
@@ -140,22 +168,31 @@ def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, da
 @pytest.mark.parametrize("setup, args, words", [
     ("none", [], ["no such directory"]),
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
-    ("old", [], ["windows_rank0.jsonl:1: no epoch, start, T", "not a --log-windows log of this version"]),
+    ("old", [], ["windows_rank0.jsonl:1: no world, epoch, start, T", "not a --log-windows log of this version"]),
     ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
-    ("shape", [], ["B x T (2x16, 2x32)"]),
+    ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
+    ("dir", [], ["windows_rank2.jsonl: not a file"]),
+    ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
+    ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data"):
+    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
             rewrite(log, [{"batch": 0, "rank": 0, "first_tokens": [0, 16], "last_target": 32}])
         elif setup == "json":
             log.write_text(log.read_text().splitlines()[0] + "\nnot json\n")
+        elif setup == "dir":
+            (out / "windows_rank2.jsonl").mkdir()
+        elif setup == "binary":
+            log.write_bytes(b"\xff\xfe\x00garbage\n")
+        elif setup == "rank":  # true is not a rank, though it equals 1 in Python
+            rewrite(log, [{**r, "rank": True} for r in lines(log)])
         elif setup == "shape":
             rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
     assert_user_error(run(out, *args), *words)
