@@ -41,9 +41,13 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     found = train._read_torch_file(path, "checkpoint")
     if not (isinstance(found, dict) and "model" in found and "model_config" in found):
         try:
-            model = GPT(GPTConfig.preset(preset or "gpt2"))
+            config = GPTConfig.preset(preset or "gpt2")
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
+        rows = train.state_positions(found) if isinstance(found, dict) else None
+        if rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
+            config = GPTConfig.preset(preset or "gpt2", block_size=rows)
+        model = GPT(config)
         train.load_init_weights(model, path, "checkpoint", found)
         return model.to(rt.device).eval(), f"--model {preset or 'gpt2'} weights"
     ckpt = train.check_checkpoint(found, path, "checkpoint")
@@ -52,7 +56,7 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     try:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError) as e:  # a config or tensor that does not fit
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that does not fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
     return model.to(rt.device).eval(), f"step {ckpt['step']}"

@@ -161,6 +161,9 @@ class TrainConfig:
             raise ValueError(f"--lr must be a number > 0 and <= 3.4e38 (a float32), got {self.lr}")
         if not self.out:
             raise ValueError("--out must name a directory, got ''")
+        for flag, value in (("--resume", self.resume), ("--init-from", self.init_from)):
+            if value == "":
+                raise ValueError(f"{flag} must name a file, got ''")
         if not self.weight_decay < math.inf:
             raise ValueError(f"--weight-decay must be finite, got {self.weight_decay}")
         if math.isnan(self.grad_clip):
@@ -338,7 +341,7 @@ def hold_out_dir(out: Path, notes: list[str]):
             os.close(fd)  # releases the lock
 
 
-def check_out_contents(out: Path, resume_path: Path | None) -> None:
+def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
     checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
     runs), and a resume from a checkpoint elsewhere refuses another run's files (--keep-ckpts
@@ -350,6 +353,9 @@ def check_out_contents(out: Path, resume_path: Path | None) -> None:
         odd = sorted(p.name for p in out.iterdir() if CKPT_RE.match(p.name) and not p.is_file())
         if odd:
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
+        logs = sorted(p.name for p in out.glob("windows_rank*.jsonl") if not p.is_file())
+        if logs:
+            raise UserError(f"--out {out}: {out / logs[0]} is not a file; --log-windows writes under that name")
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
@@ -358,7 +364,7 @@ def check_out_contents(out: Path, resume_path: Path | None) -> None:
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
-        remedy = ("continue it with --resume auto" if checkpoints else
+        remedy = ("continue it with --resume auto" if checkpoints and init_from is None else
                   f"move {' and '.join(str(out / name) for name in theirs)} away")
         raise UserError(
             f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
@@ -770,6 +776,10 @@ def _shape_flags(config: dict) -> str:
     return " ".join(["--model gpt2", *flags])
 
 
+SHAPE_ONLY = "and no other --n-layer, --n-head or --n-embd"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in a wrapped model's state_dict
+
+
 def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
     """A checkpoint's model_config must be `config`'s, but for dropout and block size."""
     here = dataclasses.asdict(config)
@@ -777,13 +787,13 @@ def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
               if k not in ("dropout", "block_size") and theirs.get(k) != v]
     if differ or not isinstance(theirs.get("block_size"), int):
         raise UserError(f"{where}: another model shape ({'; '.join(differ) or 'no block_size'}): "
-                        f"use {_shape_flags(theirs)}")
+                        f"use {_shape_flags(theirs)} {SHAPE_ONLY}")
 
 
-def _check_state_shape(state: dict, wte_key: str, config: GPTConfig, where: str) -> None:
+def _check_state_shape(state: dict, config: GPTConfig, where: str) -> None:
     """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
     the preset that has these says it); what else does not fit, loading says."""
-    wte = state.get(wte_key)
+    wte = state.get("transformer.wte.weight", state.get("wte.weight"))
     layers = {int(m[1]) for k in state if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
     there = {"n_layer": max(layers) + 1 if layers else None,
              "n_embd": wte.shape[1] if isinstance(wte, torch.Tensor) and wte.dim() == 2 else None}
@@ -791,44 +801,74 @@ def _check_state_shape(state: dict, wte_key: str, config: GPTConfig, where: str)
               if v is not None and v != getattr(config, k)]
     if differ:
         match = [n for n in GPTConfig.presets() if all(getattr(GPTConfig.preset(n), k) == v for k, v in there.items())]
-        hint = f"use --model {match[0]}" if match else "set --model and the shape flags to its shape"
+        hint = f"use --model {match[0]} {SHAPE_ONLY}" if match else "set --model and the shape flags to its shape"
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
-def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None) -> None:
-    """--init-from: load into `model` the weights of a train.py checkpoint or of a Hugging Face
-    GPT-2 state dict (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one, saved
-    with torch.save). Only the weights: the optimizer, step, schedule and data
-    start afresh (fine-tuning). The shape is the run's (--model and the shape flags), and the
-    file must have it, but a smaller block size keeps the first rows of the position table
-    (nanoGPT's crop_block_size); dropout is the run's. A user error says what does not fit."""
-    config = model.config
+def _unwrapped(state: dict) -> dict:
+    """`state` without the prefixes DDP and torch.compile put on a wrapped model's names."""
+    out = {}
+    for key, tensor in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = tensor
+    return out
+
+
+def state_positions(state: dict) -> int | None:
+    """The rows of a GPT-2 state dict's position table (ours or HF's), or None if it has none."""
+    state = _unwrapped(state)
+    wpe = state.get("transformer.wpe.weight", state.get("wpe.weight"))
+    return wpe.shape[0] if isinstance(wpe, torch.Tensor) and wpe.dim() == 2 else None
+
+
+def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None) -> str:
+    """--init-from: load into `model` the weights of a train.py checkpoint or of a GPT-2 state
+    dict: Hugging Face's (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one,
+    saved with torch.save) or GPT's own. Only the weights: the optimizer, step, schedule and
+    data start afresh (fine-tuning). The shape is the model's (--model and the shape flags),
+    and the file must have it, but a smaller block size keeps the first rows of the position
+    table (nanoGPT's crop_block_size); dropout is the run's. Returns "checkpoint" or "state
+    dict" (whose n_head nothing can check); a user error says what does not fit."""
+    config, where = model.config, f"{flag} {path}"
     if found is None:  # else: what torch.load read from `path` already
         found = _read_torch_file(path, flag, "weights file")
     if isinstance(found, dict) and "model" in found and "model_config" in found:  # train.py's
-        _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, f"{flag} {path}")
-        state, wpe, ours = dict(found["model"]), "transformer.wpe.weight", True
+        _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, where)
+        kind, state = "checkpoint", found["model"]
     elif isinstance(found, dict) and found and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                    for k, v in found.items()):
-        state = dict(found)
-        wpe = "transformer.wpe.weight" if "transformer.wpe.weight" in state else "wpe.weight"
-        lm_head = state.get("lm_head.weight")  # GPT's own state_dict saved alone has the padded rows
-        ours = isinstance(lm_head, torch.Tensor) and lm_head.dim() == 2 and lm_head.shape[0] == config.padded_vocab_size
-        _check_state_shape(state, wpe.replace("wpe", "wte"), config, f"{flag} {path}")
+        kind, state = "state dict", _unwrapped(found)
+        _check_state_shape(state, config, where)
     else:
-        raise UserError(f"{flag} {path}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")
-    rows = state[wpe].shape[0] if isinstance(state.get(wpe), torch.Tensor) and state[wpe].dim() == 2 else None
-    if rows is not None and rows < config.block_size:
-        raise UserError(f"{flag} {path}: {rows} positions, fewer than the block size {config.block_size} "
-                        f"here: pass --block-size {rows} (or less)")
-    if rows is not None and rows > config.block_size:  # nanoGPT's crop_block_size
-        state[wpe] = state[wpe][:config.block_size]
+        raise UserError(f"{where}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")
     try:
-        model.load_state_dict(state if ours else from_hf_state_dict(state, config))
-    except (ValueError, RuntimeError) as e:
+        state = {str(k): v for k, v in state.items()}
+        odd = next((k for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())), None)
+        if odd is not None:
+            raise ValueError(f"{odd} is not a floating-point tensor")
+        bad = next((k for k, v in state.items() if not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ValueError(f"{bad} holds NaN or infinite values")
+        rows = state_positions(state)
+        if rows is not None and rows < config.block_size:
+            raise UserError(f"{where}: {rows} positions, fewer than the block size {config.block_size} here" +
+                            (f": pass --block-size {rows} (or less)" if rows and flag == "--init-from" else ""))
+        wpe = "transformer.wpe.weight" if "transformer.wpe.weight" in state else "wpe.weight"
+        if rows is not None and rows > config.block_size:  # nanoGPT's crop_block_size
+            state[wpe] = state[wpe][:config.block_size]
+        wte = state.get("transformer.wte.weight")
+        if isinstance(wte, torch.Tensor) and wte.dim() == 2 and wte.shape[0] == config.padded_vocab_size:
+            lm_head = state.setdefault("lm_head.weight", wte)  # ours: the tied head may be left out
+            if not torch.equal(lm_head.to(wte.dtype), wte):
+                raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
+        else:
+            state = from_hf_state_dict(state, config)
+        model.load_state_dict(state)
+    except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
-        raise UserError(f"{flag} {path}: does not fit this run's model ({why}); --model and the shape flags set "
-                        "its shape (OpenAI's gpt2: --model gpt2)") from None
+        raise UserError(f"{where}: does not fit this model ({why})") from None
+    return kind
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -1084,7 +1124,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 stack.enter_context(hold_out_dir(out, notes))
             resume_path = resolve_resume(cfg)
             if rt.master:
-                check_out_contents(out, resume_path)
+                check_out_contents(out, resume_path, cfg.init_from)
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         run = {
@@ -1126,7 +1166,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         np.random.seed(cfg.seed)
         raw = GPT(model_config).to(rt.device)
         if cfg.init_from is not None and ckpt is None:  # resuming: the checkpoint's weights win
-            load_init_weights(raw, Path(cfg.init_from))
+            kind = load_init_weights(raw, Path(cfg.init_from))
+            preset_heads = GPTConfig.preset(cfg.model).n_head
+            if kind == "state dict" and model_config.n_head != preset_heads:
+                notes.append(f"--init-from {cfg.init_from}: a state dict does not record n_head; these weights are "
+                             f"read as {model_config.n_head} heads (--model {cfg.model} has {preset_heads}), right "
+                             "only if the model they come from had as many")
         if rt.rank:  # from here on each rank draws its own dropout masks (rank 0 goes on as it was)
             torch.manual_seed(cfg.seed + rt.rank)
         optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)

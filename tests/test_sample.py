@@ -88,6 +88,11 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     assert_user_error(invoke(str(tmp_path / "hf.bin"), *greedy), "checkpoint", "hf.bin: another model shape",
                       "use --model tiny")  # the default, gpt2, does not fit
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")
+    # fine-tuned with a cropped block size: built with the positions it has
+    hf = torch.load(tmp_path / "hf.bin", weights_only=True)
+    torch.save({**hf, "transformer.wpe.weight": hf["transformer.wpe.weight"][:16]}, tmp_path / "hf16.bin")
+    cropped = invoke(str(tmp_path / "hf16.bin"), "--model", "tiny", *greedy)
+    assert samples(cropped) == expected  # 6 + 3 prompt tokens fit in 16 positions
     noted = invoke(str(run), "--model", "gpt2", *greedy)
     assert samples(noted) == expected and "note: --model gpt2 has no effect" in noted.stderr
 

@@ -429,10 +429,20 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
     train.load_init_weights(model, tmp_path / "lmhead.bin")
     assert torch.equal(model.transformer.wpe.weight, hf["transformer.wpe.weight"][:8])
     assert torch.equal(model.transformer.h[1].attn.c_attn.weight, hf["transformer.h.1.attn.c_attn.weight"].t())
-    torch.save(model.state_dict(), tmp_path / "ours.pt")  # GPT's own state_dict, saved alone
-    again = GPT(GPTConfig.preset("tiny", block_size=8))
-    train.load_init_weights(again, tmp_path / "ours.pt")
-    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    # GPT's own state_dict saved alone: as it is, without its tied head, and as a DDP-wrapped
+    # compiled model names it
+    state = model.state_dict()
+    for name, saved in (("ours", state), ("headless", {k: v for k, v in state.items() if k != "lm_head.weight"}),
+                        ("wrapped", {f"module._orig_mod.{k}": v for k, v in state.items()})):
+        torch.save(saved, tmp_path / f"{name}.pt")
+        again = GPT(GPTConfig.preset("tiny", block_size=8))
+        assert train.load_init_weights(again, tmp_path / f"{name}.pt") == "state dict"
+        assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), state.values())), name
+    # n_head is in no state dict: a run that reads the weights as other heads is told
+    c = cfg(tmp_path, dataset, steps=1, n_head=4, init_from=str(tmp_path / "lmhead.bin"), out=str(tmp_path / "h4"))
+    train.train(c)
+    assert (f"note: --init-from {tmp_path / 'lmhead.bin'}: a state dict does not record n_head; these weights are "
+            "read as 4 heads (--model tiny has 2)") in capsys.readouterr().out
     # the flags a checkpoint of another shape asks for: its preset, or the preset's changes
     shakespeare = dataclasses.asdict(GPTConfig.preset("gpt2", n_layer=6, n_head=6, n_embd=384, block_size=256,
                                                       dropout=0.2))
@@ -749,6 +759,13 @@ def workdir(tmp_path_factory, dataset) -> Path:
     torch.save(hf, root / "hf.bin")
     torch.save({k: v for k, v in hf.items() if k != "transformer.h.1.mlp.c_proj.bias"}, root / "hf_short.bin")
     torch.save([1, 2, 3], root / "alist.pt")
+    weights = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)["model"]
+    torch.save({**damaged, "model": {**weights, "transformer.h.0.ln_1.weight": torch.zeros(3)}}, root / "badln.pt")
+    torch.save({**weights, "lm_head.weight": torch.zeros_like(weights["lm_head.weight"])}, root / "untied.pt")
+    torch.save({**weights, "transformer.h.1.mlp.c_fc.bias": torch.full((128,), math.nan)}, root / "nan.pt")
+    torch.save({**weights, "transformer.wpe.weight": weights["transformer.wpe.weight"].long()}, root / "ints.pt")
+    torch.save({**damaged, "model": {**weights, 7: torch.zeros(1)}}, root / "intkey.pt")
+    (root / "windowsdir" / "windows_rank0.jsonl").mkdir(parents=True)
     adam = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
     adam["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
     torch.save(adam, root / "badadam.pt")
@@ -807,11 +824,27 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "init from fewer positions": (["--init-from", "hf.bin", "--block-size", "128"], ".",
                                   "--init-from hf.bin: 64 positions, fewer than the block size 128 here: "
                                   "pass --block-size 64 (or less)"),
-    "init from a damaged checkpoint": (["--init-from", "damaged.pt"], ".",
-                                       "--init-from damaged.pt: does not fit this run's model (Error(s) in loading"),
+    "init from a damaged checkpoint": (["--init-from", "badln.pt"], ".",
+                                       "--init-from badln.pt: does not fit this model (Error(s) in loading",
+                                       "transformer.h.0.ln_1.weight"),
+    "init from untied weights": (["--init-from", "untied.pt"], ".", "--init-from untied.pt: does not fit this model "
+                                 "(lm_head.weight differs from the token embedding"),
+    "init from NaN weights": (["--init-from", "nan.pt"], ".",
+                              "--init-from nan.pt: does not fit this model (transformer.h.1.mlp.c_fc.bias holds NaN"),
+    "init from integer weights": (["--init-from", "ints.pt"], ".", "--init-from ints.pt: does not fit this model "
+                                  "(transformer.wpe.weight is not a floating-point tensor)"),
+
     "init from HF weights with a tensor missing": (["--init-from", "hf_short.bin"], ".",
-                                                   "--init-from hf_short.bin: does not fit this run's model (not a GPT-2 "
+                                                   "--init-from hf_short.bin: does not fit this model (not a GPT-2 "
                                                    "state dict for 2 layers: missing transformer.h.1.mlp.c_proj.bias)"),
+    "init from with a key that is no name": (["--init-from", "intkey.pt"], ".",
+                                             "--init-from intkey.pt: does not fit this model", "Unexpected key(s)"),
+    "init from into a used out": (["--init-from", "hf.bin", "--out", "run"], ".",
+                                  "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: move "
+                                  "run/ckpt_000002.pt and run/metrics.jsonl away, or choose another --out"),
+    "a windows log that is a directory": (["--out", "windowsdir", "--log-windows", ""], ".",
+                                          "--out windowsdir: windowsdir/windows_rank0.jsonl is not a file; "
+                                          "--log-windows writes under that name"),
     "init from something else": (["--init-from", "alist.pt"], ".", "--init-from alist.pt: neither a train.py "
                                                                      "checkpoint nor a GPT-2 state dict"),
     "init from garbage": (["--init-from", "garbage.pt"], ".", "--init-from garbage.pt: not a readable weights file"),
@@ -896,10 +929,11 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert snapshot(workdir) == before
 
 
-def test_an_empty_out_is_refused_not_taken_for_the_current_directory(tmp_path, dataset, monkeypatch):
+@pytest.mark.parametrize("flag, says", [("--out", "a directory"), ("--resume", "a file"), ("--init-from", "a file")])
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(tmp_path, dataset, monkeypatch, flag, says):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(train.main, ["--model", "tiny", "--data", str(dataset), "--out", ""])
-    assert_user_error(result, "--out must name a directory, got ''")
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--data", str(dataset), flag, ""])
+    assert_user_error(result, f"{flag} must name {says}, got ''")
     assert list(tmp_path.iterdir()) == []
 
 
