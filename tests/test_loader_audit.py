@@ -104,6 +104,9 @@ def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, mo
     ("repeat", ["problem: rank 1: batch 3 where 4 was due (repeated or out of order)", "read twice"]),
     ("token", ["problem: rank 0 batch 2: the tokens logged differ from the shards' at"]),
     ("rank", ["problem: no log of rank(s) 0 (1 of 2 missing): their windows cannot be checked"]),
+    ("twice now", ["problem: epoch 1: targets 769-800 read twice: by rank 0 batch 19 and rank 1 batch 19"]),
+    ("last target", ["problem: rank 1 batch 7: the tokens logged differ from the shards' at"]),
+    ("epoch back", ["problem: rank 0: batch 17 in epoch 0 after epoch 1"]),
     ("last rank", ["problem: no log of rank(s) 1 (1 of 2 missing): their windows cannot be checked"]),
 ])
 def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, words):
@@ -116,6 +119,12 @@ def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, wor
         records[1].insert(4, dict(records[1][3]))  # the same window twice
     elif damage == "token":
         records[0][2]["first_tokens"][1] += 1
+    elif damage == "twice now":  # in the epoch still running: rank 1's last window is rank 0's
+        records[1][19] = {**records[0][19], "rank": 1}
+    elif damage == "last target":
+        records[1][7]["last_target"] += 1
+    elif damage == "epoch back":
+        records[0][17]["epoch"] = 0
     for path, recs in zip(logs, records):
         rewrite(path, recs)
     if damage == "rank":
@@ -152,6 +161,29 @@ def test_an_epoch_with_all_its_steps_is_complete_and_a_window_past_its_slots_fai
     records[5]["start"] += 3  # off the step grid, too
     rewrite(log, records)
     assert "starts at 963, not a multiple of B*T = 32" in run(out).output
+    # off the grid by one, a window shares a single target with its neighbour: read twice
+    other = records[6]["start"]
+    records[5]["start"] = other + 31
+    rewrite(log, records)
+    assert f"problem: epoch 0: targets {other + 32:,}-{other + 32:,} read twice: by rank 0 batch 6 and rank 0 " \
+           "batch 5" in run(out).output
+
+
+def test_a_split_of_a_multiple_of_b_t_tokens_passes_with_its_last_step_unread(tmp_path):
+    """1,024 tokens at B*T = 32: E = (N-1) // 32 = 31, not 32 (the last window's +1 target
+    would be past the end), and a window one token short of its target is past the split."""
+    data = write_dataset(tmp_path / "d", positional_tokens(1024))
+    out = log_ranks(tmp_path / "out", data, world=1, batches=40)
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "epoch 0: complete, 31 steps x 1 rank(s): targets 1-992 each read exactly once" in result.output
+    assert "never read in any epoch: the last 31 token(s), positions 993-1,023" in result.output
+    log = out / "windows_rank0.jsonl"
+    records = lines(log)
+    records[39] = {**records[39], "start": 1024 - 32}  # needs tokens up to 1,024: one past the end
+    rewrite(log, records)
+    assert "problem: rank 0 batch 39: a window of 33 tokens at 992 runs past the split's 1,024 tokens" in \
+        run(out, "--data", data).output
 
 
 def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, data):
@@ -175,12 +207,13 @@ def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, da
     ("dir", [], ["windows_rank2.jsonl: not a file"]),
     ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
     ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
+    ("other rank", [], ["windows_rank0.jsonl:1: rank 1 in the log of rank 0"]),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank"):
+    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank", "other rank"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
@@ -191,6 +224,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             (out / "windows_rank2.jsonl").mkdir()
         elif setup == "binary":
             log.write_bytes(b"\xff\xfe\x00garbage\n")
+        elif setup == "other rank":
+            log.write_text((out / "windows_rank1.jsonl").read_text())
         elif setup == "rank":  # true is not a rank, though it equals 1 in Python
             rewrite(log, [{**r, "rank": True} for r in lines(log)])
         elif setup == "shape":
