@@ -97,11 +97,16 @@ def test_a_npy_with_a_malformed_header_is_an_error_naming_it(tmp_path, header):
         TokenLoader(tmp_path, B=1, T=2)
 
 
-def test_a_truncated_npy_and_a_bin_and_npy_of_one_index(tmp_path):
+def test_a_truncated_or_padded_npy_and_a_bin_and_npy_of_one_index(tmp_path):
     path = tmp_path / "x_train_000000.npy"
     np.save(path, tokens(100, 1))
     path.write_bytes(path.read_bytes()[:-2])
     with pytest.raises(ShardError, match=r"x_train_000000.npy: size \d+ bytes, but its .npy header's 100 tokens"):
+        TokenLoader(tmp_path, B=1, T=2)
+    np.save(path, tokens(100, 1))
+    path.write_bytes(path.read_bytes() + b"junk")  # trailing bytes: not the array np.save wrote
+    with pytest.raises(ShardError, match=r"x_train_000000.npy: size \d+ bytes, but its .npy header's 100 tokens "
+                                         r"need exactly \d+"):
         TokenLoader(tmp_path, B=1, T=2)
     np.save(path, tokens(100, 1))
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 2))

@@ -69,6 +69,7 @@ def test_a_round_trip_restores_every_tensor(model):
     for (name, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), name
     assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    assert back["lm_head.weight"] is back["transformer.wte.weight"]  # tied, as GPT's own state_dict has it
     assert torch.count_nonzero(back["transformer.wte.weight"][config.vocab_size:]) == 0
 
 
@@ -103,6 +104,9 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     deeper = GPTConfig(**{**vars(config), "n_layer": 3})
     with pytest.raises(ValueError, match=r"for 3 layers: missing transformer.h.2.attn.c_attn.bias \(and 11 more\)"):
         from_hf_state_dict(sd, deeper)
+    extra = {**sd, "transformer.h.0.attn.c_extra.weight": torch.zeros(config.n_embd)}
+    with pytest.raises(ValueError, match=r"for 2 layers: unknown transformer.h.0.attn.c_extra.weight$"):
+        from_hf_state_dict(extra, config)
     untied = {**sd, "lm_head.weight": sd["lm_head.weight"] + 1}
     with pytest.raises(ValueError, match="lm_head.weight differs"):
         from_hf_state_dict(untied, config)

@@ -145,6 +145,10 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "bad_meta": (lambda t: _with_meta_text(t, lambda m: "{not json"), [], [META_NAME, "not valid JSON"]),
     "bad_layout": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"splits": {"train": []}})), [],
                    [META_NAME, "splits.train"]),
+    "other_format_version": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"format_version": 2})), [],
+                             [META_NAME, "not a meta.json of format version 1"]),
+    "dotdot_listed": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"ds_train_000000.bin"', '".."')),
+                      [], [META_NAME, "train shard file '..' is not a plain file name"]),
     "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
     "other_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": 65536})), [],
                     [META_NAME, "vocab_size 65536: not 'gpt2' with 50257"]),
@@ -273,6 +277,38 @@ def test_verify_unlisted_shard_and_count_mismatch(dataset):
     assert len(bad) == 2, result.output
     assert any("ds_train_000002.bin: present but not listed in meta.json" in line for line in bad)
     assert any("ds_val_000000.bin: 700 tokens, but meta.json says 701" in line for line in bad)
+
+
+def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"]["train"]["tokens"] = 8_001  # its shards hold 5,000 + 3,000
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {dataset / META_NAME}: train tokens 8,001 != the sum over its shards"], result.output
+
+
+def test_verify_reads_a_listed_file_whatever_its_name(tmp_path):
+    """meta.json may list a file not named like a shard: verify checks it like any other."""
+    ds = make_dataset(tmp_path / "ds", {"train": [tokens(100)]})
+    meta = json.loads((ds / META_NAME).read_text())
+    (ds / "ds_train_000000.bin").rename(ds / "part-a.bin")
+    meta["splits"]["train"]["shards"][0]["file"] = "part-a.bin"
+    (ds / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, ds)
+    assert result.exit_code == 0, result.output
+    assert "verified 1 shard(s), 100 tokens" in result.output and "all OK" in result.output
+
+
+def test_verify_an_unreadable_meta_json_and_no_shards_is_a_failure_naming_it(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / META_NAME).write_text("{oops")
+    result = run(verify_command, tmp_path / "ds")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 1 and f"{tmp_path / 'ds' / META_NAME}: not valid JSON" in bad[0], result.output
+    assert "verify FAILED: 1 problem(s)" in result.output
 
 
 def test_verify_several_bad_shards_each_on_its_own_line(dataset):

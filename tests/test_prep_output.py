@@ -99,6 +99,23 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
 
 
+def test_an_old_dataset_left_aside_by_a_crash_is_kept_while_it_is_the_only_copy(tmp_path):
+    """Killed between --overwrite's two renames, a run leaves the old dataset only as
+    .<name>.old-<pid>: the next run must not delete it as stale while the target is absent."""
+    target = tmp_path / "ds"
+    aside = tmp_path / ".ds.old-999999999"  # no such process
+    aside.mkdir()
+    (aside / "meta.json").write_text("the only copy")
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        assert aside.is_dir()
+        (tmp / "meta.json").write_text("new")
+    assert (target / "meta.json").read_text() == "new"
+    assert (aside / "meta.json").read_text() == "the only copy"
+    with AtomicDirectory(target, overwrite=True) as tmp:  # the target exists now: stale, removed
+        (tmp / "meta.json").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch, capsys):
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:

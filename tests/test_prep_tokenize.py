@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from prep.meta import read_meta
 from prep.shards import file_sha256
-from prep.tokenize import TokenizeConfig, tokenize_command, tokenize_corpus
+from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +71,7 @@ def leftovers(parent: Path, name: str) -> list[str]:
 # --- exact tokens ---------------------------------------------------------------------------
 
 @needs_tiny
+@pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
 def test_tiny_shakespeare_exact_with_many_chunks_and_two_workers(tmp_path):
     out = tmp_path / "tiny"
     result = invoke(TINY, "--out", out, "--val-fraction", "0", "--workers", 2, "--chunk-size", 20_000,
@@ -120,6 +121,7 @@ def make_corpus(directory: Path, count: int, seed: int = 0) -> list[str]:
     return docs
 
 
+@pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
 def test_many_documents_val_is_whole_documents(tmp_path):
     docs = make_corpus(tmp_path / "corpus", 60)
     result = tokenize_corpus([str(tmp_path / "corpus")], tmp_path / "out", workers=2, chunk_chars=300,
@@ -147,6 +149,7 @@ def test_val_cap_and_tail_of_one_document(tmp_path):
     assert np.array_equal(stream(tmp_path / "out"), expected([text]))
 
 
+@pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
 def test_outputs_do_not_depend_on_workers_chunks_or_start_method(tmp_path):
     """Byte-identical shards and meta.json in-process, with fork and with spawn workers."""
     docs = make_corpus(tmp_path / "corpus", 25, seed=1)
@@ -259,6 +262,29 @@ def test_the_summary_counts_the_empty_documents_it_skipped(tmp_path):
     assert json.loads(result.output)["empty_skipped"] == 1
 
 
+def test_the_json_summary_and_meta_json_give_exact_figures(tmp_path):
+    """With a val split and a last document that is empty: every byte read is counted (the
+    empty document's too), only the empty document is skipped (val's are not), chars/token is
+    over the text's tokens (an EOT is no text), and meta.json keeps every setting."""
+    docs = [f"Document {i} says hello to the world." for i in range(20)] + [""]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    result = invoke(corpus, "--out", tmp_path / "out", "--val-fraction", 0.5, "--val-max-tokens", 60,
+                    "--shard-size", 1000, "--json")
+    assert result.exit_code == 0, result.output
+    summary, meta = json.loads(result.stdout), read_meta(tmp_path / "out")
+    assert meta["splits"]["val"]["documents"] > 1 and summary["tokens"]["val"] > 0
+    assert summary["documents"] == meta["totals"]["documents"] == 20 and summary["empty_skipped"] == 1
+    assert summary["bytes"] == meta["totals"]["bytes"] == corpus.stat().st_size
+    chars, text_tokens = sum(map(len, docs)), sum(len(ENC.encode_ordinary(d)) for d in docs)
+    assert summary["chars"] == meta["totals"]["chars"] == chars
+    assert summary["tokens"]["train"] + summary["tokens"]["val"] == text_tokens + 20
+    assert summary["chars_per_token"] == round(chars / text_tokens, 4)
+    assert meta["settings"] == {"shard_size": 1000, "val_fraction": 0.5, "val_max_tokens": 60, "field": "text",
+                                "errors": "strict", "val_rule": VAL_RULE,
+                                "documents": "EOT before each document; empty ones skipped"}
+
+
 def test_field_without_a_jsonl_input_is_refused(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     for inputs in ([tmp_path / "a.txt"], ["-"]):  # text files and stdin have no fields
@@ -353,6 +379,10 @@ def test_bad_options_and_config():
         TokenizeConfig(val_fraction=-0.1)
     with pytest.raises(ValueError, match="shard_size"):
         TokenizeConfig(shard_size=2**31)
+    with pytest.raises(ValueError, match="val_fraction"):
+        TokenizeConfig(val_fraction=1.0)  # val would be everything, train nothing
+    with pytest.raises(ValueError, match="val_max_tokens"):
+        TokenizeConfig(val_max_tokens=-1)
 
 
 def test_help_shows_every_option_with_a_default():

@@ -13,6 +13,8 @@ from prep.tokenizer import EOT, get_encoding
 from prep.workers import EncoderPool, encode_batch, encode_stream
 
 ENC = get_encoding()
+# A hang guard, not a speed check: results read from the wrong worker wait forever.
+pytestmark = pytest.mark.timeout(60)
 
 
 def batch(i: int) -> list[tuple[str, bool]]:

@@ -101,3 +101,20 @@ def test_a_tiny_temperature_samples_the_likeliest_token(run):
     """logits / 1e-40 overflowed to inf, and softmax of inf - inf is nan: a traceback."""
     greedy = samples(invoke(str(run), "--temperature", "0", "--max-new-tokens", "5"))
     assert samples(invoke(str(run), "--temperature", "1e-40", "--max-new-tokens", "5")) == greedy
+
+
+def test_top_k_zero_samples_among_all_tokens(run):
+    args = ["--prompt", "to be", "--max-new-tokens", "5", "--seed", "3"]
+    result = invoke(str(run), *args, "--top-k", "0")
+    assert "top-k off" in result.stderr
+    assert samples(result) == samples(invoke(str(run), *args, "--top-k", "50257"))  # all of them
+
+
+def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
+    """The EOT before the prompt takes one position: a prompt of block_size tokens is cut."""
+    prompt = "x" * 20
+    n = len(get_encoding().encode_ordinary(prompt))
+    assert sample.prompt_tokens(prompt, block_size=n + 1) == get_encoding().encode_ordinary(prompt)
+    assert capsys.readouterr().err == ""
+    sample.prompt_tokens(prompt, block_size=n)
+    assert f"note: the prompt is {n:,} tokens; the model sees the last {n:,} (its block size)" in capsys.readouterr().err
