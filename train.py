@@ -136,6 +136,7 @@ class TrainConfig:
     sample_tokens: int = 32
     out: str = "out"
     ckpt_every: int = 1000  # 0: no checkpoints; otherwise also at the last step
+    ckpt_minutes: float = 0.0  # also a checkpoint once this long has passed since the last one; 0: off
     keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
     init_from: str | None = None  # weights to start from (fine-tuning): a checkpoint or HF GPT-2 state dict
@@ -166,6 +167,8 @@ class TrainConfig:
                 raise ValueError(f"{flag} must name a file, got ''")
         if not self.weight_decay < math.inf:
             raise ValueError(f"--weight-decay must be finite, got {self.weight_decay}")
+        if not 0 <= self.ckpt_minutes < math.inf:
+            raise ValueError(f"--ckpt-minutes must be a number >= 0 (0: off), got {self.ckpt_minutes}")
         if math.isnan(self.grad_clip):
             raise ValueError("--grad-clip must be a number >= 0 (inf: no clipping), got nan")
         if self.seed > SEED_MAX:  # numpy's legacy seeding takes 32 bits
@@ -1410,15 +1413,17 @@ class StopRequest:
         return self.signal is not None
 
 
-def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool) -> tuple[bool, bool, bool]:
+def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bool = False) -> tuple[bool, bool, bool]:
     """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
-    them (where on) at the last step of --steps. A stop (a signal) only adds the checkpoint:
-    an extra evaluation or sample there would not be in the uninterrupted run, and a sample
-    would move the sampling RNG the checkpoint saves, so the resumed run's samples would
-    differ from it."""
+    them (where on) at the last step of --steps. A stop (a signal) and an `overdue`
+    --ckpt-minutes only add the checkpoint: an extra evaluation or sample there would not be
+    in the uninterrupted run, and a sample would move the sampling RNG the checkpoint saves,
+    so the resumed run's samples would differ from it."""
     last = step == cfg.steps
-    due = lambda every, extra=False: every > 0 and (step % every == 0 or last or extra)  # noqa: E731
-    return has_val and due(cfg.eval_every), due(cfg.sample_every), due(cfg.ckpt_every, stopping)
+    due = lambda every: every > 0 and (step % every == 0 or last)  # noqa: E731
+    checkpoints = cfg.ckpt_every > 0 or cfg.ckpt_minutes > 0
+    ckpt = checkpoints and (due(cfg.ckpt_every) or last or stopping or overdue)
+    return has_val and due(cfg.eval_every), due(cfg.sample_every), ckpt
 
 
 def train_loop(s: Session) -> dict:
@@ -1463,7 +1468,7 @@ def train_loop(s: Session) -> dict:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
                 metrics.write(json.dumps(record) + "\n")
-        started = t_last = time.perf_counter()
+        started = t_last = last_ckpt = time.perf_counter()
         for step in range(s.start_step + 1, cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
@@ -1481,17 +1486,22 @@ def train_loop(s: Session) -> dict:
             # sync: the logging point, the one sync of the steady state: losses and norms to the host
             losses = torch.stack([p[2] for p in pending]).float()
             norms = torch.stack([p[3] for p in pending]).float()  # equal on every rank
-            signalled = torch.full((1 if rt.ddp else 0,), float(stop.requested), device=rt.device)
-            if rt.ddp:  # one all-reduce: the losses' sum and how many ranks were signalled
-                summed = torch.cat([losses, signalled])
+            # --ckpt-minutes by rank 0's clock, so that the ranks agree (the checkpoint is a collective)
+            overdue = (cfg.ckpt_minutes > 0 and rt.master
+                       and time.perf_counter() - last_ckpt >= 60 * cfg.ckpt_minutes)
+            flags = torch.tensor([float(stop.requested), float(overdue)] if rt.ddp else [], device=rt.device)
+            if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
+                summed = torch.cat([losses, flags])
                 rt.all_reduce(summed)
-                losses, signalled = summed[:-1] / rt.world, summed[-1:]  # the global batch's mean loss
+                losses, flags = summed[:-2] / rt.world, summed[-2:]  # the global batch's mean loss
             n = len(pending)
-            values = torch.cat([losses, norms, signalled]).tolist()  # ONE device->host copy
+            values = torch.cat([losses, norms, flags]).tolist()  # ONE device->host copy
             losses_h, norms_h = values[:n], values[n:2 * n]
-            if rt.ddp and values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
-                stopping = final = True
-                do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None)
+            if rt.ddp:
+                overdue = values[2 * n + 1] > 0
+                if values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
+                    stopping = final = True
+            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None, overdue)
             dt = (time.perf_counter() - t_last) / len(pending)
             tokens_per_s = s.tokens_per_step / dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
@@ -1516,6 +1526,7 @@ def train_loop(s: Session) -> dict:
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:
                     _checkpoint(s, step, rng_ranks)
+                last_ckpt = time.perf_counter()
             pending.clear()
             t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
             if stopping:
@@ -1523,7 +1534,7 @@ def train_loop(s: Session) -> dict:
                     dist.barrier()
                 name = signal.Signals(stop.signal).name if stop.requested else "another rank's signal"
                 saved = (f"checkpoint {ckpt_path(out, step)} written; continue with --resume auto"
-                         if do_ckpt else "no checkpoint (--ckpt-every 0)")
+                         if do_ckpt else "no checkpoint (--ckpt-every 0, no --ckpt-minutes)")
                 say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
                 stopped = True
                 break
@@ -1704,6 +1715,9 @@ def bench_loop(s: Session) -> dict:
               help="Print a sample every N steps and at the end; 0: never.")
 @click.option("--sample-tokens", type=int, default=TrainConfig.sample_tokens, help="Tokens per sample.")
 @click.option("--out", default=TrainConfig.out, help="Directory for checkpoints and metrics.jsonl.")
+@click.option("--ckpt-minutes", type=float, default=TrainConfig.ckpt_minutes, show_default="0: off",
+              help="Also checkpoint once this many minutes have passed since the last checkpoint (checked at "
+                   "each logging point): what a crash can cost, bounded in time.")
 @click.option("--ckpt-every", type=int, default=TrainConfig.ckpt_every,
               help="Checkpoint every N steps and at the end; 0: never.")
 @click.option("--keep-ckpts", type=int, default=TrainConfig.keep_ckpts,

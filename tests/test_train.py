@@ -491,6 +491,35 @@ def test_keep_ckpts_keeps_the_newest(tmp_path, dataset):
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
 
 
+def test_ckpt_minutes_checkpoints_when_that_long_has_passed(tmp_path, dataset, monkeypatch):
+    """--ckpt-minutes: a checkpoint at the first logging point that long after the last one
+    (time.perf_counter advanced by hand: 40 s a step), besides --ckpt-every's and the last
+    step's; with --ckpt-every 0 it alone decides, and the resumed run is the same."""
+    clock = [1000.0]
+    real_step = train.train_step
+
+    def step_of_40_seconds(*args):
+        clock[0] += 40.0
+        return real_step(*args)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "train_step", step_of_40_seconds)
+    names = lambda out: sorted(p.name for p in out.glob("ckpt_*"))  # noqa: E731
+    train.train(cfg(tmp_path, dataset, steps=7, ckpt_every=0, ckpt_minutes=1.5, keep_ckpts=0, out=str(tmp_path / "a")))
+    # 40 s a step: 120 s >= 90 s after steps 3 and 6, then the last step
+    assert names(tmp_path / "a") == ["ckpt_000003.pt", "ckpt_000006.pt", "ckpt_000007.pt"]
+    train.train(cfg(tmp_path, dataset, steps=7, ckpt_every=2, ckpt_minutes=1.5, keep_ckpts=0, out=str(tmp_path / "b")))
+    # every 2 steps resets the clock too: 80 s never reaches 90 s
+    assert names(tmp_path / "b") == ["ckpt_000002.pt", "ckpt_000004.pt", "ckpt_000006.pt", "ckpt_000007.pt"]
+    (tmp_path / "a" / "ckpt_000007.pt").unlink()
+    train.train(cfg(tmp_path, dataset, steps=7, ckpt_every=0, ckpt_minutes=1.5, keep_ckpts=0, resume="auto",
+                    out=str(tmp_path / "a")))
+    assert [r["loss"] for r in metrics(tmp_path / "a")] == [r["loss"] for r in metrics(tmp_path / "b")]
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="--ckpt-minutes must be a number >= 0"):
+            train.TrainConfig(ckpt_minutes=bad)
+
+
 def _cli_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, str(REPO / "train.py"), "--model", "tiny", "--B", "2", "--T", "16",
             "--steps", str(steps), "--warmup-steps", "2", "--eval-every", "0", "--data", str(data),

@@ -87,6 +87,18 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
 
 
+def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
+    """--ckpt-minutes by rank 0's clock, shared in the logging point's all-reduce: every rank
+    joins each checkpoint's collective (a rank deciding alone would hang the others)."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*common(data, "timed", B), "--steps", "3", "--ckpt-every", "0", "--ckpt-minutes", "1e-9",
+            "--keep-ckpts", "0"]
+    run([*torchrun, str(REPO / "train.py"), *args], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "timed").glob("ckpt_*")) == [f"ckpt_{k:06d}.pt" for k in (1, 2, 3)]
+    assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
