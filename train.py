@@ -135,7 +135,7 @@ class TrainConfig:
     sample_every: int = 0  # 0: never; otherwise also at the last step
     sample_tokens: int = 32
     out: str = "out"
-    ckpt_every: int = 1000  # 0: no checkpoints; otherwise also at the last step
+    ckpt_every: int = 1000  # 0: none by step count; otherwise also at the last step
     ckpt_minutes: float = 0.0  # also a checkpoint once this long has passed since the last one; 0: off
     keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
@@ -473,8 +473,8 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
     damaged on one node, another dataset, an --out that is not shared. A rank that stopped
     alone would leave the others waiting in their first collective; ranks resuming from
     different steps, or reading different data, would train on a mix nobody asked for.
-    `facts` (the step this rank resumes from, its train and val split sizes) must be equal on
-    every rank. Every rank raises, each with its own reason.
+    `facts` (the step this rank resumes from, its train and val split sizes, the options that
+    say when the ranks meet in a collective) must be equal on every rank. Every rank raises, each with its own reason.
     """
     values = list(facts.values())
     # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
@@ -492,9 +492,9 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
               for (name, mine), high, low in zip(facts.items(), extremes[:n], extremes[n:]) if high != -low]
     if differ:
         raise UserError(
-            f"the ranks see different runs ({'; '.join(differ)}): every node needs the same dataset and, "
-            f"to resume, the same checkpoint (put --out on a filesystem all nodes share, or copy the "
-            f"checkpoint to the same path on each)"
+            f"the ranks see different runs ({'; '.join(differ)}): every node needs the same dataset and "
+            f"options and, to resume, the same checkpoint (put --out on a filesystem all nodes share, or "
+            f"copy the checkpoint to the same path on each)"
         )
 
 
@@ -1207,7 +1207,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         stack.callback(rt.close)
         agree_to_start(rt, failure, {"resume step": start_step,
                                      "train tokens": train_loader.num_tokens if failure is None else 0,
-                                     "val tokens": val_loader.num_tokens if failure is None and val_loader else 0})
+                                     "val tokens": val_loader.num_tokens if failure is None and val_loader else 0,
+                                     # when the ranks meet in a collective: options that differ hang them
+                                     "--steps": cfg.steps, "--log-every": cfg.log_every,
+                                     "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
+                                     "--ckpt-minutes given": int(cfg.ckpt_minutes > 0)})
     model: nn.Module = raw
     if rt.compile:
         model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
@@ -1489,7 +1493,10 @@ def train_loop(s: Session) -> dict:
             # --ckpt-minutes by rank 0's clock, so that the ranks agree (the checkpoint is a collective)
             overdue = (cfg.ckpt_minutes > 0 and rt.master
                        and time.perf_counter() - last_ckpt >= 60 * cfg.ckpt_minutes)
-            flags = torch.tensor([float(stop.requested), float(overdue)] if rt.ddp else [], device=rt.device)
+            flags = torch.zeros(2 if rt.ddp else 0, device=rt.device)  # filled on the device: no sync
+            if rt.ddp:
+                flags[0].fill_(float(stop.requested))
+                flags[1].fill_(float(overdue))
             if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
                 summed = torch.cat([losses, flags])
                 rt.all_reduce(summed)
@@ -1717,11 +1724,12 @@ def bench_loop(s: Session) -> dict:
 @click.option("--out", default=TrainConfig.out, help="Directory for checkpoints and metrics.jsonl.")
 @click.option("--ckpt-minutes", type=float, default=TrainConfig.ckpt_minutes, show_default="0: off",
               help="Also checkpoint once this many minutes have passed since the last checkpoint (checked at "
-                   "each logging point): what a crash can cost, bounded in time.")
+                   "each logging point), and at the end and on a stop: what a crash can cost, bounded in time.")
 @click.option("--ckpt-every", type=int, default=TrainConfig.ckpt_every,
-              help="Checkpoint every N steps and at the end; 0: never.")
+              help="Checkpoint every N steps and at the end; 0: none by step count (and none at all "
+                   "without --ckpt-minutes).")
 @click.option("--keep-ckpts", type=int, default=TrainConfig.keep_ckpts,
-              help="Newest checkpoints to keep; 0: all.")
+              help="Newest checkpoints to keep, whichever option wrote them; 0: all.")
 @click.option("--resume", default=None, show_default="none: start fresh",
               help="Checkpoint to continue from, or 'auto' for the newest in --out.")
 @click.option("--init-from", default=None, show_default="none: random initialisation",

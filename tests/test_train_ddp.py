@@ -87,14 +87,26 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
 
 
+SLOW_CLOCK = """
+import os, runpy, sys, time
+if os.environ["RANK"] == "1":  # rank 1's clock a billion times slower: never overdue by itself
+    real = time.perf_counter
+    time.perf_counter = lambda: real() * 1e-9
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
-    """--ckpt-minutes by rank 0's clock, shared in the logging point's all-reduce: every rank
-    joins each checkpoint's collective (a rank deciding alone would hang the others)."""
+    """--ckpt-minutes by rank 0's clock, shared in the logging point's all-reduce: rank 1,
+    whose own clock never says "overdue", joins each checkpoint's collective (a rank deciding
+    by its own clock would leave the other waiting there)."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "slow.py").write_text(SLOW_CLOCK)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "timed", B), "--steps", "3", "--ckpt-every", "0", "--ckpt-minutes", "1e-9",
             "--keep-ckpts", "0"]
-    run([*torchrun, str(REPO / "train.py"), *args], tmp_path)
+    run([*torchrun, str(tmp_path / "slow.py"), str(REPO / "train.py"), *args], tmp_path)
     assert sorted(p.name for p in (tmp_path / "timed").glob("ckpt_*")) == [f"ckpt_{k:06d}.pt" for k in (1, 2, 3)]
     assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
 
@@ -162,7 +174,7 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     torch.save(damaged, tmp_path / "damaged" / "ckpt_000004.pt")
     other_data = write_dataset(tmp_path / "d2", positional_tokens(3000))
     another = "rank 0 of 2: stopped because another rank failed its start-up checks"
-    differ = "the ranks see different runs ({}): every node needs the same dataset"
+    differ = "the ranks see different runs ({}): every node needs the same dataset and options"
     for outs, extra, node1, node0_says, node1_says in (
         (("shared", "empty"), resume, (), another, "--resume auto: no checkpoint (ckpt_<step>.pt) in empty/"),
         (("shared", "older"), resume, (), differ.format("resume step: 2 to 4, 4 on rank 0"),
@@ -172,6 +184,10 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         (("fresh0", "fresh1"), (), ("--data", str(other_data)),
          differ.format("train tokens: 3000 to 4000, 4000 on rank 0"),
          differ.format("train tokens: 3000 to 4000, 3000 on rank 1")),
+        # options that decide when the ranks meet in a collective: they would hang, not train
+        (("fresh2", "fresh3"), (), ("--ckpt-minutes", "5", "--log-every", "2"),
+         differ.format("--log-every: 1 to 2, 1 on rank 0; --ckpt-minutes given: 0 to 1, 0 on rank 0"),
+         differ.format("--log-every: 1 to 2, 2 on rank 1; --ckpt-minutes given: 0 to 1, 1 on rank 1")),
     ):
         (tmp_path / outs[1]).mkdir(exist_ok=True)
         results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
