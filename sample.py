@@ -2,8 +2,9 @@
 
 CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest checkpoint is
 taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights:
-`python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after an EOT, as every training document
-begins, and each sample is printed as the prompt plus what the model wrote, decoded. Sampling:
+`python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after
+an EOT, as every training document begins, and each sample is printed as the prompt plus what
+the model wrote, decoded. Sampling:
 temperature (0: always the likeliest token), top-k, a seed (the same seed, checkpoint and
 device give the same samples). bf16 autocast on CUDA where supported, as in training.
 """

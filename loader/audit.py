@@ -251,8 +251,8 @@ def check_epochs(logs: list[RankLog], report: Report, steps_per_epoch: int | Non
                                 f"{', '.join(f'rank {r}: {n:,}' for r, n in per_rank.items())})")
         if E is not None and taken != E:
             clean = False
-            report.problems.add("steps", f"epoch {epoch}: {taken:,} steps where an epoch has {E:,} "
-                                f"({'the data' if steps_per_epoch is not None else 'epoch ' + str(min(by_epoch))} says)")
+            source = "the data" if steps_per_epoch is not None else f"epoch {min(by_epoch)}"
+            report.problems.add("steps", f"epoch {epoch}: {taken:,} steps where an epoch has {E:,} ({source} says)")
         for lo, hi in _gaps(_covered(windows, step), 1, taken * world * step):
             clean = False
             report.problems.add("gap", f"epoch {epoch}: targets {lo:,}-{hi:,} never read")

@@ -194,7 +194,8 @@ def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, da
     assert result.exit_code == 0 and "note: windows_rank0.jsonl: the last line is incomplete" in result.output
     other = write_dataset(tmp_path / "other", random_tokens(1000, 9))
     result = run(out, "--data", other)
-    assert result.exit_code == 1 and f"--data {other}: 1,000 tokens; 5 of the 5 logged window(s) differ" in result.output
+    assert result.exit_code == 1
+    assert f"--data {other}: 1,000 tokens; 5 of the 5 logged window(s) differ" in result.output
 
 
 @pytest.mark.parametrize("setup, args, words", [

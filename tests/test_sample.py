@@ -117,4 +117,5 @@ def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
     assert sample.prompt_tokens(prompt, block_size=n + 1) == get_encoding().encode_ordinary(prompt)
     assert capsys.readouterr().err == ""
     sample.prompt_tokens(prompt, block_size=n)
-    assert f"note: the prompt is {n:,} tokens; the model sees the last {n:,} (its block size)" in capsys.readouterr().err
+    note = f"note: the prompt is {n:,} tokens; the model sees the last {n:,} (its block size)"
+    assert note in capsys.readouterr().err

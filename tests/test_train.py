@@ -878,7 +878,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                                                      "checkpoint nor a GPT-2 state dict"),
     "init from garbage": (["--init-from", "garbage.pt"], ".", "--init-from garbage.pt: not a readable weights file"),
     "init from a missing file": (["--init-from", "gone.pt"], ".", "--init-from gone.pt: no such weights file"),
-    "init from a directory": (["--init-from", "run"], ".", "--init-from run: is a directory; pass a checkpoint file in it"),
+    "init from a directory": (["--init-from", "run"], ".",
+                              "--init-from run: is a directory; pass a checkpoint file in it"),
     "init from with bench": (["--init-from", "hf.bin", "--bench", ""], ".", "--init-from has no effect with --bench"),
     "resume a directory": (["--resume", "run"], ".", "--resume run: is a directory; pass a checkpoint file in it, "
                                                      "or --resume auto with --out run"),
