@@ -30,7 +30,9 @@ def cfg(tmp_path: Path, data: Path, **overrides) -> train.TrainConfig:
 
 
 def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """The train losses of steps 1, 2, ... (a step-0 line, where validation is on, has none)."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows if row["step"] > 0]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,8 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
 def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnable, capsys):
     """The same seed and data under eager, compiled and CUDA-graph runs: bf16 losses agree to
     rounding while they fall fast, and validation and sampling work beside a CUDA-graph-compiled
-    model."""
-    runs = {}
+    model, the step-0 validation (compiled before the training step is) included."""
+    runs, first_val = {}, {}
     for compile_, mode in MODES:
         out = tmp_path / f"{compile_}-{mode}"
         summary = train.train(cfg(tmp_path, learnable, out=str(out), steps=8, eval_every=4, eval_steps=3,
@@ -85,7 +87,8 @@ def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnab
                                   lr=1e-2))
         text = capsys.readouterr().out
         assert f"compile: {'on (' + mode + ')' if compile_ else 'off'}" in text
-        assert "step 8 sample: " in text and "step 8: val loss" in text
+        assert "step 8 sample: " in text and "step 8: val loss" in text and "step 0: val loss" in text
+        first_val[(compile_, mode)] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["val_loss"]
         assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])
         known_peak = peak_flops(torch.cuda.get_device_name()) is not None
         assert (summary["mfu"] is not None) == known_peak
@@ -95,6 +98,7 @@ def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnab
     for key, run in runs.items():
         assert len(run) == 8 and all(math.isfinite(v) for v in run), key
         assert run == pytest.approx(eager, rel=2e-2), key
+        assert first_val[key] == pytest.approx(first_val[(False, "default")], rel=2e-2), key  # the same weights
 
 
 def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys):
