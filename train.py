@@ -71,6 +71,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
+    from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
@@ -841,7 +842,8 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         kind, state = "checkpoint", found["model"]
     elif isinstance(found, dict) and found and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                    for k, v in found.items()):
-        kind, state = "state dict", _unwrapped(found)
+        # HF's causal-mask buffers (bool or uint8 in older versions) are not weights: dropped
+        kind, state = "state dict", {k: v for k, v in _unwrapped(found).items() if not is_hf_mask_buffer(k)}
         _check_state_shape(state, config, where)
     else:
         raise UserError(f"{where}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")

@@ -25,7 +25,12 @@ from .config import GPTConfig
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # buffers some HF versions save with the weights (the causal mask): h.<i>.attn.bias and
 # h.<i>.attn.masked_bias, not parameters (attn.c_attn.bias is one)
-_HF_BUFFERS = (["attn", "bias"], ["attn", "masked_bias"])
+HF_MASK_BUFFERS = (["attn", "bias"], ["attn", "masked_bias"])
+
+
+def is_hf_mask_buffer(key: str) -> bool:
+    """Whether `key` names one of those causal-mask buffers (bool or uint8 in older versions)."""
+    return key.split(".")[-2:] in HF_MASK_BUFFERS
 _PREFIX = "transformer."
 
 
@@ -62,7 +67,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
     """
     state = {}
     for key, tensor in hf_state.items():
-        if key == "lm_head.weight" or key.split(".")[-2:] in _HF_BUFFERS:
+        if key == "lm_head.weight" or is_hf_mask_buffer(key):
             continue
         name = key if key.startswith(_PREFIX) else _PREFIX + key
         state[name] = tensor.t() if _is_conv1d(name) else tensor

@@ -411,7 +411,10 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
     val_then = metrics(tmp_path / "source")[-1]["val_loss"]
     ckpt = tmp_path / "source" / "ckpt_000003.pt"
     hf = to_hf_state_dict(torch.load(ckpt, weights_only=True)["model"], GPTConfig.preset("tiny"))
-    torch.save(hf, tmp_path / "lmhead.bin")  # GPT2LMHeadModel's keys
+    masks = {f"transformer.h.{i}.attn.{name}": value for i in range(2)  # as older transformers saved them
+             for name, value in (("bias", torch.ones(1, 1, 64, 64, dtype=torch.uint8)),
+                                 ("masked_bias", torch.tensor(-1e4)))}
+    torch.save({**hf, **masks}, tmp_path / "lmhead.bin")  # GPT2LMHeadModel's keys
     torch.save({k.removeprefix("transformer."): v for k, v in hf.items() if k != "lm_head.weight"},
                tmp_path / "model.bin")  # GPT2Model's: no prefix, no lm_head
     capsys.readouterr()
