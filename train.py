@@ -1170,7 +1170,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         raw = GPT(model_config).to(rt.device)
-        if cfg.init_from is not None and ckpt is None:  # resuming: the checkpoint's weights win
+        # Resuming: the checkpoint's weights win. Under torchrun rank 0 alone reads the file: DDP
+        # broadcasts rank 0's weights to every rank when it wraps the model, so the file is read
+        # once (gpt2-xl's is 6 GB) and need only be on rank 0's machine.
+        if cfg.init_from is not None and ckpt is None and rt.rank == 0:
             kind = load_init_weights(raw, Path(cfg.init_from))
             preset_heads = GPTConfig.preset(cfg.model).n_head
             if kind == "state dict" and model_config.n_head != preset_heads:

@@ -87,6 +87,39 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
 
 
+NO_FILE_ON_RANK_1 = """
+import os, runpy, sys, torch
+if os.environ["RANK"] == "1":  # as if the file were on rank 0's machine only
+    real = torch.load
+    def load(f, *args, **kwargs):
+        if str(f).endswith("init.pt"):
+            raise FileNotFoundError(f)
+        return real(f, *args, **kwargs)
+    torch.load = load
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_init_from_under_torchrun_is_read_by_rank_0_and_broadcast(tmp_path):
+    """--init-from: rank 1 never reads the file (here it could not), and starts from rank 0's
+    weights all the same: the step-0 val loss, averaged over both ranks' val windows, is the
+    one the source run measured on the same windows at its last step."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
+    source = [*common(data, "source", B), "--steps", "2", "--ckpt-every", "2", "--eval-every", "2",
+              "--eval-steps", "4", "--total-batch-size", str(B * T)]
+    run([sys.executable, str(REPO / "train.py"), *source], tmp_path)
+    shutil.copy(tmp_path / "source" / "ckpt_000002.pt", tmp_path / "init.pt")
+    (tmp_path / "spy.py").write_text(NO_FILE_ON_RANK_1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*common(data, "tuned", B), "--steps", "1", "--eval-every", "1", "--init-from", "init.pt"]
+    run([*torchrun, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], tmp_path)
+    rows = [[json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+            for out in ("source", "tuned")]
+    # 2 val batches of 2x16 per rank (windows 2k + r) = the source's 4 batches of 2x16
+    assert rows[1][0]["step"] == 0 and rows[1][0]["val_loss"] == pytest.approx(rows[0][-1]["val_loss"], rel=1e-5)
+
+
 SLOW_CLOCK = """
 import os, runpy, sys, time
 if os.environ["RANK"] == "1":  # rank 1's clock a billion times slower: never overdue by itself
