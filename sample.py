@@ -4,9 +4,9 @@ CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest
 taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights:
 `python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after
 an EOT, as every training document begins, and each sample is printed as the prompt plus what
-the model wrote, decoded. Sampling:
-temperature (0: always the likeliest token), top-k, a seed (the same seed, checkpoint and
-device give the same samples). bf16 autocast on CUDA where supported, as in training.
+the model wrote, decoded. Sampling: temperature (0: always the likeliest token), top-k, a seed
+(the same seed, checkpoint and device give the same samples). bf16 autocast on CUDA where
+supported, as in training.
 """
 
 from __future__ import annotations
@@ -40,24 +40,25 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
     `preset` (default gpt2: n_head is not in the weights)."""
     found = train._read_torch_file(path, "checkpoint")
-    if not (isinstance(found, dict) and "model" in found and "model_config" in found):
+    if not train.is_checkpoint(found):
+        name = preset or "gpt2"
         try:
-            config = GPTConfig.preset(preset or "gpt2")
+            config = GPTConfig.preset(name)
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
         rows = train.state_positions(found) if isinstance(found, dict) else None
         if rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
-            config = GPTConfig.preset(preset or "gpt2", block_size=rows)
+            config = GPTConfig.preset(name, block_size=rows)
         model = GPT(config)
         train.load_init_weights(model, path, "checkpoint", found)
-        return model.to(rt.device).eval(), f"--model {preset or 'gpt2'} weights"
+        return model.to(rt.device).eval(), f"--model {name} weights"
     ckpt = train.check_checkpoint(found, path, "checkpoint")
     if preset is not None:
         click.echo(f"note: --model {preset} has no effect: the checkpoint holds its model's shape", err=True)
     try:
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that does not fit
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
     return model.to(rt.device).eval(), f"step {ckpt['step']}"

@@ -18,9 +18,9 @@ metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a k
 logged after it are not counted twice.
 
 metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
-val_loss when validation is on, the other values null): step, tokens (trained on through that step, all ranks),
-epoch (passes over the train split so far), loss (mean over ranks), val_loss (null unless
-evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
+val_loss when validation is on, the other values null): step, tokens (trained on through
+that step, all ranks), epoch (passes over the train split so far), loss (mean over ranks),
+val_loss (null unless evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
 CUDA, once the host runs ahead of the GPU (--log-every > 1), that includes waiting for the GPU
 to finish copying out of a ring buffer before it is refilled: back-pressure, not data cost).
@@ -353,18 +353,19 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
+    logs = sorted(out.glob("windows_rank*.jsonl"))  # --log-windows logs (none where out is missing)
     if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
         odd = sorted(p.name for p in out.iterdir() if CKPT_RE.match(p.name) and not p.is_file())
         if odd:
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
-        logs = sorted(p.name for p in out.glob("windows_rank*.jsonl") if not p.is_file())
-        if logs:
-            raise UserError(f"--out {out}: {out / logs[0]} is not a file; --log-windows writes under that name")
+        odd = [p for p in logs if not p.is_file()]
+        if odd:
+            raise UserError(f"--out {out}: {odd[0]} is not a file; --log-windows writes under that name")
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
     # --log-windows logs of an earlier run: a fresh run's would empty them
-    theirs += sorted(p.name for p in out.glob("windows_rank*.jsonl") if p.is_file() and p.stat().st_size)
+    theirs += [p.name for p in logs if p.is_file() and p.stat().st_size]
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
@@ -475,7 +476,8 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
     alone would leave the others waiting in their first collective; ranks resuming from
     different steps, or reading different data, would train on a mix nobody asked for.
     `facts` (the step this rank resumes from, its train and val split sizes, the options that
-    say when the ranks meet in a collective) must be equal on every rank. Every rank raises, each with its own reason.
+    say when the ranks meet in a collective) must be equal on every rank. Every rank raises,
+    each with its own reason.
     """
     values = list(facts.values())
     # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
@@ -619,9 +621,9 @@ def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     def logged() -> tuple[torch.Tensor, torch.Tensor]:
         batch = loader.step
         x, y = feed()
-        record = {"batch": batch, "rank": loader.rank, "world": loader.world, "epoch": batch // loader.steps_per_epoch,
-                  "start": loader.window_start(batch), "T": loader.T, "first_tokens": x[:, 0].tolist(),
-                  "last_target": int(y[-1, -1])}
+        record = {"batch": batch, "rank": loader.rank, "world": loader.world,
+                  "epoch": batch // loader.steps_per_epoch, "start": loader.window_start(batch), "T": loader.T,
+                  "first_tokens": x[:, 0].tolist(), "last_target": int(y[-1, -1])}
         log.write(json.dumps(record) + "\n")  # sync: audit only
         return x, y
 
@@ -775,8 +777,8 @@ def _shape_flags(config: dict) -> str:
         if all(preset.get(k) == v for k, v in shape.items()):
             return f"--model {name}"
     base = dataclasses.asdict(GPTConfig.preset("gpt2"))
-    flags = [f"--{_flag(k)} {v}" for k in ("n_layer", "n_head", "n_embd", "block_size")
-             if k in shape and shape[k] != base[k] for v in (shape[k],)]
+    flags = [f"--{_flag(k)} {shape[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size")
+             if k in shape and shape[k] != base[k]]
     return " ".join(["--model gpt2", *flags])
 
 
@@ -797,7 +799,7 @@ def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
 def _check_state_shape(state: dict, config: GPTConfig, where: str) -> None:
     """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
     the preset that has these says it); what else does not fit, loading says."""
-    wte = state.get("transformer.wte.weight", state.get("wte.weight"))
+    wte = state.get(_key(state, "wte.weight"))
     layers = {int(m[1]) for k in state if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
     there = {"n_layer": max(layers) + 1 if layers else None,
              "n_embd": wte.shape[1] if isinstance(wte, torch.Tensor) and wte.dim() == 2 else None}
@@ -807,6 +809,24 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str) -> None:
         match = [n for n in GPTConfig.presets() if all(getattr(GPTConfig.preset(n), k) == v for k, v in there.items())]
         hint = f"use --model {match[0]} {SHAPE_ONLY}" if match else "set --model and the shape flags to its shape"
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
+
+
+def _key(state: dict, name: str) -> str:
+    """`name`'s key in a GPT-2 state dict: "transformer."-prefixed (ours, GPT2LMHeadModel's)
+    where that is there, else bare (GPT2Model's)."""
+    return f"transformer.{name}" if f"transformer.{name}" in state else name
+
+
+def _positions(state: dict) -> int | None:
+    """The rows of an unwrapped state dict's position table, or None if it has none."""
+    wpe = state.get(_key(state, "wpe.weight"))
+    return wpe.shape[0] if isinstance(wpe, torch.Tensor) and wpe.dim() == 2 else None
+
+
+def is_checkpoint(found: object) -> bool:
+    """Whether what torch.load read looks like a train.py checkpoint (check_checkpoint says
+    whether it is a whole one), not a bare state dict."""
+    return isinstance(found, dict) and "model" in found and "model_config" in found
 
 
 def _unwrapped(state: dict) -> dict:
@@ -821,9 +841,7 @@ def _unwrapped(state: dict) -> dict:
 
 def state_positions(state: dict) -> int | None:
     """The rows of a GPT-2 state dict's position table (ours or HF's), or None if it has none."""
-    state = _unwrapped(state)
-    wpe = state.get("transformer.wpe.weight", state.get("wpe.weight"))
-    return wpe.shape[0] if isinstance(wpe, torch.Tensor) and wpe.dim() == 2 else None
+    return _positions(_unwrapped(state))
 
 
 def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None) -> str:
@@ -837,7 +855,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
     config, where = model.config, f"{flag} {path}"
     if found is None:  # else: what torch.load read from `path` already
         found = _read_torch_file(path, flag, "weights file")
-    if isinstance(found, dict) and "model" in found and "model_config" in found:  # train.py's
+    if is_checkpoint(found):
         _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, where)
         kind, state = "checkpoint", found["model"]
     elif isinstance(found, dict) and found and all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -855,12 +873,12 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         bad = next((k for k, v in state.items() if not torch.isfinite(v).all()), None)
         if bad is not None:
             raise ValueError(f"{bad} holds NaN or infinite values")
-        rows = state_positions(state)
+        rows = _positions(state)
         if rows is not None and rows < config.block_size:
             raise UserError(f"{where}: {rows} positions, fewer than the block size {config.block_size} here" +
                             (f": pass --block-size {rows} (or less)" if rows and flag == "--init-from" else ""))
-        wpe = "transformer.wpe.weight" if "transformer.wpe.weight" in state else "wpe.weight"
         if rows is not None and rows > config.block_size:  # nanoGPT's crop_block_size
+            wpe = _key(state, "wpe.weight")
             state[wpe] = state[wpe][:config.block_size]
         wte = state.get("transformer.wte.weight")
         if isinstance(wte, torch.Tensor) and wte.dim() == 2 and wte.shape[0] == config.padded_vocab_size:
@@ -1499,10 +1517,9 @@ def train_loop(s: Session) -> dict:
             overdue = (cfg.ckpt_minutes > 0 and rt.master
                        and time.perf_counter() - last_ckpt >= 60 * cfg.ckpt_minutes)
             flags = torch.zeros(2 if rt.ddp else 0, device=rt.device)  # filled on the device: no sync
-            if rt.ddp:
+            if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
                 flags[0].fill_(float(stop.requested))
                 flags[1].fill_(float(overdue))
-            if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
                 summed = torch.cat([losses, flags])
                 rt.all_reduce(summed)
                 losses, flags = summed[:-2] / rt.world, summed[-2:]  # the global batch's mean loss
@@ -1522,7 +1539,7 @@ def train_loop(s: Session) -> dict:
                 # tokens: trained on through step k, all ranks; epoch: passes over the train
                 # split so far (the loader's steps / steps per epoch)
                 row = (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss, val_loss if k == step else None,
-                          k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu, 1000 * wait)
+                       k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu, 1000 * wait)
                 record = dict(zip(METRICS_FIELDS, row, strict=True))
                 history.append(tokens_per_s)
                 if metrics is not None:
@@ -1686,7 +1703,8 @@ def bench_loop(s: Session) -> dict:
 @click.option("--T", "T", type=int, default=TrainConfig.T,
               help="Tokens per sequence (at most the model's block size).")
 @click.option("--data", default=None, show_default="the one dataset under ./data",
-              help="Dataset directory (meta.json or <name>_train[_<index>].bin or .npy shards), a shard glob, or one shard.")
+              help="Dataset directory (meta.json or <name>_train[_<index>].bin or .npy shards), a shard glob, "
+                   "or one shard.")
 @click.option("--val-data", default=None, show_default="--data's val split, if it is a directory",
               help="Validation shards from elsewhere: a glob, one shard, or a directory's val split.")
 @click.option("--model", default=TrainConfig.model,

@@ -37,6 +37,7 @@ import numpy as np
 
 from loader.errors import LoaderError
 from loader.stream import TokenStream, resolve_shards
+from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.shards import ShardError
 
@@ -200,11 +201,11 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
     return not absent
 
 
-def check_epochs(logs: list[RankLog], report: Report, steps_per_epoch: int | None, all_ranks: bool = True) -> None:
+def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, all_ranks: bool = True) -> None:
     """No target twice within an epoch, windows on step boundaries and within the epoch's
     slots; an epoch that is over reads exactly positions 1..E*B*T*W in E steps per rank
     (unless some rank's log is missing: then what it read is unknown, `all_ranks` False).
-    `steps_per_epoch`: E from the data, or None (then the earlier epochs' steps say it)."""
+    `data_steps`: E from the data, or None (then the earlier epochs' steps say it)."""
     B, T, world = logs[0].B, logs[0].T, logs[0].world
     step = B * T
     by_epoch: dict[int, list[Window]] = defaultdict(list)
@@ -214,7 +215,7 @@ def check_epochs(logs: list[RankLog], report: Report, steps_per_epoch: int | Non
             by_epoch[w.epoch].append(w)
             steps[w.epoch][w.rank] += 1
     last = max(by_epoch)
-    E = steps_per_epoch
+    E = data_steps
     if E is None and last > min(by_epoch):  # an earlier epoch is over: it says E
         E = max(steps[min(by_epoch)].values())
     for epoch in sorted(by_epoch):
@@ -251,7 +252,7 @@ def check_epochs(logs: list[RankLog], report: Report, steps_per_epoch: int | Non
                                 f"{', '.join(f'rank {r}: {n:,}' for r, n in per_rank.items())})")
         if E is not None and taken != E:
             clean = False
-            source = "the data" if steps_per_epoch is not None else f"epoch {min(by_epoch)}"
+            source = "the data" if data_steps is not None else f"epoch {min(by_epoch)}"
             report.problems.add("steps", f"epoch {epoch}: {taken:,} steps where an epoch has {E:,} ({source} says)")
         for lo, hi in _gaps(_covered(windows, step), 1, taken * world * step):
             clean = False
@@ -314,7 +315,7 @@ def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Re
     report.lines.append(f"--data {data}: {N:,} tokens; " + (
         f"{differ:,} of the {total:,} logged window(s) differ from the shards" if differ
         else f"the {total:,} logged window(s) match the shards' tokens"))
-    read = (N - 1) // (B * T * world) * B * T * world  # positions 0 .. read, in every epoch
+    read = steps_per_epoch(N, B, T, world) * B * T * world  # positions 0 .. read, in every epoch
     unread = "nothing" if read == N - 1 else f"the last {N - 1 - read:,} token(s), positions {read + 1:,}-{N - 1:,}"
     report.lines.append(f"never read in any epoch: {unread} (less than one step of {B}x{T} x {world} rank(s))")
 
@@ -331,7 +332,7 @@ def audit(out: Path, data: str | None = None) -> Report:
     stream = open_data(data) if data is not None else None
     try:
         all_ranks = check_numbering(logs, report.problems)
-        E = None if stream is None else (stream.num_tokens - 1) // (B * T * world)
+        E = None if stream is None else steps_per_epoch(stream.num_tokens, B, T, world)
         check_epochs(logs, report, E, all_ranks)
         if stream is not None:
             check_tokens(logs, data, stream, report)

@@ -31,6 +31,8 @@ HF_MASK_BUFFERS = (["attn", "bias"], ["attn", "masked_bias"])
 def is_hf_mask_buffer(key: str) -> bool:
     """Whether `key` names one of those causal-mask buffers (bool or uint8 in older versions)."""
     return key.split(".")[-2:] in HF_MASK_BUFFERS
+
+
 _PREFIX = "transformer."
 
 
