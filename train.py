@@ -1495,8 +1495,12 @@ def train_loop(s: Session) -> dict:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
                 metrics.write(json.dumps(record) + "\n")
+            if stop.requested and not rt.ddp:  # a signal during it: no step to finish or save
+                say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
+                    "no checkpoint written")
+                stopped = True
         started = t_last = last_ckpt = time.perf_counter()
-        for step in range(s.start_step + 1, cfg.steps + 1):
+        for step in range(s.start_step + 1, 0 if stopped else cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
             pending.append((step, lr, loss, grad_norm, feed.take()))
@@ -1567,12 +1571,12 @@ def train_loop(s: Session) -> dict:
                 say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
                 stopped = True
                 break
-    summary = summarize(s, history, record, time.perf_counter() - started)
-    summary["interrupted"] = stopped or (stop.requested and not rt.ddp)  # ranks exit alike
+    summary = summarize(s, history, record, time.perf_counter() - started,
+                        interrupted=stopped or (stop.requested and not rt.ddp))  # ranks exit alike
     return summary
 
 
-def summarize(s: Session, history: list[float], last: dict, total_s: float) -> dict:
+def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False) -> dict:
     """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out)."""
     cfg, rt = s.cfg, s.rt
     steady = history[WARMUP_SKIP:] if len(history) > WARMUP_SKIP else history
@@ -1584,11 +1588,12 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float) -> d
     summary = {
         "steps": len(history), "first_step": s.start_step + 1, "last_step": s.start_step + len(history),
         "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
-        "mfu": run_mfu, "total_s": total_s,
+        "mfu": run_mfu, "total_s": total_s, "interrupted": interrupted,
     }
     if rt.master:
-        if not history:
-            click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train")
+        if not history:  # a stop before step 1 has said so already
+            if not interrupted:
+                click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train")
             return summary
         mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""

@@ -592,6 +592,27 @@ def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
+def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dataset, monkeypatch, capsys):
+    """No step is under way: the run trains none and writes no checkpoint (a step-0 one would
+    only skip the step-0 evaluation on --resume), and it exits as an interrupted run."""
+    real_evaluate = train.evaluate
+
+    def interrupted_evaluate(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
+    summary = train.train(cfg(tmp_path, dataset, steps=5, eval_every=2, ckpt_every=1, quiet=False))
+    out = capsys.readouterr().out
+    assert summary["interrupted"] and summary["steps"] == 0
+    assert "SIGINT: stopped before step 1; nothing trained, no checkpoint written\n" in out
+    assert "done:" not in out
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [0]  # its val loss is kept
+    assert train.list_checkpoints(tmp_path / "out") == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, signum):
