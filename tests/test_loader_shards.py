@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from loader import LoaderError, TokenLoader, TokenRangeError
+from loader.cursor import epoch_permutation
 from prep.shards import ShardError, shard_name, write_shard
 
 
@@ -358,3 +359,57 @@ def test_a_broken_link_or_a_folder_with_a_shards_name_is_an_error_not_skipped(tm
     (tmp_path / "x_train_000001.bin").mkdir()
     with pytest.raises(ShardError, match=r"x_train_000001.bin: is a directory, not a shard"):
         TokenLoader(tmp_path, B=1, T=2)
+
+
+def test_a_split_of_more_than_2_to_the_32_tokens_is_read_at_its_true_offsets(tmp_path):
+    """FineWeb-10B scale: three sparse shards of 2**31 - 1 tokens each (6.4e9 in all, 12 GB
+    on paper, a few KB on disk). Offsets past 2**31 and 2**32, windows that cross a shard
+    boundary, shuffled slots and an epoch's last window all land where the cursor says."""
+    n = 2**31 - 1
+    marks = {}  # stream position -> token; every other token of the sparse files reads as 0
+    for i in range(3):
+        path = tmp_path / shard_name("big", "train", i)
+        llmc_shard(path, [], count=n)  # the header alone
+        with open(path, "r+b") as f:
+            f.truncate(1024 + 2 * n)
+            if i == 0 and path.stat().st_blocks * 512 > 2**20:
+                path.unlink()
+                pytest.skip("this file system writes sparse files out in full")
+            for offset, values in ((0, [100 + i, 200 + i, 300 + i]), (n - 3, [400 + i, 500 + i, 600 + i])):
+                f.seek(1024 + 2 * offset)
+                f.write(np.array(values, dtype="<u2").tobytes())
+                marks.update({i * n + offset + j: v for j, v in enumerate(values)})
+
+    def expected(start: int, length: int) -> np.ndarray:
+        out = np.zeros(length, dtype=np.uint16)
+        for position, token in marks.items():
+            if start <= position < start + length:
+                out[position - start] = token
+        return out
+
+    B, T, W = 4, 32, 8
+    for shuffle in (False, True):
+        loaders = [TokenLoader(tmp_path, B=B, T=T, rank=r, world=W, shuffle=shuffle, seed=5, prefetch=0)
+                   for r in range(W)]
+        E = loaders[0].steps_per_epoch
+        assert loaders[0].num_tokens == 3 * n and E == (3 * n - 1) // (B * T * W)
+        # the windows holding the end of shard 1 and the start of shard 2 (past 2**32)
+        boundary_slot, _ = divmod(2 * n - 3, B * T * W)
+        steps = [0, E - 1, E, 2 * E - 1]  # the first and last steps of epochs 0 and 1
+        if shuffle:
+            steps += [int(np.flatnonzero(epoch_permutation(5, 1, E) == boundary_slot)[0]) + E]
+        else:
+            steps += [boundary_slot]
+        for step in steps:
+            slot = int(epoch_permutation(5, step // E, E)[step % E]) if shuffle else step % E
+            for rank, loader in enumerate(loaders):
+                loader.load_state_dict({**loader.state_dict(), "step": step, "epoch": step // E})
+                start = loader.window_start(step)
+                assert start == (slot * W + rank) * B * T
+                window = loader.next_window().numpy()
+                np.testing.assert_array_equal(window, expected(start, B * T + 1), err_msg=f"{step=} {rank=}")
+                assert start % (B * T) == 0 and start + B * T + 1 <= 3 * n
+        crossing = [loader.window_start(steps[-1]) for loader in loaders]
+        assert any(s < 2 * n <= s + B * T for s in crossing)  # one window does cross it
+        for loader in loaders:
+            loader.close()
