@@ -530,8 +530,8 @@ Feed = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over accum_steps micro-batches from `feed`; no host<->device sync.
 
-    Returns (mean loss, gradient norm before clipping) as device tensors: the caller .item()s
-    them at its one logging point. `feed` returns (x, y) on the device: the loader's
+    Returns (mean loss, gradient norm before clipping) as device tensors: the caller reads
+    them back at a logging point (Readback). `feed` returns (x, y) on the device: the loader's
     next_batch in training, a fixed batch in --bench's synthetic half.
     """
     for group in parts.optimizer.param_groups:
@@ -586,6 +586,30 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6
         return nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+class Readback:
+    """Device values (a logging point's losses, norms and flags) on their way to the host.
+
+    On CUDA: a non_blocking copy into pinned memory and an event recorded after it, so making
+    one never waits; get() waits for the event, which the training loop calls a logging point
+    later, when the device has long finished those steps and the next are queued behind
+    them. Elsewhere the tensor is kept as it is and read by get().
+    """
+
+    def __init__(self, values: torch.Tensor):
+        self.event = None
+        self.values = values
+        if values.is_cuda:
+            self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.values.copy_(values, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def get(self) -> list:
+        if self.event is not None:
+            self.event.synchronize()  # sync: the logging point's one wait, a point late
+        return self.values.tolist()
 
 
 class TimedFeed:
@@ -1403,7 +1427,8 @@ class StopRequest:
     because torchrun passes the signal it gets on to every rank (a Ctrl-C reaches each rank
     twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13).
     The ranks agree on the step to stop at through a flag that rides on the logging point's
-    all-reduce, so they stop at the next multiple of --log-every.
+    all-reduce and is read back at the next logging point: they stop there, within two
+    multiples of --log-every.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -1420,7 +1445,7 @@ class StopRequest:
         if not self.persistent:
             signal.signal(signum, self._previous[signum])
         if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
-            when = "at the next logging point" if self.persistent else "after the step under way"
+            when = "within two logging points" if self.persistent else "after the step under way"
             again = "" if self.persistent else ", a second one stops at once"
             with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
                 os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
@@ -1499,58 +1524,97 @@ def train_loop(s: Session) -> dict:
                 say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
                     "no checkpoint written")
                 stopped = True
+        has_val = s.val_loader is not None
+        # logging points whose values are still on their way to the host (readback order)
+        inflight: collections.deque[tuple[list, float, Readback]] = collections.deque()
+
+        def finish(val_loss: float | None = None) -> tuple[bool, bool]:
+            """Read back the oldest logging point in flight: its steps' metrics lines (the val
+            loss goes with its last step) and the bar. Returns the flags the ranks shared there
+            (under torchrun): (a rank was signalled, rank 0 found a checkpoint overdue)."""
+            nonlocal record
+            steps, dt, readback = inflight.popleft()
+            values = readback.get()
+            n = len(steps)
+            tokens_per_s = s.tokens_per_step / dt
+            step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
+            for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n]):
+                # tokens: trained on through step k, all ranks; epoch: passes over the train
+                # split so far (the loader's steps / steps per epoch)
+                row = (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss,
+                       val_loss if k == steps[-1][0] else None, k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu,
+                       1000 * wait)
+                record = dict(zip(METRICS_FIELDS, row, strict=True))
+                history.append(tokens_per_s)
+                if metrics is not None:
+                    metrics.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                            refresh=False)
+            bar.update(n)
+            flags = values[2 * n:]
+            return bool(flags) and flags[0] > 0, bool(flags) and flags[1] > 0
+
+        def flush() -> None:
+            """A run ended by an error (bad data, a second Ctrl-C) still logs the steps it made."""
+            with contextlib.suppress(Exception):  # a device that failed cannot give them back
+                while inflight:
+                    finish()
+
+        files.callback(flush)  # runs before the metrics file and the bar close
         started = t_last = last_ckpt = time.perf_counter()
         for step in range(s.start_step + 1, 0 if stopped else cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
             pending.append((step, lr, loss, grad_norm, feed.take()))
             # One process stops at the step where it sees the signal; under torchrun the ranks
-            # learn of each other's signals at the next regular logging point, below.
+            # learn of each other's signals through the logging points' all-reduce, below.
             stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
-            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None)
+            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, has_val)
             # The first WARMUP_SKIP steps (compilation) are logging points of their own: a step's
             # time is its logging window's mean, and the summary leaves those steps out.
             warming_up = step <= s.start_step + WARMUP_SKIP
             if not (final or do_eval or do_sample or do_ckpt or warming_up or step % cfg.log_every == 0):
                 continue
-            # sync: the logging point, the one sync of the steady state: losses and norms to the host
+            # The logging point: its steps' losses and norms leave for the host without a wait
+            # (Readback); the host reads them at the next logging point, by when the device has
+            # finished them, so the steady state never waits for the device.
             losses = torch.stack([p[2] for p in pending]).float()
             norms = torch.stack([p[3] for p in pending]).float()  # equal on every rank
             # --ckpt-minutes by rank 0's clock, so that the ranks agree (the checkpoint is a collective)
             overdue = (cfg.ckpt_minutes > 0 and rt.master
                        and time.perf_counter() - last_ckpt >= 60 * cfg.ckpt_minutes)
-            flags = torch.zeros(2 if rt.ddp else 0, device=rt.device)  # filled on the device: no sync
             if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
+                flags = torch.zeros(2, device=rt.device)  # filled on the device: no sync
                 flags[0].fill_(float(stop.requested))
                 flags[1].fill_(float(overdue))
                 summed = torch.cat([losses, flags])
                 rt.all_reduce(summed)
                 losses, flags = summed[:-2] / rt.world, summed[-2:]  # the global batch's mean loss
-            n = len(pending)
-            values = torch.cat([losses, norms, flags]).tolist()  # ONE device->host copy
-            losses_h, norms_h = values[:n], values[n:2 * n]
-            if rt.ddp:
-                overdue = values[2 * n + 1] > 0
-                if values[2 * n] > 0:  # a rank was signalled: every rank stops after this step
-                    stopping = final = True
-            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, s.val_loader is not None, overdue)
-            dt = (time.perf_counter() - t_last) / len(pending)
-            tokens_per_s = s.tokens_per_step / dt
-            step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
+                overdue = False  # the ranks act on the shared flag when it is read back
+                values = torch.cat([losses, norms, flags])
+            else:
+                values = torch.cat([losses, norms])
+            now = time.perf_counter()
+            inflight.append(([(k, k_lr, wait) for k, k_lr, _, _, wait in pending], (now - t_last) / len(pending),
+                             Readback(values)))
+            pending.clear()
+            t_last = now
+            signalled = False
+            while len(inflight) > 1:  # the earlier points: one point late, the device has done them
+                flag_stop, flag_ckpt = finish()
+                signalled, overdue = signalled or flag_stop, overdue or flag_ckpt
+            if signalled:  # under torchrun: a rank was signalled, every rank stops after this step
+                stopping = final = True
+            do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, has_val, overdue)
+            if not (final or do_eval or do_sample or do_ckpt):
+                continue  # this point stays in flight
+            # an evaluation, a sample, a checkpoint or the end: this point is read back now
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt) if do_eval else None
-            for (k, k_lr, _, _, wait), k_loss, k_norm in zip(pending, losses_h, norms_h):
-                # tokens: trained on through step k, all ranks; epoch: passes over the train
-                # split so far (the loader's steps / steps per epoch)
-                row = (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss, val_loss if k == step else None,
-                       k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu, 1000 * wait)
-                record = dict(zip(METRICS_FIELDS, row, strict=True))
-                history.append(tokens_per_s)
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{losses_h[-1]:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                            refresh=False)
-            bar.update(len(pending))
+            flag_stop, flag_ckpt = finish(val_loss)
+            if flag_stop or flag_ckpt:  # shared at this very point: acted on here, alike on every rank
+                stopping = stopping or flag_stop
+                do_ckpt = _due(cfg, step, stopping, has_val, overdue or flag_ckpt)[2]
             if val_loss is not None:
                 say(f"step {step}: val loss {val_loss:.4f}")
             if do_sample and rt.master:
@@ -1560,7 +1624,6 @@ def train_loop(s: Session) -> dict:
                 if rt.master:
                     _checkpoint(s, step, rng_ranks)
                 last_ckpt = time.perf_counter()
-            pending.clear()
             t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
             if stopping:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint

@@ -122,6 +122,36 @@ def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
     assert dt[4] == dt[5] == dt[6] == dt[7] and dt[8] == dt[9]
 
 
+def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluating_or_saving(
+        tmp_path, dataset, monkeypatch):
+    """The host reads a logging point's values (train.Readback) at the next logging point, when
+    the following step is already queued behind it, so the steady state never waits for the
+    device; a point where the run evaluates, checkpoints or ends is read at once, after all
+    earlier ones. --log-every 1: point k is step k."""
+    made, read_after = [], {}  # point -> the train_step calls made when it was read
+    calls = [0]
+    real_step, real_get = train.train_step, train.Readback.get
+
+    def counted_step(*args):
+        calls[0] += 1
+        return real_step(*args)
+
+    def get(self):
+        read_after[made.index(self) + 1] = calls[0]
+        assert list(read_after) == sorted(read_after)  # in order
+        return real_get(self)
+
+    monkeypatch.setattr(train, "train_step", counted_step)
+    monkeypatch.setattr(train.Readback, "get", get)
+    monkeypatch.setattr(train.Readback, "__init__",
+                        lambda self, values: (made.append(self), setattr(self, "values", values),
+                                              setattr(self, "event", None))[0])
+    train.train(cfg(tmp_path, dataset, steps=10, eval_every=6, ckpt_every=8, keep_ckpts=0))
+    acting = {6, 8, 10}  # evaluation, checkpoint, the end
+    assert read_after == {k: k if k in acting else k + 1 for k in range(1, 11)}
+    assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(11))  # 0: the untrained model's val loss
+
+
 def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):
     """2 micro-batches of 2x16 read the rows one batch of 4x16 reads: the same mean loss and the
     same gradient (not their sum, nor the last micro-batch's alone), so the same training."""

@@ -75,6 +75,30 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips
 
 
+def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp_path, dataset, monkeypatch):
+    """Steps 5-11 of train() itself, --log-every 1, in sync-debug "error" mode: each logging
+    point's values leave by a pinned non_blocking copy and are read a point later after an
+    event (train.Readback), so neither the steps nor the logging points sync."""
+    real_step, calls = train.train_step, [0]
+
+    def step(*args):
+        calls[0] += 1
+        if calls[0] == 5:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        elif calls[0] == 12:  # the last step's point is read at once, and the run ends
+            torch.cuda.set_sync_debug_mode("default")
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step)
+    try:
+        train.train(cfg(tmp_path, dataset, steps=12, ckpt_every=0, compile=True, compile_mode="reduce-overhead"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert calls[0] == 12 and len(losses(tmp_path / "out")) == 12
+    assert all(math.isfinite(v) for v in losses(tmp_path / "out"))
+
+
 def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnable, capsys):
     """The same seed and data under eager, compiled and CUDA-graph runs: bf16 losses agree to
     rounding while they fall fast, and validation and sampling work beside a CUDA-graph-compiled

@@ -133,14 +133,17 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
     """--ckpt-minutes by rank 0's clock, shared in the logging point's all-reduce: rank 1,
     whose own clock never says "overdue", joins each checkpoint's collective (a rank deciding
-    by its own clock would leave the other waiting there)."""
+    by its own clock would leave the other waiting there). The ranks read a logging point's
+    flags back at the next one: step 1's "overdue" is acted on at step 2, which, checkpointing,
+    reads its own point at once (its "overdue" is met by that same checkpoint); step 3's is
+    read at step 4."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "slow.py").write_text(SLOW_CLOCK)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    args = [*common(data, "timed", B), "--steps", "3", "--ckpt-every", "0", "--ckpt-minutes", "1e-9",
+    args = [*common(data, "timed", B), "--steps", "4", "--ckpt-every", "0", "--ckpt-minutes", "1e-9",
             "--keep-ckpts", "0"]
     run([*torchrun, str(tmp_path / "slow.py"), str(REPO / "train.py"), *args], tmp_path)
-    assert sorted(p.name for p in (tmp_path / "timed").glob("ckpt_*")) == [f"ckpt_{k:06d}.pt" for k in (1, 2, 3)]
+    assert sorted(p.name for p in (tmp_path / "timed").glob("ckpt_*")) == [f"ckpt_{k:06d}.pt" for k in (2, 4)]
     assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
 
 
