@@ -69,7 +69,8 @@ def _writing_stdout(error: OSError) -> bool:
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is
-    a standard output that cannot be written (`> /dev/full`), instead of a traceback."""
+    a standard output that cannot be written (`> /dev/full`), instead of a traceback. A Ctrl-C
+    that the command leaves alone is one line and exit 130, not "Aborted!" and exit 1."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with usage_as_user_error(ctx):
@@ -86,7 +87,11 @@ class _OneLineUsage:
             sys.exit(UserError.exit_code)
 
     def invoke(self, ctx: click.Context):
-        result = super().invoke(ctx)
+        try:
+            result = super().invoke(ctx)
+        except KeyboardInterrupt:  # Ctrl-C: click would say "Aborted!" and exit 1
+            click.echo(f"{ctx.command_path}: interrupted", err=True)
+            sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
         try:
             sys.stdout.flush()  # inside main(): a failing output is reported there
         except OSError as e:

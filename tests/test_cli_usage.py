@@ -114,3 +114,19 @@ def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_p
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stdout, stderr) == (130, "", "")
+
+
+def test_a_ctrl_c_the_command_leaves_alone_is_one_line_and_exit_130():
+    """sample.py, prep bench, loader.audit: not "Aborted!" and exit 1 (click's), nor a traceback."""
+    import click
+
+    from prep.errors import UserCommand
+
+    @click.command("slow", cls=UserCommand)
+    def slow():
+        click.echo("working")
+        raise KeyboardInterrupt
+
+    result = CliRunner().invoke(slow, [], prog_name="slow")
+    assert result.exit_code == 130 and result.stdout == "working\n"
+    assert result.stderr == "slow: interrupted\n"
