@@ -955,17 +955,22 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
-def resolve_resume(cfg: TrainConfig) -> Path | None:
+def resolve_resume(cfg: TrainConfig, notes: list[str]) -> Path | None:
+    """The checkpoint to resume from. --resume auto: the newest in --out, or None (a fresh
+    start, with a note) where --out holds no run yet, so that one command serves a job's first
+    start and every restart; an --out whose run wrote metrics but no checkpoint is refused."""
     if cfg.resume is None:
         return None
     if cfg.resume == "auto":
         found = list_checkpoints(Path(cfg.out))
         if not found:
             metrics = Path(cfg.out) / METRICS_NAME
-            start = (f"its {METRICS_NAME} is from a run that wrote none (--ckpt-every 0, or stopped before its "
-                     f"first): move {metrics} away and run without --resume to start again" if metrics.exists()
-                     else "run without --resume to start")
-            raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; {start}")
+            if not (metrics.is_file() and metrics.stat().st_size):
+                notes.append(f"--resume auto: no checkpoint in {cfg.out}/ yet: starting fresh")
+                return None
+            raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; its {METRICS_NAME} is "
+                            f"from a run that wrote none (--ckpt-every 0, or stopped before its first): move "
+                            f"{metrics} away and run without --resume to start again")
         return found[-1][1]
     return Path(cfg.resume)
 
@@ -1169,7 +1174,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             check_out_dir(out)
             if rt.master:  # the one rank that writes there
                 stack.enter_context(hold_out_dir(out, notes))
-            resume_path = resolve_resume(cfg)
+            resume_path = resolve_resume(cfg, notes)
             if rt.master:
                 check_out_contents(out, resume_path, cfg.init_from)
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
@@ -1822,7 +1827,8 @@ def bench_loop(s: Session) -> dict:
 @click.option("--keep-ckpts", type=int, default=TrainConfig.keep_ckpts,
               help="Newest checkpoints to keep, whichever option wrote them; 0: all.")
 @click.option("--resume", default=None, show_default="none: start fresh",
-              help="Checkpoint to continue from, or 'auto' for the newest in --out.")
+              help="Checkpoint to continue from, or 'auto' for the newest in --out (a fresh start where --out "
+                   "holds no run yet: one command for a job's first start and its restarts).")
 @click.option("--init-from", default=None, show_default="none: random initialisation",
               help="Start from these weights (fine-tuning; optimizer, step and data start afresh): a train.py "
                    "checkpoint, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's gpt2: --model "
@@ -1849,9 +1855,11 @@ def main(compile_: bool | None, **options) -> None:
         raise UserError(str(e)) from None
     try:
         summary = train(cfg)
-    except KeyboardInterrupt:  # a second Ctrl-C: click would say "Aborted!" and exit 1
-        click.echo("interrupted: stopped at once; --resume auto continues from the last checkpoint written",
-                   err=True)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
+        found = [] if cfg.bench else list_checkpoints(Path(cfg.out))
+        then = (f"--resume auto continues from the last checkpoint written ({found[-1][1]})" if found
+                else "no checkpoint was written")
+        click.echo(f"interrupted: stopped at once; {then}", err=True)
         sys.exit(130)
     if summary.get("interrupted"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C

@@ -490,6 +490,19 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
             "--resume") in capsys.readouterr().out
 
 
+def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_every_restart(
+        tmp_path, dataset, capsys):
+    """A preemptible job's script: the same command first starts the run (with a note), then
+    continues it from its newest checkpoint, and the result is the straight run's."""
+    again = cfg(tmp_path, dataset, steps=4, ckpt_every=2, resume="auto", quiet=False)
+    train.train(dataclasses.replace(again, steps=2))  # "preempted" after step 2
+    assert f"note: --resume auto: no checkpoint in {tmp_path / 'out'}/ yet: starting fresh" in capsys.readouterr().out
+    train.train(again)
+    assert "at step 2" in capsys.readouterr().out
+    straight = metrics_of(cfg(tmp_path, dataset, steps=4, out=str(tmp_path / "straight")))
+    assert [r["loss"] for r in metrics(tmp_path / "out")] == [r["loss"] for r in straight]
+
+
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
@@ -597,9 +610,17 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "train", interrupted)
-    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o")])
+    out = tmp_path / "o"
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out)])
     assert result.exit_code == 130 and "Aborted" not in result.output
-    assert result.stderr == "interrupted: stopped at once; --resume auto continues from the last checkpoint written\n"
+    # stopped while starting, or before its first checkpoint: --resume auto would find nothing
+    assert result.stderr == "interrupted: stopped at once; no checkpoint was written\n"
+    out.mkdir()
+    for step in (2, 4):
+        (out / f"ckpt_{step:06d}.pt").write_bytes(b"")
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out)])
+    assert result.stderr == ("interrupted: stopped at once; --resume auto continues from the last checkpoint "
+                             f"written ({out / 'ckpt_000004.pt'})\n")
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
@@ -947,8 +968,6 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                                 "metrics.jsonl is from a run that wrote none (--ckpt-every 0, or "
                                                 "stopped before its first): move metricsonly/metrics.jsonl away and "
                                                 "run without --resume"),
-    "resume auto without checkpoints": (["--resume", "auto", "--out", "fresh"], ".",
-                                        "--resume auto: no checkpoint (ckpt_<step>.pt) in fresh/"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
