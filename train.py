@@ -783,7 +783,10 @@ def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
 def check_checkpoint(ckpt: object, path: Path, flag: str) -> dict:
     """`ckpt` (as read from `path`) if it is a whole train.py checkpoint; a user error if not."""
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
-        raise UserError(f"{flag} {path}: not a train.py checkpoint (format {CKPT_FORMAT})")
+        weights = (isinstance(ckpt, dict) and bool(ckpt) and flag == "--resume"
+                   and all(isinstance(v, torch.Tensor) for v in ckpt.values()))
+        raise UserError(f"{flag} {path}: not a train.py checkpoint (one holds the model, optimizer, loader and "
+                        f"RNG states{'; this file holds weights alone: start from them with --init-from' if weights else ''})")
     shapes = {"step": int, "model": dict, "optimizer": dict, "loader": dict, "model_config": dict,
               "train_config": dict, "run": dict, "rng": dict}
     bad = [k for k, kind in shapes.items() if not isinstance(ckpt[k], kind) or isinstance(ckpt[k], bool)]
@@ -820,9 +823,10 @@ def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
                         f"use {_shape_flags(theirs)} {SHAPE_ONLY}")
 
 
-def _check_state_shape(state: dict, config: GPTConfig, where: str) -> None:
+def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: bool) -> None:
     """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
-    the preset that has these says it); what else does not fit, loading says."""
+    the preset that has these says it); what else does not fit, loading says. `shape_flags`:
+    the command has --n-layer and friends (train.py), and the hint names them."""
     wte = state.get(_key(state, "wte.weight"))
     layers = {int(m[1]) for k in state if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
     there = {"n_layer": max(layers) + 1 if layers else None,
@@ -831,7 +835,10 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str) -> None:
               if v is not None and v != getattr(config, k)]
     if differ:
         match = [n for n in GPTConfig.presets() if all(getattr(GPTConfig.preset(n), k) == v for k, v in there.items())]
-        hint = f"use --model {match[0]} {SHAPE_ONLY}" if match else "set --model and the shape flags to its shape"
+        if match:
+            hint = f"use --model {match[0]}" + (f" {SHAPE_ONLY}" if shape_flags else "")
+        else:
+            hint = "set --model and the shape flags to its shape" if shape_flags else "no --model preset has its shape"
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
@@ -886,7 +893,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
                                                    for k, v in found.items()):
         # HF's causal-mask buffers (bool or uint8 in older versions) are not weights: dropped
         kind, state = "state dict", {k: v for k, v in _unwrapped(found).items() if not is_hf_mask_buffer(k)}
-        _check_state_shape(state, config, where)
+        _check_state_shape(state, config, where, shape_flags=flag == "--init-from")
     else:
         raise UserError(f"{where}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")
     try:

@@ -67,17 +67,22 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
     say) or a tensor is missing or unknown; n_head cannot be read off the shapes, so it comes
     from `config`.
     """
-    state = {}
+    state, named = {}, {}  # our name -> the caller's (GPT2Model's have no prefix), for errors
     for key, tensor in hf_state.items():
         if key == "lm_head.weight" or is_hf_mask_buffer(key):
             continue
         name = key if key.startswith(_PREFIX) else _PREFIX + key
-        state[name] = tensor.t() if _is_conv1d(name) else tensor
+        state[name], named[name] = (tensor.t() if _is_conv1d(name) else tensor), key
+    bare = bool(named) and not any(key.startswith(_PREFIX) for key in named.values())
+
+    def theirs(name: str) -> str:  # a tensor's name as the caller spells it
+        return named.get(name, name.removeprefix(_PREFIX) if bare else name)
+
     wte_key = _PREFIX + "wte.weight"
     wte = state.get(wte_key)
     if wte is None or wte.dim() != 2 or wte.shape[0] != config.vocab_size:
         shape = None if wte is None else tuple(wte.shape)
-        raise ValueError(f"{wte_key}: expected {config.vocab_size} rows, got shape {shape}")
+        raise ValueError(f"{theirs(wte_key)}: expected {config.vocab_size} rows, got shape {shape}")
     lm_head = hf_state.get("lm_head.weight")
     if lm_head is not None and not torch.equal(lm_head, wte):
         raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
@@ -87,7 +92,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
     unknown = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state) - {"lm_head.weight"})
     if unknown or missing:
-        names = [f"unknown {key}" for key in unknown] + [f"missing {key}" for key in missing]
+        names = [f"unknown {theirs(key)}" for key in unknown] + [f"missing {theirs(key)}" for key in missing]
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
         raise ValueError(f"not a GPT-2 state dict for {config.n_layer} layers: {names[0]}{more}")
     for key, tensor in state.items():
@@ -96,8 +101,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
             given, needed = hf_layout(tuple(tensor.shape)), hf_layout(expected[key])
             if key == wte_key:
                 given, needed = (config.vocab_size, given[1]), (config.vocab_size, needed[1])
-            raise ValueError(f"{key}: shape {given}, where this config (n_embd {config.n_embd}, "
-                             f"block_size {config.block_size}) has {needed}")
+            raise ValueError(f"{theirs(key)}: shape {given}, where this config (n_embd "
+                             f"{config.n_embd}, block_size {config.block_size}) has {needed}")
     state = {key: tensor.contiguous().clone() for key, tensor in state.items()}
     state["lm_head.weight"] = state[wte_key]  # tied, as GPT's own state_dict has it
     return state

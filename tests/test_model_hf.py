@@ -107,6 +107,15 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     extra = {**sd, "transformer.h.0.attn.c_extra.weight": torch.zeros(config.n_embd)}
     with pytest.raises(ValueError, match=r"for 2 layers: unknown transformer.h.0.attn.c_extra.weight$"):
         from_hf_state_dict(extra, config)
+    # GPT2Model's names have no "transformer." prefix: the errors name the tensors as given
+    bare = {k.removeprefix("transformer."): v for k, v in extra.items() if k != "lm_head.weight"}
+    with pytest.raises(ValueError, match=r"for 2 layers: unknown h.0.attn.c_extra.weight$"):
+        from_hf_state_dict(bare, config)
+    with pytest.raises(ValueError, match=r"for 3 layers: unknown h.0.attn.c_extra.weight \(and 12 more\)"):
+        from_hf_state_dict(bare, deeper)
+    del bare["h.0.attn.c_extra.weight"]
+    with pytest.raises(ValueError, match=r"for 3 layers: missing h.2.attn.c_attn.bias \(and 11 more\)"):
+        from_hf_state_dict(bare, deeper)
     untied = {**sd, "lm_head.weight": sd["lm_head.weight"] + 1}
     with pytest.raises(ValueError, match="lm_head.weight differs"):
         from_hf_state_dict(untied, config)

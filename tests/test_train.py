@@ -913,6 +913,9 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
     "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
     "resume a missing file": (["--resume", "gone.pt"], ".", "--resume gone.pt: no such checkpoint"),
+    "resume bare weights": (["--resume", "hf.bin"], ".", "--resume hf.bin: not a train.py checkpoint (one holds the "
+                            "model, optimizer, loader and RNG states; this file holds weights alone: start from "
+                            "them with --init-from)"),
     "resume below newer checkpoints": (["--resume", "newer/ckpt_000002.pt", "--out", "newer"], ".",
                                        "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
                                        "newer/ckpt_000002.pt"),
