@@ -1412,21 +1412,22 @@ def _rng_states(s: Session) -> list[dict] | None:
 def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
     out = Path(s.cfg.out)
     path = ckpt_path(out, step)
-    save_checkpoint(path, {
-        "format": CKPT_FORMAT,
-        "step": step,
-        "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
-        "optimizer": s.parts.optimizer.state_dict(),
-        "loader": s.train_loader.state_dict(),
-        "model_config": dataclasses.asdict(s.model_config),
-        "train_config": dataclasses.asdict(s.cfg),
-        "run": s.run,
-        "rng": rng_state(s.rt, s.generator),
-        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-    })
-    if s.cfg.keep_ckpts:
-        for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
-            old.unlink(missing_ok=True)
+    with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
+        save_checkpoint(path, {
+            "format": CKPT_FORMAT,
+            "step": step,
+            "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
+            "optimizer": s.parts.optimizer.state_dict(),
+            "loader": s.train_loader.state_dict(),
+            "model_config": dataclasses.asdict(s.model_config),
+            "train_config": dataclasses.asdict(s.cfg),
+            "run": s.run,
+            "rng": rng_state(s.rt, s.generator),
+            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+        })
+        if s.cfg.keep_ckpts:
+            for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
+                old.unlink(missing_ok=True)
     return path
 
 

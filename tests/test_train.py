@@ -532,9 +532,26 @@ def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its
                               f"pass --steps 7 or more")
 
 
-def test_keep_ckpts_keeps_the_newest(tmp_path, dataset):
+def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
     train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
+    # two Ctrl-C while step 3's checkpoint is written: the run stops at once when the write is
+    # done, and after --keep-ckpts has pruned, not before
+    real_save, saves = torch.save, []
+
+    def interrupted_save(obj, f):
+        saves.append(obj["step"])
+        if obj["step"] == 3:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2, out=str(tmp_path / "cut")))
+    assert saves == [1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "cut").glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000003.pt"]
 
 
 def test_ckpt_minutes_checkpoints_when_that_long_has_passed(tmp_path, dataset, monkeypatch):
