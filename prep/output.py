@@ -179,8 +179,21 @@ def _remove_stale(target: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
+def _relation_to_cwd(target: Path) -> str | None:
+    """"is" or "contains" when the existing directory `target` is the working directory or one
+    above it (symbolic links resolved), else None. The install renames the target aside and the
+    new dataset in: the shell that ran us would be left in a deleted directory."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:  # the working directory is gone already: nothing left to protect
+        return None
+    resolved = target.resolve()
+    return "is" if resolved == cwd else "contains" if resolved in cwd.parents else None
+
+
 def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse an existing dataset without `overwrite`, and anything that is not a dataset.
+    """Refuse an existing dataset without `overwrite`, anything that is not a dataset, and the
+    directory the user is in (or one above it).
 
     Runs before the work and again just before the install (AtomicDirectory), so a directory
     that appeared meanwhile (another run into the same place) is not replaced either."""
@@ -190,6 +203,9 @@ def check_target(target: Path, overwrite: bool) -> None:
         return
     if not target.is_dir():
         raise OutputError(f"{target}: exists and is not a directory")
+    if (relation := _relation_to_cwd(target)) is not None:  # said first: --overwrite would not help
+        raise OutputError(f"{target}: {relation} the directory you are in, which the new dataset would "
+                          f"replace; give a subdirectory instead (e.g. --out {target / 'data'})")
     entries = list(target.iterdir())
     if not entries:
         return

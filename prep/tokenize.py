@@ -22,7 +22,8 @@ Atomic output. Shards and meta.json (last) are built in `.<dir>.tmp-<pid>` besid
 which is renamed into place only when complete; on failure it is removed, and after a
 SIGKILL it stays under that name, which nothing reads as a dataset (a later run removes it).
 An existing target needs `overwrite`: the old one is renamed aside, the new one renamed in,
-then the old one deleted.
+then the old one deleted. The working directory, or one above it, is never a target: the
+shell that ran us would be left in a deleted directory.
 """
 
 from __future__ import annotations

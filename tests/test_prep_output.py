@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import tempfile
 import time
@@ -192,6 +193,28 @@ def test_check_target(tmp_path):
     for overwrite in (True, False):  # said first: --overwrite would not help
         with pytest.raises(OutputError, match="not a dataset directory .*, with or without --overwrite"):
             check_target(tmp_path / "ds", overwrite=overwrite)
+
+
+def test_the_working_directory_and_those_above_it_are_refused(tmp_path, monkeypatch):
+    """Installing over the directory the user is in (or one above it) renamed it away: the
+    shell was left in a deleted directory. Refused for an empty directory, a dataset with
+    --overwrite, and through a symbolic link."""
+    here = tmp_path / "ds" / "sub"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    (tmp_path / "link").symlink_to(here)
+    for target, relation in [(Path("."), "is"), (here, "is"), (tmp_path / "link", "is"),
+                             (Path(".."), "contains"), (tmp_path, "contains")]:
+        for overwrite in (True, False):
+            with pytest.raises(OutputError, match=rf"^{re.escape(str(target))}: {relation} the directory "
+                                                  rf"you are in, .*give a subdirectory instead"):
+                check_target(target, overwrite=overwrite)
+    (here / "sub_train_000000.bin").write_bytes(b"")  # a dataset, and --overwrite: still refused
+    with pytest.raises(OutputError, match="is the directory you are in"):
+        check_target(Path("."), overwrite=True)
+    check_target(Path("data"), overwrite=False)  # a subdirectory of it is fine
+    (here / "data").mkdir()
+    check_target(Path("data"), overwrite=False)
 
 
 def test_a_folder_named_like_a_shard_is_not_part_of_a_dataset(tmp_path):

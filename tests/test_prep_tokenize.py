@@ -220,6 +220,22 @@ def test_overwrite_refuses_a_directory_that_is_not_a_dataset(tmp_path):
     assert (tmp_path / "home" / "precious.doc").read_text() == "keep me"
 
 
+@pytest.mark.skipif(os.name != "posix", reason="needs symlinks")
+@pytest.mark.parametrize("out, overwrite", [(".", False), (".", True), ("..", True), ("../link", False)])
+def test_out_is_never_the_directory_you_are_in(tmp_path, monkeypatch, out, overwrite):
+    """`cd ud && prep tokenize ../a.txt --out .` renamed the new dataset in over the shell's own
+    directory (exit 0, the shell left in a deleted directory): refused before any work."""
+    here = tmp_path / "ud"
+    here.mkdir()
+    (tmp_path / "a.txt").write_text("some text")
+    (tmp_path / "link").symlink_to(here)
+    monkeypatch.chdir(here)
+    result = invoke("../a.txt", "--out", out, *(["--overwrite"] if overwrite else []))
+    assert_user_error(result, f"{out}: ", "the directory you are in", "give a subdirectory")
+    assert os.path.samefile(os.getcwd(), here) and list(here.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "ud"]
+
+
 # --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
 
 BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
