@@ -2,12 +2,13 @@
 
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is
 one document. Directories are searched recursively for `*.txt`, in sorted order, so the
-same tree always gives the same token stream. Text is the file's bytes decoded as UTF-8,
-exactly: no newline translation, a BOM is kept as U+FEFF (a JSONL file's leading BOM is
-dropped: it belongs to no record). Files are read in binary blocks
-and decoded incrementally, so a huge document never sits in memory whole and a multibyte
-character split across two blocks decodes as one. Every problem a user can fix raises
-CorpusError with the file, and the line or byte offset, in its message.
+same tree always gives the same token stream. One file reached twice (named twice, through a
+link, inside a directory also given) is an error: its text would be trained on twice. Text
+is the file's bytes decoded as UTF-8, exactly: no newline translation, a BOM is kept as
+U+FEFF (a JSONL file's leading BOM is dropped: it belongs to no record). Files are read in
+binary blocks and decoded incrementally, so a huge document never sits in memory whole and a
+multibyte character split across two blocks decodes as one. Every problem a user can fix
+raises CorpusError with the file, and the line or byte offset, in its message.
 """
 
 from __future__ import annotations
@@ -103,8 +104,44 @@ def _refuse_compressed(path: Path) -> None:
                           f"and .jsonl files)")
 
 
-def resolve_sources(inputs: Sequence[str]) -> list[Source]:
-    """Check every input exists and expand directories; raises CorpusError before any work."""
+def _stdin_identity(stdin: BinaryIO | None) -> tuple[int, int] | None:
+    """(device, inode) of what stdin reads, or None when it is no file (a test's BytesIO)."""
+    try:
+        st = os.fstat((stdin or sys.stdin).fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_duplicates(sources: Sequence[Source], stdin: BinaryIO | None) -> None:
+    """A CorpusError naming both spellings when two inputs are one file: the same path spelled
+    twice, a symbolic or hard link to it, a file also inside a directory given, or the file
+    piped into '-'. Its text would be tokenized twice, and so trained on twice per epoch."""
+    seen: dict[tuple[int, int], str] = {}
+    for source in sources:
+        if source.kind == "stdin":
+            spellings = [("'-' (stdin)", _stdin_identity(stdin))]
+        else:
+            spellings = []
+            for path in source.files:
+                try:
+                    st = path.stat()
+                except OSError:  # gone meanwhile: reading it says so
+                    continue
+                spelling = f"{path} (in {source.arg})" if source.kind == "directory" else source.arg
+                spellings.append((spelling, (st.st_dev, st.st_ino)))
+        for spelling, identity in spellings:
+            if identity is None:
+                continue
+            if identity in seen:
+                raise CorpusError(f"{seen[identity]} and {spelling} are the same file; give each file once "
+                                  f"(else its text is tokenized twice)")
+            seen[identity] = spelling
+
+
+def resolve_sources(inputs: Sequence[str], stdin: BinaryIO | None = None) -> list[Source]:
+    """Check every input exists, expand directories, and refuse a file given twice; raises
+    CorpusError before any work. `stdin` is what '-' reads (default sys.stdin)."""
     if not inputs:
         raise CorpusError("no input given (files, directories, .jsonl files or - for stdin)")
     if list(inputs).count(STDIN) > 1:
@@ -133,6 +170,7 @@ def resolve_sources(inputs: Sequence[str]) -> list[Source]:
                 sources.append(Source(arg, kind, (path,), _file_size(path)))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
+    _refuse_duplicates(sources, stdin)
     return sources
 
 

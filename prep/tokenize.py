@@ -150,7 +150,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
                             field, errors, chunk_chars, start_method)
-    sources = resolve_sources(inputs)
+    sources = resolve_sources(inputs, stdin)
     sizes = [s.bytes for s in sources]
     total_bytes = None if None in sizes else sum(sizes)
     if total_bytes == 0:

@@ -4,8 +4,9 @@ naming the file and the line or byte offset."""
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -57,6 +58,47 @@ def test_resolve_errors(tmp_path, make, message):
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(CorpusError, match=message):
         resolve_sources(make(tmp_path))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs symlinks and hard links")
+@pytest.mark.parametrize("inputs, first, second", [
+    (["a.txt", "a.txt"], "a.txt", "a.txt"),
+    (["a.txt", "./a.txt"], "a.txt", "./a.txt"),
+    (["a.txt", "d/../a.txt"], "a.txt", "d/../a.txt"),
+    (["a.txt", "link.txt"], "a.txt", "link.txt"),  # a symbolic link
+    (["hard.txt", "a.txt"], "hard.txt", "a.txt"),  # a hard link
+    (["d", "d/b.txt"], "d/b.txt (in d)", "d/b.txt"),  # reached through the directory, then named
+    (["d/sub/c.txt", "d"], "d/sub/c.txt", "d/sub/c.txt (in d)"),
+    (["d", "d/sub/"], "d/sub/c.txt (in d)", "d/sub/c.txt (in d/sub/)"),  # a directory inside another one given
+    (["e"], "e/a-link.txt (in e)", "e/z.txt (in e)"),  # a link inside a directory to a file beside it
+])
+def test_a_file_given_twice_is_refused_naming_both_spellings(tmp_path, monkeypatch, inputs, first, second):
+    """`prep tokenize a.txt a.txt` tokenized it twice without a word: two documents, trained on
+    twice per epoch. Refused by device and inode, however the two spellings reach the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "a.txt").write_text("A")
+    (tmp_path / "d" / "b.txt").write_text("B")
+    (tmp_path / "d" / "sub" / "c.txt").write_text("C")
+    (tmp_path / "e" / "z.txt").write_text("Z")
+    (tmp_path / "e" / "a-link.txt").symlink_to("z.txt")
+    (tmp_path / "link.txt").symlink_to("a.txt")
+    os.link(tmp_path / "a.txt", tmp_path / "hard.txt")
+    with pytest.raises(CorpusError, match=rf"^{re.escape(first)} and {re.escape(second)} are the same file; "
+                                          rf"give each file once"):
+        resolve_sources(inputs)
+
+
+def test_the_file_piped_into_stdin_given_again_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("A")
+    (tmp_path / "copy.txt").write_text("A")  # the same text in another file: two documents, as asked
+    with open(tmp_path / "a.txt", "rb") as stdin:  # `prep tokenize a.txt - < a.txt`
+        with pytest.raises(CorpusError, match=r"a\.txt and '-' \(stdin\) are the same file"):
+            resolve_sources([str(tmp_path / "a.txt"), "-"], stdin=stdin)
+        sources = resolve_sources([str(tmp_path / "copy.txt"), "-"], stdin=stdin)
+    assert read_all(sources, stdin=io.BytesIO(b"A"))[0] == ["A", "A"]
+    assert len(resolve_sources([str(tmp_path / "a.txt"), "-"], stdin=io.BytesIO(b"A"))) == 2
 
 
 def test_bytes_are_decoded_exactly(tmp_path):

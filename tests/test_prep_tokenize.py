@@ -242,6 +242,7 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
     "missing path": ({}, ["nope.txt"], ["nope.txt", "no such file"]),
     "directory without .txt": ({"d/notes.md": b"x"}, ["d"], ["d: directory has no .txt files"]),
     "empty file": ({"e.txt": b""}, ["e.txt"], ["e.txt", "empty input"]),
+    "a file given twice": ({"a.txt": b"text"}, ["a.txt", "a.txt"], ["a.txt and ", "a.txt are the same file"]),
     "only empty documents": ({"e.jsonl": b'{"text": ""}\n\n{"text": ""}\n'}, ["e.jsonl"], ["no text"]),
     "empty jsonl": ({"e.jsonl": b"\n\n"}, ["e.jsonl"], ["no text"]),
     "invalid UTF-8": ({"ok.txt": b"fine", "bad.txt": b"abc" * 1000 + b"\xff"}, ["ok.txt", "bad.txt"],
