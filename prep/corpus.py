@@ -4,9 +4,10 @@ One text file is one document, one JSONL line is one document (its `--field`), a
 one document. Directories are searched recursively for `*.txt`, in sorted order, so the
 same tree always gives the same token stream. One file reached twice (named twice, through a
 link, inside a directory also given) is an error: its text would be trained on twice. Text
-is the file's bytes decoded as UTF-8, exactly: no newline translation, a BOM is kept as
-U+FEFF (a JSONL file's leading BOM is dropped: it belongs to no record). Files are read in
-binary blocks and decoded incrementally, so a huge document never sits in memory whole and a
+is the file's bytes decoded as UTF-8, exactly: no newline translation; only a byte-order mark
+at the very start of a file (text or JSONL) or of stdin is dropped, since it marks the
+encoding and is no text (one anywhere else is kept as U+FEFF). Files are read in binary
+blocks and decoded incrementally, so a huge document never sits in memory whole and a
 multibyte character split across two blocks decodes as one. Every problem a user can fix
 raises CorpusError with the file, and the line or byte offset, in its message.
 """
@@ -25,6 +26,7 @@ from typing import BinaryIO
 
 BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to be cheap
 STDIN = "-"
+BOM = "\ufeff"  # at the start of a file it marks the encoding: no text, so no tokens
 ERRORS = ("strict", "replace")
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
@@ -189,7 +191,7 @@ class Piece:
 def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> Iterator[Piece]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
-    offset, first = 0, True
+    offset, first, at_start = 0, True, True
     while True:
         block = read(block_bytes)
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
@@ -198,7 +200,10 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> I
         except UnicodeDecodeError as e:  # e.start counts from the held bytes
             raise CorpusError(f"{label}: invalid UTF-8 at byte {offset - held + e.start} "
                               f"(pass --errors replace to substitute U+FFFD)") from None
-        yield Piece(text, first, len(block))
+        if at_start and text:  # the first character decoded: the one at byte 0, whatever the blocks
+            at_start = False
+            text = text[1:] if text[0] == BOM else text
+        yield Piece(text, first, len(block))  # a dropped BOM's bytes still count as read
         first = False
         offset += len(block)
         if not block:
@@ -216,7 +221,7 @@ def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
                 raise CorpusError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
                                   f"(pass --errors replace to substitute U+FFFD)") from None
             offset += len(raw)
-            if line_no == 1 and line.startswith("\ufeff"):  # a BOM marks the file, not the record
+            if line_no == 1 and line.startswith(BOM):  # it marks the file, not the record
                 line = line[1:]
             line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
             if not line.strip():  # blank line: no document, but its bytes count as read

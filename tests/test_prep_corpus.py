@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prep.corpus import CorpusError, Piece, read_pieces, resolve_sources
+from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
 
 
 def documents(pieces: list[Piece]) -> list[str]:
@@ -102,11 +102,45 @@ def test_the_file_piped_into_stdin_given_again_is_refused(tmp_path):
 
 
 def test_bytes_are_decoded_exactly(tmp_path):
-    """No newline translation, BOM kept: the document is exactly the file's UTF-8 text."""
-    raw = "\ufeffline one\r\nline two\rthree\n\n".encode()
+    """No newline translation: the document is exactly the file's UTF-8 text."""
+    raw = "line one\r\nline two\rthree\n\n\ufeff".encode()
     (tmp_path / "f.txt").write_bytes(raw)
     docs, _ = read_all(resolve_sources([str(tmp_path / "f.txt")]))
     assert docs == [raw.decode("utf-8")]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 3, 4, 5, 1 << 20])
+@pytest.mark.parametrize("raw, text", [
+    (b"\xef\xbb\xbfhello \xef\xbb\xbf world", "hello \ufeff world"),  # only the one at byte 0 goes
+    (b"\xef\xbb\xbf\xef\xbb\xbftwice", "\ufefftwice"),  # the second one is text
+    (b"no mark \xef\xbb\xbf", "no mark \ufeff"),
+    (b" \xef\xbb\xbf", " \ufeff"),
+    (b"\xef\xbb\xbf", ""),  # a file holding only the mark is an empty document
+    (b"\xef\xbb\xbf\xe6\x97\xa5 \xe6\x97\xa5", "\u65e5 \u65e5"),
+])
+def test_a_text_files_byte_order_mark_is_not_text(tmp_path, raw, text, block_bytes):
+    """A UTF-8 BOM at the very start of a text file or of stdin marks the encoding (as a JSONL
+    file's does): it was tokenized as three byte tokens. Dropped whatever the read blocks
+    cut it into; its bytes still count as read, and nothing later in the file is touched."""
+    (tmp_path / "f.txt").write_bytes(raw)
+    for inputs, stdin in (([str(tmp_path / "f.txt")], None), (["-"], io.BytesIO(raw))):
+        for errors in ERRORS:
+            docs, nbytes = read_all(resolve_sources(inputs), stdin=stdin, block_bytes=block_bytes, errors=errors)
+            assert docs == [text] and nbytes == len(raw)
+            if stdin is not None:
+                stdin.seek(0)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 2, 4, 1 << 20])
+def test_invalid_utf8_after_a_byte_order_mark_counts_from_the_files_first_byte(tmp_path, block_bytes):
+    (tmp_path / "bad.txt").write_bytes(b"\xef\xbb\xbfab\xffcd")
+    with pytest.raises(CorpusError, match=r"bad\.txt: invalid UTF-8 at byte 5 "):
+        read_all(resolve_sources([str(tmp_path / "bad.txt")]), block_bytes=block_bytes)
+    (tmp_path / "half.txt").write_bytes(b"\xef\xbbab")  # half a mark: invalid, not a mark
+    with pytest.raises(CorpusError, match=r"half\.txt: invalid UTF-8 at byte 0 "):
+        read_all(resolve_sources([str(tmp_path / "half.txt")]), block_bytes=block_bytes)
+    docs, _ = read_all(resolve_sources([str(tmp_path / "half.txt")]), block_bytes=block_bytes, errors="replace")
+    assert docs == ["\ufffdab"]
 
 
 @settings(max_examples=100, deadline=None)

@@ -172,6 +172,27 @@ def test_outputs_do_not_depend_on_workers_chunks_or_start_method(tmp_path):
     assert np.array_equal(stream(outs[0]), expected(docs + [big]))  # 000.txt ... 024.txt, big.txt
 
 
+@pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
+def test_a_leading_byte_order_mark_gives_no_tokens_in_any_input_format(tmp_path):
+    """A text file starting with a UTF-8 BOM was [EOT, 171, 119, 123, ...]: the mark's bytes as
+    tokens, where a .jsonl file's was already dropped. Now each document is EOT followed by
+    exactly encode_ordinary of its text without the mark, chunked and in parallel too; a BOM
+    later in the text is text, and the mark's bytes still count as read."""
+    body = "The mark \ufeff inside stays.\n" + "Text after the mark, in many chunks.\n" * 300
+    (tmp_path / "a.txt").write_bytes(("\ufeff" + body).encode())
+    (tmp_path / "b.jsonl").write_bytes(("\ufeff" + json.dumps({"text": "second"}) + "\n").encode())
+    (tmp_path / "c.txt").write_bytes("\ufeff".encode())  # only the mark: an empty document
+    raw = ("\ufeff" + "from stdin").encode()
+    result = invoke(tmp_path / "a.txt", tmp_path / "b.jsonl", tmp_path / "c.txt", "-", "--out", tmp_path / "out",
+                    "--workers", 2, "--chunk-size", 100, "--val-fraction", 0, "--json", input=raw)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(tmp_path / "out"), expected([body, "second", "", "from stdin"]))
+    summary = json.loads(result.stdout)
+    assert summary["documents"] == 3 and summary["empty_skipped"] == 1
+    assert summary["chars"] == len(body) + len("second") + len("from stdin")
+    assert summary["bytes"] == sum((tmp_path / f).stat().st_size for f in ("a.txt", "b.jsonl", "c.txt")) + len(raw)
+
+
 def test_jsonl_and_stdin_inputs(tmp_path):
     records = [{"body": "first doc\n\nhas  runs"}, {"body": ""}, {"body": "second 's 123"}]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "\n")
