@@ -1193,6 +1193,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
             notes += schedule_changes(ckpt, cfg, resume_path)
+            log = Path(cfg.out) / "windows_rank0.jsonl"
+            if cfg.log_windows and ckpt["step"] > 0 and not (log.is_file() and log.stat().st_size):
+                notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
+                             f"log, so `python -m loader.audit` will find its batches missing")
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")

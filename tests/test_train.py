@@ -503,6 +503,17 @@ def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_eve
     assert [r["loss"] for r in metrics(tmp_path / "out")] == [r["loss"] for r in straight]
 
 
+def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batches_before(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
+    note = ("note: --log-windows starts at step 3: the run before it kept no window log, so `python -m "
+            "loader.audit` will find its batches missing")
+    assert note in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
+    assert "--log-windows starts" not in capsys.readouterr().out  # it has a log, from step 3 on: no news
+
+
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
