@@ -1770,8 +1770,13 @@ def bench_loop(s: Session) -> dict:
                    f"of step time")
         click.echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
                    f"MFU {pct(result['synthetic_mfu'])}")
+        # how far one feed's two timing windows disagree: a cost within that is noise
+        gaps = [abs(a - b) / ((a + b) / 2) for a, b in (w for w in result["window_ms_per_step"].values()
+                                                         if len(w) == 2)]
+        noise = f"; timing noise here: {pct(max(gaps))}, one feed's two windows apart" if gaps else ""
+        below = " (below 0: noise, the real loader is not faster)" if result["data_wait_fraction"] < 0 else ""
         click.echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
-                   f"(1 - real/fixed tokens/s)")
+                   f"(1 - real/fixed tokens/s{noise}){below}")
         if result["graph_breaks"] or result["cudagraph_skips"]:
             click.echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
                        f"graph skip(s) while benchmarking: not the full speed of --compile-mode "

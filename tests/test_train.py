@@ -324,6 +324,12 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert (real[0] + 2 * real[1]) / 3 == pytest.approx(bench["ms_per_step"])
     assert (fixed[0] + 2 * fixed[1]) / 3 == pytest.approx(bench["synthetic_ms_per_step"])
     assert "real loader:" in result.stdout and "fixed batch:" in result.stdout and "note:" not in result.stdout
+    # the cost line says how far apart one feed's two windows were: the noise to read it against
+    gap = max(abs(a - b) / ((a + b) / 2) for a, b in (real, fixed))
+    cost = f"data path cost: {100 * bench['data_wait_fraction']:.1f}% of throughput (1 - real/fixed tokens/s; " \
+           f"timing noise here: {100 * gap:.1f}%, one feed's two windows apart)"
+    assert cost in result.stdout
+    assert ("below 0: noise" in result.stdout) == (bench["data_wait_fraction"] < 0)
     assert not (tmp_path / "o").exists()
 
 
