@@ -70,6 +70,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
+    from loader.audit import window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, signals_deferred
@@ -634,21 +635,27 @@ class TimedFeed:
 def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL): the
     loader's step ("batch"), rank, world size, epoch, the window's offset in the split
-    ("start"), T, and what the model was given: each row's first token and the last target.
+    ("start"), T, and what the model was given: each row's first token, the last target and
+    "crc32", loader.audit.window_crc32 of the whole window (x flattened, then y[-1, -1]: the
+    B*T+1 tokens as little-endian uint16), so the audit checks every token, not just those.
 
     `python -m loader.audit OUT` reads these logs back and checks that no target token was
     read twice in an epoch, that complete epochs read every slot, and (with --data) that the
     tokens match the shards. Batches are numbered by the loader's step, so a resumed run's
-    lines follow on from the checkpoint's. It syncs per batch: an audit aid, not for speed.
+    lines follow on from the checkpoint's. It copies each batch back to the host (a sync per
+    batch): an audit aid, not for speed.
     """
 
     def logged() -> tuple[torch.Tensor, torch.Tensor]:
         batch = loader.step
         x, y = feed()
+        # the window as the model got it, from x and y themselves: (B*T+1,)
+        window = torch.cat((x.reshape(-1), y[-1, -1:])).cpu().numpy()  # sync: audit only
         record = {"batch": batch, "rank": loader.rank, "world": loader.world,
                   "epoch": batch // loader.steps_per_epoch, "start": loader.window_start(batch), "T": loader.T,
-                  "first_tokens": x[:, 0].tolist(), "last_target": int(y[-1, -1])}
-        log.write(json.dumps(record) + "\n")  # sync: audit only
+                  "first_tokens": window[:-1:loader.T].tolist(), "last_target": int(window[-1]),
+                  "crc32": window_crc32(window)}
+        log.write(json.dumps(record) + "\n")
         return x, y
 
     return logged
@@ -1862,8 +1869,9 @@ def bench_loop(s: Session) -> dict:
               help="Timed --bench steps per feed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--log-windows", is_flag=True,
-              help="Each rank logs the windows it trained on to --out/windows_rank<r>.jsonl (a sync per "
-                   "batch), which `python -m loader.audit` checks.")
+              help="Each rank logs the windows it trained on to --out/windows_rank<r>.jsonl (offset, first "
+                   "tokens, last target, CRC-32 of all B*T+1 tokens; a sync per batch), which "
+                   "`python -m loader.audit` checks.")
 def main(compile_: bool | None, **options) -> None:
     """Train GPT-2 on the token shards `prep tokenize` wrote; --bench measures the step instead."""
     try:

@@ -3,7 +3,8 @@
 `train.py --log-windows` makes every rank log each window it trained on to
 `OUT/windows_rank<r>.jsonl`: the loader's step ("batch"), the epoch, the rank and the world
 size, the window's offset in the split ("start"), T, and, as the model received them, each
-row's first token and the last target. This reads the logs back and checks:
+row's first token, the last target and "crc32": `window_crc32` of the whole window's B*T+1
+tokens. This reads the logs back and checks:
 
 - every rank's log is there, and each rank's batches are numbered 0, 1, 2, ... with none
   missing or repeated (a resumed run's log is cut back to its checkpoint, so this holds
@@ -14,10 +15,14 @@ row's first token and the last target. This reads the logs back and checks:
   once, in E steps on every rank. E is the split's (N-1) // (B*T*W) with --data; without it,
   what the epochs before the last one took. An epoch is over when a later one is in the logs,
   or when it has its E steps on every rank; no window of any epoch reads past E*B*T*W;
-- with --data (the train split's shards, as given to train.py): every logged token is the
-  shards' token at the logged offset, so the offsets are where the model's tokens came from
-  (without --data the offsets are taken as logged), and the never-read tail, the split's
-  last (N-1) mod (B*T*W) tokens, is named.
+- with --data (the train split's shards, as given to train.py): each window's first tokens,
+  last target and crc32 are the shards' at the logged offset, so the offsets are where the
+  model's tokens came from (without --data the offsets are taken as logged), and the
+  never-read tail, the split's last (N-1) mod (B*T*W) tokens, is named. The crc32 covers
+  every token: a window that differs from the shards' in one token, or in two adjacent ones,
+  always fails; one that differs in more fails all but about one time in 2**32. A log line
+  without crc32 (train.py before it wrote one) is checked by its first tokens and last
+  target only, and a note says how many were.
 
 Exit status: 0 when every check passes, 1 when one fails (a line per problem), 2 for a usage
 error (no logs in OUT, a log this version cannot read, a bad --data).
@@ -28,6 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +49,17 @@ from prep.shards import ShardError
 
 LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
 FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
+CHECKSUM = "crc32"  # optional: logs of train.py before it wrote one have none
 SHOWN = 5  # problems of one kind listed before "... and N more like it"
+
+
+def window_crc32(window: np.ndarray) -> int:
+    """zlib.crc32 of a window's B*T+1 tokens as little-endian uint16 bytes, in stream order:
+    x flattened row by row, then the last target (y[-1, -1]). train.py's window_logger takes
+    it of what the model received, the audit of the shards' tokens at the logged offset, so
+    equal sums say every token the model trained on is the shards' (a CRC catches any change
+    of up to 32 consecutive bits, so any one or two adjacent tokens, for certain)."""
+    return zlib.crc32(np.ascontiguousarray(window, dtype="<u2").tobytes())
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class Window:
     start: int
     first_tokens: tuple[int, ...]
     last_target: int
+    crc32: int | None = None  # None: logged before train.py wrote one
 
 
 @dataclass
@@ -89,7 +106,8 @@ def _record(line: str, where: str) -> dict:
     tokens = record["first_tokens"]
     if not (all(_int(record[name], 0) for name in ("batch", "rank", "epoch", "start", "last_target"))
             and _int(record["T"], 1) and _int(record["world"], 1) and record["rank"] < record["world"]
-            and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)):
+            and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)
+            and (CHECKSUM not in record or (_int(record[CHECKSUM], 0) and record[CHECKSUM] < 2**32))):
         raise UserError(f"{where}: a value is not what train.py writes: {line[:120]}")
     return record
 
@@ -119,7 +137,7 @@ def read_log(path: Path, rank: int) -> RankLog:
             raise UserError(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} x T={run[1]}, "
                             f"{run[2]} rank(s) in the same log")
         windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
-                              tuple(record["first_tokens"]), record["last_target"]))
+                              tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
     if run is None:
         raise UserError(f"{path}: no windows logged")
     return RankLog(rank, path, windows, *run, notes)
@@ -294,7 +312,8 @@ def open_data(data: str) -> TokenStream:
 
 
 def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Report) -> None:
-    """Every logged token against the shards at the logged offset; the never-read tail named."""
+    """Every window's first tokens, last target and crc32 (where logged) against the shards at
+    the logged offset; the windows without a crc32 and the never-read tail named."""
     B, T, world, N = logs[0].B, logs[0].T, logs[0].world, stream.num_tokens
     differ = 0
     window = np.empty(B * T + 1, dtype=np.uint16) if B * T + 1 <= N else None
@@ -311,10 +330,21 @@ def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Re
                 path, at = stream.locate(w.start)
                 report.problems.add("data", f"rank {log.rank} batch {w.batch}: the tokens logged differ from "
                                     f"the shards' at {w.start:,} ({path}, token {at:,}): is --data the run's data?")
+            elif w.crc32 is not None and window_crc32(window) != w.crc32:
+                differ += 1
+                path, at = stream.locate(w.start)
+                report.problems.add("data", f"rank {log.rank} batch {w.batch}: the window's crc32 differs from "
+                                    f"the shards' {B * T + 1:,} tokens at {w.start:,} ({path}, token {at:,}): "
+                                    "the model trained on other tokens than the shards hold there")
     total = sum(len(log.windows) for log in logs)
+    unsummed = sum(w.crc32 is None for log in logs for w in log.windows)
+    every = f" (all {B * T + 1:,} tokens of each, by crc32)" if not unsummed else ""
     report.lines.append(f"--data {data}: {N:,} tokens; " + (
         f"{differ:,} of the {total:,} logged window(s) differ from the shards" if differ
-        else f"the {total:,} logged window(s) match the shards' tokens"))
+        else f"the {total:,} logged window(s) match the shards' tokens{every}"))
+    if unsummed:
+        report.notes.append(f"{unsummed:,} of the {total:,} window(s) have no crc32 (logged by a train.py before "
+                            "it wrote one): only their first tokens and last target were checked against the shards")
     read = steps_per_epoch(N, B, T, world) * B * T * world  # positions 0 .. read, in every epoch
     unread = "nothing" if read == N - 1 else f"the last {N - 1 - read:,} token(s), positions {read + 1:,}-{N - 1:,}"
     report.lines.append(f"never read in any epoch: {unread} (less than one step of {B}x{T} x {world} rank(s))")
@@ -345,7 +375,7 @@ def audit(out: Path, data: str | None = None) -> Report:
 @click.command("audit", cls=UserCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--data", default=None, show_default="none: the logs alone",
-              help="The run's --data (train split): check every logged token against it.")
+              help="The run's --data (train split): check every token of each logged window against it.")
 def main(out: Path, data: str | None) -> None:
     """Check that a `train.py --log-windows` run read no token twice in an epoch, and every
     slot of each complete epoch; exit status 1 if not."""

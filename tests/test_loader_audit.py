@@ -1,13 +1,17 @@
 """python -m loader.audit: --log-windows logs checked from the outside (no target twice per
-epoch, complete epochs whole, tokens equal to the shards'), and it catches what it claims to."""
+epoch, complete epochs whole, every token equal to the shards' by the windows' crc32), and it
+catches what it claims to."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import train
@@ -15,6 +19,7 @@ from _cli import assert_user_error
 from _data import positional_tokens, random_tokens, write_dataset
 from loader import TokenLoader
 from loader.audit import audit, main
+from model import GPT
 from loader.cursor import Cursor
 
 B, T = 2, 16
@@ -66,7 +71,8 @@ def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_p
         f"{tmp_path / 'run'}: 1 rank(s), 41 window(s) of B=2 x T=16 logged",
         "epoch 0: complete, 31 steps x 1 rank(s): targets 1-992 each read exactly once",
         "epoch 1: 10 window(s) so far (rank 0: 10 of 31 per rank); no target read twice",
-        f"--data {data}: 1,000 tokens; the 41 logged window(s) match the shards' tokens",
+        f"--data {data}: 1,000 tokens; the 41 logged window(s) match the shards' tokens (all 33 tokens of each, "
+        "by crc32)",
         "never read in any epoch: the last 7 token(s), positions 993-999 (less than one step of 2x16 x 1 rank(s))",
         "audit passed",
     ]
@@ -198,6 +204,73 @@ def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, da
     assert f"--data {other}: 1,000 tokens; 5 of the 5 logged window(s) differ" in result.output
 
 
+def test_a_window_that_differs_only_in_a_middle_token_is_caught_by_its_crc32(tmp_path, data):
+    """The shards changed at one token that is neither a row's first token nor the last
+    target: only the crc32 sees it. A log without crc32 (an older train.py's) still passes,
+    with a note that its windows were checked by their first tokens and last target only."""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5, shuffle=False)  # windows at 0, 32, ..., 128
+    tokens = positional_tokens(1000)
+    tokens[2 * 32 + 5] += 1  # batch 2's window [64, 97): row 0's sixth token
+    changed = write_dataset(tmp_path / "changed", tokens)
+    result = run(out, "--data", changed)
+    assert result.exit_code == 1, result.output
+    shard = changed / "t_train_000000.bin"
+    assert [line for line in result.output.splitlines() if line.startswith("problem:")] == [
+        f"problem: rank 0 batch 2: the window's crc32 differs from the shards' 33 tokens at 64 ({shard}, token 64): "
+        "the model trained on other tokens than the shards hold there"]
+    assert f"--data {changed}: 1,000 tokens; 1 of the 5 logged window(s) differ from the shards" in result.output
+    log = out / "windows_rank0.jsonl"
+    rewrite(log, [{k: v for k, v in r.items() if k != "crc32"} for r in lines(log)])
+    result = run(out, "--data", changed)
+    assert result.exit_code == 0, result.output
+    assert f"--data {changed}: 1,000 tokens; the 5 logged window(s) match the shards' tokens\n" in result.output
+    assert "note: 5 of the 5 window(s) have no crc32 (logged by a train.py before it wrote one): only their first " \
+           "tokens and last target were checked against the shards" in result.output
+
+
+def test_the_crc32_is_of_the_window_the_model_received(tmp_path, data, monkeypatch):
+    """Through train.train: the crc32 logged for each batch is that of the x and y the model's
+    forward got (x flattened, then y's last token, as little-endian uint16); and a batch
+    changed between the loader and the model shows in the audit, so the sum is taken of what
+    the model got, not of the loader's window."""
+    received = []
+    forward = GPT.forward
+
+    def recording(self, idx, targets=None):
+        if self.training:
+            received.append(torch.cat((idx.reshape(-1), targets[-1, -1:])).cpu().numpy().astype("<u2"))
+        return forward(self, idx, targets)
+
+    monkeypatch.setattr(GPT, "forward", recording)
+    train.train(train.TrainConfig(model="tiny", B=B, T=T, steps=4, warmup_steps=1, eval_every=0, quiet=True,
+                                  device="cpu", data=str(data), out=str(tmp_path / "run"), log_windows=True))
+    logged = lines(tmp_path / "run" / "windows_rank0.jsonl")
+    assert len(received) == len(logged) == 4
+    assert [r["crc32"] for r in logged] == [zlib.crc32(w.tobytes()) for w in received]
+    # positional data: the model got tokens start .. start+32 of each window
+    assert [r["crc32"] for r in logged] == [zlib.crc32(np.arange(r["start"], r["start"] + 33, dtype="<u2").tobytes())
+                                            for r in logged]
+    assert run(tmp_path / "run", "--data", data).exit_code == 0
+
+    def damaged(feed):
+        def changed():
+            x, y = feed()
+            x = x.clone()
+            x[1, 7] += 1  # a middle token of the second row, as a bug between loader and model would
+            return x, y
+        return changed
+
+    out = tmp_path / "damaged"
+    out.mkdir()
+    with TokenLoader(data, "train", B, T, 0, 1, shuffle=False) as loader, open(out / "windows_rank0.jsonl", "w") as log:
+        feed = train.window_logger(damaged(lambda: loader.next_batch("cpu")), log, loader)
+        for _ in range(3):
+            feed()
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: rank 0 batch 2: the window's crc32 differs from the shards' 33 tokens at 64" in result.output
+
+
 @pytest.mark.parametrize("setup, args, words", [
     ("none", [], ["no such directory"]),
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
@@ -209,12 +282,13 @@ def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, da
     ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
     ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
     ("other rank", [], ["windows_rank0.jsonl:1: rank 1 in the log of rank 0"]),
+    ("crc32", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank", "other rank"):
+    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank", "other rank", "crc32"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
@@ -227,6 +301,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             log.write_bytes(b"\xff\xfe\x00garbage\n")
         elif setup == "other rank":
             log.write_text((out / "windows_rank1.jsonl").read_text())
+        elif setup == "crc32":  # a CRC-32 is an unsigned 32-bit integer
+            rewrite(log, [{**r, "crc32": 2**32} for r in lines(log)])
         elif setup == "rank":  # true is not a rank, though it equals 1 in Python
             rewrite(log, [{**r, "rank": True} for r in lines(log)])
         elif setup == "shape":

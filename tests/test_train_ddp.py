@@ -62,7 +62,8 @@ def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
         assert len(set(covered[rank])) == len(covered[rank])
     assert not set(covered[0]) & set(covered[1])  # disjoint across ranks
     report = audit(tmp_path / "ddp", str(data))
-    assert len(report.problems) == 0 and report.lines[2].endswith("logged window(s) match the shards' tokens")
+    assert len(report.problems) == 0 and report.lines[2].endswith(
+        "logged window(s) match the shards' tokens (all 33 tokens of each, by crc32)")
     # together they read the first STEPS * GLOBAL_BATCH positions, the single process's windows
     assert sorted(covered[0] + covered[1]) == list(range(STEPS * GLOBAL_BATCH))
 
