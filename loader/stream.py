@@ -9,7 +9,8 @@ Which files make a split (`resolve_shards`):
   shard index once (`prep.shards.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
   picks the files), but not a file whose shard name says it is the other split; a single
-  shard file is a glob of one.
+  shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
+  is refused saying what to pass instead.
 
 Headers are parsed only by prep.shards (read_header / open_shard); this module never reads a
 token except to copy the window it was asked for.
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
 
 from loader.errors import LoaderError
-from prep.meta import meta_splits, read_meta
-from prep.shards import SPLITS, ShardError, dataset_shards, open_shard, parse_shard_name, read_header
+from prep.meta import META_NAME, meta_splits, read_meta
+from prep.shards import (SPLITS, ShardError, dataset_shards, not_a_shard, open_shard, parse_shard_name,
+                         read_header)
 
 _GLOB_CHARS = "*?["
 
@@ -45,6 +48,7 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     if p.is_dir():
         return _directory_shards(p, split, allow_empty)
     if p.is_file():
+        _check_single_file(p, text)
         matches = [p]
     elif any(c in text for c in _GLOB_CHARS):
         matches = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
@@ -60,6 +64,19 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
                           f"or pass the dataset directory")
     return matches
+
+
+def _check_single_file(p: Path, text: str) -> None:
+    """A LoaderError saying what to pass instead when the one file given is no shard at all:
+    a dataset's meta.json (its directory), or a file without the magic, most likely the text
+    itself (tokenize it first). A file named as a shard is left to read_header, whose error
+    then names the damage (a killed writer leaves its magic 0)."""
+    if p.name == META_NAME:
+        raise LoaderError(f"{text}: a dataset's {META_NAME}, not a shard: pass its directory, {p.parent}")
+    why = not_a_shard(p)
+    if why is not None and parse_shard_name(p.name) is None:
+        raise LoaderError(f"{text}: not a token shard ({why}): tokenize it first with "
+                          f"`prep tokenize {shlex.quote(text)}` and pass the dataset directory it writes")
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:

@@ -36,6 +36,7 @@ SPLITS = ("train", "val")
 # (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0, and build-nanogpt's .npy shards
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.(?:bin|npy)$")
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
+MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
 
 class ShardError(ValueError):
@@ -75,6 +76,24 @@ def read_header(path: str | os.PathLike) -> int:
     but one non-empty 1-D uint16 array filling the file.
     """
     return _layout(Path(path))[0]
+
+
+def not_a_shard(path: str | os.PathLike) -> str | None:
+    """Why `path` is no shard at all, damaged or not, when it begins with neither the format's
+    magic nor a .npy's (a text file given where shards go): e.g. "bad magic 1936877894,
+    expected 20240520". None when it begins as a shard (or cannot be read): read_header then
+    says what else is wrong. Lets a reader tell a file passed by mistake, which wants another
+    step, from a damaged shard, which wants writing again."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(NPY_MAGIC))
+    except OSError:
+        return None
+    if start.startswith(NPY_MAGIC) or start[:4] == MAGIC_BYTES:
+        return None
+    if len(start) < 4:
+        return f"{len(start)} byte(s), too few to hold the magic {MAGIC}"
+    return f"bad magic {int.from_bytes(start[:4], 'little', signed=True)}, expected {MAGIC}"
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:

@@ -293,6 +293,31 @@ def test_every_bad_shard_is_an_error_naming_the_file(tmp_path, kwargs, message):
     assert issubclass(ShardError, ValueError) and issubclass(LoaderError, ValueError)
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("input.txt", b"First Citizen:\nBefore we proceed any further, hear me speak.\n",
+     "input.txt: not a token shard (bad magic 1936877894, expected 20240520): tokenize it first with "
+     "`prep tokenize {path}` and pass the dataset directory it writes"),
+    ("my notes.txt", b"hi\n", "my notes.txt: not a token shard (3 byte(s), too few to hold the magic 20240520): "
+     "tokenize it first with `prep tokenize '{path}'` and pass the dataset directory it writes"),
+    ("meta.json", b'{"format_version": 1}', "meta.json: a dataset's meta.json, not a shard: pass its directory, {dir}"),
+])
+def test_a_single_file_that_is_no_shard_says_what_to_pass_instead(tmp_path, name, content, message):
+    """Not read_header's bare "bad magic": a text file or meta.json given where shards go
+    wants another step, not a fixed shard."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(LoaderError) as e:
+        TokenLoader(path, B=1, T=1)
+    assert str(e.value) == f"{tmp_path}/" + message.format(path=path, dir=tmp_path)
+
+
+def test_a_file_named_as_a_shard_keeps_the_header_error(tmp_path):
+    """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)
+    with pytest.raises(ShardError, match=r"x_train_000000.bin: bad magic 0 \(expected 20240520\)$"):
+        TokenLoader(tmp_path / "x_train_000000.bin", B=1, T=8)
+
+
 def test_a_file_shorter_than_the_header(tmp_path):
     (tmp_path / "x_train_000000.bin").write_bytes(b"\0" * 100)
     with pytest.raises(ShardError, match=r"x_train_000000.bin: 100 bytes, shorter than the"):

@@ -915,6 +915,7 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "metricsdir" / "metrics.jsonl").mkdir(parents=True)
     (root / "dangling").symlink_to("nowhere")
     (root / "afile").write_text("x")
+    (root / "input.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
     write_shard(root / "afile.bin", random_tokens(300, 5))  # a shard whose name says no split
     othertok = write_dataset(root / "othertok", random_tokens(300, 6))  # shards of another tokenizer
     shard = othertok / "t_train_000000.bin"
@@ -932,6 +933,13 @@ def workdir(tmp_path_factory, dataset) -> Path:
 BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, expected message)
     "no --data and no ./data": (["--data", None], "empty", "no --data given and data/ does not exist"),
     "missing --data": (["--data", "nope"], ".", "nope: no such file or directory"),
+    "--data a text file": (["--data", "input.txt"], ".",
+                           "input.txt: not a token shard (bad magic 1936877894, expected 20240520): tokenize it "
+                           "first with `prep tokenize input.txt` and pass the dataset directory it writes"),
+    "--data a meta.json": (["--data", "othertok/meta.json"], ".",
+                           "othertok/meta.json: a dataset's meta.json, not a shard: pass its directory, othertok"),
+    "--val-data a text file": (["--val-data", "input.txt"], ".",
+                               "--val-data input.txt: not a token shard (bad magic 1936877894, expected 20240520)"),
     "T above the block size": (["--T", "65"], ".", "--T 65 is larger than the block size of --model tiny (64)"),
     "split too small (E == 0)": (["--data", "short"], ".",
                                  "N=20 tokens is too few for one step of B=2 x T=16 x W=1"),
