@@ -164,6 +164,9 @@ class TrainConfig:
             raise ValueError(f"--lr must be a number > 0 and <= 3.4e38 (a float32), got {self.lr}")
         if not self.out:
             raise ValueError("--out must name a directory, got ''")
+        for flag, value in (("--data", self.data), ("--val-data", self.val_data)):
+            if value == "":  # else the current directory, or (--val-data) --data's val split
+                raise ValueError(f"{flag} must name a dataset directory, a shard glob or a shard, got ''")
         for flag, value in (("--resume", self.resume), ("--init-from", self.init_from)):
             if value == "":
                 raise ValueError(f"{flag} must name a file, got ''")

@@ -305,6 +305,8 @@ def _gaps(runs: list[tuple[int, int]], first: int, last: int):
 
 def open_data(data: str) -> TokenStream:
     """The train split of --data as train.py reads it; a UserError naming it if it cannot be."""
+    if not data:  # as train.py refuses it: not the current directory
+        raise UserError("--data must name a dataset directory, a shard glob or a shard, got ''")
     try:
         return TokenStream(resolve_shards(data, "train"))
     except (LoaderError, ShardError) as e:

@@ -44,6 +44,8 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     if split not in SPLITS:
         raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     text = os.fspath(path)
+    if not text:  # Path("") is the current directory: never meant
+        raise LoaderError("an empty path names no shards")
     p = Path(text)
     if p.is_dir():
         return _directory_shards(p, split, allow_empty)

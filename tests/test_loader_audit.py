@@ -278,6 +278,7 @@ def test_the_crc32_is_of_the_window_the_model_received(tmp_path, data, monkeypat
     ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
+    ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
     ("dir", [], ["windows_rank2.jsonl: not a file"]),
     ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
     ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
@@ -288,7 +289,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data", "dir", "binary", "rank", "other rank", "crc32"):
+    if setup in ("old", "json", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed

@@ -311,11 +311,13 @@ def test_a_single_file_that_is_no_shard_says_what_to_pass_instead(tmp_path, name
     assert str(e.value) == f"{tmp_path}/" + message.format(path=path, dir=tmp_path)
 
 
-def test_a_file_named_as_a_shard_keeps_the_header_error(tmp_path):
+def test_a_file_named_as_a_shard_keeps_the_header_error_and_an_empty_path_is_refused(tmp_path):
     """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)
     with pytest.raises(ShardError, match=r"x_train_000000.bin: bad magic 0 \(expected 20240520\)$"):
         TokenLoader(tmp_path / "x_train_000000.bin", B=1, T=8)
+    with pytest.raises(LoaderError, match=r"^an empty path names no shards$"):
+        TokenLoader("", B=1, T=8)
 
 
 def test_a_file_shorter_than_the_header(tmp_path):

@@ -1077,7 +1077,9 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert snapshot(workdir) == before
 
 
-@pytest.mark.parametrize("flag, says", [("--out", "a directory"), ("--resume", "a file"), ("--init-from", "a file")])
+@pytest.mark.parametrize("flag, says", [("--out", "a directory"), ("--resume", "a file"), ("--init-from", "a file"),
+                                        ("--data", "a dataset directory, a shard glob or a shard"),
+                                        ("--val-data", "a dataset directory, a shard glob or a shard")])
 def test_an_empty_path_is_refused_not_taken_for_the_current_directory(tmp_path, dataset, monkeypatch, flag, says):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--data", str(dataset), flag, ""])
