@@ -592,13 +592,34 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+Mark = float | torch.cuda.Event  # a point in a device's time: see mark()
+
+
+def mark(device: torch.device) -> Mark:
+    """Now, on `device`'s timeline: on CUDA an event recorded on the stream (it completes when
+    the device gets there), elsewhere the host's clock (CPU work is done when the call returns)."""
+    if device.type != "cuda":
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def seconds_between(start: Mark, end: Mark) -> float:
+    """Device time from `start` to `end` (both reached: on CUDA, after end's wait)."""
+    if isinstance(start, float):
+        return end - start
+    return start.elapsed_time(end) / 1000
+
+
 class Readback:
     """Device values (a logging point's losses, norms and flags) on their way to the host.
 
     On CUDA: a non_blocking copy into pinned memory and an event recorded after it, so making
     one never waits; get() waits for the event, which the training loop calls a logging point
     later, when the device has long finished those steps and the next are queued behind
-    them. Elsewhere the tensor is kept as it is and read by get().
+    them. Elsewhere the tensor is kept as it is and read by get(). `mark` is when the device
+    got there (the event, or the host's clock): the end of the point's timing window.
     """
 
     def __init__(self, values: torch.Tensor):
@@ -607,13 +628,26 @@ class Readback:
         if values.is_cuda:
             self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self.values.copy_(values, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
+        self.mark = mark(values.device)
+        if values.is_cuda:
+            self.event = self.mark
 
     def get(self) -> list:
         if self.event is not None:
             self.event.synchronize()  # sync: the logging point's one wait, a point late
         return self.values.tolist()
+
+
+@dataclass
+class LogPoint:
+    """A logging point on its way to the host: its steps' (step, lr, data wait s), their
+    values (losses, norms, flags) as a Readback, and once read back, those values and the
+    mean time of a step of its window."""
+
+    steps: list[tuple[int, float, float]]
+    readback: Readback
+    values: list | None = None
+    dt: float = 0.0
 
 
 class TimedFeed:
@@ -1552,29 +1586,41 @@ def train_loop(s: Session) -> dict:
                     "no checkpoint written")
                 stopped = True
         has_val = s.val_loader is not None
-        # logging points whose values are still on their way to the host (readback order)
-        inflight: collections.deque[tuple[list, float, Readback]] = collections.deque()
+        inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
+
+        def arrive(point: LogPoint) -> None:
+            """Wait for `point`'s values and time its window on the device's timeline: from the
+            previous point's mark (or the one after an evaluation or checkpoint) to its own. On
+            CUDA that is the GPU's time for its steps, however far ahead the host ran."""
+            nonlocal window_start
+            if point.values is None:
+                point.values = point.readback.get()
+                point.dt = seconds_between(window_start, point.readback.mark) / len(point.steps)
+                window_start = point.readback.mark
 
         def finish(val_loss: float | None = None) -> tuple[bool, bool]:
             """Read back the oldest logging point in flight: its steps' metrics lines (the val
             loss goes with its last step) and the bar. Returns the flags the ranks shared there
-            (under torchrun): (a rank was signalled, rank 0 found a checkpoint overdue)."""
+            (under torchrun): (a rank was signalled, rank 0 found a checkpoint overdue). The
+            point leaves `inflight` once its lines are written: one interrupted before that
+            (a second Ctrl-C while the host waits for the device) is still there for flush()."""
             nonlocal record
-            steps, dt, readback = inflight.popleft()
-            values = readback.get()
-            n = len(steps)
-            tokens_per_s = s.tokens_per_step / dt
+            point = inflight[0]
+            arrive(point)
+            steps, values, n = point.steps, point.values, len(point.steps)
+            tokens_per_s = s.tokens_per_step / point.dt
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
-            for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n]):
-                # tokens: trained on through step k, all ranks; epoch: passes over the train
-                # split so far (the loader's steps / steps per epoch)
-                row = (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss,
-                       val_loss if k == steps[-1][0] else None, k_lr, k_norm, 1000 * dt, tokens_per_s, step_mfu,
-                       1000 * wait)
-                record = dict(zip(METRICS_FIELDS, row, strict=True))
-                history.append(tokens_per_s)
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
+            # tokens: trained on through step k, all ranks; epoch: passes over the train split
+            # so far (the loader's steps / steps per epoch)
+            rows = [dict(zip(METRICS_FIELDS, (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss,
+                                              val_loss if k == steps[-1][0] else None, k_lr, k_norm,
+                                              1000 * point.dt, tokens_per_s, step_mfu, 1000 * wait), strict=True))
+                    for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n])]
+            if metrics is not None:
+                metrics.write("".join(json.dumps(row) + "\n" for row in rows))  # all of them, or none
+            inflight.popleft()
+            record = rows[-1]
+            history.extend([tokens_per_s] * n)
             bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
                             refresh=False)
             bar.update(n)
@@ -1588,7 +1634,8 @@ def train_loop(s: Session) -> dict:
                     finish()
 
         files.callback(flush)  # runs before the metrics file and the bar close
-        started = t_last = last_ckpt = time.perf_counter()
+        started = last_ckpt = time.perf_counter()
+        window_start = mark(rt.device)  # where the next logging window's time starts
         for step in range(s.start_step + 1, 0 if stopped else cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
@@ -1622,11 +1669,8 @@ def train_loop(s: Session) -> dict:
                 values = torch.cat([losses, norms, flags])
             else:
                 values = torch.cat([losses, norms])
-            now = time.perf_counter()
-            inflight.append(([(k, k_lr, wait) for k, k_lr, _, _, wait in pending], (now - t_last) / len(pending),
-                             Readback(values)))
+            inflight.append(LogPoint([(k, k_lr, wait) for k, k_lr, _, _, wait in pending], Readback(values)))
             pending.clear()
-            t_last = now
             signalled = False
             while len(inflight) > 1:  # the earlier points: one point late, the device has done them
                 flag_stop, flag_ckpt = finish()
@@ -1651,7 +1695,9 @@ def train_loop(s: Session) -> dict:
                 if rt.master:
                     _checkpoint(s, step, rng_ranks)
                 last_ckpt = time.perf_counter()
-            t_last = time.perf_counter()  # evaluation, samples and checkpoints are not step time
+            # evaluation, samples and checkpoints are not step time (and the device has nothing
+            # queued now: the next window's time starts here)
+            window_start = mark(rt.device)
             if stopping:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()

@@ -130,7 +130,7 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
     earlier ones. --log-every 1: point k is step k."""
     made, read_after = [], {}  # point -> the train_step calls made when it was read
     calls = [0]
-    real_step, real_get = train.train_step, train.Readback.get
+    real_step, real_init, real_get = train.train_step, train.Readback.__init__, train.Readback.get
 
     def counted_step(*args):
         calls[0] += 1
@@ -143,13 +143,54 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
 
     monkeypatch.setattr(train, "train_step", counted_step)
     monkeypatch.setattr(train.Readback, "get", get)
-    monkeypatch.setattr(train.Readback, "__init__",
-                        lambda self, values: (made.append(self), setattr(self, "values", values),
-                                              setattr(self, "event", None))[0])
+    monkeypatch.setattr(train.Readback, "__init__", lambda self, values: (made.append(self), real_init(self, values))[0])
     train.train(cfg(tmp_path, dataset, steps=10, eval_every=6, ckpt_every=8, keep_ckpts=0))
     acting = {6, 8, 10}  # evaluation, checkpoint, the end
     assert read_after == {k: k if k in acting else k + 1 for k in range(1, 11)}
     assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(11))  # 0: the untrained model's val loss
+
+
+def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_path, dataset, monkeypatch):
+    """The host waits for the device in Readback.get: a second Ctrl-C there leaves that point
+    in flight, and the run's way out writes it with the rest, in order, with no gap."""
+    made, real_init, real_get = [], train.Readback.__init__, train.Readback.get
+
+    def get(self):
+        if made.index(self) == 4 and not getattr(self, "interrupted", False):  # point 5, read at step 6
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return real_get(self)
+
+    monkeypatch.setattr(train.Readback, "__init__", lambda self, values: (made.append(self), real_init(self, values))[0])
+    monkeypatch.setattr(train.Readback, "get", get)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg(tmp_path, dataset, steps=10))
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, monkeypatch, log_every):
+    """A logging window is timed on the device's timeline (here the CPU's: the host's clock,
+    40 s a step by hand), from the previous point to its own, not by when the host reads it
+    back: an evaluation's 1000 s, the read-back's lag and the windows around them do not leak
+    into any step's dt_ms."""
+    clock, real_step, real_evaluate = [0.0], train.train_step, train.evaluate
+
+    def step_of_40_seconds(*args):
+        clock[0] += 40.0
+        return real_step(*args)
+
+    def slow_evaluate(*args):
+        clock[0] += 1000.0
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "train_step", step_of_40_seconds)
+    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    summary = train.train(cfg(tmp_path, dataset, steps=10, eval_every=3, log_every=log_every))
+    rows = [r for r in metrics(tmp_path / "out") if r["step"] > 0]
+    assert [r["dt_ms"] for r in rows] == [40_000.0] * 10
+    assert summary["tokens_per_s"] == 32 / 40
 
 
 def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):

@@ -97,6 +97,9 @@ def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp
         torch.cuda.set_sync_debug_mode("default")
     assert calls[0] == 12 and len(losses(tmp_path / "out")) == 12
     assert all(math.isfinite(v) for v in losses(tmp_path / "out"))
+    # each window timed by CUDA events on the stream (train.mark): the GPU's own time, > 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < row["dt_ms"] < 60_000 and row["tokens_per_s"] > 0 for row in rows)
 
 
 def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnable, capsys):
