@@ -1439,7 +1439,7 @@ def train(cfg: TrainConfig) -> dict:
             raise UserError(str(e)) from None
         except RuntimeError as e:
             if s.rt.ddp and _peer_gone(e):  # the rank that failed says why, in its own line
-                raise UserError(f"rank {s.rt.rank}: stopped because another rank ended mid-run (its error "
+                raise UserError(f"rank {s.rt.rank} of {s.rt.world}: stopped because another rank ended mid-run (its error "
                                 f"says why)") from None
             raise
 
@@ -1929,6 +1929,11 @@ def main(compile_: bool | None, **options) -> None:
         raise UserError(str(e)) from None
     try:
         summary = train(cfg)
+    except UserError as e:  # under torchrun: which rank says it (ranks on other machines may see other files)
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world.isdigit() and int(world) > 1 and not e.message.startswith("rank "):
+            e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+        raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
         found = [] if cfg.bench else list_checkpoints(Path(cfg.out))
         then = (f"--resume auto continues from the last checkpoint written ({found[-1][1]})" if found

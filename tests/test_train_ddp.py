@@ -230,7 +230,8 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     ):
         (tmp_path / outs[1]).mkdir(exist_ok=True)
         results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
-        for (returncode, _, stderr), says in zip(results, (node0_says, node1_says)):
+        for node, ((returncode, _, stderr), says) in enumerate(zip(results, (node0_says, node1_says))):
+            says = says if says.startswith("rank ") else f"rank {node} of 2: {says}"  # who says it
             assert returncode != 0 and f"Error: {says}" in stderr, stderr
             assert "Traceback" not in stderr.split("Error: ")[0]  # train.py's own part: one line
     assert metrics.read_text() == before
@@ -251,9 +252,10 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
                              f"single/ckpt_{STEPS:06d}.pt"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
-    message = (f"Error: --resume single/ckpt_{STEPS:06d}.pt: incompatible with this run "
+    message = (f"--resume single/ckpt_{STEPS:06d}.pt: incompatible with this run "
                f"(B {2 * B} there, {B} now; world 1 there, 2 now); resume it in one process: python train.py ...")
-    assert result.stderr.count(message) == 2, result.stderr  # each rank, none left waiting
+    for rank in (0, 1):  # each rank, none left waiting
+        assert result.stderr.count(f"Error: rank {rank} of 2: {message}") == 1, result.stderr
     assert not (tmp_path / "ddp").exists()
 
 
@@ -268,8 +270,10 @@ def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
     result = subprocess.run([*torchrun, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
                             text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0
-    assert "t_train_000000.bin: token 60000 at index 240 is not below the vocabulary size 50257" in result.stderr
-    assert "Error: rank 0: stopped because another rank ended mid-run (its error says why)" in result.stderr
+    said = [line for line in result.stderr.splitlines() if "token 60000 at index 240" in line]
+    assert len(said) == 1 and said[0].startswith("Error: rank 1 of 2: "), result.stderr  # the rank whose window it is
+    assert "t_train_000000.bin: token 60000 at index 240 is not below the vocabulary size 50257" in said[0]
+    assert "Error: rank 0 of 2: stopped because another rank ended mid-run (its error says why)" in result.stderr
     assert "Connection closed by peer" not in result.stderr, result.stderr
 
 
