@@ -22,8 +22,10 @@ val_loss when validation is on, the other values null): step, tokens (trained on
 that step, all ranks), epoch (passes over the train split so far), loss (mean over ranks),
 val_loss (null unless evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
-CUDA, once the host runs ahead of the GPU (--log-every > 1), that includes waiting for the GPU
-to finish copying out of a ring buffer before it is refilled: back-pressure, not data cost).
+CUDA, once the host runs ahead of the GPU, that includes waiting for the GPU to finish copying
+out of a ring buffer before it is refilled: back-pressure, not data cost). A logging point's
+lines are written when the host reads its values back, at the next logging point (on CUDA the
+host waits there for the point before, with the steps since queued on the GPU).
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class TrainConfig:
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
     init_from: str | None = None  # weights to start from (fine-tuning): a checkpoint or HF GPT-2 state dict
     shuffle: bool = False
-    log_every: int = 1  # steps between host syncs for logging
+    log_every: int = 1  # steps between logging points (the host reads each back a point later)
     bench: bool = False
     bench_warmup: int = 5
     bench_steps: int = 20
@@ -349,6 +351,23 @@ def hold_out_dir(out: Path, notes: list[str]):
             os.close(fd)  # releases the lock
 
 
+def trained_steps_logged(metrics: Path) -> bool:
+    """Whether the metrics.jsonl at `metrics` logs any training: a line other than the step-0
+    evaluation's (anything unreadable counts, to be safe). False for a missing or empty file."""
+    if not metrics.is_file():
+        return False
+    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            return True
+        if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
+            return True
+    return False
+
+
 def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
     checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
@@ -367,7 +386,8 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
             raise UserError(f"--out {out}: {odd[0]} is not a file; --log-windows writes under that name")
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
-    theirs += [METRICS_NAME] if metrics.is_file() and metrics.stat().st_size else []
+    # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing
+    theirs += [METRICS_NAME] if trained_steps_logged(metrics) else []
     # --log-windows logs of an earlier run: a fresh run's would empty them
     theirs += [p.name for p in logs if p.is_file() and p.stat().st_size]
     if not theirs or (resume_path is not None and not resume_path.is_file()):
@@ -597,7 +617,8 @@ Mark = float | torch.cuda.Event  # a point in a device's time: see mark()
 
 def mark(device: torch.device) -> Mark:
     """Now, on `device`'s timeline: on CUDA an event recorded on the stream (it completes when
-    the device gets there), elsewhere the host's clock (CPU work is done when the call returns)."""
+    the device gets there), elsewhere the host's clock (right only where the device is done:
+    CPU work when the call returns, MPS after a read such as Readback's)."""
     if device.type != "cuda":
         return time.perf_counter()
     event = torch.cuda.Event(enable_timing=True)
@@ -615,26 +636,29 @@ def seconds_between(start: Mark, end: Mark) -> float:
 class Readback:
     """Device values (a logging point's losses, norms and flags) on their way to the host.
 
-    On CUDA: a non_blocking copy into pinned memory and an event recorded after it, so making
-    one never waits; get() waits for the event, which the training loop calls a logging point
-    later, when the device has long finished those steps and the next are queued behind
-    them. Elsewhere the tensor is kept as it is and read by get(). `mark` is when the device
-    got there (the event, or the host's clock): the end of the point's timing window.
+    On CUDA: a non_blocking copy into pinned memory and a timing event recorded after it, so
+    making one never waits; get() waits for the event, which the training loop calls a logging
+    point later, when the GPU has long finished those steps and the next are queued behind
+    them. Elsewhere they are read at once (on CPU the work is done already; MPS runs ahead
+    like CUDA, but has no such events here, and a host clock would time only the launches).
+    `mark` is when the device got there (the event, or the host's clock after the read): the
+    end of the point's timing window.
     """
 
     def __init__(self, values: torch.Tensor):
         self.event = None
-        self.values = values
         if values.is_cuda:
             self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self.values.copy_(values, non_blocking=True)
-        self.mark = mark(values.device)
-        if values.is_cuda:
-            self.event = self.mark
+            self.event = self.mark = mark(values.device)
+        else:
+            self.values = values.tolist()  # sync (MPS): the device is done when the mark is taken
+            self.mark = mark(values.device)
 
     def get(self) -> list:
-        if self.event is not None:
-            self.event.synchronize()  # sync: the logging point's one wait, a point late
+        if self.event is None:
+            return self.values
+        self.event.synchronize()  # sync: the logging point's one wait, a point late
         return self.values.tolist()
 
 
@@ -1016,7 +1040,7 @@ def resolve_resume(cfg: TrainConfig, notes: list[str]) -> Path | None:
         found = list_checkpoints(Path(cfg.out))
         if not found:
             metrics = Path(cfg.out) / METRICS_NAME
-            if not (metrics.is_file() and metrics.stat().st_size):
+            if not trained_steps_logged(metrics):  # (a run stopped in its step-0 evaluation trained none)
                 notes.append(f"--resume auto: no checkpoint in {cfg.out}/ yet: starting fresh")
                 return None
             raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; its {METRICS_NAME} is "
@@ -1616,9 +1640,10 @@ def train_loop(s: Session) -> dict:
                                               val_loss if k == steps[-1][0] else None, k_lr, k_norm,
                                               1000 * point.dt, tokens_per_s, step_mfu, 1000 * wait), strict=True))
                     for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n])]
-            if metrics is not None:
-                metrics.write("".join(json.dumps(row) + "\n" for row in rows))  # all of them, or none
-            inflight.popleft()
+            with signals_deferred():  # a Ctrl-C now would leave the point queued: flush() would write it twice
+                if metrics is not None:
+                    metrics.write("".join(json.dumps(row) + "\n" for row in rows))
+                inflight.popleft()
             record = rows[-1]
             history.extend([tokens_per_s] * n)
             bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
@@ -1909,7 +1934,8 @@ def bench_loop(s: Session) -> dict:
 @click.option("--shuffle/--no-shuffle", default=False,
               help="Visit each epoch's windows in a seeded random order.")
 @click.option("--log-every", type=int, default=TrainConfig.log_every,
-              help="Steps between logging syncs (metrics keep every step).")
+              help="Steps between logging points, where the host reads the losses back (on CUDA one "
+                   "point late, the GPU busy meanwhile); metrics keep every step.")
 @click.option("--bench", is_flag=True,
               help="Benchmark train_step (real loader vs fixed batch) instead of training; writes nothing.")
 @click.option("--bench-warmup", type=int, default=TrainConfig.bench_warmup,

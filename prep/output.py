@@ -179,6 +179,14 @@ def _remove_stale(target: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
+def _subdirectory(target: Path) -> Path:
+    """A subdirectory of `target` to suggest as --out: not the working directory, nor above it
+    (in .../data, `--out ..` must not get `--out ../data` back)."""
+    cwd = Path.cwd().resolve()
+    data = target / "data"  # only one child of `target` can lead to the working directory
+    return data if data.resolve() not in (cwd, *cwd.parents) else target / "dataset"
+
+
 def _relation_to_cwd(target: Path) -> str | None:
     """"is" or "contains" when the existing directory `target` is the working directory or one
     above it (symbolic links resolved), else None. The install renames the target aside and the
@@ -205,7 +213,7 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target}: exists and is not a directory")
     if (relation := _relation_to_cwd(target)) is not None:  # said first: --overwrite would not help
         raise OutputError(f"{target}: {relation} the directory you are in, which the new dataset would "
-                          f"replace; give a subdirectory instead (e.g. --out {target / 'data'})")
+                          f"replace; give a subdirectory instead (e.g. --out {_subdirectory(target)})")
     entries = list(target.iterdir())
     if not entries:
         return

@@ -420,7 +420,8 @@ def test_a_split_of_more_than_2_to_the_32_tokens_is_read_at_its_true_offsets(tmp
                    for r in range(W)]
         E = loaders[0].steps_per_epoch
         assert loaders[0].num_tokens == 3 * n and E == (3 * n - 1) // (B * T * W)
-        # the windows holding the end of shard 1 and the start of shard 2 (past 2**32)
+        # the windows holding the end of shard 1 and the start of shard 2 (at 2**32 - 2: the
+        # window across it has token 2**32 as its last target)
         boundary_slot, _ = divmod(2 * n - 3, B * T * W)
         steps = [0, E - 1, E, 2 * E - 1]  # the first and last steps of epochs 0 and 1
         if shuffle:

@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
@@ -145,12 +145,14 @@ def test_invalid_utf8_after_a_byte_order_mark_counts_from_the_files_first_byte(t
 
 @settings(max_examples=100, deadline=None)
 @given(st.text(min_size=1, max_size=50), st.integers(min_value=1, max_value=7))
+@example("\ufeff\ufeffé", 1)  # a leading mark, split over three reads, and a second one kept
 def test_multibyte_characters_across_blocks(text, block_bytes):
     stream = io.BytesIO(text.encode("utf-8", "surrogatepass"))
     if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
         return  # not valid UTF-8 to begin with
     docs, nbytes = read_all(resolve_sources(["-"]), stdin=stream, block_bytes=block_bytes)
-    assert docs == [text] and nbytes == len(text.encode())
+    # a byte-order mark is dropped at the very start only (hypothesis does draw U+FEFF first)
+    assert docs == [text.removeprefix("\ufeff")] and nbytes == len(text.encode())
 
 
 @pytest.mark.parametrize("block_bytes", [1, 2, 3, 5, 1 << 20])

@@ -213,6 +213,15 @@ def test_the_working_directory_and_those_above_it_are_refused(tmp_path, monkeypa
     with pytest.raises(OutputError, match="is the directory you are in"):
         check_target(Path("."), overwrite=True)
     check_target(Path("data"), overwrite=False)  # a subdirectory of it is fine
+    # the suggestion is never the working directory itself: in .../data, `--out ..` gets ../dataset
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.chdir(data)
+    with pytest.raises(OutputError, match=r"\(e\.g\. --out \.\./dataset\)$"):
+        check_target(Path(".."), overwrite=False)
+    with pytest.raises(OutputError, match=r"\(e\.g\. --out data\)$"):  # ./data is below it: fine
+        check_target(Path("."), overwrite=False)
+    monkeypatch.chdir(here)
     (here / "data").mkdir()
     check_target(Path("data"), overwrite=False)
 

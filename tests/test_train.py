@@ -737,6 +737,15 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
     assert [r["step"] for r in metrics(tmp_path / "out")] == [0]  # its val loss is kept
     assert train.list_checkpoints(tmp_path / "out") == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # nothing was trained: a job script's `--resume auto` starts it again, as does a plain run
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    for resume in ("auto", None):
+        train.train(cfg(tmp_path, dataset, steps=5, eval_every=2, ckpt_every=1, resume=resume, keep_ckpts=0))
+        assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(6))
+        for path in (tmp_path / "out").glob("ckpt_*.pt"):
+            path.unlink()
+        (tmp_path / "out" / "metrics.jsonl").write_text(json.dumps({**dict.fromkeys(train.METRICS_FIELDS),
+                                                                    "step": 0, "val_loss": 10.8}) + "\n")
 
 
 @pytest.mark.slow
