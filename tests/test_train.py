@@ -168,6 +168,47 @@ def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_ctrl_c_after_a_point_is_read_back_but_before_its_lines_loses_none_of_them(tmp_path, dataset, monkeypatch):
+    """A second Ctrl-C once a point's values are on the host but before its lines are written
+    (here in json.dumps of step 5's line): the way out writes that point with the values and
+    the time it was read back with, not waiting for it again (its window is timed once)."""
+    interrupted = []
+
+    def dumps(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == 5 and not interrupted:
+            interrupted.append(obj)
+            raise KeyboardInterrupt
+        return json.dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(train, "json", types.SimpleNamespace(**{**vars(json), "dumps": dumps}))
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg(tmp_path, dataset, steps=10))
+    rows = metrics(tmp_path / "out")
+    assert interrupted and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[4]["dt_ms"] == interrupted[0]["dt_ms"] and all(r["dt_ms"] > 0 for r in rows)
+
+
+def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_path, dataset, monkeypatch, capsys):
+    """--ckpt-every 0: the stop has nothing to save, and at --log-every 4 step 6 is no logging
+    point of its own, but the run's end is: it stops there and says so."""
+    real_step, calls = train.train_step, [0]
+
+    def interrupted_step(*args):
+        calls[0] += 1
+        if calls[0] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", interrupted_step)
+    summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=0, log_every=4, quiet=False))
+    out = capsys.readouterr().out
+    assert summary["interrupted"] and summary["steps"] == summary["last_step"] == 6 and calls[0] == 6
+    assert "SIGINT: stopped after step 6 of 10; no checkpoint (--ckpt-every 0, no --ckpt-minutes)\n" in out
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
+    assert train.list_checkpoints(tmp_path / "out") == []
+
+
 @pytest.mark.parametrize("log_every", [1, 4])
 def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, monkeypatch, log_every):
     """A logging window is timed on the device's timeline (here the CPU's: the host's clock,
@@ -191,6 +232,7 @@ def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, 
     rows = [r for r in metrics(tmp_path / "out") if r["step"] > 0]
     assert [r["dt_ms"] for r in rows] == [40_000.0] * 10
     assert summary["tokens_per_s"] == 32 / 40
+    assert summary["steps"] == summary["last_step"] == 10  # every step, not every logging point
 
 
 def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):
@@ -374,6 +416,28 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert not (tmp_path / "o").exists()
 
 
+def test_bench_timing_noise_is_how_far_apart_the_windows_are_whichever_is_slower(tmp_path, dataset, monkeypatch):
+    """Steps that slow down (10 ms more each, on a hand clock): each feed's second window is
+    the slower one, and the noise is still the distance between the two, never below 0."""
+    clock, calls, real_step = [0.0], [0], train.train_step
+
+    def slowing_step(*args):
+        calls[0] += 1
+        clock[0] += 0.010 * calls[0]
+        return real_step(*args)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "train_step", slowing_step)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
+            "--bench-steps", "3", "--device", "cpu"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    # calls 1-3: warm-up and one untimed step per feed; then real 4, fixed 5, fixed 6-7, real 8-9
+    assert bench["window_ms_per_step"] == {"real": pytest.approx([40, 85]), "fixed": pytest.approx([50, 65])}
+    assert "timing noise here: 72.0%, one feed's two windows apart" in result.stdout  # |40 - 85| / 62.5
+
+
 def test_bench_blocked_fraction_is_the_timed_steps_wait_over_their_time(tmp_path, dataset, monkeypatch):
     """A loader that takes 200 ms a batch: blocked_fraction counts the waits of the timed real
     steps only (not warm-up's, not the untimed pass's), over the real step time, so it lies
@@ -549,17 +613,28 @@ def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_eve
     assert "at step 2" in capsys.readouterr().out
     straight = metrics_of(cfg(tmp_path, dataset, steps=4, out=str(tmp_path / "straight")))
     assert [r["loss"] for r in metrics(tmp_path / "out")] == [r["loss"] for r in straight]
+    # a run stopped at once while starting leaves an empty metrics.jsonl: no run yet either
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "metrics.jsonl").touch()
+    train.train(dataclasses.replace(again, steps=2, out=str(tmp_path / "started")))
+    assert f"note: --resume auto: no checkpoint in {tmp_path / 'started'}/ yet: starting fresh" in \
+        capsys.readouterr().out
+    assert [r["step"] for r in metrics(tmp_path / "started")] == [1, 2]
 
 
 def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batches_before(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
-    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
-    note = ("note: --log-windows starts at step 3: the run before it kept no window log, so `python -m "
+    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, resume="auto", quiet=False))
+    assert "--log-windows" not in capsys.readouterr().out  # a resume without it: nothing to say
+    # an empty log (a resume with --log-windows stopped while starting) holds no batch either
+    (tmp_path / "out" / "windows_rank0.jsonl").touch()
+    train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
+    note = ("note: --log-windows starts at step 5: the run before it kept no window log, so `python -m "
             "loader.audit` will find its batches missing")
     assert note in capsys.readouterr().out
-    train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
-    assert "--log-windows starts" not in capsys.readouterr().out  # it has a log, from step 3 on: no news
+    train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
+    assert "--log-windows starts" not in capsys.readouterr().out  # it has a log, from step 5 on: no news
 
 
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
@@ -697,6 +772,9 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out)])
     assert result.stderr == ("interrupted: stopped at once; --resume auto continues from the last checkpoint "
                              f"written ({out / 'ckpt_000004.pt'})\n")
+    # --bench writes no checkpoint: those in --out are no run of its to continue
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out), "--bench"])
+    assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once; no checkpoint was written\n"
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
@@ -1077,6 +1155,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                   "--out dangling: dangling is a symbolic link to nowhere, which does not exist"),
     "metrics.jsonl is a directory": (["--out", "metricsdir"], ".",
                                      "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
+    "resume auto where metrics.jsonl is a directory": (["--out", "metricsdir", "--resume", "auto"], ".",
+                                                       "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
     "bench with log-windows": (["--bench", "", "--log-windows", ""], ".",
                                "--log-windows logs a training run's windows; --bench writes nothing"),
     "negative lr": (["--lr", "-1"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got -1.0"),
@@ -1126,6 +1206,20 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert_user_error(result, *messages)
     assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
+
+
+def test_only_a_file_of_tensors_alone_is_said_to_hold_weights_alone():
+    """--resume of a bare state dict points at --init-from; what else is no checkpoint (an
+    empty dict, tensors beside other things) gets no such hint."""
+    weights = {"transformer.wte.weight": torch.zeros(2, 2)}
+    plain = "--resume x.pt: not a train.py checkpoint (one holds the model, optimizer, loader and RNG states"
+    with pytest.raises(train.UserError) as e:
+        train.check_checkpoint(weights, Path("x.pt"), "--resume")
+    assert str(e.value) == plain + "; this file holds weights alone: start from them with --init-from)"
+    for other in ({}, {**weights, "step": 3}):
+        with pytest.raises(train.UserError) as e:
+            train.check_checkpoint(other, Path("x.pt"), "--resume")
+        assert str(e.value) == plain + ")"
 
 
 @pytest.mark.parametrize("flag, says", [("--out", "a directory"), ("--resume", "a file"), ("--init-from", "a file"),

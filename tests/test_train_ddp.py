@@ -148,6 +148,49 @@ def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
     assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
 
 
+SIGNAL_ON_RANK_1 = """
+import os, runpy, signal, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+from loader import TokenLoader
+if os.environ["RANK"] == "1":  # rank 1 alone gets a SIGTERM, during its n-th batch of a split
+    split, n = os.environ["SIGNAL_AT"].split(":")
+    real, calls = TokenLoader.next_batch, [0]
+    def next_batch(self, *args, **kwargs):
+        calls[0] += self.split == split
+        if self.split == split and calls[0] == int(n):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+    TokenLoader.next_batch = next_batch
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("at, extra, stopped_at", [
+    ("train:5", ["--ckpt-every", "1"], 3),  # step 3's first micro-batch; every point checkpoints
+    ("val:1", ["--eval-every", "4", "--ckpt-every", "4"], 2),  # the step-0 evaluation
+], ids=["every point read at once", "in the step-0 evaluation"])
+def test_one_ranks_signal_stops_every_rank_at_one_step(tmp_path, at, extra, stopped_at):
+    """A signal that reaches rank 1 alone: the ranks learn of it from the logging point's shared
+    flags, also where every point is read back at once (a checkpoint each step: its flags come
+    with it, not a point later), and also during the step-0 evaluation, where a single process
+    stops before step 1 but a rank alone must not (rank 0 would wait for it in step 1): they
+    stop together after one agreed step, which rank 0 checkpoints."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
+    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    args = [*common(data, "run", B), "--steps", "8", "--keep-ckpts", "0", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGNAL_AT": at}
+    result = subprocess.run([*torchrun, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0  # torchrun reports the stop
+    assert f"another rank's signal: stopped after step {stopped_at} of 8; checkpoint" in result.stdout, \
+        result.stdout + result.stderr
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["step"]] == list(range(1, stopped_at + 1))
+    assert sorted(tmp_path.glob("run/ckpt_*.pt"))[-1].name == f"ckpt_{stopped_at:06d}.pt"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
