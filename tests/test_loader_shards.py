@@ -300,6 +300,11 @@ def test_every_bad_shard_is_an_error_naming_the_file(tmp_path, kwargs, message):
     ("my notes.txt", b"hi\n", "my notes.txt: not a token shard (3 byte(s), too few to hold the magic 20240520): "
      "tokenize it first with `prep tokenize '{path}'` and pass the dataset directory it writes"),
     ("meta.json", b'{"format_version": 1}', "meta.json: a dataset's meta.json, not a shard: pass its directory, {dir}"),
+    # four bytes hold a magic, a wrong one; a magic is read as read_header reads it (an int32)
+    ("four.txt", b"abcd", "four.txt: not a token shard (bad magic 1684234849, expected 20240520): tokenize it first "
+     "with `prep tokenize {path}` and pass the dataset directory it writes"),
+    ("ja.txt", "\u65e5\u672c\u8a9e\n".encode(), "ja.txt: not a token shard (bad magic -425355290, expected 20240520): "
+     "tokenize it first with `prep tokenize {path}` and pass the dataset directory it writes"),
 ])
 def test_a_single_file_that_is_no_shard_says_what_to_pass_instead(tmp_path, name, content, message):
     """Not read_header's bare "bad magic": a text file or meta.json given where shards go

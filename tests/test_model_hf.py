@@ -116,6 +116,10 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     del bare["h.0.attn.c_extra.weight"]
     with pytest.raises(ValueError, match=r"for 3 layers: missing h.2.attn.c_attn.bias \(and 11 more\)"):
         from_hf_state_dict(bare, deeper)
+    with pytest.raises(ValueError, match=r"^h.1.mlp.c_fc.weight: shape \(32, 100\), .* has \(32, 128\)"):
+        from_hf_state_dict({**bare, "h.1.mlp.c_fc.weight": bare["h.1.mlp.c_fc.weight"][:, :100]}, config)
+    with pytest.raises(ValueError, match=r"^wte.weight: expected 50257 rows"):
+        from_hf_state_dict({**bare, "wte.weight": bare["wte.weight"][:100]}, config)
     untied = {**sd, "lm_head.weight": sd["lm_head.weight"] + 1}
     with pytest.raises(ValueError, match="lm_head.weight differs"):
         from_hf_state_dict(untied, config)

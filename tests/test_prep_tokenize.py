@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from prep.corpus import CorpusError
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
@@ -206,6 +207,15 @@ def test_jsonl_and_stdin_inputs(tmp_path):
     assert np.array_equal(stream(tmp_path / "out"), expected(documents))
     sources = read_meta(tmp_path / "out")["sources"]
     assert [s["kind"] for s in sources] == ["jsonl", "stdin"] and sources[1]["bytes"] == 12
+
+
+def test_the_file_piped_into_stdin_given_again_is_refused_before_any_work(tmp_path):
+    """tokenize_corpus(stdin=...) is what '-' reads: the same file named too is refused."""
+    (tmp_path / "a.txt").write_text("some text")
+    with open(tmp_path / "a.txt", "rb") as stdin:
+        with pytest.raises(CorpusError, match=r"a\.txt and '-' \(stdin\) are the same file"):
+            tokenize_corpus([str(tmp_path / "a.txt"), "-"], tmp_path / "out", stdin=stdin, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_stdin_default_out_dir(tmp_path, monkeypatch):

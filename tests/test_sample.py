@@ -88,6 +88,10 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     wrong = invoke(str(tmp_path / "hf.bin"), *greedy)  # the default, gpt2, does not fit
     assert_user_error(wrong, "checkpoint", "hf.bin: another model shape", "use --model tiny")
     assert wrong.stderr.rstrip().endswith("use --model tiny")  # sample.py has no --n-layer and such
+    odd = GPTConfig.preset("tiny", n_layer=3)  # a shape no preset has
+    torch.save(to_hf_state_dict(GPT(odd).state_dict(), odd), tmp_path / "odd.bin")
+    assert_user_error(invoke(str(tmp_path / "odd.bin"), "--model", "tiny", *greedy),
+                      "odd.bin: another model shape (n_layer 3 there, 2 here): no --model preset has its shape")
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")
     # fine-tuned with a cropped block size: built with the positions it has
     hf = torch.load(tmp_path / "hf.bin", weights_only=True)
