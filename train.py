@@ -1522,6 +1522,7 @@ class StopRequest:
         self.signal: int | None = None
         self.persistent = persistent
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
+        self.before_step_1 = False  # in the step-0 evaluation: a single process stops before step 1
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -1530,7 +1531,8 @@ class StopRequest:
         if not self.persistent:
             signal.signal(signum, self._previous[signum])
         if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
-            when = "within two logging points" if self.persistent else "after the step under way"
+            when = ("within two logging points" if self.persistent else
+                    "before step 1" if self.before_step_1 else "after the step under way")
             again = "" if self.persistent else ", a second one stops at once"
             with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
                 os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
@@ -1599,7 +1601,9 @@ def train_loop(s: Session) -> dict:
         if s.start_step == 0 and s.val_loader is not None:
             # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
             # build-nanogpt log it: the curve's first point, and a check of the data and model
+            stop.before_step_1 = True
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
+            stop.before_step_1 = False
             say(f"step 0: val loss {val_loss:.4f}")
             if metrics is not None:
                 record = dict.fromkeys(METRICS_FIELDS)

@@ -797,7 +797,7 @@ def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
-def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dataset, monkeypatch, capsys):
+def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dataset, monkeypatch, capfd):
     """No step is under way: the run trains none and writes no checkpoint (a step-0 one would
     only skip the step-0 evaluation on --resume), and it exits as an interrupted run."""
     real_evaluate = train.evaluate
@@ -809,8 +809,9 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
 
     monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
     summary = train.train(cfg(tmp_path, dataset, steps=5, eval_every=2, ckpt_every=1, quiet=False))
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
     assert summary["interrupted"] and summary["steps"] == 0
+    assert "\nSIGINT: stopping before step 1, a second one stops at once\n" in err  # said at once
     assert "SIGINT: stopped before step 1; nothing trained, no checkpoint written\n" in out
     assert "done:" not in out
     assert [r["step"] for r in metrics(tmp_path / "out")] == [0]  # its val loss is kept
