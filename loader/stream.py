@@ -77,6 +77,9 @@ def _check_single_file(p: Path, text: str) -> None:
         raise LoaderError(f"{text}: a dataset's {META_NAME}, not a shard: pass its directory, {p.parent}")
     why = not_a_shard(p)
     if why is not None and parse_shard_name(p.name) is None:
+        if p.stat().st_size == 0:  # no text to tokenize either: prep tokenize refuses it
+            raise LoaderError(f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then "
+                              f"its tokens)")
         raise LoaderError(f"{text}: not a token shard ({why}): tokenize it first with "
                           f"`prep tokenize {shlex.quote(text)}` and pass the dataset directory it writes")
 

@@ -300,6 +300,8 @@ def test_every_bad_shard_is_an_error_naming_the_file(tmp_path, kwargs, message):
     ("my notes.txt", b"hi\n", "my notes.txt: not a token shard (3 byte(s), too few to hold the magic 20240520): "
      "tokenize it first with `prep tokenize '{path}'` and pass the dataset directory it writes"),
     ("meta.json", b'{"format_version": 1}', "meta.json: a dataset's meta.json, not a shard: pass its directory, {dir}"),
+    # nothing to tokenize either (prep tokenize refuses an empty input): no such advice
+    ("empty.txt", b"", "empty.txt: an empty file, not a token shard (a shard is a 1024-byte header, then its tokens)"),
     # four bytes hold a magic, a wrong one; a magic is read as read_header reads it (an int32)
     ("four.txt", b"abcd", "four.txt: not a token shard (bad magic 1684234849, expected 20240520): tokenize it first "
      "with `prep tokenize {path}` and pass the dataset directory it writes"),
