@@ -356,15 +356,16 @@ def trained_steps_logged(metrics: Path) -> bool:
     evaluation's (anything unreadable counts, to be safe). False for a missing or empty file."""
     if not metrics.is_file():
         return False
-    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return True
-        if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
-            return True
+    with open(metrics, encoding="utf-8", errors="replace") as f:  # a run's is decided by line 1 or 2
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return True
+            if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
+                return True
     return False
 
 
@@ -646,19 +647,17 @@ class Readback:
     """
 
     def __init__(self, values: torch.Tensor):
-        self.event = None
         if values.is_cuda:
             self.values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self.values.copy_(values, non_blocking=True)
-            self.event = self.mark = mark(values.device)
         else:
             self.values = values.tolist()  # sync (MPS): the device is done when the mark is taken
-            self.mark = mark(values.device)
+        self.mark = mark(values.device)  # on CUDA, the event get() waits for
 
     def get(self) -> list:
-        if self.event is None:
+        if isinstance(self.values, list):  # read at once
             return self.values
-        self.event.synchronize()  # sync: the logging point's one wait, a point late
+        self.mark.synchronize()  # sync: the logging point's one wait, a point late
         return self.values.tolist()
 
 
@@ -1598,7 +1597,8 @@ def train_loop(s: Session) -> dict:
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
-        if s.start_step == 0 and s.val_loader is not None:
+        has_val = s.val_loader is not None
+        if s.start_step == 0 and has_val:
             # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
             # build-nanogpt log it: the curve's first point, and a check of the data and model
             stop.before_step_1 = True
@@ -1613,7 +1613,6 @@ def train_loop(s: Session) -> dict:
                 say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
                     "no checkpoint written")
                 stopped = True
-        has_val = s.val_loader is not None
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
 
         def arrive(point: LogPoint) -> None:

@@ -182,14 +182,13 @@ def _remove_stale(target: Path) -> None:
 def _subdirectory(target: Path) -> Path:
     """A subdirectory of `target` to suggest as --out: not the working directory, nor above it
     (in .../data, `--out ..` must not get `--out ../data` back)."""
-    cwd = Path.cwd().resolve()
     data = target / "data"  # only one child of `target` can lead to the working directory
-    return data if data.resolve() not in (cwd, *cwd.parents) else target / "dataset"
+    return data if _relation_to_cwd(data) is None else target / "dataset"
 
 
 def _relation_to_cwd(target: Path) -> str | None:
-    """"is" or "contains" when the existing directory `target` is the working directory or one
-    above it (symbolic links resolved), else None. The install renames the target aside and the
+    """"is" or "contains" when `target` is the working directory or one above it (symbolic
+    links resolved), else None. The install renames the target aside and the
     new dataset in: the shell that ran us would be left in a deleted directory."""
     try:
         cwd = Path.cwd().resolve()
