@@ -34,6 +34,7 @@ from pathlib import Path
 
 import click
 
+from prep.corpus import BOM
 from prep.errors import UserCommand, UserError
 from prep.meta import read_meta
 from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
@@ -76,12 +77,14 @@ class BenchConfig:
 
 
 def source_paragraphs(source: Path | None) -> tuple[list[str], str]:
-    """Paragraphs (blank-line separated blocks, newlines kept) and a label for the report."""
+    """Paragraphs (blank-line separated blocks, newlines kept) and a label for the report. A
+    leading byte-order mark is dropped, as `prep tokenize` drops it: shuffled in, it would be
+    text mid-document."""
     if source is None and Path("input.txt").is_file():
         source = Path("input.txt")
     if source is not None:
         try:
-            text, label = Path(source).read_text(encoding="utf-8"), str(source)
+            text, label = Path(source).read_text(encoding="utf-8").removeprefix(BOM), str(source)
         except UnicodeDecodeError as e:
             raise UserError(f"--source {source}: not UTF-8 text (byte {e.start})") from None
     else:

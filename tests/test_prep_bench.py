@@ -48,6 +48,12 @@ def test_source_defaults_to_input_txt_then_pydoc(tmp_path, monkeypatch):
     assert label == "input.txt" and paragraphs == ["A para.\n\n", "B para.\n\n"]
 
 
+def test_source_drops_a_leading_byte_order_mark(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffA para.\n\nB \ufeff para.\n".encode("utf-8"))
+    paragraphs, _ = bench.source_paragraphs(tmp_path / "bom.txt")
+    assert paragraphs == ["A para.\n\n", "B \ufeff para.\n\n"]  # only the file's mark goes
+
+
 def test_baseline_counts_tokens():
     run = bench.baseline_run("hello world\n" * 1000, chunk_chars=100)
     assert run["seconds"] > 0 and run["tokens"] == 3 * 1000  # "hello", " world", "\n" per line, chunks on newlines
