@@ -160,19 +160,23 @@ class TokenLoader:
         device = torch.device(device)
         index = self._take()
         window = self._windows[index]
-        if device.type == "cuda":
-            # Ship the 2-byte tokens as int16 (same bits, a view): uint16 is one of torch's
-            # "limited support" dtypes, and int16's copy and cast kernels exist everywhere.
-            on_device = window.view(torch.int16).to(device, non_blocking=True)
-            record_copy(self._events, index, device)  # buffer not refilled before this is done
-            tokens = widen_int16(on_device)
-        else:
-            # Widen on the host with numpy: one single-threaded pass at memory speed. torch's
-            # .to(int64) goes multi-threaded above 32k elements, which on a small or busy
-            # machine costs milliseconds of OpenMP wake-up (measured: 8 ms vs 10 us on 2 cores).
-            tokens = torch.from_numpy(self._arrays[index].astype(np.int64))
-            if device.type != "cpu":  # mps and others: no uint16 there; plain copy
-                tokens = tokens.to(device)
+        try:
+            if device.type == "cuda":
+                # Ship the 2-byte tokens as int16 (same bits, a view): uint16 is one of torch's
+                # "limited support" dtypes, and int16's copy and cast kernels exist everywhere.
+                on_device = window.view(torch.int16).to(device, non_blocking=True)
+                record_copy(self._events, index, device)  # buffer not refilled before this is done
+                tokens = widen_int16(on_device)
+            else:
+                # Widen on the host with numpy: one single-threaded pass at memory speed. torch's
+                # .to(int64) goes multi-threaded above 32k elements, which on a small or busy
+                # machine costs milliseconds of OpenMP wake-up (measured: 8 ms vs 10 us on 2 cores).
+                tokens = torch.from_numpy(self._arrays[index].astype(np.int64))
+                if device.type != "cpu":  # mps and others: no uint16 there; plain copy
+                    tokens = tokens.to(device)
+        except BaseException:  # no such device, out of memory, Ctrl-C: the window was not given
+            self._untake(index)
+            raise
         B, T = self._cursor.B, self._cursor.T
         x = tokens[:-1].view(B, T)  # (B, T) inputs
         y = tokens[1:].view(B, T)  # (B, T) targets
@@ -203,6 +207,15 @@ class TokenLoader:
         self._held = index
         self._step += 1
         return index
+
+    def _untake(self, index: int) -> None:
+        """Undo the `_take` that returned `index`: its window comes again at the next call."""
+        self._step -= 1
+        self._held = None
+        if self._prefetcher is None:  # prefetch=0: refill the same buffer with the same window
+            self._next_sync = index
+        else:
+            self._prefetcher.put_back(index, self._step)
 
     def _give_back(self) -> None:
         """Return the held buffer to the prefetch thread (its window is no longer valid)."""

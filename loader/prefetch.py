@@ -79,6 +79,7 @@ class Prefetcher:
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._failure: _Failure | None = None
+        self._again: tuple[int, int] | None = None  # (index, step) put back, served before `ready`
         self._stopping = threading.Event()
         for index in indices:
             self._free.put(index)
@@ -103,10 +104,10 @@ class Prefetcher:
         """The buffer holding step `step`'s window; re-raises the thread's exception."""
         if self._failure is not None:
             raise self._failure.error
-        while True:
+        item, self._again = self._again, None
+        while item is None:
             try:
                 item = self._ready.get(timeout=1.0)
-                break
             except queue.Empty:
                 if not self._thread.is_alive() and self._ready.empty():
                     raise LoaderError("the prefetch thread exited without a window") from None
@@ -117,6 +118,11 @@ class Prefetcher:
         if filled_step != step:  # a bug, not a user mistake
             raise RuntimeError(f"prefetch out of order: got step {filled_step}, want {step}")
         return index
+
+    def put_back(self, index: int, step: int) -> None:
+        """The consumer took buffer `index` (step `step`'s window) but could not use it: the
+        next get() returns it again, before any window the thread has filled since."""
+        self._again = (index, step)
 
     def release(self, index: int) -> None:
         """The consumer is done with buffer `index`: the thread may refill it."""

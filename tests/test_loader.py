@@ -109,6 +109,26 @@ def test_next_batch_on_cpu_is_int64_b_by_t_with_y_shifted_by_one(data, prefetch)
         assert torch.equal(x[:, 1:], y[:, :-1])
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_batch_that_fails_to_reach_its_device_is_not_consumed(data, prefetch):
+    """next_batch to a device this machine lacks (CUDA without CUDA, cuda:1 on one GPU) raises
+    torch's error; the window it could not deliver is the next one given, and state_dict has not
+    moved past it, so a caller who catches the error and goes on skips no window."""
+    path, ref = data
+    B, T = 2, 50
+    absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or CUDA on a CPU build
+    with TokenLoader(path, B=B, T=T, prefetch=prefetch) as loader:
+        loader.next_batch("cpu")
+        with pytest.raises((AssertionError, RuntimeError)):
+            loader.next_batch(absent)
+        assert loader.step == loader.state_dict()["step"] == 1
+        for k in (1, 2):
+            x, y = loader.next_batch("cpu")
+            s = start(k, loader.steps_per_epoch, B, T)
+            np.testing.assert_array_equal(x.flatten().numpy(), ref[s : s + B * T])
+            np.testing.assert_array_equal(y.flatten().numpy(), ref[s + 1 : s + B * T + 1])
+
+
 def test_next_window_is_a_uint16_cpu_tensor_of_b_t_plus_one(data):
     path, _ = data
     with TokenLoader(path, B=4, T=8) as loader:
