@@ -144,6 +144,9 @@ def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_
     for shard in shards:  # warm the page cache: steady state, not the disk, is measured
         open_shard(shard).view(np.ndarray).max()
     first = open_shard(shards[0]).view(np.ndarray)
+    if first.shape[0] < B * T + 1:  # the loader spans shards; the floor and the baselines do not
+        raise LoaderError(f"{shards[0]}: {first.shape[0]:,} tokens, fewer than one window of B*T+1 = "
+                          f"{B * T + 1:,}: the baselines read the first shard alone; lower --B or --T")
     floor = raw_copy(first, B * T + 1, B * T)
     seconds = {"raw np.copyto (floor)": _time_per_call(floor, windows, repeats, warmup)}
     for prefetch in (0, 2):
@@ -281,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("B", "T", "windows", "repeats", "tokens", "shards"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if getattr(args, "path", None) is None and args.shards > args.tokens:  # synthetic only
+        parser.error(f"--shards {args.shards} must be <= --tokens {args.tokens}: a shard holds at least one token")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)

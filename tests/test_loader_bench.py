@@ -59,11 +59,22 @@ def test_bench_bad_path_is_one_line_and_exit_2(tmp_path):
     assert not missing.exists()
 
 
+def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, capsys):
+    """The loader reads 100 tokens in two shards of 50 at 2x32, but the baselines read the first
+    shard alone and need a whole window of 65 there: said so, not a broadcast error."""
+    bench.synthesize(str(tmp_path), 100, 2)
+    assert bench.main([str(tmp_path), "--B", "2", "--T", "32", "--windows", "2", "--repeats", "1"]) == 2
+    first = tmp_path / "bench_train_000000.bin"
+    assert capsys.readouterr().err == (f"Error: {first}: 50 tokens, fewer than one window of B*T+1 = 65: the "
+                                       "baselines read the first shard alone; lower --B or --T\n")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--B", "0"], "--B must be >= 1, got 0"),
     (["--shards", "-2"], "--shards must be >= 1, got -2"),
     (["--work-us", "nan"], "--work-us must be a number of microseconds >= 0, got nan"),
     (["--work-us", "-1"], "--work-us must be a number of microseconds >= 0, got -1.0"),
+    (["--tokens", "1", "--shards", "2"], "--shards 2 must be <= --tokens 1: a shard holds at least one token"),
     (["--B", "x"], "argument --B: invalid int value: 'x'"),
     (["--nope"], "unrecognized arguments: --nope"),
 ])
