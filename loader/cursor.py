@@ -16,7 +16,6 @@ skipped (build-nanogpt issue #105), and ranks read disjoint targets (llm.c issue
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -24,13 +23,13 @@ from loader.errors import LoaderError, check_int
 from prep.epoch import steps_per_epoch
 
 
-@lru_cache(maxsize=2)  # the epoch being read and, at a boundary, the next (prefetch runs ahead)
 def epoch_permutation(seed: int, epoch: int, steps: int) -> np.ndarray:
     """The order of the `steps` window slots in `epoch` when shuffling (read-only array).
 
     Drawn from PCG64 seeded by SeedSequence([seed, epoch]): a function of (seed, epoch) only,
     hence identical on every rank and in every process, and a fresh order each epoch.
-    Cached (thread-safe) because the prefetch thread and the consumer both ask for it.
+    Each Cursor caches the orders it reads (Cursor.slot), not this function: a cache shared
+    by the process would let one shuffled loader evict another's and redraw per window.
 
     int32 where it fits, which is the same order as `rng.permutation(steps)` (shuffling
     draws the same swaps whatever the dtype) in half the memory: 10B tokens at B=4, T=32 are
@@ -54,6 +53,9 @@ class Cursor:
     shuffle: bool = False
     seed: int = 0
     steps_per_epoch: int = field(init=False)
+    # (epoch, order) of the last two epochs drawn: the one being read and, at a boundary, the
+    # next (the prefetch thread runs ahead). Replaced whole, never changed: safe across threads.
+    _orders: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         check_int("B", self.B, 1)
@@ -84,8 +86,17 @@ class Cursor:
         """Which of the epoch's E window slots step `step` reads."""
         epoch, k = divmod(step, self.steps_per_epoch)
         if self.shuffle:
-            return int(epoch_permutation(self.seed, epoch, self.steps_per_epoch)[k])
+            return int(self._order(epoch)[k])
         return k
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """epoch_permutation of `epoch`, drawn once while this cursor reads that epoch."""
+        for drawn, order in self._orders:
+            if drawn == epoch:
+                return order
+        order = epoch_permutation(self.seed, epoch, self.steps_per_epoch)
+        object.__setattr__(self, "_orders", (*self._orders[-1:], (epoch, order)))
+        return order
 
     def window_start(self, step: int, rank: int) -> int:
         """s = (slot * W + rank) * B*T: the first token of step `step`'s window on `rank`."""
