@@ -256,7 +256,8 @@ def report(r: dict) -> str:
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a user mistake as one line, like every other command here (argparse,
-    not click: loader/ depends on numpy and torch only)."""
+    not click: the loader and its benchmark need only numpy, torch and prep's shard format;
+    click comes in with the audit's command line alone)."""
 
     def error(self, message: str):
         self.exit(2, f"Error: {self.prog}: {message}\n")
