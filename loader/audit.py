@@ -139,7 +139,8 @@ def read_log(path: Path, rank: int) -> RankLog:
         windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
                               tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
     if run is None:
-        raise UserError(f"{path}: no windows logged")
+        killed = " but an incomplete one (the run was killed while writing it)" if notes else ""
+        raise UserError(f"{path}: no windows logged{killed}")
     return RankLog(rank, path, windows, *run, notes)
 
 

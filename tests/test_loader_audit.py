@@ -284,12 +284,14 @@ def test_the_crc32_is_of_the_window_the_model_received(tmp_path, data, monkeypat
     ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
     ("other rank", [], ["windows_rank0.jsonl:1: rank 1 in the log of rank 0"]),
     ("crc32", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
+    ("half line", [], ["windows_rank0.jsonl: no windows logged but an incomplete one (the run was killed"]),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32"):
+    if setup in ("old", "json", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
+                 "half line"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
@@ -306,6 +308,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             rewrite(log, [{**r, "crc32": 2**32} for r in lines(log)])
         elif setup == "rank":  # true is not a rank, though it equals 1 in Python
             rewrite(log, [{**r, "rank": True} for r in lines(log)])
+        elif setup == "half line":  # killed while writing its first line
+            log.write_text(log.read_text()[:40])
         elif setup == "shape":
             rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
     assert_user_error(run(out, *args), *words)
