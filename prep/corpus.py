@@ -1,15 +1,15 @@
 """Reading the corpus: input arguments -> sources -> a stream of document pieces.
 
-One text file is one document, one JSONL line is one document (its `--field`), and stdin is
-one document. Directories are searched recursively for `*.txt`, in sorted order, so the
-same tree always gives the same token stream. One file reached twice (named twice, through a
-link, inside a directory also given) is an error: its text would be trained on twice. Text
-is the file's bytes decoded as UTF-8, exactly: no newline translation; only a byte-order mark
-at the very start of a file (text or JSONL) or of stdin is dropped, since it marks the
-encoding and is no text (one anywhere else is kept as U+FEFF). Files are read in binary
-blocks and decoded incrementally, so a huge document never sits in memory whole and a
-multibyte character split across two blocks decodes as one. Every problem a user can fix
-raises CorpusError with the file, and the line or byte offset, in its message.
+One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
+document. Directories are searched recursively for `*.txt` (linked directories too, a link loop
+being an error), in sorted order, so the same tree always gives the same token stream. One file
+reached twice (named twice, through a link, inside a directory also given) is an error: its
+text would be trained on twice. Text is the file's bytes decoded as UTF-8, exactly: no newline
+translation; only a byte-order mark at the very start of a file (text or JSONL) or of stdin is
+dropped, since it marks the encoding and is no text (one anywhere else is kept as U+FEFF).
+Files are read in binary blocks and decoded incrementally, so a huge document never sits in
+memory whole and a multibyte character split across two blocks decodes as one. Every problem a
+user can fix raises CorpusError with the file, and the line or byte offset, in its message.
 """
 
 from __future__ import annotations
@@ -73,10 +73,28 @@ def _unreadable(error: OSError) -> None:
     raise CorpusError(f"{error.filename}: cannot read ({error.strerror})")
 
 
+def _identity(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _text_files(directory: Path) -> list[Path]:
     found = []
-    for root, dirs, files in os.walk(directory, onerror=_unreadable):
+    # Linked directories are followed (else their files would be missing without a word); the
+    # directories on the way down to each one, by device and inode, tell a link loop.
+    above = {os.fspath(directory): frozenset([_identity(directory)])}
+    for root, dirs, files in os.walk(directory, onerror=_unreadable, followlinks=True):
         dirs.sort()
+        chain = above.pop(root, frozenset())
+        for name in dirs:
+            sub = os.path.join(root, name)
+            try:
+                identity = _identity(sub)
+            except OSError:  # gone meanwhile, or unreadable: os.walk's onerror says so
+                continue
+            if identity in chain:
+                raise CorpusError(f"{sub}: a symbolic link loop (it leads back to {Path(sub).resolve()})")
+            above[sub] = chain | {identity}
         for path in (Path(root) / f for f in files if f.endswith(".txt")):
             if path.is_symlink() and not path.exists():  # else its text would be missing without a word
                 raise CorpusError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
