@@ -244,8 +244,9 @@ class AtomicDirectory:
         try:
             missing = [p for p in [self.target.parent, *self.target.parent.parents] if not p.exists()]
             for parent in reversed(missing):
-                parent.mkdir()
-                self._created.append(parent)
+                if not parent.exists():  # build/.. exists once build/ does: not made twice
+                    parent.mkdir()
+                    self._created.append(parent)
             _remove_stale(self.target)
             self.tmp.mkdir()
         except OSError as e:

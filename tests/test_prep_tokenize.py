@@ -373,6 +373,16 @@ def test_output_under_a_regular_file(tmp_path):
     assert_user_error(invoke(tmp_path / "a.txt", "--out", tmp_path / "file"), "exists and is not a directory")
 
 
+def test_out_through_a_directory_not_there_yet_and_back(tmp_path, monkeypatch):
+    """`--out build/../data/x` with no build/ yet (a script's "$BUILD/../data"): the parents
+    were made one spelling at a time, build/.. after build/, and mkdir failed ('File exists')."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("some text")
+    result = invoke("a.txt", "--out", "build/../data/x")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(tmp_path / "data" / "x"), expected(["some text"]))
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
 def test_output_under_a_read_only_directory(tmp_path):
     (tmp_path / "a.txt").write_text("text")
