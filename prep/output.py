@@ -206,13 +206,15 @@ def check_target(target: Path, overwrite: bool) -> None:
     that appeared meanwhile (another run into the same place) is not replaced either."""
     if target.is_symlink() and not target.exists():  # else found out only at the install
         raise OutputError(f"{target}: is a symbolic link to {os.readlink(target)}, which does not exist")
+    # said first: --overwrite would not help; and before the existence test, since `new/..`
+    # is the working directory once the install has made new/
+    if (relation := _relation_to_cwd(target)) is not None:
+        raise OutputError(f"{target}: {relation} the directory you are in, which the new dataset would "
+                          f"replace; give a subdirectory instead (e.g. --out {_subdirectory(target)})")
     if not target.exists():
         return
     if not target.is_dir():
         raise OutputError(f"{target}: exists and is not a directory")
-    if (relation := _relation_to_cwd(target)) is not None:  # said first: --overwrite would not help
-        raise OutputError(f"{target}: {relation} the directory you are in, which the new dataset would "
-                          f"replace; give a subdirectory instead (e.g. --out {_subdirectory(target)})")
     entries = list(target.iterdir())
     if not entries:
         return

@@ -267,6 +267,17 @@ def test_out_is_never_the_directory_you_are_in(tmp_path, monkeypatch, out, overw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "link", "ud"]
 
 
+def test_out_that_leads_back_to_the_directory_you_are_in_is_refused_before_any_work(tmp_path, monkeypatch):
+    """`--out new/..` with no new/ yet: checked only while it did not exist, then made and
+    refused after the whole run, as if it had 'changed while this run was writing'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("some text")
+    line = assert_user_error(invoke("a.txt", "--out", "new/..", "--overwrite"), "new/..: ",
+                             "is the directory you are in", "give a subdirectory")
+    assert "changed while" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
 # --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
 
 BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
