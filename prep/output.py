@@ -215,6 +215,9 @@ def check_target(target: Path, overwrite: bool) -> None:
         return
     if not target.is_dir():
         raise OutputError(f"{target}: exists and is not a directory")
+    if os.path.ismount(target.resolve()):  # said first: --overwrite would not help
+        raise OutputError(f"{target}: is a mount point, which the install cannot rename; give a "
+                          f"subdirectory instead (e.g. --out {_subdirectory(target)})")
     entries = list(target.iterdir())
     if not entries:
         return
