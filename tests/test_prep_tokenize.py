@@ -10,7 +10,6 @@ import bz2
 import gzip
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
