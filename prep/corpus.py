@@ -1,15 +1,16 @@
 """Reading the corpus: input arguments -> sources -> a stream of document pieces.
 
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
-document. Directories are searched recursively for `*.txt` (linked directories too, a link loop
-being an error), in sorted order, so the same tree always gives the same token stream. One file
-reached twice (named twice, through a link, inside a directory also given) is an error: its
-text would be trained on twice. Text is the file's bytes decoded as UTF-8, exactly: no newline
-translation; only a byte-order mark at the very start of a file (text or JSONL) or of stdin is
-dropped, since it marks the encoding and is no text (one anywhere else is kept as U+FEFF).
-Files are read in binary blocks and decoded incrementally, so a huge document never sits in
-memory whole and a multibyte character split across two blocks decodes as one. Every problem a
-user can fix raises CorpusError with the file, and the line or byte offset, in its message.
+document. Directories are searched recursively for `*.txt` (`.TXT` too; linked directories too,
+a link loop being an error; the other files are left out, and named in a note), in sorted order,
+so the same tree always gives the same token stream. One file reached twice (named twice,
+through a link, inside a directory also given) is an error: its text would be trained on twice.
+Text is the file's bytes decoded as UTF-8, exactly: no newline translation; only a byte-order
+mark at the very start of a file (text or JSONL) or of stdin is dropped, since it marks the
+encoding and is no text (one anywhere else is kept as U+FEFF). Files are read in binary blocks
+and decoded incrementally, so a huge document never sits in memory whole and a multibyte
+character split across two blocks decodes as one. Every problem a user can fix raises
+CorpusError with the file, and the line or byte offset, in its message.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class Source:
     kind: str  # "text", "jsonl", "directory" or "stdin"
     files: tuple[Path, ...]  # the files read, in order (empty for stdin)
     bytes: int | None  # None when unknown up front (stdin, pipes)
+    left_out: tuple[Path, ...] = ()  # a directory's other files: not *.txt, or not regular files
+
+    def note(self) -> str | None:
+        """What a directory left out, for the user to see before the work starts; None: nothing."""
+        if not self.left_out:
+            return None
+        names = ", ".join(p.relative_to(self.arg).as_posix() for p in self.left_out[:3])
+        more = f" and {len(self.left_out) - 3:,} more" if len(self.left_out) > 3 else ""
+        return (f"{self.arg}: {len(self.left_out):,} file(s) left out, not *.txt or not regular files: "
+                f"{names}{more}{_jsonl_hint(self.left_out)}")
 
     def to_meta(self, bytes_read: int | None = None) -> dict:
         """The entry for meta.json's "sources" list."""
@@ -73,13 +84,21 @@ def _unreadable(error: OSError) -> None:
     raise CorpusError(f"{error.filename}: cannot read ({error.strerror})")
 
 
+def _jsonl_hint(paths: Sequence[Path]) -> str:
+    """Directories are read for *.txt only: how to read the .jsonl files among `paths`."""
+    jsonl = any(p.suffix.lower() == ".jsonl" for p in paths)
+    return " (a .jsonl file is read when given by name, e.g. dir/*.jsonl)" if jsonl else ""
+
+
 def _identity(path: str | Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
 
 
-def _text_files(directory: Path) -> list[Path]:
-    found = []
+def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The *.txt files under `directory` (any case of the suffix), in sorted order, and the
+    other files found there, which are left out."""
+    found, left_out = [], []
     # Linked directories are followed (else their files would be missing without a word); the
     # directories on the way down to each one, by device and inode, tell a link loop.
     above = {os.fspath(directory): frozenset([_identity(directory)])}
@@ -95,12 +114,15 @@ def _text_files(directory: Path) -> list[Path]:
             if identity in chain:
                 raise CorpusError(f"{sub}: a symbolic link loop (it leads back to {Path(sub).resolve()})")
             above[sub] = chain | {identity}
-        for path in (Path(root) / f for f in files if f.endswith(".txt")):
-            if path.is_symlink() and not path.exists():  # else its text would be missing without a word
+        for path in (Path(root) / f for f in files):
+            if not path.name.lower().endswith(".txt"):
+                left_out.append(path)
+            elif path.is_symlink() and not path.exists():  # else its text would be missing without a word
                 raise CorpusError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
-            if path.is_file():
-                found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+            else:
+                (found if path.is_file() else left_out).append(path)  # a pipe or device: no text file
+    order = lambda p: p.relative_to(directory).as_posix()  # noqa: E731
+    return sorted(found, key=order), sorted(left_out, key=order)
 
 
 # A format's leading bytes. Each holds a byte that valid UTF-8 text cannot start with (0x8b,
@@ -178,12 +200,13 @@ def resolve_sources(inputs: Sequence[str], stdin: BinaryIO | None = None) -> lis
             raise CorpusError(f"{arg}: no such file or directory")
         try:
             if path.is_dir():
-                files = _text_files(path)
+                files, left_out = _text_files(path)
                 if not files:
-                    raise CorpusError(f"{arg}: directory has no .txt files")
+                    held = f", only {len(left_out):,} other file(s), e.g. {left_out[0].name}" if left_out else ""
+                    raise CorpusError(f"{arg}: directory has no .txt files{held}{_jsonl_hint(left_out)}")
                 sizes = [_file_size(f) for f in files]
                 total = None if None in sizes else sum(sizes)
-                sources.append(Source(arg, "directory", tuple(files), total))
+                sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
                 _refuse_compressed(path)
                 kind = "jsonl" if path.suffix.lower() == ".jsonl" else "text"

@@ -164,6 +164,8 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
         raise OutputError(f"{where} {name!r}: not a usable shard name (non-empty, no path separator or "
                           f"line break)" + ("" if given else "; pass --name"))
     check_target(target, overwrite)
+    for note in filter(None, (source.note() for source in sources)):  # before the work: Ctrl-C is cheap
+        print(f"note: {note}", file=sys.stderr)
     ensure_available()  # a missing tokenizer is a TokenizerError here, not in a worker
     workers, chunk_chars = config.workers, config.chunk_chars
     if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers
@@ -254,7 +256,7 @@ def _sigterm_raises_exit() -> Iterator[None]:
 def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None, shard_size: int,
                      val_fraction: float, val_max_tokens: int, workers: int, field: str, errors: str,
                      overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
-    """Tokenize text files, directories (*.txt, recursive), .jsonl files or - (stdin) into
+    """Tokenize text files, directories (their *.txt, recursive), .jsonl files or - (stdin) into
     GPT-2 uint16 shards plus meta.json. One file or JSONL line is one document, each one
     preceded by EOT; the output appears only once it is complete.
     """

@@ -41,6 +41,8 @@ def test_resolve_files_directories_and_stdin(tmp_path):
     sources = resolve_sources([str(tmp_path / "d"), str(tmp_path / "x.jsonl"), "-"])
     assert [s.kind for s in sources] == ["directory", "jsonl", "stdin"]
     assert [f.name for f in sources[0].files] == ["a.txt", "b.txt", "c.txt"]  # sorted, recursive
+    assert [f.name for f in sources[0].left_out] == ["skip.md"] and sources[1].note() is None
+    assert sources[0].note() == f"{tmp_path / 'd'}: 1 file(s) left out, not *.txt or not regular files: skip.md"
     assert sources[0].bytes == 4 and sources[2].bytes is None
     assert [s.stem for s in sources] == ["d", "x", "stdin"]
     docs, nbytes = read_all(sources, stdin=io.BytesIO("stdin text é".encode()))
@@ -48,9 +50,25 @@ def test_resolve_files_directories_and_stdin(tmp_path):
     assert nbytes == 4 + len('{"text": "J"}\n') + len("stdin text é".encode())
 
 
+def test_a_directory_reads_txt_in_any_case_and_names_what_it_leaves_out(tmp_path):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    for name in ("a.txt", "B.TXT", "sub/c.Txt", "notes.md", "sub/x.jsonl", "y.jsonl", "z.txt~", "w.csv"):
+        (d / name).write_text(name)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(d / "pipe.txt")  # reading it would wait for a writer: not a text file
+    [source] = resolve_sources([str(d)])
+    assert [f.relative_to(d).as_posix() for f in source.files] == ["B.TXT", "a.txt", "sub/c.Txt"]
+    left = ["notes.md", *(["pipe.txt"] if hasattr(os, "mkfifo") else []), "sub/x.jsonl", "w.csv", "y.jsonl", "z.txt~"]
+    assert [f.relative_to(d).as_posix() for f in source.left_out] == left
+    assert source.note() == (f"{d}: {len(left)} file(s) left out, not *.txt or not regular files: "
+                             f"{', '.join(left[:3])} and {len(left) - 3} more (a .jsonl file is read when "
+                             f"given by name, e.g. dir/*.jsonl)")
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: [str(p / "missing.txt")], "missing.txt: no such file or directory"),
-    (lambda p: [str(p)], "directory has no .txt files"),
+    (lambda p: [str(p)], "directory has no .txt files, only 1 other file"),
     (lambda p: ["-", "-"], "only once"),
     (lambda p: [], "no input"),
 ])

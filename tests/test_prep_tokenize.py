@@ -394,6 +394,20 @@ def test_out_through_a_directory_not_there_yet_and_back(tmp_path, monkeypatch):
     assert np.array_equal(stream(tmp_path / "data" / "x"), expected(["some text"]))
 
 
+def test_a_directory_names_the_files_it_leaves_out_before_the_work(tmp_path):
+    """A directory is read for *.txt: a .jsonl or .md beside them is left out, and said so on
+    stderr before any tokenizing (a big run can be stopped at once), not found out in training."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("some text")
+    (tmp_path / "d" / "b.jsonl").write_text('{"text": "more text"}\n')
+    result = invoke(tmp_path / "d", "--out", tmp_path / "out", "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    note = (f"note: {tmp_path / 'd'}: 1 file(s) left out, not *.txt or not regular files: b.jsonl "
+            f"(a .jsonl file is read when given by name, e.g. dir/*.jsonl)\n")
+    assert result.stderr == note and "tokenized 1 document(s)" in result.stdout
+    assert np.array_equal(stream(tmp_path / "out"), expected(["some text"]))
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
 def test_output_under_a_read_only_directory(tmp_path):
     (tmp_path / "a.txt").write_text("text")
