@@ -41,6 +41,7 @@ import random
 import re
 import signal
 import statistics
+import struct
 import sys
 import threading
 import time
@@ -493,7 +494,7 @@ def start_runtime(rt: Runtime) -> None:
         dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
 
 
-def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]) -> None:
+def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int | float]) -> None:
     """Under torchrun: go on only if every rank passed its checks and all see the same run.
 
     Ranks on different machines can see different files: a dataset or checkpoint missing or
@@ -501,10 +502,14 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
     alone would leave the others waiting in their first collective; ranks resuming from
     different steps, or reading different data, would train on a mix nobody asked for.
     `facts` (the step this rank resumes from, its train and val split sizes, the options that
-    say when the ranks meet in a collective) must be equal on every rank. Every rank raises,
+    say when the ranks meet in a collective, and those that make one run of them: batch,
+    model, evaluation, schedule) must be equal on every rank. Every rank raises,
     each with its own reason.
     """
-    values = list(facts.values())
+    # a float (--lr) as its bits: equal bits, equal floats; the floats here are >= 0 (+ 0.0:
+    # not -0.0), whose bits order as they do
+    values = [struct.unpack("<q", struct.pack("<d", v + 0.0))[0] if isinstance(v, float) else v
+              for v in facts.values()]
     # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
     flags = torch.tensor([failure is not None, *values, *(-v for v in values)], dtype=torch.int64,
                          device=rt.device)
@@ -516,8 +521,11 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int]
         raise UserError(f"rank {rt.rank} of {rt.world}: stopped because another rank failed its start-up "
                         f"checks (that rank's error says why)")
     n = len(values)
-    differ = [f"{name}: {-low} to {high}, {mine} on rank {rt.rank}"
-              for (name, mine), high, low in zip(facts.items(), extremes[:n], extremes[n:]) if high != -low]
+    shown = lambda bits, like: (f"{struct.unpack('<d', struct.pack('<q', bits))[0]:g}"  # noqa: E731
+                                if isinstance(like, float) else str(bits))
+    differ = [f"{name}: {shown(-low, mine)} to {shown(high, mine)}, {shown(bits, mine)} on rank {rt.rank}"
+              for (name, mine), bits, high, low in zip(facts.items(), values, extremes[:n], extremes[n:])
+              if high != -low]
     if differ:
         raise UserError(
             f"the ranks see different runs ({'; '.join(differ)}): every node needs the same dataset and "
@@ -1341,7 +1349,16 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                                      # when the ranks meet in a collective: options that differ hang them
                                      "--steps": cfg.steps, "--log-every": cfg.log_every,
                                      "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
-                                     "--ckpt-minutes given": int(cfg.ckpt_minutes > 0)})
+                                     "--ckpt-minutes given": int(cfg.ckpt_minutes > 0),
+                                     # one run: the same windows' geometry (another --B reads the
+                                     # other ranks' windows), model, evaluation and schedule
+                                     "--B": cfg.B, "--T": cfg.T,
+                                     "--total-batch-size": cfg.total_batch_size or cfg.B * cfg.T * rt.world,
+                                     **{f"--{_flag(k)}": getattr(model_config, k)
+                                        for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")},
+                                     "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
+                                     "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
+                                     "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip})
     model: nn.Module = raw
     if rt.compile:
         model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)

@@ -286,6 +286,31 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
 
 
 @pytest.mark.slow
+def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_path):
+    """Options that meet in no collective of their own still make one run: another --B (the
+    same --total-batch-size, more micro-steps) read windows the other rank read too, another
+    --eval-steps divided the val loss by rank 0's count of batches (7.1 for 10.7), another
+    --lr trained replicas that drift apart, another --n-layer failed inside DDP with a
+    traceback. Every rank refuses, each naming the options, and nothing is written."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
+    differ = "rank {} of 2: the ranks see different runs ({}): every node needs the same dataset and options"
+    for n, (node1, said) in enumerate((
+        (("--B", "1"), ("--B: 1 to 2, 2 on rank 0", "--B: 1 to 2, 1 on rank 1")),
+        (("--eval-every", "2", "--eval-steps", "1", "--lr", "0.001", "--n-layer", "3"),
+         ("--n-layer: 2 to 3, 2 on rank 0; --eval-steps: 1 to 2, 2 on rank 0; --lr: 0.0006 to 0.001, 0.0006 on "
+          "rank 0; --min-lr: 6e-05 to 0.0001, 6e-05 on rank 0",  # lr/10
+          "--n-layer: 2 to 3, 3 on rank 1; --eval-steps: 1 to 2, 1 on rank 1; --lr: 0.0006 to 0.001, 0.001 on "
+          "rank 1; --min-lr: 6e-05 to 0.0001, 0.0001 on rank 1")),
+    )):
+        outs = (f"a{n}", f"b{n}")
+        results = two_nodes(tmp_path, data, outs, "--eval-every", "2", node1=node1)
+        for node, (returncode, stdout, stderr) in enumerate(results):
+            assert returncode != 0 and f"Error: {differ.format(node, said[node])}" in stderr, stdout + stderr
+            assert "Traceback" not in stderr.split("Error: ")[0]
+        assert not any((tmp_path / out).exists() for out in outs)
+
+
+@pytest.mark.slow
 def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B), "--ckpt-every", str(STEPS)],
