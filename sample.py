@@ -61,6 +61,10 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
+    bad = next((k for k, v in model.state_dict().items() if not torch.isfinite(v).all()), None)
+    if bad is not None:  # a run that diverged: nothing to sample
+        raise UserError(f"checkpoint {path}: {bad} holds NaN or infinite values (the run diverged by step "
+                        f"{ckpt['step']}): no text to sample")
     return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 
@@ -106,8 +110,11 @@ def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, tempera
     generator = torch.Generator(device=rt.device).manual_seed(seed)
     click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
                f"{max_new_tokens} tokens, temperature {temperature:g}, top-k {top_k or 'off'}", err=True)
-    texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
-                               temperature=temperature, top_k=top_k or None)
+    try:
+        texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
+                                   temperature=temperature, top_k=top_k or None)
+    except FloatingPointError as e:  # finite weights whose logits overflow
+        raise UserError(f"checkpoint {path}: {e}: no text to sample") from None
     click.echo(("\n" + "-" * 40 + "\n").join(texts))
 
 

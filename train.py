@@ -1734,7 +1734,10 @@ def train_loop(s: Session) -> dict:
             if val_loss is not None:
                 say(f"step {step}: val loss {val_loss:.4f}")
             if do_sample and rt.master:
-                say(f"step {step} sample: {sample_text(s.raw, rt, s.generator, cfg.sample_tokens)!r}")
+                try:
+                    say(f"step {step} sample: {sample_text(s.raw, rt, s.generator, cfg.sample_tokens)!r}")
+                except FloatingPointError as e:  # diverged: the run goes on as it would without samples
+                    say(f"step {step} sample: none: {e}")
             if do_ckpt:
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:

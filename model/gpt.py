@@ -213,6 +213,7 @@ class GPT(nn.Module):
         tokens; sampling draws from `generator` (on idx's device), so a seeded generator
         reproduces a sample exactly. Only real token ids (< vocab_size) can come out. The
         model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+        Logits that are not finite (weights gone NaN) raise FloatingPointError.
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -227,6 +228,9 @@ class GPT(nn.Module):
                 context = idx[:, -self.config.block_size :]  # (B, <= block_size)
                 hidden = self._hidden(context)[:, -1, :]  # (B, C): only the last position samples
                 logits = self.lm_head(hidden)[:, : self.config.vocab_size].float()  # (B, V)
+                # weights gone NaN (a run that diverged): multinomial would raise, argmax pick junk
+                if not torch.isfinite(logits).all():  # sync: sampling only
+                    raise FloatingPointError("the model's logits are not finite (NaN or inf)")
                 if temperature == 0:
                     next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
                 else:  # the max subtracted first: a tiny temperature gives -inf, never inf - inf = nan

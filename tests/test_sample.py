@@ -76,6 +76,17 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(run), "--seed", str(2**70)), "--seed")
 
 
+def test_a_checkpoint_of_a_diverged_run_is_one_line(run, tmp_path):
+    """Weights gone NaN (a run that diverged): multinomial raised a traceback, and greedy
+    decoding printed whatever argmax makes of NaN logits."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    ckpt["model"]["transformer.h.1.mlp.c_fc.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "ckpt_000004.pt")
+    for temperature in ("1", "0"):
+        assert_user_error(invoke(str(tmp_path), "--temperature", temperature), "ckpt_000004.pt",
+                          "transformer.h.1.mlp.c_fc.weight holds NaN or infinite values")
+
+
 def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     """The same weights in HF's layout (what OpenAI's gpt2 comes as) give the same greedy text,
     built as --model's preset; a checkpoint ignores --model with a note."""

@@ -319,6 +319,16 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     assert len(samples[0][0]) > len("step 4 sample: ''")
 
 
+def test_a_diverged_run_samples_nothing_and_goes_on(tmp_path, dataset, capsys):
+    """Weights gone NaN (an lr far too high): the sample stopped the run with multinomial's
+    traceback, before the checkpoint of its step; the run goes on as it would without samples."""
+    train.train(cfg(tmp_path, dataset, steps=2, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2))
+    out = capsys.readouterr().out
+    assert [math.isnan(r["loss"]) for r in metrics(tmp_path / "out")] == [False, True]  # NaN weights after step 1
+    assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in out, out
+    assert "step 2 sample: none" in out and (tmp_path / "out" / "ckpt_000002.pt").is_file()
+
+
 def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsys):
     """--data naming the train shard alone plus --val-data naming the val shard evaluate
     exactly as the directory does (the same windows, the same losses)."""
