@@ -1487,6 +1487,11 @@ def train(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------- the training loop
 
 
+def _finite(row: dict) -> dict:
+    """A metrics line as strict JSON: NaN and infinities (a diverged step) are written as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 def _rng_states(s: Session) -> list[dict] | None:
     """Every rank's RNG states, gathered (a collective: every rank calls it at each checkpoint):
     under DDP each rank draws its own dropout masks, and a resume restores each rank's own."""
@@ -1631,6 +1636,7 @@ def train_loop(s: Session) -> dict:
                     "no checkpoint written")
                 stopped = True
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
+        diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
 
         def arrive(point: LogPoint) -> None:
             """Wait for `point`'s values and time its window on the device's timeline: from the
@@ -1648,7 +1654,7 @@ def train_loop(s: Session) -> dict:
             (under torchrun): (a rank was signalled, rank 0 found a checkpoint overdue). The
             point leaves `inflight` once its lines are written: one interrupted before that
             (a second Ctrl-C while the host waits for the device) is still there for flush()."""
-            nonlocal record
+            nonlocal record, diverged
             point = inflight[0]
             arrive(point)
             steps, values, n = point.steps, point.values, len(point.steps)
@@ -1660,9 +1666,11 @@ def train_loop(s: Session) -> dict:
                                               val_loss if k == steps[-1][0] else None, k_lr, k_norm,
                                               1000 * point.dt, tokens_per_s, step_mfu, 1000 * wait), strict=True))
                     for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n])]
+            if diverged is None:  # the first step whose loss or gradient is no number: see check_diverged
+                diverged = next((r for r in rows if not math.isfinite(r["loss"] + r["grad_norm"])), None)
             with signals_deferred():  # a Ctrl-C now would leave the point queued: flush() would write it twice
                 if metrics is not None:
-                    metrics.write("".join(json.dumps(row) + "\n" for row in rows))
+                    metrics.write("".join(json.dumps(_finite(row)) + "\n" for row in rows))
                 inflight.popleft()
             record = rows[-1]
             history.extend([tokens_per_s] * n)
@@ -1671,6 +1679,29 @@ def train_loop(s: Session) -> dict:
             bar.update(n)
             flags = values[2 * n:]
             return bool(flags) and flags[0] > 0, bool(flags) and flags[1] > 0
+
+        def check_diverged(step: int | None = None) -> None:
+            """A loss or gradient norm that is NaN or infinite means weights that are no longer
+            numbers, for good: stop before sampling them, or checkpointing them (where
+            --keep-ckpts would prune the good checkpoints away), or training on for nothing.
+            `step`: a checkpoint is due there, so its weights are checked too (a step's update
+            can overflow the weights while its own loss and norm were finite). Every rank sees
+            the same all-reduced loss and norm, and holds the same weights, so the ranks stop
+            alike."""
+            what = (f"step {diverged['step']}: loss {diverged['loss']}, gradient norm {diverged['grad_norm']}"
+                    if diverged is not None else None)
+            if what is None and step is not None:
+                names = [name for name, _ in s.raw.named_parameters()]
+                finite = torch.stack([torch.isfinite(p).all() for p in s.raw.parameters()]).tolist()  # one sync
+                if not all(finite):
+                    what = f"step {step}: {names[finite.index(False)]} holds NaN or infinite values"
+            if what is None:
+                return
+            found = list_checkpoints(out) if rt.master else []
+            then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: --resume "
+                    f"it with a lower --lr (or longer --warmup-steps)" if found else
+                    "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")
+            raise UserError(f"{what}: the run diverged; stopped without checkpointing its weights; {then}")
 
         def flush() -> None:
             """A run ended by an error (bad data, a second Ctrl-C) still logs the steps it made."""
@@ -1720,6 +1751,7 @@ def train_loop(s: Session) -> dict:
             while len(inflight) > 1:  # the earlier points: one point late, the device has done them
                 flag_stop, flag_ckpt = finish()
                 signalled, overdue = signalled or flag_stop, overdue or flag_ckpt
+            check_diverged()
             if signalled:  # under torchrun: a rank was signalled, every rank stops after this step
                 stopping = final = True
             do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, has_val, overdue)
@@ -1731,6 +1763,7 @@ def train_loop(s: Session) -> dict:
             if flag_stop or flag_ckpt:  # shared at this very point: acted on here, alike on every rank
                 stopping = stopping or flag_stop
                 do_ckpt = _due(cfg, step, stopping, has_val, overdue or flag_ckpt)[2]
+            check_diverged(step if do_ckpt else None)  # before its weights are sampled or checkpointed
             if val_loss is not None:
                 say(f"step {step}: val loss {val_loss:.4f}")
             if do_sample and rt.master:

@@ -319,14 +319,52 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     assert len(samples[0][0]) > len("step 4 sample: ''")
 
 
-def test_a_diverged_run_samples_nothing_and_goes_on(tmp_path, dataset, capsys):
-    """Weights gone NaN (an lr far too high): the sample stopped the run with multinomial's
-    traceback, before the checkpoint of its step; the run goes on as it would without samples."""
-    train.train(cfg(tmp_path, dataset, steps=2, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2))
-    out = capsys.readouterr().out
-    assert [math.isnan(r["loss"]) for r in metrics(tmp_path / "out")] == [False, True]  # NaN weights after step 1
-    assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in out, out
-    assert "step 2 sample: none" in out and (tmp_path / "out" / "ckpt_000002.pt").is_file()
+def strict_json(path: Path) -> list[dict]:
+    """The lines of a JSONL file, refusing NaN and infinities (not JSON: jq and others reject them)."""
+    def refuse(name):
+        raise AssertionError(f"{path}: {name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset, capsys):
+    """An lr far too high: the weights are NaN after step 1 (its sample has nothing to say),
+    and step 2's loss is NaN. The run went on to its end, checkpointing NaN weights, which
+    --keep-ckpts would let replace the good ones; now it stops at the first logging point
+    that reads a NaN, before step 2's checkpoint, with strict JSON metrics for every step."""
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=8, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2))
+    assert e.value.message == ("step 2: loss nan, gradient norm nan: the run diverged; stopped without checkpointing "
+                               "its weights; no checkpoint was written")
+    assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in capsys.readouterr().out
+    rows = strict_json(tmp_path / "out" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] > 0 and rows[1]["loss"] is None
+    assert train.list_checkpoints(tmp_path / "out") == []
+
+
+def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatch):
+    """A step's update can overflow the weights while its own loss and gradient norm were
+    finite: the weights are checked when a checkpoint is due, and the newest good one named."""
+    real = train.train_step
+    done = []
+
+    def overflowing(parts, feed, lr):
+        loss, norm = real(parts, feed, lr)
+        done.append(1)
+        if len(done) == 4:  # step 4's update, say, ends in an infinity
+            with torch.no_grad():
+                parts.model.transformer.h[1].mlp.c_proj.weight[0, 0] = math.inf
+        return loss, norm
+
+    monkeypatch.setattr(train, "train_step", overflowing)
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, log_every=3))
+    first = tmp_path / "out" / "ckpt_000002.pt"
+    assert e.value.message == (f"step 4: transformer.h.1.mlp.c_proj.weight holds NaN or infinite values: the run "
+                               f"diverged; stopped without checkpointing its weights; the newest checkpoint, {first} "
+                               f"(step 2), holds finite weights: --resume it with a lower --lr (or longer "
+                               f"--warmup-steps)")
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [2]
+    assert [r["step"] for r in strict_json(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsys):
