@@ -2005,11 +2005,12 @@ def bench_loop(s: Session) -> dict:
                    "`python -m loader.audit` checks.")
 def main(compile_: bool | None, **options) -> None:
     """Train GPT-2 on the token shards `prep tokenize` wrote; --bench measures the step instead."""
+    cfg = None
     try:
-        cfg = TrainConfig(compile=compile_, **options)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    try:
+        try:
+            cfg = TrainConfig(compile=compile_, **options)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         summary = train(cfg)
     except UserError as e:  # under torchrun: which rank says it (ranks on other machines may see other files)
         world = os.environ.get("WORLD_SIZE", "1")
@@ -2017,7 +2018,7 @@ def main(compile_: bool | None, **options) -> None:
             e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
-        found = [] if cfg.bench else list_checkpoints(Path(cfg.out))
+        found = [] if cfg is None or cfg.bench else list_checkpoints(Path(cfg.out))
         then = (f"--resume auto continues from the last checkpoint written ({found[-1][1]})" if found
                 else "no checkpoint was written")
         click.echo(f"interrupted: stopped at once; {then}", err=True)

@@ -825,6 +825,16 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once; no checkpoint was written\n"
 
 
+def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
+    """A value refused by the config (before any rank meets another) names its rank too, as
+    every other error under torchrun does: nodes can be given different command lines."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o"), "--lr", "-1"])
+    assert result.exit_code == 2 and result.stderr.startswith("Error: rank 1 of 2: --lr"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
     only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
