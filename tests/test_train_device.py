@@ -39,12 +39,13 @@ def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counted)
     c = train.TrainConfig(model="tiny", B=2, T=16, steps=12, log_every=4, total_batch_size=64,
                           eval_every=0, data=str(dataset), out=str(tmp_path / "out"), quiet=True,
-                          device="cpu")
+                          device="cpu", ckpt_every=6)
     summary = train.train(c)
     assert summary["steps"] == 12
-    # steps 1, 2 and 3 (the warm-up the summary leaves out: timed on their own), then 4, 8 and
-    # 12, nothing in between
-    assert calls == ["tolist"] * 6
+    # the points of steps 1, 2 and 3 (the warm-up the summary leaves out: timed on their own),
+    # then 4, 6 (a checkpoint), 8 and 12, nothing in between: 7; and each checkpoint (6 and 12)
+    # one more, the check that the weights it saves are finite
+    assert calls == ["tolist"] * (7 + 2)
 
 
 def test_loader_buffers_are_pinned_and_the_ring_deeper_only_for_cuda_runs(monkeypatch, dataset):
