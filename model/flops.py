@@ -7,8 +7,11 @@ cannot be compared across model sizes or GPUs. The FLOPs per token come from
 
 from __future__ import annotations
 
+import re
+
 # Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from NVIDIA's datasheets, matched by
-# substring of torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3"), case-insensitive.
+# substring of torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3"), case-insensitive, that
+# no digit follows ("A100" is not "RTX A1000"; "GH200" is an H200).
 # Order matters: the first match wins, so specific variants come before their family name.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),  # lower clocks and power than the SXM part
@@ -27,7 +30,7 @@ def peak_flops(device_name: str) -> float | None:
     """
     name = device_name.upper()
     for pattern, flops in PEAK_FLOPS:
-        if pattern.upper() in name:
+        if re.search(re.escape(pattern.upper()) + r"(?![0-9])", name):
             return flops
     return None
 

@@ -183,6 +183,9 @@ def test_flops_per_token_rejects_bad_T():
         ("NVIDIA A100-SXM4-80GB", 312e12),
         ("nvidia a100 80gb pcie", 312e12),
         ("NVIDIA GeForce RTX 4090", None),
+        ("NVIDIA RTX A1000", None),  # an Ampere workstation card, not an A100
+        ("NVIDIA RTX A1000 6GB Laptop GPU", None),
+        ("NVIDIA A100X", 312e12),  # converged A100: a letter may follow, not a digit
         ("cpu", None),
         ("", None),
     ],
