@@ -510,6 +510,14 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int 
     # not -0.0), whose bits order as they do
     values = [struct.unpack("<q", struct.pack("<d", v + 0.0))[0] if isinstance(v, float) else v
               for v in facts.values()]
+    # an int beyond int64 (--warmup-steps 1e19, fine in one process) cannot ride in the tensor:
+    # this rank fails its checks, but only after the all-reduce, which the others wait in
+    limit = 2**63 - 1  # v and -v both fit
+    too_large = next((f"{name} {v} is too large (at most {limit})"
+                      for name, v in zip(facts, values) if not -limit <= v <= limit), None)
+    if too_large is not None:
+        failure = failure or UserError(too_large)
+        values = [v if -limit <= v <= limit else 0 for v in values]
     # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
     flags = torch.tensor([failure is not None, *values, *(-v for v in values)], dtype=torch.int64,
                          device=rt.device)

@@ -835,6 +835,21 @@ def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
+def test_under_torchrun_an_option_beyond_int64_is_one_line_after_the_collective():
+    """The ranks compare their options in one int64 all-reduce: --warmup-steps 1e19 (fine in one
+    process) raised torch's 'Overflow when unpacking long long' before it, a traceback on every
+    rank (or, given on one node only, the other ranks left waiting in the all-reduce)."""
+    reduced = []
+    rt = types.SimpleNamespace(rank=1, world=2, device=torch.device("cpu"),
+                               all_reduce=lambda t, op=None: reduced.append(t.clone()) or t)
+    with pytest.raises(train.UserError) as e:
+        train.agree_to_start(rt, None, {"--steps": 50, "--warmup-steps": 10**19, "--lr": 6e-4})
+    assert e.value.message == f"--warmup-steps {10**19} is too large (at most {2**63 - 1})"
+    assert len(reduced) == 1 and reduced[0][0] == 1  # it took part, as a rank that failed its checks
+    for huge in (2**63 - 1, -(2**63 - 1)):  # the largest that fit, and their negations
+        train.agree_to_start(rt, None, {"--steps": huge})
+
+
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
     only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
