@@ -1706,6 +1706,17 @@ def train_loop(s: Session) -> dict:
             if what is None:
                 return
             found = list_checkpoints(out) if rt.master else []
+            if diverged is not None and found and found[-1][0] == diverged["step"] - 1:
+                # that step's loss and norm come from the newest checkpoint's weights alone, before
+                # any update: resumed with any --lr, it diverges again at once, with the same numbers
+                gone = found.pop()
+                then = (f"the newest checkpoint, {gone[1]} (step {gone[0]}), holds the weights step "
+                        f"{diverged['step']} diverged from, whatever the --lr; " +
+                        (f"an earlier checkpoint, {found[-1][1]} (step {found[-1][0]}), may hold better weights: "
+                         f"move {gone[1].name} away and --resume it with a lower --lr (or longer --warmup-steps)"
+                         if found else
+                         "no earlier checkpoint is kept: start again with a lower --lr (or longer --warmup-steps)"))
+                raise UserError(f"{what}: the run diverged; stopped without checkpointing its weights; {then}")
             then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: --resume "
                     f"it with a lower --lr (or longer --warmup-steps)" if found else
                     "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")

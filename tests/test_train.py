@@ -367,6 +367,34 @@ def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatc
     assert [r["step"] for r in strict_json(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_a_run_that_diverges_right_after_its_newest_checkpoint_names_the_one_before(tmp_path, dataset, monkeypatch):
+    """Step k+1's loss and gradient norm come from step k's weights (and data) alone, whatever
+    the --lr: where they are no number, checkpoint k is no place to resume from (it diverged
+    again at once, with the same numbers, however low the --lr, and named itself again). The
+    one before it is named instead, or none where --keep-ckpts left none."""
+    real = train.train_step
+    done = []
+
+    def exploding(parts, feed, lr):
+        loss, norm = real(parts, feed, lr)
+        done.append(1)
+        return (loss * math.inf, norm) if len(done) == 5 else (loss, norm)  # step 5: from ckpt 4's weights
+
+    monkeypatch.setattr(train, "train_step", exploding)
+    for keep, then in ((0, "an earlier checkpoint, {out}/ckpt_000002.pt (step 2), may hold better weights: move "
+                           "ckpt_000004.pt away and --resume it with a lower --lr (or longer --warmup-steps)"),
+                       (1, "no earlier checkpoint is kept: start again with a lower --lr (or longer --warmup-steps)")):
+        done.clear()
+        c = cfg(tmp_path, dataset, steps=8, ckpt_every=2, keep_ckpts=keep, out=str(tmp_path / f"k{keep}"))
+        with pytest.raises(train.UserError) as e:
+            train.train(c)
+        norm = metrics(Path(c.out))[4]["grad_norm"]  # step 5's, finite
+        assert e.value.message == (f"step 5: loss inf, gradient norm {norm}"
+                                   ": the run diverged; stopped without checkpointing its weights; the newest "
+                                   f"checkpoint, {c.out}/ckpt_000004.pt (step 4), holds the weights step 5 diverged "
+                                   "from, whatever the --lr; " + then.format(out=c.out))
+
+
 def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsys):
     """--data naming the train shard alone plus --val-data naming the val shard evaluate
     exactly as the directory does (the same windows, the same losses)."""
