@@ -1638,7 +1638,7 @@ def train_loop(s: Session) -> dict:
             if metrics is not None:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
-                metrics.write(json.dumps(record) + "\n")
+                metrics.write(json.dumps(_finite(record)) + "\n")
             if stop.requested and not rt.ddp:  # a signal during it: no step to finish or save
                 say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
                     "no checkpoint written")

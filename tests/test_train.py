@@ -341,6 +341,12 @@ def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset
     assert train.list_checkpoints(tmp_path / "out") == []
 
 
+def test_a_step_0_val_loss_that_is_no_number_is_written_as_null(tmp_path, dataset, monkeypatch):
+    monkeypatch.setattr(train, "evaluate", lambda *args: math.inf)
+    train.train(cfg(tmp_path, dataset, steps=1, eval_every=5))
+    assert [r["val_loss"] for r in strict_json(tmp_path / "out" / "metrics.jsonl")] == [None, None]
+
+
 def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatch):
     """A step's update can overflow the weights while its own loss and gradient norm were
     finite: the weights are checked when a checkpoint is due, and the newest good one named."""
