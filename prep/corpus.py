@@ -101,7 +101,10 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
     found, left_out = [], []
     # Linked directories are followed (else their files would be missing without a word); the
     # directories on the way down to each one, by device and inode, tell a link loop.
+    # A link to a directory above the one given (corpus/up -> /) is a loop said at once, not
+    # after walking everything under its target first.
     above = {os.fspath(directory): frozenset([_identity(directory)])}
+    real = os.path.realpath(directory)
     for root, dirs, files in os.walk(directory, onerror=_unreadable, followlinks=True):
         dirs.sort()
         chain = above.pop(root, frozenset())
@@ -111,7 +114,9 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
                 identity = _identity(sub)
             except OSError:  # gone meanwhile, or unreadable: os.walk's onerror says so
                 continue
-            if identity in chain:
+            linked = os.path.realpath(sub) if os.path.islink(sub) else None
+            if identity in chain or (linked is not None and
+                                     (real == linked or real.startswith(linked.rstrip(os.sep) + os.sep))):
                 raise CorpusError(f"{sub}: a symbolic link loop (it leads back to {Path(sub).resolve()})")
             above[sub] = chain | {identity}
         for path in (Path(root) / f for f in files):

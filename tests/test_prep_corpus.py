@@ -278,3 +278,22 @@ def test_a_directory_link_loop_is_an_error_naming_the_link(tmp_path):
     (tmp_path / "d" / "sub" / "up").symlink_to("..")
     with pytest.raises(CorpusError, match=r"sub/up: a symbolic link loop \(it leads back to .*d\)"):
         resolve_sources([str(tmp_path / "d")])
+
+
+def test_a_link_above_the_directory_given_is_a_loop_said_before_walking_its_target(tmp_path, monkeypatch):
+    """corpus/up -> / led back to the corpus only after walking the whole filesystem."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("a")
+    (tmp_path / "d" / "up").symlink_to(tmp_path.parent)  # above tmp_path: a big tree elsewhere
+    walked = []
+    real_walk = os.walk
+
+    def walk(*args, **kwargs):
+        for entry in real_walk(*args, **kwargs):
+            walked.append(entry[0])
+            yield entry
+
+    monkeypatch.setattr(os, "walk", walk)
+    with pytest.raises(CorpusError, match=r"d/up: a symbolic link loop"):
+        resolve_sources([str(tmp_path / "d")])
+    assert walked == [str(tmp_path / "d")]
