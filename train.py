@@ -1748,12 +1748,13 @@ def train_loop(s: Session) -> dict:
             # The logging point: its steps' losses and norms leave for the host without a wait
             # (Readback); the host reads them at the next logging point, by when the device has
             # finished them, so the steady state never waits for the device.
-            losses = torch.stack([p[2] for p in pending]).float()
-            norms = torch.stack([p[3] for p in pending]).float()  # equal on every rank
+            step_losses, step_norms = [p[2] for p in pending], [p[3] for p in pending]
             # --ckpt-minutes by rank 0's clock, so that the ranks agree (the checkpoint is a collective)
             overdue = (cfg.ckpt_minutes > 0 and rt.master
                        and time.perf_counter() - last_ckpt >= 60 * cfg.ckpt_minutes)
             if rt.ddp:  # one all-reduce: the losses' sum, how many ranks were signalled, rank 0's clock
+                losses = torch.stack(step_losses).float()
+                norms = torch.stack(step_norms).float()  # equal on every rank
                 flags = torch.zeros(2, device=rt.device)  # filled on the device: no sync
                 flags[0].fill_(float(stop.requested))
                 flags[1].fill_(float(overdue))
@@ -1762,8 +1763,8 @@ def train_loop(s: Session) -> dict:
                 losses, flags = summed[:-2] / rt.world, summed[-2:]  # the global batch's mean loss
                 overdue = False  # the ranks act on the shared flag when it is read back
                 values = torch.cat([losses, norms, flags])
-            else:
-                values = torch.cat([losses, norms])
+            else:  # the losses, then the norms: one stack, one launch (float up-casts are exact)
+                values = torch.stack(step_losses + step_norms).float()
             inflight.append(LogPoint([(k, k_lr, wait) for k, k_lr, _, _, wait in pending], Readback(values)))
             pending.clear()
             signalled = False
