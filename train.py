@@ -1682,8 +1682,9 @@ def train_loop(s: Session) -> dict:
                 inflight.popleft()
             record = rows[-1]
             history.extend([tokens_per_s] * n)
-            bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                            refresh=False)
+            if not bar.disable:  # not drawn (--quiet, no terminal, ranks > 0): no postfix to format
+                bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                                refresh=False)
             bar.update(n)
             flags = values[2 * n:]
             return bool(flags) and flags[0] > 0, bool(flags) and flags[1] > 0
