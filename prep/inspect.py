@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
@@ -119,7 +120,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
 @click.option("--B", "B", type=click.IntRange(min=1), default=None, help="Batch size, for steps per epoch.")
 @click.option("--T", "T", type=click.IntRange(min=1), default=None, help="Sequence length, for steps per epoch.")
 @click.option("--world", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Number of data-parallel ranks, for steps per epoch.")
+              help="Number of data-parallel ranks, for steps per epoch (with --B and --T).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object instead.")
 def info_command(directory: Path, B: int | None, T: int | None, world: int, as_json: bool) -> None:
     """Show a shard directory's splits, shards and tokens (and steps per epoch with --B/--T).
@@ -129,6 +130,9 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
     """
     if (B is None) != (T is None):
         raise UserError("--B and --T go together: give both to get steps per epoch")
+    given = click.get_current_context().get_parameter_source("world") is not ParameterSource.DEFAULT
+    if given and B is None:  # it would be ignored: there are no steps per epoch to divide
+        raise UserError("--world counts steps per epoch, which need --B and --T: give them too")
     info = dataset_info(directory, B, T, world)
     if info.missing:
         click.echo(f"warning: {len(info.missing)} shard(s) listed in meta.json are missing, e.g. "
