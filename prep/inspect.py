@@ -117,8 +117,10 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
 
 @click.command("info", cls=UserCommand)
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--B", "B", type=click.IntRange(min=1), default=None, help="Batch size, for steps per epoch.")
-@click.option("--T", "T", type=click.IntRange(min=1), default=None, help="Sequence length, for steps per epoch.")
+@click.option("--B", "B", type=click.IntRange(min=1), default=None, show_default="none: no steps per epoch",
+              help="Batch size, for steps per epoch (with --T).")
+@click.option("--T", "T", type=click.IntRange(min=1), default=None, show_default="none: no steps per epoch",
+              help="Sequence length, for steps per epoch (with --B).")
 @click.option("--world", type=click.IntRange(min=1), default=1, show_default=True,
               help="Number of data-parallel ranks, for steps per epoch (with --B and --T).")
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object instead.")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -40,6 +41,19 @@ def test_prep_usage_errors_are_one_line(tmp_path, monkeypatch, args, words):
 def test_help_is_still_help():
     result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
     assert result.exit_code == 0 and "--shard-size" in result.output
+
+
+@pytest.mark.parametrize("command", ["sample", "tokenize", "info", "verify"])
+def test_prep_help_gives_every_option_a_default(command):
+    """Each option that takes a value says in --help what it is when not given (flags say so in
+    their text); `prep info --B`/`--T` and `prep sample --from` did not."""
+    group_ctx = prep_main.make_context("prep", [command, "--help"], resilient_parsing=True)
+    cmd = prep_main.get_command(group_ctx, command)
+    ctx = cmd.make_context(command, [], resilient_parsing=True, parent=group_ctx)
+    for param in cmd.params:
+        if isinstance(param, click.Option) and not param.is_flag and param.name != "help":
+            record = param.get_help_record(ctx)
+            assert record is not None and "[default:" in record[1], (command, param.name, record)
 
 
 def test_python_dash_m_prep_is_the_prep_command(tmp_path):
