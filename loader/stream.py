@@ -27,8 +27,8 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (SPLITS, ShardError, dataset_shards, not_a_shard, open_shard, parse_shard_name,
-                         read_header)
+from prep.shards import (RAW_TOKENS_HINT, SPLITS, ShardError, dataset_shards, looks_like_raw_tokens, not_a_shard,
+                         open_shard, parse_shard_name, raw_tokens_in, read_header)
 
 _GLOB_CHARS = "*?["
 
@@ -80,6 +80,8 @@ def _check_single_file(p: Path, text: str) -> None:
         if p.stat().st_size == 0:  # no text to tokenize either: prep tokenize refuses it
             raise LoaderError(f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then "
                               f"its tokens)")
+        if looks_like_raw_tokens(p):  # nanoGPT's train.bin: no text to tokenize in it
+            raise LoaderError(f"{text}: not a token shard ({why}), it looks like raw tokens: {RAW_TOKENS_HINT}")
         raise LoaderError(f"{text}: not a token shard ({why}): tokenize it first with "
                           f"`prep tokenize {shlex.quote(text)}` and pass the dataset directory it writes")
 
@@ -96,9 +98,10 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
         except ShardError as e:
             raise LoaderError(str(e)) from None
         if not paths and not allow_empty:
+            raw = raw_tokens_in(directory)
             raise LoaderError(
-                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy); "
-                f"for other names pass a glob such as '{directory}/*{split}*.bin'"
+                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy)" +
+                (raw or f"; for other names pass a glob such as '{directory}/*{split}*.bin'")
             )
         return paths
     try:

@@ -96,6 +96,29 @@ def not_a_shard(path: str | os.PathLike) -> str | None:
     return f"bad magic {int.from_bytes(start[:4], 'little', signed=True)}, expected {MAGIC}"
 
 
+RAW_TOKENS_HINT = ("headerless uint16 tokens (nanoGPT's prepare.py writes train.bin and val.bin so) are not read "
+                   "as they are: tokenize the text with `prep tokenize`, or prepend the "
+                   f"{HEADER_BYTES}-byte header (int32 {MAGIC}, {VERSION}, the token count, then zeros)")
+
+
+def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
+    """Whether `path` looks like a headerless uint16 token file (nanoGPT's train.bin / val.bin):
+    a `.bin` file of even, non-zero size that begins with neither shard magic (not_a_shard)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return path.suffix == ".bin" and size > 0 and size % 2 == 0 and not_a_shard(path) is not None
+
+
+def raw_tokens_in(directory: str | os.PathLike) -> str:
+    """"; train.bin, val.bin look like raw tokens: <RAW_TOKENS_HINT>" when `directory` holds nanoGPT's headerless
+    train.bin / val.bin, else "": what a "no shards here" error adds."""
+    found = [f"{split}.bin" for split in SPLITS if looks_like_raw_tokens(Path(directory) / f"{split}.bin")]
+    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {RAW_TOKENS_HINT}" if found else ""
+
+
 def open_shard(path: str | os.PathLike) -> np.memmap:
     """Memory-map a shard's tokens read-only (header validated and skipped, nothing read)."""
     n, dtype, offset = _layout(Path(path))
@@ -123,7 +146,8 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")
     if header[0] != MAGIC:
-        raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC})")
+        hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if parse_shard_name(path.name) is None and looks_like_raw_tokens(path) else ""
+        raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC}){hint}")
     if header[1] != VERSION:
         raise ShardError(f"{path}: unsupported version {int(header[1])} (expected {VERSION})")
     n = int(header[2])

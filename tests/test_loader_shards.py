@@ -318,6 +318,26 @@ def test_a_single_file_that_is_no_shard_says_what_to_pass_instead(tmp_path, name
     assert str(e.value) == f"{tmp_path}/" + message.format(path=path, dir=tmp_path)
 
 
+def test_nanogpt_headerless_train_bin_is_refused_saying_what_it_is(tmp_path):
+    """nanoGPT's prepare.py writes raw uint16 tokens, no header, as train.bin / val.bin: as a
+    file, a glob or their directory, the error says so (not "tokenize it": it holds no text)."""
+    tokens(3000, 0).tofile(tmp_path / "train.bin")
+    tokens(500, 1).tofile(tmp_path / "val.bin")
+    for given, error in [(tmp_path / "train.bin", LoaderError), (str(tmp_path / "*train*.bin"), ShardError),
+                         (tmp_path, LoaderError)]:
+        with pytest.raises(error) as e:
+            TokenLoader(given, B=1, T=8)
+        message = str(e.value)
+        assert "headerless uint16 tokens (nanoGPT's prepare.py" in message, message
+        assert "prepend the 1024-byte header (int32 20240520, 1, the token count" in message
+        assert "prep tokenize " + str(tmp_path) not in message and "*train*.bin'" not in message
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = 20240520, 1, 3000
+    (tmp_path / "x_train.bin").write_bytes(header.tobytes() + (tmp_path / "train.bin").read_bytes())
+    with TokenLoader(tmp_path / "x_train.bin", B=1, T=8, prefetch=0) as loader:  # as it says
+        np.testing.assert_array_equal(loader.next_window().numpy(), tokens(3000, 0)[:9])
+
+
 def test_a_file_named_as_a_shard_keeps_the_header_error_and_an_empty_path_is_refused(tmp_path):
     """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)

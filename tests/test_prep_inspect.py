@@ -172,6 +172,8 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "bad_header": (_zero_magic, [], ["ds_train_000000.bin", "bad magic", "prep verify"]),
     "B_only": (lambda t: make_dataset(t / "b", {"train": [tokens(10)]}), ["--B", "4"], ["--B and --T"]),
     # without --B and --T there are no steps per epoch: --world alone was ignored, with status 0
+    "nanogpt": (lambda t: (t / "ng").mkdir() or tokens(100).tofile(t / "ng" / "train.bin") or t / "ng", [],
+                ["no shards found", "train.bin looks like raw tokens", "nanoGPT's prepare.py"]),
     "world_only": (lambda t: make_dataset(t / "w", {"train": [tokens(10)]}), ["--world", "8"],
                    ["--world", "--B and --T"]),
 }
