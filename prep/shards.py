@@ -274,10 +274,11 @@ def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
-    if len(names) > 1:
+    if len(names) > 1:  # the glob's suffix is that dataset's own (build-nanogpt's are .npy)
+        suffix = next(p.suffix for paths in every.values() for p in paths if parse_shard_name(p.name)[0] == names[0])
         raise ShardError(f"{directory}: shards of {len(names)} datasets ({', '.join(names)}): keep one "
                          f"per directory, or give train.py a glob such as "
-                         f"'{directory}/{names[0]}_train_*.bin'")
+                         f"'{directory}/{names[0]}_train_*{suffix}'")
     for paths in every.values():
         indices = [parse_shard_name(p.name)[2] for p in paths]
         twice = [p.name for p, i in zip(paths, indices) if indices.count(i) > 1]

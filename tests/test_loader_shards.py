@@ -128,6 +128,16 @@ def test_a_directory_holding_two_datasets_without_meta_is_refused(fineweb):
         TokenLoader(path, split="val", B=1, T=8)
 
 
+def test_the_glob_suggested_for_two_datasets_matches_the_first_ones_shards(tmp_path):
+    np.save(tmp_path / "edufineweb_train_000001.npy", tokens(300, 1))  # build-nanogpt's, beside llm.c's
+    llmc_shard(tmp_path / "fineweb_train_000001.bin", tokens(300, 2))
+    with pytest.raises(LoaderError, match=r"shards of 2 datasets \(edufineweb, fineweb\)") as e:
+        TokenLoader(tmp_path, B=1, T=8)
+    suggested = re.search(r"a glob such as '(.*)'$", str(e.value))[1]
+    with TokenLoader(suggested, B=1, T=8, prefetch=0) as loader:  # as it says
+        assert [p.name for p in loader.shards] == ["edufineweb_train_000001.npy"]
+
+
 def test_a_glob_reads_the_matching_files_sorted(fineweb):
     path, ref = fineweb
     with TokenLoader(str(path / "fineweb_train_*.bin"), B=2, T=5, prefetch=0) as loader:
