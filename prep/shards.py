@@ -116,7 +116,9 @@ def raw_tokens_in(directory: str | os.PathLike) -> str:
     """"; train.bin, val.bin look like raw tokens: <RAW_TOKENS_HINT>" when `directory` holds nanoGPT's headerless
     train.bin / val.bin, else "": what a "no shards here" error adds."""
     found = [f"{split}.bin" for split in SPLITS if looks_like_raw_tokens(Path(directory) / f"{split}.bin")]
-    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {RAW_TOKENS_HINT}" if found else ""
+    if not found:
+        return ""
+    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {RAW_TOKENS_HINT}"
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:
@@ -146,7 +148,8 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")
     if header[0] != MAGIC:
-        hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if parse_shard_name(path.name) is None and looks_like_raw_tokens(path) else ""
+        raw = parse_shard_name(path.name) is None and looks_like_raw_tokens(path)  # nanoGPT's train.bin
+        hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if raw else ""
         raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC}){hint}")
     if header[1] != VERSION:
         raise ShardError(f"{path}: unsupported version {int(header[1])} (expected {VERSION})")
