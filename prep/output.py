@@ -133,8 +133,11 @@ class TailSplitter:
     def close(self) -> None:
         """Remove the ring file (also on failure: it must not stay in the dataset)."""
         if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+            ring, self._ring = self._ring, None
+            try:  # fails when a full disk refused buffered bytes: they are not wanted anyway
+                ring.close()
+            except OSError:
+                pass
             self.spill_path.unlink(missing_ok=True)
 
 

@@ -219,8 +219,15 @@ class ShardWriter:
         return file_sha256(self.path)
 
     def abort(self) -> None:
-        """Close without a header: what is on disk stays invalid (count 0) on purpose."""
-        self._f.close()
+        """Close without a header: what is on disk stays invalid (count 0) on purpose.
+
+        A close that fails (bytes a full disk refused are still buffered: close() flushes them
+        first) is ignored: the file is being given up, and the error that led here is the one
+        to report."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
 
 
 def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> str:

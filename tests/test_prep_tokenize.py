@@ -442,6 +442,45 @@ def test_disk_full_mid_run_is_a_user_error_and_leaves_nothing(tmp_path, monkeypa
     assert not (tmp_path / "data").exists()
 
 
+class _UnflushedFile:
+    """A file whose buffer still holds bytes the full disk refused: closing it fails again
+    (as Python's buffered files do: close() flushes first), after closing the descriptor."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def close(self):
+        import errno
+        self._f.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("where", ["shard", "val tail"])
+def test_disk_full_with_bytes_still_buffered_is_one_line(tmp_path, monkeypatch, where):
+    """A disk that fills just as a shard (or the val tail's ring file) holds buffered bytes: a
+    new shard's 1 KiB header waits in the buffer, the next write flushes it first and fails,
+    and so does close() in the clean-up, which raised that second error as a traceback
+    (reproduced on a full tmpfs with --shard-size 5632 --val-fraction 0)."""
+    import errno
+
+    import prep.output
+
+    def full(self, *args):
+        attr = "_f" if where == "shard" else "_ring"
+        setattr(self, attr, _UnflushedFile(getattr(self, attr)))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = prep.output.ShardWriter if where == "shard" else prep.output.TailSplitter
+    monkeypatch.setattr(target, "write" if where == "shard" else "push", full)
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "data" / "out", "--workers", 1)
+    assert_user_error(result, "No space left on device", str(tmp_path / "data" / "out"))
+    assert not (tmp_path / "data").exists()
+
+
 def test_out_that_is_a_mount_point_is_refused_before_any_work(tmp_path, monkeypatch):
     """`--out /mnt/volume` (or a container's bind-mounted folder): the whole corpus was
     tokenized into a temporary directory on the parent's filesystem, then the install could
