@@ -1096,8 +1096,45 @@ def open_log(path: Path, key: str, keep_through: int | None):
             value = record.get(key) if isinstance(record, dict) else None
             if isinstance(value, int) and value <= keep_through:
                 kept.append(line + "\n")
-    atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
-    return open(path, "a", encoding="utf-8", buffering=1)
+    try:
+        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+        return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write it ({e.strerror or e}); the checkpoints already "
+                        f"written are kept") from None
+
+
+class AppendLog:
+    """An open JSONL log whose failures (a full disk, a read-only filesystem, an I/O error) are
+    one-line user errors naming it, and whose close() after such a failure does not fail again
+    (the refused bytes are still buffered: close() would flush them first)."""
+
+    def __init__(self, path: Path, f) -> None:
+        self.path, self._f, self._failed = path, f, False
+
+    def __enter__(self) -> "AppendLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _error(self, e: OSError) -> UserError:
+        self._failed = True
+        return UserError(f"{self.path}: cannot append to it ({e.strerror or e}); the checkpoints already "
+                         f"written are kept")
+
+    def write(self, text: str) -> None:
+        try:
+            self._f.write(text)
+        except OSError as e:
+            raise self._error(e) from None
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except OSError as e:
+            if not self._failed:
+                raise self._error(e) from None
 
 
 # ----------------------------------------------------------------------------- set-up of a run

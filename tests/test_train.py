@@ -1104,6 +1104,68 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     assert torch.load(path, weights_only=True) == {"step": 4}
 
 
+class _FillingFile:
+    """A log open for appending on a disk that fills after `room` more writes: the write that
+    does not fit fails with ENOSPC, and so does close() (its bytes wait in the buffer)."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room, self._full = f, room, False
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def write(self, text):
+        self._room -= 1
+        if self._room < 0:
+            self._full = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._f.write(text)
+
+    def close(self):
+        self._f.close()
+        if self._full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("log", ["metrics.jsonl", "windows_rank0.jsonl"])
+def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues_exactly(
+        tmp_path, dataset, monkeypatch, log):
+    """The disk fills while train.py appends a metrics or --log-windows line (reproduced on a
+    full tmpfs): one line naming the file, status 2, no traceback (the close() in the unwinding
+    fails again, as a buffered file does); once space is freed, --resume auto from the last
+    checkpoint gives the uninterrupted run's losses and windows."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--steps", "8", "--ckpt-every", "2", "--log-windows"]
+    whole = CliRunner().invoke(train.main, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    real_open = open
+
+    def filling_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return _FillingFile(f, 5) if mode == "a" and Path(path).name == log else f
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(train, "open", filling_open, raising=False)
+    result = CliRunner().invoke(train.main, [*args, "--out", str(out)])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith(f"Error: {out / log}: ") and "No space left on device" in result.stderr
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["ckpt_000002.pt", "ckpt_000004.pt"]
+    resumed = CliRunner().invoke(train.main, [*args, "--out", str(out), "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    timing = ("dt_ms", "tokens_per_s", "mfu", "data_wait_ms")
+    for name in ("metrics.jsonl", "windows_rank0.jsonl"):
+        lines = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+                  for line in (where / name).read_text().splitlines()] for where in (out, tmp_path / "whole")]
+        assert lines[0] == lines[1] and len(lines[0]) == 8, name
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
