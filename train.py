@@ -1565,7 +1565,12 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
         })
         if s.cfg.keep_ckpts:
             for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
-                old.unlink(missing_ok=True)
+                try:
+                    old.unlink(missing_ok=True)
+                except OSError as e:  # immutable, another user's, a read-only remount: the new one is whole
+                    raise UserError(f"{old}: cannot remove it for --keep-ckpts {s.cfg.keep_ckpts} "
+                                    f"({e.strerror or e}); {path} is written, --resume auto continues "
+                                    f"from it") from None
     return path
 
 

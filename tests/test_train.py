@@ -770,6 +770,34 @@ def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "cut").glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000003.pt"]
 
 
+def test_keep_ckpts_that_cannot_remove_an_old_checkpoint_is_one_line_and_keeps_the_new_one(
+        tmp_path, dataset, monkeypatch):
+    """An old checkpoint --keep-ckpts cannot remove (immutable, another user's in a sticky
+    directory, a read-only remount: reproduced with chattr +i): one line naming it, status 2,
+    no traceback; the new checkpoint is complete and --resume auto goes on from it."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    real_unlink = Path.unlink
+
+    def refused(self, missing_ok=False):
+        if self.name == "ckpt_000002.pt":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--ckpt-every", "2", "--keep-ckpts", "1"]
+    result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith(f"Error: {out / 'ckpt_000002.pt'}: ") and "not permitted" in result.stderr
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000004.pt"]
+    assert train.load_checkpoint(out / "ckpt_000004.pt")["step"] == 4
+    resumed = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000006.pt"]
+
+
 def test_ckpt_minutes_checkpoints_when_that_long_has_passed(tmp_path, dataset, monkeypatch):
     """--ckpt-minutes: a checkpoint at the first logging point that long after the last one
     (time.perf_counter advanced by hand: 40 s a step), besides --ckpt-every's and the last
