@@ -370,11 +370,13 @@ def trained_steps_logged(metrics: Path) -> bool:
     return False
 
 
-def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None) -> None:
+def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None,
+                       logs_set_aside: bool = False) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
     checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
     runs), and a resume from a checkpoint elsewhere refuses another run's files (--keep-ckpts
-    would delete its checkpoints, and the metrics would interleave)."""
+    would delete its checkpoints, and the metrics would interleave). `logs_set_aside`: the
+    earlier run's logs will be renamed before this run writes (set_aside_logs)."""
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
@@ -389,9 +391,10 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing
-    theirs += [METRICS_NAME] if trained_steps_logged(metrics) else []
-    # --log-windows logs of an earlier run: a fresh run's would empty them
-    theirs += [p.name for p in logs if p.is_file() and p.stat().st_size]
+    if not logs_set_aside:
+        theirs += [METRICS_NAME] if trained_steps_logged(metrics) else []
+        # --log-windows logs of an earlier run: a fresh run's would empty them
+        theirs += [p.name for p in logs if p.is_file() and p.stat().st_size]
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
@@ -1045,24 +1048,42 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
-def resolve_resume(cfg: TrainConfig, notes: list[str]) -> Path | None:
-    """The checkpoint to resume from. --resume auto: the newest in --out, or None (a fresh
-    start, with a note) where --out holds no run yet, so that one command serves a job's first
-    start and every restart; an --out whose run wrote metrics but no checkpoint is refused."""
+def resolve_resume(cfg: TrainConfig, notes: list[str]) -> tuple[Path | None, bool]:
+    """The checkpoint to resume from, and whether the logs of an earlier run in --out are set
+    aside first (set_aside_logs). --resume auto: the newest checkpoint in --out, or None (a
+    fresh start, with a note) where --out holds none, so that one command serves a job's first
+    start and every restart. A run there that logged steps but wrote no checkpoint (killed
+    before its first, a disk full at its first, --ckpt-every 0) has nothing to continue from:
+    its logs are kept under another name and the run starts again."""
     if cfg.resume is None:
-        return None
+        return None, False
     if cfg.resume == "auto":
         found = list_checkpoints(Path(cfg.out))
         if not found:
-            metrics = Path(cfg.out) / METRICS_NAME
-            if not trained_steps_logged(metrics):  # (a run stopped in its step-0 evaluation trained none)
-                notes.append(f"--resume auto: no checkpoint in {cfg.out}/ yet: starting fresh")
-                return None
-            raise UserError(f"--resume auto: no checkpoint (ckpt_<step>.pt) in {cfg.out}/; its {METRICS_NAME} is "
-                            f"from a run that wrote none (--ckpt-every 0, or stopped before its first): move "
-                            f"{metrics} away and run without --resume to start again")
-        return found[-1][1]
-    return Path(cfg.resume)
+            earlier = trained_steps_logged(Path(cfg.out) / METRICS_NAME)  # not a step-0 evaluation alone
+            notes.append(f"--resume auto: no checkpoint in {cfg.out}/ " +
+                         ("(the run there logged steps but wrote none): starting again, its logs kept "
+                          "under new names (<name>.before-<time>)" if earlier else "yet: starting fresh"))
+            return None, earlier
+        return found[-1][1], False
+    return Path(cfg.resume), False
+
+
+def set_aside_logs(out: Path, rt: Runtime) -> None:
+    """Rename an earlier run's logs in `out` to <name>.before-<UTC time>, which no run reads or
+    writes: rank 0 its metrics.jsonl, every rank its own window log (nodes may not share out)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    names = ([METRICS_NAME] if rt.master else []) + [f"windows_rank{rt.rank}.jsonl"]
+    for path in (out / name for name in names):
+        if not path.is_file():
+            continue
+        aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
+        while aside.exists():  # restarted twice within a second
+            aside, n = path.with_name(f"{path.name}.before-{stamp}-{n}"), n + 1
+        try:
+            os.rename(path, aside)
+        except OSError as e:
+            raise UserError(f"{path}: cannot rename it to {aside.name} to start again ({e.strerror or e})") from None
 
 
 def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig) -> None:
@@ -1294,16 +1315,16 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 f"({accum} micro-steps for --total-batch-size {total}): use --compile-mode default or "
                 f"max-autotune-no-cudagraphs, or --total-batch-size {micro_tokens}"
             )
-        resume_path = None
+        resume_path, set_aside = None, False
         notes: list[str] = []
         if not cfg.bench:
             out = Path(cfg.out)
             check_out_dir(out)
             if rt.master:  # the one rank that writes there
                 stack.enter_context(hold_out_dir(out, notes))
-            resume_path = resolve_resume(cfg, notes)
+            resume_path, set_aside = resolve_resume(cfg, notes)
             if rt.master:
-                check_out_contents(out, resume_path, cfg.init_from)
+                check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside)
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         run = {
@@ -1404,6 +1425,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                                      "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
                                      "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
                                      "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip})
+    if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
+        set_aside_logs(Path(cfg.out), rt)
     model: nn.Module = raw
     if rt.compile:
         model = torch.compile(raw, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
@@ -2045,7 +2068,8 @@ def bench_loop(s: Session) -> dict:
               help="Newest checkpoints to keep, whichever option wrote them; 0: all.")
 @click.option("--resume", default=None, show_default="none: start fresh",
               help="Checkpoint to continue from, or 'auto' for the newest in --out (a fresh start where --out "
-                   "holds no run yet: one command for a job's first start and its restarts).")
+                   "holds none yet, an earlier run's logs renamed <name>.before-<time>: one command for a "
+                   "job's first start and its restarts).")
 @click.option("--init-from", default=None, show_default="none: random initialisation",
               help="Start from these weights (fine-tuning; optimizer, step and data start afresh): a train.py "
                    "checkpoint, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's gpt2: --model "

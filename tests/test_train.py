@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import stat
@@ -704,6 +705,34 @@ def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_eve
     assert [r["step"] for r in metrics(tmp_path / "started")] == [1, 2]
 
 
+def test_resume_auto_over_a_run_with_no_checkpoint_starts_again_and_keeps_its_logs(tmp_path, dataset, capsys,
+                                                                                   monkeypatch):
+    """Killed (or a disk full) before its first checkpoint, a run leaves metrics and window
+    logs but nothing to continue from: the job's restart command was refused until someone
+    moved them away. It starts again now, the earlier logs renamed, not lost."""
+    first = cfg(tmp_path, dataset, steps=3, ckpt_every=0, log_windows=True)
+    train.train(first)  # no checkpoint: as if killed before the first
+    out = tmp_path / "out"
+    logs = {name: (out / name).read_text() for name in ("metrics.jsonl", "windows_rank0.jsonl")}
+    capsys.readouterr()
+    train.train(dataclasses.replace(first, steps=4, ckpt_every=2, resume="auto", quiet=False))
+    assert (f"note: --resume auto: no checkpoint in {out}/ (the run there logged steps but wrote none): starting "
+            "again, its logs kept under new names (<name>.before-<time>)") in capsys.readouterr().out
+    for name, text in logs.items():
+        [aside] = out.glob(f"{name}.before-*")
+        assert aside.read_text() == text and re.fullmatch(rf"{name}\.before-\d{{8}}T\d{{6}}Z", aside.name)
+    straight = metrics_of(cfg(tmp_path, dataset, steps=4, out=str(tmp_path / "straight")))
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in straight]
+    assert [step for step, _ in train.list_checkpoints(out)] == [2, 4]
+    # a second start over the same name in the same second gets its own name
+    (out / "ckpt_000002.pt").unlink(), (out / "ckpt_000004.pt").unlink()
+    stamp = next(out.glob("metrics.jsonl.before-*")).name.split("-", 1)[1]
+    monkeypatch.setattr(train.time, "strftime", lambda *args: stamp)
+    train.train(dataclasses.replace(first, steps=1, resume="auto"))
+    assert sorted(p.name for p in out.glob("metrics.jsonl.before-*")) == [
+        f"metrics.jsonl.before-{stamp}", f"metrics.jsonl.before-{stamp}-1"]
+
+
 def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batches_before(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
@@ -1335,11 +1364,6 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a wrong optimizer state": (["--resume", "badadam.pt"], ".",
                                        "--resume badadam.pt: damaged train.py checkpoint (ValueError: optimizer "
                                        "exp_avg is (3,) for a parameter of"),
-    "resume auto before the first checkpoint": (["--resume", "auto", "--out", "metricsonly"], ".",
-                                                "--resume auto: no checkpoint (ckpt_<step>.pt) in metricsonly/; its "
-                                                "metrics.jsonl is from a run that wrote none (--ckpt-every 0, or "
-                                                "stopped before its first): move metricsonly/metrics.jsonl away and "
-                                                "run without --resume"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
