@@ -90,6 +90,7 @@ BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
+WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank
 # a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has None for
 # the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
@@ -380,7 +381,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
-    logs = sorted(out.glob("windows_rank*.jsonl"))  # --log-windows logs (none where out is missing)
+    logs = sorted(out.glob(WINDOW_LOGS))  # --log-windows logs (none where out is missing)
     if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
         odd = sorted(p.name for p in out.iterdir() if CKPT_RE.match(p.name) and not p.is_file())
         if odd:
@@ -1049,8 +1050,8 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
 
 
 def resolve_resume(cfg: TrainConfig, notes: list[str]) -> tuple[Path | None, bool]:
-    """The checkpoint to resume from, and whether the logs of an earlier run in --out are set
-    aside first (set_aside_logs). --resume auto: the newest checkpoint in --out, or None (a
+    """The checkpoint to resume from, and whether what this rank finds of an earlier run's logs
+    in --out is set aside first (set_aside_logs). --resume auto: the newest checkpoint in --out, or None (a
     fresh start, with a note) where --out holds none, so that one command serves a job's first
     start and every restart. A run there that logged steps but wrote no checkpoint (killed
     before its first, a disk full at its first, --ckpt-every 0) has nothing to continue from:
@@ -1058,24 +1059,35 @@ def resolve_resume(cfg: TrainConfig, notes: list[str]) -> tuple[Path | None, boo
     if cfg.resume is None:
         return None, False
     if cfg.resume == "auto":
-        found = list_checkpoints(Path(cfg.out))
+        out = Path(cfg.out)
+        found = list_checkpoints(out)
         if not found:
-            earlier = trained_steps_logged(Path(cfg.out) / METRICS_NAME)  # not a step-0 evaluation alone
+            # (metrics: not a step-0 evaluation alone; a window log: a step killed before its metrics line)
+            earlier = trained_steps_logged(out / METRICS_NAME) or any(map(_nonempty_file, out.glob(WINDOW_LOGS)))
             notes.append(f"--resume auto: no checkpoint in {cfg.out}/ " +
                          ("(the run there logged steps but wrote none): starting again, its logs kept "
                           "under new names (<name>.before-<time>)" if earlier else "yet: starting fresh"))
-            return None, earlier
+            # every rank sets aside what it finds of an earlier run (the ranks of other nodes
+            # may not share --out, nor see the metrics.jsonl that decides it on rank 0)
+            return None, True
         return found[-1][1], False
     return Path(cfg.resume), False
 
 
+def _nonempty_file(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
 def set_aside_logs(out: Path, rt: Runtime) -> None:
     """Rename an earlier run's logs in `out` to <name>.before-<UTC time>, which no run reads or
-    writes: rank 0 its metrics.jsonl, every rank its own window log (nodes may not share out)."""
+    writes: rank 0 its metrics.jsonl (where it logged training), every rank its own window log
+    (nodes may not share out)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    names = ([METRICS_NAME] if rt.master else []) + [f"windows_rank{rt.rank}.jsonl"]
-    for path in (out / name for name in names):
-        if not path.is_file():
+    paths = [out / f"windows_rank{rt.rank}.jsonl"]
+    if rt.master and trained_steps_logged(out / METRICS_NAME):  # (a step-0 evaluation alone: emptied)
+        paths.append(out / METRICS_NAME)
+    for path in paths:
+        if not _nonempty_file(path):
             continue
         aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
         while aside.exists():  # restarted twice within a second

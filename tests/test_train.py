@@ -29,6 +29,7 @@ from _cli import assert_user_error
 from _data import (TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens, without_gpt2_files,
                    write_dataset)
 from loader import TokenLoader
+from loader.audit import audit
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
@@ -731,6 +732,24 @@ def test_resume_auto_over_a_run_with_no_checkpoint_starts_again_and_keeps_its_lo
     train.train(dataclasses.replace(first, steps=1, resume="auto"))
     assert sorted(p.name for p in out.glob("metrics.jsonl.before-*")) == [
         f"metrics.jsonl.before-{stamp}", f"metrics.jsonl.before-{stamp}-1"]
+
+
+def test_resume_auto_over_a_run_killed_in_its_first_steps_with_only_window_logs_starts_again(tmp_path, dataset,
+                                                                                             capsys):
+    """A window is logged when its batch is read, a step's metrics line a logging point later:
+    a run killed in its first steps (an OOM in step 1's compilation) leaves window logs and a
+    metrics.jsonl with no step in it. --resume auto refused that until someone moved the logs."""
+    first = cfg(tmp_path, dataset, steps=2, ckpt_every=0, log_windows=True)
+    train.train(first)
+    out = tmp_path / "out"
+    (out / "metrics.jsonl").write_text("")  # as killed before step 1's line
+    log = (out / "windows_rank0.jsonl").read_text()
+    capsys.readouterr()
+    train.train(dataclasses.replace(first, steps=3, ckpt_every=3, resume="auto", quiet=False))
+    assert "(the run there logged steps but wrote none): starting again" in capsys.readouterr().out
+    [aside] = out.glob("windows_rank0.jsonl.before-*")
+    assert aside.read_text() == log
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3] and len(audit(out, str(dataset)).problems) == 0
 
 
 def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batches_before(tmp_path, dataset, capsys):

@@ -286,6 +286,23 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_auto_with_no_checkpoint_keeps_the_window_log_of_a_node_that_does_not_share_out(tmp_path):
+    """--resume auto over a run that wrote no checkpoint starts again with the earlier logs
+    renamed. Rank 1 on a node of its own has no metrics.jsonl to decide it by: it emptied its
+    window log instead, where rank 0 kept its own."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "n1").mkdir()
+    first = two_nodes(tmp_path, data, ("n0", "n1"), "--log-windows", "--ckpt-every", "0")
+    assert all(returncode == 0 for returncode, _, _ in first), first
+    logs = {rank: (tmp_path / f"n{rank}" / f"windows_rank{rank}.jsonl").read_text() for rank in (0, 1)}
+    again = two_nodes(tmp_path, data, ("n0", "n1"), "--log-windows", "--resume", "auto", "--steps", "2")
+    assert all(returncode == 0 for returncode, _, _ in again), again
+    for rank, text in logs.items():
+        [aside] = (tmp_path / f"n{rank}").glob(f"windows_rank{rank}.jsonl.before-*")
+        assert aside.read_text() == text
+
+
+@pytest.mark.slow
 def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_path):
     """Options that meet in no collective of their own still make one run: another --B (the
     same --total-batch-size, more micro-steps) read windows the other rank read too, another
