@@ -1083,12 +1083,16 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
     writes: rank 0 its metrics.jsonl (where it logged training), every rank its own window log
     (nodes may not share out)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    paths = [out / f"windows_rank{rt.rank}.jsonl"]
-    if rt.master and trained_steps_logged(out / METRICS_NAME):  # (a step-0 evaluation alone: emptied)
-        paths.append(out / METRICS_NAME)
+    own = out / f"windows_rank{rt.rank}.jsonl"
+    paths = [own] if _nonempty_file(own) else []
+    if rt.master:
+        if trained_steps_logged(out / METRICS_NAME):  # (a step-0 evaluation alone: emptied)
+            paths.append(out / METRICS_NAME)
+        # the logs of ranks this run has not (an earlier run of more ranks): no rank would
+        # replace them, and `python -m loader.audit` would read them as this run's
+        paths += [p for p in out.glob(WINDOW_LOGS) if p.is_file() and
+                  (m := re.fullmatch(r"windows_rank(0|[1-9][0-9]*)\.jsonl", p.name)) and int(m[1]) >= rt.world]
     for path in paths:
-        if not _nonempty_file(path):
-            continue
         aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
         while aside.exists():  # restarted twice within a second
             aside, n = path.with_name(f"{path.name}.before-{stamp}-{n}"), n + 1

@@ -752,6 +752,23 @@ def test_resume_auto_over_a_run_killed_in_its_first_steps_with_only_window_logs_
     assert [r["step"] for r in metrics(out)] == [1, 2, 3] and len(audit(out, str(dataset)).problems) == 0
 
 
+def test_resume_auto_starting_again_sets_aside_the_window_logs_of_ranks_this_run_has_not(tmp_path, dataset):
+    """An earlier run of 2 ranks killed before its first checkpoint, restarted in one process:
+    its windows_rank1.jsonl stayed, and `python -m loader.audit` of the new run failed on it
+    ("the ranks' logs are of different runs")."""
+    first = cfg(tmp_path, dataset, steps=2, ckpt_every=0, log_windows=True)
+    train.train(first)
+    out = tmp_path / "out"
+    rank1 = "".join(json.dumps({**json.loads(line), "rank": 1, "world": 2}) + "\n"
+                    for line in (out / "windows_rank0.jsonl").read_text().splitlines())
+    (out / "windows_rank1.jsonl").write_text(rank1)  # as a 2-rank run would have left it
+    train.train(dataclasses.replace(first, steps=3, ckpt_every=3, resume="auto"))
+    assert not (out / "windows_rank1.jsonl").exists()
+    [aside] = out.glob("windows_rank1.jsonl.before-*")
+    assert aside.read_text() == rank1
+    assert len(audit(out, str(dataset)).problems) == 0
+
+
 def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batches_before(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
