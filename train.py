@@ -355,19 +355,23 @@ def hold_out_dir(out: Path, notes: list[str]):
 
 def trained_steps_logged(metrics: Path) -> bool:
     """Whether the metrics.jsonl at `metrics` logs any training: a line other than the step-0
-    evaluation's (anything unreadable counts, to be safe). False for a missing or empty file."""
+    evaluation's (anything unreadable counts, to be safe: a file it cannot read too). False for a
+    missing or empty file."""
     if not metrics.is_file():
         return False
-    with open(metrics, encoding="utf-8", errors="replace") as f:  # a run's is decided by line 1 or 2
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return True
-            if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
-                return True
+    try:
+        with open(metrics, encoding="utf-8", errors="replace") as f:  # a run's is decided by line 1 or 2
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return True
+                if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
+                    return True
+    except OSError:  # another user's, EIO
+        return True
     return False
 
 
@@ -1124,8 +1128,13 @@ def open_log(path: Path, key: str, keep_through: int | None):
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
     covers, are kept (a torn last line from a killed run is dropped)."""
     kept = []
-    if keep_through is not None and path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8") if keep_through is not None and path.is_file() else ""
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it to keep its lines through the checkpoint "
+                        f"({e.strerror or e})") from None
+    if text:
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

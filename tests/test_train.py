@@ -1259,6 +1259,44 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
         assert lines[0] == lines[1] and len(lines[0]) == 8, name
 
 
+def test_an_unreadable_metrics_file_is_no_traceback(tmp_path, dataset, monkeypatch):
+    """A metrics.jsonl train.py cannot read (another user's, EIO): resuming, the kept lines
+    could not be read (a PermissionError traceback); --resume auto over a run with no
+    checkpoint could not tell whether it trained (a traceback too): it counts as one that
+    did, and is set aside."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset)]
+    real_open, real_read_text = open, Path.read_text
+
+    def refused(path):
+        if Path(path).name == "metrics.jsonl":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def refusing_open(path, mode="r", *a, **k):
+        if "r" in mode:
+            refused(path)
+        return real_open(path, mode, *a, **k)
+
+    def refusing_read_text(self, *a, **k):
+        refused(self)
+        return real_read_text(self, *a, **k)
+
+    resumed, again = tmp_path / "resumed", tmp_path / "again"
+    for out, ckpt_every in ((resumed, 2), (again, 0)):
+        assert CliRunner().invoke(train.main, [*args, "--out", str(out), "--steps", "2", "--ckpt-every",
+                                               str(ckpt_every)]).exit_code == 0
+    monkeypatch.setattr(train, "open", refusing_open, raising=False)
+    monkeypatch.setattr(Path, "read_text", refusing_read_text)
+    result = CliRunner().invoke(train.main, [*args, "--out", str(resumed), "--steps", "4", "--resume", "auto"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith(f"Error: {resumed / 'metrics.jsonl'}: ") and "Permission denied" in result.stderr
+    result = CliRunner().invoke(train.main, [*args, "--out", str(again), "--steps", "2", "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+    [aside] = again.glob("metrics.jsonl.before-*")
+    assert [json.loads(line)["step"] for line in aside.read_text().splitlines()] == [1, 2]
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
