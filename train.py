@@ -1133,6 +1133,9 @@ def open_log(path: Path, key: str, keep_through: int | None):
     except OSError as e:
         raise UserError(f"{path}: cannot read it to keep its lines through the checkpoint "
                         f"({e.strerror or e})") from None
+    except UnicodeDecodeError as e:  # train.py writes ASCII only: damaged, or another program's
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start:,}), so no log train.py wrote: move it away "
+                        f"to resume") from None
     if text:
         for line in text.splitlines():
             try:

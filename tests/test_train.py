@@ -1297,6 +1297,23 @@ def test_an_unreadable_metrics_file_is_no_traceback(tmp_path, dataset, monkeypat
     assert [json.loads(line)["step"] for line in aside.read_text().splitlines()] == [1, 2]
 
 
+def test_a_log_that_is_not_utf8_is_one_line_when_resuming_and_kept(tmp_path, dataset):
+    """train.py writes its logs in ASCII: a resume over one with other bytes (damaged, or
+    another program's) said so by a UnicodeDecodeError traceback."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--ckpt-every", "2"]
+    assert CliRunner().invoke(train.main, [*args, "--steps", "2", "--log-windows"]).exit_code == 0
+    for name in ("metrics.jsonl", "windows_rank0.jsonl"):
+        log = tmp_path / "run" / name
+        before = log.read_bytes()
+        log.write_bytes(before + b"\xff\xfe damaged\n")
+        result = CliRunner().invoke(train.main, [*args, "--steps", "4", "--resume", "auto", "--log-windows"])
+        assert result.exit_code == 2 and result.stderr == (f"Error: {log}: not UTF-8 text (byte {len(before):,}), so "
+                                                           f"no log train.py wrote: move it away to resume\n")
+        assert log.read_bytes() == before + b"\xff\xfe damaged\n"  # nothing rewritten
+        log.write_bytes(before)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
