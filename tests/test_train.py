@@ -468,15 +468,20 @@ def test_clipping_inside_fused_adamw_is_clip_grad_norm(grad_clip, accum):
         assert total(plain_moments) < total(unclipped) / 10
 
 
-def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
-    runner = CliRunner()
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "o"),
-            "--bench", "--bench-warmup", "1", "--bench-steps", "3", "--total-batch-size", "64", "--device", "cpu"]
-    result = runner.invoke(train.main, args)
+def run_bench(dataset: Path, *extra: str) -> tuple:
+    """`train.py --bench` of the tiny model on the CLI, 1 warm-up step: its result (exit 0
+    asserted) and the last line's BENCH JSON."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
+            "--device", "cpu", *extra]
+    result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 0, result.output
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("BENCH ")
-    bench = json.loads(last[len("BENCH "):])
+    return result, json.loads(last[len("BENCH "):])
+
+
+def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
+    result, bench = run_bench(dataset, "--out", str(tmp_path / "o"), "--bench-steps", "3", "--total-batch-size", "64")
     for key in ("tokens_per_s", "ms_per_step", "synthetic_tokens_per_s", "synthetic_ms_per_step"):
         assert bench[key] > 0
     assert bench["tokens_per_s"] == pytest.approx(64 * 1000 / bench["ms_per_step"])
@@ -512,11 +517,7 @@ def test_bench_timing_noise_is_how_far_apart_the_windows_are_whichever_is_slower
 
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(train, "train_step", slowing_step)
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
-            "--bench-steps", "3", "--device", "cpu"]
-    result = CliRunner().invoke(train.main, args)
-    assert result.exit_code == 0, result.output
-    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    result, bench = run_bench(dataset, "--bench-steps", "3")
     # calls 1-3: warm-up and one untimed step per feed; then real 4, fixed 5, fixed 6-7, real 8-9
     assert bench["window_ms_per_step"] == {"real": pytest.approx([40, 85]), "fixed": pytest.approx([50, 65])}
     assert "timing noise here: 72.0%, one feed's two windows apart" in result.stdout  # |40 - 85| / 62.5
@@ -534,11 +535,7 @@ def test_bench_blocked_fraction_is_the_timed_steps_wait_over_their_time(tmp_path
         return real_next(self, device)
 
     monkeypatch.setattr(TokenLoader, "next_batch", slow)
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
-            "--bench-steps", "2", "--total-batch-size", "64", "--device", "cpu"]
-    result = CliRunner().invoke(train.main, args)
-    assert result.exit_code == 0, result.output
-    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    _, bench = run_bench(dataset, "--bench-steps", "2", "--total-batch-size", "64")
     assert 2 * 200 / bench["ms_per_step"] <= bench["blocked_fraction"] <= 1  # 2 batches a step
     assert bench["data_wait_fraction"] > 0 and bench["ms_per_step"] >= 400
 
@@ -554,11 +551,7 @@ def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypa
         return real_step(*args)
 
     monkeypatch.setattr(train, "train_step", skipping_step)
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
-            "--bench-steps", "3", "--device", "cpu"]
-    result = CliRunner().invoke(train.main, args)
-    assert result.exit_code == 0, result.output
-    bench = json.loads(result.stdout.strip().splitlines()[-1][len("BENCH "):])
+    result, bench = run_bench(dataset, "--bench-steps", "3")
     assert bench["cudagraph_skips"] == 1 + 2 * 1 + 2 * 3 and bench["graph_breaks"] == 0
     assert "note: 0 graph break(s) and 9 CUDA graph skip(s) while benchmarking" in result.stdout
 
