@@ -73,7 +73,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
-    from loader.audit import window_crc32
+    from loader.audit import LOG_PATTERN, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, signals_deferred
@@ -90,7 +90,7 @@ BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
-WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank
+WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank (window_log; the audit's LOG_PATTERN)
 # a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has None for
 # the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
@@ -399,7 +399,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     if not logs_set_aside:
         theirs += [METRICS_NAME] if trained_steps_logged(metrics) else []
         # --log-windows logs of an earlier run: a fresh run's would empty them
-        theirs += [p.name for p in logs if p.is_file() and p.stat().st_size]
+        theirs += [p.name for p in logs if _nonempty_file(p)]
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
@@ -1082,12 +1082,17 @@ def _nonempty_file(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+def window_log(out: Path, rank: int) -> Path:
+    """Rank `rank`'s --log-windows log in `out`."""
+    return out / f"windows_rank{rank}.jsonl"
+
+
 def set_aside_logs(out: Path, rt: Runtime) -> None:
     """Rename an earlier run's logs in `out` to <name>.before-<UTC time>, which no run reads or
     writes: rank 0 its metrics.jsonl (where it logged training), every rank its own window log
     (nodes may not share out)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    own = out / f"windows_rank{rt.rank}.jsonl"
+    own = window_log(out, rt.rank)
     paths = [own] if _nonempty_file(own) else []
     if rt.master:
         if trained_steps_logged(out / METRICS_NAME):  # (a step-0 evaluation alone: emptied)
@@ -1095,7 +1100,7 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
         # the logs of ranks this run has not (an earlier run of more ranks): no rank would
         # replace them, and `python -m loader.audit` would read them as this run's
         paths += [p for p in out.glob(WINDOW_LOGS) if p.is_file() and
-                  (m := re.fullmatch(r"windows_rank(0|[1-9][0-9]*)\.jsonl", p.name)) and int(m[1]) >= rt.world]
+                  (m := LOG_PATTERN.fullmatch(p.name)) and int(m[1]) >= rt.world]
     for path in paths:
         aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
         while aside.exists():  # restarted twice within a second
@@ -1362,8 +1367,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
             notes += schedule_changes(ckpt, cfg, resume_path)
-            log = Path(cfg.out) / "windows_rank0.jsonl"
-            if cfg.log_windows and ckpt["step"] > 0 and not (log.is_file() and log.stat().st_size):
+            if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
                              f"log, so `python -m loader.audit` will find its batches missing")
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
@@ -1706,7 +1710,7 @@ def train_loop(s: Session) -> dict:
         feed_fn: Feed = lambda: loader.next_batch(rt.device)  # noqa: E731
         if cfg.log_windows:
             first_batch = s.start_step * s.parts.accum_steps  # the loader's step
-            log = files.enter_context(open_log(out / f"windows_rank{rt.rank}.jsonl", "batch",
+            log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None))
             feed_fn = window_logger(feed_fn, log, loader)
         feed = TimedFeed(feed_fn)
@@ -1793,13 +1797,14 @@ def train_loop(s: Session) -> dict:
             what = (f"step {diverged['step']}: loss {diverged['loss']}, gradient norm {diverged['grad_norm']}"
                     if diverged is not None else None)
             if what is None and step is not None:
-                names = [name for name, _ in s.raw.named_parameters()]
-                finite = torch.stack([torch.isfinite(p).all() for p in s.raw.parameters()]).tolist()  # one sync
+                params = list(s.raw.named_parameters())
+                finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist()  # one sync
                 if not all(finite):
-                    what = f"step {step}: {names[finite.index(False)]} holds NaN or infinite values"
+                    what = f"step {step}: {params[finite.index(False)][0]} holds NaN or infinite values"
             if what is None:
                 return
             found = list_checkpoints(out) if rt.master else []
+            retry = "with a lower --lr (or longer --warmup-steps)"
             if diverged is not None and found and found[-1][0] == diverged["step"] - 1:
                 # that step's loss and norm come from the newest checkpoint's weights alone, before
                 # any update: resumed with any --lr, it diverges again at once, with the same numbers
@@ -1807,13 +1812,12 @@ def train_loop(s: Session) -> dict:
                 then = (f"the newest checkpoint, {gone[1]} (step {gone[0]}), holds the weights step "
                         f"{diverged['step']} diverged from, whatever the --lr; " +
                         (f"an earlier checkpoint, {found[-1][1]} (step {found[-1][0]}), may hold better weights: "
-                         f"move {gone[1].name} away and --resume it with a lower --lr (or longer --warmup-steps)"
-                         if found else
-                         "no earlier checkpoint is kept: start again with a lower --lr (or longer --warmup-steps)"))
-                raise UserError(f"{what}: the run diverged; stopped without checkpointing its weights; {then}")
-            then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: --resume "
-                    f"it with a lower --lr (or longer --warmup-steps)" if found else
-                    "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")
+                         f"move {gone[1].name} away and --resume it {retry}" if found else
+                         f"no earlier checkpoint is kept: start again {retry}"))
+            else:
+                then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: "
+                        f"--resume it {retry}" if found else
+                        "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")
             raise UserError(f"{what}: the run diverged; stopped without checkpointing its weights; {then}")
 
         def flush() -> None:
