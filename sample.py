@@ -61,7 +61,7 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
-    bad = next((k for k, v in model.state_dict().items() if not torch.isfinite(v).all()), None)
+    bad = train.first_not_finite(model.state_dict().items())
     if bad is not None:  # a run that diverged: nothing to sample
         raise UserError(f"checkpoint {path}: {bad} holds NaN or infinite values (the run diverged by step "
                         f"{ckpt['step']}): no text to sample")

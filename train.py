@@ -47,7 +47,7 @@ import threading
 import time
 import types
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -992,7 +992,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         odd = next((k for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())), None)
         if odd is not None:
             raise ValueError(f"{odd} is not a floating-point tensor")
-        bad = next((k for k, v in state.items() if not torch.isfinite(v).all()), None)
+        bad = first_not_finite(state.items())
         if bad is not None:
             raise ValueError(f"{bad} holds NaN or infinite values")
         rows = _positions(state)
@@ -1587,6 +1587,13 @@ def train(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------- the training loop
 
 
+def first_not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor holding NaN or an infinity, or None: one host read for all."""
+    named = list(named)
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+    return None if all(finite) else named[finite.index(False)][0]
+
+
 def _finite(row: dict) -> dict:
     """A metrics line as strict JSON: NaN and infinities (a diverged step) are written as null."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
@@ -1796,11 +1803,8 @@ def train_loop(s: Session) -> dict:
             alike."""
             what = (f"step {diverged['step']}: loss {diverged['loss']}, gradient norm {diverged['grad_norm']}"
                     if diverged is not None else None)
-            if what is None and step is not None:
-                params = list(s.raw.named_parameters())
-                finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist()  # one sync
-                if not all(finite):
-                    what = f"step {step}: {params[finite.index(False)][0]} holds NaN or infinite values"
+            if what is None and step is not None and (bad := first_not_finite(s.raw.named_parameters())):
+                what = f"step {step}: {bad} holds NaN or infinite values"
             if what is None:
                 return
             found = list_checkpoints(out) if rt.master else []

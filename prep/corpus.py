@@ -172,11 +172,11 @@ def _refuse_duplicates(sources: Sequence[Source], stdin: BinaryIO | None) -> Non
             spellings = []
             for path in source.files:
                 try:
-                    st = path.stat()
+                    identity = _identity(path)
                 except OSError:  # gone meanwhile: reading it says so
                     continue
                 spelling = f"{path} (in {source.arg})" if source.kind == "directory" else source.arg
-                spellings.append((spelling, (st.st_dev, st.st_ino)))
+                spellings.append((spelling, identity))
         for spelling, identity in spellings:
             if identity is None:
                 continue
