@@ -18,6 +18,7 @@ token except to copy the window it was asked for.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shlex
@@ -147,6 +148,77 @@ def listed_digests(paths: list[Path]) -> list[str | None]:
     return digests
 
 
+# Open files kept free beyond the shards: the other split's stream is counted when it is
+# mapped, but torch, the prefetch thread, DDP's sockets and the logs need some too.
+SPARE_FILES = 256
+
+
+def open_file_limit() -> tuple[int, int] | None:
+    """(soft, hard) RLIMIT_NOFILE, None where there is no such limit (Windows) or it is
+    unlimited."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else (soft, hard)
+
+
+def _files_open() -> int:
+    """How many files this process has open now (0 where /proc or /dev/fd cannot tell)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return len(os.listdir(listing))
+        except OSError:
+            continue
+    return 0
+
+
+def _make_room_for(count: int) -> None:
+    """Raise the soft open-file limit (up to the hard one) when `count` more files would not
+    fit under it: each mapped shard holds an open file for the stream's life (Python's mmap
+    keeps a duplicate of the descriptor), and a common soft limit is 1024, while llm.c's
+    FineWeb-100B has 1,000+ shards. Only ever raised, and only as far as needed."""
+    import resource
+
+    limit = open_file_limit()
+    if limit is None:
+        return
+    soft, hard = limit
+    want = _files_open() + count + SPARE_FILES
+    if want <= soft:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (OSError, ValueError):  # a sandbox refusing it: the mapping says what is wrong
+            pass
+
+
+def _map_all(paths: list[Path]) -> list[np.ndarray]:
+    """Every shard memory-mapped, as plain ndarray views; a LoaderError naming the limit
+    (not a traceback half-way through the list) when the process runs out of open files."""
+    _make_room_for(len(paths))
+    maps = []
+    for i, path in enumerate(paths):
+        try:
+            maps.append(open_shard(path).view(np.ndarray))
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            maps.clear()  # drop what was mapped: the error must not keep the files open
+            limit = open_file_limit()
+            which = "this process's" if e.errno == errno.EMFILE else "the system's"
+            raise LoaderError(
+                f"{path}: cannot map shard {i + 1} of {len(paths)}: {which} open-file limit is reached "
+                f"(each mapped shard keeps one file open" +
+                (f"; `ulimit -n` is {limit[0]}, the hard limit {limit[1]}" if limit else "") +
+                f"): raise it, for example `ulimit -n {len(paths) + 2 * SPARE_FILES}`, or use fewer, larger shards"
+            ) from None
+    return maps
+
+
 class TokenStream:
     """N tokens across shards, addressable as one array without reading any of it up front.
 
@@ -161,7 +233,7 @@ class TokenStream:
         self.paths = list(paths)
         # Plain ndarray views of the memmaps: slicing np.memmap itself costs a subclass
         # __array_finalize__ per slice. The view's .base keeps the mapping alive.
-        self._maps = [open_shard(p).view(np.ndarray) for p in self.paths]
+        self._maps = _map_all(self.paths)
         self.counts = [int(m.shape[0]) for m in self._maps]
         # offsets[i] = first global token index of shard i; offsets[-1] = N
         self._offsets = np.cumsum([0, *self.counts], dtype=np.int64)

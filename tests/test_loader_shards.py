@@ -6,6 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 import numpy as np
 import pytest
@@ -478,3 +485,38 @@ def test_a_split_of_more_than_2_to_the_32_tokens_is_read_at_its_true_offsets(tmp
         assert any(s < 2 * n <= s + B * T for s in crossing)  # one window does cross it
         for loader in loaders:
             loader.close()
+
+
+def _stream_in_child(data, soft, hard):
+    """Map `data`'s train shards in a child whose open-file limit is (soft, hard): what it
+    printed (num_tokens and the soft limit after) and its return code."""
+    code = ("import resource, sys\n"
+            "from loader import LoaderError\n"
+            "from loader.stream import TokenStream, resolve_shards\n"
+            "try:\n"
+            f"    s = TokenStream(resolve_shards({str(data)!r}, 'train'))\n"
+            "except LoaderError as e:\n"
+            "    sys.exit(f'LoaderError: {e}')\n"
+            "print(s.num_tokens, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+
+@pytest.mark.skipif(resource is None, reason="RLIMIT_NOFILE is a POSIX limit")
+def test_more_shards_than_the_soft_open_file_limit(tmp_path):
+    """Each mapped shard keeps a file open; 300 shards under a soft limit of 128 (a common
+    soft limit is 1024, and llm.c's FineWeb-100B has 1,000+ shards): the soft limit is raised
+    towards the hard one and all map. With the hard limit that low too, one LoaderError names
+    the shard, the limit and what to do, instead of an OSError half-way through."""
+    for i in range(300):
+        llmc_shard(tmp_path / f"d_train_{i:06d}.bin", np.full(10, i, dtype=np.uint16))
+    done = _stream_in_child(tmp_path, 128, 4096)
+    assert done.returncode == 0, done.stderr
+    count, soft = map(int, done.stdout.split())
+    assert count == 3000 and 300 < soft <= 4096
+    failed = _stream_in_child(tmp_path, 128, 128)
+    assert failed.returncode == 1 and failed.stdout == ""
+    message = failed.stderr.strip()
+    assert "\n" not in message and message.startswith(f"LoaderError: {tmp_path}/d_train_")
+    assert "of 300: this process's open-file limit is reached" in message
+    assert "`ulimit -n` is 128, the hard limit 128" in message and "ulimit -n 812" in message
