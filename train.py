@@ -34,6 +34,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import faulthandler
 import json
 import math
 import os
@@ -2047,6 +2048,17 @@ def bench_loop(s: Session) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
+def say_why_on_a_crash() -> None:
+    """A fatal signal prints where each thread was (faulthandler) instead of ending the run
+    without a word: a shard truncated or rewritten in place while training (llm.c's scripts
+    open their shards with "wb") raises SIGBUS on the next read of its mapping, which Python
+    cannot catch, and a crash in native code (a driver, a kernel) raises SIGSEGV or SIGABRT.
+    The last complete checkpoint is untouched either way."""
+    if sys.stderr is not None and not faulthandler.is_enabled():
+        with contextlib.suppress(OSError, ValueError, RuntimeError):  # no usable stderr: stay silent
+            faulthandler.enable()
+
+
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
@@ -2128,6 +2140,7 @@ def bench_loop(s: Session) -> dict:
                    "`python -m loader.audit` checks.")
 def main(compile_: bool | None, **options) -> None:
     """Train GPT-2 on the token shards `prep tokenize` wrote; --bench measures the step instead."""
+    say_why_on_a_crash()
     cfg = None
     try:
         try:

@@ -924,6 +924,37 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
     assert [r["loss"] for r in killed] == [r["loss"] for r in reference]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGBUS"), reason="SIGBUS is POSIX")
+def test_a_shard_truncated_under_a_run_says_where_it_died(tmp_path):
+    """A shard truncated while training (a tool rewriting it in place) makes the next read of
+    its mapping a SIGBUS, which no Python code can catch: the run must not die without a word
+    (status 135 and nothing else, before faulthandler), but say it was a bus error in the
+    loader's read, and leave its checkpoints whole."""
+    data = write_dataset(tmp_path / "d", random_tokens(400_000, 8))
+    out = tmp_path / "o"
+    args = _cli_args(data, out, 100_000, "--ckpt-every", "1", "--keep-ckpts", "1")
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not train.list_checkpoints(out):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    shard = next(data.glob("*_train_*.bin"))
+    os.truncate(shard, 1024)  # header only: every later window lies beyond the end of the file
+    try:
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGBUS, err
+    assert "Fatal Python error: Bus error" in err
+    reader = err[err.index("Current thread"):].split("\n\n")[0]  # the thread that faulted, innermost first
+    assert "in read_into" in reader.splitlines()[1] and "loader/stream.py" in reader, err
+    for _, path in train.list_checkpoints(out):
+        assert torch.load(path, weights_only=True)["step"] == int(path.stem.split("_")[1])
+
+
 def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     def interrupted(cfg):
         raise KeyboardInterrupt
