@@ -1699,11 +1699,20 @@ def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bo
     return has_val and due(cfg.eval_every), due(cfg.sample_every), ckpt
 
 
+def _say_over_bar(message: str) -> None:
+    """One line on standard output, clear of the progress bar (as tqdm.write), written by
+    click.echo like every other line: where stdout cannot encode a sample's text (LC_ALL=C
+    without UTF-8 mode, a Windows code page) click writes UTF-8, where tqdm.write raised
+    UnicodeEncodeError and ended the run before the checkpoint due at that step."""
+    with tqdm.external_write_mode():
+        click.echo(message)
+
+
 def train_loop(s: Session) -> dict:
     """Steps start_step+1 .. cfg.steps; logs, evaluates, samples and checkpoints on the way."""
     cfg, rt = s.cfg, s.rt
     out = Path(cfg.out)
-    say = tqdm.write if rt.master else (lambda *_: None)
+    say = _say_over_bar if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
         stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master))
         metrics = None

@@ -107,7 +107,7 @@ def test_prep_tokenize_into_a_full_standard_output_says_the_dataset_is_complete(
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_failing_standard_output_through_tqdm_write_is_one_line_too(tmp_path):
-    """train.py's loop writes through tqdm.write (the stream is its `fp`), not click.echo."""
+    """A writer given the stream as `fp` (tqdm.write), not as click.echo's `file`."""
     script = tmp_path / "writes.py"
     script.write_text("import click, tqdm\nfrom prep.errors import UserCommand\n"
                       "@click.command(cls=UserCommand)\ndef main():\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import json
 import math
 import os
@@ -319,6 +320,19 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     samples = [[line for line in out.splitlines() if line.startswith("step 4 sample: ")] for out in runs]
     assert len(samples[0]) == 1 and samples[0] == samples[1]  # the sampling generator is seeded
     assert len(samples[0][0]) > len("step 4 sample: ''")
+
+
+def test_a_sample_prints_on_a_standard_output_that_cannot_encode_it(tmp_path, dataset, monkeypatch):
+    """LC_ALL=C without UTF-8 mode, or a Windows code page: stdout is ASCII-only, and a sample
+    decodes to any text. tqdm.write raised UnicodeEncodeError there, ending the run before the
+    last step's checkpoint; click.echo writes UTF-8 to such a stream, as for every other line."""
+    raw = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii", errors="strict"))
+    monkeypatch.setattr(train, "sample_text", lambda *_: "caf\u00e9 \u223c")
+    train.train(cfg(tmp_path, dataset, steps=2, sample_every=2))
+    sys.stdout.flush()
+    assert "step 2 sample: 'caf\u00e9 \u223c'\n" in raw.getvalue().decode("utf-8")
+    assert (tmp_path / "out" / "ckpt_000002.pt").is_file()
 
 
 def strict_json(path: Path) -> list[dict]:
