@@ -66,6 +66,14 @@ def _writing_stdout(error: OSError) -> bool:
     return tb is not None and any(value is sys.stdout for value in tb.tb_frame.f_locals.values())
 
 
+def flush_stdout() -> None:
+    """Flush standard output where there is one: started with it closed (`>&-`, a daemon's
+    launcher), Python sets sys.stdout to None, which click.echo and print skip quietly, and
+    flushing it raised AttributeError after the work was done."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is
@@ -93,7 +101,7 @@ class _OneLineUsage:
             click.echo(f"{ctx.command_path}: interrupted", err=True)
             sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
         try:
-            sys.stdout.flush()  # inside main(): a failing output is reported there
+            flush_stdout()  # inside main(): a failing output is reported there
         except OSError as e:
             e.stdout = True
             raise

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError
+from prep.errors import UserCommand, UserError, flush_stdout
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
@@ -286,7 +286,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         sys.exit(status)
     try:
         click.echo(json.dumps(result.to_json()) if as_json else result.summary())
-        sys.stdout.flush()
+        flush_stdout()
     except OSError as e:  # > /dev/full, a full disk: the one thing not done is the summary
         sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
         raise UserError(f"{result.out_dir} is complete, but its summary cannot be written to standard output "

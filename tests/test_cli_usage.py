@@ -120,6 +120,19 @@ def test_a_failing_standard_output_through_tqdm_write_is_one_line_too(tmp_path):
                                                      "device)\n")
 
 
+@pytest.mark.parametrize("command, made", [(["-m", "prep.cli", "sample", "--offline"], "input.txt"),
+                                           (["-m", "prep.cli", "tokenize", "in.txt", "--quiet"], "data/in/meta.json")])
+def test_a_closed_standard_output_is_no_output(tmp_path, command, made):
+    """Started with stdout closed (`>&-`), sys.stdout is None: the work is done, and its
+    summary goes nowhere, as click.echo and print do; flushing None was a traceback, status 1."""
+    (tmp_path / "in.txt").write_text("words " * 100)
+    result = subprocess.run([sys.executable, *command], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(1),
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (tmp_path / made).is_file()
+
+
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback."""
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
