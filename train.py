@@ -62,7 +62,7 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
+from prep.errors import UserCommand, UserError, bar_disable, interrupt_exits_quietly  # click only: quick
 
 # Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
 with interrupt_exits_quietly(__name__ == "__main__"):
@@ -1735,7 +1735,7 @@ def train_loop(s: Session) -> dict:
         bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
                                        # None: drawn on a terminal only, as prep's bars; a log
                                        # file gets the lines below and the summary, no \r noise
-                                       disable=True if not rt.master or cfg.quiet else None))
+                                       disable=bar_disable(True if not rt.master or cfg.quiet else None)))
         micro_per_epoch = s.parts.accum_steps / loader.steps_per_epoch
         history: list[float] = []  # tokens/s of each step of this run
         record: dict = {}

@@ -74,6 +74,13 @@ def flush_stdout() -> None:
         sys.stdout.flush()
 
 
+def bar_disable(disable: bool | None) -> bool | None:
+    """tqdm's `disable`, True where there is no stderr to draw on: started with it closed
+    (`2>&-`), sys.stderr is None, which tqdm takes for a terminal and writes to, and the
+    AttributeError ended the run with status 1 and no word (its traceback had nowhere to go)."""
+    return True if sys.stderr is None else disable
+
+
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
-from prep.errors import UserCommand, UserError
+from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
                          read_header)
@@ -249,7 +249,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     todo = list(todo.values())
     total = sum(p.stat().st_size for p in todo if p.is_file())  # a broken link: a problem, below
     show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=show) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
         for path in todo:
             entry, reasons = expected.get(path.name), []
             if report.meta_found and entry is None:

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError, flush_stdout
+from prep.errors import UserCommand, UserError, bar_disable, flush_stdout
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
@@ -191,7 +191,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
             # The pool forks before tqdm starts its monitor thread.
             with (EncoderPool(workers, config.start_method) if workers > 1 else nullcontext()) as pool, \
                     tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize",
-                         disable=None if progress else True, file=sys.stderr) as bar:
+                         disable=bar_disable(None if progress else True), file=sys.stderr) as bar:
                 for tokens, batch_chars, batch_bytes in encode_stream(work, pool):
                     splitter.push(tokens)
                     chars, nbytes = chars + batch_chars, nbytes + batch_bytes

@@ -133,6 +133,23 @@ def test_a_closed_standard_output_is_no_output(tmp_path, command, made):
     assert (tmp_path / made).is_file()
 
 
+@pytest.mark.parametrize("command", [["tokenize", "in.txt"], ["verify", "data/in"]])
+def test_a_closed_standard_error_draws_no_bar(tmp_path, command):
+    """Started with stderr closed (`2>&-`), sys.stderr is None: tqdm took it for a terminal and
+    wrote its bar to it, and the AttributeError ended the command with status 1, no dataset and
+    no word (its traceback had nowhere to go)."""
+    (tmp_path / "in.txt").write_text("words " * 100)
+    if command[0] == "verify":
+        subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "in.txt", "--quiet"], cwd=tmp_path,
+                       check=True, capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run([sys.executable, "-m", "prep.cli", *command], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, text=True, timeout=120, preexec_fn=lambda: os.close(2),
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("tokenized 1 document(s)" if command[0] == "tokenize" else "verified 2 shard(s)")
+    assert (tmp_path / "data" / "in" / "meta.json").is_file()
+
+
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback."""
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,

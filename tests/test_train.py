@@ -335,6 +335,16 @@ def test_a_sample_prints_on_a_standard_output_that_cannot_encode_it(tmp_path, da
     assert (tmp_path / "out" / "ckpt_000002.pt").is_file()
 
 
+def test_a_closed_standard_error_draws_no_bar(tmp_path, dataset, monkeypatch):
+    """Started with stderr closed (`2>&-`), sys.stderr is None: tqdm took it for a terminal and
+    drew the step bar on it, and the AttributeError ended the run at once, with status 1 and no
+    word (its traceback had nowhere to go)."""
+    monkeypatch.setattr(sys, "stderr", None)
+    train.train(cfg(tmp_path, dataset, steps=2, quiet=False))
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2]
+    assert (tmp_path / "out" / "ckpt_000002.pt").is_file()
+
+
 def strict_json(path: Path) -> list[dict]:
     """The lines of a JSONL file, refusing NaN and infinities (not JSON: jq and others reject them)."""
     def refuse(name):
