@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from prep.atomic import atomic_write
@@ -94,10 +95,47 @@ def check_tokenizer(meta: dict, name: str, vocab_size: int) -> None:
                          f"{name!r} with {vocab_size}")
 
 
+def _portable_name(name: str) -> str:
+    """A file name as meta.json spells it: its bytes read as UTF-8, whatever this process's
+    file-system encoding. Under LC_ALL=C (without UTF-8 mode) 'dé' is 'd\\udcc3\\udca9' here, and
+    meta.json written so named no file under a UTF-8 locale, nor one written there under C."""
+    try:
+        return os.fsencode(name).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a name no file here can have: written as given
+        return name
+
+
+def _local_name(name: str) -> str:
+    """A meta.json file name as this process names that file (the inverse of _portable_name)."""
+    try:
+        return os.fsdecode(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte: names no file anyway
+        return name
+
+
+def _with_file_names(meta: dict, spell: Callable[[str], str]) -> dict:
+    """`meta` with each shard entry's file name spelled by `spell`; whatever is not shaped as
+    expected is left as it is, for meta_splits to refuse."""
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        return meta
+    return meta | {"splits": {split: _with_entry_names(record, spell) for split, record in splits.items()}}
+
+
+def _with_entry_names(record: object, spell: Callable[[str], str]) -> object:
+    if not isinstance(record, dict) or not isinstance(record.get("shards"), list):
+        return record
+    return record | {"shards": [entry | {"file": spell(entry["file"])}
+                                if isinstance(entry, dict) and isinstance(entry.get("file"), str) else entry
+                                for entry in record["shards"]]}
+
+
 def read_meta(directory: str | os.PathLike) -> dict | None:
     """The parsed meta.json of a dataset directory, or None when there is none.
 
     Raises ValueError (naming the file) when it exists but is not valid JSON of our format.
+    Its shard file names are as this process names those files (meta.json spells them in
+    UTF-8, see _portable_name), so a dataset reads under any locale.
     """
     path = Path(directory) / META_NAME
     if not path.is_file():
@@ -110,12 +148,15 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
         raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")
-    return meta
+    return _with_file_names(meta, _local_name)
 
 
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     """Write meta.json (complete file first, then rename, so a reader never sees half of it)."""
     path = Path(directory) / META_NAME
+    meta = _with_file_names(meta, _portable_name)
+    if isinstance(meta.get("name"), str):  # the shards' prefix, spelled as their names are
+        meta = meta | {"name": _portable_name(meta["name"])}
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path

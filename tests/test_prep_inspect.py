@@ -5,6 +5,9 @@ without meta.json), on every way a shard directory can be broken, and end to end
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +408,34 @@ def test_an_unparsable_meta_json_is_named_once(tmp_path):
     result = CliRunner().invoke(verify_command, [str(tmp_path / "ds")])
     assert result.exit_code == 1 and result.output.count(f"{META_NAME}: not valid JSON") == 1
     assert f"{META_NAME}: {tmp_path}" not in result.output
+
+
+ASCII_NAMES = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}  # 'dé' is 'd\\udcc3\\udca9' in such a process
+UTF8_NAMES = {"PYTHONUTF8": "1"}
+
+
+@pytest.mark.parametrize("made_under, read_under", [(UTF8_NAMES, ASCII_NAMES), (ASCII_NAMES, UTF8_NAMES)])
+def test_a_dataset_with_a_non_ascii_name_reads_under_another_locale(tmp_path, made_under, read_under):
+    """meta.json spelled shard names as the writing process decoded them, so a dataset made
+    under one locale listed, for a process under the other, files that were missing beside
+    files it did not list: `prep verify` failed a good dataset, and the loader stopped at
+    "'ascii' codec can't encode character '\\xe9'"."""
+    repo = Path(__file__).resolve().parents[1]
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"} | {"PYTHONPATH": str(repo)}
+
+    def run(env: dict, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=base | env, capture_output=True,
+                              text=True, errors="replace", timeout=120)
+
+    probe = run(ASCII_NAMES, "-c", "import sys; print(sys.getfilesystemencoding())")
+    if probe.stdout.strip() != "ascii":
+        pytest.skip("file names are UTF-8 under every locale here (macOS)")
+    (tmp_path / "in.txt").write_text("words " * 100)
+    out = b"d\xc3\xa9"  # bytes: taken as they are, whatever this process's encoding
+    assert run(made_under, "-m", "prep.cli", "tokenize", "in.txt", "--out", out, "--quiet").returncode == 0
+    assert (tmp_path / os.fsdecode(out) / META_NAME).is_file()
+    verified = run(read_under, "-m", "prep.cli", "verify", out)
+    assert verified.returncode == 0 and "verified 2 shard(s)" in verified.stdout, verified.stdout + verified.stderr
+    loaded = run(read_under, "-c", "import sys; from loader import resolve_shards; "
+                                   "print(len(resolve_shards(sys.argv[1], 'train')))", out)
+    assert (loaded.returncode, loaded.stdout) == (0, "1\n"), loaded.stderr
