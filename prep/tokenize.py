@@ -165,7 +165,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
                           f"line break)" + ("" if given else "; pass --name"))
     check_target(target, overwrite)
     for note in filter(None, (source.note() for source in sources)):  # before the work: Ctrl-C is cheap
-        print(f"note: {note}", file=sys.stderr)
+        click.echo(f"note: {note}", err=True)  # with stderr closed: nowhere, not into stdout's JSON
     ensure_available()  # a missing tokenizer is a TokenizerError here, not in a worker
     workers, chunk_chars = config.workers, config.chunk_chars
     if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers

@@ -3,6 +3,7 @@ follow the project's rule for user mistakes: one line naming what and where, exi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -148,6 +149,20 @@ def test_a_closed_standard_error_draws_no_bar(tmp_path, command):
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("tokenized 1 document(s)" if command[0] == "tokenize" else "verified 2 shard(s)")
     assert (tmp_path / "data" / "in" / "meta.json").is_file()
+
+
+def test_a_note_never_lands_in_the_json_on_standard_output(tmp_path):
+    """A directory's left-out files are noted on stderr; with stderr closed, print(file=None)
+    wrote the note to stdout, in front of --json's one line of JSON."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("words " * 100)
+    (corpus / "README.md").write_text("not read")
+    result = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "corpus", "--json"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, timeout=120,
+                            preexec_fn=lambda: os.close(2), env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout)["documents"] == 1
 
 
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
