@@ -1132,31 +1132,57 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig)
 def open_log(path: Path, key: str, keep_through: int | None):
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
-    covers, are kept (a torn last line from a killed run is dropped)."""
-    kept = []
+    covers, are kept (a torn last line from a killed run is dropped). Streamed, line by line:
+    a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own."""
     try:
-        text = path.read_text(encoding="utf-8") if keep_through is not None and path.is_file() else ""
+        source = open(path, "rb") if keep_through is not None and path.is_file() else None
     except OSError as e:
-        raise UserError(f"{path}: cannot read it to keep its lines through the checkpoint "
-                        f"({e.strerror or e})") from None
-    except UnicodeDecodeError as e:  # train.py writes ASCII only: damaged, or another program's
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start:,}), so no log train.py wrote: move it away "
-                        f"to resume") from None
-    if text:
-        for line in text.splitlines():
+        raise _unreadable_log(path, e) from None
+
+    def keep(f) -> None:
+        if source is None:
+            return
+        for line in _log_lines(source, path):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             value = record.get(key) if isinstance(record, dict) else None
             if isinstance(value, int) and value <= keep_through:
-                kept.append(line + "\n")
+                f.write((line + "\n").encode("utf-8"))
+
     try:
-        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+        with source or contextlib.nullcontext():
+            atomic_write(path, keep)
         return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1))
     except OSError as e:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}); the checkpoints already "
                         f"written are kept") from None
+
+
+def _unreadable_log(path: Path, e: OSError) -> UserError:
+    return UserError(f"{path}: cannot read it to keep its lines through the checkpoint ({e.strerror or e})")
+
+
+def _log_lines(source, path: Path):
+    """The lines of the log open as `source` (binary), as str.splitlines() of its whole text
+    gives them, read one at a time; a UserError for a read error or bytes that are not UTF-8
+    (train.py writes ASCII only: damaged, or another program's), naming the byte."""
+    at = 0
+    while True:
+        try:
+            raw = source.readline()
+        except OSError as e:
+            raise _unreadable_log(path, e) from None
+        if not raw:
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {at + e.start:,}), so no log train.py wrote: move it "
+                            f"away to resume") from None
+        at += len(raw)
+        yield from text.splitlines()
 
 
 class AppendLog:
