@@ -62,7 +62,7 @@ def window_crc32(window: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(window, dtype="<u2").tobytes())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long run logs millions
 class Window:
     """One logged batch: rank `rank`'s loader step `batch`, tokens [start, start + B*T]."""
 
@@ -113,31 +113,34 @@ def _record(line: str, where: str) -> dict:
 
 
 def read_log(path: Path, rank: int) -> RankLog:
-    """Rank `rank`'s windows from `path`. A last line without its newline (the run was killed
-    while writing it) is left out with a note; any other bad line is a UserError."""
-    try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as a --log-windows log ({type(e).__name__})") from None
+    """Rank `rank`'s windows from `path`, read line by line (a long run's log is hundreds of MB).
+    A last line without its newline (the run was killed while writing it) is left out with a
+    note; any other bad line is a UserError."""
     notes = []
-    if lines[-1]:
-        notes.append(f"{path.name}: the last line is incomplete (the run was killed while writing it); left out")
-    lines.pop()
     windows: list[Window] = []
     run: tuple[int, int, int] | None = None  # B, T, world
-    for number, line in enumerate(lines, 1):
-        where = f"{path}:{number}"
-        record = _record(line, where)
-        if record["rank"] != rank:
-            raise UserError(f"{where}: rank {record['rank']} in the log of rank {rank}")
-        this = (len(record["first_tokens"]), record["T"], record["world"])
-        if run is None:
-            run = this
-        elif this != run:
-            raise UserError(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} x T={run[1]}, "
-                            f"{run[2]} rank(s) in the same log")
-        windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
-                              tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                line = raw.decode("utf-8")
+                if not line.endswith("\n"):
+                    notes.append(f"{path.name}: the last line is incomplete (the run was killed while writing it); "
+                                 "left out")
+                    break
+                where = f"{path}:{number}"
+                record = _record(line[:-1], where)
+                if record["rank"] != rank:
+                    raise UserError(f"{where}: rank {record['rank']} in the log of rank {rank}")
+                this = (len(record["first_tokens"]), record["T"], record["world"])
+                if run is None:
+                    run = this
+                elif this != run:
+                    raise UserError(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} x "
+                                    f"T={run[1]}, {run[2]} rank(s) in the same log")
+                windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
+                                      tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as a --log-windows log ({type(e).__name__})") from None
     if run is None:
         killed = " but an incomplete one (the run was killed while writing it)" if notes else ""
         raise UserError(f"{path}: no windows logged{killed}")

@@ -271,6 +271,31 @@ def test_the_crc32_is_of_the_window_the_model_received(tmp_path, data, monkeypat
     assert "problem: rank 0 batch 2: the window's crc32 differs from the shards' 33 tokens at 64" in result.output
 
 
+def test_a_long_log_is_read_line_by_line(tmp_path):
+    """A 10^6-step run's window log is 167 MB (B=4); the audit read it whole, decoded it and
+    split it before parsing a line: 904 MB peak RSS for one rank's log (712 MB streamed), per
+    rank of the run. Streamed now: beyond the windows it returns, reading holds about a line."""
+    import tracemalloc
+
+    from loader.audit import read_log
+
+    log = tmp_path / "windows_rank0.jsonl"
+    record = {"batch": 0, "rank": 0, "world": 1, "epoch": 0, "start": 0, "T": 32,
+              "first_tokens": [50256, 11, 12, 13], "last_target": 7, "crc32": 123456789}
+    log.write_text("".join(json.dumps(record | {"batch": b, "start": 128 * b}) + "\n" for b in range(50_000))
+                   + '{"batch": 50000, "ra')  # killed while writing
+    tracemalloc.start()
+    try:
+        read = read_log(log, 0)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [w.start for w in read.windows] == [128 * b for b in range(50_000)]
+    assert (read.B, read.T, read.world) == (4, 32, 1) and read.notes == [
+        "windows_rank0.jsonl: the last line is incomplete (the run was killed while writing it); left out"]
+    assert peak - held < 1_000_000, f"{peak - held:,} bytes beyond the windows for a {log.stat().st_size:,}-byte log"
+
+
 @pytest.mark.parametrize("setup, args, words", [
     ("none", [], ["no such directory"]),
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
