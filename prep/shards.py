@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,7 +292,8 @@ def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
                          f"'{directory}/{names[0]}_train_*{suffix}'")
     for paths in every.values():
         indices = [parse_shard_name(p.name)[2] for p in paths]
-        twice = [p.name for p, i in zip(paths, indices) if indices.count(i) > 1]
+        counts = Counter(indices)  # not indices.count(i) for each: quadratic in the shards
+        twice = [p.name for p, i in zip(paths, indices) if counts[i] > 1]
         if twice:
             raise ShardError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; keep one "
                              f"of them")
