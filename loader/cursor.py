@@ -36,7 +36,8 @@ def epoch_permutation(seed: int, epoch: int, steps: int) -> np.ndarray:
     78M slots, 312 MB as int32.
     """
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
-    perm = rng.permutation(np.arange(steps, dtype=np.int32 if steps < 2**31 else np.int64))
+    perm = np.arange(steps, dtype=np.int32 if steps < 2**31 else np.int64)
+    rng.shuffle(perm)  # in place: rng.permutation(perm) would shuffle a copy (the same swaps), twice the memory
     perm.setflags(write=False)
     return perm
 
@@ -94,8 +95,10 @@ class Cursor:
         for drawn, order in self._orders:
             if drawn == epoch:
                 return order
+        kept = self._orders[-1:]
+        object.__setattr__(self, "_orders", kept)  # the older order goes before the new one is drawn
         order = epoch_permutation(self.seed, epoch, self.steps_per_epoch)
-        object.__setattr__(self, "_orders", (*self._orders[-1:], (epoch, order)))
+        object.__setattr__(self, "_orders", (*kept, (epoch, order)))
         return order
 
     def window_start(self, step: int, rank: int) -> int:

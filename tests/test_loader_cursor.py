@@ -90,6 +90,28 @@ def test_shuffled_cursors_in_one_process_draw_each_epochs_order_once(monkeypatch
     assert sorted(draws) == [(seed, epoch) for seed in seeds for epoch in (0, 1)]
 
 
+def test_an_epoch_boundary_holds_two_orders_at_most(monkeypatch):
+    """10B tokens at B=4, T=32 are 78M slots, 312 MB an order. Drawing the next epoch's order
+    held the two cached ones, np.arange and permutation's copy of it: 1.41 GB peak RSS from
+    epoch 2 on (0.82 GB now). Now the order before the current epoch's is dropped first and
+    the arange shuffled in place: the epoch being read and the one being drawn, nothing more."""
+    import tracemalloc
+
+    cursor = Cursor(1_000_000 * 4 + 1, 2, 2, shuffle=True, seed=3)  # E = 1,000,000: 4 MB an order
+    E, size = cursor.steps_per_epoch, 4 * cursor.steps_per_epoch
+    tracemalloc.start()
+    try:
+        cursor.window_start(0, 0)
+        cursor.window_start(E, 0)
+        tracemalloc.reset_peak()
+        cursor.window_start(2 * E, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.25 * size, f"{peak:,} bytes at the boundary for orders of {size:,}"
+    assert [cursor.slot(k) for k in (E, 2 * E)] == [epoch_permutation(3, 1, E)[0], epoch_permutation(3, 2, E)[0]]
+
+
 def test_the_permutation_depends_on_seed_and_epoch_only():
     a = epoch_permutation(1, 0, 500)
     np.testing.assert_array_equal(a, epoch_permutation(1, 0, 500))
