@@ -167,23 +167,27 @@ def find_logs(out: Path) -> list[RankLog]:
 
 
 class Problems:
-    """Problems by kind, each kind shown up to SHOWN times, then counted."""
+    """Problems by kind, each kind shown up to SHOWN times, then counted (only the messages
+    shown are kept: a long run's audit against the wrong --data finds millions)."""
 
     def __init__(self) -> None:
         self._kinds: dict[str, list[str]] = defaultdict(list)
+        self._counts: dict[str, int] = defaultdict(int)
 
     def add(self, kind: str, message: str) -> None:
-        self._kinds[kind].append(message)
+        self._counts[kind] += 1
+        if len(self._kinds[kind]) < SHOWN:
+            self._kinds[kind].append(message)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._kinds.values())
+        return sum(self._counts.values())
 
     def lines(self) -> list[str]:
         out = []
-        for messages in self._kinds.values():
-            out += messages[:SHOWN]
-            if len(messages) > SHOWN:
-                out.append(f"... and {len(messages) - SHOWN} more like it")
+        for kind, messages in self._kinds.items():
+            out += messages
+            if self._counts[kind] > SHOWN:
+                out.append(f"... and {self._counts[kind] - SHOWN} more like it")
         return out
 
 
