@@ -85,7 +85,7 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
 
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.argument("ckpt", type=click.Path(path_type=Path))
-@click.option("--prompt", default="", help="Text the samples continue (default: a document's start).")
+@click.option("--prompt", default="", show_default="none: a document's start", help="Text the samples continue.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Samples to draw.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
 @click.option("--temperature", type=click.FloatRange(min=0, max=1e6), default=1.0,

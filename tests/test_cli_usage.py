@@ -57,6 +57,22 @@ def test_prep_help_gives_every_option_a_default(command):
             assert record is not None and "[default:" in record[1], (command, param.name, record)
 
 
+@pytest.mark.parametrize("module", ["train", "sample", "loader.audit", "prep.bench", "prep.cli"])
+def test_help_states_each_default_once(module):
+    """`sample.py --help` said `--prompt`'s default twice, differently: "(default: a document's
+    start). [default: ""]"."""
+    import importlib
+
+    root = importlib.import_module(module).main
+    commands = list(root.commands.values()) if isinstance(root, click.Group) else [root]
+    for cmd in commands:
+        ctx = cmd.make_context(cmd.name or module, [], resilient_parsing=True)
+        for param in cmd.params:
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                assert record[1].lower().count("default:") <= 1, (module, cmd.name, param.name, record)
+
+
 def test_python_dash_m_prep_is_the_prep_command(tmp_path):
     """`python -m prep` (no console script on PATH) runs the same group, usage errors included."""
     ok = subprocess.run([sys.executable, "-m", "prep", "info", "--help"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
