@@ -2121,7 +2121,7 @@ def say_why_on_a_crash() -> None:
               help="Where the cosine decay ends: the learning rate after the last of --steps.")
 @click.option("--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="Linear warm-up steps.")
 @click.option("--weight-decay", type=float, default=TrainConfig.weight_decay,
-              help="AdamW weight decay (matrices only).")
+              help="AdamW weight decay, on matrices and embeddings only (not biases or LayerNorm).")
 @click.option("--grad-clip", type=float, default=TrainConfig.grad_clip,
               help="Gradient-norm clip; 0 turns it off.")
 @click.option("--seed", type=int, default=TrainConfig.seed, help="Seed for weights, shuffling and samples.")
