@@ -1533,7 +1533,7 @@ def print_facts(s: Session) -> None:
         say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
-        say(f"validation: {s.val_batches} batches of {of}({s.val_loader.num_tokens:,} tokens) "
+        say(f"validation: {s.val_batches} batch{'es' if s.val_batches != 1 else ''} of {of}({s.val_loader.num_tokens:,} tokens) "
             f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
     for note in s.notes:
         say(f"note: {note}")

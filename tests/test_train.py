@@ -309,6 +309,8 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     # more --eval-steps than the val split has windows: its 6 windows, none read twice
     train.train(cfg(tmp_path, dataset, steps=1, eval_every=1, eval_steps=50, out=str(tmp_path / "all")))
     assert "validation: 6 batches of the val split (200 tokens)" in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=1, eval_every=1, eval_steps=1, out=str(tmp_path / "one")))
+    assert "validation: 1 batch of the val split (200 tokens)" in capsys.readouterr().out
     assert f"step 4: val loss {rows[4]['val_loss']:.4f}" in runs[0]
     # step 0: the untrained model's val loss, before the first step (a uniform guess over
     # GPT-2's vocabulary scores ln(50257) = 10.8), in a line with every key, the rest None
