@@ -1112,18 +1112,59 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
             raise UserError(f"{path}: cannot rename it to {aside.name} to start again ({e.strerror or e})") from None
 
 
-def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig) -> None:
-    """The checkpoint must come from the same model, batch geometry, world size and data."""
+def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig, overrides: dict | None = None) -> None:
+    """The checkpoint must come from the same model, batch geometry, world size and data; if
+    not, the error names the options that make them so. `overrides`: this run's shape flags
+    (TrainConfig.model_overrides())."""
     saved = {**ckpt["model_config"], **ckpt["run"]}
     now = {**dataclasses.asdict(model_config), **run}
-    diffs = [f"{k} {saved.get(k)!r} there, {v!r} now" for k, v in now.items() if saved.get(k) != v]
+    differ = [k for k, v in now.items() if saved.get(k) != v]
+    diffs = [f"{k} {saved.get(k)!r} there, {now[k]!r} now" for k in differ]
     if diffs:
         hint = ""
-        if saved.get("world") != run["world"] and isinstance(saved.get("world"), int):
+        if "world" in differ and isinstance(saved.get("world"), int):
             hint = (f"; resume it with {saved['world']} ranks in all (on one machine: torchrun "
                     f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
+        flags = _resume_flags(ckpt, differ, overrides or {})
+        if flags:  # the options, then what no option says
+            said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
+            hint += f"; pass {' and '.join(filter(None, said))} as that run did"
+            if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
+                hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
+
+
+def _resume_flags(ckpt: dict, differ: list[str], overrides: dict) -> list[str]:
+    """The options that give the checkpoint's run its values of the fields in `differ` again
+    (check_compatible's hint), as far as the checkpoint says them; `overrides`: this run's
+    shape flags, those the checkpoint's run did not give named as ones to drop."""
+    saved, then = {**ckpt["model_config"], **ckpt["run"]}, ckpt["train_config"]
+    flags = []
+    if any(k in ckpt["model_config"] for k in differ):
+        given = {k: then.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+        try:  # the --model and shape flags that run was given, where they build its model
+            same = dataclasses.asdict(GPTConfig.preset(then.get("model"), **{k: v for k, v in given.items()
+                                                                            if v is not None}))
+        except (TypeError, ValueError):
+            same = None
+        if same == ckpt["model_config"]:
+            drop = [f"--{_flag(k)}" for k in overrides if given.get(k) is None]
+            flags.append(" ".join([f"--model {then['model']}", *(f"--{_flag(k)} {v:g}" for k, v in given.items()
+                                                                  if v is not None)]) +
+                         (f" (and no {', '.join(drop)})" if drop else ""))
+        else:
+            flags.append(_shape_flags(ckpt["model_config"]))
+            if "dropout" in differ and isinstance(saved["dropout"], (int, float)):
+                flags.append(f"--dropout {saved['dropout']:g}")
+    flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed") if k in differ]
+    if "shuffle" in differ:
+        flags.append("--shuffle" if saved["shuffle"] else "--no-shuffle")
+    if "data_tokens" in differ:
+        tokens = f"{saved['data_tokens']:,}" if isinstance(saved["data_tokens"], int) else "?"
+        flags.append(f"--data {then['data']}" if isinstance(then.get("data"), str)
+                     else f"the --data it trained on (a train split of {tokens} tokens)")
+    return flags
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -1292,7 +1333,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
                        train_loader: TokenLoader) -> dict:
     """Load and check the checkpoint to resume, and put the train loader at its step."""
     ckpt = load_checkpoint(path)
-    check_compatible(ckpt, path, run, model_config)
+    check_compatible(ckpt, path, run, model_config, cfg.model_overrides())
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
     if newer:  # they would outlive this run's own checkpoints and win a later --resume auto
         raise UserError(

@@ -1465,11 +1465,22 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                          "must be a multiple of B*T*W = 2*16*1 = 32"),
     "unknown model": (["--model", "gpt3"], ".", "unknown model preset 'gpt3'; valid presets: gpt2, gpt2-medium"),
     "resume with another B": (["--resume", "run/ckpt_000002.pt", "--B", "4"], ".",
-                              "incompatible with this run (B 2 there, 4 now"),
+                              "incompatible with this run (B 2 there, 4 now; total_batch_size 32 there, 64 now); "
+                              "pass --B 2 --total-batch-size 32 as that run did, or start a new run (another --out) "
+                              "from its weights with --init-from run/ckpt_000002.pt"),
     "resume another model": (["--resume", "run/ckpt_000002.pt", "--model", "gpt2"], ".",
-                             "incompatible with this run (block_size 64 there, 1024 now; n_layer 2 there, 12 now"),
+                             "incompatible with this run (block_size 64 there, 1024 now; n_layer 2 there, 12 now",
+                             "n_embd 32 there, 768 now); pass --model tiny as that run did"),
+    "resume with another shape flag": (["--resume", "run/ckpt_000002.pt", "--n-layer", "3"], ".",
+                                       "incompatible with this run (n_layer 2 there, 3 now); pass --model tiny "
+                                       "(and no --n-layer) as that run did"),
+    "resume with shuffle": (["--resume", "run/ckpt_000002.pt", "--shuffle", ""], ".",
+                            "incompatible with this run (shuffle False there, True now); pass --no-shuffle as that "
+                            "run did"),
     "resume on other data": (["--resume", "run/ckpt_000002.pt", "--data", "other"], ".",
-                             "incompatible with this run (data_tokens 300 there, 400 now"),
+                             "incompatible with this run (data_tokens 300 there, 400 now); pass --data ",
+                             "data/small as that run did, or start a new run (another --out) from its weights with "
+                             "--init-from run/ckpt_000002.pt"),
     "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
     "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
     "resume a missing file": (["--resume", "gone.pt"], ".", "--resume gone.pt: no such checkpoint"),
@@ -1590,6 +1601,30 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert_user_error(result, *messages)
     assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
+
+
+def test_a_refused_resume_names_the_options_of_the_run_it_continues():
+    """check_compatible's hint: the checkpoint's own flags where they rebuild its model, its
+    shape otherwise (an unknown preset), and its split's size where it had no --data."""
+    config = dataclasses.asdict(GPTConfig.preset("tiny", block_size=32))
+    run = {"data_tokens": 300, "B": 2, "T": 16, "world": 1, "total_batch_size": 32, "shuffle": True, "seed": 1}
+    ckpt = {"model_config": config, "run": run,
+            "train_config": {"model": "tiny", "block_size": 32, "data": None, "dropout": None}}
+    now = GPTConfig.preset("tiny", block_size=48)
+
+    def refusal(ckpt: dict, model_config: GPTConfig, **changed) -> str:
+        with pytest.raises(train.UserError) as e:
+            train.check_compatible(ckpt, Path("c.pt"), {**run, **changed}, model_config, {"dropout": 0.1})
+        return str(e.value)
+
+    assert refusal(ckpt, now).endswith("(block_size 32 there, 48 now); pass --model tiny --block-size 32 "
+                                       "(and no --dropout) as that run did")
+    assert refusal(ckpt, GPTConfig(**config), data_tokens=400, shuffle=False).endswith(
+        "pass --shuffle and the --data it trained on (a train split of 300 tokens) as that run did, or start a new "
+        "run (another --out) from its weights with --init-from c.pt")
+    renamed = {**ckpt, "train_config": {**ckpt["train_config"], "model": "gpt9"}}
+    assert refusal(renamed, now).endswith("pass --model gpt2 --n-layer 2 --n-head 2 --n-embd 32 --block-size 32 as "
+                                          "that run did")
 
 
 def test_only_a_file_of_tensors_alone_is_said_to_hold_weights_alone():
