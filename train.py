@@ -854,7 +854,13 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
         also = f", or --resume auto with --out {path}" if flag == "--resume" else ""
         raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it{also}")
     if not path.is_file():
-        raise UserError(f"{flag} {path}: no such {what}")
+        hint = ""
+        if flag != "--resume" and str(path) in GPTConfig.presets() and str(path) != "tiny":
+            # nanoGPT's init_from="gpt2" downloads the weights; here they are a file
+            hint = (f" (Hugging Face weights are never downloaded: save GPT2LMHeadModel.from_pretrained("
+                    f"\"{path}\").state_dict() with torch.save once where there is network, and pass that "
+                    f"file with --model {path})")
+        raise UserError(f"{flag} {path}: no such {what}{hint}")
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")

@@ -64,8 +64,17 @@ def test_temperature_zero_is_the_likeliest_token_each_time(run):
     assert got == [get_encoding().decode(idx[1:])]
 
 
+def test_a_preset_name_for_a_file_says_that_weights_are_a_file(tmp_path, monkeypatch):
+    """`sample.py gpt2` (nanoGPT's init_from="gpt2", which downloads): how to get the file."""
+    monkeypatch.chdir(tmp_path)
+    assert_user_error(invoke("gpt2-medium"), "checkpoint gpt2-medium: no such checkpoint (Hugging Face weights are "
+                      "never downloaded: save GPT2LMHeadModel.from_pretrained(\"gpt2-medium\").state_dict() with "
+                      "torch.save once where there is network, and pass that file with --model gpt2-medium)")
+
+
 def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(tmp_path / "missing.pt")), "missing.pt", "no such checkpoint")
+    assert "Hugging Face" not in assert_user_error(invoke(str(tmp_path / "missing.pt")))
     assert_user_error(invoke(str(tmp_path)), str(tmp_path), "no checkpoint")
     garbage = tmp_path / "ckpt_000001.pt"
     garbage.write_bytes(b"not a zip")

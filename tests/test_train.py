@@ -1527,6 +1527,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                                                      "checkpoint nor a GPT-2 state dict"),
     "init from garbage": (["--init-from", "garbage.pt"], ".", "--init-from garbage.pt: not a readable weights file"),
     "init from a missing file": (["--init-from", "gone.pt"], ".", "--init-from gone.pt: no such weights file"),
+    "init from a preset's name": (["--init-from", "gpt2"], ".", "--init-from gpt2: no such weights file (Hugging Face "
+                                  "weights are never downloaded: save GPT2LMHeadModel.from_pretrained(\"gpt2\")"
+                                  ".state_dict() with torch.save once where there is network, and pass that file "
+                                  "with --model gpt2)"),
+    "resume a preset's name": (["--resume", "gpt2"], ".", "--resume gpt2: no such checkpoint"),
     "init from a directory": (["--init-from", "run"], ".",
                               "--init-from run: is a directory; pass a checkpoint file in it"),
     "init from with bench": (["--init-from", "hf.bin", "--bench", ""], ".", "--init-from has no effect with --bench"),
