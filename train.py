@@ -1830,6 +1830,13 @@ def train_loop(s: Session) -> dict:
                 say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
                     "no checkpoint written")
                 stopped = True
+        elif s.start_step == cfg.steps and has_val:
+            # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
+            # run's --eval-steps and val split (--val-data): a checkpoint evaluated alone, as
+            # nanoGPT's eval_only does. metrics.jsonl keeps the training run's lines.
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
+            say(f"step {s.start_step}: val loss {val_loss:.4f}")
+            record = {"val_loss": val_loss}
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
         diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
 
@@ -2015,7 +2022,9 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
     if rt.master:
         if not history:  # a stop before step 1 has said so already
             if not interrupted:
-                click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train")
+                val = (f"; val loss {summary['val_loss']:.4f} ({s.val_batches} batches)"
+                       if summary["val_loss"] is not None else "")
+                click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
             return summary
         mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
@@ -2182,7 +2191,7 @@ def say_why_on_a_crash() -> None:
                    "CUDA graph modes need --total-batch-size = B*T*world (no accumulation).")
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
               help="Validation loss every N steps and at the end (and at step 0, before training, "
-                   "unless resuming); 0: never.")
+                   "unless resuming; a resume at --steps evaluates its checkpoint alone); 0: never.")
 @click.option("--eval-steps", type=int, default=TrainConfig.eval_steps, help="Val batches per evaluation.")
 @click.option("--sample-every", type=int, default=TrainConfig.sample_every,
               help="Print a sample every N steps and at the end; 0: never.")

@@ -811,6 +811,22 @@ def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
 
 
+def test_resume_at_the_last_step_evaluates_the_checkpoint(tmp_path, dataset, capsys):
+    """Nothing to train, but with validation on its val loss (nanoGPT's eval_only): the
+    training run's last one exactly (same weights, same batches); metrics.jsonl untouched."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    last = metrics(tmp_path / "out")[-1]["val_loss"]
+    capsys.readouterr()
+    summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
+    assert summary["steps"] == 0 and summary["val_loss"] == last
+    out = capsys.readouterr().out
+    assert f"step 2: val loss {last:.4f}\n" in out
+    # (6 batches: all the 200 val tokens hold of 2x16, fewer than --eval-steps 20)
+    assert f"done: already at step 2 of --steps 2, nothing to train; val loss {last:.4f} (6 batches)" in out
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
+
+
 def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its_own(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=4, quiet=False))
     capsys.readouterr()
