@@ -851,7 +851,9 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
     """torch.load(path, weights_only=True) on the CPU; a user error (starting with `flag` and
     the path) when it is a directory, missing, truncated or garbage."""
     if path.is_dir():
-        also = f", or --resume auto with --out {path}" if flag == "--resume" else ""
+        found = list_checkpoints(path)
+        also = (f", or --resume auto with --out {path}" if flag == "--resume" else
+                f" (its newest: {found[-1][1]})" if found else "")
         raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it{also}")
     if not path.is_file():
         hint = ""

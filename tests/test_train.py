@@ -1549,7 +1549,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                   "with --model gpt2)"),
     "resume a preset's name": (["--resume", "gpt2"], ".", "--resume gpt2: no such checkpoint"),
     "init from a directory": (["--init-from", "run"], ".",
-                              "--init-from run: is a directory; pass a checkpoint file in it"),
+                              "--init-from run: is a directory; pass a checkpoint file in it (its newest: "
+                              "run/ckpt_000002.pt)"),
+    "init from a directory without checkpoints": (["--init-from", "empty"], ".",
+                                                  "--init-from empty: is a directory; pass a checkpoint file in it"),
     "init from with bench": (["--init-from", "hf.bin", "--bench", ""], ".", "--init-from has no effect with --bench"),
     "resume a directory": (["--resume", "run"], ".", "--resume run: is a directory; pass a checkpoint file in it, "
                                                      "or --resume auto with --out run"),
