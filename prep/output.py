@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -237,10 +238,13 @@ def check_target(target: Path, overwrite: bool) -> None:
 class AtomicDirectory:
     """A directory built under a temporary name and renamed into place only when complete.
 
-    `overwrite` is check_target's: the target is checked again just before the install."""
+    `overwrite` is check_target's: the target is checked again just before the install.
+    `on_install(target)` is called as soon as the new dataset is in place, before any signal
+    held through the install is delivered: whoever reports a later Ctrl-C knows it made it."""
 
-    def __init__(self, target: Path, overwrite: bool):
+    def __init__(self, target: Path, overwrite: bool, on_install: Callable[[Path], object] | None = None):
         self.overwrite = overwrite
+        self.on_install = on_install
         target = target.absolute()
         # A symlink to a dataset (data/x -> /big/disk/x): replace what it points to and keep
         # the link; renaming the link itself aside would leave it behind as ".x.old-<pid>".
@@ -272,10 +276,15 @@ class AtomicDirectory:
         except OutputError as e:
             self._cleanup()
             raise OutputError(f"{e}; it changed while this run was writing") from None
+        except BaseException:  # a Ctrl-C or SIGTERM during the check: nothing installed, nothing left
+            self._cleanup()
+            raise
         old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
         try:
             with signals_deferred() as received:
                 self._install(old)
+                if self.on_install is not None:
+                    self.on_install(self.target)
                 if received:  # delivered next: tidy up first
                     shutil.rmtree(old, ignore_errors=True)
             # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old

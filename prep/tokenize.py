@@ -34,7 +34,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,13 +139,15 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
                     val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS, workers: int | None = None,
                     field: str = "text", errors: str = "strict", overwrite: bool = False,
                     progress: bool = True, chunk_chars: int = DEFAULT_CHUNK_CHARS,
-                    start_method: str | None = None, stdin: BinaryIO | None = None) -> TokenizeResult:
+                    start_method: str | None = None, stdin: BinaryIO | None = None,
+                    on_install: Callable[[Path], object] | None = None) -> TokenizeResult:
     """Tokenize `inputs` into a dataset directory (default data/<stem of the first input>).
 
     The plain function behind `prep tokenize` (and the benchmark). Raises CorpusError for bad
     input, OutputError for an output it cannot or must not write, and TokenizerError when the
     GPT-2 files cannot be had; in every case nothing is left at the target (nor a temporary
-    directory). `progress` shows a tqdm bar on a tty.
+    directory). `progress` shows a tqdm bar on a tty. `on_install(target)` is called the moment
+    the new dataset is in place (a Ctrl-C after it stops a run whose work is done).
     """
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
@@ -180,7 +182,7 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
             documents_read += piece.new_document
             yield piece
 
-    with AtomicDirectory(target, overwrite) as tmp:
+    with AtomicDirectory(target, overwrite, on_install) as tmp:
         train = SplitWriter(tmp, name, "train", config.shard_size)
         val = SplitWriter(tmp, name, "val", config.shard_size)
         held_back = config.val_max_tokens if config.val_fraction > 0 else 0
@@ -268,18 +270,20 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                         f"other files are read as plain text)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
+    done: list[Path] = []  # the target, once the new dataset is in place
     try:
         with _sigterm_raises_exit():
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
                                      workers=workers, field=field, errors=errors, overwrite=overwrite,
-                                     progress=not quiet, chunk_chars=chunk_size)
+                                     progress=not quiet, chunk_chars=chunk_size, on_install=done.append)
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through _sigterm_raises_exit
         status = 130 if isinstance(e, KeyboardInterrupt) else e.code
         name = signal.Signals(status - 128).name if isinstance(status, int) and status > 128 else "interrupted"
-        installed = getattr(e, "installed", None)
+        # also a signal after the install, on the way out (not raised through it: no attribute)
+        installed = getattr(e, "installed", None) or (done[0] if done else None)
         where = (f"{installed} holds the new dataset, complete" if installed is not None else
                  "nothing was written (the output directory is as it was)")
         click.echo(f"{name}: stopped; {where}", err=True)

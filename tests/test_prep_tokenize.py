@@ -24,6 +24,7 @@ from prep.corpus import CorpusError
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
+from prep import output as output_module, tokenize as tokenize_module
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -627,6 +628,42 @@ def test_a_ctrl_c_held_through_the_install_says_the_new_dataset_is_in_place(tmp_
     assert result.exit_code == 130, result.output
     assert result.stderr == f"SIGINT: stopped; {out} holds the new dataset, complete\n"
     assert read_meta(out)["sources"][0]["bytes"] == len("new words, more of them\n")
+
+
+@pytest.mark.parametrize("stop, status, name", [(KeyboardInterrupt, 130, "SIGINT"), (SystemExit(143), 143, "SIGTERM")])
+def test_a_signal_just_after_the_install_says_the_new_dataset_is_in_place(tmp_path, monkeypatch, stop, status, name):
+    """A Ctrl-C or SIGTERM that arrives once the install is over, on the way out of the command,
+    said "nothing was written (the output directory is as it was)" of a dataset just replaced."""
+    src = tmp_path / "in.txt"
+    src.write_text("old words\n")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--quiet"]).exit_code == 0
+    src.write_text("new words, more of them\n")
+
+    def signalled(*args, **kwargs):  # the signal's handler raising as the result is put together
+        raise stop
+
+    monkeypatch.setattr(tokenize_module, "TokenizeResult", signalled)
+    result = CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--overwrite", "--quiet"])
+    assert result.exit_code == status, result.output
+    assert result.stderr == f"{name}: stopped; {out} holds the new dataset, complete\n"
+    assert read_meta(out)["sources"][0]["bytes"] == len("new words, more of them\n")
+
+
+def test_a_signal_during_the_check_before_the_install_leaves_no_temporary_dir(tmp_path, monkeypatch):
+    """The target is checked again just before the install; a Ctrl-C there left .out.tmp-<pid>."""
+    src = tmp_path / "in.txt"
+    src.write_text("words\n")
+    out = tmp_path / "out"
+
+    def interrupted(target, overwrite):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output_module, "check_target", interrupted)  # the install's check only
+    result = CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--quiet"])
+    assert result.exit_code == 130
+    assert result.stderr == "SIGINT: stopped; nothing was written (the output directory is as it was)\n"
+    assert not out.exists() and leftovers(tmp_path, "out") == []
 
 
 # --- review additions -----------------------------------------------------------------------
