@@ -7,9 +7,12 @@ lands on disk and in which order; the split rule itself is documented in prep/to
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -235,6 +238,25 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise OutputError(f"{target}: already exists (pass --overwrite to replace it)")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directories `a` and `b` atomically (Linux renameat2 with RENAME_EXCHANGE).
+    False where that is not to be had (another OS, an old kernel or C library, a filesystem
+    without it), to fall back on two renames; an OSError for any other failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, or no C library to load
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 class AtomicDirectory:
     """A directory built under a temporary name and renamed into place only when complete.
 
@@ -298,9 +320,17 @@ class AtomicDirectory:
             raise
 
     def _install(self, old: Path) -> None:
-        """The target becomes the new dataset: the old one (if any) is renamed to `old` first,
-        and put back if the second rename fails."""
+        """The target becomes the new dataset, the old one (if any) `old`: swapped in one step
+        where the OS can (so a SIGKILL at any moment leaves the old dataset or the new one
+        there); elsewhere the old one is renamed to `old` first, and put back if the second
+        rename fails (a SIGKILL between the two leaves the old dataset only as `old`)."""
         if self.target.exists():  # check_target() allowed it: a dataset, or empty
+            if _exchange(self.tmp, self.target):
+                try:  # the old dataset, now at tmp, to `old` for removal (killed first: a stale tmp)
+                    os.rename(self.tmp, old)
+                except OSError:  # the new one is in place all the same
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+                return
             os.rename(self.target, old)
             try:
                 os.rename(self.tmp, self.target)

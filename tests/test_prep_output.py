@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prep import output
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, check_target
 from prep.shards import open_shard
 from prep.tokenizer import EOT
@@ -117,7 +118,44 @@ def test_an_old_dataset_left_aside_by_a_crash_is_kept_while_it_is_the_only_copy(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+KILLED_MID_INSTALL = """
+import os, signal, sys
+from pathlib import Path
+from prep.output import AtomicDirectory
+target = Path(sys.argv[1])
+real_rename = os.rename
+def rename_then_die(src, dst):  # SIGKILL right after the install's first rename
+    real_rename(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)
+os.rename = rename_then_die
+with AtomicDirectory(target, overwrite=True) as tmp:
+    (tmp / "meta.json").write_text("new")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX")
+def test_killed_at_the_install_the_target_holds_the_old_or_the_new_dataset(tmp_path):
+    """--overwrite moved the old dataset aside, then the new one in: SIGKILLed between the two
+    renames, the target held nothing (the old dataset only as .<name>.old-<pid>). Where the
+    OS can swap the two directories in one step (Linux), no moment leaves it empty."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        (tmp / "meta.json").write_text("old")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_INSTALL, str(target)], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    held = (target / "meta.json").read_text() if target.is_dir() else None
+    if sys.platform.startswith("linux"):  # renameat2's RENAME_EXCHANGE
+        assert held == "new"
+    else:
+        assert held in ("old", "new") or any(p.name.startswith(".ds.old-") for p in tmp_path.iterdir())
+
+
 def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
@@ -140,6 +178,7 @@ def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp
 
 
 def test_an_install_that_fails_after_a_ctrl_c_reports_its_error_and_keeps_the_old_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
