@@ -109,7 +109,8 @@ def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, tempera
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
     click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
-               f"{max_new_tokens} tokens, temperature {temperature:g}, top-k {top_k or 'off'}", err=True)
+               f"{max_new_tokens} tokens, " + (f"temperature {temperature:g}, top-k {top_k or 'off'}" if temperature
+                                                 else "temperature 0 (the likeliest token each time)"), err=True)
     try:
         texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
                                    temperature=temperature, top_k=top_k or None)

@@ -2034,7 +2034,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             f"done: steps {summary['first_step']}-{summary['last_step']} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over "
-            f"{len(steady)} steady steps, MFU {mfu_text}; "
+            f"{len(steady)} steady step{'s' if len(steady) != 1 else ''}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
         )
     return summary
