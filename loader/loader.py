@@ -56,6 +56,27 @@ def _saved_shards(shards: object) -> list[list]:
         raise LoaderError(f"malformed shard list in a loader state: {shards!r}") from None
 
 
+def dataset_difference(state: dict, identity: list[list], num_tokens: int,
+                       here: str = "this loader reads") -> str | None:
+    """How the dataset a loader `state` (state_dict()) was made on differs from the one of
+    `identity` (TokenStream.identity) and `num_tokens`, or None when it is the same: the same
+    shard names and token counts, and meta.json's sha256 where both sides know it. `here`
+    introduces the second dataset in the answer. load_state_dict refuses a state with it,
+    and loader.audit a --data that is not the run's."""
+    shards = _saved_shards(state["shards"])
+    if state["num_tokens"] != num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
+        differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
+        first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "
+                 f"{differ[1][1]} tokens here)" if differ else "")
+        return (f"{len(state['shards'])} shards, N={state['num_tokens']} tokens; {here} {len(identity)} shards, "
+                f"N={num_tokens} tokens{first}")
+    for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
+        if saved_digest and digest and saved_digest != digest:  # compared where both are known
+            return (f"{name} has the same name and token count, but meta.json's sha256 is {digest[:12]}... now "
+                    f"and was {saved_digest[:12]}... (tokenized again since)")
+    return None
+
+
 class TokenLoader:
     """Batches of GPT-2 tokens for one rank, read from a split's shards (loader/cursor.py: which window).
 
@@ -269,24 +290,10 @@ class TokenLoader:
                 f"not a TokenLoader state of format {STATE_FORMAT} "
                 f"(missing {missing or 'nothing'}, format {state.get('format')!r})"
             )
-        c, identity = self._cursor, self._stream.identity
-        shards = _saved_shards(state["shards"])
-        if state["num_tokens"] != c.num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
-            differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
-            first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "
-                     f"{differ[1][1]} tokens here)" if differ else "")
-            raise LoaderError(
-                f"the state is for another dataset: {len(state['shards'])} shards, "
-                f"N={state['num_tokens']} tokens; this loader reads {len(identity)} shards, "
-                f"N={c.num_tokens} tokens{first}"
-            )
-        for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
-            if saved_digest and digest and saved_digest != digest:  # compared where both are known
-                raise LoaderError(
-                    f"the state is for another dataset: {name} has the same name and token count, "
-                    f"but meta.json's sha256 is {digest[:12]}... now and was {saved_digest[:12]}... "
-                    f"(tokenized again since)"
-                )
+        c = self._cursor
+        differ = dataset_difference(state, self._stream.identity, c.num_tokens)
+        if differ:
+            raise LoaderError(f"the state is for another dataset: {differ}")
         saved, ours = (state["B"], state["T"], state["world"]), (c.B, c.T, c.world)
         if saved != ours:
             raise LoaderError(
