@@ -24,8 +24,17 @@ tokens. This reads the logs back and checks:
   without crc32 (train.py before it wrote one) is checked by its first tokens and last
   target only, and a note says how many were.
 
+--data must be the data the run trained on, or the epoch size and the never-read tail are
+another split's (a dataset whose train split begins with the run's would even pass). OUT's
+newest checkpoint records it: its loader state names the train split's shards with their
+token counts and meta.json's sha256 (what a resume checks, loader.dataset_difference), and
+its train_config the --data given. A --data that differs is refused, naming both; a run
+that left no checkpoint (--ckpt-every 0, killed before its first) has no such record, and a
+note says --data was taken unchecked. Without --data, a note names the run's.
+
 Exit status: 0 when every check passes, 1 when one fails (a line per problem), 2 for a usage
-error (no logs in OUT, a log this version cannot read, a bad --data).
+error (no logs in OUT, a log this version cannot read, a bad --data, one that is not the
+run's).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import warnings
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,14 +50,17 @@ from pathlib import Path
 
 import click
 import numpy as np
+import torch
 
 from loader.errors import LoaderError
+from loader.loader import dataset_difference
 from loader.stream import TokenStream, resolve_shards
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
 from prep.shards import ShardError
 
 LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
+CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (its CKPT_RE)
 FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
 CHECKSUM = "crc32"  # optional: logs of train.py before it wrote one have none
 SHOWN = 5  # problems of one kind listed before "... and N more like it"
@@ -311,6 +324,80 @@ def _gaps(runs: list[tuple[int, int]], first: int, last: int):
         yield at, last
 
 
+@dataclass
+class Trained:
+    """What a run's checkpoint records of the data it trained on: the loader state (the
+    train split's shard names, token counts and sha256) and train.py's --data."""
+
+    path: Path  # the checkpoint
+    state: dict  # its loader state
+    data: str | None  # --data as given to train.py; None: it took the one dataset under ./data
+
+    def named(self) -> str:
+        """The run's data, as the checkpoint names it."""
+        if self.data is not None:
+            return f"--data {self.data}"
+        shards = self.state["shards"]
+        return (f"the dataset train.py found under ./data ({len(shards)} shard(s) from {shards[0][0]}, "
+                f"{self.state['num_tokens']:,} tokens)" if shards else "the dataset train.py found under ./data")
+
+
+def newest_checkpoint(out: Path) -> Path | None:
+    """The checkpoint of `out` with the highest step (the one --resume auto takes), or None."""
+    found = sorted((int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file())
+    return found[-1][1] if found else None
+
+
+def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
+    """The record of the data `out`'s run trained on, from its newest checkpoint (every
+    checkpoint of a run has the same data: a resume onto other data is refused); where there
+    is none that fits the logs, why not."""
+    path = newest_checkpoint(out)
+    if path is None:
+        return "no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on"
+    try:
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the note says it all
+            warnings.simplefilter("ignore")
+            # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
+        return f"{path}: not a readable checkpoint (torch.load raised {type(e).__name__})"
+    state = ckpt.get("loader") if isinstance(ckpt, dict) else None
+    config = ckpt.get("train_config") if isinstance(ckpt, dict) else None
+    data = config.get("data") if isinstance(config, dict) else None
+    try:
+        if not (isinstance(state, dict) and "shards" in state and _int(state.get("num_tokens"), 0)
+                and (data is None or isinstance(data, str))):
+            raise LoaderError("no loader state")
+        dataset_difference(state, [], 0)  # parses the shard list: a LoaderError if it is malformed
+    except LoaderError:
+        return f"{path}: no train.py loader state in it"
+    run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)
+    if run != ours:  # the logs are another run's: its data is not this checkpoint's to say
+        return (f"{path}: of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
+                f"B={ours[0]} x T={ours[1]}, {ours[2]} rank(s)")
+    return Trained(path, state, data)
+
+
+def check_run_data(data: str, stream: TokenStream, trained: Trained | str, notes: list[str]) -> str | None:
+    """--data must be the dataset the run trained on (a UserError naming both if not): the
+    checkpoint's shard names and token counts, and sha256 where both know it. Returns the
+    line saying it is; None, with a note, where no checkpoint says what the data was
+    (`trained` is why not)."""
+    if isinstance(trained, str):
+        notes.append(f"{trained}: --data {data} is taken to be the run's data, unchecked")
+        return None
+    differ = dataset_difference(trained.state, stream.identity, stream.num_tokens, here="--data has")
+    if differ:
+        raise UserError(f"--data {data} is not the dataset the run trained on ({trained.named()}): "
+                        f"{trained.path}'s loader state: {differ}")
+    saved = trained.state["shards"]
+    digests = all(len(s) > 2 and s[2] for s in saved) and all(d for *_, d in stream.identity)
+    return (f"--data {data}: the dataset the run trained on, as {trained.path.name} records it ({len(saved)} "
+            "shard(s): their names and token counts" + (", and meta.json's sha256" if digests else
+                                                         "; no sha256 on both sides to compare") + ")")
+
+
 def open_data(data: str) -> TokenStream:
     """The train split of --data as train.py reads it; a UserError naming it if it cannot be."""
     if not data:  # as train.py refuses it: not the current directory
@@ -371,11 +458,18 @@ def audit(out: Path, data: str | None = None) -> Report:
         report.notes += log.notes
     stream = open_data(data) if data is not None else None
     try:
+        trained = read_trained(out, logs)
+        same = None if stream is None else check_run_data(data, stream, trained, report.notes)
+        if stream is None and isinstance(trained, Trained):
+            report.notes.append(f"no --data: the windows were not checked against the shards; the run trained on "
+                                f"{trained.named()} ({trained.path.name} says)")
         all_ranks = check_numbering(logs, report.problems)
         E = None if stream is None else steps_per_epoch(stream.num_tokens, B, T, world)
         check_epochs(logs, report, E, all_ranks)
         if stream is not None:
             check_tokens(logs, data, stream, report)
+        if same is not None:  # last: the lines before it are the logs' and the tokens'
+            report.lines.append(same)
     finally:
         if stream is not None:
             stream.close()
@@ -385,7 +479,8 @@ def audit(out: Path, data: str | None = None) -> Report:
 @click.command("audit", cls=UserCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--data", default=None, show_default="none: the logs alone",
-              help="The run's --data (train split): check every token of each logged window against it.")
+              help="The run's --data (train split): check every token of each logged window against it. Refused "
+                   "unless it is the dataset OUT's newest checkpoint records.")
 def main(out: Path, data: str | None) -> None:
     """Check that a `train.py --log-windows` run read no token twice in an epoch, and every
     slot of each complete epoch; exit status 1 if not."""

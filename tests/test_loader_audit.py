@@ -21,6 +21,8 @@ from loader import TokenLoader
 from loader.audit import audit, main
 from model import GPT
 from loader.cursor import Cursor
+from prep.meta import write_meta
+from prep.shards import file_sha256
 
 B, T = 2, 16
 
@@ -44,6 +46,27 @@ def log_ranks(out: Path, data: Path, world: int, batches: int, shuffle: bool = T
     return out
 
 
+def checkpoint(out: Path, data: Path, world: int = 1, recorded: str | None = None) -> Path:
+    """What the audit reads of a train.py checkpoint in `out`: the train loader's state (the
+    shards' names, token counts and sha256, and B, T, world: the same on every rank) and the
+    --data given (`recorded`, default `data`)."""
+    with TokenLoader(data, "train", B, T, 0, world) as loader:
+        state = loader.state_dict()
+    path = out / "ckpt_000005.pt"
+    torch.save({"loader": state, "train_config": {"data": str(data) if recorded is None else recorded}}, path)
+    return path
+
+
+def write_listed(directory: Path, tokens: np.ndarray) -> Path:
+    """A dataset as `prep tokenize` lays it out: its train shard listed in meta.json with its sha256."""
+    write_dataset(directory, tokens)
+    shard = directory / "t_train_000000.bin"
+    entry = {"file": shard.name, "tokens": len(tokens), "sha256": file_sha256(shard)}
+    write_meta(directory, {"format_version": 1, "name": "t", "splits": {
+        "train": {"tokens": len(tokens), "shards": [entry]}, "val": {"tokens": 0, "shards": []}}})
+    return directory
+
+
 def run(*args) -> object:
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -58,7 +81,7 @@ def rewrite(path: Path, records: list[dict]) -> None:
 
 def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_path, data):
     """41 steps (1.3 epochs) with shuffle, killed after a checkpoint at step 20 and resumed:
-    the log covers epoch 0 exactly once and matches the shards."""
+    the log covers epoch 0 exactly once and matches the shards, the data its checkpoints name."""
     common = dict(model="tiny", B=B, T=T, steps=41, warmup_steps=2, eval_every=0, quiet=True, device="cpu",
                   data=str(data), out=str(tmp_path / "run"), shuffle=True, log_windows=True, ckpt_every=20)
     train.train(train.TrainConfig(**common))
@@ -74,6 +97,8 @@ def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_p
         f"--data {data}: 1,000 tokens; the 41 logged window(s) match the shards' tokens (all 33 tokens of each, "
         "by crc32)",
         "never read in any epoch: the last 7 token(s), positions 993-999 (less than one step of 2x16 x 1 rank(s))",
+        f"--data {data}: the dataset the run trained on, as ckpt_000041.pt records it (1 shard(s): their names and "
+        "token counts; no sha256 on both sides to compare)",
         "audit passed",
     ]
     starts = [r["start"] for r in lines(tmp_path / "run" / "windows_rank0.jsonl")]
@@ -90,6 +115,81 @@ def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     assert "epoch 1: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines
     assert "epoch 2: 10 window(s) so far (rank 0: 5, rank 1: 5 of 15 per rank); no target read twice" in report.lines
     assert report.lines[-1].startswith("never read in any epoch: the last 39 token(s), positions 961-999")
+    assert report.notes == ["no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on: "
+                            f"--data {data} is taken to be the run's data, unchecked"]
+
+
+def test_a_dataset_the_run_did_not_train_on_is_refused_naming_both(tmp_path):
+    """Trained on `small`, audited with --data `big`, whose train split begins with small's
+    (tiny Shakespeare and a prefix of it): every window matches big's tokens, and the audit
+    passed, its epoch size and never-read tail big's. The checkpoint names small: refused."""
+    small = write_dataset(tmp_path / "small", positional_tokens(600))
+    big = write_dataset(tmp_path / "big", positional_tokens(1000))
+    out = tmp_path / "run"
+    train.train(train.TrainConfig(model="tiny", B=B, T=T, steps=8, warmup_steps=2, eval_every=0, quiet=True,
+                                  device="cpu", data=str(small), out=str(out), log_windows=True, ckpt_every=4))
+    assert_user_error(run(out, "--data", big), f"--data {big} is not the dataset the run trained on (--data {small})",
+                      f"{out / 'ckpt_000008.pt'}'s loader state: 1 shards, N=600 tokens; --data has 1 shards, "
+                      "N=1000 tokens")
+    result = run(out, "--data", small)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-2:] == [
+        f"--data {small}: the dataset the run trained on, as ckpt_000008.pt records it (1 shard(s): their names and "
+        "token counts; no sha256 on both sides to compare)", "audit passed"]
+    result = run(out)  # the logs alone: the note says which --data checks the tokens
+    assert result.exit_code == 0 and f"note: no --data: the windows were not checked against the shards; the run " \
+        f"trained on --data {small} (ckpt_000008.pt says)" in result.output, result.output
+
+
+def test_two_ranks_pass_against_their_checkpoints_data_and_a_renamed_copy_is_refused(tmp_path, data):
+    """The checkpoint of a 2-rank run (the loader state is the same on every rank) names the
+    data; the same tokens under another shard name are another dataset, as for a resume."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=20)
+    checkpoint(out, data, world=2)
+    report = audit(out, str(data))
+    assert len(report.problems) == 0 and report.notes == [], (report.problems.lines(), report.notes)
+    assert report.lines[-1] == (f"--data {data}: the dataset the run trained on, as ckpt_000005.pt records it "
+                                "(1 shard(s): their names and token counts; no sha256 on both sides to compare)")
+    renamed = write_dataset(tmp_path / "renamed", positional_tokens(1000), name="e")
+    assert_user_error(run(out, "--data", renamed), f"--data {renamed} is not the dataset", f"(--data {data})",
+                      "first difference: t_train_000000.bin of 1000 tokens there, e_train_000000.bin of 1000 "
+                      "tokens here")
+
+
+def test_a_dataset_of_the_same_names_and_counts_is_told_apart_by_its_sha256(tmp_path):
+    """Tokenized again with one token changed where no window reads it (the never-read tail):
+    every window and count matches, only meta.json's sha256 differs, and it is refused."""
+    tokens = positional_tokens(1000)
+    first = write_listed(tmp_path / "first", tokens)
+    tokens[-1] += 1  # position 999: never read at 2x16
+    again = write_listed(tmp_path / "again", tokens)
+    out = log_ranks(tmp_path / "out", first, world=1, batches=5)
+    checkpoint(out, first)
+    result = run(out, "--data", first)
+    assert result.exit_code == 0 and (f"--data {first}: the dataset the run trained on, as ckpt_000005.pt records it "
+                                      "(1 shard(s): their names and token counts, and meta.json's sha256)\n"
+                                      in result.output), result.output
+    assert_user_error(run(out, "--data", again), f"--data {again} is not the dataset the run trained on",
+                      "t_train_000000.bin has the same name and token count, but meta.json's sha256 is")
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("garbage", "not a readable checkpoint (torch.load raised"),
+    ("no loader", "no train.py loader state in it"),
+    ("other run", "of a run of B=2 x T=16, 2 rank(s), not the logs' B=2 x T=16, 1 rank(s)"),
+])
+def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked(tmp_path, data, kind, words):
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5)
+    path = checkpoint(out, data, world=2 if kind == "other run" else 1)
+    if kind == "garbage":
+        path.write_bytes(b"not a zip")
+    elif kind == "no loader":
+        torch.save({"model": {}}, path)
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert f"note: {path}: {words}" in result.output and f"--data {data} is taken to be the run's data, unchecked" \
+        in result.output, result.output
+    assert "the 5 logged window(s) match the shards' tokens" in result.output
 
 
 def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, monkeypatch):
