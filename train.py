@@ -74,7 +74,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
-    from loader.audit import LOG_PATTERN, window_crc32
+    from loader.audit import CKPT_PATTERN, LOG_PATTERN, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, signals_deferred
@@ -96,7 +96,6 @@ WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank (window_lo
 # the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
                   "data_wait_ms")
-CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 CKPT_FORMAT = 1
 SEED_MAX = 2**32 - 1
 
@@ -388,7 +387,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         raise UserError(f"--out {out}: {metrics} is not a file")
     logs = sorted(out.glob(WINDOW_LOGS))  # --log-windows logs (none where out is missing)
     if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
-        odd = sorted(p.name for p in out.iterdir() if CKPT_RE.match(p.name) and not p.is_file())
+        odd = sorted(p.name for p in out.iterdir() if CKPT_PATTERN.fullmatch(p.name) and not p.is_file())
         if odd:
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
         odd = [p for p in logs if not p.is_file()]
@@ -796,7 +795,7 @@ def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
     """(step, path) of the complete checkpoints in `out`, oldest first (temporary files never match)."""
     if not out.is_dir():
         return []
-    found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_file()]
+    found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file()]
     return sorted(found)
 
 

@@ -60,7 +60,7 @@ from prep.errors import UserCommand, UserError
 from prep.shards import ShardError
 
 LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
-CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (its CKPT_RE)
+CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (it imports this)
 FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
 CHECKSUM = "crc32"  # optional: logs of train.py before it wrote one have none
 SHOWN = 5  # problems of one kind listed before "... and N more like it"
