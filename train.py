@@ -850,7 +850,10 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
     """torch.load(path, weights_only=True) on the CPU; a user error (starting with `flag` and
     the path) when it is a directory, missing, truncated or garbage."""
     if path.is_dir():
-        found = list_checkpoints(path)
+        try:
+            found = list_checkpoints(path)
+        except OSError:  # a directory that cannot be listed (no read permission): no hint, the error stands
+            found = []
         also = (f", or --resume auto with --out {path}" if flag == "--resume" else
                 f" (its newest: {found[-1][1]})" if found else "")
         raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it{also}")

@@ -1651,6 +1651,24 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
                                           "that run did")
 
 
+def test_init_from_a_directory_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
+    """Its newest checkpoint is named where the directory can be listed; one without read
+    permission (a PermissionError from listing it) still gets the one-line error."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(train.UserError) as e:
+        train._read_torch_file(locked, "--init-from", "weights file")
+    assert str(e.value) == f"--init-from {locked}: is a directory; pass a checkpoint file in it"
+
+
 def test_only_a_file_of_tensors_alone_is_said_to_hold_weights_alone():
     """--resume of a bare state dict points at --init-from; what else is no checkpoint (an
     empty dict, tensors beside other things) gets no such hint."""
