@@ -2026,7 +2026,8 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
     if rt.master:
         if not history:  # a stop before step 1 has said so already
             if not interrupted:
-                val = (f"; val loss {summary['val_loss']:.4f} ({s.val_batches} batches)"
+                batches = f"{s.val_batches} batch{'es' if s.val_batches != 1 else ''}"
+                val = (f"; val loss {summary['val_loss']:.4f} ({batches})"
                        if summary["val_loss"] is not None else "")
                 click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
             return summary

@@ -827,6 +827,14 @@ def test_resume_at_the_last_step_evaluates_the_checkpoint(tmp_path, dataset, cap
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
 
 
+def test_resume_at_the_last_step_on_one_val_batch_says_batch(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, eval_steps=1, resume="auto"))
+    assert "nothing to train; val loss " in (out := capsys.readouterr().out)
+    assert out.rstrip().endswith(" (1 batch)")
+
+
 def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its_own(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=4, quiet=False))
     capsys.readouterr()
