@@ -12,6 +12,32 @@ import threading
 import click
 
 
+def reserve_standard_fds() -> None:
+    """Put /dev/null on standard input, output or error where the process started with one
+    closed (`>&- 2>&-`, a daemon's launcher). Python then sets sys.stdout or sys.stderr to None
+    (see flush_stdout, bar_disable), but the descriptor itself is free, and the next file opened
+    took it: train.py's metrics.jsonl became descriptor 2, and a SIGTERM's "stopping after the
+    step under way" (os.write(2, ...) in a signal handler), a C library's or a child process's
+    message went into it. Called on importing this module, which every command does first."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # (the lowest free descriptor: fd itself, its lower ones being open)
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # as a standard descriptor is: child processes get it too
+        except OSError:  # no /dev/null to open: as before
+            pass
+
+
+reserve_standard_fds()
+
+
 class UserError(click.ClickException):
     """A mistake the user can act on: bad path, bad flag combination, bad data.
 

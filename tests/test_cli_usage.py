@@ -181,6 +181,23 @@ def test_a_note_never_lands_in_the_json_on_standard_output(tmp_path):
     assert json.loads(result.stdout)["documents"] == 1
 
 
+def test_a_closed_standard_error_is_no_file_of_ours(tmp_path):
+    """Started with stderr closed (`2>&-`, or `>&- 2>&-`), descriptor 2 was free and the next file
+    opened took it: train.py's metrics.jsonl became descriptor 2, and a SIGTERM's announcement
+    (os.write(2, ...) in StopRequest's handler) went into it, a line that is no JSON."""
+    code = ("import signal, sys, train\n"
+            "f = open(sys.argv[1], 'a')\n"
+            "with train.StopRequest(announce=True):\n"
+            "    signal.raise_signal(signal.SIGTERM)\n"
+            "f.close()\n")
+    log = tmp_path / "metrics.jsonl"
+    result = subprocess.run([sys.executable, "-c", code, str(log)], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            timeout=120, stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2),
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0
+    assert log.read_text() == ""
+
+
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback."""
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
