@@ -14,6 +14,7 @@ from loader.cursor import Cursor
 from loader.errors import LoaderError, TokenRangeError, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
 from loader.stream import TokenStream, resolve_shards
+from prep.meta import portable_name
 
 STATE_FORMAT = 1
 
@@ -63,7 +64,10 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
     shard names and token counts, and meta.json's sha256 where both sides know it. `here`
     introduces the second dataset in the answer. load_state_dict refuses a state with it,
     and loader.audit a --data that is not the run's."""
-    shards = _saved_shards(state["shards"])
+    # names as meta.json spells them (UTF-8): a state saved under another locale (LC_ALL=C
+    # without UTF-8 mode: 'd\udcc3\udca9' for 'dé') names the same files
+    shards = [[portable_name(name), *rest] for name, *rest in _saved_shards(state["shards"])]
+    identity = [[portable_name(name), *rest] for name, *rest in identity]
     if state["num_tokens"] != num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
         differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
         first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "

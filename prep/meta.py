@@ -95,7 +95,7 @@ def check_tokenizer(meta: dict, name: str, vocab_size: int) -> None:
                          f"{name!r} with {vocab_size}")
 
 
-def _portable_name(name: str) -> str:
+def portable_name(name: str) -> str:
     """A file name as meta.json spells it: its bytes read as UTF-8, whatever this process's
     file-system encoding. Under LC_ALL=C (without UTF-8 mode) 'dé' is 'd\\udcc3\\udca9' here, and
     meta.json written so named no file under a UTF-8 locale, nor one written there under C."""
@@ -106,7 +106,7 @@ def _portable_name(name: str) -> str:
 
 
 def _local_name(name: str) -> str:
-    """A meta.json file name as this process names that file (the inverse of _portable_name)."""
+    """A meta.json file name as this process names that file (the inverse of portable_name)."""
     try:
         return os.fsdecode(name.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:  # a lone surrogate that stands for no byte: names no file anyway
@@ -135,7 +135,7 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
 
     Raises ValueError (naming the file) when it exists but is not valid JSON of our format.
     Its shard file names are as this process names those files (meta.json spells them in
-    UTF-8, see _portable_name), so a dataset reads under any locale.
+    UTF-8, see portable_name), so a dataset reads under any locale.
     """
     path = Path(directory) / META_NAME
     if not path.is_file():
@@ -154,9 +154,9 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     """Write meta.json (complete file first, then rename, so a reader never sees half of it)."""
     path = Path(directory) / META_NAME
-    meta = _with_file_names(meta, _portable_name)
+    meta = _with_file_names(meta, portable_name)
     if isinstance(meta.get("name"), str):  # the shards' prefix, spelled as their names are
-        meta = meta | {"name": _portable_name(meta["name"])}
+        meta = meta | {"name": portable_name(meta["name"])}
     text = json.dumps(meta, indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path

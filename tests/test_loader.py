@@ -263,6 +263,27 @@ def test_a_state_for_other_data_or_other_b_t_w_is_refused(tmp_path, data):
                 loader.load_state_dict(state)
 
 
+def test_a_state_saved_under_another_locale_resumes(tmp_path):
+    """A process under LC_ALL=C without UTF-8 mode names the shard 'dé_train_000000.bin' as
+    'd\\udcc3\\udca9_train_000000.bin' (its bytes, surrogate-escaped); the dataset reads under
+    either locale (meta.json spells names in UTF-8), and so does a checkpoint's loader state."""
+    path = tmp_path / "dé"
+    path.mkdir()
+    write_dataset(path, [1000, 517], name="dé")
+    with TokenLoader(path, B=2, T=50) as loader:
+        windows(loader, 3)
+        state = loader.state_dict()
+        expected = windows(loader, 2)
+    assert state["shards"][0][0] == "dé_train_000000.bin"
+    as_c = {**state, "shards": [[name.encode("utf-8").decode("ascii", "surrogateescape"), *rest]
+                                for name, *rest in state["shards"]]}
+    assert as_c["shards"][0][0] == "d\udcc3\udca9_train_000000.bin"
+    with TokenLoader(path, B=2, T=50) as loader:
+        loader.load_state_dict(as_c)
+        for got, want in zip(windows(loader, 2), expected):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_a_state_for_a_retokenized_dataset_with_the_same_names_and_counts_is_refused(tmp_path, data):
     path, _ = data
     other = tmp_path / "other"
