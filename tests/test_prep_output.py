@@ -154,6 +154,28 @@ def test_killed_at_the_install_the_target_holds_the_old_or_the_new_dataset(tmp_p
         assert held in ("old", "new") or any(p.name.startswith(".ds.old-") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("err", [errno.ENOSYS, errno.EINVAL, errno.EPERM])
+def test_an_overwrite_falls_back_on_two_renames_where_the_swap_is_refused(tmp_path, monkeypatch, err):
+    """renameat2 refused: an old kernel (ENOSYS), a filesystem without RENAME_EXCHANGE (EINVAL),
+    a container's seccomp profile that blocks the call (EPERM): the two renames, not a failure."""
+    import ctypes
+
+    class NoSwap:
+        @staticmethod
+        def renameat2(*args):
+            ctypes.set_errno(err)
+            return -1
+
+    monkeypatch.setattr(output.sys, "platform", "linux")
+    monkeypatch.setattr(output.ctypes, "CDLL", lambda *a, **k: NoSwap)
+    target = tmp_path / "ds"
+    for text in ("old", "new"):
+        with AtomicDirectory(target, overwrite=True) as tmp:
+            (tmp / "meta.json").write_text(text)
+    assert (target / "meta.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
     target = tmp_path / "ds"
