@@ -36,8 +36,9 @@ META_FORMAT_VERSION = 1
 
 def is_plain_file_name(name: str) -> bool:
     """Whether a meta.json shard entry names a file in the dataset directory itself (no
-    folder, no '..'): a dataset reads nothing outside its directory."""
-    return os.path.basename(name) == name and name not in ("", ".", "..")
+    folder, no '..'): a dataset reads nothing outside its directory. No NUL either: no file has
+    one in its name, and the OS calls refuse it with a bare ValueError ("embedded null byte")."""
+    return os.path.basename(name) == name and name not in ("", ".", "..") and "\0" not in name
 
 
 def check_listed_names(files_by_split: dict[str, list[str]]) -> None:

@@ -404,6 +404,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
     ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
+    ("nul listed", ["--data", "SELF"], ["meta.json: train shard file 't_train_000000.bin\\x00' is not a plain file name"]),
     ("dir", [], ["windows_rank2.jsonl: not a file"]),
     ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
     ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
@@ -416,7 +417,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     if setup != "none":
         out.mkdir()
     if setup in ("old", "json", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
-                 "half line"):
+                 "half line", "nul listed"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
@@ -435,6 +436,11 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             rewrite(log, [{**r, "rank": True} for r in lines(log)])
         elif setup == "half line":  # killed while writing its first line
             log.write_text(log.read_text()[:40])
+        elif setup == "nul listed":  # a traceback from os.stat ("embedded null byte"), before
+            listed = write_listed(tmp_path / "nul", random_tokens(300, 4))
+            meta = listed / "meta.json"
+            meta.write_text(meta.read_text().replace('"t_train_000000.bin"', '"t_train_000000.bin\\u0000"'))
+            args = ["--data", listed]
         elif setup == "shape":
             rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
     assert_user_error(run(out, *args), *words)

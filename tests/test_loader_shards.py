@@ -255,6 +255,11 @@ def shard_entry(i):
             LoaderError,
             r"meta.json: train shard file '../m_train_000000.bin' is not a plain file name",
         ),
+        (  # no file has a NUL in its name: os.stat's bare "embedded null byte", before
+            lambda m: shard_entry(0)(m).update(file="m_train_000000.bin\0"),
+            LoaderError,
+            r"meta.json: train shard file 'm_train_000000.bin\\x00' is not a plain file name",
+        ),
     ],
 )
 def test_meta_json_is_cross_checked(tmp_path, edit, error, message):
