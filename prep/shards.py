@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,10 @@ SPLITS = ("train", "val")
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.(?:bin|npy)$")
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
+
+
+_FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+               stat.S_IFSOCK: "socket"}
 
 
 class ShardError(ValueError):
@@ -131,7 +136,11 @@ def open_shard(path: str | os.PathLike) -> np.memmap:
 def _layout(path: Path) -> tuple[int, np.dtype, int]:
     """(token count, token dtype, byte offset of the first token) of a validated shard."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a FIFO's open() waited for a writer forever
+            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+            raise ShardError(f"{path}: not a regular file (a {kind}), not a shard")
+        size = st.st_size
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
             if raw.startswith(NPY_MAGIC):
@@ -145,6 +154,8 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         raise ShardError(f"{path}: is a directory, not a shard") from None
     except PermissionError:
         raise ShardError(f"{path}: permission denied") from None
+    except OSError as e:  # a symbolic link loop (ELOOP), an I/O error: a traceback, before
+        raise ShardError(f"{path}: cannot be read ({e.strerror or e})") from None
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")

@@ -5,6 +5,7 @@ and cross-checks, every bad shard."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -426,7 +427,7 @@ def test_the_first_id_past_the_vocabulary_is_refused_even_as_an_epochs_last_targ
             loader.next_window()  # [640, 769): 768 is its last target, never an input
 
 
-def test_a_broken_link_or_a_folder_with_a_shards_name_is_an_error_not_skipped(tmp_path):
+def test_a_broken_link_a_folder_a_link_loop_or_a_fifo_with_a_shards_name_is_an_error_not_skipped(tmp_path):
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 1))
     (tmp_path / "x_train_000001.bin").symlink_to("gone.bin")
     with pytest.raises(ShardError, match=r"x_train_000001.bin: a broken symbolic link \(to gone.bin\)"):
@@ -434,6 +435,14 @@ def test_a_broken_link_or_a_folder_with_a_shards_name_is_an_error_not_skipped(tm
     (tmp_path / "x_train_000001.bin").unlink()
     (tmp_path / "x_train_000001.bin").mkdir()
     with pytest.raises(ShardError, match=r"x_train_000001.bin: is a directory, not a shard"):
+        TokenLoader(tmp_path, B=1, T=2)
+    (tmp_path / "x_train_000001.bin").rmdir()
+    (tmp_path / "x_train_000001.bin").symlink_to("x_train_000001.bin")  # a loop: os.stat's ELOOP, a traceback before
+    with pytest.raises(ShardError, match=r"x_train_000001.bin: cannot be read \(Too many levels of symbolic links\)"):
+        TokenLoader(tmp_path, B=1, T=2)
+    (tmp_path / "x_train_000001.bin").unlink()
+    os.mkfifo(tmp_path / "x_train_000001.bin")  # opening it waited for a writer forever, before
+    with pytest.raises(ShardError, match=r"x_train_000001.bin: not a regular file \(a FIFO\), not a shard"):
         TokenLoader(tmp_path, B=1, T=2)
 
 

@@ -245,6 +245,8 @@ BREAKERS = {
     "bad_magic": (lambda p: _set_header_slot(p, 0, 1234), "bad magic 1234"),
     "bad_version": (lambda p: _set_header_slot(p, 1, 7), "unsupported version 7"),
     "missing": (lambda p: p.unlink(), "listed in meta.json but missing"),
+    "link_loop": (lambda p: p.unlink() or p.symlink_to(p.name), "cannot be read (Too many levels of symbolic links)"),
+    "fifo": (lambda p: p.unlink() or os.mkfifo(p), "not a regular file (a FIFO), not a shard"),  # hung, before
 }
 
 
