@@ -12,6 +12,7 @@ supported, as in training.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
@@ -35,6 +36,19 @@ def checkpoint_file(path: Path) -> Path:
     return found[-1][1]
 
 
+def config_differences(config: GPTConfig, state: dict) -> str:
+    """Where a checkpoint's model_config differs from the shape of its own weights, "" where it
+    does not: the sizes that building the model allocates (layers, width, positions, token rows)
+    are checked before it is built."""
+    wte, wpe = (state.get(f"transformer.{name}.weight") for name in ("wte", "wpe"))
+    wte, wpe = (t.shape if isinstance(t, torch.Tensor) and t.dim() == 2 else (None, None) for t in (wte, wpe))
+    layers = {int(m[1]) for key in state if isinstance(key, str) and (m := re.match(r"transformer\.h\.(\d+)\.", key))}
+    there = {"n_layer": max(layers) + 1 if layers else None, "n_embd": wte[1], "block_size": wpe[0],
+             "padded_vocab_size": wte[0]}
+    return "; ".join(f"{name} {getattr(config, name)!r}, {'no such tensor' if v is None else v} in the weights"
+                     for name, v in there.items() if v != getattr(config, name))
+
+
 def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tuple[GPT, str]:
     """The checkpoint's model on rt.device, in eval mode, and where it comes from ("step N").
     A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
@@ -56,7 +70,11 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     if preset is not None:
         click.echo(f"note: --model {preset} has no effect: the checkpoint holds its model's shape", err=True)
     try:
-        model = GPT(GPTConfig(**ckpt["model_config"]))
+        config = GPTConfig(**ckpt["model_config"])
+        differ = config_differences(config, ckpt["model"])
+        if differ:  # built first, a damaged n_layer of 2**63 built layers for ever
+            raise ValueError(f"its model_config is not its weights' shape: {differ}")
+        model = GPT(config)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]

@@ -97,6 +97,23 @@ def test_a_checkpoint_of_a_diverged_run_is_one_line(run, tmp_path):
                           "transformer.h.1.mlp.c_fc.weight holds NaN or infinite values")
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("n_layer", 2**63, "n_layer 9223372036854775808, 2 in the weights"),  # built layers for ever, before
+    ("n_embd", 2**40, "n_embd 1099511627776, 32 in the weights"),
+    ("block_size", 2**40, "block_size 1099511627776, 64 in the weights"),
+    ("padded_vocab_size", 2**40, "padded_vocab_size 1099511627776, 50304 in the weights"),
+])
+def test_a_model_config_that_its_weights_contradict_is_one_line(run, tmp_path, field, value, words):
+    """A damaged model_config is found before the model is built from it."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    ckpt["model_config"][field] = value
+    if field == "n_embd":  # divisible by n_head, as GPTConfig requires
+        ckpt["model_config"]["n_head"] = 1
+    torch.save(ckpt, tmp_path / "ckpt_000004.pt")
+    assert_user_error(invoke(str(tmp_path)), "ckpt_000004.pt: damaged model (its model_config is not its weights' "
+                      "shape: ", words)
+
+
 def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     """The same weights in HF's layout (what OpenAI's gpt2 comes as) give the same greedy text,
     built as --model's preset; a checkpoint ignores --model with a note."""
