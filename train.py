@@ -1165,13 +1165,14 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict) -> list[str]:
                          (f" (and no {', '.join(drop)})" if drop else ""))
         else:
             flags.append(_shape_flags(ckpt["model_config"]))
-            if "dropout" in differ and isinstance(saved["dropout"], (int, float)):
+            if "dropout" in differ and isinstance(saved.get("dropout"), (int, float)):
                 flags.append(f"--dropout {saved['dropout']:g}")
-    flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed") if k in differ]
-    if "shuffle" in differ:
+    # a field the checkpoint lacks (damaged) differs too, but names no flag to pass
+    flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed") if k in differ and k in saved]
+    if "shuffle" in differ and "shuffle" in saved:
         flags.append("--shuffle" if saved["shuffle"] else "--no-shuffle")
     if "data_tokens" in differ:
-        tokens = f"{saved['data_tokens']:,}" if isinstance(saved["data_tokens"], int) else "?"
+        tokens = f"{saved['data_tokens']:,}" if isinstance(saved.get("data_tokens"), int) else "?"
         flags.append(f"--data {then['data']}" if isinstance(then.get("data"), str)
                      else f"the --data it trained on (a train split of {tokens} tokens)")
     return flags

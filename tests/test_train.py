@@ -1659,6 +1659,17 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
                                           "that run did")
 
 
+@pytest.mark.parametrize("field", ["B", "seed", "shuffle", "data_tokens"])
+def test_a_refused_resume_of_a_checkpoint_lacking_a_field_is_one_line(field):
+    """A damaged checkpoint without one of the fields compared: a KeyError from the hint, before."""
+    config = dataclasses.asdict(GPTConfig.preset("tiny"))
+    run = {"data_tokens": 300, "B": 2, "T": 16, "world": 1, "total_batch_size": 32, "shuffle": True, "seed": 1}
+    ckpt = {"model_config": config, "run": run, "train_config": {"model": "tiny", "data": None}}
+    ckpt = {**ckpt, "run": {k: v for k, v in run.items() if k != field}}
+    with pytest.raises(train.UserError, match=rf"^--resume c.pt: incompatible with this run \({field} None there, "):
+        train.check_compatible(ckpt, Path("c.pt"), run, GPTConfig.preset("tiny"), {})
+
+
 def test_init_from_a_directory_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
     """Its newest checkpoint is named where the directory can be listed; one without read
     permission (a PermissionError from listing it) still gets the one-line error."""
