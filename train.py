@@ -1027,15 +1027,37 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
     return kind
 
 
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
 def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Raise ValueError unless every loaded AdamW moment has its parameter's shape: torch's
-    load_state_dict checks the groups' sizes only, and a wrong shape failed at the first step."""
+    """Raise ValueError unless every loaded AdamW moment has its parameter's shape, each
+    parameter's state has all of step, exp_avg and exp_avg_sq with a step >= 1, and each group's
+    betas, eps and weight_decay are numbers AdamW can use: torch's load_state_dict checks the
+    groups' sizes only, and the rest failed at the first step (a traceback: KeyError,
+    ZeroDivisionError, TypeError), or, a negative eps, trained on."""
     for group in optimizer.param_groups:
+        betas, numbers = group.get("betas"), [group.get("eps"), group.get("weight_decay")]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)
+                and all(_real(x) and x >= 0 for x in numbers) and group["eps"] > 0):
+            raise ValueError(f"optimizer group betas {betas!r}, eps {numbers[0]!r}, weight_decay {numbers[1]!r}")
         for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if name != "step" and (not isinstance(value, torch.Tensor) or value.shape != param.shape):
+            state = optimizer.state.get(param, {})
+            missing = [name for name in ADAMW_STATE if state and name not in state]
+            if missing:
+                raise ValueError(f"optimizer state of a parameter of {tuple(param.shape)} lacks {', '.join(missing)}")
+            for name, value in state.items():
+                if name == "step":
+                    if not (float(value) >= 1 and math.isfinite(float(value))):
+                        raise ValueError(f"optimizer step is {float(value)!r}, not a step count >= 1")
+                elif not isinstance(value, torch.Tensor) or value.shape != param.shape:
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"optimizer {name} is {shape} for a parameter of {tuple(param.shape)}")
+
+
+def _real(value: object) -> bool:
+    """A finite int or float (not a bool): what an optimizer hyperparameter is."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 SCHEDULE_FIELDS = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
@@ -1506,7 +1528,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # this rank's RNG states (a DDP checkpoint holds every rank's): last, as building
                 # the model drew from the RNG
                 set_rng_state(ckpt["rng_ranks"][rt.rank] if "rng_ranks" in ckpt else ckpt["rng"], rt, generator)
-            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
+                # AttributeError: a model key that is no string; OverflowError: an RNG word beyond uint32
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
                 raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
             start_step = ckpt["step"]

@@ -1417,6 +1417,17 @@ def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
+RESUME_DAMAGE = {  # file name: what is done to a good checkpoint
+    "onebeta": lambda c: c["optimizer"]["param_groups"][0].update(betas=(0.9,)),
+    "wdtext": lambda c: c["optimizer"]["param_groups"][1].update(weight_decay="0"),
+    "negeps": lambda c: c["optimizer"]["param_groups"][1].update(eps=-1.0),
+    "nomoment": lambda c: c["optimizer"]["state"][0].pop("exp_avg_sq"),
+    "adamstep": lambda c: c["optimizer"]["state"][0].update(step=torch.tensor(-1.0)),
+    "rngword": lambda c: c["rng"]["numpy"].__setitem__(1, [2**40] * 624),
+    "intname": lambda c: c["model"].__setitem__(7, torch.zeros(1)),
+}
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, dataset) -> Path:
     """A working directory with ./data/small and out/ holding a tiny run's checkpoint."""
@@ -1449,6 +1460,10 @@ def workdir(tmp_path_factory, dataset) -> Path:
     adam = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
     adam["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
     torch.save(adam, root / "badadam.pt")
+    for name, damage in RESUME_DAMAGE.items():  # each failed at the first step, or while restoring, with a traceback
+        ckpt = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
+        damage(ckpt)
+        torch.save(ckpt, root / f"{name}.pt")
     (root / "newer").mkdir()
     (root / "newer" / "ckpt_000002.pt").write_bytes(good)
     (root / "newer" / "ckpt_000009.pt").write_bytes(good)
@@ -1569,6 +1584,15 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a wrong optimizer state": (["--resume", "badadam.pt"], ".",
                                        "--resume badadam.pt: damaged train.py checkpoint (ValueError: optimizer "
                                        "exp_avg is (3,) for a parameter of"),
+    **{f"resume a damaged checkpoint ({name})": (["--resume", f"{name}.pt"], ".",
+                                                 f"--resume {name}.pt: damaged train.py checkpoint ({why}")
+       for name, why in [("onebeta", "ValueError: optimizer group betas (0.9,), eps 1e-08, weight_decay 0.1)"),
+                         ("wdtext", "ValueError: optimizer group betas (0.9, 0.95), eps 1e-08, weight_decay '0'"),
+                         ("negeps", "ValueError: optimizer group betas (0.9, 0.95), eps -1.0"),
+                         ("nomoment", "ValueError: optimizer state of a parameter of (50304, 32) lacks exp_avg_sq"),
+                         ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 1"),
+                         ("rngword", "OverflowError: Python integer 1099511627776 out of bounds for uint32"),
+                         ("intname", "AttributeError: 'int' object has no attribute 'startswith'")]},
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
