@@ -366,7 +366,7 @@ def trained_steps_logged(metrics: Path) -> bool:
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, > 4,300 digits, nested too deeply
                     return True
                 if not (isinstance(record, dict) and record.get("step") == 0 and record.get("loss") is None):
                     return True
@@ -1219,7 +1219,7 @@ def open_log(path: Path, key: str, keep_through: int | None):
         for line in _log_lines(source, path):
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError, > 4,300 digits, nested too deeply
                 continue
             value = record.get(key) if isinstance(record, dict) else None
             if isinstance(value, int) and value <= keep_through:

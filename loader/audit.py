@@ -110,7 +110,7 @@ def _record(line: str, where: str) -> dict:
     """One log line as a dict with every field, each of the type train.py writes."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise UserError(f"{where}: not a JSON line") from None
     missing = [name for name in FIELDS if not isinstance(record, dict) or name not in record]
     if missing:

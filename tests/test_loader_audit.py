@@ -401,6 +401,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
     ("old", [], ["windows_rank0.jsonl:1: no world, epoch, start, T", "not a --log-windows log of this version"]),
     ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
+    ("deep", [], ["windows_rank0.jsonl:2: not a JSON line"]),  # RecursionError: a traceback, before
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
     ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
@@ -416,7 +417,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
     if setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
+    if setup in ("old", "json", "deep", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
                  "half line", "nul listed"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
@@ -424,6 +425,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             rewrite(log, [{"batch": 0, "rank": 0, "first_tokens": [0, 16], "last_target": 32}])
         elif setup == "json":
             log.write_text(log.read_text().splitlines()[0] + "\nnot json\n")
+        elif setup == "deep":
+            log.write_text(log.read_text().splitlines()[0] + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
         elif setup == "dir":
             (out / "windows_rank2.jsonl").mkdir()
         elif setup == "binary":

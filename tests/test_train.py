@@ -1409,6 +1409,19 @@ def test_resuming_keeps_a_long_logs_lines_without_holding_the_log_in_memory(tmp_
     assert peak < 1_000_000, f"{peak:,} bytes at peak for a {len(body):,}-byte log"
 
 
+@pytest.mark.parametrize("damage", ["9" * 5000, "[" * 100_000 + "]" * 100_000])
+def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_traceback(tmp_path, damage):
+    """json.loads raises ValueError (an integer of > 4,300 digits) or RecursionError (nested too
+    deeply), not JSONDecodeError, for these: a traceback from open_log and trained_steps_logged."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2, "x": ' + damage + '}\n{"step": 3}\n')
+    assert train.trained_steps_logged(log)
+    train.open_log(log, "step", 5).close()
+    assert log.read_text() == '{"step": 1}\n{"step": 3}\n'
+    log.write_text('{"step": 0, "x": ' + damage + '}\n')
+    assert train.trained_steps_logged(log)  # unreadable counts, to be safe
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
