@@ -277,6 +277,9 @@ def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nested too deeply
+                why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+                raise CorpusError(f"{where}: not valid JSON ({why})") from None
             if not isinstance(record, dict):
                 raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}")
             if field not in record:

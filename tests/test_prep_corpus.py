@@ -200,6 +200,8 @@ def test_jsonl_documents_field_and_blank_lines(tmp_path):
 
 @pytest.mark.parametrize("line, message", [
     ('{"text": "a"', r"c\.jsonl:2: not valid JSON"),
+    ('{"text": "a", "n": ' + "9" * 5000 + "}", r"c\.jsonl:2: not valid JSON \(Exceeds the limit \(4300 digits\)"),
+    ('{"text": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", r"c\.jsonl:2: not valid JSON \(nested too deeply\)"),
     ('["a"]', r"c\.jsonl:2: expected a JSON object, got an array"),
     ('{"body": "a"}', r"c\.jsonl:2: no 'text' field \(keys: 'body'"),
     ('{"text": 3}', r"c\.jsonl:2: field 'text' is a number, not a string"),
