@@ -1377,6 +1377,14 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         train_loader.load_state_dict(ckpt["loader"])
     except ValueError as e:
         raise UserError(f"--resume {path}: {e}") from None
+    # the loader's position and order are the run's (check_compatible compared ckpt["run"]):
+    # a damaged state that differs trained on other windows than the run's without a word
+    state, accum = ckpt["loader"], run["total_batch_size"] // (run["B"] * run["T"] * run["world"])
+    there, due = (state["step"], state["shuffle"], state["seed"]), (ckpt["step"] * accum, run["shuffle"], run["seed"])
+    if there[0] != due[0] or there[1] is not due[1] or there[2] != due[2]:
+        raise UserError(f"--resume {path}: damaged train.py checkpoint (its loader state has step, shuffle, seed "
+                        f"{there[0]!r}, {there[1]!r}, {there[2]!r}; its step {ckpt['step']} and run say "
+                        f"{due[0]!r}, {due[1]!r}, {due[2]!r})")
     return ckpt
 
 

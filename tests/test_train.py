@@ -1438,6 +1438,10 @@ RESUME_DAMAGE = {  # file name: what is done to a good checkpoint
     "adamstep": lambda c: c["optimizer"]["state"][0].update(step=torch.tensor(-1.0)),
     "rngword": lambda c: c["rng"]["numpy"].__setitem__(1, [2**40] * 624),
     "intname": lambda c: c["model"].__setitem__(7, torch.zeros(1)),
+    # these trained on other windows than the run's, without a word
+    "loaderstep": lambda c: c["loader"].update(step=1),
+    "loadershuffle": lambda c: c["loader"].update(shuffle="yes"),
+    "loaderseed": lambda c: c["loader"].update(seed=7),
 }
 
 
@@ -1605,7 +1609,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("nomoment", "ValueError: optimizer state of a parameter of (50304, 32) lacks exp_avg_sq"),
                          ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 1"),
                          ("rngword", "OverflowError: Python integer 1099511627776 out of bounds for uint32"),
-                         ("intname", "AttributeError: 'int' object has no attribute 'startswith'")]},
+                         ("intname", "AttributeError: 'int' object has no attribute 'startswith'"),
+                         ("loaderstep", "its loader state has step, shuffle, seed 1, False, 1337; its step 2 and run "
+                                        "say 2, False, 1337)"),
+                         ("loadershuffle", "its loader state has step, shuffle, seed 2, 'yes', 1337"),
+                         ("loaderseed", "its loader state has step, shuffle, seed 2, False, 7")]},
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
