@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from prep.corpus import CorpusError
+from prep.corpus import CorpusError, read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
@@ -193,6 +199,52 @@ def test_a_leading_byte_order_mark_gives_no_tokens_in_any_input_format(tmp_path)
     assert summary["documents"] == 3 and summary["empty_skipped"] == 1
     assert summary["chars"] == len(body) + len("second") + len("from stdin")
     assert summary["bytes"] == sum((tmp_path / f).stat().st_size for f in ("a.txt", "b.jsonl", "c.txt")) + len(raw)
+
+
+# Text built to attack the cut rule and the reading around it: whitespace of every kind in runs,
+# contractions (curly too), combining marks, ZWJ emoji, NUL, BOMs, special-token text, runs longer
+# than a chunk; bytes that are not UTF-8; lone surrogates (only a .jsonl escape can make them).
+_ATOMS = [" ", "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\x85", "\u2028", "\u00a0", "\u3000", "\x1c",
+          "a", "word", "é", "e\u0301", "\u0301", "日本", "12", "٣", "'s", "'ll", "'re", "’s", "'", "!?", "-",
+          "\x00", "\ufeff", "<|endoftext|>", "👨\u200d👩\u200d👧", "\u200d", "👍🏽", "\ufffd"]
+_TEXT = st.lists(st.tuples(st.sampled_from(_ATOMS), st.sampled_from([1, 1, 2, 3, 40])).map(lambda t: t[0] * t[1]),
+                 max_size=25).map("".join)
+_RAW = st.lists(st.one_of(_TEXT.map(str.encode), st.sampled_from([b"\xff", b"\xe2\x82", b"\xed\xa0\x80", b"\xef\xbb"])),
+                max_size=4).map(b"".join)
+_SURROGATES = st.sampled_from(["\ud800", "\udfff", "\ude00\ud83d"])
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.lists(st.tuples(st.booleans(), _RAW), min_size=1, max_size=3),
+       records=st.lists(st.lists(st.one_of(_TEXT, _SURROGATES), max_size=3).map("".join), max_size=3),
+       piped=_RAW, chunk_chars=st.integers(1, 24), block_bytes=st.sampled_from([1, 2, 3, 1 << 20]),
+       val_max_tokens=st.integers(0, 40), shard_size=st.sampled_from([7, 64, 10**8]))
+def test_adversarial_text_in_every_input_kind_is_exact(files, records, piped, chunk_chars, block_bytes,
+                                                        val_max_tokens, shard_size):
+    """Whatever the text, the reads (blocks cut mid-character, mid-BOM, mid-invalid-sequence), the
+    chunk size (cuts everywhere the rule allows), shards and val split: train + val is, for each
+    document, EOT + encode_ordinary(its text as decoded with --errors replace, a leading BOM
+    dropped), and lone surrogates from .jsonl escapes get encode_ordinary's own fallback."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "dir").mkdir()
+        texts = []
+        for k, (bom, raw) in enumerate(files):
+            raw = b"\xef\xbb\xbf" * bom + raw
+            (tmp / "dir" / f"{k}.txt").write_bytes(raw)
+            texts.append(raw.decode("utf-8", "replace").removeprefix("\ufeff"))
+        (tmp / "c.jsonl").write_text("".join(json.dumps({"text": r}) + "\r\n" for r in records))
+        texts += [json.loads(json.dumps(r)) for r in records]  # \ud83d\ude00 escapes read back as one emoji
+        texts.append(piped.decode("utf-8", "replace").removeprefix("\ufeff"))
+        with mock.patch.object(tokenize_module, "read_pieces", partial(read_pieces, block_bytes=block_bytes)):
+            try:
+                tokenize_corpus([str(tmp / "dir"), str(tmp / "c.jsonl"), "-"], tmp / "out", workers=1,
+                                chunk_chars=chunk_chars, val_fraction=0.5, val_max_tokens=val_max_tokens,
+                                shard_size=shard_size, errors="replace", progress=False, stdin=io.BytesIO(piped))
+            except CorpusError as e:
+                assert not any(texts) and "no text" in str(e)
+                return
+        assert np.array_equal(stream(tmp / "out"), expected(texts))
 
 
 def test_jsonl_and_stdin_inputs(tmp_path):
