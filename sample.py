@@ -75,14 +75,17 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
         if differ:  # built first, a damaged n_layer of 2**63 built layers for ever
             raise ValueError(f"its model_config is not its weights' shape: {differ}")
         model = GPT(config)
-        model.load_state_dict(ckpt["model"])
+        floats = [(k, v) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
-    bad = train.first_not_finite(model.state_dict().items())
+    bad = train.first_not_finite(floats)
     if bad is not None:  # a run that diverged: nothing to sample
         raise UserError(f"checkpoint {path}: {bad} holds NaN or infinite values (the run diverged by step "
                         f"{ckpt['step']}): no text to sample")
+    # the weights checked as --init-from checks them (floating point, the head tied to the
+    # embedding), then loaded: a damaged checkpoint is one line, not text from garbage
+    train.load_init_weights(model, path, "checkpoint", found)
     return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 

@@ -162,3 +162,21 @@ def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
     sample.prompt_tokens(prompt, block_size=n)
     note = f"note: the prompt is {n:,} tokens; the model sees the last {n:,} (its block size)"
     assert note in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("int", ["transformer.wte.weight is not a floating-point tensor"]),
+    ("untied", ["lm_head.weight differs from the token embedding"]),
+])
+def test_a_checkpoint_with_damaged_weights_is_one_line(run, tmp_path, damage, words):
+    """Weights --init-from refuses (integer tensors, a head no longer tied to the embedding)
+    sampled text from garbage: sample.py checks a checkpoint's weights the same way."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    wte = ckpt["model"]["transformer.wte.weight"]
+    if damage == "int":
+        ckpt["model"]["transformer.wte.weight"] = wte.to(torch.int64)
+    else:
+        ckpt["model"]["lm_head.weight"] = wte + 1
+    torch.save(ckpt, tmp_path / "ckpt_000004.pt")
+    assert_user_error(invoke(str(tmp_path / "ckpt_000004.pt"), "--max-new-tokens", "2"),
+                      f"checkpoint {tmp_path / 'ckpt_000004.pt'}: does not fit this model", *words)
