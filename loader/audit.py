@@ -379,6 +379,21 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     return Trained(path, state, data)
 
 
+def check_logged_through(logs: list[RankLog], trained: Trained, problems: Problems) -> None:
+    """Every window the checkpoint's loader had read is in each rank's log: a log cut short, or
+    a resume without --log-windows, trained windows no log shows, and the audit could not
+    vouch for them (the logs start at batch 0, check_numbering; a log longer than the
+    checkpoint is a run killed after it, whose later windows --resume trains again)."""
+    step = trained.state.get("step")
+    if not _int(step, 1):
+        return
+    for log in logs:
+        if len(log.windows) < step:
+            problems.add("numbering", f"rank {log.rank}: {len(log.windows):,} window(s) logged, but the loader of "
+                         f"{trained.path.name} had read {step:,}: batches {len(log.windows):,}-{step - 1:,} were "
+                         f"trained and not logged (a log cut short, or a resume without --log-windows)")
+
+
 def check_run_data(data: str, stream: TokenStream, trained: Trained | str, notes: list[str]) -> str | None:
     """--data must be the dataset the run trained on (a UserError naming both if not): the
     checkpoint's shard names and token counts, and sha256 where both know it. Returns the
@@ -464,6 +479,8 @@ def audit(out: Path, data: str | None = None) -> Report:
             report.notes.append(f"no --data: the windows were not checked against the shards; the run trained on "
                                 f"{trained.named()} ({trained.path.name} says)")
         all_ranks = check_numbering(logs, report.problems)
+        if isinstance(trained, Trained):
+            check_logged_through(logs, trained, report.problems)
         E = None if stream is None else steps_per_epoch(stream.num_tokens, B, T, world)
         check_epochs(logs, report, E, all_ranks)
         if stream is not None:

@@ -105,6 +105,26 @@ def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_p
     assert starts[:31] != sorted(starts[:31])  # shuffled: the audit does not rely on the order
 
 
+def test_windows_trained_but_not_logged_are_a_problem(tmp_path, data):
+    """A log that ends before the newest checkpoint's loader step: windows were trained that no
+    log shows (the log cut short, or a resume without --log-windows), and the audit passed on
+    what was logged, as if that were the run."""
+    common = dict(model="tiny", B=B, T=T, steps=4, warmup_steps=2, eval_every=0, quiet=True, device="cpu",
+                  data=str(data), out=str(tmp_path / "run"), log_windows=True, ckpt_every=4)
+    train.train(train.TrainConfig(**common))
+    assert run(tmp_path / "run", "--data", data).exit_code == 0
+    train.train(train.TrainConfig(**{**common, "steps": 7, "log_windows": False}, resume="auto"))
+    result = run(tmp_path / "run", "--data", data)
+    assert result.exit_code == 1
+    assert ("problem: rank 0: 4 window(s) logged, but the loader of ckpt_000007.pt had read 7: batches 4-6 were "
+            "trained and not logged (a log cut short, or a resume without --log-windows)") in result.output
+    log = tmp_path / "run" / "windows_rank0.jsonl"
+    rewrite(log, lines(log)[:2])
+    (tmp_path / "run" / "ckpt_000007.pt").unlink()
+    result = run(tmp_path / "run", "--data", data)
+    assert result.exit_code == 1 and "2 window(s) logged, but the loader of ckpt_000004.pt had read 4" in result.output
+
+
 def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     out = log_ranks(tmp_path / "out", data, world=2, batches=35)
     report = audit(out, str(data))
