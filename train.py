@@ -1765,7 +1765,9 @@ class StopRequest:
         self.signal: int | None = None
         self.persistent = persistent
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
-        self.before_step_1 = False  # in the step-0 evaluation: a single process stops before step 1
+        # when a single process stops, where not after the step under way: "before step 1" (in
+        # the step-0 evaluation), "after the evaluation under way" (a resume at its last step)
+        self.when: str | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -1775,7 +1777,7 @@ class StopRequest:
             signal.signal(signum, self._previous[signum])
         if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
             when = ("within two logging points" if self.persistent else
-                    "before step 1" if self.before_step_1 else "after the step under way")
+                    self.when or "after the step under way")
             again = "" if self.persistent else ", a second one stops at once"
             with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
                 os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
@@ -1854,9 +1856,9 @@ def train_loop(s: Session) -> dict:
         if s.start_step == 0 and has_val:
             # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
             # build-nanogpt log it: the curve's first point, and a check of the data and model
-            stop.before_step_1 = True
+            stop.when = "before step 1"
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
-            stop.before_step_1 = False
+            stop.when = None
             say(f"step 0: val loss {val_loss:.4f}")
             if metrics is not None:
                 record = dict.fromkeys(METRICS_FIELDS)
@@ -1870,6 +1872,7 @@ def train_loop(s: Session) -> dict:
             # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
             # run's --eval-steps and val split (--val-data): a checkpoint evaluated alone, as
             # nanoGPT's eval_only does. metrics.jsonl keeps the training run's lines.
+            stop.when = "after the evaluation under way"
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
             say(f"step {s.start_step}: val loss {val_loss:.4f}")
             record = {"val_loss": val_loss}

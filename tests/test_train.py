@@ -835,6 +835,25 @@ def test_resume_at_the_last_step_on_one_val_batch_says_batch(tmp_path, dataset, 
     assert out.rstrip().endswith(" (1 batch)")
 
 
+def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, monkeypatch, capfd):
+    """No step is under way there: the signal's announcement said 'after the step under way'."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
+    real_evaluate = train.evaluate
+
+    def interrupted_evaluate(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
+    capfd.readouterr()
+    summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
+    out, err = capfd.readouterr()
+    assert summary["interrupted"] and summary["steps"] == 0 and "step 2: val loss " in out
+    assert "\nSIGINT: stopping after the evaluation under way, a second one stops at once\n" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its_own(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=4, quiet=False))
     capsys.readouterr()
