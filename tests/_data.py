@@ -11,11 +11,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from prep.shards import shard_name, write_shard
+
+# json.loads refuses an integer of more than 4,300 digits only where Python limits int parsing
+# (3.10.7+, 3.11+); before, such a line is valid JSON
+INT_DIGITS_LIMIT = pytest.mark.skipif(not hasattr(sys, "get_int_max_str_digits"),
+                                      reason="no int-parsing digit limit before Python 3.10.7")
 
 
 
