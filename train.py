@@ -1766,7 +1766,7 @@ class StopRequest:
         self.persistent = persistent
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
         # when a single process stops, where not after the step under way: "before step 1" (in
-        # the step-0 evaluation), "after the evaluation under way" (a resume at its last step)
+        # the step-0 evaluation), "after the evaluation or sample under way" (a resume at its last step)
         self.when: str | None = None
         self._previous: dict[int, object] = {}
 
@@ -1872,7 +1872,7 @@ def train_loop(s: Session) -> dict:
             # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
             # run's --eval-steps and val split (--val-data): a checkpoint evaluated alone, as
             # nanoGPT's eval_only does. metrics.jsonl keeps the training run's lines.
-            stop.when = "after the evaluation under way"
+            stop.when = "after the evaluation or sample under way"  # no step follows
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
             say(f"step {s.start_step}: val loss {val_loss:.4f}")
             record = {"val_loss": val_loss}

@@ -850,7 +850,7 @@ def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, mon
     summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
     out, err = capfd.readouterr()
     assert summary["interrupted"] and summary["steps"] == 0 and "step 2: val loss " in out
-    assert "\nSIGINT: stopping after the evaluation under way, a second one stops at once\n" in err
+    assert "\nSIGINT: stopping after the evaluation or sample under way, a second one stops at once\n" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
