@@ -835,9 +835,8 @@ def test_resume_at_the_last_step_on_one_val_batch_says_batch(tmp_path, dataset, 
     assert out.rstrip().endswith(" (1 batch)")
 
 
-def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, monkeypatch, capfd):
-    """No step is under way there: the signal's announcement said 'after the step under way'."""
-    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
+def interrupt_evaluations(monkeypatch):
+    """Every evaluation starts with a SIGINT to this process; returns the real evaluate."""
     real_evaluate = train.evaluate
 
     def interrupted_evaluate(*args):
@@ -846,6 +845,13 @@ def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, mon
         return real_evaluate(*args)
 
     monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
+    return real_evaluate
+
+
+def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, monkeypatch, capfd):
+    """No step is under way there: the signal's announcement said 'after the step under way'."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
+    interrupt_evaluations(monkeypatch)
     capfd.readouterr()
     summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
     out, err = capfd.readouterr()
@@ -1093,14 +1099,7 @@ def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
 def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dataset, monkeypatch, capfd):
     """No step is under way: the run trains none and writes no checkpoint (a step-0 one would
     only skip the step-0 evaluation on --resume), and it exits as an interrupted run."""
-    real_evaluate = train.evaluate
-
-    def interrupted_evaluate(*args):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        return real_evaluate(*args)
-
-    monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
+    real_evaluate = interrupt_evaluations(monkeypatch)
     summary = train.train(cfg(tmp_path, dataset, steps=5, eval_every=2, ckpt_every=1, quiet=False))
     out, err = capfd.readouterr()
     assert summary["interrupted"] and summary["steps"] == 0
