@@ -74,7 +74,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
-    from loader.audit import CKPT_PATTERN, LOG_PATTERN, window_crc32
+    from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, signals_deferred
@@ -789,14 +789,6 @@ def sample_texts(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int,
 
 def ckpt_path(out: Path, step: int) -> Path:
     return out / f"ckpt_{step:06d}.pt"
-
-
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete checkpoints in `out`, oldest first (temporary files never match)."""
-    if not out.is_dir():
-        return []
-    found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file()]
-    return sorted(found)
 
 
 def rng_state(rt: Runtime, generator: torch.Generator) -> dict:

@@ -60,7 +60,7 @@ from prep.errors import UserCommand, UserError
 from prep.shards import ShardError
 
 LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
-CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (it imports this)
+CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (it imports this and list_checkpoints)
 FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
 CHECKSUM = "crc32"  # optional: logs of train.py before it wrote one have none
 SHOWN = 5  # problems of one kind listed before "... and N more like it"
@@ -342,19 +342,23 @@ class Trained:
                 f"{self.state['num_tokens']:,} tokens)" if shards else "the dataset train.py found under ./data")
 
 
-def newest_checkpoint(out: Path) -> Path | None:
-    """The checkpoint of `out` with the highest step (the one --resume auto takes), or None."""
-    found = sorted((int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file())
-    return found[-1][1] if found else None
+def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of train.py's complete checkpoints in `out`, oldest first (temporary files
+    never match); train.py's --resume auto takes the last."""
+    if not out.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file()]
+    return sorted(found)
 
 
 def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     """The record of the data `out`'s run trained on, from its newest checkpoint (every
     checkpoint of a run has the same data: a resume onto other data is refused); where there
     is none that fits the logs, why not."""
-    path = newest_checkpoint(out)
-    if path is None:
+    found = list_checkpoints(out)
+    if not found:
         return "no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on"
+    path = found[-1][1]
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the note says it all
             warnings.simplefilter("ignore")
