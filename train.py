@@ -1355,8 +1355,9 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
 
 
 def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPTConfig,
-                       train_loader: TokenLoader) -> dict:
-    """Load and check the checkpoint to resume, and put the train loader at its step."""
+                       train_loader: TokenLoader, accum: int) -> dict:
+    """Load and check the checkpoint to resume, and put the train loader at its step (`accum`
+    micro-steps, loader steps, per optimizer step)."""
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, path, run, model_config, cfg.model_overrides())
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
@@ -1371,7 +1372,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         raise UserError(f"--resume {path}: {e}") from None
     # the loader's position and order are the run's (check_compatible compared ckpt["run"]):
     # a damaged state that differs trained on other windows than the run's without a word
-    state, accum = ckpt["loader"], run["total_batch_size"] // (run["B"] * run["T"] * run["world"])
+    state = ckpt["loader"]
     there, due = (state["step"], state["shuffle"], state["seed"]), (ckpt["step"] * accum, run["shuffle"], run["seed"])
     if there[0] != due[0] or there[1] is not due[1] or there[2] != due[2]:
         raise UserError(f"--resume {path}: damaged train.py checkpoint (its loader state has step, shuffle, seed "
@@ -1466,7 +1467,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
         }
         if resume_path is not None:
-            ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader)
+            ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum)
             notes += schedule_changes(ckpt, cfg, resume_path)
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
