@@ -1582,6 +1582,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     )
 
 
+def _batches(n: int) -> str:
+    """ "1 batch", "6 batches": the validation batches an evaluation reads."""
+    return f"{n} batch{'es' if n != 1 else ''}"
+
+
 def print_facts(s: Session) -> None:
     """What this run is, before it starts: data, epoch length, model, device, batch."""
     cfg, rt, mc = s.cfg, s.rt, s.model_config
@@ -1609,7 +1614,7 @@ def print_facts(s: Session) -> None:
         say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
-        say(f"validation: {s.val_batches} batch{'es' if s.val_batches != 1 else ''} of {of}({s.val_loader.num_tokens:,} tokens) "
+        say(f"validation: {_batches(s.val_batches)} of {of}({s.val_loader.num_tokens:,} tokens) "
             f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
     for note in s.notes:
         say(f"note: {note}")
@@ -2054,8 +2059,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
     if rt.master:
         if not history:  # a stop before step 1 has said so already
             if not interrupted:
-                batches = f"{s.val_batches} batch{'es' if s.val_batches != 1 else ''}"
-                val = (f"; val loss {summary['val_loss']:.4f} ({batches})"
+                val = (f"; val loss {summary['val_loss']:.4f} ({_batches(s.val_batches)})"
                        if summary["val_loss"] is not None else "")
                 click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
             return summary
