@@ -1,5 +1,6 @@
 """Test data shared by the test modules: the tiny Shakespeare corpus's location, and small
-datasets for train.py's tests, written directly with prep.shards (no `prep tokenize`).
+datasets for train.py's tests, written directly with prep.shards (no `prep tokenize`), and a
+checkpoint damaged as a disk can damage it.
 
 Synthetic token streams keep the tests fast and make some properties checkable: in a
 positional dataset every token's value is its own position in the stream, so a batch's first
@@ -12,6 +13,7 @@ import contextlib
 import functools
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,15 @@ def without_gpt2_files(monkeypatch):
         yield
     finally:
         tokenizer.get_encoding.cache_clear()
+
+
+def flip_a_tensor_bit(data: bytes, path: Path) -> bytes:
+    """`data`, the bytes of the checkpoint at `path`, with one bit flipped in the middle of its
+    largest tensor's record: torch.load still loads it (it checks no CRC), one weight changed."""
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda r: r.file_size)
+    header = 30 + len(record.filename.encode()) + int.from_bytes(data[record.header_offset + 28:][:2], "little")
+    where = record.header_offset + header + record.file_size // 2
+    flipped = bytearray(data)
+    flipped[where] ^= 0x10
+    return bytes(flipped)

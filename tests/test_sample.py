@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import sample
 import train
 from _cli import assert_user_error
-from _data import random_tokens, write_dataset
+from _data import flip_a_tensor_bit, random_tokens, write_dataset
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.tokenizer import EOT, get_encoding
 
@@ -80,6 +80,10 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     garbage = tmp_path / "ckpt_000001.pt"
     garbage.write_bytes(b"not a zip")
     assert_user_error(invoke(str(garbage)), "ckpt_000001.pt", "not a readable checkpoint")
+    good = run / "ckpt_000004.pt"
+    garbage.write_bytes(flip_a_tensor_bit(good.read_bytes(), good))  # torch.load takes it: one weight changed
+    assert_user_error(invoke(str(garbage)), "ckpt_000001.pt: corrupt checkpoint, changed on disk or in a copy since "
+                      "it was saved (Bad CRC-32 for file 'archive/data/", "use an earlier checkpoint")
     assert_user_error(invoke(str(run), "--top-k", "-1"), "--top-k")
     assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
     assert_user_error(invoke(str(run), "--temperature", "nan"), "--temperature must be a number >= 0, got nan")

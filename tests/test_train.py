@@ -27,8 +27,8 @@ from click.testing import CliRunner
 
 import train
 from _cli import assert_user_error
-from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, positional_tokens, random_tokens, shakespeare_tokens,
-                   without_gpt2_files, write_dataset)
+from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positional_tokens, random_tokens,
+                   shakespeare_tokens, without_gpt2_files, write_dataset)
 from loader import TokenLoader
 from loader.audit import audit
 from model import GPT, GPTConfig, to_hf_state_dict
@@ -1475,6 +1475,7 @@ def workdir(tmp_path_factory, dataset) -> Path:
     good = (root / "run" / "ckpt_000002.pt").read_bytes()
     (root / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 50)
     (root / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (root / "bitflip.pt").write_bytes(flip_a_tensor_bit(good, root / "run" / "ckpt_000002.pt"))
     damaged = torch.load(root / "run" / "ckpt_000002.pt", weights_only=True)
     del damaged["model"]["lm_head.weight"]  # loads, matches the run, but not the model
     torch.save(damaged, root / "damaged.pt")
@@ -1558,6 +1559,13 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
     "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
     "resume a missing file": (["--resume", "gone.pt"], ".", "--resume gone.pt: no such checkpoint"),
+    "resume a checkpoint with a bit flipped": (["--resume", "bitflip.pt"], ".",
+                                               "--resume bitflip.pt: corrupt checkpoint, changed on disk or in a "
+                                               "copy since it was saved (Bad CRC-32 for file 'archive/data/",
+                                               "'); use an earlier checkpoint"),
+    "init from a checkpoint with a bit flipped": (["--init-from", "bitflip.pt"], ".",
+                                                  "--init-from bitflip.pt: corrupt weights file, changed on disk or "
+                                                  "in a copy since it was saved (Bad CRC-32 for file"),
     "resume bare weights": (["--resume", "hf.bin"], ".", "--resume hf.bin: not a train.py checkpoint (one holds the "
                             "model, optimizer, loader and RNG states; this file holds weights alone: start from "
                             "them with --init-from)"),
@@ -1923,3 +1931,21 @@ def test_make_demo_end_to_end(tmp_path):
     assert rows[-1]["loss"] < rows[1]["loss"]  # it learns something in 20 steps
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] and "step 0: val loss" in result.stdout
     assert np.isfinite([r["val_loss"] for r in rows if r["val_loss"] is not None]).all()
+
+
+def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
+    """torch.load checks no CRC: a checkpoint with one bit flipped in a tensor loads, and a
+    resume would train on from the changed weights. The zip archive's CRC-32s catch it."""
+    def tensors(found: object):
+        if isinstance(found, torch.Tensor):
+            yield found
+        elif isinstance(found, dict):
+            for value in found.values():
+                yield from tensors(value)
+
+    good, bad = (list(tensors(torch.load(path, weights_only=True)))
+                 for path in (workdir / "run" / "ckpt_000002.pt", workdir / "bitflip.pt"))
+    changed = {g.untyped_storage().data_ptr() for g, b in zip(good, bad) if not torch.equal(g, b)}
+    assert len(good) == len(bad) and len(changed) == 1  # one storage (the tied wte and lm_head share one)
+    assert train._zip_damage(workdir / "run" / "ckpt_000002.pt") is None
+    assert train._zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
