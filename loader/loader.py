@@ -309,9 +309,11 @@ class TokenLoader:
         if state["epoch"] != step // c.steps_per_epoch:
             raise LoaderError(
                 f"inconsistent state: step {step} is in epoch "
-                f"{step // c.steps_per_epoch}, not {state['epoch']}"
+                f"{step // c.steps_per_epoch}, not {state['epoch']!r}"
             )
-        cursor = dataclasses.replace(c, shuffle=bool(state["shuffle"]), seed=state["seed"])
+        if not isinstance(state["shuffle"], bool):  # bool("False") is True: another order, silently
+            raise LoaderError(f"malformed loader state: shuffle must be True or False, got {state['shuffle']!r}")
+        cursor = dataclasses.replace(c, shuffle=state["shuffle"], seed=state["seed"])
         self._seek(int(step), cursor)
 
     def reset(self) -> None:
