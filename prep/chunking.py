@@ -46,6 +46,22 @@ contraction ("it's" cut at 3).
 Text without whitespace has no safe boundary, so a chunk grows until one comes: memory is
 bounded by the chunk size plus the longest whitespace-free stretch.
 
+Long whitespace runs. tiktoken's regex engine backtracks A6's `\\s+` one character at a time,
+and a run of about a million whitespace characters followed by a non-whitespace one exceeds
+its backtracking stack: `encode_ordinary` panics (`encode_to_numpy` raises ValueError) on the
+whole text, so the cut rule above (which never cuts inside a run) cannot help. A second cut,
+used by the workers inside each chunk (`whitespace_run_pieces`): right before the last
+character of a run of Unicode White_Space (which the engine calls `\\s`; tests check it)
+that is followed by a character that is not `isspace()` (so not `\\s`, fact (a)). Let the
+run be text[s:i+1], i >= s+1, text[s-1] not `\\s` (or s = 0), text[i+1] not `\\s`.
+Whole text: no pre-token spans s (as in step 1: text[s-1] is no whitespace, text[s] is).
+At s, A1 fails, A2-A4 fail (text[s+1] is whitespace), A5 fails (text[i+1] follows the run),
+A6 matches text[s:i] (the greedy run backs off one character for its lookahead), so a
+pre-token starts at i. text[:i]: the attempts before s are those of the whole text (as in
+step 3), and at s A2-A4 fail as before and A5 matches text[s:i] to the end of the string:
+the same pre-token, without backtracking. text[i:] tokenizes like the whole text from i on
+(step 2). So tokens(text) == tokens(text[:i]) + tokens(text[i:]).
+
 Below the rule: `Chunker` (one document, streamed) and the two generators that turn the
 corpus's pieces into the units of work `prep tokenize` sends to its workers.
 """
@@ -62,6 +78,34 @@ SPLIT_WHITESPACE = "\t\n\x0b\x0c\r "  # the characters a cut may precede (all ar
 # A cut point: an ASCII whitespace character whose predecessor is not whitespace. Python's
 # `\S` on str is exactly `not str.isspace()`; the lookbehind also sees text before `pos`.
 _BOUNDARY = re.compile(r"(?<=\S)[\t\n\x0b\x0c\r ]")
+
+# Unicode's White_Space property: what the encoder's regex engine calls \s (tests check it)
+WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+               "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+LONG_WHITESPACE_RUN = 1 << 12  # runs this long are cut before their last character (far below ~1e6)
+# A whole run (nothing of it before the match) of at least LONG_WHITESPACE_RUN characters,
+# followed by a non-isspace() one; each run is tried once, so the scan is linear.
+_LONG_RUN = re.compile(rf"(?<![{WHITE_SPACE}])[{WHITE_SPACE}]{{{LONG_WHITESPACE_RUN},}}(?=\S)")
+
+
+def whitespace_run_pieces(text: str, min_run: int = LONG_WHITESPACE_RUN) -> list[str]:
+    """`text` cut right before the last character of every whitespace run of at least
+    `min_run` (>= 2) characters that a non-whitespace character follows (joined == text).
+
+    Exact at any run length (module docstring, "Long whitespace runs"); done for long runs
+    only, where tiktoken would otherwise exceed its regex backtracking stack (about a million
+    characters) and fail on the text."""
+    if min_run < 2:
+        raise ValueError(f"min_run must be >= 2, got {min_run}")
+    pattern = _LONG_RUN if min_run == LONG_WHITESPACE_RUN else re.compile(
+        rf"(?<![{WHITE_SPACE}])[{WHITE_SPACE}]{{{min_run},}}(?=\S)")
+    pieces, start = [], 0
+    for match in pattern.finditer(text):
+        cut = match.end() - 1
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 def is_safe_boundary(text: str, i: int) -> bool:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from prep.chunking import whitespace_run_pieces
 from prep.shards import TOKEN_DTYPE
 from prep.tokenizer import EOT, get_encoding
 
@@ -50,10 +51,18 @@ def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:
         if starts_document:
             parts.append(np.array([EOT], dtype=TOKEN_DTYPE))
         try:
-            parts.append(enc.encode_to_numpy(text, disallowed_special=()).astype(TOKEN_DTYPE))
-        except UnicodeEncodeError:
-            parts.append(np.array(enc.encode_ordinary(text), dtype=TOKEN_DTYPE))
+            parts.append(_encode(enc, text))
+        except ValueError:  # "Regex error": ~1e6 whitespace before a word exceed tiktoken's regex stack
+            parts += [_encode(enc, piece) for piece in whitespace_run_pieces(text)]
     return np.concatenate(parts).tobytes() if parts else b""
+
+
+def _encode(enc, text: str) -> np.ndarray:
+    try:
+        return enc.encode_to_numpy(text, disallowed_special=()).astype(TOKEN_DTYPE)
+    except UnicodeEncodeError:  # its regex fails on the same long runs by a panic: cut them first
+        return np.array([t for piece in whitespace_run_pieces(text) for t in enc.encode_ordinary(piece)],
+                        dtype=TOKEN_DTYPE)
 
 
 def _exit_with_parent() -> None:

@@ -13,7 +13,8 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prep.chunking import SPLIT_WHITESPACE, Chunker, is_safe_boundary, next_safe_boundary, split_text
+from prep.chunking import (SPLIT_WHITESPACE, WHITE_SPACE, Chunker, is_safe_boundary, next_safe_boundary,
+                           split_text, whitespace_run_pieces)
 from prep.tokenizer import get_encoding
 
 from _data import TINY_SHAKESPEARE
@@ -83,6 +84,33 @@ def test_every_safe_boundary_is_exact(text):
     for i in range(len(text) + 1):
         if is_safe_boundary(text, i):
             assert tokens(text[:i]) + tokens(text[i:]) == whole, (text, i)
+
+
+WS_TEXT = st.lists(st.one_of(st.sampled_from([*WHITE_SPACE, "\x1c", "x", "1", "!", "'s", "\u200b"]),
+                             st.sampled_from(FRAGMENTS)).map(lambda f: f * 3), max_size=40).map("".join)
+
+
+def test_white_space_is_regex_whitespace():
+    """The long-run cut needs its run's characters to be \\s for the engine: Unicode White_Space."""
+    assert all(regex.fullmatch(r"\s", c) for c in WHITE_SPACE) and all(c.isspace() for c in WHITE_SPACE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(WS_TEXT, st.integers(min_value=2, max_value=4))
+def test_whitespace_run_pieces_are_exact(text, min_run):
+    """The cut before a whitespace run's last character (module docstring) at any run length."""
+    pieces = whitespace_run_pieces(text, min_run)
+    assert "".join(pieces) == text
+    assert chunked_tokens(pieces) == tokens(text)
+
+
+def test_a_million_whitespace_run_is_cut_where_the_encoder_would_fail():
+    """tiktoken's regex exceeds its backtracking stack on ~1e6 whitespace before a word."""
+    text = "a" + " " * 1_000_000 + "b\n" + "\u3000" * 1_000_000 + "c"
+    pieces = whitespace_run_pieces(text)
+    assert "".join(pieces) == text and [len(p) for p in pieces] == [1_000_000, 1_000_002, 2]
+    expected = tokens("a" + " " * 999_999) + tokens(" b\n" + "\u3000" * 999_999) + tokens("\u3000c")
+    assert chunked_tokens(pieces) == expected
 
 
 @settings(max_examples=300, deadline=None)

@@ -130,6 +130,20 @@ def make_corpus(directory: Path, count: int, seed: int = 0) -> list[str]:
 
 
 @pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_million_whitespace_run_before_a_word_is_tokenized(tmp_path, workers):
+    """tiktoken fails on a text with ~1e6 whitespace characters before a non-whitespace one
+    (its regex's backtracking stack); the chunks cannot be cut inside the run, so the workers
+    cut before its last character, which changes no token."""
+    text = "x" + " " * 1_000_000 + "y\n" + "\t" * 1_100_000 + "z   "
+    (tmp_path / "ws.txt").write_text(text)
+    tokenize_corpus([str(tmp_path / "ws.txt")], tmp_path / "out", val_fraction=0.0, workers=workers,
+                    chunk_chars=1000, progress=False)
+    expected = [EOT, *ENC.encode_ordinary("x" + " " * 999_999), *ENC.encode_ordinary(" y\n" + "\t" * 1_099_999),
+                *ENC.encode_ordinary("\tz   ")]
+    assert split_tokens(tmp_path / "out", "train").tolist() == expected
+
+
 def test_many_documents_val_is_whole_documents(tmp_path):
     docs = make_corpus(tmp_path / "corpus", 60)
     result = tokenize_corpus([str(tmp_path / "corpus")], tmp_path / "out", workers=2, chunk_chars=300,
