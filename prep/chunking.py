@@ -52,9 +52,9 @@ its backtracking stack: `encode_ordinary` panics (`encode_to_numpy` raises Value
 whole text, so the cut rule above (which never cuts inside a run) cannot help. A second cut,
 used by the workers inside each chunk (`whitespace_run_pieces`): right before the last
 character of a run of Unicode White_Space (which the engine calls `\\s`; tests check it)
-that is followed by a character that is not `isspace()` (so not `\\s`, fact (a)). Let the
-run be text[s:i+1], i >= s+1, text[s-1] not `\\s` (or s = 0), text[i+1] not `\\s`.
-Whole text: no pre-token spans s (as in step 1: text[s-1] is no whitespace, text[s] is).
+that a character outside White_Space follows ("\\x1c" is `isspace()` but no `\\s`: a run
+before it is cut too). Let the run be text[s:i+1], i >= s+1, text[s-1] not `\\s` (or
+s = 0), text[i+1] not `\\s`. Whole text: no pre-token spans s (as in step 1: text[s-1] is no whitespace, text[s] is).
 At s, A1 fails, A2-A4 fail (text[s+1] is whitespace), A5 fails (text[i+1] follows the run),
 A6 matches text[s:i] (the greedy run backs off one character for its lookahead), so a
 pre-token starts at i. text[:i]: the attempts before s are those of the whole text (as in
@@ -68,6 +68,7 @@ corpus's pieces into the units of work `prep tokenize` sends to its workers.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -83,9 +84,13 @@ _BOUNDARY = re.compile(r"(?<=\S)[\t\n\x0b\x0c\r ]")
 WHITE_SPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
                "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 LONG_WHITESPACE_RUN = 1 << 12  # runs this long are cut before their last character (far below ~1e6)
-# A whole run (nothing of it before the match) of at least LONG_WHITESPACE_RUN characters,
-# followed by a non-isspace() one; each run is tried once, so the scan is linear.
-_LONG_RUN = re.compile(rf"(?<![{WHITE_SPACE}])[{WHITE_SPACE}]{{{LONG_WHITESPACE_RUN},}}(?=\S)")
+
+
+@functools.lru_cache(maxsize=None)
+def _whole_runs(min_run: int) -> re.Pattern:
+    """A whole whitespace run (nothing of it before the match) of at least `min_run`
+    characters, and a character outside it after; each run is tried once: a linear scan."""
+    return re.compile(rf"(?<![{WHITE_SPACE}])[{WHITE_SPACE}]{{{min_run},}}(?=[^{WHITE_SPACE}])")
 
 
 def whitespace_run_pieces(text: str, min_run: int = LONG_WHITESPACE_RUN) -> list[str]:
@@ -97,10 +102,8 @@ def whitespace_run_pieces(text: str, min_run: int = LONG_WHITESPACE_RUN) -> list
     characters) and fail on the text."""
     if min_run < 2:
         raise ValueError(f"min_run must be >= 2, got {min_run}")
-    pattern = _LONG_RUN if min_run == LONG_WHITESPACE_RUN else re.compile(
-        rf"(?<![{WHITE_SPACE}])[{WHITE_SPACE}]{{{min_run},}}(?=\S)")
     pieces, start = [], 0
-    for match in pattern.finditer(text):
+    for match in _whole_runs(min_run).finditer(text):
         cut = match.end() - 1
         pieces.append(text[start:cut])
         start = cut

@@ -91,8 +91,10 @@ WS_TEXT = st.lists(st.one_of(st.sampled_from([*WHITE_SPACE, "\x1c", "x", "1", "!
 
 
 def test_white_space_is_regex_whitespace():
-    """The long-run cut needs its run's characters to be \\s for the engine: Unicode White_Space."""
-    assert all(regex.fullmatch(r"\s", c) for c in WHITE_SPACE) and all(c.isspace() for c in WHITE_SPACE)
+    """The long-run cut needs its runs to be the engine's \\s runs: Unicode White_Space, no
+    more ("\\x1c" to "\\x1f" are isspace() but not \\s) and no less."""
+    engine = {chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF and regex.fullmatch(r"\s", chr(c))}
+    assert engine == set(WHITE_SPACE) and not any(regex.fullmatch(r"\s", chr(c)) for c in range(0x1C, 0x20))
 
 
 @settings(max_examples=300, deadline=None)
@@ -106,10 +108,11 @@ def test_whitespace_run_pieces_are_exact(text, min_run):
 
 def test_a_million_whitespace_run_is_cut_where_the_encoder_would_fail():
     """tiktoken's regex exceeds its backtracking stack on ~1e6 whitespace before a word."""
-    text = "a" + " " * 1_000_000 + "b\n" + "\u3000" * 1_000_000 + "c"
+    text = "a" + " " * 1_000_000 + "b\n" + "\u3000" * 1_000_000 + "c" + " " * 1_000_000 + "\x1c"
     pieces = whitespace_run_pieces(text)
-    assert "".join(pieces) == text and [len(p) for p in pieces] == [1_000_000, 1_000_002, 2]
-    expected = tokens("a" + " " * 999_999) + tokens(" b\n" + "\u3000" * 999_999) + tokens("\u3000c")
+    assert "".join(pieces) == text and [len(p) for p in pieces] == [1_000_000, 1_000_002, 1_000_001, 2]
+    expected = (tokens("a" + " " * 999_999) + tokens(" b\n" + "\u3000" * 999_999) + tokens("\u3000c" + " " * 999_999)
+                + tokens(" \x1c"))
     assert chunked_tokens(pieces) == expected
 
 
