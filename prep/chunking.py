@@ -46,21 +46,22 @@ contraction ("it's" cut at 3).
 Text without whitespace has no safe boundary, so a chunk grows until one comes: memory is
 bounded by the chunk size plus the longest whitespace-free stretch.
 
-Long whitespace runs. tiktoken's regex engine backtracks A6's `\\s+` one character at a time,
-and a run of about a million whitespace characters followed by a non-whitespace one exceeds
-its backtracking stack: `encode_ordinary` panics (`encode_to_numpy` raises ValueError) on the
-whole text, so the cut rule above (which never cuts inside a run) cannot help. A second cut,
-used by the workers inside each chunk (`whitespace_run_pieces`): right before the last
-character of a run of Unicode White_Space (which the engine calls `\\s`; tests check it)
-that a character outside White_Space follows ("\\x1c" is `isspace()` but no `\\s`: a run
-before it is cut too). Let the run be text[s:i+1], i >= s+1, text[s-1] not `\\s` (or
-s = 0), text[i+1] not `\\s`. Whole text: no pre-token spans s (as in step 1: text[s-1] is no whitespace, text[s] is).
-At s, A1 fails, A2-A4 fail (text[s+1] is whitespace), A5 fails (text[i+1] follows the run),
-A6 matches text[s:i] (the greedy run backs off one character for its lookahead), so a
-pre-token starts at i. text[:i]: the attempts before s are those of the whole text (as in
-step 3), and at s A2-A4 fail as before and A5 matches text[s:i] to the end of the string:
-the same pre-token, without backtracking. text[i:] tokenizes like the whole text from i on
-(step 2). So tokens(text) == tokens(text[:i]) + tokens(text[i:]).
+Long whitespace runs. tiktoken's regex engine backtracks A6's `\\s+` one character at a
+time, and a run of about a million whitespace characters followed by a non-whitespace one
+exceeds its backtracking stack: `encode_ordinary` panics (`encode_to_numpy` raises
+ValueError) on the whole text, so the cut rule above (which never cuts inside a run) cannot
+help. A second cut, used by the workers inside each chunk (`whitespace_run_pieces`): right
+before the last character of a run of Unicode White_Space (which the engine calls `\\s`;
+tests check it) that a character outside White_Space follows ("\\x1c" is `isspace()` but no
+`\\s`: a run before it is cut too). Let the run be text[s:i+1], i >= s+1, text[s-1] not
+`\\s` (or s = 0), text[i+1] not `\\s`. Whole text: no pre-token spans s (as in step 1:
+text[s-1] is no whitespace, text[s] is). At s, A1 fails, A2-A4 fail (text[s+1] is
+whitespace), A5 fails (text[i+1] follows the run), A6 matches text[s:i] (the greedy run
+backs off one character for its lookahead), so a pre-token starts at i. text[:i]: the
+attempts before s are those of the whole text (as in step 3), and at s A2-A4 fail as before
+and A5 matches text[s:i] to the end of the string: the same pre-token, without backtracking.
+text[i:] tokenizes like the whole text from i on (step 2). So tokens(text) ==
+tokens(text[:i]) + tokens(text[i:]).
 
 Below the rule: `Chunker` (one document, streamed) and the two generators that turn the
 corpus's pieces into the units of work `prep tokenize` sends to its workers.
