@@ -1638,8 +1638,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("intname", "AttributeError: 'int' object has no attribute 'startswith'"),
                          ("loaderstep", "its loader state has step, shuffle, seed 1, False, 1337; its step 2 and run "
                                         "say 2, False, 1337)"),
-                         ("loadershuffle", "its loader state has step, shuffle, seed 2, 'yes', 1337"),
                          ("loaderseed", "its loader state has step, shuffle, seed 2, False, 7")]},
+    "resume a damaged checkpoint (loadershuffle)": (["--resume", "loadershuffle.pt"], ".",
+                                                    "--resume loadershuffle.pt: malformed loader state: shuffle must "
+                                                    "be True or False, got 'yes'"),
     "out is a file": (["--out", "afile/sub"], ".", "--out afile/sub: afile is not a directory"),
     "out holds another run": (["--out", "run"], ".",
                               "--out run holds an earlier run's ckpt_000002.pt and metrics.jsonl: continue it "
