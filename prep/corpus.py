@@ -69,7 +69,7 @@ class Source:
         """The default dataset name: a file's stem, a directory's name, "stdin"."""
         if self.kind == "stdin":
             return "stdin"
-        path = Path(self.arg).absolute()
+        path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
         return path.name if self.kind == "directory" else path.stem
 
 

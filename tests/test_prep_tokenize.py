@@ -293,6 +293,20 @@ def test_stdin_default_out_dir(tmp_path, monkeypatch):
     assert np.array_equal(stream(tmp_path / "data" / "stdin"), expected(["hello world"]))
 
 
+@pytest.mark.parametrize("spelling", ["..", "../", "../sub/.."])
+def test_a_directory_given_as_dot_dot_names_the_default_out_dir_after_the_directory(tmp_path, monkeypatch, spelling):
+    """`prep tokenize ..` took '..' for the directory's name: its default --out, data/.., was
+    the directory the user was in, refused. The name is that of the directory '..' is."""
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_text("some text")
+    monkeypatch.chdir(tmp_path / "corpus" / "sub")
+    result = invoke(spelling, "--quiet", "--val-fraction", 0)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "corpus" / "sub" / "data" / "corpus"
+    assert read_meta(out)["name"] == "corpus"
+    assert np.array_equal(stream(out), expected(["some text"]))
+
+
 # --- existing output ------------------------------------------------------------------------
 
 def test_existing_dataset_needs_overwrite(tmp_path):
