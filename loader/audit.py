@@ -164,7 +164,8 @@ def find_logs(out: Path) -> list[RankLog]:
     """Every rank's log in `out`, by rank; a UserError when there are none or the ranks' runs
     differ (B, T, world size)."""
     if not out.is_dir():
-        raise UserError(f"{out}: no such directory (give train.py's --out)")
+        what = "not a directory" if out.exists() else "no such directory"
+        raise UserError(f"{out}: {what} (give train.py's --out)")
     found = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := LOG_PATTERN.fullmatch(p.name)))
     if not found:
         raise UserError(f"{out}: no windows_rank<r>.jsonl: train with --log-windows to write them")

@@ -418,6 +418,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
 
 @pytest.mark.parametrize("setup, args, words", [
     ("none", [], ["no such directory"]),
+    ("file", [], ["out: not a directory (give train.py's --out)"]),  # said 'no such directory', before
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
     ("old", [], ["windows_rank0.jsonl:1: no world, epoch, start, T", "not a --log-windows log of this version"]),
     ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
@@ -435,7 +436,9 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     out = tmp_path / "out"
-    if setup != "none":
+    if setup == "file":
+        out.write_text("a file, not train.py's --out")
+    elif setup != "none":
         out.mkdir()
     if setup in ("old", "json", "deep", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
                  "half line", "nul listed"):
@@ -467,7 +470,9 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
         elif setup == "shape":
             rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
     assert_user_error(run(out, *args), *words)
-    if setup != "none":
+    if setup == "file":
+        out.unlink()
+    elif setup != "none":
         shutil.rmtree(out)
 
 
