@@ -232,6 +232,11 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
 
 
+def optimizer_steps_per_epoch(E: int, accum: int) -> str:
+    """E loader steps per epoch as optimizer steps of `accum` micro-batches: "1,188", "4.50"."""
+    return f"{E // accum:,}" if E % accum == 0 else f"{E / accum:,.2f}"
+
+
 # ----------------------------------------------------------------------------- set-up
 
 
@@ -1623,7 +1628,8 @@ def print_facts(s: Session) -> None:
     E = s.train_loader.steps_per_epoch
     say(f"data: {s.data}: {s.train_loader.num_tokens:,} tokens in the train split")
     accum = s.parts.accum_steps
-    per_optimizer_step = f" = {E / accum:.6g} optimizer steps of {accum} micro-batches" if accum > 1 else ""
+    per_optimizer_step = (f" = {optimizer_steps_per_epoch(E, accum)} optimizer steps of {accum} micro-batches"
+                          if accum > 1 else "")
     say(f"steps per epoch: {E:,} (B={cfg.B} x T={cfg.T}, world size {rt.world}){per_optimizer_step}")
     changed = "".join(f" --{_flag(k)} {v:g}" for k, v in cfg.model_overrides().items())
     say(f"model: {cfg.model}{changed}, {s.raw.num_params():,} parameters "
@@ -1635,8 +1641,12 @@ def print_facts(s: Session) -> None:
         f"x {accum} gradient accumulation step(s)")
     if not cfg.bench:
         epochs = cfg.steps * accum / E
+        if cfg.warmup_steps >= cfg.steps:  # the note below says so too
+            after = f", cut short by --steps {cfg.steps} (to {lr_at(cfg.steps - 1, cfg):g}): no decay"
+        else:
+            after = f", then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}"
         say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "
-            f"{cfg.warmup_steps} steps, then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}")
+            f"{cfg.warmup_steps} steps{after}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     elif cfg.init_from is not None and not cfg.bench:

@@ -82,6 +82,16 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
             "then cosine decay to 6e-05, reached after step 2\n") in out
 
 
+def test_the_schedule_line_of_a_run_shorter_than_its_warm_up_says_no_decay(tmp_path, dataset, capsys):
+    """It said "then cosine decay to 6e-05, reached after step 3" just above the note that the
+    learning rate never decays; and the optimizer steps per epoch had no thousands separator."""
+    train.train(cfg(tmp_path, dataset, steps=3, warmup_steps=10, quiet=False))
+    out = capsys.readouterr().out
+    assert "lr: linear warm-up to 0.0006 over 10 steps, cut short by --steps 3 (to 0.00018): no decay\n" in out
+    assert "cosine decay" not in out
+    assert train.optimizer_steps_per_epoch(2376, 2) == "1,188" and train.optimizer_steps_per_epoch(9, 2) == "4.50"
+
+
 def test_a_compile_mode_without_compile_is_a_note(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=1, compile_mode="reduce-overhead", quiet=False))
     assert "note: --compile-mode reduce-overhead has no effect: compile is off (--compile turns it on)\n" in \
