@@ -31,7 +31,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.shards import HEADER_BYTES, ShardError, open_shard, shard_name, write_shard
+from prep.shards import HEADER_BYTES, SPLITS, ShardError, open_shard, shard_name, write_shard
 
 # GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
 # window against (so the loader is timed as train.py runs it)
@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if getattr(args, "path", None) is None and args.shards > args.tokens:  # synthetic only
         parser.error(f"--shards {args.shards} must be <= --tokens {args.tokens}: a shard holds at least one token")
+    if args.split not in SPLITS:  # the loader's own message would not name --split
+        parser.error(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)

@@ -77,6 +77,7 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
     (["--tokens", "1", "--shards", "2"], "--shards 2 must be <= --tokens 1: a shard holds at least one token"),
     (["--B", "x"], "argument --B: invalid int value: 'x'"),
     (["--nope"], "unrecognized arguments: --nope"),
+    (["--split", "test"], "--split must be one of train, val, got 'test'"),  # without --split, before
 ])
 def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as exited:
