@@ -1642,7 +1642,7 @@ def print_facts(s: Session) -> None:
     if not cfg.bench:
         epochs = cfg.steps * accum / E
         if cfg.warmup_steps >= cfg.steps:  # the note below says so too
-            after = f", cut short by --steps {cfg.steps} (to {lr_at(cfg.steps - 1, cfg):g}): no decay"
+            after = f", which --steps {cfg.steps} ends (at {lr_at(cfg.steps - 1, cfg):g}): no decay"
         else:
             after = f", then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}"
         say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "

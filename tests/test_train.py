@@ -87,8 +87,11 @@ def test_the_schedule_line_of_a_run_shorter_than_its_warm_up_says_no_decay(tmp_p
     learning rate never decays; and the optimizer steps per epoch had no thousands separator."""
     train.train(cfg(tmp_path, dataset, steps=3, warmup_steps=10, quiet=False))
     out = capsys.readouterr().out
-    assert "lr: linear warm-up to 0.0006 over 10 steps, cut short by --steps 3 (to 0.00018): no decay\n" in out
+    assert "lr: linear warm-up to 0.0006 over 10 steps, which --steps 3 ends (at 0.00018): no decay\n" in out
     assert "cosine decay" not in out
+    train.train(cfg(tmp_path / "b", dataset, steps=3, warmup_steps=3, quiet=False))  # it ends as it reaches lr
+    assert "lr: linear warm-up to 0.0006 over 3 steps, which --steps 3 ends (at 0.0006): no decay\n" in (
+        capsys.readouterr().out)
     assert train.optimizer_steps_per_epoch(2376, 2) == "1,188" and train.optimizer_steps_per_epoch(9, 2) == "4.50"
 
 
