@@ -120,6 +120,10 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
         from_hf_state_dict({**bare, "h.1.mlp.c_fc.weight": bare["h.1.mlp.c_fc.weight"][:, :100]}, config)
     with pytest.raises(ValueError, match=r"^wte.weight: expected 50257 rows"):
         from_hf_state_dict({**bare, "wte.weight": bare["wte.weight"][:100]}, config)
+    with pytest.raises(ValueError, match=r"^not a GPT-2 state dict: missing wte.weight$"):  # said "got shape None"
+        from_hf_state_dict({"foo": torch.zeros(3)}, config)
+    with pytest.raises(ValueError, match=r"^not a GPT-2 state dict: missing transformer.wte.weight$"):
+        from_hf_state_dict({k: v for k, v in sd.items() if "wte" not in k}, config)
     untied = {**sd, "lm_head.weight": sd["lm_head.weight"] + 1}
     with pytest.raises(ValueError, match="lm_head.weight differs"):
         from_hf_state_dict(untied, config)
