@@ -287,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if getattr(args, "path", None) is None and args.shards > args.tokens:  # synthetic only
         parser.error(f"--shards {args.shards} must be <= --tokens {args.tokens}: a shard holds at least one token")
+    window = args.B * args.T + 1
+    first = int(np.linspace(0, args.tokens, args.shards + 1)[1])  # synthesize()'s first shard
+    if getattr(args, "path", None) is None and first < window:  # said here: the run would name a temp dir
+        parser.error(f"--tokens {args.tokens} in --shards {args.shards} make a first shard of {first} tokens, fewer "
+                     f"than one window of B*T+1 = {window}: the baselines read the first shard alone; raise "
+                     f"--tokens, or lower --shards, --B or --T")
     if args.split not in SPLITS:  # the loader's own message would not name --split
         parser.error(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too

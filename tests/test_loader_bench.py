@@ -78,6 +78,13 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
     (["--B", "x"], "argument --B: invalid int value: 'x'"),
     (["--nope"], "unrecognized arguments: --nope"),
     (["--split", "test"], "--split must be one of train, val, got 'test'"),  # without --split, before
+    # the synthetic set's first shard: the run named the temporary directory it was in
+    (["--tokens", "10", "--B", "4", "--T", "32"], "--tokens 10 in --shards 2 make a first shard of 5 tokens, fewer "
+                                                   "than one window of B*T+1 = 129: the baselines read the first "
+                                                   "shard alone; raise --tokens, or lower --shards, --B or --T"),
+    (["--tokens", "257", "--B", "4", "--T", "32"], "--tokens 257 in --shards 2 make a first shard of 128 tokens, "
+                                                    "fewer than one window of B*T+1 = 129: the baselines read the "
+                                                    "first shard alone; raise --tokens, or lower --shards, --B or --T"),
 ])
 def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as exited:
