@@ -813,8 +813,14 @@ def rng_state(rt: Runtime, generator: torch.Generator) -> dict:
     }
 
 
-def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> None:
-    """Undo rng_state(): the resumed run draws exactly what the uninterrupted one would."""
+def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> str | None:
+    """Undo rng_state(): the resumed run draws exactly what the uninterrupted one would.
+
+    The sampling generator lives on the run's device, and each kind keeps a state of its own
+    size (CPU 5,056 bytes, CUDA 16, MPS 36): a checkpoint saved on another kind of device (a
+    GPU run resumed on a CPU, or the reverse) cannot restore it, and set_state would raise
+    (read as a damaged checkpoint). Then the generator keeps its --seed state, and the note
+    returned says so; the samples of such a resume could not match the GPU's anyway."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and rt.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], rt.device)
@@ -822,7 +828,12 @@ def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    generator.set_state(state["sample"])
+    sample = state["sample"]
+    if isinstance(sample, torch.Tensor) and sample.numel() != generator.get_state().numel():
+        return (f"the checkpoint's sampling RNG was saved on another kind of device than {rt.device.type}: "
+                f"samples start again from --seed")
+    generator.set_state(sample)
+    return None
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -1562,7 +1573,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
                 # this rank's RNG states (a DDP checkpoint holds every rank's): last, as building
                 # the model drew from the RNG
-                set_rng_state(ckpt["rng_ranks"][rt.rank] if "rng_ranks" in ckpt else ckpt["rng"], rt, generator)
+                moved = set_rng_state(ckpt["rng_ranks"][rt.rank] if "rng_ranks" in ckpt else ckpt["rng"], rt, generator)
+                if moved and rt.master:
+                    notes.append(moved)
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
                 # AttributeError: a model key that is no string; OverflowError: an RNG word beyond uint32
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is

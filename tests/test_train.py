@@ -637,6 +637,29 @@ def test_resume_is_bit_identical_with_accumulation_and_shuffle(tmp_path, dataset
     assert set(ckpt["model"]) == set(GPT(GPTConfig.preset("tiny")).state_dict())
 
 
+def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path, dataset, capsys):
+    """A CUDA run saves its sampling generator's state (16 bytes) and the CUDA RNG's; a CPU
+    generator takes only its own 5,056 bytes, and set_state raised, which the resume reported
+    as a damaged checkpoint. The resume goes on, says the samples restart from --seed, and
+    trains exactly as the uninterrupted run (the training RNG is the CPU's, restored)."""
+    common = dict(steps=4, keep_ckpts=0)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, **common))
+    (split / "ckpt_000004.pt").unlink()
+    path = split / "ckpt_000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    # what torch.cuda.get_rng_state and a CUDA Generator's get_state return: seed and offset
+    gpu_state = torch.tensor([1337, 0], dtype=torch.int64).view(torch.uint8)
+    ckpt["rng"]["cuda"], ckpt["rng"]["sample"] = gpu_state.clone(), gpu_state.clone()
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=2, resume="auto", **common))
+    out = capsys.readouterr().out
+    assert "at step 2" in out and "note: the checkpoint's sampling RNG was saved on another kind of device" in out
+    assert [r["loss"] for r in metrics(split)] == [r["loss"] for r in metrics(tmp_path / "straight")]
+
+
 def test_a_changed_model_shape_with_dropout_trains_and_resumes_bit_identically(tmp_path, dataset, capsys):
     shape = dict(n_layer=3, n_head=4, n_embd=48, block_size=32, dropout=0.1)
     common = dict(steps=4, keep_ckpts=0, quiet=False, **shape)
