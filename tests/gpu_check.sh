@@ -28,7 +28,9 @@ BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
 TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
-CHECK_TESTS=${CHECK_TESTS:-tests/test_train_cuda.py tests/test_loader_prefetch.py tests/test_loader_device.py tests/test_train_device.py}
+# the quick ones first (seconds: the loader's pinned non_blocking copies, the device choices), then
+# test_train_cuda.py's compiles: a stage cut short by its time limit loses the slow tests only
+CHECK_TESTS=${CHECK_TESTS:-tests/test_loader_device.py tests/test_loader_prefetch.py tests/test_train_device.py tests/test_train_cuda.py}
 DEMO_DIR=${DEMO_DIR:-.}
 DEMO_MODEL=${DEMO_MODEL:-gpt2}
 DEMO_STEPS=${DEMO_STEPS:-20}
@@ -100,7 +102,7 @@ case $WHAT in
             --sample-every "$DEMO_STEPS"
         # shellcheck disable=SC2086
         (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
-            "${PY[@]}" -m pytest -q -p no:cacheprovider $CHECK_TESTS)
+            "${PY[@]}" -m pytest -v -p no:cacheprovider $CHECK_TESTS)  # -v: a line per test as it ends, kept if cut short
         cut -c 1-1200 "$CHECK_DIR/bench.jsonl"
         ;;
     *)
