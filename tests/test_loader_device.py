@@ -78,3 +78,86 @@ def test_record_copy_creates_one_blocking_event_per_buffer(monkeypatch):
     assert made == [{"blocking": True}]  # created once, re-recorded after
     assert events[0] is None and all(e is events[1] for e, _ in recorded)
     assert [s for _, s in recorded] == ["stream of cuda:2"] * 3
+
+
+class _LateStream:
+    """A CUDA stream as the host sees it when the GPU is behind: each job (a copy out of a ring
+    buffer, the widening, an event) runs on its own thread, in order, after a random delay."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self.jobs, self.thread = queue.SimpleQueue(), threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import random
+        import time
+
+        while (job := self.jobs.get()) is not None:
+            time.sleep(random.random() * 0.001)
+            job()
+
+    def put(self, job):
+        self.jobs.put(job)
+
+    def drain_and_stop(self):
+        self.jobs.put(None)
+        self.thread.join()
+
+
+def test_no_ring_buffer_is_refilled_before_its_late_copy_to_the_device_has_read_it(monkeypatch, tmp_path):
+    """next_batch's CUDA path on a simulated late GPU: each non_blocking copy reads its ring
+    buffer only when the stream gets to it, milliseconds after the host went on. The batches
+    equal the CPU path's at every prefetch depth only if the loader waits on each buffer's copy
+    event before refilling it (without those waits, about every batch comes out wrong)."""
+    import threading
+
+    import loader.loader as loader_module
+    from _data import random_tokens, write_dataset
+    from loader import TokenLoader
+
+    stream, to = _LateStream(), torch.Tensor.to
+
+    class Event:  # completes when the stream reaches the point where it was recorded
+        device = "cuda:0"
+
+        def record(self, on):
+            self.done = threading.Event()
+            on.put(self.done.set)
+
+        def synchronize(self):
+            self.done.wait()
+
+    def late_to(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            out = torch.empty_like(self)
+            stream.put(lambda: out.copy_(self))  # reads the source buffer now, not at the call
+            return out
+        return to(self, *args, **kwargs)
+
+    def late_widen(bits):
+        out = torch.empty(bits.shape, dtype=torch.int64)
+        stream.put(lambda: out.copy_(to(bits, torch.int64).bitwise_and_(0xFFFF)))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "to", late_to)
+    monkeypatch.setattr(loader_module, "widen_int16", late_widen)
+    monkeypatch.setattr(torch.cuda, "Event", lambda **kwargs: Event())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: stream)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    path = write_dataset(tmp_path / "ds", random_tokens(20_000, 3))
+    got = {}
+    try:
+        for depth in (0, 2, 8):
+            with TokenLoader(path, B=4, T=16, prefetch=depth, shuffle=True, pin_memory=False) as gpu:
+                got[depth] = [gpu.next_batch(torch.device("cuda")) for _ in range(150)]
+    finally:
+        stream.drain_and_stop()
+        monkeypatch.undo()
+    with TokenLoader(path, B=4, T=16, prefetch=0, shuffle=True, pin_memory=False) as cpu:
+        expected = [cpu.next_batch("cpu") for _ in range(150)]
+    for depth, batches in got.items():
+        wrong = sum(not (torch.equal(x, cx) and torch.equal(y, cy)) for (x, y), (cx, cy) in zip(batches, expected))
+        assert wrong == 0, f"prefetch={depth}: {wrong} of {len(batches)} batches differ"
