@@ -2095,10 +2095,15 @@ def train_loop(s: Session) -> dict:
 
 
 def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False) -> dict:
-    """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out)."""
+    """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out).
+
+    A run of WARMUP_SKIP steps or fewer has no steady step: its median is over the warm-up
+    steps (compilation included) and is named so ("steady_steps": 0), never passed off as the
+    steady state."""
     cfg, rt = s.cfg, s.rt
-    steady = history[WARMUP_SKIP:] if len(history) > WARMUP_SKIP else history
-    tokens_per_s = statistics.median(steady) if steady else None
+    steady_steps = max(0, len(history) - WARMUP_SKIP)
+    timed = history[WARMUP_SKIP:] if steady_steps else history
+    tokens_per_s = statistics.median(timed) if timed else None
     device_name = rt.device_name()
     run_mfu = None
     if tokens_per_s and device_name:
@@ -2106,7 +2111,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
     summary = {
         "steps": len(history), "first_step": s.start_step + 1, "last_step": s.start_step + len(history),
         "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
-        "mfu": run_mfu, "total_s": total_s, "interrupted": interrupted,
+        "mfu": run_mfu, "steady_steps": steady_steps, "total_s": total_s, "interrupted": interrupted,
     }
     if rt.master:
         if not history:  # a stop before step 1 has said so already
@@ -2117,11 +2122,13 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             return summary
         mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
+        plural = "s" if len(timed) != 1 else ""
+        over = (f"{len(timed)} steady step{plural}" if steady_steps else
+                f"{len(timed)} warm-up step{plural} (no steady step: a run's first {WARMUP_SKIP} are warm-up)")
         click.echo(
             f"done: steps {summary['first_step']}-{summary['last_step']} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
-            f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over "
-            f"{len(steady)} steady step{'s' if len(steady) != 1 else ''}, MFU {mfu_text}; "
+            f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
         )
     return summary

@@ -278,7 +278,24 @@ def test_the_summary_is_the_median_of_the_steady_steps_and_names_them():
     summary = train.summarize(session, history, {"loss": 2.5}, 9.0)
     assert summary["tokens_per_s"] == 25.0  # median of 10, 20, 30, 1000
     assert (summary["steps"], summary["first_step"], summary["last_step"]) == (7, 11, 17)
-    assert summary["loss"] == 2.5 and summary["mfu"] is None
+    assert summary["loss"] == 2.5 and summary["mfu"] is None and summary["steady_steps"] == 4
+
+
+def test_a_run_of_warm_up_steps_only_does_not_call_them_steady(capsys):
+    """--steps 3 (or a resume 3 steps from the end): every step is a warm-up step (compilation
+    on CUDA), so their median is named as such, not printed as "over 3 steady steps" (a run
+    of 4 said "over 1 steady step")."""
+    session = types.SimpleNamespace(
+        cfg=train.TrainConfig(T=16, out="o"), start_step=0, tokens_per_step=64,
+        rt=types.SimpleNamespace(master=True, world=1, device_name=lambda: None),
+        raw=types.SimpleNamespace(flops_per_token=lambda T: 1.0))
+    summary = train.summarize(session, [1.0, 2.0, 3.0], {"loss": 2.5, "val_loss": None}, 9.0)
+    out = capsys.readouterr().out
+    assert summary["tokens_per_s"] == 2.0 and summary["steady_steps"] == 0
+    assert "over 3 warm-up steps (no steady step: a run's first 3 are warm-up)" in out and "steady steps" not in out
+    summary = train.summarize(session, [1.0, 2.0, 3.0, 40.0], {"loss": 2.5, "val_loss": None}, 9.0)
+    assert summary["tokens_per_s"] == 40.0 and summary["steady_steps"] == 1
+    assert "over 1 steady step," in capsys.readouterr().out
 
 
 def test_every_rng_state_survives_a_checkpoints_round_trip(tmp_path):
