@@ -1629,9 +1629,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     )
 
 
-def _batches(n: int) -> str:
-    """ "1 batch", "6 batches": the validation batches an evaluation reads."""
-    return f"{n} batch{'es' if n != 1 else ''}"
+def _batches(n: int, world: int = 1) -> str:
+    """ "1 batch", "6 batches": the validation batches an evaluation reads; under torchrun each
+    rank reads its own n (val_loss is their mean): "2 batches per rank (4 in all)"."""
+    text = f"{n} batch{'es' if n != 1 else ''}"
+    return text if world == 1 else f"{text} per rank ({n * world} in all)"
 
 
 def print_facts(s: Session) -> None:
@@ -1666,7 +1668,7 @@ def print_facts(s: Session) -> None:
         say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
-        say(f"validation: {_batches(s.val_batches)} of {of}({s.val_loader.num_tokens:,} tokens) "
+        say(f"validation: {_batches(s.val_batches, rt.world)} of {of}({s.val_loader.num_tokens:,} tokens) "
             f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
     for note in s.notes:
         say(f"note: {note}")
@@ -2116,7 +2118,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
     if rt.master:
         if not history:  # a stop before step 1 has said so already
             if not interrupted:
-                val = (f"; val loss {summary['val_loss']:.4f} ({_batches(s.val_batches)})"
+                val = (f"; val loss {summary['val_loss']:.4f} ({_batches(s.val_batches, rt.world)})"
                        if summary["val_loss"] is not None else "")
                 click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
             return summary
@@ -2288,7 +2290,8 @@ def say_why_on_a_crash() -> None:
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
               help="Validation loss every N steps and at the end (and at step 0, before training, "
                    "unless resuming; a resume at --steps evaluates its checkpoint alone); 0: never.")
-@click.option("--eval-steps", type=int, default=TrainConfig.eval_steps, help="Val batches per evaluation.")
+@click.option("--eval-steps", type=int, default=TrainConfig.eval_steps,
+              help="Val batches per evaluation (per rank under torchrun; val_loss is the mean of all).")
 @click.option("--sample-every", type=int, default=TrainConfig.sample_every,
               help="Print a sample every N steps and at the end; 0: never.")
 @click.option("--sample-tokens", type=int, default=TrainConfig.sample_tokens, help="Tokens per sample.")

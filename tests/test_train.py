@@ -298,6 +298,13 @@ def test_a_run_of_warm_up_steps_only_does_not_call_them_steady(capsys):
     assert "over 1 steady step," in capsys.readouterr().out
 
 
+def test_validation_batches_are_named_per_rank_under_torchrun():
+    """--eval-steps is per rank (each reads its own windows; val_loss is the mean over all):
+    "validation: 2 batches" under 2 ranks was 4 batches in all."""
+    assert train._batches(1) == "1 batch" and train._batches(2) == "2 batches"
+    assert train._batches(2, 2) == "2 batches per rank (4 in all)"
+
+
 def test_every_rng_state_survives_a_checkpoints_round_trip(tmp_path):
     """rng_state -> torch.save -> torch.load(weights_only=True) -> set_rng_state: torch's,
     numpy's, Python's and the sampling generator's next draws are those they would have made."""
