@@ -1887,13 +1887,15 @@ def train_loop(s: Session) -> dict:
             metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
                                                    s.start_step if s.resumed_from else None))
         loader = s.train_loader
-        feed_fn: Feed = lambda: loader.next_batch(rt.device)  # noqa: E731
+        # data_wait_ms times next_batch alone: --log-windows' copy to the host (a device sync),
+        # CRC and JSON line come after it, outside the timed call
+        waits = TimedFeed(lambda: loader.next_batch(rt.device))
+        feed: Feed = waits
         if cfg.log_windows:
             first_batch = s.start_step * s.parts.accum_steps  # the loader's step
             log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None))
-            feed_fn = window_logger(feed_fn, log, loader)
-        feed = TimedFeed(feed_fn)
+            feed = window_logger(waits, log, loader)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
                                        # None: drawn on a terminal only, as prep's bars; a log
@@ -2017,7 +2019,7 @@ def train_loop(s: Session) -> dict:
         for step in range(s.start_step + 1, 0 if stopped else cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
-            pending.append((step, lr, loss, grad_norm, feed.take()))
+            pending.append((step, lr, loss, grad_norm, waits.take()))
             # One process stops at the step where it sees the signal; under torchrun the ranks
             # learn of each other's signals through the logging points' all-reduce, below.
             stopping = stop.requested and not rt.ddp

@@ -251,6 +251,25 @@ def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, 
     assert summary["steps"] == summary["last_step"] == 10  # every step, not every logging point
 
 
+def test_data_wait_is_next_batch_alone_not_the_window_log(tmp_path, dataset, monkeypatch):
+    """--log-windows copies each batch to the host (a device sync on CUDA), CRCs it and writes a
+    line: an audit's cost, not time blocked in the loader. On a hand clock that only the
+    window log moves (100 s a batch), data_wait_ms stays 0; it was 200,000 ms a step (2
+    micro-batches), the whole step counted as waiting for data."""
+    clock, real_crc = [0.0], train.window_crc32
+
+    def slow_crc(window):
+        clock[0] += 100.0
+        return real_crc(window)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "window_crc32", slow_crc)
+    train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, ckpt_every=0, log_windows=True))
+    rows = metrics(tmp_path / "out")
+    assert [r["data_wait_ms"] for r in rows] == [0.0] * 4
+    assert [r["dt_ms"] for r in rows] == [200_000.0] * 4  # the step's time it is, all the same
+
+
 def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):
     """2 micro-batches of 2x16 read the rows one batch of 4x16 reads: the same mean loss and the
     same gradient (not their sum, nor the last micro-batch's alone), so the same training."""
