@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from loader.errors import LoaderError
-from loader.loader import dataset_difference
+from loader.loader import dataset_difference, saved_shards
 from loader.stream import TokenStream, resolve_shards
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError
@@ -374,7 +374,7 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
         if not (isinstance(state, dict) and "shards" in state and _int(state.get("num_tokens"), 0)
                 and (data is None or isinstance(data, str))):
             raise LoaderError("no loader state")
-        dataset_difference(state, [], 0)  # parses the shard list: a LoaderError if it is malformed
+        saved_shards(state["shards"])  # a LoaderError if the shard list is malformed
     except LoaderError:
         return f"{path}: no train.py loader state in it"
     run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)

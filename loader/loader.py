@@ -41,7 +41,7 @@ def widen_int16(bits: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int64).bitwise_and_(0xFFFF)
 
 
-def _saved_shards(shards: object) -> list[list]:
+def saved_shards(shards: object) -> list[list]:
     """A state's shard list as [name, count, sha256 or None] entries; states written before
     the digests were recorded hold [name, count] pairs."""
     try:
@@ -66,7 +66,7 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
     and loader.audit a --data that is not the run's."""
     # names as meta.json spells them (UTF-8): a state saved under another locale (LC_ALL=C
     # without UTF-8 mode: 'd\udcc3\udca9' for 'dé') names the same files
-    shards = [[portable_name(name), *rest] for name, *rest in _saved_shards(state["shards"])]
+    shards = [[portable_name(name), *rest] for name, *rest in saved_shards(state["shards"])]
     identity = [[portable_name(name), *rest] for name, *rest in identity]
     if state["num_tokens"] != num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
         differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
