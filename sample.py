@@ -12,7 +12,6 @@ supported, as in training.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
@@ -40,11 +39,7 @@ def config_differences(config: GPTConfig, state: dict) -> str:
     """Where a checkpoint's model_config differs from the shape of its own weights, "" where it
     does not: the sizes that building the model allocates (layers, width, positions, token rows)
     are checked before it is built."""
-    wte, wpe = (state.get(f"transformer.{name}.weight") for name in ("wte", "wpe"))
-    wte, wpe = (t.shape if isinstance(t, torch.Tensor) and t.dim() == 2 else (None, None) for t in (wte, wpe))
-    layers = {int(m[1]) for key in state if isinstance(key, str) and (m := re.match(r"transformer\.h\.(\d+)\.", key))}
-    there = {"n_layer": max(layers) + 1 if layers else None, "n_embd": wte[1], "block_size": wpe[0],
-             "padded_vocab_size": wte[0]}
+    there = train.weights_shape(state)
     return "; ".join(f"{name} {getattr(config, name)!r}, {'no such tensor' if v is None else v} in the weights"
                      for name, v in there.items() if v != getattr(config, name))
 

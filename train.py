@@ -966,10 +966,7 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
     """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
     the preset that has these says it); what else does not fit, loading says. `shape_flags`:
     the command has --n-layer and friends (train.py), and the hint names them."""
-    wte = state.get(_key(state, "wte.weight"))
-    layers = {int(m[1]) for k in state if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
-    there = {"n_layer": max(layers) + 1 if layers else None,
-             "n_embd": wte.shape[1] if isinstance(wte, torch.Tensor) and wte.dim() == 2 else None}
+    there = {k: v for k, v in weights_shape(state).items() if k in ("n_layer", "n_embd")}
     differ = [f"{k} {v} there, {getattr(config, k)} here" for k, v in there.items()
               if v is not None and v != getattr(config, k)]
     if differ:
@@ -985,6 +982,19 @@ def _key(state: dict, name: str) -> str:
     """`name`'s key in a GPT-2 state dict: "transformer."-prefixed (ours, GPT2LMHeadModel's)
     where that is there, else bare (GPT2Model's)."""
     return f"transformer.{name}" if f"transformer.{name}" in state else name
+
+
+def weights_shape(state: dict) -> dict[str, int | None]:
+    """The sizes a GPT-2 state dict's weights give a model (ours, Hugging Face's, with or
+    without "transformer."): n_layer (the highest block index + 1), n_embd and
+    padded_vocab_size (the token embedding's columns and rows: padded in ours, 50,257 in
+    Hugging Face's), block_size (the position table's rows); None where the tensor is
+    missing or not a matrix."""
+    wte = state.get(_key(state, "wte.weight"))
+    rows, width = wte.shape if isinstance(wte, torch.Tensor) and wte.dim() == 2 else (None, None)
+    layers = {int(m[1]) for k in state if isinstance(k, str) and (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
+    return {"n_layer": max(layers) + 1 if layers else None, "n_embd": width, "block_size": _positions(state),
+            "padded_vocab_size": rows}
 
 
 def _positions(state: dict) -> int | None:
