@@ -894,8 +894,8 @@ def _zip_damage(path: Path) -> str | None:
     (bytes that do not match the CRC-32 stored beside them, a local header that does not match
     the directory), or None. torch.load checks none of this: a bit flipped in a tensor loads
     silently, and a run trains or samples on. (Reading the file costs 0.28 s per 1.5 GB, a
-    gpt2 checkpoint, from the page cache, where torch.load then finds it.) A file that is no zip archive, or
-    not a whole one, is left for torch.load to refuse."""
+    gpt2 checkpoint, from the page cache, where torch.load then finds it.) A file that is no
+    zip archive, or not a whole one, is left for torch.load to refuse."""
     try:
         archive = zipfile.ZipFile(path)
     except Exception:  # truncated, garbage, torch's legacy format, unreadable: torch.load says
