@@ -256,6 +256,9 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> I
             return
 
 
+JSON_WHITESPACE = " \t\r\n"  # RFC 8259's; str.strip() would take any Unicode space
+
+
 def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
     with open(path, "rb") as f:
         offset = 0
@@ -270,7 +273,9 @@ def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
             if line_no == 1 and line.startswith(BOM):  # it marks the file, not the record
                 line = line[1:]
             line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
-            if not line.strip():  # blank line: no document, but its bytes count as read
+            # blank line (JSON's own whitespace only: a line of \x0c or U+00A0 is no JSON): no
+            # document, but its bytes count as read
+            if not line.strip(JSON_WHITESPACE):
                 yield Piece("", False, len(raw))
                 continue
             try:

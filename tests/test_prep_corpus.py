@@ -192,7 +192,7 @@ def test_invalid_utf8_names_file_and_byte(tmp_path, raw, offset, block_bytes):
 
 def test_jsonl_documents_field_and_blank_lines(tmp_path):
     path = tmp_path / "c.jsonl"
-    lines = [json.dumps({"body": "first\n doc", "id": 1}), "", "  ", json.dumps({"body": "é"})]
+    lines = [json.dumps({"body": "first\n doc", "id": 1}), "", "  ", " \t\r", json.dumps({"body": "é"})]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     docs, nbytes = read_all(resolve_sources([str(path)]), field="body")
     assert docs == ["first\n doc", "é"]
@@ -205,6 +205,8 @@ def test_jsonl_documents_field_and_blank_lines(tmp_path):
                  marks=INT_DIGITS_LIMIT),
     ('{"text": "a", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", r"c\.jsonl:2: not valid JSON \(nested too deeply\)"),
     ('["a"]', r"c\.jsonl:2: expected a JSON object, got an array"),
+    ("\x0c", r"c\.jsonl:2: not valid JSON \(Expecting value"),  # whitespace to str.strip(), not to JSON
+    ("\xa0 \u3000", r"c\.jsonl:2: not valid JSON \(Expecting value"),
     ('{"body": "a"}', r"c\.jsonl:2: no 'text' field \(keys: 'body'"),
     ('{"text": 3}', r"c\.jsonl:2: field 'text' is a number, not a string"),
     ('{"text": null}', r"c\.jsonl:2: field 'text' is null, not a string"),
