@@ -78,9 +78,11 @@ def parallel_capacity(text: str, workers: int, reps: int = 8, rounds: int = 2) -
     each time the best of `rounds`."""
     import multiprocessing
 
+    from prep.workers import start_method_for
+
     if workers == 1:
         return 1.0
-    ctx = multiprocessing.get_context()
+    ctx = multiprocessing.get_context(start_method_for(None))  # no fork in a process running threads
     best = {}
     for count in [1, workers] * rounds:
         barrier, results = ctx.Barrier(count), ctx.Queue()

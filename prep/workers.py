@@ -88,6 +88,21 @@ def _worker_main(tasks: multiprocessing.connection.Connection,
         results.send_bytes(encode_batch(pickle.loads(payload)))
 
 
+def start_method_for(requested: str | None) -> str | None:
+    """The start method for the encoder processes: `requested`, or where that is None the
+    platform's default, except fork in a process that already runs another Python thread. A
+    fork copies a lock that thread holds (logging's, tqdm's) locked for good in the child, and
+    Python 3.12+ warns of it; forkserver forks the workers from a fresh single-threaded
+    process instead. `prep tokenize` forks before any thread of its own starts; a library
+    caller may not (a notebook; a second tokenize_corpus in one process: tqdm's monitor
+    thread outlives the bar that started it)."""
+    if (requested is None and threading.active_count() > 1
+            and multiprocessing.get_context().get_start_method() == "fork"
+            and "forkserver" in multiprocessing.get_all_start_methods()):
+        return "forkserver"
+    return requested
+
+
 class EncoderPool:
     """`workers` encoder processes; submit() batches, next_result() takes them back in order.
 
@@ -98,7 +113,8 @@ class EncoderPool:
     def __init__(self, workers: int, start_method: str | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        context = multiprocessing.get_context(start_method)
+        self.start_method = start_method_for(start_method)
+        context = multiprocessing.get_context(self.start_method)
         self._workers: list[tuple] = []  # (process, task writer, result reader)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sender: threading.Thread | None = None

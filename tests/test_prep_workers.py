@@ -3,14 +3,19 @@ worker reported instead of a hang, and abort() never hanging on queued work."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import threading
+import warnings
 
 import numpy as np
 import pytest
 
 from prep.tokenizer import EOT, get_encoding
-from prep.workers import EncoderPool, encode_batch, encode_stream
+from prep.workers import EncoderPool, encode_batch, encode_stream, start_method_for
 
 ENC = get_encoding()
 # A hang guard, not a speed check: results read from the wrong worker wait forever.
@@ -39,6 +44,31 @@ def test_results_come_back_in_order(start_method):
         out = list(encode_stream(work, pool))
     assert [(c, b) for _, c, b in out] == [(10 * i, i) for i in range(23)]
     assert [t.tolist() for t, _, _ in out] == [expected(batch(i)) for i in range(23)]
+
+
+@pytest.mark.skipif(multiprocessing.get_context().get_start_method() != "fork", reason="the default is not fork here")
+def test_a_caller_running_threads_gets_forkserver_not_fork():
+    """A fork copies a lock another thread holds locked for good (Python 3.12+ warns): a
+    process that runs threads gets its workers from forkserver, unless it asks for a method."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        work = [(batch(i), i, i) for i in range(5)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)  # "multi-threaded, use of fork() ..."
+            with EncoderPool(2) as pool:
+                assert pool.start_method == "forkserver"
+                out = list(encode_stream(work, pool))
+        assert [t.tolist() for t, _, _ in out] == [expected(batch(i)) for i in range(5)]
+        assert start_method_for("fork") == "fork" and start_method_for("spawn") == "spawn"  # asked for: kept
+    finally:
+        stop.set()
+        thread.join()
+    # a process with no thread of its own (prep tokenize's, when its pool starts) keeps the default
+    code = "from prep.workers import start_method_for; print(start_method_for(None))"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "None"
 
 
 def test_a_dead_worker_is_an_error_not_a_hang():
