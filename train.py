@@ -2260,6 +2260,25 @@ def say_why_on_a_crash() -> None:
             faulthandler.enable()
 
 
+def interrupt_exits_at_once() -> None:
+    """From here to the end of the process (the run is over, its checkpoint and logs closed), a
+    Ctrl-C exits 130 at once and quietly. Python's own handler raised KeyboardInterrupt in whatever
+    the interpreter's shutdown was running, torch's atexit callbacks or the join of a thread, and
+    printed "Exception ignored ... KeyboardInterrupt" with a traceback: a second Ctrl-C just as a
+    stop's checkpoint was written, or one just as a run ended. os._exit flushes nothing: what was
+    printed is flushed first."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        return
+
+    def exit_130(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # None, closed, or the write the signal interrupted
+                stream.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, exit_130)
+
+
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
@@ -2366,4 +2385,7 @@ def main(compile_: bool | None, **options) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # (not in main(): tests call it in-process, and pytest keeps its own Ctrl-C)
+        interrupt_exits_at_once()

@@ -1130,6 +1130,25 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once; no checkpoint was written\n"
 
 
+def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset):
+    """A Ctrl-C that reaches train.py while the interpreter shuts down (a second one just as a
+    stop's checkpoint is written, or one as a run ends): Python's handler raised KeyboardInterrupt
+    in whatever ran then, torch's atexit callbacks or the join of a thread, and printed "Exception
+    ignored ... KeyboardInterrupt" with a traceback. The callback below is where it lands here."""
+    script = ("import atexit, os, runpy, signal, sys, time\n"
+              "def ctrl_c_while_exiting():\n"
+              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              "    time.sleep(5)\n"
+              "atexit.register(ctrl_c_while_exiting)\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    args = _cli_args(dataset, tmp_path / "o", 2, "--ckpt-every", "0")
+    done = subprocess.run([args[0], "-c", script, *args[1:]], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr == "", done.stderr
+    assert "done: steps 1-2 in " in done.stdout  # printed before the Ctrl-C: flushed, not lost
+
+
 def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     """A value refused by the config (before any rank meets another) names its rank too, as
     every other error under torchrun does: nodes can be given different command lines."""
