@@ -253,12 +253,12 @@ class TokenLoader:
         fill = partial(_fill_window, self._stream, self._cursor, self._rank, self._vocab_size, self._arrays)
         indices = list(range(len(self._windows)))
         self._prefetcher = Prefetcher(fill, self._step, indices, self._events)
-        self._stop_prefetcher = weakref.finalize(self, self._prefetcher.stop)
+        self._stop_prefetcher = weakref.finalize(self, self._prefetcher.stopper())
 
     def _discard_prefetched(self) -> None:
         """Stop and join the thread, dropping what it prefetched and any held buffer."""
         if self._stop_prefetcher is not None:
-            self._stop_prefetcher()  # calls Prefetcher.stop once
+            self._stop_prefetcher()  # ends the thread, once
         self._prefetcher = None
         self._stop_prefetcher = None
         self._held = None

@@ -2,6 +2,8 @@
 
 Kept apart from TokenLoader on purpose: nothing here holds a reference to the loader, so a
 loader nobody uses any more is garbage-collected, and its weakref.finalize stops this thread.
+That finalizer holds only the thread's stop handles (`Prefetcher.stopper`), not the Prefetcher:
+a failure it keeps to re-raise carries a traceback through the consumer's frames, the loader's.
 
 Protocol (two queues of buffer indices, so a buffer has exactly one owner at a time):
 
@@ -20,6 +22,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -129,17 +132,29 @@ class Prefetcher:
         self._free.put(index)
 
     def stop(self) -> None:
-        """Ask the thread to exit and join it. Idempotent; windows it prefetched are dropped.
-
-        The loader's finalizer calls this, and the garbage collector may run it on the prefetch
-        thread itself (a loader in a reference cycle, collected during an allocation there):
-        then the thread is only told to stop, since it cannot join itself."""
-        if self._thread.is_alive():
-            self._stopping.set()
-            self._free.put(_STOP)
-            if self._thread is not threading.current_thread():
-                self._thread.join()
+        """Ask the thread to exit and join it. Idempotent; windows it prefetched are dropped."""
+        self.stopper()()
         self._ready = queue.SimpleQueue()
+
+    def stopper(self) -> Callable[[], None]:
+        """stop()'s part that ends the thread, holding no reference to this Prefetcher: what the
+        loader's finalizer keeps. Through `_failure` a Prefetcher can reach the loader (the
+        re-raised error's traceback holds the consumer's frames), and a finalizer's callback is
+        kept alive until its object dies: it would keep that loader, its maps and files, for good."""
+        return partial(_stop_thread, self._thread, self._stopping, self._free)
+
+
+def _stop_thread(thread: threading.Thread, stopping: threading.Event, free: queue.SimpleQueue) -> None:
+    """Ask `thread` to exit and join it. Idempotent.
+
+    The loader's finalizer calls this, and the garbage collector may run it on the prefetch
+    thread itself (a loader in a reference cycle, collected during an allocation there):
+    then the thread is only told to stop, since it cannot join itself."""
+    if thread.is_alive():
+        stopping.set()
+        free.put(_STOP)
+        if thread is not threading.current_thread():
+            thread.join()
 
 
 def record_copy(events: list, index: int, device: torch.device) -> None:

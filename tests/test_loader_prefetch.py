@@ -150,6 +150,20 @@ def test_garbage_collection_stops_the_thread(data):
     assert not thread.is_alive()
 
 
+def test_a_loader_whose_thread_failed_is_garbage_collected(data):
+    # the re-raised error's traceback holds the consumer's frames, so the loader; the finalizer
+    # (a global registry, kept until the loader dies) must not hold the error: it held the
+    # loader alive for good, with every shard mapped and its file open
+    loader = TokenLoader(data[0], B=2, T=16, prefetch=2)
+    failing_read(loader._stream, fail_at=0)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        loader.next_window()
+    ref = weakref.ref(loader)
+    del loader
+    gc.collect()
+    assert ref() is None
+
+
 def test_stop_called_on_the_prefetch_thread_itself_does_not_raise(data):
     # the loader's finalizer runs stop(), and a garbage collection that happens on the prefetch
     # thread (a loader in a reference cycle) runs it there: it cannot join itself
