@@ -67,10 +67,10 @@ def signals_deferred():
         yield received
         return
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
-            previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
-    try:
+    try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
+                previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
         yield received
     finally:
         for signum, handler in previous.items():

@@ -289,36 +289,43 @@ class AtomicDirectory:
             self._cleanup()
             raise OutputError(f"{self.target}: cannot create the output directory "
                               f"({e.strerror or e})") from None
+        except BaseException:  # a Ctrl-C or SIGTERM: __exit__ will not run, so nothing must be left
+            self._cleanup()
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._cleanup()
             return
+        installed = False  # set inside the deferral: no signal can come between the install and it
         try:
-            check_target(self.target, self.overwrite)
-        except OutputError as e:
-            self._cleanup()
-            raise OutputError(f"{e}; it changed while this run was writing") from None
-        except BaseException:  # a Ctrl-C or SIGTERM during the check: nothing installed, nothing left
-            self._cleanup()
-            raise
-        old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-        try:
-            with signals_deferred() as received:
-                self._install(old)
-                if self.on_install is not None:
-                    self.on_install(self.target)
-                if received:  # delivered next: tidy up first
-                    shutil.rmtree(old, ignore_errors=True)
-            # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
-            # dataset is removed; a leftover is only stale (the next run into the target removes it).
-            shutil.rmtree(old, ignore_errors=True)
-        except OSError as e:  # from the install: nothing was replaced
-            self._cleanup()
-            raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
-        except (KeyboardInterrupt, SystemExit) as e:  # a signal held through the install, or later
-            e.installed = self.target  # for whoever reports it: the new dataset is complete and in place
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            try:
+                check_target(self.target, self.overwrite)
+            except OutputError as e:
+                raise OutputError(f"{e}; it changed while this run was writing") from None
+            try:
+                with signals_deferred() as received:
+                    self._install(old)
+                    installed = True
+                    if self.on_install is not None:
+                        self.on_install(self.target)
+                    if received:  # delivered next: tidy up first
+                        shutil.rmtree(old, ignore_errors=True)
+                # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
+                # dataset is removed; a leftover is only stale (the next run into the target removes it).
+                shutil.rmtree(old, ignore_errors=True)
+            except OSError as e:  # from the install: nothing was replaced
+                raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
+        except BaseException as e:
+            # A signal during the check or before the deferral took hold, as much as an error:
+            # nothing installed, so nothing may be left. Once installed, it is held through the
+            # install, or came later: whoever reports it learns that the new dataset is in place.
+            if not installed:
+                self._cleanup()
+            elif isinstance(e, (KeyboardInterrupt, SystemExit)):
+                e.installed = self.target
             raise
 
     def _install(self, old: Path) -> None:

@@ -1,10 +1,13 @@
-"""atomic_write: the new file whole, or the old one untouched and no temporary left."""
+"""atomic_write: the new file whole, or the old one untouched and no temporary left;
+signals_deferred: the handlers as they were afterwards, however it ends."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
-from prep.atomic import atomic_write, temp_path
+from prep.atomic import atomic_write, signals_deferred, temp_path
 
 
 def test_replaces_the_file_whole(tmp_path):
@@ -32,3 +35,22 @@ def test_a_failure_while_filling_keeps_the_old_file(tmp_path):
 
 def test_temp_path_is_hidden_beside_the_target(tmp_path):
     assert temp_path(tmp_path / "ckpt_000010.pt") == tmp_path / ".ckpt_000010.pt.tmp"
+
+
+def test_a_signal_while_the_deferral_is_set_up_puts_the_handlers_back(monkeypatch):
+    # SIGINT's deferral is in place, SIGTERM's not yet: a SIGTERM handler that raises (prep
+    # tokenize's) left SIGINT's deferred for good, every later Ctrl-C appended to a lost list
+    before = signal.getsignal(signal.SIGINT)
+    real_signal = signal.signal
+
+    def sigterm_arrives(signum, handler):
+        if signum == signal.SIGTERM and handler is not before:
+            raise SystemExit(143)
+        return real_signal(signum, handler)
+
+    monkeypatch.setattr(signal, "signal", sigterm_arrives)
+    with pytest.raises(SystemExit):
+        with signals_deferred():
+            pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -3,6 +3,7 @@ plain reference of the rule, shard rollover, and the atomic install."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -197,6 +198,43 @@ def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp
     assert stopped.value.installed == target  # what `prep tokenize` reports: the work is not lost
     assert len(renames) == 2 and (target / "meta.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_a_ctrl_c_just_before_the_install_leaves_the_old_dataset_and_no_temporary(tmp_path, monkeypatch):
+    # after the last check, before signals_deferred holds Ctrl-C: it was raised with `installed`
+    # set (prep tokenize said the new dataset was in place) and the new one left as .ds.tmp-<pid>
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        (tmp / "meta.json").write_text("old")
+
+    @contextlib.contextmanager
+    def interrupted_before_deferring():
+        raise KeyboardInterrupt
+        yield []
+
+    monkeypatch.setattr(output, "signals_deferred", interrupted_before_deferring)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with AtomicDirectory(target, overwrite=True) as tmp:
+            (tmp / "meta.json").write_text("new")
+    assert getattr(stopped.value, "installed", None) is None
+    assert (target / "meta.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_a_ctrl_c_just_after_the_temporary_is_made_removes_it(tmp_path, monkeypatch):
+    target = tmp_path / "new" / "ds"
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_interrupt(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)
+        if self.name.startswith(".ds.tmp-"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with AtomicDirectory(target, overwrite=False):
+            pass
+    assert list(tmp_path.iterdir()) == []  # neither the temporary nor the parent made for it
 
 
 def test_an_install_that_fails_after_a_ctrl_c_reports_its_error_and_keeps_the_old_dataset(tmp_path, monkeypatch):
