@@ -793,3 +793,17 @@ def test_a_shard_name_that_would_not_read_back_is_refused(tmp_path, monkeypatch,
     result = CliRunner().invoke(tokenize_command, ["in.txt", *args, "--quiet"])
     assert_user_error(result, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_a_run_leaves_no_thread_so_the_next_one_forks_too(tmp_path):
+    """tqdm started its monitor thread for the bar, disabled or not, and it outlived the bar:
+    a second run in the process (`prep bench`'s N-worker runs) got forkserver workers, whose
+    start the bench timed, instead of the fork `prep tokenize` uses."""
+    (tmp_path / "c.txt").write_text("hello world\n" * 50)
+    code = ("import sys, threading; from prep.tokenize import tokenize_corpus; "
+            "from prep.workers import start_method_for; "
+            f"tokenize_corpus([{str(tmp_path / 'c.txt')!r}], {str(tmp_path / 'out')!r}, workers=1, progress=False); "
+            "print([t.name for t in threading.enumerate()], start_method_for(None))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MainThread'] None"
