@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from tqdm import tqdm
 
 from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
+from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
                          read_header)
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
@@ -182,7 +182,7 @@ class VerifyReport:
         return not self.problems
 
 
-def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: tqdm) -> tuple[int, str | None, str | None]:
+def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple[int, str | None, str | None]:
     """Read one shard once: (token count, sha256 or None, first out-of-range token or None).
 
     The header is validated by `read_header` (magic, version, size == 1024 + 2n); the body is
@@ -249,7 +249,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     todo = list(todo.values())
     total = sum(p.stat().st_size for p in todo if p.is_file())  # a broken link: a problem, below
     show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
-    with tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
+    with Bar(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
         for path in todo:
             entry, reasons = expected.get(path.name), []
             if report.meta_found and entry is None:

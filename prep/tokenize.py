@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import click
-from tqdm import tqdm
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
+from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.tokenizer import TokenizerError, ensure_available
 from prep.workers import EncoderPool, encode_stream
@@ -58,19 +58,10 @@ DEFAULT_VAL_MAX_TOKENS = 10_000_000  # llm.c-sized val; held back in a 20 MB fil
 DEFAULT_CHUNK_CHARS = 1 << 20  # ~50 ms of encoding: cheap to send, fine-grained enough to balance
 MIN_AUTO_CHUNK_CHARS = 1 << 16  # chunks shrink to this for small inputs, not below
 SPILL_NAME = "val-tail.spill"  # in the temporary dir only: removed before the rename
-
-
-class _Bar(tqdm):
-    """tqdm without its monitor thread, which it starts even for a disabled bar and which
-    outlives the bar: it made the next tokenize_corpus in the process (`prep bench`'s N-worker
-    runs, after its 1-worker one) a process running threads, whose encoder workers come from
-    forkserver (prep.workers.start_method_for), not the fork `prep tokenize` uses: their start,
-    timed there, cost the bench 0.5 s a run. The bar is updated per batch; it needs no monitor."""
-
-    monitor_interval = 0
 OUTPUT_SETTINGS = ("shard_size", "val_fraction", "val_max_tokens", "field", "errors")  # -> meta.json
 VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens, cut moved forward "
             "to the first document start inside them when that keeps at least half")
+
 
 
 def default_workers() -> int:
@@ -200,9 +191,9 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
         try:
             pieces = counted(read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin))
             work = batches(document_chunks(pieces, chunk_chars), chunk_chars)
-            # The pool forks before any thread of ours starts (_Bar: tqdm starts none).
+            # The pool forks before any thread of ours starts (Bar: tqdm starts none).
             with (EncoderPool(workers, config.start_method) if workers > 1 else nullcontext()) as pool, \
-                    _Bar(total=total_bytes, unit="B", unit_scale=True, desc="tokenize",
+                    Bar(total=total_bytes, unit="B", unit_scale=True, desc="tokenize",
                          disable=bar_disable(None if progress else True), file=sys.stderr) as bar:
                 for tokens, batch_chars, batch_bytes in encode_stream(work, pool):
                     splitter.push(tokens)

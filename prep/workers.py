@@ -25,6 +25,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -90,13 +91,15 @@ def _worker_main(tasks: multiprocessing.connection.Connection,
 
 def start_method_for(requested: str | None) -> str | None:
     """The start method for the encoder processes: `requested`, or where that is None the
-    platform's default, except fork in a process that already runs another Python thread. A
-    fork copies a lock that thread holds (logging's, tqdm's) locked for good in the child, and
-    Python 3.12+ warns of it; forkserver forks the workers from a fresh single-threaded
-    process instead. `prep tokenize` forks before any thread of its own starts; a library
-    caller may not (a notebook; a second tokenize_corpus in one process: tqdm's monitor
-    thread outlives the bar that started it)."""
-    if (requested is None and threading.active_count() > 1
+    platform's default, except fork from an interactive session (a notebook, a REPL) that
+    already runs another Python thread (Jupyter's kernel runs several). A fork copies a lock
+    that thread holds locked for good in the child, and Python 3.12+ warns of it; forkserver
+    forks the workers from a fresh single-threaded process instead. Only where `__main__` is
+    no file: forkserver's workers run the caller's script again as they start, and a script
+    without an `if __name__ == "__main__":` guard would start tokenizing in each of them. A
+    script keeps the default; `prep tokenize` forks before any thread of its own starts."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if (requested is None and main_file is None and threading.active_count() > 1
             and multiprocessing.get_context().get_start_method() == "fork"
             and "forkserver" in multiprocessing.get_all_start_methods()):
         return "forkserver"

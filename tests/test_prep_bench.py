@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing.util
 import sys
 import tempfile
 import time
@@ -113,9 +112,6 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no input.txt here: the pydoc text, always available
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    # multiprocessing's own temp dir (the forkserver's socket, where this process runs threads:
-    # prep.workers.start_method_for) lives until the process exits: made before the redirect
-    multiprocessing.util.get_temp_dir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench's temp dir goes
     # small chunks, so that even 0.2 MB gives both workers work (the default would use one)
     args = ["--mb", "0.2", "--workers", "2", "--chunk-size", "20000", "--json"]

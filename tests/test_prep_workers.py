@@ -47,13 +47,16 @@ def test_results_come_back_in_order(start_method):
 
 
 @pytest.mark.skipif(multiprocessing.get_context().get_start_method() != "fork", reason="the default is not fork here")
-def test_a_caller_running_threads_gets_forkserver_not_fork():
-    """A fork copies a lock another thread holds locked for good (Python 3.12+ warns): a
-    process that runs threads gets its workers from forkserver, unless it asks for a method."""
+def test_a_notebook_running_threads_gets_forkserver_a_script_keeps_fork(monkeypatch):
+    """A fork copies a lock another thread holds locked for good (Python 3.12+ warns): an
+    interactive session (no __main__ file: Jupyter's kernel runs threads) gets its workers
+    from forkserver. A script keeps fork: forkserver's workers would run it again."""
     stop = threading.Event()
     thread = threading.Thread(target=stop.wait, daemon=True)
     thread.start()
     try:
+        assert start_method_for(None) is None  # pytest's __main__ is a file, as a script's
+        monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
         work = [(batch(i), i, i) for i in range(5)]
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)  # "multi-threaded, use of fork() ..."
@@ -65,7 +68,7 @@ def test_a_caller_running_threads_gets_forkserver_not_fork():
     finally:
         stop.set()
         thread.join()
-    # a process with no thread of its own (prep tokenize's, when its pool starts) keeps the default
+    # no thread (prep tokenize's process when its pool starts): the default, even with no main file
     code = "from prep.workers import start_method_for; print(start_method_for(None))"
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "None"
