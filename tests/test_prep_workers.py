@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -55,8 +56,11 @@ def test_a_notebook_running_threads_gets_forkserver_a_script_keeps_fork(monkeypa
     thread = threading.Thread(target=stop.wait, daemon=True)
     thread.start()
     try:
-        assert start_method_for(None) is None  # pytest's __main__ is a file, as a script's
-        monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
+        script, notebook = types.ModuleType("__main__"), types.ModuleType("__main__")
+        script.__file__ = "train_my_model.py"
+        monkeypatch.setitem(sys.modules, "__main__", script)
+        assert start_method_for(None) is None
+        monkeypatch.setitem(sys.modules, "__main__", notebook)  # no file
         work = [(batch(i), i, i) for i in range(5)]
         with warnings.catch_warnings():
             warnings.simplefilter("error", DeprecationWarning)  # "multi-threaded, use of fork() ..."
