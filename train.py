@@ -72,7 +72,6 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     import torch
     import torch.distributed as dist
     from torch import nn
-    from tqdm import tqdm
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
     from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
@@ -81,6 +80,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.atomic import atomic_write, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
+    from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
     from prep.shards import find_shards, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -1877,7 +1877,7 @@ def _say_over_bar(message: str) -> None:
     click.echo like every other line: where stdout cannot encode a sample's text (LC_ALL=C
     without UTF-8 mode, a Windows code page) click writes UTF-8, where tqdm.write raised
     UnicodeEncodeError and ended the run before the checkpoint due at that step."""
-    with tqdm.external_write_mode():
+    with Bar.external_write_mode():
         click.echo(message)
 
 
@@ -1907,7 +1907,7 @@ def train_loop(s: Session) -> dict:
                                                first_batch - 1 if s.resumed_from else None))
             feed = window_logger(waits, log, loader)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
-        bar = files.enter_context(tqdm(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
+        bar = files.enter_context(Bar(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
                                        # None: drawn on a terminal only, as prep's bars; a log
                                        # file gets the lines below and the summary, no \r noise
                                        disable=bar_disable(True if not rt.master or cfg.quiet else None)))
