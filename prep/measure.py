@@ -82,7 +82,7 @@ def parallel_capacity(text: str, workers: int, reps: int = 8, rounds: int = 2) -
 
     if workers == 1:
         return 1.0
-    ctx = multiprocessing.get_context(start_method_for(None))  # no fork in a process running threads
+    ctx = multiprocessing.get_context(start_method_for(None))  # started as the encoder pool's workers are
     best = {}
     for count in [1, workers] * rounds:
         barrier, results = ctx.Barrier(count), ctx.Queue()

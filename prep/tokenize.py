@@ -63,7 +63,6 @@ VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens
             "to the first document start inside them when that keeps at least half")
 
 
-
 def default_workers() -> int:
     """The CPUs this process may run on (the affinity mask, not the machine's count)."""
     if hasattr(os, "sched_getaffinity"):

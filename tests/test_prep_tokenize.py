@@ -797,8 +797,8 @@ def test_a_shard_name_that_would_not_read_back_is_refused(tmp_path, monkeypatch,
 
 def test_a_run_leaves_no_thread_so_the_next_one_forks_too(tmp_path):
     """tqdm started its monitor thread for the bar, disabled or not, and it outlived the bar:
-    a second run in the process (`prep bench`'s N-worker runs) got forkserver workers, whose
-    start the bench timed, instead of the fork `prep tokenize` uses."""
+    a second run in the process (`prep bench`'s N-worker runs, a notebook's) forked its workers
+    from a multi-threaded process (or, interactive, got forkserver ones: start_method_for)."""
     (tmp_path / "c.txt").write_text("hello world\n" * 50)
     code = ("import sys, threading; from prep.tokenize import tokenize_corpus; "
             "from prep.workers import start_method_for; "
