@@ -1842,7 +1842,10 @@ class StopRequest:
                     self.when or "after the step under way")
             again = "" if self.persistent else ", a second one stops at once"
             with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
-                os.write(2, f"\n{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
+                # on a terminal, off the line that holds the bar or the echoed ^C; a log file
+                # (a pipe, --quiet's usual place) gets no blank line
+                fresh_line = "\n" if os.isatty(2) else ""
+                os.write(2, f"{fresh_line}{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

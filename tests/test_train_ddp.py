@@ -26,8 +26,18 @@ ACCUM = 2
 GLOBAL_BATCH = B * T * 2 * ACCUM  # tokens per optimizer step over both ranks
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def ddp_env(cwd: Path, **extra: str) -> dict[str, str]:
+    """The environment of a torchrun under test: one thread a rank (2 ranks on 2 cores), and
+    TMPDIR in the test's own directory, where torchrun's torchelastic_* directories go: torchrun
+    leaves them behind, and pytest removes the test's directory."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(cwd), **extra}
+
+
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = ddp_env(cwd)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -43,9 +53,8 @@ def common(data: Path, out: str, batch: int, eval_every: int = 0) -> list[str]:
 def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
     # token value == position; the val split's windows are the same for both runs, as below
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     extra = ["--log-windows", "--ckpt-every", str(STEPS)]
-    ddp = run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B, STEPS), *extra], tmp_path)
+    ddp = run([*TORCHRUN, str(REPO / "train.py"), *common(data, "ddp", B, STEPS), *extra], tmp_path)
     run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B, STEPS)], tmp_path)
 
     assert ddp.stdout.count("steps per epoch: ") == 1, ddp.stdout  # only rank 0 prints
@@ -112,9 +121,8 @@ def test_init_from_under_torchrun_is_read_by_rank_0_and_broadcast(tmp_path):
     run([sys.executable, str(REPO / "train.py"), *source], tmp_path)
     shutil.copy(tmp_path / "source" / "ckpt_000002.pt", tmp_path / "init.pt")
     (tmp_path / "spy.py").write_text(NO_FILE_ON_RANK_1)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "tuned", B), "--steps", "1", "--eval-every", "1", "--init-from", "init.pt"]
-    run([*torchrun, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], tmp_path)
+    run([*TORCHRUN, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], tmp_path)
     rows = [[json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
             for out in ("source", "tuned")]
     # 2 val batches of 2x16 per rank (windows 2k + r) = the source's 4 batches of 2x16
@@ -140,10 +148,9 @@ def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
     read at step 4."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "slow.py").write_text(SLOW_CLOCK)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "timed", B), "--steps", "4", "--ckpt-every", "0", "--ckpt-minutes", "1e-9",
             "--keep-ckpts", "0"]
-    run([*torchrun, str(tmp_path / "slow.py"), str(REPO / "train.py"), *args], tmp_path)
+    run([*TORCHRUN, str(tmp_path / "slow.py"), str(REPO / "train.py"), *args], tmp_path)
     assert sorted(p.name for p in (tmp_path / "timed").glob("ckpt_*")) == [f"ckpt_{k:06d}.pt" for k in (2, 4)]
     assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
 
@@ -178,10 +185,9 @@ def test_one_ranks_signal_stops_every_rank_at_one_step(tmp_path, at, extra, stop
     stop together after one agreed step, which rank 0 checkpoints."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
     (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "run", B), "--steps", "8", "--keep-ckpts", "0", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIGNAL_AT": at}
-    result = subprocess.run([*torchrun, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args], cwd=tmp_path,
+    env = ddp_env(tmp_path, SIGNAL_AT=at)
+    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0  # torchrun reports the stop
     assert f"another rank's signal: stopped after step {stopped_at} of 8; checkpoint" in result.stdout, \
@@ -203,7 +209,7 @@ def two_nodes(cwd: Path, data: Path, outs: tuple[str, str], *extra: str,
     (--nnodes, --node_rank, --master_addr/port), node i writing to outs[i], node 1 with the
     arguments `node1` last (they win): (exit status, stdout, stderr) of each torchrun."""
     port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = ddp_env(cwd)
     nodes = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                           f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
@@ -332,9 +338,8 @@ def test_every_rank_refuses_a_checkpoint_of_another_world_size(tmp_path):
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B), "--ckpt-every", str(STEPS)],
         tmp_path)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    result = subprocess.run([*torchrun, str(REPO / "train.py"), *common(data, "ddp", B), "--resume",
-                             f"single/ckpt_{STEPS:06d}.pt"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    result = subprocess.run([*TORCHRUN, str(REPO / "train.py"), *common(data, "ddp", B), "--resume",
+                             f"single/ckpt_{STEPS:06d}.pt"], cwd=tmp_path, env=ddp_env(tmp_path),
                             capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     message = (f"--resume single/ckpt_{STEPS:06d}.pt: incompatible with this run "
@@ -349,11 +354,10 @@ def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
     tokens = positional_tokens(4000)
     tokens[240] = 60000  # in rank 1's window of loader step 3 only: [(3*2+1)*32, +33)
     data = write_dataset(tmp_path / "d", tokens)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = ["--model", "tiny", "--B", str(B), "--T", str(T), "--steps", "20", "--eval-every", "0", "--device",
             "cpu", "--quiet", "--data", str(data), "--out", "out"]
-    result = subprocess.run([*torchrun, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run([*TORCHRUN, str(REPO / "train.py"), *args], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=180, env=ddp_env(tmp_path))
     assert result.returncode != 0
     said = [line for line in result.stderr.splitlines() if "token 60000 at index 240" in line]
     assert len(said) == 1 and said[0].startswith("Error: rank 1 of 2: "), result.stderr  # the rank whose window it is
@@ -367,9 +371,8 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
     """torchrun SIGKILLed as soon as its ranks exist: they would wait for its rendezvous store
     forever, holding --out's lock; they end instead, and a new run there starts."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    args = [*torchrun, str(REPO / "train.py"), *common(data, "out", B)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)]
+    env = ddp_env(tmp_path)
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 60
@@ -386,7 +389,7 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
               for pid in ranks):
         assert time.monotonic() < deadline, "a rank outlived its torchrun by a minute"
         time.sleep(0.2)
-    run([*torchrun, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
+    run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
 SPY = """
@@ -416,10 +419,9 @@ def test_dropout_masks_differ_between_ranks_and_resume_exactly(tmp_path):
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     train_seed = 1337  # train.py's default --seed
     (tmp_path / "spy.py").write_text(SPY)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     args = [*common(data, "straight", B), "--dropout", "0.5", "--steps", "6"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPY_DIR": str(tmp_path)}
-    subprocess.run([*torchrun, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+    env = ddp_env(tmp_path, SPY_DIR=str(tmp_path))
+    subprocess.run([*TORCHRUN, str(tmp_path / "spy.py"), str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
                    check=True, capture_output=True, timeout=180)
     masks = [(tmp_path / f"mask{rank}").read_text().split() for rank in (0, 1)]
     assert masks[0][0] != masks[1][0]
@@ -427,10 +429,10 @@ def test_dropout_masks_differ_between_ranks_and_resume_exactly(tmp_path):
     # like rank 0 would still differ, since building the model moved rank 0's generator)
     assert [int(m[1]) for m in masks] == [train_seed, train_seed + 1]
     split = [a if a != "straight" else "split" for a in args]
-    run([*torchrun, str(REPO / "train.py"), *split, "--ckpt-every", "3"], tmp_path)
+    run([*TORCHRUN, str(REPO / "train.py"), *split, "--ckpt-every", "3"], tmp_path)
     (tmp_path / "split" / "ckpt_000006.pt").unlink()
     assert len(torch.load(tmp_path / "split" / "ckpt_000003.pt", weights_only=True)["rng_ranks"]) == 2
-    run([*torchrun, str(REPO / "train.py"), *split, "--ckpt-every", "3", "--resume", "auto"], tmp_path)
+    run([*TORCHRUN, str(REPO / "train.py"), *split, "--ckpt-every", "3", "--resume", "auto"], tmp_path)
     losses = [[json.loads(line)["loss"] for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
               for out in ("straight", "split")]
     assert len(losses[0]) == 6 and losses[0] == losses[1]
@@ -444,8 +446,7 @@ def straight_ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
     """A dataset and the metrics of an uninterrupted 2-rank run of RESUME_STEPS steps on it."""
     root = tmp_path_factory.mktemp("straight")
     data = write_dataset(root / "d", positional_tokens(4000))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    run([*torchrun, str(REPO / "train.py"), *common(data, "straight", B), "--steps", str(RESUME_STEPS)], root)
+    run([*TORCHRUN, str(REPO / "train.py"), *common(data, "straight", B), "--steps", str(RESUME_STEPS)], root)
     return data, [json.loads(line) for line in (root / "straight" / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -457,9 +458,8 @@ def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly
     on a SIGTERM: the ranks agree on one step, rank 0 checkpoints it before any rank leaves,
     and --resume auto continues as if nothing had happened."""
     data, straight = straight_ddp
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    args = [*torchrun, str(REPO / "train.py"), *common(data, "stopped", B), "--steps", str(RESUME_STEPS)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*TORCHRUN, str(REPO / "train.py"), *common(data, "stopped", B), "--steps", str(RESUME_STEPS)]
+    env = ddp_env(tmp_path)
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     metrics = tmp_path / "stopped" / "metrics.jsonl"
