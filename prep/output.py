@@ -264,7 +264,8 @@ class AtomicDirectory:
 
     `overwrite` is check_target's: the target is checked again just before the install.
     `on_install(target)` is called as soon as the new dataset is in place, before any signal
-    held through the install is delivered: whoever reports a later Ctrl-C knows it made it."""
+    held through the install is delivered: whoever reports a later Ctrl-C knows it made it. An
+    error it raises is raised as it is, with the new dataset in place."""
 
     def __init__(self, target: Path, overwrite: bool, on_install: Callable[[Path], object] | None = None):
         self.overwrite = overwrite
@@ -305,19 +306,23 @@ class AtomicDirectory:
                 check_target(self.target, self.overwrite)
             except OutputError as e:
                 raise OutputError(f"{e}; it changed while this run was writing") from None
-            try:
-                with signals_deferred() as received:
+            with signals_deferred() as received:
+                try:
                     self._install(old)
-                    installed = True
+                except OSError as e:  # nothing was replaced
+                    raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
+                installed = True
+                try:
                     if self.on_install is not None:
                         self.on_install(self.target)
-                    if received:  # delivered next: tidy up first
-                        shutil.rmtree(old, ignore_errors=True)
-                # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
-                # dataset is removed; a leftover is only stale (the next run into the target removes it).
-                shutil.rmtree(old, ignore_errors=True)
-            except OSError as e:  # from the install: nothing was replaced
-                raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
+                except BaseException:  # the caller's own error, raised as it is: the install stands
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
+                if received:  # delivered next: tidy up first
+                    shutil.rmtree(old, ignore_errors=True)
+            # Otherwise after the deferral, so that a Ctrl-C still acts at once while a large old
+            # dataset is removed; a leftover is only stale (the next run into the target removes it).
+            shutil.rmtree(old, ignore_errors=True)
         except BaseException as e:
             # A signal during the check or before the deferral took hold, as much as an error:
             # nothing installed, so nothing may be left. Once installed, it is held through the

@@ -102,6 +102,23 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
 
 
+def test_an_error_of_the_callers_on_install_is_its_own_and_the_new_dataset_stays(tmp_path):
+    """on_install runs once the new dataset is in place: its OSError is raised as it is, not
+    reported as an install that failed ("cannot move the new dataset into place")."""
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        (tmp / "meta.json").write_text("old")
+
+    def on_install(path: Path) -> None:
+        raise PermissionError(errno.EACCES, "the caller's own log", str(tmp_path / "log"))
+
+    with pytest.raises(PermissionError, match="the caller's own log"):
+        with AtomicDirectory(target, overwrite=True, on_install=on_install) as tmp:
+            (tmp / "meta.json").write_text("new")
+    assert (target / "meta.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # the old one removed, no temporary
+
+
 def test_an_old_dataset_left_aside_by_a_crash_is_kept_while_it_is_the_only_copy(tmp_path):
     """Killed between --overwrite's two renames, a run leaves the old dataset only as
     .<name>.old-<pid>: the next run must not delete it as stale while the target is absent."""
