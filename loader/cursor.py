@@ -59,11 +59,9 @@ class Cursor:
     _orders: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        check_int("B", self.B, 1)
-        check_int("T", self.T, 1)
-        check_int("world", self.world, 1)
-        check_int("seed", self.seed, 0)  # SeedSequence takes non-negative integers
-        check_int("num_tokens", self.num_tokens, 0)
+        minimums = {"B": 1, "T": 1, "world": 1, "seed": 0, "num_tokens": 0}  # SeedSequence: seed >= 0
+        for name, minimum in minimums.items():
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
         steps = steps_per_epoch(self.num_tokens, self.B, self.T, self.world)
         if steps == 0:
             raise LoaderError(

@@ -20,7 +20,10 @@ class TokenRangeError(LoaderError):
     (a device-side assert on CUDA) inside the embedding."""
 
 
-def check_int(label: str, value: object, minimum: int) -> None:
-    """A clear LoaderError unless `value` is an integer (not a bool) >= `minimum`."""
+def check_int(label: str, value: object, minimum: int) -> int:
+    """`value` as a Python int, or a clear LoaderError unless it is an integer (not a bool) >=
+    `minimum`. numpy integers are taken, and made plain ints: kept as they are, they would
+    reach the loader's state, which json.dumps and torch.load(weights_only=True) refuse."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise LoaderError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

@@ -131,14 +131,14 @@ class TokenLoader:
     ):
         limits = {"B": (B, 1), "T": (T, 1), "world": (world, 1), "rank": (rank, 0),
                   "seed": (seed, 0), "prefetch": (prefetch, 0)}  # name: (value, minimum)
-        for label, (value, minimum) in limits.items():
-            check_int(label, value, minimum)
+        B, T, world, rank, seed, prefetch = (check_int(label, value, minimum)  # plain ints from here
+                                             for label, (value, minimum) in limits.items())
         if rank >= world:
             raise LoaderError(f"rank must satisfy 0 <= rank < world={world}, got rank={rank}")
         if not isinstance(shuffle, bool):
             raise LoaderError(f"shuffle must be True or False, got {shuffle!r}")
         if vocab_size is not None:
-            check_int("vocab_size", vocab_size, 1)
+            vocab_size = check_int("vocab_size", vocab_size, 1)
         self._vocab_size = vocab_size
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
@@ -304,8 +304,7 @@ class TokenLoader:
                 "the state was saved with B=%r, T=%r, W=%r; this loader has B=%r, T=%r, W=%r"
                 % (*saved, *ours)
             )
-        step = state["step"]
-        check_int("state step", step, 0)
+        step = check_int("state step", state["step"], 0)
         if state["epoch"] != step // c.steps_per_epoch:
             raise LoaderError(
                 f"inconsistent state: step {step} is in epoch "
@@ -314,7 +313,7 @@ class TokenLoader:
         if not isinstance(state["shuffle"], bool):  # bool("False") is True: another order, silently
             raise LoaderError(f"malformed loader state: shuffle must be True or False, got {state['shuffle']!r}")
         cursor = dataclasses.replace(c, shuffle=state["shuffle"], seed=state["seed"])
-        self._seek(int(step), cursor)
+        self._seek(step, cursor)
 
     def reset(self) -> None:
         """Back to step 0 (e.g. to evaluate on the same validation windows every time)."""
@@ -359,8 +358,7 @@ class TokenLoader:
 
     def window_start(self, step: int) -> int:
         """Where in the split's stream (token offset) step `step`'s window starts on this rank."""
-        check_int("step", step, 0)
-        return self._cursor.window_start(step, self._rank)
+        return self._cursor.window_start(check_int("step", step, 0), self._rank)
 
     def __repr__(self) -> str:
         return (

@@ -213,6 +213,24 @@ def test_resume_gives_the_windows_of_an_uninterrupted_run(
                 np.testing.assert_array_equal(resumed.next_window().numpy(), expected)
 
 
+def test_numpy_integers_are_taken_and_the_state_and_figures_are_plain_ints(data, tmp_path):
+    """B, T, seed, a step given as numpy integers (a sweep's np.arange): the state holds Python
+    ints, so json.dumps takes it and torch.load(weights_only=True) reads a checkpoint back."""
+    path, _ = data
+    with TokenLoader(path, B=np.int64(2), T=np.int32(50), rank=np.int64(1), world=np.int64(2),
+                     shuffle=True, seed=np.uint32(7), prefetch=np.int64(1)) as loader:
+        windows(loader, loader.steps_per_epoch + 1)
+        loader.load_state_dict({**loader.state_dict(), "step": np.int64(loader.step)})
+        state = loader.state_dict()
+        figures = (loader.B, loader.T, loader.rank, loader.world, loader.seed, loader.step, loader.epoch,
+                   loader.steps_per_epoch, loader.window_start(np.int64(3)))
+    assert [type(v) for v in figures] == [int] * len(figures)
+    assert all(type(v) in (int, bool, str, list) for v in state.values()), state
+    json.dumps(state)
+    torch.save({"loader": state}, tmp_path / "ckpt.pt")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loader"] == state
+
+
 def test_load_state_dict_adopts_the_saved_shuffle_and_seed(data):
     path, _ = data
     with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as saved:
