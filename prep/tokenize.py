@@ -134,7 +134,7 @@ class TokenizeResult:
                 f"shard(s), {self.chars_per_token:.2f} chars/token -> {self.out_dir}")
 
 
-def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = None, *,
+def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None, *,
                     name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                     val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS, workers: int | None = None,
                     field: str = "text", errors: str = "strict", overwrite: bool = False,
@@ -147,8 +147,12 @@ def tokenize_corpus(inputs: Sequence[str], out_dir: str | os.PathLike | None = N
     input, OutputError for an output it cannot or must not write, and TokenizerError when the
     GPT-2 files cannot be had; in every case nothing is left at the target (nor a temporary
     directory). `progress` shows a tqdm bar on a tty. `on_install(target)` is called the moment
-    the new dataset is in place (a Ctrl-C after it stops a run whose work is done).
+    the new dataset is in place (a Ctrl-C after it stops a run whose work is done). One path
+    may be given as it is: a string is one input, never a sequence of one-letter ones.
     """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [os.fspath(arg) for arg in inputs]
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
                             field, errors, chunk_chars, start_method)

@@ -129,6 +129,19 @@ def make_corpus(directory: Path, count: int, seed: int = 0) -> list[str]:
     return docs
 
 
+def test_one_path_may_be_given_as_a_string_or_a_path(tmp_path):
+    """A library caller's tokenize_corpus("input.txt"): one input, not the letters i, n, p, ...
+    (an absolute path's first letter, "/", would be the whole filesystem)."""
+    (tmp_path / "a.txt").write_text("Hello world")
+    expected = [EOT, *get_encoding().encode_ordinary("Hello world")]
+    for inputs in (str(tmp_path / "a.txt"), tmp_path / "a.txt", [tmp_path / "a.txt"]):
+        result = tokenize_corpus(inputs, tmp_path / "out", val_fraction=0.0, workers=1, progress=False,
+                                 overwrite=True)
+        assert result.documents == 1
+        (shard,) = sorted((tmp_path / "out").glob("*_train_*.bin"))
+        assert np.fromfile(shard, dtype="<u2", offset=1024).tolist() == expected
+
+
 @pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_million_whitespace_run_before_a_word_is_tokenized(tmp_path, workers):
