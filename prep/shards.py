@@ -308,4 +308,15 @@ def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
         if twice:
             raise ShardError(f"{directory}: {' and '.join(twice[:2])} are the same shard index; keep one "
                              f"of them")
+        # Numbered from any start (llm.c's and build-nanogpt's train shards begin at 1, after val's
+        # 0), but without a gap: a shard lost in a copy or a download would shift every window
+        # after it, and its tokens would be left out without a word.
+        gap = next((k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1), None)
+        if gap is not None:
+            before, after = paths[gap - 1], paths[gap]
+            missing = indices[gap - 1] + 1
+            name, split = parse_shard_name(before.name)[:2]
+            raise ShardError(f"{directory}: no {split} shard {missing:06d} between {before.name} and {after.name} "
+                             f"(index {missing} is missing): restore it, or train on the shards that are there "
+                             f"with a glob such as '{directory}/{name}_{split}_*{before.suffix}'")
     return every

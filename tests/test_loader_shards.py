@@ -177,6 +177,26 @@ def test_an_unindexed_and_an_indexed_shard_of_one_index_are_refused(tmp_path):
         TokenLoader(tmp_path, B=1, T=8)
 
 
+def test_a_shard_missing_between_two_is_refused_and_a_glob_takes_the_rest(tmp_path):
+    """Without meta.json, llm.c's numbering (val 0, train from 1) is fine, but a gap is a shard
+    lost in a copy or a download: refused, where the loader read the others as one stream."""
+    llmc_shard(tmp_path / "fw_val_000000.bin", tokens(300, 0))
+    for index in (1, 2, 4):
+        llmc_shard(tmp_path / f"fw_train_{index:06d}.bin", tokens(300, index))
+    with pytest.raises(LoaderError) as e:
+        TokenLoader(tmp_path, B=1, T=8)
+    assert str(e.value) == (f"{tmp_path}: no train shard 000003 between fw_train_000002.bin and fw_train_000004.bin "
+                            f"(index 3 is missing): restore it, or train on the shards that are there with a glob "
+                            f"such as '{tmp_path}/fw_train_*.bin'")
+    with TokenLoader(tmp_path / "fw_train_*.bin", B=1, T=8) as loader:  # as the error says
+        assert loader.num_tokens == 900
+    llmc_shard(tmp_path / "fw_train_000003.bin", tokens(300, 3))
+    with TokenLoader(tmp_path, B=1, T=8) as loader:
+        assert [p.name[-10:-4] for p in loader.shards] == ["000001", "000002", "000003", "000004"]
+    with TokenLoader(tmp_path, split="val", B=1, T=8) as loader:
+        assert loader.num_tokens == 300
+
+
 def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
     path, _ = fineweb
     with pytest.raises(LoaderError, match=r"\*.bin: names 1 shard\(s\) of another split than train "
