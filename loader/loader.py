@@ -182,7 +182,11 @@ class TokenLoader:
         CPU: the widening is the only copy; x and y are views of it.
         The returned tensors are fresh: they stay valid whatever the loader does next.
         """
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):  # "gpu", "CPU", a dtype: torch's page-long list
+            raise LoaderError(f"next_batch: {device!r} is not a device (such as 'cpu', 'cuda', 'cuda:1', "
+                              f"'mps' or a torch.device)") from None
         index = self._take()
         window = self._windows[index]
         try:
@@ -201,6 +205,8 @@ class TokenLoader:
                     tokens = tokens.to(device)
         except BaseException:  # no such device, out of memory, Ctrl-C: the window was not given
             self._untake(index)
+            if device.type == "cuda" and not torch.cuda.is_available():  # torch's AssertionError
+                raise LoaderError(f"next_batch: device {str(device)!r}, but CUDA is not available here") from None
             raise
         B, T = self._cursor.B, self._cursor.T
         x = tokens[:-1].view(B, T)  # (B, T) inputs

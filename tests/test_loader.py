@@ -111,16 +111,24 @@ def test_next_batch_on_cpu_is_int64_b_by_t_with_y_shifted_by_one(data, prefetch)
 
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_a_batch_that_fails_to_reach_its_device_is_not_consumed(data, prefetch):
-    """next_batch to a device this machine lacks (CUDA without CUDA, cuda:1 on one GPU) raises
-    torch's error; the window it could not deliver is the next one given, and state_dict has not
+    """next_batch to a device this machine lacks (CUDA without CUDA: a LoaderError saying so;
+    cuda:1 on one GPU: torch's error) or to no device at all (a LoaderError, not torch's list of
+    device types); the window it could not deliver is the next one given, and state_dict has not
     moved past it, so a caller who catches the error and goes on skips no window."""
     path, ref = data
     B, T = 2, 50
     absent = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or CUDA on a CPU build
     with TokenLoader(path, B=B, T=T, prefetch=prefetch) as loader:
         loader.next_batch("cpu")
-        with pytest.raises((AssertionError, RuntimeError)):
-            loader.next_batch(absent)
+        if torch.cuda.is_available():
+            with pytest.raises(RuntimeError):
+                loader.next_batch(absent)
+        else:
+            with pytest.raises(LoaderError, match="^next_batch: device 'cuda:0', but CUDA is not available here$"):
+                loader.next_batch(absent)
+        for wrong in ("gpu", "CPU", torch.float32, None):
+            with pytest.raises(LoaderError, match=r"^next_batch: .* is not a device \(such as 'cpu', 'cuda'"):
+                loader.next_batch(wrong)
         assert loader.step == loader.state_dict()["step"] == 1
         for k in (1, 2):
             x, y = loader.next_batch("cpu")
