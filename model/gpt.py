@@ -19,6 +19,16 @@ from .config import GPTConfig
 INIT_STD = 0.02  # GPT-2's initializer_range
 
 
+def check_token_ids(idx: torch.Tensor) -> None:
+    """A ValueError unless idx is (B, T) integer token ids with T >= 1: the embedding's own
+    errors say neither (a loader's uint16 window: "Expected ... Long, Int; but got UInt16")."""
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be (B, T) token ids with T >= 1, got shape {tuple(idx.shape)}")
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must hold int64 (or int32) token ids, got {idx.dtype}: widen it first, "
+                         f"e.g. .long() (TokenLoader.next_batch does)")
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention in which position t sees only positions <= t.
 
@@ -136,8 +146,7 @@ class GPT(nn.Module):
 
     def _hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The final-LayerNorm hidden states (B, T, C) for token ids idx (B, T)."""
-        if idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        check_token_ids(idx)
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(
@@ -215,8 +224,9 @@ class GPT(nn.Module):
         model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
         Logits that are not finite (weights gone NaN) raise FloatingPointError.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        check_token_ids(idx)  # here too: the loop below slices idx before forward would check it
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not temperature >= 0:  # nan too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_k is not None and top_k < 1:

@@ -231,8 +231,13 @@ def test_full_block_ok_longer_is_an_error():
     model(random_tokens((1, 64), seed=1))
     with pytest.raises(ValueError, match="T=65 exceeds the model's block_size=64"):
         model(random_tokens((1, 65), seed=1))
-    with pytest.raises(ValueError, match="idx must be"):
-        model(random_tokens((64,), seed=1))
+    for wrong in (random_tokens((64,), seed=1), random_tokens((2, 0), seed=1)):  # 1-D, no position
+        with pytest.raises(ValueError, match=r"^idx must be \(B, T\) token ids with T >= 1, got shape"):
+            model(wrong)
+    for dtype in (torch.uint16, torch.int16, torch.float32):  # a loader's window as it is, not widened
+        with pytest.raises(ValueError, match=f"^idx must hold int64 \\(or int32\\) token ids, got {dtype}: widen"):
+            model(random_tokens((2, 8), seed=1).to(dtype))
+    model(random_tokens((2, 8), seed=1).int())  # int32: the embedding takes it
     with pytest.raises(ValueError, match="targets must have idx's shape"):
         model(random_tokens((2, 8), seed=1), random_tokens((2, 7), seed=1))
 
@@ -436,8 +441,13 @@ def test_generation_restores_mode_and_validates():
         model.generate(prompt, 2, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         model.generate(prompt, 2, top_k=0)
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        model.generate(prompt, -1)
+    for count in (-1, 2.5, "2", True):
+        with pytest.raises(ValueError, match="^max_new_tokens must be an integer >= 0"):
+            model.generate(prompt, count)
+    for wrong in (prompt[0], prompt[:, :0], prompt.to(torch.uint16)):  # 1-D, empty, not widened
+        with pytest.raises(ValueError, match="^idx must "):
+            model.generate(wrong, 2)
+    assert model.generate(prompt, 0).equal(prompt)
 
 
 # ---------------------------------------------------------------- checkpoints
