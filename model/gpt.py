@@ -93,8 +93,10 @@ class GPT(nn.Module):
     output head tied to the token embedding.
 
     The token embedding has padded_vocab_size rows so that the lm_head matmul has a fast
-    shape; the padded rows are zeroed, never looked up, and their logits are sliced off, so
-    the model only ever predicts (and is scored over) the vocab_size real tokens.
+    shape; the padded rows are zeroed, hold no real token, and their logits are sliced off, so
+    the model only ever predicts (and is scored over) the vocab_size real tokens. forward does
+    not check that ids are below vocab_size (that would be a device sync each step): the
+    loader's vocab_size check does, as train.py runs it.
     """
 
     def __init__(self, config: GPTConfig) -> None:
