@@ -19,6 +19,7 @@ writes the very result the main thread waits for.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -58,12 +59,29 @@ def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:
     return np.concatenate(parts).tobytes() if parts else b""
 
 
-def _encode(enc, text: str) -> np.ndarray:
+@functools.cache
+def numpy_encoding_is_exact() -> bool:
+    """Whether this tiktoken's encode_to_numpy(disallowed_special=()) is encode_ordinary. Before
+    0.11 it turned a literal "<|endoftext|>" in the text into the EOT token. pyproject asks for
+    >= 0.11, but an environment put together by hand (PYTHONPATH, a preinstalled image) may
+    hold an older one: its workers then encode through encode_ordinary's lists, slower, exact."""
+    enc, probe = get_encoding(), "a <|endoftext|> b"
     try:
-        return enc.encode_to_numpy(text, disallowed_special=()).astype(TOKEN_DTYPE)
-    except UnicodeEncodeError:  # its regex fails on the same long runs by a panic: cut them first
-        return np.array([t for piece in whitespace_run_pieces(text) for t in enc.encode_ordinary(piece)],
-                        dtype=TOKEN_DTYPE)
+        return enc.encode_to_numpy(probe, disallowed_special=()).tolist() == enc.encode_ordinary(probe)
+    except (AttributeError, TypeError):  # older still: no encode_to_numpy, or no such argument
+        return False
+
+
+def _encode(enc, text: str) -> np.ndarray:
+    if numpy_encoding_is_exact():
+        try:
+            return enc.encode_to_numpy(text, disallowed_special=()).astype(TOKEN_DTYPE)
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary's own fallback, below
+            pass
+    # encode_ordinary's regex panics (no exception to catch) on the long whitespace runs that
+    # make encode_to_numpy raise ValueError: the runs are cut first
+    return np.array([t for piece in whitespace_run_pieces(text) for t in enc.encode_ordinary(piece)],
+                    dtype=TOKEN_DTYPE)
 
 
 def _exit_with_parent() -> None:

@@ -90,8 +90,8 @@ case $WHAT in
         ;;
     all)
         rm -f "$CHECK_DIR"/{env.txt,status.txt,tests.log,bench.log,bench.jsonl,demo.log}
-        { date -u; nvidia-smi; "${PY[@]}" -c "import sys, torch, numpy, tiktoken; print(sys.version.split()[0], \
-            torch.__version__, torch.version.cuda, numpy.__version__, tiktoken.__version__)"; } \
+        { date -u; nvidia-smi; "${PY[@]}" -c "import sys, importlib.metadata as m, torch; print(sys.version.split()[0], \
+            torch.__version__, torch.version.cuda, *(p + ' ' + m.version(p) for p in ('numpy', 'tiktoken', 'click', 'tqdm')))"; } \
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus

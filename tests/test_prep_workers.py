@@ -3,6 +3,7 @@ worker reported instead of a hang, and abort() never hanging on queued work."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import multiprocessing
 import os
 import signal
@@ -36,6 +37,39 @@ def test_encode_batch_matches_encode_ordinary_incl_lone_surrogates():
     tokens = np.frombuffer(encode_batch(pieces), dtype="<u2").tolist()
     assert tokens == expected(pieces)
     assert encode_batch([]) == b""
+
+
+class OldTiktoken:
+    """tiktoken < 0.11 as it behaved: encode_to_numpy(disallowed_special=()) turned a literal
+    "<|endoftext|>" into the EOT token; everything else is the real encoding's."""
+
+    def __getattr__(self, name):
+        return getattr(ENC, name)
+
+    def encode_to_numpy(self, text, disallowed_special=()):
+        if "<|endoftext|>" in text:
+            return np.array(ENC.encode(text, allowed_special="all"), dtype=np.uint32)
+        return ENC.encode_to_numpy(text, disallowed_special=disallowed_special)
+
+
+def test_a_tiktoken_whose_encode_to_numpy_is_not_exact_is_found_out_and_not_used(monkeypatch):
+    """Checked with the real tiktoken 0.10 too: its encode_to_numpy gives [64, 220, 50256, 275]
+    for "a <|endoftext|> b", encode_ordinary [64, 1279, 91, 437, 1659, 5239, 91, 29, 275]."""
+    import prep.workers as workers
+
+    pieces = [("a <|endoftext|> b", True), ("\ud800 lone surrogate", False),
+              (" " * 1_000_000 + "x <|endoftext|>", True)]  # a run tiktoken's regex cannot take whole
+    installed = tuple(int(part) for part in importlib.metadata.version("tiktoken").split(".")[:2])
+    assert workers.numpy_encoding_is_exact() == (installed >= (0, 11))  # the real one, installed here
+    exact = encode_batch(pieces)
+    assert np.frombuffer(exact, dtype="<u2").tolist()[:10] == expected(pieces[:1])
+    monkeypatch.setattr(workers, "get_encoding", OldTiktoken)
+    workers.numpy_encoding_is_exact.cache_clear()
+    try:
+        assert not workers.numpy_encoding_is_exact()
+        assert encode_batch(pieces) == exact
+    finally:
+        workers.numpy_encoding_is_exact.cache_clear()
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
