@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml
 # Runs in DEMO_DIR (input.txt, data/input/, out/demo/ land there). SAMPLE_ARGS go to
 # `prep sample`, e.g. SAMPLE_ARGS="--from path/to/input.txt" or SAMPLE_ARGS=--offline.
 demo: $(STAMP)
+	mkdir -p $(DEMO_DIR)
 	cd $(DEMO_DIR) && $(abspath $(BIN))/prep sample --out input.txt $(SAMPLE_ARGS)
 	cd $(DEMO_DIR) && $(abspath $(BIN))/prep tokenize input.txt --overwrite
 	cd $(DEMO_DIR) && rm -rf out/demo && $(abspath $(BIN))/python $(CURDIR)/train.py --B 4 --T 32 --model $(DEMO_MODEL) \
@@ -53,5 +54,7 @@ bench-gpu:
 gpu-check:
 	bash tests/gpu_check.sh all
 
+# The venv, the caches and what `make demo` made; not input.txt (maybe your corpus) nor other
+# datasets or runs under data/ and out/
 clean:
-	rm -rf $(VENV) data out input.txt .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR)/data/input $(DEMO_DIR)/out/demo
