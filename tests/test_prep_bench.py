@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -94,11 +95,29 @@ def test_best_of_keeps_the_fastest_and_notes_the_load():
     assert best["seconds"] == 0.1 and best["tag"] == "x" and best["other_cores"] >= 0
 
 
-def test_parallel_capacity_runs_all_processes_at_once():
+def test_parallel_capacity_runs_all_processes_at_once(monkeypatch):
+    """Each round starts its processes at one barrier of as many parties (none runs alone). The
+    figure itself is the machine's: no bound on it here (a busy machine's 1-process time is
+    anything, and so is the ratio)."""
+    real_context, parties = multiprocessing.get_context, []
+
+    class CountedBarriers:  # the real context, its barriers' sizes recorded
+        def __init__(self, method=None):
+            self.context = real_context(method)
+
+        def __getattr__(self, name):
+            return getattr(self.context, name)
+
+        def Barrier(self, count):  # noqa: N802 (multiprocessing's name)
+            parties.append(count)
+            return self.context.Barrier(count)
+
+    monkeypatch.setattr(multiprocessing, "get_context", CountedBarriers)
     text = "The quick brown fox jumps over the lazy dog.\n" * 500
-    assert measure.parallel_capacity(text, 1) == 1.0
+    assert measure.parallel_capacity(text, 1) == 1.0 and parties == []
     capacity = measure.parallel_capacity(text, 2, reps=3)
-    assert 0 < capacity < 4 and math.isfinite(capacity)
+    assert parties == [1, 2, 1, 2]  # rounds=2: one alone, then both at once, twice
+    assert capacity > 0 and math.isfinite(capacity)
 
 
 def test_config_is_validated():
