@@ -63,7 +63,7 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import UserCommand, UserError, bar_disable, interrupt_exits_quietly  # click only: quick
+from prep.errors import UserCommand, UserError, bar_disable, ignored, interrupt_exits_quietly  # click only: quick
 
 # Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
 with interrupt_exits_quietly(__name__ == "__main__"):
@@ -1812,6 +1812,9 @@ class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, checkpoint it, and stop, instead
     of losing every step since the last --ckpt-every.
 
+    A signal ignored by whoever started the process stays ignored (a script's `cmd &` ignores
+    SIGINT: a Ctrl-C at its terminal is not for its background jobs).
+
     One process: the first signal only sets the flag and puts the previous handler back, so a
     second one acts at once. Under torchrun (`persistent`): every signal only sets the flag,
     because torchrun passes the signal it gets on to every rank (a Ctrl-C reaches each rank
@@ -1850,7 +1853,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                if not ignored(signum):  # (`cmd &` in a script: Ctrl-C is not for this run)
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -2270,7 +2274,8 @@ def interrupt_exits_at_once() -> None:
     printed "Exception ignored ... KeyboardInterrupt" with a traceback: a second Ctrl-C just as a
     stop's checkpoint was written, or one just as a run ended. os._exit flushes nothing: what was
     printed is flushed first."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+    if (threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None
+            or ignored(signal.SIGINT)):
         return
 
     def exit_130(signum, frame) -> None:

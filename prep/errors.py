@@ -63,14 +63,22 @@ def usage_as_user_error(ctx: click.Context):
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
+def ignored(signum: int) -> bool:
+    """Whether `signum` is ignored, as whoever started this process left it: a script's `cmd &`
+    ignores SIGINT so that a Ctrl-C at the terminal leaves its background jobs running. Handlers
+    for Ctrl-C (or SIGTERM) are then not installed: they would undo that."""
+    return signal.getsignal(signum) is signal.SIG_IGN
+
+
 @contextlib.contextmanager
 def interrupt_exits_quietly(active: bool = True):
     """Within the block, Ctrl-C exits 130 at once instead of raising KeyboardInterrupt: for the
     seconds that importing numpy, tiktoken or torch takes, where it printed the import's
     traceback. Only in the main thread (signals belong to it) and only where the handler it
-    replaces can be put back (None: one set outside Python); `active` False: nothing."""
+    replaces can be put back (None: one set outside Python), and not where Ctrl-C is `ignored`;
+    `active` False: nothing."""
     if (not active or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is None):
+            or signal.getsignal(signal.SIGINT) is None or ignored(signal.SIGINT)):
         yield
         return
     before = signal.signal(signal.SIGINT, lambda *_: os._exit(130))

@@ -44,7 +44,7 @@ import click
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError, bar_disable, flush_stdout
+from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, ignored
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -226,6 +226,9 @@ def _sigterm_raises_exit() -> Iterator[None]:
     """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the temporary dir is removed."""
     def handler(signum, frame):
         raise SystemExit(128 + signum)
+    if ignored(signal.SIGTERM):  # as whoever started us wants it
+        yield
+        return
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone

@@ -1219,6 +1219,39 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
 
 
 @pytest.mark.slow
+def test_a_ctrl_c_ignored_by_whoever_started_the_run_stays_ignored(tmp_path):
+    """A script's `train.py ... &` starts it with SIGINT ignored (a Ctrl-C at the terminal is not
+    for background jobs): the run goes on through one, where it used to stop (and then, its
+    handler put back to 'ignored', to say falsely that a second Ctrl-C stops at once). SIGTERM
+    still stops it, with its checkpoint."""
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cli_args(data, out, 400, "--ckpt-every", "1000"), cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        seen = len(metrics(out))
+        while len(metrics(out)) < seen + 5:  # five more steps after it
+            assert proc.poll() is None and time.monotonic() < deadline, "the run stopped on an ignored SIGINT"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "SIGINT" not in stderr + stdout
+    assert "SIGTERM: stopping after the step under way, a second one stops at once" in stderr.splitlines()
+    (stopped_at, _), = train.list_checkpoints(out)
+    assert f"SIGTERM: stopped after step {stopped_at} of 400" in stdout and stopped_at >= seen + 5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, signum):
     data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
