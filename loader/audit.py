@@ -393,10 +393,14 @@ def check_logged_through(logs: list[RankLog], trained: Trained, problems: Proble
     if not _int(step, 1):
         return
     for log in logs:
-        if len(log.windows) < step:
-            problems.add("numbering", f"rank {log.rank}: {len(log.windows):,} window(s) logged, but the loader of "
-                         f"{trained.path.name} had read {step:,}: batches {len(log.windows):,}-{step - 1:,} were "
-                         f"trained and not logged (a log cut short, or a resume without --log-windows)")
+        # after the log's last batch: gaps before it, or a log that does not start at 0, are
+        # check_numbering's (counting the windows logged named the wrong batches there)
+        last = max((w.batch for w in log.windows), default=-1)
+        if last + 1 < step:
+            ends = f"its log ends at batch {last:,}" if log.windows else "its log holds no window"
+            problems.add("numbering", f"rank {log.rank}: {ends}, but the loader of {trained.path.name} had read "
+                         f"{step:,} window(s): batches {last + 1:,}-{step - 1:,} were trained and not logged "
+                         f"(a log cut short, or a resume without --log-windows)")
 
 
 def check_run_data(data: str, stream: TokenStream, trained: Trained | str, notes: list[str]) -> str | None:

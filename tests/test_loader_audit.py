@@ -116,13 +116,22 @@ def test_windows_trained_but_not_logged_are_a_problem(tmp_path, data):
     train.train(train.TrainConfig(**{**common, "steps": 7, "log_windows": False}, resume="auto"))
     result = run(tmp_path / "run", "--data", data)
     assert result.exit_code == 1
-    assert ("problem: rank 0: 4 window(s) logged, but the loader of ckpt_000007.pt had read 7: batches 4-6 were "
-            "trained and not logged (a log cut short, or a resume without --log-windows)") in result.output
+    assert ("problem: rank 0: its log ends at batch 3, but the loader of ckpt_000007.pt had read 7 window(s): "
+            "batches 4-6 were trained and not logged (a log cut short, or a resume without --log-windows)"
+            ) in result.output
     log = tmp_path / "run" / "windows_rank0.jsonl"
-    rewrite(log, lines(log)[:2])
+    logged = lines(log)
+    rewrite(log, logged[:2])
     (tmp_path / "run" / "ckpt_000007.pt").unlink()
     result = run(tmp_path / "run", "--data", data)
-    assert result.exit_code == 1 and "2 window(s) logged, but the loader of ckpt_000004.pt had read 4" in result.output
+    assert result.exit_code == 1 and "its log ends at batch 1, but the loader of ckpt_000004.pt had read 4 window(s): " \
+        "batches 2-3 were trained" in result.output
+    # a log that starts late (a resume into a fresh --out) but reaches the checkpoint: its start is
+    # the numbering's problem, and no batch after its end is said to be missing
+    rewrite(log, logged[2:4])
+    result = run(tmp_path / "run", "--data", data)
+    assert result.exit_code == 1 and "rank 0: batch 2 where 0 was due" in result.output
+    assert "not logged" not in result.output, result.output
 
 
 def test_two_ranks_over_two_epochs_pass(tmp_path, data):
