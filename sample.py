@@ -31,7 +31,9 @@ def checkpoint_file(path: Path) -> Path:
         return path
     found = train.list_checkpoints(path)
     if not found:
-        raise UserError(f"{path}: no checkpoint (ckpt_<step>.pt) in this directory")
+        why = (": the run there wrote none (--ckpt-every 0, as `make demo`'s run, or stopped before its first)"
+               if (path / train.METRICS_NAME).is_file() else "")
+        raise UserError(f"{path}: no checkpoint (ckpt_<step>.pt) in this directory{why}")
     return found[-1][1]
 
 

@@ -1208,7 +1208,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         flags = _resume_flags(ckpt, differ, overrides or {})
         if flags:  # the options, then what no option says
             said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
-            hint += f"; pass {' and '.join(filter(None, said))} as that run did"
+            hint += f"{' and' if hint else ';'} pass {' and '.join(filter(None, said))} to match that run"
             if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
                 hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
@@ -1236,8 +1236,11 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict) -> list[str]:
             flags.append(_shape_flags(ckpt["model_config"]))
             if "dropout" in differ and isinstance(saved.get("dropout"), (int, float)):
                 flags.append(f"--dropout {saved['dropout']:g}")
-    # a field the checkpoint lacks (damaged) differs too, but names no flag to pass
-    flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed") if k in differ and k in saved]
+    # a field the checkpoint lacks (damaged) differs too, but names no flag to pass; a total batch
+    # size that run did not give follows from B, T and the ranks: named only where they agree
+    derived = then.get("total_batch_size") is None and any(k in differ for k in ("B", "T", "world"))
+    flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed")
+              if k in differ and k in saved and not (k == "total_batch_size" and derived)]
     if "shuffle" in differ and "shuffle" in saved:
         flags.append("--shuffle" if saved["shuffle"] else "--no-shuffle")
     if "data_tokens" in differ:
@@ -1527,6 +1530,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
                              f"log, so `python -m loader.audit` will find its batches missing")
+            if (not cfg.log_windows and not cfg.bench and ckpt["step"] < cfg.steps
+                    and _nonempty_file(window_log(Path(cfg.out), 0))):
+                notes.append(f"no --log-windows: the run before kept window logs in {cfg.out}, and steps "
+                             f"{ckpt['step'] + 1}-{cfg.steps} will not be in them, so `python -m loader.audit` will "
+                             f"find their batches missing; pass --log-windows to go on logging")
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
@@ -2383,10 +2391,13 @@ def main(compile_: bool | None, **options) -> None:
             e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
-        found = [] if cfg is None or cfg.bench else list_checkpoints(Path(cfg.out))
-        then = (f"--resume auto continues from the last checkpoint written ({found[-1][1]})" if found
-                else "no checkpoint was written")
-        click.echo(f"interrupted: stopped at once; {then}", err=True)
+        if cfg is not None and cfg.bench:  # a benchmark writes no checkpoint: nothing to say of one
+            then = ""
+        else:
+            found = [] if cfg is None else list_checkpoints(Path(cfg.out))
+            then = ("; --resume auto continues from the last checkpoint written " f"({found[-1][1]})" if found
+                    else "; no checkpoint was written")
+        click.echo(f"interrupted: stopped at once{then}", err=True)
         sys.exit(130)
     if summary.get("interrupted"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C

@@ -44,6 +44,7 @@ from prep.tokenizer import get_encoding
 
 SPEEDUP_TARGET = 1.7  # with 2 workers, vs the single-thread baseline
 GROWTH_TARGET = 0.10  # peak-RSS growth per extra byte of text
+TARGET_MB = 50.0  # the corpus size the targets are stated for (the default --mb)
 DOC_BYTES = (256, 8192)  # many-document variant: uniform document size range, like web text
 
 
@@ -51,7 +52,7 @@ DOC_BYTES = (256, 8192)  # many-document variant: uniform document size range, l
 class BenchConfig:
     """One benchmark run; `mb` is the large corpus, the RSS comparison also uses `mb / 4`."""
 
-    mb: float = 50.0
+    mb: float = TARGET_MB
     workers: int = field(default_factory=default_workers)  # the CPUs this process may use
     seed: int = 0
     source: Path | None = None  # text to draw paragraphs from; default: ./input.txt or pydoc
@@ -251,11 +252,20 @@ def format_report(result: dict) -> str:
                 f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
         lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
                      f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
+    # what makes a miss no verdict on the pipeline
+    if result["text_bytes"] < 0.99 * TARGET_MB * 1e6:
+        lines.append(f"note: the targets are stated for {TARGET_MB:g} MB (the default --mb): at "
+                     f"{result['text_bytes'] / 1e6:.1f} MB fixed costs (workers starting, files written) weigh more, "
+                     f"and the RSS growth is a few MiB over a little text")
+    if capacity["speedup"] < SPEEDUP_TARGET:
+        lines.append(f"note: this machine ran {cfg['workers']} processes only {capacity['speedup']:.2f}x as fast as "
+                     f"one (busy, or fewer cores than that): no {cfg['workers']}-worker run can beat that, so the "
+                     f"speedup target cannot be met here")
     return "\n".join(lines)
 
 
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.option("--mb", type=click.FloatRange(min=0.01, max=1e6), default=50.0,
+@click.option("--mb", type=click.FloatRange(min=0.01, max=1e6), default=TARGET_MB,
               help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(),
               help="Worker processes for the N-worker runs (1 worker is always measured too).")

@@ -161,6 +161,12 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     assert list(scratch.iterdir()) == []  # corpora, shards and outputs all removed
     table = bench.format_report(record)
     assert "baseline encode_ordinary" in table and "growth" in table and "target" in table
+    # 0.2 MB: the targets' size is said, so that a miss here reads as no verdict
+    assert "note: the targets are stated for 50 MB (the default --mb): at 0.2 MB fixed costs" in table
+    busy = {**record, "capacity": {**record["capacity"], "speedup": 1.02}, "text_bytes": 50_000_000}
+    notes = [line for line in bench.format_report(busy).splitlines() if line.startswith("note:")]
+    assert notes == ["note: this machine ran 2 processes only 1.02x as fast as one (busy, or fewer cores than "
+                     "that): no 2-worker run can beat that, so the speedup target cannot be met here"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -77,6 +77,12 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(tmp_path / "missing.pt")), "missing.pt", "no such checkpoint")
     assert "Hugging Face" not in assert_user_error(invoke(str(tmp_path / "missing.pt")))
     assert_user_error(invoke(str(tmp_path)), str(tmp_path), "no checkpoint")
+    assert "make demo" not in assert_user_error(invoke(str(tmp_path)))
+    demo = tmp_path / "demo"  # a run with --ckpt-every 0: its metrics, no checkpoint
+    demo.mkdir()
+    (demo / "metrics.jsonl").write_text("")
+    assert_user_error(invoke(str(demo)), f"{demo}: no checkpoint (ckpt_<step>.pt) in this directory: the run there "
+                      "wrote none (--ckpt-every 0, as `make demo`'s run, or stopped before its first)")
     garbage = tmp_path / "ckpt_000001.pt"
     garbage.write_bytes(b"not a zip")
     assert_user_error(invoke(str(garbage)), "ckpt_000001.pt", "not a readable checkpoint")

@@ -880,6 +880,13 @@ def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batche
     assert note in capsys.readouterr().out
     train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
     assert "--log-windows starts" not in capsys.readouterr().out  # it has a log, from step 5 on: no news
+    # and the other way: a logged run resumed without --log-windows (its audit would fail for good)
+    train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=2, resume="auto", quiet=False))
+    assert (f"note: no --log-windows: the run before kept window logs in {tmp_path / 'out'}, and steps 9-10 will "
+            "not be in them, so `python -m loader.audit` will find their batches missing; pass --log-windows to go "
+            "on logging") in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=2, resume="auto", quiet=False))
+    assert "no --log-windows" not in capsys.readouterr().out  # nothing left to train: nothing to miss
 
 
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
@@ -1125,9 +1132,9 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out)])
     assert result.stderr == ("interrupted: stopped at once; --resume auto continues from the last checkpoint "
                              f"written ({out / 'ckpt_000004.pt'})\n")
-    # --bench writes no checkpoint: those in --out are no run of its to continue
+    # --bench writes no checkpoint: those in --out are no run of its to continue, and none written is no news
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out), "--bench"])
-    assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once; no checkpoint was written\n"
+    assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once\n"
 
 
 def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset):
@@ -1674,20 +1681,20 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "unknown model": (["--model", "gpt3"], ".", "unknown model preset 'gpt3'; valid presets: gpt2, gpt2-medium"),
     "resume with another B": (["--resume", "run/ckpt_000002.pt", "--B", "4"], ".",
                               "incompatible with this run (B 2 there, 4 now; total_batch_size 32 there, 64 now); "
-                              "pass --B 2 --total-batch-size 32 as that run did, or start a new run (another --out) "
+                              "pass --B 2 to match that run, or start a new run (another --out) "
                               "from its weights with --init-from run/ckpt_000002.pt"),
     "resume another model": (["--resume", "run/ckpt_000002.pt", "--model", "gpt2"], ".",
                              "incompatible with this run (block_size 64 there, 1024 now; n_layer 2 there, 12 now",
-                             "n_embd 32 there, 768 now); pass --model tiny as that run did"),
+                             "n_embd 32 there, 768 now); pass --model tiny to match that run"),
     "resume with another shape flag": (["--resume", "run/ckpt_000002.pt", "--n-layer", "3"], ".",
                                        "incompatible with this run (n_layer 2 there, 3 now); pass --model tiny "
-                                       "(and no --n-layer) as that run did"),
+                                       "(and no --n-layer) to match that run"),
     "resume with shuffle": (["--resume", "run/ckpt_000002.pt", "--shuffle", ""], ".",
-                            "incompatible with this run (shuffle False there, True now); pass --no-shuffle as that "
-                            "run did"),
+                            "incompatible with this run (shuffle False there, True now); pass --no-shuffle to match "
+                            "that run"),
     "resume on other data": (["--resume", "run/ckpt_000002.pt", "--data", "other"], ".",
                              "incompatible with this run (data_tokens 300 there, 400 now); pass --data ",
-                             "data/small as that run did, or start a new run (another --out) from its weights with "
+                             "data/small to match that run, or start a new run (another --out) from its weights with "
                              "--init-from run/ckpt_000002.pt"),
     "resume a garbage file": (["--resume", "garbage.pt"], ".", "garbage.pt: not a readable checkpoint"),
     "resume a truncated file": (["--resume", "truncated.pt"], ".", "truncated.pt: not a readable checkpoint"),
@@ -1856,13 +1863,28 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
         return str(e.value)
 
     assert refusal(ckpt, now).endswith("(block_size 32 there, 48 now); pass --model tiny --block-size 32 "
-                                       "(and no --dropout) as that run did")
+                                       "(and no --dropout) to match that run")
     assert refusal(ckpt, GPTConfig(**config), data_tokens=400, shuffle=False).endswith(
-        "pass --shuffle and the --data it trained on (a train split of 300 tokens) as that run did, or start a new "
+        "pass --shuffle and the --data it trained on (a train split of 300 tokens) to match that run, or start a new "
         "run (another --out) from its weights with --init-from c.pt")
     renamed = {**ckpt, "train_config": {**ckpt["train_config"], "model": "gpt9"}}
-    assert refusal(renamed, now).endswith("pass --model gpt2 --n-layer 2 --n-head 2 --n-embd 32 --block-size 32 as "
-                                          "that run did")
+    assert refusal(renamed, now).endswith("pass --model gpt2 --n-layer 2 --n-head 2 --n-embd 32 --block-size 32 to "
+                                          "match that run")
+    # a total batch size that run did not give follows from its B, T and ranks: not named as a
+    # flag it passed, unless B, T and the ranks agree (this run gives another); hints join with "and"
+    same = GPTConfig(**config)
+    assert refusal(ckpt, same, B=4, total_batch_size=64).endswith(
+        "(B 2 there, 4 now; total_batch_size 32 there, 64 now); pass --B 2 to match that run, or start a new run "
+        "(another --out) from its weights with --init-from c.pt")
+    assert refusal(ckpt, same, total_batch_size=64).endswith(
+        "(total_batch_size 32 there, 64 now); pass --total-batch-size 32 to match that run, or start a new run "
+        "(another --out) from its weights with --init-from c.pt")
+    assert refusal(ckpt, same, world=2, total_batch_size=64).endswith(
+        "(world 1 there, 2 now; total_batch_size 32 there, 64 now); resume it in one process: python train.py ...")
+    given = {**ckpt, "train_config": {**ckpt["train_config"], "total_batch_size": 32}}
+    assert refusal(given, same, world=2, B=1).endswith(
+        "(B 2 there, 1 now; world 1 there, 2 now); resume it in one process: python train.py ... and pass --B 2 "
+        "to match that run, or start a new run (another --out) from its weights with --init-from c.pt")
 
 
 @pytest.mark.parametrize("field", ["B", "seed", "shuffle", "data_tokens"])
