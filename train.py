@@ -2395,7 +2395,7 @@ def main(compile_: bool | None, **options) -> None:
             then = ""
         else:
             found = [] if cfg is None else list_checkpoints(Path(cfg.out))
-            then = ("; --resume auto continues from the last checkpoint written " f"({found[-1][1]})" if found
+            then = (f"; --resume auto continues from the last checkpoint written ({found[-1][1]})" if found
                     else "; no checkpoint was written")
         click.echo(f"interrupted: stopped at once{then}", err=True)
         sys.exit(130)
