@@ -4,14 +4,16 @@ CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest
 taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights:
 `python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after
 an EOT, as every training document begins, and each sample is printed as the prompt plus what
-the model wrote, decoded. Sampling: temperature (0: always the likeliest token), top-k, a seed
-(the same seed, checkpoint and device give the same samples). bf16 autocast on CUDA where
-supported, as in training.
+the model wrote, decoded (one sample as it is generated, token by token). Sampling: temperature
+(0: always the likeliest token), top-k, a seed (the same seed, checkpoint and device give the
+same samples). bf16 autocast on CUDA where supported, as in training.
 """
 
 from __future__ import annotations
 
+import codecs
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
@@ -86,6 +88,33 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 
+class Streamer:
+    """One sample printed as it is generated: the prompt at once, then each token's text as soon
+    as its bytes complete a character (a GPT-2 token may hold part of one). What it prints is
+    what decoding the whole sample prints (UTF-8, invalid bytes replaced, as tiktoken decodes),
+    and a Ctrl-C keeps what is on the screen."""
+
+    def __init__(self, prompt: Sequence[int]) -> None:
+        from prep.tokenizer import get_encoding
+
+        self.encoding = get_encoding()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._echo(self.encoding.decode_bytes(list(prompt)))
+
+    def _echo(self, data: bytes, final: bool = False) -> None:
+        text = self.decoder.decode(data, final)
+        if text:
+            click.echo(text, nl=False)  # (click.echo flushes)
+
+    def __call__(self, new_ids: torch.Tensor) -> None:
+        self._echo(self.encoding.decode_single_token_bytes(int(new_ids[0, 0])))  # sync: sampling only
+
+    def finish(self) -> None:
+        """The bytes left (an incomplete character: U+FFFD) and the line's end."""
+        self._echo(b"", final=True)
+        click.echo()
+
+
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     """The prompt's GPT-2 tokens (special-token text is plain text here); the EOT before them
     is sample_texts'."""
@@ -129,12 +158,18 @@ def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, tempera
     click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
                f"{max_new_tokens} tokens, " + (f"temperature {temperature:g}, top-k {top_k or 'off'}" if temperature
                                                  else "temperature 0 (the likeliest token each time)"), err=True)
+    # one sample streams as it grows; several, drawn side by side in one batch, print at the end
+    streamer = Streamer(context) if num_samples == 1 else None
     try:
         texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
-                                   temperature=temperature, top_k=top_k or None)
+                                   temperature=temperature, top_k=top_k or None, on_token=streamer)
     except FloatingPointError as e:  # finite weights whose logits overflow
         raise UserError(f"checkpoint {path}: {e}: no text to sample") from None
-    click.echo(("\n" + "-" * 40 + "\n").join(texts))
+    finally:
+        if streamer is not None:  # also on a Ctrl-C or an error: the line ends
+            streamer.finish()
+    if streamer is None:
+        click.echo(("\n" + "-" * 40 + "\n").join(texts))
 
 
 if __name__ == "__main__":

@@ -778,14 +778,17 @@ def sample_text(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int) 
 
 
 def sample_texts(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int, prompt: Sequence[int] = (),
-                 num: int = 1, temperature: float = 1.0, top_k: int | None = SAMPLE_TOP_K) -> list[str]:
+                 num: int = 1, temperature: float = 1.0, top_k: int | None = SAMPLE_TOP_K,
+                 on_token: Callable[[torch.Tensor], object] | None = None) -> list[str]:
     """`num` samples of `tokens` tokens after EOT + `prompt` (GPT-2 ids: a document's start),
-    each decoded with the GPT-2 tokenizer, the prompt included and the EOT not."""
+    each decoded with the GPT-2 tokenizer, the prompt included and the EOT not. `on_token`:
+    GPT.generate's (each step's new ids as they come)."""
     from prep.tokenizer import EOT, get_encoding
 
     idx = torch.tensor([[EOT, *prompt]] * num, dtype=torch.long, device=rt.device)
     with rt.autocast():
-        out = raw.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator)
+        out = raw.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator,
+                           on_token=on_token)
     encoding = get_encoding()
     return [encoding.decode(row[1:]) for row in out.tolist()]  # sync: sampling (sample steps only)
 

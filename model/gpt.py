@@ -9,6 +9,7 @@ token embedding without our padded rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +217,7 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        on_token: Callable[[torch.Tensor], object] | None = None,
     ) -> torch.Tensor:
         """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens).
 
@@ -224,7 +226,9 @@ class GPT(nn.Module):
         tokens; sampling draws from `generator` (on idx's device), so a seeded generator
         reproduces a sample exactly. Only real token ids (< vocab_size) can come out. The
         model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
-        Logits that are not finite (weights gone NaN) raise FloatingPointError.
+        Logits that are not finite (weights gone NaN) raise FloatingPointError. `on_token`, if
+        given, is called with each step's new ids (B, 1) as they come (to print a sample as it
+        grows).
         """
         check_token_ids(idx)  # here too: the loop below slices idx before forward would check it
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -253,6 +257,8 @@ class GPT(nn.Module):
                     probs = F.softmax(logits, dim=-1)
                     next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
                 idx = torch.cat((idx, next_id), dim=1)
+                if on_token is not None:
+                    on_token(next_id)
         finally:
             self.train(was_training)
         return idx

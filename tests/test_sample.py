@@ -190,3 +190,44 @@ def test_a_checkpoint_with_damaged_weights_is_one_line(run, tmp_path, damage, wo
     torch.save(ckpt, tmp_path / "ckpt_000004.pt")
     assert_user_error(invoke(str(tmp_path / "ckpt_000004.pt"), "--max-new-tokens", "2"),
                       f"checkpoint {tmp_path / 'ckpt_000004.pt'}: does not fit this model", *words)
+
+
+def test_one_sample_streams_exactly_what_decoding_it_whole_gives(capsys):
+    """Tokens cut through characters (an emoji's bytes in several tokens), a byte that starts no
+    character, one left incomplete at the end: printed token by token, the text is tiktoken's
+    decode of the whole (invalid bytes replaced)."""
+    encoding = get_encoding()
+    prompt = encoding.encode_ordinary("héllo 世界")
+    generated = [*encoding.encode_ordinary(" 🎉🦜 ok"), encoding.encode_single_token(b"\x80"),
+                 *encoding.encode_ordinary(" and"), encoding.encode_single_token(b"\xe4")]
+    assert any(len(encoding.decode_single_token_bytes(t)) == 1 and encoding.decode_single_token_bytes(t)[0] > 127
+               for t in encoding.encode_ordinary("🎉"))  # the emoji does come in pieces
+    streamer = sample.Streamer(prompt)
+    assert capsys.readouterr().out == "héllo 世界"  # the prompt at once
+    printed = []
+    for token in generated:
+        streamer(torch.tensor([[token]]))
+        printed.append(capsys.readouterr().out)
+    streamer.finish()
+    printed.append(capsys.readouterr().out)
+    assert "héllo 世界" + "".join(printed) == encoding.decode(prompt + generated) + "\n"
+    assert "" in printed[:3]  # a token holding part of a character printed nothing yet
+
+
+def test_a_ctrl_c_keeps_the_streamed_text(run, monkeypatch):
+    args = (str(run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "3")
+    (whole,) = samples(invoke(*args))
+    real_call, calls = sample.Streamer.__call__, []
+
+    def interrupted(self, new_ids):
+        calls.append(new_ids)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        real_call(self, new_ids)
+
+    monkeypatch.setattr(sample.Streamer, "__call__", interrupted)
+    result = invoke(*args)
+    assert result.exit_code == 130 and result.stderr.splitlines()[-1].endswith(": interrupted")
+    shown = result.stdout
+    assert shown.endswith("\n") and shown.startswith("ROMEO:") and whole.startswith(shown[:-1].rstrip("\ufffd"))
+    assert len(shown) < len(whole)
