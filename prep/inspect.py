@@ -153,8 +153,10 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
             click.echo(f"  {split:5s}  no shards")
             continue
         line = f"  {split:5s}  {s.shards:,} shard(s), {s.tokens:,} tokens"
-        if s.documents is not None:
-            line += f", {s.documents:,} document(s)"
+        if s.documents == 0:  # the val split of one long document: its end, no start of one
+            line += ", no document starts here (the end of one begun before it)"
+        elif s.documents is not None:
+            line += f", {s.documents:,} document(s) start here"
         if step is not None and s.steps_per_epoch:
             line += f", {s.steps_per_epoch:,} steps per epoch"
         elif step is not None:

@@ -384,6 +384,18 @@ def test_sample_tokenize_info_verify(tmp_path):
     assert result.exit_code == 1 and f"BAD {shard}" in result.output and "sha256" in result.output
 
 
+def test_info_says_where_documents_start(tmp_path):
+    """One document with a val split: the val split is its end, no document of its own."""
+    from prep.tokenize import tokenize_corpus
+
+    (tmp_path / "one.txt").write_text("A sentence of a single long document. " * 200)
+    tokenize_corpus(tmp_path / "one.txt", tmp_path / "ds", val_fraction=0.1, workers=1, progress=False)
+    lines = run(info_command, tmp_path / "ds").output.splitlines()
+    assert lines[0].startswith("  train  1 shard(s), ") and lines[0].endswith(", 1 document(s) start here")
+    assert lines[1].startswith("  val    1 shard(s), ")
+    assert lines[1].endswith(", no document starts here (the end of one begun before it)")
+
+
 def test_tokenized_jsonl_with_val_split_and_small_shards(tmp_path):
     tokenize = pytest.importorskip("prep.tokenize")
     corpus = tmp_path / "docs.jsonl"
