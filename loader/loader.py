@@ -28,7 +28,7 @@ def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int
     if vocab_size is not None and int(window.max()) >= vocab_size:
         bad = int(np.argmax(window >= vocab_size))
         path, at = stream.locate(start + bad)
-        raise TokenRangeError(f"{path}: token {int(window[bad])} at index {at} is not below the vocabulary "
+        raise TokenRangeError(f"{path}: token {int(window[bad])} at index {at:,} is not below the vocabulary "
                               f"size {vocab_size}: a damaged or foreign shard (`prep verify` checks them all)")
 
 

@@ -202,7 +202,7 @@ def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple
             digest.update(chunk)
         if bad is None and int(chunk.max()) >= vocab_size:
             offset = start + int((chunk >= vocab_size).argmax())
-            bad = f"token {int(tokens[offset])} at position {offset:,} is >= the vocab size {vocab_size}"
+            bad = f"token {int(tokens[offset])} at index {offset:,} is not below the vocabulary size {vocab_size}"
         bar.update(chunk.nbytes)
     del tokens  # close the map before the caller moves on
     return num_tokens, digest.hexdigest() if digest is not None else None, bad

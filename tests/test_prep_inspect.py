@@ -222,7 +222,7 @@ def test_verify_without_meta_checks_headers_and_range(tmp_path):
     assert "no meta.json found, so hashes were not checked" in result.output
     (ds / "ds_val_000000.bin").write_bytes((ds / "ds_val_000000.bin").read_bytes()[:-2] + b"\xff\xff")
     result = run(verify_command, ds)
-    assert result.exit_code == 1 and "token 65535 at position 9" in result.output
+    assert result.exit_code == 1 and "token 65535 at index 9 is not below the vocabulary size" in result.output
 
 
 def _flip_body_byte(p: Path):
@@ -271,7 +271,7 @@ def test_verify_token_out_of_range_across_chunks(tmp_path, monkeypatch):
     report = verify_dataset(ds)
     assert report.meta_found and report.shards_checked == 1 and report.tokens_checked == 1000
     assert len(report.problems) == 1
-    assert "token 50257 at position 777 is >= the vocab size 50257" in report.problems[0]
+    assert "token 50257 at index 777 is not below the vocabulary size 50257" in report.problems[0]
     assert "sha256" not in report.problems[0]  # the hash, chunked, agrees with write_shard's
 
 
