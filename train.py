@@ -63,7 +63,8 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import UserCommand, UserError, bar_disable, ignored, interrupt_exits_quietly  # click only: quick
+from prep.errors import (UserCommand, UserError, bar_disable, ignored, interrupt_exits_quietly,  # click only: quick
+                         plain_numbers)
 
 # Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
 with interrupt_exits_quietly(__name__ == "__main__"):
@@ -156,6 +157,7 @@ class TrainConfig:
     log_windows: bool = False  # each rank logs the windows it consumed (for loader.audit)
 
     def __post_init__(self) -> None:
+        plain_numbers(self)
         minimum = {
             1: ("B", "T", "steps", "eval_steps", "sample_tokens", "log_every", "bench_steps"),
             0: ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "keep_ckpts",

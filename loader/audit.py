@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import warnings
 import zlib
@@ -160,9 +161,10 @@ def read_log(path: Path, rank: int) -> RankLog:
     return RankLog(rank, path, windows, *run, notes)
 
 
-def find_logs(out: Path) -> list[RankLog]:
+def find_logs(out: str | os.PathLike) -> list[RankLog]:
     """Every rank's log in `out`, by rank; a UserError when there are none or the ranks' runs
     differ (B, T, world size)."""
+    out = Path(out)
     if not out.is_dir():
         what = "not a directory" if out.exists() else "no such directory"
         raise UserError(f"{out}: {what} (give train.py's --out)")
@@ -343,9 +345,10 @@ class Trained:
                 f"{self.state['num_tokens']:,} tokens)" if shards else "the dataset train.py found under ./data")
 
 
-def list_checkpoints(out: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, path) of train.py's complete checkpoints in `out`, oldest first (temporary files
     never match); train.py's --resume auto takes the last."""
+    out = Path(out)
     if not out.is_dir():
         return []
     found = [(int(m[1]), p) for p in out.iterdir() if (m := CKPT_PATTERN.fullmatch(p.name)) and p.is_file()]
@@ -471,8 +474,9 @@ def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Re
     report.lines.append(f"never read in any epoch: {unread} (less than one step of {B}x{T} x {world} rank(s))")
 
 
-def audit(out: Path, data: str | None = None) -> Report:
+def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Report:
     """Check `out`'s --log-windows logs (and, with `data`, against the train split)."""
+    out, data = Path(out), None if data is None else os.fspath(data)
     logs = find_logs(out)
     report = Report()
     B, T, world = logs[0].B, logs[0].T, logs[0].world

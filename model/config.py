@@ -55,6 +55,9 @@ class GPTConfig:
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be a probability in [0, 1), got {dropout!r}")
+        # np.float64 is a float: taken, and made a plain one (checkpoints hold model_config, and
+        # torch.load(weights_only=True) refuses numpy scalars)
+        object.__setattr__(self, "dropout", float(dropout))
 
     @property
     def head_size(self) -> int:

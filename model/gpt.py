@@ -9,6 +9,7 @@ token embedding without our padded rows.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ def check_token_ids(idx: torch.Tensor) -> None:
         raise ValueError(f"idx must be (B, T) token ids with T >= 1, got shape {tuple(idx.shape)}")
     if idx.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"idx must hold int64 (or int32) token ids, got {idx.dtype}: widen it first, "
-                         f"e.g. .long() (TokenLoader.next_batch does)")
+                         f"e.g. .long() (TokenLoader.next_batch does; targets must be int64)")
 
 
 class CausalSelfAttention(nn.Module):
@@ -183,6 +184,8 @@ class GPT(nn.Module):
             raise ValueError(
                 f"targets must have idx's shape {tuple(idx.shape)}, got {tuple(targets.shape)}"
             )
+        if targets.dtype != torch.int64:  # cross_entropy's own error names no fix
+            raise ValueError(f"targets must hold int64 token ids, got {targets.dtype}: widen them with .long()")
         # (B*T, V): merging B and T is a view because the slice left their strides intact
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
@@ -231,7 +234,11 @@ class GPT(nn.Module):
         grows).
         """
         check_token_ids(idx)  # here too: the loop below slices idx before forward would check it
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        try:  # an int or a numpy integer, never a float or a bool
+            steps = operator.index(max_new_tokens) if not isinstance(max_new_tokens, bool) else -1
+        except TypeError:
+            steps = -1
+        if steps < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if not temperature >= 0:  # nan too
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -240,7 +247,7 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            for _ in range(max_new_tokens):
+            for _ in range(steps):
                 context = idx[:, -self.config.block_size :]  # (B, <= block_size)
                 hidden = self._hidden(context)[:, -1, :]  # (B, C): only the last position samples
                 logits = self.lm_head(hidden)[:, : self.config.vocab_size].float()  # (B, V)

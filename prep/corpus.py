@@ -186,9 +186,19 @@ def _refuse_duplicates(sources: Sequence[Source], stdin: BinaryIO | None) -> Non
             seen[identity] = spelling
 
 
-def resolve_sources(inputs: Sequence[str], stdin: BinaryIO | None = None) -> list[Source]:
+def as_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The inputs as a list of strings: one path may be given as it is (a string is one input,
+    never a sequence of one-letter ones; an absolute path's first would be "/")."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return [os.fspath(arg) for arg in inputs]
+
+
+def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                    stdin: BinaryIO | None = None) -> list[Source]:
     """Check every input exists, expand directories, and refuse a file given twice; raises
     CorpusError before any work. `stdin` is what '-' reads (default sys.stdin)."""
+    inputs = as_inputs(inputs)
     if not inputs:
         raise CorpusError("no input given (files, directories, .jsonl files or - for stdin)")
     if list(inputs).count(STDIN) > 1:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import numbers
 import os
 import signal
 import sys
 import threading
 
 import click
+
+
+def plain_numbers(config: object) -> None:
+    """A dataclass's numpy scalars (a sweep's np.arange, np.float64 from a config file) made
+    Python ints and floats, frozen or not: the checks take them, but kept as they are they
+    reach meta.json and checkpoints, which json.dumps and torch.load(weights_only=True) refuse,
+    after all the work."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, bool) or type(value) in (int, float):
+            continue
+        if isinstance(value, numbers.Integral):
+            object.__setattr__(config, item.name, int(value))
+        elif isinstance(value, numbers.Real):
+            object.__setattr__(config, item.name, float(value))
 
 
 def reserve_standard_fds() -> None:

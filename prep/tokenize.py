@@ -43,8 +43,8 @@ from typing import BinaryIO
 import click
 
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, ignored
+from prep.corpus import ERRORS, CorpusError, Piece, as_inputs, read_pieces, resolve_sources
+from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, ignored, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -84,6 +84,7 @@ class TokenizeConfig:
     start_method: str | None = None  # multiprocessing start method; None: the platform's
 
     def __post_init__(self):
+        plain_numbers(self)
         if not 1 <= self.shard_size <= MAX_TOKENS:
             raise ValueError(f"shard_size must be in 1..{MAX_TOKENS}, got {self.shard_size}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -150,9 +151,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     the new dataset is in place (a Ctrl-C after it stops a run whose work is done). One path
     may be given as it is: a string is one input, never a sequence of one-letter ones.
     """
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    inputs = [os.fspath(arg) for arg in inputs]
+    inputs = as_inputs(inputs)
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
                             field, errors, chunk_chars, start_method)

@@ -138,6 +138,7 @@ def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     out = log_ranks(tmp_path / "out", data, world=2, batches=35)
     report = audit(out, str(data))
     assert len(report.problems) == 0, report.problems.lines()
+    assert audit(str(out), data).lines == report.lines  # a str for OUT, a Path for --data: the same
     assert "epoch 0: complete, 31 steps x 2 rank(s): targets 1-1,984 each read exactly once" not in report.lines
     # 1,000 tokens make E = 999 // 64 = 15 steps for two ranks: epochs 0 and 1 complete
     assert "epoch 0: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in report.lines

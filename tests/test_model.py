@@ -11,6 +11,7 @@ import dataclasses
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -238,6 +239,8 @@ def test_full_block_ok_longer_is_an_error():
         with pytest.raises(ValueError, match=f"^idx must hold int64 \\(or int32\\) token ids, got {dtype}: widen"):
             model(random_tokens((2, 8), seed=1).to(dtype))
     model(random_tokens((2, 8), seed=1).int())  # int32: the embedding takes it
+    with pytest.raises(ValueError, match="^targets must hold int64 token ids, got torch.int32: widen them"):
+        model(random_tokens((2, 8), seed=1), random_tokens((2, 8), seed=1).int())  # cross_entropy takes no int32
     with pytest.raises(ValueError, match="targets must have idx's shape"):
         model(random_tokens((2, 8), seed=1), random_tokens((2, 7), seed=1))
 
@@ -448,6 +451,7 @@ def test_generation_restores_mode_and_validates():
         with pytest.raises(ValueError, match="^idx must "):
             model.generate(wrong, 2)
     assert model.generate(prompt, 0).equal(prompt)
+    assert model.generate(prompt, np.int64(2)).shape == (1, 4)  # a numpy integer is an integer
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -46,6 +46,8 @@ def test_resolve_files_directories_and_stdin(tmp_path):
     assert sources[0].note() == f"{tmp_path / 'd'}: 1 file(s) left out, not *.txt or not regular files: skip.md"
     assert sources[0].bytes == 4 and sources[2].bytes is None
     assert [s.stem for s in sources] == ["d", "x", "stdin"]
+    for one in (str(tmp_path / "x.jsonl"), tmp_path / "x.jsonl"):  # one path as it is: not its letters
+        assert [s.kind for s in resolve_sources(one)] == ["jsonl"]
     docs, nbytes = read_all(sources, stdin=io.BytesIO("stdin text é".encode()))
     assert docs == ["AA", "B", "C", "J", "stdin text é"]
     assert nbytes == 4 + len('{"text": "J"}\n') + len("stdin text é".encode())

@@ -142,6 +142,15 @@ def test_one_path_may_be_given_as_a_string_or_a_path(tmp_path):
         assert np.fromfile(shard, dtype="<u2", offset=1024).tolist() == expected
 
 
+def test_numpy_numbers_in_the_settings_reach_meta_json_as_plain_ones(tmp_path):
+    """shard_size=np.int64(...): tokenizing went through, then writing meta.json failed."""
+    (tmp_path / "a.txt").write_text("Hello world. " * 200)
+    tokenize_corpus(tmp_path / "a.txt", tmp_path / "out", shard_size=np.int64(300), val_fraction=np.float64(0.2),
+                    val_max_tokens=np.int64(100), workers=np.int64(1), progress=False)
+    meta = read_meta(tmp_path / "out")
+    assert meta["splits"]["val"]["tokens"] == 100 and len(meta["splits"]["train"]["shards"]) == 2
+
+
 @pytest.mark.timeout(60)  # a hang guard for the worker pool, not a speed check
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_million_whitespace_run_before_a_word_is_tokenized(tmp_path, workers):

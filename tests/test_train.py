@@ -889,6 +889,20 @@ def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batche
     assert "no --log-windows" not in capsys.readouterr().out  # nothing left to train: nothing to miss
 
 
+def test_numpy_numbers_in_the_config_are_plain_ones_in_the_checkpoint(tmp_path, dataset):
+    """A sweep's np.int64 and np.float64 pass the checks; kept as they were, they reached the
+    checkpoint's config and metrics.jsonl, and json.dumps (a traceback after set-up) or
+    torch.load(weights_only=True) refused them."""
+    config = cfg(tmp_path, dataset, B=np.int64(2), T=np.int32(16), steps=np.int64(2), seed=np.int64(3),
+                 lr=np.float64(1e-3), ckpt_every=np.int64(2), dropout=np.float64(0.1))
+    assert [type(getattr(config, name)) for name in ("B", "T", "steps", "seed", "lr", "dropout")] == \
+        [int, int, int, int, float, float]
+    train.train(config)
+    (_, path), = train.list_checkpoints(tmp_path / "out")
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["train_config"]["B"] == 2 and type(ckpt["model_config"]["dropout"]) is float
+
+
 def test_resume_at_the_last_step_has_nothing_to_do(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
