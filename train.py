@@ -63,7 +63,7 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import (UserCommand, UserError, bar_disable, ignored, interrupt_exits_quietly,  # click only: quick
+from prep.errors import (UserCommand, UserError, bar_disable, interrupt_exits_quietly,  # click only: quick
                          plain_numbers)
 
 # Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
@@ -78,7 +78,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, signals_deferred
+    from prep.atomic import atomic_write, ignored, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
@@ -1826,7 +1826,9 @@ class StopRequest:
     of losing every step since the last --ckpt-every.
 
     A signal ignored by whoever started the process stays ignored (a script's `cmd &` ignores
-    SIGINT: a Ctrl-C at its terminal is not for its background jobs).
+    SIGINT: a Ctrl-C at its terminal is not for its background jobs). torchrun does not pass an
+    ignore on: it handles SIGINT itself and forwards it, unless started with `--signals-to-handle
+    SIGTERM,SIGHUP,SIGQUIT` (checked: `torchrun ... &` then trains on through a Ctrl-C).
 
     One process: the first signal only sets the flag and puts the previous handler back, so a
     second one acts at once. Under torchrun (`persistent`): every signal only sets the flag,

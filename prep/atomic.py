@@ -49,6 +49,14 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
             os.close(fd)
 
 
+def ignored(signum: int) -> bool:
+    """Whether `signum` is ignored, as whoever started this process left it: a script's `cmd &`
+    ignores SIGINT so that a Ctrl-C at the terminal leaves its background jobs running. Handlers
+    for Ctrl-C (or SIGTERM) are then not installed: they would undo that. (torchrun is another
+    matter: it installs its own handlers, and its ranks start with the default ones.)"""
+    return signal.getsignal(signum) is signal.SIG_IGN
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:
@@ -69,7 +77,8 @@ def signals_deferred():
     previous = {}
     try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
         for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) is not None:  # None: set outside Python, cannot restore
+            # None: set outside Python, cannot restore; ignored: nothing to defer
+            if signal.getsignal(signum) is not None and not ignored(signum):
                 previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
         yield received
     finally:

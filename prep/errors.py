@@ -13,6 +13,8 @@ import threading
 
 import click
 
+from prep.atomic import ignored
+
 
 def plain_numbers(config: object) -> None:
     """A dataclass's numpy scalars (a sweep's np.arange, np.float64 from a config file) made
@@ -78,13 +80,6 @@ def usage_as_user_error(ctx: click.Context):
         raise
     except click.UsageError as e:
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
-
-
-def ignored(signum: int) -> bool:
-    """Whether `signum` is ignored, as whoever started this process left it: a script's `cmd &`
-    ignores SIGINT so that a Ctrl-C at the terminal leaves its background jobs running. Handlers
-    for Ctrl-C (or SIGTERM) are then not installed: they would undo that."""
-    return signal.getsignal(signum) is signal.SIG_IGN
 
 
 @contextlib.contextmanager

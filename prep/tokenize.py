@@ -42,9 +42,10 @@ from typing import BinaryIO
 
 import click
 
+from prep.atomic import ignored
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, CorpusError, Piece, as_inputs, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, ignored, plain_numbers
+from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar

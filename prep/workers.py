@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from prep.atomic import ignored
 from prep.chunking import whitespace_run_pieces
 from prep.shards import TOKEN_DTYPE
 from prep.tokenizer import EOT, get_encoding
@@ -94,7 +95,8 @@ def _exit_with_parent() -> None:
 def _worker_main(tasks: multiprocessing.connection.Connection,
                  results: multiprocessing.connection.Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not ignored(signal.SIGTERM):  # (the parent's handler, under fork) but not undoing an ignore
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     get_encoding()
     while True:

@@ -123,6 +123,23 @@ def test_a_dead_worker_is_an_error_not_a_hang():
     assert all(p.exitcode is not None for p, _, _ in pool._workers)
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_keep_a_sigterm_ignored_by_whoever_started_the_process(start_method):
+    """Ignored at start (a launcher's choice): a SIGTERM to the process group must not kill the
+    workers while the main process goes on. Workers otherwise reset SIGTERM to its default (under
+    fork, they would inherit prep's handler, which raises SystemExit)."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (spawn's workers inherit it through exec)
+    try:
+        with EncoderPool(1, start_method) as pool:
+            pool.submit(batch(0))
+            assert np.frombuffer(pool.next_result(), "<u2").tolist() == expected(batch(0))  # the worker is up
+            os.kill(pool._workers[0][0].pid, signal.SIGTERM)
+            pool.submit(batch(1))
+            assert np.frombuffer(pool.next_result(), "<u2").tolist() == expected(batch(1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.timeout(60)  # a hang guard, not a speed check
 def test_abort_with_large_queued_tasks_does_not_hang():
     """multiprocessing.Pool.terminate() can hang here; abort() kills and moves on."""
