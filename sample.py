@@ -89,30 +89,43 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
 
 
 class Streamer:
-    """One sample printed as it is generated: the prompt at once, then each token's text as soon
-    as its bytes complete a character (a GPT-2 token may hold part of one). What it prints is
-    what decoding the whole sample prints (UTF-8, invalid bytes replaced, as tiktoken decodes),
-    and a Ctrl-C keeps what is on the screen."""
+    """One sample printed as it is generated: the prompt with the first token, then each token's
+    text as soon as its bytes complete a character (a GPT-2 token may hold part of one). What it
+    prints is what decoding the whole sample prints (UTF-8, invalid bytes replaced, as tiktoken
+    decodes), and a Ctrl-C keeps what is on the screen; a run that fails before its first token
+    prints nothing."""
 
     def __init__(self, prompt: Sequence[int]) -> None:
         from prep.tokenizer import get_encoding
 
         self.encoding = get_encoding()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._echo(self.encoding.decode_bytes(list(prompt)))
+        self.prompt: bytes | None = self.encoding.decode_bytes(list(prompt))  # None once printed
 
     def _echo(self, data: bytes, final: bool = False) -> None:
         text = self.decoder.decode(data, final)
         if text:
-            click.echo(text, nl=False)  # (click.echo flushes)
+            echo_sample(text, nl=False)
 
     def __call__(self, new_ids: torch.Tensor) -> None:
-        self._echo(self.encoding.decode_single_token_bytes(int(new_ids[0, 0])))  # sync: sampling only
+        token = self.encoding.decode_single_token_bytes(int(new_ids[0, 0]))  # sync: sampling only
+        if self.prompt is not None:
+            token, self.prompt = self.prompt + token, None
+        self._echo(token)
 
     def finish(self) -> None:
-        """The bytes left (an incomplete character: U+FFFD) and the line's end."""
-        self._echo(b"", final=True)
-        click.echo()
+        """The bytes left (an incomplete character: U+FFFD) and the line's end, where anything
+        was printed."""
+        if self.prompt is None:
+            self._echo(b"", final=True)
+            echo_sample("")
+
+
+def echo_sample(text: str, nl: bool = True) -> None:
+    """A sample's text on stdout as the model wrote it: click.echo, which flushes, but with
+    color=True, so that escape sequences the model wrote are not stripped on a pipe (click
+    strips only whole ones within a call, and a stream's come in pieces: both ways alike)."""
+    click.echo(text, nl=nl, color=True)
 
 
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
@@ -169,7 +182,7 @@ def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, tempera
         if streamer is not None:  # also on a Ctrl-C or an error: the line ends
             streamer.finish()
     if streamer is None:
-        click.echo(("\n" + "-" * 40 + "\n").join(texts))
+        echo_sample(("\n" + "-" * 40 + "\n").join(texts))
 
 
 if __name__ == "__main__":

@@ -199,19 +199,23 @@ def test_one_sample_streams_exactly_what_decoding_it_whole_gives(capsys):
     encoding = get_encoding()
     prompt = encoding.encode_ordinary("héllo 世界")
     generated = [*encoding.encode_ordinary(" 🎉🦜 ok"), encoding.encode_single_token(b"\x80"),
-                 *encoding.encode_ordinary(" and"), encoding.encode_single_token(b"\xe4")]
+                 *encoding.encode_ordinary(" \x1b[31mred\x1b[0m and"), encoding.encode_single_token(b"\xe4")]
     assert any(len(encoding.decode_single_token_bytes(t)) == 1 and encoding.decode_single_token_bytes(t)[0] > 127
                for t in encoding.encode_ordinary("🎉"))  # the emoji does come in pieces
     streamer = sample.Streamer(prompt)
-    assert capsys.readouterr().out == "héllo 世界"  # the prompt at once
+    assert capsys.readouterr().out == ""  # the prompt comes with the first token
     printed = []
     for token in generated:
         streamer(torch.tensor([[token]]))
         printed.append(capsys.readouterr().out)
+    assert printed[0].startswith("héllo 世界")
     streamer.finish()
     printed.append(capsys.readouterr().out)
-    assert "héllo 世界" + "".join(printed) == encoding.decode(prompt + generated) + "\n"
+    # escape sequences too, in pieces on a pipe, as a whole sample prints them (not stripped)
+    assert "".join(printed) == encoding.decode(prompt + generated) + "\n"
     assert "" in printed[:3]  # a token holding part of a character printed nothing yet
+    sample.Streamer(prompt).finish()  # no token came (an error, a Ctrl-C): nothing printed
+    assert capsys.readouterr().out == ""
 
 
 def test_a_ctrl_c_keeps_the_streamed_text(run, monkeypatch):
@@ -231,3 +235,17 @@ def test_a_ctrl_c_keeps_the_streamed_text(run, monkeypatch):
     shown = result.stdout
     assert shown.endswith("\n") and shown.startswith("ROMEO:") and whole.startswith(shown[:-1].rstrip("\ufffd"))
     assert len(shown) < len(whole)
+
+
+def test_logits_that_overflow_are_one_line_and_print_no_text(run, tmp_path):
+    """Finite weights (the NaN check passes) whose logits overflow: one line, and nothing on
+    stdout (the streamed prompt waits for the first token)."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    ckpt["model"]["transformer.wte.weight"].fill_(1e38)  # tied to lm_head: logits ~ 1e38 * C = inf
+    torch.save(ckpt, tmp_path / "ckpt_000004.pt")
+    result = invoke(str(tmp_path / "ckpt_000004.pt"), "--prompt", "ROMEO:")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    header, error = result.stderr.splitlines()  # what it was about to do, then why it did not
+    assert error.startswith("Error: checkpoint ") and error.endswith(": the model's logits are not finite "
+                                                                    "(NaN or inf): no text to sample")
+    assert result.stdout == ""
