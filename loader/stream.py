@@ -95,7 +95,7 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
         raise LoaderError(str(e)) from None
     if meta is None:
         try:
-            paths = dataset_shards(directory)[split]
+            paths = dataset_shards(directory, split)[split]
         except ShardError as e:
             raise LoaderError(str(e)) from None
         if not paths and not allow_empty:

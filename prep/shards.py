@@ -16,6 +16,7 @@ front); what is written is always `.bin`.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -287,12 +288,14 @@ def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
     return [p for _, _, p in found]
 
 
-def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
+def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> dict[str, list[Path]]:
     """find_shards for every split of a directory without meta.json, or ShardError unless it
     holds one dataset's shards, each index once per split: two names would interleave in index
     order (a_0, b_0, a_1, ...) and pair one corpus's train split with another's val split, and
     llm.c's unindexed x_train.bin is the same index 0 as x_train_000000.bin. The loader,
-    `prep info` and `prep verify` agree on this one rule."""
+    `prep info` and `prep verify` agree on this one rule. A gap in a split's numbering is
+    refused too: in `split`'s only, where one is given (the loader's; the other split's gap is
+    no reason to refuse it)."""
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
@@ -301,7 +304,7 @@ def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
         raise ShardError(f"{directory}: shards of {len(names)} datasets ({', '.join(names)}): keep one "
                          f"per directory, or give train.py a glob such as "
                          f"'{directory}/{names[0]}_train_*{suffix}'")
-    for paths in every.values():
+    for which, paths in every.items():
         indices = [parse_shard_name(p.name)[2] for p in paths]
         counts = Counter(indices)  # not indices.count(i) for each: quadratic in the shards
         twice = [p.name for p, i in zip(paths, indices) if counts[i] > 1]
@@ -312,11 +315,12 @@ def dataset_shards(directory: str | os.PathLike) -> dict[str, list[Path]]:
         # 0), but without a gap: a shard lost in a copy or a download would shift every window
         # after it, and its tokens would be left out without a word.
         gap = next((k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1), None)
-        if gap is not None:
+        if gap is not None and split in (None, which):
             before, after = paths[gap - 1], paths[gap]
-            missing = indices[gap - 1] + 1
-            name, split = parse_shard_name(before.name)[:2]
-            raise ShardError(f"{directory}: no {split} shard {missing:06d} between {before.name} and {after.name} "
-                             f"(index {missing} is missing): restore it, or train on the shards that are there "
-                             f"with a glob such as '{directory}/{name}_{split}_*{before.suffix}'")
+            missing, name = indices[gap - 1] + 1, parse_shard_name(before.name)[0]
+            pattern = f"{glob.escape(str(directory))}/{glob.escape(name)}_{which}*{before.suffix}"
+            flag = "--data" if which == "train" else "--val-data"
+            raise ShardError(f"{directory}: no {which} shard {missing:06d} between {before.name} and {after.name} "
+                             f"(index {missing} is missing): restore it, or name the shards that are there with "
+                             f"a glob, such as train.py's {flag} '{pattern}'")
     return every

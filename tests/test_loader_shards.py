@@ -186,10 +186,12 @@ def test_a_shard_missing_between_two_is_refused_and_a_glob_takes_the_rest(tmp_pa
     with pytest.raises(LoaderError) as e:
         TokenLoader(tmp_path, B=1, T=8)
     assert str(e.value) == (f"{tmp_path}: no train shard 000003 between fw_train_000002.bin and fw_train_000004.bin "
-                            f"(index 3 is missing): restore it, or train on the shards that are there with a glob "
-                            f"such as '{tmp_path}/fw_train_*.bin'")
-    with TokenLoader(tmp_path / "fw_train_*.bin", B=1, T=8) as loader:  # as the error says
+                            f"(index 3 is missing): restore it, or name the shards that are there with a glob, "
+                            f"such as train.py's --data '{tmp_path}/fw_train*.bin'")
+    with TokenLoader(tmp_path / "fw_train*.bin", B=1, T=8) as loader:  # as the error says
         assert loader.num_tokens == 900
+    with TokenLoader(tmp_path, split="val", B=1, T=8) as loader:  # the train split's gap is not val's
+        assert loader.num_tokens == 300
     llmc_shard(tmp_path / "fw_train_000003.bin", tokens(300, 3))
     with TokenLoader(tmp_path, B=1, T=8) as loader:
         assert [p.name[-10:-4] for p in loader.shards] == ["000001", "000002", "000003", "000004"]
