@@ -129,10 +129,8 @@ class TokenLoader:
         pin_memory: bool | None = None,
         vocab_size: int | None = None,
     ):
-        limits = {"B": (B, 1), "T": (T, 1), "world": (world, 1), "rank": (rank, 0),
-                  "seed": (seed, 0), "prefetch": (prefetch, 0)}  # name: (value, minimum)
-        B, T, world, rank, seed, prefetch = (check_int(label, value, minimum)  # plain ints from here
-                                             for label, (value, minimum) in limits.items())
+        B, T, world = check_int("B", B, 1), check_int("T", T, 1), check_int("world", world, 1)  # plain ints
+        rank, seed, prefetch = check_int("rank", rank, 0), check_int("seed", seed, 0), check_int("prefetch", prefetch, 0)
         if rank >= world:
             raise LoaderError(f"rank must satisfy 0 <= rank < world={world}, got rank={rank}")
         if not isinstance(shuffle, bool):

@@ -257,10 +257,9 @@ def format_report(result: dict) -> str:
         lines.append(f"note: the targets are stated for {TARGET_MB:g} MB (the default --mb): at "
                      f"{result['text_bytes'] / 1e6:.1f} MB fixed costs (workers starting, files written) weigh more, "
                      f"and the RSS growth is a few MiB over a little text")
-    if capacity["speedup"] < SPEEDUP_TARGET:
-        lines.append(f"note: this machine ran {cfg['workers']} processes only {capacity['speedup']:.2f}x as fast as "
-                     f"one (busy, or fewer cores than that): no {cfg['workers']}-worker run can beat that, so the "
-                     f"speedup target cannot be met here")
+    if cfg["workers"] == 2 and capacity["speedup"] < SPEEDUP_TARGET:  # the target is for 2 workers
+        lines.append(f"note: this machine ran 2 processes only {capacity['speedup']:.2f}x as fast as one (busy, or "
+                     f"one core): no 2-worker run can beat that, so the speedup target cannot be met here")
     return "\n".join(lines)
 
 

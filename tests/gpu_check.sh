@@ -93,8 +93,11 @@ case $WHAT in
         ;;
     all)
         rm -f "$CHECK_DIR"/{env.txt,status.txt,tests.log,bench.log,bench.jsonl,demo.log}
-        { date -u; nvidia-smi; "${PY[@]}" -c "import sys, importlib.metadata as m, torch; print(sys.version.split()[0], \
-            torch.__version__, torch.version.cuda, *(p + ' ' + m.version(p) for p in ('numpy', 'tiktoken', 'click', 'tqdm')))"; } \
+        { date -u; nvidia-smi; "${PY[@]}" -c "import sys, importlib, importlib.metadata as m, torch
+def version(p):  # a package on PYTHONPATH may have no metadata
+    try: return m.version(p)
+    except m.PackageNotFoundError: return getattr(importlib.import_module(p), '__version__', '?')
+print(sys.version.split()[0], torch.__version__, torch.version.cuda, *(p + ' ' + version(p) for p in ('numpy', 'tiktoken', 'click', 'tqdm')))"; } \
             > "$CHECK_DIR/env.txt" 2>&1
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus

@@ -165,8 +165,10 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     assert "note: the targets are stated for 50 MB (the default --mb): at 0.2 MB fixed costs" in table
     busy = {**record, "capacity": {**record["capacity"], "speedup": 1.02}, "text_bytes": 50_000_000}
     notes = [line for line in bench.format_report(busy).splitlines() if line.startswith("note:")]
-    assert notes == ["note: this machine ran 2 processes only 1.02x as fast as one (busy, or fewer cores than "
-                     "that): no 2-worker run can beat that, so the speedup target cannot be met here"]
+    assert notes == ["note: this machine ran 2 processes only 1.02x as fast as one (busy, or one core): no "
+                     "2-worker run can beat that, so the speedup target cannot be met here"]
+    one_cpu = {**busy, "config": {**busy["config"], "workers": 1}, "capacity": {**busy["capacity"], "speedup": 1.0}}
+    assert "note:" not in bench.format_report(one_cpu)  # one worker: no speedup target
 
 
 @pytest.mark.parametrize("args, message", [

@@ -3,7 +3,6 @@ worker reported instead of a hang, and abort() never hanging on queued work."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import multiprocessing
 import os
 import signal
@@ -59,7 +58,9 @@ def test_a_tiktoken_whose_encode_to_numpy_is_not_exact_is_found_out_and_not_used
 
     pieces = [("a <|endoftext|> b", True), ("\ud800 lone surrogate", False),
               (" " * 1_000_000 + "x <|endoftext|>", True)]  # a run tiktoken's regex cannot take whole
-    installed = tuple(int(part) for part in importlib.metadata.version("tiktoken").split(".")[:2])
+    import tiktoken
+
+    installed = tuple(int(part) for part in tiktoken.__version__.split(".")[:2])  # (no dist-info on a PYTHONPATH)
     assert workers.numpy_encoding_is_exact() == (installed >= (0, 11))  # the real one, installed here
     exact = encode_batch(pieces)
     assert np.frombuffer(exact, dtype="<u2").tolist()[:10] == expected(pieces[:1])
