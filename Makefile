@@ -54,7 +54,8 @@ bench-gpu:
 gpu-check:
 	bash tests/gpu_check.sh all
 
-# The venv, the caches and what `make demo` made; not input.txt (maybe your corpus) nor other
-# datasets or runs under data/ and out/
+# The venv, the caches, and the dataset and run `make demo` writes (data/input is also what
+# `prep tokenize input.txt` writes); not input.txt (maybe your corpus), nor other datasets or
+# runs under data/ and out/
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR)/data/input $(DEMO_DIR)/out/demo

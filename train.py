@@ -1196,7 +1196,8 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
             raise UserError(f"{path}: cannot rename it to {aside.name} to start again ({e.strerror or e})") from None
 
 
-def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig, overrides: dict | None = None) -> None:
+def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig, overrides: dict | None = None,
+                     total_given: bool = False) -> None:
     """The checkpoint must come from the same model, batch geometry, world size and data; if
     not, the error names the options that make them so. `overrides`: this run's shape flags
     (TrainConfig.model_overrides())."""
@@ -1210,7 +1211,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
             hint = (f"; resume it with {saved['world']} ranks in all (on one machine: torchrun "
                     f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
-        flags = _resume_flags(ckpt, differ, overrides or {})
+        flags = _resume_flags(ckpt, differ, overrides or {}, total_given)
         if flags:  # the options, then what no option says
             said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
             hint += f"{' and' if hint else ';'} pass {' and '.join(filter(None, said))} to match that run"
@@ -1219,10 +1220,11 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
 
 
-def _resume_flags(ckpt: dict, differ: list[str], overrides: dict) -> list[str]:
+def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: bool = False) -> list[str]:
     """The options that give the checkpoint's run its values of the fields in `differ` again
     (check_compatible's hint), as far as the checkpoint says them; `overrides`: this run's
-    shape flags, those the checkpoint's run did not give named as ones to drop."""
+    shape flags, those the checkpoint's run did not give named as ones to drop; `total_given`:
+    whether this run gave --total-batch-size (then it is named whenever it differs)."""
     saved, then = {**ckpt["model_config"], **ckpt["run"]}, ckpt["train_config"]
     flags = []
     if any(k in ckpt["model_config"] for k in differ):
@@ -1243,7 +1245,8 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict) -> list[str]:
                 flags.append(f"--dropout {saved['dropout']:g}")
     # a field the checkpoint lacks (damaged) differs too, but names no flag to pass; a total batch
     # size that run did not give follows from B, T and the ranks: named only where they agree
-    derived = then.get("total_batch_size") is None and any(k in differ for k in ("B", "T", "world"))
+    derived = (then.get("total_batch_size") is None and not total_given
+               and any(k in differ for k in ("B", "T", "world")))
     flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed")
               if k in differ and k in saved and not (k == "total_batch_size" and derived)]
     if "shuffle" in differ and "shuffle" in saved:
@@ -1422,7 +1425,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     """Load and check the checkpoint to resume, and put the train loader at its step (`accum`
     micro-steps, loader steps, per optimizer step)."""
     ckpt = load_checkpoint(path)
-    check_compatible(ckpt, path, run, model_config, cfg.model_overrides())
+    check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None)
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
     if newer:  # they would outlive this run's own checkpoints and win a later --resume auto
         raise UserError(

@@ -15,6 +15,7 @@ from loader.errors import LoaderError, TokenRangeError, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
 from loader.stream import TokenStream, resolve_shards
 from prep.meta import portable_name
+from prep.shards import token_out_of_range
 
 STATE_FORMAT = 1
 
@@ -28,8 +29,8 @@ def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int
     if vocab_size is not None and int(window.max()) >= vocab_size:
         bad = int(np.argmax(window >= vocab_size))
         path, at = stream.locate(start + bad)
-        raise TokenRangeError(f"{path}: token {int(window[bad])} at index {at:,} is not below the vocabulary "
-                              f"size {vocab_size}: a damaged or foreign shard (`prep verify` checks them all)")
+        raise TokenRangeError(f"{path}: {token_out_of_range(int(window[bad]), at, vocab_size)}: a damaged or "
+                              f"foreign shard (`prep verify` checks them all)")
 
 
 def widen_int16(bits: torch.Tensor) -> torch.Tensor:

@@ -29,8 +29,9 @@ class GPTConfig:
     block_size: int = 1024  # longest context: the number of learned position embeddings
     vocab_size: int = GPT2_VOCAB_SIZE  # real tokens; only these can be predicted
     # Rows of the (tied) token embedding. The extra 47 rows hold no real token (GPT says who
-    # checks input ids) and their logits are sliced off, but the lm_head matmul runs over all of them: 50304 = 64 * 786
-    # tiles evenly on tensor cores, which makes the largest matmul in the model faster.
+    # checks input ids) and their logits are sliced off, but the lm_head matmul runs over all
+    # of them: 50304 = 64 * 786 tiles evenly on tensor cores, which makes the largest matmul in
+    # the model faster.
     padded_vocab_size: int = PADDED_VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12

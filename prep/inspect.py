@@ -21,7 +21,7 @@ from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
-                         read_header)
+                         read_header, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -202,7 +202,7 @@ def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple
             digest.update(chunk)
         if bad is None and int(chunk.max()) >= vocab_size:
             offset = start + int((chunk >= vocab_size).argmax())
-            bad = f"token {int(tokens[offset])} at index {offset:,} is not below the vocabulary size {vocab_size}"
+            bad = token_out_of_range(int(tokens[offset]), offset, vocab_size)
         bar.update(chunk.nbytes)
     del tokens  # close the map before the caller moves on
     return num_tokens, digest.hexdigest() if digest is not None else None, bad

@@ -85,6 +85,12 @@ def read_header(path: str | os.PathLike) -> int:
     return _layout(Path(path))[0]
 
 
+def token_out_of_range(token: int, index: int, vocab_size: int) -> str:
+    """How a token at or above the vocabulary size is named, by `prep verify` and the loader
+    alike: `index` counts the shard's tokens from 0."""
+    return f"token {token} at index {index:,} is not below the vocabulary size {vocab_size}"
+
+
 def not_a_shard(path: str | os.PathLike) -> str | None:
     """Why `path` is no shard at all, damaged or not, when it begins with neither the format's
     magic nor a .npy's (a text file given where shards go): e.g. "bad magic 1936877894,

@@ -137,8 +137,10 @@ class TokenizeResult:
 
 
 def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                    out_dir: str | os.PathLike | None = None, *, name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
-                    val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS, workers: int | None = None,
+                    out_dir: str | os.PathLike | None = None, *,
+                    name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                    val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS,
+                    workers: int | None = None,
                     field: str = "text", errors: str = "strict", overwrite: bool = False,
                     progress: bool = True, chunk_chars: int = DEFAULT_CHUNK_CHARS,
                     start_method: str | None = None, stdin: BinaryIO | None = None,

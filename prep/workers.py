@@ -46,7 +46,8 @@ def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:
 
     `encode_to_numpy(text, disallowed_special=())` is the same core call as `encode_ordinary`
     (tiktoken documents encode_ordinary == encode(disallowed_special=())) but fills a buffer
-    instead of a Python list; lone surrogates get encode_ordinary's own fallback.
+    instead of a Python list; lone surrogates get encode_ordinary's own fallback, and so does
+    everything where this tiktoken's encode_to_numpy is not exact (numpy_encoding_is_exact).
     """
     enc = get_encoding()
     parts = []

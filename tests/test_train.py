@@ -1895,6 +1895,11 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
         "(another --out) from its weights with --init-from c.pt")
     assert refusal(ckpt, same, world=2, total_batch_size=64).endswith(
         "(world 1 there, 2 now; total_batch_size 32 there, 64 now); resume it in one process: python train.py ...")
+    with pytest.raises(train.UserError) as e:  # this run gave one: following the hint must be enough
+        train.check_compatible(ckpt, Path("c.pt"), {**run, "B": 4, "total_batch_size": 64}, same, {},
+                               total_given=True)
+    assert str(e.value).endswith("pass --B 2 --total-batch-size 32 to match that run, or start a new run "
+                                 "(another --out) from its weights with --init-from c.pt")
     given = {**ckpt, "train_config": {**ckpt["train_config"], "total_batch_size": 32}}
     assert refusal(given, same, world=2, B=1).endswith(
         "(B 2 there, 1 now; world 1 there, 2 now); resume it in one process: python train.py ... and pass --B 2 "
