@@ -137,18 +137,34 @@ COMPRESSED = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "
 _BZIP2 = re.compile(rb"^BZh[1-9]1AY&SY")
 
 
-def _refuse_compressed(path: Path) -> None:
-    """A CorpusError for a compressed file: read as text it fails as invalid UTF-8, and with
-    --errors replace it would tokenize the compressed bytes as if they were text."""
-    if not path.is_file():  # a pipe or device: nothing to peek at
-        return
-    with open(path, "rb") as f:
-        head = f.read(10)
+UTF16_BOMS = {b"\xff\xfe": "FF FE", b"\xfe\xff": "FE FF"}  # neither byte starts UTF-8 (UTF-32LE's too)
+
+
+def _not_utf8(head: bytes, label: str) -> CorpusError | None:
+    """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
+    UTF-16 with its byte-order mark), None otherwise: read as text it fails as invalid UTF-8,
+    whose hint (--errors replace) would then tokenize the bytes as if they were text."""
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
-        raise CorpusError(f"{path}: {found[0]}-compressed; decompress it first (prep reads plain text "
-                          f"and .jsonl files)")
+        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first (prep reads plain text "
+                           f"and .jsonl files)")
+    bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
+    if bom is not None:
+        return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "
+                           f"e.g. iconv -f UTF-16 -t UTF-8")
+    return None
+
+
+def _refuse_compressed(path: Path) -> None:
+    """_not_utf8's error for a file named as input, before any work (a pipe or a device is
+    checked as it is read, by _read_text)."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        error = _not_utf8(f.read(10), str(path))
+    if error is not None:
+        raise error
 
 
 def _stdin_identity(stdin: BinaryIO | None) -> tuple[int, int] | None:
@@ -250,6 +266,12 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> I
     offset, first, at_start = 0, True, True
     while True:
         block = read(block_bytes)
+        if first:  # stdin, a directory's files: compressed or UTF-16 bytes are refused here
+            while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
+                block += more
+            error = _not_utf8(block[:10], label)
+            if error is not None:
+                raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
         try:
             text = decoder.decode(block, final=not block)

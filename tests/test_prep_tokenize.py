@@ -467,6 +467,24 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("how", ["a directory's file", "stdin", "a named file"])
+def test_compressed_or_utf16_bytes_are_refused_however_they_come_even_with_errors_replace(tmp_path, how):
+    """A named compressed file was refused, but a directory's .txt or stdin holding the same bytes
+    failed as invalid UTF-8, whose hint (--errors replace) tokenized them as text; UTF-16 too."""
+    for data, words in ((gzip.compress(b"text " * 100), "gzip-compressed; decompress it first"),
+                        ("Hello, world\n".encode("utf-16"), "UTF-16 text (byte-order mark FF FE), not UTF-8"),
+                        ("Hello, world\n".encode("utf-16-be").join([b"\xfe\xff", b""]),
+                         "UTF-16 text (byte-order mark FE FF), not UTF-8")):
+        (tmp_path / "d").mkdir(exist_ok=True)
+        (tmp_path / "d" / "a.txt").write_bytes(data)
+        args = {"a directory's file": [tmp_path / "d"], "stdin": ["-"], "a named file": [tmp_path / "d" / "a.txt"]}
+        result = invoke(*args[how], "--out", tmp_path / "out", "--errors", "replace",
+                        input=data if how == "stdin" else None)
+        where = "<stdin>" if how == "stdin" else str(tmp_path / "d" / "a.txt")
+        assert_user_error(result, f"{where}: {words}")
+        assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
+
+
 def test_stdin_empty(tmp_path):
     assert_user_error(invoke("-", "--out", tmp_path / "out", input=b""), "no text")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
