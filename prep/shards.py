@@ -305,11 +305,12 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
-    if len(names) > 1:  # the glob's suffix is that dataset's own (build-nanogpt's are .npy)
-        suffix = next(p.suffix for paths in every.values() for p in paths if parse_shard_name(p.name)[0] == names[0])
+    if len(names) > 1:  # the glob: a dataset that has train shards, with their suffix (build-nanogpt's .npy)
+        example = next((p for p in every["train"]), next(p for paths in every.values() for p in paths))
+        name, split = parse_shard_name(example.name)[:2]
+        pattern = f"{glob.escape(str(directory))}/{glob.escape(name)}_{split}*{example.suffix}"
         raise ShardError(f"{directory}: shards of {len(names)} datasets ({', '.join(names)}): keep one "
-                         f"per directory, or give train.py a glob such as "
-                         f"'{directory}/{names[0]}_train_*{suffix}'")
+                         f"per directory, or give train.py a glob such as '{pattern}'")
     for which, paths in every.items():
         indices = [parse_shard_name(p.name)[2] for p in paths]
         counts = Counter(indices)  # not indices.count(i) for each: quadratic in the shards

@@ -58,6 +58,7 @@ DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_VAL_MAX_TOKENS = 10_000_000  # llm.c-sized val; held back in a 20 MB file until the end
 DEFAULT_CHUNK_CHARS = 1 << 20  # ~50 ms of encoding: cheap to send, fine-grained enough to balance
 MIN_AUTO_CHUNK_CHARS = 1 << 16  # chunks shrink to this for small inputs, not below
+NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 SPILL_NAME = "val-tail.spill"  # in the temporary dir only: removed before the rename
 OUTPUT_SETTINGS = ("shard_size", "val_fraction", "val_max_tokens", "field", "errors")  # -> meta.json
 VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens, cut moved forward "
@@ -171,6 +172,17 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         where = "--name" if given else f"--out {str(target)!r} gives the shard name"
         raise OutputError(f"{where} {name!r}: not a usable shard name (non-empty, no path separator or "
                           f"line break)" + ("" if given else "; pass --name"))
+    # one file name holds NAME_MAX bytes: found out here, not as "File name too long" at the
+    # first shard, naming a temporary path
+    shard_bytes = len(os.fsencode(shard_name(name, "train", 0)))
+    if shard_bytes > NAME_MAX:
+        where = "--name" if given else f"--out {str(target)!r} gives the shard name"
+        raise OutputError(f"{where} {name[:40]!r}... is too long: its shards' file names would be {shard_bytes} "
+                          f"bytes, over {NAME_MAX}" + ("" if given else "; pass --name"))
+    aside = f".{target.absolute().name}.tmp-{os.getpid()}"  # AtomicDirectory's, beside the target
+    if len(os.fsencode(aside)) > NAME_MAX:
+        raise OutputError(f"--out {str(target)!r}: its name is too long for the temporary directory written "
+                          f"beside it ({len(os.fsencode(aside))} bytes, over {NAME_MAX}); pass a shorter --out")
     check_target(target, overwrite)
     for note in filter(None, (source.note() for source in sources)):  # before the work: Ctrl-C is cheap
         click.echo(f"note: {note}", err=True)  # with stderr closed: nowhere, not into stdout's JSON

@@ -129,7 +129,7 @@ def test_a_directory_holding_two_datasets_without_meta_is_refused(fineweb):
     path, _ = fineweb
     llmc_shard(path / "other_train_000001.bin", tokens(300, 7))
     with pytest.raises(LoaderError, match=r"shards of 2 datasets \(fineweb, other\): keep one per directory, "
-                                          r"or give train.py a glob such as '.*/fineweb_train_\*.bin'"):
+                                          r"or give train.py a glob such as '.*/fineweb_train\*.bin'"):
         TokenLoader(path, B=1, T=8)
     with TokenLoader(str(path / "fineweb_train_*.bin"), B=1, T=8) as loader:  # as it says
         assert loader.num_tokens == 317 + 334 + 351
@@ -145,6 +145,18 @@ def test_the_glob_suggested_for_two_datasets_matches_the_first_ones_shards(tmp_p
     suggested = re.search(r"a glob such as '(.*)'$", str(e.value))[1]
     with TokenLoader(suggested, B=1, T=8, prefetch=0) as loader:  # as it says
         assert [p.name for p in loader.shards] == ["edufineweb_train_000001.npy"]
+    # llm.c's unindexed shards, beside a dataset that has only a val shard (sorted first): the
+    # glob names the one with train shards, and matches its unindexed name
+    llmc = tmp_path / "llmc"
+    llmc.mkdir()
+    llmc_shard(llmc / "tiny_shakespeare_train.bin", tokens(300, 3))
+    llmc_shard(llmc / "tiny_shakespeare_val.bin", tokens(100, 4))
+    llmc_shard(llmc / "other_val.bin", tokens(100, 5))
+    with pytest.raises(LoaderError, match=r"shards of 2 datasets \(other, tiny_shakespeare\)") as e:
+        TokenLoader(llmc, B=1, T=8)
+    suggested = re.search(r"a glob such as '(.*)'$", str(e.value))[1]
+    with TokenLoader(suggested, B=1, T=8, prefetch=0) as loader:
+        assert [p.name for p in loader.shards] == ["tiny_shakespeare_train.bin"]
 
 
 def test_a_glob_reads_the_matching_files_sorted(fineweb):

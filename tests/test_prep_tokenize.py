@@ -485,6 +485,20 @@ def test_compressed_or_utf16_bytes_are_refused_however_they_come_even_with_error
         assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
 
 
+def test_names_too_long_for_a_file_name_are_one_line_naming_the_fix(tmp_path):
+    """A 240-character stem made shard names over 255 bytes: the error was "File name too long"
+    naming a temporary path; an --out near 255 bytes, the same for its temporary sibling."""
+    text = tmp_path / ("L" * 240 + ".txt")
+    text.write_text("hello")
+    result = invoke(text, "--out", tmp_path / text.stem)
+    assert_user_error(result, "gives the shard name", "is too long: its shards' file names would be 257 bytes, "
+                      "over 255; pass --name")
+    result = invoke(text, "--name", "short", "--out", tmp_path / ("M" * 250))
+    assert_user_error(result, "its name is too long for the temporary directory written beside it", "shorter --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [text.name]
+    assert invoke(text, "--name", "short", "--out", tmp_path / "ok").exit_code == 0
+
+
 def test_stdin_empty(tmp_path):
     assert_user_error(invoke("-", "--out", tmp_path / "out", input=b""), "no text")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
