@@ -20,7 +20,7 @@ from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
-from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
+from prep.shards import (HEADER_BYTES, SPLITS, TOKEN_DTYPE, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
                          read_header, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
@@ -47,6 +47,9 @@ class DatasetInfo:
     name: str | None = None
     vocab_size: int = VOCAB_SIZE
     missing: list[str] = field(default_factory=list)  # listed in meta.json, absent on disk
+    # listed in meta.json, on disk, but not the size its tokens give (cut short, changed): file,
+    # bytes on disk, bytes expected
+    wrong_size: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -93,7 +96,13 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                 entries = record["shards"]
                 info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
                                                record.get("documents"))
-                info.missing += [e["file"] for e in entries if not (directory / e["file"]).is_file()]
+                for entry in entries:  # one stat a shard: what a half-copied dataset shows
+                    path = directory / entry["file"]
+                    if not path.is_file():
+                        info.missing.append(entry["file"])
+                    elif (size := path.stat().st_size) != HEADER_BYTES + TOKEN_DTYPE.itemsize * entry["tokens"]:
+                        info.wrong_size.append((entry["file"], size,
+                                                HEADER_BYTES + TOKEN_DTYPE.itemsize * entry["tokens"]))
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:
@@ -141,6 +150,11 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
     if info.missing:
         click.echo(f"warning: {len(info.missing)} shard(s) listed in meta.json are missing, e.g. "
                    f"{directory / info.missing[0]}; run `prep verify {directory}`", err=True)
+    if info.wrong_size:
+        name, size, expected = info.wrong_size[0]
+        click.echo(f"warning: {len(info.wrong_size)} shard(s) are not the size meta.json gives them (cut short "
+                   f"or changed), e.g. {directory / name}: {size:,} bytes, {expected:,} expected; run "
+                   f"`prep verify {directory}`", err=True)
     if as_json:
         record = asdict(info) | {"tokens": info.tokens, "shards": info.shards}
         if B is not None:

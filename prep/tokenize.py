@@ -288,7 +288,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     field_given = click.get_current_context().get_parameter_source("field") != click.core.ParameterSource.DEFAULT
     if field_given and not any(".jsonl" in i.lower() for i in inputs):  # x.jsonl.gz: its own error
         raise UserError(f"--field {field}: only .jsonl inputs have fields, and none is given (stdin and "
-                        f"other files are read as plain text)")
+                        f"other files are read as plain text: name a JSON-lines file *.jsonl, .ndjson too)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place

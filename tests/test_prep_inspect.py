@@ -129,6 +129,18 @@ def test_info_warns_about_missing_listed_shard(dataset):
     assert result.exit_code == 0 and "missing" in result.stderr and "prep verify" in result.stderr
 
 
+def test_info_warns_about_a_shard_cut_short(dataset):
+    """A half-copied dataset: info read meta.json's figures and said nothing (verify finds it)."""
+    assert run(info_command, dataset).stderr == ""
+    shard = dataset / "ds_train_000001.bin"
+    with open(shard, "r+b") as f:
+        f.truncate(5000)
+    result = run(info_command, dataset)
+    assert result.exit_code == 0
+    assert result.stderr == (f"warning: 1 shard(s) are not the size meta.json gives them (cut short or changed), "
+                             f"e.g. {shard}: 5,000 bytes, 7,024 expected; run `prep verify {dataset}`\n")
+
+
 def _with_meta_text(tmp_path, text):
     target = make_dataset(tmp_path / "m", {"train": [tokens(10)]})
     (target / META_NAME).write_text(text(json.loads((target / META_NAME).read_text())))
