@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prep.atomic import atomic_write
-from prep.shards import SPLITS, parse_shard_name
+from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, parse_shard_name
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
@@ -149,6 +149,12 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
         raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")
+    # the shard format it describes, where it says (a hand-edited or foreign file): ours only
+    ours = {"dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES}
+    differ = [f"{key} {meta[key]!r}" for key, value in ours.items() if key in meta and meta[key] != value]
+    if differ:
+        raise ValueError(f"{path}: describes shards of {', '.join(differ)}; this version reads "
+                         f"{TOKEN_DTYPE.name} tokens after a {HEADER_BYTES}-byte header")
     return _with_file_names(meta, _local_name)
 
 

@@ -152,7 +152,7 @@ def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...]
     return {
         "format_version": META_FORMAT_VERSION, "tool": "shardgpt", "tool_version": __version__,
         "tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot": EOT,
-        "dtype": "uint16", "header_bytes": HEADER_BYTES, "name": name,
+        "dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES, "name": name,
         "splits": {w.split: {"tokens": w.tokens, "documents": w.documents, "shards": w.entries}
                    for w in splits},
         "sources": [s.to_meta(nbytes - other_bytes if s.kind == "stdin" else None) for s in sources],

@@ -162,6 +162,10 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
                    [META_NAME, "splits.train"]),
     "other_format_version": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"format_version": 2})), [],
                              [META_NAME, "not a meta.json of format version 1"]),
+    "other_shard_format": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"dtype": "uint32",
+                                                                                   "header_bytes": 2048})), [],
+                           [META_NAME, "describes shards of dtype 'uint32', header_bytes 2048; this version "
+                            "reads uint16 tokens after a 1024-byte header"]),
     "dotdot_listed": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"ds_train_000000.bin"', '".."')),
                       [], [META_NAME, "train shard file '..' is not a plain file name"]),
     "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
