@@ -228,6 +228,8 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
             continue
         path = Path(arg)
         if not path.exists():
+            if path.is_symlink():  # as a directory's broken link is named
+                raise CorpusError(f"{arg}: a broken symbolic link (to {os.readlink(path)})")
             raise CorpusError(f"{arg}: no such file or directory")
         try:
             if path.is_dir():

@@ -499,6 +499,13 @@ def test_names_too_long_for_a_file_name_are_one_line_naming_the_fix(tmp_path):
     assert invoke(text, "--name", "short", "--out", tmp_path / "ok").exit_code == 0
 
 
+def test_a_broken_link_named_as_input_says_so(tmp_path):
+    (tmp_path / "link.txt").symlink_to(tmp_path / "gone.txt")
+    assert_user_error(invoke(tmp_path / "link.txt", "--out", tmp_path / "out"),
+                      f"{tmp_path / 'link.txt'}: a broken symbolic link (to {tmp_path / 'gone.txt'})")
+    assert not (tmp_path / "out").exists()
+
+
 def test_stdin_empty(tmp_path):
     assert_user_error(invoke("-", "--out", tmp_path / "out", input=b""), "no text")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
