@@ -20,8 +20,8 @@ from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
-from prep.shards import (HEADER_BYTES, SPLITS, TOKEN_DTYPE, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
-                         read_header, token_out_of_range)
+from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
+                         read_header, shard_file_bytes, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -100,9 +100,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                     path = directory / entry["file"]
                     if not path.is_file():
                         info.missing.append(entry["file"])
-                    elif (size := path.stat().st_size) != HEADER_BYTES + TOKEN_DTYPE.itemsize * entry["tokens"]:
-                        info.wrong_size.append((entry["file"], size,
-                                                HEADER_BYTES + TOKEN_DTYPE.itemsize * entry["tokens"]))
+                    elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
+                        info.wrong_size.append((entry["file"], size, expected))
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:

@@ -85,6 +85,11 @@ def read_header(path: str | os.PathLike) -> int:
     return _layout(Path(path))[0]
 
 
+def shard_file_bytes(tokens: int) -> int:
+    """The size of a shard file holding `tokens` tokens: the header, then 2 bytes a token."""
+    return HEADER_BYTES + TOKEN_DTYPE.itemsize * tokens
+
+
 def token_out_of_range(token: int, index: int, vocab_size: int) -> str:
     """How a token at or above the vocabulary size is named, by `prep verify` and the loader
     alike: `index` counts the shard's tokens from 0."""
@@ -175,7 +180,7 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
     n = int(header[2])
     if n <= 0:
         raise ShardError(f"{path}: header says {n} tokens; a shard holds at least one")
-    expected = HEADER_BYTES + TOKEN_DTYPE.itemsize * n
+    expected = shard_file_bytes(n)
     if size != expected:
         raise ShardError(
             f"{path}: size {size} bytes, but the header's {n} tokens need exactly {expected}"
@@ -307,10 +312,8 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
     if len(names) > 1:  # the glob: a dataset that has train shards, with their suffix (build-nanogpt's .npy)
         example = next((p for p in every["train"]), next(p for paths in every.values() for p in paths))
-        name, split = parse_shard_name(example.name)[:2]
-        pattern = f"{glob.escape(str(directory))}/{glob.escape(name)}_{split}*{example.suffix}"
         raise ShardError(f"{directory}: shards of {len(names)} datasets ({', '.join(names)}): keep one "
-                         f"per directory, or give train.py a glob such as '{pattern}'")
+                         f"per directory, or give train.py a glob such as '{_split_glob(directory, example)}'")
     for which, paths in every.items():
         indices = [parse_shard_name(p.name)[2] for p in paths]
         counts = Counter(indices)  # not indices.count(i) for each: quadratic in the shards
@@ -323,11 +326,16 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
         # after it, and its tokens would be left out without a word.
         gap = next((k for k in range(1, len(indices)) if indices[k] != indices[k - 1] + 1), None)
         if gap is not None and split in (None, which):
-            before, after = paths[gap - 1], paths[gap]
-            missing, name = indices[gap - 1] + 1, parse_shard_name(before.name)[0]
-            pattern = f"{glob.escape(str(directory))}/{glob.escape(name)}_{which}*{before.suffix}"
+            before, after, missing = paths[gap - 1], paths[gap], indices[gap - 1] + 1
             flag = "--data" if which == "train" else "--val-data"
             raise ShardError(f"{directory}: no {which} shard {missing:06d} between {before.name} and {after.name} "
                              f"(index {missing} is missing): restore it, or name the shards that are there with "
-                             f"a glob, such as train.py's {flag} '{pattern}'")
+                             f"a glob, such as train.py's {flag} '{_split_glob(directory, before)}'")
     return every
+
+
+def _split_glob(directory: Path, shard: Path) -> str:
+    """A glob for the shards of `shard`'s dataset and split in `directory`, llm.c's unindexed
+    name included (`x_train*.bin`), the directory's own glob characters escaped."""
+    name, split = parse_shard_name(shard.name)[:2]
+    return f"{glob.escape(str(directory))}/{glob.escape(name)}_{split}*{shard.suffix}"
