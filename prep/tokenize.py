@@ -167,22 +167,22 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     target = Path(out_dir) if out_dir is not None else Path("data") / (sources[0].stem or "dataset")
     given = name is not None
     name = name if given else target.absolute().name
+    where = "--name" if given else f"--out {str(target)!r} gives the shard name"
     # the shard names must read back as this dataset's (a newline, say, would not)
     if not name or "/" in name or os.sep in name or parse_shard_name(shard_name(name, "train", 0)) is None:
-        where = "--name" if given else f"--out {str(target)!r} gives the shard name"
         raise OutputError(f"{where} {name!r}: not a usable shard name (non-empty, no path separator or "
                           f"line break)" + ("" if given else "; pass --name"))
     # one file name holds NAME_MAX bytes: found out here, not as "File name too long" at the
     # first shard, naming a temporary path
     shard_bytes = len(os.fsencode(shard_name(name, "train", 0)))
     if shard_bytes > NAME_MAX:
-        where = "--name" if given else f"--out {str(target)!r} gives the shard name"
         raise OutputError(f"{where} {name[:40]!r}... is too long: its shards' file names would be {shard_bytes} "
                           f"bytes, over {NAME_MAX}" + ("" if given else "; pass --name"))
-    aside = f".{target.absolute().name}.tmp-{os.getpid()}"  # AtomicDirectory's, beside the target
-    if len(os.fsencode(aside)) > NAME_MAX:
+    output = AtomicDirectory(target, overwrite, on_install)  # (nothing made until it is entered)
+    aside_bytes = len(os.fsencode(output.tmp.name))
+    if aside_bytes > NAME_MAX:
         raise OutputError(f"--out {str(target)!r}: its name is too long for the temporary directory written "
-                          f"beside it ({len(os.fsencode(aside))} bytes, over {NAME_MAX}); pass a shorter --out")
+                          f"beside it ({aside_bytes} bytes, over {NAME_MAX}); pass a shorter --out")
     check_target(target, overwrite)
     for note in filter(None, (source.note() for source in sources)):  # before the work: Ctrl-C is cheap
         click.echo(f"note: {note}", err=True)  # with stderr closed: nowhere, not into stdout's JSON
@@ -200,7 +200,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
             documents_read += piece.new_document
             yield piece
 
-    with AtomicDirectory(target, overwrite, on_install) as tmp:
+    with output as tmp:
         train = SplitWriter(tmp, name, "train", config.shard_size)
         val = SplitWriter(tmp, name, "val", config.shard_size)
         held_back = config.val_max_tokens if config.val_fraction > 0 else 0
