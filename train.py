@@ -78,7 +78,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, ignored, signals_deferred
+    from prep.atomic import atomic_write, ignored, may_handle, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
@@ -2292,8 +2292,7 @@ def interrupt_exits_at_once() -> None:
     printed "Exception ignored ... KeyboardInterrupt" with a traceback: a second Ctrl-C just as a
     stop's checkpoint was written, or one just as a run ended. os._exit flushes nothing: what was
     printed is flushed first."""
-    if (threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None
-            or ignored(signal.SIGINT)):
+    if not may_handle(signal.SIGINT):  # (the main thread, a handler Python set, a Ctrl-C not ignored)
         return
 
     def exit_130(signum, frame) -> None:

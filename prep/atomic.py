@@ -57,6 +57,14 @@ def ignored(signum: int) -> bool:
     return signal.getsignal(signum) is signal.SIG_IGN
 
 
+def may_handle(signum: int) -> bool:
+    """Whether a handler for `signum` may be set here and the one there put back after: only
+    in the main thread (signals belong to it), not over one set outside Python (None: it cannot
+    be restored), nor where whoever started the process ignores the signal (`ignored`)."""
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signum) is not None and not ignored(signum))
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:
@@ -68,17 +76,13 @@ def signals_deferred():
 
     Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
     signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
-    handler then interrupts the main thread all the same. Handlers only install from the main
-    thread; elsewhere the block runs as it is."""
+    handler then interrupts the main thread all the same. Handlers only install where
+    `may_handle` (an ignored signal has nothing to defer); elsewhere the block runs as it is."""
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
     previous = {}
     try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
         for signum in (signal.SIGINT, signal.SIGTERM):
-            # None: set outside Python, cannot restore; ignored: nothing to defer
-            if signal.getsignal(signum) is not None and not ignored(signum):
+            if may_handle(signum):
                 previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
         yield received
     finally:

@@ -9,11 +9,10 @@ import numbers
 import os
 import signal
 import sys
-import threading
 
 import click
 
-from prep.atomic import ignored
+from prep.atomic import may_handle
 
 
 def plain_numbers(config: object) -> None:
@@ -86,11 +85,9 @@ def usage_as_user_error(ctx: click.Context):
 def interrupt_exits_quietly(active: bool = True):
     """Within the block, Ctrl-C exits 130 at once instead of raising KeyboardInterrupt: for the
     seconds that importing numpy, tiktoken or torch takes, where it printed the import's
-    traceback. Only in the main thread (signals belong to it) and only where the handler it
-    replaces can be put back (None: one set outside Python), and not where Ctrl-C is `ignored`;
-    `active` False: nothing."""
-    if (not active or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is None or ignored(signal.SIGINT)):
+    traceback. Only where `may_handle` (the main thread, a handler that can be put back, a
+    Ctrl-C not ignored); `active` False: nothing."""
+    if not active or not may_handle(signal.SIGINT):
         yield
         return
     before = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
