@@ -2,7 +2,8 @@
 
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
 document. Directories are searched recursively for `*.txt` (`.TXT` too; linked directories too,
-a link loop being an error; the other files are left out, and named in a note), in sorted order,
+a link loop being an error; hidden entries below it, such as .ipynb_checkpoints/ or macOS's ._x.txt,
+are not read; what is left out is named in a note), in sorted order,
 so the same tree always gives the same token stream. One file reached twice (named twice,
 through a link, inside a directory also given) is an error: its text would be trained on twice.
 Text is the file's bytes decoded as UTF-8, exactly: no newline translation; only a byte-order
@@ -45,15 +46,16 @@ class Source:
     kind: str  # "text", "jsonl", "directory" or "stdin"
     files: tuple[Path, ...]  # the files read, in order (empty for stdin)
     bytes: int | None  # None when unknown up front (stdin, pipes)
-    left_out: tuple[Path, ...] = ()  # a directory's other files: not *.txt, or not regular files
+    left_out: tuple[Path, ...] = ()  # a directory's other entries: not *.txt, not regular files, or hidden
 
     def note(self) -> str | None:
         """What a directory left out, for the user to see before the work starts; None: nothing."""
         if not self.left_out:
             return None
-        names = ", ".join(p.relative_to(self.arg).as_posix() for p in self.left_out[:3])
+        names = ", ".join(p.relative_to(self.arg).as_posix() + ("/" if p.is_dir() else "")
+                          for p in self.left_out[:3])
         more = f" and {len(self.left_out) - 3:,} more" if len(self.left_out) > 3 else ""
-        return (f"{self.arg}: {len(self.left_out):,} file(s) left out, not *.txt or not regular files: "
+        return (f"{self.arg}: {len(self.left_out):,} left out, not *.txt, not regular files or hidden: "
                 f"{names}{more}{_jsonl_hint(self.left_out)}")
 
     def to_meta(self, bytes_read: int | None = None) -> dict:
@@ -97,7 +99,9 @@ def _identity(path: str | Path) -> tuple[int, int]:
 
 def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
     """The *.txt files under `directory` (any case of the suffix), in sorted order, and the
-    other files found there, which are left out."""
+    other entries found there, which are left out. Hidden ones (a name starting with ".") are
+    left out whole, unread: a Jupyter .ipynb_checkpoints/ holds a copy of each file edited there,
+    macOS writes a binary ._name.txt beside each file on some disks, and .git/ is no corpus."""
     found, left_out = [], []
     # Linked directories are followed (else their files would be missing without a word); the
     # directories on the way down to each one, by device and inode, tell a link loop.
@@ -108,6 +112,8 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
     for root, dirs, files in os.walk(directory, onerror=_unreadable, followlinks=True):
         dirs.sort()
         chain = above.pop(root, frozenset())
+        left_out.extend(Path(root) / name for name in dirs if name.startswith("."))
+        dirs[:] = [name for name in dirs if not name.startswith(".")]  # not walked into
         for name in dirs:
             sub = os.path.join(root, name)
             try:
@@ -120,7 +126,7 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
                 raise CorpusError(f"{sub}: a symbolic link loop (it leads back to {Path(sub).resolve()})")
             above[sub] = chain | {identity}
         for path in (Path(root) / f for f in files):
-            if not path.name.lower().endswith(".txt"):
+            if path.name.startswith(".") or not path.name.lower().endswith(".txt"):
                 left_out.append(path)
             elif path.is_symlink() and not path.exists():  # else its text would be missing without a word
                 raise CorpusError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
@@ -235,8 +241,10 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
             if path.is_dir():
                 files, left_out = _text_files(path)
                 if not files:
-                    held = f", only {len(left_out):,} other file(s), e.g. {left_out[0].name}" if left_out else ""
-                    raise CorpusError(f"{arg}: directory has no .txt files{held}{_jsonl_hint(left_out)}")
+                    n = len(left_out)
+                    held = f", only {n:,} other entr{'y' if n == 1 else 'ies'}, e.g. {left_out[0].name}" if n else ""
+                    hidden = " (hidden ones are not read)" if any(p.name.startswith(".") for p in left_out) else ""
+                    raise CorpusError(f"{arg}: directory has no .txt files{hidden}{held}{_jsonl_hint(left_out)}")
                 sizes = [_file_size(f) for f in files]
                 total = None if None in sizes else sum(sizes)
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))

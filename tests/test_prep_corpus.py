@@ -43,7 +43,7 @@ def test_resolve_files_directories_and_stdin(tmp_path):
     assert [s.kind for s in sources] == ["directory", "jsonl", "stdin"]
     assert [f.name for f in sources[0].files] == ["a.txt", "b.txt", "c.txt"]  # sorted, recursive
     assert [f.name for f in sources[0].left_out] == ["skip.md"] and sources[1].note() is None
-    assert sources[0].note() == f"{tmp_path / 'd'}: 1 file(s) left out, not *.txt or not regular files: skip.md"
+    assert sources[0].note() == f"{tmp_path / 'd'}: 1 left out, not *.txt, not regular files or hidden: skip.md"
     assert sources[0].bytes == 4 and sources[2].bytes is None
     assert [s.stem for s in sources] == ["d", "x", "stdin"]
     for one in (str(tmp_path / "x.jsonl"), tmp_path / "x.jsonl"):  # one path as it is: not its letters
@@ -64,14 +64,36 @@ def test_a_directory_reads_txt_in_any_case_and_names_what_it_leaves_out(tmp_path
     assert [f.relative_to(d).as_posix() for f in source.files] == ["B.TXT", "a.txt", "sub/c.Txt"]
     left = ["notes.md", *(["pipe.txt"] if hasattr(os, "mkfifo") else []), "sub/x.jsonl", "w.csv", "y.jsonl", "z.txt~"]
     assert [f.relative_to(d).as_posix() for f in source.left_out] == left
-    assert source.note() == (f"{d}: {len(left)} file(s) left out, not *.txt or not regular files: "
+    assert source.note() == (f"{d}: {len(left)} left out, not *.txt, not regular files or hidden: "
                              f"{', '.join(left[:3])} and {len(left) - 3} more (a .jsonl file is read when "
                              f"given by name, e.g. dir/*.jsonl)")
 
 
+def test_a_directory_leaves_hidden_entries_unread_and_names_them(tmp_path):
+    """Hidden entries below the directory given are not read: Jupyter's .ipynb_checkpoints/ holds
+    a second copy of each file (its text would be trained on twice), macOS's ._a.txt is binary.
+    A hidden directory given by name is read like any other."""
+    d = tmp_path / ".corpus"
+    (d / ".ipynb_checkpoints").mkdir(parents=True)
+    (d / ".git" / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("A")
+    (d / ".ipynb_checkpoints" / "a-checkpoint.txt").write_text("A")
+    (d / ".git" / "sub" / "x.txt").write_text("X")
+    (d / "._a.txt").write_bytes(b"\x00\x05\x16\x07\xff")  # AppleDouble: not UTF-8
+    [source] = resolve_sources([str(d)])
+    assert [f.relative_to(d).as_posix() for f in source.files] == ["a.txt"]
+    assert [f.relative_to(d).as_posix() for f in source.left_out] == ["._a.txt", ".git", ".ipynb_checkpoints"]
+    assert source.note() == f"{d}: 3 left out, not *.txt, not regular files or hidden: ._a.txt, .git/, .ipynb_checkpoints/"
+    assert read_all([source])[0] == ["A"]
+    (d / "a.txt").unlink()
+    with pytest.raises(CorpusError, match=r"\.corpus: directory has no \.txt files \(hidden ones are not read\), "
+                                          r"only 3 other entries, e.g. \._a\.txt$"):
+        resolve_sources([str(d)])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: [str(p / "missing.txt")], "missing.txt: no such file or directory"),
-    (lambda p: [str(p)], "directory has no .txt files, only 1 other file"),
+    (lambda p: [str(p)], "directory has no .txt files, only 1 other entry"),
     (lambda p: ["-", "-"], "only once"),
     (lambda p: [], "no input"),
 ])

@@ -544,7 +544,7 @@ def test_a_directory_names_the_files_it_leaves_out_before_the_work(tmp_path):
     (tmp_path / "d" / "b.jsonl").write_text('{"text": "more text"}\n')
     result = invoke(tmp_path / "d", "--out", tmp_path / "out", "--val-fraction", "0")
     assert result.exit_code == 0, result.output
-    note = (f"note: {tmp_path / 'd'}: 1 file(s) left out, not *.txt or not regular files: b.jsonl "
+    note = (f"note: {tmp_path / 'd'}: 1 left out, not *.txt, not regular files or hidden: b.jsonl "
             f"(a .jsonl file is read when given by name, e.g. dir/*.jsonl)\n")
     assert result.stderr == note and "tokenized 1 document(s)" in result.stdout
     assert np.array_equal(stream(tmp_path / "out"), expected(["some text"]))
