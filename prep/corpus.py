@@ -148,7 +148,7 @@ UTF16_BOMS = {b"\xff\xfe": "FF FE", b"\xfe\xff": "FE FF"}  # neither byte starts
 
 def _not_utf8(head: bytes, label: str) -> CorpusError | None:
     """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
-    UTF-16 with its byte-order mark), None otherwise: read as text it fails as invalid UTF-8,
+    UTF-16, with its byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
     whose hint (--errors replace) would then tokenize the bytes as if they were text."""
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     found += ["bzip2"] if _BZIP2.match(head) else []
@@ -159,6 +159,12 @@ def _not_utf8(head: bytes, label: str) -> CorpusError | None:
     if bom is not None:
         return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "
                            f"e.g. iconv -f UTF-16 -t UTF-8")
+    # Without a mark, UTF-16 of Latin text is valid UTF-8 (a NUL after or before each letter):
+    # it would be tokenized, NULs and all. Text does not alternate letters and NULs like that.
+    for order, nuls, letters in (("LE", head[1::2], head[0::2]), ("BE", head[0::2], head[1::2])):
+        if len(head) >= 6 and not nuls.strip(b"\x00") and all(letters):
+            return CorpusError(f"{label}: UTF-16{order} text (a NUL byte beside each letter), not UTF-8; convert "
+                               f"it first, e.g. iconv -f UTF-16{order} -t UTF-8")
     return None
 
 

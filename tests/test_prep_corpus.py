@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from _data import INT_DIGITS_LIMIT
-from prep.corpus import ERRORS, CorpusError, Piece, read_pieces, resolve_sources
+from prep.corpus import ERRORS, CorpusError, Piece, _not_utf8, read_pieces, resolve_sources
 
 
 def documents(pieces: list[Piece]) -> list[str]:
@@ -89,6 +89,13 @@ def test_a_directory_leaves_hidden_entries_unread_and_names_them(tmp_path):
     with pytest.raises(CorpusError, match=r"\.corpus: directory has no \.txt files \(hidden ones are not read\), "
                                           r"only 3 other entries, e.g. \._a\.txt$"):
         resolve_sources([str(d)])
+
+
+@pytest.mark.parametrize("head", [b"a\x00b", b"\x00\x00\x00\x00\x00\x00", b"ab\x00c\x00d\x00e\x00",
+                                  "a\x00 é\x00z".encode(), b"\x00"])
+def test_text_with_some_nul_bytes_is_not_taken_for_utf16(head):
+    """Only letters alternating with NULs from the first byte on (6 bytes at least) mean UTF-16."""
+    assert _not_utf8(head, "x") is None
 
 
 @pytest.mark.parametrize("make, message", [

@@ -470,11 +470,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
 @pytest.mark.parametrize("how", ["a directory's file", "stdin", "a named file"])
 def test_compressed_or_utf16_bytes_are_refused_however_they_come_even_with_errors_replace(tmp_path, how):
     """A named compressed file was refused, but a directory's .txt or stdin holding the same bytes
-    failed as invalid UTF-8, whose hint (--errors replace) tokenized them as text; UTF-16 too."""
+    failed as invalid UTF-8, whose hint (--errors replace) tokenized them as text; UTF-16 too.
+    UTF-16 of Latin text without a byte-order mark is valid UTF-8, and was tokenized, NULs and all."""
     for data, words in ((gzip.compress(b"text " * 100), "gzip-compressed; decompress it first"),
                         ("Hello, world\n".encode("utf-16"), "UTF-16 text (byte-order mark FF FE), not UTF-8"),
                         ("Hello, world\n".encode("utf-16-be").join([b"\xfe\xff", b""]),
-                         "UTF-16 text (byte-order mark FE FF), not UTF-8")):
+                         "UTF-16 text (byte-order mark FE FF), not UTF-8"),
+                        ("Hello, world\n".encode("utf-16-le"), "UTF-16LE text (a NUL byte beside each letter)"),
+                        ("Hello, world\n".encode("utf-16-be"), "UTF-16BE text (a NUL byte beside each letter)")):
         (tmp_path / "d").mkdir(exist_ok=True)
         (tmp_path / "d" / "a.txt").write_bytes(data)
         args = {"a directory's file": [tmp_path / "d"], "stdin": ["-"], "a named file": [tmp_path / "d" / "a.txt"]}
