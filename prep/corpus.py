@@ -1,11 +1,12 @@
 """Reading the corpus: input arguments -> sources -> a stream of document pieces.
 
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
-document. Directories are searched recursively for `*.txt` (`.TXT` too; linked directories too,
-a link loop being an error; hidden entries below it, such as .ipynb_checkpoints/ or macOS's ._x.txt,
-are not read; what is left out is named in a note), in sorted order,
-so the same tree always gives the same token stream. One file reached twice (named twice,
-through a link, inside a directory also given) is an error: its text would be trained on twice.
+document (or JSON lines, with --stdin-format jsonl). Directories are searched recursively for
+`*.txt` (`.TXT` too; linked directories too, a link loop being an error; hidden entries below
+it, such as .ipynb_checkpoints/ or macOS's ._x.txt, are not read; what is left out is named in a
+note), in sorted order, so the same tree always gives the same token stream. One file reached
+twice (named twice, through a link, inside a directory also given) is an error: its text would
+be trained on twice.
 Text is the file's bytes decoded as UTF-8, exactly: no newline translation; only a byte-order
 mark at the very start of a file (text or JSONL) or of stdin is dropped, since it marks the
 encoding and is no text (one anywhere else is kept as U+FEFF). Files are read in binary blocks
@@ -20,6 +21,7 @@ import codecs
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from typing import BinaryIO
 
 BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to be cheap
 STDIN = "-"
+STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
+JSONL_SUFFIXES = (".jsonl", ".ndjson")  # JSON lines, by either name
 BOM = "\ufeff"  # at the start of a file it marks the encoding: no text, so no tokens
 ERRORS = ("strict", "replace")
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
@@ -43,7 +47,7 @@ class Source:
     """One input argument, resolved: what it is, the files it stands for, their size."""
 
     arg: str  # as the user gave it
-    kind: str  # "text", "jsonl", "directory" or "stdin"
+    kind: str  # "text", "jsonl", "directory", "stdin" (one text document) or "stdin-jsonl" (JSON lines)
     files: tuple[Path, ...]  # the files read, in order (empty for stdin)
     bytes: int | None  # None when unknown up front (stdin, pipes)
     left_out: tuple[Path, ...] = ()  # a directory's other entries: not *.txt, not regular files, or hidden
@@ -58,9 +62,13 @@ class Source:
         return (f"{self.arg}: {len(self.left_out):,} left out, not *.txt, not regular files or hidden: "
                 f"{names}{more}{_jsonl_hint(self.left_out)}")
 
+    @property
+    def is_stdin(self) -> bool:
+        return self.kind in STDIN_KINDS.values()
+
     def to_meta(self, bytes_read: int | None = None) -> dict:
         """The entry for meta.json's "sources" list."""
-        path = self.arg if self.kind == "stdin" else str(Path(self.arg).absolute())
+        path = self.arg if self.is_stdin else str(Path(self.arg).absolute())
         entry = {"path": path, "kind": self.kind, "bytes": self.bytes if bytes_read is None else bytes_read}
         if self.kind == "directory":
             entry["files"] = len(self.files)
@@ -69,7 +77,7 @@ class Source:
     @property
     def stem(self) -> str:
         """The default dataset name: a file's stem, a directory's name, "stdin"."""
-        if self.kind == "stdin":
+        if self.is_stdin:
             return "stdin"
         path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
         return path.name if self.kind == "directory" else path.stem
@@ -141,6 +149,7 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
 # digit and block magic ("1AY&SY") so that text starting "BZh" is not taken for it.
 COMPRESSED = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
 _BZIP2 = re.compile(rb"^BZh[1-9]1AY&SY")
+CAT = {"gzip": "zcat", "xz": "xzcat", "zstd": "zstdcat", "zip": "unzip -p", "bzip2": "bzcat"}  # -> stdout
 
 
 UTF16_BOMS = {b"\xff\xfe": "FF FE", b"\xfe\xff": "FE FF"}  # neither byte starts UTF-8 (UTF-32LE's too)
@@ -153,8 +162,12 @@ def _not_utf8(head: bytes, label: str) -> CorpusError | None:
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
-        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first (prep reads plain text "
-                           f"and .jsonl files)")
+        if label == "<stdin>":
+            return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
+                               f"{CAT[found[0]]} FILE | prep tokenize -")
+        jsonl = " --stdin-format jsonl" if any(s in label.lower() for s in JSONL_SUFFIXES) else ""
+        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it: "
+                           f"{CAT[found[0]]} {shlex.quote(label)} | prep tokenize{jsonl} -")
     bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
     if bom is not None:
         return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "
@@ -194,7 +207,7 @@ def _refuse_duplicates(sources: Sequence[Source], stdin: BinaryIO | None) -> Non
     piped into '-'. Its text would be tokenized twice, and so trained on twice per epoch."""
     seen: dict[tuple[int, int], str] = {}
     for source in sources:
-        if source.kind == "stdin":
+        if source.is_stdin:
             spellings = [("'-' (stdin)", _stdin_identity(stdin))]
         else:
             spellings = []
@@ -223,9 +236,12 @@ def as_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
 
 
 def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                    stdin: BinaryIO | None = None) -> list[Source]:
+                    stdin: BinaryIO | None = None, stdin_format: str = "text") -> list[Source]:
     """Check every input exists, expand directories, and refuse a file given twice; raises
-    CorpusError before any work. `stdin` is what '-' reads (default sys.stdin)."""
+    CorpusError before any work. `stdin` is what '-' reads (default sys.stdin), as one text
+    document or, with `stdin_format` "jsonl", as JSON lines (a decompressor's output, say)."""
+    if stdin_format not in STDIN_KINDS:
+        raise ValueError(f"stdin_format must be one of {tuple(STDIN_KINDS)}, got {stdin_format!r}")
     inputs = as_inputs(inputs)
     if not inputs:
         raise CorpusError("no input given (files, directories, .jsonl files or - for stdin)")
@@ -236,7 +252,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         if arg == STDIN:
             if sys.stdin is None:  # started with stdin closed (`<&-`)
                 raise CorpusError("'-': stdin is closed; give files, or pipe the text in")
-            sources.append(Source(arg, "stdin", (), None))
+            sources.append(Source(arg, STDIN_KINDS[stdin_format], (), None))
             continue
         path = Path(arg)
         if not path.exists():
@@ -256,7 +272,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
                 _refuse_compressed(path)
-                kind = "jsonl" if path.suffix.lower() == ".jsonl" else "text"
+                kind = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path)))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
@@ -307,42 +323,44 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> I
 JSON_WHITESPACE = " \t\r\n"  # RFC 8259's; str.strip() would take any Unicode space
 
 
-def _read_jsonl(path: Path, field: str, errors: str) -> Iterator[Piece]:
-    with open(path, "rb") as f:
-        offset = 0
-        for line_no, raw in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8", errors)
-            except UnicodeDecodeError as e:
-                raise CorpusError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
-                                  f"(pass --errors replace to substitute U+FFFD)") from None
-            offset += len(raw)
-            if line_no == 1 and line.startswith(BOM):  # it marks the file, not the record
-                line = line[1:]
-            line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
-            # blank line (JSON's own whitespace only: a line of \x0c or U+00A0 is no JSON): no
-            # document, but its bytes count as read
-            if not line.strip(JSON_WHITESPACE):
-                yield Piece("", False, len(raw))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
-            except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nested too deeply
-                why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
-                raise CorpusError(f"{where}: not valid JSON ({why})") from None
-            if not isinstance(record, dict):
-                raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}")
-            if field not in record:
-                keys = ", ".join(map(repr, list(record)[:5])) or "none"
-                raise CorpusError(f"{where}: no {field!r} field (keys: {keys}; choose one with --field)")
-            text = record[field]
-            if not isinstance(text, str):
-                kind = _JSON_TYPES.get(type(text), type(text).__name__)
-                raise CorpusError(f"{where}: field {field!r} is {kind}, not a string")
-            yield Piece(text, True, len(raw))
+def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterator[Piece]:
+    """Each line's `field` as one document; `label` names the stream in errors (path:line)."""
+    offset = 0
+    for line_no, raw in enumerate(stream, start=1):
+        where = f"{label}:{line_no}"
+        if line_no == 1 and (error := _not_utf8(raw[:10], label)) is not None:  # stdin's: unchecked so far
+            raise error
+        try:
+            line = raw.decode("utf-8", errors)
+        except UnicodeDecodeError as e:
+            raise CorpusError(f"{where}: invalid UTF-8 at byte {offset + e.start} "
+                              f"(pass --errors replace to substitute U+FFFD)") from None
+        offset += len(raw)
+        if line_no == 1 and line.startswith(BOM):  # it marks the file, not the record
+            line = line[1:]
+        line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
+        # blank line (JSON's own whitespace only: a line of \x0c or U+00A0 is no JSON): no
+        # document, but its bytes count as read
+        if not line.strip(JSON_WHITESPACE):
+            yield Piece("", False, len(raw))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nested too deeply
+            why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+            raise CorpusError(f"{where}: not valid JSON ({why})") from None
+        if not isinstance(record, dict):
+            raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}")
+        if field not in record:
+            keys = ", ".join(map(repr, list(record)[:5])) or "none"
+            raise CorpusError(f"{where}: no {field!r} field (keys: {keys}; choose one with --field)")
+        text = record[field]
+        if not isinstance(text, str):
+            kind = _JSON_TYPES.get(type(text), type(text).__name__)
+            raise CorpusError(f"{where}: field {field!r} is {kind}, not a string")
+        yield Piece(text, True, len(raw))
 
 
 def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str = "strict",
@@ -355,15 +373,19 @@ def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str =
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
     for source in sources:
-        if source.kind == "stdin":
-            yield from _read_text(stdin or sys.stdin.buffer, "<stdin>", errors, block_bytes)
+        if source.is_stdin:
+            stream = stdin or sys.stdin.buffer
+            if source.kind == "stdin-jsonl":
+                yield from _read_jsonl(stream, "<stdin>", field, errors)
+            else:
+                yield from _read_text(stream, "<stdin>", errors, block_bytes)
             continue
         for path in source.files:
             try:
-                if source.kind == "jsonl":
-                    yield from _read_jsonl(path, field, errors)
-                else:
-                    with open(path, "rb") as f:
+                with open(path, "rb") as f:
+                    if source.kind == "jsonl":
+                        yield from _read_jsonl(f, str(path), field, errors)
+                    else:
                         yield from _read_text(f, str(path), errors, block_bytes)
             except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
                 raise CorpusError(f"{path}: cannot read ({e.strerror})") from None

@@ -148,14 +148,14 @@ class TailSplitter:
 def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...], settings: dict,
                nbytes: int, chars: int) -> dict:
     """meta.json's content (layout in prep/meta.py); nothing in it depends on timing or workers."""
-    other_bytes = sum(s.bytes or 0 for s in sources if s.kind != "stdin")
+    other_bytes = sum(s.bytes or 0 for s in sources if not s.is_stdin)
     return {
         "format_version": META_FORMAT_VERSION, "tool": "shardgpt", "tool_version": __version__,
         "tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot": EOT,
         "dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES, "name": name,
         "splits": {w.split: {"tokens": w.tokens, "documents": w.documents, "shards": w.entries}
                    for w in splits},
-        "sources": [s.to_meta(nbytes - other_bytes if s.kind == "stdin" else None) for s in sources],
+        "sources": [s.to_meta(nbytes - other_bytes if s.is_stdin else None) for s in sources],
         "totals": {"documents": sum(w.documents for w in splits), "tokens": sum(w.tokens for w in splits),
                    "bytes": nbytes, "chars": chars},
         "settings": settings | {"documents": "EOT before each document; empty ones skipped"},

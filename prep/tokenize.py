@@ -44,7 +44,8 @@ import click
 
 from prep.atomic import ignored
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, CorpusError, Piece, as_inputs, read_pieces, resolve_sources
+from prep.corpus import ERRORS, JSONL_SUFFIXES, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, read_pieces, \
+    resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -82,6 +83,7 @@ class TokenizeConfig:
     workers: int = field(default_factory=default_workers)
     field: str = "text"  # the JSONL key holding the document
     errors: str = "strict"  # invalid UTF-8: "strict" fails, "replace" substitutes U+FFFD
+    stdin_format: str = "text"  # what '-' holds: one text document, or "jsonl" (JSON lines)
     chunk_chars: int = DEFAULT_CHUNK_CHARS
     start_method: str | None = None  # multiprocessing start method; None: the platform's
 
@@ -99,6 +101,8 @@ class TokenizeConfig:
             raise ValueError("field must be a non-empty JSON key")
         if self.errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, got {self.errors!r}")
+        if self.stdin_format not in STDIN_KINDS:
+            raise ValueError(f"stdin_format must be one of {tuple(STDIN_KINDS)}, got {self.stdin_format!r}")
 
 
 @dataclass
@@ -142,7 +146,8 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                     name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                     val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS,
                     workers: int | None = None,
-                    field: str = "text", errors: str = "strict", overwrite: bool = False,
+                    field: str = "text", errors: str = "strict", stdin_format: str = "text",
+                    overwrite: bool = False,
                     progress: bool = True, chunk_chars: int = DEFAULT_CHUNK_CHARS,
                     start_method: str | None = None, stdin: BinaryIO | None = None,
                     on_install: Callable[[Path], object] | None = None) -> TokenizeResult:
@@ -153,13 +158,14 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     GPT-2 files cannot be had; in every case nothing is left at the target (nor a temporary
     directory). `progress` shows a tqdm bar on a tty. `on_install(target)` is called the moment
     the new dataset is in place (a Ctrl-C after it stops a run whose work is done). One path
-    may be given as it is: a string is one input, never a sequence of one-letter ones.
+    may be given as it is: a string is one input, never a sequence of one-letter ones. '-'
+    reads `stdin` (default sys.stdin) as one document, or as JSON lines with stdin_format="jsonl".
     """
     inputs = as_inputs(inputs)
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
-                            field, errors, chunk_chars, start_method)
-    sources = resolve_sources(inputs, stdin)
+                            field, errors, stdin_format, chunk_chars, start_method)
+    sources = resolve_sources(inputs, stdin, config.stdin_format)
     sizes = [s.bytes for s in sources]
     total_bytes = None if None in sizes else sum(sizes)
     if total_bytes == 0:
@@ -270,6 +276,9 @@ def _sigterm_raises_exit() -> Iterator[None]:
 @click.option("--field", default="text", help="JSONL key holding each document's text.")
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
               help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
+@click.option("--stdin-format", type=click.Choice(tuple(STDIN_KINDS)), default="text",
+              help="What - (stdin) holds: one text document, or JSON lines (each line's --field), "
+                   "e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset (only once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary line is still printed).")
@@ -278,17 +287,21 @@ def _sigterm_raises_exit() -> Iterator[None]:
               help="Most characters per unit of work sent to a worker (never changes a token).")
 def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None, shard_size: int,
                      val_fraction: float, val_max_tokens: int, workers: int, field: str, errors: str,
-                     overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
+                     stdin_format: str, overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
     """Tokenize text files, directories (their *.txt, recursive), .jsonl files or - (stdin) into
     GPT-2 uint16 shards plus meta.json. One file or JSONL line is one document, each one
     preceded by EOT; the output appears only once it is complete.
     """
     if not field:
         raise UserError("--field must name a JSON key, got ''")
+    if stdin_format != "text" and STDIN not in inputs:
+        raise UserError(f"--stdin-format {stdin_format}: no - (stdin) among the inputs; it says how - is read "
+                        f"(a file's name says how it is read: *.jsonl, *.ndjson)")
     field_given = click.get_current_context().get_parameter_source("field") != click.core.ParameterSource.DEFAULT
-    if field_given and not any(".jsonl" in i.lower() for i in inputs):  # x.jsonl.gz: its own error
-        raise UserError(f"--field {field}: only .jsonl inputs have fields, and none is given (stdin and "
-                        f"other files are read as plain text: name a JSON-lines file *.jsonl, .ndjson too)")
+    jsonl_given = stdin_format == "jsonl" or any(s in i.lower() for i in inputs for s in JSONL_SUFFIXES)
+    if field_given and not jsonl_given:  # x.jsonl.gz: its own error
+        raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "
+                        f"or *.ndjson are; - is read as plain text unless --stdin-format jsonl)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place
@@ -296,7 +309,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         with _sigterm_raises_exit():
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
-                                     workers=workers, field=field, errors=errors, overwrite=overwrite,
+                                     workers=workers, field=field, errors=errors, stdin_format=stdin_format,
+                                     overwrite=overwrite,
                                      progress=not quiet, chunk_chars=chunk_size, on_install=done.append)
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None

@@ -400,9 +400,10 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
                          ["m.jsonl:1: field 'text' is an array"]),
     # read as text it was invalid UTF-8, and with --errors replace, gzip's bytes as tokens
     "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
-                              ["c.jsonl.gz: gzip-compressed; decompress it first"]),
+                              ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it: zcat ",
+                               "c.jsonl.gz | prep tokenize --stdin-format jsonl -"]),
     "zstd-compressed text": ({"c.txt": b"\x28\xb5\x2f\xfd" + b"x" * 40}, ["c.txt"], ["c.txt: zstd-compressed"]),
-    "bzip2-compressed text": ({"c.txt": bz2.compress(b"text " * 100)}, ["c.txt"], ["c.txt: bzip2-compressed"]),
+    "bzip2-compressed text": ({"c.txt": bz2.compress(b"text " * 100)}, ["c.txt"], ["c.txt: bzip2-compressed", "bzcat ", "c.txt | prep tokenize -"]),
 }
 
 
@@ -451,8 +452,39 @@ def test_field_without_a_jsonl_input_is_refused(tmp_path):
     (tmp_path / "a.txt").write_text("some text")
     for inputs in ([tmp_path / "a.txt"], ["-"]):  # text files and stdin have no fields
         result = invoke(*inputs, "--field", "body", "--out", tmp_path / "out", input=b"x")
-        assert_user_error(result, "--field body: only .jsonl inputs have fields, and none is given")
+        assert_user_error(result, "--field body: only JSON lines have fields, and none are given")
+    result = invoke(tmp_path / "a.txt", "--stdin-format", "jsonl", "--out", tmp_path / "out")
+    assert_user_error(result, "--stdin-format jsonl: no - (stdin) among the inputs")
     assert not (tmp_path / "out").exists()
+
+
+def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
+    """A decompressor's JSONL output could not be read: '-' was always one text document (its
+    JSON tokenized as text). --stdin-format jsonl reads it as the same file would be read; a
+    .ndjson file is JSON lines too. Through a real pipe, with the JSON-lines errors' places."""
+    records = [{"text": "first doc\n\nhas  runs"}, {"text": ""}, {"text": "second 's 123"}]
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "d.ndjson").write_bytes(data)
+    decompress = subprocess.Popen([sys.executable, "-c", "import gzip, shutil, sys; "
+                                   "shutil.copyfileobj(gzip.open(sys.argv[1]), sys.stdout.buffer)",
+                                   str(tmp_path / "c.jsonl.gz")], stdout=subprocess.PIPE)
+    piped = subprocess.run(cli("-", "--stdin-format", "jsonl", "--out", tmp_path / "a", "--quiet"),
+                           stdin=decompress.stdout, cwd=ROOT, capture_output=True, text=True)
+    decompress.stdout.close()
+    assert decompress.wait() == 0 and piped.returncode == 0, piped.stderr
+    assert invoke(tmp_path / "d.ndjson", "--out", tmp_path / "b").exit_code == 0
+    documents = [r["text"] for r in records]
+    for out in ("a", "b"):
+        assert np.array_equal(stream(tmp_path / out), expected(documents))
+    assert [s["kind"] for s in read_meta(tmp_path / "a")["sources"]] == ["stdin-jsonl"]
+    assert read_meta(tmp_path / "a")["totals"]["bytes"] == len(data)
+    for piped_in, words in ((b'{"text": "a"}\n{"text": \n', "<stdin>:2: not valid JSON"),
+                            (gzip.compress(data), "<stdin>: gzip-compressed"),
+                            ('{"text": "a"}\n'.encode("utf-16"), "<stdin>: UTF-16 text (byte-order mark FF FE)")):
+        result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "c", input=piped_in)
+        assert_user_error(result, words)
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -472,7 +504,7 @@ def test_compressed_or_utf16_bytes_are_refused_however_they_come_even_with_error
     """A named compressed file was refused, but a directory's .txt or stdin holding the same bytes
     failed as invalid UTF-8, whose hint (--errors replace) tokenized them as text; UTF-16 too.
     UTF-16 of Latin text without a byte-order mark is valid UTF-8, and was tokenized, NULs and all."""
-    for data, words in ((gzip.compress(b"text " * 100), "gzip-compressed; decompress it first"),
+    for data, words in ((gzip.compress(b"text " * 100), "gzip-compressed; decompress it "),
                         ("Hello, world\n".encode("utf-16"), "UTF-16 text (byte-order mark FF FE), not UTF-8"),
                         ("Hello, world\n".encode("utf-16-be").join([b"\xfe\xff", b""]),
                          "UTF-16 text (byte-order mark FE FF), not UTF-8"),
