@@ -134,7 +134,8 @@ def _with_entry_names(record: object, spell: Callable[[str], str]) -> object:
 def read_meta(directory: str | os.PathLike) -> dict | None:
     """The parsed meta.json of a dataset directory, or None when there is none.
 
-    Raises ValueError (naming the file) when it exists but is not valid JSON of our format.
+    Raises ValueError (naming the file) when it exists but cannot be read, or is not valid
+    JSON of our format.
     Its shard file names are as this process names those files (meta.json spells them in
     UTF-8, see portable_name), so a dataset reads under any locale.
     """
@@ -147,6 +148,8 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4,300 digits
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:  # no read permission, an I/O error: every caller's one-line error, not a traceback
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
     if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
         raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")
     # the shard format it describes, where it says (a hand-edited or foreign file): ours only

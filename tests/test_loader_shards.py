@@ -319,6 +319,22 @@ def test_a_meta_json_that_is_not_json(tmp_path, text, why):
         TokenLoader(tmp_path, B=1, T=10)
 
 
+def test_a_meta_json_that_cannot_be_read_is_a_loader_error(tmp_path, monkeypatch):
+    """No read permission on meta.json (or an I/O error): one line naming it, not a PermissionError
+    traceback (chmod does not stop root, so the read is made to fail)."""
+    write_with_meta(tmp_path, [300])
+    read_text = type(tmp_path).read_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "meta.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "read_text", refuse)
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: cannot be read \(Permission denied\)$"):
+        TokenLoader(tmp_path, B=1, T=10)
+
+
 def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
         TokenLoader(tmp_path / "nowhere")
