@@ -82,7 +82,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import find_shards, read_header
+    from prep.shards import ShardError, find_shards, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -261,7 +261,10 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     if not root.is_dir():
         raise UserError(f"no --data given and {root}/ does not exist: {hint}")
     subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
-    found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
+    try:
+        found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
+    except ShardError as e:  # a directory there that cannot be listed
+        raise UserError(f"no --data given, and {e}: pass --data") from None
     if not found:
         raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/: {hint}")
     if len(found) > 1:

@@ -288,13 +288,18 @@ def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
     """The shards of one split in a directory, in index order (names per `parse_shard_name`).
 
     Whatever has a shard's name is listed, a broken link or a folder too: reading it is then
-    an error naming it, where skipping it would leave its tokens out without a word."""
+    an error naming it, where skipping it would leave its tokens out without a word. A
+    directory that cannot be listed is a ShardError naming it."""
     directory = Path(directory)
     found = []
-    for p in directory.iterdir():
-        parsed = parse_shard_name(p.name)
+    try:
+        names = os.listdir(directory)
+    except OSError as e:  # no read permission on the directory: one line naming it, not a traceback
+        raise ShardError(f"{directory}: cannot be listed ({e.strerror or e})") from None
+    for name in names:
+        parsed = parse_shard_name(name)
         if parsed is not None and parsed[1] == split:
-            found.append((parsed[2], parsed[0], p))
+            found.append((parsed[2], parsed[0], directory / name))
     found.sort()
     return [p for _, _, p in found]
 

@@ -335,6 +335,22 @@ def test_a_meta_json_that_cannot_be_read_is_a_loader_error(tmp_path, monkeypatch
         TokenLoader(tmp_path, B=1, T=10)
 
 
+def test_a_directory_that_cannot_be_listed_is_a_loader_error(tmp_path, monkeypatch):
+    """A dataset directory without meta.json and without read permission: one line naming it,
+    not a PermissionError traceback (os.listdir is made to fail: chmod does not stop root)."""
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0))
+    listdir = os.listdir
+
+    def refuse(path="."):
+        if os.fspath(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refuse)
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}: cannot be listed \(Permission denied\)$"):
+        TokenLoader(tmp_path, B=1, T=10)
+
+
 def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
         TokenLoader(tmp_path / "nowhere")

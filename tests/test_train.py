@@ -2030,6 +2030,20 @@ def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_p
         train.find_dataset(None, tmp_path / "data")
 
 
+def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
+    write_dataset(tmp_path / "data" / "input", random_tokens(300))  # no meta.json: found by listing it
+    listdir = os.listdir
+
+    def refuse(path="."):
+        if os.fspath(path).endswith("input"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refuse)
+    with pytest.raises(train.UserError, match=r"^no --data given, and .*input: cannot be listed \(Permission denied\)"):
+        train.find_dataset(None, tmp_path / "data")
+
+
 def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys):
     write_dataset(tmp_path / "data" / "only", positional_tokens(300))
     monkeypatch.chdir(tmp_path)
