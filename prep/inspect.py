@@ -303,8 +303,8 @@ def verify_command(directory: Path, progress: bool | None) -> None:
     checks = "header, size, token range"
     if report.meta_found:
         checks += f", sha256 and token counts vs {META_NAME}"
-    elif (directory / META_NAME).exists():
-        checks += f" ({META_NAME} unreadable, so hashes were not checked)"
+    elif (directory / META_NAME).exists() or (directory / META_NAME).is_symlink():
+        checks += f" ({META_NAME} unusable, so hashes were not checked)"
     else:
         checks += f" (no {META_NAME} found, so hashes were not checked)"
     if report.ok:

@@ -141,6 +141,10 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
     """
     path = Path(directory) / META_NAME
     if not path.is_file():
+        if path.is_symlink() and not path.exists():  # else the directory is read by shard names without a word
+            raise ValueError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
+        if path.exists():
+            raise ValueError(f"{path}: not a file")
         return None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

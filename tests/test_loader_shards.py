@@ -319,6 +319,21 @@ def test_a_meta_json_that_is_not_json(tmp_path, text, why):
         TokenLoader(tmp_path, B=1, T=10)
 
 
+def test_a_meta_json_that_is_a_broken_link_or_a_directory_is_a_loader_error(tmp_path):
+    """A dangling meta.json link (a dataset moved without its metadata) was taken for no
+    meta.json, and the directory was read by shard names without a word; a directory too."""
+    write_with_meta(tmp_path, [300])
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "meta.json").symlink_to(tmp_path / "elsewhere" / "meta.json")
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: a broken symbolic link \(to "
+                                          rf"{re.escape(str(tmp_path))}/elsewhere/meta.json\)$"):
+        TokenLoader(tmp_path, B=1, T=10)
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "meta.json").mkdir()
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: not a file$"):
+        TokenLoader(tmp_path, B=1, T=10)
+
+
 def test_a_meta_json_that_cannot_be_read_is_a_loader_error(tmp_path, monkeypatch):
     """No read permission on meta.json (or an I/O error): one line naming it, not a PermissionError
     traceback (chmod does not stop root, so the read is made to fail)."""

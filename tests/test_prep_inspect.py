@@ -358,8 +358,17 @@ def test_verify_unreadable_meta_still_checks_shards(dataset, bad_meta):
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
     assert len(bad) == 2 and META_NAME in bad[0] and "unsupported version 2" in bad[1]
-    assert "meta.json unreadable, so hashes were not checked" in result.output
+    assert "meta.json unusable, so hashes were not checked" in result.output
     assert "2 shard(s) readable" in result.output
+
+
+def test_verify_names_a_broken_meta_json_link_and_still_checks_shards(dataset):
+    (dataset / META_NAME).unlink()
+    (dataset / META_NAME).symlink_to(dataset / "gone.json")
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"BAD {dataset / META_NAME}: a broken symbolic link (to {dataset / 'gone.json'})" in result.output
+    assert "(meta.json unusable, so hashes were not checked)" in result.output
 
 
 @pytest.mark.parametrize("case", ["no_dir", "no_shards"])
