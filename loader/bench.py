@@ -31,7 +31,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.shards import HEADER_BYTES, SPLITS, ShardError, open_shard, shard_name, write_shard
+from prep.shards import SPLITS, ShardError, open_shard, shard_name, write_shard
 
 # GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
 # window against (so the loader is timed as train.py runs it)
@@ -67,13 +67,15 @@ def raw_copy(shard: np.ndarray, window: int, stride: int) -> Callable[[], None]:
 
 
 def nanogpt_get_batch(path: str, B: int, T: int, remap: bool) -> Callable[[], object]:
-    """nanoGPT's get_batch on one shard (header skipped, as its train.bin has none)."""
+    """nanoGPT's get_batch on one shard (header skipped, as its train.bin has none; a .npy
+    shard's header is another size, so the offset is the shard's own)."""
     cuda = torch.cuda.is_available()
-    opened = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES)
+    opened = open_shard(path)
 
     def get_batch():
         # nanoGPT: "recreate np.memmap every batch to avoid a memory leak, as per #287"
-        data = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES) if remap else opened
+        data = (np.memmap(path, dtype=opened.dtype, mode="r", offset=opened.offset, shape=opened.shape)
+                if remap else opened)
         ix = torch.randint(len(data) - T, (B,))
         x = torch.stack([torch.from_numpy((data[i : i + T]).astype(np.int64)) for i in ix])
         y = torch.stack([torch.from_numpy((data[i + 1 : i + 1 + T]).astype(np.int64)) for i in ix])

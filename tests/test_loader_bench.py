@@ -91,3 +91,22 @@ def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
         bench.main(args)
     assert exited.value.code == 2
     assert capsys.readouterr().err == f"Error: python -m loader.bench: {message}\n"
+
+
+
+@pytest.mark.parametrize("remap", [False, True])
+def test_the_nanogpt_baseline_reads_all_the_tokens_of_npy_and_bin_shards(tmp_path, remap):
+    """The baseline skipped 1,024 bytes of a .npy shard too, whose header is 128: it never read
+    the shard's first 448 tokens. Its rows are runs of the shard's tokens, from anywhere in it."""
+    tokens = np.arange(600, dtype=np.uint16)
+    np.save(tmp_path / "edufineweb_train_000001.npy", tokens)
+    bench.write_shard(tmp_path / "x_train_000000.bin", tokens)
+    for path in (tmp_path / "edufineweb_train_000001.npy", tmp_path / "x_train_000000.bin"):
+        torch.manual_seed(0)
+        get_batch = bench.nanogpt_get_batch(str(path), B=64, T=8, remap=remap)
+        batches = [get_batch() for _ in range(5)]
+        for x, y in batches:
+            assert x.shape == y.shape == (64, 8) and x.dtype == torch.int64
+            assert torch.equal(y, x + 1)  # each row a run of consecutive token ids, y shifted by one
+        starts = torch.cat([x[:, 0] for x, _ in batches])
+        assert int(starts.min()) < 448 and int(starts.max()) < 600 - 8  # 320 draws over [0, 592)
