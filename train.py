@@ -1083,6 +1083,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
 
 
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
+OPTIMIZER_KERNEL = ("fused", "foreach", "capturable")  # a group's choice of kernel: the device's, not the checkpoint's
 
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -1594,7 +1595,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if ckpt is not None:
             try:
                 raw.load_state_dict(ckpt["model"])
-                optimizer.load_state_dict(ckpt["optimizer"])
+                # The saved groups name the AdamW kernel of the device that saved them (fused on
+                # CUDA only); this run keeps its own: a CPU checkpoint resumed on CUDA took the
+                # foreach kernel, which refuses the grad_scale that clipping hands fused AdamW
+                # (an AssertionError at the first step). Set before loading, so that the step
+                # counts go where this run's kernel wants them (fused: on the device).
+                saved = ckpt["optimizer"]
+                kernel = {k: v for k, v in optimizer.defaults.items() if k in OPTIMIZER_KERNEL}
+                optimizer.load_state_dict({**saved, "param_groups": [{**g, **kernel} for g in saved["param_groups"]]})
                 check_optimizer_state(optimizer)
                 # load_state_dict restores the groups' settings too: this run's --weight-decay
                 # holds (lr is set at every step), as the resume note says. Group 0 is the

@@ -703,6 +703,26 @@ def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path, dataset, capsy
     assert [r["loss"] for r in metrics(split)] == [r["loss"] for r in metrics(tmp_path / "straight")]
 
 
+def test_a_checkpoint_saved_on_the_cpu_resumes_with_the_fused_adamw_of_cuda(tmp_path, dataset, monkeypatch):
+    """The optimizer's groups in a checkpoint name the kernel of the device that saved it:
+    fused=False on a CPU. Resumed on CUDA, where this run's AdamW is fused and clipping hands it
+    a grad_scale, load_state_dict put fused=False back and the first step raised
+    AssertionError (foreach refuses a grad_scale). The resume keeps this run's kernel.
+    CUDA's optimizer is stood in for by the CPU's fused AdamW."""
+    common = dict(steps=4, keep_ckpts=0, ckpt_every=2, grad_clip=0.5)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), **{**common, "steps": 2}))
+    plain = GPT.configure_optimizers  # (weight_decay, lr, betas, device_type): fused where "cuda"
+    monkeypatch.setattr(GPT, "configure_optimizers", lambda self, *a: plain(self, *a[:-1], "cuda"))
+    train.train(cfg(tmp_path, dataset, out=str(split), resume="auto", **common))
+    groups = torch.load(split / "ckpt_000004.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["fused"] is True and not g["foreach"] for g in groups)
+    # step 3 comes from step 2's weights, updated on the CPU's kernel in both runs
+    assert [r["loss"] for r in metrics(split)][:3] == [r["loss"] for r in metrics(tmp_path / "straight")][:3]
+    assert len(metrics(split)) == 4 and all(math.isfinite(r["loss"]) for r in metrics(split))
+
+
 def test_a_changed_model_shape_with_dropout_trains_and_resumes_bit_identically(tmp_path, dataset, capsys):
     shape = dict(n_layer=3, n_head=4, n_embd=48, block_size=32, dropout=0.1)
     common = dict(steps=4, keep_ckpts=0, quiet=False, **shape)
