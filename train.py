@@ -1770,17 +1770,33 @@ def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
     watch_launcher()
     with contextlib.ExitStack() as stack:
-        s = prepare(cfg, stack)
+        try:
+            s = prepare(cfg, stack)
+        except RuntimeError as e:  # the model does not fit on the device, say
+            if _out_of_memory(e):
+                raise UserError(f"out of memory on the device while setting up --model {cfg.model}: pick a "
+                                f"smaller --model") from None
+            raise
         print_facts(s)
         try:
             return bench_loop(s) if cfg.bench else train_loop(s)
         except TokenRangeError as e:  # bad data, found as it was read
             raise UserError(str(e)) from None
         except RuntimeError as e:
+            if _out_of_memory(e):  # a --B too large for the device: a user's choice, not a crash
+                raise UserError(f"out of memory on {s.rt.device} at --B {cfg.B} --T {cfg.T}: start again with a lower "
+                                f"--B; --total-batch-size {s.tokens_per_step} keeps the tokens per optimizer step "
+                                f"(gradient accumulation makes up the rest)") from None
             if s.rt.ddp and _peer_gone(e):  # the rank that failed says why, in its own line
                 raise UserError(f"rank {s.rt.rank} of {s.rt.world}: stopped because another rank ended mid-run (its error "
                                 f"says why)") from None
             raise
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    """CUDA's OutOfMemoryError, and the CPU's and MPS's allocators' RuntimeErrors saying the same."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        words in str(e) for words in ("out of memory", "can't allocate memory"))
 
 
 # ----------------------------------------------------------------------------- the training loop

@@ -457,6 +457,35 @@ def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatc
     assert [r["step"] for r in strict_json(tmp_path / "out" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, dataset, monkeypatch):
+    """A --B too large for the GPU (or a model too large for it) ended in torch's traceback: it
+    is a user's choice, said in one line with the flags to change. Checkpoints stay as they are."""
+    real, done = train.train_step, []
+
+    def out_of_memory(parts, feed, lr):
+        done.append(1)
+        if len(done) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(parts, feed, lr)
+
+    monkeypatch.setattr(train, "train_step", out_of_memory)
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, total_batch_size=2 * 2 * 16))
+    assert e.value.message == ("out of memory on cpu at --B 2 --T 16: start again with a lower --B; "
+                               "--total-batch-size 64 keeps the tokens per optimizer step (gradient accumulation "
+                               "makes up the rest)")
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [2]
+
+    def too_large(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1000000000000 bytes")
+
+    monkeypatch.setattr(train, "GPT", too_large)
+    with pytest.raises(train.UserError, match=r"^out of memory on the device while setting up --model tiny: pick a "
+                                              r"smaller --model$"):
+        train.train(cfg(tmp_path, dataset, steps=8, out=str(tmp_path / "o2")))
+
+
 def test_a_run_that_diverges_right_after_its_newest_checkpoint_names_the_one_before(tmp_path, dataset, monkeypatch):
     """Step k+1's loss and gradient norm come from step k's weights (and data) alone, whatever
     the --lr: where they are no number, checkpoint k is no place to resume from (it diverged
