@@ -1021,7 +1021,7 @@ def _unwrapped(state: dict) -> dict:
     """`state` without the prefixes DDP and torch.compile put on a wrapped model's names."""
     out = {}
     for key, tensor in state.items():
-        while key.startswith(WRAPPER_PREFIXES):
+        while isinstance(key, str) and key.startswith(WRAPPER_PREFIXES):  # other keys: refused by the caller
             key = key.split(".", 1)[1]
         out[key] = tensor
     return out

@@ -90,6 +90,8 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     garbage.write_bytes(flip_a_tensor_bit(good.read_bytes(), good))  # torch.load takes it: one weight changed
     assert_user_error(invoke(str(garbage)), "ckpt_000001.pt: corrupt checkpoint, changed on disk or in a copy since "
                       "it was saved (Bad CRC-32 for file 'archive/data/", "use an earlier checkpoint")
+    torch.save({0: torch.zeros(1)}, garbage)  # a dict, but not of names: sample.py read its positions first
+    assert_user_error(invoke(str(garbage)), "ckpt_000001.pt: neither a train.py checkpoint nor a GPT-2 state dict")
     assert_user_error(invoke(str(run), "--top-k", "-1"), "--top-k")
     assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
     assert_user_error(invoke(str(run), "--temperature", "nan"), "--temperature must be a number >= 0, got nan")
