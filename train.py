@@ -1482,6 +1482,24 @@ def _check_tokenizer(cfg: TrainConfig) -> None:
         raise UserError(f"--sample-every {cfg.sample_every}: {e}") from None
 
 
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_model_fits(config: GPTConfig, flags: str) -> None:
+    """A user error when the model's fp32 weights alone exceed the machine's memory (it is built
+    there first, whatever the device): a shape with a few zeros too many (--n-layer 10000000000,
+    --block-size 1000000000000) hung building layers or raised the allocator's traceback."""
+    params, memory = config.num_params(), physical_memory()
+    if memory is not None and 4 * params > memory:
+        raise UserError(f"{flags}: {params:,} parameters, {4 * params / 2**30:,.1f} GiB of fp32 weights alone, "
+                        f"more than this machine's {memory / 2**30:,.1f} GiB of memory")
+
+
 def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     """Check everything that can be checked, then build the run. Until the model is built
     nothing is written, so a user mistake leaves no trace on disk."""
@@ -1494,6 +1512,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     if cfg.T > model_config.block_size:
         where = "--block-size" if "block_size" in overrides else f"the block size of --model {cfg.model}"
         raise UserError(f"--T {cfg.T} is larger than {where} ({model_config.block_size})")
+    flags = [f"--model {cfg.model}", *(f"--{_flag(k)} {v}" for k, v in overrides.items())]
+    check_model_fits(model_config, " ".join(flags))
     rt = make_runtime(cfg)
     # Under torchrun a rank can fail a check the others pass (a file missing on one node):
     # the failure waits for agree_to_start, so that no rank is left waiting for it. Until

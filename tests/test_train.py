@@ -1885,6 +1885,9 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "T above a changed block size": (["--block-size", "8"], ".", "--T 16 is larger than --block-size (8)"),
     "dropout of 1": (["--dropout", "1"], ".", "--model tiny: --dropout must be a probability in [0, 1), got 1.0"),
     "no layers": (["--n-layer", "0"], ".", "--model tiny: --n-layer must be a positive integer, got 0"),
+    "a block size with zeros too many": (["--block-size", "10000000000000"], ".", "--model tiny --block-size "
+                                         "10000000000000: 320,000,001,635,200 parameters, 1,192,092.9 GiB of fp32 "
+                                         "weights alone, more than this machine's"),
     "another tokenizer's shards": (["--data", "othertok"], ".", "othertok/meta.json: tokenizer 'cl100k_base' with "
                                    "vocab_size 100277: not 'gpt2' with 50257: train.py trains GPT-2 on GPT-2 tokens"),
     "val data missing": (["--val-data", "nope/*.bin"], ".", "--val-data nope/*.bin: no shard files match"),
