@@ -41,6 +41,7 @@ import os
 import random
 import re
 import signal
+import stat
 import statistics
 import struct
 import sys
@@ -82,7 +83,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import ShardError, find_shards, read_header
+    from prep.shards import FILE_KINDS, ShardError, find_shards, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -875,6 +876,11 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
                 f" (its newest: {found[-1][1]})" if found else "")
         raise UserError(f"{flag} {path}: is a directory; pass a checkpoint file in it{also}")
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise UserError(f"{flag} {path}: a broken symbolic link (to {os.readlink(path)})")
+        if path.exists():  # /dev/null, a FIFO: "no such" said it was not there
+            kind = FILE_KINDS.get(stat.S_IFMT(path.stat().st_mode), "special file")
+            raise UserError(f"{flag} {path}: not a regular file (a {kind}), not a {what}")
         hint = ""
         if flag != "--resume" and str(path) in GPTConfig.presets() and str(path) != "tiny":
             # nanoGPT's init_from="gpt2" downloads the weights; here they are a file

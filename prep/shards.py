@@ -42,7 +42,7 @@ NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
 
-_FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
                stat.S_IFSOCK: "socket"}
 
 
@@ -150,7 +150,7 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
     try:
         st = path.stat()
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a FIFO's open() waited for a writer forever
-            kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+            kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode), "special file")
             raise ShardError(f"{path}: not a regular file (a {kind}), not a shard")
         size = st.st_size
         with open(path, "rb") as f:

@@ -3,6 +3,7 @@ errors for a path that is not a checkpoint."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,10 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert "Hugging Face" not in assert_user_error(invoke(str(tmp_path / "missing.pt")))
     assert_user_error(invoke(str(tmp_path)), str(tmp_path), "no checkpoint")
     assert "make demo" not in assert_user_error(invoke(str(tmp_path)))
+    assert_user_error(invoke(os.devnull), f"checkpoint {os.devnull}: not a regular file (a character device), "
+                      "not a checkpoint")
+    (tmp_path / "link.pt").symlink_to("gone.pt")
+    assert_user_error(invoke(str(tmp_path / "link.pt")), "link.pt: a broken symbolic link (to gone.pt)")
     demo = tmp_path / "demo"  # a run with --ckpt-every 0: its metrics, no checkpoint
     demo.mkdir()
     (demo / "metrics.jsonl").write_text("")
