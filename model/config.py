@@ -8,6 +8,7 @@ definition of each (`GPT.num_params()` is cross-checked against the formula in t
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -41,8 +42,9 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # np.int64 (a sweep's np.arange) made a plain int
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
@@ -54,10 +56,10 @@ class GPTConfig:
                 f"vocab_size ({self.vocab_size}): padding only adds rows"
             )
         dropout = self.dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be a probability in [0, 1), got {dropout!r}")
-        # np.float64 is a float: taken, and made a plain one (checkpoints hold model_config, and
-        # torch.load(weights_only=True) refuses numpy scalars)
+        # numpy scalars (np.float32 too) are taken, and made plain numbers: checkpoints hold
+        # model_config, and torch.load(weights_only=True) refuses numpy scalars
         object.__setattr__(self, "dropout", float(dropout))
 
     @property

@@ -96,6 +96,15 @@ def test_config_validation(fields, message):
         GPTConfig(**fields)
 
 
+def test_numpy_scalars_are_taken_as_plain_numbers():
+    """A sweep's np.arange gives np.int64 layers: "must be a positive integer, got np.int64(4)"."""
+    config = GPTConfig.preset("tiny", n_layer=np.int64(4), n_embd=np.int32(64), dropout=np.float32(0.25))
+    assert (config.n_layer, config.n_embd, config.dropout) == (4, 64, 0.25)
+    assert type(config.n_layer) is int and type(config.n_embd) is int and type(config.dropout) is float
+    with pytest.raises(ValueError, match="n_head must be a positive integer"):
+        GPTConfig(n_head=np.int64(0))
+
+
 def test_config_is_frozen():
     config = GPTConfig.preset("tiny")
     with pytest.raises(dataclasses.FrozenInstanceError):
