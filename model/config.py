@@ -117,8 +117,9 @@ class GPTConfig:
         over the full T x T square although the causal half is skipped. Layer norms, GELU,
         softmax and the loss are left out: they are small and memory-bound.
         """
-        if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= self.block_size:
+        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or not 1 <= T <= self.block_size:
             raise ValueError(f"T must be an integer in [1, block_size={self.block_size}], got {T!r}")
+        T = int(T)  # np.int64 too: the count stays a Python int
         N = self.num_params(padded_vocab=True, position_embeddings=False)
         return 6 * N + 12 * self.n_layer * self.n_head * self.head_size * T
 

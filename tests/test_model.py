@@ -172,6 +172,7 @@ def test_flops_per_token_gpt2_by_hand(gpt2):
     assert expected == 855_383_040  # about 855 MFLOP per token
     assert GPTConfig.preset("gpt2").flops_per_token(1024) == expected
     assert gpt2.flops_per_token(1024) == expected
+    assert type(gpt2.flops_per_token(np.int64(1024))) is int and gpt2.flops_per_token(np.int64(1024)) == expected
 
 
 def test_flops_per_token_rejects_bad_T():
