@@ -68,7 +68,9 @@ class BenchConfig:
                              f"{self.chunk_chars}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.source is not None and not Path(self.source).is_file():
+        # not is_file(): `--source <(...)` (a pipe) and /dev/null read as any file does, and click
+        # lets them through; refused here, they were a traceback
+        if self.source is not None and (not Path(self.source).exists() or Path(self.source).is_dir()):
             raise ValueError(f"source {self.source}: no such file")
 
     def options(self) -> dict:

@@ -177,6 +177,7 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     (["--val-fraction", "nan"], "--val-fraction must be a number, got nan"),
     (["--source", "{blank}"], "no text to draw paragraphs from"),  # the corpus would never grow: a hang
     (["--source", "{binary}"], "not UTF-8 text (byte 3)"),
+    (["--source", "/dev/null"], "no text to draw paragraphs from"),  # not a regular file: was a traceback
 ])
 def test_usage_mistakes_are_one_line(tmp_path, args, message):
     (tmp_path / "blank.txt").write_text("\n\n  \n")
