@@ -2394,8 +2394,9 @@ def interrupt_exits_at_once() -> None:
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
               help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
-              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; "
-                   "CUDA graph modes need --total-batch-size = B*T*world (no accumulation).")
+              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; on CUDA the "
+                   "modes with CUDA graphs (reduce-overhead, max-autotune) need --total-batch-size = "
+                   "B*T*world (no accumulation).")
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
               help="Validation loss every N steps and at the end (and at step 0, before training, "
                    "unless resuming; a resume at --steps evaluates its checkpoint alone); 0: never.")
