@@ -15,8 +15,8 @@ Layout (format version 1)::
         "val":   {...}                       # always present; may have no shards
       },
       "sources": [{"path": "/abs/input.txt", "kind": "text", "bytes": 1115394}, ...],
-                                             # kind: text, jsonl, stdin (path "-"), or directory
-                                             # (with "files": how many it gave)
+                                             # kind: text, jsonl, stdin or stdin-jsonl (path "-"),
+                                             # or directory (with "files": how many it gave)
       "totals": {"documents": 1, "tokens": 338026, "bytes": 1115394, "chars": 1115394},
       "settings": {"shard_size": 100000000, "val_fraction": 0.1, "...": "..."}
     }
