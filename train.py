@@ -778,9 +778,23 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
     return total.item() / (batches * rt.world)  # sync: validation (eval steps only)
 
 
-def sample_text(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int) -> str:
-    """A sample from the document start (EOT), decoded with the GPT-2 tokenizer."""
-    return sample_texts(raw, rt, generator, tokens)[0]
+class _SampleCut(Exception):
+    """Raised between two of a sample's tokens when a stop was asked for meanwhile."""
+
+
+def sample_text(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int,
+                stop_asked: Callable[[], bool] = lambda: False) -> str | None:
+    """A sample from the document start (EOT), decoded with the GPT-2 tokenizer; None when
+    `stop_asked()` turned true before its last token: a stop signal does not wait for a long
+    --sample-tokens (a preemption's grace period could end before the checkpoint)."""
+    def check(_ids: torch.Tensor) -> None:
+        if stop_asked():
+            raise _SampleCut
+
+    try:
+        return sample_texts(raw, rt, generator, tokens, on_token=check)[0]
+    except _SampleCut:
+        return None
 
 
 def sample_texts(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int, prompt: Sequence[int] = (),
@@ -2161,9 +2175,16 @@ def train_loop(s: Session) -> dict:
                 say(f"step {step}: val loss {val_loss:.4f}")
             if do_sample and rt.master:
                 try:
-                    say(f"step {step} sample: {sample_text(s.raw, rt, s.generator, cfg.sample_tokens)!r}")
+                    text = sample_text(s.raw, rt, s.generator, cfg.sample_tokens, lambda: stop.requested)
+                    say(f"step {step} sample: " + (repr(text) if text is not None else "cut short by the stop "
+                                                   "signal (samples after a resume differ from this run's)"))
                 except FloatingPointError as e:  # diverged: the run goes on as it would without samples
                     say(f"step {step} sample: none: {e}")
+            if stop.requested and not rt.ddp and not stopping:
+                # a signal during the evaluation or the sample: this step is the one checkpointed,
+                # not the next one (under torchrun the ranks learn of it at the next logging point)
+                stopping = True
+                do_ckpt = _due(cfg, step, stopping, has_val)[2]
             if do_ckpt:
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:

@@ -225,6 +225,46 @@ def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_p
     assert train.list_checkpoints(tmp_path / "out") == []
 
 
+def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp_path, dataset, monkeypatch, capsys):
+    """A signal during a sample (a long --sample-tokens) waited for its last token, then trained
+    one more step before the checkpoint: a preemption's grace period could end first. The
+    sample stops at its next token, and the step it followed is the one checkpointed; the same
+    for a signal during an evaluation."""
+    real_sample_texts, real_evaluate, tokens_made = train.sample_texts, train.evaluate, []
+
+    def signalled_sample_texts(*args, on_token, **kwargs):
+        def each(ids):
+            tokens_made.append(1)
+            if len(tokens_made) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+            on_token(ids)
+        return real_sample_texts(*args, on_token=each, **kwargs)
+
+    monkeypatch.setattr(train, "sample_texts", signalled_sample_texts)
+    summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, sample_every=3, sample_tokens=500,
+                              quiet=False))
+    out = capsys.readouterr().out
+    assert len(tokens_made) == 5 and summary["interrupted"] and summary["last_step"] == 3
+    assert "step 3 sample: cut short by the stop signal (samples after a resume differ from this run's)\n" in out
+    assert f"SIGTERM: stopped after step 3 of 10; checkpoint {tmp_path / 'out' / 'ckpt_000003.pt'} written" in out
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [3]
+
+    evaluations = []
+
+    def signalled_evaluate(*args):
+        evaluations.append(1)
+        if len(evaluations) == 2:  # step 4's (step 0's is the first)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=4, out=str(tmp_path / "o2")))
+    assert summary["interrupted"] and summary["last_step"] == 4
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "o2")] == [4]
+
+
 @pytest.mark.parametrize("log_every", [1, 4])
 def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, monkeypatch, log_every):
     """A logging window is timed on the device's timeline (here the CPU's: the host's clock,
