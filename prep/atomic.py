@@ -7,6 +7,7 @@ a crash at any moment leaves either the old file or the new one, never half of o
 
 from __future__ import annotations
 
+import _signal  # signal's own functions, without the module's enum wrapping (see _handler)
 import contextlib
 import os
 import signal
@@ -54,15 +55,32 @@ def ignored(signum: int) -> bool:
     ignores SIGINT so that a Ctrl-C at the terminal leaves its background jobs running. Handlers
     for Ctrl-C (or SIGTERM) are then not installed: they would undo that. (torchrun is another
     matter: it installs its own handlers, and its ranks start with the default ones.)"""
-    return signal.getsignal(signum) is signal.SIG_IGN
+    return _is_ignore(_handler(signum))
+
+
+def _handler(signum: int) -> object:
+    """signal.getsignal(signum), with SIG_DFL and SIG_IGN as the plain ints they are stored as.
+
+    signal.getsignal and signal.signal try to turn every handler into a Handlers member, and a
+    Python function fails that with an exception caught inside: about 2 us a call, and
+    signals_deferred made eight, 20 us at every train.py logging point (each step by default,
+    where a small batch's whole step is 2-3 ms). _signal's functions are those very calls,
+    less the conversion."""
+    return _signal.getsignal(signum)
+
+
+def _is_ignore(handler: object) -> bool:
+    return isinstance(handler, int) and handler == signal.SIG_IGN
 
 
 def may_handle(signum: int) -> bool:
     """Whether a handler for `signum` may be set here and the one there put back after: only
     in the main thread (signals belong to it), not over one set outside Python (None: it cannot
     be restored), nor where whoever started the process ignores the signal (`ignored`)."""
-    return (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signum) is not None and not ignored(signum))
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = _handler(signum)
+    return handler is not None and not _is_ignore(handler)
 
 
 @contextlib.contextmanager
@@ -83,10 +101,10 @@ def signals_deferred():
     try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
         for signum in (signal.SIGINT, signal.SIGTERM):
             if may_handle(signum):
-                previous[signum] = signal.signal(signum, lambda number, frame: received.append(number))
+                previous[signum] = _signal.signal(signum, lambda number, frame: received.append(number))
         yield received
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
     for signum in received:  # in order: a second Ctrl-C stays a second one (train.py: stop at once)
         signal.raise_signal(signum)

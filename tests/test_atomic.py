@@ -3,8 +3,8 @@ signals_deferred: the handlers as they were afterwards, however it ends."""
 
 from __future__ import annotations
 
+import _signal
 import signal
-
 import pytest
 
 from prep.atomic import atomic_write, signals_deferred, temp_path
@@ -41,16 +41,54 @@ def test_a_signal_while_the_deferral_is_set_up_puts_the_handlers_back(monkeypatc
     # SIGINT's deferral is in place, SIGTERM's not yet: a SIGTERM handler that raises (prep
     # tokenize's) left SIGINT's deferred for good, every later Ctrl-C appended to a lost list
     before = signal.getsignal(signal.SIGINT)
-    real_signal = signal.signal
+    real_signal = _signal.signal  # what signals_deferred calls (signal.signal wraps it)
 
     def sigterm_arrives(signum, handler):
         if signum == signal.SIGTERM and handler is not before:
             raise SystemExit(143)
         return real_signal(signum, handler)
 
-    monkeypatch.setattr(signal, "signal", sigterm_arrives)
+    monkeypatch.setattr(_signal, "signal", sigterm_arrives)
     with pytest.raises(SystemExit):
         with signals_deferred():
             pass
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_handlers_are_read_and_set_without_signal_s_enum_conversion(monkeypatch):
+    # train.py defers signals at each logging point (every step by default): signal.signal and
+    # signal.getsignal convert each handler to a Handlers member, which a Python function
+    # fails with an exception caught inside, 2 us a call and eight calls here: 20 us a step
+    def handler(number, frame):
+        pass
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        conversions = []
+        real = signal._int_to_enum
+        monkeypatch.setattr(signal, "_int_to_enum", lambda *a: conversions.append(a) or real(*a))
+        with signals_deferred() as received:
+            assert signal.getsignal(signal.SIGINT) is not handler  # deferred meanwhile
+            conversions.clear()
+        assert conversions == [] and received == []
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("kind", ["default", "ignore", "python"])
+def test_ignored_and_may_handle_as_signal_getsignal_says(kind):
+    from prep.atomic import ignored, may_handle
+
+    handler = {"default": signal.SIG_DFL, "ignore": signal.SIG_IGN, "python": lambda n, f: None}[kind]
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert ignored(signal.SIGTERM) is (kind == "ignore")
+        assert may_handle(signal.SIGTERM) is (kind != "ignore")
+        with signals_deferred():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGTERM, previous)
