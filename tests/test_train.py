@@ -597,6 +597,28 @@ def _steps_with(fused: bool, grad_clip: float, accum: int = 1, steps: int = 3):
             [optimizer.state[p]["exp_avg"].clone() for p in parts.params])
 
 
+def test_the_step_s_gradient_norm_is_get_total_norm_s_without_its_bookkeeping(monkeypatch):
+    """Gradients on one device in one dtype (StepParts checks once): total_norm calls
+    get_total_norm's kernels itself, bit for bit its norm, without grouping the tensors and
+    a .to(device) per norm each step (host time a launch-bound step waits on)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    parts = train.StepParts(model, optimizer, train.Runtime(torch.device("cpu"), "fp32", False), 1, 0.0)
+    assert parts.one_norm_group
+    x = torch.randint(0, 50257, (2, 16))
+    model(x, x)[1].backward()
+    grads = [p.grad for p in parts.params]
+    expected = torch.nn.utils.get_total_norm(grads)
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: pytest.fail("get_total_norm called"))
+    assert torch.equal(train.total_norm(grads, parts.one_norm_group), expected)
+    optimizer.zero_grad(set_to_none=True)
+    train.train_step(parts, lambda: (x, x), 1e-3)  # grad_clip 0: the norm is still taken
+    mixed = train.StepParts(model, torch.optim.AdamW([torch.zeros(1, dtype=torch.float64, requires_grad=True),
+                                                       *parts.params]), parts.rt, 1, 0.0)
+    assert not mixed.one_norm_group  # two dtypes: get_total_norm's groups
+
+
 @pytest.mark.parametrize("grad_clip, accum", [(0.05, 1), (0.05, 2), (0.0, 1), (1e6, 1)])
 def test_clipping_inside_fused_adamw_is_clip_grad_norm(grad_clip, accum):
     """Fused AdamW (CUDA's) clips by dividing each gradient by grad_scale in its kernel; the
