@@ -205,6 +205,21 @@ def test_peak_flops(device_name, expected):
     assert peak_flops(device_name) == expected
 
 
+def test_peak_flops_searches_once_per_device_name(monkeypatch):
+    """train.py asks at every logging point (each step by default): the regular expressions run
+    for a name's first question only, and a changed table is searched afresh."""
+    import model.flops as flops
+
+    searches = []
+    real = flops.re.search
+    monkeypatch.setattr(flops.re, "search", lambda *a: searches.append(a) or real(*a))
+    name = "NVIDIA H200 (peak_flops cache test)"
+    assert [peak_flops(name) for _ in range(3)] == [989e12] * 3
+    assert 0 < len(searches) <= len(PEAK_FLOPS)  # the first question's search only
+    monkeypatch.setattr(flops, "PEAK_FLOPS", (("H200", 1e15),))
+    assert peak_flops(name) == 1e15
+
+
 def test_peak_table_lists_specific_variants_first():
     patterns = [pattern for pattern, _ in PEAK_FLOPS]
     for i, pattern in enumerate(patterns):
