@@ -1687,6 +1687,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                                      "--steps": cfg.steps, "--log-every": cfg.log_every,
                                      "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
                                      "--ckpt-minutes given": int(cfg.ckpt_minutes > 0),
+                                     # a sample step is a logging point (--log-every > 1) read back
+                                     # at once, on every rank, though only rank 0 samples
+                                     "--sample-every": cfg.sample_every,
+                                     # --bench runs another loop: its steps, no logging points
+                                     "--bench": int(cfg.bench), "--bench-warmup": cfg.bench_warmup if cfg.bench else 0,
+                                     "--bench-steps": cfg.bench_steps if cfg.bench else 0,
                                      # one run: the same windows' geometry (another --B reads the
                                      # other ranks' windows), model, evaluation and schedule
                                      "--B": cfg.B, "--T": cfg.T,

@@ -314,7 +314,8 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
     same --total-batch-size, more micro-steps) read windows the other rank read too, another
     --eval-steps divided the val loss by rank 0's count of batches (7.1 for 10.7), another
     --lr trained replicas that drift apart, another --n-layer failed inside DDP with a
-    traceback. Every rank refuses, each naming the options, and nothing is written."""
+    traceback, another --sample-every or --bench met other collectives (an abort, a hang).
+    Every rank refuses, each naming the options, and nothing is written."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
     differ = "rank {} of 2: the ranks see different runs ({}): every node needs the same dataset and options"
     for n, (node1, said) in enumerate((
@@ -324,9 +325,18 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
           "rank 0; --min-lr: 6e-05 to 0.0001, 6e-05 on rank 0",  # lr/10
           "--n-layer: 2 to 3, 3 on rank 1; --eval-steps: 1 to 2, 1 on rank 1; --lr: 0.0006 to 0.001, 0.001 on "
           "rank 1; --min-lr: 6e-05 to 0.0001, 0.0001 on rank 1")),
+        # a sample step is a logging point on every rank: with --log-every 2 rank 0 met rank 1's
+        # next gradient all-reduce in its loss all-reduce (gloo aborted, 'collective mismatch')
+        (("--sample-every", "3"), ("--sample-every: 0 to 3, 0 on rank 0", "--sample-every: 0 to 3, 3 on rank 1")),
+        # --bench on one node: the two loops' collectives never matched (both hung)
+        (("--bench", "--bench-steps", "2"),
+         ("val tokens: 0 to 300, 300 on rank 0; --bench: 0 to 1, 0 on rank 0; --bench-warmup: 0 to 5, 0 on rank 0; "
+          "--bench-steps: 0 to 2, 0 on rank 0",
+          "val tokens: 0 to 300, 0 on rank 1; --bench: 0 to 1, 1 on rank 1; --bench-warmup: 0 to 5, 5 on rank 1; "
+          "--bench-steps: 0 to 2, 2 on rank 1")),
     )):
         outs = (f"a{n}", f"b{n}")
-        results = two_nodes(tmp_path, data, outs, "--eval-every", "2", node1=node1)
+        results = two_nodes(tmp_path, data, outs, "--eval-every", "2", "--log-every", "2", node1=node1)
         for node, (returncode, stdout, stderr) in enumerate(results):
             assert returncode != 0 and f"Error: {differ.format(node, said[node])}" in stderr, stdout + stderr
             assert "Traceback" not in stderr.split("Error: ")[0]
