@@ -495,6 +495,11 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
         raise UserError("--device cuda: no CUDA device is available")
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps: MPS is not available")
+    if kind == "cuda" and local_rank >= (count := torch.cuda.device_count()):  # set_device's traceback
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = "" if visible is None else f" (CUDA_VISIBLE_DEVICES={visible!r})"
+        raise UserError(f"local rank {local_rank} has no GPU of its own: this machine shows {count} CUDA device(s)"
+                        f"{shown}; start at most {count} process(es) on it (torchrun --nproc_per_node={count})")
     device = torch.device(f"cuda:{local_rank}") if kind == "cuda" else torch.device(kind)
     if kind == "cuda":  # before any CUDA call (is_bf16_supported, pinning): else every rank
         torch.cuda.set_device(device)  # opens a context on GPU 0

@@ -89,3 +89,22 @@ def test_cuda_graph_modes_pass_without_accumulation(mode, dataset, tmp_path, mon
             str(tmp_path / "out"), "--compile-mode", mode]
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 2 and "pin_memory=True needs CUDA" in result.output, result.output
+
+
+@pytest.mark.parametrize("visible, shown", [(None, ""), ("0,1", " (CUDA_VISIBLE_DEVICES='0,1')")])
+def test_more_local_ranks_than_gpus_is_one_line(monkeypatch, visible, shown):
+    """torchrun --nproc_per_node=4 on a machine (or CUDA_VISIBLE_DEVICES) with 2 GPUs: local
+    ranks 2 and 3 raised set_device's 'invalid device ordinal' with a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device})"))
+    for name, value in (("WORLD_SIZE", "8"), ("RANK", "6"), ("LOCAL_RANK", "2"), ("CUDA_VISIBLE_DEVICES", visible)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    for device in ("auto", "cuda"):
+        with pytest.raises(train.UserError) as e:
+            train.make_runtime(train.TrainConfig(model="tiny", device=device))
+        assert e.value.message == (f"local rank 2 has no GPU of its own: this machine shows 2 CUDA device(s){shown}; "
+                                   "start at most 2 process(es) on it (torchrun --nproc_per_node=2)")
