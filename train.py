@@ -1587,6 +1587,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             resume_path, set_aside = resolve_resume(cfg, notes)
             if rt.master:
                 check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside)
+            elif cfg.log_windows and resume_path is None and not set_aside:
+                # a node whose --out is its own: rank 0's check never sees this rank's log, which
+                # a fresh run would empty
+                own = window_log(out, rt.rank)
+                if _nonempty_file(own):
+                    remedy = ("continue it with --resume auto" if list_checkpoints(out) and cfg.init_from is None
+                              else f"move {own} away")
+                    raise UserError(f"--out {out} holds an earlier run's {own.name}: {remedy}, or choose another --out")
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         run = {

@@ -309,6 +309,26 @@ def test_resume_auto_with_no_checkpoint_keeps_the_window_log_of_a_node_that_does
 
 
 @pytest.mark.slow
+def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_does_not_share_out(tmp_path):
+    """Rank 0 refuses an --out holding an earlier run's logs; rank 1 on a node of its own, whose
+    log rank 0 cannot see, emptied its earlier --log-windows log without a word."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "n1").mkdir()
+    first = two_nodes(tmp_path, data, ("n0", "n1"), "--log-windows", "--ckpt-every", "0")
+    assert all(returncode == 0 for returncode, _, _ in first), first
+    log = tmp_path / "n1" / "windows_rank1.jsonl"
+    before = log.read_text()
+    assert before
+    again = two_nodes(tmp_path, data, ("m0", "n1"), "--log-windows", "--ckpt-every", "0")
+    (_, _, stderr0), (_, _, stderr1) = again
+    assert all(returncode != 0 for returncode, _, _ in again), again
+    assert ("Error: rank 1 of 2: --out n1 holds an earlier run's windows_rank1.jsonl: move n1/windows_rank1.jsonl "
+            "away, or choose another --out") in stderr1, stderr1
+    assert "Error: rank 0 of 2: stopped because another rank failed its start-up checks" in stderr0, stderr0
+    assert log.read_text() == before and not (tmp_path / "m0").exists()
+
+
+@pytest.mark.slow
 def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_path):
     """Options that meet in no collective of their own still make one run: another --B (the
     same --total-batch-size, more micro-steps) read windows the other rank read too, another
