@@ -1537,9 +1537,35 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
                         f"more than this machine's {memory / 2**30:,.1f} GiB of memory")
 
 
-def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
-    """Check everything that can be checked, then build the run. Until the model is built
-    nothing is written, so a user mistake leaves no trace on disk."""
+def start_facts(cfg: TrainConfig, rt: Runtime, model_config: GPTConfig | None, start_step: int,
+                train_tokens: int, val_tokens: int) -> dict[str, int | float]:
+    """What agree_to_start compares across ranks: the same names on every rank, a rank that
+    failed its checks included (`model_config` None where its flags build no model)."""
+    shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+    return {"resume step": start_step, "train tokens": train_tokens, "val tokens": val_tokens,
+            # when the ranks meet in a collective: options that differ hang them
+            "--steps": cfg.steps, "--log-every": cfg.log_every,
+            "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
+            "--ckpt-minutes given": int(cfg.ckpt_minutes > 0),
+            # a sample step is a logging point (--log-every > 1) read back
+            # at once, on every rank, though only rank 0 samples
+            "--sample-every": cfg.sample_every,
+            # --bench runs another loop: its steps, no logging points
+            "--bench": int(cfg.bench), "--bench-warmup": cfg.bench_warmup if cfg.bench else 0,
+            "--bench-steps": cfg.bench_steps if cfg.bench else 0,
+            # one run: the same windows' geometry (another --B reads the
+            # other ranks' windows), model, evaluation and schedule
+            "--B": cfg.B, "--T": cfg.T,
+            "--total-batch-size": cfg.total_batch_size or cfg.B * cfg.T * rt.world,
+            **{f"--{_flag(k)}": getattr(model_config, k) if model_config else 0 for k in shape},
+            "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
+            "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
+            "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip}
+
+
+def model_shape(cfg: TrainConfig) -> GPTConfig:
+    """The model --model and the shape flags build, refused where it cannot be (a bad shape,
+    --T beyond its block size, more weights than the machine's memory)."""
     overrides = cfg.model_overrides()
     try:
         model_config = GPTConfig.preset(cfg.model, **overrides)
@@ -1551,13 +1577,20 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         raise UserError(f"--T {cfg.T} is larger than {where} ({model_config.block_size})")
     flags = [f"--model {cfg.model}", *(f"--{_flag(k)} {v}" for k, v in overrides.items())]
     check_model_fits(model_config, " ".join(flags))
+    return model_config
+
+
+def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
+    """Check everything that can be checked, then build the run. Until the model is built
+    nothing is written, so a user mistake leaves no trace on disk."""
     rt = make_runtime(cfg)
-    # Under torchrun a rank can fail a check the others pass (a file missing on one node):
-    # the failure waits for agree_to_start, so that no rank is left waiting for it. Until
-    # then nothing is written, so a user mistake leaves no trace on disk.
+    # Under torchrun a rank can fail a check the others pass (a file missing on one node, a
+    # shape flag given to one node only): the failure waits for agree_to_start, so that no rank
+    # is left waiting for it. Until then nothing is written, so a user mistake leaves no trace on disk.
     failure: Exception | None = None
-    ckpt, start_step = None, 0
+    ckpt, start_step, model_config = None, 0, None
     try:
+        model_config = model_shape(cfg)
         data = find_dataset(cfg.data)
         micro_tokens = cfg.B * cfg.T * rt.world
         total = micro_tokens if cfg.total_batch_size is None else cfg.total_batch_size
@@ -1693,28 +1726,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     start_runtime(rt)
     if rt.ddp:
         stack.callback(rt.close)
-        agree_to_start(rt, failure, {"resume step": start_step,
-                                     "train tokens": train_loader.num_tokens if failure is None else 0,
-                                     "val tokens": val_loader.num_tokens if failure is None and val_loader else 0,
-                                     # when the ranks meet in a collective: options that differ hang them
-                                     "--steps": cfg.steps, "--log-every": cfg.log_every,
-                                     "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
-                                     "--ckpt-minutes given": int(cfg.ckpt_minutes > 0),
-                                     # a sample step is a logging point (--log-every > 1) read back
-                                     # at once, on every rank, though only rank 0 samples
-                                     "--sample-every": cfg.sample_every,
-                                     # --bench runs another loop: its steps, no logging points
-                                     "--bench": int(cfg.bench), "--bench-warmup": cfg.bench_warmup if cfg.bench else 0,
-                                     "--bench-steps": cfg.bench_steps if cfg.bench else 0,
-                                     # one run: the same windows' geometry (another --B reads the
-                                     # other ranks' windows), model, evaluation and schedule
-                                     "--B": cfg.B, "--T": cfg.T,
-                                     "--total-batch-size": cfg.total_batch_size or cfg.B * cfg.T * rt.world,
-                                     **{f"--{_flag(k)}": getattr(model_config, k)
-                                        for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")},
-                                     "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
-                                     "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
-                                     "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip})
+        agree_to_start(rt, failure, start_facts(
+            cfg, rt, model_config, start_step, train_loader.num_tokens if failure is None else 0,
+            val_loader.num_tokens if failure is None and val_loader else 0))
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
         set_aside_logs(Path(cfg.out), rt)
     model: nn.Module = raw
@@ -1835,6 +1849,26 @@ def watch_launcher() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="torchrun-watch", daemon=True).start()
+
+
+def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
+    """Under torchrun, a rank whose options are refused before it has a run (`cfg`: the
+    defaults, with its device flags) still meets the other ranks in agree_to_start, which
+    raises `refused` here and stops them too: a node given another command line would
+    otherwise leave the others waiting for it in their first collective."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not (world.isdigit() and int(world) > 1):
+        return
+    watch_launcher()
+    try:
+        rt = make_runtime(cfg)
+    except UserError:  # no device to meet the others on: this rank's own error is the one to say
+        return
+    start_runtime(rt)
+    try:
+        agree_to_start(rt, refused, start_facts(cfg, rt, None, 0, 0, 0))
+    finally:
+        rt.close()
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -2498,7 +2532,10 @@ def main(compile_: bool | None, **options) -> None:
         try:
             cfg = TrainConfig(compile=compile_, **options)
         except ValueError as e:
-            raise UserError(str(e)) from None
+            refused = UserError(str(e))
+            stop_with_the_others(TrainConfig(device=options["device"], dtype=options["dtype"], compile=compile_),
+                                 refused)
+            raise refused from None
         summary = train(cfg)
     except UserError as e:  # under torchrun: which rank says it (ranks on other machines may see other files)
         world = os.environ.get("WORLD_SIZE", "1")

@@ -1283,12 +1283,21 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
 
 def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     """A value refused by the config (before any rank meets another) names its rank too, as
-    every other error under torchrun does: nodes can be given different command lines."""
+    every other error under torchrun does: nodes can be given different command lines. The rank
+    still meets the others in the start-up all-reduce, as one that failed its checks, so that
+    they stop too (they waited for it in their first collective until the group's timeout)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
+    reduced, closed = [], []
+    monkeypatch.setattr(train, "start_runtime", lambda rt: None)  # no group to join in one process
+    monkeypatch.setattr(train.Runtime, "all_reduce", lambda self, t, op=None: reduced.append(t.clone()) or t)
+    monkeypatch.setattr(train.Runtime, "close", lambda self: closed.append(self))
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o"), "--lr", "-1"])
     assert result.exit_code == 2 and result.stderr.startswith("Error: rank 1 of 2: --lr"), result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
+    facts = train.start_facts(train.TrainConfig(), train.make_runtime(train.TrainConfig(device="cpu")), None, 0, 0, 0)
+    assert len(reduced) == 1 and reduced[0][0] == 1 and len(reduced[0]) == 1 + 2 * len(facts)
+    assert len(closed) == 1
 
 
 def test_under_torchrun_an_option_beyond_int64_is_one_line_after_the_collective():

@@ -276,6 +276,11 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         (("fresh2", "fresh3"), (), ("--ckpt-minutes", "5", "--log-every", "2"),
          differ.format("--log-every: 1 to 2, 1 on rank 0; --ckpt-minutes given: 0 to 1, 0 on rank 0"),
          differ.format("--log-every: 1 to 2, 2 on rank 1; --ckpt-minutes given: 0 to 1, 1 on rank 1")),
+        # options refused on node 1 alone, before it has a run or a model: rank 0 waited for it in
+        # its first collective until the group's timeout (30 minutes)
+        (("fresh4", "fresh5"), (), ("--n-head", "3"), another,
+         "--model tiny: --n-embd (32) must be divisible by n_head (3)"),
+        (("fresh6", "fresh7"), (), ("--lr", "-1"), another, "--lr must be a number > 0"),
     ):
         (tmp_path / outs[1]).mkdir(exist_ok=True)
         results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
