@@ -142,7 +142,11 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
     UTF-8, see portable_name), so a dataset reads under any locale.
     """
     path = Path(directory) / META_NAME
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a directory without search permission (chmod 000, another user's 700)
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not is_file:
         if path.is_symlink() and not path.exists():  # else the directory is read by shard names without a word
             raise ValueError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
         if path.exists():
