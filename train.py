@@ -244,7 +244,11 @@ def optimizer_steps_per_epoch(E: int, accum: int) -> str:
 
 
 def _is_dataset(directory: Path) -> bool:
-    return (directory / META_NAME).is_file() or bool(find_shards(directory, "train"))
+    try:
+        has_meta = (directory / META_NAME).is_file()
+    except OSError as e:  # no search permission (chmod 000, another user's 700 such as lost+found)
+        raise ShardError(f"{directory}: cannot be listed ({e.strerror or e})") from None
+    return has_meta or bool(find_shards(directory, "train"))
 
 
 def find_dataset(data: str | None, root: Path = Path("data")) -> str:

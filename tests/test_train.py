@@ -2167,6 +2167,24 @@ def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, 
         train.find_dataset(None, tmp_path / "data")
 
 
+def test_a_directory_under_data_without_search_permission_is_a_user_error(tmp_path, monkeypatch):
+    """data/lost+found on a mounted disk (root's 700) or a chmod 000 folder: even its meta.json's
+    stat fails, in Path.is_file, which lets EACCES through (os.stat is made to fail: chmod does
+    not stop root)."""
+    write_dataset(tmp_path / "data" / "input", random_tokens(300))
+    (tmp_path / "data" / "lost+found").mkdir()
+    stat = os.stat
+
+    def refuse(path, *args, **kwargs):
+        if os.path.dirname(os.fspath(path)).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refuse)
+    with pytest.raises(train.UserError, match=r"^no --data given, and .*lost\+found: cannot be listed \(Permission denied\)"):
+        train.find_dataset(None, tmp_path / "data")
+
+
 def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys):
     write_dataset(tmp_path / "data" / "only", positional_tokens(300))
     monkeypatch.chdir(tmp_path)
