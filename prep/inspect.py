@@ -228,7 +228,10 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     Raises UserError for a missing directory, or one with neither shards nor meta.json.
     """
     directory = _check_directory(directory)
-    on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
+    try:
+        on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
+    except ShardError as e:  # a directory that cannot be listed: one line naming it
+        raise UserError(str(e)) from None
     report = VerifyReport(str(directory), meta_found=False)
     expected: dict[str, dict] = {}  # file name -> its meta.json entry
     try:

@@ -371,6 +371,20 @@ def test_verify_names_a_broken_meta_json_link_and_still_checks_shards(dataset):
     assert "(meta.json unusable, so hashes were not checked)" in result.output
 
 
+def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkeypatch):
+    """No read permission on the directory: a user error naming it, as prep info and the loader
+    say it, not find_shards' ShardError traceback (os.listdir is made to fail: chmod does not stop root)."""
+    listdir = os.listdir
+
+    def refuse(path="."):
+        if os.fspath(path) == str(dataset):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refuse)
+    assert_user_error(run(verify_command, dataset), str(dataset), "cannot be listed (Permission denied)")
+
+
 @pytest.mark.parametrize("case", ["no_dir", "no_shards"])
 def test_verify_user_mistakes(tmp_path, case):
     target = tmp_path / "nowhere"
