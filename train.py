@@ -2254,6 +2254,7 @@ def train_loop(s: Session) -> dict:
                 # not the next one (under torchrun the ranks learn of it at the next logging point)
                 stopping = True
                 do_ckpt = _due(cfg, step, stopping, has_val)[2]
+                check_diverged(step if do_ckpt else None)  # its weights, as for any checkpoint due
             if do_ckpt:
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:

@@ -265,6 +265,35 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
     assert [step for step, _ in train.list_checkpoints(tmp_path / "o2")] == [4]
 
 
+def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path, dataset, monkeypatch):
+    """The checkpoint a signal during an evaluation brings forward is checked as any checkpoint
+    due is (test_a_checkpoint_is_never_of_weights_gone_nan): step 3's update overflowed the
+    weights, and they were saved as ckpt_000003.pt, the newest for --resume auto."""
+    real_step, real_evaluate, done, evaluations = train.train_step, train.evaluate, [], []
+
+    def overflowing(parts, feed, lr):
+        loss, norm = real_step(parts, feed, lr)
+        done.append(1)
+        if len(done) == 3:
+            with torch.no_grad():
+                parts.model.transformer.h[1].mlp.c_proj.weight[0, 0] = math.inf
+        return loss, norm
+
+    def signalled_evaluate(*args):
+        evaluations.append(1)
+        if len(evaluations) == 2:  # step 3's (step 0's is the first)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train, "train_step", overflowing)
+    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    with pytest.raises(train.UserError, match=r"^step 3: transformer.h.1.mlp.c_proj.weight holds NaN or infinite "
+                                              r"values: the run diverged; stopped without checkpointing"):
+        train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=3))
+    assert train.list_checkpoints(tmp_path / "out") == []
+
+
 @pytest.mark.parametrize("log_every", [1, 4])
 def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, monkeypatch, log_every):
     """A logging window is timed on the device's timeline (here the CPU's: the host's clock,
