@@ -155,19 +155,21 @@ CAT = {"gzip": "zcat", "xz": "xzcat", "zstd": "zstdcat", "zip": "unzip -p", "bzi
 UTF16_BOMS = {b"\xff\xfe": "FF FE", b"\xfe\xff": "FE FF"}  # neither byte starts UTF-8 (UTF-32LE's too)
 
 
-def _not_utf8(head: bytes, label: str) -> CorpusError | None:
+def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | None:
     """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
     UTF-16, with its byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
-    whose hint (--errors replace) would then tokenize the bytes as if they were text."""
+    whose hint (--errors replace) would then tokenize the bytes as if they were text. `jsonl`:
+    the bytes are read as JSON lines (stdin with --stdin-format jsonl), as the pipe shown must."""
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
+        # the pipe reads JSON lines as JSON lines: without the flag they would be one text document
+        fmt = " --stdin-format jsonl" if jsonl or any(s in label.lower() for s in JSONL_SUFFIXES) else ""
         if label == "<stdin>":
             return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
-                               f"{CAT[found[0]]} FILE | prep tokenize -")
-        jsonl = " --stdin-format jsonl" if any(s in label.lower() for s in JSONL_SUFFIXES) else ""
+                               f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
         return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it: "
-                           f"{CAT[found[0]]} {shlex.quote(label)} | prep tokenize{jsonl} -")
+                           f"{CAT[found[0]]} {shlex.quote(label)} | prep tokenize{fmt} -")
     bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
     if bom is not None:
         return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "
@@ -328,7 +330,7 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
     offset = 0
     for line_no, raw in enumerate(stream, start=1):
         where = f"{label}:{line_no}"
-        if line_no == 1 and (error := _not_utf8(raw[:10], label)) is not None:  # stdin's: unchecked so far
+        if line_no == 1 and (error := _not_utf8(raw[:10], label, jsonl=True)) is not None:  # stdin's: unchecked so far
             raise error
         try:
             line = raw.decode("utf-8", errors)

@@ -480,7 +480,9 @@ def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
     assert [s["kind"] for s in read_meta(tmp_path / "a")["sources"]] == ["stdin-jsonl"]
     assert read_meta(tmp_path / "a")["totals"]["bytes"] == len(data)
     for piped_in, words in ((b'{"text": "a"}\n{"text": \n', "<stdin>:2: not valid JSON"),
-                            (gzip.compress(data), "<stdin>: gzip-compressed"),
+                            # the pipe it spells out keeps the flag: without it, the JSON is one text document
+                            (gzip.compress(data), "<stdin>: gzip-compressed; decompress it on its way in, e.g. "
+                                                  "zcat FILE | prep tokenize --stdin-format jsonl -"),
                             ('{"text": "a"}\n'.encode("utf-16"), "<stdin>: UTF-16 text (byte-order mark FF FE)")):
         result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "c", input=piped_in)
         assert_user_error(result, words)
