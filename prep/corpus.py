@@ -168,8 +168,9 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
         if label == "<stdin>":
             return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
                                f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
+        shown = f"./{label}" if label.startswith("-") else label  # else the decompressor takes it for options
         return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it: "
-                           f"{CAT[found[0]]} {shlex.quote(label)} | prep tokenize{fmt} -")
+                           f"{CAT[found[0]]} {shlex.quote(shown)} | prep tokenize{fmt} -")
     bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
     if bom is not None:
         return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "

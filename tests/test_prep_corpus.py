@@ -3,6 +3,7 @@ naming the file and the line or byte offset."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -334,3 +335,16 @@ def test_a_link_above_the_directory_given_is_a_loop_said_before_walking_its_targ
     with pytest.raises(CorpusError, match=r"d/up: a symbolic link loop"):
         resolve_sources([str(tmp_path / "d")])
     assert walked == [str(tmp_path / "d")]
+
+
+def test_a_compressed_file_s_pipe_is_one_a_shell_runs_as_shown(tmp_path, monkeypatch):
+    """The pipe spelled out for a compressed file quotes its name, and one starting with '-'
+    (given after --) is ./-name: `zcat -x.txt` would take it for zcat's options."""
+    monkeypatch.chdir(tmp_path)
+    for name, pipe in (("-x.txt", "zcat ./-x.txt | prep tokenize -"),
+                       ("it's x.txt", "zcat 'it'\"'\"'s x.txt' | prep tokenize -"),
+                       ("-y.jsonl.gz", "zcat ./-y.jsonl.gz | prep tokenize --stdin-format jsonl -")):
+        (tmp_path / name).write_bytes(gzip.compress(b"text " * 20))
+        with pytest.raises(CorpusError) as e:
+            resolve_sources([name])
+        assert str(e.value) == f"{name}: gzip-compressed; decompress it first, or stream it: {pipe}"
