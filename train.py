@@ -1892,6 +1892,9 @@ def train(cfg: TrainConfig) -> dict:
         except TokenRangeError as e:  # bad data, found as it was read
             raise UserError(str(e)) from None
         except RuntimeError as e:
+            if _out_of_memory(e) and cfg.B == 1:  # no lower --B to offer
+                raise UserError(f"out of memory on {s.rt.device} at --B 1 --T {cfg.T}: --B is at its least; start "
+                                f"again with a lower --T or a smaller --model") from None
             if _out_of_memory(e):  # a --B too large for the device: a user's choice, not a crash
                 raise UserError(f"out of memory on {s.rt.device} at --B {cfg.B} --T {cfg.T}: start again with a lower "
                                 f"--B; --total-batch-size {s.tokens_per_step} keeps the tokens per optimizer step "

@@ -544,6 +544,11 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
                                "--total-batch-size 64 keeps the tokens per optimizer step (gradient accumulation "
                                "makes up the rest)")
     assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [2]
+    done.clear()  # at --B 1 a lower --B is no way out
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=8, B=1, out=str(tmp_path / "o1")))
+    assert e.value.message == ("out of memory on cpu at --B 1 --T 16: --B is at its least; start again with a lower "
+                               "--T or a smaller --model")
 
     def too_large(config):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
