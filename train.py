@@ -1868,7 +1868,10 @@ def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
         rt = make_runtime(cfg)
     except UserError:  # no device to meet the others on: this rank's own error is the one to say
         return
-    start_runtime(rt)
+    try:
+        start_runtime(rt)
+    except Exception:  # no group to meet them in (WORLD_SIZE set, but no torchrun's RANK or MASTER_ADDR): the same
+        return
     try:
         agree_to_start(rt, refused, start_facts(cfg, rt, None, 0, 0, 0))
     finally:

@@ -2201,6 +2201,18 @@ def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, 
         train.find_dataset(None, tmp_path / "data")
 
 
+def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(monkeypatch):
+    """WORLD_SIZE exported by hand (or a cluster's environment) without torchrun's RANK and
+    MASTER_ADDR: a refused option is this rank's one line, not init_process_group's ValueError
+    traceback from the attempt to tell the other ranks."""
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(train.main, ["--lr", "-1", "--device", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "Error: rank ? of 2: --lr must be a number > 0" in result.output, result.output
+
+
 def test_a_directory_under_data_without_search_permission_is_a_user_error(tmp_path, monkeypatch):
     """data/lost+found on a mounted disk (root's 700) or a chmod 000 folder: even its meta.json's
     stat fails, in Path.is_file, which lets EACCES through (os.stat is made to fail: chmod does
