@@ -1878,6 +1878,34 @@ def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
         rt.close()
 
 
+def _given(args: Sequence[str], flag: str, choices: Sequence[str]) -> str:
+    """The value of `flag` (one of `choices`) on a command line click refused, or "auto"."""
+    value = "auto"
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value if value in choices else "auto"
+
+
+class TrainCommand(UserCommand):
+    """train.py's command. Under torchrun a usage mistake on one node's command line (`--B two`)
+    stops the other ranks too, each with its line, as a refused value does (stop_with_the_others):
+    they waited for this rank in their first collective until the group's timeout."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UserError as e:
+            world = os.environ.get("WORLD_SIZE", "1")
+            if world.isdigit() and int(world) > 1:
+                e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+                stop_with_the_others(TrainConfig(device=_given(args, "--device", DEVICES),
+                                                 dtype=_given(args, "--dtype", DTYPES)), e)
+            raise
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
     watch_launcher()
@@ -2454,7 +2482,7 @@ def interrupt_exits_at_once() -> None:
     signal.signal(signal.SIGINT, exit_130)
 
 
-@click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
               help="Tokens per sequence (at most the model's block size).")

@@ -281,6 +281,9 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         (("fresh4", "fresh5"), (), ("--n-head", "3"), another,
          "--model tiny: --n-embd (32) must be divisible by n_head (3)"),
         (("fresh6", "fresh7"), (), ("--lr", "-1"), another, "--lr must be a number > 0"),
+        # a usage mistake, refused by click before there is a configuration: the same
+        (("fresh8", "fresh9"), (), ("--B", "two"), another,
+         "train.py: Invalid value for '--B': 'two' is not a valid integer."),
     ):
         (tmp_path / outs[1]).mkdir(exist_ok=True)
         results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
