@@ -1786,8 +1786,9 @@ def print_facts(s: Session) -> None:
             after = f", which --steps {cfg.steps} ends (at {lr_at(cfg.steps - 1, cfg):g}): no decay"
         else:
             after = f", then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}"
-        say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: linear warm-up to {cfg.lr:g} over "
-            f"{cfg.warmup_steps} steps{after}")
+        warm_up = (f"linear warm-up to {cfg.lr:g} over {cfg.warmup_steps} steps" if cfg.warmup_steps
+                   else f"{cfg.lr:g} from the first step")
+        say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: {warm_up}{after}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     elif cfg.init_from is not None and not cfg.bench:
