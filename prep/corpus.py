@@ -95,9 +95,10 @@ def _unreadable(error: OSError) -> None:
 
 
 def _jsonl_hint(paths: Sequence[Path]) -> str:
-    """Directories are read for *.txt only: how to read the .jsonl files among `paths`."""
-    jsonl = any(p.suffix.lower() == ".jsonl" for p in paths)
-    return " (a .jsonl file is read when given by name, e.g. dir/*.jsonl)" if jsonl else ""
+    """Directories are read for *.txt only: how to read the JSON lines files (.jsonl, .ndjson)
+    among `paths`."""
+    suffix = next((p.suffix.lower() for p in paths if p.suffix.lower() in JSONL_SUFFIXES), None)
+    return f" (a {suffix} file is read when given by name, e.g. dir/*{suffix})" if suffix else ""
 
 
 def _identity(path: str | Path) -> tuple[int, int]:

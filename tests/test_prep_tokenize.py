@@ -905,3 +905,13 @@ def test_a_run_leaves_no_thread_so_the_next_one_forks_too(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['MainThread'] None"
+
+
+def test_a_directory_of_ndjson_files_says_how_to_read_them(tmp_path):
+    """.ndjson files are JSON lines as .jsonl ones are: a directory holding only those says how
+    to read them (by name), as it does for .jsonl, not just that it has no .txt files."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.ndjson").write_text('{"text": "some text"}\n')
+    result = invoke(tmp_path / "d", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "(a .ndjson file is read when given by name, e.g. dir/*.ndjson)" in result.stderr, result.output
