@@ -166,7 +166,7 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
     if found:
         # the pipe reads JSON lines as JSON lines: without the flag they would be one text document
         fmt = " --stdin-format jsonl" if jsonl or any(s in label.lower() for s in JSONL_SUFFIXES) else ""
-        if label == "<stdin>":
+        if label == "<stdin>" or not os.path.isfile(label):  # a pipe (<(cat x.gz)): no name to read again
             return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
                                f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
         shown = f"./{label}" if label.startswith("-") else label  # else the decompressor takes it for options

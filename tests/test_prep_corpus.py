@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import threading
 
 import pytest
 from hypothesis import example, given, settings
@@ -348,3 +349,20 @@ def test_a_compressed_file_s_pipe_is_one_a_shell_runs_as_shown(tmp_path, monkeyp
         with pytest.raises(CorpusError) as e:
             resolve_sources([name])
         assert str(e.value) == f"{name}: gzip-compressed; decompress it first, or stream it: {pipe}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_compressed_pipe_given_by_name_is_not_told_to_read_it_again(tmp_path):
+    """A pipe given by name (bash's <(cat x.gz) is /dev/fd/63) is gone once read: the pipe
+    spelled out for it is the one for stdin (decompress on the way in), not `zcat /dev/fd/63`,
+    which fails as printed."""
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(gzip.compress(b"text " * 20)))
+    writer.start()
+    try:
+        with pytest.raises(CorpusError) as e:
+            list(read_pieces(resolve_sources([str(fifo)])))
+    finally:
+        writer.join()
+    assert str(e.value) == f"{fifo}: gzip-compressed; decompress it on its way in, e.g. zcat FILE | prep tokenize -"
