@@ -368,14 +368,24 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
 
 
 def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str = "strict",
-                block_bytes: int = BLOCK_BYTES, stdin: BinaryIO | None = None) -> Iterator[Piece]:
+                block_bytes: int = BLOCK_BYTES, stdin: BinaryIO | None = None,
+                bytes_read: list[int] | None = None) -> Iterator[Piece]:
     """Every document of every source, in order, as a stream of pieces (flat memory).
 
     `errors` is "strict" (invalid UTF-8 raises CorpusError naming file and byte offset) or
     "replace" (U+FFFD). `stdin` is the binary stream read for "-" (default sys.stdin).
+    `bytes_read`, if given, gets each source's bytes yielded so far, in the sources' order
+    (stdin's and a pipe's size is known only once read).
     """
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
+    if bytes_read is not None:
+        bytes_read[:] = [0] * len(sources)
+        for index, source in enumerate(sources):
+            for piece in read_pieces([source], field=field, errors=errors, block_bytes=block_bytes, stdin=stdin):
+                bytes_read[index] += piece.nbytes
+                yield piece
+        return
     for source in sources:
         if source.is_stdin:
             stream = stdin or sys.stdin.buffer

@@ -146,16 +146,20 @@ class TailSplitter:
 
 
 def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...], settings: dict,
-               nbytes: int, chars: int) -> dict:
-    """meta.json's content (layout in prep/meta.py); nothing in it depends on timing or workers."""
-    other_bytes = sum(s.bytes or 0 for s in sources if not s.is_stdin)
+               nbytes: int, chars: int, bytes_read: list[int] | None = None) -> dict:
+    """meta.json's content (layout in prep/meta.py); nothing in it depends on timing or workers.
+    `bytes_read`: each source's bytes as read, for those whose size was unknown up front (stdin,
+    a pipe given by name); without it, stdin is given what the others' sizes leave of `nbytes`."""
+    if bytes_read is None:
+        other_bytes = sum(s.bytes or 0 for s in sources if not s.is_stdin)
+        bytes_read = [nbytes - other_bytes if s.is_stdin else None for s in sources]
     return {
         "format_version": META_FORMAT_VERSION, "tool": "shardgpt", "tool_version": __version__,
         "tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot": EOT,
         "dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES, "name": name,
         "splits": {w.split: {"tokens": w.tokens, "documents": w.documents, "shards": w.entries}
                    for w in splits},
-        "sources": [s.to_meta(nbytes - other_bytes if s.is_stdin else None) for s in sources],
+        "sources": [s.to_meta(read if s.bytes is None else None) for s, read in zip(sources, bytes_read)],
         "totals": {"documents": sum(w.documents for w in splits), "tokens": sum(w.tokens for w in splits),
                    "bytes": nbytes, "chars": chars},
         "settings": settings | {"documents": "EOT before each document; empty ones skipped"},

@@ -212,7 +212,9 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         held_back = config.val_max_tokens if config.val_fraction > 0 else 0
         splitter = TailSplitter(train, held_back, tmp / SPILL_NAME)
         try:
-            pieces = counted(read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin))
+            bytes_read: list[int] = []  # per source: stdin's and a pipe's size is known once read
+            pieces = counted(read_pieces(sources, field=config.field, errors=config.errors, stdin=stdin,
+                                         bytes_read=bytes_read))
             work = batches(document_chunks(pieces, chunk_chars), chunk_chars)
             # The pool forks before any thread of ours starts (Bar: tqdm starts none).
             with (EncoderPool(workers, config.start_method) if workers > 1 else nullcontext()) as pool, \
@@ -227,7 +229,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
             splitter.finish(config.val_fraction, val)
             train.close(), val.close()
             settings = {key: getattr(config, key) for key in OUTPUT_SETTINGS} | {"val_rule": VAL_RULE}
-            write_meta(tmp, build_meta(name, sources, (train, val), settings, nbytes, chars))
+            write_meta(tmp, build_meta(name, sources, (train, val), settings, nbytes, chars, bytes_read))
         except BaseException as e:
             train.abort(), val.abort(), splitter.close()
             if isinstance(e, OSError):  # disk full, I/O error: the user's to fix, not a bug

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -915,3 +916,23 @@ def test_a_directory_of_ndjson_files_says_how_to_read_them(tmp_path):
     result = invoke(tmp_path / "d", "--out", tmp_path / "out")
     assert result.exit_code == 2
     assert "(a .ndjson file is read when given by name, e.g. dir/*.ndjson)" in result.stderr, result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_meta_sources_give_stdin_and_a_pipe_each_its_own_bytes(tmp_path):
+    """stdin and a pipe given by name (bash's <(...)) have no size up front: each source's bytes
+    in meta.json are what was read from it. stdin was given whatever the sized sources left of
+    the total, the pipe's bytes too, and the pipe null."""
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    (tmp_path / "c.txt").write_text("a file's text " * 10)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"the pipe's text " * 100))
+    writer.start()
+    try:
+        tokenize_corpus(["-", str(fifo), str(tmp_path / "c.txt")], tmp_path / "out", progress=False,
+                        stdin=io.BytesIO(b"stdin's text " * 3))
+    finally:
+        writer.join()
+    meta = read_meta(tmp_path / "out")
+    assert [s["bytes"] for s in meta["sources"]] == [13 * 3, 16 * 100, 14 * 10]
+    assert meta["totals"]["bytes"] == 13 * 3 + 16 * 100 + 14 * 10
