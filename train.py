@@ -520,7 +520,12 @@ def start_runtime(rt: Runtime) -> None:
     if rt.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever stays in fp32
     if rt.ddp and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
+        except ValueError as e:  # WORLD_SIZE exported by hand (a cluster's environment), no torchrun's RANK...
+            why = str(e).rpartition("rendezvous: ")[2]  # "environment variable RANK expected, but not set"
+            raise UserError(f"WORLD_SIZE={rt.world} is set, but not by torchrun ({why}): start train.py with "
+                            f"torchrun, or unset WORLD_SIZE") from None
 
 
 def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int | float]) -> None:

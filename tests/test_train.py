@@ -2215,6 +2215,26 @@ def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(
     assert "Error: rank ? of 2: --lr must be a number > 0" in result.output, result.output
 
 
+def test_a_run_with_world_size_set_but_no_torchrun_is_one_line(tmp_path, dataset, monkeypatch):
+    """WORLD_SIZE exported by hand (or a cluster's environment) without torchrun's RANK and
+    MASTER_ADDR, options all fine: one line saying so, not init_process_group's ValueError
+    traceback ("environment variable RANK expected, but not set")."""
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["--data", str(dataset), "--model", "tiny", "--B", "2", "--T", "16", "--steps", "2", "--device", "cpu",
+            "--no-compile", "--quiet", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output == ("Error: rank ? of 2: WORLD_SIZE=2 is set, but not by torchrun (environment variable "
+                             "RANK expected, but not set): start train.py with torchrun, or unset WORLD_SIZE\n")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(train.main, args)
+    assert "rank 1 of 2: WORLD_SIZE=2 is set, but not by torchrun (environment variable MASTER_ADDR expected" in (
+        result.output) and result.exit_code == 2, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_directory_under_data_without_search_permission_is_a_user_error(tmp_path, monkeypatch):
     """data/lost+found on a mounted disk (root's 700) or a chmod 000 folder: even its meta.json's
     stat fails, in Path.is_file, which lets EACCES through (os.stat is made to fail: chmod does
