@@ -1336,6 +1336,29 @@ def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     assert len(closed) == 1
 
 
+def test_under_torchrun_a_usage_mistake_meets_the_other_ranks_too(monkeypatch, tmp_path):
+    """A value click itself refuses (--B two) on one node: that rank exited before any
+    collective and the others waited for it. It now takes part in the start-up all-reduce as
+    a rank that failed, on the device its command line names; alone, the error is as it was."""
+    for alone in (["--B", "two"], ["--device=tpu"]):
+        result = CliRunner().invoke(train.main, alone)
+        assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+        assert result.stderr.startswith("Error: main: Invalid value for '--"), result.stderr  # (CliRunner's name)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    reduced, devices = [], []
+    monkeypatch.setattr(train, "start_runtime", lambda rt: devices.append(rt.device))
+    monkeypatch.setattr(train.Runtime, "all_reduce", lambda self, t, op=None: reduced.append(t.clone()) or t)
+    monkeypatch.setattr(train.Runtime, "close", lambda self: None)
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--device=cpu", "--B", "two"])
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr == "Error: rank 1 of 2: main: Invalid value for '--B': 'two' is not a valid integer.\n"
+    assert devices == [torch.device("cpu")] and len(reduced) == 1 and reduced[0][0] == 1
+    assert [train._given(args, "--device", train.DEVICES) for args in
+            (["--device", "mps"], ["--device=cpu"], ["--device", "tpu"], ["--device"], [])] == ["mps", "cpu", "auto",
+                                                                                             "auto", "auto"]
+
+
 def test_under_torchrun_an_option_beyond_int64_is_one_line_after_the_collective():
     """The ranks compare their options in one int64 all-reduce: --warmup-steps 1e19 (fine in one
     process) raised torch's 'Overflow when unpacking long long' before it, a traceback on every
