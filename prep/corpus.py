@@ -165,12 +165,14 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
         # the pipe reads JSON lines as JSON lines: without the flag they would be one text document
-        fmt = " --stdin-format jsonl" if jsonl or any(s in label.lower() for s in JSONL_SUFFIXES) else ""
+        name = os.path.basename(label).lower()  # x.jsonl.gz; not a folder named data.jsonl/
+        fmt = " --stdin-format jsonl" if jsonl or any(s in name for s in JSONL_SUFFIXES) else ""
         if label == "<stdin>" or not os.path.isfile(label):  # a pipe (<(cat x.gz)): no name to read again
             return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
                                f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
         shown = f"./{label}" if label.startswith("-") else label  # else the decompressor takes it for options
-        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it: "
+        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it (adding your "
+                           f"other options, --out among them): "
                            f"{CAT[found[0]]} {shlex.quote(shown)} | prep tokenize{fmt} -")
     bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
     if bom is not None:

@@ -344,11 +344,14 @@ def test_a_compressed_file_s_pipe_is_one_a_shell_runs_as_shown(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     for name, pipe in (("-x.txt", "zcat ./-x.txt | prep tokenize -"),
                        ("it's x.txt", "zcat 'it'\"'\"'s x.txt' | prep tokenize -"),
-                       ("-y.jsonl.gz", "zcat ./-y.jsonl.gz | prep tokenize --stdin-format jsonl -")):
+                       ("-y.jsonl.gz", "zcat ./-y.jsonl.gz | prep tokenize --stdin-format jsonl -"),
+                       ("data.jsonl/z.gz", "zcat data.jsonl/z.gz | prep tokenize -")):  # the file's name decides
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(gzip.compress(b"text " * 20))
         with pytest.raises(CorpusError) as e:
             resolve_sources([name])
-        assert str(e.value) == f"{name}: gzip-compressed; decompress it first, or stream it: {pipe}"
+        assert str(e.value) == (f"{name}: gzip-compressed; decompress it first, or stream it (adding your other "
+                                f"options, --out among them): {pipe}")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")

@@ -401,7 +401,8 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
                          ["m.jsonl:1: field 'text' is an array"]),
     # read as text it was invalid UTF-8, and with --errors replace, gzip's bytes as tokens
     "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
-                              ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it: zcat ",
+                              ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it (adding your other "
+                               "options, --out among them): zcat ",
                                "c.jsonl.gz | prep tokenize --stdin-format jsonl -"]),
     "zstd-compressed text": ({"c.txt": b"\x28\xb5\x2f\xfd" + b"x" * 40}, ["c.txt"], ["c.txt: zstd-compressed"]),
     "bzip2-compressed text": ({"c.txt": bz2.compress(b"text " * 100)}, ["c.txt"], ["c.txt: bzip2-compressed", "bzcat ", "c.txt | prep tokenize -"]),
