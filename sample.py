@@ -83,8 +83,8 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
         raise UserError(f"checkpoint {path}: {bad} holds NaN or infinite values (the run diverged by step "
                         f"{ckpt['step']}): no text to sample")
     # the weights checked as --init-from checks them (floating point, the head tied to the
-    # embedding), then loaded: a damaged checkpoint is one line, not text from garbage
-    train.load_init_weights(model, path, "checkpoint", found)
+    # embedding; not again for NaN), then loaded: a damaged checkpoint is one line, not text from garbage
+    train.load_init_weights(model, path, "checkpoint", found, finite_checked=True)
     return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 

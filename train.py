@@ -1078,7 +1078,8 @@ def state_positions(state: dict) -> int | None:
     return _positions(_unwrapped(state))
 
 
-def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None) -> str:
+def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None,
+                      finite_checked: bool = False) -> str:
     """--init-from: load into `model` the weights of a train.py checkpoint or of a GPT-2 state
     dict: Hugging Face's (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one,
     saved with torch.save) or GPT's own. Only the weights: the optimizer, step, schedule and
@@ -1104,7 +1105,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         odd = next((k for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())), None)
         if odd is not None:
             raise ValueError(f"{odd} is not a floating-point tensor")
-        bad = first_not_finite(state.items())
+        bad = None if finite_checked else first_not_finite(state.items())  # (sample.py: scanned already)
         if bad is not None:
             raise ValueError(f"{bad} holds NaN or infinite values")
         rows = _positions(state)

@@ -114,6 +114,21 @@ def test_a_checkpoint_of_a_diverged_run_is_one_line(run, tmp_path):
                           "transformer.h.1.mlp.c_fc.weight holds NaN or infinite values")
 
 
+def test_a_checkpoint_s_weights_are_scanned_for_nan_once(run, monkeypatch):
+    """load_model scanned every weight for NaN, then load_init_weights scanned them all again
+    (seconds for gpt2-xl on a CPU)."""
+    scanned, scan = [], train.first_not_finite
+
+    def counted(named):
+        named = list(named)
+        scanned.append(len(named))
+        return scan(named)
+
+    monkeypatch.setattr(train, "first_not_finite", counted)
+    sample.load_model(run / "ckpt_000004.pt", train.make_runtime(train.TrainConfig(device="cpu")))
+    assert len(scanned) == 1 and scanned[0] > 0
+
+
 @pytest.mark.parametrize("field, value, words", [
     ("n_layer", 2**63, "n_layer 9223372036854775808, 2 in the weights"),  # built layers for ever, before
     ("n_embd", 2**40, "n_embd 1099511627776, 32 in the weights"),
