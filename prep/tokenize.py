@@ -224,8 +224,9 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                     splitter.push(tokens)
                     chars, nbytes = chars + batch_chars, nbytes + batch_bytes
                     bar.update(batch_bytes)
-            if splitter.total == 0:
-                raise CorpusError(f"{', '.join(inputs)}: no text to tokenize (every document is empty)")
+            if splitter.total == 0:  # (an empty pipe's size is known only now)
+                why = "empty input, nothing to tokenize" if nbytes == 0 else "no text to tokenize (every document is empty)"
+                raise CorpusError(f"{', '.join(inputs)}: {why}")
             splitter.finish(config.val_fraction, val)
             train.close(), val.close()
             settings = {key: getattr(config, key) for key in OUTPUT_SETTINGS} | {"val_rule": VAL_RULE}

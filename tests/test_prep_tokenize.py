@@ -279,7 +279,7 @@ def test_adversarial_text_in_every_input_kind_is_exact(files, records, piped, ch
                                 chunk_chars=chunk_chars, val_fraction=0.5, val_max_tokens=val_max_tokens,
                                 shard_size=shard_size, errors="replace", progress=False, stdin=io.BytesIO(piped))
             except CorpusError as e:
-                assert not any(texts) and "no text" in str(e)
+                assert not any(texts) and ("no text" in str(e) or "empty input" in str(e))
                 return
         assert np.array_equal(stream(tmp / "out"), expected(texts))
 
@@ -546,7 +546,12 @@ def test_a_broken_link_named_as_input_says_so(tmp_path):
 
 
 def test_stdin_empty(tmp_path):
-    assert_user_error(invoke("-", "--out", tmp_path / "out", input=b""), "no text")
+    """An empty stdin says so, as an empty file does (it said "every document is empty")."""
+    for fmt in ("text", "jsonl"):
+        assert_user_error(invoke("-", "--stdin-format", fmt, "--out", tmp_path / "out", input=b""),
+                          "-: empty input, nothing to tokenize")
+    assert_user_error(invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "out", input=b"\n\n"),
+                      "-: no text to tokenize (every document is empty)")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
 
 
