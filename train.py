@@ -265,13 +265,24 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
         raise UserError(f"no --data given and {root} is not a directory: {hint}")
     if not root.is_dir():
         raise UserError(f"no --data given and {root}/ does not exist: {hint}")
-    subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
+    found, passed_over = [], []
     try:
-        found = [d for d in (root, *subdirs) if d.is_dir() and _is_dataset(d)]
-    except ShardError as e:  # a directory there that cannot be listed
-        raise UserError(f"no --data given, and {e}: pass --data") from None
+        subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
+        if _is_dataset(root):
+            found.append(root)
+    except (ShardError, OSError) as e:  # data/ itself cannot be listed
+        why = e if isinstance(e, ShardError) else f"{root}: cannot be listed ({e.strerror or e})"
+        raise UserError(f"no --data given, and {why}: pass --data") from None
+    for d in subdirs:
+        try:
+            if d.is_dir() and _is_dataset(d):
+                found.append(d)
+        except ShardError as e:  # no dataset can be read there (lost+found on a mounted disk, root's 700)
+            passed_over.append(str(e))
     if not found:
-        raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/: {hint}")
+        skipped = f" (passed over: {'; '.join(passed_over)})" if passed_over else ""
+        raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/{skipped}: "
+                        f"{hint}")
     if len(found) > 1:
         listed = ", ".join(map(str, found))
         raise UserError(f"{len(found)} datasets under {root}/ ({listed}): choose one with --data")

@@ -10,8 +10,10 @@ token says exactly which window of the stream it came from.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
+import pathlib
 import sys
 import zipfile
 from pathlib import Path
@@ -91,6 +93,29 @@ def without_gpt2_files(monkeypatch):
         yield
     finally:
         tokenizer.get_encoding.cache_clear()
+
+
+def without_search_permission(monkeypatch, directory: Path) -> None:
+    """Make `directory` act as one of mode 000 (or another user's 700), which root's tests
+    cannot make with chmod: a stat of anything in it, and listing it, raise EACCES. Patched in
+    os, and in Python 3.10's pathlib, whose accessor holds os.stat as it was at import."""
+    directory = os.path.abspath(directory)
+
+    def refused(real, listing: bool):
+        def call(path=".", *args, **kwargs):
+            target = None if isinstance(path, int) else os.path.abspath(os.fspath(path))  # (an fd: let be)
+            if target is not None and (target == directory if listing else os.path.dirname(target) == directory):
+                raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    for name, listing in (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)):
+        monkeypatch.setattr(os, name, refused(getattr(os, name), listing))
+    accessor = getattr(pathlib, "_normal_accessor", None)  # Python 3.10
+    if accessor is not None:
+        for name, listing in (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)):
+            if hasattr(accessor, name):
+                monkeypatch.setattr(accessor, name, refused(getattr(os, name), listing))
 
 
 def flip_a_tensor_bit(data: bytes, path: Path) -> bytes:

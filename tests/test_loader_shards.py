@@ -18,7 +18,7 @@ except ImportError:  # Windows
 import numpy as np
 import pytest
 
-from _data import INT_DIGITS_LIMIT
+from _data import INT_DIGITS_LIMIT, without_search_permission
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
 from prep.shards import ShardError, shard_name, write_shard
@@ -351,18 +351,10 @@ def test_a_meta_json_that_cannot_be_read_is_a_loader_error(tmp_path, monkeypatch
 
 
 def test_a_dataset_directory_without_search_permission_is_a_loader_error(tmp_path, monkeypatch):
-    """chmod 000 (or another user's 700 directory): even meta.json's stat fails, in Path.is_file,
-    which lets EACCES through. One line naming it, not a PermissionError traceback (os.stat is
-    made to fail: chmod does not stop root)."""
+    """chmod 000 (or another user's 700): even meta.json's stat fails, in Path.is_file, which
+    lets EACCES through. One line naming it, not a PermissionError traceback."""
     write_with_meta(tmp_path, [300])
-    stat = os.stat
-
-    def refuse(path, *args, **kwargs):
-        if os.path.dirname(os.fspath(path)) == str(tmp_path):
-            raise PermissionError(13, "Permission denied", str(path))
-        return stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", refuse)
+    without_search_permission(monkeypatch, tmp_path)
     with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: cannot be read \(Permission denied\)$"):
         TokenLoader(tmp_path, B=1, T=10)
 

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 import train
 from _cli import assert_user_error
 from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positional_tokens, random_tokens,
-                   shakespeare_tokens, without_gpt2_files, write_dataset)
+                   shakespeare_tokens, without_gpt2_files, without_search_permission, write_dataset)
 from loader import TokenLoader
 from loader.audit import audit
 from model import GPT, GPTConfig, to_hf_state_dict
@@ -2222,7 +2222,8 @@ def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, 
         return listdir(path)
 
     monkeypatch.setattr(os, "listdir", refuse)
-    with pytest.raises(train.UserError, match=r"^no --data given, and .*input: cannot be listed \(Permission denied\)"):
+    with pytest.raises(train.UserError, match=r"^no dataset .* \(passed over: .*input: cannot be listed \(Permission "
+                                              r"denied\)\): run `prep tokenize input.txt` first, or pass --data$"):
         train.find_dataset(None, tmp_path / "data")
 
 
@@ -2258,21 +2259,20 @@ def test_a_run_with_world_size_set_but_no_torchrun_is_one_line(tmp_path, dataset
     assert not (tmp_path / "out").exists()
 
 
-def test_a_directory_under_data_without_search_permission_is_a_user_error(tmp_path, monkeypatch):
+def test_a_directory_under_data_without_search_permission_is_passed_over(tmp_path, monkeypatch):
     """data/lost+found on a mounted disk (root's 700) or a chmod 000 folder: even its meta.json's
-    stat fails, in Path.is_file, which lets EACCES through (os.stat is made to fail: chmod does
-    not stop root)."""
+    stat fails, in Path.is_file, and its PermissionError ended the search in a traceback. No
+    dataset can be read there: the search passes over it, and says so when it finds none."""
     write_dataset(tmp_path / "data" / "input", random_tokens(300))
     (tmp_path / "data" / "lost+found").mkdir()
-    stat = os.stat
-
-    def refuse(path, *args, **kwargs):
-        if os.path.dirname(os.fspath(path)).endswith("lost+found"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "stat", refuse)
-    with pytest.raises(train.UserError, match=r"^no --data given, and .*lost\+found: cannot be listed \(Permission denied\)"):
+    without_search_permission(monkeypatch, tmp_path / "data" / "lost+found")
+    assert train.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
+    shutil.rmtree(tmp_path / "data" / "input")
+    with pytest.raises(train.UserError, match=r"^no dataset \(.*\) under .*data/ \(passed over: .*lost\+found: cannot be "
+                                              r"listed \(Permission denied\)\): run `prep tokenize input.txt` first"):
+        train.find_dataset(None, tmp_path / "data")
+    without_search_permission(monkeypatch, tmp_path / "data")  # data/ itself: nothing can be found
+    with pytest.raises(train.UserError, match=r"^no --data given, and .*data: cannot be listed \(Permission denied\)"):
         train.find_dataset(None, tmp_path / "data")
 
 
