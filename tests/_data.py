@@ -95,10 +95,10 @@ def without_gpt2_files(monkeypatch):
         tokenizer.get_encoding.cache_clear()
 
 
-def without_search_permission(monkeypatch, directory: Path) -> None:
-    """Make `directory` act as one of mode 000 (or another user's 700), which root's tests
-    cannot make with chmod: a stat of anything in it, and listing it, raise EACCES. Patched in
-    os, and in Python 3.10's pathlib, whose accessor holds os.stat as it was at import."""
+def _refuse(monkeypatch, directory: Path, calls: tuple[tuple[str, bool], ...]) -> None:
+    """Make `calls` (os function names, each with whether it lists `directory` itself or reaches
+    a path in it) raise EACCES there: in os, and in Python 3.10's pathlib, whose accessor holds
+    the os functions as they were at import."""
     directory = os.path.abspath(directory)
 
     def refused(real, listing: bool):
@@ -109,13 +109,24 @@ def without_search_permission(monkeypatch, directory: Path) -> None:
             return real(path, *args, **kwargs)
         return call
 
-    for name, listing in (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)):
-        monkeypatch.setattr(os, name, refused(getattr(os, name), listing))
     accessor = getattr(pathlib, "_normal_accessor", None)  # Python 3.10
-    if accessor is not None:
-        for name, listing in (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)):
-            if hasattr(accessor, name):
-                monkeypatch.setattr(accessor, name, refused(getattr(os, name), listing))
+    for name, listing in calls:
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, refused(real, listing))
+        if accessor is not None and hasattr(accessor, name):
+            monkeypatch.setattr(accessor, name, refused(real, listing))
+
+
+def without_read_permission(monkeypatch, directory: Path) -> None:
+    """`directory` as one whose mode lacks r (0311): it cannot be listed, its files can be
+    reached by name. root's tests cannot make one with chmod."""
+    _refuse(monkeypatch, directory, (("listdir", True), ("scandir", True)))
+
+
+def without_search_permission(monkeypatch, directory: Path) -> None:
+    """`directory` as one of mode 000 (or another user's 700): a stat of anything in it, and
+    listing it, raise EACCES. root's tests cannot make one with chmod."""
+    _refuse(monkeypatch, directory, (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)))
 
 
 def flip_a_tensor_bit(data: bytes, path: Path) -> bytes:

@@ -18,7 +18,7 @@ except ImportError:  # Windows
 import numpy as np
 import pytest
 
-from _data import INT_DIGITS_LIMIT, without_search_permission
+from _data import INT_DIGITS_LIMIT, without_read_permission, without_search_permission
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
 from prep.shards import ShardError, shard_name, write_shard
@@ -363,14 +363,7 @@ def test_a_directory_that_cannot_be_listed_is_a_loader_error(tmp_path, monkeypat
     """A dataset directory without meta.json and without read permission: one line naming it,
     not a PermissionError traceback (os.listdir is made to fail: chmod does not stop root)."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0))
-    listdir = os.listdir
-
-    def refuse(path="."):
-        if os.fspath(path) == str(tmp_path):
-            raise PermissionError(13, "Permission denied", str(path))
-        return listdir(path)
-
-    monkeypatch.setattr(os, "listdir", refuse)
+    without_read_permission(monkeypatch, tmp_path)
     with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}: cannot be listed \(Permission denied\)$"):
         TokenLoader(tmp_path, B=1, T=10)
 

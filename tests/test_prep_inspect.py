@@ -23,7 +23,7 @@ from prep.meta import META_NAME, write_meta
 from prep.shards import shard_name, write_shard
 
 from _cli import assert_user_error
-from _data import TINY_SHAKESPEARE as TINY
+from _data import TINY_SHAKESPEARE as TINY, without_read_permission
 
 
 def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str = "ds",
@@ -374,14 +374,7 @@ def test_verify_names_a_broken_meta_json_link_and_still_checks_shards(dataset):
 def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkeypatch):
     """No read permission on the directory: a user error naming it, as prep info and the loader
     say it, not find_shards' ShardError traceback (os.listdir is made to fail: chmod does not stop root)."""
-    listdir = os.listdir
-
-    def refuse(path="."):
-        if os.fspath(path) == str(dataset):
-            raise PermissionError(13, "Permission denied", str(path))
-        return listdir(path)
-
-    monkeypatch.setattr(os, "listdir", refuse)
+    without_read_permission(monkeypatch, dataset)
     assert_user_error(run(verify_command, dataset), str(dataset), "cannot be listed (Permission denied)")
 
 

@@ -28,7 +28,8 @@ from click.testing import CliRunner
 import train
 from _cli import assert_user_error
 from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positional_tokens, random_tokens,
-                   shakespeare_tokens, without_gpt2_files, without_search_permission, write_dataset)
+                   shakespeare_tokens, without_gpt2_files, without_read_permission, without_search_permission,
+                   write_dataset)
 from loader import TokenLoader
 from loader.audit import audit
 from model import GPT, GPTConfig, to_hf_state_dict
@@ -227,12 +228,26 @@ def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_p
     assert train.list_checkpoints(tmp_path / "out") == []
 
 
+def sigterm_in_evaluation(n: int):
+    """train.evaluate, sending this process SIGTERM in its n-th call."""
+    real, calls = train.evaluate, []
+
+    def evaluate(*args):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+        return real(*args)
+
+    return evaluate
+
+
 def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp_path, dataset, monkeypatch, capsys):
     """A signal during a sample (a long --sample-tokens) waited for its last token, then trained
     one more step before the checkpoint: a preemption's grace period could end first. The
     sample stops at its next token, and the step it followed is the one checkpointed; the same
     for a signal during an evaluation."""
-    real_sample_texts, real_evaluate, tokens_made = train.sample_texts, train.evaluate, []
+    real_sample_texts, tokens_made = train.sample_texts, []
 
     def signalled_sample_texts(*args, on_token, **kwargs):
         def each(ids):
@@ -252,16 +267,7 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
     assert f"SIGTERM: stopped after step 3 of 10; checkpoint {tmp_path / 'out' / 'ckpt_000003.pt'} written" in out
     assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [3]
 
-    evaluations = []
-
-    def signalled_evaluate(*args):
-        evaluations.append(1)
-        if len(evaluations) == 2:  # step 4's (step 0's is the first)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
-        return real_evaluate(*args)
-
-    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    monkeypatch.setattr(train, "evaluate", sigterm_in_evaluation(2))  # step 4's (step 0's is the first)
     summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=4, out=str(tmp_path / "o2")))
     assert summary["interrupted"] and summary["last_step"] == 4
     assert [step for step, _ in train.list_checkpoints(tmp_path / "o2")] == [4]
@@ -271,7 +277,7 @@ def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path
     """The checkpoint a signal during an evaluation brings forward is checked as any checkpoint
     due is (test_a_checkpoint_is_never_of_weights_gone_nan): step 3's update overflowed the
     weights, and they were saved as ckpt_000003.pt, the newest for --resume auto."""
-    real_step, real_evaluate, done, evaluations = train.train_step, train.evaluate, [], []
+    real_step, done = train.train_step, []
 
     def overflowing(parts, feed, lr):
         loss, norm = real_step(parts, feed, lr)
@@ -281,15 +287,8 @@ def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path
                 parts.model.transformer.h[1].mlp.c_proj.weight[0, 0] = math.inf
         return loss, norm
 
-    def signalled_evaluate(*args):
-        evaluations.append(1)
-        if len(evaluations) == 2:  # step 3's (step 0's is the first)
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.01)
-        return real_evaluate(*args)
-
     monkeypatch.setattr(train, "train_step", overflowing)
-    monkeypatch.setattr(train, "evaluate", signalled_evaluate)
+    monkeypatch.setattr(train, "evaluate", sigterm_in_evaluation(2))  # step 3's (step 0's is the first)
     with pytest.raises(train.UserError, match=r"^step 3: transformer.h.1.mlp.c_proj.weight holds NaN or infinite "
                                               r"values: the run diverged; stopped without checkpointing"):
         train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=3))
@@ -2214,14 +2213,7 @@ def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_p
 
 def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
     write_dataset(tmp_path / "data" / "input", random_tokens(300))  # no meta.json: found by listing it
-    listdir = os.listdir
-
-    def refuse(path="."):
-        if os.fspath(path).endswith("input"):
-            raise PermissionError(13, "Permission denied", str(path))
-        return listdir(path)
-
-    monkeypatch.setattr(os, "listdir", refuse)
+    without_read_permission(monkeypatch, tmp_path / "data" / "input")
     with pytest.raises(train.UserError, match=r"^no dataset .* \(passed over: .*input: cannot be listed \(Permission "
                                               r"denied\)\): run `prep tokenize input.txt` first, or pass --data$"):
         train.find_dataset(None, tmp_path / "data")
