@@ -187,7 +187,7 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
     return None
 
 
-def _refuse_compressed(path: Path) -> None:
+def _refuse_not_utf8(path: Path) -> None:
     """_not_utf8's error for a file named as input, before any work (a pipe or a device is
     checked as it is read, by _read_text)."""
     if not path.is_file():
@@ -277,7 +277,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 total = None if None in sizes else sum(sizes)
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
-                _refuse_compressed(path)
+                _refuse_not_utf8(path)
                 kind = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path)))
         except PermissionError as e:
@@ -381,27 +381,30 @@ def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str =
     """
     if errors not in ERRORS:
         raise ValueError(f"errors must be one of {ERRORS}, got {errors!r}")
-    if bytes_read is not None:
-        bytes_read[:] = [0] * len(sources)
-        for index, source in enumerate(sources):
-            for piece in read_pieces([source], field=field, errors=errors, block_bytes=block_bytes, stdin=stdin):
-                bytes_read[index] += piece.nbytes
-                yield piece
+    counts = [] if bytes_read is None else bytes_read
+    counts[:] = [0] * len(sources)
+    for index, source in enumerate(sources):
+        for piece in _source_pieces(source, field, errors, block_bytes, stdin):
+            counts[index] += piece.nbytes
+            yield piece
+
+
+def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
+                   stdin: BinaryIO | None) -> Iterator[Piece]:
+    """One source's documents as pieces (read_pieces' for each source)."""
+    if source.is_stdin:
+        stream = stdin or sys.stdin.buffer
+        if source.kind == "stdin-jsonl":
+            yield from _read_jsonl(stream, "<stdin>", field, errors)
+        else:
+            yield from _read_text(stream, "<stdin>", errors, block_bytes)
         return
-    for source in sources:
-        if source.is_stdin:
-            stream = stdin or sys.stdin.buffer
-            if source.kind == "stdin-jsonl":
-                yield from _read_jsonl(stream, "<stdin>", field, errors)
-            else:
-                yield from _read_text(stream, "<stdin>", errors, block_bytes)
-            continue
-        for path in source.files:
-            try:
-                with open(path, "rb") as f:
-                    if source.kind == "jsonl":
-                        yield from _read_jsonl(f, str(path), field, errors)
-                    else:
-                        yield from _read_text(f, str(path), errors, block_bytes)
-            except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-                raise CorpusError(f"{path}: cannot read ({e.strerror})") from None
+    for path in source.files:
+        try:
+            with open(path, "rb") as f:
+                if source.kind == "jsonl":
+                    yield from _read_jsonl(f, str(path), field, errors)
+                else:
+                    yield from _read_text(f, str(path), errors, block_bytes)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+            raise CorpusError(f"{path}: cannot read ({e.strerror})") from None

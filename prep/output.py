@@ -146,13 +146,10 @@ class TailSplitter:
 
 
 def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...], settings: dict,
-               nbytes: int, chars: int, bytes_read: list[int] | None = None) -> dict:
+               nbytes: int, chars: int, bytes_read: list[int]) -> dict:
     """meta.json's content (layout in prep/meta.py); nothing in it depends on timing or workers.
-    `bytes_read`: each source's bytes as read, for those whose size was unknown up front (stdin,
-    a pipe given by name); without it, stdin is given what the others' sizes leave of `nbytes`."""
-    if bytes_read is None:
-        other_bytes = sum(s.bytes or 0 for s in sources if not s.is_stdin)
-        bytes_read = [nbytes - other_bytes if s.is_stdin else None for s in sources]
+    `bytes_read`: each source's bytes as read (read_pieces'), given where its size was unknown up
+    front (stdin, a pipe given by name)."""
     return {
         "format_version": META_FORMAT_VERSION, "tool": "shardgpt", "tool_version": __version__,
         "tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot": EOT,
