@@ -42,7 +42,7 @@ from typing import BinaryIO
 
 import click
 
-from prep.atomic import ignored
+from prep.atomic import may_handle
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, JSONL_SUFFIXES, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, read_pieces, \
     resolve_sources
@@ -249,14 +249,10 @@ def _sigterm_raises_exit() -> Iterator[None]:
     """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the temporary dir is removed."""
     def handler(signum, frame):
         raise SystemExit(128 + signum)
-    if ignored(signal.SIGTERM):  # as whoever started us wants it
+    if not may_handle(signal.SIGTERM):  # not the main thread, or ignored as whoever started us wants it
         yield
         return
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
