@@ -41,7 +41,6 @@ import os
 import random
 import re
 import signal
-import stat
 import statistics
 import struct
 import sys
@@ -83,7 +82,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import FILE_KINDS, ShardError, find_shards, read_header
+    from prep.shards import ShardError, cannot_list, file_kind, find_shards, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -247,7 +246,7 @@ def _is_dataset(directory: Path) -> bool:
     try:
         has_meta = (directory / META_NAME).is_file()
     except OSError as e:  # no search permission (chmod 000, another user's 700 such as lost+found)
-        raise ShardError(f"{directory}: cannot be listed ({e.strerror or e})") from None
+        raise cannot_list(directory, e) from None
     return has_meta or bool(find_shards(directory, "train"))
 
 
@@ -271,7 +270,7 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
         if _is_dataset(root):
             found.append(root)
     except (ShardError, OSError) as e:  # data/ itself cannot be listed
-        why = e if isinstance(e, ShardError) else f"{root}: cannot be listed ({e.strerror or e})"
+        why = e if isinstance(e, ShardError) else cannot_list(root, e)
         raise UserError(f"no --data given, and {why}: pass --data") from None
     for d in subdirs:
         try:
@@ -930,8 +929,7 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
         if path.is_symlink() and not path.exists():
             raise UserError(f"{flag} {path}: a broken symbolic link (to {os.readlink(path)})")
         if path.exists():  # /dev/null, a FIFO: "no such" said it was not there
-            kind = FILE_KINDS.get(stat.S_IFMT(path.stat().st_mode), "special file")
-            raise UserError(f"{flag} {path}: not a regular file (a {kind}), not a {what}")
+            raise UserError(f"{flag} {path}: not a regular file (a {file_kind(path.stat().st_mode)}), not a {what}")
         hint = ""
         if flag != "--resume" and str(path) in GPTConfig.presets() and str(path) != "tiny":
             # nanoGPT's init_from="gpt2" downloads the weights; here they are a file

@@ -42,8 +42,19 @@ NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
 
-FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+_FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
                stat.S_IFSOCK: "socket"}
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is neither regular nor a directory is, by its st_mode ("FIFO", ...)."""
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def cannot_list(directory: str | os.PathLike, error: OSError) -> ShardError:
+    """The error for a directory that cannot be listed or searched (no read or search
+    permission): one line naming it, where callers had a PermissionError traceback."""
+    return ShardError(f"{directory}: cannot be listed ({error.strerror or error})")
 
 
 class ShardError(ValueError):
@@ -150,8 +161,7 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
     try:
         st = path.stat()
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a FIFO's open() waited for a writer forever
-            kind = FILE_KINDS.get(stat.S_IFMT(st.st_mode), "special file")
-            raise ShardError(f"{path}: not a regular file (a {kind}), not a shard")
+            raise ShardError(f"{path}: not a regular file (a {file_kind(st.st_mode)}), not a shard")
         size = st.st_size
         with open(path, "rb") as f:
             raw = f.read(HEADER_BYTES)
@@ -294,8 +304,8 @@ def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
     found = []
     try:
         names = os.listdir(directory)
-    except OSError as e:  # no read permission on the directory: one line naming it, not a traceback
-        raise ShardError(f"{directory}: cannot be listed ({e.strerror or e})") from None
+    except OSError as e:  # no read permission on the directory
+        raise cannot_list(directory, e) from None
     for name in names:
         parsed = parse_shard_name(name)
         if parsed is not None and parsed[1] == split:
