@@ -78,7 +78,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, ignored, may_handle, signals_deferred
+    from prep.atomic import atomic_write, may_handle, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
@@ -1871,13 +1871,25 @@ def watch_launcher() -> None:
     threading.Thread(target=watch, name="torchrun-watch", daemon=True).start()
 
 
+def _launched_world() -> int:
+    """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return int(world) if world.isdigit() and int(world) > 1 else 1
+
+
+def _name_rank(e: UserError) -> None:
+    """Under torchrun, `e` says which rank it is (ranks on other machines may see other files)."""
+    world = _launched_world()
+    if world > 1 and not e.message.startswith("rank "):
+        e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+
+
 def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
     """Under torchrun, a rank whose options are refused before it has a run (`cfg`: the
     defaults, with its device flags) still meets the other ranks in agree_to_start, which
     raises `refused` here and stops them too: a node given another command line would
     otherwise leave the others waiting for it in their first collective."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if not (world.isdigit() and int(world) > 1):
+    if _launched_world() == 1:
         return
     watch_launcher()
     try:
@@ -1914,9 +1926,8 @@ class TrainCommand(UserCommand):
         try:
             return super().parse_args(ctx, args)
         except UserError as e:
-            world = os.environ.get("WORLD_SIZE", "1")
-            if world.isdigit() and int(world) > 1:
-                e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+            if _launched_world() > 1:
+                _name_rank(e)
                 stop_with_the_others(TrainConfig(device=_given(args, "--device", DEVICES),
                                                  dtype=_given(args, "--dtype", DTYPES)), e)
             raise
@@ -2055,10 +2066,10 @@ class StopRequest:
                 os.write(2, f"{fresh_line}{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                if not ignored(signum):  # (`cmd &` in a script: Ctrl-C is not for this run)
-                    self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in self.SIGNALS:
+            # the main thread, a signal not ignored (`cmd &` in a script: Ctrl-C is not for this run)
+            if may_handle(signum):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -2592,10 +2603,8 @@ def main(compile_: bool | None, **options) -> None:
                                  refused)
             raise refused from None
         summary = train(cfg)
-    except UserError as e:  # under torchrun: which rank says it (ranks on other machines may see other files)
-        world = os.environ.get("WORLD_SIZE", "1")
-        if world.isdigit() and int(world) > 1 and not e.message.startswith("rank "):
-            e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+    except UserError as e:
+        _name_rank(e)
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
         if cfg is not None and cfg.bench:  # a benchmark writes no checkpoint: nothing to say of one
