@@ -76,6 +76,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
 
     from loader import TokenLoader, TokenRangeError, resolve_shards
     from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
+    from loader.loader import dataset_digest
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, may_handle, signals_deferred
@@ -575,9 +576,17 @@ def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int 
     n = len(values)
     shown = lambda bits, like: (f"{struct.unpack('<d', struct.pack('<q', bits))[0]:g}"  # noqa: E731
                                 if isinstance(like, float) else str(bits))
-    differ = [f"{name}: {shown(-low, mine)} to {shown(high, mine)}, {shown(bits, mine)} on rank {rt.rank}"
+    differ = {name: f"{name}: {shown(-low, mine)} to {shown(high, mine)}, {shown(bits, mine)} on rank {rt.rank}"
               for (name, mine), bits, high, low in zip(facts.items(), values, extremes[:n], extremes[n:])
-              if high != -low]
+              if high != -low}
+    for split in ("train", "val"):  # dataset_digest: no order, only equal or not
+        if f"{split} shards" in differ:
+            differ[f"{split} shards"] = (
+                f"{split} shards: the same token count, other files (names, or meta.json's sha256), "
+                f"{facts[f'{split} shards']:016x} on rank {rt.rank}")
+            if f"{split} tokens" in differ:  # said already
+                del differ[f"{split} shards"]
+    differ = list(differ.values())
     if differ:
         raise UserError(
             f"the ranks see different runs ({'; '.join(differ)}): every node needs the same dataset and "
@@ -1557,11 +1566,16 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
 
 
 def start_facts(cfg: TrainConfig, rt: Runtime, model_config: GPTConfig | None, start_step: int,
-                train_tokens: int, val_tokens: int) -> dict[str, int | float]:
+                train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float]:
     """What agree_to_start compares across ranks: the same names on every rank, a rank that
-    failed its checks included (`model_config` None where its flags build no model)."""
+    failed its checks included (`model_config` None where its flags build no model, loaders
+    None where it opened none, or no val split)."""
     shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-    return {"resume step": start_step, "train tokens": train_tokens, "val tokens": val_tokens,
+    return {"resume step": start_step, "train tokens": train.num_tokens if train else 0,
+            "val tokens": val.num_tokens if val else 0,
+            # the same counts, other shards: another tokenization of the corpus on one node
+            **{f"{split} shards": dataset_digest(loader.identity) if loader else 0
+               for split, loader in (("train", train), ("val", val))},
             # when the ranks meet in a collective: options that differ hang them
             "--steps": cfg.steps, "--log-every": cfg.log_every,
             "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
@@ -1745,9 +1759,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     start_runtime(rt)
     if rt.ddp:
         stack.callback(rt.close)
-        agree_to_start(rt, failure, start_facts(
-            cfg, rt, model_config, start_step, train_loader.num_tokens if failure is None else 0,
-            val_loader.num_tokens if failure is None and val_loader else 0))
+        agree_to_start(rt, failure, start_facts(cfg, rt, model_config, start_step,
+                                                *((train_loader, val_loader) if failure is None else (None, None))))
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
         set_aside_logs(Path(cfg.out), rt)
     model: nn.Module = raw
@@ -1901,7 +1914,7 @@ def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
     except Exception:  # no group to meet them in (WORLD_SIZE set, but no torchrun's RANK or MASTER_ADDR): the same
         return
     try:
-        agree_to_start(rt, refused, start_facts(cfg, rt, None, 0, 0, 0))
+        agree_to_start(rt, refused, start_facts(cfg, rt, None, 0, None, None))
     finally:
         rt.close()
 

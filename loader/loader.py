@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import weakref
 from functools import partial
@@ -80,6 +82,15 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
             return (f"{name} has the same name and token count, but meta.json's sha256 is {digest[:12]}... now "
                     f"and was {saved_digest[:12]}... (tokenized again since)")
     return None
+
+
+def dataset_digest(identity: list[list]) -> int:
+    """A number in [0, 2**62) standing for a split's shards (TokenStream.identity): their names
+    as meta.json spells them, token counts and meta.json's sha256 (None where none is listed),
+    in order. Ranks on machines of their own compare it before they train together: equal token
+    counts still let one node read another tokenization of the corpus, or another corpus."""
+    text = json.dumps([[portable_name(name), *rest] for name, *rest in identity])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
 
 
 class TokenLoader:
@@ -360,6 +371,7 @@ class TokenLoader:
     prefetch = property(lambda self: self._depth, doc="Windows prepared ahead (0: none).")
     pin_memory = property(lambda self: self._pinned, doc="Whether the buffers are pinned.")
     shards = property(lambda self: list(self._stream.paths), doc="The shard files, in order.")
+    identity = property(lambda self: self._stream.identity, doc="[[name, tokens, sha256 or None], ...]")
 
     def window_start(self, step: int) -> int:
         """Where in the split's stream (token offset) step `step`'s window starts on this rank."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from loader import LoaderError, TokenLoader
+from loader.loader import dataset_digest
 from prep.meta import write_meta
 from prep.shards import shard_name, write_shard
 
@@ -324,6 +325,29 @@ def test_a_state_for_a_retokenized_dataset_with_the_same_names_and_counts_is_ref
         with pytest.raises(LoaderError, match=r"d_train_000000.bin has the same name and token count, "
                                               r"but meta.json's sha256 is \w{12}\.\.\. now"):
             loader.load_state_dict(state)
+
+
+def test_dataset_digest_is_equal_for_the_same_shards_only(tmp_path, data):
+    """Ranks on machines of their own compare dataset_digest before they train together: a copy
+    of the dataset (another directory, another locale's spelling of the names) gives the same
+    number; the same names and counts with other tokens (meta.json's sha256), or other names,
+    give another."""
+    path, _ = data
+    for directory, kw in (("copy", {}), ("retokenized", {"seed": 1}), ("renamed", {"name": "e"})):
+        (tmp_path / directory).mkdir()
+        write_dataset(tmp_path / directory, [1000, 517, 2000], **kw)
+    digests = {}
+    for directory in (path, *(tmp_path / d for d in ("copy", "retokenized", "renamed"))):
+        with TokenLoader(directory, B=2, T=50) as loader:
+            digests[directory.name] = dataset_digest(loader.identity)
+    assert all(0 <= d < 2**62 for d in digests.values())
+    assert digests["copy"] == digests[path.name] and len(set(digests.values())) == 3, digests
+    (tmp_path / "dé").mkdir()
+    write_dataset(tmp_path / "dé", [1000, 517, 2000], name="dé")
+    with TokenLoader(tmp_path / "dé", B=2, T=50) as loader:
+        identity = loader.identity
+    as_c = [[name.encode("utf-8").decode("ascii", "surrogateescape"), *rest] for name, *rest in identity]
+    assert as_c != identity and dataset_digest(as_c) == dataset_digest(identity)
 
 
 def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):

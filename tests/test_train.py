@@ -1330,7 +1330,7 @@ def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o"), "--lr", "-1"])
     assert result.exit_code == 2 and result.stderr.startswith("Error: rank 1 of 2: --lr"), result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
-    facts = train.start_facts(train.TrainConfig(), train.make_runtime(train.TrainConfig(device="cpu")), None, 0, 0, 0)
+    facts = train.start_facts(train.TrainConfig(), train.make_runtime(train.TrainConfig(device="cpu")), None, 0, None, None)
     assert len(reduced) == 1 and reduced[0][0] == 1 and len(reduced[0]) == 1 + 2 * len(facts)
     assert len(closed) == 1
 
@@ -1371,6 +1371,26 @@ def test_under_torchrun_an_option_beyond_int64_is_one_line_after_the_collective(
     assert len(reduced) == 1 and reduced[0][0] == 1  # it took part, as a rank that failed its checks
     for huge in (2**63 - 1, -(2**63 - 1)):  # the largest that fit, and their negations
         train.agree_to_start(rt, None, {"--steps": huge})
+
+
+def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_start():
+    """Ranks compared only their splits' token counts: a node holding another tokenization of
+    the corpus (or another corpus) of the same size trained on it with the others. The shards'
+    dataset_digest is compared too, and said only when the counts agree."""
+    mine = {"train tokens": 4000, "val tokens": 300, "train shards": 5, "val shards": 7}
+    for theirs, said in (
+        ({**mine, "train shards": 9}, "train shards: the same token count, other files (names, or meta.json's "
+                                      "sha256), 0000000000000005 on rank 0"),
+        ({**mine, "val tokens": 200, "val shards": 8}, "val tokens: 200 to 300, 300 on rank 0"),
+    ):
+        other = torch.tensor([0, *theirs.values(), *(-v for v in theirs.values())])
+        rt = types.SimpleNamespace(rank=0, world=2, device=torch.device("cpu"),
+                                   all_reduce=lambda t, op=None: t.copy_(torch.maximum(t, other)))
+        with pytest.raises(train.UserError) as e:
+            train.agree_to_start(rt, None, mine)
+        assert e.value.message.startswith(f"the ranks see different runs ({said}): every node"), e.value.message
+    train.agree_to_start(types.SimpleNamespace(rank=0, world=2, all_reduce=lambda t, op=None: t,
+                                               device=torch.device("cpu")), None, mine)
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():

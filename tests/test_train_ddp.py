@@ -259,6 +259,7 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     damaged["model"]["transformer.wte.weight"] = damaged["model"]["transformer.wte.weight"][:-1]
     torch.save(damaged, tmp_path / "damaged" / "ckpt_000004.pt")
     other_data = write_dataset(tmp_path / "d2", positional_tokens(3000))
+    same_size = write_dataset(tmp_path / "d3", positional_tokens(4000)[::-1], name="u")  # llm.c style: no sha256
     another = "rank 0 of 2: stopped because another rank failed its start-up checks"
     differ = "the ranks see different runs ({}): every node needs the same dataset and options"
     for outs, extra, node1, node0_says, node1_says in (
@@ -272,6 +273,10 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         (("fresh0", "fresh1"), (), ("--data", str(other_data)),
          differ.format("train tokens: 3000 to 4000, 4000 on rank 0"),
          differ.format("train tokens: 3000 to 4000, 3000 on rank 1")),
+        # as many tokens, other shards: they trained together, each on its own data
+        (("fresh10", "fresh11"), (), ("--data", str(same_size)),
+         *["the ranks see different runs (train shards: the same token count, other files (names, or "
+           "meta.json's sha256), "] * 2),
         # options that decide when the ranks meet in a collective: they would hang, not train
         (("fresh2", "fresh3"), (), ("--ckpt-minutes", "5", "--log-every", "2"),
          differ.format("--log-every: 1 to 2, 1 on rank 0; --ckpt-minutes given: 0 to 1, 0 on rank 0"),
