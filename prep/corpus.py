@@ -25,13 +25,14 @@ import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import BinaryIO
 
 BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to be cheap
 STDIN = "-"
 STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # JSON lines, by either name
+COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst", ".bz2", ".zip")  # what x.jsonl.gz is named for
 BOM = "\ufeff"  # at the start of a file it marks the encoding: no text, so no tokens
 ERRORS = ("strict", "replace")
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
@@ -81,6 +82,17 @@ class Source:
             return "stdin"
         path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
         return path.name if self.kind == "directory" else path.stem
+
+
+def names_jsonl(path: str | os.PathLike, compressed: bool = False) -> bool:
+    """Whether a file's name says JSON lines: its suffix, any case, is .jsonl or .ndjson, or, with
+    `compressed`, the one before a compressed file's own suffix is (x.jsonl.gz). The name's
+    suffixes exactly: neither a folder above it (data.jsonl/a.txt) nor one inside it
+    (notes.jsonl.txt) says so."""
+    name = PurePath(os.fspath(path).lower())
+    if name.suffix in JSONL_SUFFIXES:
+        return True
+    return compressed and name.suffix in COMPRESSED_SUFFIXES and PurePath(name.stem).suffix in JSONL_SUFFIXES
 
 
 def _file_size(path: Path) -> int | None:
@@ -165,8 +177,7 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
         # the pipe reads JSON lines as JSON lines: without the flag they would be one text document
-        name = os.path.basename(label).lower()  # x.jsonl.gz; not a folder named data.jsonl/
-        fmt = " --stdin-format jsonl" if jsonl or any(s in name for s in JSONL_SUFFIXES) else ""
+        fmt = " --stdin-format jsonl" if jsonl or names_jsonl(label, compressed=True) else ""
         if label == "<stdin>" or not os.path.isfile(label):  # a pipe (<(cat x.gz)): no name to read again
             return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
                                f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
@@ -278,7 +289,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
                 _refuse_not_utf8(path)
-                kind = "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "text"
+                kind = "jsonl" if names_jsonl(path) else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path)))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None

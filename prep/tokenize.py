@@ -44,7 +44,7 @@ import click
 
 from prep.atomic import may_handle
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, JSONL_SUFFIXES, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, read_pieces, \
+from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, names_jsonl, read_pieces, \
     resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
@@ -297,8 +297,10 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError(f"--stdin-format {stdin_format}: no - (stdin) among the inputs; it says how - is read "
                         f"(a file's name says how it is read: *.jsonl, *.ndjson)")
     field_given = click.get_current_context().get_parameter_source("field") != click.core.ParameterSource.DEFAULT
-    jsonl_given = stdin_format == "jsonl" or any(s in i.lower() for i in inputs for s in JSONL_SUFFIXES)
-    if field_given and not jsonl_given:  # x.jsonl.gz: its own error
+    # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
+    jsonl_given = stdin_format == "jsonl" or any(i != STDIN and not os.path.isdir(i) and names_jsonl(i, compressed=True)
+                                                 for i in inputs)
+    if field_given and not jsonl_given:
         raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "
                         f"or *.ndjson are; - is read as plain text unless --stdin-format jsonl)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)

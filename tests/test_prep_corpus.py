@@ -345,7 +345,9 @@ def test_a_compressed_file_s_pipe_is_one_a_shell_runs_as_shown(tmp_path, monkeyp
     for name, pipe in (("-x.txt", "zcat ./-x.txt | prep tokenize -"),
                        ("it's x.txt", "zcat 'it'\"'\"'s x.txt' | prep tokenize -"),
                        ("-y.jsonl.gz", "zcat ./-y.jsonl.gz | prep tokenize --stdin-format jsonl -"),
-                       ("data.jsonl/z.gz", "zcat data.jsonl/z.gz | prep tokenize -")):  # the file's name decides
+                       ("data.jsonl/z.gz", "zcat data.jsonl/z.gz | prep tokenize -"),  # the file's name decides
+                       ("n.jsonl.txt.gz", "zcat n.jsonl.txt.gz | prep tokenize -"),  # its suffixes: text
+                       ("N.NDJSON.ZST", "zcat N.NDJSON.ZST | prep tokenize --stdin-format jsonl -")):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(gzip.compress(b"text " * 20))
         with pytest.raises(CorpusError) as e:

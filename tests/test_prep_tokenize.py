@@ -460,6 +460,25 @@ def test_field_without_a_jsonl_input_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_field_asks_the_inputs_names_suffix_not_a_substring_of_the_path(tmp_path):
+    """--field was let through when ".jsonl" or ".ndjson" was anywhere in an input's path: a folder
+    named corpus.jsonl/ (read for its *.txt) or notes.jsonl.txt (text) were tokenized as text and
+    the field was ignored without a word. Only the name's suffix (x.jsonl, x.NDJSON, or before
+    a compressed file's suffix, x.jsonl.gz, refused next with its own error) says JSON lines."""
+    (tmp_path / "corpus.jsonl").mkdir()
+    (tmp_path / "corpus.jsonl" / "a.txt").write_text("some text")
+    (tmp_path / "notes.jsonl.txt").write_text("some text")
+    (tmp_path / "x.jsonl.bak").write_text("some text")
+    for name in ("corpus.jsonl", "notes.jsonl.txt", "x.jsonl.bak"):
+        result = invoke(tmp_path / name, "--field", "body", "--out", tmp_path / "out")
+        assert_user_error(result, "--field body: only JSON lines have fields, and none are given")
+    (tmp_path / "x.NDJSON").write_text('{"body": "some text"}\n')
+    (tmp_path / "y.jsonl.gz").write_bytes(gzip.compress(b'{"body": "some text"}\n'))
+    assert invoke(tmp_path / "x.NDJSON", "--field", "body", "--out", tmp_path / "out").exit_code == 0
+    result = invoke(tmp_path / "y.jsonl.gz", "--field", "body", "--out", tmp_path / "out2")
+    assert_user_error(result, "y.jsonl.gz: gzip-compressed", "--stdin-format jsonl -")
+
+
 def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
     """A decompressor's JSONL output could not be read: '-' was always one text document (its
     JSON tokenized as text). --stdin-format jsonl reads it as the same file would be read; a
