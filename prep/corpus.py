@@ -165,12 +165,15 @@ _BZIP2 = re.compile(rb"^BZh[1-9]1AY&SY")
 CAT = {"gzip": "zcat", "xz": "xzcat", "zstd": "zstdcat", "zip": "unzip -p", "bzip2": "bzcat"}  # -> stdout
 
 
-UTF16_BOMS = {b"\xff\xfe": "FF FE", b"\xfe\xff": "FE FF"}  # neither byte starts UTF-8 (UTF-32LE's too)
+# UTF-32's first: its little-endian mark starts with UTF-16LE's. 00 00 FE FF: NULs, then bytes no
+# UTF-8 holds; the others' FF and FE start no UTF-8 character.
+BOMS = {b"\xff\xfe\x00\x00": ("UTF-32", "FF FE 00 00"), b"\x00\x00\xfe\xff": ("UTF-32", "00 00 FE FF"),
+        b"\xff\xfe": ("UTF-16", "FF FE"), b"\xfe\xff": ("UTF-16", "FE FF")}
 
 
 def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | None:
     """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
-    UTF-16, with its byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
+    UTF-16 or UTF-32, with a byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
     whose hint (--errors replace) would then tokenize the bytes as if they were text. `jsonl`:
     the bytes are read as JSON lines (stdin with --stdin-format jsonl), as the pipe shown must."""
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
@@ -185,16 +188,23 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | Non
         return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it (adding your "
                            f"other options, --out among them): "
                            f"{CAT[found[0]]} {shlex.quote(shown)} | prep tokenize{fmt} -")
-    bom = next((mark for magic, mark in UTF16_BOMS.items() if head.startswith(magic)), None)
+    bom = next((kind_mark for magic, kind_mark in BOMS.items() if head.startswith(magic)), None)
     if bom is not None:
-        return CorpusError(f"{label}: UTF-16 text (byte-order mark {bom}), not UTF-8; convert it first, "
-                           f"e.g. iconv -f UTF-16 -t UTF-8")
+        return CorpusError(f"{label}: {bom[0]} text (byte-order mark {bom[1]}), not UTF-8; convert it first, "
+                           f"e.g. iconv -f {bom[0]} -t UTF-8")
     # Without a mark, UTF-16 of Latin text is valid UTF-8 (a NUL after or before each letter):
     # it would be tokenized, NULs and all. Text does not alternate letters and NULs like that.
     for order, nuls, letters in (("LE", head[1::2], head[0::2]), ("BE", head[0::2], head[1::2])):
         if len(head) >= 6 and not nuls.strip(b"\x00") and all(letters):
             return CorpusError(f"{label}: UTF-16{order} text (a NUL byte beside each letter), not UTF-8; convert "
                                f"it first, e.g. iconv -f UTF-16{order} -t UTF-8")
+    # UTF-32 without a mark is valid UTF-8 too, for any character up to U+FFFF: two NULs beside
+    # the two bytes that hold it (these may be NUL, but not both). Text has no NULs like that.
+    units = [head[i:i + 4] for i in range(0, len(head) - 3, 4)]
+    for order, high, low in (("LE", slice(2, 4), slice(0, 2)), ("BE", slice(0, 2), slice(2, 4))):
+        if len(units) >= 2 and all(u[high] == b"\x00\x00" and u[low] != b"\x00\x00" for u in units):
+            return CorpusError(f"{label}: UTF-32{order} text (two NUL bytes in each 4-byte character), not UTF-8; "
+                               f"convert it first, e.g. iconv -f UTF-32{order} -t UTF-8")
     return None
 
 

@@ -94,9 +94,11 @@ def test_a_directory_leaves_hidden_entries_unread_and_names_them(tmp_path):
 
 
 @pytest.mark.parametrize("head", [b"a\x00b", b"\x00\x00\x00\x00\x00\x00", b"ab\x00c\x00d\x00e\x00",
-                                  "a\x00 é\x00z".encode(), b"\x00"])
-def test_text_with_some_nul_bytes_is_not_taken_for_utf16(head):
-    """Only letters alternating with NULs from the first byte on (6 bytes at least) mean UTF-16."""
+                                  "a\x00 é\x00z".encode(), b"\x00", b"\x00" * 10, b"a\x00\x00\x00",
+                                  b"a\x00\x00\x00b\x00c\x00", b"a\x00\x00\x00b\x00\x00c\x00\x00"])
+def test_text_with_some_nul_bytes_is_not_taken_for_utf16_or_utf32(head):
+    """Only letters alternating with NULs from the first byte on (6 bytes at least) mean UTF-16;
+    two NULs beside two bytes not both NUL, in each of 2 characters at least, UTF-32."""
     assert _not_utf8(head, "x") is None
 
 

@@ -532,7 +532,15 @@ def test_compressed_or_utf16_bytes_are_refused_however_they_come_even_with_error
                         ("Hello, world\n".encode("utf-16-be").join([b"\xfe\xff", b""]),
                          "UTF-16 text (byte-order mark FE FF), not UTF-8"),
                         ("Hello, world\n".encode("utf-16-le"), "UTF-16LE text (a NUL byte beside each letter)"),
-                        ("Hello, world\n".encode("utf-16-be"), "UTF-16BE text (a NUL byte beside each letter)")):
+                        ("Hello, world\n".encode("utf-16-be"), "UTF-16BE text (a NUL byte beside each letter)"),
+                        # UTF-32: its LE mark was said to be UTF-16's, without one it was tokenized, NULs and all
+                        ("Hello, world\n".encode("utf-32"), "UTF-32 text (byte-order mark FF FE 00 00), not UTF-8; "
+                                                           "convert it first, e.g. iconv -f UTF-32 -t UTF-8"),
+                        ("Hello, world\n".encode("utf-32-be").join([b"\x00\x00\xfe\xff", b""]),
+                         "UTF-32 text (byte-order mark 00 00 FE FF), not UTF-8"),
+                        ("Hello, world\n".encode("utf-32-le"), "UTF-32LE text (two NUL bytes in each 4-byte character)"),
+                        ("Привет, мир".encode("utf-32-be"), "UTF-32BE text (two NUL bytes in each 4-byte character), "
+                                                          "not UTF-8; convert it first, e.g. iconv -f UTF-32BE -t UTF-8")):
         (tmp_path / "d").mkdir(exist_ok=True)
         (tmp_path / "d" / "a.txt").write_bytes(data)
         args = {"a directory's file": [tmp_path / "d"], "stdin": ["-"], "a named file": [tmp_path / "d" / "a.txt"]}
