@@ -1,7 +1,9 @@
 """Reading the corpus: input arguments -> sources -> a stream of document pieces.
 
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
-document (or JSON lines, with --stdin-format jsonl). Directories are searched recursively for
+document (or JSON lines, with --stdin-format jsonl; so is a pipe given by name, <(zcat x.jsonl.gz),
+which has no name to say it; read as text because nothing said otherwise, either is refused
+when its first lines are JSON objects). Directories are searched recursively for
 `*.txt` (`.TXT` too; linked directories too, a link loop being an error; hidden entries below
 it, such as .ipynb_checkpoints/ or macOS's ._x.txt, are not read; what is left out is named in a
 note), in sorted order, so the same tree always gives the same token stream. One file reached
@@ -52,6 +54,7 @@ class Source:
     files: tuple[Path, ...]  # the files read, in order (empty for stdin)
     bytes: int | None  # None when unknown up front (stdin, pipes)
     left_out: tuple[Path, ...] = ()  # a directory's other entries: not *.txt, not regular files, or hidden
+    format_said: bool = True  # False: stdin or a pipe read as text because nobody said otherwise
 
     def note(self) -> str | None:
         """What a directory left out, for the user to see before the work starts; None: nothing."""
@@ -93,6 +96,12 @@ def names_jsonl(path: str | os.PathLike, compressed: bool = False) -> bool:
     if name.suffix in JSONL_SUFFIXES:
         return True
     return compressed and name.suffix in COMPRESSED_SUFFIXES and PurePath(name.stem).suffix in JSONL_SUFFIXES
+
+
+def is_stream(arg: str) -> bool:
+    """Whether an input is read as --stdin-format says: '-', or a named one that is neither a
+    directory nor a regular file (a pipe: bash's <(zcat x.jsonl.gz) is /dev/fd/63; a FIFO)."""
+    return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg) and not os.path.isfile(arg))
 
 
 def _file_size(path: Path) -> int | None:
@@ -263,12 +272,16 @@ def as_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
 
 
 def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                    stdin: BinaryIO | None = None, stdin_format: str = "text") -> list[Source]:
+                    stdin: BinaryIO | None = None, stdin_format: str | None = None) -> list[Source]:
     """Check every input exists, expand directories, and refuse a file given twice; raises
     CorpusError before any work. `stdin` is what '-' reads (default sys.stdin), as one text
-    document or, with `stdin_format` "jsonl", as JSON lines (a decompressor's output, say)."""
-    if stdin_format not in STDIN_KINDS:
+    document or, with `stdin_format` "jsonl", as JSON lines (a decompressor's output, say); so
+    is a pipe given by name, unless its name says JSON lines (x.jsonl). `stdin_format` None is
+    "text", but one whose first lines are JSON objects is refused as it is read."""
+    if stdin_format is not None and stdin_format not in STDIN_KINDS:
         raise ValueError(f"stdin_format must be one of {tuple(STDIN_KINDS)}, got {stdin_format!r}")
+    said = stdin_format is not None
+    stdin_format = stdin_format or "text"
     inputs = as_inputs(inputs)
     if not inputs:
         raise CorpusError("no input given (files, directories, .jsonl files or - for stdin)")
@@ -279,7 +292,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         if arg == STDIN:
             if sys.stdin is None:  # started with stdin closed (`<&-`)
                 raise CorpusError("'-': stdin is closed; give files, or pipe the text in")
-            sources.append(Source(arg, STDIN_KINDS[stdin_format], (), None))
+            sources.append(Source(arg, STDIN_KINDS[stdin_format], (), None, format_said=said))
             continue
         path = Path(arg)
         if not path.exists():
@@ -299,8 +312,9 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
                 _refuse_not_utf8(path)
-                kind = "jsonl" if names_jsonl(path) else "text"
-                sources.append(Source(arg, kind, (path,), _file_size(path)))
+                stream = not path.is_file() and not names_jsonl(path)  # a pipe: no name says what it holds
+                kind = "jsonl" if names_jsonl(path) or (stream and stdin_format == "jsonl") else "text"
+                sources.append(Source(arg, kind, (path,), _file_size(path), format_said=said or not stream))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
     _refuse_duplicates(sources, stdin)
@@ -319,7 +333,37 @@ class Piece:
     nbytes: int
 
 
-def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> Iterator[Piece]:
+def _json_lines_error(block: bytes, label: str, field: str, whole: bool) -> CorpusError | None:
+    """The error for a stream read as text by default whose complete lines in `block` (its first;
+    `whole`: all of it, the last line too) are all JSON objects with keys, one at least: JSON
+    lines, almost surely (a decompressor's output, <(zcat x.jsonl.gz)), whose braces and keys
+    would be tokenized as text. None otherwise: text, or a first line longer than the block
+    (nothing said). The fix it names reads `field`, or says to choose the key where not all hold it."""
+    lines = block.removeprefix(BOM.encode()).split(b"\n")
+    lines = [line for line in (lines if whole else lines[:-1]) if line.strip(b" \t\r")]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep
+            return None
+        if not isinstance(records[-1], dict) or not records[-1]:
+            return None
+    if not records:
+        return None
+    if all(isinstance(record.get(field), str) for record in records):
+        fix = f"pass --stdin-format jsonl to read each line's {field!r} as a document"
+    else:
+        keys = ", ".join(map(repr, list(records[0])[:5]))
+        fix = f"pass --stdin-format jsonl and --field with the key holding the text (line 1's keys: {keys})"
+    return CorpusError(f"{label}: read as text, but its first lines are JSON objects (JSON lines); {fix}, "
+                       f"or --stdin-format text to tokenize the JSON as it is")
+
+
+def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
+               json_field: str | None = None) -> Iterator[Piece]:
+    """The stream's bytes as one document. `json_field`: a stream read as text by default, refused
+    if its first lines are JSON lines holding that field (_json_lines_error)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
     offset, first, at_start = 0, True, True
@@ -329,6 +373,14 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int) -> I
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
             error = _not_utf8(block[:10], label)
+            if error is None and json_field is not None:
+                whole = False
+                while b"\n" not in block and len(block) < block_bytes:  # a complete first line: a pipe
+                    more = read(block_bytes - len(block))              # may hand it over in parts
+                    block, whole = block + more, not more
+                    if whole:
+                        break
+                error = _json_lines_error(block, label, json_field, whole)
             if error is not None:
                 raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
@@ -418,7 +470,7 @@ def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
         if source.kind == "stdin-jsonl":
             yield from _read_jsonl(stream, "<stdin>", field, errors)
         else:
-            yield from _read_text(stream, "<stdin>", errors, block_bytes)
+            yield from _read_text(stream, "<stdin>", errors, block_bytes, None if source.format_said else field)
         return
     for path in source.files:
         try:
@@ -426,6 +478,6 @@ def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
                 if source.kind == "jsonl":
                     yield from _read_jsonl(f, str(path), field, errors)
                 else:
-                    yield from _read_text(f, str(path), errors, block_bytes)
+                    yield from _read_text(f, str(path), errors, block_bytes, None if source.format_said else field)
         except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
             raise CorpusError(f"{path}: cannot read ({e.strerror})") from None

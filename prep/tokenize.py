@@ -44,8 +44,8 @@ import click
 
 from prep.atomic import may_handle
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, names_jsonl, read_pieces, \
-    resolve_sources
+from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, is_stream, names_jsonl, \
+    read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -83,7 +83,7 @@ class TokenizeConfig:
     workers: int = field(default_factory=default_workers)
     field: str = "text"  # the JSONL key holding the document
     errors: str = "strict"  # invalid UTF-8: "strict" fails, "replace" substitutes U+FFFD
-    stdin_format: str = "text"  # what '-' holds: one text document, or "jsonl" (JSON lines)
+    stdin_format: str = "text"  # what '-' and pipes hold: one text document, or "jsonl" (JSON lines)
     chunk_chars: int = DEFAULT_CHUNK_CHARS
     start_method: str | None = None  # multiprocessing start method; None: the platform's
 
@@ -146,7 +146,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                     name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                     val_fraction: float = DEFAULT_VAL_FRACTION, val_max_tokens: int = DEFAULT_VAL_MAX_TOKENS,
                     workers: int | None = None,
-                    field: str = "text", errors: str = "strict", stdin_format: str = "text",
+                    field: str = "text", errors: str = "strict", stdin_format: str | None = None,
                     overwrite: bool = False,
                     progress: bool = True, chunk_chars: int = DEFAULT_CHUNK_CHARS,
                     start_method: str | None = None, stdin: BinaryIO | None = None,
@@ -159,13 +159,15 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     directory). `progress` shows a tqdm bar on a tty. `on_install(target)` is called the moment
     the new dataset is in place (a Ctrl-C after it stops a run whose work is done). One path
     may be given as it is: a string is one input, never a sequence of one-letter ones. '-'
-    reads `stdin` (default sys.stdin) as one document, or as JSON lines with stdin_format="jsonl".
+    reads `stdin` (default sys.stdin) as one document, or as JSON lines with stdin_format="jsonl",
+    and so is a pipe given by name (<(zcat x.jsonl.gz)); stdin_format None reads them as text,
+    but refuse one whose first lines are JSON objects (JSON lines; say "text" to read it as text).
     """
     inputs = as_inputs(inputs)
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
-                            field, errors, stdin_format, chunk_chars, start_method)
-    sources = resolve_sources(inputs, stdin, config.stdin_format)
+                            field, errors, stdin_format or "text", chunk_chars, start_method)
+    sources = resolve_sources(inputs, stdin, stdin_format)
     sizes = [s.bytes for s in sources]
     total_bytes = None if None in sizes else sum(sizes)
     if total_bytes == 0:
@@ -276,8 +278,10 @@ def _sigterm_raises_exit() -> Iterator[None]:
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
               help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
 @click.option("--stdin-format", type=click.Choice(tuple(STDIN_KINDS)), default="text",
-              help="What - (stdin) holds: one text document, or JSON lines (each line's --field), "
-                   "e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -")
+              help="What - (stdin) and pipes given by name hold: one text document, or JSON lines (each "
+                   "line's --field), e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -, or "
+                   "prep tokenize --stdin-format jsonl <(zcat x.jsonl.gz). Unsaid, one whose first lines are "
+                   "JSON objects is refused (say text to tokenize the JSON).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset (only once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary line is still printed).")
@@ -293,16 +297,18 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     """
     if not field:
         raise UserError("--field must name a JSON key, got ''")
-    if stdin_format != "text" and STDIN not in inputs:
-        raise UserError(f"--stdin-format {stdin_format}: no - (stdin) among the inputs; it says how - is read "
-                        f"(a file's name says how it is read: *.jsonl, *.ndjson)")
-    field_given = click.get_current_context().get_parameter_source("field") != click.core.ParameterSource.DEFAULT
+    if stdin_format != "text" and not any(map(is_stream, inputs)):
+        raise UserError(f"--stdin-format {stdin_format}: no - (stdin) or pipe among the inputs; it says how those "
+                        f"are read (a file's name says how it is read: *.jsonl, *.ndjson)")
+    given = {param for param in ("field", "stdin_format")
+             if click.get_current_context().get_parameter_source(param) != click.core.ParameterSource.DEFAULT}
+    field_given = "field" in given
     # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
     jsonl_given = stdin_format == "jsonl" or any(i != STDIN and not os.path.isdir(i) and names_jsonl(i, compressed=True)
                                                  for i in inputs)
     if field_given and not jsonl_given:
         raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "
-                        f"or *.ndjson are; - is read as plain text unless --stdin-format jsonl)")
+                        f"or *.ndjson are; - and pipes are read as plain text unless --stdin-format jsonl)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place
@@ -310,7 +316,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         with _sigterm_raises_exit():
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
-                                     workers=workers, field=field, errors=errors, stdin_format=stdin_format,
+                                     workers=workers, field=field, errors=errors,
+                                     stdin_format=stdin_format if "stdin_format" in given else None,
                                      overwrite=overwrite,
                                      progress=not quiet, chunk_chars=chunk_size, on_install=done.append)
     except (CorpusError, OutputError, TokenizerError) as e:

@@ -373,3 +373,33 @@ def test_a_compressed_pipe_given_by_name_is_not_told_to_read_it_again(tmp_path):
     finally:
         writer.join()
     assert str(e.value) == f"{fifo}: gzip-compressed; decompress it on its way in, e.g. zcat FILE | prep tokenize -"
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands over 3 bytes a read (read1 too), as a slow writer's may."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        return self.data.read(min(3, n if n >= 0 else 3))
+
+    read1 = read
+
+
+def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_a_time():
+    """The first line is read whole before it is judged, however few bytes each read brings; a
+    stdin format said (text or jsonl) is read as said, unjudged."""
+    data = b'\xef\xbb\xbf{"text": "a doc"}\n{"text": "b"}'  # a byte-order mark, no final newline
+    with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
+        list(read_pieces(resolve_sources(["-"], stdin=Trickle(data)), stdin=Trickle(data)))
+    with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
+        list(read_pieces(resolve_sources(["-"]), stdin=Trickle(b'{"text": "a doc"}')))  # one line, no newline
+    said = resolve_sources(["-"], stdin_format="text")
+    assert "".join(p.text for p in read_pieces(said, stdin=Trickle(data))) == data.decode()[1:]
+    docs = [p.text for p in read_pieces(resolve_sources(["-"], stdin_format="jsonl"), stdin=Trickle(data))]
+    assert docs == ["a doc", "b"]
+

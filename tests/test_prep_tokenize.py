@@ -17,6 +17,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from unittest import mock
@@ -456,7 +458,7 @@ def test_field_without_a_jsonl_input_is_refused(tmp_path):
         result = invoke(*inputs, "--field", "body", "--out", tmp_path / "out", input=b"x")
         assert_user_error(result, "--field body: only JSON lines have fields, and none are given")
     result = invoke(tmp_path / "a.txt", "--stdin-format", "jsonl", "--out", tmp_path / "out")
-    assert_user_error(result, "--stdin-format jsonl: no - (stdin) among the inputs")
+    assert_user_error(result, "--stdin-format jsonl: no - (stdin) or pipe among the inputs")
     assert not (tmp_path / "out").exists()
 
 
@@ -508,6 +510,71 @@ def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
         result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "c", input=piped_in)
         assert_user_error(result, words)
     assert not (tmp_path / "c").exists()
+
+
+@contextmanager
+def pipe_holding(path: Path, data: bytes) -> Iterator[Path]:
+    """A named pipe at `path` that a thread writes `data` into once a reader opens it; a pipe
+    left unread (the run refused first) is opened on the way out, so the writer ends."""
+    os.mkfifo(path)
+
+    def write():
+        try:
+            path.write_bytes(data)
+        except BrokenPipeError:  # the reader stopped early: what an error does
+            pass
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield path
+    finally:
+        if writer.is_alive():
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_pipe_given_by_name_is_read_as_stdin_format_says(tmp_path):
+    """`prep tokenize <(zcat x.jsonl.gz)` read the pipe (/dev/fd/63, no suffix) as one text
+    document, and --stdin-format jsonl was refused without a '-': nothing could read it as JSON
+    lines. --stdin-format says how every input without a name to say it is read: '-' and pipes."""
+    records = [{"text": "first doc"}, {"text": "second 's 123"}]
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    with pipe_holding(tmp_path / "p", data) as pipe:
+        result = invoke(pipe, "--stdin-format", "jsonl", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(tmp_path / "out"), expected([r["text"] for r in records]))
+    assert [s["kind"] for s in read_meta(tmp_path / "out")["sources"]] == ["jsonl"]
+    (tmp_path / "x.txt").write_bytes(data)  # a file's name says how it is read, not the flag
+    result = invoke(tmp_path / "x.txt", "--stdin-format", "jsonl", "--out", tmp_path / "out2")
+    assert_user_error(result, "--stdin-format jsonl: no - (stdin) or pipe among the inputs")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_json_lines_read_as_text_because_nothing_said_otherwise_are_refused_naming_the_flag(tmp_path):
+    """`zcat x.jsonl.gz | prep tokenize -` and `prep tokenize <(zcat x.jsonl.gz)` tokenized every
+    line's braces and keys as text, without a word. Unless --stdin-format says which, stdin or a
+    pipe whose first lines are all JSON objects is refused, naming the flag that reads it (and
+    --field where the lines do not hold "text"); --stdin-format text reads it as text. Text
+    that merely starts with a brace, and files (their names say), are read as before."""
+    data = b'{"text": "a doc", "id": 1}\n\n{"text": "another"}\n'
+    fix = ("read as text, but its first lines are JSON objects (JSON lines); pass --stdin-format jsonl to read "
+           "each line's 'text' as a document, or --stdin-format text to tokenize the JSON as it is")
+    assert_user_error(invoke("-", "--out", tmp_path / "out", input=data), f"Error: <stdin>: {fix}")
+    with pipe_holding(tmp_path / "p", data) as pipe:
+        assert_user_error(invoke(pipe, "--out", tmp_path / "out"), f"Error: {pipe}: {fix}")
+    result = invoke("-", "--out", tmp_path / "out", input=b'{"content": "a doc", "id": 1}\n')
+    assert_user_error(result, "pass --stdin-format jsonl and --field with the key holding the text "
+                              "(line 1's keys: 'content', 'id')")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
+    assert invoke("-", "--stdin-format", "text", "--out", tmp_path / "out", input=data).exit_code == 0
+    assert np.array_equal(stream(tmp_path / "out"), expected([data.decode()]))
+    (tmp_path / "x.txt").write_bytes(data)
+    assert invoke(tmp_path / "x.txt", "--out", tmp_path / "out2").exit_code == 0
+    for text in (b"{}\n{}\n", b"{not json}\nmore\n", b'{"a": 1}\nthen prose\n', b'["x"]\n', b"plain text\n"):
+        result = invoke("-", "--out", tmp_path / "out3", "--overwrite", input=text)
+        assert result.exit_code == 0, (text, result.output)
+        assert np.array_equal(stream(tmp_path / "out3"), expected([text.decode()]))
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
