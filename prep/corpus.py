@@ -45,6 +45,18 @@ class CorpusError(ValueError):
     """Input the user must fix (missing path, bad UTF-8, malformed JSONL); says where."""
 
 
+class CompressedError(CorpusError):
+    """A compressed input, named or streamed in (not a directory's file), whose message spells
+    out a command that decompresses it on its way in; the CLI, which has the whole command line,
+    spells out all of it. `label` names the input as the message does, `kind` its format, `cat`
+    the command that writes it decompressed, `jsonl` whether it is read as JSON lines, `stream`
+    whether it is stdin or a pipe (no name to give the decompressor)."""
+
+    def __init__(self, message: str, label: str, kind: str, jsonl: bool, stream: bool):
+        super().__init__(message)
+        self.label, self.kind, self.cat, self.jsonl, self.stream = label, kind, CAT[kind], jsonl, stream
+
+
 @dataclass(frozen=True)
 class Source:
     """One input argument, resolved: what it is, the files it stands for, their size."""
@@ -180,23 +192,37 @@ BOMS = {b"\xff\xfe\x00\x00": ("UTF-32", "FF FE 00 00"), b"\x00\x00\xfe\xff": ("U
         b"\xff\xfe": ("UTF-16", "FF FE"), b"\xfe\xff": ("UTF-16", "FE FF")}
 
 
-def _not_utf8(head: bytes, label: str, jsonl: bool = False) -> CorpusError | None:
+def decompressed_input(label: str, cat: str) -> str:
+    """The shell words that stream the named compressed file `label` decompressed: its name
+    quoted, and ./-name for one starting with '-' (else the decompressor takes it for options)."""
+    return f"{cat} {shlex.quote(f'./{label}' if label.startswith('-') else label)}"
+
+
+def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False) -> CorpusError | None:
     """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
     UTF-16 or UTF-32, with a byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
     whose hint (--errors replace) would then tokenize the bytes as if they were text. `jsonl`:
-    the bytes are read as JSON lines (stdin with --stdin-format jsonl), as the pipe shown must."""
+    the bytes are read as JSON lines (stdin with --stdin-format jsonl), as the pipe shown must.
+    `member`: a file found in a directory, which no pipe stands in for (its siblings would be lost)."""
     found = [kind for magic, kind in COMPRESSED.items() if head.startswith(magic)]
     found += ["bzip2"] if _BZIP2.match(head) else []
     if found:
+        kind, cat = found[0], CAT[found[0]]
+        if member:
+            return CorpusError(f"{label}: {kind}-compressed; decompress it first (a directory's files are read "
+                               f"as they are)")
         # the pipe reads JSON lines as JSON lines: without the flag they would be one text document
-        fmt = " --stdin-format jsonl" if jsonl or names_jsonl(label, compressed=True) else ""
-        if label == "<stdin>" or not os.path.isfile(label):  # a pipe (<(cat x.gz)): no name to read again
-            return CorpusError(f"{label}: {found[0]}-compressed; decompress it on its way in, e.g. "
-                               f"{CAT[found[0]]} FILE | prep tokenize{fmt} -")
-        shown = f"./{label}" if label.startswith("-") else label  # else the decompressor takes it for options
-        return CorpusError(f"{label}: {found[0]}-compressed; decompress it first, or stream it (adding your "
-                           f"other options, --out among them): "
-                           f"{CAT[found[0]]} {shlex.quote(shown)} | prep tokenize{fmt} -")
+        jsonl = jsonl or names_jsonl(label, compressed=True)
+        fmt = " --stdin-format jsonl" if jsonl else ""
+        if label == "<stdin>":
+            return CompressedError(f"{label}: {kind}-compressed; decompress it on its way in, e.g. "
+                                   f"{cat} FILE | prep tokenize{fmt} -", label, kind, jsonl, True)
+        if not os.path.isfile(label):  # a pipe (<(cat x.gz)): no name to read again
+            return CompressedError(f"{label}: {kind}-compressed; decompress it on its way in, e.g. "
+                                   f"prep tokenize{fmt} <({cat} FILE)", label, kind, jsonl, True)
+        return CompressedError(f"{label}: {kind}-compressed; decompress it first, or stream it (adding your "
+                               f"other inputs and options, --out among them): "
+                               f"{decompressed_input(label, cat)} | prep tokenize{fmt} -", label, kind, jsonl, False)
     bom = next((kind_mark for magic, kind_mark in BOMS.items() if head.startswith(magic)), None)
     if bom is not None:
         return CorpusError(f"{label}: {bom[0]} text (byte-order mark {bom[1]}), not UTF-8; convert it first, "
@@ -361,9 +387,9 @@ def _json_lines_error(block: bytes, label: str, field: str, whole: bool) -> Corp
 
 
 def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
-               json_field: str | None = None) -> Iterator[Piece]:
+               json_field: str | None = None, member: bool = False) -> Iterator[Piece]:
     """The stream's bytes as one document. `json_field`: a stream read as text by default, refused
-    if its first lines are JSON lines holding that field (_json_lines_error)."""
+    if its first lines are JSON lines (_json_lines_error). `member`: a directory's file."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
     offset, first, at_start = 0, True, True
@@ -372,7 +398,7 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
         if first:  # stdin, a directory's files: compressed or UTF-16 bytes are refused here
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
-            error = _not_utf8(block[:10], label)
+            error = _not_utf8(block[:10], label, member=member)
             if error is None and json_field is not None:
                 whole = False
                 while b"\n" not in block and len(block) < block_bytes:  # a complete first line: a pipe
@@ -478,6 +504,7 @@ def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
                 if source.kind == "jsonl":
                     yield from _read_jsonl(f, str(path), field, errors)
                 else:
-                    yield from _read_text(f, str(path), errors, block_bytes, None if source.format_said else field)
+                    yield from _read_text(f, str(path), errors, block_bytes, None if source.format_said else field,
+                                          member=source.kind == "directory")
         except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
             raise CorpusError(f"{path}: cannot read ({e.strerror})") from None

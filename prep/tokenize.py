@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -44,8 +45,8 @@ import click
 
 from prep.atomic import may_handle
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CorpusError, Piece, as_inputs, is_stream, names_jsonl, \
-    read_pieces, resolve_sources
+from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
+    decompressed_input, is_stream, names_jsonl, read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -261,6 +262,55 @@ def _sigterm_raises_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[str]) -> str:
+    """This command line with the compressed input of `error` decompressed on its way in, to
+    paste and run: the same inputs in the same order, the same options, the same output. A named
+    file becomes '-' behind a pipe (or <(zcat x.gz) where '-' is taken), with --stdin-format jsonl
+    for JSON lines and --out where its name gave the default one; stdin gets the decompressor in
+    front, a pipe given by name one inside. The message, with the line or, where none reads
+    every input as this one would (stdin or a pipe beside it, read in the other format), why not."""
+    if error.label == "<stdin>":
+        index = inputs.index(STDIN)
+    else:
+        index = next((k for k, arg in enumerate(inputs) if arg != STDIN and str(Path(arg)) == error.label), None)
+        if index is None:  # (every input is named as given)
+            return str(error)
+    values = {param.name: ctx.params[param.name] for param in ctx.command.params
+              if ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT}
+    args, words, before = list(inputs), [shlex.quote(arg) for arg in inputs], ""
+    if error.label == "<stdin>":
+        before = f"{error.cat} FILE | "
+    elif error.stream:
+        args[index] = words[index] = f"<({error.cat} FILE)"
+    else:
+        fmt = "jsonl" if error.jsonl else "text"
+        other = next((arg for k, arg in enumerate(inputs) if k != index and is_stream(arg)), None)
+        if other is not None and ctx.params["stdin_format"] != fmt:
+            other = "- (stdin)" if other == STDIN else other
+            return (f"{error.label}: {error.kind}-compressed; decompress it first (streamed in, it would be read "
+                    f"as {other} is, --stdin-format {ctx.params['stdin_format']}, but it holds "
+                    f"{'JSON lines' if error.jsonl else 'text'})")
+        if error.jsonl:
+            values["stdin_format"] = "jsonl"
+        if index == 0 and "out" not in values:  # its name gave the default; '-' would give data/stdin
+            values["out"] = Path("data") / Path(os.path.abspath(inputs[0])).stem
+        piped = decompressed_input(error.label, error.cat)
+        if STDIN in inputs:
+            args[index] = words[index] = f"<({piped})"
+        else:
+            before, args[index], words[index] = f"{piped} | ", STDIN, STDIN
+    options = []
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and param.name in values:
+            value = values[param.name]
+            options += [param.opts[0]] if param.is_flag else [param.opts[0], shlex.quote(str(value))]
+    if any(arg.startswith("-") and arg != STDIN for arg in args):  # else taken for options
+        options.append("--")
+    how = "decompress it on its way in (FILE: the compressed file)" if error.stream else \
+        "decompress it first, or stream it in"
+    return f"{error.label}: {error.kind}-compressed; {how}: " + " ".join([f"{before}prep tokenize", *options, *words])
+
+
 @click.command("tokenize", cls=UserCommand, context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -320,6 +370,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                                      stdin_format=stdin_format if "stdin_format" in given else None,
                                      overwrite=overwrite,
                                      progress=not quiet, chunk_chars=chunk_size, on_install=done.append)
+    except CompressedError as e:  # the whole command line, the input decompressed on its way in
+        raise UserError(_decompressing(e, click.get_current_context(), inputs)) from None
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through _sigterm_raises_exit

@@ -355,7 +355,7 @@ def test_a_compressed_file_s_pipe_is_one_a_shell_runs_as_shown(tmp_path, monkeyp
         with pytest.raises(CorpusError) as e:
             resolve_sources([name])
         assert str(e.value) == (f"{name}: gzip-compressed; decompress it first, or stream it (adding your other "
-                                f"options, --out among them): {pipe}")
+                                f"inputs and options, --out among them): {pipe}")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
@@ -372,7 +372,19 @@ def test_a_compressed_pipe_given_by_name_is_not_told_to_read_it_again(tmp_path):
             list(read_pieces(resolve_sources([str(fifo)])))
     finally:
         writer.join()
-    assert str(e.value) == f"{fifo}: gzip-compressed; decompress it on its way in, e.g. zcat FILE | prep tokenize -"
+    assert str(e.value) == f"{fifo}: gzip-compressed; decompress it on its way in, e.g. prep tokenize <(zcat FILE)"
+
+
+def test_a_compressed_file_in_a_directory_is_not_told_to_be_streamed_alone(tmp_path):
+    """A directory's compressed .txt was told `zcat d/b.txt | prep tokenize -`: the directory's
+    other files would be left out. A file found in a directory is decompressed where it is."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("text")
+    (tmp_path / "d" / "b.txt").write_bytes(gzip.compress(b"text " * 20))
+    with pytest.raises(CorpusError) as e:
+        list(read_pieces(resolve_sources([str(tmp_path / "d")])))
+    assert str(e.value) == (f"{tmp_path / 'd' / 'b.txt'}: gzip-compressed; decompress it first (a directory's "
+                            f"files are read as they are)")
 
 
 class Trickle(io.RawIOBase):

@@ -11,6 +11,9 @@ import gzip
 import io
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -403,9 +406,8 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
                          ["m.jsonl:1: field 'text' is an array"]),
     # read as text it was invalid UTF-8, and with --errors replace, gzip's bytes as tokens
     "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
-                              ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it (adding your other "
-                               "options, --out among them): zcat ",
-                               "c.jsonl.gz | prep tokenize --stdin-format jsonl -"]),
+                              ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it in: zcat ",
+                               "c.jsonl.gz | prep tokenize --out ", "--stdin-format jsonl --chunk-size 100 -"]),
     "zstd-compressed text": ({"c.txt": b"\x28\xb5\x2f\xfd" + b"x" * 40}, ["c.txt"], ["c.txt: zstd-compressed"]),
     "bzip2-compressed text": ({"c.txt": bz2.compress(b"text " * 100)}, ["c.txt"], ["c.txt: bzip2-compressed", "bzcat ", "c.txt | prep tokenize -"]),
 }
@@ -504,8 +506,9 @@ def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
     assert read_meta(tmp_path / "a")["totals"]["bytes"] == len(data)
     for piped_in, words in ((b'{"text": "a"}\n{"text": \n', "<stdin>:2: not valid JSON"),
                             # the pipe it spells out keeps the flag: without it, the JSON is one text document
-                            (gzip.compress(data), "<stdin>: gzip-compressed; decompress it on its way in, e.g. "
-                                                  "zcat FILE | prep tokenize --stdin-format jsonl -"),
+                            (gzip.compress(data), "<stdin>: gzip-compressed; decompress it on its way in (FILE: the "
+                                                  f"compressed file): zcat FILE | prep tokenize --out {tmp_path / 'c'} "
+                                                  "--stdin-format jsonl -"),
                             ('{"text": "a"}\n'.encode("utf-16"), "<stdin>: UTF-16 text (byte-order mark FF FE)")):
         result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "c", input=piped_in)
         assert_user_error(result, words)
@@ -575,6 +578,66 @@ def test_json_lines_read_as_text_because_nothing_said_otherwise_are_refused_nami
         result = invoke("-", "--out", tmp_path / "out3", "--overwrite", input=text)
         assert result.exit_code == 0, (text, result.output)
         assert np.array_equal(stream(tmp_path / "out3"), expected([text.decode()]))
+
+
+# args with d.jsonl.gz or stdin compressed, where the decompressor's pipe goes, stdin, the output written;
+# the same run with the decompressed file named instead (d.jsonl) writes "ref"
+STREAMED = {
+    "a file beside another": (["a.txt", "d.jsonl.gz", "--field", "body", "--val-fraction", "0.5", "--out", "o"],
+                              "stream it in: zcat d.jsonl.gz | prep tokenize --out o --val-fraction 0.5 --field body "
+                              "--stdin-format jsonl a.txt -", None, "o"),
+    "a first file, out by default": (["d.jsonl.gz", "a.txt", "--field", "body", "--quiet"],
+                                     "stream it in: zcat d.jsonl.gz | prep tokenize --out data/d.jsonl --field body "
+                                     "--stdin-format jsonl --quiet - a.txt", None, "data/d.jsonl"),
+    "a file, - taken": (["--stdin-format", "jsonl", "--field", "body", "--out", "o", "--", "-", "-d.jsonl.gz"],
+                        "stream it in: prep tokenize --out o --field body --stdin-format jsonl - <(zcat ./-d.jsonl.gz)",
+                        "gzip-less", "o"),
+    "stdin": (["a.txt", "-", "--field", "body", "--stdin-format", "jsonl", "--out", "o"],
+              "(FILE: the compressed file): zcat FILE | prep tokenize --out o --field body --stdin-format jsonl a.txt -",
+              "gzip", "o"),
+}
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("zcat")), reason="needs bash and zcat")
+@pytest.mark.parametrize("case", list(STREAMED))
+def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(tmp_path, monkeypatch, case):
+    """`prep tokenize a.txt x.jsonl.gz --field body --out o` was told `zcat x.jsonl.gz | prep
+    tokenize --stdin-format jsonl -`: pasted, it tokenized x.jsonl.gz alone, with the default
+    field, into data/stdin. The line spelled out is the whole command: the other inputs in their
+    places, the options given, --out where the file's name gave it, <(zcat ...) where '-' is taken.
+    Run as printed (FILE filled in), it writes what the decompressed file named instead would."""
+    args, words, piped, out = STREAMED[case]
+    monkeypatch.chdir(tmp_path)
+    records = "".join(json.dumps({"body": f"doc {i} 's"}) + "\n" for i in range(3)).encode()
+    Path("a.txt").write_text("some text")
+    Path("d.jsonl").write_bytes(records)
+    for name in ("d.jsonl.gz", "-d.jsonl.gz"):
+        Path(name).write_bytes(gzip.compress(records))
+    stdin = {None: None, "gzip": gzip.compress(records), "gzip-less": b'{"body": "from stdin"}\n'}[piped]
+    line = assert_user_error(invoke(*args, input=stdin), words)
+    assert not Path(out).exists()
+    command = re.search(r"(?:stream it in|the compressed file\)): (.*)$", line).group(1).replace("FILE", "d.jsonl.gz")
+    command = command.replace("prep tokenize", f"{shlex.quote(sys.executable)} -m prep.cli tokenize")
+    ran = subprocess.run(["bash", "-c", command], input=gzip.decompress(stdin) if piped == "gzip" else stdin,
+                         env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True)
+    assert ran.returncode == 0, ran.stderr
+    same = ["--out", "ref"] + [("d.jsonl" if a in ("d.jsonl.gz", "-d.jsonl.gz") or (piped == "gzip" and a == "-") else a)
+                               for a in args if a not in ("--out", out)]
+    if piped == "gzip":
+        same = [a for a in same if a not in ("--stdin-format", "jsonl")]
+        stdin = None
+    assert invoke(*same, input=stdin).exit_code == 0
+    assert np.array_equal(stream(Path(out)), stream(Path("ref")))
+    assert read_meta(Path(out))["settings"] == read_meta(Path("ref"))["settings"]
+
+
+def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
+    """'-' and pipes are read in one format: JSON lines streamed in beside stdin's text would be
+    read as text, so no pipe is offered, and the message says why."""
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
+    result = invoke("-", tmp_path / "d.jsonl.gz", "--out", tmp_path / "o", input=b"some text")
+    assert_user_error(result, "d.jsonl.gz: gzip-compressed; decompress it first (streamed in, it would be read as "
+                              "- (stdin) is, --stdin-format text, but it holds JSON lines)")
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
