@@ -3,7 +3,10 @@
 One text file is one document, one JSONL line is one document (its `--field`), and stdin is one
 document (or JSON lines, with --stdin-format jsonl; so is a pipe given by name, <(zcat x.jsonl.gz),
 which has no name to say it; read as text because nothing said otherwise, either is refused
-when its first lines are JSON objects). Directories are searched recursively for
+when its first lines are JSON objects). A file named *.json is read as --stdin-format says too,
+and refused when it says nothing: the name says JSON, not which (datasets' to_json writes JSON
+lines there, others one JSON document), and as text its braces, keys and escapes would be
+tokenized. Directories are searched recursively for
 `*.txt` (`.TXT` too; linked directories too, a link loop being an error; hidden entries below
 it, such as .ipynb_checkpoints/ or macOS's ._x.txt, are not read; what is left out is named in a
 note), in sorted order, so the same tree always gives the same token stream. One file reached
@@ -34,6 +37,9 @@ BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to 
 STDIN = "-"
 STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # JSON lines, by either name
+JSON_SUFFIX = ".json"  # JSON lines or one JSON document: --stdin-format says which
+JQ_LINES = "jq -c '.[]'"  # an array of JSON objects -> JSON lines (quoted: zsh takes .[] for a pattern)
+FIRST_LINE_MAX = 64 << 20  # a *.json file's first line, read whole to tell JSON lines (a record may be a book)
 COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst", ".bz2", ".zip")  # what x.jsonl.gz is named for
 BOM = "\ufeff"  # at the start of a file it marks the encoding: no text, so no tokens
 ERRORS = ("strict", "replace")
@@ -110,6 +116,12 @@ def names_jsonl(path: str | os.PathLike, compressed: bool = False) -> bool:
     return compressed and name.suffix in COMPRESSED_SUFFIXES and PurePath(name.stem).suffix in JSONL_SUFFIXES
 
 
+def names_json(path: str | os.PathLike) -> bool:
+    """Whether a file's name, any case, ends in .json: JSON, but not which (JSON lines or one
+    document), so it is read as --stdin-format says, and refused when that says nothing."""
+    return PurePath(os.fspath(path).lower()).suffix == JSON_SUFFIX
+
+
 def is_stream(arg: str) -> bool:
     """Whether an input is read as --stdin-format says: '-', or a named one that is neither a
     directory nor a regular file (a pipe: bash's <(zcat x.jsonl.gz) is /dev/fd/63; a FIFO)."""
@@ -129,9 +141,10 @@ def _unreadable(error: OSError) -> None:
 
 def _jsonl_hint(paths: Sequence[Path]) -> str:
     """Directories are read for *.txt only: how to read the JSON lines files (.jsonl, .ndjson)
-    among `paths`."""
-    suffix = next((p.suffix.lower() for p in paths if p.suffix.lower() in JSONL_SUFFIXES), None)
-    return f" (a {suffix} file is read when given by name, e.g. dir/*{suffix})" if suffix else ""
+    or JSON files (.json) among `paths`."""
+    suffix = next((p.suffix.lower() for p in paths if p.suffix.lower() in (*JSONL_SUFFIXES, JSON_SUFFIX)), None)
+    said = ", with --stdin-format saying how" if suffix == JSON_SUFFIX else ""
+    return f" (a {suffix} file is read when given by name, e.g. dir/*{suffix}{said})" if suffix else ""
 
 
 def _identity(path: str | Path) -> tuple[int, int]:
@@ -298,12 +311,15 @@ def as_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
 
 
 def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
-                    stdin: BinaryIO | None = None, stdin_format: str | None = None) -> list[Source]:
+                    stdin: BinaryIO | None = None, stdin_format: str | None = None,
+                    field: str = "text") -> list[Source]:
     """Check every input exists, expand directories, and refuse a file given twice; raises
     CorpusError before any work. `stdin` is what '-' reads (default sys.stdin), as one text
     document or, with `stdin_format` "jsonl", as JSON lines (a decompressor's output, say); so
-    is a pipe given by name, unless its name says JSON lines (x.jsonl). `stdin_format` None is
-    "text", but one whose first lines are JSON objects is refused as it is read."""
+    is a pipe given by name, unless its name says JSON lines (x.jsonl), and so is a file named
+    *.json. `stdin_format` None is "text", but stdin or a pipe whose first lines are JSON objects
+    is refused as it is read, and a *.json file is refused here (saying how to read it: as JSON
+    lines, with `field` or another key, or as text)."""
     if stdin_format is not None and stdin_format not in STDIN_KINDS:
         raise ValueError(f"stdin_format must be one of {tuple(STDIN_KINDS)}, got {stdin_format!r}")
     said = stdin_format is not None
@@ -339,7 +355,10 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
             else:
                 _refuse_not_utf8(path)
                 stream = not path.is_file() and not names_jsonl(path)  # a pipe: no name says what it holds
-                kind = "jsonl" if names_jsonl(path) or (stream and stdin_format == "jsonl") else "text"
+                json_file = path.is_file() and names_json(path)  # a name that does not say which JSON
+                if json_file and not said:
+                    _refuse_json(path, field)
+                kind = "jsonl" if names_jsonl(path) or ((stream or json_file) and stdin_format == "jsonl") else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path), format_said=said or not stream))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
@@ -359,12 +378,14 @@ class Piece:
     nbytes: int
 
 
-def _json_lines_error(block: bytes, label: str, field: str, whole: bool) -> CorpusError | None:
+def _json_lines_error(block: bytes, label: str, field: str, whole: bool,
+                      what: str = "read as text, but") -> CorpusError | None:
     """The error for a stream read as text by default whose complete lines in `block` (its first;
     `whole`: all of it, the last line too) are all JSON objects with keys, one at least: JSON
     lines, almost surely (a decompressor's output, <(zcat x.jsonl.gz)), whose braces and keys
     would be tokenized as text. None otherwise: text, or a first line longer than the block
-    (nothing said). The fix it names reads `field`, or says to choose the key where not all hold it."""
+    (nothing said). The fix it names reads `field`, or says to choose the key where not all hold it.
+    `what` starts the message (a *.json file is not read at all: "named .json, and")."""
     lines = block.removeprefix(BOM.encode()).split(b"\n")
     lines = [line for line in (lines if whole else lines[:-1]) if line.strip(b" \t\r")]
     records = []
@@ -382,8 +403,25 @@ def _json_lines_error(block: bytes, label: str, field: str, whole: bool) -> Corp
     else:
         keys = ", ".join(map(repr, list(records[0])[:5]))
         fix = f"pass --stdin-format jsonl and --field with the key holding the text (line 1's keys: {keys})"
-    return CorpusError(f"{label}: read as text, but its first lines are JSON objects (JSON lines); {fix}, "
+    return CorpusError(f"{label}: {what} its first lines are JSON objects (JSON lines); {fix}, "
                        f"or --stdin-format text to tokenize the JSON as it is")
+
+
+def _refuse_json(path: Path, field: str) -> None:
+    """The error for a file named *.json read with no --stdin-format, before any work: the JSON
+    it holds, JSON lines (as datasets' to_json writes them) or not, and the flag that reads it.
+    Its first line is read whole (up to FIRST_LINE_MAX: a record may be a book), then a block."""
+    with open(path, "rb") as f:
+        head = f.readline(FIRST_LINE_MAX)
+        head += f.read(BLOCK_BYTES)
+        whole = not f.read(1)
+    error = _json_lines_error(head, str(path), field, whole, what="named .json, and")
+    if error is None:  # one JSON document, most likely (pretty-printed, an array of records)
+        jq = f"{decompressed_input(str(path), JQ_LINES)} > {shlex.quote(str(path.with_suffix('.jsonl')))}"
+        error = CorpusError(f"{path}: named .json, but not JSON lines (one JSON object a line), the only JSON read "
+                            f"here; make it JSON lines first (for an array of objects: {jq}), or pass "
+                            f"--stdin-format text to tokenize the JSON as it is")
+    raise error
 
 
 def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,

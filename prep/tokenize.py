@@ -46,7 +46,7 @@ import click
 from prep.atomic import may_handle
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
-    decompressed_input, is_stream, names_jsonl, read_pieces, resolve_sources
+    decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
 from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -161,14 +161,15 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     the new dataset is in place (a Ctrl-C after it stops a run whose work is done). One path
     may be given as it is: a string is one input, never a sequence of one-letter ones. '-'
     reads `stdin` (default sys.stdin) as one document, or as JSON lines with stdin_format="jsonl",
-    and so is a pipe given by name (<(zcat x.jsonl.gz)); stdin_format None reads them as text,
-    but refuse one whose first lines are JSON objects (JSON lines; say "text" to read it as text).
+    and so is a pipe given by name (<(zcat x.jsonl.gz)) or a file named *.json; stdin_format None
+    reads stdin and pipes as text, but refuses one whose first lines are JSON objects (JSON lines;
+    say "text" to read it as text), and refuses a *.json file (its name says JSON, not which).
     """
     inputs = as_inputs(inputs)
     config = TokenizeConfig(shard_size, val_fraction, val_max_tokens,
                             default_workers() if workers is None else workers,
                             field, errors, stdin_format or "text", chunk_chars, start_method)
-    sources = resolve_sources(inputs, stdin, stdin_format)
+    sources = resolve_sources(inputs, stdin, stdin_format, config.field)
     sizes = [s.bytes for s in sources]
     total_bytes = None if None in sizes else sum(sizes)
     if total_bytes == 0:
@@ -328,10 +329,11 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
               help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
 @click.option("--stdin-format", type=click.Choice(tuple(STDIN_KINDS)), default="text",
-              help="What - (stdin) and pipes given by name hold: one text document, or JSON lines (each "
-                   "line's --field), e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -, or "
-                   "prep tokenize --stdin-format jsonl <(zcat x.jsonl.gz). Unsaid, one whose first lines are "
-                   "JSON objects is refused (say text to tokenize the JSON).")
+              help="What - (stdin), pipes given by name and *.json files hold: one text document, or JSON "
+                   "lines (each line's --field), e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -, "
+                   "prep tokenize --stdin-format jsonl <(zcat x.jsonl.gz), prep tokenize --stdin-format jsonl "
+                   "train.json (datasets' to_json). Unsaid, stdin or a pipe whose first lines are JSON objects "
+                   "is refused, and any *.json file (say text to tokenize the JSON).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset (only once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary line is still printed).")
@@ -341,24 +343,27 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None, shard_size: int,
                      val_fraction: float, val_max_tokens: int, workers: int, field: str, errors: str,
                      stdin_format: str, overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
-    """Tokenize text files, directories (their *.txt, recursive), .jsonl files or - (stdin) into
-    GPT-2 uint16 shards plus meta.json. One file or JSONL line is one document, each one
-    preceded by EOT; the output appears only once it is complete.
+    """Tokenize text files, directories (their *.txt, recursive), .jsonl files (.json ones with
+    --stdin-format) or - (stdin) into GPT-2 uint16 shards plus meta.json. One file or JSONL
+    line is one document, each one preceded by EOT; the output appears only once it is complete.
     """
     if not field:
         raise UserError("--field must name a JSON key, got ''")
-    if stdin_format != "text" and not any(map(is_stream, inputs)):
-        raise UserError(f"--stdin-format {stdin_format}: no - (stdin) or pipe among the inputs; it says how those "
-                        f"are read (a file's name says how it is read: *.jsonl, *.ndjson)")
+    json_files = [i for i in inputs if os.path.isfile(i) and names_json(i)]  # read as --stdin-format says
+    if stdin_format != "text" and not any(map(is_stream, inputs)) and not json_files:
+        raise UserError(f"--stdin-format {stdin_format}: no - (stdin), pipe or *.json file among the inputs; it says "
+                        f"how those are read (other files' names say how they are read: *.jsonl, *.ndjson)")
     given = {param for param in ("field", "stdin_format")
              if click.get_current_context().get_parameter_source(param) != click.core.ParameterSource.DEFAULT}
     field_given = "field" in given
-    # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
+    # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out;
+    # so does x.json without --stdin-format, refused next with the flag that reads it as JSON lines
     jsonl_given = stdin_format == "jsonl" or any(i != STDIN and not os.path.isdir(i) and names_jsonl(i, compressed=True)
-                                                 for i in inputs)
+                                                 for i in inputs) or bool(json_files and "stdin_format" not in given)
     if field_given and not jsonl_given:
         raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "
-                        f"or *.ndjson are; - and pipes are read as plain text unless --stdin-format jsonl)")
+                        f"or *.ndjson are; -, pipes and *.json files are read as plain text unless "
+                        f"--stdin-format jsonl)")
     if math.isnan(val_fraction):  # click's FloatRange lets nan through (every comparison is False)
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place

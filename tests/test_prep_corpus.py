@@ -415,3 +415,15 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
     docs = [p.text for p in read_pieces(resolve_sources(["-"], stdin_format="jsonl"), stdin=Trickle(data))]
     assert docs == ["a doc", "b"]
 
+
+
+def test_a_json_file_s_first_line_is_read_whole_to_tell_json_lines(tmp_path):
+    """A record longer than a block (a book) is still seen as JSON lines: the fix named reads them."""
+    path = tmp_path / "books.json"
+    path.write_text(json.dumps({"text": "word " * 300_000}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    assert path.stat().st_size > (1 << 20)  # BLOCK_BYTES
+    with pytest.raises(CorpusError, match=r"named \.json, and its first lines are JSON objects \(JSON lines\); "
+                                          r"pass --stdin-format jsonl to read each line's 'text'"):
+        resolve_sources([str(path)])
+    docs, _ = read_all(resolve_sources([str(path)], stdin_format="jsonl"))
+    assert docs == ["word " * 300_000, "b"]

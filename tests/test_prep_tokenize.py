@@ -460,7 +460,7 @@ def test_field_without_a_jsonl_input_is_refused(tmp_path):
         result = invoke(*inputs, "--field", "body", "--out", tmp_path / "out", input=b"x")
         assert_user_error(result, "--field body: only JSON lines have fields, and none are given")
     result = invoke(tmp_path / "a.txt", "--stdin-format", "jsonl", "--out", tmp_path / "out")
-    assert_user_error(result, "--stdin-format jsonl: no - (stdin) or pipe among the inputs")
+    assert_user_error(result, "--stdin-format jsonl: no - (stdin), pipe or *.json file among the inputs")
     assert not (tmp_path / "out").exists()
 
 
@@ -550,7 +550,7 @@ def test_a_pipe_given_by_name_is_read_as_stdin_format_says(tmp_path):
     assert [s["kind"] for s in read_meta(tmp_path / "out")["sources"]] == ["jsonl"]
     (tmp_path / "x.txt").write_bytes(data)  # a file's name says how it is read, not the flag
     result = invoke(tmp_path / "x.txt", "--stdin-format", "jsonl", "--out", tmp_path / "out2")
-    assert_user_error(result, "--stdin-format jsonl: no - (stdin) or pipe among the inputs")
+    assert_user_error(result, "--stdin-format jsonl: no - (stdin), pipe or *.json file among the inputs")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
@@ -578,6 +578,78 @@ def test_json_lines_read_as_text_because_nothing_said_otherwise_are_refused_nami
         result = invoke("-", "--out", tmp_path / "out3", "--overwrite", input=text)
         assert result.exit_code == 0, (text, result.output)
         assert np.array_equal(stream(tmp_path / "out3"), expected([text.decode()]))
+
+
+def test_a_json_file_is_read_as_stdin_format_says_and_refused_before_any_work_when_it_says_nothing(tmp_path):
+    """datasets' Dataset.to_json("train.json") writes JSON lines into a file named .json, and
+    `prep tokenize train.json` tokenized every line's braces, keys and escapes (\\n, \\u00e9) as one
+    text document, without a word; --stdin-format jsonl was refused without a '-', so nothing read
+    it as JSON lines. A *.json name says JSON, not which: --stdin-format says, as for '-' and pipes,
+    and unsaid the file is refused before anything is written, naming the flag (and --field where
+    the lines do not hold "text"), whatever else is given. One JSON document (an array, pretty-
+    printed) is refused too: as text its escapes are no text either. A *.txt holding JSON is text."""
+    records = [{"text": "first doc\n", "id": 1}, {"text": "second \u00e9", "id": 2}]
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()  # é written \u00e9, as to_json does
+    for name in ("train.json", "B.JSON", "c.json", "array.json", "a.txt"):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "c.json").write_bytes(data.replace(b'"text"', b'"content"'))
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=2))
+    out = tmp_path / "out"
+    fix = ("named .json, and its first lines are JSON objects (JSON lines); pass --stdin-format jsonl to read each "
+           "line's 'text' as a document, or --stdin-format text to tokenize the JSON as it is")
+    for args, name in ((["train.json"], "train.json"), (["B.JSON"], "B.JSON"),
+                       (["a.txt", "train.json", "--field", "text"], "train.json"), (["-", "train.json"], "train.json")):
+        result = invoke(*[tmp_path / a if a.endswith(("json", "JSON", "txt")) else a for a in args], "--out", out,
+                        input=b"stdin text")
+        assert_user_error(result, f"Error: {tmp_path / name}: {fix}")
+    assert_user_error(invoke(tmp_path / "c.json", "--out", out),
+                      "pass --stdin-format jsonl and --field with the key holding the text (line 1's keys: 'content', "
+                      "'id'), or --stdin-format text")
+    assert_user_error(invoke(tmp_path / "array.json", "--out", out),
+                      f"Error: {tmp_path / 'array.json'}: named .json, but not JSON lines (one JSON object a "
+                      f"line), the only JSON read here; make it JSON lines first (for an array of objects: jq -c '.[]' "
+                      f"{tmp_path / 'array.json'} > {tmp_path / 'array.jsonl'}), or pass --stdin-format text to "
+                      f"tokenize the JSON as it is")
+    assert not out.exists() and leftovers(tmp_path, "out") == []
+    texts = [r["text"] for r in records]
+    for args, documents in (([tmp_path / "train.json"], texts), ([tmp_path / "B.JSON", "-"], texts + texts),
+                            ([tmp_path / "c.json", "--field", "content"], texts)):
+        result = invoke(*args, "--stdin-format", "jsonl", "--out", out, "--overwrite", input=data)
+        assert result.exit_code == 0, result.output
+        assert np.array_equal(stream(out), expected(documents))
+        assert read_meta(out)["sources"][0] == {"path": str(args[0]), "kind": "jsonl", "bytes": args[0].stat().st_size}
+    for args, documents in (([tmp_path / "train.json"], [data.decode()]), ([tmp_path / "a.txt"], [data.decode()])):
+        said = ["--stdin-format", "text"] if args[0].suffix == ".json" else []
+        result = invoke(*args, *said, "--out", out, "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert np.array_equal(stream(out), expected(documents))
+
+
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("jq")), reason="needs bash and jq")
+def test_the_jq_line_a_json_document_s_error_spells_out_makes_the_json_lines_read_by_name(tmp_path, monkeypatch):
+    """The command given for an array of records in x.json writes x.jsonl, which is read by name."""
+    monkeypatch.chdir(tmp_path)
+    records = [{"text": "a 'doc'\n"}, {"text": "b"}]
+    Path("-x.json").write_text(json.dumps(records, indent=2))  # a name taken for an option, unless ./-x.json
+    line = assert_user_error(invoke("--", "-x.json"), "for an array of objects: jq -c")
+    command = re.search(r"for an array of objects: (.*)\), or pass", line).group(1)
+    assert subprocess.run(["bash", "-c", command], capture_output=True).returncode == 0
+    result = invoke("--out", "out", "--", "-x.jsonl")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(Path("out")), expected([r["text"] for r in records]))
+
+
+def test_a_directory_s_json_files_are_left_out_and_named_with_how_to_read_them(tmp_path):
+    """A directory is read for *.txt: its *.json files are left out, said so, with how to read them."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("some text")
+    (tmp_path / "d" / "b.json").write_text('{"text": "more text"}\n')
+    result = invoke(tmp_path / "d", "--out", tmp_path / "out", "--val-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"note: {tmp_path / 'd'}: 1 left out, not *.txt, not regular files or hidden: b.json "
+                             f"(a .json file is read when given by name, e.g. dir/*.json, with --stdin-format saying "
+                             f"how)\n")
+    assert np.array_equal(stream(tmp_path / "out"), expected(["some text"]))
 
 
 # args with d.jsonl.gz or stdin compressed, where the decompressor's pipe goes, stdin, the output written;
