@@ -83,7 +83,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import ShardError, cannot_list, file_kind, find_shards, read_header
+    from prep.shards import ShardError, cannot_list, file_kind, find_shards, raw_tokens_in, read_header
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -281,6 +281,10 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
             passed_over.append(str(e))
     if not found:
         skipped = f" (passed over: {'; '.join(passed_over)})" if passed_over else ""
+        raw = [d for d in [root, *subdirs] if raw_tokens_in(d)]  # nanoGPT's data/<name>/train.bin, val.bin
+        if raw:
+            also = f" (also {', '.join(map(str, raw[1:]))})" if raw[1:] else ""
+            hint += f"; {raw[0]}{also}:{raw_tokens_in(raw[0])[1:]}"
         raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/{skipped}: "
                         f"{hint}")
     if len(found) > 1:

@@ -2231,6 +2231,21 @@ def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_p
         train.find_dataset(None, tmp_path / "data")
 
 
+def test_no_dataset_under_data_names_nanogpts_raw_token_files_there(tmp_path):
+    """nanoGPT's layout, data/<name>/train.bin and val.bin (raw uint16, no header), with no
+    --data: the error says what those files are and what to do, as it does for --data given."""
+    for name in ("openwebtext", "shakespeare"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        random_tokens(300).tofile(tmp_path / "data" / name / "train.bin")
+        random_tokens(50).tofile(tmp_path / "data" / name / "val.bin")
+    with pytest.raises(train.UserError) as e:
+        train.find_dataset(None, tmp_path / "data")
+    message = str(e.value)
+    assert message.startswith("no dataset (") and "\n" not in message, message
+    assert (f"; {tmp_path}/data/openwebtext (also {tmp_path}/data/shakespeare): train.bin and val.bin look like raw "
+            "tokens: headerless uint16 tokens (nanoGPT's prepare.py") in message, message
+
+
 def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
     write_dataset(tmp_path / "data" / "input", random_tokens(300))  # no meta.json: found by listing it
     without_read_permission(monkeypatch, tmp_path / "data" / "input")
