@@ -1054,6 +1054,14 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
+def _linear_layout(state: dict) -> bool:
+    """Whether a GPT-2 state dict's projections are nn.Linear's (out, in), ours and nanoGPT's,
+    not HF's Conv1D (in, out): c_attn maps C to 3C, so its shape says which, where the token
+    embedding's rows do not (nanoGPT keeps GPT-2's 50,257 when it starts from them)."""
+    c_attn = state.get("transformer.h.0.attn.c_attn.weight")
+    return isinstance(c_attn, torch.Tensor) and c_attn.dim() == 2 and c_attn.shape[0] == 3 * c_attn.shape[1] > 0
+
+
 def _key(state: dict, name: str) -> str:
     """`name`'s key in a GPT-2 state dict: "transformer."-prefixed (ours, GPT2LMHeadModel's)
     where that is there, else bare (GPT2Model's)."""
@@ -1138,6 +1146,13 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
             wpe = _key(state, "wpe.weight")
             state[wpe] = state[wpe][:config.block_size]
         wte = state.get("transformer.wte.weight")
+        if _linear_layout(state) and isinstance(wte, torch.Tensor) and wte.dim() == 2 and (
+                wte.shape[0] == config.vocab_size):  # nanoGPT's after init_from="gpt2": ours, with HF's rows
+            lm_head = state.pop("lm_head.weight", wte)
+            if not torch.equal(lm_head.to(wte.dtype), wte):
+                raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
+            pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.shape[1])
+            state["transformer.wte.weight"] = wte = torch.cat([wte, pad])  # zeros, as from_hf_state_dict pads
         if isinstance(wte, torch.Tensor) and wte.dim() == 2 and wte.shape[0] == config.padded_vocab_size:
             lm_head = state.setdefault("lm_head.weight", wte)  # ours: the tied head may be left out
             if not torch.equal(lm_head.to(wte.dtype), wte):

@@ -930,6 +930,29 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
             "--resume") in capsys.readouterr().out
 
 
+def test_init_from_nanogpts_state_dict_with_gpt2s_unpadded_vocabulary(tmp_path):
+    """nanoGPT's model after init_from="gpt2" keeps GPT-2's 50,257 token rows in our nn.Linear
+    layout (its from_pretrained transposes HF's Conv1D weights): the row count alone took it
+    for HF's layout, transposed c_attn, and refused it saying c_attn's shape (96, 32) should be
+    (32, 96), which is the shape it had. The projections' shape tells the layouts apart."""
+    config = GPTConfig.preset("tiny")
+    torch.manual_seed(0)
+    state = GPT(config).state_dict()
+    wte = state["transformer.wte.weight"][:config.vocab_size].clone()
+    nanogpt = {f"_orig_mod.{k}": v for k, v in state.items()} | {
+        "_orig_mod.transformer.wte.weight": wte, "_orig_mod.lm_head.weight": wte}
+    torch.save(nanogpt, tmp_path / "nanogpt.pt")
+    model = GPT(config)
+    assert train.load_init_weights(model, tmp_path / "nanogpt.pt") == "state dict"
+    for key, tensor in state.items():
+        expected = torch.cat([wte, torch.zeros(47, 32)]) if key in ("transformer.wte.weight", "lm_head.weight") \
+            else tensor
+        assert torch.equal(model.state_dict()[key], expected), key
+    torch.save(nanogpt | {"_orig_mod.lm_head.weight": wte + 1}, tmp_path / "untied.pt")  # still refused
+    with pytest.raises(train.UserError, match="lm_head.weight differs from the token embedding"):
+        train.load_init_weights(GPT(config), tmp_path / "untied.pt")
+
+
 def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_every_restart(
         tmp_path, dataset, capsys):
     """A preemptible job's script: the same command first starts the run (with a note), then
