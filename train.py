@@ -959,6 +959,13 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
+        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if foreign:  # a whole file holding an object of some class: not damage, another program's
+            raise UserError(
+                f"{flag} {path}: holds a Python object that a weights-only torch.load does not build "
+                f"({foreign[1]}), so not a {what} this reads; another trainer's checkpoint? (build-nanogpt's "
+                f"pickles its GPTConfig beside the weights, under 'model'): torch.save that state dict alone and "
+                f"pass its file") from None
         raise UserError(
             f"{flag} {path}: not a readable {what} (truncated, corrupt, or not written by "
             f"{'train.py' if what == 'checkpoint' else 'torch.save'}; torch.load raised {type(e).__name__})"
@@ -1129,7 +1136,12 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         kind, state = "state dict", {k: v for k, v in _unwrapped(found).items() if not is_hf_mask_buffer(k)}
         _check_state_shape(state, config, where, shape_flags=flag == "--init-from")
     else:
-        raise UserError(f"{where}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)")
+        inner = found.get("model") if isinstance(found, dict) else None
+        nested = (isinstance(inner, dict) and bool(inner)
+                  and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in inner.items()))
+        raise UserError(f"{where}: neither a train.py checkpoint nor a GPT-2 state dict (names to tensors)" +
+                        ("; its 'model' entry is a state dict (nanoGPT's and build-nanogpt's checkpoints keep theirs "
+                         "there): torch.save that alone and pass its file" if nested else ""))
     try:
         state = {str(k): v for k, v in state.items()}
         odd = next((k for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_floating_point())), None)

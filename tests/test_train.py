@@ -953,6 +953,33 @@ def test_init_from_nanogpts_state_dict_with_gpt2s_unpadded_vocabulary(tmp_path):
         train.load_init_weights(GPT(config), tmp_path / "untied.pt")
 
 
+def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_path):
+    """build-nanogpt's checkpoint pickles its GPTConfig (a class of __main__) beside the
+    weights: torch.load(weights_only=True) refuses it, and the error called the whole file
+    "truncated, corrupt, or not written by torch.save". nanoGPT's loads, and was "neither a
+    train.py checkpoint nor a GPT-2 state dict" without a word about its 'model' entry."""
+    state = GPT(GPTConfig.preset("tiny")).state_dict()
+    script = ("import sys, torch\nfrom dataclasses import dataclass\n@dataclass\nclass GPTConfig:\n    n_layer: int = 2\n"
+              "torch.save({'model': torch.load(sys.argv[1]), 'config': GPTConfig(), 'step': 5}, sys.argv[2])\n")
+    torch.save(state, tmp_path / "state.pt")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.pt"), str(tmp_path / "model_00005.pt")],
+                   check=True)
+    with pytest.raises(train.UserError) as e:
+        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "model_00005.pt")
+    assert str(e.value) == (
+        f"--init-from {tmp_path / 'model_00005.pt'}: holds a Python object that a weights-only torch.load does not "
+        "build (__main__.GPTConfig), so not a weights file this reads; another trainer's checkpoint? "
+        "(build-nanogpt's pickles its GPTConfig beside the weights, under 'model'): torch.save that state dict alone "
+        "and pass its file")
+    torch.save({"model": state, "model_args": {"n_layer": 2}, "iter_num": 5}, tmp_path / "ckpt.pt")  # nanoGPT's
+    with pytest.raises(train.UserError) as e:
+        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "ckpt.pt")
+    assert str(e.value) == (
+        f"--init-from {tmp_path / 'ckpt.pt'}: neither a train.py checkpoint nor a GPT-2 state dict (names to "
+        "tensors); its 'model' entry is a state dict (nanoGPT's and build-nanogpt's checkpoints keep theirs there): "
+        "torch.save that alone and pass its file")
+
+
 def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_every_restart(
         tmp_path, dataset, capsys):
     """A preemptible job's script: the same command first starts the run (with a note), then
