@@ -965,7 +965,7 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
                 f"{flag} {path}: holds a Python object that a weights-only torch.load does not build "
                 f"({foreign[1]}), so not a {what} this reads; another trainer's checkpoint? (build-nanogpt's "
                 f"pickles its GPTConfig beside the weights, under 'model'): torch.save that state dict alone and "
-                f"pass its file") from None
+                f"pass its file" + (" to --init-from" if flag == "--resume" else "")) from None
         raise UserError(
             f"{flag} {path}: not a readable {what} (truncated, corrupt, or not written by "
             f"{'train.py' if what == 'checkpoint' else 'torch.save'}; torch.load raised {type(e).__name__})"

@@ -971,6 +971,8 @@ def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_pa
         "build (__main__.GPTConfig), so not a weights file this reads; another trainer's checkpoint? "
         "(build-nanogpt's pickles its GPTConfig beside the weights, under 'model'): torch.save that state dict alone "
         "and pass its file")
+    with pytest.raises(train.UserError, match=r"torch\.save that state dict alone and pass its file to --init-from$"):
+        train._read_torch_file(tmp_path / "model_00005.pt", "--resume")  # a weights file: no run to resume
     torch.save({"model": state, "model_args": {"n_layer": 2}, "iter_num": 5}, tmp_path / "ckpt.pt")  # nanoGPT's
     with pytest.raises(train.UserError) as e:
         train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "ckpt.pt")
