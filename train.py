@@ -959,6 +959,10 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
+        if _is_safetensors(path):  # whole, in another format: what HF's hub serves today
+            raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "
+                            f"does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "
+                            f"'gpt2.pt') and pass that file") from None
         foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if foreign:  # a whole file holding an object of some class: not damage, another program's
             raise UserError(
@@ -970,6 +974,18 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             f"{flag} {path}: not a readable {what} (truncated, corrupt, or not written by "
             f"{'train.py' if what == 'checkpoint' else 'torch.save'}; torch.load raised {type(e).__name__})"
         ) from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether `path` begins as a safetensors file: a little-endian u64 header length that
+    fits the file, then the JSON header's "{"."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(start) == 9 and start[8:] == b"{" and 0 < int.from_bytes(start[:8], "little") <= size - 8
 
 
 def _zip_damage(path: Path) -> str | None:

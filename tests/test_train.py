@@ -982,6 +982,24 @@ def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_pa
         "torch.save that alone and pass its file")
 
 
+def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
+    """Hugging Face's hub serves GPT-2 as model.safetensors: an 8-byte header length, a JSON
+    header, the raw tensors. torch.load cannot read it, and the error called it "truncated,
+    corrupt, or not written by torch.save", where it is whole and in another format."""
+    header = json.dumps({"wpe.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    for flag, what in (("--init-from", "weights file"), ("checkpoint", "checkpoint")):
+        with pytest.raises(train.UserError) as e:
+            train._read_torch_file(tmp_path / "model.safetensors", flag, what)
+        assert str(e.value) == (
+            f"{flag} {tmp_path / 'model.safetensors'}: a safetensors file (Hugging Face's model.safetensors), which "
+            "torch.load does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "
+            "'gpt2.pt') and pass that file")
+    (tmp_path / "garbage.pt").write_bytes(b"\x05" + bytes(8) + b"{")  # no such header: still garbage
+    with pytest.raises(train.UserError, match="not a readable weights file"):
+        train._read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
+
+
 def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_every_restart(
         tmp_path, dataset, capsys):
     """A preemptible job's script: the same command first starts the run (with a note), then
