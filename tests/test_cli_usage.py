@@ -198,11 +198,25 @@ def test_a_closed_standard_error_is_no_file_of_ours(tmp_path):
     assert log.read_text() == ""
 
 
+def _wait_for_torch_import(proc: subprocess.Popen) -> None:
+    """Until `proc` has loaded torch's C library (its import has begun, and goes on for a second
+    or more with torch's Python modules): a fixed sleep sent the signal during the interpreter's
+    own start-up on a loaded machine, where a traceback is Python's. Without /proc: 0.3 s."""
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.parent.is_dir():
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, "train.py ended before importing torch"
+        time.sleep(0.005)
+
+
 def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback."""
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # interpreter started, torch being imported
+    _wait_for_torch_import(proc)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stdout, stderr) == (130, "", "")
