@@ -2381,6 +2381,11 @@ def train_loop(s: Session) -> dict:
                 if rt.master:
                     _checkpoint(s, step, rng_ranks)
                 last_ckpt = time.perf_counter()
+                if stop.requested and not rt.ddp:
+                    # a signal while it was written (deferred to the file's end): this step is the
+                    # one stopped at, checkpointed already (the last step's stop went unsaid, and
+                    # another step's trained on to a second checkpoint)
+                    stopping = True
             # evaluation, samples and checkpoints are not step time (and the device has nothing
             # queued now: the next window's time starts here)
             window_start = mark(rt.device)
@@ -2388,7 +2393,8 @@ def train_loop(s: Session) -> dict:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
                 name = signal.Signals(stop.signal).name if stop.requested else "another rank's signal"
-                saved = (f"checkpoint {ckpt_path(out, step)} written; continue with --resume auto"
+                more = "; continue with --resume auto" if step < cfg.steps else ""  # (after the last: nothing to)
+                saved = (f"checkpoint {ckpt_path(out, step)} written{more}"
                          if do_ckpt else "no checkpoint (--ckpt-every 0, no --ckpt-minutes)")
                 say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
                 stopped = True

@@ -1694,6 +1694,34 @@ def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_
     assert stop.requested and torch.load(path, weights_only=True) == {"step": 2}
 
 
+@pytest.mark.parametrize("at, steps", [(4, 4), (2, 6)], ids=["the last step's", "a periodic one"])
+def test_a_ctrl_c_while_a_checkpoint_is_written_stops_there_and_says_so(tmp_path, dataset, monkeypatch, capsys,
+                                                                        at, steps):
+    """The Ctrl-C waits for the file (test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file),
+    then the run stops at that very step, saying so as any stop does: at the last step it said
+    nothing (a "done:" line, exit 130), and at another it trained one more step and wrote a
+    second checkpoint."""
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        if obj["step"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.torch, "save", interrupted_save)
+    summary = train.train(cfg(tmp_path, dataset, steps=steps, ckpt_every=2, keep_ckpts=0, quiet=False))
+    out = capsys.readouterr().out
+    path = tmp_path / "out" / f"ckpt_{at:06d}.pt"
+    more = "" if at == steps else "; continue with --resume auto"
+    assert f"SIGINT: stopped after step {at} of {steps}; checkpoint {path} written{more}\n" in out, out
+    assert summary["interrupted"] and summary["last_step"] == at
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [2, 4][:at // 2]
+    assert torch.load(path, weights_only=True)["step"] == at  # whole
+    assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(1, at + 1))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
     path = tmp_path / "ckpt_000004.pt"
     train.save_checkpoint(path, {"step": 4})
