@@ -1993,18 +1993,46 @@ class TrainCommand(UserCommand):
             raise
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no step is under way to finish first (start-up, --bench): the run stops at
+    once, as a Ctrl-C there does."""
+
+
+@contextlib.contextmanager
+def sigterm_stops_at_once():
+    """Within the block SIGTERM raises Terminated, which unwinds like a Ctrl-C: --out's lock is
+    released, a directory the run made and wrote nothing in is removed, and main() says so in a
+    line. Its default action ended the process where it stood, silently (status 143), an empty
+    --out left behind. The training loop's StopRequest takes SIGTERM over while it runs."""
+    if not may_handle(signal.SIGTERM):  # not the main thread, ignored, or set outside Python
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
-    watch_launcher()
-    with contextlib.ExitStack() as stack:
+    with sigterm_stops_at_once(), contextlib.ExitStack() as stack:
+        watch_launcher()
         try:
             s = prepare(cfg, stack)
+            print_facts(s)
         except RuntimeError as e:  # the model does not fit on the device, say
             if _out_of_memory(e):
                 raise UserError(f"out of memory on the device while setting up --model {cfg.model}: pick a "
                                 f"smaller --model") from None
             raise
-        print_facts(s)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: nothing trained, nothing written yet
+            e.starting = True  # (main() says so)
+            raise
         try:
             return bench_loop(s) if cfg.bench else train_loop(s)
         except TokenRangeError as e:  # bad data, found as it was read
@@ -2672,14 +2700,18 @@ def main(compile_: bool | None, **options) -> None:
     except UserError as e:
         _name_rank(e)
         raise
-    except KeyboardInterrupt:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
+    except KeyboardInterrupt as e:  # a second Ctrl-C, or one while starting: click would say "Aborted!", exit 1
         if cfg is not None and cfg.bench:  # a benchmark writes no checkpoint: nothing to say of one
             then = ""
         else:
             found = [] if cfg is None else list_checkpoints(Path(cfg.out))
             then = (f"; --resume auto continues from the last checkpoint written ({found[-1][1]})" if found
                     else "; no checkpoint was written")
-        click.echo(f"interrupted: stopped at once{then}", err=True)
+        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        if getattr(e, "starting", False):  # train() marks a stop in its start-up
+            click.echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
+        else:
+            click.echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{then}", err=True)
         sys.exit(130)
     if summary.get("interrupted"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C

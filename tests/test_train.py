@@ -1367,6 +1367,43 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once\n"
 
 
+def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_as_it_was(tmp_path, dataset,
+                                                                                           monkeypatch):
+    """SIGTERM while the model is built (as while compiling, opening the data): its default
+    action ended the process where it stood, status 143 and not a word, an --out it had made
+    left behind empty. It unwinds now as a Ctrl-C there does, says where it stopped, exits 130."""
+    real_gpt = train.GPT
+
+    def terminated_gpt(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        return real_gpt(config)
+
+    def caught(signum, frame):  # where train.py left SIGTERM alone, the test fails here, not pytest
+        raise RuntimeError("SIGTERM reached the test's handler")
+
+    before = signal.signal(signal.SIGTERM, caught)
+    try:
+        train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+        ckpt = tmp_path / "out" / "ckpt_000002.pt"
+        files = snapshot(tmp_path / "out")
+        monkeypatch.setattr(train, "GPT", terminated_gpt)
+        base = ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--quiet", "--data", str(dataset)]
+        fresh = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "new" / "out")])
+        resumed = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "out"), "--resume", "auto",
+                                                  "--steps", "4"])
+        assert signal.getsignal(signal.SIGTERM) is caught  # put back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert fresh.exit_code == 130 and fresh.stdout == "", fresh.output
+    assert fresh.stderr == "SIGTERM: stopped while starting up, before its first step; no checkpoint was written\n"
+    assert not (tmp_path / "new").exists()
+    assert resumed.exit_code == 130 and resumed.stderr == (
+        "SIGTERM: stopped while starting up, before its first step; --resume auto continues from the last "
+        f"checkpoint written ({ckpt})\n"), resumed.output
+    assert snapshot(tmp_path / "out") == files  # no file touched, none added
+
+
 def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset):
     """A Ctrl-C that reaches train.py while the interpreter shuts down (a second one just as a
     stop's checkpoint is written, or one as a run ends): Python's handler raised KeyboardInterrupt
