@@ -42,7 +42,6 @@ import random
 import re
 import signal
 import statistics
-import struct
 import sys
 import threading
 import time
@@ -530,64 +529,77 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     return Runtime(device, dtype, compile_, rank, local_rank, world)
 
 
-def start_runtime(rt: Runtime) -> None:
-    """Process group and CUDA settings, once this rank's checks are done."""
+def join_store(world: int) -> dist.Store:
+    """torchrun's key-value store (env://, which the process group is built on): a rank reaches
+    it with no device and no process group, so agree_to_start meets every rank there."""
+    try:
+        store, _, _ = next(dist.rendezvous("env://"))
+    except ValueError as e:  # WORLD_SIZE exported by hand (a cluster's environment), no torchrun's RANK...
+        why = str(e).rpartition("rendezvous: ")[2]  # "environment variable RANK expected, but not set"
+        raise UserError(f"WORLD_SIZE={world} is set, but not by torchrun ({why}): start train.py with "
+                        f"torchrun, or unset WORLD_SIZE") from None
+    return store
+
+
+def start_runtime(rt: Runtime, store: dist.Store | None = None) -> None:
+    """Process group (on join_store's `store`) and CUDA settings, once the ranks agreed to start."""
     if rt.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever stays in fp32
     if rt.ddp and not dist.is_initialized():
-        try:
-            dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo")
-        except ValueError as e:  # WORLD_SIZE exported by hand (a cluster's environment), no torchrun's RANK...
-            why = str(e).rpartition("rendezvous: ")[2]  # "environment variable RANK expected, but not set"
-            raise UserError(f"WORLD_SIZE={rt.world} is set, but not by torchrun ({why}): start train.py with "
-                            f"torchrun, or unset WORLD_SIZE") from None
+        # the group's keys under the prefix init_process_group gives a store it finds itself
+        dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", rank=rt.rank,
+                                world_size=rt.world, store=dist.PrefixStore("default_pg", store))
 
 
-def agree_to_start(rt: Runtime, failure: Exception | None, facts: dict[str, int | float]) -> None:
+START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (a new store each launch)
+
+
+def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception | None,
+                   facts: dict[str, int | float | str]) -> None:
     """Under torchrun: go on only if every rank passed its checks and all see the same run.
 
     Ranks on different machines can see different files: a dataset or checkpoint missing or
     damaged on one node, another dataset, an --out that is not shared. A rank that stopped
     alone would leave the others waiting in their first collective; ranks resuming from
     different steps, or reading different data, would train on a mix nobody asked for.
-    `facts` (the step this rank resumes from, its train and val split sizes, the options that
-    say when the ranks meet in a collective, and those that make one run of them: batch,
-    model, evaluation, schedule) must be equal on every rank. Every rank raises,
-    each with its own reason.
+    `facts` (the step this rank resumes from, its train and val split sizes, its kind of
+    device, the options that say when the ranks meet in a collective, and those that make one
+    run of them: batch, model, evaluation, schedule) must be equal on every rank. Every rank
+    raises, each with its own reason.
+
+    The ranks meet in torchrun's `store` (join_store), before any process group: a rank with no
+    usable device (--device cuda on a node without one, a local rank beyond its node's GPUs) has
+    none to meet the others in, and they waited in theirs until its timeout (30 minutes); nor can
+    ranks on devices of different kinds (NCCL and gloo) meet in one.
+    A rank's facts are a JSON row: integers of any size, floats exactly, strings.
     """
-    # a float (--lr) as its bits: equal bits, equal floats; the floats here are >= 0 (+ 0.0:
-    # not -0.0), whose bits order as they do
-    values = [struct.unpack("<q", struct.pack("<d", v + 0.0))[0] if isinstance(v, float) else v
-              for v in facts.values()]
-    # an int beyond int64 (--warmup-steps 1e19, fine in one process) cannot ride in the tensor:
-    # this rank fails its checks, but only after the all-reduce, which the others wait in
-    limit = 2**63 - 1  # v and -v both fit
-    too_large = next((f"{name} {v} is too large (at most {limit})"
-                      for name, v in zip(facts, values) if not -limit <= v <= limit), None)
-    if too_large is not None:
-        failure = failure or UserError(too_large)
-        values = [v if -limit <= v <= limit else 0 for v in values]
-    # MAX over ranks of (failed, facts, -facts): any failure, and each fact's highest and lowest
-    flags = torch.tensor([failure is not None, *values, *(-v for v in values)], dtype=torch.int64,
-                         device=rt.device)
-    rt.all_reduce(flags, op=dist.ReduceOp.MAX)
-    failed, *extremes = flags.tolist()  # sync: start-up, once
+    kind = None if failure is None else "failed"
+    store.set(f"{START_KEY}{rank}", json.dumps([kind, *facts.values()]))
+    keys = [f"{START_KEY}{r}" for r in range(world)]
+    store.wait(keys)
+    rows = [json.loads(store.get(key)) for key in keys]
+    # no rank leaves before every rank has read the rows: the store lives in rank 0's process, or
+    # in a torchrun that ends once its ranks have
+    if store.add(f"{START_KEY}read", 1) == world:
+        store.set(f"{START_KEY}all read", "")
+    store.wait([f"{START_KEY}all read"])
     if failure is not None:
         raise failure
-    if failed:
-        raise UserError(f"rank {rt.rank} of {rt.world}: stopped because another rank failed its start-up "
+    kinds = {row[0] for row in rows}
+    if "failed" in kinds:
+        raise UserError(f"rank {rank} of {world}: stopped because another rank failed its start-up "
                         f"checks (that rank's error says why)")
-    n = len(values)
-    shown = lambda bits, like: (f"{struct.unpack('<d', struct.pack('<q', bits))[0]:g}"  # noqa: E731
-                                if isinstance(like, float) else str(bits))
-    differ = {name: f"{name}: {shown(-low, mine)} to {shown(high, mine)}, {shown(bits, mine)} on rank {rt.rank}"
-              for (name, mine), bits, high, low in zip(facts.items(), values, extremes[:n], extremes[n:])
-              if high != -low}
-    for split in ("train", "val"):  # dataset_digest: no order, only equal or not
+    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
+    differ = {}
+    for column, (name, mine) in enumerate(facts.items(), start=1):
+        values = [row[column] for row in rows]
+        if any(value != mine for value in values):
+            differ[name] = f"{name}: {shown(min(values))} to {shown(max(values))}, {shown(mine)} on rank {rank}"
+    for split in ("train", "val"):  # dataset_digest: equal or not, in no order
         if f"{split} shards" in differ:
             differ[f"{split} shards"] = (
                 f"{split} shards: the same token count, other files (names, or meta.json's sha256), "
-                f"{facts[f'{split} shards']:016x} on rank {rt.rank}")
+                f"{facts[f'{split} shards']:016x} on rank {rank}")
             if f"{split} tokens" in differ:  # said already
                 del differ[f"{split} shards"]
     differ = list(differ.values())
@@ -1612,17 +1624,21 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
                         f"more than this machine's {memory / 2**30:,.1f} GiB of memory")
 
 
-def start_facts(cfg: TrainConfig, rt: Runtime, model_config: GPTConfig | None, start_step: int,
-                train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float]:
+def start_facts(cfg: TrainConfig, world: int, device: str, model_config: GPTConfig | None, start_step: int,
+                train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float | str]:
     """What agree_to_start compares across ranks: the same names on every rank, a rank that
-    failed its checks included (`model_config` None where its flags build no model, loaders
-    None where it opened none, or no val split)."""
+    failed its checks included (`model_config` None where its flags build no model, `device`
+    "" where it has none, loaders None where it opened none, or no val split; the facts of a
+    rank that failed are never compared)."""
     shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
     return {"resume step": start_step, "train tokens": train.num_tokens if train else 0,
             "val tokens": val.num_tokens if val else 0,
             # the same counts, other shards: another tokenization of the corpus on one node
             **{f"{split} shards": dataset_digest(loader.identity) if loader else 0
                for split, loader in (("train", train), ("val", val))},
+            # --device auto on a node whose GPUs cannot be used trains on its CPU: gloo, where
+            # the other ranks wait in NCCL
+            "device": device,
             # when the ranks meet in a collective: options that differ hang them
             "--steps": cfg.steps, "--log-every": cfg.log_every,
             "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
@@ -1636,7 +1652,7 @@ def start_facts(cfg: TrainConfig, rt: Runtime, model_config: GPTConfig | None, s
             # one run: the same windows' geometry (another --B reads the
             # other ranks' windows), model, evaluation and schedule
             "--B": cfg.B, "--T": cfg.T,
-            "--total-batch-size": cfg.total_batch_size or cfg.B * cfg.T * rt.world,
+            "--total-batch-size": cfg.total_batch_size or cfg.B * cfg.T * world,
             **{f"--{_flag(k)}": getattr(model_config, k) if model_config else 0 for k in shape},
             "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
             "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
@@ -1663,13 +1679,15 @@ def model_shape(cfg: TrainConfig) -> GPTConfig:
 def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     """Check everything that can be checked, then build the run. Until the model is built
     nothing is written, so a user mistake leaves no trace on disk."""
-    rt = make_runtime(cfg)
+    world = _launched_world()
     # Under torchrun a rank can fail a check the others pass (a file missing on one node, a
-    # shape flag given to one node only): the failure waits for agree_to_start, so that no rank
-    # is left waiting for it. Until then nothing is written, so a user mistake leaves no trace on disk.
+    # shape flag given to one node only, no usable device there): the failure waits for
+    # agree_to_start, so that no rank is left waiting for it. Until then nothing is written, so
+    # a user mistake leaves no trace on disk.
     failure: Exception | None = None
-    ckpt, start_step, model_config = None, 0, None
+    rt, ckpt, start_step, model_config = None, None, 0, None
     try:
+        rt = make_runtime(cfg)
         model_config = model_shape(cfg)
         data = find_dataset(cfg.data)
         micro_tokens = cfg.B * cfg.T * rt.world
@@ -1798,16 +1816,20 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             start_step = ckpt["step"]
             del ckpt
     except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)
-        if not rt.ddp:
+        if world == 1:
             raise
         failure = e
 
+    store = None
+    if world > 1:
+        store = join_store(world)
+        agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
+            cfg, world, rt.device.type if rt else "", model_config, start_step,
+            *((train_loader, val_loader) if failure is None else (None, None))))
     # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
-    start_runtime(rt)
+    start_runtime(rt, store)
     if rt.ddp:
         stack.callback(rt.close)
-        agree_to_start(rt, failure, start_facts(cfg, rt, model_config, start_step,
-                                                *((train_loader, val_loader) if failure is None else (None, None))))
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
         set_aside_logs(Path(cfg.out), rt)
     model: nn.Module = raw
@@ -1944,37 +1966,20 @@ def _name_rank(e: UserError) -> None:
         e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
 
 
-def stop_with_the_others(cfg: TrainConfig, refused: UserError) -> None:
-    """Under torchrun, a rank whose options are refused before it has a run (`cfg`: the
-    defaults, with its device flags) still meets the other ranks in agree_to_start, which
-    raises `refused` here and stops them too: a node given another command line would
-    otherwise leave the others waiting for it in their first collective."""
-    if _launched_world() == 1:
+def stop_with_the_others(refused: Exception) -> None:
+    """Under torchrun, a rank whose options are refused before it has a run still meets the
+    other ranks in agree_to_start, which raises `refused` here and stops them too: a node given
+    another command line would otherwise leave the others waiting for it in their first
+    collective."""
+    world = _launched_world()
+    if world == 1:
         return
     watch_launcher()
     try:
-        rt = make_runtime(cfg)
-    except UserError:  # no device to meet the others on: this rank's own error is the one to say
+        store = join_store(world)
+    except UserError:  # no torchrun to reach them through (WORLD_SIZE set, but no RANK or MASTER_ADDR)
         return
-    try:
-        start_runtime(rt)
-    except Exception:  # no group to meet them in (WORLD_SIZE set, but no torchrun's RANK or MASTER_ADDR): the same
-        return
-    try:
-        agree_to_start(rt, refused, start_facts(cfg, rt, None, 0, None, None))
-    finally:
-        rt.close()
-
-
-def _given(args: Sequence[str], flag: str, choices: Sequence[str]) -> str:
-    """The value of `flag` (one of `choices`) on a command line click refused, or "auto"."""
-    value = "auto"
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
-    return value if value in choices else "auto"
+    agree_to_start(store, int(os.environ["RANK"]), world, refused, {})  # (facts: only compared where none failed)
 
 
 class TrainCommand(UserCommand):
@@ -1988,8 +1993,7 @@ class TrainCommand(UserCommand):
         except UserError as e:
             if _launched_world() > 1:
                 _name_rank(e)
-                stop_with_the_others(TrainConfig(device=_given(args, "--device", DEVICES),
-                                                 dtype=_given(args, "--dtype", DTYPES)), e)
+                stop_with_the_others(e)
             raise
 
 
@@ -2693,8 +2697,7 @@ def main(compile_: bool | None, **options) -> None:
             cfg = TrainConfig(compile=compile_, **options)
         except ValueError as e:
             refused = UserError(str(e))
-            stop_with_the_others(TrainConfig(device=options["device"], dtype=options["dtype"], compile=compile_),
-                                 refused)
+            stop_with_the_others(refused)
             raise refused from None
         summary = train(cfg)
     except UserError as e:

@@ -5,6 +5,7 @@ bad input, and the README's demo command on tiny Shakespeare."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
 import io
 import json
@@ -1423,61 +1424,92 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
     assert "done: steps 1-2 in " in done.stdout  # printed before the Ctrl-C: flushed, not lost
 
 
+def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.distributed.HashStore:
+    """This process as rank `rank` of 2 under torchrun, meeting in agree_to_start an other rank
+    whose row (its failure kind, then its facts) is `row` and who has read the rows (None: it
+    has not come yet). Returns the store both "write" to."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setattr(train, "watch_launcher", lambda: None)  # no torchrun to watch
+    store = torch.distributed.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))  # a rank that never comes: a failure, not a hang
+    if row is not None:
+        store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
+        store.add(f"{train.START_KEY}read", 1)
+    monkeypatch.setattr(train, "join_store", lambda world: store)
+    return store
+
+
+def row_of(store, rank: int = 1) -> list:
+    return json.loads(store.get(f"{train.START_KEY}{rank}"))
+
+
 def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
     """A value refused by the config (before any rank meets another) names its rank too, as
     every other error under torchrun does: nodes can be given different command lines. The rank
-    still meets the others in the start-up all-reduce, as one that failed its checks, so that
-    they stop too (they waited for it in their first collective until the group's timeout)."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    reduced, closed = [], []
-    monkeypatch.setattr(train, "start_runtime", lambda rt: None)  # no group to join in one process
-    monkeypatch.setattr(train.Runtime, "all_reduce", lambda self, t, op=None: reduced.append(t.clone()) or t)
-    monkeypatch.setattr(train.Runtime, "close", lambda self: closed.append(self))
+    still meets the others in agree_to_start, as one that failed its checks, so that they stop
+    too (they waited for it in their first collective until the group's timeout)."""
+    store = other_rank(monkeypatch, [None])
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "o"), "--lr", "-1"])
     assert result.exit_code == 2 and result.stderr.startswith("Error: rank 1 of 2: --lr"), result.stderr
     assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o").exists()
-    facts = train.start_facts(train.TrainConfig(), train.make_runtime(train.TrainConfig(device="cpu")), None, 0, None, None)
-    assert len(reduced) == 1 and reduced[0][0] == 1 and len(reduced[0]) == 1 + 2 * len(facts)
-    assert len(closed) == 1
+    assert row_of(store) == ["failed"]  # facts are compared only where no rank failed
 
 
 def test_under_torchrun_a_usage_mistake_meets_the_other_ranks_too(monkeypatch, tmp_path):
     """A value click itself refuses (--B two) on one node: that rank exited before any
-    collective and the others waited for it. It now takes part in the start-up all-reduce as
-    a rank that failed, on the device its command line names; alone, the error is as it was."""
+    collective and the others waited for it. It now takes part in agree_to_start as a rank
+    that failed; alone, the error is as it was."""
     for alone in (["--B", "two"], ["--device=tpu"]):
         result = CliRunner().invoke(train.main, alone)
         assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
         assert result.stderr.startswith("Error: main: Invalid value for '--"), result.stderr  # (CliRunner's name)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    reduced, devices = [], []
-    monkeypatch.setattr(train, "start_runtime", lambda rt: devices.append(rt.device))
-    monkeypatch.setattr(train.Runtime, "all_reduce", lambda self, t, op=None: reduced.append(t.clone()) or t)
-    monkeypatch.setattr(train.Runtime, "close", lambda self: None)
-    result = CliRunner().invoke(train.main, ["--model", "tiny", "--device=cpu", "--B", "two"])
+    store = other_rank(monkeypatch, [None])
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--device=tpu", "--B", "two"])
     assert result.exit_code == 2, result.stderr
-    assert result.stderr == "Error: rank 1 of 2: main: Invalid value for '--B': 'two' is not a valid integer.\n"
-    assert devices == [torch.device("cpu")] and len(reduced) == 1 and reduced[0][0] == 1
-    assert [train._given(args, "--device", train.DEVICES) for args in
-            (["--device", "mps"], ["--device=cpu"], ["--device", "tpu"], ["--device"], [])] == ["mps", "cpu", "auto",
-                                                                                             "auto", "auto"]
+    assert result.stderr == "Error: rank 1 of 2: main: Invalid value for '--device': 'tpu' is not one of " \
+                            "'auto', 'cuda', 'mps', 'cpu'.\n"
+    assert row_of(store) == ["failed"]
 
 
-def test_under_torchrun_an_option_beyond_int64_is_one_line_after_the_collective():
-    """The ranks compare their options in one int64 all-reduce: --warmup-steps 1e19 (fine in one
-    process) raised torch's 'Overflow when unpacking long long' before it, a traceback on every
-    rank (or, given on one node only, the other ranks left waiting in the all-reduce)."""
-    reduced = []
-    rt = types.SimpleNamespace(rank=1, world=2, device=torch.device("cpu"),
-                               all_reduce=lambda t, op=None: reduced.append(t.clone()) or t)
-    with pytest.raises(train.UserError) as e:
-        train.agree_to_start(rt, None, {"--steps": 50, "--warmup-steps": 10**19, "--lr": 6e-4})
-    assert e.value.message == f"--warmup-steps {10**19} is too large (at most {2**63 - 1})"
-    assert len(reduced) == 1 and reduced[0][0] == 1  # it took part, as a rank that failed its checks
-    for huge in (2**63 - 1, -(2**63 - 1)):  # the largest that fit, and their negations
-        train.agree_to_start(rt, None, {"--steps": huge})
+def test_under_torchrun_a_rank_with_no_usable_device_meets_the_other_ranks_too(tmp_path, dataset, monkeypatch):
+    """--device cuda on a node without CUDA (or a local rank beyond its node's GPUs): that rank
+    has no device to meet the others on, and it exited alone with its error while they waited in
+    init_process_group until the group's timeout. The ranks meet in torchrun's store now, before
+    any process group: it says it failed, and they stop."""
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    store = other_rank(monkeypatch, [None])
+    args = ["--data", str(dataset), "--model", "tiny", "--B", "2", "--T", "16", "--no-compile", "--quiet", "--out",
+            str(tmp_path / "o")]
+    result = CliRunner().invoke(train.main, [*args, "--device", "cuda"])
+    assert result.exit_code == 2 and not (tmp_path / "o").exists()
+    assert result.stderr == "Error: rank 1 of 2: --device cuda: no CUDA device is available\n", result.stderr
+    assert row_of(store)[0] == "failed"
+    # the other way round: this rank, fine, learns that rank 0 could not start, before any group
+    other_rank(monkeypatch, ["failed"])
+    monkeypatch.setattr(train, "start_runtime", lambda rt, store: pytest.fail("a group without every rank"))
+    result = CliRunner().invoke(train.main, [*args, "--device", "cpu"])
+    assert result.exit_code == 2 and result.stderr == ("Error: rank 1 of 2: stopped because another rank failed its "
+                                                       "start-up checks (that rank's error says why)\n"), result.stderr
+
+
+def test_the_ranks_compare_facts_of_any_size_and_their_devices(monkeypatch):
+    """The ranks' facts ride in JSON rows: --warmup-steps 1e19 (fine in one process) raised
+    torch's 'Overflow when unpacking long long' in the int64 all-reduce they rode in before, and
+    a rank whose --device auto found no usable GPU (gloo) waited for NCCL ranks without a word."""
+    facts = {"--warmup-steps": 10**19, "--lr": 6e-4, "device": "cpu"}
+    for theirs, said in (([10**19, 6e-4, "cpu"], None),
+                         ([10**19 + 1, 1e-3, "cuda"], f"--warmup-steps: {10**19} to {10**19 + 1}, {10**19} on rank 1; "
+                                                      "--lr: 0.0006 to 0.001, 0.0006 on rank 1; device: cpu to cuda, "
+                                                      "cpu on rank 1")):
+        store = other_rank(monkeypatch, [None, *theirs], rank=1)
+        if said is None:
+            train.agree_to_start(store, 1, 2, None, facts)
+        else:
+            with pytest.raises(train.UserError) as e:
+                train.agree_to_start(store, 1, 2, None, facts)
+            assert e.value.message.startswith(f"the ranks see different runs ({said}): every node needs"), e.value.message
+        assert row_of(store) == [None, *facts.values()]
 
 
 def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_start():
@@ -1490,14 +1522,19 @@ def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_st
                                       "sha256), 0000000000000005 on rank 0"),
         ({**mine, "val tokens": 200, "val shards": 8}, "val tokens: 200 to 300, 300 on rank 0"),
     ):
-        other = torch.tensor([0, *theirs.values(), *(-v for v in theirs.values())])
-        rt = types.SimpleNamespace(rank=0, world=2, device=torch.device("cpu"),
-                                   all_reduce=lambda t, op=None: t.copy_(torch.maximum(t, other)))
         with pytest.raises(train.UserError) as e:
-            train.agree_to_start(rt, None, mine)
+            train.agree_to_start(_store_with_rank_1(theirs), 0, 2, None, mine)
         assert e.value.message.startswith(f"the ranks see different runs ({said}): every node"), e.value.message
-    train.agree_to_start(types.SimpleNamespace(rank=0, world=2, all_reduce=lambda t, op=None: t,
-                                               device=torch.device("cpu")), None, mine)
+    train.agree_to_start(_store_with_rank_1(mine), 0, 2, None, mine)
+
+
+def _store_with_rank_1(facts: dict) -> torch.distributed.HashStore:
+    """A store in which rank 1 of 2 has passed its checks with `facts`, and read the rows."""
+    store = torch.distributed.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))
+    store.set(f"{train.START_KEY}1", json.dumps([None, *facts.values()]))
+    store.add(f"{train.START_KEY}read", 1)
+    return store
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():

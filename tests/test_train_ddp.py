@@ -289,6 +289,12 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         # a usage mistake, refused by click before there is a configuration: the same
         (("fresh8", "fresh9"), (), ("--B", "two"), another,
          "train.py: Invalid value for '--B': 'two' is not a valid integer."),
+        # no device to meet the others on: rank 1 exited alone, rank 0 waited in init_process_group
+        # (where there is CUDA, the ranks' devices differ: gloo and NCCL would not meet either)
+        (("fresh10", "fresh11"), (), ("--device", "cuda"),
+         differ.format("device: cpu to cuda, cpu on rank 0") if torch.cuda.is_available() else another,
+         differ.format("device: cpu to cuda, cuda on rank 1") if torch.cuda.is_available() else
+         "--device cuda: no CUDA device is available"),
     ):
         (tmp_path / outs[1]).mkdir(exist_ok=True)
         results = two_nodes(tmp_path, data, outs, *extra, node1=node1)
