@@ -551,6 +551,11 @@ def start_runtime(rt: Runtime, store: dist.Store | None = None) -> None:
                                 world_size=rt.world, store=dist.PrefixStore("default_pg", store))
 
 
+class HelpShown(Exception):
+    """--help given to a rank under torchrun: it printed the help and does not start, and says
+    so in agree_to_start (the other ranks waited for it in their first collective)."""
+
+
 START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (a new store each launch)
 
 
@@ -568,12 +573,12 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     raises, each with its own reason.
 
     The ranks meet in torchrun's `store` (join_store), before any process group: a rank with no
-    usable device (--device cuda on a node without one, a local rank beyond its node's GPUs) has
-    none to meet the others in, and they waited in theirs until its timeout (30 minutes); nor can
-    ranks on devices of different kinds (NCCL and gloo) meet in one.
+    usable device (--device cuda on a node without one, a local rank beyond its node's GPUs) or
+    given --help (HelpShown) has none to meet the others in, and they waited in theirs until its
+    timeout (30 minutes); nor can ranks on devices of different kinds (NCCL and gloo) meet in one.
     A rank's facts are a JSON row: integers of any size, floats exactly, strings.
     """
-    kind = None if failure is None else "failed"
+    kind = None if failure is None else "help" if isinstance(failure, HelpShown) else "failed"
     store.set(f"{START_KEY}{rank}", json.dumps([kind, *facts.values()]))
     keys = [f"{START_KEY}{r}" for r in range(world)]
     store.wait(keys)
@@ -589,6 +594,9 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     if "failed" in kinds:
         raise UserError(f"rank {rank} of {world}: stopped because another rank failed its start-up "
                         f"checks (that rank's error says why)")
+    if "help" in kinds:
+        raise UserError(f"rank {rank} of {world}: stopped because another rank was given --help (it printed the "
+                        f"help instead of starting)")
     shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
     differ = {}
     for column, (name, mine) in enumerate(facts.items(), start=1):
@@ -1967,10 +1975,10 @@ def _name_rank(e: UserError) -> None:
 
 
 def stop_with_the_others(refused: Exception) -> None:
-    """Under torchrun, a rank whose options are refused before it has a run still meets the
-    other ranks in agree_to_start, which raises `refused` here and stops them too: a node given
-    another command line would otherwise leave the others waiting for it in their first
-    collective."""
+    """Under torchrun, a rank whose options are refused before it has a run (or that printed
+    --help: HelpShown) still meets the other ranks in agree_to_start, which raises `refused`
+    here and stops them too: a node given another command line would otherwise leave the
+    others waiting for it in their first collective."""
     world = _launched_world()
     if world == 1:
         return
@@ -1983,9 +1991,10 @@ def stop_with_the_others(refused: Exception) -> None:
 
 
 class TrainCommand(UserCommand):
-    """train.py's command. Under torchrun a usage mistake on one node's command line (`--B two`)
-    stops the other ranks too, each with its line, as a refused value does (stop_with_the_others):
-    they waited for this rank in their first collective until the group's timeout."""
+    """train.py's command. Under torchrun a usage mistake on one node's command line (`--B two`),
+    or --help given to one node alone, stops the other ranks too, each with its line, as a
+    refused value does (stop_with_the_others): they waited for this rank in their first
+    collective until the group's timeout."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
@@ -1994,6 +2003,11 @@ class TrainCommand(UserCommand):
             if _launched_world() > 1:
                 _name_rank(e)
                 stop_with_the_others(e)
+            raise
+        except click.exceptions.Exit as e:  # --help, printed: this rank does not start
+            if e.exit_code == 0:
+                with contextlib.suppress(HelpShown):
+                    stop_with_the_others(HelpShown())
             raise
 
 

@@ -1472,6 +1472,23 @@ def test_under_torchrun_a_usage_mistake_meets_the_other_ranks_too(monkeypatch, t
     assert row_of(store) == ["failed"]
 
 
+def test_under_torchrun_help_on_one_node_stops_the_other_ranks_too(monkeypatch, tmp_path, dataset):
+    """--help on one node's command line: that rank printed the help and exited 0, and the
+    others waited for it in init_process_group until the group's timeout (30 minutes; and that
+    node's torchrun in its exit barrier for them). It now says in agree_to_start that it does
+    not start, then exits 0 as --help does; the others stop, each with its line."""
+    store = other_rank(monkeypatch, [None])
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--help"])
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: ") and result.stderr == "", result.output
+    assert row_of(store) == ["help"]
+    other_rank(monkeypatch, ["help"], rank=0)  # rank 1 was given it: rank 0, all fine, stops
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--data",
+                                             str(dataset), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and not (tmp_path / "o").exists()
+    assert "Error: rank 0 of 2: stopped because another rank was given --help (it printed the help instead of " \
+           "starting)\n" == result.stderr, result.stderr
+
+
 def test_under_torchrun_a_rank_with_no_usable_device_meets_the_other_ranks_too(tmp_path, dataset, monkeypatch):
     """--device cuda on a node without CUDA (or a local rank beyond its node's GPUs): that rank
     has no device to meet the others on, and it exited alone with its error while they waited in

@@ -311,6 +311,18 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
 
 
 @pytest.mark.slow
+def test_help_on_one_node_prints_it_there_and_stops_the_others(tmp_path):
+    """Node 1 printed the help and exited 0; rank 0 waited for it in init_process_group until
+    the group's timeout (30 minutes), and node 1's torchrun for rank 0 in its exit barrier."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (returncode0, _, stderr0), (returncode1, stdout1, _) = two_nodes(tmp_path, data, ("n0", "n1"), node1=("--help",))
+    assert returncode1 == 0 and stdout1.startswith("Usage: train.py [OPTIONS]"), stdout1
+    assert returncode0 != 0 and ("Error: rank 0 of 2: stopped because another rank was given --help (it printed "
+                                 "the help instead of starting)") in stderr0, stderr0
+    assert not (tmp_path / "n0").exists()
+
+
+@pytest.mark.slow
 def test_resume_auto_with_no_checkpoint_keeps_the_window_log_of_a_node_that_does_not_share_out(tmp_path):
     """--resume auto over a run that wrote no checkpoint starts again with the earlier logs
     renamed. Rank 1 on a node of its own has no metrics.jsonl to decide it by: it emptied its
