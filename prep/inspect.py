@@ -20,8 +20,8 @@ from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
-from prep.shards import (HEADER_BYTES, SPLITS, ShardError, dataset_shards, find_shards, open_shard, raw_tokens_in,
-                         read_header, shard_file_bytes, token_out_of_range)
+from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, open_shard,
+                         raw_tokens_in, read_header, shard_file_bytes, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -113,6 +113,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
         for split, paths in every.items():
             try:
                 tokens = sum(read_header(p) for p in paths)
+            except ForeignFile as e:  # another kind of file: verify would say the same again
+                raise UserError(str(e)) from None
             except ShardError as e:
                 raise UserError(f"{e} (run `prep verify {directory}`)") from None
             info.splits[split] = SplitInfo(len(paths), tokens)

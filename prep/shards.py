@@ -41,6 +41,14 @@ _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
+# llm.c's other files begin as a shard does, with int32 magic and version, but are no GPT-2 shard:
+# named by their magic, where they got a bare "bad magic" (or "raw tokens") wherever shards go.
+# Its Llama 3 shards (dev/data's scripts with -m llama-3) are version 7, uint32 tokens.
+LLAMA3_MAGIC = 20240801
+LLMC_FILES = {
+    LLAMA3_MAGIC: "llm.c's Llama 3 token shard (uint32 tokens)",
+}
+
 
 _FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
                stat.S_IFSOCK: "socket"}
@@ -59,6 +67,11 @@ def cannot_list(directory: str | os.PathLike, error: OSError) -> ShardError:
 
 class ShardError(ValueError):
     """A shard (or a shard directory) that is not what the format says; the message names the file."""
+
+
+class ForeignFile(ShardError):
+    """A whole file of another kind where a shard goes (one of llm.c's other files): the message
+    says what it is and what to pass instead; `prep verify` has nothing to add."""
 
 
 def shard_name(name: str, split: str, index: int) -> str:
@@ -107,18 +120,33 @@ def token_out_of_range(token: int, index: int, vocab_size: int) -> str:
     return f"token {token} at index {index:,} is not below the vocabulary size {vocab_size}"
 
 
+def _llmc_kind(start: bytes) -> str | None:
+    """What a file that begins with `start` is when its magic is one of llm.c's other files
+    (LLMC_FILES), e.g. "llm.c's Llama 3 token shard (uint32 tokens)"; else None."""
+    if len(start) < 8:
+        return None
+    return LLMC_FILES.get(int(np.frombuffer(start[:4], dtype="<i4")[0]))
+
+
+def _llmc_not_a_shard(path: Path, kind: str) -> ForeignFile:
+    """The error for one of llm.c's other files (`kind`) given where shards go."""
+    return ForeignFile(f"{path}: {kind}, not GPT-2's: this reads GPT-2's uint16 shards (magic {MAGIC}); run "
+                       f"llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
+
+
 def not_a_shard(path: str | os.PathLike) -> str | None:
     """Why `path` is no shard at all, damaged or not, when it begins with neither the format's
     magic nor a .npy's (a text file given where shards go): e.g. "bad magic 1936877894,
     expected 20240520". None when it begins as a shard (or cannot be read): read_header then
-    says what else is wrong. Lets a reader tell a file passed by mistake, which wants another
-    step, from a damaged shard, which wants writing again."""
+    says what else is wrong, as it does for one of llm.c's other files (LLMC_FILES). Lets a
+    reader tell a file passed by mistake, which wants another step, from a damaged shard,
+    which wants writing again."""
     try:
         with open(path, "rb") as f:
-            start = f.read(len(NPY_MAGIC))
+            start = f.read(8)
     except OSError:
         return None
-    if start.startswith(NPY_MAGIC) or start[:4] == MAGIC_BYTES:
+    if start.startswith(NPY_MAGIC) or start[:4] == MAGIC_BYTES or _llmc_kind(start):
         return None
     if len(start) < 4:
         return f"{len(start)} byte(s), too few to hold the magic {MAGIC}"
@@ -182,6 +210,9 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")
     if header[0] != MAGIC:
+        kind = _llmc_kind(raw)
+        if kind is not None:
+            raise _llmc_not_a_shard(path, kind)
         raw = parse_shard_name(path.name) is None and looks_like_raw_tokens(path)  # nanoGPT's train.bin
         hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if raw else ""
         raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC}){hint}")

@@ -446,6 +446,25 @@ def test_nanogpt_headerless_train_bin_is_refused_saying_what_it_is(tmp_path):
         np.testing.assert_array_equal(loader.next_window().numpy(), tokens(3000, 0)[:9])
 
 
+def test_llmc_llama3_shards_are_named_as_a_file_a_glob_or_their_directory(tmp_path):
+    """llm.c's Llama 3 shards (uint32 tokens after its header, magic 20240801) were "bad magic
+    20240801" in their directory and, under another name, "raw tokens" to prepend our header to."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = 20240801, 7, 300
+    llama = header.tobytes() + np.arange(128000, 128300, dtype="<u4").tobytes()
+    (tmp_path / "ts").mkdir()
+    for path in (tmp_path / "ts" / "tiny_shakespeare_train.bin", tmp_path / "llama.bin"):
+        path.write_bytes(llama)
+    for given, shard in [(tmp_path / "ts", tmp_path / "ts" / "tiny_shakespeare_train.bin"),
+                         (str(tmp_path / "ts" / "*train*.bin"), tmp_path / "ts" / "tiny_shakespeare_train.bin"),
+                         (tmp_path / "llama.bin", tmp_path / "llama.bin")]:
+        with pytest.raises(ShardError) as e:
+            TokenLoader(given, B=1, T=8)
+        assert str(e.value).startswith(f"{shard}: llm.c's Llama 3 token shard (uint32 tokens), not GPT-2's: this "
+                                       f"reads GPT-2's uint16 shards (magic 20240520); run llm.c's data script "
+                                       f"with -m gpt-2"), str(e.value)
+
+
 def test_a_file_named_as_a_shard_keeps_the_header_error_and_an_empty_path_is_refused(tmp_path):
     """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)

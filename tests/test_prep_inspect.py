@@ -207,6 +207,27 @@ def test_info_user_mistakes(tmp_path, case):
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
+def test_llmc_llama3_shards_are_named_and_info_does_not_send_to_verify(tmp_path):
+    """llm.c's Llama 3 shards (magic 20240801, version 7, uint32 tokens): `prep info` said "bad
+    magic 20240801 (expected 20240520) (run `prep verify ...`)", and verify said the bad magic
+    again; both now name the files, and info sends nowhere verify has nothing to add."""
+    directory = tmp_path / "tinyshakespeare"
+    directory.mkdir()
+    for split in ("train", "val"):
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = 20240801, 7, 100
+        (directory / f"tiny_shakespeare_{split}.bin").write_bytes(
+            header.tobytes() + np.arange(128000, 128100, dtype="<u4").tobytes())
+    what = "llm.c's Llama 3 token shard (uint32 tokens), not GPT-2's: this reads GPT-2's uint16 shards (magic 20240520)"
+    line = assert_user_error(run(info_command, directory), "tiny_shakespeare_", what, "-m gpt-2")
+    assert "prep verify" not in line and "bad magic" not in line
+    result = run(verify_command, directory)
+    assert result.exit_code == 1
+    assert [line for line in result.output.splitlines() if line.startswith("BAD ")] == [
+        f"BAD {directory / f'tiny_shakespeare_{split}.bin'}: {what}; run llm.c's data script with -m gpt-2 (its "
+        f"default), or `prep tokenize` the text" for split in ("train", "val")]
+
+
 # --- verify -----------------------------------------------------------------------------
 
 def test_verify_good_dataset(dataset):

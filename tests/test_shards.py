@@ -142,3 +142,26 @@ def test_a_directory_of_many_shards_is_checked_for_repeated_indices_in_linear_ti
     monkeypatch.setattr(shards, "find_shards", lambda directory, split: again if split == "train" else [])
     with pytest.raises(ShardError, match="x_train_000007.bin and x_train_000007.bin are the same shard index"):
         shards.dataset_shards("d")
+
+
+def _llmc_file(path, magic, version, body):
+    """A file as llm.c's scripts write it: 256 int32 (magic, version, count), then `body`."""
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = magic, version, len(body)
+    path.write_bytes(header.tobytes() + body.tobytes())
+    return path
+
+
+def test_llmc_llama3_shards_are_named_for_what_they_are(tmp_path):
+    """llm.c's Llama 3 shards (its data scripts' -m llama-3: magic 20240801, version 7, uint32
+    tokens) were a bare "bad magic 20240801" and, under another name, "raw tokens" whose fix
+    (prepend our header) would have read each uint32 as two GPT-2 tokens."""
+    tokens = np.arange(128000, 128300, dtype="<u4")
+    for name in ("tiny_shakespeare_train.bin", "llama.bin"):
+        path = _llmc_file(tmp_path / name, 20240801, 7, tokens)
+        with pytest.raises(shards.ForeignFile) as info:
+            read_header(path)
+        assert str(info.value) == (
+            f"{path}: llm.c's Llama 3 token shard (uint32 tokens), not GPT-2's: this reads GPT-2's uint16 shards "
+            f"(magic 20240520); run llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
+        assert shards.not_a_shard(path) is None and not shards.looks_like_raw_tokens(path)
