@@ -82,7 +82,8 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import ShardError, cannot_list, file_kind, find_shards, raw_tokens_in, read_header
+    from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
+                             raw_tokens_in, read_header)
 
 FLOAT32_MAX = 3.4028234663852886e38
 DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
@@ -983,6 +984,9 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "
                             f"does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "
                             f"'gpt2.pt') and pass that file") from None
+        llmc = llmc_file(path)
+        if llmc is not None:  # llm.c's own format (a 256-int32 header, then raw numbers): its C trainer's
+            raise UserError(f"{flag} {path}: {_llmc_instead(*llmc, flag, what)}") from None
         foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if foreign:  # a whole file holding an object of some class: not damage, another program's
             raise UserError(
@@ -994,6 +998,20 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             f"{flag} {path}: not a readable {what} (truncated, corrupt, or not written by "
             f"{'train.py' if what == 'checkpoint' else 'torch.save'}; torch.load raised {type(e).__name__})"
         ) from None
+
+
+def _llmc_instead(magic: int, kind: str, flag: str, what: str) -> str:
+    """What one of llm.c's files (`kind`, by its `magic`) is where `flag` wants a `what`, and
+    what to pass instead: for its model file, the same weights as a state dict (nothing here
+    converts llm.c's format), for anything else what `flag` reads."""
+    state_dict = ("a GPT-2 state dict saved with torch.save (Hugging Face's GPT2LMHeadModel.from_pretrained(\"gpt2\")"
+                  ".state_dict(), or GPT's own)")
+    if magic == LLMC_MODEL_MAGIC and flag == "--resume":  # weights alone: no run to resume
+        return f"{kind}, not a train.py checkpoint: start from {state_dict} with --init-from instead"
+    if magic == LLMC_MODEL_MAGIC:
+        return f"{kind}, which torch.load does not read: pass {state_dict} instead"
+    instead = "a train.py checkpoint" + ("" if flag == "--resume" else f" or {state_dict}")
+    return f"{kind}, not a {what}: pass {instead}"
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -42,12 +42,18 @@ NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
 # llm.c's other files begin as a shard does, with int32 magic and version, but are no GPT-2 shard:
-# named by their magic, where they got a bare "bad magic" (or "raw tokens") wherever shards go.
-# Its Llama 3 shards (dev/data's scripts with -m llama-3) are version 7, uint32 tokens.
+# named by their magic, where they got a bare "bad magic" (or "raw tokens") wherever shards go,
+# and "not written by torch.save" where weights go. Its Llama 3 shards (dev/data's scripts with
+# -m llama-3) are version 7, uint32 tokens.
 LLAMA3_MAGIC = 20240801
+LLMC_MODEL_MAGIC = 20240326
 LLMC_FILES = {
     LLAMA3_MAGIC: "llm.c's Llama 3 token shard (uint32 tokens)",
+    LLMC_MODEL_MAGIC: "llm.c's GPT-2 model file",  # gpt2_124M.bin, gpt2_124M_bf16.bin
+    20240327: "llm.c's debug state (a test's batch, logits and gradients)",  # gpt2_124M_debug_state.bin
+    20240328: "llm.c's tokenizer file",  # gpt2_tokenizer.bin
 }
+LLMC_MODEL_DTYPES = {3: "fp32", 5: "bf16"}  # a model file's version: its parameters' type
 
 
 _FILE_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
@@ -120,18 +126,37 @@ def token_out_of_range(token: int, index: int, vocab_size: int) -> str:
     return f"token {token} at index {index:,} is not below the vocabulary size {vocab_size}"
 
 
-def _llmc_kind(start: bytes) -> str | None:
-    """What a file that begins with `start` is when its magic is one of llm.c's other files
-    (LLMC_FILES), e.g. "llm.c's Llama 3 token shard (uint32 tokens)"; else None."""
+def llmc_file(path: str | os.PathLike) -> tuple[int, str] | None:
+    """(magic, what it is) when `path`'s header's magic is one of llm.c's other files
+    (LLMC_FILES), e.g. (20240326, "llm.c's GPT-2 model file (bf16)"); None for any other file
+    or one that cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return _llmc_kind(f.read(8))
+    except OSError:
+        return None
+
+
+def _llmc_kind(start: bytes) -> tuple[int, str] | None:
+    """llmc_file of a file that begins with `start`."""
     if len(start) < 8:
         return None
-    return LLMC_FILES.get(int(np.frombuffer(start[:4], dtype="<i4")[0]))
+    magic, version = (int(v) for v in np.frombuffer(start[:8], dtype="<i4"))
+    kind = LLMC_FILES.get(magic)
+    if kind is None:
+        return None
+    if magic == LLMC_MODEL_MAGIC and version in LLMC_MODEL_DTYPES:
+        kind += f" ({LLMC_MODEL_DTYPES[version]})"
+    return magic, kind
 
 
-def _llmc_not_a_shard(path: Path, kind: str) -> ForeignFile:
-    """The error for one of llm.c's other files (`kind`) given where shards go."""
-    return ForeignFile(f"{path}: {kind}, not GPT-2's: this reads GPT-2's uint16 shards (magic {MAGIC}); run "
-                       f"llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
+def _llmc_not_a_shard(path: Path, magic: int, kind: str) -> ForeignFile:
+    """The error for one of llm.c's other files (`kind`, by its `magic`) given where shards go."""
+    if magic == LLAMA3_MAGIC:
+        return ForeignFile(f"{path}: {kind}, not GPT-2's: this reads GPT-2's uint16 shards (magic {MAGIC}); run "
+                           f"llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
+    return ForeignFile(f"{path}: {kind}, not a token shard: pass the shards instead (llm.c's data scripts write "
+                       f"them under dev/data/)")
 
 
 def not_a_shard(path: str | os.PathLike) -> str | None:
@@ -210,9 +235,9 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")
     if header[0] != MAGIC:
-        kind = _llmc_kind(raw)
-        if kind is not None:
-            raise _llmc_not_a_shard(path, kind)
+        llmc = _llmc_kind(raw)
+        if llmc is not None:
+            raise _llmc_not_a_shard(path, *llmc)
         raw = parse_shard_name(path.name) is None and looks_like_raw_tokens(path)  # nanoGPT's train.bin
         hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if raw else ""
         raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC}){hint}")

@@ -465,6 +465,25 @@ def test_llmc_llama3_shards_are_named_as_a_file_a_glob_or_their_directory(tmp_pa
                                        f"with -m gpt-2"), str(e.value)
 
 
+def test_llmc_model_debug_state_and_tokenizer_files_are_named_where_shards_go(tmp_path):
+    """llm.c's gpt2_124M.bin (fp32 and bf16), debug state and tokenizer file, given as --data:
+    the model files and the debug state were "raw tokens" (even sizes) to prepend our header
+    to, the tokenizer file text to `prep tokenize`."""
+    for name, magic, version, body, kind in [
+            ("gpt2_124M.bin", 20240326, 3, np.zeros(64, "<f4"), "llm.c's GPT-2 model file (fp32)"),
+            ("gpt2_124M_bf16.bin", 20240326, 5, np.zeros(64, "<u2"), "llm.c's GPT-2 model file (bf16)"),
+            ("gpt2_124M_debug_state.bin", 20240327, 2, np.zeros(64, "<i4"),
+             "llm.c's debug state (a test's batch, logits and gradients)"),
+            ("gpt2_tokenizer.bin", 20240328, 2, np.frombuffer(b"\x01a\x02bc", "u1"), "llm.c's tokenizer file")]:
+        header = np.zeros(256, dtype="<i4")
+        header[:2] = magic, version
+        (tmp_path / name).write_bytes(header.tobytes() + body.tobytes())
+        with pytest.raises(ShardError) as e:
+            TokenLoader(tmp_path / name, B=1, T=8)
+        assert str(e.value) == (f"{tmp_path / name}: {kind}, not a token shard: pass the shards instead (llm.c's "
+                                f"data scripts write them under dev/data/)")
+
+
 def test_a_file_named_as_a_shard_keeps_the_header_error_and_an_empty_path_is_refused(tmp_path):
     """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)

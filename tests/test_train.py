@@ -1001,6 +1001,44 @@ def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
         train._read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
 
 
+def test_llmc_model_debug_state_and_tokenizer_files_say_what_they_are(tmp_path):
+    """llm.c's gpt2_124M.bin (magic 20240326, version 3: fp32; gpt2_124M_bf16.bin: 5, bf16),
+    gpt2_124M_debug_state.bin (20240327) and gpt2_tokenizer.bin (20240328): a 256-int32
+    header, then raw numbers. Given to --init-from, --resume or sample.py each was "not a
+    readable ... (truncated, corrupt, or not written by torch.save)", where it is whole and
+    llm.c's."""
+    def llmc(name, magic, version, body):
+        header = np.zeros(256, dtype="<i4")
+        header[:2] = magic, version
+        (tmp_path / name).write_bytes(header.tobytes() + body.tobytes())
+        return tmp_path / name
+
+    state_dict = ("a GPT-2 state dict saved with torch.save (Hugging Face's GPT2LMHeadModel.from_pretrained(\"gpt2\")"
+                  ".state_dict(), or GPT's own)")
+    for version, dtype, body in ((3, "fp32", np.zeros(64, "<f4")), (5, "bf16", np.zeros(64, "<u2"))):
+        model = llmc(f"gpt2_124M_{dtype}.bin", 20240326, version, body)
+        for flag, what in (("--init-from", "weights file"), ("checkpoint", "checkpoint")):  # sample.py's
+            with pytest.raises(train.UserError) as e:
+                train._read_torch_file(model, flag, what)
+            assert str(e.value) == (f"{flag} {model}: llm.c's GPT-2 model file ({dtype}), which torch.load does not "
+                                    f"read: pass {state_dict} instead")
+        with pytest.raises(train.UserError) as e:
+            train.load_checkpoint(model)
+        assert str(e.value) == (f"--resume {model}: llm.c's GPT-2 model file ({dtype}), not a train.py checkpoint: "
+                                f"start from {state_dict} with --init-from instead")
+    debug = llmc("gpt2_124M_debug_state.bin", 20240327, 2, np.zeros(64, "<i4"))
+    tokenizer = llmc("gpt2_tokenizer.bin", 20240328, 2, np.frombuffer(b"\x01a\x02bc", "u1"))
+    for path, kind in ((debug, "llm.c's debug state (a test's batch, logits and gradients)"),
+                       (tokenizer, "llm.c's tokenizer file")):
+        with pytest.raises(train.UserError) as e:
+            train.load_init_weights(GPT(GPTConfig.preset("tiny")), path)
+        assert str(e.value) == (f"--init-from {path}: {kind}, not a weights file: pass a train.py checkpoint or "
+                                f"{state_dict}")
+        with pytest.raises(train.UserError) as e:
+            train.load_checkpoint(path)
+        assert str(e.value) == f"--resume {path}: {kind}, not a checkpoint: pass a train.py checkpoint"
+
+
 def test_resume_auto_starts_a_run_where_out_holds_none_so_one_command_serves_every_restart(
         tmp_path, dataset, capsys):
     """A preemptible job's script: the same command first starts the run (with a note), then
