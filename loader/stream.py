@@ -28,8 +28,8 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (RAW_TOKENS_HINT, SPLITS, ShardError, dataset_shards, looks_like_raw_tokens, not_a_shard,
-                         open_shard, parse_shard_name, raw_tokens_in, read_header)
+from prep.shards import (SPLITS, ShardError, dataset_shards, looks_like_raw_tokens, not_a_shard, open_shard,
+                         parse_shard_name, raw_tokens_hint, raw_tokens_in, read_header)
 
 _GLOB_CHARS = "*?["
 
@@ -82,7 +82,8 @@ def _check_single_file(p: Path, text: str) -> None:
             raise LoaderError(f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then "
                               f"its tokens)")
         if looks_like_raw_tokens(p):  # nanoGPT's train.bin: no text to tokenize in it
-            raise LoaderError(f"{text}: not a token shard ({why}), it looks like raw tokens: {RAW_TOKENS_HINT}")
+            raise LoaderError(f"{text}: not a token shard ({why}), it looks like raw tokens: "
+                              f"{raw_tokens_hint(p.parent)}")
         raise LoaderError(f"{text}: not a token shard ({why}): tokenize it first with "
                           f"`prep tokenize {shlex.quote(text)}` and pass the dataset directory it writes")
 

@@ -178,9 +178,14 @@ def not_a_shard(path: str | os.PathLike) -> str | None:
     return f"bad magic {int.from_bytes(start[:4], 'little', signed=True)}, expected {MAGIC}"
 
 
-RAW_TOKENS_HINT = ("headerless uint16 tokens (nanoGPT's prepare.py writes train.bin and val.bin so) are not read "
-                   "as they are: tokenize the text with `prep tokenize`, or prepend the "
-                   f"{HEADER_BYTES}-byte header (int32 {MAGIC}, {VERSION}, the token count, then zeros)")
+def raw_tokens_hint(directory: str | os.PathLike) -> str:
+    """What to do with nanoGPT's headerless train.bin / val.bin in `directory`: with the header
+    alone they are still not found there, so the hint gives them shard names after the folder
+    (data/shakespeare: shakespeare_train.bin), where it stopped at the header."""
+    name = Path(os.path.abspath(directory)).name or "<name>"
+    return ("headerless uint16 tokens (nanoGPT's prepare.py writes train.bin and val.bin so) are not read as they "
+            f"are: tokenize the text with `prep tokenize`, or prepend the {HEADER_BYTES}-byte header (int32 {MAGIC}, "
+            f"{VERSION}, the token count, then zeros) and name them {name}_train.bin and {name}_val.bin")
 
 
 def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
@@ -195,12 +200,12 @@ def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
 
 
 def raw_tokens_in(directory: str | os.PathLike) -> str:
-    """"; train.bin, val.bin look like raw tokens: <RAW_TOKENS_HINT>" when `directory` holds nanoGPT's headerless
+    """"; train.bin, val.bin look like raw tokens: <raw_tokens_hint>" when `directory` holds nanoGPT's headerless
     train.bin / val.bin, else "": what a "no shards here" error adds."""
     found = [f"{split}.bin" for split in SPLITS if looks_like_raw_tokens(Path(directory) / f"{split}.bin")]
     if not found:
         return ""
-    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {RAW_TOKENS_HINT}"
+    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {raw_tokens_hint(directory)}"
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:
@@ -239,7 +244,7 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
         if llmc is not None:
             raise _llmc_not_a_shard(path, *llmc)
         raw = parse_shard_name(path.name) is None and looks_like_raw_tokens(path)  # nanoGPT's train.bin
-        hint = f"; it looks like raw tokens: {RAW_TOKENS_HINT}" if raw else ""
+        hint = f"; it looks like raw tokens: {raw_tokens_hint(path.parent)}" if raw else ""
         raise ShardError(f"{path}: bad magic {int(header[0])} (expected {MAGIC}){hint}")
     if header[1] != VERSION:
         raise ShardError(f"{path}: unsupported version {int(header[1])} (expected {VERSION})")

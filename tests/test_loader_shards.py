@@ -446,6 +446,28 @@ def test_nanogpt_headerless_train_bin_is_refused_saying_what_it_is(tmp_path):
         np.testing.assert_array_equal(loader.next_window().numpy(), tokens(3000, 0)[:9])
 
 
+def test_nanogpt_train_bin_hint_names_the_files_so_that_following_it_loads_both_splits(tmp_path):
+    """The hint said only to prepend the header: train.bin and val.bin are then shards, but not
+    by name, and data/shakespeare still held 'no shards'. It names them after their folder."""
+    directory = tmp_path / "shakespeare"
+    directory.mkdir()
+    tokens(3000, 0).tofile(directory / "train.bin")
+    tokens(500, 1).tofile(directory / "val.bin")
+    for given, error in [(directory / "train.bin", LoaderError), (str(directory / "*train*.bin"), ShardError),
+                         (directory, LoaderError)]:
+        with pytest.raises(error) as e:
+            TokenLoader(given, B=1, T=8)
+        assert str(e.value).endswith("prepend the 1024-byte header (int32 20240520, 1, the token count, then zeros) "
+                                     "and name them shakespeare_train.bin and shakespeare_val.bin"), str(e.value)
+    for split, n, seed in (("train", 3000, 0), ("val", 500, 1)):  # as it says
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = 20240520, 1, n
+        body = (directory / f"{split}.bin").read_bytes()
+        (directory / f"shakespeare_{split}.bin").write_bytes(header.tobytes() + body)
+        with TokenLoader(directory, split=split, B=1, T=8, prefetch=0) as loader:
+            np.testing.assert_array_equal(loader.next_window().numpy(), tokens(n, seed)[:9])
+
+
 def test_llmc_llama3_shards_are_named_as_a_file_a_glob_or_their_directory(tmp_path):
     """llm.c's Llama 3 shards (uint32 tokens after its header, magic 20240801) were "bad magic
     20240801" in their directory and, under another name, "raw tokens" to prepend our header to."""
