@@ -269,7 +269,8 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
     file becomes '-' behind a pipe (or <(zcat x.gz) where '-' is taken), with --stdin-format jsonl
     for JSON lines and --out where its name gave the default one; stdin gets the decompressor in
     front, a pipe given by name one inside. The message, with the line or, where none reads
-    every input as this one would (stdin or a pipe beside it, read in the other format), why not."""
+    every input as this one would (stdin, a pipe or a *.json file beside it, read in the other
+    format), why not."""
     if error.label == "<stdin>":
         index = inputs.index(STDIN)
     else:
@@ -285,7 +286,9 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
         args[index] = words[index] = f"<({error.cat} FILE)"
     else:
         fmt = "jsonl" if error.jsonl else "text"
-        other = next((arg for k, arg in enumerate(inputs) if k != index and is_stream(arg)), None)
+        # read as --stdin-format says, as '-' would be: stdin, pipes, *.json files
+        other = next((arg for k, arg in enumerate(inputs)
+                      if k != index and (is_stream(arg) or (os.path.isfile(arg) and names_json(arg)))), None)
         if other is not None and ctx.params["stdin_format"] != fmt:
             other = "- (stdin)" if other == STDIN else other
             return (f"{error.label}: {error.kind}-compressed; decompress it first (streamed in, it would be read "

@@ -712,6 +712,17 @@ def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_d
                               "- (stdin) is, --stdin-format text, but it holds JSON lines)")
 
 
+def test_a_compressed_file_beside_a_json_file_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
+    """A *.json file is read as --stdin-format says, as '-' is: the text of a.txt.gz streamed in
+    beside d.json read as JSON lines was offered as 'zcat a.txt.gz | prep tokenize --stdin-format
+    jsonl d.json -', which then failed on the text: '<stdin>:1: not valid JSON'."""
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(b"some text"))
+    (tmp_path / "d.json").write_bytes(b'{"text": "a"}\n')
+    result = invoke("--stdin-format", "jsonl", tmp_path / "d.json", tmp_path / "a.txt.gz", "--out", tmp_path / "o")
+    assert_user_error(result, f"a.txt.gz: gzip-compressed; decompress it first (streamed in, it would be read as "
+                              f"{tmp_path / 'd.json'} is, --stdin-format jsonl, but it holds text)")
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, case):
     files, args, words = BAD_INPUTS[case]
