@@ -557,7 +557,7 @@ class HelpShown(Exception):
     so in agree_to_start (the other ranks waited for it in their first collective)."""
 
 
-START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (a new store each launch)
+START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (cleared once read)
 
 
 def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception | None,
@@ -580,15 +580,23 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     A rank's facts are a JSON row: integers of any size, floats exactly, strings.
     """
     kind = None if failure is None else "help" if isinstance(failure, HelpShown) else "failed"
-    store.set(f"{START_KEY}{rank}", json.dumps([kind, *facts.values()]))
     keys = [f"{START_KEY}{r}" for r in range(world)]
+    store.set(keys[rank], json.dumps([kind, *facts.values()]))
     store.wait(keys)
     rows = [json.loads(store.get(key)) for key in keys]
-    # no rank leaves before every rank has read the rows: the store lives in rank 0's process, or
-    # in a torchrun that ends once its ranks have
-    if store.add(f"{START_KEY}read", 1) == world:
-        store.set(f"{START_KEY}all read", "")
-    store.wait([f"{START_KEY}all read"])
+    # Rank 0 is the last to use the store here, and clears the keys: its process may hold the
+    # store (env:// without torchrun's), which must outlive every rank's last call; torchrun's
+    # outlives the ranks, and a restart (--max-restarts, on the same store) would read this
+    # launch's rows as its own, before its ranks had written theirs.
+    read, all_read = f"{START_KEY}read", f"{START_KEY}all read"
+    if rank != 0:
+        if store.add(read, 1) == world - 1:  # every rank but 0 has read the rows
+            store.set(all_read, "")
+    else:
+        store.wait([all_read])
+        with signals_deferred():  # (torchrun's SIGTERM, as the others stop) not half of them
+            for key in [*keys, read, all_read]:
+                store.delete_key(key)
     if failure is not None:
         raise failure
     kinds = {row[0] for row in rows}

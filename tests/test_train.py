@@ -17,6 +17,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -1465,7 +1466,7 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
 def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.distributed.HashStore:
     """This process as rank `rank` of 2 under torchrun, meeting in agree_to_start an other rank
     whose row (its failure kind, then its facts) is `row` and who has read the rows (None: it
-    has not come yet). Returns the store both "write" to."""
+    has not come yet; rank 0 reads no rows after it, so rank 1 does not wait for it). Returns the store both "write" to."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setattr(train, "watch_launcher", lambda: None)  # no torchrun to watch
@@ -1473,7 +1474,8 @@ def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.dis
     store.set_timeout(datetime.timedelta(seconds=30))  # a rank that never comes: a failure, not a hang
     if row is not None:
         store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
-        store.add(f"{train.START_KEY}read", 1)
+        if rank == 0:
+            _rank_1_has_read(store)
     monkeypatch.setattr(train, "join_store", lambda world: store)
     return store
 
@@ -1588,8 +1590,51 @@ def _store_with_rank_1(facts: dict) -> torch.distributed.HashStore:
     store = torch.distributed.HashStore()
     store.set_timeout(datetime.timedelta(seconds=30))
     store.set(f"{train.START_KEY}1", json.dumps([None, *facts.values()]))
-    store.add(f"{train.START_KEY}read", 1)
+    _rank_1_has_read(store)
     return store
+
+
+def _rank_1_has_read(store) -> None:
+    """Rank 1 of 2's part in agree_to_start once it has read the rows (rank 0 then clears them)."""
+    store.add(f"{train.START_KEY}read", 1)
+    store.set(f"{train.START_KEY}all read", "")
+
+
+def test_a_restarted_launch_meets_in_torchruns_store_afresh():
+    """torchrun's store outlives its ranks: --max-restarts starts them again on the same store
+    (its static and c10d rendezvous alike). The ranks of a restart read the rows the last launch
+    had left there as their own, and passed its 'all read' barrier at once: rank 0 stopped
+    because rank 1 had failed in the first launch, or saw it resume from the first launch's step,
+    before rank 1, now fine, had come. The keys are cleared once every rank has read them."""
+    store = torch.distributed.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))  # a rank that never comes: a failure, not a hang
+
+    def launch(step: int, failures: tuple) -> dict[int, str]:
+        said = {}
+
+        def rank(r: int) -> None:
+            if r == 1:
+                time.sleep(0.5)  # rank 0 comes first
+            try:
+                train.agree_to_start(store, r, 2, failures[r], {"resume step": step})
+                said[r] = "started"
+            except train.UserError as e:
+                said[r] = e.message
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return said
+
+    refused = "--lr must be a number > 0"
+    assert launch(0, (None, train.UserError(refused))) == {
+        0: "rank 0 of 2: stopped because another rank failed its start-up checks (that rank's error says why)",
+        1: refused}
+    assert launch(0, (None, None)) == {0: "started", 1: "started"}  # rank 1 fine now
+    assert launch(4, (None, None)) == {0: "started", 1: "started"}  # resumed after a crash: from step 4
+    assert store.num_keys() == 0  # (the store's own count of keys: none left)
 
 
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
