@@ -593,8 +593,8 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
         if store.add(read, 1) == world - 1:  # every rank but 0 has read the rows
             store.set(all_read, "")
     else:
-        store.wait([all_read])
-        with signals_deferred():  # (torchrun's SIGTERM, as the others stop) not half of them
+        with signals_deferred():  # torchrun's SIGTERM as the others stop: after the keys are cleared
+            store.wait([all_read])
             for key in [*keys, read, all_read]:
                 store.delete_key(key)
     if failure is not None:
