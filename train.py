@@ -560,6 +560,23 @@ class HelpShown(Exception):
 START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (cleared once read)
 
 
+def _await_keys(store: dist.Store, keys: list[str], stop: Callable[[], bool] = lambda: False) -> list[str]:
+    """Wait until every one of `keys` is in `store`, `stop()` is true, or the store's timeout has
+    passed; returns the keys still missing then ([]: all there). It asks (store.check) rather than
+    blocks in store.wait, in whose C++ no Python signal handler runs: a Ctrl-C or torchrun's
+    SIGTERM that came while a rank waited there for a slower one went unheard until torchrun killed
+    it 30 s later, and timed-out waits of a few seconds each log a warning."""
+    deadline = time.monotonic() + store.timeout.total_seconds()
+    missing, pause = list(keys), 0.001
+    while True:
+        while missing and store.check(missing[:1]):  # a key once set stays until every rank has read it
+            del missing[0]
+        if not missing or stop() or time.monotonic() >= deadline:
+            return [key for key in missing if not store.check([key])]
+        time.sleep(pause)  # (signal handlers run here, at once)
+        pause = min(2 * pause, 0.25)
+
+
 def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception | None,
                    facts: dict[str, int | float | str]) -> None:
     """Under torchrun: go on only if every rank passed its checks and all see the same run.
@@ -582,7 +599,12 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     kind = None if failure is None else "help" if isinstance(failure, HelpShown) else "failed"
     keys = [f"{START_KEY}{r}" for r in range(world)]
     store.set(keys[rank], json.dumps([kind, *facts.values()]))
-    store.wait(keys)
+    late = _await_keys(store, keys)
+    if late:
+        ranks = [str(r) for r, key in enumerate(keys) if key in late]
+        raise UserError(f"rank {rank} of {world}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)} did not come "
+                        f"to start within {store.timeout} (the store's timeout): each rank waits there for every "
+                        f"other to pass its start-up checks")
     rows = [json.loads(store.get(key)) for key in keys]
     # Rank 0 is the last to use the store here, and clears the keys: its process may hold the
     # store (env:// without torchrun's), which must outlive every rank's last call; torchrun's
@@ -593,10 +615,16 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
         if store.add(read, 1) == world - 1:  # every rank but 0 has read the rows
             store.set(all_read, "")
     else:
-        with signals_deferred():  # torchrun's SIGTERM as the others stop: after the keys are cleared
-            store.wait([all_read])
-            for key in [*keys, read, all_read]:
-                store.delete_key(key)
+        # torchrun's SIGTERM as the others stop: after the keys are cleared (where a signal came
+        # first, the others are stopping too, and may never say they have read)
+        with signals_deferred() as received:
+            unread = _await_keys(store, [all_read], stop=lambda: bool(received))
+            if not unread:
+                for key in [*keys, read, all_read]:
+                    store.delete_key(key)
+        if unread:  # (where no signal came: one it delivered has raised by now)
+            raise UserError(f"rank 0 of {world}: not every rank had read the others' start-up checks within "
+                            f"{store.timeout} (the store's timeout): a rank stopped as it read them")
     if failure is not None:
         raise failure
     kinds = {row[0] for row in rows}

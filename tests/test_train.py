@@ -1637,6 +1637,59 @@ def test_a_restarted_launch_meets_in_torchruns_store_afresh():
     assert store.num_keys() == 0  # (the store's own count of keys: none left)
 
 
+def test_a_sigterm_while_waiting_for_the_other_ranks_to_start_stops_at_once(monkeypatch, tmp_path, dataset):
+    """The fast ranks wait in agree_to_start for the slowest. store.wait blocks in C++, where no
+    Python signal handler runs: a Ctrl-C, or torchrun's SIGTERM, went unheard until torchrun
+    killed the rank 30 seconds later, and the --out rank 0 had just made was left behind."""
+    other_rank(monkeypatch, None, rank=0)  # rank 1 never comes
+    # torchrun's kind of store (a HashStore's wait lets handlers run): a server in this process
+    store = torch.distributed.TCPStore("127.0.0.1", 0, 1, True, datetime.timedelta(seconds=30))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+
+    class Arrived:  # the SIGTERM half a second after this rank's row is in: while it waits
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def set(self, key, value):
+            store.set(key, value)
+            timer.start()
+
+    monkeypatch.setattr(train, "join_store", lambda world: Arrived())
+
+    def caught(signum, frame):  # where train.py left SIGTERM alone, the test fails here, not pytest
+        raise RuntimeError("SIGTERM reached the test's handler")
+
+    before = signal.signal(signal.SIGTERM, caught)
+    try:
+        started = time.monotonic()
+        result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu",
+                                                 "--no-compile", "--quiet", "--data", str(dataset), "--out",
+                                                 str(tmp_path / "new" / "out")])
+        waited = time.monotonic() - started
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, before)
+    assert timer.finished.is_set()  # (it came to agree_to_start)
+    assert result.exit_code == 130 and result.stderr == (
+        "SIGTERM: stopped while starting up, before its first step; no checkpoint was written\n"), result.output
+    assert waited < 15 and not (tmp_path / "new").exists()
+
+
+def test_a_rank_that_never_comes_to_start_is_named_after_the_stores_timeout(monkeypatch, tmp_path, dataset):
+    """A rank that never reaches agree_to_start (a node stuck reading its data): the others
+    waited for it until the store's timeout (30 minutes under torchrun), then stopped with
+    torch's traceback ('DistStoreError: wait timeout after 1800000ms, keys: /train.py/start/1')."""
+    store = other_rank(monkeypatch, None, rank=0)
+    store.set_timeout(datetime.timedelta(seconds=1))
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu",
+                                             "--no-compile", "--quiet", "--data", str(dataset), "--out",
+                                             str(tmp_path / "o")])
+    assert result.exit_code == 2 and result.stderr == (
+        "Error: rank 0 of 2: rank 1 did not come to start within 0:00:01 (the store's timeout): each rank "
+        "waits there for every other to pass its start-up checks\n"), result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
     """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
     only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
