@@ -560,21 +560,34 @@ class HelpShown(Exception):
 START_KEY = "train.py/start/"  # agree_to_start's keys in torchrun's store (cleared once read)
 
 
-def _await_keys(store: dist.Store, keys: list[str], stop: Callable[[], bool] = lambda: False) -> list[str]:
-    """Wait until every one of `keys` is in `store`, `stop()` is true, or the store's timeout has
-    passed; returns the keys still missing then ([]: all there). It asks (store.check) rather than
-    blocks in store.wait, in whose C++ no Python signal handler runs: a Ctrl-C or torchrun's
-    SIGTERM that came while a rank waited there for a slower one went unheard until torchrun killed
-    it 30 s later, and timed-out waits of a few seconds each log a warning."""
-    deadline = time.monotonic() + store.timeout.total_seconds()
-    missing, pause = list(keys), 0.001
-    while True:
-        while missing and store.check(missing[:1]):  # a key once set stays until every rank has read it
-            del missing[0]
-        if not missing or stop() or time.monotonic() >= deadline:
-            return [key for key in missing if not store.check([key])]
+LEFT_GRACE_S = 10.0  # rank 0's wait for the others' last call in agree_to_start, once all have read
+
+
+def _await(until: Callable[[], bool], timeout_s: float, stop: Callable[[], bool] = lambda: False) -> bool:
+    """Whether `until()` came true before `stop()` did or `timeout_s` passed. Asked again and
+    again (backing off to 0.25 s), not blocked in store.wait, in whose C++ no Python signal handler
+    runs: a Ctrl-C or torchrun's SIGTERM that came while a rank waited there for a slower one went
+    unheard until torchrun killed it 30 s later (and a timed-out wait logs two warnings)."""
+    deadline, pause = time.monotonic() + timeout_s, 0.001
+    while not until():
+        if stop() or time.monotonic() >= deadline:
+            return False
         time.sleep(pause)  # (signal handlers run here, at once)
         pause = min(2 * pause, 0.25)
+    return True
+
+
+def _all_set(store: dist.Store, keys: list[str]) -> Callable[[], bool]:
+    """An `until` for _await: whether every one of `keys` is in `store` (asking about the first
+    still missing: in agree_to_start a key once set stays until rank 0 clears them all)."""
+    missing = list(keys)
+
+    def until() -> bool:
+        while missing and store.check(missing[:1]):
+            del missing[0]
+        return not missing
+
+    return until
 
 
 def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception | None,
@@ -598,33 +611,42 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     """
     kind = None if failure is None else "help" if isinstance(failure, HelpShown) else "failed"
     keys = [f"{START_KEY}{r}" for r in range(world)]
+    timeout = store.timeout
     store.set(keys[rank], json.dumps([kind, *facts.values()]))
-    late = _await_keys(store, keys)
-    if late:
-        ranks = [str(r) for r, key in enumerate(keys) if key in late]
-        raise UserError(f"rank {rank} of {world}: rank{'s' if len(ranks) > 1 else ''} {', '.join(ranks)} did not come "
-                        f"to start within {store.timeout} (the store's timeout): each rank waits there for every "
+    if not _await(_all_set(store, keys), timeout.total_seconds()):
+        late = [str(r) for r, key in enumerate(keys) if not store.check([key])]
+        raise UserError(f"rank {rank} of {world}: rank{'s' if len(late) > 1 else ''} {', '.join(late)} did not come "
+                        f"to start within {timeout} (the store's timeout): each rank waits there for every "
                         f"other to pass its start-up checks")
     rows = [json.loads(store.get(key)) for key in keys]
-    # Rank 0 is the last to use the store here, and clears the keys: its process may hold the
-    # store (env:// without torchrun's), which must outlive every rank's last call; torchrun's
+    # No rank leaves before every rank has read the rows: torchrun ends the others once one has
+    # left (a SIGTERM in place of their own line). Then rank 0 clears the keys: torchrun's store
     # outlives the ranks, and a restart (--max-restarts, on the same store) would read this
-    # launch's rows as its own, before its ranks had written theirs.
-    read, all_read = f"{START_KEY}read", f"{START_KEY}all read"
+    # launch's rows as its own. Rank 0 leaves last: its process may hold the store (env://
+    # without torchrun's), which must outlive every rank's last call.
+    reads = [f"{START_KEY}read/{r}" for r in range(1, world)]
+    lefts = [f"{START_KEY}left/{r}" for r in range(1, world)]
     if rank != 0:
-        if store.add(read, 1) == world - 1:  # every rank but 0 has read the rows
-            store.set(all_read, "")
+        store.set(reads[rank - 1], "")
+        if not _await(lambda: not store.check(reads[rank - 1:rank]), timeout.total_seconds()):  # rank 0 cleared it
+            raise UserError(f"rank {rank} of {world}: rank 0 did not say within {timeout} (the store's timeout) "
+                            f"that every rank had read the others' start-up checks")
+        store.set(lefts[rank - 1], "")  # this rank's last call
     else:
         # torchrun's SIGTERM as the others stop: after the keys are cleared (where a signal came
         # first, the others are stopping too, and may never say they have read)
         with signals_deferred() as received:
-            unread = _await_keys(store, [all_read], stop=lambda: bool(received))
-            if not unread:
-                for key in [*keys, read, all_read]:
+            signalled = lambda: bool(received)  # noqa: E731
+            all_read = _await(_all_set(store, reads), timeout.total_seconds(), signalled)
+            if all_read:
+                for key in [*keys, *reads]:
                     store.delete_key(key)
-        if unread:  # (where no signal came: one it delivered has raised by now)
+                if _await(_all_set(store, lefts), LEFT_GRACE_S, signalled):
+                    for key in lefts:
+                        store.delete_key(key)
+        if not all_read:  # (where no signal came: one it delivered has raised by now)
             raise UserError(f"rank 0 of {world}: not every rank had read the others' start-up checks within "
-                            f"{store.timeout} (the store's timeout): a rank stopped as it read them")
+                            f"{timeout} (the store's timeout): a rank stopped as it read them")
     if failure is not None:
         raise failure
     kinds = {row[0] for row in rows}

@@ -1476,6 +1476,8 @@ def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.dis
         store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
         if rank == 0:
             _rank_1_has_read(store)
+        else:
+            _rank_0_will_clear(store)
     monkeypatch.setattr(train, "join_store", lambda world: store)
     return store
 
@@ -1596,8 +1598,20 @@ def _store_with_rank_1(facts: dict) -> torch.distributed.HashStore:
 
 def _rank_1_has_read(store) -> None:
     """Rank 1 of 2's part in agree_to_start once it has read the rows (rank 0 then clears them)."""
-    store.add(f"{train.START_KEY}read", 1)
-    store.set(f"{train.START_KEY}all read", "")
+    store.set(f"{train.START_KEY}read/1", "")
+    store.set(f"{train.START_KEY}left/1", "")
+
+
+def _rank_0_will_clear(store) -> None:
+    """Rank 0 of 2's part in agree_to_start once rank 1 has read the rows: it says so (the rows
+    are left for the test to see)."""
+    def clear() -> None:
+        deadline = time.monotonic() + 30
+        while not store.check([f"{train.START_KEY}read/1"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        store.delete_key(f"{train.START_KEY}read/1")
+
+    threading.Thread(target=clear, daemon=True).start()
 
 
 def test_a_restarted_launch_meets_in_torchruns_store_afresh():
@@ -1635,6 +1649,37 @@ def test_a_restarted_launch_meets_in_torchruns_store_afresh():
     assert launch(0, (None, None)) == {0: "started", 1: "started"}  # rank 1 fine now
     assert launch(4, (None, None)) == {0: "started", 1: "started"}  # resumed after a crash: from step 4
     assert store.num_keys() == 0  # (the store's own count of keys: none left)
+
+
+def test_no_rank_leaves_agree_to_start_before_every_rank_has_read_the_rows():
+    """A rank that left as soon as it had read (a failed start, say) ended its process, and
+    torchrun then ended the others: one still reading stopped on that SIGTERM instead of its own
+    line, and left the keys for a restart. Rank 0, whose process may hold the store, leaves last."""
+    store = torch.distributed.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))
+    done, last_read = {}, []
+
+    class SlowReader:  # rank 2 reads the rows slowly
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def get(self, key):
+            time.sleep(0.2)
+            value = store.get(key)
+            last_read.append(time.monotonic())
+            return value
+
+    def rank(r: int) -> None:
+        train.agree_to_start(SlowReader() if r == 2 else store, r, 3, None, {"resume step": 0})
+        done[r] = time.monotonic()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(last_read) == 3 and done[1] >= last_read[-1] and done[0] >= max(done[1], done[2]), (done, last_read)
+    assert store.num_keys() == 0
 
 
 def test_a_sigterm_while_waiting_for_the_other_ranks_to_start_stops_at_once(monkeypatch, tmp_path, dataset):
