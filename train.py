@@ -542,14 +542,18 @@ def join_store(world: int) -> dist.Store:
     return store
 
 
-def start_runtime(rt: Runtime, store: dist.Store | None = None) -> None:
-    """Process group (on join_store's `store`) and CUDA settings, once the ranks agreed to start."""
+def start_runtime(rt: Runtime, store: dist.Store | None = None, launch: str = "") -> None:
+    """Process group (on join_store's `store`) and CUDA settings, once the ranks agreed to start
+    (agree_to_start: `launch`, this launch's name)."""
     if rt.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever stays in fp32
     if rt.ddp and not dist.is_initialized():
-        # the group's keys under the prefix init_process_group gives a store it finds itself
+        # The group's keys under the prefix init_process_group gives a store it finds itself,
+        # and this launch's name: torchrun's store outlives its ranks, and a restart
+        # (--max-restarts) built its gloo group from the last launch's addresses ('Gloo
+        # connectFullMesh failed ... Connection refused', or a wait there until its timeout).
         dist.init_process_group(backend="nccl" if rt.device.type == "cuda" else "gloo", rank=rt.rank,
-                                world_size=rt.world, store=dist.PrefixStore("default_pg", store))
+                                world_size=rt.world, store=dist.PrefixStore(f"default_pg/{launch}", store))
 
 
 class HelpShown(Exception):
@@ -591,8 +595,9 @@ def _all_set(store: dist.Store, keys: list[str]) -> Callable[[], bool]:
 
 
 def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception | None,
-                   facts: dict[str, int | float | str]) -> None:
+                   facts: dict[str, int | float | str]) -> str:
     """Under torchrun: go on only if every rank passed its checks and all see the same run.
+    Returns this launch's name (rank 0's, new each launch: for start_runtime).
 
     Ranks on different machines can see different files: a dataset or checkpoint missing or
     damaged on one node, another dataset, an --out that is not shared. A rank that stopped
@@ -611,7 +616,10 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     """
     kind = None if failure is None else "help" if isinstance(failure, HelpShown) else "failed"
     keys = [f"{START_KEY}{r}" for r in range(world)]
+    named = f"{START_KEY}launch"
     timeout = store.timeout
+    if rank == 0:  # before its row: a rank that has read every row finds it there
+        store.set(named, os.urandom(8).hex())
     store.set(keys[rank], json.dumps([kind, *facts.values()]))
     if not _await(_all_set(store, keys), timeout.total_seconds()):
         late = [str(r) for r, key in enumerate(keys) if not store.check([key])]
@@ -619,6 +627,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
                         f"to start within {timeout} (the store's timeout): each rank waits there for every "
                         f"other to pass its start-up checks")
     rows = [json.loads(store.get(key)) for key in keys]
+    launch = store.get(named).decode()
     # No rank leaves before every rank has read the rows: torchrun ends the others once one has
     # left (a SIGTERM in place of their own line). Then rank 0 clears the keys: torchrun's store
     # outlives the ranks, and a restart (--max-restarts, on the same store) would read this
@@ -639,7 +648,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
             signalled = lambda: bool(received)  # noqa: E731
             all_read = _await(_all_set(store, reads), timeout.total_seconds(), signalled)
             if all_read:
-                for key in [*keys, *reads]:
+                for key in [*keys, named, *reads]:
                     store.delete_key(key)
                 if _await(_all_set(store, lefts), LEFT_GRACE_S, signalled):
                     for key in lefts:
@@ -676,6 +685,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
             f"options and, to resume, the same checkpoint (put --out on a filesystem all nodes share, or "
             f"copy the checkpoint to the same path on each)"
         )
+    return launch
 
 
 # ----------------------------------------------------------------------------- the step
@@ -1904,14 +1914,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             raise
         failure = e
 
-    store = None
+    store, launch = None, ""
     if world > 1:
         store = join_store(world)
-        agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
+        launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
             cfg, world, rt.device.type if rt else "", model_config, start_step,
             *((train_loader, val_loader) if failure is None else (None, None))))
     # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
-    start_runtime(rt, store)
+    start_runtime(rt, store, launch)
     if rt.ddp:
         stack.callback(rt.close)
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
