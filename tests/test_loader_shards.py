@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 try:
     import resource
@@ -426,16 +427,24 @@ def test_a_single_file_that_is_no_shard_says_what_to_pass_instead(tmp_path, name
     assert str(e.value) == f"{tmp_path}/" + message.format(path=path, dir=tmp_path)
 
 
+def raw_tokens_refusals(directory: Path) -> list[str]:
+    """What the loader says of nanoGPT's headerless train.bin in `directory`, given as the file,
+    as a glob and as its directory (each refused, with the error type that form raises)."""
+    messages = []
+    for given, error in [(directory / "train.bin", LoaderError), (str(directory / "*train*.bin"), ShardError),
+                         (directory, LoaderError)]:
+        with pytest.raises(error) as e:
+            TokenLoader(given, B=1, T=8)
+        messages.append(str(e.value))
+    return messages
+
+
 def test_nanogpt_headerless_train_bin_is_refused_saying_what_it_is(tmp_path):
     """nanoGPT's prepare.py writes raw uint16 tokens, no header, as train.bin / val.bin: as a
     file, a glob or their directory, the error says so (not "tokenize it": it holds no text)."""
     tokens(3000, 0).tofile(tmp_path / "train.bin")
     tokens(500, 1).tofile(tmp_path / "val.bin")
-    for given, error in [(tmp_path / "train.bin", LoaderError), (str(tmp_path / "*train*.bin"), ShardError),
-                         (tmp_path, LoaderError)]:
-        with pytest.raises(error) as e:
-            TokenLoader(given, B=1, T=8)
-        message = str(e.value)
+    for message in raw_tokens_refusals(tmp_path):
         assert "headerless uint16 tokens (nanoGPT's prepare.py" in message, message
         assert "prepend the 1024-byte header (int32 20240520, 1, the token count" in message
         assert "prep tokenize " + str(tmp_path) not in message and "*train*.bin'" not in message
@@ -453,12 +462,9 @@ def test_nanogpt_train_bin_hint_names_the_files_so_that_following_it_loads_both_
     directory.mkdir()
     tokens(3000, 0).tofile(directory / "train.bin")
     tokens(500, 1).tofile(directory / "val.bin")
-    for given, error in [(directory / "train.bin", LoaderError), (str(directory / "*train*.bin"), ShardError),
-                         (directory, LoaderError)]:
-        with pytest.raises(error) as e:
-            TokenLoader(given, B=1, T=8)
-        assert str(e.value).endswith("prepend the 1024-byte header (int32 20240520, 1, the token count, then zeros) "
-                                     "and name them shakespeare_train.bin and shakespeare_val.bin"), str(e.value)
+    for message in raw_tokens_refusals(directory):
+        assert message.endswith("prepend the 1024-byte header (int32 20240520, 1, the token count, then zeros) "
+                                "and name them shakespeare_train.bin and shakespeare_val.bin"), message
     for split, n, seed in (("train", 3000, 0), ("val", 500, 1)):  # as it says
         header = np.zeros(256, dtype="<i4")
         header[:3] = 20240520, 1, n

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -1463,6 +1464,23 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
     assert "done: steps 1-2 in " in done.stdout  # printed before the Ctrl-C: flushed, not lost
 
 
+def meeting_store() -> torch.distributed.HashStore:
+    """An in-memory store for agree_to_start's ranks to meet in, as torchrun's: with a timeout,
+    so that a rank that never comes is a failure, not a hang."""
+    store = torch.distributed.HashStore()
+    store.set_timeout(datetime.timedelta(seconds=30))
+    return store
+
+
+def as_ranks(world: int, rank: Callable[[int], None]) -> None:
+    """rank(r) for each r < world, each in a thread of its own (they wait for each other), joined."""
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.distributed.HashStore:
     """This process as rank `rank` of 2 under torchrun, meeting in agree_to_start an other rank
     whose row (its failure kind, then its facts) is `row` and who has read the rows (None: it
@@ -1470,15 +1488,20 @@ def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.dis
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setattr(train, "watch_launcher", lambda: None)  # no torchrun to watch
-    store = torch.distributed.HashStore()
-    store.set_timeout(datetime.timedelta(seconds=30))  # a rank that never comes: a failure, not a hang
-    if row is not None:
-        store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
-        if rank == 0:
-            _rank_1_has_read(store)
-        else:
-            _rank_0_will_clear(store)
+    store = meeting_store() if row is None else store_with_the_other(row, rank)
     monkeypatch.setattr(train, "join_store", lambda world: store)
+    return store
+
+
+def store_with_the_other(row: list, rank: int) -> torch.distributed.HashStore:
+    """A store where the rank of 2 that is not `rank` has written `row` (its failure kind, then
+    its facts) and done its part once the rows are read."""
+    store = meeting_store()
+    store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
+    if rank == 0:
+        _rank_1_has_read(store)
+    else:
+        _rank_0_will_clear(store)
     return store
 
 
@@ -1582,18 +1605,9 @@ def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_st
         ({**mine, "val tokens": 200, "val shards": 8}, "val tokens: 200 to 300, 300 on rank 0"),
     ):
         with pytest.raises(train.UserError) as e:
-            train.agree_to_start(_store_with_rank_1(theirs), 0, 2, None, mine)
+            train.agree_to_start(store_with_the_other([None, *theirs.values()], 0), 0, 2, None, mine)
         assert e.value.message.startswith(f"the ranks see different runs ({said}): every node"), e.value.message
-    train.agree_to_start(_store_with_rank_1(mine), 0, 2, None, mine)
-
-
-def _store_with_rank_1(facts: dict) -> torch.distributed.HashStore:
-    """A store in which rank 1 of 2 has passed its checks with `facts`, and read the rows."""
-    store = torch.distributed.HashStore()
-    store.set_timeout(datetime.timedelta(seconds=30))
-    store.set(f"{train.START_KEY}1", json.dumps([None, *facts.values()]))
-    _rank_1_has_read(store)
-    return store
+    train.agree_to_start(store_with_the_other([None, *mine.values()], 0), 0, 2, None, mine)
 
 
 def _rank_1_has_read(store) -> None:
@@ -1622,8 +1636,7 @@ def test_a_restarted_launch_meets_in_torchruns_store_afresh():
     had left there as their own, and passed its 'all read' barrier at once: rank 0 stopped
     because rank 1 had failed in the first launch, or saw it resume from the first launch's step,
     before rank 1, now fine, had come. The keys are cleared once every rank has read them."""
-    store = torch.distributed.HashStore()
-    store.set_timeout(datetime.timedelta(seconds=30))  # a rank that never comes: a failure, not a hang
+    store = meeting_store()
 
     def launch(step: int, failures: tuple) -> dict[int, str]:
         said = {}
@@ -1637,11 +1650,7 @@ def test_a_restarted_launch_meets_in_torchruns_store_afresh():
             except train.UserError as e:
                 said[r] = e.message
 
-        threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        as_ranks(2, rank)
         return said
 
     refused = "--lr must be a number > 0"
@@ -1659,8 +1668,7 @@ def test_each_launch_builds_its_process_group_under_keys_of_its_own(monkeypatch)
     group from the last launch's addresses, and stopped on 'Gloo connectFullMesh failed ...
     Connection refused' or waited in connectFullMesh. The ranks agree on a name for the launch
     (rank 0's, fresh) and the group's keys go under it."""
-    store = torch.distributed.HashStore()
-    store.set_timeout(datetime.timedelta(seconds=30))
+    store = meeting_store()
 
     def launch() -> list[str]:
         names = [None, None]
@@ -1668,11 +1676,7 @@ def test_each_launch_builds_its_process_group_under_keys_of_its_own(monkeypatch)
         def rank(r: int) -> None:
             names[r] = train.agree_to_start(store, r, 2, None, {"resume step": 0})
 
-        threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        as_ranks(2, rank)
         return names
 
     first, second = launch(), launch()
@@ -1690,8 +1694,7 @@ def test_no_rank_leaves_agree_to_start_before_every_rank_has_read_the_rows():
     """A rank that left as soon as it had read (a failed start, say) ended its process, and
     torchrun then ended the others: one still reading stopped on that SIGTERM instead of its own
     line, and left the keys for a restart. Rank 0, whose process may hold the store, leaves last."""
-    store = torch.distributed.HashStore()
-    store.set_timeout(datetime.timedelta(seconds=30))
+    store = meeting_store()
     done, last_read = {}, []
 
     class SlowReader:  # rank 2 reads the rows slowly
@@ -1708,11 +1711,7 @@ def test_no_rank_leaves_agree_to_start_before_every_rank_has_read_the_rows():
         train.agree_to_start(SlowReader() if r == 2 else store, r, 3, None, {"resume step": 0})
         done[r] = time.monotonic()
 
-    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    as_ranks(3, rank)
     assert len(last_read) >= 3 and done[1] >= last_read[-1] and done[0] >= max(done[1], done[2]), (done, last_read)
     assert store.num_keys() == 0
 
