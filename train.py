@@ -78,7 +78,7 @@ with interrupt_exits_quietly(__name__ == "__main__"):
     from loader.loader import dataset_digest
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, may_handle, signals_deferred
+    from prep.atomic import atomic_write, may_handle, sigterm_raises, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
@@ -2102,29 +2102,13 @@ class Terminated(KeyboardInterrupt):
     once, as a Ctrl-C there does."""
 
 
-@contextlib.contextmanager
-def sigterm_stops_at_once():
-    """Within the block SIGTERM raises Terminated, which unwinds like a Ctrl-C: --out's lock is
-    released, a directory the run made and wrote nothing in is removed, and main() says so in a
-    line. Its default action ended the process where it stood, silently (status 143), an empty
-    --out left behind. The training loop's StopRequest takes SIGTERM over while it runs."""
-    if not may_handle(signal.SIGTERM):  # not the main thread, ignored, or set outside Python
-        yield
-        return
-
-    def terminated(signum, frame) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run what `cfg` asks (training, or --bench) and return its summary as a dict."""
-    with sigterm_stops_at_once(), contextlib.ExitStack() as stack:
+    # SIGTERM unwinds like a Ctrl-C (--out's lock released, a directory the run made and wrote
+    # nothing in removed, main() says so in a line), where its default action ended the process
+    # silently (143) with an empty --out left behind; the training loop's StopRequest takes it
+    # over while it runs
+    with sigterm_raises(Terminated), contextlib.ExitStack() as stack:
         watch_launcher()
         try:
             s = prepare(cfg, stack)

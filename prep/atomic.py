@@ -84,6 +84,26 @@ def may_handle(signum: int) -> bool:
 
 
 @contextlib.contextmanager
+def sigterm_raises(exception: Callable[[], BaseException]):
+    """Within the block SIGTERM (kill, a job scheduler, torchrun) raises `exception()`, which
+    unwinds like a Ctrl-C: the block's cleanup runs (prep's temporary directory, train.py's
+    --out lock) where SIGTERM's default action ended the process where it stood. Only where
+    `may_handle`; elsewhere the block runs as it is."""
+    if not may_handle(signal.SIGTERM):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise exception()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def signals_deferred():
     """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:
     prep's install (between its two renames there is no dataset under the target's name) and

@@ -36,14 +36,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import click
 
-from prep.atomic import may_handle
+from prep.atomic import sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
@@ -248,21 +248,6 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                           documents_read - train.documents - val.documents)
 
 
-@contextmanager
-def _sigterm_raises_exit() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the temporary dir is removed."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-    if not may_handle(signal.SIGTERM):  # not the main thread, or ignored as whoever started us wants it
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[str]) -> str:
     """This command line with the compressed input of `error` decompressed on its way in, to
     paste and run: the same inputs in the same order, the same options, the same output. A named
@@ -371,7 +356,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place
     try:
-        with _sigterm_raises_exit():
+        with sigterm_raises(lambda: SystemExit(128 + signal.SIGTERM)):
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
                                      workers=workers, field=field, errors=errors,
@@ -382,7 +367,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError(_decompressing(e, click.get_current_context(), inputs)) from None
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through _sigterm_raises_exit
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through sigterm_raises
         status = 130 if isinstance(e, KeyboardInterrupt) else e.code
         name = signal.Signals(status - 128).name if isinstance(status, int) and status > 128 else "interrupted"
         # also a signal after the install, on the way out (not raised through it: no attribute)
