@@ -29,7 +29,8 @@ BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
 TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
-# QUICK_TESTS (seconds, no compile: the loader's pinned non_blocking copies, the device choices)
+# QUICK_TESTS (seconds, no compile: the loader's pinned non_blocking copies, the device choices,
+# a torchrun of one rank more than the GPUs)
 # run before the benchmarks, so that a run the benchmarks use up still says whether the data
 # path is right on CUDA; CHECK_TESTS (test_train_cuda.py's compiles) run last
 QUICK_TESTS=${QUICK_TESTS:-tests/test_loader_device.py tests/test_loader_prefetch.py tests/test_train_device.py}
@@ -102,7 +103,7 @@ print(sys.version.split()[0], torch.__version__, torch.version.cuda, *(p + ' ' +
         tail -n 1 "$CHECK_DIR/env.txt"
         corpus
         # shellcheck disable=SC2086
-        (DEMO_DIR=$REPO; stage "quick tests" 90 "$CHECK_DIR/tests.log" \
+        (DEMO_DIR=$REPO; stage "quick tests" 150 "$CHECK_DIR/tests.log" \
             "${PY[@]}" -m pytest -v -p no:cacheprovider $QUICK_TESTS)
         bench
         rm -rf "$DEMO_DIR/out/demo"  # train.py refuses to start over an earlier run's metrics

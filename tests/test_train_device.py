@@ -4,6 +4,8 @@ accumulation (they corrupt accumulated gradients: pytorch/pytorch#169545)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -108,3 +110,26 @@ def test_more_local_ranks_than_gpus_is_one_line(monkeypatch, visible, shown):
             train.make_runtime(train.TrainConfig(model="tiny", device=device))
         assert e.value.message == (f"local rank 2 has no GPU of its own: this machine shows 2 CUDA device(s){shown}; "
                                    "start at most 2 process(es) on it (torchrun --nproc_per_node=2)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchrun_with_one_rank_more_than_gpus_stops_every_rank_in_one_line(tmp_path, dataset):
+    """The real thing on a CUDA machine: torchrun starts one rank more than there are GPUs.
+    The rank without one says so, every other rank that it stopped for it, nobody hangs where
+    NCCL would have met, and nothing is written."""
+    count = torch.cuda.device_count()
+    world = count + 1
+    args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--standalone",
+            str(Path(TRAIN_FILE)), "--model", "tiny", "--B", "2", "--T", "16", "--steps", "2", "--quiet",
+            "--data", str(dataset), "--out", str(tmp_path / "out")]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # torchrun's torchelastic_* directories
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode != 0
+    says = [f"rank {rank} of {world}: stopped because another rank failed its start-up checks"
+            for rank in range(count)]
+    says.append(f"rank {count} of {world}: local rank {count} has no GPU of its own: this machine shows "
+                f"{count} CUDA device(s)")
+    for line in says:
+        assert f"Error: {line}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr.split("Error: ")[0]  # train.py's own part: one line each
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
