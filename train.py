@@ -139,6 +139,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA, off elsewhere
     compile_mode: str = "default"
+    cuda_graph: bool = False  # the whole step captured as one CUDA graph (StepGraph)
     eval_every: int = 250  # 0: never; otherwise also at the last step
     eval_steps: int = 20
     sample_every: int = 0  # 0: never; otherwise also at the last step
@@ -484,10 +485,12 @@ class Runtime:
         """Rank 0 logs, samples and checkpoints."""
         return self.rank == 0
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast (matmuls in bf16, reductions and the loss in fp32), or nothing."""
+    def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """bf16 autocast (matmuls in bf16, reductions and the loss in fp32), or nothing.
+        `cache`: autocast's cache of cast weights (off in a CUDA graph's capture, as torch
+        asks)."""
         if self.dtype == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
     def synchronize(self) -> None:
@@ -701,6 +704,7 @@ class StepParts:
     rt: Runtime
     accum_steps: int
     grad_clip: float
+    graph: "StepGraph | None" = None  # --cuda-graph: train_step replays it
 
     def __post_init__(self) -> None:
         # listed once: clip_grad_norm_(model.parameters()) walked the module tree every step,
@@ -724,10 +728,22 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
 
     Returns (mean loss, gradient norm before clipping) as device tensors: the caller reads
     them back at a logging point (Readback). `feed` returns (x, y) on the device: the loader's
-    next_batch in training, a fixed batch in --bench's synthetic half.
+    next_batch in training, a fixed batch in --bench's synthetic half. With --cuda-graph the
+    step is parts.graph's replay.
     """
+    if parts.graph is not None:
+        return parts.graph(feed, lr)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
+    loss_sum, grad_norm = step_body(parts, feed)
+    parts.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+def step_body(parts: StepParts, feed: Feed, cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step itself, at the optimizer's learning rate: forward and backward over each
+    micro-batch, the gradients' norm and clip, the optimizer's update; the gradients are left
+    in .grad. Returns (mean loss, gradient norm), device tensors. `cache`: autocast's."""
     loss_sum = None
     for micro in range(parts.accum_steps):
         x, y = feed()  # (B, T) int64 each, already on the device
@@ -735,7 +751,7 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
         last = micro == parts.accum_steps - 1
         no_sync = parts.model.no_sync() if parts.rt.ddp and not last else contextlib.nullcontext()
         with no_sync:
-            with parts.rt.autocast():
+            with parts.rt.autocast(cache):
                 _, loss = parts.model(x, y)
             if parts.accum_steps > 1:  # gradients add up over micro-steps: mean, not sum
                 loss = loss / parts.accum_steps
@@ -743,9 +759,105 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
         # a copy, not the loss itself: under CUDA graphs the loss is an output of the graph,
         # overwritten by the next replay, and the caller keeps this until its logging point
         loss_sum = loss.detach().clone() if loss_sum is None else loss_sum + loss.detach()
-    grad_norm = clip_and_step(parts)
-    parts.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return loss_sum, clip_and_step(parts)
+
+
+class StepGraph:
+    """--cuda-graph: the whole step (every micro-step's forward and backward, the gradients'
+    norm and clip, fused AdamW) captured once as one CUDA graph and replayed each step. A step
+    then costs the host a few launches however many kernels it holds, so a small, launch-bound
+    batch runs at the GPU's pace rather than the host's (reduce-overhead graphs the forward and
+    backward only: the autograd engine, the clip and the optimizer still run on the host).
+
+    Captured at the first step, after WARMUP steps on all-zero batches (compilation, the
+    optimizer's state, the allocator) whose effects are then undone: the weights, the
+    optimizer's state and the CUDA RNG are put back as they were, so the run takes the steps it
+    would have taken without the graph. Each replay reads the micro-batches copied into its
+    input buffers and the learning rate from a device tensor; the gradients stay in the
+    buffers the capture gave them (the first backward of each replay writes them anew).
+    CUDA only, one process (no DDP: its all-reduce is not captured)."""
+
+    WARMUP = 3
+
+    def __init__(self, parts: StepParts, B: int, T: int):
+        self.parts, self.shape = parts, (B, T)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def __call__(self, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.graph is None:
+            self._capture()
+        for micro in range(self.parts.accum_steps):
+            x, y = feed()
+            self.x[micro].copy_(x)
+            self.y[micro].copy_(y)
+        self.lr.fill_(lr)
+        for group in self.parts.optimizer.param_groups:  # (what a checkpoint saves; the graph reads self.lr)
+            group["lr"] = lr
+        self.graph.replay()
+        # copies: the next replay overwrites the graph's outputs, the caller keeps these a while
+        return self.loss.clone(), self.norm.clone()
+
+    def _static_feed(self) -> Feed:
+        micro = iter(range(self.parts.accum_steps))
+
+        def feed() -> tuple[torch.Tensor, torch.Tensor]:
+            i = next(micro)
+            return self.x[i], self.y[i]
+
+        return feed
+
+    def _capture(self) -> None:
+        parts, device = self.parts, self.parts.rt.device
+        optimizer = parts.optimizer
+        self.x = torch.zeros((parts.accum_steps, *self.shape), dtype=torch.int64, device=device)
+        self.y = torch.zeros_like(self.x)
+        self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        saved = snapshot_training_state(parts)
+        capturable = [group["capturable"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:  # fused AdamW: a device lr, the capture's checks
+            group["lr"], group["capturable"] = self.lr, True
+        side = torch.cuda.Stream(device)  # warm-up off the default stream, as torch's capture asks
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                step_body(parts, self._static_feed(), cache=False)
+                optimizer.zero_grad(set_to_none=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+        restore_training_state(parts, saved)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the loader's prefetch thread goes on calling CUDA (its events) meanwhile
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.loss, self.norm = step_body(parts, self._static_feed(), cache=False)
+        for group, was in zip(optimizer.param_groups, capturable):
+            group["capturable"] = was
+
+
+def snapshot_training_state(parts: StepParts) -> dict:
+    """Copies of what a step changes (weights, optimizer state, the device's RNG), for
+    restore_training_state; on the parameters' device, no sync."""
+    device = parts.params[0].device
+    return {
+        "weights": [p.detach().clone() for p in parts.params],
+        "optimizer": {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                      for p, state in parts.optimizer.state.items()},
+        "rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+@torch.no_grad()
+def restore_training_state(parts: StepParts, saved: dict) -> None:
+    """Put back what snapshot_training_state copied, into the same tensors (a graph captured
+    later reads them where they are). Optimizer state made since (a fresh optimizer's first
+    steps) goes back to what a fresh one starts from: zeros."""
+    for p, weight in zip(parts.params, saved["weights"]):
+        p.copy_(weight)
+    for p, state in parts.optimizer.state.items():
+        before = saved["optimizer"].get(p)
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.copy_(before[key]) if before is not None else value.zero_()
+    if saved["rng"] is not None:
+        torch.cuda.set_rng_state(saved["rng"], parts.params[0].device)
 
 
 def clip_and_step(parts: StepParts) -> torch.Tensor:
@@ -1792,6 +1904,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 f"{micro_tokens} (tokens per micro-step over all ranks)"
             )
         accum = total // micro_tokens
+        check_cuda_graph(cfg, rt)
         if accum > 1 and rt.compile and rt.device.type == "cuda" and cfg.compile_mode in CUDAGRAPH_MODES:
             # CUDA graph trees hand the backward graph's output buffers to .grad; the next
             # micro-step's replay overwrites them, so accumulated gradients come out wrong or the
@@ -1937,6 +2050,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
+    if cfg.cuda_graph:
+        parts.graph = StepGraph(parts, cfg.B, cfg.T)
     if rt.ddp:  # at exit, DDP (its reducer holds the process group too) goes before the group
         stack.callback(setattr, parts, "model", None)
     return Session(
@@ -1944,6 +2059,23 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         val_loader, val_batches,
         start_step, resume_path, notes,
     )
+
+
+def check_cuda_graph(cfg: TrainConfig, rt: Runtime) -> None:
+    """--cuda-graph's needs (StepGraph): a CUDA device, one process, no CUDA graphs of the
+    compiler's own inside its capture."""
+    if not cfg.cuda_graph:
+        return
+    if rt.device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device; this run's is {rt.device.type} "
+                        f"(--device {cfg.device}): drop --cuda-graph")
+    if rt.world > 1:
+        raise UserError(f"--cuda-graph runs in one process (DDP's all-reduce is not captured), and "
+                        f"torchrun started {rt.world}: drop --cuda-graph")
+    if rt.compile and cfg.compile_mode in CUDAGRAPH_MODES:
+        raise UserError(f"--cuda-graph captures the whole step in a CUDA graph itself, and --compile-mode "
+                        f"{cfg.compile_mode} replays CUDA graphs of its own inside it: use --compile-mode "
+                        f"default or max-autotune-no-cudagraphs")
 
 
 def _batches(n: int, world: int = 1) -> str:
@@ -1968,7 +2100,8 @@ def print_facts(s: Session) -> None:
         f"({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} dims, block size {mc.block_size})")
     name = f" ({rt.device_name()})" if rt.device_name() else ""
     compiled = f"on ({cfg.compile_mode})" if rt.compile else "off"
-    say(f"device: {rt.device}{name}, dtype: {rt.dtype}, compile: {compiled}")
+    graph = ", the whole step one CUDA graph" if cfg.cuda_graph else ""
+    say(f"device: {rt.device}{name}, dtype: {rt.dtype}, compile: {compiled}{graph}")
     say(f"batch: {s.tokens_per_step:,} tokens per step = {cfg.B} x {cfg.T} x {rt.world} rank(s) "
         f"x {accum} gradient accumulation step(s)")
     if not cfg.bench:
@@ -2619,7 +2752,7 @@ def bench_loop(s: Session) -> dict:
         "B": cfg.B, "T": cfg.T, "world": rt.world,
         "accum_steps": parts.accum_steps, "device": str(rt.device), "device_name": name, "dtype": rt.dtype,
         "compile": rt.compile, "compile_mode": cfg.compile_mode if rt.compile else None,
-        "warmup_steps": cfg.bench_warmup, "steps": cfg.bench_steps,
+        "cuda_graph": cfg.cuda_graph, "warmup_steps": cfg.bench_warmup, "steps": cfg.bench_steps,
         "tokens_per_s": real_tps, "ms_per_step": 1000 * real_dt,
         "mfu": mfu(real_tps, flops, name, rt.world) if name else None,
         "synthetic_tokens_per_s": fixed_tps, "synthetic_ms_per_step": 1000 * fixed_dt,
@@ -2731,6 +2864,10 @@ def interrupt_exits_at_once() -> None:
               help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; on CUDA the "
                    "modes with CUDA graphs (reduce-overhead, max-autotune) need --total-batch-size = "
                    "B*T*world (no accumulation).")
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture the whole step (forward, backward, clip, AdamW) as one CUDA graph and replay it: "
+                   "for small, launch-bound batches. One CUDA process; --compile-mode default or "
+                   "max-autotune-no-cudagraphs.")
 @click.option("--eval-every", type=int, default=TrainConfig.eval_every,
               help="Validation loss every N steps and at the end (and at step 0, before training, "
                    "unless resuming; a resume at --steps evaluates its checkpoint alone); 0: never.")

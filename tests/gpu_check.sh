@@ -3,8 +3,8 @@
 # and `make bench-gpu` call it; bash alone runs it where `make` is missing):
 #
 #   tests/gpu_check.sh bench   sample corpus, tokenize, then `train.py --bench` for each
-#                              BxT:compile-mode[:bench-steps] in BENCH_RUNS: one `BENCH {json}`
-#                              line each
+#                              BxT:compile-mode[+graph][:bench-steps] in BENCH_RUNS: one
+#                              `BENCH {json}` line each
 #   tests/gpu_check.sh all     sample and tokenize, the quick CUDA tests (seconds), the
 #                              benchmarks, the demo's training run, then the compiled-model
 #                              CUDA tests: a run cut short by TOTAL_TIMEOUT loses those, not
@@ -24,7 +24,8 @@ WHAT=${1:-all}
 BENCH_PY=${BENCH_PY:-python3}
 BENCH_MODEL=${BENCH_MODEL:-gpt2}
 # steps per feed: each timing window (half of them) lasts about half a second or more
-BENCH_RUNS=${BENCH_RUNS:-4x32:reduce-overhead:400 16x1024:default:100 64x1024:default:40 4x32:default:400}
+# (a mode ending in +graph adds --cuda-graph: the whole step one CUDA graph)
+BENCH_RUNS=${BENCH_RUNS:-4x32:default+graph:400 4x32:reduce-overhead:400 16x1024:default:100 64x1024:default:40 4x32:default:400}
 BENCH_ARGS=${BENCH_ARGS:-}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
@@ -78,10 +79,12 @@ bench() {
     local shape mode steps
     for run in $BENCH_RUNS; do
         IFS=: read -r shape mode steps <<< "$run"
+        graph=()
+        [[ $mode == *+graph ]] && graph=(--cuda-graph) && mode=${mode%+graph}
         echo "== bench $run" >> "$CHECK_DIR/bench.log"
         stage "bench $run" "$BENCH_TIMEOUT" "$CHECK_DIR/bench.log" "${PY[@]}" "$REPO/train.py" \
             --model "$BENCH_MODEL" --data data/input --B "${shape%x*}" --T "${shape#*x}" --bench \
-            --compile-mode "${mode:-default}" ${steps:+--bench-steps "$steps"} $BENCH_ARGS
+            --compile-mode "${mode:-default}" "${graph[@]}" ${steps:+--bench-steps "$steps"} $BENCH_ARGS
     done
     grep '^BENCH ' "$CHECK_DIR/bench.log" > "$CHECK_DIR/bench.jsonl"
 }

@@ -50,12 +50,13 @@ def learnable(tmp_path_factory) -> Path:
                          np.tile(pattern, 16)[:1000])
 
 
-@pytest.mark.parametrize("compile_, mode", MODES)
-def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
+@pytest.mark.parametrize("compile_, mode, graph", [*[(c, m, False) for c, m in MODES], (False, "default", True),
+                                                   (True, "default", True)])
+def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph):
     """After warm-up (compilation, CUDA graph recording), train_step fed by the real loader
     runs with torch's sync-debug mode set to "error": any .item(), pageable copy or stream
     sync in the step, the loader's transfer or the optimizer raises."""
-    c = cfg(tmp_path, dataset, compile=compile_, compile_mode=mode, bench=True)
+    c = cfg(tmp_path, dataset, compile=compile_, compile_mode=mode, bench=True, cuda_graph=graph)
     skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     with contextlib.ExitStack() as stack:
         s = train.prepare(c, stack)
@@ -73,6 +74,7 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode):
     assert all(math.isfinite(loss) and math.isfinite(norm) and norm > 0 for loss, norm in values)
     # a CUDA graph that inductor silently skipped would make reduce-overhead the default mode
     assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == skips
+    assert (s.parts.graph is not None and s.parts.graph.graph is not None) == graph
 
 
 def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp_path, dataset, monkeypatch):
@@ -146,15 +148,80 @@ def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys):
     assert ckpt["step"] == 6 and all(t.device.type == "cpu" for t in ckpt["model"].values())
 
 
-def test_bench_on_cuda_reports_the_gpu(tmp_path, dataset):
+@pytest.mark.parametrize("mode, graph", [("reduce-overhead", False), ("default", True)])
+def test_bench_on_cuda_reports_the_gpu(tmp_path, dataset, mode, graph):
     args = ["--model", "tiny", "--B", "4", "--T", "32", "--data", str(dataset), "--bench",
-            "--bench-warmup", "4", "--bench-steps", "10", "--compile-mode", "reduce-overhead"]
+            "--bench-warmup", "4", "--bench-steps", "10", "--compile-mode", mode, *(["--cuda-graph"] if graph else [])]
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 0, result.output
     bench = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
     assert bench["device"].startswith("cuda") and bench["device_name"] == torch.cuda.get_device_name()
     assert bench["dtype"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-    assert bench["compile"] is True and bench["compile_mode"] == "reduce-overhead"
+    assert bench["compile"] is True and bench["compile_mode"] == mode and bench["cuda_graph"] is graph
     assert (bench["mfu"] is not None) == (peak_flops(bench["device_name"]) is not None)
     assert bench["tokens_per_s"] > 0 and bench["synthetic_tokens_per_s"] > 0
     assert math.isfinite(bench["loss"])
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_cuda_graph_steps_are_the_plain_steps(tmp_path, dataset, capsys, compile_):
+    """--cuda-graph against the same run without it: fp32, 2 micro-steps a step (gradient
+    accumulation inside the graph), clipping at work (grad_clip under every norm), shuffle
+    and a changing learning rate (the graph reads it from a device tensor). The first loss is
+    the same number (the warm-up before the capture left the weights as they were); later ones
+    and the norms agree to rounding (CUDA's atomic adds), far under what a missed clip, a stale
+    learning rate, an extra step or a lost micro-batch would change."""
+    common = dict(steps=8, dtype="fp32", compile=compile_, shuffle=True, total_batch_size=256, grad_clip=0.05,
+                  warmup_steps=3, ckpt_every=0, lr=1e-3)
+    rows = {}
+    for graph in (False, True):
+        out = tmp_path / f"graph-{graph}"
+        train.train(cfg(tmp_path, dataset, out=str(out), cuda_graph=graph, **common))
+        assert ("the whole step one CUDA graph" in capsys.readouterr().out) == graph
+        rows[graph] = metrics(out)
+    plain, graphed = rows[False], rows[True]
+    assert len(graphed) == 8 and graphed[0]["loss"] == plain[0]["loss"]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in graphed] == pytest.approx([r[key] for r in plain], rel=1e-4, abs=0), key
+    assert all(r["grad_norm"] > 0.05 for r in plain)  # every step clipped
+    assert [r["lr"] for r in graphed] == [r["lr"] for r in plain] and len({r["lr"] for r in plain}) > 3
+    assert plain[-1]["loss"] < plain[0]["loss"] - 0.05  # the weights moved: equal losses mean equal steps
+
+
+def test_cuda_graph_runs_resume_to_rounding_with_dropout(tmp_path, dataset, capsys):
+    """--cuda-graph, dropout on (the graph's RNG), accumulation: 3 steps + checkpoint + resume
+    (a new capture) + 3 steps against 6 straight steps; the checkpoint holds the optimizer as a
+    run without the graph saves it (a float learning rate, capturable off)."""
+    common = dict(steps=6, dtype="fp32", compile=False, shuffle=True, keep_ckpts=0, cuda_graph=True, dropout=0.1,
+                  total_batch_size=256)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), **common))
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, **common))
+    (split / "ckpt_000006.pt").unlink()
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, resume="auto", **common))
+    assert "at step 3" in capsys.readouterr().out
+    straight, resumed = losses(tmp_path / "straight"), losses(split)
+    assert len(resumed) == 6 and resumed == pytest.approx(straight, rel=1e-4, abs=0)
+    groups = train.load_checkpoint(split / "ckpt_000006.pt")["optimizer"]["param_groups"]
+    assert all(type(g["lr"]) is float and g["capturable"] is False for g in groups)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_each_cuda_graph_replay_draws_new_dropout_masks(tmp_path, dataset, dropout):
+    """One batch, replayed with a learning rate too small to move the weights (by 1e-30 at
+    most, nothing against an activation in fp32): the loss repeats exactly without dropout, and differs with it (a replay that reused the capture's
+    mask would repeat it too)."""
+    c = cfg(tmp_path, dataset, bench=True, compile=False, dtype="fp32", cuda_graph=True, dropout=dropout,
+            weight_decay=0.0)
+    with contextlib.ExitStack() as stack:
+        s = train.prepare(c, stack)
+        x, y = s.train_loader.next_batch(s.rt.device)
+        weights = [p.detach().clone() for p in s.parts.params]
+        values = [train.train_step(s.parts, lambda: (x, y), 1e-30)[0].item() for _ in range(3)]
+        assert max((p - w).abs().max().item() for p, w in zip(s.parts.params, weights)) < 1e-20
+    assert (len(set(values)) == 1) == (dropout == 0.0), values

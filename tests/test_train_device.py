@@ -4,6 +4,7 @@ accumulation (they corrupt accumulated gradients: pytorch/pytorch#169545)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -133,3 +134,63 @@ def test_torchrun_with_one_rank_more_than_gpus_stops_every_rank_in_one_line(tmp_
         assert f"Error: {line}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr.split("Error: ")[0]  # train.py's own part: one line each
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_cuda_graph_needs_a_cuda_device(dataset, tmp_path):
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--cuda-graph"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2
+    assert result.output == "Error: --cuda-graph needs a CUDA device; this run's is cpu (--device cpu): drop --cuda-graph\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("world, mode, says", [
+    (1, "reduce-overhead", "--cuda-graph captures the whole step in a CUDA graph itself, and --compile-mode "
+                           "reduce-overhead replays CUDA graphs of its own inside it: use --compile-mode default "
+                           "or max-autotune-no-cudagraphs"),
+    (2, "default", "--cuda-graph runs in one process (DDP's all-reduce is not captured), and torchrun started 2: "
+                   "drop --cuda-graph"),
+])
+def test_cuda_graph_refuses_ddp_and_the_compilers_own_graphs(world, mode, says, dataset, tmp_path):
+    """Checked before anything is opened or written (a fake CUDA runtime: no CUDA call is made)."""
+    c = train.TrainConfig(model="tiny", B=2, T=16, data=str(dataset), out=str(tmp_path / "out"),
+                          compile_mode=mode, cuda_graph=True)
+    with pytest.raises(train.UserError) as e:
+        train.check_cuda_graph(c, train.Runtime(torch.device("cuda"), "bf16", True, world=world))
+    assert e.value.message == says
+    c.cuda_graph = False
+    train.check_cuda_graph(c, train.Runtime(torch.device("cuda"), "bf16", True, world=world))  # no flag: no check
+
+
+def _losses(s: train.Session, steps: int, lr: float) -> list[float]:
+    feed = lambda: s.train_loader.next_batch(s.rt.device)  # noqa: E731
+    return [train.train_step(s.parts, feed, lr)[0].item() for _ in range(steps)]
+
+
+@pytest.mark.parametrize("before", [0, 2])
+def test_steps_undone_by_restore_training_state_leave_no_trace(before, dataset, tmp_path):
+    """StepGraph's warm-up steps are undone before its capture: steps taken after a snapshot
+    and restored away leave the next steps' losses bit-equal to a run that never took them,
+    from a fresh optimizer (its state made by those steps goes back to zeros) or a trained one
+    (put back as it was). Dropout on, so the RNG matters too (on CPU the snapshot keeps no RNG:
+    the steps below use the CUDA one in a graph; here they are taken with it saved by hand)."""
+    c = train.TrainConfig(model="tiny", B=2, T=16, data=str(dataset), out=str(tmp_path / "out"), device="cpu",
+                          compile=False, bench=True, dropout=0.1, grad_clip=0.05, total_batch_size=64)
+    runs = []
+    for extra in (0, 3):
+        with contextlib.ExitStack() as stack:
+            s = train.prepare(c, stack)
+            losses = _losses(s, before, c.lr)
+            saved, rng = train.snapshot_training_state(s.parts), torch.get_rng_state()
+            if extra:
+                feed = lambda: (torch.zeros((2, 16), dtype=torch.long),) * 2  # noqa: E731
+                for _ in range(extra):
+                    train.train_step(s.parts, feed, 1e-2)
+                assert any(not torch.equal(p, w) for p, w in zip(s.parts.params, saved["weights"]))
+                train.restore_training_state(s.parts, saved)
+                torch.set_rng_state(rng)
+            runs.append(losses + _losses(s, 4, c.lr))
+            states = [{k: v.clone() for k, v in st.items()} for st in s.parts.optimizer.state.values()]
+    assert runs[0] == runs[1] and len(set(runs[0])) == len(runs[0])
+    assert len(states) == len(list(s.parts.params)) and all(st["step"].item() == before + 4 for st in states)
