@@ -176,8 +176,8 @@ class GPT(nn.Module):
         fused with the loss, so backward keeps only the bf16 logits and two floats per row,
         never an fp32 (B, T, V) tensor (eager autocast does keep fp32 log-probs; compile it).
         """
-        logits = self.lm_head(self._hidden(idx))  # (B, T, padded V)
-        logits = logits[..., : self.config.vocab_size]  # (B, T, V): a view, padded ids unreachable
+        padded = self.lm_head(self._hidden(idx))  # (B, T, padded V)
+        logits = padded[..., : self.config.vocab_size]  # (B, T, V): a view, padded ids unreachable
         if targets is None:
             return logits, None
         if targets.shape != idx.shape:
@@ -186,8 +186,18 @@ class GPT(nn.Module):
             )
         if targets.dtype != torch.int64:  # cross_entropy's own error names no fix
             raise ValueError(f"targets must hold int64 token ids, got {targets.dtype}: widen them with .long()")
+        scores = logits
+        if torch.compiler.is_compiling() and padded.size(-1) > logits.size(-1):
+            # Compiled: the padded ids' scores set to -inf instead of cut off, the same loss
+            # (exp(-inf) = 0 in the softmax's sum). The cut's backward wrote a zero (B, T,
+            # padded V) gradient and then copied the real one into it, two passes over the
+            # largest tensor of the step (3.5% of a 16x1024 gpt2 step on an H200); the mask is
+            # fused into the loss's kernels, whose backward writes the padded gradient at once.
+            # (Eager would materialise a masked copy of the logits instead: it keeps the cut.)
+            pad = torch.arange(padded.size(-1), device=padded.device) >= logits.size(-1)
+            scores = padded.masked_fill(pad, float("-inf"))
         # (B*T, V): merging B and T is a view because the slice left their strides intact
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = F.cross_entropy(scores.reshape(-1, scores.size(-1)), targets.reshape(-1))
         return logits, loss
 
     def configure_optimizers(

@@ -386,6 +386,32 @@ def test_compiled_loss_keeps_no_fp32_logits():
     torch._dynamo.reset()
 
 
+def test_compiled_loss_masks_the_padded_ids_as_eager_cuts_them():
+    """Compiled, the loss scores the padded vocabulary ids -inf instead of cutting them off
+    (no zero-filled padded gradient in backward): the same loss and gradients as eager's cut,
+    to rounding, even with padded rows of the embedding that would dominate the softmax if they
+    were scored."""
+    torch._dynamo.reset()
+    model = tiny_model()
+    with torch.no_grad():
+        model.transformer.wte.weight[VOCAB:] = 1e3  # the tied lm_head's padded rows: huge scores
+    idx, targets = random_tokens((2, 64), seed=21), random_tokens((2, 64), seed=22)
+    results = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        logits, loss = run(idx, targets)
+        loss.backward()
+        results.append((logits.detach(), loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (logits, loss, grads), (c_logits, c_loss, c_grads) = results
+    assert c_logits.shape == logits.shape == (2, 64, VOCAB)
+    assert math.isfinite(loss.item()) and loss.item() < 20  # the huge padded scores took no part
+    torch.testing.assert_close(c_loss, loss, rtol=1e-5, atol=0)
+    for c_grad, grad in zip(c_grads, grads):
+        torch.testing.assert_close(c_grad, grad, rtol=1e-4, atol=1e-6)
+    assert c_grads[0][VOCAB:].abs().max() == 0  # nothing flows to the padded rows
+    torch._dynamo.reset()
+
+
 # ---------------------------------------------------------------- optimizer
 
 
