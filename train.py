@@ -3,7 +3,8 @@
 shards -> loader (memmap, pinned uint16 windows, prefetch thread) -> GPU -> compiled GPT-2.
 One `train_step` function does the work; `--bench` times that very function, once fed by the
 real loader and once by a batch already on the device, so the data path's cost is measured,
-not guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP).
+not guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP);
+`--cuda-graph` captures it, on one GPU, as one CUDA graph (StepGraph).
 
 Sections: configuration; set-up (dataset, device, runtime); the step; evaluation and
 samples; checkpoints; metrics; set-up of a run; the training loop; the benchmark; the command
