@@ -733,7 +733,7 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
     step is parts.graph's replay.
     """
     if parts.graph is not None:
-        return parts.graph(feed, lr)
+        return parts.graph(parts, feed, lr)
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
     loss_sum, grad_norm = step_body(parts, feed)
@@ -770,36 +770,40 @@ class StepGraph:
     batch runs at the GPU's pace rather than the host's (reduce-overhead graphs the forward and
     backward only: the autograd engine, the clip and the optimizer still run on the host).
 
-    Captured at the first step, after WARMUP steps on all-zero batches (compilation, the
-    optimizer's state, the allocator) whose effects are then undone: the weights, the
-    optimizer's state and the CUDA RNG are put back as they were, so the run takes the steps it
-    would have taken without the graph. Each replay reads the micro-batches copied into its
-    input buffers and the learning rate from a device tensor; the gradients stay in the
-    buffers the capture gave them (the first backward of each replay writes them anew).
-    CUDA only, one process (no DDP: its all-reduce is not captured)."""
+    Captured at the first step, after WARMUP steps on all-zero batches at that step's learning
+    rate (compilation, the optimizer's state, the allocator) whose effects are then undone: the
+    weights, the optimizer's state and the CUDA RNG are put back as they were, so the run takes
+    the steps it would have taken without the graph. Each replay reads the micro-batches copied
+    into its input buffers and the learning rate from a device tensor; the gradients stay in
+    the buffers the capture gave them (the first backward of each replay writes them anew).
+    Memory: the capture briefly holds a copy of the weights and the optimizer's state, and the
+    graph keeps the step's activations and gradients allocated between steps (evaluation and
+    sampling allocate beside them). CUDA only, one process (no DDP: its all-reduce is not
+    captured). StepParts.graph holds it; it holds no StepParts (no reference cycle to keep a
+    finished run's graph memory alive)."""
 
     WARMUP = 3
 
-    def __init__(self, parts: StepParts, B: int, T: int):
-        self.parts, self.shape = parts, (B, T)
+    def __init__(self, B: int, T: int):
+        self.shape = (B, T)
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def __call__(self, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is None:
-            self._capture()
-        for micro in range(self.parts.accum_steps):
+            self._capture(parts, lr)
+        for micro in range(parts.accum_steps):
             x, y = feed()
             self.x[micro].copy_(x)
             self.y[micro].copy_(y)
         self.lr.fill_(lr)
-        for group in self.parts.optimizer.param_groups:  # (what a checkpoint saves; the graph reads self.lr)
+        for group in parts.optimizer.param_groups:  # (what a checkpoint saves; the graph reads self.lr)
             group["lr"] = lr
         self.graph.replay()
         # copies: the next replay overwrites the graph's outputs, the caller keeps these a while
         return self.loss.clone(), self.norm.clone()
 
-    def _static_feed(self) -> Feed:
-        micro = iter(range(self.parts.accum_steps))
+    def _static_feed(self, accum_steps: int) -> Feed:
+        micro = iter(range(accum_steps))
 
         def feed() -> tuple[torch.Tensor, torch.Tensor]:
             i = next(micro)
@@ -807,30 +811,36 @@ class StepGraph:
 
         return feed
 
-    def _capture(self) -> None:
-        parts, device = self.parts, self.parts.rt.device
-        optimizer = parts.optimizer
-        self.x = torch.zeros((parts.accum_steps, *self.shape), dtype=torch.int64, device=device)
+    def _capture(self, parts: StepParts, lr: float) -> None:
+        device, optimizer, accum = parts.rt.device, parts.optimizer, parts.accum_steps
+        self.x = torch.zeros((accum, *self.shape), dtype=torch.int64, device=device)
         self.y = torch.zeros_like(self.x)
-        self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        self.lr = torch.full((), lr, dtype=torch.float32, device=device)
         saved = snapshot_training_state(parts)
-        capturable = [group["capturable"] for group in optimizer.param_groups]
-        for group in optimizer.param_groups:  # fused AdamW: a device lr, the capture's checks
-            group["lr"], group["capturable"] = self.lr, True
-        side = torch.cuda.Stream(device)  # warm-up off the default stream, as torch's capture asks
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                step_body(parts, self._static_feed(), cache=False)
-                optimizer.zero_grad(set_to_none=True)
-        torch.cuda.current_stream(device).wait_stream(side)
-        restore_training_state(parts, saved)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the loader's prefetch thread goes on calling CUDA (its events) meanwhile
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.loss, self.norm = step_body(parts, self._static_feed(), cache=False)
-        for group, was in zip(optimizer.param_groups, capturable):
-            group["capturable"] = was
+        groups = optimizer.param_groups
+        before = [(group["lr"], group["capturable"]) for group in groups]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for group in groups:  # fused AdamW reads a device lr (capturable: only for the capture)
+                group["lr"] = self.lr
+            side = torch.cuda.Stream(device)  # warm-up off the default stream, as torch's capture asks
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP):
+                    step_body(parts, self._static_feed(accum), cache=False)
+                    optimizer.zero_grad(set_to_none=True)
+            torch.cuda.current_stream(device).wait_stream(side)
+            restore_training_state(parts, saved)
+            del saved  # before the capture, whose memory peaks
+            for group in groups:
+                group["capturable"] = True
+            # thread_local: the loader's prefetch thread goes on calling CUDA (its events) meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.loss, self.norm = step_body(parts, self._static_feed(accum), cache=False)
+        finally:
+            for group, (group_lr, capturable) in zip(groups, before):
+                group["lr"], group["capturable"] = group_lr, capturable
+        self.graph = graph  # only once captured: a failed capture is not replayed
 
 
 def snapshot_training_state(parts: StepParts) -> dict:
@@ -2052,7 +2062,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
     if cfg.cuda_graph:
-        parts.graph = StepGraph(parts, cfg.B, cfg.T)
+        parts.graph = StepGraph(cfg.B, cfg.T)
     if rt.ddp:  # at exit, DDP (its reducer holds the process group too) goes before the group
         stack.callback(setattr, parts, "model", None)
     return Session(

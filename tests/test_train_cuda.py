@@ -110,7 +110,7 @@ def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnab
     validation and sampling work beside a CUDA-graph-compiled model or a captured step, the
     step-0 validation (compiled before the training step is) included. (The --cuda-graph case
     has not run on a GPU yet: added after the lease of 2026-11-30.)"""
-    runs, first_val = {}, {}
+    runs, first_val, last_val = {}, {}, {}
     for compile_, mode, graph in [*[(c, m, False) for c, m in MODES], (True, "default", True)]:
         out = tmp_path / f"{compile_}-{mode}-{graph}"
         summary = train.train(cfg(tmp_path, learnable, out=str(out), steps=8, eval_every=4, eval_steps=3,
@@ -121,6 +121,7 @@ def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnab
         assert "step 8 sample: " in text and "step 8: val loss" in text and "step 0: val loss" in text
         first_val[(compile_, mode, graph)] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["val_loss"]
         assert summary["val_loss"] is not None and math.isfinite(summary["val_loss"])
+        last_val[(compile_, mode, graph)] = summary["val_loss"]  # step 8's: after the training steps
         known_peak = peak_flops(torch.cuda.get_device_name()) is not None
         assert (summary["mfu"] is not None) == known_peak
         runs[(compile_, mode, graph)] = losses(out)
@@ -130,6 +131,7 @@ def test_compile_modes_train_alike_with_validation_and_samples(tmp_path, learnab
         assert len(run) == 8 and all(math.isfinite(v) for v in run), key
         assert run == pytest.approx(eager, rel=2e-2), key
         assert first_val[key] == pytest.approx(first_val[(False, "default", False)], rel=2e-2), key  # the same weights
+        assert last_val[key] == pytest.approx(last_val[(False, "default", False)], rel=2e-2), key  # trained alike
 
 
 def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys):
@@ -174,7 +176,8 @@ def test_cuda_graph_steps_are_the_plain_steps(tmp_path, dataset, capsys, compile
     """--cuda-graph against the same run without it: fp32, 2 micro-steps a step (gradient
     accumulation inside the graph), clipping at work (grad_clip under every norm), shuffle
     and a changing learning rate (the graph reads it from a device tensor). The first loss is
-    the same number (the warm-up before the capture left the weights as they were); the later
+    the same number (the warm-up steps before the capture, at step 1's learning rate, were
+    undone); the later
     losses and norms agree to rounding (CUDA's atomic adds), and so do the weights after 8
     steps: apart by under 1e-3 of how far the steps moved them, where a stale learning rate, a
     lost or repeated micro-batch or an extra step would put them about that far apart."""
