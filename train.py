@@ -2872,9 +2872,9 @@ def interrupt_exits_at_once() -> None:
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
               help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
-              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches; on CUDA the "
-                   "modes with CUDA graphs (reduce-overhead, max-autotune) need --total-batch-size = "
-                   "B*T*world (no accumulation).")
+              help="reduce-overhead (CUDA graphs) helps small, launch-bound batches (--cuda-graph more: "
+                   "it graphs the optimizer too); on CUDA the modes with CUDA graphs (reduce-overhead, "
+                   "max-autotune) need --total-batch-size = B*T*world (no accumulation).")
 @click.option("--cuda-graph", is_flag=True,
               help="Capture the whole step (forward, backward, clip, AdamW) as one CUDA graph and replay it: "
                    "for small, launch-bound batches. One CUDA process; --compile-mode default or "
