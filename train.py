@@ -2270,13 +2270,16 @@ def train(cfg: TrainConfig) -> dict:
         except TokenRangeError as e:  # bad data, found as it was read
             raise UserError(str(e)) from None
         except RuntimeError as e:
+            # the whole-step graph holds more (its capture a copy of the weights and optimizer state)
+            graph = (", or without --cuda-graph (its graph keeps the step's activations and gradients "
+                     "allocated)") if cfg.cuda_graph else ""
             if _out_of_memory(e) and cfg.B == 1:  # no lower --B to offer
                 raise UserError(f"out of memory on {s.rt.device} at --B 1 --T {cfg.T}: --B is at its least; start "
-                                f"again with a lower --T or a smaller --model") from None
+                                f"again with a lower --T or a smaller --model{graph}") from None
             if _out_of_memory(e):  # a --B too large for the device: a user's choice, not a crash
                 raise UserError(f"out of memory on {s.rt.device} at --B {cfg.B} --T {cfg.T}: start again with a lower "
                                 f"--B; --total-batch-size {s.tokens_per_step} keeps the tokens per optimizer step "
-                                f"(gradient accumulation makes up the rest)") from None
+                                f"(gradient accumulation makes up the rest){graph}") from None
             if s.rt.ddp and _peer_gone(e):  # the rank that failed says why, in its own line
                 raise UserError(f"rank {s.rt.rank} of {s.rt.world}: stopped because another rank ended mid-run (its error "
                                 f"says why)") from None

@@ -553,6 +553,13 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
         train.train(cfg(tmp_path, dataset, steps=8, B=1, out=str(tmp_path / "o1")))
     assert e.value.message == ("out of memory on cpu at --B 1 --T 16: --B is at its least; start again with a lower "
                                "--T or a smaller --model")
+    done[:] = [1, 1]  # --cuda-graph, out of memory at step 1 (checked as if on CUDA; no capture on a CPU)
+    monkeypatch.setattr(train, "check_cuda_graph", lambda cfg, rt: None)
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=8, B=1, cuda_graph=True, out=str(tmp_path / "o2")))
+    assert e.value.message == ("out of memory on cpu at --B 1 --T 16: --B is at its least; start again with a lower "
+                               "--T or a smaller --model, or without --cuda-graph (its graph keeps the step's "
+                               "activations and gradients allocated)")
 
     def too_large(config):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
