@@ -407,6 +407,25 @@ def _json_lines_error(block: bytes, label: str, field: str, whole: bool,
                        f"or --stdin-format text to tokenize the JSON as it is")
 
 
+def _opening(block: bytes) -> bytes:
+    """A stream's first JSON tokens as far as `block` holds them: its bytes after a byte-order
+    mark with JSON's whitespace taken out, up to the first two ("[{" opens an array of objects)."""
+    rest = block.removeprefix(BOM.encode()).lstrip(JSON_WHITESPACE.encode())
+    return rest[:1] + rest[1:].lstrip(JSON_WHITESPACE.encode())[:1]
+
+
+def _json_array_error(block: bytes, label: str) -> CorpusError | None:
+    """The error for a stream read as text by default that opens as a JSON array of objects (one
+    JSON document, `[{...}, ...]`, on one line or pretty-printed): its brackets, keys and escapes
+    would be tokenized as text. None otherwise (an array of strings, say, is left as text)."""
+    if _opening(block) != b"[{":
+        return None
+    return CorpusError(f"{label}: read as text, but it opens as a JSON array of objects (one JSON document, not "
+                       f"JSON lines, the only JSON read here); pipe it through {JQ_LINES} and pass --stdin-format "
+                       f"jsonl (and --field if the text is not under 'text'), or pass --stdin-format text to "
+                       f"tokenize the JSON as it is")
+
+
 def _refuse_json(path: Path, field: str) -> None:
     """The error for a file named *.json read with no --stdin-format, before any work: the JSON
     it holds, JSON lines (as datasets' to_json writes them) or not, and the flag that reads it.
@@ -444,7 +463,12 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                     block, whole = block + more, not more
                     if whole:
                         break
-                error = _json_lines_error(block, label, json_field, whole)
+                # `[` then a line break: one JSON document, pretty-printed; its next token decides
+                while (_opening(block) == b"[" and not whole and len(block) < block_bytes
+                       and (more := read(block_bytes - len(block)))):
+                    block += more
+                error = (_json_lines_error(block, label, json_field, whole)
+                         or _json_array_error(block, label))
             if error is not None:
                 raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block

@@ -410,6 +410,9 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
         list(read_pieces(resolve_sources(["-"], stdin=Trickle(data)), stdin=Trickle(data)))
     with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
         list(read_pieces(resolve_sources(["-"]), stdin=Trickle(b'{"text": "a doc"}')))  # one line, no newline
+    pretty = json.dumps([{"text": "a doc"}], indent=12).encode()  # "[", then spaces past the first 10 bytes
+    with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but it opens as a JSON array of objects"):
+        list(read_pieces(resolve_sources(["-"]), stdin=Trickle(pretty)))
     said = resolve_sources(["-"], stdin_format="text")
     assert "".join(p.text for p in read_pieces(said, stdin=Trickle(data))) == data.decode()[1:]
     docs = [p.text for p in read_pieces(resolve_sources(["-"], stdin_format="jsonl"), stdin=Trickle(data))]

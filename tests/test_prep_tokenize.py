@@ -574,7 +574,18 @@ def test_json_lines_read_as_text_because_nothing_said_otherwise_are_refused_nami
     assert np.array_equal(stream(tmp_path / "out"), expected([data.decode()]))
     (tmp_path / "x.txt").write_bytes(data)
     assert invoke(tmp_path / "x.txt", "--out", tmp_path / "out2").exit_code == 0
-    for text in (b"{}\n{}\n", b"{not json}\nmore\n", b'{"a": 1}\nthen prose\n', b'["x"]\n', b"plain text\n"):
+    # one JSON document, an array of objects, on one line or pretty-printed (jq's, json.dumps' indent)
+    array = ("read as text, but it opens as a JSON array of objects (one JSON document, not JSON lines, the only "
+             "JSON read here); pipe it through jq -c '.[]' and pass --stdin-format jsonl (and --field if the text "
+             "is not under 'text'), or pass --stdin-format text to tokenize the JSON as it is")
+    records = [{"text": "a doc"}, {"text": "another"}]
+    for document in (json.dumps(records), json.dumps(records, indent=2), "\ufeff[\n\n\t" + json.dumps(records)[1:]):
+        assert_user_error(invoke("-", "--out", tmp_path / "out4", input=document.encode()), f"Error: <stdin>: {array}")
+    with pipe_holding(tmp_path / "q", json.dumps(records, indent=2).encode()) as pipe:
+        assert_user_error(invoke(pipe, "--out", tmp_path / "out4"), f"Error: {pipe}: {array}")
+    assert not (tmp_path / "out4").exists() and leftovers(tmp_path, "out4") == []
+    for text in (b"{}\n{}\n", b"{not json}\nmore\n", b'{"a": 1}\nthen prose\n', b'["x"]\n', b"plain text\n",
+                 b"[\n1, 2]\n", b"[citation needed]\n{braces}\n"):
         result = invoke("-", "--out", tmp_path / "out3", "--overwrite", input=text)
         assert result.exit_code == 0, (text, result.output)
         assert np.array_equal(stream(tmp_path / "out3"), expected([text.decode()]))

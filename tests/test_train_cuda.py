@@ -212,8 +212,8 @@ def test_cuda_graph_steps_are_the_plain_steps(tmp_path, dataset, capsys, compile
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_each_cuda_graph_replay_draws_new_dropout_masks(tmp_path, dataset, dropout):
     """One batch, replayed with a learning rate too small to move the weights (by 1e-30 at
-    most, nothing against an activation in fp32): the loss repeats exactly without dropout, and differs with it (a replay that reused the capture's
-    mask would repeat it too)."""
+    most, nothing against an activation in fp32): the loss repeats exactly without dropout, and
+    differs with it (a replay that reused the capture's mask would repeat it too)."""
     c = cfg(tmp_path, dataset, bench=True, compile=False, dtype="fp32", cuda_graph=True, dropout=dropout,
             weight_decay=0.0)
     with contextlib.ExitStack() as stack:
