@@ -417,8 +417,18 @@ def _opening(block: bytes) -> bytes:
 def _json_array_error(block: bytes, label: str) -> CorpusError | None:
     """The error for a stream read as text by default that opens as a JSON array of objects (one
     JSON document, `[{...}, ...]`, on one line or pretty-printed): its brackets, keys and escapes
-    would be tokenized as text. None otherwise (an array of strings, say, is left as text)."""
+    would be tokenized as text. The array's first element must be a whole JSON object with keys
+    within `block`, followed by `,` or `]`. None otherwise: text that merely starts with "[{", an
+    array of strings, or a first object longer than the block (nothing said)."""
     if _opening(block) != b"[{":
+        return None
+    text = block.removeprefix(BOM.encode()).decode("utf-8", "ignore")  # (a character cut at the block's end)
+    start = text.index("{")
+    try:
+        first, end = json.JSONDecoder().raw_decode(text, start)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(first, dict) or not first or text[end:].lstrip(JSON_WHITESPACE)[:1] not in (",", "]"):
         return None
     return CorpusError(f"{label}: read as text, but it opens as a JSON array of objects (one JSON document, not "
                        f"JSON lines, the only JSON read here); pipe it through {JQ_LINES} and pass --stdin-format "
@@ -463,9 +473,10 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                     block, whole = block + more, not more
                     if whole:
                         break
-                # `[` then a line break: one JSON document, pretty-printed; its next token decides
-                while (_opening(block) == b"[" and not whole and len(block) < block_bytes
-                       and (more := read(block_bytes - len(block)))):
+                # `[` then `{`, on one line or pretty-printed: one JSON document if its first object
+                # is whole; read on (up to a block) until it is, or is no JSON
+                while (_opening(block) in (b"[", b"[{") and _json_array_error(block, label) is None
+                       and not whole and len(block) < block_bytes and (more := read(block_bytes - len(block)))):
                     block += more
                 error = (_json_lines_error(block, label, json_field, whole)
                          or _json_array_error(block, label))

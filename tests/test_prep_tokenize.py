@@ -585,7 +585,7 @@ def test_json_lines_read_as_text_because_nothing_said_otherwise_are_refused_nami
         assert_user_error(invoke(pipe, "--out", tmp_path / "out4"), f"Error: {pipe}: {array}")
     assert not (tmp_path / "out4").exists() and leftovers(tmp_path, "out4") == []
     for text in (b"{}\n{}\n", b"{not json}\nmore\n", b'{"a": 1}\nthen prose\n', b'["x"]\n', b"plain text\n",
-                 b"[\n1, 2]\n", b"[citation needed]\n{braces}\n"):
+                 b"[\n1, 2]\n", b"[citation needed]\n{braces}\n", b"[{\n", b'[{"a": 1} then prose\n', b"[{}]\n"):
         result = invoke("-", "--out", tmp_path / "out3", "--overwrite", input=text)
         assert result.exit_code == 0, (text, result.output)
         assert np.array_equal(stream(tmp_path / "out3"), expected([text.decode()]))
