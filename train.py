@@ -732,10 +732,10 @@ def train_step(parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, t
     next_batch in training, a fixed batch in --bench's synthetic half. With --cuda-graph the
     step is parts.graph's replay.
     """
+    for group in parts.optimizer.param_groups:  # (under --cuda-graph: what a checkpoint saves)
+        group["lr"] = lr
     if parts.graph is not None:
         return parts.graph(parts, feed, lr)
-    for group in parts.optimizer.param_groups:
-        group["lr"] = lr
     loss_sum, grad_norm = step_body(parts, feed)
     parts.optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
@@ -795,9 +795,7 @@ class StepGraph:
             x, y = feed()
             self.x[micro].copy_(x)
             self.y[micro].copy_(y)
-        self.lr.fill_(lr)
-        for group in parts.optimizer.param_groups:  # (what a checkpoint saves; the graph reads self.lr)
-            group["lr"] = lr
+        self.lr.fill_(lr)  # the graph's learning rate (train_step set the optimizer's float)
         self.graph.replay()
         # copies: the next replay overwrites the graph's outputs, the caller keeps these a while
         return self.loss.clone(), self.norm.clone()

@@ -475,11 +475,11 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                         break
                 # `[` then `{`, on one line or pretty-printed: one JSON document if its first object
                 # is whole; read on (up to a block) until it is, or is no JSON
-                while (_opening(block) in (b"[", b"[{") and _json_array_error(block, label) is None
+                array = None  # (the last block's verdict: judged once)
+                while (_opening(block) in (b"[", b"[{") and (array := _json_array_error(block, label)) is None
                        and not whole and len(block) < block_bytes and (more := read(block_bytes - len(block)))):
                     block += more
-                error = (_json_lines_error(block, label, json_field, whole)
-                         or _json_array_error(block, label))
+                error = _json_lines_error(block, label, json_field, whole) or array
             if error is not None:
                 raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
