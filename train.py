@@ -22,9 +22,10 @@ metrics.jsonl has one line per step (and, first, a step-0 line with the untraine
 val_loss when validation is on, the other values null): step, tokens (trained on through
 that step, all ranks), epoch (passes over the train split so far), loss (mean over ranks),
 val_loss (null unless evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
-where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch; on
-CUDA, once the host runs ahead of the GPU, that includes waiting for the GPU to finish copying
-out of a ring buffer before it is refilled: back-pressure, not data cost). A logging point's
+where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch, under
+torchrun the longest of the ranks'; on CUDA, once the host runs ahead of the GPU, that
+includes waiting for the GPU to finish copying out of a ring buffer before it is refilled:
+back-pressure, not data cost). A logging point's
 lines are written when the host reads its values back, at the next logging point (on CUDA the
 host waits there for the point before, with the steps since queued on the GPU).
 """
@@ -959,8 +960,9 @@ class Readback:
 @dataclass
 class LogPoint:
     """A logging point on its way to the host: its steps' (step, lr, data wait s), their
-    values (losses, norms, flags) as a Readback, and once read back, those values and the
-    mean time of a step of its window."""
+    values (losses, norms; under torchrun also the ranks' longest data waits and the shared
+    flags) as a Readback, and once read back, those values and the mean time of a step of its
+    window."""
 
     steps: list[tuple[int, float, float]]
     readback: Readback
@@ -2510,10 +2512,12 @@ def train_loop(s: Session) -> dict:
             step_mfu = mfu(tokens_per_s, flops, device_name, rt.world) if device_name else None
             # tokens: trained on through step k, all ranks; epoch: passes over the train split
             # so far (the loader's steps / steps per epoch)
+            # under torchrun the values hold the longest wait over the ranks, and the shared flags
+            step_waits, flags = (values[2 * n:3 * n], values[3 * n:]) if rt.ddp else ([w for *_, w in steps], [])
             rows = [dict(zip(METRICS_FIELDS, (k, k * s.tokens_per_step, k * micro_per_epoch, k_loss,
                                               val_loss if k == steps[-1][0] else None, k_lr, k_norm,
                                               1000 * point.dt, tokens_per_s, step_mfu, 1000 * wait), strict=True))
-                    for (k, k_lr, wait), k_loss, k_norm in zip(steps, values[:n], values[n:2 * n])]
+                    for (k, k_lr, _), k_loss, k_norm, wait in zip(steps, values[:n], values[n:2 * n], step_waits)]
             if diverged is None:  # the first step whose loss or gradient is no number: see check_diverged
                 diverged = next((r for r in rows if not math.isfinite(r["loss"] + r["grad_norm"])), None)
             with signals_deferred():  # a Ctrl-C now would leave the point queued: flush() would write it twice
@@ -2526,7 +2530,6 @@ def train_loop(s: Session) -> dict:
                 bar.set_postfix(loss=f"{values[n - 1]:.4f}", lr=f"{steps[-1][1]:.2e}", tok_s=f"{tokens_per_s:,.0f}",
                                 refresh=False)
             bar.update(n)
-            flags = values[2 * n:]
             return bool(flags) and flags[0] > 0, bool(flags) and flags[1] > 0
 
         def check_diverged(step: int | None = None) -> None:
@@ -2600,7 +2603,16 @@ def train_loop(s: Session) -> dict:
                 rt.all_reduce(summed)
                 losses, flags = summed[:-2] / rt.world, summed[-2:]  # the global batch's mean loss
                 overdue = False  # the ranks act on the shared flag when it is read back
-                values = torch.cat([losses, norms, flags])
+                # and one more: each step's longest data wait over the ranks, since the slowest
+                # rank's wait holds every rank back at the gradients' all-reduce. The host's
+                # waits go over from pinned memory: a copy queued on the stream (from pageable
+                # memory, CUDA's copy would wait for the GPU's queue to drain)
+                slowest = torch.tensor([p[4] for p in pending], dtype=torch.float32)
+                if rt.device.type == "cuda":
+                    slowest = slowest.pin_memory()
+                slowest = slowest.to(rt.device, non_blocking=True)
+                rt.all_reduce(slowest, op=dist.ReduceOp.MAX)
+                values = torch.cat([losses, norms, slowest, flags])
             else:  # the losses, then the norms: one stack, one launch (float up-casts are exact)
                 values = torch.stack(step_losses + step_norms).float()
             inflight.append(LogPoint([(k, k_lr, wait) for k, k_lr, _, _, wait in pending], Readback(values)))

@@ -155,6 +155,32 @@ def test_ckpt_minutes_under_torchrun_is_rank_0s_clock_agreed_by_all(tmp_path):
     assert len(torch.load(tmp_path / "timed" / "ckpt_000002.pt", weights_only=True)["rng_ranks"]) == 2
 
 
+SLOW_LOADERS = """
+import os, runpy, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+from loader import TokenLoader
+real, pause = TokenLoader.next_batch, {"0": 0.2, "1": 0.4}[os.environ["RANK"]]
+def next_batch(self, *args, **kwargs):  # each train batch: 0.2 s late on rank 0, 0.4 s on rank 1
+    if self.split == "train":
+        time.sleep(pause)
+    return real(self, *args, **kwargs)
+TokenLoader.next_batch = next_batch
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_data_wait_under_torchrun_is_the_slowest_ranks(tmp_path):
+    """data_wait_ms is each step's longest wait over the ranks (rank 1's, 2 micro-batches x
+    0.4 s), not rank 0's own (2 x 0.2 s), nor the ranks' mean (0.6 s) or sum (1.2 s): the
+    slowest rank holds every rank back at the gradients' all-reduce."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "slow.py").write_text(SLOW_LOADERS)
+    run([*TORCHRUN, str(tmp_path / "slow.py"), str(REPO / "train.py"), *common(data, "run", B)], tmp_path)
+    waits = [json.loads(line)["data_wait_ms"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(waits) == STEPS and all(ACCUM * 400 <= w < ACCUM * 600 for w in waits), waits
+
+
 SIGNAL_ON_RANK_1 = """
 import os, runpy, signal, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
