@@ -35,9 +35,10 @@ TOKEN_DTYPE = np.dtype("<u2")  # little-endian uint16, whatever the host's byte 
 MAX_TOKENS = 2**31 - 1  # the count lives in an int32 slot
 SPLITS = ("train", "val")
 
-# <name>_<split>_<index:06d>.bin; reading also takes llm.c's single-shard <name>_<split>.bin
+# <name>_<split>_<index:06d>.bin (seven digits and more from index 1,000,000 on, as the format
+# writes them); reading also takes llm.c's single-shard <name>_<split>.bin
 # (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0, and build-nanogpt's .npy shards
-_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6}))?\.(?:bin|npy)$")
+_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6,}))?\.(?:bin|npy)$")
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 

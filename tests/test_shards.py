@@ -97,6 +97,15 @@ def test_names_and_find(tmp_path):
     assert shards.parse_shard_name("input_train_12.bin") is None
     with pytest.raises(ValueError):
         shards.shard_name("x", "test", 0)
+    # from index 1,000,000 on the name has seven digits, and reads back as written
+    for i in (999_999, 1_000_000, 12_345_678):
+        assert shards.parse_shard_name(shards.shard_name("d", "train", i)) == ("d", "train", i)
+    (tmp_path / "many").mkdir()
+    for i in (1_000_000, 999_999):
+        write_shard(tmp_path / "many" / shards.shard_name("d", "train", i), np.arange(3))
+    # in index order, not the names' (where d_train_1000000.bin comes first)
+    assert [p.name for p in shards.find_shards(tmp_path / "many", "train")] == [
+        "d_train_999999.bin", "d_train_1000000.bin"]
     for i in (2, 0, 10):
         write_shard(tmp_path / shards.shard_name("d", "train", i), np.arange(3))
     write_shard(tmp_path / shards.shard_name("d", "val", 0), np.arange(3))
