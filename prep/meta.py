@@ -58,8 +58,12 @@ def check_listed_names(files_by_split: dict[str, list[str]]) -> None:
 
 
 def _meta_split(meta: dict, split: str) -> dict:
-    """meta.json's record for one split (empty if absent), checked for the fields we rely on."""
-    splits = meta.get("splits", {})
+    """meta.json's record for one split (empty if absent), checked for the fields we rely on.
+    A meta.json without 'splits' at all is no dataset's (prep writes it, splits empty or not):
+    read as empty, it hid the shards beside it behind "no shards found"."""
+    if "splits" not in meta:
+        raise ValueError("no 'splits' object")
+    splits = meta["splits"]
     record = splits.get(split, {}) if isinstance(splits, dict) else None
     if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
         raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")

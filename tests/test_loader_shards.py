@@ -282,6 +282,7 @@ def shard_entry(i):
             r"meta.json: train shard entry .* lacks file/tokens/sha256",
         ),
         (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
+        (lambda m: m.pop("splits"), LoaderError, r"meta.json: no 'splits' object"),
         (  # it would be read twice
             lambda m: m["splits"]["train"]["shards"].append(dict(shard_entry(0)(m))),
             LoaderError,

@@ -160,6 +160,9 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "bad_meta": (lambda t: _with_meta_text(t, lambda m: "{not json"), [], [META_NAME, "not valid JSON"]),
     "bad_layout": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"splits": {"train": []}})), [],
                    [META_NAME, "splits.train"]),
+    # read as no splits at all, it said "no shards found" beside the shards themselves
+    "no_splits": (lambda t: _with_meta_text(t, lambda m: json.dumps({k: v for k, v in m.items() if k != "splits"})),
+                  [], [META_NAME, "no 'splits' object"]),
     "other_format_version": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"format_version": 2})), [],
                              [META_NAME, "not a meta.json of format version 1"]),
     "other_shard_format": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"dtype": "uint32",
@@ -250,6 +253,17 @@ def test_verify_checks_the_range_against_gpt2_whatever_meta_json_says(dataset):
     (dataset / META_NAME).write_text(json.dumps(meta | {"vocab_size": 65536}))
     result = run(verify_command, dataset)
     assert result.exit_code == 1 and "not 'gpt2' with 50257" in result.output
+
+
+def test_verify_says_a_meta_json_without_splits_is_unusable(dataset):
+    """Read as a dataset of no shards, it listed every shard "present but not listed", under a
+    summary that said their sha256 had been checked against meta.json."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    (dataset / META_NAME).write_text(json.dumps({k: v for k, v in meta.items() if k != "splits"}))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1
+    assert f"BAD {dataset / META_NAME}: no 'splits' object" in result.output
+    assert "meta.json unusable, so hashes were not checked" in result.output and "not listed" not in result.output
 
 
 def test_verify_without_meta_checks_headers_and_range(tmp_path):
