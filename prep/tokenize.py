@@ -175,6 +175,15 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if total_bytes == 0:
         raise CorpusError(f"{', '.join(inputs)}: empty input, nothing to tokenize")
     target = Path(out_dir) if out_dir is not None else Path("data") / (sources[0].stem or "dataset")
+    if ".." in target.parts:
+        # `new/sub/..` is new/ once new/sub exists, and the install makes the target's parent,
+        # new/sub: the target would then hold it, and be refused as no dataset's at the end of
+        # the work; and its name, "..", would name the shards. Where it leads, resolved (links
+        # too), and relative again where it was given so (`../data/x` stays as it is); checked
+        # first as given, so that `new/..`, the directory the user is in, is refused so named.
+        check_target(target, overwrite)
+        resolved = os.path.realpath(target)
+        target = Path(resolved if target.is_absolute() else os.path.relpath(resolved))
     given = name is not None
     name = name if given else target.absolute().name
     where = "--name" if given else f"--out {str(target)!r} gives the shard name"

@@ -387,6 +387,18 @@ def test_out_that_leads_back_to_the_directory_you_are_in_is_refused_before_any_w
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
+def test_out_through_a_directory_not_made_yet_and_back_is_where_it_leads(tmp_path, monkeypatch):
+    """`--out new/sub/..`: the install made the target's parent, new/sub, inside new/ itself,
+    and after the whole work refused new/ as "not a dataset directory (it holds 'sub')"; the
+    shards were to be named '.._train_000000.bin'. It is new/, named new."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("some text")
+    result = invoke("a.txt", "--out", "new/sub/..", "--quiet", "--val-fraction", 0)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["meta.json", "new_train_000000.bin"]
+    assert np.array_equal(stream(tmp_path / "new"), expected(["some text"]))
+
+
 # --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
 
 BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
