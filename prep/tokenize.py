@@ -53,7 +53,7 @@ from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter,
 from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.tokenizer import TokenizerError, ensure_available
-from prep.workers import EncoderPool, encode_stream
+from prep.workers import EncoderPool, WorkerError, encode_stream
 
 DEFAULT_SHARD_SIZE = 100_000_000  # llm.c's fineweb shards hold 100M tokens
 DEFAULT_VAL_FRACTION = 0.1
@@ -376,6 +376,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError(_decompressing(e, click.get_current_context(), inputs)) from None
     except (CorpusError, OutputError, TokenizerError) as e:
         raise UserError(str(e)) from None
+    except WorkerError as e:  # no mistake of the user's (status 1), but no bug either: one line
+        raise click.ClickException(f"{e}; nothing was written (the output directory is as it was)") from None
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through sigterm_raises
         status = 130 if isinstance(e, KeyboardInterrupt) else e.code
         name = signal.Signals(status - 128).name if isinstance(status, int) and status > 128 else "interrupted"

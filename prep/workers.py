@@ -41,6 +41,24 @@ from prep.tokenizer import EOT, get_encoding
 IN_FLIGHT_PER_WORKER = 2  # one being encoded, one waiting: workers never idle, memory bounded
 
 
+class WorkerError(RuntimeError):
+    """Encoder processes that could not be started (a limit on processes or open files), or
+    one that ended before its work was done (killed: the kernel's OOM killer, a signal); the
+    message says which and what to try."""
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a worker process ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        oom = " (the kernel's OOM killer, if memory ran short: pass fewer --workers)" if name == "SIGKILL" else ""
+        return f"killed by {name}{oom}"
+    return f"exit code {exitcode}"
+
+
 def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:
     """Tokens of a batch as uint16 bytes: EOT before each piece that starts a document.
 
@@ -154,6 +172,11 @@ class EncoderPool:
                 self._workers.append((process, task_writer, result_reader))
             self._sender = threading.Thread(target=self._send_loop, name="prep-sender", daemon=True)
             self._sender.start()
+        except OSError as e:  # EMFILE (4 pipe ends a worker), EAGAIN (a process limit), ENOMEM
+            self.abort()
+            raise WorkerError(f"cannot start {workers} encoder processes ({e.strerror or e}, starting process "
+                              f"{len(self._workers) + 1}): pass fewer --workers, or raise the limit (ulimit -n "
+                              f"for open files, ulimit -u for processes)") from None
         except BaseException:
             self.abort()
             raise
@@ -185,7 +208,8 @@ class EncoderPool:
             data = results.recv_bytes()
         except EOFError:
             process.join(timeout=5)
-            raise RuntimeError(f"encoder process {process.pid} died (exit code {process.exitcode})") from None
+            raise WorkerError(f"encoder process {process.pid} died before its work was done: "
+                              f"{_ended(process.exitcode)}") from None
         self.received += 1
         return data
 

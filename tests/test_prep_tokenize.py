@@ -399,6 +399,46 @@ def test_out_through_a_directory_not_made_yet_and_back_is_where_it_leads(tmp_pat
     assert np.array_equal(stream(tmp_path / "new"), expected(["some text"]))
 
 
+# --- workers that cannot start or die: one line, status 1, nothing on disk -----------------
+
+def test_workers_that_cannot_start_say_which_limit_in_one_line(tmp_path):
+    """Out of open files (four pipe ends a worker) while starting the workers: it was
+    "Error: <--out>: Too many open files", blamed on the output directory."""
+    resource = pytest.importorskip("resource")
+    (tmp_path / "a.txt").write_text("hello there")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))  # noqa: E731
+    result = subprocess.run([sys.executable, "-m", "prep", "tokenize", "a.txt", "--out", "o", "--workers", "30",
+                             "--chunk-size", "1", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
+                            preexec_fn=limit, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    # (30 asked for; as many as the 11 bytes' chunks need are started)
+    assert re.match(r"Error: cannot start \d+ encoder processes \(Too many open files, starting process \d+\): "
+                    r"pass fewer --workers, or raise the limit \(ulimit -n", lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_worker_that_dies_is_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    """A worker killed (the OOM killer) ended the command in a traceback of RuntimeError."""
+    (tmp_path / "a.txt").write_text("some text " * 1000)
+    real = tokenize_module.EncoderPool.next_result
+
+    def killed(pool):
+        process = pool._workers[pool.received % len(pool._workers)][0]
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+        return real(pool)
+
+    monkeypatch.setattr(tokenize_module.EncoderPool, "next_result", killed)
+    result = invoke(tmp_path / "a.txt", "--out", tmp_path / "o", "--workers", 2, "--chunk-size", 100)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert re.fullmatch(r"Error: encoder process \d+ died before its work was done: killed by SIGKILL \(the kernel's "
+                        r"OOM killer, if memory ran short: pass fewer --workers\); nothing was written \(the output "
+                        r"directory is as it was\)", lines[0]), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
 # --- user mistakes: exit 2, one line naming what and where, nothing on disk -----------------
 
 BAD_INPUTS = {  # name -> (files to write, args before --out, words the message must hold)
