@@ -50,6 +50,8 @@ class DatasetInfo:
     # listed in meta.json, on disk, but not the size its tokens give (cut short, changed): file,
     # bytes on disk, bytes expected
     wrong_size: list[tuple[str, int, int]] = field(default_factory=list)
+    # on disk with a shard's name but not listed in meta.json: the loader reads meta.json's list
+    unlisted: list[str] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -102,6 +104,9 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                         info.missing.append(entry["file"])
                     elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
+            listed = {e["file"] for record in meta_splits(meta).values() for e in record["shards"]}
+            info.unlisted = sorted(p.name for split in SPLITS for p in find_shards(directory, split)
+                                   if p.name not in listed)
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:
@@ -156,6 +161,9 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
         click.echo(f"warning: {len(info.wrong_size)} shard(s) are not the size meta.json gives them (cut short "
                    f"or changed), e.g. {directory / name}: {size:,} bytes, {expected:,} expected; run "
                    f"`prep verify {directory}`", err=True)
+    if info.unlisted:
+        click.echo(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
+                   f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`", err=True)
     if as_json:
         record = asdict(info) | {"tokens": info.tokens, "shards": info.shards}
         if B is not None:

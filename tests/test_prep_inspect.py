@@ -141,6 +141,18 @@ def test_info_warns_about_a_shard_cut_short(dataset):
                              f"e.g. {shard}: 5,000 bytes, 7,024 expected; run `prep verify {dataset}`\n")
 
 
+def test_info_warns_about_shards_meta_json_does_not_list(dataset):
+    """A shard on disk that meta.json leaves out (a hand edit, a copy into the directory) is
+    read by no one: info counted meta.json's alone and said nothing (verify finds it)."""
+    write_shard(dataset / "ds_train_000002.bin", tokens(10))
+    result = run(info_command, dataset, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["unlisted"] == ["ds_train_000002.bin"]
+    assert json.loads(result.stdout)["splits"]["train"]["shards"] == 2  # meta.json's, which the loader reads
+    assert result.stderr == (f"warning: 1 shard file(s) here are not listed in meta.json, so not read, e.g. "
+                             f"{dataset / 'ds_train_000002.bin'}; run `prep verify {dataset}`\n")
+
+
 def _with_meta_text(tmp_path, text):
     target = make_dataset(tmp_path / "m", {"train": [tokens(10)]})
     (target / META_NAME).write_text(text(json.loads((target / META_NAME).read_text())))
