@@ -506,11 +506,29 @@ class Runtime:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
 
 
+def _env_int(name: str, default: int, low: int) -> int:
+    """An integer >= low from the environment variable `name` (torchrun's), or `default` where
+    it is not set; anything else is a UserError naming it (int() raised a traceback, and
+    WORLD_SIZE=0 a ZeroDivisionError later)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        raise UserError(f"{name}={text!r} in the environment: not an integer >= {low} (torchrun sets it; "
+                        f"unset it to train in one process)")
+    return value
+
+
 def make_runtime(cfg: TrainConfig) -> Runtime:
     """Pick device/dtype/compile from the flags and the hardware; world size from torchrun's env."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = _env_int("WORLD_SIZE", 1, 1), _env_int("RANK", 0, 0), _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise UserError(f"RANK={rank} in the environment: not below WORLD_SIZE={world} (torchrun sets both; unset "
+                        f"them to train in one process)")
     kind = cfg.device
     if kind == "auto":
         mps = torch.backends.mps.is_available()

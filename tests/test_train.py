@@ -2678,6 +2678,25 @@ def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(
     assert "Error: rank ? of 2: --lr must be a number > 0" in result.output, result.output
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' in the environment: not an integer >= 1"),  # int()'s traceback
+    ({"WORLD_SIZE": ""}, "WORLD_SIZE='' in the environment: not an integer >= 1"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment: not an integer >= 1"),  # a ZeroDivisionError later
+    ({"RANK": "abc"}, "RANK='abc' in the environment: not an integer >= 0"),
+    ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' in the environment: not an integer >= 0"),
+    ({"RANK": "1"}, "RANK=1 in the environment: not below WORLD_SIZE=1"),  # the loader's "rank must satisfy"
+])
+def test_torchruns_variables_set_wrong_by_hand_are_one_line_naming_them(tmp_path, dataset, monkeypatch, env, message):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(train.main, ["--data", str(dataset), "--model", "tiny", "--B", "2", "--T", "16",
+                                             "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.startswith("Error: " + message), result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
 def test_a_run_with_world_size_set_but_no_torchrun_is_one_line(tmp_path, dataset, monkeypatch):
     """WORLD_SIZE exported by hand (or a cluster's environment) without torchrun's RANK and
     MASTER_ADDR, options all fine: one line saying so, not init_process_group's ValueError
