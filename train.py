@@ -93,6 +93,9 @@ DEVICES = ("auto", "cuda", "mps", "cpu")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # on CUDA these replay CUDA graphs
 BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
+# the largest --lr: AdamW's step size lr / (1 - beta1^t), 10 lr at step 1, goes to its kernels
+# as a float32 (beyond it: "value cannot be converted to type float without overflow")
+LR_MAX = FLOAT32_MAX * (1 - BETAS[0])
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
@@ -171,8 +174,9 @@ class TrainConfig:
             for name in names:
                 if getattr(self, name) < least:
                     raise ValueError(f"--{_flag(name)} must be >= {least}, got {getattr(self, name)}")
-        if not 0 < self.lr <= FLOAT32_MAX:  # the optimizer holds it as a float32
-            raise ValueError(f"--lr must be a number > 0 and <= 3.4e38 (a float32), got {self.lr}")
+        if not 0 < self.lr <= LR_MAX:
+            raise ValueError(f"--lr must be a number > 0 and <= {LR_MAX:.2g} (AdamW's first step is lr / (1 - beta1) "
+                             f"= 10 lr, a float32), got {self.lr}")
         if not self.out:
             raise ValueError("--out must name a directory, got ''")
         for flag, value in (("--data", self.data), ("--val-data", self.val_data)):

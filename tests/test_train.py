@@ -2423,9 +2423,15 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                                        "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
     "bench with log-windows": (["--bench", "", "--log-windows", ""], ".",
                                "--log-windows logs a training run's windows; --bench writes nothing"),
-    "negative lr": (["--lr", "-1"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got -1.0"),
-    "infinite lr": (["--lr", "inf"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got inf"),
-    "lr beyond float32": (["--lr", "1e39"], ".", "--lr must be a number > 0 and <= 3.4e38 (a float32), got 1e+39"),
+    "negative lr": (["--lr", "-1"], ".", "--lr must be a number > 0 and <= 3.4e+37 (AdamW's first step is lr / "
+                    "(1 - beta1) = 10 lr, a float32), got -1.0"),
+    "infinite lr": (["--lr", "inf"], ".", "--lr must be a number > 0 and <= 3.4e+37 (AdamW's first step is lr / "
+                    "(1 - beta1) = 10 lr, a float32), got inf"),
+    "lr beyond float32": (["--lr", "1e39"], ".", "--lr must be a number > 0 and <= 3.4e+37 (AdamW's first step is "
+                          "lr / (1 - beta1) = 10 lr, a float32), got 1e+39"),
+    # within float32, but not AdamW's step size (a traceback from its kernel, at step 1)
+    "lr of a step beyond float32": (["--lr", "1e38", "--warmup-steps", "0"], ".", "--lr must be a number > 0 and "
+                                    "<= 3.4e+37 (AdamW's first step"),
     "./data is a file": (["--data", None], "datafile", "no --data given and data is not a directory"),
     "a folder named like a checkpoint": (["--out", "ckptdir"], ".", "--out ckptdir: ckptdir/ckpt_000004.pt is not "
                                                                       "a file; checkpoints are written under that name"),
