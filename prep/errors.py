@@ -65,6 +65,11 @@ class UserError(click.ClickException):
 
     exit_code = 2
 
+    def format_message(self) -> str:
+        """The message on one line, whatever a path or a value in it holds: a file name with a
+        line break in it made two lines of `--data 'no<newline>exist'`'s error."""
+        return self.message.replace("\r", "\\r").replace("\n", "\\n")
+
 
 # click >= 8.2 raises this for a bare group invocation, to print the help: let it through.
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
