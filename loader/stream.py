@@ -28,8 +28,8 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (SPLITS, ShardError, dataset_shards, looks_like_raw_tokens, not_a_shard, open_shard,
-                         parse_shard_name, raw_tokens_hint, raw_tokens_in, read_header)
+from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, not_a_shard,
+                         open_shard, parse_shard_name, raw_tokens_hint, raw_tokens_in, read_header)
 
 _GLOB_CHARS = "*?["
 
@@ -57,6 +57,10 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
         matches = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
         if not matches:
             raise LoaderError(f"{text}: no shard files match this pattern")
+    elif p.is_symlink() and not p.exists():
+        raise LoaderError(f"{text}: a broken symbolic link (to {os.readlink(p)})")
+    elif p.exists():  # /dev/null, a FIFO (read as one, it would wait for a writer)
+        raise LoaderError(f"{text}: not a regular file (a {file_kind(p.stat().st_mode)}), not a shard")
     else:
         raise LoaderError(f"{text}: no such file or directory")
     # files are taken as they are, but not a shard whose name says it is the other split:

@@ -373,6 +373,15 @@ def test_a_directory_that_cannot_be_listed_is_a_loader_error(tmp_path, monkeypat
 def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
         TokenLoader(tmp_path / "nowhere")
+    # there, but neither a file nor a directory: it said "no such file or directory" too
+    with pytest.raises(LoaderError, match=r"^/dev/null: not a regular file \(a character device\), not a shard$"):
+        TokenLoader("/dev/null")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(LoaderError, match=r"fifo: not a regular file \(a FIFO\), not a shard$"):
+        TokenLoader(tmp_path / "fifo")
+    (tmp_path / "broken").symlink_to("gone")
+    with pytest.raises(LoaderError, match=r"broken: a broken symbolic link \(to gone\)$"):
+        TokenLoader(tmp_path / "broken")
     with pytest.raises(LoaderError, match=r"nothing_\*.bin: no shard files match"):
         TokenLoader(str(tmp_path / "nothing_*.bin"))
     empty = tmp_path / "empty"
