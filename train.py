@@ -42,6 +42,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -1543,7 +1544,6 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
     """Rename an earlier run's logs in `out` to <name>.before-<UTC time>, which no run reads or
     writes: rank 0 its metrics.jsonl (where it logged training), every rank its own window log
     (nodes may not share out)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     own = window_log(out, rt.rank)
     paths = [own] if _nonempty_file(own) else []
     if rt.master:
@@ -1554,13 +1554,20 @@ def set_aside_logs(out: Path, rt: Runtime) -> None:
         paths += [p for p in out.glob(WINDOW_LOGS) if p.is_file() and
                   (m := LOG_PATTERN.fullmatch(p.name)) and int(m[1]) >= rt.world]
     for path in paths:
-        aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
-        while aside.exists():  # restarted twice within a second
-            aside, n = path.with_name(f"{path.name}.before-{stamp}-{n}"), n + 1
+        aside = _aside(path)
         try:
             os.rename(path, aside)
         except OSError as e:
             raise UserError(f"{path}: cannot rename it to {aside.name} to start again ({e.strerror or e})") from None
+
+
+def _aside(path: Path) -> Path:
+    """A name no file has yet for an earlier run's log: <name>.before-<UTC time>[-n]."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside, n = path.with_name(f"{path.name}.before-{stamp}"), 1
+    while aside.exists():  # restarted twice within a second
+        aside, n = path.with_name(f"{path.name}.before-{stamp}-{n}"), n + 1
+    return aside
 
 
 def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig, overrides: dict | None = None,
@@ -1631,7 +1638,9 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: b
 def open_log(path: Path, key: str, keep_through: int | None):
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
-    covers, are kept (a torn last line from a killed run is dropped). Streamed, line by line:
+    covers, are kept (a torn last line from a killed run is dropped). Lines of no such record
+    anywhere else (a hand edit, a disk's damage) are not dropped without a word: the file as it
+    was is kept as <name>.before-<UTC time> first, and a note says so. Streamed, line by line:
     a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own."""
     try:
         source = open(path, "rb") if keep_through is not None and path.is_file() else None
@@ -1641,14 +1650,29 @@ def open_log(path: Path, key: str, keep_through: int | None):
     def keep(f) -> None:
         if source is None:
             return
+        foreign, last_foreign = 0, False  # lines that are no record of this log's
         for line in _log_lines(source, path):
             try:
                 record = json.loads(line)
             except (ValueError, RecursionError):  # JSONDecodeError, > 4,300 digits, nested too deeply
-                continue
+                record = None
             value = record.get(key) if isinstance(record, dict) else None
-            if isinstance(value, int) and value <= keep_through:
+            last_foreign = not (isinstance(value, int) and not isinstance(value, bool))
+            foreign += last_foreign
+            if not last_foreign and value <= keep_through:
                 f.write((line + "\n").encode("utf-8"))
+        try:
+            source.seek(-1, os.SEEK_END)
+            torn = last_foreign and source.read(1) != b"\n"  # a killed run's last line, cut short
+        except OSError:  # an empty file
+            torn = False
+        if foreign > torn:
+            aside = _aside(path)
+            source.seek(0)
+            atomic_write(aside, lambda g: shutil.copyfileobj(source, g))
+            click.echo(f"note: {path}: {foreign - torn:,} line(s) hold no {key!r} record of a train.py log "
+                       f"(edited or damaged); kept through the checkpoint are the others, the file as it was "
+                       f"is {aside.name}")
 
     try:
         with source or contextlib.nullcontext():

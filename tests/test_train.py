@@ -2196,12 +2196,41 @@ def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_tracebac
     """json.loads raises ValueError (an integer of > 4,300 digits) or RecursionError (nested too
     deeply), not JSONDecodeError, for these: a traceback from open_log and trained_steps_logged."""
     log = tmp_path / "metrics.jsonl"
-    log.write_text('{"step": 1}\n{"step": 2, "x": ' + damage + '}\n{"step": 3}\n')
+    text = '{"step": 1}\n{"step": 2, "x": ' + damage + '}\n{"step": 3}\n'
+    log.write_text(text)
     assert train.trained_steps_logged(log)
     train.open_log(log, "step", 5).close()
     assert log.read_text() == '{"step": 1}\n{"step": 3}\n'
+    assert [p.read_text() for p in tmp_path.glob("metrics.jsonl.before-*")] == [text]  # kept as it was
     log.write_text('{"step": 0, "x": ' + damage + '}\n')
     assert train.trained_steps_logged(log)  # unreadable counts, to be safe
+
+
+def test_lines_of_no_record_in_a_resumed_log_are_kept_aside_with_a_note(tmp_path, dataset):
+    """--resume auto dropped every line of a log that was not a record (a hand edit, damage)
+    without a word, wherever it was: only a killed run's torn last line goes so now. For
+    others the file as it was is kept as metrics.jsonl.before-<time>, and a note says so."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--no-compile",
+            "--device", "cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--ckpt-every", "2"]
+    assert CliRunner().invoke(train.main, [*args, "--steps", "4"]).exit_code == 0
+    log, last = tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "ckpt_000004.pt"
+    lines = log.read_text().splitlines(keepends=True)
+    last.unlink()  # killed before it: resumed from step 2
+    log.write_text(lines[0] + lines[1] + '{"step": 3, "lo')  # a killed run's torn last line: dropped
+    result = CliRunner().invoke(train.main, [*args, "--steps", "4", "--resume", "auto"])
+    assert result.exit_code == 0 and "hold no" not in result.output, result.output
+    assert not list(log.parent.glob("*.before-*"))
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    last.unlink()
+    damaged = lines[0] + "garbage, not json\n" + '["step", 2]\n' + lines[1] + "".join(lines[2:])
+    log.write_text(damaged)
+    result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
+    assert result.exit_code == 0, result.output
+    [aside] = log.parent.glob("metrics.jsonl.before-*")
+    assert aside.read_text() == damaged
+    assert f"note: {log}: 2 line(s) hold no 'step' record of a train.py log (edited or damaged); kept through " \
+           f"the checkpoint are the others, the file as it was is {aside.name}" in result.output
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
 # ----------------------------------------------------------------------------- bad input
