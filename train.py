@@ -1848,8 +1848,11 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
         notes.append(f"no val split in {data}: validation skipped (--val-data names one)")
         return None
     if steps_per_epoch(val_tokens, cfg.B, cfg.T, rt.world) == 0:
-        notes.append(f"val split has {val_tokens:,} tokens, less than one batch of "
-                     f"{cfg.B * cfg.T * rt.world:,} + 1: validation skipped")
+        short = f"{val_tokens:,} tokens, less than one batch of {cfg.B * cfg.T * rt.world:,} + 1"
+        if cfg.val_data is not None:  # asked for by name: no run that skips it quietly
+            raise UserError(f"--val-data {cfg.val_data}: {short} (B*T*world + 1): name more validation "
+                            f"tokens, or a smaller --B or --T")
+        notes.append(f"val split has {short}: validation skipped")
         return None
     loader = _open_loader(source, "val", cfg, rt, False, vocab_size)
     both = sorted({p.resolve() for p in loader.shards} & {p.resolve() for p in train_shards})

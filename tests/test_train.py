@@ -621,6 +621,11 @@ def test_validation_skipped_with_a_note_when_val_is_too_small(tmp_path, capsys):
     train.train(cfg(tmp_path, data, steps=2, eval_every=1))
     assert "note: val split has 20 tokens, less than one batch" in capsys.readouterr().out
     assert all(r["val_loss"] is None for r in metrics(tmp_path / "out"))
+    # the same split named by --val-data: asked for, so refused, not skipped with a note
+    with pytest.raises(train.UserError, match=r"^--val-data .*/d: 20 tokens, less than one batch of 32 \+ 1 "
+                                              r"\(B\*T\*world \+ 1\): name more validation tokens, or a smaller"):
+        train.train(cfg(tmp_path, data, val_data=str(data), steps=2, eval_every=1, out=str(tmp_path / "named")))
+    assert not (tmp_path / "named").exists()
 
 
 def _steps_with(fused: bool, grad_clip: float, accum: int = 1, steps: int = 3):
