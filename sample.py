@@ -16,10 +16,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from prep.errors import UserCommand, UserError, interrupt_exits_quietly  # click only: quick
+from prep.errors import UserCommand, UserError, interrupt_exits_while_importing  # click only: quick
 
-# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
-with interrupt_exits_quietly(__name__ == "__main__"):
+# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once, one line
+with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
     import torch
 

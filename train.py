@@ -65,11 +65,11 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import (UserCommand, UserError, bar_disable, interrupt_exits_quietly,  # click only: quick
-                         plain_numbers)
+from prep.errors import (UserCommand, UserError, bar_disable,  # click only: quick
+                         interrupt_exits_while_importing, plain_numbers)
 
-# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once
-with interrupt_exits_quietly(__name__ == "__main__"):
+# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once, one line
+with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
     import numpy as np
     import torch

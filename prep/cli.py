@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from prep.errors import UserGroup, interrupt_exits_quietly
+from prep.errors import UserGroup, interrupt_exits_while_importing
 
 
 @click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -23,7 +23,7 @@ def _register() -> None:
         main.add_command(command)
 
 
-with interrupt_exits_quietly():  # numpy and tiktoken take a moment to import
+with interrupt_exits_while_importing():  # numpy and tiktoken take a moment to import
     _register()
 
 if __name__ == "__main__":

@@ -86,16 +86,25 @@ def usage_as_user_error(ctx: click.Context):
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
+IMPORT_STOP_LINE = b"SIGINT: stopped while starting up (importing its libraries); nothing was written\n"
+
+
+def _exit_while_importing(signum, frame) -> None:
+    with contextlib.suppress(OSError):  # stderr closed: the status says it
+        os.write(2, IMPORT_STOP_LINE)
+    os._exit(130)
+
+
 @contextlib.contextmanager
-def interrupt_exits_quietly(active: bool = True):
-    """Within the block, Ctrl-C exits 130 at once instead of raising KeyboardInterrupt: for the
-    seconds that importing numpy, tiktoken or torch takes, where it printed the import's
-    traceback. Only where `may_handle` (the main thread, a handler that can be put back, a
-    Ctrl-C not ignored); `active` False: nothing."""
+def interrupt_exits_while_importing(active: bool = True):
+    """Within the block, Ctrl-C exits 130 at once, with one line saying so, instead of raising
+    KeyboardInterrupt: for the seconds that importing numpy, tiktoken or torch takes, where it
+    printed the import's traceback. Only where `may_handle` (the main thread, a handler that
+    can be put back, a Ctrl-C not ignored); `active` False: nothing."""
     if not active or not may_handle(signal.SIGINT):
         yield
         return
-    before = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    before = signal.signal(signal.SIGINT, _exit_while_importing)
     try:
         yield
     finally:
