@@ -1815,7 +1815,13 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
                        train_loader: TokenLoader, accum: int) -> dict:
     """Load and check the checkpoint to resume, and put the train loader at its step (`accum`
     micro-steps, loader steps, per optimizer step)."""
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except UserError as e:  # damaged: --resume auto names the one to continue from instead
+        older = [p for _, p in list_checkpoints(Path(cfg.out)) if p.name != path.name]
+        if cfg.resume == "auto" and older:
+            e.message += f"; move it away, and --resume auto continues from {older[-1]}, the newest before it"
+        raise
     check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None)
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
     if newer:  # they would outlive this run's own checkpoints and win a later --resume auto

@@ -2238,6 +2238,22 @@ def test_lines_of_no_record_in_a_resumed_log_are_kept_aside_with_a_note(tmp_path
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_auto_from_a_damaged_checkpoint_names_the_one_before_it(tmp_path, dataset):
+    """--resume auto takes the newest checkpoint; one damaged since it was written is refused
+    (one line), and the line now names the newest before it, which a resume can continue from."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--no-compile",
+            "--device", "cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--ckpt-every", "2"]
+    assert CliRunner().invoke(train.main, [*args, "--steps", "4"]).exit_code == 0
+    newest, before = tmp_path / "run" / "ckpt_000004.pt", tmp_path / "run" / "ckpt_000002.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
+    assert result.exit_code == 2 and result.stderr.startswith(f"Error: --resume {newest}: not a readable checkpoint")
+    assert result.stderr.endswith(f"; move it away, and --resume auto continues from {before}, the newest before "
+                                  f"it\n") and result.stderr.count("\n") == 1
+    newest.unlink()
+    assert CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"]).exit_code == 0
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
