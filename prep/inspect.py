@@ -22,7 +22,7 @@ from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, open_shard,
                          raw_tokens_in, read_header, shard_file_bytes, token_out_of_range)
-from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
+from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
 
@@ -256,6 +256,9 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                 if listed is not None and listed != sum(e["tokens"] for e in entries):
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards")
+            # the documents' separator, where it is given: GPT-2's, as prep writes it
+            if "eot" in meta and (meta["eot"] != EOT or isinstance(meta["eot"], bool)):
+                report.problems.append(f"{directory / META_NAME}: eot is {meta['eot']!r}, not GPT-2's {EOT}")
             report.meta_found = True
     except ShardError as e:  # no meta.json, and the shards are not one dataset's
         report.problems.append(str(e))

@@ -260,6 +260,16 @@ def test_verify_reports_what_the_loader_refuses(tmp_path):
     assert "BAD " + str(ds) + ": ds_train.bin and ds_train_000000.bin are the same shard index" in result.output
 
 
+@pytest.mark.parametrize("eot", ["x", 0, True, None])
+def test_verify_says_an_eot_that_is_not_gpt2s(dataset, eot):
+    """meta.json's eot, GPT-2's 50256 as prep writes it, was read by nothing: "all OK" for any."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    (dataset / META_NAME).write_text(json.dumps(meta | {"eot": eot}))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1
+    assert f"BAD {dataset / META_NAME}: eot is {eot!r}, not GPT-2's 50256" in result.output
+
+
 def test_verify_checks_the_range_against_gpt2_whatever_meta_json_says(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     (dataset / META_NAME).write_text(json.dumps(meta | {"vocab_size": 65536}))
