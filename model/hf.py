@@ -83,7 +83,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
     if wte is None:
         raise ValueError(f"not a GPT-2 state dict: missing {theirs(wte_key)}")
     if wte.dim() != 2 or wte.shape[0] != config.vocab_size:
-        raise ValueError(f"{theirs(wte_key)}: expected {config.vocab_size} rows, got shape {tuple(wte.shape)}")
+        want = f"{config.vocab_size} rows" if wte.dim() == 2 else f"a matrix of {config.vocab_size} rows"
+        raise ValueError(f"{theirs(wte_key)}: expected {want}, got shape {tuple(wte.shape)}")
     lm_head = hf_state.get("lm_head.weight")
     if lm_head is not None and not torch.equal(lm_head, wte):
         raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")

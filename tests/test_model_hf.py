@@ -91,6 +91,10 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     sd = to_hf_state_dict(model.state_dict(), config)
     with pytest.raises(ValueError, match=r"transformer.wte.weight: expected 50257 rows"):
         from_hf_state_dict({**sd, "transformer.wte.weight": sd["transformer.wte.weight"][:100]}, config)
+    # the rows are right, the dimensions are not: it said "expected 50257 rows" of (50257, 16, 2)
+    with pytest.raises(ValueError, match=r"transformer.wte.weight: expected a matrix of 50257 rows, got shape "
+                                         r"\(50257, 16, 2\)"):
+        from_hf_state_dict({**sd, "transformer.wte.weight": sd["transformer.wte.weight"].view(50257, 16, 2)}, config)
     wider = GPTConfig(**{**vars(config), "n_embd": 64})
     with pytest.raises(ValueError, match=r"transformer.wte.weight: shape \(50257, 32\), where this config "
                                          r"\(n_embd 64, block_size 64\) has \(50257, 64\)"):
