@@ -518,10 +518,7 @@ def _env_int(name: str, default: int, low: int) -> int:
     text = os.environ.get(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
+    value = int(text) if re.fullmatch(r"[0-9]+", text) else None  # int() takes ' 2', '+2', '2_0' too
     if value is None or value < low:
         raise UserError(f"{name}={text!r} in the environment: not an integer >= {low} (torchrun sets it; "
                         f"unset it to train in one process)")
@@ -1635,12 +1632,13 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: b
 # ----------------------------------------------------------------------------- metrics
 
 
-def open_log(path: Path, key: str, keep_through: int | None):
+def open_log(path: Path, key: str, keep_through: int | None,
+             note: Callable[[str], object] = lambda text: click.echo(f"note: {text}")):
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
     covers, are kept (a torn last line from a killed run is dropped). Lines of no such record
     anywhere else (a hand edit, a disk's damage) are not dropped without a word: the file as it
-    was is kept as <name>.before-<UTC time> first, and a note says so. Streamed, line by line:
+    was is kept as <name>.before-<UTC time> first, and `note` says so. Streamed, line by line:
     a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own."""
     try:
         source = open(path, "rb") if keep_through is not None and path.is_file() else None
@@ -1670,9 +1668,8 @@ def open_log(path: Path, key: str, keep_through: int | None):
             aside = _aside(path)
             source.seek(0)
             atomic_write(aside, lambda g: shutil.copyfileobj(source, g))
-            click.echo(f"note: {path}: {foreign - torn:,} line(s) hold no {key!r} record of a train.py log "
-                       f"(edited or damaged); kept through the checkpoint are the others, the file as it was "
-                       f"is {aside.name}")
+            note(f"{path}: {foreign - torn:,} line(s) hold no {key!r} record of a train.py log (edited or "
+                 f"damaged); kept through the checkpoint are the others, the file as it was is {aside.name}")
 
     try:
         with source or contextlib.nullcontext():
@@ -2248,8 +2245,8 @@ def watch_launcher() -> None:
 
 def _launched_world() -> int:
     """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    return int(world) if world.isdigit() and int(world) > 1 else 1
+    world = os.environ.get("WORLD_SIZE", "1")  # as _env_int reads it ('²' is a digit to isdigit)
+    return int(world) if re.fullmatch(r"[0-9]+", world) and int(world) > 1 else 1
 
 
 def _name_rank(e: UserError) -> None:
@@ -2503,8 +2500,11 @@ def train_loop(s: Session) -> dict:
         feed: Feed = waits
         if cfg.log_windows:
             first_batch = s.start_step * s.parts.accum_steps  # the loader's step
+            # (each rank its own log: a note of rank r's says so)
             log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
-                                               first_batch - 1 if s.resumed_from else None))
+                                               first_batch - 1 if s.resumed_from else None,
+                                               lambda text: click.echo(f"note: rank {rt.rank}: {text}"
+                                                                       if rt.ddp else f"note: {text}")))
             feed = window_logger(waits, log, loader)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(Bar(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,

@@ -7,8 +7,9 @@ Which files make a split (`resolve_shards`):
 - a directory without meta.json (llm.c, modded-nanogpt; build-nanogpt's .npy): its
   `<name>_<split>[_<index>].bin` or `.npy` files, refused unless it holds one dataset, each
   shard index once (`prep.shards.dataset_shards`);
-- a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted (the glob
-  picks the files), but not a file whose shard name says it is the other split; a single
+- a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted by name,
+  a shard's index by its value (..._999999.bin before ..._1000000.bin; the glob picks the
+  files), but not a file whose shard name says it is the other split; a single
   shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
   is refused saying what to pass instead.
 
@@ -54,7 +55,7 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
         _check_single_file(p, text)
         matches = [p]
     elif any(c in text for c in _GLOB_CHARS):
-        matches = sorted(Path(m) for m in glob.glob(text) if os.path.isfile(m))
+        matches = sorted((Path(m) for m in glob.glob(text) if os.path.isfile(m)), key=_glob_order)
         if not matches:
             raise LoaderError(f"{text}: no shard files match this pattern")
     elif p.is_symlink() and not p.exists():
@@ -71,6 +72,17 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
                           f"or pass the dataset directory")
     return matches
+
+
+def _glob_order(path: Path) -> str:
+    """A glob's files in name order, a shard's index compared by value: its name with the index
+    widened to 12 digits, so that the seven-digit names from index 1,000,000 on come after the
+    six-digit ones (by name, ..._1000000.bin came before ..._999999.bin) and nothing else moves."""
+    parsed = parse_shard_name(path.name)
+    if parsed is None:
+        return str(path)
+    name, split, index = parsed
+    return str(path.with_name(f"{name}_{split}_{index:012d}{path.suffix}"))
 
 
 def _check_single_file(p: Path, text: str) -> None:

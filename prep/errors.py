@@ -67,8 +67,13 @@ class UserError(click.ClickException):
 
     def format_message(self) -> str:
         """The message on one line, whatever a path or a value in it holds: a file name with a
-        line break in it made two lines of `--data 'no<newline>exist'`'s error."""
-        return self.message.replace("\r", "\\r").replace("\n", "\\n")
+        line break in it made two lines of `--data 'no<newline>exist'`'s error. Each character
+        that str.splitlines() breaks at is written as its escape (\\n, \\r, \\x0b, ...)."""
+        return "".join(c.encode("unicode_escape").decode("ascii") if c in _LINE_BREAKS else c
+                       for c in self.message)
+
+
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines()'s
 
 
 # click >= 8.2 raises this for a bare group invocation, to print the help: let it through.

@@ -257,7 +257,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards")
             # the documents' separator, where it is given: GPT-2's, as prep writes it
-            if "eot" in meta and (meta["eot"] != EOT or isinstance(meta["eot"], bool)):
+            if "eot" in meta and (meta["eot"] != EOT or type(meta["eot"]) is not int):  # not True, not 50256.0
                 report.problems.append(f"{directory / META_NAME}: eot is {meta['eot']!r}, not GPT-2's {EOT}")
             report.meta_found = True
     except ShardError as e:  # no meta.json, and the shards are not one dataset's

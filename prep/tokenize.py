@@ -181,8 +181,11 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
         # the work; and its name, "..", would name the shards. Where it leads, resolved (links
         # too), and relative again where it was given so (`../data/x` stays as it is); checked
         # first as given, so that `new/..`, the directory the user is in, is refused so named.
+        # The last name stays as given unless it is '..' itself: a link there is the target
+        # (AtomicDirectory replaces what it points to), and names the shards.
         check_target(target, overwrite)
-        resolved = os.path.realpath(target)
+        resolved = (os.path.realpath(target) if target.name == ".." else
+                    os.path.join(os.path.realpath(target.parent), target.name))
         target = Path(resolved if target.is_absolute() else os.path.relpath(resolved))
     given = name is not None
     name = name if given else target.absolute().name

@@ -56,7 +56,7 @@ def _ended(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         oom = " (the kernel's OOM killer, if memory ran short: pass fewer --workers)" if name == "SIGKILL" else ""
         return f"killed by {name}{oom}"
-    return f"exit code {exitcode}"
+    return f"exit code {exitcode}" if exitcode is not None else "its pipe closed, the process still running"
 
 
 def encode_batch(pieces: list[tuple[str, bool]]) -> bytes:

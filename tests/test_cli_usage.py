@@ -45,11 +45,11 @@ def test_prep_usage_errors_are_one_line(tmp_path, monkeypatch, args, words):
 def test_a_line_break_in_a_path_given_stays_in_the_one_line(tmp_path, command):
     """A file name may hold a line break: printed as it is, it made the error two lines."""
     program = [sys.executable, "-m", "prep"] if command[0] == "prep" else [sys.executable, str(REPO / command[0])]
-    result = subprocess.run([*program, *command[1:], "no\nsuch\rfile"], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    result = subprocess.run([*program, *command[1:], "no\nsuch\rfile\x0bhere"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
-    assert "no\\nsuch\\rfile" in result.stderr and "\r" not in result.stderr
+    assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "no\\nsuch\\rfile\\x0bhere" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -370,6 +370,18 @@ def test_a_directory_that_cannot_be_listed_is_a_loader_error(tmp_path, monkeypat
         TokenLoader(tmp_path, B=1, T=10)
 
 
+def test_a_glob_orders_shards_by_index_past_six_digits(tmp_path):
+    """Index 1,000,000 on, a shard's name has seven digits; sorted by name, the glob read
+    d_train_1000000.bin before d_train_999999.bin: the split's tokens out of order."""
+    from loader import resolve_shards
+
+    for index in (999_998, 1_000_000, 999_999, 1_000_001):
+        write_shard(tmp_path / shard_name("d", "train", index), np.full(3, index % 50_000))
+    write_shard(tmp_path / "d_train.bin", np.zeros(3))  # llm.c's unindexed name: index 0, first
+    assert [p.name for p in resolve_shards(str(tmp_path / "d_train*.bin"), "train")] == [
+        "d_train.bin", "d_train_999998.bin", "d_train_999999.bin", "d_train_1000000.bin", "d_train_1000001.bin"]
+
+
 def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
         TokenLoader(tmp_path / "nowhere")

@@ -260,7 +260,7 @@ def test_verify_reports_what_the_loader_refuses(tmp_path):
     assert "BAD " + str(ds) + ": ds_train.bin and ds_train_000000.bin are the same shard index" in result.output
 
 
-@pytest.mark.parametrize("eot", ["x", 0, True, None])
+@pytest.mark.parametrize("eot", ["x", 0, True, None, 50256.0])
 def test_verify_says_an_eot_that_is_not_gpt2s(dataset, eot):
     """meta.json's eot, GPT-2's 50256 as prep writes it, was read by nothing: "all OK" for any."""
     meta = json.loads((dataset / META_NAME).read_text())

@@ -2738,6 +2738,8 @@ def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' in the environment: not an integer >= 1"),  # int()'s traceback
     ({"WORLD_SIZE": ""}, "WORLD_SIZE='' in the environment: not an integer >= 1"),
     ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment: not an integer >= 1"),  # a ZeroDivisionError later
+    # int() takes it, a world of 2; _launched_world did not: no store joined, then a traceback
+    ({"WORLD_SIZE": "2 ", "RANK": "0"}, "WORLD_SIZE='2 ' in the environment: not an integer >= 1"),
     ({"RANK": "abc"}, "RANK='abc' in the environment: not an integer >= 0"),
     ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' in the environment: not an integer >= 0"),
     ({"RANK": "1"}, "RANK=1 in the environment: not below WORLD_SIZE=1"),  # the loader's "rank must satisfy"
