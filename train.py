@@ -1808,6 +1808,15 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
     return loader
 
 
+def the_one_before(cfg: TrainConfig, path: Path) -> str:
+    """For the error refusing --resume auto's newest checkpoint as damaged: the checkpoint a
+    resume continues from once that one is moved away ("" where none, or not --resume auto)."""
+    older = [p for _, p in list_checkpoints(Path(cfg.out)) if p.name != path.name]
+    if cfg.resume != "auto" or not older:
+        return ""
+    return f"; move it away, and --resume auto continues from {older[-1]}, the newest before it"
+
+
 def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPTConfig,
                        train_loader: TokenLoader, accum: int) -> dict:
     """Load and check the checkpoint to resume, and put the train loader at its step (`accum`
@@ -1815,9 +1824,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     try:
         ckpt = load_checkpoint(path)
     except UserError as e:  # damaged: --resume auto names the one to continue from instead
-        older = [p for _, p in list_checkpoints(Path(cfg.out)) if p.name != path.name]
-        if cfg.resume == "auto" and older:
-            e.message += f"; move it away, and --resume auto continues from {older[-1]}, the newest before it"
+        e.message += the_one_before(cfg, path)
         raise
     check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None)
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
@@ -1837,7 +1844,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     if there[0] != due[0] or there[1] is not due[1] or there[2] != due[2]:
         raise UserError(f"--resume {path}: damaged train.py checkpoint (its loader state has step, shuffle, seed "
                         f"{there[0]!r}, {there[1]!r}, {there[2]!r}; its step {ckpt['step']} and run say "
-                        f"{due[0]!r}, {due[1]!r}, {due[2]!r})")
+                        f"{due[0]!r}, {due[1]!r}, {due[2]!r})" + the_one_before(cfg, path))
     return ckpt
 
 
@@ -2082,7 +2089,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
                 # AttributeError: a model key that is no string; OverflowError: an RNG word beyond uint32
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
-                raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})") from None
+                raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})"
+                                + the_one_before(cfg, resume_path)) from None
             start_step = ckpt["step"]
             del ckpt
     except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)

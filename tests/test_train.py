@@ -2245,11 +2245,21 @@ def test_resume_auto_from_a_damaged_checkpoint_names_the_one_before_it(tmp_path,
             "--device", "cpu", "--data", str(dataset), "--out", str(tmp_path / "run"), "--ckpt-every", "2"]
     assert CliRunner().invoke(train.main, [*args, "--steps", "4"]).exit_code == 0
     newest, before = tmp_path / "run" / "ckpt_000004.pt", tmp_path / "run" / "ckpt_000002.pt"
-    newest.write_bytes(newest.read_bytes()[:5000])
-    result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
-    assert result.exit_code == 2 and result.stderr.startswith(f"Error: --resume {newest}: not a readable checkpoint")
-    assert result.stderr.endswith(f"; move it away, and --resume auto continues from {before}, the newest before "
-                                  f"it\n") and result.stderr.count("\n") == 1
+    good = newest.read_bytes()
+    hint = f"; move it away, and --resume auto continues from {before}, the newest before it\n"
+    # damaged three ways: unreadable, its loader state, its weights (each refused where it is found)
+    for damage, words in [(lambda c: None, "not a readable checkpoint"),
+                          (lambda c: c["loader"].update(seed=7), "damaged train.py checkpoint (its loader state"),
+                          (lambda c: c["model"].update({"lm_head.weight": torch.zeros(3)}),
+                           "damaged train.py checkpoint (RuntimeError")]:
+        ckpt = torch.load(io.BytesIO(good), weights_only=True)
+        damage(ckpt)
+        torch.save(ckpt, newest)
+        if words == "not a readable checkpoint":
+            newest.write_bytes(good[:5000])
+        result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
+        assert result.exit_code == 2 and result.stderr.startswith(f"Error: --resume {newest}: {words}"), result.stderr
+        assert result.stderr.endswith(hint) and result.stderr.count("\n") == 1, result.stderr
     newest.unlink()
     assert CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"]).exit_code == 0
 
