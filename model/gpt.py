@@ -264,7 +264,9 @@ class GPT(nn.Module):
                 # weights gone NaN (a run that diverged): multinomial would raise, argmax pick junk
                 if not torch.isfinite(logits).all():  # sync: sampling only
                     raise FloatingPointError("the model's logits are not finite (NaN or inf)")
-                if temperature == 0:
+                # a temperature float32 holds as 0 (below its smallest normal number) is greedy too:
+                # dividing by it made the likeliest logit 0/0 = nan
+                if temperature < torch.finfo(torch.float32).tiny:
                     next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
                 else:  # the max subtracted first: a tiny temperature gives -inf, never inf - inf = nan
                     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature

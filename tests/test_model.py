@@ -484,6 +484,10 @@ def test_greedy_and_top_1_are_deterministic():
     for seed in (0, 1):
         top_1 = model.generate(prompt, 10, top_k=1, generator=torch.Generator().manual_seed(seed))
         assert torch.equal(top_1, greedy)
+    # temperatures below float32's smallest normal number: greedy too (below 1.4e-45 float32 holds
+    # them as 0: the top logit was 0/0 = nan, and multinomial raised)
+    for temperature in (1e-46, 5e-324, 1e-40):
+        assert torch.equal(model.generate(prompt, 10, temperature=temperature), greedy)
 
 
 def test_generation_restores_mode_and_validates():
