@@ -511,6 +511,12 @@ class Runtime:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
 
 
+def _count(text: str) -> int | None:
+    """`text` as a count torchrun writes (ASCII digits alone), else None: int() also takes ' 2',
+    '+2' and '2_0', and str.isdigit() '²', which int() refuses."""
+    return int(text) if re.fullmatch(r"[0-9]+", text) else None
+
+
 def _env_int(name: str, default: int, low: int) -> int:
     """An integer >= low from the environment variable `name` (torchrun's), or `default` where
     it is not set; anything else is a UserError naming it (int() raised a traceback, and
@@ -518,7 +524,7 @@ def _env_int(name: str, default: int, low: int) -> int:
     text = os.environ.get(name)
     if text is None:
         return default
-    value = int(text) if re.fullmatch(r"[0-9]+", text) else None  # int() takes ' 2', '+2', '2_0' too
+    value = _count(text)
     if value is None or value < low:
         raise UserError(f"{name}={text!r} in the environment: not an integer >= {low} (torchrun sets it; "
                         f"unset it to train in one process)")
@@ -1808,7 +1814,7 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
     return loader
 
 
-def the_one_before(cfg: TrainConfig, path: Path) -> str:
+def _the_one_before(cfg: TrainConfig, path: Path) -> str:
     """For the error refusing --resume auto's newest checkpoint as damaged: the checkpoint a
     resume continues from once that one is moved away ("" where none, or not --resume auto)."""
     older = [p for _, p in list_checkpoints(Path(cfg.out)) if p.name != path.name]
@@ -1824,7 +1830,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     try:
         ckpt = load_checkpoint(path)
     except UserError as e:  # damaged: --resume auto names the one to continue from instead
-        e.message += the_one_before(cfg, path)
+        e.message += _the_one_before(cfg, path)
         raise
     check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None)
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
@@ -1844,7 +1850,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
     if there[0] != due[0] or there[1] is not due[1] or there[2] != due[2]:
         raise UserError(f"--resume {path}: damaged train.py checkpoint (its loader state has step, shuffle, seed "
                         f"{there[0]!r}, {there[1]!r}, {there[2]!r}; its step {ckpt['step']} and run say "
-                        f"{due[0]!r}, {due[1]!r}, {due[2]!r})" + the_one_before(cfg, path))
+                        f"{due[0]!r}, {due[1]!r}, {due[2]!r})" + _the_one_before(cfg, path))
     return ckpt
 
 
@@ -2090,7 +2096,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # AttributeError: a model key that is no string; OverflowError: an RNG word beyond uint32
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
                 raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})"
-                                + the_one_before(cfg, resume_path)) from None
+                                + _the_one_before(cfg, resume_path)) from None
             start_step = ckpt["step"]
             del ckpt
     except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)
@@ -2253,8 +2259,8 @@ def watch_launcher() -> None:
 
 def _launched_world() -> int:
     """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
-    world = os.environ.get("WORLD_SIZE", "1")  # as _env_int reads it ('²' is a digit to isdigit)
-    return int(world) if re.fullmatch(r"[0-9]+", world) and int(world) > 1 else 1
+    world = _count(os.environ.get("WORLD_SIZE", "1"))  # as _env_int reads it
+    return world if world is not None and world > 1 else 1
 
 
 def _name_rank(e: UserError) -> None:

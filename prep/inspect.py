@@ -94,7 +94,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     try:
         if meta is not None:
             info = DatasetInfo(str(directory), META_NAME, name=meta.get("name"))
-            for split, record in _meta_records(meta).items():
+            records = _meta_records(meta)
+            for split, record in records.items():
                 entries = record["shards"]
                 info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
                                                record.get("documents"))
@@ -104,7 +105,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                         info.missing.append(entry["file"])
                     elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
-            listed = {e["file"] for record in meta_splits(meta).values() for e in record["shards"]}
+            listed = {e["file"] for record in records.values() for e in record["shards"]}
             info.unlisted = sorted(p.name for split in SPLITS for p in find_shards(directory, split)
                                    if p.name not in listed)
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
@@ -249,7 +250,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         if meta is None:
             dataset_shards(directory)  # the loader's rule for such a directory (ShardError below)
         else:
-            for split, record in _meta_records(meta).items():
+            records = _meta_records(meta)
+            for split, record in records.items():
                 entries = record["shards"]
                 expected |= {e["file"]: e for e in entries}
                 listed = record.get("tokens")
