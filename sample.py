@@ -24,7 +24,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import torch
 
     import train
-    from model import GPT, GPTConfig
+    from model import GPT, GPT2_VOCAB_SIZE, GPTConfig
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -66,6 +66,10 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
         train.load_init_weights(model, path, "checkpoint", found)
         return model.to(rt.device).eval(), f"--model {name} weights"
     ckpt = train.check_checkpoint(found, path, "checkpoint")
+    vocab = ckpt["model_config"].get("vocab_size") if isinstance(ckpt["model_config"], dict) else None
+    if isinstance(vocab, int) and vocab > GPT2_VOCAB_SIZE:  # ids the GPT-2 tokenizer cannot decode
+        raise UserError(f"checkpoint {path}: its model predicts {vocab:,} token ids, more than GPT-2's "
+                        f"{GPT2_VOCAB_SIZE:,}: sample.py decodes with the GPT-2 tokenizer")
     if preset is not None:
         click.echo(f"note: --model {preset} has no effect: the checkpoint holds its model's shape", err=True)
     try:
@@ -143,8 +147,11 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     return tokens
 
 
+SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the millions is a loop, not a batch
+
+
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
-@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.argument("ckpt", type=click.Path())
 @click.option("--prompt", default="", show_default="none: a document's start", help="Text the samples continue.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Samples to draw.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
@@ -157,33 +164,44 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
               help="auto: cuda, then mps, then cpu.")
 @click.option("--model", "preset", default=None, show_default="the checkpoint's; gpt2 for HF weights",
               help="The preset of a Hugging Face GPT-2 state dict given as CKPT (its n_head is not in the weights).")
-def main(ckpt: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
+def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
          seed: int, device: str, preset: str | None) -> None:
     """Print samples from CKPT: a train.py checkpoint file, an --out directory (its newest), or
     a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights)."""
     if math.isnan(temperature):  # click's FloatRange lets nan through
         raise UserError("--temperature must be a number >= 0, got nan")
+    if not ckpt:  # Path("") is the current directory
+        raise UserError("CKPT must name a checkpoint file or an --out directory, got ''")
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
-    path = checkpoint_file(ckpt)
+    path = checkpoint_file(Path(ckpt))
     model, source = load_model(path, rt, preset)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
     click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
                f"{max_new_tokens} tokens, " + (f"temperature {temperature:g}, top-k {top_k or 'off'}" if temperature
                                                  else "temperature 0 (the likeliest token each time)"), err=True)
-    # one sample streams as it grows; several, drawn side by side in one batch, print at the end
+    # one sample streams as it grows; several are drawn side by side, SAMPLE_BATCH at a time (the
+    # memory of one batch, however many are asked for), and each batch prints when it is done
     streamer = Streamer(context) if num_samples == 1 else None
     try:
-        texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=num_samples,
-                                   temperature=temperature, top_k=top_k or None, on_token=streamer)
+        for drawn in range(0, num_samples, SAMPLE_BATCH):
+            batch = min(SAMPLE_BATCH, num_samples - drawn)
+            texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=batch,
+                                       temperature=temperature, top_k=top_k or None, on_token=streamer)
+            for i, text in enumerate(texts if streamer is None else ()):
+                if drawn + i:
+                    echo_sample("-" * 40)
+                echo_sample(text)
     except FloatingPointError as e:  # finite weights whose logits overflow
         raise UserError(f"checkpoint {path}: {e}: no text to sample") from None
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, RuntimeError) and not train._out_of_memory(e):
+            raise
+        raise UserError(f"out of memory on {rt.device} drawing {batch} sample(s) of {max_new_tokens} tokens side by "
+                        f"side" + (": ask for fewer --num-samples" if batch > 1 else "")) from None
     finally:
         if streamer is not None:  # also on a Ctrl-C or an error: the line ends
             streamer.finish()
-    if streamer is None:
-        echo_sample(("\n" + "-" * 40 + "\n").join(texts))
-
 
 if __name__ == "__main__":
     main()

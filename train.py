@@ -1092,7 +1092,7 @@ def sample_texts(raw: GPT, rt: Runtime, generator: torch.Generator, tokens: int,
     GPT.generate's (each step's new ids as they come)."""
     from prep.tokenizer import EOT, get_encoding
 
-    idx = torch.tensor([[EOT, *prompt]] * num, dtype=torch.long, device=rt.device)
+    idx = torch.tensor([EOT, *prompt], dtype=torch.long, device=rt.device).repeat(num, 1)  # (num, 1 + prompt)
     with rt.autocast():
         out = raw.generate(idx, tokens, temperature=temperature, top_k=top_k, generator=generator,
                            on_token=on_token)

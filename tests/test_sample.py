@@ -101,6 +101,44 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     assert_user_error(invoke(str(run), "--max-new-tokens", "0"), "--max-new-tokens")
     assert_user_error(invoke(str(run), "--temperature", "nan"), "--temperature must be a number >= 0, got nan")
     assert_user_error(invoke(str(run), "--seed", str(2**70)), "--seed")
+    assert_user_error(invoke(""), "CKPT must name a checkpoint file or an --out directory, got ''")  # not "."
+
+
+def test_more_samples_than_one_batch_are_drawn_a_batch_at_a_time(run, monkeypatch):
+    """--num-samples in the millions was one batch: a MemoryError traceback, or the OOM killer.
+    Now SAMPLE_BATCH at a time; the first batch is what a run asking for only it draws."""
+    monkeypatch.setattr(sample, "SAMPLE_BATCH", 2)
+    drawn = []
+    sample_texts = train.sample_texts
+    monkeypatch.setattr(train, "sample_texts", lambda *a, num, **k: drawn.append(num) or sample_texts(*a, num=num, **k))
+    texts = samples(invoke(str(run), "--num-samples", "5", "--max-new-tokens", "4", "--seed", "3"))
+    assert drawn == [2, 2, 1] and len(texts) == 5 and all(texts)
+    assert samples(invoke(str(run), "--num-samples", "2", "--max-new-tokens", "4", "--seed", "3")) == texts[:2]
+
+
+@pytest.mark.parametrize("batch, words", [(3, "drawing 3 sample(s) of 4 tokens side by side: ask for fewer "
+                                               "--num-samples"),
+                                          (1, "drawing 1 sample(s) of 4 tokens side by side")])
+def test_out_of_memory_while_sampling_is_one_line(run, monkeypatch, batch, words):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(train, "sample_texts", full)
+    result = invoke(str(run), "--num-samples", str(batch), "--max-new-tokens", "4")
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.stdout == ""
+    header, error = result.stderr.splitlines()  # what it was about to do, then why it did not
+    assert error.startswith("Error: out of memory on cpu ") and words in error
+    assert batch > 1 or "fewer" not in error
+
+
+def test_a_checkpoint_predicting_ids_beyond_gpt2_s_is_one_line(run, tmp_path):
+    """A vocab_size above 50,257 (forged, or another tokenizer's run) sampled ids that tiktoken's
+    GPT-2 decoder has no bytes for: a KeyError traceback."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    ckpt["model_config"]["vocab_size"] = 50300  # <= padded_vocab_size: the model builds
+    torch.save(ckpt, tmp_path / "ckpt_000004.pt")
+    assert_user_error(invoke(str(tmp_path)), "ckpt_000004.pt: its model predicts 50,300 token ids, more than "
+                      "GPT-2's 50,257: sample.py decodes with the GPT-2 tokenizer")
 
 
 def test_a_checkpoint_of_a_diverged_run_is_one_line(run, tmp_path):
