@@ -17,9 +17,11 @@ A bad DIR is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +33,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.shards import SPLITS, ShardError, open_shard, shard_name, write_shard
+from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
 # GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
 # window against (so the loader is timed as train.py runs it)
@@ -111,13 +113,28 @@ class DataLoaderLite:
         return x, y
 
 
-def synthesize(directory: str, tokens: int, shards: int, seed: int = 0) -> None:
-    """`tokens` random GPT-2 token ids across `shards` shards named bench_train_<i>.bin."""
-    rng = np.random.default_rng(seed)
+SYNTHESIS_CHUNK = 1 << 24  # tokens drawn at a time: 32 MiB, whatever --tokens asks for
+
+
+def shard_sizes(tokens: int, shards: int) -> list[int]:
+    """The tokens of each synthetic shard: `tokens` spread evenly, the later ones larger."""
     bounds = np.linspace(0, tokens, shards + 1).astype(np.int64)
-    for i in range(shards):
-        body = rng.integers(0, VOCAB, int(bounds[i + 1] - bounds[i]), dtype=np.uint16)
-        write_shard(os.path.join(directory, shard_name("bench", "train", i)), body)
+    return [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def synthesize(directory: str, tokens: int, shards: int, seed: int = 0) -> None:
+    """`tokens` random GPT-2 token ids across `shards` shards named bench_train_<i>.bin, each
+    written SYNTHESIS_CHUNK tokens at a time."""
+    rng = np.random.default_rng(seed)
+    for i, size in enumerate(shard_sizes(tokens, shards)):
+        writer = ShardWriter(os.path.join(directory, shard_name("bench", "train", i)))
+        try:
+            for start in range(0, size, SYNTHESIS_CHUNK):
+                writer.write(rng.integers(0, VOCAB, min(SYNTHESIS_CHUNK, size - start), dtype=np.uint16))
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
 
 
 def time_inside(step: Callable[[], object], windows: int, repeats: int, work_s: float):
@@ -138,6 +155,19 @@ def time_inside(step: Callable[[], object], windows: int, repeats: int, work_s: 
     return statistics.median(runs)
 
 
+def beyond_memory(first_tokens: int) -> str:
+    """Why a first shard of `first_tokens` tokens cannot be benchmarked here ("" where it can):
+    the DataLoaderLite baseline holds it whole as int64, and more than the machine's memory is
+    the OOM killer's, after minutes of timing the others."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # the OS does not say
+        return ""
+    need = first_tokens * 8
+    return (f"a first shard of {first_tokens:,} tokens is {need / 2**30:.1f} GiB as int64, more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory: the DataLoaderLite baseline loads it whole") if need > memory else ""
+
+
 def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_us: float):
     """All measurements on the shards at `path`; returns the figures as a dict."""
     warmup = max(10, windows // 10)
@@ -149,6 +179,9 @@ def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_
     if first.shape[0] < B * T + 1:  # the loader spans shards; the floor and the baselines do not
         raise LoaderError(f"{shards[0]}: {first.shape[0]:,} tokens, fewer than one window of B*T+1 = "
                           f"{B * T + 1:,}: the baselines read the first shard alone; lower --B or --T")
+    too_big = beyond_memory(first.shape[0])
+    if too_big:  # the OOM killer, else, after minutes of timing
+        raise LoaderError(f"{shards[0]}: {too_big}")
     floor = raw_copy(first, B * T + 1, B * T)
     seconds = {"raw np.copyto (floor)": _time_per_call(floor, windows, repeats, warmup)}
     for prefetch in (0, 2):
@@ -295,6 +328,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--tokens {args.tokens} in --shards {args.shards} make a first shard of {first} tokens, fewer "
                      f"than one window of B*T+1 = {window}: the baselines read the first shard alone; raise "
                      f"--tokens, or lower --shards, --B or --T")
+    if getattr(args, "path", None) is None:
+        largest = max(shard_sizes(args.tokens, args.shards))
+        if largest > MAX_TOKENS:
+            parser.error(f"--tokens {args.tokens} in --shards {args.shards} make shards of {largest:,} tokens, more "
+                         f"than a shard holds ({MAX_TOKENS:,}): raise --shards")
+        too_big = beyond_memory(shard_sizes(args.tokens, args.shards)[0])
+        if too_big:
+            parser.error(f"--tokens {args.tokens} in --shards {args.shards}: {too_big}; raise --shards")
+        need, tmp = sum(shard_file_bytes(n) for n in shard_sizes(args.tokens, args.shards)), tempfile.gettempdir()
+        free = shutil.disk_usage(tmp).free
+        if need > free:
+            parser.error(f"--tokens {args.tokens} need {need / 2**30:.1f} GiB in {tmp} (the synthetic set's "
+                         f"temporary directory; TMPDIR sets it), and it has {free / 2**30:.1f} GiB free")
     if args.split not in SPLITS:  # the loader's own message would not name --split
         parser.error(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too
@@ -311,7 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else report(result))
+    except KeyboardInterrupt:  # Ctrl-C: the synthetic set is gone (the with above), and nothing printed
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    try:
+        print(json.dumps(result, indent=2) if args.json else report(result))
+        sys.stdout.flush()
+    except OSError as e:  # `> /dev/full`, or a pipe closed early (`| head -1`)
+        sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
+        if e.errno == errno.EPIPE:  # the reader has what it wanted: quietly, as click does
+            return 1
+        print(f"Error: {parser.prog}: cannot write to standard output ({e.strerror})", file=sys.stderr)
+        return 2
     return 0
 
 

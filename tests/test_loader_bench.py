@@ -4,8 +4,10 @@ turns a bad path into one line and exit status 2."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from loader import bench
+from prep.shards import MAX_TOKENS, open_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 # 300k tokens in 2 shards, 20 windows of 4 x 64, one repeat: a second or two
@@ -77,7 +80,13 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
     (["--tokens", "1", "--shards", "2"], "--shards 2 must be <= --tokens 1: a shard holds at least one token"),
     (["--B", "x"], "argument --B: invalid int value: 'x'"),
     (["--nope"], "unrecognized arguments: --nope"),
-    (["--split", "test"], "--split must be one of train, val, got 'test'"),  # without --split, before
+    (["--split", "test"], "--split must be one of train, val, got 'test'"),
+    # more than the format holds, than the disk has, than memory holds: ShardWriter's traceback,
+    # the disk filled, a MemoryError or the OOM killer, before
+    (["--tokens", str(2 * MAX_TOKENS + 4)], f"--tokens {2 * MAX_TOKENS + 4} in --shards 2 make shards of "
+                                            f"{MAX_TOKENS + 2:,} tokens, more than a shard holds ({MAX_TOKENS:,}): "
+                                            "raise --shards"),
+    (["--tokens", str(10**15), "--shards", str(10**6)], f"--tokens {10**15} need "),  # without --split, before
     # the synthetic set's first shard: the run named the temporary directory it was in
     (["--tokens", "10", "--B", "4", "--T", "32"], "--tokens 10 in --shards 2 make a first shard of 5 tokens, fewer "
                                                    "than one window of B*T+1 = 129: the baselines read the first "
@@ -87,10 +96,73 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
                                                     "first shard alone; raise --tokens, or lower --shards, --B or --T"),
 ])
 def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
+    """Said before anything is written or timed."""
     with pytest.raises(SystemExit) as exited:
         bench.main(args)
     assert exited.value.code == 2
-    assert capsys.readouterr().err == f"Error: python -m loader.bench: {message}\n"
+    err = capsys.readouterr().err
+    assert err == f"Error: python -m loader.bench: {message}\n" or (
+        message.endswith(" need ") and err.startswith(f"Error: python -m loader.bench: {message}")
+        and "GiB in " in err and "(the synthetic set's temporary directory; TMPDIR sets it)" in err), err
+
+
+def test_a_first_shard_beyond_memory_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    """DataLoaderLite's baseline holds the first shard whole as int64: where that is more than
+    the machine's memory, the OOM killer ended the run after the other methods' minutes."""
+    bench.synthesize(str(tmp_path), 100_000, 2)  # first shard 50,000 tokens: 400,000 bytes as int64
+    pages = {"SC_PHYS_PAGES": 97, "SC_PAGE_SIZE": 4096}  # 397,312 bytes
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert bench.main([str(tmp_path), *TINY]) == 2
+    first = tmp_path / "bench_train_000000.bin"
+    assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.0 GiB as int64, more "
+                                       "than this machine's 0.0 GiB of memory: the DataLoaderLite baseline loads "
+                                       "it whole\n")
+    with pytest.raises(SystemExit) as exited:  # the synthetic set: before it is written
+        bench.main(["--tokens", "100000", *TINY[2:]])
+    assert exited.value.code == 2 and capsys.readouterr().err == (
+        "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.0 GiB as "
+        "int64, more than this machine's 0.0 GiB of memory: the DataLoaderLite baseline loads it whole; raise "
+        "--shards\n")
+
+
+def test_synthetic_shards_are_written_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """--tokens in the billions were drawn a shard at a time (a MemoryError); now in chunks,
+    the shards holding every token asked for, in GPT-2's range."""
+    monkeypatch.setattr(bench, "SYNTHESIS_CHUNK", 1000)
+    bench.synthesize(str(tmp_path), 4_501, 2)
+    shards = sorted(tmp_path.iterdir())
+    sizes = [open_shard(p).shape[0] for p in shards]
+    assert sizes == [2_250, 2_251]
+    assert all(int(open_shard(p).max()) < bench.VOCAB for p in shards)
+    assert len({bytes(open_shard(p)[i * 1000:(i + 1) * 1000]) for p in shards for i in range(2)}) == 4
+
+
+def test_output_that_cannot_be_written_is_one_line(tmp_path):
+    """`> /dev/full` gave a traceback; `| head -1` one too (BrokenPipeError): now one line, and
+    a reader that closed early nothing, as click's commands do."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    command = [sys.executable, "-m", "loader.bench", *TINY]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr == ("Error: python -m loader.bench: cannot write to standard output "
+                                                    "(No space left on device)\n")
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # a reader gone before the table
+    assert proc.wait(timeout=300) == 1 and proc.stderr.read() == ""
+
+
+def test_a_ctrl_c_is_one_line_exit_130_and_leaves_no_synthetic_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def interrupted(*args):
+        assert list(tmp_path.iterdir())  # the synthetic set, written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run", interrupted)
+    assert bench.main(TINY) == 130
+    assert capsys.readouterr() == ("", "python -m loader.bench: interrupted\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 
@@ -100,7 +172,7 @@ def test_the_nanogpt_baseline_reads_all_the_tokens_of_npy_and_bin_shards(tmp_pat
     the shard's first 448 tokens. Its rows are runs of the shard's tokens, from anywhere in it."""
     tokens = np.arange(600, dtype=np.uint16)
     np.save(tmp_path / "edufineweb_train_000001.npy", tokens)
-    bench.write_shard(tmp_path / "x_train_000000.bin", tokens)
+    write_shard(tmp_path / "x_train_000000.bin", tokens)
     for path in (tmp_path / "edufineweb_train_000001.npy", tmp_path / "x_train_000000.bin"):
         torch.manual_seed(0)
         get_batch = bench.nanogpt_get_batch(str(path), B=64, T=8, remap=remap)
