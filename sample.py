@@ -18,7 +18,8 @@ from pathlib import Path
 
 from prep.errors import UserCommand, UserError, interrupt_exits_while_importing  # click only: quick
 
-# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once, one line
+# Ctrl-C (130) or SIGTERM (143) during the seconds that importing torch takes (run as a script):
+# an exit at once, with one line
 with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
     import torch

@@ -68,8 +68,9 @@ _LAUNCHER_PID = os.getppid()
 from prep.errors import (UserCommand, UserError, bar_disable,  # click only: quick
                          interrupt_exits_while_importing, plain_numbers)
 
-# Ctrl-C during the seconds that importing torch takes (run as a script): exit 130 at once, one line
-with interrupt_exits_while_importing(__name__ == "__main__"):
+# Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
+# at once (SIGTERM too, as every stop of train.py exits), one line
+with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130):
     import click
     import numpy as np
     import torch

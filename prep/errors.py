@@ -91,29 +91,33 @@ def usage_as_user_error(ctx: click.Context):
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
-IMPORT_STOP_LINE = b"SIGINT: stopped while starting up (importing its libraries); nothing was written\n"
-
-
-def _exit_while_importing(signum, frame) -> None:
-    with contextlib.suppress(OSError):  # stderr closed: the status says it
-        os.write(2, IMPORT_STOP_LINE)
-    os._exit(130)
+def import_stop_line(signum: int) -> bytes:
+    """What a stop while the libraries import says: SIGINT or SIGTERM, and that nothing was written."""
+    return (f"{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
+            "nothing was written\n").encode()
 
 
 @contextlib.contextmanager
-def interrupt_exits_while_importing(active: bool = True):
-    """Within the block, Ctrl-C exits 130 at once, with one line saying so, instead of raising
-    KeyboardInterrupt: for the seconds that importing numpy, tiktoken or torch takes, where it
-    printed the import's traceback. Only where `may_handle` (the main thread, a handler that
-    can be put back, a Ctrl-C not ignored); `active` False: nothing."""
-    if not active or not may_handle(signal.SIGINT):
-        yield
-        return
-    before = signal.signal(signal.SIGINT, _exit_while_importing)
+def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM):
+    """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
+    or 130 where the command ends every stop so), with one line saying so, instead of a
+    KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
+    importing numpy, tiktoken or torch takes. Each only where `may_handle` (the main thread, a
+    handler that can be put back, a signal not ignored); `active` False: nothing."""
+    statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
+    statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
+
+    def exit_at_once(signum, frame) -> None:
+        with contextlib.suppress(OSError):  # stderr closed: the status says it
+            os.write(2, import_stop_line(signum))
+        os._exit(statuses[signum])
+
+    before = {signum: signal.signal(signum, exit_at_once) for signum in statuses}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _writing_stdout(error: OSError) -> bool:

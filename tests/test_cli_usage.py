@@ -226,17 +226,39 @@ def _wait_for_torch_import(proc: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
-def test_ctrl_c_while_train_py_imports_torch_exits_130_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("script, signum, status", [
+    ("train.py", signal.SIGINT, 130),
+    ("train.py", signal.SIGTERM, 130),  # as train.py's every stop by SIGTERM exits
+    ("sample.py", signal.SIGTERM, 143),
+])
+def test_a_stop_while_a_script_imports_torch_is_one_line_without_a_traceback(tmp_path, script, signum, status):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback
-    (and then nothing at all: now the one line a stop while starting up has)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--help"], cwd=tmp_path,
+    (and then nothing at all: now the one line a stop while starting up has), and a SIGTERM
+    ended the process without a word (143, where train.py's README says 130)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_torch_import(proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    assert (proc.returncode, stdout) == (130, "")
-    assert stderr == "SIGINT: stopped while starting up (importing its libraries); nothing was written\n"
+    assert (proc.returncode, stdout) == (status, "")
+    assert stderr == f"{signum.name}: stopped while starting up (importing its libraries); nothing was written\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prep_s_imports_stop_at_once_on_sigterm_with_one_line():
+    """prep's commands import numpy and tiktoken under the same guard: SIGTERM there is 143 and
+    the line (it was 143 and no word), and the handlers before it are back after it."""
+    code = ("import os, signal, time\n"
+            "from prep.errors import interrupt_exits_while_importing\n"
+            "with interrupt_exits_while_importing(): pass\n"
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+            "with interrupt_exits_while_importing():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(30)\n"
+            "print('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (143, "")
+    assert proc.stderr == "SIGTERM: stopped while starting up (importing its libraries); nothing was written\n"
 
 
 def test_a_ctrl_c_the_command_leaves_alone_is_one_line_and_exit_130():
