@@ -329,6 +329,7 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
               help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
 @click.option("--stdin-format", type=click.Choice(tuple(STDIN_KINDS)), default="text",
+              show_default="text, but JSON-looking stdin and *.json files are refused",
               help="What - (stdin), pipes given by name and *.json files hold: one text document, or JSON "
                    "lines (each line's --field), e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -, "
                    "prep tokenize --stdin-format jsonl <(zcat x.jsonl.gz), prep tokenize --stdin-format jsonl "
