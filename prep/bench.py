@@ -265,6 +265,28 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
+MEMORY_PER_TEXT_BYTE = 12  # the parent's peak, measured (90 MB at --mb 4): text, documents, the baseline's ids
+DISK_PER_TEXT_BYTE = 4  # the corpora (one file and many, at mb and mb / 4) and one output at a time
+
+
+def check_room(mb: float, tmp: str | None = None) -> None:
+    """A user error where --mb is more than this machine's memory or its temporary directory's
+    free space can hold (a MemoryError traceback, or the OOM killer, after minutes)."""
+    text = mb * 1e6
+    tmp = tmp or tempfile.gettempdir()
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # the OS does not say
+        memory = None
+    if memory is not None and text * MEMORY_PER_TEXT_BYTE > memory:
+        raise UserError(f"--mb {mb:g}: needs about {text * MEMORY_PER_TEXT_BYTE / 1e9:.1f} GB of memory, more than "
+                        f"this machine's {memory / 1e9:.1f} GB (the corpus is held in memory)")
+    free = shutil.disk_usage(tmp).free
+    if text * DISK_PER_TEXT_BYTE > free:
+        raise UserError(f"--mb {mb:g}: needs about {text * DISK_PER_TEXT_BYTE / 1e9:.1f} GB in {tmp} (its temporary "
+                        f"directory; TMPDIR sets it), which has {free / 1e9:.1f} GB free")
+
+
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--mb", type=click.FloatRange(min=0.01, max=1e6), default=TARGET_MB,
               help="Size of the large corpus in MB (10**6 bytes of text); RSS also runs at a quarter.")
@@ -285,6 +307,11 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
     for flag, value in (("--mb", mb), ("--val-fraction", val_fraction)):
         if value is not None and math.isnan(value):  # click's FloatRange lets nan through
             raise UserError(f"{flag} must be a number, got nan")
+    cpus = default_workers()
+    if workers > cpus:  # a speedup over one process is bounded by the CPUs; and processes by the thousand
+        raise UserError(f"--workers {workers}: more than the {cpus} CPU(s) this process may use, the most a speedup "
+                        f"over one process can use")
+    check_room(mb)
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
     result = run_bench(config)
     click.echo(json.dumps(result, default=str) if as_json else format_report(result))

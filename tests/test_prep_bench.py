@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -134,6 +136,7 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench's temp dir goes
     # small chunks, so that even 0.2 MB gives both workers work (the default would use one)
     args = ["--mb", "0.2", "--workers", "2", "--chunk-size", "20000", "--json"]
+    monkeypatch.setattr(bench, "default_workers", lambda: 2)  # --workers 2 on a one-CPU machine too
     result = CliRunner().invoke(bench.main, args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[-1])
@@ -188,3 +191,26 @@ def test_usage_mistakes_are_one_line(tmp_path, args, message):
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("Error: ") and message in result.output
     assert set(Path(tempfile.gettempdir()).glob("prep-bench-*")) == before
+
+
+def test_more_workers_than_cpus_and_more_text_than_room_are_one_line(tmp_path, monkeypatch):
+    """--workers 100000 started that many processes (parallel capacity's barrier) and --mb up
+    to 10**6 held the corpus in memory: a MemoryError or the OOM killer, minutes in. Refused
+    before any work, each figure named."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "default_workers", lambda: 3)
+
+    def refused(args, *words):
+        result = CliRunner().invoke(bench.main, args)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("Error: ") and all(w in result.output for w in words), result.output
+        assert list(tmp_path.iterdir()) == []
+
+    refused(["--workers", "4"], "--workers 4: more than the 3 CPU(s) this process may use")
+    pages = {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 1000}  # a 1 MB machine
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    refused(["--mb", "0.1"], "--mb 0.1: needs about 0.0 GB of memory, more than this machine's 0.0 GB")
+    pages["SC_PHYS_PAGES"] = 10**9
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
+    refused(["--mb", "0.1"], f"--mb 0.1: needs about 0.0 GB in {tmp_path} (its temporary directory; TMPDIR sets "
+            "it), which has 0.0 GB free")
