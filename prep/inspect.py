@@ -232,6 +232,26 @@ def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple
     return num_tokens, digest.hexdigest() if digest is not None else None, bad
 
 
+def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[str]:
+    """Where meta.json's totals (tokens, documents), as prep writes them, are not the sums over
+    its splits: a hand-edited or half-merged manifest."""
+    totals, problems = meta.get("totals"), []
+    if totals is None:  # not every writer gives them
+        return problems
+    if not isinstance(totals, dict):
+        return [f"{where}: totals is {type(totals).__name__}, not an object"]
+    for key in ("tokens", "documents"):
+        given = totals.get(key)
+        parts = [record.get(key) for record in records.values()]
+        if given is None or any(part is None for part in parts):
+            continue
+        if type(given) is not int or any(type(part) is not int for part in parts):
+            problems.append(f"{where}: totals {key} {given!r} and the splits' {parts!r} are not all integers")
+        elif given != sum(parts):
+            problems.append(f"{where}: totals {key} {given:,} != the sum over its splits ({sum(parts):,})")
+    return problems
+
+
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
     """Check every shard: header and size, token range, and sha256 / token count vs meta.json.
 
@@ -258,6 +278,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                 if listed is not None and listed != sum(e["tokens"] for e in entries):
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards")
+            report.problems += _totals_problems(meta, records, directory / META_NAME)
             # the documents' separator, where it is given: GPT-2's, as prep writes it
             if "eot" in meta and (meta["eot"] != EOT or type(meta["eot"]) is not int):  # not True, not 50256.0
                 report.problems.append(f"{directory / META_NAME}: eot is {meta['eot']!r}, not GPT-2's {EOT}")

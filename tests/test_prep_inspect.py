@@ -45,7 +45,8 @@ def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str
             "format_version": 1, "tool": "shardgpt", "tool_version": "0.1.0", "tokenizer": "gpt2",
             "vocab_size": 50257, "eot": 50256, "dtype": "uint16", "header_bytes": 1024,
             "name": name, "splits": layout, "sources": [],
-            "totals": {"documents": 0, "tokens": total, "bytes": 0}, "settings": {}})
+            "totals": {"documents": sum(s["documents"] for s in layout.values()), "tokens": total, "bytes": 0},
+            "settings": {}})
     return directory
 
 
@@ -353,6 +354,7 @@ def test_verify_unlisted_shard_and_count_mismatch(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     meta["splits"]["val"]["shards"][0]["tokens"] = 701
     meta["splits"]["val"]["tokens"] = 701
+    meta["totals"]["tokens"] = 8_701  # consistent with the splits: the shard's count is the problem
     (dataset / META_NAME).write_text(json.dumps(meta))
     result = run(verify_command, dataset)
     assert result.exit_code == 1
@@ -365,11 +367,40 @@ def test_verify_unlisted_shard_and_count_mismatch(dataset):
 def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     meta["splits"]["train"]["tokens"] = 8_001  # its shards hold 5,000 + 3,000
+    meta["totals"]["tokens"] = 8_701  # the splits' sum: only the split's own figure is wrong
     (dataset / META_NAME).write_text(json.dumps(meta))
     result = run(verify_command, dataset)
     assert result.exit_code == 1, result.output
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
     assert bad == [f"BAD {dataset / META_NAME}: train tokens 8,001 != the sum over its shards"], result.output
+
+
+@pytest.mark.parametrize("totals, words", [
+    ({"tokens": 8_699, "documents": 3}, "totals tokens 8,699 != the sum over its splits (8,700)"),
+    ({"tokens": 8_700, "documents": 4}, "totals documents 4 != the sum over its splits (3)"),
+    ({"tokens": "8700", "documents": 3}, "totals tokens '8700' and the splits' [8000, 700] are not all integers"),
+    ([8_700], "totals is list, not an object"),
+])
+def test_verify_totals_that_are_not_the_sum_of_the_splits(dataset, totals, words):
+    """A hand-edited or half-merged manifest whose totals are not its splits' went unnoticed
+    (the totals are what a reader of meta.json takes for the dataset's size)."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    assert meta["totals"]["tokens"] == 8_700 and meta["totals"]["documents"] == 3
+    meta["totals"] = totals
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {dataset / META_NAME}: {words}"], result.output
+
+
+def test_verify_takes_a_meta_json_without_totals(dataset):
+    """Not every writer of a meta.json gives totals: nothing to compare, nothing wrong."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    del meta["totals"]
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 0 and "all OK" in result.output, result.output
 
 
 def test_verify_reads_a_listed_file_whatever_its_name(tmp_path):
