@@ -1646,7 +1646,11 @@ def open_log(path: Path, key: str, keep_through: int | None,
     covers, are kept (a torn last line from a killed run is dropped). Lines of no such record
     anywhere else (a hand edit, a disk's damage) are not dropped without a word: the file as it
     was is kept as <name>.before-<UTC time> first, and `note` says so. Streamed, line by line:
-    a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own."""
+    a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own.
+    A symbolic link (a log kept on another disk) is followed: the file it names is rewritten,
+    where the rename put a plain file in the link's place and left the other file stale."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     try:
         source = open(path, "rb") if keep_through is not None and path.is_file() else None
     except OSError as e:

@@ -2196,6 +2196,21 @@ def test_resuming_keeps_a_long_logs_lines_without_holding_the_log_in_memory(tmp_
     assert peak < 1_000_000, f"{peak:,} bytes at peak for a {len(body):,}-byte log"
 
 
+def test_a_log_that_is_a_symbolic_link_is_rewritten_where_it_points(tmp_path):
+    """metrics.jsonl linked to a log on another disk: a resume replaced the link with a plain
+    file, and the linked log kept the lines past the checkpoint, as if trained twice."""
+    (tmp_path / "logs").mkdir()
+    target, log = tmp_path / "logs" / "run1.jsonl", tmp_path / "metrics.jsonl"
+    target.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    log.symlink_to(target)
+    with train.open_log(log, "step", 2) as appended:
+        appended.write('{"step": 3, "again": true}\n')
+    assert log.is_symlink() and os.readlink(log) == str(target)
+    assert target.read_text() == '{"step": 1}\n{"step": 2}\n{"step": 3, "again": true}\n'
+    train.open_log(log, "step", None).close()  # a fresh run's: emptied, through the link
+    assert log.is_symlink() and target.read_text() == ""
+
+
 @pytest.mark.parametrize("damage", [pytest.param("9" * 5000, marks=INT_DIGITS_LIMIT), "[" * 100_000 + "]" * 100_000])
 def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_traceback(tmp_path, damage):
     """json.loads raises ValueError (an integer of > 4,300 digits) or RecursionError (nested too
