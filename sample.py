@@ -16,7 +16,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from prep.errors import UserCommand, UserError, interrupt_exits_while_importing  # click only: quick
+from prep.atomic import interrupt_exits_while_importing
+from prep.errors import UserCommand, UserError  # click only: quick
 
 # Ctrl-C (130) or SIGTERM (143) during the seconds that importing torch takes (run as a script):
 # an exit at once, with one line

@@ -65,8 +65,8 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.errors import (UserCommand, UserError, bar_disable,  # click only: quick
-                         interrupt_exits_while_importing, plain_numbers)
+from prep.atomic import interrupt_exits_while_importing
+from prep.errors import UserCommand, UserError, bar_disable, plain_numbers  # click only: quick
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
 # at once (SIGTERM too, as every stop of train.py exits), one line

@@ -8,10 +8,18 @@ windows by a prefetch thread and widened to int64 (x, y) on the device.
 `python -m loader.bench` measures it against nanoGPT's and build-nanogpt's loaders.
 """
 
-from loader.cursor import Cursor, epoch_permutation
-from loader.errors import LoaderError, TokenRangeError
-from loader.loader import TokenLoader
-from loader.stream import TokenStream, resolve_shards
+import sys
+
+from prep.atomic import interrupt_exits_while_importing
+
+# `python -m loader.audit` or `loader.bench`: this package, and torch with it, is imported while
+# Python still locates the command (sys.argv[0] is "-m" then), before the command's own code:
+# a Ctrl-C or SIGTERM in those seconds exits at once with one line, not an import's traceback
+with interrupt_exits_while_importing(sys.argv[:1] == ["-m"]):
+    from loader.cursor import Cursor, epoch_permutation
+    from loader.errors import LoaderError, TokenRangeError
+    from loader.loader import TokenLoader
+    from loader.stream import TokenStream, resolve_shards
 
 __all__ = ["Cursor", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream", "epoch_permutation",
            "resolve_shards"]

@@ -164,8 +164,8 @@ def beyond_memory(first_tokens: int) -> str:
     except (ValueError, OSError, AttributeError):  # the OS does not say
         return ""
     need = first_tokens * 8
-    return (f"a first shard of {first_tokens:,} tokens is {need / 2**30:.1f} GiB as int64, more than this machine's "
-            f"{memory / 2**30:.1f} GiB of memory: the DataLoaderLite baseline loads it whole") if need > memory else ""
+    return (f"a first shard of {first_tokens:,} tokens is {_size(need)} as int64, more than this machine's "
+            f"{_size(memory)} of memory: the DataLoaderLite baseline loads it whole") if need > memory else ""
 
 
 def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_us: float):
@@ -289,6 +289,34 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_synthetic(parser: argparse.ArgumentParser, tokens: int, shards: int, window: int) -> None:
+    """A usage error where --tokens in --shards cannot be synthesized and benchmarked here: more
+    than the temporary directory holds (integer arithmetic first: --tokens has no upper bound),
+    a shard larger than the format's, a first shard shorter than a window or beyond memory."""
+    if shards > tokens:
+        parser.error(f"--shards {shards} must be <= --tokens {tokens}: a shard holds at least one token")
+    need, tmp = 2 * tokens + shard_file_bytes(0) * shards, tempfile.gettempdir()
+    free = shutil.disk_usage(tmp).free
+    if need > free:
+        parser.error(f"--tokens {tokens} need {_size(need)} in {tmp} (the synthetic set's temporary directory; "
+                     f"TMPDIR sets it), and it has {_size(free)} free")
+    sizes = shard_sizes(tokens, shards)
+    if sizes[0] < window:  # said here: the run would name a temp dir
+        parser.error(f"--tokens {tokens} in --shards {shards} make a first shard of {sizes[0]} tokens, fewer than one "
+                     f"window of B*T+1 = {window}: the baselines read the first shard alone; raise --tokens, or "
+                     f"lower --shards, --B or --T")
+    if max(sizes) > MAX_TOKENS:
+        parser.error(f"--tokens {tokens} in --shards {shards} make shards of {max(sizes):,} tokens, more than a shard "
+                     f"holds ({MAX_TOKENS:,}): raise --shards")
+    too_big = beyond_memory(sizes[0])
+    if too_big:
+        parser.error(f"--tokens {tokens} in --shards {shards}: {too_big}; raise --shards")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a user mistake as one line, like every other command here (argparse,
     not click: the loader and its benchmark need only numpy, torch and prep's shard format;
@@ -320,27 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("B", "T", "windows", "repeats", "tokens", "shards"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if getattr(args, "path", None) is None and args.shards > args.tokens:  # synthetic only
-        parser.error(f"--shards {args.shards} must be <= --tokens {args.tokens}: a shard holds at least one token")
-    window = args.B * args.T + 1
-    first = int(np.linspace(0, args.tokens, args.shards + 1)[1])  # synthesize()'s first shard
-    if getattr(args, "path", None) is None and first < window:  # said here: the run would name a temp dir
-        parser.error(f"--tokens {args.tokens} in --shards {args.shards} make a first shard of {first} tokens, fewer "
-                     f"than one window of B*T+1 = {window}: the baselines read the first shard alone; raise "
-                     f"--tokens, or lower --shards, --B or --T")
-    if getattr(args, "path", None) is None:
-        largest = max(shard_sizes(args.tokens, args.shards))
-        if largest > MAX_TOKENS:
-            parser.error(f"--tokens {args.tokens} in --shards {args.shards} make shards of {largest:,} tokens, more "
-                         f"than a shard holds ({MAX_TOKENS:,}): raise --shards")
-        too_big = beyond_memory(shard_sizes(args.tokens, args.shards)[0])
-        if too_big:
-            parser.error(f"--tokens {args.tokens} in --shards {args.shards}: {too_big}; raise --shards")
-        need, tmp = sum(shard_file_bytes(n) for n in shard_sizes(args.tokens, args.shards)), tempfile.gettempdir()
-        free = shutil.disk_usage(tmp).free
-        if need > free:
-            parser.error(f"--tokens {args.tokens} need {need / 2**30:.1f} GiB in {tmp} (the synthetic set's "
-                         f"temporary directory; TMPDIR sets it), and it has {free / 2**30:.1f} GiB free")
+    if getattr(args, "path", None) is None:  # the synthetic set: what cannot be written, said before any work
+        check_synthetic(parser, args.tokens, args.shards, args.B * args.T + 1)
     if args.split not in SPLITS:  # the loader's own message would not name --split
         parser.error(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too

@@ -2,7 +2,8 @@
 
 meta.json, the sample corpus, checkpoints and metrics.jsonl are all written through here, so
 a crash at any moment leaves either the old file or the new one, never half of one; and
-`signals_deferred` keeps a Ctrl-C from cutting such a write (or prep's install) in two.
+`signals_deferred` keeps a Ctrl-C from cutting such a write (or prep's install) in two. The
+other signal helpers of every command live here too, for the loader's (no click here).
 """
 
 from __future__ import annotations
@@ -81,6 +82,35 @@ def may_handle(signum: int) -> bool:
         return False
     handler = _handler(signum)
     return handler is not None and not _is_ignore(handler)
+
+
+def import_stop_line(signum: int) -> bytes:
+    """What a stop while the libraries import says: SIGINT or SIGTERM, and that nothing was written."""
+    return (f"{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
+            "nothing was written\n").encode()
+
+
+@contextlib.contextmanager
+def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM):
+    """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
+    or 130 where the command ends every stop so), with one line saying so, instead of a
+    KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
+    importing numpy, tiktoken or torch takes. Each only where `may_handle` (the main thread, a
+    handler that can be put back, a signal not ignored); `active` False: nothing."""
+    statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
+    statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
+
+    def exit_at_once(signum, frame) -> None:
+        with contextlib.suppress(OSError):  # stderr closed: the status says it
+            os.write(2, import_stop_line(signum))
+        os._exit(statuses[signum])
+
+    before = {signum: signal.signal(signum, exit_at_once) for signum in statuses}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

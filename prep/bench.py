@@ -32,15 +32,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
+from prep.atomic import interrupt_exits_while_importing
 
-from prep.corpus import BOM
-from prep.errors import UserCommand, UserError
-from prep.meta import read_meta
-from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
-from prep.sample import fallback_text
-from prep.tokenize import default_workers, tokenize_corpus
-from prep.tokenizer import get_encoding
+# Ctrl-C or SIGTERM while click, numpy and tiktoken import (run as a script): one line, at once
+with interrupt_exits_while_importing(__name__ == "__main__"):
+    import click
+
+    from prep.corpus import BOM
+    from prep.errors import UserCommand, UserError
+    from prep.meta import read_meta
+    from prep.output import OutputError
+    from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
+    from prep.sample import fallback_text
+    from prep.tokenize import default_workers, tokenize_corpus
+    from prep.tokenizer import get_encoding
+    from tqdm import tqdm
 
 SPEEDUP_TARGET = 1.7  # with 2 workers, vs the single-thread baseline
 GROWTH_TARGET = 0.10  # peak-RSS growth per extra byte of text
@@ -218,11 +224,11 @@ def run_bench(cfg: BenchConfig, log=lambda message: click.echo(message, err=True
                 log(f"peak RSS {variant}, {size_name}: {peaks[size_name]['sum_mib']:.1f} MiB (sum)")
             extra = corpora["large"][2] - corpora["small"][2]
             small, big = peaks["small"], peaks["large"]
-            result["rss"].append({
+            growth = lambda key: (big[key] - small[key]) * 2**20 / extra if extra > 0 else None  # noqa: E731
+            result["rss"].append({  # growth None: one paragraph of the source is both corpora
                 "variant": variant, "workers": cfg.workers, "small_text_bytes": corpora["small"][2],
                 "large_text_bytes": corpora["large"][2], "small": small, "large": big,
-                "growth_sum": (big["sum_mib"] - small["sum_mib"]) * 2**20 / extra,
-                "growth_parent": (big["parent_mib"] - small["parent_mib"]) * 2**20 / extra})
+                "growth_sum": growth("sum_mib"), "growth_parent": growth("parent_mib")})
     result["other_load"] = whole_run
     return result
 
@@ -252,6 +258,10 @@ def format_report(result: dict) -> str:
                  for p in (rss["small"], rss["large"])]
         name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
                 f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
+        if rss["growth_sum"] is None:
+            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (the "
+                         f"source's paragraphs are longer than --mb / 4: give a larger --mb or another --source)")
+            continue
         lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
                      f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
     # what makes a miss no verdict on the pipeline
@@ -278,13 +288,14 @@ def check_room(mb: float, tmp: str | None = None) -> None:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # the OS does not say
         memory = None
+    size = lambda n: tqdm.format_sizeof(n, "B", 1000)  # noqa: E731 (1.20kB, 4.00GB)
     if memory is not None and text * MEMORY_PER_TEXT_BYTE > memory:
-        raise UserError(f"--mb {mb:g}: needs about {text * MEMORY_PER_TEXT_BYTE / 1e9:.1f} GB of memory, more than "
-                        f"this machine's {memory / 1e9:.1f} GB (the corpus is held in memory)")
+        raise UserError(f"--mb {mb:g}: needs about {size(text * MEMORY_PER_TEXT_BYTE)} of memory, more than this "
+                        f"machine's {size(memory)} (the corpus is held in memory)")
     free = shutil.disk_usage(tmp).free
     if text * DISK_PER_TEXT_BYTE > free:
-        raise UserError(f"--mb {mb:g}: needs about {text * DISK_PER_TEXT_BYTE / 1e9:.1f} GB in {tmp} (its temporary "
-                        f"directory; TMPDIR sets it), which has {free / 1e9:.1f} GB free")
+        raise UserError(f"--mb {mb:g}: needs about {size(text * DISK_PER_TEXT_BYTE)} in {tmp} (its temporary "
+                        f"directory; TMPDIR sets it), which has {size(free)} free")
 
 
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -313,7 +324,11 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
                         f"over one process can use")
     check_room(mb)
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
-    result = run_bench(config)
+    try:
+        result = run_bench(config)
+    except (OSError, OutputError) as e:  # a temporary directory that filled up after all (check_room estimates)
+        raise click.ClickException(f"{e}: the benchmark's temporary files did not fit in {tempfile.gettempdir()} "
+                                   f"(TMPDIR sets it); nothing is left there") from None
     click.echo(json.dumps(result, default=str) if as_json else format_report(result))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from prep.errors import UserGroup, interrupt_exits_while_importing
+from prep.atomic import interrupt_exits_while_importing
+from prep.errors import UserGroup
 
 
 @click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -7,12 +7,10 @@ import dataclasses
 import errno
 import numbers
 import os
-import signal
 import sys
 
 import click
 
-from prep.atomic import may_handle
 
 
 def plain_numbers(config: object) -> None:
@@ -89,35 +87,6 @@ def usage_as_user_error(ctx: click.Context):
         raise
     except click.UsageError as e:
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
-
-
-def import_stop_line(signum: int) -> bytes:
-    """What a stop while the libraries import says: SIGINT or SIGTERM, and that nothing was written."""
-    return (f"{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
-            "nothing was written\n").encode()
-
-
-@contextlib.contextmanager
-def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM):
-    """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
-    or 130 where the command ends every stop so), with one line saying so, instead of a
-    KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
-    importing numpy, tiktoken or torch takes. Each only where `may_handle` (the main thread, a
-    handler that can be put back, a signal not ignored); `active` False: nothing."""
-    statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
-    statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
-
-    def exit_at_once(signum, frame) -> None:
-        with contextlib.suppress(OSError):  # stderr closed: the status says it
-            os.write(2, import_stop_line(signum))
-        os._exit(statuses[signum])
-
-    before = {signum: signal.signal(signum, exit_at_once) for signum in statuses}
-    try:
-        yield
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
 
 
 def _writing_stdout(error: OSError) -> bool:

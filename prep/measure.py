@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import subprocess
 import tempfile
 import time
@@ -59,7 +60,10 @@ def best_of(repeat: int, fn, *args) -> dict:
 
 
 def _encode_for(text: str, reps: int, barrier, results) -> None:
-    """Encode `text` `reps` times, starting when every process is ready; report the time."""
+    """Encode `text` `reps` times, starting when every process is ready; report the time. A
+    Ctrl-C is the parent's to handle (a terminal's goes to the whole group: each of these printed
+    its KeyboardInterrupt's traceback); the parent's exit ends these, daemons."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from prep.tokenizer import get_encoding
 
     enc = get_encoding()
@@ -86,7 +90,8 @@ def parallel_capacity(text: str, workers: int, reps: int = 8, rounds: int = 2) -
     best = {}
     for count in [1, workers] * rounds:
         barrier, results = ctx.Barrier(count), ctx.Queue()
-        procs = [ctx.Process(target=_encode_for, args=(text, reps, barrier, results)) for _ in range(count)]
+        procs = [ctx.Process(target=_encode_for, args=(text, reps, barrier, results), daemon=True)
+                 for _ in range(count)]
         for proc in procs:
             proc.start()
         slowest = max(results.get() for _ in procs)

@@ -230,12 +230,15 @@ def _wait_for_torch_import(proc: subprocess.Popen) -> None:
     ("train.py", signal.SIGINT, 130),
     ("train.py", signal.SIGTERM, 130),  # as train.py's every stop by SIGTERM exits
     ("sample.py", signal.SIGTERM, 143),
+    ("-m loader.audit", signal.SIGINT, 130),  # the loader package imports torch while -m locates it
+    ("-m loader.bench", signal.SIGTERM, 143),
 ])
 def test_a_stop_while_a_script_imports_torch_is_one_line_without_a_traceback(tmp_path, script, signum, status):
     """Importing torch takes a second or more: a Ctrl-C then used to print the import's traceback
     (and then nothing at all: now the one line a stop while starting up has), and a SIGTERM
     ended the process without a word (143, where train.py's README says 130)."""
-    proc = subprocess.Popen([sys.executable, str(REPO / script), "--help"], cwd=tmp_path,
+    command = script.split() if script.startswith("-m ") else [str(REPO / script)]
+    proc = subprocess.Popen([sys.executable, *command, "--help"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_torch_import(proc)
     proc.send_signal(signum)
@@ -249,7 +252,7 @@ def test_prep_s_imports_stop_at_once_on_sigterm_with_one_line():
     """prep's commands import numpy and tiktoken under the same guard: SIGTERM there is 143 and
     the line (it was 143 and no word), and the handlers before it are back after it."""
     code = ("import os, signal, time\n"
-            "from prep.errors import interrupt_exits_while_importing\n"
+            "from prep.atomic import interrupt_exits_while_importing\n"
             "with interrupt_exits_while_importing(): pass\n"
             "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
             "with interrupt_exits_while_importing():\n"

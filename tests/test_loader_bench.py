@@ -86,7 +86,8 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
     (["--tokens", str(2 * MAX_TOKENS + 4)], f"--tokens {2 * MAX_TOKENS + 4} in --shards 2 make shards of "
                                             f"{MAX_TOKENS + 2:,} tokens, more than a shard holds ({MAX_TOKENS:,}): "
                                             "raise --shards"),
-    (["--tokens", str(10**15), "--shards", str(10**6)], f"--tokens {10**15} need "),  # without --split, before
+    (["--tokens", str(10**15), "--shards", str(10**6)], f"--tokens {10**15} need "),
+    (["--tokens", str(10**20)], f"--tokens {10**20} need "),  # beyond float64's integers: np.linspace's traceback  # without --split, before
     # the synthetic set's first shard: the run named the temporary directory it was in
     (["--tokens", "10", "--B", "4", "--T", "32"], "--tokens 10 in --shards 2 make a first shard of 5 tokens, fewer "
                                                    "than one window of B*T+1 = 129: the baselines read the first "
@@ -110,18 +111,18 @@ def test_a_first_shard_beyond_memory_is_one_line_before_any_work(tmp_path, monke
     """DataLoaderLite's baseline holds the first shard whole as int64: where that is more than
     the machine's memory, the OOM killer ended the run after the other methods' minutes."""
     bench.synthesize(str(tmp_path), 100_000, 2)  # first shard 50,000 tokens: 400,000 bytes as int64
-    pages = {"SC_PHYS_PAGES": 97, "SC_PAGE_SIZE": 4096}  # 397,312 bytes
+    pages = {"SC_PHYS_PAGES": 73, "SC_PAGE_SIZE": 4096}  # 299,008 bytes
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     assert bench.main([str(tmp_path), *TINY]) == 2
     first = tmp_path / "bench_train_000000.bin"
-    assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.0 GiB as int64, more "
-                                       "than this machine's 0.0 GiB of memory: the DataLoaderLite baseline loads "
+    assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.4 MiB as int64, more "
+                                       "than this machine's 0.3 MiB of memory: the DataLoaderLite baseline loads "
                                        "it whole\n")
     with pytest.raises(SystemExit) as exited:  # the synthetic set: before it is written
         bench.main(["--tokens", "100000", *TINY[2:]])
     assert exited.value.code == 2 and capsys.readouterr().err == (
-        "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.0 GiB as "
-        "int64, more than this machine's 0.0 GiB of memory: the DataLoaderLite baseline loads it whole; raise "
+        "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.4 MiB as "
+        "int64, more than this machine's 0.3 MiB of memory: the DataLoaderLite baseline loads it whole; raise "
         "--shards\n")
 
 

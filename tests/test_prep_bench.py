@@ -3,11 +3,14 @@ sane. No timing thresholds: the targets are reported by `python -m prep.bench`, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -209,8 +212,62 @@ def test_more_workers_than_cpus_and_more_text_than_room_are_one_line(tmp_path, m
     refused(["--workers", "4"], "--workers 4: more than the 3 CPU(s) this process may use")
     pages = {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 1000}  # a 1 MB machine
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
-    refused(["--mb", "0.1"], "--mb 0.1: needs about 0.0 GB of memory, more than this machine's 0.0 GB")
+    refused(["--mb", "0.1"], "--mb 0.1: needs about 1.20MB of memory, more than this machine's 1.00MB")
     pages["SC_PHYS_PAGES"] = 10**9
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
-    refused(["--mb", "0.1"], f"--mb 0.1: needs about 0.0 GB in {tmp_path} (its temporary directory; TMPDIR sets "
-            "it), which has 0.0 GB free")
+    refused(["--mb", "0.1"], f"--mb 0.1: needs about 400kB in {tmp_path} (its temporary directory; TMPDIR sets "
+            "it), which has 100kB free")
+
+
+def test_a_temporary_directory_that_fills_up_is_one_line(tmp_path, monkeypatch):
+    """check_room's estimate can fall short (JSON escapes of CJK text take 6 bytes a character):
+    the disk that filled up was a traceback (OSError, or prep's OutputError); one line now,
+    exit 1 (the machine's, not a mistake)."""
+    for error in (OSError(28, "No space left on device"), bench.OutputError("/tmp/x/out: No space left on device")):
+        def full(config, error=error):
+            raise error
+
+        monkeypatch.setattr(bench, "run_bench", full)
+        result = CliRunner().invoke(bench.main, ["--mb", "0.1", "--workers", "1"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("Error: ") and "No space left on device: the benchmark's temporary files " \
+            f"did not fit in {tempfile.gettempdir()} (TMPDIR sets it); nothing is left there" in result.output
+
+
+def test_a_source_of_one_long_paragraph_reports_no_growth(tmp_path, monkeypatch):
+    """One paragraph longer than the corpus makes the 1x and the 4x corpus the same text: the
+    growth per extra byte divided by zero (a traceback, after every timing). It is n/a now."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    source = tmp_path / "one.txt"
+    source.write_text(" ".join(f"w{i}" for i in range(5000)) + "\n")
+    result = CliRunner().invoke(bench.main, ["--source", str(source), "--mb", "0.01", "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [(r["growth_sum"], r["growth_parent"]) for r in record["rss"]] == [(None, None)] * 2
+    assert all(r["small_text_bytes"] == r["large_text_bytes"] for r in record["rss"])
+    rows = [line for line in bench.format_report(record).splitlines() if "n/a: the two corpora are the same" in line]
+    assert len(rows) == 2
+
+
+def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: each encoding process printed its
+    own KeyboardInterrupt traceback ("Process ForkProcess-5: ..."), and the parent's exit
+    waited for them. They ignore it now, and end with the parent."""
+    code = ("import sys\n"
+            "from prep.measure import parallel_capacity\n"
+            "try:\n"
+            "    parallel_capacity('The quick brown fox. ' * 20000, 2, reps=10**6, rounds=1)\n"
+            "except KeyboardInterrupt:\n"
+            "    print('parent interrupted', file=sys.stderr)\n"
+            "    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(4)  # the first encoder started and into its loop (reps=10**6: it runs until stopped)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and stderr == "parent interrupted\n", stderr
+    finally:  # whatever failed: no encoder left spinning
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
