@@ -56,14 +56,13 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
     `preset` (default gpt2: n_head is not in the weights)."""
     found = train._read_torch_file(path, "checkpoint")
     if not train.is_checkpoint(found):
-        name = preset or "gpt2"
-        try:
-            config = GPTConfig.preset(name)
-        except ValueError as e:
-            raise UserError(f"--model: {e}") from None
+        name = "gpt2" if preset is None else preset
+        config = GPTConfig.preset(name)  # (main checked the name)
         rows = train.state_positions(found) if isinstance(found, dict) else None
         if rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
             config = GPTConfig.preset(name, block_size=rows)
+        if isinstance(found, dict) and all(isinstance(k, str) for k in found):  # before gpt2-xl's 6 GB is built
+            train._check_state_shape(train._unwrapped(found), config, f"checkpoint {path}", shape_flags=False)
         model = GPT(config)
         train.load_init_weights(model, path, "checkpoint", found)
         return model.to(rt.device).eval(), f"--model {name} weights"
@@ -174,6 +173,11 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
         raise UserError("--temperature must be a number >= 0, got nan")
     if not ckpt:  # Path("") is the current directory
         raise UserError("CKPT must name a checkpoint file or an --out directory, got ''")
+    if preset is not None:  # a bad name is a mistake whatever CKPT turns out to be ('' was gpt2)
+        try:
+            GPTConfig.preset(preset)
+        except ValueError as e:
+            raise UserError(f"--model: {e}") from None
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path = checkpoint_file(Path(ckpt))
     model, source = load_model(path, rt, preset)

@@ -201,6 +201,8 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     assert_user_error(invoke(str(tmp_path / "odd.bin"), "--model", "tiny", *greedy),
                       "odd.bin: another model shape (n_layer 3 there, 2 here): no --model preset has its shape")
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")
+    assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", ""), "--model: unknown model preset ''")  # not gpt2
+    assert_user_error(invoke(str(run), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")  # not a note
     # fine-tuned with a cropped block size: built with the positions it has
     hf = torch.load(tmp_path / "hf.bin", weights_only=True)
     torch.save({**hf, "transformer.wpe.weight": hf["transformer.wpe.weight"][:16]}, tmp_path / "hf16.bin")
@@ -208,6 +210,19 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     assert samples(cropped) == expected  # 6 + 3 prompt tokens fit in 16 positions
     noted = invoke(str(run), "--model", "gpt2", *greedy)
     assert samples(noted) == expected and "note: --model gpt2 has no effect" in noted.stderr
+
+
+def test_a_state_dict_of_another_shape_is_refused_before_the_preset_is_built(run, tmp_path, monkeypatch):
+    """A tiny state dict with --model gpt2-xl built gpt2-xl's 1.5B weights first (36 s and a
+    6.6 GB peak; on a smaller machine, the OOM killer) to refuse it."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    torch.save(ckpt["model"], tmp_path / "tiny.pt")
+    built = []
+    monkeypatch.setattr(sample, "GPT", lambda config: built.append(config) or GPT(config))
+    assert_user_error(invoke(str(tmp_path / "tiny.pt"), "--model", "gpt2-xl"),
+                      "tiny.pt: another model shape (n_layer 2 there, 48 here; n_embd 32 there, 1600 here): "
+                      "use --model tiny")
+    assert built == []
 
 
 def test_a_tiny_temperature_samples_the_likeliest_token(run):
