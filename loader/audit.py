@@ -217,7 +217,8 @@ class Report:
 
 
 def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
-    """Each rank's batches 0, 1, 2, ... in order, epochs never going back; returns whether
+    """Each rank's batches 0, 1, 2, ... in order, epochs from 0, never going back nor skipping
+    one; returns whether
     every rank's log is there (a problem if not)."""
     world = logs[0].world
     present = {log.rank for log in logs}
@@ -236,9 +237,17 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
                 what = "repeated or out of order" if w.batch < expected else f"{gap} missing"
                 problems.add("numbering", f"rank {log.rank}: batch {w.batch} where {expected} was due ({what})")
                 break
+        if log.windows and log.windows[0].batch == 0 and log.windows[0].epoch != 0:
+            problems.add("numbering", f"rank {log.rank}: batch 0 in epoch {log.windows[0].epoch}, where a run "
+                         "starts in epoch 0")
         for a, b in zip(log.windows, log.windows[1:]):
             if b.epoch < a.epoch:
                 problems.add("numbering", f"rank {log.rank}: batch {b.batch} in epoch {b.epoch} after epoch {a.epoch}")
+                break
+            if b.epoch > a.epoch + 1:  # an epoch is one step at least (B*T*W fits the split): none is skipped
+                skipped = f"epoch {a.epoch + 1}" if b.epoch == a.epoch + 2 else f"epochs {a.epoch + 1}-{b.epoch - 1}"
+                problems.add("numbering", f"rank {log.rank}: batch {b.batch} in epoch {b.epoch} after epoch "
+                             f"{a.epoch} ({skipped} skipped)")
                 break
     return not absent
 
@@ -373,13 +382,18 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     state = ckpt.get("loader") if isinstance(ckpt, dict) else None
     config = ckpt.get("train_config") if isinstance(ckpt, dict) else None
     data = config.get("data") if isinstance(config, dict) else None
-    try:
-        if not (isinstance(state, dict) and "shards" in state and _int(state.get("num_tokens"), 0)
-                and (data is None or isinstance(data, str))):
-            raise LoaderError("no loader state")
-        saved_shards(state["shards"])  # a LoaderError if the shard list is malformed
-    except LoaderError:
+    if not (isinstance(state, dict) and "shards" in state):
         return f"{path}: no train.py loader state in it"
+    try:  # what train.py writes: one shard or more, whose token counts make num_tokens
+        shards = saved_shards(state["shards"])  # a LoaderError if the shard list is malformed
+        total = state.get("num_tokens")
+        if not shards or not _int(total, 1) or sum(n for _, n, _ in shards) != total:
+            raise LoaderError(f"{len(shards)} shard(s) of {sum(n for _, n, _ in shards):,} tokens, and num_tokens "
+                              f"{total!r}")
+    except LoaderError as e:
+        return f"{path}: a damaged train.py loader state ({str(e)[:200]})"
+    if data is not None and not isinstance(data, str):
+        return f"{path}: a damaged train_config (its data is a {type(data).__name__}, not the --data given)"
     run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)
     if run != ours:  # the logs are another run's: its data is not this checkpoint's to say
         return (f"{path}: of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
@@ -507,13 +521,15 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
 
 
 @click.command("audit", cls=UserCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path())
 @click.option("--data", default=None, show_default="none: the logs alone",
               help="The run's --data (train split): check every token of each logged window against it. Refused "
                    "unless it is the dataset OUT's newest checkpoint records.")
-def main(out: Path, data: str | None) -> None:
+def main(out: str, data: str | None) -> None:
     """Check that a `train.py --log-windows` run read no token twice in an epoch, and every
     slot of each complete epoch; exit status 1 if not."""
+    if not out:  # Path("") is the current directory
+        raise UserError("OUT must name a train.py --out directory, got ''")
     report = audit(out, data)
     for line in report.lines:
         click.echo(line)

@@ -207,6 +207,11 @@ def test_a_dataset_of_the_same_names_and_counts_is_told_apart_by_its_sha256(tmp_
     ("garbage", "not a readable checkpoint (torch.load raised"),
     ("no loader", "no train.py loader state in it"),
     ("other run", "of a run of B=2 x T=16, 2 rank(s), not the logs' B=2 x T=16, 1 rank(s)"),
+    # damaged: said so, where "--data X is not the dataset the run trained on (--data X)" named
+    # the same path twice, or "no loader state" for an intact one
+    ("no shards", "a damaged train.py loader state (0 shard(s) of 0 tokens, and num_tokens "),
+    ("no tokens", "a damaged train.py loader state (1 shard(s) of 1,000 tokens, and num_tokens 0)"),
+    ("data not a path", "a damaged train_config (its data is a int, not the --data given)"),
 ])
 def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked(tmp_path, data, kind, words):
     out = log_ranks(tmp_path / "out", data, world=1, batches=5)
@@ -215,6 +220,15 @@ def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked
         path.write_bytes(b"not a zip")
     elif kind == "no loader":
         torch.save({"model": {}}, path)
+    elif kind in ("no shards", "no tokens", "data not a path"):
+        ckpt = torch.load(path, weights_only=True)
+        if kind == "no shards":
+            ckpt["loader"]["shards"] = []
+        elif kind == "no tokens":
+            ckpt["loader"]["num_tokens"] = 0
+        else:
+            ckpt["train_config"]["data"] = 7
+        torch.save(ckpt, path)
     result = run(out, "--data", data)
     assert result.exit_code == 0, result.output
     assert f"note: {path}: {words}" in result.output and f"--data {data} is taken to be the run's data, unchecked" \
@@ -243,6 +257,10 @@ def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, mo
     ("twice now", ["problem: epoch 1: targets 769-800 read twice: by rank 0 batch 19 and rank 1 batch 19"]),
     ("last target", ["problem: rank 1 batch 7: the tokens logged differ from the shards' at"]),
     ("epoch back", ["problem: rank 0: batch 17 in epoch 0 after epoch 1"]),
+    # an epoch's number jumping: passed, with "epoch 2: 10 window(s) so far"
+    ("epoch skipped", ["problem: rank 0: batch 15 in epoch 2 after epoch 0 (epoch 1 skipped)",
+                       "problem: rank 1: batch 15 in epoch 2 after epoch 0 (epoch 1 skipped)"]),
+    ("first epoch", ["problem: rank 1: batch 0 in epoch 1, where a run starts in epoch 0"]),
     ("last rank", ["problem: no log of rank(s) 1 (1 of 2 missing): their windows cannot be checked"]),
 ])
 def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, words):
@@ -261,6 +279,11 @@ def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, wor
         records[1][7]["last_target"] += 1
     elif damage == "epoch back":
         records[0][17]["epoch"] = 0
+    elif damage == "epoch skipped":  # epoch 1's windows labelled 2
+        assert [r["epoch"] for r in records[0]] == [0] * 15 + [1] * 5
+        records = [[{**r, "epoch": 2 if r["epoch"] else 0} for r in recs] for recs in records]
+    elif damage == "first epoch":
+        records[1][0]["epoch"] = 1
     for path, recs in zip(logs, records):
         rewrite(path, recs)
     if damage == "rank":
@@ -436,6 +459,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
     ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
+    ("empty out", [], ["OUT must name a train.py --out directory, got ''"]),  # was the current directory
     ("nul listed", ["--data", "SELF"], ["meta.json: train shard file 't_train_000000.bin\\x00' is not a plain file name"]),
     ("dir", [], ["windows_rank2.jsonl: not a file"]),
     ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
@@ -479,7 +503,7 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
             args = ["--data", listed]
         elif setup == "shape":
             rewrite(out / "windows_rank1.jsonl", [{**r, "T": 32} for r in lines(out / "windows_rank1.jsonl")])
-    assert_user_error(run(out, *args), *words)
+    assert_user_error(run("" if setup == "empty out" else out, *args), *words)
     if setup == "file":
         out.unlink()
     elif setup != "none":
