@@ -1647,10 +1647,12 @@ def open_log(path: Path, key: str, keep_through: int | None,
     anywhere else (a hand edit, a disk's damage) are not dropped without a word: the file as it
     was is kept as <name>.before-<UTC time> first, and `note` says so. Streamed, line by line:
     a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own.
-    A symbolic link (a log kept on another disk) is followed: the file it names is rewritten,
-    where the rename put a plain file in the link's place and left the other file stale."""
+    A symbolic link is refused: the rename put a plain file in its place without a word (the
+    linked log left with the steps past the checkpoint), and rewriting the file it names
+    instead could cut another run's log (a branch made with `cp -rs`)."""
     if path.is_symlink():
-        path = Path(os.path.realpath(path))
+        raise UserError(f"{path}: a symbolic link (to {os.readlink(path)}), and train.py rewrites this log in place "
+                        f"(cut back to the checkpoint on resume): make it a plain file (a copy) or move it away")
     try:
         source = open(path, "rb") if keep_through is not None and path.is_file() else None
     except OSError as e:

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
+from prep.atomic import sigterm_raises
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
 # GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
@@ -117,9 +119,9 @@ SYNTHESIS_CHUNK = 1 << 24  # tokens drawn at a time: 32 MiB, whatever --tokens a
 
 
 def shard_sizes(tokens: int, shards: int) -> list[int]:
-    """The tokens of each synthetic shard: `tokens` spread evenly, the later ones larger."""
-    bounds = np.linspace(0, tokens, shards + 1).astype(np.int64)
-    return [int(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+    """The tokens of each synthetic shard: `tokens` spread evenly, the later ones larger (by
+    one token at most: the first holds tokens // shards, the largest that rounded up)."""
+    return [tokens * (i + 1) // shards - tokens * i // shards for i in range(shards)]
 
 
 def synthesize(directory: str, tokens: int, shards: int, seed: int = 0) -> None:
@@ -157,14 +159,14 @@ def time_inside(step: Callable[[], object], windows: int, repeats: int, work_s: 
 
 def beyond_memory(first_tokens: int) -> str:
     """Why a first shard of `first_tokens` tokens cannot be benchmarked here ("" where it can):
-    the DataLoaderLite baseline holds it whole as int64, and more than the machine's memory is
-    the OOM killer's, after minutes of timing the others."""
+    the DataLoaderLite baseline holds it whole as int32 and int64 at once, and more than the
+    machine's memory is the OOM killer's, after minutes of timing the others."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # the OS does not say
         return ""
-    need = first_tokens * 8
-    return (f"a first shard of {first_tokens:,} tokens is {_size(need)} as int64, more than this machine's "
+    need = first_tokens * 12  # DataLoaderLite.load: the int32 copy and the int64 tensor at once
+    return (f"a first shard of {first_tokens:,} tokens is {_size(need)} as int32 and int64, more than this machine's "
             f"{_size(memory)} of memory: the DataLoaderLite baseline loads it whole") if need > memory else ""
 
 
@@ -295,26 +297,41 @@ def _size(n: int) -> str:
 
 def check_synthetic(parser: argparse.ArgumentParser, tokens: int, shards: int, window: int) -> None:
     """A usage error where --tokens in --shards cannot be synthesized and benchmarked here: more
-    than the temporary directory holds (integer arithmetic first: --tokens has no upper bound),
-    a shard larger than the format's, a first shard shorter than a window or beyond memory."""
+    than the format's shard, than the temporary directory holds, a first shard shorter than a
+    window or beyond memory (integer arithmetic: --tokens has no upper bound)."""
     if shards > tokens:
         parser.error(f"--shards {shards} must be <= --tokens {tokens}: a shard holds at least one token")
+    first, largest = tokens // shards, -(-tokens // shards)  # shard_sizes' least and greatest, without the list
+    if first < window:  # said here: the run would name a temp dir
+        parser.error(f"--tokens {tokens} in --shards {shards} make a first shard of {first} tokens, fewer than one "
+                     f"window of B*T+1 = {window}: the baselines read the first shard alone; raise --tokens, or "
+                     f"lower --shards, --B or --T")
+    if largest > MAX_TOKENS:
+        parser.error(f"--tokens {tokens} in --shards {shards} make shards of {largest:,} tokens, more than a shard "
+                     f"holds ({MAX_TOKENS:,}): raise --shards")
     need, tmp = 2 * tokens + shard_file_bytes(0) * shards, tempfile.gettempdir()
     free = shutil.disk_usage(tmp).free
     if need > free:
         parser.error(f"--tokens {tokens} need {_size(need)} in {tmp} (the synthetic set's temporary directory; "
                      f"TMPDIR sets it), and it has {_size(free)} free")
-    sizes = shard_sizes(tokens, shards)
-    if sizes[0] < window:  # said here: the run would name a temp dir
-        parser.error(f"--tokens {tokens} in --shards {shards} make a first shard of {sizes[0]} tokens, fewer than one "
-                     f"window of B*T+1 = {window}: the baselines read the first shard alone; raise --tokens, or "
-                     f"lower --shards, --B or --T")
-    if max(sizes) > MAX_TOKENS:
-        parser.error(f"--tokens {tokens} in --shards {shards} make shards of {max(sizes):,} tokens, more than a shard "
-                     f"holds ({MAX_TOKENS:,}): raise --shards")
-    too_big = beyond_memory(sizes[0])
+    too_big = beyond_memory(first)
     if too_big:
         parser.error(f"--tokens {tokens} in --shards {shards}: {too_big}; raise --shards")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding as a Ctrl-C does (the synthetic set's temporary directory removed)."""
+
+
+def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
+    """run() on --path, or on a synthetic set written for it (and removed after it)."""
+    if getattr(args, "path", None) is not None:
+        return run(args.path, args.split, *sizes)
+    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+        synthesize(tmp, args.tokens, args.shards)
+        result = run(tmp, "train", *sizes)
+    result["path"] = f"synthetic ({args.tokens:,} random tokens, {args.shards} shards)"
+    return result
 
 
 class _Parser(argparse.ArgumentParser):
@@ -356,19 +373,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
-        if getattr(args, "path", None) is None:
-            with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
-                synthesize(tmp, args.tokens, args.shards)
-                result = run(tmp, "train", *sizes)
-                result["path"] = f"synthetic ({args.tokens:,} random tokens, {args.shards} shards)"
-        else:
-            result = run(args.path, args.split, *sizes)
+        with sigterm_raises(_Terminated):  # a synthetic set of --tokens is GBs: removed on SIGTERM too
+            result = _measure(args, sizes)
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: the synthetic set is gone (the with above), and nothing printed
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the synthetic set is gone (the with above), nothing printed
+        terminated = isinstance(e, _Terminated)
+        print(f"{parser.prog}: {'stopped by SIGTERM' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
     try:
         print(json.dumps(result, indent=2) if args.json else report(result))
         sys.stdout.flush()

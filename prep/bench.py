@@ -21,6 +21,7 @@ MB means 10**6 bytes of UTF-8 text. Targets (printed, never asserted): N-worker 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -225,12 +226,17 @@ def run_bench(cfg: BenchConfig, log=lambda message: click.echo(message, err=True
             extra = corpora["large"][2] - corpora["small"][2]
             small, big = peaks["small"], peaks["large"]
             growth = lambda key: (big[key] - small[key]) * 2**20 / extra if extra > 0 else None  # noqa: E731
-            result["rss"].append({  # growth None: one paragraph of the source is both corpora
+            result["rss"].append({  # growth None: one paragraph of --mb or more is both corpora
                 "variant": variant, "workers": cfg.workers, "small_text_bytes": corpora["small"][2],
                 "large_text_bytes": corpora["large"][2], "small": small, "large": big,
                 "growth_sum": growth("sum_mib"), "growth_parent": growth("parent_mib")})
     result["other_load"] = whole_run
     return result
+
+
+def _cores(other_cores: float | None) -> str:
+    """others_cpu's figure, "n/a" for a span too short to say it."""
+    return "n/a" if other_cores is None else f"{other_cores:.2f}"
 
 
 def format_report(result: dict) -> str:
@@ -240,18 +246,19 @@ def format_report(result: dict) -> str:
              f"paragraphs shuffled, seed {cfg['seed']}); many-doc variant {result['documents']:,} docs; "
              f"{result['machine']['cpus']} CPUs; best of {cfg['repeat']}",
              f"parallel capacity: {cfg['workers']} processes encode {capacity['speedup']:.2f}x as fast as one "
-             f"(others used {capacity['other_cores']:.2f} cores meanwhile); others used "
-             f"{result['other_load']['other_cores']:.2f} cores over the whole run",
+             f"(others used {_cores(capacity['other_cores'])} cores meanwhile); others used "
+             f"{_cores(result['other_load']['other_cores'])} cores over the whole run",
              f"{'run':38s} {'seconds':>8s} {'MB/s':>7s} {'vs base':>8s} {'others':>7s}  tokens",
              f"{'baseline encode_ordinary, 1 thread':38s} {base['seconds']:8.2f} {base['mb_per_s']:7.2f} "
-             f"{1:7.2f}x {base['other_cores']:7.2f}  {base['tokens']:,}"]
+             f"{1:7.2f}x {_cores(base['other_cores']):>7s}  {base['tokens']:,}"]
     for run in result["pipeline"]:
-        name = f"prep tokenize {run['variant']}-doc, {run['workers_used']} worker(s)"
+        used = f" ({run['workers_used']} used)" if run["workers_used"] != run["workers"] else ""  # a small input
+        name = f"prep tokenize {run['variant']}-doc, {run['workers']} worker(s){used}"
         note = "" if run["identical_to_1_worker"] else "  SHARDS DIFFER FROM 1 WORKER"
         if run["workers_used"] == 2:
             note += f"  (target >= {SPEEDUP_TARGET}x)"
         lines.append(f"{name:38s} {run['seconds']:8.2f} {run['mb_per_s']:7.2f} {run['vs_baseline']:7.2f}x"
-                     f" {run['other_cores']:7.2f}  {run['tokens']:,}{note}")
+                     f" {_cores(run['other_cores']):>7s}  {run['tokens']:,}{note}")
     lines.append(f"{'peak RSS, MiB (parent / max worker / sum)':44s} {'1x text':>16s} {'4x text':>16s}  growth")
     for rss in result["rss"]:
         cells = [f"{p['parent_mib']:.0f} / {p['max_worker_mib']:.0f} / {p['sum_mib']:.0f}"
@@ -259,8 +266,8 @@ def format_report(result: dict) -> str:
         name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
                 f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
         if rss["growth_sum"] is None:
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (the "
-                         f"source's paragraphs are longer than --mb / 4: give a larger --mb or another --source)")
+            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (a "
+                         f"paragraph of the source is --mb long or more: give a larger --mb or another --source)")
             continue
         lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
                      f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
@@ -277,6 +284,17 @@ def format_report(result: dict) -> str:
 
 MEMORY_PER_TEXT_BYTE = 12  # the parent's peak, measured (90 MB at --mb 4): text, documents, the baseline's ids
 DISK_PER_TEXT_BYTE = 4  # the corpora (one file and many, at mb and mb / 4) and one output at a time
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_room(error: Exception) -> bool:
+    """Whether `error` says a disk or a quota is full: an OSError's errno, or the text that
+    prep's OutputError and peak_rss's RuntimeError (a `prep tokenize` run's last words) carry."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in _NO_ROOM
+    return any(os.strerror(number) in str(error) for number in _NO_ROOM)
 
 
 def check_room(mb: float, tmp: str | None = None) -> None:
@@ -326,9 +344,11 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
     try:
         result = run_bench(config)
-    except (OSError, OutputError) as e:  # a temporary directory that filled up after all (check_room estimates)
-        raise click.ClickException(f"{e}: the benchmark's temporary files did not fit in {tempfile.gettempdir()} "
-                                   f"(TMPDIR sets it); nothing is left there") from None
+    except (OSError, OutputError, RuntimeError) as e:  # a temporary directory that filled up after all
+        if not _out_of_room(e):  # (check_room estimates); anything else keeps its traceback
+            raise
+        raise click.ClickException(f"{str(e)[-300:]}: the benchmark's temporary files did not fit in "
+                                   f"{tempfile.gettempdir()} (TMPDIR sets it); nothing is left there") from None
     click.echo(json.dumps(result, default=str) if as_json else format_report(result))
 
 

@@ -37,7 +37,9 @@ def own_cpu_seconds() -> float:
 def others_cpu() -> Iterator[dict]:
     """Around a measurement: yields a dict that gets wall_s and other_cores (the CPU that other
     processes, and the hypervisor's steal, took meanwhile, in cores) when the block ends.
-    Our own children count as ours only once waited for, so wait for them inside the block."""
+    Our own children count as ours only once waited for, so wait for them inside the block.
+    other_cores is None for a block shorter than MIN_LOAD_SPAN_S: the counters move in clock
+    ticks (10 ms), and 2 ms of baseline once read as 4 other cores on a 2-CPU machine."""
     record: dict = {}
     busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     try:
@@ -45,7 +47,10 @@ def others_cpu() -> Iterator[dict]:
     finally:
         wall = time.perf_counter() - start
         other = max(0.0, busy_cpu_seconds() - busy - (own_cpu_seconds() - own))
-        record.update(wall_s=wall, other_cores=other / wall if wall > 0 else 0.0)
+        record.update(wall_s=wall, other_cores=other / wall if wall >= MIN_LOAD_SPAN_S else None)
+
+
+MIN_LOAD_SPAN_S = 0.5  # shorter, a tick or two of error is most of the figure
 
 
 def best_of(repeat: int, fn, *args) -> dict:

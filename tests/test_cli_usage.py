@@ -222,7 +222,7 @@ def _wait_for_torch_import(proc: subprocess.Popen) -> None:
         return
     deadline = time.monotonic() + 60
     while "libtorch" not in maps.read_text(errors="replace"):
-        assert proc.poll() is None and time.monotonic() < deadline, "train.py ended before importing torch"
+        assert proc.poll() is None and time.monotonic() < deadline, "the command ended before importing torch"
         time.sleep(0.005)
 
 
@@ -248,9 +248,9 @@ def test_a_stop_while_a_script_imports_torch_is_one_line_without_a_traceback(tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prep_s_imports_stop_at_once_on_sigterm_with_one_line():
-    """prep's commands import numpy and tiktoken under the same guard: SIGTERM there is 143 and
-    the line (it was 143 and no word), and the handlers before it are back after it."""
+def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handlers_back():
+    """The guard prep's commands import numpy and tiktoken under (prep.cli, prep.bench), where
+    SIGTERM was 143 and no word: 143 and the line now; the handlers before it are back after."""
     code = ("import os, signal, time\n"
             "from prep.atomic import interrupt_exits_while_importing\n"
             "with interrupt_exits_while_importing(): pass\n"

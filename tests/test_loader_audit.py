@@ -533,3 +533,19 @@ def test_problems_keep_the_messages_shown_and_count_the_rest():
                                   + "x" * 100 for n in range(SHOWN)),
                                 f"... and {100_000 - SHOWN} more like it", "epoch 0: targets 1-2 never read"]
     assert held < 100_000, f"{held:,} bytes held for {len(problems):,} problems"
+
+
+def test_batches_missing_across_an_epoch_are_missing_not_an_epoch_skipped():
+    """A resume without --log-windows leaves batches out of the log, a whole epoch of them
+    maybe: that is the missing batches' problem, not an epoch skipped (which it was not)."""
+    from loader.audit import Problems, RankLog, Window, check_numbering
+
+    def log(epochs: list[tuple[int, int]]) -> RankLog:  # (batch, epoch) pairs
+        return RankLog(0, Path("windows_rank0.jsonl"), [Window(0, b, e, 0, (1,), 2) for b, e in epochs], 1, 1, 1, [])
+
+    problems = Problems()
+    assert check_numbering([log([(0, 0), (1, 0), (4, 2), (5, 2)])], problems)  # epochs of 2 steps: 2-3 unlogged
+    assert problems.lines() == ["rank 0: batch 4 where 2 was due (batches 2-3 missing)"]
+    problems = Problems()
+    check_numbering([log([(0, 0), (1, 0), (2, 2), (3, 2)])], problems)  # consecutive: epoch 1 skipped
+    assert problems.lines() == ["rank 0: batch 2 in epoch 2 after epoch 0 (epoch 1 skipped)"]

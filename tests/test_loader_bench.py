@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +89,10 @@ def test_a_first_shard_shorter_than_a_window_is_one_line_and_exit_2(tmp_path, ca
                                             f"{MAX_TOKENS + 2:,} tokens, more than a shard holds ({MAX_TOKENS:,}): "
                                             "raise --shards"),
     (["--tokens", str(10**15), "--shards", str(10**6)], f"--tokens {10**15} need "),
-    (["--tokens", str(10**20)], f"--tokens {10**20} need "),  # beyond float64's integers: np.linspace's traceback  # without --split, before
+    # beyond float64's integers: np.linspace's traceback, before
+    (["--tokens", str(10**20)], f"--tokens {10**20} in --shards 2 make shards of {10**20 // 2:,} tokens, more than a "
+                                f"shard holds ({MAX_TOKENS:,}): raise --shards"),
+    (["--tokens", str(10**20), "--shards", str(10**12)], f"--tokens {10**20} need "),  # without --split, before
     # the synthetic set's first shard: the run named the temporary directory it was in
     (["--tokens", "10", "--B", "4", "--T", "32"], "--tokens 10 in --shards 2 make a first shard of 5 tokens, fewer "
                                                    "than one window of B*T+1 = 129: the baselines read the first "
@@ -110,19 +115,19 @@ def test_bench_usage_mistakes_are_one_line_and_exit_2(args, message, capsys):
 def test_a_first_shard_beyond_memory_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
     """DataLoaderLite's baseline holds the first shard whole as int64: where that is more than
     the machine's memory, the OOM killer ended the run after the other methods' minutes."""
-    bench.synthesize(str(tmp_path), 100_000, 2)  # first shard 50,000 tokens: 400,000 bytes as int64
-    pages = {"SC_PHYS_PAGES": 73, "SC_PAGE_SIZE": 4096}  # 299,008 bytes
+    bench.synthesize(str(tmp_path), 100_000, 2)  # first shard 50,000 tokens: 600,000 bytes as int32 + int64
+    pages = {"SC_PHYS_PAGES": 122, "SC_PAGE_SIZE": 4096}  # 499,712 bytes
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     assert bench.main([str(tmp_path), *TINY]) == 2
     first = tmp_path / "bench_train_000000.bin"
-    assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.4 MiB as int64, more "
-                                       "than this machine's 0.3 MiB of memory: the DataLoaderLite baseline loads "
+    assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.6 MiB as int32 and "
+                                       "int64, more than this machine's 0.5 MiB of memory: the DataLoaderLite baseline loads "
                                        "it whole\n")
     with pytest.raises(SystemExit) as exited:  # the synthetic set: before it is written
         bench.main(["--tokens", "100000", *TINY[2:]])
     assert exited.value.code == 2 and capsys.readouterr().err == (
-        "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.4 MiB as "
-        "int64, more than this machine's 0.3 MiB of memory: the DataLoaderLite baseline loads it whole; raise "
+        "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.6 MiB as "
+        "int32 and int64, more than this machine's 0.5 MiB of memory: the DataLoaderLite baseline loads it whole; raise "
         "--shards\n")
 
 
@@ -153,17 +158,23 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path):
     assert proc.wait(timeout=300) == 1 and proc.stderr.read() == ""
 
 
-def test_a_ctrl_c_is_one_line_exit_130_and_leaves_no_synthetic_set(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("stop, status, line", [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "stopped by SIGTERM")])
+def test_a_stop_is_one_line_and_leaves_no_synthetic_set(tmp_path, monkeypatch, capsys, stop, status, line):
+    """Ctrl-C gave a traceback; SIGTERM left the synthetic set (2 bytes a --tokens) in the temp dir."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def interrupted(*args):
         assert list(tmp_path.iterdir())  # the synthetic set, written
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the handler raises before this ends
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "run", interrupted)
-    assert bench.main(TINY) == 130
-    assert capsys.readouterr() == ("", "python -m loader.bench: interrupted\n")
+    assert bench.main(TINY) == status
+    assert capsys.readouterr() == ("", f"python -m loader.bench: {line}\n")
     assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
 
 
 

@@ -2196,19 +2196,23 @@ def test_resuming_keeps_a_long_logs_lines_without_holding_the_log_in_memory(tmp_
     assert peak < 1_000_000, f"{peak:,} bytes at peak for a {len(body):,}-byte log"
 
 
-def test_a_log_that_is_a_symbolic_link_is_rewritten_where_it_points(tmp_path):
-    """metrics.jsonl linked to a log on another disk: a resume replaced the link with a plain
-    file, and the linked log kept the lines past the checkpoint, as if trained twice."""
+def test_a_log_that_is_a_symbolic_link_is_refused_and_left_as_it_is(tmp_path):
+    """metrics.jsonl linked to a log elsewhere: a resume replaced the link with a plain file
+    without a word, the linked log keeping the lines past the checkpoint; rewriting the linked
+    file instead could cut another run's log (a branch made with `cp -rs`). Refused, both kept."""
     (tmp_path / "logs").mkdir()
     target, log = tmp_path / "logs" / "run1.jsonl", tmp_path / "metrics.jsonl"
-    target.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n')
+    text = '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+    target.write_text(text)
     log.symlink_to(target)
-    with train.open_log(log, "step", 2) as appended:
-        appended.write('{"step": 3, "again": true}\n')
-    assert log.is_symlink() and os.readlink(log) == str(target)
-    assert target.read_text() == '{"step": 1}\n{"step": 2}\n{"step": 3, "again": true}\n'
-    train.open_log(log, "step", None).close()  # a fresh run's: emptied, through the link
-    assert log.is_symlink() and target.read_text() == ""
+    for keep_through in (2, None):  # a resume's, a fresh run's
+        with pytest.raises(train.UserError) as refused:
+            train.open_log(log, "step", keep_through)
+        assert refused.value.message == (f"{log}: a symbolic link (to {target}), and train.py rewrites this log in "
+                                          "place (cut back to the checkpoint on resume): make it a plain file (a "
+                                          "copy) or move it away")
+        assert log.is_symlink() and os.readlink(log) == str(target) and target.read_text() == text
+        assert sorted(p.name for p in tmp_path.rglob("*")) == ["logs", "metrics.jsonl", "run1.jsonl"]
 
 
 @pytest.mark.parametrize("damage", [pytest.param("9" * 5000, marks=INT_DIGITS_LIMIT), "[" * 100_000 + "]" * 100_000])
