@@ -1487,6 +1487,13 @@ def _real(value: object) -> bool:
 SCHEDULE_FIELDS = ("steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip")
 
 
+def precision(rt: Runtime) -> dict[str, str]:
+    """Where and in what a run computes its steps: the device type and dtype (--device and
+    --dtype resolved). A resume may change them (a CPU run continued on a GPU), but not without
+    a note: the losses then differ from an uninterrupted run's."""
+    return {"device": rt.device.type, "dtype": rt.dtype}
+
+
 def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     """Notes on what a resume changes in the schedule (extending --steps is the usual case,
     and it re-shapes the cosine), or a UserError when --steps is below the checkpoint's step."""
@@ -2025,6 +2032,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum)
             notes += schedule_changes(ckpt, cfg, resume_path)
+            then = ckpt.get("precision")
+            if isinstance(then, dict) and then != precision(rt):  # (checkpoints before it: no word)
+                notes.append(f"resumed on {rt.device.type} in {rt.dtype}, where the checkpoint's run computed on "
+                             f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
+                             f"bit-identical to an uninterrupted run's")
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
                              f"log, so `python -m loader.audit` will find its batches missing")
@@ -2404,6 +2416,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
             "train_config": dataclasses.asdict(s.cfg),
             "run": s.run,
             "rng": rng_state(s.rt, s.generator),
+            "precision": precision(s.rt),  # what a resume elsewhere notes it changes
             **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
         })
         if s.cfg.keep_ckpts:

@@ -1229,6 +1229,25 @@ def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, mon
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_resume_on_another_device_or_dtype_says_so(tmp_path, dataset, capsys):
+    """A resume may change where and in what the steps are computed (a CPU run continued on a
+    GPU, fp32 to bf16); it did so without a word, though the losses then differ from an
+    uninterrupted run's. The checkpoint records it now; the same again: no note."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, quiet=False))
+    path = tmp_path / "out" / "ckpt_000002.pt"
+    saved = torch.load(path, weights_only=True)
+    assert saved["precision"] == {"device": "cpu", "dtype": "fp32"}
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=3, ckpt_every=3, resume="auto"))
+    assert "not bit-identical" not in capsys.readouterr().out
+    saved["precision"] = {"device": "cuda", "dtype": "bf16"}  # as a GPU run writes it
+    torch.save(saved, path)
+    (tmp_path / "out" / "ckpt_000003.pt").unlink()
+    train.train(cfg(tmp_path, dataset, steps=3, resume=str(path)))
+    assert ("note: resumed on cpu in fp32, where the checkpoint's run computed on cuda in bf16: the steps from here "
+            "on are not bit-identical to an uninterrupted run's\n") in capsys.readouterr().out
+
+
 def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its_own(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=4, quiet=False))
     capsys.readouterr()
