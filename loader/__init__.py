@@ -15,7 +15,7 @@ from prep.atomic import interrupt_exits_while_importing
 # `python -m loader.audit` or `loader.bench`: this package, and torch with it, is imported while
 # Python still locates the command (sys.argv[0] is "-m" then), before the command's own code:
 # a Ctrl-C or SIGTERM in those seconds exits at once with one line, not an import's traceback
-with interrupt_exits_while_importing(sys.argv[:1] == ["-m"]):
+with interrupt_exits_while_importing(getattr(sys, "argv", [])[:1] == ["-m"]):  # (embedded: no argv)
     from loader.cursor import Cursor, epoch_permutation
     from loader.errors import LoaderError, TokenRangeError
     from loader.loader import TokenLoader

@@ -291,7 +291,8 @@ def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: each encoding process printed its
     own KeyboardInterrupt traceback ("Process ForkProcess-5: ..."), and the parent's exit
     waited for them. They ignore it now, and end with the parent."""
-    code = ("import sys\n"
+    code = ("import multiprocessing, sys\n"
+            "multiprocessing.set_start_method('fork')  # the encoders children of this process (3.14: forkserver's)\n"
             "from prep.measure import parallel_capacity\n"
             "try:\n"
             "    parallel_capacity('The quick brown fox. ' * 20000, 2, reps=10**6, rounds=1)\n"
