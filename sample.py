@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prep.atomic import interrupt_exits_while_importing
-from prep.errors import UserCommand, UserError  # click only: quick
+from prep.errors import UserCommand, UserError, say  # click only: quick
 
 # Ctrl-C (130) or SIGTERM (143) during the seconds that importing torch takes (run as a script):
 # an exit at once, with one line
@@ -72,7 +72,7 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
         raise UserError(f"checkpoint {path}: its model predicts {vocab:,} token ids, more than GPT-2's "
                         f"{GPT2_VOCAB_SIZE:,}: sample.py decodes with the GPT-2 tokenizer")
     if preset is not None:
-        click.echo(f"note: --model {preset} has no effect: the checkpoint holds its model's shape", err=True)
+        say(f"note: --model {preset} has no effect: the checkpoint holds its model's shape")
     try:
         config = GPTConfig(**ckpt["model_config"])
         differ = config_differences(config, ckpt["model"])
@@ -143,8 +143,7 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     except TokenizerError as e:
         raise UserError(str(e)) from None
     if len(tokens) + 1 > block_size:
-        click.echo(f"note: the prompt is {len(tokens):,} tokens; the model sees the last "
-                   f"{block_size:,} (its block size)", err=True)
+        say(f"note: the prompt is {len(tokens):,} tokens; the model sees the last {block_size:,} (its block size)")
     return tokens
 
 
@@ -183,9 +182,9 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
     model, source = load_model(path, rt, preset)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
-    click.echo(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of "
-               f"{max_new_tokens} tokens, " + (f"temperature {temperature:g}, top-k {top_k or 'off'}" if temperature
-                                                 else "temperature 0 (the likeliest token each time)"), err=True)
+    say(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of {max_new_tokens} tokens, " +
+        (f"temperature {temperature:g}, top-k {top_k or 'off'}" if temperature
+         else "temperature 0 (the likeliest token each time)"))
     # one sample streams as it grows; several are drawn side by side, SAMPLE_BATCH at a time (the
     # memory of one batch, however many are asked for), and each batch prints when it is done
     streamer = Streamer(context) if num_samples == 1 else None

@@ -40,7 +40,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
 
     from prep.corpus import BOM
-    from prep.errors import UserCommand, UserError
+    from prep.errors import UserCommand, UserError, say
     from prep.meta import read_meta
     from prep.output import OutputError
     from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
@@ -176,7 +176,7 @@ def tokenize_argv(path: Path, out: Path, workers: int, options: dict) -> list[st
             str(workers), "--overwrite", "--quiet", *(x for k, v in options.items() for x in (flags[k], str(v)))]
 
 
-def run_bench(cfg: BenchConfig, log=lambda message: click.echo(message, err=True)) -> dict:
+def run_bench(cfg: BenchConfig, log=say) -> dict:
     """The whole benchmark in a temporary directory (removed at the end); returns the figures."""
     paragraphs, label = source_paragraphs(cfg.source)
     large, options = int(cfg.mb * 1e6), cfg.options()

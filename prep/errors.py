@@ -101,6 +101,16 @@ def _writing_stdout(error: OSError) -> bool:
     return tb is not None and any(value is sys.stdout for value in tb.tb_frame.f_locals.values())
 
 
+def say(text: str) -> None:
+    """A line about the work on stderr (a note, progress), dropped where stderr cannot take it
+    (`2>/dev/full`): the result on stdout is what was asked for, and such a line's OSError
+    ended the command before it (sample.py's header, prep.bench's progress)."""
+    try:
+        click.echo(text, err=True)
+    except OSError:
+        pass
+
+
 def flush_stdout() -> None:
     """Flush standard output where there is one: started with it closed (`>&-`, a daemon's
     launcher), Python sets sys.stdout to None, which click.echo and print skip quietly, and

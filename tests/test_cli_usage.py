@@ -278,3 +278,22 @@ def test_a_ctrl_c_the_command_leaves_alone_is_one_line_and_exit_130():
     result = CliRunner().invoke(slow, [], prog_name="slow")
     assert result.exit_code == 130 and result.stdout == "working\n"
     assert result.stderr == "slow: interrupted\n"
+
+
+def test_a_line_for_stderr_is_dropped_where_stderr_cannot_take_it(monkeypatch, capsys):
+    """sample.py's header and prep.bench's progress go through say(): a full or closed stderr
+    (`2>/dev/full`) ended those commands before their result on stdout."""
+    import io
+
+    from prep import bench
+    from prep.errors import say
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    say("a note")
+    assert capsys.readouterr().err == "a note\n"
+    monkeypatch.setattr(sys, "stderr", Full())
+    say("a note")  # no exception
+    assert bench.run_bench.__defaults__ == (say,)  # its progress lines

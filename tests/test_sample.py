@@ -324,3 +324,19 @@ def test_logits_that_overflow_are_one_line_and_print_no_text(run, tmp_path):
     assert error.startswith("Error: checkpoint ") and error.endswith(": the model's logits are not finite "
                                                                     "(NaN or inf): no text to sample")
     assert result.stdout == ""
+
+
+def test_a_stderr_that_cannot_be_written_keeps_the_samples(run, tmp_path):
+    """`2>/dev/full`: the header line on stderr raised, and the samples on stdout were never
+    drawn (exit 1, nothing printed). The line is dropped now, the samples printed."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(Path(sample.__file__)), str(run), "--device", "cpu", "--temperature", "0",
+               "--max-new-tokens", "4", "--prompt", "to be"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=full, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == samples(invoke(str(run), "--temperature", "0",
+                                                                  "--max-new-tokens", "4", "--prompt", "to be"))[0] + "\n"
