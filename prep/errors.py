@@ -12,7 +12,6 @@ import sys
 import click
 
 
-
 def plain_numbers(config: object) -> None:
     """A dataclass's numpy scalars (a sweep's np.arange, np.float64 from a config file) made
     Python ints and floats, frozen or not: the checks take them, but kept as they are they
