@@ -67,7 +67,7 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tupl
         train.load_init_weights(model, path, "checkpoint", found)
         return model.to(rt.device).eval(), f"--model {name} weights"
     ckpt = train.check_checkpoint(found, path, "checkpoint")
-    vocab = ckpt["model_config"].get("vocab_size") if isinstance(ckpt["model_config"], dict) else None
+    vocab = ckpt["model_config"].get("vocab_size")  # (a dict: check_checkpoint's)
     if isinstance(vocab, int) and vocab > GPT2_VOCAB_SIZE:  # ids the GPT-2 tokenizer cannot decode
         raise UserError(f"checkpoint {path}: its model predicts {vocab:,} token ids, more than GPT-2's "
                         f"{GPT2_VOCAB_SIZE:,}: sample.py decodes with the GPT-2 tokenizer")

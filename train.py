@@ -84,6 +84,7 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
     from model.hf import is_hf_mask_buffer
     from prep.atomic import atomic_write, may_handle, sigterm_raises, signals_deferred
     from prep.epoch import steps_per_epoch
+    from prep.measure import physical_memory
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
     from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
@@ -1902,14 +1903,6 @@ def _check_tokenizer(cfg: TrainConfig) -> None:
         raise UserError(f"--sample-every {cfg.sample_every}: {e}") from None
 
 
-def physical_memory() -> int | None:
-    """The machine's memory in bytes, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_model_fits(config: GPTConfig, flags: str) -> None:
     """A user error when the model's fp32 weights alone exceed the machine's memory (it is built
     there first, whatever the device): a shape with a few zeros too many (--n-layer 10000000000,
@@ -2032,9 +2025,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if resume_path is not None:
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum)
             notes += schedule_changes(ckpt, cfg, resume_path)
-            then = ckpt.get("precision")
-            if isinstance(then, dict) and then != precision(rt):  # (checkpoints before it: no word)
-                notes.append(f"resumed on {rt.device.type} in {rt.dtype}, where the checkpoint's run computed on "
+            then, now = ckpt.get("precision"), precision(rt)
+            if isinstance(then, dict) and then != now:  # (checkpoints before it: no word)
+                notes.append(f"resumed on {now['device']} in {now['dtype']}, where the checkpoint's run computed on "
                              f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
                              f"bit-identical to an uninterrupted run's")
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):

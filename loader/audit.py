@@ -218,8 +218,7 @@ class Report:
 
 def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
     """Each rank's batches 0, 1, 2, ... in order, epochs from 0, never going back nor skipping
-    one; returns whether
-    every rank's log is there (a problem if not)."""
+    one; returns whether every rank's log is there (a problem if not)."""
     world = logs[0].world
     present = {log.rank for log in logs}
     for log in logs:
@@ -387,10 +386,9 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
         return f"{path}: no train.py loader state in it"
     try:  # what train.py writes: one shard or more, whose token counts make num_tokens
         shards = saved_shards(state["shards"])  # a LoaderError if the shard list is malformed
-        total = state.get("num_tokens")
-        if not shards or not _int(total, 1) or sum(n for _, n, _ in shards) != total:
-            raise LoaderError(f"{len(shards)} shard(s) of {sum(n for _, n, _ in shards):,} tokens, and num_tokens "
-                              f"{total!r}")
+        total, counted = state.get("num_tokens"), sum(n for _, n, _ in shards)
+        if not shards or not _int(total, 1) or counted != total:
+            raise LoaderError(f"{len(shards)} shard(s) of {counted:,} tokens, and num_tokens {total!r}")
     except LoaderError as e:
         return f"{path}: a damaged train.py loader state ({str(e)[:200]})"
     if data is not None and not isinstance(data, str):

@@ -35,6 +35,7 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import sigterm_raises
+from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
 # GPT-2's vocabulary: the synthetic tokens' range, and what train.py's loaders check every
@@ -161,9 +162,8 @@ def beyond_memory(first_tokens: int) -> str:
     """Why a first shard of `first_tokens` tokens cannot be benchmarked here ("" where it can):
     the DataLoaderLite baseline holds it whole as int32 and int64 at once, and more than the
     machine's memory is the OOM killer's, after minutes of timing the others."""
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # the OS does not say
+    memory = physical_memory()
+    if memory is None:  # the OS does not say
         return ""
     need = first_tokens * 12  # DataLoaderLite.load: the int32 copy and the int64 tensor at once
     return (f"a first shard of {first_tokens:,} tokens is {_size(need)} as int32 and int64, more than this machine's "

@@ -43,7 +43,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     from prep.errors import UserCommand, UserError, say
     from prep.meta import read_meta
     from prep.output import OutputError
-    from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss
+    from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss, physical_memory
     from prep.sample import fallback_text
     from prep.tokenize import default_workers, tokenize_corpus
     from prep.tokenizer import get_encoding
@@ -302,10 +302,7 @@ def check_room(mb: float, tmp: str | None = None) -> None:
     free space can hold (a MemoryError traceback, or the OOM killer, after minutes)."""
     text = mb * 1e6
     tmp = tmp or tempfile.gettempdir()
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # the OS does not say
-        memory = None
+    memory = physical_memory()
     size = lambda n: tqdm.format_sizeof(n, "B", 1000)  # noqa: E731 (1.20kB, 4.00GB)
     if memory is not None and text * MEMORY_PER_TEXT_BYTE > memory:
         raise UserError(f"--mb {mb:g}: needs about {size(text * MEMORY_PER_TEXT_BYTE)} of memory, more than this "

@@ -164,6 +164,15 @@ def peak_rss(argv: list[str], poll_s: float = 0.02, env: dict | None = None) -> 
             "sum_mib": (parent + sum(workers)) / 1024, "processes": len(peaks)}
 
 
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, or None where the system does not say: what train.py's
+    model and the benchmarks' corpora and shards are checked against before any work."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
