@@ -282,7 +282,7 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-MEMORY_PER_TEXT_BYTE = 12  # the parent's peak, measured (90 MB at --mb 4): text, documents, the baseline's ids
+MEMORY_PER_TEXT_BYTE = 12  # an estimate (one run: 93 MB peak at --mb 4, docs/BENCHMARKS.md): text, documents, ids
 DISK_PER_TEXT_BYTE = 4  # the corpora (one file and many, at mb and mb / 4) and one output at a time
 
 
