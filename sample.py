@@ -6,7 +6,8 @@ taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's releas
 an EOT, as every training document begins, and each sample is printed as the prompt plus what
 the model wrote, decoded (one sample as it is generated, token by token). Sampling: temperature
 (0: always the likeliest token), top-k, a seed (the same seed, checkpoint and device give the
-same samples). bf16 autocast on CUDA where supported, as in training.
+same samples). In train.py's --dtype auto: bf16 autocast on a GPU that computes in it, fp16 on
+an older CUDA GPU, fp32 elsewhere.
 """
 
 from __future__ import annotations

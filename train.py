@@ -91,8 +91,13 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
                              raw_tokens_in, read_header)
 
 FLOAT32_MAX = 3.4028234663852886e38
-DTYPES = ("auto", "fp32", "bf16")  # fp16 would need loss scaling: a host sync every step
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+# fp16's dynamic loss scale starts here (torch.amp.GradScaler's default): halved at each step
+# whose gradients overflow (that step is skipped), doubled after LOSS_SCALE_GROWTH_STEPS clean ones
+LOSS_SCALE_INIT = 2.0**16
+LOSS_SCALE_GROWTH_STEPS = 2000
 DEVICES = ("auto", "cuda", "mps", "cpu")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # on CUDA these replay CUDA graphs
 BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
@@ -462,7 +467,7 @@ class Runtime:
     """Device, precision and process group, decided in one place."""
 
     device: torch.device
-    dtype: str  # "fp32" or "bf16"
+    dtype: str  # "fp32", "bf16" or "fp16" (with a dynamic loss scale: StepParts.scaler)
     compile: bool
     rank: int = 0
     local_rank: int = 0
@@ -495,12 +500,21 @@ class Runtime:
         return self.rank == 0
 
     def autocast(self, cache: bool = True) -> contextlib.AbstractContextManager:
-        """bf16 autocast (matmuls in bf16, reductions and the loss in fp32), or nothing.
-        `cache`: autocast's cache of cast weights (off in a CUDA graph's capture, as torch
-        asks)."""
-        if self.dtype == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
+        """bf16 or fp16 autocast (matmuls in 16 bits, reductions and the loss in fp32), or
+        nothing. `cache`: autocast's cache of cast weights (off in a CUDA graph's capture, as
+        torch asks)."""
+        if self.dtype in AUTOCAST_DTYPES:
+            return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.dtype], cache_enabled=cache)
         return contextlib.nullcontext()
+
+    def loss_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16's dynamic loss scale (fp16 gradients underflow without one), or None. It costs
+        no host sync: fused AdamW (CUDA) takes its overflow flag on the device and skips the
+        step there, and the scale is updated on the device."""
+        if self.dtype != "fp16":
+            return None
+        return torch.amp.GradScaler(self.device.type, init_scale=LOSS_SCALE_INIT,
+                                    growth_interval=LOSS_SCALE_GROWTH_STEPS)
 
     def synchronize(self) -> None:
         """Wait for queued device work: only around timing windows, never per step."""
@@ -557,10 +571,23 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)  # opens a context on GPU 0
     dtype = cfg.dtype
     if dtype == "auto":
-        bf16_ok = kind == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = "bf16" if bf16_ok else "fp32"
+        dtype = auto_dtype(device)
     compile_ = (kind == "cuda") if cfg.compile is None else cfg.compile
     return Runtime(device, dtype, compile_, rank, local_rank, world)
+
+
+def auto_dtype(device: torch.device) -> str:
+    """--dtype auto: bf16 on a GPU whose tensor cores compute in it (CUDA compute capability 8.0,
+    Ampere, and newer; ROCm), fp16 with a loss scale on an older CUDA GPU (V100, T4, the 20 and 10
+    series: torch emulates bf16 there, slowly, and Triton may refuse it), fp32 elsewhere (the CPU,
+    and MPS)."""
+    if device.type != "cuda":
+        return "fp32"
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4: no including_emulation
+        native = torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
+    return "bf16" if native else "fp16"
 
 
 def join_store(world: int) -> dist.Store:
@@ -735,6 +762,7 @@ class StepParts:
     accum_steps: int
     grad_clip: float
     graph: "StepGraph | None" = None  # --cuda-graph: train_step replays it
+    scaler: "torch.amp.GradScaler | None" = None  # fp16: the dynamic loss scale (Runtime.loss_scaler)
 
     def __post_init__(self) -> None:
         # listed once: clip_grad_norm_(model.parameters()) walked the module tree every step,
@@ -785,7 +813,9 @@ def step_body(parts: StepParts, feed: Feed, cache: bool = True) -> tuple[torch.T
                 _, loss = parts.model(x, y)
             if parts.accum_steps > 1:  # gradients add up over micro-steps: mean, not sum
                 loss = loss / parts.accum_steps
-            loss.backward()
+            # fp16: backward from the loss times the scale, so that small gradients stay above
+            # fp16's underflow (clip_and_step divides it out again)
+            (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()
         # a copy, not the loss itself: under CUDA graphs the loss is an output of the graph,
         # overwritten by the next replay, and the caller keeps this until its logging point
         loss_sum = loss.detach().clone() if loss_sum is None else loss_sum + loss.detach()
@@ -905,8 +935,16 @@ def clip_and_step(parts: StepParts) -> torch.Tensor:
     The scale is clip_grad_norm_'s, min(1, grad_clip / (norm + 1e-6)). With fused AdamW it is
     applied inside the optimizer's kernel, as the reciprocal grad_scale, instead of by a pass
     of its own over every gradient.
+
+    fp16 (parts.scaler): the gradients are divided by the loss scale first, which also finds
+    whether any overflowed; such a step is skipped (the weights and AdamW's moments stay as
+    they were; the norm returned is inf or nan) and the scale halves. Fused AdamW reads that
+    flag on the device; the foreach kernel (CPU, MPS) has GradScaler read it (a sync, where
+    the host waits for nothing anyway).
     """
-    optimizer = parts.optimizer
+    optimizer, scaler = parts.optimizer, parts.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if parts.grad_clip > 0 and not parts.clip_in_optimizer:
         norm = nn.utils.clip_grad_norm_(parts.params, parts.grad_clip)
     else:
@@ -915,7 +953,11 @@ def clip_and_step(parts: StepParts) -> torch.Tensor:
         if parts.clip_in_optimizer:
             optimizer.grad_scale = ((norm + 1e-6) / parts.grad_clip).clamp(min=1.0)
     try:
-        optimizer.step()
+        if scaler is None:
+            optimizer.step()
+        else:  # (GradScaler multiplies an unscaled optimizer's grad_scale, the clip's, by nothing)
+            scaler.step(optimizer)
+            scaler.update()
     finally:
         optimizer.__dict__.pop("grad_scale", None)  # for this step only
     return norm
@@ -1457,7 +1499,8 @@ OPTIMIZER_KERNEL = ("fused", "foreach", "capturable")  # a group's choice of ker
 
 def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Raise ValueError unless every loaded AdamW moment has its parameter's shape, each
-    parameter's state has all of step, exp_avg and exp_avg_sq with a step >= 1, and each group's
+    parameter's state has all of step, exp_avg and exp_avg_sq with a step >= 0 (0: fused AdamW's
+    state after fp16 steps that were all skipped), and each group's
     betas, eps and weight_decay are numbers AdamW can use: torch's load_state_dict checks the
     groups' sizes only, and the rest failed at the first step (a traceback: KeyError,
     ZeroDivisionError, TypeError), or, a negative eps, trained on."""
@@ -1473,11 +1516,24 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
                 raise ValueError(f"optimizer state of a parameter of {tuple(param.shape)} lacks {', '.join(missing)}")
             for name, value in state.items():
                 if name == "step":
-                    if not (float(value) >= 1 and math.isfinite(float(value))):
-                        raise ValueError(f"optimizer step is {float(value)!r}, not a step count >= 1")
+                    if not (float(value) >= 0 and math.isfinite(float(value))):
+                        raise ValueError(f"optimizer step is {float(value)!r}, not a step count >= 0")
                 elif not isinstance(value, torch.Tensor) or value.shape != param.shape:
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"optimizer {name} is {shape} for a parameter of {tuple(param.shape)}")
+
+
+def check_loss_scale(state: object) -> dict:
+    """`state` (a checkpoint's loss_scale: GradScaler.state_dict()) if GradScaler can go on from
+    it; else ValueError (its load_state_dict takes any values, and a scale that is no positive
+    number failed at the first step, or trained on with every step skipped)."""
+    fields = {"scale": lambda v: _real(v) and v > 0, "growth_factor": lambda v: _real(v) and v > 1,
+              "backoff_factor": lambda v: _real(v) and 0 < v < 1,
+              "growth_interval": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "_growth_tracker": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    if not isinstance(state, dict) or not all(name in state and ok(state[name]) for name, ok in fields.items()):
+        raise ValueError(f"fp16 loss scale {state!r}"[:200])
+    return state
 
 
 def _real(value: object) -> bool:
@@ -1913,8 +1969,8 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
                         f"more than this machine's {memory / 2**30:,.1f} GiB of memory")
 
 
-def start_facts(cfg: TrainConfig, world: int, device: str, model_config: GPTConfig | None, start_step: int,
-                train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float | str]:
+def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_config: GPTConfig | None,
+                start_step: int, train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float | str]:
     """What agree_to_start compares across ranks: the same names on every rank, a rank that
     failed its checks included (`model_config` None where its flags build no model, `device`
     "" where it has none, loaders None where it opened none, or no val split; the facts of a
@@ -1928,6 +1984,8 @@ def start_facts(cfg: TrainConfig, world: int, device: str, model_config: GPTConf
             # --device auto on a node whose GPUs cannot be used trains on its CPU: gloo, where
             # the other ranks wait in NCCL
             "device": device,
+            # fp16 scales the gradients the ranks average (and skips steps), bf16 does not
+            "dtype": dtype,
             # when the ranks meet in a collective: options that differ hang them
             "--steps": cfg.steps, "--log-every": cfg.log_every,
             "--eval-every": cfg.eval_every, "--ckpt-every": cfg.ckpt_every,
@@ -2082,6 +2140,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if rt.rank:  # from here on each rank draws its own dropout masks (rank 0 goes on as it was)
             torch.manual_seed(cfg.seed + rt.rank)
         optimizer = raw.configure_optimizers(cfg.weight_decay, cfg.lr, BETAS, rt.device.type)
+        scaler = rt.loss_scaler()
         generator = torch.Generator(device=rt.device).manual_seed(cfg.seed)
         if ckpt is not None:
             try:
@@ -2099,6 +2158,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # holds (lr is set at every step), as the resume note says. Group 0 is the
                 # decayed one (GPT.configure_optimizers); group 1 stays at 0.
                 optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
+                if scaler is not None and ckpt.get("loss_scale") is not None:  # an fp16 run's (else: a fresh one)
+                    scaler.load_state_dict(check_loss_scale(ckpt["loss_scale"]))
                 # this rank's RNG states (a DDP checkpoint holds every rank's): last, as building
                 # the model drew from the RNG
                 moved = set_rng_state(ckpt["rng_ranks"][rt.rank] if "rng_ranks" in ckpt else ckpt["rng"], rt, generator)
@@ -2120,7 +2181,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     if world > 1:
         store = join_store(world)
         launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
-            cfg, world, rt.device.type if rt else "", model_config, start_step,
+            cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
             *((train_loader, val_loader) if failure is None else (None, None))))
     # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
     start_runtime(rt, store, launch)
@@ -2138,7 +2199,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         # all-reduce starts while the rest of backward still runs.
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip)
+    parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip, scaler=scaler)
     if cfg.cuda_graph:
         parts.graph = StepGraph(cfg.B, cfg.T)
     if rt.ddp:  # at exit, DDP (its reducer holds the process group too) goes before the group
@@ -2158,6 +2219,9 @@ def check_cuda_graph(cfg: TrainConfig, rt: Runtime) -> None:
     if rt.device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device; this run's is {rt.device.type} "
                         f"(--device {cfg.device}): drop --cuda-graph")
+    if rt.dtype == "fp16":
+        raise UserError(f"--cuda-graph does not capture fp16's loss scaling (--dtype {cfg.dtype} is fp16 on "
+                        f"this GPU): drop --cuda-graph, or pass --dtype bf16 or fp32")
     if rt.world > 1:
         raise UserError(f"--cuda-graph runs in one process (DDP's all-reduce is not captured), and "
                         f"torchrun started {rt.world}: drop --cuda-graph")
@@ -2190,7 +2254,8 @@ def print_facts(s: Session) -> None:
     name = f" ({rt.device_name()})" if rt.device_name() else ""
     compiled = f"on ({cfg.compile_mode})" if rt.compile else "off"
     graph = ", the whole step one CUDA graph" if cfg.cuda_graph else ""
-    say(f"device: {rt.device}{name}, dtype: {rt.dtype}, compile: {compiled}{graph}")
+    scaling = " (a dynamic loss scale: steps whose gradients overflow are skipped)" if s.parts.scaler else ""
+    say(f"device: {rt.device}{name}, dtype: {rt.dtype}{scaling}, compile: {compiled}{graph}")
     say(f"batch: {s.tokens_per_step:,} tokens per step = {cfg.B} x {cfg.T} x {rt.world} rank(s) "
         f"x {accum} gradient accumulation step(s)")
     if not cfg.bench:
@@ -2410,6 +2475,8 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
             "run": s.run,
             "rng": rng_state(s.rt, s.generator),
             "precision": precision(s.rt),  # what a resume elsewhere notes it changes
+            # fp16: the loss scale and its count of clean steps (a sync: .item() of each)
+            "loss_scale": None if s.parts.scaler is None else s.parts.scaler.state_dict(),
             **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
         })
         if s.cfg.keep_ckpts:
@@ -2569,6 +2636,10 @@ def train_loop(s: Session) -> dict:
             record = {"val_loss": val_loss}
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
         diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
+        # fp16: a step whose gradients overflowed was skipped (its norm inf or nan, the loss scale
+        # halved), a loss scaler's everyday work; only a loss that is no number means divergence
+        scaled = s.parts.scaler is not None
+        skipped = 0
 
         def arrive(point: LogPoint) -> None:
             """Wait for `point`'s values and time its window on the device's timeline: from the
@@ -2586,7 +2657,7 @@ def train_loop(s: Session) -> dict:
             (under torchrun): (a rank was signalled, rank 0 found a checkpoint overdue). The
             point leaves `inflight` once its lines are written: one interrupted before that
             (a second Ctrl-C while the host waits for the device) is still there for flush()."""
-            nonlocal record, diverged
+            nonlocal record, diverged, skipped
             point = inflight[0]
             arrive(point)
             steps, values, n = point.steps, point.values, len(point.steps)
@@ -2601,7 +2672,9 @@ def train_loop(s: Session) -> dict:
                                               1000 * point.dt, tokens_per_s, step_mfu, 1000 * wait), strict=True))
                     for (k, k_lr, _), k_loss, k_norm, wait in zip(steps, values[:n], values[n:2 * n], step_waits)]
             if diverged is None:  # the first step whose loss or gradient is no number: see check_diverged
-                diverged = next((r for r in rows if not math.isfinite(r["loss"] + r["grad_norm"])), None)
+                diverged = next((r for r in rows if not math.isfinite(r["loss"] + (0 if scaled else r["grad_norm"]))),
+                                None)
+            skipped += sum(not math.isfinite(r["grad_norm"]) for r in rows) if scaled else 0
             with signals_deferred():  # a Ctrl-C now would leave the point queued: flush() would write it twice
                 if metrics is not None:
                     metrics.write("".join(json.dumps(_finite(row)) + "\n" for row in rows))
@@ -2755,12 +2828,15 @@ def train_loop(s: Session) -> dict:
                 stopped = True
                 break
     summary = summarize(s, history, record, time.perf_counter() - started,
-                        interrupted=stopped or (stop.requested and not rt.ddp))  # ranks exit alike
+                        interrupted=stopped or (stop.requested and not rt.ddp),  # ranks exit alike
+                        skipped_steps=skipped if scaled else None)
     return summary
 
 
-def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False) -> dict:
+def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False,
+              skipped_steps: int | None = None) -> dict:
     """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out).
+    `skipped_steps`: fp16's, those whose gradients overflowed (None: no loss scaling).
 
     A run of WARMUP_SKIP steps or fewer has no steady step: its median is over the warm-up
     steps (compilation included) and is named so ("steady_steps": 0), never passed off as the
@@ -2777,6 +2853,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         "steps": len(history), "first_step": s.start_step + 1, "last_step": s.start_step + len(history),
         "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
         "mfu": run_mfu, "steady_steps": steady_steps, "total_s": total_s, "interrupted": interrupted,
+        "skipped_steps": skipped_steps,
     }
     if rt.master:
         if not history:  # a stop before step 1 has said so already
@@ -2796,6 +2873,9 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
         )
+        if skipped_steps is not None:  # (a sync: the scale's .item())
+            click.echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
+                       f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
     return summary
 
 
@@ -2963,7 +3043,8 @@ def interrupt_exits_at_once() -> None:
 @click.option("--seed", type=int, default=TrainConfig.seed, help="Seed for weights, shuffling and samples.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
-              help="auto: bf16 autocast where CUDA supports it, else fp32.")
+              help="auto: bf16 autocast on a GPU with bf16 tensor cores (CUDA compute capability >= 8.0), "
+                   "fp16 with a dynamic loss scale on an older CUDA GPU, else fp32.")
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
               help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import re
 
-# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from NVIDIA's datasheets, matched by
-# substring of torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3"), case-insensitive, that
-# no digit follows ("A100" is not "RTX A1000"; "GH200" is an H200).
+# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from NVIDIA's datasheets (fp16's is the
+# same on each of these GPUs), matched by substring of torch.cuda.get_device_name() (e.g.
+# "NVIDIA H100 80GB HBM3"), case-insensitive, that no digit follows ("A100" is not "RTX A1000";
+# "GH200" is an H200).
 # Order matters: the first match wins, so specific variants come before their family name.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),  # lower clocks and power than the SXM part

@@ -483,13 +483,16 @@ def strict_json(path: Path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
-def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset, capsys):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset, capsys, dtype):
     """An lr far too high: the weights are NaN after step 1 (its sample has nothing to say),
     and step 2's loss is NaN. The run went on to its end, checkpointing NaN weights, which
     --keep-ckpts would let replace the good ones; now it stops at the first logging point
-    that reads a NaN, before step 2's checkpoint, with strict JSON metrics for every step."""
+    that reads a NaN, before step 2's checkpoint, with strict JSON metrics for every step.
+    fp16 too, where a gradient norm that is no number is a skipped step, not divergence."""
     with pytest.raises(train.UserError) as e:
-        train.train(cfg(tmp_path, dataset, steps=8, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2))
+        train.train(cfg(tmp_path, dataset, steps=8, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2,
+                        dtype=dtype))
     assert e.value.message == ("step 2: loss nan, gradient norm nan: the run diverged; stopped without checkpointing "
                                "its weights; no checkpoint was written")
     assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in capsys.readouterr().out
@@ -785,6 +788,126 @@ def test_compile_smoke_and_checkpoint_has_plain_keys(tmp_path, dataset, capsys):
     assert "compile: on (default)" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "out" / "ckpt_000002.pt", weights_only=True)
     assert set(ckpt["model"]) == set(GPT(GPTConfig.preset("tiny")).state_dict())  # no _orig_mod.
+
+
+# ----------------------------------------------------------------------------- fp16
+
+
+def fp16_parts(fused: bool, grad_clip: float = 1.0) -> train.StepParts:
+    """StepParts as prepare() builds them for --dtype fp16, on the CPU, with the AdamW kernel
+    asked for: fused is the one CUDA runs (the loss scale's overflow flag read on the device,
+    the clip folded into its grad_scale), foreach the CPU's."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset("tiny"))
+    rt = train.Runtime(torch.device("cpu"), "fp16", False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=train.BETAS, fused=fused)
+    return train.StepParts(model, optimizer, rt, 1, grad_clip, scaler=rt.loss_scaler())
+
+
+def fixed_feed(seed: int = 3) -> train.Feed:
+    g = torch.Generator().manual_seed(seed)
+    x, y = (torch.randint(0, 50257, (2, 16), generator=g) for _ in range(2))
+    return lambda: (x, y)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halves(monkeypatch, fused):
+    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**40)  # a tiny model's gradients times 2^40 overflow fp16
+    parts = fp16_parts(fused)
+    before = [p.detach().clone() for p in parts.params]
+    loss, norm = train.train_step(parts, fixed_feed(), 1e-3)
+    assert 10 < loss.item() < 11.5  # the loss itself, not the scaled one: about ln(50257)
+    assert not math.isfinite(norm.item())
+    assert all(torch.equal(p, b) for p, b in zip(parts.params, before))  # skipped: nothing moved
+    assert parts.scaler.get_scale() == 2.0**39
+    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**8)
+    parts = fp16_parts(fused)
+    loss, norm = train.train_step(parts, fixed_feed(), 1e-3)
+    assert math.isfinite(norm.item()) and parts.scaler.get_scale() == 2.0**8
+    assert not any(torch.equal(p, b) for p, b in zip(parts.params, before))  # every tensor stepped
+
+
+def test_fp16_clipping_holds_when_fused_adamw_takes_the_clip_and_the_loss_scale():
+    """With fused AdamW the clip is the optimizer's grad_scale; GradScaler hands the optimizer
+    its overflow flag in the same place, and had it replaced that grad_scale the steps would
+    be unclipped. Two steps with a clip that binds: fused ends where foreach (which clips the
+    gradients themselves) does, to fp16's rounding (3e-6 here), and neither where an unclipped
+    run does (2e-2 away)."""
+    def weights(fused: bool, grad_clip: float) -> torch.Tensor:
+        parts = fp16_parts(fused, grad_clip)
+        assert parts.clip_in_optimizer == (fused and grad_clip > 0)
+        feed = fixed_feed()
+        for _ in range(2):
+            _, norm = train.train_step(parts, feed, 1e-2)
+            assert math.isfinite(norm.item()) and norm.item() > 10 * max(grad_clip, 0.001)  # the clip binds
+        return torch.cat([p.detach().flatten() for p in parts.params])
+
+    fused, foreach, unclipped = weights(True, 0.01), weights(False, 0.01), weights(True, 0.0)
+    torch.testing.assert_close(fused, foreach, rtol=0, atol=1e-4)
+    assert (fused - unclipped).abs().max() > 1e-2
+
+
+def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, dataset, capsys, monkeypatch):
+    """A loss scale that starts too high and grows after every 2 clean steps: the run skips
+    steps 1, 2, 5 and 8 (grad_norm null; the scale halves at each) and trains between them. A
+    resume from step 6's checkpoint, one clean step into the 2, takes the very same steps: the
+    checkpoint holds the scale and its count of clean steps (a fresh count skips step 9
+    instead). A damaged loss scale is refused in one line."""
+    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**19)
+    monkeypatch.setattr(train, "LOSS_SCALE_GROWTH_STEPS", 2)
+    common = dict(steps=10, dtype="fp16", keep_ckpts=0)
+    straight = train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), quiet=False, **common))
+    out = capsys.readouterr().out
+    assert "dtype: fp16 (a dynamic loss scale: steps whose gradients overflow are skipped)" in out
+    rows = metrics(tmp_path / "straight")
+    assert [r["step"] for r in rows if r["grad_norm"] is None] == [1, 2, 5, 8]
+    assert all(r["loss"] is not None for r in rows) and straight["skipped_steps"] == 4
+    assert "fp16: 4 of these steps skipped (their gradients overflowed: grad_norm null in the metrics), loss scale " \
+           "now 262144\n" in out
+    split = tmp_path / "split"
+    train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, **common))
+    for step in (9, 10):
+        (split / f"ckpt_{step:06d}.pt").unlink()
+    resumed = train.train(cfg(tmp_path, dataset, out=str(split), ckpt_every=3, resume="auto", **common))
+    assert resumed["first_step"] == 7 and resumed["skipped_steps"] == 1
+    for key in ("loss", "grad_norm", "lr"):
+        assert [r[key] for r in rows] == [r[key] for r in metrics(split)], key
+    newest = split / "ckpt_000010.pt"
+    saved = torch.load(newest, weights_only=True)
+    assert saved["precision"] == {"device": "cpu", "dtype": "fp16"}
+    assert (saved["loss_scale"]["scale"], saved["loss_scale"]["_growth_tracker"]) == (2.0**18, 0)
+    saved["loss_scale"]["scale"] = -1.0
+    torch.save(saved, newest)
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, out=str(split), resume="auto", **{**common, "steps": 11}))
+    assert e.value.message.startswith(f"--resume {newest}: damaged train.py checkpoint (ValueError: fp16 loss scale "
+                                      "{'scale': -1.0")
+
+
+@pytest.mark.parametrize("native, capability, expected", [(True, (8, 0), "bf16"), (False, (7, 5), "fp16"),
+                                                          (False, (7, 0), "fp16")])
+def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(monkeypatch, native, capability,
+                                                                              expected):
+    """torch emulates bf16 on a V100 or T4 (is_bf16_supported() says yes there): slow, and
+    Triton may refuse to compile it. fp16 with a loss scale is what those GPUs' tensor cores
+    compute."""
+    assert train.auto_dtype(torch.device("cpu")) == train.auto_dtype(torch.device("mps")) == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert train.auto_dtype(torch.device("cuda", 0)) == expected
+
+    def old_torch(): return True  # torch < 2.4: no including_emulation (and bf16 said supported)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_torch)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert train.auto_dtype(torch.device("cuda", 0)) == expected
+
+
+def test_cuda_graph_refuses_fp16():
+    rt = train.Runtime(torch.device("cuda", 0), "fp16", True)
+    with pytest.raises(train.UserError) as e:
+        train.check_cuda_graph(train.TrainConfig(cuda_graph=True), rt)
+    assert e.value.message == ("--cuda-graph does not capture fp16's loss scaling (--dtype auto is fp16 on this GPU): "
+                               "drop --cuda-graph, or pass --dtype bf16 or fp32")
 
 
 # ----------------------------------------------------------------------------- resume
@@ -2495,7 +2618,7 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("wdtext", "ValueError: optimizer group betas (0.9, 0.95), eps 1e-08, weight_decay '0'"),
                          ("negeps", "ValueError: optimizer group betas (0.9, 0.95), eps -1.0"),
                          ("nomoment", "ValueError: optimizer state of a parameter of (50304, 32) lacks exp_avg_sq"),
-                         ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 1"),
+                         ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 0"),
                          ("rngword", "OverflowError: Python integer 1099511627776 out of bounds for uint32"),
                          ("intname", "AttributeError: 'int' object has no attribute 'startswith'"),
                          ("loaderstep", "its loader state has step, shuffle, seed 1, False, 1337; its step 2 and run "

@@ -50,13 +50,17 @@ def learnable(tmp_path_factory) -> Path:
                          np.tile(pattern, 16)[:1000])
 
 
-@pytest.mark.parametrize("compile_, mode, graph", [*[(c, m, False) for c, m in MODES], (False, "default", True),
-                                                   (True, "default", True)])
-def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph):
+@pytest.mark.parametrize("compile_, mode, graph, dtype", [*[(c, m, False, "auto") for c, m in MODES],
+                                                          (False, "default", True, "auto"),
+                                                          (True, "default", True, "auto"),
+                                                          (False, "default", False, "fp16"),
+                                                          (True, "default", False, "fp16")])
+def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph, dtype):
     """After warm-up (compilation, CUDA graph recording), train_step fed by the real loader
     runs with torch's sync-debug mode set to "error": any .item(), pageable copy or stream
-    sync in the step, the loader's transfer or the optimizer raises."""
-    c = cfg(tmp_path, dataset, compile=compile_, compile_mode=mode, bench=True, cuda_graph=graph)
+    sync in the step, the loader's transfer or the optimizer raises. fp16 too: its loss scale's
+    overflow flag goes to fused AdamW on the device."""
+    c = cfg(tmp_path, dataset, compile=compile_, compile_mode=mode, bench=True, cuda_graph=graph, dtype=dtype)
     skips = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     with contextlib.ExitStack() as stack:
         s = train.prepare(c, stack)

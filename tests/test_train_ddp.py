@@ -50,12 +50,15 @@ def common(data: Path, out: str, batch: int, eval_every: int = 0) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path):
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_two_gloo_ranks_see_disjoint_windows_and_match_one_process(tmp_path, dtype):
+    """fp16 too: each rank scales its loss, the gradients are averaged scaled, and each rank
+    unscales the average (and would skip the same overflowing steps)."""
     # token value == position; the val split's windows are the same for both runs, as below
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
-    extra = ["--log-windows", "--ckpt-every", str(STEPS)]
+    extra = ["--log-windows", "--ckpt-every", str(STEPS), "--dtype", dtype]
     ddp = run([*TORCHRUN, str(REPO / "train.py"), *common(data, "ddp", B, STEPS), *extra], tmp_path)
-    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B, STEPS)], tmp_path)
+    run([sys.executable, str(REPO / "train.py"), *common(data, "single", 2 * B, STEPS), "--dtype", dtype], tmp_path)
 
     assert ddp.stdout.count("steps per epoch: ") == 1, ddp.stdout  # only rank 0 prints
     assert "steps per epoch: 62 (B=2 x T=16, world size 2)" in ddp.stdout
@@ -396,7 +399,10 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
     differ = "rank {} of 2: the ranks see different runs ({}): every node needs the same dataset and options"
     for n, (node1, said) in enumerate((
-        (("--B", "1"), ("--B: 1 to 2, 2 on rank 0", "--B: 1 to 2, 1 on rank 1")),
+        # fp16 scales the gradients the ranks average, and skips steps (--dtype auto picks it on an
+        # older GPU: a node of V100s beside one of A100s)
+        (("--B", "1", "--dtype", "fp16"), ("dtype: fp16 to fp32, fp32 on rank 0; --B: 1 to 2, 2 on rank 0",
+                                           "dtype: fp16 to fp32, fp16 on rank 1; --B: 1 to 2, 1 on rank 1")),
         (("--eval-every", "2", "--eval-steps", "1", "--lr", "0.001", "--n-layer", "3"),
          ("--n-layer: 2 to 3, 2 on rank 0; --eval-steps: 1 to 2, 2 on rank 0; --lr: 0.0006 to 0.001, 0.0006 on "
           "rank 0; --min-lr: 6e-05 to 0.0001, 6e-05 on rank 0",  # lr/10
