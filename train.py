@@ -590,6 +590,14 @@ def auto_dtype(device: torch.device) -> str:
     return "bf16" if native else "fp16"
 
 
+def emulated_bf16_note(device: torch.device) -> str:
+    """--dtype bf16 on a CUDA GPU that auto_dtype gives fp16: what the user should know."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return (f"--dtype bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}): torch "
+            f"emulates bf16 there, slowly (and torch.compile's Triton may refuse it); --dtype fp16 is what its "
+            f"tensor cores compute (--dtype auto picks it)")
+
+
 def join_store(world: int) -> dist.Store:
     """torchrun's key-value store (env://, which the process group is built on): a rank reaches
     it with no device and no process group, so agree_to_start meets every rank there."""
@@ -2099,6 +2107,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
+        if cfg.dtype == "bf16" and auto_dtype(rt.device) == "fp16":
+            notes.append(emulated_bf16_note(rt.device))
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:

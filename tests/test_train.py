@@ -902,6 +902,14 @@ def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(mo
     assert train.auto_dtype(torch.device("cuda", 0)) == expected
 
 
+def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert train.emulated_bf16_note(torch.device("cuda", 0)) == (
+        "--dtype bf16 on Tesla T4 (compute capability 7.5): torch emulates bf16 there, slowly (and torch.compile's "
+        "Triton may refuse it); --dtype fp16 is what its tensor cores compute (--dtype auto picks it)")
+
+
 def test_cuda_graph_refuses_fp16():
     rt = train.Runtime(torch.device("cuda", 0), "fp16", True)
     with pytest.raises(train.UserError) as e:
