@@ -13,7 +13,8 @@ line.
 Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same
 directory and renamed into place, so a killed run never leaves a half file under that name;
 `--resume auto` takes the highest step. They hold the raw model's state (no compile or DDP
-prefixes), the optimizer, the loader state, the step, both configs and every RNG state, as
+prefixes), the optimizer, the loader state, the step, both configs, every RNG state, the device
+and dtype the steps ran in, and under fp16 the loss scale, as
 tensors and plain Python values only (`torch.load(weights_only=True)` reads them). On resume,
 metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a killed run
 logged after it are not counted twice.
@@ -21,7 +22,8 @@ logged after it are not counted twice.
 metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
 val_loss when validation is on, the other values null): step, tokens (trained on through
 that step, all ranks), epoch (passes over the train split so far), loss (mean over ranks),
-val_loss (null unless evaluated at that step), lr, grad_norm (before clipping), dt_ms, tokens_per_s, mfu (null
+val_loss (null unless evaluated at that step), lr, grad_norm (before clipping; null for an fp16
+step whose gradients overflowed, which was skipped), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch, under
 torchrun the longest of the ranks'; on CUDA, once the host runs ahead of the GPU, that
 includes waiting for the GPU to finish copying out of a ring buffer before it is refilled:
@@ -91,6 +93,7 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
                              raw_tokens_in, read_header)
 
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 # fp16's dynamic loss scale starts here (torch.amp.GradScaler's default): halved at each step
 # whose gradients overflow (that step is skipped), doubled after LOSS_SCALE_GROWTH_STEPS clean ones
@@ -578,16 +581,19 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
 
 def auto_dtype(device: torch.device) -> str:
     """--dtype auto: bf16 on a GPU whose tensor cores compute in it (CUDA compute capability 8.0,
-    Ampere, and newer; ROCm), fp16 with a loss scale on an older CUDA GPU (V100, T4, the 20 and 10
-    series: torch emulates bf16 there, slowly, and Triton may refuse it), fp32 elsewhere (the CPU,
-    and MPS)."""
+    Ampere, and newer; ROCm), fp16 with a loss scale on a CUDA GPU whose tensor cores compute in
+    fp16 only (7.x: V100, T4, the 20 series; torch emulates bf16 there, slowly, and Triton may
+    refuse it), fp32 elsewhere: older GPUs (no tensor cores; the 10 series computes fp16 at a
+    fraction of fp32's rate), the CPU, MPS."""
     if device.type != "cuda":
         return "fp32"
     try:
         native = torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # torch < 2.4: no including_emulation
         native = torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
-    return "bf16" if native else "fp16"
+    if native:
+        return "bf16"
+    return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "fp32"
 
 
 def emulated_bf16_note(device: torch.device) -> str:
@@ -1533,12 +1539,17 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 
 def check_loss_scale(state: object) -> dict:
     """`state` (a checkpoint's loss_scale: GradScaler.state_dict()) if GradScaler can go on from
-    it; else ValueError (its load_state_dict takes any values, and a scale that is no positive
-    number failed at the first step, or trained on with every step skipped)."""
-    fields = {"scale": lambda v: _real(v) and v > 0, "growth_factor": lambda v: _real(v) and v > 1,
-              "backoff_factor": lambda v: _real(v) and 0 < v < 1,
-              "growth_interval": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-              "_growth_tracker": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    it; else ValueError. Its load_state_dict takes any values; GradScaler keeps the scale a
+    float32 (beyond it: a traceback at the first step; below its normal range 1/scale is inf,
+    and AdamW stepped on NaN gradients) and its counts int32, and a growth or backoff factor
+    far from its 2 and 1/2 takes the scale out of float32 within a step or two."""
+    def count(value: object, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**31
+
+    fields = {"scale": lambda v: _real(v) and FLOAT32_TINY <= v <= FLOAT32_MAX,
+              "growth_factor": lambda v: _real(v) and 1 < v <= 2**16,
+              "backoff_factor": lambda v: _real(v) and 2**-16 <= v < 1,
+              "growth_interval": lambda v: count(v, 1), "_growth_tracker": lambda v: count(v, 0)}
     if not isinstance(state, dict) or not all(name in state and ok(state[name]) for name, ok in fields.items()):
         raise ValueError(f"fp16 loss scale {state!r}"[:200])
     return state
@@ -2230,8 +2241,9 @@ def check_cuda_graph(cfg: TrainConfig, rt: Runtime) -> None:
         raise UserError(f"--cuda-graph needs a CUDA device; this run's is {rt.device.type} "
                         f"(--device {cfg.device}): drop --cuda-graph")
     if rt.dtype == "fp16":
-        raise UserError(f"--cuda-graph does not capture fp16's loss scaling (--dtype {cfg.dtype} is fp16 on "
-                        f"this GPU): drop --cuda-graph, or pass --dtype bf16 or fp32")
+        picked = " (--dtype auto is fp16 on this GPU)" if cfg.dtype == "auto" else ""
+        raise UserError(f"--cuda-graph does not capture fp16's loss scaling{picked}: drop --cuda-graph, or pass "
+                        f"--dtype bf16 or fp32")
     if rt.world > 1:
         raise UserError(f"--cuda-graph runs in one process (DDP's all-reduce is not captured), and "
                         f"torchrun started {rt.world}: drop --cuda-graph")
@@ -2712,8 +2724,13 @@ def train_loop(s: Session) -> dict:
             if what is None:
                 return
             found = list_checkpoints(out) if rt.master else []
-            retry = "with a lower --lr (or longer --warmup-steps)"
-            if diverged is not None and found and found[-1][0] == diverged["step"] - 1:
+            # fp16, finite weights, a loss that is no number: diverging, or activations beyond
+            # fp16's range that fp32 or bf16 would hold (the step was skipped): a loss scale
+            # helps neither, and the newest checkpoint may go on in another dtype
+            in_fp16 = scaled and diverged is not None and first_not_finite(s.raw.named_parameters()) is None
+            retry = ("with --dtype fp32 (or bf16, on a GPU that computes in it), or a lower --lr" if in_fp16 else
+                     "with a lower --lr (or longer --warmup-steps)")
+            if diverged is not None and found and found[-1][0] == diverged["step"] - 1 and not in_fp16:
                 # that step's loss and norm come from the newest checkpoint's weights alone, before
                 # any update: resumed with any --lr, it diverges again at once, with the same numbers
                 gone = found.pop()
@@ -2726,7 +2743,9 @@ def train_loop(s: Session) -> dict:
                 then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: "
                         f"--resume it {retry}" if found else
                         "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")
-            raise UserError(f"{what}: the run diverged; stopped without checkpointing its weights; {then}")
+            how = ("the run diverged, or (in fp16, its weights finite) its forward pass overflowed fp16's range "
+                   "(65504), which no loss scale prevents" if in_fp16 else "the run diverged")
+            raise UserError(f"{what}: {how}; stopped without checkpointing its weights; {then}")
 
         def flush() -> None:
             """A run ended by an error (bad data, a second Ctrl-C) still logs the steps it made."""

@@ -489,12 +489,15 @@ def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset
     and step 2's loss is NaN. The run went on to its end, checkpointing NaN weights, which
     --keep-ckpts would let replace the good ones; now it stops at the first logging point
     that reads a NaN, before step 2's checkpoint, with strict JSON metrics for every step.
-    fp16 too, where a gradient norm that is no number is a skipped step, not divergence."""
+    fp16 too, where a gradient norm that is no number is a skipped step, not divergence, and
+    a loss that is no number may be fp16's range overflowed (the weights are 1e30, finite)."""
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=8, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2,
                         dtype=dtype))
-    assert e.value.message == ("step 2: loss nan, gradient norm nan: the run diverged; stopped without checkpointing "
-                               "its weights; no checkpoint was written")
+    how = ("the run diverged, or (in fp16, its weights finite) its forward pass overflowed fp16's range (65504), which "
+           "no loss scale prevents" if dtype == "fp16" else "the run diverged")
+    assert e.value.message == (f"step 2: loss nan, gradient norm nan: {how}; stopped without checkpointing its weights; "
+                               f"no checkpoint was written")
     assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in capsys.readouterr().out
     rows = strict_json(tmp_path / "out" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss"] > 0 and rows[1]["loss"] is None
@@ -885,19 +888,19 @@ def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, dataset, cap
 
 
 @pytest.mark.parametrize("native, capability, expected", [(True, (8, 0), "bf16"), (False, (7, 5), "fp16"),
-                                                          (False, (7, 0), "fp16")])
+                                                          (False, (7, 0), "fp16"), (False, (6, 1), "fp32")])
 def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(monkeypatch, native, capability,
                                                                               expected):
     """torch emulates bf16 on a V100 or T4 (is_bf16_supported() says yes there): slow, and
     Triton may refuse to compile it. fp16 with a loss scale is what those GPUs' tensor cores
-    compute."""
+    compute; a GPU before them has none (a GTX 1080 computes fp16 at 1/64 of fp32's rate)."""
     assert train.auto_dtype(torch.device("cpu")) == train.auto_dtype(torch.device("mps")) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert train.auto_dtype(torch.device("cuda", 0)) == expected
 
     def old_torch(): return True  # torch < 2.4: no including_emulation (and bf16 said supported)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_torch)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.version, "hip", None)
     assert train.auto_dtype(torch.device("cuda", 0)) == expected
 
@@ -910,12 +913,62 @@ def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch):
         "Triton may refuse it); --dtype fp16 is what its tensor cores compute (--dtype auto picks it)")
 
 
-def test_cuda_graph_refuses_fp16():
+@pytest.mark.parametrize("dtype, picked", [("auto", " (--dtype auto is fp16 on this GPU)"), ("fp16", "")])
+def test_cuda_graph_refuses_fp16(dtype, picked):
     rt = train.Runtime(torch.device("cuda", 0), "fp16", True)
     with pytest.raises(train.UserError) as e:
-        train.check_cuda_graph(train.TrainConfig(cuda_graph=True), rt)
-    assert e.value.message == ("--cuda-graph does not capture fp16's loss scaling (--dtype auto is fp16 on this GPU): "
-                               "drop --cuda-graph, or pass --dtype bf16 or fp32")
+        train.check_cuda_graph(train.TrainConfig(cuda_graph=True, dtype=dtype), rt)
+    assert e.value.message == (f"--cuda-graph does not capture fp16's loss scaling{picked}: drop --cuda-graph, or "
+                               f"pass --dtype bf16 or fp32")
+
+
+GOOD_LOSS_SCALE = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                   "_growth_tracker": 7}
+
+
+@pytest.mark.parametrize("field, value", [("scale", 1e300), ("scale", 1e-300), ("scale", 0.0), ("scale", "1"),
+                                          ("growth_factor", 1e300), ("growth_factor", 1.0),
+                                          ("backoff_factor", 0.0), ("backoff_factor", 1.0),
+                                          ("growth_interval", 2**70), ("growth_interval", 0),
+                                          ("_growth_tracker", 2**40), ("_growth_tracker", True), ("scale", None)])
+def test_a_loss_scale_that_gradscaler_cannot_go_on_from_is_damage(field, value):
+    """Each of these passed GradScaler.load_state_dict and failed later: a traceback at the
+    first step (beyond float32 or int32), or AdamW stepping on NaN (a scale of 0), or a scale
+    that grew to inf and skipped every step after."""
+    assert train.check_loss_scale(dict(GOOD_LOSS_SCALE)) == GOOD_LOSS_SCALE
+    with pytest.raises(ValueError, match="^fp16 loss scale "):
+        train.check_loss_scale({**GOOD_LOSS_SCALE, field: value})
+    with pytest.raises(ValueError, match="^fp16 loss scale "):
+        train.check_loss_scale({k: v for k, v in GOOD_LOSS_SCALE.items() if k != field})
+
+
+def test_an_fp16_forward_pass_that_overflows_is_said_to_be_fp16s_and_not_the_lr(tmp_path, dataset):
+    """Finite weights whose activations exceed fp16's 65504 (a LayerNorm weight 2e5 times
+    larger): fp32 trains on them, fp16's loss is NaN; the step is skipped, and no loss scale
+    would help. The run stops saying so, and that another dtype may go on from the newest
+    checkpoint (its weights are finite), not only a lower --lr."""
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "first"), steps=1, ckpt_every=1))
+    ckpt = torch.load(tmp_path / "first" / "ckpt_000001.pt", weights_only=True)
+    ckpt["model"]["transformer.ln_f.weight"] *= 2e5
+    torch.save(ckpt, tmp_path / "big.pt")
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "fp32"), steps=2, init_from=str(tmp_path / "big.pt")))
+    assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "fp32"))
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=4, dtype="fp16", init_from=str(tmp_path / "big.pt"), ckpt_every=1))
+    assert e.value.message == ("step 1: loss nan, gradient norm nan: the run diverged, or (in fp16, its weights finite) "
+                               "its forward pass overflowed fp16's range (65504), which no loss scale prevents; stopped "
+                               "without checkpointing its weights; no checkpoint was written")
+    # with a checkpoint before the step: resume it in another dtype (not "whatever the --lr")
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "fp16"), steps=1, ckpt_every=1, dtype="fp16"))
+    ckpt = torch.load(tmp_path / "fp16" / "ckpt_000001.pt", weights_only=True)
+    ckpt["model"]["transformer.ln_f.weight"] *= 2e5
+    torch.save(ckpt, tmp_path / "fp16" / "ckpt_000001.pt")
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, out=str(tmp_path / "fp16"), steps=4, dtype="fp16", resume="auto"))
+    assert e.value.message.endswith(
+        f"stopped without checkpointing its weights; the newest checkpoint, {tmp_path / 'fp16' / 'ckpt_000001.pt'} "
+        f"(step 1), holds finite weights: --resume it with --dtype fp32 (or bf16, on a GPU that computes in it), or a "
+        f"lower --lr")
 
 
 # ----------------------------------------------------------------------------- resume
