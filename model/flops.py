@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import re
 
-# Dense (no 2:4 sparsity) bf16 tensor-core peak FLOP/s from NVIDIA's datasheets (fp16's is the
-# same on each of these GPUs), matched by substring of torch.cuda.get_device_name() (e.g.
-# "NVIDIA H100 80GB HBM3"), case-insensitive, that no digit follows ("A100" is not "RTX A1000";
-# "GH200" is an H200).
+# Dense (no 2:4 sparsity) 16-bit tensor-core peak FLOP/s from NVIDIA's datasheets: bf16's (fp16's
+# is the same on these GPUs), and fp16's on the GPUs whose tensor cores have no bf16 (Volta,
+# Turing: train.py's --dtype auto trains in fp16 there), matched by substring of
+# torch.cuda.get_device_name() (e.g. "NVIDIA H100 80GB HBM3"), case-insensitive, that no digit
+# follows ("A100" is not "RTX A1000"; "GH200" is an H200).
 # Order matters: the first match wins, so specific variants come before their family name.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),  # lower clocks and power than the SXM part
@@ -22,11 +23,16 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("H200 NVL", 835e12),  # PCIe card, lower power: 1,671 TFLOPS with sparsity in the datasheet
     ("H200", 989e12),  # SXM (and GH200): the H100 chip with more and faster memory, same peak
     ("A100", 312e12),  # SXM and PCIe alike
+    ("V100S", 130e12),  # fp16 (PCIe)
+    ("V100-PCIE", 112e12),  # fp16; torch names them "Tesla V100-PCIE-32GB"
+    ("V100", 125e12),  # fp16 (SXM2)
+    ("T4", 65e12),  # fp16 ("Tesla T4"; a T400 is not one: a digit follows)
 )
 
 
 def peak_flops(device_name: str) -> float | None:
-    """Dense bf16 peak FLOP/s of the GPU called `device_name`, or None if it is not in the table.
+    """Dense 16-bit peak FLOP/s of the GPU called `device_name` (bf16's, or fp16's where its tensor
+    cores have no bf16), or None if it is not in the table.
 
     None rather than a guess: an MFU computed against the wrong peak is worse than none.
     """

@@ -197,6 +197,11 @@ def test_flops_per_token_rejects_bad_T():
         ("NVIDIA RTX A1000", None),  # an Ampere workstation card, not an A100
         ("NVIDIA RTX A1000 6GB Laptop GPU", None),
         ("NVIDIA A100X", 312e12),  # converged A100: a letter may follow, not a digit
+        ("Tesla V100-SXM2-16GB", 125e12),  # fp16: no bf16 tensor cores before Ampere
+        ("Tesla V100-PCIE-32GB", 112e12),
+        ("Tesla V100S-PCIE-32GB", 130e12),
+        ("Tesla T4", 65e12),
+        ("NVIDIA T400 4GB", None),  # a Turing workstation card, not a T4
         ("cpu", None),
         ("", None),
     ],
