@@ -581,10 +581,11 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
 
 def auto_dtype(device: torch.device) -> str:
     """--dtype auto: bf16 on a GPU whose tensor cores compute in it (CUDA compute capability 8.0,
-    Ampere, and newer; ROCm), fp16 with a loss scale on a CUDA GPU whose tensor cores compute in
-    fp16 only (7.x: V100, T4, the 20 series; torch emulates bf16 there, slowly, and Triton may
-    refuse it), fp32 elsewhere: older GPUs (no tensor cores; the 10 series computes fp16 at a
-    fraction of fp32's rate), the CPU, MPS."""
+    Ampere, and newer; ROCm), fp16 with a loss scale on compute capability 7.x (V100, T4, the 20
+    series, whose tensor cores compute fp16 only, and the 16 series, which computes fp16 at twice
+    fp32's rate; torch emulates bf16 on all of them, slowly, and Triton may refuse it), fp32
+    elsewhere: older GPUs (the 10 series computes fp16 at a fraction of fp32's rate), the CPU,
+    MPS."""
     if device.type != "cuda":
         return "fp32"
     try:
@@ -596,12 +597,16 @@ def auto_dtype(device: torch.device) -> str:
     return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "fp32"
 
 
-def emulated_bf16_note(device: torch.device) -> str:
-    """--dtype bf16 on a CUDA GPU that auto_dtype gives fp16: what the user should know."""
+def emulated_bf16_note(device: torch.device) -> str | None:
+    """What to know of --dtype bf16 on a CUDA GPU that does not compute in it (auto_dtype gives
+    it fp16 or fp32), or None."""
+    picked = auto_dtype(device)
+    if picked == "bf16":
+        return None
     major, minor = torch.cuda.get_device_capability(device)
     return (f"--dtype bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}): torch "
-            f"emulates bf16 there, slowly (and torch.compile's Triton may refuse it); --dtype fp16 is what its "
-            f"tensor cores compute (--dtype auto picks it)")
+            f"emulates bf16 there, slowly (and torch.compile's Triton may refuse it); --dtype auto picks "
+            f"{picked} there" + (", with a loss scale" if picked == "fp16" else ""))
 
 
 def join_store(world: int) -> dist.Store:
@@ -1540,9 +1545,9 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 def check_loss_scale(state: object) -> dict:
     """`state` (a checkpoint's loss_scale: GradScaler.state_dict()) if GradScaler can go on from
     it; else ValueError. Its load_state_dict takes any values; GradScaler keeps the scale a
-    float32 (beyond it: a traceback at the first step; below its normal range 1/scale is inf,
-    and AdamW stepped on NaN gradients) and its counts int32, and a growth or backoff factor
-    far from its 2 and 1/2 takes the scale out of float32 within a step or two."""
+    float32 (beyond it: a traceback at the first step; a little below its normal range 1/scale
+    is inf, and AdamW stepped on NaN gradients) and its counts int32 (beyond: a traceback). The
+    factors are sanity bounds around the 2 and 1/2 that train.py's scale always has."""
     def count(value: object, low: int) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value < 2**31
 
@@ -2118,8 +2123,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
-        if cfg.dtype == "bf16" and auto_dtype(rt.device) == "fp16":
-            notes.append(emulated_bf16_note(rt.device))
+        if cfg.dtype == "bf16" and rt.device.type == "cuda" and (emulated := emulated_bf16_note(rt.device)):
+            notes.append(emulated)
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
         if cfg.warmup_steps >= cfg.steps and not cfg.bench:
@@ -2716,7 +2721,13 @@ def train_loop(s: Session) -> dict:
             `step`: a checkpoint is due there, so its weights are checked too (a step's update
             can overflow the weights while its own loss and norm were finite). Every rank sees
             the same all-reduced loss and norm, and holds the same weights, so the ranks stop
-            alike."""
+            alike.
+
+            fp16 (`scaled`): only the loss counts (a gradient that overflowed skipped its step),
+            and a loss that is no number may be fp16's range overflowed in the forward pass
+            while the weights are fine (the step was skipped): the message says so, and that
+            the newest checkpoint may go on in fp32 or bf16. A lower --lr cannot tell the two
+            apart, so it is offered only beside the other dtype."""
             what = (f"step {diverged['step']}: loss {diverged['loss']}, gradient norm {diverged['grad_norm']}"
                     if diverged is not None else None)
             if what is None and step is not None and (bad := first_not_finite(s.raw.named_parameters())):
@@ -2724,27 +2735,25 @@ def train_loop(s: Session) -> dict:
             if what is None:
                 return
             found = list_checkpoints(out) if rt.master else []
-            # fp16, finite weights, a loss that is no number: diverging, or activations beyond
-            # fp16's range that fp32 or bf16 would hold (the step was skipped): a loss scale
-            # helps neither, and the newest checkpoint may go on in another dtype
-            in_fp16 = scaled and diverged is not None and first_not_finite(s.raw.named_parameters()) is None
-            retry = ("with --dtype fp32 (or bf16, on a GPU that computes in it), or a lower --lr" if in_fp16 else
-                     "with a lower --lr (or longer --warmup-steps)")
-            if diverged is not None and found and found[-1][0] == diverged["step"] - 1 and not in_fp16:
+            in_fp16 = scaled and diverged is not None  # (a loss that is no number: see the docstring)
+            other_dtype = "--dtype fp32 (or bf16, on a GPU that computes in it)"
+            retry = "with a lower --lr (or longer --warmup-steps)"
+            if diverged is not None and found and found[-1][0] == diverged["step"] - 1:
                 # that step's loss and norm come from the newest checkpoint's weights alone, before
                 # any update: resumed with any --lr, it diverges again at once, with the same numbers
                 gone = found.pop()
-                then = (f"the newest checkpoint, {gone[1]} (step {gone[0]}), holds the weights step "
-                        f"{diverged['step']} diverged from, whatever the --lr; " +
-                        (f"an earlier checkpoint, {found[-1][1]} (step {found[-1][0]}), may hold better weights: "
+                then = f"the newest checkpoint, {gone[1]} (step {gone[0]}), holds the weights step {diverged['step']} "
+                then += (f"started from, whatever the --lr: --resume it with {other_dtype}, which goes on unless the "
+                         f"run diverged; if it did, " if in_fp16 else "diverged from, whatever the --lr; ")
+                then += (f"an earlier checkpoint, {found[-1][1]} (step {found[-1][0]}), may hold better weights: "
                          f"move {gone[1].name} away and --resume it {retry}" if found else
-                         f"no earlier checkpoint is kept: start again {retry}"))
+                         f"no earlier checkpoint is kept: start again {retry}")
             else:
                 then = (f"the newest checkpoint, {found[-1][1]} (step {found[-1][0]}), holds finite weights: "
-                        f"--resume it {retry}" if found else
+                        f"--resume it {retry}{f', or with {other_dtype}' if in_fp16 else ''}" if found else
                         "no checkpoint was written" if rt.master else "rank 0 names the newest checkpoint")
-            how = ("the run diverged, or (in fp16, its weights finite) its forward pass overflowed fp16's range "
-                   "(65504), which no loss scale prevents" if in_fp16 else "the run diverged")
+            how = ("the run diverged, or its forward pass overflowed fp16's range (65504), which no loss scale "
+                   "prevents" if in_fp16 else "the run diverged")
             raise UserError(f"{what}: {how}; stopped without checkpointing its weights; {then}")
 
         def flush() -> None:
@@ -3073,7 +3082,7 @@ def interrupt_exits_at_once() -> None:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: cuda, then mps, then cpu.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="auto",
               help="auto: bf16 autocast on a GPU with bf16 tensor cores (CUDA compute capability >= 8.0), "
-                   "fp16 with a dynamic loss scale on an older CUDA GPU, else fp32.")
+                   "fp16 with a dynamic loss scale on one of compute capability 7.x (V100, T4), else fp32.")
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
               help="torch.compile the model.")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",

@@ -490,12 +490,12 @@ def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset
     --keep-ckpts would let replace the good ones; now it stops at the first logging point
     that reads a NaN, before step 2's checkpoint, with strict JSON metrics for every step.
     fp16 too, where a gradient norm that is no number is a skipped step, not divergence, and
-    a loss that is no number may be fp16's range overflowed (the weights are 1e30, finite)."""
+    a loss that is no number may also be fp16's range overflowed."""
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=8, lr=1e30, sample_every=1, sample_tokens=4, ckpt_every=2,
                         dtype=dtype))
-    how = ("the run diverged, or (in fp16, its weights finite) its forward pass overflowed fp16's range (65504), which "
-           "no loss scale prevents" if dtype == "fp16" else "the run diverged")
+    how = ("the run diverged, or its forward pass overflowed fp16's range (65504), which no loss scale prevents"
+           if dtype == "fp16" else "the run diverged")
     assert e.value.message == (f"step 2: loss nan, gradient norm nan: {how}; stopped without checkpointing its weights; "
                                f"no checkpoint was written")
     assert "step 1 sample: none: the model's logits are not finite (NaN or inf)" in capsys.readouterr().out
@@ -905,12 +905,17 @@ def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(mo
     assert train.auto_dtype(torch.device("cuda", 0)) == expected
 
 
-def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    assert train.emulated_bf16_note(torch.device("cuda", 0)) == (
-        "--dtype bf16 on Tesla T4 (compute capability 7.5): torch emulates bf16 there, slowly (and torch.compile's "
-        "Triton may refuse it); --dtype fp16 is what its tensor cores compute (--dtype auto picks it)")
+@pytest.mark.parametrize("name, capability, picked", [("Tesla T4", (7, 5), "fp16 there, with a loss scale"),
+                                                      ("NVIDIA GeForce GTX 1080", (6, 1), "fp32 there"),
+                                                      ("NVIDIA A100-SXM4-40GB", (8, 0), None)])
+def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch, name, capability, picked):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    note = train.emulated_bf16_note(torch.device("cuda", 0))
+    assert note == (None if picked is None else
+                    f"--dtype bf16 on {name} (compute capability {capability[0]}.{capability[1]}): torch emulates bf16 "
+                    f"there, slowly (and torch.compile's Triton may refuse it); --dtype auto picks {picked}")
 
 
 @pytest.mark.parametrize("dtype, picked", [("auto", " (--dtype auto is fp16 on this GPU)"), ("fp16", "")])
@@ -930,12 +935,16 @@ GOOD_LOSS_SCALE = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5
                                           ("growth_factor", 1e300), ("growth_factor", 1.0),
                                           ("backoff_factor", 0.0), ("backoff_factor", 1.0),
                                           ("growth_interval", 2**70), ("growth_interval", 0),
-                                          ("_growth_tracker", 2**40), ("_growth_tracker", True), ("scale", None)])
+                                          ("_growth_tracker", 2**31), ("_growth_tracker", True), ("scale", None),
+                                          ("scale", 2.0**-127)])
 def test_a_loss_scale_that_gradscaler_cannot_go_on_from_is_damage(field, value):
-    """Each of these passed GradScaler.load_state_dict and failed later: a traceback at the
-    first step (beyond float32 or int32), or AdamW stepping on NaN (a scale of 0), or a scale
-    that grew to inf and skipped every step after."""
+    """Each of these passed GradScaler.load_state_dict: beyond float32 or int32 a traceback
+    came at the first step, and a scale of 2^-130 had AdamW step on NaN gradients (1/scale is
+    inf); the factors have sanity bounds around the 2 and 1/2 train.py always writes."""
     assert train.check_loss_scale(dict(GOOD_LOSS_SCALE)) == GOOD_LOSS_SCALE
+    for edge in [{"scale": 2.0**-126}, {"scale": train.FLOAT32_MAX}, {"_growth_tracker": 2**31 - 1},
+                 {"growth_interval": 2**31 - 1}]:  # float32's and int32's own ends are taken
+        assert train.check_loss_scale({**GOOD_LOSS_SCALE, **edge})
     with pytest.raises(ValueError, match="^fp16 loss scale "):
         train.check_loss_scale({**GOOD_LOSS_SCALE, field: value})
     with pytest.raises(ValueError, match="^fp16 loss scale "):
@@ -944,9 +953,9 @@ def test_a_loss_scale_that_gradscaler_cannot_go_on_from_is_damage(field, value):
 
 def test_an_fp16_forward_pass_that_overflows_is_said_to_be_fp16s_and_not_the_lr(tmp_path, dataset):
     """Finite weights whose activations exceed fp16's 65504 (a LayerNorm weight 2e5 times
-    larger): fp32 trains on them, fp16's loss is NaN; the step is skipped, and no loss scale
-    would help. The run stops saying so, and that another dtype may go on from the newest
-    checkpoint (its weights are finite), not only a lower --lr."""
+    larger): fp32 trains on them, fp16's loss is NaN; the step is skipped, and no --lr or
+    loss scale would help. The run stops saying so, and the way on it gives works: the newest
+    checkpoint, resumed in fp32, trains."""
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "first"), steps=1, ckpt_every=1))
     ckpt = torch.load(tmp_path / "first" / "ckpt_000001.pt", weights_only=True)
     ckpt["model"]["transformer.ln_f.weight"] *= 2e5
@@ -955,20 +964,25 @@ def test_an_fp16_forward_pass_that_overflows_is_said_to_be_fp16s_and_not_the_lr(
     assert all(math.isfinite(r["loss"]) for r in metrics(tmp_path / "fp32"))
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=4, dtype="fp16", init_from=str(tmp_path / "big.pt"), ckpt_every=1))
-    assert e.value.message == ("step 1: loss nan, gradient norm nan: the run diverged, or (in fp16, its weights finite) "
-                               "its forward pass overflowed fp16's range (65504), which no loss scale prevents; stopped "
-                               "without checkpointing its weights; no checkpoint was written")
-    # with a checkpoint before the step: resume it in another dtype (not "whatever the --lr")
-    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "fp16"), steps=1, ckpt_every=1, dtype="fp16"))
-    ckpt = torch.load(tmp_path / "fp16" / "ckpt_000001.pt", weights_only=True)
+    assert e.value.message == ("step 1: loss nan, gradient norm nan: the run diverged, or its forward pass overflowed "
+                               "fp16's range (65504), which no loss scale prevents; stopped without checkpointing its "
+                               "weights; no checkpoint was written")
+    # a checkpoint right before the step: another --lr fails the same, another dtype goes on
+    run = tmp_path / "fp16"
+    train.train(cfg(tmp_path, dataset, out=str(run), steps=1, ckpt_every=1, dtype="fp16"))
+    ckpt = torch.load(run / "ckpt_000001.pt", weights_only=True)
     ckpt["model"]["transformer.ln_f.weight"] *= 2e5
-    torch.save(ckpt, tmp_path / "fp16" / "ckpt_000001.pt")
-    with pytest.raises(train.UserError) as e:
-        train.train(cfg(tmp_path, dataset, out=str(tmp_path / "fp16"), steps=4, dtype="fp16", resume="auto"))
-    assert e.value.message.endswith(
-        f"stopped without checkpointing its weights; the newest checkpoint, {tmp_path / 'fp16' / 'ckpt_000001.pt'} "
-        f"(step 1), holds finite weights: --resume it with --dtype fp32 (or bf16, on a GPU that computes in it), or a "
-        f"lower --lr")
+    torch.save(ckpt, run / "ckpt_000001.pt")
+    for lr in (6e-4, 1e-6):
+        with pytest.raises(train.UserError) as e:
+            train.train(cfg(tmp_path, dataset, out=str(run), steps=4, dtype="fp16", resume="auto", lr=lr))
+        assert e.value.message.endswith(
+            f"stopped without checkpointing its weights; the newest checkpoint, {run / 'ckpt_000001.pt'} (step 1), "
+            f"holds the weights step 2 started from, whatever the --lr: --resume it with --dtype fp32 (or bf16, on a "
+            f"GPU that computes in it), which goes on unless the run diverged; if it did, no earlier checkpoint is "
+            f"kept: start again with a lower --lr (or longer --warmup-steps)")
+    summary = train.train(cfg(tmp_path, dataset, out=str(run), steps=4, dtype="fp32", resume="auto"))
+    assert summary["last_step"] == 4 and math.isfinite(summary["loss"])
 
 
 # ----------------------------------------------------------------------------- resume
