@@ -94,13 +94,13 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 # fp16's dynamic loss scale starts here (torch.amp.GradScaler's default): halved at each step
 # whose gradients overflow (that step is skipped), doubled after LOSS_SCALE_GROWTH_STEPS clean ones
 LOSS_SCALE_INIT = 2.0**16
 LOSS_SCALE_GROWTH_STEPS = 2000
 DEVICES = ("auto", "cuda", "mps", "cpu")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = ("auto", "fp32", *AUTOCAST_DTYPES)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # on CUDA these replay CUDA graphs
 BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
@@ -599,9 +599,8 @@ def auto_dtype(device: torch.device) -> str:
 
 def emulated_bf16_note(device: torch.device) -> str | None:
     """What to know of --dtype bf16 on a CUDA GPU that does not compute in it (auto_dtype gives
-    it fp16 or fp32), or None."""
-    picked = auto_dtype(device)
-    if picked == "bf16":
+    it fp16 or fp32); None on a GPU that does, and off CUDA (the CPU, MPS)."""
+    if device.type != "cuda" or (picked := auto_dtype(device)) == "bf16":
         return None
     major, minor = torch.cuda.get_device_capability(device)
     return (f"--dtype bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}): torch "
@@ -2123,7 +2122,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
-        if cfg.dtype == "bf16" and rt.device.type == "cuda" and (emulated := emulated_bf16_note(rt.device)):
+        if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")

@@ -912,6 +912,7 @@ def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch, name, ca
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert train.emulated_bf16_note(torch.device("cpu")) is None
     note = train.emulated_bf16_note(torch.device("cuda", 0))
     assert note == (None if picked is None else
                     f"--dtype bf16 on {name} (compute capability {capability[0]}.{capability[1]}): torch emulates bf16 "
