@@ -68,7 +68,7 @@ except ImportError:  # Windows
 _LAUNCHER_PID = os.getppid()
 
 from prep.atomic import interrupt_exits_while_importing
-from prep.errors import UserCommand, UserError, bar_disable, plain_numbers  # click only: quick
+from prep.errors import UserCommand, UserError, bar_disable, path_too_long, plain_numbers  # click only: quick
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
 # at once (SIGTERM too, as every stop of train.py exits), one line
@@ -369,8 +369,11 @@ def hold_out_dir(out: Path, notes: list[str]):
     missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    except OSError as e:  # (a name in it too long, say, below a parent it made)
+        for directory in missing:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise UserError(f"--out {out}: cannot create it ({path_too_long(e) or e.strerror or e})") from None
     fds: list[int] = []
     lock_file = None
     try:

@@ -125,11 +125,28 @@ def bar_disable(disable: bool | None) -> bool | None:
     return True if sys.stderr is None else disable
 
 
+NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
+
+
+def path_too_long(error: OSError) -> str | None:
+    """Why the path of an OSError "File name too long" is too long, or None for any other error.
+    pathlib's exists() and is_dir() raise it rather than answer False (before Python 3.13): a
+    path the user gave (--out, --data, an input) ended in that traceback."""
+    if error.errno != errno.ENAMETOOLONG or error.filename is None:
+        return None
+    path = os.fsdecode(error.filename)
+    longest = max(len(os.fsencode(part)) for part in path.split(os.sep))
+    if longest > NAME_MAX:
+        return f"a name in it has {longest} bytes, over {NAME_MAX}"
+    return f"{len(os.fsencode(path))} bytes in all, more than the system takes"
+
+
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is
-    a standard output that cannot be written (`> /dev/full`), instead of a traceback. A Ctrl-C
-    that the command leaves alone is one line and exit 130, not "Aborted!" and exit 1."""
+    a standard output that cannot be written (`> /dev/full`), instead of a traceback, and a path
+    the filesystem refuses as too long (path_too_long). A Ctrl-C that the command leaves alone
+    is one line and exit 130, not "Aborted!" and exit 1."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         with usage_as_user_error(ctx):
@@ -139,6 +156,10 @@ class _OneLineUsage:
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
+            why = path_too_long(e)
+            if why is not None:  # a user's path, wherever it was first used
+                UserError(f"{os.fsdecode(e.filename)}: path too long ({why}); give a shorter one").show()
+                sys.exit(UserError.exit_code)
             if e.errno == errno.EPIPE or not _writing_stdout(e):  # a closed pipe: click's own rule
                 raise
             sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again

@@ -47,7 +47,7 @@ from prep.atomic import sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
-from prep.errors import UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
+from prep.errors import NAME_MAX, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -60,7 +60,6 @@ DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_VAL_MAX_TOKENS = 10_000_000  # llm.c-sized val; held back in a 20 MB file until the end
 DEFAULT_CHUNK_CHARS = 1 << 20  # ~50 ms of encoding: cheap to send, fine-grained enough to balance
 MIN_AUTO_CHUNK_CHARS = 1 << 16  # chunks shrink to this for small inputs, not below
-NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 SPILL_NAME = "val-tail.spill"  # in the temporary dir only: removed before the rename
 OUTPUT_SETTINGS = ("shard_size", "val_fraction", "val_max_tokens", "field", "errors")  # -> meta.json
 VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens, cut moved forward "

@@ -53,6 +53,48 @@ def test_a_line_break_in_a_path_given_stays_in_the_one_line(tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
+LONG = "y" * 300  # one name over the 255 bytes a file name can have
+
+
+@pytest.mark.parametrize("command, args", [
+    ("prep", ["tokenize", LONG]),
+    ("prep", ["tokenize", "t.txt", "--out", f"{LONG}/x"]),
+    ("prep", ["info", LONG]),
+    ("prep", ["verify", LONG]),
+    ("train", ["--data", LONG]),
+    ("train", ["--data", f"{LONG}/*_train_*.bin"]),
+    ("train", ["--data", "data/t", "--val-data", LONG]),
+    ("train", ["--data", "data/t", "--out", LONG]),
+    ("train", ["--data", "data/t", "--out", f"made/here/{LONG}/x"]),  # below parents it would make
+    ("train", ["--data", "data/t", "--resume", LONG]),
+    ("train", ["--data", "data/t", "--init-from", LONG]),
+    ("sample", [LONG]),
+])
+def test_a_path_too_long_for_the_filesystem_is_one_line(tmp_path, monkeypatch, command, args):
+    """pathlib's exists() raises "File name too long" (before Python 3.13) where it answers False
+    for a missing file: every command that took a path ended in that traceback, exit 1."""
+    import sample
+    import train
+    from _data import random_tokens, write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    Path("t.txt").write_text("Some text to tokenize.\n")
+    write_dataset(tmp_path / "data" / "t", random_tokens(300, 1), random_tokens(200, 2))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    main = {"prep": prep_main, "train": train.main, "sample": sample.main}[command]
+    extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] if command == "train" else []
+    line = assert_user_error(CliRunner().invoke(main, [*args, *extra]), LONG, "over 255")
+    assert "path too long" in line or "cannot create it" in line, line
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
+
+
+def test_a_path_of_short_names_too_long_in_all_is_one_line_too(tmp_path, monkeypatch):
+    deep = "/".join(["z" * 250] * 20)  # 5,019 bytes: each name fits, the path does not (Linux's 4,096)
+    monkeypatch.chdir(tmp_path)
+    line = assert_user_error(CliRunner().invoke(prep_main, ["info", deep]), deep)
+    assert "path too long (5019 bytes in all, more than the system takes)" in line, line
+
+
 def test_help_is_still_help():
     result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
     assert result.exit_code == 0 and "--shard-size" in result.output
