@@ -17,12 +17,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from prep.atomic import interrupt_exits_while_importing
-from prep.errors import UserCommand, UserError, say  # click only: quick
+from prep.atomic import interrupt_exits_while_importing  # the standard library's only
 
-# Ctrl-C (130) or SIGTERM (143) during the seconds that importing torch takes (run as a script):
-# an exit at once, with one line
+# Ctrl-C (130) or SIGTERM (143) during the seconds that importing click and torch takes (run as
+# a script): an exit at once, with one line
 with interrupt_exits_while_importing(__name__ == "__main__"):
+    from prep.errors import UserCommand, UserError, say  # first: see reserve_standard_fds
+
     import click
     import torch
 

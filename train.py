@@ -67,12 +67,14 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.atomic import interrupt_exits_while_importing
-from prep.errors import UserCommand, UserError, bar_disable, path_too_long, plain_numbers  # click only: quick
+from prep.atomic import interrupt_exits_while_importing  # the standard library's only
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
 # at once (SIGTERM too, as every stop of train.py exits), one line
 with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130):
+    # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
+    from prep.errors import UserCommand, UserError, bar_disable, path_too_long, plain_numbers
+
     import click
     import numpy as np
     import torch

@@ -49,16 +49,22 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-import numpy as np
-import torch
+from prep.atomic import interrupt_exits_while_importing
 
-from loader.errors import LoaderError
-from loader.loader import dataset_difference, saved_shards
-from loader.stream import TokenStream, resolve_shards
-from prep.epoch import steps_per_epoch
-from prep.errors import UserCommand, UserError
-from prep.shards import ShardError
+# Ctrl-C or SIGTERM while click imports (run as a script; the loader package, torch with it, has
+# its own guard): one line, at once
+with interrupt_exits_while_importing(__name__ == "__main__"):
+    from prep.errors import UserCommand, UserError  # first: see reserve_standard_fds
+
+    import click
+    import numpy as np
+    import torch
+
+    from loader.errors import LoaderError
+    from loader.loader import dataset_difference, saved_shards
+    from loader.stream import TokenStream, resolve_shards
+    from prep.epoch import steps_per_epoch
+    from prep.shards import ShardError
 
 LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
 CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (it imports this and list_checkpoints)

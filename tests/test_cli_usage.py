@@ -290,6 +290,43 @@ def test_a_stop_while_a_script_imports_torch_is_one_line_without_a_traceback(tmp
     assert list(tmp_path.iterdir()) == []
 
 
+STOP_AT_CLICK = """
+import os, runpy, signal, sys
+
+SIGNUM = getattr(signal, sys.argv[1])
+
+
+class StopAtClick:  # a Ctrl-C or SIGTERM that comes as click starts to import
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            os.kill(os.getpid(), SIGNUM)
+        return None
+
+sys.meta_path.insert(0, StopAtClick())
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__") if sys.argv[0].endswith(".py") else runpy.run_module(
+    sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command, signum, status", [
+    ("prep.cli", signal.SIGINT, 130), ("prep.cli", signal.SIGTERM, 143),
+    ("train.py", signal.SIGINT, 130), ("train.py", signal.SIGTERM, 130),
+    ("sample.py", signal.SIGINT, 130), ("sample.py", signal.SIGTERM, 143),
+    ("loader.audit", signal.SIGINT, 130), ("loader.audit", signal.SIGTERM, 143),
+    ("prep.bench", signal.SIGTERM, 143),
+])
+def test_a_stop_while_click_imports_is_the_same_one_line(tmp_path, command, signum, status):
+    """click was imported before the guard: a Ctrl-C in those tens of milliseconds printed the
+    import's traceback, and a SIGTERM ended the command without a word."""
+    target = str(REPO / command) if command.endswith(".py") else command
+    result = subprocess.run([sys.executable, "-c", STOP_AT_CLICK, signum.name, target, "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (result.returncode, result.stdout) == (status, ""), result.stderr
+    assert result.stderr == f"{signum.name}: stopped while starting up (importing its libraries); nothing was written\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handlers_back():
     """The guard prep's commands import numpy and tiktoken under (prep.cli, prep.bench), where
     SIGTERM was 143 and no word: 143 and the line now; the handlers before it are back after."""
