@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
+import numpy as np
 from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
@@ -208,18 +209,26 @@ class VerifyReport:
         return not self.problems
 
 
-def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple[int, str | None, str | None]:
-    """Read one shard once: (token count, sha256 or None, first out-of-range token or None).
+@dataclass
+class ShardScan:
+    """What one read of a shard found."""
 
-    The header is validated by `read_header` (magic, version, size == 1024 + 2n); the body is
-    memory-mapped and scanned in chunks with a vectorised max, hashing the same pages.
-    """
+    tokens: int
+    sha256: str | None  # None where not asked for
+    bad: str | None  # the first out-of-range token, said, or None
+    eots: int  # EOT tokens: the documents that start in the shard, as prep writes them
+
+
+def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> ShardScan:
+    """Read one shard once. The header is validated by `read_header` (magic, version, size ==
+    1024 + 2n); the body is memory-mapped and scanned in chunks with a vectorised max and EOT
+    count, hashing the same pages."""
     num_tokens = read_header(path)
     digest = hashlib.sha256() if with_hash else None
     if digest is not None:
         with open(path, "rb") as f:
             digest.update(f.read(HEADER_BYTES))
-    tokens, bad = open_shard(path), None
+    tokens, bad, eots = open_shard(path), None, 0
     for start in range(0, num_tokens, SCAN_TOKENS):
         chunk = tokens[start:start + SCAN_TOKENS]
         if digest is not None:
@@ -227,9 +236,10 @@ def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> tuple
         if bad is None and int(chunk.max()) >= vocab_size:
             offset = start + int((chunk >= vocab_size).argmax())
             bad = token_out_of_range(int(tokens[offset]), offset, vocab_size)
+        eots += int(np.count_nonzero(chunk == EOT))
         bar.update(chunk.nbytes)
     del tokens  # close the map before the caller moves on
-    return num_tokens, digest.hexdigest() if digest is not None else None, bad
+    return ShardScan(num_tokens, digest.hexdigest() if digest is not None else None, bad, eots)
 
 
 def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[str]:
@@ -253,7 +263,8 @@ def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[
 
 
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
-    """Check every shard: header and size, token range, and sha256 / token count vs meta.json.
+    """Check every shard: header and size, token range, and sha256 / token count vs meta.json,
+    and each split's document count vs its EOT tokens.
 
     Also reports shards listed in meta.json but missing and shards present but not listed.
     Raises UserError for a missing directory, or one with neither shards nor meta.json.
@@ -301,6 +312,12 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         else:
             report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
     todo = list(todo.values())
+    # meta.json's document counts, where it has integers and counts documents by GPT-2's EOT
+    documents = {split: record.get("documents") for split, record in records.items()} if report.meta_found else {}
+    documents = {split: n for split, n in documents.items() if type(n) is int and meta.get("eot", EOT) == EOT}
+    split_of = {e["file"]: split for split, record in records.items() if split in documents
+                for e in record["shards"]} if documents else {}
+    eots, unread = dict.fromkeys(documents, 0), set(split_of)
     total = sum(p.stat().st_size for p in todo if p.is_file())  # a broken link: a problem, below
     show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
     with Bar(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
@@ -309,20 +326,28 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
             if report.meta_found and entry is None:
                 reasons.append(f"present but not listed in {META_NAME}")
             try:
-                num_tokens, digest, bad = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
+                scan = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
             except ShardError as e:
                 report.problems.append(str(e) + "".join(f"; {r}" for r in reasons))
                 continue
             report.shards_checked += 1
-            report.tokens_checked += num_tokens
-            if bad:
-                reasons.append(bad)
-            if entry is not None and entry["tokens"] != num_tokens:
-                reasons.append(f"{num_tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
-            if entry is not None and digest != entry["sha256"]:
-                reasons.append(f"sha256 {digest[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
+            report.tokens_checked += scan.tokens
+            if path.name in split_of:
+                eots[split_of[path.name]] += scan.eots
+                unread.discard(path.name)
+            if scan.bad:
+                reasons.append(scan.bad)
+            if entry is not None and entry["tokens"] != scan.tokens:
+                reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
+            if entry is not None and scan.sha256 != entry["sha256"]:
+                reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
             if reasons:
                 report.problems.append(f"{path}: " + "; ".join(reasons))
+    for split, counted in eots.items():  # where every listed shard of the split was read
+        listed = documents[split]
+        if not any(split_of[name] == split for name in unread) and listed != counted:
+            report.problems.append(f"{directory / META_NAME}: {split} documents {listed:,} != the {counted:,} EOT "
+                                   f"tokens in its shards (one before each document)")
     return report
 
 
@@ -331,7 +356,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: only on a terminal).")
 def verify_command(directory: Path, progress: bool | None) -> None:
-    """Check every shard in DIRECTORY: header, size, token range, and sha256 vs meta.json.
+    """Check every shard in DIRECTORY: header, size, token range, and sha256, token and document
+    counts vs meta.json.
 
     Exit status: 0 all good; 1 verification found problems (each bad file on its own line,
     then a summary); 2 a usage mistake (no such directory, no shards and no meta.json).
@@ -341,7 +367,7 @@ def verify_command(directory: Path, progress: bool | None) -> None:
         click.echo(f"BAD {line}")
     checks = "header, size, token range"
     if report.meta_found:
-        checks += f", sha256 and token counts vs {META_NAME}"
+        checks += f", sha256, token and document counts vs {META_NAME}"
     elif (directory / META_NAME).exists() or (directory / META_NAME).is_symlink():
         checks += f" ({META_NAME} unusable, so hashes were not checked)"
     else:

@@ -21,6 +21,7 @@ from prep.epoch import steps_per_epoch
 from prep.inspect import dataset_info, info_command, verify_command, verify_dataset
 from prep.meta import META_NAME, write_meta
 from prep.shards import shard_name, write_shard
+from prep.tokenizer import EOT
 
 from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY, without_read_permission
@@ -37,8 +38,8 @@ def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str
             file = shard_name(name, split, index)
             sha = write_shard(directory / file, tokens)
             entries.append({"file": file, "tokens": int(len(tokens)), "sha256": sha})
-        layout[split] = {"tokens": sum(e["tokens"] for e in entries), "documents": len(entries),
-                         "shards": entries}
+        documents = sum(int(np.count_nonzero(t == EOT)) for t in splits.get(split, []))  # one EOT each, as prep
+        layout[split] = {"tokens": sum(e["tokens"] for e in entries), "documents": documents, "shards": entries}
     if meta:
         total = sum(s["tokens"] for s in layout.values())
         write_meta(directory, {
@@ -51,7 +52,10 @@ def make_dataset(directory: Path, splits: dict[str, list[np.ndarray]], name: str
 
 
 def tokens(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 50257, size=n, dtype=np.int64)
+    """One document's `n` tokens as prep writes them: its EOT, then no other."""
+    drawn = np.random.default_rng(seed).integers(0, EOT, size=n, dtype=np.int64)
+    drawn[0] = EOT
+    return drawn
 
 
 @pytest.fixture
@@ -392,6 +396,30 @@ def test_verify_totals_that_are_not_the_sum_of_the_splits(dataset, totals, words
     assert result.exit_code == 1, result.output
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
     assert bad == [f"BAD {dataset / META_NAME}: {words}"], result.output
+
+
+def test_verify_counts_each_splits_documents_in_its_shards(dataset):
+    """A split's document count is its EOT tokens (one before each document): verify compared
+    the totals with the splits' counts but never the counts with the shards, so a count
+    edited in both places passed as "all OK"."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    assert meta["splits"]["train"]["documents"] == 2  # one EOT at the start of each of its 2 shards
+    meta["splits"]["train"]["documents"] = 5
+    meta["totals"]["documents"] = 6  # the splits' sum: only the count against the shards is wrong
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {dataset / META_NAME}: train documents 5 != the 2 EOT tokens in its shards "
+                   f"(one before each document)"], result.output
+
+
+def test_verify_counts_no_documents_of_a_split_with_a_shard_it_could_not_read(dataset):
+    """The shard is the problem said; an EOT count without it would be a second, wrong one."""
+    (dataset / shard_name("ds", "train", 1)).unlink()
+    result = run(verify_command, dataset)
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert len(bad) == 1 and "ds_train_000001.bin: listed in meta.json but missing" in bad[0], result.output
 
 
 def test_verify_takes_a_meta_json_without_totals(dataset):
