@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import types
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -3116,6 +3117,43 @@ def test_make_demo_end_to_end(tmp_path):
     assert rows[-1]["loss"] < rows[1]["loss"]  # it learns something in 20 steps
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] and "step 0: val loss" in result.stdout
     assert np.isfinite([r["val_loss"] for r in rows if r["val_loss"] is not None]).all()
+
+
+def test_no_bit_flipped_in_a_zip_header_loads_other_numbers(tmp_path):
+    """Each bit of the headers around a tensor's record (the local header, whose lengths say
+    where the bytes start, and the central directory's entry) flipped in turn: the file is
+    refused, or it loads the very tensors saved. Two kinds loaded other numbers: a local header's
+    name length made longer (torch.load read the tensor from bytes further on; zipfile's check
+    tripped on the name as UnicodeDecodeError and gave up), and the directory bit of a record's
+    attributes (zipfile reads on; torch.load returned whatever memory held)."""
+    saved = {"a": torch.arange(300, dtype=torch.float32), "b": -torch.arange(200, dtype=torch.float32)}
+    good = tmp_path / "good.pt"
+    torch.save(saved, good)
+    data = good.read_bytes()
+    with zipfile.ZipFile(good) as archive:
+        records = [r for r in archive.infolist() if "/data/" in r.filename][:1]  # the first tensor's
+    end = data.rindex(b"PK\x05\x06")  # the end record, which says where the central directory starts
+    central = int.from_bytes(data[end + 16:end + 20], "little")
+    spans = [(r.header_offset, r.header_offset + 30 + len(r.filename)) for r in records]  # their local headers
+    for r in records:  # and their central directory entries (46 bytes, then the name)
+        entry = central + data[central:end].index(r.filename.encode()) - 46
+        spans.append((entry, entry + 46 + len(r.filename)))
+    bad = tmp_path / "bad.pt"
+    outcomes = {"refused": 0, "same": 0}
+    for first, last in spans:
+        for where in range(first, last):
+            for bit in range(8):
+                flipped = bytearray(data)
+                flipped[where] ^= 1 << bit
+                bad.write_bytes(flipped)
+                try:
+                    found = train._read_torch_file(bad, "--init-from", "state dict")
+                except train.UserError:
+                    outcomes["refused"] += 1
+                    continue
+                assert found.keys() == saved.keys() and all(torch.equal(found[k], saved[k]) for k in saved), (where, bit)
+                outcomes["same"] += 1
+    assert outcomes["refused"] and outcomes["same"]  # both kinds of byte are in the spans
 
 
 def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
