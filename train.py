@@ -119,6 +119,7 @@ METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_nor
                   "data_wait_ms")
 CKPT_FORMAT = 1
 SEED_MAX = 2**32 - 1
+TOKENS_MAX = 2**63 - 1  # tokens in a run: metrics' count, the loader's positions and torch's ints are int64
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -2083,6 +2084,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 f"--total-batch-size {total} must be a multiple of B*T*W = {cfg.B}*{cfg.T}*{rt.world} = "
                 f"{micro_tokens} (tokens per micro-step over all ranks)"
             )
+        if cfg.steps * total > TOKENS_MAX:  # the step's accumulation count overflowed torch's int64
+            raise UserError(f"--steps {cfg.steps} x --total-batch-size {total} is {cfg.steps * total:.3g} tokens, "
+                            f"more than a run counts (2^63 - 1): lower one of them")
         accum = total // micro_tokens
         check_cuda_graph(cfg, rt)
         if accum > 1 and rt.compile and rt.device.type == "cuda" and cfg.compile_mode in CUDAGRAPH_MODES:

@@ -2600,6 +2600,9 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                  "N=20 tokens is too few for one step of B=2 x T=16 x W=1"),
     "total batch size does not divide": (["--total-batch-size", "100"], ".",
                                          "must be a multiple of B*T*W = 2*16*1 = 32"),
+    "more tokens than a run counts": (["--total-batch-size", str(2**73)], ".",  # was torch's OverflowError
+                                      f"--steps 2 x --total-batch-size {2**73} is 1.89e+22 tokens, more than a "
+                                      f"run counts (2^63 - 1): lower one of them"),
     "unknown model": (["--model", "gpt3"], ".", "unknown model preset 'gpt3'; valid presets: gpt2, gpt2-medium"),
     "resume with another B": (["--resume", "run/ckpt_000002.pt", "--B", "4"], ".",
                               "incompatible with this run (B 2 there, 4 now; total_batch_size 32 there, 64 now); "
