@@ -129,8 +129,18 @@ def is_stream(arg: str) -> bool:
 
 
 def _file_size(path: Path) -> int | None:
-    st = path.stat()
-    return st.st_size if path.is_file() else None  # pipes and devices: unknown
+    """A file's size, or None where it is unknown up front: pipes and devices, and a file whose
+    size says 0 but which reads as text (/proc's and /sys's files), refused as empty before."""
+    if not path.is_file():
+        return None
+    size = path.stat().st_size
+    if size == 0:
+        try:
+            with open(path, "rb") as f:
+                return None if f.read(1) else 0
+        except OSError:  # unreadable: the read proper says why
+            return 0
+    return size
 
 
 def _unreadable(error: OSError) -> None:

@@ -858,6 +858,18 @@ def test_stdin_empty(tmp_path):
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
 
 
+PROC_FILE = Path("/proc/version")  # a size of 0, and text when read (Linux)
+
+
+@pytest.mark.skipif(not PROC_FILE.is_file() or PROC_FILE.stat().st_size != 0, reason="needs Linux's /proc")
+def test_a_file_whose_size_says_0_but_reads_as_text_is_tokenized(tmp_path):
+    """/proc's and /sys's files give a size of 0: they were refused as "empty input"."""
+    assert invoke(PROC_FILE, "--out", tmp_path / "out", "--val-fraction", "0").exit_code == 0
+    assert np.array_equal(stream(tmp_path / "out"), expected([PROC_FILE.read_text()]))
+    (tmp_path / "empty.txt").write_bytes(b"")  # a file that is empty still is
+    assert_user_error(invoke(tmp_path / "empty.txt", "--out", tmp_path / "none"), "empty input, nothing to tokenize")
+
+
 def test_invalid_utf8_replace_is_accepted(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 ok")
     assert invoke(tmp_path / "bad.txt", "--out", tmp_path / "out", "--errors", "replace").exit_code == 0
