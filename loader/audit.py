@@ -425,14 +425,10 @@ def check_logged_through(logs: list[RankLog], trained: Trained, problems: Proble
                          f"(a log cut short, or a resume without --log-windows)")
 
 
-def check_run_data(data: str, stream: TokenStream, trained: Trained | str, notes: list[str]) -> str | None:
+def check_run_data(data: str, stream: TokenStream, trained: Trained) -> str:
     """--data must be the dataset the run trained on (a UserError naming both if not): the
     checkpoint's shard names and token counts, and sha256 where both know it. Returns the
-    line saying it is; None, with a note, where no checkpoint says what the data was
-    (`trained` is why not)."""
-    if isinstance(trained, str):
-        notes.append(f"{trained}: --data {data} is taken to be the run's data, unchecked")
-        return None
+    line saying it is."""
     differ = dataset_difference(trained.state, stream.identity, stream.num_tokens, here="--data has")
     if differ:
         raise UserError(f"--data {data} is not the dataset the run trained on ({trained.named()}): "
@@ -506,7 +502,13 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
     stream = open_data(data) if data is not None else None
     try:
         trained = read_trained(out, logs)
-        same = None if stream is None else check_run_data(data, stream, trained, report.notes)
+        same = None
+        if isinstance(trained, str):  # (`trained` says why not)
+            unchecked = "" if data is None else f"--data {data} is taken to be the run's data, unchecked, and "
+            report.notes.append(f"{trained}: {unchecked}a log cut short (windows trained after its last one) "
+                                f"cannot be told from a whole one")
+        elif stream is not None:
+            same = check_run_data(data, stream, trained)
         if stream is None and isinstance(trained, Trained):
             report.notes.append(f"no --data: the windows were not checked against the shards; the run trained on "
                                 f"{trained.named()} ({trained.path.name} says)")

@@ -146,7 +146,8 @@ def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     assert "epoch 2: 10 window(s) so far (rank 0: 5, rank 1: 5 of 15 per rank); no target read twice" in report.lines
     assert report.lines[-1].startswith("never read in any epoch: the last 39 token(s), positions 961-999")
     assert report.notes == ["no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on: "
-                            f"--data {data} is taken to be the run's data, unchecked"]
+                            f"--data {data} is taken to be the run's data, unchecked, and a log cut short "
+                            "(windows trained after its last one) cannot be told from a whole one"]
 
 
 def test_a_dataset_the_run_did_not_train_on_is_refused_naming_both(tmp_path):
@@ -231,9 +232,15 @@ def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked
         torch.save(ckpt, path)
     result = run(out, "--data", data)
     assert result.exit_code == 0, result.output
-    assert f"note: {path}: {words}" in result.output and f"--data {data} is taken to be the run's data, unchecked" \
+    assert f"note: {path}: {words}" in result.output and f"--data {data} is taken to be the run's data, unchecked, " \
+        "and a log cut short (windows trained after its last one) cannot be told from a whole one" \
         in result.output, result.output
     assert "the 5 logged window(s) match the shards' tokens" in result.output
+    # without --data too: the audit passed without a word that it could not look for windows trained unlogged
+    result = run(out)
+    assert result.exit_code == 0 and f"note: {path}: {words}" in result.output, result.output
+    assert ": a log cut short (windows trained after its last one) cannot be told from a whole one\n" \
+        in result.output, result.output
 
 
 def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, monkeypatch):
