@@ -239,7 +239,9 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
         for expected, w in enumerate(log.windows):
             if w.batch != expected:
                 gap = f"batch {expected}" if w.batch == expected + 1 else f"batches {expected}-{w.batch - 1}"
-                what = "repeated or out of order" if w.batch < expected else f"{gap} missing"
+                later = any(v.batch == expected for v in log.windows[expected + 1:])  # lines swapped, say
+                what = ("repeated or out of order" if w.batch < expected else
+                        f"out of order: batch {expected} comes later" if later else f"{gap} missing")
                 problems.add("numbering", f"rank {log.rank}: batch {w.batch} where {expected} was due ({what})")
                 break
         if log.windows and log.windows[0].batch == 0 and log.windows[0].epoch != 0:

@@ -259,6 +259,7 @@ def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, mo
               "problem: epoch 0: the ranks took different numbers of steps (rank 0: 14, rank 1: 15)",
               "problem: epoch 0: targets", "never read"]),
     ("repeat", ["problem: rank 1: batch 3 where 4 was due (repeated or out of order)", "read twice"]),
+    ("swap", ["problem: rank 0: batch 6 where 5 was due (out of order: batch 5 comes later)"]),  # was "missing"
     ("token", ["problem: rank 0 batch 2: the tokens logged differ from the shards' at"]),
     ("rank", ["problem: no log of rank(s) 0 (1 of 2 missing): their windows cannot be checked"]),
     ("twice now", ["problem: epoch 1: targets 769-800 read twice: by rank 0 batch 19 and rank 1 batch 19"]),
@@ -278,6 +279,8 @@ def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, wor
         del records[0][4]  # a window of a complete epoch never trained on
     elif damage == "repeat":
         records[1].insert(4, dict(records[1][3]))  # the same window twice
+    elif damage == "swap":
+        records[0][5], records[0][6] = records[0][6], records[0][5]
     elif damage == "token":
         records[0][2]["first_tokens"][1] += 1
     elif damage == "twice now":  # in the epoch still running: rank 1's last window is rank 0's
