@@ -1748,7 +1748,8 @@ def open_log(path: Path, key: str, keep_through: int | None,
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
     covers, are kept (a torn last line from a killed run is dropped). Lines of no such record
-    anywhere else (a hand edit, a disk's damage) are not dropped without a word: the file as it
+    anywhere else (a hand edit, a disk's damage), and records out of order (a key not above the
+    one before it: the keys only grow), are not dropped without a word: the file as it
     was is kept as <name>.before-<UTC time> first, and `note` says so. Streamed, line by line:
     a 10^6-step run's log is hundreds of MB, and every rank with --log-windows rewrites its own.
     A symbolic link is refused: the rename put a plain file in its place without a word (the
@@ -1766,16 +1767,19 @@ def open_log(path: Path, key: str, keep_through: int | None,
         if source is None:
             return
         foreign, last_foreign = 0, False  # lines that are no record of this log's
+        previous = -1  # the key of the last record: a log's keys only grow, from 0
         for line in _log_lines(source, path):
-            try:
-                record = json.loads(line)
+            try:  # (NaN and Infinity: json.loads takes them, train.py writes null)
+                record = json.loads(line, parse_constant=_no_json_constant)
             except (ValueError, RecursionError):  # JSONDecodeError, > 4,300 digits, nested too deeply
                 record = None
             value = record.get(key) if isinstance(record, dict) else None
-            last_foreign = not (isinstance(value, int) and not isinstance(value, bool))
+            last_foreign = not (isinstance(value, int) and not isinstance(value, bool) and value > previous)
             foreign += last_foreign
-            if not last_foreign and value <= keep_through:
-                f.write((line + "\n").encode("utf-8"))
+            if not last_foreign:
+                previous = value
+                if value <= keep_through:
+                    f.write((line + "\n").encode("utf-8"))
         try:
             source.seek(-1, os.SEEK_END)
             torn = last_foreign and source.read(1) != b"\n"  # a killed run's last line, cut short
@@ -1785,8 +1789,9 @@ def open_log(path: Path, key: str, keep_through: int | None,
             aside = _aside(path)
             source.seek(0)
             atomic_write(aside, lambda g: shutil.copyfileobj(source, g))
-            note(f"{path}: {foreign - torn:,} line(s) hold no {key!r} record of a train.py log (edited or "
-                 f"damaged); kept through the checkpoint are the others, the file as it was is {aside.name}")
+            note(f"{path}: {foreign - torn:,} line(s) hold no {key!r} record of a train.py log, or one out of "
+                 f"order (edited or damaged); kept through the checkpoint are the others, the file as it was is "
+                 f"{aside.name}")
 
     try:
         with source or contextlib.nullcontext():
@@ -1795,6 +1800,12 @@ def open_log(path: Path, key: str, keep_through: int | None,
     except OSError as e:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}); the checkpoints already "
                         f"written are kept") from None
+
+
+def _no_json_constant(name: str) -> None:
+    """json.loads's parse_constant that takes no NaN, Infinity or -Infinity: no JSON, and no
+    line train.py writes (a non-finite value is null in its logs)."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def _unreadable_log(path: Path, e: OSError) -> UserError:

@@ -2465,14 +2465,17 @@ def test_lines_of_no_record_in_a_resumed_log_are_kept_aside_with_a_note(tmp_path
     assert not list(log.parent.glob("*.before-*"))
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
     last.unlink()
-    damaged = lines[0] + "garbage, not json\n" + '["step", 2]\n' + lines[1] + "".join(lines[2:])
+    # (a record out of order and one holding NaN, which json.loads takes, were kept without a word)
+    damaged = (lines[0] + "garbage, not json\n" + '["step", 2]\n' + lines[1] + '{"step": 1, "loss": 2.5}\n'
+               + "".join(lines[2:]) + '{"step": 9, "loss": NaN}\n')
     log.write_text(damaged)
     result = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
     assert result.exit_code == 0, result.output
     [aside] = log.parent.glob("metrics.jsonl.before-*")
     assert aside.read_text() == damaged
-    assert f"note: {log}: 2 line(s) hold no 'step' record of a train.py log (edited or damaged); kept through " \
-           f"the checkpoint are the others, the file as it was is {aside.name}" in result.output
+    assert f"note: {log}: 4 line(s) hold no 'step' record of a train.py log, or one out of order (edited or " \
+           f"damaged); kept through the checkpoint are the others, the file as it was is {aside.name}" in result.output
+    assert log.read_text().splitlines()[:2] == [line.rstrip("\n") for line in lines[:2]]
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
