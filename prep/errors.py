@@ -130,8 +130,8 @@ NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
 
 def path_too_long(error: OSError) -> str | None:
     """Why the path of an OSError "File name too long" is too long, or None for any other error.
-    pathlib's exists() and is_dir() raise it rather than answer False (before Python 3.13): a
-    path the user gave (--out, --data, an input) ended in that traceback."""
+    pathlib's exists() and is_dir() raise it rather than answer False (through Python 3.13; 3.14's
+    exists() answers False): a path the user gave (--out, --data, an input) ended in that traceback."""
     if error.errno != errno.ENAMETOOLONG or error.filename is None:
         return None
     path = os.fsdecode(error.filename)
