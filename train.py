@@ -86,7 +86,7 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
     from loader.loader import dataset_digest
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, may_handle, sigterm_raises, signals_deferred
+    from prep.atomic import atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred
     from prep.epoch import steps_per_epoch
     from prep.measure import physical_memory
     from prep.meta import META_NAME, check_tokenizer, read_meta
@@ -373,9 +373,7 @@ def hold_out_dir(out: Path, notes: list[str]):
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # (a name in it too long, say, below a parent it made)
-        for directory in missing:
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        remove_empty(missing)
         raise UserError(f"--out {out}: cannot create it ({path_too_long(e) or e.strerror or e})") from None
     fds: list[int] = []
     lock_file = None
@@ -401,9 +399,7 @@ def hold_out_dir(out: Path, notes: list[str]):
     finally:
         if lock_file is not None:  # removed while held, so no other run holds this one
             lock_file.unlink(missing_ok=True)
-        for directory in missing:  # removed only if the run wrote nothing there
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        remove_empty(missing)  # only if the run wrote nothing there
         for fd in fds:
             os.close(fd)  # releases the lock
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,6 +49,14 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_empty(directories: Iterable[Path]) -> None:
+    """rmdir each of `directories`, deepest first as given, where it is empty: the ones a
+    command made and then wrote nothing in. One that is not empty (or cannot go) stays."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def ignored(signum: int) -> bool:

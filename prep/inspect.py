@@ -313,8 +313,9 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
             report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
     todo = list(todo.values())
     # meta.json's document counts, where it has integers and counts documents by GPT-2's EOT
-    documents = {split: record.get("documents") for split, record in records.items()} if report.meta_found else {}
-    documents = {split: n for split, n in documents.items() if type(n) is int and meta.get("eot", EOT) == EOT}
+    counted_by_eot = report.meta_found and meta.get("eot", EOT) == EOT
+    documents = {split: record["documents"] for split, record in records.items()
+                 if type(record.get("documents")) is int} if counted_by_eot else {}
     split_of = {e["file"]: split for split, record in records.items() if split in documents
                 for e in record["shards"]} if documents else {}
     eots, unread = dict.fromkeys(documents, 0), set(split_of)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from prep import __version__
-from prep.atomic import signals_deferred
+from prep.atomic import remove_empty, signals_deferred
 from prep.corpus import Source
 from prep.meta import META_FORMAT_VERSION, META_NAME
 from prep.shards import HEADER_BYTES, TOKEN_DTYPE, ShardWriter, parse_shard_name, shard_name
@@ -357,8 +357,4 @@ class AtomicDirectory:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        for parent in reversed(self._created):
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
+        remove_empty(reversed(self._created))

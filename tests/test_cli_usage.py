@@ -81,8 +81,8 @@ def _exists_raises(path: str) -> bool:
     ("sample", [LONG]),
 ])
 def test_a_path_too_long_for_the_filesystem_is_one_line(tmp_path, monkeypatch, command, args):
-    """pathlib's exists() raises "File name too long" (before Python 3.13) where it answers False
-    for a missing file: every command that took a path ended in that traceback, exit 1."""
+    """pathlib's exists() raises "File name too long" (Python 3.13 and before) where it answers
+    False for a missing file: every command that took a path ended in that traceback, exit 1."""
     import sample
     import train
     from _data import random_tokens, write_dataset

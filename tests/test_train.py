@@ -3137,13 +3137,12 @@ def test_no_bit_flipped_in_a_zip_header_loads_other_numbers(tmp_path):
     torch.save(saved, good)
     data = good.read_bytes()
     with zipfile.ZipFile(good) as archive:
-        records = [r for r in archive.infolist() if "/data/" in r.filename][:1]  # the first tensor's
+        record = next(r for r in archive.infolist() if "/data/" in r.filename)  # the first tensor's
     end = data.rindex(b"PK\x05\x06")  # the end record, which says where the central directory starts
     central = int.from_bytes(data[end + 16:end + 20], "little")
-    spans = [(r.header_offset, r.header_offset + 30 + len(r.filename)) for r in records]  # their local headers
-    for r in records:  # and their central directory entries (46 bytes, then the name)
-        entry = central + data[central:end].index(r.filename.encode()) - 46
-        spans.append((entry, entry + 46 + len(r.filename)))
+    entry = central + data[central:end].index(record.filename.encode()) - 46  # 46 bytes, then the name
+    spans = [(record.header_offset, record.header_offset + 30 + len(record.filename)),  # its local header
+             (entry, entry + 46 + len(record.filename))]  # and its central directory entry
     bad = tmp_path / "bad.pt"
     outcomes = {"refused": 0, "same": 0}
     for first, last in spans:
