@@ -164,6 +164,8 @@ def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...]
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process `pid` may still be writing. A zombie (killed, not yet reaped by its
+    parent, which may be a shell or a test harness that waits late) writes nothing more."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate it there: assume alive
         return True
     try:
@@ -172,7 +174,16 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """True when /proc says `pid` is a zombie or dead; False where there is no /proc (macOS)."""
+    try:  # "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")"
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
 
 
 def _remove_stale(target: Path) -> None:

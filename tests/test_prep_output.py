@@ -8,6 +8,8 @@ import errno
 import os
 import re
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +102,27 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
         (tmp / "meta.json").write_text('{"new": 1}')
     assert (target / "meta.json").read_text() == '{"new": 1}'
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_temporary_of_a_killed_run_not_yet_reaped_is_stale_and_a_live_ones_is_kept(tmp_path):
+    """A run killed while its parent (a shell, a harness) has not yet waited for it stays a
+    zombie for a while: its temporary directory was kept as another live run's until then."""
+    target = tmp_path / "ds"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.waitid(os.P_PID, dead.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: a zombie
+        zombie, running = tmp_path / f".ds.tmp-{dead.pid}", tmp_path / f".ds.tmp-{live.pid}"
+        zombie.mkdir()
+        running.mkdir()
+        with AtomicDirectory(target, overwrite=False) as tmp:
+            (tmp / "meta.json").write_text("{}")
+        assert not zombie.exists() and running.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
 
 
 def test_an_error_of_the_callers_on_install_is_its_own_and_the_new_dataset_stays(tmp_path):
