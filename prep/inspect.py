@@ -53,6 +53,9 @@ class DatasetInfo:
     wrong_size: list[tuple[str, int, int]] = field(default_factory=list)
     # on disk with a shard's name but not listed in meta.json: the loader reads meta.json's list
     unlisted: list[str] = field(default_factory=list)
+    # listed in meta.json, the right size, but a header the loader refuses (a bad magic or
+    # version, a count not the file's size): file, what is wrong
+    bad_header: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -80,6 +83,17 @@ def _meta_records(meta: dict) -> dict[str, dict]:
     return records
 
 
+def _header_problem(path: Path) -> str | None:
+    """What read_header (the loader's check) refuses in a shard whose size is already meta.json's
+    (a bad magic or version, or a count not that size's), without the file's name; None when
+    nothing."""
+    try:
+        read_header(path)
+    except ShardError as e:  # names the file
+        return str(e).removeprefix(f"{path}: ")
+    return None
+
+
 def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | None = None,
                  world: int = 1) -> DatasetInfo:
     """Splits, shards and tokens of a dataset directory; steps per epoch when B and T are given.
@@ -100,12 +114,14 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                 entries = record["shards"]
                 info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
                                                record.get("documents"))
-                for entry in entries:  # one stat a shard: what a half-copied dataset shows
+                for entry in entries:  # a stat and a header a shard: the loader's own checks at start
                     path = directory / entry["file"]
                     if not path.is_file():
                         info.missing.append(entry["file"])
                     elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
+                    elif (wrong := _header_problem(path)) is not None:
+                        info.bad_header.append((entry["file"], wrong))
             listed = {e["file"] for record in records.values() for e in record["shards"]}
             info.unlisted = sorted(p.name for split in SPLITS for p in find_shards(directory, split)
                                    if p.name not in listed)
@@ -163,6 +179,10 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
         click.echo(f"warning: {len(info.wrong_size)} shard(s) are not the size meta.json gives them (cut short "
                    f"or changed), e.g. {directory / name}: {size:,} bytes, {expected:,} expected; run "
                    f"`prep verify {directory}`", err=True)
+    if info.bad_header:
+        name, wrong = info.bad_header[0]
+        click.echo(f"warning: {len(info.bad_header)} shard(s) would be refused by the loader, e.g."
+                   f" {directory / name}: {wrong}; run `prep verify {directory}`", err=True)
     if info.unlisted:
         click.echo(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
                    f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`", err=True)

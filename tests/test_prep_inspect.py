@@ -20,7 +20,8 @@ import prep.inspect
 from prep.epoch import steps_per_epoch
 from prep.inspect import dataset_info, info_command, verify_command, verify_dataset
 from prep.meta import META_NAME, write_meta
-from prep.shards import shard_name, write_shard
+from loader.stream import resolve_shards
+from prep.shards import ShardError, shard_name, write_shard
 from prep.tokenizer import EOT
 
 from _cli import assert_user_error
@@ -144,6 +145,23 @@ def test_info_warns_about_a_shard_cut_short(dataset):
     assert result.exit_code == 0
     assert result.stderr == (f"warning: 1 shard(s) are not the size meta.json gives them (cut short or changed), "
                              f"e.g. {shard}: 5,000 bytes, 7,024 expected; run `prep verify {dataset}`\n")
+
+
+def test_info_warns_about_a_shard_header_changed_where_the_size_is_right(dataset):
+    """meta.json's figures and the file sizes agree, but a header does not: info said nothing,
+    and train.py then refused the dataset (the loader reads every header at start)."""
+    shard, other = dataset / "ds_train_000001.bin", dataset / "ds_val_000000.bin"
+    _set_header_slot(shard, 2, 3001)  # 3,000 tokens, and the file's size says so
+    _set_header_slot(other, 0, 0)
+    result = run(info_command, dataset, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["bad_header"] == [
+        ["ds_train_000001.bin", "size 7024 bytes, but the header's 3001 tokens need exactly 7026"],
+        ["ds_val_000000.bin", "bad magic 0 (expected 20240520)"]]
+    assert result.stderr == (f"warning: 2 shard(s) would be refused by the loader, e.g. {shard}: size 7024 "
+                             f"bytes, but the header's 3001 tokens need exactly 7026; run `prep verify {dataset}`\n")
+    with pytest.raises(ShardError, match="3001 tokens"):
+        resolve_shards(dataset, "train")  # what the loader says of it, at start
 
 
 def test_info_warns_about_shards_meta_json_does_not_list(dataset):
