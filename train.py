@@ -92,7 +92,7 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
     from prep.meta import META_NAME, check_tokenizer, read_meta
     from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
     from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
-                             raw_tokens_in, read_header)
+                             read_header, split_files_in)
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
@@ -302,10 +302,10 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
             passed_over.append(str(e))
     if not found:
         skipped = f" (passed over: {'; '.join(passed_over)})" if passed_over else ""
-        raw = [d for d in [root, *subdirs] if raw_tokens_in(d)]  # nanoGPT's data/<name>/train.bin, val.bin
-        if raw:
-            also = f" (also {', '.join(map(str, raw[1:]))})" if raw[1:] else ""
-            hint += f"; {raw[0]}{also}:{raw_tokens_in(raw[0])[1:]}"
+        unnamed = [d for d in [root, *subdirs] if split_files_in(d)]  # nanoGPT's data/<name>/train.bin, val.bin
+        if unnamed:
+            also = f" (also {', '.join(map(str, unnamed[1:]))})" if unnamed[1:] else ""
+            hint += f"; {unnamed[0]}{also}:{split_files_in(unnamed[0])[1:]}"
         raise UserError(f"no dataset (meta.json or <name>_train[_<index>].bin or .npy shards) under {root}/{skipped}: "
                         f"{hint}")
     if len(found) > 1:

@@ -30,7 +30,7 @@ import numpy as np
 from loader.errors import LoaderError
 from prep.meta import META_NAME, meta_splits, read_meta
 from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, not_a_shard,
-                         open_shard, parse_shard_name, raw_tokens_hint, raw_tokens_in, read_header)
+                         open_shard, parse_shard_name, raw_tokens_hint, read_header, split_files_in)
 
 _GLOB_CHARS = "*?["
 
@@ -116,10 +116,10 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
         except ShardError as e:
             raise LoaderError(str(e)) from None
         if not paths and not allow_empty:
-            raw = raw_tokens_in(directory)
+            unnamed = split_files_in(directory)
             raise LoaderError(
                 f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy)" +
-                (raw or f"; for other names pass a glob such as '{directory}/*{split}*.bin'")
+                (unnamed or f"; for other names pass a glob such as '{directory}/*{split}*.bin'")
             )
         return paths
     try:

@@ -22,7 +22,7 @@ from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, open_shard,
-                         raw_tokens_in, read_header, shard_file_bytes, token_out_of_range)
+                         read_header, shard_file_bytes, split_files_in, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -143,7 +143,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
             info.splits[split] = SplitInfo(len(paths), tokens)
     if info.shards == 0:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy)"
-                        f"{raw_tokens_in(directory)}")
+                        f"{split_files_in(directory)}")
     if B is not None and T is not None:
         for split_info in info.splits.values():
             split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
@@ -322,7 +322,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         expected.clear()
     if not on_disk and not expected and not report.problems:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy) "
-                        f"and no {META_NAME}{raw_tokens_in(directory)}")
+                        f"and no {META_NAME}{split_files_in(directory)}")
     todo = dict(on_disk)
     for name in expected:
         if name in todo:

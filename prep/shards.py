@@ -183,10 +183,15 @@ def raw_tokens_hint(directory: str | os.PathLike) -> str:
     """What to do with nanoGPT's headerless train.bin / val.bin in `directory`: with the header
     alone they are still not found there, so the hint gives them shard names after the folder
     (data/shakespeare: shakespeare_train.bin), where it stopped at the header."""
-    name = Path(os.path.abspath(directory)).name or "<name>"
+    name = _folder_name(directory)
     return ("headerless uint16 tokens (nanoGPT's prepare.py writes train.bin and val.bin so) are not read as they "
             f"are: tokenize the text with `prep tokenize`, or prepend the {HEADER_BYTES}-byte header (int32 {MAGIC}, "
             f"{VERSION}, the token count, then zeros) and name them {name}_train.bin and {name}_val.bin")
+
+
+def _folder_name(directory: str | os.PathLike) -> str:
+    """The dataset name a hint gives the files in `directory`: the folder's own name."""
+    return Path(os.path.abspath(directory)).name or "<name>"
 
 
 def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
@@ -200,13 +205,31 @@ def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
     return path.suffix == ".bin" and size > 0 and size % 2 == 0 and not_a_shard(path) is not None
 
 
-def raw_tokens_in(directory: str | os.PathLike) -> str:
-    """"; train.bin, val.bin look like raw tokens: <raw_tokens_hint>" when `directory` holds nanoGPT's headerless
-    train.bin / val.bin, else "": what a "no shards here" error adds."""
-    found = [f"{split}.bin" for split in SPLITS if looks_like_raw_tokens(Path(directory) / f"{split}.bin")]
-    if not found:
-        return ""
-    return f"; {' and '.join(found)} look{'s' if len(found) == 1 else ''} like raw tokens: {raw_tokens_hint(directory)}"
+def split_files_in(directory: str | os.PathLike) -> str:
+    """What a "no shards here" error adds about a `directory` holding train.bin / val.bin, files
+    with a split's name but no dataset name: nanoGPT's headerless tokens ("; train.bin, val.bin
+    look like raw tokens: <raw_tokens_hint>"), or shards by their headers that only need a name.
+    "" when it holds neither."""
+    directory, said = Path(directory), []
+    raw = [f"{split}.bin" for split in SPLITS if looks_like_raw_tokens(directory / f"{split}.bin")]
+    if raw:
+        said.append(f"{' and '.join(raw)} look{'s' if len(raw) == 1 else ''} like raw tokens: "
+                    f"{raw_tokens_hint(directory)}")
+    headed = [f"{split}.bin" for split in SPLITS if _reads_as_shard(directory / f"{split}.bin")]
+    if headed:
+        one = len(headed) == 1
+        said.append(f"{' and '.join(headed)} {'is a shard' if one else 'are shards'} by {'its' if one else 'their'} "
+                    f"header{'' if one else 's'}, but a shard's name starts with a dataset name: name "
+                    f"{'it' if one else 'them'} {' and '.join(f'{_folder_name(directory)}_{name}' for name in headed)}")
+    return "".join(f"; {part}" for part in said)
+
+
+def _reads_as_shard(path: Path) -> bool:
+    try:
+        read_header(path)
+    except ShardError:
+        return False
+    return True
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:

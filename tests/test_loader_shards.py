@@ -496,6 +496,26 @@ def test_nanogpt_train_bin_hint_names_the_files_so_that_following_it_loads_both_
             np.testing.assert_array_equal(loader.next_window().numpy(), tokens(n, seed)[:9])
 
 
+def test_headered_train_bin_without_a_dataset_name_is_named_so_that_following_it_loads(tmp_path):
+    """train.bin and val.bin with our header (the raw hint's first half followed, a converter's
+    output) were "no train shards ... pass a glob": the hint now names them after their folder."""
+    directory = tmp_path / "shakespeare"
+    directory.mkdir()
+    write_shard(directory / "train.bin", tokens(3000, 0))
+    write_shard(directory / "val.bin", tokens(500, 1))
+    with pytest.raises(LoaderError) as e:
+        TokenLoader(directory, B=1, T=8)
+    assert str(e.value) == (f"{directory}: no train shards (files named <name>_train[_<index:06d>].bin, or .npy); "
+                            "train.bin and val.bin are shards by their headers, but a shard's name starts with a "
+                            "dataset name: name them shakespeare_train.bin and shakespeare_val.bin")
+    (directory / "val.bin").unlink()
+    with pytest.raises(LoaderError, match="train.bin is a shard by its header, .* name it shakespeare_train.bin$"):
+        TokenLoader(directory, B=1, T=8)
+    (directory / "train.bin").rename(directory / "shakespeare_train.bin")  # as it says
+    with TokenLoader(directory, B=1, T=8, prefetch=0) as loader:
+        np.testing.assert_array_equal(loader.next_window().numpy(), tokens(3000, 0)[:9])
+
+
 def test_llmc_llama3_shards_are_named_as_a_file_a_glob_or_their_directory(tmp_path):
     """llm.c's Llama 3 shards (uint32 tokens after its header, magic 20240801) were "bad magic
     20240801" in their directory and, under another name, "raw tokens" to prepend our header to."""

@@ -231,6 +231,8 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     # without --B and --T there are no steps per epoch: --world alone was ignored, with status 0
     "nanogpt": (lambda t: (t / "ng").mkdir() or tokens(100).tofile(t / "ng" / "train.bin") or t / "ng", [],
                 ["no shards found", "train.bin looks like raw tokens", "nanoGPT's prepare.py"]),
+    "unnamed": (lambda t: (t / "u").mkdir() or write_shard(t / "u" / "train.bin", tokens(10)) and t / "u", [],
+                ["no shards found", "train.bin is a shard by its header", "name it u_train.bin"]),
     "world_only": (lambda t: make_dataset(t / "w", {"train": [tokens(10)]}), ["--world", "8"],
                    ["--world", "--B and --T"]),
 }
