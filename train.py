@@ -1740,7 +1740,7 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: b
 
 
 def open_log(path: Path, key: str, keep_through: int | None,
-             note: Callable[[str], object] = lambda text: click.echo(f"note: {text}")):
+             note: Callable[[str], object] = lambda text: _echo(f"note: {text}")):
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied
     for a fresh run; on resume, only the lines with key <= keep_through, what the checkpoint
     covers, are kept (a torn last line from a killed run is dropped). Lines of no such record
@@ -2294,7 +2294,7 @@ def _batches(n: int, world: int = 1) -> str:
 def print_facts(s: Session) -> None:
     """What this run is, before it starts: data, epoch length, model, device, batch."""
     cfg, rt, mc = s.cfg, s.rt, s.model_config
-    say = click.echo if rt.master else (lambda *_: None)
+    say = _echo if rt.master else (lambda *_: None)
     E = s.train_loader.steps_per_epoch
     say(f"data: {s.data}: {s.train_loader.num_tokens:,} tokens in the train split")
     accum = s.parts.accum_steps
@@ -2543,9 +2543,51 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- output whose reader went away
+
+_closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away
+_on_output_closed: list[Callable[[], None]] = []  # the training loop's StopRequest, while it runs
+
+
+def _output_closed(fd: int) -> None:
+    """Standard output (1) or error (2) is a pipe whose reader went away: `train.py | tee log`
+    stopped with its process group (a Ctrl-C, a scheduler's SIGTERM: tee ends at once, the run
+    only after its step), or `| head`. The write that found it raised BrokenPipeError from the
+    step's logging, before the checkpoint: the stop it was finishing was lost, with exit 1 and
+    no word. The descriptor now points at /dev/null (later writes and the interpreter's last
+    flush go nowhere, quietly) and the training loop stops as on a signal, checkpointing its step."""
+    if fd in _closed_outputs:
+        return
+    _closed_outputs.add(fd)
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    for callback in _on_output_closed:
+        callback()
+
+
+def _echo(message: str, err: bool = False) -> None:
+    """click.echo, where a pipe whose reader went away is _output_closed, not an error: a line
+    for standard output goes to standard error then, while that is open."""
+    for fd in (2,) if err else (1, 2):
+        if fd in _closed_outputs:
+            continue
+        try:
+            click.echo(message, err=fd == 2)
+            return
+        except BrokenPipeError:
+            _output_closed(fd)
+
+
+OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
+OUTPUT_CLOSED_STATUS = 128 + 13  # the exit status of such a stop: the shell's for a writer SIGPIPE ended
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM: finish the step under way, checkpoint it, and stop, instead
-    of losing every step since the last --ckpt-every.
+    of losing every step since the last --ckpt-every. Output whose reader went away stops the
+    run the same way (output_closed).
 
     A signal ignored by whoever started the process stays ignored (a script's `cmd &` ignores
     SIGINT: a Ctrl-C at its terminal is not for its background jobs). torchrun does not pass an
@@ -2587,16 +2629,39 @@ class StopRequest:
                 fresh_line = "\n" if os.isatty(2) else ""
                 os.write(2, f"{fresh_line}{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
 
+    def output_closed(self) -> None:
+        """Standard output or error lost its reader (_output_closed): stop as on a signal, one
+        that no second one follows. A signal that came first keeps its name (`| tee` stopped
+        with the run's process group: the run's own signal, its tee gone)."""
+        if self.signal is not None:
+            return
+        self.signal = OUTPUT_CLOSED
+        if self.announce:
+            when = "within two logging points" if self.persistent else self.when or "after the step under way"
+            with contextlib.suppress(OSError):  # (if it was standard error: /dev/null now)
+                os.write(2, f"{self.name}: stopping {when}\n".encode())
+
+    @property
+    def name(self) -> str:
+        """The stop's cause as its messages say it: SIGINT, SIGTERM, or the output closed."""
+        if self.signal == OUTPUT_CLOSED:
+            return "output closed (its reader went away)"
+        return signal.Signals(self.signal).name
+
     def __enter__(self) -> "StopRequest":
         for signum in self.SIGNALS:
             # the main thread, a signal not ignored (`cmd &` in a script: Ctrl-C is not for this run)
             if may_handle(signum):
                 self._previous[signum] = signal.signal(signum, self._handle)
+        _on_output_closed.append(self.output_closed)
+        if _closed_outputs:  # closed while the run started up: its stop's line says when
+            self.signal = OUTPUT_CLOSED
         return self
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        _on_output_closed.remove(self.output_closed)
 
     @property
     def requested(self) -> bool:
@@ -2618,11 +2683,11 @@ def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bo
 
 def _say_over_bar(message: str) -> None:
     """One line on standard output, clear of the progress bar (as tqdm.write), written by
-    click.echo like every other line: where stdout cannot encode a sample's text (LC_ALL=C
+    _echo like every other line: where stdout cannot encode a sample's text (LC_ALL=C
     without UTF-8 mode, a Windows code page) click writes UTF-8, where tqdm.write raised
     UnicodeEncodeError and ended the run before the checkpoint due at that step."""
     with Bar.external_write_mode():
-        click.echo(message)
+        _echo(message)
 
 
 def train_loop(s: Session) -> dict:
@@ -2650,7 +2715,7 @@ def train_loop(s: Session) -> dict:
             # (each rank its own log: a note of rank r's says so)
             log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None,
-                                               lambda text: click.echo(f"note: rank {rt.rank}: {text}"
+                                               lambda text: _echo(f"note: rank {rt.rank}: {text}"
                                                                        if rt.ddp else f"note: {text}")))
             feed = window_logger(waits, log, loader)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
@@ -2676,7 +2741,7 @@ def train_loop(s: Session) -> dict:
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
                 metrics.write(json.dumps(_finite(record)) + "\n")
             if stop.requested and not rt.ddp:  # a signal during it: no step to finish or save
-                say(f"{signal.Signals(stop.signal).name}: stopped before step 1; nothing trained, "
+                say(f"{stop.name}: stopped before step 1; nothing trained, "
                     "no checkpoint written")
                 stopped = True
         elif s.start_step == cfg.steps and has_val:
@@ -2884,7 +2949,7 @@ def train_loop(s: Session) -> dict:
             if stopping:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
-                name = signal.Signals(stop.signal).name if stop.requested else "another rank's signal"
+                name = stop.name if stop.requested else "another rank's signal"
                 more = "; continue with --resume auto" if step < cfg.steps else ""  # (after the last: nothing to)
                 saved = (f"checkpoint {ckpt_path(out, step)} written{more}"
                          if do_ckpt else "no checkpoint (--ckpt-every 0, no --ckpt-minutes)")
@@ -2894,6 +2959,7 @@ def train_loop(s: Session) -> dict:
     summary = summarize(s, history, record, time.perf_counter() - started,
                         interrupted=stopped or (stop.requested and not rt.ddp),  # ranks exit alike
                         skipped_steps=skipped if scaled else None)
+    summary["output_closed"] = stop.signal == OUTPUT_CLOSED
     return summary
 
 
@@ -2924,21 +2990,21 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             if not interrupted:
                 val = (f"; val loss {summary['val_loss']:.4f} ({_batches(s.val_batches, rt.world)})"
                        if summary["val_loss"] is not None else "")
-                click.echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
+                _echo(f"done: already at step {s.start_step} of --steps {cfg.steps}, nothing to train{val}")
             return summary
         mfu_text = f"{100 * run_mfu:.1f}%" if run_mfu is not None else "n/a (unknown device peak)"
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
         plural = "s" if len(timed) != 1 else ""
         over = (f"{len(timed)} steady step{plural}" if steady_steps else
                 f"{len(timed)} warm-up step{plural} (no steady step: a run's first {WARMUP_SKIP} are warm-up)")
-        click.echo(
+        _echo(
             f"done: steps {summary['first_step']}-{summary['last_step']} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
         )
         if skipped_steps is not None:  # (a sync: the scale's .item())
-            click.echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
+            _echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
                        f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
     return summary
 
@@ -3019,25 +3085,25 @@ def bench_loop(s: Session) -> dict:
     }
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        click.echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps "
+        _echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps "
                    f"and {max(first, 1)} untimed per feed, {s.tokens_per_step:,} tokens/step")
-        click.echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
+        _echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
                    f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
                    f"of step time")
-        click.echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
+        _echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
                    f"MFU {pct(result['synthetic_mfu'])}")
         # how far one feed's two timing windows disagree: a cost within that is noise
         gaps = [abs(a - b) / ((a + b) / 2) for a, b in (w for w in result["window_ms_per_step"].values()
                                                          if len(w) == 2)]
         noise = f"; timing noise here: {pct(max(gaps))}, one feed's two windows apart" if gaps else ""
         below = " (below 0: noise, the real loader is not faster)" if result["data_wait_fraction"] < 0 else ""
-        click.echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
+        _echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
                    f"(1 - real/fixed tokens/s{noise}){below}")
         if result["graph_breaks"] or result["cudagraph_skips"]:
-            click.echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
+            _echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
                        f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
                        f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
-        click.echo("BENCH " + json.dumps(result))
+        _echo("BENCH " + json.dumps(result))
     return result
 
 
@@ -3184,12 +3250,14 @@ def main(compile_: bool | None, **options) -> None:
                     else "; no checkpoint was written")
         name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
         if getattr(e, "starting", False):  # train() marks a stop in its start-up
-            click.echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
+            _echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
         else:
-            click.echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{then}", err=True)
+            _echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{then}", err=True)
         sys.exit(130)
     if summary.get("interrupted"):
-        sys.exit(130)  # the shell's status for a run stopped by Ctrl-C
+        # the shell's status for a run stopped by Ctrl-C; for one whose output's reader went
+        # away, the shell's for a writer ended by SIGPIPE
+        sys.exit(OUTPUT_CLOSED_STATUS if summary.get("output_closed") else 130)
 
 
 if __name__ == "__main__":

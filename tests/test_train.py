@@ -2079,6 +2079,53 @@ def test_a_ctrl_c_ignored_by_whoever_started_the_run_stays_ignored(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", ["stdout", "stdout-and-stderr", "sigterm-first"])
+def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_path, case):
+    """`train.py | tee log` stopped with its process group (a Ctrl-C, a scheduler's SIGTERM)
+    loses tee at once, and `| head` its reader too: the run's next line found the pipe closed and
+    raised BrokenPipeError out of the step's evaluation, before its checkpoint. It exited 1 with
+    no word, every step since the last checkpoint lost. It now stops as on a signal: the step
+    checkpointed, status 141 (a writer ended by SIGPIPE), and the line saying so on stderr; where
+    a signal came first, the stop is the signal's (130)."""
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6), random_tokens(200, 7))  # a line each step
+    out = tmp_path / "out"
+    args = _cli_args(data, out, 400, "--ckpt-every", "1000", "--eval-every", "1", "--eval-steps", "1",
+                     "--log-every", "1")
+    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT if case == "stdout-and-stderr" else subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended first"
+            time.sleep(0.01)
+        if case == "sigterm-first":
+            proc.send_signal(signal.SIGTERM)
+        proc.stdout.close()  # the reader goes away
+        stderr = "" if case == "stdout-and-stderr" else proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    status, name = ((130, "SIGTERM") if case == "sigterm-first" else
+                    (train.OUTPUT_CLOSED_STATUS, "output closed (its reader went away)"))
+    assert proc.returncode == status and train.OUTPUT_CLOSED_STATUS == 141, stderr
+    (stopped_at, _), = train.list_checkpoints(out)
+    assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 1))  # the last one checkpointed
+    if case != "stdout-and-stderr":
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+        lines = stderr.splitlines()  # (standard output's lines come here once it is closed)
+        said = [i for i, line in enumerate(lines) if line.startswith(f"{name}: stopping after the step under way")]
+        assert len(said) == 1 and "output closed" not in stderr.replace(name, ""), stderr
+        stopped = (f"{name}: stopped after step {stopped_at} of 400; checkpoint {train.ckpt_path(out, stopped_at)} "
+                   "written; continue with --resume auto")
+        assert stopped in lines[said[0]:] and lines[-1].startswith(f"done: steps 1-{stopped_at} "), stderr
+    resumed = subprocess.run(_cli_args(data, out, stopped_at + 2, "--resume", "auto", "--eval-every", "1",
+                                       "--eval-steps", "1"),
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 3))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, signum):
     data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
