@@ -2545,17 +2545,21 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
 
 # ----------------------------------------------------------------------------- output whose reader went away
 
+READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
+OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
+OUTPUT_CLOSED_STATUS = 128 + 13  # the exit status of such a stop: the shell's for a writer SIGPIPE ended
 _closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away
 _on_output_closed: list[Callable[[], None]] = []  # the training loop's StopRequest, while it runs
 
 
 def _output_closed(fd: int) -> None:
-    """Standard output (1) or error (2) is a pipe whose reader went away: `train.py | tee log`
-    stopped with its process group (a Ctrl-C, a scheduler's SIGTERM: tee ends at once, the run
-    only after its step), or `| head`. The write that found it raised BrokenPipeError from the
-    step's logging, before the checkpoint: the stop it was finishing was lost, with exit 1 and
-    no word. The descriptor now points at /dev/null (later writes and the interpreter's last
-    flush go nowhere, quietly) and the training loop stops as on a signal, checkpointing its step."""
+    """Standard output (1) or error (2) is a pipe whose reader went away (EPIPE): `train.py | tee
+    log` stopped with its process group (a Ctrl-C, a scheduler's SIGTERM: tee ends at once, the
+    run only after its step), or `| head`; or a terminal that hung up (EIO: the ssh session
+    dropped, its SIGHUP being handled). The write that found it raised from the step's logging,
+    before the checkpoint: the stop it was finishing was lost, with exit 1 and no word. The
+    descriptor now points at /dev/null (later writes and the interpreter's last flush go
+    nowhere, quietly) and the training loop stops as on a signal, checkpointing its step."""
     if fd in _closed_outputs:
         return
     _closed_outputs.add(fd)
@@ -2576,12 +2580,10 @@ def _echo(message: str, err: bool = False) -> None:
         try:
             click.echo(message, err=fd == 2)
             return
-        except BrokenPipeError:
+        except OSError as e:
+            if e.errno not in READER_GONE:
+                raise
             _output_closed(fd)
-
-
-OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
-OUTPUT_CLOSED_STATUS = 128 + 13  # the exit status of such a stop: the shell's for a writer SIGPIPE ended
 
 
 class StopRequest:
@@ -2603,7 +2605,9 @@ class StopRequest:
     multiples of --log-every.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # SIGHUP: the terminal the run writes to went away (an ssh session dropped); its default ends
+    # the run at once. `nohup` ignores it, and an ignored signal stays ignored (below).
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
 
     def __init__(self, persistent: bool = False, announce: bool = False) -> None:
         self.signal: int | None = None

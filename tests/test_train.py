@@ -4,6 +4,7 @@ bad input, and the README's demo command on tiny Shakespeare."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -2123,6 +2125,39 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 3))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP") or sys.platform == "win32", reason="needs SIGHUP and a pty")
+def test_a_terminal_that_hangs_up_stops_the_run_with_its_checkpoint(tmp_path):
+    """An ssh session that drops sends SIGHUP, whose default ended the run at once: every step
+    since the last checkpoint lost. It now stops as on SIGTERM, and the hung-up terminal's EIO on
+    the next line is taken as output whose reader went away (the run's lines go nowhere)."""
+    import pty
+
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6), random_tokens(200, 7))  # a line each step
+    out = tmp_path / "out"
+    terminal, run_side = pty.openpty()
+    proc = subprocess.Popen(_cli_args(data, out, 400, "--ckpt-every", "1000", "--eval-every", "1", "--eval-steps", "1"),
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdin=subprocess.DEVNULL,
+                            stdout=run_side, stderr=run_side, start_new_session=True)
+    os.close(run_side)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended first"
+            with contextlib.suppress(OSError):  # drain it: a full terminal would block the run
+                while select.select([terminal], [], [], 0)[0]:
+                    os.read(terminal, 65536)
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        os.close(terminal)  # the terminal goes: the run's writes now fail with EIO
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    (stopped_at, _), = train.list_checkpoints(out)
+    assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 1))
 
 
 @pytest.mark.slow
