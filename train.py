@@ -449,7 +449,8 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing
     if not logs_set_aside:
         theirs += [METRICS_NAME] if trained_steps_logged(metrics) else []
-        # --log-windows logs of an earlier run: a fresh run's would empty them
+        # --log-windows logs of an earlier run: a fresh run's would empty them, and one without
+        # --log-windows leave them beside its own checkpoints, for loader.audit to take as its own
         theirs += [p.name for p in logs if _nonempty_file(p)]
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
@@ -2116,9 +2117,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             resume_path, set_aside = resolve_resume(cfg, notes)
             if rt.master:
                 check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside)
-            elif cfg.log_windows and resume_path is None and not set_aside:
+            elif resume_path is None and not set_aside:
                 # a node whose --out is its own: rank 0's check never sees this rank's log, which
-                # a fresh run would empty
+                # a fresh run would empty, or leave beside it (without --log-windows) as its own
                 own = window_log(out, rt.rank)
                 if _nonempty_file(own):
                     remedy = ("continue it with --resume auto" if list_checkpoints(out) and cfg.init_from is None

@@ -369,9 +369,12 @@ def test_resume_auto_with_no_checkpoint_keeps_the_window_log_of_a_node_that_does
 
 
 @pytest.mark.slow
-def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_does_not_share_out(tmp_path):
+@pytest.mark.parametrize("again_args", [("--log-windows",), ()], ids=["log-windows", "no-log-windows"])
+def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_does_not_share_out(tmp_path,
+                                                                                               again_args):
     """Rank 0 refuses an --out holding an earlier run's logs; rank 1 on a node of its own, whose
-    log rank 0 cannot see, emptied its earlier --log-windows log without a word."""
+    log rank 0 cannot see, emptied its earlier --log-windows log without a word, and without
+    --log-windows left it beside the new run as if it were the new run's."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "n1").mkdir()
     first = two_nodes(tmp_path, data, ("n0", "n1"), "--log-windows", "--ckpt-every", "0")
@@ -379,7 +382,7 @@ def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_doe
     log = tmp_path / "n1" / "windows_rank1.jsonl"
     before = log.read_text()
     assert before
-    again = two_nodes(tmp_path, data, ("m0", "n1"), "--log-windows", "--ckpt-every", "0")
+    again = two_nodes(tmp_path, data, ("m0", "n1"), *again_args, "--ckpt-every", "0")
     (_, _, stderr0), (_, _, stderr1) = again
     assert all(returncode != 0 for returncode, _, _ in again), again
     assert ("Error: rank 1 of 2: --out n1 holds an earlier run's windows_rank1.jsonl: move n1/windows_rank1.jsonl "
