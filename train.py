@@ -1,9 +1,9 @@
 """Train GPT-2 on token shards, fast, and say how fast: `python train.py --B 4 --T 32`.
 
 shards -> loader (memmap, pinned uint16 windows, prefetch thread) -> GPU -> compiled GPT-2.
-One `train_step` function does the work; `--bench` times that very function, once fed by the
-real loader and once by a batch already on the device, so the data path's cost is measured,
-not guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP);
+One `train_step` function does the work; `--bench` times that very function, fed by the real
+loader and by a batch already on the device in turn, so the data path's cost is measured, not
+guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP);
 `--cuda-graph` captures it, on one GPU, as one CUDA graph (StepGraph).
 
 Sections: configuration; set-up (dataset, device, runtime); the step; evaluation and
@@ -20,9 +20,9 @@ metrics.jsonl keeps only the lines up to the checkpoint's step, so the steps a k
 logged after it are not counted twice.
 
 metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
-val_loss when validation is on, the other values null): step, tokens (trained on through
-that step, all ranks), epoch (passes over the train split so far), loss (mean over ranks),
-val_loss (null unless evaluated at that step), lr, grad_norm (before clipping; null for an fp16
+val_loss when validation is on, tokens and epoch 0, and null for the rest): step, tokens
+(trained on through that step, all ranks), epoch (passes over the train split so far), loss
+(mean over ranks), val_loss (null unless evaluated at that step), lr, grad_norm (before clipping; null for an fp16
 step whose gradients overflowed, which was skipped), dt_ms, tokens_per_s, mfu (null
 where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch, under
 torchrun the longest of the ranks'; on CUDA, once the host runs ahead of the GPU, that
@@ -113,8 +113,8 @@ SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a y
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
 WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank (window_log; the audit's LOG_PATTERN)
-# a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has None for
-# the rest)
+# a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has tokens and
+# epoch 0 and None for the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
                   "data_wait_ms")
 CKPT_FORMAT = 1
@@ -134,7 +134,7 @@ class TrainConfig:
     (data, total_batch_size, min_lr).
     """
 
-    data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin), a glob, or a shard
+    data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin or .npy), a glob, or a shard
     val_data: str | None = None  # val shards elsewhere (a glob or file, or a directory's val split)
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
@@ -204,7 +204,7 @@ class TrainConfig:
         if not 0 <= self.ckpt_minutes < math.inf:
             raise ValueError(f"--ckpt-minutes must be a number >= 0 (0: off), got {self.ckpt_minutes}")
         if math.isnan(self.grad_clip):
-            raise ValueError("--grad-clip must be a number >= 0 (inf: no clipping), got nan")
+            raise ValueError("--grad-clip must be a number >= 0 (0: no clipping), got nan")
         if self.seed > SEED_MAX:  # numpy's legacy seeding takes 32 bits
             raise ValueError(f"--seed must be <= {SEED_MAX}, got {self.seed}")
         if self.bench and self.resume is not None:
@@ -1343,10 +1343,10 @@ def _zip_damage(path: Path) -> str | None:
     return None
 
 
-def load_checkpoint(path: Path, flag: str = "--resume") -> dict:
+def load_checkpoint(path: Path) -> dict:
     """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
-    missing, truncated, garbage, or not one of ours (the message starts with `flag` and the path)."""
-    return check_checkpoint(_read_torch_file(path, flag), path, flag)
+    missing, truncated, garbage, or not one of ours (the message starts with --resume and the path)."""
+    return check_checkpoint(_read_torch_file(path, "--resume"), path, "--resume")
 
 
 def check_checkpoint(ckpt: object, path: Path, flag: str) -> dict:
@@ -2142,7 +2142,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
                              f"log, so `python -m loader.audit` will find its batches missing")
-            if (not cfg.log_windows and not cfg.bench and ckpt["step"] < cfg.steps
+            if (not cfg.log_windows and ckpt["step"] < cfg.steps  # (--bench resumes nothing)
                     and _nonempty_file(window_log(Path(cfg.out), 0))):
                 notes.append(f"no --log-windows: the run before kept window logs in {cfg.out}, and steps "
                              f"{ckpt['step'] + 1}-{cfg.steps} will not be in them, so `python -m loader.audit` will "
@@ -2323,7 +2323,7 @@ def print_facts(s: Session) -> None:
         say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: {warm_up}{after}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
-    elif cfg.init_from is not None and not cfg.bench:
+    elif cfg.init_from is not None:  # (not with --bench: refused)
         say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
@@ -2721,7 +2721,7 @@ def train_loop(s: Session) -> dict:
             log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None,
                                                lambda text: _echo(f"note: rank {rt.rank}: {text}"
-                                                                       if rt.ddp else f"note: {text}")))
+                                                                  if rt.ddp else f"note: {text}")))
             feed = window_logger(waits, log, loader)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(Bar(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
@@ -3010,7 +3010,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         )
         if skipped_steps is not None:  # (a sync: the scale's .item())
             _echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
-                       f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
+                  f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
     return summary
 
 
@@ -3090,24 +3090,25 @@ def bench_loop(s: Session) -> dict:
     }
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        _echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up steps "
-                   f"and {max(first, 1)} untimed per feed, {s.tokens_per_step:,} tokens/step")
+        _echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up "
+              f"step{'s' if cfg.bench_warmup != 1 else ''} and {max(first, 1)} untimed per feed, "
+              f"{s.tokens_per_step:,} tokens/step")
         _echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
-                   f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
-                   f"of step time")
+              f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
+              f"of step time")
         _echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
-                   f"MFU {pct(result['synthetic_mfu'])}")
+              f"MFU {pct(result['synthetic_mfu'])}")
         # how far one feed's two timing windows disagree: a cost within that is noise
         gaps = [abs(a - b) / ((a + b) / 2) for a, b in (w for w in result["window_ms_per_step"].values()
                                                          if len(w) == 2)]
         noise = f"; timing noise here: {pct(max(gaps))}, one feed's two windows apart" if gaps else ""
         below = " (below 0: noise, the real loader is not faster)" if result["data_wait_fraction"] < 0 else ""
         _echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
-                   f"(1 - real/fixed tokens/s{noise}){below}")
+              f"(1 - real/fixed tokens/s{noise}){below}")
         if result["graph_breaks"] or result["cudagraph_skips"]:
             _echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
-                       f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
-                       f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
+                  f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
+                  f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
         _echo("BENCH " + json.dumps(result))
     return result
 
