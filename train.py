@@ -86,7 +86,7 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130)
     from loader.loader import dataset_digest
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred
+    from prep.atomic import atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred, temp_path
     from prep.epoch import steps_per_epoch
     from prep.measure import physical_memory
     from prep.meta import META_NAME, check_tokenizer, read_meta
@@ -2706,7 +2706,9 @@ def train_loop(s: Session) -> dict:
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
         if rt.master:
-            for stale in out.glob(".ckpt_*.pt.tmp"):  # left by a run killed while saving
+            # atomic_write's temporaries, left by a run killed while it saved a checkpoint (the logs'
+            # are replaced by the next atomic_write of the same file: open_log's, below)
+            for stale in out.glob(temp_path(out / "ckpt_*.pt").name):
                 stale.unlink(missing_ok=True)
             metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
                                                    s.start_step if s.resumed_from else None))
