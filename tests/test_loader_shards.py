@@ -22,6 +22,7 @@ import pytest
 from _data import INT_DIGITS_LIMIT, without_read_permission, without_search_permission
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
+from loader.stream import TokenStream
 from prep.shards import ShardError, shard_name, write_shard
 
 
@@ -603,6 +604,39 @@ def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_p
             loader.next_window()  # [300, 401): crosses into the second shard
     with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch) as loader:  # no vocab_size: no check
         assert [int(loader.next_window().numpy().max()) for _ in range(4)][3] == 65535
+
+
+def test_a_stream_position_is_located_in_its_shard_at_every_boundary_and_reads_past_the_end_are_refused(tmp_path):
+    """locate() names the shard and index of the loader's out-of-vocabulary error and the audit's
+    "data differ" lines, whose windows often start at a shard's first token: there it must name
+    that shard at index 0, not the one before it one past its end."""
+    counts = (300, 1, 400)
+    paths = [tmp_path / shard_name("x", "train", i) for i in range(len(counts))]
+    for path, n in zip(paths, counts):
+        llmc_shard(path, tokens(n, n))
+    stream = TokenStream(paths)
+    located = [stream.locate(position) for position in range(sum(counts))]
+    assert located == [(path, i) for path, n in zip(paths, counts) for i in range(n)]
+    out = np.empty(11, dtype=np.uint16)
+    stream.read_into(sum(counts) - 11, out)  # the last 11 tokens: fine
+    np.testing.assert_array_equal(out, tokens(400, 400)[-11:])
+    for start in (sum(counts) - 10, -1):
+        with pytest.raises(IndexError, match=rf"window \[{start}, {start + 11}\) is outside the stream's 701 tokens"):
+            stream.read_into(start, out)
+    stream.close()
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_token_outside_the_vocabulary_at_a_shards_first_index_names_that_shard(tmp_path, prefetch):
+    first, second = tokens(300, 1), tokens(400, 2)
+    second[0] = 65535
+    llmc_shard(tmp_path / "x_train_000000.bin", first)
+    llmc_shard(tmp_path / "x_train_000001.bin", second)
+    with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch, vocab_size=50257) as loader:
+        for _ in range(2):  # up to [100, 201): fine
+            loader.next_window()
+        with pytest.raises(TokenRangeError, match=r"x_train_000001.bin: token 65535 at index 0 is not below"):
+            loader.next_window()  # [200, 301): its last target is the second shard's first token
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
