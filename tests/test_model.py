@@ -466,6 +466,30 @@ def test_generation_beyond_block_size():
     assert int(out.max()) < VOCAB
 
 
+def test_generation_beyond_block_size_sees_the_last_block_size_tokens(monkeypatch):
+    """Past block_size, each token is predicted from the last block_size tokens, all the model
+    can see (one token less changes the text, if not always its argmax)."""
+    model = tiny_model().eval()
+    block, seen = model.config.block_size, []
+    hidden = model._hidden
+    monkeypatch.setattr(model, "_hidden", lambda context: seen.append(context.clone()) or hidden(context))
+    out = model.generate(random_tokens((2, block - 2), seed=21), 8, temperature=0.0)
+    assert len(seen) == 8
+    for end, context in zip(range(block - 2, block + 6), list(seen)):  # the token at `end`: from the window before it
+        assert torch.equal(context, out[:, max(0, end - block):end]), end
+        with torch.no_grad():
+            assert torch.equal(out[:, end], model(context)[0][:, -1].argmax(dim=-1))
+
+
+def test_top_k_one_less_than_the_vocabulary_never_draws_the_least_likely_token():
+    model = tiny_model(vocab_size=3).eval()
+    out = model.generate(torch.zeros((64, 1), dtype=torch.long), 1, temperature=1e6, top_k=2,
+                         generator=torch.Generator().manual_seed(0))  # near uniform over the 2 kept
+    with torch.no_grad():
+        least = model(out[:, :1])[0][:, -1].argmin(dim=-1)
+    assert not (out[:, 1] == least).any() and len(set(out[:, 1].tolist())) == 2
+
+
 def test_generation_never_yields_padded_ids():
     # Rig the model so the padded ids would win every time if they could be predicted: the
     # final LayerNorm outputs all ones, and the padded embedding rows are large and positive.
@@ -500,8 +524,9 @@ def test_generation_restores_mode_and_validates():
     model.generate(random_tokens((1, 2), seed=17), 2)
     assert model.training
     prompt = random_tokens((1, 2), seed=17)
-    with pytest.raises(ValueError, match="temperature"):
-        model.generate(prompt, 2, temperature=-1.0)
+    for temperature in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            model.generate(prompt, 2, temperature=temperature)
     with pytest.raises(ValueError, match="top_k"):
         model.generate(prompt, 2, top_k=0)
     for count in (-1, 2.5, "2", True):
