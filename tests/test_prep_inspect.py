@@ -135,16 +135,18 @@ def test_info_warns_about_missing_listed_shard(dataset):
     assert result.exit_code == 0 and "missing" in result.stderr and "prep verify" in result.stderr
 
 
-def test_info_warns_about_a_shard_cut_short(dataset):
-    """A half-copied dataset: info read meta.json's figures and said nothing (verify finds it)."""
+@pytest.mark.parametrize("size", [5000, 7026])
+def test_info_warns_about_a_shard_cut_short_or_grown(dataset, size):
+    """A half-copied dataset, or a shard appended to: info read meta.json's figures and said
+    nothing (verify finds it)."""
     assert run(info_command, dataset).stderr == ""
     shard = dataset / "ds_train_000001.bin"
     with open(shard, "r+b") as f:
-        f.truncate(5000)
+        f.truncate(size)  # (past the end: zeros appended)
     result = run(info_command, dataset)
     assert result.exit_code == 0
     assert result.stderr == (f"warning: 1 shard(s) are not the size meta.json gives them (cut short or changed), "
-                             f"e.g. {shard}: 5,000 bytes, 7,024 expected; run `prep verify {dataset}`\n")
+                             f"e.g. {shard}: {size:,} bytes, 7,024 expected; run `prep verify {dataset}`\n")
 
 
 def test_info_warns_about_a_shard_header_changed_where_the_size_is_right(dataset):
@@ -432,6 +434,17 @@ def test_verify_counts_each_splits_documents_in_its_shards(dataset):
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
     assert bad == [f"BAD {dataset / META_NAME}: train documents 5 != the 2 EOT tokens in its shards "
                    f"(one before each document)"], result.output
+
+
+def test_verify_counts_no_documents_by_gpt2s_eot_where_meta_json_names_another(dataset):
+    """The eot is the problem said; documents counted by GPT-2's EOT would be a second one, about
+    a count made by another token."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["eot"], meta["splits"]["train"]["documents"], meta["totals"]["documents"] = 0, 5, 6
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {dataset / META_NAME}: eot is 0, not GPT-2's 50256"], result.output
 
 
 def test_verify_counts_no_documents_of_a_split_with_a_shard_it_could_not_read(dataset):
