@@ -526,6 +526,9 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
         offset += len(raw)
         if line_no == 1 and line.startswith(BOM):  # it marks the file, not the record
             line = line[1:]
+        elif line.startswith(BOM):  # json.loads: "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+            raise CorpusError(f"{where}: starts with a byte-order mark (U+FEFF), which only a file's first line "
+                              f"may have (files joined with cat, each with its own?): remove it")
         line = line.rstrip("\r\n")  # so a JSON error's column counts within this line
         # blank line (JSON's own whitespace only: a line of \x0c or U+00A0 is no JSON): no
         # document, but its bytes count as read

@@ -134,6 +134,21 @@ def test_windows_trained_but_not_logged_are_a_problem(tmp_path, data):
     assert "not logged" not in result.output, result.output
 
 
+def test_a_log_one_batch_short_of_its_checkpoint_is_a_problem(tmp_path, data):
+    """Resumed for a single step without --log-windows: one window trained and not logged, and
+    the audit must say so (a check that let one missing batch through passed such a run)."""
+    common = dict(model="tiny", B=B, T=T, steps=3, warmup_steps=2, eval_every=0, quiet=True, device="cpu",
+                  data=str(data), out=str(tmp_path / "run"), log_windows=True, ckpt_every=3)
+    train.train(train.TrainConfig(**common))
+    train.train(train.TrainConfig(**{**common, "steps": 4, "log_windows": False}, resume="auto"))
+    result = run(tmp_path / "run", "--data", data)
+    assert result.exit_code == 1, result.output
+    problems = [line for line in result.output.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and problems[0].startswith(
+        "problem: rank 0: its log ends at batch 2, but the loader of ckpt_000004.pt had read 4 window(s): "
+        "batches 3-") and "were trained and not logged" in problems[0], result.output
+
+
 def test_two_ranks_over_two_epochs_pass(tmp_path, data):
     out = log_ranks(tmp_path / "out", data, world=2, batches=35)
     report = audit(out, str(data))
@@ -309,6 +324,24 @@ def test_damage_is_reported_as_a_problem_with_exit_1(tmp_path, data, damage, wor
         assert "never read" not in result.output.split("audit failed")[0].split("never read in any epoch")[-1]
 
 
+def test_a_dropped_batch_without_data_is_its_three_problems(tmp_path, data):
+    """Without --data, E is the most steps a rank took in epoch 0 (15), not the fewest (rank 0's
+    14 after a dropped line): that added "15 steps where an epoch has 14" and "past" problems
+    for windows that were in their slots."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=20)
+    log = out / "windows_rank0.jsonl"
+    records = lines(log)
+    dropped = records.pop(4)["start"]
+    rewrite(log, records)
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("problem:")] == [
+        "problem: rank 0: batch 5 where 4 was due (batch 4 missing)",
+        "problem: epoch 0: the ranks took different numbers of steps (rank 0: 14, rank 1: 15)",
+        f"problem: epoch 0: targets {dropped + 1:,}-{dropped + B * T:,} never read"], result.output
+    assert result.output.endswith("audit failed: 3 problem(s)\n")
+
+
 def test_an_epoch_with_all_its_steps_is_complete_and_a_window_past_its_slots_fails(tmp_path, data):
     """Exactly one epoch (15 steps x 2 ranks, E known from --data): complete though no later
     epoch follows; one window moved into the never-read tail is past the slots, and the slot
@@ -338,6 +371,21 @@ def test_an_epoch_with_all_its_steps_is_complete_and_a_window_past_its_slots_fai
            "batch 5" in run(out).output
 
 
+def test_a_rank_one_step_short_in_the_last_epoch_is_so_far(tmp_path, data):
+    """Killed while rank 1 wrote its last line (E = 15 from --data): rank 0 logged all 15 steps,
+    rank 1 14 and a torn line. The epoch is over only when every rank has its E steps; taking
+    one rank's failed the run with the ranks "uneven" and rank 1's last slot "never read"."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=15)
+    log = out / "windows_rank1.jsonl"
+    text = log.read_text()
+    log.write_text(text[:text.rindex("\n", 0, -1) + 40])  # the last line cut short
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "note: windows_rank1.jsonl: the last line is incomplete" in result.output
+    assert ("epoch 0: 29 window(s) so far (rank 0: 15, rank 1: 14 of 15 per rank); no target read twice\n"
+            in result.output), result.output
+
+
 def test_a_split_of_a_multiple_of_b_t_tokens_passes_with_its_last_step_unread(tmp_path):
     """1,024 tokens at B*T = 32: E = (N-1) // 32 = 31, not 32 (the last window's +1 target
     would be past the end), and a window one token short of its target is past the split."""
@@ -353,6 +401,20 @@ def test_a_split_of_a_multiple_of_b_t_tokens_passes_with_its_last_step_unread(tm
     rewrite(log, records)
     assert "problem: rank 0 batch 39: a window of 33 tokens at 992 runs past the split's 1,024 tokens" in \
         run(out, "--data", data).output
+
+
+def test_a_split_whose_epochs_end_at_its_last_token_passes_with_nothing_unread(tmp_path):
+    """961 tokens for two ranks at 2x16: N-1 is 15 steps x 64 exactly, so each epoch's last
+    window ends at the split's last token; said to run past the split, it failed a correct run."""
+    data = write_dataset(tmp_path / "d", positional_tokens(15 * 2 * B * T + 1))
+    out = log_ranks(tmp_path / "out", data, world=2, batches=20)
+    starts = [r["start"] for rank in (0, 1) for r in lines(out / f"windows_rank{rank}.jsonl")]
+    assert max(starts) + B * T + 1 == 961  # a window reads the split's last token
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "epoch 0: complete, 15 steps x 2 rank(s): targets 1-960 each read exactly once" in result.output
+    assert "the 40 logged window(s) match the shards' tokens" in result.output
+    assert "never read in any epoch: nothing (less than one step of 2x16 x 2 rank(s))" in result.output
 
 
 def test_other_data_is_a_problem_and_a_killed_runs_half_line_a_note(tmp_path, data):

@@ -270,6 +270,18 @@ def test_jsonl_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
     assert nbytes == path.stat().st_size
 
 
+def test_jsonl_byte_order_mark_on_a_later_line_is_refused_naming_it(tmp_path):
+    """`cat a.jsonl b.jsonl`, b with a BOM of its own: its mark starts a line within the stream.
+    It is no JSON and no text of the record: refused, naming the line (json.loads's own words
+    were "decode using utf-8-sig"), not taken for text or dropped."""
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"text": "first"}\n\xef\xbb\xbf{"text": "second"}\n')
+    with pytest.raises(CorpusError, match=r"^\S*c\.jsonl:2: starts with a byte-order mark \(U\+FEFF\), which only "
+                                          r"a file's first line may have \(files joined with cat, each with its own\?\): "
+                                          r"remove it$"):
+        read_all(resolve_sources([str(path)]))
+
+
 def test_malformed_jsonl_column_ignores_the_line_end(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"text": "ok"}\n{"text": "a"\r\n')
