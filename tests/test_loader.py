@@ -378,6 +378,7 @@ def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):
         (lambda s: s.update(shards=[1, 2]), "malformed shard list"),
         (lambda s: s.update(shards=[["d_train_000000.bin", 1000, "a", "b"]]), "malformed shard list"),
         (lambda s: s.update(shards=[["d_train_000000.bin", 1000, 7]]), "malformed shard list"),
+        (lambda s: s.update(shards=[["d_train_000000.bin", True]]), "malformed shard list"),  # not 1 token
         # bool("False") is True: a non-bool shuffle would silently read another order
         (lambda s: s.update(shuffle="False"), "shuffle must be True or False, got 'False'"),
         (lambda s: s.update(shuffle=1), "shuffle must be True or False, got 1"),
