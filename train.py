@@ -2232,7 +2232,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
 
     store, launch = None, ""
     if world > 1:
-        store = join_store(world)
+        try:
+            store = join_store(world)
+        except UserError:  # no torchrun's store: this rank's own failure says more, where it had one
+            if isinstance(failure, UserError):  # (RANK=5 with WORLD_SIZE=2, by hand)
+                raise failure from None
+            raise
         launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
             cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
             *((train_loader, val_loader) if failure is None else (None, None))))

@@ -3079,6 +3079,8 @@ def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(
     ({"RANK": "abc"}, "RANK='abc' in the environment: not an integer >= 0"),
     ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' in the environment: not an integer >= 0"),
     ({"RANK": "1"}, "RANK=1 in the environment: not below WORLD_SIZE=1"),  # the loader's "rank must satisfy"
+    # no torchrun's store to join: that was said instead ("... not by torchrun (... MASTER_ADDR expected")
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "rank 5 of 2: RANK=5 in the environment: not below WORLD_SIZE=2"),
 ])
 def test_torchruns_variables_set_wrong_by_hand_are_one_line_naming_them(tmp_path, dataset, monkeypatch, env, message):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
