@@ -110,6 +110,10 @@ BETAS = (0.9, 0.95)  # GPT-3's AdamW betas, as in nanoGPT / build-nanogpt
 # as a float32 (beyond it: "value cannot be converted to type float without overflow")
 LR_MAX = FLOAT32_MAX * (1 - BETAS[0])
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
+# what --bench leaves alone: it times --bench-steps steps at --lr, and evaluates, samples and
+# writes nothing (--val-data, --resume, --init-from and --log-windows have their own words)
+BENCH_IGNORES = ("steps", "min_lr", "warmup_steps", "eval_every", "eval_steps", "sample_every", "sample_tokens",
+                 "out", "ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every")
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
 WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank (window_log; the audit's LOG_PATTERN)
@@ -2161,6 +2165,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                       if cfg.eval_every and not cfg.bench else None)
         if cfg.val_data is not None and not (cfg.eval_every and not cfg.bench):
             notes.append(f"--val-data has no effect: {'--bench' if cfg.bench else '--eval-every 0'} runs no validation")
+        ignored = [f"--{_flag(f.name)}" for f in dataclasses.fields(cfg)
+                   if cfg.bench and f.name in BENCH_IGNORES and getattr(cfg, f.name) != f.default]
+        if ignored:  # (--steps for --bench-steps, say)
+            notes.append(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --bench: it "
+                         f"times --bench-steps steps at --lr, and evaluates, samples and writes nothing")
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if val_loader is not None:
             stack.callback(val_loader.close)

@@ -727,7 +727,10 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert len(real) == len(fixed) == 2
     assert (real[0] + 2 * real[1]) / 3 == pytest.approx(bench["ms_per_step"])
     assert (fixed[0] + 2 * fixed[1]) / 3 == pytest.approx(bench["synthetic_ms_per_step"])
-    assert "real loader:" in result.stdout and "fixed batch:" in result.stdout and "note:" not in result.stdout
+    assert "real loader:" in result.stdout and "fixed batch:" in result.stdout
+    assert [line for line in result.stdout.splitlines() if line.startswith("note:")] == [
+        "note: --out has no effect with --bench: it times --bench-steps steps at --lr, and evaluates, samples and "
+        "writes nothing"]  # (it was given no word, nor were --steps and the rest)
     # the cost line says how far apart one feed's two windows were: the noise to read it against
     gap = max(abs(a - b) / ((a + b) / 2) for a, b in (real, fixed))
     cost = f"data path cost: {100 * bench['data_wait_fraction']:.1f}% of throughput (1 - real/fixed tokens/s; " \
