@@ -423,8 +423,13 @@ def check_logged_through(logs: list[RankLog], trained: Trained, problems: Proble
         if last + 1 < step:
             ends = f"its log ends at batch {last:,}" if log.windows else "its log holds no window"
             problems.add("numbering", f"rank {log.rank}: {ends}, but the loader of {trained.path.name} had read "
-                         f"{step:,} window(s): batches {last + 1:,}-{step - 1:,} were trained and not logged "
+                         f"{step:,} window(s): {_batches(last + 1, step - 1)} trained and not logged "
                          f"(a log cut short, or a resume without --log-windows)")
+
+
+def _batches(first: int, last: int) -> str:
+    """'batch 3 was' or 'batches 3-5 were'."""
+    return f"batch {first:,} was" if first == last else f"batches {first:,}-{last:,} were"
 
 
 def check_run_data(data: str, stream: TokenStream, trained: Trained) -> str:
