@@ -3162,6 +3162,22 @@ def interrupt_exits_at_once() -> None:
     signal.signal(signal.SIGINT, exit_130)
 
 
+def _path_too_long(e: OSError, cfg: TrainConfig) -> UserError | None:
+    """The one line for a path too long for the filesystem (prep.errors.path_too_long), naming
+    the option that gave it, where the generic one named the path alone; None for other errors."""
+    why = path_too_long(e)
+    if why is None:
+        return None
+    path = os.fsdecode(e.filename)
+    given = [(flag, str(value)) for flag, value in (("--data", cfg.data), ("--val-data", cfg.val_data),
+             ("--out", cfg.out), ("--resume", cfg.resume), ("--init-from", cfg.init_from)) if value]
+    # the longest value that starts the path: --out data/run below --data data, say
+    starts = sorted((len(value), flag) for flag, value in given if path.startswith(value))
+    named = f"{starts[-1][1]} " if starts else ""
+    return UserError(f"{named}{path}: path too long ({why}); give a shorter one")
+
+
+
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
@@ -3259,7 +3275,13 @@ def main(compile_: bool | None, **options) -> None:
             refused = UserError(str(e))
             stop_with_the_others(refused)
             raise refused from None
-        summary = train(cfg)
+        try:
+            summary = train(cfg)
+        except OSError as e:  # pathlib's exists() raises "File name too long" through Python 3.13
+            named = _path_too_long(e, cfg)
+            if named is None:
+                raise
+            raise named from None
     except UserError as e:
         _name_rank(e)
         raise
