@@ -73,7 +73,8 @@ from prep.atomic import interrupt_exits_while_importing  # the standard library'
 # at once (SIGTERM too, as every stop of train.py exits), one line
 with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130):
     # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
-    from prep.errors import UserCommand, UserError, bar_disable, path_too_long, plain_numbers
+    from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long, plain_numbers,
+                             point_at_devnull)
 
     import click
     import numpy as np
@@ -2562,7 +2563,6 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
 
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
-OUTPUT_CLOSED_STATUS = 128 + 13  # the exit status of such a stop: the shell's for a writer SIGPIPE ended
 _closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away
 _on_output_closed: list[Callable[[], None]] = []  # the training loop's StopRequest, while it runs
 
@@ -2578,10 +2578,7 @@ def _output_closed(fd: int) -> None:
     if fd in _closed_outputs:
         return
     _closed_outputs.add(fd)
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, fd)
-        os.close(null)
+    point_at_devnull(fd)
     for callback in _on_output_closed:
         callback()
 
@@ -3301,7 +3298,7 @@ def main(compile_: bool | None, **options) -> None:
     if summary.get("interrupted"):
         # the shell's status for a run stopped by Ctrl-C; for one whose output's reader went
         # away, the shell's for a writer ended by SIGPIPE
-        sys.exit(OUTPUT_CLOSED_STATUS if summary.get("output_closed") else 130)
+        sys.exit(READER_GONE_STATUS if summary.get("output_closed") else 130)
 
 
 if __name__ == "__main__":

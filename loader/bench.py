@@ -35,6 +35,7 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import sigterm_raises
+from prep.errors import READER_GONE_STATUS, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
@@ -387,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     except OSError as e:  # `> /dev/full`, or a pipe closed early (`| head -1`)
         sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
-        if e.errno == errno.EPIPE:  # the reader has what it wanted: quietly, as click does
-            return 1
+        if e.errno == errno.EPIPE:  # the reader has what it wanted: quietly, as prep's commands do
+            point_at_devnull(1)
+            return READER_GONE_STATUS
         print(f"Error: {parser.prog}: cannot write to standard output ({e.strerror})", file=sys.stderr)
         return 2
     return 0

@@ -100,6 +100,19 @@ def _writing_stdout(error: OSError) -> bool:
     return tb is not None and any(value is sys.stdout for value in tb.tb_frame.f_locals.values())
 
 
+READER_GONE_STATUS = 128 + 13  # a command whose standard output's reader went away: the shell's status
+# for a writer SIGPIPE ended (`yes | head -1`), so `prep verify d | head -1` is not verify's 1 ("problems")
+
+
+def point_at_devnull(fd: int) -> None:
+    """Make `fd` (a pipe whose reader went away) /dev/null: what is still buffered for it, and
+    the interpreter's last flush, go nowhere instead of raising again ("Exception ignored")."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
 def say(text: str) -> None:
     """A line about the work on stderr (a note, progress), dropped where stderr cannot take it
     (`2>/dev/full`): the result on stdout is what was asked for, and such a line's OSError
@@ -141,6 +154,13 @@ def path_too_long(error: OSError) -> str | None:
     return f"{len(os.fsencode(path))} bytes in all, more than the system takes"
 
 
+def _reader_gone() -> None:
+    """Standard output's reader went away (`| head`): end quietly, as a writer SIGPIPE ends, where
+    click's rule was exit 1, which `prep verify` also gives for problems found."""
+    point_at_devnull(1)
+    sys.exit(READER_GONE_STATUS)
+
+
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is
@@ -160,7 +180,7 @@ class _OneLineUsage:
             if why is not None:  # a user's path, wherever it was first used
                 UserError(f"{os.fsdecode(e.filename)}: path too long ({why}); give a shorter one").show()
                 sys.exit(UserError.exit_code)
-            if e.errno == errno.EPIPE or not _writing_stdout(e):  # a closed pipe: click's own rule
+            if e.errno == errno.EPIPE or not _writing_stdout(e):  # another pipe's (invoke: stdout's): click's rule
                 raise
             sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
             click.echo(f"Error: cannot write to standard output ({e.strerror})", err=True)
@@ -172,9 +192,15 @@ class _OneLineUsage:
         except KeyboardInterrupt:  # Ctrl-C: click would say "Aborted!" and exit 1
             click.echo(f"{ctx.command_path}: interrupted", err=True)
             sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
+        except OSError as e:
+            if e.errno == errno.EPIPE and _writing_stdout(e):
+                _reader_gone()
+            raise
         try:
             flush_stdout()  # inside main(): a failing output is reported there
         except OSError as e:
+            if e.errno == errno.EPIPE:
+                _reader_gone()
             e.stdout = True
             raise
         return result

@@ -391,3 +391,21 @@ def test_a_line_for_stderr_is_dropped_where_stderr_cannot_take_it(monkeypatch, c
     monkeypatch.setattr(sys, "stderr", Full())
     say("a note")  # no exception
     assert bench.run_bench.__defaults__ == (say,)  # its progress lines
+
+
+@pytest.mark.parametrize("args", [["info"], ["verify"], ["info", "--json"]])
+def test_a_reader_gone_before_the_output_ends_the_command_quietly_with_sigpipes_status(tmp_path, args):
+    """`prep verify d | head -0`: click's rule for a closed pipe was exit 1 with no word, which
+    is also verify's "problems found". It is now 141, the shell's status for a writer SIGPIPE
+    ends, as train.py's and `python -m loader.bench`'s."""
+    from _data import random_tokens, write_dataset
+
+    data = write_dataset(tmp_path / "d", random_tokens(300, 1), random_tokens(200, 2))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "prep.cli", *args[:1], str(data), *args[1:]], cwd=REPO,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")

@@ -2111,8 +2111,8 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
     finally:
         proc.kill()
     status, name = ((130, "SIGTERM") if case == "sigterm-first" else
-                    (train.OUTPUT_CLOSED_STATUS, "output closed (its reader went away)"))
-    assert proc.returncode == status and train.OUTPUT_CLOSED_STATUS == 141, stderr
+                    (train.READER_GONE_STATUS, "output closed (its reader went away)"))
+    assert proc.returncode == status and train.READER_GONE_STATUS == 141, stderr
     (stopped_at, _), = train.list_checkpoints(out)
     assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 1))  # the last one checkpointed
     if case != "stdout-and-stderr":
