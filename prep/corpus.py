@@ -477,12 +477,19 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                 block += more
             error = _not_utf8(block[:10], label, member=member)
             if error is None and json_field is not None:
-                whole = False
-                while b"\n" not in block and len(block) < block_bytes:  # a complete first line: a pipe
-                    more = read(block_bytes - len(block))              # may hand it over in parts
-                    block, whole = block + more, not more
-                    if whole:
+                # a complete first line: a pipe may hand it over in parts, and where the stream
+                # opens as a JSON object that line may be a book, longer than a block (a .json
+                # file's is read as far, _refuse_json), so read on to FIRST_LINE_MAX
+                limit = FIRST_LINE_MAX if _opening(block)[:1] == b"{" else block_bytes
+                line, scanned, whole = bytearray(block), 0, False
+                while line.find(b"\n", scanned) < 0 and len(line) < limit:
+                    scanned = len(line)
+                    more = read(limit - len(line))
+                    if not more:
+                        whole = True
                         break
+                    line += more
+                block = bytes(line)
                 # `[` then `{`, on one line or pretty-printed: one JSON document if its first object
                 # is whole; read on (up to a block) until it is, or is no JSON
                 array = None  # (the last block's verdict: judged once)

@@ -432,6 +432,21 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
 
 
 
+def test_json_lines_on_stdin_whose_first_record_is_longer_than_a_block_are_told_from_text():
+    """`zstdcat books.jsonl.zst | prep tokenize -`: a first record over a block (1 MiB) left no
+    whole line to judge, and the JSON was tokenized as text without a word. Where the stream opens
+    as a JSON object the first line is read whole (as a .json file's is); text that opens with a
+    brace is still read, exactly."""
+    books = (json.dumps({"text": "word " * 300_000}) + "\n" + json.dumps({"text": "b"}) + "\n").encode()
+    assert len(books) > (1 << 20)  # BLOCK_BYTES
+    with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
+        list(read_pieces(resolve_sources(["-"]), stdin=io.BytesIO(books)))
+    docs = [p.text for p in read_pieces(resolve_sources(["-"], stdin_format="jsonl"), stdin=io.BytesIO(books))]
+    assert docs == ["word " * 300_000, "b"]
+    brace = "{ not JSON " + "x" * (3 << 20) + "\nmore text"
+    assert "".join(p.text for p in read_pieces(resolve_sources(["-"]), stdin=io.BytesIO(brace.encode()))) == brace
+
+
 def test_a_json_file_s_first_line_is_read_whole_to_tell_json_lines(tmp_path):
     """A record longer than a block (a book) is still seen as JSON lines: the fix named reads them."""
     path = tmp_path / "books.json"
