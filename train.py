@@ -2245,8 +2245,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         try:
             store = join_store(world)
         except UserError:  # no torchrun's store: this rank's own failure says more, where it had one
-            if isinstance(failure, UserError):  # (RANK=5 with WORLD_SIZE=2, by hand)
-                raise failure from None
+            if failure is not None:  # (RANK=5 with WORLD_SIZE=2, by hand; a bug's own traceback)
+                raise failure
             raise
         launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
             cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
@@ -2394,8 +2394,9 @@ def watch_launcher() -> None:
     def watch() -> None:
         while not _launcher_gone(parent):
             time.sleep(1.0)
-        print(f"rank {os.environ.get('RANK', '?')}: torchrun (pid {parent}) is gone: stopping as on SIGTERM",
-              file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # (stderr a pipe whose reader went with torchrun): stop all the same
+            print(f"rank {os.environ.get('RANK', '?')}: torchrun (pid {parent}) is gone: stopping as on SIGTERM",
+                  file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE_S)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -2454,8 +2455,15 @@ class TrainCommand(UserCommand):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM where no step is under way to finish first (start-up, --bench): the run stops at
-    once, as a Ctrl-C there does."""
+    """SIGTERM (or SIGHUP: `signum`) where no step is under way to finish first (start-up,
+    --bench): the run stops at once, as a Ctrl-C there does."""
+
+    signum = signal.SIGTERM
+
+
+class ReaderGone(KeyboardInterrupt):
+    """Output whose reader went away while the run started up (`| head` of its facts): it stops
+    there, as a signal there does, and does not train a step to checkpoint it."""
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -2464,17 +2472,20 @@ def train(cfg: TrainConfig) -> dict:
     # nothing in removed, main() says so in a line), where its default action ended the process
     # silently (143) with an empty --out left behind; the training loop's StopRequest takes it
     # over while it runs
-    with sigterm_raises(Terminated), contextlib.ExitStack() as stack:
+    _closed_outputs.clear()  # (a run before this one in the process found them closed: now /dev/null)
+    with sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP)), contextlib.ExitStack() as stack:
         watch_launcher()
         try:
             s = prepare(cfg, stack)
             print_facts(s)
+            if _closed_outputs:
+                raise ReaderGone
         except RuntimeError as e:  # the model does not fit on the device, say
             if _out_of_memory(e):
                 raise UserError(f"out of memory on the device while setting up --model {cfg.model}: pick a "
                                 f"smaller --model") from None
             raise
-        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: nothing trained, nothing written yet
+        except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP or ReaderGone: nothing trained, nothing written yet
             e.starting = True  # (main() says so)
             raise
         try:
@@ -2561,6 +2572,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
 
 # ----------------------------------------------------------------------------- output whose reader went away
 
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on Windows)
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
 _closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away
@@ -2619,7 +2631,7 @@ class StopRequest:
 
     # SIGHUP: the terminal the run writes to went away (an ssh session dropped); its default ends
     # the run at once. `nohup` ignores it, and an ignored signal stays ignored (below).
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 
     def __init__(self, persistent: bool = False, announce: bool = False) -> None:
         self.signal: int | None = None
@@ -2631,14 +2643,17 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        first = self.signal is None
+        first = self.signal in (None, OUTPUT_CLOSED)  # (a Ctrl-C after output closed is the user's first word)
         self.signal = signum
-        if not self.persistent:
+        # a hung-up terminal's SIGHUP comes twice (bash's, then the kernel's as bash exits), and
+        # no one is left at it to mean a second one: it never stops the run at once
+        again = not self.persistent and signum not in HANGUP
+        if again:
             signal.signal(signum, self._previous[signum])
         if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
             when = ("within two logging points" if self.persistent else
                     self.when or "after the step under way")
-            again = "" if self.persistent else ", a second one stops at once"
+            again = ", a second one stops at once" if again else ""
             with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
                 # on a terminal, off the line that holds the bar or the echoed ^C; a log file
                 # (a pipe, --quiet's usual place) gets no blank line
@@ -3166,7 +3181,7 @@ def _path_too_long(e: OSError, cfg: TrainConfig) -> UserError | None:
     if why is None:
         return None
     path = os.fsdecode(e.filename)
-    given = [(flag, str(value)) for flag, value in (("--data", cfg.data), ("--val-data", cfg.val_data),
+    given = [(flag, str(Path(value))) for flag, value in (("--data", cfg.data), ("--val-data", cfg.val_data),
              ("--out", cfg.out), ("--resume", cfg.resume), ("--init-from", cfg.init_from)) if value]
     # the longest value that starts the path: --out data/run below --data data, say
     starts = sorted((len(value), flag) for flag, value in given if path.startswith(value))
@@ -3289,16 +3304,17 @@ def main(compile_: bool | None, **options) -> None:
             found = [] if cfg is None else list_checkpoints(Path(cfg.out))
             then = (f"; --resume auto continues from the last checkpoint written ({found[-1][1]})" if found
                     else "; no checkpoint was written")
-        name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        name = (signal.Signals(e.signum).name if isinstance(e, Terminated) else
+                "output closed (its reader went away)" if isinstance(e, ReaderGone) else "SIGINT")
         if getattr(e, "starting", False):  # train() marks a stop in its start-up
             _echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
         else:
             _echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{then}", err=True)
-        sys.exit(130)
-    if summary.get("interrupted"):
-        # the shell's status for a run stopped by Ctrl-C; for one whose output's reader went
-        # away, the shell's for a writer ended by SIGPIPE
-        sys.exit(READER_GONE_STATUS if summary.get("output_closed") else 130)
+        sys.exit(READER_GONE_STATUS if isinstance(e, ReaderGone) else 130)
+    if summary.get("interrupted") and not summary.get("output_closed"):
+        sys.exit(130)  # the shell's status for a run stopped by Ctrl-C (by SIGTERM or SIGHUP too)
+    if _closed_outputs:  # its output's reader went away (its stop, or the last lines lost): as a
+        sys.exit(READER_GONE_STATUS)  # writer SIGPIPE ends, the shell's status
 
 
 if __name__ == "__main__":

@@ -122,23 +122,24 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
 
 
 @contextlib.contextmanager
-def sigterm_raises(exception: Callable[[], BaseException]):
-    """Within the block SIGTERM (kill, a job scheduler, torchrun) raises `exception()`, which
-    unwinds like a Ctrl-C: the block's cleanup runs (prep's temporary directory, train.py's
-    --out lock) where SIGTERM's default action ended the process where it stood. Only where
-    `may_handle`; elsewhere the block runs as it is."""
-    if not may_handle(signal.SIGTERM):
-        yield
-        return
+def sigterm_raises(exception: Callable[[], BaseException], signums: tuple[int, ...] = (signal.SIGTERM,)):
+    """Within the block SIGTERM (kill, a job scheduler, torchrun), or each of `signums`, raises
+    `exception()` with the signal as its `signum`, which unwinds like a Ctrl-C: the block's
+    cleanup runs (prep's temporary directory, train.py's --out lock) where the signal's default
+    action ended the process where it stood. Only where `may_handle`; elsewhere the signal is
+    left as it is."""
 
     def handler(signum, frame):
-        raise exception()
+        error = exception()
+        error.signum = signum
+        raise error
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in signums if may_handle(signum)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 @contextlib.contextmanager

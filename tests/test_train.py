@@ -1644,22 +1644,24 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once\n"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
 def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_as_it_was(tmp_path, dataset,
-                                                                                           monkeypatch):
-    """SIGTERM while the model is built (as while compiling, opening the data): its default
-    action ended the process where it stood, status 143 and not a word, an --out it had made
-    left behind empty. It unwinds now as a Ctrl-C there does, says where it stopped, exits 130."""
+                                                                                           monkeypatch, signum):
+    """SIGTERM (or SIGHUP: a terminal hung up) while the model is built (as while compiling,
+    opening the data): its default action ended the process where it stood, status 143 (129)
+    and not a word, an --out it had made left behind empty. It unwinds now as a Ctrl-C there
+    does, says where it stopped, exits 130."""
     real_gpt = train.GPT
 
     def terminated_gpt(config):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(0.05)
         return real_gpt(config)
 
-    def caught(signum, frame):  # where train.py left SIGTERM alone, the test fails here, not pytest
-        raise RuntimeError("SIGTERM reached the test's handler")
+    def caught(number, frame):  # where train.py left the signal alone, the test fails here, not pytest
+        raise RuntimeError(f"{signal.Signals(number).name} reached the test's handler")
 
-    before = signal.signal(signal.SIGTERM, caught)
+    before = signal.signal(signum, caught)
     try:
         train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
         ckpt = tmp_path / "out" / "ckpt_000002.pt"
@@ -1669,14 +1671,15 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
         fresh = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "new" / "out")])
         resumed = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "out"), "--resume", "auto",
                                                   "--steps", "4"])
-        assert signal.getsignal(signal.SIGTERM) is caught  # put back
+        assert signal.getsignal(signum) is caught  # put back
     finally:
-        signal.signal(signal.SIGTERM, before)
+        signal.signal(signum, before)
     assert fresh.exit_code == 130 and fresh.stdout == "", fresh.output
-    assert fresh.stderr == "SIGTERM: stopped while starting up, before its first step; no checkpoint was written\n"
+    name = signal.Signals(signum).name
+    assert fresh.stderr == f"{name}: stopped while starting up, before its first step; no checkpoint was written\n"
     assert not (tmp_path / "new").exists()
     assert resumed.exit_code == 130 and resumed.stderr == (
-        "SIGTERM: stopped while starting up, before its first step; --resume auto continues from the last "
+        f"{name}: stopped while starting up, before its first step; --resume auto continues from the last "
         f"checkpoint written ({ckpt})\n"), resumed.output
     assert snapshot(tmp_path / "out") == files  # no file touched, none added
 
@@ -2130,12 +2133,38 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
     assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 3))
 
 
+@pytest.mark.parametrize("bench", [False, True], ids=["train", "bench"])
+def test_output_whose_reader_is_gone_at_start_up_stops_before_any_step(tmp_path, bench):
+    """`train.py ... | head -3` to read the run's facts: the reader went away while it started up,
+    and the run trained step 1 to checkpoint it (without validation to stop in), so the same
+    command without the pipe was then refused ("--out holds an earlier run's ckpt_000001.pt").
+    It stops there now, as a signal there does, and leaves nothing. --bench went on, its report
+    on stderr, and exited 0: 141 too now."""
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
+    out = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line
+    args = _cli_args(data, out, 40, *(["--bench", "--bench-steps", "2", "--bench-warmup", "1"] if bench else []))
+    try:
+        proc = subprocess.run(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == train.READER_GONE_STATUS, proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists(), proc.stderr
+    if not bench:
+        assert proc.stderr.splitlines()[-1] == ("output closed (its reader went away): stopped while starting up, "
+                                                "before its first step; no checkpoint was written")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP") or sys.platform == "win32", reason="needs SIGHUP and a pty")
 def test_a_terminal_that_hangs_up_stops_the_run_with_its_checkpoint(tmp_path):
     """An ssh session that drops sends SIGHUP, whose default ended the run at once: every step
     since the last checkpoint lost. It now stops as on SIGTERM, and the hung-up terminal's EIO on
-    the next line is taken as output whose reader went away (the run's lines go nowhere)."""
+    the next line is taken as output whose reader went away (the run's lines go nowhere). The
+    hang-up's SIGHUP comes twice (the shell's, then the kernel's as the shell exits): the second
+    is no user's "stop at once", which killed the run as the first fix left it."""
     import pty
 
     data = write_dataset(tmp_path / "d", random_tokens(3000, 6), random_tokens(200, 7))  # a line each step
@@ -2153,6 +2182,8 @@ def test_a_terminal_that_hangs_up_stops_the_run_with_its_checkpoint(tmp_path):
                 while select.select([terminal], [], [], 0)[0]:
                     os.read(terminal, 65536)
             time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.02)
         proc.send_signal(signal.SIGHUP)
         os.close(terminal)  # the terminal goes: the run's writes now fail with EIO
         proc.wait(timeout=60)
