@@ -75,6 +75,7 @@ def _exists_raises(path: str) -> bool:
     ("train", ["--data", f"{LONG}/*_train_*.bin"]),
     ("train", ["--data", "data/t", "--val-data", LONG]),
     ("train", ["--data", "data/t", "--out", LONG]),
+    ("train", ["--data", "data/t", "--out", f"./{LONG}"]),  # pathlib's paths drop the ./
     ("train", ["--data", "data/t", "--out", f"made/here/{LONG}/x"]),  # below parents it would make
     ("train", ["--data", "data/t", "--resume", LONG]),
     ("train", ["--data", "data/t", "--init-from", LONG]),
