@@ -44,6 +44,7 @@ import math
 import os
 import random
 import re
+import select
 import shutil
 import signal
 import statistics
@@ -2478,6 +2479,7 @@ def train(cfg: TrainConfig) -> dict:
         try:
             s = prepare(cfg, stack)
             print_facts(s)
+            _poll_outputs()  # (`| head -3`: its reader may be gone though the last facts fit in the pipe)
             if _closed_outputs:
                 raise ReaderGone
         except RuntimeError as e:  # the model does not fit on the device, say
@@ -2593,6 +2595,21 @@ def _output_closed(fd: int) -> None:
     point_at_devnull(fd)
     for callback in _on_output_closed:
         callback()
+
+
+def _poll_outputs() -> None:
+    """_output_closed for standard output or error whose reader went away though the run wrote
+    nothing since (--eval-every 0: a run that prints nothing between its start and its end): a
+    pipe's write end then polls POLLERR, a hung-up terminal POLLHUP. Where there is no poll()
+    (Windows), the next line written finds it."""
+    if not hasattr(select, "poll"):
+        return
+    poller = select.poll()
+    for fd in {1, 2} - _closed_outputs:
+        poller.register(fd, select.POLLOUT)
+    for fd, events in poller.poll(0):
+        if events & (select.POLLERR | select.POLLHUP):
+            _output_closed(fd)
 
 
 def _echo(message: str, err: bool = False) -> None:
@@ -2895,6 +2912,8 @@ def train_loop(s: Session) -> dict:
             pending.append((step, lr, loss, grad_norm, waits.take()))
             # One process stops at the step where it sees the signal; under torchrun the ranks
             # learn of each other's signals through the logging points' all-reduce, below.
+            if rt.master and step % cfg.log_every == 0:
+                _poll_outputs()  # (one poll() a logging point)
             stopping = stop.requested and not rt.ddp
             final = step == cfg.steps or stopping
             do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, has_val)
@@ -3157,13 +3176,13 @@ def say_why_on_a_crash() -> None:
 
 def interrupt_exits_at_once() -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed), a
-    Ctrl-C exits 130 at once and quietly. Python's own handler raised KeyboardInterrupt in whatever
-    the interpreter's shutdown was running, torch's atexit callbacks or the join of a thread, and
-    printed "Exception ignored ... KeyboardInterrupt" with a traceback: a second Ctrl-C just as a
-    stop's checkpoint was written, or one just as a run ended. os._exit flushes nothing: what was
-    printed is flushed first."""
-    if not may_handle(signal.SIGINT):  # (the main thread, a handler Python set, a Ctrl-C not ignored)
-        return
+    Ctrl-C, SIGTERM or SIGHUP exits 130 at once and quietly. Python's own handler raised
+    KeyboardInterrupt in whatever the interpreter's shutdown was running, torch's atexit callbacks
+    or the join of a thread, and printed "Exception ignored ... KeyboardInterrupt" with a
+    traceback: a second Ctrl-C just as a stop's checkpoint was written, or one just as a run
+    ended. SIGTERM and SIGHUP had their default back, and a second one in the second or so the
+    shutdown takes ended the run as killed (143, 129), after its checkpoint. os._exit flushes
+    nothing: what was printed is flushed first."""
 
     def exit_130(signum, frame) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -3171,7 +3190,9 @@ def interrupt_exits_at_once() -> None:
                 stream.flush()
         os._exit(130)
 
-    signal.signal(signal.SIGINT, exit_130)
+    for signum in (signal.SIGINT, signal.SIGTERM, *HANGUP):
+        if may_handle(signum):  # (the main thread, a handler Python set, a signal not ignored)
+            signal.signal(signum, exit_130)
 
 
 def _path_too_long(e: OSError, cfg: TrainConfig) -> UserError | None:

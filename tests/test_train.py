@@ -1684,14 +1684,16 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
     assert snapshot(tmp_path / "out") == files  # no file touched, none added
 
 
-def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
+def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset, signum):
     """A Ctrl-C that reaches train.py while the interpreter shuts down (a second one just as a
     stop's checkpoint is written, or one as a run ends): Python's handler raised KeyboardInterrupt
     in whatever ran then, torch's atexit callbacks or the join of a thread, and printed "Exception
-    ignored ... KeyboardInterrupt" with a traceback. The callback below is where it lands here."""
+    ignored ... KeyboardInterrupt" with a traceback. A SIGTERM or SIGHUP there had its default
+    back: the run ended as killed (143, 129). The callback below is where it lands here."""
     script = ("import atexit, os, runpy, signal, sys, time\n"
               "def ctrl_c_while_exiting():\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
+              f"    os.kill(os.getpid(), {int(signum)})\n"
               "    time.sleep(5)\n"
               "atexit.register(ctrl_c_while_exiting)\n"
               "sys.argv = sys.argv[1:]\n"
@@ -2087,17 +2089,19 @@ def test_a_ctrl_c_ignored_by_whoever_started_the_run_stays_ignored(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["stdout", "stdout-and-stderr", "sigterm-first"])
+@pytest.mark.parametrize("case", ["stdout", "stdout-and-stderr", "sigterm-first", "nothing-printed"])
 def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_path, case):
     """`train.py | tee log` stopped with its process group (a Ctrl-C, a scheduler's SIGTERM)
     loses tee at once, and `| head` its reader too: the run's next line found the pipe closed and
     raised BrokenPipeError out of the step's evaluation, before its checkpoint. It exited 1 with
     no word, every step since the last checkpoint lost. It now stops as on a signal: the step
     checkpointed, status 141 (a writer ended by SIGPIPE), and the line saying so on stderr; where
-    a signal came first, the stop is the signal's (130)."""
+    a signal came first, the stop is the signal's (130). A run that prints nothing per step
+    (--eval-every 0) finds it at its next logging point, by poll()."""
     data = write_dataset(tmp_path / "d", random_tokens(3000, 6), random_tokens(200, 7))  # a line each step
     out = tmp_path / "out"
-    args = _cli_args(data, out, 400, "--ckpt-every", "1000", "--eval-every", "1", "--eval-steps", "1",
+    every = "0" if case == "nothing-printed" else "1"
+    args = _cli_args(data, out, 400, "--ckpt-every", "1000", "--eval-every", every, "--eval-steps", "1",
                      "--log-every", "1")
     proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT if case == "stdout-and-stderr" else subprocess.PIPE, text=True)
@@ -2117,7 +2121,8 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
                     (train.READER_GONE_STATUS, "output closed (its reader went away)"))
     assert proc.returncode == status and train.READER_GONE_STATUS == 141, stderr
     (stopped_at, _), = train.list_checkpoints(out)
-    assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 1))  # the last one checkpointed
+    first = 0 if every == "1" else 1
+    assert [r["step"] for r in metrics(out)] == list(range(first, stopped_at + 1))  # the last one checkpointed
     if case != "stdout-and-stderr":
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
         lines = stderr.splitlines()  # (standard output's lines come here once it is closed)
@@ -2126,11 +2131,12 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
         stopped = (f"{name}: stopped after step {stopped_at} of 400; checkpoint {train.ckpt_path(out, stopped_at)} "
                    "written; continue with --resume auto")
         assert stopped in lines[said[0]:] and lines[-1].startswith(f"done: steps 1-{stopped_at} "), stderr
-    resumed = subprocess.run(_cli_args(data, out, stopped_at + 2, "--resume", "auto", "--eval-every", "1",
+    resumed = subprocess.run(_cli_args(data, out, stopped_at + 2, "--resume", "auto", "--eval-every", every,
                                        "--eval-steps", "1"),
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert [r["step"] for r in metrics(out)] == list(range(stopped_at + 3))
+    first = 0 if every == "1" else 1  # (the step-0 line is the untrained model's val loss)
+    assert [r["step"] for r in metrics(out)] == list(range(first, stopped_at + 3))
 
 
 @pytest.mark.parametrize("bench", [False, True], ids=["train", "bench"])
