@@ -22,14 +22,14 @@ logged after it are not counted twice.
 metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
 val_loss when validation is on, tokens and epoch 0, and null for the rest): step, tokens
 (trained on through that step, all ranks), epoch (passes over the train split so far), loss
-(mean over ranks), val_loss (null unless evaluated at that step), lr, grad_norm (before clipping; null for an fp16
-step whose gradients overflowed, which was skipped), dt_ms, tokens_per_s, mfu (null
-where the device's peak is unknown) and data_wait_ms (host time blocked in next_batch, under
-torchrun the longest of the ranks'; on CUDA, once the host runs ahead of the GPU, that
-includes waiting for the GPU to finish copying out of a ring buffer before it is refilled:
-back-pressure, not data cost). A logging point's
-lines are written when the host reads its values back, at the next logging point (on CUDA the
-host waits there for the point before, with the steps since queued on the GPU).
+(mean over ranks), val_loss (null unless evaluated at that step), lr, grad_norm (before
+clipping; null for an fp16 step whose gradients overflowed, which was skipped), dt_ms,
+tokens_per_s, mfu (null where the device's peak is unknown) and data_wait_ms (host time
+blocked in next_batch, under torchrun the longest of the ranks'; on CUDA, once the host runs
+ahead of the GPU, that includes waiting for the GPU to finish copying out of a ring buffer
+before it is refilled: back-pressure, not data cost). A logging point's lines are written when
+the host reads its values back, at the next logging point (on CUDA the host waits there for
+the point before, with the steps since queued on the GPU).
 """
 
 from __future__ import annotations
@@ -3208,7 +3208,6 @@ def _path_too_long(e: OSError, cfg: TrainConfig) -> UserError | None:
     starts = sorted((len(value), flag) for flag, value in given if path.startswith(value))
     named = f"{starts[-1][1]} " if starts else ""
     return UserError(f"{named}{path}: path too long ({why}); give a shorter one")
-
 
 
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
