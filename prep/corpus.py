@@ -491,11 +491,23 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                     line += more
                 block = bytes(line)
                 # `[` then `{`, on one line or pretty-printed: one JSON document if its first object
-                # is whole; read on (up to a block) until it is, or is no JSON
-                array = None  # (the last block's verdict: judged once)
-                while (_opening(block) in (b"[", b"[{") and (array := _json_array_error(block, label)) is None
-                       and not whole and len(block) < block_bytes and (more := read(block_bytes - len(block)))):
-                    block += more
+                # is whole; read on (up to FIRST_LINE_MAX: a record may be a book) until it is, or
+                # is no JSON, judging it again each time the bytes read have doubled (linear in all)
+                array = None
+                if _opening(block) in (b"[", b"[{"):
+                    limit = max(FIRST_LINE_MAX, len(block))
+                    held, judged = bytearray(block), 0
+                    while True:
+                        last = whole or len(held) >= limit or _opening(held) not in (b"[", b"[{")
+                        if last or len(held) >= 2 * judged:
+                            judged = len(held)
+                            array = _json_array_error(bytes(held), label)
+                            if array is not None or last:
+                                break
+                        more = read(limit - len(held))
+                        whole = not more
+                        held += more
+                    block = bytes(held)
                 error = _json_lines_error(block, label, json_field, whole) or array
             if error is not None:
                 raise error

@@ -435,8 +435,8 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
 def test_json_lines_on_stdin_whose_first_record_is_longer_than_a_block_are_told_from_text():
     """`zstdcat books.jsonl.zst | prep tokenize -`: a first record over a block (1 MiB) left no
     whole line to judge, and the JSON was tokenized as text without a word. Where the stream opens
-    as a JSON object the first line is read whole (as a .json file's is); text that opens with a
-    brace is still read, exactly."""
+    as a JSON object the first line is read whole (as a .json file's is), and as a JSON array its
+    first object; text that opens with a brace or a bracket is still read, exactly."""
     books = (json.dumps({"text": "word " * 300_000}) + "\n" + json.dumps({"text": "b"}) + "\n").encode()
     assert len(books) > (1 << 20)  # BLOCK_BYTES
     with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
@@ -445,6 +445,12 @@ def test_json_lines_on_stdin_whose_first_record_is_longer_than_a_block_are_told_
     assert docs == ["word " * 300_000, "b"]
     brace = "{ not JSON " + "x" * (3 << 20) + "\nmore text"
     assert "".join(p.text for p in read_pieces(resolve_sources(["-"]), stdin=io.BytesIO(brace.encode()))) == brace
+    for indent in (None, 2):  # a JSON array of them (jq's output), on one line or pretty-printed
+        array = json.dumps([{"text": "word " * 300_000}, {"text": "b"}], indent=indent).encode()
+        with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but it opens as a JSON array of objects"):
+            list(read_pieces(resolve_sources(["-"]), stdin=io.BytesIO(array)))
+    bracket = "[{ not JSON " + "x" * (3 << 20)
+    assert "".join(p.text for p in read_pieces(resolve_sources(["-"]), stdin=io.BytesIO(bracket.encode()))) == bracket
 
 
 def test_a_json_file_s_first_line_is_read_whole_to_tell_json_lines(tmp_path):
