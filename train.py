@@ -72,7 +72,7 @@ from prep.atomic import interrupt_exits_while_importing  # the standard library'
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
 # at once (SIGTERM too, as every stop of train.py exits), one line
-with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130):
+with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True):
     # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
     from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long, plain_numbers,
                              point_at_devnull)
@@ -2474,7 +2474,7 @@ def train(cfg: TrainConfig) -> dict:
     # silently (143) with an empty --out left behind; the training loop's StopRequest takes it
     # over while it runs
     _closed_outputs.clear()  # (a run before this one in the process found them closed: now /dev/null)
-    with sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP)), contextlib.ExitStack() as stack:
+    with sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP), once=HANGUP), contextlib.ExitStack() as stack:
         watch_launcher()
         try:
             s = prepare(cfg, stack)
@@ -3174,15 +3174,16 @@ def say_why_on_a_crash() -> None:
             faulthandler.enable()
 
 
-def interrupt_exits_at_once() -> None:
+def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed), a
-    Ctrl-C, SIGTERM or SIGHUP exits 130 at once and quietly. Python's own handler raised
-    KeyboardInterrupt in whatever the interpreter's shutdown was running, torch's atexit callbacks
-    or the join of a thread, and printed "Exception ignored ... KeyboardInterrupt" with a
-    traceback: a second Ctrl-C just as a stop's checkpoint was written, or one just as a run
-    ended. SIGTERM and SIGHUP had their default back, and a second one in the second or so the
-    shutdown takes ended the run as killed (143, 129), after its checkpoint. os._exit flushes
-    nothing: what was printed is flushed first."""
+    Ctrl-C, SIGTERM or SIGHUP (or those of `signums`) exits 130 at once and quietly. Python's own
+    handler raised KeyboardInterrupt in whatever the interpreter's shutdown was running, torch's
+    atexit callbacks or the join of a thread, and printed "Exception ignored ...
+    KeyboardInterrupt" with a traceback: a second Ctrl-C just as a stop's checkpoint was written,
+    or one just as a run ended. SIGTERM and SIGHUP had their default back, and a second one in
+    the second or so the shutdown takes ended the run as killed (143, 129), after its
+    checkpoint. os._exit flushes nothing: what was printed is flushed first. `signums`: those
+    alone (before the run: what the run's own handlers put back when they end)."""
 
     def exit_130(signum, frame) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -3190,7 +3191,7 @@ def interrupt_exits_at_once() -> None:
                 stream.flush()
         os._exit(130)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, *HANGUP):
+    for signum in signums or (signal.SIGINT, signal.SIGTERM, *HANGUP):
         if may_handle(signum):  # (the main thread, a handler Python set, a signal not ignored)
             signal.signal(signum, exit_130)
 
@@ -3338,7 +3339,16 @@ def main(compile_: bool | None, **options) -> None:
 
 
 if __name__ == "__main__":
+    # Not in main(): tests call it in-process, and pytest keeps its own handlers. Where the run's
+    # own handlers are not set (before them, between them, after them: a Ctrl-C is main()'s to
+    # report until the run is over), SIGTERM exits 130, and a hang-up's SIGHUP that follows the
+    # one that stopped the run, a millisecond later, is ignored: SIGHUP's default ended the
+    # process as killed (129), its stop's line unsaid.
+    interrupt_exits_at_once((signal.SIGTERM,))
+    for hangup in HANGUP:
+        if may_handle(hangup):
+            signal.signal(hangup, lambda signum, frame: None)
     try:
         main()
-    finally:  # (not in main(): tests call it in-process, and pytest keeps its own Ctrl-C)
+    finally:
         interrupt_exits_at_once()

@@ -93,19 +93,23 @@ def may_handle(signum: int) -> bool:
 
 
 def import_stop_line(signum: int) -> bytes:
-    """What a stop while the libraries import says: SIGINT or SIGTERM, and that nothing was written."""
+    """What a stop while the libraries import says: the signal, and that nothing was written."""
     return (f"{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
             "nothing was written\n").encode()
 
 
 @contextlib.contextmanager
-def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM):
+def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM,
+                                    hangup: bool = False):
     """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
     or 130 where the command ends every stop so), with one line saying so, instead of a
     KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
-    importing numpy, tiktoken or torch takes. Each only where `may_handle` (the main thread, a
-    handler that can be put back, a signal not ignored); `active` False: nothing."""
+    importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, as SIGTERM (train.py's runs
+    stop on it). Each only where `may_handle` (the main thread, a handler that can be put back,
+    a signal not ignored); `active` False: nothing."""
     statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
+    if hangup and hasattr(signal, "SIGHUP"):
+        statuses[signal.SIGHUP] = sigterm_status
     statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
 
     def exit_at_once(signum, frame) -> None:
@@ -122,14 +126,18 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
 
 
 @contextlib.contextmanager
-def sigterm_raises(exception: Callable[[], BaseException], signums: tuple[int, ...] = (signal.SIGTERM,)):
+def sigterm_raises(exception: Callable[[], BaseException], signums: tuple[int, ...] = (signal.SIGTERM,),
+                   once: tuple[int, ...] = ()):
     """Within the block SIGTERM (kill, a job scheduler, torchrun), or each of `signums`, raises
     `exception()` with the signal as its `signum`, which unwinds like a Ctrl-C: the block's
     cleanup runs (prep's temporary directory, train.py's --out lock) where the signal's default
     action ended the process where it stood. Only where `may_handle`; elsewhere the signal is
-    left as it is."""
+    left as it is. A signal of `once` is ignored after its first, to the block's end (a hang-up
+    sends SIGHUP twice: the second would cut the first one's cleanup short)."""
 
     def handler(signum, frame):
+        if signum in once:
+            signal.signal(signum, signal.SIG_IGN)
         error = exception()
         error.signum = signum
         raise error

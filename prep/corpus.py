@@ -39,6 +39,7 @@ STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Sou
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # JSON lines, by either name
 JSON_SUFFIX = ".json"  # JSON lines or one JSON document: --stdin-format says which
 JQ_LINES = "jq -c '.[]'"  # an array of JSON objects -> JSON lines (quoted: zsh takes .[] for a pattern)
+OPENING_BYTES = 64 << 10  # where a stream read as text by default must show "[{" to be judged a JSON array
 FIRST_LINE_MAX = 64 << 20  # a *.json file's first line, read whole to tell JSON lines (a record may be a book)
 COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst", ".bz2", ".zip")  # what x.jsonl.gz is named for
 BOM = "\ufeff"  # at the start of a file it marks the encoding: no text, so no tokens
@@ -484,7 +485,9 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                 line, scanned, whole = bytearray(block), 0, False
                 while line.find(b"\n", scanned) < 0 and len(line) < limit:
                     scanned = len(line)
-                    more = read(limit - len(line))
+                    # a block a read: a file's read1 hands over all it is asked for, and every
+                    # whole line past the first is parsed to judge it
+                    more = read(min(block_bytes, limit - len(line)))
                     if not more:
                         whole = True
                         break
@@ -498,13 +501,18 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                     limit = max(FIRST_LINE_MAX, len(block))
                     held, judged = bytearray(block), 0
                     while True:
-                        last = whole or len(held) >= limit or _opening(held) not in (b"[", b"[{")
+                        # the opening from the first bytes alone (the whole would be copied
+                        # at each read: quadratic); past them, "[" and only spaces is no JSON
+                        # document worth reading on for
+                        opening = _opening(bytes(held[:OPENING_BYTES]))
+                        last = (whole or len(held) >= limit or opening not in (b"[", b"[{")
+                                or (opening == b"[" and len(held) >= OPENING_BYTES))
                         if last or len(held) >= 2 * judged:
                             judged = len(held)
                             array = _json_array_error(bytes(held), label)
                             if array is not None or last:
                                 break
-                        more = read(limit - len(held))
+                        more = read(min(block_bytes, limit - len(held)))
                         whole = not more
                         held += more
                     block = bytes(held)

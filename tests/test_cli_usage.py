@@ -331,6 +331,7 @@ runpy.run_path(sys.argv[0], run_name="__main__") if sys.argv[0].endswith(".py") 
     ("sample.py", signal.SIGINT, 130), ("sample.py", signal.SIGTERM, 143),
     ("loader.audit", signal.SIGINT, 130), ("loader.audit", signal.SIGTERM, 143),
     ("prep.bench", signal.SIGTERM, 143),
+    *([("train.py", signal.SIGHUP, 130)] if hasattr(signal, "SIGHUP") else []),  # train.py's runs stop on it
 ])
 def test_a_stop_while_click_imports_is_the_same_one_line(tmp_path, command, signum, status):
     """click was imported before the guard: a Ctrl-C in those tens of milliseconds printed the

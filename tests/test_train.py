@@ -1684,6 +1684,40 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
     assert snapshot(tmp_path / "out") == files  # no file touched, none added
 
 
+@pytest.mark.skipif(not train.HANGUP, reason="no SIGHUP")
+@pytest.mark.parametrize("second", ["prep.atomic.remove_empty", "loader.audit.list_checkpoints"],
+                         ids=["as-it-unwinds", "once-unwound"])
+def test_a_hang_ups_second_sighup_after_the_one_that_stopped_start_up_is_ignored(tmp_path, dataset, second):
+    """A hang-up sends SIGHUP twice, a millisecond apart. Where the first stopped the run while it
+    started up, the second came as that stop unwound (--out, made and unwritten, removed): it
+    raised again, and the line said "stopped at once"; or once it had unwound (main() looking
+    for checkpoints to name), where SIGHUP's default was back: killed (129), no line."""
+    module, name = second.rsplit(".", 1)
+    script = ("import importlib, os, runpy, signal, sys, time\n"
+              "import model\n"
+              f"where = importlib.import_module({module!r})\n"
+              f"real_gpt, real = model.GPT, where.{name}\n"
+              "hung = []\n"
+              "def gpt(config):\n"
+              "    hung.append(True)\n"
+              "    os.kill(os.getpid(), signal.SIGHUP)\n"
+              "    time.sleep(5)\n"
+              "def second(*args):\n"
+              "    if hung:\n"
+              "        os.kill(os.getpid(), signal.SIGHUP)\n"
+              "        time.sleep(0.1)\n"
+              "    return real(*args)\n"
+              f"model.GPT, where.{name} = gpt, second\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    args = _cli_args(dataset, tmp_path / "o", 2)
+    done = subprocess.run([args[0], "-c", script, *args[1:]], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "SIGHUP: stopped while starting up, before its first step; no checkpoint was written\n"
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
 def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_path, dataset, signum):
     """A Ctrl-C that reaches train.py while the interpreter shuts down (a second one just as a
