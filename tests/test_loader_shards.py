@@ -590,20 +590,23 @@ def test_a_split_without_shards_is_empty_only_when_allowed(tmp_path, fineweb):
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_path, prefetch):
-    # 300 + 400 tokens; the bad one is index 5 of the second shard (stream position 305)
+@pytest.mark.parametrize("bad, fine", [(5, 3), (0, 2)], ids=["index-5", "index-0"])
+def test_a_token_outside_the_vocabulary_is_an_error_naming_shard_and_index(tmp_path, prefetch, bad, fine):
+    """300 + 400 tokens; the bad one at index `bad` of the second shard (stream position 300 +
+    bad), in window `fine` (0-based) of 101 tokens: index 0 is that window's last target, and
+    named the first shard's index 300 where locate() looked left of a boundary."""
     first, second = tokens(300, 1) % 50257, tokens(400, 2) % 50257
-    second[5] = 65535
+    second[bad] = 65535
     llmc_shard(tmp_path / "x_train_000000.bin", first)
     llmc_shard(tmp_path / "x_train_000001.bin", second)
     with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch, vocab_size=50257) as loader:
-        for _ in range(3):  # up to [200, 301): fine
+        for _ in range(fine):  # up to [100 * fine - 100, 100 * fine + 1): fine
             loader.next_window()
-        with pytest.raises(TokenRangeError, match=r"x_train_000001.bin: token 65535 at index 5 is not below "
+        with pytest.raises(TokenRangeError, match=rf"x_train_000001.bin: token 65535 at index {bad} is not below "
                                                   r"the vocabulary size 50257"):
-            loader.next_window()  # [300, 401): crosses into the second shard
+            loader.next_window()  # reaches into the second shard
     with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch) as loader:  # no vocab_size: no check
-        assert [int(loader.next_window().numpy().max()) for _ in range(4)][3] == 65535
+        assert [int(loader.next_window().numpy().max()) for _ in range(fine + 1)][fine] == 65535
 
 
 def test_a_stream_position_is_located_in_its_shard_at_every_boundary_and_reads_past_the_end_are_refused(tmp_path):
@@ -624,19 +627,6 @@ def test_a_stream_position_is_located_in_its_shard_at_every_boundary_and_reads_p
         with pytest.raises(IndexError, match=rf"window \[{start}, {start + 11}\) is outside the stream's 701 tokens"):
             stream.read_into(start, out)
     stream.close()
-
-
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_a_token_outside_the_vocabulary_at_a_shards_first_index_names_that_shard(tmp_path, prefetch):
-    first, second = tokens(300, 1), tokens(400, 2)
-    second[0] = 65535
-    llmc_shard(tmp_path / "x_train_000000.bin", first)
-    llmc_shard(tmp_path / "x_train_000001.bin", second)
-    with TokenLoader(tmp_path, B=1, T=100, prefetch=prefetch, vocab_size=50257) as loader:
-        for _ in range(2):  # up to [100, 201): fine
-            loader.next_window()
-        with pytest.raises(TokenRangeError, match=r"x_train_000001.bin: token 65535 at index 0 is not below"):
-            loader.next_window()  # [200, 301): its last target is the second shard's first token
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
