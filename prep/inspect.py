@@ -21,8 +21,8 @@ from prep.epoch import steps_per_epoch
 from prep.errors import UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
-from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, open_shard,
-                         read_header, shard_file_bytes, split_files_in, token_out_of_range)
+from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
+                         open_shard, read_header, shard_file_bytes, split_files_in, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -83,17 +83,6 @@ def _meta_records(meta: dict) -> dict[str, dict]:
     return records
 
 
-def _header_problem(path: Path) -> str | None:
-    """What read_header (the loader's check) refuses in a shard whose size is already meta.json's
-    (a bad magic or version, or a count not that size's), without the file's name; None when
-    nothing."""
-    try:
-        read_header(path)
-    except ShardError as e:  # names the file
-        return str(e).removeprefix(f"{path}: ")
-    return None
-
-
 def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | None = None,
                  world: int = 1) -> DatasetInfo:
     """Splits, shards and tokens of a dataset directory; steps per epoch when B and T are given.
@@ -120,8 +109,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                         info.missing.append(entry["file"])
                     elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
-                    elif (wrong := _header_problem(path)) is not None:
-                        info.bad_header.append((entry["file"], wrong))
+                    elif (wrong := header_problem(path)) is not None:  # a bad magic or version, say
+                        info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
             listed = {e["file"] for record in records.values() for e in record["shards"]}
             info.unlisted = sorted(p.name for split in SPLITS for p in find_shards(directory, split)
                                    if p.name not in listed)

@@ -215,7 +215,7 @@ def split_files_in(directory: str | os.PathLike) -> str:
     if raw:
         said.append(f"{' and '.join(raw)} look{'s' if len(raw) == 1 else ''} like raw tokens: "
                     f"{raw_tokens_hint(directory)}")
-    headed = [f"{split}.bin" for split in SPLITS if _reads_as_shard(directory / f"{split}.bin")]
+    headed = [f"{split}.bin" for split in SPLITS if header_problem(directory / f"{split}.bin") is None]
     if headed:
         one = len(headed) == 1
         said.append(f"{' and '.join(headed)} {'is a shard' if one else 'are shards'} by {'its' if one else 'their'} "
@@ -224,12 +224,14 @@ def split_files_in(directory: str | os.PathLike) -> str:
     return "".join(f"; {part}" for part in said)
 
 
-def _reads_as_shard(path: Path) -> bool:
+def header_problem(path: str | os.PathLike) -> str | None:
+    """What read_header (the loader's check at start) refuses in `path`, said as its ShardError
+    says it (naming the file), or None where the file is a shard."""
     try:
         read_header(path)
-    except ShardError:
-        return False
-    return True
+    except ShardError as e:
+        return str(e)
+    return None
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:
