@@ -2667,27 +2667,28 @@ class StopRequest:
         again = not self.persistent and signum not in HANGUP
         if again:
             signal.signal(signum, self._previous[signum])
-        if first and self.announce:  # os.write: a print could re-enter one the signal interrupted
-            when = ("within two logging points" if self.persistent else
-                    self.when or "after the step under way")
-            again = ", a second one stops at once" if again else ""
-            with contextlib.suppress(OSError):  # stderr closed or full: the stop goes on
-                # on a terminal, off the line that holds the bar or the echoed ^C; a log file
-                # (a pipe, --quiet's usual place) gets no blank line
-                fresh_line = "\n" if os.isatty(2) else ""
-                os.write(2, f"{fresh_line}{signal.Signals(signum).name}: stopping {when}{again}\n".encode())
+        if first:
+            self._announce(", a second one stops at once" if again else "")
 
     def output_closed(self) -> None:
         """Standard output or error lost its reader (_output_closed): stop as on a signal, one
         that no second one follows. A signal that came first keeps its name (`| tee` stopped
         with the run's process group: the run's own signal, its tee gone)."""
-        if self.signal is not None:
+        if self.signal is None:
+            self.signal = OUTPUT_CLOSED
+            self._announce()
+
+    def _announce(self, again: str = "") -> None:
+        """Say at once that the stop was heard (rank 0's), with os.write: a print could re-enter
+        one the signal interrupted."""
+        if not self.announce:
             return
-        self.signal = OUTPUT_CLOSED
-        if self.announce:
-            when = "within two logging points" if self.persistent else self.when or "after the step under way"
-            with contextlib.suppress(OSError):  # (if it was standard error: /dev/null now)
-                os.write(2, f"{self.name}: stopping {when}\n".encode())
+        when = "within two logging points" if self.persistent else self.when or "after the step under way"
+        with contextlib.suppress(OSError):  # stderr closed or full (or the output that closed): the stop goes on
+            # on a terminal, off the line that holds the bar or the echoed ^C; a log file (a pipe,
+            # --quiet's usual place) gets no blank line
+            fresh_line = "\n" if os.isatty(2) else ""
+            os.write(2, f"{fresh_line}{self.name}: stopping {when}{again}\n".encode())
 
     @property
     def name(self) -> str:
@@ -2701,9 +2702,7 @@ class StopRequest:
             # the main thread, a signal not ignored (`cmd &` in a script: Ctrl-C is not for this run)
             if may_handle(signum):
                 self._previous[signum] = signal.signal(signum, self._handle)
-        _on_output_closed.append(self.output_closed)
-        if _closed_outputs:  # closed while the run started up: its stop's line says when
-            self.signal = OUTPUT_CLOSED
+        _on_output_closed.append(self.output_closed)  # (closed while starting up: train()'s ReaderGone)
         return self
 
     def __exit__(self, *exc) -> None:
