@@ -28,7 +28,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import BinaryIO
@@ -464,10 +464,55 @@ def _refuse_json(path: Path, field: str) -> None:
     raise error
 
 
+def _judge_json(block: bytes, read: Callable[[int], bytes], block_bytes: int, label: str,
+                field: str) -> tuple[bytes, CorpusError | None]:
+    """A stream's first block read on until it can be judged (with the bytes read for it), and
+    the error for JSON read as text by default: JSON lines (_json_lines_error) or a JSON array of
+    objects (_json_array_error); None for text."""
+    # a complete first line: a pipe may hand it over in parts, and where the stream opens as a
+    # JSON object that line may be a book, longer than a block (a .json file's is read as far,
+    # _refuse_json), so read on to FIRST_LINE_MAX
+    limit = FIRST_LINE_MAX if _opening(block)[:1] == b"{" else block_bytes
+    line, scanned, whole = bytearray(block), 0, False
+    while line.find(b"\n", scanned) < 0 and len(line) < limit:
+        scanned = len(line)
+        # a block a read: a file's read1 hands over all it is asked for, and every whole line
+        # past the first is parsed to judge it
+        more = read(min(block_bytes, limit - len(line)))
+        if not more:
+            whole = True
+            break
+        line += more
+    block = bytes(line)
+    # `[` then `{`, on one line or pretty-printed: one JSON document if its first object is
+    # whole; read on (up to FIRST_LINE_MAX: a record may be a book) until it is, or is no JSON,
+    # judging it again each time the bytes read have doubled (linear in all)
+    array = None
+    if _opening(block) in (b"[", b"[{"):
+        limit = max(FIRST_LINE_MAX, len(block))
+        document, judged = bytearray(block), 0
+        while True:
+            # the opening from the first bytes alone (the whole would be copied at each read:
+            # quadratic); past them, "[" and only spaces is no JSON document worth reading on for
+            opening = _opening(bytes(document[:OPENING_BYTES]))
+            last = (whole or len(document) >= limit or opening not in (b"[", b"[{")
+                    or (opening == b"[" and len(document) >= OPENING_BYTES))
+            if last or len(document) >= 2 * judged:
+                judged = len(document)
+                array = _json_array_error(bytes(document), label)
+                if array is not None or last:
+                    break
+            more = read(min(block_bytes, limit - len(document)))
+            whole = not more
+            document += more
+        block = bytes(document)
+    return block, _json_lines_error(block, label, field, whole) or array
+
+
 def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                json_field: str | None = None, member: bool = False) -> Iterator[Piece]:
     """The stream's bytes as one document. `json_field`: a stream read as text by default, refused
-    if its first lines are JSON lines (_json_lines_error). `member`: a directory's file."""
+    if it opens as JSON (_judge_json). `member`: a directory's file."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
     offset, first, at_start = 0, True, True
@@ -478,45 +523,7 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                 block += more
             error = _not_utf8(block[:10], label, member=member)
             if error is None and json_field is not None:
-                # a complete first line: a pipe may hand it over in parts, and where the stream
-                # opens as a JSON object that line may be a book, longer than a block (a .json
-                # file's is read as far, _refuse_json), so read on to FIRST_LINE_MAX
-                limit = FIRST_LINE_MAX if _opening(block)[:1] == b"{" else block_bytes
-                line, scanned, whole = bytearray(block), 0, False
-                while line.find(b"\n", scanned) < 0 and len(line) < limit:
-                    scanned = len(line)
-                    # a block a read: a file's read1 hands over all it is asked for, and every
-                    # whole line past the first is parsed to judge it
-                    more = read(min(block_bytes, limit - len(line)))
-                    if not more:
-                        whole = True
-                        break
-                    line += more
-                block = bytes(line)
-                # `[` then `{`, on one line or pretty-printed: one JSON document if its first object
-                # is whole; read on (up to FIRST_LINE_MAX: a record may be a book) until it is, or
-                # is no JSON, judging it again each time the bytes read have doubled (linear in all)
-                array = None
-                if _opening(block) in (b"[", b"[{"):
-                    limit = max(FIRST_LINE_MAX, len(block))
-                    held, judged = bytearray(block), 0
-                    while True:
-                        # the opening from the first bytes alone (the whole would be copied
-                        # at each read: quadratic); past them, "[" and only spaces is no JSON
-                        # document worth reading on for
-                        opening = _opening(bytes(held[:OPENING_BYTES]))
-                        last = (whole or len(held) >= limit or opening not in (b"[", b"[{")
-                                or (opening == b"[" and len(held) >= OPENING_BYTES))
-                        if last or len(held) >= 2 * judged:
-                            judged = len(held)
-                            array = _json_array_error(bytes(held), label)
-                            if array is not None or last:
-                                break
-                        more = read(min(block_bytes, limit - len(held)))
-                        whole = not more
-                        held += more
-                    block = bytes(held)
-                error = _json_lines_error(block, label, json_field, whole) or array
+                block, error = _judge_json(block, read, block_bytes, label, json_field)
             if error is not None:
                 raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
