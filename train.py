@@ -74,8 +74,8 @@ from prep.atomic import interrupt_exits_while_importing  # the standard library'
 # at once (SIGTERM too, as every stop of train.py exits), one line
 with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True):
     # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
-    from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long, plain_numbers,
-                             point_at_devnull)
+    from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
+                             path_too_long_error, plain_numbers, point_at_devnull)
 
     import click
     import numpy as np
@@ -3195,21 +3195,6 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
             signal.signal(signum, exit_130)
 
 
-def _path_too_long(e: OSError, cfg: TrainConfig) -> UserError | None:
-    """The one line for a path too long for the filesystem (prep.errors.path_too_long), naming
-    the option that gave it, where the generic one named the path alone; None for other errors."""
-    why = path_too_long(e)
-    if why is None:
-        return None
-    path = os.fsdecode(e.filename)
-    given = [(flag, str(Path(value))) for flag, value in (("--data", cfg.data), ("--val-data", cfg.val_data),
-             ("--out", cfg.out), ("--resume", cfg.resume), ("--init-from", cfg.init_from)) if value]
-    # the longest value that starts the path: --out data/run below --data data, say
-    starts = sorted((len(value), flag) for flag, value in given if path.startswith(value))
-    named = f"{starts[-1][1]} " if starts else ""
-    return UserError(f"{named}{path}: path too long ({why}); give a shorter one")
-
-
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--B", "B", type=int, default=TrainConfig.B, help="Sequences per micro-step and rank.")
 @click.option("--T", "T", type=int, default=TrainConfig.T,
@@ -3310,7 +3295,7 @@ def main(compile_: bool | None, **options) -> None:
         try:
             summary = train(cfg)
         except OSError as e:  # pathlib's exists() raises "File name too long" through Python 3.13
-            named = _path_too_long(e, cfg)
+            named = path_too_long_error(e, click.get_current_context())  # here: a rank names itself, below
             if named is None:
                 raise
             raise named from None

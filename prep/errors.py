@@ -154,6 +154,26 @@ def path_too_long(error: OSError) -> str | None:
     return f"{len(os.fsencode(path))} bytes in all, more than the system takes"
 
 
+def path_too_long_error(error: OSError, ctx: click.Context | None = None) -> UserError | None:
+    """The one line for a path too long for the filesystem (path_too_long), naming the option
+    that gave it where `ctx` has one whose value starts the path, both made absolute (the
+    longest: --out data/run below --data data, say), else the path alone; None for any other
+    error."""
+    why = path_too_long(error)
+    if why is None:
+        return None
+    path = os.fsdecode(error.filename)
+    where, starts = os.path.abspath(path), []  # (no call of the filesystem's: a string's work)
+    for param in ctx.command.params if ctx is not None else ():
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Option) and isinstance(value, (str, os.PathLike)) and os.fspath(value):
+            given = os.path.abspath(value)
+            if where == given or where.startswith(given.rstrip(os.sep) + os.sep):
+                starts.append((len(given), param.opts[0]))
+    named = f"{max(starts)[1]} " if starts else ""
+    return UserError(f"{named}{path}: path too long ({why}); give a shorter one")
+
+
 def _reader_gone() -> None:
     """Standard output's reader went away (`| head`): end quietly, as a writer SIGPIPE ends, where
     click's rule was exit 1, which `prep verify` also gives for problems found."""
@@ -176,9 +196,9 @@ class _OneLineUsage:
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
-            why = path_too_long(e)
-            if why is not None:  # a user's path, wherever it was first used
-                UserError(f"{os.fsdecode(e.filename)}: path too long ({why}); give a shorter one").show()
+            too_long = path_too_long_error(e)  # (outside invoke: no option to name)
+            if too_long is not None:  # a user's path, wherever it was first used
+                too_long.show()
                 sys.exit(UserError.exit_code)
             if e.errno == errno.EPIPE or not _writing_stdout(e):  # another pipe's (invoke: stdout's): click's rule
                 raise
@@ -195,6 +215,9 @@ class _OneLineUsage:
         except OSError as e:
             if e.errno == errno.EPIPE and _writing_stdout(e):
                 _reader_gone()
+            too_long = path_too_long_error(e, ctx)  # a user's path, named by its option
+            if too_long is not None:
+                raise too_long from None
             raise
         try:
             flush_stdout()  # inside main(): a failing output is reported there
