@@ -471,10 +471,17 @@ def _judge_json(block: bytes, read: Callable[[int], bytes], block_bytes: int, la
     objects (_json_array_error); None for text."""
     # a complete first line: a pipe may hand it over in parts, and where the stream opens as a
     # JSON object that line may be a book, longer than a block (a .json file's is read as far,
-    # _refuse_json), so read on to FIRST_LINE_MAX
-    limit = FIRST_LINE_MAX if _opening(block)[:1] == b"{" else block_bytes
+    # _refuse_json), so read on to FIRST_LINE_MAX. The first line that holds more than JSON's
+    # whitespace: blank lines before JSON lines (a producer's leading newline) judge nothing.
     line, scanned, whole = bytearray(block), 0, False
-    while line.find(b"\n", scanned) < 0 and len(line) < limit:
+    past_bom = len(BOM.encode()) if block.startswith(BOM.encode()) else 0
+    start = None  # where the stream's first token starts, once read
+    while True:
+        if start is None and (token := _FIRST_TOKEN.search(line, max(scanned, past_bom))):
+            start = token.start()
+        limit = FIRST_LINE_MAX if start is not None and line[start:start + 1] == b"{" else block_bytes
+        if (start is not None and line.find(b"\n", max(scanned, start)) >= 0) or len(line) >= limit:
+            break
         scanned = len(line)
         # a block a read: a file's read1 hands over all it is asked for, and every whole line
         # past the first is parsed to judge it
@@ -543,6 +550,7 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
 
 
 JSON_WHITESPACE = " \t\r\n"  # RFC 8259's; str.strip() would take any Unicode space
+_FIRST_TOKEN = re.compile(rb"[^ \t\r\n]")  # a byte past JSON's whitespace (searched in place: no copy)
 
 
 def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterator[Piece]:

@@ -432,6 +432,21 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
 
 
 
+def test_json_lines_on_stdin_after_blank_lines_are_told_from_text():
+    """`(echo; cat docs.jsonl) | prep tokenize -`: the first line is the first one holding more
+    than JSON's whitespace. A blank first line was judged alone (nothing to judge) wherever the
+    pipe's first read ended inside the next line, and the JSON was tokenized as text; text after
+    blank lines is still read, exactly."""
+    data = b'\xef\xbb\xbf\n \r\n\t\n{"text": "a doc"}\n{"text": "b"}\n'
+    for stdin in (Trickle(data), io.BytesIO(data)):
+        with pytest.raises(CorpusError, match=r"^<stdin>: read as text, but its first lines are JSON objects"):
+            list(read_pieces(resolve_sources(["-"]), stdin=stdin))
+    text = "\n\n{ a brace, then text\nand more\n"
+    assert "".join(p.text for p in read_pieces(resolve_sources(["-"]), stdin=Trickle(text.encode()))) == text
+    blank = "\n" * 5
+    assert "".join(p.text for p in read_pieces(resolve_sources(["-"]), stdin=Trickle(blank.encode()))) == blank
+
+
 def test_json_lines_on_stdin_whose_first_record_is_longer_than_a_block_are_told_from_text():
     """`zstdcat books.jsonl.zst | prep tokenize -`: a first record over a block (1 MiB) left no
     whole line to judge, and the JSON was tokenized as text without a word. Where the stream opens
