@@ -2457,7 +2457,8 @@ class TrainCommand(UserCommand):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (or SIGHUP: `signum`) where no step is under way to finish first (start-up,
-    --bench): the run stops at once, as a Ctrl-C there does."""
+    --bench): the run stops at once, as a Ctrl-C there does. Also the training loop's stop for a
+    signal after which the step failed (cut_short, which says `why`)."""
 
     signum = signal.SIGTERM
 
@@ -2474,7 +2475,9 @@ def train(cfg: TrainConfig) -> dict:
     # silently (143) with an empty --out left behind; the training loop's StopRequest takes it
     # over while it runs
     _closed_outputs.clear()  # (a run before this one in the process found them closed: now /dev/null)
-    with sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP), once=HANGUP), contextlib.ExitStack() as stack:
+    # (once: `timeout` sends its SIGTERM twice, to the run and to its process group; a hang-up SIGHUP)
+    with (sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)),
+          contextlib.ExitStack() as stack):
         watch_launcher()
         try:
             s = prepare(cfg, stack)
@@ -2577,6 +2580,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on Windows)
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
+SAME_SIGNAL_S = 1.0  # a Ctrl-C within this of the first is the same press, sent again (StopRequest)
 _closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away
 _on_output_closed: list[Callable[[], None]] = []  # the training loop's StopRequest, while it runs
 
@@ -2637,8 +2641,13 @@ class StopRequest:
     ignore on: it handles SIGINT itself and forwards it, unless started with `--signals-to-handle
     SIGTERM,SIGHUP,SIGQUIT` (checked: `torchrun ... &` then trains on through a Ctrl-C).
 
-    One process: the first signal only sets the flag and puts the previous handler back, so a
-    second one acts at once. Under torchrun (`persistent`): every signal only sets the flag,
+    One process: a second Ctrl-C acts at once (the previous handler's KeyboardInterrupt), where
+    it comes a second or more after the first (SAME_SIGNAL_S): `timeout`, which a Ctrl-C at its
+    terminal reaches with the run, passes it on to the run and to its process group, and so sends
+    one press up to three times within microseconds. SIGTERM and SIGHUP only ever set the flag:
+    programs send them (`timeout`, twice: to the run, then to its process group; a hang-up,
+    twice), and one that means "at once" follows with SIGKILL, which a checkpointed run survives.
+    Under torchrun (`persistent`): every signal only sets the flag,
     because torchrun passes the signal it gets on to every rank (a Ctrl-C reaches each rank
     twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13).
     The ranks agree on the step to stop at through a flag that rides on the logging point's
@@ -2658,15 +2667,18 @@ class StopRequest:
         # the step-0 evaluation), "after the evaluation or sample under way" (a resume at its last step)
         self.when: str | None = None
         self._previous: dict[int, object] = {}
+        self._first_ctrl_c: float | None = None  # time.monotonic() when the first was heard
 
     def _handle(self, signum, frame) -> None:
         first = self.signal in (None, OUTPUT_CLOSED)  # (a Ctrl-C after output closed is the user's first word)
         self.signal = signum
-        # a hung-up terminal's SIGHUP comes twice (bash's, then the kernel's as bash exits), and
-        # no one is left at it to mean a second one: it never stops the run at once
-        again = not self.persistent and signum not in HANGUP
-        if again:
+        again = not self.persistent and signum == signal.SIGINT  # a second one may stop at once
+        if again and self._first_ctrl_c is None:
+            self._first_ctrl_c = time.monotonic()
+        elif again and time.monotonic() - self._first_ctrl_c >= SAME_SIGNAL_S:
             signal.signal(signum, self._previous[signum])
+            signal.raise_signal(signum)  # to the handler before: KeyboardInterrupt, here
+            return
         if first:
             self._announce(", a second one stops at once" if again else "")
 
@@ -2744,6 +2756,20 @@ def train_loop(s: Session) -> dict:
     say = _say_over_bar if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
         stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master))
+
+        def cut_short(exc_type, error, traceback) -> None:
+            """An error after a signal was heard is that signal's stop at once: it reaches the
+            run's whole process group, the compiler torch runs for the step (g++, inductor's
+            workers) too, and the step then failed with a compile error's traceback."""
+            if (isinstance(error, Exception) and not isinstance(error, (UserError, TokenRangeError))
+                    and stop.requested and stop.signal != OUTPUT_CLOSED):
+                stopped = Terminated()
+                stopped.signum = stop.signal
+                stopped.why = (f": what was under way failed after the signal ({type(error).__name__}; a signal "
+                               f"reaches the whole process group, torch's compiler included)")
+                raise stopped from error
+
+        files.push(cut_short)
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
@@ -3314,7 +3340,8 @@ def main(compile_: bool | None, **options) -> None:
         if getattr(e, "starting", False):  # train() marks a stop in its start-up
             _echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
         else:
-            _echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{then}", err=True)
+            why = getattr(e, "why", "")  # (the training loop's cut_short)
+            _echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{why}{then}", err=True)
         sys.exit(READER_GONE_STATUS if isinstance(e, ReaderGone) else 130)
     if summary.get("interrupted") and not summary.get("output_closed"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C (by SIGTERM or SIGHUP too)

@@ -1490,6 +1490,7 @@ def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
         real_save(obj, f)
 
     monkeypatch.setattr(train.torch, "save", interrupted_save)
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)  # two presses (the write delivers them together)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2, out=str(tmp_path / "cut")))
     assert saves == [1, 2, 3]
@@ -1642,6 +1643,41 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     # --bench writes no checkpoint: those in --out are no run of its to continue, and none written is no news
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out), "--bench"])
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once\n"
+
+
+def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypatch, tmp_path, dataset):
+    """`timeout` or a Ctrl-C signals the run's whole process group: the C++ compiler that torch
+    runs for a step's first compilation too, and the step then failed with a 100-line traceback
+    of torch's compile error and exit 1. An error after a signal is now its stop at once: one
+    line, 130. An error without a signal stays the error it is."""
+    real_step, calls = train.train_step, [0]
+
+    def step_whose_compiler_got_the_signal(*args):
+        calls[0] += 1
+        if calls[0] == 3:
+            if signalled:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+            raise RuntimeError("C++ compile error")
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "train_step", step_whose_compiler_got_the_signal)
+    out = tmp_path / "out"
+
+    def args(out: Path) -> list[str]:
+        return ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "5", "--data", str(dataset), "--out", str(out),
+                "--eval-every", "0", "--ckpt-every", "2", "--quiet", "--device", "cpu"]
+
+    signalled = True
+    result = CliRunner().invoke(train.main, args(out))
+    assert result.exit_code == 130, result.output
+    assert result.stderr == ("SIGTERM: stopped at once: what was under way failed after the signal (RuntimeError; "
+                             "a signal reaches the whole process group, torch's compiler included); --resume auto "
+                             f"continues from the last checkpoint written ({out / 'ckpt_000002.pt'})\n")
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    signalled, calls[0] = False, 0
+    result = CliRunner().invoke(train.main, args(tmp_path / "plain"))
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError), result.output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
@@ -2045,23 +2081,36 @@ def test_a_rank_that_never_comes_to_start_is_named_after_the_stores_timeout(monk
     assert not (tmp_path / "o").exists()
 
 
-def test_stop_request_second_signal_acts_alone_but_not_under_torchrun():
-    """One process: a second Ctrl-C interrupts at once. Under torchrun (persistent) every signal
-    only asks to stop: torchrun passes on the signals it gets, so each rank sees a Ctrl-C twice."""
+def test_stop_request_a_second_ctrl_c_acts_alone_a_while_after_the_first_and_no_sigterm_does(monkeypatch):
+    """One process: a second Ctrl-C interrupts at once, but not one within SAME_SIGNAL_S of the
+    first: `timeout` passes a press at its terminal on to the run and to its process group (with
+    the terminal's own, three copies within microseconds), and sends its own SIGTERM twice; a
+    second SIGTERM stopped at once, and the run lost its checkpoint, whenever the first had been
+    handled before the second arrived. No SIGTERM stops at once: whoever sends them follows with
+    SIGKILL. Under torchrun (persistent) every signal only asks to stop: torchrun passes on the
+    signals it gets, so each rank sees a Ctrl-C twice."""
     with train.StopRequest(persistent=True) as stop:
         for _ in range(3):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert stop.requested and stop.signal == signal.SIGINT
+    with train.StopRequest() as stop:  # (a SIGTERM that reached the handler before, SIG_DFL, ends pytest)
+        for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGINT):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)
+        assert stop.requested and stop.signal == signal.SIGINT
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.3)
     with pytest.raises(KeyboardInterrupt):
         with train.StopRequest() as stop:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # the first: only asks
             time.sleep(0.01)
-            assert stop.requested and stop.signal == signal.SIGTERM
-            os.kill(os.getpid(), signal.SIGINT)  # the first SIGINT: only asks
+            os.kill(os.getpid(), signal.SIGINT)  # the same press again
             time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGINT)  # the second one interrupts
+            assert stop.requested and stop.signal == signal.SIGINT
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)  # a second press interrupts
             time.sleep(0.01)
+        pytest.fail("the second press did not interrupt")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
 
 
@@ -2117,7 +2166,7 @@ def test_a_ctrl_c_ignored_by_whoever_started_the_run_stays_ignored(tmp_path):
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "SIGINT" not in stderr + stdout
-    assert "SIGTERM: stopping after the step under way, a second one stops at once" in stderr.splitlines()
+    assert "SIGTERM: stopping after the step under way" in stderr.splitlines()
     (stopped_at, _), = train.list_checkpoints(out)
     assert f"SIGTERM: stopped after step {stopped_at} of 400" in stdout and stopped_at >= seen + 5
 
@@ -2252,13 +2301,15 @@ def test_interrupt_checkpoints_the_step_under_way_and_resumes_exactly(tmp_path, 
     while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 3):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
         time.sleep(0.01)
-    proc.send_signal(signum)
+    for _ in range(3):  # as `timeout` sends it: to the run, then to its process group (a Ctrl-C: and the terminal's)
+        proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     name = signal.Signals(signum).name
     # at once, on a line of its own (and no blank line before it: stderr is a pipe here)
-    assert f"{name}: stopping after the step under way, a second one stops at once" in stderr.splitlines()
+    again = ", a second one stops at once" if signum == signal.SIGINT else ""
+    assert f"{name}: stopping after the step under way{again}" in stderr.splitlines()
     assert "\n\n" not in stderr
     (stopped_at, path), = train.list_checkpoints(out)
     assert 3 <= stopped_at < steps
@@ -2373,6 +2424,7 @@ def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeyp
 
 def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_path, monkeypatch):
     real_save = torch.save
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)  # two presses (the write delivers them together)
 
     def twice_interrupted_save(obj, f):
         for _ in range(2):
