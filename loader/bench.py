@@ -35,7 +35,7 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import sigterm_raises
-from prep.errors import READER_GONE_STATUS, point_at_devnull
+from prep.errors import READER_GONE_STATUS, flush_stdout, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGTERM if terminated else 130
     try:
         print(json.dumps(result, indent=2) if args.json else report(result))
-        sys.stdout.flush()
+        flush_stdout()  # (none where it started closed, `>&-`)
     except OSError as e:  # `> /dev/full`, or a pipe closed early (`| head -1`)
         sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
         if e.errno == errno.EPIPE:  # the reader has what it wanted: quietly, as prep's commands do

@@ -157,6 +157,11 @@ def test_output_that_cannot_be_written_is_one_line(tmp_path):
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # a reader gone before the table
     assert proc.wait(timeout=300) == 141 and proc.stderr.read() == ""
+    # started with standard output closed (`>&-`): Python's sys.stdout is None, whose flush
+    # raised AttributeError with a traceback; the table goes nowhere, as prep's commands' output does
+    proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and proc.stderr == ""
 
 
 @pytest.mark.parametrize("stop, status, line", [("ctrl-c", 130, "interrupted"), ("sigterm", 143, "stopped by SIGTERM")])
