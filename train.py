@@ -88,7 +88,8 @@ with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130,
     from loader.loader import dataset_digest
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
     from model.hf import is_hf_mask_buffer
-    from prep.atomic import atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred, temp_path
+    from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred,
+                             temp_path)
     from prep.epoch import steps_per_epoch
     from prep.measure import physical_memory
     from prep.meta import META_NAME, check_tokenizer, read_meta
@@ -2577,7 +2578,6 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
 
 # ----------------------------------------------------------------------------- output whose reader went away
 
-HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on Windows)
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
 SAME_SIGNAL_S = 1.0  # a Ctrl-C within this of the first is the same press, sent again (StopRequest)

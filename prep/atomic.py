@@ -98,6 +98,9 @@ def import_stop_line(signum: int) -> bytes:
             "nothing was written\n").encode()
 
 
+HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on Windows)
+
+
 @contextlib.contextmanager
 def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM,
                                     hangup: bool = False):
@@ -108,8 +111,8 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
     stop on it). Each only where `may_handle` (the main thread, a handler that can be put back,
     a signal not ignored); `active` False: nothing."""
     statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
-    if hangup and hasattr(signal, "SIGHUP"):
-        statuses[signal.SIGHUP] = sigterm_status
+    for signum in HANGUP if hangup else ():
+        statuses[signum] = sigterm_status
     statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
 
     def exit_at_once(signum, frame) -> None:

@@ -36,14 +36,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import click
 
-from prep.atomic import sigterm_raises
+from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
@@ -368,7 +368,9 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError("--val-fraction must be a number in [0, 1), got nan")
     done: list[Path] = []  # the target, once the new dataset is in place
     try:
-        with sigterm_raises(lambda: SystemExit(128 + signal.SIGTERM)):
+        # SIGTERM, and SIGHUP (the terminal hung up: an ssh session dropped), unwind as a Ctrl-C
+        # does: the temporary directory of the new dataset removed, where their default left it
+        with sigterm_raises(SystemExit, (signal.SIGTERM, *HANGUP), once=HANGUP):
             result = tokenize_corpus(inputs, out, name=name, shard_size=shard_size,
                                      val_fraction=val_fraction, val_max_tokens=val_max_tokens,
                                      workers=workers, field=field, errors=errors,
@@ -381,14 +383,15 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         raise UserError(str(e)) from None
     except WorkerError as e:  # no mistake of the user's (status 1), but no bug either: one line
         raise click.ClickException(f"{e}; nothing was written (the output directory is as it was)") from None
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM through sigterm_raises
-        status = 130 if isinstance(e, KeyboardInterrupt) else e.code
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or SIGTERM or SIGHUP through sigterm_raises
+        status = 130 if isinstance(e, KeyboardInterrupt) else 128 + e.signum if hasattr(e, "signum") else e.code
         name = signal.Signals(status - 128).name if isinstance(status, int) and status > 128 else "interrupted"
         # also a signal after the install, on the way out (not raised through it: no attribute)
         installed = getattr(e, "installed", None) or (done[0] if done else None)
         where = (f"{installed} holds the new dataset, complete" if installed is not None else
                  "nothing was written (the output directory is as it was)")
-        click.echo(f"{name}: stopped; {where}", err=True)
+        with suppress(OSError):  # a hung-up terminal's EIO: the status says it
+            click.echo(f"{name}: stopped; {where}", err=True)
         sys.exit(status)
     try:
         click.echo(json.dumps(result.to_json()) if as_json else result.summary())

@@ -32,6 +32,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prep.atomic import HANGUP
 from prep.corpus import CorpusError, read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
@@ -1085,8 +1086,10 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, *HANGUP])
 def test_sigterm_or_ctrl_c_removes_the_temporary_dir_and_says_so(tmp_path, signum):
+    """SIGHUP (the terminal hung up) too: its default ended the command with no word and left
+    the temporary directory, partial shards in it."""
     out = tmp_path / "out"
     proc = subprocess.Popen(cli("-", "--out", out, "--val-fraction", "0", "--shard-size", 1000,
                                 "--chunk-size", 1000, "--workers", 2, "--quiet"),
