@@ -73,6 +73,17 @@ class UserError(click.ClickException):
 _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # str.splitlines()'s
 
 
+class GivenPath(click.Path):
+    """click.Path that refuses '' (an unset shell variable: `prep tokenize "$CORPUS"`), which
+    pathlib reads as the current directory: `prep tokenize ''` tokenized every text file there."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail("'' is no path (an unset shell variable?); name one, or . for the current directory",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # click >= 8.2 raises this for a bare group invocation, to print the help: let it through.
 _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 

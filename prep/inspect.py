@@ -18,7 +18,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
-from prep.errors import UserCommand, UserError, bar_disable
+from prep.errors import GivenPath, UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
@@ -140,7 +140,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
 
 
 @click.command("info", cls=UserCommand)
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=GivenPath(path_type=Path))
 @click.option("--B", "B", type=click.IntRange(min=1), default=None, show_default="none: no steps per epoch",
               help="Batch size, for steps per epoch (with --T).")
 @click.option("--T", "T", type=click.IntRange(min=1), default=None, show_default="none: no steps per epoch",
@@ -362,7 +362,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
 
 
 @click.command("verify", cls=UserCommand)
-@click.argument("directory", type=click.Path(path_type=Path))
+@click.argument("directory", type=GivenPath(path_type=Path))
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: only on a terminal).")
 def verify_command(directory: Path, progress: bool | None) -> None:

@@ -47,7 +47,7 @@ from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
-from prep.errors import NAME_MAX, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
+from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -312,7 +312,7 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 
 
 @click.command("tokenize", cls=UserCommand, context_settings={"show_default": True})
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=GivenPath())
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory.  [default: data/<stem of the first input>, data/stdin for -]")
 @click.option("--name", default=None, help="Shard name prefix.  [default: the output directory's name]")

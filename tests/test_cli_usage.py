@@ -39,6 +39,17 @@ def test_prep_usage_errors_are_one_line(tmp_path, monkeypatch, args, words):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, monkeypatch):
+    """`prep tokenize "$CORPUS"` with the variable unset tokenized every text file in the current
+    directory (pathlib's Path('') is '.'); info and verify reported on it. Refused, as sample.py
+    and loader.audit refuse ''."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    for args, name in ((["tokenize", ""], "INPUT"), (["tokenize", "notes.txt", ""], "INPUT"),
+                       (["info", ""], "DIRECTORY"), (["verify", ""], "DIRECTORY")):
+        assert_user_error(CliRunner().invoke(prep_main, args), f"prep {args[0]}", name, "'' is no path")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
 @pytest.mark.parametrize("command", [
     ["prep", "info"], ["prep", "verify"], ["prep", "tokenize"], ["train.py", "--device", "cpu", "--data"],
     ["sample.py"]])
