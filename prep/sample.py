@@ -113,6 +113,10 @@ def write_sample(
     Raises UserError for a bad `source`/`out` or an existing file that may not be replaced.
     """
     out = Path(out)
+    if out.is_symlink():  # written through, the link kept (as prep tokenize's --out); never replaced by a file
+        if not out.exists():  # dangling, or a loop
+            raise UserError(f"--out {out} is a symbolic link to nothing ({os.readlink(out)}); give a file path")
+        out = Path(os.path.realpath(out))
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file path")
     if out.exists() and not out.is_file():  # a device (/dev/null), a fifo: never replaced by a file

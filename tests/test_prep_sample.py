@@ -173,6 +173,26 @@ def test_other_existing_content_needs_overwrite(tmp_path):
     assert result.exit_code == 0 and out.read_bytes() == fallback_text().encode("utf-8")
 
 
+def test_a_symbolic_link_as_out_is_written_through_and_kept(tmp_path):
+    """--out a link: os.replace put the file in the link's place, a dangling link or one to
+    itself without --overwrite. A dangling one is refused (as prep tokenize's --out is); a live
+    one is written through, with the target's rules (other content needs --overwrite), and stays
+    a link."""
+    for target in ("nowhere", "loop"):
+        link = tmp_path / target
+        link.symlink_to(target)
+        assert_user_error(run("--out", link, "--offline"), f"--out {link}", "symbolic link to nothing")
+        assert link.is_symlink() and os.readlink(link) == target
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious user data")
+    link = tmp_path / "input.txt"
+    link.symlink_to("mine.txt")
+    assert_user_error(run("--out", link, "--offline"), str(mine), "--overwrite")
+    assert mine.read_text() == "precious user data"
+    result = run("--out", link, "--offline", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and mine.read_bytes() == fallback_text().encode("utf-8")
+
 def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
