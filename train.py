@@ -1207,7 +1207,12 @@ def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> str |
     if state["cuda"] is not None and rt.device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], rt.device)
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    words = np.array(keys, dtype=np.int64)  # (numpy < 2 wrapped a word out of range into uint32 without a word)
+    top = np.iinfo(np.uint32).max
+    if words.size and not 0 <= words.min() <= words.max() <= top:
+        raise OverflowError(f"numpy's RNG state holds {words.max() if words.max() > top else words.min()}, "
+                            f"out of bounds for uint32")
+    np.random.set_state((name, words.astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     sample = state["sample"]

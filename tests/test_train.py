@@ -668,6 +668,8 @@ def test_the_step_s_gradient_norm_is_get_total_norm_s_without_its_bookkeeping(mo
     x = torch.randint(0, 50257, (2, 16))
     model(x, x)[1].backward()
     grads = [p.grad for p in parts.params]
+    if not hasattr(torch.nn.utils, "get_total_norm"):
+        pytest.skip("this torch has no get_total_norm (torch < 2.6): total_norm has its own then")
     expected = torch.nn.utils.get_total_norm(grads)
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: pytest.fail("get_total_norm called"))
     assert torch.equal(train.total_norm(grads, parts.one_norm_group), expected)
@@ -1619,7 +1621,9 @@ def test_a_shard_truncated_under_a_run_says_where_it_died(tmp_path):
     assert proc.returncode == -signal.SIGBUS, err
     assert "Fatal Python error: Bus error" in err
     reader = err[err.index("Current thread"):].split("\n\n")[0]  # the thread that faulted, innermost first
-    assert "in read_into" in reader.splitlines()[1] and "loader/stream.py" in reader, err
+    # (numpy < 2 dispatches np.copyto through a Python frame of its own, "<__array_function__ internals>")
+    frames = [line for line in reader.splitlines()[1:] if "__array_function__ internals" not in line]
+    assert "in read_into" in frames[0] and "loader/stream.py" in reader, err
     for _, path in train.list_checkpoints(out):
         assert torch.load(path, weights_only=True)["step"] == int(path.stem.split("_")[1])
 
@@ -2910,7 +2914,7 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("negeps", "ValueError: optimizer group betas (0.9, 0.95), eps -1.0"),
                          ("nomoment", "ValueError: optimizer state of a parameter of (50304, 32) lacks exp_avg_sq"),
                          ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 0"),
-                         ("rngword", "OverflowError: Python integer 1099511627776 out of bounds for uint32"),
+                         ("rngword", "OverflowError: numpy's RNG state holds 1099511627776, out of bounds for uint32"),
                          ("intname", "AttributeError: 'int' object has no attribute 'startswith'"),
                          ("loaderstep", "its loader state has step, shuffle, seed 1, False, 1337; its step 2 and run "
                                         "say 2, False, 1337)"),
