@@ -36,7 +36,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -47,7 +47,7 @@ from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
-from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers
+from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers, say
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -390,8 +390,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
         installed = getattr(e, "installed", None) or (done[0] if done else None)
         where = (f"{installed} holds the new dataset, complete" if installed is not None else
                  "nothing was written (the output directory is as it was)")
-        with suppress(OSError):  # a hung-up terminal's EIO: the status says it
-            click.echo(f"{name}: stopped; {where}", err=True)
+        say(f"{name}: stopped; {where}")  # (dropped on a hung-up terminal's EIO: the status says it)
         sys.exit(status)
     try:
         click.echo(json.dumps(result.to_json()) if as_json else result.summary())
