@@ -50,6 +50,7 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, mo
         assert_user_error(CliRunner().invoke(prep_main, args), f"prep {args[0]}", name, "'' is no path")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
+
 @pytest.mark.parametrize("command", [
     ["prep", "info"], ["prep", "verify"], ["prep", "tokenize"], ["train.py", "--device", "cpu", "--data"],
     ["sample.py"]])

@@ -193,6 +193,7 @@ def test_a_symbolic_link_as_out_is_written_through_and_kept(tmp_path):
     assert result.exit_code == 0, result.output
     assert link.is_symlink() and mine.read_bytes() == fallback_text().encode("utf-8")
 
+
 def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
