@@ -1120,21 +1120,34 @@ def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtime) -> float:
+def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtime,
+             stop_asked: Callable[[], bool] = lambda: False) -> float | None:
     """Mean validation loss over the same first `batches` val batches every time (the cursor
-    is reset), averaged over ranks: evaluations at different steps stay comparable."""
+    is reset), averaged over ranks: evaluations at different steps stay comparable.
+
+    None when `stop_asked()` turned true before its last batch: a stop signal does not wait
+    for a long --eval-steps (a preemption's grace period could end before the checkpoint), and
+    a mean over fewer batches is no val loss to log. One process only: under torchrun every
+    rank must reach the all-reduce, and the ranks agree on a stop at the logging points."""
     val_loader.reset()
     model.eval()
-    total = torch.zeros((), device=rt.device)
-    for _ in range(batches):
-        x, y = val_loader.next_batch(rt.device)
-        with rt.autocast():
-            _, loss = model(x, y)
-        total += loss.detach().float()
-    model.train()
+    try:
+        total = torch.zeros((), device=rt.device)
+        for _ in range(batches):
+            if stop_asked():
+                return None
+            x, y = val_loader.next_batch(rt.device)
+            with rt.autocast():
+                _, loss = model(x, y)
+            total += loss.detach().float()
+    finally:
+        model.train()
     if rt.ddp:
         rt.all_reduce(total)
     return total.item() / (batches * rt.world)  # sync: validation (eval steps only)
+
+
+CUT = "cut short by the stop signal"  # an evaluation's or a sample's word for one a stop ended
 
 
 class _SampleCut(Exception):
@@ -2809,14 +2822,17 @@ def train_loop(s: Session) -> dict:
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
         has_val = s.val_loader is not None
+        # an evaluation stops between two batches on a signal (one process: the ranks of
+        # torchrun evaluate to the end, for its all-reduce, and agree on a stop at logging points)
+        cut_by_stop = (lambda: False) if rt.ddp else (lambda: stop.requested)
         if s.start_step == 0 and has_val:
             # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
             # build-nanogpt log it: the curve's first point, and a check of the data and model
             stop.when = "before step 1"
-            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
             stop.when = None
-            say(f"step 0: val loss {val_loss:.4f}")
-            if metrics is not None:
+            say(f"step 0: val loss {val_loss:.4f}" if val_loss is not None else "step 0: val loss: " + CUT)
+            if metrics is not None and val_loss is not None:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
                 metrics.write(json.dumps(_finite(record)) + "\n")
@@ -2828,9 +2844,10 @@ def train_loop(s: Session) -> dict:
             # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
             # run's --eval-steps and val split (--val-data): a checkpoint evaluated alone, as
             # nanoGPT's eval_only does. metrics.jsonl keeps the training run's lines.
-            stop.when = "after the evaluation or sample under way"  # no step follows
-            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt)
-            say(f"step {s.start_step}: val loss {val_loss:.4f}")
+            stop.when = "now (nothing to train; the checkpoint's evaluation is cut short)"
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
+            say(f"step {s.start_step}: val loss {val_loss:.4f}" if val_loss is not None
+                else f"step {s.start_step}: val loss: {CUT}")
             record = {"val_loss": val_loss}
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
         diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
@@ -2994,7 +3011,7 @@ def train_loop(s: Session) -> dict:
             if not (final or do_eval or do_sample or do_ckpt):
                 continue  # this point stays in flight
             # an evaluation, a sample, a checkpoint or the end: this point is read back now
-            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt) if do_eval else None
+            val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop) if do_eval else None
             flag_stop, flag_ckpt = finish(val_loss)
             if flag_stop or flag_ckpt:  # shared at this very point: acted on here, alike on every rank
                 stopping = stopping or flag_stop
@@ -3002,11 +3019,13 @@ def train_loop(s: Session) -> dict:
             check_diverged(step if do_ckpt else None)  # before its weights are sampled or checkpointed
             if val_loss is not None:
                 say(f"step {step}: val loss {val_loss:.4f}")
+            elif do_eval:
+                say(f"step {step}: val loss: {CUT}")
             if do_sample and rt.master:
                 try:
                     text = sample_text(s.raw, rt, s.generator, cfg.sample_tokens, lambda: stop.requested)
-                    say(f"step {step} sample: " + (repr(text) if text is not None else "cut short by the stop "
-                                                   "signal (samples after a resume differ from this run's)"))
+                    say(f"step {step} sample: " + (repr(text) if text is not None else f"{CUT} (samples "
+                                                   "after a resume differ from this run's)"))
                 except FloatingPointError as e:  # diverged: the run goes on as it would without samples
                     say(f"step {step} sample: none: {e}")
             if stop.requested and not rt.ddp and not stopping:

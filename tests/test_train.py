@@ -279,6 +279,44 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
     assert [step for step, _ in train.list_checkpoints(tmp_path / "o2")] == [4]
 
 
+def test_a_stop_during_a_long_evaluation_cuts_it_short_at_its_next_batch(tmp_path, dataset, monkeypatch, capsys):
+    """A signal during an evaluation (a long --eval-steps: 90 s at 100000) waited for its last
+    batch before the checkpoint: a preemption's grace period could end first. It stops at its
+    next batch now; that step is checkpointed with val_loss null (a mean of fewer batches is no
+    val loss), and the resumed run's losses are the uninterrupted run's."""
+    real_evaluate, batches = train.evaluate, []
+
+    def evaluate(model, val_loader, n, rt, *stop_asked):
+        real_next = type(val_loader).next_batch.__get__(val_loader)
+
+        def next_batch(*args, **kwargs):
+            batches.append(1)
+            if len(batches) == 6 + 3:  # step 4's third batch (step 0's evaluation reads all 6)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)
+            return real_next(*args, **kwargs)
+
+        monkeypatch.setattr(val_loader, "next_batch", next_batch)
+        return real_evaluate(model, val_loader, n, rt, *stop_asked)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    summary = train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, quiet=False))
+    out = capsys.readouterr().out
+    assert summary["interrupted"] and summary["last_step"] == 4 and len(batches) == 9
+    assert "step 4: val loss: cut short by the stop signal\n" in out
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [4]
+    cut = metrics(tmp_path / "out")
+    assert [r["step"] for r in cut] == list(range(5)) and cut[0]["val_loss"] > 0 and cut[4]["val_loss"] is None
+
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, resume="auto"))
+    train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, out=str(tmp_path / "ref")))
+    resumed, ref = metrics(tmp_path / "out"), metrics(tmp_path / "ref")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in ref]
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] if r["step"] != 4 else None for r in ref]
+    assert ref[4]["val_loss"] is not None
+
+
 def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path, dataset, monkeypatch):
     """The checkpoint a signal during an evaluation brings forward is checked as any checkpoint
     due is (test_a_checkpoint_is_never_of_weights_gone_nan): step 3's update overflowed the
@@ -1425,14 +1463,17 @@ def interrupt_evaluations(monkeypatch):
 
 
 def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, monkeypatch, capfd):
-    """No step is under way there: the signal's announcement said 'after the step under way'."""
+    """No step is under way there: the signal's announcement said 'after the step under way'.
+    The evaluation stops at its next batch, with no val loss (one of fewer batches is not it)."""
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2))
     interrupt_evaluations(monkeypatch)
     capfd.readouterr()
     summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
     out, err = capfd.readouterr()
-    assert summary["interrupted"] and summary["steps"] == 0 and "step 2: val loss " in out
-    assert "SIGINT: stopping after the evaluation or sample under way, a second one stops at once" in err.splitlines()
+    assert summary["interrupted"] and summary["steps"] == 0 and summary["val_loss"] is None
+    assert "step 2: val loss: cut short by the stop signal\n" in out and "val loss 1" not in out
+    assert ("SIGINT: stopping now (nothing to train; the checkpoint's evaluation is cut short), a second one "
+            "stops at once") in err.splitlines()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -2128,7 +2169,8 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
     assert "SIGINT: stopping before step 1, a second one stops at once" in err.splitlines()  # said at once
     assert "SIGINT: stopped before step 1; nothing trained, no checkpoint written\n" in out
     assert "done:" not in out
-    assert [r["step"] for r in metrics(tmp_path / "out")] == [0]  # its val loss is kept
+    assert "step 0: val loss: cut short by the stop signal\n" in out  # at its next batch
+    assert metrics(tmp_path / "out") == []  # no line: a mean of fewer batches is no val loss
     assert train.list_checkpoints(tmp_path / "out") == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # nothing was trained: a job script's `--resume auto` starts it again, as does a plain run
