@@ -1554,13 +1554,22 @@ ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")
 OPTIMIZER_KERNEL = ("fused", "foreach", "capturable")  # a group's choice of kernel: the device's, not the checkpoint's
 
 
-def check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+def check_optimizer_state(optimizer: torch.optim.Optimizer, stepped: bool = False) -> None:
     """Raise ValueError unless every loaded AdamW moment has its parameter's shape, each
     parameter's state has all of step, exp_avg and exp_avg_sq with a step >= 0 (0: fused AdamW's
     state after fp16 steps that were all skipped), and each group's
     betas, eps and weight_decay are numbers AdamW can use: torch's load_state_dict checks the
     groups' sizes only, and the rest failed at the first step (a traceback: KeyError,
-    ZeroDivisionError, TypeError), or, a negative eps, trained on."""
+    ZeroDivisionError, TypeError), or, a negative eps, trained on.
+
+    `stepped`: AdamW has stepped (a checkpoint past step 0 without a loss scale, which can skip
+    every step), so every parameter has its state: GPT-2 gives each one a gradient. A state
+    emptied of some or all of them loaded without a word, and their moments started again."""
+    if stepped:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        bare = sum(1 for p in params if not optimizer.state.get(p))
+        if bare:
+            raise ValueError(f"optimizer state lacks {bare} of the {len(params)} parameters, though AdamW has stepped")
     for group in optimizer.param_groups:
         betas, numbers = group.get("betas"), [group.get("eps"), group.get("weight_decay")]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_real(b) and 0 <= b < 1 for b in betas)
@@ -2236,7 +2245,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 saved = ckpt["optimizer"]
                 kernel = {k: v for k, v in optimizer.defaults.items() if k in OPTIMIZER_KERNEL}
                 optimizer.load_state_dict({**saved, "param_groups": [{**g, **kernel} for g in saved["param_groups"]]})
-                check_optimizer_state(optimizer)
+                check_optimizer_state(optimizer, stepped=ckpt["step"] > 0 and ckpt.get("loss_scale") is None)
                 # load_state_dict restores the groups' settings too: this run's --weight-decay
                 # holds (lr is set at every step), as the resume note says. Group 0 is the
                 # decayed one (GPT.configure_optimizers); group 1 stays at 0.
