@@ -377,6 +377,7 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                                      stdin_format=stdin_format if "stdin_format" in given else None,
                                      overwrite=overwrite,
                                      progress=not quiet, chunk_chars=chunk_size, on_install=done.append)
+            _write_summary(result, as_json)  # (a signal while it is written: the line below, not a death unsaid)
     except CompressedError as e:  # the whole command line, the input decompressed on its way in
         raise UserError(_decompressing(e, click.get_current_context(), inputs)) from None
     except (CorpusError, OutputError, TokenizerError) as e:
@@ -392,6 +393,10 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                  "nothing was written (the output directory is as it was)")
         say(f"{name}: stopped; {where}")  # (dropped on a hung-up terminal's EIO: the status says it)
         sys.exit(status)
+
+
+def _write_summary(result: TokenizeResult, as_json: bool) -> None:
+    """The closing line (or JSON) on standard output, or a UserError where it cannot be written."""
     try:
         click.echo(json.dumps(result.to_json()) if as_json else result.summary())
         flush_stdout()

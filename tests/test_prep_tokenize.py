@@ -1153,6 +1153,25 @@ def test_a_signal_just_after_the_install_says_the_new_dataset_is_in_place(tmp_pa
     assert read_meta(out)["sources"][0]["bytes"] == len("new words, more of them\n")
 
 
+@pytest.mark.parametrize("stop, status, name", [(KeyboardInterrupt, 130, "SIGINT"), (SystemExit(143), 143, "SIGTERM")])
+def test_a_signal_while_the_summary_is_written_says_the_new_dataset_is_in_place(tmp_path, monkeypatch, stop, status,
+                                                                                 name):
+    """The summary line was written after the signals' handlers were put back: a Ctrl-C there
+    ended the command with click's "Aborted!" and status 1, a SIGTERM with no word at all."""
+    src = tmp_path / "in.txt"
+    src.write_text("words\n")
+    out = tmp_path / "out"
+
+    def signalled(self):
+        raise stop
+
+    monkeypatch.setattr(tokenize_module.TokenizeResult, "summary", signalled)
+    result = CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--quiet"])
+    assert result.exit_code == status, result.output
+    assert result.stderr == f"{name}: stopped; {out} holds the new dataset, complete\n"
+    assert read_meta(out)["sources"][0]["bytes"] == len("words\n")
+
+
 def test_a_signal_during_the_check_before_the_install_leaves_no_temporary_dir(tmp_path, monkeypatch):
     """The target is checked again just before the install; a Ctrl-C there left .out.tmp-<pid>."""
     src = tmp_path / "in.txt"
