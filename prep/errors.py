@@ -62,6 +62,12 @@ class UserError(click.ClickException):
 
     exit_code = 2
 
+    def show(self, file=None) -> None:
+        """Click's `Error: <message>`, dropped where stderr cannot take it (`2>/dev/full`): its
+        OSError escaped click's main, and the command ended with status 1 where a mistake's is 2."""
+        with contextlib.suppress(OSError):
+            super().show(file)
+
     def format_message(self) -> str:
         """The message on one line, whatever a path or a value in it holds: a file name with a
         line break in it made two lines of `--data 'no<newline>exist'`'s error. Each character

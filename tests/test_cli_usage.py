@@ -196,6 +196,20 @@ def test_a_standard_output_that_cannot_be_written_is_one_line(tmp_path, command)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["-m", "prep.cli", "info", "gone"], ["-m", "prep.cli", "tokenize", "gone.txt"],
+                                     ["-m", "prep.cli", "info", "--bogus"], [str(REPO / "train.py"), "--data", "gone"],
+                                     [str(REPO / "sample.py"), "gone.pt"], ["-m", "loader.audit", "gone"]])
+def test_a_mistake_is_status_2_where_stderr_cannot_take_its_line(tmp_path, command):
+    """`2>/dev/full`: the error line's OSError escaped click's main, and the command ended with
+    status 1 (and no word, there being nowhere to write it), where a script checks for 2."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, *command], cwd=tmp_path, stdout=subprocess.PIPE, stderr=full,
+                                text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert (result.returncode, result.stdout) == (2, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_prep_tokenize_into_a_full_standard_output_says_the_dataset_is_complete(tmp_path):
     (tmp_path / "in.txt").write_text("words " * 100)
     with open("/dev/full", "w") as full:
