@@ -1582,11 +1582,21 @@ def check_optimizer_state(optimizer: torch.optim.Optimizer, stepped: bool = Fals
                 raise ValueError(f"optimizer state of a parameter of {tuple(param.shape)} lacks {', '.join(missing)}")
             for name, value in state.items():
                 if name == "step":
-                    if not (float(value) >= 0 and math.isfinite(float(value))):
-                        raise ValueError(f"optimizer step is {float(value)!r}, not a step count >= 0")
+                    check_adamw_step(value)
                 elif not isinstance(value, torch.Tensor) or value.shape != param.shape:
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"optimizer {name} is {shape} for a parameter of {tuple(param.shape)}")
+
+
+def check_adamw_step(value: object) -> None:
+    """Raise ValueError unless `value` is a step count AdamW can go on from: a number >= 0, or a
+    tensor of one (a float, from older torch). Checked before torch's load_state_dict too, which
+    turned a string into a generator's repr and failed on float() of that."""
+    number = (float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
+              else float(value) if _real(value) else None)
+    if number is None or not (number >= 0 and math.isfinite(number)):
+        shown = repr(number) if number is not None else f"a {type(value).__name__}"
+        raise ValueError(f"optimizer step is {shown}, not a step count >= 0")
 
 
 def check_loss_scale(state: object) -> dict:
@@ -2243,6 +2253,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # (an AssertionError at the first step). Set before loading, so that the step
                 # counts go where this run's kernel wants them (fused: on the device).
                 saved = ckpt["optimizer"]
+                for state in saved.get("state", {}).values():  # (what load_state_dict reads first)
+                    if isinstance(state, dict) and "step" in state:
+                        check_adamw_step(state["step"])
                 kernel = {k: v for k, v in optimizer.defaults.items() if k in OPTIMIZER_KERNEL}
                 optimizer.load_state_dict({**saved, "param_groups": [{**g, **kernel} for g in saved["param_groups"]]})
                 check_optimizer_state(optimizer, stepped=ckpt["step"] > 0 and ckpt.get("loss_scale") is None)

@@ -2773,6 +2773,7 @@ RESUME_DAMAGE = {  # file name: what is done to a good checkpoint
     "negeps": lambda c: c["optimizer"]["param_groups"][1].update(eps=-1.0),
     "nomoment": lambda c: c["optimizer"]["state"][0].pop("exp_avg_sq"),
     "adamstep": lambda c: c["optimizer"]["state"][0].update(step=torch.tensor(-1.0)),
+    "textstep": lambda c: c["optimizer"]["state"][0].update(step="x"),
     "nostate": lambda c: c["optimizer"]["state"].clear(),  # loaded, and AdamW's moments started again
     "onestate": lambda c: c["optimizer"]["state"].pop(3),
     "rngword": lambda c: c["rng"]["numpy"].__setitem__(1, [2**40] * 624),
@@ -2958,6 +2959,7 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("negeps", "ValueError: optimizer group betas (0.9, 0.95), eps -1.0"),
                          ("nomoment", "ValueError: optimizer state of a parameter of (50304, 32) lacks exp_avg_sq"),
                          ("adamstep", "ValueError: optimizer step is -1.0, not a step count >= 0"),
+                         ("textstep", "ValueError: optimizer step is a str, not a step count >= 0)"),
                          ("nostate", "ValueError: optimizer state lacks 28 of the 28 parameters, though AdamW has "
                                      "stepped)"),
                          ("onestate", "ValueError: optimizer state lacks 1 of the 28 parameters"),
