@@ -2853,7 +2853,7 @@ def train_loop(s: Session) -> dict:
             stop.when = "before step 1"
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
             stop.when = None
-            say(f"step 0: val loss {val_loss:.4f}" if val_loss is not None else "step 0: val loss: " + CUT)
+            say(f"step 0: val loss {val_loss:.4f}" if val_loss is not None else f"step 0: val loss: {CUT}")
             if metrics is not None and val_loss is not None:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
