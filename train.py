@@ -1720,10 +1720,11 @@ def _aside(path: Path) -> Path:
 
 
 def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig, overrides: dict | None = None,
-                     total_given: bool = False) -> None:
+                     total_given: bool = False, data: str | None = None) -> None:
     """The checkpoint must come from the same model, batch geometry, world size and data; if
     not, the error names the options that make them so. `overrides`: this run's shape flags
-    (TrainConfig.model_overrides())."""
+    (TrainConfig.model_overrides()); `data`: this run's dataset (a path), which, where it is the
+    one the checkpoint names, was tokenized again since: no flag makes it that run's."""
     saved = {**ckpt["model_config"], **ckpt["run"]}
     now = {**dataclasses.asdict(model_config), **run}
     differ = [k for k, v in now.items() if saved.get(k) != v]
@@ -1734,10 +1735,19 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
             hint = (f"; resume it with {saved['world']} ranks in all (on one machine: torchrun "
                     f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
-        flags = _resume_flags(ckpt, differ, overrides or {}, total_given)
+        then = ckpt["train_config"].get("data")
+        again = ("data_tokens" in differ and isinstance(then, str) and data is not None
+                 and (then == data or os.path.realpath(then) == os.path.realpath(data)))
+        if again:  # the same path, other tokens: "pass --data <it>" was no help
+            tokens = f"{saved['data_tokens']:,}" if isinstance(saved.get("data_tokens"), int) else "?"
+            hint += (f"; {data} holds other tokens than the {tokens} of the train split that run trained on "
+                     f"(tokenized again since?): the same text tokenized again gives its shards back")
+        flags = _resume_flags(ckpt, [k for k in differ if not (again and k == "data_tokens")], overrides or {},
+                              total_given)
         if flags:  # the options, then what no option says
             said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
             hint += f"{' and' if hint else ';'} pass {' and '.join(filter(None, said))} to match that run"
+        if flags or again:
             if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
                 hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
@@ -1987,15 +1997,15 @@ def _the_one_before(cfg: TrainConfig, path: Path) -> str:
 
 
 def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPTConfig,
-                       train_loader: TokenLoader, accum: int) -> dict:
+                       train_loader: TokenLoader, accum: int, data: str) -> dict:
     """Load and check the checkpoint to resume, and put the train loader at its step (`accum`
-    micro-steps, loader steps, per optimizer step)."""
+    micro-steps, loader steps, per optimizer step); `data`: the train split's --data."""
     try:
         ckpt = load_checkpoint(path)
     except UserError as e:  # damaged: --resume auto names the one to continue from instead
         e.message += _the_one_before(cfg, path)
         raise
-    check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None)
+    check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None, data)
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
     if newer:  # they would outlive this run's own checkpoints and win a later --resume auto
         raise UserError(
@@ -2176,7 +2186,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
         }
         if resume_path is not None:
-            ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum)
+            ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum, data)
             notes += schedule_changes(ckpt, cfg, resume_path)
             then, now = ckpt.get("precision"), precision(rt)
             if isinstance(then, dict) and then != now:  # (checkpoints before it: no word)
