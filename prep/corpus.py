@@ -22,12 +22,15 @@ CorpusError with the file, and the line or byte offset, in its message.
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import json
+import lzma
 import os
 import re
 import shlex
 import sys
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -220,6 +223,25 @@ def decompressed_input(label: str, cat: str) -> str:
     """The shell words that stream the named compressed file `label` decompressed: its name
     quoted, and ./-name for one starting with '-' (else the decompressor takes it for options)."""
     return f"{cat} {shlex.quote(f'./{label}' if label.startswith('-') else label)}"
+
+
+_DECOMPRESSORS = {"gzip": lambda: zlib.decompressobj(wbits=31), "bzip2": bz2.BZ2Decompressor,
+                  "xz": lzma.LZMADecompressor}  # the standard library's (no zstd before Python 3.14; zip seeks)
+
+
+def _opens_json(block: bytes, kind: str) -> bool:
+    """Whether the compressed stream that `block` starts opens, decompressed, with a JSON object
+    (its first byte past a byte-order mark and JSON's whitespace a '{'): JSON lines, most likely.
+    False where its format has no decompressor here, or the bytes so far do not decompress."""
+    if kind not in _DECOMPRESSORS:
+        return False
+    try:
+        head = _DECOMPRESSORS[kind]().decompress(block, 1 << 16)
+    except (zlib.error, OSError, EOFError, lzma.LZMAError):
+        return False
+    head = head[len(BOM.encode()):] if head.startswith(BOM.encode()) else head
+    token = _FIRST_TOKEN.search(head)
+    return token is not None and head[token.start():token.start() + 1] == b"{"
 
 
 def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False) -> CorpusError | None:
@@ -529,6 +551,9 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
             error = _not_utf8(block[:10], label, member=member)
+            if isinstance(error, CompressedError) and json_field is not None and _opens_json(block, error.kind):
+                # its pipe must say JSON lines: read as text by default, they are refused next
+                error = _not_utf8(block[:10], label, jsonl=True, member=member)
             if error is None and json_field is not None:
                 block, error = _judge_json(block, read, block_bytes, label, json_field)
             if error is not None:

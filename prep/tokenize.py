@@ -276,22 +276,22 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
     values = {param.name: ctx.params[param.name] for param in ctx.command.params
               if ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT}
     args, words, before = list(inputs), [shlex.quote(arg) for arg in inputs], ""
+    fmt = "jsonl" if error.jsonl else "text"
+    # decompressed, it is read as --stdin-format says, as '-' is: stdin, pipes, *.json files
+    other = next((arg for k, arg in enumerate(inputs)
+                  if k != index and (is_stream(arg) or (os.path.isfile(arg) and names_json(arg)))), None)
+    if other is not None and ctx.params["stdin_format"] != fmt:
+        other = "- (stdin)" if other == STDIN else other
+        return (f"{error.label}: {error.kind}-compressed; decompress it first (streamed in, it would be read "
+                f"as {other} is, --stdin-format {ctx.params['stdin_format']}, but it holds "
+                f"{'JSON lines' if error.jsonl else 'text'})")
+    if error.jsonl:
+        values["stdin_format"] = "jsonl"
     if error.label == "<stdin>":
         before = f"{error.cat} FILE | "
     elif error.stream:
         args[index] = words[index] = f"<({error.cat} FILE)"
     else:
-        fmt = "jsonl" if error.jsonl else "text"
-        # read as --stdin-format says, as '-' would be: stdin, pipes, *.json files
-        other = next((arg for k, arg in enumerate(inputs)
-                      if k != index and (is_stream(arg) or (os.path.isfile(arg) and names_json(arg)))), None)
-        if other is not None and ctx.params["stdin_format"] != fmt:
-            other = "- (stdin)" if other == STDIN else other
-            return (f"{error.label}: {error.kind}-compressed; decompress it first (streamed in, it would be read "
-                    f"as {other} is, --stdin-format {ctx.params['stdin_format']}, but it holds "
-                    f"{'JSON lines' if error.jsonl else 'text'})")
-        if error.jsonl:
-            values["stdin_format"] = "jsonl"
         if index == 0 and "out" not in values:  # its name gave the default; '-' would give data/stdin
             values["out"] = Path("data") / Path(os.path.abspath(inputs[0])).stem
         piped = decompressed_input(error.label, error.cat)

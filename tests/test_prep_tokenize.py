@@ -10,6 +10,7 @@ import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import re
 import shlex
@@ -765,6 +766,20 @@ def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(t
     assert invoke(*same, input=stdin).exit_code == 0
     assert np.array_equal(stream(Path(out)), stream(Path("ref")))
     assert read_meta(Path(out))["settings"] == read_meta(Path("ref"))["settings"]
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_compressed_json_lines_on_stdin_are_spelled_out_with_their_format(tmp_path, compress):
+    """No --stdin-format: stdin is read as text by default, and JSON lines are refused as such
+    once decompressed. The pipe spelled out for them lacked the flag, so pasted, it failed on
+    that refusal; what they hold, decompressed, now says it. Text gets no flag."""
+    cat = {gzip.compress: "zcat", bz2.compress: "bzcat", lzma.compress: "xzcat"}[compress]
+    for held, fmt in ((b'\n{"text": "a"}\n{"text": "b"}\n', " --stdin-format jsonl"), (b"some text\n", "")):
+        result = invoke("-", "--out", tmp_path / "o", input=compress(held))
+        assert_user_error(result, f"(FILE: the compressed file): {cat} FILE | prep tokenize --out {tmp_path / 'o'}"
+                                  f"{fmt} -")
+        assert result.output.rstrip().endswith(f"{fmt} -")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
