@@ -102,10 +102,13 @@ class Source:
 
     @property
     def stem(self) -> str:
-        """The default dataset name: a file's stem, a directory's name, "stdin"."""
+        """The default dataset name: a file's stem, a directory's name, "stdin", and "pipe" for
+        a pipe named by its descriptor's number (bash's <(...): /dev/fd/63, whose "63" says nothing)."""
         if self.is_stdin:
             return "stdin"
         path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
+        if path.name.isdigit() and path.parent.name == "fd" and is_stream(self.arg):
+            return "pipe"
         return path.name if self.kind == "directory" else path.stem
 
 

@@ -323,6 +323,27 @@ def test_stdin_default_out_dir(tmp_path, monkeypatch):
     assert np.array_equal(stream(tmp_path / "data" / "stdin"), expected(["hello world"]))
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="needs /dev/fd")
+def test_a_pipe_named_by_its_descriptor_gives_the_default_out_dir_pipe(tmp_path, monkeypatch):
+    """bash's <(cat x) is /dev/fd/63: its dataset was data/63, shards 63_train_*.bin, a name that
+    says nothing and changes with the shell's descriptors. A named FIFO keeps its own name."""
+    monkeypatch.chdir(tmp_path)
+    read, write = os.pipe()
+    try:
+        os.write(write, b"hello world")
+        os.close(write)
+        result = invoke(f"/dev/fd/{read}", "--quiet")
+    finally:
+        os.close(read)
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["pipe"]
+    assert read_meta(tmp_path / "data" / "pipe")["name"] == "pipe"
+    assert np.array_equal(stream(tmp_path / "data" / "pipe"), expected(["hello world"]))
+    with pipe_holding(tmp_path / "named", b"more words") as fifo:
+        assert invoke(str(fifo), "--quiet").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["named", "pipe"]
+
+
 @pytest.mark.parametrize("spelling", ["..", "../", "../sub/.."])
 def test_a_directory_given_as_dot_dot_names_the_default_out_dir_after_the_directory(tmp_path, monkeypatch, spelling):
     """`prep tokenize ..` took '..' for the directory's name: its default --out, data/.., was
