@@ -17,7 +17,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from prep.atomic import interrupt_exits_while_importing  # the standard library's only
+from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # the standard library's only
+
+if __name__ == "__main__":
+    ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
 
 # Ctrl-C (130) or SIGTERM (143) during the seconds that importing click and torch takes (run as
 # a script): an exit at once, with one line

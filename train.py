@@ -68,34 +68,40 @@ except ImportError:  # Windows
 # train() runs, and this process then has another parent).
 _LAUNCHER_PID = os.getppid()
 
-from prep.atomic import interrupt_exits_while_importing  # the standard library's only
+from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # the standard library's only
 
-# Ctrl-C or SIGTERM during the seconds that importing torch takes (run as a script): exit 130
-# at once (SIGTERM too, as every stop of train.py exits), one line
-with interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True):
-    # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
-    from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
-                             path_too_long_error, plain_numbers, point_at_devnull)
+if __name__ == "__main__":
+    ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
 
-    import click
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    from torch import nn
+# Ctrl-C or SIGTERM during the seconds that importing torch takes, and defining what follows
+# (run as a script): exit 130 at once (SIGTERM too, as every stop of train.py exits), one line.
+# Until the script's own handlers are set (__main__ closes it): where it ended with the imports,
+# a signal in the module's own definitions, tens of milliseconds, was Python's traceback.
+_STARTING = contextlib.ExitStack()
+_STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True))
+# first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
+from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
+                         path_too_long_error, plain_numbers, point_at_devnull)
 
-    from loader import TokenLoader, TokenRangeError, resolve_shards
-    from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
-    from loader.loader import dataset_digest
-    from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
-    from model.hf import is_hf_mask_buffer
-    from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred,
-                             temp_path)
-    from prep.epoch import steps_per_epoch
-    from prep.measure import physical_memory
-    from prep.meta import META_NAME, check_tokenizer, read_meta
-    from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-    from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
-                             read_header, split_files_in)
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from loader import TokenLoader, TokenRangeError, resolve_shards
+from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
+from loader.loader import dataset_digest
+from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
+from model.hf import is_hf_mask_buffer
+from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred,
+                         temp_path)
+from prep.epoch import steps_per_epoch
+from prep.measure import physical_memory
+from prep.meta import META_NAME, check_tokenizer, read_meta
+from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
+from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
+                         read_header, split_files_in)
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
@@ -3255,6 +3261,23 @@ def say_why_on_a_crash() -> None:
             faulthandler.enable()
 
 
+def ctrl_c_once_a_press() -> Callable[[int, object], None]:
+    """A SIGINT handler for the script, where the run's own are not set: KeyboardInterrupt, once
+    a press. `timeout` passes a Ctrl-C on to the run and to its process group, and the copy,
+    microseconds later, interrupted the first one's stop while starting up (a second line,
+    "interrupted", or a traceback). A Ctrl-C SAME_SIGNAL_S or more after the last is a press."""
+    pressed: list[float] = []
+
+    def ctrl_c(signum, frame) -> None:
+        now = time.monotonic()
+        if pressed and now - pressed[-1] < SAME_SIGNAL_S:
+            return
+        pressed.append(now)
+        raise KeyboardInterrupt
+
+    return ctrl_c
+
+
 def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed), a
     Ctrl-C, SIGTERM or SIGHUP (or those of `signums`) exits 130 at once and quietly. Python's own
@@ -3411,10 +3434,13 @@ if __name__ == "__main__":
     # report until the run is over), SIGTERM exits 130, and a hang-up's SIGHUP that follows the
     # one that stopped the run, a millisecond later, is ignored: SIGHUP's default ended the
     # process as killed (129), its stop's line unsaid.
+    _STARTING.close()  # (its handlers put back: Python's, set over at once below)
     interrupt_exits_at_once((signal.SIGTERM,))
     for hangup in HANGUP:
         if may_handle(hangup):
             signal.signal(hangup, lambda signum, frame: None)
+    if may_handle(signal.SIGINT):
+        signal.signal(signal.SIGINT, ctrl_c_once_a_press())
     try:
         main()
     finally:

@@ -9,6 +9,7 @@ other signal helpers of every command live here too, for the loader's (no click 
 from __future__ import annotations
 
 import _signal  # signal's own functions, without the module's enum wrapping (see _handler)
+import atexit
 import contextlib
 import os
 import signal
@@ -115,7 +116,15 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
         statuses[signum] = sigterm_status
     statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
 
+    said = []
+
     def exit_at_once(signum, frame) -> None:
+        # once: a second signal (`timeout` passes a Ctrl-C on as well) ran this again inside the
+        # write it interrupted (retried after the signal's handler, PEP 475), and said it twice;
+        # the first call, under this one, writes its line and exits
+        if said:
+            return
+        said.append(signum)
         with contextlib.suppress(OSError):  # stderr closed: the status says it
             os.write(2, import_stop_line(signum))
         os._exit(statuses[signum])
@@ -126,6 +135,22 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def ignore_stops_at_the_end() -> None:
+    """At the very end of the process, Ctrl-C, SIGTERM and SIGHUP are ignored: the interpreter's
+    finalization puts each signal that has a Python handler back to its default (an ignored one
+    it leaves), and the seconds it then takes to collect torch's objects ended a run that had
+    finished, its line said and its files closed, as killed by a late signal (status 143, or 130
+    without a word). Call it before the libraries that register exit callbacks are imported:
+    atexit runs the last registered first, so this one runs after theirs."""
+    def ignore() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM, *HANGUP):
+            if may_handle(signum):
+                # a plain int: one that is not (an IntEnum's member) was put back to the default too
+                _signal.signal(signum, int(signal.SIG_IGN))
+
+    atexit.register(ignore)
 
 
 @contextlib.contextmanager

@@ -386,6 +386,29 @@ def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handle
     assert proc.stderr == "SIGTERM: stopped while starting up (importing its libraries); nothing was written\n"
 
 
+@pytest.mark.parametrize("when", ["after", "before"])
+def test_a_second_signal_inside_the_import_guard_s_exit_says_nothing_more(when):
+    """`timeout` passes a Ctrl-C on to the command and to its process group: the copy ran the
+    guard's handler again inside the first one's, after its write (before its exit: the line
+    twice) or within it (an interrupted write is retried after the handlers run, PEP 475, and a
+    handler that exited there said nothing). One line, and the first signal's status."""
+    code = ("import os, signal\n"
+            "from prep.atomic import interrupt_exits_while_importing\n"
+            "with interrupt_exits_while_importing():\n"
+            "    handler, real_write = signal.getsignal(signal.SIGINT), os.write\n"
+            "    def write(fd, data):\n"
+            "        os.write = real_write\n"
+            f"        written = real_write(fd, data) if {when == 'after'} else 0\n"
+            "        handler(signal.SIGTERM, None)  # the second signal, inside the first one's exit\n"
+            "        return written or real_write(fd, data)\n"
+            "    os.write = write\n"
+            "    handler(signal.SIGINT, None)\n"
+            "print('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (130, "")
+    assert proc.stderr == "SIGINT: stopped while starting up (importing its libraries); nothing was written\n"
+
+
 def test_a_ctrl_c_the_command_leaves_alone_is_one_line_and_exit_130():
     """sample.py, prep bench, loader.audit: not "Aborted!" and exit 1 (click's), nor a traceback."""
     import click

@@ -1805,12 +1805,18 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
     stop's checkpoint is written, or one as a run ends): Python's handler raised KeyboardInterrupt
     in whatever ran then, torch's atexit callbacks or the join of a thread, and printed "Exception
     ignored ... KeyboardInterrupt" with a traceback. A SIGTERM or SIGHUP there had its default
-    back: the run ended as killed (143, 129). The callback below is where it lands here."""
+    back: the run ended as killed (143, 129). The callback below is where it lands here: one
+    registered after train.py's first (ignore_stops_at_the_end), as torch's are, runs before it."""
     script = ("import atexit, os, runpy, signal, sys, time\n"
+              "import prep.atomic\n"
               "def ctrl_c_while_exiting():\n"
               f"    os.kill(os.getpid(), {int(signum)})\n"
               "    time.sleep(5)\n"
-              "atexit.register(ctrl_c_while_exiting)\n"
+              "first = prep.atomic.ignore_stops_at_the_end\n"
+              "def then_ours():\n"
+              "    first()\n"
+              "    atexit.register(ctrl_c_while_exiting)\n"
+              "prep.atomic.ignore_stops_at_the_end = then_ours\n"
               "sys.argv = sys.argv[1:]\n"
               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     args = _cli_args(dataset, tmp_path / "o", 2, "--ckpt-every", "0")
@@ -2182,6 +2188,46 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
             path.unlink()
         (tmp_path / "out" / "metrics.jsonl").write_text(json.dumps({**dict.fromkeys(train.METRICS_FIELDS),
                                                                     "step": 0, "val_loss": 10.8}) + "\n")
+
+
+def test_the_script_s_ctrl_c_is_one_keyboard_interrupt_a_press(monkeypatch):
+    """Where the run's own handlers are not set (starting up, between them, after them), a
+    Ctrl-C under `timeout` came twice within microseconds: the copy interrupted the first one's
+    stop (a second line, "interrupted", or a traceback). A press a second on is a press again."""
+    clock = [100.0]
+    monkeypatch.setattr(train.time, "monotonic", lambda: clock[0])
+    ctrl_c = train.ctrl_c_once_a_press()
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGINT, None)
+    clock[0] += train.SAME_SIGNAL_S / 2
+    ctrl_c(signal.SIGINT, None)  # the same press: nothing
+    clock[0] += train.SAME_SIGNAL_S
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGINT, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_just_after_a_run_ended_does_not_end_it_as_killed(tmp_path, signum):
+    """After the run's last line, the interpreter's finalization (its garbage collection of
+    torch's objects: a second or more here) put Python's handlers back to the defaults, and a
+    SIGTERM or Ctrl-C then ended a run that had finished as killed (-15, -2), without a word."""
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 8))
+    proc = subprocess.Popen(_cli_args(data, tmp_path / "out", 3), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:
+            if line.startswith("done:"):
+                break
+        time.sleep(0.2)
+        proc.send_signal(signum)
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    # 0 in the finalization (its signals ignored); 130 at once where the signal came before it
+    assert proc.returncode in (0, 130) and "Traceback" not in stderr, (proc.returncode, stderr)
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [3]
 
 
 @pytest.mark.slow
