@@ -314,7 +314,8 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 @click.command("tokenize", cls=UserCommand, context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=GivenPath())
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output directory.  [default: data/<stem of the first input>, data/stdin for -, data/pipe for <(...)]")
+              help="Output directory.  [default: data/<stem of the first input>, data/stdin for -, "
+                   "data/pipe for <(...)]")
 @click.option("--name", default=None, help="Shard name prefix.  [default: the output directory's name]")
 @click.option("--shard-size", type=click.IntRange(1, MAX_TOKENS), default=DEFAULT_SHARD_SIZE,
               help="Most tokens per shard file.")
