@@ -22,8 +22,9 @@ logged after it are not counted twice.
 metrics.jsonl has one line per step (and, first, a step-0 line with the untrained model's
 val_loss when validation is on, tokens and epoch 0, and null for the rest): step, tokens
 (trained on through that step, all ranks), epoch (passes over the train split so far), loss
-(mean over ranks), val_loss (null unless evaluated at that step), lr, grad_norm (before
-clipping; null for an fp16 step whose gradients overflowed, which was skipped), dt_ms,
+(mean over ranks), val_loss (null unless evaluated at that step, and where a stop cut the
+evaluation short), lr, grad_norm (before clipping; null for an fp16 step whose gradients
+overflowed, which was skipped), dt_ms,
 tokens_per_s, mfu (null where the device's peak is unknown) and data_wait_ms (host time
 blocked in next_batch, under torchrun the longest of the ranks'; on CUDA, once the host runs
 ahead of the GPU, that includes waiting for the GPU to finish copying out of a ring buffer
@@ -75,7 +76,7 @@ if __name__ == "__main__":
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes, and defining what follows
 # (run as a script): exit 130 at once (SIGTERM too, as every stop of train.py exits), one line.
-# Until the script's own handlers are set (__main__ closes it): where it ended with the imports,
+# Until the script's own handlers are set (__main__ closes it then): where it ended with the imports,
 # a signal in the module's own definitions, tens of milliseconds, was Python's traceback.
 _STARTING = contextlib.ExitStack()
 _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True))
@@ -1599,7 +1600,7 @@ def check_adamw_step(value: object) -> None:
     tensor of one (a float, from older torch). Checked before torch's load_state_dict too, which
     turned a string into a generator's repr and failed on float() of that."""
     number = (float(value) if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()
-              else float(value) if _real(value) else None)
+              else float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None)
     if number is None or not (number >= 0 and math.isfinite(number)):
         shown = repr(number) if number is not None else f"a {type(value).__name__}"
         raise ValueError(f"optimizer step is {shown}, not a step count >= 0")
@@ -1747,7 +1748,8 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         if again:  # the same path, other tokens: "pass --data <it>" was no help
             tokens = f"{saved['data_tokens']:,}" if isinstance(saved.get("data_tokens"), int) else "?"
             hint += (f"; {data} holds other tokens than the {tokens} of the train split that run trained on "
-                     f"(tokenized again since?): the same text tokenized again gives its shards back")
+                     f"(tokenized again since?): tokenize that run's text into it again (the same text gives the "
+                     f"same shards)")
         flags = _resume_flags(ckpt, [k for k in differ if not (again and k == "data_tokens")], overrides or {},
                               total_given)
         if flags:  # the options, then what no option says
@@ -2720,7 +2722,7 @@ class StopRequest:
         self.persistent = persistent
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
         # when a single process stops, where not after the step under way: "before step 1" (in
-        # the step-0 evaluation), "after the evaluation or sample under way" (a resume at its last step)
+        # the step-0 evaluation), "now (nothing to train; ...)" (a resume at its last step)
         self.when: str | None = None
         self._previous: dict[int, object] = {}
         self._first_ctrl_c: float | None = None  # time.monotonic() when the first was heard
@@ -3279,7 +3281,8 @@ def ctrl_c_once_a_press() -> Callable[[int, object], None]:
 
 
 def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
-    """From here to the end of the process (the run is over, its checkpoint and logs closed), a
+    """From here to the end of the process (the run is over, its checkpoint and logs closed) but
+    its last second (ignore_stops_at_the_end's: then they are ignored), a
     Ctrl-C, SIGTERM or SIGHUP (or those of `signums`) exits 130 at once and quietly. Python's own
     handler raised KeyboardInterrupt in whatever the interpreter's shutdown was running, torch's
     atexit callbacks or the join of a thread, and printed "Exception ignored ...
@@ -3434,13 +3437,13 @@ if __name__ == "__main__":
     # report until the run is over), SIGTERM exits 130, and a hang-up's SIGHUP that follows the
     # one that stopped the run, a millisecond later, is ignored: SIGHUP's default ended the
     # process as killed (129), its stop's line unsaid.
-    _STARTING.close()  # (its handlers put back: Python's, set over at once below)
     interrupt_exits_at_once((signal.SIGTERM,))
     for hangup in HANGUP:
         if may_handle(hangup):
             signal.signal(hangup, lambda signum, frame: None)
     if may_handle(signal.SIGINT):
         signal.signal(signal.SIGINT, ctrl_c_once_a_press())
+    _STARTING.close()  # after: it puts back only the handlers still its own (no gap for a signal)
     try:
         main()
     finally:

@@ -110,7 +110,9 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
     KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
     importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, as SIGTERM (train.py's runs
     stop on it). Each only where `may_handle` (the main thread, a handler that can be put back,
-    a signal not ignored); `active` False: nothing."""
+    a signal not ignored); `active` False: nothing. At the block's end each handler before it is
+    put back, but where one was set over the block's inside it: that one stays (train.py sets its
+    own before it ends the block, so that no signal finds Python's default in between)."""
     statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
     for signum in HANGUP if hangup else ():
         statuses[signum] = sigterm_status
@@ -134,7 +136,8 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
         yield
     finally:
         for signum, handler in before.items():
-            signal.signal(signum, handler)
+            if _handler(signum) is exit_at_once:  # (a handler set over it inside: the block's successor, kept)
+                signal.signal(signum, handler)
 
 
 def ignore_stops_at_the_end() -> None:

@@ -386,6 +386,20 @@ def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handle
     assert proc.stderr == "SIGTERM: stopped while starting up (importing its libraries); nothing was written\n"
 
 
+def test_the_import_guard_keeps_a_handler_set_over_it_inside_its_block():
+    """train.py sets its own handlers, then ends the guard: the guard put Python's back over
+    them, and a signal between that and setting them again found Python's default."""
+    code = ("import signal\n"
+            "from prep.atomic import interrupt_exits_while_importing\n"
+            "def own(signum, frame): pass\n"
+            "with interrupt_exits_while_importing():\n"
+            "    signal.signal(signal.SIGINT, own)\n"
+            "assert signal.getsignal(signal.SIGINT) is own\n"
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the guard's own: put back\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("when", ["after", "before"])
 def test_a_second_signal_inside_the_import_guard_s_exit_says_nothing_more(when):
     """`timeout` passes a Ctrl-C on to the command and to its process group: the copy ran the
