@@ -232,19 +232,31 @@ _DECOMPRESSORS = {"gzip": lambda: zlib.decompressobj(wbits=31), "bzip2": bz2.BZ2
                   "xz": lzma.LZMADecompressor}  # the standard library's (no zstd before Python 3.14; zip seeks)
 
 
-def _opens_json(block: bytes, kind: str) -> bool:
-    """Whether the compressed stream that `block` starts opens, decompressed, with a JSON object
-    (its first byte past a byte-order mark and JSON's whitespace a '{'): JSON lines, most likely.
-    False where its format has no decompressor here, or the bytes so far do not decompress."""
+SNIFF_BYTES = 1 << 20  # decompressed, at most: enough for the first lines of JSON lines to judge
+
+
+def _opens_json(block: bytes, read: Callable[[int], bytes], kind: str, label: str, field: str) -> bool:
+    """Whether the compressed stream that `block` starts (`read` reads on) holds JSON lines, as
+    _json_lines_error judges the same bytes uncompressed: its first complete lines, decompressed
+    (SNIFF_BYTES of them at most), all JSON objects. It is refused either way, so reading on from
+    it costs nothing: bzip2 writes nothing out before a whole block (up to 900 kB in), more than a
+    pipe's first read. False where its format has no decompressor here, or it does not decompress."""
     if kind not in _DECOMPRESSORS:
         return False
-    try:
-        head = _DECOMPRESSORS[kind]().decompress(block, 1 << 16)
-    except (zlib.error, OSError, EOFError, lzma.LZMAError):
-        return False
-    head = head[len(BOM.encode()):] if head.startswith(BOM.encode()) else head
-    token = _FIRST_TOKEN.search(head)
-    return token is not None and head[token.start():token.start() + 1] == b"{"
+    decompressor, head, data, whole = _DECOMPRESSORS[kind](), bytearray(), block, False
+    while True:
+        try:
+            head += decompressor.decompress(data, SNIFF_BYTES - len(head))
+        except (zlib.error, OSError, EOFError, lzma.LZMAError):
+            return False
+        token = _FIRST_TOKEN.search(head)
+        if len(head) >= SNIFF_BYTES or (token is not None and head.find(b"\n", token.start()) >= 0):
+            break
+        data = getattr(decompressor, "unconsumed_tail", b"") or read(1 << 16)  # (zlib's: input it has not read)
+        if not data:
+            whole = True
+            break
+    return _json_lines_error(bytes(head), label, field, whole) is not None
 
 
 def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False) -> CorpusError | None:
@@ -554,7 +566,8 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
             error = _not_utf8(block[:10], label, member=member)
-            if isinstance(error, CompressedError) and json_field is not None and _opens_json(block, error.kind):
+            if (isinstance(error, CompressedError) and json_field is not None
+                    and _opens_json(block, read, error.kind, label, json_field)):
                 # its pipe must say JSON lines: read as text by default, they are refused next
                 error = _not_utf8(block[:10], label, jsonl=True, member=member)
             if error is None and json_field is not None:

@@ -795,11 +795,18 @@ def test_compressed_json_lines_on_stdin_are_spelled_out_with_their_format(tmp_pa
     once decompressed. The pipe spelled out for them lacked the flag, so pasted, it failed on
     that refusal; what they hold, decompressed, now says it. Text gets no flag."""
     cat = {gzip.compress: "zcat", bz2.compress: "bzcat", lzma.compress: "xzcat"}[compress]
-    for held, fmt in ((b'\n{"text": "a"}\n{"text": "b"}\n', " --stdin-format jsonl"), (b"some text\n", "")):
+    for held, fmt in ((b'\n{"text": "a"}\n{"text": "b"}\n', " --stdin-format jsonl"), (b"some text\n", ""),
+                      (b"{{Infobox town}}\nwiki text\n", "")):  # a brace, but no JSON: read as text
         result = invoke("-", "--out", tmp_path / "o", input=compress(held))
         assert_user_error(result, f"(FILE: the compressed file): {cat} FILE | prep tokenize --out {tmp_path / 'o'}"
                                   f"{fmt} -")
-        assert result.output.rstrip().endswith(f"{fmt} -")
+        assert result.output.rstrip().endswith(f"--out {tmp_path / 'o'}{fmt} -")  # (the flag or none)
+    # through a pipe, a read at a time: bzip2 writes nothing out before a whole block, more than one read
+    records = "".join(json.dumps({"text": f"document {i} of some words"}) + "\n" for i in range(40000)).encode()
+    proc = subprocess.run(cli("-", "--out", tmp_path / "o"), input=compress(records), cwd=ROOT, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.decode().endswith(f"{cat} FILE | prep tokenize --out "
+                                                                  f"{tmp_path / 'o'} --stdin-format jsonl -\n")
     assert not (tmp_path / "o").exists()
 
 
