@@ -3138,9 +3138,9 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
                                    same, {}, data=data)
         assert str(e.value).endswith(
             f"(data_tokens 300 there, 400 now; B 2 there, 4 now; total_batch_size 32 there, 64 now); {data} holds "
-            "other tokens than the 300 of the train split that run trained on (tokenized again since?): the same "
-            "text tokenized again gives its shards back and pass --B 2 to match that run, or start a new run "
-            "(another --out) from its weights with --init-from c.pt")
+            "other tokens than the 300 of the train split that run trained on (tokenized again since?): tokenize "
+            "that run's text into it again (the same text gives the same shards) and pass --B 2 to match that run, "
+            "or start a new run (another --out) from its weights with --init-from c.pt")
     given = {**ckpt, "train_config": {**ckpt["train_config"], "total_batch_size": 32}}
     assert refusal(given, same, world=2, B=1).endswith(
         "(B 2 there, 1 now; world 1 there, 2 now); resume it in one process: python train.py ... and pass --B 2 "
