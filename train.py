@@ -1157,6 +1157,11 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
 CUT = "cut short by the stop signal"  # an evaluation's or a sample's word for one a stop ended
 
 
+def val_loss_line(step: int, val_loss: float | None) -> str:
+    """The line an evaluation prints: its val loss, or that a stop cut it short (None)."""
+    return f"step {step}: val loss {val_loss:.4f}" if val_loss is not None else f"step {step}: val loss: {CUT}"
+
+
 class _SampleCut(Exception):
     """Raised between two of a sample's tokens when a stop was asked for meanwhile."""
 
@@ -2871,7 +2876,7 @@ def train_loop(s: Session) -> dict:
             stop.when = "before step 1"
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
             stop.when = None
-            say(f"step 0: val loss {val_loss:.4f}" if val_loss is not None else f"step 0: val loss: {CUT}")
+            say(val_loss_line(0, val_loss))
             if metrics is not None and val_loss is not None:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
@@ -2886,8 +2891,7 @@ def train_loop(s: Session) -> dict:
             # nanoGPT's eval_only does. metrics.jsonl keeps the training run's lines.
             stop.when = "now (nothing to train; the checkpoint's evaluation is cut short)"
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
-            say(f"step {s.start_step}: val loss {val_loss:.4f}" if val_loss is not None
-                else f"step {s.start_step}: val loss: {CUT}")
+            say(val_loss_line(s.start_step, val_loss))
             record = {"val_loss": val_loss}
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
         diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
@@ -3057,10 +3061,8 @@ def train_loop(s: Session) -> dict:
                 stopping = stopping or flag_stop
                 do_ckpt = _due(cfg, step, stopping, has_val, overdue or flag_ckpt)[2]
             check_diverged(step if do_ckpt else None)  # before its weights are sampled or checkpointed
-            if val_loss is not None:
-                say(f"step {step}: val loss {val_loss:.4f}")
-            elif do_eval:
-                say(f"step {step}: val loss: {CUT}")
+            if do_eval:
+                say(val_loss_line(step, val_loss))
             if do_sample and rt.master:
                 try:
                     text = sample_text(s.raw, rt, s.generator, cfg.sample_tokens, lambda: stop.requested)
