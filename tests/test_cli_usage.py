@@ -370,6 +370,11 @@ def test_a_stop_while_click_imports_is_the_same_one_line(tmp_path, command, sign
     assert list(tmp_path.iterdir()) == []
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter in the repository (its own signal handlers, its own exit)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handlers_back():
     """The guard prep's commands import numpy and tiktoken under (prep.cli, prep.bench), where
     SIGTERM was 143 and no word: 143 and the line now; the handlers before it are back after."""
@@ -381,7 +386,7 @@ def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handle
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "    time.sleep(30)\n"
             "print('not reached')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = run_python(code)
     assert (proc.returncode, proc.stdout) == (143, "")
     assert proc.stderr == "SIGTERM: stopped while starting up (importing its libraries); nothing was written\n"
 
@@ -396,7 +401,7 @@ def test_the_import_guard_keeps_a_handler_set_over_it_inside_its_block():
             "    signal.signal(signal.SIGINT, own)\n"
             "assert signal.getsignal(signal.SIGINT) is own\n"
             "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the guard's own: put back\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -418,7 +423,7 @@ def test_a_second_signal_inside_the_import_guard_s_exit_says_nothing_more(when):
             "    os.write = write\n"
             "    handler(signal.SIGINT, None)\n"
             "print('not reached')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = run_python(code)
     assert (proc.returncode, proc.stdout) == (130, "")
     assert proc.stderr == "SIGINT: stopped while starting up (importing its libraries); nothing was written\n"
 
