@@ -1133,15 +1133,24 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
     is reset), averaged over ranks: evaluations at different steps stay comparable.
 
     None when `stop_asked()` turned true before its last batch: a stop signal does not wait
-    for a long --eval-steps (a preemption's grace period could end before the checkpoint), and
-    a mean over fewer batches is no val loss to log. One process only: under torchrun every
-    rank must reach the all-reduce, and the ranks agree on a stop at the logging points."""
+    for a long --eval-steps (a preemption's grace period could end before the checkpoint;
+    torchrun's is 30 s), and a mean over fewer batches is no val loss to log. Under torchrun
+    the ranks must end it at the same batch (each reaches the all-reduce, or none does): each
+    batch shares the ranks' flags in a one-element all-reduce, read back a batch later (on
+    CUDA the host never waits for the batch under way), so every rank returns None at the
+    same batch, one after the first rank was signalled."""
     val_loader.reset()
     model.eval()
     try:
         total = torch.zeros((), device=rt.device)
+        shared: Readback | None = None  # under torchrun: the previous batch's flags, on their way
         for _ in range(batches):
-            if stop_asked():
+            if rt.ddp:
+                if shared is not None and shared.get()[0] > 0:  # sync: the flags of a batch before
+                    return None
+                flags = torch.full((1,), float(stop_asked()), device=rt.device)
+                shared = Readback(rt.all_reduce(flags))
+            elif stop_asked():
                 return None
             x, y = val_loader.next_batch(rt.device)
             with rt.autocast():
@@ -2715,7 +2724,8 @@ class StopRequest:
     twice), and it SIGKILLs ranks still running 30 s later (--shutdown-timeout, torch >= 2.13).
     The ranks agree on the step to stop at through a flag that rides on the logging point's
     all-reduce and is read back at the next logging point: they stop there, within two
-    multiples of --log-every.
+    multiples of --log-every; or, where the signal came during an evaluation, at the step it
+    was for (evaluate shares the flags at each batch).
     """
 
     # SIGHUP: the terminal the run writes to went away (an ssh session dropped); its default ends
@@ -2867,9 +2877,9 @@ def train_loop(s: Session) -> dict:
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
         has_val = s.val_loader is not None
-        # an evaluation stops between two batches on a signal (one process: the ranks of
-        # torchrun evaluate to the end, for its all-reduce, and agree on a stop at logging points)
-        cut_by_stop = (lambda: False) if rt.ddp else (lambda: stop.requested)
+        # an evaluation stops between two batches on a signal (under torchrun, at a batch the
+        # ranks agree on: evaluate's None there is every rank's)
+        cut_by_stop = lambda: stop.requested  # noqa: E731
         if s.start_step == 0 and has_val:
             # the untrained model's val loss (about ln(vocab) = 10.8 for GPT-2), as nanoGPT and
             # build-nanogpt log it: the curve's first point, and a check of the data and model
@@ -2881,9 +2891,13 @@ def train_loop(s: Session) -> dict:
                 record = dict.fromkeys(METRICS_FIELDS)
                 record.update(step=0, tokens=0, epoch=0.0, val_loss=val_loss)
                 metrics.write(json.dumps(_finite(record)) + "\n")
-            if stop.requested and not rt.ddp:  # a signal during it: no step to finish or save
-                say(f"{stop.name}: stopped before step 1; nothing trained, "
-                    "no checkpoint written")
+            # a signal during it: no step to finish or save (under torchrun: one that cut the
+            # evaluation short, at a batch the ranks agreed on)
+            if val_loss is None or (stop.requested and not rt.ddp):
+                if rt.ddp:  # no rank leaves (torchrun would then end the rest) before rank 0's line
+                    dist.barrier()
+                name = stop.name if stop.requested else "another rank's signal"
+                say(f"{name}: stopped before step 1; nothing trained, no checkpoint written")
                 stopped = True
         elif s.start_step == cfg.steps and has_val:
             # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
@@ -3070,9 +3084,10 @@ def train_loop(s: Session) -> dict:
                                                    "after a resume differ from this run's)"))
                 except FloatingPointError as e:  # diverged: the run goes on as it would without samples
                     say(f"step {step} sample: none: {e}")
-            if stop.requested and not rt.ddp and not stopping:
+            if not stopping and (stop.requested and not rt.ddp or do_eval and val_loss is None):
                 # a signal during the evaluation or the sample: this step is the one checkpointed,
-                # not the next one (under torchrun the ranks learn of it at the next logging point)
+                # not the next one (under torchrun: one that cut the evaluation short, where the
+                # ranks agreed on it; they learn of one in a sample at the next logging point)
                 stopping = True
                 do_ckpt = _due(cfg, step, stopping, has_val)[2]
                 check_diverged(step if do_ckpt else None)  # its weights, as for any checkpoint due

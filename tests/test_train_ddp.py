@@ -226,6 +226,59 @@ def test_one_ranks_signal_stops_every_rank_at_one_step(tmp_path, at, extra, stop
     assert sorted(tmp_path.glob("run/ckpt_*.pt"))[-1].name == f"ckpt_{stopped_at:06d}.pt"
 
 
+@pytest.mark.slow
+def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_before_step_1(tmp_path):
+    """A signal to rank 1 during a long step-0 evaluation: the ranks end it together a batch
+    after rank 1 heard it (rank 0 was not signalled), and stop before step 1, as one process
+    does, instead of evaluating to the end and then training on to a logging point."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(2000, 3))
+    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
+    args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6"]
+    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args],
+                            cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:2"), capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode != 0  # torchrun reports the stop
+    assert ("step 0: val loss: cut short by the stop signal\nanother rank's signal: stopped before step 1; "
+            "nothing trained, no checkpoint written\n") in result.stdout, result.stdout + result.stderr
+    assert not list(tmp_path.glob("run/ckpt_*.pt"))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.slow
+def test_a_signal_during_an_evaluation_under_torchrun_cuts_it_and_checkpoints_its_step(tmp_path):
+    """A signal to rank 1 in the third of step 4's 6 val batches: every rank ends the
+    evaluation after the fourth (a batch's flags are read at the next one), and they stop
+    after step 4 and checkpoint it, val_loss null there, where they evaluated to the end
+    (torchrun SIGKILLs its ranks 30 s after passing a preemption's SIGTERM on). The resumed
+    run's losses are an uninterrupted run's."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(2000, 3))
+    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1.replace(
+        "        return real(self, *args, **kwargs)",
+        "        if self.split == split:\n            print(f'val batch {calls[0]}', flush=True)\n"
+        "        return real(self, *args, **kwargs)"))
+    args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6", "--ckpt-every", "8"]
+    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args],
+                            cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:9"), capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode != 0  # torchrun reports the stop
+    assert ("step 4: val loss: cut short by the stop signal\nanother rank's signal: stopped after step 4 of 8; "
+            "checkpoint run/ckpt_000004.pt written; continue with --resume auto\n") in result.stdout, \
+        result.stdout + result.stderr
+    assert re.findall(r"val batch (\d+)", result.stdout) == [str(n) for n in range(1, 6 + 4 + 1)]  # rank 1's
+    assert [p.name for p in tmp_path.glob("run/ckpt_*.pt")] == ["ckpt_000004.pt"]
+    cut = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in cut] == list(range(5)) and cut[0]["val_loss"] > 0 and cut[4]["val_loss"] is None
+
+    run([*TORCHRUN, str(REPO / "train.py"), *args, "--resume", "auto"], tmp_path)
+    run([*TORCHRUN, str(REPO / "train.py"), *args[:args.index("--out") + 1], "ref", *args[args.index("--out") + 2:]],
+        tmp_path)
+    resumed, ref = ([json.loads(line) for line in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+                    for out in ("run", "ref"))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in ref]
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] if r["step"] != 4 else None for r in ref]
+    assert ref[4]["val_loss"] is not None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
