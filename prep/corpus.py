@@ -40,6 +40,7 @@ BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to 
 STDIN = "-"
 STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
 JSONL_SUFFIXES = (".jsonl", ".ndjson")  # JSON lines, by either name
+TEXT_SUFFIX = ".txt"  # what a directory is read for
 JSON_SUFFIX = ".json"  # JSON lines or one JSON document: --stdin-format says which
 JQ_LINES = "jq -c '.[]'"  # an array of JSON objects -> JSON lines (quoted: zsh takes .[] for a pattern)
 OPENING_BYTES = 64 << 10  # where a stream read as text by default must show "[{" to be judged a JSON array
@@ -123,6 +124,15 @@ def names_jsonl(path: str | os.PathLike, compressed: bool = False) -> bool:
     return compressed and name.suffix in COMPRESSED_SUFFIXES and PurePath(name.stem).suffix in JSONL_SUFFIXES
 
 
+def names_no_format(path: str | os.PathLike) -> bool:
+    """Whether a compressed file's name says nothing of what it holds (x.gz; not x.jsonl.gz,
+    nor x.txt.gz, whose decompressed x.txt is text by its name): its first lines, decompressed,
+    say whether the pipe spelled out for it reads JSON lines (_refuse_not_utf8)."""
+    name = PurePath(os.fspath(path).lower())
+    return (name.suffix in COMPRESSED_SUFFIXES and not names_jsonl(name, compressed=True)
+            and PurePath(name.stem).suffix != TEXT_SUFFIX)
+
+
 def names_json(path: str | os.PathLike) -> bool:
     """Whether a file's name, any case, ends in .json: JSON, but not which (JSON lines or one
     document), so it is read as --stdin-format says, and refused when that says nothing."""
@@ -198,7 +208,7 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
                 raise CorpusError(f"{sub}: a symbolic link loop (it leads back to {Path(sub).resolve()})")
             above[sub] = chain | {identity}
         for path in (Path(root) / f for f in files):
-            if path.name.startswith(".") or not path.name.lower().endswith(".txt"):
+            if path.name.startswith(".") or not path.name.lower().endswith(TEXT_SUFFIX):
                 left_out.append(path)
             elif path.is_symlink() and not path.exists():  # else its text would be missing without a word
                 raise CorpusError(f"{path}: a broken symbolic link (to {os.readlink(path)})")
@@ -304,13 +314,19 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False
     return None
 
 
-def _refuse_not_utf8(path: Path) -> None:
+def _refuse_not_utf8(path: Path, field: str) -> None:
     """_not_utf8's error for a file named as input, before any work (a pipe or a device is
-    checked as it is read, by _read_text)."""
+    checked as it is read, by _read_text). A compressed file named for no format (x.gz:
+    names_no_format) whose first lines, decompressed, are JSON objects gets the pipe that reads
+    them as such (_opens_json): read as text by default, they are refused there next."""
     if not path.is_file():
         return
     with open(path, "rb") as f:
-        error = _not_utf8(f.read(10), str(path))
+        block = f.read(1 << 16)
+        error = _not_utf8(block[:10], str(path))
+        if (isinstance(error, CompressedError) and names_no_format(path)
+                and _opens_json(block, f.read, error.kind, str(path), field)):
+            error = _not_utf8(block[:10], str(path), jsonl=True)
     if error is not None:
         raise error
 
@@ -401,7 +417,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 total = None if None in sizes else sum(sizes)
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
-                _refuse_not_utf8(path)
+                _refuse_not_utf8(path, field)
                 stream = not path.is_file() and not names_jsonl(path)  # a pipe: no name says what it holds
                 json_file = path.is_file() and names_json(path)  # a name that does not say which JSON
                 if json_file and not said:

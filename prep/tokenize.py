@@ -46,7 +46,7 @@ import click
 from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
-    decompressed_input, is_stream, names_json, names_jsonl, read_pieces, resolve_sources
+    decompressed_input, is_stream, names_json, names_jsonl, names_no_format, read_pieces, resolve_sources
 from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers, say
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -357,10 +357,12 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     given = {param for param in ("field", "stdin_format")
              if click.get_current_context().get_parameter_source(param) != click.core.ParameterSource.DEFAULT}
     field_given = "field" in given
-    # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out;
-    # so does x.json without --stdin-format, refused next with the flag that reads it as JSON lines
-    jsonl_given = stdin_format == "jsonl" or any(i != STDIN and not os.path.isdir(i) and names_jsonl(i, compressed=True)
-                                                 for i in inputs) or bool(json_files and "stdin_format" not in given)
+    # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
+    # (and x.gz, whose pipe reads JSON lines where it holds them); so does x.json without
+    # --stdin-format, refused next with the flag that reads it as JSON lines
+    jsonl_given = stdin_format == "jsonl" or any(
+        i != STDIN and os.path.isfile(i) and (names_jsonl(i, compressed=True) or names_no_format(i)) for i in inputs
+    ) or bool(json_files and "stdin_format" not in given)
     if field_given and not jsonl_given:
         raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "
                         f"or *.ndjson are; -, pipes and *.json files are read as plain text unless "

@@ -750,6 +750,10 @@ STREAMED = {
     "a file, - taken": (["--stdin-format", "jsonl", "--field", "body", "--out", "o", "--", "-", "-d.jsonl.gz"],
                         "stream it in: prep tokenize --out o --field body --stdin-format jsonl - <(zcat ./-d.jsonl.gz)",
                         "gzip-less", "o"),
+    # named for no format (x.gz): what it holds, decompressed, says JSON lines
+    "a file named for no format": (["d.gz", "a.txt", "--field", "body", "--out", "o"],
+                                   "stream it in: zcat d.gz | prep tokenize --out o --field body --stdin-format jsonl "
+                                   "- a.txt", None, "o"),
     "stdin": (["a.txt", "-", "--field", "body", "--stdin-format", "jsonl", "--out", "o"],
               "(FILE: the compressed file): zcat FILE | prep tokenize --out o --field body --stdin-format jsonl a.txt -",
               "gzip", "o"),
@@ -763,13 +767,15 @@ def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(t
     tokenize --stdin-format jsonl -`: pasted, it tokenized x.jsonl.gz alone, with the default
     field, into data/stdin. The line spelled out is the whole command: the other inputs in their
     places, the options given, --out where the file's name gave it, <(zcat ...) where '-' is taken.
-    Run as printed (FILE filled in), it writes what the decompressed file named instead would."""
+    Run as printed (FILE filled in), it writes what the decompressed file named instead would.
+    A file named for no format (d.gz) holding JSON lines was offered the pipe without the flag,
+    which refused it, pasted, as JSON lines read as text."""
     args, words, piped, out = STREAMED[case]
     monkeypatch.chdir(tmp_path)
     records = "".join(json.dumps({"body": f"doc {i} 's"}) + "\n" for i in range(3)).encode()
     Path("a.txt").write_text("some text")
     Path("d.jsonl").write_bytes(records)
-    for name in ("d.jsonl.gz", "-d.jsonl.gz"):
+    for name in ("d.jsonl.gz", "-d.jsonl.gz", "d.gz"):
         Path(name).write_bytes(gzip.compress(records))
     stdin = {None: None, "gzip": gzip.compress(records), "gzip-less": b'{"body": "from stdin"}\n'}[piped]
     line = assert_user_error(invoke(*args, input=stdin), words)
@@ -779,7 +785,7 @@ def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(t
     ran = subprocess.run(["bash", "-c", command], input=gzip.decompress(stdin) if piped == "gzip" else stdin,
                          env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True)
     assert ran.returncode == 0, ran.stderr
-    same = ["--out", "ref"] + [("d.jsonl" if a in ("d.jsonl.gz", "-d.jsonl.gz") or (piped == "gzip" and a == "-") else a)
+    same = ["--out", "ref"] + [("d.jsonl" if a in ("d.jsonl.gz", "-d.jsonl.gz", "d.gz") or (piped == "gzip" and a == "-") else a)
                                for a in args if a not in ("--out", out)]
     if piped == "gzip":
         same = [a for a in same if a not in ("--stdin-format", "jsonl")]
@@ -808,6 +814,23 @@ def test_compressed_json_lines_on_stdin_are_spelled_out_with_their_format(tmp_pa
     assert proc.returncode == 2 and proc.stderr.decode().endswith(f"{cat} FILE | prep tokenize --out "
                                                                   f"{tmp_path / 'o'} --stdin-format jsonl -\n")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress])
+def test_a_compressed_file_named_for_no_format_is_spelled_out_with_the_format_it_holds(tmp_path, compress):
+    """x.gz says nothing of what it holds: JSON lines inside get --stdin-format jsonl in the pipe
+    spelled out (stdin's JSON lines, read as text by default, are refused); text gets no flag,
+    and nor does x.txt.gz whatever it holds: its name says text, as the decompressed x.txt's does."""
+    cat = {gzip.compress: "zcat", bz2.compress: "bzcat", lzma.compress: "xzcat"}[compress]
+    suffix = {gzip.compress: ".gz", bz2.compress: ".bz2", lzma.compress: ".xz"}[compress]
+    records = b'{"text": "a"}\n{"text": "b"}\n'
+    for name, held, fmt in (("x", records, " --stdin-format jsonl"), ("t", b"some text\n", ""),
+                            ("x.txt", records, "")):
+        path = tmp_path / (name + suffix)
+        path.write_bytes(compress(held))
+        result = invoke(path, "--out", tmp_path / "o")
+        assert_user_error(result, f"stream it in: {cat} {path} | prep tokenize --out {tmp_path / 'o'}{fmt} -")
+        assert result.output.rstrip().endswith(f"--out {tmp_path / 'o'}{fmt} -")  # (the flag or none)
 
 
 def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
