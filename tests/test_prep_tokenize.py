@@ -839,7 +839,7 @@ def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_d
     (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
     result = invoke("-", tmp_path / "d.jsonl.gz", "--out", tmp_path / "o", input=b"some text")
     assert_user_error(result, "d.jsonl.gz: gzip-compressed; decompress it first (streamed in, it would be read as "
-                              "- (stdin) is, --stdin-format text, but it holds JSON lines)")
+                              "- (stdin) is, --stdin-format text, the default, but it holds JSON lines)")
 
 
 def test_a_compressed_file_beside_a_json_file_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
