@@ -2907,6 +2907,7 @@ def train_loop(s: Session) -> dict:
             val_loss = evaluate(s.eval_model, s.val_loader, s.val_batches, rt, cut_by_stop)
             say(val_loss_line(s.start_step, val_loss))
             record = {"val_loss": val_loss}
+            stopped = val_loss is None  # cut short: every rank's (under torchrun), so every rank exits 130
         inflight: collections.deque[LogPoint] = collections.deque()  # not yet read back, oldest first
         diverged: dict | None = None  # the metrics of the first step whose loss or norm is not finite
         # fp16: a step whose gradients overflowed was skipped (its norm inf or nan, the loss scale

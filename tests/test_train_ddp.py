@@ -245,6 +245,23 @@ def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_b
 
 
 @pytest.mark.slow
+def test_a_signal_cutting_the_evaluation_of_a_run_resumed_at_its_last_step_ends_every_rank_as_stopped(tmp_path):
+    """Resumed at its last step, a run only evaluates its checkpoint: a signal to rank 1 there
+    cuts it short on every rank, and every rank exits as stopped (130), where under torchrun
+    the ranks that were not signalled exited 0 with no val loss said."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(2000, 3))
+    args = [*common(data, "run", B), "--steps", "2", "--eval-every", "2", "--eval-steps", "6"]
+    run([*TORCHRUN, str(REPO / "train.py"), *args], tmp_path)
+    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
+    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"),
+                             *args, "--resume", "auto"], cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:2"),
+                            capture_output=True, text=True, timeout=180)
+    assert "step 2: val loss: cut short by the stop signal\n" in result.stdout, result.stdout + result.stderr
+    assert "nothing to train" not in result.stdout
+    assert re.findall(r"exitcode\s+: (-?\d+)", result.stderr) == ["130"] * 2, result.stderr  # each rank's
+
+
+@pytest.mark.slow
 def test_a_signal_during_an_evaluation_under_torchrun_cuts_it_and_checkpoints_its_step(tmp_path):
     """A signal to rank 1 in the third of step 4's 6 val batches: every rank ends the
     evaluation after the fourth (a batch's flags are read at the next one), and they stop
