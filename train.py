@@ -78,8 +78,18 @@ if __name__ == "__main__":
 # (run as a script): exit 130 at once (SIGTERM too, as every stop of train.py exits), one line.
 # Until the script's own handlers are set (__main__ closes it then): where it ended with the imports,
 # a signal in the module's own definitions, tens of milliseconds, was Python's traceback.
+def rank_prefix() -> str:
+    """'rank R of W: ' under torchrun (a WORLD_SIZE above 1, in ASCII digits as torchrun writes
+    it), '' in one process: torchrun runs a process a rank, and each says its own lines (a stop
+    while starting up was the same line once a rank, none saying whose)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    launched = re.fullmatch(r"[0-9]+", world) and int(world) > 1
+    return f"rank {os.environ.get('RANK', '?')} of {world}: " if launched else ""
+
+
 _STARTING = contextlib.ExitStack()
-_STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True))
+_STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True,
+                                                        prefix=rank_prefix()))
 # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
 from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
                          path_too_long_error, plain_numbers, point_at_devnull)
@@ -2486,9 +2496,8 @@ def _launched_world() -> int:
 
 def _name_rank(e: UserError) -> None:
     """Under torchrun, `e` says which rank it is (ranks on other machines may see other files)."""
-    world = _launched_world()
-    if world > 1 and not e.message.startswith("rank "):
-        e.message = f"rank {os.environ.get('RANK', '?')} of {world}: {e.message}"
+    if not e.message.startswith("rank "):
+        e.message = rank_prefix() + e.message
 
 
 def stop_with_the_others(refused: Exception) -> None:
@@ -3438,10 +3447,11 @@ def main(compile_: bool | None, **options) -> None:
         name = (signal.Signals(e.signum).name if isinstance(e, Terminated) else
                 "output closed (its reader went away)" if isinstance(e, ReaderGone) else "SIGINT")
         if getattr(e, "starting", False):  # train() marks a stop in its start-up
-            _echo(f"{name}: stopped while starting up, before its first step{then}", err=True)
+            _echo(f"{rank_prefix()}{name}: stopped while starting up, before its first step{then}", err=True)
         else:
             why = getattr(e, "why", "")  # (the training loop's cut_short)
-            _echo(f"{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{why}{then}", err=True)
+            _echo(f"{rank_prefix()}{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{why}{then}",
+                  err=True)
         sys.exit(READER_GONE_STATUS if isinstance(e, ReaderGone) else 130)
     if summary.get("interrupted") and not summary.get("output_closed"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C (by SIGTERM or SIGHUP too)

@@ -93,9 +93,10 @@ def may_handle(signum: int) -> bool:
     return handler is not None and not _is_ignore(handler)
 
 
-def import_stop_line(signum: int) -> bytes:
-    """What a stop while the libraries import says: the signal, and that nothing was written."""
-    return (f"{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
+def import_stop_line(signum: int, prefix: str = "") -> bytes:
+    """What a stop while the libraries import says: the signal, and that nothing was written
+    (after `prefix`: which process says it, where several do)."""
+    return (f"{prefix}{signal.Signals(signum).name}: stopped while starting up (importing its libraries); "
             "nothing was written\n").encode()
 
 
@@ -104,12 +105,13 @@ HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on 
 
 @contextlib.contextmanager
 def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM,
-                                    hangup: bool = False):
+                                    hangup: bool = False, prefix: str = ""):
     """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
     or 130 where the command ends every stop so), with one line saying so, instead of a
     KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
     importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, as SIGTERM (train.py's runs
-    stop on it). Each only where `may_handle` (the main thread, a handler that can be put back,
+    stop on it). `prefix` starts the line (train.py's ranks under torchrun each say which they
+    are). Each only where `may_handle` (the main thread, a handler that can be put back,
     a signal not ignored); `active` False: nothing. At the block's end each handler before it is
     put back, but where one was set over the block's inside it: that one stays (train.py sets its
     own before it ends the block, so that no signal finds Python's default in between)."""
@@ -128,7 +130,7 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
             return
         said.append(signum)
         with contextlib.suppress(OSError):  # stderr closed: the status says it
-            os.write(2, import_stop_line(signum))
+            os.write(2, import_stop_line(signum, prefix))
         os._exit(statuses[signum])
 
     before = {signum: signal.signal(signum, exit_at_once) for signum in statuses}

@@ -351,6 +351,17 @@ runpy.run_path(sys.argv[0], run_name="__main__") if sys.argv[0].endswith(".py") 
 """
 
 
+def test_a_stop_while_a_rank_of_torchrun_imports_says_which_rank_it_is(tmp_path):
+    """torchrun runs train.py once a rank and passes each its signals: every rank said the same
+    line, none saying whose (rank 1's here: what torchrun sets is all the guard reads)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    result = subprocess.run([sys.executable, "-c", STOP_AT_CLICK, "SIGTERM", str(REPO / "train.py"), "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert (result.returncode, result.stdout) == (130, ""), result.stderr
+    assert result.stderr == "rank 1 of 2: SIGTERM: stopped while starting up (importing its libraries); nothing was " \
+                            "written\n"
+
+
 @pytest.mark.parametrize("command, signum, status", [
     ("prep.cli", signal.SIGINT, 130), ("prep.cli", signal.SIGTERM, 143),
     ("train.py", signal.SIGINT, 130), ("train.py", signal.SIGTERM, 130),
