@@ -880,8 +880,11 @@ def test_fp16_clipping_holds_when_fused_adamw_takes_the_clip_and_the_loss_scale(
     """With fused AdamW the clip is the optimizer's grad_scale; GradScaler hands the optimizer
     its overflow flag in the same place, and had it replaced that grad_scale the steps would
     be unclipped. Two steps with a clip that binds: fused ends where foreach (which clips the
-    gradients themselves) does, to fp16's rounding (3e-6 here), and neither where an unclipped
-    run does (2e-2 away)."""
+    gradients themselves) does, to fp16's rounding, and neither where an unclipped run does.
+    Measured as the distance over all weights, against the clip's own (7.3): 3e-5 on torch
+    2.13, 5e-4 on 2.5, where an element apart by 2e-4 failed a bound of 1e-4 per element (Adam
+    divides by the root of the squared gradients, so a rounding in a tiny gradient moves its
+    weight by up to the lr, whatever its size)."""
     def weights(fused: bool, grad_clip: float) -> torch.Tensor:
         parts = fp16_parts(fused, grad_clip)
         assert parts.clip_in_optimizer == (fused and grad_clip > 0)
@@ -892,7 +895,8 @@ def test_fp16_clipping_holds_when_fused_adamw_takes_the_clip_and_the_loss_scale(
         return torch.cat([p.detach().flatten() for p in parts.params])
 
     fused, foreach, unclipped = weights(True, 0.01), weights(False, 0.01), weights(True, 0.0)
-    torch.testing.assert_close(fused, foreach, rtol=0, atol=1e-4)
+    clip_moved = (unclipped - foreach).norm()
+    assert clip_moved > 1 and (fused - foreach).norm() < 1e-3 * clip_moved
     assert (fused - unclipped).abs().max() > 1e-2
 
 
