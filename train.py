@@ -43,6 +43,7 @@ import faulthandler
 import json
 import math
 import os
+import pickle
 import random
 import re
 import select
@@ -505,7 +506,8 @@ class Runtime:
     # The last tensors handed to a collective, kept alive until the process group is gone: a
     # gloo worker thread that frees a tensor Python has already dropped needs the GIL, and the
     # group's destructor joins those threads while holding it (pytorch/pytorch#56297): a hang
-    # at exit, seen once here after a rank's final all-reduce.
+    # at exit, seen once here after a rank's final all-reduce, and 9 runs in 60 on torch 2.5.1
+    # after the last checkpoint's gather of the ranks' RNG states (none in 60 on 2.13).
     _collective_inputs: collections.deque = dataclasses.field(
         default_factory=lambda: collections.deque(maxlen=8), repr=False)
 
@@ -518,6 +520,23 @@ class Runtime:
         self._collective_inputs.append(tensor)
         dist.all_reduce(tensor, op=op)
         return tensor
+
+    def all_gather_object(self, obj: object) -> list:
+        """Every rank's `obj`, in rank order, as dist.all_gather_object gives them (pickled, a
+        byte tensor a rank, padded to the longest), but its tensors kept alive until close(), as
+        all_reduce's are: dist.all_gather_object lets go of its own as it returns."""
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(self.device)
+        size = torch.tensor([data.numel()], device=self.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world)]
+        self._collective_inputs.append((size, sizes))
+        dist.all_gather(sizes, size)
+        lengths = [int(n) for n in sizes]  # sync: a checkpoint's, once
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=self.device)
+        padded[:len(data)] = data
+        gathered = [torch.empty_like(padded) for _ in range(self.world)]
+        self._collective_inputs.append((padded, gathered))
+        dist.all_gather(gathered, padded)
+        return [pickle.loads(t[:n].cpu().numpy().tobytes()) for t, n in zip(gathered, lengths)]
 
     def close(self) -> None:
         """Leave the process group, then let go of the tensors its threads may have held."""
@@ -2622,9 +2641,7 @@ def _rng_states(s: Session) -> list[dict] | None:
     under DDP each rank draws its own dropout masks, and a resume restores each rank's own."""
     if not s.rt.ddp:
         return None
-    states: list = [None] * s.rt.world
-    dist.all_gather_object(states, rng_state(s.rt, s.generator))
-    return states
+    return s.rt.all_gather_object(rng_state(s.rt, s.generator))
 
 
 def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
