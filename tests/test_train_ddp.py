@@ -589,7 +589,7 @@ got = rt.all_gather_object({"rank": rank, "text": "x" * (1000 * rank + 1), "tens
 rt.close()
 assert [g["rank"] for g in got] == [0, 1] and [len(g["text"]) for g in got] == [1, 1001]
 assert [g["tensor"].tolist() for g in got] == [[0, 1, 2], [0, 1, 2, 3]]
-print("gathered", rank)
+os.write(1, f"gathered {rank}\\n".encode())  # one write: torchrun's python -u prints word by word
 """
 
 
