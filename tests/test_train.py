@@ -2116,8 +2116,9 @@ def test_a_sigterm_while_waiting_for_the_other_ranks_to_start_stops_at_once(monk
         timer.cancel()
         signal.signal(signal.SIGTERM, before)
     assert timer.finished.is_set()  # (it came to agree_to_start)
-    assert result.exit_code == 130 and result.stderr == (
-        "SIGTERM: stopped while starting up, before its first step; no checkpoint was written\n"), result.output
+    assert result.exit_code == 130 and result.stderr == (  # (each rank says it: which one it is, first)
+        "rank 0 of 2: SIGTERM: stopped while starting up, before its first step; no checkpoint was written\n"), \
+        result.output
     assert waited < 15 and not (tmp_path / "new").exists()
 
 
