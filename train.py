@@ -75,10 +75,7 @@ from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing
 if __name__ == "__main__":
     ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
 
-# Ctrl-C or SIGTERM during the seconds that importing torch takes, and defining what follows
-# (run as a script): exit 130 at once (SIGTERM too, as every stop of train.py exits), one line.
-# Until the script's own handlers are set (__main__ closes it then): where it ended with the imports,
-# a signal in the module's own definitions, tens of milliseconds, was Python's traceback.
+
 def rank_prefix() -> str:
     """'rank R of W: ' under torchrun (a WORLD_SIZE above 1, in ASCII digits as torchrun writes
     it), '' in one process: torchrun runs a process a rank, and each says its own lines (a stop
@@ -88,6 +85,10 @@ def rank_prefix() -> str:
     return f"rank {os.environ.get('RANK', '?')} of {world}: " if launched else ""
 
 
+# Ctrl-C or SIGTERM during the seconds that importing torch takes, and defining what follows
+# (run as a script): exit 130 at once (SIGTERM too, as every stop of train.py exits), one line.
+# Until the script's own handlers are set (__main__ closes it then): where it ended with the imports,
+# a signal in the module's own definitions, tens of milliseconds, was Python's traceback.
 _STARTING = contextlib.ExitStack()
 _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True,
                                                         prefix=rank_prefix()))
