@@ -202,6 +202,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def run_signalled(cwd: Path, at: str, args: list[str], script: str = SIGNAL_ON_RANK_1) -> subprocess.CompletedProcess:
+    """train.py with `args` under torchrun, rank 1 alone signalled at `at` (SIGNAL_AT: split:n)
+    by SIGNAL_ON_RANK_1 or `script`, a variant of it. Its status is the caller's to check."""
+    (cwd / "signalled.py").write_text(script)
+    return subprocess.run([*TORCHRUN, str(cwd / "signalled.py"), str(REPO / "train.py"), *args], cwd=cwd,
+                          env=ddp_env(cwd, SIGNAL_AT=at), capture_output=True, text=True, timeout=180)
+
+
 @pytest.mark.parametrize("at, extra, stopped_at", [
     ("train:5", ["--ckpt-every", "1"], 3),  # step 3's first micro-batch; every point checkpoints
     ("val:1", ["--eval-every", "4", "--ckpt-every", "4"], 2),  # the step-0 evaluation
@@ -213,11 +221,8 @@ def test_one_ranks_signal_stops_every_rank_at_one_step(tmp_path, at, extra, stop
     stops before step 1 but a rank alone must not (rank 0 would wait for it in step 1): they
     stop together after one agreed step, which rank 0 checkpoints."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
-    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
     args = [*common(data, "run", B), "--steps", "8", "--keep-ckpts", "0", *extra]
-    env = ddp_env(tmp_path, SIGNAL_AT=at)
-    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=180)
+    result = run_signalled(tmp_path, at, args)
     assert result.returncode != 0  # torchrun reports the stop
     assert f"another rank's signal: stopped after step {stopped_at} of 8; checkpoint" in result.stdout, \
         result.stdout + result.stderr
@@ -232,11 +237,8 @@ def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_b
     after rank 1 heard it (rank 0 was not signalled), and stop before step 1, as one process
     does, instead of evaluating to the end and then training on to a logging point."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(2000, 3))
-    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1)
     args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6"]
-    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args],
-                            cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:2"), capture_output=True, text=True,
-                            timeout=180)
+    result = run_signalled(tmp_path, "val:2", args)
     assert result.returncode != 0  # torchrun reports the stop
     assert ("step 0: val loss: cut short by the stop signal\nanother rank's signal: stopped before step 1; "
             "nothing trained, no checkpoint written\n") in result.stdout, result.stdout + result.stderr
@@ -255,12 +257,9 @@ def test_a_signal_cutting_the_evaluation_of_a_run_resumed_at_its_last_step_ends_
     # each rank's exit status in a file (torchrun names only the ranks it saw fail before it
     # stopped the others: one or both)
     run_path = 'runpy.run_path(sys.argv[0], run_name="__main__")'
-    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1.replace(run_path, (
+    result = run_signalled(tmp_path, "val:2", [*args, "--resume", "auto"], SIGNAL_ON_RANK_1.replace(run_path, (
         f"try:\n    {run_path}\nexcept SystemExit as e:\n"
         f"    open(f'exit_{{os.environ[\"RANK\"]}}', 'w').write(str(e.code))\n    raise\n")))
-    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"),
-                             *args, "--resume", "auto"], cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:2"),
-                            capture_output=True, text=True, timeout=180)
     assert "step 2: val loss: cut short by the stop signal\n" in result.stdout, result.stdout + result.stderr
     assert "nothing to train" not in result.stdout
     assert [(tmp_path / f"exit_{rank}").read_text() for rank in (0, 1)] == ["130", "130"]
@@ -274,14 +273,11 @@ def test_a_signal_during_an_evaluation_under_torchrun_cuts_it_and_checkpoints_it
     (torchrun SIGKILLs its ranks 30 s after passing a preemption's SIGTERM on). The resumed
     run's losses are an uninterrupted run's."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(2000, 3))
-    (tmp_path / "signalled.py").write_text(SIGNAL_ON_RANK_1.replace(
-        "        return real(self, *args, **kwargs)",
-        "        if self.split == split:\n            print(f'val batch {calls[0]}', flush=True)\n"
-        "        return real(self, *args, **kwargs)"))
     args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6", "--ckpt-every", "8"]
-    result = subprocess.run([*TORCHRUN, str(tmp_path / "signalled.py"), str(REPO / "train.py"), *args],
-                            cwd=tmp_path, env=ddp_env(tmp_path, SIGNAL_AT="val:9"), capture_output=True, text=True,
-                            timeout=180)
+    result = run_signalled(tmp_path, "val:9", args, SIGNAL_ON_RANK_1.replace(  # one write a line (python -u)
+        "        return real(self, *args, **kwargs)",
+        "        if self.split == split:\n            os.write(1, f'val batch {calls[0]}\\n'.encode())\n"
+        "        return real(self, *args, **kwargs)"))
     assert result.returncode != 0  # torchrun reports the stop
     assert ("step 4: val loss: cut short by the stop signal\nanother rank's signal: stopped after step 4 of 8; "
             "checkpoint run/ckpt_000004.pt written; continue with --resume auto\n") in result.stdout, \
