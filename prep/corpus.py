@@ -314,6 +314,18 @@ def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False
     return None
 
 
+def _first_bytes_error(block: bytes, read: Callable[[int], bytes], label: str, json_field: str | None,
+                       member: bool = False) -> CorpusError | None:
+    """_not_utf8's error for the input that `block` starts (`read` reads on). `json_field`: a
+    compressed one whose first lines, decompressed, are JSON objects (_opens_json) gets the pipe
+    that reads JSON lines: read as text by default, they are refused next."""
+    error = _not_utf8(block[:10], label, member=member)
+    if (isinstance(error, CompressedError) and json_field is not None
+            and _opens_json(block, read, error.kind, label, json_field)):
+        error = _not_utf8(block[:10], label, jsonl=True, member=member)
+    return error
+
+
 def _refuse_not_utf8(path: Path, field: str) -> None:
     """_not_utf8's error for a file named as input, before any work (a pipe or a device is
     checked as it is read, by _read_text). A compressed file named for no format (x.gz:
@@ -322,11 +334,7 @@ def _refuse_not_utf8(path: Path, field: str) -> None:
     if not path.is_file():
         return
     with open(path, "rb") as f:
-        block = f.read(1 << 16)
-        error = _not_utf8(block[:10], str(path))
-        if (isinstance(error, CompressedError) and names_no_format(path)
-                and _opens_json(block, f.read, error.kind, str(path), field)):
-            error = _not_utf8(block[:10], str(path), jsonl=True)
+        error = _first_bytes_error(f.read(1 << 16), f.read, str(path), field if names_no_format(path) else None)
     if error is not None:
         raise error
 
@@ -581,11 +589,7 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
         if first:  # stdin, a directory's files: compressed or UTF-16 bytes are refused here
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
-            error = _not_utf8(block[:10], label, member=member)
-            if (isinstance(error, CompressedError) and json_field is not None
-                    and _opens_json(block, read, error.kind, label, json_field)):
-                # its pipe must say JSON lines: read as text by default, they are refused next
-                error = _not_utf8(block[:10], label, jsonl=True, member=member)
+            error = _first_bytes_error(block, read, label, json_field, member)
             if error is None and json_field is not None:
                 block, error = _judge_json(block, read, block_bytes, label, json_field)
             if error is not None:

@@ -282,8 +282,7 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
                   if k != index and (is_stream(arg) or (os.path.isfile(arg) and names_json(arg)))), None)
     if other is not None and ctx.params["stdin_format"] != fmt:
         other = "- (stdin)" if other == STDIN else other
-        said = ctx.get_parameter_source("stdin_format") != click.core.ParameterSource.DEFAULT
-        default = "" if said else ", the default"
+        default = "" if "stdin_format" in values else ", the default"  # (values: the options given)
         return (f"{error.label}: {error.kind}-compressed; decompress it first (streamed in, it would be read "
                 f"as {other} is, --stdin-format {ctx.params['stdin_format']}{default}, but it holds "
                 f"{'JSON lines' if error.jsonl else 'text'})")
