@@ -76,13 +76,24 @@ if __name__ == "__main__":
     ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
 
 
+def _count(text: str) -> int | None:
+    """`text` as a count torchrun writes (ASCII digits alone), else None: int() also takes ' 2',
+    '+2' and '2_0', and str.isdigit() '²', which int() refuses."""
+    return int(text) if re.fullmatch(r"[0-9]+", text) else None
+
+
+def _launched_world() -> int:
+    """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
+    world = _count(os.environ.get("WORLD_SIZE", "1"))  # as _env_int reads it
+    return world if world is not None and world > 1 else 1
+
+
 def rank_prefix() -> str:
-    """'rank R of W: ' under torchrun (a WORLD_SIZE above 1, in ASCII digits as torchrun writes
-    it), '' in one process: torchrun runs a process a rank, and each says its own lines (a stop
-    while starting up was the same line once a rank, none saying whose)."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    launched = re.fullmatch(r"[0-9]+", world) and int(world) > 1
-    return f"rank {os.environ.get('RANK', '?')} of {world}: " if launched else ""
+    """'rank R of W: ' under torchrun, '' in one process: torchrun runs a process a rank, and
+    each says its own lines (a stop while starting up was the same line once a rank, none
+    saying whose)."""
+    world = _launched_world()
+    return f"rank {os.environ.get('RANK', '?')} of {world}: " if world > 1 else ""
 
 
 # Ctrl-C or SIGTERM during the seconds that importing torch takes, and defining what follows
@@ -575,12 +586,6 @@ class Runtime:
 
     def device_name(self) -> str | None:
         return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
-
-
-def _count(text: str) -> int | None:
-    """`text` as a count torchrun writes (ASCII digits alone), else None: int() also takes ' 2',
-    '+2' and '2_0', and str.isdigit() '²', which int() refuses."""
-    return int(text) if re.fullmatch(r"[0-9]+", text) else None
 
 
 def _env_int(name: str, default: int, low: int) -> int:
@@ -2508,12 +2513,6 @@ def watch_launcher() -> None:
     threading.Thread(target=watch, name="torchrun-watch", daemon=True).start()
 
 
-def _launched_world() -> int:
-    """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
-    world = _count(os.environ.get("WORLD_SIZE", "1"))  # as _env_int reads it
-    return world if world is not None and world > 1 else 1
-
-
 def _name_rank(e: UserError) -> None:
     """Under torchrun, `e` says which rank it is (ranks on other machines may see other files)."""
     if not e.message.startswith("rank "):
@@ -2809,6 +2808,12 @@ class StopRequest:
             return "output closed (its reader went away)"
         return signal.Signals(self.signal).name
 
+    @property
+    def cause(self) -> str:
+        """What a stop line names: this process's signal, or, under torchrun, another rank's
+        (the ranks stop together where any one was signalled)."""
+        return self.name if self.requested else "another rank's signal"
+
     def __enter__(self) -> "StopRequest":
         for signum in self.SIGNALS:
             # the main thread, a signal not ignored (`cmd &` in a script: Ctrl-C is not for this run)
@@ -2923,8 +2928,7 @@ def train_loop(s: Session) -> dict:
             if val_loss is None or (stop.requested and not rt.ddp):
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before rank 0's line
                     dist.barrier()
-                name = stop.name if stop.requested else "another rank's signal"
-                say(f"{name}: stopped before step 1; nothing trained, no checkpoint written")
+                say(f"{stop.cause}: stopped before step 1; nothing trained, no checkpoint written")
                 stopped = True
         elif s.start_step == cfg.steps and has_val:
             # resumed at its last step: nothing to train, but the checkpoint's val loss, on this
@@ -3135,11 +3139,10 @@ def train_loop(s: Session) -> dict:
             if stopping:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
-                name = stop.name if stop.requested else "another rank's signal"
                 more = "; continue with --resume auto" if step < cfg.steps else ""  # (after the last: nothing to)
                 saved = (f"checkpoint {ckpt_path(out, step)} written{more}"
                          if do_ckpt else "no checkpoint (--ckpt-every 0, no --ckpt-minutes)")
-                say(f"{name}: stopped after step {step} of {cfg.steps}; {saved}")
+                say(f"{stop.cause}: stopped after step {step} of {cfg.steps}; {saved}")
                 stopped = True
                 break
     summary = summarize(s, history, record, time.perf_counter() - started,
