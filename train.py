@@ -3252,6 +3252,9 @@ def bench_loop(s: Session) -> dict:
     real_wait = real.take() / cfg.bench_steps
     flops, name = s.raw.flops_per_token(cfg.T), rt.device_name()
     real_tps, fixed_tps = s.tokens_per_step / real_dt, s.tokens_per_step / fixed_dt
+    loss = loss.detach().float().reshape(1)  # the last step's: under torchrun, the ranks' mean
+    if rt.ddp:
+        loss = rt.all_reduce(loss.clone()) / rt.world
     result = {
         "model": cfg.model, "model_overrides": cfg.model_overrides(), "params": s.raw.num_params(),
         "B": cfg.B, "T": cfg.T, "world": rt.world,
@@ -3270,7 +3273,7 @@ def bench_loop(s: Session) -> dict:
         # would otherwise pass for that mode's speed
         "graph_breaks": sum(counters["graph_break"].values()) - breaks,
         "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips,
-        "loss": loss.item(),  # sync: after timing
+        "loss": loss.item(),  # sync: after timing (the global batch's loss, as the metrics' is)
     }
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731

@@ -184,6 +184,31 @@ def test_data_wait_under_torchrun_is_the_slowest_ranks(tmp_path):
     assert len(waits) == STEPS and all(ACCUM * 400 <= w < ACCUM * 600 for w in waits), waits
 
 
+def bench_line(stdout: str) -> dict:
+    """The BENCH JSON line of a --bench run's output, asserted to be its only one."""
+    lines = [line for line in stdout.splitlines() if line.startswith("BENCH ")]
+    assert len(lines) == 1, stdout
+    return json.loads(lines[0][len("BENCH "):])
+
+
+@pytest.mark.slow
+def test_bench_under_torchrun_reports_once_for_the_global_batch(tmp_path):
+    """--bench on 2 ranks: one report (rank 0's), its tokens/s counting both ranks' tokens, and
+    the loss the global batch's, as the metrics' is: the same as one process's --bench on both
+    ranks' rows (2B), whose windows, fixed batch and updates are the two ranks' together."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    bench = ["--bench", "--bench-warmup", "1", "--bench-steps", "2"]
+    ddp = run([*TORCHRUN, str(REPO / "train.py"), *common(data, "ddp", B), *bench], tmp_path)
+    one = run([sys.executable, str(REPO / "train.py"), *common(data, "one", 2 * B), *bench], tmp_path)
+    ranks, single = bench_line(ddp.stdout), bench_line(one.stdout)
+    assert ddp.stdout.count("real loader: ") == 1 and ranks["world"] == 2 and ranks["accum_steps"] == ACCUM
+    assert ranks["tokens_per_s"] == pytest.approx(GLOBAL_BATCH * 1000 / ranks["ms_per_step"])
+    # rank 0's own loss is its half of the batch's: positions 0-31 and 64-95 of each 128 tokens,
+    # rank 1's the other two rows, so the two differ
+    assert ranks["loss"] == pytest.approx(single["loss"], rel=1e-5)
+    assert not (tmp_path / "ddp").exists()
+
+
 SIGNAL_ON_RANK_1 = """
 import os, runpy, signal, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
