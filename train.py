@@ -369,8 +369,7 @@ def check_out_dir(out: Path) -> None:
     probe = out
     while not probe.exists():
         if probe.is_symlink():  # dangling: it exists as a link only
-            raise UserError(f"--out {out}: {probe} is a symbolic link to {os.readlink(probe)}, "
-                            f"which does not exist")
+            raise UserError(f"--out {out}: {probe} is a broken symbolic link (to {os.readlink(probe)})")
         if probe.parent == probe:
             break
         probe = probe.parent

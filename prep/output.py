@@ -224,7 +224,7 @@ def check_target(target: Path, overwrite: bool) -> None:
     Runs before the work and again just before the install (AtomicDirectory), so a directory
     that appeared meanwhile (another run into the same place) is not replaced either."""
     if target.is_symlink() and not target.exists():  # else found out only at the install
-        raise OutputError(f"{target}: is a symbolic link to {os.readlink(target)}, which does not exist")
+        raise OutputError(f"{target}: a broken symbolic link (to {os.readlink(target)})")
     # said first: --overwrite would not help; and before the existence test, since `new/..`
     # is the working directory once the install has made new/
     if (relation := _relation_to_cwd(target)) is not None:

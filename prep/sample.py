@@ -115,7 +115,7 @@ def write_sample(
     out = Path(out)
     if out.is_symlink():  # written through, the link kept (as prep tokenize's --out); never replaced by a file
         if not out.exists():  # dangling, or a loop
-            raise UserError(f"--out {out} is a symbolic link to nothing ({os.readlink(out)}); give a file path")
+            raise UserError(f"--out {out}: a broken symbolic link (to {os.readlink(out)}); give a file path")
         out = Path(os.path.realpath(out))
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file path")

@@ -3032,7 +3032,7 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume a missing file into a busy out": (["--resume", "run/gone.pt", "--out", "run"], ".",
                                               "--resume run/gone.pt: no such checkpoint"),
     "out is a dangling symlink": (["--out", "dangling"], ".",
-                                  "--out dangling: dangling is a symbolic link to nowhere, which does not exist"),
+                                  "--out dangling: dangling is a broken symbolic link (to nowhere)"),
     "metrics.jsonl is a directory": (["--out", "metricsdir"], ".",
                                      "--out metricsdir: metricsdir/metrics.jsonl is not a file"),
     "resume auto where metrics.jsonl is a directory": (["--out", "metricsdir", "--resume", "auto"], ".",
