@@ -2626,7 +2626,7 @@ def _out_of_memory(e: RuntimeError) -> bool:
 def first_not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first tensor holding NaN or an infinity, or None: one host read for all."""
     named = list(named)
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist() if named else []  # sync: one read
     return None if all(finite) else named[finite.index(False)][0]
 
 
