@@ -107,9 +107,9 @@ class Source:
         a pipe named by its descriptor's number (bash's <(...): /dev/fd/63, whose "63" says nothing)."""
         if self.is_stdin:
             return "stdin"
-        path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
-        if path.name.isdigit() and path.parent.name == "fd" and is_stream(self.arg):
+        if names_descriptor(self.arg):
             return "pipe"
+        path = Path(os.path.abspath(self.arg))  # normalized: '..' is named after the directory it is
         return path.name if self.kind == "directory" else path.stem
 
 
@@ -143,6 +143,13 @@ def is_stream(arg: str) -> bool:
     """Whether an input is read as --stdin-format says: '-', or a named one that is neither a
     directory nor a regular file (a pipe: bash's <(zcat x.jsonl.gz) is /dev/fd/63; a FIFO)."""
     return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg) and not os.path.isfile(arg))
+
+
+def names_descriptor(arg: str) -> bool:
+    """Whether an input is a pipe named by its descriptor's number (bash's <(...): /dev/fd/63),
+    a name that says nothing of it and means nothing in another command."""
+    path = Path(os.path.abspath(arg))  # normalized: '..' is named after the directory it is
+    return path.name.isdigit() and path.parent.name == "fd" and is_stream(arg)
 
 
 def _file_size(path: Path) -> int | None:
@@ -326,16 +333,21 @@ def _first_bytes_error(block: bytes, read: Callable[[int], bytes], label: str, j
     return error
 
 
-def _refuse_not_utf8(path: Path, field: str) -> None:
-    """_not_utf8's error for a file named as input, before any work (a pipe or a device is
-    checked as it is read, by _read_text). A compressed file named for no format (x.gz:
-    names_no_format) whose first lines, decompressed, are JSON objects gets the pipe that reads
-    them as such (_opens_json): read as text by default, they are refused there next."""
+def not_utf8_error(path: Path, field: str) -> CorpusError | None:
+    """_not_utf8's error for a file named as input, None for one whose first bytes may be text
+    (and for a pipe or a device: _read_text checks those as it reads them). A compressed file
+    named for no format (x.gz: names_no_format) whose first lines, decompressed, are JSON objects
+    gets the pipe that reads them as such (_opens_json): read as text by default, they are
+    refused there next."""
     if not path.is_file():
-        return
+        return None
     with open(path, "rb") as f:
-        error = _first_bytes_error(f.read(1 << 16), f.read, str(path), field if names_no_format(path) else None)
-    if error is not None:
+        return _first_bytes_error(f.read(1 << 16), f.read, str(path), field if names_no_format(path) else None)
+
+
+def _refuse_not_utf8(path: Path, field: str) -> None:
+    """not_utf8_error's error raised, before any work."""
+    if (error := not_utf8_error(path, field)) is not None:
         raise error
 
 

@@ -46,7 +46,8 @@ import click
 from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
-    decompressed_input, is_stream, names_json, names_jsonl, names_no_format, read_pieces, resolve_sources
+    decompressed_input, is_stream, names_descriptor, names_json, names_jsonl, names_no_format, not_utf8_error, \
+    read_pieces, resolve_sources
 from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers, say
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
@@ -264,9 +265,11 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
     paste and run: the same inputs in the same order, the same options, the same output. A named
     file becomes '-' behind a pipe (or <(zcat x.gz) where '-' is taken), with --stdin-format jsonl
     for JSON lines and --out where its name gave the default one; stdin gets the decompressor in
-    front, a pipe given by name one inside. The message, with the line or, where none reads
-    every input as this one would (stdin, a pipe or a *.json file beside it, read in the other
-    format), why not."""
+    front, a pipe given by name one inside; every other compressed file named, <(zcat y.gz) in
+    its place; a pipe named by its descriptor (/dev/fd/63, no name in another shell), <(...) to
+    fill in. The message, with the line or, where none reads every input as this one would
+    (stdin, a pipe or a *.json file beside it read in the other format, or compressed files of
+    both formats), why not."""
     if error.label == "<stdin>":
         index = inputs.index(STDIN)
     else:
@@ -277,6 +280,24 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
               if ctx.get_parameter_source(param.name) != click.core.ParameterSource.DEFAULT}
     args, words, before = list(inputs), [shlex.quote(arg) for arg in inputs], ""
     fmt = "jsonl" if error.jsonl else "text"
+    # the other compressed files named (a.jsonl.gz b.jsonl.gz ...): each decompressed on its way
+    # in as well, <(zcat b.jsonl.gz) in its place (pasted, a line for the first alone was refused
+    # for the next, and so on); streamed in, all are read as --stdin-format says, so alike
+    more: dict[int, CompressedError] = {}
+    for k, arg in enumerate(inputs):
+        if k != index and arg != STDIN:
+            try:
+                found = not_utf8_error(Path(arg), ctx.params["field"])
+            except OSError:  # unreadable: said when it is read
+                continue
+            if isinstance(found, CompressedError):
+                more[k] = found
+    mixed = next((e for e in more.values() if e.jsonl != error.jsonl), None)
+    if mixed is not None:
+        lines, text = (error, mixed) if error.jsonl else (mixed, error)
+        return (f"{error.label} and {mixed.label}: compressed; decompress them first (streamed in, "
+                f"both would be read as --stdin-format says, but {lines.label} holds JSON lines and {text.label} "
+                f"text)")
     # decompressed, it is read as --stdin-format says, as '-' is: stdin, pipes, *.json files
     other = next((arg for k, arg in enumerate(inputs)
                   if k != index and (is_stream(arg) or (os.path.isfile(arg) and names_json(arg)))), None)
@@ -300,6 +321,12 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
             args[index] = words[index] = f"<({piped})"
         else:
             before, args[index], words[index] = f"{piped} | ", STDIN, STDIN
+    for k, also in more.items():
+        args[k] = words[k] = f"<({decompressed_input(also.label, also.cat)})"
+    # a pipe named by its descriptor (bash's <(...): /dev/fd/63) means nothing in another command
+    fed = [k for k, arg in enumerate(inputs) if k != index and names_descriptor(arg)]
+    for k in fed:
+        args[k] = words[k] = "<(...)"
     options = []
     for param in ctx.command.params:
         if isinstance(param, click.Option) and param.name in values:
@@ -309,6 +336,8 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
         options.append("--")
     how = "decompress it on its way in (FILE: the compressed file)" if error.stream else \
         "decompress it first, or stream it in"
+    if fed:
+        how += f" (<(...): the command that gave {' and '.join(inputs[k] for k in fed)}, again)"
     return f"{error.label}: {error.kind}-compressed; {how}: " + " ".join([f"{before}prep tokenize", *options, *words])
 
 
@@ -334,8 +363,9 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
               help="What - (stdin), pipes given by name and *.json files hold: one text document, or JSON "
                    "lines (each line's --field), e.g. zstdcat x.jsonl.zst | prep tokenize --stdin-format jsonl -, "
                    "prep tokenize --stdin-format jsonl <(zcat x.jsonl.gz), prep tokenize --stdin-format jsonl "
-                   "train.json (datasets' to_json). Unsaid, stdin or a pipe whose first lines are JSON objects "
-                   "is refused, and any *.json file (say text to tokenize the JSON).")
+                   "train.json (datasets' to_json). Unsaid, stdin or a pipe whose first lines are JSON objects, "
+                   "or that opens as a JSON array of them, is refused, and any *.json file (say text to "
+                   "tokenize the JSON).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing dataset (only once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bar (the summary line is still printed).")
@@ -345,9 +375,10 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None, shard_size: int,
                      val_fraction: float, val_max_tokens: int, workers: int, field: str, errors: str,
                      stdin_format: str, overwrite: bool, quiet: bool, as_json: bool, chunk_size: int) -> None:
-    """Tokenize text files, directories (their *.txt, recursive), .jsonl files (.json ones with
-    --stdin-format) or - (stdin) into GPT-2 uint16 shards plus meta.json. One file or JSONL
-    line is one document, each one preceded by EOT; the output appears only once it is complete.
+    """Tokenize text files, directories (their *.txt, recursive), .jsonl or .ndjson files (.json
+    ones with --stdin-format), pipes given by name, or - (stdin) into GPT-2 uint16 shards plus
+    meta.json. One file or JSONL line is one document, each one preceded by EOT; the output
+    appears only once it is complete.
     """
     if not field:
         raise UserError("--field must name a JSON key, got ''")

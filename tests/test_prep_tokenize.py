@@ -754,6 +754,10 @@ STREAMED = {
     "a file named for no format": (["d.gz", "a.txt", "--field", "body", "--out", "o"],
                                    "stream it in: zcat d.gz | prep tokenize --out o --field body --stdin-format jsonl "
                                    "- a.txt", None, "o"),
+    # each compressed file named streams in: pasted, a line for the first alone was refused for the next
+    "two files, both compressed": (["d.jsonl.gz", "a.txt", "e.jsonl.gz", "--field", "body", "--out", "o"],
+                                   "stream it in: zcat d.jsonl.gz | prep tokenize --out o --field body --stdin-format "
+                                   "jsonl - a.txt <(zcat e.jsonl.gz)", None, "o"),
     "stdin": (["a.txt", "-", "--field", "body", "--stdin-format", "jsonl", "--out", "o"],
               "(FILE: the compressed file): zcat FILE | prep tokenize --out o --field body --stdin-format jsonl a.txt -",
               "gzip", "o"),
@@ -777,6 +781,8 @@ def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(t
     Path("d.jsonl").write_bytes(records)
     for name in ("d.jsonl.gz", "-d.jsonl.gz", "d.gz"):
         Path(name).write_bytes(gzip.compress(records))
+    Path("e.jsonl").write_text(json.dumps({"body": "another file's"}) + "\n")
+    Path("e.jsonl.gz").write_bytes(gzip.compress(Path("e.jsonl").read_bytes()))
     stdin = {None: None, "gzip": gzip.compress(records), "gzip-less": b'{"body": "from stdin"}\n'}[piped]
     line = assert_user_error(invoke(*args, input=stdin), words)
     assert not Path(out).exists()
@@ -785,7 +791,8 @@ def test_the_command_a_compressed_input_s_error_spells_out_does_what_was_asked(t
     ran = subprocess.run(["bash", "-c", command], input=gzip.decompress(stdin) if piped == "gzip" else stdin,
                          env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True)
     assert ran.returncode == 0, ran.stderr
-    same = ["--out", "ref"] + [("d.jsonl" if a in ("d.jsonl.gz", "-d.jsonl.gz", "d.gz") or (piped == "gzip" and a == "-") else a)
+    named = {"d.jsonl.gz": "d.jsonl", "-d.jsonl.gz": "d.jsonl", "d.gz": "d.jsonl", "e.jsonl.gz": "e.jsonl"}
+    same = ["--out", "ref"] + [("d.jsonl" if piped == "gzip" and a == "-" else named.get(a, a))
                                for a in args if a not in ("--out", out)]
     if piped == "gzip":
         same = [a for a in same if a not in ("--stdin-format", "jsonl")]
@@ -840,6 +847,34 @@ def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_d
     result = invoke("-", tmp_path / "d.jsonl.gz", "--out", tmp_path / "o", input=b"some text")
     assert_user_error(result, "d.jsonl.gz: gzip-compressed; decompress it first (streamed in, it would be read as "
                               "- (stdin) is, --stdin-format text, the default, but it holds JSON lines)")
+
+
+def test_compressed_files_of_both_formats_are_told_to_be_decompressed_first(tmp_path):
+    """Streamed in, both would be read by one --stdin-format: no pipe is offered for one that,
+    pasted, refuses the other."""
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(b"some text"))
+    (tmp_path / "d.jsonl.gz").write_bytes(lzma.compress(b'{"text": "a"}\n'))
+    for first, second in (("a.txt.gz", "d.jsonl.gz"), ("d.jsonl.gz", "a.txt.gz")):
+        result = invoke(tmp_path / first, tmp_path / second, "--out", tmp_path / "o")
+        assert_user_error(result, f"{tmp_path / first} and {tmp_path / second}: compressed; decompress them first "
+                                  f"(streamed in, both would be read as --stdin-format says, but "
+                                  f"{tmp_path / 'd.jsonl.gz'} holds JSON lines and {tmp_path / 'a.txt.gz'} text)")
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="needs /dev/fd")
+def test_a_pipe_named_by_its_descriptor_beside_a_compressed_file_is_spelled_as_a_pipe_to_fill_in(tmp_path):
+    """`prep tokenize a.txt.gz <(cat b.txt)` was offered `zcat a.txt.gz | prep tokenize - /dev/fd/63`:
+    pasted, /dev/fd/63 is no pipe of the new command's (its descriptor 63 is not open there)."""
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(b"some text"))
+    read, write = os.pipe()
+    try:
+        result = invoke(tmp_path / "a.txt.gz", f"/dev/fd/{read}", "--out", tmp_path / "o")
+    finally:
+        os.close(read)
+        os.close(write)
+    line = assert_user_error(result, f"{tmp_path / 'a.txt.gz'}: gzip-compressed; decompress it first, or stream it "
+                                     f"in (<(...): the command that gave /dev/fd/{read}, again): zcat ")
+    assert line.endswith(f"prep tokenize --out {tmp_path / 'o'} - <(...)"), line
 
 
 def test_a_compressed_file_beside_a_json_file_read_in_the_other_format_is_told_to_be_decompressed_first(tmp_path):
