@@ -2503,8 +2503,7 @@ def watch_launcher() -> None:
         while not _launcher_gone(parent):
             time.sleep(1.0)
         with contextlib.suppress(OSError):  # (stderr a pipe whose reader went with torchrun): stop all the same
-            print(f"rank {os.environ.get('RANK', '?')}: torchrun (pid {parent}) is gone: stopping as on SIGTERM",
-                  file=sys.stderr, flush=True)
+            print(f"{rank_prefix()}torchrun (pid {parent}) is gone: stopping as on SIGTERM", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(ORPHAN_GRACE_S)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -3402,7 +3401,8 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
               help="Validation loss every N steps and at the end (and at step 0, before training, "
                    "unless resuming; a resume at --steps evaluates its checkpoint alone); 0: never.")
 @click.option("--eval-steps", type=int, default=TrainConfig.eval_steps,
-              help="Val batches per evaluation (per rank under torchrun; val_loss is the mean of all).")
+              help="Val batches per evaluation, at most one pass over the val split (per rank under "
+                   "torchrun; val_loss is the mean of all).")
 @click.option("--sample-every", type=int, default=TrainConfig.sample_every,
               help="Print a sample every N steps and at the end; 0: never.")
 @click.option("--sample-tokens", type=int, default=TrainConfig.sample_tokens, help="Tokens per sample.")
@@ -3426,8 +3426,8 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
 @click.option("--shuffle/--no-shuffle", default=False,
               help="Visit each epoch's windows in a seeded random order.")
 @click.option("--log-every", type=int, default=TrainConfig.log_every,
-              help="Steps between logging points, where the host reads the losses back (on CUDA one "
-                   "point late, the GPU busy meanwhile); metrics keep every step.")
+              help="Steps between logging points, where the host reads the losses back, one point late "
+                   "(on CUDA the GPU busy meanwhile); metrics keep every step.")
 @click.option("--bench", is_flag=True,
               help="Benchmark train_step (real loader vs fixed batch) instead of training; writes nothing.")
 @click.option("--bench-warmup", type=int, default=TrainConfig.bench_warmup,

@@ -699,7 +699,7 @@ def test_a_signal_under_torchrun_checkpoints_one_agreed_step_and_resumes_exactly
     if how == "SIGKILL to torchrun":
         # each rank looks once a second; the first to see it stops them all within two
         # logging points, which may come before the other's look: one message at least
-        assert re.search(r"rank [01]: torchrun \(pid \d+\) is gone: stopping as on SIGTERM", stderr), stderr
+        assert re.search(r"rank [01] of 2: torchrun \(pid \d+\) is gone: stopping as on SIGTERM", stderr), stderr
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, stopped_at + 1))
 
     run([*args, "--resume", "auto"], tmp_path)
