@@ -392,8 +392,11 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
     # (and x.gz, whose pipe reads JSON lines where it holds them); so does x.json without
     # --stdin-format, refused next with the flag that reads it as JSON lines
+    # (a named pipe called x.jsonl is read as JSON lines, by its name, as a file is; x.gz's name
+    # says nothing: a regular file's first lines are judged before the work, a pipe's as it is read)
     jsonl_given = stdin_format == "jsonl" or any(
-        i != STDIN and os.path.isfile(i) and (names_jsonl(i, compressed=True) or names_no_format(i)) for i in inputs
+        i != STDIN and not os.path.isdir(i) and (names_jsonl(i, compressed=True) or os.path.isfile(i)
+                                                  and names_no_format(i)) for i in inputs
     ) or bool(json_files and "stdin_format" not in given)
     if field_given and not jsonl_given:
         raise UserError(f"--field {field}: only JSON lines have fields, and none are given (files named *.jsonl "

@@ -12,6 +12,7 @@ import io
 import json
 import lzma
 import os
+import random
 import re
 import shlex
 import shutil
@@ -593,7 +594,9 @@ def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
 @contextmanager
 def pipe_holding(path: Path, data: bytes) -> Iterator[Path]:
     """A named pipe at `path` that a thread writes `data` into once a reader opens it; a pipe
-    left unread (the run refused first) is opened on the way out, so the writer ends."""
+    left unread (the run refused first) is opened on the way out, so the writer ends: again
+    until it has, since an open that came before the writer's own meets no writer (the writer
+    then blocked for good, and join() with it)."""
     os.mkfifo(path)
 
     def write():
@@ -606,9 +609,9 @@ def pipe_holding(path: Path, data: bytes) -> Iterator[Path]:
     try:
         yield path
     finally:
-        if writer.is_alive():
+        while writer.is_alive():
             os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-        writer.join()
+            writer.join(0.05)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
@@ -847,6 +850,35 @@ def test_a_compressed_file_beside_stdin_read_in_the_other_format_is_told_to_be_d
     result = invoke("-", tmp_path / "d.jsonl.gz", "--out", tmp_path / "o", input=b"some text")
     assert_user_error(result, "d.jsonl.gz: gzip-compressed; decompress it first (streamed in, it would be read as "
                               "- (stdin) is, --stdin-format text, the default, but it holds JSON lines)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_field_is_taken_for_a_named_pipe_whose_name_says_json_lines(tmp_path):
+    """A named pipe called x.jsonl is read as JSON lines by its name, as a file is, so --field
+    applies to it; the check that --field has JSON lines to apply to counted regular files
+    only, and refused it. A pipe called d.jsonl.gz gets the compressed input's message, with
+    the command that decompresses it, not that refusal."""
+    with pipe_holding(tmp_path / "d.jsonl", b'{"body": "hello there"}\n') as pipe:
+        result = invoke(pipe, "--field", "body", "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(tmp_path / "o"), expected(["hello there"]))
+    with pipe_holding(tmp_path / "d.jsonl.gz", gzip.compress(b'{"body": "a"}\n')) as pipe:
+        result = invoke(pipe, "--field", "body", "--out", tmp_path / "p")
+    assert_user_error(result, f"{pipe}: gzip-compressed; decompress it on its way in (FILE: the compressed file): "
+                              f"prep tokenize --out {tmp_path / 'p'} --field body --stdin-format jsonl <(zcat FILE)")
+
+
+def test_a_compressed_file_named_for_no_format_is_judged_past_its_first_read(tmp_path):
+    """bzip2 writes nothing out before a whole block (up to 900 kB in): JSON lines whose first
+    64 kB compressed decompress to nothing are still judged, read on, and get the flag."""
+    rng = random.Random(0)
+    records = "".join(json.dumps({"text": "".join(rng.choices("abcdefghij klmnopqrstuvwxyz", k=200))}) + "\n"
+                      for _ in range(2000)).encode()
+    path = tmp_path / "x.bz2"
+    path.write_bytes(bz2.compress(records))
+    assert path.stat().st_size > 1 << 16 and not bz2.BZ2Decompressor().decompress(path.read_bytes()[:1 << 16])
+    result = invoke(path, "--out", tmp_path / "o")
+    assert_user_error(result, f"stream it in: bzcat {path} | prep tokenize --out {tmp_path / 'o'} --stdin-format jsonl -")
 
 
 def test_compressed_files_of_both_formats_are_told_to_be_decompressed_first(tmp_path):
