@@ -1692,6 +1692,12 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     # --bench writes no checkpoint: those in --out are no run of its to continue, and none written is no news
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(out), "--bench"])
     assert result.exit_code == 130 and result.stderr == "interrupted: stopped at once\n"
+    # under torchrun a second Ctrl-C reaches every rank: each says its own line, naming itself
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--out", str(tmp_path / "ranked")])
+    assert result.exit_code == 130
+    assert result.stderr == "rank 1 of 2: interrupted: stopped at once; no checkpoint was written\n"
 
 
 def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypatch, tmp_path, dataset):
