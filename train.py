@@ -2465,6 +2465,10 @@ def _peer_gone(error: RuntimeError) -> bool:
 
 
 ORPHAN_GRACE_S = 300  # a rank whose torchrun is gone: seconds to stop cleanly before SIGKILL
+# ... and one still starting up: it has nothing to checkpoint, and may be blocked in C++, where
+# no Python signal handler runs, reaching torchrun's store (its connect retries until the
+# store's timeout, 30 minutes)
+STARTING_GRACE_S = 10
 
 
 def _is_torchrun(pid: int) -> bool:
@@ -2486,26 +2490,36 @@ def _launcher_gone(parent: int) -> bool:
     return parent == 1 or os.getppid() != parent
 
 
-def watch_launcher() -> None:
+def watch_launcher(starting: Callable[[], bool] = lambda: True) -> None:
     """Under torchrun: a rank whose torchrun is gone (SIGKILLed, OOM-killed) stops as if
     torchrun had passed it a SIGTERM (the ranks agree on a step and checkpoint it; a rank
-    still starting up just ends), and is killed if it has not ended ORPHAN_GRACE_S later.
-    Otherwise orphaned ranks would train on unsupervised, or wait forever for a rendezvous
-    store that died with torchrun, holding the --out lock. Plain `python train.py` is left
-    alone: its parent (a shell closed under nohup, say) has no say over the run."""
+    still starting up just ends), and is killed if it has not ended ORPHAN_GRACE_S later, or
+    STARTING_GRACE_S later while `starting()`. Otherwise orphaned ranks would train on
+    unsupervised, or wait for a rendezvous store that died with torchrun, holding the --out
+    lock. Plain `python train.py` is left alone: its parent (a shell closed under nohup, say)
+    has no say over the run."""
     if "TORCHELASTIC_RUN_ID" not in os.environ:
         return
     parent = _LAUNCHER_PID
     if parent == 1 and _is_torchrun(1):  # torchrun as a container's init: it is the container
         return
 
+    def say(line: str) -> None:
+        with contextlib.suppress(OSError):  # (stderr a pipe whose reader went with torchrun): stop all the same
+            print(f"{rank_prefix()}{line}", file=sys.stderr, flush=True)
+
     def watch() -> None:
         while not _launcher_gone(parent):
             time.sleep(1.0)
-        with contextlib.suppress(OSError):  # (stderr a pipe whose reader went with torchrun): stop all the same
-            print(f"{rank_prefix()}torchrun (pid {parent}) is gone: stopping as on SIGTERM", file=sys.stderr, flush=True)
+        say(f"torchrun (pid {parent}) is gone: stopping as on SIGTERM")
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(ORPHAN_GRACE_S)
+        gone = time.monotonic()
+        while time.monotonic() - gone < ORPHAN_GRACE_S:
+            time.sleep(0.5)
+            if starting() and time.monotonic() - gone >= STARTING_GRACE_S:
+                say(f"still starting up {STARTING_GRACE_S} s later (blocked in a call no signal ends, such as "
+                    f"reaching torchrun's store): killed; nothing trained, no checkpoint written")
+                break
         os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="torchrun-watch", daemon=True).start()
@@ -2577,7 +2591,8 @@ def train(cfg: TrainConfig) -> dict:
     # (once: `timeout` sends its SIGTERM twice, to the run and to its process group; a hang-up SIGHUP)
     with (sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)),
           contextlib.ExitStack() as stack):
-        watch_launcher()
+        prepared = threading.Event()  # from then on a stop is the run's to checkpoint
+        watch_launcher(starting=lambda: not prepared.is_set())
         try:
             s = prepare(cfg, stack)
             print_facts(s)
@@ -2592,6 +2607,7 @@ def train(cfg: TrainConfig) -> dict:
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP or ReaderGone: nothing trained, nothing written yet
             e.starting = True  # (main() says so)
             raise
+        prepared.set()
         try:
             return bench_loop(s) if cfg.bench else train_loop(s)
         except TokenRangeError as e:  # bad data, found as it was read

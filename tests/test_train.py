@@ -1859,7 +1859,7 @@ def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.dis
     has not come yet; rank 0 reads no rows after it, so rank 1 does not wait for it). Returns the store both "write" to."""
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", str(rank))
-    monkeypatch.setattr(train, "watch_launcher", lambda: None)  # no torchrun to watch
+    monkeypatch.setattr(train, "watch_launcher", lambda **_: None)  # no torchrun to watch
     store = meeting_store() if row is None else store_with_the_other(row, rank)
     monkeypatch.setattr(train, "join_store", lambda world: store)
     return store

@@ -608,6 +608,14 @@ def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
     assert "Connection closed by peer" not in result.stderr, result.stderr
 
 
+def running(pid: int) -> bool:
+    """Whether process `pid` is there and no zombie (Linux /proc)."""
+    try:  # (it may end between two reads)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 @pytest.mark.slow
 def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_dir(tmp_path):
     """torchrun SIGKILLed as soon as its ranks exist: they would wait for its rendezvous store
@@ -628,17 +636,63 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-
-    def running(pid: int) -> bool:
-        try:  # (it may end between two reads)
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-
     deadline = time.monotonic() + 60
     while any(map(running, ranks)):
         assert time.monotonic() < deadline, f"a rank outlived its torchrun by a minute:\n{log.read_text()}"
         time.sleep(0.2)
+    run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
+
+
+# Each rank reaches torchrun's store only once the test has killed torchrun: its connect then
+# retries in C++, where no Python signal handler runs, until the store's timeout (30 minutes).
+# The watch of torchrun sees it gone only from then on (os.getppid, which it reads, says the
+# launcher's pid until then).
+STORE_AFTER_TORCHRUN = """
+import os, runpy, sys, time
+import torch.distributed as dist
+real_getppid, real_rendezvous = os.getppid, dist.rendezvous
+launcher, calling = os.getppid(), []
+os.getppid = lambda: real_getppid() if calling else launcher
+def rendezvous(*args, **kwargs):  # (join_store's connect is in its next())
+    open(os.environ["READY"] + os.environ["RANK"], "w").close()
+    while real_getppid() == launcher:
+        time.sleep(0.01)
+    calling.append(True)
+    yield from real_rendezvous(*args, **kwargs)
+dist.rendezvous = rendezvous
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_ranks_blocked_reaching_a_gone_torchruns_store_are_killed_within_seconds(tmp_path):
+    """A rank still starting up when torchrun went may be blocked in the store's connect, where
+    the SIGTERM it sends itself is never handled: it waited out the 300 s grace (a running
+    rank's, to checkpoint), holding --out's lock. Starting up, it has nothing to save: it is
+    killed 10 s on, saying so."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "late.py").write_text(STORE_AFTER_TORCHRUN)
+    args = [*TORCHRUN, str(tmp_path / "late.py"), str(REPO / "train.py"), *common(data, "out", B)]
+    log = tmp_path / "torchrun.log"
+    with open(log, "wb") as output:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=ddp_env(tmp_path, READY=str(tmp_path / "ready")),
+                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):  # both about to reach the store
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    ranks = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    proc.kill()
+    proc.wait()
+    gone = time.monotonic()
+    while any(map(running, ranks)):
+        assert time.monotonic() - gone < 60, f"a rank outlived its torchrun by a minute:\n{log.read_text()}"
+        time.sleep(0.2)
+    said = log.read_text()
+    for rank in (0, 1):
+        assert said.count(f"rank {rank} of 2: still starting up 10 s later (blocked in a call no signal ends, such as "
+                          f"reaching torchrun's store): killed; nothing trained, no checkpoint written\n") == 1, said
     run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
