@@ -2356,11 +2356,20 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if failure is not None:  # (RANK=5 with WORLD_SIZE=2, by hand; a bug's own traceback)
                 raise failure
             raise
-        launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
-            cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
-            *((train_loader, val_loader) if failure is None else (None, None))))
-    # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
-    start_runtime(rt, store, launch)
+        try:
+            launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
+                cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
+                *((train_loader, val_loader) if failure is None else (None, None))))
+            # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
+            start_runtime(rt, store, launch)
+        except getattr(dist, "DistError", ()) as e:  # the store went with torchrun (SIGKILLed) as the ranks met
+            if failure is not None:
+                raise failure from None
+            raise click.ClickException(f"{rank_prefix()}torchrun's store closed the connection as the ranks met to "
+                                       f"start ({type(e).__name__}: torchrun gone?); nothing trained, no checkpoint "
+                                       f"written") from None
+    else:
+        start_runtime(rt, store, launch)
     if rt.ddp:
         stack.callback(rt.close)
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept

@@ -696,6 +696,48 @@ def test_ranks_blocked_reaching_a_gone_torchruns_store_are_killed_within_seconds
     run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
+# torchrun SIGKILLed as the ranks meet in its store: the store's next answer is a DistNetworkError
+STORE_GONE = """
+import os, runpy, sys
+import torch.distributed as dist
+real_rendezvous = dist.rendezvous
+class Gone:
+    def __init__(self, store):
+        self.store, self.timeout = store, store.timeout
+    def set(self, *args):
+        return self.store.set(*args)
+    def check(self, keys):
+        raise dist.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely closed.")
+def rendezvous(*args, **kwargs):
+    store, rank, world = next(real_rendezvous(*args, **kwargs))
+    yield Gone(store), rank, world
+dist.rendezvous = rendezvous
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_ranks_whose_torchrun_store_closes_as_they_meet_say_so_in_a_line_each(tmp_path):
+    """torchrun killed while the ranks met in its store to start: the store's next call raised
+    DistNetworkError before the ranks' watch of torchrun looked (once a second), and each rank
+    ended with its traceback, two interleaved (a helper's soak: 5 runs in 40)."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "gone.py").write_text(STORE_GONE)
+    result = subprocess.run([*TORCHRUN, str(tmp_path / "gone.py"), str(REPO / "train.py"), *common(data, "out", B)],
+                            cwd=tmp_path, env=ddp_env(tmp_path), capture_output=True, text=True, timeout=180)
+    ranks_said = result.stderr.split("failed (exitcode")[0]  # (then torchrun's report and traceback: it lives here)
+    assert result.returncode != 0 and "Traceback" not in ranks_said, result.stderr
+    closed = ("torchrun's store closed the connection as the ranks met to start (DistNetworkError: torchrun "
+              "gone?); nothing trained, no checkpoint written")
+    assert closed in ranks_said, result.stderr
+    for rank in (0, 1):  # that line, or (torchrun is alive here) its SIGTERM's once the other rank ended
+        said = [line for line in ranks_said.splitlines()
+                if line.startswith((f"rank {rank} of 2: ", f"Error: rank {rank} of 2: "))]
+        assert said in ([f"Error: rank {rank} of 2: {closed}"],
+                        [f"rank {rank} of 2: SIGTERM: stopped while starting up, before its first step; no checkpoint "
+                         f"was written"]), result.stderr
+
+
 SPY = """
 import hashlib, os, runpy, sys
 import torch
