@@ -2356,20 +2356,19 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if failure is not None:  # (RANK=5 with WORLD_SIZE=2, by hand; a bug's own traceback)
                 raise failure
             raise
-        try:
+    try:
+        if store is not None:
             launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
                 cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
                 *((train_loader, val_loader) if failure is None else (None, None))))
-            # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
-            start_runtime(rt, store, launch)
-        except getattr(dist, "DistError", ()) as e:  # the store went with torchrun (SIGKILLed) as the ranks met
-            if failure is not None:
-                raise failure from None
-            raise click.ClickException(f"{rank_prefix()}torchrun's store closed the connection as the ranks met to "
-                                       f"start ({type(e).__name__}: torchrun gone?); nothing trained, no checkpoint "
-                                       f"written") from None
-    else:
+        # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
         start_runtime(rt, store, launch)
+    except DIST_ERRORS as e:  # the store went with torchrun (SIGKILLed) as the ranks met
+        if failure is not None:
+            raise failure from None
+        raise click.ClickException(f"{rank_prefix()}torchrun's store closed the connection as the ranks met to "
+                                   f"start ({type(e).__name__}: torchrun gone?); nothing trained, no checkpoint "
+                                   f"written") from None
     if rt.ddp:
         stack.callback(rt.close)
     if set_aside:  # --resume auto over a run that wrote no checkpoint: its logs are kept
@@ -2465,11 +2464,13 @@ def print_facts(s: Session) -> None:
         say(f"note: {note}")
 
 
+DIST_ERRORS = getattr(dist, "DistError", ())  # torch's errors of a collective or of torchrun's store
+
+
 def _peer_gone(error: RuntimeError) -> bool:
     """Whether a collective failed because another rank's process went away (gloo says the
     connection closed; NCCL's errors are DistBackendError), not because of this rank."""
-    dist_error = getattr(dist, "DistError", ())
-    return isinstance(error, dist_error) or any(
+    return isinstance(error, DIST_ERRORS) or any(
         words in str(error) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
