@@ -2554,7 +2554,10 @@ def stop_with_the_others(refused: Exception) -> None:
         store = join_store(world)
     except UserError:  # no torchrun to reach them through (WORLD_SIZE set, but no RANK or MASTER_ADDR)
         return
-    agree_to_start(store, int(os.environ["RANK"]), world, refused, {})  # (facts: only compared where none failed)
+    # (facts: only compared where none failed). A store error there (torchrun SIGKILLed as the
+    # ranks met) leaves this rank's own refusal to say, as its caller does next.
+    with contextlib.suppress(DIST_ERRORS):
+        agree_to_start(store, int(os.environ["RANK"]), world, refused, {})
 
 
 class TrainCommand(UserCommand):

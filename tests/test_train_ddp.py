@@ -738,6 +738,24 @@ def test_ranks_whose_torchrun_store_closes_as_they_meet_say_so_in_a_line_each(tm
                          f"was written"]), result.stderr
 
 
+def test_ranks_refusing_their_options_as_torchrun_store_closes_say_their_refusal_without_a_traceback(tmp_path):
+    """A rank whose options are refused still meets the others in torchrun's store to stop them
+    too (stop_with_the_others); the store closing then (torchrun SIGKILLed) ended each rank with
+    DistNetworkError's traceback, and its own refusal unsaid."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "gone.py").write_text(STORE_GONE)
+    for bad, refusal in ((("--steps", "0"), "--steps must be >= 1, got 0"), (("--B", "two"), "'two' is not a valid integer")):
+        result = subprocess.run([*TORCHRUN, str(tmp_path / "gone.py"), str(REPO / "train.py"),
+                                 *common(data, "out", B), *bad], cwd=tmp_path, env=ddp_env(tmp_path),
+                                capture_output=True, text=True, timeout=180)
+        ranks_said = result.stderr.split("failed (exitcode")[0]  # (then torchrun's report)
+        assert result.returncode != 0 and "Traceback" not in ranks_said, result.stderr
+        for rank in (0, 1):
+            said = [line for line in ranks_said.splitlines() if f"rank {rank} of 2: " in line]
+            assert len(said) == 1 and refusal in said[0], result.stderr
+        assert not (tmp_path / "out").exists()
+
+
 SPY = """
 import hashlib, os, runpy, sys
 import torch
