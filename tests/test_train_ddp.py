@@ -616,6 +616,30 @@ def running(pid: int) -> bool:
         return False
 
 
+def torchrun_logging_to(log: Path, args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+    """torchrun started with `args`, in a session of its own, its output and its ranks' in `log`."""
+    with open(log, "wb") as output:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def ranks_of(proc: subprocess.Popen) -> list[int]:
+    """The pids of torchrun's rank processes (its children) so far."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+def kill_torchrun(proc: subprocess.Popen, log: Path) -> None:
+    """SIGKILL torchrun, then wait for its ranks to end: within a minute."""
+    ranks = ranks_of(proc)
+    proc.kill()
+    proc.wait()
+    gone = time.monotonic()
+    while any(map(running, ranks)):
+        assert time.monotonic() - gone < 60, f"a rank outlived its torchrun by a minute:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_dir(tmp_path):
     """torchrun SIGKILLed as soon as its ranks exist: they would wait for its rendezvous store
@@ -624,22 +648,12 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
     args = [*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)]
     env = ddp_env(tmp_path)
     log = tmp_path / "torchrun.log"  # the ranks' lines too (kept with a failed test's directory)
-    with open(log, "wb") as output:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = torchrun_logging_to(log, args, tmp_path, env)
     deadline = time.monotonic() + 60
-    ranks: list[int] = []
-    while len(ranks) < 2:  # the two rank processes, children of torchrun
+    while len(ranks_of(proc)) < 2:  # the two rank processes, children of torchrun
         assert time.monotonic() < deadline, "torchrun started no ranks"
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-        ranks = [int(pid) for pid in children.read_text().split()] if children.exists() else []
         time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    deadline = time.monotonic() + 60
-    while any(map(running, ranks)):
-        assert time.monotonic() < deadline, f"a rank outlived its torchrun by a minute:\n{log.read_text()}"
-        time.sleep(0.2)
+    kill_torchrun(proc, log)
     run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
@@ -675,20 +689,12 @@ def test_ranks_blocked_reaching_a_gone_torchruns_store_are_killed_within_seconds
     (tmp_path / "late.py").write_text(STORE_AFTER_TORCHRUN)
     args = [*TORCHRUN, str(tmp_path / "late.py"), str(REPO / "train.py"), *common(data, "out", B)]
     log = tmp_path / "torchrun.log"
-    with open(log, "wb") as output:
-        proc = subprocess.Popen(args, cwd=tmp_path, env=ddp_env(tmp_path, READY=str(tmp_path / "ready")),
-                                stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = torchrun_logging_to(log, args, tmp_path, ddp_env(tmp_path, READY=str(tmp_path / "ready")))
     deadline = time.monotonic() + 120
     while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):  # both about to reach the store
         assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
         time.sleep(0.05)
-    ranks = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    proc.kill()
-    proc.wait()
-    gone = time.monotonic()
-    while any(map(running, ranks)):
-        assert time.monotonic() - gone < 60, f"a rank outlived its torchrun by a minute:\n{log.read_text()}"
-        time.sleep(0.2)
+    kill_torchrun(proc, log)
     said = log.read_text()
     for rank in (0, 1):
         assert said.count(f"rank {rank} of 2: still starting up 10 s later (blocked in a call no signal ends, such as "
