@@ -116,6 +116,7 @@ from torch import nn
 from loader import TokenLoader, TokenRangeError, resolve_shards
 from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
 from loader.loader import dataset_digest
+from loader.stream import file_identity
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
 from model.hf import is_hf_mask_buffer
 from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred,
@@ -2100,10 +2101,12 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
         notes.append(f"val split has {short}: validation skipped")
         return None
     loader = _open_loader(source, "val", cfg, rt, False, vocab_size)
-    both = sorted({p.resolve() for p in loader.shards} & {p.resolve() for p in train_shards})
+    train_files = {file_identity(p) for p in train_shards}  # (a hard link too: one file, two names)
+    both = [p for p in loader.shards if file_identity(p) in train_files]
     if both:  # a val loss on the training data would say nothing
         loader.close()
-        raise UserError(f"--val-data {cfg.val_data}: {both[0]} is a train shard of this run too")
+        named = f"--val-data {cfg.val_data}" if cfg.val_data else f"{data}'s val split"
+        raise UserError(f"{named}: {both[0]} is a train shard of this run too (the same file)")
     return loader
 
 

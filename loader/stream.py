@@ -8,8 +8,8 @@ Which files make a split (`resolve_shards`):
   `<name>_<split>[_<index>].bin` or `.npy` files, refused unless it holds one dataset, each
   shard index once (`prep.shards.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted by name,
-  a shard's index by its value (..._999999.bin before ..._1000000.bin; the glob picks the
-  files), but not a file whose shard name says it is the other split; a single
+  numbers by their value (..._999999.bin before ..._1000000.bin, x_train_2.bin before
+  x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the other split; a single
   shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
   is refused saying what to pass instead.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import shlex
 from pathlib import Path
 
@@ -46,6 +47,27 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     if split not in SPLITS:
         raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     text = os.fspath(path)
+    paths = _resolve(text, split, allow_empty)
+    seen: dict[tuple[int, int], Path] = {}
+    for shard in paths:  # an epoch reads each token once: not a file reached again through a link
+        try:
+            first = seen.setdefault(file_identity(shard), shard)
+        except OSError:  # gone meanwhile: opening it says so
+            continue
+        if first is not shard:
+            raise LoaderError(f"{text}: {shard} and {first} are one file (a link): the {split} split would read "
+                              f"its tokens twice an epoch; remove the link")
+    return paths
+
+
+def file_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(device, inode): the one file `path` reaches, whichever name or link it goes through."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
+    """resolve_shards' files, before the check that no file comes twice."""
     if not text:  # Path("") is the current directory: never meant
         raise LoaderError("an empty path names no shards")
     p = Path(text)
@@ -74,15 +96,12 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     return matches
 
 
-def _glob_order(path: Path) -> str:
-    """A glob's files in name order, a shard's index compared by value: its name with the index
-    widened to 12 digits, so that the seven-digit names from index 1,000,000 on come after the
-    six-digit ones (by name, ..._1000000.bin came before ..._999999.bin) and nothing else moves."""
-    parsed = parse_shard_name(path.name)
-    if parsed is None:
-        return str(path)
-    name, split, index = parsed
-    return str(path.with_name(f"{name}_{split}_{index:012d}{path.suffix}"))
+def _glob_order(path: Path) -> tuple:
+    """A glob's files in name order, every run of digits compared by its value: a shard's index
+    past 999,999 (..._1000000.bin after ..._999999.bin, where by name it came before), and names
+    numbered without padding (x_train_2.bin before x_train_10.bin). Padded names keep their order."""
+    parts = re.split(r"(\d+)", str(path))  # text, digits, text, ...: like with like, position by position
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), str(path)
 
 
 def _check_single_file(p: Path, text: str) -> None:

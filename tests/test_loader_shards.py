@@ -383,6 +383,35 @@ def test_a_glob_orders_shards_by_index_past_six_digits(tmp_path):
         "d_train.bin", "d_train_999998.bin", "d_train_999999.bin", "d_train_1000000.bin", "d_train_1000001.bin"]
 
 
+def test_a_glob_orders_names_numbered_without_padding_by_value(tmp_path):
+    """x_train_1.bin, x_train_2.bin, x_train_10.bin (no shard names: a directory of them is
+    refused, pointing at a glob): the glob read 10 before 2."""
+    from loader import resolve_shards
+
+    for index in (10, 1, 2, 9):
+        write_shard(tmp_path / f"x_train_{index}.bin", np.full(3, index))
+    assert [p.name for p in resolve_shards(str(tmp_path / "x_train_*.bin"), "train")] == [
+        "x_train_1.bin", "x_train_2.bin", "x_train_9.bin", "x_train_10.bin"]
+
+
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_a_shard_reached_twice_through_a_link_is_refused(tmp_path, link):
+    """Each token once an epoch: a shard linked in under a second shard name (a directory
+    without meta.json) or matched twice by a glob was read twice in each epoch."""
+    write_shard(tmp_path / "d_train_000000.bin", tokens(300, 0))
+    write_shard(tmp_path / "d_train_000001.bin", tokens(300, 1))
+    second = tmp_path / "d_train_000002.bin"
+    if link == "symbolic":
+        second.symlink_to("d_train_000000.bin")
+    else:
+        os.link(tmp_path / "d_train_000000.bin", second)
+    for given, said in ((tmp_path, f"{tmp_path}: {second} and {tmp_path}/d_train_000000.bin"),
+                        (str(tmp_path / "*.bin"), f"{tmp_path}/*.bin: {second} and {tmp_path}/d_train_000000.bin")):
+        with pytest.raises(LoaderError, match=rf"^{re.escape(said)} are one file \(a link\): the train split would "
+                                              rf"read its tokens twice an epoch; remove the link$"):
+            TokenLoader(given, B=1, T=10)
+
+
 def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     with pytest.raises(LoaderError, match=r"nowhere: no such file or directory"):
         TokenLoader(tmp_path / "nowhere")

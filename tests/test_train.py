@@ -2889,6 +2889,11 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "afile").write_text("x")
     (root / "input.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
     write_shard(root / "afile.bin", random_tokens(300, 5))  # a shard whose name says no split
+    # llm.c's layout with its val shard hard-linked in as a train shard: resolve() told the two apart
+    (root / "linked").mkdir()
+    write_shard(root / "linked" / "x_val_000000.bin", random_tokens(200, 6))
+    write_shard(root / "linked" / "x_train_000001.bin", random_tokens(300, 7))
+    os.link(root / "linked" / "x_val_000000.bin", root / "linked" / "x_train_000002.bin")
     othertok = write_dataset(root / "othertok", random_tokens(300, 6))  # shards of another tokenizer
     shard = othertok / "t_train_000000.bin"
     write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
@@ -3086,6 +3091,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "val data is the train data": (["--data", "afile.bin", "--val-data", "afile.bin"], ".",
                                    "--val-data afile.bin:", "afile.bin is a train shard of this run too"),
     "val data directory without val": (["--val-data", "other"], ".", "--val-data other: no val shards"),
+    "val shard hard-linked into train": (["--data", "linked"], ".", "linked's val split: linked/x_val_000000.bin is "
+                                         "a train shard of this run too (the same file)"),
 }
 
 
