@@ -123,7 +123,7 @@ from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm
                          temp_path)
 from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
-from prep.meta import META_NAME, check_tokenizer, read_meta
+from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
 from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
                          read_header, split_files_in)
@@ -2004,6 +2004,22 @@ class Session:
         return self.cfg.B * self.cfg.T * self.rt.world * self.parts.accum_steps
 
 
+def unread_shards(data: str) -> list[str]:
+    """A note where `data` is a directory whose meta.json does not list every shard in it: the
+    loader reads the list alone, and a shard copied in by hand was never trained on."""
+    directory = Path(data)
+    try:
+        meta = read_meta(directory) if directory.is_dir() else None
+        unread = [] if meta is None else unlisted_shards(directory, meta_splits(meta))
+    except ValueError:  # (ShardError too) the loader read both just now: a change since is not this note's
+        return []
+    if not unread:
+        return []
+    return [f"{len(unread)} shard file(s) in {data} not listed in its meta.json, so not read: {unread[0]}"
+            f"{', ...' if len(unread) > 1 else ''} (the dataset is what meta.json lists; `prep verify {data}` "
+            f"checks it)"]
+
+
 def check_gpt2_tokens(shards: list[Path]) -> None:
     """The shards' meta.json (where one beside them is readable) must say GPT-2's tokenizer:
     the model's vocabulary, and what samples are decoded with. Shards without one (llm.c's)
@@ -2240,6 +2256,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                     raise UserError(f"--out {out} holds an earlier run's {own.name}: {remedy}, or choose another --out")
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
+        notes += unread_shards(data)
         run = {
             "data_tokens": train_loader.num_tokens, "B": cfg.B, "T": cfg.T, "world": rt.world,
             "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,

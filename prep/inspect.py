@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError, bar_disable
-from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta
+from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
                          open_shard, read_header, shard_file_bytes, split_files_in, token_out_of_range)
@@ -111,9 +111,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                         info.wrong_size.append((entry["file"], size, expected))
                     elif (wrong := header_problem(path)) is not None:  # a bad magic or version, say
                         info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
-            listed = {e["file"] for record in records.values() for e in record["shards"]}
-            info.unlisted = sorted(p.name for split in SPLITS for p in find_shards(directory, split)
-                                   if p.name not in listed)
+            info.unlisted = unlisted_shards(directory, records)
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prep.atomic import atomic_write
-from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, parse_shard_name
+from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, find_shards, parse_shard_name
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
@@ -91,6 +91,14 @@ def meta_splits(meta: dict) -> dict[str, dict]:
     records = {split: _meta_split(meta, split) for split in SPLITS}
     check_listed_names({split: [e["file"] for e in r["shards"]] for split, r in records.items()})
     return records
+
+
+def unlisted_shards(directory: str | os.PathLike, records: dict[str, dict]) -> list[str]:
+    """The files in `directory` named as shards (of either split) that its meta.json's
+    `records` (meta_splits') do not list: the loader reads the list alone, so those are never
+    trained on (a shard copied in by hand). ShardError where the directory cannot be listed."""
+    listed = {e["file"] for record in records.values() for e in record["shards"]}
+    return sorted(p.name for split in SPLITS for p in find_shards(directory, split) if p.name not in listed)
 
 
 def check_tokenizer(meta: dict, name: str, vocab_size: int) -> None:

@@ -663,6 +663,24 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
+def test_shards_that_meta_json_does_not_list_are_a_note(tmp_path, capsys):
+    """A shard copied by hand into a dataset that meta.json describes is never read (the
+    loader reads meta.json's list): `prep info` warned of it, train.py trained without a word."""
+    data = write_dataset(tmp_path / "d", random_tokens(300))
+    shard = data / "t_train_000000.bin"
+    write_meta(data, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "splits": {
+        "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
+    train.train(cfg(tmp_path, data, steps=1, out=str(tmp_path / "o")))
+    assert "note: " not in capsys.readouterr().out.replace("note: --warmup-steps", "")
+    write_shard(data / "t_train_000001.bin", random_tokens(300, 1))
+    write_shard(data / "t_val_000007.bin", random_tokens(300, 2))
+    train.train(cfg(tmp_path, data, steps=1))
+    out = capsys.readouterr().out
+    assert ": 300 tokens in the train split" in out  # meta.json's shard alone
+    assert (f"note: 2 shard file(s) in {data} not listed in its meta.json, so not read: t_train_000001.bin, ... "
+            f"(the dataset is what meta.json lists; `prep verify {data}` checks it)\n") in out
+
+
 def test_validation_skipped_with_a_note_when_val_is_too_small(tmp_path, capsys):
     data = write_dataset(tmp_path / "d", random_tokens(300), random_tokens(20))
     train.train(cfg(tmp_path, data, steps=2, eval_every=1))
