@@ -40,7 +40,8 @@ def checkpoint_file(path: Path) -> Path:
         return path
     found = train.list_checkpoints(path)
     if not found:
-        why = (": the run there wrote none (--ckpt-every 0, as `make demo`'s run, or stopped before its first)"
+        why = (": the run there has written none (it ran with --ckpt-every 0, as `make demo`'s run, stopped before its "
+               "first, or is still before it)"
                if (path / train.METRICS_NAME).is_file() else "")
         raise UserError(f"{path}: no checkpoint (ckpt_<step>.pt) in this directory{why}")
     return found[-1][1]

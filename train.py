@@ -2658,7 +2658,7 @@ def train(cfg: TrainConfig) -> dict:
                                 f"(gradient accumulation makes up the rest){graph}") from None
             if s.rt.ddp and _peer_gone(e):  # the rank that failed says why, in its own line
                 raise UserError(f"rank {s.rt.rank} of {s.rt.world}: stopped because another rank ended mid-run (its error "
-                                f"says why)") from None
+                                f"says why, or torchrun's report where it was killed)") from None
             raise
 
 
@@ -3233,8 +3233,9 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         plural = "s" if len(timed) != 1 else ""
         over = (f"{len(timed)} steady step{plural}" if steady_steps else
                 f"{len(timed)} warm-up step{plural} (no steady step: a run's first {WARMUP_SKIP} are warm-up)")
+        first, last = summary["first_step"], summary["last_step"]
         _echo(
-            f"done: steps {summary['first_step']}-{summary['last_step']} in {total_s:.1f} s, "
+            f"done: {f'step {last}' if first == last else f'steps {first}-{last}'} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"

@@ -663,6 +663,11 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
+def test_a_run_of_one_step_says_step_1_done(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path, dataset, steps=1))
+    assert "\ndone: step 1 in " in capsys.readouterr().out  # not "steps 1-1"
+
+
 def test_shards_that_meta_json_does_not_list_are_a_note(tmp_path, capsys):
     """A shard copied by hand into a dataset that meta.json describes is never read (the
     loader reads meta.json's list): `prep info` warned of it, train.py trained without a word."""
