@@ -604,8 +604,8 @@ def test_a_damaged_window_on_one_rank_stops_both_with_one_line_each(tmp_path):
     said = [line for line in result.stderr.splitlines() if "token 60000 at index 240" in line]
     assert len(said) == 1 and said[0].startswith("Error: rank 1 of 2: "), result.stderr  # the rank whose window it is
     assert "t_train_000000.bin: token 60000 at index 240 is not below the vocabulary size 50257" in said[0]
-    assert "Error: rank 0 of 2: stopped because another rank ended mid-run (its error says why, or torchrun's report "
-            "where it was killed)" in result.stderr
+    assert ("Error: rank 0 of 2: stopped because another rank ended mid-run (its error says why, or torchrun's report "
+            "where it was killed)") in result.stderr
     assert "Connection closed by peer" not in result.stderr, result.stderr
 
 
