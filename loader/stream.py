@@ -136,10 +136,16 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
             raise LoaderError(str(e)) from None
         if not paths and not allow_empty:
             unnamed = split_files_in(directory)
+            if not unnamed:
+                try:
+                    tokens_there = any(name.endswith((".bin", ".npy")) for name in os.listdir(directory))
+                except OSError:  # (listed just now)
+                    tokens_there = True
+                unnamed = (f"; for other names pass a glob such as '{directory}/*{split}*.bin'" if tokens_there else
+                           "; it holds no .bin or .npy file at all: pass the directory `prep tokenize` wrote "
+                           "(data/<name>)")
             raise LoaderError(
-                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy)" +
-                (unnamed or f"; for other names pass a glob such as '{directory}/*{split}*.bin'")
-            )
+                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy){unnamed}")
         return paths
     try:
         records = meta_splits(meta)  # fields, integer counts, no file twice or in the wrong split

@@ -428,8 +428,17 @@ def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
         TokenLoader(str(tmp_path / "nothing_*.bin"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(LoaderError, match=r"empty: no val shards"):
+    (empty / "notes.txt").write_text("no tokens")  # a glob of its .bin files would match nothing: none offered
+    with pytest.raises(LoaderError, match=r"empty: no val shards \(files named <name>_val\[_<index:06d>\].bin, or "
+                                          r"\.npy\); it holds no \.bin or \.npy file at all: pass the directory "
+                                          r"`prep tokenize` wrote \(data/<name>\)$"):
         TokenLoader(empty, split="val")
+    (empty / "tokens.bin").write_bytes(b"")  # a file of other name: the glob that takes it
+    with pytest.raises(LoaderError, match=rf"empty: no val shards .*; for other names pass a glob such as "
+                                          rf"'{re.escape(str(empty))}/\*val\*\.bin'$"):
+        TokenLoader(empty, split="val")
+    (empty / "tokens.bin").unlink()
+    (empty / "notes.txt").unlink()
     write_with_meta(empty, [300])
     with pytest.raises(LoaderError, match=r"meta.json: lists no val shards"):
         TokenLoader(empty, split="val", B=1, T=1)
