@@ -1485,7 +1485,9 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
         if match:
             hint = f"use --model {match[0]}" + (f" {SHAPE_ONLY}" if shape_flags else "")
         else:
-            hint = "set --model and the shape flags to its shape" if shape_flags else "no --model preset has its shape"
+            flags = " ".join(f"--{_flag(k)} {v}" for k, v in there.items() if v is not None and v != getattr(config, k))
+            hint = (f"pass {flags} (and the --n-head it was trained with: a state dict does not record it)"
+                    if shape_flags else "no --model preset has its shape")
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
@@ -1599,11 +1601,32 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
                 raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
         else:
             state = from_hf_state_dict(state, config)
+        _check_layout(state, model)
         model.load_state_dict(state)
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
         raise UserError(f"{where}: does not fit this model ({why})") from None
     return kind
+
+
+def _check_layout(state: dict, model: GPT) -> None:
+    """ValueError naming the first tensor of `state` (in our names and layout) whose shape is
+    not the model's, and saying so where it is the model's transposed: a file whose layout
+    _linear_layout took to be nn.Linear's from layer 0's c_attn, but whose other projections
+    are Hugging Face's Conv1D (torch's own message named a tensor, cut at 300 characters)."""
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is None or tensor.shape == want.shape:  # (an unknown name: load_state_dict says so)
+            continue
+        why = ""
+        if tensor.dim() == 2 and tuple(tensor.shape[::-1]) == tuple(want.shape):
+            why = ": transposed, Hugging Face's Conv1D layout, " + (
+                "where transformer.h.0.attn.c_attn.weight has nn.Linear's (ours, nanoGPT's): the file mixes the two"
+                if _linear_layout(state) else
+                f"whose token embedding has GPT-2's {model.config.vocab_size:,} rows, not this file's "
+                f"{model.config.padded_vocab_size:,}: keep the first {model.config.vocab_size:,}")
+        raise ValueError(f"{key}: shape {tuple(tensor.shape)}, where this model has {tuple(want.shape)}{why}")
 
 
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")

@@ -1240,6 +1240,39 @@ def test_init_from_nanogpts_state_dict_with_gpt2s_unpadded_vocabulary(tmp_path):
         train.load_init_weights(GPT(config), tmp_path / "untied.pt")
 
 
+def test_init_from_a_state_dict_of_mixed_layouts_names_the_transposed_tensor(tmp_path):
+    """HF's Conv1D layout but layer 0's c_attn in nn.Linear's: the layout is read off that one
+    tensor, and torch's error named another, cut at 300 characters, without saying why."""
+    config = GPTConfig.preset("tiny")
+    hf = to_hf_state_dict(GPT(config).state_dict(), config)
+    hf["transformer.h.0.attn.c_attn.weight"] = hf["transformer.h.0.attn.c_attn.weight"].t().contiguous()
+    torch.save(hf, tmp_path / "mixed.pt")
+    with pytest.raises(train.UserError) as e:
+        train.load_init_weights(GPT(config), tmp_path / "mixed.pt")
+    assert str(e.value) == (
+        f"--init-from {tmp_path / 'mixed.pt'}: does not fit this model (transformer.h.0.mlp.c_fc.weight: shape "
+        f"(32, 128), where this model has (128, 32): transposed, Hugging Face's Conv1D layout, where "
+        f"transformer.h.0.attn.c_attn.weight has nn.Linear's (ours, nanoGPT's): the file mixes the two)")
+    hf = to_hf_state_dict(GPT(config).state_dict(), config)  # HF's layout, but our padded token rows
+    hf["transformer.wte.weight"] = torch.cat([hf["transformer.wte.weight"], torch.zeros(47, 32)])
+    hf.pop("lm_head.weight", None)
+    torch.save(hf, tmp_path / "padded.pt")
+    with pytest.raises(train.UserError, match=r"\(transformer.h.0.attn.c_attn.weight: shape \(32, 96\), where this "
+                                              r"model has \(96, 32\): transposed, Hugging Face's Conv1D layout, whose "
+                                              r"token embedding has GPT-2's 50,257 rows, not this file's 50,304: keep "
+                                              r"the first 50,257\)$"):
+        train.load_init_weights(GPT(config), tmp_path / "padded.pt")
+
+
+def test_init_from_a_state_dict_of_another_shape_names_the_flags_to_pass(tmp_path):
+    config = GPTConfig.preset("tiny", n_layer=3)  # no preset's shape
+    torch.save(to_hf_state_dict(GPT(config).state_dict(), config), tmp_path / "three.pt")
+    with pytest.raises(train.UserError, match=r": another model shape \(n_layer 3 there, 2 here\): pass --n-layer 3 "
+                                              r"\(and the --n-head it was trained with: a state dict does not record "
+                                              r"it\)$"):
+        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "three.pt")
+
+
 def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_path):
     """build-nanogpt's checkpoint pickles its GPTConfig (a class of __main__) beside the
     weights: torch.load(weights_only=True) refuses it, and the error called the whole file
@@ -2995,8 +3028,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                   "--init-from hf.bin: 64 positions, fewer than the block size 128 here: "
                                   "pass --block-size 64 (or less)"),
     "init from a damaged checkpoint": (["--init-from", "badln.pt"], ".",
-                                       "--init-from badln.pt: does not fit this model (Error(s) in loading",
-                                       "transformer.h.0.ln_1.weight"),
+                                       "--init-from badln.pt: does not fit this model (transformer.h.0.ln_1.weight: "
+                                       "shape (3,), where this model has (32,))"),
     "init from untied weights": (["--init-from", "untied.pt"], ".", "--init-from untied.pt: does not fit this model "
                                  "(lm_head.weight differs from the token embedding"),
     "init from NaN weights": (["--init-from", "nan.pt"], ".",
