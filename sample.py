@@ -56,29 +56,41 @@ def config_differences(config: GPTConfig, state: dict) -> str:
                      for name, v in there.items() if v != getattr(config, name))
 
 
-def load_model(path: Path, rt: train.Runtime, preset: str | None = None) -> tuple[GPT, str]:
+def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
+               n_head: int | None = None) -> tuple[GPT, str]:
     """The checkpoint's model on rt.device, in eval mode, and where it comes from ("step N").
     A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
-    `preset` (default gpt2: n_head is not in the weights)."""
+    `preset` (default gpt2: n_head is not in the weights), or, given `n_head`, in the shape
+    its weights have (layers, width, positions) with that many heads."""
     found = train._read_torch_file(path, "checkpoint")
     if not train.is_checkpoint(found):
         name = "gpt2" if preset is None else preset
         config = GPTConfig.preset(name)  # (main checked the name)
         rows = train.state_positions(found) if isinstance(found, dict) else None
-        if rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
+        if n_head is not None and isinstance(found, dict) and all(isinstance(k, str) for k in found):
+            shape = train.weights_shape(train._unwrapped(found))
+            sizes = {k: shape[k] for k in ("n_layer", "n_embd", "block_size") if shape[k] is not None}
+            try:
+                config = GPTConfig.preset(name, n_head=n_head, **sizes)
+            except ValueError as e:  # heads that do not divide the width
+                raise UserError(f"--n-head {n_head}: {e} (checkpoint {path}: {sizes.get('n_embd')} dims)") from None
+        elif rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
             config = GPTConfig.preset(name, block_size=rows)
         if isinstance(found, dict) and all(isinstance(k, str) for k in found):  # before gpt2-xl's 6 GB is built
             train._check_state_shape(train._unwrapped(found), config, f"checkpoint {path}", shape_flags=False)
         model = GPT(config)
         train.load_init_weights(model, path, "checkpoint", found)
-        return model.to(rt.device).eval(), f"--model {name} weights"
+        shape = (f"weights of {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims"
+                 if n_head is not None else f"--model {name} weights")
+        return model.to(rt.device).eval(), shape
     ckpt = train.check_checkpoint(found, path, "checkpoint")
     vocab = ckpt["model_config"].get("vocab_size")  # (a dict: check_checkpoint's)
     if isinstance(vocab, int) and vocab > GPT2_VOCAB_SIZE:  # ids the GPT-2 tokenizer cannot decode
         raise UserError(f"checkpoint {path}: its model predicts {vocab:,} token ids, more than GPT-2's "
                         f"{GPT2_VOCAB_SIZE:,}: sample.py decodes with the GPT-2 tokenizer")
-    if preset is not None:
-        say(f"note: --model {preset} has no effect: the checkpoint holds its model's shape")
+    for flag, value in (("--model", preset), ("--n-head", n_head)):
+        if value is not None:
+            say(f"note: {flag} {value} has no effect: the checkpoint holds its model's shape")
     try:
         config = GPTConfig(**ckpt["model_config"])
         differ = config_differences(config, ckpt["model"])
@@ -170,8 +182,11 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
               help="auto: cuda, then mps, then cpu.")
 @click.option("--model", "preset", default=None, show_default="the checkpoint's; gpt2 for HF weights",
               help="The preset of a Hugging Face GPT-2 state dict given as CKPT (its n_head is not in the weights).")
+@click.option("--n-head", type=click.IntRange(min=1), default=None, show_default="the preset's",
+              help="The attention heads of a state dict given as CKPT; with it, its layers, width and positions "
+                   "are read off the weights (a nanoGPT model of no preset's shape).")
 def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
-         seed: int, device: str, preset: str | None) -> None:
+         seed: int, device: str, preset: str | None, n_head: int | None) -> None:
     """Print samples from CKPT: a train.py checkpoint file, an --out directory (its newest), or
     a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights)."""
     if math.isnan(temperature):  # click's FloatRange lets nan through
@@ -185,7 +200,7 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
             raise UserError(f"--model: {e}") from None
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path = checkpoint_file(Path(ckpt))
-    model, source = load_model(path, rt, preset)
+    model, source = load_model(path, rt, preset, n_head)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
     say(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of {max_new_tokens} tokens, " +

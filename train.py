@@ -1487,7 +1487,8 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
         else:
             flags = " ".join(f"--{_flag(k)} {v}" for k, v in there.items() if v is not None and v != getattr(config, k))
             hint = (f"pass {flags} (and the --n-head it was trained with: a state dict does not record it)"
-                    if shape_flags else "no --model preset has its shape")
+                    if shape_flags else "no --model preset has its shape: pass the --n-head it was trained with, "
+                    "and the rest is read off the weights")
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 

@@ -198,9 +198,24 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     assert_user_error(wrong, "checkpoint", "hf.bin: another model shape", "use --model tiny")
     assert wrong.stderr.rstrip().endswith("use --model tiny")  # sample.py has no --n-layer and such
     odd = GPTConfig.preset("tiny", n_layer=3)  # a shape no preset has
-    torch.save(to_hf_state_dict(GPT(odd).state_dict(), odd), tmp_path / "odd.bin")
+    odd_model = GPT(odd).eval()
+    torch.save(to_hf_state_dict(odd_model.state_dict(), odd), tmp_path / "odd.bin")
     assert_user_error(invoke(str(tmp_path / "odd.bin"), "--model", "tiny", *greedy),
-                      "odd.bin: another model shape (n_layer 3 there, 2 here): no --model preset has its shape")
+                      "odd.bin: another model shape (n_layer 3 there, 2 here): no --model preset has its shape: pass "
+                      "the --n-head it was trained with, and the rest is read off the weights")
+    # --n-head: the shape read off the weights (layers, width, positions), as the model that wrote them
+    idx = [EOT, *get_encoding().encode_ordinary("to be")]
+    with torch.no_grad():
+        for _ in range(6):  # greedy, by hand
+            idx.append(int(odd_model(torch.tensor([idx]))[0][0, -1, :50257].argmax()))
+    for args in (("--n-head", str(odd.n_head)), ("--n-head", str(odd.n_head), "--model", "gpt2-xl")):
+        built = invoke(str(tmp_path / "odd.bin"), *args, *greedy)
+        assert samples(built) == [get_encoding().decode(idx[1:])], built.stderr
+        assert f"odd.bin (weights of 3 layers, {odd.n_head} heads, 32 dims), cpu" in built.stderr
+    assert_user_error(invoke(str(tmp_path / "odd.bin"), "--n-head", "5", *greedy),
+                      "--n-head 5: ", "(checkpoint", "odd.bin: 32 dims)")
+    ignored = invoke(str(run), "--n-head", "2", *greedy)
+    assert samples(ignored) == expected and "note: --n-head 2 has no effect" in ignored.stderr
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", ""), "--model: unknown model preset ''")  # not gpt2
     assert_user_error(invoke(str(run), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")  # not a note
