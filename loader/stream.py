@@ -138,10 +138,11 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
             unnamed = split_files_in(directory)
             if not unnamed:
                 try:
-                    tokens_there = any(name.endswith((".bin", ".npy")) for name in os.listdir(directory))
+                    suffixes = {Path(name).suffix for name in os.listdir(directory)} & {".bin", ".npy"}
                 except OSError:  # (listed just now)
-                    tokens_there = True
-                unnamed = (f"; for other names pass a glob such as '{directory}/*{split}*.bin'" if tokens_there else
+                    suffixes = {".bin"}
+                suffix = ".bin" if ".bin" in suffixes else ".npy"
+                unnamed = (f"; for other names pass a glob such as '{directory}/*{split}*{suffix}'" if suffixes else
                            "; it holds no .bin or .npy file at all: pass the directory `prep tokenize` wrote "
                            "(data/<name>)")
             raise LoaderError(

@@ -438,6 +438,11 @@ def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
                                           rf"'{re.escape(str(empty))}/\*val\*\.bin'$"):
         TokenLoader(empty, split="val")
     (empty / "tokens.bin").unlink()
+    (empty / "tokens.npy").write_bytes(b"")  # build-nanogpt's kind, named otherwise: a glob of .npy files
+    with pytest.raises(LoaderError, match=rf"empty: no val shards .*; for other names pass a glob such as "
+                                          rf"'{re.escape(str(empty))}/\*val\*\.npy'$"):
+        TokenLoader(empty, split="val")
+    (empty / "tokens.npy").unlink()
     (empty / "notes.txt").unlink()
     write_with_meta(empty, [300])
     with pytest.raises(LoaderError, match=r"meta.json: lists no val shards"):

@@ -214,6 +214,11 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
         assert f"odd.bin (weights of 3 layers, {odd.n_head} heads, 32 dims), cpu" in built.stderr
     assert_user_error(invoke(str(tmp_path / "odd.bin"), "--n-head", "5", *greedy),
                       "--n-head 5: ", "(checkpoint", "odd.bin: 32 dims)")
+    torch.save([1, 2], tmp_path / "alist.pt")  # no state dict: --n-head has no weights to read the shape off
+    torch.save({1: torch.zeros(2)}, tmp_path / "intkeys.pt")
+    for name in ("alist.pt", "intkeys.pt"):
+        assert_user_error(invoke(str(tmp_path / name), "--n-head", "2"), f"{name}: neither a train.py checkpoint nor "
+                          f"a GPT-2 state dict")
     ignored = invoke(str(run), "--n-head", "2", *greedy)
     assert samples(ignored) == expected and "note: --n-head 2 has no effect" in ignored.stderr
     assert_user_error(invoke(str(tmp_path / "hf.bin"), "--model", "gpt5"), "--model: unknown model preset 'gpt5'")

@@ -676,8 +676,11 @@ def test_shards_that_meta_json_does_not_list_are_a_note(tmp_path, capsys):
     write_meta(data, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "splits": {
         "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     train.train(cfg(tmp_path, data, steps=1, out=str(tmp_path / "o")))
-    assert "note: " not in capsys.readouterr().out.replace("note: --warmup-steps", "")
+    assert "not listed in its meta.json" not in capsys.readouterr().out
     write_shard(data / "t_train_000001.bin", random_tokens(300, 1))
+    train.train(cfg(tmp_path, data, steps=1, out=str(tmp_path / "one")))
+    assert (f"note: 1 shard file(s) in {data} not listed in its meta.json, so not read: t_train_000001.bin (the "
+            f"dataset is what meta.json lists; `prep verify {data}` checks it)\n") in capsys.readouterr().out
     write_shard(data / "t_val_000007.bin", random_tokens(300, 2))
     train.train(cfg(tmp_path, data, steps=1))
     out = capsys.readouterr().out
@@ -2945,11 +2948,6 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "afile").write_text("x")
     (root / "input.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
     write_shard(root / "afile.bin", random_tokens(300, 5))  # a shard whose name says no split
-    # llm.c's layout with its val shard hard-linked in as a train shard: resolve() told the two apart
-    (root / "linked").mkdir()
-    write_shard(root / "linked" / "x_val_000000.bin", random_tokens(200, 6))
-    write_shard(root / "linked" / "x_train_000001.bin", random_tokens(300, 7))
-    os.link(root / "linked" / "x_val_000000.bin", root / "linked" / "x_train_000002.bin")
     othertok = write_dataset(root / "othertok", random_tokens(300, 6))  # shards of another tokenizer
     shard = othertok / "t_train_000000.bin"
     write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
@@ -3147,8 +3145,6 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "val data is the train data": (["--data", "afile.bin", "--val-data", "afile.bin"], ".",
                                    "--val-data afile.bin:", "afile.bin is a train shard of this run too"),
     "val data directory without val": (["--val-data", "other"], ".", "--val-data other: no val shards"),
-    "val shard hard-linked into train": (["--data", "linked"], ".", "linked's val split: linked/x_val_000000.bin is "
-                                         "a train shard of this run too (the same file)"),
 }
 
 
@@ -3164,6 +3160,28 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, workdir, monkeyp
     assert_user_error(result, *messages)
     assert result.output.count("\n") == 1  # nothing printed before the error either
     assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("linked", ["x_train_000002.bin", "x_val_000001.bin"])
+def test_a_val_shard_hard_linked_as_a_train_shard_is_refused(tmp_path, monkeypatch, linked):
+    """llm.c's layout with a val shard that is also a train shard, by a hard link (its val
+    shard linked in as the next train shard, or a train shard linked in as its second val
+    shard): resolve() told the names apart, and the run validated on what it trained on."""
+    data = tmp_path / "linked"
+    data.mkdir()
+    write_shard(data / "x_val_000000.bin", random_tokens(200, 6))
+    write_shard(data / "x_train_000001.bin", random_tokens(300, 7))
+    other = "x_val_000000.bin" if linked.startswith("x_train") else "x_train_000001.bin"
+    try:
+        os.link(data / other, data / linked)
+    except OSError as e:  # a filesystem without hard links
+        pytest.skip(f"no hard link here: {e}")
+    monkeypatch.chdir(tmp_path)
+    val = linked if linked.startswith("x_val") else other
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "2", "--data",
+                                             "linked", "--out", "out", "--eval-every", "1"])
+    assert_user_error(result, f"linked's val split: linked/{val} is a train shard of this run too (the same file)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_refused_resume_names_the_options_of_the_run_it_continues():

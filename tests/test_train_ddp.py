@@ -633,6 +633,7 @@ def ranks_of(proc: subprocess.Popen) -> list[int]:
 def kill_torchrun(proc: subprocess.Popen, log: Path) -> None:
     """SIGKILL torchrun, then wait for its ranks to end: within a minute."""
     ranks = ranks_of(proc)
+    assert len(ranks) == 2, f"torchrun's ranks: {ranks}\n{log.read_text()}"  # (none: the wait below would pass)
     proc.kill()
     proc.wait()
     gone = time.monotonic()
