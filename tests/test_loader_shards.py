@@ -404,7 +404,10 @@ def test_a_shard_reached_twice_through_a_link_is_refused(tmp_path, link):
     if link == "symbolic":
         second.symlink_to("d_train_000000.bin")
     else:
-        os.link(tmp_path / "d_train_000000.bin", second)
+        try:
+            os.link(tmp_path / "d_train_000000.bin", second)
+        except OSError as e:  # a filesystem without hard links
+            pytest.skip(f"no hard link here: {e}")
     for given, said in ((tmp_path, f"{tmp_path}: {second} and {tmp_path}/d_train_000000.bin"),
                         (str(tmp_path / "*.bin"), f"{tmp_path}/*.bin: {second} and {tmp_path}/d_train_000000.bin")):
         with pytest.raises(LoaderError, match=rf"^{re.escape(said)} are one file \(a link\): the train split would "
