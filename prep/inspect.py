@@ -259,7 +259,8 @@ def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[
         return [f"{where}: totals is {type(totals).__name__}, not an object"]
     for key in ("tokens", "documents"):
         given = totals.get(key)
-        parts = [record.get(key) for record in records.values()]
+        # a split meta.json leaves out altogether (no shards, no counts) holds none
+        parts = [record.get(key, None if record["shards"] else 0) for record in records.values()]
         if given is None or any(part is None for part in parts):
             continue
         if type(given) is not int or any(type(part) is not int for part in parts):
@@ -292,10 +293,10 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
             for split, record in records.items():
                 entries = record["shards"]
                 expected |= {e["file"]: e for e in entries}
-                listed = record.get("tokens")
-                if listed is not None and listed != sum(e["tokens"] for e in entries):
+                listed, held = record.get("tokens"), sum(e["tokens"] for e in entries)
+                if listed is not None and listed != held:
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
-                                           f"!= the sum over its shards")
+                                           f"!= the sum over its shards ({held:,})")
             report.problems += _totals_problems(meta, records, directory / META_NAME)
             # the documents' separator, where it is given: GPT-2's, as prep writes it
             if "eot" in meta and (meta["eot"] != EOT or type(meta["eot"]) is not int):  # not True, not 50256.0

@@ -68,9 +68,14 @@ def _meta_split(meta: dict, split: str) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("shards", []), list):
         raise ValueError(f"'splits.{split}' is not an object with a 'shards' list")
     for entry in record.get("shards", []):
-        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                and _is_count(entry.get("tokens")) and isinstance(entry.get("sha256"), str)):
-            raise ValueError(f"{split} shard entry {entry!r} lacks file/tokens/sha256")
+        if not isinstance(entry, dict):
+            raise ValueError(f"{split} shard entry {entry!r} is not an object with file, tokens and sha256")
+        wrong = [f"no {key}" if key not in entry else f"{key} {entry[key]!r} is not {kind}"
+                 for key, kind, fits in (("file", "a string", isinstance(entry.get("file"), str)),
+                                         ("tokens", "a count", _is_count(entry.get("tokens"))),
+                                         ("sha256", "a string", isinstance(entry.get("sha256"), str))) if not fits]
+        if wrong:
+            raise ValueError(f"{split} shard entry {entry!r}: {'; '.join(wrong)}")
         if not is_plain_file_name(entry["file"]):
             raise ValueError(f"{split} shard file {entry['file']!r} is not a plain file name")
     for key in ("tokens", "documents"):

@@ -275,12 +275,12 @@ def shard_entry(i):
         (
             lambda m: shard_entry(0)(m).pop("tokens"),
             LoaderError,
-            r"meta.json: train shard entry .* lacks file/tokens/sha256",
+            r"meta.json: train shard entry .*: no tokens$",
         ),
         (  # a count too big for any int: OverflowError in int(), a traceback, before
             lambda m: shard_entry(0)(m).update(tokens=1e400),
             LoaderError,
-            r"meta.json: train shard entry .* lacks file/tokens/sha256",
+            r"meta.json: train shard entry .*: tokens inf is not a count$",
         ),
         (lambda m: m["splits"].pop("train"), LoaderError, r"meta.json: lists no train shards"),
         (lambda m: m.pop("splits"), LoaderError, r"meta.json: no 'splits' object"),

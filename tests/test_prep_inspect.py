@@ -219,7 +219,7 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
         [META_NAME, "'splits.train.documents' is 'many', not a count"]),
     "tokens_a_bool": (lambda t: _with_meta_text(t, lambda m: json.dumps(
         m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"shards": [
-            m["splits"]["train"]["shards"][0] | {"tokens": True}]}}})), [], [META_NAME, "lacks file/tokens/sha256"]),
+            m["splits"]["train"]["shards"][0] | {"tokens": True}]}}})), [], [META_NAME, "tokens True is not a count"]),
     "val_listed_as_train": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace(
         "ds_train_000000.bin", "ds_val_000000.bin")), [], [META_NAME, "train lists ds_val_000000.bin, a val shard"]),
     "listed_twice": (lambda t: _with_meta_text(t, lambda m: json.dumps(
@@ -398,7 +398,19 @@ def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
     result = run(verify_command, dataset)
     assert result.exit_code == 1, result.output
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
-    assert bad == [f"BAD {dataset / META_NAME}: train tokens 8,001 != the sum over its shards"], result.output
+    assert bad == [f"BAD {dataset / META_NAME}: train tokens 8,001 != the sum over its shards (8,000)"], result.output
+
+
+def test_verify_a_split_left_out_of_meta_json_against_its_totals(dataset):
+    """A whole split taken out of meta.json (its shard then unlisted) left totals.tokens the sum
+    of both splits, and verify said nothing of it: the split left out was skipped in the sum."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"].pop("val")
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert f"BAD {dataset / META_NAME}: totals tokens 8,700 != the sum over its splits (8,000)" in bad, result.output
 
 
 @pytest.mark.parametrize("totals, words", [
