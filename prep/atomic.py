@@ -109,15 +109,15 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
     """Within the block, Ctrl-C exits 130 at once and SIGTERM `sigterm_status` (the shell's 143,
     or 130 where the command ends every stop so), with one line saying so, instead of a
     KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
-    importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, as SIGTERM (train.py's runs
-    stop on it). `prefix` starts the line (train.py's ranks under torchrun each say which they
+    importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, exiting 129, or 130 where
+    SIGTERM does (the commands whose runs stop on it: train.py, prep). `prefix` starts the line (train.py's ranks under torchrun each say which they
     are). Each only where `may_handle` (the main thread, a handler that can be put back,
     a signal not ignored); `active` False: nothing. At the block's end each handler before it is
     put back, but where one was set over the block's inside it: that one stays (train.py sets its
     own before it ends the block, so that no signal finds Python's default in between)."""
     statuses = {signal.SIGINT: 130, signal.SIGTERM: sigterm_status}
-    for signum in HANGUP if hangup else ():
-        statuses[signum] = sigterm_status
+    for signum in HANGUP if hangup else ():  # (130 where SIGTERM's is, else the shell's 129)
+        statuses[signum] = 130 if sigterm_status == 130 else 128 + signum
     statuses = {signum: status for signum, status in statuses.items() if active and may_handle(signum)}
 
     said = []

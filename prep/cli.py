@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prep.atomic import interrupt_exits_while_importing  # first: it imports only the standard library
 
-# Ctrl-C or SIGTERM while click, numpy and tiktoken import (tens of milliseconds to seconds): an
-# exit at once with one line, not an import's traceback (Ctrl-C) or no word at all (SIGTERM)
-with interrupt_exits_while_importing():
+# Ctrl-C, SIGTERM or SIGHUP while click, numpy and tiktoken import (tens of milliseconds to
+# seconds): an exit at once with one line, not an import's traceback (Ctrl-C) or no word at all
+# (SIGTERM, SIGHUP: prep tokenize's run stops on each with its line)
+with interrupt_exits_while_importing(hangup=True):
     from prep.errors import UserGroup  # first: it gives closed standard descriptors /dev/null
 
     import click
