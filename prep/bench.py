@@ -276,9 +276,13 @@ def format_report(result: dict) -> str:
         lines.append(f"note: the targets are stated for {TARGET_MB:g} MB (the default --mb): at "
                      f"{result['text_bytes'] / 1e6:.1f} MB fixed costs (workers starting, files written) weigh more, "
                      f"and the RSS growth is a few MiB over a little text")
-    if cfg["workers"] == 2 and capacity["speedup"] < SPEEDUP_TARGET:  # the target is for 2 workers
+    # The target is for 2 workers, against the baseline. 2 workers are at most `capacity` times
+    # 1 worker, which is itself faster than the baseline (encode_to_numpy: no list of ids)
+    one = max((run["vs_baseline"] for run in result["pipeline"] if run["workers"] == 1), default=1.0)
+    if cfg["workers"] == 2 and capacity["speedup"] * one < SPEEDUP_TARGET:
         lines.append(f"note: this machine ran 2 processes only {capacity['speedup']:.2f}x as fast as one (busy, or "
-                     f"one core): no 2-worker run can beat that, so the speedup target cannot be met here")
+                     f"one core): 2 workers can be about that much faster than 1 ({one:.2f}x the baseline here), "
+                     f"{capacity['speedup'] * one:.2f}x the baseline at most, so the speedup target cannot be met here")
     return "\n".join(lines)
 
 
