@@ -83,10 +83,14 @@ class GivenPath(click.Path):
     """click.Path that refuses '' (an unset shell variable: `prep tokenize "$CORPUS"`), which
     pathlib reads as the current directory: `prep tokenize ''` tokenized every text file there."""
 
+    def __init__(self, *args, current_ok: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.current_ok = current_ok  # whether '.' is a path the option takes (not an output's)
+
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value:
-            self.fail("'' is no path (an unset shell variable?); name one, or . for the current directory",
-                      param, ctx)
+            self.fail("'' is no path (an unset shell variable?); name one" +
+                      (", or . for the current directory" if self.current_ok else ""), param, ctx)
         return super().convert(value, param, ctx)
 
 

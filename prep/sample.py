@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from prep.atomic import atomic_write
-from prep.errors import UserCommand, UserError
+from prep.errors import GivenPath, UserCommand, UserError
 from prep.shards import file_sha256
 
 TINY_SHAKESPEARE_URL = (
@@ -180,8 +180,8 @@ def write_sample(
 
 
 @click.command("sample", cls=UserCommand)
-@click.option("--out", "out", type=click.Path(dir_okay=True, path_type=Path), default=Path("input.txt"),
-              show_default=True, help="File to write the corpus to.")
+@click.option("--out", "out", type=GivenPath(dir_okay=True, path_type=Path, current_ok=False),
+              default=Path("input.txt"), show_default=True, help="File to write the corpus to.")
 @click.option("--offline", is_flag=True, default=False, show_default=True,
               help="Do not try the network; write the offline fallback, pydoc_data.topics.")
 @click.option("--from", "source", type=click.Path(path_type=Path), default=None,

@@ -138,7 +138,7 @@ class TokenizeResult:
         skipped = f" ({self.empty_skipped:,} empty one(s) skipped)" if self.empty_skipped else ""
         return (f"tokenized {self.documents:,} document(s){skipped}, {self.bytes / 1e6:,.1f} MB in "
                 f"{self.seconds:.1f} s ({self.mb_per_s:.1f} MB/s, {self.workers} worker(s)): "
-                f"train {t['train']:,} + val {t['val']:,} tokens in {len(s['train'])} + {len(s['val'])} "
+                f"train {t['train']:,} + val {t['val']:,} tokens in {len(s['train']):,} + {len(s['val']):,} "
                 f"shard(s), {self.chars_per_token:.2f} chars/token -> {self.out_dir}")
 
 
@@ -343,7 +343,7 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
 
 @click.command("tokenize", cls=UserCommand, context_settings={"show_default": True})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...", type=GivenPath())
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=GivenPath(path_type=Path, current_ok=False), default=None,
               help="Output directory.  [default: data/<stem of the first input>, data/stdin for -, "
                    "data/pipe for <(...)]")
 @click.option("--name", default=None, help="Shard name prefix.  [default: the output directory's name]")

@@ -48,6 +48,12 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, mo
     for args, name in ((["tokenize", ""], "INPUT"), (["tokenize", "notes.txt", ""], "INPUT"),
                        (["info", ""], "DIRECTORY"), (["verify", ""], "DIRECTORY")):
         assert_user_error(CliRunner().invoke(prep_main, args), f"prep {args[0]}", name, "'' is no path")
+    # an output's '': refused saying so, where it was the current directory ("--out . is a directory")
+    for args in (["tokenize", "notes.txt", "--out", ""], ["sample", "--out", ""]):
+        result = CliRunner().invoke(prep_main, args)
+        assert_user_error(result, f"prep {args[0]}: Invalid value for '--out': '' is no path (an unset shell "
+                                  f"variable?); name one")
+        assert result.output.rstrip().endswith("name one")  # not ". for the current directory": refused there
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
