@@ -327,31 +327,39 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     split_of = {e["file"]: split for split, record in records.items() if split in documents
                 for e in record["shards"]} if documents else {}
     eots, unread = dict.fromkeys(documents, 0), set(split_of)
-    total = sum(p.stat().st_size for p in todo if p.is_file())  # a broken link: a problem, below
+    sizes = {p: p.stat().st_size for p in todo if p.is_file()}  # a broken link: a problem, below
+    total = sum(sizes.values())
     show = None if progress is None else not progress  # None: tqdm shows it on a terminal only
     with Bar(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
+        done = 0  # the bytes of the shards checked so far, the bar's position after each (a shard
+        # refused at its header read little of itself, and the headers are no body bytes)
         for path in todo:
-            entry, reasons = expected.get(path.name), []
-            if report.meta_found and entry is None:
-                reasons.append(f"present but not listed in {META_NAME}")
             try:
-                scan = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
-            except ShardError as e:
-                report.problems.append(str(e) + "".join(f"; {r}" for r in reasons))
-                continue
-            report.shards_checked += 1
-            report.tokens_checked += scan.tokens
-            if path.name in split_of:
-                eots[split_of[path.name]] += scan.eots
-                unread.discard(path.name)
-            if scan.bad:
-                reasons.append(scan.bad)
-            if entry is not None and entry["tokens"] != scan.tokens:
-                reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
-            if entry is not None and scan.sha256 != entry["sha256"]:
-                reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
-            if reasons:
-                report.problems.append(f"{path}: " + "; ".join(reasons))
+                entry, reasons = expected.get(path.name), []
+                if report.meta_found and entry is None:
+                    reasons.append(f"present but not listed in {META_NAME}")
+                try:
+                    scan = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
+                except ShardError as e:
+                    report.problems.append(str(e) + "".join(f"; {r}" for r in reasons))
+                    continue
+                report.shards_checked += 1
+                report.tokens_checked += scan.tokens
+                if path.name in split_of:
+                    eots[split_of[path.name]] += scan.eots
+                    unread.discard(path.name)
+                if scan.bad:
+                    reasons.append(scan.bad)
+                if entry is not None and entry["tokens"] != scan.tokens:
+                    reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
+                if entry is not None and scan.sha256 != entry["sha256"]:
+                    reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s "
+                                   f"{entry['sha256'][:16]}...")
+                if reasons:
+                    report.problems.append(f"{path}: " + "; ".join(reasons))
+            finally:
+                done += sizes.get(path, 0)
+                bar.update(done - bar.n)
     for split, counted in eots.items():  # where every listed shard of the split was read
         listed = documents[split]
         if not any(split_of[name] == split for name in unread) and listed != counted:

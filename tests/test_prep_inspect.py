@@ -401,6 +401,24 @@ def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
     assert bad == [f"BAD {dataset / META_NAME}: train tokens 8,001 != the sum over its shards (8,000)"], result.output
 
 
+def test_verify_progress_ends_at_its_total_on_good_and_on_damaged_shards(dataset, monkeypatch):
+    """The bar counted the bodies' bytes against the files' sizes (headers too): it stopped at
+    99.x% on good data, and a shard refused at its header left most of it uncounted (3%)."""
+    ends = []
+
+    class Recorded(prep.inspect.Bar):
+        def __exit__(self, *exc):
+            ends.append((self.n, self.total))
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr(prep.inspect, "Bar", Recorded)
+    assert verify_dataset(dataset, progress=True).problems == []
+    _set_header_slot(dataset / "ds_train_000000.bin", 0, 0)  # refused at its header
+    assert len(verify_dataset(dataset, progress=True).problems) == 1
+    size = sum(p.stat().st_size for p in dataset.glob("*.bin"))
+    assert ends == [(size, size), (size, size)]
+
+
 def test_verify_a_split_left_out_of_meta_json_against_its_totals(dataset):
     """A whole split taken out of meta.json (its shard then unlisted) left totals.tokens the sum
     of both splits, and verify said nothing of it: the split left out was skipped in the sum."""
