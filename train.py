@@ -3257,9 +3257,9 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         plural = "s" if len(timed) != 1 else ""
         over = (f"{len(timed)} steady step{plural}" if steady_steps else
                 f"{len(timed)} warm-up step{plural} (no steady step: a run's first {WARMUP_SKIP} are warm-up)")
-        first, last = summary["first_step"], summary["last_step"]
+        first, final = summary["first_step"], summary["last_step"]
         _echo(
-            f"done: {f'step {last}' if first == last else f'steps {first}-{last}'} in {total_s:.1f} s, "
+            f"done: {f'step {final}' if first == final else f'steps {first}-{final}'} in {total_s:.1f} s, "
             f"loss {summary['loss']:.4f}{val}; median {tokens_per_s:,.0f} tokens/s "
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
