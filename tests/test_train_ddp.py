@@ -738,10 +738,11 @@ def test_ranks_whose_torchrun_store_closes_as_they_meet_say_so_in_a_line_each(tm
     closed = ("torchrun's store closed the connection as the ranks met to start (DistNetworkError: torchrun "
               "gone?); nothing trained, no checkpoint written")
     assert closed in ranks_said, result.stderr
-    for rank in (0, 1):  # that line, or (torchrun is alive here) its SIGTERM's once the other rank ended
+    for rank in (0, 1):  # that line, or (torchrun is alive here) its SIGTERM's once the other rank ended, or
+        # none, where that SIGTERM came while the wrapper imported torch, before train.py's handlers
         said = [line for line in ranks_said.splitlines()
                 if line.startswith((f"rank {rank} of 2: ", f"Error: rank {rank} of 2: "))]
-        assert said in ([f"Error: rank {rank} of 2: {closed}"],
+        assert said in ([], [f"Error: rank {rank} of 2: {closed}"],
                         [f"rank {rank} of 2: SIGTERM: stopped while starting up, before its first step; no checkpoint "
                          f"was written"]), result.stderr
 
@@ -749,7 +750,9 @@ def test_ranks_whose_torchrun_store_closes_as_they_meet_say_so_in_a_line_each(tm
 def test_ranks_refusing_their_options_as_torchrun_store_closes_say_their_refusal_without_a_traceback(tmp_path):
     """A rank whose options are refused still meets the others in torchrun's store to stop them
     too (stop_with_the_others); the store closing then (torchrun SIGKILLed) ended each rank with
-    DistNetworkError's traceback, and its own refusal unsaid."""
+    DistNetworkError's traceback, and its own refusal unsaid. (The rank that refuses first ends
+    first, and torchrun then stops the other with SIGTERM, which may come while the wrapper
+    still imports torch: that rank may say nothing.)"""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "gone.py").write_text(STORE_GONE)
     for bad, refusal in ((("--steps", "0"), "--steps must be >= 1, got 0"), (("--B", "two"), "'two' is not a valid integer")):
@@ -758,9 +761,9 @@ def test_ranks_refusing_their_options_as_torchrun_store_closes_say_their_refusal
                                 capture_output=True, text=True, timeout=180)
         ranks_said = result.stderr.split("failed (exitcode")[0]  # (then torchrun's report)
         assert result.returncode != 0 and "Traceback" not in ranks_said, result.stderr
-        for rank in (0, 1):
-            said = [line for line in ranks_said.splitlines() if f"rank {rank} of 2: " in line]
-            assert len(said) == 1 and refusal in said[0], result.stderr
+        said = [[line for line in ranks_said.splitlines() if f"rank {rank} of 2: " in line] for rank in (0, 1)]
+        assert any(said) and all(lines == [] or len(lines) == 1 and refusal in lines[0] for lines in said), \
+            result.stderr
         assert not (tmp_path / "out").exists()
 
 
