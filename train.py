@@ -116,11 +116,10 @@ from torch import nn
 from loader import TokenLoader, TokenRangeError, resolve_shards
 from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
 from loader.loader import dataset_digest
-from loader.stream import file_identity
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
 from model.hf import is_hf_mask_buffer
-from prep.atomic import (HANGUP, atomic_write, may_handle, remove_empty, sigterm_raises, signals_deferred,
-                         temp_path)
+from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty, sigterm_raises,
+                         signals_deferred, temp_path)
 from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import LoaderError
+from prep.atomic import file_identity
 from prep.meta import META_NAME, meta_splits, read_meta
 from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, not_a_shard,
                          open_shard, parse_shard_name, raw_tokens_hint, read_header, split_files_in)
@@ -58,12 +59,6 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
             raise LoaderError(f"{text}: {shard} and {first} are one file (a link): the {split} split would read "
                               f"its tokens twice an epoch; remove the link")
     return paths
-
-
-def file_identity(path: str | os.PathLike) -> tuple[int, int]:
-    """(device, inode): the one file `path` reaches, whichever name or link it goes through."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
 
 
 def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:

@@ -3,7 +3,8 @@
 meta.json, the sample corpus, checkpoints and metrics.jsonl are all written through here, so
 a crash at any moment leaves either the old file or the new one, never half of one; and
 `signals_deferred` keeps a Ctrl-C from cutting such a write (or prep's install) in two. The
-other signal helpers of every command live here too, for the loader's (no click here).
+other signal helpers of every command live here too, for the loader's (no click here), and
+`file_identity`, which tells two names of one file apart from two files.
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def atomic_write(path: str | os.PathLike, fill: Callable[[BinaryIO], object]) ->
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def file_identity(path: str | os.PathLike) -> tuple[int, int]:
+    """(device, inode): the one file `path` reaches, whichever name or link it goes through
+    (prep's inputs given twice, the loader's shards reached twice)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def remove_empty(directories: Iterable[Path]) -> None:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
+from prep.atomic import file_identity
+
 BLOCK_BYTES = 1 << 20  # one binary read: small enough to stream, big enough to be cheap
 STDIN = "-"
 STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
@@ -181,11 +183,6 @@ def _jsonl_hint(paths: Sequence[Path]) -> str:
     return f" (a {suffix} file is read when given by name, e.g. dir/*{suffix}{said})" if suffix else ""
 
 
-def _identity(path: str | Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino
-
-
 def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
     """The *.txt files under `directory` (any case of the suffix), in sorted order, and the
     other entries found there, which are left out. Hidden ones (a name starting with ".") are
@@ -196,7 +193,7 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
     # directories on the way down to each one, by device and inode, tell a link loop.
     # A link to a directory above the one given (corpus/up -> /) is a loop said at once, not
     # after walking everything under its target first.
-    above = {os.fspath(directory): frozenset([_identity(directory)])}
+    above = {os.fspath(directory): frozenset([file_identity(directory)])}
     real = os.path.realpath(directory)
     for root, dirs, files in os.walk(directory, onerror=_unreadable, followlinks=True):
         dirs.sort()
@@ -206,7 +203,7 @@ def _text_files(directory: Path) -> tuple[list[Path], list[Path]]:
         for name in dirs:
             sub = os.path.join(root, name)
             try:
-                identity = _identity(sub)
+                identity = file_identity(sub)
             except OSError:  # gone meanwhile, or unreadable: os.walk's onerror says so
                 continue
             linked = os.path.realpath(sub) if os.path.islink(sub) else None
@@ -372,7 +369,7 @@ def _refuse_duplicates(sources: Sequence[Source], stdin: BinaryIO | None) -> Non
             spellings = []
             for path in source.files:
                 try:
-                    identity = _identity(path)
+                    identity = file_identity(path)
                 except OSError:  # gone meanwhile: reading it says so
                     continue
                 spelling = f"{path} (in {source.arg})" if source.kind == "directory" else source.arg
