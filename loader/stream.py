@@ -9,8 +9,8 @@ Which files make a split (`resolve_shards`):
   shard index once (`prep.shards.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted by name,
   numbers by their value (..._999999.bin before ..._1000000.bin, x_train_2.bin before
-  x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the other split; a single
-  shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
+  x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the
+  other split; a single shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
   is refused saying what to pass instead.
 
 Headers are parsed only by prep.shards (read_header / open_shard); this module never reads a

@@ -118,8 +118,8 @@ def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 1
     or 130 where the command ends every stop so), with one line saying so, instead of a
     KeyboardInterrupt's traceback (Ctrl-C) or no word at all (SIGTERM): for the seconds that
     importing numpy, tiktoken or torch takes. `hangup`: SIGHUP too, exiting 129, or 130 where
-    SIGTERM does (the commands whose runs stop on it: train.py, prep). `prefix` starts the line (train.py's ranks under torchrun each say which they
-    are). Each only where `may_handle` (the main thread, a handler that can be put back,
+    SIGTERM does (the commands whose runs stop on it: train.py, prep). `prefix` starts the
+    line (train.py's ranks under torchrun each say which they are). Each only where `may_handle` (the main thread, a handler that can be put back,
     a signal not ignored); `active` False: nothing. At the block's end each handler before it is
     put back, but where one was set over the block's inside it: that one stays (train.py sets its
     own before it ends the block, so that no signal finds Python's default in between)."""

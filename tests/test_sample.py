@@ -87,8 +87,8 @@ def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
     demo.mkdir()
     (demo / "metrics.jsonl").write_text("")
     assert_user_error(invoke(str(demo)), f"{demo}: no checkpoint (ckpt_<step>.pt) in this directory: the run there "
-                      "has written none (it ran with --ckpt-every 0, as `make demo`'s run, stopped before its first, or is still "
-                      "before it)")
+                      "has written none (it ran with --ckpt-every 0, as `make demo`'s run, stopped before its first, "
+                      "or is still before it)")
     garbage = tmp_path / "ckpt_000001.pt"
     garbage.write_bytes(b"not a zip")
     assert_user_error(invoke(str(garbage)), "ckpt_000001.pt", "not a readable checkpoint")

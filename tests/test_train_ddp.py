@@ -755,7 +755,8 @@ def test_ranks_refusing_their_options_as_torchrun_store_closes_say_their_refusal
     still imports torch: that rank may say nothing.)"""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "gone.py").write_text(STORE_GONE)
-    for bad, refusal in ((("--steps", "0"), "--steps must be >= 1, got 0"), (("--B", "two"), "'two' is not a valid integer")):
+    for bad, refusal in ((("--steps", "0"), "--steps must be >= 1, got 0"),
+                         (("--B", "two"), "'two' is not a valid integer")):
         result = subprocess.run([*TORCHRUN, str(tmp_path / "gone.py"), str(REPO / "train.py"),
                                  *common(data, "out", B), *bad], cwd=tmp_path, env=ddp_env(tmp_path),
                                 capture_output=True, text=True, timeout=180)
