@@ -67,8 +67,10 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
         name = "gpt2" if preset is None else preset
         config = GPTConfig.preset(name)  # (main checked the name)
         rows = train.state_positions(found) if isinstance(found, dict) else None
-        if n_head is not None and isinstance(found, dict) and all(isinstance(k, str) for k in found):
-            shape = train.weights_shape(train._unwrapped(found))
+        # names to tensors, without DDP's and compile's prefixes (else: refused by load_init_weights)
+        named = train._unwrapped(found) if isinstance(found, dict) and all(isinstance(k, str) for k in found) else None
+        if n_head is not None and named is not None:
+            shape = train.weights_shape(named)
             sizes = {k: shape[k] for k in ("n_layer", "n_embd", "block_size") if shape[k] is not None}
             try:
                 config = GPTConfig.preset(name, n_head=n_head, **sizes)
@@ -76,13 +78,13 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
                 raise UserError(f"--n-head {n_head}: {e} (checkpoint {path}: {sizes.get('n_embd')} dims)") from None
         elif rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
             config = GPTConfig.preset(name, block_size=rows)
-        if isinstance(found, dict) and all(isinstance(k, str) for k in found):  # before gpt2-xl's 6 GB is built
-            train._check_state_shape(train._unwrapped(found), config, f"checkpoint {path}", shape_flags=False)
+        if named is not None:  # before gpt2-xl's 6 GB is built
+            train._check_state_shape(named, config, f"checkpoint {path}", shape_flags=False)
         model = GPT(config)
         train.load_init_weights(model, path, "checkpoint", found)
-        shape = (f"weights of {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims"
-                 if n_head is not None else f"--model {name} weights")
-        return model.to(rt.device).eval(), shape
+        source = (f"weights of {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims"
+                  if n_head is not None else f"--model {name} weights")
+        return model.to(rt.device).eval(), source
     ckpt = train.check_checkpoint(found, path, "checkpoint")
     vocab = ckpt["model_config"].get("vocab_size")  # (a dict: check_checkpoint's)
     if isinstance(vocab, int) and vocab > GPT2_VOCAB_SIZE:  # ids the GPT-2 tokenizer cannot decode
