@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -591,27 +590,36 @@ def test_json_lines_piped_into_stdin_and_ndjson_files(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+# A process that writes argv[2] (hex) into the named pipe argv[1]: a reader that stops early
+# (what an error does) is no failure of the writer's.
+_PIPE_WRITER = """import sys
+try:
+    with open(sys.argv[1], "wb") as pipe:
+        pipe.write(bytes.fromhex(sys.argv[2]))
+except BrokenPipeError:
+    pass
+"""
+
+
 @contextmanager
 def pipe_holding(path: Path, data: bytes) -> Iterator[Path]:
-    """A named pipe at `path` that a thread writes `data` into once a reader opens it; a pipe
-    left unread (the run refused first) is opened on the way out, so the writer ends: again
-    until it has, since an open that came before the writer's own meets no writer (the writer
-    then blocked for good, and join() with it)."""
+    """A named pipe at `path` that another process writes `data` into once a reader opens it.
+    A process, not a thread: prep's workers fork, and a fork while this process runs a thread of
+    its own is what Python 3.12+ warns of (a lock that thread holds stays locked in the child). A
+    pipe left unread (the run refused first) is opened on the way out, so the writer ends: again
+    until it has, since an open that came before the writer's own meets no writer."""
     os.mkfifo(path)
-
-    def write():
-        try:
-            path.write_bytes(data)
-        except BrokenPipeError:  # the reader stopped early: what an error does
-            pass
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
+    writer = subprocess.Popen([sys.executable, "-c", _PIPE_WRITER, str(path), data.hex()])
     try:
         yield path
     finally:
-        while writer.is_alive():
+        while writer.poll() is None:
             os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-            writer.join(0.05)
+            try:
+                writer.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        assert writer.returncode == 0, f"the pipe's writer ended with status {writer.returncode}"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
@@ -1399,16 +1407,10 @@ def test_meta_sources_give_stdin_and_a_pipe_each_its_own_bytes(tmp_path):
     """stdin and a pipe given by name (bash's <(...)) have no size up front: each source's bytes
     in meta.json are what was read from it. stdin was given whatever the sized sources left of
     the total, the pipe's bytes too, and the pipe null."""
-    fifo = tmp_path / "p"
-    os.mkfifo(fifo)
     (tmp_path / "c.txt").write_text("a file's text " * 10)
-    writer = threading.Thread(target=lambda: fifo.write_bytes(b"the pipe's text " * 100))
-    writer.start()
-    try:
+    with pipe_holding(tmp_path / "p", b"the pipe's text " * 100) as fifo:
         tokenize_corpus(["-", str(fifo), str(tmp_path / "c.txt")], tmp_path / "out", progress=False,
                         stdin=io.BytesIO(b"stdin's text " * 3))
-    finally:
-        writer.join()
     meta = read_meta(tmp_path / "out")
     assert [s["bytes"] for s in meta["sources"]] == [13 * 3, 16 * 100, 14 * 10]
     assert meta["totals"]["bytes"] == 13 * 3 + 16 * 100 + 14 * 10
