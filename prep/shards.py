@@ -322,7 +322,19 @@ class ShardWriter:
         self._f.write(b"\0" * HEADER_BYTES)
 
     def write(self, tokens: np.ndarray) -> None:
-        """Append tokens (any integer array whose values fit uint16)."""
+        """Append tokens: any integer array, in C order, whose values fit uint16. A value that
+        does not is refused, not wrapped: numpy's cast made 70000 a 4464, a valid-looking GPT-2
+        id that no later range check can tell apart (prep's own tokens come as uint16 already,
+        and skip the check)."""
+        tokens = np.asarray(tokens)
+        if tokens.dtype.kind not in "iu":
+            raise TypeError(f"{self.path}: tokens are integers, not {tokens.dtype}")
+        if tokens.dtype.itemsize > TOKEN_DTYPE.itemsize or tokens.dtype.kind == "i":
+            outside = (tokens < 0) | (tokens > np.iinfo(TOKEN_DTYPE).max)
+            if outside.any():
+                at = int(np.argmax(outside.ravel()))  # the first, in the order the tokens are written
+                raise ValueError(f"{self.path}: token {int(tokens.ravel()[at])} (index {at:,} of this write) "
+                                 f"does not fit uint16 (0 to 65535)")
         body = np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE)
         if self.num_tokens + body.size > MAX_TOKENS:
             raise ValueError(f"{self.path}: a shard holds at most {MAX_TOKENS} tokens")

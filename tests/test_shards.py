@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -174,3 +178,109 @@ def test_llmc_llama3_shards_are_named_for_what_they_are(tmp_path):
             f"{path}: llm.c's Llama 3 token shard (uint32 tokens), not GPT-2's: this reads GPT-2's uint16 shards "
             f"(magic 20240520); run llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
         assert shards.not_a_shard(path) is None and not shards.looks_like_raw_tokens(path)
+
+
+def test_a_writer_takes_exactly_max_tokens_and_not_one_more(tmp_path, monkeypatch):
+    """The count lives in an int32 slot: a shard holds up to 2**31 - 1 tokens, that many
+    included, over however many writes (shown with the limit made small: writing 4 GiB is no test)."""
+    monkeypatch.setattr(shards, "MAX_TOKENS", 5)
+    path = tmp_path / "x_train_000000.bin"
+    w = ShardWriter(path)
+    w.write(np.arange(3))
+    w.write(np.arange(2))  # exactly the limit
+    with pytest.raises(ValueError, match="at most 5 tokens"):
+        w.write(np.arange(1))
+    w.close()
+    assert read_header(path) == 5 and shards.open_shard(path).tolist() == [0, 1, 2, 0, 1]
+
+
+def test_close_syncs_the_whole_shard_to_disk_before_it_returns(tmp_path, monkeypatch):
+    """close() flushes and fsyncs the shard, header patched: meta.json lists it (and the
+    install renames the directory in) only once its bytes are on disk, not in page cache."""
+    path = tmp_path / "x_train_000000.bin"
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        if path.exists() and os.fstat(fd).st_ino == path.stat().st_ino:
+            synced.append(path.read_bytes())  # what the disk is asked to keep, at that moment
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    w = ShardWriter(path)
+    w.write(np.arange(7))
+    w.close()
+    assert synced and synced[-1] == path.read_bytes()
+    assert read_header(path) == 7
+
+
+def test_file_sha256_covers_every_chunk(tmp_path):
+    """The sha256 in meta.json is of the whole file, however many reads it takes (4 MiB each
+    by default: a 100M-token shard is 48 of them)."""
+    path = tmp_path / "x_train_000000.bin"
+    write_shard(path, np.arange(1000) % 50257)
+    whole = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert shards.file_sha256(path) == whole
+    for chunk_bytes in (1, 7, 1024, 1025):
+        assert shards.file_sha256(path, chunk_bytes=chunk_bytes) == whole
+
+
+def test_a_2d_array_is_written_as_its_tokens_in_order(tmp_path):
+    """"Any integer array": the count in the header is the array's number of tokens, not its
+    number of rows (a (B, T) batch written back would else be refused as the wrong size)."""
+    path = tmp_path / "x_train_000000.bin"
+    write_shard(path, np.arange(12).reshape(3, 4))
+    assert read_header(path) == 12
+    assert shards.open_shard(path).tolist() == list(range(12))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_a_refused_write_shard_closes_its_file(tmp_path, monkeypatch):
+    """write_shard gives the file up when a write fails: no descriptor left open for as long as
+    the error is kept (a caller reporting it later, a test's excinfo), and no valid header."""
+    monkeypatch.setattr(shards, "MAX_TOKENS", 2)
+    path = tmp_path / "x_train_000000.bin"
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match="at most 2 tokens") as info:
+        write_shard(path, np.arange(3))
+    assert len(os.listdir("/proc/self/fd")) == before, info.value
+    with pytest.raises(ShardError, match="bad magic 0"):
+        read_header(path)
+
+
+@pytest.mark.parametrize("tokens, bad, index", [
+    (np.array([5, 70000, 6], dtype=np.int64), 70000, 1),   # another tokenizer's id: numpy's cast made it 4464
+    (np.array([5, 6, -1], dtype=np.int32), -1, 2),          # -1 became 65535
+    (np.array([[1, 2], [3, 65536]], dtype=np.uint32), 65536, 3),  # a (B, T) batch: the index in write order
+])
+def test_a_token_id_that_does_not_fit_uint16_is_refused_not_wrapped(tmp_path, tokens, bad, index):
+    """A token id outside 0..65535 (another tokenizer's, a bug upstream) is an error naming it,
+    not a silent wrap to another valid-looking GPT-2 id that `prep verify`'s range check can no
+    longer see; nothing of the write reaches the file."""
+    path = tmp_path / "x_train_000000.bin"
+    w = ShardWriter(path)
+    w.write(np.array([7, 8]))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: token {bad} \(index {index} of this write\) "
+                                         r"does not fit uint16 \(0 to 65535\)$"):
+        w.write(tokens)
+    w.close()
+    assert shards.open_shard(path).tolist() == [7, 8]
+
+
+def test_tokens_that_are_no_integers_are_refused(tmp_path):
+    """Floats (0.5 written as 0) and booleans are no token ids: a TypeError naming the dtype."""
+    w = ShardWriter(tmp_path / "x_train_000000.bin")
+    for tokens in (np.array([0.5, 1.0]), np.array([True, False])):
+        with pytest.raises(TypeError, match=f"tokens are integers, not {tokens.dtype}"):
+            w.write(tokens)
+    w.abort()
+
+
+def test_the_whole_uint16_range_and_any_integer_dtype_are_written_as_they_are(tmp_path):
+    """0 and 65535, in any integer dtype or byte order, are written as themselves."""
+    path = tmp_path / "x_train_000000.bin"
+    w = ShardWriter(path)
+    for dtype in (np.int8, np.uint8, np.int16, ">u2", "<u2", np.int32, np.uint32, np.int64, np.uint64):
+        w.write(np.array([0, min(65535, np.iinfo(dtype).max)], dtype=dtype))
+    w.close()
+    assert shards.open_shard(path).tolist()[-2:] == [0, 65535] and read_header(path) == 18
+
