@@ -4,7 +4,10 @@ signals_deferred: the handlers as they were afterwards, however it ends."""
 from __future__ import annotations
 
 import _signal
+import os
 import signal
+import stat
+
 import pytest
 
 from prep.atomic import atomic_write, signals_deferred, temp_path
@@ -92,3 +95,47 @@ def test_ignored_and_may_handle_as_signal_getsignal_says(kind):
         assert signal.getsignal(signal.SIGTERM) == handler  # put back as it was
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """A power cut once atomic_write has returned leaves the new file whole: its bytes are
+    fsynced before the rename publishes them, and the directory after it, so that the rename
+    itself is kept."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write(path, lambda f: f.write(b"new contents"))
+    new, directory = path.stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("file", new), ("rename", new), ("dir", directory)]
+    assert path.read_bytes() == b"new contents"
+
+
+def test_a_ctrl_c_while_filling_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    """A KeyboardInterrupt (no Exception) cuts the write as a failure does: the old file as it
+    was, and no hidden temporary left beside it."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old")
+
+    def interrupted(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, interrupted)
+    assert path.read_bytes() == b"old"
+    assert not temp_path(path).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+

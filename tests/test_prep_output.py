@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prep import output
+from prep.meta import read_meta, write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, check_target
 from prep.shards import open_shard
 from prep.tokenizer import EOT
@@ -374,3 +376,16 @@ def test_a_folder_named_like_a_shard_is_not_part_of_a_dataset(tmp_path):
     (target / "ds_train_000000.bin").write_bytes(b"")
     with pytest.raises(OutputError, match=r"not a dataset directory \(it holds 'ds_train_000005.bin'\)"):
         check_target(target, overwrite=True)
+
+
+def test_write_meta_replaces_meta_json_whole_and_never_rewrites_it_in_place(tmp_path):
+    """meta.json is written beside and renamed over the old one: a reader that opened the old
+    one (the loader, `prep info`) reads it whole, never a truncated or mixed file, and no
+    temporary is left."""
+    write_meta(tmp_path, {"format_version": 1, "name": "old", "splits": {}})
+    with open(tmp_path / "meta.json", "rb") as reader:  # opened before the rewrite
+        write_meta(tmp_path, {"format_version": 1, "name": "new", "splits": {}})
+        assert json.loads(reader.read())["name"] == "old"
+    assert read_meta(tmp_path)["name"] == "new"
+    assert sorted(os.listdir(tmp_path)) == ["meta.json"]
+

@@ -1414,3 +1414,33 @@ def test_meta_sources_give_stdin_and_a_pipe_each_its_own_bytes(tmp_path):
     meta = read_meta(tmp_path / "out")
     assert [s["bytes"] for s in meta["sources"]] == [13 * 3, 16 * 100, 14 * 10]
     assert meta["totals"]["bytes"] == 13 * 3 + 16 * 100 + 14 * 10
+
+
+def _open_files() -> list[str]:
+    """What this process's descriptors point to (Linux's /proc)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return names
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_a_run_that_fails_closes_the_held_back_tail(tmp_path, monkeypatch):
+    """A failure once tokens are held back (a full disk at the val cut, say) gives up the ring
+    file as well as the shards: no descriptor is left on the deleted spill file (its space stays
+    taken while one is, and on Windows the temporary directory could not be removed)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("one two three four five six seven eight nine ten\n" * 50)
+
+    def fail(self, val_fraction, val):
+        raise RuntimeError("disk gone at the val cut")
+
+    monkeypatch.setattr(output_module.TailSplitter, "finish", fail)
+    with pytest.raises(RuntimeError, match="disk gone") as info:  # (kept: its frames hold the run's objects)
+        tokenize_corpus([str(corpus)], tmp_path / "out", workers=1, progress=False)
+    assert not [f for f in _open_files() if "val-tail.spill" in f], info.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]  # nothing written, no temporary
+
