@@ -394,3 +394,22 @@ def test_a_malformed_state_is_refused(data, change, message):
             loader.load_state_dict(state)
         with pytest.raises(LoaderError, match="a loader state is a dict"):
             loader.load_state_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_a_state_for_shards_of_other_sizes_with_the_same_names_and_total_is_refused(tmp_path):
+    """Without meta.json there is no sha256 to compare: the shard names and each one's token
+    count identify the data. The same names and the same total, split otherwise, are another
+    stream, whose windows at the saved step are other tokens."""
+    saved, other = tmp_path / "saved", tmp_path / "other"
+    for directory, sizes in ((saved, [1000, 517, 2000]), (other, [1000, 518, 1999])):
+        directory.mkdir()
+        write_dataset(directory, sizes)
+        (directory / "meta.json").unlink()
+    with TokenLoader(saved, B=2, T=50) as loader:
+        windows(loader, 3)
+        state = loader.state_dict()
+    with TokenLoader(other, B=2, T=50) as loader, pytest.raises(
+            LoaderError, match=r"another dataset: 3 shards, N=3517 tokens; this loader reads 3 shards, N=3517 tokens "
+                               r"\(first difference: d_train_000001.bin of 517 tokens there, "
+                               r"d_train_000001.bin of 518 tokens here\)"):
+        loader.load_state_dict(state)

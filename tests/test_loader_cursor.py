@@ -145,3 +145,26 @@ def test_cursor_validates_its_fields(kwargs, message):
     args = {"num_tokens": 1_000, "B": 2, "T": 4, **kwargs}
     with pytest.raises(LoaderError, match=message):
         Cursor(**args)
+
+
+def test_the_epoch_of_a_step_counts_whole_epochs():
+    cursor = Cursor(1_000, 2, 5, 2)  # E = 999 // 20 = 49
+    E = cursor.steps_per_epoch
+    assert E == 49
+    assert [cursor.epoch(k) for k in (0, E - 1, E, 2 * E - 1, 2 * E, 7 * E + 3)] == [0, 0, 1, 1, 2, 7]
+
+
+def test_an_epoch_boundary_read_from_both_sides_draws_each_order_once(monkeypatch):
+    """At a boundary the prefetch thread reads the next epoch while the consumer's side
+    (train.py's window_start for its log) still asks for the current one: both orders stay
+    cached, neither is redrawn per call (a permutation of all E slots each time)."""
+    draws = []
+    real = np.random.SeedSequence
+    monkeypatch.setattr(np.random, "SeedSequence", lambda entropy: draws.append(tuple(entropy)) or real(entropy))
+    cursor = Cursor(10_001, 2, 5, shuffle=True, seed=7)  # E = 1,000
+    E = cursor.steps_per_epoch
+    for k in range(4):  # thread in epoch 1, consumer still in epoch 0, in turn
+        cursor.window_start(E + k, 0)
+        cursor.window_start(E - 4 + k, 0)
+    assert sorted(draws) == [(7, 0), (7, 1)]
+    assert [cursor.slot(E - 1), cursor.slot(E)] == [epoch_permutation(7, 0, E)[E - 1], epoch_permutation(7, 1, E)[0]]

@@ -213,3 +213,43 @@ def test_non_blocking_batches_on_cuda_equal_the_cpu_ones(data, depth):
             assert x.is_cuda and x.dtype == torch.int64 and x.shape == (4, 16)
             cx, cy = cpu.next_batch("cpu")
             assert torch.equal(x.cpu(), cx) and torch.equal(y.cpu(), cy)
+
+
+def test_next_batch_copies_its_window_out_before_the_thread_may_refill_the_buffer(data, monkeypatch):
+    """A released buffer is refilled by the thread at once, so next_batch gives its buffer back
+    only after the window is widened (on CUDA: after its copy is queued and its event recorded).
+    Deterministic: every release waits here until the thread has refilled that buffer, as if
+    the thread always won the race."""
+    path, ref = data
+    real_release = Prefetcher.release
+
+    def release_and_let_the_thread_refill(self, index):
+        before = self.ready_count()
+        real_release(self, index)
+        assert wait_until(lambda: self.ready_count() > before)
+
+    monkeypatch.setattr(Prefetcher, "release", release_and_let_the_thread_refill)
+    with TokenLoader(path, B=2, T=16, prefetch=1) as loader:
+        for k in range(6):
+            x, y = loader.next_batch("cpu")
+            window = ref[k * 32 : k * 32 + 33].astype(np.int64)
+            np.testing.assert_array_equal(x.numpy().ravel(), window[:-1])
+            np.testing.assert_array_equal(y.numpy().ravel(), window[1:])
+
+
+def test_a_window_is_handed_over_only_once_the_thread_has_filled_it(data, monkeypatch):
+    """A slow fill (a cold page of a shard on a network disk) must not let the consumer read
+    the buffer before the thread has finished copying the window into it."""
+    import loader.loader as loader_module
+
+    path, ref = data
+    real_fill = loader_module._fill_window
+
+    def slow_fill(*args):
+        time.sleep(0.02)
+        real_fill(*args)
+
+    monkeypatch.setattr(loader_module, "_fill_window", slow_fill)
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        for k, window in enumerate(take(loader, 6)):
+            np.testing.assert_array_equal(window, ref[k * 32 : k * 32 + 33])
