@@ -378,7 +378,7 @@ def test_a_glob_orders_shards_by_index_past_six_digits(tmp_path):
 
     for index in (999_998, 1_000_000, 999_999, 1_000_001):
         write_shard(tmp_path / shard_name("d", "train", index), np.full(3, index % 50_000))
-    write_shard(tmp_path / "d_train.bin", np.zeros(3))  # llm.c's unindexed name: index 0, first
+    write_shard(tmp_path / "d_train.bin", np.zeros(3, dtype=np.uint16))  # llm.c's unindexed name: index 0, first
     assert [p.name for p in resolve_shards(str(tmp_path / "d_train*.bin"), "train")] == [
         "d_train.bin", "d_train_999998.bin", "d_train_999999.bin", "d_train_1000000.bin", "d_train_1000001.bin"]
 
