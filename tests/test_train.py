@@ -394,6 +394,107 @@ def test_accumulation_is_the_same_step_as_one_big_batch(tmp_path, dataset):
     assert len({r["loss"] for r in big}) == 3
 
 
+def test_the_optimizer_steps_at_the_logged_lr_with_the_given_weight_decay_and_clip(tmp_path, dataset, monkeypatch):
+    """What metrics.jsonl says a step used is what AdamW used: the group lr of each step
+    (the schedule's, not the next step's), --weight-decay on the decayed group of a fresh run
+    (not only of a resumed one) and --grad-clip (a clip of 1e-9 leaves AdamW almost nothing
+    to step with; 0 clips nothing), with the norm logged before clipping."""
+    used, real_step = [], train.train_step
+
+    def recording_step(parts, feed, lr):
+        result = real_step(parts, feed, lr)
+        used.append(([g["lr"] for g in parts.optimizer.param_groups],
+                     [g["weight_decay"] for g in parts.optimizer.param_groups]))
+        return result
+
+    c = cfg(tmp_path, dataset, steps=4, weight_decay=0.5, grad_clip=0.0, ckpt_every=4,
+            out=str(tmp_path / "free"))
+    monkeypatch.setattr(train, "train_step", recording_step)
+    train.train(c)
+    monkeypatch.undo()
+    free = metrics(tmp_path / "free")
+    assert [lrs for lrs, _ in used] == [[r["lr"]] * 2 for r in free] == [[train.lr_at(k, c)] * 2 for k in range(4)]
+    assert all(decay == [0.5, 0.0] for _, decay in used)
+    saved = torch.load(tmp_path / "free" / "ckpt_000004.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in saved] == [train.lr_at(3, c)] * 2 and [g["weight_decay"] for g in saved] == [0.5, 0.0]
+    train.train(cfg(tmp_path, dataset, steps=4, weight_decay=0.5, grad_clip=1e-9, out=str(tmp_path / "clipped")))
+    clipped = metrics(tmp_path / "clipped")
+    assert clipped[0]["grad_norm"] == free[0]["grad_norm"] > 1e-3  # the same first step, its norm unclipped
+    assert [r["loss"] for r in clipped][1:] != [r["loss"] for r in free][1:]
+
+
+def test_validation_leaves_training_as_it_was_with_dropout(tmp_path, dataset):
+    """An evaluation runs the model in eval mode (no dropout, no draw from the RNG the
+    training's dropout masks come from) and puts it back in train mode: a run that evaluates
+    at every step trains bit for bit as one that never does."""
+    shape = dict(dropout=0.1, steps=4)
+    train.train(cfg(tmp_path, dataset, eval_every=1, eval_steps=2, out=str(tmp_path / "eval"), **shape))
+    train.train(cfg(tmp_path, dataset, eval_every=0, out=str(tmp_path / "none"), **shape))
+    evaluated, plain = metrics(tmp_path / "eval"), metrics(tmp_path / "none")
+    assert [r["step"] for r in evaluated] == [0, 1, 2, 3, 4]
+    assert [r["loss"] for r in evaluated[1:]] == [r["loss"] for r in plain]
+    assert [r["grad_norm"] for r in evaluated[1:]] == [r["grad_norm"] for r in plain]
+
+
+def test_every_evaluation_reads_the_same_first_val_batches(tmp_path, dataset):
+    """--eval-steps 2 of the val split's 6 windows: every evaluation reads windows 0-1 again
+    (the cursor reset), so the checkpoint evaluated alone scores the training run's last val
+    loss; without the reset the evaluations at steps 1 and 2 read windows 2-5."""
+    common = dict(steps=2, ckpt_every=2, eval_every=1, eval_steps=2)
+    train.train(cfg(tmp_path, dataset, **common))
+    last = metrics(tmp_path / "out")[-1]["val_loss"]
+    assert train.train(cfg(tmp_path, dataset, resume="auto", **common))["val_loss"] == last
+
+
+def test_data_wait_ms_is_each_steps_own_time_in_next_batch(tmp_path, dataset, monkeypatch):
+    """A loader that takes 0.25 s a batch on a hand clock (nothing else moves it): 2
+    micro-batches a step wait 500 ms in every step, in milliseconds, not added up over steps."""
+    clock, real_next = [0.0], TokenLoader.next_batch
+
+    def slow(self, device="cpu"):
+        clock[0] += 0.25
+        return real_next(self, device)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(TokenLoader, "next_batch", slow)
+    train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, log_every=2))
+    rows = metrics(tmp_path / "out")
+    assert [r["data_wait_ms"] for r in rows] == [500.0] * 4
+    assert [r["dt_ms"] for r in rows] == [500.0] * 4
+
+
+def test_mfu_of_a_known_gpu_is_the_models_flops_at_t_over_its_peak(tmp_path, dataset, monkeypatch):
+    """On a device of known peak (an H100 stood in for on the CPU), each step's mfu and the
+    summary's are tokens/s x flops_per_token(T) (forward and backward) over the peak."""
+    monkeypatch.setattr(train.Runtime, "device_name", lambda self: "NVIDIA H100 80GB HBM3")
+    summary = train.train(cfg(tmp_path, dataset, steps=5, T=16, B=2))
+    per_token = GPT(GPTConfig.preset("tiny")).flops_per_token(16)
+    for r in metrics(tmp_path / "out"):
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * per_token / 989e12, rel=1e-9)
+    assert summary["mfu"] == pytest.approx(summary["tokens_per_s"] * per_token / 989e12, rel=1e-9)
+
+
+def test_the_optimizer_defaults_are_gpt2s():
+    """The defaults a plain `python train.py` trains with (GPT-2 / nanoGPT's): a changed one
+    trains differently without a word, and every other test passes its values explicitly."""
+    c = train.TrainConfig()
+    assert (c.lr, c.final_lr, c.warmup_steps, c.weight_decay, c.grad_clip) == (6e-4, pytest.approx(6e-5), 10, 0.1, 1.0)
+    assert train.BETAS == (0.9, 0.95)
+
+
+def test_a_checkpoint_whose_loader_state_says_another_order_is_refused(tmp_path, dataset):
+    """The loader adopts the shuffle of the state it is given: a checkpoint of an unshuffled
+    run whose loader state says shuffle (damaged) would go on in another order without a word."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    path = tmp_path / "out" / "ckpt_000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["loader"]["shuffle"] = True
+    torch.save(ckpt, path)
+    with pytest.raises(train.UserError, match="its loader state has step, shuffle, seed 2, True, 1337; its step 2 "
+                                              "and run say 2, False, 1337"):
+        train.train(cfg(tmp_path, dataset, steps=4, resume="auto"))
+
+
 def metrics_of(c: train.TrainConfig) -> list[dict]:
     train.train(c)
     return metrics(Path(c.out))
