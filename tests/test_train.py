@@ -942,6 +942,31 @@ def test_bench_blocked_fraction_is_the_timed_steps_wait_over_their_time(tmp_path
     assert bench["data_wait_fraction"] > 0 and bench["ms_per_step"] >= 400
 
 
+def test_bench_fractions_on_a_hand_clock_are_exact(tmp_path, dataset, monkeypatch):
+    """On a hand clock, a step of 750 ms fed by a loader of 250 ms a batch: every timed real
+    step is 1,000 ms and every fixed-batch one 750, so the data path costs exactly a quarter,
+    and blocked_fraction is the timed steps' own waits (not the warm-up's or the untimed
+    pass's, counted from the same feed) over their time: 0.25 too."""
+    clock, real_step, real_next = [0.0], train.train_step, TokenLoader.next_batch
+
+    def step(*args):
+        clock[0] += 0.75
+        return real_step(*args)
+
+    def slow(self, device="cpu"):
+        clock[0] += 0.25
+        return real_next(self, device)
+
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(TokenLoader, "next_batch", slow)
+    _, bench = run_bench(dataset, "--bench-steps", "3", "--bench-warmup", "2")
+    assert bench["window_ms_per_step"] == {"real": [1000.0, 1000.0], "fixed": [750.0, 750.0]}
+    assert (bench["ms_per_step"], bench["synthetic_ms_per_step"]) == (1000.0, 750.0)
+    assert bench["data_wait_fraction"] == pytest.approx(0.25, abs=1e-12)
+    assert bench["blocked_fraction"] == pytest.approx(0.25, abs=1e-12)
+
+
 def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypatch):
     # as inductor counts a CUDA graph it did not record (a CPU tensor, a mutated input, ...):
     # once per step here, over 1 warm-up step, 1 untimed and 3 timed steps per feed
