@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -159,6 +160,19 @@ def test_formula_matches_any_small_model(n_layer, n_head, head_size, block_size,
     assert GPT(config).num_params() == config.num_params()
 
 
+@pytest.mark.parametrize(
+    "name, layers_heads_width",
+    [("gpt2", (12, 12, 768)), ("gpt2-medium", (24, 16, 1024)), ("gpt2-large", (36, 20, 1280)),
+     ("gpt2-xl", (48, 25, 1600)), ("tiny", (2, 2, 32))],
+)
+def test_presets_have_gpt2_s_layers_heads_and_width(name, layers_heads_width):
+    """The parameter counts pin n_layer and n_embd, but no count depends on n_head: a wrong
+    head count built a model whose attention is not GPT-2's (and HF weights load into it)."""
+    config = GPTConfig.preset(name)
+    assert (config.n_layer, config.n_head, config.n_embd) == layers_heads_width
+    assert config.head_size == (16 if name == "tiny" else 64)
+
+
 # ---------------------------------------------------------------- FLOPs and MFU
 
 
@@ -241,6 +255,15 @@ def test_mfu():
     assert mfu(400_000, flops_per_token, "Apple M2") is None
     with pytest.raises(ValueError, match="num_devices"):
         mfu(1.0, 1.0, "NVIDIA H200", num_devices=0)
+
+
+def test_flops_per_token_attention_term_by_hand():
+    # gpt2's by-hand figure cannot tell n_head from n_layer (both 12): gpt2-medium has 24 layers
+    # of 16 heads of 64 dims, and the attention term is 12 * L * H * Q * T
+    config = GPTConfig.preset("gpt2-medium")
+    N = config.num_params(position_embeddings=False)
+    assert config.flops_per_token(1024) == 6 * N + 12 * 24 * 16 * 64 * 1024
+    assert config.flops_per_token(1024) - config.flops_per_token(512) == 12 * 24 * 16 * 64 * 512
 
 
 # ---------------------------------------------------------------- forward pass
@@ -344,6 +367,21 @@ def test_adamw_steps_on_one_batch_drive_loss_down():
     with torch.no_grad():
         _, final = model(idx, targets)
     assert final.item() < initial.item() / 2, (initial.item(), final.item())
+
+
+def test_mlp_uses_gpt2_s_tanh_approximated_gelu():
+    """GPT-2 was trained with the tanh GELU. At initialisation the MLP's inputs are too small
+    for the logits comparisons to tell it from the exact GELU, so the activation is driven
+    over [-5, 5] here, where the two differ by up to ~1e-3."""
+    mlp = tiny_model().transformer.h[0].mlp
+    with torch.no_grad():
+        mlp.c_fc.weight.zero_()
+        mlp.c_fc.bias.copy_(torch.linspace(-5, 5, mlp.c_fc.out_features))  # c_fc(x) = the bias, any x
+        mlp.c_proj.weight.fill_(1.0)
+        x = torch.randn(2, 3, mlp.c_fc.in_features)
+        expected = mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh"))
+        torch.testing.assert_close(mlp(x), expected)
+        assert not torch.allclose(mlp(x), mlp.c_proj(F.gelu(mlp.c_fc(x))))  # the test can tell them apart
 
 
 # ---------------------------------------------------------------- compile-cleanliness
@@ -537,6 +575,20 @@ def test_generation_restores_mode_and_validates():
             model.generate(wrong, 2)
     assert model.generate(prompt, 0).equal(prompt)
     assert model.generate(prompt, np.int64(2)).shape == (1, 4)  # a numpy integer is an integer
+
+
+def test_eval_mode_and_generation_use_no_dropout():
+    """Dropout in training only: an eval forward is deterministic (attention's dropout_p too),
+    and generate samples with the model in eval mode whatever mode it was in."""
+    model = tiny_model(dropout=0.5)
+    idx = random_tokens((2, 16), seed=23)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], model(idx)[0], rtol=0, atol=0)
+    greedy = model.generate(idx, 5, temperature=0.0)
+    model.train()
+    assert torch.equal(model.generate(idx, 5, temperature=0.0), greedy)
+    assert model.training
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -361,3 +361,29 @@ def test_a_stderr_that_cannot_be_written_keeps_the_samples(run, tmp_path):
         proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=full, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout == samples(invoke(str(run), "--temperature", "0",
                                                                   "--max-new-tokens", "4", "--prompt", "to be"))[0] + "\n"
+
+
+def test_a_state_dict_with_ddp_or_compile_prefixes_samples_as_its_checkpoint_does(run, tmp_path):
+    """A wrapped model's state_dict (nanoGPT saves its compiled model's: "_orig_mod." names) is
+    read as the plain one, both as a --model preset and with its shape read off the weights."""
+    ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
+    greedy = ["--prompt", "to be", "--temperature", "0", "--max-new-tokens", "6"]
+    expected = samples(invoke(str(run), *greedy))
+    for prefix in ("_orig_mod.", "module._orig_mod."):
+        torch.save({prefix + k: v for k, v in ckpt["model"].items()}, tmp_path / "wrapped.pt")
+        for args in (("--model", "tiny"), ("--n-head", "2")):
+            result = invoke(str(tmp_path / "wrapped.pt"), *args, *greedy)
+            assert samples(result) == expected, (prefix, args, result.output)
+
+
+def test_samples_begin_after_an_eot_as_every_training_document_does(run, monkeypatch):
+    """The prompt follows an EOT, and the EOT is not printed. (A model trained 4 steps writes
+    the same greedy text after any first token: the output alone cannot tell.)"""
+    seen = []
+    generate = GPT.generate
+    monkeypatch.setattr(GPT, "generate", lambda self, idx, *args, **kwargs:
+                        seen.append(idx.clone()) or generate(self, idx, *args, **kwargs))
+    texts = samples(invoke(str(run), "--prompt", "to be", "--num-samples", "2", "--max-new-tokens", "3"))
+    assert [row.tolist() for row in seen[0]] == [[EOT, *get_encoding().encode_ordinary("to be")]] * 2
+    assert len(texts) == 2 and all(text.startswith("to be") for text in texts)
+
