@@ -621,3 +621,41 @@ def test_batches_missing_across_an_epoch_are_missing_not_an_epoch_skipped():
     problems = Problems()
     check_numbering([log([(0, 0), (1, 0), (2, 2), (3, 2)])], problems)  # consecutive: epoch 1 skipped
     assert problems.lines() == ["rank 0: batch 2 in epoch 2 after epoch 0 (epoch 1 skipped)"]
+
+
+@pytest.mark.parametrize("moved, to, unread", [
+    (14, 960, "929-960"),  # rank 1's last window, the epoch's last slot, into the never-read tail
+    (5, 353, "353-353"),  # off the grid by one token: one target unread (and the next slot's first read twice)
+])
+def test_every_never_read_range_is_named_up_to_the_last_slot_and_down_to_one_target(tmp_path, data, moved, to,
+                                                                                     unread):
+    """A complete epoch's gaps are named whatever else is wrong with it: the range up to its
+    last target (E*B*T*W = 960 for two ranks) and a gap of a single target too."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=15, shuffle=False)
+    log = out / "windows_rank1.jsonl"
+    records = lines(log)
+    assert [r["start"] for r in records[13:]] == [13 * 64 + 32, 14 * 64 + 32]  # rank 1: odd slots, in order
+    records[moved].update(start=to, first_tokens=[to, to + T], last_target=to + B * T)  # the shards' tokens there
+    del records[moved]["crc32"]
+    rewrite(log, records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert f"problem: epoch 0: targets {unread} never read" in result.output, result.output
+
+
+def test_a_loader_that_wraps_a_step_early_fails_the_epoch_it_cut_short(tmp_path, data):
+    """A cursor taking E-1 = 30 steps an epoch (1,000 tokens, one rank, E = 31 from --data):
+    epoch 0 reads targets 1-960 exactly once, but slot 30 (961-992) never: fewer steps than
+    an epoch has is a problem, not an epoch "complete" over the steps it took."""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=40, shuffle=False)
+    log = out / "windows_rank0.jsonl"
+    records = lines(log)
+    for k, r in enumerate(records):
+        start = (k % 30) * B * T
+        r.update(epoch=k // 30, start=start, first_tokens=[start, start + T], last_target=start + B * T)
+        del r["crc32"]
+    rewrite(log, records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: epoch 0: 30 steps where an epoch has 31 (the data says)" in result.output, result.output
+    assert "epoch 0: complete" not in result.output

@@ -478,3 +478,42 @@ def test_a_json_file_s_first_line_is_read_whole_to_tell_json_lines(tmp_path):
         resolve_sources([str(path)])
     docs, _ = read_all(resolve_sources([str(path)], stdin_format="jsonl"))
     assert docs == ["word " * 300_000, "b"]
+
+
+def test_a_directory_s_files_are_read_in_the_order_of_their_relative_paths_as_strings(tmp_path):
+    """The order is that of each file's path below the directory as a string ('-' < '.' < '/',
+    as `find d -name '*.txt' | LC_ALL=C sort` lists them), not pathlib's part by part (which
+    puts a/x.txt before a-b.txt and a.txt): a change of order is a different token stream
+    for the same tree, so a dataset rebuilt from it would no longer match its meta.json."""
+    d = tmp_path / "d"
+    (d / "a").mkdir(parents=True)
+    for name in ("a/x.txt", "a.txt", "a-b.txt", "a0.txt", "A.txt"):
+        (d / name).write_text(name)
+    [source] = resolve_sources([str(d)])
+    order = ["A.txt", "a-b.txt", "a.txt", "a/x.txt", "a0.txt"]
+    assert [f.relative_to(d).as_posix() for f in source.files] == order
+    assert read_all([source])[0] == order
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3, 1 << 20])
+def test_invalid_utf8_in_a_directory_s_file_names_the_file_and_byte(tmp_path, block_bytes):
+    """--errors is the same for a directory's files as for a file named: strict refuses the
+    bad bytes naming the file inside the directory and the offset, replace substitutes U+FFFD
+    (decoded as replace without being asked, a directory's bad bytes were tokenized unseen)."""
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("fine")
+    (d / "sub" / "bad.txt").write_bytes(b"ok \xe6\x97\xa5 \xff end")
+    [source] = resolve_sources([str(d)])
+    with pytest.raises(CorpusError, match=r"sub/bad\.txt: invalid UTF-8 at byte 7 "):
+        read_all([source], block_bytes=block_bytes)
+    assert read_all([source], block_bytes=block_bytes, errors="replace")[0] == ["fine", "ok \u65e5 \ufffd end"]
+
+
+@pytest.mark.parametrize("text", ["BZh9 is how a file written by bzip2 -9 starts", "BZh1AY&S is not its magic"])
+def test_text_starting_with_bzip2_s_letters_and_a_digit_is_text(tmp_path, text):
+    """bzip2's "BZh" and a block-size digit are printable: only with the block magic after them
+    ("1AY&SY") is a file taken for bzip2; text that merely starts "BZh9" is read as it is."""
+    (tmp_path / "b.txt").write_text(text)
+    assert _not_utf8(text.encode()[:10], "b.txt") is None
+    assert read_all(resolve_sources([str(tmp_path / "b.txt")]))[0] == [text]
