@@ -2945,6 +2945,35 @@ def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_tracebac
     assert train.trained_steps_logged(log)  # unreadable counts, to be safe
 
 
+def test_a_repeated_record_in_a_resumed_log_is_out_of_order_and_kept_aside(tmp_path):
+    """A log's keys only grow: a record repeating the key before it (two runs appending to one
+    log, a line pasted twice) is out of order, dropped with a note, and the file as it was kept."""
+    log = tmp_path / "metrics.jsonl"
+    text = '{"step": 1}\n{"step": 2}\n{"step": 2, "loss": 9.0}\n{"step": 3}\n'
+    log.write_text(text)
+    notes = []
+    train.open_log(log, "step", 5, notes.append).close()
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+    [aside] = tmp_path.glob("metrics.jsonl.before-*")
+    assert aside.read_text() == text
+    assert len(notes) == 1 and "1 line(s) hold no 'step' record" in notes[0], notes
+
+
+def test_a_damaged_line_is_kept_aside_when_the_logs_last_record_lacks_its_newline(tmp_path):
+    """Only a last line that is no record and lacks its newline is a killed run's torn line;
+    a whole last record without a newline (an editor that drops it) leaves a damaged line
+    earlier in the file to the note and the copy kept aside, as with the newline."""
+    log = tmp_path / "metrics.jsonl"
+    text = '{"step": 1}\nnot a record\n{"step": 2}'
+    log.write_text(text)
+    notes = []
+    train.open_log(log, "step", 5, notes.append).close()
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    [aside] = tmp_path.glob("metrics.jsonl.before-*")
+    assert aside.read_text() == text
+    assert len(notes) == 1 and "1 line(s) hold no 'step' record" in notes[0], notes
+
+
 def test_lines_of_no_record_in_a_resumed_log_are_kept_aside_with_a_note(tmp_path, dataset):
     """--resume auto dropped every line of a log that was not a record (a hand edit, damage)
     without a word, wherever it was: only a killed run's torn last line goes so now. For
@@ -2999,6 +3028,21 @@ def test_resume_auto_from_a_damaged_checkpoint_names_the_one_before_it(tmp_path,
         assert result.stderr.endswith(hint) and result.stderr.count("\n") == 1, result.stderr
     newest.unlink()
     assert CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"]).exit_code == 0
+
+
+def test_resume_auto_from_a_damaged_checkpoint_names_the_newest_before_it_of_several(tmp_path, dataset):
+    """With three checkpoints and the newest damaged, the hint names the one just before it
+    (step 2), not the oldest (step 1): a resume from that one would retrain a step for nothing."""
+    train.train(cfg(tmp_path, dataset, steps=3, ckpt_every=1, keep_ckpts=0))
+    out = tmp_path / "out"
+    newest = out / "ckpt_000003.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--no-compile",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "4", "--resume", "auto"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.endswith(f"; move it away, and --resume auto continues from {out / 'ckpt_000002.pt'}, "
+                                  f"the newest before it\n"), result.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -3374,6 +3418,32 @@ def test_a_refused_resume_of_a_checkpoint_lacking_a_field_is_one_line(field):
     ckpt = {**ckpt, "run": {k: v for k, v in run.items() if k != field}}
     with pytest.raises(train.UserError, match=rf"^--resume c.pt: incompatible with this run \({field} None there, "):
         train.check_compatible(ckpt, Path("c.pt"), run, GPTConfig.preset("tiny"), {})
+
+
+def test_a_checkpoint_of_another_format_is_refused():
+    """A checkpoint's "format" says how its fields are laid out: one of another format (a later
+    train.py's) is refused, not read as this one's; the same fields with this format pass."""
+    fields = {"step": 2, "model": {}, "optimizer": {}, "loader": {}, "model_config": {}, "train_config": {},
+              "run": {}, "rng": {}}
+    path = Path("ckpt_000002.pt")
+    assert train.check_checkpoint({"format": train.CKPT_FORMAT, **fields}, path, "--resume")["step"] == 2
+    for other in (train.CKPT_FORMAT + 1, None, "1"):
+        with pytest.raises(train.UserError, match=r"^--resume ckpt_000002\.pt: not a train\.py checkpoint"):
+            train.check_checkpoint({"format": other, **fields}, path, "--resume")
+
+
+def test_resuming_a_step_1_checkpoint_whose_optimizer_state_was_emptied_is_refused(tmp_path, dataset):
+    """AdamW has stepped once at step 1 (fp32: no loss scale that could skip it), so every
+    parameter has its moments: a state emptied of them is damage there too, not a fresh start."""
+    train.train(cfg(tmp_path, dataset, steps=1, ckpt_every=1))
+    path = tmp_path / "out" / "ckpt_000001.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["loss_scale"] is None
+    ckpt["optimizer"]["state"] = {}
+    torch.save(ckpt, path)
+    with pytest.raises(train.UserError,
+                       match="optimizer state lacks 28 of the 28 parameters, though AdamW has stepped"):
+        train.train(cfg(tmp_path, dataset, steps=2, resume=str(path)))
 
 
 def test_init_from_a_directory_that_cannot_be_listed_is_a_user_error(tmp_path, monkeypatch):
