@@ -2945,30 +2945,22 @@ def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_tracebac
     assert train.trained_steps_logged(log)  # unreadable counts, to be safe
 
 
-def test_a_repeated_record_in_a_resumed_log_is_out_of_order_and_kept_aside(tmp_path):
-    """A log's keys only grow: a record repeating the key before it (two runs appending to one
-    log, a line pasted twice) is out of order, dropped with a note, and the file as it was kept."""
+@pytest.mark.parametrize("text, kept", [
+    # a log's keys only grow: a record repeating the key before it (two runs appending to one
+    # log, a line pasted twice) is out of order
+    ('{"step": 1}\n{"step": 2}\n{"step": 2, "loss": 9.0}\n{"step": 3}\n', '{"step": 1}\n{"step": 2}\n{"step": 3}\n'),
+    # only a last line that is no record and lacks its newline is a killed run's torn line; a
+    # whole last record without one (an editor that drops it) leaves a damaged line before it
+    # to the note, as with the newline
+    ('{"step": 1}\nnot a record\n{"step": 3}', '{"step": 1}\n{"step": 3}\n'),
+])
+def test_a_repeated_or_damaged_record_in_a_resumed_log_is_dropped_with_a_note_and_kept_aside(tmp_path, text, kept):
+    """The line that is no record of this log is dropped, with a note, and the file as it was kept."""
     log = tmp_path / "metrics.jsonl"
-    text = '{"step": 1}\n{"step": 2}\n{"step": 2, "loss": 9.0}\n{"step": 3}\n'
     log.write_text(text)
     notes = []
     train.open_log(log, "step", 5, notes.append).close()
-    assert log.read_text() == '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
-    [aside] = tmp_path.glob("metrics.jsonl.before-*")
-    assert aside.read_text() == text
-    assert len(notes) == 1 and "1 line(s) hold no 'step' record" in notes[0], notes
-
-
-def test_a_damaged_line_is_kept_aside_when_the_logs_last_record_lacks_its_newline(tmp_path):
-    """Only a last line that is no record and lacks its newline is a killed run's torn line;
-    a whole last record without a newline (an editor that drops it) leaves a damaged line
-    earlier in the file to the note and the copy kept aside, as with the newline."""
-    log = tmp_path / "metrics.jsonl"
-    text = '{"step": 1}\nnot a record\n{"step": 2}'
-    log.write_text(text)
-    notes = []
-    train.open_log(log, "step", 5, notes.append).close()
-    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert log.read_text() == kept
     [aside] = tmp_path.glob("metrics.jsonl.before-*")
     assert aside.read_text() == text
     assert len(notes) == 1 and "1 line(s) hold no 'step' record" in notes[0], notes
