@@ -405,7 +405,6 @@ def test_training_forward_has_no_graph_breaks(dropout):
 @pytest.mark.skipif(  # a property of inductor, not of our code: seen failing on 2.4.1
     torch.__version__ < "2.11", reason="checked on torch 2.11 and 2.13; 2.4's inductor saves fp32 logits"
 )
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own import
 def test_compiled_loss_keeps_no_fp32_logits():
     # What backward holds on to in a compiled bf16 training step: the logits in bf16 and
     # per-row statistics, but no fp32 (B, T, V) tensor (eager autocast would keep two).
@@ -594,7 +593,6 @@ def test_eval_mode_and_generation_use_no_dropout():
 # ---------------------------------------------------------------- checkpoints
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own import
 def test_checkpoint_of_compiled_model_has_raw_keys():
     model = tiny_model()
     compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
@@ -611,7 +609,6 @@ def test_checkpoint_of_compiled_model_has_raw_keys():
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="this torch build has no torch.distributed")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own import
 def test_raw_module_unwraps_ddp_and_compile_in_any_order():
     model = tiny_model()
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
