@@ -105,7 +105,9 @@ class TokenLoader:
     d + 1 buffers; `prefetch=0` fills synchronously in the caller (a ring of 2). The depth
     never changes which tokens come out. An exception in the thread is re-raised by the next
     `next_window()` / `next_batch()`. `close()` (or `with TokenLoader(...)`, or garbage
-    collection) stops and joins it.
+    collection) stops and joins it. A Ctrl-C (KeyboardInterrupt) that the caller catches
+    leaves the loader exact: the call it cut short gave no window, and `step` says which
+    comes next (a window is skipped only where the interrupt lands after the call returned).
 
     Buffer contract: the tensor `next_window()` returns is valid until the NEXT call to
     next_window, next_batch, load_state_dict, reset or close; after that its buffer goes back
@@ -176,6 +178,7 @@ class TokenLoader:
         self._next_sync = 0  # prefetch=0: the buffer to fill next (round robin)
         self._prefetcher: Prefetcher | None = None
         self._stop_prefetcher = None  # weakref.finalize stopping the thread on close or GC
+        self._stop_thread = None  # the last thread's stop (idempotent): its finalizer's callback
         self._closed = False
 
     # -- the window and the batch ------------------------------------------------------------
@@ -241,10 +244,20 @@ class TokenLoader:
             _fill_window(self._stream, self._cursor, self._rank, self._vocab_size, self._arrays, index,
                          self._step)
         else:
-            if self._prefetcher is None:
-                self._start_prefetcher()
-            index = self._prefetcher.get(self._step)
-            self._give_back()
+            try:
+                if self._prefetcher is None:
+                    self._start_prefetcher()
+                index = self._prefetcher.get(self._step)
+                self._give_back()
+            except BaseException:
+                # A Ctrl-C that the caller catches (a notebook's stop button) can land after the
+                # ring's queue gave up a buffer and before it is recorded here or given back:
+                # that buffer would be lost to the ring, the next window would come out of
+                # order, and the one after never. Start the thread afresh at this step on the
+                # next call instead, unless the thread itself failed: its error is said again.
+                if self._prefetcher is not None and not self._prefetcher.failed:
+                    self._discard_prefetched()
+                raise
         self._held = index
         self._step += 1
         return index
@@ -266,18 +279,28 @@ class TokenLoader:
 
     def _start_prefetcher(self) -> None:
         """Start the thread at the consumer's step (lazily: on first use, after a seek)."""
+        # Two threads must never fill the ring at once, and a Ctrl-C that the caller catches may
+        # land anywhere here or in _discard_prefetched: so the last thread's stop is called again
+        # (it is idempotent), and this one's is kept before the thread starts.
+        if self._stop_thread is not None:
+            self._stop_thread()
         fill = partial(_fill_window, self._stream, self._cursor, self._rank, self._vocab_size, self._arrays)
         indices = list(range(len(self._windows)))
-        self._prefetcher = Prefetcher(fill, self._step, indices, self._events)
-        self._stop_prefetcher = weakref.finalize(self, self._prefetcher.stopper())
+        prefetcher = Prefetcher(fill, self._step, indices, self._events)
+        self._stop_thread = prefetcher.stopper()
+        self._prefetcher = prefetcher
+        self._stop_prefetcher = weakref.finalize(self, self._stop_thread)  # when the loader is collected
+        prefetcher.start()
 
     def _discard_prefetched(self) -> None:
         """Stop and join the thread, dropping what it prefetched and any held buffer."""
-        if self._stop_prefetcher is not None:
-            self._stop_prefetcher()  # ends the thread, once
-        self._prefetcher = None
-        self._stop_prefetcher = None
+        self._prefetcher = None  # first: a Ctrl-C in the join below leaves a loader that starts afresh
         self._held = None
+        if self._stop_thread is not None:
+            self._stop_thread()
+        if self._stop_prefetcher is not None:  # stopped: nothing left for the garbage collector to do
+            self._stop_prefetcher.detach()
+            self._stop_prefetcher = None
 
     # -- resume ------------------------------------------------------------------------------
 

@@ -71,11 +71,13 @@ def _run(fill: Callable[[int, int], None], step: int, free, ready, events, stopp
 
 
 class Prefetcher:
-    """One background thread filling `indices` buffers from step `first_step` on.
+    """One background thread filling `indices` buffers from step `first_step` on, once start()ed.
 
     `fill(index, step)` copies step `step`'s window into buffer `index`. The ring is the
     buffers in `indices`; with n of them, at most n - 1 windows are ready ahead while the
-    consumer holds one.
+    consumer holds one. Starting is a step of its own so that the owner can keep stopper()
+    first: a Ctrl-C in start() (it waits for the thread to run) would otherwise leave a thread
+    filling the ring that nobody can stop.
     """
 
     def __init__(self, fill, first_step: int, indices: list[int], events: list):
@@ -92,12 +94,20 @@ class Prefetcher:
             name="TokenLoader-prefetch",
             daemon=True,  # never keeps the interpreter alive
         )
+
+    def start(self) -> None:
+        """Start the thread."""
         self._thread.start()
 
     @property
     def thread(self) -> threading.Thread:
         """The worker thread (tests check that close() joined it)."""
         return self._thread
+
+    @property
+    def failed(self) -> bool:
+        """Whether the thread stopped on an error, which every get() now re-raises."""
+        return self._failure is not None
 
     def ready_count(self) -> int:
         """Windows filled and waiting (approximate while the thread runs)."""
@@ -149,12 +159,13 @@ def _stop_thread(thread: threading.Thread, stopping: threading.Event, free: queu
 
     The loader's finalizer calls this, and the garbage collector may run it on the prefetch
     thread itself (a loader in a reference cycle, collected during an allocation there):
-    then the thread is only told to stop, since it cannot join itself."""
-    if thread.is_alive():
-        stopping.set()
-        free.put(_STOP)
-        if thread is not threading.current_thread():
-            thread.join()
+    then the thread is only told to stop, since it cannot join itself. A thread told before it
+    runs (start() cut short by a Ctrl-C: not alive yet, and maybe never) exits before it
+    fills anything."""
+    stopping.set()
+    free.put(_STOP)
+    if thread.is_alive() and thread is not threading.current_thread():
+        thread.join()
 
 
 def record_copy(events: list, index: int, device: torch.device) -> None:

@@ -5,6 +5,7 @@ CUDA cases (pinned buffers, non_blocking copies, copy events) skip without CUDA.
 from __future__ import annotations
 
 import gc
+import signal
 import threading
 import time
 import weakref
@@ -179,10 +180,183 @@ def test_stop_called_on_the_prefetch_thread_itself_does_not_raise(data):
             stopped.set()
 
     prefetcher = Prefetcher(fill, 0, [0, 1, 2], [None] * 3)
+    prefetcher.start()
     started.set()
     assert stopped.wait(10)
     prefetcher.thread.join(timeout=10)
     assert errors == [] and not prefetcher.thread.is_alive()
+
+
+def window_at(ref: np.ndarray, step: int, B: int = 2, T: int = 16) -> np.ndarray:
+    """The DESIGN's window of `step` for one rank, no shuffle."""
+    start = step % ((len(ref) - 1) // (B * T)) * B * T
+    return ref[start : start + B * T + 1]
+
+
+def within(seconds: float, function):
+    """function() on another thread: the test fails after `seconds` instead of hanging with it."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = function()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@pytest.mark.parametrize("method, before", [("get", False), ("release", True)],
+                         ids=["just-after-the-ring-handed-over-a-buffer", "as-the-last-buffer-goes-back"])
+def test_a_ctrl_c_caught_during_a_call_leaves_the_windows_exact(data, monkeypatch, method, before):
+    """A notebook's stop button: KeyboardInterrupt lands inside next_window, where the ring's
+    queue has given up a buffer that is not yet recorded (or the last one is not yet back),
+    and the caller catches it. That buffer was lost to the ring: the next call said "prefetch
+    out of order", and the one after waited for ever."""
+    path, ref = data
+    real = getattr(Prefetcher, method)
+
+    def interrupted(self, *args):
+        monkeypatch.setattr(Prefetcher, method, real)  # once
+        if not before:
+            real(self, *args)
+        raise KeyboardInterrupt
+
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        take(loader, 2)
+        monkeypatch.setattr(Prefetcher, method, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            loader.next_window()
+        assert loader.step == 2  # the caller got no window: it comes again
+        windows = within(20, lambda: take(loader, 100))
+        for k, window in enumerate(windows, start=2):
+            np.testing.assert_array_equal(window, window_at(ref, k))
+
+
+def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_filling(data, monkeypatch):
+    """The first Ctrl-C lands as the last buffer goes back, so the thread is filling it; the
+    second lands in the join that stops that thread. The next call must wait for the old
+    thread before a new one fills the ring: two at once would write one buffer together."""
+    import loader.loader as loader_module
+    import loader.prefetch as prefetch_module
+
+    path, ref = data
+    real_fill, real_release, real_stop = loader_module._fill_window, Prefetcher.release, prefetch_module._stop_thread
+    gate, cut, log = threading.Event(), threading.Event(), []
+
+    def gated_fill(*args):
+        log.append(+1)
+        gate.wait(20)
+        real_fill(*args)
+        log.append(-1)
+
+    def release_then_ctrl_c(self, index):
+        monkeypatch.setattr(Prefetcher, "release", real_release)
+        real_release(self, index)
+        assert wait_until(lambda: sum(log) == 1)  # the thread is filling the buffer just freed
+        raise KeyboardInterrupt
+
+    def stop_cut_short(thread, stopping, free):  # the loader keeps this function: cut short once
+        if cut.is_set():
+            return real_stop(thread, stopping, free)
+        cut.set()
+        stopping.set()
+        free.put(prefetch_module._STOP)
+        raise KeyboardInterrupt  # in the join, the thread told to stop but still filling
+
+    gate.set()
+    monkeypatch.setattr(loader_module, "_fill_window", gated_fill)
+    monkeypatch.setattr(prefetch_module, "_stop_thread", stop_cut_short)  # before the loader keeps it
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        take(loader, 2)
+        assert wait_until(lambda: len(log) == 6)  # steps 0-2 filled; the ring is full
+        gate.clear()
+        monkeypatch.setattr(Prefetcher, "release", release_then_ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            loader.next_window()
+        assert cut.is_set()
+        threading.Timer(0.3, gate.set).start()
+        windows = within(20, lambda: take(loader, 10))
+    inside = np.cumsum(log)
+    assert inside.max() == 1, log  # never two fills at once
+    for k, window in enumerate(windows, start=2):
+        np.testing.assert_array_equal(window, window_at(ref, k))
+
+
+class Interrupted(BaseException):
+    """What the soak's SIGINT handler raises: a KeyboardInterrupt escaping the test's own
+    bookkeeping would end the whole pytest session."""
+
+
+@pytest.mark.parametrize("call", ["next_window", "next_batch"])
+def test_windows_stay_exact_under_a_rain_of_caught_ctrl_cs(data, call):
+    """Real SIGINTs, one every 0-2 ms for a second, each caught by the loop: every window handed
+    out is the one its step says (a window the caller never got is skipped, as loader.step says),
+    and the loader goes on afterwards. The old loader broke within some hundred windows."""
+    path, ref = data
+    armed, caught = [False], [0]
+
+    def handler(signum, frame):
+        if armed[0]:  # only inside the loader's call: anywhere else it would hit the test itself
+            armed[0] = False
+            raise Interrupted
+
+    def rain(stop: threading.Event):
+        rng = np.random.default_rng(3)
+        while not stop.wait(rng.uniform(0, 0.002)):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    stop = threading.Event()
+    sender = threading.Thread(target=rain, args=(stop,), daemon=True)
+    checked, wrong = 0, []
+    try:
+        with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+            sender.start()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                try:
+                    armed[0] = True
+                    result = getattr(loader, call)() if call == "next_window" else loader.next_batch("cpu")
+                    armed[0] = False
+                except Interrupted:
+                    caught[0] += 1
+                    continue
+                tokens = (result.numpy() if call == "next_window" else
+                          np.append(result[0].numpy().ravel(), result[1].numpy().ravel()[-1]))
+                if not np.array_equal(tokens, window_at(ref, loader.step - 1)):
+                    wrong.append(loader.step - 1)
+                checked += 1
+            armed[0] = False
+            stop.set()
+            sender.join()
+            after = loader.step
+            windows = within(20, lambda: take(loader, 50))
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+        signal.signal(signal.SIGINT, previous)
+    assert caught[0] > 20 and checked > 100, (caught, checked)  # the rain reached the calls
+    assert wrong == []
+    for k, window in enumerate(windows, start=after):
+        np.testing.assert_array_equal(window, window_at(ref, k))
+
+
+def test_a_thread_told_to_stop_before_it_runs_fills_nothing():
+    """What a loader whose start() a Ctrl-C cut short relies on: the thread may not be alive
+    yet when it is told to stop, and must not fill the ring once it runs."""
+    filled: list[int] = []
+    prefetcher = Prefetcher(lambda index, step: filled.append(step), 0, [0, 1], [None] * 2)
+    prefetcher.stopper()()
+    prefetcher.start()
+    prefetcher.thread.join(timeout=10)
+    assert not prefetcher.thread.is_alive() and filled == []
 
 
 def test_no_thread_without_prefetch(data):
