@@ -31,8 +31,8 @@ import numpy as np
 from loader.errors import LoaderError
 from prep.atomic import file_identity
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, not_a_shard,
-                         open_shard, parse_shard_name, raw_tokens_hint, read_header, split_files_in)
+from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, named_split,
+                         not_a_shard, open_shard, parse_shard_name, raw_tokens_hint, read_header, split_files_in)
 
 _GLOB_CHARS = "*?["
 
@@ -83,7 +83,7 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
         raise LoaderError(f"{text}: no such file or directory")
     # files are taken as they are, but not a shard whose name says it is the other split:
     # a glob like data/x/*.bin would otherwise train on the val shards too
-    other = [m.name for m in matches if (parsed := parse_shard_name(m.name)) and parsed[1] != split]
+    other = [m.name for m in matches if named_split(m.name) not in (None, split)]
     if other:
         raise LoaderError(f"{text}: names {len(other)} shard(s) of another split than {split} "
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "

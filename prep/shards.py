@@ -39,6 +39,7 @@ SPLITS = ("train", "val")
 # writes them); reading also takes llm.c's single-shard <name>_<split>.bin
 # (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0, and build-nanogpt's .npy shards
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6,}))?\.(?:bin|npy)$")
+_SPLIT_IN_NAME_RE = re.compile(r"^.+_(?P<split>train|val)(?:_\d+)?\.(?:bin|npy)$")  # any index
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
@@ -95,6 +96,13 @@ def parse_shard_name(filename: str) -> tuple[str, str, int] | None:
     if m is None:
         return None
     return m["name"], m["split"], int(m["index"] or 0)
+
+
+def named_split(filename: str) -> str | None:
+    """The split a file's name says it holds, whether or not its index is padded to 6 digits
+    (x_val_1.bin, as a glob may name a set numbered without padding); None where it says none."""
+    m = _SPLIT_IN_NAME_RE.match(os.path.basename(filename))
+    return m["split"] if m else None
 
 
 def make_header(num_tokens: int) -> np.ndarray:

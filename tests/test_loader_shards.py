@@ -23,7 +23,7 @@ from _data import INT_DIGITS_LIMIT, without_read_permission, without_search_perm
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
 from loader.stream import TokenStream
-from prep.shards import ShardError, shard_name, write_shard
+from prep.shards import ShardError, named_split, shard_name, write_shard
 
 
 def llmc_shard(path, tokens, magic=20240520, version=1, count=None, extra=b""):
@@ -222,6 +222,22 @@ def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
         TokenLoader(path / "fineweb_val_000000.bin", B=1, T=8)
     with TokenLoader(path / "fineweb_val_000000.bin", split="val", B=1, T=8) as loader:
         assert loader.num_tokens == 200
+
+
+@pytest.mark.parametrize("split, other", [("train", "val"), ("val", "train")])
+def test_a_glob_naming_the_other_splits_shards_numbered_without_padding_is_refused(tmp_path, split, other):
+    """A glob orders a set numbered without padding by value (x_train_2 before x_train_10),
+    so it takes such names as shards: a val shard among them was trained on, unsaid."""
+    for name, n in ((f"x_{split}_1.bin", 50), (f"x_{split}_2.bin", 60), (f"x_{other}_1.bin", 70)):
+        llmc_shard(tmp_path / name, tokens(n, n))
+    with pytest.raises(LoaderError, match=rf"\*.bin: names 1 shard\(s\) of another split than {split} "
+                                          rf"\(x_{other}_1.bin\): narrow it to the {split} shards"):
+        TokenLoader(str(tmp_path / "*.bin"), split=split, B=1, T=8)
+    with TokenLoader(str(tmp_path / f"x_{split}_*.bin"), split=split, B=1, T=8) as loader:
+        assert [p.name for p in loader.shards] == [f"x_{split}_1.bin", f"x_{split}_2.bin"]
+    for name in ("notes_val.txt", "x_validation_1.bin", "val.bin", "x_train_1.bin.bak"):
+        assert named_split(name) is None, name
+    assert named_split("x_val_1.npy") == "val" and named_split("d/x_train.bin") == "train"
 
 
 def test_the_shards_are_read_only_memory_maps(fineweb):
