@@ -62,6 +62,8 @@ class Cursor:
         minimums = {"B": 1, "T": 1, "world": 1, "seed": 0, "num_tokens": 0}  # SeedSequence: seed >= 0
         for name, minimum in minimums.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
+        if not isinstance(self.shuffle, bool):  # bool("False") is True: another order, silently
+            raise LoaderError(f"shuffle must be True or False, got {self.shuffle!r}")
         steps = steps_per_epoch(self.num_tokens, self.B, self.T, self.world)
         if steps == 0:
             raise LoaderError(
@@ -101,4 +103,7 @@ class Cursor:
 
     def window_start(self, step: int, rank: int) -> int:
         """s = (slot * W + rank) * B*T: the first token of step `step`'s window on `rank`."""
+        if not 0 <= rank < self.world or step < 0:  # another rank's window, or one past the stream
+            raise LoaderError(f"no window of step {step} on rank {rank}: steps count from 0, ranks from 0 "
+                              f"to world - 1 = {self.world - 1}")
         return (self.slot(step) * self.world + rank) * self.B * self.T

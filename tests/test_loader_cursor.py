@@ -139,12 +139,25 @@ def test_the_permutation_is_int32_in_the_order_checkpoints_were_written_with():
         ({"world": 0}, "world must be an integer >= 1"),
         ({"seed": -1}, "seed must be an integer >= 0"),
         ({"B": False}, "B must be an integer"),
+        ({"shuffle": "False"}, "shuffle must be True or False, got 'False'"),  # it shuffled
+        ({"shuffle": 1}, "shuffle must be True or False, got 1"),
     ],
 )
 def test_cursor_validates_its_fields(kwargs, message):
     args = {"num_tokens": 1_000, "B": 2, "T": 4, **kwargs}
     with pytest.raises(LoaderError, match=message):
         Cursor(**args)
+
+
+@pytest.mark.parametrize("step, rank", [(0, 2), (0, -1), (-1, 0)])
+def test_a_window_of_no_rank_or_no_step_is_refused(step, rank):
+    """Rank 2 of 2 got the next slot's rank 0 window (at the last slot one past the stream:
+    96 + 9 tokens of N=100); step -1 the last slot's, or numpy's bare IndexError when shuffling."""
+    for shuffle in (False, True):
+        cursor = Cursor(num_tokens=100, B=2, T=4, world=2, shuffle=shuffle)
+        with pytest.raises(LoaderError, match=rf"no window of step {step} on rank {rank}: .* world - 1 = 1"):
+            cursor.window_start(step, rank)
+    assert cursor.window_start(11, 1) + 8 < 100
 
 
 def test_the_epoch_of_a_step_counts_whole_epochs():
