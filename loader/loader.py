@@ -220,6 +220,9 @@ class TokenLoader:
             self._untake(index)
             if device.type == "cuda" and not torch.cuda.is_available():  # torch's AssertionError
                 raise LoaderError(f"next_batch: device {str(device)!r}, but CUDA is not available here") from None
+            if device.type == "mps" and not torch.backends.mps.is_available():  # torch's RuntimeError
+                raise LoaderError(f"next_batch: device {str(device)!r}, but MPS (Apple's GPU) is not available "
+                                  f"here") from None
             raise
         B, T = self._cursor.B, self._cursor.T
         x = tokens[:-1].view(B, T)  # (B, T) inputs

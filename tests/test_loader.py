@@ -112,8 +112,8 @@ def test_next_batch_on_cpu_is_int64_b_by_t_with_y_shifted_by_one(data, prefetch)
 
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_a_batch_that_fails_to_reach_its_device_is_not_consumed(data, prefetch):
-    """next_batch to a device this machine lacks (CUDA without CUDA: a LoaderError saying so;
-    cuda:1 on one GPU: torch's error) or to no device at all (a LoaderError, not torch's list of
+    """next_batch to a device this machine lacks (CUDA or MPS without it: a LoaderError saying
+    so; cuda:1 on one GPU: torch's error) or to no device at all (a LoaderError, not torch's list of
     device types); the window it could not deliver is the next one given, and state_dict has not
     moved past it, so a caller who catches the error and goes on skips no window."""
     path, ref = data
@@ -127,6 +127,9 @@ def test_a_batch_that_fails_to_reach_its_device_is_not_consumed(data, prefetch):
         else:
             with pytest.raises(LoaderError, match="^next_batch: device 'cuda:0', but CUDA is not available here$"):
                 loader.next_batch(absent)
+        if not torch.backends.mps.is_available():  # torch's RuntimeError, as cuda:1's
+            with pytest.raises(LoaderError, match="^next_batch: device 'mps', but MPS .* is not available here$"):
+                loader.next_batch("mps")
         for wrong in ("gpu", "CPU", torch.float32, None):
             with pytest.raises(LoaderError, match=r"^next_batch: .* is not a device \(such as 'cpu', 'cuda'"):
                 loader.next_batch(wrong)
