@@ -129,7 +129,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                 raise UserError(f"{e} (run `prep verify {directory}`)") from None
             info.splits[split] = SplitInfo(len(paths), tokens)
     if info.shards == 0:
-        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy)"
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy)"
                         f"{split_files_in(directory)}")
     if B is not None and T is not None:
         for split_info in info.splits.values():
@@ -309,7 +309,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         report.problems.append(str(e) if str(e).startswith(where) else where + str(e))
         expected.clear()
     if not on_disk and not expected and not report.problems:
-        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index>].bin, or .npy) "
+        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy) "
                         f"and no {META_NAME}{split_files_in(directory)}")
     todo = dict(on_disk)
     for name in expected:

@@ -39,7 +39,7 @@ SPLITS = ("train", "val")
 # writes them); reading also takes llm.c's single-shard <name>_<split>.bin
 # (tiny_shakespeare_train.bin, TinyStories_val.bin) as index 0, and build-nanogpt's .npy shards
 _NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_(?P<index>\d{6,}))?\.(?:bin|npy)$")
-_SPLIT_IN_NAME_RE = re.compile(r"^.+_(?P<split>train|val)(?:_\d+)?\.(?:bin|npy)$")  # any index
+_SPLIT_IN_NAME_RE = re.compile(r"^(?P<name>.+)_(?P<split>train|val)(?:_\d+)?\.(?:bin|npy)$")  # any index
 NPY_MAGIC = b"\x93NUMPY"  # what every .npy file starts with
 MAGIC_BYTES = MAGIC.to_bytes(4, "little")  # what every .bin shard starts with
 
@@ -431,6 +431,7 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
     no reason to refuse it)."""
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
+    _refuse_unpadded(directory)
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
     if len(names) > 1:  # the glob: a dataset that has train shards, with their suffix (build-nanogpt's .npy)
         example = next((p for p in every["train"]), next(p for paths in every.values() for p in paths))
@@ -454,6 +455,25 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
                              f"(index {missing} is missing): restore it, or name the shards that are there with "
                              f"a glob, such as train.py's {flag} '{_split_glob(directory, before)}'")
     return every
+
+
+def _refuse_unpadded(directory: Path) -> None:
+    """A ShardError for shard files numbered without 6-digit padding (x_train_1.bin): a
+    directory's shards are found by that index, so they were left out without a word, even
+    beside the padded ones of the same split. A glob takes them, in the order of their numbers."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise cannot_list(directory, e) from None
+    unpadded = [name for name in names if named_split(name) is not None and parse_shard_name(name) is None]
+    if unpadded:
+        m = _SPLIT_IN_NAME_RE.match(unpadded[0])
+        flag = "--data" if m["split"] == "train" else "--val-data"
+        pattern = f"{glob.escape(str(directory))}/{glob.escape(m['name'])}_{m['split']}_*{Path(unpadded[0]).suffix}"
+        them = f"{unpadded[0]} and {len(unpadded) - 1} more are" if len(unpadded) > 1 else f"{unpadded[0]} is"
+        raise ShardError(f"{directory}: {them} numbered without padding to 6 digits (a directory's shards are "
+                         f"<name>_<split>_<index:06d>): rename {'them' if len(unpadded) > 1 else 'it'}, or name "
+                         f"the shards with a glob, such as train.py's {flag} '{pattern}'")
 
 
 def _split_glob(directory: Path, shard: Path) -> str:

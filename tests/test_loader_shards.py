@@ -224,6 +224,18 @@ def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
         assert loader.num_tokens == 200
 
 
+def test_a_directorys_shards_numbered_without_padding_are_refused_not_left_out(tmp_path):
+    """x_train_1.bin beside x_train_000000.bin: the loader read the padded one alone."""
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 1))
+    llmc_shard(tmp_path / "x_train_1.bin", tokens(100, 2))
+    with pytest.raises(LoaderError, match=r"x_train_1.bin is numbered without padding to 6 digits \(a directory's "
+                                          r"shards are <name>_<split>_<index:06d>\): rename it, or name the shards "
+                                          r"with a glob, such as train.py's --data '.*/x_train_\*.bin'"):
+        TokenLoader(tmp_path, B=1, T=8)
+    with TokenLoader(tmp_path / "x_train_*.bin", B=1, T=8) as loader:  # as the error says
+        assert [p.name for p in loader.shards] == ["x_train_000000.bin", "x_train_1.bin"]
+
+
 @pytest.mark.parametrize("split, other", [("train", "val"), ("val", "train")])
 def test_a_glob_naming_the_other_splits_shards_numbered_without_padding_is_refused(tmp_path, split, other):
     """A glob orders a set numbered without padding by value (x_train_2 before x_train_10),

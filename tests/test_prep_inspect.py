@@ -237,6 +237,15 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
                 ["no shards found", "train.bin is a shard by its header", "name it u_train.bin"]),
     "world_only": (lambda t: make_dataset(t / "w", {"train": [tokens(10)]}), ["--world", "8"],
                    ["--world", "--B and --T"]),
+    # numbered without padding: left out without a word beside padded ones, "no shards found" alone
+    "unpadded_beside": (lambda t: make_dataset(t / "p", {"train": [tokens(10)]}, meta=False) and
+                        write_shard(t / "p" / "ds_train_1.bin", tokens(10)) and t / "p", [],
+                        ["p: ds_train_1.bin is numbered without padding to 6 digits", "rename it",
+                         "--data '", "/p/ds_train_*.bin'"]),
+    "unpadded_only": (lambda t: (t / "q").mkdir() or [write_shard(t / "q" / f"x_val_{i}.bin", tokens(10))
+                                                      for i in (2, 10)] and t / "q", [],
+                      ["q: x_val_10.bin and 1 more are numbered without padding", "rename them",
+                       "--val-data '", "/q/x_val_*.bin'"]),
 }
 
 
@@ -285,6 +294,14 @@ def test_verify_reports_what_the_loader_refuses(tmp_path):
     result = run(verify_command, ds)
     assert result.exit_code == 1
     assert "BAD " + str(ds) + ": ds_train.bin and ds_train_000000.bin are the same shard index" in result.output
+
+
+def test_verify_says_a_shard_numbered_without_padding_that_it_used_to_leave_out(tmp_path):
+    ds = make_dataset(tmp_path / "unpadded", {"train": [tokens(100)]}, meta=False)
+    write_shard(ds / "ds_train_1.bin", tokens(50))
+    result = run(verify_command, ds)
+    assert result.exit_code == 1, result.output  # it said "verified 1 shard(s) ... all OK"
+    assert f"BAD {ds}: ds_train_1.bin is numbered without padding to 6 digits" in result.output
 
 
 @pytest.mark.parametrize("eot", ["x", 0, True, None, 50256.0])
