@@ -119,7 +119,7 @@ from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
 from model.hf import is_hf_mask_buffer
 from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty, sigterm_raises,
-                         signals_deferred, temp_path)
+                         signals_deferred, stops_exit_at_once, temp_path)
 from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
@@ -3404,25 +3404,15 @@ def ctrl_c_once_a_press() -> Callable[[int, object], None]:
 
 def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed) but
-    its last second (ignore_stops_at_the_end's: then they are ignored), a
-    Ctrl-C, SIGTERM or SIGHUP (or those of `signums`) exits 130 at once and quietly. Python's own
-    handler raised KeyboardInterrupt in whatever the interpreter's shutdown was running, torch's
-    atexit callbacks or the join of a thread, and printed "Exception ignored ...
-    KeyboardInterrupt" with a traceback: a second Ctrl-C just as a stop's checkpoint was written,
-    or one just as a run ended. SIGTERM and SIGHUP had their default back, and a second one in
+    its last second (ignore_stops_at_the_end's: then they are ignored), a Ctrl-C, SIGTERM or
+    SIGHUP (or those of `signums`) exits 130 at once and quietly (prep.atomic.stops_exit_at_once
+    says why): a second Ctrl-C just as a stop's checkpoint was written, or one just as a run
+    ended, printed an ignored KeyboardInterrupt's traceback, and a second SIGTERM or SIGHUP in
     the second or so the shutdown takes ended the run as killed (143, 129), after its
-    checkpoint. os._exit flushes nothing: what was printed is flushed first. `signums`: those
-    alone (before the run: what the run's own handlers put back when they end)."""
+    checkpoint. `signums`: those alone (before the run: what the run's own handlers put back
+    when they end)."""
 
-    def exit_130(signum, frame) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # None, closed, or the write the signal interrupted
-                stream.flush()
-        os._exit(130)
-
-    for signum in signums or (signal.SIGINT, signal.SIGTERM, *HANGUP):
-        if may_handle(signum):  # (the main thread, a handler Python set, a signal not ignored)
-            signal.signal(signum, exit_130)
+    stops_exit_at_once(signums or (signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: 130)
 
 
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})

@@ -1,5 +1,5 @@
 """`python -m prep ...`: the `prep` command without its console script."""
 
-from prep.cli import main
+from prep.cli import run
 
-main(prog_name="prep")
+run(prog_name="prep")

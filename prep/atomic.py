@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -164,6 +165,30 @@ def ignore_stops_at_the_end() -> None:
                 _signal.signal(signum, int(signal.SIG_IGN))
 
     atexit.register(ignore)
+
+
+def stops_exit_at_once(signums: Iterable[int], status: Callable[[int], int],
+                       announce: Callable[[int], None] | None = None) -> None:
+    """From here to the end of the process, each of `signums` (where `may_handle`) ends it at
+    once: `announce(signum)` first where given, what was printed flushed, then
+    os._exit(status(signum)). For the time after the work is done and said: Python's own
+    handler raised KeyboardInterrupt in whatever the interpreter's shutdown was running (an
+    atexit callback, the join of a thread), printed "Exception ignored ... KeyboardInterrupt"
+    and exited 0; SIGTERM and SIGHUP had their defaults back and ended it without a word.
+    os._exit flushes nothing, hence the flush."""
+
+    def stop(signum, frame) -> None:
+        if announce is not None:
+            with contextlib.suppress(Exception):  # a closed or full stderr: the status says it
+                announce(signum)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # None, closed, or the write the signal interrupted
+                stream.flush()
+        os._exit(status(signum))
+
+    for signum in signums:
+        if may_handle(signum):  # (the main thread, a handler Python set, a signal not ignored)
+            signal.signal(signum, stop)
 
 
 @contextlib.contextmanager

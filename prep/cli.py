@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from prep.atomic import interrupt_exits_while_importing  # first: it imports only the standard library
+from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # first: standard library only
 
 # Ctrl-C, SIGTERM or SIGHUP while click, numpy and tiktoken import (tens of milliseconds to
 # seconds): an exit at once with one line, not an import's traceback (Ctrl-C) or no word at all
 # (SIGTERM, SIGHUP: prep tokenize's run stops on each with its line)
 with interrupt_exits_while_importing(hangup=True):
-    from prep.errors import UserGroup  # first: it gives closed standard descriptors /dev/null
+    from prep.errors import PROGRAM, UserGroup  # first: it gives closed standard descriptors /dev/null
 
     import click
     from prep.inspect import info_command, verify_command
@@ -26,5 +26,17 @@ def main() -> None:
 for _command in (sample_command, tokenize_command, info_command, verify_command):
     main.add_command(_command)
 
+
+def run(**click_args) -> None:
+    """`prep` as its process's program (the console script, `python -m prep`): main, whose
+    commands may then set what a signal does once their work is done (prep.errors.after_the_work:
+    not where tests call them in-process). In the shutdown's last moments, once the exit
+    callbacks registered after this call (those of the libraries the command imports) have run,
+    Ctrl-C, SIGTERM and SIGHUP are ignored: the interpreter has put Python's handlers back to
+    their defaults by then, and such a signal ended a finished command as killed, without a word."""
+    ignore_stops_at_the_end()
+    main(obj=PROGRAM, **click_args)
+
+
 if __name__ == "__main__":
-    main()
+    run()

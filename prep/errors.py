@@ -7,9 +7,13 @@ import dataclasses
 import errno
 import numbers
 import os
+import signal
 import sys
+from collections.abc import Callable
 
 import click
+
+from prep.atomic import HANGUP, stops_exit_at_once
 
 
 def plain_numbers(config: object) -> None:
@@ -142,6 +146,23 @@ def say(text: str) -> None:
         click.echo(text, err=True)
     except OSError:
         pass
+
+
+PROGRAM = "the process's program"  # click's obj where a command runs as its process's program (prep.cli.run)
+
+
+def after_the_work(announce: Callable[[int], None] | None = None) -> None:
+    """The command's work is done and said. Where it is its process's program (prep.cli.run
+    passes PROGRAM as click's obj), a Ctrl-C, SIGTERM or SIGHUP from here to the end of the
+    process (the workers' pool, threads, exit callbacks: tens of milliseconds) ends it at once
+    with 128 + signum, after `announce(signum)`: Python's handler raised in the interpreter's
+    shutdown (an ignored KeyboardInterrupt's traceback, and status 0) or in click's return
+    ("Aborted!", 1), and SIGTERM's and SIGHUP's defaults ended it as killed, without a word.
+    Called in-process (tests, CliRunner), it leaves the process's handlers alone."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.find_root().obj is PROGRAM:
+        stops_exit_at_once((signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: 128 + signum,
+                           announce=announce)
 
 
 def flush_stdout() -> None:

@@ -48,7 +48,8 @@ from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
     decompressed_input, is_stream, names_descriptor, names_json, names_jsonl, names_no_format, not_utf8_error, \
     read_pieces, resolve_sources
-from prep.errors import NAME_MAX, GivenPath, UserCommand, UserError, bar_disable, flush_stdout, plain_numbers, say
+from prep.errors import (NAME_MAX, GivenPath, UserCommand, UserError, after_the_work, bar_disable, flush_stdout,
+                         plain_numbers, say)
 from prep.meta import write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
 from prep.progress import Bar
@@ -431,6 +432,8 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
                  "nothing was written (the output directory is as it was)")
         say(f"{name}: stopped; {where}")  # (dropped on a hung-up terminal's EIO: the status says it)
         sys.exit(status)
+    after_the_work(lambda signum: say(f"{signal.Signals(signum).name}: stopped; {done[0]} holds the new dataset, "
+                                      f"complete"))
 
 
 def _write_summary(result: TokenizeResult, as_json: bool) -> None:

@@ -1313,6 +1313,54 @@ def test_a_signal_while_the_summary_is_written_says_the_new_dataset_is_in_place(
     assert read_meta(out)["sources"][0]["bytes"] == len("words\n")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, *HANGUP])
+def test_a_signal_as_the_process_ends_after_its_summary_says_the_dataset_is_in_place(tmp_path, signum):
+    """After the summary the interpreter's shutdown still runs (the workers' pool, threads, exit
+    callbacks: tens of milliseconds, made 30 s here): a Ctrl-C then printed an ignored
+    KeyboardInterrupt's traceback and exited 0, and SIGTERM or SIGHUP killed it without a word."""
+    (tmp_path / "a.txt").write_text("Hello world\n")
+    out = tmp_path / "out"
+    slow_end = ("import atexit, time\n"  # an exit callback of a library the run imports, as multiprocessing's
+                "import prep.cli, prep.tokenize\n"
+                "real = prep.tokenize.tokenize_corpus\n"
+                "prep.tokenize.tokenize_corpus = lambda *args, **kwargs: (atexit.register(time.sleep, 30), "
+                "real(*args, **kwargs))[1]\n"
+                "prep.cli.run(prog_name='prep')\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow_end, "tokenize", "a.txt", "--out", "out", "--workers", "2",
+                             "--quiet"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+    try:
+        assert proc.stdout.readline().startswith(b"tokenized 1 document(s)")
+        time.sleep(0.2)  # into the shutdown
+        proc.send_signal(signum)
+        stderr = proc.communicate(timeout=20)[1].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, (proc.returncode, stderr)
+    assert stderr == f"{signum.name}: stopped; {out} holds the new dataset, complete\n"
+    assert read_meta(out)["sources"][0]["bytes"] == len("Hello world\n")
+
+
+def test_stops_are_ignored_in_the_last_moments_of_the_process(tmp_path):
+    """Past the exit callbacks the interpreter puts Python's handlers back to the defaults, and
+    a signal there (some runs in 10 of a Ctrl-C just after the summary) killed a finished
+    command without a word. A callback registered before prep.cli.run registers its own runs
+    after it: there Ctrl-C, SIGTERM and SIGHUP are ignored."""
+    (tmp_path / "a.txt").write_text("Hello world\n")
+    last = ("import atexit, signal\n"
+            "atexit.register(lambda: print('last:', [signal.getsignal(s) == signal.SIG_IGN for s in stops]))\n"
+            "from prep.atomic import HANGUP\n"
+            "stops = (signal.SIGINT, signal.SIGTERM, *HANGUP)\n"
+            "import prep.cli\n"
+            "prep.cli.run(prog_name='prep')\n")
+    result = subprocess.run([sys.executable, "-c", last, "tokenize", "a.txt", "--out", "out", "--quiet"],
+                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"last: {[True] * (2 + len(HANGUP))}"
+
+
 def test_a_signal_during_the_check_before_the_install_leaves_no_temporary_dir(tmp_path, monkeypatch):
     """The target is checked again just before the install; a Ctrl-C there left .out.tmp-<pid>."""
     src = tmp_path / "in.txt"
