@@ -2102,6 +2102,11 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         e.message += _the_one_before(cfg, path)
         raise
     check_compatible(ckpt, path, run, model_config, cfg.model_overrides(), cfg.total_batch_size is not None, data)
+    named = CKPT_PATTERN.fullmatch(path.name)
+    if named and int(named[1]) != ckpt["step"]:  # else "newer than step 2": the file itself, to be moved away
+        raise UserError(f"--resume {path}: its name says step {int(named[1])}, but it holds step {ckpt['step']} "
+                        f"(renamed?): name it {ckpt_path(path.parent, ckpt['step']).name}, as --resume auto "
+                        f"and --keep-ckpts order checkpoints by their names")
     newer = [p.name for step, p in list_checkpoints(Path(cfg.out)) if step > ckpt["step"]]
     if newer:  # they would outlive this run's own checkpoints and win a later --resume auto
         raise UserError(

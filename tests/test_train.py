@@ -3103,6 +3103,8 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "newer").mkdir()
     (root / "newer" / "ckpt_000002.pt").write_bytes(good)
     (root / "newer" / "ckpt_000009.pt").write_bytes(good)
+    (root / "renamed").mkdir()
+    (root / "renamed" / "ckpt_000005.pt").write_bytes(good)  # step 2's, renamed by hand
     (root / "metricsonly").mkdir()
     (root / "metricsonly" / "metrics.jsonl").write_text('{"step": 1}\n')
     (root / "metricsdir" / "metrics.jsonl").mkdir(parents=True)
@@ -3175,6 +3177,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume below newer checkpoints": (["--resume", "newer/ckpt_000002.pt", "--out", "newer"], ".",
                                        "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
                                        "newer/ckpt_000002.pt"),
+    # it said "--out renamed holds ckpt_000005.pt, newer than step 2 ...: move them away": the file itself
+    "resume a renamed checkpoint": (["--resume", "auto", "--out", "renamed"], ".",
+                                    "--resume renamed/ckpt_000005.pt: its name says step 5, but it holds step 2 "
+                                    "(renamed?): name it ckpt_000002.pt, as --resume auto and --keep-ckpts order "
+                                    "checkpoints by their names"),
     "resume into another run's out": (["--resume", "run/ckpt_000002.pt", "--out", "newer"], ".",
                                       "--out newer holds another run's ckpt_000009.pt; resuming --resume "
                                       "run/ckpt_000002.pt there would mix the two: choose an empty --out"),
