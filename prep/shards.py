@@ -462,22 +462,22 @@ def _refuse_unpadded(directory: Path) -> None:
     directory's shards are found by that index, so they were left out without a word, even
     beside the padded ones of the same split. A glob takes them, in the order of their numbers."""
     try:
-        names = sorted(os.listdir(directory))
+        names = os.listdir(directory)
     except OSError as e:
         raise cannot_list(directory, e) from None
-    unpadded = [name for name in names if named_split(name) is not None and parse_shard_name(name) is None]
+    unpadded = sorted(name for name in names if named_split(name) is not None and parse_shard_name(name) is None)
     if unpadded:
-        m = _SPLIT_IN_NAME_RE.match(unpadded[0])
-        flag = "--data" if m["split"] == "train" else "--val-data"
-        pattern = f"{glob.escape(str(directory))}/{glob.escape(m['name'])}_{m['split']}_*{Path(unpadded[0]).suffix}"
+        flag = "--data" if named_split(unpadded[0]) == "train" else "--val-data"
         them = f"{unpadded[0]} and {len(unpadded) - 1} more are" if len(unpadded) > 1 else f"{unpadded[0]} is"
         raise ShardError(f"{directory}: {them} numbered without padding to 6 digits (a directory's shards are "
                          f"<name>_<split>_<index:06d>): rename {'them' if len(unpadded) > 1 else 'it'}, or name "
-                         f"the shards with a glob, such as train.py's {flag} '{pattern}'")
+                         f"the shards with a glob, such as train.py's {flag} "
+                         f"'{_split_glob(directory, directory / unpadded[0])}'")
 
 
 def _split_glob(directory: Path, shard: Path) -> str:
     """A glob for the shards of `shard`'s dataset and split in `directory`, llm.c's unindexed
-    name included (`x_train*.bin`), the directory's own glob characters escaped."""
-    name, split = parse_shard_name(shard.name)[:2]
-    return f"{glob.escape(str(directory))}/{glob.escape(name)}_{split}*{shard.suffix}"
+    name and indices of any width included (`x_train*.bin`), the directory's own glob
+    characters escaped."""
+    m = _SPLIT_IN_NAME_RE.match(shard.name)
+    return f"{glob.escape(str(directory))}/{glob.escape(m['name'])}_{m['split']}*{shard.suffix}"

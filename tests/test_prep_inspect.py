@@ -241,11 +241,11 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "unpadded_beside": (lambda t: make_dataset(t / "p", {"train": [tokens(10)]}, meta=False) and
                         write_shard(t / "p" / "ds_train_1.bin", tokens(10)) and t / "p", [],
                         ["p: ds_train_1.bin is numbered without padding to 6 digits", "rename it",
-                         "--data '", "/p/ds_train_*.bin'"]),
+                         "--data '", "/p/ds_train*.bin'"]),
     "unpadded_only": (lambda t: (t / "q").mkdir() or [write_shard(t / "q" / f"x_val_{i}.bin", tokens(10))
                                                       for i in (2, 10)] and t / "q", [],
                       ["q: x_val_10.bin and 1 more are numbered without padding", "rename them",
-                       "--val-data '", "/q/x_val_*.bin'"]),
+                       "--val-data '", "/q/x_val*.bin'"]),
 }
 
 
