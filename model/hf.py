@@ -72,7 +72,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
         if key == "lm_head.weight" or is_hf_mask_buffer(key):
             continue
         name = key if key.startswith(_PREFIX) else _PREFIX + key
-        state[name], named[name] = (tensor.t() if _is_conv1d(name) else tensor), key
+        transpose = _is_conv1d(name) and tensor.dim() == 2  # another rank is refused below, by name
+        state[name], named[name] = (tensor.t() if transpose else tensor), key
     bare = bool(named) and not any(key.startswith(_PREFIX) for key in named.values())
 
     def theirs(name: str) -> str:  # a tensor's name as the caller spells it
@@ -99,7 +100,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
         raise ValueError(f"not a GPT-2 state dict for {config.n_layer} layers: {names[0]}{more}")
     for key, tensor in state.items():
         if tuple(tensor.shape) != expected[key]:  # said in HF's layout, as the caller passed it
-            hf_layout = (lambda shape: shape[::-1]) if _is_conv1d(key) else (lambda shape: shape)
+            hf_layout = (lambda shape: shape[::-1]) if _is_conv1d(key) and tensor.dim() == 2 else (lambda shape: shape)
             given, needed = hf_layout(tuple(tensor.shape)), hf_layout(expected[key])
             if key == wte_key:
                 given, needed = (config.vocab_size, given[1]), (config.vocab_size, needed[1])

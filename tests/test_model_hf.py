@@ -105,6 +105,14 @@ def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     sd_bad = {**sd, "transformer.h.1.mlp.c_fc.weight": sd["transformer.h.1.mlp.c_fc.weight"][:, :100]}
     with pytest.raises(ValueError, match=r"transformer.h.1.mlp.c_fc.weight: shape \(32, 100\), .* has \(32, 128\)"):
         from_hf_state_dict(sd_bad, config)
+    # a Conv1D weight of another rank than 2: said torch's "t() expects a tensor with <= 2
+    # dimensions", a RuntimeError naming no tensor; now named, in the shape as given
+    for conv1d in ("transformer.h.1.mlp.c_proj.weight", "transformer.h.0.attn.c_attn.weight"):
+        for shape in [(1, *sd[conv1d].shape), sd[conv1d].shape[:1]]:
+            given = ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "")
+            with pytest.raises(ValueError, match=rf"^{conv1d}: shape \({given}\), where this config"):
+                from_hf_state_dict({**sd, conv1d: sd[conv1d].reshape(shape) if len(shape) > 1 else sd[conv1d][:, 0]},
+                                   config)
     deeper = GPTConfig(**{**vars(config), "n_layer": 3})
     with pytest.raises(ValueError, match=r"for 3 layers: missing transformer.h.2.attn.c_attn.bias \(and 11 more\)"):
         from_hf_state_dict(sd, deeper)
