@@ -34,7 +34,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.atomic import sigterm_raises
+from prep.atomic import SignalStop, sigterm_raises
 from prep.errors import READER_GONE_STATUS, flush_stdout, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
@@ -320,10 +320,6 @@ def check_synthetic(parser: argparse.ArgumentParser, tokens: int, shards: int, w
         parser.error(f"--tokens {tokens} in --shards {shards}: {too_big}; raise --shards")
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, unwinding as a Ctrl-C does (the synthetic set's temporary directory removed)."""
-
-
 def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
     """run() on --path, or on a synthetic set written for it (and removed after it)."""
     if getattr(args, "path", None) is not None:
@@ -374,13 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
-        with sigterm_raises(_Terminated):  # a synthetic set of --tokens is GBs: removed on SIGTERM too
+        with sigterm_raises(SignalStop):  # a synthetic set of --tokens is GBs: removed on SIGTERM too
             result = _measure(args, sizes)
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the synthetic set is gone (the with above), nothing printed
-        terminated = isinstance(e, _Terminated)
+        terminated = isinstance(e, SignalStop)
         print(f"{parser.prog}: {'stopped by SIGTERM' if terminated else 'interrupted'}", file=sys.stderr)
         return 128 + signal.SIGTERM if terminated else 130
     try:

@@ -191,6 +191,11 @@ def stops_exit_at_once(signums: Iterable[int], status: Callable[[int], int],
             signal.signal(signum, stop)
 
 
+class SignalStop(KeyboardInterrupt):
+    """SIGTERM or SIGHUP through `sigterm_raises`, unwinding as a Ctrl-C does (its `signum` says
+    which): what a command with temporary files of its own raises, so they are removed."""
+
+
 @contextlib.contextmanager
 def sigterm_raises(exception: Callable[[], BaseException], signums: tuple[int, ...] = (signal.SIGTERM,),
                    once: tuple[int, ...] = ()):

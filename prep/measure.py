@@ -139,20 +139,25 @@ def peak_rss(argv: list[str], poll_s: float = 0.02, env: dict | None = None) -> 
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
         peaks: dict[int, int] = {}
-        while True:
-            frontier, seen = [proc.pid], []
-            while frontier:
-                pid = frontier.pop()
-                seen.append(pid)
-                frontier += _children(pid)
-            for pid in seen:
-                hwm = _vm_hwm_kib(pid)
-                if hwm is not None:
-                    peaks[pid] = max(peaks.get(pid, 0), hwm)
-            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
-            if pid == proc.pid:
-                break
-            time.sleep(poll_s)
+        try:
+            while True:
+                frontier, seen = [proc.pid], []
+                while frontier:
+                    pid = frontier.pop()
+                    seen.append(pid)
+                    frontier += _children(pid)
+                for pid in seen:
+                    hwm = _vm_hwm_kib(pid)
+                    if hwm is not None:
+                        peaks[pid] = max(peaks.get(pid, 0), hwm)
+                pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+                if pid == proc.pid:
+                    break
+                time.sleep(poll_s)
+        except BaseException:  # a signal the caller turned into an exception (a SIGTERM sent to it alone)
+            proc.terminate()  # the command's own SIGTERM handling: its temporary files removed
+            proc.wait()
+            raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)

@@ -276,6 +276,20 @@ def test_a_source_of_one_long_paragraph_reports_no_growth(tmp_path, monkeypatch)
     assert len(rows) == 2
 
 
+
+def test_a_small_corpus_tokenized_in_process_reports_no_growth(tmp_path, monkeypatch):
+    """At --mb 0.2 the 1x text (50 kB) is tokenized in-process, the 4x text by 2 workers: the
+    growth compared 1 process with 3 (60122.7% of the extra text), under "2 worker(s)"."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "default_workers", lambda: 2)
+    result = CliRunner().invoke(bench.main, ["--mb", "0.2", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [(r["small"]["processes"], r["large"]["processes"]) for r in record["rss"]] == [(1, 3)] * 2
+    rows = [line for line in bench.format_report(record).splitlines() if "-doc, 2 worker(s), " in line]
+    assert len(rows) == 2 and all("n/a: the 1x text ran in 1 process(es), the 4x text in 3" in row for row in rows)
+    assert not any("of the extra text" in row for row in rows)
+
 def _cmdline(pid: int) -> bytes | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -320,5 +334,43 @@ def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 130 and stderr == "parent interrupted\n", stderr
     finally:  # whatever failed: no encoder left spinning
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("phase, signum", [("pipeline", signal.SIGHUP), ("rss", signal.SIGTERM)])
+def test_sigterm_or_sighup_removes_the_temporary_corpora(tmp_path, phase, signum):
+    """SIGTERM (sent to the benchmark alone, as `kill` does) ended it without a word and left its
+    temporary corpora, 2.5 times --mb, in TMPDIR; in the RSS phase the `prep tokenize` it ran
+    went on, orphaned. Now one line, 128 + the signal, nothing left and no process left."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+    command = [sys.executable, "-m", "prep.bench", "--mb", "0.3", "--workers", "1", "--repeat", "3",
+               "--source", str(source if source.exists() else Path(bench.__file__))]
+    proc = subprocess.Popen(command, cwd=Path(bench.__file__).resolve().parents[1], env=os.environ | {"TMPDIR": str(scratch)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    tokenizers = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the pipeline phase: its first output directory; the RSS one: its `prep tokenize`
+            assert proc.poll() is None and time.monotonic() < deadline, f"{phase} phase not reached"
+            if phase == "pipeline" and list(scratch.glob("prep-bench-*/out_single_1*")):
+                break
+            tokenizers = [pid for pid in measure._children(proc.pid) if b"tokenize" in (_cmdline(pid) or b"")]
+            if phase == "rss" and tokenizers:
+                break
+            time.sleep(0.01)
+        os.kill(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum, stderr
+        assert stderr.splitlines()[-1] == (f"python -m prep.bench: stopped by {signal.Signals(signum).name}; "
+                                           f"its temporary files are removed"), stderr
+        assert list(scratch.iterdir()) == []
+        for pid in tokenizers:  # ended by the benchmark before it exited, not left running
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
