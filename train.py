@@ -3372,7 +3372,10 @@ def bench_loop(s: Session) -> dict:
             _echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
                   f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
                   f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
-        _echo("BENCH " + json.dumps(result))
+        _echo("BENCH " + json.dumps(_finite(result)))  # strict JSON: a loss that is no number is null
+    if not math.isfinite(result["loss"]):  # timings of weights that are no longer numbers: no result
+        raise UserError(f"--bench: the last timed step's loss is {result['loss']}: the weights diverged "
+                        f"(--lr {cfg.lr:g}), so the timings above are not those of training")
     return result
 
 

@@ -907,6 +907,21 @@ def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     assert not (tmp_path / "o").exists()
 
 
+
+def test_a_bench_whose_weights_diverge_prints_strict_json_and_fails(tmp_path, dataset):
+    """--lr 1e30: the BENCH line ended in `"loss": NaN}`, which strict JSON parsers refuse, and
+    the timings of weights that are no longer numbers passed for a result (exit 0)."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--bench", "--bench-warmup", "1",
+            "--bench-steps", "2", "--device", "cpu", "--lr", "1e30", "--grad-clip", "0"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2, result.output
+    bench_line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH "))
+    record = json.loads(bench_line[len("BENCH "):], parse_constant=lambda name: pytest.fail(f"not JSON: {name}"))
+    assert record["loss"] is None and record["tokens_per_s"] > 0
+    assert result.stderr.strip().splitlines() == [
+        "Error: --bench: the last timed step's loss is nan: the weights diverged (--lr 1e+30), so the timings above "
+        "are not those of training"]
+
 def test_bench_timing_noise_is_how_far_apart_the_windows_are_whichever_is_slower(tmp_path, dataset, monkeypatch):
     """Steps that slow down (10 ms more each, on a hand clock): each feed's second window is
     the slower one, and the noise is still the distance between the two, never below 0."""
