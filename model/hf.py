@@ -43,7 +43,13 @@ def _is_conv1d(key: str) -> bool:
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """Our GPT's state_dict as GPT2LMHeadModel's: Conv1D weights transposed, the padded
     vocabulary rows dropped, lm_head.weight the same tensor as transformer.wte.weight (tied,
-    as HF ties them). New tensors: `state` is not changed."""
+    as HF ties them). New tensors: `state` is not changed. Raises ValueError for a state_dict
+    without our token embedding (a DDP- or torch.compile-wrapped model's, say)."""
+    if _PREFIX + "wte.weight" not in state:  # a KeyError after the loop, naming no cause
+        wrapped = next((key.split(".")[0] for key in state if key.startswith(("module.", "_orig_mod."))), None)
+        hint = (f": its names start with {wrapped}. (a wrapped model's): pass the raw module's state_dict"
+                if wrapped else "")
+        raise ValueError(f"not a GPT state_dict: no {_PREFIX}wte.weight{hint}")
     out = {}
     for key, tensor in state.items():
         if key == "lm_head.weight":

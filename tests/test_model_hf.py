@@ -86,6 +86,18 @@ def test_gpt2model_keys_and_mask_buffers_are_accepted(model):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_a_wrapped_model_s_state_dict_is_refused_with_the_cause(model):
+    """torch.compile's and DDP's prefixes: to_hf_state_dict raised KeyError('transformer.wte.weight')."""
+    for prefix in ("_orig_mod.", "module._orig_mod.", "module."):
+        wrapped = {prefix + key: value for key, value in model.state_dict().items()}
+        with pytest.raises(ValueError, match=rf"^not a GPT state_dict: no transformer.wte.weight: its names start "
+                                             rf"with {prefix.split('.')[0]}. \(a wrapped model's\): pass the raw "
+                                             rf"module's state_dict$"):
+            to_hf_state_dict(wrapped, model.config)
+    with pytest.raises(ValueError, match=r"^not a GPT state_dict: no transformer.wte.weight$"):
+        to_hf_state_dict({"foo": torch.zeros(1)}, model.config)
+
+
 def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     config = model.config
     sd = to_hf_state_dict(model.state_dict(), config)
