@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import errno
 import faulthandler
+import hashlib
 import json
 import math
 import os
@@ -732,7 +733,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     damaged on one node, another dataset, an --out that is not shared. A rank that stopped
     alone would leave the others waiting in their first collective; ranks resuming from
     different steps, or reading different data, would train on a mix nobody asked for.
-    `facts` (the step this rank resumes from, its train and val split sizes, its kind of
+    `facts` (the step and checkpoint this rank resumes from, its train and val split sizes, its kind of
     device, the options that say when the ranks meet in a collective, and those that make one
     run of them: batch, model, evaluation, schedule) must be equal on every rank. Every rank
     raises, each with its own reason.
@@ -794,7 +795,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     if "help" in kinds:
         raise UserError(f"rank {rank} of {world}: stopped because another rank was given --help (it printed the "
                         f"help instead of starting)")
-    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
+    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value) or "none"  # noqa: E731
     differ = {}
     for column, (name, mine) in enumerate(facts.items(), start=1):
         values = [row[column] for row in rows]
@@ -807,6 +808,11 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
                 f"{facts[f'{split} shards']:016x} on rank {rank}")
             if f"{split} tokens" in differ:  # said already
                 del differ[f"{split} shards"]
+    if "resume checkpoint" in differ:  # checkpoint_digest: equal or not, in no order
+        differ["resume checkpoint"] = (f"resume checkpoint: other files of one step (their records' CRC-32s "
+                                       f"differ), {facts['resume checkpoint']:016x} on rank {rank}")
+        if "resume step" in differ:  # said already
+            del differ["resume checkpoint"]
     differ = list(differ.values())
     if differ:
         raise UserError(
@@ -1423,6 +1429,24 @@ def _zip_damage(path: Path) -> str | None:
     return None
 
 
+def checkpoint_digest(path: Path) -> int:
+    """A number in [0, 2**62) standing for the checkpoint file at `path`, for ranks on machines
+    of their own to compare before they resume together (two runs' checkpoints of one step, a
+    stale copy on one node): its zip records' names, sizes and CRC-32s, which the archive's
+    directory holds (a read of a few KiB; the records' bytes were checked against them), or,
+    for a file that is no zip archive, its bytes' sha256."""
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for record in archive.infolist():  # (its top directory: the name it was saved under)
+                digest.update(f"{record.filename.partition('/')[2]}\0{record.file_size}\0{record.CRC}\n".encode())
+    except zipfile.BadZipFile:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return int.from_bytes(digest.digest()[:8], "little") >> 2
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint as saved, via torch.load(weights_only=True); a user error when it is
     missing, truncated, garbage, or not one of ours (the message starts with --resume and the path)."""
@@ -1827,7 +1851,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         if flags:  # the options, then what no option says
             said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
             hint += f"{' and' if hint else ';'} pass {' and '.join(filter(None, said))} to match that run"
-        if flags or again:
+        if flags or again or "world" in differ:
             if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
                 hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
@@ -2175,13 +2199,19 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
 
 
 def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_config: GPTConfig | None,
-                start_step: int, train: TokenLoader | None, val: TokenLoader | None) -> dict[str, int | float | str]:
+                start_step: int, train: TokenLoader | None, val: TokenLoader | None,
+                resumed: int = 0) -> dict[str, int | float | str]:
     """What agree_to_start compares across ranks: the same names on every rank, a rank that
     failed its checks included (`model_config` None where its flags build no model, `device`
-    "" where it has none, loaders None where it opened none, or no val split; the facts of a
-    rank that failed are never compared)."""
+    "" where it has none, loaders None where it opened none, or no val split, `resumed` 0 where
+    it resumes no checkpoint, else its checkpoint_digest; the facts of a rank that failed are
+    never compared)."""
     shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-    return {"resume step": start_step, "train tokens": train.num_tokens if train else 0,
+    return {"resume step": start_step,
+            # another run's checkpoint of the same step (a stale copy on one node): each rank
+            # resumed its own optimizer, loader and RNG states, and the replicas drifted apart
+            "resume checkpoint": resumed,
+            "train tokens": train.num_tokens if train else 0,
             "val tokens": val.num_tokens if val else 0,
             # the same counts, other shards: another tokenization of the corpus on one node
             **{f"{split} shards": dataset_digest(loader.identity) if loader else 0
@@ -2208,7 +2238,10 @@ def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_con
             **{f"--{_flag(k)}": getattr(model_config, k) if model_config else 0 for k in shape},
             "--eval-steps": cfg.eval_steps, "--shuffle": int(cfg.shuffle), "--seed": cfg.seed,
             "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
-            "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip}
+            "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip,
+            # rank 0 alone reads it, and DDP hands its weights to the others: given to another
+            # rank only, it was ignored without a word (the run started from random weights)
+            "--init-from": cfg.init_from or ""}
 
 
 def model_shape(cfg: TrainConfig) -> GPTConfig:
@@ -2237,7 +2270,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     # agree_to_start, so that no rank is left waiting for it. Until then nothing is written, so
     # a user mistake leaves no trace on disk.
     failure: Exception | None = None
-    rt, ckpt, start_step, model_config = None, None, 0, None
+    rt, ckpt, start_step, model_config, resumed = None, None, 0, None, 0
     try:
         rt = make_runtime(cfg)
         model_config = model_shape(cfg)
@@ -2389,7 +2422,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
                 raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})"
                                 + _the_one_before(cfg, resume_path)) from None
-            start_step = ckpt["step"]
+            start_step, resumed = ckpt["step"], checkpoint_digest(resume_path) if world > 1 else 0
             del ckpt
     except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)
         if world == 1:
@@ -2408,7 +2441,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if store is not None:
             launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
                 cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
-                *((train_loader, val_loader) if failure is None else (None, None))))
+                *((train_loader, val_loader) if failure is None else (None, None)), resumed))
         # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
         start_runtime(rt, store, launch)
     except DIST_ERRORS as e:  # the store went with torchrun (SIGKILLed) as the ranks met

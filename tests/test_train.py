@@ -3400,7 +3400,8 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
         "(total_batch_size 32 there, 64 now); pass --total-batch-size 32 to match that run, or start a new run "
         "(another --out) from its weights with --init-from c.pt")
     assert refusal(ckpt, same, world=2, total_batch_size=64).endswith(
-        "(world 1 there, 2 now; total_batch_size 32 there, 64 now); resume it in one process: python train.py ...")
+        "(world 1 there, 2 now; total_batch_size 32 there, 64 now); resume it in one process: python train.py ..., "
+        "or start a new run (another --out) from its weights with --init-from c.pt")
     with pytest.raises(train.UserError) as e:  # this run gave one: following the hint must be enough
         train.check_compatible(ckpt, Path("c.pt"), {**run, "B": 4, "total_batch_size": 64}, same, {},
                                total_given=True)
@@ -3781,6 +3782,26 @@ def test_no_bit_flipped_in_a_zip_header_loads_other_numbers(tmp_path):
                 assert found.keys() == saved.keys() and all(torch.equal(found[k], saved[k]) for k in saved), (where, bit)
                 outcomes["same"] += 1
     assert outcomes["refused"] and outcomes["same"]  # both kinds of byte are in the spans
+
+
+def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_path):
+    """What ranks on machines of their own compare before resuming together: a copy elsewhere
+    (the same checkpoint on each node) gives the same number; a checkpoint of the same step
+    with other weights another; so does a file that is no zip archive, or not a whole one."""
+    good = workdir / "run" / "ckpt_000002.pt"
+    (tmp_path / "node1").mkdir()
+    copy = shutil.copy(good, tmp_path / "node1" / "ckpt_000002.pt")
+    digest = train.checkpoint_digest(good)
+    assert 0 <= digest < 2**62 and train.checkpoint_digest(copy) == digest
+    other = torch.load(good, weights_only=True)
+    other["model"]["transformer.wpe.weight"][0, 0] += 1
+    torch.save(other, tmp_path / "node1" / "ckpt_000002.pt")
+    digests = {digest, train.checkpoint_digest(copy), train.checkpoint_digest(workdir / "garbage.pt"),
+               train.checkpoint_digest(workdir / "truncated.pt")}
+    assert len(digests) == 4
+    # a bit flipped in a record leaves the directory's CRC-32s as they were: the number is good's,
+    # and the file is refused before it counts (_zip_damage: its bytes fail that CRC)
+    assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train._zip_damage(workdir / "bitflip.pt")
 
 
 def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):

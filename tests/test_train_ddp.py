@@ -19,6 +19,7 @@ import torch
 
 from _data import positional_tokens, random_tokens, write_dataset
 from loader.audit import audit
+from model import GPT, GPTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 B, T, STEPS = 2, 16, 4
@@ -427,12 +428,15 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
 
     # node 1 has its own --out (no checkpoint there, an older one, a damaged one), or other data
     resume = ("--steps", str(STEPS + 2), "--resume", "auto")
-    for name, step in (("older", 2), ("damaged", 4)):
+    for name, step in (("older", 2), ("damaged", 4), ("other", 4)):
         (tmp_path / name).mkdir()
         shutil.copy(tmp_path / "shared" / f"ckpt_{step:06d}.pt", tmp_path / name)
     damaged = torch.load(tmp_path / "damaged" / "ckpt_000004.pt", weights_only=True)
     damaged["model"]["transformer.wte.weight"] = damaged["model"]["transformer.wte.weight"][:-1]
     torch.save(damaged, tmp_path / "damaged" / "ckpt_000004.pt")
+    other = torch.load(tmp_path / "other" / "ckpt_000004.pt", weights_only=True)  # another run's step 4
+    other["model"]["transformer.wte.weight"] += 1e-3
+    torch.save(other, tmp_path / "other" / "ckpt_000004.pt")
     other_data = write_dataset(tmp_path / "d2", positional_tokens(3000))
     same_size = write_dataset(tmp_path / "d3", positional_tokens(4000)[::-1], name="u")  # llm.c style: no sha256
     another = "rank 0 of 2: stopped because another rank failed its start-up checks"
@@ -443,6 +447,10 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
          differ.format("resume step: 0 to 4, 0 on rank 1")),
         (("shared", "older"), resume, (), differ.format("resume step: 2 to 4, 4 on rank 0"),
          differ.format("resume step: 2 to 4, 2 on rank 1")),
+        # another run's checkpoint of the same step (a stale copy): each rank resumed its own
+        # weights, optimizer, loader and RNG states, and the replicas drifted apart, without a word
+        *[(("shared", "other"), resume, (), *["the ranks see different runs (resume checkpoint: other files of one "
+                                              "step (their records' CRC-32s differ), "] * 2)],
         (("shared", "damaged"), resume, (), another,
          "--resume damaged/ckpt_000004.pt: damaged train.py checkpoint (RuntimeError: Error(s) in loading"),
         (("fresh0", "fresh1"), (), ("--data", str(other_data)),
@@ -546,6 +554,8 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
     traceback, another --sample-every or --bench met other collectives (an abort, a hang).
     Every rank refuses, each naming the options, and nothing is written."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
+    weights = Path("w.pt")  # (relative to the ranks' directory, tmp_path: the message names it so)
+    torch.save(GPT(GPTConfig.preset("tiny")).state_dict(), tmp_path / weights)
     differ = "rank {} of 2: the ranks see different runs ({}): every node needs the same dataset and options"
     for n, (node1, said) in enumerate((
         # fp16 scales the gradients the ranks average, and skips steps (--dtype auto picks it on an
@@ -560,6 +570,9 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
         # a sample step is a logging point on every rank: with --log-every 2 rank 0 met rank 1's
         # next gradient all-reduce in its loss all-reduce (gloo aborted, 'collective mismatch')
         (("--sample-every", "3"), ("--sample-every: 0 to 3, 0 on rank 0", "--sample-every: 0 to 3, 3 on rank 1")),
+        # rank 0 alone reads --init-from: given to node 1 only, the run started from random weights
+        (("--init-from", str(weights)), ("--init-from: none to w.pt, none on rank 0",
+                                         "--init-from: none to w.pt, w.pt on rank 1")),
         # --bench on one node: the two loops' collectives never matched (both hung)
         (("--bench", "--bench-steps", "2"),
          ("val tokens: 0 to 300, 300 on rank 0; --bench: 0 to 1, 0 on rank 0; --bench-warmup: 0 to 5, 0 on rank 0; "
