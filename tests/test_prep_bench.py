@@ -349,8 +349,9 @@ def test_sigterm_or_sighup_removes_the_temporary_corpora(tmp_path, phase, signum
     source = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
     command = [sys.executable, "-m", "prep.bench", "--mb", "0.3", "--workers", "1", "--repeat", "3",
                "--source", str(source if source.exists() else Path(bench.__file__))]
-    proc = subprocess.Popen(command, cwd=Path(bench.__file__).resolve().parents[1], env=os.environ | {"TMPDIR": str(scratch)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(command, cwd=Path(bench.__file__).resolve().parents[1],
+                            env=os.environ | {"TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     tokenizers = []
     try:
         deadline = time.monotonic() + 120
