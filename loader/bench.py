@@ -34,7 +34,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.atomic import SignalStop, sigterm_raises
+from prep.atomic import HANGUP, SignalStop, sigterm_raises
 from prep.errors import READER_GONE_STATUS, flush_stdout, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
@@ -370,15 +370,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
-        with sigterm_raises(SignalStop):  # a synthetic set of --tokens is GBs: removed on SIGTERM too
+        # a synthetic set of --tokens is GBs: removed on SIGTERM and SIGHUP too (a second one, as
+        # timeout and a hang-up send, ignored: it would cut the removal short)
+        with sigterm_raises(SignalStop, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)):
             result = _measure(args, sizes)
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the synthetic set is gone (the with above), nothing printed
-        terminated = isinstance(e, SignalStop)
-        print(f"{parser.prog}: {'stopped by SIGTERM' if terminated else 'interrupted'}", file=sys.stderr)
-        return 128 + signal.SIGTERM if terminated else 130
+        signum = e.signum if isinstance(e, SignalStop) else None
+        print(f"{parser.prog}: {f'stopped by {signal.Signals(signum).name}' if signum else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + signum if signum else 130
     try:
         print(json.dumps(result, indent=2) if args.json else report(result))
         flush_stdout()  # (none where it started closed, `>&-`)

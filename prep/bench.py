@@ -226,8 +226,10 @@ def run_bench(cfg: BenchConfig, log=say) -> dict:
                 log(f"peak RSS {variant}, {size_name}: {peaks[size_name]['sum_mib']:.1f} MiB (sum)")
             extra = corpora["large"][2] - corpora["small"][2]
             small, big = peaks["small"], peaks["large"]
-            growth = lambda key: (big[key] - small[key]) * 2**20 / extra if extra > 0 else None  # noqa: E731
-            result["rss"].append({  # growth None: one paragraph of --mb or more is both corpora
+            comparable = extra > 0 and small["processes"] == big["processes"]  # (a small input: no workers)
+            growth = lambda key: (big[key] - small[key]) * 2**20 / extra if comparable else None  # noqa: E731
+            result["rss"].append({  # growth None: one paragraph of --mb or more is both corpora, or the
+                # two ran in different numbers of processes
                 "variant": variant, "workers": cfg.workers, "small_text_bytes": corpora["small"][2],
                 "large_text_bytes": corpora["large"][2], "small": small, "large": big,
                 "growth_sum": growth("sum_mib"), "growth_parent": growth("parent_mib")})
@@ -266,14 +268,14 @@ def format_report(result: dict) -> str:
                  for p in (rss["small"], rss["large"])]
         name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
                 f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
-        if rss["growth_sum"] is None:
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (a "
-                         f"paragraph of the source is --mb long or more: give a larger --mb or another --source)")
-            continue
         if rss["small"]["processes"] != rss["large"]["processes"]:  # a small input is tokenized in-process
             lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the 1x text ran in "
                          f"{rss['small']['processes']} process(es), the 4x text in {rss['large']['processes']} (a "
                          f"small input gets fewer workers): give a larger --mb")
+            continue
+        if rss["growth_sum"] is None:
+            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (a "
+                         f"paragraph of the source is --mb long or more: give a larger --mb or another --source)")
             continue
         lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
                      f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
@@ -350,7 +352,7 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
     check_room(mb)
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
     try:  # SIGTERM or SIGHUP: the temporary corpora (2.5 times --mb) removed, as at a Ctrl-C
-        with sigterm_raises(SignalStop, (signal.SIGTERM, *HANGUP), once=HANGUP):
+        with sigterm_raises(SignalStop, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)):  # (timeout's 2nd)
             result = run_bench(config)
     except SignalStop as e:
         click.echo(f"{click.get_current_context().command_path}: stopped by {signal.Signals(e.signum).name}; "

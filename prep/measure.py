@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prep.atomic import signals_deferred
+
 
 def busy_cpu_seconds() -> float:
     """CPU seconds all processes on the machine have used since boot (from /proc/stat)."""
@@ -130,6 +132,22 @@ def _vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
+def _reap(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Wait until `proc` has ended, however often a signal interrupts the wait (a second
+    Ctrl-C): left running, it would write on into a directory its caller is removing. Killed
+    once `grace_s` have passed."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            if proc.poll() is not None:
+                return
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        except BaseException:  # interrupted: wait on, the caller's exception is raised after
+            continue
+
+
 def peak_rss(argv: list[str], poll_s: float = 0.02, env: dict | None = None) -> dict:
     """Run argv; poll VmHWM of it and all its descendants. Peaks in MiB (see module doc).
 
@@ -137,9 +155,11 @@ def peak_rss(argv: list[str], poll_s: float = 0.02, env: dict | None = None) -> 
     over the exec into it, so it reports the caller's size, not the command's.)
     """
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
         peaks: dict[int, int] = {}
+        proc = None
         try:
+            with signals_deferred():  # raised inside Popen (it waits for the exec), it left the child running
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
             while True:
                 frontier, seen = [proc.pid], []
                 while frontier:
@@ -155,8 +175,9 @@ def peak_rss(argv: list[str], poll_s: float = 0.02, env: dict | None = None) -> 
                     break
                 time.sleep(poll_s)
         except BaseException:  # a signal the caller turned into an exception (a SIGTERM sent to it alone)
-            proc.terminate()  # the command's own SIGTERM handling: its temporary files removed
-            proc.wait()
+            if proc is not None:
+                proc.terminate()  # the command's own SIGTERM handling: its temporary files removed
+                _reap(proc)
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:

@@ -286,6 +286,7 @@ def test_a_small_corpus_tokenized_in_process_reports_no_growth(tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert [(r["small"]["processes"], r["large"]["processes"]) for r in record["rss"]] == [(1, 3)] * 2
+    assert [(r["growth_sum"], r["growth_parent"]) for r in record["rss"]] == [(None, None)] * 2  # (the JSON too)
     rows = [line for line in bench.format_report(record).splitlines() if "-doc, 2 worker(s), " in line]
     assert len(rows) == 2 and all("n/a: the 1x text ran in 1 process(es), the 4x text in 3" in row for row in rows)
     assert not any("of the extra text" in row for row in rows)
@@ -339,11 +340,13 @@ def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-@pytest.mark.parametrize("phase, signum", [("pipeline", signal.SIGHUP), ("rss", signal.SIGTERM)])
-def test_sigterm_or_sighup_removes_the_temporary_corpora(tmp_path, phase, signum):
+@pytest.mark.parametrize("phase, signum, group", [("pipeline", signal.SIGHUP, False), ("rss", signal.SIGTERM, False),
+                                                  ("rss", signal.SIGTERM, True)])
+def test_sigterm_or_sighup_removes_the_temporary_corpora(tmp_path, phase, signum, group):
     """SIGTERM (sent to the benchmark alone, as `kill` does) ended it without a word and left its
     temporary corpora, 2.5 times --mb, in TMPDIR; in the RSS phase the `prep tokenize` it ran
-    went on, orphaned. Now one line, 128 + the signal, nothing left and no process left."""
+    went on, orphaned. Now one line, 128 + the signal, nothing left and no process left; also
+    where the signal comes again, to the whole process group, as `timeout` sends it."""
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     source = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -364,6 +367,8 @@ def test_sigterm_or_sighup_removes_the_temporary_corpora(tmp_path, phase, signum
                 break
             time.sleep(0.01)
         os.kill(proc.pid, signum)
+        if group:
+            os.killpg(proc.pid, signum)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 128 + signum, stderr
         assert stderr.splitlines()[-1] == (f"python -m prep.bench: stopped by {signal.Signals(signum).name}; "
