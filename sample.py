@@ -180,8 +180,9 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
 @click.option("--top-k", type=click.IntRange(min=0), default=train.SAMPLE_TOP_K,
               help="Sample among the k likeliest tokens; 0: among all.")
 @click.option("--seed", type=click.IntRange(0, train.SEED_MAX), default=1337,
-              help="Sampling seed. Samples drawn together (up to 64) share its random stream, so the "
-                   "same seed gives the same samples for the same --num-samples (not those of another).")
+              help=f"Sampling seed. Samples drawn together (up to {SAMPLE_BATCH}) share its random stream, so "
+                   f"the same seed, --num-samples and device give the same samples (another --num-samples "
+                   f"other ones).")
 @click.option("--device", type=click.Choice(train.DEVICES), default="auto",
               help="auto: cuda, then mps, then cpu.")
 @click.option("--model", "preset", default=None, show_default="the checkpoint's; gpt2 for HF weights",

@@ -795,7 +795,7 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
     if "help" in kinds:
         raise UserError(f"rank {rank} of {world}: stopped because another rank was given --help (it printed the "
                         f"help instead of starting)")
-    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value) or "none"  # noqa: E731
+    shown = lambda value: f"{value:g}" if isinstance(value, float) else str(value)  # noqa: E731
     differ = {}
     for column, (name, mine) in enumerate(facts.items(), start=1):
         values = [row[column] for row in rows]
@@ -809,8 +809,8 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
             if f"{split} tokens" in differ:  # said already
                 del differ[f"{split} shards"]
     if "resume checkpoint" in differ:  # checkpoint_digest: equal or not, in no order
-        differ["resume checkpoint"] = (f"resume checkpoint: other files of one step (their records' CRC-32s "
-                                       f"differ), {facts['resume checkpoint']:016x} on rank {rank}")
+        differ["resume checkpoint"] = (f"resume checkpoint: other files of one step (other contents), "
+                                       f"{facts['resume checkpoint']:016x} on rank {rank}")
         if "resume step" in differ:  # said already
             del differ["resume checkpoint"]
     differ = list(differ.values())
@@ -1440,10 +1440,14 @@ def checkpoint_digest(path: Path) -> int:
         with zipfile.ZipFile(path) as archive:
             for record in archive.infolist():  # (its top directory: the name it was saved under)
                 digest.update(f"{record.filename.partition('/')[2]}\0{record.file_size}\0{record.CRC}\n".encode())
-    except zipfile.BadZipFile:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
+    except Exception:  # no zip archive, or a directory zipfile refuses ("zip file version 12.8") that loaded
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        except OSError as e:  # gone or unreadable since it was loaded
+            raise UserError(f"--resume {path}: cannot read it again ({e.strerror or e})") from None
     return int.from_bytes(digest.digest()[:8], "little") >> 2
 
 
@@ -1833,8 +1837,8 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
     differ = [k for k, v in now.items() if saved.get(k) != v]
     diffs = [f"{k} {saved.get(k)!r} there, {now[k]!r} now" for k in differ]
     if diffs:
-        hint = ""
-        if "world" in differ and isinstance(saved.get("world"), int):
+        hint, worlds = "", "world" in differ and isinstance(saved.get("world"), int)
+        if worlds:
             hint = (f"; resume it with {saved['world']} ranks in all (on one machine: torchrun "
                     f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
@@ -1851,7 +1855,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         if flags:  # the options, then what no option says
             said = [" ".join(f for f in flags if f.startswith("--")), *(f for f in flags if not f.startswith("--"))]
             hint += f"{' and' if hint else ';'} pass {' and '.join(filter(None, said))} to match that run"
-        if flags or again or "world" in differ:
+        if flags or again or worlds:
             if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
                 hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
@@ -2240,8 +2244,9 @@ def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_con
             "--lr": cfg.lr, "--min-lr": cfg.final_lr, "--warmup-steps": cfg.warmup_steps,
             "--weight-decay": cfg.weight_decay, "--grad-clip": cfg.grad_clip,
             # rank 0 alone reads it, and DDP hands its weights to the others: given to another
-            # rank only, it was ignored without a word (the run started from random weights)
-            "--init-from": cfg.init_from or ""}
+            # rank only, it was ignored without a word (the run started from random weights).
+            # Given or not (the path need only be on rank 0's machine); a resume reads none
+            "--init-from given": int(cfg.init_from is not None and start_step == 0)}
 
 
 def model_shape(cfg: TrainConfig) -> GPTConfig:
@@ -3407,8 +3412,9 @@ def bench_loop(s: Session) -> dict:
                   f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
         _echo("BENCH " + json.dumps(_finite(result)))  # strict JSON: a loss that is no number is null
     if not math.isfinite(result["loss"]):  # timings of weights that are no longer numbers: no result
+        why = " or the forward pass overflowed fp16's range" if rt.dtype == "fp16" else ""
         raise UserError(f"--bench: the last timed step's loss is {result['loss']}: the weights diverged "
-                        f"(--lr {cfg.lr:g}), so the timings above are not those of training")
+                        f"(--lr {cfg.lr:g}){why}, so the timings above are not those of training")
     return result
 
 

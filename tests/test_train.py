@@ -3402,6 +3402,8 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
     assert refusal(ckpt, same, world=2, total_batch_size=64).endswith(
         "(world 1 there, 2 now; total_batch_size 32 there, 64 now); resume it in one process: python train.py ..., "
         "or start a new run (another --out) from its weights with --init-from c.pt")
+    damaged = {**ckpt, "run": {**run, "world": None}}  # no world to name: no dangling ", or start a new run"
+    assert refusal(damaged, same).endswith("incompatible with this run (world None there, 1 now)")
     with pytest.raises(train.UserError) as e:  # this run gave one: following the hint must be enough
         train.check_compatible(ckpt, Path("c.pt"), {**run, "B": 4, "total_batch_size": 64}, same, {},
                                total_given=True)

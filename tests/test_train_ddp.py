@@ -450,7 +450,7 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
         # another run's checkpoint of the same step (a stale copy): each rank resumed its own
         # weights, optimizer, loader and RNG states, and the replicas drifted apart, without a word
         *[(("shared", "other"), resume, (), *["the ranks see different runs (resume checkpoint: other files of one "
-                                              "step (their records' CRC-32s differ), "] * 2)],
+                                              "step (other contents), "] * 2)],
         (("shared", "damaged"), resume, (), another,
          "--resume damaged/ckpt_000004.pt: damaged train.py checkpoint (RuntimeError: Error(s) in loading"),
         (("fresh0", "fresh1"), (), ("--data", str(other_data)),
@@ -488,7 +488,11 @@ def test_two_nodes_through_torchruns_static_rendezvous(tmp_path):
     assert metrics.read_text() == before
     assert [p.name for p in tmp_path.glob("*/metrics.jsonl")] == ["metrics.jsonl"]  # nothing else written
 
-    results = two_nodes(tmp_path, data, ("shared", "shared"), *resume)
+    # node 1 with a copy of the checkpoint in an --out of its own (the README's "or the checkpoint
+    # copied to the same path on each"): the same checkpoint, so they resume together
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "shared" / "ckpt_000004.pt", tmp_path / "copy")
+    results = two_nodes(tmp_path, data, ("shared", "copy"), *resume)
     assert all(returncode == 0 for returncode, _, _ in results), results
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == list(range(1, STEPS + 3))
 
@@ -554,7 +558,7 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
     traceback, another --sample-every or --bench met other collectives (an abort, a hang).
     Every rank refuses, each naming the options, and nothing is written."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
-    weights = Path("w.pt")  # (relative to the ranks' directory, tmp_path: the message names it so)
+    weights = Path("w.pt")  # (in the ranks' directory, tmp_path)
     torch.save(GPT(GPTConfig.preset("tiny")).state_dict(), tmp_path / weights)
     differ = "rank {} of 2: the ranks see different runs ({}): every node needs the same dataset and options"
     for n, (node1, said) in enumerate((
@@ -571,8 +575,8 @@ def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_p
         # next gradient all-reduce in its loss all-reduce (gloo aborted, 'collective mismatch')
         (("--sample-every", "3"), ("--sample-every: 0 to 3, 0 on rank 0", "--sample-every: 0 to 3, 3 on rank 1")),
         # rank 0 alone reads --init-from: given to node 1 only, the run started from random weights
-        (("--init-from", str(weights)), ("--init-from: none to w.pt, none on rank 0",
-                                         "--init-from: none to w.pt, w.pt on rank 1")),
+        (("--init-from", str(weights)), ("--init-from given: 0 to 1, 0 on rank 0",
+                                         "--init-from given: 0 to 1, 1 on rank 1")),
         # --bench on one node: the two loops' collectives never matched (both hung)
         (("--bench", "--bench-steps", "2"),
          ("val tokens: 0 to 300, 300 on rank 0; --bench: 0 to 1, 0 on rank 0; --bench-warmup: 0 to 5, 0 on rank 0; "
