@@ -3797,13 +3797,24 @@ def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_pa
     assert 0 <= digest < 2**62 and train.checkpoint_digest(copy) == digest
     other = torch.load(good, weights_only=True)
     other["model"]["transformer.wpe.weight"][0, 0] += 1
-    torch.save(other, tmp_path / "node1" / "ckpt_000002.pt")
-    digests = {digest, train.checkpoint_digest(copy), train.checkpoint_digest(workdir / "garbage.pt"),
+    torch.save(other, tmp_path / "other.pt")  # another run's step 2
+    digests = {digest, train.checkpoint_digest(tmp_path / "other.pt"), train.checkpoint_digest(workdir / "garbage.pt"),
                train.checkpoint_digest(workdir / "truncated.pt")}
     assert len(digests) == 4
     # a bit flipped in a record leaves the directory's CRC-32s as they were: the number is good's,
     # and the file is refused before it counts (_zip_damage: its bytes fail that CRC)
     assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train._zip_damage(workdir / "bitflip.pt")
+    # a directory whose "version needed" zipfile refuses (NotImplementedError: zip file version
+    # 12.8), where torch.load reads on: a number all the same (the bytes'), not a traceback
+    data = bytearray(good.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the first record's central directory entry
+    data[entry + 6:entry + 8] = (128).to_bytes(2, "little")
+    (tmp_path / "version.pt").write_bytes(data)
+    with pytest.raises(NotImplementedError):
+        zipfile.ZipFile(tmp_path / "version.pt")
+    assert train.checkpoint_digest(tmp_path / "version.pt") not in digests
+    with pytest.raises(train.UserError, match=r"^--resume .*gone.pt: cannot read it again \(No such file"):
+        train.checkpoint_digest(tmp_path / "gone.pt")
 
 
 def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
