@@ -18,27 +18,46 @@ SAMPLE_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+# Paths reach the recipes' shells through the environment, quoted there ("$$DEMO_DIR"): a
+# directory with a space in its name (the clone's, DEMO_DIR's) stays one path. TORCH_SPEC too,
+# unquoted there: split into words (torch --index-url URL), but never read as a redirection
+# (torch<2.14) or a pattern.
+export VENV TORCH_SPEC DEMO_DIR
+
 .PHONY: venv demo test bench-gpu gpu-check gpu-profile clean
 
 venv: $(STAMP)
 
+# A venv cut short as it was made (Ctrl-C) has a python but no pip: ensurepip adds it (offline).
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[dev]"
-	touch $(STAMP)
+	test -x "$$VENV/bin/python" || $(PYTHON) -m venv "$$VENV"
+	"$$VENV/bin/python" -c "import pip" 2>/dev/null || "$$VENV/bin/python" -m ensurepip --default-pip
+	"$$VENV/bin/python" -c "import torch" 2>/dev/null || { set -f; "$$VENV/bin/python" -m pip install $$TORCH_SPEC; }
+	"$$VENV/bin/python" -m pip install -e ".[dev]"
+	touch "$$VENV/.installed"
+
+# The venv's scripts name its python by an absolute path: a clone moved since (or a venv whose
+# Python was removed) fails with "not found". Say what to do instead.
+VENV_RUNS = "$$VENV/bin/prep" --help >/dev/null 2>&1 || { echo "make $@: $$VENV does not run (its scripts' \
+	python is gone: the clone moved, or Python was removed?): remove it (make clean) and run make $@ again" >&2; exit 2; }
 
 # Runs in DEMO_DIR (input.txt, data/input/, out/demo/ land there). SAMPLE_ARGS go to
 # `prep sample`, e.g. SAMPLE_ARGS="--from path/to/input.txt" or SAMPLE_ARGS=--offline.
 demo: $(STAMP)
-	mkdir -p $(DEMO_DIR)
-	cd $(DEMO_DIR) && $(abspath $(BIN))/prep sample --out input.txt $(SAMPLE_ARGS)
-	cd $(DEMO_DIR) && $(abspath $(BIN))/prep tokenize input.txt --overwrite
-	cd $(DEMO_DIR) && rm -rf out/demo && $(abspath $(BIN))/python $(CURDIR)/train.py --B 4 --T 32 --model $(DEMO_MODEL) \
-		--steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
+	@test -n "$$DEMO_DIR" || { echo "make demo: DEMO_DIR is empty: name a directory (default: .)" >&2; exit 2; }
+	@$(VENV_RUNS)
+	mkdir -p -- "$$DEMO_DIR"
+	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && { "$$bin/prep" sample --out input.txt $(SAMPLE_ARGS) \
+		|| { status=$$?; echo "make demo: prep sample's options go in SAMPLE_ARGS (SAMPLE_ARGS=--overwrite)" >&2; \
+		exit $$status; }; }
+	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && "$$bin/prep" tokenize input.txt --overwrite
+	bin="$$(cd -- "$$VENV/bin" && pwd)" && root="$$PWD" && cd -- "$$DEMO_DIR" && rm -rf out/demo && \
+		"$$bin/python" "$$root/train.py" --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) \
+		--data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	@$(VENV_RUNS)
+	"$$VENV/bin/python" -m pytest -q
 
 # On a CUDA machine with no network and no venv (a lent GPU): tests/gpu_check.sh, which says
 # what it needs. `make bench-gpu` tokenizes the sample corpus and runs `train.py --bench` with
@@ -62,4 +81,5 @@ gpu-profile:
 # `prep tokenize input.txt` writes); not input.txt (maybe your corpus), nor other datasets or
 # runs under data/ and out/
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis $(DEMO_DIR)/data/input $(DEMO_DIR)/out/demo
+	@test -n "$$DEMO_DIR" || { echo "make clean: DEMO_DIR is empty: name a directory (default: .)" >&2; exit 2; }
+	rm -rf -- "$$VENV" .pytest_cache .hypothesis "$$DEMO_DIR/data/input" "$$DEMO_DIR/out/demo"
