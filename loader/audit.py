@@ -12,9 +12,13 @@ tokens. This reads the logs back and checks:
 - within an epoch no target (positions start+1 .. start+B*T of a window) is read twice, by
   the same rank or another, and every window starts on a multiple of B*T;
 - an epoch that is over read every slot: its targets are positions 1 .. E*B*T*W, each exactly
-  once, in E steps on every rank. E is the split's (N-1) // (B*T*W) with --data; without it,
-  what the epochs before the last one took. An epoch is over when a later one is in the logs,
-  or when it has its E steps on every rank; no window of any epoch reads past E*B*T*W;
+  once, in E steps on every rank. E is the split's (N-1) // (B*T*W): N from --data, or else from
+  the run's newest checkpoint (its loader state's token count); with neither, what the first
+  epoch took. An epoch is over once every rank has moved past it or taken its E steps (the
+  ranks of a run killed within an accumulation step can be apart across an epoch's end); no
+  rank takes more than E steps in one, no window of any epoch reads past E*B*T*W, and, where
+  E is known, each batch k is logged in epoch k // E;
+- a line without crc32 comes before every line with one (a log begun by an older train.py);
 - with --data (the train split's shards, as given to train.py): each window's first tokens,
   last target and crc32 are the shards' at the logged offset, so the offsets are where the
   model's tokens came from (without --data the offsets are taken as logged), and the
@@ -30,7 +34,9 @@ newest checkpoint records it: its loader state names the train split's shards wi
 token counts and meta.json's sha256 (what a resume checks, loader.dataset_difference), and
 its train_config the --data given. A --data that differs is refused, naming both; a run
 that left no checkpoint (--ckpt-every 0, killed before its first) has no such record, and a
-note says --data was taken unchecked. Without --data, a note names the run's.
+note says --data was taken unchecked. Without --data, a note names the run's. A checkpoint
+of another B, T or world size than the logs' is a problem: train.py resumes no such
+checkpoint, nor starts afresh beside one, so the logs are another run's.
 
 Exit status: 0 when every check passes, 1 when one fails (a line per problem), 2 for a usage
 error (no logs in OUT, a log this version cannot read, a bad --data, one that is not the
@@ -124,8 +130,10 @@ def _record(line: str, where: str) -> dict:
         raise UserError(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
                         "(run train.py with --log-windows again)")
     tokens = record["first_tokens"]
+    if _int(record["rank"], 0) and _int(record["world"], 1) and record["rank"] >= record["world"]:
+        raise UserError(f"{where}: rank {record['rank']} in a run of {record['world']} rank(s)")
     if not (all(_int(record[name], 0) for name in ("batch", "rank", "epoch", "start", "last_target"))
-            and _int(record["T"], 1) and _int(record["world"], 1) and record["rank"] < record["world"]
+            and _int(record["T"], 1) and _int(record["world"], 1)
             and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)
             and (CHECKSUM not in record or (_int(record[CHECKSUM], 0) and record[CHECKSUM] < 2**32))):
         raise UserError(f"{where}: a value is not what train.py writes: {line[:120]}")
@@ -257,14 +265,23 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
                 problems.add("numbering", f"rank {log.rank}: batch {b.batch} in epoch {b.epoch} after epoch "
                              f"{a.epoch} ({skipped} skipped)")
                 break
+        # a train.py that writes crc32 writes it on every line (a log begun by an older one, and
+        # resumed by a newer one, has it from some batch on)
+        summed = next((w for w in log.windows if w.crc32 is not None), None)
+        unsummed = summed and next((w for w in log.windows if w.batch > summed.batch and w.crc32 is None), None)
+        if unsummed:
+            problems.add("numbering", f"rank {log.rank}: batch {unsummed.batch} has no crc32, where batch "
+                         f"{summed.batch} before it has one: its tokens cannot be checked whole")
     return not absent
 
 
-def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, all_ranks: bool = True) -> None:
+def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, all_ranks: bool = True,
+                 source: str = "the data") -> None:
     """No target twice within an epoch, windows on step boundaries and within the epoch's
     slots; an epoch that is over reads exactly positions 1..E*B*T*W in E steps per rank
     (unless some rank's log is missing: then what it read is unknown, `all_ranks` False).
-    `data_steps`: E from the data, or None (then the earlier epochs' steps say it)."""
+    `data_steps`: E as `source` (the data, or the run's checkpoint) says it, which also puts
+    each batch in its epoch (batch // E); or None (then the earlier epochs' steps say it)."""
     B, T, world = logs[0].B, logs[0].T, logs[0].world
     step = B * T
     by_epoch: dict[int, list[Window]] = defaultdict(list)
@@ -276,10 +293,21 @@ def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, al
     last = max(by_epoch)
     E = data_steps
     if E is None and last > min(by_epoch):  # an earlier epoch is over: it says E
-        E = max(steps[min(by_epoch)].values())
+        E, source = max(steps[min(by_epoch)].values()), f"epoch {min(by_epoch)}"
+    if data_steps:  # the loader's step k is in epoch k // E: a window logged in another
+        for log in logs:
+            wrong = next((w for w in log.windows if w.epoch != w.batch // E), None)
+            if wrong:
+                report.problems.add("epoch", f"rank {log.rank}: batch {wrong.batch} logged in epoch {wrong.epoch}, "
+                                    f"where an epoch of {E:,} steps ({source} says) puts it in epoch "
+                                    f"{wrong.batch // E}")
+    # an epoch is over for a rank that has moved past it, or has its E steps (within one
+    # accumulation step the ranks do not wait for each other: a run killed there has one rank
+    # in the next epoch while another is still in this one)
+    last_of = {log.rank: max((w.epoch for w in log.windows), default=-1) for log in logs}
     for epoch in sorted(by_epoch):
         per_rank = steps[epoch]  # windows of this epoch on each rank
-        over = epoch < last or (E is not None and min(per_rank.values()) == E)
+        over = all(last_of[r] > epoch or (E is not None and n >= E) for r, n in per_rank.items())
         # equal-length ranges sorted by start: any overlap shows between neighbours
         windows = sorted(by_epoch[epoch], key=lambda w: (w.start, w.rank, w.batch))
         clean = True
@@ -299,6 +327,11 @@ def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, al
                                     f"{w.start + step:,}, past the {E * world * step:,} an epoch's {E:,} steps "
                                     f"x {world} rank(s) cover")
         if not over or not all_ranks:
+            beyond = [f"rank {r}: {n:,}" for r, n in per_rank.items() if E is not None and n > E]
+            if beyond:
+                clean = False
+                report.problems.add("steps", f"epoch {epoch}: more steps than an epoch has ({', '.join(beyond)}; "
+                                    f"{E:,} per rank, {source} says)")
             ranks = ", ".join(f"rank {r}: {n:,}" for r, n in per_rank.items())
             of = f" of {E:,} per rank" if E is not None else ""
             report.lines.append(f"epoch {epoch}: {len(windows):,} window(s) so far ({ranks}{of})"
@@ -311,9 +344,8 @@ def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, al
                                 f"{', '.join(f'rank {r}: {n:,}' for r, n in per_rank.items())})")
         if E is not None and taken != E:
             clean = False
-            source = "the data" if data_steps is not None else f"epoch {min(by_epoch)}"
             report.problems.add("steps", f"epoch {epoch}: {taken:,} steps where an epoch has {E:,} ({source} says)")
-        for lo, hi in _gaps(_covered(windows, step), 1, taken * world * step):
+        for lo, hi in _gaps(_covered(windows, step), 1, min(taken, E or taken) * world * step):
             clean = False
             report.problems.add("gap", f"epoch {epoch}: targets {lo:,}-{hi:,} never read")
         if clean:
@@ -372,10 +404,14 @@ def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+class NotThisRun(str):
+    """Why the logs cannot be the run whose checkpoint is in their directory (read_trained)."""
+
+
 def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     """The record of the data `out`'s run trained on, from its newest checkpoint (every
     checkpoint of a run has the same data: a resume onto other data is refused); where there
-    is none that fits the logs, why not."""
+    is none, why not; where it is of another run than the logs' (NotThisRun), why."""
     found = list_checkpoints(out)
     if not found:
         return "no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on"
@@ -402,9 +438,10 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     if data is not None and not isinstance(data, str):
         return f"{path}: a damaged train_config (its data is a {type(data).__name__}, not the --data given)"
     run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)
-    if run != ours:  # the logs are another run's: its data is not this checkpoint's to say
-        return (f"{path}: of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
-                f"B={ours[0]} x T={ours[1]}, {ours[2]} rank(s)")
+    if run != ours:  # train.py refuses a resume of another B, T or world size, and a fresh run into
+        # an --out with another run's files: logs beside it are another run's (copied there?)
+        return NotThisRun(f"{path} is of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
+                          f"B={ours[0]} x T={ours[1]}, {ours[2]} rank(s): the logs are not this run's")
     return Trained(path, state, data)
 
 
@@ -510,7 +547,9 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
     try:
         trained = read_trained(out, logs)
         same = None
-        if isinstance(trained, str):  # (`trained` says why not)
+        if isinstance(trained, NotThisRun):
+            report.problems.add("run", trained)
+        elif isinstance(trained, str):  # (`trained` says why not)
             unchecked = "" if data is None else f"--data {data} is taken to be the run's data, unchecked, and "
             report.notes.append(f"{trained}: {unchecked}a log cut short (windows trained after its last one) "
                                 f"cannot be told from a whole one")
@@ -522,8 +561,12 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
         all_ranks = check_numbering(logs, report.problems)
         if isinstance(trained, Trained):
             check_logged_through(logs, trained, report.problems)
-        E = None if stream is None else steps_per_epoch(stream.num_tokens, B, T, world)
-        check_epochs(logs, report, E, all_ranks)
+        E, source = None, "the data"
+        if stream is not None:
+            E = steps_per_epoch(stream.num_tokens, B, T, world)
+        elif isinstance(trained, Trained):  # its split's token count, for these logs' B, T and world
+            E, source = steps_per_epoch(trained.state["num_tokens"], B, T, world), trained.path.name
+        check_epochs(logs, report, E, all_ranks, source)
         if stream is not None:
             check_tokens(logs, data, stream, report)
         if same is not None:  # last: the lines before it are the logs' and the tokens'

@@ -412,7 +412,8 @@ def test_a_state_for_shards_of_other_sizes_with_the_same_names_and_total_is_refu
         windows(loader, 3)
         state = loader.state_dict()
     with TokenLoader(other, B=2, T=50) as loader, pytest.raises(
-            LoaderError, match=r"another dataset: 3 shards, N=3517 tokens; this loader reads 3 shards, N=3517 tokens "
+            LoaderError, match=r"another dataset: 3 shard\(s\), N=3517 tokens; this loader reads 3 shard\(s\), "
+                               r"N=3517 tokens "
                                r"\(first difference: d_train_000001.bin of 517 tokens there, "
                                r"d_train_000001.bin of 518 tokens here\)"):
         loader.load_state_dict(state)

@@ -175,7 +175,7 @@ def test_a_dataset_the_run_did_not_train_on_is_refused_naming_both(tmp_path):
     train.train(train.TrainConfig(model="tiny", B=B, T=T, steps=8, warmup_steps=2, eval_every=0, quiet=True,
                                   device="cpu", data=str(small), out=str(out), log_windows=True, ckpt_every=4))
     assert_user_error(run(out, "--data", big), f"--data {big} is not the dataset the run trained on (--data {small})",
-                      f"{out / 'ckpt_000008.pt'}'s loader state: 1 shards, N=600 tokens; --data has 1 shards, "
+                      f"{out / 'ckpt_000008.pt'}'s loader state: 1 shard(s), N=600 tokens; --data has 1 shard(s), "
                       "N=1000 tokens")
     result = run(out, "--data", small)
     assert result.exit_code == 0, result.output
@@ -219,10 +219,23 @@ def test_a_dataset_of_the_same_names_and_counts_is_told_apart_by_its_sha256(tmp_
                       "t_train_000000.bin has the same name and token count, but meta.json's sha256 is")
 
 
+def test_logs_beside_a_checkpoint_of_another_run_fail(tmp_path, data):
+    """train.py refuses to resume with another B, T or world size, and to start afresh in an
+    --out with another run's files: logs of 1 rank beside a checkpoint of 2 are another run's
+    (copied there). That was a note, and the audit passed, --data unchecked and the windows the
+    checkpoint's run trained unlogged unnoticed."""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5)
+    path = checkpoint(out, data, world=2)
+    for args in (("--data", str(data)), ()):
+        result = run(out, *args)
+        assert result.exit_code == 1, result.output
+        assert (f"problem: {path} is of a run of B=2 x T=16, 2 rank(s), not the logs' B=2 x T=16, 1 rank(s): the "
+                f"logs are not this run's\n") in result.output, result.output
+
+
 @pytest.mark.parametrize("kind, words", [
     ("garbage", "not a readable checkpoint (torch.load raised"),
     ("no loader", "no train.py loader state in it"),
-    ("other run", "of a run of B=2 x T=16, 2 rank(s), not the logs' B=2 x T=16, 1 rank(s)"),
     # damaged: said so, where "--data X is not the dataset the run trained on (--data X)" named
     # the same path twice, or "no loader state" for an intact one
     ("no shards", "a damaged train.py loader state (0 shard(s) of 0 tokens, and num_tokens "),
@@ -231,7 +244,7 @@ def test_a_dataset_of_the_same_names_and_counts_is_told_apart_by_its_sha256(tmp_
 ])
 def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked(tmp_path, data, kind, words):
     out = log_ranks(tmp_path / "out", data, world=1, batches=5)
-    path = checkpoint(out, data, world=2 if kind == "other run" else 1)
+    path = checkpoint(out, data)
     if kind == "garbage":
         path.write_bytes(b"not a zip")
     elif kind == "no loader":
@@ -659,3 +672,97 @@ def test_a_loader_that_wraps_a_step_early_fails_the_epoch_it_cut_short(tmp_path,
     assert result.exit_code == 1, result.output
     assert "problem: epoch 0: 30 steps where an epoch has 31 (the data says)" in result.output, result.output
     assert "epoch 0: complete" not in result.output
+
+
+def logged(start: int, batch: int, epoch: int, rank: int = 0, world: int = 1) -> dict:
+    """The log line of a window of positional tokens (token i is i) at `start`, as train.py writes it."""
+    window = positional_tokens(1000)[start:start + B * T + 1]
+    return {"batch": batch, "rank": rank, "world": world, "epoch": epoch, "start": start, "T": T,
+            "first_tokens": [int(t) for t in window[:-1:T]], "last_target": int(window[-1]),
+            "crc32": zlib.crc32(window.astype("<u2").tobytes())}
+
+
+def test_a_rank_with_more_steps_than_an_epoch_has_fails(tmp_path, data):
+    """Two ranks 5 steps into epoch 0 (of 15 each), then rank 0 logs 11 more, the last, batch
+    15, labelled epoch 0 on a slot rank 1 had not read yet: no target twice, every token the
+    shards', the epoch unfinished; it passed, "rank 0: 16 ... of 15 per rank"."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=5, shuffle=False)
+    rank0 = lines(out / "windows_rank0.jsonl")
+    rank0 += [logged(2 * k * B * T, k, 0, world=2) for k in range(5, 15)] + [logged(11 * B * T, 15, 0, world=2)]
+    rewrite(out / "windows_rank0.jsonl", rank0)
+    for args in (("--data", data), ()):
+        if not args:
+            checkpoint(out, data, world=2)  # its split's size says E
+        result = run(out, *args)
+        assert result.exit_code == 1, result.output
+        said = "the data" if args else "ckpt_000005.pt"
+        assert (f"problem: rank 0: batch 15 logged in epoch 0, where an epoch of 15 steps ({said} says) puts it in "
+                f"epoch 1\n") in result.output, result.output
+        assert (f"problem: epoch 0: more steps than an epoch has (rank 0: 16; 15 per rank, {said} says)\n"
+                in result.output), result.output
+
+
+def test_without_data_the_checkpoint_says_the_epoch_s_steps(tmp_path, data):
+    """A loader that never read the last slot of an epoch (30 steps of the 31 the split has):
+    without --data, the epoch's size was what epoch 0 took, and the audit passed it as
+    complete. The run's checkpoint records the split's tokens: that says 31."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rewrite(out / "windows_rank0.jsonl", [logged((k % 30) * B * T, k, k // 30) for k in range(40)])
+    result = run(out)
+    assert result.exit_code == 0, result.output  # nothing says otherwise: epoch 0 took 30 steps
+    assert "epoch 0: complete, 30 steps x 1 rank(s): targets 1-960 each read exactly once" in result.output
+    checkpoint(out, data)
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert "problem: epoch 0: 30 steps where an epoch has 31 (ckpt_000005.pt says)\n" in result.output
+    assert "problem: rank 0: batch 30 logged in epoch 1, where an epoch of 31 steps (ckpt_000005.pt says) puts " \
+        "it in epoch 0\n" in result.output
+
+
+def test_a_line_without_crc32_after_lines_with_one_fails(tmp_path, data):
+    """The crc32 of a window with a changed token deleted from its line: only its first tokens
+    and last target were checked, a note said so, and the audit passed."""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5)
+    records = lines(out / "windows_rank0.jsonl")
+    del records[3]["crc32"]
+    rewrite(out / "windows_rank0.jsonl", records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: rank 0: batch 3 has no crc32, where batch 0 before it has one: its tokens cannot be checked " \
+        "whole\n" in result.output
+    # a log begun by a train.py that wrote none, resumed by one that does: from some batch on
+    for record in records[:3]:
+        del record["crc32"]
+    records[3]["crc32"] = lines(log_ranks(tmp_path / "again", data, world=1, batches=5) / "windows_rank0.jsonl")[3][
+        "crc32"]
+    rewrite(out / "windows_rank0.jsonl", records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 0 and "note: 3 of the 5 window(s) have no crc32" in result.output, result.output
+
+
+def test_ranks_apart_across_an_epoch_s_end_pass(tmp_path, data):
+    """Within an accumulation step the ranks do not wait for each other: a run killed there can
+    have rank 0 two steps into epoch 1 while rank 1 has 14 of epoch 0's 15. Epoch 0 was taken
+    for over ("the ranks took different numbers of steps", "targets ... never read"): a correct
+    run failed. It is over for a rank once that rank has moved past it."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=17)
+    rank1 = lines(out / "windows_rank1.jsonl")
+    rewrite(out / "windows_rank1.jsonl", rank1[:14])
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert "epoch 0: 29 window(s) so far (rank 0: 15, rank 1: 14 of 15 per rank); no target read twice" \
+        in result.output
+    assert "epoch 1: 2 window(s) so far (rank 0: 2, rank 1: 0 of 15 per rank); no target read twice" in result.output
+    # rank 1 past epoch 0 after 14 steps (a loader that skipped a slot): over, and a problem
+    rewrite(out / "windows_rank1.jsonl", [*rank1[:14], {**rank1[15], "batch": 14}])
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert "problem: epoch 0: the ranks took different numbers of steps (rank 0: 15, rank 1: 14)" in result.output
+
+
+def test_a_log_of_a_rank_beyond_the_world_says_so(tmp_path, data):
+    out = log_ranks(tmp_path / "out", data, world=2, batches=3)
+    stray = [{**record, "rank": 2} for record in lines(out / "windows_rank1.jsonl")]
+    rewrite(out / "windows_rank2.jsonl", stray)
+    assert_user_error(run(out), f"{out / 'windows_rank2.jsonl'}:1: rank 2 in a run of 2 rank(s)")
