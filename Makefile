@@ -23,6 +23,8 @@ STAMP := $(VENV)/.installed
 # unquoted there: split into words (torch --index-url URL), but never read as a redirection
 # (torch<2.14) or a pattern.
 export VENV TORCH_SPEC DEMO_DIR
+unexport CDPATH  # a relative cd would print its path, or go to another tree's directory of that name
+$(if $(word 2,$(VENV)),$(error VENV="$(VENV)": make cannot name a target with a space in it; pick another VENV))
 
 .PHONY: venv demo test bench-gpu gpu-check gpu-profile clean
 
@@ -38,8 +40,9 @@ $(STAMP): pyproject.toml
 
 # The venv's scripts name its python by an absolute path: a clone moved since (or a venv whose
 # Python was removed) fails with "not found". Say what to do instead.
-VENV_RUNS = "$$VENV/bin/prep" --help >/dev/null 2>&1 || { echo "make $@: $$VENV does not run (its scripts' \
-	python is gone: the clone moved, or Python was removed?): remove it (make clean) and run make $@ again" >&2; exit 2; }
+VENV_RUNS = python="$$(sed -n '1s/^\#!//p' "$$VENV/bin/prep" 2>/dev/null)"; test -x "$${python:-/nonexistent}" || { \
+	echo "make $@: $$VENV/bin/prep runs $${python:-no python}, which is not there (the clone moved, or Python \
+	was removed?): remove $$VENV and run make $@ again" >&2; exit 2; }
 
 # Runs in DEMO_DIR (input.txt, data/input/, out/demo/ land there). SAMPLE_ARGS go to
 # `prep sample`, e.g. SAMPLE_ARGS="--from path/to/input.txt" or SAMPLE_ARGS=--offline.
@@ -48,8 +51,8 @@ demo: $(STAMP)
 	@$(VENV_RUNS)
 	mkdir -p -- "$$DEMO_DIR"
 	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && { "$$bin/prep" sample --out input.txt $(SAMPLE_ARGS) \
-		|| { status=$$?; echo "make demo: prep sample's options go in SAMPLE_ARGS (SAMPLE_ARGS=--overwrite)" >&2; \
-		exit $$status; }; }
+		|| { status=$$?; test $$status = 2 && test -e input.txt && \
+		echo "make demo: prep sample's options go in SAMPLE_ARGS (SAMPLE_ARGS=--overwrite)" >&2; exit $$status; }; }
 	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && "$$bin/prep" tokenize input.txt --overwrite
 	bin="$$(cd -- "$$VENV/bin" && pwd)" && root="$$PWD" && cd -- "$$DEMO_DIR" && rm -rf out/demo && \
 		"$$bin/python" "$$root/train.py" --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) \

@@ -18,7 +18,11 @@ tokens. This reads the logs back and checks:
   ranks of a run killed within an accumulation step can be apart across an epoch's end); no
   rank takes more than E steps in one, no window of any epoch reads past E*B*T*W, and, where
   E is known, each batch k is logged in epoch k // E;
-- a line without crc32 comes before every line with one (a log begun by an older train.py);
+- a line without crc32 comes before every line with one (a log begun by an older train.py),
+  and every rank's log has it from the same batch (a resume restarts them all at one step);
+- with a checkpoint that records the run's batch geometry, the ranks' logs end at most one
+  optimizer step apart (its micro-batches, plus one for a line a kill cut in two): further
+  apart, a log was cut short;
 - with --data (the train split's shards, as given to train.py): each window's first tokens,
   last target and crc32 are the shards' at the logged offset, so the offsets are where the
   model's tokens came from (without --data the offsets are taken as logged), and the
@@ -272,6 +276,14 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
         if unsummed:
             problems.add("numbering", f"rank {log.rank}: batch {unsummed.batch} has no crc32, where batch "
                          f"{summed.batch} before it has one: its tokens cannot be checked whole")
+    # every rank runs the same train.py: where one began writing crc32 (a resume), all did
+    firsts = {log.rank: next((w.batch for w in log.windows if w.crc32 is not None), None) for log in logs}
+    first = min((b for b in firsts.values() if b is not None), default=None)
+    for log in logs:
+        if first is not None and log.windows and log.windows[-1].batch >= first and firsts[log.rank] != first:
+            own = "none" if firsts[log.rank] is None else f"from batch {firsts[log.rank]}"
+            problems.add("numbering", f"rank {log.rank}: crc32 {own}, where another rank's log has it from batch "
+                         f"{first}: its tokens cannot be checked whole")
     return not absent
 
 
@@ -307,7 +319,7 @@ def check_epochs(logs: list[RankLog], report: Report, data_steps: int | None, al
     last_of = {log.rank: max((w.epoch for w in log.windows), default=-1) for log in logs}
     for epoch in sorted(by_epoch):
         per_rank = steps[epoch]  # windows of this epoch on each rank
-        over = all(last_of[r] > epoch or (E is not None and n >= E) for r, n in per_rank.items())
+        over = epoch < last - 1 or all(last_of[r] > epoch or (E is not None and n >= E) for r, n in per_rank.items())
         # equal-length ranges sorted by start: any overlap shows between neighbours
         windows = sorted(by_epoch[epoch], key=lambda w: (w.start, w.rank, w.batch))
         clean = True
@@ -384,6 +396,7 @@ class Trained:
     path: Path  # the checkpoint
     state: dict  # its loader state
     data: str | None  # --data as given to train.py; None: it took the one dataset under ./data
+    accum: int | None = None  # loader steps (micro-batches) per optimizer step; None: not recorded
 
     def named(self) -> str:
         """The run's data, as the checkpoint names it."""
@@ -438,11 +451,18 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     if data is not None and not isinstance(data, str):
         return f"{path}: a damaged train_config (its data is a {type(data).__name__}, not the --data given)"
     run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)
+    if not all(_int(value, 1) for value in run):
+        return f"{path}: a damaged train.py loader state (B, T, world {run})"
+    if steps_per_epoch(state["num_tokens"], *run) == 0:
+        return f"{path}: a damaged train.py loader state ({state['num_tokens']:,} tokens, not one step of {run})"
     if run != ours:  # train.py refuses a resume of another B, T or world size, and a fresh run into
         # an --out with another run's files: logs beside it are another run's (copied there?)
         return NotThisRun(f"{path} is of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
                           f"B={ours[0]} x T={ours[1]}, {ours[2]} rank(s): the logs are not this run's")
-    return Trained(path, state, data)
+    total = ckpt.get("run", {}).get("total_batch_size") if isinstance(ckpt.get("run"), dict) else None
+    step_tokens = run[0] * run[1] * run[2]
+    accum = total // step_tokens if _int(total, 1) and total % step_tokens == 0 else None
+    return Trained(path, state, data, accum)
 
 
 def check_logged_through(logs: list[RankLog], trained: Trained, problems: Problems) -> None:
@@ -462,6 +482,20 @@ def check_logged_through(logs: list[RankLog], trained: Trained, problems: Proble
             problems.add("numbering", f"rank {log.rank}: {ends}, but the loader of {trained.path.name} had read "
                          f"{step:,} window(s): {_batches(last + 1, step - 1)} trained and not logged "
                          f"(a log cut short, or a resume without --log-windows)")
+
+
+def check_ranks_apart(logs: list[RankLog], trained: Trained, problems: Problems) -> None:
+    """The ranks' logs end at most one optimizer step apart: within one the ranks do not wait
+    for each other (its micro-batches, `trained.accum`), at its end they do (the gradients'
+    all-reduce). One more for a line a kill cut in two. Further apart, a log was cut short."""
+    ends = {log.rank: log.windows[-1].batch for log in logs if log.windows}
+    if trained.accum is None or len(ends) < 2:
+        return
+    ahead, behind = max(ends, key=ends.get), min(ends, key=ends.get)
+    if ends[ahead] - ends[behind] > trained.accum + 1:
+        problems.add("numbering", f"the ranks' logs end {ends[ahead] - ends[behind]:,} batches apart (rank {ahead}: "
+                     f"batch {ends[ahead]:,}, rank {behind}: batch {ends[behind]:,}), where the ranks run at most "
+                     f"one optimizer step ({trained.accum:,} batch(es)) apart: a log cut short?")
 
 
 def _batches(first: int, last: int) -> str:
@@ -561,9 +595,13 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
         all_ranks = check_numbering(logs, report.problems)
         if isinstance(trained, Trained):
             check_logged_through(logs, trained, report.problems)
+            check_ranks_apart(logs, trained, report.problems)
         E, source = None, "the data"
         if stream is not None:
             E = steps_per_epoch(stream.num_tokens, B, T, world)
+            if E == 0:
+                raise UserError(f"--data {data}: {stream.num_tokens:,} tokens, fewer than one step of B={B} x T={T} "
+                                f"x {world} rank(s) reads ({B * T * world + 1:,}): not the run's data")
         elif isinstance(trained, Trained):  # its split's token count, for these logs' B, T and world
             E, source = steps_per_epoch(trained.state["num_tokens"], B, T, world), trained.path.name
         check_epochs(logs, report, E, all_ranks, source)

@@ -766,3 +766,54 @@ def test_a_log_of_a_rank_beyond_the_world_says_so(tmp_path, data):
     stray = [{**record, "rank": 2} for record in lines(out / "windows_rank1.jsonl")]
     rewrite(out / "windows_rank2.jsonl", stray)
     assert_user_error(run(out), f"{out / 'windows_rank2.jsonl'}:1: rank 2 in a run of 2 rank(s)")
+
+
+def test_a_rank_whose_log_lags_further_than_ranks_run_apart_fails(tmp_path, data):
+    """Ranks run apart only within an optimizer step: rank 1's log ending 35 batches before
+    rank 0's was cut short. Epochs two behind the newest are over whatever a rank says, and the
+    checkpoint's total batch size bounds the lead to one optimizer step (2 batches here)."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=40)
+    rank1 = lines(out / "windows_rank1.jsonl")
+    rewrite(out / "windows_rank1.jsonl", rank1[:5])
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert "problem: epoch 0: the ranks took different numbers of steps (rank 0: 15, rank 1: 5)" in result.output
+    # one epoch apart, no epoch over: the checkpoint's batch geometry says it
+    rewrite(out / "windows_rank1.jsonl", rank1[:20])
+    path = checkpoint(out, data, world=2)
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "run": {"total_batch_size": 2 * B * T * 2}}, path)  # 2 batches a step
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert ("problem: the ranks' logs end 20 batches apart (rank 0: batch 39, rank 1: batch 19), where the ranks "
+            "run at most one optimizer step (2 batch(es)) apart: a log cut short?\n") in result.output
+    rewrite(out / "windows_rank1.jsonl", rank1[:37])  # 3 apart: 2 in a step, 1 for a line a kill cut in two
+    assert run(out).exit_code == 0
+
+
+def test_ranks_whose_crc32_starts_at_different_batches_fail(tmp_path, data):
+    """Every rank runs the same train.py: crc32 stripped from all of one rank's lines passed,
+    with a note."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=5)
+    rewrite(out / "windows_rank1.jsonl", [{k: v for k, v in r.items() if k != "crc32"}
+                                          for r in lines(out / "windows_rank1.jsonl")])
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: rank 1: crc32 none, where another rank's log has it from batch 0: its tokens cannot be " \
+        "checked whole\n" in result.output
+
+
+def test_data_too_small_for_one_step_and_a_state_without_its_batch_are_said(tmp_path, data):
+    """E == 0 gave "past the 0 an epoch's 0 steps cover"; a loader state without B read as
+    another run's ("B=None")."""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=3)
+    small = write_dataset(tmp_path / "small", positional_tokens(20))
+    assert_user_error(run(out, "--data", small), f"--data {small}: 20 tokens, fewer than one step of B=2 x T=16 "
+                      "x 1 rank(s) reads (33): not the run's data")
+    path = checkpoint(out, data)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["loader"]["B"]
+    torch.save(ckpt, path)
+    result = run(out)
+    assert result.exit_code == 0, result.output
+    assert f"note: {path}: a damaged train.py loader state (B, T, world (None, 16, 1))" in result.output

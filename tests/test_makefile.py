@@ -32,7 +32,7 @@ def test_clean_removes_only_the_demo_s_files_in_a_demo_dir_with_a_space(tmp_path
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("keep")
     (tmp_path / "with").mkdir()
-    result = make(tmp_path, "clean", f"VENV={tmp_path / 'no venv'}", f"DEMO_DIR={demo}")
+    result = make(tmp_path, "clean", f"VENV={tmp_path / 'novenv'}", f"DEMO_DIR={demo}")
     assert result.returncode == 0, result.stderr
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert left == ["d with space/data/other/meta.json", "d with space/input.txt", "d with space/out/run/x",
@@ -100,6 +100,15 @@ def test_a_venv_that_no_longer_runs_is_named_with_what_to_do(tmp_path, target):
     result = make(tmp_path, target, f"VENV={venv}", f"DEMO_DIR={tmp_path / 'demo'}")
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines()[0] == (
-        f"make {target}: {venv} does not run (its scripts' python is gone: the clone moved, or Python was "
-        f"removed?): remove it (make clean) and run make {target} again")
+        f"make {target}: {venv}/bin/prep runs {tmp_path}/moved/python, which is not there (the clone moved, or "
+        f"Python was removed?): remove {venv} and run make {target} again")
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_venv_path_with_a_space_is_refused(tmp_path):
+    """make splits a target's name at spaces: VENV="my venv" made targets `my` and
+    `venv/.installed`, and every make demo or test reinstalled."""
+    result = make(tmp_path, "venv", "VENV=my venv")
+    assert result.returncode == 2
+    assert 'VENV="my venv": make cannot name a target with a space in it; pick another VENV' in result.stderr
+    assert list(tmp_path.iterdir()) == []
