@@ -44,19 +44,21 @@ VENV_RUNS = python="$$(sed -n '1s/^\#!//p' "$$VENV/bin/prep" 2>/dev/null)"; test
 	echo "make $@: $$VENV/bin/prep runs $${python:-no python}, which is not there (the clone moved, or Python \
 	was removed?): remove $$VENV and run make $@ again" >&2; exit 2; }
 
+# The venv's bin as an absolute path, then into DEMO_DIR: where each demo step runs
+IN_DEMO_DIR = bin="$$(cd -- "$$VENV/bin" && pwd)" && root="$$PWD" && cd -- "$$DEMO_DIR"
+
 # Runs in DEMO_DIR (input.txt, data/input/, out/demo/ land there). SAMPLE_ARGS go to
 # `prep sample`, e.g. SAMPLE_ARGS="--from path/to/input.txt" or SAMPLE_ARGS=--offline.
 demo: $(STAMP)
 	@test -n "$$DEMO_DIR" || { echo "make demo: DEMO_DIR is empty: name a directory (default: .)" >&2; exit 2; }
 	@$(VENV_RUNS)
 	mkdir -p -- "$$DEMO_DIR"
-	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && { "$$bin/prep" sample --out input.txt $(SAMPLE_ARGS) \
+	$(IN_DEMO_DIR) && { "$$bin/prep" sample --out input.txt $(SAMPLE_ARGS) \
 		|| { status=$$?; test $$status = 2 && test -e input.txt && \
 		echo "make demo: prep sample's options go in SAMPLE_ARGS (SAMPLE_ARGS=--overwrite)" >&2; exit $$status; }; }
-	bin="$$(cd -- "$$VENV/bin" && pwd)" && cd -- "$$DEMO_DIR" && "$$bin/prep" tokenize input.txt --overwrite
-	bin="$$(cd -- "$$VENV/bin" && pwd)" && root="$$PWD" && cd -- "$$DEMO_DIR" && rm -rf out/demo && \
-		"$$bin/python" "$$root/train.py" --B 4 --T 32 --model $(DEMO_MODEL) --steps $(DEMO_STEPS) \
-		--data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
+	$(IN_DEMO_DIR) && "$$bin/prep" tokenize input.txt --overwrite
+	$(IN_DEMO_DIR) && rm -rf out/demo && "$$bin/python" "$$root/train.py" --B 4 --T 32 --model $(DEMO_MODEL) \
+		--steps $(DEMO_STEPS) --data data/input --out out/demo --ckpt-every 0 --sample-every $(DEMO_STEPS)
 
 test: $(STAMP)
 	@$(VENV_RUNS)

@@ -119,8 +119,8 @@ from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc
 from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
 from model.hf import is_hf_mask_buffer
-from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty, sigterm_raises,
-                         signals_deferred, stops_exit_at_once, temp_path)
+from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty,
+                         signals_deferred, stops_exit_at_once, stops_raise, temp_path)
 from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
@@ -801,18 +801,16 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
         values = [row[column] for row in rows]
         if any(value != mine for value in values):
             differ[name] = f"{name}: {shown(min(values))} to {shown(max(values))}, {shown(mine)} on rank {rank}"
-    for split in ("train", "val"):  # dataset_digest: equal or not, in no order
-        if f"{split} shards" in differ:
-            differ[f"{split} shards"] = (
-                f"{split} shards: the same token count, other files (names, or meta.json's sha256), "
-                f"{facts[f'{split} shards']:016x} on rank {rank}")
-            if f"{split} tokens" in differ:  # said already
-                del differ[f"{split} shards"]
-    if "resume checkpoint" in differ:  # checkpoint_digest: equal or not, in no order
-        differ["resume checkpoint"] = (f"resume checkpoint: other files of one step (other contents), "
-                                       f"{facts['resume checkpoint']:016x} on rank {rank}")
-        if "resume step" in differ:  # said already
-            del differ["resume checkpoint"]
+    # digests (dataset_digest, checkpoint_digest): equal or not, in no order; each said only where
+    # the fact it refines (the count, the step) is the same
+    digests = {"train shards": ("train tokens", "the same token count, other files (names, or meta.json's sha256)"),
+               "val shards": ("val tokens", "the same token count, other files (names, or meta.json's sha256)"),
+               "resume checkpoint": ("resume step", "other files of one step (other contents)")}
+    for name, (refined, what) in digests.items():
+        if name in differ:
+            differ[name] = f"{name}: {what}, {facts[name]:016x} on rank {rank}"
+            if refined in differ:  # said already
+                del differ[name]
     differ = list(differ.values())
     if differ:
         raise UserError(
@@ -2688,7 +2686,7 @@ def train(cfg: TrainConfig) -> dict:
     # over while it runs
     _closed_outputs.clear()  # (a run before this one in the process found them closed: now /dev/null)
     # (once: `timeout` sends its SIGTERM twice, to the run and to its process group; a hang-up SIGHUP)
-    with (sigterm_raises(Terminated, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)),
+    with (stops_raise(Terminated),
           contextlib.ExitStack() as stack):
         prepared = threading.Event()  # from then on a stop is the run's to checkpoint
         watch_launcher(starting=lambda: not prepared.is_set())

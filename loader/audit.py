@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import warnings
@@ -238,15 +239,13 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
     """Each rank's batches 0, 1, 2, ... in order, epochs from 0, never going back nor skipping
     one; returns whether every rank's log is there (a problem if not)."""
     world = logs[0].world
-    present = {log.rank for log in logs}
-    for log in logs:
-        if log.rank >= world:
-            problems.add("ranks", f"a log of rank {log.rank} in a run of {world} rank(s)")
-    absent = world - len({r for r in present if r < world})
+    present = {log.rank for log in logs}  # each below world (_record refuses another rank)
+    absent = world - len(present)
     if absent:
         first = list(itertools.islice((r for r in range(world) if r not in present), SHOWN))
         problems.add("ranks", f"no log of rank(s) {', '.join(map(str, first))}{', ...' if absent > len(first) else ''} "
                      f"({absent:,} of {world:,} missing): their windows cannot be checked")
+    firsts: dict[int, int | None] = {}  # each rank's first batch with a crc32
     for log in logs:
         for expected, w in enumerate(log.windows):
             if w.batch != expected:
@@ -272,12 +271,12 @@ def check_numbering(logs: list[RankLog], problems: Problems) -> bool:
         # a train.py that writes crc32 writes it on every line (a log begun by an older one, and
         # resumed by a newer one, has it from some batch on)
         summed = next((w for w in log.windows if w.crc32 is not None), None)
+        firsts[log.rank] = summed and summed.batch
         unsummed = summed and next((w for w in log.windows if w.batch > summed.batch and w.crc32 is None), None)
         if unsummed:
             problems.add("numbering", f"rank {log.rank}: batch {unsummed.batch} has no crc32, where batch "
                          f"{summed.batch} before it has one: its tokens cannot be checked whole")
     # every rank runs the same train.py: where one began writing crc32 (a resume), all did
-    firsts = {log.rank: next((w.batch for w in log.windows if w.crc32 is not None), None) for log in logs}
     first = min((b for b in firsts.values() if b is not None), default=None)
     for log in logs:
         if first is not None and log.windows and log.windows[-1].batch >= first and firsts[log.rank] != first:
@@ -459,8 +458,9 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
         # an --out with another run's files: logs beside it are another run's (copied there?)
         return NotThisRun(f"{path} is of a run of B={run[0]} x T={run[1]}, {run[2]} rank(s), not the logs' "
                           f"B={ours[0]} x T={ours[1]}, {ours[2]} rank(s): the logs are not this run's")
-    total = ckpt.get("run", {}).get("total_batch_size") if isinstance(ckpt.get("run"), dict) else None
-    step_tokens = run[0] * run[1] * run[2]
+    geometry = ckpt.get("run")  # train.py's record of the batch: its total_batch_size, B*T*world * accumulation
+    total = geometry.get("total_batch_size") if isinstance(geometry, dict) else None
+    step_tokens = math.prod(run)
     accum = total // step_tokens if _int(total, 1) and total % step_tokens == 0 else None
     return Trained(path, state, data, accum)
 

@@ -34,7 +34,7 @@ import torch
 
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
-from prep.atomic import HANGUP, SignalStop, sigterm_raises
+from prep.atomic import SignalStop, stops_raise
 from prep.errors import READER_GONE_STATUS, flush_stdout, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
@@ -370,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
-        # a synthetic set of --tokens is GBs: removed on SIGTERM and SIGHUP too (a second one, as
-        # timeout and a hang-up send, ignored: it would cut the removal short)
-        with sigterm_raises(SignalStop, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)):
+        with stops_raise():  # a synthetic set of --tokens is GBs: removed on SIGTERM and SIGHUP too
             result = _measure(args, sizes)
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)

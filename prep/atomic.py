@@ -221,6 +221,13 @@ def sigterm_raises(exception: Callable[[], BaseException], signums: tuple[int, .
             signal.signal(signum, handler_before)
 
 
+def stops_raise(exception: Callable[[], BaseException] = SignalStop):
+    """sigterm_raises for SIGTERM and SIGHUP, each once: a repeat (`timeout` sends its SIGTERM
+    twice, a hang-up its SIGHUP) is ignored, since it would cut the first one's cleanup short."""
+    stops = (signal.SIGTERM, *HANGUP)
+    return sigterm_raises(exception, stops, once=stops)
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:

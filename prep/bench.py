@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prep.atomic import HANGUP, SignalStop, interrupt_exits_while_importing, sigterm_raises
+from prep.atomic import SignalStop, interrupt_exits_while_importing, stops_raise
 
 # Ctrl-C or SIGTERM while click, numpy and tiktoken import (run as a script): one line, at once
 with interrupt_exits_while_importing(__name__ == "__main__"):
@@ -352,7 +352,7 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
     check_room(mb)
     config = BenchConfig(mb, workers, seed, source, chunk_chars, val_fraction, repeat)
     try:  # SIGTERM or SIGHUP: the temporary corpora (2.5 times --mb) removed, as at a Ctrl-C
-        with sigterm_raises(SignalStop, (signal.SIGTERM, *HANGUP), once=(signal.SIGTERM, *HANGUP)):  # (timeout's 2nd)
+        with stops_raise():
             result = run_bench(config)
     except SignalStop as e:
         click.echo(f"{click.get_current_context().command_path}: stopped by {signal.Signals(e.signum).name}; "
