@@ -169,7 +169,13 @@ class TokenLoader:
         ring = max(2, prefetch + 1)
         # (ring, B*T+1) uint16, allocated (and pinned) once; row i is buffer i
         shape = (ring, self._cursor.window_tokens)
-        self._buffers = torch.empty(shape, dtype=torch.uint16, pin_memory=self._pinned)
+        try:
+            self._buffers = torch.empty(shape, dtype=torch.uint16, pin_memory=self._pinned)
+        except RuntimeError:  # too big for memory, or for torch's size arithmetic
+            self._stream.close()
+            raise LoaderError(f"prefetch={prefetch}: a ring of {ring:,} buffers of B*T+1 = "
+                              f"{shape[1]:,} tokens ({2 * ring * shape[1]:,} bytes) cannot be allocated; "
+                              f"a depth of 2 to 8 hides the copies") from None
         self._windows = list(self._buffers.unbind(0))
         self._arrays = [w.numpy() for w in self._windows]  # numpy views of the same memory
         self._events: list = [None] * ring  # CUDA event of each buffer's last copy out
