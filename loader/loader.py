@@ -75,7 +75,7 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
         differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
         first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "
                  f"{differ[1][1]} tokens here)" if differ else "")
-        return (f"{len(state['shards'])} shard(s), N={state['num_tokens']} tokens; {here} {len(identity)} "
+        return (f"{len(state['shards'])} shard(s), N={state['num_tokens']!r} tokens; {here} {len(identity)} "
                 f"shard(s), N={num_tokens} tokens{first}")
     for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
         if saved_digest and digest and saved_digest != digest:  # compared where both are known

@@ -388,6 +388,8 @@ def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):
         # bool("False") is True: a non-bool shuffle would silently read another order
         (lambda s: s.update(shuffle="False"), "shuffle must be True or False, got 'False'"),
         (lambda s: s.update(shuffle=1), "shuffle must be True or False, got 1"),
+        # a count saved as text is not the number it prints as: the message shows which is which
+        (lambda s: s.update(num_tokens="3517"), "N='3517' tokens; this loader reads 3 shard\\(s\\), N=3517 tokens"),
     ],
 )
 def test_a_malformed_state_is_refused(data, change, message):
