@@ -283,6 +283,12 @@ def _flag(field: str) -> str:
     return field if field in ("B", "T") else field.replace("_", "-")
 
 
+def flags_for(values: dict) -> list[str]:
+    """The options that give these fields their values: {"n_layer": 3} -> ["--n-layer 3"]. An
+    int as it is: `:g` wrote --block-size 1000000 as 1e+06, which click's int option refuses."""
+    return [f"--{_flag(k)} {v}" for k, v in values.items()]
+
+
 def lr_at(it: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step `it` (0-based): linear warm-up over warmup_steps,
     then a cosine from lr down to min_lr, reached at cfg.steps."""
@@ -1479,8 +1485,8 @@ def _shape_flags(config: dict) -> str:
         if all(preset.get(k) == v for k, v in shape.items()):
             return f"--model {name}"
     base = dataclasses.asdict(GPTConfig.preset("gpt2"))
-    flags = [f"--{_flag(k)} {shape[k]}" for k in ("n_layer", "n_head", "n_embd", "block_size")
-             if k in shape and shape[k] != base[k]]
+    flags = flags_for({k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")
+                       if k in shape and shape[k] != base[k]})
     return " ".join(["--model gpt2", *flags])
 
 
@@ -1510,7 +1516,7 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
         if match:
             hint = f"use --model {match[0]}" + (f" {SHAPE_ONLY}" if shape_flags else "")
         else:
-            flags = " ".join(f"--{_flag(k)} {v}" for k, v in there.items() if v is not None and v != getattr(config, k))
+            flags = " ".join(flags_for({k: v for k, v in there.items() if v is not None and v != getattr(config, k)}))
             hint = (f"pass {flags} (and the --n-head it was trained with: a state dict does not record it)"
                     if shape_flags else "no --model preset has its shape: pass the --n-head it was trained with, "
                     "and the rest is read off the weights")
@@ -1875,13 +1881,13 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: b
             same = None
         if same == ckpt["model_config"]:
             drop = [f"--{_flag(k)}" for k in overrides if given.get(k) is None]
-            flags.append(" ".join([f"--model {then['model']}", *(f"--{_flag(k)} {v:g}" for k, v in given.items()
-                                                                  if v is not None)]) +
+            flags.append(" ".join([f"--model {then['model']}",
+                                   *flags_for({k: v for k, v in given.items() if v is not None})]) +
                          (f" (and no {', '.join(drop)})" if drop else ""))
         else:
             flags.append(_shape_flags(ckpt["model_config"]))
             if "dropout" in differ and isinstance(saved.get("dropout"), (int, float)):
-                flags.append(f"--dropout {saved['dropout']:g}")
+                flags += flags_for({"dropout": saved["dropout"]})
     # a field the checkpoint lacks (damaged) differs too, but names no flag to pass; a total batch
     # size that run did not give follows from B, T and the ranks: named only where they agree
     derived = (then.get("total_batch_size") is None and not total_given
@@ -2259,7 +2265,7 @@ def model_shape(cfg: TrainConfig) -> GPTConfig:
     if cfg.T > model_config.block_size:
         where = "--block-size" if "block_size" in overrides else f"the block size of --model {cfg.model}"
         raise UserError(f"--T {cfg.T} is larger than {where} ({model_config.block_size})")
-    flags = [f"--model {cfg.model}", *(f"--{_flag(k)} {v}" for k, v in overrides.items())]
+    flags = [f"--model {cfg.model}", *flags_for(overrides)]
     check_model_fits(model_config, " ".join(flags))
     return model_config
 
@@ -2517,7 +2523,7 @@ def print_facts(s: Session) -> None:
     per_optimizer_step = (f" = {optimizer_steps_per_epoch(E, accum)} optimizer steps of {accum} micro-batches"
                           if accum > 1 else "")
     say(f"steps per epoch: {E:,} (B={cfg.B} x T={cfg.T}, world size {rt.world}){per_optimizer_step}")
-    changed = "".join(f" --{_flag(k)} {v:g}" for k, v in cfg.model_overrides().items())
+    changed = " ".join(["", *flags_for(cfg.model_overrides())])
     say(f"model: {cfg.model}{changed}, {s.raw.num_params():,} parameters "
         f"({mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} dims, block size {mc.block_size})")
     name = f" ({rt.device_name()})" if rt.device_name() else ""

@@ -3390,6 +3390,12 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
     renamed = {**ckpt, "train_config": {**ckpt["train_config"], "model": "gpt9"}}
     assert refusal(renamed, now).endswith("pass --model gpt2 --n-layer 2 --n-head 2 --n-embd 32 --block-size 32 to "
                                           "match that run")
+    # a number as click reads it back: 1000000, not `:g`'s 1e+06 (not an int to click); a float as a float
+    big = dataclasses.asdict(GPTConfig.preset("tiny", block_size=1_000_000, dropout=0.25))
+    long = {**ckpt, "model_config": big, "train_config": {"model": "tiny", "block_size": 1_000_000, "dropout": 0.25}}
+    assert refusal(long, now).endswith("pass --model tiny --block-size 1000000 --dropout 0.25 to match that run")
+    assert refusal({**long, "train_config": {**long["train_config"], "model": "gpt9"}}, now).endswith(
+        "pass --model gpt2 --n-layer 2 --n-head 2 --n-embd 32 --block-size 1000000 --dropout 0.25 to match that run")
     # a total batch size that run did not give follows from its B, T and ranks: not named as a
     # flag it passed, unless B, T and the ranks agree (this run gives another); hints join with "and"
     same = GPTConfig(**config)
