@@ -7,8 +7,8 @@ guessed. `torchrun --nproc_per_node=N train.py ...` runs it data-parallel (DDP);
 `--cuda-graph` captures it, on one GPU, as one CUDA graph (StepGraph).
 
 Sections: configuration; set-up (dataset, device, runtime); the step; evaluation and
-samples; checkpoints; metrics; set-up of a run; the training loop; the benchmark; the command
-line.
+samples; checkpoints; metrics; set-up of a run; the training loop's parts; stopping (signals,
+output whose reader went away); the training loop; the benchmark; the command line.
 
 Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same
 directory and renamed into place, so a killed run never leaves a half file under that name;
@@ -85,7 +85,7 @@ def _count(text: str) -> int | None:
 
 def _launched_world() -> int:
     """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
-    world = _count(os.environ.get("WORLD_SIZE", "1"))  # as _env_int reads it
+    world = _count(os.environ.get("WORLD_SIZE", "1"))  # a bad value: make_runtime refuses it (_env_int)
     return world if world is not None and world > 1 else 1
 
 
@@ -2208,17 +2208,17 @@ def check_model_fits(config: GPTConfig, flags: str) -> None:
 
 def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_config: GPTConfig | None,
                 start_step: int, train: TokenLoader | None, val: TokenLoader | None,
-                resumed: int = 0) -> dict[str, int | float | str]:
+                resume_digest: int = 0) -> dict[str, int | float | str]:
     """What agree_to_start compares across ranks: the same names on every rank, a rank that
     failed its checks included (`model_config` None where its flags build no model, `device`
-    "" where it has none, loaders None where it opened none, or no val split, `resumed` 0 where
+    "" where it has none, loaders None where it opened none, or no val split, `resume_digest` 0 where
     it resumes no checkpoint, else its checkpoint_digest; the facts of a rank that failed are
     never compared)."""
     shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
     return {"resume step": start_step,
             # another run's checkpoint of the same step (a stale copy on one node): each rank
             # resumed its own optimizer, loader and RNG states, and the replicas drifted apart
-            "resume checkpoint": resumed,
+            "resume checkpoint": resume_digest,
             "train tokens": train.num_tokens if train else 0,
             "val tokens": val.num_tokens if val else 0,
             # the same counts, other shards: another tokenization of the corpus on one node
@@ -2279,7 +2279,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     # agree_to_start, so that no rank is left waiting for it. Until then nothing is written, so
     # a user mistake leaves no trace on disk.
     failure: Exception | None = None
-    rt, ckpt, start_step, model_config, resumed = None, None, 0, None, 0
+    rt, ckpt, start_step, model_config, resume_digest = None, None, 0, None, 0
     try:
         rt = make_runtime(cfg)
         model_config = model_shape(cfg)
@@ -2431,7 +2431,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 why = " ".join(f"{type(e).__name__}: {e}".split())  # one line, however long torch's is
                 raise UserError(f"--resume {resume_path}: damaged train.py checkpoint ({why[:300]})"
                                 + _the_one_before(cfg, resume_path)) from None
-            start_step, resumed = ckpt["step"], checkpoint_digest(resume_path) if world > 1 else 0
+            start_step, resume_digest = ckpt["step"], checkpoint_digest(resume_path) if world > 1 else 0
             del ckpt
     except Exception as e:  # under torchrun every rank hears of it first (a bug stays a traceback)
         if world == 1:
@@ -2450,7 +2450,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if store is not None:
             launch = agree_to_start(store, int(os.environ["RANK"]), world, failure, start_facts(
                 cfg, world, rt.device.type if rt else "", rt.dtype if rt else "", model_config, start_step,
-                *((train_loader, val_loader) if failure is None else (None, None)), resumed))
+                *((train_loader, val_loader) if failure is None else (None, None)), resume_digest))
         # Every check passed (on every rank): from here on, work starts. Nothing was written yet.
         start_runtime(rt, store, launch)
     except DIST_ERRORS as e:  # the store went with torchrun (SIGKILLed) as the ranks met
@@ -2738,7 +2738,7 @@ def _out_of_memory(e: RuntimeError) -> bool:
         words in str(e) for words in ("out of memory", "can't allocate memory"))
 
 
-# ----------------------------------------------------------------------------- the training loop
+# ----------------------------------------------------------------------------- the training loop's parts
 
 
 def first_not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
@@ -2791,7 +2791,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- output whose reader went away
+# ----------------------------------------------------------------------------- stopping: signals, closed output
 
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
@@ -2949,6 +2949,9 @@ class StopRequest:
         return self.signal is not None
 
 
+# ----------------------------------------------------------------------------- the training loop
+
+
 def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bool = False) -> tuple[bool, bool, bool]:
     """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
     them (where on) at the last step of --steps. A stop (a signal) and an `overdue`
@@ -3067,11 +3070,11 @@ def train_loop(s: Session) -> dict:
             """Wait for `point`'s values and time its window on the device's timeline: from the
             previous point's mark (or the one after an evaluation or checkpoint) to its own. On
             CUDA that is the GPU's time for its steps, however far ahead the host ran."""
-            nonlocal window_start
+            nonlocal timing_start
             if point.values is None:
                 point.values = point.readback.get()
-                point.dt = seconds_between(window_start, point.readback.mark) / len(point.steps)
-                window_start = point.readback.mark
+                point.dt = seconds_between(timing_start, point.readback.mark) / len(point.steps)
+                timing_start = point.readback.mark
 
         def finish(val_loss: float | None = None) -> tuple[bool, bool]:
             """Read back the oldest logging point in flight: its steps' metrics lines (the val
@@ -3159,7 +3162,7 @@ def train_loop(s: Session) -> dict:
 
         files.callback(flush)  # runs before the metrics file and the bar close
         started = last_ckpt = time.perf_counter()
-        window_start = mark(rt.device)  # where the next logging window's time starts
+        timing_start = mark(rt.device)  # where the next logging window's time starts
         for step in range(s.start_step + 1, 0 if stopped else cfg.steps + 1):
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
@@ -3252,7 +3255,7 @@ def train_loop(s: Session) -> dict:
                     stopping = True
             # evaluation, samples and checkpoints are not step time (and the device has nothing
             # queued now: the next window's time starts here)
-            window_start = mark(rt.device)
+            timing_start = mark(rt.device)
             if stopping:
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
