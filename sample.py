@@ -32,6 +32,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
 
     import train
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig
+    from model.weights import state_positions, unwrapped, weights_shape
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -51,7 +52,7 @@ def config_differences(config: GPTConfig, state: dict) -> str:
     """Where a checkpoint's model_config differs from the shape of its own weights, "" where it
     does not: the sizes that building the model allocates (layers, width, positions, token rows)
     are checked before it is built."""
-    there = train.weights_shape(state)
+    there = weights_shape(state)
     return "; ".join(f"{name} {getattr(config, name)!r}, {'no such tensor' if v is None else v} in the weights"
                      for name, v in there.items() if v != getattr(config, name))
 
@@ -66,11 +67,11 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
     if not train.is_checkpoint(found):
         name = "gpt2" if preset is None else preset
         config = GPTConfig.preset(name)  # (main checked the name)
-        rows = train.state_positions(found) if isinstance(found, dict) else None
+        rows = state_positions(found) if isinstance(found, dict) else None
         # names to tensors, without DDP's and compile's prefixes (else: refused by load_init_weights)
-        named = train._unwrapped(found) if isinstance(found, dict) and all(isinstance(k, str) for k in found) else None
+        named = unwrapped(found) if isinstance(found, dict) and all(isinstance(k, str) for k in found) else None
         if n_head is not None and named is not None:
-            shape = train.weights_shape(named)
+            shape = weights_shape(named)
             sizes = {k: shape[k] for k in ("n_layer", "n_embd", "block_size") if shape[k] is not None}
             try:
                 config = GPTConfig.preset(name, n_head=n_head, **sizes)

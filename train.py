@@ -117,8 +117,9 @@ from torch import nn
 from loader import TokenLoader, TokenRangeError, resolve_shards
 from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
 from loader.loader import dataset_digest
-from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, from_hf_state_dict, mfu
+from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
+from model.weights import positions, to_model_state, unwrapped, weights_shape
 from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty,
                          signals_deferred, stops_exit_at_once, stops_raise, temp_path)
 from prep.epoch import steps_per_epoch
@@ -1491,7 +1492,6 @@ def _shape_flags(config: dict) -> str:
 
 
 SHAPE_ONLY = "and no other --n-layer, --n-head or --n-embd"
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in a wrapped model's state_dict
 
 
 def _check_same_shape(theirs: dict, config: GPTConfig, where: str) -> None:
@@ -1523,58 +1523,10 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
         raise UserError(f"{where}: another model shape ({'; '.join(differ)}): {hint}")
 
 
-def _linear_layout(state: dict) -> bool:
-    """Whether a GPT-2 state dict's projections are nn.Linear's (out, in), ours and nanoGPT's,
-    not HF's Conv1D (in, out): c_attn maps C to 3C, so its shape says which, where the token
-    embedding's rows do not (nanoGPT keeps GPT-2's 50,257 when it starts from them)."""
-    c_attn = state.get("transformer.h.0.attn.c_attn.weight")
-    return isinstance(c_attn, torch.Tensor) and c_attn.dim() == 2 and c_attn.shape[0] == 3 * c_attn.shape[1] > 0
-
-
-def _key(state: dict, name: str) -> str:
-    """`name`'s key in a GPT-2 state dict: "transformer."-prefixed (ours, GPT2LMHeadModel's)
-    where that is there, else bare (GPT2Model's)."""
-    return f"transformer.{name}" if f"transformer.{name}" in state else name
-
-
-def weights_shape(state: dict) -> dict[str, int | None]:
-    """The sizes a GPT-2 state dict's weights give a model (ours, Hugging Face's, with or
-    without "transformer."): n_layer (the highest block index + 1), n_embd and
-    padded_vocab_size (the token embedding's columns and rows: padded in ours, 50,257 in
-    Hugging Face's), block_size (the position table's rows); None where the tensor is
-    missing or not a matrix."""
-    wte = state.get(_key(state, "wte.weight"))
-    rows, width = wte.shape if isinstance(wte, torch.Tensor) and wte.dim() == 2 else (None, None)
-    layers = {int(m[1]) for k in state if isinstance(k, str) and (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
-    return {"n_layer": max(layers) + 1 if layers else None, "n_embd": width, "block_size": _positions(state),
-            "padded_vocab_size": rows}
-
-
-def _positions(state: dict) -> int | None:
-    """The rows of an unwrapped state dict's position table, or None if it has none."""
-    wpe = state.get(_key(state, "wpe.weight"))
-    return wpe.shape[0] if isinstance(wpe, torch.Tensor) and wpe.dim() == 2 else None
-
-
 def is_checkpoint(found: object) -> bool:
     """Whether what torch.load read looks like a train.py checkpoint (check_checkpoint says
     whether it is a whole one), not a bare state dict."""
     return isinstance(found, dict) and "model" in found and "model_config" in found
-
-
-def _unwrapped(state: dict) -> dict:
-    """`state` without the prefixes DDP and torch.compile put on a wrapped model's names."""
-    out = {}
-    for key, tensor in state.items():
-        while isinstance(key, str) and key.startswith(WRAPPER_PREFIXES):  # other keys: refused by the caller
-            key = key.split(".", 1)[1]
-        out[key] = tensor
-    return out
-
-
-def state_positions(state: dict) -> int | None:
-    """The rows of a GPT-2 state dict's position table (ours or HF's), or None if it has none."""
-    return _positions(_unwrapped(state))
 
 
 def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None,
@@ -1595,7 +1547,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
     elif isinstance(found, dict) and found and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                    for k, v in found.items()):
         # HF's causal-mask buffers (bool or uint8 in older versions) are not weights: dropped
-        kind, state = "state dict", {k: v for k, v in _unwrapped(found).items() if not is_hf_mask_buffer(k)}
+        kind, state = "state dict", {k: v for k, v in unwrapped(found).items() if not is_hf_mask_buffer(k)}
         _check_state_shape(state, config, where, shape_flags=flag == "--init-from")
     else:
         inner = found.get("model") if isinstance(found, dict) else None
@@ -1612,53 +1564,15 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         bad = None if finite_checked else first_not_finite(state.items())  # (sample.py: scanned already)
         if bad is not None:
             raise ValueError(f"{bad} holds NaN or infinite values")
-        rows = _positions(state)
+        rows = positions(state)
         if rows is not None and rows < config.block_size:
             raise UserError(f"{where}: {rows} positions, fewer than the block size {config.block_size} here" +
                             (f": pass --block-size {rows} (or less)" if rows and flag == "--init-from" else ""))
-        if rows is not None and rows > config.block_size:  # nanoGPT's crop_block_size
-            wpe = _key(state, "wpe.weight")
-            state[wpe] = state[wpe][:config.block_size]
-        wte = state.get("transformer.wte.weight")
-        if _linear_layout(state) and isinstance(wte, torch.Tensor) and wte.dim() == 2 and (
-                wte.shape[0] == config.vocab_size):  # nanoGPT's after init_from="gpt2": ours, with HF's rows
-            lm_head = state.pop("lm_head.weight", wte)
-            if not torch.equal(lm_head.to(wte.dtype), wte):
-                raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
-            pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.shape[1])
-            state["transformer.wte.weight"] = wte = torch.cat([wte, pad])  # zeros, as from_hf_state_dict pads
-        if isinstance(wte, torch.Tensor) and wte.dim() == 2 and wte.shape[0] == config.padded_vocab_size:
-            lm_head = state.setdefault("lm_head.weight", wte)  # ours: the tied head may be left out
-            if not torch.equal(lm_head.to(wte.dtype), wte):
-                raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
-        else:
-            state = from_hf_state_dict(state, config)
-        _check_layout(state, model)
-        model.load_state_dict(state)
+        model.load_state_dict(to_model_state(state, model))
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
         raise UserError(f"{where}: does not fit this model ({why})") from None
     return kind
-
-
-def _check_layout(state: dict, model: GPT) -> None:
-    """ValueError naming the first tensor of `state` (in our names and layout) whose shape is
-    not the model's, and saying so where it is the model's transposed: a file whose layout
-    _linear_layout took to be nn.Linear's from layer 0's c_attn, but whose other projections
-    are Hugging Face's Conv1D (torch's own message named a tensor, cut at 300 characters)."""
-    expected = model.state_dict()
-    for key, tensor in state.items():
-        want = expected.get(key)
-        if want is None or tensor.shape == want.shape:  # (an unknown name: load_state_dict says so)
-            continue
-        why = ""
-        if tensor.dim() == 2 and tuple(tensor.shape[::-1]) == tuple(want.shape):
-            why = ": transposed, Hugging Face's Conv1D layout, " + (
-                "where transformer.h.0.attn.c_attn.weight has nn.Linear's (ours, nanoGPT's): the file mixes the two"
-                if _linear_layout(state) else
-                f"whose token embedding has GPT-2's {model.config.vocab_size:,} rows, not this file's "
-                f"{model.config.padded_vocab_size:,}: keep the first {model.config.vocab_size:,}")
-        raise ValueError(f"{key}: shape {tuple(tensor.shape)}, where this model has {tuple(want.shape)}{why}")
 
 
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")

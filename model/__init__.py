@@ -5,6 +5,8 @@
     logits, loss = model(idx, targets)
     mfu(tokens_per_s, model.flops_per_token(T), torch.cuda.get_device_name())
     to_hf_state_dict(model.state_dict(), model.config)   # and back: from_hf_state_dict
+
+model.weights reads the GPT-2 state dicts of nanoGPT, Hugging Face and wrapped models as ours.
 """
 
 from .config import GPT2_VOCAB_SIZE, PADDED_VOCAB_SIZE, PRESETS, GPTConfig

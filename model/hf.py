@@ -34,6 +34,14 @@ def is_hf_mask_buffer(key: str) -> bool:
 
 
 _PREFIX = "transformer."
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's and torch.compile's, in a wrapped model's state_dict
+
+
+def check_tied(lm_head: torch.Tensor, wte: torch.Tensor) -> None:
+    """ValueError unless `lm_head` holds the token embedding's values (in its dtype): GPT-2
+    ties the two, and so does GPT, so a head of its own cannot be loaded."""
+    if not torch.equal(lm_head.to(wte.dtype), wte):
+        raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
 
 
 def _is_conv1d(key: str) -> bool:
@@ -46,7 +54,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
     as HF ties them). New tensors: `state` is not changed. Raises ValueError for a state_dict
     without our token embedding (a DDP- or torch.compile-wrapped model's, say)."""
     if _PREFIX + "wte.weight" not in state:  # a KeyError after the loop, naming no cause
-        wrapped = next((key.split(".")[0] for key in state if key.startswith(("module.", "_orig_mod."))), None)
+        wrapped = next((key.split(".")[0] for key in state if key.startswith(WRAPPER_PREFIXES)), None)
         hint = (f": its names start with {wrapped}. (a wrapped model's): pass the raw module's state_dict"
                 if wrapped else "")
         raise ValueError(f"not a GPT state_dict: no {_PREFIX}wte.weight{hint}")
@@ -93,8 +101,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> 
         want = f"{config.vocab_size} rows" if wte.dim() == 2 else f"a matrix of {config.vocab_size} rows"
         raise ValueError(f"{theirs(wte_key)}: expected {want}, got shape {tuple(wte.shape)}")
     lm_head = hf_state.get("lm_head.weight")
-    if lm_head is not None and not torch.equal(lm_head, wte):
-        raise ValueError("lm_head.weight differs from the token embedding: GPT-2 ties them, this model too")
+    if lm_head is not None:
+        check_tied(lm_head, wte)
     pad = wte.new_zeros(config.padded_vocab_size - config.vocab_size, wte.shape[1])
     state[wte_key] = torch.cat([wte, pad])
     expected = _shapes(config)
