@@ -115,7 +115,7 @@ import torch.distributed as dist
 from torch import nn
 
 from loader import TokenLoader, TokenRangeError, resolve_shards
-from loader.audit import CKPT_PATTERN, LOG_PATTERN, list_checkpoints, window_crc32
+from loader.audit import CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record
 from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
@@ -151,7 +151,6 @@ BENCH_IGNORES = ("steps", "min_lr", "warmup_steps", "eval_every", "eval_steps", 
                  "out", "ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every")
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
-WINDOW_LOGS = "windows_rank*.jsonl"  # --log-windows logs, one a rank (window_log; the audit's LOG_PATTERN)
 # a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has tokens and
 # epoch 0 and None for the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
@@ -480,7 +479,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
-    logs = sorted(out.glob(WINDOW_LOGS))  # --log-windows logs (none where out is missing)
+    logs = sorted(out.glob(LOG_GLOB))  # --log-windows logs (none where out is missing)
     if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
         odd = sorted(p.name for p in out.iterdir() if CKPT_PATTERN.fullmatch(p.name) and not p.is_file())
         if odd:
@@ -1140,11 +1139,11 @@ class TimedFeed:
 
 
 def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
-    """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL): the
-    loader's step ("batch"), rank, world size, epoch, the window's offset in the split
-    ("start"), T, and what the model was given: each row's first token, the last target and
-    "crc32", loader.audit.window_crc32 of the whole window (x flattened, then y[-1, -1]: the
-    B*T+1 tokens as little-endian uint16), so the audit checks every token, not just those.
+    """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL), one
+    loader.audit.window_record a line: the loader's step ("batch"), rank, world size, epoch,
+    the window's offset in the split ("start"), T, and what the model was given: each row's
+    first token, the last target and "crc32" of the whole window (x flattened, then y[-1, -1]),
+    so the audit checks every token, not just those.
 
     `python -m loader.audit OUT` reads these logs back and checks that no target token was
     read twice in an epoch, that complete epochs read every slot, and (with --data) that the
@@ -1158,11 +1157,7 @@ def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
         x, y = feed()
         # the window as the model got it, from x and y themselves: (B*T+1,)
         window = torch.cat((x.reshape(-1), y[-1, -1:])).cpu().numpy()  # sync: audit only
-        record = {"batch": batch, "rank": loader.rank, "world": loader.world,
-                  "epoch": batch // loader.steps_per_epoch, "start": loader.window_start(batch), "T": loader.T,
-                  "first_tokens": window[:-1:loader.T].tolist(), "last_target": int(window[-1]),
-                  "crc32": window_crc32(window)}
-        log.write(json.dumps(record) + "\n")
+        log.write(json.dumps(window_record(loader, batch, window)) + "\n")
         return x, y
 
     return logged
@@ -1694,7 +1689,7 @@ def resolve_resume(cfg: TrainConfig, notes: list[str]) -> tuple[Path | None, boo
         found = list_checkpoints(out)
         if not found:
             # (metrics: not a step-0 evaluation alone; a window log: a step killed before its metrics line)
-            earlier = trained_steps_logged(out / METRICS_NAME) or any(map(_nonempty_file, out.glob(WINDOW_LOGS)))
+            earlier = trained_steps_logged(out / METRICS_NAME) or any(map(_nonempty_file, out.glob(LOG_GLOB)))
             notes.append(f"--resume auto: no checkpoint in {cfg.out}/ " +
                          ("(the run there logged steps but wrote none): starting again, its logs kept "
                           "under new names (<name>.before-<time>)" if earlier else "yet: starting fresh"))
@@ -1709,23 +1704,18 @@ def _nonempty_file(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
-def window_log(out: Path, rank: int) -> Path:
-    """Rank `rank`'s --log-windows log in `out`."""
-    return out / f"windows_rank{rank}.jsonl"
-
-
 def set_aside_logs(out: Path, rt: Runtime) -> None:
     """Rename an earlier run's logs in `out` to <name>.before-<UTC time>, which no run reads or
     writes: rank 0 its metrics.jsonl (where it logged training), every rank its own window log
     (nodes may not share out)."""
-    own = window_log(out, rt.rank)
+    own = log_path(out, rt.rank)
     paths = [own] if _nonempty_file(own) else []
     if rt.master:
         if trained_steps_logged(out / METRICS_NAME):  # (a step-0 evaluation alone: emptied)
             paths.append(out / METRICS_NAME)
         # the logs of ranks this run has not (an earlier run of more ranks): no rank would
         # replace them, and `python -m loader.audit` would read them as this run's
-        paths += [p for p in out.glob(WINDOW_LOGS) if p.is_file() and
+        paths += [p for p in out.glob(LOG_GLOB) if p.is_file() and
                   (m := LOG_PATTERN.fullmatch(p.name)) and int(m[1]) >= rt.world]
     for path in paths:
         aside = _aside(path)
@@ -2233,7 +2223,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             elif resume_path is None and not set_aside:
                 # a node whose --out is its own: rank 0's check never sees this rank's log, which
                 # a fresh run would empty, or leave beside it (without --log-windows) as its own
-                own = window_log(out, rt.rank)
+                own = log_path(out, rt.rank)
                 if _nonempty_file(own):
                     remedy = ("continue it with --resume auto" if list_checkpoints(out) and cfg.init_from is None
                               else f"move {own} away")
@@ -2253,11 +2243,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 notes.append(f"resumed on {now['device']} in {now['dtype']}, where the checkpoint's run computed on "
                              f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
                              f"bit-identical to an uninterrupted run's")
-            if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(window_log(Path(cfg.out), 0)):
+            if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(log_path(Path(cfg.out), 0)):
                 notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
                              f"log, so `python -m loader.audit` will find its batches missing")
             if (not cfg.log_windows and ckpt["step"] < cfg.steps  # (--bench resumes nothing)
-                    and _nonempty_file(window_log(Path(cfg.out), 0))):
+                    and _nonempty_file(log_path(Path(cfg.out), 0))):
                 notes.append(f"no --log-windows: the run before kept window logs in {cfg.out}, and steps "
                              f"{ckpt['step'] + 1}-{cfg.steps} will not be in them, so `python -m loader.audit` will "
                              f"find their batches missing; pass --log-windows to go on logging")
@@ -2927,7 +2917,7 @@ def train_loop(s: Session) -> dict:
         if cfg.log_windows:
             first_batch = s.start_step * s.parts.accum_steps  # the loader's step
             # (each rank its own log: a note of rank r's says so)
-            log = files.enter_context(open_log(window_log(out, rt.rank), "batch",
+            log = files.enter_context(open_log(log_path(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None,
                                                lambda text: _echo(f"note: rank {rt.rank}: {text}"
                                                                   if rt.ddp else f"note: {text}")))

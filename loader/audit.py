@@ -77,7 +77,8 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     from prep.epoch import steps_per_epoch
     from prep.shards import ShardError
 
-LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as train.py names them
+LOG_PATTERN = re.compile(r"windows_rank(0|[1-9][0-9]*)\.jsonl")  # as log_path names them
+LOG_GLOB = "windows_rank*.jsonl"  # every rank's log (and names LOG_PATTERN refuses)
 CKPT_PATTERN = re.compile(r"ckpt_(\d{6,})\.pt")  # train.py's checkpoints (it imports this and list_checkpoints)
 FIELDS = ("batch", "rank", "world", "epoch", "start", "T", "first_tokens", "last_target")
 CHECKSUM = "crc32"  # optional: logs of train.py before it wrote one have none
@@ -91,6 +92,19 @@ def window_crc32(window: np.ndarray) -> int:
     equal sums say every token the model trained on is the shards' (a CRC catches any change
     of up to 32 consecutive bits, so any one or two adjacent tokens, for certain)."""
     return zlib.crc32(np.ascontiguousarray(window, dtype="<u2").tobytes())
+
+
+def log_path(out: Path, rank: int) -> Path:
+    """Rank `rank`'s window log in a run's --out."""
+    return out / f"windows_rank{rank}.jsonl"
+
+
+def window_record(loader, batch: int, window: np.ndarray) -> dict:
+    """The log line (FIELDS and CHECKSUM) of `loader`'s (a TokenLoader's) step `batch`, whose
+    B*T+1 tokens the model got were `window`: the audit's input, written by train.py."""
+    values = (batch, loader.rank, loader.world, batch // loader.steps_per_epoch, loader.window_start(batch),
+              loader.T, window[:-1:loader.T].tolist(), int(window[-1]))
+    return {**dict(zip(FIELDS, values, strict=True)), CHECKSUM: window_crc32(window)}
 
 
 @dataclass(frozen=True, slots=True)  # slots: a long run logs millions

@@ -37,7 +37,7 @@ from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positi
                    shakespeare_tokens, without_gpt2_files, without_read_permission, without_search_permission,
                    write_dataset)
 from loader import TokenLoader
-from loader.audit import audit
+from loader.audit import audit, window_crc32
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
@@ -370,14 +370,14 @@ def test_data_wait_is_next_batch_alone_not_the_window_log(tmp_path, dataset, mon
     line: an audit's cost, not time blocked in the loader. On a hand clock that only the
     window log moves (100 s a batch), data_wait_ms stays 0; it was 200,000 ms a step (2
     micro-batches), the whole step counted as waiting for data."""
-    clock, real_crc = [0.0], train.window_crc32
+    clock, real_crc = [0.0], window_crc32
 
     def slow_crc(window):
         clock[0] += 100.0
         return real_crc(window)
 
     monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "window_crc32", slow_crc)
+    monkeypatch.setattr("loader.audit.window_crc32", slow_crc)
     train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, ckpt_every=0, log_windows=True))
     rows = metrics(tmp_path / "out")
     assert [r["data_wait_ms"] for r in rows] == [0.0] * 4
