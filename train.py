@@ -646,11 +646,7 @@ def auto_dtype(device: torch.device) -> str:
     MPS."""
     if device.type != "cuda":
         return "fp32"
-    try:
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.4: no including_emulation
-        native = torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
-    if native:
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         return "bf16"
     return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "fp32"
 
@@ -2458,7 +2454,7 @@ def print_facts(s: Session) -> None:
         say(f"note: {note}")
 
 
-DIST_ERRORS = getattr(dist, "DistError", ())  # torch's errors of a collective or of torchrun's store
+DIST_ERRORS = dist.DistError  # torch's errors of a collective or of torchrun's store
 
 
 def _peer_gone(error: RuntimeError) -> bool:

@@ -1116,11 +1116,6 @@ def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(mo
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert train.auto_dtype(torch.device("cuda", 0)) == expected
 
-    def old_torch(): return True  # torch < 2.4: no including_emulation (and bf16 said supported)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", old_torch)
-    monkeypatch.setattr(torch.version, "hip", None)
-    assert train.auto_dtype(torch.device("cuda", 0)) == expected
-
 
 @pytest.mark.parametrize("name, capability, picked", [("Tesla T4", (7, 5), "fp16 there, with a loss scale"),
                                                       ("NVIDIA GeForce GTX 1080", (6, 1), "fp32 there"),
