@@ -1297,16 +1297,19 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over `path`:
     readers (and --resume auto) see the old file or the new one, never half of one.
 
-    A write that fails (a full disk: torch's zip writer raises RuntimeError, or OSError) is a
-    one-line error; the checkpoints already there are untouched."""
+    A write that fails (a full disk, an I/O error) is a one-line error naming the OSError;
+    the checkpoints already there are untouched."""
     try:
         with signals_deferred():  # a second Ctrl-C waits for the file: torch would garble it
             atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as e:
-        why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
-        full = getattr(e, "errno", None) == errno.ENOSPC or "unexpected pos" in str(e)  # torch's zip writer
-        raise UserError(f"{path}: cannot write the checkpoint ({why}){'; the disk is full' if full else ''}; "
-                        f"the earlier checkpoints are kept") from None
+        # torch's zip writer raises "unexpected pos N vs M" for any write that failed, while
+        # handling the OSError that write raised: that one says why
+        cause = e.__context__ if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError) else e
+        why = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
+        full = "; the disk is full" if getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+        kept = "the earlier checkpoints are kept" if list_checkpoints(path.parent) else "no earlier one is there"
+        raise UserError(f"{path}: cannot write the checkpoint ({why}){full}; {kept}") from None
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -1899,7 +1902,9 @@ def _log_lines(source, path: Path):
 class AppendLog:
     """An open JSONL log whose failures (a full disk, a read-only filesystem, an I/O error) are
     one-line user errors naming it, and whose close() after such a failure does not fail again
-    (the refused bytes are still buffered: close() would flush them first)."""
+    (the refused bytes are still buffered: close() would flush them first). After a failure it
+    takes no more lines: the training loop's error exit writes the steps still in flight, the
+    failed one's again, and its buffered copy reaches the file too where there is room by then."""
 
     def __init__(self, path: Path, f) -> None:
         self.path, self._f, self._failed = path, f, False
@@ -1916,6 +1921,8 @@ class AppendLog:
                          f"written are kept")
 
     def write(self, text: str) -> None:
+        if self._failed:
+            raise UserError(f"{self.path}: not written to after an earlier write failed")
         try:
             self._f.write(text)
         except OSError as e:

@@ -2766,19 +2766,32 @@ def test_a_ctrl_c_while_a_checkpoint_is_written_stops_there_and_says_so(tmp_path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code, said", [(errno.ENOSPC, "No space left on device\\); the disk is full"),
+                                        (errno.EIO, "Input/output error\\)")])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch, code, said):
+    """torch's zip writer turns any failed write into "unexpected pos N vs M", raised while
+    handling the write's OSError (as torch.save does with a real full disk): the message names
+    that error, and calls only ENOSPC a full disk (an I/O error was called one)."""
     path = tmp_path / "ckpt_000004.pt"
-    train.save_checkpoint(path, {"step": 4})
 
-    def full_disk(obj, f):
+    def failing_disk(obj, f):
         f.write(b"half")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
 
-    monkeypatch.setattr(train.torch, "save", full_disk)
-    with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(RuntimeError: "
-                                              r"\[enforce fail.*\); the disk is full; the earlier checkpoints "
-                                              r"are kept$"):
-        train.save_checkpoint(path, {"step": 8})
+    real_save = train.torch.save
+    monkeypatch.setattr(train.torch, "save", failing_disk)
+    with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(OSError: "
+                                              rf"\[Errno {code}\] {said}; no earlier one is there$"):
+        train.save_checkpoint(path, {"step": 4})
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(train.torch, "save", real_save)
+    train.save_checkpoint(path, {"step": 4})
+    monkeypatch.setattr(train.torch, "save", failing_disk)
+    with pytest.raises(train.UserError, match=rf"\[Errno {code}\] {said}; the earlier checkpoints are kept$"):
+        train.save_checkpoint(tmp_path / "ckpt_000008.pt", {"step": 8})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000004.pt"]
     assert torch.load(path, weights_only=True) == {"step": 4}
 
@@ -2843,6 +2856,42 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
         lines = [[{k: v for k, v in json.loads(line).items() if k not in timing}
                   for line in (where / name).read_text().splitlines()] for where in (out, tmp_path / "whole")]
         assert lines[0] == lines[1] and len(lines[0]) == 8, name
+
+
+class _FlakyFile(_FillingFile):
+    """A log whose one write fails (an I/O error, a disk full for a moment) after `room`
+    writes, with the text kept in the buffer as a buffered file keeps it, so the bytes still
+    reach the file when it is flushed or closed; the writes after it succeed."""
+
+    def write(self, text):
+        self._room -= 1
+        written = self._f.write(text)
+        if self._room == -1:
+            raise OSError(errno.EIO, "Input/output error")
+        return written
+
+    def close(self):
+        self._f.close()
+
+
+@pytest.mark.parametrize("log, key", [("metrics.jsonl", "step"), ("windows_rank0.jsonl", "batch")])
+def test_a_log_whose_write_failed_once_gets_no_line_twice(tmp_path, dataset, monkeypatch, log, key):
+    """The failed write's lines were buffered; the run's error exit wrote the steps still in
+    flight, that one's again: metrics.jsonl held steps 1-6, 7, 7, 8 (strace's injected ENOSPC,
+    then EIO), which a resume then called edited or damaged. A log that failed takes no more."""
+    real_open = open
+
+    def flaky_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return _FlakyFile(f, 3) if mode == "a" and Path(path).name == log else f
+
+    monkeypatch.setattr(train, "open", flaky_open, raising=False)
+    result = CliRunner().invoke(train.main, [
+        "--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--device", "cpu", "--data",
+        str(dataset), "--steps", "8", "--ckpt-every", "2", "--log-windows", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "Input/output error" in result.stderr, result.output
+    logged = [json.loads(line)[key] for line in (tmp_path / "out" / log).read_text().splitlines()]
+    assert logged == sorted(set(logged)) and len(logged) >= 4, logged
 
 
 def test_an_unreadable_metrics_file_is_no_traceback(tmp_path, dataset, monkeypatch):
