@@ -162,6 +162,7 @@ class TokenLoader:
         except LoaderError as e:
             self._stream.close()
             raise LoaderError(f"{path} ({split}): {e}") from None
+        self._stream.access(random=shuffle)  # shuffled windows: no readahead around them (a cold disk)
         self.split = split
         self._rank = rank
         self._depth = prefetch
@@ -371,6 +372,8 @@ class TokenLoader:
         if self._closed:
             raise LoaderError("this TokenLoader is closed")
         self._discard_prefetched()
+        if cursor.shuffle != self._cursor.shuffle:  # a state of the other order (load_state_dict)
+            self._stream.access(random=cursor.shuffle)
         self._cursor = cursor
         self._step = step
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import mmap
 import os
 import re
 import shlex
@@ -234,14 +235,14 @@ def _make_room_for(count: int) -> None:
             pass
 
 
-def _map_all(paths: list[Path]) -> list[np.ndarray]:
-    """Every shard memory-mapped, as plain ndarray views; a LoaderError naming the limit
-    (not a traceback half-way through the list) when the process runs out of open files."""
+def _map_all(paths: list[Path]) -> list[np.memmap]:
+    """Every shard memory-mapped; a LoaderError naming the limit (not a traceback half-way
+    through the list) when the process runs out of open files."""
     _make_room_for(len(paths))
     maps = []
     for i, path in enumerate(paths):
         try:
-            maps.append(open_shard(path).view(np.ndarray))
+            maps.append(open_shard(path))
         except OSError as e:
             if e.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
@@ -269,9 +270,14 @@ class TokenStream:
         if not paths:
             raise LoaderError("a token stream needs at least one shard")
         self.paths = list(paths)
+        memmaps = _map_all(self.paths)
         # Plain ndarray views of the memmaps: slicing np.memmap itself costs a subclass
         # __array_finalize__ per slice. The view's .base keeps the mapping alive.
-        self._maps = _map_all(self.paths)
+        self._maps = [m.view(np.ndarray) for m in memmaps]
+        # for madvise: each shard's mmap, and where its first token is in it (the mapping
+        # starts at the allocation granularity at or before np.memmap's offset)
+        self._mmaps = [(m._mmap, m.offset % mmap.ALLOCATIONGRANULARITY) for m in memmaps]
+        self._random = False  # access(): ask for each window's pages before copying it
         self.counts = [int(m.shape[0]) for m in self._maps]
         # offsets[i] = first global token index of shard i; offsets[-1] = N
         self._offsets = np.cumsum([0, *self.counts], dtype=np.int64)
@@ -286,6 +292,32 @@ class TokenStream:
         was made on (listed_digests). File names, not paths, so a dataset directory can move
         between save and resume."""
         return [[p.name, n, d] for p, n, d in zip(self.paths, self.counts, self._digests)]
+
+    def access(self, random: bool) -> None:
+        """Tell the kernel how windows will be read: in order (the default) or at random
+        (shuffled). On a page fault the kernel reads ahead around it (read_ahead_kb: 128 KB, or
+        MBs on some machines), which streams a cold first epoch read in order, but makes a
+        shuffled window read from disk 50 to 12,000 times its size (docs/BENCHMARKS.md). At
+        random, readahead is off and each window's own pages are asked for up front
+        (MADV_WILLNEED), so a cold window arrives in one read, not a fault at a time. Advice
+        only: where the OS has no madvise, or refuses it, nothing changes."""
+        self._random = bool(random) and hasattr(mmap, "MADV_RANDOM") and hasattr(mmap, "MADV_WILLNEED")
+        advice = mmap.MADV_RANDOM if self._random else getattr(mmap, "MADV_NORMAL", None)
+        for mapped, _ in self._mmaps if advice is not None else ():
+            try:
+                mapped.madvise(advice)
+            except (OSError, ValueError):  # advice: a refusal changes nothing read
+                pass
+
+    def _will_need(self, shard: int, local: int, take: int) -> None:
+        """MADV_WILLNEED for tokens [local, local + take) of `shard` (access(random=True))."""
+        mapped, first = self._mmaps[shard]
+        itemsize = self._maps[shard].itemsize
+        begin = (first + local * itemsize) // mmap.PAGESIZE * mmap.PAGESIZE  # madvise takes whole pages
+        try:
+            mapped.madvise(mmap.MADV_WILLNEED, begin, first + (local + take) * itemsize - begin)
+        except (OSError, ValueError):
+            pass
 
     def read_into(self, start: int, out: np.ndarray) -> None:
         """Copy tokens [start, start + len(out)) of the stream into `out` (1-D, uint16)."""
@@ -302,6 +334,8 @@ class TokenStream:
         while done < length:  # one piece per shard touched: usually 1, at a boundary 2
             local = start + done - starts[shard]
             take = min(length - done, self.counts[shard] - local)
+            if self._random:
+                self._will_need(shard, local, take)
             np.copyto(out[done : done + take], self._maps[shard][local : local + take])
             done += take
             shard += 1
@@ -314,4 +348,4 @@ class TokenStream:
 
     def close(self) -> None:
         """Drop the mappings (they unmap once no view is left)."""
-        self._maps = []
+        self._maps, self._mmaps = [], []
