@@ -10,6 +10,12 @@ median over repeats of the time per window of B*T+1 tokens:
   opened once; pin_memory() per batch where CUDA exists;
 - build-nanogpt's DataLoaderLite: the whole shard loaded up front as int64, then views.
 
+With --cold, shuffled windows on a cold page cache as well (the shards' pages dropped before
+each method; Linux): the loader as it reads them (readahead off, each window's pages asked
+for), the same loader with the kernel's readahead left on, and os.pread of the same windows
+(the floor); median time per window and the bytes read from disk per byte delivered. Pass a
+DIR larger than readahead's reach (GBs) for the figures a big dataset sees.
+
 Without DIR it writes a synthetic set of random tokens (--tokens, --shards) in a temp dir.
 A bad DIR is one line on stderr and exit status 2.
 """
@@ -17,6 +23,7 @@ A bad DIR is one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -35,7 +42,7 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import SignalStop, stops_raise
-from prep.errors import READER_GONE_STATUS, flush_stdout, point_at_devnull
+from prep.errors import READER_GONE_STATUS, flush_stdout, out_of_room, point_at_devnull
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
@@ -171,6 +178,56 @@ def beyond_memory(first_tokens: int) -> str:
             f"{_size(memory)} of memory: the DataLoaderLite baseline loads it whole") if need > memory else ""
 
 
+def _drop_from_page_cache(paths: list[str]) -> None:
+    """Drop the files' clean pages from the page cache (pages another process maps stay)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _disk_bytes_read() -> int:
+    """Bytes this process has had read from storage (Linux's /proc/self/io read_bytes)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
+
+
+COLD_METHODS = ("os.pread (floor)", "loader (shuffled: readahead off)", "loader with readahead on (before)")
+
+
+def run_cold(path: str, split: str, B: int, T: int, windows: int) -> dict:
+    """Shuffled next_window (prefetch=0) on a cold page cache, against os.pread of the same
+    windows: per method, the median ms per window and disk bytes read per byte delivered."""
+    figures = {}
+    for method in COLD_METHODS:
+        with TokenLoader(path, split, B=B, T=T, shuffle=True, prefetch=0, pin_memory=False) as loader:
+            if method == COLD_METHODS[2]:
+                loader._stream.access(random=False)
+            starts = [loader.window_start(k) for k in range(min(windows, loader.steps_per_epoch))]  # drawn now
+            located = [loader._stream.locate(start) for start in starts]
+            maps = {p: open_shard(p) for p in {str(p) for p, _ in located}}  # the floor's byte offsets
+            window = np.empty(B * T + 1, dtype=np.uint16)
+            _drop_from_page_cache([str(p) for p in loader.shards])
+            times, before = [], _disk_bytes_read()
+            with contextlib.ExitStack() as files:
+                fds = {p: files.enter_context(open(p, "rb")).fileno() for p in maps}
+                for shard, index in located:
+                    began = time.perf_counter()
+                    if method == COLD_METHODS[0]:  # (a window across two shards: its first shard's part)
+                        m = maps[str(shard)]
+                        os.preadv(fds[str(shard)], [memoryview(window).cast("B")[:2 * (m.shape[0] - index)]],
+                                  m.offset + 2 * index)
+                    else:
+                        loader.next_window()
+                    times.append(time.perf_counter() - began)
+            delivered = len(located) * window.nbytes
+            figures[method] = {"ms_per_window": statistics.median(times) * 1e3,
+                               "disk_bytes_per_byte": (_disk_bytes_read() - before) / delivered}
+    return figures
+
+
 def run(path: str, split: str, B: int, T: int, windows: int, repeats: int, work_us: float):
     """All measurements on the shards at `path`; returns the figures as a dict."""
     warmup = max(10, windows // 10)
@@ -289,6 +346,12 @@ def report(r: dict) -> str:
         lines.append(f"  {name:<48} {us:>10.1f}")
     for name, value in r["ratios"].items():
         lines.append(f"ratio {name}: {value:.2f}x")
+    if "cold_shuffled" in r:
+        lines.append(f"shuffled windows on a cold page cache (median of {r['windows']}):")
+        floor = r["cold_shuffled"][COLD_METHODS[0]]["ms_per_window"]
+        for name, m in r["cold_shuffled"].items():
+            lines.append(f"  {name:<48} {m['ms_per_window']:>8.3f} ms ({m['ms_per_window'] / floor:6.1f}x the floor), "
+                         f"{m['disk_bytes_per_byte']:,.1f} bytes read from disk per byte")
     return "\n".join(lines)
 
 
@@ -310,7 +373,9 @@ def check_synthetic(parser: argparse.ArgumentParser, tokens: int, shards: int, w
     if largest > MAX_TOKENS:
         parser.error(f"--tokens {tokens} in --shards {shards} make shards of {largest:,} tokens, more than a shard "
                      f"holds ({MAX_TOKENS:,}): raise --shards")
-    need, tmp = 2 * tokens + shard_file_bytes(0) * shards, tempfile.gettempdir()
+    tmp = tempfile.gettempdir()
+    block = os.statvfs(tmp).f_frsize if hasattr(os, "statvfs") else 1  # a file takes whole blocks: 64 tiny
+    need = 2 * tokens + (shard_file_bytes(0) + block) * shards          # shards are 64 pages on a tmpfs
     free = shutil.disk_usage(tmp).free
     if need > free:
         parser.error(f"--tokens {tokens} need {_size(need)} in {tmp} (the synthetic set's temporary directory; "
@@ -322,11 +387,17 @@ def check_synthetic(parser: argparse.ArgumentParser, tokens: int, shards: int, w
 
 def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
     """run() on --path, or on a synthetic set written for it (and removed after it)."""
+    def measure(path: str, split: str) -> dict:
+        result = run(path, split, *sizes)
+        if args.cold:
+            result["cold_shuffled"] = run_cold(path, split, args.B, args.T, args.windows)
+        return result
+
     if getattr(args, "path", None) is not None:
-        return run(args.path, args.split, *sizes)
+        return measure(args.path, args.split)
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         synthesize(tmp, args.tokens, args.shards)
-        result = run(tmp, "train", *sizes)
+        result = measure(tmp, "train")
     result["path"] = f"synthetic ({args.tokens:,} random tokens, {args.shards} shards)"
     return result
 
@@ -357,8 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=2, help="synthetic shards")
     parser.add_argument("--work-us", type=float, default=1000.0,
                         help="simulated train step between calls for the time-inside figures")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time shuffled windows on a cold page cache (Linux)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.cold and not (hasattr(os, "posix_fadvise") and os.path.exists("/proc/self/io")):
+        parser.error("--cold needs Linux (posix_fadvise to drop the page cache, /proc/self/io to count its reads)")
     for name in ("B", "T", "windows", "repeats", "tokens", "shards"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -375,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     except (LoaderError, ShardError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the synthetic set filled the disk after all (check_synthetic estimates)
+        if not out_of_room(e):
+            raise
+        print(f"Error: {parser.prog}: {e.strerror}: the synthetic set did not fit in {tempfile.gettempdir()} "
+              f"(TMPDIR sets it); nothing is left there", file=sys.stderr)
+        return 1  # the machine's, not a mistake: as prep.bench
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the synthetic set is gone (the with above), nothing printed
         signum = e.signum if isinstance(e, SignalStop) else None
         print(f"{parser.prog}: {f'stopped by {signal.Signals(signum).name}' if signum else 'interrupted'}",

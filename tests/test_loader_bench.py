@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,23 @@ def test_bench_reports_every_method_and_ratio_as_json(capsys):
     assert len(result["ratios"]) == 6 and all(v > 0 for v in result["ratios"].values())
     assert len(result["inside_us"]) == 4 and all(v > 0 for v in result["inside_us"].values())
     assert result["machine"]["torch"] == torch.__version__
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not os.path.exists("/proc/self/io"), reason="Linux only")
+def test_cold_shuffled_windows_are_timed_against_pread(tmp_path, capsys):
+    """--cold: each method on a page cache with the shards dropped; the figures are the same
+    windows' (a window across two shards: the floor reads its first part). Timings and disk
+    reads depend on the machine (a tmpfs reads nothing from disk): only their shape is checked."""
+    assert bench.main([*TINY, "--cold", "--json"]) == 0
+    cold = json.loads(capsys.readouterr().out)["cold_shuffled"]
+    assert list(cold) == list(bench.COLD_METHODS)
+    assert all(m["ms_per_window"] > 0 and m["disk_bytes_per_byte"] >= 0 for m in cold.values()), cold
+    write_shard(tmp_path / "d_train_000000.bin", np.arange(40_000, dtype=np.uint16))
+    assert bench.main([str(tmp_path), *TINY[2:], "--cold"]) == 0
+    table = capsys.readouterr().out
+    assert "shuffled windows on a cold page cache (median of 20):\n  os.pread (floor)   " in table
+    assert re.search(r"loader \(shuffled: readahead off\) +[0-9.]+ ms \( +[0-9.]+x the floor\), [0-9,.]+ bytes read "
+                     r"from disk per byte", table), table
 
 
 def test_bench_table_on_a_given_directory(tmp_path, capsys):
@@ -129,6 +147,42 @@ def test_a_first_shard_beyond_memory_is_one_line_before_any_work(tmp_path, monke
         "Error: python -m loader.bench: --tokens 100000 in --shards 2: a first shard of 50,000 tokens is 0.6 MiB as "
         "int32 and int64, more than this machine's 0.5 MiB of memory: the DataLoaderLite baseline loads it whole; raise "
         "--shards\n")
+
+
+def test_a_temporary_directory_too_small_counts_whole_blocks(tmp_path, monkeypatch, capsys):
+    """64 shards of 1,000 tokens are 193,536 bytes, but 64 files of 3 KB take 64 pages of 4 KiB
+    on a tmpfs: the check passed with 204,800 bytes free, and the run died in an ENOSPC traceback."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096,) * 10))
+    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: bench.shutil._ntuple_diskusage(10**9, 0, 204_800))
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--tokens", "64000", "--shards", "64", *TINY[2:]])
+    assert exited.value.code == 2 and capsys.readouterr().err == (
+        f"Error: python -m loader.bench: --tokens 64000 need 0.4 MiB in {tmp_path} (the synthetic set's temporary "
+        "directory; TMPDIR sets it), and it has 0.2 MiB free\n")
+
+
+def test_a_temporary_directory_that_fills_up_is_one_line(tmp_path, monkeypatch, capsys):
+    """Where the estimate falls short all the same (a filesystem's metadata), the disk that
+    filled up is one line, exit 1 as prep.bench's (the machine's, not a mistake), and the
+    synthetic set is gone; another OSError keeps its traceback."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real = bench.synthesize
+
+    def filling(directory, tokens, shards, seed=0):
+        real(directory, tokens // 2, shards)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "synthesize", filling)
+    assert bench.main(["--tokens", "64000", "--shards", "4", *TINY[2:]]) == 1
+    assert capsys.readouterr().err == ("Error: python -m loader.bench: No space left on device: the synthetic set did "
+                                       f"not fit in {tmp_path} (TMPDIR sets it); nothing is left there\n")
+    assert list(tmp_path.iterdir()) == []
+    error = OSError(24, "Too many open files")
+    monkeypatch.setattr(bench, "synthesize", lambda *a: (_ for _ in ()).throw(error))
+    with pytest.raises(OSError) as raised:
+        bench.main(["--tokens", "64000", "--shards", "4", *TINY[2:]])
+    assert raised.value is error
 
 
 def test_synthetic_shards_are_written_a_chunk_at_a_time(tmp_path, monkeypatch):
