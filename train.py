@@ -1982,7 +1982,7 @@ def unread_shards(data: str) -> list[str]:
             f"checks it)"]
 
 
-def check_gpt2_tokens(shards: list[Path]) -> None:
+def check_shards_are_gpt2s(shards: list[Path]) -> None:
     """The shards' meta.json (where one beside them is readable) must say GPT-2's tokenizer:
     the model's vocabulary, and what samples are decoded with. Shards without one (llm.c's)
     are taken to be GPT-2's, and every window is range-checked as it is read."""
@@ -2015,7 +2015,7 @@ def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: 
     except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
         raise UserError(str(e)) from None
     try:
-        check_gpt2_tokens(loader.shards)
+        check_shards_are_gpt2s(loader.shards)
     except UserError:
         loader.close()
         raise
@@ -2093,7 +2093,7 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
     return loader
 
 
-def _check_tokenizer(cfg: TrainConfig) -> None:
+def _check_sample_tokenizer(cfg: TrainConfig) -> None:
     """Samples are decoded with the GPT-2 tokenizer: find out now, not at the first sample."""
     from prep.tokenizer import TokenizerError, get_encoding
 
@@ -2285,7 +2285,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 raise UserError(str(e)) from None
             val_loader.reset()
         if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
-            _check_tokenizer(cfg)
+            _check_sample_tokenizer(cfg)
 
         # The model, and the checkpoint's state in it: a damaged one is still a check that fails.
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
