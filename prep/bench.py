@@ -21,7 +21,6 @@ MB means 10**6 bytes of UTF-8 text. Targets (printed, never asserted): N-worker 
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -41,7 +40,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
 
     from prep.corpus import BOM
-    from prep.errors import UserCommand, UserError, say
+    from prep.errors import UserCommand, UserError, out_of_room, say
     from prep.meta import read_meta
     from prep.output import OutputError
     from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss, physical_memory
@@ -298,17 +297,6 @@ MEMORY_PER_TEXT_BYTE = 12  # an estimate (one run: 93 MB peak at --mb 4, docs/BE
 DISK_PER_TEXT_BYTE = 4  # the corpora (one file and many, at mb and mb / 4) and one output at a time
 
 
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _out_of_room(error: Exception) -> bool:
-    """Whether `error` says a disk or a quota is full: an OSError's errno, or the text that
-    prep's OutputError and peak_rss's RuntimeError (a `prep tokenize` run's last words) carry."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return error.errno in _NO_ROOM
-    return any(os.strerror(number) in str(error) for number in _NO_ROOM)
-
-
 def check_room(mb: float, tmp: str | None = None) -> None:
     """A user error where --mb is more than this machine's memory or its temporary directory's
     free space can hold (a MemoryError traceback, or the OOM killer, after minutes)."""
@@ -359,7 +347,7 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
                    f"its temporary files are removed", err=True)
         sys.exit(128 + e.signum)
     except (OSError, OutputError, RuntimeError) as e:  # a temporary directory that filled up after all
-        if not _out_of_room(e):  # (check_room estimates); anything else keeps its traceback
+        if not out_of_room(e):  # (check_room estimates); anything else keeps its traceback
             raise
         raise click.ClickException(f"{str(e)[-300:]}: the benchmark's temporary files did not fit in "
                                    f"{tempfile.gettempdir()} (TMPDIR sets it); nothing is left there") from None

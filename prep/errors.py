@@ -57,6 +57,18 @@ def reserve_standard_fds() -> None:
 reserve_standard_fds()
 
 
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_room(error: Exception) -> bool:
+    """Whether `error` says a disk or a quota is full: an OSError's errno, or the text that
+    prep's OutputError and prep.measure.peak_rss's RuntimeError (a `prep tokenize` run's last
+    words) carry. The benchmarks say so in one line: their temporary files did not fit."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in NO_ROOM
+    return any(os.strerror(number) in str(error) for number in NO_ROOM)
+
+
 class UserError(click.ClickException):
     """A mistake the user can act on: bad path, bad flag combination, bad data.
 
