@@ -115,7 +115,8 @@ import torch.distributed as dist
 from torch import nn
 
 from loader import TokenLoader, TokenRangeError, resolve_shards
-from loader.audit import CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record
+from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record,
+                          zip_damage)
 from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
@@ -1338,7 +1339,7 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
                     f"\"{path}\").state_dict() with torch.save once where there is network, and pass that "
                     f"file with --model {path})")
         raise UserError(f"{flag} {path}: no such {what}{hint}")
-    damage = _zip_damage(path)
+    damage = zip_damage(path)
     if damage is not None:
         raise UserError(f"{flag} {path}: corrupt {what}, changed on disk or in a copy since it was saved "
                         f"({damage})" + ("; use an earlier checkpoint" if what == "checkpoint" else ""))
@@ -1391,41 +1392,6 @@ def _is_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(start) == 9 and start[8:] == b"{" and 0 < int.from_bytes(start[:8], "little") <= size - 8
-
-
-ZIP_DOS_DIRECTORY = 0x10  # a zip record's external attributes: MS-DOS's directory bit
-
-
-def _zip_damage(path: Path) -> str | None:
-    """Why the zip archive torch.save wrote to `path` fails zipfile's checks of its records
-    (bytes that do not match the CRC-32 stored beside them, a local header that does not match
-    the directory), or None. torch.load checks none of this: a bit flipped in a tensor loads
-    silently, and a run trains or samples on; so does one in a record's local header, whose
-    name length says where its bytes start (torch.load then reads a tensor shifted). (Reading
-    the file costs 0.28 s per 1.5 GB, a gpt2 checkpoint, from the page cache, where torch.load
-    then finds it.) A file that is no zip archive, or not a whole one, is left for torch.load to
-    refuse, and so is a record zipfile cannot read (compressed in a way it does not know,
-    encrypted), which torch.save never writes."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except Exception:  # truncated, garbage, torch's legacy format, unreadable: torch.load says
-        return None
-    with archive:
-        for record in archive.infolist():
-            if record.external_attr & ZIP_DOS_DIRECTORY:  # zipfile reads on; torch.load's reader takes it
-                # for a directory and hands back a tensor of whatever its memory held
-                return f"{record.filename!r}: marked a directory in the archive's central directory"
-            try:
-                with archive.open(record) as f:
-                    while f.read(1 << 20):
-                        pass
-            except zipfile.BadZipFile as e:  # "Bad CRC-32 for file '...'", "Bad magic number ..."
-                return str(e)
-            except (NotImplementedError, RuntimeError):  # compression zipfile lacks, encryption: torch.load says
-                return None
-            except Exception as e:  # the header's name, a length flipped longer, is no UTF-8 (UnicodeDecodeError)
-                return f"{record.filename!r}: its local header does not read back ({type(e).__name__})"
-    return None
 
 
 def checkpoint_digest(path: Path) -> int:

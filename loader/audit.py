@@ -55,8 +55,10 @@ import math
 import os
 import re
 import warnings
+import zipfile
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,8 +163,8 @@ def _record(line: str, where: str) -> dict:
 
 def read_log(path: Path, rank: int) -> RankLog:
     """Rank `rank`'s windows from `path`, read line by line (a long run's log is hundreds of MB).
-    A last line without its newline (the run was killed while writing it) is left out with a
-    note; any other bad line is a UserError."""
+    A last line without its newline (the run was killed, or its disk filled, while writing it)
+    is left out with a note; any other bad line is a UserError."""
     notes = []
     windows: list[Window] = []
     run: tuple[int, int, int] | None = None  # B, T, world
@@ -171,8 +173,8 @@ def read_log(path: Path, rank: int) -> RankLog:
             for number, raw in enumerate(f, 1):
                 line = raw.decode("utf-8")
                 if not line.endswith("\n"):
-                    notes.append(f"{path.name}: the last line is incomplete (the run was killed while writing it); "
-                                 "left out")
+                    notes.append(f"{path.name}: the last line is incomplete (the run was killed, or its disk "
+                                 "filled, while writing it); left out")
                     break
                 where = f"{path}:{number}"
                 record = _record(line[:-1], where)
@@ -189,7 +191,7 @@ def read_log(path: Path, rank: int) -> RankLog:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read as a --log-windows log ({type(e).__name__})") from None
     if run is None:
-        killed = " but an incomplete one (the run was killed while writing it)" if notes else ""
+        killed = " but an incomplete one (the run was killed, or its disk filled, while writing it)" if notes else ""
         raise UserError(f"{path}: no windows logged{killed}")
     return RankLog(rank, path, windows, *run, notes)
 
@@ -430,6 +432,44 @@ def list_checkpoints(out: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+ZIP_DOS_DIRECTORY = 0x10  # a zip record's external attributes: MS-DOS's directory bit
+
+
+def zip_damage(path: Path, records: Callable[[str], bool] = lambda name: True) -> str | None:
+    """Why the zip archive torch.save wrote to `path` fails zipfile's checks of its records
+    (bytes that do not match the CRC-32 stored beside them, a local header that does not match
+    the directory), or None; `records`: which records' bytes to read, by name (train.py: all;
+    the audit: all but the tensors'). torch.load checks none of this: a bit flipped in a tensor loads
+    silently, and a run trains or samples on; so does one in a record's local header, whose
+    name length says where its bytes start (torch.load then reads a tensor shifted). (Reading
+    the file costs 0.28 s per 1.5 GB, a gpt2 checkpoint, from the page cache, where torch.load
+    then finds it.) A file that is no zip archive, or not a whole one, is left for torch.load to
+    refuse, and so is a record zipfile cannot read (compressed in a way it does not know,
+    encrypted), which torch.save never writes."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except Exception:  # truncated, garbage, torch's legacy format, unreadable: torch.load says
+        return None
+    with archive:
+        for record in archive.infolist():
+            if not records(record.filename):
+                continue
+            if record.external_attr & ZIP_DOS_DIRECTORY:  # zipfile reads on; torch.load's reader takes it
+                # for a directory and hands back a tensor of whatever its memory held
+                return f"{record.filename!r}: marked a directory in the archive's central directory"
+            try:
+                with archive.open(record) as f:
+                    while f.read(1 << 20):
+                        pass
+            except zipfile.BadZipFile as e:  # "Bad CRC-32 for file '...'", "Bad magic number ..."
+                return str(e)
+            except (NotImplementedError, RuntimeError):  # compression zipfile lacks, encryption: torch.load says
+                return None
+            except Exception as e:  # the header's name, a length flipped longer, is no UTF-8 (UnicodeDecodeError)
+                return f"{record.filename!r}: its local header does not read back ({type(e).__name__})"
+    return None
+
+
 class NotThisRun(str):
     """Why the logs cannot be the run whose checkpoint is in their directory (read_trained)."""
 
@@ -442,6 +482,12 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     if not found:
         return "no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on"
     path = found[-1][1]
+    # what torch.load reads here (the pickle: the loader state, the configs) against its
+    # CRC-32s, as --resume checks the whole file: a flipped byte in the loader's step passed a
+    # log cut short, or failed a whole one; the tensors (GBs for gpt2) are mapped, never read
+    damage = zip_damage(path, lambda name: "/data/" not in name)
+    if damage is not None:
+        return f"{path}: a damaged checkpoint ({damage})"
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the note says it all
             warnings.simplefilter("ignore")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -241,11 +243,31 @@ def test_logs_beside_a_checkpoint_of_another_run_fail(tmp_path, data):
     ("no shards", "a damaged train.py loader state (0 shard(s) of 0 tokens, and num_tokens "),
     ("no tokens", "a damaged train.py loader state (1 shard(s) of 1,000 tokens, and num_tokens 0)"),
     ("data not a path", "a damaged train_config (its data is a int, not the --data given)"),
+    # a byte flipped in the pickle (the loader's step, 7 read as 5) that torch.load reads on:
+    # --resume refuses the file by its CRC-32s, and the audit took it at its word (passed a log
+    # cut short at 5 of the 7 windows trained, as here, or failed a whole one)
+    ("flipped step", "a damaged checkpoint (Bad CRC-32 for file 'archive/data.pkl')"),
 ])
 def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked(tmp_path, data, kind, words):
     out = log_ranks(tmp_path / "out", data, world=1, batches=5)
     path = checkpoint(out, data)
-    if kind == "garbage":
+    if kind == "flipped step":
+        ckpt = torch.load(path, weights_only=True)
+        for step, where in ((7, path), (5, tmp_path / "five.pt")):
+            with open(where, "wb") as f:  # as train.py saves: to a file, so its records are archive/...
+                torch.save({**ckpt, "loader": {**ckpt["loader"], "step": step}}, f)
+        assert run(out, "--data", data).exit_code == 1  # 2 windows trained and not logged
+        with zipfile.ZipFile(path) as seven, zipfile.ZipFile(tmp_path / "five.pt") as five:
+            record = seven.getinfo("archive/data.pkl")
+            pickled = five.read("archive/data.pkl")
+        raw = bytearray(path.read_bytes())  # five's pickle in seven's record: its CRC-32 left stale
+        name_length, extra_length = struct.unpack("<HH", raw[record.header_offset + 26:record.header_offset + 30])
+        begin = record.header_offset + 30 + name_length + extra_length
+        assert len(pickled) == record.compress_size and raw[begin:begin + len(pickled)] != pickled
+        raw[begin:begin + len(pickled)] = pickled
+        path.write_bytes(raw)
+        assert torch.load(path, weights_only=True)["loader"]["step"] == 5  # what the audit read
+    elif kind == "garbage":
         path.write_bytes(b"not a zip")
     elif kind == "no loader":
         torch.save({"model": {}}, path)
@@ -530,7 +552,8 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
         tracemalloc.stop()
     assert [w.start for w in read.windows] == [128 * b for b in range(50_000)]
     assert (read.B, read.T, read.world) == (4, 32, 1) and read.notes == [
-        "windows_rank0.jsonl: the last line is incomplete (the run was killed while writing it); left out"]
+        "windows_rank0.jsonl: the last line is incomplete (the run was killed, or its disk filled, while writing "
+        "it); left out"]
     assert peak - held < 1_000_000, f"{peak - held:,} bytes beyond the windows for a {log.stat().st_size:,}-byte log"
 
 

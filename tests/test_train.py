@@ -3852,8 +3852,8 @@ def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_pa
                train.checkpoint_digest(workdir / "truncated.pt")}
     assert len(digests) == 4
     # a bit flipped in a record leaves the directory's CRC-32s as they were: the number is good's,
-    # and the file is refused before it counts (_zip_damage: its bytes fail that CRC)
-    assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train._zip_damage(workdir / "bitflip.pt")
+    # and the file is refused before it counts (zip_damage: its bytes fail that CRC)
+    assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train.zip_damage(workdir / "bitflip.pt")
     # a directory whose "version needed" zipfile refuses (NotImplementedError: zip file version
     # 12.8), where torch.load reads on: a number all the same (the bytes'), not a traceback
     data = bytearray(good.read_bytes())
@@ -3881,5 +3881,5 @@ def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
                  for path in (workdir / "run" / "ckpt_000002.pt", workdir / "bitflip.pt"))
     changed = {g.untyped_storage().data_ptr() for g, b in zip(good, bad) if not torch.equal(g, b)}
     assert len(good) == len(bad) and len(changed) == 1  # one storage (the tied wte and lm_head share one)
-    assert train._zip_damage(workdir / "run" / "ckpt_000002.pt") is None
-    assert train._zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
+    assert train.zip_damage(workdir / "run" / "ckpt_000002.pt") is None
+    assert train.zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
