@@ -224,7 +224,8 @@ def run_cold(path: str, split: str, B: int, T: int, windows: int) -> dict:
                     times.append(time.perf_counter() - began)
             delivered = len(located) * window.nbytes
             figures[method] = {"ms_per_window": statistics.median(times) * 1e3,
-                               "disk_bytes_per_byte": (_disk_bytes_read() - before) / delivered}
+                               "disk_bytes_per_byte": (_disk_bytes_read() - before) / delivered,
+                               "windows": len(located)}
     return figures
 
 
@@ -347,8 +348,13 @@ def report(r: dict) -> str:
     for name, value in r["ratios"].items():
         lines.append(f"ratio {name}: {value:.2f}x")
     if "cold_shuffled" in r:
-        lines.append(f"shuffled windows on a cold page cache (median of {r['windows']}):")
-        floor = r["cold_shuffled"][COLD_METHODS[0]]["ms_per_window"]
+        cold = r["cold_shuffled"]
+        lines.append(f"shuffled windows on a cold page cache (median of {cold[COLD_METHODS[0]]['windows']}, "
+                     f"at most an epoch's):")
+        if cold[COLD_METHODS[0]]["disk_bytes_per_byte"] == 0:
+            lines.append("  (nothing was read from disk: the shards are on a tmpfs, or their pages could not be "
+                         "dropped; these are not cold figures)")
+        floor = cold[COLD_METHODS[0]]["ms_per_window"]
         for name, m in r["cold_shuffled"].items():
             lines.append(f"  {name:<48} {m['ms_per_window']:>8.3f} ms ({m['ms_per_window'] / floor:6.1f}x the floor), "
                          f"{m['disk_bytes_per_byte']:,.1f} bytes read from disk per byte")

@@ -880,3 +880,23 @@ def test_shuffled_windows_turn_readahead_off_and_ask_for_their_own_pages(tmp_pat
         assert log == [(0, mmap.MADV_NORMAL, 0, None), (1, mmap.MADV_NORMAL, 0, None)]
         np.testing.assert_array_equal(loader.next_window().numpy(), reference[:801])
         assert len(log) == 2  # in order: no more advice
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_WILLNEED"), reason="no madvise here")
+def test_a_long_window_asks_for_its_pages_in_pieces_the_kernel_reads_whole(tmp_path):
+    """Linux reads at most max(read_ahead_kb, max_sectors_kb) of one MADV_WILLNEED (128 KB on
+    many disks): a 64x4096 window asked for at once came in a quarter, and the rest faulted in
+    a page at a time (readahead off): 4-7x the floor on such a disk. Pieces of 128 KiB."""
+    path = tmp_path / shard_name("d", "train", 0)
+    write_shard(path, tokens(200_000, 0))
+    stream = TokenStream([path])
+    log: list = []
+    stream._mmaps = [(_AdviceLog(m, log, i), f) for i, (m, f) in enumerate(stream._mmaps)]
+    stream.access(random=True)
+    out = np.empty(100_000, dtype=np.uint16)
+    log.clear()
+    stream.read_into(1000, out)
+    np.testing.assert_array_equal(out, tokens(200_000, 0)[1000:101_000])
+    end = 1024 + 2 * 101_000  # the header, then the window's last byte
+    assert log == [(0, mmap.MADV_WILLNEED, 0, 131_072), (0, mmap.MADV_WILLNEED, 131_072, end - 131_072)]
+    stream.close()
