@@ -2878,7 +2878,8 @@ class _FlakyFile(_FillingFile):
 def test_a_log_whose_write_failed_once_gets_no_line_twice(tmp_path, dataset, monkeypatch, log, key):
     """The failed write's lines were buffered; the run's error exit wrote the steps still in
     flight, that one's again: metrics.jsonl held steps 1-6, 7, 7, 8 (strace's injected ENOSPC,
-    then EIO), which a resume then called edited or damaged. A log that failed takes no more."""
+    then EIO), which a resume then called edited or damaged. A log that failed takes no more.
+    (The window log was not affected, its lines being written once; it is checked alike.)"""
     real_open = open
 
     def flaky_open(path, mode="r", *a, **k):
