@@ -184,7 +184,8 @@ def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
         ({"rank": 2, "world": 2}, r"0 <= rank < world=2, got rank=2"),
         ({"prefetch": -1}, "prefetch must be an integer >= 0"),
         # torch's size arithmetic overflows; a ring larger than any address space (290 PB)
-        ({"prefetch": 2**62}, r"prefetch=4611686018427387904: a ring of .* buffers of B\*T\+1 = 129 tokens .*allocated"),
+        ({"prefetch": 2**62}, r"prefetch=4611686018427387904: a ring of .* buffers of B\*T\+1 = 129 tokens "
+                              r".*allocated"),
         ({"prefetch": 2**50}, r"prefetch=1125899906842624: .*\(290,482,175,965,397,250 bytes\) cannot be allocated"),
         ({"seed": -5}, "seed must be an integer >= 0"),
         ({"shuffle": "yes"}, "shuffle must be True or False"),
