@@ -105,7 +105,7 @@ _STARTING = contextlib.ExitStack()
 _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True,
                                                         prefix=rank_prefix()))
 # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
-from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
+from prep.errors import (NO_ROOM, READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
                          path_too_long_error, plain_numbers, point_at_devnull)
 
 import click
@@ -1308,7 +1308,7 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         # handling the OSError that write raised: that one says why
         cause = e.__context__ if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError) else e
         why = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
-        full = "; the disk is full" if getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+        full = "; the disk is full" if getattr(cause, "errno", None) in NO_ROOM else ""
         kept = "the earlier checkpoints are kept" if list_checkpoints(path.parent) else "no earlier one is there"
         raise UserError(f"{path}: cannot write the checkpoint ({why}){full}; {kept}") from None
 
