@@ -162,7 +162,8 @@ class TokenLoader:
         except LoaderError as e:
             self._stream.close()
             raise LoaderError(f"{path} ({split}): {e}") from None
-        self._stream.access(random=shuffle)  # shuffled windows: no readahead around them (a cold disk)
+        if shuffle:  # shuffled windows: no readahead around them (a cold disk); in order: the maps' default
+            self._stream.access(random=True)
         self.split = split
         self._rank = rank
         self._depth = prefetch
