@@ -11,7 +11,8 @@ samples; checkpoints; metrics; set-up of a run; the training loop's parts; stopp
 output whose reader went away); the training loop; the benchmark; the command line.
 
 Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same
-directory and renamed into place, so a killed run never leaves a half file under that name;
+directory and renamed into place, so a killed run never leaves a half file under that name
+(by a thread of their own while the next steps train: CheckpointWriter, --async-ckpt);
 `--resume auto` takes the highest step. They hold the raw model's state (no compile or DDP
 prefixes), the optimizer, the loader state, the step, both configs, every RNG state, the device
 and dtype the steps ran in, and under fp16 the loss scale, as
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import errno
 import faulthandler
@@ -149,7 +151,7 @@ SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a y
 # what --bench leaves alone: it times --bench-steps steps at --lr, and evaluates, samples and
 # writes nothing (--val-data, --resume, --init-from and --log-windows have their own words)
 BENCH_IGNORES = ("steps", "min_lr", "warmup_steps", "eval_every", "eval_steps", "sample_every", "sample_tokens",
-                 "out", "ckpt_every", "ckpt_minutes", "keep_ckpts", "log_every")
+                 "out", "ckpt_every", "ckpt_minutes", "keep_ckpts", "async_ckpt", "log_every")
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
 METRICS_NAME = "metrics.jsonl"
 # a metrics.jsonl line's keys, in order (step 0, the untrained model's val loss, has tokens and
@@ -206,6 +208,7 @@ class TrainConfig:
     ckpt_every: int = 1000  # 0: none by step count; otherwise also at the last step
     ckpt_minutes: float = 0.0  # also a checkpoint once this long has passed since the last one; 0: off
     keep_ckpts: int = 3  # newest checkpoints kept; 0 keeps all
+    async_ckpt: bool = True  # checkpoints written by a thread while training goes on (CheckpointWriter)
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in `out`
     init_from: str | None = None  # weights to start from (fine-tuning): a checkpoint or HF GPT-2 state dict
     shuffle: bool = False
@@ -1311,6 +1314,80 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         full = "; the disk is full" if getattr(cause, "errno", None) in NO_ROOM else ""
         kept = "the earlier checkpoints are kept" if list_checkpoints(path.parent) else "no earlier one is there"
         raise UserError(f"{path}: cannot write the checkpoint ({why}){full}; {kept}") from None
+
+
+def host_copy(obj: object) -> object:
+    """A copy of a checkpoint's contents that the steps after it cannot change: every tensor
+    copied to host memory (CUDA's copies queued to pinned memory, then one wait for them all),
+    the rest deep-copied. What a background write (CheckpointWriter) saves."""
+    cuda: list[torch.device] = []
+
+    def to_host(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            if value.device.type == "cuda":
+                cuda.append(value.device)
+                return value.to("cpu", non_blocking=True)  # into pinned memory (torch pins it)
+            return value.clone() if value.device.type == "cpu" else value.to("cpu")
+        if isinstance(value, dict):
+            return {k: to_host(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(to_host(v) for v in value)
+        return copy.deepcopy(value)
+
+    copied = to_host(obj)
+    for device in dict.fromkeys(cuda):
+        torch.cuda.synchronize(device)  # a sync, one a checkpoint: the copies are complete
+    return copied
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a thread of its own while training goes on (--async-ckpt): the
+    step waits only for its state's copy to host memory (host_copy), not for the 1.5 GB of
+    gpt2's checkpoint to reach the disk. One write at a time: a checkpoint waits for the one
+    before it to be written, so at most one copy is held. A write's error (a full disk) is
+    raised in the training loop at its next poll() or wait(), as a synchronous write raises
+    it; a process that ends meanwhile (an error, a second Ctrl-C) waits for the write, whose
+    thread is not a daemon, and a SIGKILL leaves the temporary file that the next run removes."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, work: Callable[[], None]) -> None:
+        """Run `work` (the file's write and --keep-ckpts' pruning) once the previous one is done."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as e:  # noqa: BLE001 (raised in the training loop, by wait())
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def poll(self) -> None:
+        """wait() where the write has finished: its error raised now, not at the next checkpoint."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
+    def wait(self) -> None:
+        """Until the write under way is done (a Ctrl-C interrupts the wait, not the write); then
+        raise its error, once."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _wait_quietly(writer: CheckpointWriter) -> None:
+    """writer.wait() on the way out of a run that failed: the file is finished, and the
+    run's own error is the one reported."""
+    with contextlib.suppress(Exception):
+        writer.wait()
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -2634,33 +2711,44 @@ def _rng_states(s: Session) -> list[dict] | None:
     return s.rt.all_gather_object(rng_state(s.rt, s.generator))
 
 
-def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None) -> Path:
+def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: CheckpointWriter | None) -> Path:
+    """Checkpoint `step` (rank 0): written here, or by `writer` from a copy of the state taken
+    now (the steps after it change the weights and moments in place)."""
     out = Path(s.cfg.out)
     path = ckpt_path(out, step)
-    with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
-        save_checkpoint(path, {
-            "format": CKPT_FORMAT,
-            "step": step,
-            "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
-            "optimizer": s.parts.optimizer.state_dict(),
-            "loader": s.train_loader.state_dict(),
-            "model_config": dataclasses.asdict(s.model_config),
-            "train_config": dataclasses.asdict(s.cfg),
-            "run": s.run,
-            "rng": rng_state(s.rt, s.generator),
-            "precision": precision(s.rt),  # what a resume elsewhere notes it changes
-            # fp16: the loss scale and its count of clean steps (a sync: .item() of each)
-            "loss_scale": None if s.parts.scaler is None else s.parts.scaler.state_dict(),
-            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-        })
-        if s.cfg.keep_ckpts:
-            for _, old in list_checkpoints(out)[: -s.cfg.keep_ckpts]:
+    payload = {
+        "format": CKPT_FORMAT,
+        "step": step,
+        "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
+        "optimizer": s.parts.optimizer.state_dict(),
+        "loader": s.train_loader.state_dict(),
+        "model_config": dataclasses.asdict(s.model_config),
+        "train_config": dataclasses.asdict(s.cfg),
+        "run": s.run,
+        "rng": rng_state(s.rt, s.generator),
+        "precision": precision(s.rt),  # what a resume elsewhere notes it changes
+        # fp16: the loss scale and its count of clean steps (a sync: .item() of each)
+        "loss_scale": None if s.parts.scaler is None else s.parts.scaler.state_dict(),
+        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+    }
+    keep = s.cfg.keep_ckpts
+
+    def write() -> None:
+        save_checkpoint(path, payload)
+        if keep:
+            for _, old in list_checkpoints(out)[: -keep]:
                 try:
                     old.unlink(missing_ok=True)
                 except OSError as e:  # immutable, another user's, a read-only remount: the new one is whole
-                    raise UserError(f"{old}: cannot remove it for --keep-ckpts {s.cfg.keep_ckpts} "
-                                    f"({e.strerror or e}); {path} is written, --resume auto continues "
-                                    f"from it") from None
+                    raise UserError(f"{old}: cannot remove it for --keep-ckpts {keep} ({e.strerror or e}); "
+                                    f"{path} is written, --resume auto continues from it") from None
+
+    if writer is not None:
+        payload = host_copy(payload)
+        writer.write(write)
+    else:
+        with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
+            write()
     return path
 
 
@@ -2868,6 +2956,11 @@ def train_loop(s: Session) -> dict:
                 raise stopped from error
 
         files.push(cut_short)
+        # rank 0's checkpoints, written while the steps go on (--async-ckpt); a run that ends by
+        # an error waits here for the write under way (its own error then goes unsaid)
+        writer = CheckpointWriter() if cfg.async_ckpt and rt.master else None
+        if writer is not None:
+            files.push(lambda *exc: _wait_quietly(writer) if exc[0] is not None else None)
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)
@@ -3005,6 +3098,8 @@ def train_loop(s: Session) -> dict:
                 what = f"step {step}: {bad} holds NaN or infinite values"
             if what is None:
                 return
+            if writer is not None:
+                writer.wait()  # the newest checkpoint named below is one on disk
             found = list_checkpoints(out) if rt.master else []
             in_fp16 = scaled and diverged is not None  # (a loss that is no number: see the docstring)
             other_dtype = "--dtype fp32 (or bf16, on a GPU that computes in it)"
@@ -3040,6 +3135,8 @@ def train_loop(s: Session) -> dict:
             lr = lr_at(step - 1, cfg)
             loss, grad_norm = train_step(s.parts, feed, lr)
             pending.append((step, lr, loss, grad_norm, waits.take()))
+            if writer is not None:
+                writer.poll()  # a checkpoint write that failed ends the run now
             # One process stops at the step where it sees the signal; under torchrun the ranks
             # learn of each other's signals through the logging points' all-reduce, below.
             if rt.master and step % cfg.log_every == 0:
@@ -3119,7 +3216,9 @@ def train_loop(s: Session) -> dict:
             if do_ckpt:
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:
-                    _checkpoint(s, step, rng_ranks)
+                    _checkpoint(s, step, rng_ranks, writer)
+                    if writer is not None and (step == cfg.steps or stopping or stop.requested and not rt.ddp):
+                        writer.wait()  # the run ends here: its last checkpoint is on disk first
                 last_ckpt = time.perf_counter()
                 if stop.requested and not rt.ddp:
                     # a signal while it was written (deferred to the file's end): this step is the
@@ -3138,6 +3237,8 @@ def train_loop(s: Session) -> dict:
                 say(f"{stop.cause}: stopped after step {step} of {cfg.steps}; {saved}")
                 stopped = True
                 break
+        if writer is not None:
+            writer.wait()  # (done already where the loop's last step checkpointed)
     summary = summarize(s, history, record, time.perf_counter() - started,
                         interrupted=stopped or (stop.requested and not rt.ddp),  # ranks exit alike
                         skipped_steps=skipped if scaled else None)
@@ -3405,6 +3506,10 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
                    "without --ckpt-minutes).")
 @click.option("--keep-ckpts", type=int, default=TrainConfig.keep_ckpts,
               help="Newest checkpoints to keep, whichever option wrote them; 0: all.")
+@click.option("--async-ckpt/--no-async-ckpt", default=TrainConfig.async_ckpt,
+              help="Write each checkpoint on a background thread while training goes on (the step waits "
+                   "only for a copy of the state in host memory, which the write then holds); the last one, "
+                   "and a stop's, is on disk before the run ends.")
 @click.option("--resume", default=None, show_default="none: start fresh",
               help="Checkpoint to continue from, or 'auto' for the newest in --out (a fresh start where --out "
                    "holds none yet, an earlier run's logs renamed <name>.before-<time>: one command for a "

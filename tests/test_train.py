@@ -2738,13 +2738,16 @@ def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_
     assert stop.requested and torch.load(path, weights_only=True) == {"step": 2}
 
 
+@pytest.mark.parametrize("async_ckpt", [False, True], ids=["written by the step", "written in the background"])
 @pytest.mark.parametrize("at, steps", [(4, 4), (2, 6)], ids=["the last step's", "a periodic one"])
 def test_a_ctrl_c_while_a_checkpoint_is_written_stops_there_and_says_so(tmp_path, dataset, monkeypatch, capsys,
-                                                                        at, steps):
+                                                                        at, steps, async_ckpt):
     """The Ctrl-C waits for the file (test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file),
     then the run stops at that very step, saying so as any stop does: at the last step it said
     nothing (a "done:" line, exit 130), and at another it trained one more step and wrote a
-    second checkpoint."""
+    second checkpoint. Written in the background (--async-ckpt), a periodic checkpoint's file
+    is written while the next steps train: the run stops after the step under way when the
+    Ctrl-C arrives, and checkpoints that one, once the file before it is whole."""
     real_save = torch.save
 
     def interrupted_save(obj, f):
@@ -2754,16 +2757,118 @@ def test_a_ctrl_c_while_a_checkpoint_is_written_stops_there_and_says_so(tmp_path
         real_save(obj, f)
 
     monkeypatch.setattr(train.torch, "save", interrupted_save)
-    summary = train.train(cfg(tmp_path, dataset, steps=steps, ckpt_every=2, keep_ckpts=0, quiet=False))
+    summary = train.train(cfg(tmp_path, dataset, steps=steps, ckpt_every=2, keep_ckpts=0, quiet=False,
+                              async_ckpt=async_ckpt))
     out = capsys.readouterr().out
-    path = tmp_path / "out" / f"ckpt_{at:06d}.pt"
-    more = "" if at == steps else "; continue with --resume auto"
-    assert f"SIGINT: stopped after step {at} of {steps}; checkpoint {path} written{more}\n" in out, out
-    assert summary["interrupted"] and summary["last_step"] == at
-    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [2, 4][:at // 2]
-    assert torch.load(path, weights_only=True)["step"] == at  # whole
-    assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(1, at + 1))
+    stopped = summary["last_step"]
+    assert stopped == at if not async_ckpt or at == steps else at <= stopped <= steps
+    path = tmp_path / "out" / f"ckpt_{stopped:06d}.pt"
+    more = "" if stopped == steps else "; continue with --resume auto"
+    assert f"SIGINT: stopped after step {stopped} of {steps}; checkpoint {path} written{more}\n" in out, out
+    assert summary["interrupted"]
+    assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == sorted({*range(2, stopped + 1, 2),
+                                                                                      stopped})
+    for step, written in train.list_checkpoints(tmp_path / "out"):
+        assert torch.load(written, weights_only=True)["step"] == step  # whole
+    assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(1, stopped + 1))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _same_state(a: object, b: object) -> bool:
+    """Equal checkpoint contents: tensors bit for bit (dtype and shape too), the rest by ==."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_state, a, b))
+    return a == b
+
+
+def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_steps_train(
+        tmp_path, dataset, monkeypatch):
+    """--async-ckpt (the default): step 2's file is written while steps 3 and 4 train, which
+    change the weights and AdamW's moments in place; the file holds step 2's state all the same,
+    bit for bit what a write in the step (--no-async-ckpt) holds, and so do the later ones."""
+    real_save, real_step = torch.save, train.train_step
+    step_4_trained, overlapped, trained = threading.Event(), [], []
+
+    def counted_step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        trained.append(1)
+        if len(trained) == 4:
+            step_4_trained.set()
+        return result
+
+    def slow_save(obj, f):
+        if obj["step"] == 2:  # the file waits (10 s at most) until the run has trained step 4
+            overlapped.append(step_4_trained.wait(timeout=10))
+        real_save(obj, f)
+
+    monkeypatch.setattr(train, "train_step", counted_step)
+    monkeypatch.setattr(train.torch, "save", slow_save)
+    common = dict(steps=6, ckpt_every=2, keep_ckpts=0, shuffle=True, total_batch_size=64)
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "background"), **common))
+    assert overlapped == [True]
+    monkeypatch.undo()
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "in_step"), async_ckpt=False, **common))
+    for step in (2, 4, 6):
+        background, in_step = (torch.load(tmp_path / out / f"ckpt_{step:06d}.pt", weights_only=True)
+                               for out in ("background", "in_step"))
+        assert background["step"] == step and background["optimizer"]["state"]
+        for key in ("model", "optimizer", "loader", "rng", "loss_scale"):
+            assert _same_state(background[key], in_step[key]), (step, key)
+        assert background["train_config"]["async_ckpt"] and not in_step["train_config"]["async_ckpt"]
+
+
+def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_resume_loses_nothing(
+        tmp_path, dataset, monkeypatch):
+    """Step 4's file fails (a full disk) on the writer's thread while step 5 trains: the run
+    stops with the error a write in the step gives, status 2, no traceback; step 2's
+    checkpoint is there and whole, no step-4 file or temporary is left, and --resume auto
+    trains on to the very losses of a run that never failed."""
+    out = tmp_path / "out"
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        if obj["step"] == 4:
+            f.write(b"half")
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
+        real_save(obj, f)
+
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--ckpt-every", "2", "--keep-ckpts", "0",
+            "--steps", "8"]
+    monkeypatch.setattr(train.torch, "save", full_disk)
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr == (f"Error: {out / 'ckpt_000004.pt'}: cannot write the checkpoint (OSError: [Errno 28] "
+                             f"No space left on device); the disk is full; the earlier checkpoints are kept\n")
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt_000002.pt", "metrics.jsonl"]
+    assert 4 <= len(metrics(out)) <= 6  # the steps trained before the error was heard, logged
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(train.main, [*args, "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), steps=8, ckpt_every=2, keep_ckpts=0))
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(tmp_path / "straight")]
+    assert [step for step, _ in train.list_checkpoints(out)] == [2, 4, 6, 8]
+
+
+def test_host_copy_copies_every_tensor_and_keeps_the_structure():
+    weights = torch.arange(6.0).reshape(2, 3)
+    state = {"model": {"w": weights, "v": weights[0]}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
+                                                                      "param_groups": [{"lr": 0.1, "params": [0]}]},
+             "pair": (1, "a"), "none": None}
+    copied = train.host_copy(state)
+    assert _same_state(copied, state)
+    weights.add_(1)  # the next step's update, in place
+    state["optimizer"]["param_groups"][0]["lr"] = 0.2
+    assert copied["model"]["w"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and copied["model"]["v"].tolist() == [
+        0.0, 1.0, 2.0]
+    assert copied["optimizer"]["param_groups"][0]["lr"] == 0.1 and copied["pair"] == (1, "a")
 
 
 @pytest.mark.parametrize("code, said", [(errno.ENOSPC, "No space left on device\\); the disk is full"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,56 @@ def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys, graph, 
     assert ckpt["step"] == 6 and all(t.device.type == "cpu" for t in ckpt["model"].values())
     assert all(type(g["lr"]) is float and g["capturable"] is False for g in ckpt["optimizer"]["param_groups"])
     assert (ckpt["loss_scale"] is not None) == (dtype == "fp16")
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["steps", "one CUDA graph"])
+def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(tmp_path, dataset, monkeypatch,
+                                                                               graph):
+    """--async-ckpt on CUDA: host_copy queues the state's copies to pinned memory and waits for
+    them once; step 2's file, written while steps 3 and 4 run on the GPU, holds the very tensors
+    a synchronous copy of the same state to the host gives at step 2."""
+    real_copy, real_save = train.host_copy, torch.save
+    taken, step_4_queued, overlapped = {}, [], []
+
+    def recorded_copy(payload):
+        if payload["step"] == 2:
+            taken["model"] = {k: v.to("cpu", copy=True) for k, v in payload["model"].items()}  # a sync
+            taken["state"] = {i: {k: v.to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+                                  for k, v in st.items()} for i, st in payload["optimizer"]["state"].items()}
+        return real_copy(payload)
+
+    def slow_save(obj, f):
+        if obj["step"] == 2:  # until the run has queued step 4 (10 s at most)
+            overlapped.append(any(step_4_queued) or _wait_until(lambda: any(step_4_queued), 10))
+        real_save(obj, f)
+
+    real_step = train.train_step
+
+    def counted_step(*args, **kwargs):
+        result = real_step(*args, **kwargs)
+        step_4_queued.append(len(step_4_queued) == 3)
+        return result
+
+    monkeypatch.setattr(train, "host_copy", recorded_copy)
+    monkeypatch.setattr(train.torch, "save", slow_save)
+    monkeypatch.setattr(train, "train_step", counted_step)
+    train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0, compile=False, cuda_graph=graph,
+                    **(dict(dropout=0.1, total_batch_size=256) if graph else {})))
+    assert overlapped == [True]
+    saved = train.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")
+    assert saved["model"].keys() == taken["model"].keys()
+    assert all(torch.equal(saved["model"][k], v) for k, v in taken["model"].items())
+    for i, state in taken["state"].items():
+        for k, v in state.items():
+            got = saved["optimizer"]["state"][i][k]
+            assert torch.equal(got.cpu(), v) if isinstance(v, torch.Tensor) else got == v, (i, k)
+
+
+def _wait_until(done, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return done()
 
 
 @pytest.mark.parametrize("mode, graph, dtype", [("reduce-overhead", False, "auto"), ("default", True, "auto"),
