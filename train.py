@@ -2991,6 +2991,7 @@ def train_loop(s: Session) -> dict:
                                        disable=bar_disable(True if not rt.master or cfg.quiet else None)))
         micro_per_epoch = s.parts.accum_steps / loader.steps_per_epoch
         history: list[float] = []  # tokens/s of each step of this run
+        ckpt_costs: list[float] = []  # seconds the loop spent on each checkpoint (a copy, or the whole write)
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
@@ -3214,12 +3215,14 @@ def train_loop(s: Session) -> dict:
                 do_ckpt = _due(cfg, step, stopping, has_val)[2]
                 check_diverged(step if do_ckpt else None)  # its weights, as for any checkpoint due
             if do_ckpt:
+                ckpt_started = time.perf_counter()
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:
                     _checkpoint(s, step, rng_ranks, writer)
                     if writer is not None and (step == cfg.steps or stopping or stop.requested and not rt.ddp):
                         writer.wait()  # the run ends here: its last checkpoint is on disk first
                 last_ckpt = time.perf_counter()
+                ckpt_costs.append(last_ckpt - ckpt_started)
                 if stop.requested and not rt.ddp:
                     # a signal while it was written (deferred to the file's end): this step is the
                     # one stopped at, checkpointed already (the last step's stop went unsaid, and
@@ -3241,15 +3244,18 @@ def train_loop(s: Session) -> dict:
             writer.wait()  # (done already where the loop's last step checkpointed)
     summary = summarize(s, history, record, time.perf_counter() - started,
                         interrupted=stopped or (stop.requested and not rt.ddp),  # ranks exit alike
-                        skipped_steps=skipped if scaled else None)
+                        skipped_steps=skipped if scaled else None, ckpt_costs=ckpt_costs)
     summary["output_closed"] = stop.signal == OUTPUT_CLOSED
     return summary
 
 
 def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False,
-              skipped_steps: int | None = None) -> dict:
+              skipped_steps: int | None = None, ckpt_costs: Sequence[float] = ()) -> dict:
     """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out).
     `skipped_steps`: fp16's, those whose gradients overflowed (None: no loss scaling).
+    `ckpt_costs`: the seconds the training loop spent on each checkpoint this run wrote (left
+    out of the step times): with --async-ckpt the copy to host memory, and a wait for a write
+    before it or for the run's last file; without it, the whole write.
 
     A run of WARMUP_SKIP steps or fewer has no steady step: its median is over the warm-up
     steps (compilation included) and is named so ("steady_steps": 0), never passed off as the
@@ -3266,7 +3272,7 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         "steps": len(history), "first_step": s.start_step + 1, "last_step": s.start_step + len(history),
         "loss": last.get("loss"), "val_loss": last.get("val_loss"), "tokens_per_s": tokens_per_s,
         "mfu": run_mfu, "steady_steps": steady_steps, "total_s": total_s, "interrupted": interrupted,
-        "skipped_steps": skipped_steps,
+        "skipped_steps": skipped_steps, "checkpoints": len(ckpt_costs), "ckpt_s": sum(ckpt_costs),
     }
     if rt.master:
         if not history:  # a stop before step 1 has said so already
@@ -3287,6 +3293,10 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             f"({1000 * s.tokens_per_step / tokens_per_s:.1f} ms/step) over {over}, MFU {mfu_text}; "
             f"metrics in {Path(cfg.out) / METRICS_NAME}"
         )
+        if ckpt_costs:
+            each = f" ({summary['ckpt_s'] / len(ckpt_costs):.2f} s each)" if len(ckpt_costs) > 1 else ""
+            how = "written in the background" if s.cfg.async_ckpt else "written in the step (--no-async-ckpt)"
+            _echo(f"checkpoints: {len(ckpt_costs)} {how}; training waited {summary['ckpt_s']:.2f} s for them{each}")
         if skipped_steps is not None:  # (a sync: the scale's .item())
             _echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
                   f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")

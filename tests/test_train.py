@@ -2511,7 +2511,8 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
         assert len(said) == 1 and "output closed" not in stderr.replace(name, ""), stderr
         stopped = (f"{name}: stopped after step {stopped_at} of 400; checkpoint {train.ckpt_path(out, stopped_at)} "
                    "written; continue with --resume auto")
-        assert stopped in lines[said[0]:] and lines[-1].startswith(f"done: steps 1-{stopped_at} "), stderr
+        assert stopped in lines[said[0]:] and lines[-2].startswith(f"done: steps 1-{stopped_at} "), stderr
+        assert lines[-1].startswith("checkpoints: 1 written in the background; training waited "), stderr
     resumed = subprocess.run(_cli_args(data, out, stopped_at + 2, "--resume", "auto", "--eval-every", every,
                                        "--eval-steps", "1"),
                              cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -2855,6 +2856,20 @@ def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_r
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), steps=8, ckpt_every=2, keep_ckpts=0))
     assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(tmp_path / "straight")]
     assert [step for step, _ in train.list_checkpoints(out)] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("async_ckpt", [True, False])
+def test_the_summary_says_how_long_training_waited_for_its_checkpoints(tmp_path, dataset, capsys, async_ckpt):
+    summary = train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=2, keep_ckpts=0, async_ckpt=async_ckpt))
+    line = capsys.readouterr().out.splitlines()[-1]
+    how = "in the background" if async_ckpt else r"in the step \(--no-async-ckpt\)"
+    found = re.fullmatch(rf"checkpoints: 3 written {how}; training waited (\d+\.\d\d) s for them "
+                         r"\((\d+\.\d\d) s each\)", line)
+    assert found, line
+    assert summary["checkpoints"] == 3 and float(found[1]) == round(summary["ckpt_s"], 2) > 0
+    assert float(found[2]) == round(summary["ckpt_s"] / 3, 2)
+    none = train.train(cfg(tmp_path, dataset, steps=3, ckpt_every=0, out=str(tmp_path / "none")))
+    assert none["checkpoints"] == 0 and "checkpoints:" not in capsys.readouterr().out
 
 
 def test_host_copy_copies_every_tensor_and_keeps_the_structure():
