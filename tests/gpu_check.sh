@@ -9,6 +9,10 @@
 #                              benchmarks, the demo's training run, then the compiled-model
 #                              CUDA tests: a run cut short by TOTAL_TIMEOUT loses those, not
 #                              the figures
+#   tests/gpu_check.sh ckpt    sample and tokenize, then what checkpoints cost the training
+#                              loop (CKPT_ARGS): gpt2 at 16x1024, 120 steps, a checkpoint every
+#                              40, written in the step, then in the background (the summary's
+#                              `checkpoints:` lines; `all` runs it last)
 #   tests/gpu_check.sh profile sample and tokenize, then tests/gpu_profile.py: the kernels of a
 #                              16x1024 step and of a 4x32 step as one CUDA graph, and the
 #                              attention backends (about 2 minutes)
@@ -18,7 +22,7 @@
 # there: `prep` needs its GPT-2 files offline; docs/BENCHMARKS.md has the device command).
 # Each stage runs under its own time limit and the next runs whatever happened, all within
 # TOTAL_TIMEOUT; logs, the BENCH lines and one status line per stage go to CHECK_DIR (at most
-# 6 files); `all` prints the BENCH lines last, then the statuses. The exit status is 0 only
+# 7 files); `all` prints the BENCH lines last, then the statuses. The exit status is 0 only
 # if every stage passed.
 set -u
 
@@ -30,6 +34,7 @@ BENCH_MODEL=${BENCH_MODEL:-gpt2}
 # (a mode ending in +graph adds --cuda-graph: the whole step one CUDA graph)
 BENCH_RUNS=${BENCH_RUNS:-4x32:default+graph:400 4x32:reduce-overhead:400 16x1024:default:100 64x1024:default:40 4x32:default:400}
 BENCH_ARGS=${BENCH_ARGS:-}
+CKPT_ARGS=${CKPT_ARGS:---B 16 --T 1024 --steps 120 --ckpt-every 40}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-180}
 TOTAL_TIMEOUT=${TOTAL_TIMEOUT:-540}  # the whole script, in seconds: a lent GPU's call allows 600
@@ -77,6 +82,19 @@ corpus() {
     stage "prep tokenize" 120 "$CHECK_DIR/bench.log" "${PY[@]}" -m prep.cli tokenize input.txt --overwrite
 }
 
+# what checkpoints cost the loop: 3 of gpt2 (1.5 GB each) written in the step, then in the
+# background (--async-ckpt), 40 steps (some seconds) apart; compile off (the runs are short)
+# shellcheck disable=SC2086
+ckpt() {
+    for mode in --no-async-ckpt --async-ckpt; do
+        rm -rf "$DEMO_DIR/out/ckpt"
+        echo "== ckpt $mode" >> "$CHECK_DIR/ckpt.log"
+        stage "ckpt $mode" 90 "$CHECK_DIR/ckpt.log" "${PY[@]}" "$REPO/train.py" --model "$BENCH_MODEL" \
+            --data data/input $CKPT_ARGS --keep-ckpts 2 --eval-every 0 --no-compile --quiet --out out/ckpt "$mode"
+    done
+    rm -rf "$DEMO_DIR/out/ckpt"
+}
+
 # shellcheck disable=SC2086
 bench() {
     local shape mode steps
@@ -99,7 +117,7 @@ case $WHAT in
         bench
         ;;
     all)
-        rm -f "$CHECK_DIR"/{env.txt,status.txt,tests.log,bench.log,bench.jsonl,demo.log}
+        rm -f "$CHECK_DIR"/{env.txt,status.txt,tests.log,bench.log,bench.jsonl,demo.log,ckpt.log}
         { date -u; nvidia-smi; "${PY[@]}" -c "import sys, importlib, importlib.metadata as m, torch
 def version(p):  # a package on PYTHONPATH may have no metadata
     try: return m.version(p)
@@ -119,7 +137,15 @@ print(sys.version.split()[0], torch.__version__, torch.version.cuda, *(p + ' ' +
         # shellcheck disable=SC2086
         (DEMO_DIR=$REPO; stage tests "$TESTS_TIMEOUT" "$CHECK_DIR/tests.log" \
             "${PY[@]}" -m pytest -v -p no:cacheprovider $CHECK_TESTS)  # -v: a line per test as it ends, kept if cut short
+        ckpt
         cut -c 1-1200 "$CHECK_DIR/bench.jsonl"
+        grep -h '^checkpoints:' "$CHECK_DIR/ckpt.log"
+        ;;
+    ckpt)
+        rm -f "$CHECK_DIR"/{status.txt,bench.log,ckpt.log}
+        corpus
+        ckpt
+        grep -h '^checkpoints:\|^done:' "$CHECK_DIR/ckpt.log"
         ;;
     profile)
         rm -f "$CHECK_DIR"/{status.txt,bench.log,profile.log}
@@ -134,7 +160,7 @@ print(sys.version.split()[0], torch.__version__, torch.version.cuda, *(p + ' ' +
         done
         ;;
     *)
-        echo "usage: $0 [bench|all|profile]" >&2
+        echo "usage: $0 [bench|all|ckpt|profile]" >&2
         exit 2
         ;;
 esac
