@@ -2744,11 +2744,19 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
                                     f"{path} is written, --resume auto continues from it") from None
 
     if writer is not None:
-        payload = host_copy(payload)
-        writer.write(write)
-    else:
-        with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
-            write()
+        writer.wait()  # the write before this one, and its copy freed: one copy held at a time
+        try:
+            payload = host_copy(payload)
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and not _out_of_memory(e):
+                raise
+            _say_over_bar(f"note: step {step}'s checkpoint is written in the step: its copy for a background "
+                          f"write did not fit in host memory ({type(e).__name__})")
+        else:
+            writer.write(write)
+            return path
+    with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
+        write()
     return path
 
 

@@ -2872,6 +2872,34 @@ def test_the_summary_says_how_long_training_waited_for_its_checkpoints(tmp_path,
     assert none["checkpoints"] == 0 and "checkpoints:" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                                "tried to allocate 1493883423 bytes")])
+def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_step(tmp_path, dataset, monkeypatch,
+                                                                                    capsys, error):
+    real_copy, real_save, copied = train.host_copy, torch.save, []
+
+    def short_of_memory(payload):
+        if payload["step"] == 2:
+            raise error
+        copied.append(payload["step"])
+        return real_copy(payload)
+
+    def save(obj, f):  # the thread that writes each file
+        obj["written_by"] = threading.current_thread().name
+        real_save(obj, f)
+
+    monkeypatch.setattr(train, "host_copy", short_of_memory)
+    monkeypatch.setattr(train.torch, "save", save)
+    summary = train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, keep_ckpts=0))
+    assert summary["last_step"] == 4 and copied == [4]
+    note = (f"note: step 2's checkpoint is written in the step: its copy for a background write did not fit in host "
+            f"memory ({type(error).__name__})")
+    assert note in capsys.readouterr().out.splitlines()
+    written = {step: torch.load(path, weights_only=True) for step, path in train.list_checkpoints(tmp_path / "out")}
+    assert [(step, ckpt["step"], ckpt["written_by"]) for step, ckpt in written.items()] == [
+        (2, 2, threading.main_thread().name), (4, 4, "checkpoint-writer")]
+
+
 def test_host_copy_copies_every_tensor_and_keeps_the_structure():
     weights = torch.arange(6.0).reshape(2, 3)
     state = {"model": {"w": weights, "v": weights[0]}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
