@@ -1319,18 +1319,29 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 def host_copy(obj: object) -> object:
     """A copy of a checkpoint's contents that the steps after it cannot change: every tensor
     copied to host memory (CUDA's copies queued to pinned memory, then one wait for them all),
-    the rest deep-copied. What a background write (CheckpointWriter) saves."""
+    the rest deep-copied; dicts keep their type and a state dict's _metadata. What a background
+    write (CheckpointWriter) saves. A tensor that views the same memory as one copied before
+    (the tied lm_head.weight and transformer.wte.weight) is copied once and shared, so the file
+    stores it once, as torch.save of the live state does."""
     cuda: list[torch.device] = []
+    copies: dict[tuple, torch.Tensor] = {}  # (device, address, dtype, shape, strides): its copy
 
     def to_host(value: object) -> object:
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            if value.device.type == "cuda":
-                cuda.append(value.device)
-                return value.to("cpu", non_blocking=True)  # into pinned memory (torch pins it)
-            return value.clone() if value.device.type == "cpu" else value.to("cpu")
+            view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            if view not in copies:
+                if value.device.type == "cuda":
+                    cuda.append(value.device)
+                    copies[view] = value.to("cpu", non_blocking=True)  # into pinned memory (torch pins it)
+                else:
+                    copies[view] = value.clone() if value.device.type == "cpu" else value.to("cpu")
+            return copies[view]
         if isinstance(value, dict):
-            return {k: to_host(v) for k, v in value.items()}
+            copied = type(value)((k, to_host(v)) for k, v in value.items())
+            if hasattr(value, "_metadata"):  # a module's state_dict: its modules' versions
+                copied._metadata = copy.deepcopy(value._metadata)
+            return copied
         if isinstance(value, (list, tuple)):
             return type(value)(to_host(v) for v in value)
         return copy.deepcopy(value)
@@ -1344,39 +1355,48 @@ def host_copy(obj: object) -> object:
 class CheckpointWriter:
     """Writes checkpoints on a thread of its own while training goes on (--async-ckpt): the
     step waits only for its state's copy to host memory (host_copy), not for the 1.5 GB of
-    gpt2's checkpoint to reach the disk. One write at a time: a checkpoint waits for the one
-    before it to be written, so at most one copy is held. A write's error (a full disk) is
-    raised in the training loop at its next poll() or wait(), as a synchronous write raises
-    it; a process that ends meanwhile (an error, a second Ctrl-C) waits for the write, whose
-    thread is not a daemon, and a SIGKILL leaves the temporary file that the next run removes."""
+    gpt2's checkpoint to reach the disk. One write at a time.
+
+    A write's error (a full disk) is raised in the training loop at its next poll() or wait(),
+    as a synchronous write raises it. wait() defers Ctrl-C and SIGTERM to the file's end, as a
+    write in the step does (signals_deferred): a run stopped at once, or ended by an error,
+    waits there for the write under way. A SIGKILL leaves the temporary file that the next run
+    in --out removes. The wait is on an Event, not Thread.join: a join that a KeyboardInterrupt
+    cuts short marks the thread stopped while it still runs (CPython 3.11), and the
+    interpreter's exit would then not wait for it."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self._error: BaseException | None = None
 
     def write(self, work: Callable[[], None]) -> None:
         """Run `work` (the file's write and --keep-ckpts' pruning) once the previous one is done."""
         self.wait()
+        done = self._done = threading.Event()
 
         def run() -> None:
             try:
                 work()
             except BaseException as e:  # noqa: BLE001 (raised in the training loop, by wait())
                 self._error = e
+            finally:
+                done.set()
 
         self._thread = threading.Thread(target=run, name="checkpoint-writer")
         self._thread.start()
 
     def poll(self) -> None:
         """wait() where the write has finished: its error raised now, not at the next checkpoint."""
-        if self._thread is not None and not self._thread.is_alive():
+        if self._thread is not None and self._done.is_set():
             self.wait()
 
     def wait(self) -> None:
-        """Until the write under way is done (a Ctrl-C interrupts the wait, not the write); then
-        raise its error, once."""
+        """Until the write under way is done; then raise its error, once."""
         if self._thread is not None:
-            self._thread.join()
+            with signals_deferred():  # delivered once the file is whole (a second Ctrl-C: stop at once)
+                self._done.wait()
+                self._thread.join()  # (its last instructions: done is set in its finally)
             self._thread = None
         error, self._error = self._error, None
         if error is not None:
@@ -3240,6 +3260,8 @@ def train_loop(s: Session) -> dict:
             # queued now: the next window's time starts here)
             timing_start = mark(rt.device)
             if stopping:
+                if writer is not None:
+                    writer.wait()  # (done above, unless the stop was heard after that wait)
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
                 more = "; continue with --resume auto" if step < cfg.steps else ""  # (after the last: nothing to)

@@ -2820,6 +2820,44 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
         for key in ("model", "optimizer", "loader", "rng", "loss_scale"):
             assert _same_state(background[key], in_step[key]), (step, key)
         assert background["train_config"]["async_ckpt"] and not in_step["train_config"]["async_ckpt"]
+        tied = [background["model"][name].untyped_storage().data_ptr() for name in
+                ("lm_head.weight", "transformer.wte.weight")]
+        assert tied[0] == tied[1]  # the tied embedding stored once, as the live state has it
+
+
+def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_file_is_whole(
+        tmp_path, dataset, monkeypatch):
+    """The first Ctrl-C arrives while step 2's file is written: the run trains step 3, then
+    waits for that file before checkpointing step 3. The second arrives during that wait: the
+    run stops at once, as a second Ctrl-C does, but only once step 2's file is whole (a wait
+    on Thread.join, cut short by the KeyboardInterrupt, took the writer for stopped: the run
+    ended with the file half written)."""
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)
+    real_save, real_wait = torch.save, train.CheckpointWriter.wait
+    waiting = threading.Event()
+
+    def wait(self):
+        if self._thread is not None and not self._done.is_set():
+            waiting.set()  # the training loop waits for the file under way
+        real_wait(self)
+
+    def slow_save(obj, f):
+        if obj["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert waiting.wait(timeout=10)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.CheckpointWriter, "wait", wait)
+    monkeypatch.setattr(train.torch, "save", slow_save)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt_000002.pt", "metrics.jsonl"]
+    assert train.load_checkpoint(out / "ckpt_000002.pt")["step"] == 2
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
 def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_resume_loses_nothing(

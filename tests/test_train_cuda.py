@@ -169,28 +169,31 @@ def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys, graph, 
 def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(tmp_path, dataset, monkeypatch,
                                                                                graph):
     """--async-ckpt on CUDA: host_copy queues the state's copies to pinned memory and waits for
-    them once; step 2's file, written while steps 3 and 4 run on the GPU, holds the very tensors
-    a synchronous copy of the same state to the host gives at step 2."""
-    real_copy, real_save = train.host_copy, torch.save
-    taken, step_4_queued, overlapped = {}, [], []
+    them once. Queued behind 0.1 s of GPU work, the copies are complete all the same when
+    host_copy returns (the host reads them at once), and step 2's file, written while steps 3
+    and 4 run on the GPU, holds the very tensors a synchronous copy of that state gives."""
+    real_copy, real_save, real_step = train.host_copy, torch.save, train.train_step
+    taken, complete, step_4_queued, overlapped = {}, [], [], []
 
     def recorded_copy(payload):
-        if payload["step"] == 2:
-            taken["model"] = {k: v.to("cpu", copy=True) for k, v in payload["model"].items()}  # a sync
-            taken["state"] = {i: {k: v.to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
-                                  for k, v in st.items()} for i, st in payload["optimizer"]["state"].items()}
-        return real_copy(payload)
+        if payload["step"] != 2:
+            return real_copy(payload)
+        taken["model"] = {k: v.to("cpu", copy=True) for k, v in payload["model"].items()}  # a sync
+        taken["state"] = {i: {k: v.to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+                              for k, v in st.items()} for i, st in payload["optimizer"]["state"].items()}
+        torch.cuda._sleep(200_000_000)  # GPU cycles (about 0.1 s) queued before host_copy's copies
+        copied = real_copy(payload)
+        complete.append(all(torch.equal(copied["model"][k], v) for k, v in taken["model"].items()))
+        return copied
 
     def slow_save(obj, f):
         if obj["step"] == 2:  # until the run has queued step 4 (10 s at most)
-            overlapped.append(any(step_4_queued) or _wait_until(lambda: any(step_4_queued), 10))
+            overlapped.append(_wait_until(lambda: len(step_4_queued) >= 4, 10))
         real_save(obj, f)
-
-    real_step = train.train_step
 
     def counted_step(*args, **kwargs):
         result = real_step(*args, **kwargs)
-        step_4_queued.append(len(step_4_queued) == 3)
+        step_4_queued.append(1)
         return result
 
     monkeypatch.setattr(train, "host_copy", recorded_copy)
@@ -198,7 +201,7 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
     monkeypatch.setattr(train, "train_step", counted_step)
     train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0, compile=False, cuda_graph=graph,
                     **(dict(dropout=0.1, total_batch_size=256) if graph else {})))
-    assert overlapped == [True]
+    assert complete == [True] and overlapped == [True]
     saved = train.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")
     assert saved["model"].keys() == taken["model"].keys()
     assert all(torch.equal(saved["model"][k], v) for k, v in taken["model"].items())
