@@ -2806,11 +2806,22 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
             overlapped.append(step_4_trained.wait(timeout=10))
         real_save(obj, f)
 
+    real_copy, copies = train.host_copy, []
+
+    def recorded_copy(payload):
+        copies.append(real_copy(payload))
+        return copies[-1]
+
     monkeypatch.setattr(train, "train_step", counted_step)
     monkeypatch.setattr(train.torch, "save", slow_save)
+    monkeypatch.setattr(train, "host_copy", recorded_copy)
     common = dict(steps=6, ckpt_every=2, keep_ckpts=0, shuffle=True, total_batch_size=64)
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "background"), **common))
     assert overlapped == [True]
+    # each copy's memory given back once its file was written (torch.save's pickler held it in
+    # a reference cycle until the garbage collector ran)
+    assert len(copies) == 3 and all(tensor.untyped_storage().nbytes() == 0 for copy in copies
+                                    for tensor in copy["model"].values())
     monkeypatch.undo()
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "in_step"), async_ckpt=False, **common))
     for step in (2, 4, 6):
