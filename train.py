@@ -1318,12 +1318,15 @@ def save_checkpoint(path: Path, payload: dict) -> None:
 
 def host_copy(obj: object) -> object:
     """A copy of a checkpoint's contents that the steps after it cannot change: every tensor
-    copied to host memory (CUDA's copies queued to pinned memory, then one wait for them all),
-    the rest deep-copied; dicts keep their type and a state dict's _metadata. What a background
-    write (CheckpointWriter) saves. A tensor that views the same memory as one copied before
-    (the tied lm_head.weight and transformer.wte.weight) is copied once and shared, so the file
-    stores it once, as torch.save of the live state does."""
-    cuda: list[torch.device] = []
+    copied to host memory, the rest deep-copied; dicts keep their type and a state dict's
+    _metadata. What a background write (CheckpointWriter) saves. A tensor that views the same
+    memory as one copied before (the tied lm_head.weight and transformer.wte.weight) is copied
+    once and shared, so the file stores it once, as torch.save of the live state does.
+
+    A GPU's tensors are copied into pageable memory, each copy a sync (a checkpoint's, not the
+    steady state's): pinned copies would be faster to make, but torch's caching host allocator
+    rounds each one up to a power of two and keeps it for the rest of the run (2.5 GB pinned
+    for gpt2's 1.5 GB), where free_storage gives pageable memory back after each write."""
     copies: dict[tuple, torch.Tensor] = {}  # (device, address, dtype, shape, strides): its copy
 
     def to_host(value: object) -> object:
@@ -1331,11 +1334,7 @@ def host_copy(obj: object) -> object:
             value = value.detach()
             view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
             if view not in copies:
-                if value.device.type == "cuda":
-                    cuda.append(value.device)
-                    copies[view] = value.to("cpu", non_blocking=True)  # into pinned memory (torch pins it)
-                else:
-                    copies[view] = value.clone() if value.device.type == "cpu" else value.to("cpu")
+                copies[view] = value.clone() if value.device.type == "cpu" else value.to("cpu")
             return copies[view]
         if isinstance(value, dict):
             copied = type(value)((k, to_host(v)) for k, v in value.items())
@@ -1346,10 +1345,7 @@ def host_copy(obj: object) -> object:
             return type(value)(to_host(v) for v in value)
         return copy.deepcopy(value)
 
-    copied = to_host(obj)
-    for device in dict.fromkeys(cuda):
-        torch.cuda.synchronize(device)  # a sync, one a checkpoint: the copies are complete
-    return copied
+    return to_host(obj)
 
 
 def free_storage(obj: object) -> None:
@@ -1398,31 +1394,46 @@ class CheckpointWriter:
             finally:
                 done.set()
 
-        self._thread = threading.Thread(target=run, name="checkpoint-writer")
-        self._thread.start()
+        with signals_deferred():  # no KeyboardInterrupt between the two: a thread never started is never done
+            self._thread = threading.Thread(target=run, name="checkpoint-writer")
+            self._thread.start()
 
     def poll(self) -> None:
         """wait() where the write has finished: its error raised now, not at the next checkpoint."""
         if self._thread is not None and self._done.is_set():
             self.wait()
 
-    def wait(self) -> None:
-        """Until the write under way is done; then raise its error, once."""
-        if self._thread is not None:
-            with signals_deferred():  # delivered once the file is whole (a second Ctrl-C: stop at once)
-                self._done.wait()
-                self._thread.join()  # (its last instructions: done is set in its finally)
+    def wait(self, signals: bool = True) -> None:
+        """Until the write under way is done; then raise its error, once. The Ctrl-C and SIGTERM
+        held back meanwhile are delivered once the file is whole (a second Ctrl-C: stop at
+        once), unless the write failed (its error is the one to report, as for a write in the
+        step) or `signals` is False (dropped: a run ending by an error, which they must not
+        turn into a stop)."""
+        if self._thread is None:
+            return
+        with signals_deferred() as held:
+            self._done.wait()
+            self._thread.join()  # (its last instructions: done is set in its finally)
             self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+            error, self._error = self._error, None
+            if not signals:
+                held.clear()
+            if error is not None:
+                raise error
 
 
 def _wait_quietly(writer: CheckpointWriter) -> None:
-    """writer.wait() on the way out of a run that failed: the file is finished, and the
-    run's own error is the one reported."""
-    with contextlib.suppress(Exception):
-        writer.wait()
+    """writer.wait() on the way out of a run that failed: the file is finished, and the run's
+    own error is the one reported (the write's, and signals meanwhile, are dropped; a Ctrl-C
+    before wait() held signals back waits all the same)."""
+    while True:
+        try:
+            writer.wait(signals=False)
+            return
+        except KeyboardInterrupt:
+            continue
+        except Exception:  # noqa: BLE001 (the run's own error is under way)
+            return
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
@@ -2746,9 +2757,10 @@ def _rng_states(s: Session) -> list[dict] | None:
     return s.rt.all_gather_object(rng_state(s.rt, s.generator))
 
 
-def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: CheckpointWriter | None) -> Path:
+def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: CheckpointWriter | None) -> bool:
     """Checkpoint `step` (rank 0): written here, or by `writer` from a copy of the state taken
-    now (the steps after it change the weights and moments in place)."""
+    now (the steps after it change the weights and moments in place). Returns whether `writer`
+    writes it."""
     out = Path(s.cfg.out)
     path = ckpt_path(out, step)
     payload = {
@@ -2795,10 +2807,10 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
                     free_storage(payload)
 
             writer.write(write_copy)
-            return path
+            return True
     with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
         write()
-    return path
+    return False
 
 
 # ----------------------------------------------------------------------------- stopping: signals, closed output
@@ -3041,6 +3053,14 @@ def train_loop(s: Session) -> dict:
         micro_per_epoch = s.parts.accum_steps / loader.steps_per_epoch
         history: list[float] = []  # tokens/s of each step of this run
         ckpt_costs: list[float] = []  # seconds the loop spent on each checkpoint (a copy, or the whole write)
+        in_background = 0  # of those, how many the writer wrote
+
+        def wait_for_writer() -> None:
+            """writer.wait() at the run's end: the time counted with its last checkpoint's."""
+            waited = time.perf_counter()
+            writer.wait()
+            if ckpt_costs:
+                ckpt_costs[-1] += time.perf_counter() - waited
         record: dict = {}
         pending: list[tuple] = []  # (step, lr, loss, grad_norm, data wait s): not yet on the host
         stopped = False
@@ -3267,7 +3287,7 @@ def train_loop(s: Session) -> dict:
                 ckpt_started = time.perf_counter()
                 rng_ranks = _rng_states(s)  # every rank: a collective
                 if rt.master:
-                    _checkpoint(s, step, rng_ranks, writer)
+                    in_background += _checkpoint(s, step, rng_ranks, writer)
                     if writer is not None and (step == cfg.steps or stopping or stop.requested and not rt.ddp):
                         writer.wait()  # the run ends here: its last checkpoint is on disk first
                 last_ckpt = time.perf_counter()
@@ -3282,7 +3302,7 @@ def train_loop(s: Session) -> dict:
             timing_start = mark(rt.device)
             if stopping:
                 if writer is not None:
-                    writer.wait()  # (done above, unless the stop was heard after that wait)
+                    wait_for_writer()  # (done above, unless the stop was heard after that wait)
                 if rt.ddp:  # no rank leaves (torchrun would then end the rest) before the checkpoint
                     dist.barrier()
                 more = "; continue with --resume auto" if step < cfg.steps else ""  # (after the last: nothing to)
@@ -3292,21 +3312,22 @@ def train_loop(s: Session) -> dict:
                 stopped = True
                 break
         if writer is not None:
-            writer.wait()  # (done already where the loop's last step checkpointed)
+            wait_for_writer()  # (done already where the loop's last step checkpointed)
     summary = summarize(s, history, record, time.perf_counter() - started,
                         interrupted=stopped or (stop.requested and not rt.ddp),  # ranks exit alike
-                        skipped_steps=skipped if scaled else None, ckpt_costs=ckpt_costs)
+                        skipped_steps=skipped if scaled else None, ckpt_costs=ckpt_costs, in_background=in_background)
     summary["output_closed"] = stop.signal == OUTPUT_CLOSED
     return summary
 
 
 def summarize(s: Session, history: list[float], last: dict, total_s: float, interrupted: bool = False,
-              skipped_steps: int | None = None, ckpt_costs: Sequence[float] = ()) -> dict:
+              skipped_steps: int | None = None, ckpt_costs: Sequence[float] = (), in_background: int = 0) -> dict:
     """The closing summary: steady-state median tokens/s (first WARMUP_SKIP steps left out).
     `skipped_steps`: fp16's, those whose gradients overflowed (None: no loss scaling).
     `ckpt_costs`: the seconds the training loop spent on each checkpoint this run wrote (left
     out of the step times): with --async-ckpt the copy to host memory, and a wait for a write
-    before it or for the run's last file; without it, the whole write.
+    before it or for the run's last file; without it, the whole write. `in_background`: how
+    many of them the writer wrote (the others' copies did not fit, or --no-async-ckpt).
 
     A run of WARMUP_SKIP steps or fewer has no steady step: its median is over the warm-up
     steps (compilation included) and is named so ("steady_steps": 0), never passed off as the
@@ -3346,7 +3367,9 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
         )
         if ckpt_costs:
             each = f" ({summary['ckpt_s'] / len(ckpt_costs):.2f} s each)" if len(ckpt_costs) > 1 else ""
-            how = "written in the background" if s.cfg.async_ckpt else "written in the step (--no-async-ckpt)"
+            how = ("written in the background" if in_background == len(ckpt_costs) else
+                   f"written, {in_background} of them in the background" if in_background else
+                   "written in the step" + ("" if s.cfg.async_ckpt else " (--no-async-ckpt)"))
             _echo(f"checkpoints: {len(ckpt_costs)} {how}; training waited {summary['ckpt_s']:.2f} s for them{each}")
         if skipped_steps is not None:  # (a sync: the scale's .item())
             _echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "

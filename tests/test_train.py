@@ -2871,6 +2871,78 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
+def _writer_waiting(monkeypatch, quietly: bool) -> threading.Event:
+    """An Event set when the training loop (or, `quietly`, a failed run's way out) starts to wait
+    for a background write under way."""
+    waiting, real_wait = threading.Event(), train.CheckpointWriter.wait
+
+    def wait(self, signals=True):
+        if self._thread is not None and not self._done.is_set() and signals != quietly:
+            waiting.set()
+        real_wait(self, signals)
+
+    monkeypatch.setattr(train.CheckpointWriter, "wait", wait)
+    return waiting
+
+
+def test_a_signal_while_a_failed_run_finishes_its_checkpoint_does_not_replace_the_error(
+        tmp_path, dataset, monkeypatch):
+    """A step fails (here a RuntimeError) while step 2's file is written: the run finishes the
+    file before it ends, and a Ctrl-C meanwhile, held back till then, is dropped: it no longer
+    turned the failure into "stopped at once: what was under way failed after the signal"."""
+    waiting = _writer_waiting(monkeypatch, quietly=True)
+    real_save, real_step, steps = torch.save, train.train_step, []
+
+    def failing_step(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise RuntimeError("boom: a step that failed")
+        return real_step(*args, **kwargs)
+
+    def slow_save(obj, f):
+        if obj["step"] == 2:
+            assert waiting.wait(timeout=10)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        real_save(obj, f)
+
+    monkeypatch.setattr(train, "train_step", failing_step)
+    monkeypatch.setattr(train.torch, "save", slow_save)
+    with pytest.raises(RuntimeError, match="^boom: a step that failed$"):
+        train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
+    assert train.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_background_write_that_fails_while_a_second_ctrl_c_waits_for_it_reports_the_write(
+        tmp_path, dataset, monkeypatch):
+    """As with a write in the step: the write's error is the one reported, and the Ctrl-C held
+    back while the run waited for it is dropped (it said "stopped at once; no checkpoint was
+    written", without a word of the full disk)."""
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)
+    waiting = _writer_waiting(monkeypatch, quietly=False)
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        if obj["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # stop after the step under way (3), which waits for this file
+            assert waiting.wait(timeout=10)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # and a second press while it waits
+            time.sleep(0.2)
+            try:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
+        real_save(obj, f)
+
+    monkeypatch.setattr(train.torch, "save", full_disk)
+    with pytest.raises(train.UserError, match=r"ckpt_000002.pt: cannot write the checkpoint \(OSError: \[Errno 28\] "
+                                              r"No space left on device\); the disk is full; no earlier one is there$"):
+        train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.jsonl"]
+
+
 def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_resume_loses_nothing(
         tmp_path, dataset, monkeypatch):
     """Step 4's file fails (a full disk) on the writer's thread while step 5 trains: the run
@@ -2943,7 +3015,8 @@ def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_s
     assert summary["last_step"] == 4 and copied == [4]
     note = (f"note: step 2's checkpoint is written in the step: its copy for a background write did not fit in host "
             f"memory ({type(error).__name__})")
-    assert note in capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out.splitlines()
+    assert note in out and out[-1].startswith("checkpoints: 2 written, 1 of them in the background; training waited ")
     written = {step: torch.load(path, weights_only=True) for step, path in train.list_checkpoints(tmp_path / "out")}
     assert [(step, ckpt["step"], ckpt["written_by"]) for step, ckpt in written.items()] == [
         (2, 2, threading.main_thread().name), (4, 4, "checkpoint-writer")]

@@ -168,10 +168,10 @@ def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys, graph, 
 @pytest.mark.parametrize("graph", [False, True], ids=["steps", "one CUDA graph"])
 def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(tmp_path, dataset, monkeypatch,
                                                                                graph):
-    """--async-ckpt on CUDA: host_copy queues the state's copies to pinned memory and waits for
-    them once. Queued behind 0.1 s of GPU work, the copies are complete all the same when
-    host_copy returns (the host reads them at once), and step 2's file, written while steps 3
-    and 4 run on the GPU, holds the very tensors a synchronous copy of that state gives."""
+    """--async-ckpt on CUDA: host_copy copies the state to host memory. Queued behind 0.1 s of
+    GPU work, the copies are complete all the same when host_copy returns (the host reads them
+    at once), and step 2's file, written while steps 3 and 4 run on the GPU, holds the very
+    tensors a synchronous copy of that state gives."""
     real_copy, real_save, real_step = train.host_copy, torch.save, train.train_step
     taken, complete, step_4_queued, overlapped = {}, [], [], []
 
