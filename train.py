@@ -1355,6 +1355,7 @@ def free_storage(obj: object) -> None:
     if isinstance(obj, torch.Tensor):
         with contextlib.suppress(RuntimeError):  # a storage that cannot be resized is freed by its last reference
             obj.untyped_storage().resize_(0)
+        obj.set_()  # no elements left: nothing reads the freed memory through it (a traceback's repr would crash)
     elif isinstance(obj, dict):
         for value in obj.values():
             free_storage(value)
@@ -1395,8 +1396,13 @@ class CheckpointWriter:
                 done.set()
 
         with signals_deferred():  # no KeyboardInterrupt between the two: a thread never started is never done
-            self._thread = threading.Thread(target=run, name="checkpoint-writer")
-            self._thread.start()
+            thread = threading.Thread(target=run, name="checkpoint-writer")
+            try:
+                thread.start()
+            except RuntimeError:  # "can't start new thread" (a limit on threads, no memory for a stack)
+                work()  # written here, as in the step: its error raised here
+                return
+            self._thread = thread
 
     def poll(self) -> None:
         """wait() where the write has finished: its error raised now, not at the next checkpoint."""
@@ -1404,14 +1410,15 @@ class CheckpointWriter:
             self.wait()
 
     def wait(self, signals: bool = True) -> None:
-        """Until the write under way is done; then raise its error, once. The Ctrl-C and SIGTERM
-        held back meanwhile are delivered once the file is whole (a second Ctrl-C: stop at
+        """Until the write under way is done; then raise its error, once. The Ctrl-C, SIGTERM and
+        SIGHUP held back meanwhile are delivered once the file is whole (a second Ctrl-C: stop at
         once), unless the write failed (its error is the one to report, as for a write in the
         step) or `signals` is False (dropped: a run ending by an error, which they must not
         turn into a stop)."""
         if self._thread is None:
             return
-        with signals_deferred() as held:
+        # SIGHUP too: the training loop's StopRequest takes it as a Ctrl-C
+        with signals_deferred((signal.SIGINT, signal.SIGTERM, *HANGUP)) as held:
             self._done.wait()
             self._thread.join()  # (its last instructions: done is set in its finally)
             self._thread = None
@@ -1422,17 +1429,21 @@ class CheckpointWriter:
                 raise error
 
 
-def _wait_quietly(writer: CheckpointWriter) -> None:
+def _wait_quietly(writer: CheckpointWriter, stopped: bool) -> None:
     """writer.wait() on the way out of a run that failed: the file is finished, and the run's
-    own error is the one reported (the write's, and signals meanwhile, are dropped; a Ctrl-C
-    before wait() held signals back waits all the same)."""
+    own error is the one reported (signals meanwhile are dropped; a Ctrl-C before wait() held
+    them back waits all the same). A write that failed is dropped too, but for a run `stopped`
+    at once (a second Ctrl-C, whose lines name the newest checkpoint on disk): a note on
+    standard error then says why the one under way is not there."""
     while True:
         try:
             writer.wait(signals=False)
             return
         except KeyboardInterrupt:
             continue
-        except Exception:  # noqa: BLE001 (the run's own error is under way)
+        except Exception as e:  # noqa: BLE001 (the run's own error is under way)
+            if stopped:
+                _echo(f"note: {e}", err=True)
             return
 
 
@@ -3021,7 +3032,8 @@ def train_loop(s: Session) -> dict:
         # an error waits here for the write under way (its own error then goes unsaid)
         writer = CheckpointWriter() if cfg.async_ckpt and rt.master else None
         if writer is not None:
-            files.push(lambda *exc: _wait_quietly(writer) if exc[0] is not None else None)
+            files.push(lambda *exc: _wait_quietly(writer, not issubclass(exc[0], Exception))
+                       if exc[0] is not None else None)
         metrics = None
         if rt.master or cfg.log_windows:
             out.mkdir(parents=True, exist_ok=True)

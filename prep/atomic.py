@@ -229,13 +229,13 @@ def stops_raise(exception: Callable[[], BaseException] = SignalStop):
 
 
 @contextlib.contextmanager
-def signals_deferred():
-    """Defer SIGINT and SIGTERM to the end of the block, for what a Ctrl-C must not cut in two:
-    prep's install (between its two renames there is no dataset under the target's name) and
-    train.py's checkpoint write (torch's zip writer turns an interrupt into a RuntimeError
-    about the file position). Yields the list of signals that
-    arrived; they are delivered (to the handlers that were there) once the block has
-    completed, and dropped if it raised: its error is the one to report.
+def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
+    """Defer SIGINT and SIGTERM (or `signums`) to the end of the block, for what a Ctrl-C must
+    not cut in two: prep's install (between its two renames there is no dataset under the
+    target's name) and train.py's checkpoint write (torch's zip writer turns an interrupt into
+    a RuntimeError about the file position). Yields the list of signals that arrived; they
+    are delivered (to the handlers that were there) once the block has completed, and
+    dropped if it raised: its error is the one to report.
 
     Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
     signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
@@ -244,7 +244,7 @@ def signals_deferred():
     received: list[int] = []
     previous = {}
     try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in signums:
             if may_handle(signum):
                 previous[signum] = _signal.signal(signum, lambda number, frame: received.append(number))
         yield received
