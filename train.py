@@ -1316,10 +1316,11 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         raise UserError(f"{path}: cannot write the checkpoint ({why}){full}; {kept}") from None
 
 
-def host_copy(obj: object) -> object:
+def host_copy(obj: object) -> tuple[object, list[torch.Tensor]]:
     """A copy of a checkpoint's contents that the steps after it cannot change: every tensor
     copied to host memory, the rest deep-copied; dicts keep their type and a state dict's
-    _metadata. What a background write (CheckpointWriter) saves. A tensor that views the same
+    _metadata. What a background write (CheckpointWriter) saves; with the tensors it made,
+    for free_storage. A tensor that views the same
     memory as one copied before (the tied lm_head.weight and transformer.wte.weight) is copied
     once and shared, so the file stores it once, as torch.save of the live state does.
 
@@ -1345,23 +1346,18 @@ def host_copy(obj: object) -> object:
             return type(value)(to_host(v) for v in value)
         return copy.deepcopy(value)
 
-    return to_host(obj)
+    copied = to_host(obj)
+    return copied, list(copies.values())
 
 
-def free_storage(obj: object) -> None:
+def free_storage(tensors: Iterable[torch.Tensor]) -> None:
     """Give host_copy's tensors' memory back now that their file is written: torch.save's
     pickler keeps its storages in a reference cycle, which held each copy (1.5 GB for gpt2)
     until Python's cyclic garbage collector ran, and a run's memory grew by copies."""
-    if isinstance(obj, torch.Tensor):
+    for tensor in tensors:
         with contextlib.suppress(RuntimeError):  # a storage that cannot be resized is freed by its last reference
-            obj.untyped_storage().resize_(0)
-        obj.set_()  # no elements left: nothing reads the freed memory through it (a traceback's repr would crash)
-    elif isinstance(obj, dict):
-        for value in obj.values():
-            free_storage(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            free_storage(value)
+            tensor.untyped_storage().resize_(0)
+        tensor.set_()  # no elements left: nothing reads the freed memory through it (a traceback's repr would crash)
 
 
 class CheckpointWriter:
@@ -2804,7 +2800,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
     if writer is not None:
         writer.wait()  # the write before this one, and its copy freed: one copy held at a time
         try:
-            payload = host_copy(payload)
+            payload, copied = host_copy(payload)
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, RuntimeError) and not _out_of_memory(e):
                 raise
@@ -2815,7 +2811,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
                 try:
                     write()
                 finally:
-                    free_storage(payload)
+                    free_storage(copied)
 
             writer.write(write_copy)
             return True

@@ -2823,7 +2823,7 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
     assert overlapped == [True]
     # each copy's memory given back once its file was written (torch.save's pickler held it in
     # a reference cycle until the garbage collector ran)
-    assert len(copies) == 3 and all(tensor.untyped_storage().nbytes() == 0 for copy in copies
+    assert len(copies) == 3 and all(tensor.untyped_storage().nbytes() == 0 for copy, _ in copies
                                     for tensor in copy["model"].values())
     monkeypatch.undo()
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "in_step"), async_ckpt=False, **common))
@@ -3084,14 +3084,15 @@ def test_host_copy_copies_every_tensor_and_keeps_the_structure():
     state = {"model": {"w": weights, "v": weights[0]}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
                                                                       "param_groups": [{"lr": 0.1, "params": [0]}]},
              "pair": (1, "a"), "none": None}
-    copied = train.host_copy(state)
+    copied, tensors = train.host_copy(state)
     assert _same_state(copied, state)
     weights.add_(1)  # the next step's update, in place
     state["optimizer"]["param_groups"][0]["lr"] = 0.2
     assert copied["model"]["w"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]] and copied["model"]["v"].tolist() == [
         0.0, 1.0, 2.0]
     assert copied["optimizer"]["param_groups"][0]["lr"] == 0.1 and copied["pair"] == (1, "a")
-    train.free_storage(copied)  # once written: the copy's memory given back, and its tensors left empty
+    assert len(tensors) == 3  # w, its view v, and the step: each a copy of its own
+    train.free_storage(tensors)  # once written: the copy's memory given back, and its tensors left empty
     assert all(t.numel() == 0 and t.untyped_storage().nbytes() == 0 for t in copied["model"].values())
     assert repr(copied["model"]["w"]) == "tensor([])" and weights.sum() == 21  # (a repr read freed memory)
 

@@ -183,7 +183,7 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
                               for k, v in st.items()} for i, st in payload["optimizer"]["state"].items()}
         torch.cuda._sleep(200_000_000)  # GPU cycles (about 0.1 s) queued before host_copy's copies
         copied = real_copy(payload)
-        complete.append(all(torch.equal(copied["model"][k], v) for k, v in taken["model"].items()))
+        complete.append(all(torch.equal(copied[0]["model"][k], v) for k, v in taken["model"].items()))
         return copied
 
     def slow_save(obj, f):
