@@ -16,6 +16,7 @@ front); what is written is always `.bin`.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
@@ -243,23 +244,38 @@ def header_problem(path: str | os.PathLike) -> str | None:
 
 
 def open_shard(path: str | os.PathLike) -> np.memmap:
-    """Memory-map a shard's tokens read-only (header validated and skipped, nothing read)."""
-    n, dtype, offset = _layout(Path(path))
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(n,))
+    """Memory-map a shard's tokens read-only (header validated and skipped, nothing read).
+
+    The file validated is the file mapped: one open, so a shard replaced meanwhile (a dataset
+    re-tokenized beside a starting run) is never mapped with another file's header. Running
+    out of open files is left an OSError (EMFILE or ENFILE), for the caller to say which
+    limit; any other failure to map is a ShardError naming the file."""
+    return _layout(Path(path), map_tokens=True)
 
 
-def _layout(path: Path) -> tuple[int, np.dtype, int]:
-    """(token count, token dtype, byte offset of the first token) of a validated shard."""
+def _layout(path: Path, map_tokens: bool = False):
+    """(token count, token dtype, byte offset of the first token) of a validated shard; with
+    `map_tokens`, open_shard's np.memmap of its tokens instead."""
     try:
         st = path.stat()
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a FIFO's open() waited for a writer forever
             raise ShardError(f"{path}: not a regular file (a {file_kind(st.st_mode)}), not a shard")
-        size = st.st_size
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # the open file's: the path may name another one by now
             raw = f.read(HEADER_BYTES)
             if raw.startswith(NPY_MAGIC):
                 f.seek(0)
-                return _npy_layout(f, path, size)
+                n, dtype, offset = _npy_layout(f, path, size)
+            else:
+                n, dtype, offset = _bin_layout(raw, path, size)
+            if not map_tokens:
+                return n, dtype, offset
+            try:  # from the open file: np.memmap given a path opens it again, and resolves it (slow)
+                return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=(n,))
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
+                raise ShardError(f"{path}: cannot be memory-mapped ({e.strerror or e})") from None
     except FileNotFoundError:
         if path.is_symlink():
             raise ShardError(f"{path}: a broken symbolic link (to {os.readlink(path)})") from None
@@ -269,7 +285,14 @@ def _layout(path: Path) -> tuple[int, np.dtype, int]:
     except PermissionError:
         raise ShardError(f"{path}: permission denied") from None
     except OSError as e:  # a symbolic link loop (ELOOP), an I/O error: a traceback, before
+        if map_tokens and e.errno in (errno.EMFILE, errno.ENFILE):  # the caller names the limit
+            raise
         raise ShardError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _bin_layout(raw: bytes, path: Path, size: int) -> tuple[int, np.dtype, int]:
+    """_layout of a .bin shard whose file begins with `raw` (up to HEADER_BYTES) and is `size`
+    bytes long."""
     if len(raw) < HEADER_BYTES:
         raise ShardError(f"{path}: {size} bytes, shorter than the {HEADER_BYTES}-byte header")
     header = np.frombuffer(raw, dtype="<i4")

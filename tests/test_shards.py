@@ -285,3 +285,45 @@ def test_the_whole_uint16_range_and_any_integer_dtype_are_written_as_they_are(tm
     w.close()
     assert shards.open_shard(path).tolist()[-2:] == [0, 65535] and read_header(path) == 18
 
+
+
+def test_open_shard_maps_the_very_file_it_validated(tmp_path, monkeypatch):
+    """One open per shard: the header checked and the tokens mapped are one file, so a shard
+    replaced between the two (a dataset re-tokenized beside a starting run) is never mapped
+    under the other file's header. np.memmap given the path opened it a second time."""
+    import builtins
+
+    path = tmp_path / "d_train_000000.bin"
+    write_shard(path, np.arange(7, dtype=np.uint16))
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(os.fspath(file) if isinstance(file, (str, os.PathLike)) else file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    tokens = shards.open_shard(path)
+    assert opened.count(os.fspath(path)) == 1 and tokens.tolist() == list(range(7))
+
+
+def test_a_shard_that_cannot_be_mapped_is_a_shard_error_naming_it(tmp_path, monkeypatch):
+    """mmap failing (ENOMEM: the address space is full) is one line naming the file, while
+    running out of open files stays an OSError, for the loader to name the limit."""
+    import errno
+
+    path = tmp_path / "d_train_000000.bin"
+    write_shard(path, np.arange(7, dtype=np.uint16))
+    for number in (errno.ENOMEM, errno.EMFILE):
+        def refuse(*args, number=number, **kwargs):
+            raise OSError(number, os.strerror(number))
+
+        monkeypatch.setattr(shards.np, "memmap", refuse)
+        if number == errno.EMFILE:
+            with pytest.raises(OSError) as raised:
+                shards.open_shard(path)
+            assert raised.value.errno == errno.EMFILE and not isinstance(raised.value, ShardError)
+        else:
+            with pytest.raises(ShardError, match=rf"^{re.escape(str(path))}: cannot be memory-mapped \("):
+                shards.open_shard(path)
+        assert shards.read_header(path) == 7  # the count alone maps nothing
