@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -242,14 +243,37 @@ def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
     handler then interrupts the main thread all the same. Handlers only install where
     `may_handle` (an ignored signal has nothing to defer); elsewhere the block runs as it is."""
     received: list[int] = []
+    arrived: list[float] = []  # time.monotonic() of each, for deferred_arrival
+
+    def hold(number, frame):
+        arrived.append(time.monotonic())
+        received.append(number)
+
     previous = {}
     try:  # installed inside it: a SIGTERM raising between the two must not leave SIGINT's deferred
         for signum in signums:
             if may_handle(signum):
-                previous[signum] = _signal.signal(signum, lambda number, frame: received.append(number))
+                previous[signum] = _signal.signal(signum, hold)
         yield received
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
-    for signum in received:  # in order: a second Ctrl-C stays a second one (train.py: stop at once)
-        signal.raise_signal(signum)
+    # in order, each with the time it came: a second Ctrl-C stays a second one (train.py: stop at once)
+    for signum, when in zip(received, arrived):
+        _delivering.append(when)
+        try:
+            signal.raise_signal(signum)  # its Python handler runs before this returns
+        finally:
+            _delivering.pop()
+
+
+_delivering: list[float] = []  # the arrival time of the held signal signals_deferred delivers now
+
+
+def deferred_arrival() -> float | None:
+    """In a signal handler: the time.monotonic() at which the signal being handled really came,
+    where signals_deferred held it back and delivers it now; None for a signal as it comes.
+    Two Ctrl-C presses held through one write are delivered microseconds apart, and a handler
+    telling a second press from the same one sent twice (train.py's SAME_SIGNAL_S) needs the
+    presses' own times."""
+    return _delivering[-1] if _delivering else None

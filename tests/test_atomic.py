@@ -97,6 +97,35 @@ def test_ignored_and_may_handle_as_signal_getsignal_says(kind):
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_held_signals_are_delivered_in_order_each_with_the_time_it_came():
+    """A handler running as signals_deferred delivers a held signal learns when it really came
+    (deferred_arrival): train.py tells a second Ctrl-C press from one press sent twice by the
+    time between them, and the held ones are delivered microseconds apart."""
+    import time
+
+    from prep.atomic import deferred_arrival
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append((number, deferred_arrival())))
+    try:
+        assert deferred_arrival() is None
+        with signals_deferred() as received:
+            first = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+            last = time.monotonic()
+            assert received == [signal.SIGINT, signal.SIGINT] and seen == []  # held, not handled
+        assert [number for number, _ in seen] == [signal.SIGINT, signal.SIGINT]
+        (_, one), (_, two) = seen
+        assert first <= one < two <= last and two - one >= 0.19
+        assert deferred_arrival() is None  # only while a held one is delivered
+        signal.raise_signal(signal.SIGINT)  # (its handler runs before this returns)
+        assert seen[-1] == (signal.SIGINT, None)  # one handled as it comes
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_the_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     """A power cut once atomic_write has returned leaves the new file whole: its bytes are
     fsynced before the rename publishes them, and the directory after it, so that the rename
