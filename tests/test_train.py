@@ -1732,7 +1732,7 @@ def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
         real_save(obj, f)
 
     monkeypatch.setattr(train.torch, "save", interrupted_save)
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)  # two presses (the write delivers them together)
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)  # two presses, however close (they come 0.01 s apart)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2, out=str(tmp_path / "cut")))
     assert saves == [1, 2, 3]
