@@ -1956,9 +1956,10 @@ def open_log(path: Path, key: str, keep_through: int | None,
                  f"{aside.name}")
 
     try:
+        created = not path.exists()
         with source or contextlib.nullcontext():
             atomic_write(path, keep)
-        return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1))
+        return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1), created)
     except OSError as e:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}); the checkpoints already "
                         f"written are kept") from None
@@ -2000,10 +2001,14 @@ class AppendLog:
     one-line user errors naming it, and whose close() after such a failure does not fail again
     (the refused bytes are still buffered: close() would flush them first). After a failure it
     takes no more lines: the training loop's error exit writes the steps still in flight, the
-    failed one's again, and its buffered copy reaches the file too where there is room by then."""
+    failed one's again, and its buffered copy reaches the file too where there is room by then.
 
-    def __init__(self, path: Path, f) -> None:
-        self.path, self._f, self._failed = path, f, False
+    A log this run `created` and wrote no line to (a stop during the step-0 evaluation) is
+    removed on close: an --out the run made and wrote nothing in is then removed too
+    (hold_out_dir), and a fresh run into it is no different from the first."""
+
+    def __init__(self, path: Path, f, created: bool = False) -> None:
+        self.path, self._f, self._failed, self._created = path, f, False, created
 
     def __enter__(self) -> "AppendLog":
         return self
@@ -2030,6 +2035,10 @@ class AppendLog:
         except OSError as e:
             if not self._failed:
                 raise self._error(e) from None
+        if self._created and not self._failed:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_size == 0:
+                    os.unlink(self.path)
 
 
 # ----------------------------------------------------------------------------- set-up of a run

@@ -268,8 +268,7 @@ def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_b
     assert result.returncode != 0  # torchrun reports the stop
     assert ("step 0: val loss: cut short by the stop signal\nanother rank's signal: stopped before step 1; "
             "nothing trained, no checkpoint written\n") in result.stdout, result.stdout + result.stderr
-    assert not list(tmp_path.glob("run/ckpt_*.pt"))
-    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert not (tmp_path / "run").exists()  # no checkpoint, no line: the --out it made is removed
 
 
 @pytest.mark.slow
