@@ -20,6 +20,10 @@ tokens. This reads the logs back and checks:
   E is known, each batch k is logged in epoch k // E;
 - a line without crc32 comes before every line with one (a log begun by an older train.py),
   and every rank's log has it from the same batch (a resume restarts them all at one step);
+- every line is a record train.py writes: a line that is not (not UTF-8, not JSON, a value of
+  another type: a disk's damage, an edit) is a problem naming it, and the rest is checked
+  without it; a last line without its newline (a run killed while writing it) is left out with
+  a note;
 - with a checkpoint that records the run's batch geometry, the ranks' logs end at most one
   optimizer step apart (its micro-batches, plus one for a line a kill cut in two): further
   apart, a log was cut short;
@@ -43,8 +47,8 @@ of another B, T or world size than the logs' is a problem: train.py resumes no s
 checkpoint, nor starts afresh beside one, so the logs are another run's.
 
 Exit status: 0 when every check passes, 1 when one fails (a line per problem), 2 for a usage
-error (no logs in OUT, a log this version cannot read, a bad --data, one that is not the
-run's).
+error (no logs in OUT, a log this version cannot read or with no record at all, a bad --data,
+one that is not the run's).
 """
 
 from __future__ import annotations
@@ -134,6 +138,12 @@ class RankLog:
     T: int
     world: int
     notes: list[str]
+    damaged: list[str] = field(default_factory=list)  # lines left out as no record train.py writes
+
+
+class _Damaged(ValueError):
+    """A log line that is no record train.py writes (not UTF-8, not JSON, a value of another
+    type): the log was damaged or edited there. A finding of the audit, not a usage error."""
 
 
 def _int(value: object, least: int) -> bool:
@@ -145,7 +155,7 @@ def _record(line: str, where: str) -> dict:
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        raise UserError(f"{where}: not a JSON line") from None
+        raise _Damaged(f"{where}: not a JSON line") from None
     missing = [name for name in FIELDS if not isinstance(record, dict) or name not in record]
     if missing:
         raise UserError(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
@@ -157,27 +167,35 @@ def _record(line: str, where: str) -> dict:
             and _int(record["T"], 1) and _int(record["world"], 1)
             and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)
             and (CHECKSUM not in record or (_int(record[CHECKSUM], 0) and record[CHECKSUM] < 2**32))):
-        raise UserError(f"{where}: a value is not what train.py writes: {line[:120]}")
+        raise _Damaged(f"{where}: a value is not what train.py writes: {line[:120]}")
     return record
 
 
 def read_log(path: Path, rank: int) -> RankLog:
     """Rank `rank`'s windows from `path`, read line by line (a long run's log is hundreds of MB).
     A last line without its newline (the run was killed, or its disk filled, while writing it)
-    is left out with a note; any other bad line is a UserError."""
-    notes = []
+    is left out with a note; a line that is no record train.py writes (damage, an edit) is left
+    out and listed in `damaged`, for the audit to fail on, while the other lines are checked;
+    a log of another version, rank or run, or one with no record at all, is a UserError."""
+    notes, damaged = [], []
     windows: list[Window] = []
     run: tuple[int, int, int] | None = None  # B, T, world
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
-                line = raw.decode("utf-8")
-                if not line.endswith("\n"):
+                where = f"{path}:{number}"
+                if not raw.endswith(b"\n"):
                     notes.append(f"{path.name}: the last line is incomplete (the run was killed, or its disk "
                                  "filled, while writing it); left out")
                     break
-                where = f"{path}:{number}"
-                record = _record(line[:-1], where)
+                try:
+                    record = _record(raw[:-1].decode("utf-8"), where)
+                except UnicodeDecodeError:
+                    damaged.append(f"{where}: not UTF-8 text")
+                    continue
+                except _Damaged as e:
+                    damaged.append(str(e))
+                    continue
                 if record["rank"] != rank:
                     raise UserError(f"{where}: rank {record['rank']} in the log of rank {rank}")
                 this = (len(record["first_tokens"]), record["T"], record["world"])
@@ -188,12 +206,14 @@ def read_log(path: Path, rank: int) -> RankLog:
                                     f"T={run[1]}, {run[2]} rank(s) in the same log")
                 windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
                                       tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as a --log-windows log ({type(e).__name__})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read as a --log-windows log ({e.strerror or type(e).__name__})") from None
     if run is None:
+        if damaged:
+            raise UserError(f"{path}: not a --log-windows log: no line is a record train.py writes ({damaged[0]})")
         killed = " but an incomplete one (the run was killed, or its disk filled, while writing it)" if notes else ""
         raise UserError(f"{path}: no windows logged{killed}")
-    return RankLog(rank, path, windows, *run, notes)
+    return RankLog(rank, path, windows, *run, notes, damaged)
 
 
 def find_logs(out: str | os.PathLike) -> list[RankLog]:
@@ -637,6 +657,8 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
     report.lines.append(f"{out}: {world} rank(s), {total:,} window(s) of B={B} x T={T} logged")
     for log in logs:
         report.notes += log.notes
+        for line in log.damaged:
+            report.problems.add("damage", f"{line} (the log was damaged or edited there); left out")
     stream = open_data(data) if data is not None else None
     try:
         trained = read_trained(out, logs)

@@ -562,18 +562,15 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     ("file", [], ["out: not a directory (give train.py's --out)"]),  # said 'no such directory', before
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
     ("old", [], ["windows_rank0.jsonl:1: no world, epoch, start, T", "not a --log-windows log of this version"]),
-    ("json", [], ["windows_rank0.jsonl:2: not a JSON line"]),
-    ("deep", [], ["windows_rank0.jsonl:2: not a JSON line"]),  # RecursionError: a traceback, before
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
     ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
     ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
     ("empty out", [], ["OUT must name a train.py --out directory, got ''"]),  # was the current directory
     ("nul listed", ["--data", "SELF"], ["meta.json: train shard file 't_train_000000.bin\\x00' is not a plain file name"]),
     ("dir", [], ["windows_rank2.jsonl: not a file"]),
-    ("binary", [], ["windows_rank0.jsonl: cannot be read as a --log-windows log (UnicodeDecodeError)"]),
-    ("rank", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
+    ("binary", [], ["windows_rank0.jsonl: not a --log-windows log: no line is a record train.py writes (",
+                    "windows_rank0.jsonl:1: not UTF-8 text)"]),
     ("other rank", [], ["windows_rank0.jsonl:1: rank 1 in the log of rank 0"]),
-    ("crc32", [], ["windows_rank0.jsonl:1: a value is not what train.py writes"]),
     ("half line", [], ["windows_rank0.jsonl: no windows logged but an incomplete one (the run was killed"]),
 ])
 def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
@@ -582,26 +579,17 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
         out.write_text("a file, not train.py's --out")
     elif setup != "none":
         out.mkdir()
-    if setup in ("old", "json", "deep", "shape", "data", "empty data", "dir", "binary", "rank", "other rank", "crc32",
-                 "half line", "nul listed"):
+    if setup in ("old", "shape", "data", "empty data", "dir", "binary", "other rank", "half line", "nul listed"):
         log_ranks(out, data, world=2, batches=2)
         log = out / "windows_rank0.jsonl"
         if setup == "old":  # what --log-windows wrote before the audit existed
             rewrite(log, [{"batch": 0, "rank": 0, "first_tokens": [0, 16], "last_target": 32}])
-        elif setup == "json":
-            log.write_text(log.read_text().splitlines()[0] + "\nnot json\n")
-        elif setup == "deep":
-            log.write_text(log.read_text().splitlines()[0] + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
         elif setup == "dir":
             (out / "windows_rank2.jsonl").mkdir()
         elif setup == "binary":
             log.write_bytes(b"\xff\xfe\x00garbage\n")
         elif setup == "other rank":
             log.write_text((out / "windows_rank1.jsonl").read_text())
-        elif setup == "crc32":  # a CRC-32 is an unsigned 32-bit integer
-            rewrite(log, [{**r, "crc32": 2**32} for r in lines(log)])
-        elif setup == "rank":  # true is not a rank, though it equals 1 in Python
-            rewrite(log, [{**r, "rank": True} for r in lines(log)])
         elif setup == "half line":  # killed while writing its first line
             log.write_text(log.read_text()[:40])
         elif setup == "nul listed":  # a traceback from os.stat ("embedded null byte"), before
@@ -616,6 +604,37 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
         out.unlink()
     elif setup != "none":
         shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("damage, replaces, why", [
+    ("json", False, "not a JSON line"),
+    ("json", True, "not a JSON line"),
+    ("deep", True, "not a JSON line"),  # RecursionError: a traceback, before
+    ("binary", True, "not UTF-8 text"),
+    ("rank", True, "a value is not what train.py writes"),  # true is not a rank, though it equals 1 in Python
+    ("crc32", True, "a value is not what train.py writes"),  # a CRC-32 is an unsigned 32-bit integer
+])
+def test_a_damaged_line_is_a_problem_and_the_rest_is_checked(tmp_path, data, damage, replaces, why):
+    """A line that is no record train.py writes, added to a log or in place of one of its
+    records (a disk's damage, an edit): the audit fails on it (exit 1) and checks the rest,
+    where it was a usage error (exit 2) that checked nothing."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=4)
+    log = out / "windows_rank0.jsonl"
+    records = log.read_bytes().splitlines(keepends=True)
+    record = json.loads(records[2])
+    bad = {"json": b"xx\n", "deep": b"[" * 100_000 + b"]" * 100_000 + b"\n", "binary": b"\xff\xfe\x00garbage\n",
+           "rank": json.dumps({**record, "rank": True}).encode() + b"\n",
+           "crc32": json.dumps({**record, "crc32": 2**32}).encode() + b"\n"}[damage]
+    log.write_bytes(b"".join(records[:2] + [bad] + records[3:]) if replaces else b"".join(records) + bad)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    number = 3 if replaces else len(records) + 1
+    assert f"problem: {log}:{number}: {why}" in result.output
+    assert "(the log was damaged or edited there); left out" in result.output
+    assert f"{out}: 2 rank(s), {8 - replaces} window(s) of B={B} x T={T} logged" in result.output
+    missing = "problem: rank 0: batch 3 where 2 was due (batch 2 missing)"
+    assert (missing in result.output) is replaces  # the numbering is checked across the line left out
+    assert f"the {8 - replaces} logged window(s) match the shards' tokens" in result.output
 
 
 def test_problems_keep_the_messages_shown_and_count_the_rest():
