@@ -77,8 +77,8 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
                 config = GPTConfig.preset(name, n_head=n_head, **sizes)
             except ValueError as e:  # heads that do not divide the width
                 raise UserError(f"--n-head {n_head}: {e} (checkpoint {path}: {sizes.get('n_embd')} dims)") from None
-        elif rows and rows < config.block_size:  # a model fine-tuned with a cropped block size
-            config = GPTConfig.preset(name, block_size=rows)
+        elif rows and rows != config.block_size:  # the context the weights have: a model fine-tuned
+            config = GPTConfig.preset(name, block_size=rows)  # with a cropped block size, or a longer one
         if named is not None:  # before gpt2-xl's 6 GB is built
             train._check_state_shape(named, config, f"checkpoint {path}", shape_flags=False)
         model = GPT(config)

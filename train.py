@@ -1620,14 +1620,16 @@ def is_checkpoint(found: object) -> bool:
 
 
 def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: object = None,
-                      finite_checked: bool = False) -> str:
+                      finite_checked: bool = False, notes: list[str] | None = None) -> str:
     """--init-from: load into `model` the weights of a train.py checkpoint or of a GPT-2 state
     dict: Hugging Face's (GPT2LMHeadModel's or GPT2Model's: OpenAI's released gpt2 is one,
     saved with torch.save) or GPT's own. Only the weights: the optimizer, step, schedule and
     data start afresh (fine-tuning). The shape is the model's (--model and the shape flags),
     and the file must have it, but a smaller block size keeps the first rows of the position
-    table (nanoGPT's crop_block_size); dropout is the run's. Returns "checkpoint" or "state
-    dict" (whose n_head nothing can check); a user error says what does not fit."""
+    table (nanoGPT's crop_block_size), and `notes` gets a line saying so (a context the weights
+    were trained for is given up, maybe unasked: the preset's block size is smaller than a
+    file's); dropout is the run's. Returns "checkpoint" or "state dict" (whose n_head nothing
+    can check); a user error says what does not fit."""
     config, where = model.config, f"{flag} {path}"
     if found is None:  # else: what torch.load read from `path` already
         found = _read_torch_file(path, flag, "weights file")
@@ -1659,6 +1661,9 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
             raise UserError(f"{where}: {rows} positions, fewer than the block size {config.block_size} here" +
                             (f": pass --block-size {rows} (or less)" if rows and flag == "--init-from" else ""))
         model.load_state_dict(to_model_state(state, model))
+        if rows is not None and rows > config.block_size and notes is not None:
+            notes.append(f"{where}: its {rows:,} positions are cropped to the first {config.block_size:,}, the block "
+                         f"size here" + (f"; --block-size {rows} keeps them all" if flag == "--init-from" else ""))
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
         raise UserError(f"{where}: does not fit this model ({why})") from None
@@ -2401,7 +2406,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         # broadcasts rank 0's weights to every rank when it wraps the model, so the file is read
         # once (gpt2-xl's is 6 GB) and need only be on rank 0's machine.
         if cfg.init_from is not None and ckpt is None and rt.rank == 0:
-            kind = load_init_weights(raw, Path(cfg.init_from))
+            kind = load_init_weights(raw, Path(cfg.init_from), notes=notes)
             preset_heads = GPTConfig.preset(cfg.model).n_head
             if kind == "state dict" and model_config.n_head != preset_heads:
                 notes.append(f"--init-from {cfg.init_from}: a state dict does not record n_head; these weights are "

@@ -229,6 +229,12 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     torch.save({**hf, "transformer.wpe.weight": hf["transformer.wpe.weight"][:16]}, tmp_path / "hf16.bin")
     cropped = invoke(str(tmp_path / "hf16.bin"), "--model", "tiny", *greedy)
     assert samples(cropped) == expected  # 6 + 3 prompt tokens fit in 16 positions
+    # a longer table than the preset's: all of it (it was cropped to the preset's without a word)
+    longer = torch.cat([hf["transformer.wpe.weight"], torch.randn(64, hf["transformer.wpe.weight"].shape[1])])
+    torch.save({**hf, "transformer.wpe.weight": longer}, tmp_path / "hf128.bin")
+    model, _ = sample.load_model(tmp_path / "hf128.bin", train.make_runtime(train.TrainConfig(device="cpu")), "tiny")
+    assert model.config.block_size == 128 and torch.equal(model.transformer.wpe.weight, longer)
+    assert samples(invoke(str(tmp_path / "hf128.bin"), "--model", "tiny", *greedy)) == expected
     noted = invoke(str(run), "--model", "gpt2", *greedy)
     assert samples(noted) == expected and "note: --model gpt2 has no effect" in noted.stderr
 

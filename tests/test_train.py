@@ -1323,10 +1323,19 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
         assert f"weights: from {path} (fine-tuning" in capsys.readouterr().out
         saved = torch.load(tmp_path / name / "ckpt_000002.pt", weights_only=True)
         assert saved["loader"]["step"] == 2 and saved["train_config"]["init_from"] == str(path)
-    # a smaller block size keeps the first rows of the position table (nanoGPT's crop)
-    model = GPT(GPTConfig.preset("tiny", block_size=8))
-    train.load_init_weights(model, tmp_path / "lmhead.bin")
+    # a smaller block size keeps the first rows of the position table (nanoGPT's crop), and a
+    # note says so (a preset's block size below the file's crops it unasked)
+    model, notes = GPT(GPTConfig.preset("tiny", block_size=8)), []
+    train.load_init_weights(model, tmp_path / "lmhead.bin", notes=notes)
     assert torch.equal(model.transformer.wpe.weight, hf["transformer.wpe.weight"][:8])
+    assert notes == [f"--init-from {tmp_path / 'lmhead.bin'}: its 64 positions are cropped to the first 8, the block "
+                     "size here; --block-size 64 keeps them all"]
+    train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "lmhead.bin", notes=notes)
+    assert len(notes) == 1  # all 64 kept: nothing to say
+    c = cfg(tmp_path, dataset, steps=1, block_size=16, init_from=str(tmp_path / "lmhead.bin"), out=str(tmp_path / "b16"))
+    train.train(c)
+    assert (f"note: --init-from {tmp_path / 'lmhead.bin'}: its 64 positions are cropped to the first 16, the block "
+            "size here; --block-size 64 keeps them all") in capsys.readouterr().out
     assert torch.equal(model.transformer.h[1].attn.c_attn.weight, hf["transformer.h.1.attn.c_attn.weight"].t())
     # GPT's own state_dict saved alone: as it is, without its tied head, and as a DDP-wrapped
     # compiled model names it
