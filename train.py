@@ -176,7 +176,7 @@ class TrainConfig:
     """
 
     data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin or .npy), a glob, or a shard
-    val_data: str | None = None  # val shards elsewhere (a glob or file, or a directory's val split)
+    val_data: str | None = None  # val shards elsewhere (a glob or file, or a directory's val split; train split if none)
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
     model: str = "gpt2"
@@ -362,17 +362,33 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     return str(found[0])
 
 
-def val_split_tokens(data: str, given: bool = False) -> int | None:
+def val_split_tokens(data: str, given: bool = False, split: str = "val") -> int | None:
     """Tokens in the val split of a dataset directory, or None when it has none (a glob or a
     single file names train shards only). `given`: `data` is --val-data, whose files (a glob,
-    a file, or a directory's val split) must exist. The loader decides which files make the split."""
+    a file, or a directory's `split`: val_data_split) must exist. The loader decides which
+    files make the split."""
     if not given and not Path(data).is_dir():
         return None
     try:
-        paths = resolve_shards(data, "val", allow_empty=not given)
+        paths = resolve_shards(data, split, allow_empty=not given)
         return sum(read_header(p) for p in paths) if paths else None
     except ValueError as e:  # LoaderError, ShardError: naming the file
         raise UserError(f"--val-data {e}" if given else str(e)) from None
+
+
+def val_data_split(val_data: str) -> str:
+    """The split of --val-data that is validated on: its val split, or, in a dataset directory
+    with train shards and no val split, its train split. A held-out corpus is tokenized whole
+    with `--val-fraction 0`, and its tokens then make a train split (there is no fraction 1)."""
+    if not Path(val_data).is_dir():
+        return "val"
+    try:
+        if not resolve_shards(val_data, "val", allow_empty=True) and resolve_shards(val_data, "train",
+                                                                                 allow_empty=True):
+            return "train"
+    except ValueError:  # a bad meta.json or shard: said when the val split is read
+        pass
+    return "val"
 
 
 def check_out_dir(out: Path) -> None:
@@ -2182,7 +2198,11 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
     """The val split's loader (of --val-data when given), or None with a note saying why
     validation is skipped."""
     source = cfg.val_data or data
-    val_tokens = val_split_tokens(source, given=cfg.val_data is not None)
+    split = "val" if cfg.val_data is None else val_data_split(cfg.val_data)
+    val_tokens = val_split_tokens(source, given=cfg.val_data is not None, split=split)
+    if split == "train" and val_tokens is not None:
+        notes.append(f"--val-data {cfg.val_data} has no val split: its train split ({val_tokens:,} tokens) is the "
+                     f"validation data")
     if val_tokens is None:
         notes.append(f"no val split in {data}: validation skipped (--val-data names one)")
         return None
@@ -2193,7 +2213,7 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
                             f"tokens, or a smaller --B or --T")
         notes.append(f"val split has {short}: validation skipped")
         return None
-    loader = _open_loader(source, "val", cfg, rt, False, vocab_size)
+    loader = _open_loader(source, split, cfg, rt, False, vocab_size)
     train_files = {file_identity(p) for p in train_shards}  # (a hard link too: one file, two names)
     both = [p for p in loader.shards if file_identity(p) in train_files]
     if both:  # a val loss on the training data would say nothing
@@ -3558,7 +3578,8 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
               help="Dataset directory (meta.json or <name>_train[_<index>].bin or .npy shards), a shard glob, "
                    "or one shard.")
 @click.option("--val-data", default=None, show_default="--data's val split, if it is a directory",
-              help="Validation shards from elsewhere: a glob, one shard, or a directory's val split.")
+              help="Validation shards from elsewhere: a glob, one shard, or a directory's val split (its train "
+                   "split where it has none: a held-out corpus tokenized with --val-fraction 0).")
 @click.option("--model", default=TrainConfig.model,
               help=f"Model preset: {', '.join(GPTConfig.presets())}.")
 @click.option("--n-layer", type=int, default=None, show_default="the preset's", help="Transformer blocks.")

@@ -764,6 +764,26 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
+def test_val_data_without_a_val_split_validates_on_its_train_split(tmp_path, dataset, capsys):
+    """A held-out corpus tokenized whole (`prep tokenize --val-fraction 0`) is a train split
+    alone: as --val-data it is the validation data, with a note, and evaluates exactly as the
+    same tokens in a val shard do (it was refused: "meta.json: lists no val shards")."""
+    held_out = random_tokens(150, 9)
+    write_dataset(tmp_path / "heldout", held_out)
+    write_dataset(tmp_path / "asval", random_tokens(100, 3), held_out)  # the same tokens as a val split
+    common = dict(steps=2, eval_every=2, eval_steps=2)
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, val_data=str(tmp_path / "heldout"), out=str(tmp_path / "a"), **common))
+    said = capsys.readouterr().out
+    assert (f"note: --val-data {tmp_path / 'heldout'} has no val split: its train split (150 tokens) is the "
+            "validation data") in said
+    assert f"validation: 2 batches of {tmp_path / 'heldout'} (150 tokens)" in said
+    train.train(cfg(tmp_path, dataset, val_data=str(tmp_path / "asval"), out=str(tmp_path / "b"), **common))
+    assert "has no val split" not in capsys.readouterr().out
+    val_losses = [[r["val_loss"] for r in metrics(tmp_path / out)] for out in ("a", "b")]
+    assert val_losses[0] == val_losses[1] and val_losses[0][0] is not None
+
+
 def test_a_run_of_one_step_says_step_1_done(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=1))
     assert "\ndone: step 1 in " in capsys.readouterr().out  # not "steps 1-1"
@@ -3721,7 +3741,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                     "split than val"),
     "val data is the train data": (["--data", "afile.bin", "--val-data", "afile.bin"], ".",
                                    "--val-data afile.bin:", "afile.bin is a train shard of this run too"),
-    "val data directory without val": (["--val-data", "other"], ".", "--val-data other: no val shards"),
+    "val data directory without shards": (["--val-data", "data"], ".", "--val-data data: no val shards"),
+    "val data is the train split of the train data": (["--data", "other", "--val-data", "other"], ".",
+                                                       "--val-data other:", "other/t_train_000000.bin is a train "
+                                                       "shard of this run too"),
 }
 
 
