@@ -2377,8 +2377,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                              f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
                              f"bit-identical to an uninterrupted run's")
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(log_path(Path(cfg.out), 0)):
-                notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: the run before it kept no window "
-                             f"log, so `python -m loader.audit` will find its batches missing")
+                elsewhere = os.path.realpath(resume_path.parent) != os.path.realpath(cfg.out)
+                before = (f"--out {cfg.out} has no window log of the steps before (--resume's run kept its own in "
+                          f"{resume_path.parent}, if any)" if elsewhere else "the run before it kept no window log")
+                notes.append(f"--log-windows starts at step {ckpt['step'] + 1}: {before}, so `python -m loader.audit` "
+                             f"will find its batches missing")
             if (not cfg.log_windows and ckpt["step"] < cfg.steps  # (--bench resumes nothing)
                     and _nonempty_file(log_path(Path(cfg.out), 0))):
                 notes.append(f"no --log-windows: the run before kept window logs in {cfg.out}, and steps "

@@ -1622,6 +1622,12 @@ def test_log_windows_first_given_at_a_resume_says_the_audit_will_miss_the_batche
     assert note in capsys.readouterr().out
     train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, resume="auto", log_windows=True, quiet=False))
     assert "--log-windows starts" not in capsys.readouterr().out  # it has a log, from step 5 on: no news
+    # resumed into another --out: the run before did keep a log, in its own --out
+    train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=2, resume=str(tmp_path / "out" / "ckpt_000008.pt"),
+                    log_windows=True, quiet=False, out=str(tmp_path / "branch")))
+    assert (f"note: --log-windows starts at step 9: --out {tmp_path / 'branch'} has no window log of the steps "
+            f"before (--resume's run kept its own in {tmp_path / 'out'}, if any), so `python -m loader.audit` will "
+            "find its batches missing") in capsys.readouterr().out
     # and the other way: a logged run resumed without --log-windows (its audit would fail for good)
     train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=2, resume="auto", quiet=False))
     assert (f"note: no --log-windows: the run before kept window logs in {tmp_path / 'out'}, and steps 9-10 will "
