@@ -116,7 +116,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from loader import TokenLoader, TokenRangeError, resolve_shards
+from loader import DatasetMismatch, TokenLoader, TokenRangeError, resolve_shards
 from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record,
                           zip_damage)
 from loader.loader import dataset_digest
@@ -1982,8 +1982,15 @@ def open_log(path: Path, key: str, keep_through: int | None,
             atomic_write(path, keep)
         return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1), created)
     except OSError as e:
-        raise UserError(f"{path}: cannot write it ({e.strerror or e}); the checkpoints already "
-                        f"written are kept") from None
+        raise UserError(f"{path}: cannot write it ({e.strerror or e}){_checkpoints_kept(path.parent)}") from None
+
+
+def _checkpoints_kept(out: Path) -> str:
+    """What a log's failed write adds where --out holds checkpoints: they are kept."""
+    try:
+        return "; the checkpoints already written are kept" if list_checkpoints(out) else ""
+    except OSError:  # (the directory itself cannot be listed: nothing to say of them)
+        return ""
 
 
 def _no_json_constant(name: str) -> None:
@@ -2039,8 +2046,7 @@ class AppendLog:
 
     def _error(self, e: OSError) -> UserError:
         self._failed = True
-        return UserError(f"{self.path}: cannot append to it ({e.strerror or e}); the checkpoints already "
-                         f"written are kept")
+        return UserError(f"{self.path}: cannot append to it ({e.strerror or e}){_checkpoints_kept(self.path.parent)}")
 
     def write(self, text: str) -> None:
         if self._failed:
@@ -2180,6 +2186,11 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         )
     try:
         train_loader.load_state_dict(ckpt["loader"])
+    except DatasetMismatch as e:  # the same token count (check_compatible), other shards
+        then = ckpt["train_config"].get("data")
+        was = f" ({then})" if isinstance(then, str) else ""
+        raise UserError(f"--resume {path}: {e}: pass the --data that run trained on{was}, or start a new run "
+                        f"(another --out) from its weights with --init-from {path}") from None
     except ValueError as e:
         raise UserError(f"--resume {path}: {e}") from None
     # the loader's position and order are the run's (check_compatible compared ckpt["run"]):

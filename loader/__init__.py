@@ -17,9 +17,9 @@ from prep.atomic import interrupt_exits_while_importing
 # a Ctrl-C or SIGTERM in those seconds exits at once with one line, not an import's traceback
 with interrupt_exits_while_importing(getattr(sys, "argv", [])[:1] == ["-m"]):  # (embedded: no argv)
     from loader.cursor import Cursor, epoch_permutation
-    from loader.errors import LoaderError, TokenRangeError
+    from loader.errors import DatasetMismatch, LoaderError, TokenRangeError
     from loader.loader import TokenLoader
     from loader.stream import TokenStream, resolve_shards
 
-__all__ = ["Cursor", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream", "epoch_permutation",
+__all__ = ["Cursor", "DatasetMismatch", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream", "epoch_permutation",
            "resolve_shards"]

@@ -592,10 +592,13 @@ def check_run_data(data: str, stream: TokenStream, trained: Trained) -> str:
         raise UserError(f"--data {data} is not the dataset the run trained on ({trained.named()}): "
                         f"{trained.path}'s loader state: {differ}")
     saved = trained.state["shards"]
-    digests = all(len(s) > 2 and s[2] for s in saved) and all(d for *_, d in stream.identity)
+    then, now = all(len(s) > 2 and s[2] for s in saved), all(d for *_, d in stream.identity)
+    digests = (", and meta.json's sha256" if then and now else
+               "; no sha256 to compare: no meta.json lists the shards, then or now" if not (then or now) else
+               "; no sha256 to compare: no meta.json listed the run's shards" if not then else
+               "; no sha256 to compare: no meta.json lists --data's shards")
     return (f"--data {data}: the dataset the run trained on, as {trained.path.name} records it ({len(saved)} "
-            "shard(s): their names and token counts" + (", and meta.json's sha256" if digests else
-                                                         "; no sha256 on both sides to compare") + ")")
+            f"shard(s): their names and token counts{digests})")
 
 
 def open_data(data: str) -> TokenStream:

@@ -14,6 +14,11 @@ class LoaderError(ValueError):
     """
 
 
+class DatasetMismatch(LoaderError):
+    """load_state_dict of a state made on another dataset (other shard names, token counts or
+    meta.json sha256s): train.py adds what to do, the --data the state was made on."""
+
+
 class TokenRangeError(LoaderError):
     """A window holds a token id the model has no embedding for (a damaged or foreign shard):
     found while reading, so train.py reports it as a user error then, not as an index error

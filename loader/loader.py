@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from loader.cursor import Cursor
-from loader.errors import LoaderError, TokenRangeError, check_int
+from loader.errors import DatasetMismatch, LoaderError, TokenRangeError, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
 from loader.stream import TokenStream, resolve_shards
 from prep.meta import portable_name
@@ -347,7 +347,7 @@ class TokenLoader:
         c = self._cursor
         differ = dataset_difference(state, self._stream.identity, c.num_tokens)
         if differ:
-            raise LoaderError(f"the state is for another dataset: {differ}")
+            raise DatasetMismatch(f"the state is for another dataset: {differ}")
         saved, ours = (state["B"], state["T"], state["world"]), (c.B, c.T, c.world)
         if saved != ours:
             raise LoaderError(

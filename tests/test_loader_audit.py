@@ -100,7 +100,7 @@ def test_a_training_run_with_resume_and_shuffle_passes_with_the_tail_named(tmp_p
         "by crc32)",
         "never read in any epoch: the last 7 token(s), positions 993-999 (less than one step of 2x16 x 1 rank(s))",
         f"--data {data}: the dataset the run trained on, as ckpt_000041.pt records it (1 shard(s): their names and "
-        "token counts; no sha256 on both sides to compare)",
+        "token counts; no sha256 to compare: no meta.json lists the shards, then or now)",
         "audit passed",
     ]
     starts = [r["start"] for r in lines(tmp_path / "run" / "windows_rank0.jsonl")]
@@ -183,7 +183,7 @@ def test_a_dataset_the_run_did_not_train_on_is_refused_naming_both(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-2:] == [
         f"--data {small}: the dataset the run trained on, as ckpt_000008.pt records it (1 shard(s): their names and "
-        "token counts; no sha256 on both sides to compare)", "audit passed"]
+        "token counts; no sha256 to compare: no meta.json lists the shards, then or now)", "audit passed"]
     result = run(out)  # the logs alone: the note says which --data checks the tokens
     assert result.exit_code == 0 and f"note: no --data: the windows were not checked against the shards; the run " \
         f"trained on --data {small} (ckpt_000008.pt says)" in result.output, result.output
@@ -197,7 +197,13 @@ def test_two_ranks_pass_against_their_checkpoints_data_and_a_renamed_copy_is_ref
     report = audit(out, str(data))
     assert len(report.problems) == 0 and report.notes == [], (report.problems.lines(), report.notes)
     assert report.lines[-1] == (f"--data {data}: the dataset the run trained on, as ckpt_000005.pt records it "
-                                "(1 shard(s): their names and token counts; no sha256 on both sides to compare)")
+                                "(1 shard(s): their names and token counts; no sha256 to compare: no meta.json lists the shards, then or now)")
+    # the same shards listed in a meta.json now (a copy run through prep's listing): names and
+    # counts compared, and the line says which side has no sha256
+    listed = write_listed(tmp_path / "listed", positional_tokens(1000))
+    assert audit(out, str(listed)).lines[-1] == (
+        f"--data {listed}: the dataset the run trained on, as ckpt_000005.pt records it (1 shard(s): their names "
+        "and token counts; no sha256 to compare: no meta.json listed the run's shards)")
     renamed = write_dataset(tmp_path / "renamed", positional_tokens(1000), name="e")
     assert_user_error(run(out, "--data", renamed), f"--data {renamed} is not the dataset", f"(--data {data})",
                       "first difference: t_train_000000.bin of 1000 tokens there, e_train_000000.bin of 1000 "

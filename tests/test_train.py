@@ -3210,17 +3210,23 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
             "--device", "cpu", "--data", str(dataset), "--steps", "8", "--ckpt-every", "2", "--log-windows"]
     whole = CliRunner().invoke(train.main, [*args, "--out", str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.output
-    real_open = open
+    real_open, room = open, [5]
 
     def filling_open(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
-        return _FillingFile(f, 5) if mode == "a" and Path(path).name == log else f
+        return _FillingFile(f, room[0]) if mode == "a" and Path(path).name == log else f
 
     out = tmp_path / "out"
     monkeypatch.setattr(train, "open", filling_open, raising=False)
     result = CliRunner().invoke(train.main, [*args, "--out", str(out)])
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
     assert result.stderr.startswith(f"Error: {out / log}: ") and "No space left on device" in result.stderr
+    assert result.stderr.rstrip().endswith("; the checkpoints already written are kept")
+    # full from the first line: no checkpoint is there to keep, and none is said to be
+    room[0] = 0
+    first = CliRunner().invoke(train.main, [*args, "--out", str(tmp_path / "first")])
+    assert first.exit_code == 2 and "No space left on device" in first.stderr, first.output
+    assert "checkpoints" not in first.stderr and not list((tmp_path / "first").glob("ckpt_*"))
     monkeypatch.undo()
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["ckpt_000002.pt", "ckpt_000004.pt"]
     resumed = CliRunner().invoke(train.main, [*args, "--out", str(out), "--resume", "auto"])
@@ -3503,6 +3509,7 @@ def workdir(tmp_path_factory, dataset) -> Path:
     root = tmp_path_factory.mktemp("work")
     write_dataset(root / "data" / "small", random_tokens(300, 1), random_tokens(200, 2))
     write_dataset(root / "other", random_tokens(400, 3))
+    write_dataset(root / "samename", random_tokens(300, 1), name="u")  # data/small's tokens, other names
     write_dataset(root / "short", random_tokens(20, 4))
     train.train(train.TrainConfig(**{**TINY, "data": str(root / "data" / "small"), "out": str(root / "run"),
                                      "steps": 2, "ckpt_every": 2}))
@@ -3612,6 +3619,12 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                        "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
                                        "newer/ckpt_000002.pt"),
     # it said "--out renamed holds ckpt_000005.pt, newer than step 2 ...: move them away": the file itself
+    "resume on the same tokens under other names": (["--resume", "run/ckpt_000002.pt", "--data", "samename"], ".",
+                                                    "--resume run/ckpt_000002.pt: the state is for another dataset",
+                                                    "(first difference: t_train_000000.bin of 300 tokens there, "
+                                                    "u_train_000000.bin of 300 tokens here): pass the --data that "
+                                                    "run trained on (", "data/small), or start a new run (another "
+                                                    "--out) from its weights with --init-from run/ckpt_000002.pt"),
     "resume a renamed checkpoint": (["--resume", "auto", "--out", "renamed"], ".",
                                     "--resume renamed/ckpt_000005.pt: its name says step 5, but it holds step 2 "
                                     "(renamed?): name it ckpt_000002.pt, as --resume auto and --keep-ckpts order "
