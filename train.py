@@ -1774,6 +1774,8 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     if cfg.steps < ckpt["step"]:
         raise UserError(f"--steps {cfg.steps} is below step {ckpt['step']} of --resume {path}: "
                         f"pass --steps {ckpt['step']} or more")
+    if cfg.steps == ckpt["step"]:  # resumed at its last step: it only evaluates, no step follows
+        return []
     then = ckpt["train_config"]
     shown = lambda k, v: "lr/10" if k == "min_lr" and v is None else v  # noqa: E731
     changed = [f"--{_flag(k)} {shown(k, getattr(cfg, k))} (was {shown(k, then[k])})" for k in SCHEDULE_FIELDS
@@ -2405,7 +2407,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             notes.append(emulated)
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
-        if cfg.warmup_steps >= cfg.steps and not cfg.bench:
+        if cfg.warmup_steps >= cfg.steps and not cfg.bench and not (ckpt is not None and ckpt["step"] == cfg.steps):
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
         val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size, train_loader.shards)

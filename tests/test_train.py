@@ -1673,6 +1673,11 @@ def test_resume_at_the_last_step_evaluates_the_checkpoint(tmp_path, dataset, cap
     # (6 batches: all the 200 val tokens hold of 2x16, fewer than --eval-steps 20)
     assert f"done: already at step 2 of --steps 2, nothing to train; val loss {last:.4f} (6 batches)" in out
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
+    # no step follows: a changed schedule, or a warm-up as long as the run, has nothing to say
+    again = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto", lr=1e-3,
+                            warmup_steps=5))
+    out = capsys.readouterr().out
+    assert again["val_loss"] == last and "resumed with" not in out and "--warmup-steps" not in out, out
 
 
 def test_resume_at_the_last_step_on_one_val_batch_says_batch(tmp_path, dataset, capsys):
