@@ -764,6 +764,30 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
+def test_a_resume_on_shards_no_meta_json_lists_says_they_were_checked_by_name_and_count(tmp_path, capsys):
+    """The checkpoint's run read shards meta.json listed with their sha256; the resume reads a
+    copy without it: the shards are compared by name and token count only (a corpus tokenized
+    again into shards of the same sizes would pass), and a note says so. With meta.json, or
+    where neither had one, there is nothing to say."""
+    tokens = random_tokens(300)
+    listed = write_dataset(tmp_path / "listed", tokens)
+    shard = listed / "t_train_000000.bin"
+    write_meta(listed, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "splits": {
+        "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
+    bare = write_dataset(tmp_path / "bare", tokens)
+    note = "they were checked by name and token count only"
+    train.train(cfg(tmp_path, listed, steps=2, ckpt_every=2))
+    train.train(cfg(tmp_path, listed, steps=3, ckpt_every=1, resume="auto"))
+    assert note not in capsys.readouterr().out
+    train.train(cfg(tmp_path, bare, steps=4, ckpt_every=1, resume="auto"))
+    assert (f"note: --data {bare}: no meta.json lists its shards with their sha256, as one listed the shards of "
+            f"--resume's run: {note} (a corpus tokenized again into shards of the same sizes would pass)"
+            ) in capsys.readouterr().out
+    train.train(cfg(tmp_path, bare, steps=2, ckpt_every=2, out=str(tmp_path / "b")))
+    train.train(cfg(tmp_path, bare, steps=3, ckpt_every=1, resume="auto", out=str(tmp_path / "b")))
+    assert note not in capsys.readouterr().out  # llm.c's shards: never listed, nothing lost
+
+
 def test_val_data_without_a_val_split_validates_on_its_train_split(tmp_path, dataset, capsys):
     """A held-out corpus tokenized whole (`prep tokenize --val-fraction 0`) is a train split
     alone: as --val-data it is the validation data, with a note, and evaluates exactly as the
