@@ -22,7 +22,7 @@ from prep.errors import GivenPath, UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
-                         open_shard, read_header, shard_file_bytes, split_files_in, token_out_of_range)
+                         named_split, open_shard, read_header, shard_file_bytes, split_files_in, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -66,13 +66,26 @@ class DatasetInfo:
         return sum(s.shards for s in self.splits.values())
 
 
-def _check_directory(directory: str | os.PathLike) -> Path:
+def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Path:
+    """`directory` as a Path; a UserError where it is none (`file_too`: or a regular file, one
+    shard: what train.py --data also takes)."""
     directory = Path(directory)
     if not directory.exists():
-        raise UserError(f"{directory}: no such directory")
-    if not directory.is_dir():
-        raise UserError(f"{directory}: not a directory")
+        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}")
+    if not directory.is_dir() and not (file_too and directory.is_file()):
+        raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
     return directory
+
+
+def _listed_entry(shard: Path) -> dict | None:
+    """The meta.json entry of the directory holding `shard` that lists it, or None (no
+    meta.json, one that cannot be read, or one that does not list the file)."""
+    try:
+        meta = read_meta(shard.parent)
+        records = _meta_records(meta) if meta is not None else {}
+    except (ValueError, TypeError):  # `prep verify` of the directory says what is wrong with it
+        return None
+    return next((e for r in records.values() for e in r["shards"] if e["file"] == shard.name), None)
 
 
 def _meta_records(meta: dict) -> dict[str, dict]:
@@ -88,9 +101,22 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     """Splits, shards and tokens of a dataset directory; steps per epoch when B and T are given.
 
     Raises UserError for a missing directory, an unreadable meta.json, a directory without
-    shards, or (without meta.json) a shard whose header is invalid.
+    shards, or (without meta.json) a shard whose header is invalid. A single shard file is
+    one split of one shard, from its header: the split its name says, else train (as
+    `train.py --data FILE` reads it).
     """
-    directory = _check_directory(directory)
+    directory = _check_directory(directory, file_too=True)
+    if directory.is_file():
+        try:
+            tokens = read_header(directory)
+        except ShardError as e:
+            raise UserError(str(e)) from None
+        info = DatasetInfo(str(directory), "its header")
+        info.splits[named_split(directory.name) or "train"] = SplitInfo(1, tokens)
+        if B is not None and T is not None:
+            for split_info in info.splits.values():
+                split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
+        return info
     try:
         meta = read_meta(directory)
     except ValueError as e:  # names the file already
@@ -150,6 +176,7 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
     """Show a shard directory's splits, shards and tokens (and steps per epoch with --B/--T).
 
     Reads meta.json when present, otherwise the shard headers (llm.c / modded-nanogpt dirs).
+    DIRECTORY may also be one shard file.
     Steps per epoch follow the loader: (tokens - 1) // (B * T * world).
     """
     if (B is None) != (T is None):
@@ -275,9 +302,13 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     and each split's document count vs its EOT tokens.
 
     Also reports shards listed in meta.json but missing and shards present but not listed.
-    Raises UserError for a missing directory, or one with neither shards nor meta.json.
+    Raises UserError for a missing directory, or one with neither shards nor meta.json. A
+    single shard file is checked alone: its header, size and token range, and, where its
+    directory's meta.json lists it, its sha256 and token count against that entry.
     """
-    directory = _check_directory(directory)
+    directory = _check_directory(directory, file_too=True)
+    if directory.is_file():
+        return _verify_file(directory, progress)
     try:
         on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
     except ShardError as e:  # a directory that cannot be listed: one line naming it
@@ -368,13 +399,36 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     return report
 
 
+def _verify_file(path: Path, progress: bool | None) -> VerifyReport:
+    """verify_dataset of one shard file."""
+    entry = _listed_entry(path)
+    report = VerifyReport(str(path), meta_found=entry is not None)
+    show = None if progress is None else not progress
+    with Bar(total=path.stat().st_size, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
+        try:
+            scan = _scan_shard(path, VOCAB_SIZE, entry is not None, bar)
+        except ShardError as e:
+            report.problems.append(str(e))
+            return report
+    report.shards_checked, report.tokens_checked = 1, scan.tokens
+    reasons = [scan.bad] if scan.bad else []
+    if entry is not None and entry["tokens"] != scan.tokens:
+        reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
+    if entry is not None and scan.sha256 != entry["sha256"]:
+        reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
+    if reasons:
+        report.problems.append(f"{path}: " + "; ".join(reasons))
+    return report
+
+
 @click.command("verify", cls=UserCommand)
 @click.argument("directory", type=GivenPath(path_type=Path))
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar (default: only on a terminal).")
 def verify_command(directory: Path, progress: bool | None) -> None:
     """Check every shard in DIRECTORY: header, size, token range, and sha256, token and document
-    counts vs meta.json.
+    counts vs meta.json. DIRECTORY may also be one shard file (checked against its directory's
+    meta.json where that lists it).
 
     Exit status: 0 all good; 1 verification found problems (each bad file on its own line,
     then a summary); 2 a usage mistake (no such directory, no shards and no meta.json).
@@ -382,10 +436,14 @@ def verify_command(directory: Path, progress: bool | None) -> None:
     report = verify_dataset(directory, progress)
     for line in report.problems:
         click.echo(f"BAD {line}")
-    checks = "header, size, token range"
+    checks, alone = "header, size, token range", directory.is_file()
+    meta = (directory.parent if alone else directory) / META_NAME
     if report.meta_found:
-        checks += f", sha256, token and document counts vs {META_NAME}"
-    elif (directory / META_NAME).exists() or (directory / META_NAME).is_symlink():
+        checks += f", sha256 and token count vs {meta}" if alone else \
+            f", sha256, token and document counts vs {META_NAME}"
+    elif alone:
+        checks += f" (no {META_NAME} beside it lists it, so its hash was not checked)"
+    elif meta.exists() or meta.is_symlink():
         checks += f" ({META_NAME} unusable, so hashes were not checked)"
     else:
         checks += f" (no {META_NAME} found, so hashes were not checked)"

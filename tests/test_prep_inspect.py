@@ -191,8 +191,10 @@ def _zero_magic(tmp_path):
 
 
 INFO_MISTAKES = {  # case: (make the target, extra args, words the one error line must hold)
-    "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such directory"]),
-    "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt", "not a directory"]),
+    "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such file or directory"]),
+    # a file is read as one shard: this one is none
+    "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt", "shorter than the 1024-byte"]),
+    "device": (lambda t: Path(os.devnull), [], [os.devnull, "not a directory or a regular file"]),
     "empty": (lambda t: (t / "empty").mkdir() or t / "empty", [], ["empty", "no shards found"]),
     "bad_meta": (lambda t: _with_meta_text(t, lambda m: "{not json"), [], [META_NAME, "not valid JSON"]),
     "bad_layout": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"splits": {"train": []}})), [],
@@ -567,6 +569,41 @@ def test_verify_names_a_broken_meta_json_link_and_still_checks_shards(dataset):
     assert "(meta.json unusable, so hashes were not checked)" in result.output
 
 
+def test_info_and_verify_of_one_shard_file(dataset, tmp_path):
+    """One shard, as train.py --data FILE takes it: info from its header (the split its name
+    says, else train), verify of its header, size and token range, and of its sha256 and count
+    where its directory's meta.json lists it. They said "not a directory"."""
+    shard = dataset / "ds_val_000000.bin"
+    result = run(info_command, shard, "--B", "4", "--T", "32")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "  val    1 shard(s), 700 tokens, 5 steps per epoch",
+        f"{shard}: 1 shard(s), 700 tokens, from its header; steps per epoch at B=4, T=32, world=1 (128 tokens "
+        "per step)"]
+    unnamed = tmp_path / "input.bin"
+    write_shard(unnamed, tokens(300))
+    assert "  train  1 shard(s), 300 tokens" in run(info_command, unnamed).output
+    listed = run(verify_command, shard)
+    assert listed.exit_code == 0 and listed.output == (
+        f"verified 1 shard(s), 700 tokens in {shard}: header, size, token range, sha256 and token count vs "
+        f"{dataset / META_NAME}: all OK\n")
+    alone = run(verify_command, unnamed)
+    assert alone.exit_code == 0 and alone.output == (
+        f"verified 1 shard(s), 300 tokens in {unnamed}: header, size, token range (no {META_NAME} beside it lists "
+        "it, so its hash was not checked): all OK\n")
+    with open(shard, "r+b") as f:  # one token changed, in range: the sha256 alone tells
+        f.seek(1024 + 2 * 100)
+        f.write(np.uint16(7).tobytes())
+    changed = run(verify_command, shard)
+    assert changed.exit_code == 1 and changed.output.startswith(f"BAD {shard}: sha256 "), changed.output
+    with open(unnamed, "r+b") as f:
+        f.seek(1024 + 2 * 5)
+        f.write(np.uint16(60000).tobytes())
+    out_of_range = run(verify_command, unnamed)
+    assert out_of_range.exit_code == 1 and out_of_range.output.startswith(
+        f"BAD {unnamed}: token 60000 at index 5 is not below the vocabulary size 50257"), out_of_range.output
+
+
 def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkeypatch):
     """No read permission on the directory: a user error naming it, as prep info and the loader
     say it, not find_shards' ShardError traceback (os.listdir is made to fail: chmod does not stop root)."""
@@ -577,7 +614,7 @@ def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkey
 @pytest.mark.parametrize("case", ["no_dir", "no_shards"])
 def test_verify_user_mistakes(tmp_path, case):
     target = tmp_path / "nowhere"
-    words = ["nowhere", "no such directory"]
+    words = ["nowhere", "no such file or directory"]
     if case == "no_shards":
         target = tmp_path / "empty"
         target.mkdir()
