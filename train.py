@@ -1585,16 +1585,20 @@ def check_checkpoint(ckpt: object, path: Path, flag: str) -> dict:
 
 
 def _shape_flags(config: dict) -> str:
-    """The --model (and shape flags) that build `config` (a GPTConfig as a dict), dropout aside."""
+    """The --model (and shape flags) that build `config` (a GPTConfig as a dict), dropout aside:
+    the preset that needs the fewest flags (tiny with --n-layer 3, not gpt2 with four), the
+    first in GPTConfig.presets() of those that need as few."""
     shape = {k: v for k, v in config.items() if k != "dropout"}
+    best: tuple[str, dict] | None = None
     for name in GPTConfig.presets():
         preset = dataclasses.asdict(GPTConfig.preset(name))
         if all(preset.get(k) == v for k, v in shape.items()):
             return f"--model {name}"
-    base = dataclasses.asdict(GPTConfig.preset("gpt2"))
-    flags = flags_for({k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")
-                       if k in shape and shape[k] != base[k]})
-    return " ".join(["--model gpt2", *flags])
+        changed = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")
+                   if k in shape and shape[k] != preset[k]}
+        if best is None or len(changed) < len(best[1]):
+            best = (name, changed)
+    return " ".join([f"--model {best[0]}", *flags_for(best[1])])
 
 
 SHAPE_ONLY = "and no other --n-layer, --n-head or --n-embd"
