@@ -21,5 +21,5 @@ with interrupt_exits_while_importing(getattr(sys, "argv", [])[:1] == ["-m"]):  #
     from loader.loader import TokenLoader
     from loader.stream import TokenStream, resolve_shards
 
-__all__ = ["Cursor", "DatasetMismatch", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream", "epoch_permutation",
-           "resolve_shards"]
+__all__ = ["Cursor", "DatasetMismatch", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream",
+           "epoch_permutation", "resolve_shards"]

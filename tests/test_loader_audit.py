@@ -197,7 +197,8 @@ def test_two_ranks_pass_against_their_checkpoints_data_and_a_renamed_copy_is_ref
     report = audit(out, str(data))
     assert len(report.problems) == 0 and report.notes == [], (report.problems.lines(), report.notes)
     assert report.lines[-1] == (f"--data {data}: the dataset the run trained on, as ckpt_000005.pt records it "
-                                "(1 shard(s): their names and token counts; no sha256 to compare: no meta.json lists the shards, then or now)")
+                                "(1 shard(s): their names and token counts; no sha256 to compare: no meta.json lists "
+                                "the shards, then or now)")
     # the same shards listed in a meta.json now (a copy run through prep's listing): names and
     # counts compared, and the line says which side has no sha256
     listed = write_listed(tmp_path / "listed", positional_tokens(1000))

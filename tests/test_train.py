@@ -1376,7 +1376,8 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
                      "size here; --block-size 64 keeps them all"]
     train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "lmhead.bin", notes=notes)
     assert len(notes) == 1  # all 64 kept: nothing to say
-    c = cfg(tmp_path, dataset, steps=1, block_size=16, init_from=str(tmp_path / "lmhead.bin"), out=str(tmp_path / "b16"))
+    c = cfg(tmp_path, dataset, steps=1, block_size=16, init_from=str(tmp_path / "lmhead.bin"),
+            out=str(tmp_path / "b16"))
     train.train(c)
     assert (f"note: --init-from {tmp_path / 'lmhead.bin'}: its 64 positions are cropped to the first 16, the block "
             "size here; --block-size 64 keeps them all") in capsys.readouterr().out
