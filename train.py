@@ -176,7 +176,7 @@ class TrainConfig:
     """
 
     data: str | None = None  # dataset dir (meta.json or <name>_train[_<index>].bin or .npy), a glob, or a shard
-    val_data: str | None = None  # val shards elsewhere (a glob or file, or a directory's val split, else its train split)
+    val_data: str | None = None  # val shards elsewhere (a glob, a file, a directory's val split, else its train split)
     B: int = 4  # sequences per micro-step and rank
     T: int = 32  # tokens per sequence
     model: str = "gpt2"
