@@ -246,7 +246,8 @@ def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
     arrived: list[float] = []  # time.monotonic() of each, for deferred_arrival
 
     def hold(number, frame):
-        arrived.append(time.monotonic())
+        # a block inside another delivers its held signals to this one's handler: their own times
+        arrived.append(deferred_arrival() or time.monotonic())
         received.append(number)
 
     previous = {}
@@ -258,8 +259,10 @@ def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
-    # in order, each with the time it came: a second Ctrl-C stays a second one (train.py: stop at once)
-    for signum, when in zip(received, arrived):
+    # in order, each with the time it came: a second Ctrl-C stays a second one (train.py: stop at once).
+    # A caller may have cleared `received` (dropped what came so far): the times of those after it
+    # are the last ones.
+    for signum, when in zip(received, arrived[len(arrived) - len(received):]):
         _delivering.append(when)
         try:
             signal.raise_signal(signum)  # its Python handler runs before this returns

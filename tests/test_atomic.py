@@ -126,6 +126,38 @@ def test_held_signals_are_delivered_in_order_each_with_the_time_it_came():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_held_signals_keep_their_times_through_nested_deferrals_and_a_clear():
+    """train.py's in-step checkpoint write defers signals inside a block that defers them too:
+    the inner block delivers its held signals to the outer one's handler, which took that
+    moment for theirs, so two presses 0.2 s apart were delivered as one sent twice. And a
+    caller that clears the list (drops what came so far) leaves later signals their own times."""
+    import time
+
+    from prep.atomic import deferred_arrival
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append(deferred_arrival()))
+    try:
+        with signals_deferred():
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the outer block goes on: the times must not be its end's
+        assert len(seen) == 2 and 0.19 <= seen[1] - seen[0] < 0.35, seen
+        seen.clear()
+        with signals_deferred() as received:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            received.clear()  # dropped (CheckpointWriter.wait on a failed write)
+            time.sleep(0.2)
+            later = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
+        assert len(seen) == 1 and seen[0] >= later, (seen, later)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_the_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     """A power cut once atomic_write has returned leaves the new file whole: its bytes are
     fsynced before the rename publishes them, and the directory after it, so that the rename
