@@ -2192,11 +2192,14 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         )
     try:
         train_loader.load_state_dict(ckpt["loader"])
-    except DatasetMismatch as e:  # the same token count (check_compatible), other shards
+    except DatasetMismatch as e:  # the same token count (check_compatible), other shards or sha256s
         then = ckpt["train_config"].get("data")
-        was = f" ({then})" if isinstance(then, str) else ""
-        raise UserError(f"--resume {path}: {e}: pass the --data that run trained on{was}, or start a new run "
-                        f"(another --out) from its weights with --init-from {path}") from None
+        if isinstance(then, str) and os.path.realpath(then) == os.path.realpath(data):  # changed in place
+            fix = f"{data} changed since that run's checkpoint: tokenize that run's text into it again"
+        else:
+            fix = "pass the --data that run trained on" + (f" ({then})" if isinstance(then, str) else "")
+        raise UserError(f"--resume {path}: {e}: {fix}, or start a new run (another --out) from its weights with "
+                        f"--init-from {path}") from None
     except ValueError as e:
         raise UserError(f"--resume {path}: {e}") from None
     # the loader's position and order are the run's (check_compatible compared ckpt["run"]):

@@ -788,6 +788,28 @@ def test_a_resume_on_shards_no_meta_json_lists_says_they_were_checked_by_name_an
     assert note not in capsys.readouterr().out  # llm.c's shards: never listed, nothing lost
 
 
+def test_a_resume_on_shards_tokenized_again_in_place_says_so_not_pass_the_same_data(tmp_path):
+    """The same names and counts, another sha256 in meta.json (tokenized again from changed text
+    into the same directory): "pass the --data that run trained on" named the very --data given."""
+    data = write_dataset(tmp_path / "d", random_tokens(300))
+    shard = data / "t_train_000000.bin"
+
+    def listed(sha256: str) -> None:
+        write_meta(data, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "splits": {
+            "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": sha256}]}}})
+
+    listed(file_sha256(shard))
+    train.train(cfg(tmp_path, data, steps=2, ckpt_every=2))
+    listed("0" * 64)
+    with pytest.raises(train.UserError) as refused:
+        train.train(cfg(tmp_path, data, steps=4, ckpt_every=2, resume="auto"))
+    message = str(refused.value)
+    assert "(tokenized again since)" in message and "pass the --data" not in message
+    assert message.endswith(f": {data} changed since that run's checkpoint: tokenize that run's text into it "
+                            f"again, or start a new run (another --out) from its weights with --init-from "
+                            f"{tmp_path / 'out' / 'ckpt_000002.pt'}")
+
+
 def test_val_data_without_a_val_split_validates_on_its_train_split(tmp_path, dataset, capsys):
     """A held-out corpus tokenized whole (`prep tokenize --val-fraction 0`) is a train split
     alone: as --val-data it is the validation data, with a note, and evaluates exactly as the
