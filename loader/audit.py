@@ -146,6 +146,12 @@ class _Damaged(ValueError):
     type): the log was damaged or edited there. A finding of the audit, not a usage error."""
 
 
+class _Foreign(_Damaged):
+    """A line of another version's log or another rank's, or one another run's geometry: as the
+    log's first record, a usage error (the log is not this run's); after records of its own,
+    damage like any other (an edit, logs run together)."""
+
+
 def _int(value: object, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -158,11 +164,11 @@ def _record(line: str, where: str) -> dict:
         raise _Damaged(f"{where}: not a JSON line") from None
     missing = [name for name in FIELDS if not isinstance(record, dict) or name not in record]
     if missing:
-        raise UserError(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
-                        "(run train.py with --log-windows again)")
+        raise _Foreign(f"{where}: no {', '.join(missing)}: not a --log-windows log of this version "
+                       "(run train.py with --log-windows again)")
     tokens = record["first_tokens"]
     if _int(record["rank"], 0) and _int(record["world"], 1) and record["rank"] >= record["world"]:
-        raise UserError(f"{where}: rank {record['rank']} in a run of {record['world']} rank(s)")
+        raise _Foreign(f"{where}: rank {record['rank']} in a run of {record['world']} rank(s)")
     if not (all(_int(record[name], 0) for name in ("batch", "rank", "epoch", "start", "last_target"))
             and _int(record["T"], 1) and _int(record["world"], 1)
             and isinstance(tokens, list) and tokens and all(_int(t, 0) for t in tokens)
@@ -176,7 +182,8 @@ def read_log(path: Path, rank: int) -> RankLog:
     A last line without its newline (the run was killed, or its disk filled, while writing it)
     is left out with a note; a line that is no record train.py writes (damage, an edit) is left
     out and listed in `damaged`, for the audit to fail on, while the other lines are checked;
-    a log of another version, rank or run, or one with no record at all, is a UserError."""
+    a log of another version, rank or run (as its first record says), or one with no record at
+    all, is a UserError."""
     notes, damaged = [], []
     windows: list[Window] = []
     run: tuple[int, int, int] | None = None  # B, T, world
@@ -190,20 +197,24 @@ def read_log(path: Path, rank: int) -> RankLog:
                     break
                 try:
                     record = _record(raw[:-1].decode("utf-8"), where)
+                    if record["rank"] != rank:
+                        raise _Foreign(f"{where}: rank {record['rank']} in the log of rank {rank}")
+                    this = (len(record["first_tokens"]), record["T"], record["world"])
+                    if run is not None and this != run:
+                        raise _Foreign(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} "
+                                       f"x T={run[1]}, {run[2]} rank(s) in the same log")
                 except UnicodeDecodeError:
                     damaged.append(f"{where}: not UTF-8 text")
+                    continue
+                except _Foreign as e:
+                    if run is None:  # no record of this log's before it: the log is another's
+                        raise UserError(str(e)) from None
+                    damaged.append(str(e))
                     continue
                 except _Damaged as e:
                     damaged.append(str(e))
                     continue
-                if record["rank"] != rank:
-                    raise UserError(f"{where}: rank {record['rank']} in the log of rank {rank}")
-                this = (len(record["first_tokens"]), record["T"], record["world"])
-                if run is None:
-                    run = this
-                elif this != run:
-                    raise UserError(f"{where}: B={this[0]} x T={this[1]}, {this[2]} rank(s) after B={run[0]} x "
-                                    f"T={run[1]}, {run[2]} rank(s) in the same log")
+                run = this
                 windows.append(Window(rank, record["batch"], record["epoch"], record["start"],
                                       tuple(record["first_tokens"]), record["last_target"], record.get(CHECKSUM)))
     except OSError as e:

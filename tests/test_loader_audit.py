@@ -620,6 +620,11 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     ("binary", True, "not UTF-8 text"),
     ("rank", True, "a value is not what train.py writes"),  # true is not a rank, though it equals 1 in Python
     ("crc32", True, "a value is not what train.py writes"),  # a CRC-32 is an unsigned 32-bit integer
+    # what is a usage error as a log's first record (another version's, rank's or run's log):
+    # after records of its own, damage like any other
+    ("fields", True, "no rank, world, epoch, start, T, first_tokens, last_target: not a --log-windows log of this"),
+    ("other rank", True, "rank 1 in the log of rank 0"),
+    ("geometry", True, "B=2 x T=32, 2 rank(s) after B=2 x T=16, 2 rank(s) in the same log"),
 ])
 def test_a_damaged_line_is_a_problem_and_the_rest_is_checked(tmp_path, data, damage, replaces, why):
     """A line that is no record train.py writes, added to a log or in place of one of its
@@ -631,7 +636,10 @@ def test_a_damaged_line_is_a_problem_and_the_rest_is_checked(tmp_path, data, dam
     record = json.loads(records[2])
     bad = {"json": b"xx\n", "deep": b"[" * 100_000 + b"]" * 100_000 + b"\n", "binary": b"\xff\xfe\x00garbage\n",
            "rank": json.dumps({**record, "rank": True}).encode() + b"\n",
-           "crc32": json.dumps({**record, "crc32": 2**32}).encode() + b"\n"}[damage]
+           "crc32": json.dumps({**record, "crc32": 2**32}).encode() + b"\n",
+           "fields": json.dumps({"batch": record["batch"]}).encode() + b"\n",
+           "other rank": json.dumps({**record, "rank": 1}).encode() + b"\n",
+           "geometry": json.dumps({**record, "T": 32}).encode() + b"\n"}[damage]
     log.write_bytes(b"".join(records[:2] + [bad] + records[3:]) if replaces else b"".join(records) + bad)
     result = run(out, "--data", data)
     assert result.exit_code == 1, result.output
