@@ -24,7 +24,6 @@ import glob
 import mmap
 import os
 import re
-import shlex
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,8 @@ import numpy as np
 from loader.errors import LoaderError
 from prep.atomic import file_identity
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, looks_like_raw_tokens, named_split,
-                         not_a_shard, open_shard, parse_shard_name, raw_tokens_hint, read_header, split_files_in)
+from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, named_split, not_a_shard_file, open_shard,
+                         read_header, split_files_in)
 
 _GLOB_CHARS = "*?["
 
@@ -107,16 +106,9 @@ def _check_single_file(p: Path, text: str) -> None:
     then names the damage (a killed writer leaves its magic 0)."""
     if p.name == META_NAME:
         raise LoaderError(f"{text}: a dataset's {META_NAME}, not a shard: pass its directory, {p.parent}")
-    why = not_a_shard(p)
-    if why is not None and parse_shard_name(p.name) is None:
-        if p.stat().st_size == 0:  # no text to tokenize either: prep tokenize refuses it
-            raise LoaderError(f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then "
-                              f"its tokens)")
-        if looks_like_raw_tokens(p):  # nanoGPT's train.bin: no text to tokenize in it
-            raise LoaderError(f"{text}: not a token shard ({why}), it looks like raw tokens: "
-                              f"{raw_tokens_hint(p.parent)}")
-        raise LoaderError(f"{text}: not a token shard ({why}): tokenize it first with "
-                          f"`prep tokenize {shlex.quote(text)}` and pass the dataset directory it writes")
+    problem = not_a_shard_file(p, text)
+    if problem is not None:
+        raise LoaderError(problem)
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:

@@ -22,7 +22,8 @@ from prep.errors import GivenPath, UserCommand, UserError, bar_disable
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
-                         named_split, open_shard, read_header, shard_file_bytes, split_files_in, token_out_of_range)
+                         named_split, not_a_shard_file, open_shard, read_header, shard_file_bytes, split_files_in,
+                         token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -68,24 +69,33 @@ class DatasetInfo:
 
 def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Path:
     """`directory` as a Path; a UserError where it is none (`file_too`: or a regular file, one
-    shard: what train.py --data also takes)."""
+    shard: what train.py --data also takes; a file that is no shard at all, its meta.json or
+    the text itself, is refused as the loader refuses it)."""
     directory = Path(directory)
     if not directory.exists():
         raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}")
     if not directory.is_dir() and not (file_too and directory.is_file()):
         raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
+    if directory.is_file():
+        if directory.name == META_NAME:
+            raise UserError(f"{directory}: a dataset's {META_NAME}, not a shard: pass its directory, "
+                            f"{directory.parent}")
+        problem = not_a_shard_file(directory, str(directory))
+        if problem is not None:
+            raise UserError(problem)
     return directory
 
 
-def _listed_entry(shard: Path) -> dict | None:
+def _listed_entry(shard: Path) -> tuple[dict | None, bool]:
     """The meta.json entry of the directory holding `shard` that lists it, or None (no
-    meta.json, one that cannot be read, or one that does not list the file)."""
+    meta.json, one that cannot be read, or one that does not list the file); and whether
+    there is a meta.json that cannot be used."""
     try:
         meta = read_meta(shard.parent)
         records = _meta_records(meta) if meta is not None else {}
     except (ValueError, TypeError):  # `prep verify` of the directory says what is wrong with it
-        return None
-    return next((e for r in records.values() for e in r["shards"] if e["file"] == shard.name), None)
+        return None, True
+    return next((e for r in records.values() for e in r["shards"] if e["file"] == shard.name), None), False
 
 
 def _meta_records(meta: dict) -> dict[str, dict]:
@@ -234,6 +244,7 @@ class VerifyReport:
 
     directory: str
     meta_found: bool
+    meta_unusable: bool = False  # (one shard file: its directory's meta.json cannot be read)
     shards_checked: int = 0
     tokens_checked: int = 0
     problems: list[str] = field(default_factory=list)
@@ -401,8 +412,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
 
 def _verify_file(path: Path, progress: bool | None) -> VerifyReport:
     """verify_dataset of one shard file."""
-    entry = _listed_entry(path)
-    report = VerifyReport(str(path), meta_found=entry is not None)
+    entry, unusable = _listed_entry(path)
+    report = VerifyReport(str(path), meta_found=entry is not None, meta_unusable=unusable)
     show = None if progress is None else not progress
     with Bar(total=path.stat().st_size, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
         try:
@@ -441,6 +452,8 @@ def verify_command(directory: Path, progress: bool | None) -> None:
     if report.meta_found:
         checks += f", sha256 and token count vs {meta}" if alone else \
             f", sha256, token and document counts vs {META_NAME}"
+    elif alone and report.meta_unusable:
+        checks += f" ({meta} unusable, so its hash was not checked: `prep verify {directory.parent}` says why)"
     elif alone:
         checks += f" (no {META_NAME} beside it lists it, so its hash was not checked)"
     elif meta.exists() or meta.is_symlink():

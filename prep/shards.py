@@ -21,6 +21,7 @@ import glob
 import hashlib
 import os
 import re
+import shlex
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -212,6 +213,22 @@ def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     return path.suffix == ".bin" and size > 0 and size % 2 == 0 and not_a_shard(path) is not None
+
+
+def not_a_shard_file(path: Path, text: str) -> str | None:
+    """Why the one file `text` names (`path`) is no shard at all, said as a user error: a file
+    without the magic and not named as a shard, most likely the text itself (tokenize it
+    first), nanoGPT's raw tokens, or an empty file. None for a shard, and for a file named as
+    one, whose read_header then names the damage (a killed writer leaves its magic 0)."""
+    why = not_a_shard(path)
+    if why is None or parse_shard_name(path.name) is not None:
+        return None
+    if path.stat().st_size == 0:  # no text to tokenize either: prep tokenize refuses it
+        return f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then its tokens)"
+    if looks_like_raw_tokens(path):  # nanoGPT's train.bin: no text to tokenize in it
+        return f"{text}: not a token shard ({why}), it looks like raw tokens: {raw_tokens_hint(path.parent)}"
+    return (f"{text}: not a token shard ({why}): tokenize it first with `prep tokenize {shlex.quote(text)}` and "
+            f"pass the dataset directory it writes")
 
 
 def split_files_in(directory: str | os.PathLike) -> str:

@@ -192,8 +192,11 @@ def _zero_magic(tmp_path):
 
 INFO_MISTAKES = {  # case: (make the target, extra args, words the one error line must hold)
     "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such file or directory"]),
-    # a file is read as one shard: this one is none
-    "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt", "shorter than the 1024-byte"]),
+    # a file is read as one shard; one that is none at all is refused as the loader refuses it
+    "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt: not a token shard",
+                                                                          "tokenize it first with `prep tokenize"]),
+    "meta_file": (lambda t: make_dataset(t / "m", {"train": [tokens(10)]}) / META_NAME, [],
+                  [f"{META_NAME}: a dataset's {META_NAME}, not a shard: pass its directory"]),
     "device": (lambda t: Path(os.devnull), [], [os.devnull, "not a directory or a regular file"]),
     "empty": (lambda t: (t / "empty").mkdir() or t / "empty", [], ["empty", "no shards found"]),
     "bad_meta": (lambda t: _with_meta_text(t, lambda m: "{not json"), [], [META_NAME, "not valid JSON"]),
@@ -591,6 +594,14 @@ def test_info_and_verify_of_one_shard_file(dataset, tmp_path):
     assert alone.exit_code == 0 and alone.output == (
         f"verified 1 shard(s), 300 tokens in {unnamed}: header, size, token range (no {META_NAME} beside it lists "
         "it, so its hash was not checked): all OK\n")
+    meta = dataset / META_NAME
+    listing = meta.read_text()
+    meta.write_text("{bad")  # a meta.json that cannot be read: not "none lists it"
+    unusable = run(verify_command, shard)
+    assert unusable.exit_code == 0 and unusable.output == (
+        f"verified 1 shard(s), 700 tokens in {shard}: header, size, token range ({meta} unusable, so its hash was "
+        f"not checked: `prep verify {dataset}` says why): all OK\n")
+    meta.write_text(listing)
     with open(shard, "r+b") as f:  # one token changed, in range: the sha256 alone tells
         f.seek(1024 + 2 * 100)
         f.write(np.uint16(7).tobytes())
@@ -611,11 +622,18 @@ def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkey
     assert_user_error(run(verify_command, dataset), str(dataset), "cannot be listed (Permission denied)")
 
 
-@pytest.mark.parametrize("case", ["no_dir", "no_shards"])
+@pytest.mark.parametrize("case", ["no_dir", "no_shards", "text", "meta"])
 def test_verify_user_mistakes(tmp_path, case):
     target = tmp_path / "nowhere"
     words = ["nowhere", "no such file or directory"]
-    if case == "no_shards":
+    if case == "text":  # the text itself, not its tokens: a user's mistake (2), not a bad shard (1)
+        target = tmp_path / "input.txt"
+        target.write_text("First Citizen:\n" * 100)
+        words = ["input.txt: not a token shard", "tokenize it first with `prep tokenize"]
+    elif case == "meta":
+        target = make_dataset(tmp_path / "m", {"train": [tokens(10)]}) / META_NAME
+        words = [f"{META_NAME}: a dataset's {META_NAME}, not a shard: pass its directory, {tmp_path / 'm'}"]
+    elif case == "no_shards":
         target = tmp_path / "empty"
         target.mkdir()
         (target / "notes.txt").write_text("not a shard")
