@@ -119,7 +119,7 @@ from torch import nn
 from loader import DatasetMismatch, TokenLoader, TokenRangeError, resolve_shards
 from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record,
                           zip_damage)
-from loader.loader import dataset_digest, saved_shards
+from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
 from model.weights import positions, to_model_state, unwrapped, weights_shape
@@ -2389,13 +2389,13 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             "total_batch_size": total, "shuffle": cfg.shuffle, "seed": cfg.seed,
         }
         if resume_path is not None:
+            unlisted = {name for name, _, sha in train_loader.identity if sha is None}
             ckpt = _resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum, data)
             notes += schedule_changes(ckpt, cfg, resume_path)
-            listed_then = [s[2] for s in saved_shards(ckpt["loader"]["shards"]) if len(s) > 2 and s[2]]
-            if listed_then and not all(sha for *_, sha in train_loader.identity):
-                notes.append(f"--data {data}: no meta.json lists its shards with their sha256, as one listed the "
-                             f"shards of --resume's run: they were checked by name and token count only (a corpus "
-                             f"tokenized again into shards of the same sizes would pass)")
+            hashed = [name for name, _, sha in train_loader.identity if name in unlisted and sha is not None]
+            if hashed:  # (TokenLoader.load_state_dict read them whole)
+                notes.append(f"--data {data}: no meta.json lists its shards, as one listed those of --resume's run: "
+                             f"{len(hashed):,} shard(s) were read whole to check their sha256 against the checkpoint's")
             then, now = ckpt.get("precision"), precision(rt)
             if isinstance(then, dict) and then != now:  # (checkpoints before it: no word)
                 notes.append(f"resumed on {now['device']} in {now['dtype']}, where the checkpoint's run computed on "

@@ -79,7 +79,7 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
                 f"shard(s), N={num_tokens} tokens{first}")
     for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
         if saved_digest and digest and saved_digest != digest:  # compared where both are known
-            return (f"{name} has the same name and token count, but meta.json's sha256 is {digest[:12]}... now "
+            return (f"{name} has the same name and token count, but its sha256 is {digest[:12]}... now "
                     f"and was {saved_digest[:12]}... (tokenized again since)")
     return None
 
@@ -346,6 +346,13 @@ class TokenLoader:
             )
         c = self._cursor
         differ = dataset_difference(state, self._stream.identity, c.num_tokens)
+        # the same names and counts, shards no meta.json lists now that one listed then: their
+        # sha256 from the files (a copy without its meta.json passed on names and counts alone)
+        pairs = [] if differ else zip(saved_shards(state["shards"]), self._stream.identity)
+        unlisted = [i for i, (saved, (*_, digest)) in enumerate(pairs) if saved[2] and digest is None]
+        if unlisted:
+            self._stream.hash_unlisted(unlisted)
+            differ = dataset_difference(state, self._stream.identity, c.num_tokens)
         if differ:
             raise DatasetMismatch(f"the state is for another dataset: {differ}")
         saved, ours = (state["B"], state["T"], state["world"]), (c.B, c.T, c.world)

@@ -31,8 +31,8 @@ import numpy as np
 from loader.errors import LoaderError
 from prep.atomic import file_identity
 from prep.meta import META_NAME, meta_splits, read_meta
-from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, named_split, not_a_shard_file, open_shard,
-                         read_header, split_files_in)
+from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, file_sha256, named_split, not_a_shard_file,
+                         open_shard, read_header, split_files_in)
 
 _GLOB_CHARS = "*?["
 
@@ -287,6 +287,15 @@ class TokenStream:
         was made on (listed_digests). File names, not paths, so a dataset directory can move
         between save and resume."""
         return [[p.name, n, d] for p, n, d in zip(self.paths, self.counts, self._digests)]
+
+    def hash_unlisted(self, shards: list[int]) -> None:
+        """Take the sha256 of each of `shards` (indices) that no meta.json lists from the file
+        itself (file_sha256 of the whole file, as prep's meta.json records it): a resume state
+        made where a meta.json listed them is then checked against the tokens, not only the
+        names and counts (a copy of the shards without its meta.json). It reads every byte."""
+        for i in shards:
+            if self._digests[i] is None:
+                self._digests[i] = file_sha256(self.paths[i])
 
     def access(self, random: bool) -> None:
         """Tell the kernel how windows will be read: in order (the default) or at random

@@ -330,7 +330,7 @@ def test_a_state_for_a_retokenized_dataset_with_the_same_names_and_counts_is_ref
         e["sha256"] for e in json.loads((path / "meta.json").read_text())["splits"]["train"]["shards"]]
     with TokenLoader(other, B=2, T=50) as loader:
         with pytest.raises(LoaderError, match=r"d_train_000000.bin has the same name and token count, "
-                                              r"but meta.json's sha256 is \w{12}\.\.\. now"):
+                                              r"but its sha256 is \w{12}\.\.\. now"):
             loader.load_state_dict(state)
 
 

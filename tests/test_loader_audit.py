@@ -225,7 +225,7 @@ def test_a_dataset_of_the_same_names_and_counts_is_told_apart_by_its_sha256(tmp_
                                       "(1 shard(s): their names and token counts, and meta.json's sha256)\n"
                                       in result.output), result.output
     assert_user_error(run(out, "--data", again), f"--data {again} is not the dataset the run trained on",
-                      "t_train_000000.bin has the same name and token count, but meta.json's sha256 is")
+                      "t_train_000000.bin has the same name and token count, but its sha256 is")
 
 
 def test_logs_beside_a_checkpoint_of_another_run_fail(tmp_path, data):

@@ -764,28 +764,35 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
 
 
-def test_a_resume_on_shards_no_meta_json_lists_says_they_were_checked_by_name_and_count(tmp_path, capsys):
+def test_a_resume_on_shards_no_meta_json_lists_hashes_them_against_the_checkpoint(tmp_path, capsys):
     """The checkpoint's run read shards meta.json listed with their sha256; the resume reads a
-    copy without it: the shards are compared by name and token count only (a corpus tokenized
-    again into shards of the same sizes would pass), and a note says so. With meta.json, or
-    where neither had one, there is nothing to say."""
+    copy without it. Names and counts alone passed a corpus tokenized again into shards of the
+    same sizes, and trained on it without a word (a helper's test): the shards are now hashed
+    from the files, the same tokens resume (with a note), other ones are refused. Where no
+    meta.json listed them then either (llm.c's shards), nothing is read and nothing said."""
     tokens = random_tokens(300)
     listed = write_dataset(tmp_path / "listed", tokens)
     shard = listed / "t_train_000000.bin"
     write_meta(listed, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "splits": {
         "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     bare = write_dataset(tmp_path / "bare", tokens)
-    note = "they were checked by name and token count only"
+    other = write_dataset(tmp_path / "other", random_tokens(300, 5))  # the same name and count
+    note = "shard(s) were read whole to check their sha256"
     train.train(cfg(tmp_path, listed, steps=2, ckpt_every=2))
+    capsys.readouterr()
+    with pytest.raises(train.UserError, match=r"the state is for another dataset: t_train_000000\.bin has the "
+                                              r"same name and token count, but its sha256 is \w{12}\.\.\. now"):
+        train.train(cfg(tmp_path, other, steps=3, ckpt_every=1, resume="auto"))
     train.train(cfg(tmp_path, listed, steps=3, ckpt_every=1, resume="auto"))
     assert note not in capsys.readouterr().out
     train.train(cfg(tmp_path, bare, steps=4, ckpt_every=1, resume="auto"))
-    assert (f"note: --data {bare}: no meta.json lists its shards with their sha256, as one listed the shards of "
-            f"--resume's run: {note} (a corpus tokenized again into shards of the same sizes would pass)"
-            ) in capsys.readouterr().out
+    assert (f"note: --data {bare}: no meta.json lists its shards, as one listed those of --resume's run: 1 {note} "
+            "against the checkpoint's") in capsys.readouterr().out
+    saved = torch.load(tmp_path / "out" / "ckpt_000004.pt", weights_only=True)["loader"]["shards"]
+    assert saved == [[shard.name, 300, file_sha256(shard)]]  # the chain goes on: the next resume checks it too
     train.train(cfg(tmp_path, bare, steps=2, ckpt_every=2, out=str(tmp_path / "b")))
     train.train(cfg(tmp_path, bare, steps=3, ckpt_every=1, resume="auto", out=str(tmp_path / "b")))
-    assert note not in capsys.readouterr().out  # llm.c's shards: never listed, nothing lost
+    assert note not in capsys.readouterr().out  # llm.c's shards: never listed, nothing to hash
 
 
 def test_a_resume_on_shards_tokenized_again_in_place_says_so_not_pass_the_same_data(tmp_path):
