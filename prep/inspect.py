@@ -123,10 +123,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
             raise UserError(str(e)) from None
         info = DatasetInfo(str(directory), "its header")
         info.splits[named_split(directory.name) or "train"] = SplitInfo(1, tokens)
-        if B is not None and T is not None:
-            for split_info in info.splits.values():
-                split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
-        return info
+        return _with_steps(info, B, T, world)
     try:
         meta = read_meta(directory)
     except ValueError as e:  # names the file already
@@ -167,6 +164,11 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     if info.shards == 0:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy)"
                         f"{split_files_in(directory)}")
+    return _with_steps(info, B, T, world)
+
+
+def _with_steps(info: DatasetInfo, B: int | None, T: int | None, world: int) -> DatasetInfo:
+    """`info` with each split's steps per epoch, where B and T are given."""
     if B is not None and T is not None:
         for split_info in info.splits.values():
             split_info.steps_per_epoch = steps_per_epoch(split_info.tokens, B, T, world)
@@ -390,13 +392,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                 if path.name in split_of:
                     eots[split_of[path.name]] += scan.eots
                     unread.discard(path.name)
-                if scan.bad:
-                    reasons.append(scan.bad)
-                if entry is not None and entry["tokens"] != scan.tokens:
-                    reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
-                if entry is not None and scan.sha256 != entry["sha256"]:
-                    reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s "
-                                   f"{entry['sha256'][:16]}...")
+                reasons += _scan_problems(scan, entry)
                 if reasons:
                     report.problems.append(f"{path}: " + "; ".join(reasons))
             finally:
@@ -422,14 +418,21 @@ def _verify_file(path: Path, progress: bool | None) -> VerifyReport:
             report.problems.append(str(e))
             return report
     report.shards_checked, report.tokens_checked = 1, scan.tokens
-    reasons = [scan.bad] if scan.bad else []
-    if entry is not None and entry["tokens"] != scan.tokens:
-        reasons.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
-    if entry is not None and scan.sha256 != entry["sha256"]:
-        reasons.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
+    reasons = _scan_problems(scan, entry)
     if reasons:
         report.problems.append(f"{path}: " + "; ".join(reasons))
     return report
+
+
+def _scan_problems(scan: ShardScan, entry: dict | None) -> list[str]:
+    """What one read of a shard found wrong: a token out of range, and, where meta.json lists
+    it (`entry`), a token count or sha256 other than the listed one."""
+    problems = [scan.bad] if scan.bad else []
+    if entry is not None and entry["tokens"] != scan.tokens:
+        problems.append(f"{scan.tokens:,} tokens, but {META_NAME} says {entry['tokens']:,}")
+    if entry is not None and scan.sha256 != entry["sha256"]:
+        problems.append(f"sha256 {scan.sha256[:16]}... does not match {META_NAME}'s {entry['sha256'][:16]}...")
+    return problems
 
 
 @click.command("verify", cls=UserCommand)
