@@ -30,7 +30,7 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.atomic import file_identity
-from prep.meta import META_NAME, meta_splits, read_meta
+from prep.meta import meta_splits, read_meta
 from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, file_sha256, named_split, not_a_shard_file,
                          open_shard, read_header, split_files_in)
 
@@ -69,7 +69,9 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
     if p.is_dir():
         return _directory_shards(p, split, allow_empty)
     if p.is_file():
-        _check_single_file(p, text)
+        problem = not_a_shard_file(p, text)  # no shard at all: say what to pass instead
+        if problem is not None:
+            raise LoaderError(problem)
         matches = [p]
     elif any(c in text for c in _GLOB_CHARS):
         matches = sorted((Path(m) for m in glob.glob(text) if os.path.isfile(m)), key=_glob_order)
@@ -97,18 +99,6 @@ def _glob_order(path: Path) -> tuple:
     numbered without padding (x_train_2.bin before x_train_10.bin). Padded names keep their order."""
     parts = re.split(r"(\d+)", str(path))  # text, digits, text, ...: like with like, position by position
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), str(path)
-
-
-def _check_single_file(p: Path, text: str) -> None:
-    """A LoaderError saying what to pass instead when the one file given is no shard at all:
-    a dataset's meta.json (its directory), or a file without the magic, most likely the text
-    itself (tokenize it first). A file named as a shard is left to read_header, whose error
-    then names the damage (a killed writer leaves its magic 0)."""
-    if p.name == META_NAME:
-        raise LoaderError(f"{text}: a dataset's {META_NAME}, not a shard: pass its directory, {p.parent}")
-    problem = not_a_shard_file(p, text)
-    if problem is not None:
-        raise LoaderError(problem)
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:

@@ -76,13 +76,9 @@ def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Pa
         raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}")
     if not directory.is_dir() and not (file_too and directory.is_file()):
         raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
-    if directory.is_file():
-        if directory.name == META_NAME:
-            raise UserError(f"{directory}: a dataset's {META_NAME}, not a shard: pass its directory, "
-                            f"{directory.parent}")
-        problem = not_a_shard_file(directory, str(directory))
-        if problem is not None:
-            raise UserError(problem)
+    problem = not_a_shard_file(directory, str(directory)) if directory.is_file() else None
+    if problem is not None:
+        raise UserError(problem)
     return directory
 
 

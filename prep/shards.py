@@ -216,10 +216,16 @@ def looks_like_raw_tokens(path: str | os.PathLike) -> bool:
 
 
 def not_a_shard_file(path: Path, text: str) -> str | None:
-    """Why the one file `text` names (`path`) is no shard at all, said as a user error: a file
-    without the magic and not named as a shard, most likely the text itself (tokenize it
-    first), nanoGPT's raw tokens, or an empty file. None for a shard, and for a file named as
-    one, whose read_header then names the damage (a killed writer leaves its magic 0)."""
+    """Why the one file `text` names (`path`) is no shard at all, said as a user error with
+    what to pass instead: a dataset's meta.json (its directory), a file without the magic and
+    not named as a shard, most likely the text itself (tokenize it first), nanoGPT's raw
+    tokens, or an empty file. None for a shard, and for a file named as one, whose read_header
+    then names the damage (a killed writer leaves its magic 0). The loader's and `prep info`
+    / `prep verify`'s check of a file given alone."""
+    from prep.meta import META_NAME  # (here: prep.meta imports this module)
+
+    if path.name == META_NAME:
+        return f"{text}: a dataset's {META_NAME}, not a shard: pass its directory, {path.parent}"
     why = not_a_shard(path)
     if why is None or parse_shard_name(path.name) is not None:
         return None
