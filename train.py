@@ -123,7 +123,7 @@ from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
 from model.weights import positions, to_model_state, unwrapped, weights_shape
-from prep.atomic import (HANGUP, atomic_write, deferred_arrival, file_identity, may_handle, remove_empty,
+from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty, signal_time,
                          signals_deferred, stops_exit_at_once, stops_raise, temp_path)
 from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
@@ -2980,7 +2980,7 @@ class StopRequest:
         first = self.signal in (None, OUTPUT_CLOSED)  # (a Ctrl-C after output closed is the user's first word)
         self.signal = signum
         again = not self.persistent and signum == signal.SIGINT  # a second one may stop at once
-        now = deferred_arrival() or time.monotonic()  # a press held through a write: when it came
+        now = signal_time()  # a press held through a write: when it came
         if again and self._first_ctrl_c is None:
             self._first_ctrl_c = now
         elif again and now - self._first_ctrl_c >= SAME_SIGNAL_S:
@@ -3576,7 +3576,7 @@ def ctrl_c_once_a_press() -> Callable[[int, object], None]:
     pressed: list[float] = []
 
     def ctrl_c(signum, frame) -> None:
-        now = deferred_arrival() or time.monotonic()
+        now = signal_time()
         if pressed and now - pressed[-1] < SAME_SIGNAL_S:
             return
         pressed.append(now)

@@ -246,8 +246,7 @@ def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
     arrived: list[float] = []  # time.monotonic() of each, for deferred_arrival
 
     def hold(number, frame):
-        # a block inside another delivers its held signals to this one's handler: their own times
-        arrived.append(deferred_arrival() or time.monotonic())
+        arrived.append(signal_time())  # (a block inside this one delivers its held signals here)
         received.append(number)
 
     previous = {}
@@ -280,3 +279,10 @@ def deferred_arrival() -> float | None:
     telling a second press from the same one sent twice (train.py's SAME_SIGNAL_S) needs the
     presses' own times."""
     return _delivering[-1] if _delivering else None
+
+
+def signal_time() -> float:
+    """In a signal handler: the time.monotonic() at which the signal being handled came, held
+    back (deferred_arrival) or not (now)."""
+    arrival = deferred_arrival()
+    return time.monotonic() if arrival is None else arrival
