@@ -1873,8 +1873,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
                     f"--nproc_per_node={saved['world']} train.py ...)"
                     if saved["world"] > 1 else "; resume it in one process: python train.py ...")
         then = ckpt["train_config"].get("data")
-        again = ("data_tokens" in differ and isinstance(then, str) and data is not None
-                 and (then == data or os.path.realpath(then) == os.path.realpath(data)))
+        again = "data_tokens" in differ and _the_same_data(then, data)
         if again:  # the same path, other tokens: "pass --data <it>" was no help
             tokens = f"{saved['data_tokens']:,}" if isinstance(saved.get("data_tokens"), int) else "?"
             hint += (f"; {data} holds other tokens than the {tokens} of the train split that run trained on "
@@ -1889,6 +1888,14 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
             if not any(k in ckpt["model_config"] for k in differ):  # the same model: its weights fit
                 hint += f", or start a new run (another --out) from its weights with --init-from {path}"
         raise UserError(f"--resume {path}: incompatible with this run ({'; '.join(diffs)}){hint}")
+
+
+def _the_same_data(then: object, data: str | None) -> bool:
+    """Whether a checkpoint's recorded --data (`then`) names this run's `data`: a dataset that
+    then differs was changed in place (tokenized again), and "pass the --data it trained on"
+    would be no help."""
+    return (isinstance(then, str) and data is not None
+            and (then == data or os.path.realpath(then) == os.path.realpath(data)))
 
 
 def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: bool = False) -> list[str]:
@@ -2194,7 +2201,7 @@ def _resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GP
         train_loader.load_state_dict(ckpt["loader"])
     except DatasetMismatch as e:  # the same token count (check_compatible), other shards or sha256s
         then = ckpt["train_config"].get("data")
-        if isinstance(then, str) and os.path.realpath(then) == os.path.realpath(data):  # changed in place
+        if _the_same_data(then, data):  # changed in place
             fix = f"{data} changed since that run's checkpoint: tokenize that run's text into it again"
         else:
             fix = "pass the --data that run trained on" + (f" ({then})" if isinstance(then, str) else "")
