@@ -13,6 +13,9 @@ Which files make a split (`resolve_shards`):
   other split; a single shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
   is refused saying what to pass instead.
 
+A directory `prep tokenize` has not finished (it holds prep.meta.UNFINISHED_NAME: the run was
+killed, or is at work), and a file or glob in one, is refused: its shards are the first only.
+
 Headers are parsed only by prep.shards (read_header / open_shard); this module never reads a
 token except to copy the window it was asked for.
 """
@@ -30,7 +33,7 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.atomic import file_identity
-from prep.meta import meta_splits, read_meta
+from prep.meta import check_finished, meta_splits, read_meta
 from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, file_sha256, named_split, not_a_shard_file,
                          open_shard, read_header, split_files_in)
 
@@ -83,6 +86,11 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
         raise LoaderError(f"{text}: not a regular file (a {file_kind(p.stat().st_mode)}), not a shard")
     else:
         raise LoaderError(f"{text}: no such file or directory")
+    for directory in dict.fromkeys(m.parent for m in matches):  # a killed `prep tokenize`'s: its first shards only
+        try:
+            check_finished(directory)
+        except ValueError as e:
+            raise LoaderError(str(e)) from None
     # files are taken as they are, but not a shard whose name says it is the other split:
     # a glob like data/x/*.bin would otherwise train on the val shards too
     other = [m.name for m in matches if named_split(m.name) not in (None, split)]

@@ -19,7 +19,7 @@ from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError, bar_disable
-from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
+from prep.meta import META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
                          named_split, not_a_shard_file, open_shard, read_header, shard_file_bytes, split_files_in,
@@ -79,6 +79,10 @@ def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Pa
     problem = not_a_shard_file(directory, str(directory)) if directory.is_file() else None
     if problem is not None:
         raise UserError(problem)
+    try:  # a killed `prep tokenize`'s directory, or a shard in it: no dataset to report on or verify
+        check_finished(directory.parent if directory.is_file() else directory)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     return directory
 
 

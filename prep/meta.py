@@ -34,6 +34,9 @@ from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, find_shards, parse_sh
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1
+# In `prep tokenize`'s temporary directory from its creation until the install: a run killed
+# meanwhile leaves whole shards there without meta.json, which would read as a dataset of their own
+UNFINISHED_NAME = "UNFINISHED"
 
 
 def is_plain_file_name(name: str) -> bool:
@@ -160,6 +163,7 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
     """
     path = Path(directory) / META_NAME
     try:
+        check_finished(directory)
         is_file = path.is_file()
     except OSError as e:  # a directory without search permission (chmod 000, another user's 700)
         raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
@@ -186,6 +190,17 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: describes shards of {', '.join(differ)}; this version reads "
                          f"{TOKEN_DTYPE.name} tokens after a {HEADER_BYTES}-byte header")
     return _with_file_names(meta, _local_name)
+
+
+def check_finished(directory: str | os.PathLike) -> None:
+    """ValueError where `directory` is a `prep tokenize` output not yet installed (it holds
+    UNFINISHED_NAME): the run writing it is still at work, or was killed, and its shards are
+    only the first of the dataset's. read_meta refuses such a directory; a shard file or a glob
+    read from one is checked here by the loader and `prep verify`."""
+    if os.path.lexists(os.path.join(directory, UNFINISHED_NAME)):
+        raise ValueError(f"{directory}: an unfinished `prep tokenize` output (it holds {UNFINISHED_NAME}: the run "
+                         f"writing it is still at work, or was stopped), not a dataset; run prep tokenize again "
+                         f"(it removes what a stopped run left)")
 
 
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:

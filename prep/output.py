@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from prep import __version__
-from prep.atomic import remove_empty, signals_deferred
+from prep.atomic import HANGUP, remove_empty, signals_deferred
 from prep.corpus import Source
-from prep.meta import META_FORMAT_VERSION, META_NAME
+from prep.meta import META_FORMAT_VERSION, META_NAME, UNFINISHED_NAME
 from prep.shards import HEADER_BYTES, TOKEN_DTYPE, ShardWriter, parse_shard_name, shard_name
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
@@ -271,6 +272,11 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+UNFINISHED_TEXT = ("prep tokenize is writing this directory, or was stopped before it was done: its shards are only "
+                   "the first of the dataset's, and it is no dataset. The next prep tokenize into the same --out "
+                   "removes it.\n")
+
+
 class AtomicDirectory:
     """A directory built under a temporary name and renamed into place only when complete.
 
@@ -298,18 +304,19 @@ class AtomicDirectory:
                     self._created.append(parent)
             _remove_stale(self.target)
             self.tmp.mkdir()
+            (self.tmp / UNFINISHED_NAME).write_text(UNFINISHED_TEXT, encoding="utf-8")
         except OSError as e:
             self._cleanup()
             raise OutputError(f"{self.target}: cannot create the output directory "
                               f"({e.strerror or e})") from None
         except BaseException:  # a Ctrl-C or SIGTERM: __exit__ will not run, so nothing must be left
-            self._cleanup()
+            self._cleanup(stopping=True)
             raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self._cleanup()
+            self._cleanup(stopping=issubclass(exc_type, (KeyboardInterrupt, SystemExit)))
             return
         installed = False  # set inside the deferral: no signal can come between the install and it
         try:
@@ -320,6 +327,7 @@ class AtomicDirectory:
                 raise OutputError(f"{e}; it changed while this run was writing") from None
             with signals_deferred() as received:
                 try:
+                    os.unlink(self.tmp / UNFINISHED_NAME)  # complete: a SIGKILL from now on leaves a dataset
                     self._install(old)
                 except OSError as e:  # nothing was replaced
                     raise OutputError(f"{self.target}: cannot move the new dataset into place ({e})") from None
@@ -340,7 +348,7 @@ class AtomicDirectory:
             # nothing installed, so nothing may be left. Once installed, it is held through the
             # install, or came later: whoever reports it learns that the new dataset is in place.
             if not installed:
-                self._cleanup()
+                self._cleanup(stopping=isinstance(e, (KeyboardInterrupt, SystemExit)))
             elif isinstance(e, (KeyboardInterrupt, SystemExit)):
                 e.installed = self.target
             raise
@@ -366,6 +374,12 @@ class AtomicDirectory:
         else:
             os.rename(self.tmp, self.target)
 
-    def _cleanup(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        remove_empty(reversed(self._created))
+    def _cleanup(self, stopping: bool = False) -> None:
+        """Remove the temporary directory and the parents made for it. A Ctrl-C, SIGTERM or
+        SIGHUP meanwhile waits for the removal (it would cut it short, and leave thousands of
+        shards behind): dropped when `stopping` (a stop is under way already), else delivered."""
+        with signals_deferred((signal.SIGINT, signal.SIGTERM, *HANGUP)) as received:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            remove_empty(reversed(self._created))
+            if stopping:
+                received.clear()

@@ -20,7 +20,8 @@ ones it is the exact tail of the tokens. The rule is stored in meta.json's setti
 
 Atomic output. Shards and meta.json (last) are built in `.<dir>.tmp-<pid>` beside the target,
 which is renamed into place only when complete; on failure it is removed, and after a
-SIGKILL it stays under that name, which nothing reads as a dataset (a later run removes it).
+SIGKILL it stays under that name, holding UNFINISHED (prep.meta.UNFINISHED_NAME) until the
+install, which makes every reader refuse it (a later run into the same target removes it).
 An existing target needs `overwrite`: the old one is renamed aside, the new one renamed in,
 then the old one deleted. The working directory, or one above it, is never a target: the
 shell that ran us would be left in a deleted directory.

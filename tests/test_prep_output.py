@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prep import output
-from prep.meta import read_meta, write_meta
+from prep.atomic import sigterm_raises
+from prep.meta import UNFINISHED_NAME, read_meta, write_meta
 from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, check_target
 from prep.shards import open_shard
 from prep.tokenizer import EOT
@@ -104,6 +106,46 @@ def test_atomic_directory_success_failure_and_stale_cleanup(tmp_path):
         (tmp / "meta.json").write_text('{"new": 1}')
     assert (target / "meta.json").read_text() == '{"new": 1}'
     assert sorted(p.name for p in target.parent.iterdir()) == ["ds"]
+
+
+def test_the_temporary_is_marked_unfinished_until_the_install(tmp_path):
+    """A SIGKILL leaves whole shards in the temporary directory, without meta.json: read as a
+    directory of llm.c shards, they passed `prep verify` and the loader as a dataset of their own."""
+    target = tmp_path / "ds"
+    with AtomicDirectory(target, overwrite=False) as tmp:
+        write_meta(tmp, {"format_version": 1, "splits": {}})  # even with its meta.json written
+        assert (tmp / UNFINISHED_NAME).read_text(encoding="utf-8") == output.UNFINISHED_TEXT
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp))}: an unfinished `prep tokenize` output"):
+            read_meta(tmp)
+    assert sorted(p.name for p in target.iterdir()) == ["meta.json"] and read_meta(target) is not None
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("first", [KeyboardInterrupt, SystemExit, RuntimeError])
+def test_a_signal_during_the_removal_of_the_temporary_waits_for_it(tmp_path, monkeypatch, first, second):
+    """A second Ctrl-C (or SIGTERM) while a stopped run removed its thousands of shards cut the
+    removal short: the temporary was left, half deleted, under 'nothing was written'. It now
+    waits for the removal; after a stop it is dropped (the first one's status stands), after an
+    error it is delivered then."""
+    target = tmp_path / "ds"
+    real_rmtree = shutil.rmtree
+
+    def rmtree_with_a_signal(path, *args, **kwargs):
+        if Path(path).name.startswith(".ds.tmp-"):
+            os.unlink(min(Path(path).iterdir()))  # part of the way through
+            signal.raise_signal(second)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(output.shutil, "rmtree", rmtree_with_a_signal)
+    with sigterm_raises(SystemExit), pytest.raises(BaseException) as raised:
+        with AtomicDirectory(target, overwrite=False) as tmp:
+            for index in range(5):
+                (tmp / f"ds_train_{index:06d}.bin").write_bytes(b"shard")
+            raise first("the first")
+    assert list(tmp_path.iterdir()) == []
+    delivered = KeyboardInterrupt if second == signal.SIGINT else SystemExit
+    assert type(raised.value) is (first if first is not RuntimeError else delivered)
+    assert (str(raised.value) == "the first") is (first is not RuntimeError)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -249,10 +291,15 @@ def test_a_ctrl_c_just_before_the_install_leaves_the_old_dataset_and_no_temporar
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
 
+    real_deferral, calls = output.signals_deferred, []
+
     @contextlib.contextmanager
-    def interrupted_before_deferring():
-        raise KeyboardInterrupt
-        yield []
+    def interrupted_before_deferring(*signums):
+        calls.append(signums)
+        if len(calls) == 1:  # the install's: the Ctrl-C comes first (the cleanup's is the real one)
+            raise KeyboardInterrupt
+        with real_deferral(*signums) as received:
+            yield received
 
     monkeypatch.setattr(output, "signals_deferred", interrupted_before_deferring)
     with pytest.raises(KeyboardInterrupt) as stopped:

@@ -33,6 +33,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loader import LoaderError, TokenLoader
 from prep.atomic import HANGUP
 from prep.corpus import CorpusError, read_pieces
 from prep.meta import read_meta
@@ -1204,7 +1205,18 @@ def test_sigkill_mid_run_leaves_no_dataset_and_rerun_succeeds(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         assert read_meta(out) == old_meta  # the target is the old dataset, untouched
-        assert tmp_dir.is_dir() and read_meta(tmp_dir) is None  # no meta.json: not a dataset
+        # whole shards, no meta.json: marked, so that no reader takes the first shards for the dataset
+        assert tmp_dir.is_dir() and not (tmp_dir / "meta.json").exists()
+        for where in (tmp_dir, tmp_dir / "*_train_*.bin", next(tmp_dir.glob("*_train_*.bin"))):
+            with pytest.raises(LoaderError, match=r"an unfinished `prep tokenize` output"):
+                TokenLoader(where, B=1, T=4)
+        for command in ("info", "verify"):
+            refused = subprocess.run([sys.executable, "-m", "prep.cli", command, str(tmp_dir)], cwd=ROOT,
+                                     capture_output=True, text=True)
+            assert refused.returncode == 2 and refused.stdout == ""
+            assert refused.stderr == (f"Error: {tmp_dir}: an unfinished `prep tokenize` output (it holds UNFINISHED: "
+                                      f"the run writing it is still at work, or was stopped), not a dataset; run "
+                                      f"prep tokenize again (it removes what a stopped run left)\n")
         deadline = time.monotonic() + 20  # the workers notice their parent is gone and exit
         while _group_alive(proc.pid):
             assert time.monotonic() < deadline, "worker processes outlived the killed run"
