@@ -29,6 +29,7 @@ import lzma
 import os
 import re
 import shlex
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -699,10 +700,26 @@ def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
     for path in source.files:
         try:
             with open(path, "rb") as f:
+                opened = os.fstat(f.fileno())
                 if source.kind == "jsonl":
                     yield from _read_jsonl(f, str(path), field, errors)
                 else:
                     yield from _read_text(f, str(path), errors, block_bytes, None if source.format_said else field,
                                           member=source.kind == "directory")
+                _check_unchanged(path, opened, f)
         except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
             raise CorpusError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_unchanged(path: Path, opened: os.stat_result, f: BinaryIO) -> None:
+    """CorpusError where a regular file, `f` read to its end, changed while it was read (its size
+    or modification time now, or the bytes read, differ from its size and time when it was opened): a
+    file cut short or appended to mid-run, tokenized as read, was a document of neither version,
+    with no word said. Pipes and devices are read as they come; a file of size 0 that reads as
+    text (/proc's) has no size to hold it to."""
+    if not stat.S_ISREG(opened.st_mode) or opened.st_size == 0:
+        return
+    read, now = f.tell(), os.fstat(f.fileno())
+    if read != opened.st_size or (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+        raise CorpusError(f"{path}: changed while it was read ({opened.st_size:,} bytes when it was opened, "
+                          f"{read:,} read, {now.st_size:,} now): tokenize a copy that nothing writes to")

@@ -149,15 +149,16 @@ class TailSplitter:
 def build_meta(name: str, sources: list[Source], splits: tuple[SplitWriter, ...], settings: dict,
                nbytes: int, chars: int, bytes_read: list[int]) -> dict:
     """meta.json's content (layout in prep/meta.py); nothing in it depends on timing or workers.
-    `bytes_read`: each source's bytes as read (read_pieces'), given where its size was unknown up
-    front (stdin, a pipe given by name)."""
+    `bytes_read`: each source's bytes as read (read_pieces'): what the tokens are of, where a size
+    taken up front is unknown (stdin, a pipe given by name) or was taken before the file was
+    opened (one that changed while it was read is refused)."""
     return {
         "format_version": META_FORMAT_VERSION, "tool": "shardgpt", "tool_version": __version__,
         "tokenizer": ENCODING_NAME, "vocab_size": VOCAB_SIZE, "eot": EOT,
         "dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES, "name": name,
         "splits": {w.split: {"tokens": w.tokens, "documents": w.documents, "shards": w.entries}
                    for w in splits},
-        "sources": [s.to_meta(read if s.bytes is None else None) for s, read in zip(sources, bytes_read)],
+        "sources": [s.to_meta(read) for s, read in zip(sources, bytes_read)],
         "totals": {"documents": sum(w.documents for w in splits), "tokens": sum(w.tokens for w in splits),
                    "bytes": nbytes, "chars": chars},
         "settings": settings | {"documents": "EOT before each document; empty ones skipped"},

@@ -517,3 +517,55 @@ def test_text_starting_with_bzip2_s_letters_and_a_digit_is_text(tmp_path, text):
     (tmp_path / "b.txt").write_text(text)
     assert _not_utf8(text.encode()[:10], "b.txt") is None
     assert read_all(resolve_sources([str(tmp_path / "b.txt")]))[0] == [text]
+
+
+def _first_piece_then(path, change, block_bytes=4):
+    """read_pieces over `path`, with `change(path)` done once the first piece is read."""
+    pieces = read_pieces(resolve_sources([str(path)]), block_bytes=block_bytes)
+    next(pieces)
+    change(path)
+    return list(pieces)
+
+
+@pytest.mark.parametrize("kind, text", [("txt", "one document, read a block at a time\n"),
+                                        ("jsonl", '{"text": "one"}\n{"text": "two"}\n{"text": "three"}\n')])
+@pytest.mark.parametrize("cut", [True, False], ids=["cut short", "appended to"])
+def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, kind, text, cut):
+    """A file cut short or appended to mid-run was tokenized as read, exit 0, a document of
+    neither version, and meta.json's sources gave its size from before."""
+    path = tmp_path / f"in.{kind}"
+    path.write_text(text)
+    more = '{"text": "four"}\n' if kind == "jsonl" else "more words\n"
+    with pytest.raises(CorpusError) as refused:
+        _first_piece_then(path, (lambda p: p.write_bytes(b"")) if cut else (lambda p: p.open("a").write(more)))
+    now = 0 if cut else len(text) + len(more)
+    assert re.fullmatch(rf"{re.escape(str(path))}: changed while it was read \({len(text)} bytes when it was opened, "
+                        rf"\d+ read, {now} now\): tokenize a copy that nothing writes to", str(refused.value))
+
+
+def test_a_file_rewritten_to_the_same_size_while_it_is_read_is_refused(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("the first version\n")
+    opened = path.stat().st_mtime_ns
+
+    def rewrite(p):
+        p.write_text("the other version\n")
+        os.utime(p, ns=(opened + 10**9, opened + 10**9))  # (a coarse clock: the time said to differ)
+    with pytest.raises(CorpusError, match="changed while it was read .18 bytes when it was opened, 18 read, 18 now"):
+        _first_piece_then(path, rewrite)
+
+
+def test_a_file_whose_size_is_not_known_up_front_is_read_as_it_comes(tmp_path):
+    """/proc's files say 0 bytes and read as text; a pipe given by name has no size."""
+    proc = "/proc/self/status"
+    if os.path.exists(proc):
+        assert "".join(p.text for p in read_pieces(resolve_sources([proc]))).startswith("Name:")
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("words through a pipe\n"))
+    writer.start()
+    try:
+        assert "".join(p.text for p in read_pieces(resolve_sources([str(fifo)]), block_bytes=4)) == \
+            "words through a pipe\n"
+    finally:
+        writer.join(timeout=10)

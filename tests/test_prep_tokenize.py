@@ -39,7 +39,7 @@ from prep.corpus import CorpusError, read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
-from prep import output as output_module, tokenize as tokenize_module
+from prep import corpus as corpus_module, output as output_module, tokenize as tokenize_module
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1175,6 +1175,51 @@ def test_help_shows_every_option_with_a_default():
                    "--field", "--errors", "--overwrite", "--quiet", "--json", "--chunk-size"):
         assert option in help_text
     assert help_text.count("[default:") >= 9
+
+
+# --- an input that changes meanwhile ------------------------------------------------------
+
+def test_an_input_appended_to_during_the_run_is_refused_and_the_old_dataset_stays(tmp_path, monkeypatch):
+    """It was tokenized as read, exit 0: a document of neither version, and meta.json's sources
+    gave the size from before the work while its totals gave the bytes read."""
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("old words\n")
+    assert invoke(src, "--out", out, "--quiet").exit_code == 0
+    old_meta = read_meta(out)
+    src.write_text("first words " * 1000)
+    real_read_text = corpus_module._read_text
+
+    def read_then_append(stream, *args, **kwargs):
+        pieces = real_read_text(stream, *args, **kwargs)
+        yield next(pieces)
+        with src.open("a") as f:  # someone writing to the file mid-run
+            f.write("later words\n")
+        yield from pieces
+
+    monkeypatch.setattr(corpus_module, "_read_text", read_then_append)
+    result = invoke(src, "--out", out, "--overwrite", "--quiet", "--chunk-size", 1000)
+    assert_user_error(result, f"{src}: changed while it was read (12,000 bytes when it was opened, 12,012 read, "
+                              f"12,012 now): tokenize a copy that nothing writes to")
+    assert read_meta(out) == old_meta and leftovers(tmp_path, "out") == []
+
+
+def test_meta_json_gives_the_bytes_read_for_a_file_changed_before_it_was_opened(tmp_path, monkeypatch):
+    """Its size is taken when the inputs are resolved; the tokens are of what was opened later."""
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("some words\n")
+    real_resolve = tokenize_module.resolve_sources
+
+    def resolve_then_append(*args, **kwargs):
+        sources = real_resolve(*args, **kwargs)
+        with src.open("a") as f:
+            f.write("and more\n")
+        return sources
+
+    monkeypatch.setattr(tokenize_module, "resolve_sources", resolve_then_append)
+    assert invoke(src, "--out", out, "--quiet").exit_code == 0
+    meta = read_meta(out)
+    assert meta["sources"][0]["bytes"] == meta["totals"]["bytes"] == len("some words\nand more\n")
+    assert stream(out).tolist() == expected(["some words\nand more\n"]).tolist()
 
 
 # --- a killed run never leaves a dataset ----------------------------------------------------
