@@ -129,8 +129,8 @@ from prep.epoch import steps_per_epoch
 from prep.measure import physical_memory
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
-from prep.shards import (LLMC_MODEL_MAGIC, ShardError, cannot_list, file_kind, find_shards, llmc_file,
-                         read_header, split_files_in)
+from prep.shards import (LLMC_MODEL_MAGIC, SAFETENSORS, ShardError, cannot_list, file_kind, find_shards,
+                         header_problem, llmc_file, read_header, split_files_in, weights_file)
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
@@ -1494,13 +1494,16 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
-        if _is_safetensors(path):  # whole, in another format: what HF's hub serves today
+        if weights_file(path) == SAFETENSORS:  # whole, in another format: what HF's hub serves today
             raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "
                             f"does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "
                             f"'gpt2.pt') and pass that file") from None
         llmc = llmc_file(path)
         if llmc is not None:  # llm.c's own format (a 256-int32 header, then raw numbers): its C trainer's
             raise UserError(f"{flag} {path}: {_llmc_instead(*llmc, flag, what)}") from None
+        if header_problem(path) is None:  # tokens, not weights: called damaged, it was sent to look for damage
+            where = "train.py's --data" if flag == "checkpoint" else "--data"
+            raise UserError(f"{flag} {path}: a token shard, not a {what}: shards are {where}") from None
         foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if foreign:  # a whole file holding an object of some class: not damage, another program's
             raise UserError(
@@ -1526,18 +1529,6 @@ def _llmc_instead(magic: int, kind: str, flag: str, what: str) -> str:
         return f"{kind}, which torch.load does not read: pass {state_dict} instead"
     instead = "a train.py checkpoint" + ("" if flag == "--resume" else f" or {state_dict}")
     return f"{kind}, not a {what}: pass {instead}"
-
-
-def _is_safetensors(path: Path) -> bool:
-    """Whether `path` begins as a safetensors file: a little-endian u64 header length that
-    fits the file, then the JSON header's "{"."""
-    try:
-        with open(path, "rb") as f:
-            start = f.read(9)
-        size = path.stat().st_size
-    except OSError:
-        return False
-    return len(start) == 9 and start[8:] == b"{" and 0 < int.from_bytes(start[:8], "little") <= size - 8
 
 
 def checkpoint_digest(path: Path) -> int:

@@ -630,6 +630,38 @@ def test_llmc_model_debug_state_and_tokenizer_files_are_named_where_shards_go(tm
                                 f"data scripts write them under dev/data/)")
 
 
+def test_a_checkpoint_weights_or_compressed_text_given_as_shards_says_what_it_is(tmp_path):
+    """Each was told to `prep tokenize` it: a checkpoint (which prep tokenize then called zip-compressed,
+    offering to unzip a pickle into it) or a gzip file (which prep tokenize refuses as it is)."""
+    import gzip
+    import struct
+
+    import torch
+
+    torch.save({"model": torch.zeros(3)}, tmp_path / "ckpt_000010.pt")
+    torch.save({"wte": torch.zeros(3)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    header = json.dumps({"wte": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    (tmp_path / "input.txt.gz").write_bytes(gzip.compress(b"some text\n"))
+    torch_file = "a torch.save file (a checkpoint, or model weights)"
+    for name, said in [
+            ("ckpt_000010.pt", torch_file), ("legacy.pt", torch_file),
+            ("model.safetensors", "a safetensors file (model weights, as Hugging Face's model.safetensors)")]:
+        with pytest.raises(LoaderError) as e:
+            TokenLoader(tmp_path / name, B=1, T=8)
+        assert str(e.value) == (f"{tmp_path / name}: {said}, not a token shard: a checkpoint goes to train.py's "
+                                f"--resume or --init-from, or to sample.py; shards are what `prep tokenize` writes")
+    with pytest.raises(LoaderError) as e:
+        TokenLoader(tmp_path / "input.txt.gz", B=1, T=8)
+    gz = tmp_path / "input.txt.gz"
+    assert re.fullmatch(rf"{re.escape(str(gz))}: not a token shard \(bad magic \d+, expected 20240520\); to tokenize "
+                        rf"it: gzip-compressed; decompress it first, or stream it .*: zcat {re.escape(str(gz))} \| "
+                        rf"prep tokenize -", str(e.value)), str(e.value)
+    (tmp_path / "notes.zip").write_bytes(b"PK\x03\x04" + bytes(40))  # a zip that is no torch file: as before
+    with pytest.raises(LoaderError, match="; to tokenize it: zip-compressed"):
+        TokenLoader(tmp_path / "notes.zip", B=1, T=8)
+
+
 def test_a_file_named_as_a_shard_keeps_the_header_error_and_an_empty_path_is_refused(tmp_path):
     """A shard whose writer was killed (magic still 0) is damaged, not text: its own error."""
     llmc_shard(tmp_path / "x_train_000000.bin", tokens(300, 0), magic=0)

@@ -1543,6 +1543,21 @@ def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
         train._read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
 
 
+def test_a_token_shard_given_for_a_checkpoint_or_weights_says_so(tmp_path):
+    """A shard (ours or llm.c's) given to --resume, --init-from or sample.py was "not a readable
+    checkpoint (truncated, corrupt, ...)": a whole file, sent to look for damage."""
+    shard = tmp_path / "x_train_000000.bin"
+    write_shard(shard, random_tokens(300))
+    for flag, what, where in (("--resume", "checkpoint", "--data"), ("--init-from", "weights file", "--data"),
+                              ("checkpoint", "checkpoint", "train.py's --data")):  # (sample.py's)
+        with pytest.raises(train.UserError) as e:
+            train._read_torch_file(shard, flag, what)
+        assert str(e.value) == f"{flag} {shard}: a token shard, not a {what}: shards are {where}"
+    (tmp_path / "text.bin").write_text("a text file is still not a readable checkpoint\n")
+    with pytest.raises(train.UserError, match="not a readable checkpoint"):
+        train._read_torch_file(tmp_path / "text.bin", "--resume")
+
+
 def test_llmc_model_debug_state_and_tokenizer_files_say_what_they_are(tmp_path):
     """llm.c's gpt2_124M.bin (magic 20240326, version 3: fp32; gpt2_124M_bf16.bin: 5, bf16),
     gpt2_124M_debug_state.bin (20240327) and gpt2_tokenizer.bin (20240328): a 256-int32
