@@ -46,9 +46,9 @@ import click
 
 from prep.atomic import HANGUP, sigterm_raises
 from prep.chunking import batches, document_chunks
-from prep.corpus import ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, as_inputs, \
-    decompressed_input, is_stream, names_descriptor, names_json, names_jsonl, names_no_format, not_utf8_error, \
-    read_pieces, resolve_sources
+from prep.corpus import COMPRESSED_SUFFIXES, ERRORS, STDIN, STDIN_KINDS, CompressedError, CorpusError, Piece, \
+    as_inputs, decompressed_input, is_stream, names_descriptor, names_json, names_jsonl, names_no_format, \
+    not_utf8_error, read_pieces, resolve_sources
 from prep.errors import (NAME_MAX, GivenPath, UserCommand, UserError, after_the_work, bar_disable, flush_stdout,
                          plain_numbers, say)
 from prep.meta import write_meta
@@ -317,7 +317,9 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
         args[index] = words[index] = f"<({error.cat} FILE)"
     else:
         if index == 0 and "out" not in values:  # its name gave the default; '-' would give data/stdin
-            values["out"] = Path("data") / Path(os.path.abspath(inputs[0])).stem
+            named = Path(os.path.abspath(inputs[0]))  # input.txt.gz: data/input, as input.txt would give
+            values["out"] = Path("data") / (Path(named.stem).stem if named.suffix.lower() in COMPRESSED_SUFFIXES
+                                            else named.stem)
         piped = decompressed_input(error.label, error.cat)
         if STDIN in inputs:
             args[index] = words[index] = f"<({piped})"

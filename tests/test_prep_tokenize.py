@@ -757,8 +757,8 @@ STREAMED = {
                               "stream it in: zcat d.jsonl.gz | prep tokenize --out o --val-fraction 0.5 --field body "
                               "--stdin-format jsonl a.txt -", None, "o"),
     "a first file, out by default": (["d.jsonl.gz", "a.txt", "--field", "body", "--quiet"],
-                                     "stream it in: zcat d.jsonl.gz | prep tokenize --out data/d.jsonl --field body "
-                                     "--stdin-format jsonl --quiet - a.txt", None, "data/d.jsonl"),
+                                     "stream it in: zcat d.jsonl.gz | prep tokenize --out data/d --field body "
+                                     "--stdin-format jsonl --quiet - a.txt", None, "data/d"),  # as d.jsonl's
     "a file, - taken": (["--stdin-format", "jsonl", "--field", "body", "--out", "o", "--", "-", "-d.jsonl.gz"],
                         "stream it in: prep tokenize --out o --field body --stdin-format jsonl - <(zcat ./-d.jsonl.gz)",
                         "gzip-less", "o"),
