@@ -519,7 +519,10 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
         remedy = ("continue it with --resume auto" if checkpoints and init_from is None else
-                  f"move {' and '.join(str(out / name) for name in theirs)} away")
+                  f"move {' and '.join(str(out / name) for name in theirs)} away" +
+                  ("" if init_from is not None else
+                   ", start again with --resume auto (it keeps " +
+                   (f"it as {theirs[0]}" if len(theirs) == 1 else "them as <name>") + ".before-<time>)"))
         raise UserError(
             f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
         )
@@ -2377,7 +2380,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 own = log_path(out, rt.rank)
                 if _nonempty_file(own):
                     remedy = ("continue it with --resume auto" if list_checkpoints(out) and cfg.init_from is None
-                              else f"move {own} away")
+                              else f"move {own} away" + ("" if cfg.init_from is not None else
+                                                        ", start again with --resume auto (it keeps it as "
+                                                        f"{own.name}.before-<time>)"))
                     raise UserError(f"--out {out} holds an earlier run's {own.name}: {remedy}, or choose another --out")
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)

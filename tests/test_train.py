@@ -3785,7 +3785,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                               "with --resume auto, or choose another --out"),
     "out holds another run's metrics": (["--out", "metricsonly"], ".",
                                         "--out metricsonly holds an earlier run's metrics.jsonl: move "
-                                        "metricsonly/metrics.jsonl away, or choose another --out"),
+                                        "metricsonly/metrics.jsonl away, start again with --resume auto (it keeps "
+                                        "it as metrics.jsonl.before-<time>), or choose another --out"),
     "resume a missing file into a busy out": (["--resume", "run/gone.pt", "--out", "run"], ".",
                                               "--resume run/gone.pt: no such checkpoint"),
     "out is a dangling symlink": (["--out", "dangling"], ".",
@@ -3810,7 +3811,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                                                       "a file; checkpoints are written under that name"),
     "an earlier run's window logs": (["--out", "windowsonly"], ".",
                                      "--out windowsonly holds an earlier run's windows_rank0.jsonl: move "
-                                     "windowsonly/windows_rank0.jsonl away, or choose another --out"),
+                                     "windowsonly/windows_rank0.jsonl away, start again with --resume auto (it "
+                                     "keeps it as windows_rank0.jsonl.before-<time>), or choose another --out"),
     "nan weight decay": (["--weight-decay", "nan"], ".", "--weight-decay must be finite, got nan"),
     "nan grad clip": (["--grad-clip", "nan"], ".", "--grad-clip must be a number >= 0"),
     "seed above 32 bits": (["--seed", str(2**32)], ".", f"--seed must be <= {2**32 - 1}, got {2**32}"),

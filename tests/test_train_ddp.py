@@ -543,7 +543,8 @@ def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_doe
     (_, _, stderr0), (_, _, stderr1) = again
     assert all(returncode != 0 for returncode, _, _ in again), again
     assert ("Error: rank 1 of 2: --out n1 holds an earlier run's windows_rank1.jsonl: move n1/windows_rank1.jsonl "
-            "away, or choose another --out") in stderr1, stderr1
+            "away, start again with --resume auto (it keeps it as windows_rank1.jsonl.before-<time>), or choose "
+            "another --out") in stderr1, stderr1
     assert "Error: rank 0 of 2: stopped because another rank failed its start-up checks" in stderr0, stderr0
     assert log.read_text() == before and not (tmp_path / "m0").exists()
 
