@@ -362,6 +362,24 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     return str(found[0])
 
 
+def _resumed_data(cfg: TrainConfig) -> str:
+    """For find_dataset's error in a resume without --data (several datasets under ./data): the
+    --data that the checkpoint to resume recorded, "" where it recorded none (its run found the
+    one dataset there) or cannot be read (its own error comes once --data is given)."""
+    if cfg.data is not None or cfg.resume is None or cfg.bench:
+        return ""
+    try:
+        found = list_checkpoints(cfg.out) if cfg.resume == "auto" else [(0, Path(cfg.resume))]
+        path = found[-1][1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["train_config"]["data"]
+    except Exception:  # none there, a directory, a damaged file
+        return ""
+    return f"{path} trained on --data {data}" if isinstance(data, str) else ""
+
+
 def val_split_tokens(data: str, given: bool = False, split: str = "val") -> int | None:
     """Tokens in the val split of a dataset directory, or None when it has none (a glob or a
     single file names train shards only). `given`: `data` is --val-data, whose files (a glob,
@@ -2341,7 +2359,13 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     try:
         rt = make_runtime(cfg)
         model_config = model_shape(cfg)
-        data = find_dataset(cfg.data)
+        try:
+            data = find_dataset(cfg.data)
+        except UserError as e:
+            hint = _resumed_data(cfg)
+            if not hint:
+                raise
+            raise UserError(f"{e}; {hint}") from None
         micro_tokens = cfg.B * cfg.T * rt.world
         total = micro_tokens if cfg.total_batch_size is None else cfg.total_batch_size
         if total % micro_tokens:

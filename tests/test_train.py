@@ -4083,6 +4083,25 @@ def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_resume_without_data_among_several_datasets_names_the_one_its_checkpoint_trained_on(tmp_path,
+                                                                                                 monkeypatch):
+    """The checkpoint records its run's --data; the error listed the datasets without it."""
+    for name in ("a", "b"):
+        write_dataset(tmp_path / "data" / name, random_tokens(300))
+    monkeypatch.chdir(tmp_path)
+    train.train(cfg(tmp_path, "data/b", steps=2, ckpt_every=2, out="run"))
+    for given in (["--resume", "auto", "--out", "run"], ["--resume", "run/ckpt_000002.pt", "--out", "run"]):
+        result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "4", *given])
+        assert result.exit_code == 2 and result.stderr == (
+            "Error: 2 datasets under data/ (data/a, data/b): choose one with --data; run/ckpt_000002.pt trained on "
+            "--data data/b\n"), result.output
+    # no checkpoint to read it from: the error as it was
+    for given in (["--resume", "auto", "--out", "fresh"], ["--resume", "run/gone.pt", "--out", "run"]):
+        result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", *given])
+        assert result.stderr == "Error: 2 datasets under data/ (data/a, data/b): choose one with --data\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt_000002.pt", "metrics.jsonl"]
+
+
 def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_path):
     # a kill between two shards leaves valid shards in prep's hidden temporary folder, and one
     # between the install's two renames leaves the old dataset hidden beside the new one
