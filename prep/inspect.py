@@ -73,7 +73,10 @@ def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Pa
     the text itself, is refused as the loader refuses it)."""
     directory = Path(directory)
     if not directory.exists():
-        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}")
+        pattern = "" if not any(c in directory.name for c in "*?[") else (
+            f" (a pattern of shards is for train.py's --data; pass their directory, {directory.parent}, or one "
+            f"shard file)")
+        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}{pattern}")
     if not directory.is_dir() and not (file_too and directory.is_file()):
         raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
     problem = not_a_shard_file(directory, str(directory)) if directory.is_file() else None

@@ -192,6 +192,12 @@ def _zero_magic(tmp_path):
 
 INFO_MISTAKES = {  # case: (make the target, extra args, words the one error line must hold)
     "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such file or directory"]),
+    # a glob (what train.py's --data takes): "no such file or directory" said nothing of it
+    "glob": (lambda t: make_dataset(t / "g", {"train": [tokens(10)]}) / "ds_train_*.bin", [],
+             ["ds_train_*.bin: no such file or directory (a pattern of shards is for train.py's --data; pass their "
+              "directory, ", "/g, or one shard file)"]),
+    "unfinished": (lambda t: (make_dataset(t / ".u.tmp-7", {"train": [tokens(10)]}) / "UNFINISHED").touch() or
+                   t / ".u.tmp-7", [], [".u.tmp-7: an unfinished `prep tokenize` output"]),
     # a file is read as one shard; one that is none at all is refused as the loader refuses it
     "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt: not a token shard",
                                                                           "tokenize it first with `prep tokenize"]),
