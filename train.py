@@ -1240,7 +1240,7 @@ def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtim
     return total.item() / (batches * rt.world)  # sync: validation (eval steps only)
 
 
-CUT = "cut short by the stop signal"  # an evaluation's or a sample's word for one a stop ended
+CUT = "cut short by the stop"  # an evaluation's or a sample's word for one a stop ended (a signal, or output closed)
 
 
 def val_loss_line(step: int, val_loss: float | None) -> str:

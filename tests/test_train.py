@@ -269,7 +269,7 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
                               quiet=False))
     out = capsys.readouterr().out
     assert len(tokens_made) == 5 and summary["interrupted"] and summary["last_step"] == 3
-    assert "step 3 sample: cut short by the stop signal (samples after a resume differ from this run's)\n" in out
+    assert "step 3 sample: cut short by the stop (samples after a resume differ from this run's)\n" in out
     assert f"SIGTERM: stopped after step 3 of 10; checkpoint {tmp_path / 'out' / 'ckpt_000003.pt'} written" in out
     assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [3]
 
@@ -303,7 +303,7 @@ def test_a_stop_during_a_long_evaluation_cuts_it_short_at_its_next_batch(tmp_pat
     summary = train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, quiet=False))
     out = capsys.readouterr().out
     assert summary["interrupted"] and summary["last_step"] == 4 and len(batches) == 9
-    assert "step 4: val loss: cut short by the stop signal\n" in out
+    assert "step 4: val loss: cut short by the stop\n" in out
     assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [4]
     cut = metrics(tmp_path / "out")
     assert [r["step"] for r in cut] == list(range(5)) and cut[0]["val_loss"] > 0 and cut[4]["val_loss"] is None
@@ -1780,7 +1780,7 @@ def test_a_ctrl_c_during_the_last_step_evaluation_says_so(tmp_path, dataset, mon
     summary = train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, eval_every=2, resume="auto"))
     out, err = capfd.readouterr()
     assert summary["interrupted"] and summary["steps"] == 0 and summary["val_loss"] is None
-    assert "step 2: val loss: cut short by the stop signal\n" in out and "val loss 1" not in out
+    assert "step 2: val loss: cut short by the stop\n" in out and "val loss 1" not in out
     assert ("SIGINT: stopping now (nothing to train; the checkpoint's evaluation is cut short), a second one "
             "stops at once") in err.splitlines()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -2494,7 +2494,7 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
     assert "SIGINT: stopping before step 1, a second one stops at once" in err.splitlines()  # said at once
     assert "SIGINT: stopped before step 1; nothing trained, no checkpoint written\n" in out
     assert "done:" not in out
-    assert "step 0: val loss: cut short by the stop signal\n" in out  # at its next batch
+    assert "step 0: val loss: cut short by the stop\n" in out  # at its next batch
     # no line (a mean of fewer batches is no val loss), no checkpoint: the --out it made is gone,
     # its empty metrics.jsonl with it
     assert not (tmp_path / "out").exists()

@@ -266,7 +266,7 @@ def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_b
     args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6"]
     result = run_signalled(tmp_path, "val:2", args)
     assert result.returncode != 0  # torchrun reports the stop
-    assert ("step 0: val loss: cut short by the stop signal\nanother rank's signal: stopped before step 1; "
+    assert ("step 0: val loss: cut short by the stop\nanother rank's signal: stopped before step 1; "
             "nothing trained, no checkpoint written\n") in result.stdout, result.stdout + result.stderr
     assert not (tmp_path / "run").exists()  # no checkpoint, no line: the --out it made is removed
 
@@ -285,7 +285,7 @@ def test_a_signal_cutting_the_evaluation_of_a_run_resumed_at_its_last_step_ends_
     result = run_signalled(tmp_path, "val:2", [*args, "--resume", "auto"], SIGNAL_ON_RANK_1.replace(run_path, (
         f"try:\n    {run_path}\nexcept SystemExit as e:\n"
         f"    open(f'exit_{{os.environ[\"RANK\"]}}', 'w').write(str(e.code))\n    raise\n")))
-    assert "step 2: val loss: cut short by the stop signal\n" in result.stdout, result.stdout + result.stderr
+    assert "step 2: val loss: cut short by the stop\n" in result.stdout, result.stdout + result.stderr
     assert "nothing to train" not in result.stdout
     assert [(tmp_path / f"exit_{rank}").read_text() for rank in (0, 1)] == ["130", "130"]
 
@@ -307,7 +307,7 @@ def test_a_signal_during_an_evaluation_under_torchrun_cuts_it_and_checkpoints_it
     # rank 1 writes "val batch 10" after the batch-4 all-reduce, which nothing orders against rank
     # 0's "step 4" line: rank 0's lines are read without them
     rank_0 = "".join(line for line in result.stdout.splitlines(True) if not line.startswith("val batch "))
-    assert ("step 4: val loss: cut short by the stop signal\nanother rank's signal: stopped after step 4 of 8; "
+    assert ("step 4: val loss: cut short by the stop\nanother rank's signal: stopped after step 4 of 8; "
             "checkpoint run/ckpt_000004.pt written; continue with --resume auto\n") in rank_0, \
         result.stdout + result.stderr
     assert re.findall(r"val batch (\d+)", result.stdout) == [str(n) for n in range(1, 6 + 4 + 1)]  # rank 1's
@@ -338,7 +338,7 @@ def test_a_signal_to_rank_0_alone_during_an_evaluation_cuts_it_on_every_rank(tmp
     args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6", "--ckpt-every", "8"]
     result = run_signalled(tmp_path, "val:9", args, SIGNAL_ON_RANK_0)
     assert result.returncode != 0  # torchrun reports the stop
-    assert ("step 4: val loss: cut short by the stop signal\nSIGTERM: stopped after step 4 of 8; checkpoint "
+    assert ("step 4: val loss: cut short by the stop\nSIGTERM: stopped after step 4 of 8; checkpoint "
             "run/ckpt_000004.pt written; continue with --resume auto\n") in result.stdout, result.stdout + result.stderr
     assert [p.name for p in tmp_path.glob("run/ckpt_*.pt")] == ["ckpt_000004.pt"]
 
@@ -368,7 +368,7 @@ def test_a_rank_cut_in_the_step_0_evaluation_waits_for_rank_0s_stop_line(tmp_pat
     args = [*common(data, "run", B), "--steps", "8", "--eval-every", "4", "--eval-steps", "6"]
     result = run_signalled(tmp_path, "val:2", args, SLOW_RANK_0_LINE)
     assert result.returncode != 0  # torchrun reports the stop
-    assert ("step 0: val loss: cut short by the stop signal\nanother rank's signal: stopped before step 1; "
+    assert ("step 0: val loss: cut short by the stop\nanother rank's signal: stopped before step 1; "
             "nothing trained, no checkpoint written\n") in result.stdout, result.stdout + result.stderr
 
 
