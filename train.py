@@ -2742,11 +2742,30 @@ def stop_with_the_others(refused: Exception) -> None:
         agree_to_start(store, int(os.environ["RANK"]), world, refused, {})
 
 
+def _help_once_a_node(show: Callable) -> Callable:
+    """The --help option's callback, printing on a node's first rank alone (LOCAL_RANK 0):
+    `torchrun --nproc_per_node=8 train.py --help` printed it eight times. The others exit as
+    it does, without a word."""
+    def callback(ctx: click.Context, param: click.Parameter, value: bool):
+        if value and not ctx.resilient_parsing and _launched_world() > 1 and os.environ.get("LOCAL_RANK", "0") != "0":
+            ctx.exit()
+        return show(ctx, param, value)
+
+    callback.one_per_node = True
+    return callback
+
+
 class TrainCommand(UserCommand):
     """train.py's command. Under torchrun a usage mistake on one node's command line (`--B two`),
     or --help given to one node alone, stops the other ranks too, each with its line, as a
     refused value does (stop_with_the_others): they waited for this rank in their first
     collective until the group's timeout."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)  # (click >= 8.1.8 keeps one: wrapped once)
+        if option is not None and not getattr(option.callback, "one_per_node", False):
+            option.callback = _help_once_a_node(option.callback)
+        return option
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:

@@ -508,6 +508,14 @@ def test_help_on_one_node_prints_it_there_and_stops_the_others(tmp_path):
     assert not (tmp_path / "n0").exists()
 
 
+def test_help_under_torchrun_is_printed_once_a_node(tmp_path):
+    """Each rank printed it: eight times with --nproc_per_node=8."""
+    result = run([*TORCHRUN, str(REPO / "train.py"), "--help"], tmp_path)
+    assert result.stdout.count("Usage: train.py [OPTIONS]") == 1 and "--total-batch-size" in result.stdout, \
+        result.stdout
+    assert "Error" not in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 def test_resume_auto_with_no_checkpoint_keeps_the_window_log_of_a_node_that_does_not_share_out(tmp_path):
     """--resume auto over a run that wrote no checkpoint starts again with the earlier logs
