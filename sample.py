@@ -48,6 +48,27 @@ def checkpoint_file(path: Path) -> Path:
     return found[-1][1]
 
 
+def newest_model(given: Path, rt: train.Runtime, preset: str | None, n_head: int | None,
+                 tries: int = 3) -> tuple[Path, tuple[GPT, str]]:
+    """checkpoint_file(given) and its load_model. An --out directory whose run is still
+    writing there prunes its checkpoints (--keep-ckpts) as it goes: the newest one listed may be
+    gone before it is read, or every one listed before the listing is done. Such a load is
+    tried again, `tries` times in all, on the newest checkpoint there by then; a file's error,
+    or a directory's whose checkpoints are still there, stands."""
+    attempt = 1
+    while True:
+        path = given
+        try:
+            path = checkpoint_file(given)
+            return path, load_model(path, rt, preset, n_head)
+        except UserError:
+            # the checkpoint read is gone since it was listed; or none was listed, and some are there now
+            raced = given.is_dir() and (not path.exists() if path != given else bool(train.list_checkpoints(given)))
+            if not raced or attempt == tries:
+                raise
+            attempt += 1
+
+
 def config_differences(config: GPTConfig, state: dict) -> str:
     """Where a checkpoint's model_config differs from the shape of its own weights, "" where it
     does not: the sizes that building the model allocates (layers, width, positions, token rows)
@@ -205,8 +226,7 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
-    path = checkpoint_file(Path(ckpt))
-    model, source = load_model(path, rt, preset, n_head)
+    path, (model, source) = newest_model(Path(ckpt), rt, preset, n_head)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
     say(f"{path} ({source}), {rt.device}, {rt.dtype}: {num_samples} sample(s) of {max_new_tokens} tokens, " +

@@ -122,7 +122,7 @@ from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints,
 from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
-from model.weights import positions, to_model_state, unwrapped, weights_shape
+from model.weights import block_indices, positions, to_model_state, unwrapped, weights_shape
 from prep.atomic import (HANGUP, atomic_write, file_identity, may_handle, remove_empty, signal_time,
                          signals_deferred, stops_exit_at_once, stops_raise, temp_path)
 from prep.epoch import steps_per_epoch
@@ -1514,6 +1514,9 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:  # found a moment ago: not damaged, removed
+        raise UserError(f"{flag} {path}: removed while it was being read (by the run writing there, whose "
+                        f"--keep-ckpts prunes its older checkpoints?)") from None
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         if weights_file(path) == SAFETENSORS:  # whole, in another format: what HF's hub serves today
             raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "
@@ -1630,6 +1633,11 @@ def _check_state_shape(state: dict, config: GPTConfig, where: str, shape_flags: 
     """A state dict's layer count and width must be `config`'s (n_head is not in the shapes:
     the preset that has these says it); what else does not fit, loading says. `shape_flags`:
     the command has --n-layer and friends (train.py), and the hint names them."""
+    blocks = block_indices(state)
+    if blocks and blocks[-1] != len(blocks) - 1:  # before a model of that many layers is built
+        numbers = ", ".join(f"{i:,}" for i in blocks[:4]) + (", ..." if len(blocks) > 4 else "")
+        raise UserError(f"{where}: not one model's weights: its {len(blocks):,} blocks are numbered {numbers} "
+                        f"(h.<i>.), where a model's are 0 to n_layer - 1")
     there = {k: v for k, v in weights_shape(state).items() if k in ("n_layer", "n_embd")}
     differ = [f"{k} {v} there, {getattr(config, k)} here" for k, v in there.items()
               if v is not None and v != getattr(config, k)]

@@ -59,15 +59,24 @@ def state_positions(state: dict) -> int | None:
 
 def weights_shape(state: dict) -> dict[str, int | None]:
     """The sizes an unwrapped GPT-2 state dict's weights give a model (ours, Hugging Face's,
-    with or without "transformer."): n_layer (the highest block index + 1), n_embd and
+    with or without "transformer."): n_layer (its blocks, numbered 0 to n_layer - 1; None
+    where they are not: block_indices), n_embd and
     padded_vocab_size (the token embedding's columns and rows: padded in ours, 50,257 in
     Hugging Face's), block_size (the position table's rows); None where the tensor is
     missing or not a matrix."""
     wte = state.get(_key(state, "wte.weight"))
     rows, width = wte.shape if isinstance(wte, torch.Tensor) and wte.dim() == 2 else (None, None)
-    layers = {int(m[1]) for k in state if isinstance(k, str) and (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", k))}
-    return {"n_layer": max(layers) + 1 if layers else None, "n_embd": width, "block_size": positions(state),
-            "padded_vocab_size": rows}
+    layers = block_indices(state)
+    return {"n_layer": len(layers) if layers and layers[-1] == len(layers) - 1 else None, "n_embd": width,
+            "block_size": positions(state), "padded_vocab_size": rows}
+
+
+def block_indices(state: dict) -> list[int]:
+    """The block numbers (h.<i>.) of a state dict's keys, sorted: 0 to n_layer - 1 in one
+    model's weights. weights_shape gives no n_layer for others: a gap, or one key numbered a
+    billion, was a model of a billion layers, built until memory ran out."""
+    found = (re.match(r"(?:transformer\.)?h\.(\d+)\.", k) for k in state if isinstance(k, str))
+    return sorted({int(m[1]) for m in found if m})
 
 
 def to_model_state(state: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 
 from model import GPT, GPTConfig, to_hf_state_dict
 from model.hf import check_tied
-from model.weights import state_positions, to_model_state, unwrapped, weights_shape
+from model.weights import block_indices, state_positions, to_model_state, unwrapped, weights_shape
 
 CONFIG = GPTConfig.preset("tiny")  # 2 layers, 32 dims, 64 positions
 
@@ -68,6 +68,10 @@ def test_sizes_are_read_off_the_tensors(ours):
     bare = layouts(ours)["GPT2Model"]
     assert weights_shape(bare) == {**expected, "padded_vocab_size": 50257}
     assert weights_shape({"lm_head.weight": torch.zeros(3, 3)}) == dict.fromkeys(expected)
+    # blocks numbered with a gap, or from a billion: no n_layer (it was the highest number + 1)
+    for renumbered in ("h.5.", "h.999999999."):
+        odd = {k.replace("h.1.", renumbered): v for k, v in ours.items()}
+        assert block_indices(odd) == [0, int(renumbered[2:-1])] and weights_shape(odd)["n_layer"] is None
     assert state_positions(layouts(ours)["DDP around torch.compile"]) == 64
     assert state_positions({"wpe.weight": torch.zeros(64)}) is None  # not a matrix
 

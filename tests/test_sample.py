@@ -393,3 +393,70 @@ def test_samples_begin_after_an_eot_as_every_training_document_does(run, monkeyp
     assert [row.tolist() for row in seen[0]] == [[EOT, *get_encoding().encode_ordinary("to be")]] * 2
     assert len(texts) == 2 and all(text.startswith("to be") for text in texts)
 
+
+
+@pytest.mark.parametrize("renumbered", ["h.999999999.", "h.5."])
+@pytest.mark.parametrize("args", [["--n-head", "2"], ["--model", "tiny"]], ids=["n-head", "preset"])
+def test_a_state_dict_whose_blocks_are_not_numbered_from_0_on_is_refused_before_building(run, tmp_path, monkeypatch,
+                                                                                         renumbered, args):
+    """n_layer was the highest block number + 1: with --n-head, a state dict of 2 blocks, one
+    numbered a billion, built a model of a billion layers until memory ran out."""
+    model = torch.load(run / "ckpt_000004.pt", weights_only=True)["model"]
+    torch.save({k.replace("h.1.", renumbered): v for k, v in model.items()}, tmp_path / "odd.pt")
+    built = []
+    monkeypatch.setattr(sample, "GPT", lambda config: built.append(config) or GPT(config))
+    number = f"{int(renumbered[2:-1]):,}"
+    assert_user_error(invoke(str(tmp_path / "odd.pt"), *args),
+                      f"checkpoint {tmp_path / 'odd.pt'}: not one model's weights: its 2 blocks are numbered 0, "
+                      f"{number} (h.<i>.), where a model's are 0 to n_layer - 1")
+    assert built == []
+
+
+def test_an_out_directory_whose_run_prunes_the_newest_listed_checkpoint_samples_the_newest_left(run, tmp_path,
+                                                                                                monkeypatch):
+    """A run writing there with --keep-ckpts removes checkpoints as it goes: the one listed was
+    gone when it was read, "not a readable checkpoint (truncated, corrupt, ...)"; or none was
+    listed, "the run there has written none"."""
+    import shutil
+
+    out = tmp_path / "live"
+    shutil.copytree(run, out)
+    real_load, loads, pruned = sample.load_model, [], []
+
+    def pruned_first(path, *args):  # the run removes the newest one listed as it is read
+        loads.append(path.name)
+        if not pruned:
+            pruned.append(path.unlink())
+        return real_load(path, *args)
+
+    monkeypatch.setattr(sample, "load_model", pruned_first)
+    result = invoke(str(out), "--max-new-tokens", "2")
+    assert result.exit_code == 0 and loads == ["ckpt_000004.pt", "ckpt_000002.pt"], result.output
+    assert result.stderr.startswith(f"{out / 'ckpt_000002.pt'} (step 2)")
+
+    real_list, lists = train.list_checkpoints, []
+
+    def raced_first(directory):  # every checkpoint listed was pruned before the listing was done
+        lists.append(directory)
+        return [] if len(lists) == 1 else real_list(directory)
+
+    monkeypatch.setattr(train, "list_checkpoints", raced_first)
+    result = invoke(str(out), "--max-new-tokens", "2")
+    assert result.exit_code == 0 and len(lists) == 3, result.output  # empty; some there now; the newest
+
+    loads.clear()
+    damaged = out / "ckpt_000002.pt"  # and still there: not tried again
+    damaged.write_bytes(flip_a_tensor_bit(damaged.read_bytes(), damaged))
+    assert_user_error(invoke(str(out)), "ckpt_000002.pt: corrupt checkpoint")
+    assert loads == ["ckpt_000002.pt"]
+
+
+def test_a_checkpoint_removed_while_torch_reads_it_is_said_so(run, tmp_path, monkeypatch):
+    def removed(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(torch, "load", removed)
+    with pytest.raises(train.UserError) as e:
+        train._read_torch_file(run / "ckpt_000002.pt", "--resume")
+    assert str(e.value) == (f"--resume {run / 'ckpt_000002.pt'}: removed while it was being read (by the run writing "
+                            f"there, whose --keep-ckpts prunes its older checkpoints?)")
