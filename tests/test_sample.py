@@ -4,6 +4,7 @@ errors for a path that is not a checkpoint."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import train
 from _cli import assert_user_error
 from _data import flip_a_tensor_bit, random_tokens, write_dataset
 from model import GPT, GPTConfig, to_hf_state_dict
+from prep.atomic import HANGUP
 from prep.tokenizer import EOT, get_encoding
 
 
@@ -337,6 +339,26 @@ def test_a_ctrl_c_keeps_the_streamed_text(run, monkeypatch):
     shown = result.stdout
     assert shown.endswith("\n") and shown.startswith("ROMEO:") and whole.startswith(shown[:-1].rstrip("\ufffd"))
     assert len(shown) < len(whole)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, *HANGUP])
+def test_sigterm_or_sighup_ends_the_streamed_line_and_says_so(run, monkeypatch, signum):
+    """Their default ended the process where it stood: no word, and the sample's line unended."""
+    args = (str(run), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "3")
+    (whole,) = samples(invoke(*args))
+    real_call, calls = sample.Streamer.__call__, []
+
+    def signalled(self, new_ids):
+        calls.append(new_ids)
+        if len(calls) == 10:
+            signal.raise_signal(signum)
+        real_call(self, new_ids)
+
+    monkeypatch.setattr(sample.Streamer, "__call__", signalled)
+    result = invoke(*args)
+    assert result.exit_code == 128 + signum and result.stderr.splitlines()[-1] == f"main: stopped by {signum.name}"
+    assert result.stdout.endswith("\n") and whole.startswith(result.stdout[:-1].rstrip("\ufffd"))
+    assert len(result.stdout) < len(whole)
 
 
 def test_logits_that_overflow_are_one_line_and_print_no_text(run, tmp_path):
