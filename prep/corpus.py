@@ -712,14 +712,16 @@ def _source_pieces(source: Source, field: str, errors: str, block_bytes: int,
 
 
 def _check_unchanged(path: Path, opened: os.stat_result, f: BinaryIO) -> None:
-    """CorpusError where a regular file, `f` read to its end, changed while it was read (its size
-    or modification time now, or the bytes read, differ from its size and time when it was opened): a
-    file cut short or appended to mid-run, tokenized as read, was a document of neither version,
-    with no word said. Pipes and devices are read as they come; a file of size 0 that reads as
-    text (/proc's) has no size to hold it to."""
+    """CorpusError where a regular file changed while it was read, `f` read to its end: its
+    size or modification time then is not what it was when it was opened. A file cut short or
+    appended to mid-run, tokenized as read, was a document of neither version, with no word
+    said. The bytes read are not held to the size: /sys's files say 4,096 and read fewer, and
+    /proc's say 0 (skipped: no size to hold them to). Pipes and devices are read as they come."""
     if not stat.S_ISREG(opened.st_mode) or opened.st_size == 0:
         return
-    read, now = f.tell(), os.fstat(f.fileno())
-    if read != opened.st_size or (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+    now = os.fstat(f.fileno())
+    if (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+        rewritten = ", written meanwhile" if now.st_size == opened.st_size else ""
         raise CorpusError(f"{path}: changed while it was read ({opened.st_size:,} bytes when it was opened, "
-                          f"{read:,} read, {now.st_size:,} now): tokenize a copy that nothing writes to")
+                          f"{now.st_size:,} at the end{rewritten}, {f.tell():,} read): tokenize a copy that nothing "
+                          f"writes to")

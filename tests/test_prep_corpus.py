@@ -540,7 +540,7 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, kind, text, c
         _first_piece_then(path, (lambda p: p.write_bytes(b"")) if cut else (lambda p: p.open("a").write(more)))
     now = 0 if cut else len(text) + len(more)
     assert re.fullmatch(rf"{re.escape(str(path))}: changed while it was read \({len(text)} bytes when it was opened, "
-                        rf"\d+ read, {now} now\): tokenize a copy that nothing writes to", str(refused.value))
+                        rf"{now} at the end, \d+ read\): tokenize a copy that nothing writes to", str(refused.value))
 
 
 def test_a_file_rewritten_to_the_same_size_while_it_is_read_is_refused(tmp_path):
@@ -551,15 +551,20 @@ def test_a_file_rewritten_to_the_same_size_while_it_is_read_is_refused(tmp_path)
     def rewrite(p):
         p.write_text("the other version\n")
         os.utime(p, ns=(opened + 10**9, opened + 10**9))  # (a coarse clock: the time said to differ)
-    with pytest.raises(CorpusError, match="changed while it was read .18 bytes when it was opened, 18 read, 18 now"):
+    with pytest.raises(CorpusError, match="changed while it was read .18 bytes when it was opened, 18 at the end, "
+                                          "written meanwhile, 18 read"):
         _first_piece_then(path, rewrite)
 
 
 def test_a_file_whose_size_is_not_known_up_front_is_read_as_it_comes(tmp_path):
-    """/proc's files say 0 bytes and read as text; a pipe given by name has no size."""
+    """/proc's files say 0 bytes and read as text; /sys's say 4,096 and read fewer; a pipe given
+    by name has no size."""
     proc = "/proc/self/status"
     if os.path.exists(proc):
         assert "".join(p.text for p in read_pieces(resolve_sources([proc]))).startswith("Name:")
+    sysfs = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if os.path.exists(sysfs) and os.stat(sysfs).st_size > len(open(sysfs, "rb").read()):
+        assert "".join(p.text for p in read_pieces(resolve_sources([sysfs]))) == open(sysfs).read()
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)
     writer = threading.Thread(target=lambda: fifo.write_text("words through a pipe\n"))

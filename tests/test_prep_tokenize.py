@@ -1198,8 +1198,8 @@ def test_an_input_appended_to_during_the_run_is_refused_and_the_old_dataset_stay
 
     monkeypatch.setattr(corpus_module, "_read_text", read_then_append)
     result = invoke(src, "--out", out, "--overwrite", "--quiet", "--chunk-size", 1000)
-    assert_user_error(result, f"{src}: changed while it was read (12,000 bytes when it was opened, 12,012 read, "
-                              f"12,012 now): tokenize a copy that nothing writes to")
+    assert_user_error(result, f"{src}: changed while it was read (12,000 bytes when it was opened, 12,012 at the "
+                              f"end, 12,012 read): tokenize a copy that nothing writes to")
     assert read_meta(out) == old_meta and leftovers(tmp_path, "out") == []
 
 
