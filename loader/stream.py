@@ -86,7 +86,8 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
         raise LoaderError(f"{text}: not a regular file (a {file_kind(p.stat().st_mode)}), not a shard")
     else:
         raise LoaderError(f"{text}: no such file or directory")
-    for directory in dict.fromkeys(m.parent for m in matches):  # a killed `prep tokenize`'s: its first shards only
+    # a killed `prep tokenize`'s directory (a link's too): its first shards only
+    for directory in dict.fromkeys(d for m in matches for d in _directories_of(m)):
         try:
             check_finished(directory)
         except ValueError as e:
@@ -99,6 +100,11 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
                           f"or pass the dataset directory")
     return matches
+
+
+def _directories_of(path: Path) -> list[Path]:
+    """The directory holding `path`, and, for a symbolic link, the one holding the file it leads to."""
+    return [path.parent, Path(os.path.realpath(path)).parent] if path.is_symlink() else [path.parent]
 
 
 def _glob_order(path: Path) -> tuple:

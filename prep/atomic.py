@@ -230,13 +230,14 @@ def stops_raise(exception: Callable[[], BaseException] = SignalStop):
 
 
 @contextlib.contextmanager
-def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
+def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM), deliver: bool = True):
     """Defer SIGINT and SIGTERM (or `signums`) to the end of the block, for what a Ctrl-C must
     not cut in two: prep's install (between its two renames there is no dataset under the
     target's name) and train.py's checkpoint write (torch's zip writer turns an interrupt into
     a RuntimeError about the file position). Yields the list of signals that arrived; they
     are delivered (to the handlers that were there) once the block has completed, and
-    dropped if it raised: its error is the one to report.
+    dropped if it raised: its error is the one to report, or with `deliver` False (a stop
+    under way already: they would cut short what it does next).
 
     Python handlers, not a signal mask: a mask is per thread, and the kernel hands a process's
     signal to any thread not masking it (tqdm's monitor, the worker pool's threads), whose C
@@ -258,6 +259,8 @@ def signals_deferred(signums: Iterable[int] = (signal.SIGINT, signal.SIGTERM)):
     finally:
         for signum, handler in previous.items():
             _signal.signal(signum, handler)
+    if not deliver:
+        return
     # in order, each with the time it came: a second Ctrl-C stays a second one (train.py: stop at once).
     # A caller may have cleared `received` (dropped what came so far): the times of those after it
     # are the last ones.

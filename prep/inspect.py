@@ -84,6 +84,8 @@ def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Pa
         raise UserError(problem)
     try:  # a killed `prep tokenize`'s directory, or a shard in it: no dataset to report on or verify
         check_finished(directory.parent if directory.is_file() else directory)
+        if directory.is_file() and directory.is_symlink():  # a link to a shard there
+            check_finished(Path(os.path.realpath(directory)).parent)
     except ValueError as e:
         raise UserError(str(e)) from None
     return directory

@@ -379,8 +379,6 @@ class AtomicDirectory:
         """Remove the temporary directory and the parents made for it. A Ctrl-C, SIGTERM or
         SIGHUP meanwhile waits for the removal (it would cut it short, and leave thousands of
         shards behind): dropped when `stopping` (a stop is under way already), else delivered."""
-        with signals_deferred((signal.SIGINT, signal.SIGTERM, *HANGUP)) as received:
+        with signals_deferred((signal.SIGINT, signal.SIGTERM, *HANGUP), deliver=not stopping):
             shutil.rmtree(self.tmp, ignore_errors=True)
             remove_empty(reversed(self._created))
-            if stopping:
-                received.clear()

@@ -126,6 +126,22 @@ def test_held_signals_are_delivered_in_order_each_with_the_time_it_came():
         signal.signal(signal.SIGINT, previous)
 
 
+def test_held_signals_are_dropped_where_they_are_not_to_be_delivered():
+    """prep tokenize's removal of its temporary directory after a stop: a second Ctrl-C waits
+    for it, and is then dropped (the stop is under way), not raised at the first one's report."""
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append(number))
+    try:
+        with signals_deferred(deliver=False) as received:
+            signal.raise_signal(signal.SIGINT)
+            assert received == [signal.SIGINT]
+        assert seen == []
+        signal.raise_signal(signal.SIGINT)  # the handler is back
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_held_signals_keep_their_times_through_nested_deferrals_and_a_clear():
     """train.py's in-step checkpoint write defers signals inside a block that defers them too:
     the inner block delivers its held signals to the outer one's handler, which took that

@@ -198,6 +198,9 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
               "directory, ", "/g, or one shard file)"]),
     "unfinished": (lambda t: (make_dataset(t / ".u.tmp-7", {"train": [tokens(10)]}) / "UNFINISHED").touch() or
                    t / ".u.tmp-7", [], [".u.tmp-7: an unfinished `prep tokenize` output"]),
+    "link_into_unfinished": (lambda t: (make_dataset(t / ".u.tmp-8", {"train": [tokens(10)]}) / "UNFINISHED").touch()
+                             or (t / "x_train.bin").symlink_to(t / ".u.tmp-8" / "ds_train_000000.bin") or
+                             t / "x_train.bin", [], [".u.tmp-8: an unfinished `prep tokenize` output"]),
     # a file is read as one shard; one that is none at all is refused as the loader refuses it
     "file": (lambda t: (t / "f.txt").write_text("x") and t / "f.txt", [], ["f.txt: not a token shard",
                                                                           "tokenize it first with `prep tokenize"]),

@@ -294,11 +294,11 @@ def test_a_ctrl_c_just_before_the_install_leaves_the_old_dataset_and_no_temporar
     real_deferral, calls = output.signals_deferred, []
 
     @contextlib.contextmanager
-    def interrupted_before_deferring(*signums):
-        calls.append(signums)
+    def interrupted_before_deferring(*args, **kwargs):
+        calls.append(args)
         if len(calls) == 1:  # the install's: the Ctrl-C comes first (the cleanup's is the real one)
             raise KeyboardInterrupt
-        with real_deferral(*signums) as received:
+        with real_deferral(*args, **kwargs) as received:
             yield received
 
     monkeypatch.setattr(output, "signals_deferred", interrupted_before_deferring)

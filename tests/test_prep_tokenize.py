@@ -1252,7 +1252,9 @@ def test_sigkill_mid_run_leaves_no_dataset_and_rerun_succeeds(tmp_path):
         assert read_meta(out) == old_meta  # the target is the old dataset, untouched
         # whole shards, no meta.json: marked, so that no reader takes the first shards for the dataset
         assert tmp_dir.is_dir() and not (tmp_dir / "meta.json").exists()
-        for where in (tmp_dir, tmp_dir / "*_train_*.bin", next(tmp_dir.glob("*_train_*.bin"))):
+        (tmp_path / "link_train.bin").symlink_to(next(tmp_dir.glob("*_train_*.bin")))  # a link to one there too
+        for where in (tmp_dir, tmp_dir / "*_train_*.bin", next(tmp_dir.glob("*_train_*.bin")),
+                      tmp_path / "link_train.bin"):
             with pytest.raises(LoaderError, match=r"an unfinished `prep tokenize` output"):
                 TokenLoader(where, B=1, T=4)
         for command in ("info", "verify"):
