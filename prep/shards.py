@@ -232,29 +232,36 @@ def not_a_shard_file(path: Path, text: str) -> str | None:
         return None
     if path.stat().st_size == 0:  # no text to tokenize either: prep tokenize refuses it
         return f"{text}: an empty file, not a token shard (a shard is a 1024-byte header, then its tokens)"
+    weights = weights_file(path)  # "tokenize it first" sent a checkpoint to prep tokenize
+    instead = (": a checkpoint goes to train.py's --resume or --init-from, or to sample.py; shards are what "
+               "`prep tokenize` writes")
+    if weights == TORCH_SAVE:  # a zip holding data.pkl (pytorch_model.bin, of any size): no raw tokens
+        return f"{text}: {weights}, not a token shard{instead}"
     if looks_like_raw_tokens(path):  # nanoGPT's train.bin: no text to tokenize in it
         return f"{text}: not a token shard ({why}), it looks like raw tokens: {raw_tokens_hint(path.parent)}"
-    weights = weights_file(path)
-    if weights is not None:  # "tokenize it first" sent a checkpoint to prep tokenize
-        return (f"{text}: {weights}, not a token shard: a checkpoint goes to train.py's --resume or --init-from, "
-                f"or to sample.py; shards are what `prep tokenize` writes")
+    if weights is not None:
+        return f"{text}: {weights}, not a token shard{instead}"
     from prep.corpus import not_utf8_error  # (here: a file format's check needs no corpus reader up front)
 
     unreadable = not_utf8_error(path, "text")  # compressed, UTF-16: `prep tokenize` would refuse it as it is
     if unreadable is not None:
-        return f"{text}: not a token shard ({why}); to tokenize it: {str(unreadable).split(': ', 1)[-1]}"
+        said = str(unreadable)  # "<path>: gzip-compressed; ..."
+        said = said[len(f"{path}: "):] if said.startswith(f"{path}: ") else said
+        return f"{text}: not a token shard ({why}); to tokenize it: {said}"
     return (f"{text}: not a token shard ({why}): tokenize it first with `prep tokenize {shlex.quote(text)}` and "
             f"pass the dataset directory it writes")
 
 
 TORCH_SAVE = "a torch.save file (a checkpoint, or model weights)"
+PICKLE = "a Python pickle (as an older torch.save writes checkpoints and weights)"
 SAFETENSORS = "a safetensors file (model weights, as Hugging Face's model.safetensors)"
 
 
 def weights_file(path: str | os.PathLike) -> str | None:
-    """TORCH_SAVE or SAFETENSORS where `path` begins as such a file (torch.save's zip, with its
-    data.pkl; an older torch.save's pickle; a little-endian u64 header length that fits the
-    file, then its JSON's "{"), else None: what a reader of tokens says instead of "bad magic"."""
+    """TORCH_SAVE, PICKLE or SAFETENSORS where `path` begins as such a file (torch.save's zip,
+    with its data.pkl; a pickle of protocol 2 to 5, as an older torch.save wrote, or any
+    program; a little-endian u64 header length that fits the file, then its JSON's "{"), else
+    None: what a reader of tokens says instead of "bad magic"."""
     try:
         with open(path, "rb") as f:
             start, size = f.read(9), os.fstat(f.fileno()).st_size
@@ -268,7 +275,7 @@ def weights_file(path: str | os.PathLike) -> str | None:
     except OSError:
         return None
     if start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle protocol 2-5
-        return TORCH_SAVE
+        return PICKLE
     if len(start) == 9 and start[8:] == b"{" and 0 < int.from_bytes(start[:8], "little") <= size - 8:
         return SAFETENSORS
     return None

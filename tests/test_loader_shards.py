@@ -643,9 +643,16 @@ def test_a_checkpoint_weights_or_compressed_text_given_as_shards_says_what_it_is
     header = json.dumps({"wte": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     (tmp_path / "input.txt.gz").write_bytes(gzip.compress(b"some text\n"))
+    (tmp_path / "my: notes.gz").write_bytes(gzip.compress(b"some text\n"))  # ": " in its name
+    for count in range(1, 12):  # a .bin of an even size: called raw tokens, where it is none
+        torch.save({f"w{i}": torch.zeros(4) for i in range(count)}, tmp_path / "pytorch_model.bin")
+        if (tmp_path / "pytorch_model.bin").stat().st_size % 2 == 0:
+            break
+    assert (tmp_path / "pytorch_model.bin").stat().st_size % 2 == 0
     torch_file = "a torch.save file (a checkpoint, or model weights)"
     for name, said in [
-            ("ckpt_000010.pt", torch_file), ("legacy.pt", torch_file),
+            ("ckpt_000010.pt", torch_file), ("pytorch_model.bin", torch_file),
+            ("legacy.pt", "a Python pickle (as an older torch.save writes checkpoints and weights)"),
             ("model.safetensors", "a safetensors file (model weights, as Hugging Face's model.safetensors)")]:
         with pytest.raises(LoaderError) as e:
             TokenLoader(tmp_path / name, B=1, T=8)
@@ -657,6 +664,9 @@ def test_a_checkpoint_weights_or_compressed_text_given_as_shards_says_what_it_is
     assert re.fullmatch(rf"{re.escape(str(gz))}: not a token shard \(bad magic \d+, expected 20240520\); to tokenize "
                         rf"it: gzip-compressed; decompress it first, or stream it .*: zcat {re.escape(str(gz))} \| "
                         rf"prep tokenize -", str(e.value)), str(e.value)
+    with pytest.raises(LoaderError) as e:
+        TokenLoader(tmp_path / "my: notes.gz", B=1, T=8)
+    assert "; to tokenize it: gzip-compressed; decompress it first" in str(e.value), str(e.value)
     (tmp_path / "notes.zip").write_bytes(b"PK\x03\x04" + bytes(40))  # a zip that is no torch file: as before
     with pytest.raises(LoaderError, match="; to tokenize it: zip-compressed"):
         TokenLoader(tmp_path / "notes.zip", B=1, T=8)
