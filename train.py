@@ -371,6 +371,8 @@ def _resumed_data(cfg: TrainConfig) -> str:
     try:
         found = list_checkpoints(cfg.out) if cfg.resume == "auto" else [(0, Path(cfg.resume))]
         path = found[-1][1]
+        if not path.is_file():  # a FIFO's open would wait for a writer
+            return ""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read

@@ -4083,6 +4083,7 @@ def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.timeout(120)  # a hang guard (a FIFO's open), not a speed check
 def test_a_resume_without_data_among_several_datasets_names_the_one_its_checkpoint_trained_on(tmp_path,
                                                                                                  monkeypatch):
     """The checkpoint records its run's --data; the error listed the datasets without it."""
@@ -4095,8 +4096,10 @@ def test_a_resume_without_data_among_several_datasets_names_the_one_its_checkpoi
         assert result.exit_code == 2 and result.stderr == (
             "Error: 2 datasets under data/ (data/a, data/b): choose one with --data; run/ckpt_000002.pt trained on "
             "--data data/b\n"), result.output
-    # no checkpoint to read it from: the error as it was
-    for given in (["--resume", "auto", "--out", "fresh"], ["--resume", "run/gone.pt", "--out", "run"]):
+    # no checkpoint to read it from: the error as it was (a FIFO's open waited for a writer for ever)
+    os.mkfifo(tmp_path / "fifo")
+    for given in (["--resume", "auto", "--out", "fresh"], ["--resume", "run/gone.pt", "--out", "run"],
+                  ["--resume", "fifo", "--out", "run"]):
         result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", *given])
         assert result.stderr == "Error: 2 datasets under data/ (data/a, data/b): choose one with --data\n"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt_000002.pt", "metrics.jsonl"]
