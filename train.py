@@ -320,6 +320,11 @@ def _is_dataset(directory: Path) -> bool:
     return has_meta or bool(find_shards(directory, "train"))
 
 
+def _count_of(n: int, thing: str) -> str:
+    """"1 step", "3 steps": a count and its noun, plural but for one."""
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
 def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     """--data as given, or the one dataset under ./data (itself or a sub-directory).
 
@@ -2639,11 +2644,13 @@ def print_facts(s: Session) -> None:
         epochs = cfg.steps * accum / E
         if cfg.warmup_steps >= cfg.steps:  # the note below says so too
             after = f", which --steps {cfg.steps} ends (at {lr_at(cfg.steps - 1, cfg):g}): no decay"
+        elif cfg.final_lr == cfg.lr:  # --min-lr equal to --lr: the cosine has nowhere to go
+            after = ", then constant (--min-lr is --lr)"
         else:
             after = f", then cosine decay to {cfg.final_lr:g}, reached after step {cfg.steps}"
-        warm_up = (f"linear warm-up to {cfg.lr:g} over {cfg.warmup_steps} steps" if cfg.warmup_steps
+        warm_up = (f"linear warm-up to {cfg.lr:g} over {_count_of(cfg.warmup_steps, 'step')}" if cfg.warmup_steps
                    else f"{cfg.lr:g} from the first step")
-        say(f"steps: {cfg.steps} ({epochs:.3g} epochs); lr: {warm_up}{after}")
+        say(f"steps: {cfg.steps} ({epochs:.3g} epoch{'' if f'{epochs:.3g}' == '1' else 's'}); lr: {warm_up}{after}")
     if s.resumed_from is not None:
         say(f"resumed from {s.resumed_from} at step {s.start_step}")
     elif cfg.init_from is not None:  # (not with --bench: refused)
@@ -3583,8 +3590,8 @@ def bench_loop(s: Session) -> dict:
     }
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        _echo(f"bench: {cfg.bench_steps} timed steps per feed after {cfg.bench_warmup} warm-up "
-              f"step{'s' if cfg.bench_warmup != 1 else ''} and {max(first, 1)} untimed per feed, "
+        _echo(f"bench: {_count_of(cfg.bench_steps, 'timed step')} per feed after "
+              f"{_count_of(cfg.bench_warmup, 'warm-up step')} and {max(first, 1)} untimed per feed, "
               f"{s.tokens_per_step:,} tokens/step")
         _echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
               f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "

@@ -85,7 +85,7 @@ def test_startup_facts_on_tiny_shakespeare(tmp_path, capsys):
                                   data=str(data), out=str(tmp_path / "o2"), quiet=True, device="cpu"))
     out = capsys.readouterr().out
     assert "steps per epoch: 2,640 (B=4 x T=32, world size 1) = 660 optimizer steps of 4 micro-batches\n" in out
-    assert ("steps: 2 (0.00303 epochs); lr: linear warm-up to 0.0006 over 1 steps, "
+    assert ("steps: 2 (0.00303 epochs); lr: linear warm-up to 0.0006 over 1 step, "
             "then cosine decay to 6e-05, reached after step 2\n") in out
 
 
@@ -102,6 +102,11 @@ def test_the_schedule_line_of_a_run_shorter_than_its_warm_up_says_no_decay(tmp_p
     assert train.optimizer_steps_per_epoch(2376, 2) == "1,188" and train.optimizer_steps_per_epoch(9, 2) == "4.50"
     train.train(cfg(tmp_path / "c", dataset, steps=3, warmup_steps=0, quiet=False))  # no "warm-up over 0 steps"
     assert "lr: 0.0006 from the first step, then cosine decay to 6e-05, reached after step 3\n" in capsys.readouterr().out
+    # --min-lr equal to --lr: "then cosine decay to 0.0006"; and one epoch, not "1 epochs"
+    E = train.steps_per_epoch(300, 2, 16, 1)
+    train.train(cfg(tmp_path / "d", dataset, steps=E, warmup_steps=0, min_lr=6e-4, quiet=False))
+    assert f"steps: {E} (1 epoch); lr: 0.0006 from the first step, then constant (--min-lr is --lr)\n" in (
+        capsys.readouterr().out)
 
 
 def test_a_compile_mode_without_compile_is_a_note(tmp_path, dataset, capsys):
