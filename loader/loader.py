@@ -238,7 +238,18 @@ class TokenLoader:
         # The window now lives in `tokens` (on CUDA: its copy is guarded by the event), so the
         # buffer goes back at once; last, because waking the thread makes it bid for the GIL,
         # which every torch call above releases and would then have to win back.
-        self._give_back()
+        try:
+            self._give_back()
+        except BaseException:
+            # A Ctrl-C that the caller catches, landing after the buffer was queued back and
+            # before `_held` was cleared: the next call gave it back again, the ring held it
+            # twice, and the thread refilled a window still waiting to be read (later windows
+            # wrong, without a word). No window was given: the step is taken back, and the
+            # thread starts afresh at it on the next call, as in _take.
+            self._step -= 1
+            if self._prefetcher is not None and not self._prefetcher.failed:
+                self._discard_prefetched()
+            raise
         return x, y
 
     def _take(self) -> int:

@@ -60,7 +60,7 @@ def _run(fill: Callable[[int, int], None], step: int, free, ready, events, stopp
     try:
         while True:
             index = free.get()
-            if index == _STOP or stopping.is_set():
+            if index == _STOP or stopping.raised:
                 return
             wait_for_copy(events, index)
             fill(index, step)
@@ -68,6 +68,20 @@ def _run(fill: Callable[[int, int], None], step: int, free, ready, events, stopp
             step += 1
     except BaseException as e:  # noqa: BLE001 - everything must reach the consumer
         ready.put(_Failure(e))
+
+
+class StopFlag:
+    """The thread's "stop now", set without a lock. threading.Event.set() takes one, and a
+    Ctrl-C that the caller catches, landing just as it did, left it held: the next stop (the
+    loader's restart after that Ctrl-C) waited on it for good. An attribute set is one step."""
+
+    __slots__ = ("raised",)
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def set(self) -> None:
+        self.raised = True
 
 
 class Prefetcher:
@@ -85,7 +99,7 @@ class Prefetcher:
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._failure: _Failure | None = None
         self._again: tuple[int, int] | None = None  # (index, step) put back, served before `ready`
-        self._stopping = threading.Event()
+        self._stopping = StopFlag()
         for index in indices:
             self._free.put(index)
         self._thread = threading.Thread(
@@ -154,7 +168,7 @@ class Prefetcher:
         return partial(_stop_thread, self._thread, self._stopping, self._free)
 
 
-def _stop_thread(thread: threading.Thread, stopping: threading.Event, free: queue.SimpleQueue) -> None:
+def _stop_thread(thread: threading.Thread, stopping: StopFlag, free: queue.SimpleQueue) -> None:
     """Ask `thread` to exit and join it. Idempotent.
 
     The loader's finalizer calls this, and the garbage collector may run it on the prefetch
