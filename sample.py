@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import codecs
 import math
-import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 # (prep.atomic imports the standard library's only: ready before the slow imports below)
-from prep.atomic import SignalStop, ignore_stops_at_the_end, interrupt_exits_while_importing, stops_raise
+from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing, stops_raise
 
 if __name__ == "__main__":
     ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
@@ -228,13 +226,8 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
             GPTConfig.preset(preset)
         except ValueError as e:
             raise UserError(f"--model: {e}") from None
-    try:  # SIGTERM or SIGHUP: the line being streamed ends, and one line says so, as at a Ctrl-C
-        with stops_raise():
-            draw_samples(Path(ckpt), prompt, num_samples, max_new_tokens, temperature, top_k, seed, device, preset,
-                         n_head)
-    except SignalStop as e:
-        click.echo(f"{click.get_current_context().command_path}: stopped by {signal.Signals(e.signum).name}", err=True)
-        sys.exit(128 + e.signum)
+    with stops_raise():  # SIGTERM or SIGHUP: the streamed line ends, and UserCommand says which stopped it
+        draw_samples(Path(ckpt), prompt, num_samples, max_new_tokens, temperature, top_k, seed, device, preset, n_head)
 
 
 def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from prep.atomic import HANGUP, stops_exit_at_once
+from prep.atomic import HANGUP, SignalStop, stops_exit_at_once
 
 
 def plain_numbers(config: object) -> None:
@@ -263,7 +263,10 @@ class _OneLineUsage:
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
-        except KeyboardInterrupt:  # Ctrl-C: click would say "Aborted!" and exit 1
+        except KeyboardInterrupt as e:  # Ctrl-C: click would say "Aborted!" and exit 1
+            if isinstance(e, SignalStop):  # SIGTERM or SIGHUP, raised within stops_raise
+                click.echo(f"{ctx.command_path}: stopped by {signal.Signals(e.signum).name}", err=True)
+                sys.exit(128 + e.signum)
             click.echo(f"{ctx.command_path}: interrupted", err=True)
             sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
         except OSError as e:
