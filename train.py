@@ -543,20 +543,27 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     if not theirs or (resume_path is not None and not resume_path.is_file()):
         return  # (a --resume that is no checkpoint file gets its own error when it is loaded)
     if resume_path is None:
-        remedy = ("continue it with --resume auto" if checkpoints and init_from is None else
-                  f"move {' and '.join(str(out / name) for name in theirs)} away" +
-                  ("" if init_from is not None else
-                   ", start again with --resume auto (it keeps " +
-                   (f"it as {theirs[0]}" if len(theirs) == 1 else "them as <name>") + ".before-<time>)"))
-        raise UserError(
-            f"--out {out} holds an earlier run's {' and '.join(theirs)}: {remedy}, or choose another --out"
-        )
+        raise UserError(f"--out {out} holds an earlier run's {' and '.join(theirs)}: "
+                        f"{_earlier_run_remedy(out, theirs, bool(checkpoints), init_from)}, or choose another --out")
     # the directory the checkpoint is in (a checkpoint there may be a link to elsewhere)
     if resume_path.absolute().parent.resolve() != out.resolve():
         raise UserError(
             f"--out {out} holds another run's {' and '.join(theirs)}; resuming --resume {resume_path} "
             f"there would mix the two: choose an empty --out, or resume from a checkpoint in {out}"
         )
+
+
+def _earlier_run_remedy(out: Path, names: list[str], checkpoints: bool, init_from: str | None) -> str:
+    """What a fresh run refused by an earlier run's files `names` in `out` says to do: continue
+    it where it left a checkpoint; else move them away, or (not a fine-tune) start again with
+    --resume auto, which keeps them under new names (set_aside_logs)."""
+    if checkpoints and init_from is None:
+        return "continue it with --resume auto"
+    remedy = f"move {' and '.join(str(out / name) for name in names)} away"
+    if init_from is None:
+        kept = f"it as {names[0]}" if len(names) == 1 else "them as <name>"
+        remedy += f", start again with --resume auto (it keeps {kept}.before-<time>)"
+    return remedy
 
 
 @dataclass
@@ -2418,10 +2425,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 # a fresh run would empty, or leave beside it (without --log-windows) as its own
                 own = log_path(out, rt.rank)
                 if _nonempty_file(own):
-                    remedy = ("continue it with --resume auto" if list_checkpoints(out) and cfg.init_from is None
-                              else f"move {own} away" + ("" if cfg.init_from is not None else
-                                                        ", start again with --resume auto (it keeps it as "
-                                                        f"{own.name}.before-<time>)"))
+                    remedy = _earlier_run_remedy(out, [own.name], bool(list_checkpoints(out)), cfg.init_from)
                     raise UserError(f"--out {out} holds an earlier run's {own.name}: {remedy}, or choose another --out")
         train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
