@@ -33,7 +33,7 @@ import numpy as np
 
 from loader.errors import LoaderError
 from prep.atomic import file_identity
-from prep.meta import check_finished, meta_splits, read_meta
+from prep.meta import check_finished, meta_splits, read_meta, shard_directories
 from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, file_sha256, named_split, not_a_shard_file,
                          open_shard, read_header, split_files_in)
 
@@ -87,7 +87,7 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
     else:
         raise LoaderError(f"{text}: no such file or directory")
     # a killed `prep tokenize`'s directory (a link's too): its first shards only
-    for directory in dict.fromkeys(d for m in matches for d in _directories_of(m)):
+    for directory in dict.fromkeys(d for m in matches for d in shard_directories(m)):
         try:
             check_finished(directory)
         except ValueError as e:
@@ -100,11 +100,6 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
                           f"or pass the dataset directory")
     return matches
-
-
-def _directories_of(path: Path) -> list[Path]:
-    """The directory holding `path`, and, for a symbolic link, the one holding the file it leads to."""
-    return [path.parent, Path(os.path.realpath(path)).parent] if path.is_symlink() else [path.parent]
 
 
 def _glob_order(path: Path) -> tuple:

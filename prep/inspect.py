@@ -19,7 +19,8 @@ from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError, bar_disable
-from prep.meta import META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, unlisted_shards
+from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, shard_directories,
+                       unlisted_shards)
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
                          named_split, not_a_shard_file, open_shard, read_header, shard_file_bytes, split_files_in,
@@ -83,9 +84,8 @@ def _check_directory(directory: str | os.PathLike, file_too: bool = False) -> Pa
     if problem is not None:
         raise UserError(problem)
     try:  # a killed `prep tokenize`'s directory, or a shard in it: no dataset to report on or verify
-        check_finished(directory.parent if directory.is_file() else directory)
-        if directory.is_file() and directory.is_symlink():  # a link to a shard there
-            check_finished(Path(os.path.realpath(directory)).parent)
+        for where in shard_directories(directory) if directory.is_file() else [directory]:
+            check_finished(where)
     except ValueError as e:
         raise UserError(str(e)) from None
     return directory

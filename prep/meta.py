@@ -203,6 +203,13 @@ def check_finished(directory: str | os.PathLike) -> None:
                          f"(it removes what a stopped run left)")
 
 
+def shard_directories(path: Path) -> list[Path]:
+    """The directory holding the file `path`, and, for a symbolic link, the one holding the file
+    it leads to: where check_finished looks for a shard given alone (a link into a killed
+    `prep tokenize`'s directory is its first shards all the same)."""
+    return [path.parent, Path(os.path.realpath(path)).parent] if path.is_symlink() else [path.parent]
+
+
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     """Write meta.json (complete file first, then rename, so a reader never sees half of it)."""
     path = Path(directory) / META_NAME
