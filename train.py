@@ -2471,6 +2471,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size, train_loader.shards)
                       if cfg.eval_every and not cfg.bench else None)
         if cfg.val_data is not None and not (cfg.eval_every and not cfg.bench):
+            val_split_tokens(cfg.val_data, given=True, split=val_data_split(cfg.val_data))  # a typo is still one
             notes.append(f"--val-data has no effect: {'--bench' if cfg.bench else '--eval-every 0'} runs no validation")
         ignored = [f"--{_flag(f.name)}" for f in dataclasses.fields(cfg)
                    if cfg.bench and f.name in BENCH_IGNORES and getattr(cfg, f.name) != f.default]

@@ -767,6 +767,12 @@ def test_val_data_from_elsewhere_is_the_same_validation(tmp_path, dataset, capsy
     assert metrics(tmp_path / "split")[-1]["val_loss"] is not None
     train.train(cfg(tmp_path, dataset, val_data=val, eval_every=0, steps=1, out=str(tmp_path / "off")))
     assert "note: --val-data has no effect: --eval-every 0 runs no validation" in capsys.readouterr().out
+    # of no effect, but a typo is still caught: the run does not start on a path that names nothing
+    for off in (dict(eval_every=0), dict(bench=True)):
+        with pytest.raises(train.UserError, match=r"^--val-data .*/t_vla_\*\.bin: no shard files match"):
+            train.train(cfg(tmp_path, dataset, val_data=str(dataset / "t_vla_*.bin"), steps=1,
+                            out=str(tmp_path / "typo"), **off))
+        assert not (tmp_path / "typo").exists()
 
 
 def test_a_resume_on_shards_no_meta_json_lists_hashes_them_against_the_checkpoint(tmp_path, capsys):
