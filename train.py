@@ -2662,8 +2662,9 @@ def print_facts(s: Session) -> None:
         say(f"weights: from {cfg.init_from} (fine-tuning: optimizer, schedule and data start afresh)")
     if s.val_loader is not None:
         of = f"{cfg.val_data} " if cfg.val_data else "the val split "
-        say(f"validation: {_batches(s.val_batches, rt.world)} of {of}({s.val_loader.num_tokens:,} tokens) "
-            f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
+        when = (f"once, of the checkpoint (step {cfg.steps} is the last)" if s.start_step == cfg.steps else
+                f"{'at step 0, ' if s.start_step == 0 else ''}every {cfg.eval_every} steps and at the end")
+        say(f"validation: {_batches(s.val_batches, rt.world)} of {of}({s.val_loader.num_tokens:,} tokens) {when}")
     for note in s.notes:
         say(f"note: {note}")
 

@@ -1751,6 +1751,7 @@ def test_resume_at_the_last_step_evaluates_the_checkpoint(tmp_path, dataset, cap
     assert summary["steps"] == 0 and summary["val_loss"] == last
     out = capsys.readouterr().out
     assert f"step 2: val loss {last:.4f}\n" in out
+    assert "validation: 6 batches of the val split (200 tokens) once, of the checkpoint (step 2 is the last)\n" in out
     # (6 batches: all the 200 val tokens hold of 2x16, fewer than --eval-steps 20)
     assert f"done: already at step 2 of --steps 2, nothing to train; val loss {last:.4f} (6 batches)" in out
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
