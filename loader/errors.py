@@ -25,10 +25,13 @@ class TokenRangeError(LoaderError):
     (a device-side assert on CUDA) inside the embedding."""
 
 
-def check_int(label: str, value: object, minimum: int) -> int:
+def check_int(label: str, value: object, minimum: int, maximum: int | None = None) -> int:
     """`value` as a Python int, or a clear LoaderError unless it is an integer (not a bool) >=
-    `minimum`. numpy integers are taken, and made plain ints: kept as they are, they would
-    reach the loader's state, which json.dumps and torch.load(weights_only=True) refuse."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise LoaderError(f"{label} must be an integer >= {minimum}, got {value!r}")
+    `minimum` (and <= `maximum`, when given). numpy integers are taken, and made plain ints: kept
+    as they are, they would reach the loader's state, which json.dumps and
+    torch.load(weights_only=True) refuse."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise LoaderError(f"{label} must be an integer {bounds}, got {value!r}")
     return int(value)

@@ -20,6 +20,7 @@ from prep.meta import portable_name
 from prep.shards import token_out_of_range
 
 STATE_FORMAT = 1
+MAX_PREFETCH = 1024  # the deepest prefetch taken: a depth of 2 to 8 hides the copies
 
 
 def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int | None, arrays,
@@ -101,8 +102,8 @@ class TokenLoader:
     copied straight from the maps into a reused uint16 buffer, pinned when CUDA is available.
     `next_batch(device)` ships those 2-byte tokens and widens them to int64 on the device.
 
-    Prefetch: with `prefetch=d > 0` a daemon thread keeps up to d windows ready in a ring of
-    d + 1 buffers; `prefetch=0` fills synchronously in the caller (a ring of 2). The depth
+    Prefetch: with `prefetch=d > 0` (at most MAX_PREFETCH) a daemon thread keeps up to d windows
+    ready in a ring of d + 1 buffers; `prefetch=0` fills synchronously in the caller (a ring of 2). The depth
     never changes which tokens come out. An exception in the thread is re-raised by the next
     `next_window()` / `next_batch()`. `close()` (or `with TokenLoader(...)`, or garbage
     collection) stops and joins it. A Ctrl-C (KeyboardInterrupt) that the caller catches
@@ -144,7 +145,9 @@ class TokenLoader:
         vocab_size: int | None = None,
     ):
         B, T, world = check_int("B", B, 1), check_int("T", T, 1), check_int("world", world, 1)  # plain ints
-        rank, seed, prefetch = check_int("rank", rank, 0), check_int("seed", seed, 0), check_int("prefetch", prefetch, 0)
+        rank, seed = check_int("rank", rank, 0), check_int("seed", seed, 0)
+        # a ring of millions of buffers exhausts memory in its views before any allocation fails
+        prefetch = check_int("prefetch", prefetch, 0, MAX_PREFETCH)
         if rank >= world:
             raise LoaderError(f"rank must satisfy 0 <= rank < world={world}, got rank={rank}")
         if not isinstance(shuffle, bool):
@@ -152,6 +155,8 @@ class TokenLoader:
         if vocab_size is not None:
             vocab_size = check_int("vocab_size", vocab_size, 1)
         self._vocab_size = vocab_size
+        if pin_memory is not None and not isinstance(pin_memory, bool):  # "no" is truthy
+            raise LoaderError(f"pin_memory must be True, False or None (auto), got {pin_memory!r}")
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         elif pin_memory and not torch.cuda.is_available():

@@ -50,6 +50,8 @@ def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = Fals
     """
     if split not in SPLITS:
         raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise LoaderError(f"path must be a directory, a glob or a shard file (a str or a path), got {path!r}")
     text = os.fspath(path)
     paths = _resolve(text, split, allow_empty)
     seen: dict[tuple[int, int], Path] = {}

@@ -182,11 +182,12 @@ def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
         ({"world": 0}, "world must be an integer >= 1"),
         ({"rank": -1}, "rank must be an integer >= 0"),
         ({"rank": 2, "world": 2}, r"0 <= rank < world=2, got rank=2"),
-        ({"prefetch": -1}, "prefetch must be an integer >= 0"),
-        # torch's size arithmetic overflows; a ring larger than any address space (290 PB)
-        ({"prefetch": 2**62}, r"prefetch=4611686018427387904: a ring of .* buffers of B\*T\+1 = 129 tokens "
-                              r".*allocated"),
-        ({"prefetch": 2**50}, r"prefetch=1125899906842624: .*\(290,482,175,965,397,250 bytes\) cannot be allocated"),
+        ({"prefetch": -1}, "prefetch must be an integer from 0 to 1024, got -1"),
+        # a ring of millions of buffers filled memory with their views before any allocation failed
+        ({"prefetch": 1025}, "prefetch must be an integer from 0 to 1024, got 1025"),
+        ({"prefetch": 2**62}, "prefetch must be an integer from 0 to 1024, got 4611686018427387904"),
+        ({"pin_memory": "no"}, "pin_memory must be True, False or None \\(auto\\), got 'no'"),
+        ({"pin_memory": 1}, "pin_memory must be True, False or None \\(auto\\), got 1"),
         ({"seed": -5}, "seed must be an integer >= 0"),
         ({"shuffle": "yes"}, "shuffle must be True or False"),
         ({"split": "test"}, "split must be one of train, val"),
@@ -196,6 +197,23 @@ def test_bad_arguments_are_clear_errors(data, kwargs, message):
     path, _ = data
     with pytest.raises(LoaderError, match=message):
         TokenLoader(path, **kwargs)
+
+
+@pytest.mark.parametrize("path", [None, 3, b"data"])
+def test_a_path_that_is_no_path_is_a_clear_error(path):
+    with pytest.raises(LoaderError, match=f"path must be a directory, a glob or a shard file .*got {path!r}$"):
+        TokenLoader(path)
+
+
+def test_a_ring_too_big_for_memory_is_a_clear_error(data, monkeypatch):
+    """(B*T+1 tokens times prefetch + 1 buffers: a large window can fill memory at any depth)"""
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "empty", no_memory)
+    with pytest.raises(LoaderError, match=r"^prefetch=8: a ring of 9 buffers of B\*T\+1 = 129 tokens \(2,322 bytes\) "
+                                          r"cannot be allocated; a depth of 2 to 8 hides the copies$"):
+        TokenLoader(data[0], prefetch=8)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
