@@ -651,7 +651,8 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            # (the C scanner's "Invalid control character at" ends where its position went)
+            raise CorpusError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno})") from None
         except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nested too deeply
             why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
             raise CorpusError(f"{where}: not valid JSON ({why})") from None

@@ -242,6 +242,7 @@ def test_jsonl_documents_field_and_blank_lines(tmp_path):
     ('["a"]', r"c\.jsonl:2: expected a JSON object, got an array"),
     ("\x0c", r"c\.jsonl:2: not valid JSON \(Expecting value"),  # whitespace to str.strip(), not to JSON
     ("\xa0 \u3000", r"c\.jsonl:2: not valid JSON \(Expecting value"),
+    ('{"text": "a\tb"}', r"c\.jsonl:2: not valid JSON \(Invalid control character, column 12\)$"),  # a raw tab
     ('{"body": "a"}', r"c\.jsonl:2: no 'text' field \(keys: 'body'"),
     ('{"text": 3}', r"c\.jsonl:2: field 'text' is a number, not a string"),
     ('{"text": null}', r"c\.jsonl:2: field 'text' is null, not a string"),
