@@ -127,13 +127,13 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
             unnamed = split_files_in(directory)
             if not unnamed:
                 try:
-                    suffixes = {Path(name).suffix for name in os.listdir(directory)} & {".bin", ".npy"}
+                    files = sorted(name for name in os.listdir(directory) if Path(name).suffix in (".bin", ".npy"))
+                    example = _other_names_glob(directory, split, files)
                 except OSError:  # (listed just now)
-                    suffixes = {".bin"}
-                suffix = ".bin" if ".bin" in suffixes else ".npy"
-                unnamed = (f"; for other names pass a glob such as '{directory}/*{split}*{suffix}'" if suffixes else
-                           "; it holds no .bin or .npy file at all: pass the directory `prep tokenize` wrote "
-                           "(data/<name>)")
+                    files, example = [], f"{glob.escape(str(directory))}/*{split}*.bin"
+                unnamed = (f"; for other names pass a glob such as '{example}'" if example else
+                           "" if files else "; it holds no .bin or .npy file at all: pass the directory "
+                           "`prep tokenize` wrote (data/<name>)")
             raise LoaderError(
                 f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy){unnamed}")
         return paths
@@ -158,6 +158,24 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
             f"but its shards hold {total}"
         )
     return paths
+
+
+def _other_names_glob(directory: Path, split: str, files: list[str]) -> str | None:
+    """A glob (or one file) that takes a directory's .bin (else .npy) `files` named otherwise than
+    its shards are, for `split`: those whose names hold the split's, else all of them where none is
+    named as the other split's shard (that glob would be refused), else the first such file. None
+    where every file is named as the other split's shard: none is for `split`."""
+    others = [name for name in files if named_split(name) is None]
+    suffix = ".bin" if any(name.endswith(".bin") for name in others) else ".npy"
+    ours = [name for name in others if name.endswith(suffix)]
+    if not ours:
+        return None
+    where = glob.escape(str(directory))
+    if any(split in name for name in ours):
+        return f"{where}/*{split}*{suffix}"
+    if all(named_split(name) is None for name in files if name.endswith(suffix)):
+        return f"{where}/*{suffix}"
+    return f"{where}/{glob.escape(ours[0])}"
 
 
 def listed_digests(paths: list[Path]) -> list[str | None]:

@@ -467,18 +467,41 @@ def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
         TokenLoader(empty, split="val")
     (empty / "tokens.bin").write_bytes(b"")  # a file of other name: the glob that takes it
     with pytest.raises(LoaderError, match=rf"empty: no val shards .*; for other names pass a glob such as "
-                                          rf"'{re.escape(str(empty))}/\*val\*\.bin'$"):
+                                          rf"'{re.escape(str(empty))}/\*\.bin'$"):
         TokenLoader(empty, split="val")
     (empty / "tokens.bin").unlink()
     (empty / "tokens.npy").write_bytes(b"")  # build-nanogpt's kind, named otherwise: a glob of .npy files
     with pytest.raises(LoaderError, match=rf"empty: no val shards .*; for other names pass a glob such as "
-                                          rf"'{re.escape(str(empty))}/\*val\*\.npy'$"):
+                                          rf"'{re.escape(str(empty))}/\*\.npy'$"):
         TokenLoader(empty, split="val")
     (empty / "tokens.npy").unlink()
     (empty / "notes.txt").unlink()
     write_with_meta(empty, [300])
     with pytest.raises(LoaderError, match=r"meta.json: lists no val shards"):
         TokenLoader(empty, split="val", B=1, T=1)
+
+
+@pytest.mark.parametrize("names, suggested", [
+    (["tokens_a.bin", "tokens_b.bin"], "*.bin"),  # no name says a split: all of them
+    (["fineweb-train-00.bin", "fineweb-train-01.bin", "fineweb-val-00.bin"], "*train*.bin"),  # names that say it
+    (["tokens.bin", "x_val_000000.bin"], "tokens.bin"),  # *.bin would take the val shard: the file itself
+])
+def test_the_glob_suggested_for_other_names_takes_the_shards_there(tmp_path, names, suggested):
+    for seed, name in enumerate(names):
+        llmc_shard(tmp_path / name, tokens(300, seed))
+    with pytest.raises(LoaderError, match=r"no train shards .*; for other names pass a glob such as '(.*)'$") as e:
+        TokenLoader(tmp_path, B=1, T=8)
+    given = re.search(r"a glob such as '(.*)'$", str(e.value))[1]
+    assert given == f"{tmp_path}/{suggested}"
+    with TokenLoader(given, B=1, T=8, prefetch=0) as loader:  # as it says
+        assert loader.num_tokens > 0 and all(named_split(p.name) != "val" for p in loader.shards)
+
+
+def test_no_glob_is_suggested_where_every_shard_is_the_other_splits(tmp_path):
+    llmc_shard(tmp_path / "x_val_000000.bin", tokens(300, 1))
+    with pytest.raises(LoaderError, match=r"no train shards \(files named <name>_train\[_<index:06d>\]\.bin, "
+                                          r"or \.npy\)$"):
+        TokenLoader(tmp_path, B=1, T=8)
 
 
 @pytest.mark.parametrize(
