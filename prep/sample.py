@@ -184,7 +184,7 @@ def write_sample(
               default=Path("input.txt"), show_default=True, help="File to write the corpus to.")
 @click.option("--offline", is_flag=True, default=False, show_default=True,
               help="Do not try the network; write the offline fallback, pydoc_data.topics.")
-@click.option("--from", "source", type=click.Path(path_type=Path), default=None,
+@click.option("--from", "source", type=GivenPath(path_type=Path, current_ok=False), default=None,
               show_default="none: download tiny Shakespeare",
               help="Copy this local file instead of downloading; it is copied as it is, and the report says whether it is tiny Shakespeare (sha256).")
 @click.option("--overwrite", is_flag=True, default=False, show_default=True,

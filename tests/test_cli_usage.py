@@ -54,6 +54,11 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(tmp_path, mo
         assert_user_error(result, f"prep {args[0]}: Invalid value for '--out': '' is no path (an unset shell "
                                   f"variable?); name one")
         assert result.output.rstrip().endswith("name one")  # not ". for the current directory": refused there
+    # a file to copy: '' named the current directory ("--from .: is a directory")
+    result = CliRunner().invoke(prep_main, ["sample", "--from", "", "--out", "copy.txt"])
+    assert_user_error(result, "prep sample: Invalid value for '--from': '' is no path (an unset shell variable?); "
+                              "name one")
+    assert result.output.rstrip().endswith("name one")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
