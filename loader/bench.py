@@ -409,9 +409,9 @@ def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a user mistake as one line, like every other command here (argparse,
-    not click: the loader and its benchmark need only numpy, torch and prep's shard format;
-    click comes in with the audit's command line alone)."""
+    """argparse with a user mistake as one line, like every other command here (argparse, not
+    click, for this command line; click is imported all the same, with prep.errors' helpers for
+    standard output)."""
 
     def error(self, message: str):
         self.exit(2, f"Error: {self.prog}: {message}\n")
