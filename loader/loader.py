@@ -102,11 +102,12 @@ class TokenLoader:
     copied straight from the maps into a reused uint16 buffer, pinned when CUDA is available.
     `next_batch(device)` ships those 2-byte tokens and widens them to int64 on the device.
 
-    Prefetch: with `prefetch=d > 0` (at most MAX_PREFETCH) a daemon thread keeps up to d windows
-    ready in a ring of d + 1 buffers; `prefetch=0` fills synchronously in the caller (a ring of 2). The depth
-    never changes which tokens come out. An exception in the thread is re-raised by the next
-    `next_window()` / `next_batch()`. `close()` (or `with TokenLoader(...)`, or garbage
-    collection) stops and joins it. A Ctrl-C (KeyboardInterrupt) that the caller catches
+    Prefetch: with `prefetch=d > 0` (at most MAX_PREFETCH) a daemon thread fills a ring of d + 1
+    buffers ahead: d windows ready while the caller holds next_window()'s, d + 1 after
+    next_batch(), which gives its buffer back at once; `prefetch=0` fills synchronously in the
+    caller (a ring of 2). The depth never changes which tokens come out. An exception in the
+    thread is re-raised by the next `next_window()` / `next_batch()`. `close()` (or
+    `with TokenLoader(...)`, or garbage collection) stops and joins it. A Ctrl-C (KeyboardInterrupt) that the caller catches
     leaves the loader exact: the call it cut short gave no window, and `step` says which
     comes next (a window is skipped only where the interrupt lands after the call returned).
 
