@@ -180,9 +180,10 @@ def split_text(text: str, chunk_chars: int) -> list[str]:
 
 
 def document_chunks(pieces: Iterable[Piece], chunk_chars: int) -> Iterator[tuple[str, bool, int]]:
-    """(text, starts_document, bytes read since the last one) for every non-empty chunk.
+    """(text, starts_document, bytes read since the last one) for every non-empty chunk, and
+    last ("", False, bytes) where the corpus ends in empty documents, whose bytes it counts.
 
-    A document with no text yields no chunk, so it gets no EOT: empty documents are skipped.
+    A document with no text starts no chunk, so it gets no EOT: empty documents are skipped.
     """
     chunker, first, nbytes = Chunker(chunk_chars), False, 0
     for piece in pieces:
