@@ -516,12 +516,13 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
     holds one dataset's shards, each index once per split: two names would interleave in index
     order (a_0, b_0, a_1, ...) and pair one corpus's train split with another's val split, and
     llm.c's unindexed x_train.bin is the same index 0 as x_train_000000.bin. The loader,
-    `prep info` and `prep verify` agree on this one rule. A gap in a split's numbering is
-    refused too: in `split`'s only, where one is given (the loader's; the other split's gap is
-    no reason to refuse it)."""
+    `prep info` and `prep verify` agree on this one rule. A gap in a split's numbering, and a
+    shard numbered without padding, are refused too: in `split`'s only, where one is given (the
+    loader's; the other split's are no reason to refuse it, and its --val-data glob would not
+    help while the train split read the same directory refused it)."""
     directory = Path(directory)
     every = {split: find_shards(directory, split) for split in SPLITS}
-    _refuse_unpadded(directory)
+    _refuse_unpadded(directory, split)
     names = sorted({parse_shard_name(p.name)[0] for paths in every.values() for p in paths})
     if len(names) > 1:  # the glob: a dataset that has train shards, with their suffix (build-nanogpt's .npy)
         example = next((p for p in every["train"]), next(p for paths in every.values() for p in paths))
@@ -547,15 +548,17 @@ def dataset_shards(directory: str | os.PathLike, split: str | None = None) -> di
     return every
 
 
-def _refuse_unpadded(directory: Path) -> None:
-    """A ShardError for shard files numbered without 6-digit padding (x_train_1.bin): a
-    directory's shards are found by that index, so they were left out without a word, even
-    beside the padded ones of the same split. A glob takes them, in the order of their numbers."""
+def _refuse_unpadded(directory: Path, split: str | None = None) -> None:
+    """A ShardError for shard files numbered without 6-digit padding (x_train_1.bin), of `split`
+    where one is given, else of either: a directory's shards are found by that index, so they were
+    left out without a word, even beside the padded ones of the same split. A glob takes them, in
+    the order of their numbers."""
     try:
         names = os.listdir(directory)
     except OSError as e:
         raise cannot_list(directory, e) from None
-    unpadded = sorted(name for name in names if named_split(name) is not None and parse_shard_name(name) is None)
+    unpadded = sorted(name for name in names if named_split(name) in (SPLITS if split is None else (split,))
+                      and parse_shard_name(name) is None)
     if unpadded:
         flag = "--data" if named_split(unpadded[0]) == "train" else "--val-data"
         them = f"{unpadded[0]} and {len(unpadded) - 1} more are" if len(unpadded) > 1 else f"{unpadded[0]} is"

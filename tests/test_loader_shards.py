@@ -237,6 +237,21 @@ def test_a_directorys_shards_numbered_without_padding_are_refused_not_left_out(t
         assert [p.name for p in loader.shards] == ["x_train_000000.bin", "x_train_1.bin"]
 
 
+def test_the_other_splits_shards_numbered_without_padding_leave_this_split_readable(tmp_path):
+    """The error for x_val_1.bin says to pass the val shards as train.py's --val-data glob; the
+    train split, read from the same directory, refused it all the same, so that did not help."""
+    llmc_shard(tmp_path / "x_train_000000.bin", tokens(100, 1))
+    for i in (1, 2):
+        llmc_shard(tmp_path / f"x_val_{i}.bin", tokens(50, i + 1))
+    with pytest.raises(LoaderError, match=r"x_val_1.bin and 1 more are numbered without padding .* such as "
+                                          r"train.py's --val-data '(.*)'$") as e:
+        TokenLoader(tmp_path, split="val", B=1, T=8)
+    suggested = re.search(r"--val-data '(.*)'$", str(e.value))[1]
+    with TokenLoader(tmp_path, B=1, T=8) as train, TokenLoader(suggested, split="val", B=1, T=8) as val:
+        assert [p.name for p in train.shards] == ["x_train_000000.bin"]
+        assert [p.name for p in val.shards] == ["x_val_1.bin", "x_val_2.bin"]
+
+
 @pytest.mark.parametrize("split, other", [("train", "val"), ("val", "train")])
 def test_a_glob_naming_the_other_splits_shards_numbered_without_padding_is_refused(tmp_path, split, other):
     """A glob orders a set numbered without padding by value (x_train_2 before x_train_10),

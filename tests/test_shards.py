@@ -137,7 +137,7 @@ def test_a_directory_of_many_shards_is_checked_for_repeated_indices_in_linear_ti
     import time
     from pathlib import Path
 
-    monkeypatch.setattr(shards, "_refuse_unpadded", lambda directory: None)  # "d" is listed by find_shards alone
+    monkeypatch.setattr(shards, "_refuse_unpadded", lambda *args: None)  # "d" is listed by find_shards alone
     def seconds(count: int) -> float:  # best of 3: the machine is shared
         listed = [Path(f"d/x_train_{i:06d}.bin") for i in range(count)]
         monkeypatch.setattr(shards, "find_shards", lambda directory, split: listed if split == "train" else [])
