@@ -45,7 +45,7 @@ class DatasetInfo:
     """A dataset directory's contents, read from meta.json when present, else shard headers."""
 
     directory: str
-    source: str  # "meta.json" or "shard headers"
+    source: str  # "meta.json", "shard headers", or "its header" (one shard file given)
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     name: str | None = None
     vocab_size: int = VOCAB_SIZE
