@@ -379,10 +379,10 @@ class TokenLoader:
                 % (*saved, *ours)
             )
         step = check_int("state step", state["step"], 0)
-        if state["epoch"] != step // c.steps_per_epoch:
+        if state["epoch"] != c.epoch(step):
             raise LoaderError(
                 f"inconsistent state: step {step} is in epoch "
-                f"{step // c.steps_per_epoch}, not {state['epoch']!r}"
+                f"{c.epoch(step)}, not {state['epoch']!r}"
             )
         if not isinstance(state["shuffle"], bool):  # bool("False") is True: another order, silently
             raise LoaderError(f"malformed loader state: shuffle must be True or False, got {state['shuffle']!r}")
@@ -421,7 +421,7 @@ class TokenLoader:
     num_tokens = property(lambda self: self._cursor.num_tokens, doc="N, tokens in the split.")
     steps_per_epoch = property(lambda self: self._cursor.steps_per_epoch, doc="E per epoch.")
     step = property(lambda self: self._step, doc="Windows taken so far (all epochs).")
-    epoch = property(lambda self: self._step // self._cursor.steps_per_epoch, doc="Epoch.")
+    epoch = property(lambda self: self._cursor.epoch(self._step), doc="Epoch.")
     B = property(lambda self: self._cursor.B, doc="Sequences per batch.")
     T = property(lambda self: self._cursor.T, doc="Tokens per sequence.")
     rank = property(lambda self: self._rank, doc="This process's rank.")
