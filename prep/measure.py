@@ -203,6 +203,6 @@ def machine() -> dict:
     """What the figures were measured on."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpus": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem, 1), "python": platform.python_version(),
-            "platform": platform.platform()}
+    mem = physical_memory()
+    return {"cpus": os.cpu_count(), "cpu": cpu, "mem_gib": None if mem is None else round(mem / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
