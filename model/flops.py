@@ -32,9 +32,11 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 
 def peak_flops(device_name: str) -> float | None:
     """Dense 16-bit peak FLOP/s of the GPU called `device_name` (bf16's, or fp16's where its tensor
-    cores have no bf16), or None if it is not in the table.
+    cores have no bf16), or None if it is not in the table or is a MIG slice of one.
 
-    None rather than a guess: an MFU computed against the wrong peak is worse than none.
+    None rather than a guess: an MFU computed against the wrong peak is worse than none. A MIG
+    instance is named after its whole GPU ("NVIDIA A100-SXM4-40GB MIG 1g.5gb": 14 of its 108
+    SMs): the whole GPU's peak would put its MFU about 8 times too low.
     """
     return _peak_flops(device_name.upper(), PEAK_FLOPS)
 
@@ -43,6 +45,8 @@ def peak_flops(device_name: str) -> float | None:
 def _peak_flops(name: str, table: tuple[tuple[str, float], ...]) -> float | None:
     """peak_flops' search, once per name and table: train.py's metrics ask at every logging
     point (each step by default), and five regular expressions for an H200 took 5 us of it."""
+    if re.search(r"\bMIG\b", name):  # a slice, named after its whole GPU
+        return None
     for pattern, flops in table:
         if re.search(re.escape(pattern.upper()) + r"(?![0-9])", name):
             return flops

@@ -216,6 +216,8 @@ def test_flops_per_token_rejects_bad_T():
         ("Tesla V100S-PCIE-32GB", 130e12),
         ("Tesla T4", 65e12),
         ("NVIDIA T400 4GB", None),  # a Turing workstation card, not a T4
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None),  # a slice (14 of 108 SMs): not the A100's peak
+        ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", None),
         ("cpu", None),
         ("", None),
     ],
