@@ -69,6 +69,32 @@ def test_cold_shuffled_windows_are_timed_against_pread(tmp_path, capsys, monkeyp
                      r"from disk per byte", table), table
 
 
+def test_cold_drops_shards_written_moments_before(tmp_path):
+    """A shard still dirty in the page cache (written by numpy, not yet written back) is dropped
+    too: DONTNEED alone left its pages cached, so the first method timed (the floor) read it warm
+    and the others, after the kernel's write-back, cold."""
+    if not hasattr(os, "posix_fadvise") or not os.path.exists("/proc/self/io"):
+        pytest.skip("--cold is Linux-only")
+
+    def disk_bytes_to_read(path: Path) -> int:
+        before = bench._disk_bytes_read()
+        path.read_bytes()
+        return bench._disk_bytes_read() - before
+
+    data = np.random.default_rng(0).integers(0, 50257, 2_000_000, dtype=np.uint16)
+    synced = tmp_path / "synced.bin"
+    data.tofile(synced)
+    with open(synced, "rb") as f:
+        os.fsync(f.fileno())
+    bench._drop_from_page_cache([str(synced)])
+    if disk_bytes_to_read(synced) == 0:
+        pytest.skip(f"{tmp_path}: a file system whose pages are not dropped (a tmpfs)")
+    dirty = tmp_path / "dirty.bin"
+    data.tofile(dirty)  # no fsync: its pages wait for the kernel's write-back (seconds)
+    bench._drop_from_page_cache([str(dirty)])
+    assert disk_bytes_to_read(dirty) >= data.nbytes // 2
+
+
 def test_bench_table_on_a_given_directory(tmp_path, capsys):
     bench.synthesize(str(tmp_path), 100_000, 3)
     assert bench.main([str(tmp_path), *TINY]) == 0
