@@ -2478,6 +2478,11 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if ignored:  # (--steps for --bench-steps, say)
             notes.append(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --bench: it "
                          f"times --bench-steps steps at --lr, and evaluates, samples and writes nothing")
+        unused = [f"--{_flag(name)}" for name in ("bench_warmup", "bench_steps")
+                  if not cfg.bench and getattr(cfg, name) != getattr(TrainConfig, name)]
+        if unused:  # (--bench-steps for --steps, say): this trains, and checkpoints into --out
+            notes.append(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect without --bench: "
+                         f"this run trains")
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if val_loader is not None:
             stack.callback(val_loader.close)

@@ -115,6 +115,16 @@ def test_a_compile_mode_without_compile_is_a_note(tmp_path, dataset, capsys):
         capsys.readouterr().out
 
 
+def test_bench_options_without_bench_are_a_note(tmp_path, dataset, capsys):
+    train.train(cfg(tmp_path / "a", dataset, steps=1, bench_steps=50, quiet=False))
+    assert "note: --bench-steps has no effect without --bench: this run trains\n" in capsys.readouterr().out
+    train.train(cfg(tmp_path / "b", dataset, steps=1, bench_warmup=0, bench_steps=2, quiet=False))
+    assert ("note: --bench-warmup and --bench-steps have no effect without --bench: this run trains\n"
+            in capsys.readouterr().out)
+    train.train(cfg(tmp_path / "c", dataset, steps=1, quiet=False))
+    assert "--bench" not in capsys.readouterr().out
+
+
 def test_metrics_lines_and_schedule(tmp_path, dataset):
     c = cfg(tmp_path, dataset, steps=5, total_batch_size=64)
     summary = train.train(c)
