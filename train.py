@@ -980,10 +980,10 @@ class StepGraph:
     def __call__(self, parts: StepParts, feed: Feed, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         if self.graph is None:
             self._capture(parts, lr)
-        for micro in range(parts.accum_steps):
+        for x_in, y_in in self.inputs:
             x, y = feed()
-            self.x[micro].copy_(x)
-            self.y[micro].copy_(y)
+            x_in.copy_(x)
+            y_in.copy_(y)
         self.lr.fill_(lr)  # the graph's learning rate (train_step set the optimizer's float)
         self.graph.replay()
         # copies: the next replay overwrites the graph's outputs, the caller keeps these a while
@@ -998,11 +998,18 @@ class StepGraph:
 
         return feed
 
+    def _allocate(self, accum_steps: int, device: torch.device, lr: float) -> None:
+        """The graph's inputs: every micro-step's batch, and the learning rate."""
+        self.x = torch.zeros((accum_steps, *self.shape), dtype=torch.int64, device=device)
+        self.y = torch.zeros_like(self.x)
+        # each micro-step's (x, y) buffers, views made once: indexing them in each replay was
+        # two more host calls a micro-step
+        self.inputs = list(zip(self.x.unbind(), self.y.unbind()))
+        self.lr = torch.full((), lr, dtype=torch.float32, device=device)
+
     def _capture(self, parts: StepParts, lr: float) -> None:
         device, optimizer, accum = parts.rt.device, parts.optimizer, parts.accum_steps
-        self.x = torch.zeros((accum, *self.shape), dtype=torch.int64, device=device)
-        self.y = torch.zeros_like(self.x)
-        self.lr = torch.full((), lr, dtype=torch.float32, device=device)
+        self._allocate(accum, device, lr)
         saved = snapshot_training_state(parts)
         groups = optimizer.param_groups
         before = [(group["lr"], group["capturable"]) for group in groups]

@@ -168,6 +168,30 @@ def _losses(s: train.Session, steps: int, lr: float) -> list[float]:
     return [train.train_step(s.parts, feed, lr)[0].item() for _ in range(steps)]
 
 
+def test_a_step_graph_replay_reads_each_micro_batch_into_its_own_buffer_in_order():
+    """StepGraph's replay on the CPU, its capture left out (the graph a stand-in): each
+    micro-step's batch from the feed lands in that micro-step's buffers, in the feed's order,
+    the learning rate in its device tensor, and the loss and norm come back as copies, which
+    the next replay does not overwrite."""
+    graph = train.StepGraph(2, 3)
+    graph._allocate(3, torch.device("cpu"), 1e-3)
+    seen: list[tuple[torch.Tensor, ...]] = []
+    graph.graph = types.SimpleNamespace(replay=lambda: seen.append((graph.x.clone(), graph.y.clone(),
+                                                                    graph.lr.clone())))
+    graph.loss, graph.norm = torch.tensor(2.5), torch.tensor(0.5)
+    batches = [(torch.full((2, 3), 2 * i), torch.full((2, 3), 2 * i + 1)) for i in range(6)]
+    feed = iter(batches).__next__
+    parts = types.SimpleNamespace(accum_steps=3)
+    loss, norm = graph(parts, feed, 0.25)
+    graph.loss.fill_(9.0)
+    graph(parts, feed, 0.5)
+    for (x, y, lr), first, want_lr in zip(seen, (0, 3), (0.25, 0.5)):
+        assert torch.equal(x, torch.stack([batches[first + i][0] for i in range(3)]))
+        assert torch.equal(y, torch.stack([batches[first + i][1] for i in range(3)]))
+        assert lr.item() == want_lr
+    assert (loss.item(), norm.item()) == (2.5, 0.5)
+
+
 @pytest.mark.parametrize("before", [0, 2])
 def test_steps_undone_by_restore_training_state_leave_no_trace(before, dataset, tmp_path):
     """StepGraph's warm-up steps are undone before its capture: steps taken after a snapshot
