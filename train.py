@@ -3181,7 +3181,11 @@ def train_loop(s: Session) -> dict:
             # atomic_write's temporaries, left by a run killed while it saved a checkpoint (the logs'
             # are replaced by the next atomic_write of the same file: open_log's, below)
             for stale in out.glob(temp_path(out / "ckpt_*.pt").name):
-                stale.unlink(missing_ok=True)
+                try:
+                    stale.unlink(missing_ok=True)
+                except OSError as e:  # a directory of that name, another user's file in a sticky directory
+                    raise UserError(f"--out {out}: cannot remove {stale.name}, where a killed run leaves a "
+                                    f"checkpoint half-written ({e.strerror or e}): move it away") from None
             metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
                                                    s.start_step if s.resumed_from else None))
         loader = s.train_loader

@@ -4396,3 +4396,21 @@ def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
     assert len(good) == len(bad) and len(changed) == 1  # one storage (the tied wte and lm_head share one)
     assert train.zip_damage(workdir / "run" / "ckpt_000002.pt") is None
     assert train.zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
+
+
+def test_resume_auto_over_a_stale_checkpoint_temporary_it_cannot_remove_is_one_line(tmp_path, dataset):
+    """A `.ckpt_*.pt.tmp` the start-up's clean-up of a killed run's temporaries cannot remove
+    (here a directory of that name) is one line, status 2, not IsADirectoryError's traceback;
+    the checkpoints there are untouched."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    (out / ".ckpt_000003.pt.tmp").mkdir()
+    before = (out / "ckpt_000002.pt").read_bytes()
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "4", "--resume", "auto"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr == (f"Error: --out {out}: cannot remove .ckpt_000003.pt.tmp, where a killed run leaves a "
+                             f"checkpoint half-written (Is a directory): move it away\n")
+    assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000002.pt"]
+    assert (out / "ckpt_000002.pt").read_bytes() == before
