@@ -2454,6 +2454,13 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 notes.append(f"resumed on {now['device']} in {now['dtype']}, where the checkpoint's run computed on "
                              f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
                              f"bit-identical to an uninterrupted run's")
+            compiled = ckpt["train_config"].get("compile")
+            if compiled is None and isinstance(then, dict):  # that run's default: on for CUDA (make_runtime)
+                compiled = then.get("device") == "cuda"
+            if isinstance(compiled, bool) and compiled != rt.compile and not (isinstance(then, dict) and then != now):
+                notes.append(f"resumed with compile {'on' if rt.compile else 'off'}, where the checkpoint's run had it "
+                             f"{'on' if compiled else 'off'}: the steps from here on are not bit-identical to an "
+                             f"uninterrupted run's (compiled kernels round otherwise, and draw other dropout masks)")
             if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(log_path(Path(cfg.out), 0)):
                 elsewhere = os.path.realpath(resume_path.parent) != os.path.realpath(cfg.out)
                 before = (f"--out {cfg.out} has no window log of the steps before (--resume's run kept its own in "

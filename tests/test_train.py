@@ -1848,6 +1848,26 @@ def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its
                               f"pass --steps 7 or more")
 
 
+def test_resume_with_compile_turned_on_or_off_says_so(tmp_path, dataset, capsys):
+    """torch.compile's kernels round otherwise, and draw other dropout masks (a resume at step 24
+    of 30 with --compile, dropout 0.1: losses 1e-3 apart from the next step on; without dropout,
+    in the last digits): a resume that turns it on or off is no more bit-identical than one on
+    another device, and says so as that one does. The same again: no note."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, quiet=False))
+    path = tmp_path / "out" / "ckpt_000002.pt"
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=3, ckpt_every=3, resume="auto"))
+    assert "not bit-identical" not in capsys.readouterr().out
+    saved = torch.load(path, weights_only=True)
+    saved["train_config"]["compile"] = True  # as a run with --compile writes it
+    torch.save(saved, path)
+    (tmp_path / "out" / "ckpt_000003.pt").unlink()
+    train.train(cfg(tmp_path, dataset, steps=3, resume=str(path)))
+    assert ("note: resumed with compile off, where the checkpoint's run had it on: the steps from here on are not "
+            "bit-identical to an uninterrupted run's (compiled kernels round otherwise, and draw other dropout "
+            "masks)\n") in capsys.readouterr().out
+
+
 def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
     train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
