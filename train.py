@@ -2604,6 +2604,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         # all-reduce starts while the rest of backward still runs.
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if start_step > 0:
+            settle_buckets(model, rt, cfg.B, cfg.T)
     parts = StepParts(model, optimizer, rt, accum, cfg.grad_clip, scaler=scaler)
     if cfg.cuda_graph:
         parts.graph = StepGraph(cfg.B, cfg.T)
@@ -2614,6 +2616,24 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         val_loader, val_batches,
         start_step, resume_path, notes,
     )
+
+
+def settle_buckets(model: nn.parallel.DistributedDataParallel, rt: Runtime, B: int, T: int) -> None:
+    """A resumed DDP run's buckets as the uninterrupted run's were at that step. DDP's first
+    backward all-reduces every gradient in one bucket, and then rebuilds its buckets in the
+    order that backward made them: the uninterrupted run had rebuilt them at step 2, while a
+    resume's first step reduced in one bucket. The ring all-reduce sums each element over the
+    ranks in an order set by where the element falls in its bucket, so with 3 ranks or more
+    (a + b + c is not c + a + b in floats) the resumed run's first step, and all after it, were
+    not bit-identical. So a resume first takes one backward that trains nothing (an all-zero
+    batch of the run's shape, the RNG put back, the gradients dropped): the next forward
+    rebuilds the buckets."""
+    x = torch.zeros((B, T), dtype=torch.long, device=rt.device)
+    with torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else [], device_type=rt.device.type):
+        with rt.autocast():
+            _, loss = model(x, x)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def check_cuda_graph(cfg: TrainConfig, rt: Runtime) -> None:
