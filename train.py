@@ -197,7 +197,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
+    compile: bool | None = None  # None: on for CUDA (compute capability >= 7.0: Triton), off elsewhere
     compile_mode: str = "default"
     cuda_graph: bool = False  # the whole step captured as one CUDA graph (StepGraph)
     eval_every: int = 250  # 0: never; otherwise also at the last step
@@ -688,8 +688,25 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = auto_dtype(device)
-    compile_ = (kind == "cuda") if cfg.compile is None else cfg.compile
+    too_old = triton_refusal(device)
+    if cfg.compile and too_old:  # else torch.compile's traceback at the first forward pass
+        raise UserError(f"--compile: {too_old}: drop --compile")
+    compile_ = (kind == "cuda" and too_old is None) if cfg.compile is None else cfg.compile
     return Runtime(device, dtype, compile_, rank, local_rank, world)
+
+
+def triton_refusal(device: torch.device) -> str | None:
+    """Why torch.compile cannot compile for CUDA `device`, or None where it can (and off CUDA):
+    inductor's GPU compiler, Triton, needs compute capability 7.0 or newer (ROCm: any), and on
+    an older GPU (the 10 series, a P100) the first compiled call raised its BackendCompilerFailed
+    with a traceback (nanoGPT issue #157): compile is on by default on CUDA."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) >= (7, 0):
+        return None
+    return (f"torch.compile's GPU compiler (Triton) needs compute capability 7.0 or newer, and "
+            f"{torch.cuda.get_device_name(device)} has {major}.{minor}")
 
 
 def auto_dtype(device: torch.device) -> str:
@@ -2477,8 +2494,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                              f"those of --resume {resume_path}")
         if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
+        too_old = triton_refusal(rt.device)
+        if cfg.compile is None and too_old:  # (on CUDA compile is on by default)
+            notes.append(f"compile is off: {too_old}")
         if cfg.compile_mode != "default" and not rt.compile:
-            notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off (--compile turns it on)")
+            notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off"
+                         + ("" if too_old else " (--compile turns it on)"))
         if cfg.warmup_steps >= cfg.steps and not cfg.bench and not (ckpt is not None and ckpt["step"] == cfg.steps):
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")
@@ -3747,7 +3768,7 @@ def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
               help="auto: bf16 autocast on a GPU with bf16 tensor cores (CUDA compute capability >= 8.0), "
                    "fp16 with a dynamic loss scale on one of compute capability 7.x (V100, T4), else fp32.")
 @click.option("--compile/--no-compile", "compile_", default=None, show_default="on for CUDA",
-              help="torch.compile the model.")
+              help="torch.compile the model (not on CUDA below compute capability 7.0: no Triton there).")
 @click.option("--compile-mode", type=click.Choice(COMPILE_MODES), default="default",
               help="reduce-overhead (CUDA graphs) helps small, launch-bound batches (--cuda-graph more: "
                    "it graphs the optimizer too); on CUDA the modes with CUDA graphs (reduce-overhead, "

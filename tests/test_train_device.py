@@ -113,6 +113,46 @@ def test_more_local_ranks_than_gpus_is_one_line(monkeypatch, visible, shown):
                                    "start at most 2 process(es) on it (torchrun --nproc_per_node=2)")
 
 
+def _fake_gpu(monkeypatch, name: str, capability: tuple[int, int]) -> None:
+    """One CUDA GPU of `capability` as far as make_runtime asks (no CUDA call reaches torch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for variable in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.mark.parametrize("name, capability, compiled", [("NVIDIA GeForce GTX 1080", (6, 1), False),
+                                                        ("Tesla P100-PCIE-16GB", (6, 0), False),
+                                                        ("Tesla V100-SXM2-16GB", (7, 0), True),
+                                                        ("NVIDIA H200", (9, 0), True)])
+def test_compile_is_on_by_default_only_on_gpus_that_triton_compiles_for(monkeypatch, dataset, tmp_path, name,
+                                                                        capability, compiled):
+    """torch.compile's GPU compiler (Triton) refuses compute capability below 7.0: on a GTX
+    1080 or a P100 the default (compile on for CUDA) failed at the first forward pass with
+    inductor's BackendCompilerFailed traceback (nanoGPT #157). There compile is off by default,
+    and --compile is one line, before anything is built."""
+    _fake_gpu(monkeypatch, name, capability)
+    rt = train.make_runtime(train.TrainConfig(model="tiny", device="cuda"))
+    assert rt.device.type == "cuda" and rt.compile is compiled
+    assert (train.triton_refusal(rt.device) is None) == compiled
+    assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=False)).compile is False
+    if compiled:
+        assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=True)).compile is True
+        return
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
+            "--device", "cuda", "--compile"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == (f"Error: --compile: torch.compile's GPU compiler (Triton) needs compute capability 7.0 "
+                             f"or newer, and {name} has {capability[0]}.{capability[1]}: drop --compile\n")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_torchrun_with_one_rank_more_than_gpus_stops_every_rank_in_one_line(tmp_path, dataset):
     """The real thing on a CUDA machine: torchrun starts one rank more than there are GPUs.
