@@ -688,18 +688,21 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = auto_dtype(device)
-    too_old = triton_refusal(device)
-    if cfg.compile and too_old:  # else torch.compile's traceback at the first forward pass
-        raise UserError(f"--compile: {too_old}: drop --compile")
-    compile_ = (kind == "cuda" and too_old is None) if cfg.compile is None else cfg.compile
+    refusal = compile_refusal(device) if cfg.compile or (cfg.compile is None and kind == "cuda") else None
+    if cfg.compile and refusal:  # else torch.compile's traceback, at the start or the first forward pass
+        raise UserError(f"--compile: {refusal}: drop --compile")
+    compile_ = (kind == "cuda" and refusal is None) if cfg.compile is None else cfg.compile
     return Runtime(device, dtype, compile_, rank, local_rank, world)
 
 
-def triton_refusal(device: torch.device) -> str | None:
-    """Why torch.compile cannot compile for CUDA `device`, or None where it can (and off CUDA):
-    inductor's GPU compiler, Triton, needs compute capability 7.0 or newer (ROCm: any), and on
-    an older GPU (the 10 series, a P100) the first compiled call raised its BackendCompilerFailed
-    with a traceback (nanoGPT issue #157): compile is on by default on CUDA."""
+def compile_refusal(device: torch.device) -> str | None:
+    """Why torch.compile cannot compile for `device` here, or None where it can. Compile is on by
+    default on CUDA, where both raised a traceback: torch 2.5's dynamo does not run on Python
+    3.13 (2.6's does; none on 3.15), and inductor's GPU compiler, Triton, needs compute
+    capability 7.0 or newer (ROCm: any): an older GPU (the 10 series, a P100) failed at the
+    first compiled call with its BackendCompilerFailed (nanoGPT issue #157)."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} does not compile on Python {sys.version.split()[0]}"
     if device.type != "cuda" or torch.version.hip is not None:
         return None
     major, minor = torch.cuda.get_device_capability(device)
@@ -2494,12 +2497,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                              f"those of --resume {resume_path}")
         if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
-        too_old = triton_refusal(rt.device)
-        if cfg.compile is None and too_old:  # (on CUDA compile is on by default)
-            notes.append(f"compile is off: {too_old}")
+        refusal = None
+        if not rt.compile and (rt.device.type == "cuda" or cfg.compile_mode != "default"):
+            refusal = compile_refusal(rt.device)  # (it imports dynamo, 2 s: not in every CPU run)
+        if cfg.compile is None and refusal and rt.device.type == "cuda":  # (on CUDA compile is on by default)
+            notes.append(f"compile is off: {refusal}")
         if cfg.compile_mode != "default" and not rt.compile:
             notes.append(f"--compile-mode {cfg.compile_mode} has no effect: compile is off"
-                         + ("" if too_old else " (--compile turns it on)"))
+                         + ("" if refusal else " (--compile turns it on)"))
         if cfg.warmup_steps >= cfg.steps and not cfg.bench and not (ckpt is not None and ckpt["step"] == cfg.steps):
             notes.append(f"--warmup-steps {cfg.warmup_steps} >= --steps {cfg.steps}: the learning rate only "
                          f"warms up (to {lr_at(cfg.steps - 1, cfg):g}), it never decays")

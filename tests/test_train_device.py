@@ -139,7 +139,7 @@ def test_compile_is_on_by_default_only_on_gpus_that_triton_compiles_for(monkeypa
     _fake_gpu(monkeypatch, name, capability)
     rt = train.make_runtime(train.TrainConfig(model="tiny", device="cuda"))
     assert rt.device.type == "cuda" and rt.compile is compiled
-    assert (train.triton_refusal(rt.device) is None) == compiled
+    assert (train.compile_refusal(rt.device) is None) == compiled
     assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=False)).compile is False
     if compiled:
         assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=True)).compile is True
@@ -150,6 +150,22 @@ def test_compile_is_on_by_default_only_on_gpus_that_triton_compiles_for(monkeypa
     assert result.exit_code == 2, result.output
     assert result.output == (f"Error: --compile: torch.compile's GPU compiler (Triton) needs compute capability 7.0 "
                              f"or newer, and {name} has {capability[0]}.{capability[1]}: drop --compile\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_is_off_by_default_where_torch_has_no_dynamo_for_this_python(monkeypatch, dataset, tmp_path):
+    """torch 2.5 has no dynamo on Python 3.13 (2.6 has; no torch on 3.15): torch.compile raised
+    'Dynamo is not supported on Python 3.13+' with a traceback as the run started, by default on
+    CUDA. Off by default there, and --compile is one line, on the CPU too."""
+    _fake_gpu(monkeypatch, "NVIDIA H200", (9, 0))
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda")).compile is False
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1", "--data", str(dataset), "--out",
+            str(tmp_path / "out"), "--device", "cpu", "--compile"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == (f"Error: --compile: torch {torch.__version__} does not compile on Python "
+                             f"{sys.version.split()[0]}: drop --compile\n")
     assert not (tmp_path / "out").exists()
 
 
