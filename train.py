@@ -741,12 +741,34 @@ def join_store(world: int) -> dist.Store:
     """torchrun's key-value store (env://, which the process group is built on): a rank reaches
     it with no device and no process group, so agree_to_start meets every rank there."""
     try:
-        store, _, _ = next(dist.rendezvous("env://"))
+        store = _interruptibly(lambda: next(dist.rendezvous("env://"))[0])
     except ValueError as e:  # WORLD_SIZE exported by hand (a cluster's environment), no torchrun's RANK...
         why = str(e).rpartition("rendezvous: ")[2]  # "environment variable RANK expected, but not set"
         raise UserError(f"WORLD_SIZE={world} is set, but not by torchrun ({why}): start train.py with "
                         f"torchrun, or unset WORLD_SIZE") from None
     return store
+
+
+def _interruptibly(call: Callable[[], object]) -> object:
+    """call(), run in a thread while this one waits: a Ctrl-C or SIGTERM stops the wait. A rank
+    started by hand (WORLD_SIZE, RANK, MASTER_ADDR set, no torchrun) whose rank 0 never came
+    waited in TCPStore's C++ connect, where no Python signal handler runs, for its 30 minutes."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as e:  # (given to the waiting thread, raised there)
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=run, name="train.py rendezvous", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.25)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def start_runtime(rt: Runtime, store: dist.Store | None = None, launch: str = "") -> None:

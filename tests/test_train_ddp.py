@@ -945,3 +945,28 @@ def test_a_resume_with_three_ranks_has_the_uninterrupted_runs_weights_bit_for_bi
     straight, resumed = (torch.load(tmp_path / out / f"ckpt_{STEPS:06d}.pt", weights_only=True)["model"]
                          for out in ("straight", "split"))
     assert [name for name in straight if not torch.equal(straight[name], resumed[name])] == []
+
+
+WAIT_FOR_RANK_0 = """
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import train
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    train.join_store(2)
+except KeyboardInterrupt:
+    print("interrupted")
+    os._exit(0)  # (the rendezvous thread is still in its connect)
+"""
+
+
+def test_a_rank_started_by_hand_waiting_for_its_rank_0_stops_on_a_signal(tmp_path):
+    """WORLD_SIZE, RANK and MASTER_ADDR set by hand (a scheduler's script), no torchrun, and no
+    rank 0 listening: the rank waited in TCPStore's C++ connect for its 30 minutes, where no
+    Python signal handler runs, deaf to Ctrl-C and SIGTERM (`timeout 30` did not end it)."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    env.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    result = subprocess.run([sys.executable, "-c", WAIT_FOR_RANK_0, str(REPO)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, "interrupted\n"), result.stderr[-2000:]
