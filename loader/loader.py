@@ -107,9 +107,10 @@ class TokenLoader:
     next_batch(), which gives its buffer back at once; `prefetch=0` fills synchronously in the
     caller (a ring of 2). The depth never changes which tokens come out. An exception in the
     thread is re-raised by the next `next_window()` / `next_batch()`. `close()` (or
-    `with TokenLoader(...)`, or garbage collection) stops and joins it. A Ctrl-C (KeyboardInterrupt) that the caller catches
-    leaves the loader exact: the call it cut short gave no window, and `step` says which
-    comes next (a window is skipped only where the interrupt lands after the call returned).
+    `with TokenLoader(...)`, or garbage collection) stops and joins it. A Ctrl-C
+    (KeyboardInterrupt) that the caller catches leaves the loader exact: the call it cut short
+    gave no window, and `step` says which comes next (a window is skipped only where the
+    interrupt lands after the call returned).
 
     Buffer contract: the tensor `next_window()` returns is valid until the NEXT call to
     next_window, next_batch, load_state_dict, reset or close; after that its buffer goes back
