@@ -46,6 +46,7 @@ def test_known_boundaries():
     assert is_safe_boundary("a\n\nb", 1)
     assert is_safe_boundary("x.\tb", 2)
     assert not is_safe_boundary("a b", 0)  # nothing before
+    assert not is_safe_boundary(" ab", 0)  # nothing before, even where text[-1] (the end) is no whitespace
     assert not is_safe_boundary("a  b", 2)  # inside a whitespace run
     assert not is_safe_boundary("a\n\nb", 2)
     assert not is_safe_boundary("ab", 1)  # no whitespace
@@ -136,9 +137,19 @@ def test_chunker_fed_in_pieces_is_exact(pieces, chunk_chars):
     assert "".join(chunks) + rest == text
     assert chunked_tokens(chunks + [rest]) == tokens(text)
     position = 0
-    for chunk in chunks:  # each cut is a safe boundary of the whole text
+    for chunk in chunks:  # each cut is the whole text's first safe boundary chunk_chars or more past the last
+        first = next((i for i in range(position + chunk_chars, len(text)) if is_safe_boundary(text, i)), None)
         position += len(chunk)
-        assert is_safe_boundary(text, position)
+        assert position == first
+
+
+def test_a_chunk_ending_in_whitespace_is_not_cut_where_the_next_piece_goes_on_with_it():
+    """The piece "\\n\\nb" arrives when the held "x" "\\n" already fill a chunk: the candidate cut
+    before it is judged by the held text's LAST character ("\\n", inside a run: no cut), not
+    its first ("x"); a cut there made "\\n\\n" two "\\n" tokens."""
+    chunker = Chunker(2)
+    chunks = [c for piece in ("x", "\n", "\n\nb") for c in chunker.feed(piece)]
+    assert chunks == [] and chunker.finish() == "x\n\n\nb"
 
 
 def test_text_without_whitespace_stays_one_chunk():
