@@ -547,6 +547,30 @@ def test_a_run_of_warm_up_steps_only_does_not_call_them_steady(capsys):
     assert "over 1 steady step," in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_ranks_loaders_read_one_slot_a_step_in_the_order_of_seed_alone(dataset, shuffle):
+    """Under torchrun each rank opens its own train loader: step k's global batch is one slot,
+    rank r of W reading its r-th part, and with --shuffle every rank draws the order from --seed
+    alone. A rank seeded apart (seed + rank) still read each of its windows once an epoch, but
+    not the slot the others read, and not the order of the checkpoint's loader state (rank 0's),
+    which a resume gives every rank: rank 1 then read windows twice and others never."""
+    c = train.TrainConfig(model="tiny", B=2, T=16, seed=7)
+    loaders = [train._open_loader(str(dataset), "train", c, train.Runtime(torch.device("cpu"), "fp32", False,
+                                                                       rank=rank, world=2), shuffle, 50257)
+               for rank in (0, 1)]
+    try:
+        E = loaders[0].steps_per_epoch
+        assert E > 2
+        for epoch in range(2):
+            steps = range(epoch * E, (epoch + 1) * E)
+            assert [loaders[1].window_start(k) - loaders[0].window_start(k) for k in steps] == [32] * E
+            starts = sorted(loader.window_start(k) for loader in loaders for k in steps)
+            assert starts == list(range(0, E * 2 * 32, 32))  # each B*T window of the epoch once
+    finally:
+        for loader in loaders:
+            loader.close()
+
+
 def test_validation_batches_are_named_per_rank_under_torchrun():
     """--eval-steps is per rank (each reads its own windows; val_loss is the mean over all):
     "validation: 2 batches" under 2 ranks was 4 batches in all."""
