@@ -2497,7 +2497,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                              f"{then.get('device')!s} in {then.get('dtype')!s}: the steps from here on are not "
                              f"bit-identical to an uninterrupted run's")
             compiled = ckpt["train_config"].get("compile")
-            if compiled is None and isinstance(then, dict):  # that run's default: on for CUDA (make_runtime)
+            if compiled is None:  # that run's default: on for CUDA where torch.compile could (make_runtime)
+                compiled = ckpt.get("compiled")
+            if compiled is None and isinstance(then, dict):  # (checkpoints before "compiled")
                 compiled = then.get("device") == "cuda"
             if isinstance(compiled, bool) and compiled != rt.compile and not (isinstance(then, dict) and then != now):
                 notes.append(f"resumed with compile {'on' if rt.compile else 'off'}, where the checkpoint's run had it "
@@ -2999,6 +3001,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
         "run": s.run,
         "rng": rng_state(s.rt, s.generator),
         "precision": precision(s.rt),  # what a resume elsewhere notes it changes
+        "compiled": s.rt.compile,  # compile as resolved: its default is off on CUDA where it cannot compile
         # fp16: the loss scale and its count of clean steps (a sync: .item() of each)
         "loss_scale": None if s.parts.scaler is None else s.parts.scaler.state_dict(),
         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),

@@ -1892,6 +1892,20 @@ def test_resume_with_compile_turned_on_or_off_says_so(tmp_path, dataset, capsys)
             "masks)\n") in capsys.readouterr().out
 
 
+def test_a_resume_where_compile_was_off_by_default_on_cuda_says_nothing_of_compile(tmp_path, dataset, capsys,
+                                                                                     monkeypatch):
+    """Compile is on by default on CUDA, but off where torch.compile cannot compile (a GPU below
+    compute capability 7.0, torch 2.5 on Python 3.13): such a run, resumed there as it was, did
+    not turn compile off, and says nothing of it (it said the checkpoint's run had it on). A
+    CUDA run whose compile was refused, simulated: a CPU run that says it computed on CUDA."""
+    monkeypatch.setattr(train, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=3, resume="auto", quiet=False))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "note: resumed with compile" not in out, out
+
+
 def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
     train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
