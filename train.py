@@ -514,6 +514,13 @@ def trained_steps_logged(metrics: Path) -> bool:
     return False
 
 
+def stale_temporary(out: Path, name: str, why: str) -> UserError:
+    """The error for a checkpoint's temporary in `out`, left by a killed run, that the run's
+    start cannot remove."""
+    return UserError(f"--out {out}: cannot remove {name}, where a killed run leaves a checkpoint half-written "
+                     f"({why}): move it away")
+
+
 def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None,
                        logs_set_aside: bool = False) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
@@ -532,6 +539,10 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         odd = [p for p in logs if not p.is_file()]
         if odd:
             raise UserError(f"--out {out}: {odd[0]} is not a file; --log-windows writes under that name")
+        # said before anything is renamed (set_aside_logs): the run's start removes these
+        odd = [p for p in out.glob(temp_path(out / "ckpt_*.pt").name) if p.is_dir() and not p.is_symlink()]
+        if odd:
+            raise stale_temporary(out, odd[0].name, os.strerror(errno.EISDIR))
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing
@@ -3261,9 +3272,8 @@ def train_loop(s: Session) -> dict:
             for stale in out.glob(temp_path(out / "ckpt_*.pt").name):
                 try:
                     stale.unlink(missing_ok=True)
-                except OSError as e:  # a directory of that name, another user's file in a sticky directory
-                    raise UserError(f"--out {out}: cannot remove {stale.name}, where a killed run leaves a "
-                                    f"checkpoint half-written ({e.strerror or e}): move it away") from None
+                except OSError as e:  # another user's file in a sticky directory (a directory: said earlier)
+                    raise stale_temporary(out, stale.name, e.strerror or str(e)) from None
             metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
                                                    s.start_step if s.resumed_from else None))
         loader = s.train_loader

@@ -4472,3 +4472,11 @@ def test_resume_auto_over_a_stale_checkpoint_temporary_it_cannot_remove_is_one_l
                              f"checkpoint half-written (Is a directory): move it away\n")
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000002.pt"]
     assert (out / "ckpt_000002.pt").read_bytes() == before
+    # with no checkpoint to resume, the run would start again, its logs kept under new names:
+    # refused before they are renamed (a reviewer found metrics.jsonl.before-<time> and no metrics.jsonl)
+    (out / "ckpt_000002.pt").unlink()
+    logged = (out / "metrics.jsonl").read_bytes()
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "cannot remove .ckpt_000003.pt.tmp" in result.stderr, result.output
+    assert sorted(p.name for p in out.iterdir()) == [".ckpt_000003.pt.tmp", "metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_bytes() == logged
