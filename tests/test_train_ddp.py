@@ -689,43 +689,61 @@ def test_ranks_whose_torchrun_is_killed_while_they_start_end_and_free_the_out_di
 # The watch of torchrun sees it gone only from then on (os.getppid, which it reads, says the
 # launcher's pid until then).
 STORE_AFTER_TORCHRUN = """
-import os, runpy, sys, time
+import os, runpy, socket, sys, time
+from datetime import timedelta
 import torch.distributed as dist
 real_getppid, real_rendezvous = os.getppid, dist.rendezvous
 launcher, calling = os.getppid(), []
 os.getppid = lambda: real_getppid() if calling else launcher
-def rendezvous(*args, **kwargs):  # (join_store's connect is in its next())
+def torchrun_gone():
     open(os.environ["READY"] + os.environ["RANK"], "w").close()
     while real_getppid() == launcher:
         time.sleep(0.01)
     calling.append(True)
+def rendezvous(*args, **kwargs):  # (join_store's connect is in its next())
+    torchrun_gone()
     yield from real_rendezvous(*args, **kwargs)
-dist.rendezvous = rendezvous
+def init_process_group(*args, **kwargs):  # blocked in a C++ connect, where no signal is handled
+    torchrun_gone()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=120))
+if os.environ["BLOCKED_IN"] == "rendezvous":
+    dist.rendezvous = rendezvous
+else:
+    dist.init_process_group = init_process_group
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 @pytest.mark.slow
-def test_ranks_blocked_reaching_a_gone_torchruns_store_are_killed_within_seconds(tmp_path):
-    """A rank still starting up when torchrun went may be blocked in the store's connect, where
-    the SIGTERM it sends itself is never handled: it waited out the 300 s grace (a running
-    rank's, to checkpoint), holding --out's lock. Starting up, it has nothing to save: it is
-    killed 10 s on, saying so."""
+@pytest.mark.parametrize("blocked_in, said", [
+    # a connect in the main thread (the process group's, say): its SIGTERM is never handled
+    ("init_process_group", "still starting up 10 s later (blocked in a call no signal ends, such as reaching "
+                           "torchrun's store): killed; nothing trained, no checkpoint written"),
+    # the rendezvous' connect waits in a thread of its own: the SIGTERM is handled at once
+    ("rendezvous", "SIGTERM: stopped while starting up, before its first step; no checkpoint was written"),
+])
+def test_ranks_blocked_reaching_a_gone_torchruns_store_end_within_seconds(tmp_path, blocked_in, said):
+    """A rank still starting up when torchrun went may be blocked in a connect, where the SIGTERM
+    it sends itself is never handled: it waited out the 300 s grace (a running rank's, to
+    checkpoint), holding --out's lock. Starting up, it has nothing to save: it is killed 10 s
+    on, saying so; blocked reaching torchrun's store, it now stops at once."""
     data = write_dataset(tmp_path / "d", positional_tokens(4000))
     (tmp_path / "late.py").write_text(STORE_AFTER_TORCHRUN)
     args = [*TORCHRUN, str(tmp_path / "late.py"), str(REPO / "train.py"), *common(data, "out", B)]
     log = tmp_path / "torchrun.log"
-    proc = torchrun_logging_to(log, args, tmp_path, ddp_env(tmp_path, READY=str(tmp_path / "ready")))
+    env = ddp_env(tmp_path, READY=str(tmp_path / "ready"), BLOCKED_IN=blocked_in)
+    proc = torchrun_logging_to(log, args, tmp_path, env)
     deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):  # both about to reach the store
+    while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):  # both about to block
         assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
         time.sleep(0.05)
     kill_torchrun(proc, log)
-    said = log.read_text()
     for rank in (0, 1):
-        assert said.count(f"rank {rank} of 2: still starting up 10 s later (blocked in a call no signal ends, such as "
-                          f"reaching torchrun's store): killed; nothing trained, no checkpoint written\n") == 1, said
+        assert log.read_text().count(f"rank {rank} of 2: {said}\n") == 1, log.read_text()
     run([*TORCHRUN, str(REPO / "train.py"), *common(data, "out", B)], tmp_path)  # --out is free again
 
 
