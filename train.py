@@ -2833,7 +2833,7 @@ def watch_launcher(starting: Callable[[], bool] = lambda: True) -> None:
             time.sleep(0.5)
             if starting() and time.monotonic() - gone >= STARTING_GRACE_S:
                 say(f"still starting up {STARTING_GRACE_S} s later (blocked in a call no signal ends, such as "
-                    f"reaching torchrun's store): killed; nothing trained, no checkpoint written")
+                    f"a connect to the other ranks): killed; nothing trained, no checkpoint written")
                 break
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -721,8 +721,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 @pytest.mark.slow
 @pytest.mark.parametrize("blocked_in, said", [
     # a connect in the main thread (the process group's, say): its SIGTERM is never handled
-    ("init_process_group", "still starting up 10 s later (blocked in a call no signal ends, such as reaching "
-                           "torchrun's store): killed; nothing trained, no checkpoint written"),
+    ("init_process_group", "still starting up 10 s later (blocked in a call no signal ends, such as a connect "
+                           "to the other ranks): killed; nothing trained, no checkpoint written"),
     # the rendezvous' connect waits in a thread of its own: the SIGTERM is handled at once
     ("rendezvous", "SIGTERM: stopped while starting up, before its first step; no checkpoint was written"),
 ])
