@@ -2926,7 +2926,9 @@ def train(cfg: TrainConfig) -> dict:
     # over while it runs
     _closed_outputs.clear()  # (a run before this one in the process found them closed: now /dev/null)
     # (once: `timeout` sends its SIGTERM twice, to the run and to its process group; a hang-up SIGHUP)
-    with (stops_raise(Terminated),
+    # (after the loop, AfterTheLoop holds the signals while the stack lets go of the process group)
+    with (AfterTheLoop() as after,
+          stops_raise(Terminated),
           contextlib.ExitStack() as stack):
         prepared = threading.Event()  # from then on a stop is the run's to checkpoint
         watch_launcher(starting=lambda: not prepared.is_set())
@@ -2946,7 +2948,7 @@ def train(cfg: TrainConfig) -> dict:
             raise
         prepared.set()
         try:
-            return bench_loop(s) if cfg.bench else train_loop(s)
+            summary = bench_loop(s) if cfg.bench else train_loop(s, after)
         except TokenRangeError as e:  # bad data, found as it was read
             raise UserError(str(e)) from None
         except RuntimeError as e:
@@ -2964,6 +2966,10 @@ def train(cfg: TrainConfig) -> dict:
                 raise UserError(f"rank {s.rt.rank} of {s.rt.world}: stopped because another rank ended mid-run (its error "
                                 f"says why, or torchrun's report where it was killed)") from None
             raise
+        if cfg.bench:  # (the training loop's StopRequest hands its signals over as it ends)
+            after.hold()
+    summary["signal_after_the_loop"] = bool(after.heard)  # main() exits 130 for it, quietly
+    return summary
 
 
 def _out_of_memory(e: RuntimeError) -> bool:
@@ -3136,9 +3142,10 @@ class StopRequest:
     # the run at once. `nohup` ignores it, and an ignored signal stays ignored (below).
     SIGNALS = (signal.SIGINT, signal.SIGTERM, *HANGUP)
 
-    def __init__(self, persistent: bool = False, announce: bool = False) -> None:
+    def __init__(self, persistent: bool = False, announce: bool = False, then: "AfterTheLoop | None" = None) -> None:
         self.signal: int | None = None
         self.persistent = persistent
+        self.then = then  # holds the signals once the loop has ended without an error (AfterTheLoop)
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
         # when a single process stops, where not after the step under way: "before step 1" (in
         # the step-0 evaluation), "now (nothing to train; ...)" (a resume at its last step)
@@ -3201,14 +3208,51 @@ class StopRequest:
         _on_output_closed.append(self.output_closed)  # (closed while starting up: train()'s ReaderGone)
         return self
 
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None and self.then is not None:
+            self.then.hold(self._previous)  # (in place of this one's handlers: no signal finds another between)
+        else:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         _on_output_closed.remove(self.output_closed)
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+
+class AfterTheLoop:
+    """Ctrl-C, SIGTERM and SIGHUP once the run's outcome is decided (the training loop, or
+    --bench's, ended without an error: the stop's or the last checkpoint written, the files
+    closed, the closing summary said or next), while train() lets go of the rest (the process
+    group, the loaders): each is noted, and ends the run with 130 and no word once that is done,
+    as one after the end does. Left to the run's handlers, a SIGTERM there (torchrun's, sent
+    after a stop's Ctrl-C while the ranks left the process group) raised Terminated, and every
+    rank said after its stop's lines that it had "stopped at once"; a second Ctrl-C said so too.
+    Entered outside stops_raise: its end puts back the handlers from before the run (train()
+    runs in-process in tests), none of the run's own set between the two."""
+
+    def __init__(self) -> None:
+        self.heard: list[int] = []
+        self._before: dict[int, object] = {}
+
+    def _note(self, signum, frame) -> None:
+        self.heard.append(signum)
+
+    def hold(self, signums: Iterable[int] | None = None) -> None:
+        """From now to the block's end, for `signums` (StopRequest's, whose handlers this
+        replaces) or all of them."""
+        for signum in self._before if signums is None else signums:
+            if signum in self._before:
+                signal.signal(signum, self._note)
+
+    def __enter__(self) -> "AfterTheLoop":
+        self._before = {signum: signal.getsignal(signum) for signum in StopRequest.SIGNALS if may_handle(signum)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
 
 
 # ----------------------------------------------------------------------------- the training loop
@@ -3236,13 +3280,14 @@ def _say_over_bar(message: str) -> None:
         _echo(message)
 
 
-def train_loop(s: Session) -> dict:
-    """Steps start_step+1 .. cfg.steps; logs, evaluates, samples and checkpoints on the way."""
+def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
+    """Steps start_step+1 .. cfg.steps; logs, evaluates, samples and checkpoints on the way.
+    `then`: holds the signals from the loop's end on (AfterTheLoop)."""
     cfg, rt = s.cfg, s.rt
     out = Path(cfg.out)
     say = _say_over_bar if rt.master else (lambda *_: None)
     with contextlib.ExitStack() as files:
-        stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master))
+        stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master, then=then))
 
         def cut_short(exc_type, error, traceback) -> None:
             """An error after a signal was heard is that signal's stop at once: it reaches the
@@ -3900,7 +3945,7 @@ def main(compile_: bool | None, **options) -> None:
             _echo(f"{rank_prefix()}{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{why}{then}",
                   err=True)
         sys.exit(READER_GONE_STATUS if isinstance(e, ReaderGone) else 130)
-    if summary.get("interrupted") and not summary.get("output_closed"):
+    if (summary.get("interrupted") and not summary.get("output_closed")) or summary.get("signal_after_the_loop"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C (by SIGTERM or SIGHUP too)
     if _closed_outputs:  # its output's reader went away (its stop, or the last lines lost): as a
         sys.exit(READER_GONE_STATUS)  # writer SIGPIPE ends, the shell's status

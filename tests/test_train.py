@@ -2606,6 +2606,83 @@ def test_the_script_s_ctrl_c_is_one_keyboard_interrupt_a_press(monkeypatch):
         ctrl_c(signal.SIGINT, None)
 
 
+@pytest.mark.parametrize("signum, when, stopped", [
+    (signal.SIGTERM, "summary", False), (signal.SIGINT, "loaders", False), (signal.SIGTERM, "loaders", True),
+    *[(hangup, "summary", True) for hangup in train.HANGUP],
+], ids=lambda v: signal.Signals(v).name if isinstance(v, int) and not isinstance(v, bool) else str(v))
+def test_a_signal_once_the_training_loop_has_ended_ends_the_run_quietly(tmp_path, dataset, monkeypatch, signum, when,
+                                                                        stopped):
+    """A signal after the loop (its last or its stop's checkpoint written, its files closed) as
+    the closing summary is said, or as train() lets go of the loaders (under torchrun: of the
+    process group, where torchrun's SIGTERM after a stop's Ctrl-C came) raised a stop at once,
+    and the run said after its closing lines that it had "stopped at once". It now exits 130
+    and says nothing more, as a signal after the end does; the handlers before are put back."""
+    calls = {"step": 0, "signalled": 0}
+
+    def late_signal() -> None:
+        if not calls["signalled"]:
+            calls["signalled"] += 1
+            signal.raise_signal(signum)  # (its handler runs before this returns)
+
+    real_step, real_summarize, real_close = train.train_step, train.summarize, TokenLoader.close
+
+    def step(*args):
+        calls["step"] += 1
+        if stopped and calls["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return real_step(*args)
+
+    def summarize(*args, **kwargs):
+        summary = real_summarize(*args, **kwargs)
+        if when == "summary":
+            late_signal()
+        return summary
+
+    def close(self):
+        if when == "loaders":
+            late_signal()
+        real_close(self)
+
+    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(train, "summarize", summarize)
+    monkeypatch.setattr(TokenLoader, "close", close)
+    out = tmp_path / "out"
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "4",
+                                             "--data", str(dataset), "--out", str(out), "--eval-every", "0",
+                                             "--ckpt-every", "100", "--quiet", "--device", "cpu"])
+    assert calls["signalled"] == 1
+    assert result.exit_code == 130 and result.stderr == "", result.output
+    assert result.stdout.splitlines()[-2].startswith("done: steps 1-")
+    assert result.stdout.splitlines()[-1].startswith("checkpoints: 1 written in the background")
+    last = 2 if stopped else 4
+    assert ("SIGINT: stopped after step 2 of 4; checkpoint" in result.stdout) == stopped
+    assert [step for step, _ in train.list_checkpoints(out)] == [last]
+    assert {n: signal.getsignal(n) for n in handlers} == handlers
+
+
+def test_a_signal_once_a_benchmark_has_ended_ends_it_quietly(tmp_path, dataset, monkeypatch):
+    """--bench too: a SIGTERM after its BENCH line, as train() lets go of the loaders, said
+    "SIGTERM: stopped at once" after the benchmark's result."""
+    real_close, sent = TokenLoader.close, []
+
+    def close(self):
+        if not sent:
+            sent.append(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+        real_close(self)
+
+    monkeypatch.setattr(TokenLoader, "close", close)
+    handler = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset),
+                                             "--bench", "--bench-warmup", "1", "--bench-steps", "2", "--quiet",
+                                             "--device", "cpu", "--out", str(tmp_path / "out")])
+    assert sent and result.exit_code == 130 and result.stderr == "", result.output
+    assert result.stdout.splitlines()[-1].startswith("BENCH {")
+    assert signal.getsignal(signal.SIGTERM) == handler and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_just_after_a_run_ended_does_not_end_it_as_killed(tmp_path, signum):

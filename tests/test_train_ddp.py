@@ -257,6 +257,34 @@ def test_one_ranks_signal_stops_every_rank_at_one_step(tmp_path, at, extra, stop
     assert sorted(tmp_path.glob("run/ckpt_*.pt"))[-1].name == f"ckpt_{stopped_at:06d}.pt"
 
 
+LATE_SIGTERM = SIGNAL_ON_RANK_1.replace("sys.argv = sys.argv[1:]\n", """import torch.distributed as dist
+real_destroy = dist.destroy_process_group
+def destroy_process_group(*args, **kwargs):  # torchrun's SIGTERM after a stop, as the rank leaves the group
+    print(f"rank {os.environ['RANK']}: SIGTERM as it leaves the process group", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_destroy(*args, **kwargs)
+dist.destroy_process_group = destroy_process_group
+sys.argv = sys.argv[1:]
+""")
+
+
+def test_torchruns_sigterm_as_the_ranks_leave_the_process_group_after_a_stop_adds_no_line(tmp_path):
+    """torchrun, stopped by a Ctrl-C, sends its ranks a SIGTERM as it ends: where it came while a
+    rank left the process group after its stop (checkpoint written, closing lines said), every
+    rank then said "SIGTERM: stopped at once; --resume auto continues from ...", as if the stop
+    had been cut short. The run is over by then: such a signal ends it with 130, quietly."""
+    assert LATE_SIGTERM != SIGNAL_ON_RANK_1
+    data = write_dataset(tmp_path / "d", positional_tokens(4000), random_tokens(300, 3))
+    args = [*common(data, "run", B), "--steps", "8", "--keep-ckpts", "0", "--ckpt-every", "1"]
+    result = run_signalled(tmp_path, "train:5", args, LATE_SIGTERM)
+    assert result.returncode != 0 and "exitcode: 130" in result.stderr, result.stdout + result.stderr
+    for rank in (0, 1):
+        assert f"rank {rank}: SIGTERM as it leaves the process group" in result.stderr, result.stderr
+    assert "another rank's signal: stopped after step 3 of 8; checkpoint" in result.stdout, result.stdout
+    assert "stopped at once" not in result.stdout + result.stderr, result.stderr
+    assert sorted(tmp_path.glob("run/ckpt_*.pt"))[-1].name == "ckpt_000003.pt"
+
+
 @pytest.mark.slow
 def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_before_step_1(tmp_path):
     """A signal to rank 1 during a long step-0 evaluation: the ranks end it together a batch
