@@ -625,6 +625,8 @@ def test_usage_errors_are_one_line_exit_2(tmp_path, data, setup, args, words):
     ("fields", True, "no rank, world, epoch, start, T, first_tokens, last_target: not a --log-windows log of this"),
     ("other rank", True, "rank 1 in the log of rank 0"),
     ("geometry", True, "B=2 x T=32, 2 rank(s) after B=2 x T=16, 2 rank(s) in the same log"),
+    # B alone is the first tokens' count: a line of another B was taken as a window of this run
+    ("batch size", True, "B=3 x T=16, 2 rank(s) after B=2 x T=16, 2 rank(s) in the same log"),
 ])
 def test_a_damaged_line_is_a_problem_and_the_rest_is_checked(tmp_path, data, damage, replaces, why):
     """A line that is no record train.py writes, added to a log or in place of one of its
@@ -639,7 +641,8 @@ def test_a_damaged_line_is_a_problem_and_the_rest_is_checked(tmp_path, data, dam
            "crc32": json.dumps({**record, "crc32": 2**32}).encode() + b"\n",
            "fields": json.dumps({"batch": record["batch"]}).encode() + b"\n",
            "other rank": json.dumps({**record, "rank": 1}).encode() + b"\n",
-           "geometry": json.dumps({**record, "T": 32}).encode() + b"\n"}[damage]
+           "geometry": json.dumps({**record, "T": 32}).encode() + b"\n",
+           "batch size": json.dumps({**record, "first_tokens": [*record["first_tokens"], 0]}).encode() + b"\n"}[damage]
     log.write_bytes(b"".join(records[:2] + [bad] + records[3:]) if replaces else b"".join(records) + bad)
     result = run(out, "--data", data)
     assert result.exit_code == 1, result.output
