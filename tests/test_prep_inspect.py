@@ -234,6 +234,10 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "tokens_a_bool": (lambda t: _with_meta_text(t, lambda m: json.dumps(
         m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"shards": [
             m["splits"]["train"]["shards"][0] | {"tokens": True}]}}})), [], [META_NAME, "tokens True is not a count"]),
+    # a count is 0 or more: -1 tokens would be a shard read as holding none, or past its end
+    "tokens_negative": (lambda t: _with_meta_text(t, lambda m: json.dumps(
+        m | {"splits": m["splits"] | {"train": m["splits"]["train"] | {"shards": [
+            m["splits"]["train"]["shards"][0] | {"tokens": -1}]}}})), [], [META_NAME, "tokens -1 is not a count"]),
     "val_listed_as_train": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace(
         "ds_train_000000.bin", "ds_val_000000.bin")), [], [META_NAME, "train lists ds_val_000000.bin, a val shard"]),
     "listed_twice": (lambda t: _with_meta_text(t, lambda m: json.dumps(
