@@ -3733,6 +3733,7 @@ RESUME_DAMAGE = {  # file name: what is done to a good checkpoint
     "loaderstep": lambda c: c["loader"].update(step=1),
     "loadershuffle": lambda c: c["loader"].update(shuffle="yes"),
     "loaderseed": lambda c: c["loader"].update(seed=7),
+    "loaderorder": lambda c: c["loader"].update(shuffle=True),  # the run's --no-shuffle, another order
 }
 
 
@@ -3932,7 +3933,8 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                          ("intname", "AttributeError: 'int' object has no attribute 'startswith'"),
                          ("loaderstep", "its loader state has step, shuffle, seed 1, False, 1337; its step 2 and run "
                                         "say 2, False, 1337)"),
-                         ("loaderseed", "its loader state has step, shuffle, seed 2, False, 7")]},
+                         ("loaderseed", "its loader state has step, shuffle, seed 2, False, 7"),
+                         ("loaderorder", "its loader state has step, shuffle, seed 2, True, 1337")]},
     "resume a damaged checkpoint (loadershuffle)": (["--resume", "loadershuffle.pt"], ".",
                                                     "--resume loadershuffle.pt: malformed loader state: shuffle must "
                                                     "be True or False, got 'yes'"),
