@@ -762,6 +762,20 @@ def test_a_rank_with_more_steps_than_an_epoch_has_fails(tmp_path, data):
                 in result.output), result.output
 
 
+def test_an_epoch_over_with_a_step_too_many_names_no_gap_past_its_slots(tmp_path, data):
+    """One rank, 31 steps an epoch: epoch 0 logged with its 31 slots and batch 31 reading slot 0
+    again, then epoch 1: too many steps and a target twice, but no target of the epoch's slots
+    unread; the steps past E are no slots, and positions past E*B*T*W are not "never read"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    rewrite(out / "windows_rank0.jsonl", [logged(k * B * T, k, 0) for k in range(31)]
+            + [logged(0, 31, 0), logged(0, 32, 1)])
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: epoch 0: 32 steps where an epoch has 31 (the data says)\n" in result.output, result.output
+    assert "never read\n" not in result.output, result.output
+
+
 def test_without_data_the_checkpoint_says_the_epoch_s_steps(tmp_path, data):
     """A loader that never read the last slot of an epoch (30 steps of the 31 the split has):
     without --data, the epoch's size was what epoch 0 took, and the audit passed it as
