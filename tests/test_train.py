@@ -4501,6 +4501,11 @@ def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_pa
     digests = {digest, train.checkpoint_digest(tmp_path / "other.pt"), train.checkpoint_digest(workdir / "garbage.pt"),
                train.checkpoint_digest(workdir / "truncated.pt")}
     assert len(digests) == 4
+    # the same records, each of the same size, one weight other: only the CRC-32s tell them apart
+    again = torch.load(tmp_path / "other.pt", weights_only=True)
+    again["model"]["transformer.wpe.weight"][0, 0] += 1
+    torch.save(again, tmp_path / "again.pt")
+    assert train.checkpoint_digest(tmp_path / "again.pt") not in digests
     # a bit flipped in a record leaves the directory's CRC-32s as they were: the number is good's,
     # and the file is refused before it counts (zip_damage: its bytes fail that CRC)
     assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train.zip_damage(workdir / "bitflip.pt")
