@@ -3778,6 +3778,9 @@ def workdir(tmp_path_factory, dataset) -> Path:
     (root / "newer").mkdir()
     (root / "newer" / "ckpt_000002.pt").write_bytes(good)
     (root / "newer" / "ckpt_000009.pt").write_bytes(good)
+    (root / "next").mkdir()
+    (root / "next" / "ckpt_000002.pt").write_bytes(good)
+    (root / "next" / "ckpt_000003.pt").write_bytes(good)
     (root / "renamed").mkdir()
     (root / "renamed" / "ckpt_000005.pt").write_bytes(good)  # step 2's, renamed by hand
     (root / "metricsonly").mkdir()
@@ -3852,6 +3855,10 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     "resume below newer checkpoints": (["--resume", "newer/ckpt_000002.pt", "--out", "newer"], ".",
                                        "--out newer holds ckpt_000009.pt, newer than step 2 of --resume "
                                        "newer/ckpt_000002.pt"),
+    # one step newer is newer all the same
+    "resume below the next checkpoint": (["--resume", "next/ckpt_000002.pt", "--out", "next"], ".",
+                                         "--out next holds ckpt_000003.pt, newer than step 2 of --resume "
+                                         "next/ckpt_000002.pt"),
     # it said "--out renamed holds ckpt_000005.pt, newer than step 2 ...: move them away": the file itself
     "resume on the same tokens under other names": (["--resume", "run/ckpt_000002.pt", "--data", "samename"], ".",
                                                     "--resume run/ckpt_000002.pt: the state is for another dataset",
