@@ -225,6 +225,9 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     "null_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": None})), [], [META_NAME]),
     "other_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"vocab_size": 65536})), [],
                     [META_NAME, "vocab_size 65536: not 'gpt2' with 50257"]),
+    # GPT-2's vocabulary size, another tokenizer's numbers for other words
+    "other_tokenizer": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"tokenizer": "r50k_other"})), [],
+                        [META_NAME, "tokenizer 'r50k_other' with vocab_size 50257: not 'gpt2' with 50257"]),
     "huge_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"vocab_size": 50257',
                                                                               '"vocab_size": 1e400')), [],
                    [META_NAME, "not 'gpt2' with 50257"]),
