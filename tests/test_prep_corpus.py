@@ -3,9 +3,11 @@ naming the file and the line or byte offset."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import re
 import threading
@@ -431,6 +433,15 @@ def test_json_lines_on_stdin_are_told_from_text_whatever_the_pipe_hands_over_at_
     docs = [p.text for p in read_pieces(resolve_sources(["-"], stdin_format="jsonl"), stdin=Trickle(data))]
     assert docs == ["a doc", "b"]
 
+
+
+@pytest.mark.parametrize("kind, compress", [("xz", lzma.compress), ("bzip2", bz2.compress)])
+def test_compressed_stdin_is_told_whatever_the_pipe_hands_over_at_a_time(kind, compress):
+    """xz's magic is 6 bytes, bzip2's 10: the first bytes are read on to 10 before they are
+    judged, or a pipe's short first read (3 bytes) left them to be decoded as text."""
+    data = compress(b"some text " * 20)
+    with pytest.raises(CorpusError, match=rf"^<stdin>: {kind}-compressed; decompress it on its way in"):
+        list(read_pieces(resolve_sources(["-"], stdin_format="text"), stdin=Trickle(data)))
 
 
 def test_json_lines_on_stdin_after_blank_lines_are_told_from_text():
