@@ -336,6 +336,20 @@ def test_a_directory_link_loop_is_an_error_naming_the_link(tmp_path):
         resolve_sources([str(tmp_path / "d")])
 
 
+@pytest.mark.skipif(os.name != "posix", reason="needs symlinks")
+def test_a_loop_of_links_between_sibling_directories_is_an_error_naming_the_link(tmp_path):
+    """a/to_b -> ../b and b/to_a -> ../a: neither leads above the directory given, and only the
+    directories on the way down (by device and inode) tell the loop, before the path grows to
+    the OS's limit on links."""
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        (tmp_path / "d" / name / "x.txt").write_text(name)
+    (tmp_path / "d" / "a" / "to_b").symlink_to("../b")
+    (tmp_path / "d" / "b" / "to_a").symlink_to("../a")
+    with pytest.raises(CorpusError, match=r"d/a/to_b/to_a: a symbolic link loop \(it leads back to .*d/a\)"):
+        resolve_sources([str(tmp_path / "d")])
+
+
 def test_a_link_above_the_directory_given_is_a_loop_said_before_walking_its_target(tmp_path, monkeypatch):
     """corpus/up -> / led back to the corpus only after walking the whole filesystem."""
     (tmp_path / "d").mkdir()
