@@ -863,18 +863,29 @@ def test_a_rank_whose_log_lags_further_than_ranks_run_apart_fails(tmp_path, data
             "run at most one optimizer step (2 batch(es)) apart: a log cut short?\n") in result.output
     rewrite(out / "windows_rank1.jsonl", rank1[:37])  # 3 apart: 2 in a step, 1 for a line a kill cut in two
     assert run(out).exit_code == 0
+    rewrite(out / "windows_rank1.jsonl", rank1[:36])  # 4 apart: one more than those
+    result = run(out)
+    assert result.exit_code == 1, result.output
+    assert "problem: the ranks' logs end 4 batches apart (rank 0: batch 39, rank 1: batch 35)" in result.output
 
 
 def test_ranks_whose_crc32_starts_at_different_batches_fail(tmp_path, data):
     """Every rank runs the same train.py: crc32 stripped from all of one rank's lines passed,
     with a note."""
     out = log_ranks(tmp_path / "out", data, world=2, batches=5)
-    rewrite(out / "windows_rank1.jsonl", [{k: v for k, v in r.items() if k != "crc32"}
-                                          for r in lines(out / "windows_rank1.jsonl")])
+    records = lines(out / "windows_rank1.jsonl")
+    rewrite(out / "windows_rank1.jsonl", [{k: v for k, v in r.items() if k != "crc32"} for r in records])
     result = run(out, "--data", data)
     assert result.exit_code == 1, result.output
     assert "problem: rank 1: crc32 none, where another rank's log has it from batch 0: its tokens cannot be " \
         "checked whole\n" in result.output
+    # from a later batch than rank 0's (its first two lines without): one resume restarts every rank at one step
+    rewrite(out / "windows_rank1.jsonl", [{k: v for k, v in r.items() if k != "crc32" or r["batch"] >= 2}
+                                          for r in records])
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: rank 1: crc32 from batch 2, where another rank's log has it from batch 0: its tokens cannot " \
+        "be checked whole\n" in result.output
 
 
 def test_data_too_small_for_one_step_and_a_state_without_its_batch_are_said(tmp_path, data):
