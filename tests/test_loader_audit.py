@@ -813,6 +813,13 @@ def test_a_line_without_crc32_after_lines_with_one_fails(tmp_path, data):
     rewrite(out / "windows_rank0.jsonl", records)
     result = run(out, "--data", data)
     assert result.exit_code == 0 and "note: 3 of the 5 window(s) have no crc32" in result.output, result.output
+    # and the line right after the first with one (batch 3) without it again
+    del records[4]["crc32"]
+    rewrite(out / "windows_rank0.jsonl", records)
+    result = run(out, "--data", data)
+    assert result.exit_code == 1, result.output
+    assert "problem: rank 0: batch 4 has no crc32, where batch 3 before it has one: its tokens cannot be checked " \
+        "whole\n" in result.output
 
 
 def test_ranks_apart_across_an_epoch_s_end_pass(tmp_path, data):
