@@ -249,6 +249,10 @@ def test_logs_beside_a_checkpoint_of_another_run_fail(tmp_path, data):
     # the same path twice, or "no loader state" for an intact one
     ("no shards", "a damaged train.py loader state (0 shard(s) of 0 tokens, and num_tokens "),
     ("no tokens", "a damaged train.py loader state (1 shard(s) of 1,000 tokens, and num_tokens 0)"),
+    # num_tokens one short of its shards' sum: without --data it would say the epoch's steps
+    ("tokens not the shards'", "a damaged train.py loader state (1 shard(s) of 1,000 tokens, and num_tokens 999)"),
+    # a split (shards and num_tokens agreeing) too small for one step: E == 0, "past the 0 an epoch's 0 steps cover"
+    ("no step", "a damaged train.py loader state (20 tokens, not one step of (2, 16, 1))"),
     ("data not a path", "a damaged train_config (its data is a int, not the --data given)"),
     # a byte flipped in the pickle (the loader's step, 7 read as 5) that torch.load reads on:
     # --resume refuses the file by its CRC-32s, and the audit took it at its word (passed a log
@@ -278,12 +282,16 @@ def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked
         path.write_bytes(b"not a zip")
     elif kind == "no loader":
         torch.save({"model": {}}, path)
-    elif kind in ("no shards", "no tokens", "data not a path"):
+    elif kind in ("no shards", "no tokens", "tokens not the shards'", "no step", "data not a path"):
         ckpt = torch.load(path, weights_only=True)
         if kind == "no shards":
             ckpt["loader"]["shards"] = []
         elif kind == "no tokens":
             ckpt["loader"]["num_tokens"] = 0
+        elif kind == "tokens not the shards'":
+            ckpt["loader"]["num_tokens"] = 999
+        elif kind == "no step":
+            ckpt["loader"]["num_tokens"] = ckpt["loader"]["shards"][0][1] = 20
         else:
             ckpt["train_config"]["data"] = 7
         torch.save(ckpt, path)
