@@ -20,7 +20,7 @@ import train
 from _cli import assert_user_error
 from _data import positional_tokens, random_tokens, write_dataset
 from loader import TokenLoader
-from loader.audit import audit, main
+from loader.audit import audit, list_checkpoints, main
 from model import GPT
 from loader.cursor import Cursor
 from prep.meta import write_meta
@@ -917,3 +917,15 @@ def test_data_too_small_for_one_step_and_a_state_without_its_batch_are_said(tmp_
     result = run(out)
     assert result.exit_code == 0, result.output
     assert f"note: {path}: a damaged train.py loader state (B, T, world (None, 16, 1))" in result.output
+
+
+def test_checkpoints_are_listed_by_step_whatever_order_the_directory_gives(tmp_path):
+    """--resume auto and the audit take the last: the newest by step. Ten created out of order
+    (neither creation order nor its reverse sorted), one of 7 digits (before 999999 by name),
+    beside a temporary file and a directory of a checkpoint's name, which are none."""
+    steps = [20, 5, 1_000_000, 41, 999_999, 10, 40, 7, 100, 1]
+    for step in steps:
+        (tmp_path / f"ckpt_{step:06d}.pt").write_bytes(b"")
+    (tmp_path / "ckpt_000050.pt.tmp").write_bytes(b"")
+    (tmp_path / "ckpt_000060.pt").mkdir()
+    assert list_checkpoints(tmp_path) == [(step, tmp_path / f"ckpt_{step:06d}.pt") for step in sorted(steps)]
