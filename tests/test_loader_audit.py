@@ -807,27 +807,28 @@ def test_a_line_without_crc32_after_lines_with_one_fails(tmp_path, data):
     and last target were checked, a note said so, and the audit passed."""
     out = log_ranks(tmp_path / "out", data, world=1, batches=5)
     records = lines(out / "windows_rank0.jsonl")
+
+    def audit_of(records: list[dict]):
+        rewrite(out / "windows_rank0.jsonl", records)
+        return run(out, "--data", data)
+
+    def assert_unsummed(result, batch: int, before: int) -> None:
+        assert result.exit_code == 1, result.output
+        assert (f"problem: rank 0: batch {batch} has no crc32, where batch {before} before it has one: its tokens "
+                f"cannot be checked whole\n") in result.output
+
     del records[3]["crc32"]
-    rewrite(out / "windows_rank0.jsonl", records)
-    result = run(out, "--data", data)
-    assert result.exit_code == 1, result.output
-    assert "problem: rank 0: batch 3 has no crc32, where batch 0 before it has one: its tokens cannot be checked " \
-        "whole\n" in result.output
+    assert_unsummed(audit_of(records), 3, 0)
     # a log begun by a train.py that wrote none, resumed by one that does: from some batch on
     for record in records[:3]:
         del record["crc32"]
     records[3]["crc32"] = lines(log_ranks(tmp_path / "again", data, world=1, batches=5) / "windows_rank0.jsonl")[3][
         "crc32"]
-    rewrite(out / "windows_rank0.jsonl", records)
-    result = run(out, "--data", data)
+    result = audit_of(records)
     assert result.exit_code == 0 and "note: 3 of the 5 window(s) have no crc32" in result.output, result.output
     # and the line right after the first with one (batch 3) without it again
     del records[4]["crc32"]
-    rewrite(out / "windows_rank0.jsonl", records)
-    result = run(out, "--data", data)
-    assert result.exit_code == 1, result.output
-    assert "problem: rank 0: batch 4 has no crc32, where batch 3 before it has one: its tokens cannot be checked " \
-        "whole\n" in result.output
+    assert_unsummed(audit_of(records), 4, 3)
 
 
 def test_ranks_apart_across_an_epoch_s_end_pass(tmp_path, data):
