@@ -587,6 +587,9 @@ class Runtime:
     rank: int = 0
     local_rank: int = 0
     world: int = 1
+    # why torch.compile cannot run here (compile_refusal), where --compile, --compile-mode or the
+    # CUDA default asked for it; None where it can, or nobody asked
+    compile_refusal: str | None = None
     # The last tensors handed to a collective, kept alive until the process group is gone: a
     # gloo worker thread that frees a tensor Python has already dropped needs the GIL, and the
     # group's destructor joins those threads while holding it (pytorch/pytorch#56297): a hang
@@ -699,11 +702,12 @@ def make_runtime(cfg: TrainConfig) -> Runtime:
     dtype = cfg.dtype
     if dtype == "auto":
         dtype = auto_dtype(device)
-    refusal = compile_refusal(device) if cfg.compile or (cfg.compile is None and kind == "cuda") else None
+    asked = cfg.compile or cfg.compile_mode != "default" or (cfg.compile is None and kind == "cuda")
+    refusal = compile_refusal(device) if asked else None  # (it imports dynamo, 2 s: not in every CPU run)
     if cfg.compile and refusal:  # else torch.compile's traceback, at the start or the first forward pass
         raise UserError(f"--compile: {refusal}: drop --compile")
     compile_ = (kind == "cuda" and refusal is None) if cfg.compile is None else cfg.compile
-    return Runtime(device, dtype, compile_, rank, local_rank, world)
+    return Runtime(device, dtype, compile_, rank, local_rank, world, compile_refusal=refusal)
 
 
 def compile_refusal(device: torch.device) -> str | None:
@@ -2532,9 +2536,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                              f"those of --resume {resume_path}")
         if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
-        refusal = None
-        if not rt.compile and (rt.device.type == "cuda" or cfg.compile_mode != "default"):
-            refusal = compile_refusal(rt.device)  # (it imports dynamo, 2 s: not in every CPU run)
+        refusal = rt.compile_refusal  # (make_runtime's: compile is off where it is not None)
         if cfg.compile is None and refusal and rt.device.type == "cuda":  # (on CUDA compile is on by default)
             notes.append(f"compile is off: {refusal}")
         if cfg.compile_mode != "default" and not rt.compile:
