@@ -543,6 +543,14 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         odd = [p for p in out.glob(temp_path(out / "ckpt_*.pt").name) if p.is_dir() and not p.is_symlink()]
         if odd:
             raise stale_temporary(out, odd[0].name, os.strerror(errno.EISDIR))
+        # the logs' too: open_log writes each whole there first, once the run has started (the
+        # logs of a run without a checkpoint renamed already), and its error named the log
+        temps = [temp_path(metrics), *sorted(out.glob(temp_path(out / LOG_GLOB).name))]
+        odd = [p for p in temps if p.is_dir() and not p.is_symlink()]
+        if odd:
+            log = odd[0].name[1:].removesuffix(".tmp")  # (temp_path's .<name>.tmp)
+            raise UserError(f"--out {out}: {odd[0].name} is a directory, where train.py writes {log} "
+                            f"before it renames it into place: move it away")
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing

@@ -4571,3 +4571,27 @@ def test_resume_auto_over_a_stale_checkpoint_temporary_it_cannot_remove_is_one_l
     assert result.exit_code == 2 and "cannot remove .ckpt_000003.pt.tmp" in result.stderr, result.output
     assert sorted(p.name for p in out.iterdir()) == [".ckpt_000003.pt.tmp", "metrics.jsonl"]
     assert (out / "metrics.jsonl").read_bytes() == logged
+
+
+@pytest.mark.parametrize("temporary, log", [(".metrics.jsonl.tmp", "metrics.jsonl"),
+                                            (".windows_rank0.jsonl.tmp", "windows_rank0.jsonl")])
+def test_a_directory_named_as_a_log_s_temporary_is_refused_before_the_logs_are_renamed(tmp_path, dataset,
+                                                                                         temporary, log):
+    """open_log writes a log whole under its temporary's name first (atomic_write): a directory
+    there failed that write once the run had started, saying '<out>/metrics.jsonl: cannot
+    write it (Is a directory)' of a log that is a file, and a --resume auto over a run without
+    a checkpoint had renamed that run's logs to .before-<time> already, none left in their place."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=0, log_windows=True))
+    (out / temporary).mkdir()
+    logged = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "windows_rank0.jsonl")}
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "2", "--ckpt-every", "0",
+            "--log-windows"]
+    for more in (["--resume", "auto"], []):
+        result = CliRunner().invoke(train.main, [*args, *more])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.stderr == (f"Error: --out {out}: {temporary} is a directory, where train.py writes "
+                                 f"{log} before it renames it into place: move it away\n"), result.output
+        assert sorted(p.name for p in out.iterdir()) == sorted([temporary, *logged])
+        assert {name: (out / name).read_bytes() for name in logged} == logged
