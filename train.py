@@ -408,12 +408,14 @@ def val_data_split(val_data: str) -> str:
     if not Path(val_data).is_dir():
         return "val"
     try:
-        if not resolve_shards(val_data, "val", allow_empty=True) and resolve_shards(val_data, "train",
-                                                                                 allow_empty=True):
-            return "train"
+        if resolve_shards(val_data, "val", allow_empty=True):
+            return "val"
     except ValueError:  # a bad meta.json or shard: said when the val split is read
-        pass
-    return "val"
+        return "val"
+    try:
+        return "train" if resolve_shards(val_data, "train", allow_empty=True) else "val"
+    except ValueError:  # its train shards' own fault (numbered without padding, a gap): said as they are read
+        return "train"
 
 
 def check_out_dir(out: Path) -> None:

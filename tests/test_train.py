@@ -882,6 +882,19 @@ def test_val_data_without_a_val_split_validates_on_its_train_split(tmp_path, dat
     assert val_losses[0] == val_losses[1] and val_losses[0][0] is not None
 
 
+def test_val_data_of_train_shards_numbered_without_padding_names_them(tmp_path, dataset):
+    """--val-data a held-out directory whose train shards (its only split) are numbered without
+    padding: the error names them and the glob that takes them, as --data's does. Since the
+    loader refuses only the split it reads, the check whether there is a val split found none,
+    and the error was 'no val shards (files named <name>_val...)', of a directory holding shards."""
+    (tmp_path / "heldout").mkdir()
+    write_shard(tmp_path / "heldout" / "h_train_1.bin", random_tokens(150, 9))
+    with pytest.raises(train.UserError, match=r"^--val-data .*heldout: h_train_1.bin is numbered without "
+                                              r"padding to 6 digits .*: rename it, or name the shards with"):
+        train.train(cfg(tmp_path, dataset, val_data=str(tmp_path / "heldout"), steps=2, eval_every=2))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_of_one_step_says_step_1_done(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=1))
     assert "\ndone: step 1 in " in capsys.readouterr().out  # not "steps 1-1"
