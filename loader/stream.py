@@ -162,18 +162,20 @@ def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Pa
 
 def _other_names_glob(directory: Path, split: str, files: list[str]) -> str | None:
     """A glob (or one file) that takes a directory's .bin (else .npy) `files` named otherwise than
-    its shards are, for `split`: those whose names hold the split's, else all of them where none is
-    named as the other split's shard (that glob would be refused), else the first such file. None
-    where every file is named as the other split's shard: none is for `split`."""
+    its shards are, for `split`: those whose names hold the split's where no name of the other
+    split's shards does (pretrain_val_000000.bin for train), else all of them where none is named
+    as the other split's shard (a glob taking one would be refused), else the first such file.
+    None where every file is named as the other split's shard: none is for `split`."""
     others = [name for name in files if named_split(name) is None]
     suffix = ".bin" if any(name.endswith(".bin") for name in others) else ".npy"
     ours = [name for name in others if name.endswith(suffix)]
     if not ours:
         return None
     where = glob.escape(str(directory))
-    if any(split in name for name in ours):
+    theirs = [name for name in files if name.endswith(suffix) and named_split(name) is not None]
+    if any(split in name for name in ours) and not any(split in name for name in theirs):
         return f"{where}/*{split}*{suffix}"
-    if all(named_split(name) is None for name in files if name.endswith(suffix)):
+    if not theirs:
         return f"{where}/*{suffix}"
     return f"{where}/{glob.escape(ours[0])}"
 

@@ -500,6 +500,8 @@ def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     (["tokens_a.bin", "tokens_b.bin"], "*.bin"),  # no name says a split: all of them
     (["fineweb-train-00.bin", "fineweb-train-01.bin", "fineweb-val-00.bin"], "*train*.bin"),  # names that say it
     (["tokens.bin", "x_val_000000.bin"], "tokens.bin"),  # *.bin would take the val shard: the file itself
+    # *train*.bin would take the val shard, its name holding the split's too: the file itself
+    (["pretrain_tokens.bin", "pretrain_val_000000.bin"], "pretrain_tokens.bin"),
 ])
 def test_the_glob_suggested_for_other_names_takes_the_shards_there(tmp_path, names, suggested):
     for seed, name in enumerate(names):
