@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from loader import LoaderError, TokenLoader
-from loader.loader import dataset_digest
+from loader.errors import check_int
+from loader.loader import MAX_PREFETCH, dataset_digest
 from prep.meta import write_meta
 from prep.shards import shard_name, write_shard
 
@@ -197,6 +198,16 @@ def test_bad_arguments_are_clear_errors(data, kwargs, message):
     path, _ = data
     with pytest.raises(LoaderError, match=message):
         TokenLoader(path, **kwargs)
+
+
+def test_the_deepest_prefetch_allowed_is_taken(data):
+    """The limit is MAX_PREFETCH itself, as the error says ("from 0 to 1024"), not one below it."""
+    path, _ = data
+    assert check_int("prefetch", np.int64(MAX_PREFETCH), 0, MAX_PREFETCH) == MAX_PREFETCH
+    with (TokenLoader(path, B=1, T=1, prefetch=0) as plain,
+          TokenLoader(path, B=1, T=1, prefetch=MAX_PREFETCH) as deep):
+        for _ in range(3):
+            assert torch.equal(deep.next_window(), plain.next_window())
 
 
 @pytest.mark.parametrize("path", [None, 3, b"data"])
