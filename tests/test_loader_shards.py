@@ -502,14 +502,19 @@ def test_missing_paths_and_empty_globs_and_splits(tmp_path, fineweb):
     (["tokens.bin", "x_val_000000.bin"], "tokens.bin"),  # *.bin would take the val shard: the file itself
     # *train*.bin would take the val shard, its name holding the split's too: the file itself
     (["pretrain_tokens.bin", "pretrain_val_000000.bin"], "pretrain_tokens.bin"),
+    (["tokens.bin", "tokens.npy"], "*.bin"),  # .bin before .npy, as the directory's own shards are found
+    # the val shard is a .npy: *.bin takes no val shard, and both train files (not a.bin alone)
+    (["a.bin", "b.bin", "x_val_000000.npy"], "*.bin"),
 ])
 def test_the_glob_suggested_for_other_names_takes_the_shards_there(tmp_path, names, suggested):
+    directory = tmp_path / "run [1]"  # a name that is a glob pattern itself: escaped in the one suggested
+    directory.mkdir()
     for seed, name in enumerate(names):
-        llmc_shard(tmp_path / name, tokens(300, seed))
+        llmc_shard(directory / name, tokens(300, seed))
     with pytest.raises(LoaderError, match=r"no train shards .*; for other names pass a glob such as '(.*)'$") as e:
-        TokenLoader(tmp_path, B=1, T=8)
+        TokenLoader(directory, B=1, T=8)
     given = re.search(r"a glob such as '(.*)'$", str(e.value))[1]
-    assert given == f"{tmp_path}/{suggested}"
+    assert given == f"{tmp_path}/run [[]1]/{suggested}"
     with TokenLoader(given, B=1, T=8, prefetch=0) as loader:  # as it says
         assert loader.num_tokens > 0 and all(named_split(p.name) != "val" for p in loader.shards)
 
