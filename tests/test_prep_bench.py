@@ -104,6 +104,13 @@ def test_best_of_keeps_the_fastest_and_notes_the_load():
     assert best["seconds"] == 0.1 and best["tag"] == "x" and best["other_cores"] is None  # instant: no figure
 
 
+def test_the_machine_s_memory_is_reported_in_gib_or_none_where_the_system_does_not_say(monkeypatch):
+    monkeypatch.setattr(measure, "physical_memory", lambda: 16 * 2**30 + 2**29)
+    assert measure.machine()["mem_gib"] == 16.5
+    monkeypatch.setattr(measure, "physical_memory", lambda: None)  # sysconf unknown: no figure, not a failure
+    assert measure.machine()["mem_gib"] is None
+
+
 def test_parallel_capacity_runs_all_processes_at_once(monkeypatch):
     """Each round starts its processes at one barrier of as many parties (none runs alone). The
     figure itself is the machine's: no bound on it here (a busy machine's 1-process time is
