@@ -4608,3 +4608,28 @@ def test_a_directory_named_as_a_log_s_temporary_is_refused_before_the_logs_are_r
                                  f"{log} before it renames it into place: move it away\n"), result.output
         assert sorted(p.name for p in out.iterdir()) == sorted([temporary, *logged])
         assert {name: (out / name).read_bytes() for name in logged} == logged
+
+
+def test_a_stale_checkpoint_temporary_whose_removal_is_refused_is_one_line(tmp_path, dataset, monkeypatch):
+    """A `.ckpt_*.pt.tmp` file the start-up's clean-up may not remove (another user's, in a sticky
+    directory; simulated: unlink refused) is one line, status 2, not PermissionError's traceback;
+    the checkpoint and the metrics there are untouched."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    (out / ".ckpt_000003.pt.tmp").write_bytes(b"half a checkpoint")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
+            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "4", "--resume", "auto"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr == (f"Error: --out {out}: cannot remove .ckpt_000003.pt.tmp, where a killed run "
+                             f"leaves a checkpoint half-written (Operation not permitted): move it away\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
