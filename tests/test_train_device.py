@@ -169,6 +169,18 @@ def test_compile_is_off_by_default_where_torch_has_no_dynamo_for_this_python(mon
     assert not (tmp_path / "out").exists()
 
 
+def test_a_compile_mode_where_torch_cannot_compile_does_not_say_to_turn_it_on(monkeypatch, dataset, tmp_path):
+    """--compile-mode without --compile is a note that says --compile turns compile on: not where
+    torch has no dynamo, where --compile is refused (above)."""
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1", "--data", str(dataset), "--device",
+            "cpu", "--out", str(tmp_path / "out"), "--eval-every", "0", "--compile-mode", "reduce-overhead"]
+    result = CliRunner().invoke(train.main, args)
+    assert result.exit_code == 0, result.output
+    note = "note: --compile-mode reduce-overhead has no effect: compile is off\n"
+    assert note in result.stdout, result.output
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_torchrun_with_one_rank_more_than_gpus_stops_every_rank_in_one_line(tmp_path, dataset):
     """The real thing on a CUDA machine: torchrun starts one rank more than there are GPUs.
