@@ -1919,6 +1919,35 @@ def test_a_resume_where_compile_was_off_by_default_on_cuda_says_nothing_of_compi
     assert "resumed from" in out and "note: resumed with compile" not in out, out
 
 
+def test_a_resume_notes_compile_only_where_it_alone_changed(tmp_path, dataset, capsys):
+    """A checkpoint written before "compiled" was recorded: its compile is read from its device
+    (on by default for CUDA), so a CPU run's, resumed on the CPU, changed nothing and says nothing;
+    one written before its device was recorded says nothing of a compile it cannot know.
+    A CUDA run's, compiled, resumed on the CPU: the note on the device says the steps are not
+    bit-identical; a second note on compile would say it again."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    path = tmp_path / "out" / "ckpt_000002.pt"
+    saved = torch.load(path, weights_only=True)
+    assert saved["compiled"] is False and saved["train_config"]["compile"] is None
+    del saved["compiled"]  # as an older checkpoint is
+    torch.save(saved, path)
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=3, resume=str(path), out=str(tmp_path / "a"), quiet=False))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "not bit-identical" not in out, out
+    del saved["precision"]  # older still: what it computed on is not known, nor its compile
+    torch.save(saved, path)
+    train.train(cfg(tmp_path, dataset, steps=3, resume=str(path), out=str(tmp_path / "c"), quiet=False))
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "note: resumed with compile" not in out, out
+    saved.update(compiled=True, precision={"device": "cuda", "dtype": "bf16"})  # as a GPU run writes it
+    torch.save(saved, path)
+    train.train(cfg(tmp_path, dataset, steps=3, resume=str(path), out=str(tmp_path / "b"), quiet=False))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "not bit-identical" in line]
+    assert notes == ["note: resumed on cpu in fp32, where the checkpoint's run computed on cuda in bf16: the "
+                     "steps from here on are not bit-identical to an uninterrupted run's"], notes
+
+
 def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
     train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2))
     assert sorted(p.name for p in (tmp_path / "out").glob("ckpt_*")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
