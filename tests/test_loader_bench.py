@@ -3,6 +3,7 @@ turns a bad path into one line and exit status 2."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -93,6 +94,24 @@ def test_cold_drops_shards_written_moments_before(tmp_path):
     data.tofile(dirty)  # no fsync: its pages wait for the kernel's write-back (seconds)
     bench._drop_from_page_cache([str(dirty)])
     assert disk_bytes_to_read(dirty) >= data.nbytes // 2
+
+
+def test_cold_on_a_file_system_that_cannot_sync_still_drops_the_pages(tmp_path, monkeypatch):
+    """fdatasync refused (EINVAL: a file system with no write-back to wait for) is no reason to
+    stop: the pages are dropped as far as DONTNEED drops them."""
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("--cold is Linux-only")
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"\0" * 4096)
+    dropped = []
+
+    def no_sync(fd):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "fdatasync", no_sync)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append(advice))
+    bench._drop_from_page_cache([str(path), str(path)])
+    assert dropped == [os.POSIX_FADV_DONTNEED] * 2
 
 
 def test_bench_table_on_a_given_directory(tmp_path, capsys):
