@@ -1605,6 +1605,10 @@ def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
     except FileNotFoundError:  # found a moment ago: not damaged, removed
         raise UserError(f"{flag} {path}: removed while it was being read (by the run writing there, whose "
                         f"--keep-ckpts prunes its older checkpoints?)") from None
+    except PermissionError as e:  # another user's file (a job run as someone else): not damaged, and
+        # "truncated, corrupt" below would send the user to move a good checkpoint away
+        raise UserError(f"{flag} {path}: cannot be read ({e.strerror or e}): give this user read "
+                        f"permission on it") from None
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         if weights_file(path) == SAFETENSORS:  # whole, in another format: what HF's hub serves today
             raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "

@@ -1601,6 +1601,34 @@ def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
         train._read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
 
 
+def test_a_checkpoint_this_user_cannot_read_is_not_called_damaged(tmp_path, dataset, monkeypatch):
+    """A checkpoint of another user's (a job run as someone else) was "not a readable checkpoint
+    (truncated, corrupt, or not written by train.py; torch.load raised PermissionError)" to
+    --resume, --init-from and sample.py: a whole file, which needs read permission, not moving
+    away. (torch.load refuses it as open() would: as root, chmod would not stop us.)"""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--no-compile",
+            "--device", "cpu", "--data", str(dataset), "--out", str(tmp_path / "run")]
+    assert CliRunner().invoke(train.main, [*args, "--steps", "2"]).exit_code == 0
+    ckpt, real_load = tmp_path / "run" / "ckpt_000002.pt", torch.load
+
+    def refusing_load(f, *a, **k):
+        if Path(f) == ckpt:
+            raise PermissionError(errno.EACCES, "Permission denied", str(f))
+        return real_load(f, *a, **k)
+
+    monkeypatch.setattr(torch, "load", refusing_load)
+    for flag, what in (("--resume", "checkpoint"), ("--init-from", "weights file"),
+                       ("checkpoint", "checkpoint")):  # (sample.py's)
+        with pytest.raises(train.UserError) as e:
+            train._read_torch_file(ckpt, flag, what)
+        assert str(e.value) == (f"{flag} {ckpt}: cannot be read (Permission denied): give this user read "
+                                "permission on it")
+    result = CliRunner().invoke(train.main, [*args, "--steps", "4", "--resume", str(ckpt)])
+    assert_user_error(result, f"--resume {ckpt}: cannot be read (Permission denied)")
+    assert "corrupt" not in result.output and sorted(p.name for p in ckpt.parent.iterdir()) == [
+        "ckpt_000002.pt", "metrics.jsonl"]
+
+
 def test_a_token_shard_given_for_a_checkpoint_or_weights_says_so(tmp_path):
     """A shard (ours or llm.c's) given to --resume, --init-from or sample.py was "not a readable
     checkpoint (truncated, corrupt, ...)": a whole file, sent to look for damage."""
