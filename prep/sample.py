@@ -112,7 +112,11 @@ def write_sample(
     `warn` receives the one-line notice when a download fails and the fallback is written.
     Raises UserError for a bad `source`/`out` or an existing file that may not be replaced.
     """
+    given = os.fspath(out)
     out = Path(out)
+    if os.path.basename(given) in ("", "."):  # `new/`: pathlib drops the slash, and a file `new` was written
+        raise UserError(f"--out {given}: a directory's name (it ends in {given[-1]!r}); give a file path, "
+                        f"e.g. {out / 'input.txt'}")
     if out.is_symlink():  # written through, the link kept (as prep tokenize's --out); never replaced by a file
         if not out.exists():  # dangling, or a loop
             raise UserError(f"--out {out}: a broken symbolic link (to {os.readlink(out)}); give a file path")
@@ -180,7 +184,7 @@ def write_sample(
 
 
 @click.command("sample", cls=UserCommand)
-@click.option("--out", "out", type=GivenPath(dir_okay=True, path_type=Path, current_ok=False),
+@click.option("--out", "out", type=GivenPath(dir_okay=True, current_ok=False),  # a str: keeps `new/`'s slash
               default=Path("input.txt"), show_default=True, help="File to write the corpus to.")
 @click.option("--offline", is_flag=True, default=False, show_default=True,
               help="Do not try the network; write the offline fallback, pydoc_data.topics.")
@@ -189,7 +193,7 @@ def write_sample(
               help="Copy this local file instead of downloading; it is copied as it is, and the report says whether it is tiny Shakespeare (sha256).")
 @click.option("--overwrite", is_flag=True, default=False, show_default=True,
               help="Replace an existing --out file with different content.")
-def sample_command(out: Path, offline: bool, source: Path | None, overwrite: bool) -> None:
+def sample_command(out: str | Path, offline: bool, source: Path | None, overwrite: bool) -> None:
     """Write the demo corpus: tiny Shakespeare, downloaded and verified, or an offline fallback.
 
     The download URL can be overridden with the SHARDGPT_SAMPLE_URL environment variable.

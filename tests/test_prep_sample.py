@@ -205,10 +205,14 @@ def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["missing_from", "out_dir_missing", "out_is_dir", "out_is_a_fifo",
-                                  "from_is_dir", "from_is_a_fifo"])
+                                  "from_is_dir", "from_is_a_fifo", "out_ends_in_a_slash",
+                                  "out_a_file_and_a_slash"])
 def test_user_mistakes(tmp_path, case):
+    """`--out new/` wrote a file named `new` (pathlib drops the slash), and `--out mine.txt/
+    --overwrite` replaced mine.txt: a path ending in a separator names a directory."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # as a device (/dev/null) would be: --overwrite must not turn it into a file
+    (tmp_path / "mine.txt").write_text("precious user data")
     args, words = {
         "missing_from": (["--from", tmp_path / "nope.txt", "--out", tmp_path / "o.txt"], ["nope.txt", "--from"]),
         "out_dir_missing": (["--offline", "--out", tmp_path / "no" / "o.txt"], ["--out", "does not exist"]),
@@ -216,11 +220,17 @@ def test_user_mistakes(tmp_path, case):
         "out_is_a_fifo": (["--offline", "--out", fifo, "--overwrite"], [f"--out {fifo} is not a regular file"]),
         "from_is_dir": (["--from", tmp_path, "--out", tmp_path / "o.txt"], [f"--from {tmp_path}: is a directory"]),
         "from_is_a_fifo": (["--from", fifo, "--out", tmp_path / "o.txt"], [f"--from {fifo}: not a regular file"]),
+        "out_ends_in_a_slash": (["--offline", "--out", f"{tmp_path / 'new'}{os.sep}"],
+                                [f"--out {tmp_path / 'new'}{os.sep}: a directory's name",
+                                 f"e.g. {tmp_path / 'new' / 'input.txt'}"]),
+        "out_a_file_and_a_slash": (["--offline", "--overwrite", "--out", f"{tmp_path / 'mine.txt'}{os.sep}"],
+                                   [f"--out {tmp_path / 'mine.txt'}{os.sep}: a directory's name"]),
     }[case]
     before = sorted(tmp_path.rglob("*"))
     result = run(*args)
     assert_user_error(result, *words)
     assert sorted(tmp_path.rglob("*")) == before
+    assert (tmp_path / "mine.txt").read_text() == "precious user data"
 
 
 def test_registered_in_the_prep_cli(tmp_path):
