@@ -431,6 +431,9 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out}: {probe} is not writable")
+    if probe == out and not os.access(out, os.R_OK):  # write-only (a drop box): the lock opens it to read
+        raise UserError(f"--out {out}: {out} is not readable (a run lists and locks its --out): give this "
+                        f"user read permission on it, or choose another --out")
 
 
 LOCK_NAME = ".train.lock"  # in --out, only where a directory cannot be flocked (NFS)

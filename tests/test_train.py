@@ -4309,6 +4309,35 @@ def test_unwritable_out_is_refused(tmp_path, dataset):
     assert result.exit_code == 2 and result.output == f"Error: --out {locked / 'out'}: {locked} is not writable\n"
 
 
+def test_an_out_this_user_may_write_but_not_read_is_refused(tmp_path, dataset, monkeypatch):
+    """An existing --out this user may write but not read (mode 0o333, a drop box): the run's lock
+    opens it for reading, and the refusal was a PermissionError traceback (exit status 1)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o333)
+    if os.geteuid() == 0:  # root reads it all the same: os.access and os.open answer as for another user
+        real_access, real_open = os.access, os.open
+
+        def access(path, mode, *a, **k):
+            return not (Path(path) == out and mode & os.R_OK) and real_access(path, mode, *a, **k)
+
+        def refusing_open(path, flags, *a, **k):
+            if not isinstance(path, int) and Path(path) == out:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *a, **k)
+
+        monkeypatch.setattr(os, "access", access)
+        monkeypatch.setattr(os, "open", refusing_open)
+    try:
+        result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1",
+                                                 "--data", str(dataset), "--out", str(out), "--quiet"])
+    finally:
+        monkeypatch.undo()
+        out.chmod(0o700)
+    assert_user_error(result, f"--out {out}: {out} is not readable", "read permission")
+    assert list(out.iterdir()) == []
+
+
 def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypatch):
     for name in ("a", "b"):
         write_dataset(tmp_path / "data" / name, random_tokens(300))
