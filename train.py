@@ -130,7 +130,8 @@ from prep.measure import physical_memory
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.progress import Bar  # tqdm without its monitor thread, which outlives the bar
 from prep.shards import (LLMC_MODEL_MAGIC, SAFETENSORS, ShardError, cannot_list, file_kind, find_shards,
-                         header_problem, llmc_file, read_header, split_files_in, weights_file)
+                         header_problem, llmc_file, parse_shard_name, read_header, split_files_in,
+                         weights_file)
 
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
@@ -536,6 +537,12 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
+    if resume_path is None and out.is_dir():  # a first start: a run resumed there already goes on
+        dataset = sorted(p.name for p in out.iterdir() if p.name == META_NAME or parse_shard_name(p.name))
+        if dataset:  # --out and --data mixed up: checkpoints beside the shards, which prep tokenize then
+            # refuses to replace ("not a dataset directory")
+            raise UserError(f"--out {out} is a dataset directory (it holds {dataset[0]}): give the run a "
+                            f"directory of its own")
     logs = sorted(out.glob(LOG_GLOB))  # --log-windows logs (none where out is missing)
     if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
         odd = sorted(p.name for p in out.iterdir() if CKPT_PATTERN.fullmatch(p.name) and not p.is_file())

@@ -4338,6 +4338,19 @@ def test_an_out_this_user_may_write_but_not_read_is_refused(tmp_path, dataset, m
     assert list(out.iterdir()) == []
 
 
+def test_a_dataset_directory_as_out_is_refused(tmp_path, dataset):
+    """--out the dataset itself (--out and --data mixed up, --out data/input): the run wrote its
+    checkpoints and metrics beside the shards, and `prep tokenize --overwrite` then refused to
+    replace the dataset, "not a dataset directory". A first start is refused, touching nothing."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1", "--eval-every", "0", "--quiet",
+            "--data", str(dataset), "--out", str(dataset)]
+    before = sorted(p.name for p in dataset.iterdir())
+    for resume in ([], ["--resume", "auto"]):
+        result = CliRunner().invoke(train.main, [*args, *resume])
+        assert_user_error(result, f"--out {dataset} is a dataset directory (it holds ", "of its own")
+        assert sorted(p.name for p in dataset.iterdir()) == before
+
+
 def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypatch):
     for name in ("a", "b"):
         write_dataset(tmp_path / "data" / name, random_tokens(300))
