@@ -190,6 +190,19 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     return tokens
 
 
+def check_prompt(prompt: str) -> None:
+    """A user error where `prompt` holds bytes the command line could not decode as UTF-8 (a
+    Latin-1 file's text), which Python keeps as lone surrogates: the tokenizer replaced each
+    with U+FFFD, and the samples continued another prompt than the one given, without a word
+    (prep tokenize refuses such text too)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # the characters before e.start encode: their bytes are where it is
+        at = len(prompt[:e.start].encode("utf-8"))
+        raise UserError(f"--prompt: invalid UTF-8 at byte {at}: pass the text in UTF-8 "
+                        f"(e.g. converted with iconv -t UTF-8)") from None
+
+
 SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the millions is a loop, not a batch
 
 
@@ -219,6 +232,7 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
     a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights)."""
     if math.isnan(temperature):  # click's FloatRange lets nan through
         raise UserError("--temperature must be a number >= 0, got nan")
+    check_prompt(prompt)
     if not ckpt:  # Path("") is the current directory
         raise UserError("CKPT must name a checkpoint file or an --out directory, got ''")
     if preset is not None:  # a bad name is a mistake whatever CKPT turns out to be ('' was gpt2)

@@ -267,6 +267,18 @@ def test_top_k_zero_samples_among_all_tokens(run):
     assert samples(result) == samples(invoke(str(run), *args, "--top-k", "50257"))  # all of them
 
 
+def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(run, monkeypatch):
+    """A command line's bytes that are no UTF-8 (a Latin-1 file's text: `--prompt "$(cat f)"`)
+    reach Python as lone surrogates, which the tokenizer replaced with U+FFFD: the samples
+    continued another prompt than the one given, without a word. Refused, as prep tokenize
+    refuses such text, before the model is read."""
+    monkeypatch.setattr(sample, "newest_model", lambda *a: pytest.fail("the checkpoint was read"))
+    prompt = os.fsdecode("caf\xe9 ROMEO".encode("latin-1"))  # as sys.argv holds it in a UTF-8 locale
+    assert_user_error(invoke(str(run), "--prompt", prompt), "--prompt: invalid UTF-8 at byte 3",
+                      "pass the text in UTF-8")
+    assert_user_error(invoke(str(run), "--prompt", "h\u00e9llo \ud800"), "--prompt: invalid UTF-8 at byte 7")
+
+
 def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
     """The EOT before the prompt takes one position: a prompt of block_size tokens is cut."""
     prompt = "x" * 20
