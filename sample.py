@@ -40,7 +40,11 @@ def checkpoint_file(path: Path) -> Path:
     """`path` itself, or the newest checkpoint in it when it is a directory."""
     if not path.is_dir():
         return path
-    found = train.list_checkpoints(path)
+    try:
+        found = train.list_checkpoints(path)
+    except OSError as e:  # no read permission (another user's run, mode 0711): its files may still be read
+        raise UserError(f"{path}: this directory cannot be listed ({e.strerror or e}): pass a checkpoint "
+                        f"file in it") from None
     if not found:
         why = (": the run there has written none (it ran with --ckpt-every 0, as `make demo`'s run, stopped before its "
                "first, or is still before it)"
@@ -64,10 +68,18 @@ def newest_model(given: Path, rt: train.Runtime, preset: str | None, n_head: int
             return path, load_model(path, rt, preset, n_head)
         except UserError:
             # the checkpoint read is gone since it was listed; or none was listed, and some are there now
-            raced = given.is_dir() and (not path.exists() if path != given else bool(train.list_checkpoints(given)))
+            raced = given.is_dir() and (not path.exists() if path != given else has_checkpoints(given))
             if not raced or attempt == tries:
                 raise
             attempt += 1
+
+
+def has_checkpoints(directory: Path) -> bool:
+    """Whether `directory` lists a checkpoint now (not where it cannot be listed)."""
+    try:
+        return bool(train.list_checkpoints(directory))
+    except OSError:
+        return False
 
 
 def config_differences(config: GPTConfig, state: dict) -> str:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import sample
 import train
 from _cli import assert_user_error
-from _data import flip_a_tensor_bit, random_tokens, write_dataset
+from _data import flip_a_tensor_bit, random_tokens, without_read_permission, write_dataset
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import HANGUP
 from prep.tokenizer import EOT, get_encoding
@@ -277,6 +277,18 @@ def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(run, monkeypatch):
     assert_user_error(invoke(str(run), "--prompt", prompt), "--prompt: invalid UTF-8 at byte 3",
                       "pass the text in UTF-8")
     assert_user_error(invoke(str(run), "--prompt", "h\u00e9llo \ud800"), "--prompt: invalid UTF-8 at byte 7")
+
+
+def test_an_out_directory_that_cannot_be_listed_is_one_line(run, tmp_path, monkeypatch):
+    """A run's directory without read permission (another user's, mode 0711): listing it for
+    its newest checkpoint raised PermissionError, a traceback; the file in it still samples."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "ckpt_000004.pt").symlink_to(run / "ckpt_000004.pt")
+    without_read_permission(monkeypatch, locked)
+    assert_user_error(invoke(str(locked)), f"{locked}: this directory cannot be listed (Permission denied): "
+                      f"pass a checkpoint file in it")
+    assert samples(invoke(str(locked / "ckpt_000004.pt"), "--max-new-tokens", "2"))
 
 
 def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
