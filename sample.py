@@ -38,7 +38,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
 
 def checkpoint_file(path: Path) -> Path:
     """`path` itself, or the newest checkpoint in it when it is a directory."""
-    if not path.is_dir():
+    if not is_directory(path):
         return path
     try:
         found = train.list_checkpoints(path)
@@ -68,10 +68,19 @@ def newest_model(given: Path, rt: train.Runtime, preset: str | None, n_head: int
             return path, load_model(path, rt, preset, n_head)
         except UserError:
             # the checkpoint read is gone since it was listed; or none was listed, and some are there now
-            raced = given.is_dir() and (not path.exists() if path != given else has_checkpoints(given))
+            raced = is_directory(given) and (not path.exists() if path != given else has_checkpoints(given))
             if not raced or attempt == tries:
                 raise
             attempt += 1
+
+
+def is_directory(path: Path) -> bool:
+    """Whether `path` is a directory; False where it cannot be looked up (a directory on the way
+    that may not be searched): reading it as a file says so in one line."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def has_checkpoints(directory: Path) -> bool:

@@ -1584,7 +1584,12 @@ CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "
 def _read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
     """torch.load(path, weights_only=True) on the CPU; a user error (starting with `flag` and
     the path) when it is a directory, missing, truncated or garbage."""
-    if path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except PermissionError as e:  # a directory on the way that may not be searched (another user's, mode 700)
+        raise UserError(f"{flag} {path}: cannot be looked up ({e.strerror}: a directory on the way to it "
+                        f"may not be searched)") from None
+    if is_dir:
         try:
             found = list_checkpoints(path)
         except OSError:  # a directory that cannot be listed (no read permission): no hint, the error stands

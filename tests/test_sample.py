@@ -14,7 +14,8 @@ from click.testing import CliRunner
 import sample
 import train
 from _cli import assert_user_error
-from _data import flip_a_tensor_bit, random_tokens, without_read_permission, write_dataset
+from _data import (flip_a_tensor_bit, random_tokens, without_read_permission, without_search_permission,
+                   write_dataset)
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import HANGUP
 from prep.tokenizer import EOT, get_encoding
@@ -289,6 +290,22 @@ def test_an_out_directory_that_cannot_be_listed_is_one_line(run, tmp_path, monke
     assert_user_error(invoke(str(locked)), f"{locked}: this directory cannot be listed (Permission denied): "
                       f"pass a checkpoint file in it")
     assert samples(invoke(str(locked / "ckpt_000004.pt"), "--max-new-tokens", "2"))
+
+
+def test_a_checkpoint_in_a_directory_without_search_permission_is_one_line(run, tmp_path, monkeypatch):
+    """A checkpoint under another user's home (mode 700): even its stat fails, and the
+    PermissionError of Path.is_dir was a traceback, in sample.py and in train.py's --init-from
+    and --resume alike."""
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "ckpt_000004.pt").symlink_to(run / "ckpt_000004.pt")
+    without_search_permission(monkeypatch, private)
+    path = private / "ckpt_000004.pt"
+    assert_user_error(invoke(str(path)), f"checkpoint {path}: cannot be looked up (Permission denied: a "
+                                         f"directory on the way to it may not be searched)")
+    for flag in ("--init-from", "--resume"):
+        with pytest.raises(train.UserError, match=f"^{flag} .*ckpt_000004.pt: cannot be looked up"):
+            train._read_torch_file(path, flag)
 
 
 def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
