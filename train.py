@@ -2196,6 +2196,17 @@ class AppendLog:
         except OSError as e:
             raise self._error(e) from None
 
+    def sync(self) -> None:
+        """Put the lines written so far on disk (flush, fsync): done before each checkpoint, whose
+        file atomic_write fsyncs. A machine's crash (a power cut, a kernel panic) kept ckpt_k and
+        lost the lines before k still in the page cache, which the resume from it does not write
+        again: steps missing from metrics.jsonl, windows that loader.audit finds unlogged."""
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise self._error(e) from None
+
     def close(self) -> None:
         try:
             self._f.close()
@@ -3352,6 +3363,7 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
                     raise stale_temporary(out, stale.name, e.strerror or str(e)) from None
             metrics = files.enter_context(open_log(out / METRICS_NAME, "step",
                                                    s.start_step if s.resumed_from else None))
+        logs = [metrics] if metrics is not None else []  # synced before each checkpoint (AppendLog.sync)
         loader = s.train_loader
         # data_wait_ms times next_batch alone: --log-windows' copy to the host (a device sync),
         # CRC and JSON line come after it, outside the timed call
@@ -3365,6 +3377,7 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
                                                lambda text: _echo(f"note: rank {rt.rank}: {text}"
                                                                   if rt.ddp else f"note: {text}")))
             feed = window_logger(waits, log, loader)
+            logs.append(log)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
         bar = files.enter_context(Bar(total=cfg.steps, initial=s.start_step, unit="step", dynamic_ncols=True,
                                        # None: drawn on a terminal only, as prep's bars; a log
@@ -3605,7 +3618,9 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
                 check_diverged(step if do_ckpt else None)  # its weights, as for any checkpoint due
             if do_ckpt:
                 ckpt_started = time.perf_counter()
-                rng_ranks = _rng_states(s)  # every rank: a collective
+                for synced in logs:  # this step's lines and those before it are on disk before its checkpoint
+                    synced.sync()
+                rng_ranks = _rng_states(s)  # every rank: a collective (rank 0 writes once every rank synced)
                 if rt.master:
                     in_background += _checkpoint(s, step, rng_ranks, writer)
                     if writer is not None and (step == cfg.steps or stopping or stop.requested and not rt.ddp):
