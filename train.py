@@ -550,7 +550,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
         odd = [p for p in logs if not p.is_file()]
         if odd:
-            raise UserError(f"--out {out}: {odd[0]} is not a file; --log-windows writes under that name")
+            raise not_a_log_file(out, odd[0])
         # said before anything is renamed (set_aside_logs): the run's start removes these
         odd = [p for p in out.glob(temp_path(out / "ckpt_*.pt").name) if p.is_dir() and not p.is_symlink()]
         if odd:
@@ -560,9 +560,7 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         temps = [temp_path(metrics), *sorted(out.glob(temp_path(out / LOG_GLOB).name))]
         odd = [p for p in temps if p.is_dir() and not p.is_symlink()]
         if odd:
-            log = odd[0].name[1:].removesuffix(".tmp")  # (temp_path's .<name>.tmp)
-            raise UserError(f"--out {out}: {odd[0].name} is a directory, where train.py writes {log} "
-                            f"before it renames it into place: move it away")
+            raise temporary_is_a_directory(out, odd[0])
     checkpoints = list_checkpoints(out)
     theirs = [p.name for _, p in checkpoints[-1:]]
     # a run stopped in its step-0 evaluation trained nothing: starting it again loses nothing
@@ -582,6 +580,30 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
             f"--out {out} holds another run's {' and '.join(theirs)}; resuming --resume {resume_path} "
             f"there would mix the two: choose an empty --out, or resume from a checkpoint in {out}"
         )
+
+
+def not_a_log_file(out: Path, log: Path) -> UserError:
+    """A --log-windows log's name in `out` taken by something other than a file."""
+    return UserError(f"--out {out}: {log} is not a file; --log-windows writes under that name")
+
+
+def temporary_is_a_directory(out: Path, temporary: Path) -> UserError:
+    """A log's temporary (open_log's atomic_write) in `out` that is a directory."""
+    log = temporary.name[1:].removesuffix(".tmp")  # (temp_path's .<name>.tmp)
+    return UserError(f"--out {out}: {temporary.name} is a directory, where train.py writes {log} "
+                     f"before it renames it into place: move it away")
+
+
+def check_own_log(out: Path, log: Path) -> None:
+    """A rank other than 0, with --log-windows: its own log `log` in `out`, as rank 0 checks
+    every rank's (check_out_contents). In an --out of this rank's own (a node that does not
+    share rank 0's) nobody else sees it, and it was opened only after the first step, the
+    other ranks' logs of that step left behind."""
+    if log.exists() and not log.is_file():
+        raise not_a_log_file(out, log)
+    temporary = temp_path(log)
+    if temporary.is_dir() and not temporary.is_symlink():
+        raise temporary_is_a_directory(out, temporary)
 
 
 def _earlier_run_remedy(out: Path, names: list[str], checkpoints: bool, init_from: str | None) -> str:
@@ -2524,7 +2546,9 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             resume_path, set_aside = resolve_resume(cfg, notes)
             if rt.master:
                 check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside)
-            elif resume_path is None and not set_aside:
+            elif cfg.log_windows:
+                check_own_log(out, log_path(out, rt.rank))
+            if not rt.master and resume_path is None and not set_aside:
                 # a node whose --out is its own: rank 0's check never sees this rank's log, which
                 # a fresh run would empty, or leave beside it (without --log-windows) as its own
                 own = log_path(out, rt.rank)

@@ -586,6 +586,25 @@ def test_a_fresh_run_refuses_the_window_log_of_an_earlier_run_on_a_node_that_doe
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name, said", [
+    ("windows_rank1.jsonl", "n1/windows_rank1.jsonl is not a file; --log-windows writes under that name"),
+    (".windows_rank1.jsonl.tmp", ".windows_rank1.jsonl.tmp is a directory, where train.py writes "
+                                 "windows_rank1.jsonl before it renames it into place: move it away"),
+], ids=["log", "temporary"])
+def test_a_directory_in_place_of_the_window_log_of_a_node_that_does_not_share_out_stops_every_rank_at_start(
+        tmp_path, name, said):
+    """Rank 0 checks every rank's log in its own --out; rank 1's in an --out of its own went
+    unchecked until it opened it, after the first step: 'cannot write it (Is a directory)',
+    with rank 0's window log of that step left in n0, which the next run then refused."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "n1" / name).mkdir(parents=True)
+    (_, _, stderr0), (returncode1, _, stderr1) = two_nodes(tmp_path, data, ("n0", "n1"), "--log-windows")
+    assert returncode1 != 0 and f"Error: rank 1 of 2: --out n1: {said}\n" in stderr1, stderr1
+    assert "Error: rank 0 of 2: stopped because another rank failed its start-up checks" in stderr0, stderr0
+    assert not (tmp_path / "n0").exists()
+
+
+@pytest.mark.slow
 def test_nodes_given_other_batch_model_or_schedule_options_refuse_to_start(tmp_path):
     """Options that meet in no collective of their own still make one run: another --B (the
     same --total-batch-size, more micro-steps) read windows the other rank read too, another
