@@ -3358,9 +3358,12 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
         def cut_short(exc_type, error, traceback) -> None:
             """An error after a signal was heard is that signal's stop at once: it reaches the
             run's whole process group, the compiler torch runs for the step (g++, inductor's
-            workers) too, and the step then failed with a compile error's traceback."""
+            workers) too, and the step then failed with a compile error's traceback. Not a
+            collective failed for a rank gone (train() says so): torchrun's SIGTERM to the ranks
+            left, sent as one dies, came first where this rank was busy alone (sampling)."""
             if (isinstance(error, Exception) and not isinstance(error, (UserError, TokenRangeError))
-                    and stop.requested and stop.signal != OUTPUT_CLOSED):
+                    and stop.requested and stop.signal != OUTPUT_CLOSED
+                    and not (rt.ddp and isinstance(error, RuntimeError) and _peer_gone(error))):
                 stopped = Terminated()
                 stopped.signum = stop.signal
                 stopped.why = (f": what was under way failed after the signal ({type(error).__name__}; a signal "

@@ -285,6 +285,37 @@ def test_torchruns_sigterm_as_the_ranks_leave_the_process_group_after_a_stop_add
     assert sorted(tmp_path.glob("run/ckpt_*.pt"))[-1].name == "ckpt_000003.pt"
 
 
+KILLED_AT_THE_CHECKPOINT = """
+import os, signal, sys
+import torch.distributed as dist
+if os.environ["RANK"] == "1":  # killed (the OOM killer) in step 2's checkpoint, while rank 0 samples
+    dist.all_gather = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+import runpy
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_killed_while_rank_0_samples_is_said_to_have_ended_not_the_signal_torchrun_sends(tmp_path):
+    """torchrun SIGTERMs the ranks left when one dies. Rank 0, sampling then, stops the sample
+    and goes on to the checkpoint's gather of the ranks' RNG states, which fails for the rank
+    gone: it said 'SIGTERM: stopped at once: what was under way failed after the signal
+    (RuntimeError; a signal reaches the whole process group, torch's compiler included)', as
+    if the signal had broken it. It is the other rank's end, as at any collective."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    args = [*common(data, "run", B), "--steps", "8", "--ckpt-every", "2", "--sample-every", "2",
+            "--sample-tokens", "1000000"]  # cut short by torchrun's SIGTERM
+    result = run_signalled(tmp_path, "", args, KILLED_AT_THE_CHECKPOINT)
+    assert result.returncode != 0 and "exitcode: -9" in result.stderr, result.stdout + result.stderr
+    assert "step 2 sample: cut short by the stop" in result.stdout, result.stdout + result.stderr
+    assert ("Error: rank 0 of 2: stopped because another rank ended mid-run (its error says why, or "
+            "torchrun's report where it was killed)\n") in result.stderr, result.stderr
+    assert "failed after the signal" not in result.stdout + result.stderr, result.stdout
+    assert not list(tmp_path.glob("run/ckpt_*.pt"))
+
+
 @pytest.mark.slow
 def test_a_signal_during_the_step_0_evaluation_under_torchrun_stops_every_rank_before_step_1(tmp_path):
     """A signal to rank 1 during a long step-0 evaluation: the ranks end it together a batch
