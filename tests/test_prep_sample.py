@@ -206,7 +206,7 @@ def test_unwritable_directory_is_a_user_error(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", ["missing_from", "out_dir_missing", "out_is_dir", "out_is_a_fifo",
                                   "from_is_dir", "from_is_a_fifo", "out_ends_in_a_slash",
-                                  "out_a_file_and_a_slash"])
+                                  "out_a_file_and_a_slash", "out_ends_in_a_slash_and_a_dot"])
 def test_user_mistakes(tmp_path, case):
     """`--out new/` wrote a file named `new` (pathlib drops the slash), and `--out mine.txt/
     --overwrite` replaced mine.txt: a path ending in a separator names a directory."""
@@ -225,6 +225,11 @@ def test_user_mistakes(tmp_path, case):
                                  f"e.g. {tmp_path / 'new' / 'input.txt'}"]),
         "out_a_file_and_a_slash": (["--offline", "--overwrite", "--out", f"{tmp_path / 'mine.txt'}{os.sep}"],
                                    [f"--out {tmp_path / 'mine.txt'}{os.sep}: a directory's name"]),
+        # `new/.` too: pathlib drops the `/.` as it drops the slash
+        "out_ends_in_a_slash_and_a_dot": (
+            ["--offline", "--out", f"{tmp_path / 'new'}{os.sep}."],
+            [f"--out {tmp_path / 'new'}{os.sep}.: a directory's name (it ends in '.')",
+             f"e.g. {tmp_path / 'new' / 'input.txt'}"]),
     }[case]
     before = sorted(tmp_path.rglob("*"))
     result = run(*args)
