@@ -895,6 +895,18 @@ def test_val_data_of_train_shards_numbered_without_padding_names_them(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_val_data_whose_val_shards_are_refused_is_not_validated_on_its_train_split(tmp_path, dataset):
+    """--val-data a directory holding both splits, its val shards numbered without padding: the
+    error names them, as a val split's. Its train shards, read without a word, would have
+    validated on the tokens held out for training."""
+    heldout = write_dataset(tmp_path / "heldout", random_tokens(300, 9), name="h")
+    write_shard(heldout / "h_val_1.bin", random_tokens(150, 8))
+    with pytest.raises(train.UserError, match=r"^--val-data .*heldout: h_val_1.bin is numbered without "
+                                              r"padding to 6 digits"):
+        train.train(cfg(tmp_path, dataset, val_data=str(heldout), steps=2, eval_every=2))
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_run_of_one_step_says_step_1_done(tmp_path, dataset, capsys):
     train.train(cfg(tmp_path, dataset, steps=1))
     assert "\ndone: step 1 in " in capsys.readouterr().out  # not "steps 1-1"
