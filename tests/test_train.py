@@ -2170,11 +2170,15 @@ def test_a_second_ctrl_c_exits_130_with_one_line(monkeypatch, tmp_path):
     assert result.stderr == "rank 1 of 2: interrupted: stopped at once; no checkpoint was written\n"
 
 
-def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypatch, tmp_path, dataset):
+@pytest.mark.parametrize("error", ["C++ compile error", "compile worker: [Errno 32] Broken pipe"])
+def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypatch, tmp_path, dataset,
+                                                                        error):
     """`timeout` or a Ctrl-C signals the run's whole process group: the C++ compiler that torch
     runs for a step's first compilation too, and the step then failed with a 100-line traceback
     of torch's compile error and exit 1. An error after a signal is now its stop at once: one
-    line, 130. An error without a signal stays the error it is."""
+    line, 130. An error without a signal stays the error it is. One that reads as a rank gone
+    (a broken pipe: the compiler's workers gone with the signal) too: only under torchrun is it
+    a collective's failure for another rank, which train() says."""
     real_step, calls = train.train_step, [0]
 
     def step_whose_compiler_got_the_signal(*args):
@@ -2183,7 +2187,7 @@ def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypa
             if signalled:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(0.01)
-            raise RuntimeError("C++ compile error")
+            raise RuntimeError(error)
         return real_step(*args)
 
     monkeypatch.setattr(train, "train_step", step_whose_compiler_got_the_signal)
