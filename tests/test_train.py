@@ -3594,6 +3594,30 @@ def test_the_logs_lines_reach_the_disk_before_the_checkpoint_of_their_steps(tmp_
         assert logged == [list(range(1, step + 1)), list(range(2 * step))], (step, logged)
 
 
+@pytest.mark.parametrize("log", ["metrics.jsonl", "windows_rank0.jsonl"])
+def test_a_log_whose_sync_before_a_checkpoint_fails_is_one_line(tmp_path, dataset, monkeypatch, log):
+    """fsync is where the kernel reports a write-back that failed (an I/O error, NFS's server
+    gone): the logs' sync before each checkpoint fails as their appends do, one line naming the
+    log, status 2, no traceback, and the checkpoint of that step not written."""
+    out = tmp_path / "out"
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), (out / log).stat()):
+                raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = CliRunner().invoke(train.main, [
+        "--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--device", "cpu",
+        "--data", str(dataset), "--steps", "4", "--ckpt-every", "2", "--log-windows", "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.stderr.startswith(f"Error: {out / log}: "), result.output
+    assert "Input/output error" in result.stderr, result.output
+    assert len(result.stderr.splitlines()) == 1 and not list(out.glob("ckpt_*")), result.output
+
+
 class _FlakyFile(_FillingFile):
     """A log whose one write fails (an I/O error, a disk full for a moment) after `room`
     writes, with the text kept in the buffer as a buffered file keeps it, so the bytes still
