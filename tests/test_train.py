@@ -4428,6 +4428,19 @@ def test_a_dataset_directory_as_out_is_refused(tmp_path, dataset):
         assert sorted(p.name for p in dataset.iterdir()) == before
 
 
+def test_a_run_whose_out_holds_a_dataset_s_files_resumes(tmp_path, dataset):
+    """The refusal of a dataset directory as --out is a first start's: a run already there
+    (one started into it before the check, or whose --out got a dataset's files since) goes on
+    from its checkpoint, --resume auto as a file."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
+    for p in dataset.iterdir():
+        shutil.copy(p, out / p.name)
+    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, resume="auto"))
+    train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, resume=str(out / "ckpt_000004.pt")))
+    assert [row["step"] for row in metrics(out)] == list(range(1, 7))
+
+
 def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypatch):
     for name in ("a", "b"):
         write_dataset(tmp_path / "data" / name, random_tokens(300))
