@@ -4799,6 +4799,18 @@ def test_a_directory_named_as_a_log_s_temporary_is_refused_before_the_logs_are_r
         assert {name: (out / name).read_bytes() for name in logged} == logged
 
 
+def test_a_log_s_temporary_left_as_a_file_by_a_killed_run_does_not_stop_the_resume(tmp_path, dataset):
+    """Only a directory in place of a log's temporary is refused: the file a run killed in
+    open_log's atomic_write leaves there is written over by the next one, which goes on."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, log_windows=True))
+    for name in (".metrics.jsonl.tmp", ".windows_rank0.jsonl.tmp"):
+        (out / name).write_text('{"step": 1}\n{"st')
+    train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, log_windows=True, resume="auto"))
+    assert [row["step"] for row in metrics(out)] == [1, 2, 3, 4]
+    assert not list(out.glob(".*.tmp"))
+
+
 def test_a_stale_checkpoint_temporary_whose_removal_is_refused_is_one_line(tmp_path, dataset, monkeypatch):
     """A `.ckpt_*.pt.tmp` file the start-up's clean-up may not remove (another user's, in a sticky
     directory; simulated: unlink refused) is one line, status 2, not PermissionError's traceback;
