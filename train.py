@@ -537,7 +537,10 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
-    if resume_path is None and out.is_dir():  # a first start: a run resumed there already goes on
+    # a first start there (a fresh run, or a resume from a checkpoint elsewhere into a new --out):
+    # a run whose checkpoint is there already goes on
+    first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
+    if first and out.is_dir():
         dataset = sorted(p.name for p in out.iterdir() if p.name == META_NAME or parse_shard_name(p.name))
         if dataset:  # --out and --data mixed up: checkpoints beside the shards, which prep tokenize then
             # refuses to replace ("not a dataset directory")

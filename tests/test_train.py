@@ -4441,6 +4441,30 @@ def test_a_run_whose_out_holds_a_dataset_s_files_resumes(tmp_path, dataset):
     assert [row["step"] for row in metrics(out)] == list(range(1, 7))
 
 
+def test_a_resume_from_a_checkpoint_elsewhere_into_a_dataset_directory_is_refused(tmp_path, dataset):
+    """A resume into another --out (docs/DATA.md) naming the dataset (--out data/input) is that
+    directory's first run as much as a fresh start is: its checkpoints and metrics were written
+    beside the shards. A run whose checkpoint is there already goes on."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--device", "cpu",
+            "--data", str(dataset)]
+    result = CliRunner().invoke(train.main, [*args, "--steps", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    ckpt = tmp_path / "run" / "ckpt_000001.pt"
+    args += ["--steps", "2", "--out", str(copy)]
+    result = CliRunner().invoke(train.main, [*args, "--resume", str(ckpt)])
+    assert_user_error(result, f"--out {copy} is a dataset directory (it holds ", "of its own")
+    assert sorted(p.name for p in copy.iterdir()) == before
+    for name in ("ckpt_000001.pt", "metrics.jsonl"):  # a run there before the refusal was made
+        shutil.copy(tmp_path / "run" / name, copy / name)
+    for resume in ("auto", str(copy / "ckpt_000001.pt")):
+        result = CliRunner().invoke(train.main, [*args, "--resume", resume])
+        assert result.exit_code == 0 and (copy / "ckpt_000002.pt").is_file(), result.output
+        (copy / "ckpt_000002.pt").unlink()
+
+
 def test_several_datasets_under_data_is_an_error_listing_them(tmp_path, monkeypatch):
     for name in ("a", "b"):
         write_dataset(tmp_path / "data" / name, random_tokens(300))
