@@ -108,7 +108,7 @@ _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", 
                                                         prefix=rank_prefix()))
 # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
 from prep.errors import (NO_ROOM, READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
-                         path_too_long_error, plain_numbers, point_at_devnull)
+                         path_too_long_error, plain_numbers, point_at_devnull, unsearchable_error)
 
 import click
 import numpy as np
@@ -3997,8 +3997,9 @@ def main(compile_: bool | None, **options) -> None:
             raise refused from None
         try:
             summary = train(cfg)
-        except OSError as e:  # pathlib's exists() raises "File name too long" through Python 3.13
-            named = path_too_long_error(e, click.get_current_context())  # here: a rank names itself, below
+        except OSError as e:  # pathlib's exists() raises "File name too long" (or EACCES) through Python 3.13
+            ctx = click.get_current_context()  # here: a rank names itself, below
+            named = path_too_long_error(e, ctx) or unsearchable_error(e, ctx)
             if named is None:
                 raise
             raise named from None

@@ -42,7 +42,7 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import SignalStop, stops_raise
-from prep.errors import READER_GONE_STATUS, flush_stdout, out_of_room, point_at_devnull
+from prep.errors import READER_GONE_STATUS, flush_stdout, out_of_room, point_at_devnull, unsearchable_error
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
@@ -461,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the synthetic set filled the disk after all (check_synthetic estimates)
+        closed = unsearchable_error(e)  # (pathlib's is_dir raises EACCES below another user's 700 directory)
+        if closed is not None:
+            print(f"Error: {closed.format_message()}", file=sys.stderr)
+            return 2
         if not out_of_room(e):
             raise
         print(f"Error: {parser.prog}: {e.strerror}: the synthetic set did not fit in {tempfile.gettempdir()} "

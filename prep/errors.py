@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import PurePath
 
 import click
 
@@ -208,15 +209,26 @@ def path_too_long(error: OSError) -> str | None:
     return f"{len(os.fsencode(path))} bytes in all, more than the system takes"
 
 
-def path_too_long_error(error: OSError, ctx: click.Context | None = None) -> UserError | None:
-    """The one line for a path too long for the filesystem (path_too_long), naming the option
-    that gave it where `ctx` has one whose value starts the path, both made absolute (the
-    longest: --out data/run below --data data, say), else the path alone; None for any other
-    error."""
-    why = path_too_long(error)
-    if why is None:
+def unsearchable(error: OSError) -> str | None:
+    """The directory this user may not search on the way to the path of an OSError "Permission
+    denied", or None for any other error. pathlib's exists(), is_dir() and is_file() raise it
+    rather than answer False (through Python 3.13; 3.14's answer False): a path the user gave
+    below another user's home (mode 700) ended in that traceback (--data, --out, an input)."""
+    if error.errno != errno.EACCES or error.filename is None:
         return None
-    path = os.fsdecode(error.filename)
+    try:
+        path = os.path.abspath(os.fsdecode(error.filename))
+    except OSError:  # (the current directory gone)
+        return None
+    for directory in reversed(PurePath(path).parents):  # from the root down: the first refused
+        if not os.access(directory, os.X_OK):
+            return str(directory) if os.path.isdir(directory) else None
+    return None  # (the path's own permissions: not this error)
+
+
+def _named(path: str, ctx: click.Context | None) -> str:
+    """The option (and a space) whose value starts `path` where `ctx` has one, both made absolute
+    (the longest: --out data/run below --data data, say), else ''."""
     where, starts = os.path.abspath(path), []  # (no call of the filesystem's: a string's work)
     for param in ctx.command.params if ctx is not None else ():
         value = ctx.params.get(param.name)
@@ -224,8 +236,29 @@ def path_too_long_error(error: OSError, ctx: click.Context | None = None) -> Use
             given = os.path.abspath(value)
             if where == given or where.startswith(given.rstrip(os.sep) + os.sep):
                 starts.append((len(given), param.opts[0]))
-    named = f"{max(starts)[1]} " if starts else ""
-    return UserError(f"{named}{path}: path too long ({why}); give a shorter one")
+    return f"{max(starts)[1]} " if starts else ""
+
+
+def path_too_long_error(error: OSError, ctx: click.Context | None = None) -> UserError | None:
+    """The one line for a path too long for the filesystem (path_too_long), naming the option
+    that gave it where `ctx` has one whose value starts the path (_named), else the path alone;
+    None for any other error."""
+    why = path_too_long(error)
+    if why is None:
+        return None
+    path = os.fsdecode(error.filename)
+    return UserError(f"{_named(path, ctx)}{path}: path too long ({why}); give a shorter one")
+
+
+def unsearchable_error(error: OSError, ctx: click.Context | None = None) -> UserError | None:
+    """The one line for a path below a directory this user may not search (unsearchable), named
+    as path_too_long_error names its path; None for any other error."""
+    closed = unsearchable(error)
+    if closed is None:
+        return None
+    path = os.fsdecode(error.filename)
+    return UserError(f"{_named(path, ctx)}{path}: cannot be looked up ({error.strerror}: this user may not "
+                     f"search {closed}): give it search permission there, or use a path outside {closed}")
 
 
 def _reader_gone() -> None:
@@ -250,7 +283,7 @@ class _OneLineUsage:
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
-            too_long = path_too_long_error(e)  # (outside invoke: no option to name)
+            too_long = path_too_long_error(e) or unsearchable_error(e)  # (outside invoke: no option to name)
             if too_long is not None:  # a user's path, wherever it was first used
                 too_long.show()
                 sys.exit(UserError.exit_code)
@@ -272,7 +305,7 @@ class _OneLineUsage:
         except OSError as e:
             if e.errno == errno.EPIPE and _writing_stdout(e):
                 _reader_gone()
-            too_long = path_too_long_error(e, ctx)  # a user's path, named by its option
+            too_long = path_too_long_error(e, ctx) or unsearchable_error(e, ctx)  # a user's path, by option
             if too_long is not None:
                 raise too_long from None
             raise

@@ -127,6 +127,15 @@ def without_search_permission(monkeypatch, directory: Path) -> None:
     """`directory` as one of mode 000 (or another user's 700): a stat of anything in it, and
     listing it, raise EACCES. root's tests cannot make one with chmod."""
     _refuse(monkeypatch, directory, (("stat", False), ("lstat", False), ("listdir", True), ("scandir", True)))
+    where, real_access = os.path.abspath(directory), os.access
+
+    def access(path, mode, *args, **kwargs):  # as the kernel answers: not searchable, nothing in it reached
+        target = None if isinstance(path, int) else os.path.abspath(os.fspath(path))
+        if target is not None and (target == where and mode & os.X_OK or os.path.dirname(target) == where):
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
 
 
 def flip_a_tensor_bit(data: bytes, path: Path) -> bytes:

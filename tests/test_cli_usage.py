@@ -3,12 +3,16 @@ follow the project's rule for user mistakes: one line naming what and where, exi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import click
@@ -132,6 +136,59 @@ def test_a_path_of_short_names_too_long_in_all_is_one_line_too(tmp_path, monkeyp
     line = assert_user_error(CliRunner().invoke(prep_main, ["info", deep]), deep)
     if _exists_raises(deep):
         assert "path too long (5019 bytes in all, more than the system takes)" in line, line
+
+
+@pytest.mark.parametrize("command, args, flag", [
+    ("prep", ["tokenize", "private/t.txt"], ""),
+    ("prep", ["tokenize", "t.txt", "--out", "private/tk"], "--out"),
+    ("prep", ["info", "private/t"], ""),
+    ("prep", ["verify", "private/t"], ""),
+    ("prep", ["sample", "--offline", "--out", "private/x.txt"], "--out"),
+    ("prep", ["sample", "--from", "private/t.txt", "--out", "x.txt"], "--from"),
+    ("train", ["--data", "private/t"], "--data"),
+    ("train", ["--data", "data/t", "--val-data", "private/t"], "--val-data"),
+    ("train", ["--data", "data/t", "--out", "private/run"], "--out"),
+    ("audit", ["private/run"], ""),
+    ("audit", ["run", "--data", "private/t"], "--data"),
+    ("bench", ["private/t", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"], ""),
+])
+def test_a_path_below_a_directory_that_may_not_be_searched_is_one_line(tmp_path, monkeypatch, command, args,
+                                                                          flag):
+    """Below another user's home (mode 700), pathlib's exists() and is_dir() raise EACCES where
+    they answer False for a missing file (Python 3.13 and before): --data, --val-data, --out,
+    prep's inputs and outputs and loader.audit's run ended in PermissionError's traceback, exit 1
+    (sample.py's CKPT and --resume / --init-from said so in one line already)."""
+    import loader.audit
+    import loader.bench
+    import train
+    from _data import random_tokens, without_search_permission, write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    for where in (tmp_path, tmp_path / "private"):
+        where.mkdir(exist_ok=True)
+        (where / "t.txt").write_text("Some text to tokenize.\n")
+        write_dataset(where / "data" / "t" if where == tmp_path else where / "t", random_tokens(300, 1),
+                      random_tokens(200, 2))
+    if command == "audit":  # a run's window logs to audit
+        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
+                                      device="cpu", data="data/t", out="run", log_windows=True))
+        shutil.copytree("run", "private/run")
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    without_search_permission(monkeypatch, tmp_path / "private")
+    if command == "bench":  # argparse: its return value is the status
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            status = loader.bench.main(args)
+        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
+    else:
+        main = {"prep": prep_main, "train": train.main, "audit": loader.audit.main}[command]
+        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
+        result = CliRunner().invoke(main, [*args, *extra])
+    path = next(arg for arg in args if arg.startswith("private/"))
+    line = assert_user_error(result, path, f": cannot be looked up (Permission denied: this user may not "
+                                           f"search {tmp_path / 'private'}): give it search permission there")
+    assert line.startswith(f"Error: {flag} " if flag else "Error: "), line  # the option that gave it, if any
+    monkeypatch.undo()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
 
 
 def test_help_is_still_help():
