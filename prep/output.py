@@ -191,7 +191,11 @@ def _zombie(pid: int) -> bool:
 def _remove_stale(target: Path) -> None:
     """Remove temp dirs of earlier runs for this target whose process is gone."""
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)$")
-    for entry in target.parent.iterdir():
+    try:
+        entries = list(target.parent.iterdir())
+    except PermissionError:  # a parent this user may write but not list (a drop box, mode 0333): none
+        return  # can be found there, and the output is made and installed by name all the same
+    for entry in entries:
         m = pattern.match(entry.name)
         if m is None or (_pid_alive(int(m[2])) and int(m[2]) != os.getpid()):
             continue

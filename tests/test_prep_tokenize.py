@@ -44,7 +44,7 @@ from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
 from _cli import assert_user_error
-from _data import TINY_SHAKESPEARE as TINY, without_gpt2_files
+from _data import TINY_SHAKESPEARE as TINY, without_gpt2_files, without_read_permission
 ENC = get_encoding()
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare not present")
 
@@ -1011,6 +1011,22 @@ def test_a_file_whose_size_says_0_but_reads_as_text_is_tokenized(tmp_path):
     assert np.array_equal(stream(tmp_path / "out"), expected([PROC_FILE.read_text()]))
     (tmp_path / "empty.txt").write_bytes(b"")  # a file that is empty still is
     assert_user_error(invoke(tmp_path / "empty.txt", "--out", tmp_path / "none"), "empty input, nothing to tokenize")
+
+
+def test_output_in_a_directory_this_user_may_write_but_not_list(tmp_path, monkeypatch):
+    """--out below a drop box (mode 0333: write and search, no read): the search for an earlier
+    run's leftovers beside --out listed it, and the command was refused, "cannot create the
+    output directory (Permission denied)", of a directory it may create. None can be found
+    there: the dataset is made and installed by name, and replaced with --overwrite."""
+    (tmp_path / "a.txt").write_text("Some text to tokenize.\n")
+    (tmp_path / "box").mkdir()
+    without_read_permission(monkeypatch, tmp_path / "box")
+    for overwrite in ([], ["--overwrite"]):
+        result = invoke(tmp_path / "a.txt", "--out", tmp_path / "box" / "out", *overwrite)
+        assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+    assert np.array_equal(stream(tmp_path / "box" / "out"), expected(["Some text to tokenize.\n"]))
+    assert [p.name for p in (tmp_path / "box").iterdir()] == ["out"]  # no temporary, no old copy left
 
 
 def test_invalid_utf8_replace_is_accepted(tmp_path):
