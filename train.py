@@ -541,7 +541,8 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     # a run whose checkpoint is there already goes on
     first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
     if first and out.is_dir():
-        dataset = sorted(p.name for p in out.iterdir() if p.name == META_NAME or parse_shard_name(p.name))
+        # by its shards alone: a meta.json of the user's own (an experiment's notes) is no dataset
+        dataset = sorted(p.name for p in out.iterdir() if parse_shard_name(p.name) and p.is_file())
         if dataset:  # --out and --data mixed up: checkpoints beside the shards, which prep tokenize then
             # refuses to replace ("not a dataset directory")
             raise UserError(f"--out {out} is a dataset directory (it holds {dataset[0]}): give the run a "

@@ -4428,6 +4428,16 @@ def test_a_dataset_directory_as_out_is_refused(tmp_path, dataset):
         assert sorted(p.name for p in dataset.iterdir()) == before
 
 
+def test_an_out_holding_a_meta_json_of_its_own_is_no_dataset_directory(tmp_path, dataset):
+    """A dataset directory is told by its shards: a run's --out holding a meta.json of the user's
+    (an experiment's notes, written there before the run) was refused as one, which it is not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "meta.json").write_text('{"experiment": "baseline"}\n')
+    train.train(cfg(tmp_path, dataset, steps=1, ckpt_every=1))
+    assert (out / "ckpt_000001.pt").is_file() and (out / "meta.json").read_text() == '{"experiment": "baseline"}\n'
+
+
 def test_a_run_whose_out_holds_a_dataset_s_files_resumes(tmp_path, dataset):
     """The refusal of a dataset directory as --out is a first start's: a run already there
     (one started into it before the check, or whose --out got a dataset's files since) goes on
