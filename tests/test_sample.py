@@ -4,7 +4,10 @@ errors for a path that is not a checkpoint."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -306,6 +309,42 @@ def test_a_checkpoint_in_a_directory_without_search_permission_is_one_line(run, 
     for flag in ("--init-from", "--resume"):
         with pytest.raises(train.UserError, match=f"^{flag} .*ckpt_000004.pt: cannot be looked up"):
             train._read_torch_file(path, flag)
+
+
+def _as_a_user_without_overrides() -> list[str]:
+    """A command prefix under which file modes hold: root's tests drop the capabilities that
+    override them (setpriv); [] for another user; skips where neither can be had."""
+    if os.geteuid() != 0:
+        return []
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if shutil.which("setpriv") is None or subprocess.run([*drop, "true"], capture_output=True).returncode:
+        pytest.skip("root, and no setpriv that can drop the capabilities overriding file modes")
+    return drop
+
+
+def test_unreadable_checkpoints_get_sample_py_s_lines_with_real_modes(run, tmp_path):
+    """With real file modes (the tests above patch the calls): click's Path check, readable by
+    default, refused a run's directory of mode 0311 and a checkpoint of mode 0000 first, 'Invalid
+    value for 'CKPT': Path ... is not readable', with no advice, and sample.py's own lines were
+    never said."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    ckpt = locked / "ckpt_000004.pt"
+    shutil.copy(run / "ckpt_000004.pt", ckpt)
+    prefix, root = _as_a_user_without_overrides(), Path(sample.__file__).parent
+    try:
+        ckpt.chmod(0)
+        locked.chmod(0o311)
+        for path, line in ((locked, f"{locked}: this directory cannot be listed (Permission denied): pass a "
+                                    f"checkpoint file in it"),
+                           (ckpt, f"checkpoint {ckpt}: cannot be read (Permission denied): give this user "
+                                  f"read permission on it")):
+            result = subprocess.run([*prefix, sys.executable, "sample.py", str(path), "--device", "cpu"], cwd=root,
+                                    capture_output=True, text=True, timeout=120)
+            assert (result.returncode, result.stdout, result.stderr) == (2, "", f"Error: {line}\n")
+    finally:
+        locked.chmod(0o755)
+        ckpt.chmod(0o644)
 
 
 def test_a_prompt_that_fills_the_block_gets_a_note(capsys):
