@@ -524,6 +524,8 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
             warnings.simplefilter("ignore")
             # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except PermissionError as e:  # another user's file (a job run as someone else): whole, not damaged
+        return f"{path}: cannot be read ({e.strerror or e}; give this user read permission on it)"
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
         return f"{path}: not a readable checkpoint (torch.load raised {type(e).__name__})"
     state = ckpt.get("loader") if isinstance(ckpt, dict) else None

@@ -4,6 +4,7 @@ catches what it claims to."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import struct
@@ -306,6 +307,27 @@ def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked
     assert result.exit_code == 0 and f"note: {path}: {words}" in result.output, result.output
     assert ": a log cut short (windows trained after its last one) cannot be told from a whole one\n" \
         in result.output, result.output
+
+
+def test_a_checkpoint_this_user_cannot_read_is_a_note_that_says_so(tmp_path, data, monkeypatch):
+    """Another user's checkpoint (a job run as someone else) was "not a readable checkpoint
+    (torch.load raised PermissionError)", as a damaged one is: a whole file, which needs read
+    permission (train.py's words), not moving away. (torch.load refuses it as open() would: as
+    root, chmod would not stop us.)"""
+    out = log_ranks(tmp_path / "out", data, world=1, batches=5)
+    path, real_load = checkpoint(out, data), torch.load
+
+    def refusing_load(f, *a, **k):
+        if Path(f) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(f))
+        return real_load(f, *a, **k)
+
+    monkeypatch.setattr(torch, "load", refusing_load)
+    result = run(out, "--data", data)
+    assert result.exit_code == 0, result.output
+    assert f"note: {path}: cannot be read (Permission denied; give this user read permission on it): " \
+        f"--data {data} is taken to be the run's data, unchecked" in result.output, result.output
+    assert "not a readable checkpoint" not in result.output
 
 
 def test_a_cursor_bug_is_caught_without_the_cursor_arithmetic(tmp_path, data, monkeypatch):
