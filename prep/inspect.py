@@ -56,7 +56,7 @@ class DatasetInfo:
     # on disk with a shard's name but not listed in meta.json: the loader reads meta.json's list
     unlisted: list[str] = field(default_factory=list)
     # listed in meta.json, the right size, but a header the loader refuses (a bad magic or
-    # version, a count not the file's size): file, what is wrong
+    # version, a count not the file's size), or not a regular file (a directory): file, what is wrong
     bad_header: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -143,8 +143,11 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                                                record.get("documents"))
                 for entry in entries:  # a stat and a header a shard: the loader's own checks at start
                     path = directory / entry["file"]
-                    if not path.is_file():
+                    if not os.path.lexists(path):
                         info.missing.append(entry["file"])
+                    elif not path.is_file():  # a directory, a FIFO, a broken link: the loader says what
+                        wrong = header_problem(path) or f"{path}: not a regular file"
+                        info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
                     elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
                     elif (wrong := header_problem(path)) is not None:  # a bad magic or version, say

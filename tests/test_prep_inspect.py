@@ -135,6 +135,18 @@ def test_info_warns_about_missing_listed_shard(dataset):
     assert result.exit_code == 0 and "missing" in result.stderr and "prep verify" in result.stderr
 
 
+def test_info_says_a_directory_with_a_listed_shard_s_name_is_one(dataset):
+    """A directory where a listed shard should be (a copy gone wrong): info called the shard
+    missing; verify and the loader say it is a directory."""
+    shard = dataset / "ds_val_000000.bin"
+    shard.unlink()
+    shard.mkdir()
+    result = run(info_command, dataset)
+    assert result.exit_code == 0
+    assert result.stderr == (f"warning: 1 shard(s) would be refused by the loader, e.g. {shard}: is a "
+                             f"directory, not a shard; run `prep verify {dataset}`\n")
+
+
 @pytest.mark.parametrize("size", [5000, 7026])
 def test_info_warns_about_a_shard_cut_short_or_grown(dataset, size):
     """A half-copied dataset, or a shard appended to: info read meta.json's figures and said
