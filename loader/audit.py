@@ -620,8 +620,10 @@ def open_data(data: str) -> TokenStream:
         raise UserError("--data must name a dataset directory, a shard glob or a shard, got ''")
     try:
         return TokenStream(resolve_shards(data, "train"))
-    except (LoaderError, ShardError) as e:
-        raise UserError(f"--data {data}: {e}") from None
+    except (LoaderError, ShardError) as e:  # most name `data` first already: then it is named once
+        said = str(e)
+        named = said if said.startswith(f"{data}: ") else f"{data}: {said}"
+        raise UserError(f"--data {named}") from None
 
 
 def check_tokens(logs: list[RankLog], data: str, stream: TokenStream, report: Report) -> None:

@@ -600,7 +600,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     ("empty", [], ["no windows_rank<r>.jsonl: train with --log-windows"]),
     ("old", [], ["windows_rank0.jsonl:1: no world, epoch, start, T", "not a --log-windows log of this version"]),
     ("shape", [], ["the ranks' logs are of different runs (2x16 on 2 rank(s), 2x32 on 2 rank(s))"]),
-    ("data", ["--data", "nowhere"], ["--data nowhere", "no such file or directory"]),
+    ("data", ["--data", "nowhere"], ["--data nowhere: no such file or directory"]),  # named twice, before
     ("empty data", ["--data", ""], ["--data must name a dataset directory, a shard glob or a shard, got ''"]),
     ("empty out", [], ["OUT must name a train.py --out directory, got ''"]),  # was the current directory
     ("nul listed", ["--data", "SELF"], ["meta.json: train shard file 't_train_000000.bin\\x00' is not a plain file name"]),
