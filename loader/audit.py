@@ -622,7 +622,7 @@ def open_data(data: str) -> TokenStream:
         return TokenStream(resolve_shards(data, "train"))
     except (LoaderError, ShardError) as e:  # most name `data` first already: then it is named once
         said = str(e)
-        named = said if said.startswith(f"{data}: ") else f"{data}: {said}"
+        named = said if said.startswith((f"{data}: ", f"{Path(data)}: ")) else f"{data}: {said}"  # (dir/: dir)
         raise UserError(f"--data {named}") from None
 
 

@@ -594,6 +594,17 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     assert peak - held < 1_000_000, f"{peak - held:,} bytes beyond the windows for a {log.stat().st_size:,}-byte log"
 
 
+def test_data_named_with_a_trailing_slash_is_named_once(tmp_path, data):
+    """The loader names a directory without the slash it was given ('dir/' is 'dir: no train
+    shards ...'), and the audit, matching only 'dir/: ', named it twice."""
+    out, empty = tmp_path / "out", tmp_path / "empty"
+    out.mkdir()
+    empty.mkdir()
+    log_ranks(out, data, world=2, batches=2)
+    line = assert_user_error(run(out, "--data", f"{empty}/"), f"--data {empty}: no train shards")
+    assert line.count(str(empty)) == 1, line
+
+
 @pytest.mark.parametrize("setup, args, words", [
     ("none", [], ["no such directory"]),
     ("file", [], ["out: not a directory (give train.py's --out)"]),  # said 'no such directory', before
