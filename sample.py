@@ -240,7 +240,8 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
 
 @click.command(cls=UserCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.argument("ckpt", type=click.Path(readable=False))
-@click.option("--prompt", default="", show_default="none: a document's start", help="Text the samples continue.")
+@click.option("--prompt", default="", show_default="none: a document's start",
+              help="Text the samples continue (<|endoftext|> in it is that text, not the EOT token).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Samples to draw.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
 @click.option("--temperature", type=click.FloatRange(min=0, max=1e6), default=1.0,
