@@ -2875,6 +2875,14 @@ def _launcher_gone(parent: int) -> bool:
     return parent == 1 or os.getppid() != parent
 
 
+def whole_line_to_stderr(line: str) -> None:
+    """`line` and its newline to standard error in one write: print() writes them apart, so the
+    other ranks' lines, on the stderr they share under torchrun, came between them ('... no
+    checkpoint writtenrank 1 of 2: ...')."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def watch_launcher(starting: Callable[[], bool] = lambda: True) -> None:
     """Under torchrun: a rank whose torchrun is gone (SIGKILLed, OOM-killed) stops as if
     torchrun had passed it a SIGTERM (the ranks agree on a step and checkpoint it; a rank
@@ -2891,7 +2899,7 @@ def watch_launcher(starting: Callable[[], bool] = lambda: True) -> None:
 
     def say(line: str) -> None:
         with contextlib.suppress(OSError):  # (stderr a pipe whose reader went with torchrun): stop all the same
-            print(f"{rank_prefix()}{line}", file=sys.stderr, flush=True)
+            whole_line_to_stderr(f"{rank_prefix()}{line}")
 
     def watch() -> None:
         while not _launcher_gone(parent):

@@ -4438,6 +4438,41 @@ def test_an_out_holding_a_meta_json_of_its_own_is_no_dataset_directory(tmp_path,
     assert (out / "ckpt_000001.pt").is_file() and (out / "meta.json").read_text() == '{"experiment": "baseline"}\n'
 
 
+def test_the_torchrun_watch_writes_each_line_whole(monkeypatch):
+    """The torchrun watch's lines ('torchrun (pid N) is gone', 'still starting up 10 s later ...')
+    went out through print(), the text and its newline in two writes, so another rank's line,
+    on the stderr the ranks share, came between them: '... no checkpoint writtenrank 1 of 2: ...'
+    (seen in a fresh clone's test run). Each is now one write of the whole line. (The watch runs
+    here with torchrun gone at once, no grace, and its signals recorded, not sent.)"""
+    writes, signals, killed = [], [], threading.Event()
+
+    class Recording:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    def kill(pid, signum):
+        signals.append(signum)
+        if signum == signal.SIGKILL:
+            killed.set()
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    monkeypatch.setattr(train, "_LAUNCHER_PID", 12345)
+    monkeypatch.setattr(train, "_launcher_gone", lambda parent: True)
+    monkeypatch.setattr(train, "STARTING_GRACE_S", 0)
+    monkeypatch.setattr(train, "rank_prefix", lambda: "rank 1 of 2: ")
+    monkeypatch.setattr(train.os, "kill", kill)
+    monkeypatch.setattr(sys, "stderr", Recording())
+    train.watch_launcher(starting=lambda: True)
+    assert killed.wait(30)
+    assert signals == [signal.SIGTERM, signal.SIGKILL]
+    assert writes == ["rank 1 of 2: torchrun (pid 12345) is gone: stopping as on SIGTERM\n",
+                      "rank 1 of 2: still starting up 0 s later (blocked in a call no signal ends, such as a connect "
+                      "to the other ranks): killed; nothing trained, no checkpoint written\n"]
+
+
 def test_a_run_whose_out_holds_a_dataset_s_files_resumes(tmp_path, dataset):
     """The refusal of a dataset directory as --out is a first start's: a run already there
     (one started into it before the check, or whose --out got a dataset's files since) goes on
