@@ -52,6 +52,12 @@ def cfg(tmp_path: Path, data: Path, **overrides) -> train.TrainConfig:
     return train.TrainConfig(**{**TINY, "data": str(data), "out": str(tmp_path / "out"), **overrides})
 
 
+def tiny_flags(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    """TINY as train.py's command line, for a run of `steps` steps from `data` into `out`."""
+    return ["--model", "tiny", "--B", "2", "--T", "16", "--steps", str(steps), "--warmup-steps", "2",
+            "--eval-every", "0", "--data", str(data), "--out", str(out), "--quiet", "--device", "cpu", *extra]
+
+
 def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -2069,9 +2075,7 @@ def test_ckpt_minutes_checkpoints_when_that_long_has_passed(tmp_path, dataset, m
 
 
 def _cli_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "--model", "tiny", "--B", "2", "--T", "16",
-            "--steps", str(steps), "--warmup-steps", "2", "--eval-every", "0", "--data", str(data),
-            "--out", str(out), "--quiet", "--device", "cpu", *extra]
+    return [sys.executable, str(REPO / "train.py"), *tiny_flags(data, out, steps, *extra)]
 
 
 @pytest.mark.slow
@@ -4826,8 +4830,7 @@ def test_resume_auto_over_a_stale_checkpoint_temporary_it_cannot_remove_is_one_l
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     (out / ".ckpt_000003.pt.tmp").mkdir()
     before = (out / "ckpt_000002.pt").read_bytes()
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
-            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "4", "--resume", "auto"]
+    args = tiny_flags(dataset, out, 4, "--resume", "auto")
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.stderr == (f"Error: --out {out}: cannot remove .ckpt_000003.pt.tmp, where a killed run leaves a "
@@ -4856,9 +4859,7 @@ def test_a_directory_named_as_a_log_s_temporary_is_refused_before_the_logs_are_r
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=0, log_windows=True))
     (out / temporary).mkdir()
     logged = {name: (out / name).read_bytes() for name in ("metrics.jsonl", "windows_rank0.jsonl")}
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
-            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "2", "--ckpt-every", "0",
-            "--log-windows"]
+    args = tiny_flags(dataset, out, 2, "--ckpt-every", "0", "--log-windows")
     for more in (["--resume", "auto"], []):
         result = CliRunner().invoke(train.main, [*args, *more])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
@@ -4896,8 +4897,7 @@ def test_a_stale_checkpoint_temporary_whose_removal_is_refused_is_one_line(tmp_p
         return real_unlink(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "unlink", unlink)
-    args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
-            "--device", "cpu", "--data", str(dataset), "--out", str(out), "--steps", "4", "--resume", "auto"]
+    args = tiny_flags(dataset, out, 4, "--resume", "auto")
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.stderr == (f"Error: --out {out}: cannot remove .ckpt_000003.pt.tmp, where a killed run "
