@@ -200,26 +200,10 @@ def echo_sample(text: str, nl: bool = True) -> None:
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     """The prompt's GPT-2 tokens (special-token text is plain text here); the EOT before them
     is sample_texts'."""
-    from prep.tokenizer import TokenizerError, get_encoding
-
-    try:
-        tokens = get_encoding().encode_ordinary(prompt)
-    except TokenizerError as e:
-        raise UserError(str(e)) from None
+    tokens = train.gpt2_encoding().encode_ordinary(prompt)
     if len(tokens) + 1 > block_size:
         say(f"note: the prompt is {len(tokens):,} tokens; the model sees the last {block_size:,} (its block size)")
     return tokens
-
-
-def check_tokenizer() -> None:
-    """The prompt and samples need the GPT-2 tokenizer: find out before the checkpoint is read
-    (gpt2-xl's takes minutes), as train.py does before training."""
-    from prep.tokenizer import TokenizerError, get_encoding
-
-    try:
-        get_encoding()
-    except TokenizerError as e:
-        raise UserError(str(e)) from None
 
 
 def check_prompt(prompt: str) -> None:
@@ -280,7 +264,7 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
 def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
                  seed: int, device: str, preset: str | None, n_head: int | None) -> None:
     """main's work, its arguments checked: the model loaded, the samples printed."""
-    check_tokenizer()
+    train.gpt2_encoding()  # the prompt and samples need it: said before the checkpoint is read (gpt2-xl's: minutes)
     rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
     path, (model, source) = newest_model(given, rt, preset, n_head)
     context = prompt_tokens(prompt, model.config.block_size)

@@ -62,6 +62,10 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (imported where the tokenizer is first needed: gpt2_encoding)
+    import tiktoken
 
 try:
     import fcntl  # POSIX: --out is locked by the run writing there
@@ -2414,14 +2418,16 @@ def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str],
     return loader
 
 
-def _check_sample_tokenizer(cfg: TrainConfig) -> None:
-    """Samples are decoded with the GPT-2 tokenizer: find out now, not at the first sample."""
+def gpt2_encoding(said: str = "") -> tiktoken.Encoding:
+    """The GPT-2 tokenizer, or a user error (`said` before its words) where its BPE files are
+    missing: asked before the work that needs it (training up to the first sample, sample.py's
+    reading of a checkpoint), not at that first sample."""
     from prep.tokenizer import TokenizerError, get_encoding
 
     try:
-        get_encoding()
+        return get_encoding()
     except TokenizerError as e:
-        raise UserError(f"--sample-every {cfg.sample_every}: {e}") from None
+        raise UserError(f"{said}{e}") from None
 
 
 def check_model_fits(config: GPTConfig, flags: str) -> None:
@@ -2640,7 +2646,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 raise UserError(str(e)) from None
             val_loader.reset()
         if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
-            _check_sample_tokenizer(cfg)
+            gpt2_encoding(f"--sample-every {cfg.sample_every}: ")  # samples are decoded with it
 
         # The model, and the checkpoint's state in it: a damaged one is still a check that fails.
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
