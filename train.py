@@ -541,19 +541,20 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
-    # a first start there (a fresh run, or a resume from a checkpoint elsewhere into a new --out):
-    # a run whose checkpoint is there already goes on
-    first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
-    if first and out.is_dir():
-        # by its shards alone: a meta.json of the user's own (an experiment's notes) is no dataset
-        dataset = sorted(p.name for p in out.iterdir() if parse_shard_name(p.name) and p.is_file())
+    logs = sorted(out.glob(LOG_GLOB))  # --log-windows logs (none where out is missing)
+    if out.is_dir():
+        names = sorted(p.name for p in out.iterdir())
+        # a first start there (a fresh run, or a resume from a checkpoint elsewhere into a new
+        # --out): a run whose checkpoint is there already goes on
+        first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
+        # a dataset told by its shards alone: a meta.json of the user's own (an experiment's notes) is none
+        dataset = [name for name in names if parse_shard_name(name) and (out / name).is_file()] if first else []
         if dataset:  # --out and --data mixed up: checkpoints beside the shards, which prep tokenize then
             # refuses to replace ("not a dataset directory")
             raise UserError(f"--out {out} is a dataset directory (it holds {dataset[0]}): give the run a "
                             f"directory of its own")
-    logs = sorted(out.glob(LOG_GLOB))  # --log-windows logs (none where out is missing)
-    if out.is_dir():  # --resume auto would skip it, and the run fail when it comes to write there
-        odd = sorted(p.name for p in out.iterdir() if CKPT_PATTERN.fullmatch(p.name) and not p.is_file())
+        # --resume auto would skip these, and the run fail when it comes to write there
+        odd = [name for name in names if CKPT_PATTERN.fullmatch(name) and not (out / name).is_file()]
         if odd:
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
         odd = [p for p in logs if not p.is_file()]
