@@ -81,6 +81,7 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
     elif any(c in text for c in _GLOB_CHARS):
         matches = sorted((Path(m) for m in glob.glob(text) if os.path.isfile(m)), key=_glob_order)
         if not matches:
+            _search_refused(text)
             raise LoaderError(f"{text}: no shard files match this pattern")
     elif p.is_symlink() and not p.exists():
         raise LoaderError(f"{text}: a broken symbolic link (to {os.readlink(p)})")
@@ -102,6 +103,35 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
                           f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
                           f"or pass the dataset directory")
     return matches
+
+
+def _search_refused(pattern: str) -> None:
+    """Raise the PermissionError of a directory this user may not search (another user's home,
+    mode 700) that `pattern`, a glob that matched nothing, had to be looked up through: glob.glob
+    passes over every OSError, and 'data/*/x_train_*.bin' with data/x there, or any glob below one
+    (Python 3.14's Path.is_dir answers False there), said "no shard files match this pattern".
+    Its file name is the pattern where the directory is on the pattern's own path (callers name
+    the option that gave it, as for a path), else the path that could not be reached."""
+    directories, literal = [""], True  # (the current directory, and whether no glob was expanded yet)
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        magic = any(c in part for c in _GLOB_CHARS)
+        reached = []
+        for directory in directories:
+            path = os.path.join(directory, part)
+            try:
+                if magic:
+                    os.listdir(directory or os.curdir)
+                    reached += glob.glob(os.path.join(glob.escape(directory), part))
+                else:
+                    os.lstat(path)
+                    reached.append(path)
+            except OSError as e:
+                if e.errno == errno.EACCES and not os.access(directory or os.curdir, os.X_OK):
+                    raise PermissionError(e.errno, e.strerror, pattern if literal else path) from None
+        if i < len(parts) - 1:
+            directories = [d for d in reached if os.path.isdir(d)]
+        literal = literal and not magic
 
 
 def _glob_order(path: Path) -> tuple:

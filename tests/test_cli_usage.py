@@ -191,6 +191,67 @@ def test_a_path_below_a_directory_that_may_not_be_searched_is_one_line(tmp_path,
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
 
 
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--data", "pr*/t/*.bin"]),
+    ("audit", ["run", "--data", "pr*/t/*.bin"]),
+    ("bench", ["pr*/t/*.bin", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"]),
+    ("bench", ["pr*/*/*.bin", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"]),
+])
+def test_a_glob_through_a_directory_that_may_not_be_searched_is_one_line(tmp_path, monkeypatch, command,
+                                                                          args):
+    """glob.glob passes over a directory it cannot look into: a glob whose directories are
+    reached through one (or any glob below one on Python 3.14, whose Path.is_dir answers False
+    there) said "no shard files match this pattern", not which directory was closed."""
+    import loader.audit
+    import loader.bench
+    import train
+    from _data import random_tokens, without_search_permission, write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "private" / "t", random_tokens(300, 1))
+    if command == "audit":  # a run's window logs to audit
+        write_dataset(tmp_path / "data", random_tokens(300, 1))
+        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
+                                      device="cpu", data="data", out="run", log_windows=True))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    without_search_permission(monkeypatch, tmp_path / "private")
+    if command == "bench":  # argparse: its return value is the status
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            status = loader.bench.main(args)
+        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
+    else:
+        main = {"train": train.main, "audit": loader.audit.main}[command]
+        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
+        result = CliRunner().invoke(main, [*args, *extra])
+    reached = "private/*" if "pr*/*/" in args[0] else "private/t"  # (the path reached through the glob)
+    assert_user_error(result, f"Error: {reached}: cannot be looked up (Permission denied: this user may not "
+                              f"search {tmp_path / 'private'}): give it search permission there")
+    monkeypatch.undo()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
+
+
+def test_a_glob_below_a_directory_that_may_not_be_searched_is_one_line_with_real_modes(tmp_path):
+    """As above with the kernel's answers (setpriv): a glob through the closed directory, and one
+    whose own directory is below it."""
+    from _data import random_tokens, write_dataset
+    from test_sample import _as_a_user_without_overrides
+
+    write_dataset(tmp_path / "private" / "t", random_tokens(300, 1))
+    prefix, private = _as_a_user_without_overrides(), tmp_path / "private"
+    try:
+        private.chmod(0o700 if os.geteuid() else 0)
+        for pattern, path in (("pr*/t/*.bin", "private/t"), ("private/t/*.bin", "private/t/*.bin")):
+            bench = [sys.executable, "-m", "loader.bench", pattern, "--B", "2", "--T", "8", "--windows", "1",
+                     "--repeats", "1"]
+            result = subprocess.run([*prefix, *bench], cwd=tmp_path, capture_output=True, text=True,
+                                    timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert (result.returncode, result.stdout, result.stderr) == (
+                2, "", f"Error: {path}: cannot be looked up (Permission denied: this user may not search "
+                       f"{private}): give it search permission there, or use a path outside {private}\n")
+    finally:
+        private.chmod(0o755)
+
+
 def test_help_is_still_help():
     result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
     assert result.exit_code == 0 and "--shard-size" in result.output
