@@ -360,9 +360,21 @@ def report(r: dict) -> str:
                          "dropped; these are not cold figures)")
         floor = cold[COLD_METHODS[0]]["ms_per_window"]
         for name, m in r["cold_shuffled"].items():
-            lines.append(f"  {name:<48} {m['ms_per_window']:>8.3f} ms ({m['ms_per_window'] / floor:6.1f}x the floor), "
+            times = _times_the_floor(m["ms_per_window"], floor)
+            lines.append(f"  {name:<48} {m['ms_per_window']:>8.3f} ms ({times}), "
                          f"{m['disk_bytes_per_byte']:,.1f} bytes read from disk per byte")
     return "\n".join(lines)
+
+
+def _times_the_floor(ms: float, floor: float) -> str:
+    """`ms` as a multiple of the floor's `floor`, to two significant digits under 1: at one decimal
+    a method far under the floor (a shard within readahead's reach, its windows warm after the first)
+    was '0.0x the floor', as though it took no time; a floor of 0 ms (too short for the clock) has
+    no multiple, where it was a division by zero."""
+    if floor <= 0:
+        return "the floor too short to time"
+    ratio = ms / floor
+    return f"{ratio:6.1f}x the floor" if ratio >= 0.95 else f"{ratio:6.2g}x the floor"
 
 
 def _size(n: int) -> str:

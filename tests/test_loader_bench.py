@@ -70,6 +70,24 @@ def test_cold_shuffled_windows_are_timed_against_pread(tmp_path, capsys, monkeyp
                      r"from disk per byte", table), table
 
 
+@pytest.mark.parametrize("floor_ms, loader_ms, said", [
+    (0.059, 0.002, " 0.034x the floor"),  # a shard within readahead's reach: its windows warm after the first
+    (0.05, 0.074, "   1.5x the floor"),
+    (0.0, 0.01, "the floor too short to time"),
+])
+def test_a_cold_figure_is_never_said_as_zero_times_the_floor(capsys, monkeypatch, floor_ms, loader_ms, said):
+    """At one decimal a method far under the floor read '0.0x the floor' (a loader whose reads
+    readahead had made warm), as though it took no time; and a floor of 0 ms was a division by
+    zero. The figures are given (timings are the machine's): only how they are said is checked."""
+    figures = {method: {"ms_per_window": ms, "disk_bytes_per_byte": 1.0, "windows": 20}
+               for method, ms in zip(bench.COLD_METHODS, (floor_ms, loader_ms, loader_ms))}
+    monkeypatch.setattr(bench, "run_cold", lambda *args: figures)
+    assert bench.main([*TINY, "--cold"]) == 0
+    table = capsys.readouterr().out
+    assert f"loader (shuffled: readahead off)                    {loader_ms:.3f} ms ({said})" in table, table
+    assert "0.0x" not in table, table
+
+
 def test_cold_drops_shards_written_moments_before(tmp_path):
     """A shard still dirty in the page cache (written by numpy, not yet written back) is dropped
     too: DONTNEED alone left its pages cached, so the first method timed (the floor) read it warm
