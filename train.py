@@ -532,12 +532,13 @@ def stale_temporary(out: Path, name: str, why: str) -> UserError:
 
 
 def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None,
-                       logs_set_aside: bool = False) -> None:
+                       logs_set_aside: bool = False, log_windows: bool = False) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
     checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
     runs), and a resume from a checkpoint elsewhere refuses another run's files (--keep-ckpts
     would delete its checkpoints, and the metrics would interleave). `logs_set_aside`: the
-    earlier run's logs will be renamed before this run writes (set_aside_logs)."""
+    earlier run's logs will be renamed before this run writes (set_aside_logs); `log_windows`:
+    this run writes window logs (--log-windows)."""
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
@@ -565,8 +566,10 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         if odd:
             raise stale_temporary(out, odd[0].name, os.strerror(errno.EISDIR))
         # the logs' too: open_log writes each whole there first, once the run has started (the
-        # logs of a run without a checkpoint renamed already), and its error named the log
-        temps = [temp_path(metrics), *sorted(out.glob(temp_path(out / LOG_GLOB).name))]
+        # logs of a run without a checkpoint renamed already), and its error named the log; a
+        # window log's only with --log-windows (without it nothing writes one)
+        windows = sorted(out.glob(temp_path(out / LOG_GLOB).name)) if log_windows else []
+        temps = [temp_path(metrics), *windows]
         odd = [p for p in temps if p.is_dir() and not p.is_symlink()]
         if odd:
             raise temporary_is_a_directory(out, odd[0])
@@ -2556,7 +2559,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 stack.enter_context(hold_out_dir(out, notes))
             resume_path, set_aside = resolve_resume(cfg, notes)
             if rt.master:
-                check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside)
+                check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside,
+                                   log_windows=cfg.log_windows)
             elif cfg.log_windows:
                 check_own_log(out, log_path(out, rt.rank))
             if not rt.master and resume_path is None and not set_aside:

@@ -4869,6 +4869,21 @@ def test_a_directory_named_as_a_log_s_temporary_is_refused_before_the_logs_are_r
         assert {name: (out / name).read_bytes() for name in logged} == logged
 
 
+def test_a_directory_named_as_a_window_log_s_temporary_is_left_alone_without_log_windows(tmp_path, dataset):
+    """Only --log-windows writes a window log (whole under its temporary's name first): without
+    it nothing reads or writes .windows_rank<r>.jsonl.tmp, and a directory there was refused all
+    the same, a fresh run and a resume alike. It is left as it is."""
+    out = tmp_path / "out"
+    (out / ".windows_rank0.jsonl.tmp").mkdir(parents=True)
+    (out / ".windows_rank0.jsonl.tmp" / "notes.txt").write_text("not a log")
+    for steps, more in ((2, []), (4, ["--resume", "auto"])):
+        result = CliRunner().invoke(train.main, tiny_flags(dataset, out, steps, "--ckpt-every", "2", *more))
+        assert result.exit_code == 0, result.output
+    assert [row["step"] for row in metrics(out)] == [1, 2, 3, 4]
+    assert (out / ".windows_rank0.jsonl.tmp" / "notes.txt").read_text() == "not a log"
+    assert not list(out.glob("windows_rank*"))
+
+
 def test_a_log_s_temporary_left_as_a_file_by_a_killed_run_does_not_stop_the_resume(tmp_path, dataset):
     """Only a directory in place of a log's temporary is refused: the file a run killed in
     open_log's atomic_write leaves there is written over by the next one, which goes on."""
