@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loader.errors import LoaderError, check_int
+from loader.errors import LoaderError, check_bool, check_int
 from prep.epoch import steps_per_epoch
 
 
@@ -62,8 +62,8 @@ class Cursor:
         minimums = {"B": 1, "T": 1, "world": 1, "seed": 0, "num_tokens": 0}  # SeedSequence: seed >= 0
         for name, minimum in minimums.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
-        if not isinstance(self.shuffle, bool):  # bool("False") is True: another order, silently
-            raise LoaderError(f"shuffle must be True or False, got {self.shuffle!r}")
+        # bool("False") is True: another order, silently
+        object.__setattr__(self, "shuffle", check_bool("shuffle", self.shuffle))
         steps = steps_per_epoch(self.num_tokens, self.B, self.T, self.world)
         if steps == 0:
             raise LoaderError(

@@ -35,3 +35,15 @@ def check_int(label: str, value: object, minimum: int, maximum: int | None = Non
         bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
         raise LoaderError(f"{label} must be an integer {bounds}, got {value!r}")
     return int(value)
+
+
+def check_bool(label: str, value: object, auto: bool = False) -> bool | None:
+    """`value` as a Python bool (None too, where `auto`), or a clear LoaderError unless it is
+    one: "no" and 1 are truthy, and chose silently. numpy bools are taken, as check_int takes
+    numpy integers, and made plain bools for the same reason (the loader's state holds them)."""
+    if auto and value is None:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise LoaderError(f"{label} must be {'True, False or None (auto)' if auto else 'True or False'}, "
+                          f"got {value!r}")
+    return bool(value)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from loader.cursor import Cursor
-from loader.errors import DatasetMismatch, LoaderError, TokenRangeError, check_int
+from loader.errors import DatasetMismatch, LoaderError, TokenRangeError, check_bool, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
 from loader.stream import TokenStream, resolve_shards
 from prep.meta import portable_name
@@ -152,13 +152,11 @@ class TokenLoader:
         prefetch = check_int("prefetch", prefetch, 0, MAX_PREFETCH)
         if rank >= world:
             raise LoaderError(f"rank must satisfy 0 <= rank < world={world}, got rank={rank}")
-        if not isinstance(shuffle, bool):
-            raise LoaderError(f"shuffle must be True or False, got {shuffle!r}")
+        shuffle = check_bool("shuffle", shuffle)
         if vocab_size is not None:
             vocab_size = check_int("vocab_size", vocab_size, 1)
         self._vocab_size = vocab_size
-        if pin_memory is not None and not isinstance(pin_memory, bool):  # "no" is truthy
-            raise LoaderError(f"pin_memory must be True, False or None (auto), got {pin_memory!r}")
+        pin_memory = check_bool("pin_memory", pin_memory, auto=True)
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         elif pin_memory and not torch.cuda.is_available():

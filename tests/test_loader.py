@@ -200,6 +200,26 @@ def test_bad_arguments_are_clear_errors(data, kwargs, message):
         TokenLoader(path, **kwargs)
 
 
+def test_numpy_bools_are_taken_where_a_bool_is_and_made_plain(data):
+    """pin_memory=np.False_ and shuffle=np.True_ (a config's numpy scalars, an array's element)
+    were refused as though they were "no" or 1, where numpy integers are taken for the sizes;
+    made plain bools, they reach the state as json.dumps and torch.load(weights_only=True) take
+    it. Anything else that is not a bool is still refused."""
+    path, _ = data
+    with (TokenLoader(path, B=2, T=4, pin_memory=np.False_, shuffle=np.True_) as given,
+          TokenLoader(path, B=2, T=4, pin_memory=False, shuffle=True) as plain):
+        assert type(given.pin_memory) is bool and type(given.shuffle) is bool
+        assert (given.pin_memory, given.shuffle) == (False, True)
+        assert json.dumps(given.state_dict()) == json.dumps(plain.state_dict())
+        for _ in range(3):
+            assert torch.equal(given.next_window(), plain.next_window())
+    for bad in (np.int64(0), np.array([False]), "False"):
+        with pytest.raises(LoaderError, match=r"pin_memory must be True, False or None \(auto\), got "):
+            TokenLoader(path, pin_memory=bad)
+        with pytest.raises(LoaderError, match=r"shuffle must be True or False, got "):
+            TokenLoader(path, shuffle=bad)
+
+
 def test_the_deepest_prefetch_allowed_is_taken(data):
     """The limit is MAX_PREFETCH itself, as the error says ("from 0 to 1024"), not one below it."""
     path, _ = data

@@ -149,6 +149,15 @@ def test_cursor_validates_its_fields(kwargs, message):
         Cursor(**args)
 
 
+def test_a_cursor_takes_a_numpy_bool_for_shuffle_as_a_plain_bool():
+    """np.True_ was refused as though it were 1; taken, it is made a plain bool (the loader's
+    state holds it, which json.dumps and torch.load(weights_only=True) take)."""
+    given, plain = (Cursor(num_tokens=1_000, B=2, T=4, shuffle=shuffle, seed=3)
+                    for shuffle in (np.True_, True))
+    assert type(given.shuffle) is bool and given == plain
+    assert [given.slot(k) for k in range(50)] == [plain.slot(k) for k in range(50)]
+
+
 @pytest.mark.parametrize("step, rank", [(0, 2), (0, -1), (-1, 0)])
 def test_a_window_of_no_rank_or_no_step_is_refused(step, rank):
     """Rank 2 of 2 got the next slot's rank 0 window (at the last slot one past the stream:
