@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import sys
+
 from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # first: standard library only
 
 # Ctrl-C, SIGTERM or SIGHUP while click, numpy and tiktoken import (tens of milliseconds to
@@ -27,6 +30,21 @@ for _command in (sample_command, tokenize_command, info_command, verify_command)
     main.add_command(_command)
 
 
+def paths_print_as_named() -> None:
+    """Standard output writes a file name that is no UTF-8 (bytes a Latin-1 system left, which
+    Python holds as lone surrogates) as the bytes it is, as ls does. Under a UTF-8 locale other
+    than C.UTF-8 (en_US.UTF-8, the usual one) Python makes standard output strict: `prep tokenize`'s
+    summary and the lines of `prep info` and `prep verify` that name such a path ended in a
+    UnicodeEncodeError's traceback and status 1, the work done. (An ASCII output click rewraps.)"""
+    stream = sys.stdout
+    try:
+        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+    except (AttributeError, LookupError, TypeError):  # None (started with it closed), a replaced stream
+        return
+    if utf8 and stream.errors == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="surrogateescape")
+
+
 def run(**click_args) -> None:
     """`prep` as its process's program (the console script, `python -m prep`): main, whose
     commands may then set what a signal does once their work is done (prep.errors.after_the_work:
@@ -35,6 +53,7 @@ def run(**click_args) -> None:
     Ctrl-C, SIGTERM and SIGHUP are ignored: the interpreter has put Python's handlers back to
     their defaults by then, and such a signal ended a finished command as killed, without a word."""
     ignore_stops_at_the_end()
+    paths_print_as_named()
     main(obj=PROGRAM, **click_args)
 
 

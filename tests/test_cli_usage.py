@@ -620,3 +620,30 @@ def test_a_reader_gone_before_the_output_ends_the_command_quietly_with_sigpipes_
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+
+@pytest.mark.parametrize("command", [["tokenize", "--quiet", "in.txt", "--out"], ["info"], ["verify"]])
+def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_output(tmp_path, command):
+    """A name that is no UTF-8 (b'd\\xff': a file from a Latin-1 system) is held as a lone
+    surrogate, and under a UTF-8 locale other than C.UTF-8 (en_US.UTF-8, whose standard output
+    Python makes strict: PYTHONIOENCODING gives it here) printing it raised UnicodeEncodeError:
+    the summary, `prep info`'s and `prep verify`'s lines ended in a traceback and status 1, the
+    work done. It prints as its bytes, as ls prints it."""
+    (tmp_path / "in.txt").write_text("words " * 100)
+    out = b"d\xffx"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUTF8": "0"}
+
+    def prep(*args, errors: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "prep.cli", *args], cwd=tmp_path, capture_output=True,
+                              env={**env, "PYTHONIOENCODING": f"utf-8:{errors}"}, timeout=120)
+
+    if command[0] != "tokenize":
+        made = prep("tokenize", "--quiet", "in.txt", "--out", out, errors="surrogateescape")
+        assert made.returncode == 0, made.stderr
+    result = prep(*command, out, errors="strict")
+    said = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0 and "Traceback" not in said, said
+    assert out in result.stdout
+    assert (tmp_path / os.fsdecode(out) / "meta.json").is_file()
+
