@@ -29,6 +29,7 @@ shell that ran us would be left in a deleted directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -440,11 +441,16 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
 
 
 def _write_summary(result: TokenizeResult, as_json: bool) -> None:
-    """The closing line (or JSON) on standard output, or a UserError where it cannot be written."""
+    """The closing line (or JSON) on standard output, or a UserError where it cannot be written.
+    Its reader gone (`| head`) is no mistake: raised on, marked as standard output's, to end the
+    command quietly with 141 as every command does (prep.errors)."""
     try:
         click.echo(json.dumps(result.to_json()) if as_json else result.summary())
         flush_stdout()
     except OSError as e:  # > /dev/full, a full disk: the one thing not done is the summary
+        if e.errno == errno.EPIPE:
+            e.stdout = True
+            raise
         sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
         raise UserError(f"{result.out_dir} is complete, but its summary cannot be written to standard output "
                         f"({e.strerror})") from None

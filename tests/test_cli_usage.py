@@ -647,3 +647,21 @@ def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_o
     assert out in result.stdout
     assert (tmp_path / os.fsdecode(out) / "meta.json").is_file()
 
+
+@pytest.mark.parametrize("args", [[], ["--json"]])
+def test_prep_tokenize_whose_reader_is_gone_ends_quietly_with_sigpipes_status_dataset_made(tmp_path, args):
+    """`prep tokenize in.txt --json | jq ...` with jq gone: the summary's EPIPE was taken for a full
+    disk, "Error: ... is complete, but its summary cannot be written to standard output (Broken
+    pipe)" and status 2, a user's mistake, where `prep info` and `prep verify` end quietly with
+    141 as the README says every command does (a writer SIGPIPE ends)."""
+    (tmp_path / "in.txt").write_text("words " * 100)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes a byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "in.txt", "--quiet", *args],
+                              cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")
+    assert (tmp_path / "data" / "in" / "meta.json").is_file()
