@@ -412,6 +412,9 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     if list(inputs).count(STDIN) > 1:
         raise CorpusError("'-' (stdin) can be given only once")
     sources = []
+    # each named file's bytes are judged (compressed, UTF-16, JSON) once no file is found given
+    # twice: the pipes a compressed one's error offers for each are no files to tell apart
+    first_bytes: list[tuple[str, Path, bool]] = []  # (arg, path, a *.json file nothing said how to read)
     for arg in inputs:
         if arg == STDIN:
             if sys.stdin is None:  # started with stdin closed (`<&-`)
@@ -435,16 +438,21 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                 total = None if None in sizes else sum(sizes)
                 sources.append(Source(arg, "directory", tuple(files), total, tuple(left_out)))
             else:
-                _refuse_not_utf8(path, field)
                 stream = not path.is_file() and not names_jsonl(path)  # a pipe: no name says what it holds
                 json_file = path.is_file() and names_json(path)  # a name that does not say which JSON
-                if json_file and not said:
-                    _refuse_json(path, field)
+                first_bytes.append((arg, path, json_file and not said))
                 kind = "jsonl" if names_jsonl(path) or ((stream or json_file) and stdin_format == "jsonl") else "text"
                 sources.append(Source(arg, kind, (path,), _file_size(path), format_said=said or not stream))
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
     _refuse_duplicates(sources, stdin)
+    for arg, path, json_unsaid in first_bytes:
+        try:
+            _refuse_not_utf8(path, field)
+            if json_unsaid:
+                _refuse_json(path, field)
+        except PermissionError as e:
+            raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
     return sources
 
 

@@ -902,6 +902,21 @@ def test_compressed_files_of_both_formats_are_told_to_be_decompressed_first(tmp_
                                   f"{tmp_path / 'd.jsonl.gz'} holds JSON lines and {tmp_path / 'a.txt.gz'} text)")
 
 
+@pytest.mark.parametrize("twice", ["named twice", "through a link"])
+def test_a_compressed_file_given_twice_is_refused_as_given_twice_not_offered_a_pipe_for_each(tmp_path, twice):
+    """`prep tokenize r.jsonl.gz r.jsonl.gz` was offered `zcat r.jsonl.gz | prep tokenize ... -
+    <(zcat r.jsonl.gz)`: pasted, it tokenized the file twice, which named twice (or through a
+    link) it refuses, the pipes being no files it can tell apart."""
+    (tmp_path / "r.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n'))
+    second = tmp_path / "r.jsonl.gz"
+    if twice == "through a link":
+        second = tmp_path / "link.jsonl.gz"
+        second.symlink_to("r.jsonl.gz")
+    result = invoke(tmp_path / "r.jsonl.gz", second, "--out", tmp_path / "o")
+    assert_user_error(result, f"{tmp_path / 'r.jsonl.gz'} and {second} are the same file; give each file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"r.jsonl.gz", second.name})
+
+
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="needs /dev/fd")
 def test_a_pipe_named_by_its_descriptor_beside_a_compressed_file_is_spelled_as_a_pipe_to_fill_in(tmp_path):
     """`prep tokenize a.txt.gz <(cat b.txt)` was offered `zcat a.txt.gz | prep tokenize - /dev/fd/63`:
