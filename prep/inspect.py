@@ -18,7 +18,7 @@ import numpy as np
 from click.core import ParameterSource
 
 from prep.epoch import steps_per_epoch
-from prep.errors import GivenPath, UserCommand, UserError, bar_disable
+from prep.errors import GivenPath, UserCommand, UserError, bar_disable, say
 from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, shard_directories,
                        unlisted_shards)
 from prep.progress import Bar
@@ -206,20 +206,20 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
         raise UserError("--world counts steps per epoch, which need --B and --T: give them too")
     info = dataset_info(directory, B, T, world)
     if info.missing:
-        click.echo(f"warning: {len(info.missing)} shard(s) listed in meta.json are missing, e.g. "
-                   f"{directory / info.missing[0]}; run `prep verify {directory}`", err=True)
+        say(f"warning: {len(info.missing)} shard(s) listed in meta.json are missing, e.g. "
+            f"{directory / info.missing[0]}; run `prep verify {directory}`")
     if info.wrong_size:
         name, size, expected = info.wrong_size[0]
-        click.echo(f"warning: {len(info.wrong_size)} shard(s) are not the size meta.json gives them (cut short "
-                   f"or changed), e.g. {directory / name}: {size:,} bytes, {expected:,} expected; run "
-                   f"`prep verify {directory}`", err=True)
+        say(f"warning: {len(info.wrong_size)} shard(s) are not the size meta.json gives them (cut short "
+            f"or changed), e.g. {directory / name}: {size:,} bytes, {expected:,} expected; run "
+            f"`prep verify {directory}`")
     if info.bad_header:
         name, wrong = info.bad_header[0]
-        click.echo(f"warning: {len(info.bad_header)} shard(s) would be refused by the loader, e.g."
-                   f" {directory / name}: {wrong}; run `prep verify {directory}`", err=True)
+        say(f"warning: {len(info.bad_header)} shard(s) would be refused by the loader, e.g."
+            f" {directory / name}: {wrong}; run `prep verify {directory}`")
     if info.unlisted:
-        click.echo(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
-                   f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`", err=True)
+        say(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
+            f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`")
     if as_json:
         record = asdict(info) | {"tokens": info.tokens, "shards": info.shards}
         if B is not None:

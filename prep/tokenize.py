@@ -210,7 +210,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                           f"beside it ({aside_bytes} bytes, over {NAME_MAX}); pass a shorter --out")
     check_target(target, overwrite)
     for note in filter(None, (source.note() for source in sources)):  # before the work: Ctrl-C is cheap
-        click.echo(f"note: {note}", err=True)  # with stderr closed: nowhere, not into stdout's JSON
+        say(f"note: {note}")  # stderr closed or full: nowhere (not into stdout's JSON), the work goes on
     ensure_available()  # a missing tokenizer is a TokenizerError here, not in a worker
     workers, chunk_chars = config.workers, config.chunk_chars
     if total_bytes is not None:  # small inputs: smaller chunks, ~4 per worker, and no idle workers

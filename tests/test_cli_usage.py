@@ -665,3 +665,30 @@ def test_prep_tokenize_whose_reader_is_gone_ends_quietly_with_sigpipes_status_da
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (141, "")
     assert (tmp_path / "data" / "in" / "meta.json").is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["tokenize", "info"])
+def test_a_note_or_warning_stderr_cannot_take_is_dropped_and_the_work_done(tmp_path, command):
+    """`2>/dev/full` (or a log on a full disk): prep tokenize's note of what a directory leaves
+    out, and prep info's warning of a shard meta.json does not list, raised the OSError of their
+    write, and the command ended with status 1, no word said, before its work (no dataset, no
+    report): a line about the work is dropped where stderr cannot take it (prep.errors.say)."""
+    from _data import random_tokens, write_dataset
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("words " * 100)
+    (tmp_path / "corpus" / "readme.md").write_text("left out")
+    data, env = tmp_path / "data" / "corpus", {**os.environ, "PYTHONPATH": str(REPO)}
+    if command == "info":
+        made = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "corpus", "--quiet"],
+                              cwd=tmp_path, capture_output=True, timeout=120, env=env)
+        assert made.returncode == 0, made.stderr
+        write_dataset(data, random_tokens(10), name="extra")  # on disk, not listed in meta.json
+    args = ["tokenize", "corpus", "--quiet"] if command == "tokenize" else ["info", str(data)]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "prep.cli", *args], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=full, text=True, timeout=120, env=env)
+    assert result.returncode == 0
+    assert (data / "meta.json").is_file()
+    assert ("tokenized 1 document(s)" if command == "tokenize" else "from meta.json") in result.stdout
