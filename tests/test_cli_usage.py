@@ -692,3 +692,19 @@ def test_a_note_or_warning_stderr_cannot_take_is_dropped_and_the_work_done(tmp_p
     assert result.returncode == 0
     assert (data / "meta.json").is_file()
     assert ("tokenized 1 document(s)" if command == "tokenize" else "from meta.json") in result.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_progress_bar_stderr_cannot_take_stops_drawing_and_verify_says_its_finding(tmp_path):
+    """`prep verify d --progress 2>>log` on a full disk: the bar's first write raised ENOSPC
+    (tqdm lets only EIO, a hung-up terminal's, pass) and verify ended with status 1, its status
+    for a bad shard, without a word, where every shard was good."""
+    from _data import random_tokens, write_dataset
+
+    data = write_dataset(tmp_path / "d", random_tokens(300, 1), random_tokens(200, 2))
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "verify", str(data), "--progress"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=full, text=True, timeout=120,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"verified 2 shard(s), 500 tokens in {data}: "), result.stdout
