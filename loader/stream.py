@@ -23,10 +23,12 @@ token except to copy the window it was asked for.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import mmap
 import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +81,9 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
             raise LoaderError(problem)
         matches = [p]
     elif any(c in text for c in _GLOB_CHARS):
-        matches = sorted((Path(m) for m in glob.glob(text) if os.path.isfile(m)), key=_glob_order)
+        _search_refused(text)  # glob.glob passes over a directory it cannot look into: a split cut short
+        matches = sorted((Path(m) for m in glob.glob(text) if _is_file(m, text)), key=_glob_order)
         if not matches:
-            _search_refused(text)
             raise LoaderError(f"{text}: no shard files match this pattern")
     elif p.is_symlink() and not p.exists():
         raise LoaderError(f"{text}: a broken symbolic link (to {os.readlink(p)})")
@@ -107,31 +109,72 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
 
 def _search_refused(pattern: str) -> None:
     """Raise the PermissionError of a directory this user may not search (another user's home,
-    mode 700) that `pattern`, a glob that matched nothing, had to be looked up through: glob.glob
-    passes over every OSError, and 'data/*/x_train_*.bin' with data/x there, or any glob below one
-    (Python 3.14's Path.is_dir answers False there), said "no shard files match this pattern".
+    mode 700) that `pattern`, a glob, has to be looked up through: glob.glob passes over every
+    OSError, so 'data/*/x_train_*.bin' with data/x there left data/x's shards out without a word
+    (or, where it matched nothing, said "no shard files match this pattern"), and any glob below
+    one did too (Python 3.14's Path.is_dir answers False there): each epoch would miss them.
     Its file name is the pattern where the directory is on the pattern's own path (callers name
-    the option that gave it, as for a path), else the path that could not be reached."""
+    the option that gave it, as for a path), else the path that could not be reached.
+    The directories the last part is matched in are opened, not listed: the glob lists them."""
     directories, literal = [""], True  # (the current directory, and whether no glob was expanded yet)
     parts = Path(pattern).parts
     for i, part in enumerate(parts):
-        magic = any(c in part for c in _GLOB_CHARS)
+        magic, last = any(c in part for c in _GLOB_CHARS), i == len(parts) - 1
         reached = []
         for directory in directories:
             path = os.path.join(directory, part)
             try:
                 if magic:
-                    os.listdir(directory or os.curdir)
-                    reached += glob.glob(os.path.join(glob.escape(directory), part))
-                else:
+                    with os.scandir(directory or os.curdir) as listing:
+                        entries = [] if last else list(listing)
+                elif last:
                     os.lstat(path)
+                elif stat.S_ISDIR(os.stat(path).st_mode):  # (a link to one too, as glob follows it)
                     reached.append(path)
             except OSError as e:
                 if e.errno == errno.EACCES and not os.access(directory or os.curdir, os.X_OK):
                     raise PermissionError(e.errno, e.strerror, pattern if literal else path) from None
-        if i < len(parts) - 1:
-            directories = [d for d in reached if os.path.isdir(d)]
-        literal = literal and not magic
+                continue
+            if magic and not last:  # the directories it matches, to go on in (glob's rule for a leading '.')
+                found = {e.name: e for e in entries if part.startswith(".") or not e.name.startswith(".")}
+                for name in fnmatch.filter(found, part):
+                    if _is_dir(found[name], os.path.join(directory, name), pattern):
+                        reached.append(os.path.join(directory, name))
+        directories, literal = reached, literal and not magic
+
+
+def _is_dir(entry: os.DirEntry, path: str, pattern: str) -> bool:
+    """Whether a glob's directory entry is a directory, as glob.glob answers, but refused (as
+    _is_file) where a link's target cannot be looked up, which glob.glob answers False to."""
+    try:
+        return entry.is_dir()
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise _unreachable(pattern, path, e) from None
+        return False  # a broken link, a loop
+
+
+def _is_file(path: str, pattern: str) -> bool:
+    """Whether a glob's match is a regular file (not a directory, a FIFO, a broken link); refused
+    where it cannot be looked up, as in a directory this user may list but not search (another
+    user's of mode 0744): os.path.isfile answered False, and its shards were left out."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise _unreachable(pattern, path, e) from None
+        return False
+
+
+def _unreachable(pattern: str, path: str, error: OSError) -> OSError | LoaderError:
+    """The error for `path`, which `pattern` matched but which cannot be looked up: its
+    directory's PermissionError where this user may not search it (the commands name the
+    directory), else (a link into such a directory) one line naming the path."""
+    if not os.access(os.path.dirname(path) or os.curdir, os.X_OK):
+        return PermissionError(error.errno, error.strerror, path)
+    return LoaderError(f"{pattern}: {path}: cannot be looked up ({error.strerror}: a directory on the way "
+                       f"to what it links to may not be searched): give it search permission there, "
+                       f"or leave it out")
 
 
 def _glob_order(path: Path) -> tuple:

@@ -252,6 +252,105 @@ def test_a_glob_below_a_directory_that_may_not_be_searched_is_one_line_with_real
         private.chmod(0o755)
 
 
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--data", "sets/*/*_train_*.bin"]),
+    ("train", ["--data", "sets/a", "--val-data", "sets/*/*_val_*.bin"]),
+    ("audit", ["run", "--data", "sets/*/*_train_*.bin"]),
+    ("bench", ["sets/*/*_train_*.bin", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"]),
+])
+def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_searched_is_one_line(
+        tmp_path, monkeypatch, command, args):
+    """glob.glob passes over a directory it cannot look into, where other directories gave it
+    matches too: sets/b's shards were left out of every epoch without a word (trained on, audited
+    and benchmarked without them). The glob is refused, naming the directory."""
+    import loader.audit
+    import loader.bench
+    import train
+    from _data import random_tokens, without_search_permission, write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        write_dataset(tmp_path / "sets" / name, random_tokens(300, 1), random_tokens(200, 2))
+    if command == "audit":  # a run's window logs to audit (on both sets' shards)
+        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
+                                      device="cpu", data="sets/*/*_train_*.bin", out="run", log_windows=True))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    without_search_permission(monkeypatch, tmp_path / "sets" / "b")
+    if command == "bench":  # argparse: its return value is the status
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            status = loader.bench.main(args)
+        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
+    else:
+        main = {"train": train.main, "audit": loader.audit.main}[command]
+        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
+        result = CliRunner().invoke(main, [*args, *extra])
+    split = "val" if "--val-data" in args else "train"
+    closed = tmp_path / "sets" / "b"
+    assert_user_error(result, f"Error: sets/b/*_{split}_*.bin: cannot be looked up (Permission denied: this "
+                              f"user may not search {closed}): give it search permission there")
+    monkeypatch.undo()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
+
+
+BENCH_EACH = """if True:  # loader.bench on each pattern of argv: [status, standard error] for each, as JSON
+    import contextlib, io, json, sys
+    import loader.bench
+    said = []
+    for pattern in sys.argv[1:]:
+        with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+            status = loader.bench.main([pattern, "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"])
+        said.append([status, err.getvalue()])
+    print(json.dumps(said))
+"""
+
+
+def bench_each_with_real_modes(cwd: Path, patterns: list[str]) -> list[list]:
+    """BENCH_EACH's answers with the kernel's answers to file modes (setpriv, for root), in one
+    interpreter (its start takes seconds)."""
+    from test_sample import _as_a_user_without_overrides
+
+    result = subprocess.run([*_as_a_user_without_overrides(), sys.executable, "-c", BENCH_EACH, *patterns],
+                            cwd=cwd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_searched_with_real_modes(tmp_path):
+    """As above with the kernel's answers: another user's directory (mode 700: nothing in it can
+    be looked up), one this user may list but not search (0744: glob.glob lists its shards, whose
+    stat then fails), and a link to a directory or a shard in such a directory: each was left out
+    of the split without a word."""
+    from _data import random_tokens, write_dataset
+
+    for tree in ("t1", "t2"):
+        for name in "ab":
+            write_dataset(tmp_path / tree / name, random_tokens(300, 1))
+    write_dataset(tmp_path / "closed" / "inner", random_tokens(300, 1))
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "b").symlink_to(tmp_path / "closed" / "inner")
+    write_dataset(tmp_path / "t3", random_tokens(300, 1))
+    (tmp_path / "t3" / "t_train_000001.bin").symlink_to(tmp_path / "closed" / "inner" / "t_train_000000.bin")
+    # this user's own, of modes 0 and 0444: for the owner, what 700 and 744 are for another user
+    closed = [(tmp_path / "t1" / "b", 0), (tmp_path / "t2" / "b", 0o444), (tmp_path / "closed", 0)]
+    try:
+        for directory, mode in closed:
+            directory.chmod(mode)
+        said = bench_each_with_real_modes(tmp_path, ["t1/*/*_train_*.bin", "t2/*/*_train_*.bin",
+                                                     "links/*/*.bin", "t3/*_train_*.bin"])
+    finally:
+        for directory, _ in closed:
+            directory.chmod(0o755)
+    lines = [f"{path}: cannot be looked up (Permission denied: this user may not search {tmp_path / where}): "
+             f"give it search permission there, or use a path outside {tmp_path / where}"
+             for path, where in (("t1/b/*_train_*.bin", "t1/b"), ("t2/b/t_train_000000.bin", "t2/b"))]
+    lines += [f"{pattern}: {path}: cannot be looked up (Permission denied: a directory on the way to what it "
+              f"links to may not be searched): give it search permission there, or leave it out"
+              for pattern, path in (("links/*/*.bin", "links/b"),
+                                    ("t3/*_train_*.bin", "t3/t_train_000001.bin"))]
+    assert said == [[2, f"Error: {line}\n"] for line in lines]
+
+
 def test_help_is_still_help():
     result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
     assert result.exit_code == 0 and "--shard-size" in result.output
