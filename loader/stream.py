@@ -114,7 +114,8 @@ def _search_refused(pattern: str) -> None:
     (or, where it matched nothing, said "no shard files match this pattern"), and any glob below
     one did too (Python 3.14's Path.is_dir answers False there): each epoch would miss them.
     Its file name is the pattern where the directory is on the pattern's own path (callers name
-    the option that gave it, as for a path), else the path that could not be reached.
+    the option that gave it, as for a path), else the path that could not be reached. A
+    directory that may be searched but not listed is a LoaderError (_cannot_list).
     The directories the last part is matched in are opened, not listed: the glob lists them."""
     directories, literal = [""], True  # (the current directory, and whether no glob was expanded yet)
     parts = Path(pattern).parts
@@ -134,6 +135,8 @@ def _search_refused(pattern: str) -> None:
             except OSError as e:
                 if e.errno == errno.EACCES and not os.access(directory or os.curdir, os.X_OK):
                     raise PermissionError(e.errno, e.strerror, pattern if literal else path) from None
+                if magic and e.errno not in (errno.ENOENT, errno.ENOTDIR):  # (gone meanwhile: nothing in it)
+                    raise _cannot_list(pattern, directory or os.curdir, e, literal) from None
                 continue
             if magic and not last:  # the directories it matches, to go on in (glob's rule for a leading '.')
                 found = {e.name: e for e in entries if part.startswith(".") or not e.name.startswith(".")}
@@ -141,6 +144,16 @@ def _search_refused(pattern: str) -> None:
                     if _is_dir(found[name], os.path.join(directory, name), pattern):
                         reached.append(os.path.join(directory, name))
         directories, literal = reached, literal and not magic
+
+
+def _cannot_list(pattern: str, directory: str, error: OSError, literal: bool) -> LoaderError:
+    """The error for a directory `pattern` is matched in that cannot be listed: one this user
+    may search but not read (mode 0311, or another user's 0711), where glob.glob found nothing
+    and said "no shard files match this pattern", or left its shards out of the split."""
+    fix = (": give this user read permission on it" + ("" if literal else ", or a pattern that leaves it out")
+           if error.errno == errno.EACCES else "")
+    return LoaderError(f"{pattern}: {directory}: cannot be listed ({error.strerror}), so which of its files "
+                       f"the pattern matches cannot be known{fix}")
 
 
 def _is_dir(entry: os.DirEntry, path: str, pattern: str) -> bool:

@@ -351,6 +351,72 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
     assert said == [[2, f"Error: {line}\n"] for line in lines]
 
 
+@pytest.mark.parametrize("command, args", [
+    ("train", ["--data", "sets/*/*_train_*.bin"]),
+    ("train", ["--data", "sets/a", "--val-data", "sets/*/*_val_*.bin"]),
+    ("audit", ["run", "--data", "sets/*/*_train_*.bin"]),
+    ("bench", ["sets/*/*_train_*.bin", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"]),
+    ("bench", ["sets/b/*_train_*.bin", "--B", "2", "--T", "8", "--windows", "1", "--repeats", "1"]),
+])
+def test_a_glob_in_a_directory_that_may_not_be_listed_is_one_line(tmp_path, monkeypatch, command, args):
+    """A directory this user may search but not list (mode 0311): glob.glob passes over it, so a
+    glob that matched shards elsewhere left its shards out without a word, and one below it said
+    "no shard files match this pattern", though its shards are there. Each says it cannot be listed."""
+    import loader.audit
+    import loader.bench
+    import train
+    from _data import random_tokens, without_read_permission, write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    for name in "ab":
+        write_dataset(tmp_path / "sets" / name, random_tokens(300, 1), random_tokens(200, 2))
+    if command == "audit":  # a run's window logs to audit (on both sets' shards)
+        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
+                                      device="cpu", data="sets/*/*_train_*.bin", out="run", log_windows=True))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    without_read_permission(monkeypatch, tmp_path / "sets" / "b")
+    if command == "bench":  # argparse: its return value is the status
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            status = loader.bench.main(args)
+        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
+    else:
+        main = {"train": train.main, "audit": loader.audit.main}[command]
+        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
+        result = CliRunner().invoke(main, [*args, *extra])
+    pattern = next(arg for arg in args if "*" in arg)
+    flag = "--val-data " if "--val-data" in args else "--data " if command == "audit" else ""
+    fix = "give this user read permission on it" + (", or a pattern that leaves it out" * ("*/" in pattern))
+    assert_user_error(result, f"Error: {flag}{pattern}: sets/b: cannot be listed (Permission denied), so "
+                              f"which of its files the pattern matches cannot be known: {fix}")
+    monkeypatch.undo()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # nothing made, nothing left
+
+
+def test_a_glob_in_a_directory_that_may_not_be_listed_is_one_line_with_real_modes(tmp_path):
+    """As above with the kernel's answers (mode 0311, this user's own: for the owner what 0711
+    is for another user): a glob below it and one that matches shards beside it are refused;
+    one that names the directory below it goes on (its names are looked up, not listed)."""
+    from _data import random_tokens, write_dataset
+
+    for name in "ab":
+        write_dataset(tmp_path / "flat" / name, random_tokens(300, 1))
+        write_dataset(tmp_path / "deep" / name / "t", random_tokens(300, 1))
+    locked = [tmp_path / "flat" / "b", tmp_path / "deep" / "b"]
+    try:
+        for directory in locked:
+            directory.chmod(0o311)
+        said = bench_each_with_real_modes(tmp_path, ["flat/b/*_train_*.bin", "flat/*/*_train_*.bin",
+                                                     "deep/*/t/*_train_*.bin"])
+    finally:
+        for directory in locked:
+            directory.chmod(0o755)
+    lines = [f"Error: {pattern}: flat/b: cannot be listed (Permission denied), so which of its files the "
+             f"pattern matches cannot be known: give this user read permission on it{fix}\n"
+             for pattern, fix in (("flat/b/*_train_*.bin", ""),
+                                  ("flat/*/*_train_*.bin", ", or a pattern that leaves it out"))]
+    assert said == [[2, lines[0]], [2, lines[1]], [0, ""]]
+
+
 def test_help_is_still_help():
     result = CliRunner().invoke(prep_main, ["tokenize", "--help"])
     assert result.exit_code == 0 and "--shard-size" in result.output
