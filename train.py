@@ -558,7 +558,9 @@ def check_out_contents(out: Path, resume_path: Path | None, init_from: str | Non
         odd = [name for name in names if CKPT_PATTERN.fullmatch(name) and not (out / name).is_file()]
         if odd:
             raise UserError(f"--out {out}: {out / odd[0]} is not a file; checkpoints are written under that name")
-        odd = [p for p in logs if not p.is_file()]
+        # a window log's name taken: only --log-windows writes there (without it a directory
+        # there is left alone: set_aside_logs and the resume's notes take files only)
+        odd = [p for p in logs if not p.is_file()] if log_windows else []
         if odd:
             raise not_a_log_file(out, odd[0])
         # said before anything is renamed (set_aside_logs): the run's start removes these

@@ -4884,6 +4884,25 @@ def test_a_directory_named_as_a_window_log_s_temporary_is_left_alone_without_log
     assert not list(out.glob("windows_rank*"))
 
 
+def test_a_directory_named_as_a_window_log_is_left_alone_without_log_windows(tmp_path, dataset):
+    """Only --log-windows writes windows_rank<r>.jsonl, and without it nothing reads or renames
+    a directory of that name (set_aside_logs and the resume's notes take files only): yet a
+    fresh run and a resume were refused, '--log-windows writes under that name', which was not
+    so for that run. It is left as it is; with --log-windows it is still refused."""
+    out = tmp_path / "out"
+    (out / "windows_rank0.jsonl").mkdir(parents=True)
+    (out / "windows_rank0.jsonl" / "notes.txt").write_text("not a log")
+    for steps, more in ((2, []), (4, ["--resume", "auto"])):
+        result = CliRunner().invoke(train.main, tiny_flags(dataset, out, steps, "--ckpt-every", "2", *more))
+        assert result.exit_code == 0, result.output
+    assert [row["step"] for row in metrics(out)] == [1, 2, 3, 4]
+    assert (out / "windows_rank0.jsonl" / "notes.txt").read_text() == "not a log"
+    assert sorted(p.name for p in out.iterdir() if "windows" in p.name) == ["windows_rank0.jsonl"]
+    result = CliRunner().invoke(train.main, tiny_flags(dataset, out, 6, "--resume", "auto", "--log-windows"))
+    assert_user_error(result, f"--out {out}: {out / 'windows_rank0.jsonl'} is not a file; --log-windows "
+                              f"writes under that name")
+
+
 def test_a_log_s_temporary_left_as_a_file_by_a_killed_run_does_not_stop_the_resume(tmp_path, dataset):
     """Only a directory in place of a log's temporary is refused: the file a run killed in
     open_log's atomic_write leaves there is written over by the next one, which goes on."""
