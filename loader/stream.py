@@ -11,7 +11,8 @@ Which files make a split (`resolve_shards`):
   numbers by their value (..._999999.bin before ..._1000000.bin, x_train_2.bin before
   x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the
   other split; a single shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
-  is refused saying what to pass instead.
+  is refused saying what to pass instead. So is a glob through a directory this user may not
+  search or list (`_search_refused`): glob.glob would leave its shards out without a word.
 
 A directory `prep tokenize` has not finished (it holds prep.meta.UNFINISHED_NAME: the run was
 killed, or is at work), and a file or glob in one, is refused: its shards are the first only.
