@@ -3059,7 +3059,8 @@ def train(cfg: TrainConfig) -> dict:
             raise
         if cfg.bench:  # (the training loop's StopRequest hands its signals over as it ends)
             after.hold()
-    summary["signal_after_the_loop"] = bool(after.heard)  # main() exits 130 for it, quietly
+    # main() exits 130 for it, quietly; where the output's reader went away first, 141 as without it
+    summary["signal_after_the_loop"] = bool(after.heard) and not after.output_closed_first
     return summary
 
 
@@ -3317,17 +3318,24 @@ class AfterTheLoop:
     --bench's, ended without an error: the stop's or the last checkpoint written, the files
     closed, the closing summary said or next), while train() lets go of the rest (the process
     group, the loaders): each is noted, and ends the run with 130 and no word once that is done,
-    as one after the end does. Left to the run's handlers, a SIGTERM there (torchrun's, sent
-    after a stop's Ctrl-C while the ranks left the process group) raised Terminated, and every
-    rank said after its stop's lines that it had "stopped at once"; a second Ctrl-C said so too.
+    as one after the end does; with 141 where the output's reader had gone away first (the first
+    cause stays the status: a signal there turned 141 into 130). Left to the run's handlers, a
+    SIGTERM there (torchrun's, sent after a stop's Ctrl-C while the ranks left the process group)
+    raised Terminated, and every rank said after its stop's lines that it had "stopped at once";
+    a second Ctrl-C said so too.
     Entered outside stops_raise: its end puts back the handlers from before the run (train()
     runs in-process in tests), none of the run's own set between the two."""
 
     def __init__(self) -> None:
         self.heard: list[int] = []
+        # the output's reader had gone when the first came: that stays the cause, and the status
+        # (141) agrees with the stop's line already said ("output closed ...: stopped after step N")
+        self.output_closed_first = False
         self._before: dict[int, object] = {}
 
     def _note(self, signum, frame) -> None:
+        if not self.heard:
+            self.output_closed_first = bool(_closed_outputs)
         self.heard.append(signum)
 
     def hold(self, signums: Iterable[int] | None = None) -> None:

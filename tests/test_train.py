@@ -2752,6 +2752,42 @@ def test_a_signal_once_the_training_loop_has_ended_ends_the_run_quietly(tmp_path
     assert {n: signal.getsignal(n) for n in handlers} == handlers
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda n: signal.Signals(n).name)
+def test_a_signal_after_a_stop_for_its_closed_output_keeps_the_status_141(tmp_path, dataset, signum):
+    """`train.py ... | head -1`: the reader gone, the run stopped with its checkpoint and said so
+    ("output closed (its reader went away): stopped after step N"), to exit 141 as a writer
+    ended by SIGPIPE; a signal once the loop had ended (a Ctrl-C at the pipeline still waiting
+    for the run, as train() let go of the loaders) turned that into 130. The first cause stays
+    the status."""
+    script = ("import os, runpy, signal, sys\n"
+              "from loader import TokenLoader\n"
+              "real_next, real_close, batches, sent = TokenLoader.next_batch, TokenLoader.close, [], []\n"
+              "def next_batch(self, *args, **kwargs):\n"
+              "    batches.append(1)\n"
+              "    if len(batches) == 2:  # standard output's reader goes away\n"
+              "        read_end, write_end = os.pipe()\n"
+              "        os.close(read_end)\n"
+              "        os.dup2(write_end, 1)\n"
+              "    return real_next(self, *args, **kwargs)\n"
+              "def close(self):\n"
+              "    if not sent:\n"
+              "        sent.append(1)\n"
+              f"        signal.raise_signal({int(signum)})\n"
+              "    real_close(self)\n"
+              "TokenLoader.next_batch, TokenLoader.close = next_batch, close\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    out = tmp_path / "out"
+    args = _cli_args(dataset, out, 6, "--log-every", "1")
+    done = subprocess.run([args[0], "-c", script, *args[1:]], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == train.READER_GONE_STATUS, done.stderr
+    assert "Traceback" not in done.stderr and "SIGINT" not in done.stderr and "SIGTERM" not in done.stderr
+    (stopped_at, _), = train.list_checkpoints(out)
+    assert stopped_at < 6 and (f"output closed (its reader went away): stopped after step {stopped_at} of 6; "
+                               f"checkpoint {train.ckpt_path(out, stopped_at)} written") in done.stderr
+
+
 def test_a_signal_once_a_benchmark_has_ended_ends_it_quietly(tmp_path, dataset, monkeypatch):
     """--bench too: a SIGTERM after its BENCH line, as train() lets go of the loaders, said
     "SIGTERM: stopped at once" after the benchmark's result."""
