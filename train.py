@@ -3020,7 +3020,8 @@ def train(cfg: TrainConfig) -> dict:
     # (after the loop, AfterTheLoop holds the signals while the stack lets go of the process group)
     with (AfterTheLoop() as after,
           stops_raise(Terminated),
-          contextlib.ExitStack() as stack):
+          contextlib.ExitStack() as stack,
+          after.on_error()):  # (an error's clean-up, `stack`'s, with the signals held)
         prepared = threading.Event()  # from then on a stop is the run's to checkpoint
         watch_launcher(starting=lambda: not prepared.is_set())
         try:
@@ -3237,7 +3238,7 @@ class StopRequest:
     def __init__(self, persistent: bool = False, announce: bool = False, then: "AfterTheLoop | None" = None) -> None:
         self.signal: int | None = None
         self.persistent = persistent
-        self.then = then  # holds the signals once the loop has ended without an error (AfterTheLoop)
+        self.then = then  # holds the signals once the loop has ended, by an error too (AfterTheLoop)
         self.announce = announce  # say at once that the signal was heard (rank 0 only)
         # when a single process stops, where not after the step under way: "before step 1" (in
         # the step-0 evaluation), "now (nothing to train; ...)" (a resume at its last step)
@@ -3301,7 +3302,7 @@ class StopRequest:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is None and self.then is not None:
+        if self.then is not None:  # (an error too: AfterTheLoop.on_error holds them already)
             self.then.hold(self._previous)  # (in place of this one's handlers: no signal finds another between)
         else:
             for signum, handler in self._previous.items():
@@ -3323,6 +3324,9 @@ class AfterTheLoop:
     SIGTERM there (torchrun's, sent after a stop's Ctrl-C while the ranks left the process group)
     raised Terminated, and every rank said after its stop's lines that it had "stopped at once";
     a second Ctrl-C said so too.
+    An error (or a stop at once) decides the outcome too: from the moment it leaves the loop or
+    train()'s start-up (on_error), before anything it unwinds runs, a signal is noted and the
+    error stays the run's, with its line and status (below).
     Entered outside stops_raise: its end puts back the handlers from before the run (train()
     runs in-process in tests), none of the run's own set between the two."""
 
@@ -3344,6 +3348,20 @@ class AfterTheLoop:
         for signum in self._before if signums is None else signums:
             if signum in self._before:
                 signal.signal(signum, self._note)
+
+    @contextlib.contextmanager
+    def on_error(self):
+        """hold() from the moment an exception leaves the block: an error's clean-up (the logs and
+        the loaders closed, the checkpoint under way waited for, the process group left) took
+        a signal as it came. A SIGTERM then raised Terminated over the error, whose line was lost
+        ("SIGTERM: stopped at once" and 130 in its place: a full disk read as a stop that --resume
+        continues); one while the training loop closed its logs made cut_short take the error,
+        from before it, for the signal's."""
+        try:
+            yield
+        except BaseException:
+            self.hold()
+            raise
 
     def __enter__(self) -> "AfterTheLoop":
         self._before = {signum: signal.getsignal(signum) for signum in StopRequest.SIGNALS if may_handle(signum)}
@@ -3385,7 +3403,8 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
     cfg, rt = s.cfg, s.rt
     out = Path(cfg.out)
     say = _say_over_bar if rt.master else (lambda *_: None)
-    with contextlib.ExitStack() as files:
+    # (an error held the signals before anything in `files` unwinds: AfterTheLoop.on_error)
+    with contextlib.ExitStack() as files, then.on_error() if then is not None else contextlib.nullcontext():
         stop = files.enter_context(StopRequest(persistent=rt.ddp, announce=rt.master, then=then))
 
         def cut_short(exc_type, error, traceback) -> None:

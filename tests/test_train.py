@@ -2213,6 +2213,67 @@ def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypa
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError), result.output
 
 
+@pytest.mark.parametrize("error, where, signum", [
+    ("full-disk", "loaders", signal.SIGTERM), ("full-disk", "loaders", signal.SIGINT),
+    ("bug", "logs", signal.SIGTERM), ("bug", "logs", signal.SIGINT), ("bug", "loaders", signal.SIGTERM),
+], ids=lambda v: signal.Signals(v).name if isinstance(v, signal.Signals) else v)
+def test_a_signal_while_a_failed_run_cleans_up_leaves_the_error_the_run_s(monkeypatch, tmp_path, dataset,
+                                                                          error, where, signum):
+    """A run that failed (metrics.jsonl on a full disk, or a bug's exception) closes its logs and
+    lets go of its loaders on the way out. A SIGTERM as the loaders closed (a scheduler's, or
+    torchrun's as it ended the ranks) raised Terminated over the error: its line lost,
+    "SIGTERM: stopped at once; --resume auto continues ..." and 130 in its place, a full disk
+    passed off as a stop to resume; one as the logs closed made the error, from before it, the
+    signal's ("what was under way failed after the signal"). A Ctrl-C there did the same. The
+    error stays the run's now, its line and its status, and the signal adds nothing."""
+    sent, steps = [], [0]
+
+    def late_signal() -> None:
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)  # (its handler runs before this returns)
+
+    real_step, real_log_close, real_loader_close = train.train_step, train.AppendLog.close, TokenLoader.close
+
+    def step(*args):
+        steps[0] += 1
+        if error == "bug" and steps[0] == 3:
+            raise RuntimeError("a bug")
+        return real_step(*args)
+
+    def sync(self):  # before step 2's checkpoint
+        raise self._error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def log_close(self):
+        if where == "logs":
+            late_signal()
+        real_log_close(self)
+
+    def loader_close(self):
+        if where == "loaders":
+            late_signal()
+        real_loader_close(self)
+
+    monkeypatch.setattr(train, "train_step", step)
+    if error == "full-disk":
+        monkeypatch.setattr(train.AppendLog, "sync", sync)
+    monkeypatch.setattr(train.AppendLog, "close", log_close)
+    monkeypatch.setattr(TokenLoader, "close", loader_close)
+    out = tmp_path / "out"
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
+    result = CliRunner().invoke(train.main, tiny_flags(dataset, out, 5, "--ckpt-every", "2"))
+    assert sent == [signum]
+    if error == "full-disk":
+        assert result.exit_code == 2 and result.stderr.startswith(
+            f"Error: {out / 'metrics.jsonl'}: cannot append to it (No space left on device)"), result.output
+        assert len(result.stderr.splitlines()) == 1
+    else:
+        assert result.exit_code == 1 and repr(result.exception) == "RuntimeError('a bug')", result.output
+        assert result.stderr == ""
+        assert [step for step, _ in train.list_checkpoints(out)] == [2]
+    assert {n: signal.getsignal(n) for n in handlers} == handlers
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
 def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_as_it_was(tmp_path, dataset,
                                                                                            monkeypatch, signum):
