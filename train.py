@@ -3314,6 +3314,13 @@ class StopRequest:
         return self.signal is not None
 
 
+# The script's own signal handlers (noted_once_decided) once a run's outcome is decided
+# (AfterTheLoop.hold), to the process's end: the signals they heard then, which change nothing
+# but a finished run's status (130 for 0)
+_outcome_decided = threading.Event()
+_late_signals: list[int] = []
+
+
 class AfterTheLoop:
     """Ctrl-C, SIGTERM and SIGHUP once the run's outcome is decided (the training loop, or
     --bench's, ended without an error: the stop's or the last checkpoint written, the files
@@ -3344,7 +3351,9 @@ class AfterTheLoop:
 
     def hold(self, signums: Iterable[int] | None = None) -> None:
         """From now to the block's end, for `signums` (StopRequest's, whose handlers this
-        replaces) or all of them."""
+        replaces) or all of them. The script's own handlers, back after train(), note them
+        too from now on (noted_once_decided)."""
+        _outcome_decided.set()
         for signum in self._before if signums is None else signums:
             if signum in self._before:
                 signal.signal(signum, self._note)
@@ -3364,6 +3373,8 @@ class AfterTheLoop:
             raise
 
     def __enter__(self) -> "AfterTheLoop":
+        _outcome_decided.clear()  # (a run before this one in the process: its outcome)
+        _late_signals.clear()
         self._before = {signum: signal.getsignal(signum) for signum in StopRequest.SIGNALS if may_handle(signum)}
         return self
 
@@ -3928,17 +3939,36 @@ def ctrl_c_once_a_press() -> Callable[[int, object], None]:
     return ctrl_c
 
 
-def interrupt_exits_at_once(signums: Iterable[int] = ()) -> None:
+def noted_once_decided(handler: Callable[[int, object], None]) -> Callable[[int, object], None]:
+    """`handler`, the script's own for a signal (where the run's are not set), until the run's
+    outcome is decided (AfterTheLoop.hold: its loop ended, or an error or a stop at once left
+    it); from then on the signal is noted in _late_signals, and the run ends as it was ending,
+    with its lines and its status (130 where that was 0: the script's end). These handlers are
+    back from train()'s end to the process's: a Ctrl-C there, as main() decided the status or
+    click ended, printed "Aborted!" (exit 1) for a run that had finished, or said "train.py:
+    interrupted" and exited 130 for one whose output's reader had gone (141); a SIGTERM exited
+    130 at once, an error's line unsaid."""
+    def noted(signum, frame) -> None:
+        if _outcome_decided.is_set():
+            _late_signals.append(signum)
+        else:
+            handler(signum, frame)
+
+    return noted
+
+
+def interrupt_exits_at_once(signums: Iterable[int] = (), status: int = 130) -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed) but
     its last second (ignore_stops_at_the_end's: then they are ignored), a Ctrl-C, SIGTERM or
-    SIGHUP (or those of `signums`) exits 130 at once and quietly (prep.atomic.stops_exit_at_once
+    SIGHUP (or those of `signums`) exits at once and quietly (prep.atomic.stops_exit_at_once
     says why): a second Ctrl-C just as a stop's checkpoint was written, or one just as a run
     ended, printed an ignored KeyboardInterrupt's traceback, and a second SIGTERM or SIGHUP in
     the second or so the shutdown takes ended the run as killed (143, 129), after its
     checkpoint. `signums`: those alone (before the run: what the run's own handlers put back
-    when they end)."""
+    when they end). `status`: 130, or the run's own where that was not 0 (an error's 2, the 141 of
+    output whose reader went away): the first cause stays the status."""
 
-    stops_exit_at_once(signums or (signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: 130)
+    stops_exit_at_once(signums or (signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: status)
 
 
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -4089,8 +4119,17 @@ if __name__ == "__main__":
             signal.signal(hangup, lambda signum, frame: None)
     if may_handle(signal.SIGINT):
         signal.signal(signal.SIGINT, ctrl_c_once_a_press())
+    for signum in (signal.SIGINT, signal.SIGTERM, *HANGUP):  # each noted once the outcome is decided
+        if may_handle(signum):
+            signal.signal(signum, noted_once_decided(signal.getsignal(signum)))
     _STARTING.close()  # after: it puts back only the handlers still its own (no gap for a signal)
+    status = 1  # an exception that main() let through (a bug's): the interpreter prints it, exit 1
     try:
         main()
+    except SystemExit as e:  # (click's main() ends so)
+        status = e.code or 0
+        if _late_signals and status == 0:  # a finished run, signalled as it ended: as after its loop
+            status = e.code = 130
+        raise
     finally:
-        interrupt_exits_at_once()
+        interrupt_exits_at_once(status=status or 130)

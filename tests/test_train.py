@@ -2375,6 +2375,94 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
     assert "done: steps 1-2 in " in done.stdout  # printed before the Ctrl-C: flushed, not lost
 
 
+LATE_SIGNAL = """
+import atexit, errno, os, runpy, signal, sys
+import prep.atomic, prep.errors
+from loader import TokenLoader
+case, signum, sent = sys.argv.pop(1), int(sys.argv.pop(1)), []
+
+def late_signal():
+    if not sent:
+        sent.append(signum)
+        os.kill(os.getpid(), signum)
+
+if case.startswith("reader-gone"):  # standard output's reader goes away mid-run: a stop, then 141
+    real_next, batches = TokenLoader.next_batch, []
+    def next_batch(self, *args, **kwargs):
+        batches.append(1)
+        if len(batches) == 2:
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            os.dup2(write_end, 1)
+        return real_next(self, *args, **kwargs)
+    TokenLoader.next_batch = next_batch
+if case == "finished":  # after main() returned: click's flush of standard output
+    real_flush = prep.errors.flush_stdout
+    def flush_stdout():
+        late_signal()
+        real_flush()
+    prep.errors.flush_stdout = flush_stdout
+if case in ("reader-gone", "reader-gone-SIGTERM"):  # main()'s sys.exit(141)
+    real_exit = sys.exit
+    def exit(*args):
+        late_signal()
+        real_exit(*args)
+    sys.exit = exit
+if case == "reader-gone-at-exit":  # the libraries' exit callbacks, as in the test before
+    first = prep.atomic.ignore_stops_at_the_end
+    def then_ours():
+        first()
+        atexit.register(late_signal)
+    prep.atomic.ignore_stops_at_the_end = then_ours
+if case == "full-disk":  # step 2's checkpoint cannot be written; the signal as click says so
+    real_write = prep.atomic.atomic_write
+    def atomic_write(path, *args, **kwargs):
+        if str(path).endswith(".pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, *args, **kwargs)
+    prep.atomic.atomic_write = atomic_write
+    real_message = prep.errors.UserError.format_message
+    def format_message(self):
+        late_signal()
+        return real_message(self)
+    prep.errors.UserError.format_message = format_message
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("case, signum", [
+    ("finished", signal.SIGINT), ("reader-gone", signal.SIGINT), ("reader-gone-SIGTERM", signal.SIGTERM),
+    ("reader-gone-at-exit", signal.SIGTERM), ("full-disk", signal.SIGTERM),
+], ids=lambda v: "" if isinstance(v, signal.Signals) else v)
+def test_a_signal_as_main_ends_leaves_the_run_s_outcome_as_it_was(tmp_path, dataset, case, signum):
+    """Once train() had put the script's own handlers back, a signal took them as before the
+    run: a Ctrl-C as click ended a finished run printed "Aborted!" and exited 1; one as main()
+    exited 141 (its output's reader gone, the stop said) said "train.py: interrupted" and exited
+    130, and a SIGTERM there or in the exit callbacks exited 130; a SIGTERM as click said an
+    error exited 130 at once, the error unsaid. The outcome is decided then: a signal changes
+    only a finished run's 0, to 130, as one after the loop does."""
+    out = tmp_path / "out"
+    extra = ("--no-async-ckpt", "--ckpt-every", "2") if case == "full-disk" else ("--log-every", "1")
+    args = _cli_args(dataset, out, 4, *extra)
+    done = subprocess.run([args[0], "-c", LATE_SIGNAL, case, str(int(signum)), *args[1:]], cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in done.stderr and "Aborted" not in done.stderr, done.stderr
+    if case == "finished":
+        assert done.returncode == 130 and done.stderr == "", done.stderr
+        assert done.stdout.splitlines()[-2].startswith("done: steps 1-4 in ")
+    elif case == "full-disk":
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (f"Error: {out / 'ckpt_000002.pt'}: cannot write the checkpoint (OSError: "
+                               "[Errno 28] No space left on device); the disk is full; no earlier one is "
+                               "there\n")
+    else:
+        assert done.returncode == train.READER_GONE_STATUS, done.stderr
+        assert "interrupted" not in done.stderr
+        assert "output closed (its reader went away): stopped after step " in done.stderr
+
+
 def meeting_store() -> torch.distributed.HashStore:
     """An in-memory store for agree_to_start's ranks to meet in, as torchrun's: with a timeout,
     so that a rank that never comes is a failure, not a hang."""
