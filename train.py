@@ -454,6 +454,19 @@ def _flock(fd: int, out: Path) -> None:
                         f"or choose another --out") from None
 
 
+def make_out_dir(out: Path) -> list[Path]:
+    """Create `out`, parents and all: those it made (missing before), or a UserError naming it
+    where that fails (a full disk, a name too long below a parent it made), the parents it
+    made removed again."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_empty(missing)
+        raise UserError(f"--out {out}: cannot create it ({path_too_long(e) or e.strerror or e})") from None
+    return missing
+
+
 @contextlib.contextmanager
 def hold_out_dir(out: Path, notes: list[str]):
     """Hold `out` for this run (rank 0's): a second train.py writing there at the same time
@@ -467,12 +480,7 @@ def hold_out_dir(out: Path, notes: list[str]):
     user mistake found after this leaves no trace), but only once it holds the lock: a run
     refused here leaves the directory to the run that holds it.
     """
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # (a name in it too long, say, below a parent it made)
-        remove_empty(missing)
-        raise UserError(f"--out {out}: cannot create it ({path_too_long(e) or e.strerror or e})") from None
+    missing = make_out_dir(out)
     fds: list[int] = []
     lock_file = None
     try:
@@ -3442,7 +3450,9 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
                        if exc[0] is not None else None)
         metrics = None
         if rt.master or cfg.log_windows:
-            out.mkdir(parents=True, exist_ok=True)
+            # (rank 0's, made by hold_out_dir; another rank's --log-windows log may be in an --out of
+            # its own, made here: its failure was an OSError's traceback, where rank 0's is a line)
+            make_out_dir(out)
         if rt.master:
             # atomic_write's temporaries, left by a run killed while it saved a checkpoint (the logs'
             # are replaced by the next atomic_write of the same file: open_log's, below)

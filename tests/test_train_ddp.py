@@ -889,6 +889,41 @@ def test_ranks_refusing_their_options_as_torchrun_store_closes_say_their_refusal
         assert not (tmp_path / "out").exists()
 
 
+FULL_DISK_ON_RANK_1 = """
+import errno, os, pathlib, runpy, sys
+if os.environ["RANK"] == "1":  # rank 1's node, given an --out of its own, whose disk is full
+    out = sys.argv[sys.argv.index("--out") + 1] = os.path.abspath("rank1_out")
+    real = pathlib.Path.mkdir
+    def mkdir(self, *args, **kwargs):
+        if str(self) == out:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out)
+        return real(self, *args, **kwargs)
+    pathlib.Path.mkdir = mkdir
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_rank_whose_own_out_cannot_be_made_says_so_in_a_line(tmp_path):
+    """--log-windows: a rank other than 0 makes --out for its log when training starts (rank 0
+    made it at start-up). Where that failed (its node's own --out, on a full disk) the rank ended
+    with OSError's traceback; it is one line now, naming the rank and the path, exit 2. Rank 0,
+    waiting for it in the step's all-reduce, ends too, saying why."""
+    data = write_dataset(tmp_path / "d", positional_tokens(4000))
+    (tmp_path / "full.py").write_text(FULL_DISK_ON_RANK_1)
+    args = [*TORCHRUN, str(tmp_path / "full.py"), str(REPO / "train.py"), *common(data, "out", B),
+            "--log-windows"]
+    result = subprocess.run(args, cwd=tmp_path, env=ddp_env(tmp_path), capture_output=True, text=True,
+                            timeout=180)
+    ranks_said = result.stderr.split("failed (exitcode")[0]  # (then torchrun's report and traceback)
+    assert result.returncode != 0 and "Traceback" not in ranks_said, result.stderr
+    line = f"Error: rank 1 of 2: --out {tmp_path / 'rank1_out'}: cannot create it (No space left on device)\n"
+    assert line in ranks_said, result.stderr
+    # torchrun's report of rank 1: a user error's status
+    assert re.search(r"rank +: 1 \(local_rank: 1\)\n +exitcode +: 2 ", result.stderr), result.stderr
+    assert not (tmp_path / "rank1_out").exists()
+
+
 SPY = """
 import hashlib, os, runpy, sys
 import torch
