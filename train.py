@@ -2096,8 +2096,16 @@ def _resume_flags(ckpt: dict, differ: list[str], overrides: dict, total_given: b
     # size that run did not give follows from B, T and the ranks: named only where they agree
     derived = (then.get("total_batch_size") is None and not total_given
                and any(k in differ for k in ("B", "T", "world")))
+    # and one this run does not give, where that run's B, T and ranks, once matched, would
+    # derive another than that run's (it gave one): its --B 2 --total-batch-size 64, resumed
+    # with --B 4 alone, agrees on 64 tokens now, but --B 2 alone then derives 32
+    geometry = [saved.get(k) for k in ("B", "T", "world", "total_batch_size")]
+    rederived = (not total_given and "total_batch_size" not in differ
+                 and any(k in differ for k in ("B", "T", "world"))
+                 and all(isinstance(v, int) for v in geometry) and math.prod(geometry[:3]) != geometry[3])
     flags += [f"--{_flag(k)} {saved[k]}" for k in ("B", "T", "total_batch_size", "seed")
-              if k in differ and k in saved and not (k == "total_batch_size" and derived)]
+              if (k in differ or k == "total_batch_size" and rederived) and k in saved
+              and not (k == "total_batch_size" and derived)]
     if "shuffle" in differ and "shuffle" in saved:
         flags.append("--shuffle" if saved["shuffle"] else "--no-shuffle")
     if "data_tokens" in differ:

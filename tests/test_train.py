@@ -4447,6 +4447,21 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
         "to match that run, or start a new run (another --out) from its weights with --init-from c.pt")
 
 
+def test_a_refused_resumes_hint_is_enough_where_that_run_gave_a_total_batch_size(tmp_path, dataset):
+    """A run of --B 2 --total-batch-size 64 (2 micro-steps), resumed with --B 4 alone (4 x 16 is
+    64 tokens too): the hint said "pass --B 2" only, and --B 2 alone derives 32 tokens a step,
+    refused in turn ("pass --total-batch-size 64"): the hint names both at once."""
+    train.train(cfg(tmp_path, dataset, steps=1, total_batch_size=64))
+    path = tmp_path / "out" / "ckpt_000001.pt"
+    with pytest.raises(train.UserError) as e:
+        train.train(cfg(tmp_path, dataset, steps=2, B=4, resume="auto"))
+    assert str(e.value) == (f"--resume {path}: incompatible with this run (B 2 there, 4 now); pass --B 2 "
+                            f"--total-batch-size 64 to match that run, or start a new run (another --out) from "
+                            f"its weights with --init-from {path}")
+    train.train(cfg(tmp_path, dataset, steps=2, B=2, total_batch_size=64, resume="auto"))  # as the hint says
+    assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2]
+
+
 @pytest.mark.parametrize("field", ["B", "seed", "shuffle", "data_tokens"])
 def test_a_refused_resume_of_a_checkpoint_lacking_a_field_is_one_line(field):
     """A damaged checkpoint without one of the fields compared: a KeyError from the hint, before."""
