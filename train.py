@@ -2617,7 +2617,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
                 notes.append(f"resumed with compile {'on' if rt.compile else 'off'}, where the checkpoint's run had it "
                              f"{'on' if compiled else 'off'}: the steps from here on are not bit-identical to an "
                              f"uninterrupted run's (compiled kernels round otherwise, and draw other dropout masks)")
-            if cfg.log_windows and ckpt["step"] > 0 and not _nonempty_file(log_path(Path(cfg.out), 0)):
+            if (cfg.log_windows and 0 < ckpt["step"] < cfg.steps  # (at --steps: nothing to log, a note below)
+                    and not _nonempty_file(log_path(Path(cfg.out), 0))):
                 elsewhere = os.path.realpath(resume_path.parent) != os.path.realpath(cfg.out)
                 before = (f"--out {cfg.out} has no window log of the steps before (--resume's run kept its own in "
                           f"{resume_path.parent}, if any)" if elsewhere else "the run before it kept no window log")
@@ -2657,6 +2658,24 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         if unused:  # (--bench-steps for --steps, say): this trains, and checkpoints into --out
             notes.append(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect without --bench: "
                          f"this run trains")
+        # an option that tunes what another option turned off (--bench: BENCH_IGNORES' note above)
+        for names, off, why in (
+                (("eval_steps",), not cfg.eval_every, "--eval-every 0 runs no validation"),
+                (("sample_tokens",), not cfg.sample_every, "--sample-every 0 prints no samples"),
+                (("keep_ckpts", "async_ckpt"), not (cfg.ckpt_every or cfg.ckpt_minutes),
+                 "--ckpt-every 0 without --ckpt-minutes writes no checkpoint")):
+            given = [f"--{'no-' if getattr(cfg, name) is False else ''}{_flag(name)}" for name in names
+                     if getattr(cfg, name) != getattr(TrainConfig, name)]
+            if given and off and not cfg.bench:
+                notes.append(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect: {why}")
+        moot = [] if ckpt is None or ckpt["step"] < cfg.steps else (  # a resume at --steps: no step
+            [f"--sample-every {cfg.sample_every}"] * bool(cfg.sample_every)
+            + ["--log-windows"] * cfg.log_windows)
+        if moot:
+            sampled = (f" (`python sample.py {resume_path}` samples the checkpoint)" if cfg.sample_every
+                       else "")
+            notes.append(f"{' and '.join(moot)} {'has' if len(moot) == 1 else 'have'} no effect: "
+                         f"step {cfg.steps} is --steps, nothing is trained{sampled}")
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if val_loader is not None:
             stack.callback(val_loader.close)

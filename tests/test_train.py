@@ -131,6 +131,34 @@ def test_bench_options_without_bench_are_a_note(tmp_path, dataset, capsys):
     assert "--bench" not in capsys.readouterr().out
 
 
+def test_options_that_tune_what_another_option_turned_off_are_a_note(tmp_path, dataset, capsys):
+    """--eval-steps with --eval-every 0, --sample-tokens with no --sample-every, --keep-ckpts or
+    --no-async-ckpt where no checkpoint is written, and --sample-every on a resume at --steps
+    (nothing trained, nothing sampled): each was ignored without a word, as --val-data with
+    --eval-every 0 is not."""
+    train.train(cfg(tmp_path / "a", dataset, steps=1, eval_steps=5, sample_tokens=8, quiet=False))
+    out = capsys.readouterr().out
+    assert "note: --eval-steps has no effect: --eval-every 0 runs no validation\n" in out
+    assert "note: --sample-tokens has no effect: --sample-every 0 prints no samples\n" in out
+    train.train(cfg(tmp_path / "b", dataset, steps=1, ckpt_every=0, keep_ckpts=1, async_ckpt=False,
+                    quiet=False))
+    assert ("note: --keep-ckpts and --no-async-ckpt have no effect: --ckpt-every 0 without --ckpt-minutes "
+            "writes no checkpoint\n" in capsys.readouterr().out)
+    # on where they act: no note
+    train.train(cfg(tmp_path / "c", dataset, steps=1, eval_every=1, eval_steps=5, sample_every=1,
+                    sample_tokens=8, ckpt_minutes=5, ckpt_every=0, keep_ckpts=1, quiet=False))
+    assert "has no effect" not in capsys.readouterr().out
+    train.train(cfg(tmp_path / "c", dataset, steps=1, sample_every=1, resume="auto", quiet=False))
+    path = tmp_path / "c" / "out" / "ckpt_000001.pt"
+    assert (f"note: --sample-every 1 has no effect: step 1 is --steps, nothing is trained (`python sample.py "
+            f"{path}` samples the checkpoint)\n" in capsys.readouterr().out)
+    # nor --log-windows, which said it "starts at step 2" (the run before kept no window log)
+    train.train(cfg(tmp_path / "c", dataset, steps=1, log_windows=True, resume="auto", quiet=False))
+    out = capsys.readouterr().out
+    assert "note: --log-windows has no effect: step 1 is --steps, nothing is trained\n" in out
+    assert "starts at step" not in out
+
+
 def test_metrics_lines_and_schedule(tmp_path, dataset):
     c = cfg(tmp_path, dataset, steps=5, total_batch_size=64)
     summary = train.train(c)
