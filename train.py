@@ -36,41 +36,10 @@ the point before, with the steps since queued on the GPU).
 
 from __future__ import annotations
 
-import collections
+# (the standard library's other modules come after the guard below: a signal as they import is its one line)
 import contextlib
-import copy
-import dataclasses
-import errno
-import faulthandler
-import hashlib
-import json
-import math
 import os
-import pickle
-import random
 import re
-import select
-import shutil
-import signal
-import statistics
-import sys
-import threading
-import time
-import types
-import warnings
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # (imported where the tokenizer is first needed: gpt2_encoding)
-    import tiktoken
-
-try:
-    import fcntl  # POSIX: --out is locked by the run writing there
-except ImportError:  # Windows
-    fcntl = None
 
 # The process that started this one, taken before the seconds of importing torch: under
 # torchrun, the launcher that watch_launcher() watches (torchrun may be gone by the time
@@ -110,6 +79,40 @@ def rank_prefix() -> str:
 _STARTING = contextlib.ExitStack()
 _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True,
                                                         prefix=rank_prefix()))
+
+import collections
+import copy
+import dataclasses
+import errno
+import faulthandler
+import hashlib
+import json
+import math
+import pickle
+import random
+import select
+import shutil
+import signal
+import statistics
+import sys
+import threading
+import time
+import types
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (imported where the tokenizer is first needed: gpt2_encoding)
+    import tiktoken
+
+try:
+    import fcntl  # POSIX: --out is locked by the run writing there
+except ImportError:  # Windows
+    fcntl = None
+
 # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
 from prep.errors import (NO_ROOM, READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
                          path_too_long_error, plain_numbers, point_at_devnull, unsearchable_error)
