@@ -3072,6 +3072,9 @@ def train(cfg: TrainConfig) -> dict:
             if _out_of_memory(e):
                 raise UserError(f"out of memory on the device while setting up --model {cfg.model}: pick a "
                                 f"smaller --model") from None
+            if isinstance(e.__cause__, KeyboardInterrupt):  # a stop Python 3.11 wrapped: raised in a class's
+                e.__cause__.starting = True  # __set_name__ (torch's lazy imports: AdamW's of torch._dynamo)
+                raise e.__cause__ from None
             raise
         except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP or ReaderGone: nothing trained, nothing written yet
             e.starting = True  # (main() says so)
