@@ -386,6 +386,17 @@ def test_mlp_uses_gpt2_s_tanh_approximated_gelu():
         assert not torch.allclose(mlp(x), mlp.c_proj(F.gelu(mlp.c_fc(x))))  # the test can tell them apart
 
 
+def test_layer_norms_use_gpt2_s_epsilon():
+    """GPT-2's layer_norm_epsilon is 1e-5 (torch's default). The HF logits comparison sees another
+    epsilon in ln_1, whose input at initialisation is small, but not in ln_f, whose input is not:
+    GPT-2's weights would have run with another normalisation there, unseen."""
+    model = tiny_model()
+    norms = [(name, module.eps) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * model.config.n_layer + 1
+    assert all(eps == 1e-5 for _, eps in norms), norms
+
+
 # ---------------------------------------------------------------- compile-cleanliness
 
 
@@ -633,6 +644,32 @@ def test_generation_leaves_an_eval_model_in_eval_mode():
     model = tiny_model(dropout=0.1).eval()
     model.generate(random_tokens((1, 2), seed=17), 2)
     assert not model.training and not any(module.training for module in model.modules())
+
+
+def test_a_training_forward_applies_every_dropout(monkeypatch):
+    """--dropout p drops in training at all of GPT-2's places: the embeddings' sum, attention's
+    probabilities (scaled_dot_product_attention's dropout_p) and each residual branch's output
+    (attention's and the MLP's), as nanoGPT does; a dropout left out regularised less than asked."""
+    model = tiny_model(dropout=0.25).train()
+    applied = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: applied.append((name, m.p, m.training)))
+    probabilities = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *a, **kw: probabilities.append(kw.get("dropout_p", 0.0)) or sdpa(*a, **kw))
+    model(random_tokens((2, 16), seed=24), random_tokens((2, 16), seed=25))
+    L = model.config.n_layer
+    expected = ["transformer.drop"] + [f"transformer.h.{i}.{at}" for i in range(L)
+                                       for at in ("attn.resid_dropout", "mlp.dropout")]
+    assert applied == [(name, 0.25, True) for name in expected]
+    assert probabilities == [0.25] * L
+    model.eval()
+    probabilities.clear()
+    model(random_tokens((2, 16), seed=24))
+    assert probabilities == [0.0] * L
 
 
 # ---------------------------------------------------------------- checkpoints
