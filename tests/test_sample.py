@@ -128,6 +128,7 @@ def test_more_samples_than_one_batch_are_drawn_a_batch_at_a_time(run, monkeypatc
     monkeypatch.setattr(train, "sample_texts", lambda *a, num, **k: drawn.append(num) or sample_texts(*a, num=num, **k))
     texts = samples(invoke(str(run), "--num-samples", "5", "--max-new-tokens", "4", "--seed", "3"))
     assert drawn == [2, 2, 1] and len(texts) == 5 and all(texts)
+    assert len(set(texts)) == 5  # each batch draws on from the one random stream: no batch repeats another
     assert samples(invoke(str(run), "--num-samples", "2", "--max-new-tokens", "4", "--seed", "3")) == texts[:2]
 
 
