@@ -73,6 +73,23 @@ def test_a_round_trip_restores_every_tensor(model):
     assert torch.count_nonzero(back["transformer.wte.weight"][config.vocab_size:]) == 0
 
 
+def test_the_converted_tensors_are_new_ones(model):
+    """Both ways give tensors of their own: changing what to_hf_state_dict gave (to fine-tune it in
+    transformers, say) changed the model it came from wherever no transpose had copied a tensor."""
+    config = model.config
+    before = {key: tensor.clone() for key, tensor in model.state_dict().items()}
+    hf = to_hf_state_dict(model.state_dict(), config)
+    back = from_hf_state_dict(hf, config)
+    hf_before = {key: tensor.clone() for key, tensor in hf.items()}
+    with torch.no_grad():
+        for tensors in (hf, back):
+            for key, tensor in tensors.items():
+                if key != "lm_head.weight":  # (the tied embedding, once)
+                    tensor.add_(1.0)
+    assert all(torch.equal(tensor, before[key]) for key, tensor in model.state_dict().items())
+    assert all(torch.equal(hf[key], hf_before[key] + 1) for key in hf)
+
+
 def test_gpt2model_keys_and_mask_buffers_are_accepted(model):
     """GPT2Model's state dict has no "transformer." prefix and no lm_head; older versions also
     save the causal mask (attn.bias, attn.masked_bias)."""
