@@ -1971,6 +1971,24 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
+def val_data_change(ckpt: dict, cfg: TrainConfig) -> list[str]:
+    """A note where a resume validates on other data than the checkpoint's run (--val-data
+    changed, dropped or added): its val_loss in metrics.jsonl measures another set from the next
+    step on. None where either run logs no val_loss, where no step follows (a resume at --steps
+    evaluates, printed, not logged), or where the checkpoint does not say (one without the field)."""
+    then = ckpt["train_config"]
+    if ("val_data" not in then or not then.get("eval_every") or not cfg.eval_every
+            or ckpt["step"] >= cfg.steps):
+        return []
+    old, new = then["val_data"], cfg.val_data
+    if old == new or (old is not None and new is not None and _the_same_data(old, new)):
+        return []
+    shown = lambda v: "none (--data's val split)" if v is None else v  # noqa: E731
+    step = ckpt["step"]
+    return [f"resumed with --val-data {shown(new)} (was {shown(old)}): the val_loss in {METRICS_NAME} up to "
+            f"step {step} and from step {step + 1} on measure different data"]
+
+
 def resolve_resume(cfg: TrainConfig, notes: list[str]) -> tuple[Path | None, bool]:
     """The checkpoint to resume from, and whether what this rank finds of an earlier run's logs
     in --out is set aside first (set_aside_logs). --resume auto: the newest checkpoint in --out, or None (a
@@ -2635,6 +2653,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
+            notes += val_data_change(ckpt, cfg)
         if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
         refusal = rt.compile_refusal  # (make_runtime's: compile is off where it is not None)

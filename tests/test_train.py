@@ -1959,6 +1959,33 @@ def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its
                               f"pass --steps 7 or more")
 
 
+def test_a_resume_that_validates_on_other_data_says_so(tmp_path, dataset, capsys):
+    """--val-data changed, dropped or added on a resume: the val_loss in metrics.jsonl measures
+    other data from the next step on, which a note says, naming both. The same set again (under
+    another spelling of its path), or a checkpoint that does not record it: no note."""
+    held = write_dataset(tmp_path / "held", random_tokens(300, 7), random_tokens(200, 8))
+    common = dict(eval_every=1, eval_steps=1, ckpt_every=1)
+    train.train(cfg(tmp_path, dataset, steps=1, **common))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=2, resume="auto", val_data=str(held), **common))
+    assert ("note: resumed with --val-data " + str(held) + " (was none (--data's val split)): the val_loss "
+            "in metrics.jsonl up to step 1 and from step 2 on measure different data\n") in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=3, resume="auto", val_data=f"{held}/.", **common))
+    assert "--val-data" not in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=4, resume="auto", **common))  # dropped
+    assert ("note: resumed with --val-data none (--data's val split) (was " + f"{held}/." + "): the "
+            "val_loss in metrics.jsonl up to step 3 and from step 4 on measure different data\n"
+            ) in capsys.readouterr().out
+    path = tmp_path / "out" / "ckpt_000004.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["train_config"]["val_data"]  # as a checkpoint that does not record it
+    torch.save(saved, path)
+    train.train(cfg(tmp_path, dataset, steps=5, resume=str(path), val_data=str(held), **common))
+    assert "--val-data" not in capsys.readouterr().out
+    logged = metrics(tmp_path / "out")
+    assert [r["step"] for r in logged if r.get("val_loss") is not None] == [0, 1, 2, 3, 4, 5]
+
+
 def test_resume_with_compile_turned_on_or_off_says_so(tmp_path, dataset, capsys):
     """torch.compile's kernels round otherwise, and draw other dropout masks (a resume at step 24
     of 30 with --compile, dropout 0.1: losses 1e-3 apart from the next step on; without dropout,
