@@ -241,6 +241,10 @@ class TrainConfig:
         if not 0 < self.lr <= LR_MAX:
             raise ValueError(f"--lr must be a number > 0 and <= {LR_MAX:.2g} (AdamW's first step is lr / (1 - beta1) "
                              f"= 10 lr, a float32), got {self.lr}")
+        if self.lr < FLOAT32_TINY:  # (1e-46 is 0 as a float32; a subnormal one's updates are lost)
+            raise ValueError(f"--lr must be >= {FLOAT32_TINY:.2g} (float32's smallest normal number: "
+                             f"AdamW steps in float32, where a smaller lr is 0 or its updates vanish), "
+                             f"got {self.lr}")
         if not self.out:
             raise ValueError("--out must name a directory, got ''")
         for flag, value in (("--data", self.data), ("--val-data", self.val_data)):

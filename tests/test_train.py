@@ -640,6 +640,17 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr(tmp_path):
     assert train.TrainConfig(lr=6e-4).final_lr == pytest.approx(6e-5)  # min-lr default lr/10
 
 
+def test_an_lr_that_is_zero_in_float32_is_refused_and_a_small_one_is_not():
+    """--lr 1e-46 is > 0, but 0 as a float32 (AdamW's steps): a run that trains nothing. Refused
+    below float32's smallest normal number; small but sane ones pass, and --min-lr 0 stays valid."""
+    for lr in (1e-46, 1e-320, train.FLOAT32_TINY / 2):
+        with pytest.raises(ValueError, match=r"^--lr must be >= 1.2e-38 \(float32's smallest normal"):
+            train.TrainConfig(lr=lr)
+    assert torch.tensor(1e-46, dtype=torch.float32).item() == 0.0
+    for lr in (1e-8, 1e-20, train.FLOAT32_TINY):
+        assert train.TrainConfig(lr=lr, min_lr=0.0).final_lr == 0.0
+
+
 def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     runs = []
     for name in ("a", "b"):
@@ -4391,6 +4402,11 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
     # within float32, but not AdamW's step size (a traceback from its kernel, at step 1)
     "lr of a step beyond float32": (["--lr", "1e38", "--warmup-steps", "0"], ".", "--lr must be a number > 0 and "
                                     "<= 3.4e+37 (AdamW's first step"),
+    # > 0, but 0 as a float32 (or subnormal, its updates lost in the weights): a run that trains nothing
+    "lr zero in float32": (["--lr", "1e-46"], ".", "--lr must be >= 1.2e-38 (float32's smallest normal "
+                           "number: AdamW steps in float32, where a smaller lr is 0 or its updates vanish), "
+                           "got 1e-46"),
+    "lr subnormal": (["--lr", "1e-320"], ".", "--lr must be >= 1.2e-38 (float32's smallest normal number"),
     "./data is a file": (["--data", None], "datafile", "no --data given and data is not a directory"),
     "a folder named like a checkpoint": (["--out", "ckptdir"], ".", "--out ckptdir: ckptdir/ckpt_000004.pt is not "
                                                                       "a file; checkpoints are written under that name"),
