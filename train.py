@@ -229,6 +229,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         plain_numbers(self)
+        for item in dataclasses.fields(self):  # -0.0 (--min-lr -0.0) is 0: not "decay to -0", "(was -0.0)"
+            if type(getattr(self, item.name)) is float and getattr(self, item.name) == 0:
+                setattr(self, item.name, 0.0)
         minimum = {
             1: ("B", "T", "steps", "eval_steps", "sample_tokens", "log_every", "bench_steps"),
             0: ("warmup_steps", "eval_every", "sample_every", "ckpt_every", "keep_ckpts",

@@ -651,6 +651,18 @@ def test_an_lr_that_is_zero_in_float32_is_refused_and_a_small_one_is_not():
         assert train.TrainConfig(lr=lr, min_lr=0.0).final_lr == 0.0
 
 
+def test_negative_zero_is_zero_in_what_a_run_prints_and_saves(tmp_path, dataset, capsys):
+    """--min-lr -0.0 is in [0, lr] and was taken: "cosine decay to -0", and "(was -0.0)" in a
+    resume's notes. It is 0, as --weight-decay -0.0 and --grad-clip -0.0 are."""
+    train.train(cfg(tmp_path, dataset, steps=3, min_lr=-0.0, weight_decay=-0.0, grad_clip=-0.0, quiet=False))
+    assert "then cosine decay to 0, reached after step 3\n" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "out" / "ckpt_000003.pt", weights_only=True)["train_config"]
+    assert [math.copysign(1, saved[k]) for k in ("min_lr", "weight_decay", "grad_clip")] == [1, 1, 1]
+    train.train(cfg(tmp_path, dataset, steps=4, resume="auto", weight_decay=0.5, grad_clip=1.0))
+    assert ("note: resumed with --steps 4 (was 3), --min-lr lr/10 (was 0.0), --weight-decay 0.5 (was 0.0), "
+            "--grad-clip 1.0 (was 0.0)") in capsys.readouterr().out
+
+
 def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     runs = []
     for name in ("a", "b"):
