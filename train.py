@@ -1978,20 +1978,27 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
-def val_data_change(ckpt: dict, cfg: TrainConfig) -> list[str]:
+def val_data_change(ckpt: dict, cfg: TrainConfig, windows: int) -> list[str]:
     """A note where a resume validates on other data than the checkpoint's run (--val-data
-    changed, dropped or added): its val_loss in metrics.jsonl measures another set from the next
-    step on. None where either run logs no val_loss, where no step follows (a resume at --steps
-    evaluates, printed, not logged), or where the checkpoint does not say (one without the field)."""
+    changed, dropped or added), or on as much of it in another number of windows (--eval-steps,
+    of the val loader's `windows` per epoch): its val_loss in metrics.jsonl measures another set
+    from the next step on. None where either run logs no val_loss, where no step follows (a
+    resume at --steps evaluates, printed, not logged), or where the checkpoint does not say (one
+    without the field)."""
     then = ckpt["train_config"]
     if ("val_data" not in then or not then.get("eval_every") or not cfg.eval_every
             or ckpt["step"] >= cfg.steps):
         return []
     old, new = then["val_data"], cfg.val_data
-    if old == new or (old is not None and new is not None and _the_same_data(old, new)):
-        return []
-    shown = lambda v: "none (--data's val split)" if v is None else v  # noqa: E731
     step = ckpt["step"]
+    if old == new or (old is not None and new is not None and _the_same_data(old, new)):
+        was = then.get("eval_steps")
+        if not isinstance(was, int) or min(was, windows) == min(cfg.eval_steps, windows):
+            return []  # (more --eval-steps than the split has windows: all of them, either way)
+        return [f"resumed with --eval-steps {cfg.eval_steps} (was {was}): the val_loss in {METRICS_NAME} up to "
+                f"step {step} is the mean of {min(was, windows)} val windows, from step {step + 1} on of "
+                f"{min(cfg.eval_steps, windows)}"]
+    shown = lambda v: "none (--data's val split)" if v is None else v  # noqa: E731
     return [f"resumed with --val-data {shown(new)} (was {shown(old)}): the val_loss in {METRICS_NAME} up to "
             f"step {step} and from step {step + 1} on measure different data"]
 
@@ -2660,7 +2667,6 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             if cfg.init_from is not None and cfg.init_from != ckpt["train_config"].get("init_from"):
                 notes.append(f"--init-from {cfg.init_from} has no effect on a resumed run: its weights are "
                              f"those of --resume {resume_path}")
-            notes += val_data_change(ckpt, cfg)
         if cfg.dtype == "bf16" and (emulated := emulated_bf16_note(rt.device)):
             notes.append(emulated)
         refusal = rt.compile_refusal  # (make_runtime's: compile is off where it is not None)
@@ -2706,6 +2712,8 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             notes.append(f"{' and '.join(moot)} {'has' if len(moot) == 1 else 'have'} no effect: "
                          f"step {cfg.steps} is --steps, nothing is trained{sampled}")
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
+        if ckpt is not None and val_loader is not None:
+            notes += val_data_change(ckpt, cfg, val_loader.steps_per_epoch)
         if val_loader is not None:
             stack.callback(val_loader.close)
             # every evaluation reads the same first windows: read them once now, so a damaged

@@ -2009,6 +2009,25 @@ def test_a_resume_that_validates_on_other_data_says_so(tmp_path, dataset, capsys
     assert [r["step"] for r in logged if r.get("val_loss") is not None] == [0, 1, 2, 3, 4, 5]
 
 
+def test_a_resume_that_validates_on_another_number_of_windows_says_so(tmp_path, dataset, capsys):
+    """--eval-steps changed on a resume: val_loss is the mean over the first --eval-steps val
+    windows, so from the next step on it measures more or fewer of them, which a note says. Both
+    beyond the split's windows (all of them either way): no note."""
+    common = dict(eval_every=1, ckpt_every=1)
+    train.train(cfg(tmp_path, dataset, steps=1, eval_steps=1, **common))
+    capsys.readouterr()
+    train.train(cfg(tmp_path, dataset, steps=2, resume="auto", eval_steps=2, **common))
+    assert ("note: resumed with --eval-steps 2 (was 1): the val_loss in metrics.jsonl up to step 1 is the "
+            "mean of 1 val windows, from step 2 on of 2\n") in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=3, resume="auto", eval_steps=2, **common))
+    assert "--eval-steps" not in capsys.readouterr().out  # the same again
+    train.train(cfg(tmp_path, dataset, steps=4, resume="auto", eval_steps=1000, **common))
+    windows = re.search(r"from step 4 on of (\d+)\n", capsys.readouterr().out)
+    assert windows and 2 < int(windows[1]) < 1000
+    train.train(cfg(tmp_path, dataset, steps=5, resume="auto", eval_steps=2000, **common))
+    assert "--eval-steps" not in capsys.readouterr().out  # 1000 and 2000: every window, both
+
+
 def test_resume_with_compile_turned_on_or_off_says_so(tmp_path, dataset, capsys):
     """torch.compile's kernels round otherwise, and draw other dropout masks (a resume at step 24
     of 30 with --compile, dropout 0.1: losses 1e-3 apart from the next step on; without dropout,
