@@ -115,7 +115,8 @@ except ImportError:  # Windows
 
 # first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
 from prep.errors import (NO_ROOM, READER_GONE_STATUS, UserCommand, UserError, bar_disable, path_too_long,
-                         path_too_long_error, plain_numbers, point_at_devnull, unsearchable_error)
+                         path_too_long_error, paths_print_as_named, plain_numbers, point_at_devnull,
+                         unsearchable_error)
 
 import click
 import numpy as np
@@ -4200,6 +4201,7 @@ if __name__ == "__main__":
         if may_handle(signum):
             signal.signal(signum, noted_once_decided(signal.getsignal(signum)))
     _STARTING.close()  # after: it puts back only the handlers still its own (no gap for a signal)
+    paths_print_as_named()  # a --data or --out whose name is no UTF-8, under a strict UTF-8 stdout
     status = 1  # an exception that main() let through (a bug's): the interpreter prints it, exit 1
     try:
         main()

@@ -42,7 +42,8 @@ import torch
 from loader.errors import LoaderError
 from loader.loader import TokenLoader
 from prep.atomic import SignalStop, stops_raise
-from prep.errors import READER_GONE_STATUS, flush_stdout, out_of_room, point_at_devnull, unsearchable_error
+from prep.errors import (READER_GONE_STATUS, flush_stdout, out_of_room, paths_print_as_named,
+                         point_at_devnull, unsearchable_error)
 from prep.measure import physical_memory
 from prep.shards import MAX_TOKENS, SPLITS, ShardError, ShardWriter, open_shard, shard_file_bytes, shard_name
 
@@ -501,4 +502,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    paths_print_as_named()
     sys.exit(main())

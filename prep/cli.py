@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import codecs
-import sys
-
 from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # first: standard library only
 
 # Ctrl-C, SIGTERM or SIGHUP while click, numpy and tiktoken import (tens of milliseconds to
 # seconds): an exit at once with one line, not an import's traceback (Ctrl-C) or no word at all
 # (SIGTERM, SIGHUP: prep tokenize's run stops on each with its line)
 with interrupt_exits_while_importing(hangup=True):
-    from prep.errors import PROGRAM, UserGroup  # first: it gives closed standard descriptors /dev/null
+    # first: it gives closed standard descriptors /dev/null
+    from prep.errors import PROGRAM, UserGroup, paths_print_as_named
 
     import click
     from prep.inspect import info_command, verify_command
@@ -28,21 +26,6 @@ def main() -> None:
 # Each command lives beside the code it drives; this module only assembles them.
 for _command in (sample_command, tokenize_command, info_command, verify_command):
     main.add_command(_command)
-
-
-def paths_print_as_named() -> None:
-    """Standard output writes a file name that is no UTF-8 (bytes a Latin-1 system left, which
-    Python holds as lone surrogates) as the bytes it is, as ls does. Under a UTF-8 locale other
-    than C.UTF-8 (en_US.UTF-8, the usual one) Python makes standard output strict: `prep tokenize`'s
-    summary and the lines of `prep info` and `prep verify` that name such a path ended in a
-    UnicodeEncodeError's traceback and status 1, the work done. (An ASCII output click rewraps.)"""
-    stream = sys.stdout
-    try:
-        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
-    except (AttributeError, LookupError, TypeError):  # None (started with it closed), a replaced stream
-        return
-    if utf8 and stream.errors == "strict" and hasattr(stream, "reconfigure"):
-        stream.reconfigure(errors="surrogateescape")
 
 
 def run(**click_args) -> None:

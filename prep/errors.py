@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import errno
@@ -176,6 +177,24 @@ def after_the_work(announce: Callable[[int], None] | None = None) -> None:
     if context is not None and context.find_root().obj is PROGRAM:
         stops_exit_at_once((signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: 128 + signum,
                            announce=announce)
+
+
+def paths_print_as_named() -> None:
+    """Standard output writes a file name that is no UTF-8 (bytes a Latin-1 system left, which
+    Python holds as lone surrogates) as the bytes it is, as ls does. Under a UTF-8 locale other
+    than C.UTF-8 (en_US.UTF-8, the usual one) Python makes standard output strict: `prep tokenize`'s
+    summary and the lines of `prep info` and `prep verify` that name such a path ended in a
+    UnicodeEncodeError's traceback and status 1, the work done, and train.py's first line naming
+    its --data ended the run, as loader.audit's and loader.bench's first lines ended theirs. (An
+    ASCII output click rewraps.) Each command's entry point calls it (prep.cli.run, train.py's,
+    loader.audit's, loader.bench's), not the in-process calls (tests, notebooks)."""
+    stream = sys.stdout
+    try:
+        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+    except (AttributeError, LookupError, TypeError):  # None (started with it closed), a replaced stream
+        return
+    if utf8 and stream.errors == "strict" and hasattr(stream, "reconfigure"):
+        stream.reconfigure(errors="surrogateescape")
 
 
 def flush_stdout() -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from pathlib import Path
@@ -27,6 +30,7 @@ from loader.cursor import Cursor
 from prep.meta import write_meta
 from prep.shards import file_sha256
 
+REPO = Path(__file__).resolve().parents[1]
 B, T = 2, 16
 
 
@@ -963,3 +967,21 @@ def test_checkpoints_are_listed_by_step_whatever_order_the_directory_gives(tmp_p
     (tmp_path / "ckpt_000050.pt.tmp").write_bytes(b"")
     (tmp_path / "ckpt_000060.pt").mkdir()
     assert list_checkpoints(tmp_path) == [(step, tmp_path / f"ckpt_{step:06d}.pt") for step in sorted(steps)]
+
+
+def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_output(tmp_path, data):
+    """OUT and --data whose names are no UTF-8 (b'r\\xff': a Latin-1 system's files), under a
+    UTF-8 locale other than C.UTF-8 (en_US.UTF-8, whose standard output Python makes strict:
+    PYTHONIOENCODING gives it here): the report's first line raised UnicodeEncodeError, a
+    traceback and status 1, no check said. The names print as their bytes, as ls prints them."""
+    named = tmp_path / os.fsdecode(b"d\xffx")
+    shutil.copytree(data, named)
+    out = log_ranks(tmp_path / os.fsdecode(b"r\xffun"), named, 1, 3)
+    result = subprocess.run([sys.executable, "-m", "loader.audit", str(out), "--data", str(named)], cwd=REPO,
+                            capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONUTF8": "0"})
+    said = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0 and "Traceback" not in said, said
+    assert result.stdout.startswith(os.fsencode(out) + b": 1 rank(s), 3 window(s)"), result.stdout
+    assert b"--data " + os.fsencode(named) + b": 1,000 tokens" in result.stdout
+    assert result.stdout.endswith(b"audit passed\n")

@@ -322,3 +322,19 @@ def test_the_nanogpt_baseline_reads_all_the_tokens_of_npy_and_bin_shards(tmp_pat
             assert torch.equal(y, x + 1)  # each row a run of consecutive token ids, y shifted by one
         starts = torch.cat([x[:, 0] for x, _ in batches])
         assert int(starts.min()) < 448 and int(starts.max()) < 600 - 8  # 320 draws over [0, 592)
+
+
+def test_a_directory_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_output(tmp_path):
+    """A DIR whose name is no UTF-8 (b'd\\xff': a Latin-1 system's files), under a UTF-8 locale
+    other than C.UTF-8 (en_US.UTF-8, whose standard output Python makes strict: PYTHONIOENCODING
+    gives it here): the table's first line raised UnicodeEncodeError, a traceback and status 1.
+    It prints as its bytes, as ls prints it."""
+    directory = tmp_path / os.fsdecode(b"d\xffx")
+    directory.mkdir()
+    bench.synthesize(str(directory), 100_000, 2)
+    result = subprocess.run([sys.executable, "-m", "loader.bench", str(directory), *TINY], cwd=ROOT,
+                            capture_output=True, timeout=300,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONUTF8": "0"})
+    said = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0 and "Traceback" not in said, said
+    assert result.stdout.startswith(os.fsencode(directory) + b": 2 shards, N=100,000 tokens"), result.stdout

@@ -5267,3 +5267,21 @@ def test_a_stale_checkpoint_temporary_whose_removal_is_refused_is_one_line(tmp_p
     assert result.stderr == (f"Error: --out {out}: cannot remove .ckpt_000003.pt.tmp, where a killed run "
                              f"leaves a checkpoint half-written (Operation not permitted): move it away\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_output(tmp_path):
+    """A --data or --out whose name is no UTF-8 (b'd\\xff': a file from a Latin-1 system) is held
+    as a lone surrogate, and under a UTF-8 locale other than C.UTF-8 (en_US.UTF-8, whose standard
+    output Python makes strict: PYTHONIOENCODING gives it here) train.py's first line naming its
+    --data raised UnicodeEncodeError: a traceback and status 1, before any step. It prints as its
+    bytes, as ls prints it (prep.errors.paths_print_as_named, as prep's commands do)."""
+    data = write_dataset(tmp_path / os.fsdecode(b"d\xffx"), random_tokens(300, 1), random_tokens(200, 2))
+    out = tmp_path / os.fsdecode(b"r\xffun")
+    flags = [flag for flag in tiny_flags(data, out, 2) if flag != "--quiet"]
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *flags], cwd=REPO, capture_output=True,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict", "PYTHONUTF8": "0"},
+                            timeout=300)
+    said = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 0 and "Traceback" not in said, said
+    assert b"data: " + os.fsencode(data) + b": 300 tokens in the train split\n" in result.stdout
+    assert [row["step"] for row in metrics(out)] == [1, 2]
