@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from prep.atomic import atomic_write
-from prep.errors import GivenPath, UserCommand, UserError
+from prep.errors import GivenPath, UserCommand, UserError, say
 from prep.shards import file_sha256
 
 TINY_SHAKESPEARE_URL = (
@@ -105,7 +105,7 @@ def write_sample(
     offline: bool = False,
     source: str | os.PathLike | None = None,
     overwrite: bool = False,
-    warn=lambda message: click.echo(message, err=True),
+    warn=say,  # stderr closed or full: dropped, the corpus written
 ) -> SampleResult:
     """Write the demo corpus to `out` (see the module docstring for the rules).
 

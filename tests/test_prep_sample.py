@@ -7,7 +7,10 @@ import functools
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +29,7 @@ from prep.sample import (
 
 from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY
+REPO = Path(__file__).resolve().parents[1]
 UNREACHABLE = "http://127.0.0.1:9/"  # the discard port: connection refused, at once
 needs_tiny = pytest.mark.skipif(not TINY.is_file(), reason="tiny Shakespeare test data is absent")
 
@@ -242,3 +246,18 @@ def test_registered_in_the_prep_cli(tmp_path):
     cli = pytest.importorskip("prep.cli", exc_type=ImportError)
     result = CliRunner().invoke(cli.main, ["sample", "--offline", "--out", str(tmp_path / "in.txt")])
     assert result.exit_code == 0 and (tmp_path / "in.txt").is_file()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_warning_stderr_cannot_take_is_dropped_and_the_fallback_written(tmp_path):
+    """`2>/dev/full` (or a log on a full disk): the warning that the download failed raised the
+    OSError of its write, and prep sample ended with status 1, no word said, no corpus written:
+    the warning is dropped where stderr cannot take it (prep.errors.say), the fallback written."""
+    out = tmp_path / "input.txt"
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-m", "prep.cli", "sample", "--out", str(out)], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=full, text=True, timeout=120,
+                                env={**os.environ, URL_ENV: UNREACHABLE, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0
+    assert out.read_bytes() == fallback_text().encode("utf-8")
+    assert result.stdout.startswith(f"wrote {out}: ")
