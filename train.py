@@ -3269,7 +3269,9 @@ def _poll_outputs() -> None:
 
 def _echo(message: str, err: bool = False) -> None:
     """click.echo, where a pipe whose reader went away is _output_closed, not an error: a line
-    for standard output goes to standard error then, while that is open."""
+    for standard output goes to standard error then, while that is open. A line standard error
+    cannot take otherwise (`2>/dev/full`, a log on a full disk) is dropped, as prep's say drops
+    one: its OSError ended a stop's last lines with status 1, not the stop's 130 or 141."""
     for fd in (2,) if err else (1, 2):
         if fd in _closed_outputs:
             continue
@@ -3278,6 +3280,8 @@ def _echo(message: str, err: bool = False) -> None:
             return
         except OSError as e:
             if e.errno not in READER_GONE:
+                if fd == 2:
+                    return
                 raise
             _output_closed(fd)
 

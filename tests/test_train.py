@@ -5285,3 +5285,24 @@ def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_o
     assert result.returncode == 0 and "Traceback" not in said, said
     assert b"data: " + os.fsencode(data) + b": 300 tokens in the train split\n" in result.stdout
     assert [row["step"] for row in metrics(out)] == [1, 2]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_stop_whose_lines_stderr_cannot_take_keeps_its_status(tmp_path):
+    """`train.py ... 2>>log | head -3` with the log's disk full (here /dev/full): the reader gone
+    at start-up, the run's lines went to standard error, whose ENOSPC raised out of the stop, and
+    the run ended with status 1, where the stop's is 141 (a SIGTERM while starting up: 1, not
+    130). A line standard error cannot take is dropped (train._echo, as prep's say), the status
+    the stop's, and nothing is left in --out."""
+    data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
+    out = tmp_path / "out"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before the first line
+    try:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(_cli_args(data, out, 40), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                  stdout=write_end, stderr=full, timeout=300)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == train.READER_GONE_STATUS
+    assert not out.exists()
