@@ -316,10 +316,11 @@ class _OneLineUsage:
         try:
             result = super().invoke(ctx)
         except KeyboardInterrupt as e:  # Ctrl-C: click would say "Aborted!" and exit 1
+            # (say: a stderr that cannot take the line leaves the status to say it, not 1)
             if isinstance(e, SignalStop):  # SIGTERM or SIGHUP, raised within stops_raise
-                click.echo(f"{ctx.command_path}: stopped by {signal.Signals(e.signum).name}", err=True)
+                say(f"{ctx.command_path}: stopped by {signal.Signals(e.signum).name}")
                 sys.exit(128 + e.signum)
-            click.echo(f"{ctx.command_path}: interrupted", err=True)
+            say(f"{ctx.command_path}: interrupted")
             sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
         except OSError as e:
             if e.errno == errno.EPIPE and _writing_stdout(e):

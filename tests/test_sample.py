@@ -555,3 +555,23 @@ def test_a_checkpoint_removed_while_torch_reads_it_is_said_so(run, tmp_path, mon
         train._read_torch_file(run / "ckpt_000002.pt", "--resume")
     assert str(e.value) == (f"--resume {run / 'ckpt_000002.pt'}: removed while it was being read (by the run writing "
                             f"there, whose --keep-ckpts prunes its older checkpoints?)")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_sigterm_whose_line_stderr_cannot_take_keeps_its_status(run):
+    """`sample.py ... 2>>log` with the log's disk full (here /dev/full), stopped by SIGTERM while
+    it samples: the line saying so raised the OSError of its write, and the process ended with
+    status 1, as a crash, where a SIGTERM's is 143. The line is dropped (prep.errors.say), the
+    status the signal's, the text streamed so far kept."""
+    args = [sys.executable, str(Path(sample.__file__)), str(run), "--prompt", "ROMEO:",
+            "--max-new-tokens", "100000", "--device", "cpu"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen(args, cwd=run, stdout=subprocess.PIPE, stderr=full)
+    try:
+        assert proc.stdout.read(len(b"ROMEO:")) == b"ROMEO:"  # sampling under way
+        proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
