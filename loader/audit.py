@@ -523,7 +523,10 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the note says it all
             warnings.simplefilter("ignore")
             # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except UnicodeEncodeError:  # a name in no UTF-8 (b'r\xff'), which torch's mmap refuses: read it
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as e:  # another user's file (a job run as someone else): whole, not damaged
         return f"{path}: cannot be read ({e.strerror or e}; give this user read permission on it)"
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds

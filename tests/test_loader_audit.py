@@ -27,6 +27,7 @@ from loader import TokenLoader
 from loader.audit import audit, list_checkpoints, main
 from model import GPT
 from loader.cursor import Cursor
+from prep.errors import UserError
 from prep.meta import write_meta
 from prep.shards import file_sha256
 
@@ -985,3 +986,17 @@ def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_o
     assert result.stdout.startswith(os.fsencode(out) + b": 1 rank(s), 3 window(s)"), result.stdout
     assert b"--data " + os.fsencode(named) + b": 1,000 tokens" in result.stdout
     assert result.stdout.endswith(b"audit passed\n")
+
+
+def test_a_checkpoint_whose_directory_is_named_in_no_utf8_is_read_and_the_data_checked(tmp_path, data):
+    """torch.load's mmap hands the file's name to C++ as UTF-8, and a run directory whose name is
+    no UTF-8 (b'r\\xff': a Latin-1 system's) raised UnicodeEncodeError there: the audit said
+    'not a readable checkpoint (torch.load raised UnicodeEncodeError)' of a whole checkpoint
+    and took --data unchecked. It is read (without the mapping), and --data checked against it."""
+    out = log_ranks(tmp_path / os.fsdecode(b"r\xffun"), data, 1, 3)
+    checkpoint(out, data)
+    report = audit(out, data)
+    assert not report.problems and not report.notes, report.notes
+    other = write_dataset(tmp_path / "other", positional_tokens(900))
+    with pytest.raises(UserError, match="is not the dataset the run trained on"):
+        audit(out, other)
