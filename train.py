@@ -397,7 +397,11 @@ def _resumed_data(cfg: TrainConfig) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["train_config"]["data"]
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except UnicodeEncodeError:  # a name in no UTF-8 (b'r\xff'), which torch's mmap refuses: read it
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            data = ckpt["train_config"]["data"]
     except Exception:  # none there, a directory, a damaged file
         return ""
     return f"{path} trained on --data {data}" if isinstance(data, str) else ""

@@ -5306,3 +5306,14 @@ def test_a_stop_whose_lines_stderr_cannot_take_keeps_its_status(tmp_path):
         os.close(write_end)
     assert proc.returncode == train.READER_GONE_STATUS
     assert not out.exists()
+
+
+def test_a_resume_without_data_names_the_checkpoints_data_in_a_directory_named_in_no_utf8(tmp_path, dataset):
+    """find_dataset's error in a resume without --data names the --data the checkpoint recorded;
+    torch.load's mmap hands the file's name to C++ as UTF-8, and an --out whose name is no UTF-8
+    (b'r\\xff': a Latin-1 system's) raised UnicodeEncodeError there, and the error said nothing
+    of it. The checkpoint is read without the mapping."""
+    out = tmp_path / os.fsdecode(b"r\xffun")
+    train.train(cfg(tmp_path, dataset, steps=1, ckpt_every=1, out=str(out)))
+    resume = train.TrainConfig(**{**TINY, "steps": 2, "out": str(out), "resume": "auto"})
+    assert train._resumed_data(resume) == f"{out / 'ckpt_000001.pt'} trained on --data {dataset}"
