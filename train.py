@@ -3427,8 +3427,18 @@ class AfterTheLoop:
         # (141) agrees with the stop's line already said ("output closed ...: stopped after step N")
         self.output_closed_first = False
         self._before: dict[int, object] = {}
+        self._first_ctrl_c: float | None = None  # signal_time() of the first Ctrl-C noted
 
     def _note(self, signum, frame) -> None:
+        # one process: a second Ctrl-C acts at once, as StopRequest's does (SAME_SIGNAL_S or more
+        # after the first): a clean-up that hangs (a join, the checkpoint under way on a hung
+        # disk) could else be ended by SIGKILL alone, every Ctrl-C and SIGTERM only noted
+        if signum == signal.SIGINT and _launched_world() == 1:
+            now = signal_time()
+            if self._first_ctrl_c is None:
+                self._first_ctrl_c = now
+            elif now - self._first_ctrl_c >= SAME_SIGNAL_S:
+                raise KeyboardInterrupt
         if not self.heard:
             self.output_closed_first = bool(_closed_outputs)
         self.heard.append(signum)
