@@ -323,7 +323,7 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
     of the split without a word."""
     from _data import random_tokens, write_dataset
 
-    for tree in ("t1", "t2"):
+    for tree in ("t1", "t2", "t4"):
         for name in "ab":
             write_dataset(tmp_path / tree / name, random_tokens(300, 1))
     write_dataset(tmp_path / "closed" / "inner", random_tokens(300, 1))
@@ -332,12 +332,15 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
     write_dataset(tmp_path / "t3", random_tokens(300, 1))
     (tmp_path / "t3" / "t_train_000001.bin").symlink_to(tmp_path / "closed" / "inner" / "t_train_000000.bin")
     # this user's own, of modes 0 and 0444: for the owner, what 700 and 744 are for another user
-    closed = [(tmp_path / "t1" / "b", 0), (tmp_path / "t2" / "b", 0o444), (tmp_path / "closed", 0)]
+    # (t4: a glob whose last part names a file, which glob.glob looks up without listing)
+    closed = [(tmp_path / "t1" / "b", 0), (tmp_path / "t2" / "b", 0o444), (tmp_path / "closed", 0),
+              (tmp_path / "t4" / "b", 0)]
     try:
         for directory, mode in closed:
             directory.chmod(mode)
         said = bench_each_with_real_modes(tmp_path, ["t1/*/*_train_*.bin", "t2/*/*_train_*.bin",
-                                                     "links/*/*.bin", "t3/*_train_*.bin"])
+                                                     "links/*/*.bin", "t3/*_train_*.bin",
+                                                     "t4/*/t_train_000000.bin"])
     finally:
         for directory, _ in closed:
             directory.chmod(0o755)
@@ -348,6 +351,8 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
               f"links to may not be searched): give it search permission there, or leave it out"
               for pattern, path in (("links/*/*.bin", "links/b"),
                                     ("t3/*_train_*.bin", "t3/t_train_000001.bin"))]
+    lines.append(f"t4/b/t_train_000000.bin: cannot be looked up (Permission denied: this user may not search "
+                 f"{tmp_path / 't4/b'}): give it search permission there, or use a path outside {tmp_path / 't4/b'}")
     assert said == [[2, f"Error: {line}\n"] for line in lines]
 
 
