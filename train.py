@@ -3403,6 +3403,22 @@ class StopRequest:
 # but a finished run's status (130 for 0)
 _outcome_decided = threading.Event()
 _late_signals: list[int] = []
+_first_late_ctrl_c: list[float] = []  # signal_time() of the first Ctrl-C noted once it was decided
+
+
+def _pressed_again(signum: int) -> bool:
+    """Whether `signum`, noted once the run's outcome is decided, is a second Ctrl-C: one
+    process, SAME_SIGNAL_S or more after the first noted (as StopRequest's second one). It acts
+    at once: a clean-up that hangs (a join, the checkpoint under way on a hung disk), or the
+    error's line blocked on a full pipe, could else be ended by SIGKILL alone, every Ctrl-C and
+    SIGTERM only noted. SIGTERM and SIGHUP are only noted (timeout and torchrun send theirs twice)."""
+    if signum != signal.SIGINT or _launched_world() > 1:
+        return False
+    now = signal_time()
+    if not _first_late_ctrl_c:
+        _first_late_ctrl_c.append(now)
+        return False
+    return now - _first_late_ctrl_c[0] >= SAME_SIGNAL_S
 
 
 class AfterTheLoop:
@@ -3427,18 +3443,10 @@ class AfterTheLoop:
         # (141) agrees with the stop's line already said ("output closed ...: stopped after step N")
         self.output_closed_first = False
         self._before: dict[int, object] = {}
-        self._first_ctrl_c: float | None = None  # signal_time() of the first Ctrl-C noted
 
     def _note(self, signum, frame) -> None:
-        # one process: a second Ctrl-C acts at once, as StopRequest's does (SAME_SIGNAL_S or more
-        # after the first): a clean-up that hangs (a join, the checkpoint under way on a hung
-        # disk) could else be ended by SIGKILL alone, every Ctrl-C and SIGTERM only noted
-        if signum == signal.SIGINT and _launched_world() == 1:
-            now = signal_time()
-            if self._first_ctrl_c is None:
-                self._first_ctrl_c = now
-            elif now - self._first_ctrl_c >= SAME_SIGNAL_S:
-                raise KeyboardInterrupt
+        if _pressed_again(signum):  # the clean-up stops at once ("interrupted", 130)
+            raise KeyboardInterrupt
         if not self.heard:
             self.output_closed_first = bool(_closed_outputs)
         self.heard.append(signum)
@@ -3469,6 +3477,7 @@ class AfterTheLoop:
     def __enter__(self) -> "AfterTheLoop":
         _outcome_decided.clear()  # (a run before this one in the process: its outcome)
         _late_signals.clear()
+        _first_late_ctrl_c.clear()
         self._before = {signum: signal.getsignal(signum) for signum in StopRequest.SIGNALS if may_handle(signum)}
         return self
 
@@ -4045,6 +4054,8 @@ def noted_once_decided(handler: Callable[[int, object], None]) -> Callable[[int,
     interrupted" and exited 130 for one whose output's reader had gone (141); a SIGTERM exited
     130 at once, an error's line unsaid."""
     def noted(signum, frame) -> None:
+        if _outcome_decided.is_set() and _pressed_again(signum):
+            os._exit(130)  # nothing flushed: a write that hangs (the error's line, a full pipe) is what it stops
         if _outcome_decided.is_set():
             _late_signals.append(signum)
         else:

@@ -2619,6 +2619,36 @@ def test_a_signal_as_main_ends_leaves_the_run_s_outcome_as_it_was(tmp_path, data
         assert "output closed (its reader went away): stopped after step " in done.stderr
 
 
+HANGING_ERROR_LINE = """
+import os, runpy, signal, sys, threading, time
+import prep.errors
+real_message, sent = prep.errors.UserError.format_message, []
+def format_message(self):  # the error's line, as click writes it to a pipe nobody reads (full)
+    if not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.5)  # (SAME_SIGNAL_S apart: a second press, not the first sent again)
+        os.kill(os.getpid(), signal.SIGINT)
+        threading.Event().wait(30)  # the write that hangs
+    return real_message(self)
+prep.errors.UserError.format_message = format_message
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_second_ctrl_c_stops_a_run_whose_error_s_line_hangs(tmp_path, dataset):
+    """Once a run's outcome is decided (an error), the script's handlers only noted a signal to
+    the process's end, so that it kept the error's line and status; but where saying that line
+    hangs (standard error a pipe whose reader has stopped reading, full) every Ctrl-C and SIGTERM
+    was only noted: SIGKILL alone ended it. A second Ctrl-C ends it at once, 130, as in the
+    training loop."""
+    args = _cli_args(dataset, tmp_path / "out", 2, "--data", str(tmp_path / "nothing"))
+    done = subprocess.run([args[0], "-c", HANGING_ERROR_LINE, *args[1:]], cwd=REPO, capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True, timeout=120)
+    assert done.returncode == 130 and done.stderr == "", done.stderr
+
+
 def meeting_store() -> torch.distributed.HashStore:
     """An in-memory store for agree_to_start's ranks to meet in, as torchrun's: with a timeout,
     so that a rank that never comes is a failure, not a hang."""
