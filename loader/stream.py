@@ -138,6 +138,9 @@ def _search_refused(pattern: str) -> None:
                     raise PermissionError(e.errno, e.strerror, pattern if literal else path) from None
                 if magic and e.errno not in (errno.ENOENT, errno.ENOTDIR):  # (gone meanwhile: nothing in it)
                     raise _cannot_list(pattern, directory or os.curdir, e, literal) from None
+                if not magic and not last and e.errno == errno.EACCES:  # a link into one that may not be searched
+                    raise (PermissionError(e.errno, e.strerror, pattern) if literal
+                           else _unreachable(pattern, path, e)) from None
                 continue
             if magic and not last:  # the directories it matches, to go on in (glob's rule for a leading '.')
                 found = {e.name: e for e in entries if part.startswith(".") or not e.name.startswith(".")}

@@ -330,6 +330,9 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
     (tmp_path / "links").mkdir()
     (tmp_path / "links" / "b").symlink_to(tmp_path / "closed" / "inner")
     write_dataset(tmp_path / "t3", random_tokens(300, 1))
+    write_dataset(tmp_path / "t5" / "a" / "b", random_tokens(300, 1))  # (t5/x/b: a link, by name after a glob)
+    (tmp_path / "t5" / "x").mkdir()
+    (tmp_path / "t5" / "x" / "b").symlink_to(tmp_path / "closed" / "inner")
     (tmp_path / "t3" / "t_train_000001.bin").symlink_to(tmp_path / "closed" / "inner" / "t_train_000000.bin")
     # this user's own, of modes 0 and 0444: for the owner, what 700 and 744 are for another user
     # (t4: a glob whose last part names a file, which glob.glob looks up without listing)
@@ -340,7 +343,7 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
             directory.chmod(mode)
         said = bench_each_with_real_modes(tmp_path, ["t1/*/*_train_*.bin", "t2/*/*_train_*.bin",
                                                      "links/*/*.bin", "t3/*_train_*.bin",
-                                                     "t4/*/t_train_000000.bin"])
+                                                     "t4/*/t_train_000000.bin", "t5/*/b/*_train_*.bin"])
     finally:
         for directory, _ in closed:
             directory.chmod(0o755)
@@ -353,6 +356,8 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
                                     ("t3/*_train_*.bin", "t3/t_train_000001.bin"))]
     lines.append(f"t4/b/t_train_000000.bin: cannot be looked up (Permission denied: this user may not search "
                  f"{tmp_path / 't4/b'}): give it search permission there, or use a path outside {tmp_path / 't4/b'}")
+    lines.append("t5/*/b/*_train_*.bin: t5/x/b: cannot be looked up (Permission denied: a directory on the way to "
+                 "what it links to may not be searched): give it search permission there, or leave it out")
     assert said == [[2, f"Error: {line}\n"] for line in lines]
 
 
