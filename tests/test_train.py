@@ -2371,6 +2371,31 @@ def test_a_signal_while_a_failed_run_cleans_up_leaves_the_error_the_run_s(monkey
     assert {n: signal.getsignal(n) for n in handlers} == handlers
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda n: signal.Signals(n).name)
+def test_a_signal_while_a_run_failed_in_its_start_up_cleans_up_leaves_the_error_the_run_s(monkeypatch, tmp_path,
+                                                                                         dataset, signum):
+    """As above for an error in the start-up, its loaders made (train()'s own AfterTheLoop.on_error;
+    the test above passes without it, its loop's StopRequest holding the signals on its way out):
+    a signal as the loaders closed said "SIGTERM: stopped while starting up" (130), the error's
+    line lost."""
+    sent, real_close = [], TokenLoader.close
+
+    def print_facts(s):
+        raise train.UserError("a mistake found once the loaders are made")
+
+    def close(self):
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)  # (its handler runs before this returns)
+        real_close(self)
+
+    monkeypatch.setattr(train, "print_facts", print_facts)
+    monkeypatch.setattr(TokenLoader, "close", close)
+    result = CliRunner().invoke(train.main, tiny_flags(dataset, tmp_path / "out", 2))
+    assert sent == [signum]
+    assert_user_error(result, "a mistake found once the loaders are made")
+
+
 def test_a_second_ctrl_c_stops_a_failed_run_s_clean_up_at_once(monkeypatch, tmp_path, dataset):
     """A failed run's clean-up holds the signals (the error stays the run's), but one that hangs
     (a join, the checkpoint under way on a hung disk) could then be ended by SIGKILL alone: every
