@@ -375,7 +375,7 @@ def _times_the_floor(ms: float, floor: float) -> str:
     if floor <= 0:
         return "the floor too short to time"
     ratio = ms / floor
-    return f"{ratio:6.1f}x the floor" if ratio >= 0.95 else f"{ratio:6.2g}x the floor"
+    return f"{ratio:6.1f}x the floor" if ratio >= 1 else f"{ratio:6.2g}x the floor"
 
 
 def _size(n: int) -> str:
