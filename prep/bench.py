@@ -343,8 +343,8 @@ def main(mb: float, workers: int, seed: int, source: Path | None, repeat: int, c
         with stops_raise():
             result = run_bench(config)
     except SignalStop as e:
-        click.echo(f"{click.get_current_context().command_path}: stopped by {signal.Signals(e.signum).name}; "
-                   f"its temporary files are removed", err=True)
+        say(f"{click.get_current_context().command_path}: stopped by {signal.Signals(e.signum).name}; "
+            f"its temporary files are removed")  # (dropped where stderr cannot take it: the status says it)
         sys.exit(128 + e.signum)
     except (OSError, OutputError, RuntimeError) as e:  # a temporary directory that filled up after all
         if not out_of_room(e):  # (check_room estimates); anything else keeps its traceback
