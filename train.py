@@ -3337,6 +3337,8 @@ class StopRequest:
         now = signal_time()  # a press held through a write: when it came
         if again and self._first_ctrl_c is None:
             self._first_ctrl_c = now
+            if not _first_late_ctrl_c:  # the press a Ctrl-C once the loop has ended is the second of
+                _first_late_ctrl_c.append(now)  # (_pressed_again), as this one's announce says
         elif again and now - self._first_ctrl_c >= SAME_SIGNAL_S:
             signal.signal(signum, self._previous[signum])
             signal.raise_signal(signum)  # to the handler before: KeyboardInterrupt, here
@@ -3403,12 +3405,14 @@ class StopRequest:
 # but a finished run's status (130 for 0)
 _outcome_decided = threading.Event()
 _late_signals: list[int] = []
-_first_late_ctrl_c: list[float] = []  # signal_time() of the first Ctrl-C noted once it was decided
+# signal_time() of the first Ctrl-C noted once it was decided, or of the stop's (StopRequest's) before
+_first_late_ctrl_c: list[float] = []
 
 
 def _pressed_again(signum: int) -> bool:
     """Whether `signum`, noted once the run's outcome is decided, is a second Ctrl-C: one
-    process, SAME_SIGNAL_S or more after the first noted (as StopRequest's second one). It acts
+    process, SAME_SIGNAL_S or more after the first noted, or after the stop's own in the loop (as
+    StopRequest's second one: its announce says "a second one stops at once"). It acts
     at once: a clean-up that hangs (a join, the checkpoint under way on a hung disk), or the
     error's line blocked on a full pipe, could else be ended by SIGKILL alone, every Ctrl-C and
     SIGTERM only noted. SIGTERM and SIGHUP are only noted (timeout and torchrun send theirs twice)."""

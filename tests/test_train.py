@@ -2427,6 +2427,35 @@ def test_a_second_ctrl_c_stops_a_failed_run_s_clean_up_at_once(monkeypatch, tmp_
     assert {n: signal.getsignal(n) for n in handlers} == handlers
 
 
+def test_a_ctrl_c_after_the_stop_s_own_stops_its_clean_up_at_once(monkeypatch, tmp_path, dataset):
+    """A stop's Ctrl-C says "a second one stops at once"; but once the loop had ended, a second
+    Ctrl-C in a clean-up that hangs (a loader's join) was only noted, as if it were the first:
+    the press in the loop did not count, and it took a third. It is the second press now."""
+    calls, went_on = [0], []
+    real_next, real_close = TokenLoader.next_batch, TokenLoader.close
+
+    def next_batch(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            signal.raise_signal(signal.SIGINT)  # the first press: the loop stops after the step
+        return real_next(self, *args, **kwargs)
+
+    def close(self):
+        if not went_on:
+            signal.raise_signal(signal.SIGINT)  # the second press: stops here, or the clean-up goes on
+            went_on.append(True)
+        real_close(self)
+
+    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.0)
+    monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
+    monkeypatch.setattr(TokenLoader, "close", close)
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
+    result = CliRunner().invoke(train.main, tiny_flags(dataset, tmp_path / "out", 5))
+    assert not went_on and result.exit_code == 130, result.output
+    assert "interrupted: stopped at once" in result.stderr and "Traceback" not in result.output
+    assert {n: signal.getsignal(n) for n in handlers} == handlers
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, *train.HANGUP], ids=lambda n: signal.Signals(n).name)
 def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_as_it_was(tmp_path, dataset,
                                                                                            monkeypatch, signum):
