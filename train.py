@@ -3413,9 +3413,11 @@ def _pressed_again(signum: int) -> bool:
     """Whether `signum`, noted once the run's outcome is decided, is a second Ctrl-C: one
     process, SAME_SIGNAL_S or more after the first noted, or after the stop's own in the loop (as
     StopRequest's second one: its announce says "a second one stops at once"). It acts
-    at once: a clean-up that hangs (a join, the checkpoint under way on a hung disk), or the
-    error's line blocked on a full pipe, could else be ended by SIGKILL alone, every Ctrl-C and
-    SIGTERM only noted. SIGTERM and SIGHUP are only noted (timeout and torchrun send theirs twice)."""
+    at once: a clean-up that hangs (a loader's join, the process group's end), or the error's
+    line blocked on a full pipe, could else be ended by SIGKILL alone, every Ctrl-C and SIGTERM
+    only noted. Not the wait for a checkpoint under way: that one finishes first, whatever comes
+    (TRAINING.md), a hung disk's included. SIGTERM and SIGHUP are only noted (timeout and
+    torchrun send theirs twice)."""
     if signum != signal.SIGINT or _launched_world() > 1:
         return False
     now = signal_time()
