@@ -23,7 +23,7 @@ import pytest
 from _data import INT_DIGITS_LIMIT, without_read_permission, without_search_permission
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
-from loader.stream import TokenStream
+from loader.stream import TokenStream, resolve_shards
 from prep.shards import ShardError, named_split, shard_name, write_shard
 
 
@@ -404,6 +404,21 @@ def test_a_dataset_directory_without_search_permission_is_a_loader_error(tmp_pat
     without_search_permission(monkeypatch, tmp_path)
     with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: cannot be read \(Permission denied\)$"):
         TokenLoader(tmp_path, B=1, T=10)
+
+
+def test_a_glob_takes_no_account_of_a_hidden_directory_its_wildcard_does_not_match(tmp_path, monkeypatch):
+    """'*' matches no name that starts with '.' (glob.glob's rule), so a directory such as
+    sets/.cache, another user's (mode 700), is none of 'sets/*/x_train_*.bin's: the glob takes
+    sets/a's shards, where it is not refused for a directory it never looks into. A hidden one
+    its part names ('sets/.*/...') is looked into, and refused."""
+    (tmp_path / "sets" / ".cache" / "d").mkdir(parents=True)
+    (tmp_path / "sets" / "a").mkdir()
+    llmc_shard(tmp_path / "sets" / "a" / "x_train_000000.bin", tokens(300, 0))
+    without_search_permission(monkeypatch, tmp_path / "sets" / ".cache")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_shards("sets/*/x_train_*.bin", "train") == [Path("sets/a/x_train_000000.bin")]
+    with pytest.raises(PermissionError):
+        resolve_shards("sets/.*/x_train_*.bin", "train")
 
 
 def test_a_directory_that_cannot_be_listed_is_a_loader_error(tmp_path, monkeypatch):
