@@ -191,6 +191,8 @@ def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
         ({"pin_memory": 1}, "pin_memory must be True, False or None \\(auto\\), got 1"),
         ({"seed": -5}, "seed must be an integer >= 0"),
         ({"shuffle": "yes"}, "shuffle must be True or False"),
+        # None is pin_memory's "auto", no shuffle's: taken, it read in order without a word
+        ({"shuffle": None}, "shuffle must be True or False, got None"),
         ({"split": "test"}, "split must be one of train, val"),
     ],
 )
@@ -438,6 +440,7 @@ def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):
         # bool("False") is True: a non-bool shuffle would silently read another order
         (lambda s: s.update(shuffle="False"), "shuffle must be True or False, got 'False'"),
         (lambda s: s.update(shuffle=1), "shuffle must be True or False, got 1"),
+        (lambda s: s.update(shuffle=None), "shuffle must be True or False, got None"),  # (JSON's null)
         # a count saved as text is not the number it prints as: the message shows which is which
         (lambda s: s.update(num_tokens="3517"), "N='3517' tokens; this loader reads 3 shard\\(s\\), N=3517 tokens"),
     ],

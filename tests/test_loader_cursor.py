@@ -141,6 +141,7 @@ def test_the_permutation_is_int32_in_the_order_checkpoints_were_written_with():
         ({"B": False}, "B must be an integer"),
         ({"shuffle": "False"}, "shuffle must be True or False, got 'False'"),  # it shuffled
         ({"shuffle": 1}, "shuffle must be True or False, got 1"),
+        ({"shuffle": None}, "shuffle must be True or False, got None"),  # (None is pin_memory's auto only)
     ],
 )
 def test_cursor_validates_its_fields(kwargs, message):
