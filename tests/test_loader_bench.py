@@ -74,6 +74,7 @@ def test_cold_shuffled_windows_are_timed_against_pread(tmp_path, capsys, monkeyp
     (0.059, 0.002, " 0.034x the floor"),  # a shard within readahead's reach: its windows warm after the first
     (0.05, 0.074, "   1.5x the floor"),
     (1.0, 0.95, "  0.95x the floor"),  # at one decimal, '0.9x' (0.95 is 0.9499... in binary)
+    (1.0, 1.0, "   1.0x the floor"),  # as the floor's own line: not '1x' at two significant digits
     (0.0, 0.01, "the floor too short to time"),
 ])
 def test_a_cold_figure_is_never_said_as_zero_times_the_floor(capsys, monkeypatch, floor_ms, loader_ms, said):
