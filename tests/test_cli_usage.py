@@ -856,7 +856,7 @@ def test_prep_tokenize_whose_reader_is_gone_ends_quietly_with_sigpipes_status_da
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("command", ["tokenize", "info"])
+@pytest.mark.parametrize("command", ["tokenize", "info", "info, a shard missing"])
 def test_a_note_or_warning_stderr_cannot_take_is_dropped_and_the_work_done(tmp_path, command):
     """`2>/dev/full` (or a log on a full disk): prep tokenize's note of what a directory leaves
     out, and prep info's warning of a shard meta.json does not list, raised the OSError of their
@@ -868,11 +868,13 @@ def test_a_note_or_warning_stderr_cannot_take_is_dropped_and_the_work_done(tmp_p
     (tmp_path / "corpus" / "a.txt").write_text("words " * 100)
     (tmp_path / "corpus" / "readme.md").write_text("left out")
     data, env = tmp_path / "data" / "corpus", {**os.environ, "PYTHONPATH": str(REPO)}
-    if command == "info":
+    if command.startswith("info"):
         made = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", "corpus", "--quiet"],
                               cwd=tmp_path, capture_output=True, timeout=120, env=env)
         assert made.returncode == 0, made.stderr
         write_dataset(data, random_tokens(10), name="extra")  # on disk, not listed in meta.json
+        if command == "info, a shard missing":  # listed in meta.json, not on disk: another warning
+            next(data.glob("*_val_*.bin")).unlink()
     args = ["tokenize", "corpus", "--quiet"] if command == "tokenize" else ["info", str(data)]
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "prep.cli", *args], cwd=tmp_path,
@@ -896,3 +898,23 @@ def test_a_progress_bar_stderr_cannot_take_stops_drawing_and_verify_says_its_fin
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0
     assert result.stdout.startswith(f"verified 2 shard(s), 500 tokens in {data}: "), result.stdout
+
+
+def test_a_progress_bar_whose_stream_fails_a_flush_stops_drawing():
+    """A buffered stream (a log file on a full disk: its writes taken, its flush failing, as
+    the bar's file= in a notebook) stops the bar's drawing at the failed flush too, the work
+    going on, where the flush's OSError ended it."""
+    from prep.progress import Bar
+
+    class FullDisk(io.StringIO):
+        flushes = 0
+
+        def flush(self):
+            FullDisk.flushes += 1
+            raise OSError(28, "No space left on device")
+
+    stream = FullDisk()
+    with Bar(total=3, file=stream, mininterval=0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    assert bar.n == 3 and FullDisk.flushes == 1 and stream.getvalue()
