@@ -2396,6 +2396,43 @@ def test_a_signal_while_a_run_failed_in_its_start_up_cleans_up_leaves_the_error_
     assert_user_error(result, "a mistake found once the loaders are made")
 
 
+def test_only_a_second_press_of_ctrl_c_acts_once_the_outcome_is_decided(monkeypatch):
+    """_pressed_again: a Ctrl-C within SAME_SIGNAL_S of the first is the same press sent again
+    (noted only), one later is a second press (it acts); SIGTERM and SIGHUP, which timeout and
+    torchrun send twice, are only noted however far apart, as is a Ctrl-C under torchrun."""
+    now = [100.0]
+    monkeypatch.setattr(train, "signal_time", lambda: now[0])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for signum in (signal.SIGTERM, *train.HANGUP):
+        monkeypatch.setattr(train, "_first_late_ctrl_c", [])
+        for _ in range(3):
+            assert not train._pressed_again(signum)
+            now[0] += 5 * train.SAME_SIGNAL_S
+    monkeypatch.setattr(train, "_first_late_ctrl_c", [])
+    assert not train._pressed_again(signal.SIGINT)  # the first
+    now[0] += train.SAME_SIGNAL_S / 2
+    assert not train._pressed_again(signal.SIGINT)  # the same press, sent again
+    now[0] += train.SAME_SIGNAL_S
+    assert train._pressed_again(signal.SIGINT)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(train, "_first_late_ctrl_c", [])
+    for _ in range(3):
+        assert not train._pressed_again(signal.SIGINT)
+        now[0] += 5 * train.SAME_SIGNAL_S
+
+
+def test_a_signal_after_the_loop_keeps_what_the_first_found_of_the_output(monkeypatch):
+    """AfterTheLoop: whether the output's reader had gone is taken at the first signal noted
+    (the first cause stays the status: 141 where it had gone, 130 where not), not at a later one."""
+    for closed_first in (False, True):
+        monkeypatch.setattr(train, "_closed_outputs", {1} if closed_first else set())
+        after = train.AfterTheLoop()
+        after._note(signal.SIGTERM, None)
+        train._closed_outputs.symmetric_difference_update({1})  # (its reader gone only now, or back)
+        after._note(signal.SIGTERM, None)
+        assert after.heard == [signal.SIGTERM] * 2 and after.output_closed_first is closed_first
+
+
 def test_a_second_ctrl_c_stops_a_failed_run_s_clean_up_at_once(monkeypatch, tmp_path, dataset):
     """A failed run's clean-up holds the signals (the error stays the run's), but one that hangs
     (a join, the checkpoint under way on a hung disk) could then be ended by SIGKILL alone: every
