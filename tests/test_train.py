@@ -2005,6 +2005,8 @@ def test_a_resume_that_validates_on_other_data_says_so(tmp_path, dataset, capsys
     torch.save(saved, path)
     train.train(cfg(tmp_path, dataset, steps=5, resume=str(path), val_data=str(held), **common))
     assert "--val-data" not in capsys.readouterr().out
+    train.train(cfg(tmp_path, dataset, steps=5, resume="auto", **common))  # at --steps: no step follows
+    assert "--val-data" not in capsys.readouterr().out
     logged = metrics(tmp_path / "out")
     assert [r["step"] for r in logged if r.get("val_loss") is not None] == [0, 1, 2, 3, 4, 5]
 
