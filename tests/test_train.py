@@ -157,6 +157,11 @@ def test_options_that_tune_what_another_option_turned_off_are_a_note(tmp_path, d
     out = capsys.readouterr().out
     assert "note: --log-windows has no effect: step 1 is --steps, nothing is trained\n" in out
     assert "starts at step" not in out
+    # --bench's own note says what it ignores: not a second one for the same option
+    train.train(cfg(tmp_path / "d", dataset, bench=True, bench_warmup=1, bench_steps=1, eval_steps=5,
+                    sample_tokens=8, quiet=False))
+    out = capsys.readouterr().out
+    assert "--eval-steps" in out and "runs no validation" not in out and "prints no samples" not in out
 
 
 def test_metrics_lines_and_schedule(tmp_path, dataset):
