@@ -918,3 +918,18 @@ def test_a_progress_bar_whose_stream_fails_a_flush_stops_drawing():
         for _ in range(3):
             bar.update(1)
     assert bar.n == 3 and FullDisk.flushes == 1 and stream.getvalue()
+
+
+def test_a_line_said_over_a_progress_bar_clears_the_bar_first(monkeypatch):
+    """tqdm finds a bar by its stream (external_write_mode, as train.py's _say_over_bar says a
+    note or a sample during a run; tqdm.write): the bar's stream wrapper (_Undrawable) is equal to
+    the stream it wraps, so the bar on standard error is cleared before the line, where a wrapper
+    equal to itself alone left the line written over the bar."""
+    from prep.progress import Bar
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with Bar(total=3, mininterval=0, disable=False) as bar:
+        bar.update(1)
+        drawn = len(sys.stderr.getvalue())
+        with Bar.external_write_mode():
+            assert sys.stderr.getvalue()[drawn:].replace(" ", "") == "\r\r"  # cleared: spaces between two \r
