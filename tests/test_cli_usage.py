@@ -138,6 +138,31 @@ def test_a_path_of_short_names_too_long_in_all_is_one_line_too(tmp_path, monkeyp
         assert "path too long (5019 bytes in all, more than the system takes)" in line, line
 
 
+def invoke_command(command: str, args: list[str]):
+    """`command` (prep, train, audit or bench) run in-process on `args`: click's result, or for
+    loader.bench (argparse: its return value is the status) one with its status and standard
+    error. train runs the tiny model on the CPU for a step."""
+    import loader.audit
+    import loader.bench
+    import train
+
+    if command == "bench":
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            status = loader.bench.main(args)
+        return types.SimpleNamespace(exit_code=status, output=err.getvalue())
+    main = {"prep": prep_main, "train": train.main, "audit": loader.audit.main}[command]
+    extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
+    return CliRunner().invoke(main, [*args, *extra])
+
+
+def window_logged_run(data: str) -> None:
+    """A one-step run in ./run on `data` that logs its windows: one for loader.audit to audit."""
+    import train
+
+    train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True, device="cpu",
+                                  data=data, out="run", log_windows=True))
+
+
 @pytest.mark.parametrize("command, args, flag", [
     ("prep", ["tokenize", "private/t.txt"], ""),
     ("prep", ["tokenize", "t.txt", "--out", "private/tk"], "--out"),
@@ -158,9 +183,6 @@ def test_a_path_below_a_directory_that_may_not_be_searched_is_one_line(tmp_path,
     they answer False for a missing file (Python 3.13 and before): --data, --val-data, --out,
     prep's inputs and outputs and loader.audit's run ended in PermissionError's traceback, exit 1
     (sample.py's CKPT and --resume / --init-from said so in one line already)."""
-    import loader.audit
-    import loader.bench
-    import train
     from _data import random_tokens, without_search_permission, write_dataset
 
     monkeypatch.chdir(tmp_path)
@@ -170,19 +192,11 @@ def test_a_path_below_a_directory_that_may_not_be_searched_is_one_line(tmp_path,
         write_dataset(where / "data" / "t" if where == tmp_path else where / "t", random_tokens(300, 1),
                       random_tokens(200, 2))
     if command == "audit":  # a run's window logs to audit
-        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
-                                      device="cpu", data="data/t", out="run", log_windows=True))
+        window_logged_run("data/t")
         shutil.copytree("run", "private/run")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     without_search_permission(monkeypatch, tmp_path / "private")
-    if command == "bench":  # argparse: its return value is the status
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            status = loader.bench.main(args)
-        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
-    else:
-        main = {"prep": prep_main, "train": train.main, "audit": loader.audit.main}[command]
-        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
-        result = CliRunner().invoke(main, [*args, *extra])
+    result = invoke_command(command, args)
     path = next(arg for arg in args if arg.startswith("private/"))
     line = assert_user_error(result, path, f": cannot be looked up (Permission denied: this user may not "
                                            f"search {tmp_path / 'private'}): give it search permission there")
@@ -202,27 +216,16 @@ def test_a_glob_through_a_directory_that_may_not_be_searched_is_one_line(tmp_pat
     """glob.glob passes over a directory it cannot look into: a glob whose directories are
     reached through one (or any glob below one on Python 3.14, whose Path.is_dir answers False
     there) said "no shard files match this pattern", not which directory was closed."""
-    import loader.audit
-    import loader.bench
-    import train
     from _data import random_tokens, without_search_permission, write_dataset
 
     monkeypatch.chdir(tmp_path)
     write_dataset(tmp_path / "private" / "t", random_tokens(300, 1))
     if command == "audit":  # a run's window logs to audit
         write_dataset(tmp_path / "data", random_tokens(300, 1))
-        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
-                                      device="cpu", data="data", out="run", log_windows=True))
+        window_logged_run("data")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     without_search_permission(monkeypatch, tmp_path / "private")
-    if command == "bench":  # argparse: its return value is the status
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            status = loader.bench.main(args)
-        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
-    else:
-        main = {"train": train.main, "audit": loader.audit.main}[command]
-        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
-        result = CliRunner().invoke(main, [*args, *extra])
+    result = invoke_command(command, args)
     reached = "private/*" if "pr*/*/" in args[0] else "private/t"  # (the path reached through the glob)
     assert_user_error(result, f"Error: {reached}: cannot be looked up (Permission denied: this user may not "
                               f"search {tmp_path / 'private'}): give it search permission there")
@@ -263,27 +266,16 @@ def test_a_glob_that_matches_some_shards_past_a_directory_that_may_not_be_search
     """glob.glob passes over a directory it cannot look into, where other directories gave it
     matches too: sets/b's shards were left out of every epoch without a word (trained on, audited
     and benchmarked without them). The glob is refused, naming the directory."""
-    import loader.audit
-    import loader.bench
-    import train
     from _data import random_tokens, without_search_permission, write_dataset
 
     monkeypatch.chdir(tmp_path)
     for name in "ab":
         write_dataset(tmp_path / "sets" / name, random_tokens(300, 1), random_tokens(200, 2))
     if command == "audit":  # a run's window logs to audit (on both sets' shards)
-        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
-                                      device="cpu", data="sets/*/*_train_*.bin", out="run", log_windows=True))
+        window_logged_run("sets/*/*_train_*.bin")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     without_search_permission(monkeypatch, tmp_path / "sets" / "b")
-    if command == "bench":  # argparse: its return value is the status
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            status = loader.bench.main(args)
-        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
-    else:
-        main = {"train": train.main, "audit": loader.audit.main}[command]
-        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
-        result = CliRunner().invoke(main, [*args, *extra])
+    result = invoke_command(command, args)
     split = "val" if "--val-data" in args else "train"
     closed = tmp_path / "sets" / "b"
     assert_user_error(result, f"Error: sets/b/*_{split}_*.bin: cannot be looked up (Permission denied: this "
@@ -372,27 +364,16 @@ def test_a_glob_in_a_directory_that_may_not_be_listed_is_one_line(tmp_path, monk
     """A directory this user may search but not list (mode 0311): glob.glob passes over it, so a
     glob that matched shards elsewhere left its shards out without a word, and one below it said
     "no shard files match this pattern", though its shards are there. Each says it cannot be listed."""
-    import loader.audit
-    import loader.bench
-    import train
     from _data import random_tokens, without_read_permission, write_dataset
 
     monkeypatch.chdir(tmp_path)
     for name in "ab":
         write_dataset(tmp_path / "sets" / name, random_tokens(300, 1), random_tokens(200, 2))
     if command == "audit":  # a run's window logs to audit (on both sets' shards)
-        train.train(train.TrainConfig(model="tiny", B=2, T=16, steps=1, eval_every=0, quiet=True,
-                                      device="cpu", data="sets/*/*_train_*.bin", out="run", log_windows=True))
+        window_logged_run("sets/*/*_train_*.bin")
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     without_read_permission(monkeypatch, tmp_path / "sets" / "b")
-    if command == "bench":  # argparse: its return value is the status
-        with contextlib.redirect_stderr(io.StringIO()) as err:
-            status = loader.bench.main(args)
-        result = types.SimpleNamespace(exit_code=status, output=err.getvalue())
-    else:
-        main = {"train": train.main, "audit": loader.audit.main}[command]
-        extra = ["--model", "tiny", "--device", "cpu", "--steps", "1", "--quiet"] * (command == "train")
-        result = CliRunner().invoke(main, [*args, *extra])
+    result = invoke_command(command, args)
     pattern = next(arg for arg in args if "*" in arg)
     flag = "--val-data " if "--val-data" in args else "--data " if command == "audit" else ""
     fix = "give this user read permission on it" + (", or a pattern that leaves it out" * ("*/" in pattern))
