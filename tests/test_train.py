@@ -2440,52 +2440,28 @@ def test_a_signal_after_the_loop_keeps_what_the_first_found_of_the_output(monkey
         assert after.heard == [signal.SIGTERM] * 2 and after.output_closed_first is closed_first
 
 
-def test_a_second_ctrl_c_stops_a_failed_run_s_clean_up_at_once(monkeypatch, tmp_path, dataset):
+@pytest.mark.parametrize("first", ["an error", "the stop's Ctrl-C"])
+def test_a_second_ctrl_c_stops_a_clean_up_that_hangs_at_once(monkeypatch, tmp_path, dataset, first):
     """A failed run's clean-up holds the signals (the error stays the run's), but one that hangs
-    (a join, the checkpoint under way on a hung disk) could then be ended by SIGKILL alone: every
-    Ctrl-C and SIGTERM was only noted. A second Ctrl-C (SAME_SIGNAL_S after the first, here 0)
-    stops it at once, as in the training loop."""
+    (a loader's join) could then be ended by SIGKILL alone: every Ctrl-C and SIGTERM was only
+    noted. A second Ctrl-C (SAME_SIGNAL_S after the first, here 0) stops it at once, as in the
+    training loop. After a stop's Ctrl-C (its line says "a second one stops at once") the Ctrl-C
+    in a clean-up that hung was only noted too, as if it were the first: it took a third."""
     calls, went_on = [0], []
     real_next, real_close = TokenLoader.next_batch, TokenLoader.close
 
     def next_batch(self, *args, **kwargs):
         calls[0] += 1
-        if calls[0] == 3:
+        if calls[0] == 3 and first == "an error":
             raise RuntimeError("a bug")
-        return real_next(self, *args, **kwargs)
-
-    def close(self):
-        if not went_on:
-            signal.raise_signal(signal.SIGINT)  # (its handler runs before this returns)
-            signal.raise_signal(signal.SIGINT)  # a second press: stops here, or the clean-up goes on
-            went_on.append(True)
-        real_close(self)
-
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.0)
-    monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
-    monkeypatch.setattr(TokenLoader, "close", close)
-    handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
-    result = CliRunner().invoke(train.main, tiny_flags(dataset, tmp_path / "out", 5))
-    assert not went_on and result.exit_code == 130, result.output
-    assert "interrupted: stopped at once" in result.stderr and "Traceback" not in result.output
-    assert {n: signal.getsignal(n) for n in handlers} == handlers
-
-
-def test_a_ctrl_c_after_the_stop_s_own_stops_its_clean_up_at_once(monkeypatch, tmp_path, dataset):
-    """A stop's Ctrl-C says "a second one stops at once"; but once the loop had ended, a second
-    Ctrl-C in a clean-up that hangs (a loader's join) was only noted, as if it were the first:
-    the press in the loop did not count, and it took a third. It is the second press now."""
-    calls, went_on = [0], []
-    real_next, real_close = TokenLoader.next_batch, TokenLoader.close
-
-    def next_batch(self, *args, **kwargs):
-        calls[0] += 1
         if calls[0] == 3:
             signal.raise_signal(signal.SIGINT)  # the first press: the loop stops after the step
         return real_next(self, *args, **kwargs)
 
     def close(self):
         if not went_on:
+            if first == "an error":
+                signal.raise_signal(signal.SIGINT)  # the first press (its handler runs before this returns)
             signal.raise_signal(signal.SIGINT)  # the second press: stops here, or the clean-up goes on
             went_on.append(True)
         real_close(self)
