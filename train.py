@@ -125,8 +125,8 @@ import torch.distributed as dist
 from torch import nn
 
 from loader import DatasetMismatch, TokenLoader, TokenRangeError, resolve_shards
-from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path, window_record,
-                          zip_damage)
+from loader.audit import (CKPT_PATTERN, LOG_GLOB, LOG_PATTERN, list_checkpoints, load_mapped, log_path,
+                          window_record, zip_damage)
 from loader.loader import dataset_digest
 from model import GPT, GPT2_VOCAB_SIZE, GPTConfig, mfu
 from model.hf import is_hf_mask_buffer
@@ -394,14 +394,7 @@ def _resumed_data(cfg: TrainConfig) -> str:
         path = found[-1][1]
         if not path.is_file():  # a FIFO's open would wait for a writer
             return ""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except UnicodeEncodeError:  # a name in no UTF-8 (b'r\xff'), which torch's mmap refuses: read it
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            data = ckpt["train_config"]["data"]
+        data = load_mapped(path)["train_config"]["data"]
     except Exception:  # none there, a directory, a damaged file
         return ""
     return f"{path} trained on --data {data}" if isinstance(data, str) else ""

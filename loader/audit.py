@@ -505,6 +505,19 @@ class NotThisRun(str):
     """Why the logs cannot be the run whose checkpoint is in their directory (read_trained)."""
 
 
+def load_mapped(path: Path) -> object:
+    """torch.load(weights_only=True) of a checkpoint on the CPU, its tensors (the weights and
+    optimizer: GBs for gpt2) mapped, never read; its warnings ("pickle protocol 4") silenced, as
+    the caller's note says it all. A name in no UTF-8 (b'r\xff'), which torch's mmap refuses
+    (UnicodeEncodeError), is read whole instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except UnicodeEncodeError:
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     """The record of the data `out`'s run trained on, from its newest checkpoint (every
     checkpoint of a run has the same data: a resume onto other data is refused); where there
@@ -520,13 +533,7 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
     if damage is not None:
         return f"{path}: a damaged checkpoint ({damage})"
     try:
-        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the note says it all
-            warnings.simplefilter("ignore")
-            # mmap: the weights and optimizer (GBs for gpt2) are mapped, never read
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except UnicodeEncodeError:  # a name in no UTF-8 (b'r\xff'), which torch's mmap refuses: read it
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_mapped(path)
     except PermissionError as e:  # another user's file (a job run as someone else): whole, not damaged
         return f"{path}: cannot be read ({e.strerror or e}; give this user read permission on it)"
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
