@@ -1976,6 +1976,12 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
+def _no_effect(flags: list[str], why: str, joined: str = " and ") -> str:
+    """The start-up note for options given that change nothing in this run (`why` says why,
+    starting with its own ':' or ' with ...')."""
+    return f"{joined.join(flags)} {'has' if len(flags) == 1 else 'have'} no effect{why}"
+
+
 def val_data_change(ckpt: dict, cfg: TrainConfig, windows: int) -> list[str]:
     """A note where a resume validates on other data than the checkpoint's run (--val-data
     changed, dropped or added), or on as much of it in another number of windows (--eval-steps,
@@ -2684,13 +2690,12 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         ignored = [f"--{_flag(f.name)}" for f in dataclasses.fields(cfg)
                    if cfg.bench and f.name in BENCH_IGNORES and getattr(cfg, f.name) != f.default]
         if ignored:  # (--steps for --bench-steps, say)
-            notes.append(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect with --bench: it "
-                         f"times --bench-steps steps at --lr, and evaluates, samples and writes nothing")
+            notes.append(_no_effect(ignored, " with --bench: it times --bench-steps steps at --lr, and evaluates, "
+                                             "samples and writes nothing", ", "))
         unused = [f"--{_flag(name)}" for name in ("bench_warmup", "bench_steps")
                   if not cfg.bench and getattr(cfg, name) != getattr(TrainConfig, name)]
         if unused:  # (--bench-steps for --steps, say): this trains, and checkpoints into --out
-            notes.append(f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect without --bench: "
-                         f"this run trains")
+            notes.append(_no_effect(unused, " without --bench: this run trains"))
         # an option that tunes what another option turned off (--bench: BENCH_IGNORES' note above)
         for names, off, why in (
                 (("eval_steps",), not cfg.eval_every, "--eval-every 0 runs no validation"),
@@ -2700,15 +2705,14 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             given = [f"--{'no-' if getattr(cfg, name) is False else ''}{_flag(name)}" for name in names
                      if getattr(cfg, name) != getattr(TrainConfig, name)]
             if given and off and not cfg.bench:
-                notes.append(f"{' and '.join(given)} {'has' if len(given) == 1 else 'have'} no effect: {why}")
+                notes.append(_no_effect(given, f": {why}"))
         moot = [] if ckpt is None or ckpt["step"] < cfg.steps else (  # a resume at --steps: no step
             [f"--sample-every {cfg.sample_every}"] * bool(cfg.sample_every)
             + ["--log-windows"] * cfg.log_windows)
         if moot:
             sampled = (f" (`python sample.py {resume_path}` samples the checkpoint)" if cfg.sample_every
                        else "")
-            notes.append(f"{' and '.join(moot)} {'has' if len(moot) == 1 else 'have'} no effect: "
-                         f"step {cfg.steps} is --steps, nothing is trained{sampled}")
+            notes.append(_no_effect(moot, f": step {cfg.steps} is --steps, nothing is trained{sampled}"))
         val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
         if ckpt is not None and val_loader is not None:
             notes += val_data_change(ckpt, cfg, val_loader.steps_per_epoch)
