@@ -31,9 +31,16 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
     import torch
 
-    import train
+    from loader.audit import list_checkpoints
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig
     from model.weights import state_positions, unwrapped, weights_shape
+    from trainer.checkpoint import check_checkpoint, read_torch_file
+    from trainer.config import DEVICES, SEED_MAX, TrainConfig
+    from trainer.evaluation import SAMPLE_TOP_K, gpt2_encoding, sample_texts
+    from trainer.logs import METRICS_NAME
+    from trainer.runtime import Runtime, is_out_of_memory, make_runtime
+    from trainer.step import first_not_finite
+    from trainer.weights import check_state_shape, is_checkpoint, load_init_weights
 
 
 def checkpoint_file(path: Path) -> Path:
@@ -41,19 +48,19 @@ def checkpoint_file(path: Path) -> Path:
     if not is_directory(path):
         return path
     try:
-        found = train.list_checkpoints(path)
+        found = list_checkpoints(path)
     except OSError as e:  # no read permission (another user's run, mode 0711): its files may still be read
         raise UserError(f"{path}: this directory cannot be listed ({e.strerror or e}): pass a checkpoint "
                         f"file in it") from None
     if not found:
         why = (": the run there has written none (it ran with --ckpt-every 0, as `make demo`'s run, stopped before its "
                "first, or is still before it)"
-               if (path / train.METRICS_NAME).is_file() else "")
+               if (path / METRICS_NAME).is_file() else "")
         raise UserError(f"{path}: no checkpoint (ckpt_<step>.pt) in this directory{why}")
     return found[-1][1]
 
 
-def newest_model(given: Path, rt: train.Runtime, preset: str | None, n_head: int | None,
+def newest_model(given: Path, rt: Runtime, preset: str | None, n_head: int | None,
                  tries: int = 3) -> tuple[Path, tuple[GPT, str]]:
     """checkpoint_file(given) and its load_model. An --out directory whose run is still
     writing there prunes its checkpoints (--keep-ckpts) as it goes: the newest one listed may be
@@ -86,7 +93,7 @@ def is_directory(path: Path) -> bool:
 def has_checkpoints(directory: Path) -> bool:
     """Whether `directory` lists a checkpoint now (not where it cannot be listed)."""
     try:
-        return bool(train.list_checkpoints(directory))
+        return bool(list_checkpoints(directory))
     except OSError:
         return False
 
@@ -100,14 +107,14 @@ def config_differences(config: GPTConfig, state: dict) -> str:
                      for name, v in there.items() if v != getattr(config, name))
 
 
-def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
+def load_model(path: Path, rt: Runtime, preset: str | None = None,
                n_head: int | None = None) -> tuple[GPT, str]:
     """The checkpoint's model on rt.device, in eval mode, and where it comes from ("step N").
     A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
     `preset` (default gpt2: n_head is not in the weights), or, given `n_head`, in the shape
     its weights have (layers, width, positions) with that many heads."""
-    found = train._read_torch_file(path, "checkpoint")
-    if not train.is_checkpoint(found):
+    found = read_torch_file(path, "checkpoint")
+    if not is_checkpoint(found):
         name = "gpt2" if preset is None else preset
         config = GPTConfig.preset(name)  # (main checked the name)
         rows = state_positions(found) if isinstance(found, dict) else None
@@ -123,13 +130,13 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
         elif rows and rows != config.block_size:  # the context the weights have: a model fine-tuned
             config = GPTConfig.preset(name, block_size=rows)  # with a cropped block size, or a longer one
         if named is not None:  # before gpt2-xl's 6 GB is built
-            train._check_state_shape(named, config, f"checkpoint {path}", shape_flags=False)
+            check_state_shape(named, config, f"checkpoint {path}", shape_flags=False)
         model = GPT(config)
-        train.load_init_weights(model, path, "checkpoint", found)
+        load_init_weights(model, path, "checkpoint", found)
         source = (f"weights of {config.n_layer} layers, {config.n_head} heads, {config.n_embd} dims"
                   if n_head is not None else f"--model {name} weights")
         return model.to(rt.device).eval(), source
-    ckpt = train.check_checkpoint(found, path, "checkpoint")
+    ckpt = check_checkpoint(found, path, "checkpoint")
     vocab = ckpt["model_config"].get("vocab_size")  # (a dict: check_checkpoint's)
     if isinstance(vocab, int) and vocab > GPT2_VOCAB_SIZE:  # ids the GPT-2 tokenizer cannot decode
         raise UserError(f"checkpoint {path}: its model predicts {vocab:,} token ids, more than GPT-2's "
@@ -147,13 +154,13 @@ def load_model(path: Path, rt: train.Runtime, preset: str | None = None,
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
-    bad = train.first_not_finite(floats)
+    bad = first_not_finite(floats)
     if bad is not None:  # a run that diverged: nothing to sample
         raise UserError(f"checkpoint {path}: {bad} holds NaN or infinite values (the run diverged by step "
                         f"{ckpt['step']}): no text to sample")
     # the weights checked as --init-from checks them (floating point, the head tied to the
     # embedding; not again for NaN), then loaded: a damaged checkpoint is one line, not text from garbage
-    train.load_init_weights(model, path, "checkpoint", found, finite_checked=True)
+    load_init_weights(model, path, "checkpoint", found, finite_checked=True)
     return model.to(rt.device).eval(), f"step {ckpt['step']}"
 
 
@@ -200,7 +207,7 @@ def echo_sample(text: str, nl: bool = True) -> None:
 def prompt_tokens(prompt: str, block_size: int) -> list[int]:
     """The prompt's GPT-2 tokens (special-token text is plain text here); the EOT before them
     is sample_texts'."""
-    tokens = train.gpt2_encoding().encode_ordinary(prompt)
+    tokens = gpt2_encoding().encode_ordinary(prompt)
     if len(tokens) + 1 > block_size:
         say(f"note: the prompt is {len(tokens):,} tokens; the model sees the last {block_size:,} (its block size)")
     return tokens
@@ -230,13 +237,13 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
 @click.option("--temperature", type=click.FloatRange(min=0, max=1e6), default=1.0,
               help="Logit temperature; 0: always the likeliest token.")
-@click.option("--top-k", type=click.IntRange(min=0), default=train.SAMPLE_TOP_K,
+@click.option("--top-k", type=click.IntRange(min=0), default=SAMPLE_TOP_K,
               help="Sample among the k likeliest tokens; 0: among all.")
-@click.option("--seed", type=click.IntRange(0, train.SEED_MAX), default=1337,
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=1337,
               help=f"Sampling seed. Samples drawn together (up to {SAMPLE_BATCH}) share its random stream, so "
                    f"the same seed, --num-samples and device give the same samples (another --num-samples "
                    f"other ones).")
-@click.option("--device", type=click.Choice(train.DEVICES), default="auto",
+@click.option("--device", type=click.Choice(DEVICES), default="auto",
               help="auto: cuda, then mps, then cpu.")
 @click.option("--model", "preset", default=None, show_default="the checkpoint's; gpt2 for HF weights",
               help="The preset of a Hugging Face GPT-2 state dict given as CKPT (its n_head is not in the weights).")
@@ -264,8 +271,8 @@ def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperat
 def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
                  seed: int, device: str, preset: str | None, n_head: int | None) -> None:
     """main's work, its arguments checked: the model loaded, the samples printed."""
-    train.gpt2_encoding()  # the prompt and samples need it: said before the checkpoint is read (gpt2-xl's: minutes)
-    rt = train.make_runtime(train.TrainConfig(device=device, compile=False))
+    gpt2_encoding()  # the prompt and samples need it: said before the checkpoint is read (gpt2-xl's: minutes)
+    rt = make_runtime(TrainConfig(device=device, compile=False))
     path, (model, source) = newest_model(given, rt, preset, n_head)
     context = prompt_tokens(prompt, model.config.block_size)
     generator = torch.Generator(device=rt.device).manual_seed(seed)
@@ -278,7 +285,7 @@ def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int
     try:
         for drawn in range(0, num_samples, SAMPLE_BATCH):
             batch = min(SAMPLE_BATCH, num_samples - drawn)
-            texts = train.sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=batch,
+            texts = sample_texts(model, rt, generator, max_new_tokens, prompt=context, num=batch,
                                        temperature=temperature, top_k=top_k or None, on_token=streamer)
             for i, text in enumerate(texts if streamer is None else ()):
                 if drawn + i:
@@ -287,7 +294,7 @@ def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int
     except FloatingPointError as e:  # finite weights whose logits overflow
         raise UserError(f"checkpoint {path}: {e}: no text to sample") from None
     except (RuntimeError, MemoryError) as e:
-        if isinstance(e, RuntimeError) and not train._out_of_memory(e):
+        if isinstance(e, RuntimeError) and not is_out_of_memory(e):
             raise
         raise UserError(f"out of memory on {rt.device} drawing {batch} sample(s) of {max_new_tokens} tokens side by "
                         f"side" + (": ask for fewer --num-samples" if batch > 1 else "")) from None

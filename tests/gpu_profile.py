@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+import trainer.step
 
 
 def profile_step(cfg: train.TrainConfig, steps: int, top: int) -> None:
@@ -33,13 +34,13 @@ def profile_step(cfg: train.TrainConfig, steps: int, top: int) -> None:
         x, y = s.train_loader.next_batch(s.rt.device)
         feed = lambda: (x, y)  # noqa: E731  the fixed batch: the step alone
         for _ in range(8):
-            train.train_step(s.parts, feed, cfg.lr)
+            trainer.step.train_step(s.parts, feed, cfg.lr)
         torch.cuda.synchronize()
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as prof:
             start = time.perf_counter()
             for _ in range(steps):
-                train.train_step(s.parts, feed, cfg.lr)
+                trainer.step.train_step(s.parts, feed, cfg.lr)
             torch.cuda.synchronize()
             wall = (time.perf_counter() - start) / steps
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]

@@ -568,9 +568,9 @@ def test_a_closed_standard_error_is_no_file_of_ours(tmp_path):
     """Started with stderr closed (`2>&-`, or `>&- 2>&-`), descriptor 2 was free and the next file
     opened took it: train.py's metrics.jsonl became descriptor 2, and a SIGTERM's announcement
     (os.write(2, ...) in StopRequest's handler) went into it, a line that is no JSON."""
-    code = ("import signal, sys, train\n"
+    code = ("import signal, sys, train, trainer.stopping\n"
             "f = open(sys.argv[1], 'a')\n"
-            "with train.StopRequest(announce=True):\n"
+            "with trainer.stopping.StopRequest(announce=True):\n"
             "    signal.raise_signal(signal.SIGTERM)\n"
             "f.close()\n")
     log = tmp_path / "metrics.jsonl"
@@ -902,7 +902,7 @@ def test_a_progress_bar_whose_stream_fails_a_flush_stops_drawing():
 
 
 def test_a_line_said_over_a_progress_bar_clears_the_bar_first(monkeypatch):
-    """tqdm finds a bar by its stream (external_write_mode, as train.py's _say_over_bar says a
+    """tqdm finds a bar by its stream (external_write_mode, as the trainer's say_over_bar says a
     note or a sample during a run; tqdm.write): the bar's stream wrapper (_Undrawable) is equal to
     the stream it wraps, so the bar on standard error is cleared before the line, where a wrapper
     equal to itself alone left the line written over the bar."""

@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 import train
+import trainer.step
 from _cli import assert_user_error
 from _data import positional_tokens, random_tokens, write_dataset
 from loader import TokenLoader
@@ -43,12 +44,12 @@ def data(tmp_path_factory) -> Path:
 
 def log_ranks(out: Path, data: Path, world: int, batches: int, shuffle: bool = True) -> Path:
     """What `train.py --log-windows` writes for `world` ranks taking `batches` batches each:
-    train.window_logger around each rank's own loader, without the model."""
+    trainer.step.window_logger around each rank's own loader, without the model."""
     out.mkdir(parents=True, exist_ok=True)
     for rank in range(world):
         with TokenLoader(data, "train", B, T, rank, world, shuffle=shuffle, seed=5) as loader, \
                 open(out / f"windows_rank{rank}.jsonl", "w") as log:
-            feed = train.window_logger(lambda: loader.next_batch("cpu"), log, loader)  # noqa: B023
+            feed = trainer.step.window_logger(lambda: loader.next_batch("cpu"), log, loader)  # noqa: B023
             for _ in range(batches):
                 feed()
     return out
@@ -565,7 +566,7 @@ def test_the_crc32_is_of_the_window_the_model_received(tmp_path, data, monkeypat
     out = tmp_path / "damaged"
     out.mkdir()
     with TokenLoader(data, "train", B, T, 0, 1, shuffle=False) as loader, open(out / "windows_rank0.jsonl", "w") as log:
-        feed = train.window_logger(damaged(lambda: loader.next_batch("cpu")), log, loader)
+        feed = trainer.step.window_logger(damaged(lambda: loader.next_batch("cpu")), log, loader)
         for _ in range(3):
             feed()
     result = run(out, "--data", data)

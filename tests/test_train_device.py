@@ -16,9 +16,16 @@ import torch
 from click.testing import CliRunner
 
 import train
+import trainer.config
+import trainer.runtime
+import trainer.session
+import trainer.step
+from trainer.runtime import Runtime
 from _data import random_tokens, write_dataset
 
 TRAIN_FILE = str(Path(train.__file__).resolve())
+# the trainer's own code: train.py and the trainer package's modules
+TRAINER_FILES = {TRAIN_FILE, *(str(p.resolve()) for p in Path(trainer.step.__file__).parent.glob("*.py"))}
 HOST_TRANSFERS = ("tolist", "item", "numpy", "__bool__", "__float__", "__int__")
 
 
@@ -28,14 +35,14 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def test_one_host_transfer_per_logging_point(tmp_path, dataset, monkeypatch):
-    """Steady state: train.py itself reads device tensors on the host only at logging points,
+    """Steady state: train.py and the trainer package read device tensors on the host only at logging points,
     once each (losses and grad norms together), whatever torch does internally on CPU."""
     calls: list[str] = []
     for name in HOST_TRANSFERS:
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, _name=name, _original=original, **kwargs):
-            if str(Path(sys._getframe(1).f_code.co_filename).resolve()) == TRAIN_FILE:
+            if str(Path(sys._getframe(1).f_code.co_filename).resolve()) in TRAINER_FILES:
                 calls.append(_name)
             return _original(self, *args, **kwargs)
 
@@ -58,18 +65,18 @@ def test_loader_buffers_are_pinned_and_the_ring_deeper_only_for_cuda_runs(monkey
         seen.append((kwargs["pin_memory"], kwargs["prefetch"]))
         return types.SimpleNamespace(shards=[])
 
-    monkeypatch.setattr(train, "TokenLoader", loader)
+    monkeypatch.setattr(trainer.session, "TokenLoader", loader)
     c = train.TrainConfig(model="tiny", B=2, T=16)
     for device in ("cpu", "cuda"):
-        rt = train.Runtime(torch.device(device), "fp32", False)
-        train._open_loader(str(dataset), "train", c, rt, False, 50257)
+        rt = Runtime(torch.device(device), "fp32", False)
+        trainer.session._open_loader(str(dataset), "train", c, rt, False, 50257)
     assert seen == [(False, 2), (True, 8)]
 
 
-@pytest.mark.parametrize("mode", train.CUDAGRAPH_MODES)
+@pytest.mark.parametrize("mode", trainer.config.CUDAGRAPH_MODES)
 def test_cuda_graph_modes_with_accumulation_are_refused(mode, dataset, tmp_path, monkeypatch):
-    fake_cuda = train.Runtime(torch.device("cuda"), "bf16", True)  # refused before any CUDA call
-    monkeypatch.setattr(train, "make_runtime", lambda cfg: fake_cuda)
+    fake_cuda = Runtime(torch.device("cuda"), "bf16", True)  # refused before any CUDA call
+    monkeypatch.setattr(trainer.session, "make_runtime", lambda cfg: fake_cuda)
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out",
             str(tmp_path / "out"), "--compile-mode", mode, "--total-batch-size", "96"]
     result = CliRunner().invoke(train.main, args)
@@ -82,12 +89,12 @@ def test_cuda_graph_modes_with_accumulation_are_refused(mode, dataset, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mode", [*train.CUDAGRAPH_MODES, "max-autotune-no-cudagraphs"])
+@pytest.mark.parametrize("mode", [*trainer.config.CUDAGRAPH_MODES, "max-autotune-no-cudagraphs"])
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would start training")
 def test_cuda_graph_modes_pass_without_accumulation(mode, dataset, tmp_path, monkeypatch):
     """Without accumulation the check lets the run go on: this CPU machine then stops at the
     first real CUDA need (pinned loader buffers), proving the CUDA graph check passed."""
-    monkeypatch.setattr(train, "make_runtime", lambda cfg: train.Runtime(torch.device("cuda"), "bf16", True))
+    monkeypatch.setattr(trainer.session, "make_runtime", lambda cfg: Runtime(torch.device("cuda"), "bf16", True))
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out",
             str(tmp_path / "out"), "--compile-mode", mode]
     result = CliRunner().invoke(train.main, args)
@@ -108,7 +115,7 @@ def test_more_local_ranks_than_gpus_is_one_line(monkeypatch, visible, shown):
             monkeypatch.setenv(name, value)
     for device in ("auto", "cuda"):
         with pytest.raises(train.UserError) as e:
-            train.make_runtime(train.TrainConfig(model="tiny", device=device))
+            trainer.runtime.make_runtime(train.TrainConfig(model="tiny", device=device))
         assert e.value.message == (f"local rank 2 has no GPU of its own: this machine shows 2 CUDA device(s){shown}; "
                                    "start at most 2 process(es) on it (torchrun --nproc_per_node=2)")
 
@@ -137,12 +144,13 @@ def test_compile_is_on_by_default_only_on_gpus_that_triton_compiles_for(monkeypa
     inductor's BackendCompilerFailed traceback (nanoGPT #157). There compile is off by default,
     and --compile is one line, before anything is built."""
     _fake_gpu(monkeypatch, name, capability)
-    rt = train.make_runtime(train.TrainConfig(model="tiny", device="cuda"))
+    rt = trainer.runtime.make_runtime(train.TrainConfig(model="tiny", device="cuda"))
     assert rt.device.type == "cuda" and rt.compile is compiled
-    assert (train.compile_refusal(rt.device) is None) == compiled
-    assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=False)).compile is False
+    assert (trainer.runtime.compile_refusal(rt.device) is None) == compiled
+    assert trainer.runtime.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=False)).compile is False
     if compiled:
-        assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=True)).compile is True
+        rt = trainer.runtime.make_runtime(train.TrainConfig(model="tiny", device="cuda", compile=True))
+        assert rt.compile is True
         return
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--data", str(dataset), "--out", str(tmp_path / "out"),
             "--device", "cuda", "--compile"]
@@ -159,7 +167,7 @@ def test_compile_is_off_by_default_where_torch_has_no_dynamo_for_this_python(mon
     CUDA. Off by default there, and --compile is one line, on the CPU too."""
     _fake_gpu(monkeypatch, "NVIDIA H200", (9, 0))
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
-    assert train.make_runtime(train.TrainConfig(model="tiny", device="cuda")).compile is False
+    assert trainer.runtime.make_runtime(train.TrainConfig(model="tiny", device="cuda")).compile is False
     args = ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1", "--data", str(dataset), "--out",
             str(tmp_path / "out"), "--device", "cpu", "--compile"]
     result = CliRunner().invoke(train.main, args)
@@ -225,15 +233,15 @@ def test_cuda_graph_refuses_ddp_and_the_compilers_own_graphs(world, mode, says, 
     c = train.TrainConfig(model="tiny", B=2, T=16, data=str(dataset), out=str(tmp_path / "out"),
                           compile_mode=mode, cuda_graph=True)
     with pytest.raises(train.UserError) as e:
-        train.check_cuda_graph(c, train.Runtime(torch.device("cuda"), "bf16", True, world=world))
+        trainer.session.check_cuda_graph(c, Runtime(torch.device("cuda"), "bf16", True, world=world))
     assert e.value.message == says
     c.cuda_graph = False
-    train.check_cuda_graph(c, train.Runtime(torch.device("cuda"), "bf16", True, world=world))  # no flag: no check
+    trainer.session.check_cuda_graph(c, Runtime(torch.device("cuda"), "bf16", True, world=world))  # no flag: no check
 
 
-def _losses(s: train.Session, steps: int, lr: float) -> list[float]:
+def _losses(s: trainer.session.Session, steps: int, lr: float) -> list[float]:
     feed = lambda: s.train_loader.next_batch(s.rt.device)  # noqa: E731
-    return [train.train_step(s.parts, feed, lr)[0].item() for _ in range(steps)]
+    return [trainer.step.train_step(s.parts, feed, lr)[0].item() for _ in range(steps)]
 
 
 def test_a_step_graph_replay_reads_each_micro_batch_into_its_own_buffer_in_order():
@@ -241,7 +249,7 @@ def test_a_step_graph_replay_reads_each_micro_batch_into_its_own_buffer_in_order
     micro-step's batch from the feed lands in that micro-step's buffers, in the feed's order,
     the learning rate in its device tensor, and the loss and norm come back as copies, which
     the next replay does not overwrite."""
-    graph = train.StepGraph(2, 3)
+    graph = trainer.step.StepGraph(2, 3)
     graph._allocate(3, torch.device("cpu"), 1e-3)
     seen: list[tuple[torch.Tensor, ...]] = []
     graph.graph = types.SimpleNamespace(replay=lambda: seen.append((graph.x.clone(), graph.y.clone(),
@@ -274,13 +282,13 @@ def test_steps_undone_by_restore_training_state_leave_no_trace(before, dataset, 
         with contextlib.ExitStack() as stack:
             s = train.prepare(c, stack)
             losses = _losses(s, before, c.lr)
-            saved, rng = train.snapshot_training_state(s.parts), torch.get_rng_state()
+            saved, rng = trainer.step.snapshot_training_state(s.parts), torch.get_rng_state()
             if extra:
                 feed = lambda: (torch.zeros((2, 16), dtype=torch.long),) * 2  # noqa: E731
                 for _ in range(extra):
-                    train.train_step(s.parts, feed, 1e-2)
+                    trainer.step.train_step(s.parts, feed, 1e-2)
                 assert any(not torch.equal(p, w) for p, w in zip(s.parts.params, saved["weights"]))
-                train.restore_training_state(s.parts, saved)
+                trainer.step.restore_training_state(s.parts, saved)
                 torch.set_rng_state(rng)
             runs.append(losses + _losses(s, 4, c.lr))
             states = [{k: v.clone() for k, v in st.items()} for st in s.parts.optimizer.state.values()]
