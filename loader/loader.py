@@ -22,6 +22,20 @@ from prep.shards import token_out_of_range
 STATE_FORMAT = 1
 MAX_PREFETCH = 1024  # the deepest prefetch taken: a depth of 2 to 8 hides the copies
 
+# Forks between the process that imported this module and this one: a process forked while a
+# loader's thread runs (multiprocessing's default start on Linux, a DataLoader worker) has the
+# loader, its ring and queues, but no thread; the loader starts one of its own there (_take).
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):  # (POSIX)
+    os.register_at_fork(after_in_child=_count_fork)
+
 
 def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int | None, arrays,
                  index: int, step: int):
@@ -110,7 +124,8 @@ class TokenLoader:
     `with TokenLoader(...)`, or garbage collection) stops and joins it. A Ctrl-C
     (KeyboardInterrupt) that the caller catches leaves the loader exact: the call it cut short
     gave no window, and `step` says which comes next (a window is skipped only where the
-    interrupt lands after the call returned).
+    interrupt lands after the call returned). A process forked while the thread runs (a
+    DataLoader worker) has no thread: its next call starts its own, at its next step.
 
     Buffer contract: the tensor `next_window()` returns is valid until the NEXT call to
     next_window, next_batch, load_state_dict, reset or close; after that its buffer goes back
@@ -192,6 +207,7 @@ class TokenLoader:
         self._prefetcher: Prefetcher | None = None
         self._stop_prefetcher = None  # weakref.finalize stopping the thread on close or GC
         self._stop_thread = None  # the last thread's stop (idempotent): its finalizer's callback
+        self._forks = _forks  # _forks when the thread started: another value, in a forked child
         self._closed = False
 
     # -- the window and the batch ------------------------------------------------------------
@@ -272,6 +288,11 @@ class TokenLoader:
                          self._step)
         else:
             try:
+                if self._prefetcher is not None and self._forks != _forks:
+                    # forked: the parent's thread is not here, and what it prefetched ran out,
+                    # then 'the prefetch thread exited without a window'. Dropped (its stop
+                    # joins nothing here) and started afresh at this step, as after a seek.
+                    self._discard_prefetched()
                 if self._prefetcher is None:
                     self._start_prefetcher()
                 index = self._prefetcher.get(self._step)
@@ -315,6 +336,7 @@ class TokenLoader:
         indices = list(range(len(self._windows)))
         prefetcher = Prefetcher(fill, self._step, indices, self._events)
         self._stop_thread = prefetcher.stopper()
+        self._forks = _forks
         self._prefetcher = prefetcher
         self._stop_prefetcher = weakref.finalize(self, self._stop_thread)  # when the loader is collected
         prefetcher.start()

@@ -5,6 +5,7 @@ CUDA cases (pinned buffers, non_blocking copies, copy events) skip without CUDA.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import threading
 import time
@@ -357,6 +358,41 @@ def test_a_thread_told_to_stop_before_it_runs_fills_nothing():
     prefetcher.start()
     prefetcher.thread.join(timeout=10)
     assert not prefetcher.thread.is_alive() and filled == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+@pytest.mark.parametrize("depth", [1, 4])
+def test_a_forked_child_reads_on_from_its_parents_step(data, depth):
+    """A process forked while a loader's thread runs (multiprocessing's default start on Linux,
+    a DataLoader worker) inherits the loader but not its thread: once the windows prefetched
+    before the fork were used up, the child's next call said 'the prefetch thread exited without
+    a window'. The child starts a thread of its own at its next step; the parent reads on."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=16, prefetch=depth, pin_memory=False) as reference:
+        expected = take(reference, 2 * reference.steps_per_epoch + depth + 3)
+    with TokenLoader(path, B=2, T=16, prefetch=depth, pin_memory=False) as loader:
+        take(loader, 1)
+        assert wait_until(lambda: loader._prefetcher.ready_count() == depth)  # forked with the ring full
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its windows, or why not, down the pipe; never back into pytest
+            said = "no answer"
+            try:
+                got = take(loader, len(expected) - 1)
+                same = all(np.array_equal(a, b) for a, b in zip(got, expected[1:]))
+                said = "ok" if same else "other windows"
+            except BaseException as e:  # noqa: BLE001 - the parent reports it
+                said = f"{type(e).__name__}: {e}"
+            finally:
+                os.write(write, said.encode())
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as answer:
+            said = answer.read().decode()
+        os.waitpid(pid, 0)
+        assert said == "ok"
+        parent = take(loader, 3)  # the parent's thread is its own still
+        assert all(np.array_equal(a, b) for a, b in zip(parent, expected[1:4]))
 
 
 def test_no_thread_without_prefetch(data):
