@@ -149,8 +149,6 @@ def train(cfg: TrainConfig) -> dict:
     return summary
 
 
-
-
 def say_why_on_a_crash() -> None:
     """A fatal signal prints where each thread was (faulthandler) instead of ending the run
     without a word: a shard truncated or rewritten in place while training (llm.c's scripts
@@ -290,7 +288,7 @@ def main(compile_: bool | None, **options) -> None:
         else:
             why = getattr(e, "why", "")  # (the training loop's cut_short)
             echo(f"{rank_prefix()}{name if isinstance(e, Terminated) else 'interrupted'}: stopped at once{why}{then}",
-                  err=True)
+                 err=True)
         sys.exit(READER_GONE_STATUS if isinstance(e, ReaderGone) else 130)
     if (summary.get("interrupted") and not summary.get("output_closed")) or summary.get("signal_after_the_loop"):
         sys.exit(130)  # the shell's status for a run stopped by Ctrl-C (by SIGTERM or SIGHUP too)

@@ -98,24 +98,24 @@ def bench_loop(s: Session) -> dict:
     if rt.master:
         pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         echo(f"bench: {count_of(cfg.bench_steps, 'timed step')} per feed after "
-              f"{count_of(cfg.bench_warmup, 'warm-up step')} and {max(first, 1)} untimed per feed, "
-              f"{s.tokens_per_step:,} tokens/step")
+             f"{count_of(cfg.bench_warmup, 'warm-up step')} and {max(first, 1)} untimed per feed, "
+             f"{s.tokens_per_step:,} tokens/step")
         echo(f"  real loader: {real_tps:,.0f} tokens/s, {1000 * real_dt:.2f} ms/step, "
-              f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
-              f"of step time")
+             f"MFU {pct(result['mfu'])}, blocked in next_batch {pct(result['blocked_fraction'])} "
+             f"of step time")
         echo(f"  fixed batch: {fixed_tps:,.0f} tokens/s, {1000 * fixed_dt:.2f} ms/step, "
-              f"MFU {pct(result['synthetic_mfu'])}")
+             f"MFU {pct(result['synthetic_mfu'])}")
         # how far one feed's two timing windows disagree: a cost within that is noise
         gaps = [abs(a - b) / ((a + b) / 2) for a, b in (w for w in result["window_ms_per_step"].values()
                                                          if len(w) == 2)]
         noise = f"; timing noise here: {pct(max(gaps))}, one feed's two windows apart" if gaps else ""
         below = " (below 0: noise, the real loader is not faster)" if result["data_wait_fraction"] < 0 else ""
         echo(f"  data path cost: {pct(result['data_wait_fraction'])} of throughput "
-              f"(1 - real/fixed tokens/s{noise}){below}")
+             f"(1 - real/fixed tokens/s{noise}){below}")
         if result["graph_breaks"] or result["cudagraph_skips"]:
             echo(f"  note: {result['graph_breaks']} graph break(s) and {result['cudagraph_skips']} CUDA "
-                  f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
-                  f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
+                 f"graph skip(s) while benchmarking: not the full speed of --compile-mode "
+                 f"{cfg.compile_mode} (TORCH_LOGS=perf_hints,graph_breaks says why)")
         echo("BENCH " + json.dumps(strict_json_row(result)))  # strict JSON: a loss that is no number is null
     if not math.isfinite(result["loss"]):  # timings of weights that are no longer numbers: no result
         why = " or the forward pass overflowed fp16's range" if rt.dtype == "fp16" else ""

@@ -39,8 +39,6 @@ from trainer.runtime import Runtime
 CKPT_FORMAT = 1
 
 
-
-
 def ckpt_path(out: Path, step: int) -> Path:
     return out / f"ckpt_{step:06d}.pt"
 

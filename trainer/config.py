@@ -35,8 +35,6 @@ SEED_MAX = 2**32 - 1
 TOKENS_MAX = 2**63 - 1  # tokens in a run: metrics' count, the loader's positions and torch's ints are int64
 
 
-
-
 @dataclass
 class TrainConfig:
     """Everything a run was asked to do; the CLI builds it, tests build it directly.

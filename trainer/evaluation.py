@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 SAMPLE_TOP_K = 50  # sample from the 50 likeliest tokens: readable text from a young model
 
 
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, val_loader: TokenLoader, batches: int, rt: Runtime,
              stop_asked: Callable[[], bool] = lambda: False) -> float | None:

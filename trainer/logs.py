@@ -45,8 +45,6 @@ def aside_path(path: Path) -> Path:
     return aside
 
 
-
-
 def open_log(path: Path, key: str, keep_through: int | None,
              note: Callable[[str], object] = lambda text: echo(f"note: {text}")):
     """A JSONL log (metrics.jsonl: key "step"; --log-windows: "batch") for appending: emptied

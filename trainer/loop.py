@@ -97,7 +97,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
             if isinstance(e, RuntimeError) and not is_out_of_memory(e):
                 raise
             say_over_bar(f"note: step {step}'s checkpoint is written in the step: its copy for a background "
-                          f"write did not fit in host memory ({type(e).__name__})")
+                         f"write did not fit in host memory ({type(e).__name__})")
         else:
             def write_copy() -> None:
                 try:
@@ -110,8 +110,6 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
     with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
         write()
     return False
-
-
 
 
 def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bool = False) -> tuple[bool, bool, bool]:
@@ -186,7 +184,7 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
             log = files.enter_context(open_log(log_path(out, rt.rank), "batch",
                                                first_batch - 1 if s.resumed_from else None,
                                                lambda text: echo(f"note: rank {rt.rank}: {text}"
-                                                                  if rt.ddp else f"note: {text}")))
+                                                                 if rt.ddp else f"note: {text}")))
             feed = window_logger(waits, log, loader)
             logs.append(log)
         flops, device_name = s.raw.flops_per_token(cfg.T), rt.device_name()
@@ -519,5 +517,5 @@ def summarize(s: Session, history: list[float], last: dict, total_s: float, inte
             echo(f"checkpoints: {len(ckpt_costs)} {how}; training waited {summary['ckpt_s']:.2f} s for them{each}")
         if skipped_steps is not None:  # (a sync: the scale's .item())
             echo(f"fp16: {skipped_steps} of these steps skipped (their gradients overflowed: grad_norm null in "
-                  f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
+                 f"the metrics), loss scale now {s.parts.scaler.get_scale():g}")
     return summary

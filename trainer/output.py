@@ -26,7 +26,6 @@ def whole_line_to_stderr(line: str) -> None:
     sys.stderr.flush()
 
 
-
 READER_GONE = (errno.EPIPE, errno.EIO)  # a write's errors where no one reads: a pipe's, a hung-up terminal's
 OUTPUT_CLOSED = -1  # StopRequest.signal of a stop for output whose reader went away (no signal: EPIPE)
 closed_outputs: set[int] = set()  # of 1 and 2: standard output or error whose pipe's reader went away

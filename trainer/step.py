@@ -363,8 +363,6 @@ def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     return logged
 
 
-
-
 def first_not_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     """The name of the first tensor holding NaN or an infinity, or None: one host read for all."""
     named = list(named)

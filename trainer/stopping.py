@@ -29,6 +29,8 @@ class Terminated(KeyboardInterrupt):
 class ReaderGone(KeyboardInterrupt):
     """Output whose reader went away while the run started up (`| head` of its facts): it stops
     there, as a signal there does, and does not train a step to checkpoint it."""
+
+
 SAME_SIGNAL_S = 1.0  # a Ctrl-C within this of the first is the same press, sent again (StopRequest)
 
 
