@@ -15,7 +15,7 @@ import torch
 from model import mfu
 from prep.errors import UserError
 from trainer.data import count_of
-from trainer.loop import strict_json_row
+from trainer.logs import strict_json_row
 from trainer.output import echo
 from trainer.session import Session
 from trainer.step import TimedFeed, train_step

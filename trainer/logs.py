@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -34,6 +35,12 @@ METRICS_NAME = "metrics.jsonl"
 # epoch 0 and None for the rest)
 METRICS_FIELDS = ("step", "tokens", "epoch", "loss", "val_loss", "lr", "grad_norm", "dt_ms", "tokens_per_s", "mfu",
                   "data_wait_ms")
+
+
+def strict_json_row(row: dict) -> dict:
+    """A metrics line (or --bench's BENCH line) as strict JSON: NaN and infinities (a diverged step)
+    are written as null, where json.dumps writes NaN and Infinity, which strict parsers refuse."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def aside_path(path: Path) -> Path:

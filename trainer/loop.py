@@ -27,7 +27,7 @@ from trainer.checkpoint import (CKPT_FORMAT, CheckpointWriter, ckpt_path, free_s
 from trainer.config import TrainConfig, lr_at
 from trainer.evaluation import CUT, evaluate, sample_text, val_loss_line
 from trainer.facts import batches_phrase
-from trainer.logs import METRICS_FIELDS, METRICS_NAME, open_log
+from trainer.logs import METRICS_FIELDS, METRICS_NAME, open_log, strict_json_row
 from trainer.outdir import make_out_dir, stale_temporary
 from trainer.output import OUTPUT_CLOSED, echo, poll_outputs, say_over_bar
 from trainer.ranks import peer_gone
@@ -40,11 +40,6 @@ from trainer.stopping import AfterTheLoop, StopRequest, Terminated
 
 
 WARMUP_SKIP = 3  # steps left out of the steady-state median (compilation, allocator warm-up)
-
-
-def strict_json_row(row: dict) -> dict:
-    """A metrics line as strict JSON: NaN and infinities (a diverged step) are written as null."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def _rng_states(s: Session) -> list[dict] | None:
