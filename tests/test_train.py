@@ -125,8 +125,8 @@ def test_the_schedule_line_of_a_run_shorter_than_its_warm_up_says_no_decay(tmp_p
     train.train(cfg(tmp_path / "b", dataset, steps=3, warmup_steps=3, quiet=False))  # it ends as it reaches lr
     assert "lr: linear warm-up to 0.0006 over 3 steps, which --steps 3 ends (at 0.0006): no decay\n" in (
         capsys.readouterr().out)
-    assert trainer.config.optimizer_steps_per_epoch(2376, 2) == "1,188"
-    assert trainer.config.optimizer_steps_per_epoch(9, 2) == "4.50"
+    assert trainer.facts.optimizer_steps_per_epoch(2376, 2) == "1,188"
+    assert trainer.facts.optimizer_steps_per_epoch(9, 2) == "4.50"
     train.train(cfg(tmp_path / "c", dataset, steps=3, warmup_steps=0, quiet=False))  # no "warm-up over 0 steps"
     assert "lr: 0.0006 from the first step, then cosine decay to 6e-05, reached after step 3\n" in capsys.readouterr().out
     # --min-lr equal to --lr: "then cosine decay to 0.0006"; and one epoch, not "1 epochs"

@@ -14,7 +14,7 @@ import torch
 
 from model import mfu
 from prep.errors import UserError
-from trainer.data import count_of
+from trainer.facts import count_of
 from trainer.logs import strict_json_row
 from trainer.output import echo
 from trainer.session import Session

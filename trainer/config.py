@@ -178,8 +178,3 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
         return cfg.final_lr
     progress = (it - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
-
-
-def optimizer_steps_per_epoch(E: int, accum: int) -> str:
-    """E loader steps per epoch as optimizer steps of `accum` micro-batches: "1,188", "4.50"."""
-    return f"{E // accum:,}" if E % accum == 0 else f"{E / accum:,.2f}"

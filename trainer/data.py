@@ -26,11 +26,6 @@ def _is_dataset(directory: Path) -> bool:
     return has_meta or bool(find_shards(directory, "train"))
 
 
-def count_of(n: int, thing: str) -> str:
-    """"1 step", "3 steps": a count and its noun, plural but for one."""
-    return f"{n:,} {thing}{'' if n == 1 else 's'}"
-
-
 def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     """--data as given, or the one dataset under ./data (itself or a sub-directory).
 

@@ -1,4 +1,10 @@
-"""The start-up facts a run prints: tokens, steps per epoch, model, device, dtype, batch arithmetic.
+"""The start-up facts: what a run says it is before its first step, and what the ranks compare.
+
+print_facts prints them (the data's tokens, steps per epoch, model, device, dtype, the batch
+arithmetic, the schedule, validation, and prepare()'s notes), so that a run that is not the one
+meant says so before it trains; start_facts is the row agree_to_start compares across ranks under
+torchrun. The phrases (count_of, batches_phrase) are shared with --bench's report and the closing
+summary's line.
 """
 
 from __future__ import annotations
@@ -8,8 +14,7 @@ from typing import TYPE_CHECKING
 from loader import TokenLoader
 from loader.loader import dataset_digest
 from model import GPTConfig
-from trainer.config import TrainConfig, flag_name, flags_for, lr_at, optimizer_steps_per_epoch
-from trainer.data import count_of
+from trainer.config import TrainConfig, flag_name, flags_for, lr_at
 from trainer.output import echo
 
 if TYPE_CHECKING:
@@ -63,11 +68,21 @@ def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_con
             "--init-from given": int(cfg.init_from is not None and start_step == 0)}
 
 
+def count_of(n: int, thing: str) -> str:
+    """"1 step", "3 steps": a count and its noun, plural but for one."""
+    return f"{n:,} {thing}{'' if n == 1 else 's'}"
+
+
 def batches_phrase(n: int, world: int = 1) -> str:
     """ "1 batch", "6 batches": the validation batches an evaluation reads; under torchrun each
     rank reads its own n (val_loss is their mean): "2 batches per rank (4 in all)"."""
     text = f"{n} batch{'es' if n != 1 else ''}"
     return text if world == 1 else f"{text} per rank ({n * world} in all)"
+
+
+def optimizer_steps_per_epoch(E: int, accum: int) -> str:
+    """E loader steps per epoch as optimizer steps of `accum` micro-batches: "1,188", "4.50"."""
+    return f"{E // accum:,}" if E % accum == 0 else f"{E / accum:,.2f}"
 
 
 def print_facts(s: Session) -> None:
