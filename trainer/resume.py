@@ -133,12 +133,6 @@ def schedule_changes(ckpt: dict, cfg: TrainConfig, path: Path) -> list[str]:
     return [f"{note} (lr {lr_then:g} at step {step}, {lr_at(step, cfg):g} at step {step + 1})"]
 
 
-def no_effect(flags: list[str], why: str, joined: str = " and ") -> str:
-    """The start-up note for options given that change nothing in this run (`why` says why,
-    starting with its own ':' or ' with ...')."""
-    return f"{joined.join(flags)} {'has' if len(flags) == 1 else 'have'} no effect{why}"
-
-
 def val_data_change(ckpt: dict, cfg: TrainConfig, windows: int) -> list[str]:
     """A note where a resume validates on other data than the checkpoint's run (--val-data
     changed, dropped or added), or on as much of it in another number of windows (--eval-steps,
