@@ -11,7 +11,8 @@ the parts are the trainer package's, a module each: config (TrainConfig, the sch
 and outdir (what a run reads and where it writes), runtime and ranks (device, dtype, torchrun),
 step (train_step), evaluation (val loss, samples), checkpoint, weights and resume, logs
 (metrics.jsonl), session (prepare: the set-up), facts (the start-up lines), loop (the training
-loop), bench (--bench), and output and stopping (signals, output whose reader went away).
+loop), bench (--bench), output and stopping (output whose reader went away, signals), and launch
+(what torchrun gave this process: imported first, before torch).
 """
 
 from __future__ import annotations

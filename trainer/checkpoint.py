@@ -3,10 +3,10 @@
 Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same directory and
 renamed into place, so a killed run never leaves a half file under that name (by a thread of
 their own while the next steps train: CheckpointWriter, --async-ckpt); `--resume auto` takes the
-highest step. They hold the raw model's state (no compile or DDP prefixes), the optimizer, the
-loader state, the step, both configs, every RNG state, the device and dtype the steps ran in, and
-under fp16 the loss scale, as tensors and plain Python values only (`torch.load(weights_only=True)`
-reads them).
+highest step. They hold (the training loop's _checkpoint assembles them) the raw model's state
+(no compile or DDP prefixes), the optimizer, the loader state, the step, both configs, every RNG
+state, the device and dtype the steps ran in, and under fp16 the loss scale, as tensors and plain
+Python values only (`torch.load(weights_only=True)` reads them).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Which dataset a run trains on: --data, or the one under ./data, and its val split.
 
---data is a directory `prep tokenize` wrote (shards plus meta.json) or a shard glob. Without it,
-the one dataset under ./data is taken; several or none is refused with a line listing what was
-found (and, for a resume, the --data its checkpoint recorded), never a guess.
+--data is a directory `prep tokenize` wrote (shards plus meta.json), a shard glob or one shard.
+Without it, the one dataset under ./data is taken; several or none is refused with a line
+listing what was found (and, for a resume, the --data its checkpoint recorded), never a guess.
+Shards whose meta.json names another tokenizer are refused (the model is GPT-2's), and shards in
+the directory that its meta.json does not list are a note (the loader reads the list alone).
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """Validation loss over the val split, and generated samples (GPT-2's tokenizer decodes them).
 
-Both run in eval mode on the raw model (never the compiled or DDP wrapper), and both can be cut
-short by a stop (CUT), which then says so in its line.
+Both run in eval mode, never through the DDP wrapper: the val loss through the compiled module
+(Session.eval_model: eager autocast would materialise fp32 log-probs that compile fuses away),
+each rank on its own val windows (val_loss is their mean); samples on the raw model, rank 0's.
+Both can be cut short by a stop (CUT), which then says so in its line: a signal does not wait
+for a long --eval-steps or --sample-tokens. gpt2_encoding is asked for at start-up where samples
+are due, so that missing BPE files fail the run before it trains, not at its first sample.
 """
 
 from __future__ import annotations

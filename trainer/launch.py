@@ -25,7 +25,7 @@ def torchrun_count(text: str) -> int | None:
 
 def launched_world() -> int:
     """The world size torchrun gave this process (WORLD_SIZE); 1 where none is set."""
-    world = torchrun_count(os.environ.get("WORLD_SIZE", "1"))  # a bad value: make_runtime refuses it (_env_int)
+    world = torchrun_count(os.environ.get("WORLD_SIZE", "1"))  # a bad value: runtime.make_runtime refuses it
     return world if world is not None and world > 1 else 1
 
 

@@ -1,4 +1,11 @@
 """The training loop: steps, logging points, evaluation, samples, checkpoints and the closing summary.
+
+train_loop runs the steps without a host<->device sync between logging points: a logging
+point's losses leave for the host (Readback) and are read back at the next one, by when the
+device has finished them, so the host never waits for the device in the steady state. There it
+writes metrics.jsonl, evaluates, samples and checkpoints (_due says when); a signal finishes the
+step under way and checkpoints it (StopRequest), under torchrun at a step all ranks agree on.
+summarize is the closing line and the dict train() returns.
 """
 
 from __future__ import annotations

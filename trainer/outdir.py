@@ -2,8 +2,10 @@
 
 A run takes an flock on --out (two runs into one directory would interleave their checkpoints
 and logs), and refuses at start-up what would otherwise fail it later or lose an earlier run's
-files: an --out that is a file or unwritable, a log whose temporary is a directory, the dataset
-itself given as --out, logs of a run whose checkpoints are gone.
+files: an --out that cannot become a writable directory, the dataset itself given as --out, a
+checkpoint's or a log's name (or its temporary's) taken by a directory, and an earlier run's
+checkpoints or logs, which a fresh run would empty or mix with its own (earlier_run_remedy says
+what to do instead).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Standard output and error whose reader went away (`| head`, a closed ssh session).
 
-A write that finds its pipe closed points the descriptor at /dev/null and asks the training loop
-to stop as on a signal (checkpointing its step), instead of ending the run with a traceback and
-losing that checkpoint.
+The trainer prints through echo (say_over_bar: clear of the progress bar), where a write that
+finds its pipe closed points the descriptor at /dev/null and asks the training loop to stop
+as on a signal (checkpointing its step), instead of ending the run with a traceback and losing
+that checkpoint.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """--resume: which checkpoint, whether it fits this run, and what differs from the run it came from.
 
 A checkpoint of another dataset, model shape, world size or batch is refused with the flags that
-would continue it (check_compatible); options that change the schedule or the validation are
-noted at start-up. On resume, metrics.jsonl keeps only the lines up to the checkpoint's step, so
-the steps a killed run logged after it are not counted twice.
+would continue it (check_compatible); its optimizer and loss-scale state are checked before the
+first step uses them (a damaged one is a line, not a traceback there); options that change the
+schedule or the validation are noted at start-up. --resume auto with no checkpoint in --out
+starts afresh, the logs of an earlier run there set aside under new names (set_aside_logs). The
+logs of the run resumed are cut back to its checkpoint's step by logs.open_log, so the steps a
+killed run logged after it are not counted twice.
 """
 
 from __future__ import annotations

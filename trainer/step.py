@@ -4,7 +4,9 @@ train_step: pinned uint16 window -> non-blocking copy -> int64 on the device -> 
 the compiled model under autocast -> backward (DDP no_sync but on the last micro-step) -> clip ->
 fused AdamW. No host<->device sync in it: the loss and gradient norm stay on the device until the
 logging point reads them back (Readback). StepGraph captures the whole step as one CUDA graph
-(--cuda-graph).
+(--cuda-graph). Also what the training loop times and feeds the step with: mark and
+seconds_between (the device's timeline), LogPoint, TimedFeed (the data wait), window_logger
+(--log-windows).
 """
 
 from __future__ import annotations

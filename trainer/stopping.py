@@ -2,7 +2,10 @@
 
 StopRequest is the training loop's handler; AfterTheLoop holds the signals once the run's
 outcome is decided (its loop ended, or an error left it), so that the first cause stays the
-run's line and status; the rest are the script's own handlers for the moments around the run.
+run's line and status. Terminated and ReaderGone are the stops that end a run at once (while it
+starts up, in --bench); ctrl_c_once_a_press, noted_once_decided and interrupt_exits_at_once are
+the handlers train.py's `__main__` sets for the moments around the run (train() and main() in
+this module's docstrings are train.py's).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""--init-from: a model's weights from a checkpoint, an llm.c model file or a Hugging Face file.
+"""--init-from: a model's weights from a train.py checkpoint or a GPT-2 state dict saved with torch.save.
 
+The state dict is Hugging Face's (OpenAI's released gpt2) or GPT's own; other files (llm.c's,
+safetensors, another trainer's pickles) are refused by read_torch_file with what to pass instead.
 A shape that does not fit the --model given is refused naming the preset (and shape flags) that
-would fit (preset_flags), before any weight is copied.
+would fit (preset_flags), before any weight is copied. sample.py reads its weights through these
+functions too.
 """
 
 from __future__ import annotations
