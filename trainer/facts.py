@@ -107,7 +107,7 @@ def print_facts(s: Session) -> None:
         f"x {accum} gradient accumulation step(s)")
     if not cfg.bench:
         epochs = cfg.steps * accum / E
-        if cfg.warmup_steps >= cfg.steps:  # the note below says so too
+        if cfg.warmup_steps >= cfg.steps:  # prepare()'s --warmup-steps note, printed last, says so too
             after = f", which --steps {cfg.steps} ends (at {lr_at(cfg.steps - 1, cfg):g}): no decay"
         elif cfg.final_lr == cfg.lr:  # --min-lr equal to --lr: the cosine has nowhere to go
             after = ", then constant (--min-lr is --lr)"

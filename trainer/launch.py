@@ -12,8 +12,8 @@ import re
 
 
 # The process that started this one, taken before the seconds of importing torch: under
-# torchrun, the launcher that watch_launcher() watches (torchrun may be gone by the time
-# train() runs, and this process then has another parent).
+# torchrun, the launcher that ranks.watch_launcher() watches (torchrun may be gone by the time
+# train.py's train() runs, and this process then has another parent).
 LAUNCHER_PID = os.getppid()
 
 

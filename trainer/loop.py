@@ -5,7 +5,7 @@ point's losses leave for the host (Readback) and are read back at the next one, 
 device has finished them, so the host never waits for the device in the steady state. There it
 writes metrics.jsonl, evaluates, samples and checkpoints (_due says when); a signal finishes the
 step under way and checkpoints it (StopRequest), under torchrun at a step all ranks agree on.
-summarize is the closing line and the dict train() returns.
+summarize is the closing line and the dict train.py's train() returns.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
             """An error after a signal was heard is that signal's stop at once: it reaches the
             run's whole process group, the compiler torch runs for the step (g++, inductor's
             workers) too, and the step then failed with a compile error's traceback. Not a
-            collective failed for a rank gone (train() says so): torchrun's SIGTERM to the ranks
-            left, sent as one dies, came first where this rank was busy alone (sampling)."""
+            collective failed for a rank gone (train.py's train() says so): torchrun's SIGTERM to
+            the ranks left, sent as one dies, came first where this rank was busy alone (sampling)."""
             if (isinstance(error, Exception) and not isinstance(error, (UserError, TokenRangeError))
                     and stop.requested and stop.signal != OUTPUT_CLOSED
                     and not (rt.ddp and isinstance(error, RuntimeError) and peer_gone(error))):

@@ -94,7 +94,7 @@ class StopRequest:
             self._announce(", a second one stops at once" if again else "")
 
     def output_closed(self) -> None:
-        """Standard output or error lost its reader (_output_closed): stop as on a signal, one
+        """Standard output or error lost its reader (output's _output_closed): stop as on a signal, one
         that no second one follows. A signal that came first keeps its name (`| tee` stopped
         with the run's process group: the run's own signal, its tee gone)."""
         if self.signal is None:
@@ -163,7 +163,7 @@ def _pressed_again(signum: int) -> bool:
     at once: a clean-up that hangs (a loader's join, the process group's end), or the error's
     line blocked on a full pipe, could else be ended by SIGKILL alone, every Ctrl-C and SIGTERM
     only noted. Not the wait for a checkpoint under way: that one finishes first, whatever comes
-    (TRAINING.md), a hung disk's included. SIGTERM and SIGHUP are only noted (timeout and
+    (docs/TRAINING.md), a hung disk's included. SIGTERM and SIGHUP are only noted (timeout and
     torchrun send theirs twice)."""
     if signum != signal.SIGINT or launched_world() > 1:
         return False
