@@ -40,6 +40,8 @@ CKPT_FORMAT = 1
 
 
 def ckpt_path(out: Path, step: int) -> Path:
+    """Step `step`'s checkpoint in `out`, ckpt_<step:06d>.pt: the name loader.audit.list_checkpoints
+    (--resume auto, --keep-ckpts) reads the step from."""
     return out / f"ckpt_{step:06d}.pt"
 
 

@@ -160,6 +160,8 @@ def final_lr(lr: float, min_lr: float | None) -> float:
 
 
 def flag_name(field: str) -> str:
+    """The command-line name of a TrainConfig field, without its dashes (n_layer -> n-layer; B and T
+    as they are): every error and note names the option the user typed, not the field."""
     return field if field in ("B", "T") else field.replace("_", "-")
 
 

@@ -246,4 +246,6 @@ def earlier_run_remedy(out: Path, names: list[str], checkpoints: bool, init_from
 
 
 def nonempty_file(path: Path) -> bool:
+    """Whether `path` is a file with something in it: a log of an earlier run's steps (an empty one
+    holds no step to lose, nor one for loader.audit to find)."""
     return path.is_file() and path.stat().st_size > 0
