@@ -3,7 +3,8 @@
 A rank refused at start-up (a bad option, a dataset another node lacks) tells the others through
 torchrun's store (agree_to_start), so they stop with it instead of waiting in their first
 collective until the group's timeout; a rank whose torchrun was killed stops as on SIGTERM
-(watch_launcher).
+(watch_launcher). Each rank's error names its rank (name_rank: ranks on other machines may see
+other files), and --help prints once a node (help_once_a_node).
 """
 
 from __future__ import annotations
