@@ -39,8 +39,8 @@ from trainer.outdir import (check_out_contents, check_out_dir, check_own_log, ea
                             nonempty_file)
 from trainer.ranks import DIST_ERRORS, agree_to_start
 from trainer.resume import (OPTIMIZER_KERNEL, check_adamw_step, check_compatible, check_loss_scale,
-                            check_optimizer_state, precision, resolve_resume, same_data, schedule_changes, set_aside_logs,
-                            val_data_change)
+                            check_optimizer_state, precision, resolve_resume, same_data, schedule_changes,
+                            set_aside_logs, val_data_change)
 from trainer.runtime import Runtime, emulated_bf16_note, join_store, make_runtime, start_runtime
 from trainer.step import StepGraph, StepParts
 from trainer.weights import load_init_weights
