@@ -231,6 +231,11 @@ def check_target(target: Path, overwrite: bool) -> None:
     that appeared meanwhile (another run into the same place) is not replaced either."""
     if target.is_symlink() and not target.exists():  # else found out only at the install
         raise OutputError(f"{target}: a broken symbolic link (to {os.readlink(target)})")
+    # one on the way to it (dangling, or a loop): the install's mkdir said "File exists", and a
+    # loop was pathlib's RuntimeError out of resolve() below, a traceback
+    broken = (parent for parent in reversed(target.parents) if parent.is_symlink() and not parent.exists())
+    if (link := next(broken, None)) is not None:
+        raise OutputError(f"{target}: {link} is a broken symbolic link (to {os.readlink(link)})")
     # said first: --overwrite would not help; and before the existence test, since `new/..`
     # is the working directory once the install has made new/
     if (relation := _relation_to_cwd(target)) is not None:

@@ -1006,6 +1006,23 @@ def test_a_broken_link_named_as_input_says_so(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_below_a_broken_link_or_a_link_loop_says_so(tmp_path):
+    """--out under a symbolic link that leads nowhere: a traceback (pathlib's RuntimeError
+    "Symlink loop") for a loop, and "cannot create the output directory (File exists)" for a
+    dangling one. Said now as the target itself is: the link, and where it leads."""
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    text = tmp_path / "a.txt"
+    text.write_text("hello")
+    for link, to in (("gone", "nowhere"), ("loop_a", "loop_b")):
+        for out in (tmp_path / link / "ds", tmp_path / link / "sub" / "ds"):
+            for extra in ((), ("--overwrite",), ("--name", "x")):
+                assert_user_error(invoke(text, "--out", out, *extra), f"{out}: {tmp_path / link} is a broken "
+                                  f"symbolic link (to {tmp_path / to})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "gone", "loop_a", "loop_b"]
+
+
 def test_stdin_empty(tmp_path):
     """An empty stdin says so, as an empty file does (it said "every document is empty")."""
     for fmt in ("text", "jsonl"):
