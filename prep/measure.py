@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prep.atomic import signals_deferred
+from prep.atomic import HANGUP, ignored, signals_deferred
 
 
 def busy_cpu_seconds() -> float:
@@ -69,7 +69,12 @@ def best_of(repeat: int, fn, *args) -> dict:
 def _encode_for(text: str, reps: int, barrier, results) -> None:
     """Encode `text` `reps` times, starting when every process is ready; report the time. A
     Ctrl-C is the parent's to handle (a terminal's goes to the whole group: each of these printed
-    its KeyboardInterrupt's traceback); the parent's exit ends these, daemons."""
+    its KeyboardInterrupt's traceback); the parent's exit ends these, daemons. SIGTERM (how that
+    exit ends them) and SIGHUP end them at once: a fork inherits the benchmark's handlers, which
+    raise (stops_raise), and each printed its SignalStop's traceback."""
+    for signum in (signal.SIGTERM, *HANGUP):  # first: once SIGINT is ignored, these are set too
+        if not ignored(signum):  # (not undoing an ignore the parent was started with)
+            signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from prep.tokenizer import get_encoding
 

@@ -347,6 +347,43 @@ def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("signum, group", [(signal.SIGTERM, False), (signal.SIGTERM, True),
+                                           (signal.SIGHUP, True)])
+def test_parallel_capacity_s_processes_end_quietly_on_sigterm_or_sighup(tmp_path, signum, group):
+    """The benchmark turns SIGTERM and SIGHUP into an exception (stops_raise) before it measures
+    the parallel capacity; its encoding processes, forks, inherited that handler: a SIGTERM to
+    the benchmark alone (multiprocessing then ends its daemon children with SIGTERM) or to its
+    process group (`timeout`, a hung-up terminal's SIGHUP) had each of them print a traceback
+    ("Process ForkProcess-2: ... prep.atomic.SignalStop") under the benchmark's one line. They
+    end at once, without a word, as the encoder pool's workers do."""
+    code = ("import multiprocessing, sys\n"
+            "multiprocessing.set_start_method('fork')  # the encoders: children of this process\n"
+            "from prep.atomic import SignalStop, stops_raise\n"
+            "from prep.measure import parallel_capacity\n"
+            "try:\n"
+            "    with stops_raise():\n"
+            "        parallel_capacity('The quick brown fox. ' * 20000, 2, reps=10**6, rounds=1)\n"
+            "except SignalStop as e:\n"
+            "    print('parent stopped', file=sys.stderr)\n"
+            "    sys.exit(128 + e.signum)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        # an encoder past the start of its work (its signals set): it ignores SIGINT by then
+        while not any(_ignores_sigint(child) and _cmdline(child) == _cmdline(proc.pid)
+                      for child in measure._children(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no encoder process started"
+            time.sleep(0.05)
+        (os.killpg if group else os.kill)(proc.pid, signum)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signum and stderr == "parent stopped\n", stderr
+    finally:  # whatever failed: no encoder left spinning
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 @pytest.mark.parametrize("phase, signum, group, full", [
     ("pipeline", signal.SIGHUP, False, False), ("rss", signal.SIGTERM, False, False),
     ("rss", signal.SIGTERM, True, False), ("pipeline", signal.SIGTERM, False, True)])
