@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
+from prep.atomic import HANGUP, stops_raise
 from prep.tokenizer import EOT, get_encoding
 from prep.workers import EncoderPool, WorkerError, encode_batch, encode_stream, start_method_for
 
@@ -140,6 +141,26 @@ def test_workers_keep_a_sigterm_ignored_by_whoever_started_the_process(start_met
             assert np.frombuffer(pool.next_result(), "<u2").tolist() == expected(batch(1))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.skipif(not HANGUP, reason="no SIGHUP here")
+def test_a_forked_worker_ends_on_sighup_without_a_word_under_handlers_that_raise(capfd):
+    """Under fork a worker inherits its parent's handlers. Where SIGHUP's raises (prep.bench's
+    stops_raise: SignalStop, a KeyboardInterrupt), a hung-up terminal's SIGHUP to the process
+    group had each idle worker print "Process prep-encoder:" and a traceback, and end with exit
+    code 1. SIGHUP, as SIGTERM already, now ends it as the signal's default does."""
+    with stops_raise():
+        for signum in (signal.SIGHUP, signal.SIGTERM):
+            with pytest.raises(WorkerError, match=rf"before its work was done: killed by {signum.name}$"):
+                with EncoderPool(1, "fork") as pool:
+                    pool.submit(batch(0))  # its result back: the worker is up, and idle
+                    assert np.frombuffer(pool.next_result(), "<u2").tolist() == expected(batch(0))
+                    worker = pool._workers[0][0]
+                    os.kill(worker.pid, signum)
+                    worker.join()
+                    pool.submit(batch(1))
+                    pool.next_result()
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.timeout(60)  # a hang guard, not a speed check
