@@ -73,12 +73,27 @@ def newest_model(given: Path, rt: Runtime, preset: str | None, n_head: int | Non
         try:
             path = checkpoint_file(given)
             return path, load_model(path, rt, preset, n_head)
+        except (RuntimeError, MemoryError) as e:  # a whole checkpoint that does not fit: no damage, no crash
+            if isinstance(e, RuntimeError) and not is_out_of_memory(e):
+                raise
+            raise UserError(out_of_memory_loading(path, rt, e)) from None
         except UserError:
             # the checkpoint read is gone since it was listed; or none was listed, and some are there now
             raced = is_directory(given) and (not path.exists() if path != given else has_checkpoints(given))
             if not raced or attempt == tries:
                 raise
             attempt += 1
+
+
+def out_of_memory_loading(path: Path, rt: Runtime, e: Exception) -> str:
+    """The line for an allocation that failed while the model of `path` was read, checked or
+    built (the CPU's memory: the whole checkpoint, its optimizer state too, is read first), or
+    moved onto rt.device (a GPU's: the CPU has room where it does not)."""
+    on_device = (rt.device.type != "cpu" and isinstance(e, RuntimeError)
+                 and "can't allocate memory" not in str(e))  # (the CPU allocator's words)
+    where = f"{rt.device}" if on_device else "the CPU (this machine's memory)"
+    return (f"checkpoint {path}: out of memory on {where} loading its model: free some memory or use a "
+            f"machine with more" + (" (--device cpu samples in this machine's memory)" if on_device else ""))
 
 
 def is_directory(path: Path) -> bool:
@@ -152,6 +167,8 @@ def load_model(path: Path, rt: Runtime, preset: str | None = None,
         model = GPT(config)
         floats = [(k, v) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
+        if isinstance(e, RuntimeError) and is_out_of_memory(e):  # a whole checkpoint: newest_model says so
+            raise
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
     bad = first_not_finite(floats)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,6 +153,36 @@ def test_out_of_memory_while_sampling_is_one_line(run, monkeypatch, batch, words
     header, error = result.stderr.splitlines()  # what it was about to do, then why it did not
     assert error.startswith("Error: out of memory on cpu ") and words in error
     assert batch > 1 or "fewer" not in error
+
+
+@pytest.mark.parametrize("where", ["build", "nan-scan", "hf-build"])
+def test_out_of_memory_while_loading_the_model_is_one_line_and_no_damage(run, tmp_path, monkeypatch, where):
+    """A whole checkpoint on a machine short of memory (the checkpoint, its optimizer state too,
+    read first): building the model said "damaged model (... can't allocate memory ...)", which
+    sends a user to delete a good checkpoint; failing in the NaN scan, or building a Hugging
+    Face state dict's model, was a traceback."""
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 154533888 bytes. Error code 12")
+
+    path = run / "ckpt_000004.pt"
+    args = []
+    if where == "hf-build":
+        path = tmp_path / "hf.bin"
+        torch.save(to_hf_state_dict(torch.load(run / "ckpt_000004.pt", weights_only=True)["model"],
+                                    GPTConfig.preset("tiny")), path)
+        args = ["--model", "tiny"]
+    monkeypatch.setattr(sample, "first_not_finite" if where == "nan-scan" else "GPT", full)
+    line = assert_user_error(invoke(str(path), *args), f"checkpoint {path}: out of memory on the CPU (this "
+                             f"machine's memory) loading its model: free some memory or use a machine with "
+                             f"more")
+    assert "damaged" not in line and "--device cpu" not in line
+    gpu = SimpleNamespace(device=torch.device("cuda:0"))  # a GPU's memory, the CPU's still free: the way out
+    assert sample.out_of_memory_loading(path, gpu, torch.cuda.OutOfMemoryError("CUDA out of memory")) == (
+        f"checkpoint {path}: out of memory on cuda:0 loading its model: free some memory or use a machine "
+        f"with more (--device cpu samples in this machine's memory)")
+    assert "on the CPU" in sample.out_of_memory_loading(path, gpu, RuntimeError(
+        "DefaultCPUAllocator: can't allocate memory"))  # read or built on the CPU before it moves
 
 
 def test_a_checkpoint_predicting_ids_beyond_gpt2_s_is_one_line(run, tmp_path):
