@@ -1681,6 +1681,38 @@ def test_init_from_another_trainers_checkpoint_says_where_its_weights_are(tmp_pa
         "torch.save that alone and pass its file")
 
 
+CPU_ALLOCATOR_FAILED = ("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you "
+                        "tried to allocate 1048576 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("short", [RuntimeError(CPU_ALLOCATOR_FAILED), MemoryError()], ids=["torch", "python"])
+def test_running_out_of_memory_reading_or_loading_weights_is_said_not_called_damage(tmp_path, monkeypatch, short):
+    """A whole checkpoint or weights file that the memory left cannot hold (torch.load reads the
+    optimizer state too; the NaN scan and the conversion copy the weights) was "not a readable
+    checkpoint (truncated, corrupt, ...)" or "does not fit this model", which sent the user to
+    move a good file away, or, for Python's MemoryError in the load, a traceback."""
+    path = tmp_path / "state.pt"
+    torch.save(GPT(GPTConfig.preset("tiny")).state_dict(), path)
+    real_load = torch.load
+
+    def short_of_memory(*args, **kwargs):
+        raise short
+
+    monkeypatch.setattr(torch, "load", short_of_memory)
+    for flag, what in (("--resume", "checkpoint"), ("--init-from", "weights file")):
+        with pytest.raises(train.UserError) as e:
+            trainer.checkpoint.read_torch_file(path, flag, what)
+        assert str(e.value) == (f"{flag} {path}: out of memory reading it ({path.stat().st_size:,} bytes) into this "
+                                f"machine's memory: free some memory or use a machine with more")
+    monkeypatch.setattr(torch, "load", real_load)
+    monkeypatch.setattr(trainer.weights, "to_model_state", short_of_memory)
+    with pytest.raises(train.UserError) as e:
+        trainer.weights.load_init_weights(GPT(GPTConfig.preset("tiny")), path)
+    why = CPU_ALLOCATOR_FAILED if isinstance(short, RuntimeError) else "MemoryError"
+    assert str(e.value) == (f"--init-from {path}: out of memory loading its weights ({why}): free some memory or use "
+                            f"a machine with more")
+
+
 def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
     """Hugging Face's hub serves GPT-2 as model.safetensors: an 8-byte header length, a JSON
     header, the raw tensors. torch.load cannot read it, and the error called it "truncated,

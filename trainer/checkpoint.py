@@ -33,7 +33,7 @@ from prep.atomic import HANGUP, atomic_write, signals_deferred
 from prep.errors import NO_ROOM, UserError
 from prep.shards import LLMC_MODEL_MAGIC, SAFETENSORS, file_kind, header_problem, llmc_file, weights_file
 from trainer.output import echo
-from trainer.runtime import Runtime
+from trainer.runtime import Runtime, is_out_of_memory
 
 
 CKPT_FORMAT = 1
@@ -282,6 +282,11 @@ def read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
         raise UserError(f"{flag} {path}: cannot be read ({e.strerror or e}): give this user read "
                         f"permission on it") from None
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
+        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and is_out_of_memory(e)):
+            # a whole file too large for the memory left (its optimizer state too is read): called
+            # "truncated, corrupt", it sent the user to move a good checkpoint away
+            raise UserError(f"{flag} {path}: out of memory reading it ({path.stat().st_size:,} bytes) into this "
+                            f"machine's memory: free some memory or use a machine with more") from None
         if weights_file(path) == SAFETENSORS:  # whole, in another format: what HF's hub serves today
             raise UserError(f"{flag} {path}: a safetensors file (Hugging Face's model.safetensors), which torch.load "
                             f"does not read: save its tensors once with torch.save(safetensors.torch.load_file(path), "

@@ -20,6 +20,7 @@ from model.weights import block_indices, positions, to_model_state, unwrapped, w
 from prep.errors import UserError
 from trainer.checkpoint import check_checkpoint, read_torch_file
 from trainer.config import flags_for
+from trainer.runtime import is_out_of_memory
 from trainer.step import first_not_finite
 
 
@@ -128,7 +129,12 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
         if rows is not None and rows > config.block_size and notes is not None:
             notes.append(f"{where}: its {rows:,} positions are cropped to the first {config.block_size:,}, the block "
                          f"size here" + (f"; --block-size {rows} keeps them all" if flag == "--init-from" else ""))
-    except (ValueError, RuntimeError, TypeError, AttributeError, KeyError) as e:
+    except (ValueError, RuntimeError, TypeError, AttributeError, KeyError, MemoryError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
+        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and is_out_of_memory(e)):
+            # the weights fit the model, the memory left does not hold their copies (the NaN scan's,
+            # the conversion's, the model's device): "does not fit this model" blamed the file
+            raise UserError(f"{where}: out of memory loading its weights ({why or type(e).__name__}): free some "
+                            f"memory or use a machine with more") from None
         raise UserError(f"{where}: does not fit this model ({why})") from None
     return kind
