@@ -10,9 +10,10 @@ This file is the command line and train(), which runs a run from its start-up to
 the parts are the trainer package's, a module each: config (TrainConfig, the schedule), data
 and outdir (what a run reads and where it writes), runtime and ranks (device, dtype, torchrun),
 step (train_step), evaluation (val loss, samples), checkpoint, weights and resume, logs
-(metrics.jsonl), session (prepare: the set-up), facts (the start-up lines), loop (the training
-loop), bench (--bench), output and stopping (output whose reader went away, signals), and launch
-(what torchrun gave this process: imported first, before torch).
+(metrics.jsonl), session (prepare: the set-up), with build (the model and its optimizer), restore
+(--resume's checkpoint brought in) and notes (options that change nothing), facts (the start-up
+lines), loop (the training loop), bench (--bench), output and stopping (output whose reader went
+away, signals), and launch (what torchrun gave this process: imported first, before torch).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from click.testing import CliRunner
 
 import train
 import trainer.bench
+import trainer.build
 import trainer.checkpoint
 import trainer.config
 import trainer.data
@@ -42,6 +43,7 @@ import trainer.logs
 import trainer.loop
 import trainer.outdir
 import trainer.ranks
+import trainer.restore
 import trainer.resume
 import trainer.runtime
 import trainer.session
@@ -837,7 +839,7 @@ def test_running_out_of_memory_is_one_line_naming_the_flags_that_fit(tmp_path, d
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
                            "tried to allocate 1000000000000 bytes")
 
-    monkeypatch.setattr(trainer.session, "GPT", too_large)
+    monkeypatch.setattr(trainer.build, "GPT", too_large)
     with pytest.raises(train.UserError, match=r"^out of memory on the device while setting up --model tiny: pick a "
                                               r"smaller --model$"):
         train.train(cfg(tmp_path, dataset, steps=8, out=str(tmp_path / "o2")))
@@ -2118,7 +2120,7 @@ def test_a_resume_where_compile_was_off_by_default_on_cuda_says_nothing_of_compi
     not turn compile off, and says nothing of it (it said the checkpoint's run had it on). A
     CUDA run whose compile was refused, simulated: a CPU run that says it computed on CUDA."""
     monkeypatch.setattr(trainer.loop, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
-    monkeypatch.setattr(trainer.session, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
+    monkeypatch.setattr(trainer.restore, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
     train.train(cfg(tmp_path, dataset, steps=3, resume="auto", quiet=False))
@@ -2556,7 +2558,7 @@ def test_a_sigterm_while_starting_up_stops_at_once_with_one_line_and_leaves_out_
         train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
         ckpt = tmp_path / "out" / "ckpt_000002.pt"
         files = snapshot(tmp_path / "out")
-        monkeypatch.setattr(trainer.session, "GPT", terminated_gpt)
+        monkeypatch.setattr(trainer.build, "GPT", terminated_gpt)
         base = ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--quiet", "--data", str(dataset)]
         fresh = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "new" / "out")])
         resumed = CliRunner().invoke(train.main, [*base, "--out", str(tmp_path / "out"), "--resume", "auto",
@@ -2592,7 +2594,7 @@ def test_a_stop_while_starting_up_that_python_wraps_in_a_runtime_error_is_still_
         type("Lazy", (), {"attribute": Stops()})
         return real_gpt(config)
 
-    monkeypatch.setattr(trainer.session, "GPT", gpt)
+    monkeypatch.setattr(trainer.build, "GPT", gpt)
     out = tmp_path / "new" / "out"
     result = CliRunner().invoke(train.main, ["--model", "tiny", "--B", "2", "--T", "16", "--device", "cpu", "--quiet",
                                              "--data", str(dataset), "--out", str(out)])
