@@ -12,8 +12,9 @@ and outdir (what a run reads and where it writes), runtime and ranks (device, dt
 step (train_step), evaluation (val loss, samples), checkpoint, weights and resume, logs
 (metrics.jsonl), session (prepare: the set-up), with build (the model and its optimizer), restore
 (--resume's checkpoint brought in) and notes (options that change nothing), facts (the start-up
-lines), loop (the training loop), bench (--bench), output and stopping (output whose reader went
-away, signals), and launch (what torchrun gave this process: imported first, before torch).
+lines), loop (the training loop), progress (its logging points: what reaches metrics.jsonl and
+the bar), summary (the closing line), bench (--bench), output and stopping (output whose reader
+went away, signals), and launch (what torchrun gave this process: imported first, before torch).
 """
 
 from __future__ import annotations
