@@ -5522,3 +5522,23 @@ def test_a_resume_without_data_names_the_checkpoints_data_in_a_directory_named_i
     train.train(cfg(tmp_path, dataset, steps=1, ckpt_every=1, out=str(out)))
     resume = train.TrainConfig(**{**TINY, "steps": 2, "out": str(out), "resume": "auto"})
     assert trainer.data.resumed_data(resume) == f"{out / 'ckpt_000001.pt'} trained on --data {dataset}"
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_a_checkpoint_write_over_a_disk_quota_is_said_to_be_a_full_disk(tmp_path, monkeypatch):
+    """EDQUOT (a user's quota used up, a cluster's home or scratch) leaves no room as ENOSPC does
+    (prep.errors.NO_ROOM): the line says the disk is full for both, not for ENOSPC alone."""
+    def over_quota(obj, f):
+        f.write(b"half")
+        try:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20416 vs 20310")
+
+    monkeypatch.setattr(torch, "save", over_quota)
+    with pytest.raises(train.UserError, match=rf"\[Errno {errno.EDQUOT}\] {os.strerror(errno.EDQUOT)}\); the disk is "
+                                              r"full; no earlier one is there$"):
+        trainer.checkpoint.save_checkpoint(tmp_path / "ckpt_000004.pt", {"step": 4})
+    assert list(tmp_path.iterdir()) == []
