@@ -5542,3 +5542,18 @@ def test_a_checkpoint_write_over_a_disk_quota_is_said_to_be_a_full_disk(tmp_path
                                               r"full; no earlier one is there$"):
         trainer.checkpoint.save_checkpoint(tmp_path / "ckpt_000004.pt", {"step": 4})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_numpy_rng_state_holding_the_largest_uint32_word_restores(tmp_path):
+    """Each of numpy's 624 MT19937 key words may be anything up to 2**32 - 1: a state holding that
+    largest word is a good one, restored as saved; only words beyond it (rngword) are damage."""
+    rt = types.SimpleNamespace(device=torch.device("cpu"))
+    generator = torch.Generator().manual_seed(3)
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    keys = keys.copy()
+    keys[5] = np.iinfo(np.uint32).max
+    np.random.set_state((name, keys, pos, has_gauss, cached))
+    torch.save(trainer.checkpoint.rng_state(rt, generator), tmp_path / "rng.pt")
+    expected = np.random.rand(3).tolist()
+    trainer.checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), rt, generator)
+    assert np.random.get_state()[1][5] == np.iinfo(np.uint32).max and np.random.rand(3).tolist() == expected
