@@ -5557,3 +5557,14 @@ def test_a_numpy_rng_state_holding_the_largest_uint32_word_restores(tmp_path):
     expected = np.random.rand(3).tolist()
     trainer.checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), rt, generator)
     assert np.random.get_state()[1][5] == np.iinfo(np.uint32).max and np.random.rand(3).tolist() == expected
+
+
+def test_host_copy_keeps_a_state_dicts_module_versions():
+    """A background write saves host_copy's copy: a module's state_dict carries its modules'
+    versions in _metadata (what load_state_dict hands each module's loader), as a write in the
+    step saves them; the copy's is its own, not the live one."""
+    model = GPT(GPTConfig.preset("tiny"))
+    state = model.state_dict()
+    copied, _ = trainer.checkpoint.host_copy({"model": state})
+    assert type(copied["model"]) is type(state) and copied["model"]._metadata == state._metadata
+    assert copied["model"]._metadata is not state._metadata
