@@ -5568,3 +5568,30 @@ def test_host_copy_keeps_a_state_dicts_module_versions():
     copied, _ = trainer.checkpoint.host_copy({"model": state})
     assert type(copied["model"]) is type(state) and copied["model"]._metadata == state._metadata
     assert copied["model"]._metadata is not state._metadata
+
+
+def test_a_background_write_that_failed_ends_the_run_at_the_next_step_not_the_next_checkpoint(
+        tmp_path, dataset, monkeypatch):
+    """CheckpointWriter.poll() after each step raises a failed write's error there: a run whose
+    step-4 file failed (a full disk) does not train on to step 8's checkpoint, wasting those
+    steps, before it says so. (Each poll waits here for the write under way to be done: the
+    thread's timing does not decide the step.)"""
+    real_save, real_poll = torch.save, trainer.checkpoint.CheckpointWriter.poll
+
+    def full_disk(obj, f):
+        if obj["step"] == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    def poll(writer):
+        if writer._thread is not None:
+            writer._done.wait()
+        real_poll(writer)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "poll", poll)
+    out = tmp_path / "out"
+    with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint .*the disk is full"):
+        train.train(cfg(tmp_path, dataset, steps=12, ckpt_every=4, keep_ckpts=0))
+    assert [r["step"] for r in metrics(out)][:4] == [1, 2, 3, 4] and metrics(out)[-1]["step"] <= 5
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
