@@ -5595,3 +5595,13 @@ def test_a_background_write_that_failed_ends_the_run_at_the_next_step_not_the_ne
         train.train(cfg(tmp_path, dataset, steps=12, ckpt_every=4, keep_ckpts=0))
     assert [r["step"] for r in metrics(out)][:4] == [1, 2, 3, 4] and metrics(out)[-1]["step"] <= 5
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+def test_init_from_a_directory_of_several_checkpoints_names_the_newest(tmp_path):
+    """--init-from <an --out>: the hint names the newest checkpoint there (the highest step, as
+    --resume auto takes), not the oldest."""
+    for step in (2, 10, 4):
+        (tmp_path / f"ckpt_{step:06d}.pt").write_bytes(b"")
+    with pytest.raises(train.UserError, match=rf"^--init-from {re.escape(str(tmp_path))}: is a directory; pass a "
+                                              rf"checkpoint file in it \(its newest: .*ckpt_000010.pt\)$"):
+        trainer.checkpoint.read_torch_file(tmp_path, "--init-from", "weights file")
