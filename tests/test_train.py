@@ -5605,3 +5605,12 @@ def test_init_from_a_directory_of_several_checkpoints_names_the_newest(tmp_path)
     with pytest.raises(train.UserError, match=rf"^--init-from {re.escape(str(tmp_path))}: is a directory; pass a "
                                               rf"checkpoint file in it \(its newest: .*ckpt_000010.pt\)$"):
         trainer.checkpoint.read_torch_file(tmp_path, "--init-from", "weights file")
+
+
+def test_a_checkpoint_whose_step_is_a_bool_is_malformed(tmp_path):
+    """True is an int to isinstance: a step of True (a hand edit) is refused as malformed, not
+    resumed as step 1."""
+    ckpt = {"format": trainer.checkpoint.CKPT_FORMAT, "step": True,
+            **{k: {} for k in ("model", "optimizer", "loader", "model_config", "train_config", "run", "rng")}}
+    with pytest.raises(train.UserError, match=r"damaged train.py checkpoint \(malformed step\)$"):
+        trainer.checkpoint.check_checkpoint(ckpt, tmp_path / "c.pt", "--resume")
