@@ -5614,3 +5614,21 @@ def test_a_checkpoint_whose_step_is_a_bool_is_malformed(tmp_path):
             **{k: {} for k in ("model", "optimizer", "loader", "model_config", "train_config", "run", "rng")}}
     with pytest.raises(train.UserError, match=r"damaged train.py checkpoint \(malformed step\)$"):
         trainer.checkpoint.check_checkpoint(ckpt, tmp_path / "c.pt", "--resume")
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda o, s: o.param_groups[0].update(eps=0.0), r"eps 0.0"),  # 0 / (sqrt(0) + 0): NaN for a gradient never seen
+    (lambda o, s: o.param_groups[0].update(betas=(0.9, 1.0)), r"betas \(0.9, 1.0\)"),  # bias correction 1 - 1**t = 0
+    (lambda o, s: s.update(step=torch.tensor(math.nan)), r"step is nan"),
+    (lambda o, s: s.update(step=torch.tensor(math.inf)), r"step is inf")])
+def test_an_optimizer_state_at_the_edge_of_what_adamw_can_step_on_is_damage(damage, said):
+    """The edges of check_optimizer_state's ranges: an eps of 0, a beta of 1 and a step count
+    that is no finite number load without a word into AdamW, and its next step divides by 0."""
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([param], lr=0.1)
+    param.grad = torch.ones(3)
+    optimizer.step()
+    trainer.resume.check_optimizer_state(optimizer, stepped=True)  # as it was: good
+    damage(optimizer, optimizer.state[param])
+    with pytest.raises(ValueError, match=said):
+        trainer.resume.check_optimizer_state(optimizer, stepped=True)
