@@ -5632,3 +5632,13 @@ def test_an_optimizer_state_at_the_edge_of_what_adamw_can_step_on_is_damage(dama
     damage(optimizer, optimizer.state[param])
     with pytest.raises(ValueError, match=said):
         trainer.resume.check_optimizer_state(optimizer, stepped=True)
+
+
+def test_a_third_start_again_within_a_second_sets_its_logs_aside_under_a_name_of_their_own(tmp_path, monkeypatch):
+    """aside_path counts on past -1 (a job restarted in a loop, each start failing at once):
+    a name already taken would be renamed over, and an earlier run's log lost."""
+    monkeypatch.setattr(time, "strftime", lambda *args: "20250101T000000Z")
+    log = tmp_path / "metrics.jsonl"
+    for taken in ("", "-1", "-2"):
+        (tmp_path / f"metrics.jsonl.before-20250101T000000Z{taken}").write_text(taken)
+    assert trainer.logs.aside_path(log) == tmp_path / "metrics.jsonl.before-20250101T000000Z-3"
