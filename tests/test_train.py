@@ -5642,3 +5642,15 @@ def test_a_third_start_again_within_a_second_sets_its_logs_aside_under_a_name_of
     for taken in ("", "-1", "-2"):
         (tmp_path / f"metrics.jsonl.before-20250101T000000Z{taken}").write_text(taken)
     assert trainer.logs.aside_path(log) == tmp_path / "metrics.jsonl.before-20250101T000000Z-3"
+
+
+def test_a_log_whose_write_failed_closes_without_a_second_error(tmp_path):
+    """AppendLog: after a write that failed (a full disk), close() flushes the refused bytes
+    again and fails again; that second failure is dropped, the first error being the one the
+    run reports (the training loop closes its logs on its way out of that error)."""
+    path = tmp_path / "metrics.jsonl"
+    log = trainer.logs.AppendLog(path, _FillingFile(open(path, "a", encoding="utf-8"), 0))
+    with pytest.raises(train.UserError, match=r"metrics.jsonl: cannot append to it \(No space left on device\)$"):
+        log.write('{"step": 1}\n')
+    log.close()
+    log.close()  # (and again)
