@@ -5654,3 +5654,15 @@ def test_a_log_whose_write_failed_closes_without_a_second_error(tmp_path):
         log.write('{"step": 1}\n')
     log.close()
     log.close()  # (and again)
+
+
+def test_a_rank_s_own_log_temporary_that_is_a_directory_is_refused(tmp_path):
+    """check_own_log, for a rank other than 0 in an --out of its own: a directory where its
+    window log's temporary goes is said at start-up, naming it, as rank 0's check_out_contents
+    says it for every rank's log in a shared --out."""
+    log = tmp_path / "windows_rank1.jsonl"
+    trainer.outdir.check_own_log(tmp_path, log)  # nothing there: nothing to say
+    (tmp_path / ".windows_rank1.jsonl.tmp").mkdir()
+    with pytest.raises(train.UserError, match=r": \.windows_rank1\.jsonl\.tmp is a directory, where train.py writes "
+                                              r"windows_rank1\.jsonl before it renames it into place: move it away$"):
+        trainer.outdir.check_own_log(tmp_path, log)
