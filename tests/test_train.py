@@ -5666,3 +5666,17 @@ def test_a_rank_s_own_log_temporary_that_is_a_directory_is_refused(tmp_path):
     with pytest.raises(train.UserError, match=r": \.windows_rank1\.jsonl\.tmp is a directory, where train.py writes "
                                               r"windows_rank1\.jsonl before it renames it into place: move it away$"):
         trainer.outdir.check_own_log(tmp_path, log)
+
+
+def test_a_resume_of_a_missing_file_into_a_used_out_says_no_such_checkpoint_not_mix(tmp_path):
+    """A --resume that is no checkpoint file (a typo) gets its own "no such checkpoint" when
+    it is loaded: check_out_contents does not first say that resuming it into an --out of
+    another run's checkpoints would mix the two."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt_000002.pt").write_bytes(b"")
+    trainer.outdir.check_out_contents(out, tmp_path / "elsewhere" / "ckpt_000002.pt")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "ckpt_000002.pt").write_bytes(b"")
+    with pytest.raises(train.UserError, match=r"holds another run's ckpt_000002.pt; resuming --resume"):
+        trainer.outdir.check_out_contents(out, tmp_path / "elsewhere" / "ckpt_000002.pt")
