@@ -5680,3 +5680,12 @@ def test_a_resume_of_a_missing_file_into_a_used_out_says_no_such_checkpoint_not_
     (tmp_path / "elsewhere" / "ckpt_000002.pt").write_bytes(b"")
     with pytest.raises(train.UserError, match=r"holds another run's ckpt_000002.pt; resuming --resume"):
         trainer.outdir.check_out_contents(out, tmp_path / "elsewhere" / "ckpt_000002.pt")
+
+
+def test_a_resume_auto_without_data_names_the_data_of_the_newest_checkpoint(tmp_path, dataset):
+    """resumed_data, for --resume auto: the checkpoint named is the one the resume takes, the
+    newest in --out, not its oldest."""
+    out = tmp_path / "out"
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=1, keep_ckpts=0))
+    resume = train.TrainConfig(**{**TINY, "steps": 3, "out": str(out), "resume": "auto"})
+    assert trainer.data.resumed_data(resume) == f"{out / 'ckpt_000002.pt'} trained on --data {dataset}"
