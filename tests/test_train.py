@@ -5689,3 +5689,13 @@ def test_a_resume_auto_without_data_names_the_data_of_the_newest_checkpoint(tmp_
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=1, keep_ckpts=0))
     resume = train.TrainConfig(**{**TINY, "steps": 3, "out": str(out), "resume": "auto"})
     assert trainer.data.resumed_data(resume) == f"{out / 'ckpt_000002.pt'} trained on --data {dataset}"
+
+
+def test_a_metrics_file_of_a_line_that_is_no_json_counts_as_an_earlier_runs_steps(tmp_path):
+    """trained_steps_logged: a line it cannot read counts as training logged, to be safe: a fresh
+    run then refuses the --out (check_out_contents) rather than empty that file as a step-0 one."""
+    metrics_file = tmp_path / "metrics.jsonl"
+    metrics_file.write_text('{"step": 0, "tokens": 0, "loss": null}\n')
+    assert not trainer.outdir.trained_steps_logged(metrics_file)
+    metrics_file.write_text('{"step": 0, "tokens": 0, "loss": null}\nnot a line of json\n')
+    assert trainer.outdir.trained_steps_logged(metrics_file)
