@@ -5699,3 +5699,10 @@ def test_a_metrics_file_of_a_line_that_is_no_json_counts_as_an_earlier_runs_step
     assert not trainer.outdir.trained_steps_logged(metrics_file)
     metrics_file.write_text('{"step": 0, "tokens": 0, "loss": null}\nnot a line of json\n')
     assert trainer.outdir.trained_steps_logged(metrics_file)
+
+
+def test_the_data_directory_itself_as_the_dataset_is_the_default(tmp_path):
+    """find_dataset without --data: ./data may be the dataset itself (its shards directly in it),
+    not only hold one in a sub-directory."""
+    write_dataset(tmp_path / "data", random_tokens(300, 1))
+    assert trainer.data.find_dataset(None, tmp_path / "data") == str(tmp_path / "data")
