@@ -5706,3 +5706,11 @@ def test_the_data_directory_itself_as_the_dataset_is_the_default(tmp_path):
     not only hold one in a sub-directory."""
     write_dataset(tmp_path / "data", random_tokens(300, 1))
     assert trainer.data.find_dataset(None, tmp_path / "data") == str(tmp_path / "data")
+
+
+def test_the_val_split_counts_the_tokens_of_every_val_shard(tmp_path):
+    """val_split_tokens (what says a val split is too small for one batch, and the start-up
+    facts) sums every shard of the split, not its first."""
+    data = write_dataset(tmp_path / "d", random_tokens(300, 1), random_tokens(200, 2))
+    write_shard(data / "t_val_000001.bin", random_tokens(50, 3))
+    assert trainer.data.val_split_tokens(str(data)) == 250
