@@ -5714,3 +5714,13 @@ def test_the_val_split_counts_the_tokens_of_every_val_shard(tmp_path):
     data = write_dataset(tmp_path / "d", random_tokens(300, 1), random_tokens(200, 2))
     write_shard(data / "t_val_000001.bin", random_tokens(50, 3))
     assert trainer.data.val_split_tokens(str(data)) == 250
+
+
+def test_a_resume_that_logs_no_val_loss_says_nothing_of_the_val_data_it_would_have_used(tmp_path, dataset):
+    """val_data_change: --val-data changed at a resume with --eval-every 0 (this run logs no
+    val_loss) is no note; with validation on it is one."""
+    ckpt = {"step": 2, "train_config": {"val_data": str(dataset), "eval_every": 2, "eval_steps": 20}}
+    other = str(tmp_path / "other")
+    assert trainer.resume.val_data_change(ckpt, cfg(tmp_path, dataset, steps=4, eval_every=0, val_data=other), 6) == []
+    [note] = trainer.resume.val_data_change(ckpt, cfg(tmp_path, dataset, steps=4, eval_every=2, val_data=other), 6)
+    assert note.startswith(f"resumed with --val-data {other} (was {dataset}): the val_loss in metrics.jsonl")
