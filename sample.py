@@ -128,7 +128,7 @@ def load_model(path: Path, rt: Runtime, preset: str | None = None,
     A Hugging Face GPT-2 state dict instead (train.py --init-from's kinds) is built as
     `preset` (default gpt2: n_head is not in the weights), or, given `n_head`, in the shape
     its weights have (layers, width, positions) with that many heads."""
-    found = read_torch_file(path, "checkpoint")
+    found = read_torch_file(path, "checkpoint", mapped=True)  # (the weights alone are read: into the model)
     if not is_checkpoint(found):
         name = "gpt2" if preset is None else preset
         config = GPTConfig.preset(name)  # (main checked the name)

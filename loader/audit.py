@@ -509,13 +509,18 @@ def load_mapped(path: Path) -> object:
     """torch.load(weights_only=True) of a checkpoint on the CPU, its tensors (the weights and
     optimizer: GBs for gpt2) mapped, never read; its warnings ("pickle protocol 4") silenced, as
     the caller's note says it all. A name in no UTF-8 (b'r\xff'), which torch's mmap refuses
-    (UnicodeEncodeError), is read whole instead."""
+    (UnicodeEncodeError), and a file in torch.save's format from before torch 1.6 (no zip: an
+    old pytorch_model.bin), which it cannot map, are read whole instead."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except UnicodeEncodeError:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            pass
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:

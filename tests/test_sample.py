@@ -185,6 +185,19 @@ def test_out_of_memory_while_loading_the_model_is_one_line_and_no_damage(run, tm
         "DefaultCPUAllocator: can't allocate memory"))  # read or built on the CPU before it moves
 
 
+def test_a_checkpoint_is_mapped_not_read_whole(run, monkeypatch):
+    """Sampling wants the weights alone: the checkpoint is mapped (torch.load's mmap), so its
+    AdamW state, twice the weights (12 GB more for gpt2-xl), is never read into memory."""
+    mapped, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: mapped.append(kwargs.get("mmap")) or real_load(*args,
+                                                                                                          **kwargs))
+    model, where = sample.load_model(run / "ckpt_000004.pt", trainer.runtime.make_runtime(
+        train.TrainConfig(device="cpu")))
+    assert where == "step 4" and mapped == [True]
+    saved = real_load(run / "ckpt_000004.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())
+
+
 def test_a_checkpoint_predicting_ids_beyond_gpt2_s_is_one_line(run, tmp_path):
     """A vocab_size above 50,257 (forged, or another tokenizer's run) sampled ids that tiktoken's
     GPT-2 decoder has no bytes for: a KeyError traceback."""

@@ -1715,6 +1715,25 @@ def test_running_out_of_memory_reading_or_loading_weights_is_said_not_called_dam
                             f"a machine with more")
 
 
+def test_init_from_maps_its_file_and_reads_one_saved_before_torch_1_6_whole(tmp_path, monkeypatch):
+    """--init-from wants the weights alone: the file is mapped (torch.load's mmap), so a
+    checkpoint's AdamW state, twice the weights, is never read into memory. A file in torch.save's
+    format from before torch 1.6 (no zip: an old pytorch_model.bin), which cannot be mapped, is
+    read whole, as before."""
+    model = GPT(GPTConfig.preset("tiny"))
+    state = model.state_dict()
+    mapped, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: mapped.append(kwargs.get("mmap")) or real_load(*args,
+                                                                                                          **kwargs))
+    for name, zipped in (("new.pt", True), ("legacy.pt", False)):
+        torch.save(state, tmp_path / name, _use_new_zipfile_serialization=zipped)
+        mapped.clear()
+        fresh = GPT(GPTConfig.preset("tiny"))
+        assert trainer.weights.load_init_weights(fresh, tmp_path / name) == "state dict"
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
+        assert mapped == ([True] if zipped else [True, None]), name  # (legacy: the map refused, read whole)
+
+
 def test_init_from_a_safetensors_file_says_what_it_is(tmp_path):
     """Hugging Face's hub serves GPT-2 as model.safetensors: an 8-byte header length, a JSON
     header, the raw tensors. torch.load cannot read it, and the error called it "truncated,

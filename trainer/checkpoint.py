@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loader.audit import list_checkpoints, zip_damage
+from loader.audit import list_checkpoints, load_mapped, zip_damage
 from model import GPTConfig
 from prep.atomic import HANGUP, atomic_write, signals_deferred
 from prep.errors import NO_ROOM, UserError
@@ -238,9 +238,12 @@ def wait_quietly(writer: CheckpointWriter, stopped: bool) -> None:
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")
 
 
-def read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
+def read_torch_file(path: Path, flag: str, what: str = "checkpoint", mapped: bool = False) -> object:
     """torch.load(path, weights_only=True) on the CPU; a user error (starting with `flag` and
-    the path) when it is a directory, missing, truncated or garbage."""
+    the path) when it is a directory, missing, truncated or garbage. `mapped`: its tensors
+    mapped from the file, read where used (load_mapped), for a caller that wants the weights
+    alone (sample.py, --init-from): a checkpoint's AdamW state, twice the weights, was read into
+    memory too (for gpt2-xl, 12 GB more than its 6 GB of fp32 weights)."""
     try:
         is_dir = path.is_dir()
     except PermissionError as e:  # a directory on the way that may not be searched (another user's, mode 700)
@@ -273,7 +276,7 @@ def read_torch_file(path: Path, flag: str, what: str = "checkpoint") -> object:
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return load_mapped(path) if mapped else torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:  # found a moment ago: not damaged, removed
         raise UserError(f"{flag} {path}: removed while it was being read (by the run writing there, whose "
                         f"--keep-ckpts prunes its older checkpoints?)") from None

@@ -97,7 +97,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
     can check); a user error says what does not fit."""
     config, where = model.config, f"{flag} {path}"
     if found is None:  # else: what torch.load read from `path` already
-        found = read_torch_file(path, flag, "weights file")
+        found = read_torch_file(path, flag, "weights file", mapped=True)  # (the weights are copied into `model`)
     if is_checkpoint(found):
         _check_same_shape(check_checkpoint(found, path, flag)["model_config"], config, where)
         kind, state = "checkpoint", found["model"]
