@@ -74,7 +74,7 @@ def newest_model(given: Path, rt: Runtime, preset: str | None, n_head: int | Non
             path = checkpoint_file(given)
             return path, load_model(path, rt, preset, n_head)
         except (RuntimeError, MemoryError) as e:  # a whole checkpoint that does not fit: no damage, no crash
-            if isinstance(e, RuntimeError) and not is_out_of_memory(e):
+            if not is_out_of_memory(e):
                 raise
             raise UserError(out_of_memory_loading(path, rt, e)) from None
         except UserError:
@@ -87,8 +87,8 @@ def newest_model(given: Path, rt: Runtime, preset: str | None, n_head: int | Non
 
 def out_of_memory_loading(path: Path, rt: Runtime, e: Exception) -> str:
     """The line for an allocation that failed while the model of `path` was read, checked or
-    built (the CPU's memory: the whole checkpoint, its optimizer state too, is read first), or
-    moved onto rt.device (a GPU's: the CPU has room where it does not)."""
+    built (the CPU's memory: the weights are read and scanned there first), or moved onto
+    rt.device (a GPU's: the CPU has room where it does not)."""
     on_device = (rt.device.type != "cpu" and isinstance(e, RuntimeError)
                  and "can't allocate memory" not in str(e))  # (the CPU allocator's words)
     where = f"{rt.device}" if on_device else "the CPU (this machine's memory)"
@@ -167,7 +167,7 @@ def load_model(path: Path, rt: Runtime, preset: str | None = None,
         model = GPT(config)
         floats = [(k, v) for k, v in ckpt["model"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a config or tensor that won't fit
-        if isinstance(e, RuntimeError) and is_out_of_memory(e):  # a whole checkpoint: newest_model says so
+        if is_out_of_memory(e):  # a whole checkpoint: newest_model says so
             raise
         reason = str(e).splitlines()[0]
         raise UserError(f"checkpoint {path}: damaged model ({reason})") from None
@@ -311,7 +311,7 @@ def draw_samples(given: Path, prompt: str, num_samples: int, max_new_tokens: int
     except FloatingPointError as e:  # finite weights whose logits overflow
         raise UserError(f"checkpoint {path}: {e}: no text to sample") from None
     except (RuntimeError, MemoryError) as e:
-        if isinstance(e, RuntimeError) and not is_out_of_memory(e):
+        if not is_out_of_memory(e):
             raise
         raise UserError(f"out of memory on {rt.device} drawing {batch} sample(s) of {max_new_tokens} tokens side by "
                         f"side" + (": ask for fewer --num-samples" if batch > 1 else "")) from None

@@ -285,7 +285,7 @@ def read_torch_file(path: Path, flag: str, what: str = "checkpoint", mapped: boo
         raise UserError(f"{flag} {path}: cannot be read ({e.strerror or e}): give this user read "
                         f"permission on it") from None
     except Exception as e:  # truncated zip, garbage pickle, ...: torch raises many kinds
-        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and is_out_of_memory(e)):
+        if is_out_of_memory(e):
             # a whole file too large for the memory left (its optimizer state too is read): called
             # "truncated, corrupt", it sent the user to move a good checkpoint away
             raise UserError(f"{flag} {path}: out of memory reading it ({path.stat().st_size:,} bytes) into this "

@@ -88,7 +88,7 @@ def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: Che
         try:
             payload, copied = host_copy(payload)
         except (MemoryError, RuntimeError) as e:
-            if isinstance(e, RuntimeError) and not is_out_of_memory(e):
+            if not is_out_of_memory(e):
                 raise
             say_over_bar(f"note: step {step}'s checkpoint is written in the step: its copy for a background "
                          f"write did not fit in host memory ({type(e).__name__})")

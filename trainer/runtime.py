@@ -253,7 +253,8 @@ def start_runtime(rt: Runtime, store: dist.Store | None = None, launch: str = ""
                                 world_size=rt.world, store=dist.PrefixStore(f"default_pg/{launch}", store))
 
 
-def is_out_of_memory(e: RuntimeError) -> bool:
-    """CUDA's OutOfMemoryError, and the CPU's and MPS's allocators' RuntimeErrors saying the same."""
-    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
-        words in str(e) for words in ("out of memory", "can't allocate memory"))
+def is_out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, CUDA's OutOfMemoryError, and the CPU's and MPS's allocators'
+    RuntimeErrors saying the same."""
+    return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or (isinstance(e, RuntimeError) and any(
+        words in str(e) for words in ("out of memory", "can't allocate memory")))

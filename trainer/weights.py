@@ -131,7 +131,7 @@ def load_init_weights(model: GPT, path: Path, flag: str = "--init-from", found: 
                          f"size here" + (f"; --block-size {rows} keeps them all" if flag == "--init-from" else ""))
     except (ValueError, RuntimeError, TypeError, AttributeError, KeyError, MemoryError) as e:
         why = " ".join(str(e).split())[:300]  # one line, however long torch's is
-        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and is_out_of_memory(e)):
+        if is_out_of_memory(e):
             # the weights fit the model, the memory left does not hold their copies (the NaN scan's,
             # the conversion's, the model's device): "does not fit this model" blamed the file
             raise UserError(f"{where}: out of memory loading its weights ({why or type(e).__name__}): free some "
