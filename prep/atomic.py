@@ -113,6 +113,18 @@ def import_stop_line(signum: int, prefix: str = "") -> bytes:
 HANGUP = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()  # (no SIGHUP on Windows)
 
 
+def leave_stops_to_the_parent() -> None:
+    """In a forked helper process (an encoder worker, a benchmark's measuring process): SIGTERM
+    and SIGHUP end it at once, as their defaults do, and a Ctrl-C is the parent's to handle. Under
+    fork it has the parent's handlers, which may raise (stops_raise): each helper printed its
+    traceback under the parent's one line. An ignore that whoever started the process chose is
+    kept. SIGINT last: once it is ignored, the others are set (what a watcher of the helper reads)."""
+    for signum in (signal.SIGTERM, *HANGUP):
+        if not ignored(signum):
+            signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def interrupt_exits_while_importing(active: bool = True, sigterm_status: int = 128 + signal.SIGTERM,
                                     hangup: bool = False, prefix: str = ""):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prep.atomic import HANGUP, ignored, signals_deferred
+from prep.atomic import leave_stops_to_the_parent, signals_deferred
 
 
 def busy_cpu_seconds() -> float:
@@ -72,10 +71,7 @@ def _encode_for(text: str, reps: int, barrier, results) -> None:
     its KeyboardInterrupt's traceback); the parent's exit ends these, daemons. SIGTERM (how that
     exit ends them) and SIGHUP end them at once: a fork inherits the benchmark's handlers, which
     raise (stops_raise), and each printed its SignalStop's traceback."""
-    for signum in (signal.SIGTERM, *HANGUP):  # first: once SIGINT is ignored, these are set too
-        if not ignored(signum):  # (not undoing an ignore the parent was started with)
-            signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_stops_to_the_parent()
     from prep.tokenizer import get_encoding
 
     enc = get_encoding()

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from prep.atomic import HANGUP, ignored
+from prep.atomic import leave_stops_to_the_parent
 from prep.chunking import whitespace_run_pieces
 from prep.shards import TOKEN_DTYPE
 from prep.tokenizer import EOT, get_encoding
@@ -113,13 +113,7 @@ def _exit_with_parent() -> None:
 
 def _worker_main(tasks: multiprocessing.connection.Connection,
                  results: multiprocessing.connection.Connection) -> None:
-    # SIGTERM and SIGHUP end a worker at once: under fork it has the parent's handlers, which may
-    # raise (prep.bench's SignalStop printed a traceback from each idle worker), but an ignore
-    # that whoever started the process chose is kept. First: once SIGINT is ignored, these are set.
-    for signum in (signal.SIGTERM, *HANGUP):
-        if not ignored(signum):
-            signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    leave_stops_to_the_parent()  # (prep.bench's SignalStop printed a traceback from each idle worker)
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     get_encoding()
     while True:
