@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,27 @@ def _ignores_sigint(pid: int) -> bool:
     return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
 
 
+def _signalled_while_encoding(tmp_path: Path, code: str, send: Callable[[int], None]) -> tuple[int, str]:
+    """Run `code` (a parallel_capacity call) in a session of its own; once an encoder is past the
+    start of its work (a fork of the parent, by its command line, not multiprocessing's resource
+    tracker, which ignores SIGINT too; its signals set: it ignores SIGINT by then), `send(pid)`
+    a signal. Returns the parent's exit status and standard error."""
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(_ignores_sigint(child) and _cmdline(child) == _cmdline(proc.pid)
+                      for child in measure._children(proc.pid)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no encoder process started"
+            time.sleep(0.05)
+        send(proc.pid)
+        _, stderr = proc.communicate(timeout=60)
+        return proc.returncode, stderr
+    finally:  # whatever failed: no encoder left spinning
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
     """A terminal's Ctrl-C reaches the whole process group: each encoding process printed its
@@ -328,22 +350,8 @@ def test_parallel_capacity_s_processes_leave_a_ctrl_c_to_the_parent(tmp_path):
             "except KeyboardInterrupt:\n"
             "    print('parent interrupted', file=sys.stderr)\n"
             "    sys.exit(130)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        # an encoder: a fork of the parent (its command line; not multiprocessing's resource tracker,
-        # which ignores SIGINT too), past its start
-        while not any(_ignores_sigint(child) and _cmdline(child) == _cmdline(proc.pid)
-                      for child in measure._children(proc.pid)):
-            assert proc.poll() is None and time.monotonic() < deadline, "no encoder process started"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130 and stderr == "parent interrupted\n", stderr
-    finally:  # whatever failed: no encoder left spinning
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    returncode, stderr = _signalled_while_encoding(tmp_path, code, lambda pid: os.killpg(pid, signal.SIGINT))
+    assert returncode == 130 and stderr == "parent interrupted\n", stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -366,21 +374,9 @@ def test_parallel_capacity_s_processes_end_quietly_on_sigterm_or_sighup(tmp_path
             "except SignalStop as e:\n"
             "    print('parent stopped', file=sys.stderr)\n"
             "    sys.exit(128 + e.signum)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        # an encoder past the start of its work (its signals set): it ignores SIGINT by then
-        while not any(_ignores_sigint(child) and _cmdline(child) == _cmdline(proc.pid)
-                      for child in measure._children(proc.pid)):
-            assert proc.poll() is None and time.monotonic() < deadline, "no encoder process started"
-            time.sleep(0.05)
-        (os.killpg if group else os.kill)(proc.pid, signum)
-        _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signum and stderr == "parent stopped\n", stderr
-    finally:  # whatever failed: no encoder left spinning
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    returncode, stderr = _signalled_while_encoding(tmp_path, code,
+                                                   lambda pid: (os.killpg if group else os.kill)(pid, signum))
+    assert returncode == 128 + signum and stderr == "parent stopped\n", stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
