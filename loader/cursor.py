@@ -15,6 +15,7 @@ skipped (build-nanogpt issue #105), and ranks read disjoint targets (llm.c issue
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,19 @@ def epoch_permutation(seed: int, epoch: int, steps: int) -> np.ndarray:
     return perm
 
 
+def order_digest(order: np.ndarray) -> str:
+    """A fingerprint of a shuffled epoch's order: the first 16 hex digits of the sha256 of its
+    slots as little-endian integers (of epoch_permutation's dtype, which the slot count fixes).
+
+    The order is a function of (seed, epoch) through numpy's Generator.shuffle, whose stream
+    numpy does not promise to keep across versions (NEP 19): a loader state carries its epoch's
+    digest, so a resume under a numpy that shuffles otherwise is refused, not read in another
+    order that repeats some windows of that epoch and skips others. 0.2 s for 78M slots.
+    """
+    little = np.ascontiguousarray(order, dtype=order.dtype.newbyteorder("<"))  # no copy on little-endian
+    return hashlib.sha256(memoryview(little).cast("B")).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class Cursor:
     """Window placement for one split and one (B, T, W, shuffle, seed); rank is an argument,
@@ -57,6 +71,7 @@ class Cursor:
     # (epoch, order) of the last two epochs drawn: the one being read and, at a boundary, the
     # next (the prefetch thread runs ahead). Replaced whole, never changed: safe across threads.
     _orders: tuple = field(default=(), init=False, repr=False, compare=False)
+    _digest: tuple = field(default=(), init=False, repr=False, compare=False)  # (epoch, order_digest)
 
     def __post_init__(self):
         minimums = {"B": 1, "T": 1, "world": 1, "seed": 0, "num_tokens": 0}  # SeedSequence: seed >= 0
@@ -100,6 +115,16 @@ class Cursor:
         order = epoch_permutation(self.seed, epoch, self.steps_per_epoch)
         object.__setattr__(self, "_orders", (*kept, (epoch, order)))
         return order
+
+    def order_digest(self, epoch: int) -> str | None:
+        """order_digest of `epoch`'s order when shuffling (the last one asked for is kept), else None."""
+        if not self.shuffle:
+            return None
+        kept = self._digest
+        if not kept or kept[0] != epoch:
+            kept = (epoch, order_digest(self._order(epoch)))
+            object.__setattr__(self, "_digest", kept)
+        return kept[1]
 
     def window_start(self, step: int, rank: int) -> int:
         """s = (slot * W + rank) * B*T: the first token of step `step`'s window on `rank`."""

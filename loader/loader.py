@@ -20,6 +20,8 @@ from prep.meta import portable_name
 from prep.shards import token_out_of_range
 
 STATE_FORMAT = 1
+# what state_dict() gives and load_state_dict() needs; "order" (added later) is checked where given
+STATE_KEYS = ("format", "step", "epoch", "shuffle", "seed", "B", "T", "world", "num_tokens", "shards")
 MAX_PREFETCH = 1024  # the deepest prefetch taken: a depth of 2 to 8 hides the copies
 
 # Forks between the process that imported this module and this one: a process forked while a
@@ -97,6 +99,30 @@ def dataset_difference(state: dict, identity: list[list], num_tokens: int,
             return (f"{name} has the same name and token count, but its sha256 is {digest[:12]}... now "
                     f"and was {saved_digest[:12]}... (tokenized again since)")
     return None
+
+
+def _check_order(state: dict, cursor: Cursor, step: int) -> None:
+    """LoaderError where this numpy draws a shuffled state's order otherwise than the one that
+    saved it (state["order"]: an epoch's order_digest, and numpy's version), and the resume is
+    inside an epoch: its windows read before the resume and those read after would overlap. At
+    an epoch's first step no window of it was read, and any order is exact."""
+    order = state.get("order")
+    if order is None or not cursor.shuffle:  # (states saved before the digest: unchecked)
+        return
+    if not (isinstance(order, dict) and isinstance(order.get("digest"), str)
+            and type(order.get("epoch")) is int and order["epoch"] >= 0):
+        raise LoaderError(f"malformed loader state: order must be a dict with an epoch and a digest, got {order!r}")
+    if step % cursor.steps_per_epoch == 0 or cursor.order_digest(order["epoch"]) == order["digest"]:
+        return
+    then = order.get("numpy") if isinstance(order.get("numpy"), str) else None
+    if then == np.__version__:  # the same numpy draws the same order: the digest is not the one saved
+        raise LoaderError(f"damaged loader state: its order digest {order['digest']!r} is not that of epoch "
+                          f"{order['epoch']} of seed {cursor.seed}, drawn by the same numpy {then}")
+    raise LoaderError(
+        f"the shuffled order of epoch {order['epoch']} drawn here (numpy {np.__version__}) is not the one the state "
+        f"was saved in{f' (numpy {then})' if then else ''}: resuming at step {step}, inside epoch "
+        f"{cursor.epoch(step)}, would read some of its windows twice and others never"
+        + (f"; resume under numpy {then}" if then else ""))
 
 
 def dataset_digest(identity: list[list]) -> int:
@@ -367,6 +393,9 @@ class TokenLoader:
             "world": c.world,
             "num_tokens": c.num_tokens,
             "shards": self._stream.identity,
+            # the order this epoch is read in, and the numpy that drew it (loader.cursor.order_digest)
+            "order": None if not c.shuffle else {"epoch": self.epoch, "digest": c.order_digest(self.epoch),
+                                                  "numpy": np.__version__},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -376,7 +405,7 @@ class TokenLoader:
         """
         if not isinstance(state, dict):
             raise LoaderError(f"a loader state is a dict, got {type(state).__name__}")
-        missing = [k for k in self.state_dict() if k not in state]
+        missing = [k for k in STATE_KEYS if k not in state]
         if missing or state["format"] != STATE_FORMAT:
             raise LoaderError(
                 f"not a TokenLoader state of format {STATE_FORMAT} "
@@ -408,6 +437,7 @@ class TokenLoader:
         if not isinstance(state["shuffle"], bool):  # bool("False") is True: another order, silently
             raise LoaderError(f"malformed loader state: shuffle must be True or False, got {state['shuffle']!r}")
         cursor = dataclasses.replace(c, shuffle=state["shuffle"], seed=state["seed"])
+        _check_order(state, cursor, step)
         self._seek(step, cursor)
 
     def reset(self) -> None:

@@ -4,6 +4,7 @@ epoch arithmetic, next_batch, properties, argument checks, and resume (state_dic
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -292,7 +293,8 @@ def test_numpy_integers_are_taken_and_the_state_and_figures_are_plain_ints(data,
         figures = (loader.B, loader.T, loader.rank, loader.world, loader.seed, loader.step, loader.epoch,
                    loader.steps_per_epoch, loader.window_start(np.int64(3)))
     assert [type(v) for v in figures] == [int] * len(figures)
-    assert all(type(v) in (int, bool, str, list) for v in state.values()), state
+    assert all(type(v) in (int, bool, str, list) for k, v in state.items() if k != "order"), state
+    assert [type(v) for v in state["order"].values()] == [int, str, str], state  # epoch, digest, numpy
     json.dumps(state)
     torch.save({"loader": state}, tmp_path / "ckpt.pt")
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loader"] == state
@@ -309,6 +311,83 @@ def test_load_state_dict_adopts_the_saved_shuffle_and_seed(data):
         assert (resumed.shuffle, resumed.seed) == (True, 3)
         for window in expected:
             np.testing.assert_array_equal(resumed.next_window().numpy(), window)
+
+
+def other_numpy_shuffle(monkeypatch, numpy_version="0.0-other"):
+    """What a numpy whose Generator.shuffle draws otherwise gives: epoch_permutation's order,
+    rotated by one slot, under another numpy version."""
+    import loader.cursor
+    drawn = loader.cursor.epoch_permutation
+    monkeypatch.setattr(loader.cursor, "epoch_permutation",
+                        lambda seed, epoch, steps: np.roll(drawn(seed, epoch, steps), 1))
+    monkeypatch.setattr(np, "__version__", numpy_version)
+
+
+def test_a_shuffled_state_resumed_under_a_numpy_that_shuffles_otherwise_is_refused_inside_an_epoch(
+        data, monkeypatch):
+    """numpy does not promise Generator.shuffle's stream across versions: read in another order,
+    the rest of the epoch would repeat windows read before the resume and skip others. The
+    state's digest of its epoch's order refuses that, and names the numpy that drew it."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=2) as saved:
+        E = saved.steps_per_epoch
+        windows(saved, E + 4)  # inside epoch 1
+        inside = saved.state_dict()
+        windows(saved, E - 4)  # at epoch 2's first step: no window of it read yet
+        boundary = saved.state_dict()
+        expected = windows(saved, 3)
+    assert inside["order"]["numpy"] == np.__version__
+    assert inside["order"]["digest"] != boundary["order"]["digest"]  # each epoch its own
+    other_numpy_shuffle(monkeypatch)
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=2) as resumed:
+        then = inside["order"]["numpy"]
+        message = (f"the shuffled order of epoch 1 drawn here (numpy 0.0-other) is not the one the state was saved "
+                   f"in (numpy {then}): resuming at step {E + 4}, inside epoch 1, would read some of its windows "
+                   f"twice and others never; resume under numpy {then}")
+        with pytest.raises(LoaderError, match=f"^{re.escape(message)}$"):
+            resumed.load_state_dict(inside)
+        assert resumed.step == 0  # refused: the loader is where it was
+        resumed.load_state_dict(boundary)  # any order is exact from an epoch's first step
+        assert resumed.step == 2 * E
+        got = windows(resumed, 3)
+        assert any((a != b).any() for a, b in zip(got, expected))  # (this numpy's order, as it should be)
+        assert resumed.state_dict()["order"]["numpy"] == "0.0-other"
+
+
+def test_a_state_without_an_order_digest_or_unshuffled_resumes_unchecked(data, monkeypatch):
+    """States saved before the digest (no "order") resume as they did; a sequential state has
+    no order to check (None)."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as saved:
+        windows(saved, 4)
+        old = {k: v for k, v in saved.state_dict().items() if k != "order"}
+    with TokenLoader(path, B=2, T=50, prefetch=0) as saved:
+        windows(saved, 4)
+        sequential = saved.state_dict()
+    assert sequential["order"] is None
+    other_numpy_shuffle(monkeypatch)
+    with TokenLoader(path, B=2, T=50, prefetch=0) as resumed:
+        resumed.load_state_dict(old)
+        assert (resumed.step, resumed.shuffle) == (4, True)
+        resumed.load_state_dict(sequential)
+        assert (resumed.step, resumed.shuffle) == (4, False)
+
+
+def test_a_shuffled_state_whose_digest_the_same_numpy_does_not_draw_is_damaged(data):
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as loader:
+        windows(loader, 4)
+        state = loader.state_dict()
+        state["order"] = {**state["order"], "digest": "0" * 16}
+        message = (f"damaged loader state: its order digest '{'0' * 16}' is not that of epoch 0 of seed 3, drawn by "
+                   f"the same numpy {np.__version__}")
+        with pytest.raises(LoaderError, match=f"^{re.escape(message)}$"):
+            loader.load_state_dict(state)
+        for order in ({"numpy": np.__version__, "epoch": 0}, "0" * 16, {**state["order"], "digest": 7},
+                      {**state["order"], "epoch": -1}, {**state["order"], "epoch": "0"}):
+            with pytest.raises(LoaderError, match="malformed loader state: order must be a dict with an epoch and a "
+                                                  "digest"):
+                loader.load_state_dict({**state, "order": order})
 
 
 def test_reset_goes_back_to_step_zero(data):

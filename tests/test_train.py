@@ -57,6 +57,7 @@ from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positi
                    shakespeare_tokens, without_gpt2_files, without_read_permission, without_search_permission,
                    write_dataset)
 from loader import TokenLoader
+from loader import cursor as loader_cursor
 from loader.audit import CKPT_PATTERN, audit, window_crc32, zip_damage
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import signals_deferred
@@ -572,6 +573,23 @@ def test_a_checkpoint_whose_loader_state_says_another_order_is_refused(tmp_path,
     with pytest.raises(train.UserError, match="its loader state has step, shuffle, seed 2, True, 1337; its step 2 "
                                               "and run say 2, False, 1337"):
         train.train(cfg(tmp_path, dataset, steps=4, resume="auto"))
+
+
+def test_a_shuffled_run_resumed_under_a_numpy_that_shuffles_otherwise_is_refused(tmp_path, dataset, monkeypatch):
+    """Mid-epoch, another order would repeat windows this run trained on and skip others: the
+    checkpoint's loader state says which order it was reading (loader.cursor.order_digest)."""
+    train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2, shuffle=True))
+    path = tmp_path / "out" / "ckpt_000002.pt"
+    before = path.read_bytes()
+    drawn = loader_cursor.epoch_permutation  # a numpy whose Generator.shuffle draws otherwise
+    monkeypatch.setattr(loader_cursor, "epoch_permutation", lambda *a: np.roll(drawn(*a), 1))
+    monkeypatch.setattr(np, "__version__", "0.0-other")
+    then = torch.load(path, weights_only=True)["loader"]["order"]["numpy"]
+    with pytest.raises(train.UserError, match=f"^--resume {re.escape(str(path))}: the shuffled order of epoch 0 "
+                                              f"drawn here \\(numpy 0.0-other\\) .* resume under numpy "
+                                              f"{re.escape(then)}$"):
+        train.train(cfg(tmp_path, dataset, steps=4, shuffle=True, resume="auto"))
+    assert path.read_bytes() == before and sorted(p.name for p in path.parent.glob("ckpt_*")) == [path.name]
 
 
 def metrics_of(c: train.TrainConfig) -> list[dict]:
