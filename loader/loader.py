@@ -484,6 +484,11 @@ class TokenLoader:
     shards = property(lambda self: list(self._stream.paths), doc="The shard files, in order.")
     identity = property(lambda self: self._stream.identity, doc="[[name, tokens, sha256 or None], ...]")
 
+    def order_digest(self, epoch: int) -> str | None:
+        """loader.cursor.order_digest of `epoch`'s shuffled order (state_dict()'s "order"), None
+        when reading in order."""
+        return self._cursor.order_digest(check_int("epoch", epoch, 0))
+
     def window_start(self, step: int) -> int:
         """Where in the split's stream (token offset) step `step`'s window starts on this rank."""
         return self._cursor.window_start(check_int("step", step, 0), self._rank)

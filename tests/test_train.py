@@ -592,6 +592,28 @@ def test_a_shuffled_run_resumed_under_a_numpy_that_shuffles_otherwise_is_refused
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.glob("ckpt_*")) == [path.name]
 
 
+def test_a_shuffled_run_resumed_at_an_epoch_start_under_a_numpy_that_shuffles_otherwise_says_so(
+        tmp_path, dataset, monkeypatch, capsys):
+    """At an epoch's first step no window of it was read: the resume goes on, exactly once per
+    epoch, and says its order (and so its steps) are not the uninterrupted run's."""
+    common = dict(steps=11, keep_ckpts=0, shuffle=True)
+    train.train(cfg(tmp_path, dataset, ckpt_every=9, **common))  # an epoch is 9 windows
+    (tmp_path / "out" / "ckpt_000011.pt").unlink()
+    train.train(cfg(tmp_path, dataset, ckpt_every=9, resume="auto", **common))  # the same numpy: no word
+    assert "shuffles otherwise" not in capsys.readouterr().out
+    (tmp_path / "out" / "ckpt_000011.pt").unlink()
+    then = np.__version__
+    drawn = loader_cursor.epoch_permutation
+    monkeypatch.setattr(loader_cursor, "epoch_permutation", lambda *a: np.roll(drawn(*a), 1))
+    monkeypatch.setattr(np, "__version__", "0.0-other")
+    train.train(cfg(tmp_path, dataset, ckpt_every=9, resume="auto", **common))
+    assert (f"note: the checkpoint's run drew its shuffled orders with numpy {then}, which shuffles otherwise than "
+            f"this numpy 0.0-other: from epoch 1 on, each epoch reads every window once, but in another order than "
+            f"an uninterrupted run's, and the steps from here on are not bit-identical to it\n"
+            in capsys.readouterr().out)
+    assert torch.load(tmp_path / "out" / "ckpt_000011.pt", weights_only=True)["loader"]["order"]["numpy"] == "0.0-other"
+
+
 def metrics_of(c: train.TrainConfig) -> list[dict]:
     train.train(c)
     return metrics(Path(c.out))

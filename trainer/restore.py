@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from loader import DatasetMismatch, TokenLoader
@@ -103,6 +104,13 @@ def resume_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: GPT
         notes.append(f"resumed with compile {'on' if rt.compile else 'off'}, where the checkpoint's run had it "
                      f"{'on' if compiled else 'off'}: the steps from here on are not bit-identical to an "
                      f"uninterrupted run's (compiled kernels round otherwise, and draw other dropout masks)")
+    order = ckpt["loader"].get("order")  # (checked by load_state_dict where shuffled)
+    if train_loader.shuffle and order is not None and train_loader.order_digest(order["epoch"]) != order["digest"]:
+        # at an epoch's first step (inside one, load_state_dict refused it): exact, but not the same order
+        notes.append(f"the checkpoint's run drew its shuffled orders with numpy {order.get('numpy')!s}, which "
+                     f"shuffles otherwise than this numpy {np.__version__}: from epoch {train_loader.epoch} on, "
+                     f"each epoch reads every window once, but in another order than an uninterrupted run's, "
+                     f"and the steps from here on are not bit-identical to it")
     if (cfg.log_windows and 0 < ckpt["step"] < cfg.steps  # (at --steps: nothing to log, a note below)
             and not nonempty_file(log_path(Path(cfg.out), 0))):
         elsewhere = os.path.realpath(path.parent) != os.path.realpath(cfg.out)
