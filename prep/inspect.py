@@ -23,8 +23,8 @@ from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, 
                        unlisted_shards)
 from prep.progress import Bar
 from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
-                         named_split, not_a_shard_file, open_shard, read_header, shard_file_bytes, split_files_in,
-                         token_out_of_range)
+                         named_split, not_a_shard_file, open_shard, parse_shard_name, read_header,
+                         shard_file_bytes, split_files_in, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory
@@ -318,6 +318,29 @@ def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[
     return problems
 
 
+def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
+    """Where meta.json lists a split's shards of one name out of their index order, as prep
+    writes them (parse_shard_name; names of no index are passed over, and two names' shards
+    may follow each other): the loader reads a split in the order listed, so a hand-edited or
+    half-merged list is another token stream than the one their names number."""
+    problems = []
+    for split, record in records.items():
+        last: dict[str, tuple[int, str]] = {}  # name -> the index and file of its shard listed last
+        for entry in record["shards"]:
+            parsed = parse_shard_name(entry["file"])
+            if parsed is None:
+                continue
+            name, _, index = parsed
+            if name in last and index <= last[name][0]:
+                how = "the same index" if index == last[name][0] else "out of index order"
+                problems.append(f"{where}: lists {split} shards {last[name][1]} then {entry['file']}, {how}: the "
+                                f"loader reads a split in the order listed, so its token stream is not the one "
+                                f"their names number")
+                break
+            last[name] = (index, entry["file"])
+    return problems
+
+
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
     """Check every shard: header and size, token range, and sha256 / token count vs meta.json,
     and each split's document count vs its EOT tokens.
@@ -350,6 +373,7 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards ({held:,})")
             report.problems += _totals_problems(meta, records, directory / META_NAME)
+            report.problems += _order_problems(records, directory / META_NAME)
             # the documents' separator, where it is given: GPT-2's, as prep writes it
             if "eot" in meta and (meta["eot"] != EOT or type(meta["eot"]) is not int):  # not True, not 50256.0
                 report.problems.append(f"{directory / META_NAME}: eot is {meta['eot']!r}, not GPT-2's {EOT}")

@@ -440,6 +440,51 @@ def test_verify_unlisted_shard_and_count_mismatch(dataset):
     assert any("ds_val_000000.bin: 700 tokens, but meta.json says 701" in line for line in bad)
 
 
+def list_train_shards(directory: Path, entries: list[dict]) -> None:
+    """meta.json of `directory` listing `entries` as its train split (one document each, as
+    tokens() makes them), its counts and totals made to agree."""
+    meta = json.loads((directory / META_NAME).read_text())
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    train.update(shards=entries, tokens=sum(e["tokens"] for e in entries), documents=len(entries))
+    meta["totals"].update(tokens=train["tokens"] + val["tokens"], documents=train["documents"] + val["documents"])
+    (directory / META_NAME).write_text(json.dumps(meta))
+
+
+def shard_entry(directory: Path, file: str, n: int, seed: int) -> dict:
+    return {"file": file, "tokens": n, "sha256": write_shard(directory / file, tokens(n, seed))}
+
+
+def test_verify_a_split_listed_out_of_its_shards_index_order(dataset):
+    """The loader reads a split in meta.json's order: a hand-edited order is another token
+    stream, which verify passed, every shard being whole and as listed."""
+    listed = json.loads((dataset / META_NAME).read_text())["splits"]["train"]["shards"]
+    listed.append(shard_entry(dataset, "ds_train_000002.bin", 10, 4))
+    list_train_shards(dataset, listed)
+    assert verify_dataset(dataset).problems == []  # in order
+    list_train_shards(dataset, [listed[0], listed[2], listed[1]])
+    result = run(verify_command, dataset)
+    assert result.exit_code == 1, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {dataset / META_NAME}: lists train shards ds_train_000002.bin then ds_train_000001.bin, "
+                   f"out of index order: the loader reads a split in the order listed, so its token stream is not "
+                   f"the one their names number"], result.output
+
+
+def test_verify_takes_two_names_shards_one_after_the_other_but_not_one_index_twice(dataset):
+    """A meta.json may list one corpus's shards after another's (each in its own order); llm.c's
+    unindexed x_train.bin is the same index 0 as x_train_000000.bin."""
+    listed = json.loads((dataset / META_NAME).read_text())["splits"]["train"]["shards"]
+    listed += [shard_entry(dataset, "ab_train_000000.bin", 10, 4), shard_entry(dataset, "ab_train_000001.bin", 9, 5)]
+    list_train_shards(dataset, listed)
+    assert verify_dataset(dataset).problems == []
+    for entry in listed[1:]:
+        (dataset / entry["file"]).unlink()
+    list_train_shards(dataset, [listed[0], shard_entry(dataset, "ds_train.bin", 12, 6)])
+    assert verify_dataset(dataset).problems == [
+        f"{dataset / META_NAME}: lists train shards ds_train_000000.bin then ds_train.bin, the same index: the "
+        f"loader reads a split in the order listed, so its token stream is not the one their names number"]
+
+
 def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     meta["splits"]["train"]["tokens"] = 8_001  # its shards hold 5,000 + 3,000
