@@ -2991,6 +2991,29 @@ def test_under_torchrun_ranks_reading_other_shards_of_the_same_size_refuse_to_st
     trainer.ranks.agree_to_start(store_with_the_other([None, *mine.values()], 0), 0, 2, None, mine)
 
 
+def test_under_torchrun_ranks_drawing_another_shuffled_order_refuse_to_start(tmp_path, dataset, monkeypatch):
+    """The ranks draw --shuffle's order each from (seed, epoch): a node whose numpy shuffles
+    otherwise would read windows overlapping the others', and leave some unread. The start
+    epoch's order_digest is compared, and said only where the data and options that make the
+    order agree."""
+    with TokenLoader(dataset, "train", B=2, T=16, shuffle=True, seed=1337, prefetch=0) as loader:
+        mine = trainer.facts.start_facts(cfg(tmp_path, dataset, shuffle=True), 1, "cpu", "fp32",
+                                         GPTConfig.preset("tiny"), 0, loader, None)
+        assert mine["train order"] == int(loader.order_digest(0), 16) != 0
+    with TokenLoader(dataset, "train", B=2, T=16, prefetch=0) as loader:  # in order: no order to compare
+        assert trainer.facts.start_facts(cfg(tmp_path, dataset), 1, "cpu", "fp32", GPTConfig.preset("tiny"), 0,
+                                         loader, None)["train order"] == 0
+    said = (f"train order: the same data, --B, --T, --shuffle and --seed, another shuffled order (numpy "
+            f"{np.__version__} on rank 0: numpy's shuffle may differ between its versions), "
+            f"{mine['train order']:016x} on rank 0")
+    for theirs, message in (({**mine, "train order": 5}, said),
+                            ({**mine, "train order": 5, "--seed": 7}, "--seed: 7 to 1337, 1337 on rank 0")):
+        with pytest.raises(train.UserError) as e:
+            trainer.ranks.agree_to_start(store_with_the_other([None, *theirs.values()], 0), 0, 2, None, mine)
+        assert e.value.message.startswith(f"the ranks see different runs ({message}): every node"), e.value.message
+    trainer.ranks.agree_to_start(store_with_the_other([None, *mine.values()], 0), 0, 2, None, mine)
+
+
 def _rank_1_has_read(store) -> None:
     """Rank 1 of 2's part in agree_to_start once it has read the rows (rank 0 then clears them)."""
     store.set(f"{trainer.ranks.START_KEY}read/1", "")

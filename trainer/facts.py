@@ -39,6 +39,9 @@ def start_facts(cfg: TrainConfig, world: int, device: str, dtype: str, model_con
             # the same counts, other shards: another tokenization of the corpus on one node
             **{f"{split} shards": dataset_digest(loader.identity) if loader else 0
                for split, loader in (("train", train), ("val", val))},
+            # the same data and --seed, another shuffled order (a node whose numpy shuffles
+            # otherwise): the ranks' windows would overlap, and some would be read by none
+            "train order": int(train.order_digest(train.epoch) or "0", 16) if train else 0,
             # --device auto on a node whose GPUs cannot be used trains on its CPU: gloo, where
             # the other ranks wait in NCCL
             "device": device,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
+import numpy as np
 import torch.distributed as dist
 
 from prep.atomic import signals_deferred
@@ -143,15 +144,20 @@ def agree_to_start(store: dist.Store, rank: int, world: int, failure: Exception 
         values = [row[column] for row in rows]
         if any(value != mine for value in values):
             differ[name] = f"{name}: {shown(min(values))} to {shown(max(values))}, {shown(mine)} on rank {rank}"
-    # digests (dataset_digest, checkpoint_digest): equal or not, in no order; each said only where
-    # the fact it refines (the count, the step) is the same
-    digests = {"train shards": ("train tokens", "the same token count, other files (names, or meta.json's sha256)"),
-               "val shards": ("val tokens", "the same token count, other files (names, or meta.json's sha256)"),
-               "resume checkpoint": ("resume step", "other files of one step (other contents)")}
+    # digests (dataset_digest, checkpoint_digest, order_digest): equal or not, in no order; each
+    # said only where the facts it refines (the count, the step, the data and order) are the same
+    order = (f"the same data, --B, --T, --shuffle and --seed, another shuffled order (numpy {np.__version__} on "
+             f"rank {rank}: numpy's shuffle may differ between its versions)")
+    digests = {"train shards": (("train tokens",), "the same token count, other files (names, or meta.json's "
+                                                   "sha256)"),
+               "val shards": (("val tokens",), "the same token count, other files (names, or meta.json's sha256)"),
+               "resume checkpoint": (("resume step",), "other files of one step (other contents)"),
+               "train order": (("train tokens", "train shards", "resume step", "--B", "--T", "--total-batch-size",
+                                "--shuffle", "--seed"), order)}
     for name, (refined, what) in digests.items():
         if name in differ:
             differ[name] = f"{name}: {what}, {facts[name]:016x} on rank {rank}"
-            if refined in differ:  # said already
+            if any(fact in differ for fact in refined):  # said already
                 del differ[name]
     differ = list(differ.values())
     if differ:
