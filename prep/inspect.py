@@ -58,6 +58,9 @@ class DatasetInfo:
     # listed in meta.json, the right size, but a header the loader refuses (a bad magic or
     # version, a count not the file's size), or not a regular file (a directory): file, what is wrong
     bad_header: list[tuple[str, str]] = field(default_factory=list)
+    # each split meta.json lists out of its shards' index order (the loader reads the order
+    # listed): split, the file listed before, the one after, how (_out_of_order)
+    out_of_order: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -153,6 +156,7 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                     elif (wrong := header_problem(path)) is not None:  # a bad magic or version, say
                         info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
             info.unlisted = unlisted_shards(directory, records)
+            info.out_of_order = _out_of_order(records)
     except (ValueError, TypeError) as e:  # read_meta's malformed-file errors, and ours
         raise UserError(f"{directory / META_NAME}: {e}") from None
     if meta is None:
@@ -220,6 +224,9 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
     if info.unlisted:
         say(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
             f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`")
+    for split, before, after, how in info.out_of_order:
+        say(f"warning: meta.json lists {split} shards {before} then {after}, {how}: the loader reads them in "
+            f"the order listed; run `prep verify {directory}`")
     if as_json:
         record = asdict(info) | {"tokens": info.tokens, "shards": info.shards}
         if B is not None:
@@ -318,12 +325,13 @@ def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[
     return problems
 
 
-def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
+def _out_of_order(records: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     """Where meta.json lists a split's shards of one name out of their index order, as prep
     writes them (parse_shard_name; names of no index are passed over, and two names' shards
     may follow each other): the loader reads a split in the order listed, so a hand-edited or
-    half-merged list is another token stream than the one their names number."""
-    problems = []
+    half-merged list is another token stream than the one their names number. Each split's
+    first such pair: (split, the file listed before, the one after, how they are out of order)."""
+    found = []
     for split, record in records.items():
         last: dict[str, tuple[int, str]] = {}  # name -> the index and file of its shard listed last
         for entry in record["shards"]:
@@ -333,12 +341,17 @@ def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
             name, _, index = parsed
             if name in last and index <= last[name][0]:
                 how = "the same index" if index == last[name][0] else "out of index order"
-                problems.append(f"{where}: lists {split} shards {last[name][1]} then {entry['file']}, {how}: the "
-                                f"loader reads a split in the order listed, so its token stream is not the one "
-                                f"their names number")
+                found.append((split, last[name][1], entry["file"], how))
                 break
             last[name] = (index, entry["file"])
-    return problems
+    return found
+
+
+def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
+    """verify's lines for _out_of_order's pairs."""
+    return [f"{where}: lists {split} shards {before} then {after}, {how}: the loader reads a split in the "
+            f"order listed, so its token stream is not the one their names number"
+            for split, before, after, how in _out_of_order(records)]
 
 
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:

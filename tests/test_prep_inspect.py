@@ -470,6 +470,23 @@ def test_verify_a_split_listed_out_of_its_shards_index_order(dataset):
                    f"the one their names number"], result.output
 
 
+def test_info_warns_about_a_split_listed_out_of_its_shards_index_order(dataset):
+    """info said nothing of a meta.json whose order is not its shards' (verify's problem above),
+    though the loader trains on that order: info reads meta.json alone, and warns of what it
+    sees there."""
+    listed = json.loads((dataset / META_NAME).read_text())["splits"]["train"]["shards"]
+    list_train_shards(dataset, listed[::-1])
+    result = run(info_command, dataset, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["out_of_order"] == [
+        ["train", "ds_train_000001.bin", "ds_train_000000.bin", "out of index order"]]
+    assert result.stderr == ("warning: meta.json lists train shards ds_train_000001.bin then "
+                             "ds_train_000000.bin, out of index order: the loader reads them in the order "
+                             f"listed; run `prep verify {dataset}`\n")
+    list_train_shards(dataset, listed)
+    assert run(info_command, dataset).stderr == ""
+
+
 def test_verify_takes_two_names_shards_one_after_the_other_but_not_one_index_twice(dataset):
     """A meta.json may list one corpus's shards after another's (each in its own order); llm.c's
     unindexed x_train.bin is the same index 0 as x_train_000000.bin."""
