@@ -17,6 +17,7 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
+from prep.atomic import file_identity
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError, bar_disable, say
 from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, shard_directories,
@@ -354,6 +355,26 @@ def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
             for split, before, after, how in _out_of_order(records)]
 
 
+def _link_problems(shards: dict[str, list[Path]]) -> list[str]:
+    """Where two of the splits' shards are one file, reached through a symbolic or hard link:
+    in one split the loader refuses it (its tokens would be read twice an epoch); across the
+    two, the val split would measure tokens the model trained on. Every shard passed, its hash
+    too where meta.json lists both names with the file's."""
+    problems, seen = [], {}
+    for split, paths in shards.items():
+        for path in paths:
+            try:
+                first = seen.setdefault(file_identity(path), (split, path))
+            except OSError:  # missing, a broken link: said where the shard is read
+                continue
+            if first[1] == path:
+                continue
+            why = (f"the loader refuses it: the {split} split would read its tokens twice an epoch"
+                   if first[0] == split else f"the {split} split would hold {first[0]} tokens")
+            problems.append(f"{path}: the same file as {first[1]} (a link): {why}")
+    return problems
+
+
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
     """Check every shard: header and size, token range, and sha256 / token count vs meta.json,
     and each split's document count vs its EOT tokens.
@@ -397,6 +418,12 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         where = f"{directory / META_NAME}: "
         report.problems.append(str(e) if str(e).startswith(where) else where + str(e))
         expected.clear()
+    if report.meta_found:  # each split's shards as the loader reads them
+        report.problems += _link_problems({split: [directory / e["file"] for e in record["shards"]]
+                                           for split, record in records.items()})
+    else:
+        report.problems += _link_problems({split: [p for p in on_disk.values()
+                                                   if named_split(p.name) == split] for split in SPLITS})
     if not on_disk and not expected and not report.problems:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy) "
                         f"and no {META_NAME}{split_files_in(directory)}")

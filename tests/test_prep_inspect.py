@@ -502,6 +502,32 @@ def test_verify_takes_two_names_shards_one_after_the_other_but_not_one_index_twi
         f"loader reads a split in the order listed, so its token stream is not the one their names number"]
 
 
+@pytest.mark.parametrize("meta", [True, False])
+def test_verify_two_shards_that_are_one_file_through_a_link(tmp_path, meta):
+    """The loader refuses a split whose shards are one file twice (a symbolic or hard link),
+    which verify passed: every shard whole, its hash too where meta.json lists both names so.
+    A val shard that is a train shard is said too: validation would measure trained tokens."""
+    ds = make_dataset(tmp_path / "ds", {"train": [tokens(500, 1), tokens(500, 1)], "val": [tokens(500, 1)]},
+                      meta=meta)
+    assert verify_dataset(ds).problems == []
+    first, second, val = ds / "ds_train_000000.bin", ds / "ds_train_000001.bin", ds / "ds_val_000000.bin"
+    second.unlink()
+    os.symlink(first.name, second)
+    with pytest.raises(Exception, match="one file"):
+        resolve_shards(ds, "train")
+    result = run(verify_command, ds)
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("BAD ")] == [
+        f"BAD {second}: the same file as {first} (a link): the loader refuses it: the train split would read "
+        "its tokens twice an epoch"]
+    second.unlink()
+    os.link(val, second)  # a hard link to the val shard: the split is whole again, but val is train's
+    val.unlink()
+    os.link(first, val)
+    assert verify_dataset(ds).problems == [
+        f"{val}: the same file as {first} (a link): the val split would hold train tokens"]
+
+
 def test_verify_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
     meta = json.loads((dataset / META_NAME).read_text())
     meta["splits"]["train"]["tokens"] = 8_001  # its shards hold 5,000 + 3,000
