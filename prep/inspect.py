@@ -431,8 +431,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     for name in expected:
         if name in todo:
             continue
-        if (directory / name).is_file():  # listed under a name find_shards does not match
-            todo[name] = directory / name
+        if os.path.lexists(directory / name):  # listed under a name find_shards does not match: read, it is
+            todo[name] = directory / name  # a shard or says what it is (a directory, a FIFO, a broken link)
         else:
             report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
     todo = list(todo.values())

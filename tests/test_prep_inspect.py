@@ -644,6 +644,24 @@ def test_verify_reads_a_listed_file_whatever_its_name(tmp_path):
     assert "verified 1 shard(s), 100 tokens" in result.output and "all OK" in result.output
 
 
+@pytest.mark.parametrize("make, said", [
+    (os.mkdir, "is a directory, not a shard"),
+    (os.mkfifo, "not a regular file (a FIFO), not a shard"),
+    (lambda path: os.symlink("nowhere", path), "a broken symbolic link (to nowhere)")])
+def test_verify_says_what_a_listed_file_of_another_name_is_where_it_is_no_file(tmp_path, make, said):
+    """A listed file named otherwise than a shard that is there but no regular file was
+    "listed in meta.json but missing", where info and the loader say what it is."""
+    ds = make_dataset(tmp_path / "ds", {"train": [tokens(10)]})
+    (ds / "ds_train_000000.bin").rename(ds / "extra.bin")
+    meta = json.loads((ds / META_NAME).read_text())
+    meta["splits"]["train"]["shards"][0]["file"] = "extra.bin"
+    (ds / META_NAME).write_text(json.dumps(meta))
+    assert verify_dataset(ds).problems == []
+    (ds / "extra.bin").unlink()
+    make(ds / "extra.bin")
+    assert verify_dataset(ds).problems == [f"{ds / 'extra.bin'}: {said}"]
+
+
 def test_verify_an_unreadable_meta_json_and_no_shards_is_a_failure_naming_it(tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / META_NAME).write_text("{oops")
