@@ -23,7 +23,7 @@ from prep.errors import GivenPath, UserCommand, UserError, bar_disable, say
 from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, shard_directories,
                        unlisted_shards)
 from prep.progress import Bar
-from prep.shards import (HEADER_BYTES, SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
+from prep.shards import (SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
                          named_split, not_a_shard_file, open_shard, parse_shard_name, read_header,
                          shard_file_bytes, split_files_in, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
@@ -288,10 +288,10 @@ def _scan_shard(path: Path, vocab_size: int, with_hash: bool, bar: Bar) -> Shard
     count, hashing the same pages."""
     num_tokens = read_header(path)
     digest = hashlib.sha256() if with_hash else None
-    if digest is not None:
-        with open(path, "rb") as f:
-            digest.update(f.read(HEADER_BYTES))
     tokens, bad, eots = open_shard(path), None, 0
+    if digest is not None:  # the whole file's, as meta.json records it: a .npy header is of its own length
+        with open(path, "rb") as f:
+            digest.update(f.read(tokens.offset))
     for start in range(0, num_tokens, SCAN_TOKENS):
         chunk = tokens[start:start + SCAN_TOKENS]
         if digest is not None:

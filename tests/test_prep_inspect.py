@@ -21,7 +21,7 @@ from prep.epoch import steps_per_epoch
 from prep.inspect import dataset_info, info_command, verify_command, verify_dataset
 from prep.meta import META_NAME, write_meta
 from loader.stream import resolve_shards
-from prep.shards import ShardError, shard_name, write_shard
+from prep.shards import ShardError, file_sha256, shard_name, write_shard
 from prep.tokenizer import EOT
 
 from _cli import assert_user_error
@@ -660,6 +660,25 @@ def test_verify_says_what_a_listed_file_of_another_name_is_where_it_is_no_file(t
     (ds / "extra.bin").unlink()
     make(ds / "extra.bin")
     assert verify_dataset(ds).problems == [f"{ds / 'extra.bin'}: {said}"]
+
+
+def test_verify_hashes_a_listed_npy_shard_whole(dataset):
+    """A .npy shard (build-nanogpt's) listed in meta.json with its file's sha256, which the loader
+    reads so: verify hashed its first 1,024 bytes as a .bin header, not its own header, and
+    called it damaged."""
+    npy = dataset / "ds_train_000001.npy"
+    np.save(npy, tokens(3000, 2).astype(np.uint16))
+    (dataset / "ds_train_000001.bin").unlink()
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"]["train"]["shards"][1].update(file=npy.name, sha256=file_sha256(npy))
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    resolve_shards(dataset, "train")
+    assert verify_dataset(dataset).problems == []
+    assert verify_dataset(npy).problems == [] and verify_dataset(npy).meta_found
+    meta["splits"]["train"]["shards"][1]["sha256"] = "0" * 64
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    assert [line.split(": ")[1] for line in verify_dataset(dataset).problems] == [
+        f"sha256 {file_sha256(npy)[:16]}... does not match meta.json's 0000000000000000..."]
 
 
 def test_verify_an_unreadable_meta_json_and_no_shards_is_a_failure_naming_it(tmp_path):
