@@ -152,7 +152,9 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                     elif not path.is_file():  # a directory, a FIFO, a broken link: the loader says what
                         wrong = header_problem(path) or f"{path}: not a regular file"
                         info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
-                    elif (size := path.stat().st_size) != (expected := shard_file_bytes(entry["tokens"])):
+                    elif path.suffix == ".npy" and (wrong := header_problem(path)) is not None:
+                        info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
+                    elif (size := path.stat().st_size) != (expected := _listed_bytes(path, entry["tokens"])):
                         info.wrong_size.append((entry["file"], size, expected))
                     elif (wrong := header_problem(path)) is not None:  # a bad magic or version, say
                         info.bad_header.append((entry["file"], wrong.removeprefix(f"{path}: ")))
@@ -178,6 +180,14 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy)"
                         f"{split_files_in(directory)}")
     return _with_steps(info, B, T, world)
+
+
+def _listed_bytes(path: Path, tokens: int) -> int:
+    """The size of the listed shard `path` holding `tokens` tokens: a .bin shard's 1,024-byte
+    header and its tokens; a .npy one's (build-nanogpt's) own header, valid, and its tokens."""
+    if path.suffix != ".npy":
+        return shard_file_bytes(tokens)
+    return path.stat().st_size + 2 * (tokens - read_header(path))
 
 
 def _with_steps(info: DatasetInfo, B: int | None, T: int | None, world: int) -> DatasetInfo:

@@ -681,6 +681,26 @@ def test_verify_hashes_a_listed_npy_shard_whole(dataset):
         f"sha256 {file_sha256(npy)[:16]}... does not match meta.json's 0000000000000000..."]
 
 
+def test_info_takes_a_listed_npy_shard_at_its_own_size(dataset):
+    """A .npy shard listed in meta.json, which the loader reads: info gave it a .bin shard's
+    size and warned that it was cut short or changed; one that is cut short, it still says."""
+    npy = dataset / "ds_train_000001.npy"
+    np.save(npy, tokens(3000, 2).astype(np.uint16))
+    (dataset / "ds_train_000001.bin").unlink()
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"]["train"]["shards"][1].update(file=npy.name, sha256=file_sha256(npy))
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    result = run(info_command, dataset)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    meta["splits"]["train"]["shards"][1]["tokens"] = 3001
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    assert dataset_info(dataset).wrong_size == [(npy.name, 6128, 6130)]
+    with open(npy, "r+b") as f:
+        f.truncate(6000)
+    assert dataset_info(dataset).bad_header == [
+        (npy.name, "size 6000 bytes, but its .npy header's 3000 tokens need exactly 6128")]
+
+
 def test_verify_an_unreadable_meta_json_and_no_shards_is_a_failure_naming_it(tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / META_NAME).write_text("{oops")
