@@ -555,6 +555,9 @@ def read_trained(out: Path, logs: list[RankLog]) -> Trained | str:
             raise LoaderError(f"{len(shards)} shard(s) of {counted:,} tokens, and num_tokens {total!r}")
     except LoaderError as e:
         return f"{path}: a damaged train.py loader state ({str(e)[:200]})"
+    step = state.get("step")
+    if not _int(step, 0):  # --resume refuses it, and the logs' end was checked against nothing
+        return f"{path}: a damaged train.py loader state (its step {step!r}, not a count of windows)"
     if data is not None and not isinstance(data, str):
         return f"{path}: a damaged train_config (its data is a {type(data).__name__}, not the --data given)"
     run, ours = tuple(state.get(k) for k in ("B", "T", "world")), (logs[0].B, logs[0].T, logs[0].world)

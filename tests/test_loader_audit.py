@@ -261,6 +261,10 @@ def test_logs_beside_a_checkpoint_of_another_run_fail(tmp_path, data):
     # a split (shards and num_tokens agreeing) too small for one step: E == 0, "past the 0 an epoch's 0 steps cover"
     ("no step", "a damaged train.py loader state (20 tokens, not one step of (2, 16, 1))"),
     ("data not a path", "a damaged train_config (its data is a int, not the --data given)"),
+    # a loader step --resume refuses: the audit took the state, and checked the logs' end against nothing
+    ("step missing", "a damaged train.py loader state (its step None, not a count of windows)"),
+    ("step a float", "a damaged train.py loader state (its step 7.0, not a count of windows)"),
+    ("step negative", "a damaged train.py loader state (its step -7, not a count of windows)"),
     # a byte flipped in the pickle (the loader's step, 7 read as 5) that torch.load reads on:
     # --resume refuses the file by its CRC-32s, and the audit took it at its word (passed a log
     # cut short at 5 of the 7 windows trained, as here, or failed a whole one)
@@ -289,6 +293,12 @@ def test_a_checkpoint_that_cannot_say_the_data_is_a_note_and_the_rest_is_checked
         path.write_bytes(b"not a zip")
     elif kind == "no loader":
         torch.save({"model": {}}, path)
+    elif kind.startswith("step "):
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["loader"] = {k: v for k, v in ckpt["loader"].items() if k != "step"}
+        if kind != "step missing":
+            ckpt["loader"]["step"] = 7.0 if kind == "step a float" else -7
+        torch.save(ckpt, path)
     elif kind in ("no shards", "no tokens", "tokens not the shards'", "no step", "data not a path"):
         ckpt = torch.load(path, weights_only=True)
         if kind == "no shards":
