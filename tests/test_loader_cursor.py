@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import numpy as np
 import pytest
 
 from loader import Cursor, LoaderError, epoch_permutation
+from loader.cursor import order_digest
 from prep.epoch import steps_per_epoch
 
 
@@ -191,3 +195,25 @@ def test_an_epoch_boundary_read_from_both_sides_draws_each_order_once(monkeypatc
         cursor.window_start(E - 4 + k, 0)
     assert sorted(draws) == [(7, 0), (7, 1)]
     assert [cursor.slot(E - 1), cursor.slot(E)] == [epoch_permutation(7, 0, E)[E - 1], epoch_permutation(7, 1, E)[0]]
+
+
+def test_the_order_digest_is_the_sha256_of_the_slots_as_little_endian_integers_cut_to_16_hex_digits():
+    """Checkpoints carry it and ranks on other machines compare it (train.py): one definition,
+    whatever the machine's byte order or the array's, written out here with struct. A digest
+    computed otherwise (another length, another byte order, a slot left out) refused every
+    shuffled resume from an older checkpoint as damaged."""
+    slots = [3, 0, 2, 1, 70_000]
+    for dtype, code in (("<i4", "i"), (">i4", "i"), ("<i8", "q"), (">i8", "q")):
+        expected = hashlib.sha256(struct.pack(f"<{len(slots)}{code}", *slots)).hexdigest()[:16]
+        assert order_digest(np.array(slots, dtype=dtype)) == expected, dtype
+    cursor = Cursor(10_001, 2, 5, shuffle=True, seed=7)  # E = 1,000: int32 slots
+    for epoch in (0, 3):
+        perm = epoch_permutation(7, epoch, cursor.steps_per_epoch)
+        expected = hashlib.sha256(struct.pack(f"<{perm.size}i", *perm.tolist())).hexdigest()[:16]
+        assert cursor.order_digest(epoch) == expected
+
+
+def test_a_cursor_reading_in_order_has_no_order_digest():
+    """None, as state_dict()'s "order" is: train.py's ranks compare it as 0 (trainer/facts.py),
+    and no permutation of all E slots is drawn for it."""
+    assert Cursor(10_001, 2, 5, seed=7).order_digest(0) is None
