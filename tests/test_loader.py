@@ -12,7 +12,8 @@ import torch
 
 from loader import LoaderError, TokenLoader
 from loader.errors import check_int
-from loader.loader import MAX_PREFETCH, dataset_digest
+from loader.errors import DatasetMismatch
+from loader.loader import MAX_PREFETCH, dataset_difference, dataset_digest
 from prep.meta import write_meta
 from prep.shards import shard_name, write_shard
 
@@ -384,7 +385,8 @@ def test_a_shuffled_state_whose_digest_the_same_numpy_does_not_draw_is_damaged(d
         with pytest.raises(LoaderError, match=f"^{re.escape(message)}$"):
             loader.load_state_dict(state)
         for order in ({"numpy": np.__version__, "epoch": 0}, "0" * 16, {**state["order"], "digest": 7},
-                      {**state["order"], "epoch": -1}, {**state["order"], "epoch": "0"}):
+                      {**state["order"], "epoch": -1}, {**state["order"], "epoch": "0"},
+                      {**state["order"], "epoch": False}):  # (bool is an int subclass: not an epoch)
             with pytest.raises(LoaderError, match="malformed loader state: order must be a dict with an epoch and a "
                                                   "digest"):
                 loader.load_state_dict({**state, "order": order})
@@ -458,8 +460,8 @@ def test_a_state_for_a_retokenized_dataset_with_the_same_names_and_counts_is_ref
         state = loader.state_dict()
     assert [entry[2] for entry in state["shards"]] == [
         e["sha256"] for e in json.loads((path / "meta.json").read_text())["splits"]["train"]["shards"]]
-    with TokenLoader(other, B=2, T=50) as loader:
-        with pytest.raises(LoaderError, match=r"d_train_000000.bin has the same name and token count, "
+    with TokenLoader(other, B=2, T=50) as loader:  # DatasetMismatch: train.py adds the --data to resume with
+        with pytest.raises(DatasetMismatch, match=r"d_train_000000.bin has the same name and token count, "
                                               r"but its sha256 is \w{12}\.\.\. now"):
             loader.load_state_dict(state)
 
@@ -517,9 +519,10 @@ def test_a_state_resumes_where_the_digest_is_unknown_on_either_side(data):
         (lambda s: s.update(shards=[["d_train_000000.bin", 1000, 7]]), "malformed shard list"),
         (lambda s: s.update(shards=[["d_train_000000.bin", True]]), "malformed shard list"),  # not 1 token
         # bool("False") is True: a non-bool shuffle would silently read another order
-        (lambda s: s.update(shuffle="False"), "shuffle must be True or False, got 'False'"),
-        (lambda s: s.update(shuffle=1), "shuffle must be True or False, got 1"),
-        (lambda s: s.update(shuffle=None), "shuffle must be True or False, got None"),  # (JSON's null)
+        (lambda s: s.update(shuffle="False"),
+         "malformed loader state: shuffle must be True or False, got 'False'"),
+        (lambda s: s.update(shuffle=1), "malformed loader state: shuffle must be True or False, got 1"),
+        (lambda s: s.update(shuffle=None), "malformed loader state: shuffle must be True or False, got None"),
         # a count saved as text is not the number it prints as: the message shows which is which
         (lambda s: s.update(num_tokens="3517"), "N='3517' tokens; this loader reads 3 shard\\(s\\), N=3517 tokens"),
     ],
@@ -549,8 +552,36 @@ def test_a_state_for_shards_of_other_sizes_with_the_same_names_and_total_is_refu
         windows(loader, 3)
         state = loader.state_dict()
     with TokenLoader(other, B=2, T=50) as loader, pytest.raises(
-            LoaderError, match=r"another dataset: 3 shard\(s\), N=3517 tokens; this loader reads 3 shard\(s\), "
+            DatasetMismatch, match=r"another dataset: 3 shard\(s\), N=3517 tokens; "
+                                   r"this loader reads 3 shard\(s\), "
                                r"N=3517 tokens "
                                r"\(first difference: d_train_000001.bin of 517 tokens there, "
                                r"d_train_000001.bin of 518 tokens here\)"):
         loader.load_state_dict(state)
+
+
+def test_a_shuffled_state_is_checked_in_its_own_order_whatever_the_loader_was_built_with(data, monkeypatch):
+    """load_state_dict adopts the state's shuffle and seed, and the order digest is checked in
+    that order: checked in the loader's own (built unshuffled, as a script that leaves the
+    shuffle to the checkpoint does), a resume under a numpy that shuffles otherwise was taken."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as saved:
+        windows(saved, saved.steps_per_epoch + 4)  # inside epoch 1
+        state = saved.state_dict()
+    other_numpy_shuffle(monkeypatch)
+    for built in ({"shuffle": False}, {"shuffle": True, "seed": 0}):
+        with TokenLoader(path, B=2, T=50, prefetch=0, **built) as resumed:
+            refused = r"^the shuffled order of epoch 1 drawn here \(numpy 0\.0-other\) is not the one"
+            with pytest.raises(LoaderError, match=refused):
+                resumed.load_state_dict(state)
+            assert (resumed.step, resumed.shuffle) == (0, built["shuffle"])
+
+
+def test_a_state_saved_under_a_utf8_locale_is_for_the_same_shards_read_under_another():
+    """The other way round from the test above: the loader under LC_ALL=C names its shards by
+    their bytes, surrogate-escaped ('d\\udcc3\\udca9...'), the state (and meta.json) in UTF-8."""
+    name = "dé_train_000000.bin"
+    as_c = name.encode("utf-8").decode("ascii", "surrogateescape")
+    state = {"num_tokens": 1000, "shards": [[name, 1000, "ab" * 32]]}
+    assert dataset_difference(state, [[as_c, 1000, "ab" * 32]], 1000) is None
+    assert dataset_difference(state, [[as_c, 1000, "cd" * 32]], 1000).startswith(f"{name} has the same name")
