@@ -196,6 +196,9 @@ def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
         # None is pin_memory's "auto", no shuffle's: taken, it read in order without a word
         ({"shuffle": None}, "shuffle must be True or False, got None"),
         ({"split": "test"}, "split must be one of train, val"),
+        # 0 flagged every token as outside the vocabulary, "50257" failed the comparison in the thread
+        ({"vocab_size": 0}, "vocab_size must be an integer >= 1, got 0"),
+        ({"vocab_size": "50257"}, "vocab_size must be an integer >= 1, got '50257'"),
     ],
 )
 def test_bad_arguments_are_clear_errors(data, kwargs, message):
@@ -585,3 +588,18 @@ def test_a_state_saved_under_a_utf8_locale_is_for_the_same_shards_read_under_ano
     state = {"num_tokens": 1000, "shards": [[name, 1000, "ab" * 32]]}
     assert dataset_difference(state, [[as_c, 1000, "ab" * 32]], 1000) is None
     assert dataset_difference(state, [[as_c, 1000, "cd" * 32]], 1000).startswith(f"{name} has the same name")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_step_or_an_epoch_that_is_none_is_a_clear_error(data, shuffle):
+    """window_start(1.5) answered a fractional offset and window_start(True) step 1's; an epoch
+    of -1 reached numpy's SeedSequence (its own ValueError) when shuffling."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=50, shuffle=shuffle, prefetch=0) as loader:
+        for step in (1.5, True, "3", -1):
+            with pytest.raises(LoaderError, match=f"^step must be an integer >= 0, got {step!r}$"):
+                loader.window_start(step)
+        for epoch in (-1, 0.5, False):
+            with pytest.raises(LoaderError, match=f"^epoch must be an integer >= 0, got {epoch!r}$"):
+                loader.order_digest(epoch)
+        assert loader.window_start(np.int64(3)) == loader.window_start(3)  # numpy integers are steps
