@@ -1002,3 +1002,44 @@ def test_a_long_window_asks_for_its_pages_in_pieces_the_kernel_reads_whole(tmp_p
     end = 1024 + 2 * 101_000  # the header, then the window's last byte
     assert log == [(0, mmap.MADV_WILLNEED, 0, 131_072), (0, mmap.MADV_WILLNEED, 131_072, end - 131_072)]
     stream.close()
+
+
+def test_a_glob_a_file_or_a_link_into_an_unfinished_prep_tokenize_output_is_refused(tmp_path):
+    """A killed `prep tokenize` leaves `.<name>.tmp-<pid>` holding UNFINISHED and its first
+    shards only: read by a glob, a file or a link to one, an epoch was those shards alone."""
+    unfinished = tmp_path / ".d.tmp-4242"
+    unfinished.mkdir()
+    for i in range(2):
+        llmc_shard(unfinished / shard_name("d", "train", i), tokens(300, i))
+    (tmp_path / "link_train_000000.bin").symlink_to(unfinished / shard_name("d", "train", 0))
+    assert len(resolve_shards(str(unfinished / "d_train_*.bin"), "train")) == 2  # finished: taken
+    (unfinished / "UNFINISHED").write_text("")
+    for given in (unfinished / "d_train_*.bin", unfinished / shard_name("d", "train", 0),
+                  tmp_path / "link_train_000000.bin", tmp_path / "*_train_*.bin"):
+        with pytest.raises(LoaderError, match=rf"^{re.escape(str(unfinished))}: an unfinished `prep"):
+            TokenLoader(str(given), B=2, T=50)
+
+
+def test_a_window_with_several_tokens_outside_the_vocabulary_names_the_first(tmp_path):
+    """The error names where the damage starts, not the largest id in the window."""
+    body = tokens(300, 1) % 50257
+    body[10], body[20] = 50300, 65535
+    llmc_shard(tmp_path / "x_train_000000.bin", body)
+    with TokenLoader(tmp_path, B=1, T=100, prefetch=0, vocab_size=50257) as loader:
+        with pytest.raises(TokenRangeError, match=r"x_train_000000.bin: token 50300 at index 10 is not "):
+            loader.next_window()
+
+
+def test_close_unmaps_the_shards_and_closes_their_files_at_once(tmp_path):
+    """Each mapped shard keeps a file open (its mmap's own descriptor): close() lets go of them
+    while the loader object lives on (a run keeps its val loader about), not at its collection."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts open files in /proc/self/fd")
+    for i in range(5):
+        llmc_shard(tmp_path / shard_name("x", "train", i), tokens(300, i))
+    before = len(os.listdir("/proc/self/fd"))
+    loader = TokenLoader(tmp_path, B=2, T=50, prefetch=2)
+    loader.next_window()
+    assert len(os.listdir("/proc/self/fd")) >= before + 5
+    loader.close()
+    assert len(os.listdir("/proc/self/fd")) == before
