@@ -529,3 +529,39 @@ def test_ctrl_c_at_random_moments_never_gives_a_wrong_window_nor_hangs(tmp_path,
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert given and cut  # both kinds happened
+
+
+def test_a_loader_in_a_forked_child_starts_its_own_thread_once(data, monkeypatch):
+    """After the restart that a fork calls for, the loader records that its thread is this
+    process's: otherwise every later call took the fork for new, stopped the thread and started
+    another, and no window was ever prefetched again (the windows themselves still right)."""
+    import loader.loader as module
+    path, ref = data
+    with TokenLoader(path, B=2, T=16, prefetch=2, pin_memory=False) as loader:
+        take(loader, 1)
+        monkeypatch.setattr(module, "_forks", module._forks + 1)  # as in a child forked meanwhile
+        threads = []
+        for k in range(1, 5):
+            np.testing.assert_array_equal(loader.next_window().numpy(), ref[k * 32 : (k + 1) * 32 + 1])
+            threads.append(loader._prefetcher.thread)
+        assert len(set(threads)) == 1 and threads[0].is_alive()
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a fill might raise that `except Exception` lets through."""
+
+
+def test_a_base_exception_in_the_thread_reaches_the_consumer():
+    """The thread sends whatever stopped it, not only Exceptions: otherwise it died with its
+    error printed on stderr, and the consumer waited, then said only that the thread exited."""
+    def fill(index, step):
+        raise _Abort("stopped in the thread")
+
+    prefetcher = Prefetcher(fill, 0, [0, 1], [None, None])
+    prefetcher.start()
+    try:
+        with pytest.raises(_Abort, match="stopped in the thread"):
+            prefetcher.get(0)
+        assert prefetcher.failed
+    finally:
+        prefetcher.stop()
