@@ -1043,3 +1043,30 @@ def test_close_unmaps_the_shards_and_closes_their_files_at_once(tmp_path):
     assert len(os.listdir("/proc/self/fd")) >= before + 5
     loader.close()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.skipif(resource is None or not os.path.isdir("/proc/self/fd"), reason="RLIMIT_NOFILE, /proc")
+def test_the_open_file_limit_error_keeps_no_shard_open_while_it_lives(tmp_path):
+    """The LoaderError is raised where the maps were made, so its traceback keeps that frame:
+    the shards mapped before the limit stayed open for as long as the error lived (a notebook
+    keeps the last one), and nothing else could open a file meanwhile."""
+    for i in range(300):
+        llmc_shard(tmp_path / f"d_train_{i:06d}.bin", np.full(10, i, dtype=np.uint16))
+    code = ("import os, sys\n"
+            "import loader\n"
+            "from loader import LoaderError\n"
+            "from loader.stream import TokenStream, resolve_shards\n"
+            f"paths = resolve_shards({str(tmp_path)!r}, 'train')\n"
+            "before = len(os.listdir('/proc/self/fd'))\n"
+            "try:\n"
+            "    TokenStream(paths)\n"
+            "except LoaderError as e:\n"
+            "    error = e\n"
+            "opened = len(os.listdir('/proc/self/fd')) - before\n"
+            "print(loader.__file__, opened, 'open-file limit' in str(error))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    assert done.returncode == 0, done.stderr
+    where, opened, said = done.stdout.split()
+    assert where == str(Path(__file__).parent.parent / "loader" / "__init__.py")  # this checkout's
+    assert (opened, said) == ("0", "True")
