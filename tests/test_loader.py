@@ -4,6 +4,7 @@ epoch arithmetic, next_batch, properties, argument checks, and resume (state_dic
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -173,6 +174,18 @@ def test_a_split_too_small_for_one_step_names_n_b_t_w(tmp_path):
         assert loader.steps_per_epoch == 1
     with pytest.raises(LoaderError, match=r"N=100 .*B=3 .*T=11 .*W=4"):
         TokenLoader(tmp_path, B=3, T=11, world=4)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc/self/fd")
+def test_a_loader_refused_after_mapping_its_shards_keeps_none_open_while_its_error_lives(tmp_path):
+    """The shards are mapped before the split is found too small: the error's traceback holds
+    the half-built loader, and its shards stayed open as long as the error (a notebook keeps
+    the last one) unless they are closed before it is raised."""
+    write_dataset(tmp_path, [50, 50])
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(LoaderError, match=r"N=100 .*B=4 .*T=32") as refused:
+        TokenLoader(tmp_path, B=4, T=32)
+    assert refused.value is not None and len(os.listdir("/proc/self/fd")) == before
 
 
 @pytest.mark.parametrize(
