@@ -662,16 +662,23 @@ def test_verify_says_what_a_listed_file_of_another_name_is_where_it_is_no_file(t
     assert verify_dataset(ds).problems == [f"{ds / 'extra.bin'}: {said}"]
 
 
-def test_verify_hashes_a_listed_npy_shard_whole(dataset):
-    """A .npy shard (build-nanogpt's) listed in meta.json with its file's sha256, which the loader
-    reads so: verify hashed its first 1,024 bytes as a .bin header, not its own header, and
-    called it damaged."""
+def list_an_npy_shard(dataset: Path) -> tuple[Path, dict]:
+    """The fixture's second train shard replaced by a .npy one of 3,000 tokens (build-nanogpt's),
+    listed in meta.json with its file's sha256; that shard and meta.json's contents."""
     npy = dataset / "ds_train_000001.npy"
     np.save(npy, tokens(3000, 2).astype(np.uint16))
     (dataset / "ds_train_000001.bin").unlink()
     meta = json.loads((dataset / META_NAME).read_text())
     meta["splits"]["train"]["shards"][1].update(file=npy.name, sha256=file_sha256(npy))
     (dataset / META_NAME).write_text(json.dumps(meta))
+    return npy, meta
+
+
+def test_verify_hashes_a_listed_npy_shard_whole(dataset):
+    """A .npy shard (build-nanogpt's) listed in meta.json with its file's sha256, which the loader
+    reads so: verify hashed its first 1,024 bytes as a .bin header, not its own header, and
+    called it damaged."""
+    npy, meta = list_an_npy_shard(dataset)
     resolve_shards(dataset, "train")
     assert verify_dataset(dataset).problems == []
     assert verify_dataset(npy).problems == [] and verify_dataset(npy).meta_found
@@ -684,12 +691,7 @@ def test_verify_hashes_a_listed_npy_shard_whole(dataset):
 def test_info_takes_a_listed_npy_shard_at_its_own_size(dataset):
     """A .npy shard listed in meta.json, which the loader reads: info gave it a .bin shard's
     size and warned that it was cut short or changed; one that is cut short, it still says."""
-    npy = dataset / "ds_train_000001.npy"
-    np.save(npy, tokens(3000, 2).astype(np.uint16))
-    (dataset / "ds_train_000001.bin").unlink()
-    meta = json.loads((dataset / META_NAME).read_text())
-    meta["splits"]["train"]["shards"][1].update(file=npy.name, sha256=file_sha256(npy))
-    (dataset / META_NAME).write_text(json.dumps(meta))
+    npy, meta = list_an_npy_shard(dataset)
     result = run(info_command, dataset)
     assert result.exit_code == 0 and result.stderr == "", result.output
     meta["splits"]["train"]["shards"][1]["tokens"] = 3001
