@@ -31,7 +31,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
     import torch
 
-    from loader.audit import list_checkpoints
+    from loader.checkpoints import list_checkpoints
     from model import GPT, GPT2_VOCAB_SIZE, GPTConfig
     from model.weights import state_positions, unwrapped, weights_shape
     from trainer.checkpoint import check_checkpoint, read_torch_file

@@ -51,7 +51,7 @@ from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, path_too_lo
 import click
 
 from loader import TokenRangeError
-from loader.audit import list_checkpoints
+from loader.checkpoints import list_checkpoints
 from model import GPTConfig
 from prep.atomic import HANGUP, may_handle, stops_raise
 from trainer.bench import bench_loop

@@ -25,7 +25,8 @@ import trainer.step
 from _cli import assert_user_error
 from _data import positional_tokens, random_tokens, write_dataset
 from loader import TokenLoader
-from loader.audit import audit, list_checkpoints, main
+from loader.audit import audit, main
+from loader.checkpoints import list_checkpoints
 from model import GPT
 from loader.cursor import Cursor
 from prep.errors import UserError
@@ -590,7 +591,7 @@ def test_a_long_log_is_read_line_by_line(tmp_path):
     rank of the run. Streamed now: beyond the windows it returns, reading holds about a line."""
     import tracemalloc
 
-    from loader.audit import read_log
+    from loader.windowlog import read_log
 
     log = tmp_path / "windows_rank0.jsonl"
     record = {"batch": 0, "rank": 0, "world": 1, "epoch": 0, "start": 0, "T": 32,
@@ -718,7 +719,7 @@ def test_problems_keep_the_messages_shown_and_count_the_rest():
     peak RSS, 0.88 GB now)."""
     import tracemalloc
 
-    from loader.audit import SHOWN, Problems
+    from loader.logchecks import SHOWN, Problems
 
     problems = Problems()
     tracemalloc.start()
@@ -740,7 +741,8 @@ def test_problems_keep_the_messages_shown_and_count_the_rest():
 def test_batches_missing_across_an_epoch_are_missing_not_an_epoch_skipped():
     """A resume without --log-windows leaves batches out of the log, a whole epoch of them
     maybe: that is the missing batches' problem, not an epoch skipped (which it was not)."""
-    from loader.audit import Problems, RankLog, Window, check_numbering
+    from loader.logchecks import Problems, check_numbering
+    from loader.windowlog import RankLog, Window
 
     def log(epochs: list[tuple[int, int]]) -> RankLog:  # (batch, epoch) pairs
         return RankLog(0, Path("windows_rank0.jsonl"), [Window(0, b, e, 0, (1,), 2) for b, e in epochs], 1, 1, 1, [])

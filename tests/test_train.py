@@ -58,7 +58,9 @@ from _data import (INT_DIGITS_LIMIT, TINY_SHAKESPEARE, flip_a_tensor_bit, positi
                    write_dataset)
 from loader import TokenLoader
 from loader import cursor as loader_cursor
-from loader.audit import CKPT_PATTERN, audit, window_crc32, zip_damage
+from loader.audit import audit
+from loader.checkpoints import CKPT_PATTERN, zip_damage
+from loader.windowlog import window_crc32
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import signals_deferred
 from prep.epoch import steps_per_epoch
@@ -457,7 +459,7 @@ def test_data_wait_is_next_batch_alone_not_the_window_log(tmp_path, dataset, mon
         return real_crc(window)
 
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr("loader.audit.window_crc32", slow_crc)
+    monkeypatch.setattr("loader.windowlog.window_crc32", slow_crc)
     train.train(cfg(tmp_path, dataset, steps=4, total_batch_size=64, ckpt_every=0, log_windows=True))
     rows = metrics(tmp_path / "out")
     assert [r["data_wait_ms"] for r in rows] == [0.0] * 4
@@ -2664,7 +2666,7 @@ def test_a_stop_while_starting_up_that_python_wraps_in_a_runtime_error_is_still_
 
 
 @pytest.mark.skipif(not train.HANGUP, reason="no SIGHUP")
-@pytest.mark.parametrize("second", ["prep.atomic.remove_empty", "loader.audit.list_checkpoints"],
+@pytest.mark.parametrize("second", ["prep.atomic.remove_empty", "loader.checkpoints.list_checkpoints"],
                          ids=["as-it-unwinds", "once-unwound"])
 def test_a_hang_ups_second_sighup_after_the_one_that_stopped_start_up_is_ignored(tmp_path, dataset, second):
     """A hang-up sends SIGHUP twice, a millisecond apart. Where the first stopped the run while it

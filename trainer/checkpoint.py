@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loader.audit import list_checkpoints, load_mapped, zip_damage
+from loader.checkpoints import list_checkpoints, load_mapped, zip_damage
 from model import GPTConfig
 from prep.atomic import HANGUP, atomic_write, signals_deferred
 from prep.errors import NO_ROOM, UserError
@@ -40,7 +40,7 @@ CKPT_FORMAT = 1
 
 
 def ckpt_path(out: Path, step: int) -> Path:
-    """Step `step`'s checkpoint in `out`, ckpt_<step:06d>.pt: the name loader.audit.list_checkpoints
+    """Step `step`'s checkpoint in `out`, ckpt_<step:06d>.pt: the name loader.checkpoints.list_checkpoints
     (--resume auto, --keep-ckpts) reads the step from."""
     return out / f"ckpt_{step:06d}.pt"
 

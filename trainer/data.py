@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loader import resolve_shards
-from loader.audit import list_checkpoints, load_mapped
+from loader.checkpoints import list_checkpoints, load_mapped
 from model import GPT2_VOCAB_SIZE
 from prep.errors import UserError
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards

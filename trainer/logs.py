@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from loader.audit import list_checkpoints
+from loader.checkpoints import list_checkpoints
 from prep.atomic import atomic_write
 from prep.errors import UserError
 from trainer.output import echo

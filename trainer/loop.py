@@ -21,7 +21,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from loader import TokenRangeError
-from loader.audit import list_checkpoints
+from loader.checkpoints import list_checkpoints
 from prep.atomic import signals_deferred
 from prep.errors import UserError, bar_disable
 from prep.progress import Bar

@@ -20,7 +20,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from loader.audit import CKPT_PATTERN, LOG_GLOB, list_checkpoints
+from loader.checkpoints import CKPT_PATTERN, list_checkpoints
+from loader.windowlog import LOG_GLOB
 from prep.atomic import remove_empty, temp_path
 from prep.errors import UserError, path_too_long
 from prep.shards import parse_shard_name

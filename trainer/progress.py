@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from loader.audit import list_checkpoints, log_path
+from loader.checkpoints import list_checkpoints
+from loader.windowlog import log_path
 from model import mfu
 from prep.atomic import temp_path
 from prep.errors import UserError

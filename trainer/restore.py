@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from loader import DatasetMismatch, TokenLoader
-from loader.audit import CKPT_PATTERN, list_checkpoints, log_path
+from loader.checkpoints import CKPT_PATTERN, list_checkpoints
+from loader.windowlog import log_path
 from model import GPT, GPTConfig
 from prep.errors import UserError
 from trainer.checkpoint import ckpt_path, load_checkpoint, set_rng_state

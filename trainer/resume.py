@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from loader.audit import LOG_GLOB, LOG_PATTERN, list_checkpoints, log_path
+from loader.checkpoints import list_checkpoints
+from loader.windowlog import LOG_GLOB, LOG_PATTERN, log_path
 from model import GPTConfig
 from prep.errors import UserError
 from trainer.config import FLOAT32_MAX, FLOAT32_TINY, TrainConfig, final_lr, flag_name, flags_for, lr_at

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from loader import TokenLoader, TokenRangeError
-from loader.audit import list_checkpoints, log_path
+from loader.checkpoints import list_checkpoints
+from loader.windowlog import log_path
 from model import GPT, GPTConfig
 from prep.atomic import file_identity
 from prep.epoch import steps_per_epoch

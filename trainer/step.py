@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from loader import TokenLoader
-from loader.audit import window_record
+from loader.windowlog import window_record
 from trainer.runtime import Runtime
 
 
@@ -342,7 +342,7 @@ class TimedFeed:
 
 def window_logger(feed: Feed, log, loader: TokenLoader) -> Feed:
     """--log-windows: wrap `loader`'s feed so each batch it gives goes to `log` (JSONL), one
-    loader.audit.window_record a line: the loader's step ("batch"), rank, world size, epoch,
+    loader.windowlog.window_record a line: the loader's step ("batch"), rank, world size, epoch,
     the window's offset in the split ("start"), T, and what the model was given: each row's
     first token, the last target and "crc32" of the whole window (x flattened, then y[-1, -1]),
     so the audit checks every token, not just those.
