@@ -39,6 +39,7 @@ import trainer.config
 import trainer.data
 import trainer.evaluation
 import trainer.facts
+import trainer.loaders
 import trainer.logs
 import trainer.loop
 import trainer.outdir
@@ -46,9 +47,11 @@ import trainer.ranks
 import trainer.restore
 import trainer.resume
 import trainer.runtime
+import trainer.saving
 import trainer.session
 import trainer.step
 import trainer.stopping
+import trainer.timing
 import trainer.weights
 from trainer.config import lr_at
 from trainer.runtime import Runtime
@@ -229,13 +232,13 @@ def test_log_every_batches_the_sync_but_keeps_every_step(tmp_path, dataset):
 
 def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluating_or_saving(
         tmp_path, dataset, monkeypatch):
-    """The host reads a logging point's values (trainer.step.Readback) at the next logging point, when
+    """The host reads a logging point's values (trainer.timing.Readback) at the next logging point, when
     the following step is already queued behind it, so the steady state never waits for the
     device; a point where the run evaluates, checkpoints or ends is read at once, after all
     earlier ones. --log-every 1: point k is step k."""
     made, read_after = [], {}  # point -> the train_step calls made when it was read
     calls = [0]
-    real_step, real_init, real_get = trainer.step.train_step, trainer.step.Readback.__init__, trainer.step.Readback.get
+    real_step, real_init, real_get = trainer.step.train_step, trainer.timing.Readback.__init__, trainer.timing.Readback.get
 
     def counted_step(*args):
         calls[0] += 1
@@ -247,8 +250,8 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
         return real_get(self)
 
     monkeypatch.setattr(trainer.loop, "train_step", counted_step)
-    monkeypatch.setattr(trainer.step.Readback, "get", get)
-    monkeypatch.setattr(trainer.step.Readback, "__init__",
+    monkeypatch.setattr(trainer.timing.Readback, "get", get)
+    monkeypatch.setattr(trainer.timing.Readback, "__init__",
                         lambda self, values: (made.append(self), real_init(self, values))[0])
     train.train(cfg(tmp_path, dataset, steps=10, eval_every=6, ckpt_every=8, keep_ckpts=0))
     acting = {6, 8, 10}  # evaluation, checkpoint, the end
@@ -259,7 +262,7 @@ def test_a_logging_point_is_read_back_one_point_late_but_at_once_before_evaluati
 def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_path, dataset, monkeypatch):
     """The host waits for the device in Readback.get: a second Ctrl-C there leaves that point
     in flight, and the run's way out writes it with the rest, in order, with no gap."""
-    made, real_init, real_get = [], trainer.step.Readback.__init__, trainer.step.Readback.get
+    made, real_init, real_get = [], trainer.timing.Readback.__init__, trainer.timing.Readback.get
 
     def get(self):
         if made.index(self) == 4 and not getattr(self, "interrupted", False):  # point 5, read at step 6
@@ -267,9 +270,9 @@ def test_a_ctrl_c_while_waiting_for_a_logging_point_loses_none_of_its_lines(tmp_
             raise KeyboardInterrupt
         return real_get(self)
 
-    monkeypatch.setattr(trainer.step.Readback, "__init__",
+    monkeypatch.setattr(trainer.timing.Readback, "__init__",
                         lambda self, values: (made.append(self), real_init(self, values))[0])
-    monkeypatch.setattr(trainer.step.Readback, "get", get)
+    monkeypatch.setattr(trainer.timing.Readback, "get", get)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg(tmp_path, dataset, steps=10))
     assert [r["step"] for r in metrics(tmp_path / "out")] == [1, 2, 3, 4, 5, 6]
@@ -661,7 +664,7 @@ def test_the_ranks_loaders_read_one_slot_a_step_in_the_order_of_seed_alone(datas
     not the slot the others read, and not the order of the checkpoint's loader state (rank 0's),
     which a resume gives every rank: rank 1 then read windows twice and others never."""
     c = train.TrainConfig(model="tiny", B=2, T=16, seed=7)
-    loaders = [trainer.session._open_loader(str(dataset), "train", c, Runtime(torch.device("cpu"), "fp32", False,
+    loaders = [trainer.loaders.open_loader(str(dataset), "train", c, Runtime(torch.device("cpu"), "fp32", False,
                                                                        rank=rank, world=2), shuffle, 50257)
                for rank in (0, 1)]
     try:
@@ -2180,7 +2183,7 @@ def test_a_resume_where_compile_was_off_by_default_on_cuda_says_nothing_of_compi
     compute capability 7.0, torch 2.5 on Python 3.13): such a run, resumed there as it was, did
     not turn compile off, and says nothing of it (it said the checkpoint's run had it on). A
     CUDA run whose compile was refused, simulated: a CPU run that says it computed on CUDA."""
-    monkeypatch.setattr(trainer.loop, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
+    monkeypatch.setattr(trainer.saving, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
     monkeypatch.setattr(trainer.restore, "precision", lambda rt: {"device": "cuda", "dtype": "fp32"})
     train.train(cfg(tmp_path, dataset, steps=2, ckpt_every=2))
     capsys.readouterr()
@@ -3671,7 +3674,7 @@ def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_file(tmp_path, monkeyp
     monkeypatch.setattr(torch, "save", interrupted_save)
     path = tmp_path / "ckpt_000001.pt"
     with pytest.raises(KeyboardInterrupt):  # delivered, once the file is complete
-        trainer.checkpoint.save_checkpoint(path, {"step": 1})
+        trainer.saving.save_checkpoint(path, {"step": 1})
     assert torch.load(path, weights_only=True) == {"step": 1}
 
 
@@ -3697,7 +3700,7 @@ def test_two_ctrl_c_during_a_checkpoint_write_ask_to_stop_then_stop_at_once(tmp_
             expect.enter_context(pytest.raises(KeyboardInterrupt))  # the second one, as it would outside the write
         with trainer.stopping.StopRequest() as stop:
             with signals_deferred():  # as _checkpoint defers them around the write and --keep-ckpts
-                trainer.checkpoint.save_checkpoint(path, {"step": 2})
+                trainer.saving.save_checkpoint(path, {"step": 2})
     assert stop.requested and torch.load(path, weights_only=True) == {"step": 2}
 
 
@@ -3768,7 +3771,7 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
             overlapped.append(step_4_trained.wait(timeout=10))
         real_save(obj, f)
 
-    real_copy, copies = trainer.checkpoint.host_copy, []
+    real_copy, copies = trainer.saving.host_copy, []
 
     def recorded_copy(payload):
         copies.append(real_copy(payload))
@@ -3776,7 +3779,7 @@ def test_a_checkpoint_written_in_the_background_holds_its_own_step_while_later_s
 
     monkeypatch.setattr(trainer.loop, "train_step", counted_step)
     monkeypatch.setattr(torch, "save", slow_save)
-    monkeypatch.setattr(trainer.loop, "host_copy", recorded_copy)
+    monkeypatch.setattr(trainer.saving, "host_copy", recorded_copy)
     common = dict(steps=6, ckpt_every=2, keep_ckpts=0, shuffle=True, total_batch_size=64)
     train.train(cfg(tmp_path, dataset, out=str(tmp_path / "background"), **common))
     assert overlapped == [True]
@@ -3806,7 +3809,7 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
     on Thread.join, cut short by the KeyboardInterrupt, took the writer for stopped: the run
     ended with the file half written)."""
     monkeypatch.setattr(trainer.stopping, "SAME_SIGNAL_S", 0)
-    real_save, real_wait = torch.save, trainer.checkpoint.CheckpointWriter.wait
+    real_save, real_wait = torch.save, trainer.saving.CheckpointWriter.wait
     waiting = threading.Event()
 
     def wait(self, signals=True):
@@ -3823,7 +3826,7 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
             time.sleep(0.5)
         real_save(obj, f)
 
-    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "wait", wait)
+    monkeypatch.setattr(trainer.saving.CheckpointWriter, "wait", wait)
     monkeypatch.setattr(torch, "save", slow_save)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -3837,14 +3840,14 @@ def test_two_ctrl_c_while_the_run_waits_for_a_background_write_stop_it_once_the_
 def _writer_waiting(monkeypatch, quietly: bool) -> threading.Event:
     """An Event set when the training loop (or, `quietly`, a failed run's way out) starts to wait
     for a background write under way."""
-    waiting, real_wait = threading.Event(), trainer.checkpoint.CheckpointWriter.wait
+    waiting, real_wait = threading.Event(), trainer.saving.CheckpointWriter.wait
 
     def wait(self, signals=True):
         if self._thread is not None and not self._done.is_set() and signals != quietly:
             waiting.set()
         real_wait(self, signals)
 
-    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "wait", wait)
+    monkeypatch.setattr(trainer.saving.CheckpointWriter, "wait", wait)
     return waiting
 
 
@@ -4013,7 +4016,7 @@ def test_the_summary_says_how_long_training_waited_for_its_checkpoints(tmp_path,
                                                                 "tried to allocate 1493883423 bytes")])
 def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_step(tmp_path, dataset, monkeypatch,
                                                                                     capsys, error):
-    real_copy, real_save, copied = trainer.checkpoint.host_copy, torch.save, []
+    real_copy, real_save, copied = trainer.saving.host_copy, torch.save, []
 
     def short_of_memory(payload):
         if payload["step"] == 2:
@@ -4025,7 +4028,7 @@ def test_a_checkpoint_whose_copy_does_not_fit_in_host_memory_is_written_in_the_s
         obj["written_by"] = threading.current_thread().name
         real_save(obj, f)
 
-    monkeypatch.setattr(trainer.loop, "host_copy", short_of_memory)
+    monkeypatch.setattr(trainer.saving, "host_copy", short_of_memory)
     monkeypatch.setattr(torch, "save", save)
     summary = train.train(cfg(tmp_path, dataset, steps=4, ckpt_every=2, keep_ckpts=0))
     assert summary["last_step"] == 4 and copied == [4]
@@ -4043,7 +4046,7 @@ def test_host_copy_copies_every_tensor_and_keeps_the_structure():
     state = {"model": {"w": weights, "v": weights[0]}, "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
                                                                       "param_groups": [{"lr": 0.1, "params": [0]}]},
              "pair": (1, "a"), "none": None}
-    copied, tensors = trainer.checkpoint.host_copy(state)
+    copied, tensors = trainer.saving.host_copy(state)
     assert _same_state(copied, state)
     weights.add_(1)  # the next step's update, in place
     state["optimizer"]["param_groups"][0]["lr"] = 0.2
@@ -4051,7 +4054,7 @@ def test_host_copy_copies_every_tensor_and_keeps_the_structure():
         0.0, 1.0, 2.0]
     assert copied["optimizer"]["param_groups"][0]["lr"] == 0.1 and copied["pair"] == (1, "a")
     assert len(tensors) == 3  # w, its view v, and the step: each a copy of its own
-    trainer.checkpoint.free_storage(tensors)  # once written: the copy's memory given back, and its tensors left empty
+    trainer.saving.free_storage(tensors)  # once written: the copy's memory given back, and its tensors left empty
     assert all(t.numel() == 0 and t.untyped_storage().nbytes() == 0 for t in copied["model"].values())
     assert repr(copied["model"]["w"]) == "tensor([])" and weights.sum() == 21  # (a repr read freed memory)
 
@@ -4075,13 +4078,13 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
     monkeypatch.setattr(torch, "save", failing_disk)
     with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint \(OSError: "
                                               rf"\[Errno {code}\] {said}; no earlier one is there$"):
-        trainer.checkpoint.save_checkpoint(path, {"step": 4})
+        trainer.saving.save_checkpoint(path, {"step": 4})
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(torch, "save", real_save)
-    trainer.checkpoint.save_checkpoint(path, {"step": 4})
+    trainer.saving.save_checkpoint(path, {"step": 4})
     monkeypatch.setattr(torch, "save", failing_disk)
     with pytest.raises(train.UserError, match=rf"\[Errno {code}\] {said}; the earlier checkpoints are kept$"):
-        trainer.checkpoint.save_checkpoint(tmp_path / "ckpt_000008.pt", {"step": 8})
+        trainer.saving.save_checkpoint(tmp_path / "ckpt_000008.pt", {"step": 8})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt_000004.pt"]
     assert torch.load(path, weights_only=True) == {"step": 4}
 
@@ -5624,7 +5627,7 @@ def test_a_checkpoint_write_over_a_disk_quota_is_said_to_be_a_full_disk(tmp_path
     monkeypatch.setattr(torch, "save", over_quota)
     said = rf"\[Errno {errno.EDQUOT}\] {os.strerror(errno.EDQUOT)}\); the disk is full; no earlier one is"
     with pytest.raises(train.UserError, match=said):
-        trainer.checkpoint.save_checkpoint(tmp_path / "ckpt_000004.pt", {"step": 4})
+        trainer.saving.save_checkpoint(tmp_path / "ckpt_000004.pt", {"step": 4})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -5649,7 +5652,7 @@ def test_host_copy_keeps_a_state_dicts_module_versions():
     step saves them; the copy's is its own, not the live one."""
     model = GPT(GPTConfig.preset("tiny"))
     state = model.state_dict()
-    copied, _ = trainer.checkpoint.host_copy({"model": state})
+    copied, _ = trainer.saving.host_copy({"model": state})
     assert type(copied["model"]) is type(state) and copied["model"]._metadata == state._metadata
     assert copied["model"]._metadata is not state._metadata
 
@@ -5660,7 +5663,7 @@ def test_a_background_write_that_failed_ends_the_run_at_the_next_step_not_the_ne
     step-4 file failed (a full disk) does not train on to step 8's checkpoint, wasting those
     steps, before it says so. (Each poll waits here for the write under way to be done: the
     thread's timing does not decide the step.)"""
-    real_save, real_poll = torch.save, trainer.checkpoint.CheckpointWriter.poll
+    real_save, real_poll = torch.save, trainer.saving.CheckpointWriter.poll
 
     def full_disk(obj, f):
         if obj["step"] == 4:
@@ -5673,7 +5676,7 @@ def test_a_background_write_that_failed_ends_the_run_at_the_next_step_not_the_ne
         real_poll(writer)
 
     monkeypatch.setattr(torch, "save", full_disk)
-    monkeypatch.setattr(trainer.checkpoint.CheckpointWriter, "poll", poll)
+    monkeypatch.setattr(trainer.saving.CheckpointWriter, "poll", poll)
     out = tmp_path / "out"
     with pytest.raises(train.UserError, match=r"ckpt_000004.pt: cannot write the checkpoint .*disk is full"):
         train.train(cfg(tmp_path, dataset, steps=12, ckpt_every=4, keep_ckpts=0))

@@ -20,7 +20,9 @@ import train
 import trainer.checkpoint
 import trainer.loop
 import trainer.runtime
+import trainer.saving
 import trainer.step
+import trainer.timing
 from _data import random_tokens, write_dataset
 from model.flops import peak_flops
 
@@ -89,7 +91,7 @@ def test_steady_state_steps_never_sync(tmp_path, dataset, compile_, mode, graph,
 def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp_path, dataset, monkeypatch):
     """Steps 5-11 of train() itself, --log-every 1, in sync-debug "error" mode: each logging
     point's values leave by a pinned non_blocking copy and are read a point later after an
-    event (trainer.step.Readback), so neither the steps nor the logging points sync."""
+    event (trainer.timing.Readback), so neither the steps nor the logging points sync."""
     real_step, calls = trainer.step.train_step, [0]
 
     def step(*args):
@@ -108,7 +110,7 @@ def test_the_training_loop_never_waits_for_the_device_between_logging_points(tmp
         torch.cuda.set_sync_debug_mode("default")
     assert calls[0] == 12 and len(losses(tmp_path / "out")) == 12
     assert all(math.isfinite(v) for v in losses(tmp_path / "out"))
-    # each window timed by CUDA events on the stream (trainer.step.mark): the GPU's own time, > 0
+    # each window timed by CUDA events on the stream (trainer.timing.mark): the GPU's own time, > 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < row["dt_ms"] < 60_000 and row["tokens_per_s"] > 0 for row in rows)
 
@@ -176,7 +178,7 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
     GPU work, the copies are complete all the same when host_copy returns (the host reads them
     at once), and step 2's file, written while steps 3 and 4 run on the GPU, holds the very
     tensors a synchronous copy of that state gives."""
-    real_copy, real_save, real_step = trainer.checkpoint.host_copy, torch.save, trainer.step.train_step
+    real_copy, real_save, real_step = trainer.saving.host_copy, torch.save, trainer.step.train_step
     taken, complete, step_4_queued, overlapped = {}, [], [], []
 
     def recorded_copy(payload):
@@ -200,7 +202,7 @@ def test_a_background_checkpoint_holds_its_step_s_state_while_later_steps_train(
         step_4_queued.append(1)
         return result
 
-    monkeypatch.setattr(trainer.loop, "host_copy", recorded_copy)
+    monkeypatch.setattr(trainer.saving, "host_copy", recorded_copy)
     monkeypatch.setattr(torch, "save", slow_save)
     monkeypatch.setattr(trainer.loop, "train_step", counted_step)
     train.train(cfg(tmp_path, dataset, steps=6, ckpt_every=2, keep_ckpts=0, compile=False, cuda_graph=graph,

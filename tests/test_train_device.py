@@ -17,6 +17,8 @@ from click.testing import CliRunner
 
 import train
 import trainer.config
+import trainer.graph
+import trainer.loaders
 import trainer.runtime
 import trainer.session
 import trainer.step
@@ -65,11 +67,11 @@ def test_loader_buffers_are_pinned_and_the_ring_deeper_only_for_cuda_runs(monkey
         seen.append((kwargs["pin_memory"], kwargs["prefetch"]))
         return types.SimpleNamespace(shards=[])
 
-    monkeypatch.setattr(trainer.session, "TokenLoader", loader)
+    monkeypatch.setattr(trainer.loaders, "TokenLoader", loader)
     c = train.TrainConfig(model="tiny", B=2, T=16)
     for device in ("cpu", "cuda"):
         rt = Runtime(torch.device(device), "fp32", False)
-        trainer.session._open_loader(str(dataset), "train", c, rt, False, 50257)
+        trainer.loaders.open_loader(str(dataset), "train", c, rt, False, 50257)
     assert seen == [(False, 2), (True, 8)]
 
 
@@ -249,7 +251,7 @@ def test_a_step_graph_replay_reads_each_micro_batch_into_its_own_buffer_in_order
     micro-step's batch from the feed lands in that micro-step's buffers, in the feed's order,
     the learning rate in its device tensor, and the loss and norm come back as copies, which
     the next replay does not overwrite."""
-    graph = trainer.step.StepGraph(2, 3)
+    graph = trainer.graph.StepGraph(2, 3)
     graph._allocate(3, torch.device("cpu"), 1e-3)
     seen: list[tuple[torch.Tensor, ...]] = []
     graph.graph = types.SimpleNamespace(replay=lambda: seen.append((graph.x.clone(), graph.y.clone(),
@@ -282,13 +284,13 @@ def test_steps_undone_by_restore_training_state_leave_no_trace(before, dataset, 
         with contextlib.ExitStack() as stack:
             s = train.prepare(c, stack)
             losses = _losses(s, before, c.lr)
-            saved, rng = trainer.step.snapshot_training_state(s.parts), torch.get_rng_state()
+            saved, rng = trainer.graph.snapshot_training_state(s.parts), torch.get_rng_state()
             if extra:
                 feed = lambda: (torch.zeros((2, 16), dtype=torch.long),) * 2  # noqa: E731
                 for _ in range(extra):
                     trainer.step.train_step(s.parts, feed, 1e-2)
                 assert any(not torch.equal(p, w) for p, w in zip(s.parts.params, saved["weights"]))
-                trainer.step.restore_training_state(s.parts, saved)
+                trainer.graph.restore_training_state(s.parts, saved)
                 torch.set_rng_state(rng)
             runs.append(losses + _losses(s, 4, c.lr))
             states = [{k: v.clone() for k, v in st.items()} for st in s.parts.optimizer.state.values()]

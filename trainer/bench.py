@@ -18,7 +18,8 @@ from trainer.facts import count_of
 from trainer.logs import strict_json_row
 from trainer.output import echo
 from trainer.session import Session
-from trainer.step import TimedFeed, train_step
+from trainer.step import train_step
+from trainer.timing import TimedFeed
 
 
 def bench_loop(s: Session) -> dict:

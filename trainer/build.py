@@ -18,8 +18,9 @@ from model import GPT, GPTConfig
 from prep.errors import UserError
 from prep.measure import physical_memory
 from trainer.config import BETAS, TrainConfig, flag_name, flags_for
+from trainer.graph import StepGraph
 from trainer.runtime import Runtime
-from trainer.step import StepGraph, StepParts
+from trainer.step import StepParts
 from trainer.weights import load_init_weights
 
 

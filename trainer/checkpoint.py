@@ -1,27 +1,24 @@
-"""Checkpoints: what one holds, writing it atomically (in the background), reading it safely.
+"""Checkpoints: what one holds, and reading it back safely.
 
-Checkpoints are `<out>/ckpt_<step:06d>.pt`, written to a temporary file in the same directory and
-renamed into place, so a killed run never leaves a half file under that name (by a thread of
-their own while the next steps train: CheckpointWriter, --async-ckpt); `--resume auto` takes the
-highest step. They hold (the training loop's _checkpoint assembles them) the raw model's state
-(no compile or DDP prefixes), the optimizer, the loader state, the step, both configs, every RNG
-state, the device and dtype the steps ran in, and under fp16 the loss scale, as tensors and plain
-Python values only (`torch.load(weights_only=True)` reads them).
+Checkpoints are `<out>/ckpt_<step:06d>.pt` (ckpt_path), written to a temporary file in the same
+directory and renamed into place, so a killed run never leaves a half file under that name
+(trainer/saving.py writes them, in the background with --async-ckpt); `--resume auto` takes the
+highest step. They hold (saving.write_checkpoint assembles them) the raw model's state (no
+compile or DDP prefixes), the optimizer, the loader state, the step, both configs, every RNG
+state, the device and dtype the steps ran in, and under fp16 the loss scale, as tensors and
+plain Python values only (`torch.load(weights_only=True)` reads them): read_torch_file,
+check_checkpoint and load_checkpoint read and check them, rng_state and set_rng_state are the
+RNG states' part.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import os
 import random
 import re
-import signal
-import threading
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +26,8 @@ import torch
 
 from loader.checkpoints import list_checkpoints, load_mapped, zip_damage
 from model import GPTConfig
-from prep.atomic import HANGUP, atomic_write, signals_deferred
-from prep.errors import NO_ROOM, UserError
+from prep.errors import UserError
 from prep.shards import LLMC_MODEL_MAGIC, SAFETENSORS, file_kind, header_problem, llmc_file, weights_file
-from trainer.output import echo
 from trainer.runtime import Runtime, is_out_of_memory
 
 
@@ -87,152 +82,6 @@ def set_rng_state(state: dict, rt: Runtime, generator: torch.Generator) -> str |
                 f"samples start again from --seed")
     generator.set_state(sample)
     return None
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`:
-    readers (and --resume auto) see the old file or the new one, never half of one.
-
-    A write that fails (a full disk, an I/O error) is a one-line error naming the OSError;
-    the checkpoints already there are untouched."""
-    try:
-        with signals_deferred():  # a second Ctrl-C waits for the file: torch would garble it
-            atomic_write(path, lambda f: torch.save(payload, f))
-    except (OSError, RuntimeError) as e:
-        # torch's zip writer raises "unexpected pos N vs M" for any write that failed, while
-        # handling the OSError that write raised: that one says why
-        cause = e.__context__ if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError) else e
-        why = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
-        full = "; the disk is full" if getattr(cause, "errno", None) in NO_ROOM else ""
-        kept = "the earlier checkpoints are kept" if list_checkpoints(path.parent) else "no earlier one is there"
-        raise UserError(f"{path}: cannot write the checkpoint ({why}){full}; {kept}") from None
-
-
-def host_copy(obj: object) -> tuple[object, list[torch.Tensor]]:
-    """A copy of a checkpoint's contents that the steps after it cannot change: every tensor
-    copied to host memory, the rest deep-copied; dicts keep their type and a state dict's
-    _metadata. What a background write (CheckpointWriter) saves; with the tensors it made,
-    for free_storage. A tensor that views the same
-    memory as one copied before (the tied lm_head.weight and transformer.wte.weight) is copied
-    once and shared, so the file stores it once, as torch.save of the live state does.
-
-    A GPU's tensors are copied into pageable memory, each copy a sync (a checkpoint's, not the
-    steady state's): pinned copies would be faster to make, but torch's caching host allocator
-    rounds each one up to a power of two and keeps it for the rest of the run (2.5 GB pinned
-    for gpt2's 1.5 GB), where free_storage gives pageable memory back after each write."""
-    copies: dict[tuple, torch.Tensor] = {}  # (device, address, dtype, shape, strides): its copy
-
-    def to_host(value: object) -> object:
-        if isinstance(value, torch.Tensor):
-            value = value.detach()
-            view = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
-            if view not in copies:
-                copies[view] = value.clone() if value.device.type == "cpu" else value.to("cpu")
-            return copies[view]
-        if isinstance(value, dict):
-            copied = type(value)((k, to_host(v)) for k, v in value.items())
-            if hasattr(value, "_metadata"):  # a module's state_dict: its modules' versions
-                copied._metadata = copy.deepcopy(value._metadata)
-            return copied
-        if isinstance(value, (list, tuple)):
-            return type(value)(to_host(v) for v in value)
-        return copy.deepcopy(value)
-
-    copied = to_host(obj)
-    return copied, list(copies.values())
-
-
-def free_storage(tensors: Iterable[torch.Tensor]) -> None:
-    """Give host_copy's tensors' memory back now that their file is written: torch.save's
-    pickler keeps its storages in a reference cycle, which held each copy (1.5 GB for gpt2)
-    until Python's cyclic garbage collector ran, and a run's memory grew by copies."""
-    for tensor in tensors:
-        with contextlib.suppress(RuntimeError):  # a storage that cannot be resized is freed by its last reference
-            tensor.untyped_storage().resize_(0)
-        tensor.set_()  # no elements left: nothing reads the freed memory through it (a traceback's repr would crash)
-
-
-class CheckpointWriter:
-    """Writes checkpoints on a thread of its own while training goes on (--async-ckpt): the
-    step waits only for its state's copy to host memory (host_copy), not for the 1.5 GB of
-    gpt2's checkpoint to reach the disk. One write at a time.
-
-    A write's error (a full disk) is raised in the training loop at its next poll() or wait(),
-    as a synchronous write raises it. wait() defers Ctrl-C and SIGTERM to the file's end, as a
-    write in the step does (signals_deferred): a run stopped at once, or ended by an error,
-    waits there for the write under way. A SIGKILL leaves the temporary file that the next run
-    in --out removes. The wait is on an Event, not Thread.join: a join that a KeyboardInterrupt
-    cuts short marks the thread stopped while it still runs (CPython 3.11), and the
-    interpreter's exit would then not wait for it."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-
-    def write(self, work: Callable[[], None]) -> None:
-        """Run `work` (the file's write and --keep-ckpts' pruning) once the previous one is done."""
-        self.wait()
-        done = self._done = threading.Event()
-
-        def run() -> None:
-            try:
-                work()
-            except BaseException as e:  # noqa: BLE001 (raised in the training loop, by wait())
-                self._error = e
-            finally:
-                done.set()
-
-        with signals_deferred():  # no KeyboardInterrupt between the two: a thread never started is never done
-            thread = threading.Thread(target=run, name="checkpoint-writer")
-            try:
-                thread.start()
-            except RuntimeError:  # "can't start new thread" (a limit on threads, no memory for a stack)
-                work()  # written here, as in the step: its error raised here
-                return
-            self._thread = thread
-
-    def poll(self) -> None:
-        """wait() where the write has finished: its error raised now, not at the next checkpoint."""
-        if self._thread is not None and self._done.is_set():
-            self.wait()
-
-    def wait(self, signals: bool = True) -> None:
-        """Until the write under way is done; then raise its error, once. The Ctrl-C, SIGTERM and
-        SIGHUP held back meanwhile are delivered once the file is whole (a second Ctrl-C: stop at
-        once), unless the write failed (its error is the one to report, as for a write in the
-        step) or `signals` is False (dropped: a run ending by an error, which they must not
-        turn into a stop)."""
-        if self._thread is None:
-            return
-        # SIGHUP too: the training loop's StopRequest takes it as a Ctrl-C
-        with signals_deferred((signal.SIGINT, signal.SIGTERM, *HANGUP)) as held:
-            self._done.wait()
-            self._thread.join()  # (its last instructions: done is set in its finally)
-            self._thread = None
-            error, self._error = self._error, None
-            if not signals:
-                held.clear()
-            if error is not None:
-                raise error
-
-
-def wait_quietly(writer: CheckpointWriter, stopped: bool) -> None:
-    """writer.wait() on the way out of a run that failed: the file is finished, and the run's
-    own error is the one reported (signals meanwhile are dropped; a Ctrl-C before wait() held
-    them back waits all the same). A write that failed is dropped too, but for a run `stopped`
-    at once (a second Ctrl-C, whose lines name the newest checkpoint on disk): a note on
-    standard error then says why the one under way is not there."""
-    while True:
-        try:
-            writer.wait(signals=False)
-            return
-        except KeyboardInterrupt:
-            continue
-        except Exception as e:  # noqa: BLE001 (the run's own error is under way)
-            if stopped:
-                echo(f"note: {e}", err=True)
-            return
 
 
 CKPT_KEYS = ("format", "step", "model", "optimizer", "loader", "model_config", "train_config", "run", "rng")

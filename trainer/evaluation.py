@@ -20,7 +20,7 @@ from loader import TokenLoader
 from model import GPT
 from prep.errors import UserError
 from trainer.runtime import Runtime
-from trainer.step import Readback
+from trainer.timing import Readback
 
 if TYPE_CHECKING:
     import tiktoken

@@ -13,7 +13,6 @@ summarize (trainer/summary.py) is the closing line and the dict train.py's train
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,89 +20,21 @@ from pathlib import Path
 import torch.distributed as dist
 
 from loader import TokenRangeError
-from loader.checkpoints import list_checkpoints
 from prep.atomic import signals_deferred
 from prep.errors import UserError, bar_disable
 from prep.progress import Bar
-from trainer.checkpoint import (CKPT_FORMAT, CheckpointWriter, ckpt_path, free_storage, host_copy, rng_state,
-                                save_checkpoint, wait_quietly)
+from trainer.checkpoint import ckpt_path
 from trainer.config import TrainConfig, lr_at
 from trainer.evaluation import CUT, evaluate, sample_text, val_loss_line
 from trainer.logs import METRICS_FIELDS, strict_json_row
 from trainer.output import OUTPUT_CLOSED, poll_outputs, say_over_bar
 from trainer.progress import LoggingPoints, open_outputs
 from trainer.ranks import peer_gone
-from trainer.resume import precision
-from trainer.runtime import is_out_of_memory
+from trainer.saving import CheckpointWriter, gather_rng_states, wait_quietly, write_checkpoint
 from trainer.session import Session
 from trainer.step import train_step
 from trainer.stopping import AfterTheLoop, StopRequest, Terminated
 from trainer.summary import WARMUP_SKIP, summarize
-
-
-def _rng_states(s: Session) -> list[dict] | None:
-    """Every rank's RNG states, gathered (a collective: every rank calls it at each checkpoint):
-    under DDP each rank draws its own dropout masks, and a resume restores each rank's own."""
-    if not s.rt.ddp:
-        return None
-    return s.rt.all_gather_object(rng_state(s.rt, s.generator))
-
-
-def _checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer: CheckpointWriter | None) -> bool:
-    """Checkpoint `step` (rank 0): written here, or by `writer` from a copy of the state taken
-    now (the steps after it change the weights and moments in place). Returns whether `writer`
-    writes it."""
-    out = Path(s.cfg.out)
-    path = ckpt_path(out, step)
-    payload = {
-        "format": CKPT_FORMAT,
-        "step": step,
-        "model": s.raw.state_dict(),  # the plain module: no _orig_mod. / module. prefixes
-        "optimizer": s.parts.optimizer.state_dict(),
-        "loader": s.train_loader.state_dict(),
-        "model_config": dataclasses.asdict(s.model_config),
-        "train_config": dataclasses.asdict(s.cfg),
-        "run": s.run,
-        "rng": rng_state(s.rt, s.generator),
-        "precision": precision(s.rt),  # what a resume elsewhere notes it changes
-        "compiled": s.rt.compile,  # compile as resolved: its default is off on CUDA where it cannot compile
-        # fp16: the loss scale and its count of clean steps (a sync: .item() of each)
-        "loss_scale": None if s.parts.scaler is None else s.parts.scaler.state_dict(),
-        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-    }
-    keep = s.cfg.keep_ckpts
-
-    def write() -> None:
-        save_checkpoint(path, payload)
-        if keep:
-            for _, old in list_checkpoints(out)[: -keep]:
-                try:
-                    old.unlink(missing_ok=True)
-                except OSError as e:  # immutable, another user's, a read-only remount: the new one is whole
-                    raise UserError(f"{old}: cannot remove it for --keep-ckpts {keep} ({e.strerror or e}); "
-                                    f"{path} is written, --resume auto continues from it") from None
-
-    if writer is not None:
-        writer.wait()  # the write before this one, and its copy freed: one copy held at a time
-        try:
-            payload, copied = host_copy(payload)
-        except (MemoryError, RuntimeError) as e:
-            if not is_out_of_memory(e):
-                raise
-            say_over_bar(f"note: step {step}'s checkpoint is written in the step: its copy for a background "
-                         f"write did not fit in host memory ({type(e).__name__})")
-        else:
-            def write_copy() -> None:
-                try:
-                    write()
-                finally:
-                    free_storage(copied)
-
-            writer.write(write_copy)
-            return True
-    with signals_deferred():  # a second Ctrl-C waits for the file and for --keep-ckpts' pruning too
-        write()
-    return False
 
 
 def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bool = False) -> tuple[bool, bool, bool]:
@@ -351,9 +282,9 @@ class _Run:
         ckpt_started = time.perf_counter()
         for synced in self.logs:  # this step's lines and those before it are on disk before its checkpoint
             synced.sync()
-        rng_ranks = _rng_states(s)  # every rank: a collective (rank 0 writes once every rank synced)
+        rng_ranks = gather_rng_states(s)  # every rank: a collective (rank 0 writes once every rank synced)
         if rt.master:
-            self.in_background += _checkpoint(s, step, rng_ranks, self.writer)
+            self.in_background += write_checkpoint(s, step, rng_ranks, self.writer)
             if self.writer is not None and (step == cfg.steps or stopping or stop.requested and not rt.ddp):
                 self.writer.wait()  # the run ends here: its last checkpoint is on disk first
         self.last_ckpt = time.perf_counter()

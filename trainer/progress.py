@@ -24,14 +24,14 @@ from model import mfu
 from prep.atomic import temp_path
 from prep.errors import UserError
 from prep.progress import Bar
-from trainer.checkpoint import CheckpointWriter
 from trainer.logs import METRICS_FIELDS, METRICS_NAME, AppendLog, open_log
 from trainer.outdir import make_out_dir, stale_temporary
 from trainer.output import echo
+from trainer.saving import CheckpointWriter
 from trainer.session import Session
-from trainer.step import (Feed, LogPoint, Readback, TimedFeed, first_not_finite, mark, seconds_between,
-                          window_logger)
+from trainer.step import Feed, first_not_finite, window_logger
 from trainer.stopping import StopRequest
+from trainer.timing import LogPoint, Readback, TimedFeed, mark, seconds_between
 
 
 def open_outputs(s: Session, files: contextlib.ExitStack

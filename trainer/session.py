@@ -5,7 +5,7 @@ optimizer and the loaders, in the order that refuses a user's mistake before any
 written, and returns them as a Session. Under torchrun the ranks agree to start (or all stop)
 before the first collective. Its phases are this module's functions; the model's shape, build
 and wrapping are trainer.build's, the resumed checkpoint's checks and state trainer.restore's,
-and the notes on options that change nothing trainer.notes'.
+the notes on options that change nothing trainer.notes', and the loaders trainer.loaders'.
 """
 
 from __future__ import annotations
@@ -20,27 +20,25 @@ import click
 import torch
 from torch import nn
 
-from loader import TokenLoader, TokenRangeError
+from loader import TokenLoader
 from loader.checkpoints import list_checkpoints
 from loader.windowlog import log_path
 from model import GPT, GPTConfig
-from prep.atomic import file_identity
-from prep.epoch import steps_per_epoch
 from prep.errors import UserError
 from trainer.build import build_model, model_shape, step_parts
 from trainer.checkpoint import checkpoint_digest
 from trainer.config import CUDAGRAPH_MODES, TOKENS_MAX, TrainConfig
-from trainer.data import (check_shards_are_gpt2s, find_dataset, resumed_data, unread_shards, val_data_split,
-                          val_split_tokens)
+from trainer.data import find_dataset, resumed_data, unread_shards
 from trainer.evaluation import gpt2_encoding
 from trainer.facts import start_facts
 from trainer.launch import launched_world, rank_prefix
+from trainer.loaders import open_loader, open_val_loader, read_val_batches
 from trainer.notes import option_notes, runtime_notes
 from trainer.outdir import (check_out_contents, check_out_dir, check_own_log, earlier_run_remedy, hold_out_dir,
                             nonempty_file)
 from trainer.ranks import DIST_ERRORS, agree_to_start
 from trainer.restore import restore_state, resume_checkpoint
-from trainer.resume import resolve_resume, set_aside_logs, val_data_change
+from trainer.resume import resolve_resume, set_aside_logs
 from trainer.runtime import Runtime, join_store, make_runtime, start_runtime
 from trainer.step import StepParts
 
@@ -89,7 +87,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         total, accum = _batch(cfg, rt)
         notes: list[str] = []
         resume_path, set_aside = _claim_out(cfg, rt, stack, notes)
-        train_loader = _open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
+        train_loader = open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         notes += unread_shards(data)
         run = {
@@ -100,10 +98,10 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
             ckpt = resume_checkpoint(cfg, resume_path, run, model_config, train_loader, accum, data, rt,
                                      notes)
         notes += runtime_notes(cfg, rt, ckpt)
-        val_loader = (_open_val_loader(cfg, data, rt, notes, model_config.vocab_size, train_loader.shards)
+        val_loader = (open_val_loader(cfg, data, rt, notes, model_config.vocab_size, train_loader.shards)
                       if cfg.eval_every and not cfg.bench else None)
         notes += option_notes(cfg, ckpt, resume_path)
-        val_batches = _val_batches(cfg, val_loader, ckpt, stack, notes)
+        val_batches = read_val_batches(cfg, val_loader, ckpt, stack, notes)
         if cfg.sample_every and not cfg.bench and rt.master:  # only rank 0 samples
             gpt2_encoding(f"--sample-every {cfg.sample_every}: ")  # samples are decoded with it
 
@@ -219,80 +217,6 @@ def _claim_out(cfg: TrainConfig, rt: Runtime, stack: contextlib.ExitStack,
             remedy = earlier_run_remedy(out, [own.name], bool(list_checkpoints(out)), cfg.init_from)
             raise UserError(f"--out {out} holds an earlier run's {own.name}: {remedy}, or choose another --out")
     return resume_path, set_aside
-
-
-def _open_loader(data: str, split: str, cfg: TrainConfig, rt: Runtime, shuffle: bool,
-                 vocab_size: int) -> TokenLoader:
-    try:
-        # Pinned only when batches go to CUDA: pinning opens a CUDA context, which a
-        # --device cpu run on a GPU machine has no use for. vocab_size: every window is
-        # checked as it is read, so a damaged shard is an error naming it, not an index error
-        # (a device-side assert on CUDA) in the embedding.
-        # CUDA: a ring of 9. A buffer is refilled only once its copy has run on the GPU, so the
-        # ring bounds how far the host can run ahead; the default's 3 is ~7 ms at 4x32, and a
-        # host pause longer than that would idle the GPU under the loader but not a fixed batch.
-        cuda = rt.device.type == "cuda"
-        loader = TokenLoader(data, split=split, B=cfg.B, T=cfg.T, rank=rt.rank, world=rt.world,
-                             shuffle=shuffle, seed=cfg.seed, pin_memory=cuda, prefetch=8 if cuda else 2,
-                             vocab_size=vocab_size)
-    except ValueError as e:  # LoaderError, ShardError: the message names the file or the numbers
-        raise UserError(str(e)) from None
-    try:
-        check_shards_are_gpt2s(loader.shards)
-    except UserError:
-        loader.close()
-        raise
-    return loader
-
-
-def _open_val_loader(cfg: TrainConfig, data: str, rt: Runtime, notes: list[str], vocab_size: int,
-                     train_shards: list[Path]) -> TokenLoader | None:
-    """The val split's loader (of --val-data when given), or None with a note saying why
-    validation is skipped."""
-    source = cfg.val_data or data
-    split = "val" if cfg.val_data is None else val_data_split(cfg.val_data)
-    val_tokens = val_split_tokens(source, given=cfg.val_data is not None, split=split)
-    if split == "train" and val_tokens is not None:
-        notes.append(f"--val-data {cfg.val_data} has no val split: its train split ({val_tokens:,} tokens) is the "
-                     f"validation data")
-    if val_tokens is None:
-        notes.append(f"no val split in {data}: validation skipped (--val-data names one)")
-        return None
-    if steps_per_epoch(val_tokens, cfg.B, cfg.T, rt.world) == 0:
-        short = f"{val_tokens:,} tokens, less than one batch of {cfg.B * cfg.T * rt.world:,} + 1"
-        if cfg.val_data is not None:  # asked for by name: no run that skips it quietly
-            raise UserError(f"--val-data {cfg.val_data}: {short} (B*T*world + 1): name more validation "
-                            f"tokens, or a smaller --B or --T")
-        notes.append(f"val split has {short}: validation skipped")
-        return None
-    loader = _open_loader(source, split, cfg, rt, False, vocab_size)
-    train_files = {file_identity(p) for p in train_shards}  # (a hard link too: one file, two names)
-    both = [p for p in loader.shards if file_identity(p) in train_files]
-    if both:  # a val loss on the training data would say nothing
-        loader.close()
-        named = f"--val-data {cfg.val_data}" if cfg.val_data else f"{data}'s val split"
-        raise UserError(f"{named}: {both[0]} is a train shard of this run too (the same file)")
-    return loader
-
-
-def _val_batches(cfg: TrainConfig, val_loader: TokenLoader | None, ckpt: dict | None,
-                 stack: contextlib.ExitStack, notes: list[str]) -> int:
-    """The windows each evaluation reads (0 without validation), read once now; a note where a
-    resume validates on other data than its checkpoint's run."""
-    val_batches = min(cfg.eval_steps, val_loader.steps_per_epoch) if val_loader else 0
-    if ckpt is not None and val_loader is not None:
-        notes += val_data_change(ckpt, cfg, val_loader.steps_per_epoch)
-    if val_loader is not None:
-        stack.callback(val_loader.close)
-        # every evaluation reads the same first windows: read them once now, so a damaged
-        # val shard stops the run here (on every rank) and not at the first evaluation
-        try:
-            for _ in range(val_batches):
-                val_loader.next_window()
-        except TokenRangeError as e:
-            raise UserError(str(e)) from None
-        val_loader.reset()
-    return val_batches
 
 
 def _start(cfg: TrainConfig, world: int, failure: Exception | None, rt: Runtime | None,
