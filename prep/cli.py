@@ -14,7 +14,7 @@ with interrupt_exits_while_importing(hangup=True):
     import click
     from prep.inspect import info_command, verify_command
     from prep.sample import sample_command
-    from prep.tokenize import tokenize_command
+    from prep.tokenize_cli import tokenize_command
 
 
 @click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

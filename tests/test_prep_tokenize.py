@@ -38,7 +38,8 @@ from prep.atomic import HANGUP
 from prep.corpus import CorpusError, read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
-from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_command, tokenize_corpus
+from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_corpus
+from prep.tokenize_cli import tokenize_command
 from prep import corpus as corpus_module, output as output_module, tokenize as tokenize_module
 from prep.tokenizer import EOT, get_encoding
 
@@ -1428,9 +1429,9 @@ def test_a_signal_as_the_process_ends_after_its_summary_says_the_dataset_is_in_p
     (tmp_path / "a.txt").write_text("Hello world\n")
     out = tmp_path / "out"
     slow_end = ("import atexit, time\n"  # an exit callback of a library the run imports, as multiprocessing's
-                "import prep.cli, prep.tokenize\n"
-                "real = prep.tokenize.tokenize_corpus\n"
-                "prep.tokenize.tokenize_corpus = lambda *args, **kwargs: (atexit.register(time.sleep, 30), "
+                "import prep.cli, prep.tokenize_cli\n"
+                "real = prep.tokenize_cli.tokenize_corpus\n"
+                "prep.tokenize_cli.tokenize_corpus = lambda *args, **kwargs: (atexit.register(time.sleep, 30), "
                 "real(*args, **kwargs))[1]\n"
                 "prep.cli.run(prog_name='prep')\n")
     proc = subprocess.Popen([sys.executable, "-c", slow_end, "tokenize", "a.txt", "--out", "out", "--workers", "2",
