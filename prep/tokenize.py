@@ -42,8 +42,9 @@ from typing import BinaryIO
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, STDIN_KINDS, CorpusError, Piece, as_inputs, read_pieces, resolve_sources
 from prep.errors import NAME_MAX, bar_disable, plain_numbers, say
+from prep.install import AtomicDirectory, check_target
 from prep.meta import write_meta
-from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, build_meta, check_target
+from prep.output import OutputError, SplitWriter, TailSplitter, build_meta
 from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.tokenizer import ensure_available

@@ -1,4 +1,4 @@
-"""Writing a dataset directory (prep/output.py): the val tail held back on disk against a
+"""Writing a dataset directory (prep/output.py, prep/install.py): the val tail held back on disk against a
 plain reference of the rule, shard rollover, and the atomic install."""
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prep import output
+from prep import install
 from prep.atomic import sigterm_raises
 from prep.meta import UNFINISHED_NAME, read_meta, write_meta
-from prep.output import AtomicDirectory, OutputError, SplitWriter, TailSplitter, check_target
+from prep.install import AtomicDirectory, check_target
+from prep.output import OutputError, SplitWriter, TailSplitter
 from prep.shards import open_shard
 from prep.tokenizer import EOT
 
@@ -114,7 +115,7 @@ def test_the_temporary_is_marked_unfinished_until_the_install(tmp_path):
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         write_meta(tmp, {"format_version": 1, "splits": {}})  # even with its meta.json written
-        assert (tmp / UNFINISHED_NAME).read_text(encoding="utf-8") == output.UNFINISHED_TEXT
+        assert (tmp / UNFINISHED_NAME).read_text(encoding="utf-8") == install.UNFINISHED_TEXT
         with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp))}: an unfinished `prep tokenize` output"):
             read_meta(tmp)
     assert sorted(p.name for p in target.iterdir()) == ["meta.json"] and read_meta(target) is not None
@@ -136,7 +137,7 @@ def test_a_signal_during_the_removal_of_the_temporary_waits_for_it(tmp_path, mon
             signal.raise_signal(second)
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(output.shutil, "rmtree", rmtree_with_a_signal)
+    monkeypatch.setattr(install.shutil, "rmtree", rmtree_with_a_signal)
     with sigterm_raises(SystemExit), pytest.raises(BaseException) as raised:
         with AtomicDirectory(target, overwrite=False) as tmp:
             for index in range(5):
@@ -206,7 +207,7 @@ def test_an_old_dataset_left_aside_by_a_crash_is_kept_while_it_is_the_only_copy(
 KILLED_MID_INSTALL = """
 import os, signal, sys
 from pathlib import Path
-from prep.output import AtomicDirectory
+from prep.install import AtomicDirectory
 target = Path(sys.argv[1])
 real_rename = os.rename
 def rename_then_die(src, dst):  # SIGKILL right after the install's first rename
@@ -251,8 +252,8 @@ def test_an_overwrite_falls_back_on_two_renames_where_the_swap_is_refused(tmp_pa
             ctypes.set_errno(err)
             return -1
 
-    monkeypatch.setattr(output.sys, "platform", "linux")
-    monkeypatch.setattr(output.ctypes, "CDLL", lambda *a, **k: NoSwap)
+    monkeypatch.setattr(install.sys, "platform", "linux")
+    monkeypatch.setattr(install.ctypes, "CDLL", lambda *a, **k: NoSwap)
     target = tmp_path / "ds"
     for text in ("old", "new"):
         with AtomicDirectory(target, overwrite=True) as tmp:
@@ -262,7 +263,7 @@ def test_an_overwrite_falls_back_on_two_renames_where_the_swap_is_refused(tmp_pa
 
 
 def test_a_ctrl_c_during_the_install_waits_until_the_new_dataset_is_in_place(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
+    monkeypatch.setattr(install, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
@@ -291,7 +292,7 @@ def test_a_ctrl_c_just_before_the_install_leaves_the_old_dataset_and_no_temporar
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")
 
-    real_deferral, calls = output.signals_deferred, []
+    real_deferral, calls = install.signals_deferred, []
 
     @contextlib.contextmanager
     def interrupted_before_deferring(*args, **kwargs):
@@ -301,7 +302,7 @@ def test_a_ctrl_c_just_before_the_install_leaves_the_old_dataset_and_no_temporar
         with real_deferral(*args, **kwargs) as received:
             yield received
 
-    monkeypatch.setattr(output, "signals_deferred", interrupted_before_deferring)
+    monkeypatch.setattr(install, "signals_deferred", interrupted_before_deferring)
     with pytest.raises(KeyboardInterrupt) as stopped:
         with AtomicDirectory(target, overwrite=True) as tmp:
             (tmp / "meta.json").write_text("new")
@@ -327,7 +328,7 @@ def test_a_ctrl_c_just_after_the_temporary_is_made_removes_it(tmp_path, monkeypa
 
 
 def test_an_install_that_fails_after_a_ctrl_c_reports_its_error_and_keeps_the_old_dataset(tmp_path, monkeypatch):
-    monkeypatch.setattr(output, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
+    monkeypatch.setattr(install, "_exchange", lambda a, b: False)  # the two renames, as where no swap is had
     target = tmp_path / "ds"
     with AtomicDirectory(target, overwrite=False) as tmp:
         (tmp / "meta.json").write_text("old")

@@ -40,7 +40,8 @@ from prep.meta import read_meta
 from prep.shards import file_sha256
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_corpus
 from prep.tokenize_cli import tokenize_command
-from prep import corpus as corpus_module, output as output_module, tokenize as tokenize_module
+from prep import corpus as corpus_module, install as install_module, output as output_module
+from prep import tokenize as tokenize_module
 from prep.tokenizer import EOT, get_encoding
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1179,13 +1180,13 @@ def test_out_that_is_a_mount_point_is_refused_before_any_work(tmp_path, monkeypa
     tokenized into a temporary directory on the parent's filesystem, then the install could
     not rename the mount point aside ('Device or resource busy'). os.path.ismount says which
     directory is one (a test should not mount filesystems on the machine it runs on)."""
-    import prep.output
+    import prep.install
 
     (tmp_path / "a.txt").write_text("some text")
     volume = tmp_path / "volume"
     volume.mkdir()
     real = os.path.ismount
-    monkeypatch.setattr(prep.output.os.path, "ismount", lambda p: os.fspath(p) == str(volume) or real(p))
+    monkeypatch.setattr(prep.install.os.path, "ismount", lambda p: os.fspath(p) == str(volume) or real(p))
     result = invoke(tmp_path / "a.txt", "--out", volume)
     assert_user_error(result, f"{volume}: is a mount point", f"--out {volume / 'data'}")
     assert list(volume.iterdir()) == [] and leftovers(tmp_path, "volume") == []
@@ -1478,7 +1479,7 @@ def test_a_signal_during_the_check_before_the_install_leaves_no_temporary_dir(tm
     def interrupted(target, overwrite):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(output_module, "check_target", interrupted)  # the install's check only
+    monkeypatch.setattr(install_module, "check_target", interrupted)  # the install's check only
     result = CliRunner().invoke(tokenize_command, [str(src), "--out", str(out), "--quiet"])
     assert result.exit_code == 130
     assert result.stderr == "SIGINT: stopped; nothing was written (the output directory is as it was)\n"
