@@ -172,6 +172,9 @@ def audit(out: str | os.PathLike, data: str | os.PathLike | None = None) -> Repo
         if stream is None and isinstance(trained, Trained):
             report.notes.append(f"no --data: the windows were not checked against the shards; the run trained on "
                                 f"{trained.named()} ({trained.path.name} says)")
+        elif stream is None and not isinstance(trained, NotThisRun):  # no record of the run's data to name
+            report.notes.append("no --data: the windows were not checked against the shards; give the run's "
+                                "--data to check every token of each")
         all_ranks = check_numbering(logs, report.problems)
         if isinstance(trained, Trained):
             check_logged_through(logs, trained, report.problems)

@@ -175,6 +175,23 @@ def test_two_ranks_over_two_epochs_pass(tmp_path, data):
                             "(windows trained after its last one) cannot be told from a whole one"]
 
 
+def test_the_logs_alone_without_a_checkpoint_say_their_tokens_were_not_checked(tmp_path, data):
+    """No --data and no checkpoint to name the run's data: the audit passed with the numbering
+    and epoch checks alone, and no word said that no window was compared with any shard."""
+    out = log_ranks(tmp_path / "out", data, world=2, batches=35)
+    report = audit(out)
+    assert len(report.problems) == 0, report.problems.lines()
+    assert report.notes == ["no checkpoint (ckpt_*.pt) in the run's directory records the data it trained on: a log "
+                            "cut short (windows trained after its last one) cannot be told from a whole one",
+                            "no --data: the windows were not checked against the shards; give the run's --data to "
+                            "check every token of each"]
+    assert not any(line.startswith("--data") for line in report.lines)
+    checkpoint(out, data, world=2)  # named by the checkpoint: its own note, not this one
+    assert [note for note in audit(out).notes if note.startswith("no --data")] == [
+        f"no --data: the windows were not checked against the shards; the run trained on --data {data} "
+        "(ckpt_000005.pt says)"]
+
+
 def test_a_dataset_the_run_did_not_train_on_is_refused_naming_both(tmp_path):
     """Trained on `small`, audited with --data `big`, whose train split begins with small's
     (tiny Shakespeare and a prefix of it): every window matches big's tokens, and the audit
