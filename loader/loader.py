@@ -406,7 +406,7 @@ class TokenLoader:
         if not isinstance(state, dict):
             raise LoaderError(f"a loader state is a dict, got {type(state).__name__}")
         missing = [k for k in STATE_KEYS if k not in state]
-        if missing or state["format"] != STATE_FORMAT:
+        if missing or type(state["format"]) is not int or state["format"] != STATE_FORMAT:  # not True nor 1.0
             raise LoaderError(
                 f"not a TokenLoader state of format {STATE_FORMAT} "
                 f"(missing {missing or 'nothing'}, format {state.get('format')!r})"

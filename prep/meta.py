@@ -181,7 +181,8 @@ def read_meta(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     except OSError as e:  # no read permission, an I/O error: every caller's one-line error, not a traceback
         raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != META_FORMAT_VERSION:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if type(version) is not int or version != META_FORMAT_VERSION:  # true and 1.0 equal 1, and are not it
         raise ValueError(f"{path}: not a meta.json of format version {META_FORMAT_VERSION}")
     # the shard format it describes, where it says (a hand-edited or foreign file): ours only
     ours = {"dtype": TOKEN_DTYPE.name, "header_bytes": HEADER_BYTES}

@@ -317,6 +317,19 @@ def test_numpy_integers_are_taken_and_the_state_and_figures_are_plain_ints(data,
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["loader"] == state
 
 
+@pytest.mark.parametrize("fmt", [2, None, "1", True, 1.0])
+def test_a_state_of_another_format_is_refused(data, fmt):
+    """A state's "format" says how its fields are laid out: another one (a later version's) is
+    refused, not read as this one's; True and 1.0 too, which Python takes for equal to 1."""
+    path, _ = data
+    with TokenLoader(path, B=2, T=50) as loader:
+        state = loader.state_dict()
+        with pytest.raises(LoaderError, match=rf"^not a TokenLoader state of format 1 \(missing nothing, format "
+                                              rf"{re.escape(repr(fmt))}\)$"):
+            loader.load_state_dict({**state, "format": fmt})
+        loader.load_state_dict(state)  # its own: taken
+
+
 def test_load_state_dict_adopts_the_saved_shuffle_and_seed(data):
     path, _ = data
     with TokenLoader(path, B=2, T=50, shuffle=True, seed=3, prefetch=0) as saved:

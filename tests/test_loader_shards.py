@@ -366,6 +366,20 @@ def test_a_meta_json_that_is_not_json(tmp_path, text, why):
         TokenLoader(tmp_path, B=1, T=10)
 
 
+@pytest.mark.parametrize("version", [True, 1.0, "1", 2, None])
+def test_a_meta_json_of_another_format_version_is_refused(tmp_path, version):
+    """format_version is the integer 1: JSON's true and 1.0 compare equal to it in Python and
+    were read as version 1 (a hand-edited or foreign file)."""
+    _, meta = write_with_meta(tmp_path, [300])
+    (tmp_path / "meta.json").write_text(json.dumps(meta | {"format_version": version}))
+    with pytest.raises(LoaderError, match=rf"^{re.escape(str(tmp_path))}/meta.json: not a meta.json of format "
+                                          r"version 1$"):
+        TokenLoader(tmp_path, B=1, T=10)
+    meta["format_version"] = 1
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    TokenLoader(tmp_path, B=1, T=10).close()
+
+
 def test_a_meta_json_that_is_a_broken_link_or_a_directory_is_a_loader_error(tmp_path):
     """A dangling meta.json link (a dataset moved without its metadata) was taken for no
     meta.json, and the directory was read by shard names without a word; a directory too."""

@@ -4901,7 +4901,7 @@ def test_a_checkpoint_of_another_format_is_refused():
     path = Path("ckpt_000002.pt")
     checked = trainer.checkpoint.check_checkpoint({"format": trainer.checkpoint.CKPT_FORMAT, **fields}, path, "--resume")
     assert checked["step"] == 2
-    for other in (trainer.checkpoint.CKPT_FORMAT + 1, None, "1"):
+    for other in (trainer.checkpoint.CKPT_FORMAT + 1, None, "1", True, 1.0):  # (True == 1 == 1.0 in Python)
         with pytest.raises(train.UserError, match=r"^--resume ckpt_000002\.pt: not a train\.py checkpoint"):
             trainer.checkpoint.check_checkpoint({"format": other, **fields}, path, "--resume")
 

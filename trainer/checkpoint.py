@@ -206,7 +206,8 @@ def load_checkpoint(path: Path) -> dict:
 
 def check_checkpoint(ckpt: object, path: Path, flag: str) -> dict:
     """`ckpt` (as read from `path`) if it is a whole train.py checkpoint; a user error if not."""
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or ckpt["format"] != CKPT_FORMAT:
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CKPT_KEYS) or type(ckpt["format"]) is not int \
+            or ckpt["format"] != CKPT_FORMAT:  # not True nor 1.0
         weights = (isinstance(ckpt, dict) and bool(ckpt) and flag == "--resume"
                    and all(isinstance(v, torch.Tensor) for v in ckpt.values()))
         alone = "; this file holds weights alone: start from them with --init-from" if weights else ""
