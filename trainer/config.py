@@ -2,7 +2,8 @@
 
 click builds TrainConfig from the command line; __post_init__ refuses a bad value with a line
 naming its flag, before any dataset, device or model is touched. lr_at is the learning-rate
-schedule (linear warm-up, cosine decay to --min-lr), a pure function of the step.
+schedule (linear warm-up, cosine decay to --min-lr), a pure function of the step, and
+work_due_after says after which steps evaluation, samples and checkpoints are due.
 """
 
 from __future__ import annotations
@@ -180,3 +181,17 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
         return cfg.final_lr
     progress = (it - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     return cfg.final_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.final_lr)
+
+
+def work_due_after(cfg: TrainConfig, step: int, stopping: bool, has_val: bool,
+                   overdue: bool = False) -> tuple[bool, bool, bool]:
+    """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
+    them (where on) at the last step of --steps. A stop (a signal) and an `overdue`
+    --ckpt-minutes only add the checkpoint: an extra evaluation or sample there would not be
+    in the uninterrupted run, and a sample would move the sampling RNG the checkpoint saves,
+    so the resumed run's samples would differ from it."""
+    last = step == cfg.steps
+    due = lambda every: every > 0 and (step % every == 0 or last)  # noqa: E731
+    checkpoints = cfg.ckpt_every > 0 or cfg.ckpt_minutes > 0
+    ckpt = checkpoints and (due(cfg.ckpt_every) or last or stopping or overdue)
+    return has_val and due(cfg.eval_every), due(cfg.sample_every), ckpt

@@ -4,9 +4,10 @@ train_loop runs the steps without a host<->device sync between logging points: a
 point's losses leave for the host (Readback) and are read back at the next one, by when the
 device has finished them, so the host never waits for the device in the steady state
 (trainer/progress.py keeps those points and writes their metrics.jsonl lines). At a point the
-loop evaluates, samples and checkpoints (_due says when); a signal finishes the step under way
-and checkpoints it (StopRequest), under torchrun at a step all ranks agree on. _Run holds one
-run's state; its step() is one step, logging_point() and work_due() what follows it there.
+loop evaluates, samples and checkpoints (config.work_due_after says when; saving writes the
+checkpoint); a signal finishes the step under way and checkpoints it (StopRequest), under
+torchrun at a step all ranks agree on. _Run holds one run's state; its step() is one step,
+logging_point() and work_due() what follows it there.
 summarize (trainer/summary.py) is the closing line and the dict train.py's train() returns.
 """
 
@@ -24,7 +25,7 @@ from prep.atomic import signals_deferred
 from prep.errors import UserError, bar_disable
 from prep.progress import Bar
 from trainer.checkpoint import ckpt_path
-from trainer.config import TrainConfig, lr_at
+from trainer.config import lr_at, work_due_after
 from trainer.evaluation import CUT, evaluate, sample_text, val_loss_line
 from trainer.logs import METRICS_FIELDS, strict_json_row
 from trainer.output import OUTPUT_CLOSED, poll_outputs, say_over_bar
@@ -35,19 +36,6 @@ from trainer.session import Session
 from trainer.step import train_step
 from trainer.stopping import AfterTheLoop, StopRequest, Terminated
 from trainer.summary import WARMUP_SKIP, summarize
-
-
-def _due(cfg: TrainConfig, step: int, stopping: bool, has_val: bool, overdue: bool = False) -> tuple[bool, bool, bool]:
-    """(evaluate, sample, checkpoint) after `step`: at their --*-every multiples, and all of
-    them (where on) at the last step of --steps. A stop (a signal) and an `overdue`
-    --ckpt-minutes only add the checkpoint: an extra evaluation or sample there would not be
-    in the uninterrupted run, and a sample would move the sampling RNG the checkpoint saves,
-    so the resumed run's samples would differ from it."""
-    last = step == cfg.steps
-    due = lambda every: every > 0 and (step % every == 0 or last)  # noqa: E731
-    checkpoints = cfg.ckpt_every > 0 or cfg.ckpt_minutes > 0
-    ckpt = checkpoints and (due(cfg.ckpt_every) or last or stopping or overdue)
-    return has_val and due(cfg.eval_every), due(cfg.sample_every), ckpt
 
 
 def train_loop(s: Session, then: AfterTheLoop | None = None) -> dict:
@@ -204,7 +192,7 @@ class _Run:
             poll_outputs()  # (one poll() a logging point)
         stopping = stop.requested and not rt.ddp
         final = step == cfg.steps or stopping
-        do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, self.has_val)
+        do_eval, do_sample, do_ckpt = work_due_after(cfg, step, stopping, self.has_val)
         # The first WARMUP_SKIP steps (compilation) are logging points of their own: a step's
         # time is its logging window's mean, and the summary leaves those steps out.
         warming_up = step <= s.start_step + WARMUP_SKIP
@@ -212,7 +200,7 @@ class _Run:
             return False
         stopping, overdue = self.logging_point(stopping)
         final = final or stopping
-        do_eval, do_sample, do_ckpt = _due(cfg, step, stopping, self.has_val, overdue)
+        do_eval, do_sample, do_ckpt = work_due_after(cfg, step, stopping, self.has_val, overdue)
         if not (final or do_eval or do_sample or do_ckpt):
             return False  # this point stays in flight
         return self.work_due(step, stopping, overdue, do_eval, do_sample, do_ckpt)
@@ -242,7 +230,7 @@ class _Run:
         flag_stop, flag_ckpt = self.finish(val_loss)
         if flag_stop or flag_ckpt:  # shared at this very point: acted on here, alike on every rank
             stopping = stopping or flag_stop
-            do_ckpt = _due(cfg, step, stopping, self.has_val, overdue or flag_ckpt)[2]
+            do_ckpt = work_due_after(cfg, step, stopping, self.has_val, overdue or flag_ckpt)[2]
         points.check_diverged(step if do_ckpt else None)  # before its weights are sampled or checkpointed
         if do_eval:
             self.say(val_loss_line(step, val_loss))
@@ -253,7 +241,7 @@ class _Run:
             # not the next one (under torchrun: one that cut the evaluation short, where the
             # ranks agreed on it; they learn of one in a sample at the next logging point)
             stopping = True
-            do_ckpt = _due(cfg, step, stopping, self.has_val)[2]
+            do_ckpt = work_due_after(cfg, step, stopping, self.has_val)[2]
             points.check_diverged(step if do_ckpt else None)  # its weights, as for any checkpoint due
         if do_ckpt:
             stopping = self.checkpoint(step, stopping)
