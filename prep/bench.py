@@ -39,12 +39,12 @@ from prep.atomic import SignalStop, interrupt_exits_while_importing, stops_raise
 with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
 
-    from prep.corpus import BOM
     from prep.errors import UserCommand, UserError, out_of_room, say
     from prep.meta import read_meta
     from prep.output import OutputError
     from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss, physical_memory
     from prep.sample import fallback_text
+    from prep.sniff import BOM
     from prep.tokenize import default_workers, tokenize_corpus
     from prep.tokenizer import get_encoding
     from tqdm import tqdm

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from prep import __version__
-from prep.corpus import Source
 from prep.meta import META_FORMAT_VERSION
 from prep.shards import HEADER_BYTES, TOKEN_DTYPE, ShardWriter, shard_name
+from prep.sources import Source
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 

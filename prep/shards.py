@@ -241,7 +241,7 @@ def not_a_shard_file(path: Path, text: str) -> str | None:
         return f"{text}: not a token shard ({why}), it looks like raw tokens: {raw_tokens_hint(path.parent)}"
     if weights is not None:
         return f"{text}: {weights}, not a token shard{instead}"
-    from prep.corpus import not_utf8_error  # (here: a file format's check needs no corpus reader up front)
+    from prep.sniff_json import not_utf8_error  # (here: a file format's check needs no corpus reader up front)
 
     unreadable = not_utf8_error(path, "text")  # compressed, UTF-16: `prep tokenize` would refuse it as it is
     if unreadable is not None:

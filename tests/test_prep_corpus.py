@@ -1,5 +1,5 @@
-"""Reading the corpus (prep/corpus.py): sources, incremental UTF-8, JSONL, and every error
-naming the file and the line or byte offset."""
+"""Reading the corpus (prep/sources.py, prep/sniff.py, prep/sniff_json.py, prep/corpus.py): sources,
+incremental UTF-8, JSONL, and every error naming the file and the line or byte offset."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from _data import INT_DIGITS_LIMIT
-from prep.corpus import ERRORS, CorpusError, Piece, _not_utf8, read_pieces, resolve_sources
+from prep.corpus import ERRORS, Piece, read_pieces
+from prep.sniff import CorpusError, _not_utf8
+from prep.sources import resolve_sources
 
 
 def documents(pieces: list[Piece]) -> list[str]:

@@ -35,9 +35,10 @@ from hypothesis import strategies as st
 
 from loader import LoaderError, TokenLoader
 from prep.atomic import HANGUP
-from prep.corpus import CorpusError, read_pieces
+from prep.corpus import read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
+from prep.sniff import CorpusError
 from prep.tokenize import VAL_RULE, TokenizeConfig, tokenize_corpus
 from prep.tokenize_cli import tokenize_command
 from prep import corpus as corpus_module, install as install_module, output as output_module
