@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from prep.sniff import BLOCK_BYTES, BOM, CorpusError, _not_utf8
-from prep.sniff_json import JSON_WHITESPACE, _first_bytes_error, _judge_json
+from prep.sniff import BLOCK_BYTES, BOM, CorpusError, not_utf8
+from prep.sniff_json import JSON_WHITESPACE, first_bytes_error, judge_json
 from prep.sources import Source
 
 ERRORS = ("strict", "replace")
@@ -47,7 +47,7 @@ class Piece:
 def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
                json_field: str | None = None, member: bool = False) -> Iterator[Piece]:
     """The stream's bytes as one document. `json_field`: a stream read as text by default, refused
-    if it opens as JSON (_judge_json). `member`: a directory's file."""
+    if it opens as JSON (judge_json). `member`: a directory's file."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
     read = getattr(stream, "read1", stream.read)  # read1: what a pipe has now, not a full block
     offset, first, at_start = 0, True, True
@@ -56,9 +56,9 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
         if first:  # stdin, a directory's files: compressed or UTF-16 bytes are refused here
             while 0 < len(block) < 10 and (more := read(10 - len(block))):  # a pipe's first read may be short
                 block += more
-            error = _first_bytes_error(block, read, label, json_field, member)
+            error = first_bytes_error(block, read, label, json_field, member)
             if error is None and json_field is not None:
-                block, error = _judge_json(block, read, block_bytes, label, json_field)
+                block, error = judge_json(block, read, block_bytes, label, json_field)
             if error is not None:
                 raise error
         held = len(decoder.getstate()[0])  # bytes of an unfinished character from the last block
@@ -82,7 +82,7 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
     offset = 0
     for line_no, raw in enumerate(stream, start=1):
         where = f"{label}:{line_no}"
-        if line_no == 1 and (error := _not_utf8(raw[:10], label, jsonl=True)) is not None:  # stdin's: unchecked so far
+        if line_no == 1 and (error := not_utf8(raw[:10], label, jsonl=True)) is not None:  # stdin's: unchecked so far
             raise error
         try:
             line = raw.decode("utf-8", errors)

@@ -54,7 +54,7 @@ def names_jsonl(path: str | os.PathLike, compressed: bool = False) -> bool:
 def names_no_format(path: str | os.PathLike) -> bool:
     """Whether a compressed file's name says nothing of what it holds (x.gz; not x.jsonl.gz,
     nor x.txt.gz, whose decompressed x.txt is text by its name): its first lines, decompressed,
-    say whether the pipe spelled out for it reads JSON lines (_refuse_not_utf8)."""
+    say whether the pipe spelled out for it reads JSON lines (refuse_not_utf8)."""
     name = PurePath(os.fspath(path).lower())
     return (name.suffix in COMPRESSED_SUFFIXES and not names_jsonl(name, compressed=True)
             and PurePath(name.stem).suffix != TEXT_SUFFIX)
@@ -86,7 +86,7 @@ def decompressed_input(label: str, cat: str) -> str:
     return f"{cat} {shlex.quote(f'./{label}' if label.startswith('-') else label)}"
 
 
-def _not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False) -> CorpusError | None:
+def not_utf8(head: bytes, label: str, jsonl: bool = False, member: bool = False) -> CorpusError | None:
     """The error for input whose first bytes say it is no UTF-8 text at all (compressed, or
     UTF-16 or UTF-32, with a byte-order mark or without), None otherwise: read as text it fails as invalid UTF-8,
     whose hint (--errors replace) would then tokenize the bytes as if they were text. `jsonl`:

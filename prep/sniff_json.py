@@ -6,7 +6,7 @@ of objects. A file named *.json is read as --stdin-format says, and refused when
 the name says JSON, not which (datasets' to_json writes JSON lines there, others one JSON
 document). A compressed file named for no format (x.gz) whose first lines, decompressed, are
 JSON objects gets the pipe that reads them as JSON lines in its error, so the first bytes' check
-as a whole (prep.sniff's, then that: _first_bytes_error, not_utf8_error) is made here.
+as a whole (prep.sniff's, then that: first_bytes_error, not_utf8_error) is made here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from prep.sniff import (BLOCK_BYTES, BOM, CompressedError, CorpusError, _not_utf8, decompressed_input,
+from prep.sniff import (BLOCK_BYTES, BOM, CompressedError, CorpusError, not_utf8, decompressed_input,
                         names_no_format)
 
 JQ_LINES = "jq -c '.[]'"  # an array of JSON objects -> JSON lines (quoted: zsh takes .[] for a pattern)
@@ -62,20 +62,20 @@ def _opens_json(block: bytes, read: Callable[[int], bytes], kind: str, label: st
 
 
 
-def _first_bytes_error(block: bytes, read: Callable[[int], bytes], label: str, json_field: str | None,
+def first_bytes_error(block: bytes, read: Callable[[int], bytes], label: str, json_field: str | None,
                        member: bool = False) -> CorpusError | None:
-    """_not_utf8's error for the input that `block` starts (`read` reads on). `json_field`: a
+    """not_utf8's error for the input that `block` starts (`read` reads on). `json_field`: a
     compressed one whose first lines, decompressed, are JSON objects (_opens_json) gets the pipe
     that reads JSON lines: read as text by default, they are refused next."""
-    error = _not_utf8(block[:10], label, member=member)
+    error = not_utf8(block[:10], label, member=member)
     if (isinstance(error, CompressedError) and json_field is not None
             and _opens_json(block, read, error.kind, label, json_field)):
-        error = _not_utf8(block[:10], label, jsonl=True, member=member)
+        error = not_utf8(block[:10], label, jsonl=True, member=member)
     return error
 
 
 def not_utf8_error(path: Path, field: str) -> CorpusError | None:
-    """_not_utf8's error for a file named as input, None for one whose first bytes may be text
+    """not_utf8's error for a file named as input, None for one whose first bytes may be text
     (and for a pipe or a device: _read_text checks those as it reads them). A compressed file
     named for no format (x.gz: names_no_format) whose first lines, decompressed, are JSON objects
     gets the pipe that reads them as such (_opens_json): read as text by default, they are
@@ -83,10 +83,10 @@ def not_utf8_error(path: Path, field: str) -> CorpusError | None:
     if not path.is_file():
         return None
     with open(path, "rb") as f:
-        return _first_bytes_error(f.read(1 << 16), f.read, str(path), field if names_no_format(path) else None)
+        return first_bytes_error(f.read(1 << 16), f.read, str(path), field if names_no_format(path) else None)
 
 
-def _refuse_not_utf8(path: Path, field: str) -> None:
+def refuse_not_utf8(path: Path, field: str) -> None:
     """not_utf8_error's error raised, before any work."""
     if (error := not_utf8_error(path, field)) is not None:
         raise error
@@ -150,7 +150,7 @@ def _json_array_error(block: bytes, label: str) -> CorpusError | None:
                        f"tokenize the JSON as it is")
 
 
-def _refuse_json(path: Path, field: str) -> None:
+def refuse_json(path: Path, field: str) -> None:
     """The error for a file named *.json read with no --stdin-format, before any work: the JSON
     it holds, JSON lines (as datasets' to_json writes them) or not, and the flag that reads it.
     Its first line is read whole (up to FIRST_LINE_MAX: a record may be a book), then a block."""
@@ -167,14 +167,14 @@ def _refuse_json(path: Path, field: str) -> None:
     raise error
 
 
-def _judge_json(block: bytes, read: Callable[[int], bytes], block_bytes: int, label: str,
+def judge_json(block: bytes, read: Callable[[int], bytes], block_bytes: int, label: str,
                 field: str) -> tuple[bytes, CorpusError | None]:
     """A stream's first block read on until it can be judged (with the bytes read for it), and
     the error for JSON read as text by default: JSON lines (_json_lines_error) or a JSON array of
     objects (_json_array_error); None for text."""
     # a complete first line: a pipe may hand it over in parts, and where the stream opens as a
     # JSON object that line may be a book, longer than a block (a .json file's is read as far,
-    # _refuse_json), so read on to FIRST_LINE_MAX. The first line that holds more than JSON's
+    # refuse_json), so read on to FIRST_LINE_MAX. The first line that holds more than JSON's
     # whitespace: blank lines before JSON lines (a producer's leading newline) judge nothing.
     line, scanned, whole = bytearray(block), 0, False
     past_bom = len(BOM.encode()) if block.startswith(BOM.encode()) else 0

@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from prep.atomic import file_identity
 from prep.sniff import JSON_SUFFIX, JSONL_SUFFIXES, TEXT_SUFFIX, CorpusError, names_json, names_jsonl
-from prep.sniff_json import _refuse_json, _refuse_not_utf8
+from prep.sniff_json import refuse_json, refuse_not_utf8
 
 STDIN = "-"
 STDIN_KINDS = {"text": "stdin", "jsonl": "stdin-jsonl"}  # --stdin-format -> Source.kind
@@ -256,9 +256,9 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     _refuse_duplicates(sources, stdin)
     for arg, path, json_unsaid in first_bytes:
         try:
-            _refuse_not_utf8(path, field)
+            refuse_not_utf8(path, field)
             if json_unsaid:
-                _refuse_json(path, field)
+                refuse_json(path, field)
         except PermissionError as e:
             raise CorpusError(f"{arg}: cannot read ({e.strerror})") from None
     return sources

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from _data import INT_DIGITS_LIMIT
 from prep.corpus import ERRORS, Piece, read_pieces
-from prep.sniff import CorpusError, _not_utf8
+from prep.sniff import CorpusError, not_utf8
 from prep.sources import resolve_sources
 
 
@@ -103,7 +103,7 @@ def test_a_directory_leaves_hidden_entries_unread_and_names_them(tmp_path):
 def test_text_with_some_nul_bytes_is_not_taken_for_utf16_or_utf32(head):
     """Only letters alternating with NULs from the first byte on (6 bytes at least) mean UTF-16;
     two NULs beside two bytes not both NUL, in each of 2 characters at least, UTF-32."""
-    assert _not_utf8(head, "x") is None
+    assert not_utf8(head, "x") is None
 
 
 @pytest.mark.parametrize("make, message", [
@@ -543,7 +543,7 @@ def test_text_starting_with_bzip2_s_letters_and_a_digit_is_text(tmp_path, text):
     """bzip2's "BZh" and a block-size digit are printable: only with the block magic after them
     ("1AY&SY") is a file taken for bzip2; text that merely starts "BZh9" is read as it is."""
     (tmp_path / "b.txt").write_text(text)
-    assert _not_utf8(text.encode()[:10], "b.txt") is None
+    assert not_utf8(text.encode()[:10], "b.txt") is None
     assert read_all(resolve_sources([str(tmp_path / "b.txt")]))[0] == [text]
 
 
