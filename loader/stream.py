@@ -6,7 +6,7 @@ Which files make a split (`resolve_shards`):
   for the split, in its order, each header's count cross-checked against meta.json;
 - a directory without meta.json (llm.c, modded-nanogpt; build-nanogpt's .npy): its
   `<name>_<split>[_<index>].bin` or `.npy` files, refused unless it holds one dataset, each
-  shard index once (`prep.shards.dataset_shards`);
+  shard index once (`prep.shard_dirs.dataset_shards`);
 - a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted by name,
   numbers by their value (..._999999.bin before ..._1000000.bin, x_train_2.bin before
   x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the
@@ -37,8 +37,9 @@ import numpy as np
 from loader.errors import LoaderError
 from prep.atomic import file_identity
 from prep.meta import check_finished, meta_splits, read_meta, shard_directories
-from prep.shards import (SPLITS, ShardError, dataset_shards, file_kind, file_sha256, named_split, not_a_shard_file,
-                         open_shard, read_header, split_files_in)
+from prep.not_shards import not_a_shard_file, split_files_in
+from prep.shard_dirs import dataset_shards
+from prep.shards import SPLITS, ShardError, file_kind, file_sha256, named_split, open_shard, read_header
 
 _GLOB_CHARS = "*?["
 
@@ -203,7 +204,7 @@ def _glob_order(path: Path) -> tuple:
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:
-    """A directory's shards: meta.json's list when there is one, else prep.shards.dataset_shards."""
+    """A directory's shards: meta.json's list when there is one, else prep.shard_dirs.dataset_shards."""
     try:
         meta = read_meta(directory)
     except ValueError as e:

@@ -23,9 +23,10 @@ from prep.errors import GivenPath, UserCommand, UserError, bar_disable, say
 from prep.meta import (META_NAME, check_finished, check_tokenizer, meta_splits, read_meta, shard_directories,
                        unlisted_shards)
 from prep.progress import Bar
-from prep.shards import (SPLITS, ForeignFile, ShardError, dataset_shards, find_shards, header_problem,
-                         named_split, not_a_shard_file, open_shard, parse_shard_name, read_header,
-                         shard_file_bytes, split_files_in, token_out_of_range)
+from prep.not_shards import not_a_shard_file, split_files_in
+from prep.shard_dirs import dataset_shards, find_shards
+from prep.shards import (SPLITS, ForeignFile, ShardError, header_problem, named_split, open_shard,
+                         parse_shard_name, read_header, shard_file_bytes, token_out_of_range)
 from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 SCAN_TOKENS = 1 << 23  # tokens per chunk when scanning a shard (16 MiB): flat memory

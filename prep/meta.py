@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prep.atomic import atomic_write
-from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, find_shards, parse_shard_name
+from prep.shard_dirs import find_shards
+from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, parse_shard_name
 
 META_NAME = "meta.json"
 META_FORMAT_VERSION = 1

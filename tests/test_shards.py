@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from prep import shards
+from prep import not_shards, shard_dirs, shards
 from prep.shards import HEADER_BYTES, MAGIC, ShardError, ShardWriter, read_header, write_shard
 
 
@@ -108,18 +108,18 @@ def test_names_and_find(tmp_path):
     for i in (1_000_000, 999_999):
         write_shard(tmp_path / "many" / shards.shard_name("d", "train", i), np.arange(3))
     # in index order, not the names' (where d_train_1000000.bin comes first)
-    assert [p.name for p in shards.find_shards(tmp_path / "many", "train")] == [
+    assert [p.name for p in shard_dirs.find_shards(tmp_path / "many", "train")] == [
         "d_train_999999.bin", "d_train_1000000.bin"]
     for i in (2, 0, 10):
         write_shard(tmp_path / shards.shard_name("d", "train", i), np.arange(3))
     write_shard(tmp_path / shards.shard_name("d", "val", 0), np.arange(3))
     (tmp_path / "notes.txt").write_text("x")
-    assert [p.name for p in shards.find_shards(tmp_path, "train")] == [
+    assert [p.name for p in shard_dirs.find_shards(tmp_path, "train")] == [
         "d_train_000000.bin",
         "d_train_000002.bin",
         "d_train_000010.bin",
     ]
-    assert [p.name for p in shards.find_shards(tmp_path, "val")] == ["d_val_000000.bin"]
+    assert [p.name for p in shard_dirs.find_shards(tmp_path, "val")] == ["d_val_000000.bin"]
 
 
 def test_header_limits():
@@ -137,14 +137,16 @@ def test_a_directory_of_many_shards_is_checked_for_repeated_indices_in_linear_ti
     import time
     from pathlib import Path
 
-    monkeypatch.setattr(shards, "_refuse_unpadded", lambda *args: None)  # "d" is listed by find_shards alone
+    # "d" is listed by find_shards alone
+    monkeypatch.setattr(shard_dirs, "_refuse_unpadded", lambda *args: None)
     def seconds(count: int) -> float:  # best of 3: the machine is shared
         listed = [Path(f"d/x_train_{i:06d}.bin") for i in range(count)]
-        monkeypatch.setattr(shards, "find_shards", lambda directory, split: listed if split == "train" else [])
+        monkeypatch.setattr(shard_dirs, "find_shards",
+                            lambda directory, split: listed if split == "train" else [])
         times = []
         for _ in range(3):
             started = time.perf_counter()
-            assert shards.dataset_shards("d")["train"] == listed
+            assert shard_dirs.dataset_shards("d")["train"] == listed
             times.append(time.perf_counter() - started)
         return min(times)
 
@@ -153,9 +155,10 @@ def test_a_directory_of_many_shards_is_checked_for_repeated_indices_in_linear_ti
     assert seconds(30_000) < 30 * seconds(3_000)
     many = [Path(f"d/x_train_{i:06d}.bin") for i in range(30_000)]
     again = [*many, Path("d/x_train_000007.bin")]
-    monkeypatch.setattr(shards, "find_shards", lambda directory, split: again if split == "train" else [])
+    monkeypatch.setattr(shard_dirs, "find_shards",
+                        lambda directory, split: again if split == "train" else [])
     with pytest.raises(ShardError, match="x_train_000007.bin and x_train_000007.bin are the same shard index"):
-        shards.dataset_shards("d")
+        shard_dirs.dataset_shards("d")
 
 
 def _llmc_file(path, magic, version, body):
@@ -178,7 +181,7 @@ def test_llmc_llama3_shards_are_named_for_what_they_are(tmp_path):
         assert str(info.value) == (
             f"{path}: llm.c's Llama 3 token shard (uint32 tokens), not GPT-2's: this reads GPT-2's uint16 shards "
             f"(magic 20240520); run llm.c's data script with -m gpt-2 (its default), or `prep tokenize` the text")
-        assert shards.not_a_shard(path) is None and not shards.looks_like_raw_tokens(path)
+        assert not_shards.not_a_shard(path) is None and not not_shards.looks_like_raw_tokens(path)
 
 
 def test_a_writer_takes_exactly_max_tokens_and_not_one_more(tmp_path, monkeypatch):

@@ -27,7 +27,8 @@ import torch
 from loader.checkpoints import list_checkpoints, load_mapped, zip_damage
 from model import GPTConfig
 from prep.errors import UserError
-from prep.shards import LLMC_MODEL_MAGIC, SAFETENSORS, file_kind, header_problem, llmc_file, weights_file
+from prep.not_shards import LLMC_MODEL_MAGIC, SAFETENSORS, llmc_file, weights_file
+from prep.shards import file_kind, header_problem
 from trainer.runtime import Runtime, is_out_of_memory
 
 

@@ -16,7 +16,9 @@ from loader.checkpoints import list_checkpoints, load_mapped
 from model import GPT2_VOCAB_SIZE
 from prep.errors import UserError
 from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
-from prep.shards import ShardError, cannot_list, find_shards, read_header, split_files_in
+from prep.not_shards import split_files_in
+from prep.shard_dirs import cannot_list, find_shards
+from prep.shards import ShardError, read_header
 from trainer.config import TrainConfig
 
 
