@@ -12,9 +12,10 @@ with interrupt_exits_while_importing(hangup=True):
     from prep.errors import PROGRAM, UserGroup, paths_print_as_named
 
     import click
-    from prep.inspect import info_command, verify_command
+    from prep.info import info_command
     from prep.sample import sample_command
     from prep.tokenize_cli import tokenize_command
+    from prep.verify import verify_command
 
 
 @click.group("prep", cls=UserGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

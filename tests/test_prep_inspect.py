@@ -16,13 +16,15 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-import prep.inspect
+import prep.scan
+import prep.verify
 from prep.epoch import steps_per_epoch
-from prep.inspect import dataset_info, info_command, verify_command, verify_dataset
+from prep.info import dataset_info, info_command
 from prep.meta import META_NAME, write_meta
 from loader.stream import resolve_shards
 from prep.shards import ShardError, file_sha256, shard_name, write_shard
 from prep.tokenizer import EOT
+from prep.verify import verify_command, verify_dataset
 
 from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY, without_read_permission
@@ -414,7 +416,7 @@ def test_verify_names_each_broken_shard(dataset, case):
 
 
 def test_verify_token_out_of_range_across_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep.inspect, "SCAN_TOKENS", 64)  # many chunks; sha must still match
+    monkeypatch.setattr(prep.scan, "SCAN_TOKENS", 64)  # many chunks; sha must still match
     body = tokens(1000)
     body[777] = 50257  # one past the vocabulary; meta's sha is of this very file
     ds = make_dataset(tmp_path / "d", {"train": [body]})
@@ -544,12 +546,12 @@ def test_verify_progress_ends_at_its_total_on_good_and_on_damaged_shards(dataset
     99.x% on good data, and a shard refused at its header left most of it uncounted (3%)."""
     ends = []
 
-    class Recorded(prep.inspect.Bar):
+    class Recorded(prep.verify.Bar):
         def __exit__(self, *exc):
             ends.append((self.n, self.total))
             return super().__exit__(*exc)
 
-    monkeypatch.setattr(prep.inspect, "Bar", Recorded)
+    monkeypatch.setattr(prep.verify, "Bar", Recorded)
     assert verify_dataset(dataset, progress=True).problems == []
     _set_header_slot(dataset / "ds_train_000000.bin", 0, 0)  # refused at its header
     assert len(verify_dataset(dataset, progress=True).problems) == 1

@@ -1,0 +1,68 @@
+"""What `prep info` and `prep verify` share: the path given (a dataset directory, or one shard
+file, refused as the loader refuses it), meta.json's split records with the tokenizer checked,
+and the order meta.json lists each split's shards in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prep.errors import UserError
+from prep.meta import check_finished, check_tokenizer, meta_splits, shard_directories
+from prep.not_shards import not_a_shard_file
+from prep.shards import parse_shard_name
+from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
+
+
+def check_given_path(directory: str | os.PathLike, file_too: bool = False) -> Path:
+    """`directory` as a Path; a UserError where it is none (`file_too`: or a regular file, one
+    shard: what train.py --data also takes; a file that is no shard at all, its meta.json or
+    the text itself, is refused as the loader refuses it)."""
+    directory = Path(directory)
+    if not directory.exists():
+        pattern = "" if not any(c in directory.name for c in "*?[") else (
+            f" (a pattern of shards is for train.py's --data; pass their directory, {directory.parent}, or one "
+            f"shard file)")
+        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}{pattern}")
+    if not directory.is_dir() and not (file_too and directory.is_file()):
+        raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
+    problem = not_a_shard_file(directory, str(directory)) if directory.is_file() else None
+    if problem is not None:
+        raise UserError(problem)
+    try:  # a killed `prep tokenize`'s directory, or a shard in it: no dataset to report on or verify
+        for where in shard_directories(directory) if directory.is_file() else [directory]:
+            check_finished(where)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return directory
+
+
+def meta_records(meta: dict) -> dict[str, dict]:
+    """meta_splits(meta), and the tokenizer the shards were written with: GPT-2's, the only
+    one train.py's model reads."""
+    records = meta_splits(meta)
+    check_tokenizer(meta, ENCODING_NAME, VOCAB_SIZE)
+    return records
+
+
+def out_of_order(records: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    """Where meta.json lists a split's shards of one name out of their index order, as prep
+    writes them (parse_shard_name; names of no index are passed over, and two names' shards
+    may follow each other): the loader reads a split in the order listed, so a hand-edited or
+    half-merged list is another token stream than the one their names number. Each split's
+    first such pair: (split, the file listed before, the one after, how they are out of order)."""
+    found = []
+    for split, record in records.items():
+        last: dict[str, tuple[int, str]] = {}  # name -> the index and file of its shard listed last
+        for entry in record["shards"]:
+            parsed = parse_shard_name(entry["file"])
+            if parsed is None:
+                continue
+            name, _, index = parsed
+            if name in last and index <= last[name][0]:
+                how = "the same index" if index == last[name][0] else "out of index order"
+                found.append((split, last[name][1], entry["file"], how))
+                break
+            last[name] = (index, entry["file"])
+    return found
