@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from prep.shards import SPLIT_IN_NAME_RE, SPLITS, ShardError, named_split, parse_shard_name
@@ -20,16 +19,6 @@ def cannot_list(directory: str | os.PathLike, error: OSError) -> ShardError:
     """The error for a directory that cannot be listed or searched (no read or search
     permission): one line naming it, where callers had a PermissionError traceback."""
     return ShardError(f"{directory}: cannot be listed ({error.strerror or error})")
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard as found on disk: where, which split, its position, and its token count."""
-
-    path: Path
-    split: str
-    index: int
-    num_tokens: int
 
 
 def find_shards(directory: str | os.PathLike, split: str) -> list[Path]:
