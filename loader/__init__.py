@@ -19,7 +19,8 @@ with interrupt_exits_while_importing(getattr(sys, "argv", [])[:1] == ["-m"]):  #
     from loader.cursor import Cursor, epoch_permutation
     from loader.errors import DatasetMismatch, LoaderError, TokenRangeError
     from loader.loader import TokenLoader
-    from loader.stream import TokenStream, resolve_shards
+    from loader.resolve import resolve_shards
+    from loader.stream import TokenStream
 
 __all__ = ["Cursor", "DatasetMismatch", "LoaderError", "TokenLoader", "TokenRangeError", "TokenStream",
            "epoch_permutation", "resolve_shards"]

@@ -15,7 +15,8 @@ import torch
 from loader.cursor import Cursor
 from loader.errors import DatasetMismatch, LoaderError, TokenRangeError, check_bool, check_int
 from loader.prefetch import Prefetcher, record_copy, wait_for_copy
-from loader.stream import TokenStream, resolve_shards
+from loader.resolve import resolve_shards
+from loader.stream import TokenStream
 from prep.meta import portable_name
 from prep.shards import token_out_of_range
 

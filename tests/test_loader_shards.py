@@ -23,7 +23,8 @@ import pytest
 from _data import INT_DIGITS_LIMIT, without_read_permission, without_search_permission
 from loader import LoaderError, TokenLoader, TokenRangeError
 from loader.cursor import epoch_permutation
-from loader.stream import TokenStream, resolve_shards
+from loader.resolve import resolve_shards
+from loader.stream import TokenStream
 from prep.shards import ShardError, named_split, shard_name, write_shard
 
 
@@ -914,7 +915,8 @@ def _stream_in_child(data, soft, hard):
     printed (num_tokens and the soft limit after) and its return code."""
     code = ("import resource, sys\n"
             "from loader import LoaderError\n"
-            "from loader.stream import TokenStream, resolve_shards\n"
+            "from loader.resolve import resolve_shards\n"
+            "from loader.stream import TokenStream\n"
             "try:\n"
             f"    s = TokenStream(resolve_shards({str(data)!r}, 'train'))\n"
             "except LoaderError as e:\n"
@@ -1069,7 +1071,8 @@ def test_the_open_file_limit_error_keeps_no_shard_open_while_it_lives(tmp_path):
     code = ("import os, sys\n"
             "import loader\n"
             "from loader import LoaderError\n"
-            "from loader.stream import TokenStream, resolve_shards\n"
+            "from loader.resolve import resolve_shards\n"
+            "from loader.stream import TokenStream\n"
             f"paths = resolve_shards({str(tmp_path)!r}, 'train')\n"
             "before = len(os.listdir('/proc/self/fd'))\n"
             "try:\n"

@@ -21,7 +21,7 @@ import prep.verify
 from prep.epoch import steps_per_epoch
 from prep.info import dataset_info, info_command
 from prep.meta import META_NAME, write_meta
-from loader.stream import resolve_shards
+from loader.resolve import resolve_shards
 from prep.shards import ShardError, file_sha256, shard_name, write_shard
 from prep.tokenizer import EOT
 from prep.verify import verify_command, verify_dataset

@@ -1,0 +1,265 @@
+"""Which shard files make a split: `resolve_shards`, from a directory, a glob or a file.
+
+- a dataset directory with meta.json (what `prep tokenize` writes): the shards meta.json lists
+  for the split, in its order, each header's count cross-checked against meta.json;
+- a directory without meta.json (llm.c, modded-nanogpt; build-nanogpt's .npy): its
+  `<name>_<split>[_<index>].bin` or `.npy` files, refused unless it holds one dataset, each
+  shard index once (`prep.shard_dirs.dataset_shards`);
+- a glob such as "data/fineweb10B/fineweb_train_*.bin": the matching files, sorted by name,
+  numbers by their value (..._999999.bin before ..._1000000.bin, x_train_2.bin before
+  x_train_10.bin; the glob picks the files), but not a file whose shard name says it is the
+  other split; a single shard file is a glob of one. A single file that is no shard at all (meta.json, a text file)
+  is refused saying what to pass instead. So is a glob through a directory this user may not
+  search or list (`_search_refused`): glob.glob would leave its shards out without a word.
+
+A directory `prep tokenize` has not finished (it holds prep.meta.UNFINISHED_NAME: the run was
+killed, or is at work), and a file or glob in one, is refused: its shards are the first only.
+
+Headers are parsed only by prep.shards (read_header); loader.stream maps the files found here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import glob
+import os
+import re
+import stat
+from pathlib import Path
+
+from loader.errors import LoaderError
+from prep.atomic import file_identity
+from prep.meta import check_finished, meta_splits, read_meta, shard_directories
+from prep.not_shards import not_a_shard_file, split_files_in
+from prep.shard_dirs import dataset_shards
+from prep.shards import SPLITS, ShardError, file_kind, named_split, read_header
+
+_GLOB_CHARS = "*?["
+
+
+def resolve_shards(path: str | os.PathLike, split: str, allow_empty: bool = False) -> list[Path]:
+    """The ordered shard files of `split` under `path` (a directory, a glob or a file).
+
+    Raises LoaderError naming the path when nothing matches (with `allow_empty`, a directory
+    whose split has no shards gives [] instead: train.py's "is there a val split?"), and
+    LoaderError / ShardError naming the file when meta.json and a shard's header disagree or
+    a header is bad.
+    """
+    if split not in SPLITS:
+        raise LoaderError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise LoaderError(f"path must be a directory, a glob or a shard file (a str or a path), got {path!r}")
+    text = os.fspath(path)
+    paths = _resolve(text, split, allow_empty)
+    seen: dict[tuple[int, int], Path] = {}
+    for shard in paths:  # an epoch reads each token once: not a file reached again through a link
+        try:
+            first = seen.setdefault(file_identity(shard), shard)
+        except OSError:  # gone meanwhile: opening it says so
+            continue
+        if first is not shard:
+            raise LoaderError(f"{text}: {shard} and {first} are one file (a link): the {split} split would read "
+                              f"its tokens twice an epoch; remove the link")
+    return paths
+
+
+def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
+    """resolve_shards' files, before the check that no file comes twice."""
+    if not text:  # Path("") is the current directory: never meant
+        raise LoaderError("an empty path names no shards")
+    p = Path(text)
+    if p.is_dir():
+        return _directory_shards(p, split, allow_empty)
+    if p.is_file():
+        problem = not_a_shard_file(p, text)  # no shard at all: say what to pass instead
+        if problem is not None:
+            raise LoaderError(problem)
+        matches = [p]
+    elif any(c in text for c in _GLOB_CHARS):
+        _search_refused(text)  # glob.glob passes over a directory it cannot look into: a split cut short
+        matches = sorted((Path(m) for m in glob.glob(text) if _is_file(m, text)), key=_glob_order)
+        if not matches:
+            raise LoaderError(f"{text}: no shard files match this pattern")
+    elif p.is_symlink() and not p.exists():
+        raise LoaderError(f"{text}: a broken symbolic link (to {os.readlink(p)})")
+    elif p.exists():  # /dev/null, a FIFO (read as one, it would wait for a writer)
+        raise LoaderError(f"{text}: not a regular file (a {file_kind(p.stat().st_mode)}), not a shard")
+    else:
+        raise LoaderError(f"{text}: no such file or directory")
+    # a killed `prep tokenize`'s directory (a link's too): its first shards only
+    for directory in dict.fromkeys(d for m in matches for d in shard_directories(m)):
+        try:
+            check_finished(directory)
+        except ValueError as e:
+            raise LoaderError(str(e)) from None
+    # files are taken as they are, but not a shard whose name says it is the other split:
+    # a glob like data/x/*.bin would otherwise train on the val shards too
+    other = [m.name for m in matches if named_split(m.name) not in (None, split)]
+    if other:
+        raise LoaderError(f"{text}: names {len(other)} shard(s) of another split than {split} "
+                          f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
+                          f"or pass the dataset directory")
+    return matches
+
+
+def _search_refused(pattern: str) -> None:
+    """Raise the PermissionError of a directory this user may not search (another user's home,
+    mode 700) that `pattern`, a glob, has to be looked up through: glob.glob passes over every
+    OSError, so 'data/*/x_train_*.bin' with data/x there left data/x's shards out without a word
+    (or, where it matched nothing, said "no shard files match this pattern"), and any glob below
+    one did too (Python 3.14's Path.is_dir answers False there): each epoch would miss them.
+    Its file name is the pattern where the directory is on the pattern's own path (callers name
+    the option that gave it, as for a path), else the path that could not be reached. A
+    directory that may be searched but not listed is a LoaderError (_cannot_list).
+    The directories the last part is matched in are opened, not listed: the glob lists them."""
+    directories, literal = [""], True  # (the current directory, and whether no glob was expanded yet)
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        magic, last = any(c in part for c in _GLOB_CHARS), i == len(parts) - 1
+        reached = []
+        for directory in directories:
+            path = os.path.join(directory, part)
+            try:
+                if magic:
+                    with os.scandir(directory or os.curdir) as listing:
+                        entries = [] if last else list(listing)
+                elif last:
+                    os.lstat(path)
+                elif stat.S_ISDIR(os.stat(path).st_mode):  # (a link to one too, as glob follows it)
+                    reached.append(path)
+            except OSError as e:
+                if e.errno == errno.EACCES and not os.access(directory or os.curdir, os.X_OK):
+                    raise PermissionError(e.errno, e.strerror, pattern if literal else path) from None
+                if magic and e.errno not in (errno.ENOENT, errno.ENOTDIR):  # (gone meanwhile: nothing in it)
+                    raise _cannot_list(pattern, directory or os.curdir, e, literal) from None
+                if not magic and not last and e.errno == errno.EACCES:  # a link into one that may not be searched
+                    raise (PermissionError(e.errno, e.strerror, pattern) if literal
+                           else _unreachable(pattern, path, e)) from None
+                continue
+            if magic and not last:  # the directories it matches, to go on in (glob's rule for a leading '.')
+                found = {e.name: e for e in entries if part.startswith(".") or not e.name.startswith(".")}
+                for name in fnmatch.filter(found, part):
+                    if _is_dir(found[name], os.path.join(directory, name), pattern):
+                        reached.append(os.path.join(directory, name))
+        directories, literal = reached, literal and not magic
+
+
+def _cannot_list(pattern: str, directory: str, error: OSError, literal: bool) -> LoaderError:
+    """The error for a directory `pattern` is matched in that cannot be listed: one this user
+    may search but not read (mode 0311, or another user's 0711), where glob.glob found nothing
+    and said "no shard files match this pattern", or left its shards out of the split."""
+    fix = (": give this user read permission on it" + ("" if literal else ", or a pattern that leaves it out")
+           if error.errno == errno.EACCES else "")
+    return LoaderError(f"{pattern}: {directory}: cannot be listed ({error.strerror}), so which of its files "
+                       f"the pattern matches cannot be known{fix}")
+
+
+def _is_dir(entry: os.DirEntry, path: str, pattern: str) -> bool:
+    """Whether a glob's directory entry is a directory, as glob.glob answers, but refused (as
+    _is_file) where a link's target cannot be looked up, which glob.glob answers False to."""
+    try:
+        return entry.is_dir()
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise _unreachable(pattern, path, e) from None
+        return False  # a broken link, a loop
+
+
+def _is_file(path: str, pattern: str) -> bool:
+    """Whether a glob's match is a regular file (not a directory, a FIFO, a broken link); refused
+    where it cannot be looked up, as in a directory this user may list but not search (another
+    user's of mode 0744): os.path.isfile answered False, and its shards were left out."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as e:
+        if e.errno == errno.EACCES:
+            raise _unreachable(pattern, path, e) from None
+        return False
+
+
+def _unreachable(pattern: str, path: str, error: OSError) -> OSError | LoaderError:
+    """The error for `path`, which `pattern` matched but which cannot be looked up: its
+    directory's PermissionError where this user may not search it (the commands name the
+    directory), else (a link into such a directory) one line naming the path."""
+    if not os.access(os.path.dirname(path) or os.curdir, os.X_OK):
+        return PermissionError(error.errno, error.strerror, path)
+    return LoaderError(f"{pattern}: {path}: cannot be looked up ({error.strerror}: a directory on the way "
+                       f"to what it links to may not be searched): give it search permission there, "
+                       f"or leave it out")
+
+
+def _glob_order(path: Path) -> tuple:
+    """A glob's files in name order, every run of digits compared by its value: a shard's index
+    past 999,999 (..._1000000.bin after ..._999999.bin, where by name it came before), and names
+    numbered without padding (x_train_2.bin before x_train_10.bin). Padded names keep their order."""
+    parts = re.split(r"(\d+)", str(path))  # text, digits, text, ...: like with like, position by position
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), str(path)
+
+
+def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:
+    """A directory's shards: meta.json's list when there is one, else prep.shard_dirs.dataset_shards."""
+    try:
+        meta = read_meta(directory)
+    except ValueError as e:
+        raise LoaderError(str(e)) from None
+    if meta is None:
+        try:
+            paths = dataset_shards(directory, split)[split]
+        except ShardError as e:
+            raise LoaderError(str(e)) from None
+        if not paths and not allow_empty:
+            unnamed = split_files_in(directory)
+            if not unnamed:
+                try:
+                    files = sorted(name for name in os.listdir(directory) if Path(name).suffix in (".bin", ".npy"))
+                    example = _other_names_glob(directory, split, files)
+                except OSError:  # (listed just now)
+                    files, example = [], f"{glob.escape(str(directory))}/*{split}*.bin"
+                unnamed = (f"; for other names pass a glob such as '{example}'" if example else
+                           "" if files else "; it holds no .bin or .npy file at all: pass the directory "
+                           "`prep tokenize` wrote (data/<name>)")
+            raise LoaderError(
+                f"{directory}: no {split} shards (files named <name>_{split}[_<index:06d>].bin, or .npy){unnamed}")
+        return paths
+    try:
+        records = meta_splits(meta)  # fields, integer counts, no file twice or in the wrong split
+    except ValueError as e:
+        raise LoaderError(f"{directory}/meta.json: {e}") from None
+    entry = records[split]
+    if not entry["shards"] and not allow_empty:
+        raise LoaderError(f"{directory}/meta.json: lists no {split} shards")
+    paths, total = [], 0
+    for item in entry["shards"]:
+        shard, tokens = directory / item["file"], item["tokens"]
+        n = read_header(shard)  # ShardError naming the file when missing or bad
+        if n != tokens:
+            raise LoaderError(f"{shard}: header says {n} tokens, meta.json says {tokens}")
+        paths.append(shard)
+        total += n
+    if "tokens" in entry and entry["tokens"] != total:
+        raise LoaderError(
+            f"{directory}/meta.json: {split} total is {entry['tokens']} tokens, "
+            f"but its shards hold {total}"
+        )
+    return paths
+
+
+def _other_names_glob(directory: Path, split: str, files: list[str]) -> str | None:
+    """A glob (or one file) that takes a directory's .bin (else .npy) `files` named otherwise than
+    its shards are, for `split`: those whose names hold the split's where no name of the other
+    split's shards does (pretrain_val_000000.bin for train), else all of them where none is named
+    as the other split's shard (a glob taking one would be refused), else the first such file.
+    None where every file is named as the other split's shard: none is for `split`."""
+    others = [name for name in files if named_split(name) is None]
+    suffix = ".bin" if any(name.endswith(".bin") for name in others) else ".npy"
+    ours = [name for name in others if name.endswith(suffix)]
+    if not ours:
+        return None
+    where = glob.escape(str(directory))
+    theirs = [name for name in files if name.endswith(suffix) and named_split(name) is not None]
+    if any(split in name for name in ours) and not any(split in name for name in theirs):
+        return f"{where}/*{split}*{suffix}"
+    if not theirs:
+        return f"{where}/*{suffix}"
+    return f"{where}/{glob.escape(ours[0])}"
