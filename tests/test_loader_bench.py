@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader import bench
+from loader import bench, bench_baselines, bench_measure, bench_synthetic
 from prep.shards import MAX_TOKENS, open_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_cold_shuffled_windows_are_timed_against_pread(tmp_path, capsys, monkeyp
     assert all(m["ms_per_window"] > 0 and m["disk_bytes_per_byte"] >= 0 for m in cold.values()), cold
     assert all(m["windows"] == 20 for m in cold.values()), cold
     write_shard(tmp_path / "d_train_000000.bin", np.arange(4_000, dtype=np.uint16))  # an epoch of 15 windows
-    monkeypatch.setattr(bench, "_disk_bytes_read", lambda: 7)
+    monkeypatch.setattr(bench_measure, "_disk_bytes_read", lambda: 7)
     assert bench.main([str(tmp_path), *TINY[2:], "--cold"]) == 0
     table = capsys.readouterr().out
     assert ("shuffled windows on a cold page cache (median of 15, at most an epoch's):\n  (nothing was read from "
@@ -98,21 +98,21 @@ def test_cold_drops_shards_written_moments_before(tmp_path):
         pytest.skip("--cold is Linux-only")
 
     def disk_bytes_to_read(path: Path) -> int:
-        before = bench._disk_bytes_read()
+        before = bench_measure._disk_bytes_read()
         path.read_bytes()
-        return bench._disk_bytes_read() - before
+        return bench_measure._disk_bytes_read() - before
 
     data = np.random.default_rng(0).integers(0, 50257, 2_000_000, dtype=np.uint16)
     synced = tmp_path / "synced.bin"
     data.tofile(synced)
     with open(synced, "rb") as f:
         os.fsync(f.fileno())
-    bench._drop_from_page_cache([str(synced)])
+    bench_measure._drop_from_page_cache([str(synced)])
     if disk_bytes_to_read(synced) == 0:
         pytest.skip(f"{tmp_path}: a file system whose pages are not dropped (a tmpfs)")
     dirty = tmp_path / "dirty.bin"
     data.tofile(dirty)  # no fsync: its pages wait for the kernel's write-back (seconds)
-    bench._drop_from_page_cache([str(dirty)])
+    bench_measure._drop_from_page_cache([str(dirty)])
     assert disk_bytes_to_read(dirty) >= data.nbytes // 2
 
 
@@ -130,7 +130,7 @@ def test_cold_on_a_file_system_that_cannot_sync_still_drops_the_pages(tmp_path, 
 
     monkeypatch.setattr(os, "fdatasync", no_sync)
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: dropped.append(advice))
-    bench._drop_from_page_cache([str(path), str(path)])
+    bench_measure._drop_from_page_cache([str(path), str(path)])
     assert dropped == [os.POSIX_FADV_DONTNEED] * 2
 
 
@@ -224,7 +224,8 @@ def test_a_temporary_directory_too_small_counts_whole_blocks(tmp_path, monkeypat
     on a tmpfs: the check passed with 204,800 bytes free, and the run died in an ENOSPC traceback."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096,) * 10))
-    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: bench.shutil._ntuple_diskusage(10**9, 0, 204_800))
+    monkeypatch.setattr(bench_synthetic.shutil, "disk_usage",
+                        lambda path: bench_synthetic.shutil._ntuple_diskusage(10**9, 0, 204_800))
     with pytest.raises(SystemExit) as exited:
         bench.main(["--tokens", "64000", "--shards", "64", *TINY[2:]])
     assert exited.value.code == 2 and capsys.readouterr().err == (
@@ -258,12 +259,12 @@ def test_a_temporary_directory_that_fills_up_is_one_line(tmp_path, monkeypatch, 
 def test_synthetic_shards_are_written_a_chunk_at_a_time(tmp_path, monkeypatch):
     """--tokens in the billions were drawn a shard at a time (a MemoryError); now in chunks,
     the shards holding every token asked for, in GPT-2's range."""
-    monkeypatch.setattr(bench, "SYNTHESIS_CHUNK", 1000)
+    monkeypatch.setattr(bench_synthetic, "SYNTHESIS_CHUNK", 1000)
     bench.synthesize(str(tmp_path), 4_501, 2)
     shards = sorted(tmp_path.iterdir())
     sizes = [open_shard(p).shape[0] for p in shards]
     assert sizes == [2_250, 2_251]
-    assert all(int(open_shard(p).max()) < bench.VOCAB for p in shards)
+    assert all(int(open_shard(p).max()) < bench_synthetic.VOCAB for p in shards)
     assert len({bytes(open_shard(p)[i * 1000:(i + 1) * 1000]) for p in shards for i in range(2)}) == 4
 
 
@@ -317,7 +318,7 @@ def test_the_nanogpt_baseline_reads_all_the_tokens_of_npy_and_bin_shards(tmp_pat
     write_shard(tmp_path / "x_train_000000.bin", tokens)
     for path in (tmp_path / "edufineweb_train_000001.npy", tmp_path / "x_train_000000.bin"):
         torch.manual_seed(0)
-        get_batch = bench.nanogpt_get_batch(str(path), B=64, T=8, remap=remap)
+        get_batch = bench_baselines.nanogpt_get_batch(str(path), B=64, T=8, remap=remap)
         batches = [get_batch() for _ in range(5)]
         for x, y in batches:
             assert x.shape == y.shape == (64, 8) and x.dtype == torch.int64
