@@ -1,56 +1,25 @@
-"""TokenLoader: shards -> memmapped stream -> ring of (pinned) uint16 windows -> (x, y)."""
+"""TokenLoader: shards -> memmapped stream -> ring of (pinned) uint16 windows -> (x, y).
+
+The ring and prefetch thread are loader.ring's (WindowRing, its base); resume checks loader.state's.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import weakref
-from functools import partial
 
 import numpy as np
 import torch
 
 from loader.cursor import Cursor
-from loader.errors import DatasetMismatch, LoaderError, TokenRangeError, check_bool, check_int
-from loader.prefetch import Prefetcher, record_copy, wait_for_copy
+from loader.errors import DatasetMismatch, LoaderError, check_bool, check_int
+from loader.prefetch import record_copy
 from loader.resolve import resolve_shards
+from loader.ring import WindowRing
+from loader.state import STATE_FORMAT, STATE_KEYS, check_order, dataset_difference, saved_shards
 from loader.stream import TokenStream
-from prep.meta import portable_name
-from prep.shards import token_out_of_range
 
-STATE_FORMAT = 1
-# what state_dict() gives and load_state_dict() needs; "order" (added later) is checked where given
-STATE_KEYS = ("format", "step", "epoch", "shuffle", "seed", "B", "T", "world", "num_tokens", "shards")
 MAX_PREFETCH = 1024  # the deepest prefetch taken: a depth of 2 to 8 hides the copies
-
-# Forks between the process that imported this module and this one: a process forked while a
-# loader's thread runs (multiprocessing's default start on Linux, a DataLoader worker) has the
-# loader, its ring and queues, but no thread; the loader starts one of its own there (_take).
-_forks = 0
-
-
-def _count_fork() -> None:
-    global _forks
-    _forks += 1
-
-
-if hasattr(os, "register_at_fork"):  # (POSIX)
-    os.register_at_fork(after_in_child=_count_fork)
-
-
-def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int | None, arrays,
-                 index: int, step: int):
-    """Copy step `step`'s window for `rank` into ring buffer `index` (thread or consumer), and
-    check its tokens are below `vocab_size` (one pass over a buffer still in cache)."""
-    start, window = cursor.window_start(step, rank), arrays[index]
-    stream.read_into(start, window)
-    if vocab_size is not None and int(window.max()) >= vocab_size:
-        bad = int(np.argmax(window >= vocab_size))
-        path, at = stream.locate(start + bad)
-        raise TokenRangeError(f"{path}: {token_out_of_range(int(window[bad]), at, vocab_size)}: a damaged or "
-                              f"foreign shard (`prep verify` checks them all)")
 
 
 def widen_int16(bits: torch.Tensor) -> torch.Tensor:
@@ -62,80 +31,7 @@ def widen_int16(bits: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int64).bitwise_and_(0xFFFF)
 
 
-def saved_shards(shards: object) -> list[list]:
-    """A state's shard list as [name, count, sha256 or None] entries; states written before
-    the digests were recorded hold [name, count] pairs."""
-    try:
-        parsed = []
-        for entry in shards:
-            name, n, *rest = entry
-            if len(rest) > 1 or isinstance(n, bool) or (rest and rest[0] is not None
-                                                         and not isinstance(rest[0], str)):
-                raise ValueError
-            parsed.append([str(name), int(n), rest[0] if rest else None])
-        return parsed
-    except (TypeError, ValueError):
-        raise LoaderError(f"malformed shard list in a loader state: {shards!r}") from None
-
-
-def dataset_difference(state: dict, identity: list[list], num_tokens: int,
-                       here: str = "this loader reads") -> str | None:
-    """How the dataset a loader `state` (state_dict()) was made on differs from the one of
-    `identity` (TokenStream.identity) and `num_tokens`, or None when it is the same: the same
-    shard names and token counts, and meta.json's sha256 where both sides know it. `here`
-    introduces the second dataset in the answer. load_state_dict refuses a state with it,
-    and loader.audit a --data that is not the run's."""
-    # names as meta.json spells them (UTF-8): a state saved under another locale (LC_ALL=C
-    # without UTF-8 mode: 'd\udcc3\udca9' for 'dé') names the same files
-    shards = [[portable_name(name), *rest] for name, *rest in saved_shards(state["shards"])]
-    identity = [[portable_name(name), *rest] for name, *rest in identity]
-    if state["num_tokens"] != num_tokens or [s[:2] for s in shards] != [s[:2] for s in identity]:
-        differ = next(((a[:2], b[:2]) for a, b in zip(shards, identity) if a[:2] != b[:2]), None)
-        first = (f" (first difference: {differ[0][0]} of {differ[0][1]} tokens there, {differ[1][0]} of "
-                 f"{differ[1][1]} tokens here)" if differ else "")
-        return (f"{len(state['shards'])} shard(s), N={state['num_tokens']!r} tokens; {here} {len(identity)} "
-                f"shard(s), N={num_tokens} tokens{first}")
-    for (name, _, saved_digest), (_, _, digest) in zip(shards, identity):
-        if saved_digest and digest and saved_digest != digest:  # compared where both are known
-            return (f"{name} has the same name and token count, but its sha256 is {digest[:12]}... now "
-                    f"and was {saved_digest[:12]}... (tokenized again since)")
-    return None
-
-
-def _check_order(state: dict, cursor: Cursor, step: int) -> None:
-    """LoaderError where this numpy draws a shuffled state's order otherwise than the one that
-    saved it (state["order"]: an epoch's order_digest, and numpy's version), and the resume is
-    inside an epoch: its windows read before the resume and those read after would overlap. At
-    an epoch's first step no window of it was read, and any order is exact."""
-    order = state.get("order")
-    if order is None or not cursor.shuffle:  # (states saved before the digest: unchecked)
-        return
-    if not (isinstance(order, dict) and isinstance(order.get("digest"), str)
-            and type(order.get("epoch")) is int and order["epoch"] >= 0):
-        raise LoaderError(f"malformed loader state: order must be a dict with an epoch and a digest, got {order!r}")
-    if step % cursor.steps_per_epoch == 0 or cursor.order_digest(order["epoch"]) == order["digest"]:
-        return
-    then = order.get("numpy") if isinstance(order.get("numpy"), str) else None
-    if then == np.__version__:  # the same numpy draws the same order: the digest is not the one saved
-        raise LoaderError(f"damaged loader state: its order digest {order['digest']!r} is not that of epoch "
-                          f"{order['epoch']} of seed {cursor.seed}, drawn by the same numpy {then}")
-    raise LoaderError(
-        f"the shuffled order of epoch {order['epoch']} drawn here (numpy {np.__version__}) is not the one the state "
-        f"was saved in{f' (numpy {then})' if then else ''}: resuming at step {step}, inside epoch "
-        f"{cursor.epoch(step)}, would read some of its windows twice and others never"
-        + (f"; resume under numpy {then}" if then else ""))
-
-
-def dataset_digest(identity: list[list]) -> int:
-    """A number in [0, 2**62) standing for a split's shards (TokenStream.identity): their names
-    as meta.json spells them, token counts and meta.json's sha256 (None where none is listed),
-    in order. Ranks on machines of their own compare it before they train together: equal token
-    counts still let one node read another tokenization of the corpus, or another corpus."""
-    text = json.dumps([[portable_name(name), *rest] for name, *rest in identity])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 2
-
-
-class TokenLoader:
+class TokenLoader(WindowRing):
     """Batches of GPT-2 tokens for one rank, read from a split's shards (loader/cursor.py: which window).
 
     Every shard is memory-mapped once, read-only, and the split is one stream of N tokens.
@@ -215,26 +111,8 @@ class TokenLoader:
         self._rank = rank
         self._depth = prefetch
         self._pinned = bool(pin_memory)
-        ring = max(2, prefetch + 1)
-        # (ring, B*T+1) uint16, allocated (and pinned) once; row i is buffer i
-        shape = (ring, self._cursor.window_tokens)
-        try:
-            self._buffers = torch.empty(shape, dtype=torch.uint16, pin_memory=self._pinned)
-        except RuntimeError:  # too big for memory, or for torch's size arithmetic
-            self._stream.close()
-            raise LoaderError(f"prefetch={prefetch}: a ring of {ring:,} buffers of B*T+1 = "
-                              f"{shape[1]:,} tokens ({2 * ring * shape[1]:,} bytes) cannot be allocated; "
-                              f"a depth of 2 to 8 hides the copies") from None
-        self._windows = list(self._buffers.unbind(0))
-        self._arrays = [w.numpy() for w in self._windows]  # numpy views of the same memory
-        self._events: list = [None] * ring  # CUDA event of each buffer's last copy out
+        self._make_ring()
         self._step = 0  # the step the consumer takes next
-        self._held: int | None = None  # buffer handed to the caller, not yet given back
-        self._next_sync = 0  # prefetch=0: the buffer to fill next (round robin)
-        self._prefetcher: Prefetcher | None = None
-        self._stop_prefetcher = None  # weakref.finalize stopping the thread on close or GC
-        self._stop_thread = None  # the last thread's stop (idempotent): its finalizer's callback
-        self._forks = _forks  # _forks when the thread started: another value, in a forked child
         self._closed = False
 
     # -- the window and the batch ------------------------------------------------------------
@@ -300,84 +178,6 @@ class TokenLoader:
             raise
         return x, y
 
-    def _take(self) -> int:
-        """Index of the buffer holding step `self._step`'s window; advances the step.
-
-        The previously held buffer goes back to the thread only after the new one is in hand,
-        so the thread's wake-up (and its bid for the GIL) comes as late as possible."""
-        if self._closed:
-            raise LoaderError("this TokenLoader is closed")
-        if self._depth == 0:  # ring of 2 in turn: the buffer held since the last call is spared
-            index = self._next_sync
-            self._next_sync = (index + 1) % len(self._windows)
-            wait_for_copy(self._events, index)
-            _fill_window(self._stream, self._cursor, self._rank, self._vocab_size, self._arrays, index,
-                         self._step)
-        else:
-            try:
-                if self._prefetcher is not None and self._forks != _forks:
-                    # forked: the parent's thread is not here, and what it prefetched ran out,
-                    # then 'the prefetch thread exited without a window'. Dropped (its stop
-                    # joins nothing here) and started afresh at this step, as after a seek.
-                    self._discard_prefetched()
-                if self._prefetcher is None:
-                    self._start_prefetcher()
-                index = self._prefetcher.get(self._step)
-                self._give_back()
-            except BaseException:
-                # A Ctrl-C that the caller catches (a notebook's stop button) can land after the
-                # ring's queue gave up a buffer and before it is recorded here or given back:
-                # that buffer would be lost to the ring, the next window would come out of
-                # order, and the one after never. Start the thread afresh at this step on the
-                # next call instead, unless the thread itself failed: its error is said again.
-                if self._prefetcher is not None and not self._prefetcher.failed:
-                    self._discard_prefetched()
-                raise
-        self._held = index
-        self._step += 1
-        return index
-
-    def _untake(self, index: int) -> None:
-        """Undo the `_take` that returned `index`: its window comes again at the next call."""
-        self._step -= 1
-        self._held = None
-        if self._prefetcher is None:  # prefetch=0: refill the same buffer with the same window
-            self._next_sync = index
-        else:
-            self._prefetcher.put_back(index, self._step)
-
-    def _give_back(self) -> None:
-        """Return the held buffer to the prefetch thread (its window is no longer valid)."""
-        if self._held is not None and self._prefetcher is not None:
-            self._prefetcher.release(self._held)
-        self._held = None
-
-    def _start_prefetcher(self) -> None:
-        """Start the thread at the consumer's step (lazily: on first use, after a seek)."""
-        # Two threads must never fill the ring at once, and a Ctrl-C that the caller catches may
-        # land anywhere here or in _discard_prefetched: so the last thread's stop is called again
-        # (it is idempotent), and this one's is kept before the thread starts.
-        if self._stop_thread is not None:
-            self._stop_thread()
-        fill = partial(_fill_window, self._stream, self._cursor, self._rank, self._vocab_size, self._arrays)
-        indices = list(range(len(self._windows)))
-        prefetcher = Prefetcher(fill, self._step, indices, self._events)
-        self._stop_thread = prefetcher.stopper()
-        self._forks = _forks
-        self._prefetcher = prefetcher
-        self._stop_prefetcher = weakref.finalize(self, self._stop_thread)  # when the loader is collected
-        prefetcher.start()
-
-    def _discard_prefetched(self) -> None:
-        """Stop and join the thread, dropping what it prefetched and any held buffer."""
-        self._prefetcher = None  # first: a Ctrl-C in the join below leaves a loader that starts afresh
-        self._held = None
-        if self._stop_thread is not None:
-            self._stop_thread()
-        if self._stop_prefetcher is not None:  # stopped: nothing left for the garbage collector to do
-            self._stop_prefetcher.detach()
-            self._stop_prefetcher = None
-
     # -- resume ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
@@ -438,7 +238,7 @@ class TokenLoader:
         if not isinstance(state["shuffle"], bool):  # bool("False") is True: another order, silently
             raise LoaderError(f"malformed loader state: shuffle must be True or False, got {state['shuffle']!r}")
         cursor = dataclasses.replace(c, shuffle=state["shuffle"], seed=state["seed"])
-        _check_order(state, cursor, step)
+        check_order(state, cursor, step)
         self._seek(step, cursor)
 
     def reset(self) -> None:

@@ -14,7 +14,8 @@ import torch
 from loader import LoaderError, TokenLoader
 from loader.errors import check_int
 from loader.errors import DatasetMismatch
-from loader.loader import MAX_PREFETCH, dataset_difference, dataset_digest
+from loader.loader import MAX_PREFETCH
+from loader.state import dataset_difference, dataset_digest
 from prep.meta import write_meta
 from prep.shards import shard_name, write_shard
 

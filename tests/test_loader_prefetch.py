@@ -244,11 +244,11 @@ def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_fil
     """The first Ctrl-C lands as the last buffer goes back, so the thread is filling it; the
     second lands in the join that stops that thread. The next call must wait for the old
     thread before a new one fills the ring: two at once would write one buffer together."""
-    import loader.loader as loader_module
     import loader.prefetch as prefetch_module
+    import loader.ring as ring_module
 
     path, ref = data
-    real_fill, real_release, real_stop = loader_module._fill_window, Prefetcher.release, prefetch_module._stop_thread
+    real_fill, real_release, real_stop = ring_module._fill_window, Prefetcher.release, prefetch_module._stop_thread
     gate, cut, log = threading.Event(), threading.Event(), []
 
     def gated_fill(*args):
@@ -272,7 +272,7 @@ def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_fil
         raise KeyboardInterrupt  # in the join, the thread told to stop but still filling
 
     gate.set()
-    monkeypatch.setattr(loader_module, "_fill_window", gated_fill)
+    monkeypatch.setattr(ring_module, "_fill_window", gated_fill)
     monkeypatch.setattr(prefetch_module, "_stop_thread", stop_cut_short)  # before the loader keeps it
     with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
         take(loader, 2)
@@ -450,16 +450,16 @@ def test_next_batch_copies_its_window_out_before_the_thread_may_refill_the_buffe
 def test_a_window_is_handed_over_only_once_the_thread_has_filled_it(data, monkeypatch):
     """A slow fill (a cold page of a shard on a network disk) must not let the consumer read
     the buffer before the thread has finished copying the window into it."""
-    import loader.loader as loader_module
+    import loader.ring as ring_module
 
     path, ref = data
-    real_fill = loader_module._fill_window
+    real_fill = ring_module._fill_window
 
     def slow_fill(*args):
         time.sleep(0.02)
         real_fill(*args)
 
-    monkeypatch.setattr(loader_module, "_fill_window", slow_fill)
+    monkeypatch.setattr(ring_module, "_fill_window", slow_fill)
     with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
         for k, window in enumerate(take(loader, 6)):
             np.testing.assert_array_equal(window, ref[k * 32 : k * 32 + 33])
@@ -550,7 +550,7 @@ def test_a_loader_in_a_forked_child_starts_its_own_thread_once(data, monkeypatch
     """After the restart that a fork calls for, the loader records that its thread is this
     process's: otherwise every later call took the fork for new, stopped the thread and started
     another, and no window was ever prefetched again (the windows themselves still right)."""
-    import loader.loader as module
+    import loader.ring as module
     path, ref = data
     with TokenLoader(path, B=2, T=16, prefetch=2, pin_memory=False) as loader:
         take(loader, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from loader import TokenLoader
-from loader.loader import dataset_digest
+from loader.state import dataset_digest
 from model import GPTConfig
 from trainer.config import TrainConfig, flag_name, flags_for, lr_at
 from trainer.output import echo
