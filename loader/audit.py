@@ -67,10 +67,11 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import numpy as np
 
     from loader.errors import LoaderError
-    from loader.loader import dataset_difference
     from loader.logchecks import Report, check_epochs, check_numbering
+    from loader.resolve import resolve_shards
     from loader.runrecord import NotThisRun, Trained, check_logged_through, check_ranks_apart, read_trained
-    from loader.stream import TokenStream, resolve_shards
+    from loader.state import dataset_difference
+    from loader.stream import TokenStream
     from loader.windowlog import RankLog, find_logs, window_crc32
     from prep.epoch import steps_per_epoch
     from prep.shards import ShardError

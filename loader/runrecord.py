@@ -9,8 +9,8 @@ from pathlib import Path
 
 from loader.checkpoints import list_checkpoints, load_mapped, zip_damage
 from loader.errors import LoaderError
-from loader.state import saved_shards
 from loader.logchecks import Problems
+from loader.state import saved_shards
 from loader.windowlog import RankLog, is_count
 from prep.epoch import steps_per_epoch
 

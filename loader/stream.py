@@ -16,13 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import LoaderError
-# (loader.audit imports resolve_shards from here, as it did before loader.resolve was split off)
-from loader.resolve import resolve_shards
 from prep.meta import meta_splits, read_meta
 from prep.shards import file_sha256, open_shard
-
-__all__ = ["SPARE_FILES", "TokenStream", "WILL_NEED_BYTES", "listed_digests", "open_file_limit",
-           "resolve_shards"]
 
 
 def listed_digests(paths: list[Path]) -> list[str | None]:
