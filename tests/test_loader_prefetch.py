@@ -249,7 +249,7 @@ def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_fil
 
     path, ref = data
     real_fill, real_release, real_stop = ring_module._fill_window, Prefetcher.release, prefetch_module._stop_thread
-    gate, cut, log = threading.Event(), threading.Event(), []
+    gate, cut, log, armed = threading.Event(), threading.Event(), [], [False]
 
     def gated_fill(*args):
         log.append(+1)
@@ -264,7 +264,9 @@ def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_fil
         raise KeyboardInterrupt
 
     def stop_cut_short(thread, stopping, free):  # the loader keeps this function: cut short once
-        if cut.is_set():
+        # only in the call under test: a stop elsewhere (the with block's close after a failed
+        # check) raising it would end the whole pytest session (exit status 2)
+        if cut.is_set() or not armed[0]:
             return real_stop(thread, stopping, free)
         cut.set()
         stopping.set()
@@ -276,11 +278,18 @@ def test_a_second_ctrl_c_cutting_the_recovery_short_never_leaves_two_threads_fil
     monkeypatch.setattr(prefetch_module, "_stop_thread", stop_cut_short)  # before the loader keeps it
     with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
         take(loader, 2)
-        assert wait_until(lambda: len(log) == 6)  # steps 0-2 filled; the ring is full
+        # steps 0-3 filled (1 held, 2 and 3 ready): the ring is full. Waiting for 6 entries (steps
+        # 0-2) caught a passing moment only: the thread, given back step 0's buffer as step 1
+        # was taken, filled step 3 first under load, and the wait ran out
+        assert wait_until(lambda: len(log) == 8 and loader._prefetcher.ready_count() == 2)
         gate.clear()
         monkeypatch.setattr(Prefetcher, "release", release_then_ctrl_c)
         with pytest.raises(KeyboardInterrupt):
-            loader.next_window()
+            armed[0] = True
+            try:
+                loader.next_window()
+            finally:
+                armed[0] = False
         assert cut.is_set()
         threading.Timer(0.3, gate.set).start()
         windows = within(20, lambda: take(loader, 10))
