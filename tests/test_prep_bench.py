@@ -92,7 +92,9 @@ def test_cpu_accounting_moves_forward():
     assert load["other_cores"] is None if load["wall_s"] < measure.MIN_LOAD_SPAN_S else load["other_cores"] >= 0
     with measure.others_cpu() as short:
         pass
-    assert short["other_cores"] is None  # ticks of 10 ms: no figure for a span shorter than 0.5 s
+    # ticks of 10 ms: no figure for a span shorter than 0.5 s (an empty block is one, but for a
+    # process stalled that long on a loaded machine: then the span says it is not)
+    assert short["other_cores"] is None or short["wall_s"] >= measure.MIN_LOAD_SPAN_S, short
     assert bench.BenchConfig(chunk_chars=5, val_fraction=0.0).options() == {"chunk_chars": 5, "val_fraction": 0.0}
     assert bench.BenchConfig().options() == {}
     argv = bench.tokenize_argv(bench.Path("in.txt"), bench.Path("out"), 2, {"val_fraction": 0.0})
