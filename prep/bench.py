@@ -16,7 +16,8 @@ pydoc text, shuffled with a fixed seed), it measures:
   Growth = (sum_4x - sum_1x) / (extra text bytes): streaming keeps it near 0.
 
 MB means 10**6 bytes of UTF-8 text. Targets (printed, never asserted): N-worker speedup
->= 1.7x the baseline with 2 workers; memory growth < 10% of the extra text.
+>= 1.7x the baseline with 2 workers; memory growth < 10% of the extra text. The corpus is
+made by prep.bench_corpus, the table by prep.bench_report.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -39,20 +39,15 @@ from prep.atomic import SignalStop, interrupt_exits_while_importing, stops_raise
 with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
 
+    from prep.bench_corpus import make_documents, source_paragraphs, write_variants
+    from prep.bench_report import TARGET_MB, format_report
     from prep.errors import UserCommand, UserError, out_of_room, say
     from prep.meta import read_meta
     from prep.output import OutputError
     from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss, physical_memory
-    from prep.sample import fallback_text
-    from prep.sniff import BOM
     from prep.tokenize import default_workers, tokenize_corpus
     from prep.tokenizer import get_encoding
     from tqdm import tqdm
-
-SPEEDUP_TARGET = 1.7  # with 2 workers, vs the single-thread baseline
-GROWTH_TARGET = 0.10  # peak-RSS growth per extra byte of text
-TARGET_MB = 50.0  # the corpus size the targets are stated for (the default --mb)
-DOC_BYTES = (256, 8192)  # many-document variant: uniform document size range, like web text
 
 
 @dataclass(frozen=True)
@@ -85,57 +80,6 @@ class BenchConfig:
         return {k: v for k, v in (("chunk_chars", self.chunk_chars), ("val_fraction", self.val_fraction))
                 if v is not None}
 
-
-def source_paragraphs(source: Path | None) -> tuple[list[str], str]:
-    """Paragraphs (blank-line separated blocks, newlines kept) and a label for the report. A
-    leading byte-order mark is dropped, as `prep tokenize` drops it: shuffled in, it would be
-    text mid-document."""
-    if source is None and Path("input.txt").is_file():
-        source = Path("input.txt")
-    if source is not None:
-        try:
-            text, label = Path(source).read_text(encoding="utf-8").removeprefix(BOM), str(source)
-        except UnicodeDecodeError as e:
-            raise UserError(f"--source {source}: not UTF-8 text (byte {e.start})") from None
-    else:
-        text, label = fallback_text(), "pydoc_data.topics"
-    paragraphs = [p.strip("\n") + "\n\n" for p in text.split("\n\n") if p.strip()]
-    if not paragraphs:  # the corpus is drawn from them: it would never grow
-        raise UserError(f"--source {source}: no text to draw paragraphs from")
-    return paragraphs, label
-
-
-def make_documents(paragraphs: list[str], num_bytes: int, seed: int) -> list[str]:
-    """Shuffled paragraphs grouped into documents of DOC_BYTES sizes, >= num_bytes in all.
-
-    The single-document variant is their concatenation, so both variants hold the same text.
-    """
-    rng = random.Random(seed)
-    docs, doc, doc_bytes, target, total = [], [], 0, rng.randint(*DOC_BYTES), 0
-    while total < num_bytes:
-        order = paragraphs[:]
-        rng.shuffle(order)
-        for paragraph in order:
-            size = len(paragraph.encode("utf-8"))
-            doc.append(paragraph)
-            doc_bytes += size
-            total += size
-            if doc_bytes >= target or total >= num_bytes:
-                docs.append("".join(doc))
-                doc, doc_bytes, target = [], 0, rng.randint(*DOC_BYTES)
-            if total >= num_bytes:
-                break
-    return docs
-
-
-def write_variants(docs: list[str], directory: Path, tag: str) -> tuple[Path, Path]:
-    """(single.txt, many.jsonl) holding the same text: one document, or one per line."""
-    single, many = directory / f"single_{tag}.txt", directory / f"many_{tag}.jsonl"
-    with open(single, "w", encoding="utf-8") as f:
-        f.writelines(docs)
-    with open(many, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
-    return single, many
 
 
 def baseline_run(text: str, chunk_chars: int = 1 << 20) -> dict:
@@ -235,62 +179,6 @@ def run_bench(cfg: BenchConfig, log=say) -> dict:
     result["other_load"] = whole_run
     return result
 
-
-def _cores(other_cores: float | None) -> str:
-    """others_cpu's figure, "n/a" for a span too short to say it."""
-    return "n/a" if other_cores is None else f"{other_cores:.2f}"
-
-
-def format_report(result: dict) -> str:
-    """The human table: throughput vs the baseline, then memory growth, each with its target."""
-    cfg, base, capacity = result["config"], result["baseline"], result["capacity"]
-    lines = [f"prep tokenize benchmark: {result['text_bytes'] / 1e6:.1f} MB of text ({cfg['source']} "
-             f"paragraphs shuffled, seed {cfg['seed']}); many-doc variant {result['documents']:,} docs; "
-             f"{result['machine']['cpus']} CPUs; best of {cfg['repeat']}",
-             f"parallel capacity: {cfg['workers']} processes encode {capacity['speedup']:.2f}x as fast as one "
-             f"(others used {_cores(capacity['other_cores'])} cores meanwhile); others used "
-             f"{_cores(result['other_load']['other_cores'])} cores over the whole run",
-             f"{'run':38s} {'seconds':>8s} {'MB/s':>7s} {'vs base':>8s} {'others':>7s}  tokens",
-             f"{'baseline encode_ordinary, 1 thread':38s} {base['seconds']:8.2f} {base['mb_per_s']:7.2f} "
-             f"{1:7.2f}x {_cores(base['other_cores']):>7s}  {base['tokens']:,}"]
-    for run in result["pipeline"]:
-        used = f" ({run['workers_used']} used)" if run["workers_used"] != run["workers"] else ""  # a small input
-        name = f"prep tokenize {run['variant']}-doc, {run['workers']} worker(s){used}"
-        note = "" if run["identical_to_1_worker"] else "  SHARDS DIFFER FROM 1 WORKER"
-        if run["workers_used"] == 2:
-            note += f"  (target >= {SPEEDUP_TARGET}x)"
-        lines.append(f"{name:38s} {run['seconds']:8.2f} {run['mb_per_s']:7.2f} {run['vs_baseline']:7.2f}x"
-                     f" {_cores(run['other_cores']):>7s}  {run['tokens']:,}{note}")
-    lines.append(f"{'peak RSS, MiB (parent / max worker / sum)':44s} {'1x text':>16s} {'4x text':>16s}  growth")
-    for rss in result["rss"]:
-        cells = [f"{p['parent_mib']:.0f} / {p['max_worker_mib']:.0f} / {p['sum_mib']:.0f}"
-                 for p in (rss["small"], rss["large"])]
-        name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
-                f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
-        if rss["small"]["processes"] != rss["large"]["processes"]:  # a small input is tokenized in-process
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the 1x text ran in "
-                         f"{rss['small']['processes']} process(es), the 4x text in {rss['large']['processes']} (a "
-                         f"small input gets fewer workers): give a larger --mb")
-            continue
-        if rss["growth_sum"] is None:
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (a "
-                         f"paragraph of the source is --mb long or more: give a larger --mb or another --source)")
-            continue
-        lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
-                     f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
-    # what makes a miss no verdict on the pipeline
-    if result["text_bytes"] < 0.99 * TARGET_MB * 1e6:
-        lines.append(f"note: the targets are stated for {TARGET_MB:g} MB (the default --mb): at "
-                     f"{result['text_bytes'] / 1e6:.1f} MB fixed costs (workers starting, files written) weigh more, "
-                     f"and the RSS growth is a few MiB over a little text")
-    # The target is for 2 workers, against the baseline. 2 workers are at most `capacity` times
-    # 1 worker, which is itself faster than the baseline (encode_to_numpy: no list of ids)
-    one = max((run["vs_baseline"] for run in result["pipeline"] if run["workers"] == 1), default=1.0)
-    if cfg["workers"] == 2 and capacity["speedup"] * one < SPEEDUP_TARGET:
-        lines.append(f"note: this machine ran 2 processes only {capacity['speedup']:.2f}x as fast as one (busy, or "
-                     f"one core): 2 workers can be about that much faster than 1 ({one:.2f}x the baseline here), "
-                     f"{capacity['speedup'] * one:.2f}x the baseline at most, so the speedup target cannot be met here")
-    return "\n".join(lines)
 
 
 MEMORY_PER_TEXT_BYTE = 12  # an estimate (one run: 93 MB peak at --mb 4, docs/BENCHMARKS.md): text, documents, ids

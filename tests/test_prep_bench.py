@@ -20,27 +20,28 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from prep import bench, measure
+from prep import bench, bench_corpus, bench_report, measure
 
 
 def test_corpus_is_deterministic_and_sized():
     from prep.sample import fallback_text
 
     paragraphs = [p + "\n\n" for p in fallback_text().split("\n\n") if p.strip()]
-    docs = bench.make_documents(paragraphs, 300_000, seed=3)
-    assert docs == bench.make_documents(paragraphs, 300_000, seed=3)
-    assert docs != bench.make_documents(paragraphs, 300_000, seed=4)
+    docs = bench_corpus.make_documents(paragraphs, 300_000, seed=3)
+    assert docs == bench_corpus.make_documents(paragraphs, 300_000, seed=3)
+    assert docs != bench_corpus.make_documents(paragraphs, 300_000, seed=4)
     total = sum(len(d.encode("utf-8")) for d in docs)
     assert 300_000 <= total < 300_000 + max(len(p.encode()) for p in paragraphs)
-    assert all(len(d.encode()) < bench.DOC_BYTES[1] + max(len(p.encode()) for p in paragraphs) for d in docs)
-    assert len(docs) > 300_000 // bench.DOC_BYTES[1]
-    small = bench.make_documents(paragraphs, 75_000, seed=3)
+    longest = max(len(p.encode()) for p in paragraphs)
+    assert all(len(d.encode()) < bench_corpus.DOC_BYTES[1] + longest for d in docs)
+    assert len(docs) > 300_000 // bench_corpus.DOC_BYTES[1]
+    small = bench_corpus.make_documents(paragraphs, 75_000, seed=3)
     assert small[:-1] == docs[: len(small) - 1]  # the 1x corpus is the start of the 4x one
 
 
 def test_variants_hold_the_same_text(tmp_path):
     docs = ["first doc\n\n", "second \"quoted\" doc\u00e9\n\n", "third\n\n"]
-    single, many = bench.write_variants(docs, tmp_path, "t")
+    single, many = bench_corpus.write_variants(docs, tmp_path, "t")
     assert single.read_text(encoding="utf-8") == "".join(docs)
     lines = many.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["text"] for line in lines] == docs
@@ -48,16 +49,16 @@ def test_variants_hold_the_same_text(tmp_path):
 
 def test_source_defaults_to_input_txt_then_pydoc(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _, label = bench.source_paragraphs(None)
+    _, label = bench_corpus.source_paragraphs(None)
     assert label == "pydoc_data.topics"
     (tmp_path / "input.txt").write_text("A para.\n\nB para.\n")
-    paragraphs, label = bench.source_paragraphs(None)
+    paragraphs, label = bench_corpus.source_paragraphs(None)
     assert label == "input.txt" and paragraphs == ["A para.\n\n", "B para.\n\n"]
 
 
 def test_source_drops_a_leading_byte_order_mark(tmp_path):
     (tmp_path / "bom.txt").write_bytes("\ufeffA para.\n\nB \ufeff para.\n".encode("utf-8"))
-    paragraphs, _ = bench.source_paragraphs(tmp_path / "bom.txt")
+    paragraphs, _ = bench_corpus.source_paragraphs(tmp_path / "bom.txt")
     assert paragraphs == ["A para.\n\n", "B \ufeff para.\n\n"]  # only the file's mark goes
 
 
@@ -182,7 +183,7 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
             assert 10 < peak["parent_mib"] <= peak["sum_mib"] and peak["processes"] >= 1
         assert math.isfinite(rss["growth_sum"])
     assert list(scratch.iterdir()) == []  # corpora, shards and outputs all removed
-    table = bench.format_report(record)
+    table = bench_report.format_report(record)
     assert "baseline encode_ordinary" in table and "growth" in table and "target" in table
     # 0.2 MB: the targets' size is said, so that a miss here reads as no verdict
     assert "note: the targets are stated for 50 MB (the default --mb): at 0.2 MB fixed costs" in table
@@ -190,15 +191,15 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     timed = [{**run, "vs_baseline": 1.25 if run["variant"] == "single" else 1.1} if run["workers"] == 1 else run
              for run in record["pipeline"]]
     busy = {**record, "pipeline": timed, "capacity": {**record["capacity"], "speedup": 1.02}, "text_bytes": 50_000_000}
-    notes = [line for line in bench.format_report(busy).splitlines() if line.startswith("note:")]
+    notes = [line for line in bench_report.format_report(busy).splitlines() if line.startswith("note:")]
     assert notes == ["note: this machine ran 2 processes only 1.02x as fast as one (busy, or one core): 2 workers "
                      "can be about that much faster than 1 (1.25x the baseline here), 1.27x the baseline at most, so "
                      "the speedup target cannot be met here"]
     # 1.52x as fast, and 1 worker 1.25x the baseline: 1.9x is within reach, no note (it said none could beat 1.52x)
     within = {**busy, "capacity": {**record["capacity"], "speedup": 1.52}}
-    assert not [line for line in bench.format_report(within).splitlines() if line.startswith("note:")]
+    assert not [line for line in bench_report.format_report(within).splitlines() if line.startswith("note:")]
     one_cpu = {**busy, "config": {**busy["config"], "workers": 1}, "capacity": {**busy["capacity"], "speedup": 1.0}}
-    assert "note:" not in bench.format_report(one_cpu)  # one worker: no speedup target
+    assert "note:" not in bench_report.format_report(one_cpu)  # one worker: no speedup target
 
 
 @pytest.mark.parametrize("args, message", [
@@ -282,7 +283,8 @@ def test_a_source_of_one_long_paragraph_reports_no_growth(tmp_path, monkeypatch)
     record = json.loads(result.stdout)
     assert [(r["growth_sum"], r["growth_parent"]) for r in record["rss"]] == [(None, None)] * 2
     assert all(r["small_text_bytes"] == r["large_text_bytes"] for r in record["rss"])
-    rows = [line for line in bench.format_report(record).splitlines() if "n/a: the two corpora are the same" in line]
+    rows = [line for line in bench_report.format_report(record).splitlines()
+            if "n/a: the two corpora are the same" in line]
     assert len(rows) == 2
 
 
@@ -297,7 +299,7 @@ def test_a_small_corpus_tokenized_in_process_reports_no_growth(tmp_path, monkeyp
     record = json.loads(result.stdout)
     assert [(r["small"]["processes"], r["large"]["processes"]) for r in record["rss"]] == [(1, 3)] * 2
     assert [(r["growth_sum"], r["growth_parent"]) for r in record["rss"]] == [(None, None)] * 2  # (the JSON too)
-    rows = [line for line in bench.format_report(record).splitlines() if "-doc, 2 worker(s), " in line]
+    rows = [line for line in bench_report.format_report(record).splitlines() if "-doc, 2 worker(s), " in line]
     assert len(rows) == 2 and all("n/a: the 1x text ran in 1 process(es), the 4x text in 3" in row for row in rows)
     assert not any("of the extra text" in row for row in rows)
 
