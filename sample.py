@@ -26,7 +26,8 @@ if __name__ == "__main__":
 # Ctrl-C (130) or SIGTERM (143) during the seconds that importing click and torch takes (run as
 # a script): an exit at once, with one line
 with interrupt_exits_while_importing(__name__ == "__main__"):
-    from prep.errors import UserCommand, UserError, say  # first: see reserve_standard_fds
+    from prep.errors import UserCommand, UserError  # first: see prep.streams.reserve_standard_fds
+    from prep.streams import say
 
     import click
     import torch

@@ -44,9 +44,9 @@ import sys
 import threading
 from pathlib import Path
 
-# first: prep.errors gives closed standard descriptors /dev/null (reserve_standard_fds)
-from prep.errors import (READER_GONE_STATUS, UserCommand, UserError, path_too_long_error, paths_print_as_named,
-                         unsearchable_error)
+# first: prep.errors gives closed standard descriptors /dev/null (prep.streams.reserve_standard_fds)
+from prep.errors import UserCommand, UserError, path_too_long_error, unsearchable_error
+from prep.streams import READER_GONE_STATUS, paths_print_as_named
 
 import click
 

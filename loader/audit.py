@@ -61,7 +61,8 @@ from prep.atomic import interrupt_exits_while_importing
 # Ctrl-C or SIGTERM while click imports (run as a script; the loader package, torch with it, has
 # its own guard): one line, at once
 with interrupt_exits_while_importing(__name__ == "__main__"):
-    from prep.errors import UserCommand, UserError, paths_print_as_named  # first: see reserve_standard_fds
+    from prep.errors import UserCommand, UserError  # first: see prep.streams.reserve_standard_fds
+    from prep.streams import paths_print_as_named
 
     import click
     import numpy as np

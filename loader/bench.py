@@ -38,9 +38,9 @@ from loader.bench_measure import COLD_METHODS, run, run_cold
 from loader.bench_synthetic import check_synthetic, synthesize
 from loader.errors import LoaderError
 from prep.atomic import SignalStop, stops_raise
-from prep.errors import (READER_GONE_STATUS, flush_stdout, out_of_room, paths_print_as_named,
-                         point_at_devnull, unsearchable_error)
+from prep.errors import out_of_room, unsearchable_error
 from prep.shards import SPLITS, ShardError
+from prep.streams import READER_GONE_STATUS, flush_stdout, paths_print_as_named, point_at_devnull
 
 
 def report(r: dict) -> str:
@@ -110,7 +110,7 @@ def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a user mistake as one line, like every other command here (argparse, not
-    click, for this command line; click is imported all the same, with prep.errors' helpers for
+    click, for this command line; click is imported all the same, with prep.streams' helpers for
     standard output)."""
 
     def error(self, message: str):

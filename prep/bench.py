@@ -41,10 +41,11 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
 
     from prep.bench_corpus import make_documents, source_paragraphs, write_variants
     from prep.bench_report import TARGET_MB, format_report
-    from prep.errors import UserCommand, UserError, out_of_room, say
+    from prep.errors import UserCommand, UserError, out_of_room
     from prep.meta import read_meta
     from prep.output import OutputError
     from prep.measure import best_of, machine, others_cpu, parallel_capacity, peak_rss, physical_memory
+    from prep.streams import say
     from prep.tokenize import default_workers, tokenize_corpus
     from prep.tokenizer import get_encoding
     from tqdm import tqdm

@@ -9,7 +9,8 @@ from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing
 # (SIGTERM, SIGHUP: prep tokenize's run stops on each with its line)
 with interrupt_exits_while_importing(hangup=True):
     # first: it gives closed standard descriptors /dev/null
-    from prep.errors import PROGRAM, UserGroup, paths_print_as_named
+    from prep.errors import PROGRAM, UserGroup
+    from prep.streams import paths_print_as_named
 
     import click
     from prep.info import info_command

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import dataclasses
 import errno
@@ -16,6 +15,7 @@ from pathlib import PurePath
 import click
 
 from prep.atomic import HANGUP, SignalStop, stops_exit_at_once
+from prep.streams import flush_stdout, reader_gone, say, writing_stdout  # (its import: reserve_standard_fds)
 
 
 def plain_numbers(config: object) -> None:
@@ -31,32 +31,6 @@ def plain_numbers(config: object) -> None:
             object.__setattr__(config, item.name, int(value))
         elif isinstance(value, numbers.Real):
             object.__setattr__(config, item.name, float(value))
-
-
-def reserve_standard_fds() -> None:
-    """Put /dev/null on standard input, output or error where the process started with one
-    closed (`>&- 2>&-`, a daemon's launcher). Python then sets sys.stdout or sys.stderr to None
-    (see flush_stdout, bar_disable), but the descriptor itself is free, and the next file opened
-    took it: train.py's metrics.jsonl became descriptor 2, and a SIGTERM's "stopping after the
-    step under way" (os.write(2, ...) in a signal handler), a C library's or a child process's
-    message went into it. Called on importing this module, which every command does first."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            continue
-        except OSError:
-            pass
-        try:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:  # (the lowest free descriptor: fd itself, its lower ones being open)
-                os.dup2(null, fd)
-                os.close(null)
-            os.set_inheritable(fd, True)  # as a standard descriptor is: child processes get it too
-        except OSError:  # no /dev/null to open: as before
-            pass
-
-
-reserve_standard_fds()
 
 
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -127,41 +101,6 @@ def usage_as_user_error(ctx: click.Context):
         raise UserError(f"{ctx.command_path}: {e.format_message()}") from None
 
 
-def _writing_stdout(error: OSError) -> bool:
-    """Whether `error` came from writing standard output: from flushing it (the `stdout` mark
-    below), or from a writer whose innermost frame holds it (click.echo's `file`, tqdm.write's
-    `fp`)."""
-    if getattr(error, "stdout", False):
-        return True
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and any(value is sys.stdout for value in tb.tb_frame.f_locals.values())
-
-
-READER_GONE_STATUS = 128 + 13  # a command whose standard output's reader went away: the shell's status
-# for a writer SIGPIPE ended (`yes | head -1`), so `prep verify d | head -1` is not verify's 1 ("problems")
-
-
-def point_at_devnull(fd: int) -> None:
-    """Make `fd` (a pipe whose reader went away) /dev/null: what is still buffered for it, and
-    the interpreter's last flush, go nowhere instead of raising again ("Exception ignored")."""
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, fd)
-        os.close(null)
-
-
-def say(text: str) -> None:
-    """A line about the work on stderr (a note, progress), dropped where stderr cannot take it
-    (`2>/dev/full`): the result on stdout is what was asked for, and such a line's OSError
-    ended the command before it (sample.py's header, prep.bench's progress)."""
-    try:
-        click.echo(text, err=True)
-    except OSError:
-        pass
-
-
 PROGRAM = "the process's program"  # click's obj where a command runs as its process's program (prep.cli.run)
 
 
@@ -177,39 +116,6 @@ def after_the_work(announce: Callable[[int], None] | None = None) -> None:
     if context is not None and context.find_root().obj is PROGRAM:
         stops_exit_at_once((signal.SIGINT, signal.SIGTERM, *HANGUP), status=lambda signum: 128 + signum,
                            announce=announce)
-
-
-def paths_print_as_named() -> None:
-    """Standard output writes a file name that is no UTF-8 (bytes a Latin-1 system left, which
-    Python holds as lone surrogates) as the bytes it is, as ls does. Under a UTF-8 locale other
-    than C.UTF-8 (en_US.UTF-8, the usual one) Python makes standard output strict: `prep tokenize`'s
-    summary and the lines of `prep info` and `prep verify` that name such a path ended in a
-    UnicodeEncodeError's traceback and status 1, the work done, and train.py's first line naming
-    its --data ended the run, as loader.audit's and loader.bench's first lines ended theirs. (An
-    ASCII output click rewraps.) Each command's entry point calls it (prep.cli.run, train.py's,
-    loader.audit's, loader.bench's), not the in-process calls (tests, notebooks)."""
-    stream = sys.stdout
-    try:
-        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
-    except (AttributeError, LookupError, TypeError):  # None (started with it closed), a replaced stream
-        return
-    if utf8 and stream.errors == "strict" and hasattr(stream, "reconfigure"):
-        stream.reconfigure(errors="surrogateescape")
-
-
-def flush_stdout() -> None:
-    """Flush standard output where there is one: started with it closed (`>&-`, a daemon's
-    launcher), Python sets sys.stdout to None, which click.echo and print skip quietly, and
-    flushing it raised AttributeError after the work was done."""
-    if sys.stdout is not None:
-        sys.stdout.flush()
-
-
-def bar_disable(disable: bool | None) -> bool | None:
-    """tqdm's `disable`, True where there is no stderr to draw on: started with it closed
-    (`2>&-`), sys.stderr is None, which tqdm takes for a terminal and writes to, and the
-    AttributeError ended the run with status 1 and no word (its traceback had nowhere to go)."""
-    return True if sys.stderr is None else disable
 
 
 NAME_MAX = 255  # bytes in one file name on Linux's and macOS's file systems
@@ -280,13 +186,6 @@ def unsearchable_error(error: OSError, ctx: click.Context | None = None) -> User
                      f"search {closed}): give it search permission there, or use a path outside {closed}")
 
 
-def _reader_gone() -> None:
-    """Standard output's reader went away (`| head`): end quietly, as a writer SIGPIPE ends, where
-    click's rule was exit 1, which `prep verify` also gives for problems found."""
-    point_at_devnull(1)
-    sys.exit(READER_GONE_STATUS)
-
-
 class _OneLineUsage:
     """Mixin: usage mistakes (bad option value, missing argument, unknown option) are one line
     and exit 2 like every other user mistake, instead of click's three-line usage block; so is
@@ -306,7 +205,7 @@ class _OneLineUsage:
             if too_long is not None:  # a user's path, wherever it was first used
                 too_long.show()
                 sys.exit(UserError.exit_code)
-            if e.errno == errno.EPIPE or not _writing_stdout(e):  # another pipe's (invoke: stdout's): click's rule
+            if e.errno == errno.EPIPE or not writing_stdout(e):  # another pipe's (invoke: stdout's): click's rule
                 raise
             sys.stdout = open(os.devnull, "w")  # else the interpreter's last flush fails again
             click.echo(f"Error: cannot write to standard output ({e.strerror})", err=True)
@@ -323,8 +222,8 @@ class _OneLineUsage:
             say(f"{ctx.command_path}: interrupted")
             sys.exit(130)  # the shell's status for Ctrl-C, as train.py and prep tokenize exit
         except OSError as e:
-            if e.errno == errno.EPIPE and _writing_stdout(e):
-                _reader_gone()
+            if e.errno == errno.EPIPE and writing_stdout(e):
+                reader_gone()
             too_long = path_too_long_error(e, ctx) or unsearchable_error(e, ctx)  # a user's path, by option
             if too_long is not None:
                 raise too_long from None
@@ -333,7 +232,7 @@ class _OneLineUsage:
             flush_stdout()  # inside main(): a failing output is reported there
         except OSError as e:
             if e.errno == errno.EPIPE:
-                _reader_gone()
+                reader_gone()
             e.stdout = True
             raise
         return result

@@ -18,11 +18,12 @@ from click.core import ParameterSource
 
 from prep.dataset_checks import check_given_path, meta_records, out_of_order
 from prep.epoch import steps_per_epoch
-from prep.errors import GivenPath, UserCommand, UserError, say
+from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta, unlisted_shards
 from prep.not_shards import split_files_in
 from prep.shard_dirs import dataset_shards
 from prep.shards import ForeignFile, ShardError, header_problem, named_split, read_header, shard_file_bytes
+from prep.streams import say
 from prep.tokenizer import VOCAB_SIZE
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import click
 
 from prep.atomic import atomic_write
-from prep.errors import GivenPath, UserCommand, UserError, say
+from prep.errors import GivenPath, UserCommand, UserError
 from prep.shards import file_sha256
+from prep.streams import say
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

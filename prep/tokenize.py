@@ -41,7 +41,7 @@ from typing import BinaryIO
 
 from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, Piece, read_pieces
-from prep.errors import NAME_MAX, bar_disable, plain_numbers, say
+from prep.errors import NAME_MAX, plain_numbers
 from prep.install import AtomicDirectory, check_target
 from prep.meta import write_meta
 from prep.output import OutputError, SplitWriter, TailSplitter, build_meta
@@ -49,6 +49,7 @@ from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.sniff import CorpusError
 from prep.sources import STDIN_KINDS, as_inputs, resolve_sources
+from prep.streams import bar_disable, say
 from prep.tokenizer import ensure_available
 from prep.workers import EncoderPool, encode_stream
 

@@ -19,13 +19,14 @@ import click
 
 from prep.atomic import HANGUP, sigterm_raises
 from prep.corpus import ERRORS
-from prep.errors import GivenPath, UserCommand, UserError, after_the_work, flush_stdout, say
+from prep.errors import GivenPath, UserCommand, UserError, after_the_work
 from prep.output import OutputError
 from prep.shards import MAX_TOKENS
 from prep.sniff import (COMPRESSED_SUFFIXES, CompressedError, CorpusError, decompressed_input, names_json,
                         names_jsonl, names_no_format)
 from prep.sniff_json import not_utf8_error
 from prep.sources import STDIN, STDIN_KINDS, is_stream, names_descriptor
+from prep.streams import flush_stdout, say
 from prep.tokenize import (DEFAULT_CHUNK_CHARS, DEFAULT_SHARD_SIZE, DEFAULT_VAL_FRACTION, DEFAULT_VAL_MAX_TOKENS,
                            TokenizeResult, default_workers, tokenize_corpus)
 from prep.tokenizer import TokenizerError

@@ -16,13 +16,14 @@ import click
 
 from prep.atomic import file_identity
 from prep.dataset_checks import check_given_path, meta_records, out_of_order
-from prep.errors import GivenPath, UserCommand, UserError, bar_disable
+from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.not_shards import split_files_in
 from prep.progress import Bar
 from prep.scan import ShardScan, scan_shard
 from prep.shard_dirs import dataset_shards, find_shards
 from prep.shards import SPLITS, ShardError, named_split
+from prep.streams import bar_disable
 from prep.tokenizer import EOT, VOCAB_SIZE
 
 

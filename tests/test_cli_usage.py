@@ -760,7 +760,7 @@ def test_a_line_for_stderr_is_dropped_where_stderr_cannot_take_it(monkeypatch, c
     import io
 
     from prep import bench
-    from prep.errors import say
+    from prep.streams import say
 
     class Full(io.StringIO):
         def write(self, text):
@@ -842,7 +842,7 @@ def test_a_note_or_warning_stderr_cannot_take_is_dropped_and_the_work_done(tmp_p
     """`2>/dev/full` (or a log on a full disk): prep tokenize's note of what a directory leaves
     out, and prep info's warning of a shard meta.json does not list, raised the OSError of their
     write, and the command ended with status 1, no word said, before its work (no dataset, no
-    report): a line about the work is dropped where stderr cannot take it (prep.errors.say)."""
+    report): a line about the work is dropped where stderr cannot take it (prep.streams.say)."""
     from _data import random_tokens, write_dataset
 
     (tmp_path / "corpus").mkdir()

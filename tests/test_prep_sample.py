@@ -252,7 +252,7 @@ def test_registered_in_the_prep_cli(tmp_path):
 def test_a_warning_stderr_cannot_take_is_dropped_and_the_fallback_written(tmp_path):
     """`2>/dev/full` (or a log on a full disk): the warning that the download failed raised the
     OSError of its write, and prep sample ended with status 1, no word said, no corpus written:
-    the warning is dropped where stderr cannot take it (prep.errors.say), the fallback written."""
+    the warning is dropped where stderr cannot take it (prep.streams.say), the fallback written."""
     out = tmp_path / "input.txt"
     with open("/dev/full", "w") as full:
         result = subprocess.run([sys.executable, "-m", "prep.cli", "sample", "--out", str(out)], cwd=tmp_path,

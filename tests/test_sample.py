@@ -614,7 +614,7 @@ def test_a_checkpoint_removed_while_torch_reads_it_is_said_so(run, tmp_path, mon
 def test_a_sigterm_whose_line_stderr_cannot_take_keeps_its_status(run, signum):
     """`sample.py ... 2>>log` with the log's disk full (here /dev/full), stopped by SIGTERM while
     it samples: the line saying so raised the OSError of its write, and the process ended with
-    status 1, as a crash, where a SIGTERM's is 143. The line is dropped (prep.errors.say), the
+    status 1, as a crash, where a SIGTERM's is 143. The line is dropped (prep.streams.say), the
     status the signal's, the text streamed so far kept. Ctrl-C's "interrupted" likewise: 130."""
     args = [sys.executable, str(Path(sample.__file__)), str(run), "--prompt", "ROMEO:",
             "--max-new-tokens", "100000", "--device", "cpu"]

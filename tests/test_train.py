@@ -2750,7 +2750,8 @@ if case.startswith("reader-gone"):  # standard output's reader goes away mid-run
             os.dup2(write_end, 1)
         return real_next(self, *args, **kwargs)
     TokenLoader.next_batch = next_batch
-if case == "finished":  # after main() returned: click's flush of standard output
+if case == "finished":  # after main() returned: click's flush of standard output (prep.errors' name for
+    # prep.streams.flush_stdout: the one _OneLineUsage.invoke calls)
     real_flush = prep.errors.flush_stdout
     def flush_stdout():
         late_signal()
@@ -5566,7 +5567,7 @@ def test_a_path_whose_name_is_not_utf8_prints_as_its_bytes_under_a_strict_utf8_o
     as a lone surrogate, and under a UTF-8 locale other than C.UTF-8 (en_US.UTF-8, whose standard
     output Python makes strict: PYTHONIOENCODING gives it here) train.py's first line naming its
     --data raised UnicodeEncodeError: a traceback and status 1, before any step. It prints as its
-    bytes, as ls prints it (prep.errors.paths_print_as_named, as prep's commands do)."""
+    bytes, as ls prints it (prep.streams.paths_print_as_named, as prep's commands do)."""
     data = write_dataset(tmp_path / os.fsdecode(b"d\xffx"), random_tokens(300, 1), random_tokens(200, 2))
     out = tmp_path / os.fsdecode(b"r\xffun")
     flags = [flag for flag in tiny_flags(data, out, 2) if flag != "--quiet"]

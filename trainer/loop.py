@@ -22,8 +22,9 @@ import torch.distributed as dist
 
 from loader import TokenRangeError
 from prep.atomic import signals_deferred
-from prep.errors import UserError, bar_disable
+from prep.errors import UserError
 from prep.progress import Bar
+from prep.streams import bar_disable
 from trainer.checkpoint import ckpt_path
 from trainer.config import lr_at, work_due_after
 from trainer.evaluation import CUT, evaluate, sample_text, val_loss_line

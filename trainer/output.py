@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import click
 
-from prep.errors import point_at_devnull
 from prep.progress import Bar
+from prep.streams import point_at_devnull
 
 
 def whole_line_to_stderr(line: str) -> None:
