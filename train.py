@@ -14,7 +14,8 @@ step (train_step), evaluation (val loss, samples), checkpoint, weights and resum
 (--resume's checkpoint brought in) and notes (options that change nothing), facts (the start-up
 lines), loop (the training loop), progress (its logging points: what reaches metrics.jsonl and
 the bar), summary (the closing line), bench (--bench), output and stopping (output whose reader
-went away, signals), and launch (what torchrun gave this process: imported first, before torch).
+went away, signals), launch (what torchrun gave this process: imported first, before torch), and
+command (TrainCommand: one help and one usage error across torchrun's nodes; a crash's trace).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 
 # first: the pid of the process that started this one (under torchrun, its launcher), taken
 # before the seconds of importing torch
-from trainer.launch import launched_world, rank_prefix
+from trainer.launch import rank_prefix
 from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # the standard library's only
 
 if __name__ == "__main__":
@@ -38,14 +39,13 @@ _STARTING = contextlib.ExitStack()
 _STARTING.enter_context(interrupt_exits_while_importing(__name__ == "__main__", sigterm_status=130, hangup=True,
                                                         prefix=rank_prefix()))
 
-import faulthandler
 import signal
 import sys
 import threading
 from pathlib import Path
 
 # first: prep.errors gives closed standard descriptors /dev/null (prep.streams.reserve_standard_fds)
-from prep.errors import UserCommand, UserError, path_too_long_error, unsearchable_error
+from prep.errors import UserError, path_too_long_error, unsearchable_error
 from prep.streams import READER_GONE_STATUS, paths_print_as_named
 
 import click
@@ -55,42 +55,16 @@ from loader.checkpoints import list_checkpoints
 from model import GPTConfig
 from prep.atomic import HANGUP, may_handle, stops_raise
 from trainer.bench import bench_loop
+from trainer.command import TrainCommand, say_why_on_a_crash
 from trainer.config import COMPILE_MODES, DEVICES, DTYPES, TrainConfig
 from trainer.facts import print_facts
 from trainer.loop import train_loop
 from trainer.output import closed_outputs, echo, poll_outputs
-from trainer.ranks import HelpShown, help_once_a_node, name_rank, peer_gone, stop_with_the_others, watch_launcher
+from trainer.ranks import name_rank, peer_gone, stop_with_the_others, watch_launcher
 from trainer.runtime import is_out_of_memory
 from trainer.session import prepare
 from trainer.stopping import (AfterTheLoop, ReaderGone, Terminated, ctrl_c_once_a_press, interrupt_exits_at_once,
                               late_signals, noted_once_decided)
-
-
-class TrainCommand(UserCommand):
-    """train.py's command. Under torchrun a usage mistake on one node's command line (`--B two`),
-    or --help given to one node alone, stops the other ranks too, each with its line, as a
-    refused value does (stop_with_the_others): they waited for this rank in their first
-    collective until the group's timeout."""
-
-    def get_help_option(self, ctx: click.Context) -> click.Option | None:
-        option = super().get_help_option(ctx)  # (click >= 8.1.8 keeps one: wrapped once)
-        if option is not None and not getattr(option.callback, "one_per_node", False):
-            option.callback = help_once_a_node(option.callback)
-        return option
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except UserError as e:
-            if launched_world() > 1:
-                name_rank(e)
-                stop_with_the_others(e)
-            raise
-        except click.exceptions.Exit as e:  # --help, printed: this rank does not start
-            if e.exit_code == 0:
-                with contextlib.suppress(HelpShown):
-                    stop_with_the_others(HelpShown())
-            raise
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -150,17 +124,6 @@ def train(cfg: TrainConfig) -> dict:
     # main() exits 130 for it, quietly; where the output's reader went away first, 141 as without it
     summary["signal_after_the_loop"] = bool(after.heard) and not after.output_closed_first
     return summary
-
-
-def say_why_on_a_crash() -> None:
-    """A fatal signal prints where each thread was (faulthandler) instead of ending the run
-    without a word: a shard truncated or rewritten in place while training (llm.c's scripts
-    open their shards with "wb") raises SIGBUS on the next read of its mapping, which Python
-    cannot catch, and a crash in native code (a driver, a kernel) raises SIGSEGV or SIGABRT.
-    The last complete checkpoint is untouched either way."""
-    if sys.stderr is not None and not faulthandler.is_enabled():
-        with contextlib.suppress(OSError, ValueError, RuntimeError):  # no usable stderr: stay silent
-            faulthandler.enable()
 
 
 @click.command(cls=TrainCommand, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
