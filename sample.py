@@ -2,13 +2,14 @@
 
 CKPT is a checkpoint file (`ckpt_<step>.pt`) or an --out directory, whose newest checkpoint is
 taken, or a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights:
-`python sample.py gpt2.pt --model gpt2`). The prompt is encoded with the GPT-2 tokenizer after
-an EOT, as every training document begins, and each sample is printed as the prompt plus what
-the model wrote, decoded (one sample as it is generated, token by token). Sampling: temperature
-(0: always the likeliest token), top-k, a seed (the same seed, checkpoint and device give the
-same samples). In train.py's --dtype auto: bf16 autocast on a GPU that computes in it, fp16 on
-an older CUDA GPU, fp32 elsewhere. The model is found, checked and loaded by
-trainer/sampling_model.py; this file prints its samples.
+`python sample.py gpt2.pt --model gpt2`). The prompt (--prompt, or a file's text with
+--prompt-file) is encoded with the GPT-2 tokenizer after an EOT, as every training document
+begins, and each sample is printed as the prompt plus what the model wrote, decoded (one sample
+as it is generated, token by token). Sampling: temperature (0: always the likeliest token),
+top-k, a seed (the same seed, checkpoint and device give the same samples). In train.py's
+--dtype auto: bf16 autocast on a GPU that computes in it, fp16 on an older CUDA GPU, fp32
+elsewhere. The model is found, checked and loaded by trainer/sampling_model.py; this file
+prints its samples.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import codecs
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 # (prep.atomic imports the standard library's only: ready before the slow imports below)
 from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing, stops_raise
@@ -32,8 +34,10 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
 
     import click
     import torch
+    from click.core import ParameterSource
 
     from model import GPTConfig
+    from prep.sniff import BOM
     from trainer.config import DEVICES, SEED_MAX, TrainConfig
     from trainer.evaluation import SAMPLE_TOP_K, gpt2_encoding, sample_texts
     from trainer.runtime import is_out_of_memory, make_runtime
@@ -102,6 +106,23 @@ def check_prompt(prompt: str) -> None:
                         f"(e.g. converted with iconv -t UTF-8)") from None
 
 
+def read_prompt(file: BinaryIO) -> str:
+    """--prompt-file's text, as it is (a final newline too: the samples continue after it), less
+    a UTF-8 byte-order mark at its start (it marks the file, as prep tokenize drops it); a user
+    error where it is no UTF-8 or cannot be read."""
+    label = getattr(file, "name", "<stdin>")  # (CliRunner's stdin has none)
+    label = "-" if label == "<stdin>" else label
+    try:
+        data = file.read()
+    except OSError as e:  # (a directory opens, then fails to read, on some systems)
+        raise UserError(f"--prompt-file {label}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8").removeprefix(BOM)
+    except UnicodeDecodeError as e:
+        raise UserError(f"--prompt-file {label}: invalid UTF-8 at byte {e.start}: pass the text in UTF-8 "
+                        f"(e.g. converted with iconv -t UTF-8)") from None
+
+
 SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the millions is a loop, not a batch
 
 
@@ -109,6 +130,9 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
 @click.argument("ckpt", type=click.Path(readable=False))
 @click.option("--prompt", default="", show_default="none: a document's start",
               help="Text the samples continue (<|endoftext|> in it is that text, not the EOT token).")
+@click.option("--prompt-file", type=click.File("rb"), default=None, metavar="FILE",
+              help="Read the prompt from this file ('-': standard input), as it is, a final newline too; "
+                   "instead of --prompt.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, help="Samples to draw.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=100, help="Tokens generated per sample.")
 @click.option("--temperature", type=click.FloatRange(min=0, max=1e6), default=1.0,
@@ -126,13 +150,17 @@ SAMPLE_BATCH = 64  # samples drawn side by side at most: --num-samples in the mi
 @click.option("--n-head", type=click.IntRange(min=1), default=None, show_default="the preset's",
               help="The attention heads of a state dict given as CKPT; with it, its layers, width and positions "
                    "are read off the weights (a nanoGPT model of no preset's shape).")
-def main(ckpt: str, prompt: str, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
+def main(ckpt: str, prompt: str, prompt_file: BinaryIO | None, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
          seed: int, device: str, preset: str | None, n_head: int | None) -> None:
     """Print samples from CKPT: a train.py checkpoint file, an --out directory (its newest), or
     a Hugging Face GPT-2 state dict saved with torch.save (OpenAI's released weights)."""
     if math.isnan(temperature):  # click's FloatRange lets nan through
         raise UserError("--temperature must be a number >= 0, got nan")
     check_prompt(prompt)
+    if prompt_file is not None:  # read before the checkpoint: its mistakes come first
+        if click.get_current_context().get_parameter_source("prompt") is not ParameterSource.DEFAULT:
+            raise UserError("--prompt and --prompt-file: give the prompt one way, not both")
+        prompt = read_prompt(prompt_file)
     if not ckpt:  # Path("") is the current directory
         raise UserError("CKPT must name a checkpoint file or an --out directory, got ''")
     if preset is not None:  # a bad name is a mistake whatever CKPT turns out to be ('' was gpt2)

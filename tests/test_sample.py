@@ -348,6 +348,41 @@ def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(run, monkeypatch):
     assert_user_error(invoke(str(run), "--prompt", "h\u00e9llo \ud800"), "--prompt: invalid UTF-8 at byte 7")
 
 
+def test_a_prompt_file_is_the_prompt_as_written(run, tmp_path):
+    """--prompt-file gives the same samples as the same text in --prompt, a final newline kept
+    and a byte-order mark dropped; '-' reads standard input."""
+    args = ["--max-new-tokens", "5", "--seed", "3", "--num-samples", "2"]
+    text = "ROMEO:\nWhat, h\u00e9llo \u4e16\n"
+    (tmp_path / "p.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    expected = samples(invoke(str(run), "--prompt", text, *args))
+    assert all(sample.startswith(text) for sample in expected)
+    assert samples(invoke(str(run), "--prompt-file", str(tmp_path / "p.txt"), *args)) == expected
+    assert samples(invoke(str(run), "--prompt-file", str(tmp_path / "bom.txt"), *args)) == expected
+    piped = CliRunner().invoke(sample.main, [str(run), "--prompt-file", "-", *args, "--device", "cpu"],
+                               input=text.encode("utf-8"))
+    assert samples(piped) == expected
+    one = ["--max-new-tokens", "5", "--seed", "3"]  # one sample: streamed
+    assert (samples(invoke(str(run), "--prompt-file", str(tmp_path / "p.txt"), *one))
+            == samples(invoke(str(run), "--prompt", text, *one)))
+
+
+def test_prompt_file_mistakes_are_one_line_before_the_checkpoint_is_read(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample, "newest_model", lambda *a: pytest.fail("the checkpoint was read"))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("ROMEO: caf\xe9".encode("latin-1"))
+    assert_user_error(invoke(str(run), "--prompt-file", str(latin)),
+                      f"--prompt-file {latin}: invalid UTF-8 at byte 10: pass the text in UTF-8")
+    piped = CliRunner().invoke(sample.main, [str(run), "--prompt-file", "-", "--device", "cpu"], input=b"\xff")
+    assert_user_error(piped, "--prompt-file -: invalid UTF-8 at byte 0")
+    assert_user_error(invoke(str(run), "--prompt-file", str(tmp_path / "none.txt")),
+                      "--prompt-file", "none.txt", "No such file or directory")
+    assert_user_error(invoke(str(run), "--prompt-file", str(tmp_path)), "--prompt-file", "directory")
+    for prompt in ("ROMEO:", ""):  # an empty --prompt given is given too
+        assert_user_error(invoke(str(run), "--prompt", prompt, "--prompt-file", str(latin)),
+                          "--prompt and --prompt-file: give the prompt one way, not both")
+
+
 def test_an_out_directory_that_cannot_be_listed_is_one_line(run, tmp_path, monkeypatch):
     """A run's directory without read permission (another user's, mode 0711): listing it for
     its newest checkpoint raised PermissionError, a traceback; the file in it still samples."""
