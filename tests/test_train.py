@@ -4092,7 +4092,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_last_one(
 
 class _FillingFile:
     """A log open for appending on a disk that fills after `room` more writes: the write that
-    does not fit fails with ENOSPC, and so does close() (its bytes wait in the buffer)."""
+    does not fit takes the first half of its bytes (what fits, as the kernel's write does), the
+    next fails with ENOSPC, and so does close() (as NFS reports a failed write-back there)."""
 
     def __init__(self, f, room: int):
         self._f, self._room, self._full = f, room, False
@@ -4106,12 +4107,14 @@ class _FillingFile:
     def __exit__(self, *exc):
         self.close()
 
-    def write(self, text):
+    def write(self, data):
         self._room -= 1
         if self._room < 0:
             self._full = True
+            if self._room == -1 and len(data) > 1:
+                return self._f.write(data[:len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return self._f.write(text)
+        return self._f.write(data)
 
     def close(self):
         self._f.close()
@@ -4134,7 +4137,7 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
 
     def filling_open(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
-        return _FillingFile(f, room[0]) if mode == "a" and Path(path).name == log else f
+        return _FillingFile(f, room[0]) if mode == "ab" and Path(path).name == log else f
 
     out = tmp_path / "out"
     monkeypatch.setattr(trainer.logs, "open", filling_open, raising=False)
@@ -4143,6 +4146,8 @@ def test_a_full_disk_while_appending_a_log_is_one_line_and_resume_auto_continues
     assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1, result.output
     assert result.stderr.startswith(f"Error: {out / log}: ") and "No space left on device" in result.stderr
     assert result.stderr.rstrip().endswith("; the checkpoints already written are kept")
+    text = (out / log).read_text()  # the line the disk took a part of is cut back out
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines()), text[-200:]
     # full from the first line: no checkpoint is there to keep, and none is said to be
     room[0] = 0
     first = CliRunner().invoke(train.main, [*args, "--out", str(tmp_path / "first")])
@@ -4222,12 +4227,12 @@ def test_a_log_whose_sync_before_a_checkpoint_fails_is_one_line(tmp_path, datase
 
 class _FlakyFile(_FillingFile):
     """A log whose one write fails (an I/O error, a disk full for a moment) after `room`
-    writes, with the text kept in the buffer as a buffered file keeps it, so the bytes still
-    reach the file when it is flushed or closed; the writes after it succeed."""
+    writes, its bytes in the file all the same (as a buffered file's reached it when it was
+    flushed or closed); the writes after it succeed."""
 
-    def write(self, text):
+    def write(self, data):
         self._room -= 1
-        written = self._f.write(text)
+        written = self._f.write(data)
         if self._room == -1:
             raise OSError(errno.EIO, "Input/output error")
         return written
@@ -4246,7 +4251,7 @@ def test_a_log_whose_write_failed_once_gets_no_line_twice(tmp_path, dataset, mon
 
     def flaky_open(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
-        return _FlakyFile(f, 3) if mode == "a" and Path(path).name == log else f
+        return _FlakyFile(f, 3) if mode == "ab" and Path(path).name == log else f
 
     monkeypatch.setattr(trainer.logs, "open", flaky_open, raising=False)
     monkeypatch.setattr(trainer.outdir, "open", flaky_open, raising=False)
@@ -4255,7 +4260,8 @@ def test_a_log_whose_write_failed_once_gets_no_line_twice(tmp_path, dataset, mon
         str(dataset), "--steps", "8", "--ckpt-every", "2", "--log-windows", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "Input/output error" in result.stderr, result.output
     logged = [json.loads(line)[key] for line in (tmp_path / "out" / log).read_text().splitlines()]
-    assert logged == sorted(set(logged)) and len(logged) >= 4, logged
+    # the 3 writes before the failed one, whose bytes (in the file) were cut back out
+    assert logged == sorted(set(logged)) and len(logged) == 3, logged
 
 
 def test_an_unreadable_metrics_file_is_no_traceback(tmp_path, dataset, monkeypatch):
@@ -5734,13 +5740,17 @@ def test_a_third_start_again_within_a_second_sets_its_logs_aside_under_a_name_of
 
 
 def test_a_log_whose_write_failed_closes_without_a_second_error(tmp_path):
-    """AppendLog: after a write that failed (a full disk), close() flushes the refused bytes
-    again and fails again; that second failure is dropped, the first error being the one the
-    run reports (the training loop closes its logs on its way out of that error)."""
+    """AppendLog: after a write that failed (a full disk), the part of its line that the disk
+    took is cut back out, and a close() that fails again (as NFS's reports a failed write-back)
+    is dropped, the first error being the one the run reports (the training loop closes its logs
+    on its way out of that error)."""
     path = tmp_path / "metrics.jsonl"
-    log = trainer.logs.AppendLog(path, _FillingFile(open(path, "a", encoding="utf-8"), 0))
+    path.write_text('{"step": 1}\n')
+    log = trainer.logs.AppendLog(path, _FillingFile(open(path, "ab", buffering=0), 1))
+    log.write('{"step": 2}\n')
     with pytest.raises(train.UserError, match=r"metrics.jsonl: cannot append to it \(No space left on"):
-        log.write('{"step": 1}\n')
+        log.write('{"step": 3}\n')  # half of it written, then the disk full
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'  # the part is cut back out
     log.close()
     log.close()  # (and again)
 

@@ -106,7 +106,7 @@ def open_log(path: Path, key: str, keep_through: int | None,
         created = not path.exists()
         with source or contextlib.nullcontext():
             atomic_write(path, keep)
-        return AppendLog(path, open(path, "a", encoding="utf-8", buffering=1), created)
+        return AppendLog(path, open(path, "ab", buffering=0), created)
     except OSError as e:
         raise UserError(f"{path}: cannot write it ({e.strerror or e}){_checkpoints_kept(path.parent)}") from None
 
@@ -152,10 +152,11 @@ def _log_lines(source, path: Path):
 
 class AppendLog:
     """An open JSONL log whose failures (a full disk, a read-only filesystem, an I/O error) are
-    one-line user errors naming it, and whose close() after such a failure does not fail again
-    (the refused bytes are still buffered: close() would flush them first). After a failure it
-    takes no more lines: the training loop's error exit writes the steps still in flight, the
-    failed one's again, and its buffered copy reaches the file too where there is room by then.
+    one-line user errors naming it. Each line goes to the file (opened "ab", unbuffered) as it
+    is written, and a write that fails is cut back out: a full disk takes the part of a line that
+    fits, and a line cut short at byte 4,096 was left behind (a resume set the log aside as
+    damaged). After a failure it takes no more lines: the training loop's error exit writes the
+    steps still in flight, the failed one's again.
 
     A log this run `created` and wrote no line to (a stop during the step-0 evaluation) is
     removed on close: an --out the run made and wrote nothing in is then removed too
@@ -163,6 +164,7 @@ class AppendLog:
 
     def __init__(self, path: Path, f, created: bool = False) -> None:
         self.path, self._f, self._failed, self._created = path, f, False, created
+        self._end = f.seek(0, os.SEEK_END)  # where the last whole line ends
 
     def __enter__(self) -> "AppendLog":
         return self
@@ -177,10 +179,16 @@ class AppendLog:
     def write(self, text: str) -> None:
         if self._failed:
             raise UserError(f"{self.path}: not written to after an earlier write failed")
+        line = text.encode("utf-8")
+        data = memoryview(line)
         try:
-            self._f.write(text)
+            while data:  # (a raw file's write may take a part: the rest is written again)
+                data = data[self._f.write(data):]
         except OSError as e:
+            with contextlib.suppress(OSError):  # (a shorter file needs no room; a read-only one took nothing)
+                self._f.truncate(self._end)
             raise self._error(e) from None
+        self._end += len(line)
 
     def sync(self) -> None:
         """Put the lines written so far on disk (flush, fsync): done before each checkpoint, whose
