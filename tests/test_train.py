@@ -5060,6 +5060,25 @@ def test_a_dataset_directory_as_out_is_refused(tmp_path, dataset):
         assert sorted(p.name for p in dataset.iterdir()) == before
 
 
+def test_an_out_inside_the_dataset_directory_is_refused(tmp_path, dataset):
+    """--out below --data (--data data/input --out data/input/run) put the run inside the
+    dataset, and `prep tokenize --overwrite` then refused to write it again ("not a dataset
+    directory"). A first start is refused, nothing made; a glob of its shards is no directory."""
+    args = ["--model", "tiny", "--B", "2", "--T", "16", "--steps", "1", "--eval-every", "0", "--quiet"]
+    dataset = Path(shutil.copytree(dataset, tmp_path / "input"))  # (the glob's run writes in it)
+    before = sorted(p.name for p in dataset.iterdir())
+    for out in (dataset / "run", dataset / "runs" / "a"):
+        result = CliRunner().invoke(train.main, [*args, "--data", str(dataset), "--out", str(out)])
+        assert_user_error(result, f"--out {out} is inside the dataset directory {dataset} (--data)", "outside it")
+        assert sorted(p.name for p in dataset.iterdir()) == before
+    (tmp_path / "link").symlink_to(dataset)  # the same directory by another name
+    result = CliRunner().invoke(train.main, [*args, "--data", str(tmp_path / "link"), "--out", str(dataset / "r")])
+    assert_user_error(result, "is inside the dataset directory")
+    shards = str(dataset / "*_train_*.bin")
+    result = CliRunner().invoke(train.main, [*args, "--data", shards, "--out", str(dataset / "run")])
+    assert result.exit_code == 0, result.output
+
+
 def test_an_out_holding_a_meta_json_of_its_own_is_no_dataset_directory(tmp_path, dataset):
     """A dataset directory is told by its shards: a run's --out holding a meta.json of the user's
     (an experiment's notes, written there before the run) was refused as one, which it is not."""

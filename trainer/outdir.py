@@ -144,23 +144,37 @@ def stale_temporary(out: Path, name: str, why: str) -> UserError:
                      f"({why}): move it away")
 
 
+def inside_dataset(out: Path, data: str) -> bool:
+    """Whether `out` is below `data` where that is a dataset directory (not a glob or a shard)."""
+    try:
+        there = Path(data).resolve()
+        return Path(data).is_dir() and out.resolve() != there and out.resolve().is_relative_to(there)
+    except OSError:  # (a path that cannot be looked up: its own error comes where it is used)
+        return False
+
+
 def check_out_contents(out: Path, resume_path: Path | None, init_from: str | None = None,
-                       logs_set_aside: bool = False, log_windows: bool = False) -> None:
+                       logs_set_aside: bool = False, log_windows: bool = False, data: str | None = None) -> None:
     """What is already in `out` must belong to this run: a fresh run refuses an earlier run's
     checkpoints or metrics (it would empty the metrics, and --resume auto would mix the
     runs), and a resume from a checkpoint elsewhere refuses another run's files (--keep-ckpts
     would delete its checkpoints, and the metrics would interleave). `logs_set_aside`: the
     earlier run's logs will be renamed before this run writes (set_aside_logs); `log_windows`:
-    this run writes window logs (--log-windows)."""
+    this run writes window logs (--log-windows). A first start in `out` refuses it inside the
+    dataset directory `data` as in one: the run's files in it, prep tokenize --overwrite would
+    refuse to write the dataset there again ("not a dataset directory")."""
+    # a first start there (a fresh run, or a resume from a checkpoint elsewhere into a new
+    # --out): a run whose checkpoint is there already goes on
+    first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
+    if first and data is not None and inside_dataset(out, data):
+        raise UserError(f"--out {out} is inside the dataset directory {data} (--data): give the run a directory "
+                        f"of its own, outside it")
     metrics = out / METRICS_NAME
     if metrics.exists() and not metrics.is_file():
         raise UserError(f"--out {out}: {metrics} is not a file")
     logs = sorted(out.glob(LOG_GLOB))  # --log-windows logs (none where out is missing)
     if out.is_dir():
         names = sorted(p.name for p in out.iterdir())
-        # a first start there (a fresh run, or a resume from a checkpoint elsewhere into a new
-        # --out): a run whose checkpoint is there already goes on
-        first = resume_path is None or resume_path.absolute().parent.resolve() != out.resolve()
         # a dataset told by its shards alone: a meta.json of the user's own (an experiment's notes) is none
         dataset = [name for name in names if parse_shard_name(name) and (out / name).is_file()] if first else []
         if dataset:  # --out and --data mixed up: checkpoints beside the shards, which prep tokenize then

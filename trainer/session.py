@@ -86,7 +86,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
         data = _find_data(cfg)
         total, accum = _batch(cfg, rt)
         notes: list[str] = []
-        resume_path, set_aside = _claim_out(cfg, rt, stack, notes)
+        resume_path, set_aside = _claim_out(cfg, rt, stack, notes, data)
         train_loader = open_loader(data, "train", cfg, rt, cfg.shuffle, model_config.vocab_size)
         stack.callback(train_loader.close)
         notes += unread_shards(data)
@@ -193,7 +193,7 @@ def check_cuda_graph(cfg: TrainConfig, rt: Runtime) -> None:
 
 
 def _claim_out(cfg: TrainConfig, rt: Runtime, stack: contextlib.ExitStack,
-               notes: list[str]) -> tuple[Path | None, bool]:
+               notes: list[str], data: str) -> tuple[Path | None, bool]:
     """--out checked, and held by rank 0 for the run (`stack`), with the checkpoint to resume
     (None: a fresh run) and whether --resume auto set an earlier run's logs aside; --bench
     writes nothing, and resumes nothing: (None, False)."""
@@ -206,7 +206,7 @@ def _claim_out(cfg: TrainConfig, rt: Runtime, stack: contextlib.ExitStack,
     resume_path, set_aside = resolve_resume(cfg, notes)
     if rt.master:
         check_out_contents(out, resume_path, cfg.init_from, logs_set_aside=set_aside,
-                           log_windows=cfg.log_windows)
+                           log_windows=cfg.log_windows, data=data)
     elif cfg.log_windows:
         check_own_log(out, log_path(out, rt.rank))
     if not rt.master and resume_path is None and not set_aside:
