@@ -5075,7 +5075,13 @@ def test_an_out_inside_the_dataset_directory_is_refused(tmp_path, dataset):
     result = CliRunner().invoke(train.main, [*args, "--data", str(tmp_path / "link"), "--out", str(dataset / "r")])
     assert_user_error(result, "is inside the dataset directory")
     shards = str(dataset / "*_train_*.bin")
-    result = CliRunner().invoke(train.main, [*args, "--data", shards, "--out", str(dataset / "run")])
+    result = CliRunner().invoke(train.main, [*args, "--data", shards, "--out", str(dataset / "run"),
+                                             "--ckpt-every", "1"])
+    assert result.exit_code == 0, result.output
+    # a run there already (made before this check) goes on
+    again = [a if a != "1" else "2" for a in args]  # --steps 2
+    result = CliRunner().invoke(train.main, [*again, "--data", str(dataset), "--out", str(dataset / "run"),
+                                             "--resume", "auto"])
     assert result.exit_code == 0, result.output
 
 
