@@ -34,6 +34,9 @@ from prep.shard_dirs import find_shards
 from prep.shards import HEADER_BYTES, SPLITS, TOKEN_DTYPE, parse_shard_name
 
 META_NAME = "meta.json"
+# meta.json's "settings" that decide the shards a text gives, each with its prep tokenize option
+SETTING_FLAGS = {"shard_size": "--shard-size", "val_fraction": "--val-fraction", "val_max_tokens": "--val-max-tokens",
+                 "field": "--field", "errors": "--errors"}
 META_FORMAT_VERSION = 1
 # In `prep tokenize`'s temporary directory from its creation until the install: a run killed
 # meanwhile leaves whole shards there without meta.json, which would read as a dataset of their own

@@ -43,7 +43,7 @@ from prep.chunking import batches, document_chunks
 from prep.corpus import ERRORS, Piece, read_pieces
 from prep.errors import NAME_MAX, plain_numbers
 from prep.install import AtomicDirectory, check_target
-from prep.meta import write_meta
+from prep.meta import SETTING_FLAGS, write_meta
 from prep.output import OutputError, SplitWriter, TailSplitter, build_meta
 from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
@@ -59,7 +59,7 @@ DEFAULT_VAL_MAX_TOKENS = 10_000_000  # llm.c-sized val; held back in a 20 MB fil
 DEFAULT_CHUNK_CHARS = 1 << 20  # ~50 ms of encoding: cheap to send, fine-grained enough to balance
 MIN_AUTO_CHUNK_CHARS = 1 << 16  # chunks shrink to this for small inputs, not below
 SPILL_NAME = "val-tail.spill"  # in the temporary dir only: removed before the rename
-OUTPUT_SETTINGS = ("shard_size", "val_fraction", "val_max_tokens", "field", "errors")  # -> meta.json
+OUTPUT_SETTINGS = tuple(SETTING_FLAGS)  # -> meta.json
 VAL_RULE = ("val = last min(val_max_tokens, floor(val_fraction * tokens)) tokens, cut moved forward "
             "to the first document start inside them when that keeps at least half")
 

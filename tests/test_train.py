@@ -989,9 +989,52 @@ def test_a_resume_on_shards_tokenized_again_in_place_says_so_not_pass_the_same_d
         train.train(cfg(tmp_path, data, steps=4, ckpt_every=2, resume="auto"))
     message = str(refused.value)
     assert "(tokenized again since)" in message and "pass the --data" not in message
-    assert message.endswith(f": {data} changed since that run's checkpoint: tokenize that run's text into it "
-                            f"again, or start a new run (another --out) from its weights with --init-from "
+    # (a meta.json of no prep tokenize settings: none to name)
+    assert message.endswith(f": {data} changed since that run's checkpoint: tokenize that run's text into {data} "
+                            f"again with the prep tokenize options it had (--shard-size, --val-fraction, ...), or "
+                            f"start a new run (another --out) from its weights with --init-from "
                             f"{tmp_path / 'out' / 'ckpt_000002.pt'}")
+
+
+@pytest.mark.parametrize("option, value, differ", [("shard_size", 1_500, "--shard-size 100000000 (it was tokenized "
+                                                                         "with --shard-size 1500)"),
+                                                    ("val_fraction", 0.3, "--val-fraction 0.1 (it was tokenized "
+                                                                          "with --val-fraction 0.3)")])
+def test_a_resume_on_the_same_text_tokenized_with_other_options_names_them(tmp_path, option, value, differ):
+    """The same text tokenized again into the same directory with another --shard-size (the same
+    tokens in other shards) or --val-fraction (other train tokens): "tokenize that run's text
+    into it again" told the user to do what they had just done. The checkpoint keeps the
+    dataset's prep tokenize settings, and the refusal names those that differ."""
+    from prep.tokenize import tokenize_corpus
+
+    text = tmp_path / "input.txt"
+    text.write_text("".join(f"line {i} of a corpus, with words enough to make some tokens.\n" for i in range(300)))
+    data = tmp_path / "data" / "input"
+    tokenize_corpus(text, data, progress=False, workers=1)
+    train.train(cfg(tmp_path, data, steps=2, ckpt_every=2))
+    ckpt = trainer.checkpoint.load_checkpoint(tmp_path / "out" / "ckpt_000002.pt")
+    assert ckpt["data_settings"] == {"shard_size": 100_000_000, "val_fraction": 0.1, "val_max_tokens": 10_000_000,
+                                     "field": "text", "errors": "strict"}
+    tokenize_corpus(text, data, progress=False, workers=1, overwrite=True, **{option: value})
+    with pytest.raises(train.UserError) as refused:
+        train.train(cfg(tmp_path, data, steps=4, ckpt_every=2, resume="auto"))
+    assert f"tokenize that run's text into {data} again with that run's options, {differ}, or start" in str(
+        refused.value)
+    tokenize_corpus(text, data, progress=False, workers=1, overwrite=True)  # as that run's: it goes on
+    train.train(cfg(tmp_path, data, steps=4, ckpt_every=2, resume="auto"))
+    other = tmp_path / "other.txt"  # other text, the same options: nothing to name but the text
+    other.write_text(text.read_text().replace("words", "sayings"))
+    tokenize_corpus(other, data, progress=False, workers=1, overwrite=True)
+    with pytest.raises(train.UserError, match=r"again \(the same text and options give the same shards\), or start"):
+        train.train(cfg(tmp_path, data, steps=6, ckpt_every=2, resume="auto"))
+
+
+def test_the_settings_a_checkpoint_names_are_prep_tokenize_s_options_of_those_names():
+    from prep.meta import SETTING_FLAGS
+    from prep.tokenize_cli import tokenize_command
+
+    options = {param.name: param.opts for param in tokenize_command.params}
+    assert all(flag in options[name] for name, flag in SETTING_FLAGS.items())
 
 
 def test_val_data_without_a_val_split_validates_on_its_train_split(tmp_path, dataset, capsys):
@@ -4866,8 +4909,9 @@ def test_a_refused_resume_names_the_options_of_the_run_it_continues():
         assert str(e.value).endswith(
             f"(data_tokens 300 there, 400 now; B 2 there, 4 now; total_batch_size 32 there, 64 now); {data} holds "
             "other tokens than the 300 of the train split that run trained on (tokenized again since?): tokenize "
-            "that run's text into it again (the same text gives the same shards) and pass --B 2 to match that run, "
-            "or start a new run (another --out) from its weights with --init-from c.pt")
+            f"that run's text into {data} again with the prep tokenize options it had (--shard-size, --val-fraction, "
+            "...) and pass --B 2 to match that run, or start a new run (another --out) from its weights with "
+            "--init-from c.pt")
     given = {**ckpt, "train_config": {**ckpt["train_config"], "total_batch_size": 32}}
     assert refusal(given, same, world=2, B=1).endswith(
         "(B 2 there, 1 now; world 1 there, 2 now); resume it in one process: python train.py ... and pass --B 2 "

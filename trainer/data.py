@@ -9,13 +9,14 @@ the directory that its meta.json does not list are a note (the loader reads the 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from loader import resolve_shards
 from loader.checkpoints import list_checkpoints, load_mapped
 from model import GPT2_VOCAB_SIZE
 from prep.errors import UserError
-from prep.meta import META_NAME, check_tokenizer, meta_splits, read_meta, unlisted_shards
+from prep.meta import META_NAME, SETTING_FLAGS, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.not_shards import split_files_in
 from prep.shard_dirs import cannot_list, find_shards
 from prep.shards import ShardError, read_header
@@ -150,3 +151,33 @@ def check_shards_are_gpt2s(shards: list[Path]) -> None:
                 check_tokenizer(meta, "gpt2", GPT2_VOCAB_SIZE)
         except ValueError as e:
             raise UserError(f"{directory / META_NAME}: {e}: train.py trains GPT-2 on GPT-2 tokens") from None
+
+
+def dataset_settings(data: str) -> dict | None:
+    """The prep tokenize settings that decide the shards of a dataset directory `data` (its
+    meta.json's, of SETTING_FLAGS), None where it has none (a glob, llm.c's shards); a
+    checkpoint keeps them, for retokenize_hint."""
+    try:
+        meta = read_meta(data) if Path(data).is_dir() else None
+    except (ValueError, OSError):  # (the loader read it just now: a change since is not this one's)
+        return None
+    settings = meta.get("settings") if meta is not None else None
+    return {k: settings[k] for k in SETTING_FLAGS if k in settings} if isinstance(settings, dict) else None
+
+
+def retokenize_hint(then: object, data: str) -> str:
+    """How to make `data`, a dataset tokenized again since a checkpoint's run trained on it,
+    that run's again: the same text with the prep tokenize options `then` (the checkpoint's
+    dataset_settings) where they differ from its own; older checkpoints keep none."""
+    fix = f"tokenize that run's text into {data} again"
+    now = dataset_settings(data)
+    if not isinstance(then, dict):
+        return f"{fix} with the prep tokenize options it had (--shard-size, --val-fraction, ...)"
+    differ = [k for k in SETTING_FLAGS if k in then and (now or {}).get(k) != then[k]]
+    if not differ:
+        return f"{fix} (the same text and options give the same shards)"
+    def options(settings: dict) -> str:
+        return " ".join(f"{SETTING_FLAGS[k]} {shlex.quote(str(settings[k]))}" for k in differ if k in settings)
+
+    here = f" (it was tokenized with {options(now)})" if now and options(now) else ""
+    return f"{fix} with that run's options, {options(then)}{here}"

@@ -21,6 +21,7 @@ from model import GPT, GPTConfig
 from prep.errors import UserError
 from trainer.checkpoint import ckpt_path, load_checkpoint, set_rng_state
 from trainer.config import TrainConfig
+from trainer.data import retokenize_hint
 from trainer.outdir import nonempty_file
 from trainer.resume import (OPTIMIZER_KERNEL, check_adamw_step, check_compatible, check_loss_scale,
                             check_optimizer_state, precision, same_data, schedule_changes)
@@ -62,7 +63,7 @@ def _checked_checkpoint(cfg: TrainConfig, path: Path, run: dict, model_config: G
     except DatasetMismatch as e:  # the same token count (check_compatible), other shards or sha256s
         then = ckpt["train_config"].get("data")
         if same_data(then, data):  # changed in place
-            fix = f"{data} changed since that run's checkpoint: tokenize that run's text into it again"
+            fix = f"{data} changed since that run's checkpoint: {retokenize_hint(ckpt.get('data_settings'), data)}"
         else:
             fix = "pass the --data that run trained on" + (f" ({then})" if isinstance(then, str) else "")
         raise UserError(f"--resume {path}: {e}: {fix}, or start a new run (another --out) from its weights with "

@@ -24,6 +24,7 @@ from loader.windowlog import LOG_GLOB, LOG_PATTERN, log_path
 from model import GPTConfig
 from prep.errors import UserError
 from trainer.config import FLOAT32_MAX, FLOAT32_TINY, TrainConfig, final_lr, flag_name, flags_for, lr_at
+from trainer.data import retokenize_hint
 from trainer.logs import METRICS_NAME, aside_path
 from trainer.outdir import nonempty_file, trained_steps_logged
 from trainer.runtime import Runtime
@@ -229,8 +230,7 @@ def check_compatible(ckpt: dict, path: Path, run: dict, model_config: GPTConfig,
         if again:  # the same path, other tokens: "pass --data <it>" was no help
             tokens = f"{saved['data_tokens']:,}" if isinstance(saved.get("data_tokens"), int) else "?"
             hint += (f"; {data} holds other tokens than the {tokens} of the train split that run trained on "
-                     f"(tokenized again since?): tokenize that run's text into it again (the same text gives the "
-                     f"same shards)")
+                     f"(tokenized again since?): {retokenize_hint(ckpt.get('data_settings'), data)}")
         flags = _resume_flags(ckpt, [k for k in differ if not (again and k == "data_tokens")], overrides or {},
                               total_given)
         if flags:  # the options, then what no option says

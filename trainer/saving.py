@@ -51,6 +51,7 @@ def write_checkpoint(s: Session, step: int, rng_ranks: list[dict] | None, writer
         "model_config": dataclasses.asdict(s.model_config),
         "train_config": dataclasses.asdict(s.cfg),
         "run": s.run,
+        "data_settings": s.data_settings,  # what re-tokenizing the dataset for a resume must give (retokenize_hint)
         "rng": rng_state(s.rt, s.generator),
         "precision": precision(s.rt),  # what a resume elsewhere notes it changes
         "compiled": s.rt.compile,  # compile as resolved: its default is off on CUDA where it cannot compile

@@ -28,7 +28,7 @@ from prep.errors import UserError
 from trainer.build import build_model, model_shape, step_parts
 from trainer.checkpoint import checkpoint_digest
 from trainer.config import CUDAGRAPH_MODES, TOKENS_MAX, TrainConfig
-from trainer.data import find_dataset, resumed_data, unread_shards
+from trainer.data import dataset_settings, find_dataset, resumed_data, unread_shards
 from trainer.evaluation import gpt2_encoding
 from trainer.facts import start_facts
 from trainer.launch import launched_world, rank_prefix
@@ -64,6 +64,7 @@ class Session:
     start_step: int = 0
     resumed_from: Path | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    data_settings: dict | None = None  # the dataset's prep tokenize settings, as the run started (checkpoints)
 
     @property
     def tokens_per_step(self) -> int:
@@ -126,7 +127,7 @@ def prepare(cfg: TrainConfig, stack: contextlib.ExitStack) -> Session:
     return Session(
         cfg, rt, data, model_config, raw, eval_model, parts, train_loader, run, generator,
         val_loader, val_batches,
-        start_step, resume_path, notes,
+        start_step, resume_path, notes, dataset_settings(data),
     )
 
 
