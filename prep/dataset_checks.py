@@ -1,6 +1,6 @@
-"""What `prep info` and `prep verify` share: the path given (a dataset directory, or one shard
-file, refused as the loader refuses it), meta.json's split records with the tokenizer checked,
-and the order meta.json lists each split's shards in.
+"""What `prep info` and `prep verify` share: the path given (a dataset directory, one shard file
+or a glob of them, refused as the loader refuses it), meta.json's split records with the
+tokenizer checked, and the order meta.json lists each split's shards in.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 from prep.errors import UserError
 from prep.meta import check_finished, check_tokenizer, meta_splits, shard_directories
 from prep.not_shards import not_a_shard_file
-from prep.shards import parse_shard_name
+from prep.shard_glob import glob_shards, is_pattern
+from prep.shards import ShardError, parse_shard_name
 from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
 
 
@@ -21,10 +22,7 @@ def check_given_path(directory: str | os.PathLike, file_too: bool = False) -> Pa
     the text itself, is refused as the loader refuses it)."""
     directory = Path(directory)
     if not directory.exists():
-        pattern = "" if not any(c in directory.name for c in "*?[") else (
-            f" (a pattern of shards is for train.py's --data; pass their directory, {directory.parent}, or one "
-            f"shard file)")
-        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}{pattern}")
+        raise UserError(f"{directory}: no such {'file or directory' if file_too else 'directory'}")
     if not directory.is_dir() and not (file_too and directory.is_file()):
         raise UserError(f"{directory}: not a directory{' or a regular file' if file_too else ''}")
     problem = not_a_shard_file(directory, str(directory)) if directory.is_file() else None
@@ -36,6 +34,32 @@ def check_given_path(directory: str | os.PathLike, file_too: bool = False) -> Pa
     except ValueError as e:
         raise UserError(str(e)) from None
     return directory
+
+
+def given_glob(given: str | os.PathLike) -> list[Path] | None:
+    """The shard files a glob names, as train.py's --data takes one (prep.shard_glob: such as
+    'data/x/x_train*.bin', for shards a directory's rules refuse, numbered without padding or
+    with a gap), or None where `given` is no glob: a path that exists (a file with a '*' in its
+    name is that file), or one without glob characters. A UserError where it matches no file, a
+    file that is no shard at all (its meta.json, the text), or one in an unfinished `prep
+    tokenize` output. The split of each is the caller's: the one its name says, else train."""
+    text = os.fspath(given)
+    if Path(text).exists() or not is_pattern(text):
+        return None
+    try:
+        matches = glob_shards(text)
+    except ShardError as e:  # none match, a directory it is matched in cannot be listed
+        raise UserError(str(e)) from None
+    for match in matches:
+        problem = not_a_shard_file(match, str(match))
+        if problem is not None:
+            raise UserError(problem)
+    try:
+        for where in dict.fromkeys(d for match in matches for d in shard_directories(match)):
+            check_finished(where)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return matches
 
 
 def meta_records(meta: dict) -> dict[str, dict]:

@@ -16,13 +16,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from prep.dataset_checks import check_given_path, meta_records, out_of_order
+from prep.dataset_checks import check_given_path, given_glob, meta_records, out_of_order
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta, unlisted_shards
 from prep.not_shards import split_files_in
 from prep.shard_dirs import dataset_shards
-from prep.shards import ForeignFile, ShardError, header_problem, named_split, read_header, shard_file_bytes
+from prep.shards import (SPLITS, ForeignFile, ShardError, header_problem, named_split, read_header,
+                         shard_file_bytes)
 from prep.streams import say
 from prep.tokenizer import VOCAB_SIZE
 
@@ -42,7 +43,8 @@ class DatasetInfo:
     """A dataset directory's contents, read from meta.json when present, else shard headers."""
 
     directory: str
-    source: str  # "meta.json", "shard headers", or "its header" (one shard file given)
+    # "meta.json", "shard headers", "its header" (one shard file given) or "their headers" (a glob's)
+    source: str
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     name: str | None = None
     vocab_size: int = VOCAB_SIZE
@@ -75,8 +77,20 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
     Raises UserError for a missing directory, an unreadable meta.json, a directory without
     shards, or (without meta.json) a shard whose header is invalid. A single shard file is
     one split of one shard, from its header: the split its name says, else train (as
-    `train.py --data FILE` reads it).
+    `train.py --data FILE` reads it). So is each file a glob names, the split its name says.
     """
+    matches = given_glob(directory)
+    if matches is not None:
+        info = DatasetInfo(os.fspath(directory), "their headers")
+        for path in matches:
+            try:
+                tokens = read_header(path)
+            except ShardError as e:
+                raise UserError(str(e)) from None
+            split = info.splits.setdefault(named_split(path.name) or "train", SplitInfo())
+            split.shards, split.tokens = split.shards + 1, split.tokens + tokens
+        info.splits = {split: info.splits[split] for split in SPLITS if split in info.splits}
+        return _with_steps(info, B, T, world)
     directory = check_given_path(directory, file_too=True)
     if directory.is_file():
         try:
@@ -164,7 +178,8 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
     """Show a shard directory's splits, shards and tokens (and steps per epoch with --B/--T).
 
     Reads meta.json when present, otherwise the shard headers (llm.c / modded-nanogpt dirs).
-    DIRECTORY may also be one shard file.
+    DIRECTORY may also be one shard file, or a quoted glob of them as train.py's --data takes
+    ('data/x/x_train*.bin'), each of the split its name says.
     Steps per epoch follow the loader: (tokens - 1) // (B * T * world).
     """
     if (B is None) != (T is None):

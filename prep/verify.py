@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from prep.atomic import file_identity
-from prep.dataset_checks import check_given_path, meta_records, out_of_order
+from prep.dataset_checks import check_given_path, given_glob, meta_records, out_of_order
 from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.not_shards import split_files_in
@@ -34,6 +34,10 @@ class VerifyReport:
     directory: str
     meta_found: bool
     meta_unusable: bool = False  # (one shard file: its directory's meta.json cannot be read)
+    # shard files given alone (one, or a glob's): how many, and how many a meta.json beside them
+    # lists (their hashes checked); None for a directory
+    files: int | None = None
+    files_listed: int = 0
     shards_checked: int = 0
     tokens_checked: int = 0
     problems: list[str] = field(default_factory=list)
@@ -110,11 +114,15 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     Also reports shards listed in meta.json but missing and shards present but not listed.
     Raises UserError for a missing directory, or one with neither shards nor meta.json. A
     single shard file is checked alone: its header, size and token range, and, where its
-    directory's meta.json lists it, its sha256 and token count against that entry.
+    directory's meta.json lists it, its sha256 and token count against that entry; so is each
+    file a glob names (given_glob), and whether two of them are one file.
     """
+    matches = given_glob(directory)
+    if matches is not None:
+        return _verify_files(os.fspath(directory), matches, progress)
     directory = check_given_path(directory, file_too=True)
     if directory.is_file():
-        return _verify_file(directory, progress)
+        return _verify_files(str(directory), [directory], progress)
     try:
         on_disk = {p.name: p for split in SPLITS for p in find_shards(directory, split)}
     except ShardError as e:  # a directory that cannot be listed: one line naming it
@@ -206,21 +214,40 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
     return report
 
 
-def _verify_file(path: Path, progress: bool | None) -> VerifyReport:
-    """verify_dataset of one shard file."""
-    entry, unusable = _listed_entry(path)
-    report = VerifyReport(str(path), meta_found=entry is not None, meta_unusable=unusable)
+def _verify_files(given: str, paths: list[Path], progress: bool | None) -> VerifyReport:
+    """verify_dataset of shard files given alone (`given`: one file, or a glob): each one's
+    header, size and token range, its sha256 and token count where its directory's meta.json
+    lists it, and, of several, whether two are one file (the split its name says, else train)."""
+    report = VerifyReport(given, meta_found=False, files=len(paths))
+    listed = {}
+    for path in paths:
+        entry, unusable = _listed_entry(path)
+        report.meta_unusable |= unusable
+        if entry is not None:
+            listed[path] = entry
+    report.files_listed = len(listed)
+    report.meta_found = len(listed) == len(paths)
+    report.problems += _link_problems({split: [p for p in paths if (named_split(p.name) or "train") == split]
+                                       for split in SPLITS})
+    sizes = {p: p.stat().st_size for p in paths}  # (a glob's matches and a file given are regular files)
     show = None if progress is None else not progress
-    with Bar(total=path.stat().st_size, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
-        try:
-            scan = scan_shard(path, VOCAB_SIZE, entry is not None, bar)
-        except ShardError as e:
-            report.problems.append(str(e))
-            return report
-    report.shards_checked, report.tokens_checked = 1, scan.tokens
-    reasons = _scan_problems(scan, entry)
-    if reasons:
-        report.problems.append(f"{path}: " + "; ".join(reasons))
+    total = sum(sizes.values())
+    with Bar(total=total, unit="B", unit_scale=True, desc="verify", disable=bar_disable(show)) as bar:
+        done = 0  # as verify_dataset's bar: the bytes of the shards checked so far
+        for path in paths:
+            try:
+                scan = scan_shard(path, VOCAB_SIZE, path in listed, bar)
+            except ShardError as e:
+                report.problems.append(str(e))
+                continue
+            finally:
+                done += sizes[path]
+                bar.update(done - bar.n)
+            report.shards_checked += 1
+            report.tokens_checked += scan.tokens
+            reasons = _scan_problems(scan, listed.get(path))
+            if reasons:
+                report.problems.append(f"{path}: " + "; ".join(reasons))
     return report
 
 
@@ -242,7 +269,8 @@ def _scan_problems(scan: ShardScan, entry: dict | None) -> list[str]:
 def verify_command(directory: Path, progress: bool | None) -> None:
     """Check every shard in DIRECTORY: header, size, token range, and sha256, token and document
     counts vs meta.json. DIRECTORY may also be one shard file (checked against its directory's
-    meta.json where that lists it).
+    meta.json where that lists it), or a quoted glob of them as train.py's --data takes
+    ('data/x/x_train*.bin').
 
     Exit status: 0 all good; 1 verification found problems (each bad file on its own line,
     then a summary); 2 a usage mistake (no such directory, no shards and no meta.json).
@@ -252,7 +280,14 @@ def verify_command(directory: Path, progress: bool | None) -> None:
         click.echo(f"BAD {line}")
     checks, alone = "header, size, token range", directory.is_file()
     meta = (directory.parent if alone else directory) / META_NAME
-    if report.meta_found:
+    if report.files is not None and not alone:  # a glob's files
+        unlisted = report.files - report.files_listed
+        if report.files_listed:
+            checks += f", sha256 and token count vs the {META_NAME} beside them"
+        if unlisted:
+            them = "them" if not report.files_listed else f"the other {unlisted:,}"
+            checks += f" (no usable {META_NAME} beside {them} lists them, so their hashes were not checked)"
+    elif report.meta_found:
         checks += f", sha256 and token count vs {meta}" if alone else \
             f", sha256, token and document counts vs {META_NAME}"
     elif alone and report.meta_unusable:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,10 +210,14 @@ def _zero_magic(tmp_path):
 
 INFO_MISTAKES = {  # case: (make the target, extra args, words the one error line must hold)
     "no_dir": (lambda t: t / "nowhere", [], ["nowhere", "no such file or directory"]),
-    # a glob (what train.py's --data takes): "no such file or directory" said nothing of it
-    "glob": (lambda t: make_dataset(t / "g", {"train": [tokens(10)]}) / "ds_train_*.bin", [],
-             ["ds_train_*.bin: no such file or directory (a pattern of shards is for train.py's --data; pass their "
-              "directory, ", "/g, or one shard file)"]),
+    # a glob is taken as train.py's --data takes it: one matching nothing is refused as there
+    "glob_of_nothing": (lambda t: make_dataset(t / "g", {"train": [tokens(10)]}) / "ds_tain_*.bin", [],
+                        ["ds_tain_*.bin: no shard files match this pattern"]),
+    "glob_of_meta_json": (lambda t: make_dataset(t / "gm", {"train": [tokens(10)]}) / "*", [],
+                          [f"{META_NAME}: a dataset's {META_NAME}, not a shard: pass its directory"]),
+    "glob_into_unfinished": (lambda t: (make_dataset(t / ".g.tmp-9", {"train": [tokens(10)]})
+                                        / "UNFINISHED").touch() or t / ".g.tmp-9" / "*.bin", [],
+                             [".g.tmp-9: an unfinished `prep tokenize` output"]),
     "unfinished": (lambda t: (make_dataset(t / ".u.tmp-7", {"train": [tokens(10)]}) / "UNFINISHED").touch() or
                    t / ".u.tmp-7", [], [".u.tmp-7: an unfinished `prep tokenize` output"]),
     "link_into_unfinished": (lambda t: (make_dataset(t / ".u.tmp-8", {"train": [tokens(10)]}) / "UNFINISHED").touch()
@@ -800,6 +805,69 @@ def test_verify_of_a_directory_that_cannot_be_listed_is_one_line(dataset, monkey
     say it, not find_shards' ShardError traceback (os.listdir is made to fail: chmod does not stop root)."""
     without_read_permission(monkeypatch, dataset)
     assert_user_error(run(verify_command, dataset), str(dataset), "cannot be listed (Permission denied)")
+
+
+@pytest.mark.parametrize("layout", ["unpadded", "gap"])
+def test_info_and_verify_take_the_glob_a_refused_directory_is_told_to_use(tmp_path, layout):
+    """A directory of shards numbered without padding, or with one missing, is refused with "name the
+    shards with a glob, such as train.py's --data '<dir>/x_train*.bin'"; prep info and verify refused that
+    glob in turn ("no such file or directory (a pattern of shards is for train.py's --data ...)"), advice
+    that went round in a circle. They take it now, the files train.py takes, each alone."""
+    directory = tmp_path / layout
+    directory.mkdir()
+    names = [f"x_train_{i}.bin" for i in (0, 1, 2, 10)] if layout == "unpadded" else [
+        shard_name("x", "train", i) for i in (0, 2)]
+    for i, name in enumerate(names):
+        write_shard(directory / name, tokens(100 + i, i))
+    total = sum(100 + i for i in range(len(names)))
+    refused = run(verify_command, directory)
+    assert refused.exit_code == 1, refused.output
+    pattern = re.search(r"--data '([^']+)'", refused.output)[1]
+    assert pattern == f"{directory}/x_train*.bin"
+    assert_user_error(run(info_command, directory), "--data '" + pattern)
+    info = run(info_command, pattern, "--B", "4", "--T", "8")
+    assert info.exit_code == 0, info.output
+    assert info.output.splitlines() == [
+        f"  train  {len(names)} shard(s), {total:,} tokens, {(total - 1) // 32} steps per epoch",
+        f"{pattern}: {len(names)} shard(s), {total:,} tokens, from their headers; steps per epoch at B=4, "
+        f"T=8, world=1 (32 tokens per step)"]
+    verified = run(verify_command, pattern)
+    assert verified.exit_code == 0 and verified.output == (
+        f"verified {len(names)} shard(s), {total:,} tokens in {pattern}: header, size, token range (no "
+        f"usable {META_NAME} beside them lists them, so their hashes were not checked): all OK\n")
+    assert resolve_shards(pattern, "train") == [directory / name for name in names]  # train.py's, in order
+
+
+def test_verify_of_a_glob_checks_each_file_and_its_listing(dataset, tmp_path):
+    """A glob's files, as one shard file is checked: each one's header, size and token range, its
+    sha256 and count where the meta.json beside it lists it; and two of them that are one file."""
+    elsewhere = tmp_path / "loose"
+    elsewhere.mkdir()
+    write_shard(elsewhere / "x_val_3.bin", tokens(40, 4))
+    pattern = f"{tmp_path}/*/*_val_*.bin"
+    info = run(info_command, pattern)
+    assert info.exit_code == 0 and info.output.splitlines() == [
+        "  val    2 shard(s), 740 tokens", f"{pattern}: 2 shard(s), 740 tokens, from their headers"]
+    both = run(verify_command, pattern)
+    assert both.exit_code == 0 and both.output == (
+        f"verified 2 shard(s), 740 tokens in {pattern}: header, size, token range, sha256 and token count vs "
+        f"the {META_NAME} beside them (no usable {META_NAME} beside the other 1 lists them, so their hashes "
+        "were not checked): all OK\n")
+    listed = run(verify_command, f"{dataset}/*.bin")
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.startswith(f"verified 3 shard(s), 8,700 tokens in {dataset}/*.bin: header, size, "
+                                    f"token range, sha256 and token count vs the {META_NAME} beside them: "
+                                    "all OK")
+    with open(dataset / "ds_val_000000.bin", "r+b") as f:  # in range: the sha256 alone tells
+        f.seek(1024 + 2 * 10)
+        f.write(np.uint16(7).tobytes())
+    os.symlink(elsewhere / "x_val_3.bin", elsewhere / "x_val_4.bin")
+    broken = run(verify_command, pattern)
+    assert broken.exit_code == 1, broken.output
+    assert [line for line in broken.output.splitlines() if line.startswith("BAD ")] == [
+        f"BAD {elsewhere / 'x_val_4.bin'}: the same file as {elsewhere / 'x_val_3.bin'} (a link): the loader "
+        "refuses it: the val split would read its tokens twice an epoch",
+        f"BAD {dataset / 'ds_val_000000.bin'}: sha256 " + broken.output.split(": sha256 ")[1].split("\n")[0]]
 
 
 @pytest.mark.parametrize("case", ["no_dir", "no_shards", "text", "meta"])
