@@ -57,6 +57,9 @@ class DatasetInfo:
     # listed in meta.json, the right size, but a header the loader refuses (a bad magic or
     # version, a count not the file's size), or not a regular file (a directory): file, what is wrong
     bad_header: list[tuple[str, str]] = field(default_factory=list)
+    # a split whose total meta.json gives is not the sum of its shards' counts listed (a hand-edited
+    # or half-merged manifest): the loader refuses it. split, the total given, the sum
+    wrong_total: list[tuple[str, int, int]] = field(default_factory=list)
     # each split meta.json lists out of its shards' index order (the loader reads the order
     # listed): split, the file listed before, the one after, how (out_of_order)
     out_of_order: list[tuple[str, str, str, str]] = field(default_factory=list)
@@ -112,6 +115,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
                 entries = record["shards"]
                 info.splits[split] = SplitInfo(len(entries), sum(e["tokens"] for e in entries),
                                                record.get("documents"))
+                if record.get("tokens", info.splits[split].tokens) != info.splits[split].tokens:
+                    info.wrong_total.append((split, record["tokens"], info.splits[split].tokens))
                 for entry in entries:  # a stat and a header a shard: the loader's own checks at start
                     path = directory / entry["file"]
                     if not os.path.lexists(path):
@@ -200,6 +205,9 @@ def info_command(directory: Path, B: int | None, T: int | None, world: int, as_j
         name, wrong = info.bad_header[0]
         say(f"warning: {len(info.bad_header)} shard(s) would be refused by the loader, e.g."
             f" {directory / name}: {wrong}; run `prep verify {directory}`")
+    for split, given, held in info.wrong_total:
+        say(f"warning: meta.json gives the {split} split {given:,} tokens, but its shards hold {held:,}: the "
+            f"loader refuses it; run `prep verify {directory}`")
     if info.unlisted:
         say(f"warning: {len(info.unlisted)} shard file(s) here are not listed in meta.json, so not read, "
             f"e.g. {directory / info.unlisted[0]}; run `prep verify {directory}`")

@@ -196,6 +196,24 @@ def test_info_warns_about_shards_meta_json_does_not_list(dataset):
                              f"{dataset / 'ds_train_000002.bin'}; run `prep verify {dataset}`\n")
 
 
+def test_info_warns_about_a_split_total_that_is_not_the_sum_of_its_shards(dataset):
+    """meta.json's splits.train.tokens, edited to 5: info said nothing and exited 0, where verify
+    exits 1 and the loader refuses the split ("train total is 5 tokens, but its shards hold 8000")."""
+    meta = json.loads((dataset / META_NAME).read_text())
+    meta["splits"]["train"]["tokens"] = 5
+    (dataset / META_NAME).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="train total is 5 tokens, but its shards hold 8000"):
+        resolve_shards(dataset, "train")
+    result = run(info_command, dataset, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["wrong_total"] == [["train", 5, 8000]]
+    assert json.loads(result.stdout)["splits"]["train"]["tokens"] == 8000  # its shards', as the loader reads
+    assert result.stderr == (f"warning: meta.json gives the train split 5 tokens, but its shards hold 8,000: "
+                             f"the loader refuses it; run `prep verify {dataset}`\n")
+    assert run(info_command, dataset).stdout.splitlines()[0] == (
+        "  train  2 shard(s), 8,000 tokens, 2 document(s) start here")
+
+
 def _with_meta_text(tmp_path, text):
     target = make_dataset(tmp_path / "m", {"train": [tokens(10)]})
     (target / META_NAME).write_text(text(json.loads((target / META_NAME).read_text())))
