@@ -13,7 +13,7 @@ from prep.meta import check_finished, check_tokenizer, meta_splits, shard_direct
 from prep.not_shards import not_a_shard_file
 from prep.shard_glob import glob_shards, is_pattern
 from prep.shards import ShardError, parse_shard_name
-from prep.tokenizer import ENCODING_NAME, VOCAB_SIZE
+from prep.tokenizer import ENCODING_NAME, EOT, VOCAB_SIZE
 
 
 def check_given_path(directory: str | os.PathLike, file_too: bool = False) -> Path:
@@ -64,9 +64,9 @@ def given_glob(given: str | os.PathLike) -> list[Path] | None:
 
 def meta_records(meta: dict) -> dict[str, dict]:
     """meta_splits(meta), and the tokenizer the shards were written with: GPT-2's, the only
-    one train.py's model reads."""
+    one train.py's model reads (its vocabulary and its EOT, check_tokenizer)."""
     records = meta_splits(meta)
-    check_tokenizer(meta, ENCODING_NAME, VOCAB_SIZE)
+    check_tokenizer(meta, ENCODING_NAME, VOCAB_SIZE, EOT)
     return records
 
 

@@ -113,13 +113,19 @@ def unlisted_shards(directory: str | os.PathLike, records: dict[str, dict]) -> l
     return sorted(p.name for split in SPLITS for p in find_shards(directory, split) if p.name not in listed)
 
 
-def check_tokenizer(meta: dict, name: str, vocab_size: int) -> None:
-    """ValueError unless meta.json's tokenizer is `name` with `vocab_size` tokens (fields
-    absent: taken to be so): shards of another tokenizer are other numbers for other words."""
+def check_tokenizer(meta: dict, name: str, vocab_size: int, eot: int) -> None:
+    """ValueError unless meta.json's tokenizer is `name` with `vocab_size` tokens, and its
+    documents' separator (eot) is `eot` (fields absent: taken to be so): shards of another
+    tokenizer are other numbers for other words, and documents split by another token are not
+    the documents train.py, prep info and prep verify count. `prep info`, `prep verify` and
+    train.py read it here alike."""
     vocab = meta.get("vocab_size", vocab_size)
     if isinstance(vocab, bool) or vocab != vocab_size or meta.get("tokenizer", name) != name:
         raise ValueError(f"tokenizer {meta.get('tokenizer')!r} with vocab_size {vocab!r}: not "
                          f"{name!r} with {vocab_size}")
+    given = meta.get("eot", eot)
+    if type(given) is not int or given != eot:  # not True, not 50256.0
+        raise ValueError(f"eot is {given!r}, not {eot} (the end-of-text token of {name!r})")
 
 
 def portable_name(name: str) -> str:

@@ -24,7 +24,7 @@ from prep.scan import ShardScan, scan_shard
 from prep.shard_dirs import dataset_shards, find_shards
 from prep.shards import SPLITS, ShardError, named_split
 from prep.streams import bar_disable
-from prep.tokenizer import EOT, VOCAB_SIZE
+from prep.tokenizer import VOCAB_SIZE
 
 
 @dataclass
@@ -144,9 +144,6 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                                            f"!= the sum over its shards ({held:,})")
             report.problems += _totals_problems(meta, records, directory / META_NAME)
             report.problems += _order_problems(records, directory / META_NAME)
-            # the documents' separator, where it is given: GPT-2's, as prep writes it
-            if "eot" in meta and (meta["eot"] != EOT or type(meta["eot"]) is not int):  # not True, not 50256.0
-                report.problems.append(f"{directory / META_NAME}: eot is {meta['eot']!r}, not GPT-2's {EOT}")
             report.meta_found = True
     except ShardError as e:  # no meta.json, and the shards are not one dataset's
         report.problems.append(str(e))
@@ -172,10 +169,9 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         else:
             report.problems.append(f"{directory / name}: listed in {META_NAME} but missing")
     todo = list(todo.values())
-    # meta.json's document counts, where it has integers and counts documents by GPT-2's EOT
-    counted_by_eot = report.meta_found and meta.get("eot", EOT) == EOT
+    # meta.json's document counts, where it has integers (its eot is GPT-2's: meta_records)
     documents = {split: record["documents"] for split, record in records.items()
-                 if type(record.get("documents")) is int} if counted_by_eot else {}
+                 if type(record.get("documents")) is int} if report.meta_found else {}
     split_of = {e["file"]: split for split, record in records.items() if split in documents
                 for e in record["shards"]} if documents else {}
     eots, unread = dict.fromkeys(documents, 0), set(split_of)

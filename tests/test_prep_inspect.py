@@ -268,6 +268,9 @@ INFO_MISTAKES = {  # case: (make the target, extra args, words the one error lin
     # GPT-2's vocabulary size, another tokenizer's numbers for other words
     "other_tokenizer": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"tokenizer": "r50k_other"})), [],
                         [META_NAME, "tokenizer 'r50k_other' with vocab_size 50257: not 'gpt2' with 50257"]),
+    # prep verify said it; prep info (and train.py) took it: documents split by another token
+    "other_eot": (lambda t: _with_meta_text(t, lambda m: json.dumps(m | {"eot": 0})), [],
+                  [META_NAME, ": eot is 0, not 50256 (the end-of-text token of 'gpt2')"]),
     "huge_vocab": (lambda t: _with_meta_text(t, lambda m: json.dumps(m).replace('"vocab_size": 50257',
                                                                               '"vocab_size": 1e400')), [],
                    [META_NAME, "not 'gpt2' with 50257"]),
@@ -372,7 +375,8 @@ def test_verify_says_an_eot_that_is_not_gpt2s(dataset, eot):
     (dataset / META_NAME).write_text(json.dumps(meta | {"eot": eot}))
     result = run(verify_command, dataset)
     assert result.exit_code == 1
-    assert f"BAD {dataset / META_NAME}: eot is {eot!r}, not GPT-2's 50256" in result.output
+    assert f"BAD {dataset / META_NAME}: eot is {eot!r}, not 50256 (the end-of-text token of 'gpt2')" in \
+        result.output
 
 
 def test_verify_checks_the_range_against_gpt2_whatever_meta_json_says(dataset):
@@ -640,7 +644,8 @@ def test_verify_counts_no_documents_by_gpt2s_eot_where_meta_json_names_another(d
     (dataset / META_NAME).write_text(json.dumps(meta))
     result = run(verify_command, dataset)
     bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
-    assert bad == [f"BAD {dataset / META_NAME}: eot is 0, not GPT-2's 50256"], result.output
+    assert bad == [f"BAD {dataset / META_NAME}: eot is 0, not 50256 (the end-of-text token of 'gpt2')"], \
+        result.output
 
 
 def test_verify_counts_no_documents_of_a_split_with_a_shard_it_could_not_read(dataset):

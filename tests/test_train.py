@@ -4594,6 +4594,10 @@ def workdir(tmp_path_factory, dataset) -> Path:
     shard = othertok / "t_train_000000.bin"
     write_meta(othertok, {"format_version": 1, "tokenizer": "cl100k_base", "vocab_size": 100277, "splits": {
         "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
+    othereot = write_dataset(root / "othereot", random_tokens(300, 6))  # GPT-2's, but another separator
+    shard = othereot / "t_train_000000.bin"
+    write_meta(othereot, {"format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257, "eot": 0, "splits": {
+        "train": {"shards": [{"file": shard.name, "tokens": 300, "sha256": file_sha256(shard)}]}}})
     (root / "empty").mkdir()
     (root / "ckptdir" / "ckpt_000004.pt").mkdir(parents=True)
     (root / "windowsonly").mkdir()
@@ -4803,6 +4807,9 @@ BAD_INPUTS = {  # case: (arguments over the defaults below, working directory, e
                                          "weights alone, more than this machine's"),
     "another tokenizer's shards": (["--data", "othertok"], ".", "othertok/meta.json: tokenizer 'cl100k_base' with "
                                    "vocab_size 100277: not 'gpt2' with 50257: train.py trains GPT-2 on GPT-2 tokens"),
+    # prep verify said it, but prep info and train.py took it: documents split by another token
+    "another end of text's shards": (["--data", "othereot"], ".", "othereot/meta.json: eot is 0, not 50256 "
+                                     "(the end-of-text token of 'gpt2'): train.py trains GPT-2 on GPT-2 tokens"),
     "val data missing": (["--val-data", "nope/*.bin"], ".", "--val-data nope/*.bin: no shard files match"),
     "val data names train shards": (["--val-data", "data/small/t_train_000000.bin"], ".",
                                     "--val-data data/small/t_train_000000.bin: names 1 shard(s) of another "

@@ -139,8 +139,9 @@ def unread_shards(data: str) -> list[str]:
 
 def check_shards_are_gpt2s(shards: list[Path]) -> None:
     """The shards' meta.json (where one beside them is readable) must say GPT-2's tokenizer:
-    the model's vocabulary, and what samples are decoded with. Shards without one (llm.c's)
-    are taken to be GPT-2's, and every window is range-checked as it is read."""
+    the model's vocabulary, and what samples are decoded with; and GPT-2's EOT between
+    documents, as `prep info` and `prep verify` require it (prep.meta.check_tokenizer). Shards
+    without one (llm.c's) are taken to be GPT-2's, and every window is range-checked as it is read."""
     for directory in sorted({p.parent for p in shards}):
         try:
             meta = read_meta(directory)
@@ -148,7 +149,8 @@ def check_shards_are_gpt2s(shards: list[Path]) -> None:
             continue
         try:
             if meta is not None:
-                check_tokenizer(meta, "gpt2", GPT2_VOCAB_SIZE)
+                from prep.tokenizer import EOT  # (here, not at the top: it imports tiktoken)
+                check_tokenizer(meta, "gpt2", GPT2_VOCAB_SIZE, EOT)
         except ValueError as e:
             raise UserError(f"{directory / META_NAME}: {e}: train.py trains GPT-2 on GPT-2 tokens") from None
 
