@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prep.dataset_dirs import datasets_in
 from prep.errors import UserError
 from prep.meta import check_finished, check_tokenizer, meta_splits, shard_directories
 from prep.not_shards import not_a_shard_file
@@ -60,6 +61,24 @@ def given_glob(given: str | os.PathLike) -> list[Path] | None:
     except ValueError as e:
         raise UserError(str(e)) from None
     return matches
+
+
+def datasets_inside(directory: Path, command: str) -> str | None:
+    """For a directory without shards or meta.json (./data, say): the line that names the
+    datasets in its sub-directories, as train.py names those under ./data without --data
+    (prep.dataset_dirs.datasets_in), and says to pass one to `prep <command>`; None where
+    there is none, or it cannot be looked into."""
+    try:
+        found = [d for d in datasets_in(directory)[0] if d != directory]
+    except ShardError:  # (listed just now)
+        return None
+    if not found:
+        return None
+    listed = ", ".join(map(str, found[:4])) + (f" and {len(found) - 4:,} more" if len(found) > 4 else "")
+    which, one = (("a dataset", "pass it:") if len(found) == 1 else
+                  (f"{len(found):,} datasets", "choose one, such as"))
+    return (f"{directory}: no shards of its own, but {which} in it ({listed}): {one} "
+            f"`prep {command} {found[0]}`")
 
 
 def meta_records(meta: dict) -> dict[str, dict]:

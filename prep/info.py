@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from prep.dataset_checks import check_given_path, given_glob, meta_records, out_of_order
+from prep.dataset_checks import check_given_path, datasets_inside, given_glob, meta_records, out_of_order
 from prep.epoch import steps_per_epoch
 from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta, unlisted_shards
@@ -148,6 +148,8 @@ def dataset_info(directory: str | os.PathLike, B: int | None = None, T: int | No
             except ShardError as e:
                 raise UserError(f"{e} (run `prep verify {directory}`)") from None
             info.splits[split] = SplitInfo(len(paths), tokens)
+    if info.shards == 0 and meta is None and (inside := datasets_inside(directory, "info")) is not None:
+        raise UserError(inside)
     if info.shards == 0:
         raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy)"
                         f"{split_files_in(directory)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from prep.atomic import file_identity
-from prep.dataset_checks import check_given_path, given_glob, meta_records, out_of_order
+from prep.dataset_checks import check_given_path, datasets_inside, given_glob, meta_records, out_of_order
 from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.not_shards import split_files_in
@@ -158,7 +158,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         report.problems += _link_problems({split: [p for p in on_disk.values()
                                                    if named_split(p.name) == split] for split in SPLITS})
     if not on_disk and not expected and not report.problems:
-        raise UserError(f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy) "
+        raise UserError(datasets_inside(directory, "verify") or
+                        f"{directory}: no shards found (expected <name>_<train|val>[_<index:06d>].bin, or .npy) "
                         f"and no {META_NAME}{split_files_in(directory)}")
     todo = dict(on_disk)
     for name in expected:

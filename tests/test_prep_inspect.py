@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 import prep.scan
 import prep.verify
 from prep.epoch import steps_per_epoch
+from prep.errors import UserError
 from prep.info import dataset_info, info_command
 from prep.meta import META_NAME, write_meta
 from loader.resolve import resolve_shards
 from prep.shards import ShardError, file_sha256, shard_name, write_shard
 from prep.tokenizer import EOT
 from prep.verify import verify_command, verify_dataset
+from trainer.data import find_dataset
 
 from _cli import assert_user_error
 from _data import TINY_SHAKESPEARE as TINY, without_read_permission
@@ -891,6 +893,36 @@ def test_verify_of_a_glob_checks_each_file_and_its_listing(dataset, tmp_path):
         f"BAD {elsewhere / 'x_val_4.bin'}: the same file as {elsewhere / 'x_val_3.bin'} (a link): the loader "
         "refuses it: the val split would read its tokens twice an epoch",
         f"BAD {dataset / 'ds_val_000000.bin'}: sha256 " + broken.output.split(": sha256 ")[1].split("\n")[0]]
+
+
+@pytest.mark.parametrize("command", [info_command, verify_command], ids=["info", "verify"])
+def test_info_and_verify_of_a_folder_of_datasets_name_them(tmp_path, command):
+    """`prep info data` where data/ holds data/a and data/b said only "no shards found"; train.py
+    without --data names them and asks for one (trainer.data.find_dataset), and so do these now,
+    from the same listing (hidden folders, a killed prep tokenize's, are none)."""
+    data = tmp_path / "data"
+    make_dataset(data / "b", {"train": [tokens(10)]})
+    make_dataset(data / "a", {"train": [tokens(10)]}, meta=False)  # shards alone make one too
+    make_dataset(data / ".a.tmp-7", {"train": [tokens(10)]})
+    (data / "notes").mkdir()
+    name = command.name
+    before = sorted(tmp_path.rglob("*"))
+    assert_user_error(run(command, data), f"Error: {data}: no shards of its own, but 2 datasets in it "
+                                          f"({data / 'a'}, {data / 'b'}): choose one, such as `prep {name} "
+                                          f"{data / 'a'}`")
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(UserError, match=r"^2 datasets under .*data/ \(.*/data/a, .*/data/b\): choose one"):
+        find_dataset(None, data)
+    for d in ("b", "d", "e", "f", "g"):
+        make_dataset(data / d, {"train": [tokens(10)]})
+    assert_user_error(run(command, data), f"but 6 datasets in it ({data / 'a'}, {data / 'b'}, {data / 'd'}, "
+                                          f"{data / 'e'} and 2 more): choose one")
+    for d in ("b", "d", "e", "f", "g"):
+        for f in (data / d).iterdir():
+            f.unlink()
+    assert_user_error(run(command, data), f"Error: {data}: no shards of its own, but a dataset in it "
+                                          f"({data / 'a'}): pass it: `prep {name} {data / 'a'}`")
+    assert run(command, data / "a").exit_code == 0
 
 
 @pytest.mark.parametrize("case", ["no_dir", "no_shards", "text", "meta"])

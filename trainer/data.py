@@ -15,28 +15,19 @@ from pathlib import Path
 from loader import resolve_shards
 from loader.checkpoints import list_checkpoints, load_mapped
 from model import GPT2_VOCAB_SIZE
+from prep.dataset_dirs import datasets_in
 from prep.errors import UserError
 from prep.meta import META_NAME, SETTING_FLAGS, check_tokenizer, meta_splits, read_meta, unlisted_shards
 from prep.not_shards import split_files_in
-from prep.shard_dirs import cannot_list, find_shards
 from prep.shards import ShardError, read_header
 from trainer.config import TrainConfig
-
-
-def _is_dataset(directory: Path) -> bool:
-    try:
-        has_meta = (directory / META_NAME).is_file()
-    except OSError as e:  # no search permission (chmod 000, another user's 700 such as lost+found)
-        raise cannot_list(directory, e) from None
-    return has_meta or bool(find_shards(directory, "train"))
 
 
 def find_dataset(data: str | None, root: Path = Path("data")) -> str:
     """--data as given, or the one dataset under ./data (itself or a sub-directory).
 
-    Several or none is a user error listing what was found, never a guess. Hidden folders are
-    not datasets: `prep tokenize` builds its output in `.<name>.tmp-<pid>` and moves the old one
-    to `.<name>.old-<pid>`, and a killed run can leave either behind, half written.
+    Several or none is a user error listing what was found (prep.dataset_dirs.datasets_in),
+    never a guess.
     """
     if data is not None:
         return data
@@ -45,20 +36,10 @@ def find_dataset(data: str | None, root: Path = Path("data")) -> str:
         raise UserError(f"no --data given and {root} is not a directory: {hint}")
     if not root.is_dir():
         raise UserError(f"no --data given and {root}/ does not exist: {hint}")
-    found, passed_over = [], []
     try:
-        subdirs = sorted(d for d in root.iterdir() if not d.name.startswith("."))
-        if _is_dataset(root):
-            found.append(root)
-    except (ShardError, OSError) as e:  # data/ itself cannot be listed
-        why = e if isinstance(e, ShardError) else cannot_list(root, e)
-        raise UserError(f"no --data given, and {why}: pass --data") from None
-    for d in subdirs:
-        try:
-            if d.is_dir() and _is_dataset(d):
-                found.append(d)
-        except ShardError as e:  # no dataset can be read there (lost+found on a mounted disk, root's 700)
-            passed_over.append(str(e))
+        found, subdirs, passed_over = datasets_in(root)
+    except ShardError as e:  # data/ itself cannot be listed
+        raise UserError(f"no --data given, and {e}: pass --data") from None
     if not found:
         skipped = f" (passed over: {'; '.join(passed_over)})" if passed_over else ""
         unnamed = [d for d in [root, *subdirs] if split_files_in(d)]  # nanoGPT's data/<name>/train.bin, val.bin
