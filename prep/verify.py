@@ -14,8 +14,7 @@ from pathlib import Path
 
 import click
 
-from prep.atomic import file_identity
-from prep.dataset_checks import check_given_path, datasets_inside, given_glob, meta_records, out_of_order
+from prep.dataset_checks import check_given_path, datasets_inside, given_glob, meta_records
 from prep.errors import GivenPath, UserCommand, UserError
 from prep.meta import META_NAME, read_meta
 from prep.not_shards import split_files_in
@@ -25,6 +24,7 @@ from prep.shard_dirs import dataset_shards, find_shards
 from prep.shards import SPLITS, ShardError, named_split
 from prep.streams import bar_disable
 from prep.tokenizer import VOCAB_SIZE
+from prep.verify_problems import link_problems, order_problems, totals_problems
 
 
 @dataclass
@@ -57,54 +57,6 @@ def _listed_entry(shard: Path) -> tuple[dict | None, bool]:
     except (ValueError, TypeError):  # `prep verify` of the directory says what is wrong with it
         return None, True
     return next((e for r in records.values() for e in r["shards"] if e["file"] == shard.name), None), False
-
-
-def _totals_problems(meta: dict, records: dict[str, dict], where: Path) -> list[str]:
-    """Where meta.json's totals (tokens, documents), as prep writes them, are not the sums over
-    its splits: a hand-edited or half-merged manifest."""
-    totals, problems = meta.get("totals"), []
-    if totals is None:  # not every writer gives them
-        return problems
-    if not isinstance(totals, dict):
-        return [f"{where}: totals is {type(totals).__name__}, not an object"]
-    for key in ("tokens", "documents"):
-        given = totals.get(key)
-        # a split meta.json leaves out altogether (no shards, no counts) holds none
-        parts = [record.get(key, None if record["shards"] else 0) for record in records.values()]
-        if given is None or any(part is None for part in parts):
-            continue
-        if type(given) is not int or any(type(part) is not int for part in parts):
-            problems.append(f"{where}: totals {key} {given!r} and the splits' {parts!r} are not all integers")
-        elif given != sum(parts):
-            problems.append(f"{where}: totals {key} {given:,} != the sum over its splits ({sum(parts):,})")
-    return problems
-
-
-def _order_problems(records: dict[str, dict], where: Path) -> list[str]:
-    """verify's lines for out_of_order's pairs."""
-    return [f"{where}: lists {split} shards {before} then {after}, {how}: the loader reads a split in the "
-            f"order listed, so its token stream is not the one their names number"
-            for split, before, after, how in out_of_order(records)]
-
-
-def _link_problems(shards: dict[str, list[Path]]) -> list[str]:
-    """Where two of the splits' shards are one file, reached through a symbolic or hard link:
-    in one split the loader refuses it (its tokens would be read twice an epoch); across the
-    two, the val split would measure tokens the model trained on. Every shard passed, its hash
-    too where meta.json lists both names with the file's."""
-    problems, seen = [], {}
-    for split, paths in shards.items():
-        for path in paths:
-            try:
-                first = seen.setdefault(file_identity(path), (split, path))
-            except OSError:  # missing, a broken link: said where the shard is read
-                continue
-            if first[1] == path:
-                continue
-            why = (f"the loader refuses it: the {split} split would read its tokens twice an epoch"
-                   if first[0] == split else f"the {split} split would hold {first[0]} tokens")
-            problems.append(f"{path}: the same file as {first[1]} (a link): {why}")
-    return problems
 
 
 def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -> VerifyReport:
@@ -142,8 +94,8 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
                 if listed is not None and listed != held:
                     report.problems.append(f"{directory / META_NAME}: {split} tokens {listed:,} "
                                            f"!= the sum over its shards ({held:,})")
-            report.problems += _totals_problems(meta, records, directory / META_NAME)
-            report.problems += _order_problems(records, directory / META_NAME)
+            report.problems += totals_problems(meta, records, directory / META_NAME)
+            report.problems += order_problems(records, directory / META_NAME)
             report.meta_found = True
     except ShardError as e:  # no meta.json, and the shards are not one dataset's
         report.problems.append(str(e))
@@ -152,10 +104,10 @@ def verify_dataset(directory: str | os.PathLike, progress: bool | None = None) -
         report.problems.append(str(e) if str(e).startswith(where) else where + str(e))
         expected.clear()
     if report.meta_found:  # each split's shards as the loader reads them
-        report.problems += _link_problems({split: [directory / e["file"] for e in record["shards"]]
+        report.problems += link_problems({split: [directory / e["file"] for e in record["shards"]]
                                            for split, record in records.items()})
     else:
-        report.problems += _link_problems({split: [p for p in on_disk.values()
+        report.problems += link_problems({split: [p for p in on_disk.values()
                                                    if named_split(p.name) == split] for split in SPLITS})
     if not on_disk and not expected and not report.problems:
         raise UserError(datasets_inside(directory, "verify") or
@@ -224,7 +176,7 @@ def _verify_files(given: str, paths: list[Path], progress: bool | None) -> Verif
             listed[path] = entry
     report.files_listed = len(listed)
     report.meta_found = len(listed) == len(paths)
-    report.problems += _link_problems({split: [p for p in paths if (named_split(p.name) or "train") == split]
+    report.problems += link_problems({split: [p for p in paths if (named_split(p.name) or "train") == split]
                                        for split in SPLITS})
     sizes = {p: p.stat().st_size for p in paths}  # (a glob's matches and a file given are regular files)
     show = None if progress is None else not progress
