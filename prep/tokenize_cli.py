@@ -158,11 +158,18 @@ def tokenize_command(inputs: tuple[str, ...], out: Path | None, name: str | None
     if not field:
         raise UserError("--field must name a JSON key, got ''")
     json_files = [i for i in inputs if os.path.isfile(i) and names_json(i)]  # read as --stdin-format says
-    if stdin_format != "text" and not any(map(is_stream, inputs)) and not json_files:
-        raise UserError(f"--stdin-format {stdin_format}: no - (stdin), pipe or *.json file among the inputs; it says "
-                        f"how those are read (other files' names say how they are read: *.jsonl, *.ndjson)")
     given = {param for param in ("field", "stdin_format")
              if click.get_current_context().get_parameter_source(param) != click.core.ParameterSource.DEFAULT}
+    # said, either format, it must have an input to say it of, as --field must (text too: said of
+    # x.jsonl alone, it was ignored without a word, the file read as JSON lines by its name)
+    if "stdin_format" in given and not any(map(is_stream, inputs)) and not json_files:
+        named = next((i for i in inputs if not os.path.isdir(i) and names_jsonl(i)), None)
+        also = "" if named is None or stdin_format != "text" else (
+            f"; {named} is read as JSON lines by its name (to tokenize its JSON as text, stream it in: "
+            f"prep tokenize --stdin-format text - < {shlex.quote(named)})")
+        raise UserError(f"--stdin-format {stdin_format}: no - (stdin), pipe or *.json file among the inputs; "
+                        f"it says how those are read (other files' names say how they are read: *.jsonl, "
+                        f"*.ndjson){also}")
     field_given = "field" in given
     # x.jsonl.gz counts: it is refused next, with the pipe that reads it as JSON lines spelled out
     # (and x.gz, whose pipe reads JSON lines where it holds them); so does x.json without

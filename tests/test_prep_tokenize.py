@@ -543,6 +543,30 @@ def test_field_without_a_jsonl_input_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_stdin_format_text_said_of_no_stdin_pipe_or_json_file_is_refused_as_jsonl_is(tmp_path):
+    """`prep tokenize ok.jsonl --stdin-format text` read ok.jsonl as JSON lines (by its name) without
+    a word, where --stdin-format jsonl said of no input is refused: either format, said, must have
+    an input to say it of (-, a pipe, a *.json file). A .jsonl file's message says how to read its
+    JSON as text. Said where it applies, it is read as before."""
+    (tmp_path / "ok.jsonl").write_text('{"text": "hello world"}\n{"text": "a"}\n')
+    (tmp_path / "h.txt").write_text("hi")
+    jsonl, text = tmp_path / "ok.jsonl", tmp_path / "h.txt"
+    for inputs in ([jsonl], [text], [text, jsonl], [tmp_path]):
+        result = invoke(*inputs, "--stdin-format", "text", "--val-fraction", 0, "--out", tmp_path / "out")
+        assert_user_error(result, "--stdin-format text: no - (stdin), pipe or *.json file among the "
+                                  "inputs; it says how those are read (other files' names say how they are "
+                                  "read: *.jsonl, *.ndjson)")
+        assert ("is read as JSON lines by its name" in result.output) == (jsonl in inputs)
+    assert_user_error(invoke(jsonl, "--stdin-format", "text", "--out", tmp_path / "out"),
+                      f"; {jsonl} is read as JSON lines by its name (to tokenize its JSON as text, stream "
+                      f"it in: prep tokenize --stdin-format text - < {jsonl})")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
+    result = invoke(jsonl, "-", "--stdin-format", "text", "--val-fraction", 0,
+                    "--out", tmp_path / "out", input=b'{"text": "as text"}\n')
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(stream(tmp_path / "out"), expected(["hello world", "a", '{"text": "as text"}\n']))
+
+
 def test_field_asks_the_inputs_names_suffix_not_a_substring_of_the_path(tmp_path):
     """--field was let through when ".jsonl" or ".ndjson" was anywhere in an input's path: a folder
     named corpus.jsonl/ (read for its *.txt) or notes.jsonl.txt (text) were tokenized as text and
