@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from prep.sniff_json import JSON_WHITESPACE, first_bytes_error, judge_json
 from prep.sources import Source
 
 ERRORS = ("strict", "replace")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str json.loads made: a pair decodes to one character
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
 
@@ -118,6 +120,14 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
         if not isinstance(text, str):
             kind = _JSON_TYPES.get(type(text), type(text).__name__)
             raise CorpusError(f"{where}: field {field!r} is {kind}, not a string")
+        # a \ud800 escape without its pair decodes to a lone surrogate: no character, which
+        # encode_ordinary tokenizes as U+FFFD (its own fallback, prep.workers), as --errors
+        # replace does invalid UTF-8; strict says where (only an escape can give one: the line
+        # itself is UTF-8, decoded)
+        if errors == "strict" and "\\u" in line and (lone := _LONE_SURROGATE.search(text)) is not None:
+            raise CorpusError(f"{where}: field {field!r} holds a lone surrogate, the JSON escape "
+                              f"\\u{ord(lone.group()):04x} without its pair, no character (pass --errors "
+                              f"replace to substitute U+FFFD)")
         yield Piece(text, True, len(raw))
 
 
@@ -126,8 +136,10 @@ def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str =
                 bytes_read: list[int] | None = None) -> Iterator[Piece]:
     """Every document of every source, in order, as a stream of pieces (flat memory).
 
-    `errors` is "strict" (invalid UTF-8 raises CorpusError naming file and byte offset) or
-    "replace" (U+FFFD). `stdin` is the binary stream read for "-" (default sys.stdin).
+    `errors` is "strict" (invalid UTF-8 raises CorpusError naming file and byte offset, and a
+    JSON line's lone surrogate escape, \\ud800, file and line) or "replace" (U+FFFD; a lone
+    surrogate is left to encode_ordinary, which tokenizes it as U+FFFD). `stdin` is the binary
+    stream read for "-" (default sys.stdin).
     `bytes_read`, if given, gets each source's bytes yielded so far, in the sources' order
     (stdin's and a pipe's size is known only once read).
     """

@@ -132,7 +132,8 @@ def _decompressing(error: CompressedError, ctx: click.Context, inputs: Sequence[
               help="Most encoder processes (a small input uses fewer).  [default: the CPUs available]", show_default=False)
 @click.option("--field", default="text", help="JSONL key holding each document's text.")
 @click.option("--errors", type=click.Choice(ERRORS), default="strict",
-              help="Invalid UTF-8: fail naming the file and byte, or replace it with U+FFFD.")
+              help="Invalid UTF-8, or a lone surrogate escape in a JSON line (\\ud800 without its pair): "
+                   "fail naming the file and byte (or line), or replace it with U+FFFD.")
 @click.option("--stdin-format", type=click.Choice(tuple(STDIN_KINDS)), default="text",
               show_default="text, but JSON-looking stdin and *.json files are refused",
               help="What - (stdin), pipes given by name and *.json files hold: one text document, or JSON "

@@ -267,6 +267,25 @@ def test_jsonl_invalid_utf8_names_line_and_byte(tmp_path):
     assert docs == ["ok", "\ufffd"]
 
 
+def test_jsonl_lone_surrogate_escape_is_refused_under_strict_and_kept_under_replace(tmp_path):
+    """A JSON escape of half a UTF-16 pair (\\ud800, \\udc00) without the other half decodes to a
+    lone surrogate, no character, which was tokenized as U+FFFD under --errors strict without a
+    word. Strict names the file and line; replace keeps it (encode_ordinary's U+FFFD); a pair, or
+    a lone surrogate in another key, is no mistake."""
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "ok \\ud83d\\ude00", "id": "\\ud800"}\n{"text": "a\\ud800b"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:2: field 'text' holds a lone surrogate, the JSON escape "
+                                          r"\\ud800 without its pair, no character \(pass --errors replace "
+                                          r"to substitute U\+FFFD\)$"):
+        read_all(resolve_sources([str(path)]))
+    path.write_text('{"text": "\\uDC00 first"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl:1: .* the JSON escape \\udc00 without its pair"):
+        read_all(resolve_sources([str(path)]))
+    path.write_text('{"text": "ok \\ud83d\\ude00", "id": "\\ud800"}\n{"text": "a\\ud800b"}\n')
+    docs, _ = read_all(resolve_sources([str(path)]), errors="replace")
+    assert docs == ["ok \U0001f600", "a\ud800b"]
+
+
 def test_jsonl_byte_order_mark_is_not_part_of_the_first_record(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "first"}\r\n{"text": "\xef\xbb\xbfsecond"}\n')

@@ -483,6 +483,9 @@ BAD_INPUTS = {  # name -> (files to write, args before --out, words the message 
                       ["m.jsonl:2: no 'text' field"]),
     "non-string field": ({"m.jsonl": b'{"text": ["a"]}\n'}, ["m.jsonl"],
                          ["m.jsonl:1: field 'text' is an array"]),
+    # tokenized as U+FFFD without a word: --errors replace's, under strict
+    "lone surrogate escape": ({"s.jsonl": b'{"text": "a"}\n{"text": "a\\ud800b"}\n'}, ["s.jsonl"],
+                              ["s.jsonl:2: field 'text' holds a lone surrogate", "--errors replace"]),
     # read as text it was invalid UTF-8, and with --errors replace, gzip's bytes as tokens
     "gzip-compressed JSONL": ({"c.jsonl.gz": gzip.compress(b'{"text": "a"}\n' * 50)}, ["c.jsonl.gz"],
                               ["c.jsonl.gz: gzip-compressed; decompress it first, or stream it in: zcat ",
@@ -1092,6 +1095,16 @@ def test_invalid_utf8_replace_is_accepted(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 ok")
     assert invoke(tmp_path / "bad.txt", "--out", tmp_path / "out", "--errors", "replace").exit_code == 0
     assert np.array_equal(stream(tmp_path / "out"), expected(["caf\ufffd ok"]))
+
+
+def test_a_lone_surrogate_escape_with_errors_replace_is_encode_ordinary_s_u_fffd(tmp_path):
+    """--errors replace tokenizes a JSON line's lone surrogate (\\ud800) as encode_ordinary does:
+    as U+FFFD (token 4210 between 'a' and 'b'); strict refuses it (BAD_INPUTS)."""
+    (tmp_path / "s.jsonl").write_bytes(b'{"text": "a\\ud800b"}\n')
+    result = invoke(tmp_path / "s.jsonl", "--out", tmp_path / "out", "--val-fraction", 0,
+                    "--errors", "replace")
+    assert result.exit_code == 0, result.output
+    assert stream(tmp_path / "out").tolist() == [EOT, *ENC.encode_ordinary("a\ud800b")] == [EOT, 64, 4210, 65]
 
 
 def test_output_under_a_regular_file(tmp_path):
