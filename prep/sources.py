@@ -226,7 +226,7 @@ def resolve_sources(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     for arg in inputs:
         if arg == STDIN:
             if sys.stdin is None:  # started with stdin closed (`<&-`)
-                raise CorpusError("'-': stdin is closed; give files, or pipe the text in")
+                raise CorpusError("<stdin>: closed; give files, or pipe the text in")
             sources.append(Source(arg, STDIN_KINDS[stdin_format], (), None, format_said=said))
             continue
         path = Path(arg)

@@ -48,7 +48,7 @@ from prep.output import OutputError, SplitWriter, TailSplitter, build_meta
 from prep.progress import Bar
 from prep.shards import MAX_TOKENS, parse_shard_name, shard_name
 from prep.sniff import CorpusError
-from prep.sources import STDIN_KINDS, as_inputs, resolve_sources
+from prep.sources import STDIN, STDIN_KINDS, as_inputs, resolve_sources
 from prep.streams import bar_disable, say
 from prep.tokenizer import ensure_available
 from prep.workers import EncoderPool, encode_stream
@@ -139,6 +139,11 @@ class TokenizeResult:
                 f"shard(s), {self.chars_per_token:.2f} chars/token -> {self.out_dir}")
 
 
+def _labels(inputs: Sequence[str]) -> str:
+    """The inputs as a message names them: stdin as <stdin>, as every other message about it does."""
+    return ", ".join("<stdin>" if arg == STDIN else arg for arg in inputs)
+
+
 def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                     out_dir: str | os.PathLike | None = None, *,
                     name: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
@@ -170,7 +175,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
     sizes = [s.bytes for s in sources]
     total_bytes = None if None in sizes else sum(sizes)
     if total_bytes == 0:
-        raise CorpusError(f"{', '.join(inputs)}: empty input, nothing to tokenize")
+        raise CorpusError(f"{_labels(inputs)}: empty input, nothing to tokenize")
     target = Path(out_dir) if out_dir is not None else Path("data") / (sources[0].stem or "dataset")
     if ".." in target.parts:
         # `new/sub/..` is new/ once new/sub exists, and the install makes the target's parent,
@@ -239,7 +244,7 @@ def tokenize_corpus(inputs: str | os.PathLike | Sequence[str | os.PathLike],
                     bar.update(batch_bytes)
             if splitter.total == 0:  # (an empty pipe's size is known only now)
                 why = "empty input, nothing to tokenize" if nbytes == 0 else "no text to tokenize (every document is empty)"
-                raise CorpusError(f"{', '.join(inputs)}: {why}")
+                raise CorpusError(f"{_labels(inputs)}: {why}")
             splitter.finish(config.val_fraction, val)
             train.close(), val.close()
             settings = {key: getattr(config, key) for key in OUTPUT_SETTINGS} | {"val_rule": VAL_RULE}

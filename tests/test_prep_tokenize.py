@@ -1054,12 +1054,16 @@ def test_an_out_below_a_broken_link_or_a_link_loop_says_so(tmp_path):
 
 
 def test_stdin_empty(tmp_path):
-    """An empty stdin says so, as an empty file does (it said "every document is empty")."""
+    """An empty stdin says so, as an empty file does (it said "every document is empty"), naming
+    it <stdin> as every other message about stdin does (it said "-: empty input")."""
     for fmt in ("text", "jsonl"):
         assert_user_error(invoke("-", "--stdin-format", fmt, "--out", tmp_path / "out", input=b""),
-                          "-: empty input, nothing to tokenize")
+                          "Error: <stdin>: empty input, nothing to tokenize")
     assert_user_error(invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "out", input=b"\n\n"),
-                      "-: no text to tokenize (every document is empty)")
+                      "Error: <stdin>: no text to tokenize (every document is empty)")
+    (tmp_path / "e.txt").write_bytes(b"")
+    assert_user_error(invoke(tmp_path / "e.txt", "-", "--out", tmp_path / "out", input=b""),
+                      f"Error: {tmp_path / 'e.txt'}, <stdin>: empty input, nothing to tokenize")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
 
 
@@ -1554,7 +1558,8 @@ def test_overwrite_through_a_symlink_replaces_the_dataset_it_points_to(tmp_path)
 def test_stdin_closed_is_one_line(tmp_path):
     result = subprocess.run(cli("-", "--out", tmp_path / "o"), cwd=ROOT, capture_output=True, text=True,
                             preexec_fn=lambda: os.close(0))  # started as `prep tokenize - <&-`
-    assert result.returncode == 2 and result.stderr == "Error: '-': stdin is closed; give files, or pipe the text in\n"
+    assert result.returncode == 2
+    assert result.stderr == "Error: <stdin>: closed; give files, or pipe the text in\n"
     assert not (tmp_path / "o").exists()
 
 
