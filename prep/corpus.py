@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prep.sniff import BLOCK_BYTES, BOM, CorpusError, not_utf8
-from prep.sniff_json import JSON_WHITESPACE, first_bytes_error, judge_json
+from prep.sniff_json import JSON_WHITESPACE, first_bytes_error, judge_json, to_json_lines
 from prep.sources import Source
 
 ERRORS = ("strict", "replace")
@@ -81,7 +81,7 @@ def _read_text(stream: BinaryIO, label: str, errors: str, block_bytes: int,
 
 def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterator[Piece]:
     """Each line's `field` as one document; `label` names the stream in errors (path:line)."""
-    offset = 0
+    offset, first = 0, True  # first: no line has held JSON yet
     for line_no, raw in enumerate(stream, start=1):
         where = f"{label}:{line_no}"
         if line_no == 1 and (error := not_utf8(raw[:10], label, jsonl=True)) is not None:  # stdin's: unchecked so far
@@ -103,16 +103,25 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
         if not line.strip(JSON_WHITESPACE):
             yield Piece("", False, len(raw))
             continue
+        # one JSON document, an array (of records, most likely), on one line or pretty-printed
+        # ("[" alone, "[{" ...): said so, with the jq line that makes it JSON lines, as stdin's
+        # and a *.json file's are when nothing said to read them as JSON lines (prep.sniff_json)
+        opening = line.lstrip(JSON_WHITESPACE)[:2].rstrip(JSON_WHITESPACE) if first else ""
+        first = False
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             # (the C scanner's "Invalid control character at" ends where its position went)
-            raise CorpusError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno})") from None
+            why = f"not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno})"
+            if opening in ("[", "[{"):
+                raise CorpusError(f"{where}: {why}, the opening of a JSON array{_array(label)}") from None
+            raise CorpusError(f"{where}: {why}") from None
         except (ValueError, RecursionError) as e:  # an integer of > 4,300 digits; nested too deeply
             why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
             raise CorpusError(f"{where}: not valid JSON ({why})") from None
         if not isinstance(record, dict):
-            raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}")
+            raise CorpusError(f"{where}: expected a JSON object, got {_JSON_TYPES[type(record)]}"
+                              f"{_array(label) if opening and isinstance(record, list) else ''}")
         if field not in record:
             keys = ", ".join(map(repr, list(record)[:5])) or "none"
             raise CorpusError(f"{where}: no {field!r} field (keys: {keys}; choose one with --field)")
@@ -129,6 +138,11 @@ def _read_jsonl(stream: BinaryIO, label: str, field: str, errors: str) -> Iterat
                               f"\\u{ord(lone.group()):04x} without its pair, no character (pass --errors "
                               f"replace to substitute U+FFFD)")
         yield Piece(text, True, len(raw))
+
+
+def _array(label: str) -> str:
+    """What the message for JSON lines that open as a JSON array adds: what it is, and the fix."""
+    return f" (one JSON document, not JSON lines, the only JSON read here); {to_json_lines(label)}"
 
 
 def read_pieces(sources: Sequence[Source], *, field: str = "text", errors: str = "strict",

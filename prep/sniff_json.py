@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import json
 import lzma
+import os
 import re
 import shlex
 import zlib
@@ -150,6 +151,19 @@ def _json_array_error(block: bytes, label: str) -> CorpusError | None:
                        f"tokenize the JSON as it is")
 
 
+def to_json_lines(label: str) -> str:
+    """What to do with one JSON document (an array of objects) read where JSON lines are: a named
+    file made JSON lines beside it (x.json -> x.jsonl; never over itself: x.jsonl -> x.lines.jsonl),
+    stdin or a pipe piped through jq on its way in."""
+    if not os.path.isfile(label):
+        return f"pipe it through {JQ_LINES} first"
+    path = Path(label)
+    own = path.suffix.lower() == ".jsonl"  # (x.JSONL too: one file where names ignore case)
+    lines = path.with_name(f"{path.stem}.lines.jsonl") if own else path.with_suffix(".jsonl")
+    return (f"make it JSON lines first (for an array of objects: {decompressed_input(label, JQ_LINES)} > "
+            f"{shlex.quote(str(lines))})")
+
+
 def refuse_json(path: Path, field: str) -> None:
     """The error for a file named *.json read with no --stdin-format, before any work: the JSON
     it holds, JSON lines (as datasets' to_json writes them) or not, and the flag that reads it.
@@ -160,10 +174,9 @@ def refuse_json(path: Path, field: str) -> None:
         whole = not f.read(1)
     error = _json_lines_error(head, str(path), field, whole, what="named .json, and")
     if error is None:  # one JSON document, most likely (pretty-printed, an array of records)
-        jq = f"{decompressed_input(str(path), JQ_LINES)} > {shlex.quote(str(path.with_suffix('.jsonl')))}"
         error = CorpusError(f"{path}: named .json, but not JSON lines (one JSON object a line), the only JSON read "
-                            f"here; make it JSON lines first (for an array of objects: {jq}), or pass "
-                            f"--stdin-format text to tokenize the JSON as it is")
+                            f"here; {to_json_lines(str(path))}, or pass --stdin-format text to tokenize the "
+                            f"JSON as it is")
     raise error
 
 

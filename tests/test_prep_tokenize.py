@@ -753,6 +753,38 @@ def test_a_json_file_is_read_as_stdin_format_says_and_refused_before_any_work_wh
         assert np.array_equal(stream(out), expected(documents))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_a_json_array_read_as_json_lines_gets_the_jq_line_that_makes_it_json_lines(tmp_path):
+    """With --stdin-format jsonl, a JSON array (one line, or pretty-printed) on stdin or in arr.json
+    said only "expected a JSON object, got an array" (or "not valid JSON" at its "["), where the
+    same input read without the flag gets the jq line that makes it JSON lines. It gets it here
+    too: stdin and pipes piped through jq, a named file made JSON lines beside it (never over
+    itself). An array on a later line is a bad record of JSON lines: said as before."""
+    records = [{"text": "a doc"}, {"text": "another"}]
+    what = "(one JSON document, not JSON lines, the only JSON read here); "
+    for index, document in enumerate((json.dumps(records), json.dumps(records, indent=2))):
+        said = ("expected a JSON object, got an array " if document[1] == "{" else
+                "not valid JSON (Expecting value, column 2), the opening of a JSON array ") + what
+        result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "out", input=document.encode())
+        assert_user_error(result, f"Error: <stdin>:1: {said}pipe it through jq -c '.[]' first")
+        with pipe_holding(tmp_path / f"p{index}", document.encode()) as pipe:
+            result = invoke(pipe, "--stdin-format", "jsonl", "--out", tmp_path / "out")
+            assert_user_error(result, f"Error: {pipe}:1: {said}pipe it through jq -c '.[]' first")
+        for name, made in (("arr.json", "arr.jsonl"), ("arr.jsonl", "arr.lines.jsonl"),
+                           ("arr.NDJSON", "arr.jsonl")):
+            (tmp_path / name).write_text(document)
+            result = invoke(tmp_path / name, *(["--stdin-format", "jsonl"] if name.endswith(".json") else []),
+                            "--out", tmp_path / "out")
+            fix = f"make it JSON lines first (for an array of objects: jq -c '.[]' {tmp_path / name} > "
+            assert_user_error(result, f"Error: {tmp_path / name}:1: {said}{fix}{tmp_path / made})")
+            assert (tmp_path / name).read_text() == document
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path, "out") == []
+    result = invoke("-", "--stdin-format", "jsonl", "--out", tmp_path / "out",
+                    input=b'{"text": "a"}\n["x"]\n')
+    assert_user_error(result, "Error: <stdin>:2: expected a JSON object, got an array")
+    assert "jq" not in result.output
+
+
 @pytest.mark.skipif(not (shutil.which("bash") and shutil.which("jq")), reason="needs bash and jq")
 def test_the_jq_line_a_json_document_s_error_spells_out_makes_the_json_lines_read_by_name(tmp_path, monkeypatch):
     """The command given for an array of records in x.json writes x.jsonl, which is read by name."""
