@@ -15,43 +15,62 @@ def cores(other_cores: float | None) -> str:
     return "n/a" if other_cores is None else f"{other_cores:.2f}"
 
 
+def _rss_cell(peak: dict) -> str:
+    """One run's peaks: parent / max worker / sum, '-' for the worker where there was none (the
+    parent encoded: a small input, or 1 worker)."""
+    worker = f"{peak['max_worker_mib']:.0f}" if peak["processes"] > 1 else "-"
+    return f"{peak['parent_mib']:.0f} / {worker} / {peak['sum_mib']:.0f}"
+
+
 def format_report(result: dict) -> str:
-    """The human table: throughput vs the baseline, then memory growth, each with its target."""
+    """The human table: throughput vs the baseline, then memory growth, each with its target.
+    The name columns are as wide as their longest name ("2 worker(s) (1 used)": a small input)."""
     cfg, base, capacity = result["config"], result["baseline"], result["capacity"]
+    runs = []
+    for run in result["pipeline"]:
+        # a small input: fewer workers
+        used = f" ({run['workers_used']} used)" if run["workers_used"] != run["workers"] else ""
+        runs.append((f"prep tokenize {run['variant']}-doc, {run['workers']} worker(s){used}", run))
+    width = max([38, *(len(name) for name, _ in runs)])
     lines = [f"prep tokenize benchmark: {result['text_bytes'] / 1e6:.1f} MB of text ({cfg['source']} "
              f"paragraphs shuffled, seed {cfg['seed']}); many-doc variant {result['documents']:,} docs; "
              f"{result['machine']['cpus']} CPUs; best of {cfg['repeat']}",
              f"parallel capacity: {cfg['workers']} processes encode {capacity['speedup']:.2f}x as fast as one "
              f"(others used {cores(capacity['other_cores'])} cores meanwhile); others used "
              f"{cores(result['other_load']['other_cores'])} cores over the whole run",
-             f"{'run':38s} {'seconds':>8s} {'MB/s':>7s} {'vs base':>8s} {'others':>7s}  tokens",
-             f"{'baseline encode_ordinary, 1 thread':38s} {base['seconds']:8.2f} {base['mb_per_s']:7.2f} "
-             f"{1:7.2f}x {cores(base['other_cores']):>7s}  {base['tokens']:,}"]
-    for run in result["pipeline"]:
-        used = f" ({run['workers_used']} used)" if run["workers_used"] != run["workers"] else ""  # a small input
-        name = f"prep tokenize {run['variant']}-doc, {run['workers']} worker(s){used}"
+             f"{'run':{width}s} {'seconds':>8s} {'MB/s':>7s} {'vs base':>8s} {'others':>7s}  tokens",
+             f"{'baseline encode_ordinary, 1 thread':{width}s} {base['seconds']:8.2f} "
+             f"{base['mb_per_s']:7.2f} {1:7.2f}x {cores(base['other_cores']):>7s}  {base['tokens']:,}"]
+    for name, run in runs:
         note = "" if run["identical_to_1_worker"] else "  SHARDS DIFFER FROM 1 WORKER"
         if run["workers_used"] == 2:
             note += f"  (target >= {SPEEDUP_TARGET}x)"
-        lines.append(f"{name:38s} {run['seconds']:8.2f} {run['mb_per_s']:7.2f} {run['vs_baseline']:7.2f}x"
-                     f" {cores(run['other_cores']):>7s}  {run['tokens']:,}{note}")
-    lines.append(f"{'peak RSS, MiB (parent / max worker / sum)':44s} {'1x text':>16s} {'4x text':>16s}  growth")
+        lines.append(f"{name:{width}s} {run['seconds']:8.2f} {run['mb_per_s']:7.2f} "
+                     f"{run['vs_baseline']:7.2f}x {cores(run['other_cores']):>7s}  {run['tokens']:,}{note}")
+    rows = []
     for rss in result["rss"]:
-        cells = [f"{p['parent_mib']:.0f} / {p['max_worker_mib']:.0f} / {p['sum_mib']:.0f}"
-                 for p in (rss["small"], rss["large"])]
-        name = (f"{rss['variant']}-doc, {rss['workers']} worker(s), "
+        # one process each time: no worker started, the parent encoded (its peak is the encoding's)
+        alone = rss["small"]["processes"] == rss["large"]["processes"] == 1
+        used = f" ({'1 used: ' if rss['workers'] > 1 else ''}the parent encoded)" if alone else ""
+        name = (f"{rss['variant']}-doc, {rss['workers']} worker(s){used}, "
                 f"{rss['small_text_bytes'] / 1e6:.1f} -> {rss['large_text_bytes'] / 1e6:.1f} MB")
-        if rss["small"]["processes"] != rss["large"]["processes"]:  # a small input is tokenized in-process
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the 1x text ran in "
-                         f"{rss['small']['processes']} process(es), the 4x text in {rss['large']['processes']} (a "
+        rows.append((name, [_rss_cell(rss["small"]), _rss_cell(rss["large"])], rss))
+    width = max([44, *(len(name) for name, _, _ in rows)])
+    cell = max([16, *(len(c) for _, cells, _ in rows for c in cells)])
+    lines.append(f"{'peak RSS, MiB (parent / max worker / sum)':{width}s} {'1x text':>{cell}s} "
+                 f"{'4x text':>{cell}s}  growth")
+    for name, cells, rss in rows:
+        start = f"{name:{width}s} {cells[0]:>{cell}s} {cells[1]:>{cell}s}  "
+        small, large = rss["small"]["processes"], rss["large"]["processes"]
+        if small != large:  # a small input is tokenized in-process
+            lines.append(f"{start}n/a: the 1x text ran in {small} process(es), the 4x text in {large} (a "
                          f"small input gets fewer workers): give a larger --mb")
-            continue
-        if rss["growth_sum"] is None:
-            lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  n/a: the two corpora are the same text (a "
-                         f"paragraph of the source is --mb long or more: give a larger --mb or another --source)")
-            continue
-        lines.append(f"{name:44s} {cells[0]:>16s} {cells[1]:>16s}  {rss['growth_sum']:6.1%} of the extra text "
-                     f"(parent alone {rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
+        elif rss["growth_sum"] is None:
+            lines.append(f"{start}n/a: the two corpora are the same text (a paragraph of the source is --mb "
+                         f"long or more: give a larger --mb or another --source)")
+        else:
+            lines.append(f"{start}{rss['growth_sum']:6.1%} of the extra text (parent alone "
+                         f"{rss['growth_parent']:.1%}; target < {GROWTH_TARGET:.0%})")
     # what makes a miss no verdict on the pipeline
     if result["text_bytes"] < 0.99 * TARGET_MB * 1e6:
         lines.append(f"note: the targets are stated for {TARGET_MB:g} MB (the default --mb): at "

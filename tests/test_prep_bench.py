@@ -289,6 +289,35 @@ def test_a_source_of_one_long_paragraph_reports_no_growth(tmp_path, monkeypatch)
 
 
 
+def test_a_corpus_too_small_for_workers_keeps_the_table_in_line_and_says_the_parent_encoded(tmp_path,
+                                                                                             monkeypatch):
+    """At --mb 0.05 every run is tokenized in-process: the rows "2 worker(s) (1 used)" overflowed
+    their column, putting the table out of line, and the RSS rows said "2 worker(s)" with a max
+    worker of 0 MiB. Every column starts where its header does now; the RSS rows say the parent
+    encoded, and show no worker's peak ('-')."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "default_workers", lambda: 2)
+    result = CliRunner().invoke(bench.main, ["--mb", "0.05", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert [r["workers_used"] for r in record["pipeline"] if r["workers"] == 2] == [1, 1]
+    assert [(r["small"]["processes"], r["large"]["processes"]) for r in record["rss"]] == [(1, 1)] * 2
+    lines = bench_report.format_report(record).splitlines()
+    timing = next(k for k, line in enumerate(lines) if line.startswith("run "))
+    memory = next(k for k, line in enumerate(lines) if line.startswith("peak RSS, MiB"))
+    tables = ((timing, memory, ("seconds", "MB/s", "vs base", "others")),
+              (memory, memory + 3, ("1x text", "4x text")))
+    for start, stop, columns in tables:
+        # each column right-aligned under its header: it ends where the header's word does
+        ends = [lines[start].index(word) + len(word) for word in columns]
+        for row in lines[start + 1:stop]:
+            assert all(row[end - 1] != " " and row[end] == " " for end in ends), (lines[start], row)
+    assert "(1 used)" in lines[timing + 3] and "(1 used)" in lines[timing + 5]
+    for row in lines[memory + 1:memory + 3]:
+        assert "-doc, 2 worker(s) (1 used: the parent encoded), " in row, row
+        assert row.count(" / - / ") == 2 and " / 0 / " not in row, row
+
+
 def test_a_small_corpus_tokenized_in_process_reports_no_growth(tmp_path, monkeypatch):
     """At --mb 0.2 the 1x text (50 kB) is tokenized in-process, the 4x text by 2 workers: the
     growth compared 1 process with 3 (60122.7% of the extra text), under "2 worker(s)"."""
