@@ -16,8 +16,9 @@ for), the same loader with the kernel's readahead left on, and os.pread of the s
 (the floor); median time per window and the bytes read from disk per byte delivered. Pass a
 DIR larger than readahead's reach (GBs) for the figures a big dataset sees.
 
-Without DIR it writes a synthetic set of random tokens (--tokens, --shards) in a temp dir.
-A bad DIR is one line on stderr and exit status 2.
+Without DIR it writes a synthetic set of random tokens (--tokens, --shards) in a temp dir,
+all of it train shards. An option given that changes nothing (--tokens or --shards with a DIR,
+--split val without one) is a note on stderr. A bad DIR is one line on stderr and exit status 2.
 
 This module is the command (its options, the table, errors and stops); the baselines are in
 loader.bench_baselines, the timing in loader.bench_measure, the synthetic set in
@@ -40,7 +41,7 @@ from loader.errors import LoaderError
 from prep.atomic import SignalStop, stops_raise
 from prep.errors import out_of_room, unsearchable_error
 from prep.shards import SPLITS, ShardError
-from prep.streams import READER_GONE_STATUS, flush_stdout, paths_print_as_named, point_at_devnull
+from prep.streams import READER_GONE_STATUS, flush_stdout, paths_print_as_named, point_at_devnull, say
 
 
 def report(r: dict) -> str:
@@ -108,6 +109,31 @@ def _measure(args: argparse.Namespace, sizes: tuple) -> dict:
     return result
 
 
+class _Given(argparse.Action):
+    """An option stored as argparse's own store does, its name kept in `given` as well: a note on an
+    option that changes nothing is for one the command line names, never for a default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = namespace.given | {self.dest}
+
+
+def option_notes(args: argparse.Namespace) -> list[str]:
+    """The options given that change nothing in this run, worded as train.py's notes
+    (trainer.notes.no_effect): the synthetic set's sizes with a path, and a --split other than the
+    synthetic set's train without one."""
+    if getattr(args, "path", None) is not None:
+        sizes = [f"--{name}" for name in ("tokens", "shards") if name in args.given]
+        one = len(sizes) == 1
+        return [f"{' and '.join(sizes)} {'has' if one else 'have'} no effect with a dataset path: "
+                f"{'it sizes' if one else 'they size'} the synthetic set, written only without one"
+                ] if sizes else []
+    if "split" in args.given and args.split != "train":
+        return [f"--split {args.split} has no effect without a dataset path: the synthetic set is train "
+                "shards only"]
+    return []
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a user mistake as one line, like every other command here (argparse, not
     click, for this command line; click is imported all the same, with prep.streams' helpers for
@@ -125,13 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("path", nargs="?", default=argparse.SUPPRESS,  # no "(default: None)" in -h
                         help="dataset dir or shard glob (default: a synthetic set)")
-    parser.add_argument("--split", default="train", help="split to read from a directory")
+    parser.set_defaults(given=frozenset())  # (the options _Given saw)
+    parser.add_argument("--split", default="train", action=_Given, help="split to read from a directory")
     parser.add_argument("--B", type=int, default=16, help="sequences per batch")
     parser.add_argument("--T", type=int, default=1024, help="tokens per sequence")
     parser.add_argument("--windows", type=int, default=1000, help="windows timed per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median kept)")
-    parser.add_argument("--tokens", type=int, default=64_000_000, help="synthetic tokens")
-    parser.add_argument("--shards", type=int, default=2, help="synthetic shards")
+    parser.add_argument("--tokens", type=int, default=64_000_000, action=_Given, help="synthetic tokens")
+    parser.add_argument("--shards", type=int, default=2, action=_Given, help="synthetic shards")
     parser.add_argument("--work-us", type=float, default=1000.0,
                         help="simulated train step between calls for the time-inside figures")
     parser.add_argument("--cold", action="store_true",
@@ -149,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     if not 0 <= args.work_us <= 1e9:  # nan fails this too
         parser.error(f"--work-us must be a number of microseconds >= 0, got {args.work_us}")
+    for note in option_notes(args):  # before the work: Ctrl-C is cheap
+        say(f"note: {note}")  # stderr closed or full: nowhere (not into stdout's JSON), the work goes on
     sizes = (args.B, args.T, args.windows, args.repeats, args.work_us)
     try:
         with stops_raise():  # a synthetic set of --tokens is GBs: removed on SIGTERM and SIGHUP too

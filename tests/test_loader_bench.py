@@ -142,6 +142,39 @@ def test_bench_table_on_a_given_directory(tmp_path, capsys):
     assert "ratio tokens/s, next_batch prefetch=2 / nanoGPT get_batch (as written)" in out
 
 
+@pytest.mark.parametrize("given, note", [
+    (["--tokens", "100000"], "note: --tokens has no effect with a dataset path: it sizes the synthetic set, "
+                             "written only without one\n"),
+    (["--tokens", "100000", "--shards", "3"],
+     "note: --tokens and --shards have no effect with a dataset path: they size the synthetic set, written "
+     "only without one\n"),
+    (["--shards", "2"], "note: --shards has no effect with a dataset path: it sizes the synthetic set, "
+                        "written only without one\n"),  # given, though it is the default
+    ([], ""),  # the defaults: no note
+])
+def test_synthetic_sizes_given_with_a_path_are_a_note(tmp_path, capsys, given, note):
+    """--tokens and --shards size the synthetic set: with a dataset path they changed nothing, silently."""
+    bench.synthesize(str(tmp_path), 100_000, 3)
+    assert bench.main([str(tmp_path), *TINY[2:], *given, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == note
+    assert json.loads(captured.out)["num_tokens"] == 100_000
+
+
+@pytest.mark.parametrize("given, note", [
+    (["--split", "val"], "note: --split val has no effect without a dataset path: the synthetic set is train "
+                         "shards only\n"),
+    (["--split", "train"], ""),  # what the synthetic set is read as
+    ([], ""),
+])
+def test_a_split_given_without_a_path_is_a_note(capsys, given, note):
+    """The synthetic set is train shards only: --split val read them as train, silently."""
+    assert bench.main([*TINY, *given, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == note
+    assert json.loads(captured.out)["num_tokens"] == 300_000
+
+
 def test_bench_bad_path_is_one_line_and_exit_2(tmp_path):
     missing = tmp_path / "nowhere"
     command = [sys.executable, "-m", "loader.bench", str(missing)]
@@ -206,7 +239,7 @@ def test_a_first_shard_beyond_memory_is_one_line_before_any_work(tmp_path, monke
     bench.synthesize(str(tmp_path), 100_000, 2)  # first shard 50,000 tokens: 600,000 bytes as int32 + int64
     pages = {"SC_PHYS_PAGES": 122, "SC_PAGE_SIZE": 4096}  # 499,712 bytes
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
-    assert bench.main([str(tmp_path), *TINY]) == 2
+    assert bench.main([str(tmp_path), *TINY[2:]]) == 2
     first = tmp_path / "bench_train_000000.bin"
     assert capsys.readouterr().err == (f"Error: {first}: a first shard of 50,000 tokens is 0.6 MiB as int32 and "
                                        "int64, more than this machine's 0.5 MiB of memory: the DataLoaderLite baseline loads "
