@@ -40,7 +40,7 @@ with interrupt_exits_while_importing(__name__ == "__main__"):
     import click
 
     from prep.bench_corpus import make_documents, source_paragraphs, write_variants
-    from prep.bench_report import TARGET_MB, format_report
+    from prep.bench_report import TARGET_MB, format_report, megabytes, processes
     from prep.errors import UserCommand, UserError, out_of_room
     from prep.meta import read_meta
     from prep.output import OutputError
@@ -135,13 +135,13 @@ def run_bench(cfg: BenchConfig, log=say) -> dict:
                                   sum(len(d.encode("utf-8")) for d in docs), len(docs))
         single, many, text_bytes, num_docs = corpora["large"]
         result["text_bytes"], result["documents"] = text_bytes, num_docs
-        log(f"corpus: {text_bytes / 1e6:.1f} MB of {label} paragraphs; many-doc variant: {num_docs:,} docs")
+        log(f"corpus: {megabytes(text_bytes)} MB of {label} paragraphs; many-doc variant: {num_docs:,} docs")
 
         text = single.read_text(encoding="utf-8")
         with others_cpu() as load:
             capacity = parallel_capacity(text[: 1 << 20], cfg.workers)
         result["capacity"] = {"speedup": capacity, "other_cores": load["other_cores"]}
-        log(f"parallel capacity, {cfg.workers} processes: {capacity:.2f}x one")
+        log(f"parallel capacity, {processes(cfg.workers)}: {capacity:.2f}x one")
         base = result["baseline"] = best_of(cfg.repeat, baseline_run, text)
         del text
         base_mb_s = base["mb_per_s"] = text_bytes / 1e6 / base["seconds"]

@@ -200,6 +200,47 @@ def test_smoke_run_reports_every_figure(tmp_path, monkeypatch):
     assert not [line for line in bench_report.format_report(within).splitlines() if line.startswith("note:")]
     one_cpu = {**busy, "config": {**busy["config"], "workers": 1}, "capacity": {**busy["capacity"], "speedup": 1.0}}
     assert "note:" not in bench_report.format_report(one_cpu)  # one worker: no speedup target
+    # (it said "1 processes encode")
+    said = bench_report.format_report(one_cpu)
+    assert "\nparallel capacity: 1 process encodes 1.00x as fast as one (" in said, said
+    # the quarter-size text is 0.05 MB: it said "0.1 -> 0.2 MB"
+    assert sum(" 0.05 -> 0.2 MB " in line for line in table.splitlines()) == 2, table
+
+
+def test_a_missed_speedup_is_said_as_the_machine_s_or_the_input_s(tmp_path, monkeypatch):
+    """The note on a speedup target that cannot be met blamed the machine ("ran 2 processes only
+    2.00x as fast as one (busy, or one core)") where its capacity was full and the miss was --mb
+    0.01's: 1 worker slower than the baseline on too little text. The machine is named where its
+    capacity is under the target; otherwise the input's size, at a small --mb."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "default_workers", lambda: 2)
+    result = CliRunner().invoke(bench.main, ["--mb", "0.01", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    # as timed (the worker runs' figures depend on the machine): 1 worker 0.18x the baseline
+    record["pipeline"] = [{**run, "vs_baseline": 0.18 if run["workers"] == 1 else 0.2}
+                          for run in record["pipeline"]]
+
+    def notes(speedup: float, text_bytes: int) -> list[str]:
+        capacity = {**record["capacity"], "speedup": speedup}
+        said = bench_report.format_report({**record, "capacity": capacity, "text_bytes": text_bytes})
+        return [line for line in said.splitlines() if line.startswith("note:")]
+
+    assert notes(2.0, record["text_bytes"]) == [
+        "note: the targets are stated for 50 MB (the default --mb): at 0.01 MB fixed costs (workers "
+        "starting, files written) weigh more, and the RSS growth is a few MiB over a little text",
+        "note: this machine ran 2 processes 2.00x as fast as one, but 1 worker encoded only 0.18x as fast "
+        "as the baseline, so 2 workers can be 0.36x the baseline at most and the speedup target cannot be "
+        "met: at 0.01 MB, too little text for the workers to pay off (and a small input gets fewer workers: "
+        "the 2-worker runs used 1): give a larger --mb (the default, 50)"]
+    assert notes(1.5, record["text_bytes"])[1] == (
+        "note: this machine ran 2 processes only 1.50x as fast as one (busy, or one core): 2 workers can be "
+        "about that much faster than 1 (0.18x the baseline here), 0.27x the baseline at most, so the speedup "
+        "target cannot be met here")
+    assert notes(2.0, 50_000_000) == [
+        "note: this machine ran 2 processes 2.00x as fast as one, but 1 worker encoded only 0.18x as fast "
+        "as the baseline, so 2 workers can be 0.36x the baseline at most and the speedup target cannot be "
+        "met: a run's own cost (1 worker vs the baseline) limits it, not the machine"]
 
 
 @pytest.mark.parametrize("args, message", [
