@@ -51,13 +51,10 @@ def _is_conv1d(key: str) -> bool:
 def to_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """Our GPT's state_dict as GPT2LMHeadModel's: Conv1D weights transposed, the padded
     vocabulary rows dropped, lm_head.weight the same tensor as transformer.wte.weight (tied,
-    as HF ties them). New tensors: `state` is not changed. Raises ValueError for a state_dict
-    without our token embedding (a DDP- or torch.compile-wrapped model's, say)."""
-    if _PREFIX + "wte.weight" not in state:  # a KeyError after the loop, naming no cause
-        wrapped = next((key.split(".")[0] for key in state if key.startswith(WRAPPER_PREFIXES)), None)
-        hint = (f": its names start with {wrapped}. (a wrapped model's): pass the raw module's state_dict"
-                if wrapped else "")
-        raise ValueError(f"not a GPT state_dict: no {_PREFIX}wte.weight{hint}")
+    as HF ties them). New tensors: `state` is not changed. Raises ValueError, naming the tensor,
+    for a state_dict that is not our GPT's for `config` (_check_ours): one already in HF's layout
+    was transposed back without a word."""
+    _check_ours(state, config)
     out = {}
     for key, tensor in state.items():
         if key == "lm_head.weight":
@@ -69,6 +66,38 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[
         out[key] = tensor.contiguous().clone()
     out["lm_head.weight"] = out[_PREFIX + "wte.weight"]
     return out
+
+
+def _check_ours(state: dict[str, torch.Tensor], config: GPTConfig) -> None:
+    """ValueError unless `state` has our GPT's tensors for `config`, of their shapes (lm_head.weight
+    may be left out; where present it must be the token embedding's values): not a wrapped model's
+    (DDP, torch.compile), not one already in HF's layout, not another config's."""
+    wte_key = _PREFIX + "wte.weight"
+    if wte_key not in state:  # a KeyError after the loop, naming no cause
+        wrapped = next((key.split(".")[0] for key in state if key.startswith(WRAPPER_PREFIXES)), None)
+        hint = (f": its names start with {wrapped}. (a wrapped model's): pass the raw module's state_dict"
+                if wrapped else "")
+        raise ValueError(f"not a GPT state_dict: no {wte_key}{hint}")
+    expected = _shapes(config)
+    unknown = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state) - {"lm_head.weight"})
+    if unknown or missing:
+        names = [f"unknown {key}" for key in unknown] + [f"missing {key}" for key in missing]
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        mask = bool(unknown) and is_hf_mask_buffer(unknown[0])
+        hf = " (Hugging Face's causal mask: from_hf_state_dict reads its layout)" if mask else ""
+        raise ValueError(f"not a GPT state_dict for {config.n_layer} layers: {names[0]}{more}{hf}")
+    for key, tensor in state.items():
+        shape = tuple(tensor.shape)
+        if shape != expected[key]:
+            hf = ((config.vocab_size, *expected[key][1:]) if key in (wte_key, "lm_head.weight") else
+                  expected[key][::-1] if _is_conv1d(key) else None)
+            why = "; that is Hugging Face's layout (from_hf_state_dict reads it)" if shape == hf else ""
+            raise ValueError(f"{key}: shape {shape}, where our GPT of this config (n_embd {config.n_embd}, "
+                             f"block_size {config.block_size}, padded_vocab_size {config.padded_vocab_size}) "
+                             f"has {expected[key]}{why}")
+    if "lm_head.weight" in state:
+        check_tied(state["lm_head.weight"], state[wte_key])
 
 
 def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:

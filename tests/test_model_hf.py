@@ -115,6 +115,38 @@ def test_a_wrapped_model_s_state_dict_is_refused_with_the_cause(model):
         to_hf_state_dict({"foo": torch.zeros(1)}, model.config)
 
 
+def test_to_hf_refuses_what_is_not_our_state_dict_of_the_config(model):
+    """to_hf_state_dict transposed an HF-layout state dict (its own output) back without a word, and
+    took another config's: a ValueError now names the tensor and what is wrong with it."""
+    config = model.config
+    hf = to_hf_state_dict(model.state_dict(), config)
+    said = (r"^transformer.wte.weight: shape \(50257, 32\), where our GPT of this config \(n_embd 32, "
+            r"block_size 64, padded_vocab_size 50304\) has \(50304, 32\); that is Hugging Face's layout "
+            r"\(from_hf_state_dict reads it\)$")
+    with pytest.raises(ValueError, match=said):
+        to_hf_state_dict(hf, config)
+    ours = model.state_dict()
+    flipped = {**ours, "transformer.h.1.mlp.c_fc.weight": ours["transformer.h.1.mlp.c_fc.weight"].t()}
+    with pytest.raises(ValueError, match=r"^transformer.h.1.mlp.c_fc.weight: shape \(32, 128\), .* has "
+                                         r"\(128, 32\); that is Hugging Face's layout"):
+        to_hf_state_dict(flipped, config)
+    said = r"^transformer.wte.weight: shape \(50304, 64\), where our GPT of this config \(n_embd 32, .* has "
+    with pytest.raises(ValueError, match=said + r"\(50304, 32\)$"):
+        to_hf_state_dict(GPT(GPTConfig.preset("tiny", n_embd=64)).state_dict(), config)
+    said = r"^not a GPT state_dict for 2 layers: "
+    with pytest.raises(ValueError, match=said + r"unknown transformer.h.2.attn.c_attn.bias \(and 11 more\)$"):
+        to_hf_state_dict(GPT(GPTConfig.preset("tiny", n_layer=3)).state_dict(), config)
+    with pytest.raises(ValueError, match=said + r"missing transformer.ln_f.bias$"):
+        to_hf_state_dict({k: v for k, v in ours.items() if k != "transformer.ln_f.bias"}, config)
+    with pytest.raises(ValueError, match=said + r"unknown transformer.h.0.attn.bias \(Hugging Face's causal "
+                                                r"mask: from_hf_state_dict reads its layout\)$"):
+        to_hf_state_dict({**ours, "transformer.h.0.attn.bias": torch.ones(1, 1, 64, 64)}, config)
+    with pytest.raises(ValueError, match="lm_head.weight differs from the token embedding"):
+        to_hf_state_dict({**ours, "lm_head.weight": ours["lm_head.weight"] + 1}, config)
+    # the tied head may be left out (it is the token embedding)
+    assert set(to_hf_state_dict({k: v for k, v in ours.items() if k != "lm_head.weight"}, config)) == set(hf)
+
+
 def test_a_state_dict_that_does_not_fit_says_which_tensor(model):
     config = model.config
     sd = to_hf_state_dict(model.state_dict(), config)
