@@ -1197,8 +1197,18 @@ def run_bench(dataset: Path, *extra: str) -> tuple:
     return result, json.loads(last[len("BENCH "):])
 
 
+def documented_bench_keys() -> list[str]:
+    """The keys docs/TRAINING.md lists under "### The `BENCH` line", in its order."""
+    text = (REPO / "docs" / "TRAINING.md").read_text(encoding="utf-8")
+    section = text.split("### The `BENCH` line\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^- `(\w+)` \(", section, flags=re.MULTILINE)
+
+
 def test_bench_reports_both_feeds_and_writes_nothing(tmp_path, dataset):
     result, bench = run_bench(dataset, "--out", str(tmp_path / "o"), "--bench-steps", "3", "--total-batch-size", "64")
+    # every key of the line is documented, in its order, and nothing else (data_wait_fraction is
+    # the data path's cost, not time waited: a key name alone misled)
+    assert list(bench) == documented_bench_keys()
     for key in ("tokens_per_s", "ms_per_step", "synthetic_tokens_per_s", "synthetic_ms_per_step"):
         assert bench[key] > 0
     assert bench["tokens_per_s"] == pytest.approx(64 * 1000 / bench["ms_per_step"])

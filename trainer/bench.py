@@ -33,7 +33,8 @@ def bench_loop(s: Session) -> dict:
     next_batch / real step time; on CUDA the timed steps do not sync, so the host runs ahead
     until the loader's ring is used up and then waits there for the GPU: there it measures
     back-pressure too, and data_wait_fraction is the figure for the data path's cost.
-    Writes nothing; the last line is `BENCH {json}`.
+    Writes nothing; the last line is `BENCH {json}` (each key's meaning and unit: docs/TRAINING.md,
+    which a test holds to this dict's keys).
     """
     cfg, rt, parts = s.cfg, s.rt, s.parts
     counters = torch._dynamo.utils.counters  # what compilation did, for the report
