@@ -15,7 +15,7 @@ from loader.cursor import Cursor
 from loader.errors import DatasetMismatch, LoaderError, check_bool, check_int
 from loader.prefetch import record_copy
 from loader.resolve import resolve_shards
-from loader.ring import WindowRing
+from loader.ring import WindowRing, one_consumer
 from loader.state import STATE_FORMAT, STATE_KEYS, check_order, dataset_difference, saved_shards
 from loader.stream import TokenStream
 
@@ -49,6 +49,10 @@ class TokenLoader(WindowRing):
     gave no window, and `step` says which comes next (a window is skipped only where the
     interrupt lands after the call returned). A process forked while the thread runs (a
     DataLoader worker) has no thread: its next call starts its own, at its next step.
+
+    One consumer: a loader is read by one thread at a time. A call made while another thread
+    is inside one (next_window, next_batch, load_state_dict, reset) raises LoaderError; give
+    each thread a loader of its own (a rank/world split). Threads taking turns are fine.
 
     Buffer contract: the tensor `next_window()` returns is valid until the NEXT call to
     next_window, next_batch, load_state_dict, reset or close; after that its buffer goes back
@@ -117,10 +121,12 @@ class TokenLoader(WindowRing):
 
     # -- the window and the batch ------------------------------------------------------------
 
+    @one_consumer
     def next_window(self) -> torch.Tensor:
         """The next B*T+1 tokens as a CPU uint16 tensor (pinned with CUDA); see the contract."""
         return self._windows[self._take()]
 
+    @one_consumer
     def next_batch(self, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), int64 (B, T) each on `device`, y = x shifted left by one token.
 
@@ -164,18 +170,7 @@ class TokenLoader(WindowRing):
         # The window now lives in `tokens` (on CUDA: its copy is guarded by the event), so the
         # buffer goes back at once; last, because waking the thread makes it bid for the GIL,
         # which every torch call above releases and would then have to win back.
-        try:
-            self._give_back()
-        except BaseException:
-            # A Ctrl-C that the caller catches, landing after the buffer was queued back and
-            # before `_held` was cleared: the next call gave it back again, the ring held it
-            # twice, and the thread refilled a window still waiting to be read (later windows
-            # wrong, without a word). No window was given: the step is taken back, and the
-            # thread starts afresh at it on the next call, as in _take.
-            self._step -= 1
-            if self._prefetcher is not None and not self._prefetcher.failed:
-                self._discard_prefetched()
-            raise
+        self._give_back_batch()
         return x, y
 
     # -- resume ------------------------------------------------------------------------------
@@ -199,6 +194,7 @@ class TokenLoader(WindowRing):
                                                   "numpy": np.__version__},
         }
 
+    @one_consumer
     def load_state_dict(self, state: dict) -> None:
         """Resume at `state`'s step, adopting its shuffle and seed (the order it was in).
 
@@ -241,6 +237,7 @@ class TokenLoader(WindowRing):
         check_order(state, cursor, step)
         self._seek(step, cursor)
 
+    @one_consumer
     def reset(self) -> None:
         """Back to step 0 (e.g. to evaluate on the same validation windows every time)."""
         self._seek(0, self._cursor)

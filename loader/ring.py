@@ -11,8 +11,9 @@ face: WindowRing is its base class, and its state lives on the loader itself.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
-from functools import partial
+from functools import partial, wraps
 
 import numpy as np
 import torch
@@ -36,6 +37,31 @@ def _count_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # (POSIX)
     os.register_at_fork(after_in_child=_count_fork)
+
+
+def one_consumer(method):
+    """`method` of a TokenLoader, refused with a LoaderError while another thread is inside one.
+
+    A loader has one consumer thread: two sharing it took each other's windows and broke the
+    ring ("prefetch out of order", a prefetcher another thread had just dropped). A thread
+    claims the loader with a dict's setdefault (one step under the GIL) and clears its claim
+    when the call ends. No lock: a Ctrl-C landing between its acquire and the try would leave
+    it held for good. One landing between the claim and the try leaves the claim with this
+    same thread, whose next call goes on and clears it. Threads taking turns are fine."""
+    name = method.__name__
+
+    @wraps(method)
+    def claimed(self, *args, **kwargs):
+        me = threading.get_ident()
+        if self._caller.setdefault("thread", me) != me:
+            raise LoaderError(f"TokenLoader.{name} called from two threads at once: a TokenLoader has one "
+                              f"consumer; give each thread a loader of its own (rank/world split)")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._caller.clear()
+
+    return claimed
 
 
 def _fill_window(stream: TokenStream, cursor: Cursor, rank: int, vocab_size: int | None, arrays,
@@ -80,6 +106,7 @@ class WindowRing:
         self._stop_prefetcher = None  # weakref.finalize stopping the thread on close or GC
         self._stop_thread = None  # the last thread's stop (idempotent): its finalizer's callback
         self._forks = _forks  # _forks when the thread started: another value, in a forked child
+        self._caller: dict = {}  # {"thread": ident} while a call runs (one_consumer)
 
     def _take(self) -> int:
         """Index of the buffer holding step `self._step`'s window; advances the step.
@@ -126,6 +153,21 @@ class WindowRing:
             self._next_sync = index
         else:
             self._prefetcher.put_back(index, self._step)
+
+    def _give_back_batch(self) -> None:
+        """next_batch's _give_back, once its window lives in a tensor of its own."""
+        try:
+            self._give_back()
+        except BaseException:
+            # A Ctrl-C that the caller catches, landing after the buffer was queued back and
+            # before `_held` was cleared: the next call gave it back again, the ring held it
+            # twice, and the thread refilled a window still waiting to be read (later windows
+            # wrong, without a word). No window was given: the step is taken back, and the
+            # thread starts afresh at it on the next call, as in _take.
+            self._step -= 1
+            if self._prefetcher is not None and not self._prefetcher.failed:
+                self._discard_prefetched()
+            raise
 
     def _give_back(self) -> None:
         """Return the held buffer to the prefetch thread (its window is no longer valid)."""

@@ -592,3 +592,69 @@ def test_a_base_exception_in_the_thread_reaches_the_consumer():
         assert prefetcher.failed
     finally:
         prefetcher.stop()
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_threads_sharing_a_loader_get_windows_or_a_clear_error(tmp_path, depth):
+    """Four threads hammering one loader: each call gives the next window or is refused with
+    a LoaderError naming the fix, never anything else. They died with 'prefetch out of order'
+    (a bug's RuntimeError) or an AttributeError (another thread had dropped the prefetcher),
+    and with prefetch=0 two threads took the same window."""
+    from loader.errors import LoaderError
+
+    path = tmp_path / shard_name("ar", "train", 0)
+    write_shard(path, np.arange(40000, dtype=np.uint16))
+    given, refused, other = [], [], []
+
+    def hammer(loader):
+        for _ in range(400):
+            try:
+                x, y = loader.next_batch()
+            except LoaderError as e:
+                refused.append(str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - reported below
+                other.append(repr(e))
+                return
+            given.append((x.flatten().tolist(), y.flatten()[-1].item()))
+
+    with TokenLoader(path, B=2, T=8, prefetch=depth) as loader:
+        threads = [threading.Thread(target=hammer, args=(loader,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert other == [] and refused and given
+        assert set(refused) == {"TokenLoader.next_batch called from two threads at once: a TokenLoader has "
+                                "one consumer; give each thread a loader of its own (rank/world split)"}
+        # every step from 0 on was given once, exact, and the loader's step counts them
+        assert loader.step == len(given)
+        starts = sorted(x[0] for x, _ in given)
+        assert starts == [loader.window_start(k) for k in range(len(given))]
+        for x, last in given:
+            assert x + [last] == list(range(x[0], x[0] + 17))
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_threads_taking_turns_share_a_loader(data, depth):
+    """One thread after another (not at once) is one consumer at a time: each goes on where the
+    last stopped, and a claim a Ctrl-C left behind (between the claim and its try) is the same
+    thread's, whose next call clears it."""
+    path, ref = data
+    windows = []
+    with TokenLoader(path, B=2, T=16, prefetch=depth) as loader:
+        for _ in range(3):
+            thread = threading.Thread(target=lambda: windows.extend(take(loader, 3)))
+            thread.start()
+            thread.join(20)
+        windows.extend(take(loader, 2))
+        loader._caller["thread"] = threading.get_ident()  # as a Ctrl-C cutting a call short there leaves it
+        windows.extend(take(loader, 1))
+        thread = threading.Thread(target=lambda: (loader.reset(), windows.extend(take(loader, 2))))
+        thread.start()
+        thread.join(20)
+    assert len(windows) == 14
+    for k, window in enumerate(windows[:12]):
+        np.testing.assert_array_equal(window, window_at(ref, k))
+    for k, window in enumerate(windows[12:]):
+        np.testing.assert_array_equal(window, window_at(ref, k))
