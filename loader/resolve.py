@@ -92,10 +92,20 @@ def _resolve(text: str, split: str, allow_empty: bool) -> list[Path]:
     # a glob like data/x/*.bin would otherwise train on the val shards too
     other = [m.name for m in matches if named_split(m.name) not in (None, split)]
     if other:
+        theirs = named_split(other[0])  # (two splits: the other one)
+        read_as = f"read them as the {theirs} split ({READ_AS[theirs]})"
+        ways = [f"narrow it to the {split} shards", "pass the dataset directory"]
+        # all of them the other split's: most likely meant as that split; else a glob too wide
+        ways.insert(0 if len(other) == len(matches) else 2, read_as)
         raise LoaderError(f"{text}: names {len(other)} shard(s) of another split than {split} "
-                          f"({other[0]}{', ...' if len(other) > 1 else ''}): narrow it to the {split} shards, "
-                          f"or pass the dataset directory")
+                          f"({other[0]}{', ...' if len(other) > 1 else ''}): "
+                          f"{ways[0]}, {ways[1]}, or {ways[2]}")
     return matches
+
+
+# How each caller reads a split (the refusal above is shared by the API, loader.bench and train.py)
+READ_AS = {"train": "split='train', loader.bench's --split train, train.py's --data",
+           "val": "split='val', loader.bench's --split val, train.py's --val-data"}
 
 
 def _directory_shards(directory: Path, split: str, allow_empty: bool) -> list[Path]:

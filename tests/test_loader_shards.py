@@ -220,7 +220,11 @@ def test_a_glob_or_file_naming_the_other_split_is_refused(fineweb):
     with pytest.raises(LoaderError, match=r"\*.bin: names 1 shard\(s\) of another split than train "
                                           r"\(fineweb_val_000000.bin\): narrow it to the train shards"):
         TokenLoader(str(path / "*.bin"), B=1, T=8)  # would train on the val shard too
-    with pytest.raises(LoaderError, match=r"of another split than train \(fineweb_val_000000.bin\)"):
+    # only the other split's shards: most likely meant as that split, which each caller can name
+    with pytest.raises(LoaderError, match=r"of another split than train \(fineweb_val_000000.bin\): read "
+                                          r"them as the val split \(split='val', loader.bench's --split val, "
+                                          r"train.py's --val-data\), narrow it to the train shards, or pass "
+                                          r"the dataset directory$"):
         TokenLoader(path / "fineweb_val_000000.bin", B=1, T=8)
     with TokenLoader(path / "fineweb_val_000000.bin", split="val", B=1, T=8) as loader:
         assert loader.num_tokens == 200
@@ -260,8 +264,14 @@ def test_a_glob_naming_the_other_splits_shards_numbered_without_padding_is_refus
     for name, n in ((f"x_{split}_1.bin", 50), (f"x_{split}_2.bin", 60), (f"x_{other}_1.bin", 70)):
         llmc_shard(tmp_path / name, tokens(n, n))
     with pytest.raises(LoaderError, match=rf"\*.bin: names 1 shard\(s\) of another split than {split} "
-                                          rf"\(x_{other}_1.bin\): narrow it to the {split} shards"):
+                                          rf"\(x_{other}_1.bin\): narrow it to the {split} shards, pass "
+                                          rf"the dataset directory, or read them as the {other} split "
+                                          rf"\(split='{other}', loader.bench's --split {other}, "):
         TokenLoader(str(tmp_path / "*.bin"), split=split, B=1, T=8)
+    with pytest.raises(LoaderError, match=rf"read them as the {other} split"):
+        TokenLoader(str(tmp_path / f"x_{other}_*.bin"), split=split, B=1, T=8)
+    with TokenLoader(str(tmp_path / f"x_{other}_*.bin"), split=other, B=1, T=8) as loader:  # as it says
+        assert [p.name for p in loader.shards] == [f"x_{other}_1.bin"]
     with TokenLoader(str(tmp_path / f"x_{split}_*.bin"), split=split, B=1, T=8) as loader:
         assert [p.name for p in loader.shards] == [f"x_{split}_1.bin", f"x_{split}_2.bin"]
     for name in ("notes_val.txt", "x_validation_1.bin", "val.bin", "x_train_1.bin.bak"):
