@@ -189,7 +189,16 @@ class WindowRing:
         self._forks = _forks
         self._prefetcher = prefetcher
         self._stop_prefetcher = weakref.finalize(self, self._stop_thread)  # when the loader is collected
-        prefetcher.start()
+        try:
+            prefetcher.start()
+        except RuntimeError as e:
+            # Thread.start waits for the thread to run (Event.wait), and a Ctrl-C landing in its
+            # Condition.wait after the lock was let go, before the try that takes it back, comes
+            # out as CPython's "release unlocked lock" (the with block releasing it again). The
+            # caller was promised a KeyboardInterrupt: _take drops this thread as for any other.
+            if isinstance(e.__context__, KeyboardInterrupt):
+                raise e.__context__ from None
+            raise
 
     def _discard_prefetched(self) -> None:
         """Stop and join the thread, dropping what it prefetched and any held buffer."""

@@ -543,11 +543,6 @@ def test_ctrl_c_at_random_moments_never_gives_a_wrong_window_nor_hangs(tmp_path,
                     cut += 1
                     assert loader.step in (step, step + 1)
                     continue
-                except RuntimeError as e:  # Thread.start() itself cut short: CPython's own
-                    armed[0] = False
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                    assert "release unlocked lock" in str(e)
-                    continue
                 start = loader.window_start(step)
                 assert loader.step == step + 1 and x.flatten().tolist() == [t % 50000 for t in range(start, start + 16)]
                 given += 1
@@ -657,4 +652,32 @@ def test_threads_taking_turns_share_a_loader(data, depth):
     for k, window in enumerate(windows[:12]):
         np.testing.assert_array_equal(window, window_at(ref, k))
     for k, window in enumerate(windows[12:]):
+        np.testing.assert_array_equal(window, window_at(ref, k))
+
+
+def test_a_ctrl_c_cutting_the_threads_start_short_is_a_keyboard_interrupt(data, monkeypatch):
+    """A Ctrl-C landing in Thread.start's wait for the thread to run (CPython's Condition.wait,
+    after it let go of its lock and before the try that takes it back) came out of next_batch as
+    RuntimeError('release unlocked lock'), about once in 1,500 caught interrupts: the caller,
+    promised a KeyboardInterrupt, got a RuntimeError. The loader stays exact after it."""
+    path, ref = data
+    real_start = threading.Thread.start
+
+    def start_cut_short(self):
+        monkeypatch.setattr(threading.Thread, "start", real_start)  # once
+        real_start(self)  # the thread runs, as there: the interrupt came in the wait after
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("release unlocked lock")  # noqa: B904 - as CPython: the interrupt its context
+
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        take(loader, 1)
+        loader.reset()  # the next call starts a thread
+        monkeypatch.setattr(threading.Thread, "start", start_cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            loader.next_batch()
+        assert loader.step == 0 and loader._prefetcher is None
+        windows = within(20, lambda: take(loader, 20))
+    for k, window in enumerate(windows):
         np.testing.assert_array_equal(window, window_at(ref, k))
