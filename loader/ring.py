@@ -108,6 +108,12 @@ class WindowRing:
         self._forks = _forks  # _forks when the thread started: another value, in a forked child
         self._caller: dict = {}  # {"thread": ident} while a call runs (one_consumer)
 
+    def __reduce_ex__(self, protocol):
+        """pickle, copy.copy and copy.deepcopy: refused. A pickle failed on a memory map (a raw
+        TypeError), and copy.copy shared the ring: both copies handed out the same windows."""
+        raise LoaderError("a TokenLoader cannot be pickled or copied: create one in each process or worker "
+                          "(give it the path, and the state_dict() to load_state_dict())")
+
     def _take(self) -> int:
         """Index of the buffer holding step `self._step`'s window; advances the step.
 

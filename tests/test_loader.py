@@ -630,3 +630,20 @@ def test_a_step_or_an_epoch_that_is_none_is_a_clear_error(data, shuffle):
             with pytest.raises(LoaderError, match=f"^epoch must be an integer >= 0, got {epoch!r}$"):
                 loader.order_digest(epoch)
         assert loader.window_start(np.int64(3)) == loader.window_start(3)  # numpy integers are steps
+
+
+@pytest.mark.parametrize("how", ["pickle", "copy", "deepcopy"])
+def test_a_loader_cannot_be_pickled_or_copied(tmp_path, how):
+    """pickle.dumps raised a raw TypeError about an mmap; copy.copy gave a loader sharing the ring
+    (both handed out the same windows). Each process or worker makes its own from the path."""
+    import copy
+    import pickle
+
+    write_shard(tmp_path / shard_name("c", "train", 0), np.arange(500, dtype=np.uint16))
+    copier = {"pickle": pickle.dumps, "copy": copy.copy, "deepcopy": copy.deepcopy}[how]
+    with TokenLoader(tmp_path, B=2, T=8) as loader:
+        with pytest.raises(LoaderError, match=r"^a TokenLoader cannot be pickled or copied: create one in "
+                                              r"each process or worker \(give it the path, and the "
+                                              r"state_dict\(\) to load_state_dict\(\)\)$"):
+            copier(loader)
+        assert loader.next_window()[:3].tolist() == [0, 1, 2]  # unharmed
