@@ -47,13 +47,18 @@ def one_consumer(method):
     claims the loader with a dict's setdefault (one step under the GIL) and clears its claim
     when the call ends. No lock: a Ctrl-C landing between its acquire and the try would leave
     it held for good. One landing between the claim and the try leaves the claim with this
-    same thread, whose next call goes on and clears it. Threads taking turns are fine."""
+    same thread, whose next call goes on and clears it. Threads taking turns are fine. A claim
+    made before this process was forked (another thread inside a call then) is no thread's here:
+    the first call in the child takes it over."""
     name = method.__name__
 
     @wraps(method)
     def claimed(self, *args, **kwargs):
-        me = threading.get_ident()
-        if self._caller.setdefault("thread", me) != me:
+        me = (threading.get_ident(), _forks)
+        held = self._caller.setdefault("thread", me)
+        if held != me and held[1] != _forks:  # (the child's threads start after the fork: one caller)
+            self._caller["thread"] = held = me
+        if held != me:
             raise LoaderError(f"TokenLoader.{name} called from two threads at once: a TokenLoader has one "
                               f"consumer; give each thread a loader of its own (rank/world split)")
         try:
@@ -106,7 +111,7 @@ class WindowRing:
         self._stop_prefetcher = None  # weakref.finalize stopping the thread on close or GC
         self._stop_thread = None  # the last thread's stop (idempotent): its finalizer's callback
         self._forks = _forks  # _forks when the thread started: another value, in a forked child
-        self._caller: dict = {}  # {"thread": ident} while a call runs (one_consumer)
+        self._caller: dict = {}  # {"thread": (ident, forks)} while a call runs (one_consumer)
 
     def __reduce_ex__(self, protocol):
         """pickle, copy.copy and copy.deepcopy: refused. A pickle failed on a memory map (a raw

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader import TokenLoader
+from loader import LoaderError, TokenLoader
 from loader.prefetch import Prefetcher
 from prep.shards import shard_name, write_shard
 
@@ -595,7 +595,6 @@ def test_threads_sharing_a_loader_get_windows_or_a_clear_error(tmp_path, depth):
     a LoaderError naming the fix, never anything else. They died with 'prefetch out of order'
     (a bug's RuntimeError) or an AttributeError (another thread had dropped the prefetcher),
     and with prefetch=0 two threads took the same window."""
-    from loader.errors import LoaderError
 
     path = tmp_path / shard_name("ar", "train", 0)
     write_shard(path, np.arange(40000, dtype=np.uint16))
@@ -643,8 +642,8 @@ def test_threads_taking_turns_share_a_loader(data, depth):
             thread.start()
             thread.join(20)
         windows.extend(take(loader, 2))
-        loader._caller["thread"] = threading.get_ident()  # as a Ctrl-C cutting a call short there leaves it
-        windows.extend(take(loader, 1))
+        loader._caller["thread"] = (threading.get_ident(), ring_forks())  # as a Ctrl-C cutting a call short
+        windows.extend(take(loader, 1))  # there leaves it
         thread = threading.Thread(target=lambda: (loader.reset(), windows.extend(take(loader, 2))))
         thread.start()
         thread.join(20)
@@ -652,6 +651,32 @@ def test_threads_taking_turns_share_a_loader(data, depth):
     for k, window in enumerate(windows[:12]):
         np.testing.assert_array_equal(window, window_at(ref, k))
     for k, window in enumerate(windows[12:]):
+        np.testing.assert_array_equal(window, window_at(ref, k))
+
+
+def ring_forks() -> int:
+    import loader.ring as ring_module
+
+    return ring_module._forks
+
+
+def test_a_claim_from_before_a_fork_is_taken_over_in_the_child(data, monkeypatch):
+    """A process forked while another thread was inside a call (a DataLoader's workers forked from
+    a thread of their own) held that thread's claim, which no thread there would ever clear:
+    every call in the child was refused. The child's first call takes it over."""
+    import loader.ring as ring_module
+
+    path, ref = data
+    with TokenLoader(path, B=2, T=16, prefetch=2) as loader:
+        other = threading.Thread(target=lambda: None)
+        other.start()
+        other.join()
+        loader._caller["thread"] = (other.ident, ring_forks())  # another thread inside a call
+        with pytest.raises(LoaderError, match="called from two threads at once"):
+            loader.next_window()
+        monkeypatch.setattr(ring_module, "_forks", ring_forks() + 1)  # as register_at_fork counts in a child
+        windows = take(loader, 3)
+    for k, window in enumerate(windows):
         np.testing.assert_array_equal(window, window_at(ref, k))
 
 
