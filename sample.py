@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-# (prep.atomic imports the standard library's only: ready before the slow imports below)
-from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing, stops_raise
+# (prep.signals imports the standard library's only: ready before the slow imports below)
+from prep.signals import ignore_stops_at_the_end, interrupt_exits_while_importing, stops_raise
 
 if __name__ == "__main__":
     ignore_stops_at_the_end()  # (before torch registers its exit callbacks)

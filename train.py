@@ -26,7 +26,7 @@ import contextlib
 # first: the pid of the process that started this one (under torchrun, its launcher), taken
 # before the seconds of importing torch
 from trainer.launch import rank_prefix
-from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # the standard library's only
+from prep.signals import ignore_stops_at_the_end, interrupt_exits_while_importing  # the standard library's only
 
 if __name__ == "__main__":
     ignore_stops_at_the_end()  # (before torch registers its exit callbacks)
@@ -53,7 +53,7 @@ import click
 from loader import TokenRangeError
 from loader.checkpoints import list_checkpoints
 from model import GPTConfig
-from prep.atomic import HANGUP, may_handle, stops_raise
+from prep.signals import HANGUP, may_handle, stops_raise
 from trainer.bench import bench_loop
 from trainer.command import TrainCommand, say_why_on_a_crash
 from trainer.config import COMPILE_MODES, DEVICES, DTYPES, TrainConfig

@@ -10,7 +10,7 @@ windows by a prefetch thread and widened to int64 (x, y) on the device.
 
 import sys
 
-from prep.atomic import interrupt_exits_while_importing
+from prep.signals import interrupt_exits_while_importing
 
 # `python -m loader.audit` or `loader.bench`: this package, and torch with it, is imported while
 # Python still locates the command (sys.argv[0] is "-m" then), before the command's own code:

@@ -56,7 +56,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prep.atomic import interrupt_exits_while_importing
+from prep.signals import interrupt_exits_while_importing
 
 # Ctrl-C or SIGTERM while click imports (run as a script; the loader package, torch with it, has
 # its own guard): one line, at once

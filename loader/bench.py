@@ -38,7 +38,7 @@ import tempfile
 from loader.bench_measure import COLD_METHODS, run, run_cold
 from loader.bench_synthetic import check_synthetic, synthesize
 from loader.errors import LoaderError
-from prep.atomic import SignalStop, stops_raise
+from prep.signals import SignalStop, stops_raise
 from prep.errors import out_of_room, unsearchable_error
 from prep.shards import SPLITS, ShardError
 from prep.streams import READER_GONE_STATUS, flush_stdout, paths_print_as_named, point_at_devnull, say

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from prep.atomic import SignalStop, interrupt_exits_while_importing, stops_raise
+from prep.signals import SignalStop, interrupt_exits_while_importing, stops_raise
 
 # Ctrl-C or SIGTERM while click, numpy and tiktoken import (run as a script): one line, at once
 with interrupt_exits_while_importing(__name__ == "__main__"):

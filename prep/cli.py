@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prep.atomic import ignore_stops_at_the_end, interrupt_exits_while_importing  # first: standard library only
+from prep.signals import ignore_stops_at_the_end, interrupt_exits_while_importing  # first: standard library only
 
 # Ctrl-C, SIGTERM or SIGHUP while click, numpy and tiktoken import (tens of milliseconds to
 # seconds): an exit at once with one line, not an import's traceback (Ctrl-C) or no word at all

@@ -14,7 +14,7 @@ from pathlib import PurePath
 
 import click
 
-from prep.atomic import HANGUP, SignalStop, stops_exit_at_once
+from prep.signals import HANGUP, SignalStop, stops_exit_at_once
 from prep.streams import flush_stdout, reader_gone, say, writing_stdout  # (its import: reserve_standard_fds)
 
 

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from prep.atomic import HANGUP, remove_empty, signals_deferred
+from prep.atomic import remove_empty
+from prep.signals import HANGUP, signals_deferred
 from prep.meta import META_NAME, UNFINISHED_NAME
 from prep.output import OutputError
 from prep.shards import parse_shard_name

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prep.atomic import leave_stops_to_the_parent, signals_deferred
+from prep.signals import leave_stops_to_the_parent, signals_deferred
 
 
 def busy_cpu_seconds() -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from prep.atomic import HANGUP, sigterm_raises
+from prep.signals import HANGUP, sigterm_raises
 from prep.corpus import ERRORS
 from prep.errors import GivenPath, UserCommand, UserError, after_the_work
 from prep.output import OutputError

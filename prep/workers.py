@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from prep.atomic import leave_stops_to_the_parent
+from prep.signals import leave_stops_to_the_parent
 from prep.chunking import whitespace_run_pieces
 from prep.shards import TOKEN_DTYPE
 from prep.tokenizer import EOT, get_encoding

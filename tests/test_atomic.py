@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from prep.atomic import atomic_write, signals_deferred, temp_path
+from prep.atomic import atomic_write, temp_path
+from prep.signals import signals_deferred
 
 
 def test_replaces_the_file_whole(tmp_path):
@@ -83,7 +84,7 @@ def test_the_handlers_are_read_and_set_without_signal_s_enum_conversion(monkeypa
 
 @pytest.mark.parametrize("kind", ["default", "ignore", "python"])
 def test_ignored_and_may_handle_as_signal_getsignal_says(kind):
-    from prep.atomic import ignored, may_handle
+    from prep.signals import ignored, may_handle
 
     handler = {"default": signal.SIG_DFL, "ignore": signal.SIG_IGN, "python": lambda n, f: None}[kind]
     previous = signal.signal(signal.SIGTERM, handler)
@@ -103,7 +104,7 @@ def test_held_signals_are_delivered_in_order_each_with_the_time_it_came():
     time between them, and the held ones are delivered microseconds apart."""
     import time
 
-    from prep.atomic import deferred_arrival
+    from prep.signals import deferred_arrival
 
     seen = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append((number, deferred_arrival())))
@@ -149,7 +150,7 @@ def test_held_signals_keep_their_times_through_nested_deferrals_and_a_clear():
     caller that clears the list (drops what came so far) leaves later signals their own times."""
     import time
 
-    from prep.atomic import deferred_arrival
+    from prep.signals import deferred_arrival
 
     seen = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: seen.append(deferred_arrival()))

@@ -689,7 +689,7 @@ def test_the_import_guard_exits_143_on_sigterm_with_one_line_and_puts_the_handle
     """The guard prep's commands import numpy and tiktoken under (prep.cli, prep.bench), where
     SIGTERM was 143 and no word: 143 and the line now; the handlers before it are back after."""
     code = ("import os, signal, time\n"
-            "from prep.atomic import interrupt_exits_while_importing\n"
+            "from prep.signals import interrupt_exits_while_importing\n"
             "with interrupt_exits_while_importing(): pass\n"
             "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
             "with interrupt_exits_while_importing():\n"
@@ -705,7 +705,7 @@ def test_the_import_guard_keeps_a_handler_set_over_it_inside_its_block():
     """train.py sets its own handlers, then ends the guard: the guard put Python's back over
     them, and a signal between that and setting them again found Python's default."""
     code = ("import signal\n"
-            "from prep.atomic import interrupt_exits_while_importing\n"
+            "from prep.signals import interrupt_exits_while_importing\n"
             "def own(signum, frame): pass\n"
             "with interrupt_exits_while_importing():\n"
             "    signal.signal(signal.SIGINT, own)\n"
@@ -722,7 +722,7 @@ def test_a_second_signal_inside_the_import_guard_s_exit_says_nothing_more(when):
     twice) or within it (an interrupted write is retried after the handlers run, PEP 475, and a
     handler that exited there said nothing). One line, and the first signal's status."""
     code = ("import os, signal\n"
-            "from prep.atomic import interrupt_exits_while_importing\n"
+            "from prep.signals import interrupt_exits_while_importing\n"
             "with interrupt_exits_while_importing():\n"
             "    handler, real_write = signal.getsignal(signal.SIGINT), os.write\n"
             "    def write(fd, data):\n"

@@ -436,11 +436,11 @@ def test_parallel_capacity_s_processes_end_quietly_on_sigterm_or_sighup(tmp_path
     the parallel capacity; its encoding processes, forks, inherited that handler: a SIGTERM to
     the benchmark alone (multiprocessing then ends its daemon children with SIGTERM) or to its
     process group (`timeout`, a hung-up terminal's SIGHUP) had each of them print a traceback
-    ("Process ForkProcess-2: ... prep.atomic.SignalStop") under the benchmark's one line. They
+    ("Process ForkProcess-2: ... prep.signals.SignalStop") under the benchmark's one line. They
     end at once, without a word, as the encoder pool's workers do."""
     code = ("import multiprocessing, sys\n"
             "multiprocessing.set_start_method('fork')  # the encoders: children of this process\n"
-            "from prep.atomic import SignalStop, stops_raise\n"
+            "from prep.signals import SignalStop, stops_raise\n"
             "from prep.measure import parallel_capacity\n"
             "try:\n"
             "    with stops_raise():\n"

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prep import install
-from prep.atomic import sigterm_raises
+from prep.signals import sigterm_raises
 from prep.meta import UNFINISHED_NAME, read_meta, write_meta
 from prep.install import AtomicDirectory, check_target
 from prep.output import OutputError, SplitWriter, TailSplitter

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loader import LoaderError, TokenLoader
-from prep.atomic import HANGUP
+from prep.signals import HANGUP
 from prep.corpus import read_pieces
 from prep.meta import read_meta
 from prep.shards import file_sha256
@@ -1533,7 +1533,7 @@ def test_stops_are_ignored_in_the_last_moments_of_the_process(tmp_path):
     (tmp_path / "a.txt").write_text("Hello world\n")
     last = ("import atexit, signal\n"
             "atexit.register(lambda: print('last:', [signal.getsignal(s) == signal.SIG_IGN for s in stops]))\n"
-            "from prep.atomic import HANGUP\n"
+            "from prep.signals import HANGUP\n"
             "stops = (signal.SIGINT, signal.SIGTERM, *HANGUP)\n"
             "import prep.cli\n"
             "prep.cli.run(prog_name='prep')\n")

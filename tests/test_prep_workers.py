@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from prep.atomic import HANGUP, stops_raise
+from prep.signals import HANGUP, stops_raise
 from prep.tokenizer import EOT, get_encoding
 from prep.workers import EncoderPool, WorkerError, encode_batch, encode_stream, start_method_for
 

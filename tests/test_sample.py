@@ -26,7 +26,7 @@ from _cli import assert_user_error
 from _data import (flip_a_tensor_bit, random_tokens, without_gpt2_files, without_read_permission,
                    without_search_permission, write_dataset)
 from model import GPT, GPTConfig, to_hf_state_dict
-from prep.atomic import HANGUP
+from prep.signals import HANGUP
 from prep.tokenizer import EOT, get_encoding
 from trainer import sampling_model
 

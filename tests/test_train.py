@@ -65,7 +65,7 @@ from loader.audit import audit
 from loader.checkpoints import CKPT_PATTERN, zip_damage
 from loader.windowlog import window_crc32
 from model import GPT, GPTConfig, to_hf_state_dict
-from prep.atomic import signals_deferred
+from prep.signals import signals_deferred
 from prep.epoch import steps_per_epoch
 from prep.meta import write_meta
 from prep.shards import file_sha256, write_shard
@@ -2764,15 +2764,15 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
     back: the run ended as killed (143, 129). The callback below is where it lands here: one
     registered after train.py's first (ignore_stops_at_the_end), as torch's are, runs before it."""
     script = ("import atexit, os, runpy, signal, sys, time\n"
-              "import prep.atomic\n"
+              "import prep.signals\n"
               "def ctrl_c_while_exiting():\n"
               f"    os.kill(os.getpid(), {int(signum)})\n"
               "    time.sleep(5)\n"
-              "first = prep.atomic.ignore_stops_at_the_end\n"
+              "first = prep.signals.ignore_stops_at_the_end\n"
               "def then_ours():\n"
               "    first()\n"
               "    atexit.register(ctrl_c_while_exiting)\n"
-              "prep.atomic.ignore_stops_at_the_end = then_ours\n"
+              "prep.signals.ignore_stops_at_the_end = then_ours\n"
               "sys.argv = sys.argv[1:]\n"
               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     args = _cli_args(dataset, tmp_path / "o", 2, "--ckpt-every", "0")
@@ -2784,7 +2784,7 @@ def test_a_ctrl_c_as_the_process_exits_is_status_130_without_a_traceback(tmp_pat
 
 LATE_SIGNAL = """
 import atexit, errno, os, runpy, signal, sys
-import prep.atomic, prep.errors
+import prep.atomic, prep.errors, prep.signals
 from loader import TokenLoader
 case, signum, sent = sys.argv.pop(1), int(sys.argv.pop(1)), []
 
@@ -2817,11 +2817,11 @@ if case in ("reader-gone", "reader-gone-SIGTERM"):  # main()'s sys.exit(141)
         real_exit(*args)
     sys.exit = exit
 if case == "reader-gone-at-exit":  # the libraries' exit callbacks, as in the test before
-    first = prep.atomic.ignore_stops_at_the_end
+    first = prep.signals.ignore_stops_at_the_end
     def then_ours():
         first()
         atexit.register(late_signal)
-    prep.atomic.ignore_stops_at_the_end = then_ours
+    prep.signals.ignore_stops_at_the_end = then_ours
 if case == "full-disk":  # step 2's checkpoint cannot be written; the signal as click says so
     real_write = prep.atomic.atomic_write
     def atomic_write(path, *args, **kwargs):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from loader import TokenRangeError
-from prep.atomic import signals_deferred
+from prep.signals import signals_deferred
 from prep.errors import UserError
 from prep.progress import Bar
 from prep.streams import bar_disable

@@ -22,7 +22,7 @@ import click
 import numpy as np
 import torch.distributed as dist
 
-from prep.atomic import signals_deferred
+from prep.signals import signals_deferred
 from prep.errors import UserError
 from trainer.launch import LAUNCHER_PID, launched_world, rank_prefix
 from trainer.output import whole_line_to_stderr

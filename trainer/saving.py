@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from loader.checkpoints import list_checkpoints
-from prep.atomic import HANGUP, atomic_write, signals_deferred
+from prep.atomic import atomic_write
+from prep.signals import HANGUP, signals_deferred
 from prep.errors import NO_ROOM, UserError
 from trainer.checkpoint import CKPT_FORMAT, ckpt_path, rng_state
 from trainer.output import echo, say_over_bar

@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 
-from prep.atomic import HANGUP, may_handle, signal_time, stops_exit_at_once
+from prep.signals import HANGUP, may_handle, signal_time, stops_exit_at_once
 from trainer.launch import launched_world
 from trainer.output import OUTPUT_CLOSED, closed_outputs, on_output_closed
 
@@ -279,7 +279,7 @@ def noted_once_decided(handler: Callable[[int, object], None]) -> Callable[[int,
 def interrupt_exits_at_once(signums: Iterable[int] = (), status: int = 130) -> None:
     """From here to the end of the process (the run is over, its checkpoint and logs closed) but
     its last second (ignore_stops_at_the_end's: then they are ignored), a Ctrl-C, SIGTERM or
-    SIGHUP (or those of `signums`) exits at once and quietly (prep.atomic.stops_exit_at_once
+    SIGHUP (or those of `signums`) exits at once and quietly (prep.signals.stops_exit_at_once
     says why): a second Ctrl-C just as a stop's checkpoint was written, or one just as a run
     ended, printed an ignored KeyboardInterrupt's traceback, and a second SIGTERM or SIGHUP in
     the second or so the shutdown takes ended the run as killed (143, 129), after its
